@@ -1,0 +1,182 @@
+// The WebGPU adapter and device every kernel runs on.
+//
+// We ask for the adapter's own maximum limits (the defaults cap storage bindings at 128 MiB and
+// buffers at 256 MiB, far below what a real GPU allows) and for the optional features we can use.
+
+/** Thrown when no WebGPU adapter exists; its message says what to install. */
+export class NoAdapterError extends Error {
+  constructor(detail: string) {
+    super(
+      `No WebGPU adapter found (${detail}). With an NVIDIA GPU, install its driver with Vulkan ` +
+        `support; on a machine without a GPU, install Mesa's software Vulkan driver: ` +
+        `apt-get install mesa-vulkan-drivers`,
+    );
+    this.name = "NoAdapterError";
+  }
+}
+
+/** Thrown by any GPU call after the device was lost. */
+export class DeviceLostError extends Error {
+  constructor(reason: string, message: string) {
+    super(`GPU device lost (reason: ${reason})${message ? `: ${message}` : ""}`);
+    this.name = "DeviceLostError";
+  }
+}
+
+/** A WebGPU validation or out-of-memory error, its message naming the operation. */
+export class GpuError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GpuError";
+  }
+}
+
+/** wgpu's messages span several lines (source excerpts, causes); we report one. */
+export function oneLine(message: string): string {
+  return message.replace(/\s*\n\s*/g, " ").trim();
+}
+
+/** Optional WebGPU features we use when the adapter offers them. */
+export const OPTIONAL_FEATURES = ["shader-f16", "timestamp-query"] as const;
+
+/** The limits we raise to the adapter's maximum. */
+const RAISED_LIMITS = [
+  "maxBufferSize",
+  "maxStorageBufferBindingSize",
+  "maxUniformBufferBindingSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxStorageBuffersPerShaderStage",
+  "maxBindGroups",
+  "maxBindingsPerBindGroup",
+] as const;
+
+/** The adapter, its device and what they allow. One per process is the normal case. */
+export class Gpu {
+  readonly adapter: GPUAdapter;
+  readonly device: GPUDevice;
+  readonly description: string;
+  readonly limits: GPUSupportedLimits;
+  readonly hasF16: boolean;
+  readonly hasTimestampQuery: boolean;
+  /** Set once the device is lost; every later operation throws it. */
+  lost: DeviceLostError | null = null;
+  /** Errors raised outside any error scope, surfaced by the next submit. */
+  readonly uncaptured: string[] = [];
+  private destroyed = false;
+  private checks: Promise<string | null>[] = [];
+
+  constructor(adapter: GPUAdapter, device: GPUDevice) {
+    this.adapter = adapter;
+    this.device = device;
+    const info = adapter.info;
+    this.description = info.description ||
+      [info.vendor, info.architecture, info.device].filter((s) => s && s !== "0").join(" ") ||
+      "unknown adapter";
+    this.limits = device.limits;
+    this.hasF16 = device.features.has("shader-f16");
+    this.hasTimestampQuery = device.features.has("timestamp-query");
+    device.lost.then((info) => {
+      this.lost = new DeviceLostError(info.reason ?? "unknown", info.message);
+      // A loss we did not cause must be seen even if no further GPU call is made.
+      if (!this.destroyed) console.error(this.lost.message);
+    });
+    device.addEventListener("uncapturederror", (event) => {
+      this.uncaptured.push((event as GPUUncapturedErrorEvent).error.message);
+    });
+  }
+
+  /** Throws if the device is gone; called before every submit and allocation. */
+  assertAlive(): void {
+    if (this.lost) throw this.lost;
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes. WebGPU reports such errors
+   * asynchronously, so the check is kept and the next `flushErrors` throws it, naming `what`.
+   * This keeps allocation, pipeline creation and recording synchronous.
+   */
+  scoped<T>(what: string, fn: () => T): T {
+    this.assertAlive();
+    const device = this.device;
+    device.pushErrorScope("out-of-memory");
+    device.pushErrorScope("validation");
+    try {
+      return fn();
+    } finally {
+      const validation = device.popErrorScope();
+      const memory = device.popErrorScope();
+      this.checks.push(
+        Promise.all([validation, memory]).then(([v, m]) => {
+          if (v) return `${what}: ${oneLine(v.message)}`;
+          if (m) return `${what}: out of GPU memory (${oneLine(m.message)})`;
+          return null;
+        }),
+      );
+    }
+  }
+
+  /** Throws the first error collected by `scoped` (or raised outside any scope) since last call. */
+  async flushErrors(): Promise<void> {
+    const checks = this.checks;
+    this.checks = [];
+    const messages = (await Promise.all(checks)).filter((m): m is string => m !== null);
+    for (const m of this.uncaptured.splice(0)) messages.push(`uncaptured GPU error: ${oneLine(m)}`);
+    this.assertAlive();
+    if (messages.length === 0) return;
+    const more = messages.length > 1 ? ` (and ${messages.length - 1} more errors)` : "";
+    throw new GpuError(messages[0] + more);
+  }
+
+  /** Releases the device. Later calls throw DeviceLostError("destroyed"). */
+  destroy(): void {
+    this.destroyed = true;
+    this.device.destroy();
+  }
+}
+
+export interface RequestGpuOptions {
+  /** The WebGPU entry point; defaults to `navigator.gpu`. Tests pass a fake. */
+  gpu?: GPU;
+  powerPreference?: GPUPowerPreference;
+}
+
+/** Acquires an adapter and a device with the adapter's maximum limits and optional features. */
+export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {
+  const entry = options.gpu ?? (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!entry) throw new NoAdapterError("this runtime has no navigator.gpu");
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await entry.requestAdapter({
+      powerPreference: options.powerPreference ?? "high-performance",
+    });
+  } catch (e) {
+    throw new NoAdapterError(`requestAdapter failed: ${(e as Error).message}`);
+  }
+  if (!adapter) throw new NoAdapterError("requestAdapter returned none");
+
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+  const requiredLimits: Record<string, number> = {};
+  for (const name of RAISED_LIMITS) {
+    const value = adapter.limits[name];
+    if (typeof value === "number") requiredLimits[name] = value;
+  }
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  return new Gpu(adapter, device);
+}
+
+let shared: Promise<Gpu> | null = null;
+
+/** The process-wide GPU, acquired on first use. */
+export function getGpu(): Promise<Gpu> {
+  if (!shared) {
+    shared = requestGpu();
+    // A failed acquisition must not be cached: the next caller gets a fresh try and error.
+    shared.catch(() => shared = null);
+  }
+  return shared;
+}

@@ -1,0 +1,56 @@
+// Fills a tensor with one value. Tests use it to poison outputs, so that an element a kernel
+// forgot to write cannot pass by chance.
+
+import { flatIndex, grid1d } from "./grid.ts";
+import { getPipeline } from "./pipeline.ts";
+import type { Recorder } from "./recorder.ts";
+import type { Tensor } from "./tensor.ts";
+
+const WORKGROUP = 256;
+
+const FILL_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+struct Params { value: u32, count: u32 }
+@group(0) @binding(1) var<uniform> params: Params;
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i < params.count) { out[i] = params.value; }
+}
+`;
+
+/** The 32-bit word that holds `value` in the tensor's dtype (two copies for f16). */
+function fillWord(value: number, dtype: Tensor["dtype"]): number {
+  switch (dtype) {
+    case "f32":
+      return new Uint32Array(new Float32Array([value]).buffer)[0];
+    case "f16": {
+      const half = new Uint16Array(new Float16Array([value]).buffer)[0];
+      return (half | (half << 16)) >>> 0;
+    }
+    case "i32":
+    case "u32":
+      return value >>> 0;
+  }
+}
+
+/** Records `t[:] = value`. Tensors larger than one storage binding are filled in slices. */
+export function fill(rec: Recorder, t: Tensor, value: number): void {
+  const gpu = rec.gpu;
+  const pipeline = getPipeline(gpu, "fill", FILL_WGSL);
+  const word = fillWord(value, t.dtype);
+  const align = gpu.limits.minStorageBufferOffsetAlignment;
+  const maxBytes = Math.floor(gpu.limits.maxStorageBufferBindingSize / align) * align;
+  for (let start = 0; start < t.bindingSize; start += maxBytes) {
+    const size = Math.min(maxBytes, t.bindingSize - start);
+    const words = size / 4;
+    rec.dispatch(
+      "fill",
+      pipeline,
+      [{ buffer: t.buffer, offset: t.offset + start, size }],
+      grid1d(words, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
+      new Uint32Array([word, words]),
+    );
+  }
+}

@@ -1,0 +1,245 @@
+// Many kernel launches recorded into one command encoder and submitted once.
+//
+// WebGPU reports an invalid dispatch only when the whole encoder is finished, without saying
+// which command was wrong. Launches are therefore kept as plain descriptions until `submit`;
+// when the encoder fails, each launch is encoded again on its own, unsubmitted, to name the
+// culprit. The happy path pays nothing for this.
+
+import { type Gpu, GpuError, oneLine } from "./device.ts";
+import type { Tensor } from "./tensor.ts";
+
+/** What a kernel binds at `@group(0) @binding(i)`, in order. */
+export type Binding = Tensor | { buffer: GPUBuffer; offset?: number; size?: number };
+
+/** Small per-launch parameters, bound as a uniform after the storage bindings. */
+export type Uniforms = Uint32Array | Int32Array | Float32Array;
+
+interface DispatchCommand {
+  kind: "dispatch";
+  label: string;
+  pipeline: GPUComputePipeline;
+  bindings: Binding[];
+  uniforms?: Uniforms;
+  workgroups: [number, number, number];
+}
+
+interface CopyCommand {
+  kind: "copy";
+  label: string;
+  src: Tensor;
+  dst: Tensor;
+}
+
+type Command = DispatchCommand | CopyCommand;
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function toBufferBinding(b: Binding): GPUBufferBinding {
+  if ("gpu" in b) return { buffer: b.buffer, offset: b.offset, size: b.bindingSize };
+  return { buffer: b.buffer, offset: b.offset ?? 0, size: b.size };
+}
+
+export class Recorder {
+  readonly gpu: Gpu;
+  private commands: Command[] = [];
+
+  constructor(gpu: Gpu) {
+    this.gpu = gpu;
+  }
+
+  /** Number of commands recorded since the last submit. */
+  get length(): number {
+    return this.commands.length;
+  }
+
+  /** Labels of the commands recorded since the last submit, in order. */
+  get labels(): string[] {
+    return this.commands.map((c) => c.label);
+  }
+
+  /** Records one kernel launch. `label` names the operation in any error. */
+  dispatch(
+    label: string,
+    pipeline: GPUComputePipeline,
+    bindings: Binding[],
+    workgroups: number | [number, number?, number?],
+    uniforms?: Uniforms,
+  ): void {
+    this.gpu.assertAlive();
+    const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
+    if (x === 0 || y === 0 || z === 0) return;
+    this.commands.push({
+      kind: "dispatch",
+      label,
+      pipeline,
+      bindings,
+      uniforms,
+      workgroups: [x, y, z],
+    });
+  }
+
+  /** Records a copy of `src` into `dst` (same byte length). */
+  copy(label: string, src: Tensor, dst: Tensor): void {
+    if (src.byteLength !== dst.byteLength) {
+      throw new GpuError(
+        `${label}: cannot copy tensor "${src.label}" (${src.byteLength} bytes) into ` +
+          `"${dst.label}" (${dst.byteLength} bytes)`,
+      );
+    }
+    this.commands.push({ kind: "copy", label, src, dst });
+  }
+
+  /**
+   * Encodes every recorded command into one command buffer and submits it. Resolves once the
+   * GPU accepted the work (not when it finished: a download waits for that); rejects with a
+   * GpuError naming the failing operation.
+   */
+  async submit(): Promise<void> {
+    const gpu = this.gpu;
+    const commands = this.commands;
+    this.commands = [];
+    gpu.assertAlive();
+    if (commands.length === 0) return gpu.flushErrors();
+
+    const uniforms = this.packUniforms(commands);
+    try {
+      const groups = commands.map((c, i) =>
+        c.kind === "dispatch"
+          ? gpu.scoped(`op "${c.label}"`, () => this.bindGroup(c, uniforms, i))
+          : null
+      );
+      // Kernel compile errors, allocations and bindings are named by their own scopes.
+      await gpu.flushErrors();
+
+      const device = gpu.device;
+      device.pushErrorScope("out-of-memory");
+      device.pushErrorScope("validation");
+      device.queue.submit([this.encode(commands, groups)]);
+      const invalid = await device.popErrorScope();
+      const memory = await device.popErrorScope();
+      gpu.assertAlive();
+      if (invalid) throw await this.blame(commands, groups, invalid.message);
+      if (memory) {
+        throw new GpuError(
+          `out of GPU memory running ${commands.length} commands ` +
+            `(${[...new Set(commands.map((c) => c.label))].join(", ")}): ${
+              oneLine(memory.message)
+            }`,
+        );
+      }
+    } finally {
+      // Destroying after submit is allowed: WebGPU frees it once the work is done.
+      uniforms?.buffer.destroy();
+    }
+  }
+
+  private packUniforms(
+    commands: Command[],
+  ): { buffer: GPUBuffer; offsets: number[] } | null {
+    const gpu = this.gpu;
+    const align = gpu.limits.minUniformBufferOffsetAlignment;
+    const offsets: number[] = [];
+    let total = 0;
+    for (const c of commands) {
+      if (c.kind !== "dispatch" || !c.uniforms) {
+        offsets.push(-1);
+        continue;
+      }
+      offsets.push(total);
+      total = alignUp(total + alignUp(c.uniforms.byteLength, 16), align);
+    }
+    if (total === 0) return null;
+    const buffer = gpu.scoped("recorder uniforms", () =>
+      gpu.device.createBuffer({
+        label: "uniforms",
+        size: total,
+        usage: GPUBufferUsage.UNIFORM,
+        mappedAtCreation: true,
+      }));
+    const bytes = new Uint8Array(buffer.getMappedRange());
+    commands.forEach((c, i) => {
+      if (c.kind === "dispatch" && c.uniforms) {
+        const u = c.uniforms;
+        bytes.set(new Uint8Array(u.buffer, u.byteOffset, u.byteLength), offsets[i]);
+      }
+    });
+    buffer.unmap();
+    return { buffer, offsets };
+  }
+
+  private bindGroup(
+    c: DispatchCommand,
+    uniforms: { buffer: GPUBuffer; offsets: number[] } | null,
+    index: number,
+  ): GPUBindGroup {
+    const entries: GPUBindGroupEntry[] = c.bindings.map((b, i) => ({
+      binding: i,
+      resource: toBufferBinding(b),
+    }));
+    if (c.uniforms && uniforms) {
+      entries.push({
+        binding: c.bindings.length,
+        resource: {
+          buffer: uniforms.buffer,
+          offset: uniforms.offsets[index],
+          size: alignUp(c.uniforms.byteLength, 16),
+        },
+      });
+    }
+    return this.gpu.device.createBindGroup({
+      label: c.label,
+      layout: c.pipeline.getBindGroupLayout(0),
+      entries,
+    });
+  }
+
+  private encode(commands: Command[], groups: (GPUBindGroup | null)[]): GPUCommandBuffer {
+    const encoder = this.gpu.device.createCommandEncoder({ label: "recorder" });
+    let pass: GPUComputePassEncoder | null = null;
+    commands.forEach((c, i) => {
+      if (c.kind === "copy") {
+        pass?.end();
+        pass = null;
+        encoder.copyBufferToBuffer(
+          c.src.buffer,
+          c.src.offset,
+          c.dst.buffer,
+          c.dst.offset,
+          c.src.bindingSize,
+        );
+        return;
+      }
+      pass ??= encoder.beginComputePass({ label: "recorder" });
+      pass.setPipeline(c.pipeline);
+      pass.setBindGroup(0, groups[i]!);
+      pass.dispatchWorkgroups(...c.workgroups);
+    });
+    (pass as GPUComputePassEncoder | null)?.end();
+    return encoder.finish();
+  }
+
+  /** Finds which command made the encoder invalid by encoding each alone, unsubmitted. */
+  private async blame(
+    commands: Command[],
+    groups: (GPUBindGroup | null)[],
+    message: string,
+  ): Promise<GpuError> {
+    const device = this.gpu.device;
+    for (let i = 0; i < commands.length; i++) {
+      device.pushErrorScope("validation");
+      this.encode([commands[i]], [groups[i]]);
+      const error = await device.popErrorScope();
+      if (error) {
+        return new GpuError(
+          `op "${commands[i].label}" (command ${i + 1} of ${commands.length}): ` +
+            oneLine(error.message),
+        );
+      }
+    }
+    return new GpuError(
+      `GPU validation error in a submit of ${commands.length} commands: ${oneLine(message)}`,
+    );
+  }
+}

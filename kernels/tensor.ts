@@ -1,0 +1,184 @@
+// A tensor is a GPU buffer (or a slice of one), a shape and a dtype. Nothing more: views,
+// strides and broadcasting belong to the kernels that need them.
+
+import { type Gpu, GpuError } from "./device.ts";
+
+export type DType = "f32" | "f16" | "i32" | "u32";
+
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32: 4 };
+
+/** The host-side array of each dtype. */
+export type HostArray = Float32Array | Float16Array | Int32Array | Uint32Array;
+
+const HOST_ARRAY = {
+  f32: Float32Array,
+  f16: Float16Array,
+  i32: Int32Array,
+  u32: Uint32Array,
+} as const;
+
+/** The dtype a host array holds. */
+export function dtypeOf(data: HostArray): DType {
+  if (data instanceof Float32Array) return "f32";
+  if (data instanceof Float16Array) return "f16";
+  if (data instanceof Int32Array) return "i32";
+  return "u32";
+}
+
+export function numelOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function checkShape(label: string, shape: readonly number[]): void {
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) {
+      throw new GpuError(`tensor "${label}": bad shape [${shape.join(", ")}]`);
+    }
+  }
+}
+
+/** WebGPU copies and bindings work in 4-byte words, so f16 tensors round up to whole words. */
+function roundUp4(bytes: number): number {
+  return Math.max(4, Math.ceil(bytes / 4) * 4);
+}
+
+/** Read lazily: importing the library must work where WebGPU globals are absent. */
+export function tensorUsage(): number {
+  return GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+}
+
+export class Tensor {
+  readonly gpu: Gpu;
+  readonly buffer: GPUBuffer;
+  /** Byte offset of element 0 inside `buffer`. */
+  readonly offset: number;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly label: string;
+
+  constructor(
+    gpu: Gpu,
+    buffer: GPUBuffer,
+    shape: readonly number[],
+    dtype: DType,
+    label: string,
+    offset = 0,
+  ) {
+    checkShape(label, shape);
+    if (offset % 4 !== 0) {
+      throw new GpuError(`tensor "${label}": offset ${offset} is not 4-aligned`);
+    }
+    if (offset + roundUp4(numelOf(shape) * DTYPE_BYTES[dtype]) > buffer.size) {
+      throw new GpuError(`tensor "${label}": [${shape.join(", ")}] ${dtype} overruns its buffer`);
+    }
+    this.gpu = gpu;
+    this.buffer = buffer;
+    this.shape = shape;
+    this.dtype = dtype;
+    this.label = label;
+    this.offset = offset;
+  }
+
+  get numel(): number {
+    return numelOf(this.shape);
+  }
+
+  /** Bytes the elements occupy. */
+  get byteLength(): number {
+    return this.numel * DTYPE_BYTES[this.dtype];
+  }
+
+  /** Bytes to bind or copy: the element bytes rounded up to whole 4-byte words. */
+  get bindingSize(): number {
+    return roundUp4(this.byteLength);
+  }
+
+  /** Writes host data into the tensor (queued; ordered before later submits). */
+  upload(data: HostArray): void {
+    if (data.length !== this.numel || dtypeOf(data) !== this.dtype) {
+      throw new GpuError(
+        `tensor "${this.label}": cannot upload ${data.length} ${dtypeOf(data)} values into ` +
+          `[${this.shape.join(", ")}] ${this.dtype}`,
+      );
+    }
+    let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength % 4 !== 0) {
+      const padded = new Uint8Array(this.bindingSize);
+      padded.set(bytes);
+      bytes = padded;
+    }
+    if (bytes.byteLength === 0) return;
+    this.gpu.scoped(`upload to tensor "${this.label}"`, () => {
+      this.gpu.device.queue.writeBuffer(this.buffer, this.offset, bytes);
+    });
+  }
+
+  /** Copies the tensor back to the host, waiting for all work submitted before. */
+  async download(): Promise<HostArray> {
+    const gpu = this.gpu;
+    await gpu.flushErrors();
+    const size = this.bindingSize;
+    const staging = gpu.scoped(`download of tensor "${this.label}"`, () => {
+      const staging = gpu.device.createBuffer({
+        label: `${this.label} (staging)`,
+        size,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      const encoder = gpu.device.createCommandEncoder({ label: `download ${this.label}` });
+      encoder.copyBufferToBuffer(this.buffer, this.offset, staging, 0, size);
+      gpu.device.queue.submit([encoder.finish()]);
+      return staging;
+    });
+    try {
+      await gpu.flushErrors();
+      await staging.mapAsync(GPUMapMode.READ);
+      const copy = staging.getMappedRange().slice(0, this.byteLength);
+      staging.unmap();
+      return new HOST_ARRAY[this.dtype](copy);
+    } catch (e) {
+      gpu.assertAlive();
+      throw e;
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  destroy(): void {
+    this.buffer.destroy();
+  }
+}
+
+/** Allocates an uninitialised (zeroed, per WebGPU) tensor with its own buffer. */
+export function createTensor(
+  gpu: Gpu,
+  shape: readonly number[],
+  dtype: DType,
+  label: string,
+): Tensor {
+  checkShape(label, shape);
+  const bytes = roundUp4(numelOf(shape) * DTYPE_BYTES[dtype]);
+  const max = gpu.limits.maxBufferSize;
+  if (bytes > max) {
+    throw new GpuError(
+      `tensor "${label}" [${shape.join(", ")}] ${dtype} needs ${bytes} bytes, more than this ` +
+        `adapter's largest buffer (${max} bytes)`,
+    );
+  }
+  const buffer = gpu.scoped(
+    `allocating tensor "${label}" (${bytes} bytes)`,
+    () => gpu.device.createBuffer({ label, size: bytes, usage: tensorUsage() }),
+  );
+  return new Tensor(gpu, buffer, shape, dtype, label);
+}
+
+/** Allocates a tensor holding `data`. */
+export function tensorFromArray(
+  gpu: Gpu,
+  data: HostArray,
+  shape: readonly number[],
+  label: string,
+): Tensor {
+  const tensor = createTensor(gpu, shape, dtypeOf(data), label);
+  tensor.upload(data);
+  return tensor;
+}

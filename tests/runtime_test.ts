@@ -1,0 +1,181 @@
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomValues } from "./random.ts";
+import { DeviceLostError, GpuError, NoAdapterError, requestGpu } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { grid1d } from "../kernels/grid.ts";
+import { getPipeline } from "../kernels/pipeline.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+
+const ODD_SHAPES = [[1], [7], [33, 5], [130, 7], [3, 1, 11]];
+
+gpuTest("runtime: f32, i32 and u32 tensors round-trip at odd sizes", async (gpu) => {
+  for (const [s, shape] of ODD_SHAPES.entries()) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const values = randomValues(n, 100 + s);
+    const f32 = Float32Array.from(values);
+    const i32 = Int32Array.from(values, (v) => Math.round(v * 2 ** 30));
+    const u32 = Uint32Array.from(values, (v) => Math.floor((v + 1) * 2 ** 31));
+    for (const data of [f32, i32, u32]) {
+      const t = tensorFromArray(gpu, data, shape, `roundtrip ${shape}`);
+      assertEquals(t.numel, n);
+      assertEquals(await t.download(), data);
+      t.destroy();
+    }
+  }
+});
+
+gpuTest("runtime: f16 tensors with an odd element count round-trip", async (gpu) => {
+  for (const n of [1, 7, 33, 129]) {
+    const data = Float16Array.from(randomValues(n, n));
+    const t = tensorFromArray(gpu, data, [n], "half");
+    assertEquals(t.bindingSize, Math.ceil(n / 2) * 4);
+    assertEquals(await t.download(), data);
+    t.destroy();
+  }
+});
+
+gpuTest("runtime: uploading the wrong length or dtype is refused", (gpu) => {
+  const t = createTensor(gpu, [3, 5], "f32", "target");
+  assertThrows(() => t.upload(new Float32Array(14)), GpuError, 'tensor "target"');
+  assertThrows(() => t.upload(new Int32Array(15)), GpuError, "i32");
+  t.destroy();
+});
+
+gpuTest("runtime: fill overwrites every element of poisoned tensors", async (gpu) => {
+  const rec = new Recorder(gpu);
+  const a = tensorFromArray(gpu, Float32Array.from(randomValues(1037, 1)), [1037], "a");
+  const h = tensorFromArray(gpu, Float16Array.from(randomValues(33, 2)), [33], "h");
+  const i = tensorFromArray(gpu, new Int32Array(13).fill(-5), [13], "i");
+  fill(rec, a, 0.375);
+  fill(rec, h, -2.5);
+  fill(rec, i, -7);
+  assertEquals(rec.length, 3);
+  await rec.submit();
+  assertEquals(rec.length, 0);
+  assert((await a.download()).every((v) => v === 0.375));
+  assert((await h.download()).every((v) => v === -2.5));
+  assert((await i.download()).every((v) => v === -7));
+  for (const t of [a, h, i]) t.destroy();
+});
+
+gpuTest("runtime: a tensor larger than one storage binding is filled in slices", async (gpu) => {
+  const maxBinding = gpu.limits.maxStorageBufferBindingSize;
+  const n = Math.floor(maxBinding / 4) + 4099;
+  if (n * 4 > gpu.limits.maxBufferSize) return; // cannot allocate it on this adapter at all
+  const t = createTensor(gpu, [n], "f32", "large");
+  const rec = new Recorder(gpu);
+  fill(rec, t, 1.5);
+  assertEquals(rec.length, 2);
+  await rec.submit();
+  const out = await t.download();
+  assertEquals(out.length, n);
+  assertEquals(out[0], 1.5);
+  assertEquals(out[n - 1], 1.5);
+  assert(out.every((v) => v === 1.5));
+  t.destroy();
+});
+
+gpuTest("runtime: copies are recorded in order with dispatches", async (gpu) => {
+  const rec = new Recorder(gpu);
+  const src = tensorFromArray(gpu, Float32Array.from(randomValues(77, 3)), [7, 11], "src");
+  const dst = createTensor(gpu, [7, 11], "f32", "dst");
+  fill(rec, src, 4);
+  rec.copy("copy src", src, dst);
+  fill(rec, src, 5);
+  await rec.submit();
+  assert((await dst.download()).every((v) => v === 4));
+  assert((await src.download()).every((v) => v === 5));
+  assertThrows(() => rec.copy("bad copy", src, createTensor(gpu, [7], "f32", "x")), GpuError);
+});
+
+gpuTest("runtime: grid1d covers large problems within the per-dimension limit", () => {
+  assertEquals(grid1d(1, 256), [1, 1]);
+  assertEquals(grid1d(256 * 65535, 256), [65535, 1]);
+  for (const n of [256 * 65535 + 1, 1e9, 7 * 3 * 257]) {
+    const [x, y] = grid1d(n, 256, 7);
+    assert(x <= 7 && x * y * 256 >= n, `grid for ${n}: ${x}x${y}`);
+  }
+});
+
+gpuTest("runtime: an invalid dispatch is caught and names the operation", async (gpu) => {
+  const rec = new Recorder(gpu);
+  const t = createTensor(gpu, [5], "f32", "t");
+  fill(rec, t, 1);
+  const pipeline = getPipeline(gpu, "fill", FILL_PROBE);
+  rec.dispatch("deliberately-too-wide", pipeline, [t], [70000, 1, 1]);
+  fill(rec, t, 2);
+  const err = await assertRejects(() => rec.submit(), GpuError);
+  assert(/op "deliberately-too-wide" \(command 2 of 3\)/.test(err.message), err.message);
+  assert(/65535/.test(err.message), err.message);
+  assert(!err.message.includes("\n"));
+  // The device stays usable after a caught error.
+  fill(rec, t, 3);
+  await rec.submit();
+  assertEquals((await t.download())[4], 3);
+});
+
+const FILL_PROBE = `
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x < arrayLength(&out)) { out[g.x] = 9.0; }
+}`;
+
+gpuTest("runtime: a WGSL compile error names the kernel", async (gpu) => {
+  const rec = new Recorder(gpu);
+  const t = createTensor(gpu, [5], "f32", "t");
+  const broken = getPipeline(gpu, "broken-kernel", FILL_PROBE.replace("9.0;", "9.0 +;"));
+  rec.dispatch("broken-kernel", broken, [t], 1);
+  const err = await assertRejects(() => rec.submit(), GpuError);
+  assert(err.message.startsWith('kernel "broken-kernel"'), err.message);
+  assert(!err.message.includes("\n"));
+});
+
+gpuTest("runtime: a binding the kernel cannot use names the operation", async (gpu) => {
+  const rec = new Recorder(gpu);
+  const t = createTensor(gpu, [5], "f32", "t");
+  const pipeline = getPipeline(gpu, "fill-probe", FILL_PROBE);
+  rec.dispatch("two-bindings-for-one", pipeline, [t, t], 1);
+  const err = await assertRejects(() => rec.submit(), GpuError);
+  assert(err.message.startsWith('op "two-bindings-for-one"'), err.message);
+});
+
+gpuTest("runtime: a tensor beyond the adapter's buffer limit is refused by name", (gpu) => {
+  const n = Math.floor(gpu.limits.maxBufferSize / 4) + 1;
+  assertThrows(() => createTensor(gpu, [n], "f32", "huge"), GpuError, 'tensor "huge"');
+  assertThrows(() => createTensor(gpu, [2, -1], "f32", "neg"), GpuError, "bad shape");
+});
+
+Deno.test("runtime: no adapter gives one message saying what to install", async () => {
+  const none = { requestAdapter: () => Promise.resolve(null) } as unknown as GPU;
+  const err = await assertRejects(() => requestGpu({ gpu: none }), NoAdapterError);
+  assert(err.message.includes("apt-get install mesa-vulkan-drivers"), err.message);
+  assert(err.message.includes("driver"), err.message);
+  assert(!err.message.includes("\n"));
+  const throwing = {
+    requestAdapter: () => Promise.reject(new Error("vkCreateInstance failed")),
+  } as unknown as GPU;
+  const err2 = await assertRejects(() => requestGpu({ gpu: throwing }), NoAdapterError);
+  assert(err2.message.includes("vkCreateInstance failed"), err2.message);
+});
+
+Deno.test({
+  name: "runtime: a lost device is reported with its reason",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const gpu = await requestGpu();
+    const t = createTensor(gpu, [3], "f32", "t");
+    const rec = new Recorder(gpu);
+    fill(rec, t, 1); // recorded before the loss, submitted after it
+    gpu.destroy();
+    await gpu.device.lost;
+    await new Promise((r) => setTimeout(r, 0));
+    const err = await assertRejects(() => rec.submit(), DeviceLostError);
+    assert(err.message.includes("reason: destroyed"), err.message);
+    assertThrows(() => fill(rec, t, 2), DeviceLostError);
+    assertThrows(() => createTensor(gpu, [3], "f32", "after"), DeviceLostError);
+    await assertRejects(() => t.download(), DeviceLostError);
+  },
+});
