@@ -1,0 +1,753 @@
+/**
+ * A small, strict reader and writer for Hugging Face safetensors files.
+ *
+ * Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON (optionally padded
+ * with spaces), then the data buffer that every tensor's `data_offsets` are relative to.
+ *
+ * The reader trusts nothing in the header: every size it allocates is bounded by the real file
+ * size, and tensors are read one at a time with seek + read so a multi-gigabyte checkpoint never
+ * has to fit in memory at once.
+ *
+ * @module
+ */
+
+export type Dtype =
+  | "F64"
+  | "F32"
+  | "F16"
+  | "BF16"
+  | "I64"
+  | "I32"
+  | "I16"
+  | "I8"
+  | "U64"
+  | "U32"
+  | "U16"
+  | "U8"
+  | "BOOL";
+
+/**
+ * Tensor storage as returned by `read()`. F16 and BF16 come back as their raw bits in a
+ * Uint16Array (so a read tensor can be written back unchanged); use `readF32()` for values.
+ */
+export type TensorData =
+  | Float64Array
+  | Float32Array
+  | Float16Array
+  | BigInt64Array
+  | BigUint64Array
+  | Int32Array
+  | Int16Array
+  | Int8Array
+  | Uint32Array
+  | Uint16Array
+  | Uint8Array;
+
+export interface TensorInfo {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  byteLength: number;
+}
+
+export interface LoadedTensor {
+  dtype: Dtype;
+  shape: number[];
+  data: TensorData;
+}
+
+export interface SafetensorsReader {
+  /** The path that was opened (a .safetensors file or an index file). */
+  path: string;
+  metadata: Record<string, string>;
+  tensors: Map<string, TensorInfo>;
+  read(name: string): Promise<LoadedTensor>;
+  /** Reads any dtype as float32 (F16/BF16 widened exactly, 64-bit integers rounded). */
+  readF32(name: string): Promise<Float32Array>;
+  close(): void;
+}
+
+/** Every problem with a file is reported as one line: `<file>: <problem>`. */
+export class SafetensorsError extends Error {
+  constructor(file: string, problem: string) {
+    // Names and JSON snippets come from untrusted input; keep the message on one line.
+    super(`${file}: ${problem}`.replace(/[\r\n\u2028\u2029]+/g, " "));
+    this.name = "SafetensorsError";
+  }
+}
+
+const ITEM_SIZE: Record<Dtype, number> = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
+};
+
+// Dtypes the safetensors spec defines but this project has no use for.
+const UNSUPPORTED_DTYPES = new Set([
+  "F8_E4M3",
+  "F8_E5M2",
+  "F8_E8M0",
+  "F6_E2M3",
+  "F6_E3M2",
+  "F4",
+  "C64",
+]);
+
+/** Hugging Face's own limit; also keeps a lying header from costing more than 100 MB. */
+const MAX_HEADER_BYTES = 100_000_000;
+const METADATA_KEY = "__metadata__";
+const ENTRY_FIELDS = ["dtype", "shape", "data_offsets"];
+
+function isDtype(s: string): s is Dtype {
+  return Object.hasOwn(ITEM_SIZE, s);
+}
+
+function assertLittleEndian(): void {
+  // Typed arrays use host byte order and safetensors is little-endian; we never byte-swap.
+  if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+    throw new Error("safetensors.ts: big-endian hosts are not supported");
+  }
+}
+
+/** Quotes an untrusted string for an error message, capped so a giant name stays readable. */
+function q(s: string): string {
+  const quoted = JSON.stringify(s);
+  return quoted.length > 200 ? `${quoted.slice(0, 200)}..."` : quoted;
+}
+
+function fmtShape(shape: number[]): string {
+  return `[${shape.join(", ")}]`;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** Element count as a bigint so that absurd shapes cannot overflow into a plausible number. */
+function elementCount(shape: number[]): bigint {
+  return shape.reduce((n, d) => n * BigInt(d), 1n);
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading one file
+
+interface Entry extends TensorInfo {
+  /** Absolute byte position of the tensor in the file. */
+  offset: number;
+}
+
+/** Validates the parsed header and returns the tensors in file order. */
+function parseHeader(
+  file: string,
+  header: unknown,
+  dataStart: number,
+  dataLength: number,
+): { metadata: Record<string, string>; entries: Entry[] } {
+  const fail = (problem: string) => new SafetensorsError(file, problem);
+  if (!isPlainObject(header)) throw fail("header is not a JSON object");
+
+  const metadata: Record<string, string> = {};
+  const spans: { name: string; begin: number; end: number; info: TensorInfo }[] = [];
+  for (const [name, value] of Object.entries(header)) {
+    if (name === METADATA_KEY) {
+      if (!isPlainObject(value)) throw fail("__metadata__ is not an object of strings");
+      for (const [k, v] of Object.entries(value)) {
+        if (typeof v !== "string") throw fail(`__metadata__ value for ${q(k)} is not a string`);
+        metadata[k] = v;
+      }
+      continue;
+    }
+    const where = `tensor ${q(name)}`;
+    if (name === "") throw fail("tensor with an empty name");
+    if (!isPlainObject(value)) throw fail(`${where}: entry is not an object`);
+    for (const field of ENTRY_FIELDS) {
+      if (!Object.hasOwn(value, field)) throw fail(`${where}: missing field ${q(field)}`);
+    }
+    for (const field of Object.keys(value)) {
+      if (!ENTRY_FIELDS.includes(field)) throw fail(`${where}: unexpected field ${q(field)}`);
+    }
+
+    const { dtype, shape, data_offsets: offsets } = value;
+    if (typeof dtype !== "string") throw fail(`${where}: dtype is not a string`);
+    if (!isDtype(dtype)) {
+      const kind = UNSUPPORTED_DTYPES.has(dtype) ? "unsupported" : "unknown";
+      throw fail(`${where}: ${kind} dtype ${q(dtype)}`);
+    }
+    if (!Array.isArray(shape) || !shape.every(isCount)) {
+      throw fail(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    }
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
+      throw fail(
+        `${where}: data_offsets ${JSON.stringify(offsets)} is not two non-negative integers`,
+      );
+    }
+    const [begin, end] = offsets as number[];
+    if (begin > end) throw fail(`${where}: data_offsets [${begin}, ${end}] has begin > end`);
+    const needed = elementCount(shape) * BigInt(ITEM_SIZE[dtype]);
+    if (BigInt(end - begin) !== needed) {
+      throw fail(
+        `${where}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape ` +
+          `${fmtShape(shape)} of ${dtype} needs ${needed}`,
+      );
+    }
+    spans.push({ name, begin, end, info: { name, dtype, shape, byteLength: end - begin } });
+  }
+
+  // Report a short file as such before it can show up as some other layout problem.
+  for (const { name, begin, end } of spans) {
+    if (end > dataLength) {
+      throw fail(
+        `tensor ${q(name)}: data_offsets [${begin}, ${end}] extend past the end of the data ` +
+          `(${dataLength} bytes; file truncated?)`,
+      );
+    }
+  }
+
+  // Same rule as Hugging Face: sorted by offset, the tensors must tile the data exactly.
+  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let expected = 0;
+  let previous = "";
+  for (const { name, begin, end } of spans) {
+    if (begin < expected) {
+      throw fail(
+        `tensor ${q(name)}: data_offsets [${begin}, ${end}] overlap tensor ${q(previous)} ` +
+          `(which ends at ${expected})`,
+      );
+    }
+    if (begin > expected) {
+      throw fail(
+        `gap in data: bytes [${expected}, ${begin}) before tensor ${q(name)} belong to no tensor`,
+      );
+    }
+    expected = end;
+    previous = name;
+  }
+  if (expected !== dataLength) {
+    throw fail(`${dataLength - expected} trailing bytes after the last tensor in the data`);
+  }
+
+  const entries = spans.map(({ begin, info }) => ({ ...info, offset: dataStart + begin }));
+  return { metadata, entries };
+}
+
+async function readFully(
+  file: Deno.FsFile,
+  buf: Uint8Array,
+  path: string,
+  what: string,
+): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await file.read(buf.subarray(done));
+    // The file may have shrunk since it was opened; fail rather than loop forever.
+    if (n === null || n === 0) {
+      throw new SafetensorsError(path, `unexpected end of file while reading ${what}`);
+    }
+    done += n;
+  }
+}
+
+function typedView(dtype: Dtype, buffer: ArrayBuffer): TensorData {
+  switch (dtype) {
+    case "F64":
+      return new Float64Array(buffer);
+    case "F32":
+      return new Float32Array(buffer);
+    case "F16":
+    case "BF16":
+    case "U16":
+      return new Uint16Array(buffer);
+    case "I64":
+      return new BigInt64Array(buffer);
+    case "U64":
+      return new BigUint64Array(buffer);
+    case "I32":
+      return new Int32Array(buffer);
+    case "U32":
+      return new Uint32Array(buffer);
+    case "I16":
+      return new Int16Array(buffer);
+    case "I8":
+      return new Int8Array(buffer);
+    case "U8":
+    case "BOOL":
+      return new Uint8Array(buffer);
+  }
+}
+
+function toF32(tensor: LoadedTensor): Float32Array {
+  const { dtype, data } = tensor;
+  if (dtype === "F32") return data as Float32Array;
+  if (dtype === "F16") {
+    return new Float32Array(new Float16Array(data.buffer, data.byteOffset, data.length));
+  }
+  if (dtype === "BF16") {
+    // bf16 is the top half of an f32, so widening is exact.
+    const bits = new Uint32Array(data.length);
+    for (let i = 0; i < data.length; i++) bits[i] = (data as Uint16Array)[i] << 16;
+    return new Float32Array(bits.buffer);
+  }
+  if (data instanceof BigInt64Array || data instanceof BigUint64Array) {
+    return Float32Array.from(data, (v) => Number(v));
+  }
+  return Float32Array.from(data as ArrayLike<number>);
+}
+
+class FileReader implements SafetensorsReader {
+  tensors: Map<string, TensorInfo>;
+  #entries: Map<string, Entry>;
+  #file: Deno.FsFile | null;
+  // seek + read is not atomic, so reads on the shared handle are queued one after another.
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    public path: string,
+    file: Deno.FsFile,
+    public metadata: Record<string, string>,
+    entries: Entry[],
+  ) {
+    this.#file = file;
+    this.#entries = new Map(entries.map((e) => [e.name, e]));
+    this.tensors = new Map(
+      entries.map(({ name, dtype, shape, byteLength }) => [
+        name,
+        { name, dtype, shape, byteLength },
+      ]),
+    );
+  }
+
+  read(name: string): Promise<LoadedTensor> {
+    const entry = this.#entries.get(name);
+    if (!entry) {
+      return Promise.reject(new SafetensorsError(this.path, `no tensor named ${q(name)}`));
+    }
+    const result = this.#queue.then(async () => {
+      const file = this.#file;
+      if (!file) throw new SafetensorsError(this.path, "reader is closed");
+      const buffer = new ArrayBuffer(entry.byteLength);
+      await file.seek(entry.offset, Deno.SeekMode.Start);
+      await readFully(file, new Uint8Array(buffer), this.path, `tensor ${q(name)}`);
+      return { dtype: entry.dtype, shape: [...entry.shape], data: typedView(entry.dtype, buffer) };
+    });
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
+  async readF32(name: string): Promise<Float32Array> {
+    return toF32(await this.read(name));
+  }
+
+  close(): void {
+    this.#file?.close();
+    this.#file = null;
+  }
+}
+
+async function openFile(path: string): Promise<FileReader> {
+  const fail = (problem: string) => new SafetensorsError(path, problem);
+  let file: Deno.FsFile;
+  try {
+    // A FIFO or device could block forever on open or read; only regular files are accepted.
+    if (!(await Deno.stat(path)).isFile) throw new Error("not a regular file");
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    throw fail(`cannot open: ${errorText(e)}`);
+  }
+  try {
+    const fileSize = (await file.stat()).size;
+    if (fileSize < 8) {
+      throw fail(`file is ${fileSize} bytes, shorter than the 8-byte header length`);
+    }
+    const lengthBytes = new Uint8Array(8);
+    await readFully(file, lengthBytes, path, "the header length");
+    const declared = new DataView(lengthBytes.buffer).getBigUint64(0, true);
+    if (declared > BigInt(MAX_HEADER_BYTES)) {
+      throw fail(`header length ${declared} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+    }
+    const headerLength = Number(declared);
+    if (headerLength > fileSize - 8) {
+      throw fail(`header length ${headerLength} exceeds the ${fileSize - 8} bytes after it`);
+    }
+    const headerBytes = new Uint8Array(headerLength);
+    await readFully(file, headerBytes, path, "the header");
+    if (headerBytes[0] !== 0x7b) throw fail("header does not start with '{'");
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes);
+    } catch {
+      throw fail("header is not valid UTF-8");
+    }
+    let header: unknown;
+    try {
+      // Trailing space padding is JSON whitespace, so it needs no special handling.
+      header = JSON.parse(text);
+    } catch (e) {
+      throw fail(`header is not valid JSON (${errorText(e)})`);
+    }
+    const dataStart = 8 + headerLength;
+    const { metadata, entries } = parseHeader(path, header, dataStart, fileSize - dataStart);
+    return new FileReader(path, file, metadata, entries);
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharded checkpoints
+
+const INDEX_FILE = "model.safetensors.index.json";
+const SINGLE_FILE = "model.safetensors";
+
+function dirname(path: string): string {
+  const i = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
+  if (i < 0) return ".";
+  return i === 0 ? path.slice(0, 1) : path.slice(0, i);
+}
+
+function joinPath(dir: string, name: string): string {
+  return /[\\/]$/.test(dir) ? dir + name : `${dir}/${name}`;
+}
+
+/** A shard must live next to its index: no separators, no `..`, nothing absolute. */
+function isPlainFileName(name: string): boolean {
+  return name !== "" && name !== "." && name !== ".." && !/[\\/:\0]/.test(name);
+}
+
+class ShardedReader implements SafetensorsReader {
+  tensors = new Map<string, TensorInfo>();
+
+  constructor(
+    public path: string,
+    public metadata: Record<string, string>,
+    private shardOf: Map<string, FileReader>,
+  ) {
+    for (const [name, shard] of shardOf) this.tensors.set(name, shard.tensors.get(name)!);
+  }
+
+  read(name: string): Promise<LoadedTensor> {
+    const shard = this.shardOf.get(name);
+    if (!shard) {
+      return Promise.reject(new SafetensorsError(this.path, `no tensor named ${q(name)}`));
+    }
+    return shard.read(name);
+  }
+
+  async readF32(name: string): Promise<Float32Array> {
+    return toF32(await this.read(name));
+  }
+
+  close(): void {
+    for (const shard of new Set(this.shardOf.values())) shard.close();
+  }
+}
+
+async function openIndex(path: string): Promise<ShardedReader> {
+  const fail = (problem: string) => new SafetensorsError(path, problem);
+  let text: string;
+  try {
+    const info = await Deno.stat(path);
+    if (!info.isFile) throw new Error("not a regular file");
+    if (info.size > MAX_HEADER_BYTES) throw new Error(`larger than ${MAX_HEADER_BYTES} bytes`);
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw fail(`cannot read index: ${errorText(e)}`);
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(text);
+  } catch (e) {
+    throw fail(`index is not valid JSON (${errorText(e)})`);
+  }
+  if (!isPlainObject(index)) throw fail("index is not a JSON object");
+  const { metadata: rawMetadata = {}, weight_map: weightMap } = index;
+  if (!isPlainObject(rawMetadata)) throw fail("index metadata is not an object");
+  if (!isPlainObject(weightMap)) throw fail("index has no weight_map object");
+
+  // Index metadata holds numbers such as total_size; the reader exposes everything as strings.
+  const metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(rawMetadata)) {
+    metadata[k] = typeof v === "string" ? v : JSON.stringify(v);
+  }
+
+  const files = new Map<string, string[]>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== "string") throw fail(`weight_map[${q(name)}] is not a string`);
+    if (!isPlainFileName(shard)) {
+      throw fail(
+        `weight_map[${q(name)}]: shard ${q(shard)} is not a plain file name in the same directory`,
+      );
+    }
+    files.set(shard, [...(files.get(shard) ?? []), name]);
+  }
+
+  // Shards are opened up front (headers only) so a broken checkpoint fails at open, not mid-run.
+  const dir = dirname(path);
+  const opened: FileReader[] = [];
+  try {
+    const shardOf = new Map<string, FileReader>();
+    for (const [shard, names] of files) {
+      let reader: FileReader;
+      try {
+        reader = await openFile(joinPath(dir, shard));
+      } catch (e) {
+        throw fail(`shard ${q(shard)}: ${errorText(e)}`);
+      }
+      opened.push(reader);
+      for (const name of names) {
+        if (!reader.tensors.has(name)) {
+          throw fail(`tensor ${q(name)} not found in shard ${q(shard)}`);
+        }
+        shardOf.set(name, reader);
+      }
+    }
+    return new ShardedReader(path, metadata, shardOf);
+  } catch (e) {
+    for (const reader of opened) reader.close();
+    throw e;
+  }
+}
+
+/**
+ * Opens a `.safetensors` file, a `model.safetensors.index.json`, or a directory holding one of
+ * `model.safetensors.index.json` / `model.safetensors` (the index wins, as in transformers).
+ * Only the 8-byte length and the header are read here; tensor data is read on demand.
+ */
+export async function openSafetensors(path: string): Promise<SafetensorsReader> {
+  assertLittleEndian();
+  let isDirectory = false;
+  try {
+    isDirectory = (await Deno.stat(path)).isDirectory;
+  } catch (e) {
+    throw new SafetensorsError(path, `cannot open: ${errorText(e)}`);
+  }
+  if (!isDirectory) return path.endsWith(".json") ? openIndex(path) : openFile(path);
+
+  for (const [name, open] of [[INDEX_FILE, openIndex], [SINGLE_FILE, openFile]] as const) {
+    const candidate = joinPath(path, name);
+    try {
+      await Deno.stat(candidate);
+    } catch {
+      continue;
+    }
+    return open(candidate);
+  }
+  throw new SafetensorsError(path, `directory holds neither ${INDEX_FILE} nor ${SINGLE_FILE}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/** What the writer accepts per dtype. F16/BF16 also take float32 values, rounded to nearest even. */
+export interface TensorInput {
+  dtype: Dtype;
+  shape: number[];
+  data: TensorData;
+}
+
+function acceptsData(dtype: Dtype, data: TensorData): boolean {
+  switch (dtype) {
+    case "F64":
+      return data instanceof Float64Array;
+    case "F32":
+      return data instanceof Float32Array;
+    case "F16":
+      return data instanceof Float32Array || data instanceof Float16Array ||
+        data instanceof Uint16Array;
+    case "BF16":
+      return data instanceof Float32Array || data instanceof Uint16Array;
+    case "I64":
+      return data instanceof BigInt64Array;
+    case "U64":
+      return data instanceof BigUint64Array;
+    case "I32":
+      return data instanceof Int32Array;
+    case "U32":
+      return data instanceof Uint32Array;
+    case "I16":
+      return data instanceof Int16Array;
+    case "U16":
+      return data instanceof Uint16Array;
+    case "I8":
+      return data instanceof Int8Array;
+    case "U8":
+    case "BOOL":
+      return data instanceof Uint8Array;
+  }
+}
+
+/** float32 -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN of the same sign. */
+export function f32ToBf16Bits(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i];
+    if ((b & 0x7fffffff) > 0x7f800000) {
+      // Plain rounding could carry a NaN's payload into infinity; force a quiet NaN instead.
+      out[i] = (b >>> 16) | 0x0040;
+    } else {
+      out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+    }
+  }
+  return out;
+}
+
+/** float32 -> float16 bits; Float16Array conversion is IEEE round-to-nearest-even. */
+export function f32ToF16Bits(values: Float32Array): Uint16Array {
+  return new Uint16Array(new Float16Array(values).buffer);
+}
+
+/** The bytes that go into the file for one tensor. */
+function tensorBytes(t: TensorInput): Uint8Array {
+  let data = t.data;
+  if (t.dtype === "F16" && data instanceof Float32Array) data = f32ToF16Bits(data);
+  if (t.dtype === "BF16" && data instanceof Float32Array) data = f32ToBf16Bits(data);
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+function validateInput(
+  path: string,
+  tensors: Record<string, TensorInput>,
+  metadata: Record<string, string> | undefined,
+): void {
+  const fail = (problem: string) => new SafetensorsError(path, problem);
+  if (metadata !== undefined) {
+    if (!isPlainObject(metadata)) throw fail("metadata is not an object of strings");
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== "string") throw fail(`metadata value for ${q(k)} is not a string`);
+    }
+  }
+  for (const [name, t] of Object.entries(tensors)) {
+    const where = `tensor ${q(name)}`;
+    if (name === "") throw fail("tensor with an empty name");
+    if (name === METADATA_KEY) throw fail(`${q(METADATA_KEY)} is reserved, not a tensor name`);
+    if (!isPlainObject(t)) throw fail(`${where}: not a {dtype, shape, data} object`);
+    if (typeof t.dtype !== "string" || !isDtype(t.dtype)) {
+      throw fail(`${where}: unknown dtype ${q(String(t.dtype))}`);
+    }
+    if (!Array.isArray(t.shape) || !t.shape.every(isCount)) {
+      throw fail(
+        `${where}: shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`,
+      );
+    }
+    if (!ArrayBuffer.isView(t.data) || !acceptsData(t.dtype, t.data)) {
+      const got = ArrayBuffer.isView(t.data) ? t.data.constructor.name : typeof t.data;
+      throw fail(`${where}: ${got} is not valid data for dtype ${t.dtype}`);
+    }
+    const count = elementCount(t.shape);
+    if (BigInt(t.data.length) !== count) {
+      throw fail(
+        `${where}: data has ${t.data.length} elements but shape ${
+          fmtShape(t.shape)
+        } needs ${count}`,
+      );
+    }
+    if (t.dtype === "BOOL" && (t.data as Uint8Array).some((v) => v > 1)) {
+      throw fail(`${where}: BOOL data must be 0 or 1`);
+    }
+  }
+}
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += await file.write(bytes.subarray(done));
+}
+
+/**
+ * Hugging Face's `Dtype` enum order (increasing alignment). Its writer lays tensors out by this
+ * rank, largest first, then by name, so every tensor starts aligned to its item size (the data
+ * begins 8-aligned); we do the same, so our files match its own byte for byte.
+ */
+const HF_DTYPE_RANK: Record<Dtype, number> = {
+  BOOL: 0,
+  U8: 1,
+  I8: 2,
+  I16: 5,
+  U16: 6,
+  F16: 7,
+  BF16: 8,
+  I32: 9,
+  U32: 10,
+  F32: 11,
+  F64: 12,
+  I64: 13,
+  U64: 14,
+};
+
+/**
+ * Writes a safetensors file that Hugging Face's `safetensors` reads: `__metadata__` first (only
+ * when given), then the tensors in Hugging Face's order (largest dtype alignment first, then
+ * sorted by name; plain sorted keys when all share one dtype), their data contiguous in that same
+ * order, and the header padded with spaces to a multiple of 8. The file is written to a temporary name in the
+ * same directory, synced, then renamed over `path`, so readers never see a partial file and a
+ * failed write leaves any existing file untouched.
+ */
+export async function writeSafetensors(
+  path: string,
+  tensors: Record<string, TensorInput>,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  assertLittleEndian();
+  validateInput(path, tensors, metadata);
+
+  // The JSON is assembled by hand: a JS object would move integer-like keys such as "0" first.
+  const names = Object.keys(tensors).sort((a, b) =>
+    HF_DTYPE_RANK[tensors[b].dtype] - HF_DTYPE_RANK[tensors[a].dtype] ||
+    (a < b ? -1 : a > b ? 1 : 0)
+  );
+  const parts: string[] = [];
+  if (metadata !== undefined) {
+    const fields = Object.keys(metadata).sort().map((k) =>
+      `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`
+    );
+    parts.push(`${JSON.stringify(METADATA_KEY)}:{${fields.join(",")}}`);
+  }
+  let offset = 0;
+  for (const name of names) {
+    const { dtype, shape } = tensors[name];
+    const size = Number(elementCount(shape)) * ITEM_SIZE[dtype];
+    const entry = { dtype, shape, data_offsets: [offset, offset + size] };
+    parts.push(`${JSON.stringify(name)}:${JSON.stringify(entry)}`);
+    offset += size;
+  }
+  const json = new TextEncoder().encode(`{${parts.join(",")}}`);
+  const headerLength = Math.ceil(json.length / 8) * 8;
+  const head = new Uint8Array(8 + headerLength).fill(0x20);
+  new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
+  head.set(json, 8);
+
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  let file: Deno.FsFile | null = null;
+  try {
+    file = await Deno.open(tmp, { write: true, createNew: true });
+    await writeAll(file, head);
+    // One tensor at a time: only a single converted F16/BF16 copy is ever alive.
+    for (const name of names) await writeAll(file, tensorBytes(tensors[name]));
+    await file.sync();
+    file.close();
+    file = null;
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    file?.close();
+    await Deno.remove(tmp).catch(() => {});
+    throw new SafetensorsError(path, `write failed: ${errorText(e)}`);
+  }
+}
