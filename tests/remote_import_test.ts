@@ -1,0 +1,116 @@
+// The library must work when imported by URL from a plain HTTP server, with no import map and
+// no config: this serves the repository on loopback and imports mod.ts from a subprocess.
+
+import { assert, assertEquals } from "./assert.ts";
+
+const ROOT = new URL("../", import.meta.url);
+
+function contentType(path: string): string {
+  if (path.endsWith(".ts")) return "application/typescript; charset=utf-8";
+  if (path.endsWith(".json")) return "application/json";
+  return "application/octet-stream";
+}
+
+Deno.test("mod.ts imports by URL from a loopback server and runs a kernel", async () => {
+  const requested: string[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const path = decodeURIComponent(new URL(req.url).pathname);
+    requested.push(path);
+    if (path.includes("..")) return new Response("bad path", { status: 400 });
+    try {
+      const body = await Deno.readFile(new URL(`.${path}`, ROOT));
+      return new Response(body, { headers: { "content-type": contentType(path) } });
+    } catch {
+      return new Response("not found", { status: 404 });
+    }
+  });
+  const origin = `127.0.0.1:${server.addr.port}`;
+  const dir = await Deno.makeTempDir();
+  try {
+    const script = `${dir}/use_ehft.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import * as ehft from "http://${origin}/mod.ts";
+const gpu = await ehft.requestGpu();
+const rec = new ehft.Recorder(gpu);
+const t = ehft.createTensor(gpu, [9], "f32", "t");
+ehft.fill(rec, t, 2.5);
+await rec.submit();
+const out = await t.download();
+console.log(JSON.stringify({ exports: Object.keys(ehft).sort(), out: Array.from(out) }));
+gpu.destroy();
+`,
+    );
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-config",
+        "--no-lock",
+        `--reload=http://${origin}`,
+        `--allow-import=${origin}`,
+        script,
+      ],
+      cwd: dir,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(stderr);
+    assertEquals(code, 0, `subprocess failed: ${err}`);
+    const result = JSON.parse(new TextDecoder().decode(stdout).trim().split("\n").at(-1)!);
+    for (const name of ["requestGpu", "createTensor", "Recorder", "openSafetensors"]) {
+      assert(result.exports.includes(name), `mod.ts does not export ${name}`);
+    }
+    assertEquals(result.out, Array(9).fill(2.5));
+    assert(requested.includes("/mod.ts"));
+    assert(requested.some((p) => p.startsWith("/kernels/")), "kernels were not fetched");
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The import specifiers of a TypeScript source (static imports and re-exports). */
+function specifiers(source: string): string[] {
+  const found: string[] = [];
+  const patterns = [
+    /(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s*["']([^"']+)["']/g, // import x from "y"
+    /(?:^|\n)\s*import\s*["']([^"']+)["']/g, // import "y"
+    /import\(\s*["']([^"']+)["']\s*\)/g, // import("y")
+  ];
+  for (const pattern of patterns) {
+    for (const m of source.matchAll(pattern)) found.push(m[1]);
+  }
+  return found;
+}
+
+async function* librarySources(dir: URL): AsyncGenerator<URL> {
+  for await (const entry of Deno.readDir(dir)) {
+    const url = new URL(entry.name + (entry.isDirectory ? "/" : ""), dir);
+    if (entry.isDirectory) yield* librarySources(url);
+    else if (entry.name.endsWith(".ts")) yield url;
+  }
+}
+
+Deno.test("library sources use only URL-safe imports", async () => {
+  const files = [new URL("mod.ts", ROOT)];
+  for (const dir of ["kernels/", "model/", "peft/", "train/"]) {
+    for await (const f of librarySources(new URL(dir, ROOT))) files.push(f);
+  }
+  const problems: string[] = [];
+  for (const file of files) {
+    const source = await Deno.readTextFile(file);
+    const name = file.pathname.slice(ROOT.pathname.length);
+    for (const spec of specifiers(source)) {
+      const ok = spec.startsWith("node:") ||
+        /^npm:(@[\w.-]+\/)?[\w.-]+@\d+\.\d+\.\d+(\/[\w./-]*)?$/.test(spec) ||
+        (/^\.\.?\//.test(spec) && spec.endsWith(".ts"));
+      if (!ok) problems.push(`${name}: import "${spec}"`);
+    }
+    // A module imported by URL cannot read files beside itself.
+    if (/import\.meta\.(url|dirname|filename)/.test(source)) {
+      problems.push(`${name}: uses import.meta paths`);
+    }
+  }
+  assertEquals(problems, []);
+});
