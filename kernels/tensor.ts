@@ -143,6 +143,21 @@ export class Tensor {
     }
   }
 
+  /**
+   * A tensor over part of this one's buffer, starting `byteOffset` bytes after this one's first
+   * element (a multiple of the adapter's minStorageBufferOffsetAlignment, 256 on most, if it is
+   * to be bound on its own). Destroying a view destroys the whole buffer.
+   */
+  view(byteOffset: number, shape: readonly number[], label = `${this.label}[view]`): Tensor {
+    const bytes = numelOf(shape) * DTYPE_BYTES[this.dtype];
+    if (byteOffset < 0 || byteOffset % 4 !== 0 || byteOffset + bytes > this.bindingSize) {
+      throw new GpuError(
+        `tensor "${this.label}": view of ${bytes} bytes at ${byteOffset} is out of range`,
+      );
+    }
+    return new Tensor(this.gpu, this.buffer, shape, this.dtype, label, this.offset + byteOffset);
+  }
+
   destroy(): void {
     this.buffer.destroy();
   }
@@ -181,4 +196,38 @@ export function tensorFromArray(
   const tensor = createTensor(gpu, shape, dtypeOf(data), label);
   tensor.upload(data);
   return tensor;
+}
+
+/**
+ * Throws unless `t` has exactly `shape` (a `-1` entry matches any size) and, if given, `dtype`.
+ * Launchers call it first so that a wrong argument names the operation and the tensor.
+ */
+export function expectShape(
+  op: string,
+  name: string,
+  t: Tensor,
+  shape: readonly number[],
+  dtype?: DType,
+): void {
+  const ok = t.shape.length === shape.length && shape.every((d, i) => d === -1 || d === t.shape[i]);
+  if (!ok) {
+    const want = shape.map((d) => (d === -1 ? "*" : String(d))).join(", ");
+    throw new GpuError(
+      `${op}: ${name} ("${t.label}") has shape [${t.shape.join(", ")}], expected [${want}]`,
+    );
+  }
+  if (dtype && t.dtype !== dtype) {
+    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected ${dtype}`);
+  }
+}
+
+/** Throws unless `t` fits in one storage binding of this adapter (128 MiB on lavapipe). */
+export function expectBindable(op: string, name: string, t: Tensor): void {
+  const max = t.gpu.limits.maxStorageBufferBindingSize;
+  if (t.bindingSize > max) {
+    throw new GpuError(
+      `${op}: ${name} ("${t.label}", ${t.bindingSize} bytes) exceeds this adapter's storage ` +
+        `binding limit of ${max} bytes`,
+    );
+  }
 }

@@ -66,3 +66,40 @@ export async function assertRejects<E extends Error = Error>(
   }
   throw new AssertionError("expected the promise to reject");
 }
+
+/**
+ * Asserts `actual ≈ expected` elementwise: |a − e| ≤ tol · (|e| + mean|e|). Relative for large
+ * elements; near zero (where float32 cancellation makes relative error meaningless) the error
+ * is measured against the tensor's typical magnitude. NaN (an unwritten, poisoned output) fails.
+ */
+export function assertClose(
+  name: string,
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol = 1e-5,
+): void {
+  if (actual.length !== expected.length) {
+    throw new AssertionError(`${name}: length ${actual.length}, expected ${expected.length}`);
+  }
+  let meanAbs = 0;
+  for (let i = 0; i < expected.length; i++) meanAbs += Math.abs(expected[i]);
+  meanAbs /= Math.max(1, expected.length);
+  let worst = -1;
+  let worstRatio = 0;
+  for (let i = 0; i < expected.length; i++) {
+    const err = Math.abs(actual[i] - expected[i]);
+    const bound = tol * (Math.abs(expected[i]) + meanAbs);
+    const ratio = err / (bound || Number.MIN_VALUE);
+    if (!(err <= bound) && (worst < 0 || !(ratio <= worstRatio))) {
+      worst = i;
+      worstRatio = ratio;
+    }
+  }
+  if (worst >= 0) {
+    throw new AssertionError(
+      `${name}: element ${worst} is ${actual[worst]}, expected ${expected[worst]} ` +
+        `(error ${Math.abs(actual[worst] - expected[worst]).toExponential(2)}, ` +
+        `bound ${(tol * (Math.abs(expected[worst]) + meanAbs)).toExponential(2)} at tol ${tol})`,
+    );
+  }
+}

@@ -23,3 +23,22 @@ export function randomValues(n: number, seed: number): Float64Array {
   }
   return out;
 }
+
+/**
+ * Central finite difference of a float64 function at `x[i]`: (f(x + h) − f(x − h)) / 2h.
+ * `x` is restored afterwards.
+ */
+export function finiteDifference(
+  f: (x: Float64Array) => number,
+  x: Float64Array,
+  i: number,
+  h = 1e-6,
+): number {
+  const saved = x[i];
+  x[i] = saved + h;
+  const plus = f(x);
+  x[i] = saved - h;
+  const minus = f(x);
+  x[i] = saved;
+  return (plus - minus) / (2 * h);
+}
