@@ -1,0 +1,156 @@
+// Linear layers in Hugging Face's weight layout (W: [out, in]): Y = X·Wᵀ + b, and its gradients.
+// The products are `matmul` calls; the bias is fused into the forward product, and the bias
+// gradient (a column sum of dY) has its own small kernel.
+
+import { GpuError } from "./device.ts";
+import { matmul } from "./matmul.ts";
+import { getPipeline } from "./pipeline.ts";
+import type { Recorder } from "./recorder.ts";
+import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+
+export interface LinearForwardArgs {
+  /** [..., in]; the leading dimensions are flattened to rows. */
+  x: Tensor;
+  /** [out, in] */
+  weight: Tensor;
+  /** [out] */
+  bias?: Tensor;
+  /** [..., out], the same leading dimensions as x. */
+  out: Tensor;
+}
+
+export interface LinearBackwardArgs {
+  /** The forward input, [..., in]. */
+  x: Tensor;
+  /** [out, in] */
+  weight: Tensor;
+  /** Gradient of the loss with respect to the forward output, [..., out]. */
+  dOut: Tensor;
+  /** dX = dY·W, [..., in]; omit when the input needs no gradient. */
+  dX?: Tensor;
+  /** dW = dYᵀ·X, [out, in]; omit for a frozen weight. */
+  dWeight?: Tensor;
+  /** db = Σ_rows dY, [out]; omit for a frozen (or absent) bias. */
+  dBias?: Tensor;
+  /** Add dX into dX's existing contents (a residual stream gets several contributions). */
+  accumulateDX?: boolean;
+  /** Add dW and db into the existing gradients instead of overwriting them. */
+  accumulate?: boolean;
+}
+
+/** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
+function linearShapes(op: string, x: Tensor, weight: Tensor) {
+  expectShape(op, "weight", weight, [-1, -1], "f32");
+  const [outF, inF] = weight.shape;
+  if (x.shape.length < 1) {
+    throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
+  }
+  const lead = x.shape.slice(0, -1);
+  expectShape(op, "x", x, [...lead, inF], "f32");
+  const rows = lead.reduce((a, b) => a * b, 1);
+  return { rows, inF, outF, lead };
+}
+
+/** Records out = x·weightᵀ (+ bias). */
+export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
+  const op = "linearForward";
+  const { x, weight, bias, out } = args;
+  const { rows, inF, outF, lead } = linearShapes(op, x, weight);
+  if (bias) expectShape(op, "bias", bias, [outF], "f32");
+  expectShape(op, "out", out, [...lead, outF], "f32");
+  for (const [name, t] of [["x", x], ["weight", weight], ["bias", bias], ["out", out]] as const) {
+    if (t) expectBindable(op, name, t);
+  }
+  matmul(rec, { op, a: x, b: weight, c: out, bias, m: rows, n: outF, k: inF, transB: true });
+}
+
+/** Records the requested gradients of a linear layer. */
+export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
+  const op = "linearBackward";
+  const { x, weight, dOut, dX, dWeight, dBias } = args;
+  const { rows, inF, outF, lead } = linearShapes(op, x, weight);
+  expectShape(op, "dOut", dOut, [...lead, outF], "f32");
+  if (dX) expectShape(op, "dX", dX, [...lead, inF], "f32");
+  if (dWeight) expectShape(op, "dWeight", dWeight, [outF, inF], "f32");
+  if (dBias) expectShape(op, "dBias", dBias, [outF], "f32");
+  const bound = [["x", x], ["weight", weight], ["dOut", dOut], ["dX", dX], ["dWeight", dWeight], [
+    "dBias",
+    dBias,
+  ]] as const;
+  for (const [name, t] of bound) if (t) expectBindable(op, name, t);
+
+  if (dX) {
+    matmul(rec, {
+      op: `${op} (dX)`,
+      a: dOut,
+      b: weight,
+      c: dX,
+      m: rows,
+      n: inF,
+      k: outF,
+      accumulate: args.accumulateDX ?? false,
+    });
+  }
+  if (dWeight) {
+    matmul(rec, {
+      op: `${op} (dWeight)`,
+      a: dOut,
+      b: x,
+      c: dWeight,
+      m: outF,
+      n: inF,
+      k: rows,
+      transA: true,
+      accumulate: args.accumulate ?? false,
+    });
+  }
+  if (dBias) columnSum(rec, `${op} (dBias)`, dOut, dBias, rows, outF, args.accumulate ?? false);
+}
+
+const SUM_COLS = 64; // columns per workgroup: neighbouring invocations read neighbouring addresses
+const SUM_SLICES = 4; // rows are split into this many interleaved slices, summed in fixed order
+
+const COLUMN_SUM_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+struct Params { rows: u32, cols: u32, accumulate: u32, pad: u32 }
+@group(0) @binding(2) var<uniform> p: Params;
+
+var<workgroup> partial: array<f32, ${SUM_COLS * SUM_SLICES}>;
+
+@compute @workgroup_size(${SUM_COLS}, ${SUM_SLICES})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let col = wid.x * ${SUM_COLS}u + lid.x;
+  var s = 0.0;
+  if (col < p.cols) {
+    for (var r = lid.y; r < p.rows; r += ${SUM_SLICES}u) { s += src[r * p.cols + col]; }
+  }
+  partial[lid.y * ${SUM_COLS}u + lid.x] = s;
+  workgroupBarrier();
+  if (lid.y == 0u && col < p.cols) {
+    var t = partial[lid.x];
+    for (var q = 1u; q < ${SUM_SLICES}u; q++) { t += partial[q * ${SUM_COLS}u + lid.x]; }
+    if (p.accumulate != 0u) { t += dst[col]; }
+    dst[col] = t;
+  }
+}
+`;
+
+/** dst[c] (+)= Σ_r src[r, c], deterministically (a fixed summation order, no atomics). */
+function columnSum(
+  rec: Recorder,
+  label: string,
+  src: Tensor,
+  dst: Tensor,
+  rows: number,
+  cols: number,
+  accumulate: boolean,
+): void {
+  const groups = Math.ceil(cols / SUM_COLS);
+  const max = rec.gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (groups > max) {
+    throw new GpuError(`${label}: ${cols} columns need more than ${max} workgroups`);
+  }
+  const pipeline = getPipeline(rec.gpu, "linear_column_sum", COLUMN_SUM_WGSL);
+  rec.dispatch(label, pipeline, [src, dst], groups, new Uint32Array([rows, cols, +accumulate, 0]));
+}

@@ -1,0 +1,194 @@
+// LoRA's low-rank path beside a frozen linear layer: out += scale · (X·Aᵀ)·Bᵀ, with A: [r, in] and
+// B: [out, r] (the layout of Hugging Face PEFT's lora_A / lora_B weights). Only `matmul` calls:
+// its alpha carries the scale and its accumulate adds onto the frozen path's output.
+
+import { GpuError } from "./device.ts";
+import type { Gpu } from "./device.ts";
+import { matmul } from "./matmul.ts";
+import type { Recorder } from "./recorder.ts";
+import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+
+export interface LoraForwardArgs {
+  /** The layer input, [..., in]; leading dimensions are flattened to rows. */
+  x: Tensor;
+  /** lora_A, [r, in] */
+  a: Tensor;
+  /** lora_B, [out, r] */
+  b: Tensor;
+  /** PEFT's lora_alpha / r. */
+  scale: number;
+  /** Receives X·Aᵀ, [rows, r] (or [..., r]); kept for the backward pass. */
+  hidden: Tensor;
+  /** [..., out]; the frozen layer's output, which the low-rank path is added into. */
+  out: Tensor;
+}
+
+export interface LoraBackwardArgs {
+  x: Tensor;
+  a: Tensor;
+  b: Tensor;
+  scale: number;
+  /** The forward pass's X·Aᵀ. */
+  hidden: Tensor;
+  /** Gradient of the loss with respect to the layer output, [..., out]. */
+  dOut: Tensor;
+  /** [..., in]; the low-rank path's input gradient is ADDED into it (the frozen path writes it first). */
+  dX?: Tensor;
+  /** [r, in] */
+  dA?: Tensor;
+  /** [out, r] */
+  dB?: Tensor;
+  /** Add dA and dB into the existing gradients instead of overwriting them. */
+  accumulate?: boolean;
+  /**
+   * Workspace for scale·dY·B, [rows, r] (or [..., r]), needed when dA or dX is asked for. It may
+   * be `hidden` itself, which is then overwritten after its last read. If omitted, a workspace
+   * kept per device by this module is used.
+   */
+  dHidden?: Tensor;
+}
+
+/** Checks x, a, b, hidden and the [..., out] tensor; returns the sizes. */
+function loraShapes(
+  op: string,
+  args: { x: Tensor; a: Tensor; b: Tensor; scale: number; hidden: Tensor },
+  outName: string,
+  outT: Tensor,
+) {
+  const { x, a, b, hidden, scale } = args;
+  expectShape(op, "a", a, [-1, -1], "f32");
+  const [r, inF] = a.shape;
+  expectShape(op, "b", b, [-1, r], "f32");
+  const outF = b.shape[0];
+  if (x.shape.length < 1) {
+    throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
+  }
+  const lead = x.shape.slice(0, -1);
+  expectShape(op, "x", x, [...lead, inF], "f32");
+  const rows = lead.reduce((p, q) => p * q, 1);
+  expectRowsByR(op, "hidden", hidden, lead, rows, r);
+  expectShape(op, outName, outT, [...lead, outF], "f32");
+  if (!Number.isFinite(scale)) throw new GpuError(`${op}: scale must be finite, got ${scale}`);
+  return { r, inF, outF, rows, lead };
+}
+
+/** Accepts [rows, r] or [...lead, r]. */
+function expectRowsByR(
+  op: string,
+  name: string,
+  t: Tensor,
+  lead: readonly number[],
+  rows: number,
+  r: number,
+): void {
+  const flat = t.shape.length === 2 && t.shape[0] === rows;
+  expectShape(op, name, t, flat ? [rows, r] : [...lead, r], "f32");
+}
+
+function bindable(op: string, tensors: Record<string, Tensor | undefined>): void {
+  for (const [name, t] of Object.entries(tensors)) if (t) expectBindable(op, name, t);
+}
+
+/** Records hidden = x·aᵀ and out += scale · hidden·bᵀ. */
+export function loraForward(rec: Recorder, args: LoraForwardArgs): void {
+  const op = "loraForward";
+  const { x, a, b, hidden, out, scale } = args;
+  const { r, inF, outF, rows } = loraShapes(op, args, "out", out);
+  bindable(op, { x, a, b, hidden, out });
+  matmul(rec, { op: `${op} (hidden)`, a: x, b: a, c: hidden, m: rows, n: r, k: inF, transB: true });
+  matmul(rec, {
+    op: `${op} (out)`,
+    a: hidden,
+    b,
+    c: out,
+    m: rows,
+    n: outF,
+    k: r,
+    transB: true,
+    alpha: scale,
+    accumulate: true,
+  });
+}
+
+const workspaces = new WeakMap<Gpu, Tensor>();
+
+/** A per-device f32 workspace of at least `n` elements, viewed as `shape`. */
+function workspace(gpu: Gpu, shape: number[]): Tensor {
+  const n = shape.reduce((p, q) => p * q, 1);
+  let t = workspaces.get(gpu);
+  if (!t || t.numel < n) {
+    // The old workspace is not destroyed: commands recorded but not yet submitted may use it.
+    t = createTensor(gpu, [Math.max(n, 2 * (t?.numel ?? 0))], "f32", "lora workspace");
+    workspaces.set(gpu, t);
+  }
+  return t.view(0, shape, "lora workspace");
+}
+
+/**
+ * Records the LoRA gradients: dB = scale · dYᵀ·hidden, dA = (scale · dY·B)ᵀ·X and
+ * dX += (scale · dY·B)·A. The frozen weight gets none.
+ */
+export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
+  const op = "loraBackward";
+  const { x, a, b, hidden, dOut, dX, dA, dB, scale } = args;
+  const { r, inF, outF, rows, lead } = loraShapes(op, args, "dOut", dOut);
+  if (dX) expectShape(op, "dX", dX, [...lead, inF], "f32");
+  if (dA) expectShape(op, "dA", dA, [r, inF], "f32");
+  if (dB) expectShape(op, "dB", dB, [outF, r], "f32");
+  if (args.dHidden) expectRowsByR(op, "dHidden", args.dHidden, lead, rows, r);
+  bindable(op, { x, a, b, hidden, dOut, dX, dA, dB, dHidden: args.dHidden });
+  const accumulate = args.accumulate ?? false;
+
+  // dB first: it is hidden's last reader, so dHidden may overwrite hidden afterwards.
+  if (dB) {
+    matmul(rec, {
+      op: `${op} (dB)`,
+      a: dOut,
+      b: hidden,
+      c: dB,
+      m: outF,
+      n: r,
+      k: rows,
+      transA: true,
+      alpha: scale,
+      accumulate,
+    });
+  }
+  if (!dA && !dX) return;
+  const dHidden = args.dHidden ?? workspace(rec.gpu, [rows, r]);
+  matmul(rec, {
+    op: `${op} (dHidden)`,
+    a: dOut,
+    b,
+    c: dHidden,
+    m: rows,
+    n: r,
+    k: outF,
+    alpha: scale,
+  });
+  if (dA) {
+    matmul(rec, {
+      op: `${op} (dA)`,
+      a: dHidden,
+      b: x,
+      c: dA,
+      m: r,
+      n: inF,
+      k: rows,
+      transA: true,
+      accumulate,
+    });
+  }
+  if (dX) {
+    matmul(rec, {
+      op: `${op} (dX)`,
+      a: dHidden,
+      b: a,
+      c: dX,
+      m: rows,
+      n: inF,
+      k: r,
+      accumulate: true,
+    });
+  }
+}

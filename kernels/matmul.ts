@@ -1,0 +1,344 @@
+// General strided, batched matrix product: C = alpha · op(A) · op(B) (+ bias) (+ C).
+//
+// Every other product in the encoder (linear layers, LoRA, per-head attention) is one call of
+// this op with the right strides, so that no layout needs a copy. Operands are addressed by
+// element offset + row stride ("leading dimension") + two batch levels, all read from a uniform,
+// so one compiled pipeline per kernel variant serves every shape and transpose.
+//
+// Determinism: each output element is one invocation's sum over k in increasing order, so a
+// given call gives bitwise-identical results on every run.
+
+import { GpuError } from "./device.ts";
+import { getPipeline } from "./pipeline.ts";
+import type { Recorder } from "./recorder.ts";
+import { expectBindable, type Tensor } from "./tensor.ts";
+
+/** One batch level: `count` products, operand `X` of product `i` starting `i · strideX` later. */
+export interface MatmulBatch {
+  count: number;
+  /** Element strides between consecutive products; 0 reuses the same operand (broadcast). */
+  strideA: number;
+  strideB: number;
+  strideC: number;
+}
+
+export interface MatmulArgs {
+  /** Used in error messages and as the dispatch label; defaults to "matmul". */
+  op?: string;
+  /** op(A) is m×k: A stored [m, k] row-major, or [k, m] when `transA`. */
+  a: Tensor;
+  /** op(B) is k×n: B stored [k, n] row-major, or [n, k] when `transB`. */
+  b: Tensor;
+  /** C is m×n, row-major with row stride `ldc`. */
+  c: Tensor;
+  m: number;
+  n: number;
+  k: number;
+  transA?: boolean;
+  transB?: boolean;
+  /** Row strides of the stored matrices, in elements; default: packed (the stored row length). */
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+  /** Element offsets of the first product's operands inside each tensor; default 0. */
+  offsetA?: number;
+  offsetB?: number;
+  offsetC?: number;
+  /** Outer batch level (e.g. the sequence in a [B, S, H·D] layout). */
+  batch0?: MatmulBatch;
+  /** Inner batch level (e.g. the head: offset h·D). Product (i0, i1) adds both levels' strides. */
+  batch1?: MatmulBatch;
+  /** Scales the product (not the bias, not the existing C); default 1. */
+  alpha?: number;
+  /** Optional [n] vector added to every row of every product. */
+  bias?: Tensor;
+  /** Add into C instead of overwriting it; default false. */
+  accumulate?: boolean;
+  /** Forces a kernel variant (tests cover each); default: chosen from the shape. */
+  variant?: MatmulVariant;
+}
+
+/**
+ * A kernel variant: a 16×16 workgroup computing a (16·rm)×(16·rn) block of C, each invocation an
+ * rm×rn register tile. Variants differ in speed only; the arithmetic order is the same.
+ */
+export type MatmulVariant = "tile16" | "tile64";
+
+const VARIANTS: Record<MatmulVariant, { rm: number; rn: number }> = {
+  tile16: { rm: 1, rn: 1 },
+  tile64: { rm: 4, rn: 4 },
+};
+
+/** Picks the variant: the register-tiled one once a product is big enough to fill its blocks. */
+function chooseVariant(m: number, n: number): MatmulVariant {
+  return m >= 64 && n >= 64 ? "tile64" : "tile16";
+}
+
+const WG = 16; // workgroup is WG×WG invocations
+const BK = 16; // k-slice staged in workgroup memory per step
+
+function matmulWgsl(rm: number, rn: number): string {
+  const bm = WG * rm;
+  const bn = WG * rn;
+  return /* wgsl */ `
+struct Params {
+  m: u32, n: u32, k: u32, count1: u32,
+  offA: u32, rsA: u32, csA: u32, offB: u32,
+  rsB: u32, csB: u32, offC: u32, ldc: u32,
+  sA0: u32, sA1: u32, sB0: u32, sB1: u32,
+  sC0: u32, sC1: u32, alpha: f32, flags: u32,
+  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<storage, read> A: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const BM = ${bm}u;
+const BN = ${bn}u;
+const BK = ${BK}u;
+const RM = ${rm}u;
+const RN = ${rn}u;
+const THREADS = ${WG * WG}u;
+
+// As[kk * BM + i] = op(A)[row0 + i, k0 + kk]; Bs[kk * BN + j] = op(B)[k0 + kk, col0 + j].
+var<workgroup> As: array<f32, ${bm * BK}>;
+var<workgroup> Bs: array<f32, ${bn * BK}>;
+
+@compute @workgroup_size(${WG}, ${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let z = wid.z + p.zBase;
+  let b0 = z / p.count1;
+  let b1 = z % p.count1;
+  let baseA = p.offA + b0 * p.sA0 + b1 * p.sA1;
+  let baseB = p.offB + b0 * p.sB0 + b1 * p.sB1;
+  let baseC = p.offC + b0 * p.sC0 + b1 * p.sC1;
+  let row0 = wid.y * BM;
+  let col0 = wid.x * BN;
+
+  var acc: array<f32, ${rm * rn}>;
+  for (var t = 0u; t < RM * RN; t++) { acc[t] = 0.0; }
+
+  for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    // Neighbouring invocations load neighbouring addresses whichever operand is transposed.
+    for (var e = li; e < BM * BK; e += THREADS) {
+      var i: u32; var kk: u32;
+      if (p.csA == 1u) { kk = e % BK; i = e / BK; } else { i = e % BM; kk = e / BM; }
+      let gi = row0 + i;
+      let gk = k0 + kk;
+      var v = 0.0;
+      if (gi < p.m && gk < p.k) { v = A[baseA + gi * p.rsA + gk * p.csA]; }
+      As[kk * BM + i] = v;
+    }
+    for (var e = li; e < BN * BK; e += THREADS) {
+      var j: u32; var kk: u32;
+      if (p.csB == 1u) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
+      let gj = col0 + j;
+      let gk = k0 + kk;
+      var v = 0.0;
+      if (gj < p.n && gk < p.k) { v = B[baseB + gk * p.rsB + gj * p.csB]; }
+      Bs[kk * BN + j] = v;
+    }
+    workgroupBarrier();
+    // Zero padding past k adds exact zeros, so the sum's order and value are those of 0..k-1.
+    for (var kk = 0u; kk < BK; kk++) {
+      var a: array<f32, ${rm}>;
+      var b: array<f32, ${rn}>;
+      for (var r = 0u; r < RM; r++) { a[r] = As[kk * BM + lid.y + r * ${WG}u]; }
+      for (var c = 0u; c < RN; c++) { b[c] = Bs[kk * BN + lid.x + c * ${WG}u]; }
+      for (var r = 0u; r < RM; r++) {
+        for (var c = 0u; c < RN; c++) { acc[r * RN + c] += a[r] * b[c]; }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  let accumulate = (p.flags & 1u) != 0u;
+  let hasBias = (p.flags & 2u) != 0u;
+  for (var r = 0u; r < RM; r++) {
+    let gi = row0 + lid.y + r * ${WG}u;
+    if (gi >= p.m) { continue; }
+    for (var c = 0u; c < RN; c++) {
+      let gj = col0 + lid.x + c * ${WG}u;
+      if (gj >= p.n) { continue; }
+      let idx = baseC + gi * p.ldc + gj;
+      var v = p.alpha * acc[r * RN + c];
+      if (hasBias) { v += bias[gj]; }
+      if (accumulate) { v += C[idx]; }
+      C[idx] = v;
+    }
+  }
+}
+`;
+}
+
+function fail(op: string, message: string): never {
+  throw new GpuError(`${op}: ${message}`);
+}
+
+function checkCount(op: string, name: string, v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0) {
+    fail(op, `${name} must be a non-negative integer, got ${v}`);
+  }
+}
+
+/**
+ * Throws unless every element the arguments make the kernel touch in `t` lies inside it:
+ * `offset + (rows-1)·rowStride + (cols-1)·colStride + Σ (count-1)·stride < numel`.
+ */
+function checkExtent(
+  op: string,
+  name: string,
+  t: Tensor,
+  offset: number,
+  rows: number,
+  cols: number,
+  ld: number,
+  batches: { count: number; stride: number }[],
+): void {
+  if (t.dtype !== "f32") fail(op, `${name} ("${t.label}") is ${t.dtype}, expected f32`);
+  expectBindable(op, name, t);
+  checkCount(op, `offset of ${name}`, offset);
+  checkCount(op, `leading dimension of ${name}`, ld);
+  if (ld < cols) {
+    fail(op, `${name} ("${t.label}"): leading dimension ${ld} is less than its row length ${cols}`);
+  }
+  for (const b of batches) checkCount(op, `batch stride of ${name}`, b.stride);
+  if (rows === 0 || cols === 0 || batches.some((b) => b.count === 0)) return;
+  const last = offset + (rows - 1) * ld + (cols - 1) +
+    batches.reduce((s, b) => s + (b.count - 1) * b.stride, 0);
+  if (last >= t.numel) {
+    fail(
+      op,
+      `${name} ("${t.label}") has ${t.numel} elements [${t.shape.join(", ")}], but the ` +
+        `product reads element ${last} (offset ${offset}, ${rows}×${cols} with row stride ${ld}` +
+        `${batches.length ? `, batch strides ${batches.map((b) => b.stride).join("/")}` : ""})`,
+    );
+  }
+}
+
+/** Records C = alpha · op(A) · op(B) (+ bias) (+ C) for every product of the batch. */
+export function matmul(rec: Recorder, args: MatmulArgs): void {
+  const op = args.op ?? "matmul";
+  const { a, b, c, m, n, k } = args;
+  const transA = args.transA ?? false;
+  const transB = args.transB ?? false;
+  checkCount(op, "m", m);
+  checkCount(op, "n", n);
+  checkCount(op, "k", k);
+  const noBatch = { count: 1, strideA: 0, strideB: 0, strideC: 0 };
+  const batch0 = args.batch0 ?? noBatch;
+  const batch1 = args.batch1 ?? noBatch;
+  checkCount(op, "batch0.count", batch0.count);
+  checkCount(op, "batch1.count", batch1.count);
+  const batches = [batch0, batch1];
+
+  // Stored shapes: A is aRows×aCols with row stride lda, and so on.
+  const [aRows, aCols] = transA ? [k, m] : [m, k];
+  const [bRows, bCols] = transB ? [n, k] : [k, n];
+  const lda = args.lda ?? aCols;
+  const ldb = args.ldb ?? bCols;
+  const ldc = args.ldc ?? n;
+  const offA = args.offsetA ?? 0;
+  const offB = args.offsetB ?? 0;
+  const offC = args.offsetC ?? 0;
+  const alpha = args.alpha ?? 1;
+  if (!Number.isFinite(alpha)) fail(op, `alpha must be finite, got ${alpha}`);
+
+  // A and B are not read when k = 0 (C becomes bias or is left as is), or when C is empty.
+  const readsAB = k > 0 && m > 0 && n > 0;
+  checkExtent(
+    op,
+    "A",
+    a,
+    offA,
+    readsAB ? aRows : 0,
+    aCols,
+    lda,
+    batches.map((x) => ({
+      count: x.count,
+      stride: x.strideA,
+    })),
+  );
+  checkExtent(
+    op,
+    "B",
+    b,
+    offB,
+    readsAB ? bRows : 0,
+    bCols,
+    ldb,
+    batches.map((x) => ({
+      count: x.count,
+      stride: x.strideB,
+    })),
+  );
+  checkExtent(
+    op,
+    "C",
+    c,
+    offC,
+    m,
+    n,
+    ldc,
+    batches.map((x) => ({
+      count: x.count,
+      stride: x.strideC,
+    })),
+  );
+  for (const [level, x] of batches.entries()) {
+    if (x.count > 1 && x.strideC === 0 && m > 0 && n > 0) {
+      fail(op, `batch${level}.strideC is 0: ${x.count} products would write the same C`);
+    }
+  }
+  if (args.bias) {
+    const bias = args.bias;
+    if (bias.dtype !== "f32") fail(op, `bias ("${bias.label}") is ${bias.dtype}, expected f32`);
+    if (bias.shape.length !== 1 || bias.shape[0] !== n) {
+      fail(op, `bias ("${bias.label}") has shape [${bias.shape.join(", ")}], expected [${n}]`);
+    }
+    expectBindable(op, "bias", bias);
+  }
+  // WebGPU forbids binding one buffer both writable and read-only in the same dispatch.
+  for (const [name, t] of [["A", a], ["B", b], ["bias", args.bias]] as const) {
+    if (t && t.buffer === c.buffer) {
+      fail(op, `C ("${c.label}") shares a GPU buffer with ${name} ("${t.label}")`);
+    }
+  }
+
+  const count = batch0.count * batch1.count;
+  if (m === 0 || n === 0 || count === 0) return;
+
+  const variant = args.variant ?? chooseVariant(m, n);
+  const { rm, rn } = VARIANTS[variant];
+  const gpu = rec.gpu;
+  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.ceil(n / (WG * rn));
+  const gy = Math.ceil(m / (WG * rm));
+  if (gx > maxDim || gy > maxDim) {
+    fail(op, `${m}×${n} output needs ${gy}×${gx} workgroups, more than ${maxDim} per dimension`);
+  }
+  const pipeline = getPipeline(gpu, `matmul_${variant}`, matmulWgsl(rm, rn));
+
+  const [rsA, csA] = transA ? [1, lda] : [lda, 1];
+  const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
+  const flags = (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0);
+  const bindings = [a, b, args.bias ?? a, c];
+  // Batches beyond one dispatch's z limit go in further dispatches, each from its own zBase.
+  for (let zBase = 0; zBase < count; zBase += maxDim) {
+    // Mirrors the WGSL Params struct, four words a row.
+    // deno-fmt-ignore
+    const words = new Uint32Array([
+      m, n, k, batch1.count,
+      offA, rsA, csA, offB,
+      rsB, csB, offC, ldc,
+      batch0.strideA, batch1.strideA, batch0.strideB, batch1.strideB,
+      batch0.strideC, batch1.strideC, 0 /* alpha */, flags,
+      zBase, 0, 0, 0,
+    ]);
+    new Float32Array(words.buffer)[18] = alpha;
+    rec.dispatch(op, pipeline, bindings, [gx, gy, Math.min(maxDim, count - zBase)], words);
+  }
+}

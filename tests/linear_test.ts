@@ -1,0 +1,273 @@
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { finiteDifference, randomValues } from "./random.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { linearBackward, linearForward } from "../kernels/linear.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+
+// Float64 references. x: [rows, in], w: [out, in], b: [out], g = dY: [rows, out].
+
+function refForward(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | null,
+  rows: number,
+  inF: number,
+  outF: number,
+): Float64Array {
+  const y = new Float64Array(rows * outF);
+  for (let r = 0; r < rows; r++) {
+    for (let o = 0; o < outF; o++) {
+      let s = b ? b[o] : 0;
+      for (let i = 0; i < inF; i++) s += x[r * inF + i] * w[o * inF + i];
+      y[r * outF + o] = s;
+    }
+  }
+  return y;
+}
+
+function refBackward(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  g: ArrayLike<number>,
+  rows: number,
+  inF: number,
+  outF: number,
+): { dX: Float64Array; dW: Float64Array; dB: Float64Array } {
+  const dX = new Float64Array(rows * inF);
+  const dW = new Float64Array(outF * inF);
+  const dB = new Float64Array(outF);
+  for (let r = 0; r < rows; r++) {
+    for (let o = 0; o < outF; o++) {
+      const gv = g[r * outF + o];
+      dB[o] += gv;
+      for (let i = 0; i < inF; i++) {
+        dX[r * inF + i] += gv * w[o * inF + i];
+        dW[o * inF + i] += gv * x[r * inF + i];
+      }
+    }
+  }
+  return { dX, dW, dB };
+}
+
+const f32 = (n: number, seed: number) => Float32Array.from(randomValues(n, seed));
+const add = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+  Float64Array.from(a, (v, i) => v + b[i]);
+const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Input shapes [..., in] with their out features: odd sizes, k (= in, or rows for dW) not a multiple of 16. */
+const SHAPES: { xShape: number[]; outF: number }[] = [
+  { xShape: [2, 7, 33], outF: 130 },
+  { xShape: [130, 17], outF: 7 },
+  { xShape: [1, 130], outF: 1 },
+  { xShape: [33, 5], outF: 33 },
+  { xShape: [7], outF: 65 },
+];
+
+gpuTest("linear: forward with and without bias at odd shapes", async (gpu) => {
+  for (const [s, { xShape, outF }] of SHAPES.entries()) {
+    const inF = xShape[xShape.length - 1];
+    const rows = numel(xShape) / inF;
+    const hx = f32(rows * inF, 10 * s),
+      hw = f32(outF * inF, 10 * s + 1),
+      hb = f32(outF, 10 * s + 2);
+    const x = tensorFromArray(gpu, hx, xShape, "x");
+    const w = tensorFromArray(gpu, hw, [outF, inF], "w");
+    const b = tensorFromArray(gpu, hb, [outF], "b");
+    const outShape = [...xShape.slice(0, -1), outF];
+    const y1 = createTensor(gpu, outShape, "f32", "y1");
+    const y2 = createTensor(gpu, outShape, "f32", "y2");
+    const rec = new Recorder(gpu);
+    fill(rec, y1, NaN);
+    fill(rec, y2, NaN);
+    linearForward(rec, { x, weight: w, bias: b, out: y1 });
+    linearForward(rec, { x, weight: w, out: y2 });
+    await rec.submit();
+    assertClose(`y+b ${xShape}`, await y1.download(), refForward(hx, hw, hb, rows, inF, outF));
+    assertClose(`y ${xShape}`, await y2.download(), refForward(hx, hw, null, rows, inF, outF));
+    for (const t of [x, w, b, y1, y2]) t.destroy();
+  }
+});
+
+/** Runs linearBackward with the given outputs requested; returns the downloads. */
+async function runBackward(
+  gpu: Gpu,
+  xShape: number[],
+  outF: number,
+  seed: number,
+  want: { dX: boolean; dW: boolean; dB: boolean },
+  initial: { dX?: Float32Array; dW?: Float32Array; dB?: Float32Array },
+  flags: { accumulate?: boolean; accumulateDX?: boolean },
+) {
+  const inF = xShape[xShape.length - 1];
+  const rows = numel(xShape) / inF;
+  const lead = xShape.slice(0, -1);
+  const hx = f32(rows * inF, seed), hw = f32(outF * inF, seed + 1), hg = f32(rows * outF, seed + 2);
+  const x = tensorFromArray(gpu, hx, xShape, "x");
+  const w = tensorFromArray(gpu, hw, [outF, inF], "w");
+  const g = tensorFromArray(gpu, hg, [...lead, outF], "dY");
+  const rec = new Recorder(gpu);
+  const make = (shape: number[], label: string, init?: Float32Array): Tensor => {
+    const t = createTensor(gpu, shape, "f32", label);
+    if (init) t.upload(init);
+    else fill(rec, t, NaN);
+    return t;
+  };
+  const dX = want.dX ? make(xShape, "dX", initial.dX) : undefined;
+  const dW = want.dW ? make([outF, inF], "dW", initial.dW) : undefined;
+  const dB = want.dB ? make([outF], "dB", initial.dB) : undefined;
+  const before = rec.length;
+  linearBackward(rec, { x, weight: w, dOut: g, dX, dWeight: dW, dBias: dB, ...flags });
+  const launched = rec.labels.slice(before);
+  await rec.submit();
+  const result = {
+    ref: refBackward(hx, hw, hg, rows, inF, outF),
+    dX: dX && await dX.download(),
+    dW: dW && await dW.download(),
+    dB: dB && await dB.download(),
+    launched,
+  };
+  for (const t of [x, w, g, dX, dW, dB]) t?.destroy();
+  return result;
+}
+
+gpuTest("linear: backward gives dX, dW and db at odd shapes (outputs poisoned)", async (gpu) => {
+  for (const [s, { xShape, outF }] of SHAPES.entries()) {
+    const all = { dX: true, dW: true, dB: true };
+    const r = await runBackward(gpu, xShape, outF, 100 + 10 * s, all, {}, {});
+    assertClose(`dX ${xShape}`, r.dX!, r.ref.dX);
+    assertClose(`dW ${xShape}`, r.dW!, r.ref.dW);
+    assertClose(`dB ${xShape}`, r.dB!, r.ref.dB);
+  }
+});
+
+gpuTest(
+  "linear: backward computes only what is asked, overwriting or accumulating",
+  async (gpu) => {
+    const xShape = [3, 11, 19], outF = 33, inF = 19, rows = 33;
+    const initDX = f32(rows * inF, 901), initDW = f32(outF * inF, 902), initDB = f32(outF, 903);
+    // Frozen weight and bias: only dX, accumulated into the residual stream's gradient.
+    let r = await runBackward(gpu, xShape, outF, 200, { dX: true, dW: false, dB: false }, {
+      dX: initDX,
+    }, { accumulateDX: true, accumulate: false });
+    assertEquals(r.launched, ["linearBackward (dX)"]);
+    assertClose("dX accumulated", r.dX!, add(r.ref.dX, initDX));
+    // First layer: no dX; parameter gradients accumulated (gradient accumulation over batches).
+    r = await runBackward(gpu, xShape, outF, 210, { dX: false, dW: true, dB: true }, {
+      dW: initDW,
+      dB: initDB,
+    }, { accumulate: true });
+    assertEquals(r.launched, ["linearBackward (dWeight)", "linearBackward (dBias)"]);
+    assertClose("dW accumulated", r.dW!, add(r.ref.dW, initDW));
+    assertClose("dB accumulated", r.dB!, add(r.ref.dB, initDB));
+    // accumulate and accumulateDX are independent.
+    r = await runBackward(gpu, xShape, outF, 220, { dX: true, dW: true, dB: true }, {
+      dX: initDX,
+    }, { accumulateDX: true, accumulate: false });
+    assertClose("dX accumulated (2)", r.dX!, add(r.ref.dX, initDX));
+    assertClose("dW overwritten", r.dW!, r.ref.dW);
+    assertClose("dB overwritten", r.dB!, r.ref.dB);
+    r = await runBackward(gpu, xShape, outF, 230, { dX: true, dW: true, dB: false }, {
+      dW: initDW,
+    }, { accumulateDX: false, accumulate: true });
+    assertEquals(r.launched.length, 2);
+    assertClose("dX overwritten", r.dX!, r.ref.dX);
+    assertClose("dW accumulated (2)", r.dW!, add(r.ref.dW, initDW));
+  },
+);
+
+gpuTest("linear: parameter gradients summed over many rows", async (gpu) => {
+  // 1037 rows: dW and db are float32 sums of 1037 terms (db in 4 interleaved slices). The
+  // rounding error, ~eps·sqrt(rows) times the partial sums, stays within the usual 1e-5 bound.
+  const r = await runBackward(gpu, [1037, 7], 33, 300, { dX: true, dW: true, dB: true }, {}, {});
+  assertClose("dX", r.dX!, r.ref.dX);
+  assertClose("dW (1037 rows)", r.dW!, r.ref.dW);
+  assertClose("dB (1037 rows)", r.dB!, r.ref.dB);
+});
+
+gpuTest("linear: the float64 reference backward matches finite differences", () => {
+  const rows = 3, inF = 5, outF = 4;
+  const x = randomValues(rows * inF, 401);
+  const w = randomValues(outF * inF, 402);
+  const b = randomValues(outF, 403);
+  const g = randomValues(rows * outF, 404);
+  // Scalar loss L = Σ Y ⊙ G, so dL/dY = G.
+  const loss = (xv: Float64Array, wv: Float64Array, bv: Float64Array) =>
+    refForward(xv, wv, bv, rows, inF, outF).reduce((s, y, i) => s + y * g[i], 0);
+  const ref = refBackward(x, w, g, rows, inF, outF);
+  const fdX = Float64Array.from(x, (_, i) => finiteDifference((v) => loss(v, w, b), x, i));
+  const fdW = Float64Array.from(w, (_, i) => finiteDifference((v) => loss(x, v, b), w, i));
+  const fdB = Float64Array.from(b, (_, i) => finiteDifference((v) => loss(x, w, v), b, i));
+  assertClose("dX vs finite differences", ref.dX, fdX, 1e-6);
+  assertClose("dW vs finite differences", ref.dW, fdW, 1e-6);
+  assertClose("dB vs finite differences", ref.dB, fdB, 1e-6);
+});
+
+gpuTest("linear: two runs of forward and backward are bitwise identical", async (gpu) => {
+  const rows = 517, inF = 33, outF = 70;
+  const x = tensorFromArray(gpu, f32(rows * inF, 501), [rows, inF], "x");
+  const w = tensorFromArray(gpu, f32(outF * inF, 502), [outF, inF], "w");
+  const b = tensorFromArray(gpu, f32(outF, 503), [outF], "b");
+  const g = tensorFromArray(gpu, f32(rows * outF, 504), [rows, outF], "dY");
+  const runs: (Float32Array | Float16Array | Int32Array | Uint32Array)[][] = [];
+  for (let run = 0; run < 2; run++) {
+    const y = createTensor(gpu, [rows, outF], "f32", "y");
+    const dX = createTensor(gpu, [rows, inF], "f32", "dX");
+    const dW = createTensor(gpu, [outF, inF], "f32", "dW");
+    const dB = createTensor(gpu, [outF], "f32", "dB");
+    const rec = new Recorder(gpu);
+    for (const t of [y, dX, dW, dB]) fill(rec, t, NaN);
+    linearForward(rec, { x, weight: w, bias: b, out: y });
+    linearBackward(rec, { x, weight: w, dOut: g, dX, dWeight: dW, dBias: dB });
+    await rec.submit();
+    runs.push([await y.download(), await dX.download(), await dW.download(), await dB.download()]);
+    for (const t of [y, dX, dW, dB]) t.destroy();
+  }
+  assertEquals(runs[0], runs[1]);
+  assert(runs[0].every((a) => a.every(Number.isFinite)));
+  for (const t of [x, w, b, g]) t.destroy();
+});
+
+gpuTest("linear: mismatched shapes throw a GpuError naming the op and tensor", (gpu) => {
+  const rec = new Recorder(gpu);
+  const t = (shape: number[], label: string) => createTensor(gpu, shape, "f32", label);
+  const x = t([2, 7, 5], "x"), w = t([3, 5], "w"), y = t([2, 7, 3], "y");
+  assertThrows(
+    () => linearForward(rec, { x: t([2, 7, 6], "x6"), weight: w, out: y }),
+    GpuError,
+    'linearForward: x ("x6") has shape [2, 7, 6], expected [2, 7, 5]',
+  );
+  assertThrows(
+    () => linearForward(rec, { x, weight: w, out: t([14, 3], "flat") }),
+    GpuError,
+    'linearForward: out ("flat")',
+  );
+  assertThrows(
+    () => linearForward(rec, { x, weight: w, bias: t([5], "b5"), out: y }),
+    GpuError,
+    'linearForward: bias ("b5")',
+  );
+  assertThrows(
+    () => linearBackward(rec, { x, weight: w, dOut: y, dWeight: t([5, 3], "dWt") }),
+    GpuError,
+    'linearBackward: dWeight ("dWt")',
+  );
+  assertThrows(
+    () => linearBackward(rec, { x, weight: w, dOut: t([2, 7, 4], "g4") }),
+    GpuError,
+    'linearBackward: dOut ("g4")',
+  );
+  assertThrows(
+    () => linearBackward(rec, { x, weight: w, dOut: y, dX: t([2, 7, 3], "dXbad") }),
+    GpuError,
+    'linearBackward: dX ("dXbad")',
+  );
+  assertThrows(
+    () => linearForward(rec, { x, weight: createTensor(gpu, [3, 5], "f16", "wh"), out: y }),
+    GpuError,
+    'linearForward: weight ("wh") is f16',
+  );
+  assertEquals(rec.length, 0);
+});

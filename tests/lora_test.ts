@@ -1,0 +1,388 @@
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { finiteDifference, randomValues } from "./random.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { loraBackward, loraForward } from "../kernels/lora.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+
+// Float64 references. x: [rows, in], a: [r, in], b: [out, r], g = dOut: [rows, out].
+
+interface Dims {
+  rows: number;
+  inF: number;
+  r: number;
+  outF: number;
+}
+
+/** hidden = x·aᵀ; out = out0 + scale · hidden·bᵀ. */
+function refForward(
+  x: ArrayLike<number>,
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  out0: ArrayLike<number>,
+  scale: number,
+  { rows, inF, r, outF }: Dims,
+): { hidden: Float64Array; out: Float64Array } {
+  const hidden = new Float64Array(rows * r);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < r; j++) {
+      let s = 0;
+      for (let p = 0; p < inF; p++) s += x[i * inF + p] * a[j * inF + p];
+      hidden[i * r + j] = s;
+    }
+  }
+  const out = Float64Array.from(out0);
+  for (let i = 0; i < rows; i++) {
+    for (let o = 0; o < outF; o++) {
+      let s = 0;
+      for (let j = 0; j < r; j++) s += hidden[i * r + j] * b[o * r + j];
+      out[i * outF + o] += scale * s;
+    }
+  }
+  return { hidden, out };
+}
+
+function refBackward(
+  x: ArrayLike<number>,
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  g: ArrayLike<number>,
+  scale: number,
+  dims: Dims,
+): { dX: Float64Array; dA: Float64Array; dB: Float64Array } {
+  const { rows, inF, r, outF } = dims;
+  const { hidden } = refForward(x, a, b, new Float64Array(rows * outF), scale, dims);
+  const dH = new Float64Array(rows * r);
+  const dB = new Float64Array(outF * r);
+  for (let i = 0; i < rows; i++) {
+    for (let o = 0; o < outF; o++) {
+      const gv = scale * g[i * outF + o];
+      for (let j = 0; j < r; j++) {
+        dB[o * r + j] += gv * hidden[i * r + j];
+        dH[i * r + j] += gv * b[o * r + j];
+      }
+    }
+  }
+  const dA = new Float64Array(r * inF);
+  const dX = new Float64Array(rows * inF);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < r; j++) {
+      for (let p = 0; p < inF; p++) {
+        dA[j * inF + p] += dH[i * r + j] * x[i * inF + p];
+        dX[i * inF + p] += dH[i * r + j] * a[j * inF + p];
+      }
+    }
+  }
+  return { dX, dA, dB };
+}
+
+const f32 = (n: number, seed: number) => Float32Array.from(randomValues(n, seed));
+const add = (p: ArrayLike<number>, q: ArrayLike<number>) =>
+  Float64Array.from(p, (v, i) => v + q[i]);
+const numel = (shape: number[]) => shape.reduce((p, q) => p * q, 1);
+
+const CASES: { xShape: number[]; r: number; outF: number; scale: number }[] = [
+  { xShape: [2, 7, 33], r: 7, outF: 130, scale: 2 },
+  { xShape: [130, 17], r: 1, outF: 7, scale: 0.5 },
+  { xShape: [1, 130], r: 33, outF: 33, scale: 16 / 33 },
+  { xShape: [33, 5], r: 8, outF: 1, scale: -1.25 },
+];
+
+function dimsOf(xShape: number[], r: number, outF: number): Dims {
+  const inF = xShape[xShape.length - 1];
+  return { rows: numel(xShape) / inF, inF, r, outF };
+}
+
+gpuTest("lora: forward adds the low-rank path into out and keeps hidden", async (gpu) => {
+  for (const [s, { xShape, r, outF, scale }] of CASES.entries()) {
+    const d = dimsOf(xShape, r, outF);
+    const lead = xShape.slice(0, -1);
+    const hx = f32(d.rows * d.inF, 10 * s), ha = f32(r * d.inF, 10 * s + 1);
+    const hb = f32(outF * r, 10 * s + 2), hout = f32(d.rows * outF, 10 * s + 3);
+    const x = tensorFromArray(gpu, hx, xShape, "x");
+    const a = tensorFromArray(gpu, ha, [r, d.inF], "a");
+    const b = tensorFromArray(gpu, hb, [outF, r], "b");
+    const out = tensorFromArray(gpu, hout, [...lead, outF], "out");
+    const hidden = createTensor(gpu, [d.rows, r], "f32", "hidden");
+    const rec = new Recorder(gpu);
+    fill(rec, hidden, NaN);
+    loraForward(rec, { x, a, b, scale, hidden, out });
+    await rec.submit();
+    const ref = refForward(hx, ha, hb, hout, scale, d);
+    assertClose(`hidden ${xShape} r=${r}`, await hidden.download(), ref.hidden);
+    assertClose(`out ${xShape} r=${r}`, await out.download(), ref.out);
+    for (const t of [x, a, b, out, hidden]) t.destroy();
+  }
+});
+
+type Workspace = "module" | "own" | "hidden";
+
+async function runBackward(
+  gpu: Gpu,
+  c: { xShape: number[]; r: number; outF: number; scale: number },
+  seed: number,
+  want: { dX: boolean; dA: boolean; dB: boolean },
+  initial: { dX: Float32Array; dA?: Float32Array; dB?: Float32Array },
+  accumulate: boolean,
+  ws: Workspace,
+) {
+  const d = dimsOf(c.xShape, c.r, c.outF);
+  const lead = c.xShape.slice(0, -1);
+  const hx = f32(d.rows * d.inF, seed), ha = f32(c.r * d.inF, seed + 1);
+  const hb = f32(c.outF * c.r, seed + 2), hg = f32(d.rows * c.outF, seed + 3);
+  const ref = refBackward(hx, ha, hb, hg, c.scale, d);
+  const x = tensorFromArray(gpu, hx, c.xShape, "x");
+  const a = tensorFromArray(gpu, ha, [c.r, d.inF], "a");
+  const b = tensorFromArray(gpu, hb, [c.outF, c.r], "b");
+  const g = tensorFromArray(gpu, hg, [...lead, c.outF], "dOut");
+  // hidden as the forward pass left it (float32, as the GPU computes it).
+  const hidden = tensorFromArray(
+    gpu,
+    Float32Array.from(refForward(hx, ha, hb, new Float64Array(d.rows * c.outF), c.scale, d).hidden),
+    [...lead, c.r],
+    "hidden",
+  );
+  const rec = new Recorder(gpu);
+  const make = (shape: number[], label: string, init?: Float32Array): Tensor => {
+    const t = createTensor(gpu, shape, "f32", label);
+    if (init) t.upload(init);
+    else fill(rec, t, NaN);
+    return t;
+  };
+  const dX = want.dX ? make(c.xShape, "dX", initial.dX) : undefined;
+  const dA = want.dA ? make([c.r, d.inF], "dA", initial.dA) : undefined;
+  const dB = want.dB ? make([c.outF, c.r], "dB", initial.dB) : undefined;
+  const dHidden = ws === "own"
+    ? make([d.rows, c.r], "dHidden")
+    : ws === "hidden"
+    ? hidden
+    : undefined;
+  const before = rec.length;
+  loraBackward(rec, { x, a, b, scale: c.scale, hidden, dOut: g, dX, dA, dB, accumulate, dHidden });
+  const launched = rec.labels.slice(before);
+  await rec.submit();
+  const result = {
+    ref,
+    dX: dX && await dX.download(),
+    dA: dA && await dA.download(),
+    dB: dB && await dB.download(),
+    launched,
+  };
+  for (const t of [x, a, b, g, hidden, dX, dA, dB, dHidden]) t?.destroy();
+  return result;
+}
+
+gpuTest("lora: backward gives dA, dB (poisoned) and adds into dX at odd shapes", async (gpu) => {
+  for (const [s, c] of CASES.entries()) {
+    const d = dimsOf(c.xShape, c.r, c.outF);
+    const initDX = f32(d.rows * d.inF, 700 + s);
+    for (const ws of ["module", "own", "hidden"] as Workspace[]) {
+      const r = await runBackward(
+        gpu,
+        c,
+        100 + 10 * s,
+        { dX: true, dA: true, dB: true },
+        {
+          dX: initDX,
+        },
+        false,
+        ws,
+      );
+      const name = `${c.xShape} r=${c.r} workspace=${ws}`;
+      assertClose(`dX ${name}`, r.dX!, add(r.ref.dX, initDX));
+      assertClose(`dA ${name}`, r.dA!, r.ref.dA);
+      assertClose(`dB ${name}`, r.dB!, r.ref.dB);
+    }
+  }
+});
+
+gpuTest(
+  "lora: backward computes only what is asked; accumulate adds into dA and dB",
+  async (gpu) => {
+    const c = { xShape: [3, 11, 19], r: 7, outF: 33, scale: 0.75 };
+    const d = dimsOf(c.xShape, c.r, c.outF);
+    const initDX = f32(d.rows * d.inF, 801), initDA = f32(c.r * d.inF, 802);
+    const initDB = f32(c.outF * c.r, 803);
+    let r = await runBackward(
+      gpu,
+      c,
+      200,
+      { dX: true, dA: true, dB: true },
+      {
+        dX: initDX,
+        dA: initDA,
+        dB: initDB,
+      },
+      true,
+      "module",
+    );
+    assertEquals(r.launched, [
+      "loraBackward (dB)",
+      "loraBackward (dHidden)",
+      "loraBackward (dA)",
+      "loraBackward (dX)",
+    ]);
+    assertClose("dX", r.dX!, add(r.ref.dX, initDX));
+    assertClose("dA accumulated", r.dA!, add(r.ref.dA, initDA));
+    assertClose("dB accumulated", r.dB!, add(r.ref.dB, initDB));
+    r = await runBackward(
+      gpu,
+      c,
+      210,
+      { dX: false, dA: false, dB: true },
+      { dX: initDX },
+      false,
+      "module",
+    );
+    assertEquals(r.launched, ["loraBackward (dB)"]);
+    assertClose("dB only", r.dB!, r.ref.dB);
+    r = await runBackward(
+      gpu,
+      c,
+      220,
+      { dX: false, dA: true, dB: false },
+      {
+        dX: initDX,
+        dA: initDA,
+      },
+      true,
+      "own",
+    );
+    assertEquals(r.launched, ["loraBackward (dHidden)", "loraBackward (dA)"]);
+    assertClose("dA only, accumulated", r.dA!, add(r.ref.dA, initDA));
+    r = await runBackward(
+      gpu,
+      c,
+      230,
+      { dX: true, dA: false, dB: false },
+      { dX: initDX },
+      false,
+      "module",
+    );
+    assertEquals(r.launched, ["loraBackward (dHidden)", "loraBackward (dX)"]);
+    assertClose("dX only", r.dX!, add(r.ref.dX, initDX));
+  },
+);
+
+gpuTest("lora: the module workspace grows for a larger layer", async (gpu) => {
+  for (const [s, rows] of [7, 1037, 33].entries()) {
+    const c = { xShape: [rows, 9], r: 5, outF: 17, scale: 1.5 };
+    const initDX = f32(rows * 9, 900 + s);
+    const r = await runBackward(
+      gpu,
+      c,
+      300 + 10 * s,
+      { dX: true, dA: true, dB: true },
+      {
+        dX: initDX,
+      },
+      false,
+      "module",
+    );
+    assertClose(`dX rows=${rows}`, r.dX!, add(r.ref.dX, initDX));
+    assertClose(`dA rows=${rows}`, r.dA!, r.ref.dA);
+    assertClose(`dB rows=${rows}`, r.dB!, r.ref.dB);
+  }
+});
+
+gpuTest("lora: the float64 reference backward matches finite differences", () => {
+  const d = { rows: 3, inF: 5, r: 2, outF: 4 };
+  const scale = 1.75;
+  const x = randomValues(d.rows * d.inF, 401);
+  const a = randomValues(d.r * d.inF, 402);
+  const b = randomValues(d.outF * d.r, 403);
+  const g = randomValues(d.rows * d.outF, 404);
+  const out0 = randomValues(d.rows * d.outF, 405);
+  // Scalar loss L = Σ out ⊙ G, so dL/dout = G.
+  const loss = (xv: Float64Array, av: Float64Array, bv: Float64Array) =>
+    refForward(xv, av, bv, out0, scale, d).out.reduce((s, y, i) => s + y * g[i], 0);
+  const ref = refBackward(x, a, b, g, scale, d);
+  const fdX = Float64Array.from(x, (_, i) => finiteDifference((v) => loss(v, a, b), x, i));
+  const fdA = Float64Array.from(a, (_, i) => finiteDifference((v) => loss(x, v, b), a, i));
+  const fdB = Float64Array.from(b, (_, i) => finiteDifference((v) => loss(x, a, v), b, i));
+  assertClose("dX vs finite differences", ref.dX, fdX, 1e-6);
+  assertClose("dA vs finite differences", ref.dA, fdA, 1e-6);
+  assertClose("dB vs finite differences", ref.dB, fdB, 1e-6);
+});
+
+gpuTest("lora: two runs of forward and backward are bitwise identical", async (gpu) => {
+  const rows = 517, inF = 33, r = 8, outF = 70, scale = 2;
+  const x = tensorFromArray(gpu, f32(rows * inF, 501), [rows, inF], "x");
+  const a = tensorFromArray(gpu, f32(r * inF, 502), [r, inF], "a");
+  const b = tensorFromArray(gpu, f32(outF * r, 503), [outF, r], "b");
+  const g = tensorFromArray(gpu, f32(rows * outF, 504), [rows, outF], "dOut");
+  const out0 = f32(rows * outF, 505), dX0 = f32(rows * inF, 506);
+  const runs: unknown[] = [];
+  for (let run = 0; run < 2; run++) {
+    const out = tensorFromArray(gpu, out0, [rows, outF], "out");
+    const dX = tensorFromArray(gpu, dX0, [rows, inF], "dX");
+    const hidden = createTensor(gpu, [rows, r], "f32", "hidden");
+    const dA = createTensor(gpu, [r, inF], "f32", "dA");
+    const dB = createTensor(gpu, [outF, r], "f32", "dB");
+    const rec = new Recorder(gpu);
+    for (const t of [hidden, dA, dB]) fill(rec, t, NaN);
+    loraForward(rec, { x, a, b, scale, hidden, out });
+    loraBackward(rec, { x, a, b, scale, hidden, dOut: g, dX, dA, dB });
+    await rec.submit();
+    const got = [out, hidden, dX, dA, dB].map((t) => t.download());
+    runs.push(await Promise.all(got));
+    for (const t of [out, dX, hidden, dA, dB]) t.destroy();
+  }
+  assertEquals(runs[0], runs[1]);
+  assert((runs[0] as Float32Array[]).every((t) => t.every(Number.isFinite)));
+  for (const t of [x, a, b, g]) t.destroy();
+});
+
+gpuTest("lora: mismatched shapes throw a GpuError naming the op and tensor", (gpu) => {
+  const rec = new Recorder(gpu);
+  const t = (shape: number[], label: string) => createTensor(gpu, shape, "f32", label);
+  const x = t([2, 7, 5], "x"), a = t([3, 5], "a"), b = t([4, 3], "b");
+  const hidden = t([14, 3], "hidden"), out = t([2, 7, 4], "out");
+  const base = { x, a, b, scale: 2, hidden, out };
+  loraForward(rec, { ...base, hidden: t([2, 7, 3], "hidden3d") }); // [..., r] is accepted too
+  assertThrows(
+    () => loraForward(rec, { ...base, b: t([4, 2], "b2") }),
+    GpuError,
+    'loraForward: b ("b2")',
+  );
+  assertThrows(
+    () => loraForward(rec, { ...base, x: t([2, 7, 6], "x6") }),
+    GpuError,
+    'loraForward: x ("x6")',
+  );
+  assertThrows(
+    () => loraForward(rec, { ...base, hidden: t([14, 4], "h4") }),
+    GpuError,
+    'loraForward: hidden ("h4")',
+  );
+  assertThrows(
+    () => loraForward(rec, { ...base, out: t([2, 7, 5], "o5") }),
+    GpuError,
+    'loraForward: out ("o5")',
+  );
+  assertThrows(() => loraForward(rec, { ...base, scale: NaN }), GpuError, "loraForward: scale");
+  const back = { x, a, b, scale: 2, hidden, dOut: out };
+  assertThrows(
+    () => loraBackward(rec, { ...back, dA: t([5, 3], "dAt") }),
+    GpuError,
+    'loraBackward: dA ("dAt")',
+  );
+  assertThrows(
+    () => loraBackward(rec, { ...back, dB: t([3, 4], "dBt") }),
+    GpuError,
+    'loraBackward: dB ("dBt")',
+  );
+  assertThrows(
+    () => loraBackward(rec, { ...back, dX: t([14, 5], "dXflat") }),
+    GpuError,
+    'loraBackward: dX ("dXflat")',
+  );
+  assertThrows(
+    () => loraBackward(rec, { ...back, dA: t([3, 5], "dA"), dHidden: t([14, 2], "dH") }),
+    GpuError,
+    'loraBackward: dHidden ("dH")',
+  );
+  assertEquals(rec.length, 2);
+});

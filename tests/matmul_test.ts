@@ -1,0 +1,386 @@
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assertClose } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomValues } from "./random.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { matmul, type MatmulArgs, type MatmulVariant } from "../kernels/matmul.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+
+const VARIANTS: MatmulVariant[] = ["tile16", "tile64"];
+
+/** Host-side description of a product, without the tensors. */
+type Spec = Omit<MatmulArgs, "a" | "b" | "c" | "bias" | "op" | "variant">;
+
+/**
+ * Float64 reference of the strided batched product, written from the definition: returns the
+ * new contents of all of C, and the set of C elements the product writes.
+ */
+function referenceMatmul(
+  s: Spec,
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  c: ArrayLike<number>,
+  bias?: ArrayLike<number>,
+): { out: Float64Array; written: Set<number> } {
+  const out = Float64Array.from(c);
+  const written = new Set<number>();
+  const { m, n, k } = s;
+  const lda = s.lda ?? (s.transA ? m : k);
+  const ldb = s.ldb ?? (s.transB ? k : n);
+  const ldc = s.ldc ?? n;
+  const one = { count: 1, strideA: 0, strideB: 0, strideC: 0 };
+  const b0 = s.batch0 ?? one;
+  const b1 = s.batch1 ?? one;
+  const alpha = s.alpha ?? 1;
+  for (let i0 = 0; i0 < b0.count; i0++) {
+    for (let i1 = 0; i1 < b1.count; i1++) {
+      const oa = (s.offsetA ?? 0) + i0 * b0.strideA + i1 * b1.strideA;
+      const ob = (s.offsetB ?? 0) + i0 * b0.strideB + i1 * b1.strideB;
+      const oc = (s.offsetC ?? 0) + i0 * b0.strideC + i1 * b1.strideC;
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let sum = 0;
+          for (let p = 0; p < k; p++) {
+            const av = s.transA ? a[oa + p * lda + i] : a[oa + i * lda + p];
+            const bv = s.transB ? b[ob + j * ldb + p] : b[ob + p * ldb + j];
+            sum += av * bv;
+          }
+          const idx = oc + i * ldc + j;
+          let v = alpha * sum + (bias ? bias[j] : 0);
+          if (s.accumulate) v += c[idx];
+          out[idx] = v;
+          written.add(idx);
+        }
+      }
+    }
+  }
+  return { out, written };
+}
+
+interface Case {
+  spec: Spec;
+  sizes: { a: number; b: number; c: number };
+  bias?: boolean;
+}
+
+/** Stored sizes of packed, unbatched operands. */
+function packedSizes(s: Spec): { a: number; b: number; c: number } {
+  return { a: s.m * s.k, b: s.k * s.n, c: s.m * s.n };
+}
+
+/**
+ * Runs each case on the GPU (each variant), C poisoned with NaN unless accumulating (then it
+ * holds random values), and compares all of C: written elements against the float64 reference
+ * (tolerance `tol`), the others must be untouched.
+ */
+async function runCases(
+  gpu: Gpu,
+  cases: Case[],
+  seed: number,
+  tol = 1e-5,
+  variants = VARIANTS,
+): Promise<void> {
+  for (const variant of variants) {
+    const rec = new Recorder(gpu);
+    const runs = cases.map((cs, ci) => {
+      const hostA = Float32Array.from(randomValues(cs.sizes.a, seed + 10 * ci));
+      const hostB = Float32Array.from(randomValues(cs.sizes.b, seed + 10 * ci + 1));
+      const hostC = cs.spec.accumulate
+        ? Float32Array.from(randomValues(cs.sizes.c, seed + 10 * ci + 2))
+        : new Float32Array(cs.sizes.c).fill(NaN);
+      const hostBias = cs.bias
+        ? Float32Array.from(randomValues(cs.spec.n, seed + 10 * ci + 3))
+        : undefined;
+      const a = tensorFromArray(gpu, hostA, [cs.sizes.a], "A");
+      const b = tensorFromArray(gpu, hostB, [cs.sizes.b], "B");
+      const c = createTensor(gpu, [cs.sizes.c], "f32", "C");
+      const bias = hostBias && tensorFromArray(gpu, hostBias, [cs.spec.n], "bias");
+      if (cs.spec.accumulate) c.upload(hostC);
+      else fill(rec, c, NaN);
+      matmul(rec, { ...cs.spec, a, b, c, bias, variant });
+      return { cs, hostA, hostB, hostC, hostBias, tensors: [a, b, c, bias], c };
+    });
+    await rec.submit();
+    for (const r of runs) {
+      const got = await r.c.download();
+      const { out, written } = referenceMatmul(r.cs.spec, r.hostA, r.hostB, r.hostC, r.hostBias);
+      const idx = [...written].sort((x, y) => x - y);
+      const name = `${variant} ${JSON.stringify(r.cs.spec)}`;
+      assertClose(name, idx.map((i) => got[i]), idx.map((i) => out[i]), tol);
+      for (let i = 0; i < got.length; i++) {
+        if (!written.has(i)) {
+          assert(Object.is(got[i], r.hostC[i]), `${name}: element ${i} outside C's region changed`);
+        }
+      }
+      for (const t of r.tensors) t?.destroy();
+    }
+  }
+}
+
+gpuTest("matmul: odd shapes, every transpose combination, both variants", async (gpu) => {
+  const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [130, 33, 17], [1, 130, 33], [65, 70, 47]];
+  const cases: Case[] = [];
+  for (const [m, n, k] of shapes) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const spec = { m, n, k, transA, transB };
+        cases.push({ spec, sizes: packedSizes(spec) });
+      }
+    }
+  }
+  await runCases(gpu, cases, 1000);
+});
+
+gpuTest("matmul: leading dimensions, offsets, alpha, bias and accumulate", async (gpu) => {
+  const cases: Case[] = [];
+  for (const [m, n, k] of [[7, 33, 19], [130, 65, 33]]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        for (const accumulate of [false, true]) {
+          const lda = (transA ? m : k) + 3;
+          const ldb = (transB ? k : n) + 5;
+          const ldc = n + 2;
+          const spec: Spec = {
+            m,
+            n,
+            k,
+            transA,
+            transB,
+            lda,
+            ldb,
+            ldc,
+            accumulate,
+            offsetA: 11,
+            offsetB: 4,
+            offsetC: 9,
+            alpha: accumulate ? -0.37 : 1.75,
+          };
+          const sizes = {
+            a: 11 + lda * (transA ? k : m) + 2,
+            b: 4 + ldb * (transB ? n : k) + 1,
+            c: 9 + ldc * m + 3,
+          };
+          cases.push({ spec, sizes, bias: transA !== transB });
+        }
+      }
+    }
+  }
+  await runCases(gpu, cases, 2000);
+});
+
+gpuTest("matmul: both batch levels with their own strides, and broadcast operands", async (gpu) => {
+  const m = 7, n = 9, k = 33;
+  const cases: Case[] = [];
+  for (const [transA, transB] of [[false, false], [true, true], [false, true]]) {
+    // Level 0 (count 3) and level 1 (count 2): separate strides, gaps between products, and B
+    // shared by level 1 (stride 0).
+    const aMat = m * k, bMat = k * n, cMat = m * n;
+    const spec: Spec = {
+      m,
+      n,
+      k,
+      transA,
+      transB,
+      offsetA: 5,
+      offsetB: 2,
+      offsetC: 1,
+      alpha: 0.5,
+      accumulate: transA,
+      batch0: { count: 3, strideA: 2 * aMat + 7, strideB: bMat + 3, strideC: 2 * cMat + 4 },
+      batch1: { count: 2, strideA: aMat + 1, strideB: 0, strideC: cMat + 2 },
+    };
+    const sizes = { a: 5 + 3 * (2 * aMat + 7), b: 2 + 3 * (bMat + 3), c: 1 + 3 * (2 * cMat + 4) };
+    cases.push({ spec, sizes });
+  }
+  await runCases(gpu, cases, 3000);
+});
+
+gpuTest(
+  "matmul: k = 0 gives bias (or leaves C when accumulating), empty products do nothing",
+  async (gpu) => {
+    await runCases(gpu, [
+      { spec: { m: 7, n: 5, k: 0 }, sizes: { a: 1, b: 1, c: 35 }, bias: true },
+      { spec: { m: 7, n: 5, k: 0 }, sizes: { a: 1, b: 1, c: 35 } },
+      { spec: { m: 7, n: 5, k: 0, accumulate: true }, sizes: { a: 1, b: 1, c: 35 } },
+    ], 4000);
+    const rec = new Recorder(gpu);
+    const t = createTensor(gpu, [4], "f32", "t");
+    const u = createTensor(gpu, [4], "f32", "u");
+    matmul(rec, { a: t, b: t, c: u, m: 0, n: 4, k: 1 });
+    matmul(rec, {
+      a: t,
+      b: t,
+      c: u,
+      m: 2,
+      n: 2,
+      k: 1,
+      batch0: { count: 0, strideA: 9, strideB: 9, strideC: 9 },
+    });
+    assertEquals(rec.length, 0);
+  },
+);
+
+gpuTest("matmul: batches beyond one dispatch's workgroup limit", async (gpu) => {
+  const count0 = 350, count1 = 200; // 70000 products > 65535 workgroups in z
+  const spec: Spec = {
+    m: 1,
+    n: 2,
+    k: 3,
+    batch0: { count: count0, strideA: 3 * count1, strideB: 6 * count1, strideC: 2 * count1 },
+    batch1: { count: count1, strideA: 3, strideB: 6, strideC: 2 },
+  };
+  const total = count0 * count1;
+  // One variant only: 70000 workgroups take seconds on a CPU adapter.
+  const sizes = { a: 3 * total, b: 6 * total, c: 2 * total };
+  await runCases(gpu, [{ spec, sizes }], 5000, 1e-5, ["tile16"]);
+});
+
+gpuTest(
+  "matmul: per-head attention products over a [B, S, H·D] layout without copies",
+  async (gpu) => {
+    const B = 2, S = 33, H = 3, D = 7, HD = H * D;
+    const q = randomValues(B * S * HD, 61);
+    const kk = randomValues(B * S * HD, 62);
+    const v = randomValues(B * S * HD, 63);
+    const scale = 1 / Math.sqrt(D);
+    // Scores [B, H, S, S] = scale · Q_h K_hᵀ, then context [B, S, H·D] = P_h V_h with P = scores.
+    const scores = new Float64Array(B * H * S * S);
+    const context = new Float64Array(B * S * HD);
+    for (let bi = 0; bi < B; bi++) {
+      for (let h = 0; h < H; h++) {
+        for (let i = 0; i < S; i++) {
+          for (let j = 0; j < S; j++) {
+            let s = 0;
+            for (let d = 0; d < D; d++) {
+              s += q[(bi * S + i) * HD + h * D + d] * kk[(bi * S + j) * HD + h * D + d];
+            }
+            scores[((bi * H + h) * S + i) * S + j] = scale * s;
+          }
+        }
+      }
+    }
+    const scores32 = Float32Array.from(scores);
+    for (let bi = 0; bi < B; bi++) {
+      for (let h = 0; h < H; h++) {
+        for (let i = 0; i < S; i++) {
+          for (let d = 0; d < D; d++) {
+            let s = 0;
+            for (let j = 0; j < S; j++) {
+              s += scores32[((bi * H + h) * S + i) * S + j] * v[(bi * S + j) * HD + h * D + d];
+            }
+            context[(bi * S + i) * HD + h * D + d] = s;
+          }
+        }
+      }
+    }
+    for (const variant of VARIANTS) {
+      const rec = new Recorder(gpu);
+      const tq = tensorFromArray(gpu, Float32Array.from(q), [B, S, HD], "q");
+      const tk = tensorFromArray(gpu, Float32Array.from(kk), [B, S, HD], "k");
+      const tv = tensorFromArray(gpu, Float32Array.from(v), [B, S, HD], "v");
+      const ts = createTensor(gpu, [B, H, S, S], "f32", "scores");
+      const tp = tensorFromArray(gpu, scores32, [B, H, S, S], "probs");
+      const tc = createTensor(gpu, [B, S, HD], "f32", "context");
+      fill(rec, ts, NaN);
+      fill(rec, tc, NaN);
+      matmul(rec, {
+        a: tq,
+        b: tk,
+        c: ts,
+        m: S,
+        n: S,
+        k: D,
+        transB: true,
+        lda: HD,
+        ldb: HD,
+        alpha: scale,
+        variant,
+        batch0: { count: B, strideA: S * HD, strideB: S * HD, strideC: H * S * S },
+        batch1: { count: H, strideA: D, strideB: D, strideC: S * S },
+      });
+      matmul(rec, {
+        a: tp,
+        b: tv,
+        c: tc,
+        m: S,
+        n: D,
+        k: S,
+        ldb: HD,
+        ldc: HD,
+        variant,
+        batch0: { count: B, strideA: H * S * S, strideB: S * HD, strideC: S * HD },
+        batch1: { count: H, strideA: S * S, strideB: D, strideC: D },
+      });
+      await rec.submit();
+      assertClose(`${variant} scores`, await ts.download(), scores);
+      assertClose(`${variant} context`, await tc.download(), context);
+      for (const t of [tq, tk, tv, ts, tp, tc]) t.destroy();
+    }
+  },
+);
+
+gpuTest("matmul: two runs give bitwise-identical results", async (gpu) => {
+  const m = 130, n = 97, k = 261;
+  const a = tensorFromArray(gpu, Float32Array.from(randomValues(m * k, 71)), [k, m], "A");
+  const b = tensorFromArray(gpu, Float32Array.from(randomValues(k * n, 72)), [k, n], "B");
+  for (const variant of VARIANTS) {
+    const results: Float32Array[] = [];
+    for (let run = 0; run < 2; run++) {
+      const c = createTensor(gpu, [m, n], "f32", "C");
+      const rec = new Recorder(gpu);
+      fill(rec, c, NaN);
+      matmul(rec, { a, b, c, m, n, k, transA: true, alpha: 0.3, variant });
+      await rec.submit();
+      results.push((await c.download()) as Float32Array);
+      c.destroy();
+    }
+    assertEquals(results[0], results[1], variant);
+  }
+  a.destroy();
+  b.destroy();
+});
+
+gpuTest(
+  "matmul: out-of-range shapes and strides throw a GpuError naming the op and tensor",
+  (gpu) => {
+    const rec = new Recorder(gpu);
+    const t = (shape: number[], label: string): Tensor => createTensor(gpu, shape, "f32", label);
+    const a = t([7, 5], "a"), b = t([5, 3], "b"), c = t([7, 3], "c");
+    const base = { op: "testop", a, b, c, m: 7, n: 3, k: 5 };
+    matmul(rec, base); // fits exactly
+    assertThrows(() => matmul(rec, { ...base, k: 6 }), GpuError, 'testop: A ("a")');
+    assertThrows(() => matmul(rec, { ...base, n: 4 }), GpuError, 'testop: B ("b")');
+    assertThrows(() => matmul(rec, { ...base, offsetC: 1 }), GpuError, 'testop: C ("c")');
+    assertThrows(() => matmul(rec, { ...base, transA: true, lda: 8 }), GpuError, 'testop: A ("a")');
+    assertThrows(() => matmul(rec, { ...base, ldb: 2 }), GpuError, "leading dimension 2");
+    assertThrows(
+      () => matmul(rec, { ...base, batch1: { count: 2, strideA: 0, strideB: 0, strideC: 1 } }),
+      GpuError,
+      'testop: C ("c")',
+    );
+    assertThrows(
+      () => matmul(rec, { ...base, batch0: { count: 2, strideA: 0, strideB: 0, strideC: 0 } }),
+      GpuError,
+      "strideC is 0",
+    );
+    assertThrows(() => matmul(rec, { ...base, m: -1 }), GpuError, "testop: m");
+    assertThrows(
+      () => matmul(rec, { ...base, bias: t([4], "bias") }),
+      GpuError,
+      'testop: bias ("bias")',
+    );
+    const half = createTensor(gpu, [7, 5], "f16", "half");
+    assertThrows(() => matmul(rec, { ...base, a: half }), GpuError, 'testop: A ("half") is f16');
+    const arena = t([100], "arena");
+    const view = arena.view(256, [35], "view");
+    assertThrows(
+      () => matmul(rec, { ...base, a: view, b: a, c: arena, m: 5, n: 5, k: 7 }),
+      GpuError,
+      "shares",
+    );
+    assertThrows(() => matmul(rec, { a, b, c, m: 7, n: 3, k: 6 }), GpuError, "matmul: A");
+    assertEquals(rec.length, 1);
+  },
+);
