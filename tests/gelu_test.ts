@@ -1,0 +1,253 @@
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { finiteDifference, randomValues } from "./random.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { geluBackward, geluForward } from "../kernels/gelu.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+
+// ---- float64 reference -------------------------------------------------------------------
+
+/** erf(x) for 0 <= x < 1.5: 2/√π·e^(−x²)·Σ 2ⁿx^(2n+1)/(1·3···(2n+1)), all terms positive. */
+function erfSeries(x: number): number {
+  const x2 = x * x;
+  let term = x;
+  let sum = x;
+  for (let n = 1; n < 500 && term > 1e-18 * sum; n++) {
+    term *= (2 * x2) / (2 * n + 1);
+    sum += term;
+  }
+  return (2 / Math.sqrt(Math.PI)) * Math.exp(-x2) * sum;
+}
+
+/**
+ * erfc(x) for x >= 1.5 by its continued fraction e^(−x²)/√π · 1/(x + ½/(x + 1/(x + 3/2/(x + ...)))),
+ * evaluated from the back (300 terms converge to double precision from x = 1.5 on).
+ */
+function erfcFraction(x: number): number {
+  let t = x;
+  for (let k = 300; k >= 1; k--) t = x + k / 2 / t;
+  return Math.exp(-x * x) / (Math.sqrt(Math.PI) * t);
+}
+
+function erfc(x: number): number {
+  if (x >= 1.5) return erfcFraction(x);
+  if (x <= -1.5) return 2 - erfcFraction(-x);
+  return x >= 0 ? 1 - erfSeries(x) : 1 + erfSeries(-x);
+}
+
+function erf(x: number): number {
+  if (Math.abs(x) >= 1.5) return x > 0 ? 1 - erfcFraction(x) : erfcFraction(-x) - 1;
+  return x >= 0 ? erfSeries(x) : -erfSeries(-x);
+}
+
+const SQRT1_2 = Math.SQRT1_2;
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+function refGelu(x: number): number {
+  return 0.5 * x * erfc(-x * SQRT1_2);
+}
+
+/** d gelu / dx = Φ(x) + x·φ(x). */
+function refGeluGrad(x: number): number {
+  return 0.5 * erfc(-x * SQRT1_2) + x * INV_SQRT_2PI * Math.exp(-0.5 * x * x);
+}
+
+/** |a − e| ≤ tol·|e| for every element: relative accuracy even where gelu is tiny. */
+function assertRelative(
+  name: string,
+  x: ArrayLike<number>,
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  skip: (x: number) => boolean = () => false,
+): void {
+  for (let i = 0; i < expected.length; i++) {
+    if (skip(x[i])) continue;
+    const err = Math.abs(actual[i] - expected[i]);
+    assert(
+      err <= tol * Math.abs(expected[i]),
+      `${name}: at x = ${x[i]} got ${actual[i]}, expected ${expected[i]} ` +
+        `(relative error ${(err / Math.abs(expected[i])).toExponential(2)} > ${tol})`,
+    );
+  }
+}
+
+/** [-10, 10] densely, values near 0 of both signs, and random values, rounded to float32. */
+function inputs(): Float32Array {
+  const xs: number[] = [];
+  for (let i = 0; i <= 2000; i++) xs.push(-10 + i / 100);
+  for (const e of [1e-30, 1e-20, 1e-8, 3e-6, 1e-4, 0.01, 0.3]) xs.push(e, -e);
+  for (const v of randomValues(333, 5)) xs.push(v * 10);
+  xs.push(-0.7517915); // near gelu's minimum, where gelu' crosses 0
+  return Float32Array.from(xs);
+}
+
+// ---- the reference itself -----------------------------------------------------------------
+
+Deno.test("gelu reference: erf and erfc match known values", () => {
+  const known: [string, number, number][] = [
+    ["erf(0.5)", erf(0.5), 0.5204998778130465],
+    ["erf(1)", erf(1), 0.8427007929497149],
+    ["erf(-1)", erf(-1), -0.8427007929497149],
+    ["erf(3)", erf(3), 0.9999779095030014],
+    ["erfc(0.5)", erfc(0.5), 0.4795001221869535],
+    ["erfc(2)", erfc(2), 0.004677734981047266],
+    ["erfc(3)", erfc(3), 2.209049699858544e-05],
+    ["erfc(5)", erfc(5), 1.5374597944280349e-12],
+    ["erfc(-2)", erfc(-2), 1.9953222650189528],
+  ];
+  // erfc = 1 − erf below x = 1.5 cancels up to 1.5 digits: the reference's relative error is
+  // ~1e-14 at worst, far below the 1e-5 the kernels are held to.
+  for (const [name, got, want] of known) assertClose(name, [got], [want], 1e-13);
+  assertEquals(erfc(0), 1);
+  // The series and the continued fraction agree where they meet.
+  assertClose("erfc at the branch", [1 - erfSeries(1.5)], [erfcFraction(1.5)], 1e-13);
+});
+
+Deno.test("gelu reference: gradient matches central differences of the forward", () => {
+  const xs = Float64Array.from([-9, -6.3, -4, -3.3, -2.1, -0.75, -0.3, 0.01, 0.4, 1.7, 3, 5.5, 8]);
+  const fd = Array.from(
+    xs,
+    (_, i) => finiteDifference((x) => refGelu(x[i]), xs, i, 1e-5),
+  );
+  const analytic = Array.from(xs, refGeluGrad);
+  assertRelative("gelu' vs finite differences", xs, analytic, fd, 1e-6);
+});
+
+// ---- the kernels ---------------------------------------------------------------------------
+
+gpuTest("geluForward matches the float64 reference to 1e-5 relative on [-10, 10]", async (gpu) => {
+  const data = inputs();
+  for (const shape of [[data.length], [1], [7], [33, 5], [130, 7]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const xs = n === data.length ? data : Float32Array.from(randomValues(n, n), (v) => 8 * v);
+    const x = tensorFromArray(gpu, xs, shape, "x");
+    const out = createTensor(gpu, shape, "f32", "out");
+    const rec = new Recorder(gpu);
+    fill(rec, out, NaN);
+    geluForward(rec, { x, out });
+    await rec.submit();
+    const got = await out.download();
+    const want = Array.from(xs, refGelu);
+    assertClose(`gelu [${shape}]`, got, want, 1e-5);
+    assertRelative(`gelu [${shape}]`, xs, got, want, 1e-5);
+    x.destroy();
+    out.destroy();
+  }
+});
+
+gpuTest("geluBackward matches the float64 reference gradient", async (gpu) => {
+  const data = inputs();
+  for (const shape of [[data.length], [1], [33, 5], [3, 1, 11]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const xs = n === data.length ? data : Float32Array.from(randomValues(n, 7 * n), (v) => 6 * v);
+    const dOuts = Float32Array.from(randomValues(n, 3 * n + 1));
+    const x = tensorFromArray(gpu, xs, shape, "x");
+    const ones = tensorFromArray(gpu, new Float32Array(n).fill(1), shape, "ones");
+    const dOut = tensorFromArray(gpu, dOuts, shape, "dOut");
+    const slope = createTensor(gpu, shape, "f32", "slope");
+    const dX = createTensor(gpu, shape, "f32", "dX");
+    const rec = new Recorder(gpu);
+    fill(rec, slope, NaN);
+    fill(rec, dX, NaN);
+    geluBackward(rec, { x, dOut: ones, dX: slope });
+    geluBackward(rec, { x, dOut, dX });
+    await rec.submit();
+
+    // gelu' itself to 1e-5 relative, except within 0.05 of its zero at x ≈ −0.7518 where it is
+    // a difference of two nearly equal terms (Φ(x) and −x·φ(x)); there the mean-scaled bound
+    // of assertClose applies.
+    const grad = Array.from(xs, refGeluGrad);
+    const gotSlope = await slope.download();
+    assertClose(`gelu' [${shape}]`, gotSlope, grad, 1e-5);
+    assertRelative(
+      `gelu' [${shape}]`,
+      xs,
+      gotSlope,
+      grad,
+      1e-5,
+      (v) => Math.abs(v + 0.7518) < 0.05,
+    );
+    assertClose(`dX [${shape}]`, await dX.download(), grad.map((g, i) => g * dOuts[i]), 1e-5);
+    for (const t of [x, ones, dOut, slope, dX]) t.destroy();
+  }
+});
+
+gpuTest("gelu: saturates to x and 0 beyond float32's range of e^(−x²/2)", async (gpu) => {
+  const xs = Float32Array.from([-1e30, -300, -20, 20, 300, 1e30]);
+  const x = tensorFromArray(gpu, xs, [6], "x");
+  const out = createTensor(gpu, [6], "f32", "out");
+  const dX = createTensor(gpu, [6], "f32", "dX");
+  const rec = new Recorder(gpu);
+  geluForward(rec, { x, out });
+  geluBackward(rec, { x, dOut: tensorFromArray(gpu, new Float32Array(6).fill(1), [6], "1"), dX });
+  await rec.submit();
+  const got = Array.from(await out.download(), (v) => v + 0); // −0 and 0 alike
+  assertEquals(got, [0, 0, 0, 20, 300, 1e30].map((v) => Math.fround(v)));
+  assertEquals(Array.from(await dX.download(), (v) => v + 0), [0, 0, 0, 1, 1, 1]);
+});
+
+/**
+ * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
+ * must use a 2-D grid, and this exercises that path at a small size.
+ */
+function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
+  const limits = new Proxy(gpu.limits, {
+    get: (target, key) =>
+      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
+  });
+  return Object.create(gpu, { limits: { value: limits } });
+}
+
+gpuTest("gelu: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
+  // 1037 elements are 5 workgroups of 256: a 3 x 2 grid, one workgroup past the end.
+  const n = 1037;
+  const xs = Float32Array.from(randomValues(n, 21), (v) => 4 * v);
+  const dOuts = Float32Array.from(randomValues(n, 22));
+  const x = tensorFromArray(gpu, xs, [n], "x");
+  const dOut = tensorFromArray(gpu, dOuts, [n], "dOut");
+  const out = createTensor(gpu, [n], "f32", "out");
+  const dX = createTensor(gpu, [n], "f32", "dX");
+  const rec = new Recorder(withMaxWorkgroupsPerDimension(gpu, 3));
+  fill(rec, out, NaN);
+  fill(rec, dX, NaN);
+  geluForward(rec, { x, out });
+  geluBackward(rec, { x, dOut, dX });
+  await rec.submit();
+  assertClose("gelu", await out.download(), Array.from(xs, refGelu), 1e-5);
+  assertClose("dX", await dX.download(), Array.from(xs, (v, i) => refGeluGrad(v) * dOuts[i]), 1e-5);
+  for (const t of [x, dOut, out, dX]) t.destroy();
+});
+
+gpuTest("gelu: two runs give bitwise-identical outputs", async (gpu) => {
+  const n = 1037;
+  const x = tensorFromArray(gpu, Float32Array.from(randomValues(n, 11), (v) => 5 * v), [n], "x");
+  const dOut = tensorFromArray(gpu, Float32Array.from(randomValues(n, 12)), [n], "dOut");
+  const outs = [];
+  for (let run = 0; run < 2; run++) {
+    const out = createTensor(gpu, [n], "f32", "out");
+    const dX = createTensor(gpu, [n], "f32", "dX");
+    const rec = new Recorder(gpu);
+    fill(rec, out, NaN);
+    fill(rec, dX, NaN);
+    geluForward(rec, { x, out });
+    geluBackward(rec, { x, dOut, dX });
+    await rec.submit();
+    outs.push([await out.download(), await dX.download()]);
+  }
+  assertEquals(outs[0], outs[1]);
+});
+
+gpuTest("gelu: wrong shapes are refused naming the op and the tensor", (gpu) => {
+  const rec = new Recorder(gpu);
+  const x = createTensor(gpu, [4, 5], "f32", "x");
+  const bad = createTensor(gpu, [5, 4], "f32", "bad");
+  const ints = createTensor(gpu, [4, 5], "i32", "ints");
+  assertThrows(() => geluForward(rec, { x, out: bad }), GpuError, "geluForward: out");
+  assertThrows(() => geluForward(rec, { x: ints, out: x }), GpuError, "geluForward: x");
+  assertThrows(() => geluBackward(rec, { x, dOut: bad, dX: x }), GpuError, "geluBackward: dOut");
+  assertThrows(() => geluBackward(rec, { x, dOut: x, dX: bad }), GpuError, "geluBackward: dX");
+  assertEquals(rec.length, 0);
+});

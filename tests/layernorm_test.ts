@@ -1,0 +1,418 @@
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { finiteDifference, randomValues } from "./random.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { GpuError } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+
+// Error bound: 1e-5 (assertClose) everywhere. The row statistics are two-pass sums of at most
+// h/256 terms per invocation plus an 8-level tree, so their float32 error is a few ulps; the
+// column sums of dGamma/dBeta add rows/16 terms per lane in order, a few hundred at most here.
+
+// ---- float64 reference -------------------------------------------------------------------
+
+interface Forward {
+  out: Float64Array;
+  mean: Float64Array;
+  rstd: Float64Array;
+}
+
+function refForward(
+  x: ArrayLike<number>,
+  gamma: ArrayLike<number>,
+  beta: ArrayLike<number>,
+  rows: number,
+  h: number,
+  eps: number,
+): Forward {
+  const out = new Float64Array(rows * h);
+  const mean = new Float64Array(rows);
+  const rstd = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let j = 0; j < h; j++) s += x[r * h + j];
+    const m = s / h;
+    let q = 0;
+    for (let j = 0; j < h; j++) q += (x[r * h + j] - m) ** 2;
+    const rs = 1 / Math.sqrt(q / h + eps);
+    for (let j = 0; j < h; j++) out[r * h + j] = (x[r * h + j] - m) * rs * gamma[j] + beta[j];
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+  return { out, mean, rstd };
+}
+
+interface Backward {
+  dX: Float64Array;
+  dGamma: Float64Array;
+  dBeta: Float64Array;
+}
+
+function refBackward(
+  x: ArrayLike<number>,
+  gamma: ArrayLike<number>,
+  dOut: ArrayLike<number>,
+  rows: number,
+  h: number,
+  eps: number,
+): Backward {
+  const { mean, rstd } = refForward(x, gamma, new Float64Array(h), rows, h, eps);
+  const dX = new Float64Array(rows * h);
+  const dGamma = new Float64Array(h);
+  const dBeta = new Float64Array(h);
+  for (let r = 0; r < rows; r++) {
+    let sg = 0;
+    let sgx = 0;
+    for (let j = 0; j < h; j++) {
+      const i = r * h + j;
+      const xhat = (x[i] - mean[r]) * rstd[r];
+      const g = dOut[i] * gamma[j];
+      sg += g;
+      sgx += g * xhat;
+      dGamma[j] += dOut[i] * xhat;
+      dBeta[j] += dOut[i];
+    }
+    for (let j = 0; j < h; j++) {
+      const i = r * h + j;
+      const xhat = (x[i] - mean[r]) * rstd[r];
+      dX[i] = rstd[r] * (dOut[i] * gamma[j] - sg / h - (xhat * sgx) / h);
+    }
+  }
+  return { dX, dGamma, dBeta };
+}
+
+// ---- inputs ---------------------------------------------------------------------------------
+
+interface Case {
+  shape: number[];
+  rows: number;
+  h: number;
+  x: Float32Array;
+  gamma: Float32Array;
+  beta: Float32Array;
+  dOut: Float32Array;
+}
+
+/** x with a row-dependent offset (so that E[x²] − E[x]² would cancel), gamma near 1. */
+function makeCase(shape: number[], seed: number): Case {
+  const h = shape[shape.length - 1];
+  const n = shape.reduce((a, b) => a * b, 1);
+  const rows = n / h;
+  const noise = randomValues(n, seed);
+  const x = Float32Array.from(noise, (v, i) => 2 * v + 3 * Math.sin(Math.floor(i / h)) + 1);
+  const gamma = Float32Array.from(randomValues(h, seed + 1), (v) => 1 + 0.5 * v);
+  const beta = Float32Array.from(randomValues(h, seed + 2), (v) => 0.3 * v);
+  const dOut = Float32Array.from(randomValues(n, seed + 3));
+  return { shape, rows, h, x, gamma, beta, dOut };
+}
+
+const SHAPES = [[1, 1], [5, 1], [7, 33], [130, 7], [3, 5, 130], [2, 1024], [33], [2, 1537]];
+const EPS = [1e-12, 1e-5];
+
+/** Uploads a case; `leading` gives mean/rstd x's leading shape instead of [rows]. */
+function upload(gpu: Gpu, c: Case, leading = false) {
+  const statShape = leading ? c.shape.slice(0, -1) : [c.rows];
+  return {
+    x: tensorFromArray(gpu, c.x, c.shape, "x"),
+    gamma: tensorFromArray(gpu, c.gamma, [c.h], "gamma"),
+    beta: tensorFromArray(gpu, c.beta, [c.h], "beta"),
+    dOut: tensorFromArray(gpu, c.dOut, c.shape, "dOut"),
+    out: createTensor(gpu, c.shape, "f32", "out"),
+    mean: createTensor(gpu, statShape, "f32", "mean"),
+    rstd: createTensor(gpu, statShape, "f32", "rstd"),
+    dX: createTensor(gpu, c.shape, "f32", "dX"),
+    dGamma: createTensor(gpu, [c.h], "f32", "dGamma"),
+    dBeta: createTensor(gpu, [c.h], "f32", "dBeta"),
+  };
+}
+
+function destroyAll(ts: Record<string, Tensor>): void {
+  for (const t of Object.values(ts)) t.destroy();
+}
+
+// ---- the reference itself -----------------------------------------------------------------
+
+Deno.test("layernorm reference: backward matches central differences of the forward", () => {
+  for (const [shape, eps] of [[[3, 7], 1e-5], [[2, 33], 1e-12], [[4, 1], 1e-5]] as const) {
+    const c = makeCase([...shape], 40 + shape[1]);
+    const { rows, h } = c;
+    const x = Float64Array.from(c.x);
+    const gamma = Float64Array.from(c.gamma);
+    const beta = Float64Array.from(c.beta);
+    // L = Σ dOut · LayerNorm(x), whose gradients the backward gives.
+    const loss = (x: Float64Array, gamma: Float64Array, beta: Float64Array) =>
+      refForward(x, gamma, beta, rows, h, eps).out.reduce((s, v, i) => s + v * c.dOut[i], 0);
+    const grads = refBackward(x, gamma, c.dOut, rows, h, eps);
+    const fdX = Array.from(x, (_, i) => finiteDifference((v) => loss(v, gamma, beta), x, i));
+    const fdGamma = Array.from(
+      gamma,
+      (_, j) => finiteDifference((v) => loss(x, v, beta), gamma, j),
+    );
+    const fdBeta = Array.from(beta, (_, j) => finiteDifference((v) => loss(x, gamma, v), beta, j));
+    // With h = 1 every gradient but dBeta is 0 (exactly, and to ~1e-10 by differences).
+    const tol = h === 1 ? 1e-4 : 1e-6;
+    assertClose(`dX [${shape}]`, grads.dX, fdX, tol);
+    assertClose(`dGamma [${shape}]`, grads.dGamma, fdGamma, tol);
+    assertClose(`dBeta [${shape}]`, grads.dBeta, fdBeta, 1e-6);
+    if (h === 1) assert(grads.dX.every((v) => v === 0) && grads.dGamma.every((v) => v === 0));
+  }
+});
+
+// ---- the kernels ---------------------------------------------------------------------------
+
+gpuTest("layerNormForward matches the float64 reference", async (gpu) => {
+  for (const [s, shape] of SHAPES.entries()) {
+    for (const eps of EPS) {
+      const c = makeCase(shape, 10 * s);
+      const t = upload(gpu, c, s % 2 === 1);
+      const rec = new Recorder(gpu);
+      for (const o of [t.out, t.mean, t.rstd]) fill(rec, o, NaN);
+      layerNormForward(rec, { ...t, eps });
+      await rec.submit();
+      const want = refForward(c.x, c.gamma, c.beta, c.rows, c.h, eps);
+      const name = `[${shape}] eps ${eps}`;
+      assertClose(`out ${name}`, await t.out.download(), want.out, 1e-5);
+      assertClose(`mean ${name}`, await t.mean.download(), want.mean, 1e-5);
+      assertClose(`rstd ${name}`, await t.rstd.download(), want.rstd, 1e-5);
+      destroyAll(t);
+    }
+  }
+});
+
+gpuTest("layernorm keeps its accuracy for a large mean and a small spread", async (gpu) => {
+  // Mean 1000, standard deviation ~0.003: E[x²] − E[x]² would lose every digit, and even the
+  // float32 mean is uncertain by ~1% of the spread (its ulp is 6e-5). The corrected two-pass
+  // scheme keeps out, rstd and dX within 1e-5 all the same.
+  const rows = 9;
+  const h = 130;
+  const x = Float32Array.from(randomValues(rows * h, 3), (v) => 1000 + 0.005 * v);
+  const gamma = Float32Array.from(randomValues(h, 4), (v) => 1 + 0.5 * v);
+  const beta = Float32Array.from(randomValues(h, 5));
+  const dOut = Float32Array.from(randomValues(rows * h, 6));
+  const c: Case = { shape: [rows, h], rows, h, x, gamma, beta, dOut };
+  const t = upload(gpu, c);
+  const rec = new Recorder(gpu);
+  for (const o of [t.out, t.mean, t.rstd, t.dX, t.dBeta]) fill(rec, o, NaN);
+  layerNormForward(rec, { ...t, eps: 1e-12 });
+  layerNormBackward(rec, { ...t, dGamma: undefined });
+  await rec.submit();
+  const f = refForward(x, gamma, beta, rows, h, 1e-12);
+  const b = refBackward(x, gamma, dOut, rows, h, 1e-12);
+  assertClose("out", await t.out.download(), f.out, 1e-5);
+  assertClose("mean", await t.mean.download(), f.mean, 1e-5);
+  assertClose("rstd", await t.rstd.download(), f.rstd, 1e-5);
+  assertClose("dX", await t.dX.download(), b.dX, 1e-5);
+  assertClose("dBeta", await t.dBeta.download(), b.dBeta, 1e-5);
+  destroyAll(t);
+});
+
+gpuTest("layerNormBackward matches the float64 reference", async (gpu) => {
+  for (const [s, shape] of SHAPES.entries()) {
+    for (const eps of EPS) {
+      const c = makeCase(shape, 10 * s + 1);
+      const t = upload(gpu, c, s % 2 === 0);
+      const rec = new Recorder(gpu);
+      for (const o of [t.dX, t.dGamma, t.dBeta]) fill(rec, o, NaN);
+      layerNormForward(rec, { ...t, eps });
+      layerNormBackward(rec, t);
+      await rec.submit();
+      const want = refBackward(c.x, c.gamma, c.dOut, c.rows, c.h, eps);
+      const name = `[${shape}] eps ${eps}`;
+      // With h = 1 the exact dX and dGamma are 0 while float32 gives x − mean = 0 exactly too.
+      assertClose(`dX ${name}`, await t.dX.download(), want.dX, 1e-5);
+      assertClose(`dGamma ${name}`, await t.dGamma.download(), want.dGamma, 1e-5);
+      assertClose(`dBeta ${name}`, await t.dBeta.download(), want.dBeta, 1e-5);
+      destroyAll(t);
+    }
+  }
+});
+
+gpuTest("layerNormBackward: accumulate, accumulateDX and optional dGamma/dBeta", async (gpu) => {
+  const c = makeCase([37, 33], 77);
+  const eps = 1e-5;
+  const want = refBackward(c.x, c.gamma, c.dOut, c.rows, c.h, eps);
+  const prior = (n: number, seed: number) => Float32Array.from(randomValues(n, seed));
+  const dX0 = prior(c.x.length, 1);
+  const dGamma0 = prior(c.h, 2);
+  const dBeta0 = prior(c.h, 3);
+  const plus = (a: Float64Array, b: Float32Array) => a.map((v, i) => v + b[i]);
+
+  const t = upload(gpu, c);
+  const rec = new Recorder(gpu);
+  layerNormForward(rec, { ...t, eps });
+  t.dX.upload(dX0);
+  t.dGamma.upload(dGamma0);
+  t.dBeta.upload(dBeta0);
+  layerNormBackward(rec, { ...t, accumulate: true, accumulateDX: true });
+  await rec.submit();
+  assertClose("dX accumulated", await t.dX.download(), plus(want.dX, dX0), 1e-5);
+  assertClose("dGamma accumulated", await t.dGamma.download(), plus(want.dGamma, dGamma0), 1e-5);
+  assertClose("dBeta accumulated", await t.dBeta.download(), plus(want.dBeta, dBeta0), 1e-5);
+
+  // Only dGamma, overwriting; dBeta is left alone.
+  fill(rec, t.dGamma, NaN);
+  fill(rec, t.dX, NaN);
+  fill(rec, t.dBeta, 7);
+  layerNormBackward(rec, { ...t, dBeta: undefined });
+  await rec.submit();
+  assertClose("dX", await t.dX.download(), want.dX, 1e-5);
+  assertClose("dGamma alone", await t.dGamma.download(), want.dGamma, 1e-5);
+  assert((await t.dBeta.download()).every((v) => v === 7), "dBeta untouched");
+
+  // Only dBeta, accumulating into it.
+  fill(rec, t.dGamma, 7);
+  layerNormBackward(rec, { ...t, dGamma: undefined, accumulate: true });
+  await rec.submit();
+  assertClose("dBeta alone", await t.dBeta.download(), want.dBeta.map((v) => v + 7), 1e-5);
+  assert((await t.dGamma.download()).every((v) => v === 7), "dGamma untouched");
+
+  // Neither: a single dX launch.
+  layerNormBackward(rec, { ...t, dGamma: undefined, dBeta: undefined });
+  assertEquals(rec.labels, ["layerNormBackward dX"]);
+  await rec.submit();
+  destroyAll(t);
+});
+
+/**
+ * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
+ * must use a 2-D grid, and this exercises that path without millions of rows.
+ */
+function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
+  const limits = new Proxy(gpu.limits, {
+    get: (target, key) =>
+      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
+  });
+  return Object.create(gpu, { limits: { value: limits } });
+}
+
+gpuTest("layernorm: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
+  const small = withMaxWorkgroupsPerDimension(gpu, 7);
+  assertEquals(small.limits.maxComputeWorkgroupsPerDimension, 7);
+  // [100, 130]: 8 rows per workgroup, 13 workgroups on a 7 x 2 grid (one past the end);
+  // [301, 33]: 32 rows per workgroup, 10 workgroups on 5 x 2; [3, 1200]: 75 groups of 16
+  // dGamma/dBeta columns on 7 x 11.
+  for (const shape of [[100, 130], [301, 33], [3, 1200]]) {
+    const c = makeCase(shape, shape[0]);
+    const eps = 1e-5;
+    const t = upload(gpu, c);
+    const rec = new Recorder(small);
+    for (const o of [t.out, t.mean, t.rstd, t.dX, t.dGamma, t.dBeta]) fill(rec, o, NaN);
+    layerNormForward(rec, { ...t, eps });
+    layerNormBackward(rec, t);
+    await rec.submit();
+    const f = refForward(c.x, c.gamma, c.beta, c.rows, c.h, eps);
+    const b = refBackward(c.x, c.gamma, c.dOut, c.rows, c.h, eps);
+    assertClose(`out [${shape}]`, await t.out.download(), f.out, 1e-5);
+    assertClose(`mean [${shape}]`, await t.mean.download(), f.mean, 1e-5);
+    assertClose(`rstd [${shape}]`, await t.rstd.download(), f.rstd, 1e-5);
+    assertClose(`dX [${shape}]`, await t.dX.download(), b.dX, 1e-5);
+    assertClose(`dGamma [${shape}]`, await t.dGamma.download(), b.dGamma, 1e-5);
+    assertClose(`dBeta [${shape}]`, await t.dBeta.download(), b.dBeta, 1e-5);
+    destroyAll(t);
+  }
+});
+
+gpuTest("layernorm: dGamma and dBeta sum 20001 rows", async (gpu) => {
+  const c = makeCase([20001, 33], 6);
+  const eps = 1e-12;
+  const t = upload(gpu, c);
+  const rec = new Recorder(gpu);
+  for (const o of [t.dX, t.dGamma, t.dBeta]) fill(rec, o, NaN);
+  layerNormForward(rec, { ...t, eps });
+  layerNormBackward(rec, t);
+  await rec.submit();
+  const b = refBackward(c.x, c.gamma, c.dOut, c.rows, c.h, eps);
+  assertClose("dX", await t.dX.download(), b.dX, 1e-5);
+  // 1250 float32 terms per lane, in blocks of 64, then a 16-lane tree.
+  assertClose("dGamma", await t.dGamma.download(), b.dGamma, 1e-5);
+  assertClose("dBeta", await t.dBeta.download(), b.dBeta, 1e-5);
+  destroyAll(t);
+});
+
+gpuTest("layernorm: two runs give bitwise-identical outputs", async (gpu) => {
+  const c = makeCase([130, 257], 9);
+  const t = upload(gpu, c);
+  const runs: Float32Array[][] = [];
+  for (let run = 0; run < 2; run++) {
+    const rec = new Recorder(gpu);
+    for (const o of [t.out, t.mean, t.rstd, t.dX, t.dGamma, t.dBeta]) fill(rec, o, NaN);
+    layerNormForward(rec, { ...t, eps: 1e-12 });
+    layerNormBackward(rec, t);
+    await rec.submit();
+    const outs: Float32Array[] = [];
+    for (const o of [t.out, t.mean, t.rstd, t.dX, t.dGamma, t.dBeta]) {
+      outs.push((await o.download()) as Float32Array);
+    }
+    runs.push(outs);
+  }
+  assertEquals(runs[0], runs[1]);
+  destroyAll(t);
+});
+
+gpuTest("layernorm: wrong shapes are refused naming the op and the tensor", (gpu) => {
+  const c = makeCase([4, 6], 1);
+  const t = upload(gpu, c);
+  const rec = new Recorder(gpu);
+  const eps = 1e-5;
+  const wrong = (shape: number[], label = "wrong") => createTensor(gpu, shape, "f32", label);
+  const fwd = "layerNormForward";
+  const bwd = "layerNormBackward";
+  assertThrows(
+    () => layerNormForward(rec, { ...t, gamma: wrong([5]), eps }),
+    GpuError,
+    `${fwd}: gamma`,
+  );
+  assertThrows(
+    () => layerNormForward(rec, { ...t, beta: wrong([6, 1]), eps }),
+    GpuError,
+    `${fwd}: beta`,
+  );
+  assertThrows(
+    () => layerNormForward(rec, { ...t, out: wrong([6, 4]), eps }),
+    GpuError,
+    `${fwd}: out`,
+  );
+  assertThrows(
+    () => layerNormForward(rec, { ...t, mean: wrong([5]), eps }),
+    GpuError,
+    `${fwd}: mean`,
+  );
+  assertThrows(
+    () => layerNormForward(rec, { ...t, rstd: wrong([4, 1]), eps }),
+    GpuError,
+    `${fwd}: rstd`,
+  );
+  assertThrows(
+    () => layerNormForward(rec, { ...t, x: createTensor(gpu, [4, 6], "i32", "ints"), eps }),
+    GpuError,
+    `${fwd}: x`,
+  );
+  assertThrows(() => layerNormForward(rec, { ...t, eps: NaN }), GpuError, `${fwd}: eps`);
+  assertThrows(
+    () => layerNormBackward(rec, { ...t, dOut: wrong([4, 5]) }),
+    GpuError,
+    `${bwd}: dOut`,
+  );
+  assertThrows(() => layerNormBackward(rec, { ...t, dX: wrong([24]) }), GpuError, `${bwd}: dX`);
+  assertThrows(
+    () => layerNormBackward(rec, { ...t, dGamma: wrong([4]) }),
+    GpuError,
+    `${bwd}: dGamma`,
+  );
+  assertThrows(
+    () => layerNormBackward(rec, { ...t, dBeta: wrong([7]) }),
+    GpuError,
+    `${bwd}: dBeta`,
+  );
+  assertThrows(() => layerNormBackward(rec, { ...t, rstd: wrong([3]) }), GpuError, `${bwd}: rstd`);
+  assertThrows(
+    () => layerNormForward(rec, { ...t, x: wrong([4, 0]), eps }),
+    GpuError,
+    `${fwd}: x ("wrong") has an empty last dimension`,
+  );
+  assertEquals(rec.length, 0);
+  destroyAll(t);
+});
