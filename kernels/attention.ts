@@ -1,0 +1,602 @@
+// Multi-head scaled dot-product attention as in Hugging Face BERT/RoBERTa, with optional
+// prefix-tuning rows and attention-probability dropout, forward and backward.
+//
+// Layout: q, k, v are [B, S, H·D] as the projections produce them (head h owns columns
+// h·D … h·D+D−1), so no transpose kernel is needed. Keys are the P prefix rows of the layer
+// ([H, P, D], never masked) followed by the S sequence rows, T = P + S in all.
+//
+// The key padding mask is applied additively as HF does: score + (1 − mask)·(−FLT_MAX). In
+// float32 that sum rounds to exactly −FLT_MAX, so a query whose keys are all padding (and that
+// has no prefix rows) sees T equal scores and attends uniformly, exactly like HF, with no NaN.
+// The backward follows autograd through that addition (as HF's does): such a row still passes
+// score gradients to its q and k.
+//
+// Forward, one dispatch: one workgroup per query row (b, h, i) computes the T scores, the
+// softmax (saved pre-dropout in `probs`), regenerates the dropout mask and accumulates
+// context = P̃·V. Backward, two dispatches: a row pass (b, h, i) computes dP = dC·Vᵀ ⊙ mask,
+// dS = P ⊙ (dP − Σ P⊙dP) into a workspace and dQ = scale·dS·K; a column pass (one workgroup per
+// key row, sequence or prefix) computes dK = scale·dSᵀ·Q and dV = P̃ᵀ·dC, prefix columns summing
+// over the batch too. Every output element is written by one invocation, every sum runs in a
+// fixed order: no atomics, bitwise-deterministic.
+
+import { GpuError } from "./device.ts";
+import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
+import { grid1d } from "./grid.ts";
+import { getPipeline } from "./pipeline.ts";
+import type { Recorder } from "./recorder.ts";
+import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+
+const WG = 64;
+/** Each invocation accumulates this many output columns, so head dims up to WG·ACC work. */
+const ACC = 4;
+/** The largest head dimension the kernels handle. */
+export const ATTENTION_MAX_HEAD_DIM = WG * ACC;
+
+/**
+ * WGSL repeating `body(m, col)` for the ACC output columns col = lid + m·WG an invocation owns,
+ * each guarded by col < D. Unrolled with scalar accumulators (acc_*0 … acc_*3): a dynamically
+ * indexed private array, and the prefix/sequence branch inside the inner loop, made these loops
+ * twice as slow on lavapipe.
+ */
+function perColumn(body: (m: number, col: string) => string): string {
+  let code = "";
+  for (let m = 0; m < ACC; m++) {
+    const col = m === 0 ? "lid" : `(lid + ${m * WG}u)`;
+    code += `if (${col} < D) { ${body(m, col)} }\n`;
+  }
+  return code;
+}
+
+/** WGSL declaring zeroed scalar accumulators `${name}0` … `${name}{ACC−1}`. */
+function accumulators(name: string): string {
+  let code = "";
+  for (let m = 0; m < ACC; m++) code += `var ${name}${m} = 0.0;\n`;
+  return code;
+}
+
+const COMMON_WGSL = /* wgsl */ `
+${DROPOUT_WGSL}
+struct Params {
+  batch: u32, seq: u32, heads: u32, dim: u32,
+  prefix: u32, keys: u32, seed: u32, stream: u32,
+  p: f32, drop_scale: f32, scale: f32, flags: u32,
+}
+const WG = ${WG}u;
+const FLAG_DROPOUT = 1u;
+const FLAG_PREFIX_GRAD = 2u;
+const FLAG_ACCUMULATE = 4u;
+
+var<workgroup> red: array<f32, WG>;
+
+// Workgroup sum or max of one value per invocation, in a fixed tree order.
+fn wg_reduce(value: f32, lid: u32, is_max: bool) -> f32 {
+  red[lid] = value;
+  workgroupBarrier();
+  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+    if (lid < stride) {
+      let other = red[lid + stride];
+      red[lid] = select(red[lid] + other, max(red[lid], other), is_max);
+    }
+    workgroupBarrier();
+  }
+  let result = red[0];
+  workgroupBarrier();
+  return result;
+}
+
+fn drop_factor(index: u32) -> f32 {
+  if ((params.flags & FLAG_DROPOUT) == 0u) { return 1.0; }
+  return select(0.0, params.drop_scale, dropout_keep(params.seed, params.stream, index, params.p));
+}
+`;
+
+const FORWARD_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<storage, read> prefix_k: array<f32>;
+@group(0) @binding(5) var<storage, read> prefix_v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(7) var<storage, read_write> context: array<f32>;
+@group(0) @binding(8) var<uniform> params: Params;
+${COMMON_WGSL}
+var<workgroup> chunk: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let S = params.seq;
+  let H = params.heads;
+  let D = params.dim;
+  let P = params.prefix;
+  let T = params.keys;
+  let HD = H * D;
+  let r = wid.x + wid.y * nwg.x;
+  if (r >= params.batch * H * S) { return; }
+  let i = r % S;
+  let h = (r / S) % H;
+  let b = r / (S * H);
+  let qb = (b * S + i) * HD + h * D;
+  let rb = r * T;
+  let neg_max = bitcast<f32>(0xff7fffffu);
+
+  var local_max = neg_max;
+  for (var j = lid; j < T; j += WG) {
+    var s = 0.0;
+    var bias = 0.0;
+    if (j < P) {
+      let kb = (h * P + j) * D;
+      for (var d = 0u; d < D; d++) { s += q[qb + d] * prefix_k[kb + d]; }
+    } else {
+      let kb = (b * S + j - P) * HD + h * D;
+      for (var d = 0u; d < D; d++) { s += q[qb + d] * k[kb + d]; }
+      bias = (1.0 - mask[b * S + j - P]) * neg_max;
+    }
+    s = s * params.scale + bias;
+    probs[rb + j] = s;
+    local_max = max(local_max, s);
+  }
+  let row_max = wg_reduce(local_max, lid, true);
+
+  var local_sum = 0.0;
+  for (var j = lid; j < T; j += WG) {
+    let z = probs[rb + j] - row_max;
+    // Masked keys give z ≈ −FLT_MAX; exact zero without relying on exp's overflow behaviour.
+    let e = select(exp(z), 0.0, z < -88.0);
+    probs[rb + j] = e;
+    local_sum += e;
+  }
+  let total = wg_reduce(local_sum, lid, false);
+
+  ${accumulators("acc")}
+  let chunks = (T + WG - 1u) / WG;
+  for (var c = 0u; c < chunks; c++) {
+    let j = c * WG + lid;
+    var weight = 0.0;
+    if (j < T) {
+      let prob = probs[rb + j] / total;
+      probs[rb + j] = prob;
+      weight = prob * drop_factor(rb + j);
+    }
+    chunk[lid] = weight;
+    workgroupBarrier();
+    let n = min(WG, T - c * WG);
+    let n_prefix = min(n, max(P, c * WG) - c * WG);
+    for (var jj = 0u; jj < n_prefix; jj++) {
+      let w = chunk[jj];
+      let vb = (h * P + c * WG + jj) * D;
+      ${perColumn((m, col) => `acc${m} += w * prefix_v[vb + ${col}];`)}
+    }
+    for (var jj = n_prefix; jj < n; jj++) {
+      let w = chunk[jj];
+      let vb = (b * S + c * WG + jj - P) * HD + h * D;
+      ${perColumn((m, col) => `acc${m} += w * v[vb + ${col}];`)}
+    }
+    workgroupBarrier();
+  }
+  ${perColumn((m, col) => `context[qb + ${col}] = acc${m};`)}
+}
+`;
+
+const BACKWARD_ROWS_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> k: array<f32>;
+@group(0) @binding(1) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> prefix_k: array<f32>;
+@group(0) @binding(3) var<storage, read> prefix_v: array<f32>;
+@group(0) @binding(4) var<storage, read> probs: array<f32>;
+@group(0) @binding(5) var<storage, read> d_context: array<f32>;
+@group(0) @binding(6) var<storage, read_write> d_scores: array<f32>;
+@group(0) @binding(7) var<storage, read_write> d_q: array<f32>;
+@group(0) @binding(8) var<uniform> params: Params;
+${COMMON_WGSL}
+var<workgroup> chunk: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let S = params.seq;
+  let H = params.heads;
+  let D = params.dim;
+  let P = params.prefix;
+  let T = params.keys;
+  let HD = H * D;
+  let r = wid.x + wid.y * nwg.x;
+  if (r >= params.batch * H * S) { return; }
+  let i = r % S;
+  let h = (r / S) % H;
+  let b = r / (S * H);
+  let qb = (b * S + i) * HD + h * D;
+  let rb = r * T;
+
+  // dP = (dC·Vᵀ) ⊙ dropout, parked in the workspace until the row sum Σ P⊙dP is known.
+  var local_dot = 0.0;
+  for (var j = lid; j < T; j += WG) {
+    var s = 0.0;
+    if (j < P) {
+      let vb = (h * P + j) * D;
+      for (var d = 0u; d < D; d++) { s += d_context[qb + d] * prefix_v[vb + d]; }
+    } else {
+      let vb = (b * S + j - P) * HD + h * D;
+      for (var d = 0u; d < D; d++) { s += d_context[qb + d] * v[vb + d]; }
+    }
+    let dp = s * drop_factor(rb + j);
+    d_scores[rb + j] = dp;
+    local_dot += probs[rb + j] * dp;
+  }
+  let row_dot = wg_reduce(local_dot, lid, false);
+
+  ${accumulators("acc")}
+  let chunks = (T + WG - 1u) / WG;
+  for (var c = 0u; c < chunks; c++) {
+    let j = c * WG + lid;
+    var ds = 0.0;
+    if (j < T) {
+      ds = probs[rb + j] * (d_scores[rb + j] - row_dot);
+      d_scores[rb + j] = ds;
+    }
+    chunk[lid] = ds;
+    workgroupBarrier();
+    let n = min(WG, T - c * WG);
+    let n_prefix = min(n, max(P, c * WG) - c * WG);
+    for (var jj = 0u; jj < n_prefix; jj++) {
+      let w = chunk[jj];
+      let kb = (h * P + c * WG + jj) * D;
+      ${perColumn((m, col) => `acc${m} += w * prefix_k[kb + ${col}];`)}
+    }
+    for (var jj = n_prefix; jj < n; jj++) {
+      let w = chunk[jj];
+      let kb = (b * S + c * WG + jj - P) * HD + h * D;
+      ${perColumn((m, col) => `acc${m} += w * k[kb + ${col}];`)}
+    }
+    workgroupBarrier();
+  }
+  ${perColumn((m, col) => `d_q[qb + ${col}] = params.scale * acc${m};`)}
+}
+`;
+
+const BACKWARD_COLUMNS_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> d_context: array<f32>;
+@group(0) @binding(2) var<storage, read> probs: array<f32>;
+@group(0) @binding(3) var<storage, read> d_scores: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d_k: array<f32>;
+@group(0) @binding(5) var<storage, read_write> d_v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> d_prefix_k: array<f32>;
+@group(0) @binding(7) var<storage, read_write> d_prefix_v: array<f32>;
+@group(0) @binding(8) var<uniform> params: Params;
+${COMMON_WGSL}
+var<workgroup> chunk_ds: array<f32, WG>;
+var<workgroup> chunk_p: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let B = params.batch;
+  let S = params.seq;
+  let H = params.heads;
+  let D = params.dim;
+  let P = params.prefix;
+  let T = params.keys;
+  let HD = H * D;
+  let w = wid.x + wid.y * nwg.x;
+  let sequence_columns = B * H * S;
+  let is_prefix = w >= sequence_columns;
+  if (is_prefix && ((params.flags & FLAG_PREFIX_GRAD) == 0u || w >= sequence_columns + H * P)) {
+    return;
+  }
+  // A sequence key row (b, h, j) sums over its batch's queries; a prefix row (h, p) over all.
+  var h: u32;
+  var col: u32;
+  var b_first: u32;
+  var b_end: u32;
+  if (is_prefix) {
+    h = (w - sequence_columns) / P;
+    col = (w - sequence_columns) % P;
+    b_first = 0u;
+    b_end = B;
+  } else {
+    let j = w % S;
+    h = (w / S) % H;
+    b_first = w / (S * H);
+    b_end = b_first + 1u;
+    col = P + j;
+  }
+
+  ${accumulators("acc_k")}
+  ${accumulators("acc_v")}
+  let chunks = (S + WG - 1u) / WG;
+  for (var b = b_first; b < b_end; b++) {
+    for (var c = 0u; c < chunks; c++) {
+      let i = c * WG + lid;
+      var ds = 0.0;
+      var weight = 0.0;
+      if (i < S) {
+        let index = ((b * H + h) * S + i) * T + col;
+        ds = d_scores[index];
+        weight = probs[index] * drop_factor(index);
+      }
+      chunk_ds[lid] = ds;
+      chunk_p[lid] = weight;
+      workgroupBarrier();
+      let n = min(WG, S - c * WG);
+      for (var ii = 0u; ii < n; ii++) {
+        let ds_i = chunk_ds[ii];
+        let p_i = chunk_p[ii];
+        let qb = (b * S + c * WG + ii) * HD + h * D;
+        ${
+  perColumn((m, c) => `acc_k${m} += ds_i * q[qb + ${c}]; acc_v${m} += p_i * d_context[qb + ${c}];`)
+}
+      }
+      workgroupBarrier();
+    }
+  }
+  if (is_prefix) {
+    let ob = (h * P + col) * D;
+    if ((params.flags & FLAG_ACCUMULATE) != 0u) {
+      ${
+  perColumn((m, c) =>
+    `d_prefix_k[ob + ${c}] += params.scale * acc_k${m}; d_prefix_v[ob + ${c}] += acc_v${m};`
+  )
+}
+    } else {
+      ${
+  perColumn((m, c) =>
+    `d_prefix_k[ob + ${c}] = params.scale * acc_k${m}; d_prefix_v[ob + ${c}] = acc_v${m};`
+  )
+}
+    }
+  } else {
+    let ob = (b_first * S + col - P) * HD + h * D;
+    ${perColumn((m, c) => `d_k[ob + ${c}] = params.scale * acc_k${m}; d_v[ob + ${c}] = acc_v${m};`)}
+  }
+}
+`;
+
+interface Dims {
+  B: number;
+  S: number;
+  H: number;
+  D: number;
+  P: number;
+}
+
+/** Checks q/k/v-like tensors, heads and the prefix pair; returns the problem's sizes. */
+function checkCommon(
+  op: string,
+  qkv: [string, Tensor][],
+  heads: number,
+  prefixKey: Tensor | undefined,
+  prefixValue: Tensor | undefined,
+): Dims {
+  const [qName, q] = qkv[0];
+  expectShape(op, qName, q, [-1, -1, -1], "f32");
+  const [B, S, HD] = q.shape;
+  for (const [name, t] of qkv.slice(1)) expectShape(op, name, t, [B, S, HD], "f32");
+  if (!Number.isInteger(heads) || heads < 1 || HD % heads !== 0) {
+    throw new GpuError(`${op}: heads ${heads} does not divide the hidden size ${HD}`);
+  }
+  const H = heads, D = HD / heads;
+  if (D > ATTENTION_MAX_HEAD_DIM) {
+    throw new GpuError(
+      `${op}: head dimension ${D} exceeds the supported maximum ${ATTENTION_MAX_HEAD_DIM}`,
+    );
+  }
+  if ((prefixKey === undefined) !== (prefixValue === undefined)) {
+    throw new GpuError(`${op}: prefixKey and prefixValue must be given together`);
+  }
+  let P = 0;
+  if (prefixKey && prefixValue) {
+    expectShape(op, "prefixKey", prefixKey, [H, -1, D], "f32");
+    P = prefixKey.shape[1];
+    expectShape(op, "prefixValue", prefixValue, [H, P, D], "f32");
+  }
+  return { B, S, H, D, P };
+}
+
+function params(
+  dims: Dims,
+  dropout: DropoutConfig,
+  flags: number,
+): Uint32Array {
+  const buffer = new ArrayBuffer(48);
+  const u = new Uint32Array(buffer);
+  const f = new Float32Array(buffer);
+  const { B, S, H, D, P } = dims;
+  u.set([B, S, H, D, P, P + S, dropout.seed, dropout.stream]);
+  const drop = dropout.p > 0;
+  f[8] = dropout.p;
+  f[9] = drop ? dropoutScale(dropout.p) : 1;
+  f[10] = 1 / Math.sqrt(D);
+  u[11] = flags | (drop ? 1 : 0);
+  return u;
+}
+
+function rowsGrid(rec: Recorder, rows: number): [number, number] {
+  return grid1d(rows, 1, rec.gpu.limits.maxComputeWorkgroupsPerDimension);
+}
+
+/**
+ * Records context = softmax(q·kᵀ/√D + (1 − mask)·(−FLT_MAX)) ⊙ dropout · v per head, keys being
+ * the prefix rows (if any) then the sequence. Writes the pre-dropout probabilities to `probs`
+ * for the backward pass.
+ *
+ * q, k, v, context: [B, S, H·D]; mask: [B, S] (1 keep, 0 padding); prefixKey, prefixValue:
+ * [H, P, D]; probs: [B, H, S, P + S]. All float32. Head dimension D ≤ 256.
+ */
+export function attentionForward(
+  rec: Recorder,
+  args: {
+    q: Tensor;
+    k: Tensor;
+    v: Tensor;
+    mask: Tensor;
+    prefixKey?: Tensor;
+    prefixValue?: Tensor;
+    probs: Tensor;
+    context: Tensor;
+    heads: number;
+    dropout: DropoutConfig;
+  },
+): void {
+  const op = "attentionForward";
+  const { q, k, v, mask, prefixKey, prefixValue, probs, context, heads, dropout } = args;
+  const dims = checkCommon(
+    op,
+    [["q", q], ["k", k], ["v", v], ["context", context]],
+    heads,
+    prefixKey,
+    prefixValue,
+  );
+  const { B, S, H, P } = dims;
+  expectShape(op, "mask", mask, [B, S], "f32");
+  expectShape(op, "probs", probs, [B, H, S, P + S], "f32");
+  checkDropout(op, dropout);
+  const bound: [string, Tensor][] = [
+    ["q", q],
+    ["k", k],
+    ["v", v],
+    ["mask", mask],
+    ["prefixKey", prefixKey ?? q],
+    ["prefixValue", prefixValue ?? q],
+    ["probs", probs],
+    ["context", context],
+  ];
+  for (const [name, t] of bound) expectBindable(op, name, t);
+  rec.dispatch(
+    op,
+    getPipeline(rec.gpu, "attention forward", FORWARD_WGSL),
+    bound.map(([, t]) => t),
+    rowsGrid(rec, B * H * S),
+    params(dims, dropout, 0),
+  );
+}
+
+const workspaces = new WeakMap<object, Tensor>();
+const dummies = new WeakMap<object, [Tensor, Tensor]>();
+
+/**
+ * The module's per-device dS workspace, grown on demand. Sharing it is safe: it is written and
+ * read only between the two dispatches of one backward, and dispatches run in order. An
+ * outgrown buffer is not destroyed (a recorded, unsubmitted command may still bind it).
+ */
+function workspace(rec: Recorder, shape: number[]): Tensor {
+  const gpu = rec.gpu;
+  const need = shape.reduce((a, b) => a * b, 1);
+  let t = workspaces.get(gpu);
+  if (!t || t.numel < need) {
+    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention dScores workspace");
+    workspaces.set(gpu, t);
+  }
+  return t.view(0, shape, "attention dScores workspace");
+}
+
+/** Writable stand-ins for absent prefix gradients (never written: no workgroup is launched). */
+function dummyPair(rec: Recorder): [Tensor, Tensor] {
+  let pair = dummies.get(rec.gpu);
+  if (!pair) {
+    pair = [
+      createTensor(rec.gpu, [1], "f32", "attention no dPrefixKey"),
+      createTensor(rec.gpu, [1], "f32", "attention no dPrefixValue"),
+    ];
+    dummies.set(rec.gpu, pair);
+  }
+  return pair;
+}
+
+/**
+ * Records the gradients of `attentionForward` (same q, k, v, prefix, probs and dropout):
+ * dQ, dK, dV overwritten; dPrefixKey, dPrefixValue (if given) summed over the batch and
+ * overwritten, or added to when `accumulatePrefix`. Without dPrefixKey/dPrefixValue the
+ * prefix is treated as frozen.
+ *
+ * `dScores` ([B, H, S, P + S] f32) is an optional workspace for the score gradients; without it
+ * a buffer kept per device by this module is used.
+ */
+export function attentionBackward(
+  rec: Recorder,
+  args: {
+    q: Tensor;
+    k: Tensor;
+    v: Tensor;
+    probs: Tensor;
+    dContext: Tensor;
+    dQ: Tensor;
+    dK: Tensor;
+    dV: Tensor;
+    prefixKey?: Tensor;
+    prefixValue?: Tensor;
+    dPrefixKey?: Tensor;
+    dPrefixValue?: Tensor;
+    accumulatePrefix?: boolean;
+    heads: number;
+    dropout: DropoutConfig;
+    dScores?: Tensor;
+  },
+): void {
+  const op = "attentionBackward";
+  const { q, k, v, probs, dContext, dQ, dK, dV, prefixKey, prefixValue, heads, dropout } = args;
+  const { dPrefixKey, dPrefixValue } = args;
+  const dims = checkCommon(
+    op,
+    [["q", q], ["k", k], ["v", v], ["dContext", dContext], ["dQ", dQ], ["dK", dK], ["dV", dV]],
+    heads,
+    prefixKey,
+    prefixValue,
+  );
+  const { B, S, H, D, P } = dims;
+  const scoresShape = [B, H, S, P + S];
+  expectShape(op, "probs", probs, scoresShape, "f32");
+  if ((dPrefixKey === undefined) !== (dPrefixValue === undefined)) {
+    throw new GpuError(`${op}: dPrefixKey and dPrefixValue must be given together`);
+  }
+  const prefixGrad = dPrefixKey !== undefined && dPrefixValue !== undefined;
+  if (prefixGrad) {
+    if (!prefixKey) throw new GpuError(`${op}: dPrefixKey given without prefixKey`);
+    expectShape(op, "dPrefixKey", dPrefixKey, [H, P, D], "f32");
+    expectShape(op, "dPrefixValue", dPrefixValue, [H, P, D], "f32");
+  }
+  if (args.dScores) expectShape(op, "dScores", args.dScores, scoresShape, "f32");
+  checkDropout(op, dropout);
+  const dScores = args.dScores ?? workspace(rec, scoresShape);
+  const [noDPK, noDPV] = prefixGrad ? [dPrefixKey, dPrefixValue] : dummyPair(rec);
+
+  const rowBindings: [string, Tensor][] = [
+    ["k", k],
+    ["v", v],
+    ["prefixKey", prefixKey ?? k],
+    ["prefixValue", prefixValue ?? k],
+    ["probs", probs],
+    ["dContext", dContext],
+    ["dScores", dScores],
+    ["dQ", dQ],
+  ];
+  const columnBindings: [string, Tensor][] = [
+    ["q", q],
+    ["dContext", dContext],
+    ["probs", probs],
+    ["dScores", dScores],
+    ["dK", dK],
+    ["dV", dV],
+    ["dPrefixKey", noDPK],
+    ["dPrefixValue", noDPV],
+  ];
+  for (const [name, t] of [...rowBindings, ...columnBindings]) expectBindable(op, name, t);
+
+  const gpu = rec.gpu;
+  rec.dispatch(
+    `${op} (dQ)`,
+    getPipeline(gpu, "attention backward rows", BACKWARD_ROWS_WGSL),
+    rowBindings.map(([, t]) => t),
+    rowsGrid(rec, B * H * S),
+    params(dims, dropout, 0),
+  );
+  const flags = (prefixGrad ? 2 : 0) | (args.accumulatePrefix ? 4 : 0);
+  rec.dispatch(
+    `${op} (dK, dV${prefixGrad ? ", dPrefix" : ""})`,
+    getPipeline(gpu, "attention backward columns", BACKWARD_COLUMNS_WGSL),
+    columnBindings.map(([, t]) => t),
+    rowsGrid(rec, B * H * S + (prefixGrad ? H * P : 0)),
+    params(dims, dropout, flags),
+  );
+}
