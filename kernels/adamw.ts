@@ -1,0 +1,235 @@
+// One fused AdamW step, element for element what torch.optim.AdamW (single-tensor,
+// non-amsgrad) computes:
+//
+//   p ← p · (1 − lr·wd)                        decoupled weight decay (wd = 0: "no decay")
+//   m ← β1·m + (1 − β1)·g
+//   v ← β2·v + (1 − β2)·g²
+//   p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+//
+// with g = grad · gradScale when a scale tensor is given (the clip coefficient written by
+// gradNormClip, or later 1/loss-scale), read on the GPU so no host read is needed. Every element
+// is updated, including those whose gradient is 0 (they still decay and move by their momentum).
+//
+// Scalars are computed on the host in float64 and passed as f32 uniforms: 1 − lr·wd, 1 − β1,
+// 1 − β2 (in f32 arithmetic 1 − 0.999 would be off by 1e-5 relative), the step size
+// lr / (1 − β1^t) and √(1 − β2^t). The kernel does only f32 products, one sqrt and two divisions
+// per element, so p, m and v agree with a float64 replica to a few f32 ulps per step.
+
+import { GpuError } from "./device.ts";
+import { adjacentRuns, bindElements, maxSliceElements, sliceRanges } from "./grad_norm.ts";
+import { flatIndex, grid1d } from "./grid.ts";
+import { getPipeline } from "./pipeline.ts";
+import type { Recorder } from "./recorder.ts";
+import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+
+const WORKGROUP = 256;
+
+function adamwWgsl(scaled: boolean): string {
+  const scaleBinding = scaled
+    ? `@group(0) @binding(4) var<storage, read> gradScale: array<f32>;`
+    : "";
+  const grad = scaled
+    ? `grad[params.gBase + i] * gradScale[params.sBase]`
+    : `grad[params.gBase + i]`;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> m: array<f32>;
+@group(0) @binding(3) var<storage, read_write> v: array<f32>;
+${scaleBinding}
+struct Params {
+  count: u32, pBase: u32, gBase: u32, mBase: u32,
+  vBase: u32, sBase: u32, _p0: u32, _p1: u32,
+  decay: f32, beta1: f32, oneMinusBeta1: f32, beta2: f32,
+  oneMinusBeta2: f32, stepSize: f32, bc2Sqrt: f32, eps: f32,
+}
+@group(0) @binding(${scaled ? 5 : 4}) var<uniform> params: Params;
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.count) { return; }
+  let g = ${grad};
+  let p = param[params.pBase + i] * params.decay;
+  let mi = params.beta1 * m[params.mBase + i] + params.oneMinusBeta1 * g;
+  let vi = params.beta2 * v[params.vBase + i] + params.oneMinusBeta2 * (g * g);
+  m[params.mBase + i] = mi;
+  v[params.vBase + i] = vi;
+  let denom = sqrt(vi) / params.bc2Sqrt + params.eps;
+  param[params.pBase + i] = p - params.stepSize * (mi / denom);
+}
+`;
+}
+
+/** AdamW hyper-parameters of one step. */
+export interface AdamwHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** The step number t ≥ 1 of this update (1 for the first), as torch's state["step"] after +1. */
+  step: number;
+  /**
+   * `[k]` f32 tensor holding the gradient scale (e.g. gradNormClip's `out`); g = grad ·
+   * gradScale[gradScaleIndex]. Absent: g = grad.
+   */
+  gradScale?: Tensor;
+  /** Element of `gradScale` to read; default 0 (1 for gradNormClip's `[norm, coef]`). */
+  gradScaleIndex?: number;
+}
+
+function checkHyper(op: string, h: AdamwHyper, weightDecays: readonly number[]): void {
+  const bad = (what: string, value: number) => {
+    throw new GpuError(`${op}: ${what} is out of range (${value})`);
+  };
+  if (!(h.lr >= 0) || !Number.isFinite(h.lr)) bad("lr", h.lr);
+  if (!(h.beta1 >= 0 && h.beta1 < 1)) bad("beta1", h.beta1);
+  if (!(h.beta2 >= 0 && h.beta2 < 1)) bad("beta2", h.beta2);
+  if (!(h.eps >= 0) || !Number.isFinite(h.eps)) bad("eps", h.eps);
+  if (!Number.isSafeInteger(h.step) || h.step < 1) bad("step (an integer ≥ 1)", h.step);
+  for (const wd of weightDecays) if (!(wd >= 0) || !Number.isFinite(wd)) bad("weightDecay", wd);
+  if (h.gradScale) {
+    expectShape(op, "gradScale", h.gradScale, [-1], "f32");
+    expectBindable(op, "gradScale", h.gradScale);
+    const index = h.gradScaleIndex ?? 0;
+    if (!Number.isSafeInteger(index) || index < 0 || index >= h.gradScale.numel) {
+      bad(`gradScaleIndex for gradScale ("${h.gradScale.label}") of ${h.gradScale.numel}`, index);
+    }
+  }
+}
+
+/** One contiguous range per role (param, grad, m, v) of `count` elements. */
+interface Range {
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  count: number;
+  weightDecay: number;
+}
+
+function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper): void {
+  const gpu = rec.gpu;
+  const scaled = h.gradScale !== undefined;
+  const pipeline = getPipeline(gpu, scaled ? "adamw-scaled" : "adamw", adamwWgsl(scaled));
+  const scale = h.gradScale
+    ? bindElements(gpu, h.gradScale.buffer, h.gradScale.offset, h.gradScale.numel)
+    : null;
+  const bc1 = 1 - Math.pow(h.beta1, h.step);
+  const bc2 = 1 - Math.pow(h.beta2, h.step);
+  const maxSlice = maxSliceElements(gpu, WORKGROUP);
+  const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  for (const r of ranges) {
+    const label = `${op} ${r.param.label}${r.count > r.param.numel ? " (and following)" : ""}`;
+    for (const s of sliceRanges(r.count, maxSlice)) {
+      const at = (t: Tensor) => bindElements(gpu, t.buffer, t.offset + s.start * 4, s.count);
+      const [p, g, m, v] = [at(r.param), at(r.grad), at(r.m), at(r.v)];
+      const u = new Uint32Array(16);
+      u.set([
+        s.count,
+        p.base,
+        g.base,
+        m.base,
+        v.base,
+        (scale?.base ?? 0) + (h.gradScaleIndex ?? 0),
+      ]);
+      new Float32Array(u.buffer, 32).set([
+        1 - h.lr * r.weightDecay,
+        h.beta1,
+        1 - h.beta1,
+        h.beta2,
+        1 - h.beta2,
+        h.lr / bc1,
+        Math.sqrt(bc2),
+        h.eps,
+      ]);
+      const bindings = [p.binding, g.binding, m.binding, v.binding];
+      if (scale) bindings.push(scale.binding);
+      rec.dispatch(label, pipeline, bindings, grid1d(s.count, WORKGROUP, maxPerDim), u);
+    }
+  }
+}
+
+/**
+ * Records one AdamW step of one tensor of any shape (it may be a view into a larger buffer at any
+ * 4-byte offset, e.g. a whole parameter group laid out contiguously). `grad`, `m`, `v` have
+ * `param`'s shape; m and v start at zero for step 1. Tensors beyond one storage binding
+ * (maxStorageBufferBindingSize) are updated in binding-sized slices, one launch each.
+ * `weightDecay` 0 is "no decay" (biases, LayerNorm weights).
+ */
+export function adamwStep(
+  rec: Recorder,
+  args: AdamwHyper & { param: Tensor; grad: Tensor; m: Tensor; v: Tensor; weightDecay: number },
+): void {
+  const op = "adamwStep";
+  const { param, grad, m, v } = args;
+  expectShape(op, "param", param, param.shape.map(() => -1), "f32");
+  expectShape(op, "grad", grad, param.shape, "f32");
+  expectShape(op, "m", m, param.shape, "f32");
+  expectShape(op, "v", v, param.shape, "f32");
+  checkHyper(op, args, [args.weightDecay]);
+  if (param.numel === 0) return;
+  recordRanges(rec, op, [
+    { param, grad, m, v, count: param.numel, weightDecay: args.weightDecay },
+  ], args);
+}
+
+/**
+ * Records one AdamW step of a parameter group sharing hyper-parameters; `weightDecay` is one
+ * number or one per tensor (0 for the no-decay ones).
+ *
+ * Launches: consecutive tensors i, i+1 whose param, grad, m and v are each back-to-back views
+ * of one buffer (view i+1 starting right after view i's last element, at any 4-byte offset) and
+ * that share the weight decay are updated by one launch (per binding-sized slice); any other
+ * tensor costs one launch. So a model whose parameters, gradients and optimizer state live in
+ * arenas of identical layout, decayed tensors before no-decay ones, takes two launches in all.
+ * (An arena that pads its views to 256-byte boundaries breaks adjacency; pass it instead as one
+ * view spanning the group: zero padding in all four arenas stays zero through a step.)
+ */
+export function adamwStepGroup(
+  rec: Recorder,
+  args: AdamwHyper & {
+    params: readonly Tensor[];
+    grads: readonly Tensor[];
+    ms: readonly Tensor[];
+    vs: readonly Tensor[];
+    weightDecay: number | readonly number[];
+  },
+): void {
+  const op = "adamwStepGroup";
+  const { params, grads, ms, vs } = args;
+  const n = params.length;
+  const wds = typeof args.weightDecay === "number"
+    ? new Array<number>(n).fill(args.weightDecay)
+    : args.weightDecay;
+  for (const [name, list] of [["grads", grads], ["ms", ms], ["vs", vs], ["weightDecay", wds]]) {
+    if (list.length !== n) {
+      throw new GpuError(`${op}: ${name} has ${list.length} entries, params has ${n}`);
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const shape = params[i].shape;
+    expectShape(op, `params[${i}]`, params[i], shape.map(() => -1), "f32");
+    expectShape(op, `grads[${i}]`, grads[i], shape, "f32");
+    expectShape(op, `ms[${i}]`, ms[i], shape, "f32");
+    expectShape(op, `vs[${i}]`, vs[i], shape, "f32");
+  }
+  checkHyper(op, args, wds);
+  const live = [...params.keys()].filter((i) => params[i].numel > 0);
+  const pick = (ts: readonly Tensor[]) => live.map((i) => ts[i]);
+  const roles = [pick(params), pick(grads), pick(ms), pick(vs)];
+  const runs = adjacentRuns(roles, (i, j) => wds[live[i]] === wds[live[j]]);
+  const ranges = runs.map(({ start, end }) => {
+    let count = 0;
+    for (let k = start; k < end; k++) count += roles[0][k].numel;
+    return {
+      param: roles[0][start],
+      grad: roles[1][start],
+      m: roles[2][start],
+      v: roles[3][start],
+      count,
+      weightDecay: wds[live[start]],
+    };
+  });
+  recordRanges(rec, op, ranges, args);
+}
