@@ -35,6 +35,57 @@ export { getPipeline } from "./kernels/pipeline.ts";
 export { flatIndex, grid1d } from "./kernels/grid.ts";
 export { fill } from "./kernels/fill.ts";
 
+// The kernel core: one file per operation, forward and backward side by side.
+export { matmul, type MatmulArgs, type MatmulBatch, type MatmulVariant } from "./kernels/matmul.ts";
+export {
+  linearBackward,
+  type LinearBackwardArgs,
+  linearForward,
+  type LinearForwardArgs,
+} from "./kernels/linear.ts";
+export {
+  loraBackward,
+  type LoraBackwardArgs,
+  loraForward,
+  type LoraForwardArgs,
+} from "./kernels/lora.ts";
+export { layerNormBackward, layerNormForward } from "./kernels/layernorm.ts";
+export { geluBackward, geluForward } from "./kernels/gelu.ts";
+export { reluBackward, reluForward } from "./kernels/relu.ts";
+export { add, addInPlace, scale } from "./kernels/add.ts";
+export {
+  DROPOUT_WGSL,
+  dropoutBackward,
+  type DropoutConfig,
+  dropoutForward,
+  dropoutKeep,
+} from "./kernels/dropout.ts";
+export {
+  ATTENTION_MAX_HEAD_DIM,
+  attentionBackward,
+  attentionForward,
+} from "./kernels/attention.ts";
+export {
+  buildEmbeddingPlan,
+  createEmbeddingPlanTensors,
+  embeddingBackward,
+  type EmbeddingBackwardArgs,
+  embeddingForward,
+  type EmbeddingForwardArgs,
+  type EmbeddingPlan,
+  EmbeddingPlanTensors,
+} from "./kernels/embedding.ts";
+export {
+  softmaxCrossEntropyBackward,
+  softmaxCrossEntropyForward,
+} from "./kernels/softmax_cross_entropy.ts";
+export { bceWithLogitsBackward, bceWithLogitsForward } from "./kernels/bce_with_logits.ts";
+export { mseBackward, mseForward } from "./kernels/mse.ts";
+export { type AdamwHyper, adamwStep, adamwStepGroup } from "./kernels/adamw.ts";
+export { gradNormClip, gradNormPartialsLength } from "./kernels/grad_norm.ts";
+export { rowNorms } from "./kernels/row_norm.ts";
+export { distance, distancePartialsLength, rowDistances } from "./kernels/distance.ts";
+
 // Checkpoint files.
 export {
   type Dtype as SafetensorsDtype,

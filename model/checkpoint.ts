@@ -1,0 +1,206 @@
+// Loading weights into the encoder and head, and saving a model in the checkpoint contract:
+// a directory in Hugging Face layout (config.json, tokenizer.json, model.safetensors) whose
+// backbone tensors carry the `<prefix>.` names that transformers' *ForMaskedLM and
+// *ForSequenceClassification checkpoints use, and whose head is head.dense.* / head.out_proj.*.
+//
+// Every name and shape is checked before a single byte goes to the GPU, so a wrong checkpoint
+// fails fast with the tensor named.
+
+import type { ModelConfig } from "./config.ts";
+import { openSafetensors, type SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+import { writeFileAtomic, writeJsonAtomic } from "./atomic_write.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+
+export class CheckpointError extends Error {
+  constructor(file: string, problem: string) {
+    super(`${file}: ${problem}`);
+    this.name = "CheckpointError";
+  }
+}
+
+/** Tensors a checkpoint may hold that the encoder does not use (MLM heads, poolers, buffers). */
+const SKIPPED = [
+  /^(bert|roberta|electra)\.pooler\./,
+  /^pooler\./,
+  /^lm_head\./,
+  /^cls\./,
+  /^generator_/,
+  /^discriminator_predictions\./,
+  /(^|\.)position_ids$/,
+  /(^|\.)token_type_ids$/,
+];
+
+/** Whether a checkpoint tensor is one the encoder deliberately ignores. */
+export function isSkippedTensor(name: string): boolean {
+  return SKIPPED.some((re) => re.test(name));
+}
+
+/** The names a backbone tensor may have in a file: with or without prefix, legacy LayerNorm names. */
+function candidateNames(config: ModelConfig, relative: string): string[] {
+  const names = [relative];
+  const legacy = relative.replace(/LayerNorm\.weight$/, "LayerNorm.gamma")
+    .replace(/LayerNorm\.bias$/, "LayerNorm.beta");
+  if (legacy !== relative) names.push(legacy);
+  return [...names.map((n) => `${config.prefix}.${n}`), ...names];
+}
+
+/** The file to read weights from: model.safetensors or its sharded index. */
+export async function findWeightsFile(dir: string): Promise<string> {
+  const exists = async (name: string) => {
+    try {
+      return (await Deno.stat(`${dir}/${name}`)).isFile;
+    } catch {
+      return false;
+    }
+  };
+  if (await exists("model.safetensors.index.json")) return `${dir}/model.safetensors.index.json`;
+  if (await exists("model.safetensors")) return `${dir}/model.safetensors`;
+  if (await exists("pytorch_model.bin") || await exists("pytorch_model.bin.index.json")) {
+    throw new CheckpointError(
+      dir,
+      "has only pytorch_model.bin; convert it to safetensors (for example with transformers: " +
+        "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)); " +
+        "ehft loads no pickle files",
+    );
+  }
+  throw new CheckpointError(dir, "has no model.safetensors (or model.safetensors.index.json)");
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * Fills `params` (Hugging Face names relative to the prefix -> tensor) from the checkpoint. All
+ * names and shapes are checked first. Returns the checkpoint names that were used.
+ */
+export async function loadBackbone(
+  reader: SafetensorsReader,
+  config: ModelConfig,
+  params: ReadonlyMap<string, Tensor>,
+): Promise<Set<string>> {
+  const plan: [string, Tensor][] = [];
+  for (const [relative, tensor] of params) {
+    const found = candidateNames(config, relative).find((n) => reader.tensors.has(n));
+    if (!found) {
+      throw new CheckpointError(reader.path, `missing tensor "${config.prefix}.${relative}"`);
+    }
+    const info = reader.tensors.get(found)!;
+    if (!sameShape(info.shape, tensor.shape)) {
+      throw new CheckpointError(
+        reader.path,
+        `tensor "${found}" has shape [${info.shape.join(", ")}], the model config needs ` +
+          `[${tensor.shape.join(", ")}]`,
+      );
+    }
+    plan.push([found, tensor]);
+  }
+  for (const [name, tensor] of plan) tensor.upload(await reader.readF32(name));
+  return new Set(plan.map(([name]) => name));
+}
+
+/** The EH-FT head's shape as stored: F inputs, `hidden` units (2048), C outputs. */
+export interface HeadShape {
+  features: number;
+  hidden: number;
+  classes: number;
+}
+
+export const HEAD_NAMES = [
+  "head.dense.weight",
+  "head.dense.bias",
+  "head.out_proj.weight",
+  "head.out_proj.bias",
+] as const;
+
+/**
+ * The head stored in a checkpoint, inferred from its tensors' shapes (the metadata is only
+ * informative: checkpoints written by other tools lack it). Null when the file has no head.
+ */
+export function readHeadShape(reader: SafetensorsReader): HeadShape | null {
+  const present = HEAD_NAMES.filter((n) => reader.tensors.has(n));
+  if (present.length === 0) return null;
+  if (present.length < HEAD_NAMES.length) {
+    const missing = HEAD_NAMES.filter((n) => !reader.tensors.has(n));
+    throw new CheckpointError(reader.path, `incomplete head: missing "${missing.join('", "')}"`);
+  }
+  const shape = (n: string) => reader.tensors.get(n)!.shape;
+  const dense = shape("head.dense.weight");
+  const out = shape("head.out_proj.weight");
+  const fail = (what: string) => new CheckpointError(reader.path, `head tensors disagree: ${what}`);
+  if (dense.length !== 2 || out.length !== 2) throw fail("weights must be matrices");
+  const [hidden, features] = dense;
+  const [classes, outIn] = out;
+  if (outIn !== hidden) throw fail(`out_proj takes ${outIn} inputs, dense gives ${hidden}`);
+  if (!sameShape(shape("head.dense.bias"), [hidden])) throw fail("dense.bias shape");
+  if (!sameShape(shape("head.out_proj.bias"), [classes])) throw fail("out_proj.bias shape");
+  return { features, hidden, classes };
+}
+
+/** Fills the head's tensors ("head.dense.weight", ...) from the checkpoint, shapes checked. */
+export async function loadHead(
+  reader: SafetensorsReader,
+  params: ReadonlyMap<string, Tensor>,
+): Promise<void> {
+  for (const [name, tensor] of params) {
+    const info = reader.tensors.get(name);
+    if (!info) throw new CheckpointError(reader.path, `missing tensor "${name}"`);
+    if (!sameShape(info.shape, tensor.shape)) {
+      throw new CheckpointError(
+        reader.path,
+        `tensor "${name}" has shape [${info.shape.join(", ")}], expected [${
+          tensor.shape.join(", ")
+        }]`,
+      );
+    }
+  }
+  for (const [name, tensor] of params) tensor.upload(await reader.readF32(name));
+}
+
+/** Opens a model directory's weights (model.safetensors or its shards). */
+export async function openWeights(dir: string): Promise<SafetensorsReader> {
+  return openSafetensors(await findWeightsFile(dir));
+}
+
+export interface SaveModelOptions {
+  config: ModelConfig;
+  /** Backbone tensors under names relative to the prefix (as `encoderParameters` gives them). */
+  backbone: ReadonlyMap<string, Tensor>;
+  /** Head tensors under their full names ("head.dense.weight", ...), if the model has a head. */
+  head?: ReadonlyMap<string, Tensor>;
+  /** Extra tensors under their full names (e.g. PEFT parameters in a Stage-1 snapshot). */
+  extra?: ReadonlyMap<string, Tensor>;
+  /** String metadata for the safetensors header (task, head shape, ...). */
+  metadata?: Record<string, string>;
+  /** A tokenizer.json to copy beside the weights. */
+  tokenizerFile?: string;
+}
+
+/**
+ * Saves a model directory in the checkpoint contract. Each file is written atomically; the
+ * weights are downloaded one tensor at a time.
+ */
+export async function saveModel(dir: string, options: SaveModelOptions): Promise<void> {
+  const { config } = options;
+  await Deno.mkdir(dir, { recursive: true });
+  const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
+  const add = async (name: string, t: Tensor) => {
+    if (tensors[name]) throw new CheckpointError(dir, `tensor "${name}" given twice`);
+    tensors[name] = {
+      dtype: "F32",
+      shape: [...t.shape],
+      data: (await t.download()) as Float32Array,
+    };
+  };
+  for (const [relative, t] of options.backbone) await add(`${config.prefix}.${relative}`, t);
+  for (const [name, t] of options.head ?? []) await add(name, t);
+  for (const [name, t] of options.extra ?? []) await add(name, t);
+  await writeSafetensors(`${dir}/model.safetensors`, tensors, {
+    format: "pt",
+    ...options.metadata,
+  });
+  await writeJsonAtomic(`${dir}/config.json`, config.raw);
+  if (options.tokenizerFile) {
+    await writeFileAtomic(`${dir}/tokenizer.json`, await Deno.readFile(options.tokenizerFile));
+  }
+}

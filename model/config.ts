@@ -1,0 +1,164 @@
+// A model's config.json, read strictly: the encoder's shape comes from here, so a missing or
+// nonsensical field is an error naming the file and the field, never a silent default.
+
+export type ModelType = "bert" | "roberta" | "xlm-roberta" | "electra";
+
+export interface ModelConfig {
+  modelType: ModelType;
+  /** The prefix Hugging Face puts before backbone tensor names: `bert.`, `roberta.`, `electra.`. */
+  prefix: "bert" | "roberta" | "electra";
+  vocabSize: number;
+  hiddenSize: number;
+  /** ELECTRA's embeddings may be narrower than the hidden size (then projected up). */
+  embeddingSize: number;
+  numLayers: number;
+  numHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  hiddenDropout: number;
+  attentionDropout: number;
+  maxPositions: number;
+  typeVocabSize: number;
+  layerNormEps: number;
+  padTokenId: number;
+  /** RoBERTa numbers positions from padTokenId + 1 and gives padding the padding position. */
+  positionsFromPadding: boolean;
+  /** The file as read, kept so that a saved model writes back every field it came with. */
+  raw: Record<string, unknown>;
+}
+
+export class ConfigError extends Error {
+  constructor(file: string, problem: string) {
+    super(`${file}: ${problem}`);
+    this.name = "ConfigError";
+  }
+}
+
+const MODEL_TYPES: Record<string, { modelType: ModelType; prefix: ModelConfig["prefix"] }> = {
+  "bert": { modelType: "bert", prefix: "bert" },
+  "roberta": { modelType: "roberta", prefix: "roberta" },
+  "xlm-roberta": { modelType: "xlm-roberta", prefix: "roberta" },
+  "electra": { modelType: "electra", prefix: "electra" },
+};
+
+/** Parses a config.json object; `file` names it in errors. */
+export function parseConfig(json: unknown, file: string): ModelConfig {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new ConfigError(file, "is not a JSON object");
+  }
+  const raw = json as Record<string, unknown>;
+  const type = raw.model_type;
+  if (typeof type !== "string") throw new ConfigError(file, 'has no "model_type"');
+  const known = MODEL_TYPES[type];
+  if (!known) {
+    throw new ConfigError(
+      file,
+      `model_type "${type}" is not supported (supported: ${Object.keys(MODEL_TYPES).join(", ")})`,
+    );
+  }
+
+  const int = (name: string, min: number, fallback?: number): number => {
+    const v = raw[name] ?? fallback;
+    if (v === undefined) throw new ConfigError(file, `has no "${name}"`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
+      throw new ConfigError(
+        file,
+        `"${name}" must be an integer ≥ ${min}, got ${JSON.stringify(v)}`,
+      );
+    }
+    return v;
+  };
+  const prob = (name: string): number => {
+    const v = raw[name] ?? 0.1;
+    if (typeof v !== "number" || !(v >= 0 && v < 1)) {
+      throw new ConfigError(
+        file,
+        `"${name}" must be a probability in [0, 1), got ${JSON.stringify(v)}`,
+      );
+    }
+    return v;
+  };
+
+  const act = raw.hidden_act ?? "gelu";
+  if (act !== "gelu") {
+    throw new ConfigError(file, `hidden_act ${JSON.stringify(act)} is not supported (only "gelu")`);
+  }
+  const positionType = raw.position_embedding_type ?? "absolute";
+  if (positionType !== "absolute") {
+    throw new ConfigError(
+      file,
+      `position_embedding_type ${JSON.stringify(positionType)} is not supported (only "absolute")`,
+    );
+  }
+  const eps = raw.layer_norm_eps ?? 1e-12;
+  if (typeof eps !== "number" || !(eps > 0 && eps < 1)) {
+    throw new ConfigError(file, `"layer_norm_eps" must be a small positive number, got ${eps}`);
+  }
+
+  const hiddenSize = int("hidden_size", 1);
+  const numHeads = int("num_attention_heads", 1);
+  if (hiddenSize % numHeads !== 0) {
+    throw new ConfigError(
+      file,
+      `hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`,
+    );
+  }
+  const roberta = known.prefix === "roberta";
+  const config: ModelConfig = {
+    ...known,
+    vocabSize: int("vocab_size", 1),
+    hiddenSize,
+    embeddingSize: known.modelType === "electra"
+      ? int("embedding_size", 1, hiddenSize)
+      : hiddenSize,
+    numLayers: int("num_hidden_layers", 1),
+    numHeads,
+    headDim: hiddenSize / numHeads,
+    intermediateSize: int("intermediate_size", 1),
+    hiddenDropout: prob("hidden_dropout_prob"),
+    attentionDropout: prob("attention_probs_dropout_prob"),
+    maxPositions: int("max_position_embeddings", 1),
+    typeVocabSize: int("type_vocab_size", 1, 2),
+    layerNormEps: eps,
+    padTokenId: int("pad_token_id", 0, roberta ? 1 : 0),
+    positionsFromPadding: roberta,
+    raw,
+  };
+  if (config.padTokenId >= config.vocabSize) {
+    throw new ConfigError(
+      file,
+      `pad_token_id ${config.padTokenId} ≥ vocab_size ${config.vocabSize}`,
+    );
+  }
+  if (roberta && config.maxPositions <= config.padTokenId + 1) {
+    throw new ConfigError(
+      file,
+      `max_position_embeddings ${config.maxPositions} leaves no positions after padding_idx`,
+    );
+  }
+  return config;
+}
+
+/** Reads and parses a config.json file. */
+export async function readConfig(path: string): Promise<ModelConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(path, `cannot read: ${(e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(path, `is not valid JSON (${(e as Error).message})`);
+  }
+  return parseConfig(json, path);
+}
+
+/** The longest sequence the position table allows (RoBERTa loses padding_idx + 1 positions). */
+export function maxSequenceLength(config: ModelConfig): number {
+  return config.positionsFromPadding
+    ? config.maxPositions - config.padTokenId - 1
+    : config.maxPositions;
+}
