@@ -1,0 +1,659 @@
+// Text → the padded [B, S] host arrays the encoder's embedding reads, with Hugging Face's
+// semantics: the model's own `tokenizer.json` run by tokenizers.js (a pure-JS port of HF
+// `tokenizers`), single sentences and pairs, truncation to max_length as HF `tokenizers` does it
+// (tokenizers.js does none), right padding to the longest row of the batch, and position ids as
+// the model numbers them. Every id is checked against the model's tables here, on the host,
+// because an out-of-range id on the GPU reads another row (or NaN) instead of failing.
+
+// A full npm specifier, not an import map entry: the library is imported by URL with no config.
+import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+import type { ModelConfig } from "./config.ts";
+import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
+
+/** What the tokenizer needs from the model's config (a ModelConfig will do). */
+export type TokenizerModelInfo = Pick<
+  ModelConfig,
+  "vocabSize" | "typeVocabSize" | "maxPositions" | "padTokenId" | "positionsFromPadding"
+>;
+
+/** A tokenizer that does not fit the model, or input it cannot encode; names the tokenizer. */
+export class TokenizerError extends Error {
+  constructor(source: string, problem: string) {
+    super(`${source}: ${problem}`);
+    this.name = "TokenizerError";
+  }
+}
+
+/**
+ * HF `tokenizers`' strategies (TruncationStrategy): `only_first` cuts the end of the first
+ * sequence, `longest_first` shares the budget (see `truncatedLengths`), `do_not_truncate`
+ * rejects an input that does not fit.
+ */
+export type Truncation = "only_first" | "longest_first" | "do_not_truncate";
+
+/** A single text, or a pair encoded as one sequence (A then B). */
+export type TextInput = string | readonly [string, string];
+
+/** A token index range [start, end). */
+export interface Span {
+  start: number;
+  end: number;
+}
+
+export interface EncodeOptions {
+  /**
+   * Tokens per row, special tokens included. Default and upper bound: the longest sequence the
+   * model's position table allows (`maxSequenceLength`); a larger value is clamped to it.
+   */
+  maxLength?: number;
+  /** Default "longest_first" (HF's default for `truncation=True`). */
+  truncation?: Truncation;
+}
+
+/** A batch ready for upload: row-major [batch, seqLen] arrays, rows padded on the right. */
+export interface EncodedBatch {
+  batch: number;
+  /** The longest row of the batch (not maxLength). */
+  seqLen: number;
+  /** Word ids (u32 for the embedding kernel); padding is the model's pad_token_id. */
+  inputIds: Uint32Array;
+  /** Token type ids (u32): 0 for padding, and for every token when type_vocab_size is 1. */
+  typeIds: Uint32Array;
+  /** Position ids (u32): BERT 0..S−1; RoBERTa padding_idx + 1 + i, padding at padding_idx. */
+  positionIds: Uint32Array;
+  /** 1 for tokens, 0 for padding (f32, as the attention kernel reads it). */
+  attentionMask: Float32Array;
+  /** Tokens per row before padding, special tokens included. */
+  lengths: number[];
+  /** Where each row's first text's tokens (after truncation) lie in the row. */
+  first: Span[];
+  /** Likewise for the second text of a pair; null for a single text. */
+  second: (Span | null)[];
+  /** Tokens truncation removed from each row's [first, second] text. */
+  removed: [number, number][];
+}
+
+/** Thrown by `truncatedLengths` when the strategy cannot fit the budget. */
+export class TruncationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TruncationError";
+  }
+}
+
+/**
+ * The lengths HF `tokenizers` (utils/truncation.rs, truncate_encodings) keeps of a first
+ * sequence of n1 tokens and an optional second of n2 when at most `budget` tokens (max_length
+ * minus the special tokens the post-processor adds) may remain, cutting from the right:
+ * - nothing is cut when n1 + n2 ≤ budget; a budget of 0 empties both, whatever the strategy;
+ * - only_first: the first loses the surplus; if it has no more than the surplus, error;
+ * - longest_first, single text: cut to the budget;
+ * - longest_first, pair: with s ≤ l the shorter and longer lengths, the longer keeps
+ *   max(s, budget − s) and the shorter stays whole; if that still exceeds the budget (the
+ *   shorter is over half of it), both are cut, the shorter to ⌊budget/2⌋ and the longer to
+ *   ⌊budget/2⌋ + budget mod 2. Equal lengths count the second as the longer, so it keeps the
+ *   odd token. (This is the closed form HF adopted; the slow tokenizers' one-token-at-a-time
+ *   loop can differ by one token between the two sides.)
+ */
+export function truncatedLengths(
+  n1: number,
+  n2: number | null,
+  budget: number,
+  strategy: Truncation,
+): [number, number] {
+  const second = n2 ?? 0;
+  if (budget === 0) return [0, 0];
+  const total = n1 + second;
+  if (total <= budget) return [n1, second];
+  const surplus = total - budget;
+  if (strategy === "do_not_truncate") {
+    throw new TruncationError(
+      `${total} tokens exceed the limit of ${budget} (truncation "do_not_truncate")`,
+    );
+  }
+  if (strategy === "only_first") {
+    if (n1 <= surplus) {
+      throw new TruncationError(
+        `truncation "only_first" cannot fit: the first text has ${n1} tokens, ` +
+          `the second ${second}, and at most ${budget} may remain`,
+      );
+    }
+    return [n1 - surplus, second];
+  }
+  if (n2 === null) return [budget, 0];
+  let short = Math.min(n1, n2);
+  let long = Math.max(n1, n2);
+  long = short > budget ? short : Math.max(short, budget - short);
+  if (short + long > budget) {
+    short = Math.floor(budget / 2);
+    long = short + (budget % 2);
+  }
+  return n1 > n2 ? [long, short] : [short, long];
+}
+
+/** The longest sequence the model's position table allows (as config.ts maxSequenceLength). */
+function modelSequenceLimit(model: TokenizerModelInfo): number {
+  return model.positionsFromPadding
+    ? model.maxPositions - model.padTokenId - 1
+    : model.maxPositions;
+}
+
+function checkModelInfo(source: string, model: TokenizerModelInfo): void {
+  for (const key of ["vocabSize", "typeVocabSize", "maxPositions"] as const) {
+    const v = model[key];
+    if (!Number.isSafeInteger(v) || v < 1) {
+      throw new TokenizerError(source, `model ${key} must be an integer ≥ 1, got ${v}`);
+    }
+  }
+  if (!Number.isSafeInteger(model.padTokenId) || model.padTokenId < 0) {
+    throw new TokenizerError(source, `model padTokenId must be an integer ≥ 0`);
+  }
+  if (modelSequenceLimit(model) < 1) {
+    throw new TokenizerError(
+      source,
+      `the model's ${model.maxPositions} positions leave no room after padding_idx ` +
+        `${model.padTokenId}`,
+    );
+  }
+}
+
+// Marker tokens fed to the post-processor once, to learn where it puts A and B.
+const MARK_A = "\u{F0000}A";
+const MARK_B = "\u{F0000}B";
+
+interface Layout {
+  /** Special tokens added around a single text / a pair. */
+  singleAdded: number;
+  pairAdded: number;
+  /** Index of the first token of A (single and pair), and of B counted without A's tokens. */
+  singleA: number;
+  pairA: number;
+  pairB: number;
+}
+
+export interface TokenizerOptions {
+  /** Names the tokenizer in errors (default: the file, or "tokenizer.json"). */
+  source?: string;
+  /** tokenizer_config.json's object, handed to tokenizers.js (default {}). */
+  config?: Record<string, unknown>;
+  /**
+   * The padding token's text. Default: tokenizer_config.json's pad_token, else tokenizer.json's
+   * padding.pad_token, else "[PAD]" or "<pad>" if the vocabulary has it.
+   */
+  padToken?: string;
+}
+
+/**
+ * A model's tokenizer bound to the model's table sizes. Build with `fromJson`, `fromFile` or
+ * `loadTokenizer`; construction checks that the pad token is the model's pad_token_id and that
+ * the special tokens fit the vocabulary table.
+ */
+export class TextTokenizer {
+  /** Names the tokenizer in errors. */
+  readonly source: string;
+  readonly model: Readonly<TokenizerModelInfo>;
+  /** The longest row the model allows (its position table), special tokens included. */
+  readonly maxLength: number;
+  /** The pad id (equal to the model's pad_token_id). */
+  readonly padTokenId: number;
+  readonly #tok: Tokenizer;
+  readonly #layout: Layout;
+  readonly #unkId: number | undefined;
+
+  private constructor(
+    tok: Tokenizer,
+    model: TokenizerModelInfo,
+    source: string,
+    padToken: string | undefined,
+  ) {
+    checkModelInfo(source, model);
+    this.#tok = tok;
+    this.source = source;
+    this.model = { ...model };
+    this.maxLength = modelSequenceLimit(model);
+    this.#unkId = tok.model?.unk_token_id;
+    this.#layout = this.#probeLayout();
+
+    const padId = padToken === undefined ? undefined : tok.token_to_id(padToken);
+    if (padToken !== undefined && padId === undefined) {
+      throw new TokenizerError(
+        source,
+        `the pad token ${JSON.stringify(padToken)} is not in the vocabulary`,
+      );
+    }
+    if (padId === undefined) {
+      throw new TokenizerError(
+        source,
+        `has no pad token ([PAD] or <pad>; name it with the padToken option)`,
+      );
+    }
+    if (padId !== model.padTokenId) {
+      throw new TokenizerError(
+        source,
+        `pad token ${JSON.stringify(padToken)} has id ${padId} but the model's pad_token_id is ` +
+          `${model.padTokenId}: the tokenizer does not belong to this model`,
+      );
+    }
+    this.padTokenId = padId;
+    // The special tokens the post-processor adds must have rows in the model's table too.
+    for (const probe of [this.#postProcess([], null), this.#postProcess([], [])]) {
+      for (const id of probe.ids) this.#checkVocabId(id, "special token");
+    }
+  }
+
+  /** From a parsed (or textual) `tokenizer.json`. */
+  static fromJson(
+    json: unknown,
+    model: TokenizerModelInfo,
+    options: TokenizerOptions = {},
+  ): TextTokenizer {
+    const source = options.source ?? "tokenizer.json";
+    let obj = json;
+    if (typeof json === "string") {
+      try {
+        obj = JSON.parse(json);
+      } catch (e) {
+        throw new TokenizerError(source, `is not valid JSON (${(e as Error).message})`);
+      }
+    }
+    if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+      throw new TokenizerError(source, "is not a tokenizer.json object");
+    }
+    const record = obj as Record<string, unknown>;
+    // tokenizers.js requires these keys (null is allowed) and an added_tokens list.
+    const full: Record<string, unknown> = {
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      added_tokens: [],
+      ...record,
+    };
+    if (typeof full.model !== "object" || full.model === null) {
+      throw new TokenizerError(source, 'has no "model"');
+    }
+    const config = options.config ?? {};
+    let tok: Tokenizer;
+    try {
+      tok = new Tokenizer(full, config);
+    } catch (e) {
+      throw new TokenizerError(source, `cannot be loaded: ${(e as Error).message}`);
+    }
+    const padToken = options.padToken ?? tokenText(config.pad_token) ??
+      padTokenOf(record.padding) ??
+      ["[PAD]", "<pad>"].find((t) => tok.token_to_id(t) !== undefined);
+    return new TextTokenizer(tok, model, source, padToken);
+  }
+
+  /** From a `tokenizer.json` file. */
+  static async fromFile(
+    path: string,
+    model: TokenizerModelInfo,
+    options: TokenizerOptions = {},
+  ): Promise<TextTokenizer> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(path);
+    } catch (e) {
+      throw new TokenizerError(path, `cannot read: ${(e as Error).message}`);
+    }
+    return TextTokenizer.fromJson(text, model, { ...options, source: options.source ?? path });
+  }
+
+  /** The text's tokens (no special tokens). */
+  tokenize(text: string): string[] {
+    return this.#tok.tokenize(text);
+  }
+
+  /** The text's token ids (no special tokens). */
+  encodeText(text: string): number[] {
+    return this.tokenize(text).map((t) => this.#idOf(t));
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.#tok.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.#tok.id_to_token(id);
+  }
+
+  /** Special tokens the post-processor adds around one text (pair false) or a pair. */
+  numSpecialTokens(pair: boolean): number {
+    return pair ? this.#layout.pairAdded : this.#layout.singleAdded;
+  }
+
+  /** Ids back to text (special tokens skipped unless `skipSpecialTokens` is false). */
+  decode(
+    ids: ArrayLike<number>,
+    options: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean } = {},
+  ): string {
+    if (ids.length === 0) return "";
+    return this.#tok.decode(Array.from(ids), {
+      skip_special_tokens: options.skipSpecialTokens ?? true,
+      clean_up_tokenization_spaces: options.cleanUpSpaces ?? false,
+    });
+  }
+
+  /**
+   * Encodes a batch of texts and pairs: per row, each text is tokenized alone, the pair cut to
+   * `maxLength` minus the special tokens (as HF `tokenizers` does, see `truncatedLengths`), the
+   * post-processor adds the special tokens, and rows are padded on the right to the longest.
+   * Every id is checked against the model's tables: an error names the tokenizer and the row.
+   */
+  encodeBatch(inputs: readonly TextInput[], options: EncodeOptions = {}): EncodedBatch {
+    const strategy = options.truncation ?? "longest_first";
+    if (!["only_first", "longest_first", "do_not_truncate"].includes(strategy)) {
+      throw new TokenizerError(this.source, `unknown truncation ${JSON.stringify(strategy)}`);
+    }
+    let maxLength = this.maxLength;
+    if (options.maxLength !== undefined) {
+      if (!Number.isSafeInteger(options.maxLength) || options.maxLength < 1) {
+        throw new TokenizerError(
+          this.source,
+          `maxLength must be an integer ≥ 1, got ${options.maxLength}`,
+        );
+      }
+      maxLength = Math.min(options.maxLength, this.maxLength);
+    }
+    if (inputs.length === 0) throw new TokenizerError(this.source, "the batch is empty");
+
+    const rows: { ids: number[]; types: number[]; first: Span; second: Span | null }[] = [];
+    const removed: [number, number][] = [];
+    inputs.forEach((input, row) => {
+      const pair = typeof input !== "string";
+      if (
+        pair && !(Array.isArray(input) && input.length === 2 &&
+          typeof input[0] === "string" && typeof input[1] === "string")
+      ) {
+        throw new TokenizerError(
+          this.source,
+          `example ${row} is neither a text nor a pair of texts`,
+        );
+      }
+      const added = this.numSpecialTokens(pair);
+      if (maxLength < added) {
+        throw new TokenizerError(
+          this.source,
+          `maxLength ${maxLength} leaves no room for the ${added} special tokens`,
+        );
+      }
+      const a = this.tokenize(pair ? input[0] : input as string);
+      const b = pair ? this.tokenize(input[1]) : null;
+      let keep: [number, number];
+      try {
+        keep = truncatedLengths(a.length, b?.length ?? null, maxLength - added, strategy);
+      } catch (e) {
+        if (!(e instanceof TruncationError)) throw e;
+        throw new TokenizerError(
+          this.source,
+          `example ${row}: ${e.message} (maxLength ${maxLength}, ${added} special tokens)`,
+        );
+      }
+      removed.push([a.length - keep[0], (b?.length ?? 0) - keep[1]]);
+      rows.push(this.#postProcess(a.slice(0, keep[0]), b === null ? null : b.slice(0, keep[1])));
+    });
+
+    const batch = rows.length;
+    const seqLen = Math.max(...rows.map((r) => r.ids.length));
+    const inputIds = new Uint32Array(batch * seqLen).fill(this.padTokenId);
+    const typeIds = new Uint32Array(batch * seqLen);
+    const positionIds = new Uint32Array(batch * seqLen);
+    const attentionMask = new Float32Array(batch * seqLen);
+    const zeroTypes = this.model.typeVocabSize === 1;
+    const pad = this.model.padTokenId;
+    rows.forEach((r, b) => {
+      const o = b * seqLen;
+      r.ids.forEach((id, j) => {
+        this.#checkVocabId(id, `example ${b} token ${j}`);
+        const type = zeroTypes ? 0 : r.types[j];
+        if (!Number.isSafeInteger(type) || type < 0 || type >= this.model.typeVocabSize) {
+          throw new TokenizerError(
+            this.source,
+            `example ${b} token ${j} has type id ${type} but the model's type_vocab_size is ` +
+              `${this.model.typeVocabSize}`,
+          );
+        }
+        inputIds[o + j] = id;
+        typeIds[o + j] = type;
+        attentionMask[o + j] = 1;
+      });
+      if (this.model.positionsFromPadding) {
+        // HF create_position_ids_from_input_ids: count the non-pad ids, pads stay at padding_idx.
+        let count = 0;
+        for (let j = 0; j < seqLen; j++) {
+          positionIds[o + j] = inputIds[o + j] === pad ? pad : pad + ++count;
+        }
+      } else {
+        for (let j = 0; j < seqLen; j++) positionIds[o + j] = j;
+      }
+      for (let j = 0; j < seqLen; j++) {
+        if (positionIds[o + j] >= this.model.maxPositions) {
+          throw new TokenizerError(
+            this.source,
+            `example ${b} token ${j} has position ${positionIds[o + j]} but the model has ` +
+              `${this.model.maxPositions} positions`,
+          );
+        }
+      }
+    });
+    return {
+      batch,
+      seqLen,
+      inputIds,
+      typeIds,
+      positionIds,
+      attentionMask,
+      lengths: rows.map((r) => r.ids.length),
+      first: rows.map((r) => r.first),
+      second: rows.map((r) => r.second),
+      removed,
+    };
+  }
+
+  /**
+   * The tokens of `text` (as `tokenize` gives them, no special tokens) that cover the characters
+   * [charStart, charEnd), e.g. a WiC target word. The indices are UTF-16 code units (JavaScript
+   * string indices); offsets computed in Python count code points, which differ only after a
+   * character beyond the BMP (an emoji, say). tokenizers.js gives no offsets, so this tokenizes prefixes of the text:
+   * start = how many leading tokens of text[0, charStart) agree with the full text's, end = the
+   * same for text[0, charEnd), plus one when that prefix ends inside a token (its tokens then
+   * part from the full text's). Whitespace at either end of the span is ignored, and so are
+   * tokens at the span's start that decode to whitespace only (byte-level BPE's "Ġ" before a
+   * double space). On word boundaries this is exactly HF's char_to_token(charStart) to
+   * char_to_token(charEnd − 1) + 1; a span that starts or ends inside a word takes every token
+   * that overlaps it. Errors when the span holds no token.
+   */
+  tokenSpan(text: string, charStart: number, charEnd: number): Span {
+    if (
+      !Number.isSafeInteger(charStart) || !Number.isSafeInteger(charEnd) || charStart < 0 ||
+      charEnd > text.length || charStart >= charEnd
+    ) {
+      throw new TokenizerError(
+        this.source,
+        `character span [${charStart}, ${charEnd}) is not inside a text of length ${text.length}`,
+      );
+    }
+    const inner = text.slice(charStart, charEnd);
+    const s = charStart + (inner.length - inner.trimStart().length);
+    const e = charStart + inner.trimEnd().length;
+    const full = this.tokenize(text);
+    const agree = (prefix: string[]) => {
+      let n = 0;
+      while (n < prefix.length && n < full.length && prefix[n] === full[n]) n++;
+      return n;
+    };
+    let start = agree(this.tokenize(text.slice(0, s)));
+    const endPrefix = this.tokenize(text.slice(0, e));
+    const endAgree = agree(endPrefix);
+    const end = Math.min(full.length, endAgree + (endAgree < endPrefix.length ? 1 : 0));
+    while (start < end - 1 && this.#isWhitespaceToken(full[start])) start++;
+    if (s >= e || start >= end) {
+      throw new TokenizerError(
+        this.source,
+        `character span [${charStart}, ${charEnd}) ${JSON.stringify(inner)} holds no token`,
+      );
+    }
+    return { start, end };
+  }
+
+  #isWhitespaceToken(token: string): boolean {
+    const id = this.#tok.token_to_id(token);
+    if (id === undefined) return false;
+    return /^\s+$/u.test(this.#tok.decode([id], { clean_up_tokenization_spaces: false }));
+  }
+
+  #idOf(token: string): number {
+    const id = this.#tok.token_to_id(token) ?? this.#unkId;
+    if (id === undefined) {
+      throw new TokenizerError(
+        this.source,
+        `token ${JSON.stringify(token)} has no id and the tokenizer has no unknown token`,
+      );
+    }
+    return id;
+  }
+
+  #checkVocabId(id: number, what: string): void {
+    if (!Number.isSafeInteger(id) || id < 0 || id >= this.model.vocabSize) {
+      throw new TokenizerError(
+        this.source,
+        `${what} has id ${id} but the model's vocab_size is ${this.model.vocabSize}: ` +
+          `the tokenizer does not match the model`,
+      );
+    }
+  }
+
+  /** The post-processor's output (special tokens added) as ids, types and the texts' spans. */
+  #postProcess(
+    a: string[],
+    b: string[] | null,
+  ): { ids: number[]; types: number[]; first: Span; second: Span | null } {
+    const { tokens, types } = this.#rawPostProcess(a, b);
+    const l = this.#layout;
+    const added = b === null ? l.singleAdded : l.pairAdded;
+    if (tokens.length !== a.length + (b?.length ?? 0) + added) {
+      throw new TokenizerError(this.source, "the post-processor's output has an unexpected length");
+    }
+    const aStart = b === null ? l.singleA : l.pairA;
+    const bStart = l.pairB + a.length;
+    return {
+      ids: tokens.map((t) => this.#idOf(t)),
+      types,
+      first: { start: aStart, end: aStart + a.length },
+      second: b === null ? null : { start: bStart, end: bStart + b.length },
+    };
+  }
+
+  #rawPostProcess(a: string[], b: string[] | null): { tokens: string[]; types: number[] } {
+    const pp = this.#tok.post_processor;
+    const out = pp ? pp(a, b, true) : { tokens: a, tokens_pair: b ?? undefined };
+    // ByteLevel and Sequence post-processors leave the pair unmerged and give no type ids:
+    // then the pair follows A, and the type ids are 0 for A's part and 1 for B's, as in HF.
+    if (out.token_type_ids === undefined) {
+      const tokens = [...out.tokens];
+      const types = new Array<number>(tokens.length).fill(0);
+      if (b !== null) {
+        const second = out.tokens_pair ?? b;
+        tokens.push(...second);
+        types.push(...new Array<number>(second.length).fill(1));
+      }
+      return { tokens, types };
+    }
+    return { tokens: out.tokens, types: out.token_type_ids };
+  }
+
+  #probeLayout(): Layout {
+    const single = this.#rawPostProcess([MARK_A], null).tokens;
+    const pair = this.#rawPostProcess([MARK_A], [MARK_B]).tokens;
+    const singleA = single.indexOf(MARK_A);
+    const pairA = pair.indexOf(MARK_A);
+    const pairB = pair.indexOf(MARK_B);
+    if (singleA < 0 || pairA < 0 || pairB < pairA) {
+      throw new TokenizerError(
+        this.source,
+        "its post-processor does not keep the text(s) in order, which is not supported",
+      );
+    }
+    return {
+      singleAdded: single.length - 1,
+      pairAdded: pair.length - 2,
+      singleA,
+      pairA,
+      pairB: pairB - 1,
+    };
+  }
+}
+
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === "string") return v;
+  if (
+    typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string"
+  ) {
+    return (v as { content: string }).content;
+  }
+  return undefined;
+}
+
+function padTokenOf(padding: unknown): string | undefined {
+  if (typeof padding !== "object" || padding === null) return undefined;
+  const t = (padding as { pad_token?: unknown }).pad_token;
+  return typeof t === "string" ? t : undefined;
+}
+
+/**
+ * A span of one text's tokens (from `tokenSpan`) placed in row `row` of an encoded batch:
+ * `sequence` 0 is the first text, 1 the second. Errors when truncation cut into the span.
+ */
+export function placeSpan(
+  encoded: EncodedBatch,
+  row: number,
+  sequence: 0 | 1,
+  span: Span,
+): Span {
+  const seg = sequence === 0 ? encoded.first[row] : encoded.second[row];
+  if (seg === undefined || seg === null) {
+    throw new TokenizerError(
+      "placeSpan",
+      `row ${row} has no ${sequence === 0 ? "first" : "second"} text`,
+    );
+  }
+  if (span.start < 0 || span.end <= span.start || seg.start + span.end > seg.end) {
+    throw new TokenizerError(
+      "placeSpan",
+      `row ${row}: tokens [${span.start}, ${span.end}) of text ${
+        sequence + 1
+      } are not all in the ` +
+        `encoded row (it kept ${seg.end - seg.start} tokens of that text)`,
+    );
+  }
+  return { start: seg.start + span.start, end: seg.start + span.end };
+}
+
+/**
+ * The tokenizer of a checkpoint directory: its `tokenizer.json`, else one converted from
+ * `vocab.txt` (WordPiece) or `vocab.json` + `merges.txt` (byte-level BPE), with
+ * `tokenizer_config.json` (when present) for the settings.
+ */
+export async function loadTokenizer(
+  dir: string,
+  model: TokenizerModelInfo,
+  options: TokenizerOptions = {},
+): Promise<TextTokenizer> {
+  const config = options.config ?? await readTokenizerConfig(dir);
+  const path = `${dir}/tokenizer.json`;
+  let exists = true;
+  try {
+    await Deno.stat(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    exists = false;
+  }
+  if (exists) return TextTokenizer.fromFile(path, model, { ...options, config });
+  const json = await convertTokenizerDir(dir);
+  return TextTokenizer.fromJson(json, model, {
+    ...options,
+    config,
+    source: options.source ?? `${dir} (converted from its vocabulary files)`,
+  });
+}

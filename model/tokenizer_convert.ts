@@ -1,0 +1,411 @@
+// Converts the vocabulary files of checkpoints that ship no `tokenizer.json` into one, the same
+// JSON that Hugging Face's `transformers` writes when it converts the slow tokenizer
+// (convert_slow_tokenizer.py: BertConverter for a WordPiece `vocab.txt`, RobertaConverter for a
+// byte-level BPE `vocab.json` + `merges.txt`), so that both kinds load through one path.
+
+/** A problem with a tokenizer's files; the message names the file. */
+export class TokenizerConvertError extends Error {
+  constructor(source: string, problem: string) {
+    super(`${source}: ${problem}`);
+    this.name = "TokenizerConvertError";
+  }
+}
+
+/** One entry of `tokenizer.json`'s `added_tokens`. */
+export interface AddedTokenJson {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+/** The subset of the `tokenizer.json` schema the converters write. */
+export interface TokenizerJson {
+  version: string;
+  truncation: null;
+  padding: null;
+  added_tokens: AddedTokenJson[];
+  normalizer: Record<string, unknown> | null;
+  pre_tokenizer: Record<string, unknown> | null;
+  post_processor: Record<string, unknown> | null;
+  decoder: Record<string, unknown> | null;
+  model: Record<string, unknown>;
+}
+
+export interface WordPieceOptions {
+  /** Names the vocabulary in errors. */
+  source?: string;
+  /**
+   * Lowercase (and, unless `stripAccents` is false, strip accents). Default: true unless the
+   * vocabulary holds an uppercase letter outside its bracketed special tokens (a cased model);
+   * BertTokenizer's own default is true, and cased checkpoints say `do_lower_case: false` in a
+   * tokenizer_config.json that `convertTokenizerDir` reads.
+   */
+  doLowerCase?: boolean;
+  /** null (the default) follows `doLowerCase`, as BertNormalizer does. */
+  stripAccents?: boolean | null;
+  /** Put spaces around CJK ideographs so each is its own word. Default true. */
+  tokenizeChineseChars?: boolean;
+  unkToken?: string;
+  clsToken?: string;
+  sepToken?: string;
+  padToken?: string;
+  maskToken?: string;
+}
+
+export interface ByteLevelBpeOptions {
+  /** Names the files in errors. */
+  source?: string;
+  /** Default false (RobertaTokenizer's default). */
+  addPrefixSpace?: boolean;
+  /** `<s>` */
+  clsToken?: string;
+  /** `</s>` */
+  sepToken?: string;
+  /** `<unk>` */
+  unkToken?: string;
+  /** `<pad>` */
+  padToken?: string;
+  /** `<mask>` */
+  maskToken?: string;
+}
+
+function addedToken(id: number, content: string, lstrip = false): AddedTokenJson {
+  // Special tokens are matched on the raw text (normalized false), as transformers sets them.
+  return {
+    id,
+    content,
+    single_word: false,
+    lstrip,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  };
+}
+
+/**
+ * Reads a WordPiece `vocab.txt`: one token per line, the id being the line number (0-based).
+ * As transformers' load_vocab: only the line break is stripped (a token may hold spaces), "\r\n"
+ * and "\r" count as line breaks (Python's universal newlines), no empty token follows a final
+ * line break, and a repeated token keeps its last line's id.
+ */
+export function parseVocabTxt(text: string, source = "vocab.txt"): Map<string, number> {
+  const lines = text.split(/\r\n|\n|\r/);
+  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
+  if (lines.length === 0) throw new TokenizerConvertError(source, "is empty");
+  const vocab = new Map<string, number>();
+  lines.forEach((token, id) => vocab.set(token, id));
+  return vocab;
+}
+
+function requireToken(
+  vocab: Map<string, number>,
+  token: string,
+  role: string,
+  source: string,
+): number {
+  const id = vocab.get(token);
+  if (id === undefined) {
+    throw new TokenizerConvertError(source, `has no ${role} token ${JSON.stringify(token)}`);
+  }
+  return id;
+}
+
+/**
+ * True when the vocabulary is cased: at least 10 tokens outside [brackets] change under
+ * lowercasing (an uncased vocabulary has none, bar the odd symbol such as "ℝ" that is an
+ * uppercase letter without a lowercase form; a cased one has thousands).
+ */
+export function vocabLooksCased(vocab: Iterable<string>): boolean {
+  let changed = 0;
+  for (const token of vocab) {
+    if (token.startsWith("[") && token.endsWith("]")) continue;
+    if (token.toLowerCase() !== token && ++changed >= 10) return true;
+  }
+  return false;
+}
+
+/**
+ * The `tokenizer.json` that transformers' BertConverter makes from a `vocab.txt`: BertNormalizer
+ * (clean text, CJK handling, lowercase / accents per `doLowerCase` and `stripAccents`),
+ * BertPreTokenizer, WordPiece (`##` continuation, words over 100 characters become [UNK]),
+ * TemplateProcessing "[CLS] $A [SEP]" / "[CLS] $A [SEP] $B:1 [SEP]:1", WordPiece decoder.
+ */
+export function convertWordPiece(vocabTxt: string, options: WordPieceOptions = {}): TokenizerJson {
+  const source = options.source ?? "vocab.txt";
+  const vocab = parseVocabTxt(vocabTxt, source);
+  const unk = options.unkToken ?? "[UNK]";
+  const cls = options.clsToken ?? "[CLS]";
+  const sep = options.sepToken ?? "[SEP]";
+  const unkId = requireToken(vocab, unk, "unknown", source);
+  const clsId = requireToken(vocab, cls, "classifier", source);
+  const sepId = requireToken(vocab, sep, "separator", source);
+  const added = new Map<number, AddedTokenJson>();
+  for (const [token, id] of [[unk, unkId], [cls, clsId], [sep, sepId]] as const) {
+    added.set(id, addedToken(id, token));
+  }
+  // Pad and mask are optional (a vocabulary without them simply has no such special token).
+  for (const token of [options.padToken ?? "[PAD]", options.maskToken ?? "[MASK]"]) {
+    const id = vocab.get(token);
+    if (id !== undefined) added.set(id, addedToken(id, token));
+  }
+  const lowercase = options.doLowerCase ?? !vocabLooksCased(vocab.keys());
+  const specialToken = (token: string, id: number) => ({ id: token, ids: [id], tokens: [token] });
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: [...added.values()].sort((a, b) => a.id - b.id),
+    normalizer: {
+      type: "BertNormalizer",
+      clean_text: true,
+      handle_chinese_chars: options.tokenizeChineseChars ?? true,
+      strip_accents: options.stripAccents ?? null,
+      lowercase,
+    },
+    pre_tokenizer: { type: "BertPreTokenizer" },
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [
+        { SpecialToken: { id: cls, type_id: 0 } },
+        { Sequence: { id: "A", type_id: 0 } },
+        { SpecialToken: { id: sep, type_id: 0 } },
+      ],
+      pair: [
+        { SpecialToken: { id: cls, type_id: 0 } },
+        { Sequence: { id: "A", type_id: 0 } },
+        { SpecialToken: { id: sep, type_id: 0 } },
+        { Sequence: { id: "B", type_id: 1 } },
+        { SpecialToken: { id: sep, type_id: 1 } },
+      ],
+      special_tokens: { [cls]: specialToken(cls, clsId), [sep]: specialToken(sep, sepId) },
+    },
+    decoder: { type: "WordPiece", prefix: "##", cleanup: true },
+    model: {
+      type: "WordPiece",
+      unk_token: unk,
+      continuing_subword_prefix: "##",
+      max_input_chars_per_word: 100,
+      vocab: Object.fromEntries(vocab),
+    },
+  };
+}
+
+/** Parses a `vocab.json` (token → id) and checks that every id is a distinct integer ≥ 0. */
+export function parseVocabJson(text: string, source = "vocab.json"): Map<string, number> {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerConvertError(source, `is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new TokenizerConvertError(source, "is not a JSON object of token → id");
+  }
+  const vocab = new Map<string, number>();
+  const seen = new Map<number, string>();
+  for (const [token, id] of Object.entries(json)) {
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) {
+      throw new TokenizerConvertError(
+        source,
+        `token ${JSON.stringify(token)} has id ${JSON.stringify(id)}, not an integer ≥ 0`,
+      );
+    }
+    const other = seen.get(id);
+    if (other !== undefined) {
+      throw new TokenizerConvertError(
+        source,
+        `tokens ${JSON.stringify(other)} and ${JSON.stringify(token)} share id ${id}`,
+      );
+    }
+    seen.set(id, token);
+    vocab.set(token, id);
+  }
+  if (vocab.size === 0) throw new TokenizerConvertError(source, "is empty");
+  return vocab;
+}
+
+/**
+ * Parses a BPE `merges.txt`: an optional first line "#version: …", then one merge per line, two
+ * tokens separated by whitespace, in priority order. Empty lines (the one after the final line
+ * break) are skipped; any other line without exactly two tokens is an error.
+ */
+export function parseMerges(text: string, source = "merges.txt"): [string, string][] {
+  const lines = text.split(/\r\n|\n|\r/);
+  const merges: [string, string][] = [];
+  lines.forEach((line, i) => {
+    if (i === 0 && line.startsWith("#version")) return;
+    if (line === "") return;
+    const parts = line.split(/\s+/).filter((p) => p !== "");
+    if (parts.length !== 2) {
+      throw new TokenizerConvertError(
+        source,
+        `line ${i + 1} is not a merge of two tokens: ${JSON.stringify(line)}`,
+      );
+    }
+    merges.push([parts[0], parts[1]]);
+  });
+  return merges;
+}
+
+/**
+ * The `tokenizer.json` that transformers' RobertaConverter makes from `vocab.json` and
+ * `merges.txt`: no normalizer, ByteLevel pre-tokenizer (add_prefix_space false, trim_offsets),
+ * BPE without unknown token, RobertaProcessing "<s> A </s>" / "<s> A </s></s> B </s>", ByteLevel
+ * decoder; <s>, <pad>, </s>, <unk> and <mask> (which strips the space before it) are special
+ * tokens with their ids from the vocabulary, and each must be there.
+ */
+export function convertByteLevelBpe(
+  vocabJson: string | Map<string, number>,
+  mergesTxt: string,
+  options: ByteLevelBpeOptions = {},
+): TokenizerJson {
+  const source = options.source ?? "vocab.json";
+  const vocab = typeof vocabJson === "string" ? parseVocabJson(vocabJson, source) : vocabJson;
+  const merges = parseMerges(mergesTxt, source.replace(/vocab\.json$/, "merges.txt"));
+  for (const [i, [a, b]] of merges.entries()) {
+    if (!vocab.has(a) || !vocab.has(b) || !vocab.has(a + b)) {
+      throw new TokenizerConvertError(
+        source,
+        `merge ${i + 1} ("${a} ${b}") uses a token missing from the vocabulary`,
+      );
+    }
+  }
+  const cls = options.clsToken ?? "<s>";
+  const pad = options.padToken ?? "<pad>";
+  const sep = options.sepToken ?? "</s>";
+  const unk = options.unkToken ?? "<unk>";
+  const mask = options.maskToken ?? "<mask>";
+  const added = new Map<number, AddedTokenJson>();
+  for (const [token, role] of [[cls, "cls"], [pad, "pad"], [sep, "sep"], [unk, "unk"]]) {
+    const id = requireToken(vocab, token, role, source);
+    added.set(id, addedToken(id, token));
+  }
+  const maskId = requireToken(vocab, mask, "mask", source);
+  added.set(maskId, addedToken(maskId, mask, true));
+  const addPrefixSpace = options.addPrefixSpace ?? false;
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: [...added.values()].sort((a, b) => a.id - b.id),
+    normalizer: null,
+    pre_tokenizer: {
+      type: "ByteLevel",
+      add_prefix_space: addPrefixSpace,
+      trim_offsets: true,
+      use_regex: true,
+    },
+    post_processor: {
+      type: "RobertaProcessing",
+      sep: [sep, vocab.get(sep)],
+      cls: [cls, vocab.get(cls)],
+      trim_offsets: true,
+      add_prefix_space: addPrefixSpace,
+    },
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: "",
+      end_of_word_suffix: "",
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab: Object.fromEntries(vocab),
+      merges,
+    },
+  };
+}
+
+async function readIfExists(path: string): Promise<string | null> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new TokenizerConvertError(path, `cannot read: ${(e as Error).message}`);
+  }
+}
+
+/** A special token's text from tokenizer_config.json (a string or an AddedToken object). */
+function configToken(config: Record<string, unknown>, key: string): string | undefined {
+  const v = config[key];
+  if (typeof v === "string") return v;
+  if (
+    typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string"
+  ) {
+    return (v as { content: string }).content;
+  }
+  return undefined;
+}
+
+/** Reads `dir/tokenizer_config.json` as an object, or {} when there is none. */
+export async function readTokenizerConfig(dir: string): Promise<Record<string, unknown>> {
+  const path = `${dir}/tokenizer_config.json`;
+  const text = await readIfExists(path);
+  if (text === null) return {};
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerConvertError(path, `is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new TokenizerConvertError(path, "is not a JSON object");
+  }
+  return json as Record<string, unknown>;
+}
+
+/**
+ * Converts a checkpoint directory's `vocab.txt` (WordPiece) or `vocab.json` + `merges.txt`
+ * (byte-level BPE) into a `tokenizer.json` object, taking casing, accent, CJK, prefix-space and
+ * special-token settings from `tokenizer_config.json` when present (options override it).
+ */
+export async function convertTokenizerDir(
+  dir: string,
+  options: WordPieceOptions & ByteLevelBpeOptions = {},
+): Promise<TokenizerJson> {
+  const config = await readTokenizerConfig(dir);
+  const bool = (key: string): boolean | undefined =>
+    typeof config[key] === "boolean" ? config[key] as boolean : undefined;
+  const tokens = {
+    unkToken: options.unkToken ?? configToken(config, "unk_token"),
+    clsToken: options.clsToken ?? configToken(config, "cls_token"),
+    sepToken: options.sepToken ?? configToken(config, "sep_token"),
+    padToken: options.padToken ?? configToken(config, "pad_token"),
+    maskToken: options.maskToken ?? configToken(config, "mask_token"),
+  };
+  const vocabTxtPath = `${dir}/vocab.txt`;
+  const vocabTxt = await readIfExists(vocabTxtPath);
+  if (vocabTxt !== null) {
+    const strip = config.strip_accents;
+    return convertWordPiece(vocabTxt, {
+      ...tokens,
+      source: options.source ?? vocabTxtPath,
+      doLowerCase: options.doLowerCase ?? bool("do_lower_case"),
+      stripAccents: options.stripAccents ?? (typeof strip === "boolean" ? strip : null),
+      tokenizeChineseChars: options.tokenizeChineseChars ?? bool("tokenize_chinese_chars"),
+    });
+  }
+  const vocabJsonPath = `${dir}/vocab.json`;
+  const vocabJson = await readIfExists(vocabJsonPath);
+  const mergesPath = `${dir}/merges.txt`;
+  const merges = await readIfExists(mergesPath);
+  if (vocabJson !== null && merges !== null) {
+    return convertByteLevelBpe(vocabJson, merges, {
+      ...tokens,
+      source: options.source ?? vocabJsonPath,
+      addPrefixSpace: options.addPrefixSpace ?? bool("add_prefix_space"),
+    });
+  }
+  throw new TokenizerConvertError(
+    dir,
+    vocabJson !== null
+      ? "has vocab.json but no merges.txt"
+      : "has no tokenizer.json, vocab.txt, or vocab.json + merges.txt",
+  );
+}
