@@ -1,0 +1,1235 @@
+// The BERT / RoBERTa / ELECTRA encoder, forward and backward, on the kernel core.
+//
+// In the manner of karpathy/llm.c: the parameters are one plain struct (`EncoderParams`), the
+// gradients the same struct with a tensor only where something trains, every activation the
+// backward needs lives in an arena allocated once for `maxBatch × maxSeq` tokens, and each
+// layer's forward sits beside its backward. `encoderParameters` maps the struct to Hugging Face's
+// tensor names (relative to the `bert.` / `roberta.` / `electra.` prefix); the checkpoint loader,
+// the saver and the optimizer all go through that one map.
+//
+// Post-LN layers as in Hugging Face:
+//   x → q, k, v → attention (mask, prefix rows, probability dropout) → attention.output.dense
+//     → dropout → + x → LayerNorm = a → intermediate.dense → GELU → output.dense → dropout
+//     → + a → LayerNorm = layer output.
+// Embeddings: (word + token type) + position → LayerNorm → dropout [→ embeddings_project].
+//
+// PEFT methods plug in without editing this file (as huggingface/peft does): a linear hook adds
+// its output onto any of a layer's six linear layers (LoRA), an attention-prefix hook supplies
+// per-layer prefix keys and values (prefix tuning), and the `trainable` predicate over tensor
+// names selects what gets gradients (BitFit is just "names ending in .bias").
+
+import { maxSequenceLength, type ModelConfig } from "./config.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { add, addInPlace } from "../kernels/add.ts";
+import {
+  ATTENTION_MAX_HEAD_DIM,
+  attentionBackward,
+  attentionForward,
+} from "../kernels/attention.ts";
+import {
+  dropoutBackward,
+  type DropoutConfig,
+  dropoutForward,
+  philox4x32_10,
+} from "../kernels/dropout.ts";
+import {
+  buildEmbeddingPlan,
+  createEmbeddingPlanTensors,
+  embeddingBackward,
+  embeddingForward,
+  type EmbeddingPlan,
+  type EmbeddingPlanTensors,
+} from "../kernels/embedding.ts";
+import { geluBackward, geluForward } from "../kernels/gelu.ts";
+import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
+import { linearBackward, linearForward } from "../kernels/linear.ts";
+import type { Recorder } from "../kernels/recorder.ts";
+import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+/** A weight and a bias: a Linear ([out, in], [out]) or a LayerNorm ([H], [H]). */
+export interface WeightBias<T = Tensor> {
+  weight: T;
+  bias: T;
+}
+
+export interface EmbeddingParams<T = Tensor> {
+  /** [V, E] */
+  word: T;
+  /** [maxPositions, E] */
+  position: T;
+  /** [typeVocab, E] */
+  tokenType: T;
+  /** LayerNorm over E. */
+  norm: WeightBias<T>;
+  /** ELECTRA only, when E != H: embeddings_project, [H, E] and [H]. */
+  project?: WeightBias<T>;
+}
+
+export interface LayerParams<T = Tensor> {
+  query: WeightBias<T>;
+  key: WeightBias<T>;
+  value: WeightBias<T>;
+  /** attention.output.dense */
+  attnOut: WeightBias<T>;
+  /** attention.output.LayerNorm */
+  attnNorm: WeightBias<T>;
+  /** intermediate.dense, [I, H] */
+  intermediate: WeightBias<T>;
+  /** output.dense, [H, I] */
+  output: WeightBias<T>;
+  /** output.LayerNorm */
+  outNorm: WeightBias<T>;
+}
+
+/** Every backbone tensor. `EncoderParams<Tensor | undefined>` is the gradient struct. */
+export interface EncoderParams<T = Tensor> {
+  embeddings: EmbeddingParams<T>;
+  layers: LayerParams<T>[];
+}
+
+/** The gradients: a tensor for each parameter that trains, undefined for frozen ones. */
+export type EncoderGrads = EncoderParams<Tensor | undefined>;
+
+/** A layer's modules in Hugging Face order: struct key, name under `encoder.layer.i.`. */
+const LAYER_MODULES = [
+  ["query", "attention.self.query"],
+  ["key", "attention.self.key"],
+  ["value", "attention.self.value"],
+  ["attnOut", "attention.output.dense"],
+  ["attnNorm", "attention.output.LayerNorm"],
+  ["intermediate", "intermediate.dense"],
+  ["output", "output.dense"],
+  ["outNorm", "output.LayerNorm"],
+] as const satisfies readonly (readonly [keyof LayerParams, string])[];
+
+/** Builds the struct, calling `make` with each tensor's name (relative to the prefix) and shape. */
+export function buildEncoderStruct<T>(
+  config: ModelConfig,
+  make: (name: string, shape: number[]) => T,
+): EncoderParams<T> {
+  const { hiddenSize: H, embeddingSize: E, intermediateSize: I } = config;
+  const wb = (name: string, wShape: number[], bShape: number[]): WeightBias<T> => ({
+    weight: make(`${name}.weight`, wShape),
+    bias: make(`${name}.bias`, bShape),
+  });
+  const embeddings: EmbeddingParams<T> = {
+    word: make("embeddings.word_embeddings.weight", [config.vocabSize, E]),
+    position: make("embeddings.position_embeddings.weight", [config.maxPositions, E]),
+    tokenType: make("embeddings.token_type_embeddings.weight", [config.typeVocabSize, E]),
+    norm: wb("embeddings.LayerNorm", [E], [E]),
+  };
+  if (E !== H) embeddings.project = wb("embeddings_project", [H, E], [H]);
+  const shapes: Record<keyof LayerParams, [number[], number[]]> = {
+    query: [[H, H], [H]],
+    key: [[H, H], [H]],
+    value: [[H, H], [H]],
+    attnOut: [[H, H], [H]],
+    attnNorm: [[H], [H]],
+    intermediate: [[I, H], [I]],
+    output: [[H, I], [H]],
+    outNorm: [[H], [H]],
+  };
+  const layers: LayerParams<T>[] = [];
+  for (let l = 0; l < config.numLayers; l++) {
+    const layer = {} as LayerParams<T>;
+    for (const [key, path] of LAYER_MODULES) {
+      layer[key] = wb(`encoder.layer.${l}.${path}`, ...shapes[key]);
+    }
+    layers.push(layer);
+  }
+  return { embeddings, layers };
+}
+
+/** The struct's entries in Hugging Face order, named relative to the prefix. */
+export function encoderEntries<T>(p: EncoderParams<T>): [string, T][] {
+  const out: [string, T][] = [];
+  const e = p.embeddings;
+  out.push(["embeddings.word_embeddings.weight", e.word]);
+  out.push(["embeddings.position_embeddings.weight", e.position]);
+  out.push(["embeddings.token_type_embeddings.weight", e.tokenType]);
+  out.push(["embeddings.LayerNorm.weight", e.norm.weight]);
+  out.push(["embeddings.LayerNorm.bias", e.norm.bias]);
+  if (e.project) {
+    out.push(["embeddings_project.weight", e.project.weight]);
+    out.push(["embeddings_project.bias", e.project.bias]);
+  }
+  p.layers.forEach((layer, l) => {
+    for (const [key, path] of LAYER_MODULES) {
+      out.push([`encoder.layer.${l}.${path}.weight`, layer[key].weight]);
+      out.push([`encoder.layer.${l}.${path}.bias`, layer[key].bias]);
+    }
+  });
+  return out;
+}
+
+/** Maps every leaf of the struct through `f` (same shape, same order as `encoderEntries`). */
+export function mapEncoderStruct<A, B>(p: EncoderParams<A>, f: (a: A) => B): EncoderParams<B> {
+  const wb = (x: WeightBias<A>): WeightBias<B> => ({ weight: f(x.weight), bias: f(x.bias) });
+  const e = p.embeddings;
+  const embeddings: EmbeddingParams<B> = {
+    word: f(e.word),
+    position: f(e.position),
+    tokenType: f(e.tokenType),
+    norm: wb(e.norm),
+  };
+  if (e.project) embeddings.project = wb(e.project);
+  const layers = p.layers.map((layer) => {
+    const out = {} as LayerParams<B>;
+    for (const [key] of LAYER_MODULES) out[key] = wb(layer[key]);
+    return out;
+  });
+  return { embeddings, layers };
+}
+
+/** Every backbone tensor's shape, by name relative to the prefix (no GPU needed). */
+export function encoderParameterShapes(config: ModelConfig): Map<string, number[]> {
+  return new Map(encoderEntries(buildEncoderStruct(config, (_, shape) => shape)));
+}
+
+/**
+ * Every parameter under its Hugging Face name relative to the prefix (e.g.
+ * "encoder.layer.3.attention.self.query.weight"), in Hugging Face order. The checkpoint loader
+ * and saver and the optimizer use exactly this map.
+ */
+export function encoderParameters(params: EncoderParams): Map<string, Tensor> {
+  return new Map(encoderEntries(params));
+}
+
+/** The gradients that exist (the trainable parameters), under the same names. */
+export function encoderGradients(grads: EncoderGrads): Map<string, Tensor> {
+  return new Map(
+    encoderEntries(grads).filter((e): e is [string, Tensor] => e[1] !== undefined),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks (PEFT)
+
+/** The six linear layers of an encoder layer, named as Hugging Face names their modules. */
+export const LINEAR_MODULES = [
+  "query",
+  "key",
+  "value",
+  "attention.output.dense",
+  "intermediate.dense",
+  "output.dense",
+] as const;
+export type LinearModule = typeof LINEAR_MODULES[number];
+
+export interface LinearSite {
+  layer: number;
+  module: LinearModule;
+}
+
+/** What a hook is told about the pass it runs in. */
+export interface HookContext extends LinearSite {
+  training: boolean;
+  /** The step's dropout seed (already mixed with the step) and a stream no other site uses. */
+  seed: number;
+  stream: number;
+  /** Backward only: add into the hook's own gradients instead of overwriting them. */
+  accumulate: boolean;
+}
+
+/** An addition to a frozen linear layer's output (LoRA and the like). */
+export interface LinearHook {
+  /** Adds the hook's term into `out` [B, S, out], which already holds the linear's output. */
+  forward(rec: Recorder, x: Tensor, out: Tensor, ctx: HookContext): void;
+  /**
+   * Computes the hook's own gradients from dOut [B, S, out] and ADDS its contribution to the
+   * input gradient into `dX` [B, S, in] (already written by the frozen path). `dX` is undefined
+   * when nothing below needs the input gradient.
+   */
+  backward(
+    rec: Recorder,
+    x: Tensor,
+    dOut: Tensor,
+    dX: Tensor | undefined,
+    ctx: HookContext,
+  ): void;
+}
+
+/** Prefix-tuning rows for one layer's attention: [H, P, D] each. */
+export interface AttentionPrefix {
+  key: Tensor;
+  value: Tensor;
+  /** Gradients, [H, P, D], summed over the batch; omit both for a frozen prefix. */
+  dKey?: Tensor;
+  dValue?: Tensor;
+}
+
+export interface EncoderHooks {
+  /** The hook for a linear site, or undefined. Asked once per forward for every site. */
+  linear?: (site: LinearSite) => LinearHook | undefined;
+  /** The prefix for a layer, or undefined. Asked once per forward for every layer. */
+  prefix?: (layer: number) => AttentionPrefix | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/** What one layer's forward keeps for its backward. Tensors hold maxBatch·maxSeq rows. */
+interface LayerActs {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  /** [B, heads, S, P + S], pre-dropout softmax. */
+  probs: Tensor;
+  context: Tensor;
+  /** attention output + residual: LayerNorm 1's input. */
+  res1: Tensor;
+  mean1: Tensor;
+  rstd1: Tensor;
+  /** LayerNorm 1's output: the FFN input and its residual. */
+  norm1: Tensor;
+  /** intermediate.dense output (GELU input). */
+  inter: Tensor;
+  /** GELU output (output.dense input). */
+  gelu: Tensor;
+  res2: Tensor;
+  mean2: Tensor;
+  rstd2: Tensor;
+  /** The layer output. */
+  out: Tensor;
+}
+
+interface EmbeddingActs {
+  /** word + type + position, [N, E]. */
+  sum: Tensor;
+  mean: Tensor;
+  rstd: Tensor;
+  /** LayerNorm output, [N, E]. */
+  norm: Tensor;
+  /** After dropout, [N, E]. */
+  dropped: Tensor;
+  /** ELECTRA's projection output, [N, H]. */
+  projected?: Tensor;
+}
+
+/** Backward scratch. */
+interface GradScratch {
+  /** The residual stream's gradient, ping-pong between layers, [N, H]. */
+  stream: [Tensor, Tensor];
+  dRes2: Tensor;
+  dDrop: Tensor;
+  dNorm1: Tensor;
+  dRes1: Tensor;
+  dContext: Tensor;
+  dQ: Tensor;
+  dK: Tensor;
+  dV: Tensor;
+  /** [N, I] */
+  dGelu: Tensor;
+  dInter: Tensor;
+  dScores: Tensor;
+  /** [N, E] */
+  dEmbA: Tensor;
+  dEmbB: Tensor;
+}
+
+/** What a forward leaves for the backward. */
+interface ForwardState {
+  batch: number;
+  seq: number;
+  training: boolean;
+  seed: number;
+  hiddenP: number;
+  attentionP: number;
+  /** The tensor the first layer read (embedding output after dropout / projection). */
+  input0: Tensor;
+  /** The embedding LayerNorm's output after dropout (the projection's input). */
+  embOut: Tensor;
+  prefixes: (AttentionPrefix | undefined)[];
+  linearHooks: Map<LinearModule, LinearHook>[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The encoder
+
+export interface EncoderOptions {
+  /** Largest batch and sequence length `setBatch` accepts; the arena is sized for them. */
+  maxBatch: number;
+  maxSeq: number;
+  /** Largest prefix-tuning length (attention probabilities are sized for maxPrefix + maxSeq keys). */
+  maxPrefix?: number;
+  /** Overrides both dropout probabilities of the config (0 turns dropout off). */
+  dropout?: number;
+  /**
+   * Which parameters get gradients, by name relative to the prefix. Default: all (none when
+   * `inference`). Change later with `setTrainable`.
+   */
+  trainable?: (name: string) => boolean;
+  /** Forward only: layers share one set of activations, no gradients, `backward` refuses. */
+  inference?: boolean;
+  hooks?: EncoderHooks;
+}
+
+/** One batch of tokenized inputs, row-major [batch, seqLen]. */
+export interface EncoderBatch {
+  inputIds: ArrayLike<number>;
+  /** Default: all 0. */
+  typeIds?: ArrayLike<number>;
+  /** Default: 0..S−1 (BERT), or RoBERTa's positions from padding when the config says so. */
+  positionIds?: ArrayLike<number>;
+  /** 1 for real tokens, 0 for padding. Default: all 1. */
+  attentionMask?: ArrayLike<number>;
+  batch: number;
+  seqLen: number;
+}
+
+export interface ForwardOptions {
+  /** Dropout on (default false). */
+  training?: boolean;
+  /** Dropout seed (32-bit) and step, mixed so that every step draws new masks. */
+  seed?: number;
+  step?: number;
+}
+
+export interface BackwardOptions {
+  /** Add into the gradients (gradient accumulation over micro-batches) instead of overwriting. */
+  accumulate?: boolean;
+  /** Overrides the encoder's trainable predicate for this call (gradients allocated on demand). */
+  trainable?: (name: string) => boolean;
+}
+
+/** Dropout streams: 16 per layer (embeddings are "layer −1"); hooks get 8 + module index. */
+const SITE_ATTENTION = 0;
+const SITE_ATTENTION_OUTPUT = 1;
+const SITE_FFN_OUTPUT = 2;
+const SITE_HOOKS = 8;
+function stream(layer: number, site: number): number {
+  return (layer + 1) * 16 + site;
+}
+
+/** A 32-bit seed for (seed, step): different steps give unrelated masks. */
+export function mixSeed(seed: number, step: number): number {
+  const counter = [step >>> 0, Math.floor(step / 2 ** 32) >>> 0, 0, 0] as const;
+  return philox4x32_10(counter, [seed >>> 0, 0x6a09e667])[0];
+}
+
+/** A view of the first elements of `t` with `shape` (the current batch's part of the arena). */
+function at(t: Tensor, shape: number[]): Tensor {
+  return t.view(0, shape, t.label);
+}
+
+export class Encoder {
+  readonly gpu: Gpu;
+  readonly config: ModelConfig;
+  readonly maxBatch: number;
+  readonly maxSeq: number;
+  readonly maxPrefix: number;
+  readonly inference: boolean;
+  readonly params: EncoderParams;
+  /** Gradients of the trainable parameters (see `setTrainable`). */
+  grads: EncoderGrads;
+  /** Dropout probabilities used when `forward` is called with `training: true`. */
+  hiddenDropout: number;
+  attentionDropout: number;
+
+  /** Current batch inputs, [maxBatch·maxSeq] (u32) and mask [maxBatch·maxSeq] (f32). */
+  readonly ids: Tensor;
+  readonly positionIds: Tensor;
+  readonly typeIds: Tensor;
+  readonly mask: Tensor;
+  readonly wordPlan: EmbeddingPlanTensors;
+  readonly positionPlan: EmbeddingPlanTensors;
+  readonly typePlan: EmbeddingPlanTensors;
+
+  private readonly names: EncoderParams<string>;
+  private readonly gradTensors = new Map<string, Tensor>();
+  private hooks: EncoderHooks = {};
+  private readonly emb: EmbeddingActs;
+  private readonly acts: LayerActs[];
+  /** attention.output.dense / output.dense outputs and their dropout, consumed at once. */
+  private readonly linOut: Tensor;
+  private readonly dropOut: Tensor;
+  private scratch: GradScratch | null = null;
+  private batch = 0;
+  private seq = 0;
+  private state: ForwardState | null = null;
+
+  constructor(gpu: Gpu, config: ModelConfig, opts: EncoderOptions) {
+    const { maxBatch, maxSeq } = opts;
+    const maxPrefix = opts.maxPrefix ?? 0;
+    const sizes = { maxBatch: [maxBatch, 1], maxSeq: [maxSeq, 1], maxPrefix: [maxPrefix, 0] };
+    for (const [name, [v, min]] of Object.entries(sizes)) {
+      if (!Number.isSafeInteger(v) || v < min) {
+        throw new Error(`Encoder: ${name} must be an integer ≥ ${min}, got ${v}`);
+      }
+    }
+    const positions = maxSequenceLength(config);
+    if (maxSeq > positions) {
+      throw new Error(`Encoder: maxSeq ${maxSeq} exceeds the model's ${positions} positions`);
+    }
+    if (config.headDim > ATTENTION_MAX_HEAD_DIM) {
+      throw new Error(
+        `Encoder: head dimension ${config.headDim} exceeds the supported ${ATTENTION_MAX_HEAD_DIM}`,
+      );
+    }
+    const p = opts.dropout;
+    if (p !== undefined && !(p >= 0 && p < 1)) {
+      throw new Error(`Encoder: dropout ${p} is not in [0, 1)`);
+    }
+    this.gpu = gpu;
+    this.config = config;
+    this.maxBatch = maxBatch;
+    this.maxSeq = maxSeq;
+    this.maxPrefix = maxPrefix;
+    this.inference = opts.inference ?? false;
+    this.hiddenDropout = p ?? config.hiddenDropout;
+    this.attentionDropout = p ?? config.attentionDropout;
+    this.hooks = opts.hooks ?? {};
+
+    this.names = buildEncoderStruct(config, (name) => name);
+    this.params = buildEncoderStruct(
+      config,
+      (name, shape) => createTensor(gpu, shape, "f32", name),
+    );
+
+    const { hiddenSize: H, embeddingSize: E, intermediateSize: I, numHeads } = config;
+    const N = maxBatch * maxSeq;
+    const t = (label: string, shape: number[], dtype: "f32" | "u32" = "f32") =>
+      createTensor(gpu, shape, dtype, label);
+    this.ids = t("input ids", [N], "u32");
+    this.positionIds = t("position ids", [N], "u32");
+    this.typeIds = t("token type ids", [N], "u32");
+    this.mask = t("attention mask", [N]);
+    this.wordPlan = createEmbeddingPlanTensors(gpu, N, "word plan");
+    this.positionPlan = createEmbeddingPlanTensors(gpu, N, "position plan");
+    this.typePlan = createEmbeddingPlanTensors(gpu, N, "token type plan");
+
+    this.emb = {
+      sum: t("embeddings sum", [N, E]),
+      mean: t("embeddings LN mean", [N]),
+      rstd: t("embeddings LN rstd", [N]),
+      norm: t("embeddings LN out", [N, E]),
+      dropped: t("embeddings dropout", [N, E]),
+    };
+    if (E !== H) this.emb.projected = t("embeddings projected", [N, H]);
+    this.linOut = t("linear out", [N, H]);
+    this.dropOut = t("dropout out", [N, H]);
+
+    const probsShape = [maxBatch * numHeads * maxSeq * (maxPrefix + maxSeq)];
+    const layerActs = (l: number | string): LayerActs => ({
+      q: t(`layer ${l} q`, [N, H]),
+      k: t(`layer ${l} k`, [N, H]),
+      v: t(`layer ${l} v`, [N, H]),
+      probs: t(`layer ${l} probs`, probsShape),
+      context: t(`layer ${l} context`, [N, H]),
+      res1: t(`layer ${l} res1`, [N, H]),
+      mean1: t(`layer ${l} mean1`, [N]),
+      rstd1: t(`layer ${l} rstd1`, [N]),
+      norm1: t(`layer ${l} norm1`, [N, H]),
+      inter: t(`layer ${l} intermediate`, [N, I]),
+      gelu: t(`layer ${l} gelu`, [N, I]),
+      res2: t(`layer ${l} res2`, [N, H]),
+      mean2: t(`layer ${l} mean2`, [N]),
+      rstd2: t(`layer ${l} rstd2`, [N]),
+      out: t(`layer ${l} out`, [N, H]),
+    });
+    if (this.inference) {
+      // Layers run one after another: one set of activations, outputs alternating.
+      const shared = layerActs("*");
+      const other = t("layer out (odd)", [N, H]);
+      this.acts = Array.from({ length: config.numLayers }, (_, l) => ({
+        ...shared,
+        out: l % 2 === 0 ? shared.out : other,
+      }));
+    } else {
+      this.acts = Array.from({ length: config.numLayers }, (_, l) => layerActs(l));
+    }
+
+    this.grads = this.gradStruct(opts.trainable ?? (() => !this.inference));
+  }
+
+  /** The batch size and sequence length of the current batch (0 before `setBatch`). */
+  get batchSize(): number {
+    return this.batch;
+  }
+  get seqLen(): number {
+    return this.seq;
+  }
+
+  /**
+   * Sets which parameters get gradients. Newly trainable ones get a (zeroed) gradient tensor;
+   * gradients of parameters no longer trainable are freed. Call between steps.
+   */
+  setTrainable(trainable: (name: string) => boolean): void {
+    this.grads = this.gradStruct(trainable);
+    const keep = new Set(encoderGradients(this.grads).keys());
+    for (const [name, g] of this.gradTensors) {
+      if (!keep.has(name)) {
+        g.destroy();
+        this.gradTensors.delete(name);
+      }
+    }
+  }
+
+  /** Replaces the PEFT hooks (null removes them). Takes effect at the next forward. */
+  setHooks(hooks: EncoderHooks | null): void {
+    this.hooks = hooks ?? {};
+  }
+
+  /** The gradient struct for `trainable`, allocating missing gradient tensors. */
+  private gradStruct(trainable: (name: string) => boolean): EncoderGrads {
+    if (this.inference) {
+      const any = encoderEntries(this.names).some(([n]) => trainable(n));
+      if (any) throw new Error("Encoder: an inference encoder has no gradients");
+    }
+    const shapes = new Map(
+      encoderEntries(mapEncoderStruct(this.params, (p) => p.shape)),
+    );
+    return mapEncoderStruct(this.names, (name) => {
+      if (!trainable(name)) return undefined;
+      let g = this.gradTensors.get(name);
+      if (!g) {
+        g = createTensor(this.gpu, [...shapes.get(name)!], "f32", `grad ${name}`);
+        this.gradTensors.set(name, g);
+      }
+      return g;
+    });
+  }
+
+  /**
+   * Uploads a batch and builds the embedding-backward plans. Call it only after the previous
+   * batch's work was submitted (the uploads are queued before the next submit).
+   */
+  setBatch(b: EncoderBatch): void {
+    const { batch: B, seqLen: S } = b;
+    const c = this.config;
+    if (!Number.isSafeInteger(B) || B < 1 || B > this.maxBatch) {
+      throw new Error(`Encoder.setBatch: batch ${B} is not in [1, ${this.maxBatch}]`);
+    }
+    if (!Number.isSafeInteger(S) || S < 1 || S > this.maxSeq) {
+      throw new Error(`Encoder.setBatch: seqLen ${S} is not in [1, ${this.maxSeq}]`);
+    }
+    const n = B * S;
+    const check = (name: string, a: ArrayLike<number> | undefined, limit: number) => {
+      if (!a) return;
+      if (a.length !== n) {
+        throw new Error(`Encoder.setBatch: ${name} has ${a.length} values, expected ${B}×${S}`);
+      }
+      for (let i = 0; i < n; i++) {
+        const v = a[i];
+        if (!Number.isInteger(v) || v < 0 || v >= limit) {
+          throw new Error(
+            `Encoder.setBatch: ${name}[${Math.floor(i / S)}, ${i % S}] = ${v} is not in ` +
+              `[0, ${limit})`,
+          );
+        }
+      }
+    };
+    check("inputIds", b.inputIds, c.vocabSize);
+    check("typeIds", b.typeIds, c.typeVocabSize);
+    check("positionIds", b.positionIds, c.maxPositions);
+    check("attentionMask", b.attentionMask, 2);
+
+    const ids = Uint32Array.from(b.inputIds);
+    const types = b.typeIds ? Uint32Array.from(b.typeIds) : new Uint32Array(n);
+    const positions = b.positionIds
+      ? Uint32Array.from(b.positionIds)
+      : defaultPositions(ids, B, S, c);
+    const mask = b.attentionMask ? Float32Array.from(b.attentionMask) : new Float32Array(n).fill(1);
+    at(this.ids, [n]).upload(ids);
+    at(this.typeIds, [n]).upload(types);
+    at(this.positionIds, [n]).upload(positions);
+    at(this.mask, [n]).upload(mask);
+    // Hugging Face's word embeddings (and RoBERTa's position embeddings) have a padding_idx
+    // whose row never gets a gradient.
+    this.wordPlan.update(planExcluding(ids, c.padTokenId));
+    this.positionPlan.update(
+      c.positionsFromPadding ? planExcluding(positions, c.padTokenId) : positions,
+    );
+    this.typePlan.update(types);
+    this.batch = B;
+    this.seq = S;
+    this.state = null;
+  }
+
+  /** Records the forward pass of the current batch; returns the final hidden state [B, S, H]. */
+  forward(rec: Recorder, opts: ForwardOptions = {}): Tensor {
+    const B = this.batch, S = this.seq;
+    if (B === 0) throw new Error("Encoder.forward: no batch (call setBatch first)");
+    const c = this.config;
+    const training = opts.training ?? false;
+    const seed = mixSeed(opts.seed ?? 0, opts.step ?? 0);
+    const hiddenP = training ? this.hiddenDropout : 0;
+    const attentionP = training ? this.attentionDropout : 0;
+    const prefixes: (AttentionPrefix | undefined)[] = [];
+    const linearHooks: Map<LinearModule, LinearHook>[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const prefix = this.hooks.prefix?.(l);
+      if (prefix) this.checkPrefix(l, prefix);
+      prefixes.push(prefix);
+      const hooks = new Map<LinearModule, LinearHook>();
+      for (const module of LINEAR_MODULES) {
+        const hook = this.hooks.linear?.({ layer: l, module });
+        if (hook) hooks.set(module, hook);
+      }
+      linearHooks.push(hooks);
+    }
+    const { embOut, input0 } = this.embeddingsForward(rec, B, S, hiddenP, seed);
+    const state: ForwardState = {
+      batch: B,
+      seq: S,
+      training,
+      seed,
+      hiddenP,
+      attentionP,
+      input0,
+      embOut,
+      prefixes,
+      linearHooks,
+    };
+    let x = input0;
+    for (let l = 0; l < c.numLayers; l++) x = this.layerForward(rec, l, x, state);
+    this.state = state;
+    return x;
+  }
+
+  /**
+   * Records the backward pass of the last forward, given dHidden [B, S, H], the gradient of the
+   * final hidden state. Writes (or with `accumulate`, adds into) the gradients of the trainable
+   * parameters and calls the hooks' backward; stops below the lowest layer that needs anything.
+   */
+  backward(rec: Recorder, dHidden: Tensor, opts: BackwardOptions = {}): void {
+    if (this.inference) throw new Error("Encoder.backward: this encoder is inference-only");
+    const state = this.state;
+    if (!state || state.batch !== this.batch || state.seq !== this.seq) {
+      throw new Error("Encoder.backward: no forward of the current batch to differentiate");
+    }
+    const c = this.config;
+    const { batch: B, seq: S } = state;
+    expectShape("Encoder.backward", "dHidden", dHidden, [B, S, c.hiddenSize], "f32");
+    const grads = opts.trainable ? this.gradStruct(opts.trainable) : this.grads;
+    const accumulate = opts.accumulate ?? false;
+    const scratch = this.gradScratch();
+
+    // What has something of its own to compute: each layer, and the embeddings.
+    const layerNeeds = this.acts.map((_, l) => this.layerNeeds(l, grads.layers[l], state));
+    const embNeeds = encoderEntries({ embeddings: grads.embeddings, layers: [] })
+      .some(([, g]) => g !== undefined);
+    let dOut = dHidden;
+    for (let l = c.numLayers - 1; l >= 0; l--) {
+      const needInput = embNeeds || layerNeeds.slice(0, l).some(Boolean);
+      if (!needInput && !layerNeeds[l]) break;
+      const dIn = needInput ? at(scratch.stream[l % 2], [B, S, c.hiddenSize]) : undefined;
+      this.layerBackward(rec, l, dOut, dIn, grads.layers[l], state, accumulate);
+      if (!dIn) return;
+      dOut = dIn;
+    }
+    if (embNeeds) this.embeddingsBackward(rec, dOut, grads.embeddings, state, accumulate);
+  }
+
+  /** All gradient tensors currently allocated, by name (the trainable ones after setTrainable). */
+  gradients(): Map<string, Tensor> {
+    return encoderGradients(this.grads);
+  }
+
+  /** Frees every GPU buffer of the encoder (parameters, gradients, arena). */
+  destroy(): void {
+    const seen = new Set<GPUBuffer>();
+    const free = (t: Tensor | undefined) => {
+      if (t && !seen.has(t.buffer)) {
+        seen.add(t.buffer);
+        t.destroy();
+      }
+    };
+    for (const [, p] of encoderEntries(this.params)) free(p);
+    for (const g of this.gradTensors.values()) free(g);
+    this.gradTensors.clear();
+    for (
+      const t of [this.ids, this.positionIds, this.typeIds, this.mask, this.linOut, this.dropOut]
+    ) {
+      free(t);
+    }
+    for (const t of Object.values(this.emb)) free(t);
+    for (const a of this.acts) for (const t of Object.values(a)) free(t);
+    if (this.scratch) {
+      const s = this.scratch;
+      for (const t of [...s.stream, ...Object.values(s).filter((v) => !Array.isArray(v))]) {
+        free(t as Tensor);
+      }
+    }
+    this.wordPlan.destroy();
+    this.positionPlan.destroy();
+    this.typePlan.destroy();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Embeddings
+
+  private embeddingsForward(
+    rec: Recorder,
+    B: number,
+    S: number,
+    p: number,
+    seed: number,
+  ): { embOut: Tensor; input0: Tensor } {
+    const c = this.config;
+    const n = B * S;
+    const E = c.embeddingSize;
+    const pe = this.params.embeddings;
+    const a = this.emb;
+    const sum = at(a.sum, [n, E]);
+    embeddingForward(rec, {
+      ids: at(this.ids, [n]),
+      positionIds: at(this.positionIds, [n]),
+      typeIds: at(this.typeIds, [n]),
+      word: pe.word,
+      position: pe.position,
+      tokenType: pe.tokenType,
+      out: sum,
+    });
+    const norm = at(a.norm, [n, E]);
+    layerNormForward(rec, {
+      x: sum,
+      gamma: pe.norm.weight,
+      beta: pe.norm.bias,
+      out: norm,
+      mean: at(a.mean, [n]),
+      rstd: at(a.rstd, [n]),
+      eps: c.layerNormEps,
+    });
+    let embOut = norm;
+    if (p > 0) {
+      embOut = at(a.dropped, [n, E]);
+      dropoutForward(rec, { x: norm, out: embOut, p, seed, stream: stream(-1, 0) });
+    }
+    embOut = at(embOut, [B, S, E]);
+    if (!pe.project) return { embOut, input0: embOut };
+    const input0 = at(a.projected!, [B, S, c.hiddenSize]);
+    linearForward(rec, {
+      x: embOut,
+      weight: pe.project.weight,
+      bias: pe.project.bias,
+      out: input0,
+    });
+    return { embOut, input0 };
+  }
+
+  private embeddingsBackward(
+    rec: Recorder,
+    dInput0: Tensor,
+    g: EmbeddingParams<Tensor | undefined>,
+    state: ForwardState,
+    accumulate: boolean,
+  ): void {
+    const c = this.config;
+    const { batch: B, seq: S } = state;
+    const n = B * S;
+    const E = c.embeddingSize;
+    const pe = this.params.embeddings;
+    const s = this.scratch!;
+    const tables = g.word || g.position || g.tokenType;
+    const belowProject = tables || g.norm.weight || g.norm.bias;
+    let dEmbOut = at(dInput0, [n, E]);
+    if (pe.project) {
+      const dX = belowProject ? at(s.dEmbA, [B, S, E]) : undefined;
+      linearBackward(rec, {
+        x: state.embOut,
+        weight: pe.project.weight,
+        dOut: dInput0,
+        dX,
+        dWeight: g.project?.weight,
+        dBias: g.project?.bias,
+        accumulate,
+      });
+      if (!dX) return;
+      dEmbOut = at(dX, [n, E]);
+    }
+    let dNorm = dEmbOut;
+    if (state.hiddenP > 0) {
+      dNorm = at(dEmbOut.buffer === s.dEmbB.buffer ? s.dEmbA : s.dEmbB, [n, E]);
+      dropoutBackward(rec, {
+        dOut: dEmbOut,
+        dX: dNorm,
+        p: state.hiddenP,
+        seed: state.seed,
+        stream: stream(-1, 0),
+      });
+    }
+    const dSum = at(dNorm.buffer === s.dEmbA.buffer ? s.dEmbB : s.dEmbA, [n, E]);
+    layerNormBackward(rec, {
+      x: at(this.emb.sum, [n, E]),
+      gamma: pe.norm.weight,
+      mean: at(this.emb.mean, [n]),
+      rstd: at(this.emb.rstd, [n]),
+      dOut: dNorm,
+      dX: dSum,
+      dGamma: g.norm.weight,
+      dBeta: g.norm.bias,
+      accumulate,
+    });
+    if (!tables) return;
+    embeddingBackward(rec, {
+      dOut: dSum,
+      wordPlan: this.wordPlan,
+      positionPlan: this.positionPlan,
+      typePlan: this.typePlan,
+      dWord: g.word,
+      dPosition: g.position,
+      dTokenType: g.tokenType,
+      accumulate,
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // One layer
+
+  /** Records layer `l` on input x [B, S, H]; returns its output [B, S, H]. */
+  private layerForward(rec: Recorder, l: number, x: Tensor, st: ForwardState): Tensor {
+    const c = this.config;
+    const { batch: B, seq: S } = st;
+    const H = c.hiddenSize, I = c.intermediateSize;
+    const p = this.params.layers[l];
+    const a = this.acts[l];
+    const hooks = st.linearHooks[l];
+    const v = (t: Tensor, width = H) => at(t, [B, S, width]);
+    const linear = (module: LinearModule, w: WeightBias, input: Tensor, out: Tensor) => {
+      linearForward(rec, { x: input, weight: w.weight, bias: w.bias, out });
+      hooks.get(module)?.forward(rec, input, out, this.hookContext(l, module, st, false));
+    };
+    const q = v(a.q), k = v(a.k), val = v(a.v), context = v(a.context);
+    linear("query", p.query, x, q);
+    linear("key", p.key, x, k);
+    linear("value", p.value, x, val);
+    const prefix = st.prefixes[l];
+    const P = prefix ? prefix.key.shape[1] : 0;
+    attentionForward(rec, {
+      q,
+      k,
+      v: val,
+      mask: at(this.mask, [B, S]),
+      prefixKey: prefix?.key,
+      prefixValue: prefix?.value,
+      probs: at(a.probs, [B, c.numHeads, S, P + S]),
+      context,
+      heads: c.numHeads,
+      dropout: this.attentionDropoutConfig(l, st),
+    });
+    const attnOut = v(this.linOut);
+    linear("attention.output.dense", p.attnOut, context, attnOut);
+    const res1 = v(a.res1);
+    add(rec, {
+      a: this.dropoutForward(rec, attnOut, l, SITE_ATTENTION_OUTPUT, st),
+      b: x,
+      out: res1,
+    });
+    const norm1 = v(a.norm1);
+    layerNormForward(rec, {
+      x: res1,
+      gamma: p.attnNorm.weight,
+      beta: p.attnNorm.bias,
+      out: norm1,
+      mean: at(a.mean1, [B, S]),
+      rstd: at(a.rstd1, [B, S]),
+      eps: c.layerNormEps,
+    });
+    const inter = v(a.inter, I), gelu = v(a.gelu, I);
+    linear("intermediate.dense", p.intermediate, norm1, inter);
+    geluForward(rec, { x: inter, out: gelu });
+    const ffnOut = v(this.linOut);
+    linear("output.dense", p.output, gelu, ffnOut);
+    const res2 = v(a.res2);
+    add(rec, { a: this.dropoutForward(rec, ffnOut, l, SITE_FFN_OUTPUT, st), b: norm1, out: res2 });
+    const out = v(a.out);
+    layerNormForward(rec, {
+      x: res2,
+      gamma: p.outNorm.weight,
+      beta: p.outNorm.bias,
+      out,
+      mean: at(a.mean2, [B, S]),
+      rstd: at(a.rstd2, [B, S]),
+      eps: c.layerNormEps,
+    });
+    return out;
+  }
+
+  /**
+   * Records layer `l`'s backward given dOut (its output's gradient): parameter gradients in `g`,
+   * hooks' backward, and if `dIn` is given the input gradient into it. Only what something
+   * needs is computed.
+   */
+  private layerBackward(
+    rec: Recorder,
+    l: number,
+    dOut: Tensor,
+    dIn: Tensor | undefined,
+    g: LayerParams<Tensor | undefined>,
+    st: ForwardState,
+    accumulate: boolean,
+  ): void {
+    const c = this.config;
+    const { batch: B, seq: S } = st;
+    const H = c.hiddenSize, I = c.intermediateSize;
+    const p = this.params.layers[l];
+    const a = this.acts[l];
+    const s = this.scratch!;
+    const hooks = st.linearHooks[l];
+    const prefix = st.prefixes[l];
+    const v = (t: Tensor, width = H) => at(t, [B, S, width]);
+    const has = (w: WeightBias<Tensor | undefined>) =>
+      w.weight !== undefined || w.bias !== undefined;
+    const site = (module: LinearModule, w: WeightBias<Tensor | undefined>) =>
+      has(w) || hooks.has(module);
+    const linear = (
+      module: LinearModule,
+      weights: WeightBias,
+      grads: WeightBias<Tensor | undefined>,
+      x: Tensor,
+      dY: Tensor,
+      dX: Tensor | undefined,
+      accumulateDX = false,
+    ) => {
+      linearBackward(rec, {
+        x,
+        weight: weights.weight,
+        dOut: dY,
+        dX,
+        dWeight: grads.weight,
+        dBias: grads.bias,
+        accumulate,
+        accumulateDX,
+      });
+      hooks.get(module)?.backward(rec, x, dY, dX, this.hookContext(l, module, st, accumulate));
+    };
+
+    // What is needed, from the bottom of the layer up.
+    const needInput = dIn !== undefined;
+    const needQkv = needInput || site("query", g.query) || site("key", g.key) ||
+      site("value", g.value) || prefix?.dKey !== undefined;
+    const needAttnOut = needQkv || site("attention.output.dense", g.attnOut);
+    const needNorm1 = needAttnOut || has(g.attnNorm);
+    const needInter = needNorm1 || site("intermediate.dense", g.intermediate);
+    const needOutput = needInter || site("output.dense", g.output);
+
+    // output.LayerNorm
+    const dRes2 = v(s.dRes2);
+    layerNormBackward(rec, {
+      x: v(a.res2),
+      gamma: p.outNorm.weight,
+      mean: at(a.mean2, [B, S]),
+      rstd: at(a.rstd2, [B, S]),
+      dOut,
+      dX: dRes2,
+      dGamma: g.outNorm.weight,
+      dBeta: g.outNorm.bias,
+      accumulate,
+    });
+    if (!needOutput) return;
+
+    // output.dense (after its dropout)
+    const dFfnOut = this.dropoutBackward(rec, dRes2, v(s.dDrop), l, SITE_FFN_OUTPUT, st);
+    const dGelu = needInter ? v(s.dGelu, I) : undefined;
+    linear("output.dense", p.output, g.output, v(a.gelu, I), dFfnOut, dGelu);
+    if (!needInter) return;
+
+    // GELU, intermediate.dense; the FFN's residual joins at its input.
+    const dInter = v(s.dInter, I);
+    geluBackward(rec, { x: v(a.inter, I), dOut: dGelu!, dX: dInter });
+    const dNorm1 = needNorm1 ? v(s.dNorm1) : undefined;
+    linear("intermediate.dense", p.intermediate, g.intermediate, v(a.norm1), dInter, dNorm1);
+    if (!needNorm1) return;
+    addInPlace(rec, { x: dRes2, into: dNorm1! });
+
+    // attention.output.LayerNorm
+    const dRes1 = v(s.dRes1);
+    layerNormBackward(rec, {
+      x: v(a.res1),
+      gamma: p.attnNorm.weight,
+      mean: at(a.mean1, [B, S]),
+      rstd: at(a.rstd1, [B, S]),
+      dOut: dNorm1!,
+      dX: dRes1,
+      dGamma: g.attnNorm.weight,
+      dBeta: g.attnNorm.bias,
+      accumulate,
+    });
+    if (!needAttnOut) return;
+
+    // attention.output.dense (after its dropout)
+    const dAttnOut = this.dropoutBackward(rec, dRes1, v(s.dDrop), l, SITE_ATTENTION_OUTPUT, st);
+    const dContext = needQkv ? v(s.dContext) : undefined;
+    linear("attention.output.dense", p.attnOut, g.attnOut, v(a.context), dAttnOut, dContext);
+    if (!needQkv) return;
+
+    // attention, then q, k, v; the attention block's residual joins at the layer input.
+    const P = prefix ? prefix.key.shape[1] : 0;
+    const scores = [B, c.numHeads, S, P + S];
+    const dQ = v(s.dQ), dK = v(s.dK), dV = v(s.dV);
+    attentionBackward(rec, {
+      q: v(a.q),
+      k: v(a.k),
+      v: v(a.v),
+      probs: at(a.probs, scores),
+      dContext: dContext!,
+      dQ,
+      dK,
+      dV,
+      prefixKey: prefix?.key,
+      prefixValue: prefix?.value,
+      dPrefixKey: prefix?.dKey,
+      dPrefixValue: prefix?.dValue,
+      accumulatePrefix: accumulate,
+      heads: c.numHeads,
+      dropout: this.attentionDropoutConfig(l, st),
+      dScores: at(s.dScores, scores),
+    });
+    const x = l === 0 ? st.input0 : v(this.acts[l - 1].out);
+    linear("query", p.query, g.query, x, dQ, dIn);
+    linear("key", p.key, g.key, x, dK, dIn, true);
+    linear("value", p.value, g.value, x, dV, dIn, true);
+    if (dIn) addInPlace(rec, { x: dRes1, into: dIn });
+  }
+
+  /** Whether layer l has anything of its own to compute in the backward. */
+  private layerNeeds(l: number, g: LayerParams<Tensor | undefined>, st: ForwardState): boolean {
+    const own = LAYER_MODULES.some(([key]) =>
+      g[key].weight !== undefined || g[key].bias !== undefined
+    );
+    return own || st.linearHooks[l].size > 0 || st.prefixes[l]?.dKey !== undefined;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Helpers
+
+  private dropoutForward(rec: Recorder, x: Tensor, l: number, site: number, st: ForwardState) {
+    if (st.hiddenP === 0) return x;
+    const out = at(this.dropOut, [...x.shape]);
+    dropoutForward(rec, { x, out, p: st.hiddenP, seed: st.seed, stream: stream(l, site) });
+    return out;
+  }
+
+  private dropoutBackward(
+    rec: Recorder,
+    dOut: Tensor,
+    scratch: Tensor,
+    l: number,
+    site: number,
+    st: ForwardState,
+  ): Tensor {
+    if (st.hiddenP === 0) return dOut;
+    dropoutBackward(rec, {
+      dOut,
+      dX: scratch,
+      p: st.hiddenP,
+      seed: st.seed,
+      stream: stream(l, site),
+    });
+    return scratch;
+  }
+
+  private attentionDropoutConfig(l: number, st: ForwardState): DropoutConfig {
+    return { p: st.attentionP, seed: st.seed, stream: stream(l, SITE_ATTENTION) };
+  }
+
+  private hookContext(
+    layer: number,
+    module: LinearModule,
+    st: ForwardState,
+    accumulate: boolean,
+  ): HookContext {
+    return {
+      layer,
+      module,
+      training: st.training,
+      seed: st.seed,
+      stream: stream(layer, SITE_HOOKS + LINEAR_MODULES.indexOf(module)),
+      accumulate,
+    };
+  }
+
+  private checkPrefix(l: number, prefix: AttentionPrefix): void {
+    const c = this.config;
+    const op = `Encoder prefix of layer ${l}`;
+    expectShape(op, "key", prefix.key, [c.numHeads, -1, c.headDim], "f32");
+    const P = prefix.key.shape[1];
+    if (P > this.maxPrefix) {
+      throw new Error(
+        `${op}: ${P} prefix rows, more than the encoder's maxPrefix ${this.maxPrefix}`,
+      );
+    }
+    expectShape(op, "value", prefix.value, [c.numHeads, P, c.headDim], "f32");
+    if (prefix.dKey) expectShape(op, "dKey", prefix.dKey, [c.numHeads, P, c.headDim], "f32");
+    if (prefix.dValue) expectShape(op, "dValue", prefix.dValue, [c.numHeads, P, c.headDim], "f32");
+  }
+
+  /** Backward scratch, allocated on the first backward. */
+  private gradScratch(): GradScratch {
+    if (this.scratch) return this.scratch;
+    const c = this.config;
+    const N = this.maxBatch * this.maxSeq;
+    const H = c.hiddenSize, I = c.intermediateSize, E = c.embeddingSize;
+    const t = (label: string, shape: number[]) => createTensor(this.gpu, shape, "f32", label);
+    this.scratch = {
+      stream: [t("dStream 0", [N, H]), t("dStream 1", [N, H])],
+      dRes2: t("dRes2", [N, H]),
+      dDrop: t("dDropout", [N, H]),
+      dNorm1: t("dNorm1", [N, H]),
+      dRes1: t("dRes1", [N, H]),
+      dContext: t("dContext", [N, H]),
+      dQ: t("dQ", [N, H]),
+      dK: t("dK", [N, H]),
+      dV: t("dV", [N, H]),
+      dGelu: t("dGelu", [N, I]),
+      dInter: t("dIntermediate", [N, I]),
+      dScores: t("dScores", [
+        this.maxBatch * c.numHeads * this.maxSeq * (this.maxPrefix + this.maxSeq),
+      ]),
+      dEmbA: t("dEmbeddings A", [N, E]),
+      dEmbB: t("dEmbeddings B", [N, E]),
+    };
+    return this.scratch;
+  }
+}
+
+/** Positions when the batch gives none: 0..S−1, or RoBERTa's numbering from padding. */
+function defaultPositions(ids: Uint32Array, B: number, S: number, c: ModelConfig): Uint32Array {
+  const out = new Uint32Array(B * S);
+  for (let b = 0; b < B; b++) {
+    let count = 0;
+    for (let s = 0; s < S; s++) {
+      const i = b * S + s;
+      if (!c.positionsFromPadding) out[i] = s;
+      else if (ids[i] === c.padTokenId) out[i] = c.padTokenId;
+      else out[i] = c.padTokenId + ++count;
+    }
+  }
+  return out;
+}
+
+/**
+ * The embedding-backward plan of `ids` with the tokens of id `excluded` in no group: their rows
+ * of dOut are never read, so that row's gradient stays zero (overwrite) or unchanged
+ * (accumulate), as for Hugging Face's padding_idx. The excluded tokens are parked before the
+ * first group (offsets[0] > 0), since the plan must list all N tokens.
+ */
+function planExcluding(ids: Uint32Array, excluded: number): EmbeddingPlan {
+  const full = buildEmbeddingPlan(ids);
+  const u = full.uniqueIds.indexOf(excluded);
+  if (u < 0) return full;
+  const start = full.offsets[u], end = full.offsets[u + 1];
+  const parked = full.tokens.subarray(start, end);
+  const tokens = new Uint32Array(ids.length);
+  tokens.set(parked, 0);
+  tokens.set(full.tokens.subarray(0, start), parked.length);
+  tokens.set(full.tokens.subarray(end), parked.length + start);
+  const uniqueIds = new Uint32Array(full.uniqueIds.length - 1);
+  uniqueIds.set(full.uniqueIds.subarray(0, u), 0);
+  uniqueIds.set(full.uniqueIds.subarray(u + 1), u);
+  const offsets = new Uint32Array(uniqueIds.length + 1);
+  for (let i = 0; i <= uniqueIds.length; i++) {
+    // Groups before the excluded one shift right by its size; those after stay where they were.
+    offsets[i] = i < u ? full.offsets[i] + parked.length : full.offsets[i + 1];
+  }
+  return { uniqueIds, offsets, tokens };
+}
+
+/** Allocates an encoder with zeroed parameters (for the loader to fill) and its arena. */
+export function createEncoder(gpu: Gpu, config: ModelConfig, opts: EncoderOptions): Encoder {
+  return new Encoder(gpu, config, opts);
+}
