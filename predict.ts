@@ -1,0 +1,156 @@
+// Predictions of a fine-tuned model on a task's data:
+//   deno run -A predict.ts --model DIR --task rte --data PATH [--split val] [--batch-size N]
+//     [--max-length N] --out FILE
+// writes one JSON object per example: {"idx": ..., "logits": [...], "prediction": ...}.
+
+import { getGpu } from "./kernels/device.ts";
+import { Recorder } from "./kernels/recorder.ts";
+import { loadBackbone, loadHead } from "./model/checkpoint.ts";
+import { maxSequenceLength } from "./model/config.ts";
+import { createEncoder, encoderParameters } from "./model/encoder.ts";
+import { createHead, headParameters } from "./model/head.ts";
+import { openModel } from "./model/load.ts";
+import { writeFileAtomic } from "./model/atomic_write.ts";
+import type { TextInput } from "./model/tokenizer.ts";
+import { FlagError, intFlag, parseFlags, requireFlag, runMain } from "./train/flags.ts";
+import type { Task, TaskExample } from "./train/task.ts";
+import { taskByName } from "./tasks/all.ts";
+
+const FLAGS = {
+  model: { type: "string" },
+  task: { type: "string" },
+  data: { type: "string" },
+  split: { type: "string", default: "val" },
+  "batch-size": { type: "string" },
+  "max-length": { type: "string" },
+  revision: { type: "string" },
+  out: { type: "string" },
+} as const;
+
+export interface PredictOptions {
+  model: string;
+  task: Task;
+  data: string;
+  split: string;
+  batchSize: number;
+  maxLength?: number;
+  revision?: string;
+}
+
+export interface Prediction {
+  idx: number;
+  logits: number[];
+  prediction: string | number;
+}
+
+/** Runs the model over one split of a task's data and returns a prediction per example. */
+export async function predict(options: PredictOptions): Promise<Prediction[]> {
+  const { task } = options;
+  const model = await openModel(options.model, { revision: options.revision });
+  try {
+    const { config, tokenizer, head: headShape } = model;
+    if (!headShape) {
+      throw new Error(
+        `${model.dir} has no EH-FT head (head.* tensors): it is a pretrained backbone, not a ` +
+          `fine-tuned model`,
+      );
+    }
+    if (headShape.classes !== task.headClasses) {
+      throw new Error(
+        `${model.dir}: its head has ${headShape.classes} outputs, task ${task.name} needs ` +
+          `${task.headClasses}`,
+      );
+    }
+    if (headShape.features !== config.hiddenSize) {
+      throw new Error(
+        `${model.dir}: its head takes ${headShape.features} features, the backbone gives ` +
+          `${config.hiddenSize}`,
+      );
+    }
+    const examples = await task.readExamples(options.data, options.split);
+    const limit = Math.min(options.maxLength ?? Infinity, maxSequenceLength(config));
+
+    // Every input is tokenized first (cheap), so the GPU arena fits the longest batch exactly.
+    const inputs: { example: number; input: TextInput }[] = [];
+    examples.forEach((e, i) => e.inputs.forEach((input) => inputs.push({ example: i, input })));
+    const batches: ReturnType<typeof tokenizer.encodeBatch>[] = [];
+    for (let start = 0; start < inputs.length; start += options.batchSize) {
+      const chunk = inputs.slice(start, start + options.batchSize).map((x) => x.input);
+      batches.push(tokenizer.encodeBatch(chunk, { maxLength: limit, truncation: "only_first" }));
+    }
+    const maxSeq = Math.max(1, ...batches.map((b) => b.seqLen));
+    const maxBatch = Math.max(1, ...batches.map((b) => b.batch));
+
+    const gpu = await getGpu();
+    const encoder = createEncoder(gpu, config, { maxBatch, maxSeq, inference: true });
+    const head = createHead(gpu, {
+      hiddenSize: config.hiddenSize,
+      numClasses: headShape.classes,
+      width: headShape.hidden,
+      maxBatch,
+      maxSeq,
+      init: false,
+    });
+    try {
+      await loadBackbone(model.weights, config, encoderParameters(encoder.params));
+      await loadHead(model.weights, headParameters(head));
+      const logits: number[][] = [];
+      const rec = new Recorder(gpu);
+      for (const batch of batches) {
+        encoder.setBatch(batch);
+        const hidden = encoder.forward(rec, { training: false });
+        const out = head.forward(rec, hidden);
+        await rec.submit();
+        const values = await out.download();
+        for (let b = 0; b < batch.batch; b++) {
+          logits.push(
+            Array.from(values.subarray(b * task.headClasses, (b + 1) * task.headClasses)),
+          );
+        }
+      }
+      return collect(task, examples, inputs.map((x) => x.example), logits);
+    } finally {
+      encoder.destroy();
+      head.destroy();
+    }
+  } finally {
+    model.weights.close();
+  }
+}
+
+/** Groups per-input logits back into examples: one logit per input, or the input's row. */
+function collect(
+  task: Task,
+  examples: TaskExample[],
+  owner: number[],
+  logits: number[][],
+): Prediction[] {
+  const perExample: number[][] = examples.map(() => []);
+  logits.forEach((row, i) => perExample[owner[i]].push(...row));
+  return examples.map((e, i) => ({
+    idx: e.idx,
+    logits: perExample[i],
+    prediction: task.prediction(perExample[i]),
+  }));
+}
+
+async function main(args: string[]) {
+  const flags = parseFlags(FLAGS, args);
+  const out = requireFlag("out", flags.out);
+  const predictions = await predict({
+    model: requireFlag("model", flags.model),
+    task: taskByName(requireFlag("task", flags.task)),
+    data: requireFlag("data", flags.data),
+    split: flags.split ?? "val",
+    batchSize: intFlag("batch-size", flags["batch-size"], 32, 1, 65536),
+    maxLength: flags["max-length"] === undefined
+      ? undefined
+      : intFlag("max-length", flags["max-length"], 512, 2),
+    revision: flags.revision,
+  });
+  if (predictions.length === 0) throw new FlagError(`--data: no examples`);
+  await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");
+  console.error(`predict: ${predictions.length} predictions written to ${out}`);
+}
+
+if (import.meta.main) await runMain("predict", main);
