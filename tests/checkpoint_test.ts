@@ -1,0 +1,234 @@
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import {
+  CheckpointError,
+  findWeightsFile,
+  loadBackbone,
+  loadHead,
+  readHeadShape,
+  saveModel,
+} from "../model/checkpoint.ts";
+import { type ModelConfig, readConfig } from "../model/config.ts";
+import { encoderParameterShapes } from "../model/encoder.ts";
+import { openSafetensors, type SafetensorsReader, writeSafetensors } from "../model/safetensors.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { createTensor, type Tensor } from "../kernels/tensor.ts";
+
+const FIXTURE = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+type Tensors = Parameters<typeof writeSafetensors>[1];
+
+/** The fixture's tensors, renamed (or dropped, when `rename` returns null). */
+async function fixtureTensors(rename: (name: string) => string | null): Promise<Tensors> {
+  const source = await openSafetensors(`${FIXTURE}/model.safetensors`);
+  const out: Tensors = {};
+  for (const [name, info] of source.tensors) {
+    const to = rename(name);
+    if (to) out[to] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
+  }
+  source.close();
+  return out;
+}
+
+function backboneTensors(gpu: Gpu, config: ModelConfig): Map<string, Tensor> {
+  const map = new Map<string, Tensor>();
+  for (const [name, shape] of encoderParameterShapes(config)) {
+    map.set(name, createTensor(gpu, shape, "f32", name));
+  }
+  return map;
+}
+
+async function withDir(fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir();
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function expectLoaded(reader: SafetensorsReader, params: Map<string, Tensor>) {
+  const reference = await openSafetensors(`${FIXTURE}/model.safetensors`);
+  for (const [name, t] of params) {
+    assertEquals(await t.download(), await reference.readF32(`bert.${name}`), name);
+  }
+  reference.close();
+  reader.close();
+}
+
+gpuTest("checkpoint: names with or without prefix and legacy LayerNorm names load", async (gpu) => {
+  const config = await readConfig(`${FIXTURE}/config.json`);
+  await withDir(async (dir) => {
+    const variants: [string, (n: string) => string | null][] = [
+      ["prefixed", (n) => n],
+      ["bare", (n) => n.replace(/^bert\./, "")],
+      [
+        "legacy",
+        (n) =>
+          n.replace(/LayerNorm\.weight$/, "LayerNorm.gamma").replace(
+            /LayerNorm\.bias$/,
+            "LayerNorm.beta",
+          ),
+      ],
+    ];
+    for (const [label, rename] of variants) {
+      const tensors = await fixtureTensors(rename);
+      // Tensors the encoder deliberately ignores.
+      tensors["bert.pooler.dense.weight"] = { dtype: "F32", shape: [1], data: new Float32Array(1) };
+      tensors["cls.predictions.bias"] = { dtype: "F32", shape: [1], data: new Float32Array(1) };
+      tensors["bert.embeddings.position_ids"] = {
+        dtype: "I64",
+        shape: [1],
+        data: new BigInt64Array(1),
+      };
+      await writeSafetensors(`${dir}/${label}.safetensors`, tensors);
+      const reader = await openSafetensors(`${dir}/${label}.safetensors`);
+      const params = backboneTensors(gpu, config);
+      const used = await loadBackbone(reader, config, params);
+      assertEquals(used.size, params.size, label);
+      assert(![...used].some((n) => n.includes("pooler") || n.startsWith("cls.")), label);
+      await expectLoaded(reader, params);
+    }
+  });
+});
+
+gpuTest("checkpoint: F16 and BF16 checkpoints load into float32", async (gpu) => {
+  const config = await readConfig(`${FIXTURE}/config.json`);
+  await withDir(async (dir) => {
+    for (const dtype of ["F16", "BF16"] as const) {
+      const tensors = await fixtureTensors((n) => n);
+      for (const t of Object.values(tensors)) t.dtype = dtype;
+      await writeSafetensors(`${dir}/half.safetensors`, tensors);
+      const reader = await openSafetensors(`${dir}/half.safetensors`);
+      const params = backboneTensors(gpu, config);
+      await loadBackbone(reader, config, params);
+      const name = "encoder.layer.1.output.dense.weight";
+      const got = await params.get(name)!.download();
+      const want = await reader.readF32(`bert.${name}`);
+      assertEquals(got, want, dtype);
+      const original = tensors[`bert.${name}`].data as Float32Array;
+      const rounded = dtype === "F16"
+        ? Float32Array.from(original, (v) => Math.f16round(v))
+        : Float32Array.from(original, (v) => {
+          const bits = new Uint32Array(new Float32Array([v]).buffer)[0];
+          const r = (bits + 0x7fff + ((bits >>> 16) & 1)) & 0xffff0000;
+          return new Float32Array(new Uint32Array([r]).buffer)[0];
+        });
+      assertEquals(got, rounded, `${dtype} rounding`);
+      reader.close();
+    }
+  });
+});
+
+gpuTest("checkpoint: a missing tensor or a wrong shape names the tensor", async (gpu) => {
+  const config = await readConfig(`${FIXTURE}/config.json`);
+  await withDir(async (dir) => {
+    const missing = await fixtureTensors((n) =>
+      n === "bert.encoder.layer.1.output.dense.bias" ? null : n
+    );
+    await writeSafetensors(`${dir}/missing.safetensors`, missing);
+    const r1 = await openSafetensors(`${dir}/missing.safetensors`);
+    await assertRejects(
+      () => loadBackbone(r1, config, backboneTensors(gpu, config)),
+      CheckpointError,
+      'missing tensor "bert.encoder.layer.1.output.dense.bias"',
+    );
+    r1.close();
+    const wrong = await fixtureTensors((n) => n);
+    wrong["bert.embeddings.word_embeddings.weight"] = {
+      dtype: "F32",
+      shape: [100, 24],
+      data: new Float32Array(2400),
+    };
+    await writeSafetensors(`${dir}/wrong.safetensors`, wrong);
+    const r2 = await openSafetensors(`${dir}/wrong.safetensors`);
+    const e = await assertRejects(
+      () => loadBackbone(r2, config, backboneTensors(gpu, config)),
+      CheckpointError,
+      'tensor "bert.embeddings.word_embeddings.weight" has shape [100, 24]',
+    );
+    assert(e.message.includes("[101, 24]"), e.message);
+    r2.close();
+  });
+});
+
+Deno.test("checkpoint: pytorch_model.bin alone is refused with a conversion hint", async () => {
+  await withDir(async (dir) => {
+    await Deno.writeFile(`${dir}/pytorch_model.bin`, new Uint8Array(8));
+    await assertRejects(() => findWeightsFile(dir), CheckpointError, "convert it to safetensors");
+    await Deno.remove(`${dir}/pytorch_model.bin`);
+    await assertRejects(() => findWeightsFile(dir), CheckpointError, "has no model.safetensors");
+  });
+});
+
+Deno.test("checkpoint: the head is inferred from its tensors' shapes", async () => {
+  const reader = await openSafetensors(`${FIXTURE}/model.safetensors`);
+  assertEquals(readHeadShape(reader), { features: 24, hidden: 2048, classes: 1 });
+  reader.close();
+  await withDir(async (dir) => {
+    await writeSafetensors(
+      `${dir}/none.safetensors`,
+      await fixtureTensors((n) => n.startsWith("head.") ? null : n),
+    );
+    const none = await openSafetensors(`${dir}/none.safetensors`);
+    assertEquals(readHeadShape(none), null);
+    none.close();
+    await writeSafetensors(
+      `${dir}/part.safetensors`,
+      await fixtureTensors((n) => n === "head.out_proj.bias" ? null : n),
+    );
+    const part = await openSafetensors(`${dir}/part.safetensors`);
+    assertThrows(() => readHeadShape(part), CheckpointError, 'missing "head.out_proj.bias"');
+    part.close();
+    const bad = await fixtureTensors((n) => n);
+    bad["head.out_proj.weight"] = { dtype: "F32", shape: [1, 7], data: new Float32Array(7) };
+    await writeSafetensors(`${dir}/bad.safetensors`, bad);
+    const badReader = await openSafetensors(`${dir}/bad.safetensors`);
+    assertThrows(() => readHeadShape(badReader), CheckpointError, "out_proj takes 7 inputs");
+    badReader.close();
+  });
+});
+
+gpuTest(
+  "checkpoint: a saved model follows the contract and loads back bit for bit",
+  async (gpu) => {
+    const config = await readConfig(`${FIXTURE}/config.json`);
+    const source = await openSafetensors(`${FIXTURE}/model.safetensors`);
+    const backbone = backboneTensors(gpu, config);
+    await loadBackbone(source, config, backbone);
+    const head = new Map<string, Tensor>();
+    for (
+      const name of [
+        "head.dense.weight",
+        "head.dense.bias",
+        "head.out_proj.weight",
+        "head.out_proj.bias",
+      ]
+    ) {
+      head.set(name, createTensor(gpu, source.tensors.get(name)!.shape, "f32", name));
+    }
+    await loadHead(source, head);
+    await withDir(async (dir) => {
+      await Deno.writeTextFile(`${dir}/tokenizer.json`, '{"model": {}}');
+      await saveModel(`${dir}/saved`, {
+        config,
+        backbone,
+        head,
+        metadata: { task: "rte", head_classes: "1" },
+        tokenizerFile: `${dir}/tokenizer.json`,
+      });
+      const files = [...Deno.readDirSync(`${dir}/saved`)].map((e) => e.name).sort();
+      assertEquals(files, ["config.json", "model.safetensors", "tokenizer.json"]);
+      assertEquals(JSON.parse(await Deno.readTextFile(`${dir}/saved/config.json`)), config.raw);
+      const saved = await openSafetensors(`${dir}/saved/model.safetensors`);
+      assertEquals(saved.metadata, { format: "pt", task: "rte", head_classes: "1" });
+      assertEquals([...saved.tensors.keys()].sort(), [...source.tensors.keys()].sort());
+      for (const name of source.tensors.keys()) {
+        assertEquals(await saved.readF32(name), await source.readF32(name), name);
+      }
+      assertEquals(readHeadShape(saved), readHeadShape(source));
+      saved.close();
+    });
+    source.close();
+  },
+);
