@@ -16,7 +16,13 @@
 // per element, so p, m and v agree with a float64 replica to a few f32 ulps per step.
 
 import { GpuError } from "./device.ts";
-import { adjacentRuns, bindElements, maxSliceElements, sliceRanges } from "./grad_norm.ts";
+import {
+  adjacentRuns,
+  bindElements,
+  maxSliceElements,
+  runLength,
+  sliceRanges,
+} from "./binding_slices.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
@@ -219,17 +225,13 @@ export function adamwStepGroup(
   const pick = (ts: readonly Tensor[]) => live.map((i) => ts[i]);
   const roles = [pick(params), pick(grads), pick(ms), pick(vs)];
   const runs = adjacentRuns(roles, (i, j) => wds[live[i]] === wds[live[j]]);
-  const ranges = runs.map(({ start, end }) => {
-    let count = 0;
-    for (let k = start; k < end; k++) count += roles[0][k].numel;
-    return {
-      param: roles[0][start],
-      grad: roles[1][start],
-      m: roles[2][start],
-      v: roles[3][start],
-      count,
-      weightDecay: wds[live[start]],
-    };
-  });
+  const ranges = runs.map((run) => ({
+    param: roles[0][run.start],
+    grad: roles[1][run.start],
+    m: roles[2][run.start],
+    v: roles[3][run.start],
+    count: runLength(roles[0], run),
+    weightDecay: wds[live[run.start]],
+  }));
   recordRanges(rec, op, ranges, args);
 }

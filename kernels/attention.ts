@@ -54,6 +54,94 @@ function accumulators(name: string): string {
   return code;
 }
 
+/**
+ * WGSL for the kernels that give each workgroup one query row (b, h, i) of one head: the entry
+ * point, the problem's sizes, the row's indices and offsets (qb: the row in [B, S, H·D] tensors;
+ * rb: its T scores), then `body`.
+ */
+function queryRowMain(body: string): string {
+  return /* wgsl */ `
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let S = params.seq;
+  let H = params.heads;
+  let D = params.dim;
+  let P = params.prefix;
+  let T = params.keys;
+  let HD = H * D;
+  let r = wid.x + wid.y * nwg.x;
+  if (r >= params.batch * H * S) { return; }
+  let i = r % S;
+  let h = (r / S) % H;
+  let b = r / (S * H);
+  let qb = (b * S + i) * HD + h * D;
+  let rb = r * T;
+${body}
+}
+`;
+}
+
+/**
+ * WGSL adding to `s` the dot product of the query row's vector in `query` with key j's row: a
+ * row of `prefixRows` ([H, P, D]) for j < P, else sequence row j − P of `sequenceRows`
+ * ([B, S, H·D]).
+ */
+function dotKeyRow(query: string, prefixRows: string, sequenceRows: string): string {
+  return /* wgsl */ `
+    if (j < P) {
+      let kb = (h * P + j) * D;
+      for (var d = 0u; d < D; d++) { s += ${query}[qb + d] * ${prefixRows}[kb + d]; }
+    } else {
+      let kb = (b * S + j - P) * HD + h * D;
+      for (var d = 0u; d < D; d++) { s += ${query}[qb + d] * ${sequenceRows}[kb + d]; }
+    }`;
+}
+
+/**
+ * WGSL accumulating Σ_j weight_j · row_j over the T keys into acc0 … acc{ACC−1}, the rows laid
+ * out as in `dotKeyRow`. The keys go in chunks of WG: `weight` is WGSL that sets `weight` for key
+ * j < T (each invocation one key), staged in the kernel's workgroup array `chunk` for the whole
+ * workgroup to read.
+ */
+function sumKeyRows(weight: string, prefixRows: string, sequenceRows: string): string {
+  return /* wgsl */ `
+  ${accumulators("acc")}
+  let chunks = (T + WG - 1u) / WG;
+  for (var c = 0u; c < chunks; c++) {
+    let j = c * WG + lid;
+    var weight = 0.0;
+    if (j < T) {
+      ${weight}
+    }
+    chunk[lid] = weight;
+    workgroupBarrier();
+    let n = min(WG, T - c * WG);
+    let n_prefix = min(n, max(P, c * WG) - c * WG);
+    for (var jj = 0u; jj < n_prefix; jj++) {
+      let w = chunk[jj];
+      let kb = (h * P + c * WG + jj) * D;
+      ${perColumn((m, col) => `acc${m} += w * ${prefixRows}[kb + ${col}];`)}
+    }
+    for (var jj = n_prefix; jj < n; jj++) {
+      let w = chunk[jj];
+      let kb = (b * S + c * WG + jj - P) * HD + h * D;
+      ${perColumn((m, col) => `acc${m} += w * ${sequenceRows}[kb + ${col}];`)}
+    }
+    workgroupBarrier();
+  }`;
+}
+
+/**
+ * WGSL storing (`=`) or adding (`+=`) the column pass's sums for the key row at `ob`: dK = scale ·
+ * acc_k into `dk`, dV = acc_v into `dv`.
+ */
+function storeKeyGradients(dk: string, dv: string, assign: "=" | "+="): string {
+  return perColumn((m, c) =>
+    `${dk}[ob + ${c}] ${assign} params.scale * acc_k${m}; ${dv}[ob + ${c}] ${assign} acc_v${m};`
+  );
+}
+
 const COMMON_WGSL = /* wgsl */ `
 ${DROPOUT_WGSL}
 struct Params {
@@ -102,37 +190,16 @@ const FORWARD_WGSL = /* wgsl */ `
 @group(0) @binding(8) var<uniform> params: Params;
 ${COMMON_WGSL}
 var<workgroup> chunk: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let S = params.seq;
-  let H = params.heads;
-  let D = params.dim;
-  let P = params.prefix;
-  let T = params.keys;
-  let HD = H * D;
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= params.batch * H * S) { return; }
-  let i = r % S;
-  let h = (r / S) % H;
-  let b = r / (S * H);
-  let qb = (b * S + i) * HD + h * D;
-  let rb = r * T;
+${
+  queryRowMain(/* wgsl */ `
   let neg_max = bitcast<f32>(0xff7fffffu);
 
   var local_max = neg_max;
   for (var j = lid; j < T; j += WG) {
     var s = 0.0;
+    ${dotKeyRow("q", "prefix_k", "k")}
     var bias = 0.0;
-    if (j < P) {
-      let kb = (h * P + j) * D;
-      for (var d = 0u; d < D; d++) { s += q[qb + d] * prefix_k[kb + d]; }
-    } else {
-      let kb = (b * S + j - P) * HD + h * D;
-      for (var d = 0u; d < D; d++) { s += q[qb + d] * k[kb + d]; }
-      bias = (1.0 - mask[b * S + j - P]) * neg_max;
-    }
+    if (j >= P) { bias = (1.0 - mask[b * S + j - P]) * neg_max; }
     s = s * params.scale + bias;
     probs[rb + j] = s;
     local_max = max(local_max, s);
@@ -149,35 +216,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   let total = wg_reduce(local_sum, lid, false);
 
-  ${accumulators("acc")}
-  let chunks = (T + WG - 1u) / WG;
-  for (var c = 0u; c < chunks; c++) {
-    let j = c * WG + lid;
-    var weight = 0.0;
-    if (j < T) {
+  ${
+    sumKeyRows(
+      /* wgsl */ `
       let prob = probs[rb + j] / total;
       probs[rb + j] = prob;
-      weight = prob * drop_factor(rb + j);
-    }
-    chunk[lid] = weight;
-    workgroupBarrier();
-    let n = min(WG, T - c * WG);
-    let n_prefix = min(n, max(P, c * WG) - c * WG);
-    for (var jj = 0u; jj < n_prefix; jj++) {
-      let w = chunk[jj];
-      let vb = (h * P + c * WG + jj) * D;
-      ${perColumn((m, col) => `acc${m} += w * prefix_v[vb + ${col}];`)}
-    }
-    for (var jj = n_prefix; jj < n; jj++) {
-      let w = chunk[jj];
-      let vb = (b * S + c * WG + jj - P) * HD + h * D;
-      ${perColumn((m, col) => `acc${m} += w * v[vb + ${col}];`)}
-    }
-    workgroupBarrier();
+      weight = prob * drop_factor(rb + j);`,
+      "prefix_v",
+      "v",
+    )
   }
-  ${perColumn((m, col) => `context[qb + ${col}] = acc${m};`)}
-}
-`;
+  ${perColumn((m, col) => `context[qb + ${col}] = acc${m};`)}`)
+}`;
 
 const BACKWARD_ROWS_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> k: array<f32>;
@@ -191,69 +241,31 @@ const BACKWARD_ROWS_WGSL = /* wgsl */ `
 @group(0) @binding(8) var<uniform> params: Params;
 ${COMMON_WGSL}
 var<workgroup> chunk: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let S = params.seq;
-  let H = params.heads;
-  let D = params.dim;
-  let P = params.prefix;
-  let T = params.keys;
-  let HD = H * D;
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= params.batch * H * S) { return; }
-  let i = r % S;
-  let h = (r / S) % H;
-  let b = r / (S * H);
-  let qb = (b * S + i) * HD + h * D;
-  let rb = r * T;
-
+${
+  queryRowMain(/* wgsl */ `
   // dP = (dC·Vᵀ) ⊙ dropout, parked in the workspace until the row sum Σ P⊙dP is known.
   var local_dot = 0.0;
   for (var j = lid; j < T; j += WG) {
     var s = 0.0;
-    if (j < P) {
-      let vb = (h * P + j) * D;
-      for (var d = 0u; d < D; d++) { s += d_context[qb + d] * prefix_v[vb + d]; }
-    } else {
-      let vb = (b * S + j - P) * HD + h * D;
-      for (var d = 0u; d < D; d++) { s += d_context[qb + d] * v[vb + d]; }
-    }
+    ${dotKeyRow("d_context", "prefix_v", "v")}
     let dp = s * drop_factor(rb + j);
     d_scores[rb + j] = dp;
     local_dot += probs[rb + j] * dp;
   }
   let row_dot = wg_reduce(local_dot, lid, false);
 
-  ${accumulators("acc")}
-  let chunks = (T + WG - 1u) / WG;
-  for (var c = 0u; c < chunks; c++) {
-    let j = c * WG + lid;
-    var ds = 0.0;
-    if (j < T) {
-      ds = probs[rb + j] * (d_scores[rb + j] - row_dot);
-      d_scores[rb + j] = ds;
-    }
-    chunk[lid] = ds;
-    workgroupBarrier();
-    let n = min(WG, T - c * WG);
-    let n_prefix = min(n, max(P, c * WG) - c * WG);
-    for (var jj = 0u; jj < n_prefix; jj++) {
-      let w = chunk[jj];
-      let kb = (h * P + c * WG + jj) * D;
-      ${perColumn((m, col) => `acc${m} += w * prefix_k[kb + ${col}];`)}
-    }
-    for (var jj = n_prefix; jj < n; jj++) {
-      let w = chunk[jj];
-      let kb = (b * S + c * WG + jj - P) * HD + h * D;
-      ${perColumn((m, col) => `acc${m} += w * k[kb + ${col}];`)}
-    }
-    workgroupBarrier();
+  // dS = P ⊙ (dP − Σ P⊙dP), then dQ = scale · dS·K.
+  ${
+    sumKeyRows(
+      /* wgsl */ `
+      weight = probs[rb + j] * (d_scores[rb + j] - row_dot);
+      d_scores[rb + j] = weight;`,
+      "prefix_k",
+      "k",
+    )
   }
-  ${perColumn((m, col) => `d_q[qb + ${col}] = params.scale * acc${m};`)}
-}
-`;
+  ${perColumn((m, col) => `d_q[qb + ${col}] = params.scale * acc${m};`)}`)
+}`;
 
 const BACKWARD_COLUMNS_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -334,21 +346,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (is_prefix) {
     let ob = (h * P + col) * D;
     if ((params.flags & FLAG_ACCUMULATE) != 0u) {
-      ${
-  perColumn((m, c) =>
-    `d_prefix_k[ob + ${c}] += params.scale * acc_k${m}; d_prefix_v[ob + ${c}] += acc_v${m};`
-  )
-}
+      ${storeKeyGradients("d_prefix_k", "d_prefix_v", "+=")}
     } else {
-      ${
-  perColumn((m, c) =>
-    `d_prefix_k[ob + ${c}] = params.scale * acc_k${m}; d_prefix_v[ob + ${c}] = acc_v${m};`
-  )
-}
+      ${storeKeyGradients("d_prefix_k", "d_prefix_v", "=")}
     }
   } else {
     let ob = (b_first * S + col - P) * HD + h * D;
-    ${perColumn((m, c) => `d_k[ob + ${c}] = params.scale * acc_k${m}; d_v[ob + ${c}] = acc_v${m};`)}
+    ${storeKeyGradients("d_k", "d_v", "=")}
   }
 }
 `;

@@ -3,9 +3,10 @@
 // deterministic scatter-add into the three tables. LayerNorm and dropout follow as other ops.
 //
 // A word table can be larger than one storage binding (roberta-large: 50265 × 1024 f32 = 206 MB,
-// lavapipe binds at most 128 MiB), so it is bound as row slices, one dispatch per slice. Every
-// slice binding starts at an offset aligned to minStorageBufferOffsetAlignment, at or before the
-// slice's first row; the kernel is told how many elements into the binding that row begins.
+// lavapipe binds at most 128 MiB), so it is bound as row slices (kernels/binding_slices.ts), one
+// dispatch per slice. Every slice binding starts at an offset aligned to
+// minStorageBufferOffsetAlignment, at or before the slice's first row; the kernel is told how
+// many elements into the binding that row begins.
 //
 // The backward cannot use float atomics (they are neither portable nor deterministic). Token ids
 // are host data, so the host sorts them once per batch into a plan: the unique ids, and for each
@@ -14,10 +15,11 @@
 // bitwise the same gradients, and no two invocations write the same element.
 
 import { type Gpu, GpuError } from "./device.ts";
+import { type RowSlice, rowSlices } from "./binding_slices.ts";
 import { fill } from "./fill.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
-import type { Binding, Recorder } from "./recorder.ts";
+import type { Recorder } from "./recorder.ts";
 import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 const WORKGROUP = 256;
@@ -105,51 +107,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 `;
 
-/** One slice of a row-major table, bound on its own. */
-interface RowSlice {
-  rowStart: number;
-  rows: number;
-  binding: Binding;
-  /** Elements from the start of the binding to row `rowStart`. */
-  base: number;
-}
-
-/**
- * Cuts a [rows, width] f32 table into slices that each fit in `limit` bytes of binding, every
- * binding offset a multiple of the adapter's storage offset alignment. A table that fits and is
- * aligned is one slice bound as itself; a view at an unaligned offset is bound from the aligned
- * offset before it.
- */
-function rowSlices(op: string, name: string, t: Tensor, limit: number): RowSlice[] {
-  const [rows, width] = t.shape;
-  const align = t.gpu.limits.minStorageBufferOffsetAlignment;
-  if (t.bindingSize <= limit && t.offset % align === 0) {
-    return [{ rowStart: 0, rows, binding: t, base: 0 }];
-  }
-  const rowBytes = width * 4;
-  const slices: RowSlice[] = [];
-  for (let rowStart = 0; rowStart < rows;) {
-    const start = t.offset + rowStart * rowBytes;
-    const bindStart = Math.floor(start / align) * align;
-    const slack = start - bindStart;
-    const count = Math.min(rows - rowStart, Math.floor((limit - slack) / rowBytes));
-    if (count < 1) {
-      throw new GpuError(
-        `${op}: ${name} ("${t.label}") has rows of ${rowBytes} bytes; one row (plus up to ` +
-          `${align - 4} bytes of alignment) does not fit in a storage binding of ${limit} bytes`,
-      );
-    }
-    slices.push({
-      rowStart,
-      rows: count,
-      binding: { buffer: t.buffer, offset: bindStart, size: slack + count * rowBytes },
-      base: slack / 4,
-    });
-    rowStart += count;
-  }
-  return slices;
-}
-
 function bindingLimitOf(op: string, gpu: Gpu, bindingLimit: number | undefined): number {
   const max = gpu.limits.maxStorageBufferBindingSize;
   if (bindingLimit === undefined) return max;
@@ -207,22 +164,23 @@ export function embeddingForward(rec: Recorder, args: EmbeddingForwardArgs): voi
   expectBindable(op, "tokenType", tokenType);
   expectBindable(op, "out", out);
   const gpu = rec.gpu;
-  const slices = rowSlices(op, "word", word, bindingLimitOf(op, gpu, args.bindingLimit));
+  const slices = rowSlices(op, [["word", word]], bindingLimitOf(op, gpu, args.bindingLimit));
   if (n === 0 || h === 0) return;
   const pipeline = getPipeline(gpu, op, FORWARD_WGSL);
   const groups = grid1d(n * h, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension);
   slices.forEach((s, i) => {
+    const [table] = s.bound;
     rec.dispatch(
       slices.length === 1 ? op : `${op} (word rows ${s.rowStart}..${s.rowStart + s.rows - 1})`,
       pipeline,
-      [ids, positionIds, typeIds, s.binding, position, tokenType, out],
+      [ids, positionIds, typeIds, table.binding, position, tokenType, out],
       groups,
       new Uint32Array([
         n,
         h,
         s.rowStart,
         s.rows,
-        s.base,
+        table.base,
         vocab,
         position.shape[0],
         tokenType.shape[0],
@@ -237,7 +195,11 @@ export function embeddingForward(rec: Recorder, args: EmbeddingForwardArgs): voi
 export interface EmbeddingPlan {
   /** The distinct ids of the batch, ascending. */
   uniqueIds: Uint32Array;
-  /** CSR offsets, length uniqueIds.length + 1: id uniqueIds[u] has tokens[offsets[u]..offsets[u+1]). */
+  /**
+   * CSR offsets, length uniqueIds.length + 1: id uniqueIds[u] has tokens[offsets[u]..offsets[u+1]).
+   * offsets[0] may be above 0: tokens placed before the first group are in no group and give no
+   * gradient (the encoder parks padding_idx tokens there, as Hugging Face gives padding rows none).
+   */
   offsets: Uint32Array;
   /** Token positions (0..N-1) grouped by id, ascending within each group. */
   tokens: Uint32Array;
@@ -421,7 +383,7 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
           `${align}: overwrite it only with accumulate (after zeroing it yourself)`,
       );
     }
-    jobs.push({ grad, name, planTensors, slices: rowSlices(op, name, grad, limit) });
+    jobs.push({ grad, name, planTensors, slices: rowSlices(op, [[name, grad]], limit) });
   }
   const pipeline = getPipeline(gpu, op, BACKWARD_WGSL);
   for (const { grad, name, planTensors, slices } of jobs) {
@@ -434,14 +396,15 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
       while (u < ids.length && ids[u] < s.rowStart + s.rows) u++;
       const uCount = u - uStart;
       if (uCount === 0 || h === 0) continue;
+      const [table] = s.bound;
       rec.dispatch(
         slices.length === 1
           ? `${op} ${name}`
           : `${op} ${name} (rows ${s.rowStart}..${s.rowStart + s.rows - 1})`,
         pipeline,
-        [planTensors.uniqueIds, planTensors.offsets, planTensors.tokens, dOut, s.binding],
+        [planTensors.uniqueIds, planTensors.offsets, planTensors.tokens, dOut, table.binding],
         grid1d(uCount * h, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
-        new Uint32Array([n, h, uStart, uCount, s.rowStart, s.rows, s.base, accumulate ? 1 : 0]),
+        new Uint32Array([n, h, uStart, uCount, s.rowStart, s.rows, table.base, accumulate ? 1 : 0]),
       );
     }
   }

@@ -1,6 +1,7 @@
 // Fills a tensor with one value. Tests use it to poison outputs, so that an element a kernel
 // forgot to write cannot pass by chance.
 
+import { sliceRanges } from "./binding_slices.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
@@ -40,17 +41,16 @@ export function fill(rec: Recorder, t: Tensor, value: number): void {
   const gpu = rec.gpu;
   const pipeline = getPipeline(gpu, "fill", FILL_WGSL);
   const word = fillWord(value, t.dtype);
+  // Slices of whole alignment units, so that each one of an aligned tensor starts aligned.
   const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const maxBytes = Math.floor(gpu.limits.maxStorageBufferBindingSize / align) * align;
-  for (let start = 0; start < t.bindingSize; start += maxBytes) {
-    const size = Math.min(maxBytes, t.bindingSize - start);
-    const words = size / 4;
+  const maxWords = Math.floor(gpu.limits.maxStorageBufferBindingSize / align) * align / 4;
+  for (const s of sliceRanges(t.bindingSize / 4, maxWords)) {
     rec.dispatch(
       "fill",
       pipeline,
-      [{ buffer: t.buffer, offset: t.offset + start, size }],
-      grid1d(words, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
-      new Uint32Array([word, words]),
+      [{ buffer: t.buffer, offset: t.offset + s.start * 4, size: s.count * 4 }],
+      grid1d(s.count, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
+      new Uint32Array([word, s.count]),
     );
   }
 }

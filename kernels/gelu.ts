@@ -15,12 +15,9 @@
 // (tests/gelu_test.ts checks 1e-5). Beyond |x| ≈ 13.2, e^(−x²/2) is below float32's normal range
 // and becomes 0: gelu(x) is then x for x > 0 and 0 for x < 0, as in float32 torch.
 
-import { flatIndex, grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { elementwiseKernel, recordElementwise } from "./elementwise.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
-
-const WORKGROUP = 256;
+import type { Tensor } from "./tensor.ts";
 
 /** WGSL computing Φ(x) and φ(x), shared by the forward and backward kernels. */
 const NORMAL_WGSL = /* wgsl */ `
@@ -61,60 +58,29 @@ fn normal(x: f32) -> Normal {
 }
 `;
 
-const GELU_FORWARD_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-struct Params { count: u32 }
-@group(0) @binding(2) var<uniform> params: Params;
-${NORMAL_WGSL}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = ${flatIndex(WORKGROUP)};
-  if (i < params.count) {
+const GELU_FORWARD = elementwiseKernel({
+  inputs: ["x"],
+  output: "out",
+  helpers: NORMAL_WGSL,
+  body: /* wgsl */ `
     let v = x[i];
-    out[i] = v * normal(v).cdf;
-  }
-}
-`;
+    out[i] = v * normal(v).cdf;`,
+});
 
-const GELU_BACKWARD_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dOut: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dX: array<f32>;
-struct Params { count: u32 }
-@group(0) @binding(3) var<uniform> params: Params;
-${NORMAL_WGSL}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = ${flatIndex(WORKGROUP)};
-  if (i < params.count) {
+const GELU_BACKWARD = elementwiseKernel({
+  inputs: ["x", "dOut"],
+  output: "dX",
+  helpers: NORMAL_WGSL,
+  body: /* wgsl */ `
     let v = x[i];
     let n = normal(v);
-    dX[i] = dOut[i] * (n.cdf + v * n.pdf);
-  }
-}
-`;
-
-function grid(rec: Recorder, n: number): [number, number] {
-  return grid1d(n, WORKGROUP, rec.gpu.limits.maxComputeWorkgroupsPerDimension);
-}
+    dX[i] = dOut[i] * (n.cdf + v * n.pdf);`,
+});
 
 /** Records `out = gelu(x)` (erf form) elementwise. */
 export function geluForward(rec: Recorder, args: { x: Tensor; out: Tensor }): void {
-  const op = "geluForward";
   const { x, out } = args;
-  expectShape(op, "x", x, x.shape, "f32");
-  expectShape(op, "out", out, x.shape, "f32");
-  expectBindable(op, "x", x);
-  expectBindable(op, "out", out);
-  const n = x.numel;
-  rec.dispatch(
-    op,
-    getPipeline(rec.gpu, op, GELU_FORWARD_WGSL),
-    [x, out],
-    grid(rec, n),
-    new Uint32Array([n]),
-  );
+  recordElementwise(rec, "geluForward", GELU_FORWARD, { x, out });
 }
 
 /** Records `dX = dOut · gelu'(x)` elementwise, x being the forward input. */
@@ -122,20 +88,6 @@ export function geluBackward(
   rec: Recorder,
   args: { x: Tensor; dOut: Tensor; dX: Tensor },
 ): void {
-  const op = "geluBackward";
   const { x, dOut, dX } = args;
-  expectShape(op, "x", x, x.shape, "f32");
-  expectShape(op, "dOut", dOut, x.shape, "f32");
-  expectShape(op, "dX", dX, x.shape, "f32");
-  expectBindable(op, "x", x);
-  expectBindable(op, "dOut", dOut);
-  expectBindable(op, "dX", dX);
-  const n = x.numel;
-  rec.dispatch(
-    op,
-    getPipeline(rec.gpu, op, GELU_BACKWARD_WGSL),
-    [x, dOut, dX],
-    grid(rec, n),
-    new Uint32Array([n]),
-  );
+  recordElementwise(rec, "geluBackward", GELU_BACKWARD, { x, dOut, dX });
 }

@@ -8,92 +8,24 @@
 // single workgroup, reduces the slots in a fixed order. The tree depends only on the tensors'
 // sizes and layout, so reruns are bitwise identical.
 //
-// The sum-of-squares stage and the binding helpers below are shared with kernels/distance.ts
-// (‖a − b‖₂ is the same reduction over a − b) and kernels/adamw.ts (binding-sized slices).
+// The sum-of-squares stage below is shared with kernels/distance.ts (‖a − b‖₂ is the same
+// reduction over a − b); tensors beyond one binding are sliced by kernels/binding_slices.ts.
 
+import {
+  adjacentRuns,
+  bindElements,
+  type BoundElements,
+  ELEMENT_BYTES,
+  maxSliceElements,
+  runLength,
+  sliceRanges,
+} from "./binding_slices.ts";
 import { GpuError } from "./device.ts";
 import type { Gpu } from "./device.ts";
 import { grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
-import type { Binding, Recorder } from "./recorder.ts";
+import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
-
-// ---------------------------------------------------------------------------------------------
-// Binding helpers: any 4-aligned view can be bound, and tensors beyond one binding are sliced.
-// (Candidates for kernels/grid.ts; they live here because this task may not edit shared files.)
-
-/** Bytes per element of the f32 tensors these kernels take (f16 would pass 2 and pack pairs). */
-const ELEMENT_BYTES = 4;
-
-/**
- * The most elements of one slice, a multiple of `granule`: a slice starting anywhere must fit in
- * one storage binding after its start is rounded down to minStorageBufferOffsetAlignment.
- */
-export function maxSliceElements(gpu: Gpu, granule = 1): number {
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const elements = Math.floor((gpu.limits.maxStorageBufferBindingSize - align) / ELEMENT_BYTES);
-  return Math.floor(elements / granule) * granule;
-}
-
-/**
- * Binds `count` (> 0) elements starting `byteOffset` bytes into `buffer`. WebGPU wants binding
- * offsets aligned to minStorageBufferOffsetAlignment (256 bytes on most adapters) while views may
- * start at any 4-byte boundary, so the binding starts at the aligned offset below and the kernel
- * adds `base` to its indices. (Two writable views closer than that alignment in one buffer would
- * then overlap in one dispatch, which WebGPU forbids; optimizer state never shares a buffer so.)
- */
-export function bindElements(
-  gpu: Gpu,
-  buffer: GPUBuffer,
-  byteOffset: number,
-  count: number,
-): { binding: Binding; base: number } {
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const start = Math.floor(byteOffset / align) * align;
-  const size = byteOffset - start + count * ELEMENT_BYTES;
-  return { binding: { buffer, offset: start, size }, base: (byteOffset - start) / ELEMENT_BYTES };
-}
-
-/** Element ranges [start, start + count) of at most `maxCount` elements covering `n`. */
-export function sliceRanges(n: number, maxCount: number): { start: number; count: number }[] {
-  const out: { start: number; count: number }[] = [];
-  for (let start = 0; start < n; start += maxCount) {
-    out.push({ start, count: Math.min(maxCount, n - start) });
-  }
-  return out;
-}
-
-/**
- * Splits tensor lists (one list per role, e.g. params and grads) into runs [start, end) of
- * consecutive indices whose tensors are, in every role, back-to-back views of one buffer; such a
- * run is one contiguous range per role and can be processed by one launch per binding-sized
- * slice. `sameRun(i, j)` may forbid merging for other reasons (e.g. different weight decay).
- */
-export function adjacentRuns(
-  roles: readonly (readonly Tensor[])[],
-  sameRun: (i: number, j: number) => boolean = () => true,
-): { start: number; end: number }[] {
-  const n = roles[0]?.length ?? 0;
-  const runs: { start: number; end: number }[] = [];
-  for (let i = 0; i < n; i++) {
-    const last = runs[runs.length - 1];
-    const follows = last !== undefined && sameRun(i - 1, i) &&
-      roles.every((ts) =>
-        ts[i].buffer === ts[i - 1].buffer &&
-        ts[i].offset === ts[i - 1].offset + ts[i - 1].numel * ELEMENT_BYTES
-      );
-    if (follows) last.end = i + 1;
-    else runs.push({ start: i, end: i + 1 });
-  }
-  return runs;
-}
-
-/** Elements in runs [start, end) of `ts`. */
-function runLength(ts: readonly Tensor[], run: { start: number; end: number }): number {
-  let n = 0;
-  for (let i = run.start; i < run.end; i++) n += ts[i].numel;
-  return n;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Stage 1: sums of squares (of a, or of a − b) per fixed chunk.
@@ -187,6 +119,47 @@ export function sumSquaresSlots(gpu: Gpu, counts: readonly number[]): number {
 }
 
 /**
+ * Records stage 1 over the slice `s` of `range` (at most one binding): `workgroups` of
+ * `chunksPerGroup` chunks each, writing the slots from `slot` of `slots`.
+ */
+function dispatchSumSquares(
+  rec: Recorder,
+  label: string,
+  range: SquaresRange,
+  s: { start: number; count: number },
+  slots: BoundElements,
+  launch: { slot: number; workgroups: [number, number] | 1; chunksPerGroup: number; flags: number },
+): void {
+  const gpu = rec.gpu;
+  const diff = range.b !== undefined;
+  const pipeline = getPipeline(
+    gpu,
+    diff ? "sum-squares-diff" : "sum-squares",
+    sumSquaresWgsl(diff),
+  );
+  const at = (x: { buffer: GPUBuffer; byteOffset: number }) =>
+    bindElements(gpu, x.buffer, x.byteOffset + s.start * ELEMENT_BYTES, s.count);
+  const a = at(range.a);
+  const b = range.b ? at(range.b) : null;
+  rec.dispatch(
+    label,
+    pipeline,
+    b ? [a.binding, b.binding, slots.binding] : [a.binding, slots.binding],
+    launch.workgroups,
+    new Uint32Array([
+      s.count,
+      a.base,
+      b?.base ?? 0,
+      slots.base + launch.slot,
+      launch.chunksPerGroup,
+      launch.flags,
+      0,
+      0,
+    ]),
+  );
+}
+
+/**
  * Records stage 1 for every range, one launch per range and binding-sized slice, writing
  * consecutive slots of `partials` from element 0. Returns the number of slots written.
  */
@@ -199,37 +172,18 @@ export function recordSumSquares(
   const gpu = rec.gpu;
   const max = maxSliceElements(gpu, SUM_SQUARES_PER_SLOT);
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const slotBind = bindElements(gpu, partials.buffer, partials.offset, partials.numel);
+  const slots = bindElements(gpu, partials.buffer, partials.offset, partials.numel);
   let slot = 0;
   for (const r of ranges) {
-    const diff = r.b !== undefined;
-    const pipeline = getPipeline(
-      gpu,
-      diff ? "sum-squares-diff" : "sum-squares",
-      sumSquaresWgsl(diff),
-    );
     for (const s of sliceRanges(r.count, max)) {
-      const a = bindElements(gpu, r.a.buffer, r.a.byteOffset + s.start * ELEMENT_BYTES, s.count);
-      const b = r.b
-        ? bindElements(gpu, r.b.buffer, r.b.byteOffset + s.start * ELEMENT_BYTES, s.count)
-        : null;
       const groups = Math.ceil(s.count / SUM_SQUARES_PER_SLOT);
-      rec.dispatch(
-        label,
-        pipeline,
-        b ? [a.binding, b.binding, slotBind.binding] : [a.binding, slotBind.binding],
-        grid1d(groups, 1, maxPerDim),
-        new Uint32Array([
-          s.count,
-          a.base,
-          b?.base ?? 0,
-          slotBind.base + slot,
-          GROUP_CHUNKS,
-          0,
-          0,
-          0,
-        ]),
-      );
+      const workgroups = grid1d(groups, 1, maxPerDim);
+      dispatchSumSquares(rec, label, r, s, slots, {
+        slot,
+        workgroups,
+        chunksPerGroup: GROUP_CHUNKS,
+        flags: 0,
+      });
       slot += groups;
     }
   }
@@ -249,41 +203,15 @@ export function recordSumSquaresSingle(
   out: Tensor,
 ): void {
   const gpu = rec.gpu;
-  const diff = range.b !== undefined;
-  const pipeline = getPipeline(
-    gpu,
-    diff ? "sum-squares-diff" : "sum-squares",
-    sumSquaresWgsl(diff),
-  );
   const outBind = bindElements(gpu, out.buffer, out.offset, out.numel);
   const slices = sliceRanges(range.count, maxSliceElements(gpu, CHUNK));
   slices.forEach((s, k) => {
-    const a = bindElements(
-      gpu,
-      range.a.buffer,
-      range.a.byteOffset + s.start * ELEMENT_BYTES,
-      s.count,
-    );
-    const b = range.b
-      ? bindElements(gpu, range.b.buffer, range.b.byteOffset + s.start * ELEMENT_BYTES, s.count)
-      : null;
-    const flags = (k > 0 ? ADD_TO_SLOT : 0) | (k === slices.length - 1 ? TAKE_SQRT : 0);
-    rec.dispatch(
-      label,
-      pipeline,
-      b ? [a.binding, b.binding, outBind.binding] : [a.binding, outBind.binding],
-      1,
-      new Uint32Array([
-        s.count,
-        a.base,
-        b?.base ?? 0,
-        outBind.base,
-        Math.max(1, Math.ceil(s.count / CHUNK)),
-        flags,
-        0,
-        0,
-      ]),
-    );
+    dispatchSumSquares(rec, label, range, s, outBind, {
+      slot: 0,
+      workgroups: 1,
+      chunksPerGroup: Math.max(1, Math.ceil(s.count / CHUNK)),
+      flags: (k > 0 ? ADD_TO_SLOT : 0) | (k === slices.length - 1 ? TAKE_SQRT : 0),
+    });
   });
 }
 

@@ -17,9 +17,10 @@
 // recovers the rounding of the saved mean, in the reduction dX already makes. (The dGamma column
 // sums use x − mean as saved; their error grows as ulp(mean)/std.)
 
+import { GpuError } from "./device.ts";
+import { grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { GpuError } from "./device.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 const WORKGROUP = 256;
@@ -39,12 +40,14 @@ function rowThreads(h: number): number {
   return h <= 64 ? 8 : 32;
 }
 
-/** Maps the workgroups of a launch spread over x and y (past 65535) to one index. */
+/** Workgroups of `groups` spread over x and y past the per-dimension limit (see grid.ts). */
 function groupGrid(rec: Recorder, groups: number): [number, number] {
-  const max = rec.gpu.limits.maxComputeWorkgroupsPerDimension;
-  if (groups <= max) return [groups, 1];
-  const y = Math.ceil(groups / max);
-  return [Math.ceil(groups / y), y];
+  return grid1d(groups, 1, rec.gpu.limits.maxComputeWorkgroupsPerDimension);
+}
+
+/** The launch grid of the row kernels: `rowThreads(h)` invocations per row. */
+function rowGrid(rec: Recorder, rows: number, h: number): [number, number] {
+  return groupGrid(rec, Math.ceil(rows / (WORKGROUP / rowThreads(h))));
 }
 
 /**
@@ -92,8 +95,20 @@ fn row_sum_${k}(lid: u32, v: ${type}) -> ${type} {
 `;
 }
 
-// Rows past the end (in the last workgroup) still take part in the barriers, with no elements.
-const ROW_PROLOGUE = (t: number) => /* wgsl */ `
+/**
+ * A row kernel (forward, dX): `declarations`, then an entry point that finds its invocation's
+ * row and lane and runs `body`. Rows past the end (in the last workgroup) still take part in the
+ * barriers, with no elements (n = 0).
+ */
+function rowKernel(t: number, declarations: string, body: string): string {
+  return /* wgsl */ `
+${declarations}
+@compute @workgroup_size(${WORKGROUP})
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let rows_per_group = ${WORKGROUP / t}u;
   let row = (wid.x + wid.y * nwg.x) * rows_per_group + lid / ${t}u;
   let lane = lid % ${t}u;
@@ -101,9 +116,16 @@ const ROW_PROLOGUE = (t: number) => /* wgsl */ `
   let h = params.h;
   let n = select(0u, h, valid);
   let inv_h = 1.0 / f32(h);
-  let base = row * h;`;
+  let base = row * h;
+${body}
+}
+`;
+}
 
-const forwardWgsl = (t: number) => /* wgsl */ `
+const forwardWgsl = (t: number) =>
+  rowKernel(
+    t,
+    /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> gamma: array<f32>;
 @group(0) @binding(2) var<storage, read> beta: array<f32>;
@@ -113,14 +135,8 @@ const forwardWgsl = (t: number) => /* wgsl */ `
 struct Params { rows: u32, h: u32, eps: f32 }
 @group(0) @binding(6) var<uniform> params: Params;
 ${rowSumWgsl("f32", t, 0)}
-${rowSumWgsl("vec2f", t, 1)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  ${ROW_PROLOGUE(t)}
+${rowSumWgsl("vec2f", t, 1)}`,
+    /* wgsl */ `
   var s = 0.0;
   for (var j = lane; j < n; j += ${t}u) { s += x[base + j]; }
   let m1 = row_sum_0(lid, s) * inv_h;
@@ -138,13 +154,15 @@ fn main(
   if (valid && lane == 0u) {
     mean_out[row] = m1 + c;
     rstd_out[row] = rstd;
-  }
-}
-`;
+  }`,
+  );
 
 // dX = rstd · (g − mean(g) − x̂ · mean(g · x̂)), g = dOut · gamma, x̂ = (d − c') · rstd with
 // d = x − mean and c' = mean(d); mean(g · x̂) = rstd · (mean(g · d) − c' · mean(g)).
-const backwardDxWgsl = (t: number) => /* wgsl */ `
+const backwardDxWgsl = (t: number) =>
+  rowKernel(
+    t,
+    /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> gamma: array<f32>;
 @group(0) @binding(2) var<storage, read> mean: array<f32>;
@@ -153,14 +171,8 @@ const backwardDxWgsl = (t: number) => /* wgsl */ `
 @group(0) @binding(5) var<storage, read_write> dX: array<f32>;
 struct Params { rows: u32, h: u32, accumulate: u32 }
 @group(0) @binding(6) var<uniform> params: Params;
-${rowSumWgsl("vec3f", t, 0)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  ${ROW_PROLOGUE(t)}
+${rowSumWgsl("vec3f", t, 0)}`,
+    /* wgsl */ `
   var m = 0.0;
   var rs = 0.0;
   if (valid) {
@@ -183,9 +195,8 @@ fn main(
     var v = rs * (g - mean_g - xhat * mean_gx);
     if (params.accumulate != 0u) { v += dX[base + j]; }
     dX[base + j] = v;
-  }
-}
-`;
+  }`,
+  );
 
 /** dGamma = Σ_rows dOut · x̂ (partial sums' .x), dBeta = Σ_rows dOut (.y); either may be absent. */
 function backwardParamsWgsl(withGamma: boolean, withBeta: boolean): string {
@@ -250,20 +261,31 @@ fn main(
 `;
 }
 
-function rowsOf(op: string, x: Tensor): { rows: number; h: number } {
+/**
+ * Checks what both passes take: x [..., h] f32 with h > 0, gamma [h], and the per-row mean and
+ * rstd, shaped [rows] or like x without its last dimension. Returns rows and h.
+ */
+function checkRows(
+  op: string,
+  x: Tensor,
+  gamma: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+): { rows: number; h: number } {
   if (x.shape.length === 0) {
     throw new GpuError(`${op}: x ("${x.label}") is a scalar; expected [..., hidden]`);
   }
   const h = x.shape[x.shape.length - 1];
   if (h === 0) throw new GpuError(`${op}: x ("${x.label}") has an empty last dimension`);
-  return { rows: x.numel / h, h };
-}
-
-/** mean/rstd hold one value per row: shape [rows], or x's shape without its last dimension. */
-function expectPerRow(op: string, name: string, t: Tensor, x: Tensor, rows: number): void {
+  const rows = x.numel / h;
+  expectShape(op, "x", x, x.shape, "f32");
+  expectShape(op, "gamma", gamma, [h], "f32");
   const lead = x.shape.slice(0, -1);
-  const isLead = t.shape.length === lead.length && lead.every((d, i) => d === t.shape[i]);
-  expectShape(op, name, t, isLead ? lead : [rows], "f32");
+  for (const [name, t] of [["mean", mean], ["rstd", rstd]] as const) {
+    const isLead = t.shape.length === lead.length && lead.every((d, i) => d === t.shape[i]);
+    expectShape(op, name, t, isLead ? lead : [rows], "f32");
+  }
+  return { rows, h };
 }
 
 /**
@@ -284,13 +306,9 @@ export function layerNormForward(
 ): void {
   const op = "layerNormForward";
   const { x, gamma, beta, out, mean, rstd, eps } = args;
-  const { rows, h } = rowsOf(op, x);
-  expectShape(op, "x", x, x.shape, "f32");
-  expectShape(op, "gamma", gamma, [h], "f32");
+  const { rows, h } = checkRows(op, x, gamma, mean, rstd);
   expectShape(op, "beta", beta, [h], "f32");
   expectShape(op, "out", out, x.shape, "f32");
-  expectPerRow(op, "mean", mean, x, rows);
-  expectPerRow(op, "rstd", rstd, x, rows);
   if (!(eps >= 0)) throw new GpuError(`${op}: eps ${eps} is not a non-negative number`);
   for (const [name, t] of Object.entries({ x, gamma, beta, out, mean, rstd })) {
     expectBindable(op, name, t);
@@ -301,7 +319,7 @@ export function layerNormForward(
     op,
     getPipeline(rec.gpu, op, forwardWgsl(rowThreads(h))),
     [x, gamma, beta, out, mean, rstd],
-    groupGrid(rec, Math.ceil(rows / (WORKGROUP / rowThreads(h)))),
+    rowGrid(rec, rows, h),
     params,
   );
 }
@@ -327,11 +345,7 @@ export function layerNormBackward(
 ): void {
   const op = "layerNormBackward";
   const { x, gamma, mean, rstd, dOut, dX, dGamma, dBeta } = args;
-  const { rows, h } = rowsOf(op, x);
-  expectShape(op, "x", x, x.shape, "f32");
-  expectShape(op, "gamma", gamma, [h], "f32");
-  expectPerRow(op, "mean", mean, x, rows);
-  expectPerRow(op, "rstd", rstd, x, rows);
+  const { rows, h } = checkRows(op, x, gamma, mean, rstd);
   expectShape(op, "dOut", dOut, x.shape, "f32");
   expectShape(op, "dX", dX, x.shape, "f32");
   if (dGamma) expectShape(op, "dGamma", dGamma, [h], "f32");
@@ -353,7 +367,7 @@ export function layerNormBackward(
     `${op} dX`,
     getPipeline(gpu, `${op} dX`, backwardDxWgsl(rowThreads(h))),
     [x, gamma, mean, rstd, dOut, dX],
-    groupGrid(rec, Math.ceil(rows / (WORKGROUP / rowThreads(h)))),
+    rowGrid(rec, rows, h),
     new Uint32Array([rows, h, args.accumulateDX ? 1 : 0]),
   );
   if (!dGamma && !dBeta) return;

@@ -77,6 +77,33 @@ function chooseVariant(m: number, n: number): MatmulVariant {
 const WG = 16; // workgroup is WG×WG invocations
 const BK = 16; // k-slice staged in workgroup memory per step
 
+/**
+ * WGSL staging operand X's block for one k-slice in workgroup memory, zero past the edges:
+ * `Xs[kk * size + i]` = the element of op(X) at block index i (`origin + i`, below `limit`) and
+ * k0 + kk, stored at `baseX + index · indexStride + k · kStride`. For A the index is the row of
+ * C, for B its column. Neighbouring invocations load neighbouring addresses whichever way X is
+ * stored (transposed or not).
+ */
+function stageSlice(
+  x: string,
+  size: string,
+  origin: string,
+  limit: string,
+  indexStride: string,
+  kStride: string,
+): string {
+  return /* wgsl */ `
+    for (var e = li; e < ${size} * BK; e += THREADS) {
+      var i: u32; var kk: u32;
+      if (${kStride} == 1u) { kk = e % BK; i = e / BK; } else { i = e % ${size}; kk = e / ${size}; }
+      let gi = ${origin} + i;
+      let gk = k0 + kk;
+      var v = 0.0;
+      if (gi < ${limit} && gk < p.k) { v = ${x}[base${x} + gi * ${indexStride} + gk * ${kStride}]; }
+      ${x}s[kk * ${size} + i] = v;
+    }`;
+}
+
 function matmulWgsl(rm: number, rn: number): string {
   const bm = WG * rm;
   const bn = WG * rn;
@@ -122,25 +149,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   for (var t = 0u; t < RM * RN; t++) { acc[t] = 0.0; }
 
   for (var k0 = 0u; k0 < p.k; k0 += BK) {
-    // Neighbouring invocations load neighbouring addresses whichever operand is transposed.
-    for (var e = li; e < BM * BK; e += THREADS) {
-      var i: u32; var kk: u32;
-      if (p.csA == 1u) { kk = e % BK; i = e / BK; } else { i = e % BM; kk = e / BM; }
-      let gi = row0 + i;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gi < p.m && gk < p.k) { v = A[baseA + gi * p.rsA + gk * p.csA]; }
-      As[kk * BM + i] = v;
-    }
-    for (var e = li; e < BN * BK; e += THREADS) {
-      var j: u32; var kk: u32;
-      if (p.csB == 1u) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
-      let gj = col0 + j;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gj < p.n && gk < p.k) { v = B[baseB + gk * p.rsB + gj * p.csB]; }
-      Bs[kk * BN + j] = v;
-    }
+    ${stageSlice("A", "BM", "row0", "p.m", "p.rsA", "p.csA")}
+    ${stageSlice("B", "BN", "col0", "p.n", "p.csB", "p.rsB")}
     workgroupBarrier();
     // Zero padding past k adds exact zeros, so the sum's order and value are those of 0..k-1.
     for (var kk = 0u; kk < BK; kk++) {
@@ -249,45 +259,11 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
 
   // A and B are not read when k = 0 (C becomes bias or is left as is), or when C is empty.
   const readsAB = k > 0 && m > 0 && n > 0;
-  checkExtent(
-    op,
-    "A",
-    a,
-    offA,
-    readsAB ? aRows : 0,
-    aCols,
-    lda,
-    batches.map((x) => ({
-      count: x.count,
-      stride: x.strideA,
-    })),
-  );
-  checkExtent(
-    op,
-    "B",
-    b,
-    offB,
-    readsAB ? bRows : 0,
-    bCols,
-    ldb,
-    batches.map((x) => ({
-      count: x.count,
-      stride: x.strideB,
-    })),
-  );
-  checkExtent(
-    op,
-    "C",
-    c,
-    offC,
-    m,
-    n,
-    ldc,
-    batches.map((x) => ({
-      count: x.count,
-      stride: x.strideC,
-    })),
-  );
+  const strides = (key: "strideA" | "strideB" | "strideC") =>
+    batches.map((x) => ({ count: x.count, stride: x[key] }));
+  checkExtent(op, "A", a, offA, readsAB ? aRows : 0, aCols, lda, strides("strideA"));
+  checkExtent(op, "B", b, offB, readsAB ? bRows : 0, bCols, ldb, strides("strideB"));
+  checkExtent(op, "C", c, offC, m, n, ldc, strides("strideC"));
   for (const [level, x] of batches.entries()) {
     if (x.count > 1 && x.strideC === 0 && m > 0 && n > 0) {
       fail(op, `batch${level}.strideC is 0: ${x.count} products would write the same C`);

@@ -5,9 +5,8 @@
 //
 // The same kernel with a second input gives ‖a_i − b_i‖₂ (kernels/distance.ts).
 
-import { GpuError } from "./device.ts";
+import { bindElements, rowSlices } from "./binding_slices.ts";
 import { fill } from "./fill.ts";
-import { bindElements, maxSliceElements, sliceRanges } from "./grad_norm.ts";
 import { grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
@@ -67,21 +66,15 @@ export function recordRowNorms(
   if (rows === 0) return;
   if (cols === 0) return fill(rec, out, 0); // there is no x to bind
   const o = bindElements(gpu, out.buffer, out.offset, rows);
-  const rowsPerSlice = Math.floor(maxSliceElements(gpu) / cols);
-  if (rowsPerSlice === 0) {
-    throw new GpuError(`${op}: one row of ${cols} elements exceeds a storage binding`);
-  }
   const pipeline = getPipeline(gpu, y ? "row-distance" : "row-norm", rowNormWgsl(y !== null));
-  for (const s of sliceRanges(rows, rowsPerSlice)) {
-    const count = s.count * cols;
-    const xb = bindElements(gpu, x.buffer, x.offset + s.start * cols * 4, count);
-    const yb = y ? bindElements(gpu, y.buffer, y.offset + s.start * cols * 4, count) : null;
+  for (const s of rowSlices(op, y ? [["x", x], ["y", y]] : [["x", x]])) {
+    const [xb, yb] = s.bound;
     rec.dispatch(
       op,
       pipeline,
       yb ? [xb.binding, yb.binding, o.binding] : [xb.binding, o.binding],
-      grid1d(s.count, 1, gpu.limits.maxComputeWorkgroupsPerDimension),
-      new Uint32Array([s.count, cols, xb.base, yb?.base ?? 0, o.base + s.start, 0, 0, 0]),
+      grid1d(s.rows, 1, gpu.limits.maxComputeWorkgroupsPerDimension),
+      new Uint32Array([s.rows, cols, xb.base, yb?.base ?? 0, o.base + s.rowStart, 0, 0, 0]),
     );
   }
 }

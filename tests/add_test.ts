@@ -1,7 +1,7 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
-import { type Gpu, GpuError } from "../kernels/device.ts";
+import { GpuError } from "../kernels/device.ts";
 import { add, addInPlace, scale } from "../kernels/add.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -73,18 +73,6 @@ gpuTest("add: more than 65535 workgroups use a 2-D grid and reach every element"
   for (const t of [a, b, out]) t.destroy();
 });
 
-/**
- * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
- * must use a 2-D grid, and this exercises that path at a small size.
- */
-function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
-  const limits = new Proxy(gpu.limits, {
-    get: (target, key) =>
-      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
-  });
-  return Object.create(gpu, { limits: { value: limits } });
-}
-
 gpuTest("add, addInPlace, scale: a grid past the per-dimension limit uses x and y", async (gpu) => {
   // 1037 elements are 5 workgroups of 256: a 3 x 2 grid, one workgroup past the end.
   const n = 1037;
@@ -94,7 +82,7 @@ gpuTest("add, addInPlace, scale: a grid past the per-dimension limit uses x and 
   const b = tensorFromArray(gpu, bs, [n], "b");
   const out = createTensor(gpu, [n], "f32", "out");
   const scaled = createTensor(gpu, [n], "f32", "scaled");
-  const rec = new Recorder(withMaxWorkgroupsPerDimension(gpu, 3));
+  const rec = new Recorder(withLimits(gpu, { maxComputeWorkgroupsPerDimension: 3 }));
   fill(rec, out, NaN);
   fill(rec, scaled, NaN);
   add(rec, { a, b, out });

@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
-import { finiteDifference, randomValues } from "./random.ts";
+import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
+import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { attentionBackward, attentionForward } from "../kernels/attention.ts";
 import { type DropoutConfig, dropoutKeep } from "../kernels/dropout.ts";
@@ -180,25 +180,19 @@ async function runGpu(
       prefixValue: up(x.pv, [H, P, D], "prefixValue"),
     }
     : {};
-  const probs = createTensor(gpu, [B, H, S, P + S], "f32", "probs");
-  const context = createTensor(gpu, seq, "f32", "context");
-  const dQ = createTensor(gpu, seq, "f32", "dQ");
-  const dK = createTensor(gpu, seq, "f32", "dK");
-  const dV = createTensor(gpu, seq, "f32", "dV");
   const rec = new Recorder(gpu);
-  for (const t of [probs, context, dQ, dK, dV]) fill(rec, t, NaN);
+  const probs = outputTensor(rec, [B, H, S, P + S], "probs");
+  const context = outputTensor(rec, seq, "context");
+  const dQ = outputTensor(rec, seq, "dQ");
+  const dK = outputTensor(rec, seq, "dK");
+  const dV = outputTensor(rec, seq, "dV");
   let dPrefix = {};
   if (P > 0) {
-    const dPrefixKey = createTensor(gpu, [H, P, D], "f32", "dPrefixKey");
-    const dPrefixValue = createTensor(gpu, [H, P, D], "f32", "dPrefixValue");
-    if (prefixInit) {
-      dPrefixKey.upload(Float32Array.from(prefixInit.dPK));
-      dPrefixValue.upload(Float32Array.from(prefixInit.dPV));
-    } else {
-      fill(rec, dPrefixKey, NaN);
-      fill(rec, dPrefixValue, NaN);
-    }
-    dPrefix = { dPrefixKey, dPrefixValue };
+    const init = (a?: Float64Array) => a && Float32Array.from(a);
+    dPrefix = {
+      dPrefixKey: outputTensor(rec, [H, P, D], "dPrefixKey", init(prefixInit?.dPK)),
+      dPrefixValue: outputTensor(rec, [H, P, D], "dPrefixValue", init(prefixInit?.dPV)),
+    };
   }
   attentionForward(rec, { q, k, v, mask, ...prefix, probs, context, heads: H, dropout: drop });
   attentionBackward(rec, {
@@ -295,18 +289,6 @@ for (const { dims, drop, seed } of CASES) {
   );
 }
 
-/**
- * The same device with a smaller workgroups-per-dimension limit, so that the 2-D launch grids
- * for more than 65535 rows run at a test-sized problem (a real one takes seconds on lavapipe).
- */
-function withWorkgroupLimit(gpu: Gpu, maxPerDim: number): Gpu {
-  const limits = new Proxy(gpu.limits, {
-    get: (target, prop) =>
-      prop === "maxComputeWorkgroupsPerDimension" ? maxPerDim : Reflect.get(target, prop),
-  });
-  return Object.create(gpu, { limits: { value: limits } }) as Gpu;
-}
-
 gpuTest(
   "attention: rows spread over a 2-D grid (more rows than one dimension holds)",
   async (gpu) => {
@@ -318,7 +300,8 @@ gpuTest(
     const dC = Float64Array.from(Float32Array.from(randomValues(3 * 7 * 10, 61)));
     const ref = referenceForward(x, dims, drop);
     const grads = referenceBackward(x, ref.probs, dC, dims, drop);
-    const run = await runGpu(withWorkgroupLimit(gpu, 5), x, dC, dims, drop);
+    const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 5 });
+    const run = await runGpu(small, x, dC, dims, drop);
     assertClose("probs", run.probs, ref.probs, TOL);
     assertClose("context", run.context, ref.context, TOL);
     assertClose("dQ", run.dQ, grads.dQ, TOL);
@@ -418,7 +401,7 @@ Deno.test("attention: the float64 reference backward matches central differences
       ["dPrefixValue", x.pv, grads.dPV],
     ];
     for (const [name, param, grad] of pairs) {
-      const numeric = param.map((_, i) => finiteDifference(loss, param, i, 1e-5));
+      const numeric = finiteDifferences(loss, param, 1e-5);
       assertClose(`config ${c} ${name}`, grad, numeric, 1e-6);
     }
   }

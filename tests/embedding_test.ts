@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
-import { finiteDifference, randomValues, rng } from "./random.ts";
+import { finiteDifferences, randomValues, rng } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import {
   buildEmbeddingPlan,
@@ -116,6 +116,25 @@ function upload(gpu: Gpu, pr: Problem) {
   };
 }
 
+/** Records the backward into all three of `t`'s gradient tables, `plans` in the order of ids. */
+function backwardAll(
+  rec: Recorder,
+  t: ReturnType<typeof upload>,
+  plans: EmbeddingPlanTensors[],
+  accumulate = false,
+): void {
+  embeddingBackward(rec, {
+    dOut: t.dOut,
+    wordPlan: plans[0],
+    positionPlan: plans[1],
+    typePlan: plans[2],
+    dWord: t.dWord,
+    dPosition: t.dPosition,
+    dTokenType: t.dTokenType,
+    accumulate,
+  });
+}
+
 function destroyAll(ts: Record<string, Tensor>): void {
   for (const t of Object.values(ts)) t.destroy();
 }
@@ -154,15 +173,7 @@ gpuTest("embedding: forward and backward match float64 at odd shapes", async (gp
     const rec = new Recorder(gpu);
     for (const g of [t.out, t.dWord, t.dPosition, t.dTokenType]) fill(rec, g, NaN);
     embeddingForward(rec, t);
-    embeddingBackward(rec, {
-      dOut: t.dOut,
-      wordPlan: plans[0],
-      positionPlan: plans[1],
-      typePlan: plans[2],
-      dWord: t.dWord,
-      dPosition: t.dPosition,
-      dTokenType: t.dTokenType,
-    });
+    backwardAll(rec, t, plans);
     await rec.submit();
     const out = await t.out.download();
     assertClose(
@@ -186,16 +197,7 @@ gpuTest("embedding: forward and backward match float64 at odd shapes", async (gp
     // Accumulate mode adds into existing gradients and leaves absent rows bitwise untouched.
     const inits = [f32(v * h, 7 * i + 1), f32(pr.p * h, 7 * i + 2), f32(pr.types * h, 7 * i + 3)];
     grads.forEach((g, k) => g.upload(inits[k]));
-    embeddingBackward(rec, {
-      dOut: t.dOut,
-      wordPlan: plans[0],
-      positionPlan: plans[1],
-      typePlan: plans[2],
-      dWord: t.dWord,
-      dPosition: t.dPosition,
-      dTokenType: t.dTokenType,
-      accumulate: true,
-    });
+    backwardAll(rec, t, plans, true);
     await rec.submit();
     const allIds = [pr.ids, pr.pids, pr.tids];
     for (let k = 0; k < 3; k++) {
@@ -249,15 +251,7 @@ gpuTest("embedding: forward and backward are bitwise deterministic", async (gpu)
     const rec = new Recorder(gpu);
     fill(rec, t.out, NaN);
     embeddingForward(rec, t);
-    embeddingBackward(rec, {
-      dOut: t.dOut,
-      wordPlan: plans[0],
-      positionPlan: plans[1],
-      typePlan: plans[2],
-      dWord: t.dWord,
-      dPosition: t.dPosition,
-      dTokenType: t.dTokenType,
-    });
+    backwardAll(rec, t, plans);
     await rec.submit();
     const got = [
       await t.out.download(),
@@ -426,7 +420,7 @@ Deno.test("embedding: float64 reference backward matches finite differences", ()
   };
   const grads = [refBackward(ids, w, v, h), refBackward(pids, w, p, h), refBackward(tids, w, 2, h)];
   for (let k = 0; k < 3; k++) {
-    const fd = Array.from(tables[k], (_, i) => finiteDifference(f(k), tables[k], i));
+    const fd = finiteDifferences(f(k), tables[k]);
     assertClose(`table ${k}`, fd, grads[k], 1e-6);
   }
   // Row 2 of the word table sums three tokens; rows 3 and 4 are absent (gradient 0).

@@ -1,7 +1,8 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { runUnary } from "./elementwise.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { finiteDifference, randomValues } from "./random.ts";
-import { type Gpu, GpuError } from "../kernels/device.ts";
+import { GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { geluBackward, geluForward } from "../kernels/gelu.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -189,54 +190,23 @@ gpuTest("gelu: saturates to x and 0 beyond float32's range of e^(−x²/2)", asy
   assertEquals(Array.from(await dX.download(), (v) => v + 0), [0, 0, 0, 1, 1, 1]);
 });
 
-/**
- * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
- * must use a 2-D grid, and this exercises that path at a small size.
- */
-function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
-  const limits = new Proxy(gpu.limits, {
-    get: (target, key) =>
-      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
-  });
-  return Object.create(gpu, { limits: { value: limits } });
-}
+const GELU = { forward: geluForward, backward: geluBackward };
 
 gpuTest("gelu: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
   // 1037 elements are 5 workgroups of 256: a 3 x 2 grid, one workgroup past the end.
   const n = 1037;
   const xs = Float32Array.from(randomValues(n, 21), (v) => 4 * v);
   const dOuts = Float32Array.from(randomValues(n, 22));
-  const x = tensorFromArray(gpu, xs, [n], "x");
-  const dOut = tensorFromArray(gpu, dOuts, [n], "dOut");
-  const out = createTensor(gpu, [n], "f32", "out");
-  const dX = createTensor(gpu, [n], "f32", "dX");
-  const rec = new Recorder(withMaxWorkgroupsPerDimension(gpu, 3));
-  fill(rec, out, NaN);
-  fill(rec, dX, NaN);
-  geluForward(rec, { x, out });
-  geluBackward(rec, { x, dOut, dX });
-  await rec.submit();
-  assertClose("gelu", await out.download(), Array.from(xs, refGelu), 1e-5);
-  assertClose("dX", await dX.download(), Array.from(xs, (v, i) => refGeluGrad(v) * dOuts[i]), 1e-5);
-  for (const t of [x, dOut, out, dX]) t.destroy();
+  const { out, dX } = await runUnary(gpu, GELU, xs, dOuts, { maxComputeWorkgroupsPerDimension: 3 });
+  assertClose("gelu", out, Array.from(xs, refGelu), 1e-5);
+  assertClose("dX", dX, Array.from(xs, (v, i) => refGeluGrad(v) * dOuts[i]), 1e-5);
 });
 
 gpuTest("gelu: two runs give bitwise-identical outputs", async (gpu) => {
   const n = 1037;
-  const x = tensorFromArray(gpu, Float32Array.from(randomValues(n, 11), (v) => 5 * v), [n], "x");
-  const dOut = tensorFromArray(gpu, Float32Array.from(randomValues(n, 12)), [n], "dOut");
-  const outs = [];
-  for (let run = 0; run < 2; run++) {
-    const out = createTensor(gpu, [n], "f32", "out");
-    const dX = createTensor(gpu, [n], "f32", "dX");
-    const rec = new Recorder(gpu);
-    fill(rec, out, NaN);
-    fill(rec, dX, NaN);
-    geluForward(rec, { x, out });
-    geluBackward(rec, { x, dOut, dX });
-    await rec.submit();
-    outs.push([await out.download(), await dX.download()]);
-  }
+  const xs = Float32Array.from(randomValues(n, 11), (v) => 5 * v);
+  const dOuts = Float32Array.from(randomValues(n, 12));
+  const outs = [await runUnary(gpu, GELU, xs, dOuts), await runUnary(gpu, GELU, xs, dOuts)];
   assertEquals(outs[0], outs[1]);
 });
 

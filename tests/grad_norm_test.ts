@@ -1,4 +1,5 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { beyondOneBinding, slicedValues } from "./binding_slices.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -216,16 +217,9 @@ gpuTest("gradNormClip: bad arguments name the op and the tensor", (gpu) => {
 gpuTest(
   "gradNormClip: a gradient larger than one storage binding is reduced in slices",
   async (gpu) => {
-    const n = Math.floor(gpu.limits.maxStorageBufferBindingSize / 4) + 4099;
-    // Where one binding holds more than 512 MiB (large GPUs) this would take several GiB of
-    // buffers and uploads; the slicing logic is the same on every adapter, lavapipe checks it.
-    if (n * 4 > gpu.limits.maxBufferSize || gpu.limits.maxStorageBufferBindingSize > 2 ** 29) {
-      return;
-    }
-    const host = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      host[i] = ((Math.imul(i + 1, 2654435761) >>> 0) / 2 ** 32 - 0.5) * (i < n - 4099 ? 1 : 100);
-    }
+    const n = beyondOneBinding(gpu);
+    if (n === null) return;
+    const host = slicedValues(n);
     const g = tensorFromArray(gpu, host, [n], "huge grad");
     const { out, launches } = await run(gpu, [g], 0);
     assertEquals(launches, 3, "two slices and the finish");

@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
-import { finiteDifference, randomValues } from "./random.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
+import { finiteDifferences, randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
@@ -146,12 +146,9 @@ Deno.test("layernorm reference: backward matches central differences of the forw
     const loss = (x: Float64Array, gamma: Float64Array, beta: Float64Array) =>
       refForward(x, gamma, beta, rows, h, eps).out.reduce((s, v, i) => s + v * c.dOut[i], 0);
     const grads = refBackward(x, gamma, c.dOut, rows, h, eps);
-    const fdX = Array.from(x, (_, i) => finiteDifference((v) => loss(v, gamma, beta), x, i));
-    const fdGamma = Array.from(
-      gamma,
-      (_, j) => finiteDifference((v) => loss(x, v, beta), gamma, j),
-    );
-    const fdBeta = Array.from(beta, (_, j) => finiteDifference((v) => loss(x, gamma, v), beta, j));
+    const fdX = finiteDifferences((v) => loss(v, gamma, beta), x);
+    const fdGamma = finiteDifferences((v) => loss(x, v, beta), gamma);
+    const fdBeta = finiteDifferences((v) => loss(x, gamma, v), beta);
     // With h = 1 every gradient but dBeta is 0 (exactly, and to ~1e-10 by differences).
     const tol = h === 1 ? 1e-4 : 1e-6;
     assertClose(`dX [${shape}]`, grads.dX, fdX, tol);
@@ -276,20 +273,8 @@ gpuTest("layerNormBackward: accumulate, accumulateDX and optional dGamma/dBeta",
   destroyAll(t);
 });
 
-/**
- * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
- * must use a 2-D grid, and this exercises that path without millions of rows.
- */
-function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
-  const limits = new Proxy(gpu.limits, {
-    get: (target, key) =>
-      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
-  });
-  return Object.create(gpu, { limits: { value: limits } });
-}
-
 gpuTest("layernorm: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
-  const small = withMaxWorkgroupsPerDimension(gpu, 7);
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 7 });
   assertEquals(small.limits.maxComputeWorkgroupsPerDimension, 7);
   // [100, 130]: 8 rows per workgroup, 13 workgroups on a 7 x 2 grid (one past the end);
   // [301, 33]: 32 rows per workgroup, 10 workgroups on 5 x 2; [3, 1200]: 75 groups of 16

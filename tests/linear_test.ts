@@ -1,11 +1,11 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
-import { finiteDifference, randomValues } from "./random.ts";
+import { gpuTest, outputTensor } from "./gpu_fixture.ts";
+import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Float64 references. x: [rows, in], w: [out, in], b: [out], g = dY: [rows, out].
 
@@ -109,15 +109,9 @@ async function runBackward(
   const w = tensorFromArray(gpu, hw, [outF, inF], "w");
   const g = tensorFromArray(gpu, hg, [...lead, outF], "dY");
   const rec = new Recorder(gpu);
-  const make = (shape: number[], label: string, init?: Float32Array): Tensor => {
-    const t = createTensor(gpu, shape, "f32", label);
-    if (init) t.upload(init);
-    else fill(rec, t, NaN);
-    return t;
-  };
-  const dX = want.dX ? make(xShape, "dX", initial.dX) : undefined;
-  const dW = want.dW ? make([outF, inF], "dW", initial.dW) : undefined;
-  const dB = want.dB ? make([outF], "dB", initial.dB) : undefined;
+  const dX = want.dX ? outputTensor(rec, xShape, "dX", initial.dX) : undefined;
+  const dW = want.dW ? outputTensor(rec, [outF, inF], "dW", initial.dW) : undefined;
+  const dB = want.dB ? outputTensor(rec, [outF], "dB", initial.dB) : undefined;
   const before = rec.length;
   linearBackward(rec, { x, weight: w, dOut: g, dX, dWeight: dW, dBias: dB, ...flags });
   const launched = rec.labels.slice(before);
@@ -197,9 +191,9 @@ gpuTest("linear: the float64 reference backward matches finite differences", () 
   const loss = (xv: Float64Array, wv: Float64Array, bv: Float64Array) =>
     refForward(xv, wv, bv, rows, inF, outF).reduce((s, y, i) => s + y * g[i], 0);
   const ref = refBackward(x, w, g, rows, inF, outF);
-  const fdX = Float64Array.from(x, (_, i) => finiteDifference((v) => loss(v, w, b), x, i));
-  const fdW = Float64Array.from(w, (_, i) => finiteDifference((v) => loss(x, v, b), w, i));
-  const fdB = Float64Array.from(b, (_, i) => finiteDifference((v) => loss(x, w, v), b, i));
+  const fdX = finiteDifferences((v) => loss(v, w, b), x);
+  const fdW = finiteDifferences((v) => loss(x, v, b), w);
+  const fdB = finiteDifferences((v) => loss(x, w, v), b);
   assertClose("dX vs finite differences", ref.dX, fdX, 1e-6);
   assertClose("dW vs finite differences", ref.dW, fdW, 1e-6);
   assertClose("dB vs finite differences", ref.dB, fdB, 1e-6);

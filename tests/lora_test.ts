@@ -1,11 +1,11 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
-import { finiteDifference, randomValues } from "./random.ts";
+import { gpuTest, outputTensor } from "./gpu_fixture.ts";
+import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { loraBackward, loraForward } from "../kernels/lora.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Float64 references. x: [rows, in], a: [r, in], b: [out, r], g = dOut: [rows, out].
 
@@ -145,17 +145,11 @@ async function runBackward(
     "hidden",
   );
   const rec = new Recorder(gpu);
-  const make = (shape: number[], label: string, init?: Float32Array): Tensor => {
-    const t = createTensor(gpu, shape, "f32", label);
-    if (init) t.upload(init);
-    else fill(rec, t, NaN);
-    return t;
-  };
-  const dX = want.dX ? make(c.xShape, "dX", initial.dX) : undefined;
-  const dA = want.dA ? make([c.r, d.inF], "dA", initial.dA) : undefined;
-  const dB = want.dB ? make([c.outF, c.r], "dB", initial.dB) : undefined;
+  const dX = want.dX ? outputTensor(rec, c.xShape, "dX", initial.dX) : undefined;
+  const dA = want.dA ? outputTensor(rec, [c.r, d.inF], "dA", initial.dA) : undefined;
+  const dB = want.dB ? outputTensor(rec, [c.outF, c.r], "dB", initial.dB) : undefined;
   const dHidden = ws === "own"
-    ? make([d.rows, c.r], "dHidden")
+    ? outputTensor(rec, [d.rows, c.r], "dHidden")
     : ws === "hidden"
     ? hidden
     : undefined;
@@ -299,9 +293,9 @@ gpuTest("lora: the float64 reference backward matches finite differences", () =>
   const loss = (xv: Float64Array, av: Float64Array, bv: Float64Array) =>
     refForward(xv, av, bv, out0, scale, d).out.reduce((s, y, i) => s + y * g[i], 0);
   const ref = refBackward(x, a, b, g, scale, d);
-  const fdX = Float64Array.from(x, (_, i) => finiteDifference((v) => loss(v, a, b), x, i));
-  const fdA = Float64Array.from(a, (_, i) => finiteDifference((v) => loss(x, v, b), a, i));
-  const fdB = Float64Array.from(b, (_, i) => finiteDifference((v) => loss(x, a, v), b, i));
+  const fdX = finiteDifferences((v) => loss(v, a, b), x);
+  const fdA = finiteDifferences((v) => loss(x, v, b), a);
+  const fdB = finiteDifferences((v) => loss(x, a, v), b);
   assertClose("dX vs finite differences", ref.dX, fdX, 1e-6);
   assertClose("dA vs finite differences", ref.dA, fdA, 1e-6);
   assertClose("dB vs finite differences", ref.dB, fdB, 1e-6);

@@ -42,3 +42,12 @@ export function finiteDifference(
   x[i] = saved;
   return (plus - minus) / (2 * h);
 }
+
+/** The gradient of a float64 function at `x` by central differences, one per element. */
+export function finiteDifferences(
+  f: (x: Float64Array) => number,
+  x: Float64Array,
+  h = 1e-6,
+): Float64Array {
+  return Float64Array.from(x, (_, i) => finiteDifference(f, x, i, h));
+}

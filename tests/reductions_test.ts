@@ -1,6 +1,7 @@
 // rowNorms (kernels/row_norm.ts), rowDistances and distance (kernels/distance.ts).
 
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { beyondOneBinding, slicedValues } from "./binding_slices.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -49,6 +50,30 @@ async function poisoned(gpu: Gpu, shape: number[], label: string): Promise<Tenso
   fill(rec, t, NaN);
   await rec.submit();
   return t;
+}
+
+/**
+ * Records `distance` of a and b (with `partials` or without) into a poisoned `out`, checks the
+ * number of launches if given, and that the relative error against `expected` is at most
+ * bound · 2^-24.
+ */
+async function checkDistance(
+  gpu: Gpu,
+  args: { a: Tensor; b: Tensor; partials?: Tensor },
+  expected: number,
+  bound: number,
+  launches?: number,
+): Promise<void> {
+  const out = await poisoned(gpu, [1], "out");
+  const rec = new Recorder(gpu);
+  distance(rec, { ...args, out });
+  if (launches !== undefined) assertEquals(rec.length, launches);
+  await rec.submit();
+  const got = (await out.download())[0];
+  const err = Math.abs(got - expected) / expected;
+  const what = args.partials ? "with" : "without";
+  assert(err <= bound * 2 ** -24, `${what} partials: ${got} vs ${expected}`);
+  out.destroy();
 }
 
 gpuTest("rowNorms: odd shapes match float64", async (gpu) => {
@@ -169,15 +194,8 @@ gpuTest("distance: θ close to θ₀ over a million elements keeps its precision
   const b = tensorFromArray(gpu, h0, [n], "theta0");
   const partials = await poisoned(gpu, [distancePartialsLength(gpu, n)], "partials");
   const expected = refDistance(h1, h0);
-  const rec = new Recorder(gpu);
   for (const [p, bound] of [[partials, 40], [undefined, 28 + n / 4096]] as const) {
-    const out = await poisoned(gpu, [1], "out");
-    distance(rec, { a, b, partials: p, out });
-    await rec.submit();
-    const got = (await out.download())[0];
-    const err = Math.abs(got - expected) / expected;
-    assert(err <= bound * 2 ** -24, `${p ? "with" : "without"} partials: ${got} vs ${expected}`);
-    out.destroy();
+    await checkDistance(gpu, { a, b, partials: p }, expected, bound);
   }
   for (const t of [a, b, partials]) t.destroy();
 });
@@ -238,16 +256,9 @@ gpuTest("reductions: wrong shapes name the op and the tensor", (gpu) => {
 gpuTest(
   "distance: tensors larger than one storage binding, with and without partials",
   async (gpu) => {
-    const n = Math.floor(gpu.limits.maxStorageBufferBindingSize / 4) + 4099;
-    // Where one binding holds more than 512 MiB (large GPUs) this would take several GiB of
-    // buffers and uploads; the slicing logic is the same on every adapter, lavapipe checks it.
-    if (n * 4 > gpu.limits.maxBufferSize || gpu.limits.maxStorageBufferBindingSize > 2 ** 29) {
-      return;
-    }
-    const host = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      host[i] = ((Math.imul(i + 1, 2654435761) >>> 0) / 2 ** 32 - 0.5) * (i < n - 4099 ? 1 : 100);
-    }
+    const n = beyondOneBinding(gpu);
+    if (n === null) return;
+    const host = slicedValues(n);
     const a = tensorFromArray(gpu, host, [n], "huge a");
     const b = createTensor(gpu, [n], "f32", "huge b");
     const partials = await poisoned(gpu, [distancePartialsLength(gpu, n)], "partials");
@@ -261,14 +272,7 @@ gpuTest(
     for (
       const [p, launches, bound] of [[partials, 3, 48], [undefined, 2, 28 + n / 4096]] as const
     ) {
-      const out = await poisoned(gpu, [1], "out");
-      distance(rec, { a, b, partials: p, out });
-      assertEquals(rec.length, launches);
-      await rec.submit();
-      const got = (await out.download())[0];
-      const err = Math.abs(got - expected) / expected;
-      assert(err <= bound * 2 ** -24, `${p ? "with" : "without"} partials: ${got} vs ${expected}`);
-      out.destroy();
+      await checkDistance(gpu, { a, b, partials: p }, expected, bound, launches);
     }
     for (const t of [a, b, partials]) t.destroy();
   },
@@ -278,12 +282,9 @@ gpuTest(
   "rowNorms: a matrix larger than one storage binding is read in blocks of rows",
   async (gpu) => {
     const cols = 1024;
-    const rows = Math.ceil((gpu.limits.maxStorageBufferBindingSize / 4 + 4099) / cols);
-    // Where one binding holds more than 512 MiB (large GPUs) this would take several GiB of
-    // buffers and uploads; the slicing logic is the same on every adapter, lavapipe checks it.
-    if (
-      rows * cols * 4 > gpu.limits.maxBufferSize || gpu.limits.maxStorageBufferBindingSize > 2 ** 29
-    ) return;
+    const n = beyondOneBinding(gpu, cols);
+    if (n === null) return;
+    const rows = n / cols;
     const rowValue = (r: number) => ((r * 37) % 97 + 1) / 64; // exact in f32, distinct per row
     const host = new Float32Array(rows * cols);
     for (let r = 0; r < rows; r++) host.fill(rowValue(r), r * cols, (r + 1) * cols);

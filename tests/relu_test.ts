@@ -1,7 +1,8 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { runUnary } from "./elementwise.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
-import { type Gpu, GpuError } from "../kernels/device.ts";
+import { GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { reluBackward, reluForward } from "../kernels/relu.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -64,56 +65,25 @@ gpuTest("relu: the gradient at exactly 0 is 0", async (gpu) => {
   assertEquals(noNegZero(await dX.download()), [0, 0, 5, 0]);
 });
 
-/**
- * The same GPU, but reporting `max` workgroups per grid dimension: past 65535 groups a launch
- * must use a 2-D grid, and this exercises that path at a small size.
- */
-function withMaxWorkgroupsPerDimension(gpu: Gpu, max: number): Gpu {
-  const limits = new Proxy(gpu.limits, {
-    get: (target, key) =>
-      key === "maxComputeWorkgroupsPerDimension" ? max : Reflect.get(target, key, target),
-  });
-  return Object.create(gpu, { limits: { value: limits } });
-}
+const RELU = { forward: reluForward, backward: reluBackward };
 
 gpuTest("relu: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
   // 1037 elements are 5 workgroups of 256: a 3 x 2 grid, one workgroup past the end.
   const n = 1037;
   const xs = inputs(n, 31);
   const dOuts = Float32Array.from(randomValues(n, 32));
-  const x = tensorFromArray(gpu, xs, [n], "x");
-  const dOut = tensorFromArray(gpu, dOuts, [n], "dOut");
-  const out = createTensor(gpu, [n], "f32", "out");
-  const dX = createTensor(gpu, [n], "f32", "dX");
-  const rec = new Recorder(withMaxWorkgroupsPerDimension(gpu, 3));
-  fill(rec, out, NaN);
-  fill(rec, dX, NaN);
-  reluForward(rec, { x, out });
-  reluBackward(rec, { x, dOut, dX });
-  await rec.submit();
-  assertEquals(noNegZero(await out.download()), noNegZero(refForward(xs)));
-  assertEquals(noNegZero(await dX.download()), noNegZero(refBackward(xs, dOuts)));
-  for (const t of [x, dOut, out, dX]) t.destroy();
+  const { out, dX } = await runUnary(gpu, RELU, xs, dOuts, { maxComputeWorkgroupsPerDimension: 3 });
+  assertEquals(noNegZero(out), noNegZero(refForward(xs)));
+  assertEquals(noNegZero(dX), noNegZero(refBackward(xs, dOuts)));
 });
 
 gpuTest("relu: two runs give bitwise-identical outputs", async (gpu) => {
   const n = 1037;
-  const x = tensorFromArray(gpu, inputs(n, 9), [n], "x");
-  const dOut = tensorFromArray(gpu, Float32Array.from(randomValues(n, 10)), [n], "dOut");
-  const runs = [];
-  for (let run = 0; run < 2; run++) {
-    const out = createTensor(gpu, [n], "f32", "out");
-    const dX = createTensor(gpu, [n], "f32", "dX");
-    const rec = new Recorder(gpu);
-    fill(rec, out, NaN);
-    fill(rec, dX, NaN);
-    reluForward(rec, { x, out });
-    reluBackward(rec, { x, dOut, dX });
-    await rec.submit();
-    runs.push([await out.download(), await dX.download()]);
-  }
+  const xs = inputs(n, 9);
+  const dOuts = Float32Array.from(randomValues(n, 10));
+  const runs = [await runUnary(gpu, RELU, xs, dOuts), await runUnary(gpu, RELU, xs, dOuts)];
   assertEquals(runs[0], runs[1]);
-  assert(!runs[0][0].some(Number.isNaN));
+  assert(!runs[0].out.some(Number.isNaN));
 });
 
 gpuTest("relu: wrong shapes are refused naming the op and the tensor", (gpu) => {
