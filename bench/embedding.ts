@@ -1,8 +1,8 @@
 // Throughput of the embedding sum (forward, backward) and of the three losses.
 //
-// Each timing is the median over `reps` submits (after 2 warm-up submits) of R = 5 launches
-// recorded into one submit, divided by R: lavapipe spends ~12 ms per submit, which would
-// otherwise dominate the small kernels. GB/s counts the bytes each launch must move at least.
+// Timed with the shared adaptive loop (bench/timing.ts); GB/s counts the bytes each launch must
+// move at least. The losses at these batch sizes are tiny, so their figures are dominated by the
+// per-submit cost divided by R.
 
 import type { Gpu } from "../kernels/device.ts";
 import { bceWithLogitsBackward, bceWithLogitsForward } from "../kernels/bce_with_logits.ts";
@@ -13,42 +13,13 @@ import {
   embeddingForward,
 } from "../kernels/embedding.ts";
 import { mseBackward, mseForward } from "../kernels/mse.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import type { Recorder } from "../kernels/recorder.ts";
 import {
   softmaxCrossEntropyBackward,
   softmaxCrossEntropyForward,
 } from "../kernels/softmax_cross_entropy.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
-
-export interface BenchRow {
-  kernel: string;
-  shape: string;
-  ms: number;
-  gflops?: number;
-  gbps?: number;
-  [k: string]: unknown;
-}
-
-const R = 5;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-/** Per-launch milliseconds of `record`, R launches per submit. */
-async function timeOp(gpu: Gpu, reps: number, record: (rec: Recorder) => void): Promise<number> {
-  const rec = new Recorder(gpu);
-  const times: number[] = [];
-  for (let i = 0; i < reps + 2; i++) {
-    for (let r = 0; r < R; r++) record(rec);
-    const start = performance.now();
-    await rec.submit();
-    await gpu.device.queue.onSubmittedWorkDone();
-    if (i >= 2) times.push((performance.now() - start) / R);
-  }
-  return median(times);
-}
+import { type BenchRow, benchRow, measure, timeOp } from "./timing.ts";
 
 function random(n: number, seed: number): Float32Array {
   let a = seed >>> 0;
@@ -83,20 +54,32 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
     tokenType: keep(tensorFromArray(gpu, random(2 * h, 4), [2, h], "tokenType")),
     out: keep(createTensor(gpu, [n, h], "f32", "out")),
   };
+  const fields = { tokens: n, hidden: h, vocab: v };
   const shape = `N=${n} H=${h} V=${v}`;
   const rowBytes = h * 4;
   // ids ×3 read, three table rows gathered and one output row written per token.
   const fwdBytes = n * 12 + n * rowBytes * 4;
-  const fwdMs = await timeOp(gpu, reps, (rec) => embeddingForward(rec, args));
-  rows.push({ kernel: "embeddingForward", shape, ms: fwdMs, gbps: fwdBytes / (fwdMs * 1e6) });
+  const fwd = await timeOp(gpu, (rec) => embeddingForward(rec, args), reps);
+  rows.push(benchRow("embedding_forward", fields, fwd, { bytes: fwdBytes }, shape));
 
-  const planStart = performance.now();
-  for (let i = 0; i < 10; i++) buildEmbeddingPlan(ids);
-  rows.push({
-    kernel: "buildEmbeddingPlan (host)",
-    shape,
-    ms: (performance.now() - planStart) / 10,
-  });
+  // The backward's plan is built on the host (a sort of the batch's ids). Bytes: the ids read,
+  // the plan (unique ids, offsets, token order) written.
+  const plan = buildEmbeddingPlan(ids);
+  const planBytes = n * 4 + (2 * plan.uniqueIds.length + 1) * 4 + n * 4;
+  const planTiming = await measure((r) => {
+    const start = performance.now();
+    for (let i = 0; i < r; i++) buildEmbeddingPlan(ids);
+    return (performance.now() - start) / 1000;
+  }, reps);
+  rows.push(
+    benchRow(
+      "embedding_plan_host",
+      { tokens: n, vocab: v },
+      planTiming,
+      { bytes: planBytes },
+      `N=${n} V=${v} (CPU)`,
+    ),
+  );
 
   const plans = [ids, pids, tids].map((x, i) => {
     const p = createEmbeddingPlanTensors(gpu, n, `plan ${i}`);
@@ -121,22 +104,21 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
     });
   // dOut read once per table, plus the plans; each touched gradient row read and written.
   const scatterBytes = 3 * (n * rowBytes + n * 8) + uniques * rowBytes * 2;
-  const accMs = await timeOp(gpu, reps, bwd(true));
-  rows.push({
-    kernel: "embeddingBackward accumulate",
-    shape: `${shape} unique=${uniques}`,
-    ms: accMs,
-    gbps: scatterBytes / (accMs * 1e6),
-  });
   // Overwrite also zero-fills the three whole gradients.
   const fillBytes = (v + positions + 2) * rowBytes;
-  const owMs = await timeOp(gpu, reps, bwd(false));
-  rows.push({
-    kernel: "embeddingBackward overwrite (incl. zero fill)",
-    shape: `${shape} unique=${uniques}`,
-    ms: owMs,
-    gbps: (scatterBytes + fillBytes) / (owMs * 1e6),
-  });
+  for (const accumulate of [true, false]) {
+    const timing = await timeOp(gpu, bwd(accumulate), reps);
+    const bytes = scatterBytes + (accumulate ? 0 : fillBytes);
+    rows.push(
+      benchRow(
+        "embedding_backward",
+        { ...fields, unique: uniques, accumulate },
+        timing,
+        { bytes },
+        `${shape} unique=${uniques} ${accumulate ? "accumulate" : "overwrite+zero fill"}`,
+      ),
+    );
+  }
   for (const p of plans) p.destroy();
 
   // ---- losses ----
@@ -151,47 +133,50 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
     const loss = keep(createTensor(gpu, [1], "f32", "loss"));
     const dLogits = keep(createTensor(gpu, [b, classes], "f32", "dLogits"));
     const dSingle = keep(createTensor(gpu, [b, 1], "f32", "dSingle"));
-    const cases: [string, string, number, (rec: Recorder) => void][] = [
+    const ce = { batch: b, classes };
+    const one = { batch: b };
+    const cases: [string, Record<string, number>, number, (rec: Recorder) => void][] = [
       [
-        "softmaxCrossEntropyForward",
-        `B=${b} C=${classes}`,
+        "softmax_cross_entropy_forward",
+        ce,
         b * (classes + 1) * 4,
         (rec) => softmaxCrossEntropyForward(rec, { logits, targets, loss }),
       ],
       [
-        "softmaxCrossEntropyBackward",
-        `B=${b} C=${classes}`,
+        "softmax_cross_entropy_backward",
+        ce,
         b * (2 * classes + 1) * 4,
         (rec) => softmaxCrossEntropyBackward(rec, { logits, targets, dLogits }),
       ],
       [
-        "bceWithLogitsForward",
-        `B=${b}`,
+        "bce_with_logits_forward",
+        one,
         b * 8,
         (rec) => bceWithLogitsForward(rec, { logits: single, targets: y, loss }),
       ],
       [
-        "bceWithLogitsBackward",
-        `B=${b}`,
+        "bce_with_logits_backward",
+        one,
         b * 12,
         (rec) => bceWithLogitsBackward(rec, { logits: single, targets: y, dLogits: dSingle }),
       ],
       [
-        "mseForward",
-        `B=${b}`,
+        "mse_forward",
+        one,
         b * 8,
         (rec) => mseForward(rec, { logits: single, targets: y, loss }),
       ],
       [
-        "mseBackward",
-        `B=${b}`,
+        "mse_backward",
+        one,
         b * 12,
         (rec) => mseBackward(rec, { logits: single, targets: y, dLogits: dSingle }),
       ],
     ];
-    for (const [kernel, s, bytes, record] of cases) {
-      const ms = await timeOp(gpu, reps, record);
-      rows.push({ kernel, shape: s, ms, gbps: bytes / (ms * 1e6) });
+    for (const [kernel, fields, bytes, record] of cases) {
+      // Launch-bound at these sizes: a short budget is enough.
+      const timing = await timeOp(gpu, record, reps, { budgetS: 0.3 });
+      rows.push(benchRow(kernel, fields, timing, { bytes }));
     }
   }
   for (const t of owned) t.destroy();

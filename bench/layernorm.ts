@@ -8,38 +8,11 @@ import { geluBackward, geluForward } from "../kernels/gelu.ts";
 import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
-
-export interface BenchRow {
-  kernel: string;
-  shape: string;
-  ms: number;
-  gflops?: number;
-  gbps?: number;
-  [k: string]: unknown;
-}
-
-/** Ops recorded per submit, to amortise the per-submit overhead (~12 ms on lavapipe). */
-const PER_SUBMIT = 5;
-
-/** Median ms per op over `reps` submits of PER_SUBMIT ops each, after 2 warm-up submits. */
-async function timeOp(gpu: Gpu, record: (rec: Recorder) => void, reps: number): Promise<number> {
-  const rec = new Recorder(gpu);
-  const times: number[] = [];
-  for (let i = 0; i < reps + 2; i++) {
-    for (let k = 0; k < PER_SUBMIT; k++) record(rec);
-    const start = performance.now();
-    await rec.submit();
-    await gpu.device.queue.onSubmittedWorkDone();
-    if (i >= 2) times.push((performance.now() - start) / PER_SUBMIT);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
-}
+import { type BenchRow, benchRow, timeOp } from "./timing.ts";
 
 export async function benchLayerNorm(gpu: Gpu, reps: number): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   for (const [n, h] of [[4096, 256], [1024, 1024]]) {
-    const shape = `${n}x${h}`;
     const made: Tensor[] = [];
     const make = (s: number[], label: string) => {
       const t = createTensor(gpu, s, "f32", label);
@@ -67,21 +40,21 @@ export async function benchLayerNorm(gpu: Gpu, reps: number): Promise<BenchRow[]
     const elems = n * h;
     const cases: [string, number, (rec: Recorder) => void][] = [
       [
-        "layerNormForward",
+        "layernorm_forward",
         4 * (2 * elems + 2 * h + 2 * n),
         (rec) => layerNormForward(rec, { x, gamma, beta, out, mean, rstd, eps: 1e-12 }),
       ],
       [
-        "layerNormBackward",
+        "layernorm_backward",
         4 * (3 * elems + 3 * h + 2 * n),
         (rec) => layerNormBackward(rec, { x, gamma, mean, rstd, dOut, dX, dGamma, dBeta }),
       ],
-      ["geluForward", 4 * 2 * elems, (rec) => geluForward(rec, { x, out })],
-      ["geluBackward", 4 * 3 * elems, (rec) => geluBackward(rec, { x, dOut, dX })],
+      ["gelu_forward", 4 * 2 * elems, (rec) => geluForward(rec, { x, out })],
+      ["gelu_backward", 4 * 3 * elems, (rec) => geluBackward(rec, { x, dOut, dX })],
     ];
     for (const [kernel, bytes, record] of cases) {
-      const ms = await timeOp(gpu, record, reps);
-      rows.push({ kernel, shape, ms, gbps: bytes / (ms * 1e6) });
+      const timing = await timeOp(gpu, record, reps);
+      rows.push(benchRow(kernel, { rows: n, hidden: h }, timing, { bytes }, `${n}×${h}`));
     }
     for (const t of made) t.destroy();
   }

@@ -1,0 +1,153 @@
+// The one row type and the one timing loop shared by every kernel benchmark.
+//
+// A WebGPU submit has a fixed cost (about 12 ms on lavapipe) that would swamp a small kernel, so
+// an op is recorded R times into one submit and the per-op time is the submit's time divided by R.
+// R is calibrated during warm-up so that a submit lasts about `submitTargetS`; the timed submits
+// then stop after about `budgetS` (but 3 at least unless that would exceed `minTimedS`), so that
+// the heavy shapes on a CPU adapter keep the whole bench short.
+
+import type { Gpu } from "../kernels/device.ts";
+import { Recorder } from "../kernels/recorder.ts";
+
+/**
+ * One measured op. `kernel` is a snake_case name; the numeric shape fields (m, n, k; rows,
+ * hidden; ...) and string tags (product) sit beside it. Exactly one of `gflops` (compute-bound
+ * ops: useful floating-point operations per second) or `gbps` (memory-bound ops: the bytes the op
+ * must move at least, per second) is set.
+ */
+export interface BenchRow {
+  kernel: string;
+  /** The shape in words, for the table only; JSON carries the numeric fields instead. */
+  shape: string;
+  /** Milliseconds per op: the median timed submit divided by `per_submit`. */
+  ms: number;
+  gflops?: number;
+  gbps?: number;
+  per_submit: number;
+  timed_submits: number;
+  warmup_submits: number;
+  [field: string]: string | number | boolean | undefined;
+}
+
+export interface Timing {
+  /** Milliseconds per op. */
+  ms: number;
+  /** Ops per submit (R). */
+  perSubmit: number;
+  /** Submits timed; `ms` comes from their median. */
+  timed: number;
+  /** Untimed submits before them (warm-up and calibration of R). */
+  warmups: number;
+}
+
+export interface TimingOptions {
+  /** A timed submit should last about this long (seconds). Default 0.1. */
+  submitTargetS?: number;
+  /** Timed submits stop after about this much time (seconds). Default 0.6. */
+  budgetS?: number;
+  /** An op whose first submit takes longer than this (seconds) gets no second warm-up submit
+   * (R stays 1). Default 0.5. */
+  heavyS?: number;
+  /** Every op gets 3 timed submits unless 3 would take longer than this (seconds); then as
+   * many as fit, at least 1. Default 3. */
+  minTimedS?: number;
+  /** Upper bound on R. Default 256. */
+  maxPerSubmit?: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/**
+ * Runs `batch(r)` (which performs r ops and returns the seconds they took) adaptively: warm-up
+ * submits that also pick r, then the median of up to `reps` timed batches: as many as fit
+ * `budgetS`, but at least 3 unless those would take longer than `minTimedS`.
+ */
+export async function measure(
+  batch: (r: number) => number | Promise<number>,
+  reps: number,
+  options: TimingOptions = {},
+): Promise<Timing> {
+  const target = options.submitTargetS ?? 0.1;
+  const budget = options.budgetS ?? 0.6;
+  const heavy = options.heavyS ?? 0.5;
+  const minTimedS = options.minTimedS ?? 3;
+  const maxR = options.maxPerSubmit ?? 256;
+
+  let r = 1;
+  let t = await batch(r);
+  let warmups = 1;
+  // The first submit of an op pays for first touches of its buffers; a heavy op needs no second
+  // warm-up, the others get one more and, while a submit is far below the target, a larger R.
+  // t includes the fixed submit cost, so R grows in steps until a submit really is long enough.
+  if (t < heavy) {
+    for (let step = 0; step < 6; step++) {
+      if (warmups >= 2 && (t >= target / 2 || r >= maxR)) break;
+      if (t < target) r = Math.min(maxR, Math.max(r + 1, Math.ceil(r * Math.min(10, target / t))));
+      t = await batch(r);
+      warmups++;
+    }
+  }
+  const least = Math.min(3, Math.max(1, Math.floor(minTimedS / t)));
+  const timed = Math.max(1, Math.min(reps, Math.max(least, Math.floor(budget / t))));
+  const times: number[] = [];
+  for (let i = 0; i < timed; i++) times.push(await batch(r));
+  return { ms: (median(times) * 1000) / r, perSubmit: r, timed, warmups };
+}
+
+/**
+ * Times the op that `record` records: each batch records it r times into one Recorder and times
+ * the submit until the GPU has finished (bind groups and encoding included; the launcher calls,
+ * and the pipeline creation they trigger on first use, excluded).
+ */
+export function timeOp(
+  gpu: Gpu,
+  record: (rec: Recorder) => void,
+  reps: number,
+  options: TimingOptions = {},
+): Promise<Timing> {
+  const rec = new Recorder(gpu);
+  return measure(
+    async (r) => {
+      for (let i = 0; i < r; i++) record(rec);
+      const start = performance.now();
+      await rec.submit();
+      await gpu.device.queue.onSubmittedWorkDone();
+      return (performance.now() - start) / 1000;
+    },
+    reps,
+    options,
+  );
+}
+
+/** What an op does per call: floating-point operations, or bytes it must move at least. */
+export type Work = { flops: number } | { bytes: number };
+
+/**
+ * A row from a timing: `fields` are the kernel's shape fields (in output order), `shape` the
+ * human-readable shape for the table (default: the fields as `name=value`).
+ */
+export function benchRow(
+  kernel: string,
+  fields: Record<string, string | number | boolean>,
+  timing: Timing,
+  work: Work,
+  shape?: string,
+): BenchRow {
+  const rate = "flops" in work
+    ? { gflops: work.flops / (timing.ms * 1e6) }
+    : { gbps: work.bytes / (timing.ms * 1e6) };
+  return {
+    kernel,
+    ...fields,
+    ms: timing.ms,
+    ...rate,
+    per_submit: timing.perSubmit,
+    timed_submits: timing.timed,
+    warmup_submits: timing.warmups,
+    shape: shape ?? Object.entries(fields).map(([k, v]) => `${k}=${v}`).join(" "),
+  };
+}
