@@ -96,3 +96,85 @@ export {
   type TensorInfo,
   writeSafetensors,
 } from "./model/safetensors.ts";
+export {
+  firstTokenBackward,
+  firstTokenForward,
+  wicPoolBackward,
+  wicPoolForward,
+} from "./kernels/pooling.ts";
+
+// Models: config, hub downloads, tokenizers, the encoder and the EH-FT head, checkpoints.
+export {
+  ConfigError,
+  maxSequenceLength,
+  type ModelConfig,
+  type ModelType,
+  parseConfig,
+  readConfig,
+} from "./model/config.ts";
+export {
+  type DownloadProgress,
+  hubCacheDir,
+  HubError,
+  resolveModel,
+  type ResolveModelOptions,
+} from "./model/hub.ts";
+export {
+  type EncodedBatch,
+  type EncodeOptions,
+  loadTokenizer,
+  placeSpan,
+  type Span,
+  type TextInput,
+  TextTokenizer,
+  TokenizerError,
+  type Truncation,
+  TruncationError,
+} from "./model/tokenizer.ts";
+export {
+  convertByteLevelBpe,
+  convertTokenizerDir,
+  convertWordPiece,
+  TokenizerConvertError,
+} from "./model/tokenizer_convert.ts";
+export {
+  type AttentionPrefix,
+  type BackwardOptions,
+  createEncoder,
+  Encoder,
+  type EncoderBatch,
+  encoderGradients,
+  type EncoderHooks,
+  type EncoderOptions,
+  encoderParameters,
+  encoderParameterShapes,
+  type EncoderParams,
+  type ForwardOptions,
+  type HookContext,
+  LINEAR_MODULES,
+  type LinearHook,
+  type LinearModule,
+  type LinearSite,
+} from "./model/encoder.ts";
+export {
+  createHead,
+  Head,
+  HEAD_INIT_STD,
+  HEAD_WIDTH,
+  headGradients,
+  type HeadOptions,
+  headParameters,
+} from "./model/head.ts";
+export {
+  CheckpointError,
+  findWeightsFile,
+  type HeadShape,
+  loadBackbone,
+  loadHead,
+  openWeights,
+  readHeadShape,
+  saveModel,
+  type SaveModelOptions,
+} from "./model/checkpoint.ts";
+export { type OpenedModel, openModel } from "./model/load.ts";
+export { writeFileAtomic, writeJsonAtomic } from "./model/atomic_write.ts";

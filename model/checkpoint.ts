@@ -195,8 +195,15 @@ export async function saveModel(dir: string, options: SaveModelOptions): Promise
   for (const [relative, t] of options.backbone) await add(`${config.prefix}.${relative}`, t);
   for (const [name, t] of options.head ?? []) await add(name, t);
   for (const [name, t] of options.extra ?? []) await add(name, t);
+  // The head's shape goes into the metadata for readers; loading infers it from the tensors.
+  const headShape = options.head && {
+    head_features: String(options.head.get("head.dense.weight")?.shape[1]),
+    head_hidden: String(options.head.get("head.dense.weight")?.shape[0]),
+    head_classes: String(options.head.get("head.out_proj.weight")?.shape[0]),
+  };
   await writeSafetensors(`${dir}/model.safetensors`, tensors, {
     format: "pt",
+    ...headShape,
     ...options.metadata,
   });
   await writeJsonAtomic(`${dir}/config.json`, config.raw);

@@ -240,7 +240,7 @@ export class Head {
   }
 
   /** The head input [B, F] of the last forward (first token, or the WiC features). */
-  headInput(batch = this.last?.batch ?? this.maxBatch): Tensor {
+  headInput(batch: number = this.last?.batch ?? this.maxBatch): Tensor {
     return this.input.view(0, [batch, this.inFeatures]);
   }
 

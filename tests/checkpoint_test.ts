@@ -214,14 +214,20 @@ gpuTest(
         config,
         backbone,
         head,
-        metadata: { task: "rte", head_classes: "1" },
+        metadata: { task: "rte" },
         tokenizerFile: `${dir}/tokenizer.json`,
       });
       const files = [...Deno.readDirSync(`${dir}/saved`)].map((e) => e.name).sort();
       assertEquals(files, ["config.json", "model.safetensors", "tokenizer.json"]);
       assertEquals(JSON.parse(await Deno.readTextFile(`${dir}/saved/config.json`)), config.raw);
       const saved = await openSafetensors(`${dir}/saved/model.safetensors`);
-      assertEquals(saved.metadata, { format: "pt", task: "rte", head_classes: "1" });
+      assertEquals(saved.metadata, {
+        format: "pt",
+        task: "rte",
+        head_features: "24",
+        head_hidden: "2048",
+        head_classes: "1",
+      });
       assertEquals([...saved.tensors.keys()].sort(), [...source.tensors.keys()].sort());
       for (const name of source.tensors.keys()) {
         assertEquals(await saved.readF32(name), await source.readF32(name), name);
