@@ -12,6 +12,12 @@ float64 forward and backward for one batch:
 The reference is computed with dropout 0 and in float64 from the float32 weights (cast to double),
 so it is the exact float64 result for exactly the weights that are stored.
 
+tiny-bert also gets adamw_reference.safetensors: three steps of torch.optim.AdamW (lr 1e-3 constant,
+betas (0.9, 0.98), eps 1e-6, weight decay 0.1 except on biases and LayerNorm weights) in float64 from
+model.safetensors over 9 examples in batches of 3 (the first is reference.safetensors' batch): the
+inputs, labels, each step's loss before its update and delta.<name> = final − initial per tensor.
+It is checked against AdamW's formula by hand and against a float32 torch run of the same steps.
+
 transformers and safetensors are not installable here, so the modeling code below reproduces
 Hugging Face's BertModel / RobertaModel (eager attention, absolute positions, no pooler) in plain
 torch, and the safetensors writer is our own. The script checks itself before writing anything:
@@ -102,6 +108,15 @@ FIXTURES = [
         # (length of segment A, length of segment B or None): 11, 8 and 4 real tokens in S = 11.
         "segments": [(4, 4), (3, 2), (2, None)],
         "labels": [1.0, 0.0, 1.0],
+        # adamw_reference.safetensors: three AdamW steps from model.safetensors. Batch 1 is the
+        # batch above (so step 1's loss and gradients are reference.safetensors' loss and grad.*);
+        # batches 2 and 3 are drawn from their own generator, so the files above do not change.
+        "adamw": {
+            "seed": 1004,
+            # 7, 9, 5 and 9, 11, 3 real tokens in S = 11.
+            "segments": [(5, None), (2, 3), (1, 1), (3, 3), (6, 2), (1, None)],
+            "labels": [0.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+        },
     },
     {
         "name": "tiny-roberta",
@@ -694,10 +709,276 @@ def make_fixture(fx, root):
         print(f"     {n:60s} {list(grads[n].shape)!s:12s} {grads[n].abs().max().item():.4g}")
     for fname in ("config.json", "model.safetensors", "reference.safetensors"):
         print(f"   {fname}: {os.path.getsize(os.path.join(out, fname))} bytes")
+    if "adamw" in fx:
+        make_adamw_reference(fx, weights32, inputs, labels, loss.item(), grads, out)
     return checks
 
 
+# -------------------------------------------------------------------------------------------------
+# AdamW reference: three optimizer steps of the whole model (tiny-bert only)
+
+ADAMW_LR = 1e-3  # constant; large enough that every change is visible in float32
+ADAMW_BETAS = (0.9, 0.98)
+ADAMW_EPS = 1e-6
+ADAMW_WEIGHT_DECAY = 0.1
+ADAMW_STEPS = 3
+ADAMW_BATCH = 3
+ADAMW_DECAY_RULE = (
+    'weight_decay 0 for names ending in ".bias" or containing "LayerNorm."; '
+    "weight_decay 0.1 for every other tensor (embedding tables and head weights included)"
+)
+
+
+def adamw_no_decay(name):
+    """The engine's rule: no weight decay on biases and LayerNorm weights."""
+    return name.endswith(".bias") or "LayerNorm." in name
+
+
+def adamw_run(weights, batches, cfg, prefix, fx, dtype):
+    """ADAMW_STEPS steps of torch.optim.AdamW with two groups (decay / no decay), dropout 0,
+    constant lr, no clipping. Returns (final parameters, losses before each step, step-1 grads)."""
+    P = {n: w.to(dtype).clone().requires_grad_(True) for n, w in weights.items()}
+    decay = [P[n] for n in P if not adamw_no_decay(n)]
+    no_decay = [P[n] for n in P if adamw_no_decay(n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=ADAMW_LR,
+        betas=ADAMW_BETAS,
+        eps=ADAMW_EPS,
+        weight_decay=ADAMW_WEIGHT_DECAY,
+    )
+    assert [g["weight_decay"] for g in opt.param_groups] == [ADAMW_WEIGHT_DECAY, 0.0]
+    losses, grads = [], []
+    for inputs, labels in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = full_forward(P, cfg, prefix, inputs, fx, labels.to(dtype))[3]
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: w.grad.detach().clone() for n, w in P.items()})
+        opt.step()
+    return {n: w.detach() for n, w in P.items()}, losses, grads
+
+
+def adamw_by_hand(weights, grads):
+    """AdamW from its formula (torch's order of operations), independent of torch.optim."""
+    b1, b2 = ADAMW_BETAS
+    out = {}
+    for n, w in weights.items():
+        wd = 0.0 if adamw_no_decay(n) else ADAMW_WEIGHT_DECAY
+        p = w.double().clone()
+        m = torch.zeros_like(p)
+        v = torch.zeros_like(p)
+        for t, g in enumerate(grads, start=1):
+            g = g[n]
+            p = p * (1 - ADAMW_LR * wd)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            m_hat_step = ADAMW_LR / (1 - b1**t)
+            denom = v.sqrt() / math.sqrt(1 - b2**t) + ADAMW_EPS
+            p = p - m_hat_step * m / denom
+        out[n] = p
+    return out
+
+
+def make_adamw_reference(fx, weights32, inputs1, labels1, loss1, grads1, out):
+    spec = fx["adamw"]
+    cfg = fx["config"]
+    prefix = cfg["model_type"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+    more = build_inputs(cfg, spec["segments"], gen)
+    inputs = tuple(torch.cat([a, b]) for a, b in zip(inputs1, more))
+    labels = torch.cat([labels1, torch.tensor(spec["labels"], dtype=torch.float64)])
+    n = ADAMW_STEPS * ADAMW_BATCH
+    assert inputs[0].shape == (n, SEQ_LEN) and labels.shape == (n,)
+    assert set(labels.tolist()) == {0.0, 1.0}
+    assert int(inputs[0].max()) < cfg["vocab_size"]
+    assert int(inputs[2].max()) < cfg["type_vocab_size"]
+    batches = [
+        (tuple(t[k : k + ADAMW_BATCH] for t in inputs), labels[k : k + ADAMW_BATCH])
+        for k in range(0, n, ADAMW_BATCH)
+    ]
+    for _, lab in batches:
+        assert lab.min() == 0 and lab.max() == 1, "both classes in every batch"
+
+    final, losses, grads = adamw_run(weights32, batches, cfg, prefix, fx, torch.float64)
+    delta = {name: final[name] - weights32[name].double() for name in weights32}
+
+    # Step 1 is reference.safetensors' batch: same loss and gradients, bit for bit.
+    assert losses[0] == loss1, (losses[0], loss1)
+    for name in weights32:
+        assert torch.equal(grads[0][name], grads1[name]), name
+
+    # The whole run again from AdamW's formula.
+    by_hand = adamw_by_hand(weights32, grads)
+    hand_err = max((by_hand[k] - final[k]).abs().max().item() for k in final)
+    assert hand_err <= 1e-15, f"AdamW by hand vs torch: {hand_err}"
+
+    # Step 1 in closed form at a few elements: m̂ = g and sqrt(v̂) = |g|, so
+    # Δ = −lr·wd·p − lr·g/(|g| + eps). Checked with a one-step run of torch.optim.AdamW.
+    one, _, _ = adamw_run(weights32, batches[:1], cfg, prefix, fx, torch.float64)
+    picks = [
+        f"{prefix}.embeddings.word_embeddings.weight",  # decays
+        f"{prefix}.encoder.layer.1.attention.output.LayerNorm.weight",  # no decay
+        f"{prefix}.encoder.layer.0.intermediate.dense.bias",  # no decay
+        "head.out_proj.weight",  # decays
+    ]
+    for name in picks:
+        g = grads[0][name].reshape(-1)
+        p0 = weights32[name].double().reshape(-1)
+        wd = 0.0 if adamw_no_decay(name) else ADAMW_WEIGHT_DECAY
+        assert (wd == 0.0) == (".bias" in name or "LayerNorm." in name)
+        for idx in (int(g.abs().argmax()), int(g.abs().argmin())):
+            gi, pi = g[idx].item(), p0[idx].item()
+            expect = -ADAMW_LR * ADAMW_WEIGHT_DECAY * pi * (wd != 0) - ADAMW_LR * gi / (
+                abs(gi) + ADAMW_EPS
+            )
+            got = one[name].reshape(-1)[idx].item() - pi
+            assert abs(got - expect) <= 1e-15, (name, idx, got, expect)
+    # The padding row of word_embeddings never gets a gradient, so only weight decay moves it.
+    pad = cfg["pad_token_id"]
+    word = f"{prefix}.embeddings.word_embeddings.weight"
+    w0 = weights32[word][pad].double()
+    decayed = w0.clone()
+    for _ in range(ADAMW_STEPS):
+        decayed = decayed * (1 - ADAMW_LR * ADAMW_WEIGHT_DECAY)
+    assert torch.equal(delta[word][pad], decayed - w0), "padding row: weight decay only"
+    # Every tensor moved, and no update is larger than lr per step plus the decay.
+    for name, d in delta.items():
+        assert d.abs().max() > 0, name
+        bound = ADAMW_STEPS * ADAMW_LR * (1 + ADAMW_EPS + weights32[name].abs().max().item())
+        assert d.abs().max().item() <= bound, name
+
+    # What float32 reaches: the same run with torch float32 parameters and AdamW state.
+    final32, losses32, grads32 = adamw_run(weights32, batches, cfg, prefix, fx, torch.float32)
+    tol = ADAMW_LR * ADAMW_STEPS
+    d32 = {
+        k: (final32[k].double() - weights32[k].double() - delta[k]).abs().max().item() / tol
+        for k in delta
+    }
+    worst32 = max(d32, key=d32.get)
+    loss32 = max(abs(a - b) / abs(b) for a, b in zip(losses32, losses))
+    key_grad32 = max(
+        g[k].abs().max().item() for g in grads32 for k in g if k.endswith("key.bias")
+    )
+    key_grad64 = max(g[k].abs().max().item() for g in grads for k in g if k.endswith("key.bias"))
+    # The training test's tolerances (changes within 1e-2·lr·steps, losses within 1e-4 relative)
+    # must be reachable by a float32 implementation.
+    assert d32[worst32] < 1e-2 and loss32 < 1e-4, (worst32, d32[worst32], loss32)
+
+    reference = {
+        "input_ids": inputs[0],
+        "attention_mask": inputs[1],
+        "token_type_ids": inputs[2],
+        "position_ids": inputs[3],
+        "labels": labels,
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    for name in weights32:
+        reference[f"delta.{name}"] = delta[name]
+    meta = {
+        "format": "pt",
+        "fixture": fx["name"],
+        "task": fx["task"],
+        "head_classes": str(fx["classes"]),
+        "initial_weights": "model.safetensors (float32, cast to float64)",
+        "optimizer": "torch.optim.AdamW, two parameter groups (decay, no decay), amsgrad off",
+        "lr": "0.001",
+        "betas": "[0.9, 0.98]",
+        "eps": "1e-6",
+        "weight_decay": "0.1",
+        "decay_rule": ADAMW_DECAY_RULE,
+        "steps": str(ADAMW_STEPS),
+        "batch_size": str(ADAMW_BATCH),
+        "batches": "file order: step k (1-based) uses examples 3(k-1) .. 3k-1; no shuffling",
+        "dropout": "0",
+        "schedule": "constant",
+        "clipping": "none",
+        "loss": "BCE-with-logits mean over the batch, float labels",
+        "losses": "loss of step k's batch before step k's update",
+        "delta": "delta.<name> = parameter after the last step - initial parameter",
+        "precision": "float64 parameters, gradients and AdamW state",
+        "torch_version": torch.__version__,
+        "seed": str(spec["seed"]),
+    }
+    assert float(meta["lr"]) == ADAMW_LR and float(meta["eps"]) == ADAMW_EPS
+    assert json.loads(meta["betas"]) == list(ADAMW_BETAS)
+    assert float(meta["weight_decay"]) == ADAMW_WEIGHT_DECAY
+    path = os.path.join(out, "adamw_reference.safetensors")
+    write_safetensors(path, reference, meta)
+    back, back_meta = read_safetensors(path)
+    assert back_meta == meta and set(back) == set(reference)
+    for k, t in reference.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+
+    print(f"== {fx['name']}: AdamW reference ({ADAMW_STEPS} steps of {ADAMW_BATCH}, lr {ADAMW_LR})")
+    print(f"   input_ids      {inputs[0].tolist()}")
+    print(f"   attention_mask real tokens {inputs[1].sum(1).tolist()}")
+    print(f"   labels {labels.tolist()}")
+    print(f"   decay rule: {ADAMW_DECAY_RULE}")
+    print(
+        f"   {sum(not adamw_no_decay(k) for k in weights32)} tensors decay, "
+        f"{sum(adamw_no_decay(k) for k in weights32)} do not"
+    )
+    print(f"   losses {[f'{v:.17g}' for v in losses]}")
+    print(f"   step 1 = reference.safetensors' batch (same loss and gradients, bit for bit)")
+    print(f"   AdamW by hand vs torch.optim.AdamW: max |diff| {hand_err:.3g}")
+    print(
+        f"   torch float32 run vs this reference: worst |Δ32 − Δ| / (lr·steps) {d32[worst32]:.3g} "
+        f"({worst32}), losses relative {loss32:.3g}; max |key-bias grad| float32 {key_grad32:.3g}, "
+        f"float64 {key_grad64:.3g}"
+    )
+    print("   max |delta| / (lr·steps) per tensor:")
+    for k, d in delta.items():
+        print(f"     {k:60s} {'no decay' if adamw_no_decay(k) else 'decay':8s} "
+              f"{d.abs().max().item() / tol:.4g}")
+    print(f"   adamw_reference.safetensors: {os.path.getsize(path)} bytes")
+
+
+def blas_libraries():
+    """Paths of the BLAS / LAPACK libraries this process has loaded (from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return set()
+    return {p for p in paths if "blas" in os.path.basename(p) or "lapack" in os.path.basename(p)}
+
+
+def pin_reference_blas():
+    """Debian's torch calls whatever libblas.so.3 the alternatives system points at, and OpenBLAS
+    sums in another order than the reference BLAS (libblas3): the float64 results then differ in
+    the last bits (~1e-15 relative) and the files are no longer byte-identical. The committed
+    fixtures were made with the reference BLAS, so if OpenBLAS (or any other) is loaded and
+    libblas3 is installed, run again with libblas3's directories first on LD_LIBRARY_PATH."""
+    import glob
+
+    blas_dirs = glob.glob("/usr/lib/*/blas")
+    ref = [d for d in blas_dirs if os.path.exists(os.path.join(d, "libblas.so.3"))]
+    loaded = blas_libraries()
+    reference = bool(loaded) and all(
+        any(p.startswith(d + "/") for d in ref + [os.path.join(os.path.dirname(d), "lapack")
+                                                 for d in ref]) for p in loaded
+    )
+    if reference or not loaded:
+        return loaded, reference
+    if ref and os.environ.get("MAKE_FIXTURES_BLAS_PINNED") != "1":
+        dirs = ref + [os.path.join(os.path.dirname(d), "lapack") for d in ref]
+        dirs = [d for d in dirs if os.path.isdir(d)]
+        env = dict(os.environ, MAKE_FIXTURES_BLAS_PINNED="1")
+        env["LD_LIBRARY_PATH"] = ":".join(dirs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    return loaded, reference
+
+
 def main():
+    loaded, reference = pin_reference_blas()
+    print("BLAS: " + (", ".join(sorted(loaded)) or "unknown"))
+    if not reference:
+        print(
+            "   WARNING: not the reference BLAS (apt-get install libblas3 liblapack3); the float64 "
+            "results may differ from the committed files in the last bits"
+        )
     torch.set_num_threads(1)  # fixed reduction order for the float32 comparison numbers too
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures"
