@@ -171,12 +171,22 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
 
 let shared: Promise<Gpu> | null = null;
 
-/** The process-wide GPU, acquired on first use. */
+/**
+ * The process-wide GPU, acquired on first use and destroyed when the program (or, under
+ * `deno test`, each test module's isolate) unloads. Left to teardown, wgpu and Mesa's lavapipe
+ * have been seen to free the device twice at exit now and then (an abort after all tests passed).
+ */
 export function getGpu(): Promise<Gpu> {
   if (!shared) {
     shared = requestGpu();
-    // A failed acquisition must not be cached: the next caller gets a fresh try and error.
-    shared.catch(() => shared = null);
+    shared.then((gpu) => {
+      globalThis.addEventListener("unload", () => {
+        if (!gpu.lost) gpu.destroy();
+      });
+    }, () => {
+      // A failed acquisition must not be cached: the next caller gets a fresh try and error.
+      shared = null;
+    });
   }
   return shared;
 }
