@@ -12,6 +12,9 @@ export const rte: Task = {
   labels: LABELS,
   headClasses: 1,
   loss: "bce",
+  metrics: ["accuracy"],
+  devSplit: "val",
+  dataDir: "data/superglue/RTE",
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
     const file = await splitFile(path, split, "jsonl");
     return (await readJsonl(file)).map(({ line, value }, i) => {

@@ -1,6 +1,8 @@
 // What the engine and predict.ts need to know about a task. Each task file in tasks/ exports one
 // of these; nothing under train/ knows any particular task.
 
+import type { MetricName } from "./metrics.ts";
+
 /** One example: the encoder inputs it turns into, and its label id (or score). */
 export interface TaskExample {
   /** The example's `idx` in the data file (its line number - 1 where the file has none). */
@@ -23,6 +25,14 @@ export interface Task {
   /** Outputs of the head per encoder input: 1 for binary tasks and regression. */
   headClasses: number;
   loss: LossKind;
+  /** The metrics of its dev evaluations, as the official code reports them. */
+  metrics: readonly MetricName[];
+  /** The split training reads (default "train"). */
+  trainSplit?: string;
+  /** The split evaluations read (e.g. "val"). */
+  devSplit: string;
+  /** The data folder train.ts uses when --data is not given (relative to the working folder). */
+  dataDir?: string;
   /** Reads one split from a task's data folder (or from a data file given directly). */
   readExamples(path: string, split: string): Promise<TaskExample[]>;
   /** The prediction for one example from its logits: a label name, or a score. */

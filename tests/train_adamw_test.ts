@@ -1,0 +1,114 @@
+// Three training steps of full fine-tuning against PyTorch (tests/fixtures/tiny-bert/
+// adamw_reference.safetensors, made by tools/make_fixtures.py): torch.optim.AdamW in float64
+// with lr 1e-3 constant, β (0.9, 0.98), ε 1e-6, weight decay 0.1 except biases and LayerNorm
+// weights, BCE mean over batches of 3 in file order, dropout 0, no clipping. The engine's own
+// step (train/trainer.ts: forward, loss, backward, clip, AdamW in one submit) is driven with the
+// fixture's pre-tokenized batches.
+//
+// Bounds: each step's loss within 1e-4 relative; every parameter's change over the three steps
+// within 1e-2 · lr · steps of the reference's change (Adam moves each element by up to ~lr per
+// step whatever its gradient's size, so the changes, not relative gradients, are compared).
+
+import { assert, assertClose, assertEquals } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { loadBackbone, loadHead } from "../model/checkpoint.ts";
+import { readConfig } from "../model/config.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import type { TrainBatch } from "../train/batches.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import { Trainer } from "../train/trainer.ts";
+
+const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) => {
+  const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
+  const meta = ref.metadata;
+  const lr = Number(meta.lr);
+  const steps = Number(meta.steps);
+  const B = Number(meta.batch_size);
+  assertEquals([lr, steps, B, meta.dropout, meta.clipping], [1e-3, 3, 3, "0", "none"]);
+  const ints = async (name: string) =>
+    Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
+  const [ids, mask, types, positions] = await Promise.all(
+    ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
+  );
+  const labels = (await ref.read("labels")).data as Float64Array;
+  const losses = (await ref.read("losses")).data as Float64Array;
+  const S = ref.tensors.get("input_ids")!.shape[1];
+
+  const config = await readConfig(`${DIR}/config.json`);
+  const model = await openSafetensors(`${DIR}/model.safetensors`);
+  const adamw = {
+    ...ADAMW_DEFAULTS,
+    beta1: JSON.parse(meta.betas)[0],
+    beta2: JSON.parse(meta.betas)[1],
+    eps: Number(meta.eps),
+    weightDecay: Number(meta.weight_decay),
+    maxGradNorm: 0,
+  };
+  const trainer = new Trainer(gpu, {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: B,
+    maxSeq: S,
+    dropout: 0,
+    headSeed: 0,
+    dropoutSeed: 0,
+    adamw,
+  });
+  try {
+    await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+    await loadHead(model, trainer.headParameters());
+    trainer.beginStage({ head: true, backbone: "all", peft: false }, adamw);
+    const trained = trainer.trainableParameters();
+    const initial = new Map<string, Float32Array>();
+    for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
+    assertEquals([...trained.keys()].sort(), [...initial.keys()].sort(), "every tensor trains");
+
+    for (let k = 0; k < steps; k++) {
+      const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
+      const batch: TrainBatch = {
+        examples: B,
+        encoder: {
+          inputIds: rows(ids),
+          typeIds: rows(types),
+          positionIds: rows(positions),
+          attentionMask: rows(mask),
+          batch: B,
+          seqLen: S,
+        },
+        targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
+      };
+      await trainer.step(batch, lr, k);
+    }
+    const stats = await trainer.takeStats();
+    assertEquals(stats.length, steps);
+    assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
+    assertEquals(trainer.optimizer!.step, steps);
+
+    const bound = 1e-2 * lr * steps;
+    let worst = 0;
+    for (const [name, t] of trained) {
+      const after = (await t.download()) as Float32Array;
+      const before = initial.get(name)!;
+      const delta = (await ref.read(`delta.${name}`)).data as Float64Array;
+      assertEquals(delta.length, after.length, name);
+      for (let i = 0; i < after.length; i++) {
+        const err = Math.abs(after[i] - before[i] - delta[i]);
+        worst = Math.max(worst, err);
+        if (!(err <= bound)) {
+          throw new Error(
+            `${name}[${i}]: change ${after[i] - before[i]}, torch ${delta[i]} (bound ${bound})`,
+          );
+        }
+      }
+    }
+    assert(worst < bound, `worst change error ${worst}`);
+  } finally {
+    trainer.destroy();
+    model.close();
+    ref.close();
+  }
+});

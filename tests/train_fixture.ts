@@ -1,0 +1,98 @@
+// Shared set-up of the training tests: the tiny-bert fixture as a model folder (its config and
+// weights with a 101-token WordPiece vocabulary, as tests/predict_test.ts builds it, with or
+// without its head), and a small separable RTE-format task: the label is whether a marker word
+// occurs in the hypothesis.
+
+import { initialHeadValues } from "../model/head.ts";
+import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
+
+export const TINY_BERT = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+const WORDS = (
+  "the a of to and in is was for on that with as by it at from his an were are which this be " +
+  "has had not or but its have their one after been first new who they two he she her all " +
+  "also more than other into some only time can there most over would when up out what about " +
+  "people years war city state world said no may united states government president company " +
+  "made three while many before through where between during under against since because " +
+  "could these later such then being both both2 four five six seven eight nine ten"
+).split(" ");
+
+/** The 101-token vocabulary of the tiny models ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4). */
+export const VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ...WORDS].slice(0, 101);
+
+/** Writes a model folder: config.json, vocab.txt and model.safetensors (head optional). */
+export async function writeTinyBert(dir: string, withHead = true): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.copyFile(`${TINY_BERT}/config.json`, `${dir}/config.json`);
+  await Deno.writeTextFile(`${dir}/vocab.txt`, VOCAB.join("\n") + "\n");
+  if (withHead) {
+    await Deno.copyFile(`${TINY_BERT}/model.safetensors`, `${dir}/model.safetensors`);
+    return;
+  }
+  const source = await openSafetensors(`${TINY_BERT}/model.safetensors`);
+  const tensors: Parameters<typeof writeSafetensors>[1] = {};
+  for (const [name, info] of source.tensors) {
+    if (!name.startsWith("head.")) {
+      tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
+    }
+  }
+  source.close();
+  await writeSafetensors(`${dir}/model.safetensors`, tensors);
+}
+
+/** A seeded generator on [0, 1) (mulberry32). */
+function generator(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export const MARKER = "war";
+const FILLER = ["the", "city", "state", "world", "people", "time", "company", "four"];
+
+/**
+ * RTE-format examples: a 2-word premise and a 1-word hypothesis over a small vocabulary;
+ * "not_entailment" (label id 1) exactly when the hypothesis is the marker word. Classes
+ * alternate, so every batch of an ordered file holds both.
+ */
+export function markerExamples(n: number, seed: number): Record<string, unknown>[] {
+  const next = generator(seed);
+  const pick = () => FILLER[Math.floor(next() * FILLER.length)];
+  return Array.from({ length: n }, (_, idx) => {
+    const positive = idx % 2 === 1;
+    return {
+      premise: [pick(), pick()].join(" "),
+      hypothesis: positive ? MARKER : pick(),
+      label: positive ? "not_entailment" : "entailment",
+      idx,
+    };
+  });
+}
+
+/** Writes train.jsonl and val.jsonl of the marker task into `dir`. */
+export async function writeMarkerData(dir: string, train = 64, dev = 32): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const write = (name: string, rows: Record<string, unknown>[]) =>
+    Deno.writeTextFile(`${dir}/${name}`, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  await write("train.jsonl", markerExamples(train, 1));
+  await write("val.jsonl", markerExamples(dev, 2));
+}
+
+/**
+ * Writes a fresh EH-FT head for the tiny models (hidden 24, one output) `width` units wide:
+ * `--head` with it trains a narrow head, much faster on lavapipe than the 2048 default.
+ */
+export async function writeNarrowHead(path: string, width = 64, seed = 7): Promise<void> {
+  const v = initialHeadValues(24, width, 1, seed);
+  await writeSafetensors(path, {
+    "head.dense.weight": { dtype: "F32", shape: [width, 24], data: v.dense.weight },
+    "head.dense.bias": { dtype: "F32", shape: [width], data: v.dense.bias },
+    "head.out_proj.weight": { dtype: "F32", shape: [1, width], data: v.outProj.weight },
+    "head.out_proj.bias": { dtype: "F32", shape: [1], data: v.outProj.bias },
+  });
+}

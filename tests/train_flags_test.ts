@@ -1,0 +1,147 @@
+// train.ts's flags (train/config.ts): defaults by strategy and method, a task script's recipe
+// yielding to what the user typed, and one-line errors that name the flag.
+
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { parseTrainArgs, type Recipe } from "../train/config.ts";
+import { FlagError } from "../train/flags.ts";
+
+const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
+
+function parse(args: string[], recipe: Recipe = {}) {
+  return parseTrainArgs([...BASE, ...args], recipe).config;
+}
+
+function fails(args: string[], message: string, recipe: Recipe = {}): void {
+  const e = assertThrows(() => parseTrainArgs([...BASE, ...args], recipe), FlagError);
+  assert(e.message.includes(message), `"${e.message}" should include "${message}"`);
+  assert(!e.message.includes("\n"), e.message);
+}
+
+Deno.test("train flags: defaults by strategy and PEFT method", () => {
+  const ehft = parse([]);
+  assertEquals(
+    [ehft.strategy, ehft.peft, ehft.stage1Lr, ehft.lr, ehft.stage1Ratio, ehft.batchSize],
+    ["ehft", "bitfit", 5e-4, 1e-5, 0.1, 32],
+  );
+  assertEquals([ehft.epochs, ehft.maxSteps, ehft.seed, ehft.seeds], [10, null, 42, 1]);
+  assertEquals(
+    [ehft.weightDecay, ehft.maxGradNorm, ehft.warmupRatio, ehft.schedule, ehft.shuffle],
+    [0.1, 0.1, 0.1, "linear", true],
+  );
+  assertEquals([ehft.loraR, ehft.loraAlpha, ehft.prefixLength], [8, 16, 16]);
+  assertEquals([ehft.dropout, ehft.maxLength, ehft.evalEvery, ehft.head], [null, null, null, null]);
+  assertEquals(ehft.out, "runs/rte/ehft-bitfit");
+  assertEquals(parse(["--peft", "prefix"]).stage1Lr, 5e-3);
+  assertEquals(parse(["--peft", "lora"]).stage1Lr, 5e-4);
+  const lp = parse(["--strategy", "lp"]);
+  assertEquals([lp.peft, lp.lr, lp.stage1Lr], [null, 5e-4, null]);
+  const lpft = parse(["--strategy", "lpft"]);
+  assertEquals([lpft.peft, lpft.lr, lpft.stage1Lr], [null, 1e-5, 5e-4]);
+  const ft = parse(["--strategy", "ft"]);
+  assertEquals([ft.peft, ft.lr, ft.stage1Lr], [null, 1e-5, null]);
+  const peft = parse(["--strategy", "peft", "--peft", "prefix"]);
+  assertEquals([peft.peft, peft.lr, peft.stage1Lr], ["prefix", 5e-3, null]);
+  const typed = parse(["--max-steps", "7", "--no-shuffle", "--dropout", "0", "--eval-every", "0"]);
+  assertEquals([typed.epochs, typed.maxSteps, typed.shuffle, typed.dropout, typed.evalEvery], [
+    null,
+    7,
+    false,
+    0,
+    0,
+  ]);
+  // A task's default data folder.
+  const { config } = parseTrainArgs(
+    ["--task", "rte", "--model", "m"],
+    {},
+    (t) => t === "rte" ? "data/superglue/RTE" : undefined,
+  );
+  assertEquals(config.data, "data/superglue/RTE");
+});
+
+Deno.test("train flags: a recipe's defaults yield to what the user typed", () => {
+  const recipe: Recipe = {
+    task: "rte",
+    strategy: "ehft",
+    peft: "lora",
+    stage1Lr: 1e-3,
+    lr: 2e-5,
+    epochs: 3,
+  };
+  const own = parse([], recipe);
+  assertEquals([own.strategy, own.peft, own.stage1Lr, own.lr, own.epochs], [
+    "ehft",
+    "lora",
+    1e-3,
+    2e-5,
+    3,
+  ]);
+  // An explicit --strategy ft drops the recipe's PEFT method and its learning rates.
+  const ft = parse(["--strategy", "ft"], recipe);
+  assertEquals([ft.strategy, ft.peft, ft.lr, ft.stage1Lr, ft.epochs], ["ft", null, 1e-5, null, 3]);
+  // Another PEFT method drops the recipe's stage-1 lr (it was the recipe method's).
+  const prefix = parse(["--peft", "prefix"], recipe);
+  assertEquals([prefix.peft, prefix.stage1Lr, prefix.lr], ["prefix", 5e-3, 2e-5]);
+  // --max-steps typed replaces the recipe's epochs.
+  const steps = parse(["--max-steps", "50"], recipe);
+  assertEquals([steps.epochs, steps.maxSteps], [null, 50]);
+  fails(["--task", "cb"], "this script trains rte, not cb", recipe);
+});
+
+Deno.test("train flags: errors are one line and name the flag", () => {
+  fails(["--stratgy", "ft"], "unknown flag --stratgy (did you mean --strategy?)");
+  fails(["--lora-rank", "4"], "unknown flag --lora-rank (did you mean --lora-r");
+  fails(["--peft", "lora", "--strategy", "ft"], "--peft lora: strategy ft uses no PEFT method");
+  fails(["--strategy", "lp", "--peft", "bitfit"], "strategy lp uses no PEFT method");
+  fails(["--strategy", "nope"], '--strategy: "nope" is not one of ft, lp, lpft, peft, ehft');
+  fails(["--peft", "adapter"], '--peft: "adapter" is not one of bitfit, lora, prefix');
+  fails(["--lr", "abc"], '--lr: expected a number > 0, got "abc"');
+  fails(["--lr", "0"], "--lr: expected a number > 0");
+  fails(["--lr", "-1"], "--lr");
+  fails(["--stage1-lr=-1"], "--stage1-lr: expected a number > 0");
+  fails(["--batch-size", "0"], '--batch-size: expected an integer ≥ 1, got "0"');
+  fails(["--batch-size", "2.5"], "--batch-size: expected an integer");
+  fails(["--epochs", "x"], "--epochs: expected an integer");
+  fails(["--max-steps=-3"], "--max-steps: expected an integer");
+  fails(["--stage1-ratio", "1"], "--stage1-ratio: expected a number > 0 and < 1");
+  fails(["--dropout", "1"], "--dropout: expected a number ≥ 0 and < 1");
+  fails(["--warmup-ratio", "nan"], "--warmup-ratio: expected a number");
+  fails(["--max-grad-norm=-0.1"], "--max-grad-norm: expected a number ≥ 0");
+  fails(["--eval-every=-1"], "--eval-every: expected an integer ≥ 0");
+  fails(["--lora-r", "0"], "--lora-r: expected an integer ≥ 1");
+  fails(["--schedule", "cosine"], '--schedule: "cosine" is not one of linear, constant');
+  fails(["--epochs", "3", "--max-steps", "9"], "--epochs and --max-steps: give one budget");
+  fails(["--strategy", "ft", "--stage1-lr", "1e-3"], "--stage1-lr: strategy ft has one stage");
+  fails(["--strategy", "peft", "--stage1-ratio", "0.2"], "--stage1-ratio: strategy peft has one");
+  fails(["--resume", "--overwrite"], "--resume and --overwrite: choose one");
+  fails(["--max-steps", "1"], "--max-steps: strategy ehft has two stages, so needs at least 2");
+  const missing = assertThrows(() => parseTrainArgs(["--model", "m"]), FlagError);
+  assertEquals(missing.message, "--task is required");
+  const noData = assertThrows(() => parseTrainArgs(["--task", "x", "--model", "m"]), FlagError);
+  assertEquals(noData.message, "--data is required (this task has no default data folder)");
+});
+
+Deno.test({
+  name: "train.ts: bad flags exit 1 with one line on stderr",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const run = async (...args: string[]) => {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../train.ts", import.meta.url).pathname, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
+    };
+    const typo = await run("--task", "rte", "--modle", "x");
+    assertEquals(typo, { code: 1, stderr: "train: unknown flag --modle (did you mean --model?)" });
+    const peft = await run("--task", "rte", "--model", "m", "--peft", "lora", "--strategy", "ft");
+    assertEquals(peft.code, 1);
+    assert(peft.stderr.startsWith("train: --peft lora: strategy ft uses no PEFT method"));
+    const task = await run("--task", "nope", "--model", "m");
+    assertEquals(task.code, 1);
+    assert(task.stderr.startsWith('train: --task: unknown task "nope"'), task.stderr);
+    for (const r of [typo, peft, task]) assert(!r.stderr.includes("\n"), r.stderr);
+  },
+});

@@ -1,0 +1,221 @@
+// What a run leaves in its folder (run.json, log.jsonl, metrics.json, model/ in the checkpoint
+// contract that predict.ts reads, the LoRA adapter), --seeds K, and the task shapes beyond one
+// binary logit: multiple choice (two encoder inputs per example, cross-entropy over their
+// logits) and regression (MSE, correlation metrics).
+
+import { assert, assertClose, assertEquals } from "./assert.ts";
+import {
+  markerExamples,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { predict } from "../predict.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { runTraining, type SeedsMetrics } from "../train/run.ts";
+import type { Task, TaskExample } from "../train/task.ts";
+import { rte } from "../tasks/rte.ts";
+
+interface Setup {
+  dir: string;
+  args: string[];
+}
+let setup: Promise<Setup> | null = null;
+
+function prepare(): Promise<Setup> {
+  setup ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-outputs-" });
+    // Removed when the module unloads, whichever tests a filter picked.
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    await writeTinyBert(`${dir}/model`, false);
+    await writeMarkerData(`${dir}/data`);
+    await writeNarrowHead(`${dir}/head.safetensors`);
+    const args = [
+      ...["--model", `${dir}/model`, "--data", `${dir}/data`, "--head", `${dir}/head.safetensors`],
+      ...["--batch-size", "16", "--dropout", "0"],
+    ];
+    return { dir, args };
+  })();
+  return setup;
+}
+
+const test = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+
+test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/lora`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "peft", "--peft", "lora"],
+    ...["--lr", "1e-2", "--epochs", "2", "--eval-every", "3", "--warmup-ratio", "0.25"],
+  ]);
+  const metrics = await runTraining(config, { task: rte, quiet: true });
+
+  const run = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+  assertEquals(run.settings.strategy, "peft");
+  assertEquals(run.settings.peft, "lora");
+  assertEquals(run.settings.lr, 1e-2);
+  assertEquals(run.resolved.total_steps, 8);
+  assertEquals(run.resolved.batches_per_epoch, 4);
+  assertEquals(run.resolved.max_length, 33);
+  assertEquals(run.resolved.head_width, 64);
+  assertEquals(run.resolved.dropout, { hidden: 0, attention: 0 });
+  assertEquals(run.resolved.stages.length, 1);
+  assertEquals(run.resolved.adamw.beta2, 0.98);
+
+  const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+  const steps = log.filter((l) => "loss" in l);
+  assertEquals(steps.map((l) => l.step), [1, 2, 3, 4, 5, 6, 7, 8]);
+  for (const l of steps) {
+    assertEquals(Object.keys(l), ["stage", "step", "loss", "lr", "grad_norm"]);
+    assertEquals(l.stage, "main");
+    assert(Number.isFinite(l.loss) && l.grad_norm > 0, JSON.stringify(l));
+  }
+  // Warmup over ⌊0.25 · 8⌋ = 2 steps, then linear decay to 0.
+  assertClose(
+    "lr",
+    steps.map((l) => l.lr),
+    [0, 0.5, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6].map((x) => x * 1e-2),
+    1e-12,
+  );
+  const evals = log.filter((l) => "metrics" in l);
+  assertEquals(evals.map((l) => l.step), [3, 6, 8]);
+  assertEquals(evals[2].metrics, metrics.final);
+  assertEquals(
+    metrics.best.accuracy,
+    Math.max(...evals.map((l) => l.metrics.accuracy)),
+  );
+  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/metrics.json`)), metrics);
+
+  // model/: LoRA merged into the weights, loadable as it is; the adapter beside it.
+  const model = await openSafetensors(`${out}/model/model.safetensors`);
+  assertEquals(model.metadata.task, "rte");
+  assertEquals(model.metadata.peft_state, "merged");
+  assertEquals(model.metadata.head_hidden, "64");
+  assert(![...model.tensors.keys()].some((n) => n.startsWith("lora.")));
+  model.close();
+  for (const f of ["config.json", "tokenizer.json"]) await Deno.stat(`${out}/model/${f}`);
+  const adapter = JSON.parse(await Deno.readTextFile(`${out}/adapter/adapter_config.json`));
+  assertEquals([adapter.peft_type, adapter.r, adapter.lora_alpha], ["LORA", 8, 16]);
+  await Deno.stat(`${out}/adapter/head.safetensors`);
+
+  const predictions = await predict({
+    model: `${out}/model`,
+    task: rte,
+    data: `${dir}/data`,
+    split: "val",
+    batchSize: 16,
+  });
+  const gold = markerExamples(32, 2).map((e) => e.label);
+  const correct = predictions.filter((p, i) => p.prediction === gold[i]).length;
+  assertEquals(correct / gold.length, metrics.final.accuracy, "predict.ts agrees with the run");
+});
+
+test("train: --seeds 2 runs into seed-<n>/ and averages the metrics", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/seeds`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "lp", "--seed", "5"],
+    ...["--seeds", "2", "--max-steps", "4", "--lr", "1e-2", "--eval-every", "2"],
+  ]);
+  const summary = await runTraining(config, { task: rte, quiet: true }) as SeedsMetrics;
+  const one = JSON.parse(await Deno.readTextFile(`${out}/seed-5/metrics.json`));
+  const two = JSON.parse(await Deno.readTextFile(`${out}/seed-6/metrics.json`));
+  assertEquals(summary.seeds, { "5": one, "6": two });
+  assertClose(
+    "mean",
+    [summary.final.accuracy!],
+    [(one.final.accuracy + two.final.accuracy) / 2],
+    1e-12,
+  );
+  assertClose(
+    "std",
+    [summary.std.final.accuracy!],
+    [Math.abs(one.final.accuracy - two.final.accuracy) / 2],
+    1e-12,
+  );
+  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/metrics.json`)), summary);
+  const runs = [`${out}/seed-5`, `${out}/seed-6`];
+  const settings = await Promise.all(
+    runs.map(async (r) => JSON.parse(await Deno.readTextFile(`${r}/run.json`)).settings.seed),
+  );
+  assertEquals(settings, [5, 6]);
+  // Different seeds, different data orders: the first losses differ.
+  const firstLoss = async (r: string) =>
+    JSON.parse((await Deno.readTextFile(`${r}/log.jsonl`)).split("\n")[0]).loss;
+  assert((await firstLoss(runs[0])) !== (await firstLoss(runs[1])));
+});
+
+/** A task made in memory from the marker examples (the path is ignored). */
+function memoryTask(
+  name: string,
+  shape: Pick<Task, "headClasses" | "loss" | "metrics">,
+  make: (row: Record<string, unknown>, other: Record<string, unknown>) => TaskExample,
+): Task {
+  return {
+    name,
+    labels: [],
+    devSplit: "val",
+    ...shape,
+    readExamples: (_path, split) => {
+      const rows = markerExamples(split === "train" ? 64 : 32, split === "train" ? 11 : 12);
+      return Promise.resolve(rows.map((r, i) => make(r, rows[i ^ 1])));
+    },
+    prediction: (logits) => logits[0],
+  };
+}
+
+test("train: multiple choice (two inputs, CE over their logits) learns", async () => {
+  const { dir, args } = await prepare();
+  // Which of two hypotheses is the marker word: the example's own, or its neighbour's.
+  const choice = memoryTask(
+    "choice",
+    { headClasses: 1, loss: "ce", metrics: ["accuracy"] },
+    (row, other) => {
+      const positive = row.label === "not_entailment" ? row : other;
+      const negative = positive === row ? other : row;
+      const first = (row.idx as number) % 4 < 2;
+      const pair = (r: Record<string, unknown>): [string, string] => [
+        row.premise as string,
+        r.hypothesis as string,
+      ];
+      return {
+        idx: row.idx as number,
+        inputs: first ? [pair(positive), pair(negative)] : [pair(negative), pair(positive)],
+        label: first ? 0 : 1,
+      };
+    },
+  );
+  const { config } = parseTrainArgs([
+    ...["--task", "choice", ...args, "--out", `${dir}/choice`, "--strategy", "ft"],
+    ...["--lr", "3e-3", "--max-steps", "24", "--batch-size", "8", "--schedule", "constant"],
+    ...["--max-grad-norm", "0", "--eval-every", "0"],
+  ]);
+  const metrics = await runTraining(config, { task: choice, quiet: true });
+  assert(metrics.final.accuracy! >= 0.95, JSON.stringify(metrics));
+  const run = JSON.parse(await Deno.readTextFile(`${dir}/choice/run.json`));
+  assertEquals(run.resolved.task.inputs_per_example, 2);
+});
+
+test("train: regression (MSE) reports correlations", async () => {
+  const { dir, args } = await prepare();
+  const regression = memoryTask(
+    "score",
+    { headClasses: 1, loss: "mse", metrics: ["pearson", "spearman"] },
+    (row) => ({
+      idx: row.idx as number,
+      inputs: [[row.premise as string, row.hypothesis as string]],
+      label: row.label === "not_entailment" ? 4 : 1,
+    }),
+  );
+  const { config } = parseTrainArgs([
+    ...["--task", "score", ...args, "--out", `${dir}/score`, "--strategy", "ft"],
+    ...["--lr", "3e-3", "--max-steps", "16", "--schedule", "constant", "--eval-every", "0"],
+  ]);
+  const metrics = await runTraining(config, { task: regression, quiet: true });
+  assertEquals(Object.keys(metrics.final), ["pearson", "spearman"]);
+  assert(metrics.final.pearson! > 0.5, JSON.stringify(metrics));
+});

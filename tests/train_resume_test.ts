@@ -1,0 +1,169 @@
+// Checkpoints and --resume: a train.ts run killed (SIGKILL) after a checkpoint in Stage 1, resumed,
+// killed again in Stage 2, and resumed to the end gives the same log, metrics and weights, bit
+// for bit, as an uninterrupted run (dropout on, shuffled data: the masks and the order depend
+// only on the seed and the step). --resume on a finished run changes nothing; a folder that holds
+// a run is refused without --resume or --overwrite.
+
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { runTraining } from "../train/run.ts";
+import { rte } from "../tasks/rte.ts";
+
+const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The stage index of the checkpoint in `dir`, or null while there is none. */
+async function checkpointStage(dir: string): Promise<number | null> {
+  const path = `${dir}/checkpoint.safetensors`;
+  if (!(await exists(path))) return null;
+  try {
+    const reader = await openSafetensors(path);
+    reader.close();
+    return JSON.parse(reader.metadata.ehft_training_state).stage;
+  } catch {
+    return null; // replaced while being opened: ask again
+  }
+}
+
+/** Starts train.ts and SIGKILLs it once `ready` holds; returns whether it was still running. */
+async function runAndKill(args: string[], ready: () => Promise<boolean>): Promise<boolean> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN_TS, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  let finished = false;
+  const status = child.status.then((s) => {
+    finished = true;
+    return s;
+  });
+  while (!finished && !(await ready())) await new Promise((r) => setTimeout(r, 10));
+  const killed = !finished;
+  if (killed) child.kill("SIGKILL");
+  const s = await status;
+  if (!killed && !s.success) throw new Error(`train.ts failed: ${await stderr}`);
+  await stderr;
+  return killed;
+}
+
+/** Every file under dir (relative path → bytes). */
+async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(dir)) {
+    const path = `${dir}/${e.name}`;
+    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
+    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
+  }
+  return out;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+async function mtimes(dir: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const name of (await readTree(dir)).keys()) {
+    out.set(name, (await Deno.stat(`${dir}/${name}`)).mtime!.getTime());
+  }
+  return out;
+}
+
+Deno.test({
+  name: "train: a killed run resumed from its checkpoints ends as an uninterrupted one",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-resume-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "lora"],
+        ...["--batch-size", "8", "--max-steps", "24", "--stage1-ratio", "0.25"],
+        ...["--stage1-lr", "1e-2", "--lr", "3e-3", "--eval-every", "3", "--checkpoint-every", "4"],
+      ];
+      const run = async (out: string, ...more: string[]) => {
+        const { config } = parseTrainArgs([...common, "--out", out, ...more]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+
+      const whole = `${dir}/whole`;
+      const expected = await run(whole);
+
+      const killed = `${dir}/killed`;
+      const args = [...common, "--out", killed];
+      // Killed in Stage 1 (steps 1-6) after its first checkpoint...
+      assert(
+        await runAndKill(args, async () => (await checkpointStage(killed)) === 0),
+        "the run ended before it could be killed",
+      );
+      assert(!(await exists(`${killed}/metrics.json`)));
+      assert(!(await exists(`${killed}/stage1`)), "killed before the end of Stage 1");
+      // ...resumed, and killed again in Stage 2...
+      assert(
+        await runAndKill([...args, "--resume"], async () => (await checkpointStage(killed)) === 1),
+        "the resumed run ended before it could be killed",
+      );
+      assert(!(await exists(`${killed}/metrics.json`)));
+      // ...and resumed to the end.
+      const resumed = await run(killed, "--resume");
+      assertEquals(resumed, expected);
+
+      const a = await readTree(whole);
+      const b = await readTree(killed);
+      assertEquals([...b.keys()].sort(), [...a.keys()].sort());
+      for (const [name, bytes] of a) {
+        if (name === "run.json") continue; // it names its own folder
+        assert(sameBytes(b.get(name)!, bytes), `${name} differs after resuming`);
+      }
+      const log = new TextDecoder().decode(a.get("log.jsonl")!).trim().split("\n");
+      assertEquals(log.filter((l) => l.includes('"loss"')).length, 24);
+
+      // --resume on a finished run: exit 0, nothing changes.
+      const before = await mtimes(killed);
+      const again = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", TRAIN_TS, ...args, "--resume"],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
+      assertEquals(await mtimes(killed), before);
+      const after = await readTree(killed);
+      assert([...b].every(([k, v]) => sameBytes(after.get(k)!, v)) && after.size === b.size);
+
+      // A folder holding a run is refused without --resume or --overwrite.
+      await assertRejects(() => run(killed), Error, "already holds a run");
+      const refused = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", TRAIN_TS, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(refused.stderr).trim();
+      assertEquals(refused.code, 1);
+      assert(stderr.startsWith(`train: ${killed} already holds a run`), stderr);
+      assert(!stderr.includes("\n"), stderr);
+      assertEquals(await mtimes(killed), before);
+      // --resume with other settings is refused too.
+      await assertRejects(() => run(killed, "--resume", "--seed", "7"), Error, "other settings");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

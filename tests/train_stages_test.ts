@@ -1,0 +1,147 @@
+// The pieces of the loop that need no GPU: strategies as stage lists, the learning-rate schedule,
+// the seeded data order, batch padding, predictions and the best-score bookkeeping.
+
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { assembleBatch, DataStream, epochOrder } from "../train/batches.ts";
+import { predictionOf, updateBest } from "../train/evaluate.ts";
+import { isNoDecayName } from "../train/optimizer.ts";
+import { summarizeSeeds } from "../train/run.ts";
+import { learningRate, warmupSteps } from "../train/schedule.ts";
+import { resolveStages, stage1Steps } from "../train/strategy.ts";
+
+const budget = { totalSteps: 100, stage1Ratio: 0.1, lr: 1e-5, stage1Lr: 5e-4 };
+
+Deno.test("strategies resolve to stages", () => {
+  const ft = resolveStages({ ...budget, strategy: "ft", peft: null });
+  assertEquals(ft, [{
+    name: "main",
+    steps: 100,
+    lr: 1e-5,
+    trains: { head: true, backbone: "all", peft: false },
+    freshHead: true,
+  }]);
+  const lp = resolveStages({ ...budget, strategy: "lp", peft: null, lr: 5e-4 });
+  assertEquals(lp.map((s) => [s.name, s.steps, s.lr, s.trains.backbone]), [
+    ["main", 100, 5e-4, "none"],
+  ]);
+  const peft = resolveStages({ ...budget, strategy: "peft", peft: "lora", lr: 5e-4 });
+  assertEquals(peft[0].trains, { head: true, backbone: "peft", peft: true });
+  const lpft = resolveStages({ ...budget, strategy: "lpft", peft: null });
+  assertEquals(lpft.map((s) => [s.name, s.steps, s.lr, s.trains.backbone, s.trains.peft]), [
+    ["stage1", 10, 5e-4, "none", false],
+    ["stage2", 90, 1e-5, "all", false],
+  ]);
+  assert(!lpft[1].restoreBackbone && !lpft[1].freshHead);
+  const ehft = resolveStages({ ...budget, strategy: "ehft", peft: "bitfit" });
+  assertEquals(ehft[0].trains, { head: true, backbone: "peft", peft: true });
+  assertEquals(ehft[1], {
+    name: "stage2",
+    steps: 90,
+    lr: 1e-5,
+    trains: { head: true, backbone: "all", peft: false },
+    restoreBackbone: true,
+    dropPeft: true,
+  });
+  const reserve = resolveStages({ ...budget, strategy: "ehft-reserve", peft: "prefix" });
+  assertEquals(reserve[1].trains, { head: true, backbone: "all", peft: true });
+  assert(reserve[1].restoreBackbone && !reserve[1].dropPeft);
+  assertThrows(() => resolveStages({ ...budget, strategy: "ehft", peft: null }), Error, "--peft");
+  assertThrows(() => resolveStages({ ...budget, strategy: "ft", peft: "lora" }), Error, "no PEFT");
+  // Stage 1 gets round(ratio · total) steps, at least 1, leaving Stage 2 at least 1.
+  assertEquals([stage1Steps(100, 0.1), stage1Steps(7, 0.1), stage1Steps(2, 0.9)], [10, 1, 1]);
+  assertEquals(stage1Steps(25, 0.1), 3);
+});
+
+Deno.test("schedule: linear warmup then linear decay to 0, as Hugging Face's", () => {
+  const s = { name: "linear" as const, lr: 1, total: 100, warmupRatio: 0.1 };
+  assertEquals(warmupSteps(s), 10);
+  assertEquals([0, 5, 10, 55, 99].map((d) => learningRate(s, d)), [0, 0.5, 1, 0.5, 1 / 90]);
+  const none = { ...s, warmupRatio: 0, total: 4 };
+  assertEquals([0, 1, 2, 3].map((d) => learningRate(none, d)), [1, 0.75, 0.5, 0.25]);
+  const constant = { ...s, name: "constant" as const };
+  assertEquals([0, 50, 99].map((d) => learningRate(constant, d)), [1, 1, 1]);
+});
+
+Deno.test("data order: a seeded shuffle per epoch, file order without shuffling", () => {
+  const a = epochOrder(50, 42, 0, true);
+  assertEquals([...a].sort((x, y) => x - y), Array.from({ length: 50 }, (_, i) => i));
+  assertEquals(epochOrder(50, 42, 0, true), a);
+  assert(epochOrder(50, 42, 1, true).join() !== a.join(), "epochs differ");
+  assert(epochOrder(50, 43, 0, true).join() !== a.join(), "seeds differ");
+  assertEquals(epochOrder(5, 42, 3, false), [0, 1, 2, 3, 4]);
+  // 10 examples in batches of 4: 3 batches per epoch, the last short; step 3 starts epoch 1.
+  const stream = new DataStream(10, 4, 7, false);
+  assertEquals([0, 1, 2, 3].map((s) => stream.examples(s)), [
+    [0, 1, 2, 3],
+    [4, 5, 6, 7],
+    [8, 9],
+    [0, 1, 2, 3],
+  ]);
+  const shuffled = new DataStream(10, 4, 7, true);
+  const epoch1 = [3, 4, 5].flatMap((s) => shuffled.examples(s));
+  assertEquals(epoch1, epochOrder(10, 7, 1, true));
+});
+
+Deno.test("batches are padded to their longest row, with each model's positions", () => {
+  const bert = { padTokenId: 0, positionsFromPadding: false } as ModelConfig;
+  const ex = (ids: number[], label: number) => ({
+    inputs: [{ ids: Uint32Array.from(ids), types: new Uint32Array(ids.length) }],
+    label,
+  });
+  const b = assembleBatch(bert, "bce", [ex([2, 7, 3], 1), ex([2, 3], 0)]);
+  assertEquals([b.examples, b.encoder.batch, b.encoder.seqLen], [2, 2, 3]);
+  assertEquals(Array.from(b.encoder.inputIds!), [2, 7, 3, 2, 3, 0]);
+  assertEquals(Array.from(b.encoder.attentionMask!), [1, 1, 1, 1, 1, 0]);
+  assertEquals(Array.from(b.encoder.positionIds!), [0, 1, 2, 0, 1, 2]);
+  assert(b.targets instanceof Float32Array);
+  const roberta = { padTokenId: 1, positionsFromPadding: true } as ModelConfig;
+  const r = assembleBatch(roberta, "ce", [ex([0, 7, 2], 2), ex([0, 2], 0)]);
+  assertEquals(Array.from(r.encoder.inputIds!), [0, 7, 2, 0, 2, 1]);
+  assertEquals(Array.from(r.encoder.positionIds!), [2, 3, 4, 2, 3, 1]);
+  assert(r.targets instanceof Uint32Array);
+  assertEquals([...r.targets], [2, 0]);
+  // Two inputs per example (multiple choice): rows are example-major.
+  const two = {
+    inputs: [ex([2, 5], 0).inputs[0], ex([2, 6, 7], 0).inputs[0]],
+    label: 1,
+  };
+  const m = assembleBatch(bert, "ce", [two]);
+  assertEquals([m.examples, m.encoder.batch, m.encoder.seqLen, [...m.targets]], [1, 2, 3, [1]]);
+});
+
+Deno.test("predictions, best scores, the no-decay rule and seed summaries", () => {
+  assertEquals(predictionOf("bce", [0.3]), 1);
+  assertEquals(predictionOf("bce", [-0.3]), 0);
+  assertEquals(predictionOf("ce", [0.1, 2, -1]), 1);
+  assertEquals(predictionOf("mse", [3.5]), 3.5);
+  assertEquals(updateBest({}, { accuracy: 0.5, pearson: null }), { accuracy: 0.5, pearson: null });
+  assertEquals(updateBest({ accuracy: 0.7, f1: 0.2 }, { accuracy: 0.6, f1: 0.4 }), {
+    accuracy: 0.7,
+    f1: 0.4,
+  });
+  assertEquals(updateBest({ pearson: 0.3 }, { pearson: null }), { pearson: 0.3 });
+  for (const n of ["bert.encoder.layer.0.output.dense.bias", "head.out_proj.bias"]) {
+    assert(isNoDecayName(n), n);
+  }
+  assert(isNoDecayName("bert.embeddings.LayerNorm.weight"));
+  assert(isNoDecayName("bert.encoder.layer.3.attention.output.LayerNorm.weight"));
+  for (
+    const n of [
+      "bert.embeddings.word_embeddings.weight",
+      "head.dense.weight",
+      "lora.encoder.layer.0.attention.self.query.lora_A.weight",
+      "prefix.encoder.layer.0.key",
+    ]
+  ) {
+    assert(!isNoDecayName(n), n);
+  }
+  const summary = summarizeSeeds({
+    "1": { final: { accuracy: 0.5 }, best: { accuracy: 0.75 } },
+    "2": { final: { accuracy: 0.7 }, best: { accuracy: 0.75 } },
+  });
+  assertEquals(summary.final.accuracy!.toFixed(6), "0.600000");
+  assertEquals(summary.std.final.accuracy!.toFixed(6), "0.100000");
+  assertEquals(summary.best, { accuracy: 0.75 });
+  assertEquals(summary.std.best, { accuracy: 0 });
+});

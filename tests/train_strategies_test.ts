@@ -1,0 +1,200 @@
+// Every strategy × PEFT method learns a small separable task on the tiny-bert fixture (dev
+// accuracy ≥ 0.95 at the end), and EH-FT's hand-off does what the paper says: after Stage 1 the
+// backbone is the pretrained one bit for bit, Stage 2 starts from the head Stage 1 ended with,
+// BitFit moved only biases in Stage 1, and ehft-reserve keeps the PEFT-trained tensors.
+//
+// The task: the label is whether the (one-word) hypothesis is a marker word (tests/
+// train_fixture.ts). The learning rates are far above the paper's (a random 2-layer model with
+// hidden size 24, 32-56 steps), dropout is off, the lr constant, no clipping, and the head is
+// 64 units wide (`--head` with a narrow fresh head) to keep each run to a few seconds.
+
+import { assert, assertEquals } from "./assert.ts";
+import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { isBitFitParameter } from "../peft/bitfit.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { runTraining } from "../train/run.ts";
+import type { Trainer } from "../train/trainer.ts";
+import type { Stage } from "../train/strategy.ts";
+import { rte } from "../tasks/rte.ts";
+
+const HEAD_WIDTH = 64;
+
+interface Setup {
+  dir: string;
+  model: string;
+  data: string;
+  head: string;
+}
+
+let setup: Promise<Setup> | null = null;
+
+function prepare(): Promise<Setup> {
+  setup ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-strategies-" });
+    // Removed when the module unloads, whichever tests a filter picked.
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    const model = `${dir}/model`;
+    await writeTinyBert(model, false);
+    const data = `${dir}/data`;
+    await writeMarkerData(data);
+    const head = `${dir}/head.safetensors`;
+    await writeNarrowHead(head, HEAD_WIDTH);
+    return { dir, model, data, head };
+  })();
+  return setup;
+}
+
+async function readAll(path: string): Promise<Map<string, Float32Array>> {
+  const reader = await openSafetensors(path);
+  try {
+    const out = new Map<string, Float32Array>();
+    for (const name of reader.tensors.keys()) out.set(name, await reader.readF32(name));
+    return out;
+  } finally {
+    reader.close();
+  }
+}
+
+function bitsEqual(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  return x.every((v, i) => v === y[i]);
+}
+
+/** The model's tensors as the trainer holds them now, under checkpoint names. */
+async function snapshot(trainer: Trainer): Promise<Map<string, Float32Array>> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of [...trainer.backboneParameters(), ...trainer.headParameters()]) {
+    out.set(name, (await t.download()) as Float32Array);
+  }
+  return out;
+}
+
+async function train(
+  name: string,
+  args: string[],
+  onStageStart?: (info: { stage: Stage; index: number; trainer: Trainer }) => Promise<void>,
+) {
+  const s = await prepare();
+  const out = `${s.dir}/${name}`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", "--model", s.model, "--data", s.data, "--head", s.head],
+    ...["--batch-size", "16", "--dropout", "0", "--schedule", "constant"],
+    ...["--max-grad-norm", "0", "--eval-every", "8", "--checkpoint-every", "0", "--out", out],
+    ...args,
+  ]);
+  const metrics = await runTraining(config, { task: rte, quiet: true, onStageStart });
+  return { out, metrics, config };
+}
+
+const CASES: [string, string[]][] = [
+  ["ft", ["--strategy", "ft", "--lr", "3e-3", "--max-steps", "32"]],
+  ["lp", ["--strategy", "lp", "--lr", "1e-2", "--max-steps", "40"]],
+  ["lpft", ["--strategy", "lpft", "--stage1-lr", "1e-2", "--lr", "3e-3", "--max-steps", "32"]],
+];
+for (const peft of ["bitfit", "lora", "prefix"]) {
+  const steps = peft === "prefix" ? "56" : "32";
+  CASES.push([`peft-${peft}`, [
+    ...["--strategy", "peft", "--peft", peft, "--lr", "1e-2", "--max-steps", steps],
+  ]]);
+  for (const strategy of ["ehft", "ehft-reserve"]) {
+    CASES.push([`${strategy}-${peft}`, [
+      ...["--strategy", strategy, "--peft", peft],
+      ...["--stage1-lr", "1e-2", "--lr", "3e-3", "--max-steps", "32"],
+    ]]);
+  }
+}
+
+for (const [name, args] of CASES) {
+  Deno.test({
+    name: `train: ${name} learns the marker task (dev accuracy ≥ 0.95)`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      const { out, metrics } = await train(name, args);
+      assert((metrics.final.accuracy ?? 0) >= 0.95, `${name}: ${JSON.stringify(metrics)}`);
+      const written = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+      assertEquals(written, metrics);
+      const saved = await readAll(`${out}/model/model.safetensors`);
+      assert(
+        saved.has("head.out_proj.weight") && saved.has("bert.encoder.layer.1.output.dense.weight"),
+      );
+      // The sequence budget shrinks by the prefix length (tiny-bert has 33 positions).
+      const run = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+      assertEquals(run.resolved.max_length, name.endsWith("prefix") ? 33 - 16 : 33);
+      const twoStage = name.startsWith("ehft") || name === "lpft";
+      assertEquals(await exists(`${out}/stage1/model.safetensors`), twoStage);
+      assertEquals(await exists(`${out}/checkpoint.safetensors`), false);
+    },
+  });
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "train: ehft hand-off: pretrained backbone bitwise, Stage 1's head, BitFit moved biases only",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const s = await prepare();
+    const pretrained = await readAll(`${s.model}/model.safetensors`);
+    for (const peft of ["bitfit", "lora"] as const) {
+      for (const strategy of ["ehft", "ehft-reserve"] as const) {
+        let atStage2: Map<string, Float32Array> | null = null;
+        const { out } = await train(
+          `handoff-${strategy}-${peft}`,
+          [
+            ...["--strategy", strategy, "--peft", peft, "--stage1-lr", "1e-2", "--lr", "3e-3"],
+            ...["--max-steps", "10", "--stage1-ratio", "0.5", "--eval-every", "0"],
+          ],
+          async ({ index, trainer }) => {
+            if (index === 1) atStage2 = await snapshot(trainer);
+          },
+        );
+        const stage1 = await readAll(`${out}/stage1/model.safetensors`);
+        const start = atStage2! as Map<string, Float32Array>;
+        const what = `${strategy} ${peft}`;
+        // The Stage-1 snapshot: BitFit's trained biases in place, everything else pretrained.
+        let moved = 0;
+        for (const [name, value] of pretrained) {
+          const relative = name.replace(/^bert\./, "");
+          const trained = peft === "bitfit" && isBitFitParameter(relative);
+          const same = bitsEqual(stage1.get(name)!, value);
+          if (trained) moved += same ? 0 : 1;
+          else assert(same, `${what}: Stage 1 changed ${name}`);
+        }
+        if (peft === "bitfit") {
+          const biases = [...pretrained.keys()].filter((n) => isBitFitParameter(n.slice(5)));
+          // The key bias adds the same score to every key of a row, so softmax cancels its
+          // gradient (to rounding): it may stay put. Every other bias moves.
+          assert(moved >= biases.length - 2, `${what}: ${moved} of ${biases.length} biases moved`);
+        } else {
+          const lora = [...stage1.keys()].filter((n) => n.startsWith("lora."));
+          assertEquals(lora.length, 2 * 4 * 2, `${what}: A and B of 4 modules in 2 layers`);
+        }
+        // Stage 2 starts from Stage 1's head and the pretrained backbone (bitwise); reserve
+        // keeps BitFit's biases.
+        for (const [name, value] of start) {
+          if (name.startsWith("head.")) {
+            assert(bitsEqual(value, stage1.get(name)!), `${what}: Stage 2's ${name}`);
+            continue;
+          }
+          const keep = strategy === "ehft-reserve" && peft === "bitfit" &&
+            isBitFitParameter(name.slice(5));
+          const expected = keep ? stage1.get(name)! : pretrained.get(name)!;
+          assert(bitsEqual(value, expected), `${what}: Stage 2 starts with ${name} changed`);
+        }
+      }
+    }
+  },
+});

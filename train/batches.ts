@@ -1,0 +1,202 @@
+// From a task's examples to the batches the loop uploads: every example tokenized once (so the
+// GPU arena can be sized for the longest batch before training starts), a seeded shuffle per
+// epoch, and batches padded to their own longest row.
+//
+// The data stream is global over the run: step g (counting every stage) reads batch g mod N of
+// epoch ⌊g / N⌋ (N batches per epoch, the last one possibly short), so a resumed run reads
+// exactly what an uninterrupted one would, and Stage 2 continues the stream where Stage 1 ended.
+
+import type { ModelConfig } from "../model/config.ts";
+import type { EncoderBatch } from "../model/encoder.ts";
+import type { TextInput, TextTokenizer } from "../model/tokenizer.ts";
+import type { LossKind, TaskExample } from "./task.ts";
+
+/** One encoder input of an example: its tokens, special tokens included, unpadded. */
+export interface TokenizedInput {
+  ids: Uint32Array;
+  types: Uint32Array;
+}
+
+export interface TokenizedExample {
+  inputs: TokenizedInput[];
+  /** Label id, or score for regression. */
+  label: number;
+}
+
+/** The tokenization of a split: examples, and the longest row in it. */
+export interface TokenizedSplit {
+  examples: TokenizedExample[];
+  /** Encoder inputs per example (1, or e.g. 2 for COPA's choices). */
+  inputsPerExample: number;
+  longest: number;
+}
+
+/**
+ * Tokenizes every example (pairs truncated longest-first to `maxLength`, HF's default for
+ * `truncation=True`). Examples without a label are an error naming the split.
+ */
+export function tokenizeExamples(
+  tokenizer: TextTokenizer,
+  examples: readonly TaskExample[],
+  maxLength: number,
+  what: string,
+): TokenizedSplit {
+  if (examples.length === 0) throw new Error(`${what}: no examples`);
+  const k = examples[0].inputs.length;
+  const flat: TextInput[] = [];
+  examples.forEach((e, i) => {
+    if (e.inputs.length !== k || k === 0) {
+      throw new Error(
+        `${what}: example ${i} (idx ${e.idx}) has ${e.inputs.length} inputs, the first has ${k}`,
+      );
+    }
+    if (e.label === null || !Number.isFinite(e.label)) {
+      throw new Error(`${what}: example ${i} (idx ${e.idx}) has no label`);
+    }
+    flat.push(...(e.inputs as TextInput[]));
+  });
+  const rows: TokenizedInput[] = [];
+  const CHUNK = 256;
+  for (let start = 0; start < flat.length; start += CHUNK) {
+    const enc = tokenizer.encodeBatch(flat.slice(start, start + CHUNK), {
+      maxLength,
+      truncation: "longest_first",
+    });
+    for (let b = 0; b < enc.batch; b++) {
+      const o = b * enc.seqLen;
+      const n = enc.lengths[b];
+      rows.push({
+        ids: enc.inputIds.slice(o, o + n),
+        types: enc.typeIds.slice(o, o + n),
+      });
+    }
+  }
+  return {
+    examples: examples.map((e, i) => ({
+      inputs: rows.slice(i * k, (i + 1) * k),
+      label: e.label as number,
+    })),
+    inputsPerExample: k,
+    longest: Math.max(...rows.map((r) => r.ids.length)),
+  };
+}
+
+/** A 32-bit seed for `purpose` under the run's seed (splitmix32-style; unrelated streams). */
+export function deriveSeed(seed: number, purpose: number): number {
+  let z = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(purpose + 1, 0x85ebca6b)) >>> 0;
+  z = Math.imul(z ^ (z >>> 16), 0x7feb352d) >>> 0;
+  z = Math.imul(z ^ (z >>> 15), 0x846ca68b) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
+}
+
+/** A seeded uniform generator on [0, 1) (mulberry32). */
+export function uniformGenerator(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Purposes for deriveSeed, so that one run seed gives independent streams. */
+export const SEED_PURPOSE = { head: 1, peft: 2, dropout: 3, shuffle: 1000 } as const;
+
+/** The example order of `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch), or file order. */
+export function epochOrder(n: number, seed: number, epoch: number, shuffle: boolean): number[] {
+  const order = Array.from({ length: n }, (_, i) => i);
+  if (!shuffle) return order;
+  const next = uniformGenerator(deriveSeed(seed, SEED_PURPOSE.shuffle + epoch));
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order;
+}
+
+/** A batch ready for the trainer: the encoder rows (examples × inputs) and the targets. */
+export interface TrainBatch {
+  /** Examples in the batch. */
+  examples: number;
+  /** Rows = examples × inputsPerExample, example-major. */
+  encoder: EncoderBatch;
+  /** f32 targets (BCE label ids, MSE scores) or u32 class ids (CE), one per example. */
+  targets: Float32Array | Uint32Array;
+}
+
+/** Pads `examples` to their longest row into one batch, with the model's padding conventions. */
+export function assembleBatch(
+  config: ModelConfig,
+  loss: LossKind,
+  examples: readonly TokenizedExample[],
+): TrainBatch {
+  const rows = examples.flatMap((e) => e.inputs);
+  const B = rows.length;
+  const S = Math.max(...rows.map((r) => r.ids.length));
+  const inputIds = new Uint32Array(B * S).fill(config.padTokenId);
+  const typeIds = new Uint32Array(B * S);
+  const positionIds = new Uint32Array(B * S);
+  const attentionMask = new Float32Array(B * S);
+  const pad = config.padTokenId;
+  rows.forEach((r, b) => {
+    const o = b * S;
+    inputIds.set(r.ids, o);
+    typeIds.set(r.types, o);
+    attentionMask.fill(1, o, o + r.ids.length);
+    for (let j = 0; j < S; j++) {
+      // As the tokenizer numbers them: RoBERTa counts non-pad tokens from padding_idx + 1 and
+      // gives padding padding_idx; BERT numbers every slot 0..S−1.
+      positionIds[o + j] = !config.positionsFromPadding
+        ? j
+        : j < r.ids.length && r.ids[j] !== pad
+        ? pad + 1 + j
+        : pad;
+    }
+  });
+  const labels = examples.map((e) => e.label);
+  const targets = loss === "ce" ? Uint32Array.from(labels) : Float32Array.from(labels);
+  return {
+    examples: examples.length,
+    encoder: { inputIds, typeIds, positionIds, attentionMask, batch: B, seqLen: S },
+    targets,
+  };
+}
+
+/** Batches per epoch of `n` examples. */
+export function batchesPerEpoch(n: number, batchSize: number): number {
+  return Math.ceil(n / batchSize);
+}
+
+/** The examples of each global step (see the file comment); keeps the current epoch's order. */
+export class DataStream {
+  readonly perEpoch: number;
+  private epoch = -1;
+  private order: number[] = [];
+
+  constructor(
+    readonly size: number,
+    readonly batchSize: number,
+    readonly seed: number,
+    readonly shuffle: boolean,
+  ) {
+    this.perEpoch = batchesPerEpoch(size, batchSize);
+  }
+
+  /** The example indices of global step `step`. */
+  examples(step: number): number[] {
+    const epoch = Math.floor(step / this.perEpoch);
+    if (epoch !== this.epoch) {
+      this.order = epochOrder(this.size, this.seed, epoch, this.shuffle);
+      this.epoch = epoch;
+    }
+    const b = step % this.perEpoch;
+    return this.order.slice(b * this.batchSize, (b + 1) * this.batchSize);
+  }
+}
+
+/** The longest row any batch can have: the longest tokenized input. */
+export function longestRow(...splits: TokenizedSplit[]): number {
+  return Math.max(...splits.map((s) => s.longest));
+}

@@ -1,0 +1,349 @@
+// A training run's settings: the flags of train.ts (and of the task scripts, which add a recipe
+// of defaults) turned into one `TrainConfig`, the object runTraining takes and run.json records.
+//
+// Precedence: what the user typed, then the recipe, then the defaults below; and defaults never
+// conflict with what the user typed. A recipe's strategy-specific settings (its PEFT method and
+// learning rates, its stage-1 ratio) are dropped when the user types another strategy, and its
+// stage-1 learning rate when the user types another PEFT method; an explicit `--strategy ft`
+// simply drops a default `--peft`. Only contradictions the user typed are errors (`--peft lora
+// --strategy ft`, `--epochs` with `--max-steps`).
+
+import type { PeftName } from "../peft/method.ts";
+import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
+import { FlagError, intFlag, parseFlags } from "./flags.ts";
+import { parseScheduleName, SCHEDULE_NAMES, type ScheduleName } from "./schedule.ts";
+import {
+  defaultMainLr,
+  defaultStage1Lr,
+  isTwoStage,
+  STRATEGY_NAMES,
+  type StrategyName,
+  usesPeft,
+} from "./strategy.ts";
+import { ADAMW_DEFAULTS } from "./optimizer.ts";
+
+export interface TrainConfig {
+  /** Task name (the entry point resolves it to a Task). */
+  task: string;
+  /** A local model folder or a Hugging Face hub id. */
+  model: string;
+  /** Hub revision (branch, tag or commit), or null. */
+  revision: string | null;
+  /** The task's data folder (or file). */
+  data: string;
+  strategy: StrategyName;
+  /** The PEFT method; null for strategies without one (ft, lp, lpft). */
+  peft: PeftName | null;
+  /** The first seed; `seeds` runs use seed, seed + 1, ... */
+  seed: number;
+  seeds: number;
+  /** Budget in epochs, or null when `maxSteps` gives it. */
+  epochs: number | null;
+  /** Budget in optimizer steps (all stages together), or null. */
+  maxSteps: number | null;
+  /** Two-stage strategies: stage 1's share of the steps. */
+  stage1Ratio: number;
+  /** Single-stage strategies: their lr; two-stage ones: stage 2's. */
+  lr: number;
+  /** Two-stage strategies: stage 1's lr; null otherwise. */
+  stage1Lr: number | null;
+  batchSize: number;
+  /** Requested tokens per row, or null for the model's limit (always clamped to it minus P). */
+  maxLength: number | null;
+  /** Dropout override, or null for the model config's. */
+  dropout: number | null;
+  shuffle: boolean;
+  schedule: ScheduleName;
+  warmupRatio: number;
+  weightDecay: number;
+  /** Global gradient-norm clip; 0 disables it. */
+  maxGradNorm: number;
+  loraR: number;
+  loraAlpha: number;
+  prefixLength: number;
+  /** A safetensors file whose head.* tensors initialise the head, or null for a fresh head. */
+  head: string | null;
+  /** Evaluate every N steps; 0 never (only at the end); null each epoch. */
+  evalEvery: number | null;
+  /** Checkpoint every N steps; 0 never; null at each periodic evaluation (or each epoch). */
+  checkpointEvery: number | null;
+  out: string;
+  resume: boolean;
+  overwrite: boolean;
+}
+
+/** The settings that define a run (what a resumed run must agree on). */
+export type RunSettings = Omit<TrainConfig, "resume" | "overwrite">;
+
+/** Defaults of the settings that are not strategy- or method-specific. */
+export const TRAIN_DEFAULTS = {
+  strategy: "ehft" as StrategyName,
+  peft: "bitfit" as PeftName,
+  seed: 42,
+  seeds: 1,
+  epochs: 10,
+  stage1Ratio: 0.1,
+  batchSize: 32,
+  schedule: "linear" as ScheduleName,
+  warmupRatio: 0.1,
+  weightDecay: ADAMW_DEFAULTS.weightDecay,
+  maxGradNorm: ADAMW_DEFAULTS.maxGradNorm,
+  loraR: PEFT_DEFAULTS.loraR,
+  loraAlpha: PEFT_DEFAULTS.loraAlpha,
+  prefixLength: PEFT_DEFAULTS.prefixLength,
+};
+
+/** A task script's defaults: any setting, as if typed, but yielding to what the user typed. */
+export type Recipe = Partial<RunSettings>;
+
+export const TRAIN_FLAGS = {
+  task: { type: "string" },
+  model: { type: "string" },
+  revision: { type: "string" },
+  data: { type: "string" },
+  strategy: { type: "string" },
+  peft: { type: "string" },
+  seed: { type: "string" },
+  seeds: { type: "string" },
+  epochs: { type: "string" },
+  "max-steps": { type: "string" },
+  "stage1-ratio": { type: "string" },
+  lr: { type: "string" },
+  "stage1-lr": { type: "string" },
+  "batch-size": { type: "string" },
+  "max-length": { type: "string" },
+  dropout: { type: "string" },
+  "no-shuffle": { type: "boolean" },
+  schedule: { type: "string" },
+  "warmup-ratio": { type: "string" },
+  "weight-decay": { type: "string" },
+  "max-grad-norm": { type: "string" },
+  "lora-r": { type: "string" },
+  "lora-alpha": { type: "string" },
+  "prefix-length": { type: "string" },
+  head: { type: "string" },
+  "eval-every": { type: "string" },
+  "checkpoint-every": { type: "string" },
+  out: { type: "string" },
+  resume: { type: "boolean" },
+  overwrite: { type: "boolean" },
+} as const;
+
+/** A number flag within [min, max] (`open` excludes the bounds). */
+export function numberFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  range: { min?: number; max?: number; minOpen?: boolean; maxOpen?: boolean } = {},
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  const { min = -Infinity, max = Infinity } = range;
+  const ok = value.trim() !== "" && Number.isFinite(n) &&
+    (range.minOpen ? n > min : n >= min) && (range.maxOpen ? n < max : n <= max);
+  if (!ok) {
+    const lo = min === -Infinity ? "" : `${range.minOpen ? ">" : "≥"} ${min}`;
+    const hi = max === Infinity ? "" : `${range.maxOpen ? "<" : "≤"} ${max}`;
+    const bounds = [lo, hi].filter(Boolean).join(" and ");
+    throw new FlagError(
+      `--${name}: expected a number${bounds ? ` ${bounds}` : ""}, got "${value}"`,
+    );
+  }
+  return n;
+}
+
+function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new FlagError(`--${name}: "${value}" is not one of ${allowed.join(", ")}`);
+}
+
+export interface ParsedTrainArgs {
+  config: TrainConfig;
+  /** Flags the user typed (names without dashes). */
+  typed: Set<string>;
+}
+
+/**
+ * Parses train.ts's arguments over a recipe. `taskData` gives a task's default data folder, if
+ * it has one (asked only when neither the user nor the recipe names --data).
+ */
+export function parseTrainArgs(
+  args: string[],
+  recipe: Recipe = {},
+  taskData: (task: string) => string | undefined = () => undefined,
+): ParsedTrainArgs {
+  const f = parseFlags(TRAIN_FLAGS, args);
+  const typed = new Set(
+    Object.entries(f).filter(([, v]) => v !== undefined && v !== false).map(([k]) => k),
+  );
+  const r: Recipe = { ...recipe };
+
+  const task = f.task ?? r.task;
+  if (!task) throw new FlagError("--task is required");
+  if (f.task !== undefined && r.task !== undefined && f.task !== r.task) {
+    throw new FlagError(`--task: this script trains ${r.task}, not ${f.task}`);
+  }
+  const model = f.model ?? r.model;
+  if (!model) throw new FlagError("--model is required");
+
+  // The strategy first: the recipe's strategy-specific settings yield to another typed one.
+  const strategy = f.strategy !== undefined
+    ? choice("strategy", f.strategy, STRATEGY_NAMES)
+    : r.strategy ?? TRAIN_DEFAULTS.strategy;
+  if (f.strategy !== undefined && r.strategy !== undefined && r.strategy !== strategy) {
+    delete r.peft;
+    delete r.lr;
+    delete r.stage1Lr;
+    delete r.stage1Ratio;
+  }
+  let peft: PeftName | null = null;
+  if (f.peft !== undefined) {
+    const typedPeft = choice("peft", f.peft.toLowerCase(), PEFT_NAMES);
+    if (!usesPeft(strategy)) {
+      throw new FlagError(
+        `--peft ${typedPeft}: strategy ${strategy} uses no PEFT method (use --strategy peft, ` +
+          `ehft or ehft-reserve)`,
+      );
+    }
+    if (r.peft !== undefined && r.peft !== typedPeft) delete r.stage1Lr;
+    peft = typedPeft;
+  } else if (usesPeft(strategy)) {
+    peft = r.peft ?? TRAIN_DEFAULTS.peft;
+  }
+
+  const twoStage = isTwoStage(strategy);
+  for (const name of ["stage1-lr", "stage1-ratio"] as const) {
+    if (f[name] !== undefined && !twoStage) {
+      throw new FlagError(
+        `--${name}: strategy ${strategy} has one stage (use --lr for its learning rate)`,
+      );
+    }
+  }
+  const positive = { min: 0, minOpen: true };
+  const lr = numberFlag("lr", f.lr, r.lr ?? defaultMainLr(strategy, peft), positive);
+  const stage1Lr = twoStage
+    ? numberFlag(
+      "stage1-lr",
+      f["stage1-lr"],
+      r.stage1Lr ?? defaultStage1Lr(strategy, peft),
+      positive,
+    )
+    : null;
+  const stage1Ratio = numberFlag(
+    "stage1-ratio",
+    f["stage1-ratio"],
+    r.stage1Ratio ?? TRAIN_DEFAULTS.stage1Ratio,
+    { min: 0, max: 1, minOpen: true, maxOpen: true },
+  );
+
+  if (f.epochs !== undefined && f["max-steps"] !== undefined) {
+    throw new FlagError("--epochs and --max-steps: give one budget, not both");
+  }
+  let epochs: number | null = null;
+  let maxSteps: number | null = null;
+  if (f["max-steps"] !== undefined) {
+    maxSteps = intFlag("max-steps", f["max-steps"], 0, 1);
+  } else if (f.epochs !== undefined) {
+    epochs = intFlag("epochs", f.epochs, 0, 1);
+  } else if (r.maxSteps != null) {
+    maxSteps = r.maxSteps;
+  } else {
+    epochs = r.epochs ?? TRAIN_DEFAULTS.epochs;
+  }
+
+  const data = f.data ?? r.data ?? taskData(task);
+  if (!data) throw new FlagError("--data is required (this task has no default data folder)");
+
+  const optionalInt = (name: keyof typeof TRAIN_FLAGS, fallback: number | null, min: number) => {
+    const v = f[name] as string | undefined;
+    return v === undefined ? fallback : intFlag(name, v, 0, min);
+  };
+  const config: TrainConfig = {
+    task,
+    model,
+    revision: f.revision ?? r.revision ?? null,
+    data,
+    strategy,
+    peft,
+    seed: intFlag("seed", f.seed, r.seed ?? TRAIN_DEFAULTS.seed, 0, 2 ** 32 - 1),
+    seeds: intFlag("seeds", f.seeds, r.seeds ?? TRAIN_DEFAULTS.seeds, 1, 1000),
+    epochs,
+    maxSteps,
+    stage1Ratio,
+    lr,
+    stage1Lr,
+    batchSize: intFlag("batch-size", f["batch-size"], r.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
+    maxLength: optionalInt("max-length", r.maxLength ?? null, 2),
+    dropout: f.dropout === undefined
+      ? r.dropout ?? null
+      : numberFlag("dropout", f.dropout, 0, { min: 0, max: 1, maxOpen: true }),
+    shuffle: f["no-shuffle"] ? false : r.shuffle ?? true,
+    schedule: f.schedule === undefined
+      ? r.schedule ?? TRAIN_DEFAULTS.schedule
+      : choice("schedule", f.schedule, SCHEDULE_NAMES),
+    warmupRatio: numberFlag(
+      "warmup-ratio",
+      f["warmup-ratio"],
+      r.warmupRatio ?? TRAIN_DEFAULTS.warmupRatio,
+      { min: 0, max: 1, maxOpen: true },
+    ),
+    weightDecay: numberFlag(
+      "weight-decay",
+      f["weight-decay"],
+      r.weightDecay ?? TRAIN_DEFAULTS.weightDecay,
+      { min: 0 },
+    ),
+    maxGradNorm: numberFlag(
+      "max-grad-norm",
+      f["max-grad-norm"],
+      r.maxGradNorm ?? TRAIN_DEFAULTS.maxGradNorm,
+      { min: 0 },
+    ),
+    loraR: intFlag("lora-r", f["lora-r"], r.loraR ?? TRAIN_DEFAULTS.loraR, 1),
+    loraAlpha: numberFlag(
+      "lora-alpha",
+      f["lora-alpha"],
+      r.loraAlpha ?? TRAIN_DEFAULTS.loraAlpha,
+      positive,
+    ),
+    prefixLength: intFlag(
+      "prefix-length",
+      f["prefix-length"],
+      r.prefixLength ?? TRAIN_DEFAULTS.prefixLength,
+      1,
+    ),
+    head: f.head ?? r.head ?? null,
+    evalEvery: optionalInt("eval-every", r.evalEvery ?? null, 0),
+    checkpointEvery: optionalInt("checkpoint-every", r.checkpointEvery ?? null, 0),
+    out: f.out ?? r.out ?? defaultOut(task, strategy, peft),
+    resume: f.resume ?? false,
+    overwrite: f.overwrite ?? false,
+  };
+  if (config.resume && config.overwrite) {
+    throw new FlagError("--resume and --overwrite: choose one");
+  }
+  if (twoStage && config.maxSteps !== null && config.maxSteps < 2) {
+    throw new FlagError(`--max-steps: strategy ${strategy} has two stages, so needs at least 2`);
+  }
+  parsePeftAndSchedule(config);
+  return { config, typed };
+}
+
+/** runs/<task>/<strategy>[-<peft>] */
+export function defaultOut(task: string, strategy: StrategyName, peft: PeftName | null): string {
+  return `runs/${task}/${strategy}${peft ? `-${peft}` : ""}`;
+}
+
+// The recipe's values came past the type checker as data: check the choices once more.
+function parsePeftAndSchedule(c: TrainConfig): void {
+  c.schedule = parseScheduleName(c.schedule);
+  if (c.peft !== null && !PEFT_NAMES.includes(c.peft)) {
+    throw new FlagError(`--peft: "${c.peft}" is not one of ${PEFT_NAMES.join(", ")}`);
+  }
+}
+
+/** The run-defining part of a config (run.json's "settings"). */
+export function runSettings(c: TrainConfig): RunSettings {
+  const { resume: _resume, overwrite: _overwrite, ...settings } = c;
+  return settings;
+}

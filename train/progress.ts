@@ -1,0 +1,96 @@
+// Progress on stderr: a bar redrawn in place on a terminal (stage, step, loss, speed, time left),
+// plain lines otherwise (one per logged block of steps and per evaluation), nothing when quiet.
+
+export interface ProgressOptions {
+  /** Steps of the whole run. */
+  total: number;
+  /** Steps already done (a resumed run). */
+  done?: number;
+  quiet?: boolean;
+  /** Label before each line (e.g. "seed 42"). */
+  label?: string;
+  /** Override terminal detection (tests). */
+  terminal?: boolean;
+}
+
+const encoder = new TextEncoder();
+
+function duration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return "?";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const two = (n: number) => String(n).padStart(2, "0");
+  return h > 0 ? `${h}:${two(m)}:${two(r)}` : `${m}:${two(r)}`;
+}
+
+export class Progress {
+  private readonly total: number;
+  private readonly quiet: boolean;
+  private readonly terminal: boolean;
+  private readonly label: string;
+  private readonly startDone: number;
+  private readonly started = performance.now();
+  private lastDraw = 0;
+  private barShown = false;
+
+  constructor(opts: ProgressOptions) {
+    this.total = opts.total;
+    this.quiet = opts.quiet ?? false;
+    this.terminal = opts.terminal ?? Deno.stderr.isTerminal();
+    this.label = opts.label ? `${opts.label} ` : "";
+    this.startDone = opts.done ?? 0;
+  }
+
+  private write(text: string): void {
+    Deno.stderr.writeSync(encoder.encode(text));
+  }
+
+  /** Steps per second since this run (or resumption) started, and the time left. */
+  private speed(done: number): { rate: number; left: number } {
+    const seconds = (performance.now() - this.started) / 1000;
+    const rate = (done - this.startDone) / Math.max(seconds, 1e-9);
+    return { rate, left: (this.total - done) / rate };
+  }
+
+  /** After a step: redraws the bar (at most 10 times a second). */
+  step(stage: string, done: number, loss: number | null): void {
+    if (this.quiet || !this.terminal) return;
+    const now = performance.now();
+    if (now - this.lastDraw < 100 && done < this.total) return;
+    this.lastDraw = now;
+    const width = 24;
+    const filled = Math.round((width * done) / this.total);
+    const { rate, left } = this.speed(done);
+    const bar = "█".repeat(filled) + "░".repeat(width - filled);
+    const lossText = loss === null ? "" : ` loss ${loss.toFixed(4)}`;
+    this.write(
+      `\r\x1b[K${this.label}${stage} ${bar} ${done}/${this.total}${lossText} ` +
+        `${rate.toFixed(2)} it/s, ${duration(left)} left`,
+    );
+    this.barShown = true;
+  }
+
+  /** A block of steps was logged: one plain line off a terminal. */
+  logged(stage: string, done: number, loss: number): void {
+    if (this.quiet || this.terminal) return;
+    const { rate, left } = this.speed(done);
+    this.line(
+      `${stage} step ${done}/${this.total} loss ${loss.toFixed(4)} ` +
+        `(${rate.toFixed(2)} steps/s, ${duration(left)} left)`,
+    );
+  }
+
+  /** A message on its own line (evaluations, stage changes). */
+  line(text: string): void {
+    if (this.quiet) return;
+    if (this.barShown) this.write("\r\x1b[K");
+    this.write(`${this.label}${text}\n`);
+    this.barShown = false;
+  }
+
+  /** Ends the bar's line. */
+  finish(): void {
+    if (this.barShown && !this.quiet) this.write("\n");
+    this.barShown = false;
+  }
+}

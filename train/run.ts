@@ -1,0 +1,793 @@
+// A training run from its config to its output folder: the loop over a strategy's stages.
+//
+//   out/run.json        every resolved setting
+//   out/log.jsonl       one line per step (stage, step, loss, lr, grad_norm) and per evaluation
+//   out/metrics.json    {"final": {...}, "best": {...}}, fractions; written last: a run with it
+//                       is finished
+//   out/model/          the final model in the checkpoint contract (config.json, tokenizer.json,
+//                       model.safetensors with the task and head shape in its metadata)
+//   out/stage1/         two-stage strategies: the model as Stage 1 left it
+//   out/adapter/        LoRA still active at the end: the Hugging Face PEFT adapter and the head
+//   out/checkpoint.safetensors   while running: what --resume continues from
+//
+// `--seeds K` runs K seeds into out/seed-<seed>/ and writes out/metrics.json with the mean and
+// standard deviation of each metric over the seeds.
+
+import { getGpu, type Gpu } from "../kernels/device.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { writeFileAtomic, writeJsonAtomic } from "../model/atomic_write.ts";
+import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
+import { maxSequenceLength } from "../model/config.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { HEAD_WIDTH } from "../model/head.ts";
+import { type OpenedModel, openModel } from "../model/load.ts";
+import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
+import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
+import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
+import { createPeft } from "../peft/method.ts";
+import {
+  assembleBatch,
+  batchesPerEpoch,
+  DataStream,
+  deriveSeed,
+  longestRow,
+  SEED_PURPOSE,
+  type TokenizedSplit,
+  tokenizeExamples,
+  type TrainBatch,
+} from "./batches.ts";
+import { runSettings, type TrainConfig } from "./config.ts";
+import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
+import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
+import { Progress } from "./progress.ts";
+import { learningRate, type Schedule } from "./schedule.ts";
+import { resolveStages, type Stage } from "./strategy.ts";
+import type { Task } from "./task.ts";
+import {
+  CHECKPOINT_FILE,
+  type LoadedCheckpoint,
+  readTrainingCheckpoint,
+  type TrainingState,
+  uploadByName,
+  writeTrainingCheckpoint,
+} from "./training_checkpoint.ts";
+import { Trainer } from "./trainer.ts";
+
+export interface RunOptions {
+  /** The task named by config.task. */
+  task: Task;
+  /** No progress output. */
+  quiet?: boolean;
+  /** Default: the process-wide GPU. */
+  gpu?: Gpu;
+  /**
+   * Called when a stage begins, after its hand-off (restore, PEFT dropped) and before its first
+   * step; e.g. for tests that inspect the model between the stages.
+   */
+  onStageStart?: (info: { stage: Stage; index: number; trainer: Trainer }) => Promise<void> | void;
+}
+
+/** metrics.json of one run. */
+export interface RunMetrics {
+  final: MetricValues;
+  best: MetricValues;
+}
+
+/** metrics.json of a multi-seed run: means, standard deviations and each seed's. */
+export interface SeedsMetrics extends RunMetrics {
+  std: RunMetrics;
+  seeds: Record<string, RunMetrics>;
+}
+
+/** Entries of a run folder that belong to a run (what --overwrite removes). */
+const RUN_ENTRIES = [
+  "run.json",
+  "log.jsonl",
+  "metrics.json",
+  "model",
+  "stage1",
+  "adapter",
+  CHECKPOINT_FILE,
+];
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** The run entries present in `dir` (seed-* folders included). */
+async function runEntries(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (RUN_ENTRIES.includes(e.name) || /^seed-\d+$/.test(e.name)) found.push(e.name);
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  return found;
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** The first setting whose value differs, for an error message. */
+function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (!sameJson(a[k], b[k])) {
+      return `${k}: ${JSON.stringify(a[k])} in run.json, ${JSON.stringify(b[k])} now`;
+    }
+  }
+  return "";
+}
+
+/** Checks that a folder's run.json was written with the same settings. */
+async function checkSameSettings(dir: string, settings: Record<string, unknown>): Promise<void> {
+  const path = `${dir}/run.json`;
+  if (!(await exists(path))) return;
+  const previous = JSON.parse(await Deno.readTextFile(path)).settings ?? {};
+  const diff = firstDifference(previous, settings);
+  if (diff) {
+    throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
+  }
+}
+
+/**
+ * Trains as `config` says into `config.out`. Returns the metrics written to metrics.json (the
+ * seeds' summary for `seeds` > 1).
+ */
+export async function runTraining(
+  config: TrainConfig,
+  options: RunOptions,
+): Promise<RunMetrics | SeedsMetrics> {
+  if (options.task.name !== config.task) {
+    throw new Error(
+      `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,
+    );
+  }
+  const out = config.out;
+  const entries = await runEntries(out);
+  if (entries.length > 0) {
+    if (config.overwrite) {
+      for (const e of entries) await Deno.remove(`${out}/${e}`, { recursive: true });
+    } else if (!config.resume) {
+      throw new Error(
+        `${out} already holds a run (${entries.sort().join(", ")}): pass --resume to continue ` +
+          `it or --overwrite to replace it`,
+      );
+    }
+  }
+  await Deno.mkdir(out, { recursive: true });
+  const settings = runSettings(config);
+  if (config.resume) {
+    await checkSameSettings(out, settings as unknown as Record<string, unknown>);
+    if (await exists(`${out}/metrics.json`)) {
+      if (!options.quiet) console.error(`${out}: the run is finished; nothing to do`);
+      return JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+    }
+  }
+  if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null);
+
+  if (!(await exists(`${out}/run.json`))) {
+    await writeJsonAtomic(`${out}/run.json`, {
+      settings,
+      seed_folders: seedList(config).map((s) => `seed-${s}`),
+    });
+  }
+  const results: Record<string, RunMetrics> = {};
+  for (const seed of seedList(config)) {
+    results[String(seed)] = await runSeed(
+      `${out}/seed-${seed}`,
+      config,
+      seed,
+      options,
+      `seed ${seed}`,
+    );
+  }
+  const summary = summarizeSeeds(results);
+  await writeJsonAtomic(`${out}/metrics.json`, summary);
+  return summary;
+}
+
+function seedList(config: TrainConfig): number[] {
+  return Array.from({ length: config.seeds }, (_, i) => config.seed + i);
+}
+
+/** Mean and (population) standard deviation of each metric over the seeds; null ignored. */
+export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetrics {
+  const runs = Object.values(results);
+  const stat = (kind: "final" | "best") => {
+    const mean: MetricValues = {};
+    const std: MetricValues = {};
+    const names = new Set(runs.flatMap((r) => Object.keys(r[kind])));
+    for (const name of names) {
+      const xs = runs.map((r) => r[kind][name]).filter((v): v is number => typeof v === "number");
+      if (xs.length === 0) {
+        mean[name] = std[name] = null;
+        continue;
+      }
+      const m = xs.reduce((a, b) => a + b, 0) / xs.length;
+      mean[name] = m;
+      std[name] = Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
+    }
+    return { mean, std };
+  };
+  const final = stat("final"), best = stat("best");
+  return {
+    final: final.mean,
+    best: best.mean,
+    std: { final: final.std, best: best.std },
+    seeds: results,
+  };
+}
+
+/** log.jsonl: appended line by line; `lines` counts what the file holds. */
+class RunLog {
+  private constructor(private file: Deno.FsFile, public lines: number) {}
+
+  /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
+  static async open(path: string, keep: number): Promise<RunLog> {
+    let kept = "";
+    if (keep > 0) {
+      const text = await Deno.readTextFile(path);
+      const lines = text.split("\n").slice(0, keep);
+      if (lines.length < keep) {
+        throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
+      }
+      kept = lines.join("\n") + "\n";
+    }
+    await writeFileAtomic(path, kept);
+    const file = await Deno.open(path, { append: true });
+    return new RunLog(file, keep);
+  }
+
+  async write(records: unknown[]): Promise<void> {
+    if (records.length === 0) return;
+    const text = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
+    const bytes = new TextEncoder().encode(text);
+    let done = 0;
+    while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+    this.lines += records.length;
+  }
+
+  close(): void {
+    this.file.close();
+  }
+}
+
+/** Copies the model's tokenizer (tokenizer.json, or one converted from its vocabulary) to dir. */
+async function writeTokenizer(model: OpenedModel, dir: string): Promise<void> {
+  const src = `${model.dir}/tokenizer.json`;
+  if (await exists(src)) {
+    await writeFileAtomic(`${dir}/tokenizer.json`, await Deno.readFile(src));
+  } else {
+    await writeJsonAtomic(`${dir}/tokenizer.json`, await convertTokenizerDir(model.dir));
+  }
+  const config = `${model.dir}/tokenizer_config.json`;
+  if (await exists(config)) {
+    await writeFileAtomic(`${dir}/tokenizer_config.json`, await Deno.readFile(config));
+  }
+}
+
+interface Prepared {
+  model: OpenedModel;
+  train: TokenizedSplit;
+  dev: TokenizedSplit;
+  devBatches: TrainBatch[];
+  gold: number[];
+  stages: Stage[];
+  resolved: Record<string, unknown>;
+  perEpoch: number;
+  totalSteps: number;
+  evalEvery: number;
+  checkpointEvery: number;
+  headWidth: number;
+  maxLength: number;
+}
+
+/** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
+async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
+  const model = await openModel(config.model, { revision: config.revision ?? undefined });
+  try {
+    const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
+    const limit = maxSequenceLength(model.config) - prefixRows;
+    if (limit < 2) {
+      throw new Error(
+        `--prefix-length ${prefixRows} leaves ${limit} of the model's ` +
+          `${maxSequenceLength(model.config)} positions`,
+      );
+    }
+    const maxLength = Math.min(config.maxLength ?? limit, limit);
+    const trainSplit = task.trainSplit ?? "train";
+    const train = tokenizeExamples(
+      model.tokenizer,
+      await task.readExamples(config.data, trainSplit),
+      maxLength,
+      `${task.name} ${trainSplit}`,
+    );
+    const devExamples = await task.readExamples(config.data, task.devSplit);
+    const dev = tokenizeExamples(
+      model.tokenizer,
+      devExamples,
+      maxLength,
+      `${task.name} ${task.devSplit}`,
+    );
+    if (dev.inputsPerExample !== train.inputsPerExample) {
+      throw new Error(
+        `${task.name}: ${dev.inputsPerExample} inputs per ${task.devSplit} example, ` +
+          `${train.inputsPerExample} per ${trainSplit} example`,
+      );
+    }
+    const B = config.batchSize;
+    const devBatches: TrainBatch[] = [];
+    for (let i = 0; i < dev.examples.length; i += B) {
+      devBatches.push(assembleBatch(model.config, task.loss, dev.examples.slice(i, i + B)));
+    }
+    const perEpoch = batchesPerEpoch(train.examples.length, B);
+    const totalSteps = config.maxSteps ?? config.epochs! * perEpoch;
+    const stages = resolveStages({
+      strategy: config.strategy,
+      peft: config.peft,
+      totalSteps,
+      stage1Ratio: config.stage1Ratio,
+      lr: config.lr,
+      stage1Lr: config.stage1Lr ?? config.lr,
+    });
+    const evalEvery = config.evalEvery ?? perEpoch;
+    const checkpointEvery = config.checkpointEvery ?? (evalEvery > 0 ? evalEvery : perEpoch);
+    let headWidth = HEAD_WIDTH;
+    if (config.head) {
+      const reader = await openSafetensors(config.head);
+      try {
+        const shape = readHeadShape(reader);
+        if (!shape) throw new Error(`--head ${config.head}: no head.* tensors`);
+        if (shape.features !== model.config.hiddenSize || shape.classes !== task.headClasses) {
+          throw new Error(
+            `--head ${config.head}: a head of ${shape.features} → ${shape.classes}, the model ` +
+              `and task need ${model.config.hiddenSize} → ${task.headClasses}`,
+          );
+        }
+        headWidth = shape.hidden;
+      } finally {
+        reader.close();
+      }
+    }
+    const adamw = adamwSettings(config);
+    const resolved = {
+      task: {
+        name: task.name,
+        loss: task.loss,
+        head_classes: task.headClasses,
+        inputs_per_example: train.inputsPerExample,
+        metrics: task.metrics,
+        train_split: trainSplit,
+        dev_split: task.devSplit,
+        train_examples: train.examples.length,
+        dev_examples: dev.examples.length,
+      },
+      model: {
+        dir: model.dir,
+        model_type: model.config.modelType,
+        hidden_size: model.config.hiddenSize,
+        layers: model.config.numLayers,
+        max_positions: maxSequenceLength(model.config),
+      },
+      max_length: maxLength,
+      longest_row: longestRow(train, dev),
+      dropout: {
+        hidden: config.dropout ?? model.config.hiddenDropout,
+        attention: config.dropout ?? model.config.attentionDropout,
+      },
+      batches_per_epoch: perEpoch,
+      total_steps: totalSteps,
+      eval_every: evalEvery,
+      checkpoint_every: checkpointEvery,
+      head_width: headWidth,
+      adamw,
+      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio },
+      stages,
+    };
+    return {
+      model,
+      train,
+      dev,
+      devBatches,
+      gold: dev.examples.map((e) => e.label),
+      stages,
+      resolved,
+      perEpoch,
+      totalSteps,
+      evalEvery,
+      checkpointEvery,
+      headWidth,
+      maxLength,
+    };
+  } catch (e) {
+    model.weights.close();
+    throw e;
+  }
+}
+
+function adamwSettings(config: TrainConfig): AdamwSettings {
+  return {
+    ...ADAMW_DEFAULTS,
+    weightDecay: config.weightDecay,
+    maxGradNorm: config.maxGradNorm,
+  };
+}
+
+/** Log lines between flushes (the step stats wait on the GPU until then). */
+const LOG_BLOCK = 32;
+
+async function runSeed(
+  dir: string,
+  config: TrainConfig,
+  seed: number,
+  options: RunOptions,
+  label: string | null,
+): Promise<RunMetrics> {
+  const metricsPath = `${dir}/metrics.json`;
+  if (await exists(metricsPath)) return JSON.parse(await Deno.readTextFile(metricsPath));
+  await Deno.mkdir(dir, { recursive: true });
+  const task = options.task;
+  const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
+  if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
+
+  const p = await prepare(config, task);
+  const { model } = p;
+  const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
+  const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
+  if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
+
+  const gpu = options.gpu ?? await getGpu();
+  const peft = config.peft
+    ? createPeft(config.peft, gpu, model.config, {
+      loraR: config.loraR,
+      loraAlpha: config.loraAlpha,
+      prefixLength: config.prefixLength,
+      seed: deriveSeed(seed, SEED_PURPOSE.peft),
+    })
+    : null;
+  let trainer: Trainer;
+  try {
+    trainer = new Trainer(gpu, {
+      config: model.config,
+      loss: task.loss,
+      headClasses: task.headClasses,
+      inputsPerExample: p.train.inputsPerExample,
+      maxExamples: Math.min(
+        config.batchSize,
+        Math.max(p.train.examples.length, p.dev.examples.length),
+      ),
+      maxSeq: longestRow(p.train, p.dev),
+      dropout: config.dropout ?? undefined,
+      headWidth: p.headWidth,
+      headSeed: deriveSeed(seed, SEED_PURPOSE.head),
+      dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
+      peft,
+      adamw: adamwSettings(config),
+    });
+  } catch (e) {
+    peft?.destroy();
+    model.weights.close();
+    throw e;
+  }
+  const log = await RunLog.open(`${dir}/log.jsonl`, checkpoint?.state.logLines ?? 0);
+  const progress = new Progress({
+    total: p.totalSteps,
+    done: checkpoint?.state.step ?? 0,
+    quiet: options.quiet,
+    label: label ?? undefined,
+  });
+  try {
+    await loadBackbone(model.weights, model.config, encoderParameters(trainer.encoder.params));
+    if (config.head) {
+      const reader = await openSafetensors(config.head);
+      try {
+        await loadHead(reader, trainer.headParameters());
+      } finally {
+        reader.close();
+      }
+    }
+    const result = await trainStages(
+      { config, task, dir, p, trainer, log, progress, options, seed },
+      checkpoint,
+    );
+    progress.finish();
+    await saveFinalModel(dir, config, task, p, trainer);
+    await writeJsonAtomic(metricsPath, result);
+    await Deno.remove(checkpointPath).catch(() => {});
+    return result;
+  } finally {
+    progress.finish();
+    log.close();
+    trainer.destroy();
+    model.weights.close();
+  }
+}
+
+interface Loop {
+  config: TrainConfig;
+  task: Task;
+  dir: string;
+  p: Prepared;
+  trainer: Trainer;
+  log: RunLog;
+  progress: Progress;
+  options: RunOptions;
+  seed: number;
+}
+
+/** Whether a stage's backbone tensor `name` (relative) was trained since the last restore. */
+function backboneTrainedSince(
+  stages: Stage[],
+  upTo: number,
+  trainer: Trainer,
+): (name: string) => boolean {
+  let from = 0;
+  for (let i = upTo; i > 0; i--) {
+    if (stages[i].restoreBackbone) {
+      from = i;
+      break;
+    }
+  }
+  const tests: ((name: string) => boolean)[] = [];
+  for (let i = from; i <= upTo; i++) {
+    const b = stages[i].trains.backbone;
+    if (b === "all") return () => true;
+    if (b === "peft" && trainer.peft) tests.push(trainer.peft.trainsBackbone);
+  }
+  // ehft-reserve keeps the PEFT-trained tensors through its restore.
+  if (from > 0 && !stages[from].dropPeft && trainer.peft) tests.push(trainer.peft.trainsBackbone);
+  return (name) => tests.some((t) => t(name));
+}
+
+/** The hand-off into stage `index`: restore the backbone, drop the PEFT method. */
+async function handOff(l: Loop, index: number): Promise<void> {
+  const stage = l.p.stages[index];
+  const trainer = l.trainer;
+  if (stage.restoreBackbone) {
+    const keep = !stage.dropPeft && trainer.peft ? trainer.peft.trainsBackbone : () => false;
+    await trainer.restoreBackbone(l.p.model.weights, keep);
+  }
+  if (stage.dropPeft) trainer.dropPeft();
+}
+
+async function trainStages(
+  l: Loop,
+  checkpoint: LoadedCheckpoint | null,
+): Promise<RunMetrics> {
+  const { p, trainer, config, task } = l;
+  const stages = p.stages;
+  const lastStage = stages.length - 1;
+  const stream = new DataStream(p.train.examples.length, config.batchSize, l.seed, config.shuffle);
+  let best: MetricValues = checkpoint?.state.best ?? {};
+  let last: MetricValues | null = checkpoint?.state.last ?? null;
+  const startStage = checkpoint?.state.stage ?? 0;
+  const adamw = adamwSettings(config);
+
+  // A resumed run replays the hand-offs of the stages it already passed.
+  for (let s = 1; s < startStage; s++) await handOff(l, s);
+
+  let stageStart = 0;
+  for (let s = 0; s < startStage; s++) stageStart += stages[s].steps;
+
+  for (let s = startStage; s < stages.length; s++) {
+    const stage = stages[s];
+    const resumed = checkpoint !== null && s === startStage;
+    if (s > 0) await handOff(l, s);
+    trainer.beginStage(stage.trains, adamw);
+    let first = 0;
+    if (resumed) {
+      const targets = new Map([
+        ...trainer.backboneParameters(),
+        ...trainer.headParameters(),
+        ...trainer.peftParameters(),
+      ]);
+      uploadByName("--resume", checkpoint.params, targets);
+      const moments = trainer.optimizer!.moments();
+      const ms = new Map([...moments].map(([n, t]) => [n, t.m]));
+      const vs = new Map([...moments].map(([n, t]) => [n, t.v]));
+      uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.m])), ms);
+      uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.v])), vs);
+      trainer.optimizer!.step = checkpoint.state.adamStep;
+      first = checkpoint.state.stageStep;
+      l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
+    } else {
+      l.progress.line(
+        `${stage.name}: ${stage.steps} steps at lr ${stage.lr} (${describeTrains(stage)})`,
+      );
+    }
+    await l.options.onStageStart?.({ stage, index: s, trainer });
+
+    const schedule: Schedule = {
+      name: config.schedule,
+      lr: stage.lr,
+      total: stage.steps,
+      warmupRatio: config.warmupRatio,
+    };
+    let pending: { stage: string; step: number; lr: number }[] = [];
+    let lastLoss: number | null = null;
+    const flush = async () => {
+      const stats = await trainer.takeStats();
+      if (stats.length !== pending.length) throw new Error("training log out of step");
+      await l.log.write(pending.map((x, i) => ({
+        stage: x.stage,
+        step: x.step,
+        loss: stats[i].loss,
+        lr: x.lr,
+        grad_norm: stats[i].gradNorm,
+      })));
+      if (stats.length > 0) {
+        lastLoss = stats[stats.length - 1].loss;
+        l.progress.logged(stage.name, pending[pending.length - 1].step, lastLoss);
+      }
+      pending = [];
+    };
+
+    for (let j = first; j < stage.steps; j++) {
+      const step = stageStart + j;
+      const batch = assembleBatch(
+        p.model.config,
+        task.loss,
+        stream.examples(step).map((i) => p.train.examples[i]),
+      );
+      const lr = learningRate(schedule, j);
+      await trainer.step(batch, lr, step);
+      const done = step + 1;
+      pending.push({ stage: stage.name, step: done, lr });
+      if (pending.length >= LOG_BLOCK) await flush();
+      l.progress.step(stage.name, done, lastLoss);
+
+      const stageEnd = j + 1 === stage.steps;
+      const runEnd = stageEnd && s === lastStage;
+      const periodic = p.evalEvery > 0 && done % p.evalEvery === 0;
+      if (periodic || runEnd || (stageEnd && p.evalEvery > 0)) {
+        await flush();
+        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics);
+        last = metrics;
+        // Only the final stage's evaluations count for the best score (the model it reports).
+        if (s === lastStage) best = updateBest(best, metrics);
+        await l.log.write([{ stage: stage.name, step: done, split: task.devSplit, metrics }]);
+        l.progress.line(
+          `${stage.name} step ${done}: ${
+            Object.entries(metrics).map(([k, v]) => `${k} ${v === null ? "nan" : v.toFixed(4)}`)
+              .join(", ")
+          }`,
+        );
+      }
+      if (stageEnd && s === 0 && stages.length > 1) {
+        await saveStage1(l);
+      }
+      if (!runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0) {
+        await flush();
+        const state: TrainingState = {
+          stage: s,
+          stageStep: j + 1,
+          step: done,
+          adamStep: trainer.optimizer!.step,
+          best,
+          last,
+          logLines: l.log.lines,
+        };
+        const keep = backboneTrainedSince(stages, s, trainer);
+        const params = new Map([
+          ...[...encoderParameters(trainer.encoder.params)]
+            .filter(([name]) => keep(name))
+            .map(([name, t]) => [`${p.model.config.prefix}.${name}`, t] as const),
+          ...trainer.headParameters(),
+          ...trainer.peftParameters(),
+        ]);
+        await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {
+          params,
+          moments: trainer.optimizer!.moments(),
+        });
+      }
+    }
+    await flush();
+    stageStart += stage.steps;
+  }
+  return { final: last ?? {}, best };
+}
+
+function describeTrains(stage: Stage): string {
+  const parts = ["head"];
+  if (stage.trains.backbone === "all") parts.push("backbone");
+  if (stage.trains.peft) parts.push("PEFT");
+  if (stage.restoreBackbone) parts.push("backbone restored");
+  if (stage.dropPeft) parts.push("PEFT dropped");
+  return parts.join(", ");
+}
+
+function modelMetadata(
+  l: { config: TrainConfig; task: Task },
+  stage: string,
+): Record<string, string> {
+  const c = l.config;
+  const meta: Record<string, string> = {
+    task: l.task.name,
+    strategy: c.strategy,
+    stage,
+  };
+  if (c.peft) meta.peft = c.peft;
+  if (c.peft === "lora") {
+    Object.assign(meta, { lora_r: String(c.loraR), lora_alpha: String(c.loraAlpha) });
+  }
+  if (c.peft === "prefix") meta.prefix_length = String(c.prefixLength);
+  return meta;
+}
+
+/** stage1/: the backbone as Stage 1 left it, the head, and the PEFT method's own tensors. */
+async function saveStage1(l: Loop): Promise<void> {
+  const dir = `${l.dir}/stage1`;
+  const { trainer, p } = l;
+  await saveModel(dir, {
+    config: p.model.config,
+    backbone: encoderParameters(trainer.encoder.params),
+    head: trainer.headParameters(),
+    extra: trainer.peftParameters(),
+    metadata: modelMetadata(l, "stage1"),
+  });
+  await writeTokenizer(p.model, dir);
+}
+
+/**
+ * model/: the final model. LoRA still active is saved as a Hugging Face PEFT adapter (adapter/,
+ * the head beside it in adapter/head.safetensors) and merged into the weights of model/; prefix
+ * rows cannot be merged and go into model.safetensors under their own names. The metadata's
+ * "peft_state" says which.
+ */
+async function saveFinalModel(
+  dir: string,
+  config: TrainConfig,
+  task: Task,
+  p: Prepared,
+  trainer: Trainer,
+): Promise<void> {
+  const peft = trainer.peft;
+  const active = peft !== null && (trainer.trains?.peft ?? false);
+  const metadata = modelMetadata({ config, task }, "final");
+  let extra = new Map<string, Tensor>();
+  if (!config.peft) {
+    metadata.peft_state = "none";
+  } else if (!active) {
+    metadata.peft_state = "dropped";
+  } else if (peft.name === "lora") {
+    await saveLoraAdapter(`${dir}/adapter`, peft, p.model.config, { baseModel: config.model });
+    const head: Parameters<typeof writeSafetensors>[1] = {};
+    for (const [name, t] of trainer.headParameters()) {
+      head[name] = {
+        dtype: "F32",
+        shape: [...t.shape],
+        data: (await t.download()) as Float32Array,
+      };
+    }
+    await writeSafetensors(`${dir}/adapter/head.safetensors`, head, { task: task.name });
+    const rec = new Recorder(trainer.gpu);
+    mergeLora(rec, peft, trainer.encoder.params);
+    await rec.submit();
+    trainer.encoder.setHooks(null);
+    metadata.peft_state = "merged";
+  } else if (peft.name === "prefix") {
+    extra = trainer.peftParameters();
+    metadata.peft_state = "separate";
+  } else {
+    metadata.peft_state = "in_backbone";
+  }
+  await saveModel(`${dir}/model`, {
+    config: p.model.config,
+    backbone: encoderParameters(trainer.encoder.params),
+    head: trainer.headParameters(),
+    extra,
+    metadata,
+  });
+  await writeTokenizer(p.model, `${dir}/model`);
+}

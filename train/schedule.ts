@@ -1,0 +1,39 @@
+// The learning-rate schedule of one stage, as Hugging Face's get_linear_schedule_with_warmup:
+// the update after `done` earlier updates of a stage of `total` runs at
+//   lr · done / W                        while done < W (W = ⌊warmupRatio · total⌋)
+//   lr · max(0, (total − done) / (total − W))   afterwards,
+// so with a warmup the first update runs at lr 0 (it still moves Adam's moments), and the last
+// at lr / (total − W). `constant` keeps lr throughout. Every stage has its own schedule.
+
+export type ScheduleName = "linear" | "constant";
+
+export const SCHEDULE_NAMES: readonly ScheduleName[] = ["linear", "constant"];
+
+export interface Schedule {
+  name: ScheduleName;
+  /** Peak learning rate. */
+  lr: number;
+  /** Updates of the stage. */
+  total: number;
+  /** Warmup share of the updates (linear only). */
+  warmupRatio: number;
+}
+
+/** Warmup updates of a schedule: ⌊warmupRatio · total⌋. */
+export function warmupSteps(s: Schedule): number {
+  return s.name === "constant" ? 0 : Math.floor(s.warmupRatio * s.total);
+}
+
+/** The learning rate of the update that follows `done` updates of the stage. */
+export function learningRate(s: Schedule, done: number): number {
+  if (s.name === "constant") return s.lr;
+  const w = warmupSteps(s);
+  if (done < w) return (s.lr * done) / w;
+  return s.lr * Math.max(0, (s.total - done) / Math.max(1, s.total - w));
+}
+
+/** Parses a `--schedule` value. */
+export function parseScheduleName(s: string): ScheduleName {
+  if ((SCHEDULE_NAMES as readonly string[]).includes(s)) return s as ScheduleName;
+  throw new Error(`unknown schedule "${s}" (known: ${SCHEDULE_NAMES.join(", ")})`);
+}

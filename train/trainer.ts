@@ -1,0 +1,382 @@
+// One model being trained: the encoder, the EH-FT head, an optional PEFT method, the loss and
+// the optimizer of the current stage. A training step is recorded into ONE recorder and submitted
+// once:
+//
+//   setBatch → encoder forward (dropout seeded by the run and the step) → head forward → loss
+//   forward and backward → head backward → encoder backward (only what trains) → global-norm clip
+//   → AdamW → the step's loss and gradient norm copied into a small stats buffer
+//
+// and nothing is read back: the stats buffer is downloaded only when the loop logs (every few
+// dozen steps, before an evaluation or a checkpoint).
+//
+// Several encoder inputs per example (COPA: one per choice, one logit each): the k inputs of an
+// example are consecutive rows, the head's [B·k, 1] logits are read as [B, k], and
+// cross-entropy over the k choices applies.
+//
+// Tensor names, here and in checkpoints: backbone `<prefix>.<Hugging Face name>`, the head
+// `head.*`, the PEFT method's own names (`lora.*`, `prefix.*`).
+
+import type { Gpu } from "../kernels/device.ts";
+import { bceWithLogitsBackward, bceWithLogitsForward } from "../kernels/bce_with_logits.ts";
+import { mseBackward, mseForward } from "../kernels/mse.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import {
+  softmaxCrossEntropyBackward,
+  softmaxCrossEntropyForward,
+} from "../kernels/softmax_cross_entropy.ts";
+import { createTensor, type Tensor } from "../kernels/tensor.ts";
+import { loadBackbone } from "../model/checkpoint.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { createEncoder, type Encoder, encoderParameters } from "../model/encoder.ts";
+import { createHead, type Head, HEAD_WIDTH, headGradients, headParameters } from "../model/head.ts";
+import type { SafetensorsReader } from "../model/safetensors.ts";
+import type { PeftMethod } from "../peft/method.ts";
+import type { TrainBatch } from "./batches.ts";
+import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
+import type { StageTrains } from "./strategy.ts";
+import type { LossKind } from "./task.ts";
+
+export interface TrainerOptions {
+  config: ModelConfig;
+  loss: LossKind;
+  /** Head outputs per encoder input (1 for binary tasks, regression and multiple choice). */
+  headClasses: number;
+  /** Encoder inputs per example (k > 1: multiple choice, cross-entropy over the k logits). */
+  inputsPerExample?: number;
+  /** Largest batch in examples; the arena holds maxExamples · inputsPerExample rows. */
+  maxExamples: number;
+  /** Longest row (tokens) of any batch. */
+  maxSeq: number;
+  /** Prefix rows the encoder must make room for (the PEFT method's prefixLength). */
+  maxPrefix?: number;
+  /** Dropout of both kinds; default the model config's (0 turns it off). */
+  dropout?: number;
+  /** The head's hidden units (default 2048). */
+  headWidth?: number;
+  /** Seed of the head's initialisation. */
+  headSeed: number;
+  /** Seed of the dropout masks (mixed with the global step). */
+  dropoutSeed: number;
+  peft?: PeftMethod | null;
+  adamw: AdamwSettings;
+}
+
+/** One step's logged values. */
+export interface StepStats {
+  loss: number;
+  gradNorm: number;
+}
+
+/** Steps whose stats wait on the GPU before a download. */
+const STATS_CAPACITY = 64;
+
+export class Trainer {
+  readonly gpu: Gpu;
+  readonly config: ModelConfig;
+  readonly encoder: Encoder;
+  readonly head: Head;
+  readonly loss: LossKind;
+  readonly inputsPerExample: number;
+  readonly maxExamples: number;
+  /** Outputs the loss sees per example: k for multiple choice, else the head's classes. */
+  readonly outputs: number;
+  readonly dropoutSeed: number;
+  peft: PeftMethod | null;
+  optimizer: AdamW | null = null;
+  trains: StageTrains | null = null;
+
+  private readonly lossTensor: Tensor;
+  private readonly targetsF32: Tensor;
+  private readonly targetsU32: Tensor;
+  private readonly dLogits: Tensor;
+  private readonly stats: Tensor;
+  private statsOnGpu = 0;
+  private statsOnHost: StepStats[] = [];
+
+  constructor(gpu: Gpu, opts: TrainerOptions) {
+    const k = opts.inputsPerExample ?? 1;
+    if (!Number.isSafeInteger(k) || k < 1) throw new Error(`Trainer: inputsPerExample ${k}`);
+    if (k > 1 && (opts.headClasses !== 1 || opts.loss !== "ce")) {
+      throw new Error(
+        `Trainer: ${k} inputs per example need a 1-output head and cross-entropy over the ` +
+          `inputs (got ${opts.headClasses} outputs, loss ${opts.loss})`,
+      );
+    }
+    if (opts.loss !== "ce" && opts.headClasses !== 1) {
+      throw new Error(`Trainer: loss ${opts.loss} needs a 1-output head, not ${opts.headClasses}`);
+    }
+    this.gpu = gpu;
+    this.config = opts.config;
+    this.loss = opts.loss;
+    this.inputsPerExample = k;
+    this.maxExamples = opts.maxExamples;
+    this.outputs = k > 1 ? k : opts.headClasses;
+    this.dropoutSeed = opts.dropoutSeed;
+    this.peft = opts.peft ?? null;
+    const maxRows = opts.maxExamples * k;
+    this.encoder = createEncoder(gpu, opts.config, {
+      maxBatch: maxRows,
+      maxSeq: opts.maxSeq,
+      maxPrefix: Math.max(opts.maxPrefix ?? 0, this.peft?.prefixLength ?? 0),
+      dropout: opts.dropout,
+      trainable: () => false,
+    });
+    this.head = createHead(gpu, {
+      hiddenSize: opts.config.hiddenSize,
+      numClasses: opts.headClasses,
+      width: opts.headWidth ?? HEAD_WIDTH,
+      maxBatch: maxRows,
+      maxSeq: opts.maxSeq,
+      seed: opts.headSeed,
+    });
+    const t = (label: string, shape: number[], dtype: "f32" | "u32" = "f32") =>
+      createTensor(gpu, shape, dtype, label);
+    this.lossTensor = t("loss", [1]);
+    this.targetsF32 = t("targets f32", [opts.maxExamples]);
+    this.targetsU32 = t("targets u32", [opts.maxExamples], "u32");
+    this.dLogits = t("dLogits", [maxRows * opts.headClasses]);
+    this.stats = t("step stats", [STATS_CAPACITY, 2]);
+  }
+
+  /** Backbone parameters under their full names (`bert.embeddings...`). */
+  backboneParameters(): Map<string, Tensor> {
+    const prefix = this.config.prefix;
+    return new Map(
+      [...encoderParameters(this.encoder.params)].map(([n, t]) => [`${prefix}.${n}`, t]),
+    );
+  }
+
+  headParameters(): Map<string, Tensor> {
+    return headParameters(this.head);
+  }
+
+  peftParameters(): Map<string, Tensor> {
+    return this.peft?.parameters() ?? new Map();
+  }
+
+  /** Every tensor the current stage trains, by name (what the optimizer updates). */
+  trainableParameters(): Map<string, Tensor> {
+    return new Map(this.optimizer?.tensors.map((t) => [t.name, t.param]) ?? []);
+  }
+
+  /**
+   * Starts a stage: sets what trains, installs or removes the PEFT hooks, and gives the stage a
+   * fresh optimizer (zero moments, step 0).
+   */
+  beginStage(trains: StageTrains, adamw: AdamwSettings): void {
+    if (trains.peft && !this.peft) throw new Error("Trainer: the stage trains a PEFT method");
+    const peft = this.peft;
+    const backbone = trains.backbone === "all"
+      ? () => true
+      : trains.backbone === "peft" && peft
+      ? peft.trainsBackbone
+      : () => false;
+    this.encoder.setTrainable(backbone);
+    this.encoder.setHooks(trains.peft ? peft!.hooks() ?? null : null);
+    this.trains = trains;
+
+    const prefix = this.config.prefix;
+    const tensors: TrainableTensor[] = [];
+    const params = encoderParameters(this.encoder.params);
+    for (const [name, grad] of this.encoder.gradients()) {
+      tensors.push({
+        name: `${prefix}.${name}`,
+        param: params.get(name)!,
+        grad,
+        decay: !isNoDecayName(name),
+      });
+    }
+    if (trains.peft && peft) {
+      const grads = peft.gradients();
+      for (const [name, param] of peft.parameters()) {
+        tensors.push({
+          name,
+          param,
+          grad: grads.get(name)!,
+          decay: !isNoDecayName(name) && !peft.noDecay(name),
+        });
+      }
+    }
+    const headGrads = headGradients(this.head);
+    for (const [name, param] of headParameters(this.head)) {
+      tensors.push({ name, param, grad: headGrads.get(name)!, decay: !isNoDecayName(name) });
+    }
+    this.optimizer?.destroy();
+    this.optimizer = new AdamW(this.gpu, tensors, adamw);
+  }
+
+  /** Removes the PEFT method: its hooks from the encoder, then its tensors. */
+  dropPeft(): void {
+    if (!this.peft) return;
+    this.encoder.setHooks(null);
+    this.peft.destroy();
+    this.peft = null;
+  }
+
+  /**
+   * Re-reads the backbone from the pretrained checkpoint, bitwise, except the tensors (names
+   * relative to the prefix) for which `keep` is true. The upload is queued before the next
+   * submit.
+   */
+  async restoreBackbone(
+    reader: SafetensorsReader,
+    keep: (name: string) => boolean = () => false,
+  ): Promise<void> {
+    const params = encoderParameters(this.encoder.params);
+    await loadBackbone(
+      reader,
+      this.config,
+      new Map([...params].filter(([name]) => !keep(name))),
+    );
+  }
+
+  /** Whether anything below the head needs the encoder's backward this stage. */
+  private encoderTrains(): boolean {
+    if (this.encoder.gradients().size > 0) return true;
+    return (this.trains?.peft ?? false) && (this.peft?.parameters().size ?? 0) > 0;
+  }
+
+  private logitsView(rowLogits: Tensor, examples: number): Tensor {
+    return this.inputsPerExample > 1 ? rowLogits.view(0, [examples, this.outputs]) : rowLogits;
+  }
+
+  /**
+   * Records and submits one training step on `batch` at learning rate `lr`; `step` is the global
+   * step (it seeds the dropout masks). Its loss and gradient norm are kept for `takeStats`.
+   */
+  async step(batch: TrainBatch, lr: number, step: number): Promise<void> {
+    const optimizer = this.optimizer;
+    if (!optimizer) throw new Error("Trainer.step: no stage begun");
+    this.checkBatch(batch);
+    if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
+    const E = batch.examples;
+    this.encoder.setBatch(batch.encoder);
+    const targets = this.uploadTargets(batch);
+    const rec = new Recorder(this.gpu);
+    const hidden = this.encoder.forward(rec, {
+      training: true,
+      seed: this.dropoutSeed,
+      step,
+    });
+    const rowLogits = this.head.forward(rec, hidden);
+    const logits = this.logitsView(rowLogits, E);
+    const dLogits = this.dLogits.view(0, [...logits.shape]);
+    const loss = this.lossTensor;
+    if (this.loss === "ce") {
+      softmaxCrossEntropyForward(rec, { logits, targets, loss });
+      softmaxCrossEntropyBackward(rec, { logits, targets, dLogits });
+    } else if (this.loss === "bce") {
+      bceWithLogitsForward(rec, { logits, targets, loss });
+      bceWithLogitsBackward(rec, { logits, targets, dLogits });
+    } else {
+      mseForward(rec, { logits, targets, loss });
+      mseBackward(rec, { logits, targets, dLogits });
+    }
+    const dHidden = this.head.backward(rec, dLogits.view(0, [...rowLogits.shape]));
+    if (this.encoderTrains()) this.encoder.backward(rec, dHidden);
+    optimizer.record(rec, lr);
+    const slot = this.statsOnGpu++;
+    rec.copy("step loss", loss, this.stats.view(slot * 8, [1]));
+    rec.copy(
+      "step grad norm",
+      optimizer.normTensor.view(0, [1]),
+      this.stats.view(slot * 8 + 4, [1]),
+    );
+    await rec.submit();
+  }
+
+  private checkBatch(batch: TrainBatch): void {
+    const E = batch.examples;
+    if (!Number.isSafeInteger(E) || E < 1 || E > this.maxExamples) {
+      throw new Error(`Trainer: batch of ${E} examples is not in [1, ${this.maxExamples}]`);
+    }
+    if (batch.encoder.batch !== E * this.inputsPerExample) {
+      throw new Error(
+        `Trainer: ${batch.encoder.batch} encoder rows for ${E} examples of ` +
+          `${this.inputsPerExample} inputs`,
+      );
+    }
+    if (batch.targets.length !== E) {
+      throw new Error(`Trainer: ${batch.targets.length} targets for ${E} examples`);
+    }
+  }
+
+  private uploadTargets(batch: TrainBatch): Tensor {
+    const E = batch.examples;
+    if (this.loss === "ce") {
+      const targets = this.targetsU32.view(0, [E]);
+      targets.upload(Uint32Array.from(batch.targets));
+      return targets;
+    }
+    const targets = this.targetsF32.view(0, [E]);
+    targets.upload(Float32Array.from(batch.targets));
+    return targets;
+  }
+
+  private async flushStats(): Promise<void> {
+    if (this.statsOnGpu === 0) return;
+    const values = await this.stats.view(0, [this.statsOnGpu, 2]).download();
+    for (let i = 0; i < this.statsOnGpu; i++) {
+      this.statsOnHost.push({ loss: values[2 * i], gradNorm: values[2 * i + 1] });
+    }
+    this.statsOnGpu = 0;
+  }
+
+  /** The loss and gradient norm of every step since the last call, in order. */
+  async takeStats(): Promise<StepStats[]> {
+    await this.flushStats();
+    const out = this.statsOnHost;
+    this.statsOnHost = [];
+    return out;
+  }
+
+  /**
+   * The model's outputs on `batches` (no dropout), per batch [examples, outputs] row-major:
+   * logits, or k choice logits per example.
+   */
+  async predict(batches: readonly TrainBatch[]): Promise<Float32Array[]> {
+    if (batches.length === 0) return [];
+    const C = this.outputs;
+    const total = batches.reduce((n, b) => n + b.examples, 0);
+    const all = createTensor(this.gpu, [total * C], "f32", "evaluation logits");
+    try {
+      let at = 0;
+      for (const batch of batches) {
+        this.checkBatch(batch);
+        this.encoder.setBatch(batch.encoder);
+        const rec = new Recorder(this.gpu);
+        const hidden = this.encoder.forward(rec, { training: false });
+        const logits = this.head.forward(rec, hidden);
+        const n = batch.examples * C;
+        rec.copy("evaluation logits", logits.view(0, [n]), all.view(at * 4, [n]));
+        at += n;
+        await rec.submit();
+      }
+      const values = (await all.download()) as Float32Array;
+      const out: Float32Array[] = [];
+      let offset = 0;
+      for (const b of batches) {
+        out.push(values.slice(offset, offset + b.examples * C));
+        offset += b.examples * C;
+      }
+      return out;
+    } finally {
+      all.destroy();
+    }
+  }
+
+  destroy(): void {
+    this.optimizer?.destroy();
+    this.optimizer = null;
+    if (this.peft) {
+      this.encoder.setHooks(null);
+      this.peft.destroy();
+      this.peft = null;
+    }
+    this.encoder.destroy();
+    this.head.destroy();
+    for (const t of [this.lossTensor, this.targetsF32, this.targetsU32, this.dLogits, this.stats]) {
+      t.destroy();
+    }
+  }
+}
