@@ -67,6 +67,15 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `${config.hiddenSize}`,
       );
     }
+    // Prefix-tuning rows live beside the backbone only while the method is active; this runner
+    // does not apply them, so it refuses rather than predict with part of the model.
+    const prefixRows = [...model.weights.tensors.keys()].find((n) => n.startsWith("prefix."));
+    if (prefixRows) {
+      throw new Error(
+        `${model.dir} carries prefix-tuning rows ("${prefixRows}"); predict.ts runs models ` +
+          `without an active prefix (train with ehft, or another strategy that drops it)`,
+      );
+    }
     const examples = await task.readExamples(options.data, options.split);
     const limit = Math.min(options.maxLength ?? Infinity, maxSequenceLength(config));
 
@@ -76,7 +85,12 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const batches: ReturnType<typeof tokenizer.encodeBatch>[] = [];
     for (let start = 0; start < inputs.length; start += options.batchSize) {
       const chunk = inputs.slice(start, start + options.batchSize).map((x) => x.input);
-      batches.push(tokenizer.encodeBatch(chunk, { maxLength: limit, truncation: "only_first" }));
+      batches.push(
+        tokenizer.encodeBatch(chunk, {
+          maxLength: limit,
+          truncation: task.truncation ?? "longest_first",
+        }),
+      );
     }
     const maxSeq = Math.max(1, ...batches.map((b) => b.seqLen));
     const maxBatch = Math.max(1, ...batches.map((b) => b.batch));

@@ -8,22 +8,31 @@ import { parseTrainArgs, type Recipe, type TrainConfig } from "./train/config.ts
 import { runMain } from "./train/flags.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import type { Task } from "./train/task.ts";
-import { taskByName } from "./tasks/all.ts";
 
 export type { Recipe, RunMetrics, SeedsMetrics, TrainConfig };
 export { runTraining };
 
 /**
  * Parses `args` over a task script's `recipe` and trains: what train.ts's command line does, for
- * task scripts that call it with their own defaults.
+ * task scripts that call it with their own defaults and their own `task` (a script passes itself,
+ * so that this module never has to import the task files: a script importing train.ts that in
+ * turn imported the script would never finish loading).
  */
 export async function trainFromArgs(
   args: string[],
   recipe: Recipe = {},
+  task?: Task,
 ): Promise<RunMetrics | SeedsMetrics> {
-  const { config } = parseTrainArgs(args, recipe, (name) => taskByName(name).dataDir);
-  const task: Task = taskByName(config.task);
-  const metrics = await runTraining(config, { task });
+  const byName = task
+    ? (name: string) => {
+      if (name !== task.name) {
+        throw new Error(`--task: this script trains ${task.name}, not ${name}`);
+      }
+      return task;
+    }
+    : (await import("./tasks/all.ts")).taskByName;
+  const { config } = parseTrainArgs(args, recipe, (name) => byName(name).dataDir);
+  const metrics = await runTraining(config, { task: byName(config.task) });
   console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
   return metrics;
 }

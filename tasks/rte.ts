@@ -12,6 +12,7 @@ export const rte: Task = {
   labels: LABELS,
   headClasses: 1,
   loss: "bce",
+  truncation: "only_first",
   metrics: ["accuracy"],
   devSplit: "val",
   dataDir: "data/superglue/RTE",
@@ -42,19 +43,23 @@ export const rte: Task = {
   prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],
 };
 
+/** The paper's recipe for RTE with RoBERTa-Large: EH-FT (BitFit), 60 epochs, 10% in Stage 1. */
+export const RTE_RECIPE = {
+  task: "rte",
+  strategy: "ehft",
+  peft: "bitfit",
+  epochs: 60,
+  stage1Ratio: 0.1,
+  lr: 1e-5,
+  batchSize: 32,
+  maxLength: 512,
+} as const;
+
+// `deno task rte [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { getGpu } = await import("../kernels/device.ts");
-  try {
-    const gpu = await getGpu();
-    console.log(`ehft: WebGPU adapter: ${gpu.description}`);
-    console.error(
-      "ehft: `deno task rte` cannot train yet: the training engine and task scripts are not " +
-        "implemented in this version (see README, Status).",
-    );
-    gpu.destroy();
-    Deno.exit(2);
-  } catch (e) {
-    console.error(`ehft: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
+  const { runMain } = await import("../train/flags.ts");
+  const { trainFromArgs } = await import("../train.ts");
+  await runMain("rte", async (args) => {
+    await trainFromArgs(args, RTE_RECIPE, rte);
+  });
 }

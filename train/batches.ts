@@ -8,7 +8,7 @@
 
 import type { ModelConfig } from "../model/config.ts";
 import type { EncoderBatch } from "../model/encoder.ts";
-import type { TextInput, TextTokenizer } from "../model/tokenizer.ts";
+import type { TextInput, TextTokenizer, Truncation } from "../model/tokenizer.ts";
 import type { LossKind, TaskExample } from "./task.ts";
 
 /** One encoder input of an example: its tokens, special tokens included, unpadded. */
@@ -32,14 +32,15 @@ export interface TokenizedSplit {
 }
 
 /**
- * Tokenizes every example (pairs truncated longest-first to `maxLength`, HF's default for
- * `truncation=True`). Examples without a label are an error naming the split.
+ * Tokenizes every example, pairs cut to `maxLength` by `truncation` (default longest-first, HF's
+ * default for `truncation=True`). Examples without a label are an error naming the split.
  */
 export function tokenizeExamples(
   tokenizer: TextTokenizer,
   examples: readonly TaskExample[],
   maxLength: number,
   what: string,
+  truncation: Truncation = "longest_first",
 ): TokenizedSplit {
   if (examples.length === 0) throw new Error(`${what}: no examples`);
   const k = examples[0].inputs.length;
@@ -60,7 +61,7 @@ export function tokenizeExamples(
   for (let start = 0; start < flat.length; start += CHUNK) {
     const enc = tokenizer.encodeBatch(flat.slice(start, start + CHUNK), {
       maxLength,
-      truncation: "longest_first",
+      truncation,
     });
     for (let b = 0; b < enc.batch; b++) {
       const o = b * enc.seqLen;

@@ -184,7 +184,12 @@ export function parseTrainArgs(
     throw new FlagError(`--task: this script trains ${r.task}, not ${f.task}`);
   }
   const model = f.model ?? r.model;
-  if (!model) throw new FlagError("--model is required");
+  if (!model) {
+    throw new FlagError(
+      "--model is required: a local model folder or a Hugging Face hub id (the paper's setting: " +
+        "--model FacebookAI/roberta-large)",
+    );
+  }
 
   // The strategy first: the recipe's strategy-specific settings yield to another typed one.
   const strategy = f.strategy !== undefined

@@ -312,6 +312,7 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       await task.readExamples(config.data, trainSplit),
       maxLength,
       `${task.name} ${trainSplit}`,
+      task.truncation,
     );
     const devExamples = await task.readExamples(config.data, task.devSplit);
     const dev = tokenizeExamples(
@@ -319,6 +320,7 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       devExamples,
       maxLength,
       `${task.name} ${task.devSplit}`,
+      task.truncation,
     );
     if (dev.inputsPerExample !== train.inputsPerExample) {
       throw new Error(

@@ -2,6 +2,7 @@
 // of these; nothing under train/ knows any particular task.
 
 import type { MetricName } from "./metrics.ts";
+import type { Truncation } from "../model/tokenizer.ts";
 
 /** One example: the encoder inputs it turns into, and its label id (or score). */
 export interface TaskExample {
@@ -33,6 +34,11 @@ export interface Task {
   devSplit: string;
   /** The data folder train.ts uses when --data is not given (relative to the working folder). */
   dataDir?: string;
+  /**
+   * How pairs are cut to the maximum length (default "longest_first", Hugging Face's default);
+   * "only_first" cuts the first text only, as the official EH-FT code does for pairs.
+   */
+  truncation?: Truncation;
   /** Reads one split from a task's data folder (or from a data file given directly). */
   readExamples(path: string, split: string): Promise<TaskExample[]>;
   /** The prediction for one example from its logits: a label name, or a score. */
