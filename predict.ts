@@ -2,6 +2,8 @@
 //   deno run -A predict.ts --model DIR --task rte --data PATH [--split val] [--batch-size N]
 //     [--max-length N] --out FILE
 // writes one JSON object per example: {"idx": ..., "logits": [...], "prediction": ...}.
+// WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
+// computes from the examples' character spans (train/batches.ts exampleTokenSpans).
 
 import { getGpu } from "./kernels/device.ts";
 import { Recorder } from "./kernels/recorder.ts";
@@ -13,8 +15,8 @@ import { openModel } from "./model/load.ts";
 import { writeFileAtomic } from "./model/atomic_write.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import { FlagError, intFlag, parseFlags, requireFlag, runMain } from "./train/flags.ts";
-import type { Task, TaskExample } from "./train/task.ts";
-import { taskByName } from "./tasks/all.ts";
+import { exampleTokenSpans } from "./train/batches.ts";
+import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
 const FLAGS = {
   model: { type: "string" },
@@ -61,10 +63,13 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `${task.headClasses}`,
       );
     }
-    if (headShape.features !== config.hiddenSize) {
+    const wic = task.head === "wic";
+    const features = headFeatures(task, config.hiddenSize);
+    if (headShape.features !== features) {
       throw new Error(
-        `${model.dir}: its head takes ${headShape.features} features, the backbone gives ` +
-          `${config.hiddenSize}`,
+        `${model.dir}: its head takes ${headShape.features} features, task ${task.name} on this ` +
+          `backbone (hidden size ${config.hiddenSize}) gives ${features}` +
+          (wic ? " (WiC: 5 × hidden)" : ""),
       );
     }
     // Prefix-tuning rows live beside the backbone only while the method is active; this runner
@@ -83,13 +88,22 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const inputs: { example: number; input: TextInput }[] = [];
     examples.forEach((e, i) => e.inputs.forEach((input) => inputs.push({ example: i, input })));
     const batches: ReturnType<typeof tokenizer.encodeBatch>[] = [];
+    const batchSpans: number[][] = [];
+    const what = `${task.name} ${options.split}`;
     for (let start = 0; start < inputs.length; start += options.batchSize) {
-      const chunk = inputs.slice(start, start + options.batchSize).map((x) => x.input);
-      batches.push(
-        tokenizer.encodeBatch(chunk, {
-          maxLength: limit,
-          truncation: task.truncation ?? "longest_first",
-        }),
+      const chunk = inputs.slice(start, start + options.batchSize);
+      const encoded = tokenizer.encodeBatch(chunk.map((x) => x.input), {
+        maxLength: limit,
+        truncation: task.truncation ?? "longest_first",
+      });
+      batches.push(encoded);
+      // WiC examples have one input each, so row b of the batch is example chunk[b].example.
+      batchSpans.push(
+        wic
+          ? chunk.flatMap((x, b) => [
+            ...exampleTokenSpans(tokenizer, examples[x.example], encoded, b, what, x.example),
+          ])
+          : [],
       );
     }
     const maxSeq = Math.max(1, ...batches.map((b) => b.seqLen));
@@ -100,6 +114,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const head = createHead(gpu, {
       hiddenSize: config.hiddenSize,
       numClasses: headShape.classes,
+      wic,
       width: headShape.hidden,
       maxBatch,
       maxSeq,
@@ -110,8 +125,9 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
       await loadHead(model.weights, headParameters(head));
       const logits: number[][] = [];
       const rec = new Recorder(gpu);
-      for (const batch of batches) {
+      for (const [i, batch] of batches.entries()) {
         encoder.setBatch(batch);
+        if (wic) head.setSpans(batchSpans[i], batch.batch, batch.seqLen);
         const hidden = encoder.forward(rec, { training: false });
         const out = head.forward(rec, hidden);
         await rec.submit();
@@ -149,6 +165,9 @@ function collect(
 }
 
 async function main(args: string[]) {
+  // Loaded here, not at the top: a task script that imports this module (--predict-test) is
+  // itself one of the task files, and a static import back into it would never finish loading.
+  const { taskByName } = await import("./tasks/all.ts");
   const flags = parseFlags(FLAGS, args);
   const out = requireFlag("out", flags.out);
   const predictions = await predict({

@@ -2,15 +2,21 @@
 // ehft, ehft-reserve):
 //   deno run -A train.ts --task rte --model DIR_OR_HUB_ID [--data PATH] --strategy ehft
 //     --peft bitfit [--epochs N | --max-steps N] [--lr 1e-5] [--stage1-lr ...] --out DIR ...
-// Every flag and its default: train/config.ts; the outputs: train/run.ts.
+// Every flag and its default: train/config.ts; the outputs: train/run.ts. `--dry-run` reads and
+// checks the data and trains nothing (train/dry_run.ts).
 
 import { parseTrainArgs, type Recipe, type TrainConfig } from "./train/config.ts";
+import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
+import { writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
 
-export type { Recipe, RunMetrics, SeedsMetrics, TrainConfig };
+export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
 export { runTraining };
+
+// Stands for "the task's download" until the flags are parsed (a task without a shipped folder).
+const DOWNLOAD = "\0download";
 
 /**
  * Parses `args` over a task script's `recipe` and trains: what train.ts's command line does, for
@@ -22,7 +28,7 @@ export async function trainFromArgs(
   args: string[],
   recipe: Recipe = {},
   task?: Task,
-): Promise<RunMetrics | SeedsMetrics> {
+): Promise<RunMetrics | SeedsMetrics | DryRunReport> {
   const byName = task
     ? (name: string) => {
       if (name !== task.name) {
@@ -31,9 +37,19 @@ export async function trainFromArgs(
       return task;
     }
     : (await import("./tasks/all.ts")).taskByName;
-  const { config } = parseTrainArgs(args, recipe, (name) => byName(name).dataDir);
+  if (args.includes("--dry-run")) return await dryRunFromArgs(args, recipe, byName);
+  // With no --data: the task's shipped folder, or its download into the data cache.
+  const { config, typed } = parseTrainArgs(
+    args,
+    recipe,
+    (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
+  );
+  if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
   const metrics = await runTraining(config, { task: byName(config.task) });
   console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
+  if (typed.has("predict-test")) {
+    await writeTestSubmissions(config, byName(config.task));
+  }
   return metrics;
 }
 

@@ -1,9 +1,27 @@
 // The task scripts by name, for the entry points that take `--task`.
 
 import type { Task } from "../train/task.ts";
+import { boolq } from "./boolq.ts";
+import { cb } from "./cb.ts";
+import { cola } from "./cola.ts";
+import { copa } from "./copa.ts";
+import { mrpc } from "./mrpc.ts";
+import { qnli } from "./qnli.ts";
 import { rte } from "./rte.ts";
+import { stsb } from "./stsb.ts";
+import { wic } from "./wic.ts";
 
-export const TASKS: Readonly<Record<string, Task>> = { rte };
+export const TASKS: Readonly<Record<string, Task>> = {
+  rte,
+  boolq,
+  copa,
+  cb,
+  wic,
+  mrpc,
+  qnli,
+  cola,
+  stsb,
+};
 
 /** The task called `name`, or an error listing the known ones. */
 export function taskByName(name: string): Task {

@@ -5,11 +5,23 @@
 // The data stream is global over the run: step g (counting every stage) reads batch g mod N of
 // epoch ⌊g / N⌋ (N batches per epoch, the last one possibly short), so a resumed run reads
 // exactly what an uninterrupted one would, and Stage 2 continues the stream where Stage 1 ended.
+//
+// WiC-style examples (character spans of a target word in each text of their one pair) also get
+// the word's token ranges in their encoded row, computed after truncation; a target word that
+// truncation cut into is an error naming the example (never clamped: the head would silently
+// pool other tokens), with the advice to raise --max-length.
 
 import type { ModelConfig } from "../model/config.ts";
 import type { EncoderBatch } from "../model/encoder.ts";
-import type { TextInput, TextTokenizer, Truncation } from "../model/tokenizer.ts";
-import type { LossKind, TaskExample } from "./task.ts";
+import {
+  type EncodedBatch,
+  placeSpan,
+  type TextInput,
+  type TextTokenizer,
+  TokenizerError,
+  type Truncation,
+} from "../model/tokenizer.ts";
+import type { HeadInput, LossKind, TaskExample } from "./task.ts";
 
 /** One encoder input of an example: its tokens, special tokens included, unpadded. */
 export interface TokenizedInput {
@@ -21,7 +33,12 @@ export interface TokenizedExample {
   inputs: TokenizedInput[];
   /** Label id, or score for regression. */
   label: number;
+  /** WiC: the target word's token ranges in the example's one row: start1, end1, start2, end2. */
+  spans?: TokenSpans;
 }
+
+/** Token ranges [start1, end1) and [start2, end2) of a WiC example's target word in its row. */
+export type TokenSpans = readonly [number, number, number, number];
 
 /** The tokenization of a split: examples, and the longest row in it. */
 export interface TokenizedSplit {
@@ -29,6 +46,68 @@ export interface TokenizedSplit {
   /** Encoder inputs per example (1, or e.g. 2 for COPA's choices). */
   inputsPerExample: number;
   longest: number;
+  /** Whether the examples carry target-word token spans (all of them, or none). */
+  hasSpans: boolean;
+}
+
+/**
+ * The token ranges of `example`'s target words (its `spans`, character ranges) in row `row` of
+ * `encoded`, where its one pair was encoded. Errors name `what`, the example and the word, and
+ * suggest a larger --max-length when truncation removed tokens of that text.
+ */
+export function exampleTokenSpans(
+  tokenizer: TextTokenizer,
+  example: TaskExample,
+  encoded: EncodedBatch,
+  row: number,
+  what: string,
+  index: number,
+): TokenSpans {
+  const name = `${what}: example ${index} (idx ${example.idx})`;
+  const input = example.inputs[0];
+  if (!example.spans) throw new Error(`${name} has no target-word spans`);
+  if (example.inputs.length !== 1 || typeof input === "string") {
+    throw new Error(`${name} has target-word spans but not exactly one pair of texts`);
+  }
+  const out: number[] = [];
+  for (const k of [0, 1] as const) {
+    const [charStart, charEnd] = example.spans[k];
+    const word = `target word ${k + 1} ${JSON.stringify(input[k].slice(charStart, charEnd))} ` +
+      `(characters [${charStart}, ${charEnd}))`;
+    let local;
+    try {
+      local = tokenizer.tokenSpan(input[k], charStart, charEnd);
+    } catch (e) {
+      if (!(e instanceof TokenizerError)) throw e;
+      throw new Error(`${name}: ${word}: ${e.message}`);
+    }
+    const seg = k === 0 ? encoded.first[row] : encoded.second[row];
+    const kept = seg ? seg.end - seg.start : 0;
+    if (local.end > kept) {
+      throw new Error(
+        `${name}: ${word} is tokens [${local.start}, ${local.end}) of text ${k + 1}, but ` +
+          `truncation to ${encoded.lengths[row]} tokens kept only its first ${kept}: pass a ` +
+          `larger --max-length (up to the model's limit)`,
+      );
+    }
+    const span = placeSpan(encoded, row, k, local);
+    out.push(span.start, span.end);
+  }
+  return out as unknown as TokenSpans;
+}
+
+/**
+ * Checks that a split's examples carry target-word spans exactly when the task's head reads them
+ * (`head` "wic").
+ */
+export function expectSpans(split: TokenizedSplit, head: HeadInput | undefined, what: string) {
+  const wic = head === "wic";
+  if (split.hasSpans === wic) return;
+  throw new Error(
+    wic
+      ? `${what}: the WiC head needs the target word's spans on every example, these have none`
+      : `${what}: the examples carry target-word spans but the task's head reads the first token`,
+  );
 }
 
 /**
@@ -44,8 +123,15 @@ export function tokenizeExamples(
 ): TokenizedSplit {
   if (examples.length === 0) throw new Error(`${what}: no examples`);
   const k = examples[0].inputs.length;
+  const hasSpans = examples[0].spans !== undefined;
   const flat: TextInput[] = [];
   examples.forEach((e, i) => {
+    if ((e.spans !== undefined) !== hasSpans) {
+      throw new Error(
+        `${what}: example ${i} (idx ${e.idx}) ${hasSpans ? "lacks" : "has"} target-word spans, ` +
+          `the first ${hasSpans ? "has" : "has none"}`,
+      );
+    }
     if (e.inputs.length !== k || k === 0) {
       throw new Error(
         `${what}: example ${i} (idx ${e.idx}) has ${e.inputs.length} inputs, the first has ${k}`,
@@ -57,6 +143,7 @@ export function tokenizeExamples(
     flat.push(...(e.inputs as TextInput[]));
   });
   const rows: TokenizedInput[] = [];
+  const spans: TokenSpans[] = [];
   const CHUNK = 256;
   for (let start = 0; start < flat.length; start += CHUNK) {
     const enc = tokenizer.encodeBatch(flat.slice(start, start + CHUNK), {
@@ -70,15 +157,22 @@ export function tokenizeExamples(
         ids: enc.inputIds.slice(o, o + n),
         types: enc.typeIds.slice(o, o + n),
       });
+      // Spans need one input per example (checked by exampleTokenSpans), so row = example.
+      const f = start + b;
+      if (hasSpans && f % k === 0) {
+        spans.push(exampleTokenSpans(tokenizer, examples[f / k], enc, b, what, f / k));
+      }
     }
   }
   return {
     examples: examples.map((e, i) => ({
       inputs: rows.slice(i * k, (i + 1) * k),
       label: e.label as number,
+      ...(hasSpans ? { spans: spans[i] } : {}),
     })),
     inputsPerExample: k,
     longest: Math.max(...rows.map((r) => r.ids.length)),
+    hasSpans,
   };
 }
 
@@ -125,6 +219,8 @@ export interface TrainBatch {
   encoder: EncoderBatch;
   /** f32 targets (BCE label ids, MSE scores) or u32 class ids (CE), one per example. */
   targets: Float32Array | Uint32Array;
+  /** WiC: [examples × 4] target-word token ranges (start1, end1, start2, end2) in the rows. */
+  spans?: Uint32Array;
 }
 
 /** Pads `examples` to their longest row into one batch, with the model's padding conventions. */
@@ -158,11 +254,18 @@ export function assembleBatch(
   });
   const labels = examples.map((e) => e.label);
   const targets = loss === "ce" ? Uint32Array.from(labels) : Float32Array.from(labels);
-  return {
+  const batch: TrainBatch = {
     examples: examples.length,
     encoder: { inputIds, typeIds, positionIds, attentionMask, batch: B, seqLen: S },
     targets,
   };
+  if (examples[0]?.spans) {
+    if (B !== examples.length || examples.some((e) => !e.spans)) {
+      throw new Error("assembleBatch: target-word spans need every example, one row each");
+    }
+    batch.spans = Uint32Array.from(examples.flatMap((e) => [...e.spans!]));
+  }
+  return batch;
 }
 
 /** Batches per epoch of `n` examples. */

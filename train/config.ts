@@ -127,6 +127,11 @@ export const TRAIN_FLAGS = {
   out: { type: "string" },
   resume: { type: "boolean" },
   overwrite: { type: "boolean" },
+  // After training: the leaderboard file of the test split (train/submission.ts); not a setting
+  // of the run, so not in TrainConfig (it reads as `typed.has("predict-test")`).
+  "predict-test": { type: "boolean" },
+  // Instead of training: read and check the data, print a summary (train/dry_run.ts).
+  "dry-run": { type: "boolean" },
 } as const;
 
 /** A number flag within [min, max] (`open` excludes the bounds). */

@@ -31,6 +31,7 @@ import {
   batchesPerEpoch,
   DataStream,
   deriveSeed,
+  expectSpans,
   longestRow,
   SEED_PURPOSE,
   type TokenizedSplit,
@@ -43,7 +44,7 @@ import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
-import type { Task } from "./task.ts";
+import { headFeatures, type Task } from "./task.ts";
 import {
   CHECKPOINT_FILE,
   type LoadedCheckpoint,
@@ -322,6 +323,8 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       `${task.name} ${task.devSplit}`,
       task.truncation,
     );
+    expectSpans(train, task.head, `${task.name} ${trainSplit}`);
+    expectSpans(dev, task.head, `${task.name} ${task.devSplit}`);
     if (dev.inputsPerExample !== train.inputsPerExample) {
       throw new Error(
         `${task.name}: ${dev.inputsPerExample} inputs per ${task.devSplit} example, ` +
@@ -351,10 +354,11 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       try {
         const shape = readHeadShape(reader);
         if (!shape) throw new Error(`--head ${config.head}: no head.* tensors`);
-        if (shape.features !== model.config.hiddenSize || shape.classes !== task.headClasses) {
+        const features = headFeatures(task, model.config.hiddenSize);
+        if (shape.features !== features || shape.classes !== task.headClasses) {
           throw new Error(
             `--head ${config.head}: a head of ${shape.features} → ${shape.classes}, the model ` +
-              `and task need ${model.config.hiddenSize} → ${task.headClasses}`,
+              `and task need ${features} → ${task.headClasses}`,
           );
         }
         headWidth = shape.hidden;
@@ -368,6 +372,7 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
         name: task.name,
         loss: task.loss,
         head_classes: task.headClasses,
+        head_input: task.head ?? "first-token",
         inputs_per_example: train.inputsPerExample,
         metrics: task.metrics,
         train_split: trainSplit,
@@ -464,6 +469,7 @@ async function runSeed(
       config: model.config,
       loss: task.loss,
       headClasses: task.headClasses,
+      wic: task.head === "wic",
       inputsPerExample: p.train.inputsPerExample,
       maxExamples: Math.min(
         config.batchSize,

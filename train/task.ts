@@ -3,6 +3,7 @@
 
 import type { MetricName } from "./metrics.ts";
 import type { Truncation } from "../model/tokenizer.ts";
+import type { EnsureDatasetOptions } from "./data_download.ts";
 
 /** One example: the encoder inputs it turns into, and its label id (or score). */
 export interface TaskExample {
@@ -15,9 +16,19 @@ export interface TaskExample {
   inputs: (string | [string, string])[];
   /** The label id in Hugging Face datasets' numbering, the score for regression, null if unknown. */
   label: number | null;
+  /**
+   * WiC-style tasks (`Task.head` "wic"): the target word's character ranges [start, end) (UTF-16
+   * indices, end exclusive) in the first and the second text of the example's one input, a pair
+   * (`inputs[0][0]`, `inputs[0][1]`). The engine maps them to token ranges after truncation
+   * (train/batches.ts `exampleTokenSpans`).
+   */
+  spans?: [[number, number], [number, number]];
 }
 
 export type LossKind = "bce" | "ce" | "mse";
+
+/** What the head reads: see `Task.head`. */
+export type HeadInput = "first-token" | "wic";
 
 export interface Task {
   name: string;
@@ -25,6 +36,12 @@ export interface Task {
   labels: readonly string[];
   /** Outputs of the head per encoder input: 1 for binary tasks and regression. */
   headClasses: number;
+  /**
+   * What the head reads (default "first-token"): the first token's final hidden state h0
+   * (F = hidden), or "wic": [h0; w1; w2; |w1 − w2|; w1 ⊙ w2] (F = 5·hidden), wi the mean of the
+   * target word's tokens in text i. A "wic" task gives every example one pair and its `spans`.
+   */
+  head?: HeadInput;
   loss: LossKind;
   /** The metrics of its dev evaluations, as the official code reports them. */
   metrics: readonly MetricName[];
@@ -35,6 +52,13 @@ export interface Task {
   /** The data folder train.ts uses when --data is not given (relative to the working folder). */
   dataDir?: string;
   /**
+   * The data folder when --data is not given and there is no `dataDir`: data sets too large to
+   * ship (BoolQ, QNLI) download their official zip into the data cache on first use and return
+   * that folder (train/data_download.ts). `offline: true` makes no requests: a DatasetError,
+   * saying how to pass --data, unless the data is already cached.
+   */
+  resolveData?(options?: EnsureDatasetOptions): Promise<string>;
+  /**
    * How pairs are cut to the maximum length (default "longest_first", Hugging Face's default);
    * "only_first" cuts the first text only, as the official EH-FT code does for pairs.
    */
@@ -43,4 +67,9 @@ export interface Task {
   readExamples(path: string, split: string): Promise<TaskExample[]>;
   /** The prediction for one example from its logits: a label name, or a score. */
   prediction(logits: readonly number[]): string | number;
+}
+
+/** The head's input width F for a task on an encoder of `hiddenSize`: H, or 5·H for "wic". */
+export function headFeatures(task: Pick<Task, "head">, hiddenSize: number): number {
+  return task.head === "wic" ? 5 * hiddenSize : hiddenSize;
 }

@@ -13,6 +13,9 @@
 // example are consecutive rows, the head's [B·k, 1] logits are read as [B, k], and
 // cross-entropy over the k choices applies.
 //
+// WiC (`wic`): the head pools the target word's tokens of each text, at the token ranges each
+// batch carries (`TrainBatch.spans`, uploaded by head.setSpans before the head's forward).
+//
 // Tensor names, here and in checkpoints: backbone `<prefix>.<Hugging Face name>`, the head
 // `head.*`, the PEFT method's own names (`lora.*`, `prefix.*`).
 
@@ -41,6 +44,11 @@ export interface TrainerOptions {
   loss: LossKind;
   /** Head outputs per encoder input (1 for binary tasks, regression and multiple choice). */
   headClasses: number;
+  /**
+   * The head reads WiC features [h0; w1; w2; |w1 − w2|; w1 ⊙ w2] (F = 5·hidden): every batch
+   * then carries its target-word `spans`, one encoder input per example.
+   */
+  wic?: boolean;
   /** Encoder inputs per example (k > 1: multiple choice, cross-entropy over the k logits). */
   inputsPerExample?: number;
   /** Largest batch in examples; the arena holds maxExamples · inputsPerExample rows. */
@@ -102,6 +110,9 @@ export class Trainer {
           `inputs (got ${opts.headClasses} outputs, loss ${opts.loss})`,
       );
     }
+    if (opts.wic && k !== 1) {
+      throw new Error(`Trainer: the WiC head takes one encoder input per example, not ${k}`);
+    }
     if (opts.loss !== "ce" && opts.headClasses !== 1) {
       throw new Error(`Trainer: loss ${opts.loss} needs a 1-output head, not ${opts.headClasses}`);
     }
@@ -124,6 +135,7 @@ export class Trainer {
     this.head = createHead(gpu, {
       hiddenSize: opts.config.hiddenSize,
       numClasses: opts.headClasses,
+      wic: opts.wic ?? false,
       width: opts.headWidth ?? HEAD_WIDTH,
       maxBatch: maxRows,
       maxSeq: opts.maxSeq,
@@ -251,6 +263,7 @@ export class Trainer {
     if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
     const E = batch.examples;
     this.encoder.setBatch(batch.encoder);
+    this.setSpans(batch);
     const targets = this.uploadTargets(batch);
     const rec = new Recorder(this.gpu);
     const hidden = this.encoder.forward(rec, {
@@ -301,6 +314,13 @@ export class Trainer {
     }
   }
 
+  /** A WiC head's target-word spans for `batch` (other heads read no spans). */
+  private setSpans(batch: TrainBatch): void {
+    if (!this.head.wic) return;
+    if (!batch.spans) throw new Error("Trainer: the WiC head needs the batch's target-word spans");
+    this.head.setSpans(batch.spans, batch.encoder.batch, batch.encoder.seqLen);
+  }
+
   private uploadTargets(batch: TrainBatch): Tensor {
     const E = batch.examples;
     if (this.loss === "ce") {
@@ -344,6 +364,7 @@ export class Trainer {
       for (const batch of batches) {
         this.checkBatch(batch);
         this.encoder.setBatch(batch.encoder);
+        this.setSpans(batch);
         const rec = new Recorder(this.gpu);
         const hidden = this.encoder.forward(rec, { training: false });
         const logits = this.head.forward(rec, hidden);

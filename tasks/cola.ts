@@ -1,0 +1,62 @@
+// CoLA (Corpus of Linguistic Acceptability, GLUE): is the sentence grammatical? One encoder input
+// per example, the sentence; one logit with BCE; label ids as in Hugging Face datasets (the
+// file's label column): unacceptable 0, acceptable 1. Matthews correlation, as GLUE reports it.
+//
+// GLUE's TSV files, split on tabs only: train.tsv and dev.tsv have no header and four columns
+// (source, label, original label, sentence); test.tsv has the header `index, sentence` and no
+// labels. idx is the `index` column in the test file, else the row's position.
+
+import { DataError, labelId, readTsv, splitFile, tsvIndex } from "../train/data_files.ts";
+import type { Task, TaskExample } from "../train/task.ts";
+
+const LABELS = ["unacceptable", "acceptable"] as const;
+
+export const cola: Task = {
+  name: "cola",
+  labels: LABELS,
+  headClasses: 1,
+  loss: "bce",
+  metrics: ["mcc"],
+  devSplit: "dev",
+  dataDir: "data/glue/CoLA",
+  async readExamples(path: string, split: string): Promise<TaskExample[]> {
+    const file = await splitFile(path, split, "tsv");
+    const table = await readTsv(file, {
+      header: (fields) => fields.length === 2 && fields[0] === "index" && fields[1] === "sentence",
+      columns: 4,
+    });
+    if (table.header) {
+      return table.rows.map(({ line, fields }) => ({
+        idx: tsvIndex(file, line, fields[0], "index"),
+        inputs: [fields[1]],
+        label: null,
+      }));
+    }
+    return table.rows.map(({ line, fields }, i) => {
+      if (fields[3] === "") throw new DataError(file, line, "the sentence (4th field) is empty");
+      return { idx: i, inputs: [fields[3]], label: labelId(file, line, fields[1], LABELS) };
+    });
+  },
+  prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],
+};
+
+/** The paper's recipe for CoLA with RoBERTa-Large: EH-FT (BitFit), 20 epochs, 10% in Stage 1. */
+export const COLA_RECIPE = {
+  task: "cola",
+  strategy: "ehft",
+  peft: "bitfit",
+  epochs: 20,
+  stage1Ratio: 0.1,
+  lr: 1e-5,
+  batchSize: 32,
+  maxLength: 512,
+} as const;
+
+// `deno task cola [train.ts flags]`: every flag overrides the recipe.
+if (import.meta.main) {
+  const { runMain } = await import("../train/flags.ts");
+  const { trainFromArgs } = await import("../train.ts");
+  await runMain("cola", async (args) => {
+    await trainFromArgs(args, COLA_RECIPE, cola);
+  });
+}

@@ -1,0 +1,108 @@
+// WiC (Word-in-Context, SuperGLUE): is the target word used with the same sense in both
+// sentences? One encoder input per example, pair(sentence1, sentence2); the head reads
+// [h0; w1; w2; |w1 − w2|; w1 ⊙ w2] (wi the mean of the target word's tokens in sentence i) and
+// gives one logit with BCE, as the official EH-FT code does; label ids as in Hugging Face
+// datasets: false 0, true 1.
+//
+// The JSONL gives the word's character offsets in each sentence, start1/end1 and start2/end2,
+// end exclusive (`sentence1.slice(start1, end1)` is the word form used there, e.g. "ran" for
+// the word "run"). The engine maps them to token ranges after truncation (train/batches.ts);
+// pairs are cut longest-first, which keeps the most of both sentences. The data is CC BY-NC 4.0
+// (non-commercial use only, see data/README.md).
+
+import { DataError, indexField, readJsonl, splitFile, stringField } from "../train/data_files.ts";
+import type { Task, TaskExample } from "../train/task.ts";
+
+const LABELS = ["false", "true"] as const;
+
+/** A label as the files write it: a JSON boolean, "true"/"false", or 0/1; null when absent. */
+function labelOf(file: string, line: number, value: unknown): number | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value === "boolean") return value ? 1 : 0;
+  if (typeof value === "string") {
+    const id = LABELS.indexOf(value.trim().toLowerCase() as typeof LABELS[number]);
+    if (id >= 0) return id;
+  }
+  if (value === 0 || value === 1) return value;
+  throw new DataError(
+    file,
+    line,
+    `label ${JSON.stringify(value)} is not a boolean, "true"/"false" or 0/1`,
+  );
+}
+
+/** The character range [start, end) of the fields `start`/`end` inside `text`. */
+function charSpan(
+  file: string,
+  line: number,
+  row: Record<string, unknown>,
+  text: string,
+  start: string,
+  end: string,
+): [number, number] {
+  const s = row[start], e = row[end];
+  for (const [name, v] of [[start, s], [end, e]] as const) {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+      throw new DataError(file, line, `field "${name}" is not a non-negative integer`);
+    }
+  }
+  const [a, b] = [s as number, e as number];
+  if (a >= b || b > text.length) {
+    throw new DataError(
+      file,
+      line,
+      `${start}/${end} [${a}, ${b}) is not a non-empty range inside its sentence of ` +
+        `${text.length} characters`,
+    );
+  }
+  return [a, b];
+}
+
+export const wic: Task = {
+  name: "wic",
+  labels: LABELS,
+  headClasses: 1,
+  head: "wic",
+  loss: "bce",
+  metrics: ["accuracy"],
+  devSplit: "val",
+  dataDir: "data/superglue/WiC",
+  async readExamples(path: string, split: string): Promise<TaskExample[]> {
+    const file = await splitFile(path, split, "jsonl");
+    return (await readJsonl(file)).map(({ line, value }, i) => {
+      const sentence1 = stringField(file, line, value, "sentence1");
+      const sentence2 = stringField(file, line, value, "sentence2");
+      return {
+        idx: indexField(file, line, value, i),
+        inputs: [[sentence1, sentence2]],
+        label: labelOf(file, line, value.label),
+        spans: [
+          charSpan(file, line, value, sentence1, "start1", "end1"),
+          charSpan(file, line, value, sentence2, "start2", "end2"),
+        ],
+      };
+    });
+  },
+  prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],
+};
+
+/** The paper's recipe for WiC with RoBERTa-Large: EH-FT (BitFit), 40 epochs at lr 3e-5. */
+export const WIC_RECIPE = {
+  task: "wic",
+  strategy: "ehft",
+  peft: "bitfit",
+  epochs: 40,
+  stage1Ratio: 0.1,
+  lr: 3e-5,
+  batchSize: 32,
+  maxLength: 512,
+} as const;
+
+// `deno task wic [train.ts flags]`: every flag overrides the recipe.
+if (import.meta.main) {
+  const { runMain } = await import("../train/flags.ts");
+  const { trainFromArgs } = await import("../train.ts");
+  await runMain("wic", async (args) => {
+    await trainFromArgs(args, WIC_RECIPE, wic);
+  });
+}

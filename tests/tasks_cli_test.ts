@@ -1,0 +1,184 @@
+// The task scripts as a user runs them, as subprocesses in the repository root: `--dry-run` (one
+// JSON object on the last line of stdout, exit 0 whichever splits are missing, exit 1 naming
+// file and line on a malformed file, token lengths with a model at hand) and the end-to-end
+// `deno task cb --max-steps 4 --model <tiny fixture>` run that writes every output file.
+
+import { assert, assertEquals } from "./assert.ts";
+import { writeTinyBert } from "./train_fixture.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** The last line of stdout, parsed. */
+  json: () => Record<string, unknown>;
+}
+
+async function run(args: string[]): Promise<Result> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    env: { EHFT_OFFLINE: "1", HF_HUB_OFFLINE: "1", XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  return {
+    code: out.code,
+    stdout,
+    stderr,
+    json: () => {
+      const lines = stdout.trim().split("\n");
+      return JSON.parse(lines[lines.length - 1]);
+    },
+  };
+}
+
+const test = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+
+test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
+  const [rte, copa, cola, stsb] = await Promise.all([
+    run(["run", "-A", "tasks/rte.ts", "--dry-run"]),
+    run(["run", "-A", "tasks/copa.ts", "--dry-run"]),
+    run(["run", "-A", "train.ts", "--task", "cola", "--dry-run"]),
+    run(["run", "-A", "tasks/stsb.ts", "--dry-run", "--epochs", "3"]),
+  ]);
+  for (const r of [rte, copa, cola, stsb]) assertEquals(r.code, 0, r.stderr);
+  assertEquals(rte.json(), {
+    task: "rte",
+    data: "data/superglue/RTE",
+    splits: {
+      train: { examples: 2490, labels: { entailment: 1249, not_entailment: 1241 } },
+      val: { examples: 277, labels: { entailment: 146, not_entailment: 131 } },
+      test: null,
+    },
+    max_tokens: null,
+  });
+  assertEquals(copa.json(), {
+    task: "copa",
+    data: "data/superglue/COPA",
+    splits: {
+      train: { examples: 400, labels: { "0": 195, "1": 205 } },
+      val: { examples: 100, labels: { "0": 55, "1": 45 } },
+      test: null,
+    },
+    max_tokens: null,
+  });
+  assertEquals(cola.json(), {
+    task: "cola",
+    data: "data/glue/CoLA",
+    splits: {
+      train: { examples: 8551, labels: { unacceptable: 2528, acceptable: 6023 } },
+      dev: { examples: 1043, labels: { unacceptable: 322, acceptable: 721 } },
+      test: { examples: 1063 },
+    },
+    max_tokens: null,
+  });
+  assertEquals(stsb.json(), {
+    task: "stsb",
+    data: "data/glue/STS-B",
+    splits: { train: { examples: 5749 }, dev: { examples: 1500 }, test: { examples: 1379 } },
+    max_tokens: null,
+  });
+});
+
+test("--dry-run: missing splits are null, a bad file fails naming its line, token lengths", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-dry-run-" });
+  try {
+    await Deno.mkdir(`${dir}/data`);
+    await Deno.copyFile(`${ROOT}data/glue/CoLA/dev.tsv`, `${dir}/data/dev.tsv`);
+    await Deno.writeTextFile(`${dir}/bad.tsv`, "gj04\t1\t\tFine.\ngj04\t1\tBroken.\n");
+    await writeTinyBert(`${dir}/model`, false);
+    const [partial, nowhere, bad, tokens, flag] = await Promise.all([
+      run(["run", "-A", "tasks/cola.ts", "--dry-run", "--data", `${dir}/data`]),
+      run(["run", "-A", "tasks/cb.ts", "--dry-run", "--data", `${dir}/nowhere`]),
+      run(["run", "-A", "tasks/cola.ts", "--dry-run", "--data", `${dir}/bad.tsv`]),
+      run([
+        ...["run", "-A", "tasks/copa.ts", "--dry-run", "--model", `${dir}/model`],
+        ...["--max-length", "20"],
+      ]),
+      run(["run", "-A", "tasks/cb.ts", "--dry-run", "--epochs", "many"]),
+    ]);
+    assertEquals(partial.code, 0, partial.stderr);
+    assertEquals(partial.json().splits, {
+      train: null,
+      dev: { examples: 1043, labels: { unacceptable: 322, acceptable: 721 } },
+      test: null,
+    });
+    assertEquals(nowhere.code, 0, nowhere.stderr);
+    assertEquals(nowhere.json().splits, { train: null, val: null, test: null });
+    assert(nowhere.stderr.includes("no such file or folder"), nowhere.stderr);
+    assertEquals(bad.code, 1);
+    assert(bad.stderr.includes(`${dir}/bad.tsv:2: 3 tab-separated fields`), bad.stderr);
+    assertEquals(tokens.code, 0, tokens.stderr);
+    // The tiny model's 101-word vocabulary: unknown words are one [UNK] token each.
+    const report = tokens.json() as {
+      splits: Record<string, { max_tokens: number; truncated: number }>;
+      max_tokens: number;
+      max_length: number;
+    };
+    assertEquals(report.max_length, 20);
+    assert(report.max_tokens > 20, JSON.stringify(report));
+    assertEquals(
+      report.max_tokens,
+      Math.max(report.splits.train.max_tokens, report.splits.val.max_tokens),
+    );
+    assert(report.splits.train.truncated > 0, JSON.stringify(report));
+    assertEquals(flag.code, 1);
+    assert(flag.stderr.includes("--epochs"), flag.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-task-cb-" });
+  try {
+    await writeTinyBert(`${dir}/model`, false);
+    const out = `${dir}/run`;
+    const r = await run([
+      ...["task", "cb", "--max-steps", "4", "--model", `${dir}/model`, "--out", out],
+      ...["--batch-size", "4", "--max-length", "32"],
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const names = async (path: string) => {
+      const found: string[] = [];
+      for await (const e of Deno.readDir(path)) found.push(e.name);
+      return found.sort();
+    };
+    assertEquals(await names(out), ["log.jsonl", "metrics.json", "model", "run.json", "stage1"]);
+    for (const sub of ["model", "stage1"]) {
+      assertEquals(await names(`${out}/${sub}`), [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+      ]);
+    }
+    const run_ = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+    const s = run_.settings;
+    assertEquals(
+      [s.task, s.strategy, s.peft, s.lr, s.maxSteps, s.epochs, s.data],
+      ["cb", "ehft", "bitfit", 1e-5, 4, null, "data/superglue/CB"],
+    );
+    const t = run_.resolved.task;
+    assertEquals([t.loss, t.head_classes, t.train_examples, t.dev_examples, t.dev_split], [
+      "ce",
+      3,
+      250,
+      56,
+      "val",
+    ]);
+    const steps = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
+    assertEquals(steps.map((l) => l.step), [1, 2, 3, 4]);
+    const metrics = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+    assertEquals(Object.keys(metrics.final), ["accuracy", "macro_f1"]);
+    assert(metrics.final.accuracy >= 0 && metrics.final.accuracy <= 1, JSON.stringify(metrics));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,244 @@
+// `--dry-run` of train.ts and the task scripts: reads and checks a task's data, and with the
+// model's files at hand measures its inputs in tokens; trains nothing, makes no requests, and
+// prints one JSON object on the last line of stdout:
+//
+//   {"task": "rte", "data": "data/superglue/RTE",
+//    "splits": {"train": {"examples": 2490, "labels": {"entailment": 1249, ...}},
+//               "val": {...}, "test": null},
+//    "max_tokens": null}
+//
+// - splits: the task's train, dev and test splits under the names of their files (train / val /
+//   test for SuperGLUE, train / dev / test for GLUE); a split whose file is missing is null.
+//   `examples` counts the file's examples (COPA's 400, not its 800 texts); `labels` counts them
+//   by label name in id order (booleans "false" / "true", COPA's choices "0" / "1"), absent for
+//   regression and for unlabeled splits (`unlabeled` counts unlabeled examples in a split that
+//   also has labeled ones). With --data naming a file, the one split is named after the file.
+// - max_tokens: the longest encoder input in tokens, special tokens included and before
+//   truncation, over all splits; null when no model is at hand (--model not given, or a hub id
+//   not in the local cache). With a model, each split also reports its `max_tokens` and how many
+//   inputs are `truncated` to `max_length` (the run's limit: --max-length clamped to the model's).
+// - data: the folder (or file) read; null when there is none (BoolQ, QNLI neither passed with
+//   --data nor in the data cache).
+// - notes: why something is missing, when something is (also printed on stderr).
+//
+// A malformed data file or flag is an error (exit 1); missing data or a missing model is not.
+
+import { maxSequenceLength, readConfig } from "../model/config.ts";
+import { resolveModel } from "../model/hub.ts";
+import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
+import { parseTrainArgs, type Recipe } from "./config.ts";
+import type { Task } from "./task.ts";
+
+/** One split in a dry run's report. */
+export interface DryRunSplit {
+  examples: number;
+  labels?: Record<string, number>;
+  unlabeled?: number;
+  max_tokens?: number;
+  truncated?: number;
+}
+
+/** What a dry run prints. */
+export interface DryRunReport {
+  task: string;
+  data: string | null;
+  splits: Record<string, DryRunSplit | null>;
+  max_tokens: number | null;
+  max_length?: number;
+  notes?: string[];
+}
+
+export interface DryRunOptions {
+  /** The data folder or file; null when there is none. */
+  data: string | null;
+  /** A local model folder or a hub id (looked up in the local cache only), or null. */
+  model?: string | null;
+  revision?: string | null;
+  /** Requested tokens per input (clamped to the model's limit). */
+  maxLength?: number | null;
+  /** Positions taken by prefix-tuning rows. */
+  prefixRows?: number;
+  /** Environment for the hub cache lookup (default Deno.env). */
+  env?: Record<string, string | undefined>;
+  /** Notes already known (e.g. why there is no data). */
+  notes?: string[];
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/**
+ * The model's tokenizer and its sequence limit, from local files only: a note when the model is
+ * not at hand (not a folder, not in the hub cache); an error when its files are there but wrong.
+ */
+async function localTokenizer(
+  model: string,
+  revision: string | null | undefined,
+  env: Record<string, string | undefined>,
+): Promise<{ tokenizer: TextTokenizer; limit: number } | string> {
+  let dir: string;
+  try {
+    dir = await resolveModel(model, {
+      revision: revision ?? undefined,
+      env: { ...env, HF_HUB_OFFLINE: "1" },
+      quiet: true,
+    });
+  } catch (e) {
+    return `--model ${model}: not at hand, so no token lengths (${errorText(e).split("\n")[0]})`;
+  }
+  const config = await readConfig(`${dir}/config.json`);
+  return { tokenizer: await loadTokenizer(dir, config), limit: maxSequenceLength(config) };
+}
+
+function tokens(tokenizer: TextTokenizer, input: TextInput): number {
+  if (typeof input === "string") {
+    return tokenizer.encodeText(input).length + tokenizer.numSpecialTokens(false);
+  }
+  return tokenizer.encodeText(input[0]).length + tokenizer.encodeText(input[1]).length +
+    tokenizer.numSpecialTokens(true);
+}
+
+/** Reads and summarises a task's splits (see the file comment). */
+export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRunReport> {
+  const notes = [...(options.notes ?? [])];
+  const splitNames = [...new Set([task.trainSplit ?? "train", task.devSplit, "test"])];
+  const report: DryRunReport = {
+    task: task.name,
+    data: options.data,
+    splits: {},
+    max_tokens: null,
+  };
+
+  let model: { tokenizer: TextTokenizer; limit: number } | null = null;
+  if (options.model) {
+    const found = await localTokenizer(
+      options.model,
+      options.revision,
+      options.env ?? Deno.env.toObject(),
+    );
+    if (typeof found === "string") notes.push(found);
+    else model = found;
+  }
+  const maxLength = model
+    ? Math.min(options.maxLength ?? Infinity, model.limit - (options.prefixRows ?? 0))
+    : 0;
+
+  // Which splits to read, and from where.
+  const reads: { name: string; path: string; split: string }[] = [];
+  const data = options.data;
+  const info = data === null ? null : await statOrNull(data);
+  if (data === null) {
+    for (const name of splitNames) report.splits[name] = null;
+  } else if (info === null) {
+    for (const name of splitNames) report.splits[name] = null;
+    notes.push(`${data}: no such file or folder`);
+  } else if (info.isDirectory) {
+    const files = new Set<string>();
+    for await (const e of Deno.readDir(data)) if (e.isFile || e.isSymlink) files.add(e.name);
+    for (const name of splitNames) {
+      if ([...files].some((f) => f.startsWith(`${name}.`))) {
+        reads.push({ name, path: data, split: name });
+      } else {
+        report.splits[name] = null;
+      }
+    }
+  } else {
+    const base = data.slice(data.lastIndexOf("/") + 1);
+    const name = base.includes(".") ? base.slice(0, base.lastIndexOf(".")) : base;
+    reads.push({ name, path: data, split: name });
+  }
+
+  for (const r of reads) {
+    const examples = await task.readExamples(r.path, r.split);
+    const summary: DryRunSplit = { examples: examples.length };
+    const labeled = examples.filter((e) => e.label !== null);
+    if (labeled.length > 0 && task.labels.length > 0) {
+      const counts: Record<string, number> = {};
+      for (const name of task.labels) counts[name] = 0;
+      for (const e of labeled) counts[task.labels[e.label!]]++;
+      summary.labels = counts;
+      if (labeled.length < examples.length) summary.unlabeled = examples.length - labeled.length;
+    }
+    if (model) {
+      let longest = 0;
+      let truncated = 0;
+      for (const e of examples) {
+        for (const input of e.inputs) {
+          const n = tokens(model.tokenizer, input);
+          longest = Math.max(longest, n);
+          if (n > maxLength) truncated++;
+        }
+      }
+      summary.max_tokens = longest;
+      summary.truncated = truncated;
+      report.max_tokens = Math.max(report.max_tokens ?? 0, longest);
+    }
+    report.splits[r.name] = summary;
+  }
+  // Keep the task's split order in the report, whichever were read.
+  const ordered: Record<string, DryRunSplit | null> = {};
+  for (const name of [...splitNames, ...Object.keys(report.splits)]) {
+    if (name in report.splits) ordered[name] = report.splits[name];
+  }
+  report.splits = ordered;
+  if (model) report.max_length = maxLength;
+  if (notes.length > 0) report.notes = notes;
+  return report;
+}
+
+// Stand-ins that let parseTrainArgs check every other flag when a dry run has no model or data.
+const NO_MODEL = "\0no-model";
+const NO_DATA = "\0no-data";
+
+/**
+ * train.ts's `--dry-run`: checks the flags as training would (over the task script's recipe),
+ * finds the data as training would but offline (a download is never started), reports as
+ * `dryRun` does, and prints the report as one JSON line on stdout (notes on stderr).
+ */
+export async function dryRunFromArgs(
+  args: string[],
+  recipe: Recipe,
+  byName: (name: string) => Task,
+): Promise<DryRunReport> {
+  const { config } = parseTrainArgs(
+    args,
+    { ...recipe, model: recipe.model ?? NO_MODEL },
+    () => NO_DATA,
+  );
+  const task = byName(config.task);
+  let data: string | null = config.data;
+  const notes: string[] = [];
+  if (data === NO_DATA) {
+    data = task.dataDir ?? null;
+    if (data === null && task.resolveData) {
+      try {
+        data = await task.resolveData({ offline: true, quiet: true });
+      } catch (e) {
+        notes.push(`a dry run downloads nothing: ${errorText(e)}`);
+      }
+    } else if (data === null) {
+      notes.push(`${task.name} has no default data folder: pass --data`);
+    }
+  }
+  const report = await dryRun(task, {
+    data,
+    model: config.model === NO_MODEL ? null : config.model,
+    revision: config.revision,
+    maxLength: config.maxLength,
+    prefixRows: config.peft === "prefix" ? config.prefixLength : 0,
+    notes,
+  });
+  for (const note of report.notes ?? []) console.error(`dry run: ${note}`);
+  console.log(JSON.stringify(report));
+  return report;
+}
