@@ -1,0 +1,357 @@
+// report.ts and train/report_table.ts on run folders written by hand: the markdown, CSV and JSON
+// tables exactly, the average column, missing cells, seeds pooled into cells, the recursive
+// discovery (a multi-seed run counted once, even with one of its seed folders named too),
+// unfinished runs skipped, and the command line's one-line errors.
+
+import { assertEquals } from "./assert.ts";
+import { parseReportArgs, report } from "../report.ts";
+import {
+  buildTable,
+  findRuns,
+  methodTitle,
+  percent,
+  renderCsv,
+  renderMarkdown,
+  tableJson,
+} from "../train/report_table.ts";
+import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
+
+type Best = Record<string, number | null>;
+
+async function writeJson(path: string, value: unknown): Promise<void> {
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+  await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
+}
+
+function settings(
+  task: string,
+  strategy: string,
+  peft: string | null,
+  seed: number,
+  extra: Record<string, unknown> = {},
+) {
+  return {
+    task,
+    model: "roberta-large",
+    data: `data/${task}`,
+    strategy,
+    peft,
+    seed,
+    seeds: 1,
+    lr: 1e-5,
+    ...extra,
+  };
+}
+
+/** A single run; `best` null leaves it unfinished (no metrics.json). */
+async function single(
+  dir: string,
+  task: string,
+  strategy: string,
+  peft: string | null,
+  seed: number,
+  best: Best | null,
+  extra: Record<string, unknown> = {},
+): Promise<RunMetrics | null> {
+  await writeJson(`${dir}/run.json`, {
+    settings: { ...settings(task, strategy, peft, seed, extra), out: dir },
+    resolved: {},
+  });
+  if (best === null) return null;
+  const metrics = { final: best, best };
+  await writeJson(`${dir}/metrics.json`, metrics);
+  return metrics;
+}
+
+/** A --seeds run: seed-<n>/ folders and, once every seed has finished, the summary. */
+async function multi(
+  dir: string,
+  task: string,
+  strategy: string,
+  peft: string | null,
+  seeds: Record<number, Best | null>,
+): Promise<void> {
+  const list = Object.keys(seeds).map(Number);
+  await writeJson(`${dir}/run.json`, {
+    settings: { ...settings(task, strategy, peft, list[0]), seeds: list.length, out: dir },
+    seed_folders: list.map((s) => `seed-${s}`),
+  });
+  const results: Record<string, RunMetrics> = {};
+  for (const s of list) {
+    const m = await single(`${dir}/seed-${s}`, task, strategy, peft, s, seeds[s]);
+    if (m) results[String(s)] = m;
+  }
+  if (Object.keys(results).length === list.length) {
+    await writeJson(`${dir}/metrics.json`, summarizeSeeds(results));
+  }
+}
+
+const FT: Record<string, Best> = {
+  rte: { accuracy: 0.7 },
+  boolq: { accuracy: 0.75 },
+  copa: { accuracy: 0.6 },
+  cb: { accuracy: 0.8, macro_f1: 0.5 },
+  wic: { accuracy: 0.65 },
+  mrpc: { f1: 0.85, accuracy: 0.8 },
+  qnli: { accuracy: 0.9 },
+  cola: { mcc: 0.5 },
+  stsb: { pearson: 0.88, spearman: 0.87 },
+};
+
+interface Fixture {
+  dir: string;
+  paths: string[];
+}
+let fixture: Promise<Fixture> | null = null;
+
+function prepare(): Promise<Fixture> {
+  fixture ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    const runs = `${dir}/runs`;
+    for (const [task, best] of Object.entries(FT)) {
+      await single(`${runs}/ft/${task}`, task, "ft", null, 42, best);
+    }
+    await single(`${runs}/ft/boolq-retry`, "boolq", "ft", null, 43, null);
+    await multi(`${runs}/ehft-bitfit/rte`, "rte", "ehft", "bitfit", {
+      1: { accuracy: 0.8 },
+      2: { accuracy: 0.9 },
+    });
+    await single(`${runs}/ehft-bitfit/cola`, "cola", "ehft", "bitfit", 42, { mcc: 0.6 });
+    await multi(`${runs}/ehft-bitfit/wic`, "wic", "ehft", "bitfit", {
+      1: { accuracy: 0.7 },
+      2: null,
+    });
+    await single(`${runs}/misc/mnli`, "mnli", "ft", null, 42, { accuracy: 0.9 });
+    // Two single runs of one cell: pooled as its seeds (their learning rates differ: a note).
+    const more = `${dir}/more`;
+    await single(`${more}/lora-1`, "rte", "peft", "lora", 1, { accuracy: 0.7 });
+    await single(`${more}/lora-2`, "rte", "peft", "lora", 2, { accuracy: 0.75 }, { lr: 2e-5 });
+    // The multi-seed run's seed-1 named directly, and runs/ twice: each still counted once.
+    return { dir, paths: [runs, `${runs}/ehft-bitfit/rte/seed-1`, more, `${runs}/`] };
+  })();
+  return fixture;
+}
+
+const EXPECTED_MARKDOWN = [
+  "| Method         |        RTE | BoolQ | COPA |   CB |  WiC | MRPC | QNLI | CoLA | STS-B |        Avg |",
+  "| -------------- | ---------: | ----: | ---: | ---: | ---: | ---: | ---: | ---: | ----: | ---------: |",
+  "| FT             |       70.0 |  75.0 | 60.0 | 80.0 | 65.0 | 85.0 | 90.0 | 50.0 |  88.0 |       73.7 |",
+  "| LoRA           | 72.5 ± 2.5 |     – |    – |    – |    – |    – |    – |    – |     – | 72.5 (1/9) |",
+  "| EH-FT (BitFit) | 85.0 ± 5.0 |     – |    – |    – |    – |    – |    – | 60.0 |     – | 72.5 (2/9) |",
+  "",
+  "Best dev score of each run × 100, mean ± standard deviation over seeds (population; none for " +
+  "one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; STS-B Pearson. Avg: mean " +
+  "over the tasks present, (k/9) when fewer; –: no finished run. Seeds per cell: 1 to 2 " +
+  "(results.json lists them).",
+  "",
+].join("\n");
+
+const EXPECTED_CSV = [
+  "method,strategy,peft,model,rte_mean,rte_std,rte_n,boolq_mean,boolq_std,boolq_n,copa_mean," +
+  "copa_std,copa_n,cb_mean,cb_std,cb_n,wic_mean,wic_std,wic_n,mrpc_mean,mrpc_std,mrpc_n," +
+  "qnli_mean,qnli_std,qnli_n,cola_mean,cola_std,cola_n,stsb_mean,stsb_std,stsb_n,average," +
+  "average_tasks",
+  "FT,ft,,roberta-large,70.00,,1,75.00,,1,60.00,,1,80.00,,1,65.00,,1,85.00,,1,90.00,,1," +
+  "50.00,,1,88.00,,1,73.67,9",
+  "LoRA,peft,lora,roberta-large,72.50,2.50,2" + ",,,".repeat(8) + ",72.50,1",
+  "EH-FT (BitFit),ehft,bitfit,roberta-large,85.00,5.00,2" + ",,,".repeat(6) + ",60.00,,1" +
+  ",,," + ",72.50,2",
+  "",
+].join("\n");
+
+function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+function std(xs: number[]): number {
+  const m = mean(xs);
+  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
+}
+
+function expectedJson(dir: string): unknown {
+  const runs = `${dir}/runs`;
+  const cell = (metric: string, seeds: { seed: number; value: number; run: string }[]) => ({
+    metric,
+    mean: mean(seeds.map((s) => s.value)),
+    std: seeds.length > 1 ? std(seeds.map((s) => s.value)) : null,
+    n: seeds.length,
+    seeds,
+  });
+  const metricOf: Record<string, string> = { mrpc: "f1", cola: "mcc", stsb: "pearson" };
+  const ftCells = Object.fromEntries(
+    Object.entries(FT).map(([task, best]) => {
+      const metric = metricOf[task] ?? "accuracy";
+      return [task, cell(metric, [{ seed: 42, value: best[metric]!, run: `${runs}/ft/${task}` }])];
+    }),
+  );
+  const lora = cell("accuracy", [
+    { seed: 1, value: 0.7, run: `${dir}/more/lora-1` },
+    { seed: 2, value: 0.75, run: `${dir}/more/lora-2` },
+  ]);
+  const ehftRte = cell("accuracy", [
+    { seed: 1, value: 0.8, run: `${runs}/ehft-bitfit/rte` },
+    { seed: 2, value: 0.9, run: `${runs}/ehft-bitfit/rte` },
+  ]);
+  const ehftCola = cell("mcc", [{ seed: 42, value: 0.6, run: `${runs}/ehft-bitfit/cola` }]);
+  const order = ["rte", "boolq", "copa", "cb", "wic", "mrpc", "qnli", "cola", "stsb"];
+  return {
+    score: "best",
+    tasks: order.map((name, i) => ({
+      name,
+      title: ["RTE", "BoolQ", "COPA", "CB", "WiC", "MRPC", "QNLI", "CoLA", "STS-B"][i],
+      metric: metricOf[name] ?? "accuracy",
+    })),
+    rows: [
+      {
+        method: "FT",
+        strategy: "ft",
+        peft: null,
+        model: "roberta-large",
+        cells: ftCells,
+        average: { mean: mean(order.map((t) => ftCells[t].mean)), tasks: 9 },
+      },
+      {
+        method: "LoRA",
+        strategy: "peft",
+        peft: "lora",
+        model: "roberta-large",
+        cells: { rte: lora },
+        average: { mean: lora.mean, tasks: 1 },
+      },
+      {
+        method: "EH-FT (BitFit)",
+        strategy: "ehft",
+        peft: "bitfit",
+        model: "roberta-large",
+        cells: { rte: ehftRte, cola: ehftCola },
+        average: { mean: mean([ehftRte.mean, ehftCola.mean]), tasks: 2 },
+      },
+    ],
+    skipped: [
+      {
+        path: `${runs}/ehft-bitfit/wic`,
+        reason: "unfinished (no metrics.json; 1 of 2 seeds finished)",
+      },
+      { path: `${runs}/ft/boolq-retry`, reason: "unfinished (no metrics.json)" },
+      { path: `${runs}/misc/mnli`, reason: "task mnli is not a column of the table" },
+    ],
+    notes: [
+      `LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
+      `${dir}/more/lora-1, ${dir}/more/lora-2`,
+    ],
+  };
+}
+
+Deno.test("report: markdown, CSV and JSON of hand-written run folders, exactly", async () => {
+  const { dir, paths } = await prepare();
+  const table = buildTable(await findRuns(paths));
+  assertEquals(renderMarkdown(table), EXPECTED_MARKDOWN);
+  assertEquals(renderCsv(table), EXPECTED_CSV);
+  assertEquals(JSON.parse(JSON.stringify(tableJson(table))), expectedJson(dir));
+});
+
+Deno.test("report: discovery counts a multi-seed run once and skips unfinished runs", async () => {
+  const { dir } = await prepare();
+  const runs = `${dir}/runs`;
+  // The multi-seed folder alone, its seed folders alone, and both.
+  const parent = await findRuns([`${runs}/ehft-bitfit/rte`]);
+  assertEquals(parent.runs.map((r) => [r.path, r.seeds.map((s) => s.seed)]), [
+    [`${runs}/ehft-bitfit/rte`, [1, 2]],
+  ]);
+  const children = await findRuns([`${runs}/ehft-bitfit/rte/seed-1`]);
+  assertEquals(children.runs.map((r) => [r.path, r.seeds]), [
+    [`${runs}/ehft-bitfit/rte/seed-1`, [{ seed: 1, best: { accuracy: 0.8 } }]],
+  ]);
+  const both = await findRuns([
+    `${runs}/ehft-bitfit/rte/seed-2`,
+    `${runs}/ehft-bitfit/rte/seed-1`,
+    `${runs}/ehft-bitfit/rte`,
+  ]);
+  assertEquals(both.runs.map((r) => r.path), [`${runs}/ehft-bitfit/rte`]);
+  // An unfinished multi-seed run is skipped whole; its finished seed is not counted alone.
+  const wic = await findRuns([`${runs}/ehft-bitfit/wic`]);
+  assertEquals(wic.runs, []);
+  assertEquals(wic.skipped.map((s) => s.reason), [
+    "unfinished (no metrics.json; 1 of 2 seeds finished)",
+  ]);
+});
+
+Deno.test("report: method titles, percentages", () => {
+  assertEquals(
+    [
+      methodTitle("ft", null),
+      methodTitle("lp", null),
+      methodTitle("lpft", null),
+      methodTitle("peft", "bitfit"),
+      methodTitle("peft", "lora"),
+      methodTitle("peft", "prefix"),
+      methodTitle("ehft", "lora"),
+      methodTitle("ehft-reserve", "bitfit"),
+    ],
+    ["FT", "LP", "LP-FT", "BitFit", "LoRA", "Prefix", "EH-FT (LoRA)", "EH-FT-reserve (BitFit)"],
+  );
+  assertEquals(
+    [0.8765, 0.8125, 0.72499999999999998, 2 / 3, -0.0001, -0.25].map((x) => percent(x)),
+    ["87.7", "81.3", "72.5", "66.7", "0.0", "-25.0"],
+  );
+  assertEquals([percent(0.5, 2), percent(0.7366666, 2)], ["50.00", "73.67"]);
+});
+
+Deno.test("report: --out writes results.md, results.csv and results.json", async () => {
+  const { dir, paths } = await prepare();
+  const out = `${dir}/out`;
+  const lines: string[] = [];
+  await report(parseReportArgs([...paths, "--out", out]), (l) => lines.push(l));
+  assertEquals(await Deno.readTextFile(`${out}/results.md`), EXPECTED_MARKDOWN);
+  assertEquals(await Deno.readTextFile(`${out}/results.csv`), EXPECTED_CSV);
+  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/results.json`)), expectedJson(dir));
+  assertEquals(lines, [
+    `report: skipped ${dir}/runs/ehft-bitfit/wic: unfinished (no metrics.json; 1 of 2 seeds ` +
+    `finished)`,
+    `report: skipped ${dir}/runs/ft/boolq-retry: unfinished (no metrics.json)`,
+    `report: skipped ${dir}/runs/misc/mnli: task mnli is not a column of the table`,
+    `report: note: LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
+    `${dir}/more/lora-1, ${dir}/more/lora-2`,
+    `report: ${out}/results.md, results.csv and results.json written`,
+  ]);
+});
+
+const REPORT = new URL("../report.ts", import.meta.url).pathname;
+
+async function runReport(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", REPORT, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: r.code, out: text(r.stdout), err: text(r.stderr) };
+}
+
+Deno.test("report.ts: prints the markdown; bad flags and paths are one-line errors", async () => {
+  const { dir, paths } = await prepare();
+  const ok = await runReport(paths);
+  assertEquals(ok.code, 0, ok.err);
+  assertEquals(ok.out, EXPECTED_MARKDOWN);
+  assertEquals(ok.err.split("\n").filter((l) => l.startsWith("report: skipped")).length, 3);
+
+  const errors: [string[], string][] = [
+    [[`${dir}/runs`, "--outt", "x"], "report: unknown flag --outt (did you mean --out?)\n"],
+    [[], "report: give one or more run folders (or folders holding runs)\n"],
+    [[`${dir}/nowhere`], `report: ${dir}/nowhere: no such folder\n`],
+    [
+      [`${dir}/runs/ft/rte/run.json`],
+      `report: ${dir}/runs/ft/rte/run.json: not a folder (give run folders or their parents)\n`,
+    ],
+    [
+      [`${dir}/runs/ft/boolq-retry`],
+      `report: skipped ${dir}/runs/ft/boolq-retry: unfinished (no metrics.json)\n` +
+      `report: no finished runs under ${dir}/runs/ft/boolq-retry\n`,
+    ],
+  ];
+  for (const [args, err] of errors) {
+    const r = await runReport(args);
+    assertEquals([r.code, r.out, r.err], [1, "", err], args.join(" "));
+  }
+});

@@ -1,0 +1,249 @@
+// Leaderboard submission files (train/submission.ts): each task's exact format from synthetic
+// predictions, the errors, and train.ts --predict-test end to end on the tiny fixture.
+
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import {
+  markerExamples,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
+import { writeSafetensors } from "../model/safetensors.ts";
+import { predict } from "../predict.ts";
+import { trainFromArgs } from "../train.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import {
+  predictTestSet,
+  runFolders,
+  SUBMISSION_FORMATS,
+  submissionText,
+  writeTestSubmissions,
+} from "../train/submission.ts";
+import { rte } from "../tasks/rte.ts";
+
+const test = (name: string, fn: () => Promise<void> | void) =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+
+test("submission: SuperGLUE JSONL per task, labels as the leaderboard names them", () => {
+  assertEquals(
+    submissionText("rte", [
+      { idx: 0, prediction: "not_entailment" },
+      { idx: 1, prediction: "entailment" },
+      { idx: 2, prediction: 1 },
+    ]),
+    '{"idx":0,"label":"not_entailment"}\n{"idx":1,"label":"entailment"}\n' +
+      '{"idx":2,"label":"not_entailment"}\n',
+  );
+  assertEquals(
+    submissionText("cb", [
+      { idx: 0, prediction: "neutral" },
+      { idx: 1, prediction: "contradiction" },
+      { idx: 2, prediction: 0 },
+    ]),
+    '{"idx":0,"label":"neutral"}\n{"idx":1,"label":"contradiction"}\n' +
+      '{"idx":2,"label":"entailment"}\n',
+  );
+  // BoolQ and WiC: the strings "true"/"false", as jiant writes them for the leaderboard.
+  for (const task of ["boolq", "wic"]) {
+    assertEquals(
+      submissionText(task, [
+        { idx: 3, prediction: "true" },
+        { idx: 4, prediction: "false" },
+        { idx: 5, prediction: "True" },
+        { idx: 6, prediction: 0 },
+      ]),
+      '{"idx":3,"label":"true"}\n{"idx":4,"label":"false"}\n{"idx":5,"label":"true"}\n' +
+        '{"idx":6,"label":"false"}\n',
+      task,
+    );
+  }
+  // COPA: the right choice's index as a JSON number.
+  assertEquals(
+    submissionText("copa", [
+      { idx: 0, prediction: 1 },
+      { idx: 1, prediction: 0 },
+      { idx: 2, prediction: "1" },
+    ]),
+    '{"idx":0,"label":1}\n{"idx":1,"label":0}\n{"idx":2,"label":1}\n',
+  );
+});
+
+test("submission: GLUE TSV per task with the header line", () => {
+  assertEquals(
+    submissionText("cola", [
+      { idx: 0, prediction: "acceptable" },
+      { idx: 1, prediction: "unacceptable" },
+    ]),
+    "index\tprediction\n0\t1\n1\t0\n",
+  );
+  assertEquals(
+    submissionText("mrpc", [
+      { idx: 0, prediction: "equivalent" },
+      { idx: 1, prediction: "not_equivalent" },
+      { idx: 2, prediction: 1 },
+    ]),
+    "index\tprediction\n0\t1\n1\t0\n2\t1\n",
+  );
+  assertEquals(
+    submissionText("qnli", [
+      { idx: 0, prediction: "not_entailment" },
+      { idx: 1, prediction: "entailment" },
+    ]),
+    "index\tprediction\n0\tnot_entailment\n1\tentailment\n",
+  );
+  // STS-B: the score clipped to the 0–5 scale, three decimals.
+  assertEquals(
+    submissionText("stsb", [
+      { idx: 0, prediction: 3.14159 },
+      { idx: 1, prediction: -0.2 },
+      { idx: 2, prediction: 5.7 },
+      { idx: 3, prediction: 2 },
+    ]),
+    "index\tprediction\n0\t3.142\n1\t0.000\n2\t5.000\n3\t2.000\n",
+  );
+});
+
+test("submission: file names and label maps of all nine tasks", () => {
+  assertEquals(
+    Object.fromEntries(Object.entries(SUBMISSION_FORMATS).map(([k, f]) => [k, f.file])),
+    {
+      rte: "RTE.jsonl",
+      cb: "CB.jsonl",
+      boolq: "BoolQ.jsonl",
+      wic: "WiC.jsonl",
+      copa: "COPA.jsonl",
+      mrpc: "MRPC.tsv",
+      qnli: "QNLI.tsv",
+      cola: "CoLA.tsv",
+      stsb: "STS-B.tsv",
+    },
+  );
+  // The task's own label names come first (so a task that names its labels differently works).
+  assertEquals(
+    submissionText("rte", [{ idx: 0, prediction: "yes" }], ["no", "yes"]),
+    '{"idx":0,"label":"not_entailment"}\n',
+  );
+});
+
+test("submission: bad predictions are errors that name the task and the example", () => {
+  assertThrows(
+    () => submissionText("rte", [{ idx: 7, prediction: "maybe" }]),
+    Error,
+    'rte: prediction "maybe" for idx 7: not one of entailment, not_entailment',
+  );
+  assertThrows(() => submissionText("cb", [{ idx: 0, prediction: 3 }]), Error, "cb: prediction 3");
+  assertThrows(
+    () => submissionText("stsb", [{ idx: 0, prediction: Number.NaN }]),
+    Error,
+    "not a finite score",
+  );
+  assertThrows(
+    () => submissionText("copa", [{ idx: 1, prediction: 0 }, { idx: 1, prediction: 1 }]),
+    Error,
+    "copa: two test predictions for idx 1",
+  );
+  assertThrows(() => submissionText("mnli", []), Error, "mnli: no leaderboard submission format");
+});
+
+test("submission: runFolders follows --seeds", () => {
+  const { config } = parseTrainArgs(["--task", "rte", "--model", "m", "--data", "d", "--out", "o"]);
+  assertEquals(runFolders(config), ["o"]);
+  assertEquals(runFolders({ ...config, seed: 5, seeds: 3 }), ["o/seed-5", "o/seed-6", "o/seed-7"]);
+});
+
+interface Setup {
+  dir: string;
+  args: string[];
+}
+let setup: Promise<Setup> | null = null;
+
+function prepare(): Promise<Setup> {
+  setup ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-submission-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    await writeTinyBert(`${dir}/model`, false);
+    await writeMarkerData(`${dir}/data`, 16, 8);
+    // The test split: no labels, its own idx values.
+    const test = markerExamples(6, 3).map(({ label: _label, ...row }, i) => ({
+      ...row,
+      idx: 100 + i,
+    }));
+    await Deno.writeTextFile(
+      `${dir}/data/test.jsonl`,
+      test.map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+    await writeNarrowHead(`${dir}/head.safetensors`, 16);
+    const args = [
+      ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+      ...["--head", `${dir}/head.safetensors`, "--max-steps", "2", "--batch-size", "4"],
+    ];
+    return { dir, args };
+  })();
+  return setup;
+}
+
+test("train --predict-test: RTE.jsonl with one line per test example, as predict() says", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/run`;
+  await trainFromArgs([...args, "--out", out, "--predict-test"], {}, rte);
+  await Deno.stat(`${out}/metrics.json`);
+  const lines = (await Deno.readTextFile(`${out}/RTE.jsonl`)).trimEnd().split("\n");
+  assertEquals(lines.length, 6);
+  const rows = lines.map((l) => JSON.parse(l));
+  assertEquals(rows.map((r) => r.idx), [100, 101, 102, 103, 104, 105]);
+  for (const r of rows) {
+    assertEquals(Object.keys(r), ["idx", "label"]);
+    assert(["entailment", "not_entailment"].includes(r.label), JSON.stringify(r));
+  }
+  const predictions = await predict({
+    model: `${out}/model`,
+    task: rte,
+    data: `${dir}/data`,
+    split: "test",
+    batchSize: 4,
+  });
+  assertEquals(rows.map((r) => r.label), predictions.map((p) => p.prediction));
+});
+
+test("predict-test: a missing test split or a prefix model is reported, not an error", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/run`;
+  // The finished run of the test above (or a fresh one when this test runs alone).
+  try {
+    await Deno.stat(`${out}/metrics.json`);
+  } catch {
+    await trainFromArgs([...args, "--out", out], {}, rte);
+  }
+  const { config } = parseTrainArgs([...args, "--out", out]);
+  await Deno.mkdir(`${dir}/no-test`, { recursive: true });
+  await Deno.copyFile(`${dir}/data/train.jsonl`, `${dir}/no-test/train.jsonl`);
+  const lines: string[] = [];
+  const results = await writeTestSubmissions(
+    { ...config, data: `${dir}/no-test` },
+    rte,
+    (l) => lines.push(l),
+  );
+  assertEquals(results, [{ skipped: `no test split: ${dir}/no-test/test.jsonl does not exist` }]);
+  assertEquals(lines, [
+    `predict-test: ${out}: skipped: no test split: ${dir}/no-test/test.jsonl does not exist`,
+  ]);
+  assertEquals(
+    await predictTestSet(out, { ...config, data: `${dir}/data/train.jsonl` }, rte),
+    {
+      skipped: `no test split: --data ${dir}/data/train.jsonl is a file (pass the task's ` +
+        `folder, with test.jsonl)`,
+    },
+  );
+
+  // A model that keeps prefix rows: predict.ts refuses it, so --predict-test says so.
+  const prefixRun = `${dir}/prefix-run`;
+  await Deno.mkdir(`${prefixRun}/model`, { recursive: true });
+  await writeSafetensors(`${prefixRun}/model/model.safetensors`, {
+    "prefix.key": { dtype: "F32", shape: [1], data: new Float32Array([0.5]) },
+  });
+  const prefix = await predictTestSet(prefixRun, config, rte);
+  assert(
+    "skipped" in prefix && prefix.skipped.includes('prefix-tuning rows ("prefix.key")'),
+    JSON.stringify(prefix),
+  );
+});

@@ -1,0 +1,462 @@
+// The results table of report.ts, laid out like the paper's Table 1: one row per method (the
+// strategy and its PEFT method), one column per task in the paper's order, and their average.
+//
+// - Score: the BEST dev score of each run (metrics.json's "best"), as the paper reports it.
+// - Main metric per task: accuracy for RTE, BoolQ, COPA, CB, WiC and QNLI; F1 for MRPC;
+//   Matthews correlation for CoLA; Pearson for STS-B. One number per cell, so that the average
+//   is a plain mean (results.json keeps every seed's value of that metric).
+// - A cell: mean ± standard deviation over seeds, × 100, one decimal. The standard deviation is
+//   the population one (as train/run.ts's summarizeSeeds writes it); a cell of one seed has none.
+//   Seeds come from a multi-seed run's metrics.json ("seeds") or from single runs, pooled: runs
+//   of the same task, model, strategy and PEFT method are seeds of one cell (a note says so when
+//   their other settings differ, or when a seed repeats).
+// - Avg: the mean of the row's cell means over the tasks present; "(k/9)" after it when the row
+//   has k < 9 tasks. A missing cell is "–".
+// - Discovery: each path is a run folder, a multi-seed run folder, or a folder searched
+//   recursively for run folders (run.json). A run folder is not searched further, so the seed-<n>
+//   folders of a multi-seed run count once, through their parent; a seed folder named directly
+//   alongside its parent is dropped. Runs without metrics.json are unfinished: skipped (and
+//   listed), a multi-seed run too until all its seeds have finished.
+
+/** The table's columns: the nine tasks in the paper's order, with their main metric. */
+export const TABLE_TASKS: readonly { name: string; title: string; metric: string }[] = [
+  { name: "rte", title: "RTE", metric: "accuracy" },
+  { name: "boolq", title: "BoolQ", metric: "accuracy" },
+  { name: "copa", title: "COPA", metric: "accuracy" },
+  { name: "cb", title: "CB", metric: "accuracy" },
+  { name: "wic", title: "WiC", metric: "accuracy" },
+  { name: "mrpc", title: "MRPC", metric: "f1" },
+  { name: "qnli", title: "QNLI", metric: "accuracy" },
+  { name: "cola", title: "CoLA", metric: "mcc" },
+  { name: "stsb", title: "STS-B", metric: "pearson" },
+];
+
+const STRATEGY_ORDER = ["ft", "lp", "lpft", "peft", "ehft", "ehft-reserve"];
+const PEFT_ORDER = ["bitfit", "lora", "prefix"];
+const PEFT_TITLES: Record<string, string> = { bitfit: "BitFit", lora: "LoRA", prefix: "Prefix" };
+const STRATEGY_TITLES: Record<string, string> = {
+  ft: "FT",
+  lp: "LP",
+  lpft: "LP-FT",
+  ehft: "EH-FT",
+  "ehft-reserve": "EH-FT-reserve",
+};
+
+/** The row title of a method: "FT", "LP-FT", "LoRA" (PEFT alone), "EH-FT (BitFit)", ... */
+export function methodTitle(strategy: string, peft: string | null): string {
+  const p = peft === null ? null : PEFT_TITLES[peft] ?? peft;
+  if (strategy === "peft" && p) return p;
+  const s = STRATEGY_TITLES[strategy] ?? strategy;
+  return p ? `${s} (${p})` : s;
+}
+
+/** One seed's best dev metrics. */
+export interface SeedResult {
+  seed: number;
+  best: Record<string, number | null>;
+}
+
+/** A finished run: a single run, or a multi-seed run with each seed's result. */
+export interface FoundRun {
+  path: string;
+  task: string;
+  strategy: string;
+  peft: string | null;
+  model: string;
+  /** run.json's settings. */
+  settings: Record<string, unknown>;
+  seeds: SeedResult[];
+}
+
+export interface SkippedRun {
+  path: string;
+  reason: string;
+}
+
+export interface FoundRuns {
+  runs: FoundRun[];
+  skipped: SkippedRun[];
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+async function readJson(path: string): Promise<unknown> {
+  const text = await Deno.readTextFile(path);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+function isObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
+
+function bestOf(path: string, metrics: unknown): Record<string, number | null> {
+  if (!isObject(metrics) || !isObject(metrics.best)) {
+    throw new Error(`${path}: no "best" metrics`);
+  }
+  const out: Record<string, number | null> = {};
+  for (const [k, v] of Object.entries(metrics.best)) {
+    if (v !== null && typeof v !== "number") throw new Error(`${path}: best.${k} is not a number`);
+    out[k] = v;
+  }
+  return out;
+}
+
+/** The run in `dir` (which holds run.json), or why it is skipped. */
+async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
+  const run = await readJson(`${dir}/run.json`);
+  if (!isObject(run) || !isObject(run.settings)) {
+    throw new Error(`${dir}/run.json: no "settings" object`);
+  }
+  const s = run.settings;
+  for (const key of ["task", "strategy", "model"]) {
+    if (typeof s[key] !== "string") throw new Error(`${dir}/run.json: settings.${key} missing`);
+  }
+  if (s.peft !== null && s.peft !== undefined && typeof s.peft !== "string") {
+    throw new Error(`${dir}/run.json: settings.peft is not a string`);
+  }
+  const base = {
+    path: dir,
+    task: s.task as string,
+    strategy: s.strategy as string,
+    peft: (s.peft as string | null | undefined) ?? null,
+    model: s.model as string,
+    settings: s,
+  };
+  const multi = Array.isArray(run.seed_folders) ||
+    (typeof s.seeds === "number" && s.seeds > 1);
+  const metricsPath = `${dir}/metrics.json`;
+  if (!(await statOrNull(metricsPath))) {
+    if (!multi) return { path: dir, reason: "unfinished (no metrics.json)" };
+    const folders = Array.isArray(run.seed_folders)
+      ? run.seed_folders.map(String)
+      : Array.from({ length: s.seeds as number }, (_, i) => `seed-${(s.seed as number) + i}`);
+    let done = 0;
+    for (const f of folders) if (await statOrNull(`${dir}/${f}/metrics.json`)) done++;
+    return {
+      path: dir,
+      reason: `unfinished (no metrics.json; ${done} of ${folders.length} seeds finished)`,
+    };
+  }
+  const metrics = await readJson(metricsPath);
+  if (!multi) {
+    const seed = typeof s.seed === "number" ? s.seed : 0;
+    return { ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] };
+  }
+  if (!isObject(metrics) || !isObject(metrics.seeds)) {
+    throw new Error(`${metricsPath}: a multi-seed run's metrics.json without "seeds"`);
+  }
+  const seeds = Object.entries(metrics.seeds).map(([seed, m]) => ({
+    seed: Number(seed),
+    best: bestOf(`${metricsPath} (seed ${seed})`, m),
+  }));
+  return { ...base, seeds };
+}
+
+/**
+ * Finds the runs under `paths` (see the top of this file). A path that does not exist or is not
+ * a folder is an error; so is a malformed run.json or metrics.json.
+ */
+export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
+  const found: { real: string; run: FoundRun }[] = [];
+  const skipped: SkippedRun[] = [];
+  const visited = new Set<string>();
+
+  const walk = async (dir: string): Promise<void> => {
+    const real = await Deno.realPath(dir);
+    if (visited.has(real)) return;
+    visited.add(real);
+    if (await statOrNull(`${dir}/run.json`)) {
+      const r = await readRun(dir);
+      if ("reason" in r) skipped.push(r);
+      else found.push({ real, run: r });
+      return;
+    }
+    if (await statOrNull(`${dir}/metrics.json`)) {
+      skipped.push({ path: dir, reason: "metrics.json without run.json" });
+    }
+    const children: string[] = [];
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isDirectory || e.isSymlink) children.push(e.name);
+    }
+    children.sort();
+    for (const name of children) {
+      const child = `${dir}/${name}`;
+      if ((await statOrNull(child))?.isDirectory) await walk(child);
+    }
+  };
+
+  for (const p of paths) {
+    const info = await statOrNull(p);
+    if (!info) throw new Error(`${p}: no such folder`);
+    if (!info.isDirectory) {
+      throw new Error(`${p}: not a folder (give run folders or their parents)`);
+    }
+    await walk(p.replace(/\/+$/, "") || "/");
+  }
+
+  // A seed folder given directly counts once, through its multi-seed parent when that is found.
+  const multiSeed = new Set(found.filter((f) => isMulti(f.run)).map((f) => f.real));
+  const runs = found.filter((f) => {
+    const slash = f.real.lastIndexOf("/");
+    const parent = f.real.slice(0, slash) || "/";
+    return !(/^seed-\d+$/.test(f.real.slice(slash + 1)) && multiSeed.has(parent));
+  }).map((f) => f.run);
+  return { runs, skipped };
+}
+
+function isMulti(run: FoundRun): boolean {
+  return typeof run.settings.seeds === "number" && run.settings.seeds > 1;
+}
+
+/** One seed's value in a cell. */
+export interface CellSeed {
+  seed: number;
+  value: number;
+  run: string;
+}
+
+export interface Cell {
+  metric: string;
+  /** Fractions (0.8123), as metrics.json holds them. */
+  mean: number;
+  /** Population standard deviation over the seeds; null for a single seed. */
+  std: number | null;
+  n: number;
+  seeds: CellSeed[];
+}
+
+export interface Row {
+  method: string;
+  strategy: string;
+  peft: string | null;
+  model: string;
+  cells: Record<string, Cell>;
+  /** Mean of the cell means over the tasks present; null when none. */
+  average: { mean: number; tasks: number } | null;
+}
+
+export interface ResultsTable {
+  rows: Row[];
+  skipped: SkippedRun[];
+  /** Things worth knowing about how cells were pooled. */
+  notes: string[];
+}
+
+function rowKey(r: { model: string; strategy: string; peft: string | null }): string {
+  return JSON.stringify([r.model, r.strategy, r.peft]);
+}
+
+function orderIndex(order: readonly string[], x: string | null): number {
+  const i = x === null ? -1 : order.indexOf(x);
+  return i < 0 ? (x === null ? -1 : order.length) : i;
+}
+
+const IGNORED_SETTINGS = new Set(["seed", "seeds", "out"]);
+
+function settingsDifference(a: Record<string, unknown>, b: Record<string, unknown>): string {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (IGNORED_SETTINGS.has(k)) continue;
+    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) {
+      return `${k} ${JSON.stringify(a[k])} vs ${JSON.stringify(b[k])}`;
+    }
+  }
+  return "";
+}
+
+/** Builds the table from finished runs (`skipped` is carried through for the outputs). */
+export function buildTable(found: FoundRuns): ResultsTable {
+  const notes: string[] = [];
+  const skipped = [...found.skipped];
+  const byRow = new Map<string, { row: Row; runs: Map<string, FoundRun[]> }>();
+  for (const run of found.runs) {
+    const column = TABLE_TASKS.find((t) => t.name === run.task);
+    if (!column) {
+      skipped.push({ path: run.path, reason: `task ${run.task} is not a column of the table` });
+      continue;
+    }
+    const key = rowKey(run);
+    let entry = byRow.get(key);
+    if (!entry) {
+      entry = {
+        row: {
+          method: methodTitle(run.strategy, run.peft),
+          strategy: run.strategy,
+          peft: run.peft,
+          model: run.model,
+          cells: {},
+          average: null,
+        },
+        runs: new Map(),
+      };
+      byRow.set(key, entry);
+    }
+    const list = entry.runs.get(run.task) ?? [];
+    list.push(run);
+    entry.runs.set(run.task, list);
+  }
+
+  for (const { row, runs } of byRow.values()) {
+    for (const column of TABLE_TASKS) {
+      const list = runs.get(column.name);
+      if (!list) continue;
+      const where = `${row.method} ${column.title}`;
+      for (const other of list.slice(1)) {
+        const diff = settingsDifference(list[0].settings, other.settings);
+        if (diff) {
+          notes.push(
+            `${where}: pools runs with different settings (${diff}): ${
+              [list[0].path, other.path].join(", ")
+            }`,
+          );
+        }
+      }
+      const seeds: CellSeed[] = [];
+      for (const run of list) {
+        for (const s of run.seeds) {
+          const v = s.best[column.metric];
+          if (v === undefined) {
+            notes.push(`${where}: ${run.path} (seed ${s.seed}) has no best ${column.metric}`);
+          } else if (v === null) {
+            notes.push(`${where}: ${run.path} (seed ${s.seed}): best ${column.metric} undefined`);
+          } else {
+            seeds.push({ seed: s.seed, value: v, run: run.path });
+          }
+        }
+      }
+      const counts = new Map<number, number>();
+      for (const s of seeds) counts.set(s.seed, (counts.get(s.seed) ?? 0) + 1);
+      for (const [seed, count] of counts) {
+        if (count > 1) notes.push(`${where}: seed ${seed} appears ${count} times`);
+      }
+      if (seeds.length === 0) continue;
+      const n = seeds.length;
+      const mean = seeds.reduce((a, s) => a + s.value, 0) / n;
+      const std = n > 1
+        ? Math.sqrt(seeds.reduce((a, s) => a + (s.value - mean) ** 2, 0) / n)
+        : null;
+      row.cells[column.name] = { metric: column.metric, mean, std, n, seeds };
+    }
+    const means = TABLE_TASKS.filter((t) => row.cells[t.name]).map((t) => row.cells[t.name].mean);
+    row.average = means.length > 0
+      ? { mean: means.reduce((a, b) => a + b, 0) / means.length, tasks: means.length }
+      : null;
+  }
+
+  const rows = [...byRow.values()].map((e) => e.row).sort((a, b) =>
+    (a.model < b.model ? -1 : a.model > b.model ? 1 : 0) ||
+    orderIndex(STRATEGY_ORDER, a.strategy) - orderIndex(STRATEGY_ORDER, b.strategy) ||
+    a.strategy.localeCompare(b.strategy) ||
+    orderIndex(PEFT_ORDER, a.peft) - orderIndex(PEFT_ORDER, b.peft) ||
+    (a.peft ?? "").localeCompare(b.peft ?? "")
+  );
+  return { rows, skipped, notes };
+}
+
+/**
+ * x × 100 with `digits` decimals, rounded half up as the decimal number reads (0.8765 → "87.7",
+ * where toFixed alone sees 87.64999… and gives "87.6"); "-0.0" is written "0.0".
+ */
+export function percent(x: number, digits = 1): string {
+  const scale = 10 ** digits;
+  // 12 significant digits drop the binary noise of x × 100 before the rounding.
+  const scaled = Number((x * 100 * scale).toPrecision(12));
+  const s = (Math.round(scaled) / scale).toFixed(digits);
+  return /^-0\.?0*$/.test(s) ? s.slice(1) : s;
+}
+
+function rowTitle(row: Row, table: ResultsTable): string {
+  const models = new Set(table.rows.map((r) => r.model));
+  return models.size > 1 ? `${row.method} [${row.model}]` : row.method;
+}
+
+/** The table as markdown (with a legend below it). */
+export function renderMarkdown(table: ResultsTable): string {
+  const header = ["Method", ...TABLE_TASKS.map((t) => t.title), "Avg"];
+  const body = table.rows.map((row) => {
+    const cells = TABLE_TASKS.map((t) => {
+      const c = row.cells[t.name];
+      if (!c) return "–";
+      return c.std === null ? percent(c.mean) : `${percent(c.mean)} ± ${percent(c.std)}`;
+    });
+    const avg = row.average === null
+      ? "–"
+      : row.average.tasks === TABLE_TASKS.length
+      ? percent(row.average.mean)
+      : `${percent(row.average.mean)} (${row.average.tasks}/${TABLE_TASKS.length})`;
+    return [rowTitle(row, table), ...cells, avg];
+  });
+  const widths = header.map((h, i) => Math.max(3, h.length, ...body.map((r) => r[i].length)));
+  const line = (cells: string[]) =>
+    `| ${cells.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(" | ")} |`;
+  const rule = `| ${
+    widths.map((w, i) => i === 0 ? "-".repeat(w) : "-".repeat(w - 1) + ":").join(" | ")
+  } |`;
+  const counts = table.rows.flatMap((r) => Object.values(r.cells).map((c) => c.n));
+  const lo = Math.min(...counts), hi = Math.max(...counts);
+  const seeds = counts.length === 0
+    ? ""
+    : lo === hi
+    ? ` Seeds per cell: ${lo}.`
+    : ` Seeds per cell: ${lo} to ${hi} (results.json lists them).`;
+  const legend = "Best dev score of each run × 100, mean ± standard deviation over seeds " +
+    "(population; none for one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; " +
+    `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.${seeds}`;
+  return [line(header), rule, ...body.map(line), "", legend, ""].join("\n");
+}
+
+function csvField(x: string): string {
+  return /[",\n\r]/.test(x) ? `"${x.replace(/"/g, '""')}"` : x;
+}
+
+/** The table as CSV: scores × 100 with two decimals, empty where a cell is missing. */
+export function renderCsv(table: ResultsTable): string {
+  const header = [
+    "method",
+    "strategy",
+    "peft",
+    "model",
+    ...TABLE_TASKS.flatMap((t) => [`${t.name}_mean`, `${t.name}_std`, `${t.name}_n`]),
+    "average",
+    "average_tasks",
+  ];
+  const lines = [header.join(",")];
+  for (const row of table.rows) {
+    const fields = [row.method, row.strategy, row.peft ?? "", row.model];
+    for (const t of TABLE_TASKS) {
+      const c = row.cells[t.name];
+      fields.push(
+        c ? percent(c.mean, 2) : "",
+        c && c.std !== null ? percent(c.std, 2) : "",
+        c ? String(c.n) : "",
+      );
+    }
+    fields.push(
+      row.average ? percent(row.average.mean, 2) : "",
+      row.average ? String(row.average.tasks) : "",
+    );
+    lines.push(fields.map(csvField).join(","));
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** The table as a JSON-ready object: fractions, every seed's value, the skipped runs. */
+export function tableJson(table: ResultsTable): Record<string, unknown> {
+  return {
+    score: "best",
+    tasks: TABLE_TASKS,
+    rows: table.rows,
+    skipped: table.skipped,
+    notes: table.notes,
+  };
+}

@@ -1,0 +1,312 @@
+// Test-set predictions in the leaderboards' submission formats (train.ts --predict-test).
+//
+// SuperGLUE (super.gluebenchmark.com) takes one JSONL file per task, one line per test example:
+//   RTE.jsonl    {"idx":0,"label":"not_entailment"}      entailment | not_entailment
+//   CB.jsonl     {"idx":0,"label":"neutral"}             entailment | contradiction | neutral
+//   BoolQ.jsonl  {"idx":0,"label":"true"}                "true" | "false"
+//   WiC.jsonl    {"idx":0,"label":"false"}               "true" | "false"
+//   COPA.jsonl   {"idx":0,"label":1}                     the right choice's index, 0 or 1
+// BoolQ's and WiC's labels are the lower-case strings "true"/"false", not JSON booleans: that is
+// what jiant, the SuperGLUE authors' toolkit, writes for the leaderboard (strict format), and
+// what other SuperGLUE-format leaderboards' baselines write too.
+//
+// GLUE (gluebenchmark.com) takes one TSV file per task with a header line "index\tprediction":
+//   CoLA.tsv     0 | 1 (1 = acceptable)
+//   MRPC.tsv     0 | 1 (1 = equivalent)
+//   QNLI.tsv     entailment | not_entailment
+//   STS-B.tsv    the similarity score, clipped to [0, 5], with three decimals (as jiant writes it)
+// `index` is the example's index column of the test file (TaskExample.idx).
+//
+// The formats are keyed by task name here so that the task files need not know the leaderboards.
+
+import { writeFileAtomic } from "../model/atomic_write.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Task } from "./task.ts";
+
+export type Benchmark = "SuperGLUE" | "GLUE";
+
+export interface SubmissionFormat {
+  benchmark: Benchmark;
+  /** The file name the leaderboard wants. */
+  file: string;
+  /** The test split's file in the task's data folder (for a clear message when it is missing). */
+  testFile: string;
+  /**
+   * Label names by id, in Hugging Face datasets' order (the ids training uses); how predictions
+   * given as names are read back into ids. Empty for regression.
+   */
+  labels: readonly string[];
+  /** The leaderboard's value for a predicted label id (or, for regression, the score). */
+  value(prediction: number): string | number;
+}
+
+function names(values: readonly string[]): (id: number) => string {
+  return (id) => values[id];
+}
+
+const identity = (id: number) => id;
+
+/** The submission format of each task, by task name. */
+export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
+  rte: {
+    benchmark: "SuperGLUE",
+    file: "RTE.jsonl",
+    testFile: "test.jsonl",
+    labels: ["entailment", "not_entailment"],
+    value: names(["entailment", "not_entailment"]),
+  },
+  cb: {
+    benchmark: "SuperGLUE",
+    file: "CB.jsonl",
+    testFile: "test.jsonl",
+    labels: ["entailment", "contradiction", "neutral"],
+    value: names(["entailment", "contradiction", "neutral"]),
+  },
+  boolq: {
+    benchmark: "SuperGLUE",
+    file: "BoolQ.jsonl",
+    testFile: "test.jsonl",
+    labels: ["false", "true"],
+    value: names(["false", "true"]),
+  },
+  wic: {
+    benchmark: "SuperGLUE",
+    file: "WiC.jsonl",
+    testFile: "test.jsonl",
+    labels: ["false", "true"],
+    value: names(["false", "true"]),
+  },
+  copa: {
+    benchmark: "SuperGLUE",
+    file: "COPA.jsonl",
+    testFile: "test.jsonl",
+    labels: ["0", "1"],
+    value: identity,
+  },
+  mrpc: {
+    benchmark: "GLUE",
+    file: "MRPC.tsv",
+    testFile: "test.tsv",
+    labels: ["not_equivalent", "equivalent"],
+    value: identity,
+  },
+  qnli: {
+    benchmark: "GLUE",
+    file: "QNLI.tsv",
+    testFile: "test.tsv",
+    labels: ["entailment", "not_entailment"],
+    value: names(["entailment", "not_entailment"]),
+  },
+  cola: {
+    benchmark: "GLUE",
+    file: "CoLA.tsv",
+    testFile: "test.tsv",
+    labels: ["unacceptable", "acceptable"],
+    value: identity,
+  },
+  stsb: {
+    benchmark: "GLUE",
+    file: "STS-B.tsv",
+    testFile: "test.tsv",
+    labels: [],
+    value: (score) => Math.min(5, Math.max(0, score)).toFixed(3),
+  },
+};
+
+/** The submission format of `task`, or an error naming the tasks that have one. */
+export function submissionFormat(task: string): SubmissionFormat {
+  const format = SUBMISSION_FORMATS[task];
+  if (!format) {
+    throw new Error(
+      `${task}: no leaderboard submission format (known: ${
+        Object.keys(SUBMISSION_FORMATS).join(", ")
+      })`,
+    );
+  }
+  return format;
+}
+
+/** What the formats need of a prediction (predict.ts's Prediction has these fields). */
+export interface SubmissionPrediction {
+  idx: number;
+  prediction: string | number;
+}
+
+/**
+ * The label id of a prediction: a name of `taskLabels` (the task's own, if given) or of the
+ * format's labels (case-insensitive), or an id given as a number or a numeric string; for
+ * regression, the score.
+ */
+function predictionValue(
+  task: string,
+  format: SubmissionFormat,
+  p: SubmissionPrediction,
+  taskLabels: readonly string[] | undefined,
+): number {
+  const bad = (why: string) =>
+    new Error(`${task}: prediction ${JSON.stringify(p.prediction)} for idx ${p.idx}: ${why}`);
+  if (format.labels.length === 0) {
+    const score = typeof p.prediction === "number" ? p.prediction : Number(p.prediction);
+    if (
+      (typeof p.prediction === "string" && p.prediction.trim() === "") || !Number.isFinite(score)
+    ) {
+      throw bad("not a finite score");
+    }
+    return score;
+  }
+  let id = -1;
+  if (typeof p.prediction === "number") {
+    id = p.prediction;
+  } else {
+    id = taskLabels?.indexOf(p.prediction) ?? -1;
+    if (id < 0) {
+      const lower = p.prediction.toLowerCase();
+      id = format.labels.findIndex((l) => l.toLowerCase() === lower);
+    }
+    if (id < 0 && /^\d+$/.test(p.prediction)) id = Number(p.prediction);
+  }
+  if (!Number.isInteger(id) || id < 0 || id >= format.labels.length) {
+    throw bad(`not one of ${format.labels.join(", ")} (or their ids)`);
+  }
+  return id;
+}
+
+/**
+ * The text of `task`'s submission file for `predictions` (in their order). `taskLabels`, the
+ * task's label names by id, reads predictions given as names (the format's own names otherwise).
+ */
+export function submissionText(
+  task: string,
+  predictions: readonly SubmissionPrediction[],
+  taskLabels?: readonly string[],
+): string {
+  const format = submissionFormat(task);
+  const seen = new Set<number>();
+  const lines: string[] = format.benchmark === "GLUE" ? ["index\tprediction"] : [];
+  for (const p of predictions) {
+    if (!Number.isSafeInteger(p.idx) || p.idx < 0) {
+      throw new Error(`${task}: example index ${p.idx} is not a non-negative integer`);
+    }
+    if (seen.has(p.idx)) throw new Error(`${task}: two test predictions for idx ${p.idx}`);
+    seen.add(p.idx);
+    const value = format.value(predictionValue(task, format, p, taskLabels));
+    lines.push(
+      format.benchmark === "GLUE"
+        ? `${p.idx}\t${value}`
+        : JSON.stringify({ idx: p.idx, label: value }),
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** Writes `task`'s submission file into `dir` (atomically); returns its path. */
+export async function writeSubmission(
+  dir: string,
+  task: string,
+  predictions: readonly SubmissionPrediction[],
+  taskLabels?: readonly string[],
+): Promise<string> {
+  const path = `${dir}/${submissionFormat(task).file}`;
+  await writeFileAtomic(path, submissionText(task, predictions, taskLabels));
+  return path;
+}
+
+/** What --predict-test did for one run folder. */
+export type TestPredictionResult =
+  | { written: string; examples: number }
+  | { skipped: string };
+
+async function isDirectory(path: string): Promise<boolean | null> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** Why the final model in `modelDir` cannot be run by predict.ts, or null if it can. */
+async function activePrefix(modelDir: string): Promise<string | null> {
+  const reader = await openSafetensors(modelDir);
+  try {
+    const name = [...reader.tensors.keys()].find((n) => n.startsWith("prefix."));
+    return name ?? null;
+  } finally {
+    reader.close();
+  }
+}
+
+/**
+ * Runs the final model of the run in `runDir` (its model/ folder) over the task's test split and
+ * writes the leaderboard file into `runDir`. A missing test split, a task without a leaderboard
+ * format, or a model that predict.ts refuses (active prefix rows) is reported as skipped, not as
+ * an error: the run itself has succeeded.
+ */
+export async function predictTestSet(
+  runDir: string,
+  config: TrainConfig,
+  task: Task,
+): Promise<TestPredictionResult> {
+  const format = SUBMISSION_FORMATS[task.name];
+  if (!format) return { skipped: `task ${task.name} has no leaderboard submission format` };
+  const data = await isDirectory(config.data);
+  if (data === null) return { skipped: `no test split: ${config.data} does not exist` };
+  if (!data) {
+    return {
+      skipped: `no test split: --data ${config.data} is a file (pass the task's folder, with ` +
+        `${format.testFile})`,
+    };
+  }
+  const testPath = `${config.data}/${format.testFile}`;
+  if ((await isDirectory(testPath)) === null) {
+    return { skipped: `no test split: ${testPath} does not exist` };
+  }
+  const modelDir = `${runDir}/model`;
+  const prefix = await activePrefix(modelDir);
+  if (prefix) {
+    return {
+      skipped: `${modelDir} keeps its prefix-tuning rows ("${prefix}"), which predict.ts does ` +
+        `not apply, so it writes no test predictions for it`,
+    };
+  }
+  // Imported when needed: predict.ts loads every task file, and a task script that imports
+  // train.ts must not find itself in train.ts's static imports.
+  const { predict } = await import("../predict.ts");
+  const predictions = await predict({
+    model: modelDir,
+    task,
+    data: config.data,
+    split: "test",
+    batchSize: config.batchSize,
+    maxLength: config.maxLength ?? undefined,
+  });
+  if (predictions.length === 0) return { skipped: `${testPath} has no examples` };
+  const written = await writeSubmission(runDir, task.name, predictions, task.labels);
+  return { written, examples: predictions.length };
+}
+
+/** The run folders of a config: `out`, or `out/seed-<n>` for each seed of a multi-seed run. */
+export function runFolders(config: TrainConfig): string[] {
+  if (config.seeds === 1) return [config.out];
+  return Array.from({ length: config.seeds }, (_, i) => `${config.out}/seed-${config.seed + i}`);
+}
+
+/** --predict-test: the submission file of every run folder of `config`, reported on stderr. */
+export async function writeTestSubmissions(
+  config: TrainConfig,
+  task: Task,
+  log: (line: string) => void = (line) => console.error(line),
+): Promise<TestPredictionResult[]> {
+  const results: TestPredictionResult[] = [];
+  for (const dir of runFolders(config)) {
+    const r = await predictTestSet(dir, config, task);
+    log(
+      "written" in r
+        ? `predict-test: ${r.examples} test predictions written to ${r.written}`
+        : `predict-test: ${dir}: skipped: ${r.skipped}`,
+    );
+    results.push(r);
+  }
+  return results;
+}
