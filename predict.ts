@@ -1,5 +1,5 @@
 // Predictions of a fine-tuned model on a task's data:
-//   deno run -A predict.ts --model DIR --task rte --data PATH [--split val] [--batch-size N]
+//   deno run -A predict.ts --model DIR --task rte [--data PATH] [--split val] [--batch-size N]
 //     [--max-length N] --out FILE
 // writes one JSON object per example: {"idx": ..., "logits": [...], "prediction": ...}.
 // WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
@@ -170,10 +170,14 @@ async function main(args: string[]) {
   const { taskByName } = await import("./tasks/all.ts");
   const flags = parseFlags(FLAGS, args);
   const out = requireFlag("out", flags.out);
+  const task = taskByName(requireFlag("task", flags.task));
+  // Without --data: the task's shipped copy, or its download (BoolQ, QNLI).
+  const data = flags.data ?? task.dataDir ?? await task.resolveData?.();
+  if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
   const predictions = await predict({
     model: requireFlag("model", flags.model),
-    task: taskByName(requireFlag("task", flags.task)),
-    data: requireFlag("data", flags.data),
+    task,
+    data,
     split: flags.split ?? "val",
     batchSize: intFlag("batch-size", flags["batch-size"], 32, 1, 65536),
     maxLength: flags["max-length"] === undefined

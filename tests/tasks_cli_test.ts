@@ -142,9 +142,12 @@ test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file
     const out = `${dir}/run`;
     const r = await run([
       ...["task", "cb", "--max-steps", "4", "--model", `${dir}/model`, "--out", out],
-      ...["--batch-size", "4", "--max-length", "32"],
+      ...["--batch-size", "4", "--max-length", "32", "--predict-test"],
     ]);
     assertEquals(r.code, 0, r.stderr);
+    // --predict-test loads predict.ts from inside a task script (no import cycle may hang it);
+    // CB ships no test split, which is reported, not fatal.
+    assert(/test/.test(r.stderr) && /skipped|no test split/.test(r.stderr), r.stderr);
     const names = async (path: string) => {
       const found: string[] = [];
       for await (const e of Deno.readDir(path)) found.push(e.name);
