@@ -5,7 +5,14 @@
 // Every flag and its default: train/config.ts; the outputs: train/run.ts. `--dry-run` reads and
 // checks the data and trains nothing (train/dry_run.ts).
 
-import { parseTrainArgs, type Recipe, type TrainConfig } from "./train/config.ts";
+import {
+  parseTrainArgs,
+  type Recipe,
+  recipeLearningRate,
+  type TrainConfig,
+} from "./train/config.ts";
+import { readConfig } from "./model/config.ts";
+import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
@@ -45,6 +52,11 @@ export async function trainFromArgs(
     (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
   );
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
+  if (recipe.lr !== undefined && !typed.has("lr")) {
+    const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
+    const model = await readConfig(`${dir}/config.json`);
+    config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
+  }
   const metrics = await runTraining(config, { task: byName(config.task) });
   console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
   if (typed.has("predict-test")) {

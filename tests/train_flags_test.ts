@@ -2,7 +2,7 @@
 // yielding to what the user typed, and one-line errors that name the flag.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { parseTrainArgs, type Recipe } from "../train/config.ts";
+import { BERT_LARGE_LR, parseTrainArgs, type Recipe, recipeLearningRate } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
 
 const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
@@ -144,4 +144,19 @@ Deno.test({
     assert(task.stderr.startsWith('train: --task: unknown task "nope"'), task.stderr);
     for (const r of [typo, peft, task]) assert(!r.stderr.includes("\n"), r.stderr);
   },
+});
+
+Deno.test("train flags: a recipe's 1e-5 becomes the paper's 3e-5 for BERT models only", () => {
+  const recipe: Recipe = { task: "rte", strategy: "ehft", peft: "bitfit", lr: 1e-5 };
+  const base = ["--model", "m", "--data", "d"];
+  const lr = (args: string[], modelType: string, r: Recipe = recipe) => {
+    const { config, typed } = parseTrainArgs([...base, ...args], r);
+    return recipeLearningRate(config, r, typed, modelType);
+  };
+  assertEquals(lr([], "bert"), BERT_LARGE_LR);
+  assertEquals(lr([], "roberta"), 1e-5);
+  assertEquals(lr(["--lr", "1e-5"], "bert"), 1e-5); // typed: kept
+  assertEquals(lr(["--lr", "2e-5"], "bert"), 2e-5);
+  assertEquals(lr([], "bert", { ...recipe, lr: 3e-5 }), 3e-5); // WiC's own recipe
+  assertEquals(lr(["--strategy", "ft"], "bert"), 3e-5);
 });

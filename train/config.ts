@@ -357,3 +357,21 @@ export function runSettings(c: TrainConfig): RunSettings {
   const { resume: _resume, overwrite: _overwrite, ...settings } = c;
   return settings;
 }
+
+/** The paper's learning rate for BERT-Large, where its recipes (made for RoBERTa-Large) say 1e-5. */
+export const BERT_LARGE_LR = 3e-5;
+
+/**
+ * A task recipe belongs to a model family: the paper trains BERT-Large at 3e-5 where RoBERTa-Large
+ * gets 1e-5. When the learning rate came from a recipe's 1e-5 (not typed) and the model is a BERT,
+ * it becomes 3e-5. Returns the learning rate to use.
+ */
+export function recipeLearningRate(
+  config: TrainConfig,
+  recipe: Recipe,
+  typed: ReadonlySet<string>,
+  modelType: string,
+): number {
+  const fromRecipe = !typed.has("lr") && recipe.lr !== undefined && config.lr === recipe.lr;
+  return fromRecipe && recipe.lr === 1e-5 && modelType === "bert" ? BERT_LARGE_LR : config.lr;
+}
