@@ -65,6 +65,13 @@ export async function trainFromArgs(
   return metrics;
 }
 
+/** The main program of a task script: `deno task <name> [train.ts flags over its recipe]`. */
+export async function runTaskScript(task: Task, recipe: Recipe): Promise<void> {
+  await runMain(task.name, async (args) => {
+    await trainFromArgs(args, recipe, task);
+  });
+}
+
 if (import.meta.main) {
   await runMain("train", async (args) => {
     await trainFromArgs(args);

@@ -14,6 +14,7 @@ import {
 } from "../train/data_download.ts";
 import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["false", "true"] as const;
 
@@ -52,22 +53,10 @@ export const boolq: Task = {
 };
 
 /** The paper's recipe for BoolQ with RoBERTa-Large: EH-FT (BitFit), 40 epochs, 10% in Stage 1. */
-export const BOOLQ_RECIPE = {
-  task: "boolq",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 40,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const BOOLQ_RECIPE: Recipe = paperRecipe("boolq", 40);
 
 // `deno task boolq [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("boolq", async (args) => {
-    await trainFromArgs(args, BOOLQ_RECIPE, boolq);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(boolq, BOOLQ_RECIPE);
 }

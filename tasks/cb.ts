@@ -5,6 +5,7 @@
 
 import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["entailment", "contradiction", "neutral"] as const;
 
@@ -38,22 +39,10 @@ export const cb: Task = {
 };
 
 /** The paper's recipe for CB with RoBERTa-Large: EH-FT (BitFit), 400 epochs, 10% in Stage 1. */
-export const CB_RECIPE = {
-  task: "cb",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 400,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const CB_RECIPE: Recipe = paperRecipe("cb", 400);
 
 // `deno task cb [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("cb", async (args) => {
-    await trainFromArgs(args, CB_RECIPE, cb);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(cb, CB_RECIPE);
 }

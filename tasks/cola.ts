@@ -8,6 +8,7 @@
 
 import { DataError, labelId, readTsv, splitFile, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["unacceptable", "acceptable"] as const;
 
@@ -41,22 +42,10 @@ export const cola: Task = {
 };
 
 /** The paper's recipe for CoLA with RoBERTa-Large: EH-FT (BitFit), 20 epochs, 10% in Stage 1. */
-export const COLA_RECIPE = {
-  task: "cola",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 20,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const COLA_RECIPE: Recipe = paperRecipe("cola", 20);
 
 // `deno task cola [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("cola", async (args) => {
-    await trainFromArgs(args, COLA_RECIPE, cola);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(cola, COLA_RECIPE);
 }

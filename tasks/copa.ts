@@ -13,6 +13,7 @@ import {
   stringField,
 } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 // The label names are the choice indices, as the data files and the leaderboard write them.
 const LABELS = ["0", "1"] as const;
@@ -67,22 +68,10 @@ export const copa: Task = {
  * The paper's recipe for COPA with RoBERTa-Large: EH-FT (BitFit), 400 epochs, 10% in Stage 1,
  * at most 256 tokens per text.
  */
-export const COPA_RECIPE = {
-  task: "copa",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 400,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 256,
-} as const;
+export const COPA_RECIPE: Recipe = paperRecipe("copa", 400, { maxLength: 256 });
 
 // `deno task copa [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("copa", async (args) => {
-    await trainFromArgs(args, COPA_RECIPE, copa);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(copa, COPA_RECIPE);
 }

@@ -10,6 +10,7 @@
 
 import { labelId, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["not_equivalent", "equivalent"] as const;
 
@@ -41,22 +42,10 @@ export const mrpc: Task = {
 };
 
 /** The paper's recipe for MRPC with RoBERTa-Large: EH-FT (BitFit), 60 epochs, 10% in Stage 1. */
-export const MRPC_RECIPE = {
-  task: "mrpc",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 60,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const MRPC_RECIPE: Recipe = paperRecipe("mrpc", 60);
 
 // `deno task mrpc [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("mrpc", async (args) => {
-    await trainFromArgs(args, MRPC_RECIPE, mrpc);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(mrpc, MRPC_RECIPE);
 }

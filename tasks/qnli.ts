@@ -16,6 +16,7 @@ import {
 } from "../train/data_download.ts";
 import { labelId, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["entailment", "not_entailment"] as const;
 
@@ -56,22 +57,10 @@ export const qnli: Task = {
 };
 
 /** The paper's recipe for QNLI with RoBERTa-Large: EH-FT (BitFit), 10 epochs, 10% in Stage 1. */
-export const QNLI_RECIPE = {
-  task: "qnli",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 10,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const QNLI_RECIPE: Recipe = paperRecipe("qnli", 10);
 
 // `deno task qnli [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("qnli", async (args) => {
-    await trainFromArgs(args, QNLI_RECIPE, qnli);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(qnli, QNLI_RECIPE);
 }

@@ -4,6 +4,7 @@
 
 import { DataError, indexField, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["entailment", "not_entailment"] as const;
 
@@ -44,22 +45,10 @@ export const rte: Task = {
 };
 
 /** The paper's recipe for RTE with RoBERTa-Large: EH-FT (BitFit), 60 epochs, 10% in Stage 1. */
-export const RTE_RECIPE = {
-  task: "rte",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 60,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const RTE_RECIPE: Recipe = paperRecipe("rte", 60);
 
 // `deno task rte [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("rte", async (args) => {
-    await trainFromArgs(args, RTE_RECIPE, rte);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(rte, RTE_RECIPE);
 }

@@ -8,6 +8,7 @@
 
 import { DataError, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 export const stsb: Task = {
   name: "stsb",
@@ -47,22 +48,10 @@ export const stsb: Task = {
 };
 
 /** The paper's recipe for STS-B with RoBERTa-Large: EH-FT (BitFit), 20 epochs, 10% in Stage 1. */
-export const STSB_RECIPE = {
-  task: "stsb",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 20,
-  stage1Ratio: 0.1,
-  lr: 1e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const STSB_RECIPE: Recipe = paperRecipe("stsb", 20);
 
 // `deno task stsb [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("stsb", async (args) => {
-    await trainFromArgs(args, STSB_RECIPE, stsb);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(stsb, STSB_RECIPE);
 }

@@ -12,6 +12,7 @@
 
 import { DataError, indexField, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
+import { paperRecipe, type Recipe } from "../train/config.ts";
 
 const LABELS = ["false", "true"] as const;
 
@@ -87,22 +88,10 @@ export const wic: Task = {
 };
 
 /** The paper's recipe for WiC with RoBERTa-Large: EH-FT (BitFit), 40 epochs at lr 3e-5. */
-export const WIC_RECIPE = {
-  task: "wic",
-  strategy: "ehft",
-  peft: "bitfit",
-  epochs: 40,
-  stage1Ratio: 0.1,
-  lr: 3e-5,
-  batchSize: 32,
-  maxLength: 512,
-} as const;
+export const WIC_RECIPE: Recipe = paperRecipe("wic", 40, { lr: 3e-5 });
 
 // `deno task wic [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
-  const { runMain } = await import("../train/flags.ts");
-  const { trainFromArgs } = await import("../train.ts");
-  await runMain("wic", async (args) => {
-    await trainFromArgs(args, WIC_RECIPE, wic);
-  });
+  const { runTaskScript } = await import("../train.ts");
+  await runTaskScript(wic, WIC_RECIPE);
 }

@@ -375,3 +375,21 @@ export function recipeLearningRate(
   const fromRecipe = !typed.has("lr") && recipe.lr !== undefined && config.lr === recipe.lr;
   return fromRecipe && recipe.lr === 1e-5 && modelType === "bert" ? BERT_LARGE_LR : config.lr;
 }
+
+/**
+ * The paper's recipe for a task with RoBERTa-Large: EH-FT with BitFit in Stage 1 (10% of the
+ * epochs), batch 32, lr 1e-5, max length 512; `extra` holds the task's own differences.
+ */
+export function paperRecipe(task: string, epochs: number, extra: Recipe = {}): Recipe {
+  return {
+    task,
+    strategy: "ehft",
+    peft: "bitfit",
+    epochs,
+    stage1Ratio: 0.1,
+    lr: 1e-5,
+    batchSize: 32,
+    maxLength: 512,
+    ...extra,
+  };
+}
