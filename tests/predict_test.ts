@@ -1,38 +1,7 @@
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { predict } from "../predict.ts";
 import { rte } from "../tasks/rte.ts";
-import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
-
-const FIXTURE = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
-const WORDS = (
-  "the a of to and in is was for on that with as by it at from his an were are which this be " +
-  "has had not or but its have their one after been first new who they two he she her all " +
-  "also more than other into some only time can there most over would when up out what about " +
-  "people years war city state world said no may united states government president company " +
-  "made three while many before through where between during under against since because " +
-  "could these later such then being both both2 four five six seven eight nine ten"
-).split(" ");
-
-/** A model folder: the tiny-bert fixture's config and weights with a 101-token WordPiece vocab. */
-async function makeModel(dir: string, withHead = true): Promise<void> {
-  await Deno.copyFile(`${FIXTURE}/config.json`, `${dir}/config.json`);
-  const vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ...WORDS].slice(0, 101);
-  assertEquals(vocab.length, 101);
-  await Deno.writeTextFile(`${dir}/vocab.txt`, vocab.join("\n") + "\n");
-  if (withHead) {
-    await Deno.copyFile(`${FIXTURE}/model.safetensors`, `${dir}/model.safetensors`);
-    return;
-  }
-  const source = await openSafetensors(`${FIXTURE}/model.safetensors`);
-  const tensors: Parameters<typeof writeSafetensors>[1] = {};
-  for (const [name, info] of source.tensors) {
-    if (!name.startsWith("head.")) {
-      tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
-    }
-  }
-  source.close();
-  await writeSafetensors(`${dir}/model.safetensors`, tensors);
-}
+import { writeTinyBert } from "./train_fixture.ts";
 
 const EXAMPLES = [
   ["The city was the first state in the world.", "The city is a state.", "entailment"],
@@ -61,7 +30,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       await Deno.mkdir(`${dir}/model`);
-      await makeModel(`${dir}/model`);
+      await writeTinyBert(`${dir}/model`);
       const data = await writeData(dir);
       const out = `${dir}/predictions.jsonl`;
       const cli = await new Deno.Command(Deno.execPath(), {
@@ -118,7 +87,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       await Deno.mkdir(`${dir}/model`);
-      await makeModel(`${dir}/model`, false);
+      await writeTinyBert(`${dir}/model`, false);
       const data = await writeData(dir);
       await assertRejects(
         () => predict({ model: `${dir}/model`, task: rte, data, split: "val", batchSize: 4 }),

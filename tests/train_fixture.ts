@@ -1,5 +1,5 @@
 // Shared set-up of the training tests: the tiny-bert fixture as a model folder (its config and
-// weights with a 101-token WordPiece vocabulary, as tests/predict_test.ts builds it, with or
+// weights with a 101-token WordPiece vocabulary, with or
 // without its head), and a small separable RTE-format task: the label is whether a marker word
 // occurs in the hypothesis.
 
