@@ -1,7 +1,6 @@
 // Shared set-up of the training tests: the tiny-bert fixture as a model folder (its config and
-// weights with a 101-token WordPiece vocabulary, with or
-// without its head), and a small separable RTE-format task: the label is whether a marker word
-// occurs in the hypothesis.
+// weights with a 101-token WordPiece vocabulary, with or without its head), and a small separable
+// RTE-format task: the label is whether a marker word occurs in the hypothesis.
 
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
