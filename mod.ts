@@ -178,3 +178,42 @@ export {
 } from "./model/checkpoint.ts";
 export { type OpenedModel, openModel } from "./model/load.ts";
 export { writeFileAtomic, writeJsonAtomic } from "./model/atomic_write.ts";
+
+// Parameter-efficient methods: each injects itself into an encoder and removes itself.
+export {
+  createPeft,
+  PEFT_DEFAULTS,
+  PEFT_NAMES,
+  type PeftMethod,
+  type PeftName,
+  type PeftOptions,
+} from "./peft/method.ts";
+export { mergeLora, saveLoraAdapter } from "./peft/lora.ts";
+
+// Training: strategies, the run, tasks and metrics.
+export {
+  paperRecipe,
+  parseTrainArgs,
+  type Recipe,
+  type RunSettings,
+  type TrainConfig,
+} from "./train/config.ts";
+export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
+export { resolveStages, type Stage, type StrategyName } from "./train/strategy.ts";
+export {
+  headFeatures,
+  type HeadInput,
+  type LossKind,
+  type Task,
+  type TaskExample,
+} from "./train/task.ts";
+export {
+  accuracy,
+  computeMetrics,
+  f1,
+  macro_f1,
+  mcc,
+  type MetricName,
+  pearson,
+  spearman,
+} from "./train/metrics.ts";
