@@ -95,6 +95,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
       const encoded = tokenizer.encodeBatch(chunk.map((x) => x.input), {
         maxLength: limit,
         truncation: task.truncation ?? "longest_first",
+        fallback: "longest_first",
       });
       batches.push(encoded);
       // WiC examples have one input each, so row b of the batch is example chunk[b].example.

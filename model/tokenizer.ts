@@ -48,6 +48,11 @@ export interface EncodeOptions {
   maxLength?: number;
   /** Default "longest_first" (HF's default for `truncation=True`). */
   truncation?: Truncation;
+  /**
+   * With "only_first": the strategy for a pair whose first text cannot absorb the cut alone
+   * (the second is too long by itself). Default: none, an error, as HF's tokenizers do.
+   */
+  fallback?: "longest_first";
 }
 
 /** A batch ready for upload: row-major [batch, seqLen] arrays, rows padded on the right. */
@@ -71,6 +76,8 @@ export interface EncodedBatch {
   second: (Span | null)[];
   /** Tokens truncation removed from each row's [first, second] text. */
   removed: [number, number][];
+  /** Rows cut by `fallback` because "only_first" could not fit them. */
+  fellBack: number[];
 }
 
 /** Thrown by `truncatedLengths` when the strategy cannot fit the budget. */
@@ -360,6 +367,7 @@ export class TextTokenizer {
 
     const rows: { ids: number[]; types: number[]; first: Span; second: Span | null }[] = [];
     const removed: [number, number][] = [];
+    const fellBack: number[] = [];
     inputs.forEach((input, row) => {
       const pair = typeof input !== "string";
       if (
@@ -385,6 +393,15 @@ export class TextTokenizer {
         keep = truncatedLengths(a.length, b?.length ?? null, maxLength - added, strategy);
       } catch (e) {
         if (!(e instanceof TruncationError)) throw e;
+        if (options.fallback && strategy === "only_first") {
+          keep = truncatedLengths(a.length, b?.length ?? null, maxLength - added, options.fallback);
+          fellBack.push(row);
+          removed.push([a.length - keep[0], (b?.length ?? 0) - keep[1]]);
+          rows.push(
+            this.#postProcess(a.slice(0, keep[0]), b === null ? null : b.slice(0, keep[1])),
+          );
+          return;
+        }
         throw new TokenizerError(
           this.source,
           `example ${row}: ${e.message} (maxLength ${maxLength}, ${added} special tokens)`,
@@ -448,6 +465,7 @@ export class TextTokenizer {
       first: rows.map((r) => r.first),
       second: rows.map((r) => r.second),
       removed,
+      fellBack,
     };
   }
 

@@ -424,6 +424,15 @@ Deno.test("bert: only_first and longest_first at several max lengths", () => {
     "bert-base-uncased: example 1",
   );
   assert(e.message.includes("only_first"), e.message);
+  // With a fallback, that row alone is cut longest-first (budget 4: A 2, B 2) and reported.
+  const fell = t.encodeBatch(["hi", pair], {
+    maxLength: 7,
+    truncation: "only_first",
+    fallback: "longest_first",
+  });
+  assertEquals(fell.fellBack, [1]);
+  assertEquals(fell.removed[1], [4, 2]);
+  assertEquals(t.encodeBatch([pair], { maxLength: 13, truncation: "only_first" }).fellBack, []);
   // Fewer than the special tokens: an error, not an empty row.
   assertThrows(() => t.encodeBatch([pair], { maxLength: 2 }), TokenizerError, "special tokens");
   // do_not_truncate rejects what does not fit.

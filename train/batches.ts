@@ -48,6 +48,8 @@ export interface TokenizedSplit {
   longest: number;
   /** Whether the examples carry target-word token spans (all of them, or none). */
   hasSpans: boolean;
+  /** Pairs cut longest-first because "only_first" could not fit them. */
+  fellBack: number;
 }
 
 /**
@@ -144,12 +146,17 @@ export function tokenizeExamples(
   });
   const rows: TokenizedInput[] = [];
   const spans: TokenSpans[] = [];
+  // Pairs whose second text alone is too long for "only_first" are cut longest-first instead
+  // (HF's tokenizers would stop the run); they are counted and reported.
+  let fellBack = 0;
   const CHUNK = 256;
   for (let start = 0; start < flat.length; start += CHUNK) {
     const enc = tokenizer.encodeBatch(flat.slice(start, start + CHUNK), {
       maxLength,
       truncation,
+      fallback: "longest_first",
     });
+    fellBack += enc.fellBack.length;
     for (let b = 0; b < enc.batch; b++) {
       const o = b * enc.seqLen;
       const n = enc.lengths[b];
@@ -173,6 +180,7 @@ export function tokenizeExamples(
     inputsPerExample: k,
     longest: Math.max(...rows.map((r) => r.ids.length)),
     hasSpans,
+    fellBack,
   };
 }
 

@@ -323,6 +323,14 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       `${task.name} ${task.devSplit}`,
       task.truncation,
     );
+    for (const [split, t] of [[trainSplit, train], [task.devSplit, dev]] as const) {
+      if (t.fellBack > 0) {
+        console.error(
+          `${task.name} ${split}: ${t.fellBack} pairs did not fit by cutting the first text ` +
+            `only (${task.truncation}) and were cut longest-first`,
+        );
+      }
+    }
     expectSpans(train, task.head, `${task.name} ${trainSplit}`);
     expectSpans(dev, task.head, `${task.name} ${task.devSplit}`);
     if (dev.inputsPerExample !== train.inputsPerExample) {
