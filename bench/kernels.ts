@@ -3,7 +3,16 @@
 // object per row on stdout and nothing else (progress goes to stderr). How ops are timed:
 // bench/timing.ts; what the numbers mean: BENCHMARKS.md.
 //
-//   deno task bench [--json] [--reps N] [--only fill,matmul,layernorm,attention,embedding,adamw]
+//   deno task bench [--json] [--reps N] [--no-reference]
+//                   [--only fill,matmul,layernorm,attention,embedding,adamw,train_step]
+//                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
+//                    --batch 8 --seq 32 --modes ft,bitfit,lora,prefix]   (train_step's model;
+//                    BERT-mini at batch 8 × 32 by default: 32 × 128 takes minutes per step here)
+//
+// References (unless --no-reference): numpy's float32 GEMM through OpenBLAS at the matmul shapes
+// and PyTorch's CPU training step at the train_step shape, measured in the same run by
+// /usr/bin/python3 (bench/reference.ts), before our own modules so that nothing else competes
+// for the CPU; rows then carry `reference_gflops` / `reference_samples_per_s` and `ratio`.
 
 import { parseArgs } from "node:util";
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
@@ -12,26 +21,64 @@ import { benchAttention } from "./attention.ts";
 import { benchEmbedding } from "./embedding.ts";
 import { benchFill } from "./fill.ts";
 import { benchLayerNorm } from "./layernorm.ts";
-import { benchMatmul } from "./matmul.ts";
+import { benchMatmul, GEMM_SHAPES } from "./matmul.ts";
+import {
+  addGemmRatios,
+  addTrainStepRatios,
+  referenceGemm,
+  referenceTrainStep,
+} from "./reference.ts";
 import type { BenchRow } from "./timing.ts";
+import {
+  BENCH_DEFAULT_STEP,
+  benchTrainStep,
+  TRAIN_STEP_MODES,
+  type TrainStepMode,
+  type TrainStepShape,
+} from "./train_step.ts";
 
-const MODULES: Record<string, (gpu: Gpu, reps: number) => Promise<BenchRow[]>> = {
+type Module = (gpu: Gpu, reps: number, options: Options) => Promise<BenchRow[]>;
+
+const MODULES: Record<string, Module> = {
   fill: benchFill,
   matmul: benchMatmul,
   layernorm: benchLayerNorm,
   attention: benchAttention,
   embedding: benchEmbedding,
   adamw: benchAdamw,
+  train_step: (gpu, reps, o) => benchTrainStep(gpu, reps, { shape: o.shape, modes: o.modes }),
 };
 
-const USAGE = `usage: deno task bench [--json] [--reps N] [--only ${
+const SHAPE_FLAGS = {
+  layers: "layers",
+  hidden: "hidden",
+  heads: "heads",
+  intermediate: "intermediate",
+  vocab: "vocab",
+  batch: "batch",
+  seq: "seq",
+} as const satisfies Record<string, keyof TrainStepShape>;
+
+const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--only ${
   Object.keys(MODULES).join(",")
+}] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
+  TRAIN_STEP_MODES.join(",")
 }]`;
 
 interface Options {
   json: boolean;
   reps: number;
   only: string[];
+  reference: boolean;
+  shape: TrainStepShape;
+  modes: TrainStepMode[];
+}
+
+function positiveInt(flag: string, value: string): number {
+  if (!/^[1-9][0-9]*$/.test(value)) {
+    throw new Error(`--${flag}: expected a positive integer, got "${value}"`);
+  }
+  return Number(value);
 }
 
 function parseOptions(args: string[]): Options {
@@ -43,17 +90,39 @@ function parseOptions(args: string[]): Options {
         json: { type: "boolean", default: false },
         reps: { type: "string", default: "10" },
         only: { type: "string" },
+        "no-reference": { type: "boolean", default: false },
+        modes: { type: "string" },
+        ...Object.fromEntries(
+          Object.keys(SHAPE_FLAGS).map((k) => [k, { type: "string" as const }]),
+        ),
       },
     }));
   } catch (e) {
     throw new Error(`${(e as Error).message} (${USAGE})`);
   }
-  if (!/^[1-9][0-9]*$/.test(values.reps)) {
-    throw new Error(`--reps: expected a positive integer, got "${values.reps}"`);
+  const reps = positiveInt("reps", values.reps as string);
+  const shape = { ...BENCH_DEFAULT_STEP };
+  for (const [flag, key] of Object.entries(SHAPE_FLAGS)) {
+    const v = (values as Record<string, unknown>)[flag];
+    if (typeof v === "string") shape[key] = positiveInt(flag, v);
+  }
+  if (shape.hidden % shape.heads !== 0) {
+    throw new Error(`--hidden ${shape.hidden} is not a multiple of --heads ${shape.heads}`);
+  }
+  if (shape.seq > shape.maxPositions) {
+    throw new Error(`--seq ${shape.seq} exceeds the ${shape.maxPositions} positions`);
+  }
+  const modes = values.modes === undefined
+    ? [...TRAIN_STEP_MODES]
+    : (values.modes as string).split(",").map((s) => s.trim());
+  for (const m of modes) {
+    if (!(TRAIN_STEP_MODES as readonly string[]).includes(m)) {
+      throw new Error(`--modes: unknown mode "${m}" (expected some of ${TRAIN_STEP_MODES})`);
+    }
   }
   const only = values.only === undefined
     ? Object.keys(MODULES)
-    : values.only.split(",").map((s) => s.trim());
+    : (values.only as string).split(",").map((s) => s.trim());
   for (const name of only) {
     if (!Object.hasOwn(MODULES, name)) {
       throw new Error(
@@ -61,7 +130,14 @@ function parseOptions(args: string[]): Options {
       );
     }
   }
-  return { json: values.json, reps: Number(values.reps), only: [...new Set(only)] };
+  return {
+    json: values.json as boolean,
+    reps,
+    only: [...new Set(only)],
+    reference: !values["no-reference"],
+    shape,
+    modes: [...new Set(modes)] as TrainStepMode[],
+  };
 }
 
 /** Rounds to 5 significant digits: the timings are not more precise than that. */
@@ -69,13 +145,26 @@ function round(x: number): number {
   return Number(x.toPrecision(5));
 }
 
+/** Measured (not counted) fields, rounded in JSON. */
+const ROUNDED = new Set([
+  "ms",
+  "gflops",
+  "gbps",
+  "samples_per_s",
+  "warmup_ms",
+  "reference_gflops",
+  "reference_samples_per_s",
+  "reference_ms",
+  "ratio",
+]);
+
 /** The row as JSON: numeric shape fields instead of the table's shape string, plus the adapter. */
 function jsonLine(row: BenchRow, adapter: string): string {
   const { shape: _shape, ...fields } = row;
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(fields)) {
     if (value === undefined) continue;
-    out[key] = key === "ms" || key === "gflops" || key === "gbps" ? round(value as number) : value;
+    out[key] = typeof value === "number" && ROUNDED.has(key) ? round(value) : value;
   }
   out.adapter = adapter;
   return JSON.stringify(out);
@@ -89,13 +178,20 @@ function fmt(x: number | undefined): string {
 }
 
 function table(rows: BenchRow[]): string {
-  const header = ["kernel", "shape", "ms", "GFLOP/s", "GB/s", "R", "timed"];
+  const header = ["kernel", "shape", "ms", "GFLOP/s", "GB/s", "ref", "ratio", "R", "timed"];
   const cells = rows.map((r) => [
     r.kernel,
     r.shape,
     fmt(r.ms),
     fmt(r.gflops),
     fmt(r.gbps),
+    // The reference's rate in the row's own unit: GFLOP/s (GEMM), samples/s (train_step).
+    r.kernel === "train_step"
+      ? (r.reference_samples_per_s === undefined
+        ? ""
+        : `${fmt(r.reference_samples_per_s as number)} samples/s`)
+      : fmt(r.reference_gflops as number | undefined),
+    fmt(r.ratio as number | undefined),
     String(r.per_submit),
     String(r.timed_submits),
   ]);
@@ -127,10 +223,17 @@ async function main(): Promise<void> {
     if (!options.json) write(`adapter: ${gpu.description}\n`);
     const rows: BenchRow[] = [];
     const start = performance.now();
+    const wants = (m: string) => options.reference && options.only.includes(m);
+    const gemmRefs = wants("matmul") ? await referenceGemm(GEMM_SHAPES, 5) : null;
+    const stepRefs = wants("train_step")
+      ? await referenceTrainStep(options.shape, Math.min(options.reps, 3))
+      : null;
     for (const name of options.only) {
       const moduleStart = performance.now();
       console.error(`bench: ${name}...`);
-      const moduleRows = await MODULES[name](gpu, options.reps);
+      const moduleRows = await MODULES[name](gpu, options.reps, options);
+      addGemmRatios(moduleRows, gemmRefs);
+      addTrainStepRatios(moduleRows, stepRefs);
       const seconds = (performance.now() - moduleStart) / 1000;
       console.error(`bench: ${name}: ${moduleRows.length} rows in ${seconds.toFixed(1)} s`);
       if (options.json) { for (const row of moduleRows) write(jsonLine(row, gpu.description)); }

@@ -13,8 +13,8 @@ import { Recorder } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
 
-/** [rows, in, out] of each linear layer measured. */
-const SHAPES: [number, number, number][] = [
+/** [rows, in, out] of each linear layer measured (bench/openblas_gemm.py gets the same list). */
+export const GEMM_SHAPES: [number, number, number][] = [
   [512, 256, 256],
   [512, 256, 1024],
   [4096, 256, 256],
@@ -24,7 +24,7 @@ const SHAPES: [number, number, number][] = [
 
 export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
-  for (const [tokens, inF, outF] of SHAPES) {
+  for (const [tokens, inF, outF] of GEMM_SHAPES) {
     const t = (shape: number[], label: string) => createTensor(gpu, shape, "f32", label);
     const x = t([tokens, inF], "x");
     const w = t([outF, inF], "w");

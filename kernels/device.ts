@@ -69,6 +69,12 @@ export class Gpu {
   readonly uncaptured: string[] = [];
   private destroyed = false;
   private checks: Promise<string | null>[] = [];
+  /**
+   * Our allocator's ledger (see `liveBytes`), one object so that a Gpu derived with Object.create
+   * (the tests' withLimits) counts into the same totals. `tracked` maps the buffers counted to
+   * their sizes, weakly: a buffer dropped without `destroy` is not kept alive by it.
+   */
+  private readonly ledger = { live: 0, peak: 0, tracked: new WeakMap<GPUBuffer, number>() };
 
   constructor(adapter: GPUAdapter, device: GPUDevice) {
     this.adapter = adapter;
@@ -88,6 +94,45 @@ export class Gpu {
     device.addEventListener("uncapturederror", (event) => {
       this.uncaptured.push((event as GPUUncapturedErrorEvent).error.message);
     });
+  }
+
+  /**
+   * Bytes of GPU buffers our own allocator holds now: every tensor's buffer (createTensor) from
+   * its creation until the first `destroy` of it or of any view of it, and a download's staging
+   * buffer while it exists. Not counted: the Recorder's per-submit uniform buffer (freed after
+   * the submit) and whatever the driver allocates itself (pipelines, bind groups, its own
+   * copies). WebGPU has no memory query; this is our side of the ledger only.
+   */
+  get liveBytes(): number {
+    return this.ledger.live;
+  }
+
+  /** The most `liveBytes` has been since the device was created or `resetPeak` was called. */
+  get peakBytes(): number {
+    return this.ledger.peak;
+  }
+
+  /** Counts `buffer` (of `bytes`) in liveBytes until `untrackBuffer`; counting twice is a no-op. */
+  trackBuffer(buffer: GPUBuffer, bytes: number): void {
+    const ledger = this.ledger;
+    if (ledger.tracked.has(buffer)) return;
+    ledger.tracked.set(buffer, bytes);
+    ledger.live += bytes;
+    if (ledger.live > ledger.peak) ledger.peak = ledger.live;
+  }
+
+  /** Stops counting `buffer` (call when destroying it); a buffer not counted is ignored. */
+  untrackBuffer(buffer: GPUBuffer): void {
+    const ledger = this.ledger;
+    const bytes = ledger.tracked.get(buffer);
+    if (bytes === undefined) return;
+    ledger.tracked.delete(buffer);
+    ledger.live -= bytes;
+  }
+
+  /** Starts a new peak measurement from what is held now. */
+  resetPeak(): void {
+    this.ledger.peak = this.ledger.live;
   }
 
   /** Throws if the device is gone; called before every submit and allocation. */

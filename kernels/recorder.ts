@@ -32,6 +32,26 @@ interface CopyCommand {
 
 type Command = DispatchCommand | CopyCommand;
 
+/** What the Recorders of one device have submitted so far (see `submittedCounts`). */
+export interface SubmittedCounts {
+  /** Successful submits (command buffers). */
+  submits: number;
+  /** Kernel launches in them. */
+  dispatches: number;
+  /** Buffer-to-buffer copies in them. */
+  copies: number;
+}
+
+const submitted = new WeakMap<Gpu, SubmittedCounts>();
+
+/**
+ * Running totals over every Recorder submit on `gpu` (a snapshot): the difference of two
+ * snapshots is what was submitted between them, e.g. the dispatches of one training step.
+ */
+export function submittedCounts(gpu: Gpu): SubmittedCounts {
+  return { ...(submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 }) };
+}
+
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
@@ -129,6 +149,12 @@ export class Recorder {
             }`,
         );
       }
+      const counts = submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 };
+      const copies = commands.filter((c) => c.kind === "copy").length;
+      counts.submits++;
+      counts.copies += copies;
+      counts.dispatches += commands.length - copies;
+      submitted.set(gpu, counts);
     } finally {
       // Destroying after submit is allowed: WebGPU frees it once the work is done.
       uniforms?.buffer.destroy();

@@ -129,6 +129,7 @@ export class Tensor {
       gpu.device.queue.submit([encoder.finish()]);
       return staging;
     });
+    gpu.trackBuffer(staging, size);
     try {
       await gpu.flushErrors();
       await staging.mapAsync(GPUMapMode.READ);
@@ -139,6 +140,7 @@ export class Tensor {
       gpu.assertAlive();
       throw e;
     } finally {
+      gpu.untrackBuffer(staging);
       staging.destroy();
     }
   }
@@ -158,7 +160,9 @@ export class Tensor {
     return new Tensor(this.gpu, this.buffer, shape, this.dtype, label, this.offset + byteOffset);
   }
 
+  /** Frees the whole buffer (also when called on a view) and stops counting it in liveBytes. */
   destroy(): void {
+    this.gpu.untrackBuffer(this.buffer);
     this.buffer.destroy();
   }
 }
@@ -183,6 +187,7 @@ export function createTensor(
     `allocating tensor "${label}" (${bytes} bytes)`,
     () => gpu.device.createBuffer({ label, size: bytes, usage: tensorUsage() }),
   );
+  gpu.trackBuffer(buffer, bytes);
   return new Tensor(gpu, buffer, shape, dtype, label);
 }
 

@@ -1,0 +1,240 @@
+// Whole training steps through the real engine (train/trainer.ts's Trainer.step: one Recorder,
+// one submit), on a random-weight encoder of a configurable shape with the EH-FT head (width
+// 2048, one output, BCE), random token ids, dropout on (the config's 0.1).
+//
+// Modes: `ft` trains everything (full fine-tuning, and Stage 2 of EH-FT); `bitfit`, `lora` and
+// `prefix` are Stage 1 of EH-FT with that PEFT method (the head and the method's tensors train).
+// Prefix-tuning takes its P = 16 rows out of the sequence budget, as the engine does, so its
+// rows carry `seq` − 16.
+//
+// Per mode: a fresh Trainer (so `peak_bytes` is that mode's own peak), one untimed warm-up step
+// (pipeline compilation, first touches), then timed steps, each until the GPU has finished, as
+// many as fit `budgetS` (at least 1, at most `reps`); `ms` is their median. `dispatches`,
+// `copies` and `submits` are what one step submitted; `peak_bytes` is the most our allocator held
+// (Gpu.peakBytes: every tensor, see kernels/device.ts) from building the Trainer to its last step.
+
+import type { Gpu } from "../kernels/device.ts";
+import { submittedCounts } from "../kernels/recorder.ts";
+import { type ModelConfig, parseConfig } from "../model/config.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { createPeft, PEFT_DEFAULTS, type PeftName } from "../peft/method.ts";
+import type { TrainBatch } from "../train/batches.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import { FULL_FINETUNE_LR, STAGE1_LR, type StageTrains } from "../train/strategy.ts";
+import { Trainer } from "../train/trainer.ts";
+import type { BenchRow } from "./timing.ts";
+
+export type TrainStepMode = "ft" | PeftName;
+export const TRAIN_STEP_MODES: readonly TrainStepMode[] = ["ft", "bitfit", "lora", "prefix"];
+
+/** The model shape and batch of the training-step rows. Defaults: BERT-mini, batch 32 × 128. */
+export interface TrainStepShape {
+  layers: number;
+  hidden: number;
+  heads: number;
+  intermediate: number;
+  vocab: number;
+  maxPositions: number;
+  batch: number;
+  seq: number;
+}
+
+export const BERT_MINI_STEP: TrainStepShape = {
+  layers: 4,
+  hidden: 256,
+  heads: 4,
+  intermediate: 1024,
+  vocab: 30522,
+  maxPositions: 512,
+  batch: 32,
+  seq: 128,
+};
+
+/**
+ * What `deno task bench` measures without --batch/--seq: BERT-mini at batch 8 × 32. The issue's
+ * 32 × 128 takes about 110 s per full fine-tuning step on lavapipe (2 cores) before the speed
+ * work, four minutes with its warm-up: pass `--batch 32 --seq 128` for it.
+ */
+export const BENCH_DEFAULT_STEP: TrainStepShape = { ...BERT_MINI_STEP, batch: 8, seq: 32 };
+
+export interface TrainStepOptions {
+  shape?: TrainStepShape;
+  modes?: readonly TrainStepMode[];
+  /** Timed steps of a mode stop after about this many seconds (default 10). */
+  budgetS?: number;
+}
+
+/** The config.json of the shape, through the same parser a downloaded model goes through. */
+export function stepConfig(s: TrainStepShape): ModelConfig {
+  return parseConfig({
+    model_type: "bert",
+    vocab_size: s.vocab,
+    hidden_size: s.hidden,
+    num_hidden_layers: s.layers,
+    num_attention_heads: s.heads,
+    intermediate_size: s.intermediate,
+    hidden_act: "gelu",
+    hidden_dropout_prob: 0.1,
+    attention_probs_dropout_prob: 0.1,
+    max_position_embeddings: s.maxPositions,
+    type_vocab_size: 2,
+    layer_norm_eps: 1e-12,
+    pad_token_id: 0,
+  }, "bench train_step config");
+}
+
+/** mulberry32 on [0, 1). */
+function generator(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** BERT's initialisation: weights N(0, 0.02) (uniform of the same spread here), LayerNorm 1, biases 0. */
+function randomizeBackbone(trainer: Trainer, seed: number): void {
+  const next = generator(seed);
+  const bound = 0.02 * Math.sqrt(3);
+  for (const [name, t] of encoderParameters(trainer.encoder.params)) {
+    const values = new Float32Array(t.numel);
+    if (name.includes("LayerNorm.weight")) values.fill(1);
+    else if (!name.endsWith(".bias")) {
+      for (let i = 0; i < values.length; i++) values[i] = (2 * next() - 1) * bound;
+    }
+    t.upload(values);
+  }
+}
+
+/** A batch of random token ids (no padding) and random binary targets. */
+function randomBatch(examples: number, seq: number, vocab: number, seed: number): TrainBatch {
+  const next = generator(seed);
+  const first = Math.min(5, vocab - 1); // BERT's special tokens sit below 5
+  const inputIds = Uint32Array.from(
+    { length: examples * seq },
+    () => first + Math.floor(next() * (vocab - first)),
+  );
+  return {
+    examples,
+    encoder: { inputIds, batch: examples, seqLen: seq },
+    targets: Float32Array.from({ length: examples }, () => (next() < 0.5 ? 0 : 1)),
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+async function benchMode(
+  gpu: Gpu,
+  mode: TrainStepMode,
+  shape: TrainStepShape,
+  reps: number,
+  budgetS: number,
+): Promise<BenchRow> {
+  const config = stepConfig(shape);
+  const base = gpu.liveBytes;
+  gpu.resetPeak();
+  const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
+  const seq = shape.seq - (peft?.prefixLength ?? 0);
+  if (seq < 1) throw new Error(`train_step ${mode}: --seq ${shape.seq} leaves no tokens`);
+  const trainer = new Trainer(gpu, {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: shape.batch,
+    maxSeq: seq,
+    headSeed: 1,
+    dropoutSeed: 2,
+    peft,
+    adamw: ADAMW_DEFAULTS,
+  });
+  try {
+    randomizeBackbone(trainer, 3);
+    const trains: StageTrains = mode === "ft"
+      ? { head: true, backbone: "all", peft: false }
+      : { head: true, backbone: "peft", peft: true };
+    const lr = mode === "ft" ? FULL_FINETUNE_LR : STAGE1_LR[mode];
+    trainer.beginStage(trains, ADAMW_DEFAULTS);
+    const batches = [0, 1].map((i) => randomBatch(shape.batch, seq, shape.vocab, 10 + i));
+    let step = 0;
+    const oneStep = async () => {
+      await trainer.step(batches[step % 2], lr, step);
+      step++;
+      await gpu.device.queue.onSubmittedWorkDone();
+    };
+    const warmStart = performance.now();
+    await oneStep();
+    const warmS = (performance.now() - warmStart) / 1000;
+    const before = submittedCounts(gpu);
+    const times: number[] = [];
+    let spent = 0;
+    let counts = before;
+    while (times.length < reps && (times.length === 0 || spent + times.at(-1)! <= budgetS)) {
+      const start = performance.now();
+      await oneStep();
+      const s = (performance.now() - start) / 1000;
+      if (times.length === 0) counts = submittedCounts(gpu);
+      times.push(s);
+      spent += s;
+    }
+    // The stats are read back as the training loop does when it logs; a NaN loss would mean
+    // the step measured is not a real one.
+    const stats = await trainer.takeStats();
+    if (!stats.every((s) => Number.isFinite(s.loss))) {
+      throw new Error(`train_step ${mode}: non-finite loss ${stats.map((s) => s.loss)}`);
+    }
+    const ms = median(times) * 1000;
+    const dispatches = counts.dispatches - before.dispatches;
+    const peak = gpu.peakBytes - base;
+    return {
+      kernel: "train_step",
+      mode,
+      layers: shape.layers,
+      hidden: shape.hidden,
+      heads: shape.heads,
+      intermediate: shape.intermediate,
+      vocab: shape.vocab,
+      batch: shape.batch,
+      seq,
+      ms,
+      samples_per_s: shape.batch / (ms / 1000),
+      dispatches,
+      copies: counts.copies - before.copies,
+      submits: counts.submits - before.submits,
+      peak_bytes: peak,
+      per_submit: 1,
+      timed_submits: times.length,
+      warmup_submits: 1,
+      warmup_ms: warmS * 1000,
+      shape: `${mode} L${shape.layers} H${shape.hidden} I${shape.intermediate} V${shape.vocab} ` +
+        `B${shape.batch}×${seq}: ${(shape.batch / (ms / 1000)).toFixed(2)} samples/s, ` +
+        `${dispatches} dispatches, peak ${(peak / 2 ** 20).toFixed(1)} MiB`,
+    };
+  } finally {
+    trainer.destroy();
+  }
+}
+
+/** One row per mode. */
+export async function benchTrainStep(
+  gpu: Gpu,
+  reps: number,
+  options: TrainStepOptions = {},
+): Promise<BenchRow[]> {
+  const shape = options.shape ?? BERT_MINI_STEP;
+  const rows: BenchRow[] = [];
+  for (const mode of options.modes ?? TRAIN_STEP_MODES) {
+    const start = performance.now();
+    rows.push(await benchMode(gpu, mode, shape, reps, options.budgetS ?? 10));
+    console.error(
+      `bench: train_step ${mode}: ${((performance.now() - start) / 1000).toFixed(1)} s`,
+    );
+  }
+  return rows;
+}
