@@ -5,6 +5,9 @@
 // Rows use the GEMM's own dimensions: C[m,n] = A[m,k]·B[k,n]. For X[rows,in]·W[out,in]ᵀ that is
 // forward m=rows n=out k=in; dX = dY[rows,out]·W[out,in]: m=rows n=in k=out;
 // dW = dY[rows,out]ᵀ·X[rows,in]: m=out n=in k=rows. Each product is 2·m·n·k flops.
+//
+// The rows time whatever variant `matmul` picks by itself (the training step's path): the
+// autotune's choice when `autotuneMatmul` ran on this device first, its heuristic otherwise.
 
 import type { Gpu } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";

@@ -8,7 +8,7 @@
 // Determinism: each output element is one invocation's sum over k in increasing order, so a
 // given call gives bitwise-identical results on every run.
 
-import { GpuError } from "./device.ts";
+import { type Gpu, GpuError } from "./device.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, type Tensor } from "./tensor.ts";
@@ -59,24 +59,57 @@ export interface MatmulArgs {
 }
 
 /**
- * A kernel variant: a 16×16 workgroup computing a (16·rm)×(16·rn) block of C, each invocation an
- * rm×rn register tile. Variants differ in speed only; the arithmetic order is the same.
+ * A kernel variant. Variants differ in speed only; each sums every output over k in increasing
+ * order, so a given variant is deterministic (the exact rounding may differ between variants).
+ * - `tile16` / `tile64`: a 16×16 workgroup stages k-slices of A and B in workgroup memory; each
+ *   invocation computes 1×1 or 4×4 outputs.
+ * - `direct4x4`: no workgroup memory, no barriers: each invocation reads its 4 rows of op(A)
+ *   and 4 columns of op(B) straight from the storage buffers (on a CPU adapter the caches do
+ *   what the shared tile would, without the barriers) and keeps a 4×4 tile in registers.
+ * - `vec4_4x4` / `vec4_8x4` / `vec4_4x4_wg256`: like `direct4x4`, with the operands bound as
+ *   `array<vec4<f32>>` and read four k (or four rows/columns) per load; an invocation owns 4 or 8
+ *   consecutive rows × 4 consecutive columns; workgroups of 8×8 (16×16 for `_wg256`). Needs 16-byte aligned operands, k a multiple of 4 and the stored
+ *   rows a multiple of 4 long; otherwise the launcher runs `direct4x4` instead.
  */
-export type MatmulVariant = "tile16" | "tile64";
+export type MatmulVariant =
+  | "tile16"
+  | "tile64"
+  | "direct4x4"
+  | "vec4_4x4"
+  | "vec4_8x4"
+  | "vec4_4x4_wg256";
 
-const VARIANTS: Record<MatmulVariant, { rm: number; rn: number }> = {
-  tile16: { rm: 1, rn: 1 },
-  tile64: { rm: 4, rn: 4 },
+/** Every variant, in the order the autotune tries them. */
+export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
+  "tile16",
+  "tile64",
+  "direct4x4",
+  "vec4_4x4",
+  "vec4_8x4",
+  "vec4_4x4_wg256",
+];
+
+type VariantSpec =
+  | { kind: "shared"; rm: number; rn: number }
+  | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
+  | { kind: "vec4"; rm: number; wx: number; wy: number };
+
+const VARIANTS: Record<MatmulVariant, VariantSpec> = {
+  tile16: { kind: "shared", rm: 1, rn: 1 },
+  tile64: { kind: "shared", rm: 4, rn: 4 },
+  direct4x4: { kind: "direct", rm: 4, rn: 4, wx: 8, wy: 8 },
+  vec4_4x4: { kind: "vec4", rm: 4, wx: 8, wy: 8 },
+  vec4_8x4: { kind: "vec4", rm: 8, wx: 8, wy: 8 },
+  vec4_4x4_wg256: { kind: "vec4", rm: 4, wx: 16, wy: 16 },
 };
 
-/** Picks the variant: the register-tiled one once a product is big enough to fill its blocks. */
+/** Picks the variant when neither the caller nor the autotune did. */
 function chooseVariant(m: number, n: number): MatmulVariant {
-  return m >= 64 && n >= 64 ? "tile64" : "tile16";
+  return m >= 16 && n >= 16 ? "vec4_4x4" : "direct4x4";
 }
 
-const WG = 16; // workgroup is WG×WG invocations
-const BK = 16; // k-slice staged in workgroup memory per step
-
+const WG = 16; // shared variants: workgroup is WG×WG invocations
+const BK = 16; // shared variants: k-slice staged in workgroup memory per step
 /**
  * WGSL staging operand X's block for one k-slice in workgroup memory, zero past the edges:
  * `Xs[kk * size + i]` = the element of op(X) at block index i (`origin + i`, below `limit`) and
@@ -184,6 +217,184 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 }
 
+const PARAMS_WGSL = /* wgsl */ `
+struct Params {
+  m: u32, n: u32, k: u32, count1: u32,
+  offA: u32, rsA: u32, csA: u32, offB: u32,
+  rsB: u32, csB: u32, offC: u32, ldc: u32,
+  sA0: u32, sA1: u32, sB0: u32, sB1: u32,
+  sC0: u32, sC1: u32, alpha: f32, flags: u32,
+  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
+}`;
+
+/** WGSL storing `v` (the product, before alpha) at C[gi, gj] with alpha, bias and accumulate. */
+const STORE_WGSL = /* wgsl */ `
+fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
+  if (gi >= p.m || gj >= p.n) { return; }
+  let idx = baseC + gi * p.ldc + gj;
+  var o = p.alpha * v;
+  if ((p.flags & 2u) != 0u) { o += bias[gj]; }
+  if ((p.flags & 1u) != 0u) { o += C[idx]; }
+  C[idx] = o;
+}`;
+
+/** WGSL computing the batch bases from the workgroup's z (shared by the barrier-free kernels). */
+const BASES_WGSL = /* wgsl */ `
+  let z = wid.z + p.zBase;
+  let b0 = z / p.count1;
+  let b1 = z % p.count1;
+  let baseA = p.offA + b0 * p.sA0 + b1 * p.sA1;
+  let baseB = p.offB + b0 * p.sB0 + b1 * p.sB1;
+  let baseC = p.offC + b0 * p.sC0 + b1 * p.sC1;`;
+
+/**
+ * Barrier-free scalar kernel for any strides: invocation (x, y) of a wx×wy workgroup owns rows
+ * `rowBase + y + r·wy` and columns `colBase + x + c·wx`, so neighbouring invocations read
+ * neighbouring addresses. Rows/columns past the edge load a clamped (valid) element and are
+ * never stored, so no branch sits in the k loop.
+ */
+function directWgsl(rm: number, rn: number, wx: number, wy: number): string {
+  return /* wgsl */ `${PARAMS_WGSL}
+@group(0) @binding(0) var<storage, read> A: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+${STORE_WGSL}
+
+@compute @workgroup_size(${wx}, ${wy})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  ${BASES_WGSL}
+  let row0 = wid.y * ${wy * rm}u + lid.y;
+  let col0 = wid.x * ${wx * rn}u + lid.x;
+  var ia: array<u32, ${rm}>;
+  var ib: array<u32, ${rn}>;
+  for (var r = 0u; r < ${rm}u; r++) { ia[r] = baseA + min(row0 + r * ${wy}u, p.m - 1u) * p.rsA; }
+  for (var c = 0u; c < ${rn}u; c++) { ib[c] = baseB + min(col0 + c * ${wx}u, p.n - 1u) * p.csB; }
+  var acc: array<f32, ${rm * rn}>;
+  for (var t = 0u; t < ${rm * rn}u; t++) { acc[t] = 0.0; }
+  for (var kk = 0u; kk < p.k; kk++) {
+    var a: array<f32, ${rm}>;
+    var b: array<f32, ${rn}>;
+    for (var r = 0u; r < ${rm}u; r++) { a[r] = A[ia[r] + kk * p.csA]; }
+    for (var c = 0u; c < ${rn}u; c++) { b[c] = B[ib[c] + kk * p.rsB]; }
+    for (var r = 0u; r < ${rm}u; r++) {
+      for (var c = 0u; c < ${rn}u; c++) { acc[r * ${rn}u + c] += a[r] * b[c]; }
+    }
+  }
+  for (var r = 0u; r < ${rm}u; r++) {
+    for (var c = 0u; c < ${rn}u; c++) {
+      store(baseC, row0 + r * ${wy}u, col0 + c * ${wx}u, acc[r * ${rn}u + c]);
+    }
+  }
+}
+`;
+}
+
+/**
+ * Barrier-free vec4 kernel: invocation (x, y) owns rows `row0 .. row0+rm-1` and columns
+ * `col0 .. col0+3`, steps k by 4 and reads each operand along its contiguous axis, four floats a
+ * load (A: along k, or along m when transposed; B: along n, or along k when transposed). A 4×4
+ * block read along the "wrong" axis is turned round with `transpose`, in registers. Each output
+ * still adds its products in increasing k, one at a time.
+ */
+function vec4Wgsl(rm: number, wx: number, wy: number, transA: boolean, transB: boolean): string {
+  const groups = rm / 4;
+  // ak[g][kk] = rows 4g..4g+3 of op(A) at column k+kk; bk[kk] = columns col0..+3 of op(B) row k+kk.
+  const loadA = transA
+    ? `for (var kk = 0u; kk < 4u; kk++) { ak[g][kk] = A4[(baseA + (k + kk) * p.csA + ra[g]) >> 2u]; }`
+    : `ak[g] = transpose(mat4x4<f32>(A4[(ia[g][0] + k) >> 2u], A4[(ia[g][1] + k) >> 2u],
+        A4[(ia[g][2] + k) >> 2u], A4[(ia[g][3] + k) >> 2u]));`;
+  const loadB = transB
+    ? `bk = transpose(mat4x4<f32>(B4[(ib[0] + k) >> 2u], B4[(ib[1] + k) >> 2u],
+        B4[(ib[2] + k) >> 2u], B4[(ib[3] + k) >> 2u]));`
+    : `for (var kk = 0u; kk < 4u; kk++) { bk[kk] = B4[(baseB + (k + kk) * p.rsB + cb) >> 2u]; }`;
+  return /* wgsl */ `${PARAMS_WGSL}
+@group(0) @binding(0) var<storage, read> A4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> B4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+${STORE_WGSL}
+
+@compute @workgroup_size(${wx}, ${wy})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  ${BASES_WGSL}
+  let row0 = (wid.y * ${wy}u + lid.y) * ${rm}u;
+  let col0 = (wid.x * ${wx}u + lid.x) * 4u;
+  // Clamped starts of the loads (the launcher guarantees m, n multiples of 4 where read along).
+  var ra: array<u32, ${groups}>;
+  var ia: array<array<u32, 4>, ${groups}>;
+  for (var g = 0u; g < ${groups}u; g++) {
+    ra[g] = min(row0 + 4u * g, p.m - min(p.m, 4u));
+    for (var i = 0u; i < 4u; i++) { ia[g][i] = baseA + min(row0 + 4u * g + i, p.m - 1u) * p.rsA; }
+  }
+  let cb = min(col0, p.n - min(p.n, 4u));
+  var ib: array<u32, 4>;
+  for (var j = 0u; j < 4u; j++) { ib[j] = baseB + min(col0 + j, p.n - 1u) * p.csB; }
+  var acc: array<vec4<f32>, ${rm}>;
+  for (var r = 0u; r < ${rm}u; r++) { acc[r] = vec4<f32>(0.0); }
+  for (var k = 0u; k < p.k; k += 4u) {
+    var ak: array<mat4x4<f32>, ${groups}>;
+    var bk: mat4x4<f32>;
+    for (var g = 0u; g < ${groups}u; g++) { ${loadA} }
+    ${loadB}
+    for (var kk = 0u; kk < 4u; kk++) {
+      for (var g = 0u; g < ${groups}u; g++) {
+        for (var i = 0u; i < 4u; i++) { acc[4u * g + i] += ak[g][kk][i] * bk[kk]; }
+      }
+    }
+  }
+  for (var r = 0u; r < ${rm}u; r++) {
+    for (var j = 0u; j < 4u; j++) { store(baseC, row0 + r, col0 + j, acc[r][j]); }
+  }
+}
+`;
+}
+
+/**
+ * Whether an operand can be read as vec4s: 16-byte aligned binding and size, and every vector
+ * load (4 consecutive elements along the stored row, starting at a multiple of 4) stays inside
+ * the stored row: offset, row stride and batch strides multiples of 4, row length too.
+ */
+function vec4Aligned(
+  t: Tensor,
+  offset: number,
+  ld: number,
+  batches: { count: number; stride: number }[],
+  rowLength: number,
+): boolean {
+  return t.offset % 16 === 0 && t.bindingSize % 16 === 0 && offset % 4 === 0 && ld % 4 === 0 &&
+    rowLength % 4 === 0 && batches.every((b) => b.count <= 1 || b.stride % 4 === 0);
+}
+
+/** Autotuned choices by device, filled by `matmul_autotune.ts`; none: use the heuristic. */
+export type MatmulTuner = (
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+) => MatmulVariant | undefined;
+const tuners = new WeakMap<Gpu, MatmulTuner>();
+
+/** Installs the autotune's choice function for a device (see `matmul_autotune.ts`). */
+export function setMatmulTuner(gpu: Gpu, tuner: MatmulTuner | undefined): void {
+  if (tuner) tuners.set(gpu, tuner);
+  else tuners.delete(gpu);
+}
+
+function tunedVariant(
+  gpu: Gpu,
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+): MatmulVariant | undefined {
+  return tuners.get(gpu)?.(m, n, k, transA, transB);
+}
+
 function fail(op: string, message: string): never {
   throw new GpuError(`${op}: ${message}`);
 }
@@ -287,19 +498,38 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
 
-  const variant = args.variant ?? chooseVariant(m, n);
-  const { rm, rn } = VARIANTS[variant];
+  const [rsA, csA] = transA ? [1, lda] : [lda, 1];
+  const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
+  let variant = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
+    chooseVariant(m, n);
+  if (VARIANTS[variant].kind === "vec4") {
+    const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
+      vec4Aligned(b, offB, ldb, strides("strideB"), transB ? k : n) && k % 4 === 0;
+    if (!aligned) variant = "direct4x4";
+  }
+  const spec = VARIANTS[variant];
   const gpu = rec.gpu;
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.ceil(n / (WG * rn));
-  const gy = Math.ceil(m / (WG * rm));
+  let gx: number, gy: number, pipeline: GPUComputePipeline;
+  if (spec.kind === "shared") {
+    gx = Math.ceil(n / (WG * spec.rn));
+    gy = Math.ceil(m / (WG * spec.rm));
+    pipeline = getPipeline(gpu, `matmul_${variant}`, matmulWgsl(spec.rm, spec.rn));
+  } else if (spec.kind === "direct") {
+    gx = Math.ceil(n / (spec.wx * spec.rn));
+    gy = Math.ceil(m / (spec.wy * spec.rm));
+    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy);
+    pipeline = getPipeline(gpu, `matmul_${variant}`, code);
+  } else {
+    gx = Math.ceil(n / (spec.wx * 4));
+    gy = Math.ceil(m / (spec.wy * spec.rm));
+    const code = vec4Wgsl(spec.rm, spec.wx, spec.wy, transA, transB);
+    pipeline = getPipeline(gpu, `matmul_${variant}_${+transA}${+transB}`, code);
+  }
   if (gx > maxDim || gy > maxDim) {
     fail(op, `${m}×${n} output needs ${gy}×${gx} workgroups, more than ${maxDim} per dimension`);
   }
-  const pipeline = getPipeline(gpu, `matmul_${variant}`, matmulWgsl(rm, rn));
 
-  const [rsA, csA] = transA ? [1, lda] : [lda, 1];
-  const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
   const flags = (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0);
   const bindings = [a, b, args.bias ?? a, c];
   // Batches beyond one dispatch's z limit go in further dispatches, each from its own zBase.

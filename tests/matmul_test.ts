@@ -4,11 +4,18 @@ import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { matmul, type MatmulArgs, type MatmulVariant } from "../kernels/matmul.ts";
+import {
+  matmul,
+  MATMUL_VARIANTS,
+  type MatmulArgs,
+  type MatmulVariant,
+  setMatmulTuner,
+} from "../kernels/matmul.ts";
+import { autotuneMatmul, matmulShapeClass } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
-const VARIANTS: MatmulVariant[] = ["tile16", "tile64"];
+const VARIANTS = MATMUL_VARIANTS;
 
 /** Host-side description of a product, without the tensors. */
 type Spec = Omit<MatmulArgs, "a" | "b" | "c" | "bias" | "op" | "variant">;
@@ -80,7 +87,7 @@ async function runCases(
   cases: Case[],
   seed: number,
   tol = 1e-5,
-  variants = VARIANTS,
+  variants: readonly MatmulVariant[] = VARIANTS,
 ): Promise<void> {
   for (const variant of variants) {
     const rec = new Recorder(gpu);
@@ -119,7 +126,7 @@ async function runCases(
   }
 }
 
-gpuTest("matmul: odd shapes, every transpose combination, both variants", async (gpu) => {
+gpuTest("matmul: odd shapes, every transpose combination, every variant", async (gpu) => {
   const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [130, 33, 17], [1, 130, 33], [65, 70, 47]];
   const cases: Case[] = [];
   for (const [m, n, k] of shapes) {
@@ -321,8 +328,90 @@ gpuTest(
   },
 );
 
+gpuTest("matmul: vec4 fast path (edge tiles, aligned strides) and its fallbacks", async (gpu) => {
+  const cases: Case[] = [];
+  // m, n multiples of 4 (but not of any tile) and k of 4: every transpose takes the vec4 path.
+  // Odd m or n: only the operands read along k stay vec4-eligible; the rest fall back.
+  for (const [m, n, k] of [[36, 68, 20], [132, 12, 8], [7, 33, 20], [33, 9, 132], [4, 4, 4]]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const spec = { m, n, k, transA, transB };
+        cases.push({ spec, sizes: packedSizes(spec) });
+      }
+    }
+  }
+  // Aligned leading dimensions and offsets (vec4), then misaligned ones (fallback), with bias,
+  // alpha, accumulate and a batch.
+  for (const [pad, off] of [[4, 8], [1, 4], [4, 3]]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const m = 20, n = 36, k = 12;
+        const lda = (transA ? m : k) + pad, ldb = (transB ? k : n) + pad, ldc = n + 1;
+        const aMat = lda * (transA ? k : m), bMat = ldb * (transB ? n : k), cMat = ldc * m;
+        const spec: Spec = {
+          m,
+          n,
+          k,
+          transA,
+          transB,
+          lda,
+          ldb,
+          ldc,
+          offsetA: off,
+          offsetB: off,
+          offsetC: 3,
+          alpha: 0.75,
+          accumulate: transB,
+          batch0: { count: 2, strideA: aMat + 4, strideB: bMat + 8, strideC: cMat + 1 },
+        };
+        cases.push({
+          spec,
+          sizes: { a: off + 2 * aMat + 4, b: off + 2 * bMat + 8, c: 3 + 2 * cMat + 1 },
+          bias: !transA,
+        });
+      }
+    }
+  }
+  await runCases(gpu, cases, 6000, 1e-5, VARIANTS.filter((v) => v.startsWith("vec4")));
+});
+
+gpuTest(
+  "matmul: autotune picks a variant per shape class and survives a corrupt cache",
+  async (gpu) => {
+    const file = await Deno.makeTempFile({ suffix: ".json" });
+    try {
+      await Deno.writeTextFile(file, "{ not json");
+      const shapes = [{ m: 36, n: 20, k: 8, transB: true }];
+      const table = await autotuneMatmul(gpu, { shapes, budgetMs: 5, cacheFile: file });
+      const cls = matmulShapeClass(36, 20, 8, false, true);
+      assert(MATMUL_VARIANTS.includes(table[cls]), `tuned ${JSON.stringify(table)}`);
+      const saved = JSON.parse(await Deno.readTextFile(file));
+      assertEquals(saved[gpu.description][cls], table[cls]);
+      // The installed choice serves later calls without a variant; results stay correct.
+      await runCases(
+        gpu,
+        [{
+          spec: { m: 37, n: 20, k: 8, transB: true },
+          sizes: packedSizes({ m: 37, n: 20, k: 8 }),
+        }],
+        7000,
+        1e-5,
+        [undefined as unknown as MatmulVariant],
+      );
+    } finally {
+      setMatmulTuner(gpu, undefined);
+      await Deno.remove(file);
+    }
+  },
+);
+
 gpuTest("matmul: two runs give bitwise-identical results", async (gpu) => {
-  const m = 130, n = 97, k = 261;
+  for (const [m, n, k] of [[130, 97, 261], [132, 100, 260]]) {
+    await determinism(gpu, m, n, k);
+  }
+});
+
+async function determinism(gpu: Gpu, m: number, n: number, k: number): Promise<void> {
   const a = tensorFromArray(gpu, Float32Array.from(randomValues(m * k, 71)), [k, m], "A");
   const b = tensorFromArray(gpu, Float32Array.from(randomValues(k * n, 72)), [k, n], "B");
   for (const variant of VARIANTS) {
@@ -340,7 +429,7 @@ gpuTest("matmul: two runs give bitwise-identical results", async (gpu) => {
   }
   a.destroy();
   b.destroy();
-});
+}
 
 gpuTest(
   "matmul: out-of-range shapes and strides throw a GpuError naming the op and tensor",
