@@ -11,11 +11,13 @@
 // The backward follows autograd through that addition (as HF's does): such a row still passes
 // score gradients to its q and k.
 //
-// Forward, one dispatch: one workgroup per query row (b, h, i) computes the T scores, the
+// Forward, one dispatch: one workgroup per block of four query rows (b, h, i…i+3), the rows
+// being the lanes of vec4 values so that every key/value element loaded serves four rows,
+// computes the T scores, the
 // softmax (saved pre-dropout in `probs`), regenerates the dropout mask and accumulates
-// context = P̃·V. Backward, two dispatches: a row pass (b, h, i) computes dP = dC·Vᵀ ⊙ mask,
+// context = P̃·V. Backward, two dispatches: a row pass (blocks of rows as above) computes dP = dC·Vᵀ ⊙ mask,
 // dS = P ⊙ (dP − Σ P⊙dP) into a workspace and dQ = scale·dS·K; a column pass (one workgroup per
-// key row, sequence or prefix) computes dK = scale·dSᵀ·Q and dV = P̃ᵀ·dC, prefix columns summing
+// block of four key rows, sequence or prefix) computes dK = scale·dSᵀ·Q and dV = P̃ᵀ·dC, prefix columns summing
 // over the batch too. Every output element is written by one invocation, every sum runs in a
 // fixed order: no atomics, bitwise-deterministic.
 
@@ -29,6 +31,12 @@ import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor
 const WG = 64;
 /** Each invocation accumulates this many output columns, so head dims up to WG·ACC work. */
 const ACC = 4;
+/**
+ * Query rows per workgroup in the row kernels (the four lanes of a vec4): each key or value
+ * element loaded serves all of them, and the ~40 µs per-workgroup cost of lavapipe is paid once
+ * per block instead of once per row.
+ */
+const ROWS = 4;
 /** The largest head dimension the kernels handle. */
 export const ATTENTION_MAX_HEAD_DIM = WG * ACC;
 
@@ -47,17 +55,35 @@ function perColumn(body: (m: number, col: string) => string): string {
   return code;
 }
 
-/** WGSL declaring zeroed scalar accumulators `${name}0` … `${name}{ACC−1}`. */
-function accumulators(name: string): string {
+/** WGSL declaring zeroed accumulators `${name}0` … `${name}{ACC−1}` of type `type`. */
+function accumulators(name: string, type = "f32"): string {
   let code = "";
-  for (let m = 0; m < ACC; m++) code += `var ${name}${m} = 0.0;\n`;
+  for (let m = 0; m < ACC; m++) code += `var ${name}${m} = ${type}(0.0);\n`;
   return code;
 }
 
+const LANES = ["x", "y", "z", "w"];
+
+/** WGSL repeating `body(c)` for the ROWS query rows of the block, c the row's vec4 component. */
+function perRow(body: (c: string) => string): string {
+  return LANES.map((c) => body(c)).join("\n");
+}
+
+/** WGSL: `body(c)` for each query row of the block that exists (the last block may be short). */
+function perValidRow(body: (c: string) => string): string {
+  return perRow((c) => `if (valid.${c}) { ${body(c)} }`);
+}
+
+/** WGSL vec4f of `array[base.c + offset]` over the block's rows. */
+function gather(array: string, base: string, offset: string): string {
+  return `vec4f(${LANES.map((c) => `${array}[${base}.${c} + ${offset}]`).join(", ")})`;
+}
+
 /**
- * WGSL for the kernels that give each workgroup one query row (b, h, i) of one head: the entry
- * point, the problem's sizes, the row's indices and offsets (qb: the row in [B, S, H·D] tensors;
- * rb: its T scores), then `body`.
+ * WGSL for the kernels that give each workgroup a block of ROWS consecutive query rows
+ * (b, h, i0 … i0+3) of one head: the entry point, the problem's sizes, per row (vec4
+ * components) whether it exists, its offset in [B, S, H·D] tensors (qb) and of its T scores
+ * (rb), then `body`. Rows past S alias row S − 1 for reads and are never written.
  */
 function queryRowMain(body: string): string {
   return /* wgsl */ `
@@ -70,47 +96,51 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let P = params.prefix;
   let T = params.keys;
   let HD = H * D;
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= params.batch * H * S) { return; }
-  let i = r % S;
-  let h = (r / S) % H;
-  let b = r / (S * H);
-  let qb = (b * S + i) * HD + h * D;
-  let rb = r * T;
+  let blocks = (S + ROWS - 1u) / ROWS;
+  let w = wid.x + wid.y * nwg.x;
+  if (w >= params.batch * H * blocks) { return; }
+  let i0 = (w % blocks) * ROWS;
+  let h = (w / blocks) % H;
+  let b = w / (blocks * H);
+  let rows = vec4u(i0) + vec4u(0u, 1u, 2u, 3u);
+  let valid = rows < vec4u(S);
+  let i = min(rows, vec4u(S - 1u));
+  let qb = (vec4u(b * S) + i) * HD + vec4u(h * D);
+  let rb = (vec4u((b * H + h) * S) + i) * T;
 ${body}
 }
 `;
 }
 
 /**
- * WGSL adding to `s` the dot product of the query row's vector in `query` with key j's row: a
- * row of `prefixRows` ([H, P, D]) for j < P, else sequence row j − P of `sequenceRows`
- * ([B, S, H·D]).
+ * WGSL adding to `s` (vec4f over the block's rows) the dot products of the rows' vectors in
+ * `query` with key j's row: a row of `prefixRows` ([H, P, D]) for j < P, else sequence row
+ * j − P of `sequenceRows` ([B, S, H·D]). One load of the key element serves the four rows.
  */
 function dotKeyRow(query: string, prefixRows: string, sequenceRows: string): string {
   return /* wgsl */ `
     if (j < P) {
       let kb = (h * P + j) * D;
-      for (var d = 0u; d < D; d++) { s += ${query}[qb + d] * ${prefixRows}[kb + d]; }
+      for (var d = 0u; d < D; d++) { s += ${gather(query, "qb", "d")} * ${prefixRows}[kb + d]; }
     } else {
       let kb = (b * S + j - P) * HD + h * D;
-      for (var d = 0u; d < D; d++) { s += ${query}[qb + d] * ${sequenceRows}[kb + d]; }
+      for (var d = 0u; d < D; d++) { s += ${gather(query, "qb", "d")} * ${sequenceRows}[kb + d]; }
     }`;
 }
 
 /**
- * WGSL accumulating Σ_j weight_j · row_j over the T keys into acc0 … acc{ACC−1}, the rows laid
- * out as in `dotKeyRow`. The keys go in chunks of WG: `weight` is WGSL that sets `weight` for key
- * j < T (each invocation one key), staged in the kernel's workgroup array `chunk` for the whole
- * workgroup to read.
+ * WGSL accumulating Σ_j weight_j · row_j over the T keys into acc0 … acc{ACC−1} (vec4f over the
+ * block's query rows), the key rows laid out as in `dotKeyRow`. The keys go in chunks of WG:
+ * `weight` is WGSL that sets `weight` (vec4f) for key j < T (each invocation one key), staged in
+ * the kernel's workgroup array `chunk` for the whole workgroup to read.
  */
 function sumKeyRows(weight: string, prefixRows: string, sequenceRows: string): string {
   return /* wgsl */ `
-  ${accumulators("acc")}
+  ${accumulators("acc", "vec4f")}
   let chunks = (T + WG - 1u) / WG;
   for (var c = 0u; c < chunks; c++) {
     let j = c * WG + lid;
-    var weight = 0.0;
+    var weight = vec4f(0.0);
     if (j < T) {
       ${weight}
     }
@@ -133,12 +163,15 @@ function sumKeyRows(weight: string, prefixRows: string, sequenceRows: string): s
 }
 
 /**
- * WGSL storing (`=`) or adding (`+=`) the column pass's sums for the key row at `ob`: dK = scale ·
- * acc_k into `dk`, dV = acc_v into `dv`.
+ * WGSL storing (`=`) or adding (`+=`) the column pass's sums for the block's existing key rows
+ * at `ob` (vec4u): dK = scale · acc_k into `dk`, dV = acc_v into `dv`.
  */
 function storeKeyGradients(dk: string, dv: string, assign: "=" | "+="): string {
-  return perColumn((m, c) =>
-    `${dk}[ob + ${c}] ${assign} params.scale * acc_k${m}; ${dv}[ob + ${c}] ${assign} acc_v${m};`
+  return perColumn((m, col) =>
+    perValidRow((c) =>
+      `${dk}[ob.${c} + ${col}] ${assign} params.scale * acc_k${m}.${c}; ` +
+      `${dv}[ob.${c} + ${col}] ${assign} acc_v${m}.${c};`
+    )
   );
 }
 
@@ -150,6 +183,7 @@ struct Params {
   p: f32, drop_scale: f32, scale: f32, flags: u32,
 }
 const WG = ${WG}u;
+const ROWS = ${ROWS}u;
 const FLAG_DROPOUT = 1u;
 const FLAG_PREFIX_GRAD = 2u;
 const FLAG_ACCUMULATE = 4u;
@@ -172,6 +206,29 @@ fn wg_reduce(value: f32, lid: u32, is_max: bool) -> f32 {
   return result;
 }
 
+var<workgroup> red4: array<vec4f, WG>;
+
+// wg_reduce for four values per invocation at once, each in the same order as wg_reduce.
+fn wg_reduce4(value: vec4f, lid: u32, is_max: bool) -> vec4f {
+  red4[lid] = value;
+  workgroupBarrier();
+  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+    if (lid < stride) {
+      let other = red4[lid + stride];
+      red4[lid] = select(red4[lid] + other, max(red4[lid], other), is_max);
+    }
+    workgroupBarrier();
+  }
+  let result = red4[0];
+  workgroupBarrier();
+  return result;
+}
+
+fn drop_factor4(index: vec4u) -> vec4f {
+  return vec4f(drop_factor(index.x), drop_factor(index.y), drop_factor(index.z),
+               drop_factor(index.w));
+}
+
 fn drop_factor(index: u32) -> f32 {
   if ((params.flags & FLAG_DROPOUT) == 0u) { return 1.0; }
   return select(0.0, params.drop_scale, dropout_keep(params.seed, params.stream, index, params.p));
@@ -189,44 +246,44 @@ const FORWARD_WGSL = /* wgsl */ `
 @group(0) @binding(7) var<storage, read_write> context: array<f32>;
 @group(0) @binding(8) var<uniform> params: Params;
 ${COMMON_WGSL}
-var<workgroup> chunk: array<f32, WG>;
+var<workgroup> chunk: array<vec4f, WG>;
 ${
   queryRowMain(/* wgsl */ `
   let neg_max = bitcast<f32>(0xff7fffffu);
 
-  var local_max = neg_max;
+  var local_max = vec4f(neg_max);
   for (var j = lid; j < T; j += WG) {
-    var s = 0.0;
+    var s = vec4f(0.0);
     ${dotKeyRow("q", "prefix_k", "k")}
     var bias = 0.0;
     if (j >= P) { bias = (1.0 - mask[b * S + j - P]) * neg_max; }
-    s = s * params.scale + bias;
-    probs[rb + j] = s;
+    s = s * params.scale + vec4f(bias);
+    ${perValidRow((c) => `probs[rb.${c} + j] = s.${c};`)}
     local_max = max(local_max, s);
   }
-  let row_max = wg_reduce(local_max, lid, true);
+  let row_max = wg_reduce4(local_max, lid, true);
 
-  var local_sum = 0.0;
+  var local_sum = vec4f(0.0);
   for (var j = lid; j < T; j += WG) {
-    let z = probs[rb + j] - row_max;
+    let z = ${gather("probs", "rb", "j")} - row_max;
     // Masked keys give z ≈ −FLT_MAX; exact zero without relying on exp's overflow behaviour.
-    let e = select(exp(z), 0.0, z < -88.0);
-    probs[rb + j] = e;
+    let e = select(exp(z), vec4f(0.0), z < vec4f(-88.0));
+    ${perValidRow((c) => `probs[rb.${c} + j] = e.${c};`)}
     local_sum += e;
   }
-  let total = wg_reduce(local_sum, lid, false);
+  let total = wg_reduce4(local_sum, lid, false);
 
   ${
     sumKeyRows(
       /* wgsl */ `
-      let prob = probs[rb + j] / total;
-      probs[rb + j] = prob;
-      weight = prob * drop_factor(rb + j);`,
+      let prob = ${gather("probs", "rb", "j")} / total;
+      ${perValidRow((c) => `probs[rb.${c} + j] = prob.${c};`)}
+      weight = prob * drop_factor4(rb + vec4u(j));`,
       "prefix_v",
       "v",
     )
   }
-  ${perColumn((m, col) => `context[qb + ${col}] = acc${m};`)}`)
+  ${perColumn((m, col) => perValidRow((c) => `context[qb.${c} + ${col}] = acc${m}.${c};`))}`)
 }`;
 
 const BACKWARD_ROWS_WGSL = /* wgsl */ `
@@ -240,31 +297,36 @@ const BACKWARD_ROWS_WGSL = /* wgsl */ `
 @group(0) @binding(7) var<storage, read_write> d_q: array<f32>;
 @group(0) @binding(8) var<uniform> params: Params;
 ${COMMON_WGSL}
-var<workgroup> chunk: array<f32, WG>;
+var<workgroup> chunk: array<vec4f, WG>;
 ${
   queryRowMain(/* wgsl */ `
   // dP = (dC·Vᵀ) ⊙ dropout, parked in the workspace until the row sum Σ P⊙dP is known.
-  var local_dot = 0.0;
+  var local_dot = vec4f(0.0);
   for (var j = lid; j < T; j += WG) {
-    var s = 0.0;
+    var s = vec4f(0.0);
     ${dotKeyRow("d_context", "prefix_v", "v")}
-    let dp = s * drop_factor(rb + j);
-    d_scores[rb + j] = dp;
-    local_dot += probs[rb + j] * dp;
+    let dp = s * drop_factor4(rb + vec4u(j));
+    ${perValidRow((c) => `d_scores[rb.${c} + j] = dp.${c};`)}
+    local_dot += ${gather("probs", "rb", "j")} * dp;
   }
-  let row_dot = wg_reduce(local_dot, lid, false);
+  let row_dot = wg_reduce4(local_dot, lid, false);
 
-  // dS = P ⊙ (dP − Σ P⊙dP), then dQ = scale · dS·K.
+  // dS = P ⊙ (dP − Σ P⊙dP), then dQ = scale · dS·K. Rows past S read row S − 1's workspace
+  // entries as it is being rewritten: garbage, but only in their own, never stored, lane.
   ${
     sumKeyRows(
       /* wgsl */ `
-      weight = probs[rb + j] * (d_scores[rb + j] - row_dot);
-      d_scores[rb + j] = weight;`,
+      weight = ${gather("probs", "rb", "j")} * (${gather("d_scores", "rb", "j")} - row_dot);
+      ${perValidRow((c) => `d_scores[rb.${c} + j] = weight.${c};`)}`,
       "prefix_k",
       "k",
     )
   }
-  ${perColumn((m, col) => `d_q[qb + ${col}] = params.scale * acc${m};`)}`)
+  ${
+    perColumn((m, col) =>
+      perValidRow((c) => `d_q[qb.${c} + ${col}] = params.scale * acc${m}.${c};`)
+    )
+  }`)
 }`;
 
 const BACKWARD_COLUMNS_WGSL = /* wgsl */ `
@@ -278,9 +340,12 @@ const BACKWARD_COLUMNS_WGSL = /* wgsl */ `
 @group(0) @binding(7) var<storage, read_write> d_prefix_v: array<f32>;
 @group(0) @binding(8) var<uniform> params: Params;
 ${COMMON_WGSL}
-var<workgroup> chunk_ds: array<f32, WG>;
-var<workgroup> chunk_p: array<f32, WG>;
+var<workgroup> chunk_ds: array<vec4f, WG>;
+var<workgroup> chunk_p: array<vec4f, WG>;
 
+// One workgroup per block of four consecutive key rows of one head (the lanes of vec4 values,
+// so every q and dC element loaded serves four key rows): sequence blocks (b, h, j…j+3) first,
+// then prefix blocks (h, p…p+3). Rows past the end alias the block's last row and are not stored.
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -292,41 +357,53 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let T = params.keys;
   let HD = H * D;
   let w = wid.x + wid.y * nwg.x;
-  let sequence_columns = B * H * S;
+  let seq_blocks = (S + ROWS - 1u) / ROWS;
+  let prefix_blocks = (P + ROWS - 1u) / ROWS;
+  let sequence_columns = B * H * seq_blocks;
   let is_prefix = w >= sequence_columns;
-  if (is_prefix && ((params.flags & FLAG_PREFIX_GRAD) == 0u || w >= sequence_columns + H * P)) {
+  if (is_prefix && ((params.flags & FLAG_PREFIX_GRAD) == 0u ||
+                    w >= sequence_columns + H * prefix_blocks)) {
     return;
   }
   // A sequence key row (b, h, j) sums over its batch's queries; a prefix row (h, p) over all.
   var h: u32;
-  var col: u32;
+  var first: u32;
+  var count: u32;
+  var offset: u32;
   var b_first: u32;
   var b_end: u32;
   if (is_prefix) {
-    h = (w - sequence_columns) / P;
-    col = (w - sequence_columns) % P;
+    h = (w - sequence_columns) / prefix_blocks;
+    first = ((w - sequence_columns) % prefix_blocks) * ROWS;
+    count = P;
+    offset = 0u;
     b_first = 0u;
     b_end = B;
   } else {
-    let j = w % S;
-    h = (w / S) % H;
-    b_first = w / (S * H);
+    first = (w % seq_blocks) * ROWS;
+    h = (w / seq_blocks) % H;
+    b_first = w / (seq_blocks * H);
     b_end = b_first + 1u;
-    col = P + j;
+    count = S;
+    offset = P;
   }
+  let rows = vec4u(first) + vec4u(0u, 1u, 2u, 3u);
+  let valid = rows < vec4u(count);
+  // Score columns of the block's key rows.
+  let col = vec4u(offset) + min(rows, vec4u(count - 1u));
 
-  ${accumulators("acc_k")}
-  ${accumulators("acc_v")}
+  ${accumulators("acc_k", "vec4f")}
+  ${accumulators("acc_v", "vec4f")}
   let chunks = (S + WG - 1u) / WG;
   for (var b = b_first; b < b_end; b++) {
     for (var c = 0u; c < chunks; c++) {
       let i = c * WG + lid;
-      var ds = 0.0;
-      var weight = 0.0;
+      var ds = vec4f(0.0);
+      var weight = vec4f(0.0);
       if (i < S) {
-        let index = ((b * H + h) * S + i) * T + col;
-        ds = d_scores[index];
-        weight = probs[index] * drop_factor(index);
+        let index = vec4u(((b * H + h) * S + i) * T) + col;
+        ds = ${gather("d_scores", "index", "0u")};
+        weight = ${gather("probs", "index", "0u")} * drop_factor4(index);
       }
       chunk_ds[lid] = ds;
       chunk_p[lid] = weight;
@@ -344,14 +421,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
   }
   if (is_prefix) {
-    let ob = (h * P + col) * D;
+    let ob = (vec4u(h * P) + col) * D;
     if ((params.flags & FLAG_ACCUMULATE) != 0u) {
       ${storeKeyGradients("d_prefix_k", "d_prefix_v", "+=")}
     } else {
       ${storeKeyGradients("d_prefix_k", "d_prefix_v", "=")}
     }
   } else {
-    let ob = (b_first * S + col - P) * HD + h * D;
+    let ob = (vec4u(b_first * S) + col - vec4u(P)) * HD + vec4u(h * D);
     ${storeKeyGradients("d_k", "d_v", "=")}
   }
 }
@@ -420,6 +497,11 @@ function rowsGrid(rec: Recorder, rows: number): [number, number] {
   return grid1d(rows, 1, rec.gpu.limits.maxComputeWorkgroupsPerDimension);
 }
 
+/** The grid of the row kernels: one workgroup per block of ROWS query rows of one head. */
+function blocksGrid(rec: Recorder, dims: Dims): [number, number] {
+  return rowsGrid(rec, dims.B * dims.H * Math.ceil(dims.S / ROWS));
+}
+
 /**
  * Records context = softmax(q·kᵀ/√D + (1 − mask)·(−FLT_MAX)) ⊙ dropout · v per head, keys being
  * the prefix rows (if any) then the sequence. Writes the pre-dropout probabilities to `probs`
@@ -471,7 +553,7 @@ export function attentionForward(
     op,
     getPipeline(rec.gpu, "attention forward", FORWARD_WGSL),
     bound.map(([, t]) => t),
-    rowsGrid(rec, B * H * S),
+    blocksGrid(rec, dims),
     params(dims, dropout, 0),
   );
 }
@@ -592,7 +674,7 @@ export function attentionBackward(
     `${op} (dQ)`,
     getPipeline(gpu, "attention backward rows", BACKWARD_ROWS_WGSL),
     rowBindings.map(([, t]) => t),
-    rowsGrid(rec, B * H * S),
+    blocksGrid(rec, dims),
     params(dims, dropout, 0),
   );
   const flags = (prefixGrad ? 2 : 0) | (args.accumulatePrefix ? 4 : 0);
@@ -600,7 +682,7 @@ export function attentionBackward(
     `${op} (dK, dV${prefixGrad ? ", dPrefix" : ""})`,
     getPipeline(gpu, "attention backward columns", BACKWARD_COLUMNS_WGSL),
     columnBindings.map(([, t]) => t),
-    rowsGrid(rec, B * H * S + (prefixGrad ? H * P : 0)),
+    rowsGrid(rec, B * H * Math.ceil(S / ROWS) + (prefixGrad ? H * Math.ceil(P / ROWS) : 0)),
     params(dims, dropout, flags),
   );
 }

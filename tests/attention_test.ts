@@ -292,8 +292,8 @@ for (const { dims, drop, seed } of CASES) {
 gpuTest(
   "attention: rows spread over a 2-D grid (more rows than one dimension holds)",
   async (gpu) => {
-    // 42 query rows with at most 5 workgroups per dimension: a 5×9 grid with 3 spare workgroups;
-    // the backward's columns, 42 + 6 prefix rows, a 5×10 grid.
+    // 42 query rows in 12 blocks of four with at most 5 workgroups per dimension: a 5×3 grid
+    // with 3 spare workgroups; the backward's columns, 12 + 2·1 prefix blocks, also 5×3.
     const dims = { B: 3, S: 7, H: 2, D: 5, P: 3 };
     const drop = { p: 0.2, seed: 31, stream: 3 };
     const x = makeInputs(dims, 60);
