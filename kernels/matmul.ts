@@ -70,6 +70,8 @@ export interface MatmulArgs {
  *   `array<vec4<f32>>` and read four k (or four rows/columns) per load; an invocation owns 4 or 8
  *   consecutive rows × 4 consecutive columns; workgroups of 8×8 (16×16 for `_wg256`). Needs 16-byte aligned operands, k a multiple of 4 and the stored
  *   rows a multiple of 4 long; otherwise the launcher runs `direct4x4` instead.
+ * - `vec4_4x8` / `vec4_8x8` / `vec4_8x16` / `vec4_16x8`: the same with an rm×rn register tile
+ *   (rows × columns per invocation), 8×8 workgroups, same alignment needs.
  */
 export type MatmulVariant =
   | "tile16"
@@ -77,7 +79,11 @@ export type MatmulVariant =
   | "direct4x4"
   | "vec4_4x4"
   | "vec4_8x4"
-  | "vec4_4x4_wg256";
+  | "vec4_4x4_wg256"
+  | "vec4_4x8"
+  | "vec4_8x8"
+  | "vec4_8x16"
+  | "vec4_16x8";
 
 /** Every variant, in the order the autotune tries them. */
 export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
@@ -87,24 +93,37 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
   "vec4_4x4",
   "vec4_8x4",
   "vec4_4x4_wg256",
+  "vec4_4x8",
+  "vec4_8x8",
+  "vec4_8x16",
+  "vec4_16x8",
 ];
 
 type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
-  | { kind: "vec4"; rm: number; wx: number; wy: number };
+  | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number };
 
 const VARIANTS: Record<MatmulVariant, VariantSpec> = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
   tile64: { kind: "shared", rm: 4, rn: 4 },
   direct4x4: { kind: "direct", rm: 4, rn: 4, wx: 8, wy: 8 },
-  vec4_4x4: { kind: "vec4", rm: 4, wx: 8, wy: 8 },
-  vec4_8x4: { kind: "vec4", rm: 8, wx: 8, wy: 8 },
-  vec4_4x4_wg256: { kind: "vec4", rm: 4, wx: 16, wy: 16 },
+  vec4_4x4: { kind: "vec4", rm: 4, rn: 4, ku: 4, wx: 8, wy: 8 },
+  vec4_8x4: { kind: "vec4", rm: 8, rn: 4, ku: 4, wx: 8, wy: 8 },
+  vec4_4x4_wg256: { kind: "vec4", rm: 4, rn: 4, ku: 4, wx: 16, wy: 16 },
+  vec4_4x8: { kind: "vec4", rm: 4, rn: 8, ku: 4, wx: 8, wy: 8 },
+  vec4_8x8: { kind: "vec4", rm: 8, rn: 8, ku: 4, wx: 8, wy: 8 },
+  vec4_8x16: { kind: "vec4", rm: 8, rn: 16, ku: 4, wx: 8, wy: 8 },
+  vec4_16x8: { kind: "vec4", rm: 16, rn: 8, ku: 4, wx: 8, wy: 8 },
 };
 
-/** Picks the variant when neither the caller nor the autotune did. */
-function chooseVariant(m: number, n: number): MatmulVariant {
+/**
+ * Picks the variant when neither the caller nor the autotune did. On lavapipe the big
+ * straight-line tiles win by 1.5-3× at the BERT-mini linear shapes and 1024³ (16×8 for the
+ * transposed-A weight gradient, 8×16 otherwise); small outputs keep the small tiles.
+ */
+function chooseVariant(m: number, n: number, transA: boolean): MatmulVariant {
+  if (m >= 64 && n >= 64) return transA ? "vec4_16x8" : "vec4_8x16";
   return m >= 16 && n >= 16 ? "vec4_4x4" : "direct4x4";
 }
 
@@ -293,22 +312,90 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 
 /**
  * Barrier-free vec4 kernel: invocation (x, y) owns rows `row0 .. row0+rm-1` and columns
- * `col0 .. col0+3`, steps k by 4 and reads each operand along its contiguous axis, four floats a
- * load (A: along k, or along m when transposed; B: along n, or along k when transposed). A 4×4
- * block read along the "wrong" axis is turned round with `transpose`, in registers. Each output
- * still adds its products in increasing k, one at a time.
+ * `col0 .. col0+rn-1` (rn a multiple of 4: rn/4 vec4 accumulators per row), steps k by `ku` (a
+ * multiple of 4; a tail of 4 when k is not a multiple of ku) and reads each operand along its
+ * contiguous axis, four floats a load (A: along k, or along m when transposed; B: along n, or
+ * along k when transposed). A 4×4 block read along the "wrong" axis is turned round with
+ * `transpose`, in registers. Each output still adds its products in increasing k, one at a time.
  */
-function vec4Wgsl(rm: number, wx: number, wy: number, transA: boolean, transB: boolean): string {
-  const groups = rm / 4;
-  // ak[g][kk] = rows 4g..4g+3 of op(A) at column k+kk; bk[kk] = columns col0..+3 of op(B) row k+kk.
-  const loadA = transA
-    ? `for (var kk = 0u; kk < 4u; kk++) { ak[g][kk] = A4[(baseA + (k + kk) * p.csA + ra[g]) >> 2u]; }`
-    : `ak[g] = transpose(mat4x4<f32>(A4[(ia[g][0] + k) >> 2u], A4[(ia[g][1] + k) >> 2u],
-        A4[(ia[g][2] + k) >> 2u], A4[(ia[g][3] + k) >> 2u]));`;
-  const loadB = transB
-    ? `bk = transpose(mat4x4<f32>(B4[(ib[0] + k) >> 2u], B4[(ib[1] + k) >> 2u],
-        B4[(ib[2] + k) >> 2u], B4[(ib[3] + k) >> 2u]));`
-    : `for (var kk = 0u; kk < 4u; kk++) { bk[kk] = B4[(baseB + (k + kk) * p.rsB + cb) >> 2u]; }`;
+function vec4Wgsl(
+  rm: number,
+  rn: number,
+  ku: number,
+  wx: number,
+  wy: number,
+  transA: boolean,
+  transB: boolean,
+): string {
+  // Straight-line WGSL: lavapipe spills arrays indexed in loops it does not unroll to memory and
+  // addresses them lane by lane, so every tile element is its own named variable here.
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const groups = range(rm / 4);
+  const cgs = range(rn / 4);
+  const q4 = range(4);
+  // One 4-k block at k + dk, each output adding its four products in increasing k.
+  const block = (dk: number) => {
+    const lines: string[] = [];
+    for (const g of groups) {
+      for (const t of q4) {
+        lines.push(
+          transA
+            ? `let a${g}_${t} = A4[(baseA + (k + ${dk + t}u) * p.csA + ra${g}) >> 2u];`
+            : `let a${g}_${t} = A4[(ia${g}_${t} + k + ${dk}u) >> 2u];`,
+        );
+      }
+    }
+    for (const h of cgs) {
+      for (const t of q4) {
+        lines.push(
+          transB
+            ? `let b${h}_${t} = B4[(ib${h}_${t} + k + ${dk}u) >> 2u];`
+            : `let b${h}_${t} = B4[(baseB + (k + ${dk + t}u) * p.rsB + cb${h}) >> 2u];`,
+        );
+      }
+    }
+    for (const kk of q4) {
+      for (const h of cgs) {
+        // Row kk of op(B)'s block: four columns at k + dk + kk.
+        const bv = transB
+          ? `vec4<f32>(b${h}_0[${kk}], b${h}_1[${kk}], b${h}_2[${kk}], b${h}_3[${kk}])`
+          : `b${h}_${kk}`;
+        lines.push(`let bb${h}_${kk} = ${bv};`);
+      }
+      for (const g of groups) {
+        for (const i of q4) {
+          // op(A)[row 4g+i, k + dk + kk].
+          const av = transA ? `a${g}_${kk}[${i}]` : `a${g}_${i}[${kk}]`;
+          for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += ${av} * bb${h}_${kk};`);
+        }
+      }
+    }
+    return `{\n      ${lines.join("\n      ")}\n    }`;
+  };
+  const body = range(ku / 4).map((q) => block(4 * q)).join("\n    ");
+  const tail = ku > 4 ? `for (; k < p.k; k += 4u) ${block(0)}` : "";
+  const setup: string[] = [];
+  for (const g of groups) {
+    setup.push(`let ra${g} = min(row0 + ${4 * g}u, p.m - min(p.m, 4u));`);
+    for (const i of q4) {
+      setup.push(`let ia${g}_${i} = baseA + min(row0 + ${4 * g + i}u, p.m - 1u) * p.rsA;`);
+    }
+  }
+  for (const h of cgs) {
+    setup.push(`let cb${h} = min(col0 + ${4 * h}u, p.n - min(p.n, 4u));`);
+    for (const j of q4) {
+      setup.push(`let ib${h}_${j} = baseB + min(col0 + ${4 * h + j}u, p.n - 1u) * p.csB;`);
+    }
+  }
+  for (const r of range(rm)) {
+    for (const h of cgs) setup.push(`var acc${r}_${h} = vec4<f32>(0.0);`);
+  }
+  const stores: string[] = [];
+  for (const r of range(rm)) {
+    for (const c of range(rn)) {
+      stores.push(`store(baseC, row0 + ${r}u, col0 + ${c}u, acc${r}_${c >> 2}[${c & 3}]);`);
+    }
+  }
   return /* wgsl */ `${PARAMS_WGSL}
 @group(0) @binding(0) var<storage, read> A4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> B4: array<vec4<f32>>;
@@ -321,33 +408,15 @@ ${STORE_WGSL}
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   ${BASES_WGSL}
   let row0 = (wid.y * ${wy}u + lid.y) * ${rm}u;
-  let col0 = (wid.x * ${wx}u + lid.x) * 4u;
+  let col0 = (wid.x * ${wx}u + lid.x) * ${rn}u;
   // Clamped starts of the loads (the launcher guarantees m, n multiples of 4 where read along).
-  var ra: array<u32, ${groups}>;
-  var ia: array<array<u32, 4>, ${groups}>;
-  for (var g = 0u; g < ${groups}u; g++) {
-    ra[g] = min(row0 + 4u * g, p.m - min(p.m, 4u));
-    for (var i = 0u; i < 4u; i++) { ia[g][i] = baseA + min(row0 + 4u * g + i, p.m - 1u) * p.rsA; }
+  ${setup.join("\n  ")}
+  var k = 0u;
+  for (; k + ${ku}u <= p.k; k += ${ku}u) {
+    ${body}
   }
-  let cb = min(col0, p.n - min(p.n, 4u));
-  var ib: array<u32, 4>;
-  for (var j = 0u; j < 4u; j++) { ib[j] = baseB + min(col0 + j, p.n - 1u) * p.csB; }
-  var acc: array<vec4<f32>, ${rm}>;
-  for (var r = 0u; r < ${rm}u; r++) { acc[r] = vec4<f32>(0.0); }
-  for (var k = 0u; k < p.k; k += 4u) {
-    var ak: array<mat4x4<f32>, ${groups}>;
-    var bk: mat4x4<f32>;
-    for (var g = 0u; g < ${groups}u; g++) { ${loadA} }
-    ${loadB}
-    for (var kk = 0u; kk < 4u; kk++) {
-      for (var g = 0u; g < ${groups}u; g++) {
-        for (var i = 0u; i < 4u; i++) { acc[4u * g + i] += ak[g][kk][i] * bk[kk]; }
-      }
-    }
-  }
-  for (var r = 0u; r < ${rm}u; r++) {
-    for (var j = 0u; j < 4u; j++) { store(baseC, row0 + r, col0 + j, acc[r][j]); }
-  }
+  ${tail}
+  ${stores.join("\n  ")}
 }
 `;
 }
@@ -501,7 +570,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const [rsA, csA] = transA ? [1, lda] : [lda, 1];
   const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
   let variant = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
-    chooseVariant(m, n);
+    chooseVariant(m, n, transA);
   if (VARIANTS[variant].kind === "vec4") {
     const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
       vec4Aligned(b, offB, ldb, strides("strideB"), transB ? k : n) && k % 4 === 0;
@@ -521,9 +590,9 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy);
     pipeline = getPipeline(gpu, `matmul_${variant}`, code);
   } else {
-    gx = Math.ceil(n / (spec.wx * 4));
+    gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = vec4Wgsl(spec.rm, spec.wx, spec.wy, transA, transB);
+    const code = vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB);
     pipeline = getPipeline(gpu, `matmul_${variant}_${+transA}${+transB}`, code);
   }
   if (gx > maxDim || gy > maxDim) {

@@ -58,7 +58,7 @@ const DEFAULT_SHAPES: TuneShape[] = [
   { m: 512, n: 256, k: 1024 }, // dX = dY·W
   { m: 1024, n: 256, k: 512, transA: true }, // dW = dYᵀ·X
 ];
-const DEFAULT_CANDIDATES: MatmulVariant[] = ["direct4x4", "vec4_4x4", "vec4_8x4", "vec4_4x4_wg256"];
+const DEFAULT_CANDIDATES: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
 
 function readCache(file: string): Record<string, TuneTable> {
   try {
