@@ -25,6 +25,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { formatBytes, progressAmount, writeStderr } from "./progress_text.ts";
 
 /** Environment variables as a plain record; `undefined` and `""` both mean unset. */
 export type HubEnv = Record<string, string | undefined>;
@@ -995,16 +996,6 @@ async function transfer(
 // ---------------------------------------------------------------------------------------------
 // Progress on stderr
 
-function writeStderr(text: string): void {
-  const data = new TextEncoder().encode(text);
-  let written = 0;
-  while (written < data.length) written += Deno.stderr.writeSync(data.subarray(written));
-}
-
-function formatBytes(n: number): string {
-  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
-}
-
 /**
  * The default progress reporter: one line rewritten in place when stderr is a terminal,
  * otherwise a plain line when a download starts, every 10 s, and when it ends.
@@ -1019,11 +1010,7 @@ export function stderrProgress(): (p: DownloadProgress) => void {
     if (!p.done && !newFile && now - last < (tty ? 100 : 10_000)) return;
     last = now;
     lastFile = p.file;
-    const amount = p.total === undefined
-      ? formatBytes(p.bytes)
-      : `${formatBytes(p.bytes)} / ${formatBytes(p.total)} (${
-        Math.floor(100 * p.bytes / Math.max(1, p.total))
-      }%)`;
+    const amount = progressAmount(p.bytes, p.total);
     const line = `ehft: ${p.done ? "downloaded" : "downloading"} ${p.repo} ${p.file}  ${amount}  ` +
       `${formatBytes(p.bytesPerSecond)}/s`;
     if (tty) writeStderr(`\r\x1b[K${line}${p.done ? "\n" : ""}`);

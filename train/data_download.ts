@@ -22,6 +22,7 @@
 
 import { unzipSync } from "npm:fflate@0.8.3";
 import { writeFileAtomic } from "../model/atomic_write.ts";
+import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
 /** What to download and what it must contain. */
 export interface DatasetSpec {
@@ -134,10 +135,6 @@ function isTrue(value: string | undefined): boolean {
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
-}
-
-function formatBytes(n: number): string {
-  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
 }
 
 function delay(ms: number): Promise<void> {
@@ -611,12 +608,6 @@ async function attempt(
 // ---------------------------------------------------------------------------------------------
 // Progress on stderr
 
-function writeStderr(text: string): void {
-  const data = new TextEncoder().encode(text);
-  let written = 0;
-  while (written < data.length) written += Deno.stderr.writeSync(data.subarray(written));
-}
-
 /**
  * The default progress reporter: one line rewritten in place when stderr is a terminal,
  * otherwise a plain line when the download starts and every 10 s (the note after unpacking
@@ -630,11 +621,7 @@ export function stderrProgress(): (p: DatasetProgress) => void {
     if (!p.done && now - last < (tty ? 100 : 10_000)) return;
     if (p.done && !tty) return;
     last = now;
-    const amount = p.total === undefined
-      ? formatBytes(p.bytes)
-      : `${formatBytes(p.bytes)} / ${formatBytes(p.total)} (${
-        Math.floor(100 * p.bytes / Math.max(1, p.total))
-      }%)`;
+    const amount = progressAmount(p.bytes, p.total);
     const line = `ehft: downloading ${p.name}  ${amount}`;
     if (tty) writeStderr(`\r\x1b[K${line}${p.done ? "\r\x1b[K" : ""}`);
     else writeStderr(`${line}\n`);

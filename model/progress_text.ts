@@ -1,0 +1,22 @@
+// Progress text on stderr shared by the downloaders (model weights, task data).
+
+/** Writes all of `text` to stderr synchronously (a progress line must not interleave). */
+export function writeStderr(text: string): void {
+  const data = new TextEncoder().encode(text);
+  let written = 0;
+  while (written < data.length) written += Deno.stderr.writeSync(data.subarray(written));
+}
+
+/** Bytes as MB (or GB above 1e9). */
+export function formatBytes(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
+}
+
+/** "12.3 MB / 40.0 MB (30%)", or just the bytes when the total is unknown. */
+export function progressAmount(bytes: number, total: number | undefined): string {
+  return total === undefined
+    ? formatBytes(bytes)
+    : `${formatBytes(bytes)} / ${formatBytes(total)} (${
+      Math.floor(100 * bytes / Math.max(1, total))
+    }%)`;
+}
