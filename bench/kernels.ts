@@ -8,6 +8,8 @@
 //                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
 //                    --batch 8 --seq 32 --modes ft,bitfit,lora,prefix]   (train_step's model;
 //                    BERT-mini at batch 8 × 32 by default: 32 × 128 takes minutes per step here)
+//                   [--profile]   (after each train_step mode, one extra step timed per kernel
+//                                  with timestamp queries: GPU time by op label, on stderr)
 //
 // References (unless --no-reference): numpy's float32 GEMM through OpenBLAS at the matmul shapes
 // and PyTorch's CPU training step at the train_step shape, measured in the same run by
@@ -46,7 +48,8 @@ const MODULES: Record<string, Module> = {
   attention: benchAttention,
   embedding: benchEmbedding,
   adamw: benchAdamw,
-  train_step: (gpu, reps, o) => benchTrainStep(gpu, reps, { shape: o.shape, modes: o.modes }),
+  train_step: (gpu, reps, o) =>
+    benchTrainStep(gpu, reps, { shape: o.shape, modes: o.modes, profile: o.profile }),
 };
 
 const SHAPE_FLAGS = {
@@ -63,7 +66,7 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
   Object.keys(MODULES).join(",")
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
-}]`;
+}] [--profile]`;
 
 interface Options {
   json: boolean;
@@ -72,6 +75,7 @@ interface Options {
   reference: boolean;
   shape: TrainStepShape;
   modes: TrainStepMode[];
+  profile: boolean;
 }
 
 function positiveInt(flag: string, value: string): number {
@@ -92,6 +96,7 @@ function parseOptions(args: string[]): Options {
         only: { type: "string" },
         "no-reference": { type: "boolean", default: false },
         modes: { type: "string" },
+        profile: { type: "boolean", default: false },
         ...Object.fromEntries(
           Object.keys(SHAPE_FLAGS).map((k) => [k, { type: "string" as const }]),
         ),
@@ -137,6 +142,7 @@ function parseOptions(args: string[]): Options {
     reference: !values["no-reference"],
     shape,
     modes: [...new Set(modes)] as TrainStepMode[],
+    profile: values.profile as boolean,
   };
 }
 

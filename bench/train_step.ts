@@ -14,7 +14,7 @@
 // (Gpu.peakBytes: every tensor, see kernels/device.ts) from building the Trainer to its last step.
 
 import type { Gpu } from "../kernels/device.ts";
-import { submittedCounts } from "../kernels/recorder.ts";
+import { profileDispatches, submittedCounts } from "../kernels/recorder.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { createPeft, PEFT_DEFAULTS, type PeftName } from "../peft/method.ts";
@@ -62,6 +62,8 @@ export interface TrainStepOptions {
   modes?: readonly TrainStepMode[];
   /** Timed steps of a mode stop after about this many seconds (default 10). */
   budgetS?: number;
+  /** After the timed steps, one more step with per-dispatch timestamps, printed to stderr. */
+  profile?: boolean;
 }
 
 /** The config.json of the shape, through the same parser a downloaded model goes through. */
@@ -130,12 +132,34 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
+/**
+ * GPU time by op label, largest first, as text: one line per label with milliseconds, share of
+ * the total, dispatches and milliseconds per dispatch.
+ */
+export function profileTable(byLabel: Map<string, [number, number]>, title: string): string {
+  const rows = [...byLabel].sort((a, b) => b[1][0] - a[1][0]);
+  const total = rows.reduce((s, [, [ns]]) => s + ns, 0);
+  const lines = [
+    `${title}: ${(total / 1e6).toFixed(1)} ms of GPU time in ${
+      rows.reduce((s, [, [, n]]) => s + n, 0)
+    } dispatches`,
+  ];
+  for (const [label, [ns, n]] of rows) {
+    lines.push(
+      `  ${(ns / 1e6).toFixed(2).padStart(9)} ms ${(100 * ns / total).toFixed(1).padStart(5)}%` +
+        ` ${String(n).padStart(4)}× ${(ns / n / 1e6).toFixed(3).padStart(8)} ms  ${label}`,
+    );
+  }
+  return lines.join("\n");
+}
+
 async function benchMode(
   gpu: Gpu,
   mode: TrainStepMode,
   shape: TrainStepShape,
   reps: number,
   budgetS: number,
+  profile: boolean,
 ): Promise<BenchRow> {
   const config = stepConfig(shape);
   const base = gpu.liveBytes;
@@ -189,6 +213,17 @@ async function benchMode(
     if (!stats.every((s) => Number.isFinite(s.loss))) {
       throw new Error(`train_step ${mode}: non-finite loss ${stats.map((s) => s.loss)}`);
     }
+    if (profile && gpu.hasTimestampQuery) {
+      const p = profileDispatches(gpu)!;
+      try {
+        await oneStep();
+      } finally {
+        profileDispatches(gpu, false);
+      }
+      console.error(profileTable(p.byLabel, `bench: train_step ${mode} profile`));
+    } else if (profile) {
+      console.error(`bench: --profile: ${gpu.description} has no timestamp-query`);
+    }
     const ms = median(times) * 1000;
     const dispatches = counts.dispatches - before.dispatches;
     const peak = gpu.peakBytes - base;
@@ -231,7 +266,9 @@ export async function benchTrainStep(
   const rows: BenchRow[] = [];
   for (const mode of options.modes ?? TRAIN_STEP_MODES) {
     const start = performance.now();
-    rows.push(await benchMode(gpu, mode, shape, reps, options.budgetS ?? 10));
+    rows.push(
+      await benchMode(gpu, mode, shape, reps, options.budgetS ?? 10, options.profile ?? false),
+    );
     console.error(
       `bench: train_step ${mode}: ${((performance.now() - start) / 1000).toFixed(1)} s`,
     );

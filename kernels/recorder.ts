@@ -32,6 +32,13 @@ interface CopyCommand {
 
 type Command = DispatchCommand | CopyCommand;
 
+interface ProfileBuffers {
+  set: GPUQuerySet;
+  resolve: GPUBuffer;
+  read: GPUBuffer;
+  count: number;
+}
+
 /** What the Recorders of one device have submitted so far (see `submittedCounts`). */
 export interface SubmittedCounts {
   /** Successful submits (command buffers). */
@@ -43,6 +50,38 @@ export interface SubmittedCounts {
 }
 
 const submitted = new WeakMap<Gpu, SubmittedCounts>();
+
+/**
+ * GPU time per kernel label, gathered with timestamp queries while a profile is attached to a
+ * device (`profileDispatches`). Each dispatch then gets its own compute pass and every submit
+ * waits for its timings, so a profiled run is slower than a plain one: use it to see where the
+ * time goes, never for the benchmark rows themselves.
+ */
+export interface DispatchProfile {
+  /** Label → [total nanoseconds, dispatches]. */
+  readonly byLabel: Map<string, [number, number]>;
+}
+
+const profiles = new WeakMap<Gpu, DispatchProfile>();
+
+/**
+ * Attaches a fresh profile to `gpu` (every later Recorder submit on it fills it) and returns it;
+ * `null` detaches. Throws when the adapter lacks `timestamp-query`.
+ */
+export function profileDispatches(gpu: Gpu, on = true): DispatchProfile | null {
+  if (!on) {
+    profiles.delete(gpu);
+    return null;
+  }
+  if (!gpu.hasTimestampQuery) {
+    throw new GpuError(
+      `profiling needs the timestamp-query feature, which ${gpu.description} lacks`,
+    );
+  }
+  const profile: DispatchProfile = { byLabel: new Map() };
+  profiles.set(gpu, profile);
+  return profile;
+}
 
 /**
  * Running totals over every Recorder submit on `gpu` (a snapshot): the difference of two
@@ -136,7 +175,9 @@ export class Recorder {
       const device = gpu.device;
       device.pushErrorScope("out-of-memory");
       device.pushErrorScope("validation");
-      device.queue.submit([this.encode(commands, groups)]);
+      const profile = profiles.get(gpu);
+      const timing = profile ? this.timestamps(commands) : null;
+      device.queue.submit([this.encode(commands, groups, timing)]);
       const invalid = await device.popErrorScope();
       const memory = await device.popErrorScope();
       gpu.assertAlive();
@@ -155,6 +196,7 @@ export class Recorder {
       counts.copies += copies;
       counts.dispatches += commands.length - copies;
       submitted.set(gpu, counts);
+      if (profile && timing) await this.readTimestamps(commands, timing, profile);
     } finally {
       // Destroying after submit is allowed: WebGPU frees it once the work is done.
       uniforms?.buffer.destroy();
@@ -221,10 +263,73 @@ export class Recorder {
     });
   }
 
-  private encode(commands: Command[], groups: (GPUBindGroup | null)[]): GPUCommandBuffer {
+  /** A query set of two timestamps per dispatch and the buffers to read it back. */
+  private timestamps(commands: Command[]): ProfileBuffers {
+    const device = this.gpu.device;
+    // A query set holds at most 4096 timestamps; later dispatches of a huge submit go untimed.
+    const count = Math.min(4096, 2 * commands.filter((c) => c.kind === "dispatch").length);
+    return {
+      set: device.createQuerySet({ type: "timestamp", count: Math.max(2, count) }),
+      resolve: device.createBuffer({
+        size: Math.max(16, 8 * count),
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      }),
+      read: device.createBuffer({
+        size: Math.max(16, 8 * count),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }),
+      count,
+    };
+  }
+
+  private async readTimestamps(
+    commands: Command[],
+    timing: ProfileBuffers,
+    profile: DispatchProfile,
+  ): Promise<void> {
+    await timing.read.mapAsync(GPUMapMode.READ);
+    const ticks = new BigUint64Array(timing.read.getMappedRange().slice(0));
+    timing.read.unmap();
+    let q = 0;
+    for (const c of commands) {
+      if (c.kind !== "dispatch" || q >= timing.count) continue;
+      const ns = Number(ticks[q + 1] - ticks[q]);
+      q += 2;
+      const entry = profile.byLabel.get(c.label) ?? [0, 0];
+      entry[0] += ns;
+      entry[1]++;
+      profile.byLabel.set(c.label, entry);
+    }
+    timing.set.destroy();
+    timing.resolve.destroy();
+    timing.read.destroy();
+  }
+
+  private encode(
+    commands: Command[],
+    groups: (GPUBindGroup | null)[],
+    timing: ProfileBuffers | null = null,
+  ): GPUCommandBuffer {
     const encoder = this.gpu.device.createCommandEncoder({ label: "recorder" });
     let pass: GPUComputePassEncoder | null = null;
+    let query = 0;
     commands.forEach((c, i) => {
+      if (timing && c.kind === "dispatch" && query < timing.count) {
+        const p = encoder.beginComputePass({
+          label: c.label,
+          timestampWrites: {
+            querySet: timing.set,
+            beginningOfPassWriteIndex: query,
+            endOfPassWriteIndex: query + 1,
+          },
+        });
+        query += 2;
+        p.setPipeline(c.pipeline);
+        p.setBindGroup(0, groups[i]!);
+        p.dispatchWorkgroups(...c.workgroups);
+        p.end();
+        return;
+      }
       if (c.kind === "copy") {
         pass?.end();
         pass = null;
@@ -243,6 +348,10 @@ export class Recorder {
       pass.dispatchWorkgroups(...c.workgroups);
     });
     (pass as GPUComputePassEncoder | null)?.end();
+    if (timing && timing.count > 0) {
+      encoder.resolveQuerySet(timing.set, 0, timing.count, timing.resolve, 0);
+      encoder.copyBufferToBuffer(timing.resolve, 0, timing.read, 0, 8 * timing.count);
+    }
     return encoder.finish();
   }
 
