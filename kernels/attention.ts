@@ -11,428 +11,147 @@
 // The backward follows autograd through that addition (as HF's does): such a row still passes
 // score gradients to its q and k.
 //
-// Forward, one dispatch: one workgroup per block of four query rows (b, h, i…i+3), the rows
-// being the lanes of vec4 values so that every key/value element loaded serves four rows,
-// computes the T scores, the
-// softmax (saved pre-dropout in `probs`), regenerates the dropout mask and accumulates
-// context = P̃·V. Backward, two dispatches: a row pass (blocks of rows as above) computes dP = dC·Vᵀ ⊙ mask,
-// dS = P ⊙ (dP − Σ P⊙dP) into a workspace and dQ = scale·dS·K; a column pass (one workgroup per
-// block of four key rows, sequence or prefix) computes dK = scale·dSᵀ·Q and dV = P̃ᵀ·dC, prefix columns summing
-// over the batch too. Every output element is written by one invocation, every sum runs in a
-// fixed order: no atomics, bitwise-deterministic.
+// The products go through the register-tiled GEMM (kernels/matmul.ts), one batched launch per
+// product over (batch, head) with the strides of the [B, S, H·D] layout, and the row-wise steps
+// (mask, softmax, dropout; the softmax backward) are one light kernel each, one invocation per
+// score row. On a CPU adapter this is several times faster than the earlier one-kernel form
+// (each workgroup one block of query rows, a workgroup reduction per row), which left the
+// arithmetic of the products to scalar loops. The price is one [B, H, S, T] workspace besides
+// `probs` (the dropped probabilities in the forward; P̃, then dP, then dS in the backward).
+//
+// Forward: scores = scale·q·kᵀ into `probs` (prefix columns first), softmax in place (saved
+// pre-dropout for the backward) with P̃ = P ⊙ dropout into the workspace, context = P̃·v.
+// Backward: P̃ again, dV = P̃ᵀ·dC, dP̃ = dC·vᵀ, dS = P ⊙ (dP − Σ P⊙dP) with dP = dP̃ ⊙ dropout,
+// dQ = scale·dS·k, dK = scale·dSᵀ·q. Prefix gradients sum over the batch: one accumulating GEMM
+// per example (prefix-tuning only). Every output element is one invocation's sum in a fixed
+// order: no atomics, bitwise-deterministic.
 
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
-import { grid1d } from "./grid.ts";
+import { flatIndex, grid1d } from "./grid.ts";
+import { matmul, type MatmulBatch } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
+/**
+ * The largest head dimension accepted. The GEMM path has no limit of its own; this is the
+ * largest the tests cover (BERT and RoBERTa use 64).
+ */
+export const ATTENTION_MAX_HEAD_DIM = 256;
+
+/** Score rows per workgroup of the row kernels (one invocation per row). */
 const WG = 64;
-/** Each invocation accumulates this many output columns, so head dims up to WG·ACC work. */
-const ACC = 4;
-/**
- * Query rows per workgroup in the row kernels (the four lanes of a vec4): each key or value
- * element loaded serves all of them, and the ~40 µs per-workgroup cost of lavapipe is paid once
- * per block instead of once per row.
- */
-const ROWS = 4;
-/** The largest head dimension the kernels handle. */
-export const ATTENTION_MAX_HEAD_DIM = WG * ACC;
 
-/**
- * WGSL repeating `body(m, col)` for the ACC output columns col = lid + m·WG an invocation owns,
- * each guarded by col < D. Unrolled with scalar accumulators (acc_*0 … acc_*3): a dynamically
- * indexed private array, and the prefix/sequence branch inside the inner loop, made these loops
- * twice as slow on lavapipe.
- */
-function perColumn(body: (m: number, col: string) => string): string {
-  let code = "";
-  for (let m = 0; m < ACC; m++) {
-    const col = m === 0 ? "lid" : `(lid + ${m * WG}u)`;
-    code += `if (${col} < D) { ${body(m, col)} }\n`;
+const ROW_COMMON_WGSL = /* wgsl */ `
+${DROPOUT_WGSL}
+struct Params {
+  rows: u32, batch: u32, seq: u32, heads: u32,
+  prefix: u32, keys: u32, seed: u32, stream: u32,
+  p: f32, drop_scale: f32, dropout: u32, _pad: u32,
+}
+
+// Dropout factors of one row's elements in order: four neighbours share one Philox block
+// (kernels/dropout.ts), so each block is computed once per row instead of once per element.
+struct DropState { block: u32, bits: vec4u }
+
+fn drop_factor(state: ptr<function, DropState>, index: u32) -> f32 {
+  if (params.dropout == 0u) { return 1.0; }
+  let block = index >> 2u;
+  if (block != (*state).block) {
+    (*state).block = block;
+    (*state).bits = philox4x32_10(vec4u(block, 0u, 0u, 0u), vec2u(params.seed, params.stream));
   }
-  return code;
+  let u = f32((*state).bits[index & 3u] >> 8u) * (1.0 / 16777216.0);
+  return select(0.0, params.drop_scale, u >= params.p);
 }
 
-/** WGSL declaring zeroed accumulators `${name}0` … `${name}{ACC−1}` of type `type`. */
-function accumulators(name: string, type = "f32"): string {
-  let code = "";
-  for (let m = 0; m < ACC; m++) code += `var ${name}${m} = ${type}(0.0);\n`;
-  return code;
+fn new_drop_state() -> DropState {
+  return DropState(0xffffffffu, vec4u(0u));
 }
+`;
 
-const LANES = ["x", "y", "z", "w"];
-
-/** WGSL repeating `body(c)` for the ROWS query rows of the block, c the row's vec4 component. */
-function perRow(body: (c: string) => string): string {
-  return LANES.map((c) => body(c)).join("\n");
-}
-
-/** WGSL: `body(c)` for each query row of the block that exists (the last block may be short). */
-function perValidRow(body: (c: string) => string): string {
-  return perRow((c) => `if (valid.${c}) { ${body(c)} }`);
-}
-
-/** WGSL vec4f of `array[base.c + offset]` over the block's rows. */
-function gather(array: string, base: string, offset: string): string {
-  return `vec4f(${LANES.map((c) => `${array}[${base}.${c} + ${offset}]`).join(", ")})`;
-}
-
-/**
- * WGSL for the kernels that give each workgroup a block of ROWS consecutive query rows
- * (b, h, i0 … i0+3) of one head: the entry point, the problem's sizes, per row (vec4
- * components) whether it exists, its offset in [B, S, H·D] tensors (qb) and of its T scores
- * (rb), then `body`. Rows past S alias row S − 1 for reads and are never written.
- */
-function queryRowMain(body: string): string {
+function rowMain(body: string): string {
   return /* wgsl */ `
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let S = params.seq;
-  let H = params.heads;
-  let D = params.dim;
-  let P = params.prefix;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = ${flatIndex(WG)};
+  if (r >= params.rows) { return; }
   let T = params.keys;
-  let HD = H * D;
-  let blocks = (S + ROWS - 1u) / ROWS;
-  let w = wid.x + wid.y * nwg.x;
-  if (w >= params.batch * H * blocks) { return; }
-  let i0 = (w % blocks) * ROWS;
-  let h = (w / blocks) % H;
-  let b = w / (blocks * H);
-  let rows = vec4u(i0) + vec4u(0u, 1u, 2u, 3u);
-  let valid = rows < vec4u(S);
-  let i = min(rows, vec4u(S - 1u));
-  let qb = (vec4u(b * S) + i) * HD + vec4u(h * D);
-  let rb = (vec4u((b * H + h) * S) + i) * T;
+  let base = r * T;
 ${body}
 }
 `;
 }
 
 /**
- * WGSL adding to `s` (vec4f over the block's rows) the dot products of the rows' vectors in
- * `query` with key j's row: a row of `prefixRows` ([H, P, D]) for j < P, else sequence row
- * j − P of `sequenceRows` ([B, S, H·D]). One load of the key element serves the four rows.
+ * Forward row kernel: `probs` holds scale·q·kᵀ; adds the padding mask, takes the softmax in
+ * place and, with dropout, writes P̃ = P ⊙ dropout to `dropped`.
  */
-function dotKeyRow(query: string, prefixRows: string, sequenceRows: string): string {
-  return /* wgsl */ `
-    if (j < P) {
-      let kb = (h * P + j) * D;
-      for (var d = 0u; d < D; d++) { s += ${gather(query, "qb", "d")} * ${prefixRows}[kb + d]; }
-    } else {
-      let kb = (b * S + j - P) * HD + h * D;
-      for (var d = 0u; d < D; d++) { s += ${gather(query, "qb", "d")} * ${sequenceRows}[kb + d]; }
-    }`;
-}
-
-/**
- * WGSL accumulating Σ_j weight_j · row_j over the T keys into acc0 … acc{ACC−1} (vec4f over the
- * block's query rows), the key rows laid out as in `dotKeyRow`. The keys go in chunks of WG:
- * `weight` is WGSL that sets `weight` (vec4f) for key j < T (each invocation one key), staged in
- * the kernel's workgroup array `chunk` for the whole workgroup to read.
- */
-function sumKeyRows(weight: string, prefixRows: string, sequenceRows: string): string {
-  return /* wgsl */ `
-  ${accumulators("acc", "vec4f")}
-  let chunks = (T + WG - 1u) / WG;
-  for (var c = 0u; c < chunks; c++) {
-    let j = c * WG + lid;
-    var weight = vec4f(0.0);
-    if (j < T) {
-      ${weight}
-    }
-    chunk[lid] = weight;
-    workgroupBarrier();
-    let n = min(WG, T - c * WG);
-    let n_prefix = min(n, max(P, c * WG) - c * WG);
-    for (var jj = 0u; jj < n_prefix; jj++) {
-      let w = chunk[jj];
-      let kb = (h * P + c * WG + jj) * D;
-      ${perColumn((m, col) => `acc${m} += w * ${prefixRows}[kb + ${col}];`)}
-    }
-    for (var jj = n_prefix; jj < n; jj++) {
-      let w = chunk[jj];
-      let kb = (b * S + c * WG + jj - P) * HD + h * D;
-      ${perColumn((m, col) => `acc${m} += w * ${sequenceRows}[kb + ${col}];`)}
-    }
-    workgroupBarrier();
-  }`;
-}
-
-/**
- * WGSL storing (`=`) or adding (`+=`) the column pass's sums for the block's existing key rows
- * at `ob` (vec4u): dK = scale · acc_k into `dk`, dV = acc_v into `dv`.
- */
-function storeKeyGradients(dk: string, dv: string, assign: "=" | "+="): string {
-  return perColumn((m, col) =>
-    perValidRow((c) =>
-      `${dk}[ob.${c} + ${col}] ${assign} params.scale * acc_k${m}.${c}; ` +
-      `${dv}[ob.${c} + ${col}] ${assign} acc_v${m}.${c};`
-    )
-  );
-}
-
-const COMMON_WGSL = /* wgsl */ `
-${DROPOUT_WGSL}
-struct Params {
-  batch: u32, seq: u32, heads: u32, dim: u32,
-  prefix: u32, keys: u32, seed: u32, stream: u32,
-  p: f32, drop_scale: f32, scale: f32, flags: u32,
-}
-const WG = ${WG}u;
-const ROWS = ${ROWS}u;
-const FLAG_DROPOUT = 1u;
-const FLAG_PREFIX_GRAD = 2u;
-const FLAG_ACCUMULATE = 4u;
-
-var<workgroup> red: array<f32, WG>;
-
-// Workgroup sum or max of one value per invocation, in a fixed tree order.
-fn wg_reduce(value: f32, lid: u32, is_max: bool) -> f32 {
-  red[lid] = value;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-    if (lid < stride) {
-      let other = red[lid + stride];
-      red[lid] = select(red[lid] + other, max(red[lid], other), is_max);
-    }
-    workgroupBarrier();
-  }
-  let result = red[0];
-  workgroupBarrier();
-  return result;
-}
-
-var<workgroup> red4: array<vec4f, WG>;
-
-// wg_reduce for four values per invocation at once, each in the same order as wg_reduce.
-fn wg_reduce4(value: vec4f, lid: u32, is_max: bool) -> vec4f {
-  red4[lid] = value;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-    if (lid < stride) {
-      let other = red4[lid + stride];
-      red4[lid] = select(red4[lid] + other, max(red4[lid], other), is_max);
-    }
-    workgroupBarrier();
-  }
-  let result = red4[0];
-  workgroupBarrier();
-  return result;
-}
-
-fn drop_factor4(index: vec4u) -> vec4f {
-  return vec4f(drop_factor(index.x), drop_factor(index.y), drop_factor(index.z),
-               drop_factor(index.w));
-}
-
-fn drop_factor(index: u32) -> f32 {
-  if ((params.flags & FLAG_DROPOUT) == 0u) { return 1.0; }
-  return select(0.0, params.drop_scale, dropout_keep(params.seed, params.stream, index, params.p));
-}
-`;
-
-const FORWARD_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
-@group(0) @binding(4) var<storage, read> prefix_k: array<f32>;
-@group(0) @binding(5) var<storage, read> prefix_v: array<f32>;
-@group(0) @binding(6) var<storage, read_write> probs: array<f32>;
-@group(0) @binding(7) var<storage, read_write> context: array<f32>;
-@group(0) @binding(8) var<uniform> params: Params;
-${COMMON_WGSL}
-var<workgroup> chunk: array<vec4f, WG>;
+const SOFTMAX_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> mask: array<f32>;
+@group(0) @binding(1) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dropped: array<f32>;
+@group(0) @binding(3) var<uniform> params: Params;
+${ROW_COMMON_WGSL}
 ${
-  queryRowMain(/* wgsl */ `
+  rowMain(/* wgsl */ `
+  let P = params.prefix;
+  let S = params.seq;
+  let mask_base = (r / (params.heads * S)) * S;
   let neg_max = bitcast<f32>(0xff7fffffu);
-
-  var local_max = vec4f(neg_max);
-  for (var j = lid; j < T; j += WG) {
-    var s = vec4f(0.0);
-    ${dotKeyRow("q", "prefix_k", "k")}
-    var bias = 0.0;
-    if (j >= P) { bias = (1.0 - mask[b * S + j - P]) * neg_max; }
-    s = s * params.scale + vec4f(bias);
-    ${perValidRow((c) => `probs[rb.${c} + j] = s.${c};`)}
-    local_max = max(local_max, s);
+  var row_max = neg_max;
+  for (var j = P; j < T; j++) {
+    let z = probs[base + j] + (1.0 - mask[mask_base + j - P]) * neg_max;
+    probs[base + j] = z;
+    row_max = max(row_max, z);
   }
-  let row_max = wg_reduce4(local_max, lid, true);
-
-  var local_sum = vec4f(0.0);
-  for (var j = lid; j < T; j += WG) {
-    let z = ${gather("probs", "rb", "j")} - row_max;
+  for (var j = 0u; j < P; j++) { row_max = max(row_max, probs[base + j]); }
+  var total = 0.0;
+  for (var j = 0u; j < T; j++) {
+    let z = probs[base + j] - row_max;
     // Masked keys give z ≈ −FLT_MAX; exact zero without relying on exp's overflow behaviour.
-    let e = select(exp(z), vec4f(0.0), z < vec4f(-88.0));
-    ${perValidRow((c) => `probs[rb.${c} + j] = e.${c};`)}
-    local_sum += e;
+    let e = select(exp(z), 0.0, z < -88.0);
+    probs[base + j] = e;
+    total += e;
   }
-  let total = wg_reduce4(local_sum, lid, false);
-
-  ${
-    sumKeyRows(
-      /* wgsl */ `
-      let prob = ${gather("probs", "rb", "j")} / total;
-      ${perValidRow((c) => `probs[rb.${c} + j] = prob.${c};`)}
-      weight = prob * drop_factor4(rb + vec4u(j));`,
-      "prefix_v",
-      "v",
-    )
-  }
-  ${perColumn((m, col) => perValidRow((c) => `context[qb.${c} + ${col}] = acc${m}.${c};`))}`)
-}`;
-
-const BACKWARD_ROWS_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> k: array<f32>;
-@group(0) @binding(1) var<storage, read> v: array<f32>;
-@group(0) @binding(2) var<storage, read> prefix_k: array<f32>;
-@group(0) @binding(3) var<storage, read> prefix_v: array<f32>;
-@group(0) @binding(4) var<storage, read> probs: array<f32>;
-@group(0) @binding(5) var<storage, read> d_context: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_scores: array<f32>;
-@group(0) @binding(7) var<storage, read_write> d_q: array<f32>;
-@group(0) @binding(8) var<uniform> params: Params;
-${COMMON_WGSL}
-var<workgroup> chunk: array<vec4f, WG>;
-${
-  queryRowMain(/* wgsl */ `
-  // dP = (dC·Vᵀ) ⊙ dropout, parked in the workspace until the row sum Σ P⊙dP is known.
-  var local_dot = vec4f(0.0);
-  for (var j = lid; j < T; j += WG) {
-    var s = vec4f(0.0);
-    ${dotKeyRow("d_context", "prefix_v", "v")}
-    let dp = s * drop_factor4(rb + vec4u(j));
-    ${perValidRow((c) => `d_scores[rb.${c} + j] = dp.${c};`)}
-    local_dot += ${gather("probs", "rb", "j")} * dp;
-  }
-  let row_dot = wg_reduce4(local_dot, lid, false);
-
-  // dS = P ⊙ (dP − Σ P⊙dP), then dQ = scale · dS·K. Rows past S read row S − 1's workspace
-  // entries as it is being rewritten: garbage, but only in their own, never stored, lane.
-  ${
-    sumKeyRows(
-      /* wgsl */ `
-      weight = ${gather("probs", "rb", "j")} * (${gather("d_scores", "rb", "j")} - row_dot);
-      ${perValidRow((c) => `d_scores[rb.${c} + j] = weight.${c};`)}`,
-      "prefix_k",
-      "k",
-    )
-  }
-  ${
-    perColumn((m, col) =>
-      perValidRow((c) => `d_q[qb.${c} + ${col}] = params.scale * acc${m}.${c};`)
-    )
+  var state = new_drop_state();
+  for (var j = 0u; j < T; j++) {
+    let p = probs[base + j] / total;
+    probs[base + j] = p;
+    if (params.dropout != 0u) { dropped[base + j] = p * drop_factor(&state, base + j); }
   }`)
 }`;
 
-const BACKWARD_COLUMNS_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> d_context: array<f32>;
-@group(0) @binding(2) var<storage, read> probs: array<f32>;
-@group(0) @binding(3) var<storage, read> d_scores: array<f32>;
-@group(0) @binding(4) var<storage, read_write> d_k: array<f32>;
-@group(0) @binding(5) var<storage, read_write> d_v: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_prefix_k: array<f32>;
-@group(0) @binding(7) var<storage, read_write> d_prefix_v: array<f32>;
-@group(0) @binding(8) var<uniform> params: Params;
-${COMMON_WGSL}
-var<workgroup> chunk_ds: array<vec4f, WG>;
-var<workgroup> chunk_p: array<vec4f, WG>;
+/** Backward row kernel, first step: work = P ⊙ dropout (P̃ of the forward, regenerated). */
+const DROPPED_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> probs: array<f32>;
+@group(0) @binding(1) var<storage, read_write> work: array<f32>;
+@group(0) @binding(2) var<uniform> params: Params;
+${ROW_COMMON_WGSL}
+${
+  rowMain(/* wgsl */ `
+  var state = new_drop_state();
+  for (var j = 0u; j < T; j++) { work[base + j] = probs[base + j] * drop_factor(&state, base + j); }`)
+}`;
 
-// One workgroup per block of four consecutive key rows of one head (the lanes of vec4 values,
-// so every q and dC element loaded serves four key rows): sequence blocks (b, h, j…j+3) first,
-// then prefix blocks (h, p…p+3). Rows past the end alias the block's last row and are not stored.
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let B = params.batch;
-  let S = params.seq;
-  let H = params.heads;
-  let D = params.dim;
-  let P = params.prefix;
-  let T = params.keys;
-  let HD = H * D;
-  let w = wid.x + wid.y * nwg.x;
-  let seq_blocks = (S + ROWS - 1u) / ROWS;
-  let prefix_blocks = (P + ROWS - 1u) / ROWS;
-  let sequence_columns = B * H * seq_blocks;
-  let is_prefix = w >= sequence_columns;
-  if (is_prefix && ((params.flags & FLAG_PREFIX_GRAD) == 0u ||
-                    w >= sequence_columns + H * prefix_blocks)) {
-    return;
+/** Backward row kernel, softmax step: work holds dP̃; becomes dS = P ⊙ (dP − Σ P⊙dP) in place. */
+const SOFTMAX_BACKWARD_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> probs: array<f32>;
+@group(0) @binding(1) var<storage, read_write> work: array<f32>;
+@group(0) @binding(2) var<uniform> params: Params;
+${ROW_COMMON_WGSL}
+${
+  rowMain(/* wgsl */ `
+  var state = new_drop_state();
+  var dot = 0.0;
+  for (var j = 0u; j < T; j++) {
+    let dp = work[base + j] * drop_factor(&state, base + j);
+    work[base + j] = dp;
+    dot += probs[base + j] * dp;
   }
-  // A sequence key row (b, h, j) sums over its batch's queries; a prefix row (h, p) over all.
-  var h: u32;
-  var first: u32;
-  var count: u32;
-  var offset: u32;
-  var b_first: u32;
-  var b_end: u32;
-  if (is_prefix) {
-    h = (w - sequence_columns) / prefix_blocks;
-    first = ((w - sequence_columns) % prefix_blocks) * ROWS;
-    count = P;
-    offset = 0u;
-    b_first = 0u;
-    b_end = B;
-  } else {
-    first = (w % seq_blocks) * ROWS;
-    h = (w / seq_blocks) % H;
-    b_first = w / (seq_blocks * H);
-    b_end = b_first + 1u;
-    count = S;
-    offset = P;
-  }
-  let rows = vec4u(first) + vec4u(0u, 1u, 2u, 3u);
-  let valid = rows < vec4u(count);
-  // Score columns of the block's key rows.
-  let col = vec4u(offset) + min(rows, vec4u(count - 1u));
-
-  ${accumulators("acc_k", "vec4f")}
-  ${accumulators("acc_v", "vec4f")}
-  let chunks = (S + WG - 1u) / WG;
-  for (var b = b_first; b < b_end; b++) {
-    for (var c = 0u; c < chunks; c++) {
-      let i = c * WG + lid;
-      var ds = vec4f(0.0);
-      var weight = vec4f(0.0);
-      if (i < S) {
-        let index = vec4u(((b * H + h) * S + i) * T) + col;
-        ds = ${gather("d_scores", "index", "0u")};
-        weight = ${gather("probs", "index", "0u")} * drop_factor4(index);
-      }
-      chunk_ds[lid] = ds;
-      chunk_p[lid] = weight;
-      workgroupBarrier();
-      let n = min(WG, S - c * WG);
-      for (var ii = 0u; ii < n; ii++) {
-        let ds_i = chunk_ds[ii];
-        let p_i = chunk_p[ii];
-        let qb = (b * S + c * WG + ii) * HD + h * D;
-        ${
-  perColumn((m, c) => `acc_k${m} += ds_i * q[qb + ${c}]; acc_v${m} += p_i * d_context[qb + ${c}];`)
-}
-      }
-      workgroupBarrier();
-    }
-  }
-  if (is_prefix) {
-    let ob = (vec4u(h * P) + col) * D;
-    if ((params.flags & FLAG_ACCUMULATE) != 0u) {
-      ${storeKeyGradients("d_prefix_k", "d_prefix_v", "+=")}
-    } else {
-      ${storeKeyGradients("d_prefix_k", "d_prefix_v", "=")}
-    }
-  } else {
-    let ob = (vec4u(b_first * S) + col - vec4u(P)) * HD + vec4u(h * D);
-    ${storeKeyGradients("d_k", "d_v", "=")}
-  }
-}
-`;
+  for (var j = 0u; j < T; j++) { work[base + j] = probs[base + j] * (work[base + j] - dot); }`)
+}`;
 
 interface Dims {
   B: number;
@@ -475,31 +194,123 @@ function checkCommon(
   return { B, S, H, D, P };
 }
 
-function params(
-  dims: Dims,
-  dropout: DropoutConfig,
-  flags: number,
-): Uint32Array {
+function rowParams(dims: Dims, dropout: DropoutConfig): Uint32Array {
   const buffer = new ArrayBuffer(48);
   const u = new Uint32Array(buffer);
   const f = new Float32Array(buffer);
-  const { B, S, H, D, P } = dims;
-  u.set([B, S, H, D, P, P + S, dropout.seed, dropout.stream]);
+  const { B, S, H, P } = dims;
   const drop = dropout.p > 0;
+  u.set([B * H * S, B, S, H, P, P + S, dropout.seed, dropout.stream]);
   f[8] = dropout.p;
   f[9] = drop ? dropoutScale(dropout.p) : 1;
-  f[10] = 1 / Math.sqrt(D);
-  u[11] = flags | (drop ? 1 : 0);
+  u[10] = drop ? 1 : 0;
   return u;
 }
 
-function rowsGrid(rec: Recorder, rows: number): [number, number] {
-  return grid1d(rows, 1, rec.gpu.limits.maxComputeWorkgroupsPerDimension);
+function rowKernel(
+  rec: Recorder,
+  label: string,
+  name: string,
+  wgsl: string,
+  bindings: Tensor[],
+  dims: Dims,
+  dropout: DropoutConfig,
+): void {
+  const rows = dims.B * dims.H * dims.S;
+  rec.dispatch(
+    label,
+    getPipeline(rec.gpu, name, wgsl),
+    bindings,
+    grid1d(rows, WG, rec.gpu.limits.maxComputeWorkgroupsPerDimension),
+    rowParams(dims, dropout),
+  );
 }
 
-/** The grid of the row kernels: one workgroup per block of ROWS query rows of one head. */
-function blocksGrid(rec: Recorder, dims: Dims): [number, number] {
-  return rowsGrid(rec, dims.B * dims.H * Math.ceil(dims.S / ROWS));
+/**
+ * Strides of the per-(batch, head) products. `tok` is a [B, S, H·D] tensor (batch stride S·H·D,
+ * head stride D), `score` the [B, H, S, T] scores (H·S·T, S·T), `pre` the [H, P, D] prefix
+ * (shared by the batch: 0, P·D).
+ */
+type Operand = "tok" | "score" | "pre";
+
+function strides(dims: Dims, x: Operand): [number, number] {
+  const { S, H, D, P } = dims;
+  const T = P + S;
+  if (x === "tok") return [S * H * D, D];
+  if (x === "score") return [H * S * T, S * T];
+  return [0, P * D];
+}
+
+/** The two batch levels (batch, head) of a product whose A, B and C are of kinds `a`, `b`, `c`. */
+function headBatches(
+  dims: Dims,
+  a: Operand,
+  b: Operand,
+  c: Operand,
+): { batch0: MatmulBatch; batch1: MatmulBatch } {
+  const [a0, a1] = strides(dims, a), [b0, b1] = strides(dims, b), [c0, c1] = strides(dims, c);
+  return {
+    batch0: { count: dims.B, strideA: a0, strideB: b0, strideC: c0 },
+    batch1: { count: dims.H, strideA: a1, strideB: b1, strideC: c1 },
+  };
+}
+
+/**
+ * Σ over the batch of the per-example products into a prefix gradient [H, P, D]:
+ * out[h] (+)= alpha · Σ_b scores[b, h, :, :P]ᵀ · x[b, :, h, :]. One accumulating launch per
+ * example, batched over heads, so the sum runs over examples in order.
+ */
+function prefixGradient(
+  rec: Recorder,
+  label: string,
+  dims: Dims,
+  scores: Tensor,
+  x: Tensor,
+  out: Tensor,
+  alpha: number,
+  accumulate: boolean,
+): void {
+  const { B, S, H, D, P } = dims;
+  const T = P + S;
+  for (let b = 0; b < B; b++) {
+    matmul(rec, {
+      op: label,
+      a: scores,
+      b: x,
+      c: out,
+      m: P,
+      n: D,
+      k: S,
+      transA: true,
+      lda: T,
+      ldb: H * D,
+      ldc: D,
+      offsetA: b * H * S * T,
+      offsetB: b * S * H * D,
+      batch0: { count: H, strideA: S * T, strideB: D, strideC: P * D },
+      alpha,
+      accumulate: accumulate || b > 0,
+    });
+  }
+}
+
+const workspaces = new WeakMap<object, Tensor>();
+
+/**
+ * The module's per-device [B, H, S, T] workspace, grown on demand. Sharing it is safe: it is
+ * written and read only between the dispatches of one forward or backward call, and
+ * dispatches run in order. An outgrown buffer is not destroyed (a recorded, unsubmitted
+ * command may still bind it).
+ */
+function workspace(rec: Recorder, shape: number[]): Tensor {
+  const gpu = rec.gpu;
+  const need = shape.reduce((a, b) => a * b, 1);
+  let t = workspaces.get(gpu);
+  if (!t || t.numel < need) {
+    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention scores workspace");
+    workspaces.set(gpu, t);
+  }
+  return t.view(0, shape, "attention scores workspace");
 }
 
 /**
@@ -534,60 +345,90 @@ export function attentionForward(
     prefixKey,
     prefixValue,
   );
-  const { B, S, H, P } = dims;
+  const { B, S, H, D, P } = dims;
+  const T = P + S;
+  const HD = H * D;
   expectShape(op, "mask", mask, [B, S], "f32");
-  expectShape(op, "probs", probs, [B, H, S, P + S], "f32");
+  expectShape(op, "probs", probs, [B, H, S, T], "f32");
   checkDropout(op, dropout);
-  const bound: [string, Tensor][] = [
-    ["q", q],
-    ["k", k],
-    ["v", v],
-    ["mask", mask],
-    ["prefixKey", prefixKey ?? q],
-    ["prefixValue", prefixValue ?? q],
-    ["probs", probs],
-    ["context", context],
-  ];
-  for (const [name, t] of bound) expectBindable(op, name, t);
-  rec.dispatch(
-    op,
-    getPipeline(rec.gpu, "attention forward", FORWARD_WGSL),
-    bound.map(([, t]) => t),
-    blocksGrid(rec, dims),
-    params(dims, dropout, 0),
+  for (const [name, t] of [["mask", mask], ["probs", probs]] as const) {
+    expectBindable(op, name, t);
+  }
+  const scale = 1 / Math.sqrt(D);
+  if (P > 0) {
+    matmul(rec, {
+      op: `${op} (prefix scores)`,
+      a: q,
+      b: prefixKey!,
+      c: probs,
+      m: S,
+      n: P,
+      k: D,
+      transB: true,
+      lda: HD,
+      ldb: D,
+      ldc: T,
+      alpha: scale,
+      ...headBatches(dims, "tok", "pre", "score"),
+    });
+  }
+  matmul(rec, {
+    op: `${op} (scores)`,
+    a: q,
+    b: k,
+    c: probs,
+    m: S,
+    n: S,
+    k: D,
+    transB: true,
+    lda: HD,
+    ldb: HD,
+    ldc: T,
+    offsetC: P,
+    alpha: scale,
+    ...headBatches(dims, "tok", "tok", "score"),
+  });
+  const dropping = dropout.p > 0;
+  const dropped = dropping ? workspace(rec, [B, H, S, T]) : probs;
+  rowKernel(
+    rec,
+    `${op} (softmax)`,
+    "attention softmax",
+    SOFTMAX_WGSL,
+    [mask, probs, dropped],
+    dims,
+    dropout,
   );
-}
-
-const workspaces = new WeakMap<object, Tensor>();
-const dummies = new WeakMap<object, [Tensor, Tensor]>();
-
-/**
- * The module's per-device dS workspace, grown on demand. Sharing it is safe: it is written and
- * read only between the two dispatches of one backward, and dispatches run in order. An
- * outgrown buffer is not destroyed (a recorded, unsubmitted command may still bind it).
- */
-function workspace(rec: Recorder, shape: number[]): Tensor {
-  const gpu = rec.gpu;
-  const need = shape.reduce((a, b) => a * b, 1);
-  let t = workspaces.get(gpu);
-  if (!t || t.numel < need) {
-    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention dScores workspace");
-    workspaces.set(gpu, t);
+  if (P > 0) {
+    matmul(rec, {
+      op: `${op} (prefix context)`,
+      a: dropped,
+      b: prefixValue!,
+      c: context,
+      m: S,
+      n: D,
+      k: P,
+      lda: T,
+      ldb: D,
+      ldc: HD,
+      ...headBatches(dims, "score", "pre", "tok"),
+    });
   }
-  return t.view(0, shape, "attention dScores workspace");
-}
-
-/** Writable stand-ins for absent prefix gradients (never written: no workgroup is launched). */
-function dummyPair(rec: Recorder): [Tensor, Tensor] {
-  let pair = dummies.get(rec.gpu);
-  if (!pair) {
-    pair = [
-      createTensor(rec.gpu, [1], "f32", "attention no dPrefixKey"),
-      createTensor(rec.gpu, [1], "f32", "attention no dPrefixValue"),
-    ];
-    dummies.set(rec.gpu, pair);
-  }
-  return pair;
+  matmul(rec, {
+    op: `${op} (context)`,
+    a: dropped,
+    b: v,
+    c: context,
+    m: S,
+    n: D,
+    k: S,
+    lda: T,
+    ldb: HD,
+    ldc: HD,
+    offsetA: P,
+    accumulate: P > 0,
+    ...headBatches(dims, "score", "tok", "tok"),
+  });
 }
 
 /**
@@ -631,7 +472,9 @@ export function attentionBackward(
     prefixValue,
   );
   const { B, S, H, D, P } = dims;
-  const scoresShape = [B, H, S, P + S];
+  const T = P + S;
+  const HD = H * D;
+  const scoresShape = [B, H, S, T];
   expectShape(op, "probs", probs, scoresShape, "f32");
   if ((dPrefixKey === undefined) !== (dPrefixValue === undefined)) {
     throw new GpuError(`${op}: dPrefixKey and dPrefixValue must be given together`);
@@ -644,45 +487,154 @@ export function attentionBackward(
   }
   if (args.dScores) expectShape(op, "dScores", args.dScores, scoresShape, "f32");
   checkDropout(op, dropout);
-  const dScores = args.dScores ?? workspace(rec, scoresShape);
-  const [noDPK, noDPV] = prefixGrad ? [dPrefixKey, dPrefixValue] : dummyPair(rec);
+  const work = args.dScores ?? workspace(rec, scoresShape);
+  for (const [name, t] of [["probs", probs], ["dScores", work]] as const) {
+    expectBindable(op, name, t);
+  }
+  const scale = 1 / Math.sqrt(D);
 
-  const rowBindings: [string, Tensor][] = [
-    ["k", k],
-    ["v", v],
-    ["prefixKey", prefixKey ?? k],
-    ["prefixValue", prefixValue ?? k],
-    ["probs", probs],
-    ["dContext", dContext],
-    ["dScores", dScores],
-    ["dQ", dQ],
-  ];
-  const columnBindings: [string, Tensor][] = [
-    ["q", q],
-    ["dContext", dContext],
-    ["probs", probs],
-    ["dScores", dScores],
-    ["dK", dK],
-    ["dV", dV],
-    ["dPrefixKey", noDPK],
-    ["dPrefixValue", noDPV],
-  ];
-  for (const [name, t] of [...rowBindings, ...columnBindings]) expectBindable(op, name, t);
+  // P̃ = P ⊙ dropout, for dV = P̃ᵀ·dC (the probabilities themselves without dropout).
+  const dropped = dropout.p > 0 ? work : probs;
+  if (dropout.p > 0) {
+    rowKernel(
+      rec,
+      `${op} (dropped probabilities)`,
+      "attention dropped probabilities",
+      DROPPED_WGSL,
+      [probs, work],
+      dims,
+      dropout,
+    );
+  }
+  matmul(rec, {
+    op: `${op} (dV)`,
+    a: dropped,
+    b: dContext,
+    c: dV,
+    m: S,
+    n: D,
+    k: S,
+    transA: true,
+    lda: T,
+    ldb: HD,
+    ldc: HD,
+    offsetA: P,
+    ...headBatches(dims, "score", "tok", "tok"),
+  });
+  if (prefixGrad && P > 0) {
+    prefixGradient(
+      rec,
+      `${op} (dPrefixValue)`,
+      dims,
+      dropped,
+      dContext,
+      dPrefixValue,
+      1,
+      args.accumulatePrefix ?? false,
+    );
+  }
 
-  const gpu = rec.gpu;
-  rec.dispatch(
-    `${op} (dQ)`,
-    getPipeline(gpu, "attention backward rows", BACKWARD_ROWS_WGSL),
-    rowBindings.map(([, t]) => t),
-    blocksGrid(rec, dims),
-    params(dims, dropout, 0),
+  // dP̃ = dC·[prefix v; v]ᵀ, then dS in place.
+  if (P > 0) {
+    matmul(rec, {
+      op: `${op} (prefix dProbs)`,
+      a: dContext,
+      b: prefixValue!,
+      c: work,
+      m: S,
+      n: P,
+      k: D,
+      transB: true,
+      lda: HD,
+      ldb: D,
+      ldc: T,
+      ...headBatches(dims, "tok", "pre", "score"),
+    });
+  }
+  matmul(rec, {
+    op: `${op} (dProbs)`,
+    a: dContext,
+    b: v,
+    c: work,
+    m: S,
+    n: S,
+    k: D,
+    transB: true,
+    lda: HD,
+    ldb: HD,
+    ldc: T,
+    offsetC: P,
+    ...headBatches(dims, "tok", "tok", "score"),
+  });
+  rowKernel(
+    rec,
+    `${op} (softmax)`,
+    "attention softmax backward",
+    SOFTMAX_BACKWARD_WGSL,
+    [probs, work],
+    dims,
+    dropout,
   );
-  const flags = (prefixGrad ? 2 : 0) | (args.accumulatePrefix ? 4 : 0);
-  rec.dispatch(
-    `${op} (dK, dV${prefixGrad ? ", dPrefix" : ""})`,
-    getPipeline(gpu, "attention backward columns", BACKWARD_COLUMNS_WGSL),
-    columnBindings.map(([, t]) => t),
-    rowsGrid(rec, B * H * Math.ceil(S / ROWS) + (prefixGrad ? H * Math.ceil(P / ROWS) : 0)),
-    params(dims, dropout, flags),
-  );
+
+  // dQ = scale·dS·[prefix k; k], dK = scale·dSᵀ·q.
+  if (P > 0) {
+    matmul(rec, {
+      op: `${op} (prefix dQ)`,
+      a: work,
+      b: prefixKey!,
+      c: dQ,
+      m: S,
+      n: D,
+      k: P,
+      lda: T,
+      ldb: D,
+      ldc: HD,
+      alpha: scale,
+      ...headBatches(dims, "score", "pre", "tok"),
+    });
+  }
+  matmul(rec, {
+    op: `${op} (dQ)`,
+    a: work,
+    b: k,
+    c: dQ,
+    m: S,
+    n: D,
+    k: S,
+    lda: T,
+    ldb: HD,
+    ldc: HD,
+    offsetA: P,
+    alpha: scale,
+    accumulate: P > 0,
+    ...headBatches(dims, "score", "tok", "tok"),
+  });
+  matmul(rec, {
+    op: `${op} (dK)`,
+    a: work,
+    b: q,
+    c: dK,
+    m: S,
+    n: D,
+    k: S,
+    transA: true,
+    lda: T,
+    ldb: HD,
+    ldc: HD,
+    offsetA: P,
+    alpha: scale,
+    ...headBatches(dims, "score", "tok", "tok"),
+  });
+  if (prefixGrad && P > 0) {
+    prefixGradient(
+      rec,
+      `${op} (dPrefixKey)`,
+      dims,
+      work,
+      q,
+      dPrefixKey,
+      scale,
+      args.accumulatePrefix ?? false,
+    );
+  }
 }

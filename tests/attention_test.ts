@@ -242,6 +242,10 @@ const CASES: { dims: Dims; drop: DropoutConfig; seed: number }[] = [
   { dims: { B: 3, S: 1, H: 2, D: 5, P: 0 }, drop: { p: 0.1, seed: 8, stream: 1 }, seed: 6 },
   // T = 70 > 64 keys and D = 130 > 2·64 columns: several chunks and all three accumulators.
   { dims: { B: 3, S: 67, H: 1, D: 130, P: 3 }, drop: { p: 0.1, seed: 4, stream: 4 }, seed: 7 },
+  // Aligned shapes (S, D ≥ 64, every stride and the prefix offset a multiple of 4) take the
+  // GEMM's vec4 register-tiled variants, as BERT's shapes do; the odd ones above the fallbacks.
+  { dims: { B: 3, S: 68, H: 2, D: 64, P: 4 }, drop: { p: 0.1, seed: 5, stream: 2 }, seed: 8 },
+  { dims: { B: 3, S: 72, H: 2, D: 64, P: 0 }, drop: { p: 0.1, seed: 6, stream: 3 }, seed: 9 },
 ];
 
 // float32 against float64 at the brief's 1e-5: sums run over at most T·D = 256 products of O(1)
@@ -417,7 +421,8 @@ gpuTest("attention: wrong shapes, heads and settings are refused naming op and t
   const fwd = { q, k, v, mask, prefixKey: pk, prefixValue: pv, probs, context, heads: 2 };
   const dropout = NO_DROPOUT;
   attentionForward(rec, { ...fwd, dropout }); // the good call records
-  assertEquals(rec.length, 1);
+  // With a prefix: two score products, the softmax, two context products.
+  assertEquals(rec.length, 5);
   const cases: [Record<string, unknown>, string][] = [
     [{ k: bad }, 'attentionForward: k ("bad")'],
     [{ v: bad }, 'attentionForward: v ("bad")'],
@@ -460,7 +465,8 @@ gpuTest("attention: wrong shapes, heads and settings are refused naming op and t
     dropout,
   };
   attentionBackward(rec, bwd);
-  assertEquals(rec.length, 3);
+  // 7 launches plus one per example for each prefix gradient (3 examples, no dropout).
+  assertEquals(rec.length, 5 + 7 + 2 * 3);
   const bwdCases: [Record<string, unknown>, string][] = [
     [{ dQ: bad }, 'attentionBackward: dQ ("bad")'],
     [{ dK: bad }, 'attentionBackward: dK ("bad")'],
@@ -500,5 +506,5 @@ gpuTest("attention: wrong shapes, heads and settings are refused naming op and t
     GpuError,
     "head dimension 300",
   );
-  assertEquals(rec.length, 3);
+  assertEquals(rec.length, 5 + 7 + 2 * 3); // the refused calls recorded nothing
 });
