@@ -99,9 +99,9 @@ export class Gpu {
   /**
    * Bytes of GPU buffers our own allocator holds now: every tensor's buffer (createTensor) from
    * its creation until the first `destroy` of it or of any view of it, and a download's staging
-   * buffer while it exists. Not counted: the Recorder's per-submit uniform buffer (freed after
-   * the submit) and whatever the driver allocates itself (pipelines, bind groups, its own
-   * copies). WebGPU has no memory query; this is our side of the ledger only.
+   * buffer while it exists, and the Recorders' shared uniform buffer. Not counted: whatever the
+   * driver allocates itself (pipelines, bind groups, its own copies). WebGPU has no memory
+   * query; this is our side of the ledger only.
    */
   get liveBytes(): number {
     return this.ledger.live;

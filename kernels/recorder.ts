@@ -91,6 +91,30 @@ export function submittedCounts(gpu: Gpu): SubmittedCounts {
   return { ...(submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 }) };
 }
 
+const uniformBuffers = new WeakMap<Gpu, GPUBuffer>();
+
+/** The device's shared uniform buffer, at least `bytes` long (counted in Gpu.liveBytes). */
+function uniformBuffer(gpu: Gpu, bytes: number): GPUBuffer {
+  const old = uniformBuffers.get(gpu);
+  if (old && old.size >= bytes) return old;
+  // Grown by half again, so that a few larger submits do not reallocate it each time. The old
+  // one may still be read by submitted work: WebGPU frees it only once that work is done.
+  const size = alignUp(Math.max(bytes, Math.ceil((old?.size ?? 0) * 1.5)), 256);
+  const buffer = gpu.scoped("recorder uniforms", () =>
+    gpu.device.createBuffer({
+      label: "recorder uniforms",
+      size,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    }));
+  gpu.trackBuffer(buffer, size);
+  if (old) {
+    gpu.untrackBuffer(old);
+    old.destroy();
+  }
+  uniformBuffers.set(gpu, buffer);
+  return buffer;
+}
+
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
@@ -163,46 +187,45 @@ export class Recorder {
     if (commands.length === 0) return gpu.flushErrors();
 
     const uniforms = this.packUniforms(commands);
-    try {
-      const groups = commands.map((c, i) =>
-        c.kind === "dispatch"
-          ? gpu.scoped(`op "${c.label}"`, () => this.bindGroup(c, uniforms, i))
-          : null
-      );
-      // Kernel compile errors, allocations and bindings are named by their own scopes.
-      await gpu.flushErrors();
+    const groups = commands.map((c, i) =>
+      c.kind === "dispatch"
+        ? gpu.scoped(`op "${c.label}"`, () => this.bindGroup(c, uniforms, i))
+        : null
+    );
+    // Kernel compile errors, allocations and bindings are named by their own scopes.
+    await gpu.flushErrors();
 
-      const device = gpu.device;
-      device.pushErrorScope("out-of-memory");
-      device.pushErrorScope("validation");
-      const profile = profiles.get(gpu);
-      const timing = profile ? this.timestamps(commands) : null;
-      device.queue.submit([this.encode(commands, groups, timing)]);
-      const invalid = await device.popErrorScope();
-      const memory = await device.popErrorScope();
-      gpu.assertAlive();
-      if (invalid) throw await this.blame(commands, groups, invalid.message);
-      if (memory) {
-        throw new GpuError(
-          `out of GPU memory running ${commands.length} commands ` +
-            `(${[...new Set(commands.map((c) => c.label))].join(", ")}): ${
-              oneLine(memory.message)
-            }`,
-        );
-      }
-      const counts = submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 };
-      const copies = commands.filter((c) => c.kind === "copy").length;
-      counts.submits++;
-      counts.copies += copies;
-      counts.dispatches += commands.length - copies;
-      submitted.set(gpu, counts);
-      if (profile && timing) await this.readTimestamps(commands, timing, profile);
-    } finally {
-      // Destroying after submit is allowed: WebGPU frees it once the work is done.
-      uniforms?.buffer.destroy();
+    const device = gpu.device;
+    device.pushErrorScope("out-of-memory");
+    device.pushErrorScope("validation");
+    const profile = profiles.get(gpu);
+    const timing = profile ? this.timestamps(commands) : null;
+    device.queue.submit([this.encode(commands, groups, timing)]);
+    const invalid = await device.popErrorScope();
+    const memory = await device.popErrorScope();
+    gpu.assertAlive();
+    if (invalid) throw await this.blame(commands, groups, invalid.message);
+    if (memory) {
+      throw new GpuError(
+        `out of GPU memory running ${commands.length} commands ` +
+          `(${[...new Set(commands.map((c) => c.label))].join(", ")}): ${oneLine(memory.message)}`,
+      );
     }
+    const counts = submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 };
+    const copies = commands.filter((c) => c.kind === "copy").length;
+    counts.submits++;
+    counts.copies += copies;
+    counts.dispatches += commands.length - copies;
+    submitted.set(gpu, counts);
+    if (profile && timing) await this.readTimestamps(commands, timing, profile);
   }
 
+  /**
+   * Packs every launch's uniforms into the device's one uniform buffer (grown when a submit
+   * needs more, never shrunk) with `queue.writeBuffer`. Reusing it is safe: queue operations run
+   * in order, so the write lands after every earlier submit that read the buffer has run. A
+   * training step therefore allocates no buffer of its own after the first.
+   */
   private packUniforms(
     commands: Command[],
   ): { buffer: GPUBuffer; offsets: number[] } | null {
@@ -219,21 +242,15 @@ export class Recorder {
       total = alignUp(total + alignUp(c.uniforms.byteLength, 16), align);
     }
     if (total === 0) return null;
-    const buffer = gpu.scoped("recorder uniforms", () =>
-      gpu.device.createBuffer({
-        label: "uniforms",
-        size: total,
-        usage: GPUBufferUsage.UNIFORM,
-        mappedAtCreation: true,
-      }));
-    const bytes = new Uint8Array(buffer.getMappedRange());
+    const bytes = new Uint8Array(total);
     commands.forEach((c, i) => {
       if (c.kind === "dispatch" && c.uniforms) {
         const u = c.uniforms;
         bytes.set(new Uint8Array(u.buffer, u.byteOffset, u.byteLength), offsets[i]);
       }
     });
-    buffer.unmap();
+    const buffer = uniformBuffer(gpu, total);
+    gpu.scoped("recorder uniforms", () => gpu.device.queue.writeBuffer(buffer, 0, bytes));
     return { buffer, offsets };
   }
 

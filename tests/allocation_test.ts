@@ -1,7 +1,13 @@
 // Allocation accounting (Gpu.liveBytes / peakBytes) and the Recorder's submitted-command counts.
 
-import { assertEquals } from "./assert.ts";
+import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import { readConfig } from "../model/config.ts";
+import { createPeft, PEFT_DEFAULTS } from "../peft/method.ts";
+import type { TrainBatch } from "../train/batches.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import { Trainer } from "../train/trainer.ts";
+import { TINY_BERT } from "./train_fixture.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder, submittedCounts } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
@@ -71,3 +77,62 @@ gpuTest("recorder: submittedCounts counts dispatches, copies and submits", async
   a.destroy();
   b.destroy();
 });
+
+// The issue's "no per-step allocation": after a stage's first step (which may size workspaces),
+// a training step creates no GPU buffer: activations, gradients, optimizer state, workspaces and
+// the launches' uniforms all live in buffers made before it.
+for (const mode of ["ft", "lora", "prefix"] as const) {
+  gpuTest(`allocation: training steps after the first create no buffer (${mode})`, async (gpu) => {
+    const config = await readConfig(`${TINY_BERT}/config.json`);
+    const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
+    const S = 9;
+    const trainer = new Trainer(gpu, {
+      config,
+      loss: "bce",
+      headClasses: 1,
+      maxExamples: 3,
+      maxSeq: S,
+      headSeed: 1,
+      dropoutSeed: 2,
+      peft,
+      adamw: ADAMW_DEFAULTS,
+    });
+    try {
+      trainer.beginStage(
+        mode === "ft"
+          ? { head: true, backbone: "all", peft: false }
+          : { head: true, backbone: "peft", peft: true },
+        ADAMW_DEFAULTS,
+      );
+      const batch = (seed: number): TrainBatch => ({
+        examples: 3,
+        encoder: {
+          inputIds: Uint32Array.from({ length: 3 * S }, (_, i) => 5 + ((i * 7 + seed) % 90)),
+          batch: 3,
+          seqLen: S,
+        },
+        targets: Float32Array.from([0, 1, seed % 2]),
+      });
+      await trainer.step(batch(0), 1e-3, 0);
+      const device = gpu.device;
+      const create = device.createBuffer;
+      let created = 0;
+      device.createBuffer = (descriptor: GPUBufferDescriptor) => {
+        created++;
+        return create.call(device, descriptor);
+      };
+      const live = gpu.liveBytes;
+      try {
+        for (let step = 1; step < 4; step++) await trainer.step(batch(step), 1e-3, step);
+      } finally {
+        device.createBuffer = create;
+      }
+      assertEquals(created, 0, "buffers created by steps 2-4");
+      assertEquals(gpu.liveBytes, live, "live bytes after steps 2-4");
+      const stats = await trainer.takeStats();
+      assert(stats.every((s) => Number.isFinite(s.loss)), "finite losses");
+    } finally {
+      trainer.destroy();
+    }
+  });
+}
