@@ -103,6 +103,15 @@ class State {
 
 const BASE = { lr: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
 
+/**
+ * Launches for a range of `n` elements starting at element `offset` of every role: the vec4
+ * kernel takes the body when the start is 16-byte aligned, the scalar one the last n mod 4
+ * elements (or the whole range when misaligned).
+ */
+function launches(n: number, offset = 0): number {
+  return offset % 4 !== 0 || n < 4 || n % 4 === 0 ? 1 : 2;
+}
+
 gpuTest(
   "adamw: three fresh steps match torch's formulas in float64, decay and no decay",
   async (gpu) => {
@@ -115,7 +124,7 @@ gpuTest(
           st.g.upload(g);
           const h = { ...BASE, weightDecay, step };
           adamwStep(rec, { param: st.p, grad: st.g, m: st.m, v: st.v, ...h });
-          assertEquals(rec.length, 1);
+          assertEquals(rec.length, launches(st.p0.length));
           await rec.submit();
           adamwReference(st.ref.p, g, st.ref.m, st.ref.v, h);
           await st.check(`[${shape}] wd ${weightDecay} step ${step}`);
@@ -247,13 +256,18 @@ gpuTest(
         weightDecay: wds[i],
       })
     );
-    assertEquals(rec.length, 5);
+    let offset = 3;
+    const expected = sizes.reduce((sum, n) => {
+      const k = launches(n, offset);
+      offset += n;
+      return sum + k;
+    }, 0);
+    assertEquals(rec.length, expected);
     await rec.submit();
     assertEquals(await again.bufs[0].download(), p);
     assertEquals(await again.bufs[2].download(), m);
     assertEquals(await again.bufs[3].download(), v);
 
-    // Separate tensors are one launch each.
     const sep = SHAPES.map((shape, s) => new State(gpu, shape, 70 + s, true));
     adamwStepGroup(rec, {
       params: sep.map((st) => st.p),
@@ -263,7 +277,8 @@ gpuTest(
       ...h,
       weightDecay: 0.1,
     });
-    assertEquals(rec.length, SHAPES.length);
+    // Separate tensors (each at offset 0) are one range each.
+    assertEquals(rec.length, SHAPES.map(numel).reduce((sum, n) => sum + launches(n), 0));
     await rec.submit();
     for (const st of sep) {
       adamwReference(st.ref.p, new Float32Array(st.p0.length), st.ref.m, st.ref.v, {
@@ -385,7 +400,8 @@ gpuTest("adamw: a tensor larger than one storage binding is updated in slices", 
   const h = { ...BASE, weightDecay: 0.1, step: 5 };
   const rec = new Recorder(gpu);
   adamwStep(rec, { param: p, grad: g, m, v, ...h });
-  assertEquals(rec.length, 2, "two binding-sized slices");
+  // Two binding-sized slices; the second ends in n mod 4 elements for the scalar kernel.
+  assertEquals(rec.length, 2 + (n % 4 === 0 ? 0 : 1), "two binding-sized slices");
   await rec.submit();
   const pOut = await p.download();
   const vOut = await v.download();
@@ -408,4 +424,38 @@ gpuTest("adamw: a tensor larger than one storage binding is updated in slices", 
   }
   assert(bad < 0, `element ${bad} of ${n}: p ${pOut[bad]}, v ${vOut[bad]}: beyond the bound`);
   for (const t of [p, g, m, v]) t.destroy();
+});
+
+gpuTest("adamw: the vec4 and scalar kernels give bitwise the same update", async (gpu) => {
+  // One tensor of 1037 elements updated at an aligned offset (vec4 body + scalar tail of 1) and
+  // at offset 1 (scalar only), from the same values: the results must not depend on the layout.
+  const n = 1037;
+  const values = (k: number) => Float32Array.from(randomValues(n, 90 + k));
+  const run = async (offset: number) => {
+    const rec = new Recorder(gpu);
+    const roles = [0, 1, 2, 3].map((k) => {
+      const t = createTensor(gpu, [n + 4], "f32", `role ${k}`);
+      const view = t.view(offset * 4, [n], `role ${k} view`);
+      const v = values(k);
+      view.upload(k === 3 ? v.map((x) => x * x) : v);
+      return view;
+    });
+    adamwStep(rec, {
+      param: roles[0],
+      grad: roles[1],
+      m: roles[2],
+      v: roles[3],
+      ...BASE,
+      weightDecay: 0.1,
+      step: 3,
+    });
+    const count = rec.length;
+    await rec.submit();
+    return { count, p: await roles[0].download(), m: await roles[2].download() };
+  };
+  const aligned = await run(0);
+  const shifted = await run(1);
+  assertEquals([aligned.count, shifted.count], [2, 1]);
+  assertEquals(aligned.p, shifted.p);
+  assertEquals(aligned.m, shifted.m);
 });
