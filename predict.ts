@@ -6,6 +6,7 @@
 // computes from the examples' character spans (train/batches.ts exampleTokenSpans).
 
 import { getGpu } from "./kernels/device.ts";
+import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { Recorder } from "./kernels/recorder.ts";
 import { loadBackbone, loadHead } from "./model/checkpoint.ts";
 import { maxSequenceLength } from "./model/config.ts";
@@ -14,8 +15,17 @@ import { createHead, headParameters } from "./model/head.ts";
 import { openModel } from "./model/load.ts";
 import { writeFileAtomic } from "./model/atomic_write.ts";
 import type { TextInput } from "./model/tokenizer.ts";
-import { FlagError, intFlag, parseFlags, requireFlag, runMain } from "./train/flags.ts";
+import {
+  FlagError,
+  intFlag,
+  parseFlags,
+  requireFlag,
+  runMain,
+  TUNE_FLAGS,
+  tuneFlags,
+} from "./train/flags.ts";
 import { exampleTokenSpans } from "./train/batches.ts";
+import { modelTuneShapes } from "./train/run.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
 const FLAGS = {
@@ -27,6 +37,7 @@ const FLAGS = {
   "max-length": { type: "string" },
   revision: { type: "string" },
   out: { type: "string" },
+  ...TUNE_FLAGS,
 } as const;
 
 export interface PredictOptions {
@@ -37,6 +48,11 @@ export interface PredictOptions {
   batchSize: number;
   maxLength?: number;
   revision?: string;
+  /**
+   * Tune the GEMM for this device first (kernels/matmul_autotune.ts); absent: no tune (the
+   * built-in choice). The predictions are bitwise the same either way.
+   */
+  autotune?: TuneRequest;
 }
 
 export interface Prediction {
@@ -111,6 +127,17 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const maxBatch = Math.max(1, ...batches.map((b) => b.batch));
 
     const gpu = await getGpu();
+    if (options.autotune) {
+      const shapes = modelTuneShapes(config, {
+        rows: maxBatch * maxSeq,
+        headRows: maxBatch,
+        headFeatures: features,
+        headWidth: headShape.hidden,
+        headClasses: headShape.classes,
+        backward: false,
+      });
+      await autotuneForProgram(gpu, options.autotune, shapes);
+    }
     const encoder = createEncoder(gpu, config, { maxBatch, maxSeq, inference: true });
     const head = createHead(gpu, {
       hiddenSize: config.hiddenSize,
@@ -185,6 +212,7 @@ async function main(args: string[]) {
       ? undefined
       : intFlag("max-length", flags["max-length"], 512, 2),
     revision: flags.revision,
+    autotune: tuneRequest(tuneFlags(flags)),
   });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
   await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");

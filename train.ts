@@ -11,6 +11,7 @@ import {
   recipeLearningRate,
   type TrainConfig,
 } from "./train/config.ts";
+import { tuneRequest } from "./kernels/matmul_autotune.ts";
 import { readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
@@ -46,7 +47,7 @@ export async function trainFromArgs(
     : (await import("./tasks/all.ts")).taskByName;
   if (args.includes("--dry-run")) return await dryRunFromArgs(args, recipe, byName);
   // With no --data: the task's shipped folder, or its download into the data cache.
-  const { config, typed } = parseTrainArgs(
+  const { config, typed, tune } = parseTrainArgs(
     args,
     recipe,
     (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
@@ -57,7 +58,10 @@ export async function trainFromArgs(
     const model = await readConfig(`${dir}/config.json`);
     config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
   }
-  const metrics = await runTraining(config, { task: byName(config.task) });
+  const metrics = await runTraining(config, {
+    task: byName(config.task),
+    autotune: tuneRequest(tune),
+  });
   console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
   if (typed.has("predict-test")) {
     await writeTestSubmissions(config, byName(config.task));

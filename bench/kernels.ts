@@ -10,6 +10,12 @@
 //                    BERT-mini at batch 8 × 32 by default: 32 × 128 takes minutes per step here)
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
+//                   [--no-autotune | --retune] [--tune-cache FILE]
+//
+// Before timing, the GEMM variants are tuned for this adapter at the shape classes the selected
+// modules run (matmul, train_step), or the cached choice is reused (kernels/matmul_autotune.ts;
+// --no-autotune or EHFT_NO_AUTOTUNE=1: the built-in choice); the gemm rows then time the variant
+// `matmul` picks by itself, the one the training step runs, and name it (`variant`).
 //
 // References (unless --no-reference): numpy's float32 GEMM through OpenBLAS at the matmul shapes
 // and PyTorch's CPU training step at the train_step shape, measured in the same run by
@@ -18,12 +24,15 @@
 
 import { parseArgs } from "node:util";
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
+import { autotuneForProgram, tuneRequest, type TuneShape } from "../kernels/matmul_autotune.ts";
+import { HEAD_WIDTH } from "../model/head.ts";
+import { modelTuneShapes } from "../train/run.ts";
 import { benchAdamw } from "./adamw.ts";
 import { benchAttention } from "./attention.ts";
 import { benchEmbedding } from "./embedding.ts";
 import { benchFill } from "./fill.ts";
 import { benchLayerNorm } from "./layernorm.ts";
-import { benchMatmul, GEMM_SHAPES } from "./matmul.ts";
+import { benchMatmul, GEMM_SHAPES, gemmTuneShapes } from "./matmul.ts";
 import {
   addGemmRatios,
   addTrainStepRatios,
@@ -34,6 +43,7 @@ import type { BenchRow } from "./timing.ts";
 import {
   BENCH_DEFAULT_STEP,
   benchTrainStep,
+  stepConfig,
   TRAIN_STEP_MODES,
   type TrainStepMode,
   type TrainStepShape,
@@ -66,7 +76,7 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
   Object.keys(MODULES).join(",")
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
-}] [--profile]`;
+}] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
 
 interface Options {
   json: boolean;
@@ -76,6 +86,7 @@ interface Options {
   shape: TrainStepShape;
   modes: TrainStepMode[];
   profile: boolean;
+  tune: { noAutotune: boolean; retune: boolean; tuneCache?: string };
 }
 
 function positiveInt(flag: string, value: string): number {
@@ -97,6 +108,9 @@ function parseOptions(args: string[]): Options {
         "no-reference": { type: "boolean", default: false },
         modes: { type: "string" },
         profile: { type: "boolean", default: false },
+        "no-autotune": { type: "boolean", default: false },
+        retune: { type: "boolean", default: false },
+        "tune-cache": { type: "string" },
         ...Object.fromEntries(
           Object.keys(SHAPE_FLAGS).map((k) => [k, { type: "string" as const }]),
         ),
@@ -135,6 +149,9 @@ function parseOptions(args: string[]): Options {
       );
     }
   }
+  if (values["no-autotune"] && values.retune) {
+    throw new Error("--retune and --no-autotune: choose one");
+  }
   return {
     json: values.json as boolean,
     reps,
@@ -143,7 +160,30 @@ function parseOptions(args: string[]): Options {
     shape,
     modes: [...new Set(modes)] as TrainStepMode[],
     profile: values.profile as boolean,
+    tune: {
+      noAutotune: values["no-autotune"] as boolean,
+      retune: values.retune as boolean,
+      tuneCache: values["tune-cache"] as string | undefined,
+    },
   };
+}
+
+/** The GEMM products the selected modules run: what the autotune should time. */
+function tuneShapes(options: Options): TuneShape[] {
+  const shapes: TuneShape[] = [];
+  if (options.only.includes("matmul")) shapes.push(...gemmTuneShapes());
+  if (options.only.includes("train_step")) {
+    const s = options.shape;
+    shapes.push(...modelTuneShapes(stepConfig(s), {
+      rows: s.batch * s.seq,
+      headRows: s.batch,
+      headFeatures: s.hidden,
+      headWidth: HEAD_WIDTH,
+      headClasses: 1,
+      backward: true,
+    }));
+  }
+  return shapes;
 }
 
 /** Rounds to 5 significant digits: the timings are not more precise than that. */
@@ -184,10 +224,23 @@ function fmt(x: number | undefined): string {
 }
 
 function table(rows: BenchRow[]): string {
-  const header = ["kernel", "shape", "ms", "GFLOP/s", "GB/s", "ref", "ratio", "R", "timed"];
+  // The GEMM variant that ran (gemm rows), in its own column.
+  const header = [
+    "kernel",
+    "shape",
+    "variant",
+    "ms",
+    "GFLOP/s",
+    "GB/s",
+    "ref",
+    "ratio",
+    "R",
+    "timed",
+  ];
   const cells = rows.map((r) => [
     r.kernel,
     r.shape,
+    typeof r.variant === "string" ? r.variant : "",
     fmt(r.ms),
     fmt(r.gflops),
     fmt(r.gbps),
@@ -204,7 +257,7 @@ function table(rows: BenchRow[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   // Text columns left-aligned, numbers right-aligned.
   const line = (c: string[]) =>
-    c.map((s, i) => (i < 2 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join("  ").trimEnd();
+    c.map((s, i) => (i < 3 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join("  ").trimEnd();
   return [line(header), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
 }
 
@@ -234,6 +287,8 @@ async function main(): Promise<void> {
     const stepRefs = wants("train_step")
       ? await referenceTrainStep(options.shape, Math.min(options.reps, 3))
       : null;
+    // After the references (nothing else competes for the CPU then), before any timing.
+    await autotuneForProgram(gpu, tuneRequest(options.tune), tuneShapes(options));
     for (const name of options.only) {
       const moduleStart = performance.now();
       console.error(`bench: ${name}...`);

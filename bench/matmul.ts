@@ -7,11 +7,18 @@
 // dW = dY[rows,out]ᵀ·X[rows,in]: m=out n=in k=rows. Each product is 2·m·n·k flops.
 //
 // The rows time whatever variant `matmul` picks by itself (the training step's path): the
-// autotune's choice when `autotuneMatmul` ran on this device first, its heuristic otherwise.
+// autotune's choice when the tune ran on this device first (bench/kernels.ts tunes the classes of
+// `gemmTuneShapes()` unless --no-autotune), its heuristic otherwise. Each row's `variant` names
+// the kernel that ran, read off the pipeline `matmul` records (kernels/matmul_autotune.ts).
 
 import type { Gpu } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
+import {
+  linearTuneShapes,
+  matmulVariantsUsed,
+  type TuneShape,
+} from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
@@ -24,6 +31,11 @@ export const GEMM_SHAPES: [number, number, number][] = [
   [4096, 256, 1024],
   [1024, 1024, 1024],
 ];
+
+/** The products the rows time, for the autotune. */
+export function gemmTuneShapes(): TuneShape[] {
+  return GEMM_SHAPES.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
+}
 
 export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
@@ -65,8 +77,9 @@ export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
       ],
     ];
     for (const [product, [m, n, k], shape, record] of ops) {
+      const variant = matmulVariantsUsed(gpu, record).join("+");
       const timing = await timeOp(gpu, record, reps);
-      const fields = { m, n, k, product };
+      const fields = { m, n, k, product, variant };
       const label = `${product} m=${m} n=${n} k=${k}: ${shape}`;
       rows.push(benchRow("gemm", fields, timing, { flops: 2 * m * n * k }, label));
     }

@@ -1,19 +1,40 @@
-// Per-adapter choice of the GEMM variant: a short timing of the candidates on representative
-// shapes, one per shape class, remembered per adapter description (in memory, and optionally in
-// a small JSON file) and installed into `matmul` through `setMatmulTuner`.
+// Per-adapter choice of the GEMM variant: a short timing of candidate variants on one
+// representative product per shape class, remembered per device (in memory) and per adapter
+// description (in a JSON file), and installed into `matmul` through `setMatmulTuner`.
 //
-// `matmul` itself records synchronously and cannot time anything, so tuning is an explicit async
-// step a program runs once after acquiring its device; until then (or for a class the tune did
-// not cover) `matmul` uses its built-in heuristic. A variant changes speed only, never which
-// outputs are produced, and each variant is deterministic, so a cached choice is safe to reuse.
+// `matmul` records synchronously and cannot time anything, so tuning is an explicit async step a
+// program runs once after acquiring its device (`autotuneForProgram`); until then, and for every
+// class the tune did not cover, `matmul` uses its built-in heuristic.
+//
+// Determinism. The project promises that the same seed on the same device gives the same result,
+// and a timing is noise: two runs may time the candidates in a different order. Three guards keep
+// results independent of the timing:
+// - Each variant sums every output over k in increasing order with the same epilogue, and on the
+//   adapters we test every variant's output is bitwise identical to every other's
+//   (tests/matmul_variants_test.ts asserts it, so a variant that breaks it fails the suite).
+// - The tune does not rely on that alone: a candidate whose result on the tuning product is not
+//   bitwise identical to the heuristic's (the variant `matmul` would run untuned) is never chosen
+//   (`pickTunedVariant`). On an adapter whose compiler rounds some variants differently (fused
+//   multiply-adds in one kernel, not in another) the tune can only pick among the ones that
+//   round exactly as the untuned run does, so tuning never changes a result.
+// - A class, once tuned, is written to the cache file and reused as is by every later run (no
+//   re-timing, so no flip-flopping between near-equal variants); `--retune` times it again, and a
+//   change of the kernel set (`MATMUL_KERNELS_VERSION`) invalidates it. A challenger must also
+//   beat the heuristic's variant by `margin` (5%), so a near-tie keeps the built-in choice.
 
+import { writeJsonAtomic } from "../model/atomic_write.ts";
 import type { Gpu } from "./device.ts";
-import { fill } from "./fill.ts";
-import { matmul, MATMUL_VARIANTS, type MatmulVariant, setMatmulTuner } from "./matmul.ts";
+import {
+  matmul,
+  MATMUL_VARIANTS,
+  type MatmulArgs,
+  type MatmulVariant,
+  setMatmulTuner,
+} from "./matmul.ts";
 import { Recorder } from "./recorder.ts";
-import { createTensor } from "./tensor.ts";
+import { createTensor, type Tensor, tensorFromArray } from "./tensor.ts";
 
-/** A representative product: C[m,n] = op(A)·op(B) with op(A) m×k and op(B) k×n. */
+/** A product C[m,n] = op(A)·op(B) with op(A) m×k and op(B) k×n. */
 export interface TuneShape {
   m: number;
   n: number;
@@ -23,34 +44,126 @@ export interface TuneShape {
 }
 
 export interface AutotuneOptions {
-  /** Shapes to tune; default: the three products of a 512-row, 256→1024 linear layer. */
+  /**
+   * Products whose shape classes to tune (each class is timed once, on its representative
+   * product, see `representativeShape`); default: the three products of a 512-row, 256→1024
+   * linear layer.
+   */
   shapes?: TuneShape[];
-  /** Variants tried; default: the barrier-free ones (the shared-memory ones never won here). */
+  /** Variants tried besides the heuristic's; default: the barrier-free vec4 ones. */
   candidates?: MatmulVariant[];
-  /** Per-candidate time budget in milliseconds; default 60. */
+  /** Time budget per candidate and class in milliseconds (at least one timed run); default 100. */
   budgetMs?: number;
+  /** Timed runs per candidate at most (interleaved rounds; the fastest counts); default 2. */
+  rounds?: number;
+  /** A challenger must be this much faster than the heuristic's variant; default 0.05. */
+  margin?: number;
   /** JSON cache file (keyed by adapter description); default: none (memory only). */
   cacheFile?: string;
+  /** Time the classes again even when memory or the cache file knows them. */
+  retune?: boolean;
+  /** One-line warnings (a corrupt or unwritable cache file); default: console.error. */
+  warn?: (line: string) => void;
 }
 
 /** Choices by shape class, for one adapter. */
 export type TuneTable = Record<string, MatmulVariant>;
 
-const memory = new Map<string, TuneTable>();
-
-function sizeClass(x: number): string {
-  return x < 64 ? "s" : x < 512 ? "m" : "l";
+/** What the tune of one class measured. */
+export interface ClassTune {
+  class: string;
+  /** The product timed. */
+  shape: Required<TuneShape>;
+  /** The variant `matmul` runs for it untuned. */
+  heuristic: MatmulVariant;
+  chosen: MatmulVariant;
+  /** Fastest timed run of each candidate that was timed, in milliseconds (submit included). */
+  ms: Partial<Record<MatmulVariant, number>>;
+  /** Candidates whose result differed from the heuristic's, bitwise: never chosen. */
+  differs: MatmulVariant[];
 }
 
-/** The shape class a product belongs to: its transposes and each dimension's size class. */
+export interface TuneResult {
+  /** Every choice installed for the device (tuned now, or from memory or the cache file). */
+  table: TuneTable;
+  /** The classes timed by this call. */
+  tuned: ClassTune[];
+  /** Classes requested that came from the cache file / this process's memory. */
+  fromFile: string[];
+  fromMemory: string[];
+  /** Wall time of the call, in seconds. */
+  seconds: number;
+  /** The cache file read and (when something was tuned) written, if any. */
+  cacheFile?: string;
+  /** Whether the cache file was written. */
+  saved: boolean;
+}
+
+/**
+ * Version of the kernel set the choices were made for: a cache entry of another version is stale
+ * and tuned again. It covers the variant list (a new variant invalidates old entries), the
+ * launcher's source and this module's class scheme (TUNE_FORMAT: bump it when the classes or the
+ * representative products change, or when a variant's WGSL changes without the launcher doing so).
+ */
+const TUNE_FORMAT = "1";
+export const MATMUL_KERNELS_VERSION: string = fnv1a(
+  [TUNE_FORMAT, MATMUL_VARIANTS.join(","), matmul.toString()].join("\n"),
+);
+
+function fnv1a(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
+}
+
+/** The key of the kernel-set version inside a cache entry (beside the class keys). */
+const VERSION_KEY = "kernels";
+
+/**
+ * Size class of one output dimension: t < 16 ≤ s < 64 ≤ m < 512 ≤ l. The first two bounds are
+ * where the heuristic changes tiles; m and l separate the modest from the large products.
+ */
+function sizeClass(x: number): "t" | "s" | "m" | "l" {
+  return x < 16 ? "t" : x < 64 ? "s" : x < 512 ? "m" : "l";
+}
+
+/** The size each class is timed at (a typical member, a multiple of 4). */
+const CLASS_SIZE = { t: 8, s: 32, m: 256, l: 512 } as const;
+/** The timed k: the k loop's length changes little between tiles; more only costs time. */
+const TUNE_K = 256;
+
+/**
+ * The shape class of a product: its transposes and the size classes of its output's rows and
+ * columns (k does not enter: the tiles differ in how they cover the output). The signature keeps
+ * `k` so that it matches `MatmulTuner`.
+ */
 export function matmulShapeClass(
   m: number,
   n: number,
-  k: number,
+  _k: number,
   transA: boolean,
   transB: boolean,
 ): string {
-  return `${transA ? "T" : "N"}${transB ? "T" : "N"}:${sizeClass(m)}${sizeClass(n)}${sizeClass(k)}`;
+  return `${transA ? "T" : "N"}${transB ? "T" : "N"}:${sizeClass(m)}${sizeClass(n)}`;
+}
+
+/**
+ * The product a class is timed on: fixed per class (not taken from the program that asked), so
+ * that a cached choice does not depend on which program tuned first; all dimensions multiples of
+ * 4, so that the vec4 variants really run (a misaligned product runs `direct4x4` whatever the
+ * choice).
+ */
+export function representativeShape(s: TuneShape): Required<TuneShape> {
+  return {
+    m: CLASS_SIZE[sizeClass(s.m)],
+    n: CLASS_SIZE[sizeClass(s.n)],
+    k: TUNE_K,
+    transA: s.transA ?? false,
+    transB: s.transB ?? false,
+  };
 }
 
 const DEFAULT_SHAPES: TuneShape[] = [
@@ -58,127 +171,461 @@ const DEFAULT_SHAPES: TuneShape[] = [
   { m: 512, n: 256, k: 1024 }, // dX = dY·W
   { m: 1024, n: 256, k: 512, transA: true }, // dW = dYᵀ·X
 ];
+// The shared-memory variants (tile16, tile64) are 4-20× slower on lavapipe and would cost
+// seconds to time there; the heuristic never picks them either.
 const DEFAULT_CANDIDATES: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
 
-function readCache(file: string): Record<string, TuneTable> {
-  try {
-    const parsed = JSON.parse(Deno.readTextFileSync(file));
-    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) return parsed;
-  } catch {
-    // Missing, unreadable or corrupt: tune again and overwrite.
+/**
+ * The products of linear layers y = x·Wᵀ (+ b) with `rows` rows: the forward X·Wᵀ and, with
+ * `backward`, dX = dY·W and dW = dYᵀ·X (in matmul's m, n, k terms).
+ */
+export function linearTuneShapes(
+  rows: number,
+  layers: readonly (readonly [inF: number, outF: number])[],
+  backward: boolean,
+): TuneShape[] {
+  const out: TuneShape[] = [];
+  for (const [inF, outF] of layers) {
+    out.push({ m: rows, n: outF, k: inF, transB: true });
+    if (backward) {
+      out.push({ m: rows, n: inF, k: outF });
+      out.push({ m: outF, n: inF, k: rows, transA: true });
+    }
   }
-  return {};
+  return out;
 }
 
-function validTable(t: unknown): t is TuneTable {
-  return !!t && typeof t === "object" &&
-    Object.values(t).every((v) => MATMUL_VARIANTS.includes(v as MatmulVariant));
+/**
+ * Whether a program's product is worth tuning: an output of at least 64×64 (smaller ones are over
+ * before a submit's fixed cost is, so their timing could not tell the variants apart) whose
+ * operands the vec4 variants can read (k and the stored rows multiples of 4; otherwise every
+ * choice runs `direct4x4`).
+ */
+export function worthTuning(s: TuneShape): boolean {
+  const rowA = s.transA ? s.m : s.k;
+  const rowB = s.transB ? s.k : s.n;
+  return s.m >= 64 && s.n >= 64 && s.k >= 4 && s.k % 4 === 0 && rowA % 4 === 0 &&
+    rowB % 4 === 0;
+}
+
+/**
+ * The choice among the measured candidates: the fastest whose result was bitwise identical to
+ * the heuristic's, if it beats the heuristic's own variant by `margin`; else the heuristic's.
+ * A candidate that differs bitwise is never chosen, however fast: the choice must not change
+ * results.
+ */
+export function pickTunedVariant(
+  heuristic: MatmulVariant,
+  measured: readonly { variant: MatmulVariant; ms: number; sameBits: boolean }[],
+  margin = 0.05,
+): MatmulVariant {
+  const own = measured.find((x) => x.variant === heuristic)?.ms ?? Infinity;
+  let best: MatmulVariant = heuristic;
+  let bestMs = own * (1 - margin);
+  for (const x of measured) {
+    if (x.variant === heuristic || !x.sameBits || !(x.ms < bestMs)) continue;
+    [best, bestMs] = [x.variant, x.ms];
+  }
+  return best;
+}
+
+/** Records what `record` launches into a recorder that submits nothing; returns the pipelines. */
+class ProbeRecorder extends Recorder {
+  readonly pipelineLabels: string[] = [];
+  override dispatch(_label: string, pipeline: GPUComputePipeline): void {
+    this.pipelineLabels.push(pipeline.label);
+  }
+}
+
+/**
+ * The matmul variants that `record` would launch on `gpu` now (with the installed tuner and the
+ * alignment fallback), in order; nothing is submitted. Read off the pipelines' labels
+ * (`matmul_<variant>[_<transposes>]`), so it names what really runs.
+ */
+export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): MatmulVariant[] {
+  const probe = new ProbeRecorder(gpu);
+  record(probe);
+  const found: MatmulVariant[] = [];
+  for (const label of probe.pipelineLabels) {
+    // The longest variant name the label starts with, followed by its end or "_".
+    let best: MatmulVariant | undefined;
+    for (const v of MATMUL_VARIANTS) {
+      const head = `matmul_${v}`;
+      const rest = label.slice(head.length);
+      if (label.startsWith(head) && (rest === "" || rest.startsWith("_"))) {
+        if (!best || v.length > best.length) best = v;
+      }
+    }
+    if (best) found.push(best);
+  }
+  return found;
+}
+
+/** Deterministic values in [-1, 1) with varied low bits, so that rounding differences show. */
+function pseudoRandom(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let a = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+    out[i] = a / 2147483648 - 1;
+  }
+  return out;
+}
+
+/** Milliseconds of one submit of `reps` copies of the product, until the GPU finished. */
+async function runProduct(gpu: Gpu, args: MatmulArgs, reps = 1): Promise<number> {
+  const rec = new Recorder(gpu);
+  for (let i = 0; i < reps; i++) matmul(rec, args);
+  const t0 = performance.now();
+  await rec.submit();
+  await gpu.device.queue.onSubmittedWorkDone();
+  return performance.now() - t0;
+}
+
+async function resultBits(gpu: Gpu, args: MatmulArgs): Promise<Uint32Array> {
+  await runProduct(gpu, args);
+  const values = await args.c.download();
+  return new Uint32Array(values.buffer, values.byteOffset, values.length);
+}
+
+function sameBits(x: Uint32Array, y: Uint32Array): boolean {
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/** A timed submit should last about this long (milliseconds)... */
+const SUBMIT_TARGET_MS = 20;
+/** ...with at most this many products in it. */
+const MAX_REPS = 64;
+/** A candidate this much slower than the fastest after a round gets no further rounds. */
+const DROP_RATIO = 1.3;
+
+/** Times the candidates on one class's product. The tuner must be uninstalled meanwhile. */
+async function tuneClass(
+  gpu: Gpu,
+  cls: string,
+  shape: Required<TuneShape>,
+  candidates: readonly MatmulVariant[],
+  budgetMs: number,
+  rounds: number,
+  margin: number,
+): Promise<ClassTune> {
+  const { m, n, k, transA, transB } = shape;
+  const tensors: Tensor[] = [];
+  const keep = <T extends Tensor>(t: T) => (tensors.push(t), t);
+  try {
+    const a = keep(tensorFromArray(gpu, pseudoRandom(m * k, 1), transA ? [k, m] : [m, k], "tuneA"));
+    const b = keep(tensorFromArray(gpu, pseudoRandom(k * n, 2), transB ? [n, k] : [k, n], "tuneB"));
+    const bias = keep(tensorFromArray(gpu, pseudoRandom(n, 3), [n], "tuneBias"));
+    const c = keep(createTensor(gpu, [m, n], "f32", "tuneC"));
+    // Alpha and bias make the epilogue part of the comparison.
+    const args: MatmulArgs = { op: "matmul autotune", a, b, c, bias, m, n, k, transA, transB };
+    args.alpha = 0.75;
+    const [heuristic] = matmulVariantsUsed(gpu, (rec) => matmul(rec, args));
+    if (!heuristic) throw new Error(`cannot tell which variant matmul runs for ${cls}`);
+    const reference = (await resultBits(gpu, args)).slice();
+    const contenders = [heuristic, ...candidates.filter((v) => v !== heuristic)];
+    // The first run of each also compiles its pipeline and checks its bits.
+    const differs: MatmulVariant[] = [];
+    const live: MatmulVariant[] = [];
+    for (const v of contenders) {
+      if (v === heuristic) live.push(v); // the reference itself
+      else if (sameBits(await resultBits(gpu, { ...args, variant: v }), reference)) live.push(v);
+      else differs.push(v);
+    }
+    // Products per submit: a submit's fixed cost (about 12 ms on lavapipe, more than a small
+    // product; on a GPU far more than any of these) must not drown the differences.
+    let reps = 1;
+    for (let t = await runProduct(gpu, args); t < SUBMIT_TARGET_MS && reps < MAX_REPS;) {
+      reps = Math.min(MAX_REPS, Math.max(reps + 1, Math.ceil((reps * SUBMIT_TARGET_MS) / t)));
+      t = await runProduct(gpu, args, reps);
+    }
+    const best = new Map<MatmulVariant, number>();
+    const start = performance.now();
+    for (let round = 0; round < rounds; round++) {
+      // Interleaved rounds, so that a burst of load elsewhere hits every candidate alike; the
+      // fastest run of each counts (load only ever adds time).
+      for (const v of live) {
+        const ms = (await runProduct(gpu, { ...args, variant: v }, reps)) / reps;
+        best.set(v, Math.min(best.get(v) ?? Infinity, ms));
+      }
+      if (performance.now() - start > budgetMs * live.length) break;
+      // Far behind after a run: not a contender, not worth more runs.
+      const fastest = Math.min(...best.values());
+      for (let i = live.length - 1; i >= 0; i--) {
+        if (live[i] !== heuristic && best.get(live[i])! > DROP_RATIO * fastest) live.splice(i, 1);
+      }
+    }
+    const measured = [...best].map(([variant, ms]) => ({ variant, ms, sameBits: true }));
+    return {
+      class: cls,
+      shape,
+      heuristic,
+      chosen: pickTunedVariant(heuristic, measured, margin),
+      ms: Object.fromEntries(best),
+      differs,
+    };
+  } finally {
+    for (const t of tensors) t.destroy();
+  }
+}
+
+type CacheEntries = Record<string, Record<string, string>>;
+
+function message(e: unknown): string {
+  return ((e as Error)?.message ?? String(e)).replace(/\s*\n\s*/g, " ");
+}
+
+/** The cache file's entries; a missing file is empty, an unreadable or corrupt one warns. */
+function readCache(file: string, warn: (line: string) => void): CacheEntries {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      warn(`matmul autotune: cannot read ${file} (${message(e)}); tuning again`);
+    }
+    return {};
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    warn(`matmul autotune: ${file} is corrupt (${message(e)}); tuning again`);
+    return {};
+  }
+  const isObject = (x: unknown): x is Record<string, unknown> =>
+    !!x && typeof x === "object" && !Array.isArray(x);
+  if (!isObject(parsed) || !Object.values(parsed).every(isObject)) {
+    warn(`matmul autotune: ${file} is not a tune cache (expected {adapter: {...}}); tuning again`);
+    return {};
+  }
+  return parsed as CacheEntries;
+}
+
+/** The choices of a cache entry when it is valid for this kernel set, else undefined. */
+function entryTable(
+  entry: Record<string, unknown> | undefined,
+  file: string,
+  adapter: string,
+  warn: (line: string) => void,
+): TuneTable | undefined {
+  if (!entry || entry[VERSION_KEY] !== MATMUL_KERNELS_VERSION) return undefined; // absent, stale
+  const table: TuneTable = {};
+  for (const [cls, v] of Object.entries(entry)) {
+    if (cls === VERSION_KEY) continue;
+    if (!MATMUL_VARIANTS.includes(v as MatmulVariant)) {
+      warn(
+        `matmul autotune: ${file}: the entry of "${adapter}" names an unknown variant ` +
+          `${JSON.stringify(v)} for ${cls}; tuning again`,
+      );
+      return undefined;
+    }
+    table[cls] = v as MatmulVariant;
+  }
+  return table;
 }
 
 function install(gpu: Gpu, table: TuneTable): void {
+  if (Object.keys(table).length === 0) {
+    setMatmulTuner(gpu, undefined);
+    return;
+  }
   setMatmulTuner(
     gpu,
     (m, n, k, transA, transB) => table[matmulShapeClass(m, n, k, transA, transB)],
   );
 }
 
-/** Milliseconds per product of `variant` on `shape`, the median of a few short submits. */
-async function timeVariant(
-  gpu: Gpu,
-  shape: TuneShape,
-  variant: MatmulVariant,
-  budgetMs: number,
-): Promise<number> {
-  const { m, n, k } = shape;
-  const transA = shape.transA ?? false, transB = shape.transB ?? false;
-  const a = createTensor(gpu, transA ? [k, m] : [m, k], "f32", "tuneA");
-  const b = createTensor(gpu, transB ? [n, k] : [k, n], "f32", "tuneB");
-  const c = createTensor(gpu, [m, n], "f32", "tuneC");
-  try {
-    const init = new Recorder(gpu);
-    fill(init, a, 0.5);
-    fill(init, b, 0.25);
-    await init.submit();
-    const run = async () => {
-      const rec = new Recorder(gpu);
-      matmul(rec, { a, b, c, m, n, k, transA, transB, variant });
-      const t0 = performance.now();
-      await rec.submit();
-      await gpu.device.queue.onSubmittedWorkDone();
-      return performance.now() - t0;
-    };
-    await run(); // compile and warm up
-    const times: number[] = [];
-    const start = performance.now();
-    while (times.length < 3 || (performance.now() - start < budgetMs && times.length < 9)) {
-      times.push(await run());
-      if (times.length >= 1 && times[0] > budgetMs) break; // too slow to be a contender
+/** Choices made on each device object in this process (tuned, or read from the file). */
+const memory = new WeakMap<Gpu, TuneTable>();
+
+/**
+ * Tunes the GEMM for this device (or reuses what this process or the cache file already knows of
+ * the same adapter and kernel set), installs the choices into `matmul` and reports what it did.
+ */
+export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneResult> {
+  const start = performance.now();
+  const warn = options.warn ?? ((line: string) => console.error(line));
+  const adapter = gpu.description;
+  const file = options.cacheFile;
+  const shapes = options.shapes ?? DEFAULT_SHAPES;
+  const wanted = new Map<string, Required<TuneShape>>();
+  for (const s of shapes) {
+    if (s.m <= 0 || s.n <= 0) continue;
+    const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false);
+    if (!wanted.has(cls)) wanted.set(cls, representativeShape(s));
+  }
+
+  // The installed table: what this process knows, then the file's entry for the classes missing.
+  const previous = memory.get(gpu) ?? {};
+  const table: TuneTable = { ...previous };
+  const fromMemory = options.retune ? [] : [...wanted.keys()].filter((c) => table[c]);
+  const fromFile: string[] = [];
+  if (file && !options.retune && [...wanted.keys()].some((c) => !table[c])) {
+    const known = entryTable(readCache(file, warn)[adapter], file, adapter, warn) ?? {};
+    for (const [cls, v] of Object.entries(known)) {
+      if (table[cls]) continue;
+      table[cls] = v;
+      if (wanted.has(cls)) fromFile.push(cls);
     }
-    times.sort((x, y) => x - y);
-    return times[times.length >> 1];
+  }
+
+  const tuned: ClassTune[] = [];
+  // Untuned while timing: the heuristic's variant and result are the reference.
+  setMatmulTuner(gpu, undefined);
+  let ok = false;
+  try {
+    for (const [cls, shape] of wanted) {
+      if (table[cls] && !options.retune) continue;
+      const t = await tuneClass(
+        gpu,
+        cls,
+        shape,
+        options.candidates ?? DEFAULT_CANDIDATES,
+        options.budgetMs ?? 100,
+        options.rounds ?? 2,
+        options.margin ?? 0.05,
+      );
+      table[cls] = t.chosen;
+      tuned.push(t);
+    }
+    ok = true;
   } finally {
-    a.destroy();
-    b.destroy();
-    c.destroy();
+    // A failed tune leaves the device as it was.
+    install(gpu, ok ? table : previous);
+  }
+  memory.set(gpu, table);
+  let saved = false;
+  if (file && tuned.length > 0) {
+    try {
+      const all = readCache(file, () => {}); // a corrupt file was reported above; replace it
+      const old = entryTable(all[adapter], file, adapter, () => {}) ?? {};
+      all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
+      const dir = file.replace(/[\\/][^\\/]*$/, "");
+      if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });
+      await writeJsonAtomic(file, all);
+      saved = true;
+    } catch (e) {
+      warn(`matmul autotune: cannot write ${file} (${message(e)}); the tune is not cached`);
+    }
+  }
+  return {
+    table,
+    tuned,
+    fromFile,
+    fromMemory,
+    seconds: (performance.now() - start) / 1000,
+    cacheFile: file,
+    saved,
+  };
+}
+
+/** `tuneMatmul`, returning the installed table only. */
+export async function autotuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneTable> {
+  return (await tuneMatmul(gpu, options)).table;
+}
+
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined; // no --allow-env: as if unset
   }
 }
 
 /**
- * Tunes the GEMM for this adapter (or reuses an earlier tune of the same adapter description,
- * from memory or `cacheFile`) and installs the choices into `matmul`. Returns the table.
+ * The default cache file: `$XDG_CACHE_HOME/ehft/matmul-tune.json`, else
+ * `~/.cache/ehft/matmul-tune.json` (`%LOCALAPPDATA%\ehft\...` on Windows); undefined when no
+ * such directory is known (the tune then lives in memory only).
  */
-export async function autotuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneTable> {
-  const key = gpu.description;
-  const shapes = options.shapes ?? DEFAULT_SHAPES;
-  const candidates = options.candidates ?? DEFAULT_CANDIDATES;
-  const budgetMs = options.budgetMs ?? 60;
-  const fileCache = options.cacheFile ? readCache(options.cacheFile) : {};
-  const known = memory.get(key) ?? (validTable(fileCache[key]) ? fileCache[key] : undefined);
-  const table: TuneTable = { ...known };
-  let tuned = false;
-  for (const s of shapes) {
-    const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false);
-    if (table[cls]) continue;
-    let best: MatmulVariant = candidates[0];
-    let bestMs = Infinity;
-    for (const v of candidates) {
-      const ms = await timeVariant(gpu, s, v, budgetMs);
-      if (ms < bestMs) [best, bestMs] = [v, ms];
-    }
-    table[cls] = best;
-    tuned = true;
-  }
-  memory.set(key, table);
-  if (tuned && options.cacheFile) {
-    try {
-      const all = readCache(options.cacheFile);
-      all[key] = table;
-      Deno.writeTextFileSync(options.cacheFile, JSON.stringify(all, null, 2) + "\n");
-    } catch {
-      // A cache we cannot write only costs a re-tune next time.
-    }
-  }
-  install(gpu, table);
-  return table;
+export function defaultMatmulCacheFile(): string | undefined {
+  const xdg = env("XDG_CACHE_HOME");
+  if (xdg) return `${xdg}/ehft/matmul-tune.json`;
+  const home = env("HOME");
+  if (home) return `${home}/.cache/ehft/matmul-tune.json`;
+  const local = env("LOCALAPPDATA");
+  return local ? `${local}\\ehft\\matmul-tune.json` : undefined;
 }
 
-/** The default cache file under the OS cache directory, or undefined when none is known. */
-export function defaultMatmulCacheFile(): string | undefined {
-  const env = (name: string) => {
-    try {
-      return Deno.env.get(name);
-    } catch {
-      return undefined;
-    }
+/** How a program should tune: from its flags and the environment (`tuneRequest`). */
+export interface TuneRequest {
+  enabled: boolean;
+  retune: boolean;
+  /** The cache file, or undefined for memory only. */
+  cacheFile?: string;
+}
+
+/** Whether an environment flag is set: any value but "", "0", "false", "no". */
+function envFlag(name: string): boolean {
+  const v = env(name)?.trim().toLowerCase();
+  return v !== undefined && !["", "0", "false", "no"].includes(v);
+}
+
+/**
+ * A program's tune settings: `--no-autotune` or EHFT_NO_AUTOTUNE=1 disable the tune (the built-in
+ * heuristic runs); `--retune` times again what the cache knows; `--tune-cache FILE`, else
+ * EHFT_TUNE_CACHE, else `defaultMatmulCacheFile()` is the cache file.
+ */
+export function tuneRequest(flags: {
+  noAutotune?: boolean;
+  retune?: boolean;
+  tuneCache?: string;
+} = {}): TuneRequest {
+  return {
+    enabled: !flags.noAutotune && !envFlag("EHFT_NO_AUTOTUNE"),
+    retune: flags.retune ?? false,
+    cacheFile: flags.tuneCache || env("EHFT_TUNE_CACHE") || defaultMatmulCacheFile(),
   };
-  const xdg = env("XDG_CACHE_HOME");
-  const home = env("HOME");
-  const dir = xdg ?? (home ? `${home}/.cache` : undefined);
-  if (!dir) return undefined;
+}
+
+/** The one-line summary of a tune, for a program's stderr. */
+export function describeTune(gpu: Gpu, r: TuneResult): string {
+  const classes = (n: number) => `${n} shape class${n === 1 ? "" : "es"}`;
+  const where = r.tuned.length > 0
+    ? `tuned ${classes(r.tuned.length)} in ${r.seconds.toFixed(1)} s` +
+      (r.saved ? `, saved to ${r.cacheFile}` : r.cacheFile ? " (not saved)" : " (no cache file)")
+    : r.fromFile.length > 0
+    ? `${classes(r.fromFile.length)} from ${r.cacheFile}`
+    : "as tuned earlier in this process";
+  const choices = Object.entries(r.table).sort().map(([c, v]) => `${c}=${v}`).join(" ");
+  return `matmul autotune: ${gpu.description}: ${where}; choices ${choices}`;
+}
+
+/**
+ * What programs call after acquiring the device: tunes the classes of `shapes` that are worth it
+ * (`worthTuning`) as `request` says and logs one line. Never throws: a failed tune warns and
+ * leaves the heuristic in place. Returns null when disabled or when nothing was worth tuning (then
+ * the cache file is not even read, so small runs, e.g. the tests' tiny models, never touch it).
+ */
+export async function autotuneForProgram(
+  gpu: Gpu,
+  request: TuneRequest,
+  shapes: readonly TuneShape[],
+  log: { info?: (line: string) => void; warn?: (line: string) => void } = {},
+): Promise<TuneResult | null> {
+  if (!request.enabled) return null;
+  const worth = shapes.filter(worthTuning);
+  if (worth.length === 0) return null;
+  const warn = log.warn ?? ((line: string) => console.error(line));
   try {
-    Deno.mkdirSync(`${dir}/ehft`, { recursive: true });
-  } catch {
-    return undefined;
+    const result = await tuneMatmul(gpu, {
+      shapes: worth,
+      cacheFile: request.cacheFile,
+      retune: request.retune,
+      warn,
+    });
+    // Said once per process: a later call (the next seed) that only found this process's
+    // earlier tune stays quiet.
+    if (result.tuned.length > 0 || result.fromFile.length > 0) {
+      (log.info ?? ((line: string) => console.error(line)))(describeTune(gpu, result));
+    }
+    return result;
+  } catch (e) {
+    if (gpu.lost) throw e;
+    warn(`matmul autotune: failed (${message(e)}); using the built-in choice`);
+    setMatmulTuner(gpu, undefined);
+    return null;
   }
-  return `${dir}/ehft/matmul_autotune.json`;
 }

@@ -10,7 +10,7 @@
 
 import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
-import { FlagError, intFlag, parseFlags } from "./flags.ts";
+import { FlagError, intFlag, parseFlags, TUNE_FLAGS, type TuneFlags, tuneFlags } from "./flags.ts";
 import { parseScheduleName, SCHEDULE_NAMES, type ScheduleName } from "./schedule.ts";
 import {
   defaultMainLr,
@@ -132,6 +132,9 @@ export const TRAIN_FLAGS = {
   "predict-test": { type: "boolean" },
   // Instead of training: read and check the data, print a summary (train/dry_run.ts).
   "dry-run": { type: "boolean" },
+  // The GEMM autotune (--no-autotune, --retune, --tune-cache): how this machine runs, not a
+  // setting of the run (every choice gives the same results), so not in TrainConfig either.
+  ...TUNE_FLAGS,
 } as const;
 
 /** A number flag within [min, max] (`open` excludes the bounds). */
@@ -166,6 +169,8 @@ export interface ParsedTrainArgs {
   config: TrainConfig;
   /** Flags the user typed (names without dashes). */
   typed: Set<string>;
+  /** The GEMM autotune's flags. */
+  tune: TuneFlags;
 }
 
 /**
@@ -336,7 +341,7 @@ export function parseTrainArgs(
     throw new FlagError(`--max-steps: strategy ${strategy} has two stages, so needs at least 2`);
   }
   parsePeftAndSchedule(config);
-  return { config, typed };
+  return { config, typed, tune: tuneFlags(f) };
 }
 
 /** runs/<task>/<strategy>[-<peft>] */

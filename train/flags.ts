@@ -59,6 +59,36 @@ export function parseFlags<S extends FlagSpec>(
   }
 }
 
+/**
+ * The GEMM autotune's flags, shared by train.ts (and the task scripts) and predict.ts:
+ * `--no-autotune` (or EHFT_NO_AUTOTUNE=1) keeps the built-in variant choice, `--retune` times the
+ * GEMM variants again instead of reusing the cached choice, `--tune-cache FILE` (or
+ * EHFT_TUNE_CACHE) names the cache file (kernels/matmul_autotune.ts).
+ */
+export const TUNE_FLAGS = {
+  "no-autotune": { type: "boolean" },
+  retune: { type: "boolean" },
+  "tune-cache": { type: "string" },
+} as const;
+
+/** The autotune flags' values, as kernels/matmul_autotune.ts's `tuneRequest` takes them. */
+export interface TuneFlags {
+  noAutotune: boolean;
+  retune: boolean;
+  tuneCache?: string;
+}
+
+/** Reads the TUNE_FLAGS out of parsed flags; `--retune` with `--no-autotune` is an error. */
+export function tuneFlags(
+  f: { "no-autotune"?: boolean; retune?: boolean; "tune-cache"?: string },
+): TuneFlags {
+  const noAutotune = f["no-autotune"] ?? false;
+  const retune = f.retune ?? false;
+  if (noAutotune && retune) throw new FlagError("--retune and --no-autotune: choose one");
+  if (f["tune-cache"] === "") throw new FlagError("--tune-cache: expected a file name");
+  return { noAutotune, retune, tuneCache: f["tune-cache"] };
+}
+
 /** A required string flag. */
 export function requireFlag(name: string, value: string | undefined): string {
   if (value === undefined || value === "") throw new FlagError(`--${name} is required`);

@@ -14,11 +14,17 @@
 // standard deviation of each metric over the seeds.
 
 import { getGpu, type Gpu } from "../kernels/device.ts";
+import {
+  autotuneForProgram,
+  linearTuneShapes,
+  type TuneRequest,
+  type TuneShape,
+} from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../model/atomic_write.ts";
 import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
-import { maxSequenceLength } from "../model/config.ts";
+import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
 import { type OpenedModel, openModel } from "../model/load.ts";
@@ -62,6 +68,12 @@ export interface RunOptions {
   quiet?: boolean;
   /** Default: the process-wide GPU. */
   gpu?: Gpu;
+  /**
+   * Tune the GEMM for this device before training (kernels/matmul_autotune.ts), as the request
+   * says; absent: no tune, the built-in choice (what tests want: no dependence on the machine's
+   * tune cache). Any choice gives bitwise the same results; the tune changes speed only.
+   */
+  autotune?: TuneRequest;
   /**
    * Called when a stage begins, after its hand-off (restore, PEFT dropped) and before its first
    * step; e.g. for tests that inspect the model between the stages.
@@ -463,6 +475,29 @@ async function runSeed(
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
 
   const gpu = options.gpu ?? await getGpu();
+  const maxExamples = Math.min(
+    config.batchSize,
+    Math.max(p.train.examples.length, p.dev.examples.length),
+  );
+  if (options.autotune) {
+    const rows = maxExamples * p.train.inputsPerExample;
+    const shapes = modelTuneShapes(model.config, {
+      rows: rows * longestRow(p.train, p.dev),
+      headRows: rows,
+      headFeatures: headFeatures(task, model.config.hiddenSize),
+      headWidth: p.headWidth,
+      headClasses: task.headClasses,
+      backward: true,
+    });
+    try {
+      await autotuneForProgram(gpu, options.autotune, shapes, {
+        info: options.quiet ? () => {} : undefined,
+      });
+    } catch (e) {
+      model.weights.close(); // only a lost device gets here
+      throw e;
+    }
+  }
   const peft = config.peft
     ? createPeft(config.peft, gpu, model.config, {
       loraR: config.loraR,
@@ -479,10 +514,7 @@ async function runSeed(
       headClasses: task.headClasses,
       wic: task.head === "wic",
       inputsPerExample: p.train.inputsPerExample,
-      maxExamples: Math.min(
-        config.batchSize,
-        Math.max(p.train.examples.length, p.dev.examples.length),
-      ),
+      maxExamples,
       maxSeq: longestRow(p.train, p.dev),
       dropout: config.dropout ?? undefined,
       headWidth: p.headWidth,
@@ -528,6 +560,32 @@ async function runSeed(
     trainer.destroy();
     model.weights.close();
   }
+}
+
+/**
+ * The GEMM products a model runs (what the autotune should time): its encoder's linear layers
+ * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
+ * gradient products.
+ */
+export function modelTuneShapes(
+  config: ModelConfig,
+  o: {
+    rows: number;
+    headRows: number;
+    headFeatures: number;
+    headWidth: number;
+    headClasses: number;
+    backward: boolean;
+  },
+): TuneShape[] {
+  const h = config.hiddenSize, inter = config.intermediateSize, e = config.embeddingSize;
+  const encoder: [number, number][] = [[h, h], [h, inter], [inter, h]];
+  if (e !== h) encoder.push([e, h]); // ELECTRA's embedding projection
+  const head: [number, number][] = [[o.headFeatures, o.headWidth], [o.headWidth, o.headClasses]];
+  return [
+    ...linearTuneShapes(o.rows, encoder, o.backward),
+    ...linearTuneShapes(o.headRows, head, o.backward),
+  ];
 }
 
 interface Loop {

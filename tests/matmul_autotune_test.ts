@@ -1,0 +1,426 @@
+// The GEMM autotune: its cache file (hit, miss, per adapter, stale, corrupt), how programs turn
+// it off, and that a tuned device computes bitwise what an untuned one does.
+
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomValues } from "./random.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { matmul, type MatmulVariant, setMatmulTuner } from "../kernels/matmul.ts";
+import {
+  autotuneForProgram,
+  defaultMatmulCacheFile,
+  linearTuneShapes,
+  MATMUL_KERNELS_VERSION,
+  matmulShapeClass,
+  matmulVariantsUsed,
+  pickTunedVariant,
+  tuneMatmul,
+  type TuneRequest,
+  tuneRequest,
+  worthTuning,
+} from "../kernels/matmul_autotune.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { readConfig } from "../model/config.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { FlagError } from "../train/flags.ts";
+import { modelTuneShapes, runTraining } from "../train/run.ts";
+import { rte } from "../tasks/rte.ts";
+import { writeMarkerData, writeTinyBert } from "./train_fixture.ts";
+
+/** The GPU under another adapter description: its own tune memory, tuner and pipelines. */
+function adapterNamed(gpu: Gpu, description: string): Gpu {
+  return Object.create(gpu, { description: { value: description } });
+}
+
+/** A small class, quick to time: 32×32 outputs (the "s" class, timed at 32×32×256). */
+const SMALL = { m: 32, n: 32, k: 8, transB: true };
+const SMALL_CLASS = matmulShapeClass(32, 32, 8, false, true);
+/** As little timing (and compiling: every adapterNamed device compiles its own) as can be. */
+const QUICK = { budgetMs: 1, rounds: 1, candidates: ["vec4_8x8"] as MatmulVariant[] };
+
+async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-tune-" });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Runs `fn` with environment variables set (undefined: unset), restoring them afterwards. */
+async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
+  const apply = (v: Record<string, string | undefined>) => {
+    for (const [k, x] of Object.entries(v)) {
+      x === undefined ? Deno.env.delete(k) : Deno.env.set(k, x);
+    }
+  };
+  apply(vars);
+  try {
+    return await fn();
+  } finally {
+    apply(saved);
+  }
+}
+
+Deno.test("autotune: a candidate that differs bitwise is never chosen; near-ties keep the heuristic", () => {
+  const h: MatmulVariant = "vec4_8x16";
+  const m = (variant: MatmulVariant, ms: number, sameBits = true) => ({ variant, ms, sameBits });
+  // Far faster but rounding differently: refused.
+  assertEquals(pickTunedVariant(h, [m(h, 10), m("vec4_8x8", 1, false)]), h);
+  // 3% faster: within the margin, the heuristic stays.
+  assertEquals(pickTunedVariant(h, [m(h, 10), m("vec4_8x8", 9.7)]), h);
+  // 20% faster and bitwise equal: chosen; the fastest of several such.
+  assertEquals(pickTunedVariant(h, [m(h, 10), m("vec4_8x8", 8), m("vec4_16x8", 7)]), "vec4_16x8");
+  assertEquals(
+    pickTunedVariant(h, [m(h, 10), m("vec4_8x8", 8), m("vec4_16x8", 7, false)]),
+    "vec4_8x8",
+  );
+  // The heuristic's own variant unmeasured (dropped): any bitwise-equal one beats nothing.
+  assertEquals(pickTunedVariant(h, [m("vec4_8x8", 8)]), "vec4_8x8");
+  assertEquals(pickTunedVariant(h, []), h);
+});
+
+gpuTest(
+  "autotune: a miss tunes and writes the file, a hit reads it, keyed by adapter",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      const file = `${dir}/sub/tune.json`; // the folder is created
+      const warnings: string[] = [];
+      const warn = (line: string) => warnings.push(line);
+      const a1 = adapterNamed(gpu, "test adapter A");
+      const miss = await tuneMatmul(a1, { shapes: [SMALL], cacheFile: file, warn, ...QUICK });
+      assertEquals(miss.tuned.map((t) => t.class), [SMALL_CLASS]);
+      assert(miss.saved, "saved");
+      assertEquals(miss.tuned[0].differs, [], "every candidate bitwise equal on this adapter");
+      const chosen = miss.table[SMALL_CLASS];
+      const saved = JSON.parse(await Deno.readTextFile(file));
+      assertEquals(saved["test adapter A"], {
+        kernels: MATMUL_KERNELS_VERSION,
+        [SMALL_CLASS]: chosen,
+      });
+
+      // The same device again: this process's memory, the file untouched.
+      const again = await tuneMatmul(a1, { shapes: [SMALL], cacheFile: file, warn, ...QUICK });
+      assertEquals([again.tuned.length, again.fromMemory, again.saved], [0, [SMALL_CLASS], false]);
+
+      // Another process (a fresh device object) on the same adapter: the file.
+      const a2 = adapterNamed(gpu, "test adapter A");
+      const hit = await tuneMatmul(a2, { shapes: [SMALL], cacheFile: file, warn, ...QUICK });
+      assertEquals([hit.tuned.length, hit.fromFile, hit.table[SMALL_CLASS]], [
+        0,
+        [SMALL_CLASS],
+        chosen,
+      ]);
+      // Installed: matmul now asks the tuner (a product of the class runs the cached choice).
+      const t = (n: number) => createTensor(a2, [n], "f32", "t");
+      const [a, b, c] = [t(32 * 8), t(32 * 8), t(32 * 32)];
+      const used = matmulVariantsUsed(
+        a2,
+        (rec) => matmul(rec, { a, b, c, m: 32, n: 32, k: 8, transB: true }),
+      );
+      assertEquals(used, [chosen]);
+      for (const x of [a, b, c]) x.destroy();
+
+      // Another adapter: a miss, its entry added beside the first.
+      const other = await tuneMatmul(adapterNamed(gpu, "test adapter B"), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn,
+        ...QUICK,
+      });
+      assertEquals(other.tuned.length, 1);
+      const both = JSON.parse(await Deno.readTextFile(file));
+      assertEquals(Object.keys(both).sort(), ["test adapter A", "test adapter B"]);
+
+      // --retune: timed again although the file knows it.
+      const re = await tuneMatmul(adapterNamed(gpu, "test adapter A"), {
+        shapes: [SMALL],
+        cacheFile: file,
+        retune: true,
+        warn,
+        ...QUICK,
+      });
+      assertEquals(re.tuned.length, 1);
+      assertEquals(warnings, []);
+      const leftovers = [...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name);
+      assertEquals(leftovers, ["tune.json"], "atomic writes leave no temporary files");
+    });
+  },
+);
+
+gpuTest(
+  "autotune: an entry of another kernel set is stale and tuned again, silently",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      const file = `${dir}/tune.json`;
+      const desc = "test adapter stale";
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify({ [desc]: { kernels: "00000000", [SMALL_CLASS]: "tile16" } }),
+      );
+      const warnings: string[] = [];
+      const r = await tuneMatmul(adapterNamed(gpu, desc), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn: (l) => warnings.push(l),
+        ...QUICK,
+      });
+      assertEquals([r.tuned.length, r.fromFile, warnings], [1, [], []]);
+      const saved = JSON.parse(await Deno.readTextFile(file));
+      assertEquals(saved[desc].kernels, MATMUL_KERNELS_VERSION);
+    });
+  },
+);
+
+gpuTest(
+  "autotune: a corrupt cache file warns in one line naming it, and is replaced",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      const file = `${dir}/tune.json`;
+      const desc = "test adapter corrupt";
+      const bad = [
+        "{ not json",
+        "[1, 2, 3]",
+        '{"x": 3}',
+        JSON.stringify({
+          [desc]: { kernels: MATMUL_KERNELS_VERSION, [SMALL_CLASS]: "vec4_99x99" },
+        }),
+      ];
+      for (const [i, text] of bad.entries()) {
+        await Deno.writeTextFile(file, text);
+        const warnings: string[] = [];
+        const r = await tuneMatmul(adapterNamed(gpu, `${desc} ${i}`), {
+          shapes: [SMALL],
+          cacheFile: file,
+          warn: (l) => warnings.push(l),
+          ...QUICK,
+        });
+        // The last file is valid JSON whose entry belongs to another adapter name: no warning.
+        if (i < 3) {
+          assertEquals(warnings.length, 1, text);
+          assert(warnings[0].includes(file) && !warnings[0].includes("\n"), warnings[0]);
+        }
+        assertEquals(r.tuned.length, 1, text);
+        const saved = JSON.parse(await Deno.readTextFile(file)); // valid again
+        assertEquals(saved[`${desc} ${i}`][SMALL_CLASS], r.table[SMALL_CLASS]);
+      }
+      // The unknown variant under this adapter's own name: warned about, tuned again.
+      await Deno.writeTextFile(file, bad[3]);
+      const warnings: string[] = [];
+      const r = await tuneMatmul(adapterNamed(gpu, desc), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn: (l) => warnings.push(l),
+        ...QUICK,
+      });
+      assertEquals(r.tuned.length, 1);
+      assertEquals(warnings.length, 1);
+      assert(warnings[0].includes(file) && warnings[0].includes("vec4_99x99"), warnings[0]);
+    });
+  },
+);
+
+gpuTest("autotune: a tuned device computes bitwise what the untuned one does", async (gpu) => {
+  const dev = adapterNamed(gpu, "test adapter bits");
+  const shapes = [
+    { m: 64, n: 96, k: 40, transB: true },
+    { m: 96, n: 64, k: 64 },
+    { m: 64, n: 64, k: 96, transA: true },
+  ];
+  // Whatever the timing picks (a challenger needs no margin here), the results stay.
+  await tuneMatmul(dev, { shapes, ...QUICK, margin: 0, candidates: undefined });
+  for (const s of shapes) {
+    const { m, n, k } = s;
+    const a = tensorFromArray(dev, Float32Array.from(randomValues(m * k, 5)), [m * k], "A");
+    const b = tensorFromArray(dev, Float32Array.from(randomValues(k * n, 6)), [k * n], "B");
+    const run = async () => {
+      const c = createTensor(dev, [m * n], "f32", "C");
+      const rec = new Recorder(dev);
+      matmul(rec, { ...s, a, b, c, alpha: 0.5 });
+      await rec.submit();
+      const out = await c.download();
+      c.destroy();
+      return out;
+    };
+    const tuned = await run();
+    const probeC = createTensor(dev, [m * n], "f32", "C");
+    const tunedVariant = matmulVariantsUsed(dev, (rec) => matmul(rec, { ...s, a, b, c: probeC }));
+    probeC.destroy();
+    setMatmulTuner(dev, undefined);
+    const untuned = await run();
+    assertEquals(tuned, untuned, `${JSON.stringify(s)}: tuned ${tunedVariant}`);
+    a.destroy();
+    b.destroy();
+    await tuneMatmul(dev, { shapes, ...QUICK }); // reinstall (from memory) for the next shape
+  }
+  setMatmulTuner(dev, undefined);
+});
+
+gpuTest(
+  "autotune: disabled by --no-autotune or EHFT_NO_AUTOTUNE, without touching the cache",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      const file = `${dir}/tune.json`;
+      const big = linearTuneShapes(512, [[256, 256]], true);
+      const dev = adapterNamed(gpu, "test adapter disabled");
+      await withEnv({ EHFT_NO_AUTOTUNE: undefined, EHFT_TUNE_CACHE: file }, async () => {
+        const off = tuneRequest({ noAutotune: true });
+        assertEquals(off.enabled, false);
+        assertEquals(await autotuneForProgram(dev, off, big), null);
+      });
+      await withEnv({ EHFT_NO_AUTOTUNE: "1", EHFT_TUNE_CACHE: file }, async () => {
+        const off = tuneRequest({});
+        assertEquals(off.enabled, false);
+        assertEquals(await autotuneForProgram(dev, off, big), null);
+      });
+      await withEnv({ EHFT_NO_AUTOTUNE: "0" }, () => assert(tuneRequest({}).enabled, "=0: on"));
+      // Products too small to tune: nothing timed, nothing read or written.
+      await withEnv({ EHFT_NO_AUTOTUNE: undefined, EHFT_TUNE_CACHE: file }, async () => {
+        const small = linearTuneShapes(48, [[24, 37]], true);
+        assertEquals(await autotuneForProgram(dev, tuneRequest({}), small), null);
+      });
+      assertThrows(() => Deno.statSync(file), Deno.errors.NotFound);
+      // Nothing installed: matmul runs its heuristic, as on the untouched device.
+      const t = (n: number) => createTensor(dev, [n], "f32", "t");
+      const [a, b, c] = [t(512 * 256), t(512 * 256), t(512 * 256)];
+      for (const s of big) {
+        const record = (rec: Recorder) => matmul(rec, { ...s, a, b, c });
+        assertEquals(matmulVariantsUsed(dev, record), matmulVariantsUsed(gpu, record));
+      }
+      for (const x of [a, b, c]) x.destroy();
+    });
+  },
+);
+
+Deno.test("autotune: the cache file's location: flag, EHFT_TUNE_CACHE, XDG_CACHE_HOME, ~/.cache", async () => {
+  await withEnv(
+    { EHFT_TUNE_CACHE: undefined, XDG_CACHE_HOME: "/x/cache", HOME: "/home/u" },
+    () => {
+      assertEquals(defaultMatmulCacheFile(), "/x/cache/ehft/matmul-tune.json");
+      assertEquals(tuneRequest({}).cacheFile, "/x/cache/ehft/matmul-tune.json");
+      assertEquals(tuneRequest({ tuneCache: "/f.json" }).cacheFile, "/f.json");
+    },
+  );
+  await withEnv({ EHFT_TUNE_CACHE: undefined, XDG_CACHE_HOME: undefined, HOME: "/home/u" }, () => {
+    assertEquals(defaultMatmulCacheFile(), "/home/u/.cache/ehft/matmul-tune.json");
+  });
+  await withEnv({ EHFT_TUNE_CACHE: "/e.json", XDG_CACHE_HOME: "/x" }, () => {
+    assertEquals(tuneRequest({}).cacheFile, "/e.json");
+    assertEquals(tuneRequest({ tuneCache: "/f.json" }).cacheFile, "/f.json", "the flag wins");
+  });
+});
+
+Deno.test("autotune: train.ts's flags", () => {
+  const base = ["--task", "rte", "--model", "m", "--data", "d"];
+  assertEquals(parseTrainArgs(base).tune, {
+    noAutotune: false,
+    retune: false,
+    tuneCache: undefined,
+  });
+  assertEquals(
+    parseTrainArgs([...base, "--no-autotune", "--tune-cache", "/t.json"]).tune,
+    { noAutotune: true, retune: false, tuneCache: "/t.json" },
+  );
+  assertEquals(parseTrainArgs([...base, "--retune"]).tune.retune, true);
+  assertThrows(
+    () => parseTrainArgs([...base, "--retune", "--no-autotune"]),
+    FlagError,
+    "choose one",
+  );
+  // Not a setting of the run: run.json (and --resume's comparison) never sees it.
+  const { config } = parseTrainArgs([...base, "--no-autotune"]);
+  assert(!Object.keys(config).some((k) => /tune/i.test(k)), Object.keys(config).join(","));
+});
+
+Deno.test("autotune: the tests' tiny models have no product worth tuning", async () => {
+  for (const name of ["tiny-bert", "tiny-roberta", "tiny-bert-wic"]) {
+    const path = new URL(`./fixtures/${name}/config.json`, import.meta.url).pathname;
+    const config = await readConfig(path);
+    const shapes = modelTuneShapes(config, {
+      rows: 32 * 128,
+      headRows: 32,
+      headFeatures: (name.endsWith("wic") ? 5 : 1) * config.hiddenSize,
+      headWidth: 2048,
+      headClasses: 3,
+      backward: true,
+    });
+    assertEquals(shapes.filter(worthTuning), [], name);
+  }
+  // BERT-mini's are: all three products of its linear layers.
+  const mini = { hiddenSize: 256, intermediateSize: 1024, embeddingSize: 256 };
+  const shapes = modelTuneShapes(mini as Parameters<typeof modelTuneShapes>[0], {
+    rows: 4096,
+    headRows: 32,
+    headFeatures: 256,
+    headWidth: 2048,
+    headClasses: 2,
+    backward: true,
+  }).filter(worthTuning);
+  const classes = new Set(
+    shapes.map((s) => matmulShapeClass(s.m, s.n, s.k, !!s.transA, !!s.transB)),
+  );
+  assertEquals([...classes].sort(), [
+    "NN:ll",
+    "NN:lm",
+    "NT:ll",
+    "NT:lm",
+    "TN:lm",
+    "TN:ml",
+    "TN:mm",
+  ]);
+});
+
+gpuTest(
+  "autotune: training on a tuned device gives bitwise the run of an untuned one",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      await writeTinyBert(`${dir}/model`);
+      await writeMarkerData(`${dir}/data`, 64, 16);
+      // Batch 64: the head's 64×2048 forward product is worth tuning, so the tune runs and installs
+      // the file's entry, which sends every product of the step (every class) to a variant other
+      // than the heuristic's: the shared-memory tile64, the barrier-free scalar direct4x4, vec4_8x8.
+      const file = `${dir}/tune.json`;
+      const sizes = ["t", "s", "m", "l"];
+      const others: MatmulVariant[] = ["tile64", "direct4x4", "vec4_8x8"];
+      const entry: Record<string, string> = { kernels: MATMUL_KERNELS_VERSION };
+      let i = 0;
+      for (const t of ["NN", "NT", "TN", "TT"]) {
+        for (const m of sizes) for (const n of sizes) entry[`${t}:${m}${n}`] = others[i++ % 3];
+      }
+      await Deno.writeTextFile(file, JSON.stringify({ [gpu.description]: entry }));
+      const run = async (out: string, autotune?: TuneRequest) => {
+        const { config } = parseTrainArgs([
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
+          ...["--strategy", "ft", "--max-steps", "2", "--batch-size", "64", "--lr", "1e-3"],
+        ]);
+        await runTraining(config, { task: rte, quiet: true, autotune });
+        return [
+          await Deno.readTextFile(`${out}/log.jsonl`),
+          await Deno.readFile(`${out}/model/model.safetensors`),
+        ] as const;
+      };
+      try {
+        const untuned = await run(`${dir}/untuned`);
+        const tuned = await run(`${dir}/tuned`, { enabled: true, retune: false, cacheFile: file });
+        // The file's choices were installed (and the file was not rewritten: nothing was timed).
+        const t = (n: number) => createTensor(gpu, [n], "f32", "t");
+        const [a, b, c] = [t(64 * 24), t(2048 * 24), t(64 * 2048)];
+        const used = matmulVariantsUsed(
+          gpu,
+          (rec) => matmul(rec, { a, b, c, m: 64, n: 2048, k: 24, transB: true }),
+        );
+        assertEquals(used, [entry["NT:ml"]]);
+        for (const x of [a, b, c]) x.destroy();
+        assertEquals(JSON.parse(await Deno.readTextFile(file))[gpu.description], entry);
+        assertEquals(tuned[0], untuned[0], "log.jsonl (losses, gradient norms, metrics)");
+        assert(
+          tuned[1].length === untuned[1].length && tuned[1].every((x, j) => x === untuned[1][j]),
+        );
+      } finally {
+        setMatmulTuner(gpu, undefined);
+      }
+    });
+  },
+);

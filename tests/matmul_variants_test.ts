@@ -1,0 +1,180 @@
+// Every GEMM variant gives bitwise the same result as every other on this adapter.
+//
+// This is what makes the autotune (kernels/matmul_autotune.ts) safe for the project's rule that
+// the same seed on the same device gives the same result: whichever variant a (noisy) timing
+// picks, the numbers are the same. A new or changed variant that rounds differently (a fused
+// multiply-add where the others round twice, another summation order, another epilogue) fails
+// here. The tune also refuses such a variant at run time, on any adapter.
+
+import { assert, assertEquals } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomValues } from "./random.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
+import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+
+type Spec = Omit<MatmulArgs, "a" | "b" | "c" | "bias" | "op" | "variant">;
+
+interface Case {
+  spec: Spec;
+  /** Stored sizes of A, B and C (elements). */
+  sizes: [number, number, number];
+  bias: boolean;
+}
+
+function packed(spec: Spec): [number, number, number] {
+  return [spec.m * spec.k, spec.k * spec.n, spec.m * spec.n];
+}
+
+/** Runs every variant on each case (one submit per case) and compares the bits of all of C. */
+async function compareVariants(gpu: Gpu, cases: Case[], seed: number): Promise<void> {
+  for (const [ci, cs] of cases.entries()) {
+    const [sa, sb, sc] = cs.sizes;
+    const tensors: Tensor[] = [];
+    const keep = (t: Tensor) => (tensors.push(t), t);
+    const a = keep(tensorFromArray(gpu, Float32Array.from(randomValues(sa, seed + ci)), [sa], "A"));
+    const b = keep(
+      tensorFromArray(gpu, Float32Array.from(randomValues(sb, seed + ci + 1e5)), [sb], "B"),
+    );
+    const bias = cs.bias
+      ? keep(
+        tensorFromArray(gpu, Float32Array.from(randomValues(cs.spec.n, seed + ci + 2e5)), [
+          cs.spec.n,
+        ], "bias"),
+      )
+      : undefined;
+    const initC = Float32Array.from(randomValues(sc, seed + ci + 3e5));
+    const rec = new Recorder(gpu);
+    const outs = MATMUL_VARIANTS.map((variant) => {
+      const c = keep(createTensor(gpu, [sc], "f32", `C ${variant}`));
+      if (cs.spec.accumulate) c.upload(initC);
+      else fill(rec, c, NaN);
+      matmul(rec, { ...cs.spec, a, b, c, bias, variant });
+      return c;
+    });
+    await rec.submit();
+    const bits = await Promise.all(
+      outs.map(async (c) => new Uint32Array((await c.download()).buffer.slice(0))),
+    );
+    for (const [vi, variant] of MATMUL_VARIANTS.entries()) {
+      let differ = 0;
+      for (let i = 0; i < sc; i++) if (bits[vi][i] !== bits[0][i]) differ++;
+      assertEquals(
+        differ,
+        0,
+        `${variant} vs ${MATMUL_VARIANTS[0]}: ${differ} of ${sc} elements differ, ` +
+          JSON.stringify({ ...cs.spec, bias: cs.bias }),
+      );
+    }
+    for (const t of tensors) t.destroy();
+  }
+}
+
+gpuTest(
+  "matmul variants: bitwise-identical outputs, odd and aligned shapes, transposes, alpha, " +
+    "bias, accumulate",
+  async (gpu) => {
+    // Odd shapes run the vec4 variants' direct4x4 fallback; the aligned ones run them for real,
+    // edge tiles included (sizes not multiples of the 8×16 and 16×8 register tiles' blocks).
+    const shapes = [
+      [1, 1, 1],
+      [7, 33, 5],
+      [33, 7, 130],
+      [65, 70, 47],
+      [64, 64, 64],
+      [68, 132, 36],
+      [132, 100, 260],
+      [96, 256, 64],
+    ];
+    const epilogues: Partial<Spec>[] = [
+      {},
+      { alpha: 0.3 },
+      { alpha: -1.7, accumulate: true },
+    ];
+    const cases: Case[] = [];
+    for (const [m, n, k] of shapes) {
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          for (const [i, extra] of epilogues.entries()) {
+            const spec = { m, n, k, transA, transB, ...extra };
+            cases.push({ spec, sizes: packed(spec), bias: i > 0 });
+          }
+        }
+      }
+    }
+    await compareVariants(gpu, cases, 100);
+  },
+);
+
+gpuTest(
+  "matmul variants: bitwise-identical with row strides, offsets and batches",
+  async (gpu) => {
+    const cases: Case[] = [];
+    for (const aligned of [true, false]) {
+      const pad = aligned ? 4 : 3;
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          const m = 36, n = 40, k = 48;
+          const [aRows, aCols] = transA ? [k, m] : [m, k];
+          const [bRows, bCols] = transB ? [n, k] : [k, n];
+          const lda = aCols + pad, ldb = bCols + pad, ldc = n + pad;
+          const aMat = aRows * lda, bMat = bRows * ldb, cMat = m * ldc;
+          const spec: Spec = {
+            m,
+            n,
+            k,
+            transA,
+            transB,
+            lda,
+            ldb,
+            ldc,
+            offsetA: pad,
+            offsetB: 2 * pad,
+            offsetC: 1,
+            alpha: 0.75,
+            accumulate: transA,
+            batch0: { count: 2, strideA: aMat + pad, strideB: 0, strideC: 2 * cMat },
+            batch1: { count: 2, strideA: 0, strideB: bMat, strideC: cMat },
+          };
+          cases.push({
+            spec,
+            sizes: [pad + 2 * aMat + pad, 2 * pad + 2 * bMat, 1 + 4 * cMat],
+            bias: !transB,
+          });
+        }
+      }
+    }
+    await compareVariants(gpu, cases, 900);
+  },
+);
+
+gpuTest("matmul variants: the aligned cases above really run each variant", (gpu) => {
+  // Otherwise the comparison above would only compare direct4x4's fallback with itself.
+  const t = (n: number, label: string) => createTensor(gpu, [n], "f32", label);
+  const [m, n, k] = [132, 100, 260];
+  const a = t(m * k, "A"), b = t(k * n, "B"), c = t(m * n, "C");
+  try {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        for (const variant of MATMUL_VARIANTS) {
+          const used = matmulVariantsUsed(
+            gpu,
+            (rec) => matmul(rec, { a, b, c, m, n, k, transA, transB, variant }),
+          );
+          assertEquals(used, [variant]);
+        }
+      }
+    }
+    // And the probe sees the fallback where there is one.
+    const odd = matmulVariantsUsed(
+      gpu,
+      (rec) => matmul(rec, { a, b, c, m, n, k: k - 1, variant: "vec4_8x16" }),
+    );
+    assert(odd[0] === "direct4x4", `k = ${k - 1} falls back to direct4x4, got ${odd}`);
+  } finally {
+    for (const x of [a, b, c]) x.destroy();
+  }
+});
