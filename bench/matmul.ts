@@ -1,6 +1,8 @@
 // GEMM throughput through the linear launchers: the forward product and the two backward
 // products (dX, dW) at the linear-layer shapes of a BERT-mini (hidden 256, intermediate 1024;
-// 512 and 4096 token rows), and at one larger square product (1024³).
+// 512 and 4096 token rows, the training-step row's model), at one square product (1024³), and
+// at the linear layers of BERT-base (768 → 768, 768 → 3072, 3072 → 768) and RoBERTa-large
+// (1024 → 1024, 1024 → 4096, 4096 → 1024) at the paper's batch of 32 × 128 = 4096 tokens.
 //
 // Rows use the GEMM's own dimensions: C[m,n] = A[m,k]·B[k,n]. For X[rows,in]·W[out,in]ᵀ that is
 // forward m=rows n=out k=in; dX = dY[rows,out]·W[out,in]: m=rows n=in k=out;
@@ -30,7 +32,23 @@ export const GEMM_SHAPES: [number, number, number][] = [
   [4096, 256, 256],
   [4096, 256, 1024],
   [1024, 1024, 1024],
+  [4096, 768, 768],
+  [4096, 768, 3072],
+  [4096, 3072, 768],
+  [4096, 1024, 1024],
+  [4096, 1024, 4096],
+  [4096, 4096, 1024],
 ];
+
+/** Which model a linear-layer shape [rows, in, out] belongs to, for the rows' `model` field. */
+export function gemmModel([rows, inF, outF]: [number, number, number]): string {
+  const dims = [inF, outF].sort((a, b) => a - b).join("/");
+  if (rows === 1024 && inF === 1024 && outF === 1024) return "square";
+  if (dims === "256/256" || dims === "256/1024") return "bert-mini";
+  if (dims === "768/768" || dims === "768/3072") return "bert-base";
+  if (dims === "1024/1024" || dims === "1024/4096") return "roberta-large";
+  return "other";
+}
 
 /** The products the rows time, for the autotune. */
 export function gemmTuneShapes(): TuneShape[] {
@@ -40,6 +58,7 @@ export function gemmTuneShapes(): TuneShape[] {
 export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   for (const [tokens, inF, outF] of GEMM_SHAPES) {
+    const model = gemmModel([tokens, inF, outF]);
     const t = (shape: number[], label: string) => createTensor(gpu, shape, "f32", label);
     const x = t([tokens, inF], "x");
     const w = t([outF, inF], "w");
@@ -79,8 +98,8 @@ export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
     for (const [product, [m, n, k], shape, record] of ops) {
       const variant = matmulVariantsUsed(gpu, record).join("+");
       const timing = await timeOp(gpu, record, reps);
-      const fields = { m, n, k, product, variant };
-      const label = `${product} m=${m} n=${n} k=${k}: ${shape}`;
+      const fields = { m, n, k, product, variant, model };
+      const label = `${product} m=${m} n=${n} k=${k}: ${shape} (${model})`;
       rows.push(benchRow("gemm", fields, timing, { flops: 2 * m * n * k }, label));
     }
     for (const tensor of [x, w, bias, y, dX, dW]) tensor.destroy();
