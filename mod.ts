@@ -36,7 +36,13 @@ export { flatIndex, grid1d } from "./kernels/grid.ts";
 export { fill } from "./kernels/fill.ts";
 
 // The kernel core: one file per operation, forward and backward side by side.
-export { matmul, type MatmulArgs, type MatmulBatch, type MatmulVariant } from "./kernels/matmul.ts";
+export {
+  matmul,
+  type MatmulArgs,
+  type MatmulBatch,
+  type MatmulEpilogue,
+  type MatmulVariant,
+} from "./kernels/matmul.ts";
 export {
   linearBackward,
   type LinearBackwardArgs,
@@ -50,7 +56,8 @@ export {
   type LoraForwardArgs,
 } from "./kernels/lora.ts";
 export { layerNormBackward, layerNormForward } from "./kernels/layernorm.ts";
-export { geluBackward, geluForward } from "./kernels/gelu.ts";
+export { addLayerNormBackward, addLayerNormForward } from "./kernels/add_layernorm.ts";
+export { GELU_WGSL, geluBackward, geluForward } from "./kernels/gelu.ts";
 export { reluBackward, reluForward } from "./kernels/relu.ts";
 export { add, addInPlace, scale } from "./kernels/add.ts";
 export {

@@ -19,8 +19,12 @@ import { elementwiseKernel, recordElementwise } from "./elementwise.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
 
-/** WGSL computing Φ(x) and φ(x), shared by the forward and backward kernels. */
-const NORMAL_WGSL = /* wgsl */ `
+/**
+ * WGSL defining `gelu(x)` and `gelu_grad(x)` (= gelu'(x)), through Φ(x) and φ(x). The elementwise
+ * kernels below and the GEMM epilogues of kernels/matmul.ts paste this one text, so a fused GELU
+ * computes exactly what the standalone one does.
+ */
+export const GELU_WGSL = /* wgsl */ `
 // e^(-x^2/2), relative error a few ulps wherever the result is a normal float32.
 fn exp_neg_half_sq(x: f32) -> f32 {
   let a = abs(x);
@@ -56,25 +60,29 @@ fn normal(x: f32) -> Normal {
   let tail = 0.5 * e * erfcx(abs(x) * FRAC_1_SQRT_2);
   return Normal(select(1.0 - tail, tail, x < 0.0), e * FRAC_1_SQRT_2PI);
 }
+
+fn gelu(x: f32) -> f32 {
+  return x * normal(x).cdf;
+}
+
+fn gelu_grad(x: f32) -> f32 {
+  let n = normal(x);
+  return n.cdf + x * n.pdf;
+}
 `;
 
 const GELU_FORWARD = elementwiseKernel({
   inputs: ["x"],
   output: "out",
-  helpers: NORMAL_WGSL,
-  body: /* wgsl */ `
-    let v = x[i];
-    out[i] = v * normal(v).cdf;`,
+  helpers: GELU_WGSL,
+  body: /* wgsl */ `out[i] = gelu(x[i]);`,
 });
 
 const GELU_BACKWARD = elementwiseKernel({
   inputs: ["x", "dOut"],
   output: "dX",
-  helpers: NORMAL_WGSL,
-  body: /* wgsl */ `
-    let v = x[i];
-    let n = normal(v);
-    dX[i] = dOut[i] * (n.cdf + v * n.pdf);`,
+  helpers: GELU_WGSL,
+  body: /* wgsl */ `dX[i] = dOut[i] * gelu_grad(x[i]);`,
 });
 
 /** Records `out = gelu(x)` (erf form) elementwise. */

@@ -36,7 +36,7 @@ const CHUNK = 64;
  * switches between every 8 invocations of the workgroup: one 64- to 256-invocation workgroup
  * per row ran about 4 times slower there (4096 x 256 and 1024 x 1024).
  */
-function rowThreads(h: number): number {
+export function rowThreads(h: number): number {
   return h <= 64 ? 8 : 32;
 }
 
@@ -46,7 +46,7 @@ function groupGrid(rec: Recorder, groups: number): [number, number] {
 }
 
 /** The launch grid of the row kernels: `rowThreads(h)` invocations per row. */
-function rowGrid(rec: Recorder, rows: number, h: number): [number, number] {
+export function rowGrid(rec: Recorder, rows: number, h: number): [number, number] {
   return groupGrid(rec, Math.ceil(rows / (WORKGROUP / rowThreads(h))));
 }
 
@@ -57,7 +57,7 @@ function rowGrid(rec: Recorder, rows: number, h: number): [number, number] {
  * workgroup arrays (k), so that a second sum can start while the first one's arrays are still
  * being read, without another barrier. Must be called from uniform control flow.
  */
-function rowSumWgsl(type: string, t: number, k: number): string {
+export function rowSumWgsl(type: string, t: number, k: number): string {
   const rowBase = `(lid / ${t}u) * ${t}u`;
   if (t <= 16) {
     return /* wgsl */ `
@@ -100,7 +100,7 @@ fn row_sum_${k}(lid: u32, v: ${type}) -> ${type} {
  * row and lane and runs `body`. Rows past the end (in the last workgroup) still take part in the
  * barriers, with no elements (n = 0).
  */
-function rowKernel(t: number, declarations: string, body: string): string {
+export function rowKernel(t: number, declarations: string, body: string): string {
   return /* wgsl */ `
 ${declarations}
 @compute @workgroup_size(${WORKGROUP})
@@ -198,28 +198,33 @@ ${rowSumWgsl("vec3f", t, 0)}`,
   }`,
   );
 
-/** dGamma = Σ_rows dOut · x̂ (partial sums' .x), dBeta = Σ_rows dOut (.y); either may be absent. */
-function backwardParamsWgsl(withGamma: boolean, withBeta: boolean): string {
+/**
+ * dGamma = Σ_rows dOut · x̂ (partial sums' .x), dBeta = Σ_rows dOut (.y); either may be absent.
+ * x̂ is recomputed from x and the saved mean and rstd, or read as the forward saved it
+ * (`savedXhat`, see add_layernorm.ts).
+ */
+function backwardParamsWgsl(withGamma: boolean, withBeta: boolean, savedXhat: boolean): string {
+  const inputs = savedXhat ? ["xhat", "dOut"] : ["x", "mean", "rstd", "dOut"];
+  const xhat = savedXhat ? "xhat[r * h + col]" : "(x[r * h + col] - mean[r]) * rstd[r]";
   const outs = [
     ...(withGamma ? [{ name: "dGamma", part: "x" }] : []),
     ...(withBeta ? [{ name: "dBeta", part: "y" }] : []),
   ];
-  const bindings = outs.map(({ name }, i) =>
-    `@group(0) @binding(${4 + i}) var<storage, read_write> ${name}: array<f32>;`
-  ).join("\n");
+  const bindings = [
+    ...inputs.map((name, i) => `@group(0) @binding(${i}) var<storage, read> ${name}: array<f32>;`),
+    ...outs.map(({ name }, i) =>
+      `@group(0) @binding(${inputs.length + i}) var<storage, read_write> ${name}: array<f32>;`
+    ),
+  ].join("\n");
   const store = outs.map(({ name, part }) =>
     `var ${name}_v = partial[lid].${part};
     if (params.accumulate != 0u) { ${name}_v += ${name}[col]; }
     ${name}[col] = ${name}_v;`
   ).join("\n    ");
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> mean: array<f32>;
-@group(0) @binding(2) var<storage, read> rstd: array<f32>;
-@group(0) @binding(3) var<storage, read> dOut: array<f32>;
 ${bindings}
 struct Params { rows: u32, h: u32, accumulate: u32 }
-@group(0) @binding(${4 + outs.length}) var<uniform> params: Params;
+@group(0) @binding(${inputs.length + outs.length}) var<uniform> params: Params;
 var<workgroup> partial: array<vec2f, ${WORKGROUP}>;
 
 @compute @workgroup_size(${WORKGROUP})
@@ -243,7 +248,7 @@ fn main(
       let r1 = min(r0 + ${LANES * CHUNK}u, params.rows);
       for (var r = r0; r < r1; r += ${LANES}u) {
         let d = dOut[r * h + col];
-        block += vec2f(d * ((x[r * h + col] - mean[r]) * rstd[r]), d);
+        block += vec2f(d * (${xhat}), d);
       }
       s += block;
     }
@@ -259,6 +264,40 @@ fn main(
   }
 }
 `;
+}
+
+/**
+ * Records dGamma (Σ_rows dOut · x̂) and dBeta (Σ_rows dOut) over `rows` rows of `h`, added into
+ * them when `accumulate`; either may be absent (then nothing is recorded for it). `source` is
+ * x with the forward's saved mean and rstd, or the x̂ a forward saved. Shapes are the caller's
+ * to check.
+ */
+export function layerNormParamGrads(
+  rec: Recorder,
+  label: string,
+  args: {
+    source: { x: Tensor; mean: Tensor; rstd: Tensor } | { xhat: Tensor };
+    dOut: Tensor;
+    dGamma?: Tensor;
+    dBeta?: Tensor;
+    rows: number;
+    h: number;
+    accumulate: boolean;
+  },
+): void {
+  const { source, dOut, dGamma, dBeta, rows, h } = args;
+  if (!dGamma && !dBeta) return;
+  const savedXhat = "xhat" in source;
+  const inputs = savedXhat ? [source.xhat] : [source.x, source.mean, source.rstd];
+  const outs = [dGamma, dBeta].filter((t): t is Tensor => t !== undefined);
+  const name = `${label} dGamma/dBeta`;
+  rec.dispatch(
+    name,
+    getPipeline(rec.gpu, name, backwardParamsWgsl(!!dGamma, !!dBeta, savedXhat)),
+    [...inputs, dOut, ...outs],
+    groupGrid(rec, Math.ceil(h / COLS)),
+    new Uint32Array([rows, h, args.accumulate ? 1 : 0]),
+  );
 }
 
 /**
@@ -370,13 +409,13 @@ export function layerNormBackward(
     rowGrid(rec, rows, h),
     new Uint32Array([rows, h, args.accumulateDX ? 1 : 0]),
   );
-  if (!dGamma && !dBeta) return;
-  const outs = [dGamma, dBeta].filter((t): t is Tensor => t !== undefined);
-  rec.dispatch(
-    `${op} dGamma/dBeta`,
-    getPipeline(gpu, `${op} dGamma/dBeta`, backwardParamsWgsl(!!dGamma, !!dBeta)),
-    [x, mean, rstd, dOut, ...outs],
-    groupGrid(rec, Math.ceil(h / COLS)),
-    new Uint32Array([rows, h, args.accumulate ? 1 : 0]),
-  );
+  layerNormParamGrads(rec, op, {
+    source: { x, mean, rstd },
+    dOut,
+    dGamma,
+    dBeta,
+    rows,
+    h,
+    accumulate: args.accumulate ?? false,
+  });
 }

@@ -1,6 +1,8 @@
 // Linear layers in Hugging Face's weight layout (W: [out, in]): Y = X·Wᵀ + b, and its gradients.
 // The products are `matmul` calls; the bias is fused into the forward product, and the bias
-// gradient (a column sum of dY) has its own small kernel.
+// gradient (a column sum of dY) has its own small kernel. A GELU after the layer (BERT's
+// intermediate.dense) can ride on the product's epilogue both ways: the forward writes gelu(Y)
+// and Y, and the backward of the layer that reads gelu(Y) turns its dX into the gradient of Y.
 
 import { GpuError } from "./device.ts";
 import { matmul } from "./matmul.ts";
@@ -17,6 +19,10 @@ export interface LinearForwardArgs {
   bias?: Tensor;
   /** [..., out], the same leading dimensions as x. */
   out: Tensor;
+  /** "gelu": out = gelu(x·weightᵀ + b) (the erf form of kernels/gelu.ts). */
+  activation?: "gelu";
+  /** With an activation: receives x·weightᵀ + b, [..., out] (GELU's backward needs it). */
+  preActivation?: Tensor;
 }
 
 export interface LinearBackwardArgs {
@@ -34,6 +40,11 @@ export interface LinearBackwardArgs {
   dBias?: Tensor;
   /** Add dX into dX's existing contents (a residual stream gets several contributions). */
   accumulateDX?: boolean;
+  /**
+   * When x = gelu(geluInput) ([..., in]): dX becomes the gradient with respect to geluInput,
+   * (dOut·W) ⊙ gelu'(geluInput), in the same launch. Not with accumulateDX.
+   */
+  geluInput?: Tensor;
   /** Add dW and db into the existing gradients instead of overwriting them. */
   accumulate?: boolean;
 }
@@ -51,32 +62,62 @@ function linearShapes(op: string, x: Tensor, weight: Tensor) {
   return { rows, inF, outF, lead };
 }
 
-/** Records out = x·weightᵀ (+ bias). */
+/** Records out = x·weightᵀ (+ bias), through the activation when one is given. */
 export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
   const op = "linearForward";
-  const { x, weight, bias, out } = args;
+  const { x, weight, bias, out, activation, preActivation } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
   if (bias) expectShape(op, "bias", bias, [outF], "f32");
   expectShape(op, "out", out, [...lead, outF], "f32");
-  for (const [name, t] of [["x", x], ["weight", weight], ["bias", bias], ["out", out]] as const) {
-    if (t) expectBindable(op, name, t);
+  if (activation !== undefined && activation !== "gelu") {
+    throw new GpuError(`${op}: unknown activation "${activation}"`);
   }
-  matmul(rec, { op, a: x, b: weight, c: out, bias, m: rows, n: outF, k: inF, transB: true });
+  if (preActivation) {
+    if (!activation) {
+      throw new GpuError(
+        `${op}: preActivation ("${preActivation.label}") given without an activation`,
+      );
+    }
+    expectShape(op, "preActivation", preActivation, [...lead, outF], "f32");
+  }
+  const bound = [["x", x], ["weight", weight], ["bias", bias], ["out", out], [
+    "preActivation",
+    preActivation,
+  ]] as const;
+  for (const [name, t] of bound) if (t) expectBindable(op, name, t);
+  matmul(rec, {
+    op,
+    a: x,
+    b: weight,
+    c: out,
+    bias,
+    m: rows,
+    n: outF,
+    k: inF,
+    transB: true,
+    epilogue: activation ? { kind: "gelu", preActivation } : undefined,
+  });
 }
 
 /** Records the requested gradients of a linear layer. */
 export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
   const op = "linearBackward";
-  const { x, weight, dOut, dX, dWeight, dBias } = args;
+  const { x, weight, dOut, dX, dWeight, dBias, geluInput } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
   expectShape(op, "dOut", dOut, [...lead, outF], "f32");
   if (dX) expectShape(op, "dX", dX, [...lead, inF], "f32");
   if (dWeight) expectShape(op, "dWeight", dWeight, [outF, inF], "f32");
   if (dBias) expectShape(op, "dBias", dBias, [outF], "f32");
+  if (geluInput) {
+    expectShape(op, "geluInput", geluInput, [...lead, inF], "f32");
+    if (!dX) throw new GpuError(`${op}: geluInput ("${geluInput.label}") given without dX`);
+    // The epilogue would scale the old contents too: (dOut·W + dX) ⊙ gelu'.
+    if (args.accumulateDX) throw new GpuError(`${op}: geluInput cannot be used with accumulateDX`);
+  }
   const bound = [["x", x], ["weight", weight], ["dOut", dOut], ["dX", dX], ["dWeight", dWeight], [
     "dBias",
     dBias,
-  ]] as const;
+  ], ["geluInput", geluInput]] as const;
   for (const [name, t] of bound) if (t) expectBindable(op, name, t);
 
   if (dX) {
@@ -89,6 +130,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
       n: inF,
       k: outF,
       accumulate: args.accumulateDX ?? false,
+      epilogue: geluInput ? { kind: "geluGrad", preActivation: geluInput } : undefined,
     });
   }
   if (dWeight) {

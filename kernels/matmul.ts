@@ -1,4 +1,5 @@
-// General strided, batched matrix product: C = alpha · op(A) · op(B) (+ bias) (+ C).
+// General strided, batched matrix product: C = f(alpha · op(A) · op(B) (+ bias) (+ C)), f an
+// optional elementwise epilogue (GELU, or GELU's derivative for the backward).
 //
 // Every other product in the encoder (linear layers, LoRA, per-head attention) is one call of
 // this op with the right strides, so that no layout needs a copy. Operands are addressed by
@@ -9,6 +10,7 @@
 // given call gives bitwise-identical results on every run.
 
 import { type Gpu, GpuError } from "./device.ts";
+import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, type Tensor } from "./tensor.ts";
@@ -54,8 +56,33 @@ export interface MatmulArgs {
   bias?: Tensor;
   /** Add into C instead of overwriting it; default false. */
   accumulate?: boolean;
+  /** Applied to each output after alpha, bias and accumulate; default none. */
+  epilogue?: MatmulEpilogue;
   /** Forces a kernel variant (tests cover each); default: chosen from the shape. */
   variant?: MatmulVariant;
+}
+
+/**
+ * An elementwise function applied to each output v = alpha·(op(A)·op(B))[i, j] (+ bias[j])
+ * (+ C[i, j]) as it is stored, so that an activation or its derivative needs no launch and no
+ * pass over C of its own. Every variant applies it (all store through one WGSL function).
+ * - `gelu`: C = gelu(v), the exact erf form of kernels/gelu.ts (the same WGSL); `preActivation`,
+ *   when given, receives v, which GELU's backward needs.
+ * - `geluGrad`: C = v · gelu'(preActivation): when the product is the gradient of a GELU's
+ *   output, C becomes the gradient of its input.
+ * `preActivation` is laid out exactly as C: same offset, row stride and batch strides.
+ */
+export type MatmulEpilogue =
+  | { kind: "gelu"; preActivation?: Tensor }
+  | { kind: "geluGrad"; preActivation: Tensor };
+
+/** The epilogue as the WGSL generators see it: which line stores, and whether `pre` is bound. */
+type EpilogueKind = "none" | "gelu" | "gelu_save" | "gelu_grad";
+
+function epilogueKind(e: MatmulEpilogue | undefined): EpilogueKind {
+  if (!e) return "none";
+  if (e.kind === "geluGrad") return "gelu_grad";
+  return e.preActivation ? "gelu_save" : "gelu";
 }
 
 /**
@@ -127,6 +154,16 @@ function chooseVariant(m: number, n: number, transA: boolean): MatmulVariant {
   return m >= 16 && n >= 16 ? "vec4_4x4" : "direct4x4";
 }
 
+const PARAMS_WGSL = /* wgsl */ `
+struct Params {
+  m: u32, n: u32, k: u32, count1: u32,
+  offA: u32, rsA: u32, csA: u32, offB: u32,
+  rsB: u32, csB: u32, offC: u32, ldc: u32,
+  sA0: u32, sA1: u32, sB0: u32, sB1: u32,
+  sC0: u32, sC1: u32, alpha: f32, flags: u32,
+  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
+}`;
+
 const WG = 16; // shared variants: workgroup is WG×WG invocations
 const BK = 16; // shared variants: k-slice staged in workgroup memory per step
 /**
@@ -156,23 +193,11 @@ function stageSlice(
     }`;
 }
 
-function matmulWgsl(rm: number, rn: number): string {
+function matmulWgsl(rm: number, rn: number, epilogue: EpilogueKind): string {
   const bm = WG * rm;
   const bn = WG * rn;
-  return /* wgsl */ `
-struct Params {
-  m: u32, n: u32, k: u32, count1: u32,
-  offA: u32, rsA: u32, csA: u32, offB: u32,
-  rsB: u32, csB: u32, offC: u32, ldc: u32,
-  sA0: u32, sA1: u32, sB0: u32, sB1: u32,
-  sC0: u32, sC1: u32, alpha: f32, flags: u32,
-  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
-}
-@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+  return /* wgsl */ `${PARAMS_WGSL}
+${bindingsWgsl("f32", epilogue)}
 
 const BM = ${bm}u;
 const BN = ${bn}u;
@@ -180,6 +205,8 @@ const BK = ${BK}u;
 const RM = ${rm}u;
 const RN = ${rn}u;
 const THREADS = ${WG * WG}u;
+
+${storeWgsl(epilogue)}
 
 // As[kk * BM + i] = op(A)[row0 + i, k0 + kk]; Bs[kk * BN + j] = op(B)[k0 + kk, col0 + j].
 var<workgroup> As: array<f32, ${bm * BK}>;
@@ -217,45 +244,56 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     workgroupBarrier();
   }
 
-  let accumulate = (p.flags & 1u) != 0u;
-  let hasBias = (p.flags & 2u) != 0u;
   for (var r = 0u; r < RM; r++) {
-    let gi = row0 + lid.y + r * ${WG}u;
-    if (gi >= p.m) { continue; }
     for (var c = 0u; c < RN; c++) {
-      let gj = col0 + lid.x + c * ${WG}u;
-      if (gj >= p.n) { continue; }
-      let idx = baseC + gi * p.ldc + gj;
-      var v = p.alpha * acc[r * RN + c];
-      if (hasBias) { v += bias[gj]; }
-      if (accumulate) { v += C[idx]; }
-      C[idx] = v;
+      store(baseC, row0 + lid.y + r * ${WG}u, col0 + lid.x + c * ${WG}u, acc[r * RN + c]);
     }
   }
 }
 `;
 }
 
-const PARAMS_WGSL = /* wgsl */ `
-struct Params {
-  m: u32, n: u32, k: u32, count1: u32,
-  offA: u32, rsA: u32, csA: u32, offB: u32,
-  rsB: u32, csB: u32, offC: u32, ldc: u32,
-  sA0: u32, sA1: u32, sB0: u32, sB1: u32,
-  sC0: u32, sC1: u32, alpha: f32, flags: u32,
-  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
-}`;
+/**
+ * WGSL binding the operands: A and B as arrays of `operand` (f32 or vec4<f32>), bias, C, the
+ * epilogue's `pre` (laid out as C) when it has one, then the uniform.
+ */
+function bindingsWgsl(operand: string, epilogue: EpilogueKind): string {
+  const pre = epilogue === "gelu_save"
+    ? "read_write"
+    : epilogue === "gelu_grad"
+    ? "read"
+    : undefined;
+  const suffix = operand === "f32" ? "" : "4";
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> A${suffix}: array<${operand}>;
+@group(0) @binding(1) var<storage, read> B${suffix}: array<${operand}>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+${pre ? `@group(0) @binding(4) var<storage, ${pre}> pre: array<f32>;` : ""}
+@group(0) @binding(${pre ? 5 : 4}) var<uniform> p: Params;`;
+}
 
-/** WGSL storing `v` (the product, before alpha) at C[gi, gj] with alpha, bias and accumulate. */
-const STORE_WGSL = /* wgsl */ `
+/**
+ * WGSL storing `v` (the product, before alpha) at C[gi, gj] with alpha, bias, accumulate and the
+ * epilogue. Every variant stores through it.
+ */
+function storeWgsl(epilogue: EpilogueKind): string {
+  const write = {
+    none: "C[idx] = o;",
+    gelu: "C[idx] = gelu(o);",
+    gelu_save: "pre[idx] = o;\n  C[idx] = gelu(o);",
+    gelu_grad: "C[idx] = o * gelu_grad(pre[idx]);",
+  }[epilogue];
+  return /* wgsl */ `${epilogue === "none" ? "" : GELU_WGSL}
 fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
   if (gi >= p.m || gj >= p.n) { return; }
   let idx = baseC + gi * p.ldc + gj;
   var o = p.alpha * v;
   if ((p.flags & 2u) != 0u) { o += bias[gj]; }
   if ((p.flags & 1u) != 0u) { o += C[idx]; }
-  C[idx] = o;
+  ${write}
 }`;
+}
 
 /** WGSL computing the batch bases from the workgroup's z (shared by the barrier-free kernels). */
 const BASES_WGSL = /* wgsl */ `
@@ -272,14 +310,16 @@ const BASES_WGSL = /* wgsl */ `
  * neighbouring addresses. Rows/columns past the edge load a clamped (valid) element and are
  * never stored, so no branch sits in the k loop.
  */
-function directWgsl(rm: number, rn: number, wx: number, wy: number): string {
+function directWgsl(
+  rm: number,
+  rn: number,
+  wx: number,
+  wy: number,
+  epilogue: EpilogueKind,
+): string {
   return /* wgsl */ `${PARAMS_WGSL}
-@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-${STORE_WGSL}
+${bindingsWgsl("f32", epilogue)}
+${storeWgsl(epilogue)}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -326,6 +366,7 @@ function vec4Wgsl(
   wy: number,
   transA: boolean,
   transB: boolean,
+  epilogue: EpilogueKind,
 ): string {
   // Straight-line WGSL: lavapipe spills arrays indexed in loops it does not unroll to memory and
   // addresses them lane by lane, so every tile element is its own named variable here.
@@ -397,12 +438,8 @@ function vec4Wgsl(
     }
   }
   return /* wgsl */ `${PARAMS_WGSL}
-@group(0) @binding(0) var<storage, read> A4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> B4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
-${STORE_WGSL}
+${bindingsWgsl("vec4<f32>", epilogue)}
+${storeWgsl(epilogue)}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -509,7 +546,10 @@ function checkExtent(
   }
 }
 
-/** Records C = alpha · op(A) · op(B) (+ bias) (+ C) for every product of the batch. */
+/**
+ * Records C = alpha · op(A) · op(B) (+ bias) (+ C) for every product of the batch, through the
+ * epilogue when one is given.
+ */
 export function matmul(rec: Recorder, args: MatmulArgs): void {
   const op = args.op ?? "matmul";
   const { a, b, c, m, n, k } = args;
@@ -557,11 +597,26 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     }
     expectBindable(op, "bias", bias);
   }
+  const epilogue = epilogueKind(args.epilogue);
+  const pre = args.epilogue?.preActivation;
+  if (args.epilogue && !["gelu", "geluGrad"].includes(args.epilogue.kind)) {
+    fail(op, `unknown epilogue "${args.epilogue.kind}"`);
+  }
+  if (args.epilogue?.kind === "geluGrad" && !pre) {
+    fail(op, "the geluGrad epilogue needs preActivation");
+  }
+  if (pre) checkExtent(op, "preActivation", pre, offC, m, n, ldc, strides("strideC"));
   // WebGPU forbids binding one buffer both writable and read-only in the same dispatch.
   for (const [name, t] of [["A", a], ["B", b], ["bias", args.bias]] as const) {
     if (t && t.buffer === c.buffer) {
       fail(op, `C ("${c.label}") shares a GPU buffer with ${name} ("${t.label}")`);
     }
+    if (t && pre && epilogue === "gelu_save" && t.buffer === pre.buffer) {
+      fail(op, `preActivation ("${pre.label}") shares a GPU buffer with ${name} ("${t.label}")`);
+    }
+  }
+  if (pre && pre.buffer === c.buffer) {
+    fail(op, `C ("${c.label}") shares a GPU buffer with preActivation ("${pre.label}")`);
   }
 
   const count = batch0.count * batch1.count;
@@ -580,27 +635,28 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const gpu = rec.gpu;
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   let gx: number, gy: number, pipeline: GPUComputePipeline;
+  const name = `matmul_${variant}${epilogue === "none" ? "" : `_${epilogue}`}`;
   if (spec.kind === "shared") {
     gx = Math.ceil(n / (WG * spec.rn));
     gy = Math.ceil(m / (WG * spec.rm));
-    pipeline = getPipeline(gpu, `matmul_${variant}`, matmulWgsl(spec.rm, spec.rn));
+    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue));
   } else if (spec.kind === "direct") {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy);
-    pipeline = getPipeline(gpu, `matmul_${variant}`, code);
+    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue);
+    pipeline = getPipeline(gpu, name, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB);
-    pipeline = getPipeline(gpu, `matmul_${variant}_${+transA}${+transB}`, code);
+    const code = vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB, epilogue);
+    pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   }
   if (gx > maxDim || gy > maxDim) {
     fail(op, `${m}×${n} output needs ${gy}×${gx} workgroups, more than ${maxDim} per dimension`);
   }
 
   const flags = (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0);
-  const bindings = [a, b, args.bias ?? a, c];
+  const bindings = [a, b, args.bias ?? a, c, ...(pre ? [pre] : [])];
   // Batches beyond one dispatch's z limit go in further dispatches, each from its own zBase.
   for (let zBase = 0; zBase < count; zBase += maxDim) {
     // Mirrors the WGSL Params struct, four words a row.

@@ -11,6 +11,11 @@
 //   x → q, k, v → attention (mask, prefix rows, probability dropout) → attention.output.dense
 //     → dropout → + x → LayerNorm = a → intermediate.dense → GELU → output.dense → dropout
 //     → + a → LayerNorm = layer output.
+// The cheap steps ride on their neighbours: "dropout → + residual → LayerNorm" is one launch
+// each way (kernels/add_layernorm.ts), and GELU sits in intermediate.dense's GEMM epilogue, its
+// derivative in the epilogue of output.dense's input-gradient GEMM (kernels/matmul.ts). A hook
+// on intermediate.dense (forward) or output.dense (backward) adds to the product before GELU
+// would see it, so those layers then run GELU as a launch of its own.
 // Embeddings: (word + token type) + position → LayerNorm → dropout [→ embeddings_project].
 //
 // PEFT methods plug in without editing this file (as huggingface/peft does): a linear hook adds
@@ -20,7 +25,7 @@
 
 import { maxSequenceLength, type ModelConfig } from "./config.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { add, addInPlace } from "../kernels/add.ts";
+import { addLayerNormBackward, addLayerNormForward } from "../kernels/add_layernorm.ts";
 import {
   ATTENTION_MAX_HEAD_DIM,
   attentionBackward,
@@ -279,9 +284,8 @@ interface LayerActs {
   /** [B, heads, S, P + S], pre-dropout softmax. */
   probs: Tensor;
   context: Tensor;
-  /** attention output + residual: LayerNorm 1's input. */
-  res1: Tensor;
-  mean1: Tensor;
+  /** LayerNorm 1's normalised input (dropout(attention output) + residual) and its rstd. */
+  xhat1: Tensor;
   rstd1: Tensor;
   /** LayerNorm 1's output: the FFN input and its residual. */
   norm1: Tensor;
@@ -289,8 +293,7 @@ interface LayerActs {
   inter: Tensor;
   /** GELU output (output.dense input). */
   gelu: Tensor;
-  res2: Tensor;
-  mean2: Tensor;
+  xhat2: Tensor;
   rstd2: Tensor;
   /** The layer output. */
   out: Tensor;
@@ -313,16 +316,15 @@ interface EmbeddingActs {
 interface GradScratch {
   /** The residual stream's gradient, ping-pong between layers, [N, H]. */
   stream: [Tensor, Tensor];
-  dRes2: Tensor;
+  /** A dense output's gradient, through its dropout. */
   dDrop: Tensor;
   dNorm1: Tensor;
-  dRes1: Tensor;
   dContext: Tensor;
   dQ: Tensor;
   dK: Tensor;
   dV: Tensor;
-  /** [N, I] */
-  dGelu: Tensor;
+  /** [N, I]; GELU's output gradient, only where a hook keeps GELU out of the epilogue. */
+  dGelu: Tensor | null;
   dInter: Tensor;
   dScores: Tensor;
   /** [N, E] */
@@ -443,9 +445,8 @@ export class Encoder {
   private hooks: EncoderHooks = {};
   private readonly emb: EmbeddingActs;
   private readonly acts: LayerActs[];
-  /** attention.output.dense / output.dense outputs and their dropout, consumed at once. */
+  /** attention.output.dense / output.dense outputs, consumed at once. */
   private readonly linOut: Tensor;
-  private readonly dropOut: Tensor;
   private scratch: GradScratch | null = null;
   private batch = 0;
   private seq = 0;
@@ -510,7 +511,6 @@ export class Encoder {
     };
     if (E !== H) this.emb.projected = t("embeddings projected", [N, H]);
     this.linOut = t("linear out", [N, H]);
-    this.dropOut = t("dropout out", [N, H]);
 
     const probsShape = [maxBatch * numHeads * maxSeq * (maxPrefix + maxSeq)];
     const layerActs = (l: number | string): LayerActs => ({
@@ -519,14 +519,12 @@ export class Encoder {
       v: t(`layer ${l} v`, [N, H]),
       probs: t(`layer ${l} probs`, probsShape),
       context: t(`layer ${l} context`, [N, H]),
-      res1: t(`layer ${l} res1`, [N, H]),
-      mean1: t(`layer ${l} mean1`, [N]),
+      xhat1: t(`layer ${l} xhat1`, [N, H]),
       rstd1: t(`layer ${l} rstd1`, [N]),
       norm1: t(`layer ${l} norm1`, [N, H]),
       inter: t(`layer ${l} intermediate`, [N, I]),
       gelu: t(`layer ${l} gelu`, [N, I]),
-      res2: t(`layer ${l} res2`, [N, H]),
-      mean2: t(`layer ${l} mean2`, [N]),
+      xhat2: t(`layer ${l} xhat2`, [N, H]),
       rstd2: t(`layer ${l} rstd2`, [N]),
       out: t(`layer ${l} out`, [N, H]),
     });
@@ -732,7 +730,7 @@ export class Encoder {
   /** Frees every GPU buffer of the encoder (parameters, gradients, arena). */
   destroy(): void {
     const seen = new Set<GPUBuffer>();
-    const free = (t: Tensor | undefined) => {
+    const free = (t: Tensor | null | undefined) => {
       if (t && !seen.has(t.buffer)) {
         seen.add(t.buffer);
         t.destroy();
@@ -741,17 +739,13 @@ export class Encoder {
     for (const [, p] of encoderEntries(this.params)) free(p);
     for (const g of this.gradTensors.values()) free(g);
     this.gradTensors.clear();
-    for (
-      const t of [this.ids, this.positionIds, this.typeIds, this.mask, this.linOut, this.dropOut]
-    ) {
-      free(t);
-    }
+    for (const t of [this.ids, this.positionIds, this.typeIds, this.mask, this.linOut]) free(t);
     for (const t of Object.values(this.emb)) free(t);
     for (const a of this.acts) for (const t of Object.values(a)) free(t);
     if (this.scratch) {
       const s = this.scratch;
       for (const t of [...s.stream, ...Object.values(s).filter((v) => !Array.isArray(v))]) {
-        free(t as Tensor);
+        free(t as Tensor | null);
       }
     }
     this.wordPlan.destroy();
@@ -913,38 +907,46 @@ export class Encoder {
     });
     const attnOut = v(this.linOut);
     linear("attention.output.dense", p.attnOut, context, attnOut);
-    const res1 = v(a.res1);
-    add(rec, {
-      a: this.dropoutForward(rec, attnOut, l, SITE_ATTENTION_OUTPUT, st),
-      b: x,
-      out: res1,
-    });
+    // An inference encoder has no backward: it saves nothing for one.
+    const saved = (xhat: Tensor, rstd: Tensor) =>
+      this.inference ? {} : { xhat: v(xhat), rstd: at(rstd, [B, S]) };
     const norm1 = v(a.norm1);
-    layerNormForward(rec, {
-      x: res1,
+    addLayerNormForward(rec, {
+      dense: attnOut,
+      residual: x,
       gamma: p.attnNorm.weight,
       beta: p.attnNorm.bias,
       out: norm1,
-      mean: at(a.mean1, [B, S]),
-      rstd: at(a.rstd1, [B, S]),
+      ...saved(a.xhat1, a.rstd1),
       eps: c.layerNormEps,
+      dropout: this.hiddenDropoutConfig(l, SITE_ATTENTION_OUTPUT, st),
     });
     const inter = v(a.inter, I), gelu = v(a.gelu, I);
-    linear("intermediate.dense", p.intermediate, norm1, inter);
-    geluForward(rec, { x: inter, out: gelu });
+    if (hooks.has("intermediate.dense")) {
+      linear("intermediate.dense", p.intermediate, norm1, inter);
+      geluForward(rec, { x: inter, out: gelu });
+    } else {
+      linearForward(rec, {
+        x: norm1,
+        weight: p.intermediate.weight,
+        bias: p.intermediate.bias,
+        out: gelu,
+        activation: "gelu",
+        preActivation: this.inference ? undefined : inter,
+      });
+    }
     const ffnOut = v(this.linOut);
     linear("output.dense", p.output, gelu, ffnOut);
-    const res2 = v(a.res2);
-    add(rec, { a: this.dropoutForward(rec, ffnOut, l, SITE_FFN_OUTPUT, st), b: norm1, out: res2 });
     const out = v(a.out);
-    layerNormForward(rec, {
-      x: res2,
+    addLayerNormForward(rec, {
+      dense: ffnOut,
+      residual: norm1,
       gamma: p.outNorm.weight,
       beta: p.outNorm.bias,
       out,
-      mean: at(a.mean2, [B, S]),
-      rstd: at(a.rstd2, [B, S]),
+      ...saved(a.xhat2, a.rstd2),
       eps: c.layerNormEps,
+      dropout: this.hiddenDropoutConfig(l, SITE_FFN_OUTPUT, st),
     });
     return out;
   }
@@ -984,6 +986,7 @@ export class Encoder {
       dY: Tensor,
       dX: Tensor | undefined,
       accumulateDX = false,
+      geluInput?: Tensor,
     ) => {
       linearBackward(rec, {
         x,
@@ -994,6 +997,7 @@ export class Encoder {
         dBias: grads.bias,
         accumulate,
         accumulateDX,
+        geluInput,
       });
       hooks.get(module)?.backward(rec, x, dY, dX, this.hookContext(l, module, st, accumulate));
     };
@@ -1007,57 +1011,68 @@ export class Encoder {
     const needInter = needNorm1 || site("intermediate.dense", g.intermediate);
     const needOutput = needInter || site("output.dense", g.output);
 
-    // output.LayerNorm
-    const dRes2 = v(s.dRes2);
-    layerNormBackward(rec, {
-      x: v(a.res2),
-      gamma: p.outNorm.weight,
-      mean: at(a.mean2, [B, S]),
+    // Without dropout a dense output's gradient is its residual's: one tensor serves both,
+    // read by the dense layer's backward before anything adds into it.
+    const denseGrad = (residual: Tensor | undefined) =>
+      residual && st.hiddenP === 0 ? residual : v(s.dDrop);
+
+    // output.LayerNorm, output.dense's dropout and the FFN's residual: the residual's gradient
+    // starts norm1's, and intermediate.dense adds its input gradient into it below.
+    const dNorm1 = needNorm1 ? v(s.dNorm1) : undefined;
+    const dFfnOut = needOutput ? denseGrad(dNorm1) : undefined;
+    addLayerNormBackward(rec, {
+      xhat: v(a.xhat2),
       rstd: at(a.rstd2, [B, S]),
+      gamma: p.outNorm.weight,
       dOut,
-      dX: dRes2,
+      dDense: dFfnOut === dNorm1 ? undefined : dFfnOut,
+      dResidual: dNorm1,
       dGamma: g.outNorm.weight,
       dBeta: g.outNorm.bias,
       accumulate,
+      dropout: this.hiddenDropoutConfig(l, SITE_FFN_OUTPUT, st),
     });
-    if (!needOutput) return;
+    if (!dFfnOut) return;
 
-    // output.dense (after its dropout)
-    const dFfnOut = this.dropoutBackward(rec, dRes2, v(s.dDrop), l, SITE_FFN_OUTPUT, st);
-    const dGelu = needInter ? v(s.dGelu, I) : undefined;
-    linear("output.dense", p.output, g.output, v(a.gelu, I), dFfnOut, dGelu);
-    if (!needInter) return;
+    // output.dense, then GELU: in the epilogue of output.dense's dX, unless a hook adds to dX.
+    const gelu = v(a.gelu, I), inter = v(a.inter, I);
+    const dInter = needInter ? v(s.dInter, I) : undefined;
+    if (dInter && hooks.has("output.dense")) {
+      const dGelu = v(this.dGeluScratch(), I);
+      linear("output.dense", p.output, g.output, gelu, dFfnOut, dGelu);
+      geluBackward(rec, { x: inter, dOut: dGelu, dX: dInter });
+    } else {
+      linear("output.dense", p.output, g.output, gelu, dFfnOut, dInter, false, dInter && inter);
+    }
+    if (!dInter) return;
 
-    // GELU, intermediate.dense; the FFN's residual joins at its input.
-    const dInter = v(s.dInter, I);
-    geluBackward(rec, { x: v(a.inter, I), dOut: dGelu!, dX: dInter });
-    const dNorm1 = needNorm1 ? v(s.dNorm1) : undefined;
-    linear("intermediate.dense", p.intermediate, g.intermediate, v(a.norm1), dInter, dNorm1);
-    if (!needNorm1) return;
-    addInPlace(rec, { x: dRes2, into: dNorm1! });
+    // intermediate.dense; the FFN's residual gradient is already in dNorm1.
+    linear("intermediate.dense", p.intermediate, g.intermediate, v(a.norm1), dInter, dNorm1, true);
+    if (!dNorm1) return;
 
-    // attention.output.LayerNorm
-    const dRes1 = v(s.dRes1);
-    layerNormBackward(rec, {
-      x: v(a.res1),
-      gamma: p.attnNorm.weight,
-      mean: at(a.mean1, [B, S]),
+    // attention.output.LayerNorm, its dropout and the attention block's residual: the
+    // residual's gradient starts the layer input's, and q, k, v add theirs into it below.
+    const dAttnOut = needAttnOut ? denseGrad(dIn) : undefined;
+    addLayerNormBackward(rec, {
+      xhat: v(a.xhat1),
       rstd: at(a.rstd1, [B, S]),
-      dOut: dNorm1!,
-      dX: dRes1,
+      gamma: p.attnNorm.weight,
+      dOut: dNorm1,
+      dDense: dAttnOut === dIn ? undefined : dAttnOut,
+      dResidual: dIn,
       dGamma: g.attnNorm.weight,
       dBeta: g.attnNorm.bias,
       accumulate,
+      dropout: this.hiddenDropoutConfig(l, SITE_ATTENTION_OUTPUT, st),
     });
-    if (!needAttnOut) return;
+    if (!dAttnOut) return;
 
-    // attention.output.dense (after its dropout)
-    const dAttnOut = this.dropoutBackward(rec, dRes1, v(s.dDrop), l, SITE_ATTENTION_OUTPUT, st);
+    // attention.output.dense
     const dContext = needQkv ? v(s.dContext) : undefined;
     linear("attention.output.dense", p.attnOut, g.attnOut, v(a.context), dAttnOut, dContext);
     if (!needQkv) return;
 
-    // attention, then q, k, v; the attention block's residual joins at the layer input.
+    // attention, then q, k, v, whose input gradients join the residual's in dIn.
     const P = prefix ? prefix.key.shape[1] : 0;
     const scores = [B, c.numHeads, S, P + S];
     const dQ = v(s.dQ), dK = v(s.dK), dV = v(s.dV);
@@ -1080,10 +1095,9 @@ export class Encoder {
       dScores: at(s.dScores, scores),
     });
     const x = l === 0 ? st.input0 : v(this.acts[l - 1].out);
-    linear("query", p.query, g.query, x, dQ, dIn);
+    linear("query", p.query, g.query, x, dQ, dIn, true);
     linear("key", p.key, g.key, x, dK, dIn, true);
     linear("value", p.value, g.value, x, dV, dIn, true);
-    if (dIn) addInPlace(rec, { x: dRes1, into: dIn });
   }
 
   /** Whether layer l has anything of its own to compute in the backward. */
@@ -1097,30 +1111,9 @@ export class Encoder {
   // -------------------------------------------------------------------------------------------
   // Helpers
 
-  private dropoutForward(rec: Recorder, x: Tensor, l: number, site: number, st: ForwardState) {
-    if (st.hiddenP === 0) return x;
-    const out = at(this.dropOut, [...x.shape]);
-    dropoutForward(rec, { x, out, p: st.hiddenP, seed: st.seed, stream: stream(l, site) });
-    return out;
-  }
-
-  private dropoutBackward(
-    rec: Recorder,
-    dOut: Tensor,
-    scratch: Tensor,
-    l: number,
-    site: number,
-    st: ForwardState,
-  ): Tensor {
-    if (st.hiddenP === 0) return dOut;
-    dropoutBackward(rec, {
-      dOut,
-      dX: scratch,
-      p: st.hiddenP,
-      seed: st.seed,
-      stream: stream(l, site),
-    });
-    return scratch;
+  /** The hidden-state dropout after a dense layer of layer l (`site` tells which). */
+  private hiddenDropoutConfig(l: number, site: number, st: ForwardState): DropoutConfig {
+    return { p: st.hiddenP, seed: st.seed, stream: stream(l, site) };
   }
 
   private attentionDropoutConfig(l: number, st: ForwardState): DropoutConfig {
@@ -1167,15 +1160,13 @@ export class Encoder {
     const t = (label: string, shape: number[]) => createTensor(this.gpu, shape, "f32", label);
     this.scratch = {
       stream: [t("dStream 0", [N, H]), t("dStream 1", [N, H])],
-      dRes2: t("dRes2", [N, H]),
       dDrop: t("dDropout", [N, H]),
       dNorm1: t("dNorm1", [N, H]),
-      dRes1: t("dRes1", [N, H]),
       dContext: t("dContext", [N, H]),
       dQ: t("dQ", [N, H]),
       dK: t("dK", [N, H]),
       dV: t("dV", [N, H]),
-      dGelu: t("dGelu", [N, I]),
+      dGelu: null,
       dInter: t("dIntermediate", [N, I]),
       dScores: t("dScores", [
         this.maxBatch * c.numHeads * this.maxSeq * (this.maxPrefix + this.maxSeq),
@@ -1184,6 +1175,18 @@ export class Encoder {
       dEmbB: t("dEmbeddings B", [N, E]),
     };
     return this.scratch;
+  }
+
+  /** GELU's output gradient [maxBatch·maxSeq, I], allocated when a hook first needs it. */
+  private dGeluScratch(): Tensor {
+    const s = this.gradScratch();
+    s.dGelu ??= createTensor(
+      this.gpu,
+      [this.maxBatch * this.maxSeq, this.config.intermediateSize],
+      "f32",
+      "dGelu",
+    );
+    return s.dGelu;
   }
 }
 

@@ -1,4 +1,5 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { gpuTest, outputTensor } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
@@ -88,6 +89,74 @@ gpuTest("linear: forward with and without bias at odd shapes", async (gpu) => {
     assertClose(`y+b ${xShape}`, await y1.download(), refForward(hx, hw, hb, rows, inF, outF));
     assertClose(`y ${xShape}`, await y2.download(), refForward(hx, hw, null, rows, inF, outF));
     for (const t of [x, w, b, y1, y2]) t.destroy();
+  }
+});
+
+gpuTest(
+  "linear: GELU in the forward's epilogue, with and without the pre-activation",
+  async (gpu) => {
+    for (const [s, { xShape, outF }] of SHAPES.entries()) {
+      const inF = xShape[xShape.length - 1];
+      const rows = numel(xShape) / inF;
+      // Inputs scaled so that the pre-activations cover GELU's curved part and both tails.
+      const hx = f32(rows * inF, 10 * s + 700).map((v) => 2 * v),
+        hw = f32(outF * inF, 10 * s + 701),
+        hb = f32(outF, 10 * s + 702);
+      const x = tensorFromArray(gpu, hx, xShape, "x");
+      const w = tensorFromArray(gpu, hw, [outF, inF], "w");
+      const b = tensorFromArray(gpu, hb, [outF], "b");
+      const outShape = [...xShape.slice(0, -1), outF];
+      const rec = new Recorder(gpu);
+      const y1 = outputTensor(rec, outShape, "y1");
+      const pre = outputTensor(rec, outShape, "pre");
+      const y2 = outputTensor(rec, outShape, "y2");
+      linearForward(rec, {
+        x,
+        weight: w,
+        bias: b,
+        out: y1,
+        activation: "gelu",
+        preActivation: pre,
+      });
+      linearForward(rec, { x, weight: w, out: y2, activation: "gelu" });
+      await rec.submit();
+      const withBias = refForward(hx, hw, hb, rows, inF, outF);
+      const noBias = refForward(hx, hw, null, rows, inF, outF);
+      // Rounded to float32: far in the negative tail gelu is below float32's range (0 there).
+      const gelu32 = (v: number) => Math.fround(refGelu(v));
+      assertClose(`pre ${xShape}`, await pre.download(), withBias);
+      assertClose(`gelu(y+b) ${xShape}`, await y1.download(), withBias.map(gelu32));
+      assertClose(`gelu(y) ${xShape}`, await y2.download(), noBias.map(gelu32));
+      for (const t of [x, w, b, y1, y2, pre]) t.destroy();
+    }
+  },
+);
+
+gpuTest("linear: GELU's derivative in the epilogue of the backward's dX", async (gpu) => {
+  for (const [s, { xShape, outF }] of SHAPES.entries()) {
+    const inF = xShape[xShape.length - 1];
+    const rows = numel(xShape) / inF;
+    const lead = xShape.slice(0, -1);
+    // x = gelu(u): dX is the gradient with respect to u.
+    const hu = f32(rows * inF, 10 * s + 800).map((v) => 3 * v);
+    const hx = Float32Array.from(hu, refGelu);
+    const hw = f32(outF * inF, 10 * s + 801), hg = f32(rows * outF, 10 * s + 802);
+    const u = tensorFromArray(gpu, hu, xShape, "u");
+    const x = tensorFromArray(gpu, hx, xShape, "x");
+    const w = tensorFromArray(gpu, hw, [outF, inF], "w");
+    const g = tensorFromArray(gpu, hg, [...lead, outF], "dY");
+    const rec = new Recorder(gpu);
+    const dU = outputTensor(rec, xShape, "dU");
+    const dW = outputTensor(rec, [outF, inF], "dW");
+    const dB = outputTensor(rec, [outF], "dB");
+    linearBackward(rec, { x, weight: w, dOut: g, dX: dU, dWeight: dW, dBias: dB, geluInput: u });
+    await rec.submit();
+    const ref = refBackward(hx, hw, hg, rows, inF, outF);
+    const want = ref.dX.map((v, i) => v * refGeluGrad(hu[i]));
+    assertClose(`dU ${xShape}`, await dU.download(), want);
+    assertClose(`dW ${xShape}`, await dW.download(), ref.dW);
+    assertClose(`dB ${xShape}`, await dB.download(), ref.dB);
+    for (const t of [u, x, w, g, dU, dW, dB]) t.destroy();
   }
 });
 
@@ -262,6 +331,52 @@ gpuTest("linear: mismatched shapes throw a GpuError naming the op and tensor", (
     () => linearForward(rec, { x, weight: createTensor(gpu, [3, 5], "f16", "wh"), out: y }),
     GpuError,
     'linearForward: weight ("wh") is f16',
+  );
+  assertThrows(
+    () => linearForward(rec, { x, weight: w, out: y, preActivation: t([2, 7, 3], "pre") }),
+    GpuError,
+    'linearForward: preActivation ("pre") given without an activation',
+  );
+  assertThrows(
+    () =>
+      linearForward(rec, {
+        x,
+        weight: w,
+        out: y,
+        activation: "gelu",
+        preActivation: t([2, 7, 4], "pre4"),
+      }),
+    GpuError,
+    'linearForward: preActivation ("pre4")',
+  );
+  assertThrows(
+    () => linearForward(rec, { x, weight: w, out: y, activation: "tanh" as "gelu" }),
+    GpuError,
+    'linearForward: unknown activation "tanh"',
+  );
+  const dX = t([2, 7, 5], "dX");
+  assertThrows(
+    () => linearBackward(rec, { x, weight: w, dOut: y, dX, geluInput: t([2, 7, 4], "u4") }),
+    GpuError,
+    'linearBackward: geluInput ("u4")',
+  );
+  assertThrows(
+    () => linearBackward(rec, { x, weight: w, dOut: y, geluInput: t([2, 7, 5], "u") }),
+    GpuError,
+    'linearBackward: geluInput ("u") given without dX',
+  );
+  assertThrows(
+    () =>
+      linearBackward(rec, {
+        x,
+        weight: w,
+        dOut: y,
+        dX,
+        accumulateDX: true,
+        geluInput: t([2, 7, 5], "u"),
+      }),
+    GpuError,
+    "linearBackward: geluInput cannot be used with accumulateDX",
   );
   assertEquals(rec.length, 0);
 });

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { assertClose } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import { refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
@@ -18,7 +19,7 @@ import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts
 const VARIANTS = MATMUL_VARIANTS;
 
 /** Host-side description of a product, without the tensors. */
-type Spec = Omit<MatmulArgs, "a" | "b" | "c" | "bias" | "op" | "variant">;
+type Spec = Omit<MatmulArgs, "a" | "b" | "c" | "bias" | "op" | "variant" | "epilogue">;
 
 /**
  * Float64 reference of the strided batched product, written from the definition: returns the
@@ -70,6 +71,8 @@ interface Case {
   spec: Spec;
   sizes: { a: number; b: number; c: number };
   bias?: boolean;
+  /** GELU epilogue: without the pre-activation, saving it, or GELU's derivative. */
+  epilogue?: "gelu" | "geluSave" | "geluGrad";
 }
 
 /** Stored sizes of packed, unbatched operands. */
@@ -80,7 +83,9 @@ function packedSizes(s: Spec): { a: number; b: number; c: number } {
 /**
  * Runs each case on the GPU (each variant), C poisoned with NaN unless accumulating (then it
  * holds random values), and compares all of C: written elements against the float64 reference
- * (tolerance `tol`), the others must be untouched.
+ * (tolerance `tol`), the others must be untouched. With an epilogue, the reference applies GELU
+ * (or multiplies by GELU's derivative at random pre-activations in [−4, 4)) to the product, and
+ * a saved pre-activation (poisoned like C) is checked the same way.
  */
 async function runCases(
   gpu: Gpu,
@@ -100,25 +105,55 @@ async function runCases(
       const hostBias = cs.bias
         ? Float32Array.from(randomValues(cs.spec.n, seed + 10 * ci + 3))
         : undefined;
+      const hostPre = cs.epilogue === "geluGrad"
+        ? Float32Array.from(randomValues(cs.sizes.c, seed + 10 * ci + 4), (v) => 4 * v)
+        : new Float32Array(cs.sizes.c).fill(NaN);
       const a = tensorFromArray(gpu, hostA, [cs.sizes.a], "A");
       const b = tensorFromArray(gpu, hostB, [cs.sizes.b], "B");
       const c = createTensor(gpu, [cs.sizes.c], "f32", "C");
       const bias = hostBias && tensorFromArray(gpu, hostBias, [cs.spec.n], "bias");
+      const pre = cs.epilogue && cs.epilogue !== "gelu"
+        ? tensorFromArray(gpu, hostPre, [cs.sizes.c], "preActivation")
+        : undefined;
       if (cs.spec.accumulate) c.upload(hostC);
       else fill(rec, c, NaN);
-      matmul(rec, { ...cs.spec, a, b, c, bias, variant });
-      return { cs, hostA, hostB, hostC, hostBias, tensors: [a, b, c, bias], c };
+      const epilogue = cs.epilogue === "geluGrad"
+        ? { kind: "geluGrad" as const, preActivation: pre! }
+        : cs.epilogue
+        ? { kind: "gelu" as const, preActivation: pre }
+        : undefined;
+      matmul(rec, { ...cs.spec, a, b, c, bias, epilogue, variant });
+      return { cs, hostA, hostB, hostC, hostBias, hostPre, tensors: [a, b, c, bias, pre], c, pre };
     });
     await rec.submit();
     for (const r of runs) {
       const got = await r.c.download();
       const { out, written } = referenceMatmul(r.cs.spec, r.hostA, r.hostB, r.hostC, r.hostBias);
       const idx = [...written].sort((x, y) => x - y);
-      const name = `${variant} ${JSON.stringify(r.cs.spec)}`;
-      assertClose(name, idx.map((i) => got[i]), idx.map((i) => out[i]), tol);
+      const name = `${variant} ${r.cs.epilogue ?? ""} ${JSON.stringify(r.cs.spec)}`;
+      const epilogue = r.cs.epilogue;
+      // GELU rounded to float32: far in the negative tail it is below float32's range.
+      const want = (i: number) =>
+        epilogue === "geluGrad"
+          ? out[i] * refGeluGrad(r.hostPre[i])
+          : epilogue
+          ? Math.fround(refGelu(out[i]))
+          : out[i];
+      assertClose(name, idx.map((i) => got[i]), idx.map(want), tol);
       for (let i = 0; i < got.length; i++) {
         if (!written.has(i)) {
           assert(Object.is(got[i], r.hostC[i]), `${name}: element ${i} outside C's region changed`);
+        }
+      }
+      if (r.pre) {
+        const pre = await r.pre.download();
+        if (epilogue === "geluSave") {
+          assertClose(`${name} preActivation`, idx.map((i) => pre[i]), idx.map((i) => out[i]), tol);
+        }
+        for (let i = 0; i < pre.length; i++) {
+          if (epilogue !== "geluSave" || !written.has(i)) {
+            assert(Object.is(pre[i], r.hostPre[i]), `${name}: preActivation ${i} changed`);
+          }
         }
       }
       for (const t of r.tensors) t?.destroy();
@@ -375,6 +410,81 @@ gpuTest("matmul: vec4 fast path (edge tiles, aligned strides) and its fallbacks"
   await runCases(gpu, cases, 6000, 1e-5, VARIANTS.filter((v) => v.startsWith("vec4")));
 });
 
+gpuTest("matmul: GELU epilogues in every variant, at odd and vec4-aligned shapes", async (gpu) => {
+  const epilogues = ["gelu", "geluSave", "geluGrad"] as const;
+  const cases: Case[] = [];
+  const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [36, 68, 20], [65, 70, 47]];
+  for (const [s, [m, n, k]] of shapes.entries()) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const spec = { m, n, k, transA, transB };
+        const epilogue = epilogues[(s + 2 * +transA + +transB) % 3];
+        cases.push({ spec, sizes: packedSizes(spec), bias: transB, epilogue });
+      }
+    }
+  }
+  // Strides, offsets, alpha, accumulate (the epilogue sees the sum) and both batch levels: C and
+  // the pre-activation share one layout, gaps between products untouched.
+  for (const epilogue of epilogues) {
+    const m = 20, n = 12, k = 8, ldc = n + 3, cMat = ldc * m;
+    const spec: Spec = {
+      m,
+      n,
+      k,
+      transB: true,
+      ldc,
+      offsetC: 5,
+      alpha: 0.75,
+      accumulate: epilogue !== "gelu",
+      batch0: { count: 2, strideA: m * k, strideB: 0, strideC: 2 * cMat + 2 },
+      batch1: { count: 2, strideA: 0, strideB: n * k, strideC: cMat + 1 },
+    };
+    cases.push({
+      spec,
+      sizes: { a: 2 * m * k, b: 2 * n * k, c: 5 + 2 * (2 * cMat + 2) },
+      bias: true,
+      epilogue,
+    });
+  }
+  await runCases(gpu, cases, 8000);
+});
+
+gpuTest(
+  "matmul: GELU epilogues are bitwise reproducible, and alike in every variant",
+  async (gpu) => {
+    // Every variant sums in the same order and stores through one WGSL function, so as the plain
+    // product (tests/matmul_variants_test.ts) the epilogues agree bitwise across variants: the
+    // autotune may pick any of them.
+    const m = 130, n = 68, k = 36;
+    const a = tensorFromArray(gpu, Float32Array.from(randomValues(m * k, 81)), [m, k], "A");
+    const b = tensorFromArray(gpu, Float32Array.from(randomValues(n * k, 82)), [n, k], "B");
+    let first: Float32Array[] | undefined;
+    for (const variant of VARIANTS) {
+      const results: Float32Array[][] = [];
+      for (let run = 0; run < 2; run++) {
+        const c = createTensor(gpu, [m, n], "f32", "C");
+        const pre = createTensor(gpu, [m, n], "f32", "pre");
+        const d = createTensor(gpu, [m, n], "f32", "D");
+        const rec = new Recorder(gpu);
+        for (const t of [c, pre, d]) fill(rec, t, NaN);
+        const base = { a, b, m, n, k, transB: true, variant };
+        matmul(rec, { ...base, c, epilogue: { kind: "gelu", preActivation: pre } });
+        matmul(rec, { ...base, c: d, epilogue: { kind: "geluGrad", preActivation: pre } });
+        await rec.submit();
+        results.push(
+          [await c.download(), await pre.download(), await d.download()] as Float32Array[],
+        );
+        for (const t of [c, pre, d]) t.destroy();
+      }
+      assertEquals(results[0], results[1], variant);
+      first ??= results[0];
+      assertEquals(results[0], first, `${variant} against ${VARIANTS[0]}`);
+    }
+    a.destroy();
+    b.destroy();
+  },
+);
+
 gpuTest(
   "matmul: autotune picks a variant per shape class and survives a corrupt cache",
   async (gpu) => {
@@ -470,6 +580,31 @@ gpuTest(
       "shares",
     );
     assertThrows(() => matmul(rec, { a, b, c, m: 7, n: 3, k: 6 }), GpuError, "matmul: A");
+    assertThrows(
+      () => matmul(rec, { ...base, epilogue: { kind: "geluGrad" } as never }),
+      GpuError,
+      "testop: the geluGrad epilogue needs preActivation",
+    );
+    assertThrows(
+      () => matmul(rec, { ...base, epilogue: { kind: "gelu", preActivation: t([20], "short") } }),
+      GpuError,
+      'testop: preActivation ("short")',
+    );
+    assertThrows(
+      () => matmul(rec, { ...base, epilogue: { kind: "geluGrad", preActivation: c } }),
+      GpuError,
+      'testop: C ("c") shares a GPU buffer with preActivation',
+    );
+    assertThrows(
+      () => matmul(rec, { ...base, epilogue: { kind: "gelu", preActivation: a } }),
+      GpuError,
+      'testop: preActivation ("a") shares a GPU buffer with A',
+    );
+    assertThrows(
+      () => matmul(rec, { ...base, epilogue: { kind: "relu" } as never }),
+      GpuError,
+      'testop: unknown epilogue "relu"',
+    );
     assertEquals(rec.length, 1);
   },
 );
