@@ -87,7 +87,9 @@ function epilogueKind(e: MatmulEpilogue | undefined): EpilogueKind {
 
 /**
  * A kernel variant. Variants differ in speed only; each sums every output over k in increasing
- * order, so a given variant is deterministic (the exact rounding may differ between variants).
+ * order, one product at a time, so every variant gives bitwise the same output on a given
+ * adapter (tests/matmul_variants_test.ts checks it on every adapter the suite runs on; the
+ * autotune relies on it).
  * - `tile16` / `tile64`: a 16×16 workgroup stages k-slices of A and B in workgroup memory; each
  *   invocation computes 1×1 or 4×4 outputs.
  * - `direct4x4`: no workgroup memory, no barriers: each invocation reads its 4 rows of op(A)
@@ -112,7 +114,7 @@ export type MatmulVariant =
   | "vec4_8x16"
   | "vec4_16x8";
 
-/** Every variant, in the order the autotune tries them. */
+/** Every variant (kernels/matmul_autotune.ts times a subset of them). */
 export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
   "tile16",
   "tile64",
@@ -472,6 +474,33 @@ function vec4Aligned(
 ): boolean {
   return t.offset % 16 === 0 && t.bindingSize % 16 === 0 && offset % 4 === 0 && ld % 4 === 0 &&
     rowLength % 4 === 0 && batches.every((b) => b.count <= 1 || b.stride % 4 === 0);
+}
+
+/**
+ * The WGSL of every variant, transpose pair and epilogue, concatenated: what the autotune's
+ * cache version hashes, so that any change to a kernel's code invalidates cached choices.
+ */
+export function matmulKernelSources(): string {
+  const epilogues: EpilogueKind[] = ["none", "gelu", "gelu_save", "gelu_grad"];
+  const parts: string[] = [];
+  for (const variant of MATMUL_VARIANTS) {
+    const spec = VARIANTS[variant];
+    for (const epilogue of epilogues) {
+      if (spec.kind === "shared") parts.push(matmulWgsl(spec.rm, spec.rn, epilogue));
+      else if (spec.kind === "direct") {
+        parts.push(directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue));
+      } else {
+        for (
+          const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
+        ) {
+          parts.push(
+            vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB, epilogue),
+          );
+        }
+      }
+    }
+  }
+  return parts.join("\n");
 }
 
 /** Autotuned choices by device, filled by `matmul_autotune.ts`; none: use the heuristic. */

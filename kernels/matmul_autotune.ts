@@ -28,6 +28,7 @@ import {
   matmul,
   MATMUL_VARIANTS,
   type MatmulArgs,
+  matmulKernelSources,
   type MatmulVariant,
   setMatmulTuner,
 } from "./matmul.ts";
@@ -102,12 +103,12 @@ export interface TuneResult {
 /**
  * Version of the kernel set the choices were made for: a cache entry of another version is stale
  * and tuned again. It covers the variant list (a new variant invalidates old entries), the
- * launcher's source and this module's class scheme (TUNE_FORMAT: bump it when the classes or the
- * representative products change, or when a variant's WGSL changes without the launcher doing so).
+ * launcher's source, every variant's WGSL and this module's class scheme (TUNE_FORMAT: bump it
+ * when the classes or the representative products change).
  */
 const TUNE_FORMAT = "1";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
-  [TUNE_FORMAT, MATMUL_VARIANTS.join(","), matmul.toString()].join("\n"),
+  [TUNE_FORMAT, MATMUL_VARIANTS.join(","), matmul.toString(), matmulKernelSources()].join("\n"),
 );
 
 function fnv1a(text: string): string {
