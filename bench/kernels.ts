@@ -6,8 +6,8 @@
 //   deno task bench [--json] [--reps N] [--no-reference]
 //                   [--only fill,matmul,layernorm,attention,embedding,adamw,train_step]
 //                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
-//                    --batch 8 --seq 32 --modes ft,bitfit,lora,prefix]   (train_step's model;
-//                    BERT-mini at batch 8 × 32 by default: 32 × 128 takes minutes per step here)
+//                    --batch 32 --seq 128 --modes ft,bitfit,lora,prefix]   (train_step's model:
+//                    BERT-mini at the 32 × 128 by default; --batch 8 --seq 32 is quicker)
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
 //                   [--no-autotune | --retune] [--tune-cache FILE]

@@ -51,11 +51,11 @@ export const BERT_MINI_STEP: TrainStepShape = {
 };
 
 /**
- * What `deno task bench` measures without --batch/--seq: BERT-mini at batch 8 × 32. The issue's
- * 32 × 128 takes about 110 s per full fine-tuning step on lavapipe (2 cores) before the speed
- * work, four minutes with its warm-up: pass `--batch 32 --seq 128` for it.
+ * What `deno task bench` measures without --batch/--seq: BERT-mini at the issue's batch of
+ * 32 × 128 tokens (about 15 s per full fine-tuning step on lavapipe, 2 cores, after the speed
+ * work; `--batch 8 --seq 32` for a quick look).
  */
-export const BENCH_DEFAULT_STEP: TrainStepShape = { ...BERT_MINI_STEP, batch: 8, seq: 32 };
+export const BENCH_DEFAULT_STEP: TrainStepShape = { ...BERT_MINI_STEP };
 
 export interface TrainStepOptions {
   shape?: TrainStepShape;
