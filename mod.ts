@@ -31,6 +31,14 @@ export {
   tensorFromArray,
 } from "./kernels/tensor.ts";
 export { type Binding, Recorder, type Uniforms } from "./kernels/recorder.ts";
+export {
+  type ArenaSpec,
+  createArena,
+  slotAlignment,
+  slotRuns,
+  spanOf,
+  TensorArena,
+} from "./kernels/arena.ts";
 export { getPipeline } from "./kernels/pipeline.ts";
 export { flatIndex, grid1d } from "./kernels/grid.ts";
 export { fill } from "./kernels/fill.ts";

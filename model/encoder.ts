@@ -1,7 +1,9 @@
 // The BERT / RoBERTa / ELECTRA encoder, forward and backward, on the kernel core.
 //
-// In the manner of karpathy/llm.c: the parameters are one plain struct (`EncoderParams`), the
-// gradients the same struct with a tensor only where something trains, every activation the
+// In the manner of karpathy/llm.c: the parameters are one plain struct (`EncoderParams`) of
+// views of one arena (kernels/arena.ts, ordered by weight-decay class, `encoderArenaOrder`), the
+// gradients the same struct with a tensor only where something trains (views of a gradient arena
+// of the same layout, so the optimizer updates each class in one launch), every activation the
 // backward needs lives in an arena allocated once for `maxBatch × maxSeq` tokens, and each
 // layer's forward sits beside its backward. `encoderParameters` maps the struct to Hugging Face's
 // tensor names (relative to the `bert.` / `roberta.` / `electra.` prefix); the checkpoint loader,
@@ -49,6 +51,7 @@ import { geluBackward, geluForward } from "../kernels/gelu.ts";
 import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
 import type { Recorder } from "../kernels/recorder.ts";
+import { createArena, type TensorArena } from "../kernels/arena.ts";
 import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -201,6 +204,28 @@ export function encoderParameterShapes(config: ModelConfig): Map<string, number[
  */
 export function encoderParameters(params: EncoderParams): Map<string, Tensor> {
   return new Map(encoderEntries(params));
+}
+
+/**
+ * The order of the backbone's tensors in its parameter and gradient arenas (names relative to the
+ * prefix): the decayed tensors (embedding tables and linear weights), then the LayerNorm weights,
+ * then ELECTRA's embeddings_project.bias, then every other bias, each class in Hugging Face order.
+ * So each weight-decay class of every set the strategies train is one run of consecutive slots,
+ * and the optimizer updates it in one launch: everything (ft, stage 2: decayed + no-decay) and
+ * BitFit's biases (the last class exactly).
+ */
+export function encoderArenaOrder(names: readonly string[]): string[] {
+  const rank = (name: string) =>
+    !(name.endsWith(".bias") || name.includes("LayerNorm."))
+      ? 0
+      : name.includes("LayerNorm.") && name.endsWith(".weight")
+      ? 1
+      : name.startsWith("embeddings_project.")
+      ? 2
+      : 3;
+  return names.map((name, i) => ({ name, i, r: rank(name) }))
+    .sort((a, b) => a.r - b.r || a.i - b.i)
+    .map((e) => e.name);
 }
 
 /** The gradients that exist (the trainable parameters), under the same names. */
@@ -441,7 +466,18 @@ export class Encoder {
   readonly typePlan: EmbeddingPlanTensors;
 
   private readonly names: EncoderParams<string>;
-  private readonly gradTensors = new Map<string, Tensor>();
+  /** Parameter names in arena order (`encoderArenaOrder`) and their shapes. */
+  private readonly layout: string[];
+  private readonly shapes: Map<string, number[]>;
+  /** Every parameter, in one arena (or several where maxBufferSize requires). */
+  private readonly paramArena: TensorArena;
+  /**
+   * The gradients of the trainable parameters (`setTrainable`), in arena order with the slots of
+   * `paramArena`'s layout, so that a run of trainable parameters and its gradients line up.
+   */
+  private gradArena: TensorArena | null = null;
+  /** Gradients a backward with its own `trainable` allocated outside `gradArena`. */
+  private readonly extraGrads = new Map<string, Tensor>();
   private hooks: EncoderHooks = {};
   private readonly emb: EmbeddingActs;
   private readonly acts: LayerActs[];
@@ -485,10 +521,14 @@ export class Encoder {
     this.hooks = opts.hooks ?? {};
 
     this.names = buildEncoderStruct(config, (name) => name);
-    this.params = buildEncoderStruct(
-      config,
-      (name, shape) => createTensor(gpu, shape, "f32", name),
+    this.shapes = encoderParameterShapes(config);
+    this.layout = encoderArenaOrder([...this.shapes.keys()]);
+    this.paramArena = createArena(
+      gpu,
+      this.layout.map((name) => ({ name, shape: this.shapes.get(name)! })),
+      "encoder parameters",
     );
+    this.params = buildEncoderStruct(config, (name) => this.paramArena.get(name));
 
     const { hiddenSize: H, embeddingSize: E, intermediateSize: I, numHeads } = config;
     const N = maxBatch * maxSeq;
@@ -540,7 +580,7 @@ export class Encoder {
       this.acts = Array.from({ length: config.numLayers }, (_, l) => layerActs(l));
     }
 
-    this.grads = this.gradStruct(opts.trainable ?? (() => !this.inference));
+    this.grads = this.setGradArena(opts.trainable ?? (() => !this.inference));
   }
 
   /** The batch size and sequence length of the current batch (0 before `setBatch`). */
@@ -552,17 +592,41 @@ export class Encoder {
   }
 
   /**
-   * Sets which parameters get gradients. Newly trainable ones get a (zeroed) gradient tensor;
-   * gradients of parameters no longer trainable are freed. Call between steps.
+   * Sets which parameters get gradients. The trainable set's gradients live in one arena in the
+   * parameters' order (`encoderArenaOrder`); a different set gets a new, zeroed arena and the
+   * old gradient tensors are freed (the same set keeps its gradients). Call between steps.
    */
   setTrainable(trainable: (name: string) => boolean): void {
-    this.grads = this.gradStruct(trainable);
-    const keep = new Set(encoderGradients(this.grads).keys());
-    for (const [name, g] of this.gradTensors) {
-      if (!keep.has(name)) {
-        g.destroy();
-        this.gradTensors.delete(name);
+    this.grads = this.setGradArena(trainable);
+  }
+
+  /**
+   * Gives the trainable set its gradient arena: kept as it is when the set is unchanged, else a
+   * new (zeroed) one, the old arena and every gradient allocated outside it freed.
+   */
+  private setGradArena(trainable: (name: string) => boolean): EncoderGrads {
+    this.checkTrainable(trainable);
+    const names = this.layout.filter((name) => trainable(name));
+    const current = [...(this.gradArena?.tensors.keys() ?? [])];
+    if (names.join("\n") !== current.join("\n")) {
+      this.gradArena?.destroy();
+      this.gradArena = null;
+      if (names.length > 0) {
+        this.gradArena = createArena(
+          this.gpu,
+          names.map((name) => ({ name, shape: this.shapes.get(name)!, label: `grad ${name}` })),
+          "encoder gradients",
+        );
       }
+    }
+    for (const g of this.extraGrads.values()) g.destroy();
+    this.extraGrads.clear();
+    return this.gradStruct(trainable);
+  }
+
+  private checkTrainable(trainable: (name: string) => boolean): void {
+    if (this.inference && this.layout.some((n) => trainable(n))) {
+      throw new Error("Encoder: an inference encoder has no gradients");
     }
   }
 
@@ -571,21 +635,18 @@ export class Encoder {
     this.hooks = hooks ?? {};
   }
 
-  /** The gradient struct for `trainable`, allocating missing gradient tensors. */
+  /**
+   * The gradient struct for `trainable`: the gradient arena's tensors, and for trainable
+   * parameters outside it (a backward's own `trainable`) separate tensors, allocated once.
+   */
   private gradStruct(trainable: (name: string) => boolean): EncoderGrads {
-    if (this.inference) {
-      const any = encoderEntries(this.names).some(([n]) => trainable(n));
-      if (any) throw new Error("Encoder: an inference encoder has no gradients");
-    }
-    const shapes = new Map(
-      encoderEntries(mapEncoderStruct(this.params, (p) => p.shape)),
-    );
+    this.checkTrainable(trainable);
     return mapEncoderStruct(this.names, (name) => {
       if (!trainable(name)) return undefined;
-      let g = this.gradTensors.get(name);
+      let g = this.gradArena?.tensors.get(name) ?? this.extraGrads.get(name);
       if (!g) {
-        g = createTensor(this.gpu, [...shapes.get(name)!], "f32", `grad ${name}`);
-        this.gradTensors.set(name, g);
+        g = createTensor(this.gpu, [...this.shapes.get(name)!], "f32", `grad ${name}`);
+        this.extraGrads.set(name, g);
       }
       return g;
     });
@@ -736,9 +797,11 @@ export class Encoder {
         t.destroy();
       }
     };
-    for (const [, p] of encoderEntries(this.params)) free(p);
-    for (const g of this.gradTensors.values()) free(g);
-    this.gradTensors.clear();
+    this.paramArena.destroy();
+    this.gradArena?.destroy();
+    this.gradArena = null;
+    for (const g of this.extraGrads.values()) free(g);
+    this.extraGrads.clear();
     for (const t of [this.ids, this.positionIds, this.typeIds, this.mask, this.linOut]) free(t);
     for (const t of Object.values(this.emb)) free(t);
     for (const a of this.acts) for (const t of Object.values(a)) free(t);

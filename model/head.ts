@@ -7,7 +7,12 @@
 // head.out_proj.{weight [C, 2048], bias}. Initialisation: weights normal with std 0.005
 // (Box–Muller over a seeded generator, so a seed always gives the same head), biases uniform in
 // ±1/√fan_in as PyTorch's nn.Linear does.
+//
+// The parameters live in one arena (kernels/arena.ts), weights before biases, and the gradients in
+// another of the same layout, so that the optimizer updates the head in two launches (decayed
+// weights, no-decay biases).
 
+import { createArena, type TensorArena } from "../kernels/arena.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
 import {
@@ -120,6 +125,8 @@ export class Head {
   private readonly dPre: Tensor;
   private readonly dInput: Tensor;
   private readonly dHidden: Tensor;
+  private readonly paramArena: TensorArena;
+  private readonly gradArena: TensorArena;
   private spansBatch = 0;
   private last: { hidden: Tensor; batch: number; seq: number } | null = null;
 
@@ -149,18 +156,29 @@ export class Head {
     const F = this.inFeatures, C = this.numClasses, B = this.maxBatch;
     const t = (label: string, shape: number[], dtype: "f32" | "u32" = "f32") =>
       createTensor(gpu, shape, dtype, label);
-    const params = (prefix: string): HeadParams => ({
-      dense: {
-        weight: t(`${prefix}head.dense.weight`, [width, F]),
-        bias: t(`${prefix}head.dense.bias`, [width]),
-      },
-      outProj: {
-        weight: t(`${prefix}head.out_proj.weight`, [C, width]),
-        bias: t(`${prefix}head.out_proj.bias`, [C]),
-      },
+    const arena = (prefix: string) =>
+      createArena(
+        gpu,
+        [
+          ["head.dense.weight", [width, F]],
+          ["head.out_proj.weight", [C, width]],
+          ["head.dense.bias", [width]],
+          ["head.out_proj.bias", [C]],
+        ].map(([name, shape]) => ({
+          name: name as string,
+          shape: shape as number[],
+          label: `${prefix}${name}`,
+        })),
+        `${prefix}head parameters`,
+      );
+    const params = (a: TensorArena): HeadParams => ({
+      dense: { weight: a.get("head.dense.weight"), bias: a.get("head.dense.bias") },
+      outProj: { weight: a.get("head.out_proj.weight"), bias: a.get("head.out_proj.bias") },
     });
-    this.params = params("");
-    this.grads = params("grad ");
+    this.paramArena = arena("");
+    this.gradArena = arena("grad ");
+    this.params = params(this.paramArena);
+    this.grads = params(this.gradArena);
     this.spans = t("wic spans", [B, 4], "u32");
     this.input = t("head input", [B, F]);
     this.pre = t("head dense out", [B, width]);
@@ -295,9 +313,9 @@ export class Head {
   }
 
   destroy(): void {
+    this.paramArena.destroy();
+    this.gradArena.destroy();
     const all = [
-      ...headParameters(this).values(),
-      ...headGradients(this).values(),
       this.spans,
       this.input,
       this.pre,

@@ -9,6 +9,7 @@
 // added into the encoder's). A run can be saved as a Hugging Face PEFT adapter
 // (`saveLoraAdapter`) and merged into the weights (`mergeLora`).
 
+import { createArena, type TensorArena } from "../kernels/arena.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { loraBackward, loraForward } from "../kernels/lora.ts";
 import { matmul } from "../kernels/matmul.ts";
@@ -101,6 +102,9 @@ export class LoraMethod implements PeftMethod {
   /** Every adapted layer, layer by layer, LORA_TARGETS order within a layer. */
   readonly sites: readonly LoraSite[];
 
+  /** Every A and B (site order), in one arena; dA and dB in another of the same layout. */
+  private readonly paramArena: TensorArena;
+  private readonly gradArena: TensorArena;
   private readonly byKey = new Map<string, LinearHook>();
   /** Per site: the forward's X·Aᵀ, kept for the backward; grown on demand. */
   private readonly hidden: (Tensor | null)[];
@@ -116,28 +120,50 @@ export class LoraMethod implements PeftMethod {
     this.scale = this.alpha / this.r;
     const r = this.r;
     const initA = initialLoraA(config, r, options.seed);
-    const sites: LoraSite[] = [];
+    const shapes: { layer: number; module: LoraTarget; path: string; a: number[]; b: number[] }[] =
+      [];
     for (let l = 0; l < config.numLayers; l++) {
       for (const module of LORA_TARGETS) {
         const path = `encoder.layer.${l}.${LORA_MODULE_PATHS[module]}`;
-        const inF = config.hiddenSize, outF = config.hiddenSize;
-        const t = (shape: number[], which: string) =>
-          createTensor(gpu, shape, "f32", `lora ${path} ${which}`);
-        const site: LoraSite = {
+        shapes.push({
           layer: l,
           module,
           path,
-          inFeatures: inF,
-          outFeatures: outF,
-          a: t([r, inF], "A"),
-          b: t([outF, r], "B"),
-          dA: t([r, inF], "dA"),
-          dB: t([outF, r], "dB"),
-        };
-        // New buffers are zeroed: B and both gradients start at 0.
-        site.a.upload(initA[sites.length]);
-        sites.push(site);
+          a: [r, config.hiddenSize],
+          b: [config.hiddenSize, r],
+        });
       }
+    }
+    const arena = (what: string, grad: boolean) =>
+      createArena(
+        gpu,
+        shapes.flatMap((s) =>
+          (["A", "B"] as const).map((which) => ({
+            name: loraParameterName(s, which),
+            shape: which === "A" ? s.a : s.b,
+            label: `lora ${s.path} ${grad ? "d" : ""}${which}`,
+          }))
+        ),
+        `lora ${what}`,
+      );
+    this.paramArena = arena("parameters", false);
+    this.gradArena = arena("gradients", true);
+    const sites: LoraSite[] = [];
+    for (const { layer, module, path } of shapes) {
+      const site: LoraSite = {
+        layer,
+        module,
+        path,
+        inFeatures: config.hiddenSize,
+        outFeatures: config.hiddenSize,
+        a: this.paramArena.get(loraParameterName({ path }, "A")),
+        b: this.paramArena.get(loraParameterName({ path }, "B")),
+        dA: this.gradArena.get(loraParameterName({ path }, "A")),
+        dB: this.gradArena.get(loraParameterName({ path }, "B")),
+      };
+      // New buffers are zeroed: B and both gradients start at 0.
+      site.a.upload(initA[sites.length]);
+      sites.push(site);
     }
     this.sites = sites;
     this.hidden = sites.map(() => null);
@@ -173,7 +199,8 @@ export class LoraMethod implements PeftMethod {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    for (const s of this.sites) for (const t of [s.a, s.b, s.dA, s.dB]) t.destroy();
+    this.paramArena.destroy();
+    this.gradArena.destroy();
     for (const h of this.hidden) h?.destroy();
     for (const h of this.retired) h.destroy();
     this.hidden.fill(null);

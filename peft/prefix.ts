@@ -8,8 +8,9 @@
 // maxPrefix + maxSeq keys; a longer prefix is refused at the forward). The prefix takes P of the
 // sequence budget: the engine shrinks max_length by `prefixLength`, as the official code does.
 
+import { createArena, type TensorArena } from "../kernels/arena.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { createTensor, type Tensor } from "../kernels/tensor.ts";
+import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "../model/config.ts";
 import type { AttentionPrefix, EncoderHooks } from "../model/encoder.ts";
 import { normalValues, type PeftMethod, type PeftOptions, seededUniform } from "./method.ts";
@@ -49,6 +50,9 @@ export class PrefixTuning implements PeftMethod {
   readonly prefixLength: number;
   /** Per layer: key and value rows [heads, P, head_dim] and their gradients (batch-summed). */
   readonly layers: readonly Required<AttentionPrefix>[];
+  /** Every key and value (layer order), in one arena; the gradients in another alike. */
+  private readonly paramArena: TensorArena;
+  private readonly gradArena: TensorArena;
   private destroyed = false;
 
   constructor(gpu: Gpu, config: ModelConfig, options: PeftOptions) {
@@ -56,11 +60,30 @@ export class PrefixTuning implements PeftMethod {
     this.prefixLength = P;
     const shape = [config.numHeads, P, config.headDim];
     const init = initialPrefixValues(config, P, options.seed);
+    const arena = (what: string, grad: boolean) =>
+      createArena(
+        gpu,
+        Array.from({ length: config.numLayers }, (_, l) =>
+          (["key", "value"] as const).map((which) => ({
+            name: prefixParameterName(l, which),
+            shape,
+            label: `prefix encoder.layer.${l} ${
+              grad ? `d${which[0].toUpperCase()}${which.slice(1)}` : which
+            }`,
+          }))).flat(),
+        `prefix ${what}`,
+      );
+    this.paramArena = arena("parameters", false);
+    this.gradArena = arena("gradients", true);
     const layers: Required<AttentionPrefix>[] = [];
     for (let l = 0; l < config.numLayers; l++) {
-      const t = (what: string) =>
-        createTensor(gpu, shape, "f32", `prefix encoder.layer.${l} ${what}`);
-      const layer = { key: t("key"), value: t("value"), dKey: t("dKey"), dValue: t("dValue") };
+      const p = this.paramArena, g = this.gradArena;
+      const layer = {
+        key: p.get(prefixParameterName(l, "key")),
+        value: p.get(prefixParameterName(l, "value")),
+        dKey: g.get(prefixParameterName(l, "key")),
+        dValue: g.get(prefixParameterName(l, "value")),
+      };
       layer.key.upload(init[2 * l]);
       layer.value.upload(init[2 * l + 1]);
       layers.push(layer);
@@ -106,6 +129,7 @@ export class PrefixTuning implements PeftMethod {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    for (const p of this.layers) for (const t of [p.key, p.value, p.dKey, p.dValue]) t.destroy();
+    this.paramArena.destroy();
+    this.gradArena.destroy();
   }
 }

@@ -8,9 +8,21 @@
 // "LayerNorm."), as the official code and most fine-tuning recipes; a PEFT method may exempt its
 // own tensors too. m and v start at zero; the state is per tensor, under the tensor's name, so a
 // checkpoint can save and restore it.
+//
+// Launches: the model keeps its parameters and gradients in arenas of matching layout
+// (kernels/arena.ts: the encoder's, the head's, the PEFT method's), so the trainable tensors fall
+// into a few runs of consecutive slots with one weight decay (ft: the backbone's decayed tensors,
+// its no-decay ones, the head's weights, the head's biases). Each run is passed to the kernels as
+// ONE spanning view per role, padding included, with m and v allocated per run in the same
+// layout: one AdamW launch per run (per 128 MiB, plus a scalar tail when the run's length is not
+// a multiple of 4) and one gradNormClip launch per gradient arena (per 128 MiB) plus one,
+// whatever the number of tensors. AdamW's arithmetic per element is unchanged; the norm's summation tree
+// follows the runs (deterministic, within gradNormClip's documented error bound). Tensors outside
+// arenas still work, one run each.
 
 import type { Gpu } from "../kernels/device.ts";
 import { adamwStepGroup } from "../kernels/adamw.ts";
+import { createArena, slotRuns, spanOf, type TensorArena } from "../kernels/arena.ts";
 import { gradNormClip, gradNormPartialsLength } from "../kernels/grad_norm.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
@@ -46,12 +58,28 @@ export interface TrainableTensor {
   decay: boolean;
 }
 
+/** Indices of `ts` by buffer (in order of first appearance), then offset: arena order. */
+function arenaOrder(ts: readonly Tensor[]): number[] {
+  const rank = new Map<GPUBuffer, number>();
+  for (const t of ts) if (!rank.has(t.buffer)) rank.set(t.buffer, rank.size);
+  return [...ts.keys()].sort((a, b) =>
+    rank.get(ts[a].buffer)! - rank.get(ts[b].buffer)! || ts[a].offset - ts[b].offset || a - b
+  );
+}
+
 export class AdamW {
   readonly gpu: Gpu;
   readonly settings: AdamwSettings;
   readonly tensors: readonly TrainableTensor[];
+  /** Per tensor of `tensors`: its m and v, views of the moment arenas. */
   private readonly ms: Tensor[];
   private readonly vs: Tensor[];
+  /** Per run: a view spanning it in each role, and whether it decays. */
+  private readonly runs: { param: Tensor; grad: Tensor; m: Tensor; v: Tensor; decay: boolean }[];
+  /** Views spanning the runs of gradients in consecutive slots, whatever their decay. */
+  private readonly normSpans: Tensor[];
+  private readonly mArena: TensorArena;
+  private readonly vArena: TensorArena;
   private readonly partials: Tensor;
   /** [totalNorm, clipCoef] of the last step's gradients. */
   readonly normTensor: Tensor;
@@ -77,13 +105,49 @@ export class AdamW {
     this.gpu = gpu;
     this.settings = { ...settings };
     this.tensors = [...tensors];
-    // createTensor's buffers are zeroed, as torch's state starts.
-    this.ms = tensors.map((t) => createTensor(gpu, t.param.shape, "f32", `adam m ${t.name}`));
-    this.vs = tensors.map((t) => createTensor(gpu, t.param.shape, "f32", `adam v ${t.name}`));
-    const grads = tensors.map((t) => t.grad);
+    const order = arenaOrder(tensors.map((t) => t.param));
+    const sorted = order.map((i) => tensors[i]);
+    const params = sorted.map((t) => t.param), grads = sorted.map((t) => t.grad);
+    const runs = slotRuns([params, grads], (i, j) => sorted[i].decay === sorted[j].decay);
+    const gradSpans = runs.map((run) => spanOf(grads, run));
+    // Zeroed buffers, as torch's state starts; each run's slot has its gradients' layout.
+    const arena = (what: string) =>
+      createArena(
+        gpu,
+        gradSpans.map((g, k) => ({
+          name: `run ${k}`,
+          shape: g.shape,
+          label: `adam ${what} run ${k}`,
+        })),
+        `adam ${what}`,
+      );
+    this.mArena = arena("m");
+    this.vArena = arena("v");
+    this.ms = new Array<Tensor>(tensors.length);
+    this.vs = new Array<Tensor>(tensors.length);
+    this.runs = runs.map((run, k) => {
+      const m = this.mArena.get(`run ${k}`), v = this.vArena.get(`run ${k}`);
+      const first = grads[run.start];
+      for (let s = run.start; s < run.end; s++) {
+        const t = sorted[s], at = t.grad.offset - first.offset;
+        this.ms[order[s]] = m.view(at, t.param.shape, `adam m ${t.name}`);
+        this.vs[order[s]] = v.view(at, t.param.shape, `adam v ${t.name}`);
+      }
+      return {
+        param: spanOf(params, run),
+        grad: gradSpans[k],
+        m,
+        v,
+        decay: sorted[run.start].decay,
+      };
+    });
+    // The norm needs no decay classes: a gradient arena holds only trainable tensors, so it is
+    // one run (per buffer).
+    const byGrad = arenaOrder(tensors.map((t) => t.grad)).map((i) => tensors[i].grad);
+    this.normSpans = slotRuns([byGrad]).map((run) => spanOf(byGrad, run));
     this.partials = createTensor(
       gpu,
-      [gradNormPartialsLength(gpu, grads)],
+      [gradNormPartialsLength(gpu, this.normSpans)],
       "f32",
       "grad norm partials",
     );
@@ -98,17 +162,17 @@ export class AdamW {
     const s = this.settings;
     this.step++;
     gradNormClip(rec, {
-      grads: this.tensors.map((t) => t.grad),
+      grads: this.normSpans,
       partials: this.partials,
       maxNorm: s.maxGradNorm,
       out: this.normTensor,
     });
     adamwStepGroup(rec, {
-      params: this.tensors.map((t) => t.param),
-      grads: this.tensors.map((t) => t.grad),
-      ms: this.ms,
-      vs: this.vs,
-      weightDecay: this.tensors.map((t) => (t.decay ? s.weightDecay : 0)),
+      params: this.runs.map((r) => r.param),
+      grads: this.runs.map((r) => r.grad),
+      ms: this.runs.map((r) => r.m),
+      vs: this.runs.map((r) => r.v),
+      weightDecay: this.runs.map((r) => (r.decay ? s.weightDecay : 0)),
       lr,
       beta1: s.beta1,
       beta2: s.beta2,
@@ -119,12 +183,19 @@ export class AdamW {
     });
   }
 
+  /** Launch groups: the runs of tensors updated together (each one range per role). */
+  get runCount(): number {
+    return this.runs.length;
+  }
+
   /** The moments by tensor name (for checkpoints). */
   moments(): Map<string, { m: Tensor; v: Tensor }> {
     return new Map(this.tensors.map((t, i) => [t.name, { m: this.ms[i], v: this.vs[i] }]));
   }
 
   destroy(): void {
-    for (const t of [...this.ms, ...this.vs, this.partials, this.normTensor]) t.destroy();
+    this.mArena.destroy();
+    this.vArena.destroy();
+    for (const t of [this.partials, this.normTensor]) t.destroy();
   }
 }
