@@ -81,6 +81,14 @@ export {
   attentionForward,
 } from "./kernels/attention.ts";
 export {
+  FLASH_ATTENTION_MAX_HEAD_DIM,
+  flashAttentionBackward,
+  flashAttentionForward,
+  flashAttentionStatsShape,
+  type FlashAttentionTiling,
+  flashAttentionTiling,
+} from "./kernels/flash_attention.ts";
+export {
   buildEmbeddingPlan,
   createEmbeddingPlanTensors,
   embeddingBackward,
@@ -153,8 +161,10 @@ export {
   TokenizerConvertError,
 } from "./model/tokenizer_convert.ts";
 export {
+  type AttentionKernels,
   type AttentionPrefix,
   type BackwardOptions,
+  chooseAttention,
   createEncoder,
   Encoder,
   type EncoderBatch,
@@ -164,6 +174,7 @@ export {
   encoderParameters,
   encoderParameterShapes,
   type EncoderParams,
+  FLASH_ATTENTION_ABOVE_BYTES,
   type ForwardOptions,
   type HookContext,
   LINEAR_MODULES,

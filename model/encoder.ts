@@ -34,6 +34,12 @@ import {
   attentionForward,
 } from "../kernels/attention.ts";
 import {
+  FLASH_ATTENTION_MAX_HEAD_DIM,
+  flashAttentionBackward,
+  flashAttentionForward,
+  flashAttentionStatsShape,
+} from "../kernels/flash_attention.ts";
+import {
   dropoutBackward,
   type DropoutConfig,
   dropoutForward,
@@ -306,7 +312,10 @@ interface LayerActs {
   q: Tensor;
   k: Tensor;
   v: Tensor;
-  /** [B, heads, S, P + S], pre-dropout softmax. */
+  /**
+   * Materialized attention: [B, heads, S, P + S], the pre-dropout softmax. Flash attention:
+   * [B, heads, S, 2], each row's max and sum (flashAttentionStatsShape).
+   */
   probs: Tensor;
   context: Tensor;
   /** LayerNorm 1's normalised input (dropout(attention output) + residual) and its rstd. */
@@ -392,6 +401,49 @@ export interface EncoderOptions {
   /** Forward only: layers share one set of activations, no gradients, `backward` refuses. */
   inference?: boolean;
   hooks?: EncoderHooks;
+  /**
+   * The attention kernels: "materialized" (kernels/attention.ts: GEMMs and a [B, H, S, T]
+   * probability matrix saved for the backward), "flash" (kernels/flash_attention.ts: fused,
+   * per-row statistics only), or "auto" (default): flash when the probabilities of one layer
+   * would take more than 64 MiB or one storage binding, materialized otherwise. See
+   * `chooseAttention`.
+   */
+  attention?: AttentionKernels;
+}
+
+export type AttentionKernels = "auto" | "flash" | "materialized";
+
+/** Above this many bytes of attention probabilities per layer, "auto" takes the flash kernels. */
+export const FLASH_ATTENTION_ABOVE_BYTES = 64 * 2 ** 20;
+
+/**
+ * Which attention kernels an encoder of this shape runs. The materialized path is the faster one
+ * at BERT-sized sequences on lavapipe for the whole step (its backward is GEMM-bound, the flash
+ * backward is not faster) and compiles in half the time; the flash path keeps memory linear in
+ * the sequence length, so it takes over where the probabilities get large or would not fit one
+ * storage binding. Flash needs head dimension ≤ 128 and 11 storage buffers per stage.
+ */
+export function chooseAttention(
+  gpu: Gpu,
+  requested: AttentionKernels,
+  shape: { batch: number; heads: number; seq: number; prefix: number; headDim: number },
+): "flash" | "materialized" {
+  const flashFits = shape.headDim <= FLASH_ATTENTION_MAX_HEAD_DIM &&
+    gpu.limits.maxStorageBuffersPerShaderStage >= 11;
+  if (requested === "flash") {
+    if (!flashFits) {
+      throw new Error(
+        `Encoder: flash attention needs head dimension ≤ ${FLASH_ATTENTION_MAX_HEAD_DIM} ` +
+          `(this model: ${shape.headDim}) and 11 storage buffers per shader stage (this adapter: ` +
+          `${gpu.limits.maxStorageBuffersPerShaderStage})`,
+      );
+    }
+    return "flash";
+  }
+  if (requested === "materialized" || !flashFits) return "materialized";
+  const bytes = 4 * shape.batch * shape.heads * shape.seq * (shape.prefix + shape.seq);
+  const limit = Math.min(FLASH_ATTENTION_ABOVE_BYTES, gpu.limits.maxStorageBufferBindingSize);
+  return bytes > limit ? "flash" : "materialized";
 }
 
 /** One batch of tokenized inputs, row-major [batch, seqLen]. */
@@ -449,6 +501,8 @@ export class Encoder {
   readonly maxSeq: number;
   readonly maxPrefix: number;
   readonly inference: boolean;
+  /** The attention kernels this encoder runs (EncoderOptions.attention). */
+  readonly attention: "flash" | "materialized";
   readonly params: EncoderParams;
   /** Gradients of the trainable parameters (see `setTrainable`). */
   grads: EncoderGrads;
@@ -552,7 +606,16 @@ export class Encoder {
     if (E !== H) this.emb.projected = t("embeddings projected", [N, H]);
     this.linOut = t("linear out", [N, H]);
 
-    const probsShape = [maxBatch * numHeads * maxSeq * (maxPrefix + maxSeq)];
+    this.attention = chooseAttention(gpu, opts.attention ?? "auto", {
+      batch: maxBatch,
+      heads: numHeads,
+      seq: maxSeq,
+      prefix: maxPrefix,
+      headDim: config.headDim,
+    });
+    const probsShape = this.attention === "flash"
+      ? [maxBatch * numHeads * maxSeq * 2]
+      : [maxBatch * numHeads * maxSeq * (maxPrefix + maxSeq)];
     const layerActs = (l: number | string): LayerActs => ({
       q: t(`layer ${l} q`, [N, H]),
       k: t(`layer ${l} k`, [N, H]),
@@ -956,18 +1019,25 @@ export class Encoder {
     linear("value", p.value, x, val);
     const prefix = st.prefixes[l];
     const P = prefix ? prefix.key.shape[1] : 0;
-    attentionForward(rec, {
+    const attention = {
       q,
       k,
       v: val,
       mask: at(this.mask, [B, S]),
       prefixKey: prefix?.key,
       prefixValue: prefix?.value,
-      probs: at(a.probs, [B, c.numHeads, S, P + S]),
       context,
       heads: c.numHeads,
       dropout: this.attentionDropoutConfig(l, st),
-    });
+    };
+    if (this.attention === "flash") {
+      flashAttentionForward(rec, {
+        ...attention,
+        stats: at(a.probs, flashAttentionStatsShape(B, c.numHeads, S)),
+      });
+    } else {
+      attentionForward(rec, { ...attention, probs: at(a.probs, [B, c.numHeads, S, P + S]) });
+    }
     const attnOut = v(this.linOut);
     linear("attention.output.dense", p.attnOut, context, attnOut);
     // An inference encoder has no backward: it saves nothing for one.
@@ -1139,11 +1209,10 @@ export class Encoder {
     const P = prefix ? prefix.key.shape[1] : 0;
     const scores = [B, c.numHeads, S, P + S];
     const dQ = v(s.dQ), dK = v(s.dK), dV = v(s.dV);
-    attentionBackward(rec, {
+    const attention = {
       q: v(a.q),
       k: v(a.k),
       v: v(a.v),
-      probs: at(a.probs, scores),
       dContext: dContext!,
       dQ,
       dK,
@@ -1155,8 +1224,22 @@ export class Encoder {
       accumulatePrefix: accumulate,
       heads: c.numHeads,
       dropout: this.attentionDropoutConfig(l, st),
-      dScores: at(s.dScores, scores),
-    });
+    };
+    if (this.attention === "flash") {
+      flashAttentionBackward(rec, {
+        ...attention,
+        mask: at(this.mask, [B, S]),
+        context: v(a.context),
+        stats: at(a.probs, flashAttentionStatsShape(B, c.numHeads, S)),
+        rowWorkspace: at(s.dScores, [B, c.numHeads, S, 4]),
+      });
+    } else {
+      attentionBackward(rec, {
+        ...attention,
+        probs: at(a.probs, scores),
+        dScores: at(s.dScores, scores),
+      });
+    }
     const x = l === 0 ? st.input0 : v(this.acts[l - 1].out);
     linear("query", p.query, g.query, x, dQ, dIn, true);
     linear("key", p.key, g.key, x, dK, dIn, true);
@@ -1231,8 +1314,10 @@ export class Encoder {
       dV: t("dV", [N, H]),
       dGelu: null,
       dInter: t("dIntermediate", [N, I]),
+      // Materialized attention's score gradients, or flash attention's row workspace.
       dScores: t("dScores", [
-        this.maxBatch * c.numHeads * this.maxSeq * (this.maxPrefix + this.maxSeq),
+        this.maxBatch * c.numHeads * this.maxSeq *
+        (this.attention === "flash" ? 4 : this.maxPrefix + this.maxSeq),
       ]),
       dEmbA: t("dEmbeddings A", [N, E]),
       dEmbB: t("dEmbeddings B", [N, E]),
