@@ -4,7 +4,8 @@
 // bench/timing.ts; what the numbers mean: BENCHMARKS.md.
 //
 //   deno task bench [--json] [--reps N] [--no-reference]
-//                   [--only fill,matmul,layernorm,attention,embedding,adamw,train_step]
+//                   [--only fill,matmul,layernorm,attention,flash_attention,embedding,adamw,
+//                          train_step]
 //                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
 //                    --batch 32 --seq 128 --modes ft,bitfit,lora,prefix]   (train_step's model:
 //                    BERT-mini at the 32 × 128 by default; --batch 8 --seq 32 is quicker)
@@ -29,6 +30,7 @@ import { HEAD_WIDTH } from "../model/head.ts";
 import { modelTuneShapes } from "../train/run.ts";
 import { benchAdamw } from "./adamw.ts";
 import { benchAttention } from "./attention.ts";
+import { benchFlashAttention } from "./flash_attention.ts";
 import { benchEmbedding } from "./embedding.ts";
 import { benchFill } from "./fill.ts";
 import { benchLayerNorm } from "./layernorm.ts";
@@ -56,6 +58,7 @@ const MODULES: Record<string, Module> = {
   matmul: benchMatmul,
   layernorm: benchLayerNorm,
   attention: benchAttention,
+  flash_attention: benchFlashAttention,
   embedding: benchEmbedding,
   adamw: benchAdamw,
   train_step: (gpu, reps, o) =>
