@@ -22,9 +22,9 @@
 // Forward: scores = scale·q·kᵀ into `probs` (prefix columns first), softmax in place (saved
 // pre-dropout for the backward) with P̃ = P ⊙ dropout into the workspace, context = P̃·v.
 // Backward: P̃ again, dV = P̃ᵀ·dC, dP̃ = dC·vᵀ, dS = P ⊙ (dP − Σ P⊙dP) with dP = dP̃ ⊙ dropout,
-// dQ = scale·dS·k, dK = scale·dSᵀ·q. Prefix gradients sum over the batch: one accumulating GEMM
-// per example (prefix-tuning only). Every output element is one invocation's sum in a fixed
-// order: no atomics, bitwise-deterministic.
+// dQ = scale·dS·k, dK = scale·dSᵀ·q. Prefix gradients sum over the batch: the per-example
+// products in one batched GEMM, then a launch that adds them up in example order. Every output
+// element is one invocation's sum in a fixed order: no atomics, bitwise-deterministic.
 
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
@@ -255,10 +255,29 @@ function headBatches(
   };
 }
 
+/** Sums the per-example prefix gradients [B, n] over the batch, in example order, into out [n]. */
+const PREFIX_SUM_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> partials: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct Params { n: u32, batch: u32, accumulate: u32, _p: u32 }
+@group(0) @binding(2) var<uniform> params: Params;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WG)};
+  if (i >= params.n) { return; }
+  // Added as the accumulating GEMMs of one example at a time would: ((out + p0) + p1) + …
+  var s = partials[i];
+  if (params.accumulate != 0u) { s = out[i] + s; }
+  for (var b = 1u; b < params.batch; b++) { s += partials[b * params.n + i]; }
+  out[i] = s;
+}`;
+
 /**
  * Σ over the batch of the per-example products into a prefix gradient [H, P, D]:
- * out[h] (+)= alpha · Σ_b scores[b, h, :, :P]ᵀ · x[b, :, h, :]. One accumulating launch per
- * example, batched over heads, so the sum runs over examples in order.
+ * out[h] (+)= alpha · Σ_b scores[b, h, :, :P]ᵀ · x[b, :, h, :]. One GEMM launch batched over
+ * (example, head) into a [B, H, P, D] workspace, then one launch that sums the examples in
+ * order: the same sums as one accumulating product per example, in two launches instead of B.
  */
 function prefixGradient(
   rec: Recorder,
@@ -272,26 +291,45 @@ function prefixGradient(
 ): void {
   const { B, S, H, D, P } = dims;
   const T = P + S;
-  for (let b = 0; b < B; b++) {
-    matmul(rec, {
-      op: label,
-      a: scores,
-      b: x,
-      c: out,
-      m: P,
-      n: D,
-      k: S,
-      transA: true,
-      lda: T,
-      ldb: H * D,
-      ldc: D,
-      offsetA: b * H * S * T,
-      offsetB: b * S * H * D,
-      batch0: { count: H, strideA: S * T, strideB: D, strideC: P * D },
-      alpha,
-      accumulate: accumulate || b > 0,
-    });
+  const partials = prefixWorkspace(rec, [B, H, P, D]);
+  matmul(rec, {
+    op: label,
+    a: scores,
+    b: x,
+    c: partials,
+    m: P,
+    n: D,
+    k: S,
+    transA: true,
+    lda: T,
+    ldb: H * D,
+    ldc: D,
+    batch0: { count: B, strideA: H * S * T, strideB: S * H * D, strideC: H * P * D },
+    batch1: { count: H, strideA: S * T, strideB: D, strideC: P * D },
+    alpha,
+  });
+  const n = H * P * D;
+  rec.dispatch(
+    `${label} (batch sum)`,
+    getPipeline(rec.gpu, "attention prefix batch sum", PREFIX_SUM_WGSL),
+    [partials, out],
+    grid1d(n, WG, rec.gpu.limits.maxComputeWorkgroupsPerDimension),
+    new Uint32Array([n, B, accumulate ? 1 : 0, 0]),
+  );
+}
+
+const prefixWorkspaces = new WeakMap<object, Tensor>();
+
+/** The per-example prefix gradients' workspace of `prefixGradient`, per device, grown on demand. */
+function prefixWorkspace(rec: Recorder, shape: number[]): Tensor {
+  const gpu = rec.gpu;
+  const need = shape.reduce((a, b) => a * b, 1);
+  let t = prefixWorkspaces.get(gpu);
+  if (!t || t.numel < need) {
+    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention prefix gradients workspace");
+    prefixWorkspaces.set(gpu, t);
   }
+  return t.view(0, shape, "attention prefix gradients workspace");
 }
 
 const workspaces = new WeakMap<object, Tensor>();
