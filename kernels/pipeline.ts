@@ -2,7 +2,12 @@
 
 import type { Gpu } from "./device.ts";
 
-const caches = new WeakMap<Gpu, Map<string, GPUComputePipeline>>();
+/**
+ * Keyed by the GPUDevice, not the Gpu: views of one Gpu made with Object.create (another adapter
+ * description or lower limits, as the tests and the autotune's per-adapter tables use) share the
+ * device, so they share its compiled pipelines instead of compiling every kernel again.
+ */
+const caches = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 
 /**
  * The pipeline for a WGSL kernel, compiled on first use. A compile error surfaces at the next
@@ -14,8 +19,8 @@ export function getPipeline(
   code: string,
   entryPoint = "main",
 ): GPUComputePipeline {
-  let cache = caches.get(gpu);
-  if (!cache) caches.set(gpu, cache = new Map());
+  let cache = caches.get(gpu.device);
+  if (!cache) caches.set(gpu.device, cache = new Map());
   const key = `${entryPoint}\u0000${code}`;
   let pipeline = cache.get(key);
   if (!pipeline) {

@@ -28,7 +28,10 @@ import { modelTuneShapes, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 import { writeMarkerData, writeTinyBert } from "./train_fixture.ts";
 
-/** The GPU under another adapter description: its own tune memory, tuner and pipelines. */
+/**
+ * The GPU under another adapter description: its own tune memory and tuner (the compiled
+ * pipelines belong to the device, so they are shared).
+ */
 function adapterNamed(gpu: Gpu, description: string): Gpu {
   return Object.create(gpu, { description: { value: description } });
 }
@@ -36,7 +39,7 @@ function adapterNamed(gpu: Gpu, description: string): Gpu {
 /** A small class, quick to time: 32×32 outputs (the "s" class, timed at 32×32×256). */
 const SMALL = { m: 32, n: 32, k: 8, transB: true };
 const SMALL_CLASS = matmulShapeClass(32, 32, 8, false, true);
-/** As little timing (and compiling: every adapterNamed device compiles its own) as can be. */
+/** As little timing as can be. */
 const QUICK = { budgetMs: 1, rounds: 1, candidates: ["vec4_8x8"] as MatmulVariant[] };
 
 async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
