@@ -1,5 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { runUnary } from "./elementwise.ts";
+import { erf, erfc, erfcFraction, erfSeries, refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { finiteDifference, randomValues } from "./random.ts";
 import { GpuError } from "../kernels/device.ts";
@@ -7,53 +8,6 @@ import { fill } from "../kernels/fill.ts";
 import { geluBackward, geluForward } from "../kernels/gelu.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
-
-// ---- float64 reference -------------------------------------------------------------------
-
-/** erf(x) for 0 <= x < 1.5: 2/√π·e^(−x²)·Σ 2ⁿx^(2n+1)/(1·3···(2n+1)), all terms positive. */
-function erfSeries(x: number): number {
-  const x2 = x * x;
-  let term = x;
-  let sum = x;
-  for (let n = 1; n < 500 && term > 1e-18 * sum; n++) {
-    term *= (2 * x2) / (2 * n + 1);
-    sum += term;
-  }
-  return (2 / Math.sqrt(Math.PI)) * Math.exp(-x2) * sum;
-}
-
-/**
- * erfc(x) for x >= 1.5 by its continued fraction e^(−x²)/√π · 1/(x + ½/(x + 1/(x + 3/2/(x + ...)))),
- * evaluated from the back (300 terms converge to double precision from x = 1.5 on).
- */
-function erfcFraction(x: number): number {
-  let t = x;
-  for (let k = 300; k >= 1; k--) t = x + k / 2 / t;
-  return Math.exp(-x * x) / (Math.sqrt(Math.PI) * t);
-}
-
-function erfc(x: number): number {
-  if (x >= 1.5) return erfcFraction(x);
-  if (x <= -1.5) return 2 - erfcFraction(-x);
-  return x >= 0 ? 1 - erfSeries(x) : 1 + erfSeries(-x);
-}
-
-function erf(x: number): number {
-  if (Math.abs(x) >= 1.5) return x > 0 ? 1 - erfcFraction(x) : erfcFraction(-x) - 1;
-  return x >= 0 ? erfSeries(x) : -erfSeries(-x);
-}
-
-const SQRT1_2 = Math.SQRT1_2;
-const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
-
-function refGelu(x: number): number {
-  return 0.5 * x * erfc(-x * SQRT1_2);
-}
-
-/** d gelu / dx = Φ(x) + x·φ(x). */
-function refGeluGrad(x: number): number {
-  return 0.5 * erfc(-x * SQRT1_2) + x * INV_SQRT_2PI * Math.exp(-0.5 * x * x);
-}
 
 /** |a − e| ≤ tol·|e| for every element: relative accuracy even where gelu is tiny. */
 function assertRelative(
