@@ -153,7 +153,8 @@ ${
   for (var j = 0u; j < T; j++) { work[base + j] = probs[base + j] * (work[base + j] - dot); }`)
 }`;
 
-interface Dims {
+/** The sizes of an attention problem: batch, sequence, heads, head dimension, prefix rows. */
+export interface AttentionDims {
   B: number;
   S: number;
   H: number;
@@ -161,13 +162,20 @@ interface Dims {
   P: number;
 }
 
-/** Checks q/k/v-like tensors, heads and the prefix pair; returns the problem's sizes. */
-function checkCommon(
+type Dims = AttentionDims;
+
+/**
+ * Checks q/k/v-like tensors ([B, S, H·D], the first one's shape rules), heads (dividing H·D into
+ * heads of at most `maxHeadDim`) and the prefix pair ([H, P, D] each, both or neither); returns
+ * the problem's sizes. Shared with kernels/flash_attention.ts.
+ */
+export function checkAttentionArgs(
   op: string,
   qkv: [string, Tensor][],
   heads: number,
   prefixKey: Tensor | undefined,
   prefixValue: Tensor | undefined,
+  maxHeadDim = ATTENTION_MAX_HEAD_DIM,
 ): Dims {
   const [qName, q] = qkv[0];
   expectShape(op, qName, q, [-1, -1, -1], "f32");
@@ -177,10 +185,8 @@ function checkCommon(
     throw new GpuError(`${op}: heads ${heads} does not divide the hidden size ${HD}`);
   }
   const H = heads, D = HD / heads;
-  if (D > ATTENTION_MAX_HEAD_DIM) {
-    throw new GpuError(
-      `${op}: head dimension ${D} exceeds the supported maximum ${ATTENTION_MAX_HEAD_DIM}`,
-    );
+  if (D > maxHeadDim) {
+    throw new GpuError(`${op}: head dimension ${D} exceeds the supported maximum ${maxHeadDim}`);
   }
   if ((prefixKey === undefined) !== (prefixValue === undefined)) {
     throw new GpuError(`${op}: prefixKey and prefixValue must be given together`);
@@ -376,7 +382,7 @@ export function attentionForward(
 ): void {
   const op = "attentionForward";
   const { q, k, v, mask, prefixKey, prefixValue, probs, context, heads, dropout } = args;
-  const dims = checkCommon(
+  const dims = checkAttentionArgs(
     op,
     [["q", q], ["k", k], ["v", v], ["context", context]],
     heads,
@@ -502,7 +508,7 @@ export function attentionBackward(
   const op = "attentionBackward";
   const { q, k, v, probs, dContext, dQ, dK, dV, prefixKey, prefixValue, heads, dropout } = args;
   const { dPrefixKey, dPrefixValue } = args;
-  const dims = checkCommon(
+  const dims = checkAttentionArgs(
     op,
     [["q", q], ["k", k], ["v", v], ["dContext", dContext], ["dQ", dQ], ["dK", dK], ["dV", dV]],
     heads,

@@ -44,6 +44,7 @@
 // FMAs. With one row per invocation the forward does two FMAs per load; with eight rows, sixteen.
 // On a GPU the invocations of a workgroup read the same k and v rows through the cache.
 
+import { type AttentionDims, checkAttentionArgs } from "./attention.ts";
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { grid1d } from "./grid.ts";
@@ -559,46 +560,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 `;
 }
 
-interface Dims {
-  B: number;
-  S: number;
-  H: number;
-  D: number;
-  P: number;
-}
-
-/** Checks q/k/v-like tensors, heads and the prefix pair; returns the problem's sizes. */
-function checkCommon(
-  op: string,
-  qkv: [string, Tensor][],
-  heads: number,
-  prefixKey: Tensor | undefined,
-  prefixValue: Tensor | undefined,
-): Dims {
-  const [qName, q] = qkv[0];
-  expectShape(op, qName, q, [-1, -1, -1], "f32");
-  const [B, S, HD] = q.shape;
-  for (const [name, t] of qkv.slice(1)) expectShape(op, name, t, [B, S, HD], "f32");
-  if (!Number.isInteger(heads) || heads < 1 || HD % heads !== 0) {
-    throw new GpuError(`${op}: heads ${heads} does not divide the hidden size ${HD}`);
-  }
-  const H = heads, D = HD / heads;
-  if (D > FLASH_ATTENTION_MAX_HEAD_DIM) {
-    throw new GpuError(
-      `${op}: head dimension ${D} exceeds the supported maximum ${FLASH_ATTENTION_MAX_HEAD_DIM}`,
-    );
-  }
-  if ((prefixKey === undefined) !== (prefixValue === undefined)) {
-    throw new GpuError(`${op}: prefixKey and prefixValue must be given together`);
-  }
-  let P = 0;
-  if (prefixKey && prefixValue) {
-    expectShape(op, "prefixKey", prefixKey, [H, -1, D], "f32");
-    P = prefixKey.shape[1];
-    expectShape(op, "prefixValue", prefixValue, [H, P, D], "f32");
-  }
-  return { B, S, H, D, P };
-}
+type Dims = AttentionDims;
 
 /**
  * The (argument name, tensor) pairs bound to `slots`, looked up by WGSL name in `tensors`.
@@ -771,12 +733,13 @@ export function flashAttentionForward(
 ): void {
   const op = "flashAttentionForward";
   const { q, k, v, mask, prefixKey, prefixValue, context, stats, heads, dropout } = args;
-  const dims = checkCommon(
+  const dims = checkAttentionArgs(
     op,
     [["q", q], ["k", k], ["v", v], ["context", context]],
     heads,
     prefixKey,
     prefixValue,
+    FLASH_ATTENTION_MAX_HEAD_DIM,
   );
   const { B, S, H, D, P } = dims;
   expectShape(op, "mask", mask, [B, S], "f32");
@@ -863,7 +826,7 @@ export function flashAttentionBackward(
   const op = "flashAttentionBackward";
   const { q, k, v, mask, context, stats, dContext, dQ, dK, dV, heads, dropout } = args;
   const { prefixKey, prefixValue, dPrefixKey, dPrefixValue } = args;
-  const dims = checkCommon(
+  const dims = checkAttentionArgs(
     op,
     [
       ["q", q],
@@ -878,6 +841,7 @@ export function flashAttentionBackward(
     heads,
     prefixKey,
     prefixValue,
+    FLASH_ATTENTION_MAX_HEAD_DIM,
   );
   const { B, S, H, D, P } = dims;
   const T = P + S;
