@@ -14,10 +14,19 @@
 // Measured against a float64 reference the result is within a few 1e-7 relative over [−10, 10]
 // (tests/gelu_test.ts checks 1e-5). Beyond |x| ≈ 13.2, e^(−x²/2) is below float32's normal range
 // and becomes 0: gelu(x) is then x for x > 0 and 0 for x < 0, as in float32 torch.
+//
+// f16 storage: any operand may be f16 (the encoder's FFN keeps its GELU input and output in f16
+// under `--precision f16`). The arithmetic is the same f32 code: an f16 operand is widened
+// exactly when loaded and an f16 result rounded once, by to_f16, when stored. All-f32 launches
+// keep the plain elementwise kernels, so their pipelines and results are what they were.
 
+import { GpuError } from "./device.ts";
 import { elementwiseKernel, recordElementwise } from "./elementwise.ts";
+import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
+import { flatIndex, grid1d } from "./grid.ts";
+import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import type { Tensor } from "./tensor.ts";
+import { type DType, expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 /**
  * WGSL defining `gelu(x)` and `gelu_grad(x)` (= gelu'(x)), through Φ(x) and φ(x). The elementwise
@@ -85,17 +94,104 @@ const GELU_BACKWARD = elementwiseKernel({
   body: /* wgsl */ `dX[i] = dOut[i] * gelu_grad(x[i]);`,
 });
 
-/** Records `out = gelu(x)` (erf form) elementwise. */
-export function geluForward(rec: Recorder, args: { x: Tensor; out: Tensor }): void {
-  const { x, out } = args;
-  recordElementwise(rec, "geluForward", GELU_FORWARD, { x, out });
+const WORKGROUP = 256;
+
+/** Operands in binding order (inputs, then the output) and the f32 expression stored. */
+const KINDS = {
+  geluForward: {
+    bindings: ["x", "out"],
+    value: (d: Record<string, DType>) => `gelu(${loadAs(d.x, "x[i]")})`,
+  },
+  geluBackward: {
+    bindings: ["x", "dOut", "dX"],
+    value: (d: Record<string, DType>) =>
+      `${loadAs(d.dOut, "dOut[i]")} * gelu_grad(${loadAs(d.x, "x[i]")})`,
+  },
+} as const;
+
+type Op = keyof typeof KINDS;
+
+/** The elementwise frame of kernels/elementwise.ts with each operand in its own dtype. */
+function mixedWgsl(op: Op, dtypes: Record<string, DType>): string {
+  const { bindings, value } = KINDS[op];
+  const output = bindings[bindings.length - 1];
+  const declarations = bindings.map((name, b) => {
+    const access = name === output ? "read_write" : "read";
+    return `@group(0) @binding(${b}) var<storage, ${access}> ${name}: array<${dtypes[name]}>;`;
+  }).join("\n");
+  return /* wgsl */ `
+${enableF16(Object.values(dtypes))}
+${declarations}
+struct Params { count: u32 }
+@group(0) @binding(${bindings.length}) var<uniform> params: Params;
+${dtypes[output] === "f16" ? TO_F16_WGSL : ""}
+${GELU_WGSL}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i < params.count) {
+    ${output}[i] = ${storeAs(dtypes[output], value(dtypes))};
+  }
+}
+`;
 }
 
-/** Records `dX = dOut · gelu'(x)` elementwise, x being the forward input. */
+const mixedCode = new Map<string, string>();
+
+/**
+ * Checks the operands (in binding order: shaped like the first, each f32 or f16) and records the
+ * launch: the plain f32 kernel when all are f32, else the kernel for their dtypes, named after
+ * them (`geluForward_hs`: x f16, out f32).
+ */
+function recordGelu(
+  rec: Recorder,
+  op: Op,
+  plain: ReturnType<typeof elementwiseKernel>,
+  tensors: Record<string, Tensor>,
+): void {
+  const names = KINDS[op].bindings;
+  const shape = tensors[names[0]].shape;
+  for (const name of names) {
+    const t = tensors[name];
+    expectShape(op, name, t, shape);
+    if (t.dtype !== "f32" && t.dtype !== "f16") {
+      throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
+    }
+  }
+  const dtypes = Object.fromEntries(names.map((name) => [name, tensors[name].dtype]));
+  if (!Object.values(dtypes).includes("f16")) {
+    recordElementwise(rec, op, plain, tensors);
+    return;
+  }
+  for (const name of names) expectBindable(op, name, tensors[name]);
+  expectF16(rec.gpu, op);
+  const name = `${op}_${names.map((n) => (dtypes[n] === "f16" ? "h" : "s")).join("")}`;
+  let code = mixedCode.get(name);
+  if (code === undefined) mixedCode.set(name, code = mixedWgsl(op, dtypes));
+  const n = tensors[names[0]].numel;
+  rec.dispatch(
+    op,
+    getPipeline(rec.gpu, name, code),
+    names.map((name) => tensors[name]),
+    grid1d(n, WORKGROUP, rec.gpu.limits.maxComputeWorkgroupsPerDimension),
+    new Uint32Array([n]),
+  );
+}
+
+/** Records `out = gelu(x)` (erf form) elementwise; x and out each f32 or f16. */
+export function geluForward(rec: Recorder, args: { x: Tensor; out: Tensor }): void {
+  const { x, out } = args;
+  recordGelu(rec, "geluForward", GELU_FORWARD, { x, out });
+}
+
+/**
+ * Records `dX = dOut · gelu'(x)` elementwise, x being the forward input; each of x, dOut, dX
+ * f32 or f16 (the product is taken in f32 and rounded once for an f16 dX).
+ */
 export function geluBackward(
   rec: Recorder,
   args: { x: Tensor; dOut: Tensor; dX: Tensor },
 ): void {
   const { x, dOut, dX } = args;
-  recordElementwise(rec, "geluBackward", GELU_BACKWARD, { x, dOut, dX });
+  recordGelu(rec, "geluBackward", GELU_BACKWARD, { x, dOut, dX });
 }

@@ -3,11 +3,11 @@ import { runUnary } from "./elementwise.ts";
 import { erf, erfc, erfcFraction, erfSeries, refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { finiteDifference, randomValues } from "./random.ts";
-import { GpuError } from "../kernels/device.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { geluBackward, geluForward } from "../kernels/gelu.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { createTensor, type DType, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
 /** |a − e| ≤ tol·|e| for every element: relative accuracy even where gelu is tiny. */
 function assertRelative(
@@ -174,4 +174,130 @@ gpuTest("gelu: wrong shapes are refused naming the op and the tensor", (gpu) => 
   assertThrows(() => geluBackward(rec, { x, dOut: bad, dX: x }), GpuError, "geluBackward: dOut");
   assertThrows(() => geluBackward(rec, { x, dOut: x, dX: bad }), GpuError, "geluBackward: dX");
   assertEquals(rec.length, 0);
+});
+
+// ---- f16 storage ---------------------------------------------------------------------------
+//
+// The reference is evaluated in float64 on the values the kernel reads (f16 inputs are exact in
+// float64), then rounded to f16 for an f16 output. The kernel's f32 result is within a few 1e-7
+// relative of the exact value, far less than an f16 ulp (2^-10 relative, 2^-24 absolute among
+// subnormals), so its rounding can differ from the reference's only when the exact value lies
+// within that error of a rounding boundary: the bound is 1 f16 ulp, element for element (on
+// lavapipe ~0.01% of the elements are 1 ulp off over all finite f16 inputs, none more).
+
+/** f16 bits mapped onto a line where adjacent values differ by 1 (±0 both at 0). */
+const orderedF16 = (bits: number) => (bits & 0x8000 ? -(bits & 0x7fff) : bits);
+
+/** Asserts each f16 of `got` within `ulps` of f16round(expected); non-finite ones equal. */
+function assertF16Ulps(
+  name: string,
+  x: ArrayLike<number>,
+  got: Float16Array,
+  expected: ArrayLike<number>,
+  ulps = 1,
+): void {
+  const gotBits = new Uint16Array(got.buffer, got.byteOffset, got.length);
+  const want = Float16Array.from(expected, Math.f16round);
+  const wantBits = new Uint16Array(want.buffer);
+  for (let i = 0; i < want.length; i++) {
+    const ok = Number.isFinite(want[i]) && Number.isFinite(got[i])
+      ? Math.abs(orderedF16(gotBits[i]) - orderedF16(wantBits[i])) <= ulps
+      : Object.is(got[i], want[i]);
+    assert(ok, `${name}: at x = ${x[i]} got ${got[i]}, expected ${want[i]} (±${ulps} f16 ulp)`);
+  }
+}
+
+/** Every finite f16 value, both zeros included. */
+function allFiniteF16(): Float16Array {
+  const bits = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  return new Float16Array(bits.filter((b) => (b & 0x7c00) !== 0x7c00).buffer);
+}
+
+gpuTest("gelu f16: every finite f16 input, forward and backward within 1 f16 ulp", async (gpu) => {
+  assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+  const xs = allFiniteF16();
+  const n = xs.length;
+  const dOuts = Float16Array.from(randomValues(n, 41));
+  const x = tensorFromArray(gpu, xs, [n], "x");
+  const dOut = tensorFromArray(gpu, dOuts, [n], "dOut");
+  const ones = tensorFromArray(gpu, new Float16Array(n).fill(1), [n], "ones");
+  const [out, dX, slope] = ["out", "dX", "slope"].map((l) => createTensor(gpu, [n], "f16", l));
+  const rec = new Recorder(gpu);
+  for (const t of [out, dX, slope]) fill(rec, t, NaN);
+  geluForward(rec, { x, out });
+  geluBackward(rec, { x, dOut, dX });
+  geluBackward(rec, { x, dOut: ones, dX: slope });
+  await rec.submit();
+  // Up to ±65504: the saturated ends (gelu(x) = x or −0) and the f16 subnormals included.
+  assertF16Ulps("gelu", xs, (await out.download()) as Float16Array, Array.from(xs, refGelu));
+  const grad = Array.from(xs, refGeluGrad);
+  assertF16Ulps("gelu'", xs, (await slope.download()) as Float16Array, grad);
+  const dXs = grad.map((g, i) => g * dOuts[i]);
+  assertF16Ulps("dX", xs, (await dX.download()) as Float16Array, dXs);
+  for (const t of [x, dOut, ones, out, dX, slope]) t.destroy();
+});
+
+gpuTest("gelu f16: every mix of f16 and f32 operands, odd sizes", async (gpu) => {
+  const both = ["f32", "f16"] as const;
+  const host = (dtype: DType, values: ArrayLike<number>) =>
+    dtype === "f16" ? Float16Array.from(values) : Float32Array.from(values);
+  // An f32 output is held to the f32 kernels' 1e-5 relative bound (gelu' near its zero at
+  // x ≈ −0.7518 to assertClose's mean-scaled one, as above); an f16 output to 1 f16 ulp.
+  const check = async (name: string, xs: ArrayLike<number>, t: Tensor, want: number[]) => {
+    const got = await t.download();
+    if (got instanceof Float16Array) assertF16Ulps(name, xs, got, want);
+    else {
+      assertClose(name, got, want, 1e-5);
+      assertRelative(name, xs, got, want, 1e-5, (v) => Math.abs(v + 0.7518) < 0.05);
+    }
+  };
+  for (const shape of [[1037], [1], [3, 7, 11]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    for (const xd of both) {
+      for (const dd of both) {
+        for (const od of both) {
+          if (xd === "f32" && dd === "f32" && od === "f32") continue;
+          const combo = `[${shape}] x ${xd}, dOut ${dd}, out/dX ${od}`;
+          const xs = host(xd, randomValues(n, n + 1).map((v) => 8 * v));
+          const dOuts = host(dd, randomValues(n, n + 2));
+          const x = tensorFromArray(gpu, xs, shape, "x");
+          const dOut = tensorFromArray(gpu, dOuts, shape, "dOut");
+          const out = createTensor(gpu, shape, od, "out");
+          const dX = createTensor(gpu, shape, od, "dX");
+          const rec = new Recorder(gpu);
+          fill(rec, out, NaN);
+          fill(rec, dX, NaN);
+          // Forward has no dOut: each (x, out) pair once.
+          if (dd === "f32") geluForward(rec, { x, out });
+          geluBackward(rec, { x, dOut, dX });
+          await rec.submit();
+          if (dd === "f32") await check(`gelu ${combo}`, xs, out, Array.from(xs, refGelu));
+          const dXs = Array.from(xs, (v, i) => refGeluGrad(v) * dOuts[i]);
+          await check(`dX ${combo}`, xs, dX, dXs);
+          for (const t of [x, dOut, out, dX]) t.destroy();
+        }
+      }
+    }
+  }
+});
+
+gpuTest("gelu f16: bad f16 arguments are refused naming the op and the tensor", (gpu) => {
+  const rec = new Recorder(gpu);
+  const x = createTensor(gpu, [4, 5], "f16", "x16");
+  const bad = createTensor(gpu, [5, 4], "f16", "bad16");
+  const ints = createTensor(gpu, [4, 5], "i32", "ints");
+  assertThrows(() => geluForward(rec, { x, out: bad }), GpuError, 'geluForward: out ("bad16")');
+  assertThrows(
+    () => geluBackward(rec, { x, dOut: ints, dX: x }),
+    GpuError,
+    'geluBackward: dOut ("ints") is i32, expected f32 or f16',
+  );
+  const noF16 = Object.create(gpu, { hasF16: { value: false } }) as Gpu;
+  assertThrows(
+    () => geluForward(new Recorder(noF16), { x, out: x }),
+    GpuError,
+    'geluForward: f16 tensors need the WebGPU feature "shader-f16"',
+  );
+  assertEquals(rec.length, 0);
+  for (const t of [x, bad, ints]) t.destroy();
 });
