@@ -167,7 +167,8 @@ type Dims = AttentionDims;
 /**
  * Checks q/k/v-like tensors ([B, S, H·D], the first one's shape rules), heads (dividing H·D into
  * heads of at most `maxHeadDim`) and the prefix pair ([H, P, D] each, both or neither); returns
- * the problem's sizes. Shared with kernels/flash_attention.ts.
+ * the problem's sizes. Shared with kernels/flash_attention.ts. With `allowF16` the q/k/v-like
+ * tensors may be f16 (each on its own: every product is a `matmul`, which widens f16 to f32).
  */
 export function checkAttentionArgs(
   op: string,
@@ -176,11 +177,19 @@ export function checkAttentionArgs(
   prefixKey: Tensor | undefined,
   prefixValue: Tensor | undefined,
   maxHeadDim = ATTENTION_MAX_HEAD_DIM,
+  allowF16 = false,
 ): Dims {
   const [qName, q] = qkv[0];
-  expectShape(op, qName, q, [-1, -1, -1], "f32");
+  expectShape(op, qName, q, [-1, -1, -1]);
   const [B, S, HD] = q.shape;
-  for (const [name, t] of qkv.slice(1)) expectShape(op, name, t, [B, S, HD], "f32");
+  for (const [name, t] of qkv) {
+    expectShape(op, name, t, [B, S, HD]);
+    if (t.dtype !== "f32" && !(allowF16 && t.dtype === "f16")) {
+      throw new GpuError(
+        `${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32${allowF16 ? " or f16" : ""}`,
+      );
+    }
+  }
   if (!Number.isInteger(heads) || heads < 1 || HD % heads !== 0) {
     throw new GpuError(`${op}: heads ${heads} does not divide the hidden size ${HD}`);
   }
@@ -388,6 +397,8 @@ export function attentionForward(
     heads,
     prefixKey,
     prefixValue,
+    ATTENTION_MAX_HEAD_DIM,
+    true,
   );
   const { B, S, H, D, P } = dims;
   const T = P + S;
@@ -514,6 +525,8 @@ export function attentionBackward(
     heads,
     prefixKey,
     prefixValue,
+    ATTENTION_MAX_HEAD_DIM,
+    true,
   );
   const { B, S, H, D, P } = dims;
   const T = P + S;

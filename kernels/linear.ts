@@ -5,10 +5,11 @@
 // and Y, and the backward of the layer that reads gelu(Y) turns its dX into the gradient of Y.
 
 import { GpuError } from "./device.ts";
+import { enableF16, loadAs } from "./f16.ts";
 import { matmul } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { type DType, expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 export interface LinearForwardArgs {
   /** [..., in]; the leading dimensions are flattened to rows. */
@@ -49,15 +50,27 @@ export interface LinearBackwardArgs {
   accumulate?: boolean;
 }
 
+/**
+ * Throws unless `t` has `shape` and a float dtype: activations, weights and activation gradients
+ * may be f16 (the `--precision f16` encoder's copies and activations; `matmul` widens them to f32
+ * and rounds its f16 outputs once). Parameter gradients and biases stay f32.
+ */
+function expectFloat(op: string, name: string, t: Tensor, shape: readonly number[]): void {
+  expectShape(op, name, t, shape);
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
+  }
+}
+
 /** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
 function linearShapes(op: string, x: Tensor, weight: Tensor) {
-  expectShape(op, "weight", weight, [-1, -1], "f32");
+  expectFloat(op, "weight", weight, [-1, -1]);
   const [outF, inF] = weight.shape;
   if (x.shape.length < 1) {
     throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
   }
   const lead = x.shape.slice(0, -1);
-  expectShape(op, "x", x, [...lead, inF], "f32");
+  expectFloat(op, "x", x, [...lead, inF]);
   const rows = lead.reduce((a, b) => a * b, 1);
   return { rows, inF, outF, lead };
 }
@@ -68,7 +81,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
   const { x, weight, bias, out, activation, preActivation } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
   if (bias) expectShape(op, "bias", bias, [outF], "f32");
-  expectShape(op, "out", out, [...lead, outF], "f32");
+  expectFloat(op, "out", out, [...lead, outF]);
   if (activation !== undefined && activation !== "gelu") {
     throw new GpuError(`${op}: unknown activation "${activation}"`);
   }
@@ -78,7 +91,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
         `${op}: preActivation ("${preActivation.label}") given without an activation`,
       );
     }
-    expectShape(op, "preActivation", preActivation, [...lead, outF], "f32");
+    expectFloat(op, "preActivation", preActivation, [...lead, outF]);
   }
   const bound = [["x", x], ["weight", weight], ["bias", bias], ["out", out], [
     "preActivation",
@@ -104,12 +117,12 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
   const op = "linearBackward";
   const { x, weight, dOut, dX, dWeight, dBias, geluInput } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
-  expectShape(op, "dOut", dOut, [...lead, outF], "f32");
-  if (dX) expectShape(op, "dX", dX, [...lead, inF], "f32");
+  expectFloat(op, "dOut", dOut, [...lead, outF]);
+  if (dX) expectFloat(op, "dX", dX, [...lead, inF]);
   if (dWeight) expectShape(op, "dWeight", dWeight, [outF, inF], "f32");
   if (dBias) expectShape(op, "dBias", dBias, [outF], "f32");
   if (geluInput) {
-    expectShape(op, "geluInput", geluInput, [...lead, inF], "f32");
+    expectFloat(op, "geluInput", geluInput, [...lead, inF]);
     if (!dX) throw new GpuError(`${op}: geluInput ("${geluInput.label}") given without dX`);
     // The epilogue would scale the old contents too: (dOut·W + dX) ⊙ gelu'.
     if (args.accumulateDX) throw new GpuError(`${op}: geluInput cannot be used with accumulateDX`);
@@ -152,8 +165,10 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
 const SUM_COLS = 64; // columns per workgroup: neighbouring invocations read neighbouring addresses
 const SUM_SLICES = 4; // rows are split into this many interleaved slices, summed in fixed order
 
-const COLUMN_SUM_WGSL = /* wgsl */ `
-@group(0) @binding(0) var<storage, read> src: array<f32>;
+/** The column-sum kernel reading `src` of `dtype` (a gradient may be f16), summing in f32. */
+const columnSumWgsl = (dtype: DType) =>
+  /* wgsl */ `${enableF16([dtype])}
+@group(0) @binding(0) var<storage, read> src: array<${dtype}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 struct Params { rows: u32, cols: u32, accumulate: u32, pad: u32 }
 @group(0) @binding(2) var<uniform> p: Params;
@@ -165,7 +180,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let col = wid.x * ${SUM_COLS}u + lid.x;
   var s = 0.0;
   if (col < p.cols) {
-    for (var r = lid.y; r < p.rows; r += ${SUM_SLICES}u) { s += src[r * p.cols + col]; }
+    for (var r = lid.y; r < p.rows; r += ${SUM_SLICES}u) { s += ${
+    loadAs(dtype, "src[r * p.cols + col]")
+  }; }
   }
   partial[lid.y * ${SUM_COLS}u + lid.x] = s;
   workgroupBarrier();
@@ -193,6 +210,7 @@ function columnSum(
   if (groups > max) {
     throw new GpuError(`${label}: ${cols} columns need more than ${max} workgroups`);
   }
-  const pipeline = getPipeline(rec.gpu, "linear_column_sum", COLUMN_SUM_WGSL);
+  const name = `linear_column_sum${src.dtype === "f16" ? "_f16" : ""}`;
+  const pipeline = getPipeline(rec.gpu, name, columnSumWgsl(src.dtype));
   rec.dispatch(label, pipeline, [src, dst], groups, new Uint32Array([rows, cols, +accumulate, 0]));
 }

@@ -48,6 +48,17 @@ export interface LoraBackwardArgs {
   dHidden?: Tensor;
 }
 
+/**
+ * Throws unless `t` has `shape` and is f32 or f16: the layer's input, output and their gradients
+ * are f16 in an f16 encoder (`matmul` widens them); LoRA's own tensors stay f32.
+ */
+function expectFloat(op: string, name: string, t: Tensor, shape: readonly number[]): void {
+  expectShape(op, name, t, shape);
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
+  }
+}
+
 /** Checks x, a, b, hidden and the [..., out] tensor; returns the sizes. */
 function loraShapes(
   op: string,
@@ -64,10 +75,10 @@ function loraShapes(
     throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
   }
   const lead = x.shape.slice(0, -1);
-  expectShape(op, "x", x, [...lead, inF], "f32");
+  expectFloat(op, "x", x, [...lead, inF]);
   const rows = lead.reduce((p, q) => p * q, 1);
   expectRowsByR(op, "hidden", hidden, lead, rows, r);
-  expectShape(op, outName, outT, [...lead, outF], "f32");
+  expectFloat(op, outName, outT, [...lead, outF]);
   if (!Number.isFinite(scale)) throw new GpuError(`${op}: scale must be finite, got ${scale}`);
   return { r, inF, outF, rows, lead };
 }
@@ -132,7 +143,7 @@ export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
   const op = "loraBackward";
   const { x, a, b, hidden, dOut, dX, dA, dB, scale } = args;
   const { r, inF, outF, rows, lead } = loraShapes(op, args, "dOut", dOut);
-  if (dX) expectShape(op, "dX", dX, [...lead, inF], "f32");
+  if (dX) expectFloat(op, "dX", dX, [...lead, inF]);
   if (dA) expectShape(op, "dA", dA, [r, inF], "f32");
   if (dB) expectShape(op, "dB", dB, [outF, r], "f32");
   if (args.dHidden) expectRowsByR(op, "dHidden", args.dHidden, lead, rows, r);

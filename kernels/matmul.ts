@@ -10,10 +10,11 @@
 // given call gives bitwise-identical results on every run.
 
 import { type Gpu, GpuError } from "./device.ts";
+import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, type Tensor } from "./tensor.ts";
+import { type DType, DTYPE_BYTES, expectBindable, type Tensor } from "./tensor.ts";
 
 /** One batch level: `count` products, operand `X` of product `i` starting `i · strideX` later. */
 export interface MatmulBatch {
@@ -83,6 +84,32 @@ function epilogueKind(e: MatmulEpilogue | undefined): EpilogueKind {
   if (!e) return "none";
   if (e.kind === "geluGrad") return "gelu_grad";
   return e.preActivation ? "gelu_save" : "gelu";
+}
+
+/**
+ * The storage types of A, B, C and the epilogue's `pre`, each f32 or f16 (only f32 for bias).
+ * Whatever they are, products are summed in f32: an f16 operand is widened exactly when loaded,
+ * an f16 output rounded once when stored.
+ */
+interface Dtypes {
+  a: DType;
+  b: DType;
+  c: DType;
+  pre: DType;
+}
+
+const ALL_F32: Dtypes = { a: "f32", b: "f32", c: "f32", pre: "f32" };
+
+/** The WGSL header: `enable f16;` and `to_f16` when any operand is f16. */
+function headerWgsl(t: Dtypes): string {
+  const all = [t.a, t.b, t.c, t.pre];
+  return all.includes("f16") ? `${enableF16(all)}${TO_F16_WGSL}\n` : "";
+}
+
+/** Pipeline name suffix telling the dtypes apart ("" when all f32, so f32 names are unchanged). */
+function dtypesSuffix(t: Dtypes): string {
+  const all = [t.a, t.b, t.c, t.pre];
+  return all.includes("f16") ? `_${all.map((d) => (d === "f16" ? "h" : "s")).join("")}` : "";
 }
 
 /**
@@ -182,7 +209,9 @@ function stageSlice(
   limit: string,
   indexStride: string,
   kStride: string,
+  dtype: DType,
 ): string {
+  const load = loadAs(dtype, `${x}[base${x} + gi * ${indexStride} + gk * ${kStride}]`);
   return /* wgsl */ `
     for (var e = li; e < ${size} * BK; e += THREADS) {
       var i: u32; var kk: u32;
@@ -190,16 +219,16 @@ function stageSlice(
       let gi = ${origin} + i;
       let gk = k0 + kk;
       var v = 0.0;
-      if (gi < ${limit} && gk < p.k) { v = ${x}[base${x} + gi * ${indexStride} + gk * ${kStride}]; }
+      if (gi < ${limit} && gk < p.k) { v = ${load}; }
       ${x}s[kk * ${size} + i] = v;
     }`;
 }
 
-function matmulWgsl(rm: number, rn: number, epilogue: EpilogueKind): string {
+function matmulWgsl(rm: number, rn: number, epilogue: EpilogueKind, t = ALL_F32): string {
   const bm = WG * rm;
   const bn = WG * rn;
-  return /* wgsl */ `${PARAMS_WGSL}
-${bindingsWgsl("f32", epilogue)}
+  return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
+${bindingsWgsl(t, false, epilogue)}
 
 const BM = ${bm}u;
 const BN = ${bn}u;
@@ -208,7 +237,7 @@ const RM = ${rm}u;
 const RN = ${rn}u;
 const THREADS = ${WG * WG}u;
 
-${storeWgsl(epilogue)}
+${storeWgsl(epilogue, t)}
 
 // As[kk * BM + i] = op(A)[row0 + i, k0 + kk]; Bs[kk * BN + j] = op(B)[k0 + kk, col0 + j].
 var<workgroup> As: array<f32, ${bm * BK}>;
@@ -230,8 +259,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   for (var t = 0u; t < RM * RN; t++) { acc[t] = 0.0; }
 
   for (var k0 = 0u; k0 < p.k; k0 += BK) {
-    ${stageSlice("A", "BM", "row0", "p.m", "p.rsA", "p.csA")}
-    ${stageSlice("B", "BN", "col0", "p.n", "p.csB", "p.rsB")}
+    ${stageSlice("A", "BM", "row0", "p.m", "p.rsA", "p.csA", t.a)}
+    ${stageSlice("B", "BN", "col0", "p.n", "p.csB", "p.rsB", t.b)}
     workgroupBarrier();
     // Zero padding past k adds exact zeros, so the sum's order and value are those of 0..k-1.
     for (var kk = 0u; kk < BK; kk++) {
@@ -256,22 +285,23 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 }
 
 /**
- * WGSL binding the operands: A and B as arrays of `operand` (f32 or vec4<f32>), bias, C, the
- * epilogue's `pre` (laid out as C) when it has one, then the uniform.
+ * WGSL binding the operands: A and B as arrays of their element type (or of vec4s of it, named
+ * A4 and B4), bias, C, the epilogue's `pre` (laid out as C) when it has one, then the uniform.
  */
-function bindingsWgsl(operand: string, epilogue: EpilogueKind): string {
+function bindingsWgsl(t: Dtypes, vec4: boolean, epilogue: EpilogueKind): string {
   const pre = epilogue === "gelu_save"
     ? "read_write"
     : epilogue === "gelu_grad"
     ? "read"
     : undefined;
-  const suffix = operand === "f32" ? "" : "4";
+  const suffix = vec4 ? "4" : "";
+  const operand = (d: DType) => (vec4 ? `vec4<${d}>` : d);
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> A${suffix}: array<${operand}>;
-@group(0) @binding(1) var<storage, read> B${suffix}: array<${operand}>;
+@group(0) @binding(0) var<storage, read> A${suffix}: array<${operand(t.a)}>;
+@group(0) @binding(1) var<storage, read> B${suffix}: array<${operand(t.b)}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-${pre ? `@group(0) @binding(4) var<storage, ${pre}> pre: array<f32>;` : ""}
+@group(0) @binding(3) var<storage, read_write> C: array<${t.c}>;
+${pre ? `@group(0) @binding(4) var<storage, ${pre}> pre: array<${t.pre}>;` : ""}
 @group(0) @binding(${pre ? 5 : 4}) var<uniform> p: Params;`;
 }
 
@@ -279,12 +309,13 @@ ${pre ? `@group(0) @binding(4) var<storage, ${pre}> pre: array<f32>;` : ""}
  * WGSL storing `v` (the product, before alpha) at C[gi, gj] with alpha, bias, accumulate and the
  * epilogue. Every variant stores through it.
  */
-function storeWgsl(epilogue: EpilogueKind): string {
+function storeWgsl(epilogue: EpilogueKind, t: Dtypes): string {
+  const c = (v: string) => `C[idx] = ${storeAs(t.c, v)};`;
   const write = {
-    none: "C[idx] = o;",
-    gelu: "C[idx] = gelu(o);",
-    gelu_save: "pre[idx] = o;\n  C[idx] = gelu(o);",
-    gelu_grad: "C[idx] = o * gelu_grad(pre[idx]);",
+    none: c("o"),
+    gelu: c("gelu(o)"),
+    gelu_save: `pre[idx] = ${storeAs(t.pre, "o")};\n  ${c("gelu(o)")}`,
+    gelu_grad: c(`o * gelu_grad(${loadAs(t.pre, "pre[idx]")})`),
   }[epilogue];
   return /* wgsl */ `${epilogue === "none" ? "" : GELU_WGSL}
 fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
@@ -292,7 +323,7 @@ fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
   let idx = baseC + gi * p.ldc + gj;
   var o = p.alpha * v;
   if ((p.flags & 2u) != 0u) { o += bias[gj]; }
-  if ((p.flags & 1u) != 0u) { o += C[idx]; }
+  if ((p.flags & 1u) != 0u) { o += ${loadAs(t.c, "C[idx]")}; }
   ${write}
 }`;
 }
@@ -318,10 +349,11 @@ function directWgsl(
   wx: number,
   wy: number,
   epilogue: EpilogueKind,
+  t = ALL_F32,
 ): string {
-  return /* wgsl */ `${PARAMS_WGSL}
-${bindingsWgsl("f32", epilogue)}
-${storeWgsl(epilogue)}
+  return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
+${bindingsWgsl(t, false, epilogue)}
+${storeWgsl(epilogue, t)}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -337,8 +369,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   for (var kk = 0u; kk < p.k; kk++) {
     var a: array<f32, ${rm}>;
     var b: array<f32, ${rn}>;
-    for (var r = 0u; r < ${rm}u; r++) { a[r] = A[ia[r] + kk * p.csA]; }
-    for (var c = 0u; c < ${rn}u; c++) { b[c] = B[ib[c] + kk * p.rsB]; }
+    for (var r = 0u; r < ${rm}u; r++) { a[r] = ${loadAs(t.a, "A[ia[r] + kk * p.csA]")}; }
+    for (var c = 0u; c < ${rn}u; c++) { b[c] = ${loadAs(t.b, "B[ib[c] + kk * p.rsB]")}; }
     for (var r = 0u; r < ${rm}u; r++) {
       for (var c = 0u; c < ${rn}u; c++) { acc[r * ${rn}u + c] += a[r] * b[c]; }
     }
@@ -369,7 +401,10 @@ function vec4Wgsl(
   transA: boolean,
   transB: boolean,
   epilogue: EpilogueKind,
+  t = ALL_F32,
 ): string {
+  const wideA = (e: string) => (t.a === "f16" ? `vec4<f32>(${e})` : e);
+  const wideB = (e: string) => (t.b === "f16" ? `vec4<f32>(${e})` : e);
   // Straight-line WGSL: lavapipe spills arrays indexed in loops it does not unroll to memory and
   // addresses them lane by lane, so every tile element is its own named variable here.
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -380,20 +415,24 @@ function vec4Wgsl(
   const block = (dk: number) => {
     const lines: string[] = [];
     for (const g of groups) {
-      for (const t of q4) {
+      for (const q of q4) {
         lines.push(
-          transA
-            ? `let a${g}_${t} = A4[(baseA + (k + ${dk + t}u) * p.csA + ra${g}) >> 2u];`
-            : `let a${g}_${t} = A4[(ia${g}_${t} + k + ${dk}u) >> 2u];`,
+          `let a${g}_${q} = ` + wideA(
+            transA
+              ? `A4[(baseA + (k + ${dk + q}u) * p.csA + ra${g}) >> 2u]`
+              : `A4[(ia${g}_${q} + k + ${dk}u) >> 2u]`,
+          ) + ";",
         );
       }
     }
     for (const h of cgs) {
-      for (const t of q4) {
+      for (const q of q4) {
         lines.push(
-          transB
-            ? `let b${h}_${t} = B4[(ib${h}_${t} + k + ${dk}u) >> 2u];`
-            : `let b${h}_${t} = B4[(baseB + (k + ${dk + t}u) * p.rsB + cb${h}) >> 2u];`,
+          `let b${h}_${q} = ` + wideB(
+            transB
+              ? `B4[(ib${h}_${q} + k + ${dk}u) >> 2u]`
+              : `B4[(baseB + (k + ${dk + q}u) * p.rsB + cb${h}) >> 2u]`,
+          ) + ";",
         );
       }
     }
@@ -439,9 +478,9 @@ function vec4Wgsl(
       stores.push(`store(baseC, row0 + ${r}u, col0 + ${c}u, acc${r}_${c >> 2}[${c & 3}]);`);
     }
   }
-  return /* wgsl */ `${PARAMS_WGSL}
-${bindingsWgsl("vec4<f32>", epilogue)}
-${storeWgsl(epilogue)}
+  return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
+${bindingsWgsl(t, true, epilogue)}
+${storeWgsl(epilogue, t)}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -461,7 +500,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 }
 
 /**
- * Whether an operand can be read as vec4s: 16-byte aligned binding and size, and every vector
+ * Whether an operand can be read as vec4s: binding and size aligned to a vec4 of its element type
+ * (16 bytes for f32, 8 for f16), and every vector
  * load (4 consecutive elements along the stored row, starting at a multiple of 4) stays inside
  * the stored row: offset, row stride and batch strides multiples of 4, row length too.
  */
@@ -472,7 +512,9 @@ function vec4Aligned(
   batches: { count: number; stride: number }[],
   rowLength: number,
 ): boolean {
-  return t.offset % 16 === 0 && t.bindingSize % 16 === 0 && offset % 4 === 0 && ld % 4 === 0 &&
+  const vecBytes = 4 * DTYPE_BYTES[t.dtype];
+  return t.offset % vecBytes === 0 && t.bindingSize % vecBytes === 0 && offset % 4 === 0 &&
+    ld % 4 === 0 &&
     rowLength % 4 === 0 && batches.every((b) => b.count <= 1 || b.stride % 4 === 0);
 }
 
@@ -554,7 +596,9 @@ function checkExtent(
   ld: number,
   batches: { count: number; stride: number }[],
 ): void {
-  if (t.dtype !== "f32") fail(op, `${name} ("${t.label}") is ${t.dtype}, expected f32`);
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    fail(op, `${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
+  }
   expectBindable(op, name, t);
   checkCount(op, `offset of ${name}`, offset);
   checkCount(op, `leading dimension of ${name}`, ld);
@@ -648,6 +692,9 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     fail(op, `C ("${c.label}") shares a GPU buffer with preActivation ("${pre.label}")`);
   }
 
+  const dtypes: Dtypes = { a: a.dtype, b: b.dtype, c: c.dtype, pre: pre?.dtype ?? "f32" };
+  if (Object.values(dtypes).includes("f16")) expectF16(rec.gpu, op);
+
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
 
@@ -664,20 +711,32 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const gpu = rec.gpu;
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   let gx: number, gy: number, pipeline: GPUComputePipeline;
-  const name = `matmul_${variant}${epilogue === "none" ? "" : `_${epilogue}`}`;
+  const name = `matmul_${variant}${epilogue === "none" ? "" : `_${epilogue}`}${
+    dtypesSuffix(dtypes)
+  }`;
   if (spec.kind === "shared") {
     gx = Math.ceil(n / (WG * spec.rn));
     gy = Math.ceil(m / (WG * spec.rm));
-    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue));
+    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue, dtypes));
   } else if (spec.kind === "direct") {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue);
+    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes);
     pipeline = getPipeline(gpu, name, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB, epilogue);
+    const code = vec4Wgsl(
+      spec.rm,
+      spec.rn,
+      spec.ku,
+      spec.wx,
+      spec.wy,
+      transA,
+      transB,
+      epilogue,
+      dtypes,
+    );
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   }
   if (gx > maxDim || gy > maxDim) {

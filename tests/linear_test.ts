@@ -328,9 +328,9 @@ gpuTest("linear: mismatched shapes throw a GpuError naming the op and tensor", (
     'linearBackward: dX ("dXbad")',
   );
   assertThrows(
-    () => linearForward(rec, { x, weight: createTensor(gpu, [3, 5], "f16", "wh"), out: y }),
+    () => linearForward(rec, { x, weight: createTensor(gpu, [3, 5], "i32", "wi"), out: y }),
     GpuError,
-    'linearForward: weight ("wh") is f16',
+    'linearForward: weight ("wi") is i32, expected f32 or f16',
   );
   assertThrows(
     () => linearForward(rec, { x, weight: w, out: y, preActivation: t([2, 7, 3], "pre") }),

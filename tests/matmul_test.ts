@@ -570,8 +570,12 @@ gpuTest(
       GpuError,
       'testop: bias ("bias")',
     );
-    const half = createTensor(gpu, [7, 5], "f16", "half");
-    assertThrows(() => matmul(rec, { ...base, a: half }), GpuError, 'testop: A ("half") is f16');
+    const ints = createTensor(gpu, [7, 5], "i32", "ints");
+    assertThrows(
+      () => matmul(rec, { ...base, a: ints }),
+      GpuError,
+      'testop: A ("ints") is i32, expected f32 or f16',
+    );
     const arena = t([100], "arena");
     const view = arena.view(256, [35], "view");
     assertThrows(

@@ -1,0 +1,243 @@
+// matmul with f16 operands and outputs against a float64 reference, and every variant bitwise
+// equal to every other with them.
+//
+// The reference multiplies the f16 values the kernel reads (exactly representable in f32 and
+// float64), so the only errors are the kernel's f32 accumulation and, for an f16 output, one
+// rounding: |got − ref| ≤ 2·k·2^-24·Σ|a·b| (+ the same for the bias and old C) + 2^-11·|ref|
+// + 2^-25 (half an ulp of the output, subnormals included). The bound is checked per element.
+
+import { assert, assertEquals } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { refGelu, refGeluGrad } from "./gelu_reference.ts";
+import { randomValues } from "./random.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { fill } from "../kernels/fill.ts";
+import { matmul, MATMUL_VARIANTS, type MatmulArgs, type MatmulVariant } from "../kernels/matmul.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import {
+  createTensor,
+  type DType,
+  type HostArray,
+  type Tensor,
+  tensorFromArray,
+} from "../kernels/tensor.ts";
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  transA?: boolean;
+  transB?: boolean;
+  a: DType;
+  b: DType;
+  c: DType;
+  bias?: boolean;
+  accumulate?: boolean;
+  alpha?: number;
+  epilogue?: "gelu" | "geluSave" | "geluGrad";
+  pre?: DType;
+}
+
+function host(dtype: DType, values: Float64Array): Float32Array | Float16Array {
+  return dtype === "f16" ? Float16Array.from(values) : Float32Array.from(values);
+}
+
+function label(cs: Case): string {
+  return JSON.stringify(cs);
+}
+
+/** Runs `cs` with each of `variants` (one submit); returns the outputs and the float64 inputs. */
+async function run(gpu: Gpu, cs: Case, seed: number, variants: (MatmulVariant | undefined)[]) {
+  const { m, n, k } = cs;
+  const tensors: Tensor[] = [];
+  const keep = (t: Tensor) => (tensors.push(t), t);
+  const upload = (dtype: DType, size: number, s: number, name: string) => {
+    const data = host(dtype, randomValues(size, s));
+    return { data, t: keep(tensorFromArray(gpu, data, [size], name)) };
+  };
+  const A = upload(cs.a, m * k, seed, "A");
+  const B = upload(cs.b, k * n, seed + 1, "B");
+  const bias = cs.bias ? upload("f32", n, seed + 2, "bias") : undefined;
+  const oldC = host(cs.c, randomValues(m * n, seed + 3));
+  const preIn = host(cs.pre ?? "f32", randomValues(m * n, seed + 4).map((v) => 3 * v));
+  const rec = new Recorder(gpu);
+  const outs = variants.map((variant) => {
+    const c = keep(createTensor(gpu, [m * n], cs.c, `C ${variant}`));
+    if (cs.accumulate) c.upload(oldC);
+    else if (cs.c === "f32") fill(rec, c, NaN);
+    let pre: Tensor | undefined;
+    if (cs.epilogue === "geluSave" || cs.epilogue === "geluGrad") {
+      pre = keep(createTensor(gpu, [m * n], cs.pre ?? "f32", `pre ${variant}`));
+      if (cs.epilogue === "geluGrad") pre.upload(preIn);
+    }
+    const args: MatmulArgs = {
+      a: A.t,
+      b: B.t,
+      c,
+      m,
+      n,
+      k,
+      transA: cs.transA,
+      transB: cs.transB,
+      bias: bias?.t,
+      accumulate: cs.accumulate,
+      alpha: cs.alpha,
+      variant,
+      epilogue: cs.epilogue === "gelu"
+        ? { kind: "gelu" }
+        : cs.epilogue === "geluSave"
+        ? { kind: "gelu", preActivation: pre }
+        : cs.epilogue === "geluGrad"
+        ? { kind: "geluGrad", preActivation: pre! }
+        : undefined,
+    };
+    matmul(rec, args);
+    return { c, pre };
+  });
+  await rec.submit();
+  const results: { c: HostArray; pre?: HostArray }[] = [];
+  for (const o of outs) {
+    results.push({ c: await o.c.download(), pre: o.pre ? await o.pre.download() : undefined });
+  }
+  for (const t of tensors) t.destroy();
+  return { a: A.data, b: B.data, bias: bias?.data, oldC, preIn, results };
+}
+
+gpuTest(
+  "matmul f16: operands and outputs in f16 against float64, within the stated bound",
+  async (gpu) => {
+    assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+    const cases: Case[] = [
+      // Odd shapes: the vec4 variants fall back to direct4x4.
+      { m: 37, n: 29, k: 41, a: "f16", b: "f16", c: "f32" },
+      { m: 37, n: 29, k: 41, a: "f32", b: "f16", c: "f16", transB: true, bias: true },
+      { m: 19, n: 23, k: 7, a: "f16", b: "f32", c: "f16", transA: true, accumulate: true },
+      { m: 21, n: 17, k: 33, a: "f16", b: "f16", c: "f16", transA: true, transB: true, alpha: 0.7 },
+      // Aligned shapes: the vec4 kernels read vec4<f16>.
+      { m: 68, n: 72, k: 44, a: "f16", b: "f16", c: "f32", transB: true, bias: true },
+      { m: 68, n: 72, k: 44, a: "f32", b: "f16", c: "f16", transB: true, accumulate: true },
+      { m: 72, n: 68, k: 40, a: "f16", b: "f16", c: "f16", transA: true },
+      { m: 64, n: 76, k: 36, a: "f16", b: "f32", c: "f32" },
+      // GELU epilogues with f16 output and pre-activation (the encoder's FFN in f16).
+      {
+        m: 68,
+        n: 76,
+        k: 44,
+        a: "f16",
+        b: "f16",
+        c: "f16",
+        transB: true,
+        bias: true,
+        epilogue: "geluSave",
+        pre: "f16",
+      },
+      { m: 37, n: 29, k: 41, a: "f16", b: "f16", c: "f16", epilogue: "gelu" },
+      { m: 68, n: 44, k: 76, a: "f32", b: "f16", c: "f16", epilogue: "geluGrad", pre: "f16" },
+      { m: 37, n: 29, k: 41, a: "f32", b: "f16", c: "f32", epilogue: "geluGrad", pre: "f16" },
+    ];
+    for (const [ci, cs] of cases.entries()) {
+      const { m, n, k } = cs;
+      const out = await run(gpu, cs, 100 * ci + 1, [undefined]);
+      const { a, b, bias, oldC, preIn } = out;
+      const { c, pre } = out.results[0];
+      const alpha = cs.alpha ?? 1;
+      let worst = 0;
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let sum = 0, mag = 0;
+          for (let p = 0; p < k; p++) {
+            const av = cs.transA ? a[p * m + i] : a[i * k + p];
+            const bv = cs.transB ? b[j * k + p] : b[p * n + j];
+            sum += av * bv;
+            mag += Math.abs(av * bv);
+          }
+          let v = alpha * sum;
+          mag = Math.abs(alpha) * mag;
+          if (bias) (v += bias[j], mag += Math.abs(bias[j]));
+          if (cs.accumulate) (v += oldC[i * n + j], mag += Math.abs(oldC[i * n + j]));
+          const idx = i * n + j;
+          // f32 accumulation error of the pre-activation, then the function's own slope ≤ 1.13.
+          let bound = 2 * (k + 2) * 2 ** -24 * mag;
+          let ref = v;
+          if (cs.epilogue === "gelu" || cs.epilogue === "geluSave") {
+            ref = refGelu(v);
+            bound = 1.13 * bound + 1e-6 * Math.abs(ref);
+            if (cs.epilogue === "geluSave") {
+              const preBound = 2 * (k + 2) * 2 ** -24 * mag + 2 ** -11 * Math.abs(v) + 2 ** -25;
+              const e = Math.abs(pre![idx] - v);
+              assert(e <= preBound, `${label(cs)}: pre[${idx}] ${pre![idx]} vs ${v}`);
+            }
+          } else if (cs.epilogue === "geluGrad") {
+            const g = refGeluGrad(preIn[idx]);
+            ref = v * g;
+            bound = bound * Math.abs(g) + 1e-6 * Math.abs(ref);
+          }
+          if (cs.c === "f16") bound += 2 ** -11 * Math.abs(ref) + 2 ** -25;
+          const err = Math.abs(c[idx] - ref);
+          assert(
+            err <= bound,
+            `${label(cs)}: C[${i}, ${j}] = ${c[idx]}, expected ${ref} ± ${bound}`,
+          );
+          worst = Math.max(worst, err / bound);
+        }
+      }
+      assert(worst > 0, `${label(cs)}: suspiciously exact`);
+    }
+  },
+);
+
+gpuTest(
+  "matmul f16: every variant bitwise equal on f16 operands, outputs and epilogues",
+  async (gpu) => {
+    const cases: Case[] = [
+      { m: 68, n: 72, k: 44, a: "f16", b: "f16", c: "f16", transB: true, bias: true, alpha: 0.3 },
+      { m: 72, n: 68, k: 40, a: "f16", b: "f32", c: "f16", epilogue: "geluSave", pre: "f16" },
+      {
+        m: 64,
+        n: 76,
+        k: 36,
+        a: "f32",
+        b: "f16",
+        c: "f32",
+        transA: true,
+        transB: true,
+        accumulate: true,
+        epilogue: "geluGrad",
+        pre: "f16",
+      },
+    ];
+    for (const [ci, cs] of cases.entries()) {
+      const { results } = await run(gpu, cs, 7000 + ci, [...MATMUL_VARIANTS]);
+      const bits = results.map((r) => new Uint16Array(r.c.buffer.slice(0)));
+      const preBits = results.map((r) => (r.pre ? new Uint16Array(r.pre.buffer.slice(0)) : null));
+      for (const [vi, variant] of MATMUL_VARIANTS.entries()) {
+        let differ = 0;
+        for (let i = 0; i < bits[0].length; i++) if (bits[vi][i] !== bits[0][i]) differ++;
+        if (preBits[0]) {
+          for (let i = 0; i < preBits[0].length; i++) {
+            if (preBits[vi]![i] !== preBits[0][i]) differ++;
+          }
+        }
+        assertEquals(differ, 0, `${variant} vs ${MATMUL_VARIANTS[0]}: ${label(cs)}`);
+      }
+    }
+  },
+);
+
+gpuTest(
+  "matmul f16: an output beyond f16's range is ±infinity, not a finite number",
+  async (gpu) => {
+    const a = tensorFromArray(gpu, Float16Array.from([300, -300, 200, 1]), [4], "A");
+    const b = tensorFromArray(gpu, Float16Array.from([300, 200]), [2], "B");
+    const c = createTensor(gpu, [4], "f16", "C");
+    const rec = new Recorder(gpu);
+    // C = A (4×1) · B (1×2)... as 2×2 · 2×1: [300·300 + −300·200, 200·300 + 1·200].
+    matmul(rec, { a, b, c, m: 2, n: 1, k: 2 });
+    matmul(rec, { a, b, c, m: 1, n: 1, k: 1, offsetC: 2 }); // 90000: overflow
+    matmul(rec, { a, b, c, m: 1, n: 1, k: 1, offsetA: 1, offsetC: 3 }); // −90000
+    await rec.submit();
+    const got = Array.from(await c.download());
+    assertEquals(got, [30000, 60192, Infinity, -Infinity]);
+    for (const t of [a, b, c]) t.destroy();
+  },
+);
