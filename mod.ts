@@ -66,6 +66,8 @@ export {
 export { layerNormBackward, layerNormForward } from "./kernels/layernorm.ts";
 export { addLayerNormBackward, addLayerNormForward } from "./kernels/add_layernorm.ts";
 export { GELU_WGSL, geluBackward, geluForward } from "./kernels/gelu.ts";
+export { castF16ToF32, castF32ToF16 } from "./kernels/cast.ts";
+export { F16_MAX, TO_F16_WGSL } from "./kernels/f16.ts";
 export { reluBackward, reluForward } from "./kernels/relu.ts";
 export { add, addInPlace, scale } from "./kernels/add.ts";
 export {
@@ -181,6 +183,7 @@ export {
   type LinearHook,
   type LinearModule,
   type LinearSite,
+  type Precision,
 } from "./model/encoder.ts";
 export {
   createHead,

@@ -58,7 +58,8 @@ import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createArena, type TensorArena } from "../kernels/arena.ts";
-import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
+import { castF32ToF16 } from "../kernels/cast.ts";
+import { createTensor, type DType, expectShape, Tensor } from "../kernels/tensor.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -409,9 +410,22 @@ export interface EncoderOptions {
    * `chooseAttention`.
    */
   attention?: AttentionKernels;
+  /**
+   * "f32" (default), or "f16": mixed precision as PyTorch's autocast does it for linear layers.
+   * The matrix products read f16 copies of the weight matrices (refreshed from the f32 master
+   * weights at every forward) and f16 activations: q, k, v, the attention context, the FFN's
+   * pre-activation and GELU output, and in the backward their gradients; every product sums in
+   * f32. The residual stream, LayerNorm, softmax, the embeddings, parameters and their gradients
+   * stay f32. Needs the adapter's shader-f16 and the materialized attention kernels. Gradients
+   * of f16 activations are f16: train with a loss scale (the Trainer's precision "f16").
+   */
+  precision?: Precision;
 }
 
 export type AttentionKernels = "auto" | "flash" | "materialized";
+
+/** Storage precision of an encoder's matrix-product operands (EncoderOptions.precision). */
+export type Precision = "f32" | "f16";
 
 /** Above this many bytes of attention probabilities per layer, "auto" takes the flash kernels. */
 export const FLASH_ATTENTION_ABOVE_BYTES = 64 * 2 ** 20;
@@ -424,13 +438,33 @@ export const FLASH_ATTENTION_ABOVE_BYTES = 64 * 2 ** 20;
  * timed them on a GPU yet. So "auto" keeps the materialized path at BERT-sized sequences and takes
  * flash where its memory matters: probabilities over 64 MiB per layer, or beyond one storage
  * binding, where the materialized path cannot run at all. Flash needs head dimension ≤ 128 and 11
- * storage buffers per stage.
+ * storage buffers per stage, and f32 operands: an f16 encoder runs the materialized kernels (and
+ * is refused where their probabilities would not fit one binding).
  */
 export function chooseAttention(
   gpu: Gpu,
   requested: AttentionKernels,
   shape: { batch: number; heads: number; seq: number; prefix: number; headDim: number },
+  precision: Precision = "f32",
 ): "flash" | "materialized" {
+  if (precision === "f16") {
+    if (requested === "flash") {
+      throw new Error(
+        'Encoder: flash attention runs in f32 only; with precision "f16" use attention ' +
+          '"materialized" or "auto"',
+      );
+    }
+    const bytes = 4 * shape.batch * shape.heads * shape.seq * (shape.prefix + shape.seq);
+    const limit = gpu.limits.maxStorageBufferBindingSize;
+    if (bytes > limit) {
+      throw new Error(
+        `Encoder: with precision "f16" the attention probabilities of one layer take ${bytes} ` +
+          `bytes, more than one storage binding (${limit}); use precision "f32" (flash ` +
+          `attention) or a smaller batch or sequence length`,
+      );
+    }
+    return "materialized";
+  }
   const flashFits = shape.headDim <= FLASH_ATTENTION_MAX_HEAD_DIM &&
     gpu.limits.maxStorageBuffersPerShaderStage >= 11;
   if (requested === "flash") {
@@ -506,6 +540,8 @@ export class Encoder {
   readonly inference: boolean;
   /** The attention kernels this encoder runs (EncoderOptions.attention). */
   readonly attention: "flash" | "materialized";
+  /** EncoderOptions.precision. */
+  readonly precision: Precision;
   readonly params: EncoderParams;
   /** Gradients of the trainable parameters (see `setTrainable`). */
   grads: EncoderGrads;
@@ -528,6 +564,13 @@ export class Encoder {
   private readonly shapes: Map<string, number[]>;
   /** Every parameter, in one arena (or several where maxBufferSize requires). */
   private readonly paramArena: TensorArena;
+  /**
+   * What the matrix products read: `params`, except, in f16, the linear weights: f16 copies
+   * in `halfArena`, refreshed by `halfCasts` at every forward.
+   */
+  private readonly productParams: EncoderParams;
+  private readonly halfArena: TensorArena | null = null;
+  private readonly halfCasts: { src: Tensor; dst: Tensor }[] = [];
   /**
    * The gradients of the trainable parameters (`setTrainable`), in arena order with the slots of
    * `paramArena`'s layout, so that a run of trainable parameters and its gradients line up.
@@ -586,11 +629,39 @@ export class Encoder {
       "encoder parameters",
     );
     this.params = buildEncoderStruct(config, (name) => this.paramArena.get(name));
+    this.precision = opts.precision ?? "f32";
+    if (this.precision !== "f32" && this.precision !== "f16") {
+      throw new Error(`Encoder: precision must be "f32" or "f16", got "${this.precision}"`);
+    }
+    if (this.precision === "f16" && !gpu.hasF16) {
+      throw new Error(
+        `Encoder: precision "f16" needs the WebGPU feature "shader-f16", which this adapter ` +
+          `(${gpu.description}) does not offer; use precision "f32"`,
+      );
+    }
+    this.productParams = this.params;
+    if (this.precision === "f16") {
+      const names = this.layout.filter((name) => isProductWeight(name));
+      this.halfArena = createArena(
+        gpu,
+        names.map((name) => ({ name, shape: this.shapes.get(name)!, label: `${name} (f16)` })),
+        "encoder f16 weights",
+        "f16",
+      );
+      const half = this.halfArena;
+      this.productParams = buildEncoderStruct(
+        config,
+        (name) => half.tensors.get(name) ?? this.paramArena.get(name),
+      );
+      this.halfCasts = castRanges(names.map((n) => [this.paramArena.get(n), half.get(n)]));
+    }
 
     const { hiddenSize: H, embeddingSize: E, intermediateSize: I, numHeads } = config;
     const N = maxBatch * maxSeq;
-    const t = (label: string, shape: number[], dtype: "f32" | "u32" = "f32") =>
+    const t = (label: string, shape: number[], dtype: DType = "f32") =>
       createTensor(gpu, shape, dtype, label);
+    // The activations around the matrix products (see EncoderOptions.precision).
+    const act = this.precision;
     this.ids = t("input ids", [N], "u32");
     this.positionIds = t("position ids", [N], "u32");
     this.typeIds = t("token type ids", [N], "u32");
@@ -615,21 +686,21 @@ export class Encoder {
       seq: maxSeq,
       prefix: maxPrefix,
       headDim: config.headDim,
-    });
+    }, this.precision);
     const probsShape = this.attention === "flash"
       ? [maxBatch * numHeads * maxSeq * 2]
       : [maxBatch * numHeads * maxSeq * (maxPrefix + maxSeq)];
     const layerActs = (l: number | string): LayerActs => ({
-      q: t(`layer ${l} q`, [N, H]),
-      k: t(`layer ${l} k`, [N, H]),
-      v: t(`layer ${l} v`, [N, H]),
+      q: t(`layer ${l} q`, [N, H], act),
+      k: t(`layer ${l} k`, [N, H], act),
+      v: t(`layer ${l} v`, [N, H], act),
       probs: t(`layer ${l} probs`, probsShape),
-      context: t(`layer ${l} context`, [N, H]),
+      context: t(`layer ${l} context`, [N, H], act),
       xhat1: t(`layer ${l} xhat1`, [N, H]),
       rstd1: t(`layer ${l} rstd1`, [N]),
       norm1: t(`layer ${l} norm1`, [N, H]),
-      inter: t(`layer ${l} intermediate`, [N, I]),
-      gelu: t(`layer ${l} gelu`, [N, I]),
+      inter: t(`layer ${l} intermediate`, [N, I], act),
+      gelu: t(`layer ${l} gelu`, [N, I], act),
       xhat2: t(`layer ${l} xhat2`, [N, H]),
       rstd2: t(`layer ${l} rstd2`, [N]),
       out: t(`layer ${l} out`, [N, H]),
@@ -796,6 +867,7 @@ export class Encoder {
       }
       linearHooks.push(hooks);
     }
+    for (const c of this.halfCasts) castF32ToF16(rec, c);
     const { embOut, input0 } = this.embeddingsForward(rec, B, S, hiddenP, seed);
     const state: ForwardState = {
       batch: B,
@@ -864,6 +936,7 @@ export class Encoder {
       }
     };
     this.paramArena.destroy();
+    this.halfArena?.destroy();
     this.gradArena?.destroy();
     this.gradArena = null;
     for (const g of this.extraGrads.values()) free(g);
@@ -927,7 +1000,7 @@ export class Encoder {
     const input0 = at(a.projected!, [B, S, c.hiddenSize]);
     linearForward(rec, {
       x: embOut,
-      weight: pe.project.weight,
+      weight: this.productParams.embeddings.project!.weight,
       bias: pe.project.bias,
       out: input0,
     });
@@ -954,7 +1027,7 @@ export class Encoder {
       const dX = belowProject ? at(s.dEmbA, [B, S, E]) : undefined;
       linearBackward(rec, {
         x: state.embOut,
-        weight: pe.project.weight,
+        weight: this.productParams.embeddings.project!.weight,
         dOut: dInput0,
         dX,
         dWeight: g.project?.weight,
@@ -1008,7 +1081,8 @@ export class Encoder {
     const c = this.config;
     const { batch: B, seq: S } = st;
     const H = c.hiddenSize, I = c.intermediateSize;
-    const p = this.params.layers[l];
+    // Weights as the products read them (f16 copies in f16); biases and LayerNorms are f32.
+    const p = this.productParams.layers[l];
     const a = this.acts[l];
     const hooks = st.linearHooks[l];
     const v = (t: Tensor, width = H) => at(t, [B, S, width]);
@@ -1104,7 +1178,7 @@ export class Encoder {
     const c = this.config;
     const { batch: B, seq: S } = st;
     const H = c.hiddenSize, I = c.intermediateSize;
-    const p = this.params.layers[l];
+    const p = this.productParams.layers[l];
     const a = this.acts[l];
     const s = this.scratch!;
     const hooks = st.linearHooks[l];
@@ -1306,17 +1380,20 @@ export class Encoder {
     const c = this.config;
     const N = this.maxBatch * this.maxSeq;
     const H = c.hiddenSize, I = c.intermediateSize, E = c.embeddingSize;
-    const t = (label: string, shape: number[]) => createTensor(this.gpu, shape, "f32", label);
+    const t = (label: string, shape: number[], dtype: DType = "f32") =>
+      createTensor(this.gpu, shape, dtype, label);
+    // Gradients of the f16 activations are f16 too (EncoderOptions.precision).
+    const act = this.precision;
     this.scratch = {
       stream: [t("dStream 0", [N, H]), t("dStream 1", [N, H])],
       dDrop: t("dDropout", [N, H]),
       dNorm1: t("dNorm1", [N, H]),
-      dContext: t("dContext", [N, H]),
-      dQ: t("dQ", [N, H]),
-      dK: t("dK", [N, H]),
-      dV: t("dV", [N, H]),
+      dContext: t("dContext", [N, H], act),
+      dQ: t("dQ", [N, H], act),
+      dK: t("dK", [N, H], act),
+      dV: t("dV", [N, H], act),
       dGelu: null,
-      dInter: t("dIntermediate", [N, I]),
+      dInter: t("dIntermediate", [N, I], act),
       // Materialized attention's score gradients, or flash attention's row workspace.
       dScores: t("dScores", [
         this.maxBatch * c.numHeads * this.maxSeq *
@@ -1334,11 +1411,51 @@ export class Encoder {
     s.dGelu ??= createTensor(
       this.gpu,
       [this.maxBatch * this.maxSeq, this.config.intermediateSize],
-      "f32",
+      this.precision,
       "dGelu",
     );
     return s.dGelu;
   }
+}
+
+/** Whether a parameter is a weight matrix of a linear layer (one that f16 mode copies). */
+function isProductWeight(name: string): boolean {
+  return name.endsWith(".weight") && !name.startsWith("embeddings.") &&
+    !name.includes("LayerNorm.");
+}
+
+/**
+ * The cast launches refreshing f16 copies from their f32 masters, given as pairs in arena order:
+ * consecutive pairs whose elements lie at the same distances in both arenas (same buffers, same
+ * padding: every tensor a multiple of 128 elements, as the linear weights of the usual shapes)
+ * are cast by one launch over the whole range, padding included (zeros, cast to zeros).
+ */
+function castRanges(pairs: [Tensor, Tensor][]): { src: Tensor; dst: Tensor }[] {
+  const out: { src: Tensor; dst: Tensor }[] = [];
+  let first: [Tensor, Tensor] | null = null, last: [Tensor, Tensor] | null = null;
+  const flush = () => {
+    if (!first || !last) return;
+    const [s0, d0] = first, [s1] = last;
+    const count = (s1.offset - s0.offset) / 4 + s1.numel;
+    const label = `${s0.label} (f32 → f16${first === last ? "" : ", and following"})`;
+    out.push({
+      src: new Tensor(s0.gpu, s0.buffer, [count], "f32", label, s0.offset),
+      dst: new Tensor(d0.gpu, d0.buffer, [count], "f16", label, d0.offset),
+    });
+  };
+  for (const pair of pairs) {
+    const [src, dst] = pair;
+    const joins = first !== null && src.buffer === first[0].buffer &&
+      dst.buffer === first[1].buffer &&
+      (src.offset - first[0].offset) / 4 === (dst.offset - first[1].offset) / 2;
+    if (!joins) {
+      flush();
+      first = pair;
+    }
+    last = pair;
+  }
+  flush();
+  return out;
 }
 
 /** Positions when the batch gives none: 0..S−1, or RoBERTa's numbering from padding. */
