@@ -7,8 +7,11 @@
 //   p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
 //
 // with g = grad · gradScale when a scale tensor is given (the clip coefficient written by
-// gradNormClip, or later 1/loss-scale), read on the GPU so no host read is needed. Every element
-// is updated, including those whose gradient is 0 (they still decay and move by their momentum).
+// gradNormClip, or coef / loss scale), read on the GPU so no host read is needed. Every element
+// is updated, including those whose gradient is 0 (they still decay and move by their momentum),
+// unless a skip flag is given (`skipIndex`, another element of the scale tensor): when it is
+// non-zero (a loss-scaled step whose gradients were not finite) every invocation returns
+// without touching p, m or v, as GradScaler skips optimizer.step().
 //
 // Scalars are computed on the host in float64 and passed as f32 uniforms: 1 − lr·wd, 1 − β1,
 // 1 − β2 (in f32 arithmetic 1 − 0.999 would be off by 1e-5 relative), the step size
@@ -38,8 +41,10 @@ const WORKGROUP = 256;
  * (lavapipe checks and issues every lane's access separately) is 3-5× faster for this
  * memory-bound step.
  */
-function adamwWgsl(scaled: boolean, vec4: boolean): string {
+function adamwWgsl(scaled: boolean, vec4: boolean, skippable = false): string {
   const T = vec4 ? "vec4<f32>" : "f32";
+  // Every invocation reads the same flag, so the branch never diverges within a workgroup.
+  const skip = skippable ? `if (gradScale[params.skipBase] != 0.0) { return; }` : "";
   const scaleBinding = scaled
     ? `@group(0) @binding(4) var<storage, read> gradScale: array<f32>;`
     : "";
@@ -54,7 +59,7 @@ function adamwWgsl(scaled: boolean, vec4: boolean): string {
 ${scaleBinding}
 struct Params {
   count: u32, pBase: u32, gBase: u32, mBase: u32,
-  vBase: u32, sBase: u32, _p0: u32, _p1: u32,
+  vBase: u32, sBase: u32, skipBase: u32, _p1: u32,
   decay: f32, beta1: f32, oneMinusBeta1: f32, beta2: f32,
   oneMinusBeta2: f32, stepSize: f32, bc2Sqrt: f32, eps: f32,
 }
@@ -64,6 +69,7 @@ struct Params {
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${flatIndex(WORKGROUP)};
   if (i >= params.count) { return; }
+  ${skip}
   let g = ${grad};
   let p = param[params.pBase + i] * params.decay;
   let mi = params.beta1 * m[params.mBase + i] + params.oneMinusBeta1 * g;
@@ -91,6 +97,11 @@ export interface AdamwHyper {
   gradScale?: Tensor;
   /** Element of `gradScale` to read; default 0 (1 for gradNormClip's `[norm, coef]`). */
   gradScaleIndex?: number;
+  /**
+   * Element of `gradScale` holding a skip flag (gradNormClip's `out[2]` with loss scaling): when
+   * it is non-zero on the GPU the step leaves p, m and v untouched. Absent: never skipped.
+   */
+  skipIndex?: number;
 }
 
 function checkHyper(op: string, h: AdamwHyper, weightDecays: readonly number[]): void {
@@ -110,6 +121,14 @@ function checkHyper(op: string, h: AdamwHyper, weightDecays: readonly number[]):
     if (!Number.isSafeInteger(index) || index < 0 || index >= h.gradScale.numel) {
       bad(`gradScaleIndex for gradScale ("${h.gradScale.label}") of ${h.gradScale.numel}`, index);
     }
+    const skip = h.skipIndex;
+    if (
+      skip !== undefined && (!Number.isSafeInteger(skip) || skip < 0 || skip >= h.gradScale.numel)
+    ) {
+      bad(`skipIndex for gradScale ("${h.gradScale.label}") of ${h.gradScale.numel}`, skip);
+    }
+  } else if (h.skipIndex !== undefined) {
+    throw new GpuError(`${op}: skipIndex ${h.skipIndex} needs a gradScale tensor to read it from`);
   }
 }
 
@@ -126,9 +145,10 @@ interface Range {
 function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper): void {
   const gpu = rec.gpu;
   const scaled = h.gradScale !== undefined;
-  const name = scaled ? "adamw-scaled" : "adamw";
-  const scalar = getPipeline(gpu, name, adamwWgsl(scaled, false));
-  const vector = getPipeline(gpu, `${name}-vec4`, adamwWgsl(scaled, true));
+  const skippable = scaled && h.skipIndex !== undefined;
+  const name = skippable ? "adamw-scaled-skippable" : scaled ? "adamw-scaled" : "adamw";
+  const scalar = getPipeline(gpu, name, adamwWgsl(scaled, false, skippable));
+  const vector = getPipeline(gpu, `${name}-vec4`, adamwWgsl(scaled, true, skippable));
   const scale = h.gradScale
     ? bindElements(gpu, h.gradScale.buffer, h.gradScale.offset, h.gradScale.numel)
     : null;
@@ -150,6 +170,7 @@ function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper)
       count,
       ...bound.map((b) => b.base / width),
       (scale?.base ?? 0) + (h.gradScaleIndex ?? 0),
+      skippable ? scale!.base + h.skipIndex! : 0,
     ]);
     new Float32Array(u.buffer, 32).set([
       1 - h.lr * weightDecay,

@@ -23,6 +23,12 @@ import {
 import { GpuError } from "./device.ts";
 import type { Gpu } from "./device.ts";
 import { grid1d } from "./grid.ts";
+import {
+  checkLossScaleSettings,
+  expectLossScaleState,
+  LOSS_SCALE_STATE,
+  type LossScaling,
+} from "./loss_scale.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
@@ -252,7 +258,97 @@ fn main(@builtin(local_invocation_id) lid: vec3u) {
 }
 `;
 
-/** Records stage 2: out[0] = √Σ partials[0..slots), and out[1] = the clip coefficient if asked. */
+/**
+ * Elements of gradNormClip's `out` with loss scaling, and what each holds. `gradScale` is what
+ * AdamW multiplies the raw (scaled) gradients by; `skipped` is 1 when the step must be skipped
+ * (AdamW's `skipIndex`); `lossScale` is the scale S this step's gradients carry (the state's
+ * scale before this step's update), for the logs.
+ */
+export const LOSS_SCALED_NORM = { length: 4, norm: 0, gradScale: 1, skipped: 2, lossScale: 3 };
+
+// The finish with loss scaling. Non-finite is tested on the bit pattern (exponent all ones: inf
+// or NaN), which integer arithmetic keeps under any fast-math float assumption (`x != x` may be
+// folded to false). The raw sum of squares is tested, not only the gradients: finite gradients
+// whose squares overflow f32 (|g·S| ≳ 1.8e19) count as a skip too, as they would make the
+// unscaled norm and the clip coefficient meaningless; so are a non-finite unscaled norm or
+// gradient factor (a scale of 0 or inf, reached only by a long run of skips or by hand).
+const S = LOSS_SCALE_STATE;
+const N = LOSS_SCALED_NORM;
+const LOSS_SCALED_FINISH_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> partials: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> state: array<f32>;
+struct Params {
+  count: u32, base: u32, outBase: u32, stateBase: u32,
+  maxNorm: f32, growth: f32, backoff: f32, interval: u32,
+}
+@group(0) @binding(3) var<uniform> params: Params;
+var<workgroup> sums: array<f32, ${WORKGROUP}>;
+
+fn nonFinite(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+}
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(local_invocation_id) lid: vec3u) {
+  var s = 0.0;
+  for (var i = lid.x; i < params.count; i += ${WORKGROUP}u) { s += partials[params.base + i]; }
+  sums[lid.x] = s;
+  workgroupBarrier();
+  for (var w = ${WORKGROUP / 2}u; w > 0u; w >>= 1u) {
+    if (lid.x < w) { sums[lid.x] += sums[lid.x + w]; }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) {
+    let sumsq = sums[0];
+    let raw = sqrt(sumsq);
+    let at = params.stateBase;
+    let scale = state[at + ${S.scale}u];
+    // S is a power of two: the unscaled norm, the clip coefficient and coef / S are what the
+    // unscaled gradients give, bit for bit.
+    let norm = raw / scale;
+    var coef = 1.0;
+    if (params.maxNorm > 0.0) {
+      coef = params.maxNorm / (norm + 1e-6);
+      if (coef > 1.0) { coef = 1.0; }
+    }
+    let factor = coef / scale;
+    let o = params.outBase;
+    out[o + ${N.lossScale}u] = scale;
+    if (nonFinite(sumsq) || nonFinite(norm) || nonFinite(factor)) {
+      // The raw value goes to the log; AdamW reads the skip flag and touches nothing.
+      out[o + ${N.norm}u] = raw;
+      out[o + ${N.gradScale}u] = 0.0;
+      out[o + ${N.skipped}u] = 1.0;
+      state[at + ${S.scale}u] = scale * params.backoff;
+      state[at + ${S.goodSteps}u] = 0.0;
+      state[at + ${S.skippedTotal}u] = state[at + ${S.skippedTotal}u] + 1.0;
+      state[at + ${S.lastSkipped}u] = 1.0;
+      return;
+    }
+    out[o + ${N.norm}u] = norm;
+    out[o + ${N.gradScale}u] = factor;
+    out[o + ${N.skipped}u] = 0.0;
+    var good = state[at + ${S.goodSteps}u] + 1.0;
+    var next = scale;
+    if (good >= f32(params.interval)) {
+      // As torch: the scale never grows past f32's range; the count restarts either way.
+      let grown = scale * params.growth;
+      if (!nonFinite(grown)) { next = grown; }
+      good = 0.0;
+    }
+    state[at + ${S.scale}u] = next;
+    state[at + ${S.goodSteps}u] = good;
+    state[at + ${S.lastSkipped}u] = 0.0;
+  }
+}
+`;
+
+/**
+ * Records stage 2: out[0] = √Σ partials[0..slots), and out[1] = the clip coefficient if asked.
+ * With `lossScale` (and a `maxNorm`), the loss-scaled finish: `out` as LOSS_SCALED_NORM, and the
+ * state updated (see gradNormClip).
+ */
 export function recordFinishNorm(
   rec: Recorder,
   label: string,
@@ -260,11 +356,25 @@ export function recordFinishNorm(
   slots: number,
   out: Tensor,
   maxNorm: number | null,
+  lossScale?: LossScaling,
 ): void {
   const gpu = rec.gpu;
   const p = bindElements(gpu, partials.buffer, partials.offset, partials.numel);
   const o = bindElements(gpu, out.buffer, out.offset, out.numel);
   const u = new Uint32Array(8);
+  if (lossScale) {
+    const st = lossScale.state;
+    const s = bindElements(gpu, st.buffer, st.offset, st.numel);
+    u.set([slots, p.base, o.base, s.base]);
+    new Float32Array(u.buffer).set(
+      [maxNorm ?? 0, lossScale.growthFactor, lossScale.backoffFactor],
+      4,
+    );
+    u[7] = lossScale.growthInterval;
+    const pipeline = getPipeline(gpu, "norm-finish-loss-scaled", LOSS_SCALED_FINISH_WGSL);
+    rec.dispatch(label, pipeline, [p.binding, o.binding, s.binding], 1, u);
+    return;
+  }
   u.set([slots, p.base, o.base, maxNorm === null ? 0 : 1]);
   new Float32Array(u.buffer)[4] = maxNorm ?? 0;
   rec.dispatch(label, getPipeline(gpu, "norm-finish", FINISH_WGSL), [p.binding, o.binding], 1, u);
@@ -303,18 +413,46 @@ export function gradNormPartialsLength(gpu: Gpu, grads: readonly Tensor[]): numb
  * chunk sums, 8 tree levels, then ⌈slots/256⌉ sequential adds and 8 tree levels; with the square's
  * rounding each term goes through at most 37 + ⌈n / 2^22⌉ roundings, so the relative error of Σg²
  * is at most (37 + ⌈n / 2^22⌉) · 2^-24 (≈ 2.3e-6 for n = 1e6) and the norm's about half that.
+ *
+ * With `lossScale` (dynamic loss scaling, kernels/loss_scale.ts) the grads carry the factor S of
+ * the state, and `out` is f32 [4] as LOSS_SCALED_NORM. R = √Σ(S·g)². When Σ(S·g)² is not
+ * finite (a NaN or inf gradient, or finite gradients whose squares overflow f32: a skip too), or
+ * R / S or coef / S is not: out = [R, 0, 1 (skip), S], and the state's scale is multiplied by
+ * backoffFactor, goodSteps reset to 0, skippedTotal incremented, lastSkipped set to 1.
+ * Otherwise out = [R / S, coef / S, 0, S] with coef computed from R / S as without scaling (pass
+ * out to AdamW with `gradScaleIndex: 1, skipIndex: 2`), goodSteps incremented, lastSkipped
+ * cleared, and after growthInterval finite steps in a row the scale is multiplied by
+ * growthFactor (unless that overflows) and goodSteps restarts at 0. The state is read and
+ * written by one invocation after the reduction, so the update is ordered before any later
+ * launch of the same recorder (e.g. the next step's scaleByLossScale).
  */
 export function gradNormClip(
   rec: Recorder,
-  args: { grads: readonly Tensor[]; partials: Tensor; maxNorm: number; out: Tensor },
+  args: {
+    grads: readonly Tensor[];
+    partials: Tensor;
+    maxNorm: number;
+    out: Tensor;
+    lossScale?: LossScaling;
+  },
 ): void {
   const op = "gradNormClip";
-  const { grads, partials, maxNorm, out } = args;
+  const { grads, partials, maxNorm, out, lossScale } = args;
   grads.forEach((g, i) => expectShape(op, `grads[${i}]`, g, g.shape.map(() => -1), "f32"));
   expectShape(op, "partials", partials, [-1], "f32");
-  expectShape(op, "out", out, [2], "f32");
+  expectShape(op, "out", out, [lossScale ? LOSS_SCALED_NORM.length : 2], "f32");
   expectBindable(op, "partials", partials);
   expectBindable(op, "out", out);
+  if (lossScale) {
+    expectLossScaleState(op, lossScale.state);
+    checkLossScaleSettings(op, lossScale);
+    if (lossScale.state.buffer === out.buffer) {
+      throw new GpuError(
+        `${op}: the loss-scale state ("${lossScale.state.label}") and out ("${out.label}") ` +
+          `share a buffer`,
+      );
+    }
+  }
   if (!(maxNorm >= 0) || !Number.isFinite(maxNorm)) {
     throw new GpuError(
       `${op}: maxNorm must be a finite number ≥ 0 (0: no clipping), got ${maxNorm}`,
@@ -329,5 +467,5 @@ export function gradNormClip(
     );
   }
   const slots = recordSumSquares(rec, op, ranges, partials);
-  recordFinishNorm(rec, op, partials, slots, out, maxNorm);
+  recordFinishNorm(rec, op, partials, slots, out, maxNorm, lossScale);
 }

@@ -19,11 +19,20 @@
 // whatever the number of tensors. AdamW's arithmetic per element is unchanged; the norm's summation tree
 // follows the runs (deterministic, within gradNormClip's documented error bound). Tensors outside
 // arenas still work, one run each.
+//
+// Dynamic loss scaling (f16 training, kernels/loss_scale.ts): given a loss-scale state, the norm
+// kernel unscales the norm, writes coef / S as AdamW's gradient factor and a skip flag, and
+// updates S; AdamW reads the flag and leaves everything untouched on a skipped step. The host's
+// `step` still advances on a skipped step (it cannot know without a read): bias correction and
+// the LR schedule then run one step ahead of torch, which does not advance Adam's step when
+// GradScaler skips. Skips are rare here (parameter gradients are f32; only activations and their
+// gradients are f16), so the difference is one step of bias correction per skip.
 
 import type { Gpu } from "../kernels/device.ts";
 import { adamwStepGroup } from "../kernels/adamw.ts";
 import { createArena, slotRuns, spanOf, type TensorArena } from "../kernels/arena.ts";
-import { gradNormClip, gradNormPartialsLength } from "../kernels/grad_norm.ts";
+import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
+import type { LossScaling } from "../kernels/loss_scale.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 
@@ -81,12 +90,27 @@ export class AdamW {
   private readonly mArena: TensorArena;
   private readonly vArena: TensorArena;
   private readonly partials: Tensor;
-  /** [totalNorm, clipCoef] of the last step's gradients. */
+  /**
+   * [totalNorm, clipCoef] of the last step's gradients; with loss scaling [totalNorm (unscaled,
+   * or the raw non-finite value of a skipped step), coef / S, skipped (0 or 1), S], as
+   * LOSS_SCALED_NORM.
+   */
   readonly normTensor: Tensor;
+  /** The loss-scale state and policy, or null (no loss scaling). */
+  readonly lossScale: LossScaling | null;
   /** Updates done so far (torch's state["step"]). */
   step = 0;
 
-  constructor(gpu: Gpu, tensors: readonly TrainableTensor[], settings: AdamwSettings) {
+  /**
+   * `options.lossScale`: the gradients carry that state's loss scale (it is shared, not owned:
+   * a new optimizer for the next stage takes the same state).
+   */
+  constructor(
+    gpu: Gpu,
+    tensors: readonly TrainableTensor[],
+    settings: AdamwSettings,
+    options: { lossScale?: LossScaling } = {},
+  ) {
     if (tensors.length === 0) throw new Error("AdamW: nothing to train");
     const seen = new Set<string>();
     for (const t of tensors) {
@@ -151,21 +175,30 @@ export class AdamW {
       "f32",
       "grad norm partials",
     );
-    this.normTensor = createTensor(gpu, [2], "f32", "grad norm and clip coefficient");
+    this.lossScale = options.lossScale ?? null;
+    this.normTensor = createTensor(
+      gpu,
+      [this.lossScale ? LOSS_SCALED_NORM.length : 2],
+      "f32",
+      this.lossScale ? "grad norm, factor, skipped, loss scale" : "grad norm and clip coefficient",
+    );
   }
 
   /**
    * Records one update at learning rate `lr`: the global gradient norm and clip coefficient,
-   * then AdamW on every tensor with the clipped gradients.
+   * then AdamW on every tensor with the clipped gradients (unscaled, and skipped on the GPU when
+   * not finite, with loss scaling).
    */
   record(rec: Recorder, lr: number): void {
     const s = this.settings;
+    const lossScale = this.lossScale ?? undefined;
     this.step++;
     gradNormClip(rec, {
       grads: this.normSpans,
       partials: this.partials,
       maxNorm: s.maxGradNorm,
       out: this.normTensor,
+      lossScale,
     });
     adamwStepGroup(rec, {
       params: this.runs.map((r) => r.param),
@@ -180,6 +213,7 @@ export class AdamW {
       step: this.step,
       gradScale: this.normTensor,
       gradScaleIndex: 1,
+      skipIndex: lossScale ? LOSS_SCALED_NORM.skipped : undefined,
     });
   }
 

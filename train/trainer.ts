@@ -9,6 +9,13 @@
 // and nothing is read back: the stats buffer is downloaded only when the loop logs (every few
 // dozen steps, before an evaluation or a checkpoint).
 //
+// Precision "f16" runs the encoder's matrix products on f16 copies and activations
+// (EncoderOptions.precision) and adds dynamic loss scaling (kernels/loss_scale.ts), since the
+// activations' gradients are f16 too: the loss gradient is multiplied by the scale S right after
+// the loss backward, the norm kernel unscales, detects non-finite gradients and updates S, and
+// AdamW skips a step whose gradients were not finite, all on the GPU. The state lives as long as the Trainer (stages share it, checkpoints save it);
+// each step's S and skip flag join its stats.
+//
 // Several encoder inputs per example (COPA: one per choice, one logit each): the k inputs of an
 // example are consecutive rows, the head's [B·k, 1] logits are read as [B, k], and
 // cross-entropy over the k choices applies.
@@ -21,6 +28,18 @@
 
 import type { Gpu } from "../kernels/device.ts";
 import { bceWithLogitsBackward, bceWithLogitsForward } from "../kernels/bce_with_logits.ts";
+import { LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
+import {
+  checkLossScaleSettings,
+  createLossScaleState,
+  LOSS_SCALE_DEFAULTS,
+  LOSS_SCALE_STATE,
+  type LossScaleSettings,
+  type LossScaleValues,
+  lossScaleValues,
+  type LossScaling,
+  scaleByLossScale,
+} from "../kernels/loss_scale.ts";
 import { mseBackward, mseForward } from "../kernels/mse.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import {
@@ -30,7 +49,12 @@ import {
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 import { loadBackbone } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { createEncoder, type Encoder, encoderParameters } from "../model/encoder.ts";
+import {
+  createEncoder,
+  type Encoder,
+  encoderParameters,
+  type Precision,
+} from "../model/encoder.ts";
 import { createHead, type Head, HEAD_WIDTH, headGradients, headParameters } from "../model/head.ts";
 import type { SafetensorsReader } from "../model/safetensors.ts";
 import type { PeftMethod } from "../peft/method.ts";
@@ -67,12 +91,29 @@ export interface TrainerOptions {
   dropoutSeed: number;
   peft?: PeftMethod | null;
   adamw: AdamwSettings;
+  /**
+   * "f16": the encoder's f16 weight copies and activations (EncoderOptions.precision) and
+   * dynamic loss scaling of the gradients; default "f32".
+   */
+  precision?: Precision;
+  /**
+   * Dynamic loss scaling; default: on with precision "f16" only. (On in f32, it must change
+   * nothing: a power-of-two scale and its inverse are exact. tests/loss_scale_test.ts checks it.)
+   */
+  lossScaling?: boolean;
+  /** The loss scaler's policy; default LOSS_SCALE_DEFAULTS (torch's). */
+  lossScale?: Partial<LossScaleSettings>;
 }
 
 /** One step's logged values. */
 export interface StepStats {
   loss: number;
+  /** The unscaled global gradient norm (a skipped step's raw, non-finite value). */
   gradNorm: number;
+  /** With loss scaling (precision "f16"): the scale this step's gradients were multiplied by. */
+  lossScale?: number;
+  /** With loss scaling: whether the step was skipped (non-finite gradients). */
+  skipped?: boolean;
 }
 
 /** Steps whose stats wait on the GPU before a download. */
@@ -98,12 +139,22 @@ export class Trainer {
   private readonly targetsU32: Tensor;
   private readonly dLogits: Tensor;
   private readonly stats: Tensor;
+  /** Floats per step in `stats`: [loss, norm], or [loss, ...the optimizer's LOSS_SCALED_NORM]. */
+  private readonly statsWidth: number;
+  private readonly lossScaling: LossScaling | null;
+  readonly precision: Precision;
   private statsOnGpu = 0;
   private statsOnHost: StepStats[] = [];
 
   constructor(gpu: Gpu, opts: TrainerOptions) {
     const k = opts.inputsPerExample ?? 1;
     if (!Number.isSafeInteger(k) || k < 1) throw new Error(`Trainer: inputsPerExample ${k}`);
+    const precision = opts.precision ?? "f32";
+    if (precision !== "f32" && precision !== "f16") {
+      throw new Error(`Trainer: precision "${precision}" is not "f32" or "f16"`);
+    }
+    const policy = { ...LOSS_SCALE_DEFAULTS, ...opts.lossScale };
+    checkLossScaleSettings("Trainer", policy);
     if (k > 1 && (opts.headClasses !== 1 || opts.loss !== "ce")) {
       throw new Error(
         `Trainer: ${k} inputs per example need a 1-output head and cross-entropy over the ` +
@@ -131,6 +182,7 @@ export class Trainer {
       maxPrefix: Math.max(opts.maxPrefix ?? 0, this.peft?.prefixLength ?? 0),
       dropout: opts.dropout,
       trainable: () => false,
+      precision,
     });
     this.head = createHead(gpu, {
       hiddenSize: opts.config.hiddenSize,
@@ -147,7 +199,17 @@ export class Trainer {
     this.targetsF32 = t("targets f32", [opts.maxExamples]);
     this.targetsU32 = t("targets u32", [opts.maxExamples], "u32");
     this.dLogits = t("dLogits", [maxRows * opts.headClasses]);
-    this.stats = t("step stats", [STATS_CAPACITY, 2]);
+    this.precision = precision;
+    this.lossScaling = (opts.lossScaling ?? precision === "f16")
+      ? {
+        state: createLossScaleState(gpu, policy.initScale),
+        growthFactor: policy.growthFactor,
+        backoffFactor: policy.backoffFactor,
+        growthInterval: policy.growthInterval,
+      }
+      : null;
+    this.statsWidth = this.lossScaling ? 1 + LOSS_SCALED_NORM.length : 2;
+    this.stats = t("step stats", [STATS_CAPACITY, this.statsWidth]);
   }
 
   /** Backbone parameters under their full names (`bert.embeddings...`). */
@@ -214,7 +276,9 @@ export class Trainer {
       tensors.push({ name, param, grad: headGrads.get(name)!, decay: !isNoDecayName(name) });
     }
     this.optimizer?.destroy();
-    this.optimizer = new AdamW(this.gpu, tensors, adamw);
+    this.optimizer = new AdamW(this.gpu, tensors, adamw, {
+      lossScale: this.lossScaling ?? undefined,
+    });
   }
 
   /** Removes the PEFT method: its hooks from the encoder, then its tensors. */
@@ -285,17 +349,21 @@ export class Trainer {
       mseForward(rec, { logits, targets, loss });
       mseBackward(rec, { logits, targets, dLogits });
     }
+    if (this.lossScaling) scaleByLossScale(rec, { x: dLogits, state: this.lossScaling.state });
     const dHidden = this.head.backward(rec, dLogits.view(0, [...rowLogits.shape]));
     if (this.encoderTrains()) this.encoder.backward(rec, dHidden);
     optimizer.record(rec, lr);
-    const slot = this.statsOnGpu++;
-    rec.copy("step loss", loss, this.stats.view(slot * 8, [1]));
-    rec.copy(
-      "step grad norm",
-      optimizer.normTensor.view(0, [1]),
-      this.stats.view(slot * 8 + 4, [1]),
-    );
+    this.recordStats(rec, loss, optimizer);
     await rec.submit();
+  }
+
+  /** Copies the step's loss and norm (and loss scale, skip flag) into the next stats row. */
+  private recordStats(rec: Recorder, loss: Tensor, optimizer: AdamW): void {
+    const row = this.statsOnGpu++ * this.statsWidth * 4;
+    rec.copy("step loss", loss, this.stats.view(row, [1]));
+    const norm = optimizer.normTensor;
+    const copied = this.lossScaling ? norm : norm.view(0, [1]);
+    rec.copy("step grad norm", copied, this.stats.view(row + 4, [copied.numel]));
   }
 
   private checkBatch(batch: TrainBatch): void {
@@ -335,11 +403,54 @@ export class Trainer {
 
   private async flushStats(): Promise<void> {
     if (this.statsOnGpu === 0) return;
-    const values = await this.stats.view(0, [this.statsOnGpu, 2]).download();
+    const w = this.statsWidth;
+    const values = await this.stats.view(0, [this.statsOnGpu, w]).download();
     for (let i = 0; i < this.statsOnGpu; i++) {
-      this.statsOnHost.push({ loss: values[2 * i], gradNorm: values[2 * i + 1] });
+      const row = values.subarray(w * i, w * (i + 1));
+      const stats: StepStats = { loss: row[0], gradNorm: row[1 + LOSS_SCALED_NORM.norm] };
+      if (this.lossScaling) {
+        stats.lossScale = row[1 + LOSS_SCALED_NORM.lossScale];
+        stats.skipped = row[1 + LOSS_SCALED_NORM.skipped] !== 0;
+      }
+      this.statsOnHost.push(stats);
     }
     this.statsOnGpu = 0;
+  }
+
+  /** The loss-scale state tensor (f32 [4], LOSS_SCALE_STATE), or null without loss scaling. */
+  get lossScaleState(): Tensor | null {
+    return this.lossScaling?.state ?? null;
+  }
+
+  /** The current loss scale and counts (one download), or null without loss scaling. */
+  async readLossScale(): Promise<LossScaleValues | null> {
+    const state = this.lossScaling?.state;
+    if (!state) return null;
+    return lossScaleValues(await state.download());
+  }
+
+  /**
+   * Puts back a saved state (LOSS_SCALE_STATE's four values, e.g. from a checkpoint; queued
+   * before the next submit), so that a resumed f16 run continues bit for bit. `null` (a
+   * checkpoint of a run without loss scaling) is accepted only without it, and values only with.
+   */
+  restoreLossScale(values: Float32Array | null): void {
+    const state = this.lossScaling?.state;
+    if (!state && values === null) return;
+    if (!state) {
+      throw new Error(
+        "Trainer.restoreLossScale: a loss-scale state given, but this run has no loss scaling",
+      );
+    }
+    if (values === null) {
+      throw new Error(
+        "Trainer.restoreLossScale: this run scales its loss and needs a loss-scale state, got none",
+      );
+    }
+    if (values.length !== LOSS_SCALE_STATE.length) {
+      throw new Error(`Trainer.restoreLossScale: ${values.length} values, expected 4`);
+    }
+    state.upload(values);
   }
 
   /** The loss and gradient norm of every step since the last call, in order. */
@@ -396,6 +507,7 @@ export class Trainer {
     }
     this.encoder.destroy();
     this.head.destroy();
+    this.lossScaling?.state.destroy();
     for (const t of [this.lossTensor, this.targetsF32, this.targetsU32, this.dLogits, this.stats]) {
       t.destroy();
     }

@@ -6,7 +6,9 @@
 // tensors, and the backbone tensors trained since the last restore), AdamW's m and v of the
 // current stage, and in the metadata the position (stage, step), the optimizer's step count, the
 // best metrics so far and how many lines log.jsonl had. Data order and dropout masks are
-// functions of (seed, step), so they need no state.
+// functions of (seed, step), so they need no state. An f16 run adds its loss-scale state
+// (kernels/loss_scale.ts: scale, good steps, skips), so that the scale evolves after a resume
+// exactly as it would have without the kill.
 
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
@@ -38,11 +40,14 @@ export interface CheckpointTensors {
   params: ReadonlyMap<string, Tensor>;
   /** AdamW moments by the same names. */
   moments: ReadonlyMap<string, { m: Tensor; v: Tensor }>;
+  /** The loss-scale state (f32 [4]) of an f16 run; absent or null otherwise. */
+  lossScale?: Tensor | null;
 }
 
 const PARAM = "param/";
 const M = "adam_m/";
 const V = "adam_v/";
+const LOSS_SCALE = "loss_scale";
 
 /** Bytes gathered into one staging tensor per download (a download costs a round trip). */
 const GATHER_BYTES = 64 << 20;
@@ -108,6 +113,10 @@ export async function writeTrainingCheckpoint(
     names.push(M + name, V + name);
     list.push(m, v);
   }
+  if (tensors.lossScale) {
+    names.push(LOSS_SCALE);
+    list.push(tensors.lossScale);
+  }
   const data = await downloadTensors(list);
   const out: Record<string, TensorInput> = {};
   names.forEach((name, k) => {
@@ -123,6 +132,8 @@ export interface LoadedCheckpoint {
   state: TrainingState;
   params: Map<string, Float32Array>;
   moments: Map<string, { m: Float32Array; v: Float32Array }>;
+  /** The loss-scale state of an f16 run (4 values), or null. */
+  lossScale: Float32Array | null;
 }
 
 /** Reads a checkpoint, or null when there is none at `path`. */
@@ -145,9 +156,11 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
     const params = new Map<string, Float32Array>();
     const ms = new Map<string, Float32Array>();
     const vs = new Map<string, Float32Array>();
+    let lossScale: Float32Array | null = null;
     for (const name of reader.tensors.keys()) {
       const data = await reader.readF32(name);
-      if (name.startsWith(PARAM)) params.set(name.slice(PARAM.length), data);
+      if (name === LOSS_SCALE) lossScale = data;
+      else if (name.startsWith(PARAM)) params.set(name.slice(PARAM.length), data);
       else if (name.startsWith(M)) ms.set(name.slice(M.length), data);
       else if (name.startsWith(V)) vs.set(name.slice(V.length), data);
       else throw new Error(`${path}: unexpected tensor "${name}"`);
@@ -158,7 +171,7 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
       if (!v) throw new Error(`${path}: "${name}" has m but no v`);
       moments.set(name, { m, v });
     }
-    return { state, params, moments };
+    return { state, params, moments, lossScale };
   } finally {
     reader.close();
   }

@@ -1,0 +1,513 @@
+// Dynamic loss scaling (kernels/loss_scale.ts, the loss-scaled finish of kernels/grad_norm.ts,
+// AdamW's skip flag, and the Trainer's precision "f16").
+//
+// References and bounds. The scale is a power of two, so multiplying by it and dividing by it are
+// exact in f32 (no overflow, no subnormals in these values): the scaled kernels must agree BIT
+// FOR BIT with the unscaled ones (norm, clip coefficient / S, AdamW's update, and a whole training
+// step of the tiny model, whose backward is linear in the loss gradient, so each of its f32 ops
+// commutes exactly with a power-of-two factor). The norm itself is also checked against float64
+// within grad_norm_test's bound.
+
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomValues } from "./random.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { GpuError } from "../kernels/device.ts";
+import { adamwStep } from "../kernels/adamw.ts";
+import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
+import {
+  createLossScaleState,
+  LOSS_SCALE_DEFAULTS,
+  lossScaleValues,
+  type LossScaling,
+  scaleByLossScale,
+} from "../kernels/loss_scale.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+import { loadBackbone, loadHead } from "../model/checkpoint.ts";
+import { readConfig } from "../model/config.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import type { TrainBatch } from "../train/batches.ts";
+import { ADAMW_DEFAULTS, type AdamwSettings } from "../train/optimizer.ts";
+import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
+import {
+  readTrainingCheckpoint,
+  type TrainingState,
+  writeTrainingCheckpoint,
+} from "../train/training_checkpoint.ts";
+
+const S16 = 2 ** 16;
+
+/** grad_norm_test's bound on the norm's relative error for n elements. */
+function normBound(n: number): number {
+  return (37 + Math.ceil(n / 2 ** 22)) * 2 ** -24 / 2 + 2 ** -24;
+}
+
+function bits(x: ArrayLike<number>): number[] {
+  return Array.from(new Uint32Array(Float32Array.from(x).buffer));
+}
+
+gpuTest("scaleByLossScale: x *= S read from the state, views at any offset", async (gpu) => {
+  const host = Float32Array.from(randomValues(3 * 7 + 5, 1));
+  const buffer = tensorFromArray(gpu, host, [host.length], "dLogits arena");
+  const x = buffer.view(5 * 4, [3, 7], "dLogits");
+  const stateArena = createTensor(gpu, [9], "f32", "state arena");
+  const state = stateArena.view(3 * 4, [4], "state");
+  for (const scale of [S16, 3.7]) {
+    buffer.upload(host);
+    state.upload(Float32Array.from([scale, 5, 6, 7]));
+    const rec = new Recorder(gpu);
+    scaleByLossScale(rec, { x, state });
+    assertEquals(rec.length, 1);
+    await rec.submit();
+    const got = (await buffer.download()) as Float32Array;
+    const s = Math.fround(scale);
+    const want = Float32Array.from(host, (v, i) => (i < 5 ? v : Math.fround(v * s)));
+    assertEquals(bits(got), bits(want), `scale ${scale}`);
+    assertEquals(Array.from(await state.download()), [s, 5, 6, 7], "the state is only read");
+  }
+  const rec = new Recorder(gpu);
+  assertThrows(
+    () => scaleByLossScale(rec, { x, state: stateArena }),
+    GpuError,
+    'scaleByLossScale: loss-scale state ("state arena") has shape [9], expected [4]',
+  );
+  assertThrows(() => createLossScaleState(gpu, 0), GpuError, "initScale");
+  const fresh = createLossScaleState(gpu);
+  assertEquals(Array.from(await fresh.download()), [S16, 0, 0, 0]);
+  assertEquals(LOSS_SCALE_DEFAULTS, {
+    initScale: 65536,
+    growthFactor: 2,
+    backoffFactor: 0.5,
+    growthInterval: 2000,
+  });
+  for (const t of [buffer, stateArena, fresh]) t.destroy();
+});
+
+/** Runs gradNormClip with or without loss scaling; returns `out`. */
+async function normOf(
+  gpu: Gpu,
+  grads: Tensor[],
+  maxNorm: number,
+  lossScale?: LossScaling,
+): Promise<Float32Array> {
+  const partials = createTensor(gpu, [gradNormPartialsLength(gpu, grads)], "f32", "partials");
+  const out = createTensor(gpu, [lossScale ? 4 : 2], "f32", "out");
+  const rec = new Recorder(gpu);
+  gradNormClip(rec, { grads, partials, maxNorm, out, lossScale });
+  await rec.submit();
+  const values = (await out.download()) as Float32Array;
+  partials.destroy();
+  out.destroy();
+  return values;
+}
+
+const SHAPES = [[7], [13, 10], [3, 1, 5471]];
+
+function hostGrads(seed: number): Float32Array[] {
+  return SHAPES.map((s, i) =>
+    Float32Array.from(randomValues(s.reduce((a, b) => a * b, 1), seed + i), (x) => 0.01 * x)
+  );
+}
+
+function upload(gpu: Gpu, host: Float32Array[], factor: number): Tensor[] {
+  return host.map((h, i) =>
+    tensorFromArray(gpu, Float32Array.from(h, (x) => x * factor), SHAPES[i], `g${i}`)
+  );
+}
+
+gpuTest(
+  "gradNormClip with a loss scale: unscaled norm, coef / S, counts, growth every interval",
+  async (gpu) => {
+    const host = hostGrads(10);
+    const n = host.reduce((a, h) => a + h.length, 0);
+    const plain = upload(gpu, host, 1);
+    const scaled = upload(gpu, host, S16);
+    let ref = 0;
+    for (const h of host) for (const x of h) ref += x * x;
+    ref = Math.sqrt(ref);
+    const state = createLossScaleState(gpu, S16);
+    const scaling = { state, growthFactor: 2, backoffFactor: 0.5, growthInterval: 3 };
+    for (const maxNorm of [0.1 * ref, 0]) {
+      state.upload(Float32Array.from([S16, 0, 0, 0]));
+      const [norm, coef] = await normOf(gpu, plain, maxNorm);
+      for (let k = 1; k <= 3; k++) {
+        const out = await normOf(gpu, scaled, maxNorm, scaling);
+        assertEquals(bits([out[0]]), bits([norm]), `unscaled norm, maxNorm ${maxNorm}`);
+        assert(Math.abs(out[0] - ref) <= normBound(n) * ref, `norm ${out[0]} vs ${ref}`);
+        assertEquals(bits([out[1]]), bits([coef / S16]), `coef / S, maxNorm ${maxNorm}`);
+        assertEquals(Array.from(out.subarray(2)), [0, S16], "not skipped, the scale used");
+        const after = lossScaleValues(await state.download());
+        // The third good step in a row grows the scale and restarts the count.
+        const want = k < 3
+          ? { scale: S16, goodSteps: k, skippedTotal: 0, lastSkipped: false }
+          : { scale: 2 * S16, goodSteps: 0, skippedTotal: 0, lastSkipped: false };
+        assertEquals(after, want, `step ${k}`);
+      }
+    }
+    // As torch, the scale does not grow past f32's range (2^128 = inf); zero gradients keep
+    // every value finite at this scale.
+    const zeros = [createTensor(gpu, [5], "f32", "zero grads")];
+    state.upload(Float32Array.from([2 ** 127, 0, 0, 0]));
+    const oneStep = { ...scaling, growthInterval: 1 };
+    const out = await normOf(gpu, zeros, 1, oneStep);
+    assertEquals([out[0], out[2], out[3]], [0, 0, 2 ** 127]);
+    assertEquals(Array.from(await state.download()), [2 ** 127, 0, 0, 0]);
+    for (const t of [...plain, ...scaled, ...zeros, state]) t.destroy();
+  },
+);
+
+gpuTest(
+  "gradNormClip with a loss scale: inf, NaN and overflowing squares skip and back off",
+  async (gpu) => {
+    const host = hostGrads(20);
+    const state = createLossScaleState(gpu, S16);
+    const scaling = { state, growthFactor: 2, backoffFactor: 0.5, growthInterval: 3 };
+    const cases: [string, number, (o: number) => boolean][] = [
+      ["inf", Infinity, (o) => o === Infinity],
+      ["NaN", NaN, (o) => Number.isNaN(o)],
+      // Finite, but its square (1e40) overflows f32: the sum of squares is inf.
+      ["1e20", 1e20, (o) => o === Infinity],
+    ];
+    let scale = S16;
+    state.upload(Float32Array.from([S16, 2, 0, 0])); // two good steps already counted
+    for (const [k, [what, value, rawOk]] of cases.entries()) {
+      const bad = host.map((h) => h.slice());
+      bad[2][1234] = value;
+      const grads = upload(gpu, bad, S16 / 2 ** k);
+      const out = await normOf(gpu, grads, 1, scaling);
+      assert(rawOk(out[0]), `${what}: the raw norm ${out[0]} is logged`);
+      assertEquals(Array.from(out.subarray(1)), [0, 1, scale], `${what}: skipped`);
+      scale /= 2;
+      assertEquals(
+        lossScaleValues(await state.download()),
+        { scale, goodSteps: 0, skippedTotal: k + 1, lastSkipped: true },
+        `${what}: backed off`,
+      );
+      grads.forEach((t) => t.destroy());
+    }
+    const good = upload(gpu, host, scale);
+    const out = await normOf(gpu, good, 1, scaling);
+    assertEquals(out[2], 0);
+    assertEquals(lossScaleValues(await state.download()), {
+      scale,
+      goodSteps: 1,
+      skippedTotal: 3,
+      lastSkipped: false,
+    });
+    good.forEach((t) => t.destroy());
+    state.destroy();
+  },
+);
+
+gpuTest("adamw: a set skip flag leaves p, m and v bitwise unchanged; a clear one does not", async (
+  gpu,
+) => {
+  // 1037 elements: the vec4 kernel and the scalar tail.
+  const n = 1037;
+  const p0 = Float32Array.from(randomValues(n, 31));
+  const m0 = Float32Array.from(randomValues(n, 32), (x) => 0.1 * x);
+  const v0 = Float32Array.from(randomValues(n, 33), (x) => 0.01 * x * x);
+  const g0 = Float32Array.from(randomValues(n, 34), (x) => S16 * x);
+  const h = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 5, weightDecay: 0.1 };
+  const run = async (out: number[], skipIndex?: number) => {
+    const t = [p0, g0, m0, v0].map((x, i) => tensorFromArray(gpu, x, [n], `t${i}`));
+    const gradScale = tensorFromArray(gpu, Float32Array.from(out), [4], "norm out");
+    const rec = new Recorder(gpu);
+    adamwStep(rec, {
+      ...h,
+      param: t[0],
+      grad: t[1],
+      m: t[2],
+      v: t[3],
+      gradScale,
+      gradScaleIndex: 1,
+      skipIndex,
+    });
+    await rec.submit();
+    const got = await Promise.all([t[0], t[2], t[3]].map((x) => x.download()));
+    [...t, gradScale].forEach((x) => x.destroy());
+    return got.map(bits);
+  };
+  const skipped = await run([Infinity, 0, 1, S16], LOSS_SCALED_NORM.skipped);
+  assertEquals(skipped, [p0, m0, v0].map(bits), "skipped: untouched");
+  const factor = 0.25 / S16;
+  const flagged = await run([1, factor, 0, S16], LOSS_SCALED_NORM.skipped);
+  const unflagged = await run([1, factor, 0, S16]);
+  assertEquals(flagged, unflagged, "a clear flag: the same update as without one");
+  assert(flagged[0].some((b, i) => b !== bits(p0)[i]), "the clear-flag step moved p");
+  const rec = new Recorder(gpu);
+  const t = tensorFromArray(gpu, p0, [n], "p");
+  assertThrows(
+    () => adamwStep(rec, { ...h, param: t, grad: t, m: t, v: t, gradScale: t, skipIndex: n }),
+    GpuError,
+    "skipIndex",
+  );
+  assertThrows(
+    () => adamwStep(rec, { ...h, param: t, grad: t, m: t, v: t, skipIndex: 0 }),
+    GpuError,
+    "adamwStep: skipIndex 0 needs a gradScale tensor",
+  );
+  t.destroy();
+});
+
+// ---------------------------------------------------------------------------------------------
+// The Trainer: loss scaling on f32 activations must train exactly as without it (the scale is a
+// power of two); precision "f16" (f16 activations, scaling on) must train close to f32; and a
+// non-finite step must leave everything untouched.
+
+const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+interface Fixture {
+  batches: TrainBatch[];
+  options: Omit<TrainerOptions, "precision">;
+  adamw: AdamwSettings;
+  load: (trainer: Trainer) => Promise<void>;
+  close: () => void;
+}
+
+/** The tiny-bert fixture's pre-tokenized batches of 3 (train_adamw_test's). */
+async function fixture(): Promise<Fixture> {
+  const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
+  const ints = async (name: string) =>
+    Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
+  const [ids, mask, types, positions] = await Promise.all(
+    ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
+  );
+  const labels = (await ref.read("labels")).data as Float64Array;
+  const S = ref.tensors.get("input_ids")!.shape[1];
+  const B = 3;
+  const steps = labels.length / B;
+  ref.close();
+  const batches = Array.from({ length: steps }, (_, k) => {
+    const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
+    return {
+      examples: B,
+      encoder: {
+        inputIds: rows(ids),
+        typeIds: rows(types),
+        positionIds: rows(positions),
+        attentionMask: rows(mask),
+        batch: B,
+        seqLen: S,
+      },
+      targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
+    };
+  });
+  const config = await readConfig(`${DIR}/config.json`);
+  const model = await openSafetensors(`${DIR}/model.safetensors`);
+  // Clipping on (the default 0.1 clips these gradients), so coef / S is exercised.
+  const adamw = { ...ADAMW_DEFAULTS };
+  return {
+    batches,
+    adamw,
+    options: {
+      config,
+      loss: "bce",
+      headClasses: 1,
+      maxExamples: B,
+      maxSeq: S,
+      dropout: 0.1,
+      headSeed: 0,
+      dropoutSeed: 5,
+      adamw,
+    },
+    load: async (trainer) => {
+      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+      await loadHead(model, trainer.headParameters());
+    },
+    close: () => model.close(),
+  };
+}
+
+const ALL = { head: true, backbone: "all", peft: false } as const;
+
+async function snapshot(trainer: Trainer): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (const [name, t] of trainer.trainableParameters()) out.set(name, bits(await t.download()));
+  for (const [name, { m, v }] of trainer.optimizer!.moments()) {
+    out.set(`m ${name}`, bits(await m.download()));
+    out.set(`v ${name}`, bits(await v.download()));
+  }
+  return out;
+}
+
+/** Throws naming the first tensor whose bits differ (a deep-equal diff of these is too slow). */
+function assertSameBits(
+  actual: Map<string, number[]>,
+  expected: Map<string, number[]>,
+  what: string,
+): void {
+  assertEquals([...actual.keys()], [...expected.keys()], `${what}: tensors`);
+  for (const [name, want] of expected) {
+    const got = actual.get(name)!;
+    const differ = want.filter((w, i) => got[i] !== w).length;
+    if (differ > 0) {
+      throw new Error(`${what}: ${name}: ${differ} of ${want.length} elements differ`);
+    }
+  }
+}
+
+/** Trains `steps` steps at lr 1e-3; returns the stats and every parameter and moment's bits. */
+async function train(
+  gpu: Gpu,
+  f: Fixture,
+  extra: Partial<TrainerOptions>,
+): Promise<
+  { stats: StepStats[]; before: Map<string, number[]>; after: Map<string, number[]> }
+> {
+  const trainer = new Trainer(gpu, { ...f.options, ...extra });
+  try {
+    await f.load(trainer);
+    trainer.beginStage(ALL, f.adamw);
+    const before = await snapshot(trainer);
+    for (const [k, batch] of f.batches.entries()) await trainer.step(batch, 1e-3, k);
+    return { stats: await trainer.takeStats(), before, after: await snapshot(trainer) };
+  } finally {
+    trainer.destroy();
+  }
+}
+
+gpuTest("Trainer loss scaling in f32: the same parameters as without, bit for bit", async (gpu) => {
+  const f = await fixture();
+  try {
+    const base = await train(gpu, f, {});
+    // Growth every 2 steps: the third step runs at 2^17.
+    const scaled = await train(gpu, f, { lossScaling: true, lossScale: { growthInterval: 2 } });
+    assertEquals(base.stats.map((s) => s.lossScale), base.stats.map(() => undefined));
+    assertEquals(scaled.stats.map((s) => s.lossScale), [S16, S16, 2 * S16]);
+    assertEquals(scaled.stats.map((s) => s.skipped), [false, false, false]);
+    assertEquals(
+      bits(scaled.stats.map((s) => s.loss)),
+      bits(base.stats.map((s) => s.loss)),
+      "losses",
+    );
+    assertEquals(
+      bits(scaled.stats.map((s) => s.gradNorm)),
+      bits(base.stats.map((s) => s.gradNorm)),
+      "unscaled norms",
+    );
+    assert(base.stats.every((s) => s.gradNorm > f.adamw.maxGradNorm), "clipping is active");
+    assertSameBits(scaled.after, base.after, "f16 vs f32 parameters and moments");
+  } finally {
+    f.close();
+  }
+});
+
+gpuTest("Trainer precision f16: three steps close to f32, none skipped", async (gpu) => {
+  const f = await fixture();
+  try {
+    const base = await train(gpu, f, {});
+    const half = await train(gpu, f, { precision: "f16" });
+    assertEquals(half.stats.map((s) => s.skipped), [false, false, false]);
+    assertEquals(half.stats.map((s) => s.lossScale), [S16, S16, S16]);
+    // Measured on lavapipe: losses within 1.6e-4 relative of f32's, gradient norms 2.8e-4, and
+    // the three steps' parameter updates 2.1% apart (norm of the difference over the f32
+    // update's norm; Adam's normalised update amplifies the noise of near-zero gradients, so
+    // single elements differ by up to 3.5e-3 after three steps of about 1e-3 each).
+    for (const [i, s] of half.stats.entries()) {
+      const b = base.stats[i];
+      const lossErr = Math.abs(s.loss - b.loss) / Math.abs(b.loss);
+      const normErr = Math.abs(s.gradNorm - b.gradNorm) / b.gradNorm;
+      assert(lossErr <= 2e-3, `step ${i}: loss ${s.loss} vs f32 ${b.loss}`);
+      assert(normErr <= 5e-3, `step ${i}: gradient norm ${s.gradNorm} vs f32 ${b.gradNorm}`);
+    }
+    // Parameters: the f16 run's update against the f32 run's, as one vector over all tensors.
+    let diff = 0, update = 0;
+    for (const [name, want] of base.after) {
+      if (name.startsWith("m ") || name.startsWith("v ")) continue;
+      const a = new Float32Array(Uint32Array.from(half.after.get(name)!).buffer);
+      const e = new Float32Array(Uint32Array.from(want).buffer);
+      const b = new Float32Array(Uint32Array.from(base.before.get(name)!).buffer);
+      for (let i = 0; i < e.length; i++) {
+        diff += (a[i] - e[i]) ** 2;
+        update += (e[i] - b[i]) ** 2;
+      }
+    }
+    const rel = Math.sqrt(diff / update);
+    assert(rel <= 0.1, `parameter updates: ${rel} of the f32 update's norm apart`);
+    assert(rel > 0, "f16 trained bitwise as f32: the f16 path did not run");
+  } finally {
+    f.close();
+  }
+});
+
+gpuTest(
+  "Trainer precision f16: a non-finite step is skipped, the state survives stages and checkpoints",
+  async (gpu) => {
+    const f = await fixture();
+    const trainer = new Trainer(gpu, { ...f.options, precision: "f16" });
+    const dir = await Deno.makeTempDir();
+    try {
+      await f.load(trainer);
+      trainer.beginStage(ALL, f.adamw);
+      const state = trainer.lossScaleState!;
+      await trainer.step(f.batches[0], 1e-3, 0);
+      const before = await snapshot(trainer);
+      // A huge finite scale: the scaled gradients' squares overflow. Then an infinite one.
+      for (const [k, scale] of [3e38, Infinity].entries()) {
+        state.upload(Float32Array.from([scale, 7, k, 0]));
+        await trainer.step(f.batches[1], 1e-3, 1 + k);
+        const [stats] = await trainer.takeStats().then((s) => s.slice(-1));
+        assertEquals(stats.skipped, true, `scale ${scale}`);
+        assertEquals(stats.lossScale, Math.fround(scale));
+        assert(!Number.isFinite(stats.gradNorm), `logged norm ${stats.gradNorm}`);
+        assertSameBits(await snapshot(trainer), before, `scale ${scale}: nothing may move`);
+        assertEquals(await trainer.readLossScale(), {
+          scale: Math.fround(scale) / 2,
+          goodSteps: 0,
+          skippedTotal: k + 1,
+          lastSkipped: true,
+        });
+      }
+      assertEquals(trainer.optimizer!.step, 3, "skipped steps still count on the host");
+
+      // Back to a sane scale: the next step trains again.
+      trainer.restoreLossScale(Float32Array.from([S16, 0, 2, 1]));
+      await trainer.step(f.batches[2], 1e-3, 3);
+      const [good] = (await trainer.takeStats()).slice(-1);
+      assertEquals([good.skipped, good.lossScale], [false, S16]);
+      assert(Number.isFinite(good.gradNorm));
+      const moved = await snapshot(trainer);
+      assert([...moved].some(([name, b]) => b.join() !== before.get(name)!.join()), "moved");
+      const now = { scale: S16, goodSteps: 1, skippedTotal: 2, lastSkipped: false };
+      assertEquals(await trainer.readLossScale(), now);
+
+      // A new stage's optimizer shares the state.
+      trainer.beginStage({ head: true, backbone: "none", peft: false }, f.adamw);
+      assert(trainer.optimizer!.lossScale!.state === state);
+      assertEquals(await trainer.readLossScale(), now);
+
+      // Checkpoints carry the state; an f32 checkpoint carries none.
+      const info: TrainingState = {
+        stage: 0,
+        stageStep: 1,
+        step: 1,
+        adamStep: 1,
+        best: {},
+        last: null,
+        logLines: 0,
+      };
+      const path = `${dir}/checkpoint.safetensors`;
+      const params = trainer.headParameters();
+      await writeTrainingCheckpoint(path, info, {
+        params,
+        moments: trainer.optimizer!.moments(),
+        lossScale: trainer.lossScaleState,
+      });
+      const loaded = (await readTrainingCheckpoint(path))!;
+      assertEquals(Array.from(loaded.lossScale!), [S16, 1, 2, 0]);
+      state.upload(Float32Array.from([1, 1, 1, 1]));
+      trainer.restoreLossScale(loaded.lossScale);
+      assertEquals(await trainer.readLossScale(), now);
+      assertThrows(() => trainer.restoreLossScale(null), Error, "needs a loss-scale state");
+      await writeTrainingCheckpoint(path, info, { params, moments: new Map() });
+      assertEquals((await readTrainingCheckpoint(path))!.lossScale, null);
+    } finally {
+      trainer.destroy();
+      f.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
