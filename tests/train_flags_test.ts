@@ -31,6 +31,7 @@ Deno.test("train flags: defaults by strategy and PEFT method", () => {
   assertEquals([ehft.loraR, ehft.loraAlpha, ehft.prefixLength], [8, 16, 16]);
   assertEquals([ehft.dropout, ehft.maxLength, ehft.evalEvery, ehft.head], [null, null, null, null]);
   assertEquals(ehft.out, "runs/rte/ehft-bitfit");
+  assertEquals([ehft.precision, parse(["--precision", "f16"]).precision], ["f32", "f16"]);
   assertEquals(parse(["--peft", "prefix"]).stage1Lr, 5e-3);
   assertEquals(parse(["--peft", "lora"]).stage1Lr, 5e-4);
   const lp = parse(["--strategy", "lp"]);
@@ -104,6 +105,7 @@ Deno.test("train flags: errors are one line and name the flag", () => {
   fails(["--max-steps=-3"], "--max-steps: expected an integer");
   fails(["--stage1-ratio", "1"], "--stage1-ratio: expected a number > 0 and < 1");
   fails(["--dropout", "1"], "--dropout: expected a number ≥ 0 and < 1");
+  fails(["--precision", "bf16"], '--precision: "bf16" is not one of f32, f16');
   fails(["--warmup-ratio", "nan"], "--warmup-ratio: expected a number");
   fails(["--max-grad-norm=-0.1"], "--max-grad-norm: expected a number ≥ 0");
   fails(["--eval-every=-1"], "--eval-every: expected an integer ≥ 0");

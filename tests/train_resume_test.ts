@@ -167,3 +167,57 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "train --precision f16: loss scale in the log, a killed run resumes bit for bit",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-f16-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "bitfit"],
+        ...["--batch-size", "8", "--max-steps", "12", "--stage1-ratio", "0.25"],
+        ...["--eval-every", "0", "--checkpoint-every", "2", "--precision", "f16"],
+      ];
+      const run = async (out: string, ...more: string[]) => {
+        const { config } = parseTrainArgs([...common, "--out", out, ...more]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+      const whole = `${dir}/whole`;
+      const expected = await run(whole);
+      const log = (await Deno.readTextFile(`${whole}/log.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
+      assertEquals(log.length, 12);
+      assert(log.every((l) => l.loss_scale === 2 ** 16 && l.skipped === false), "loss scale");
+
+      // Killed in Stage 2 after a checkpoint, resumed: the same files, bit for bit (the loss
+      // scale's state is in the checkpoint).
+      const killed = `${dir}/killed`;
+      const args = [...common, "--out", killed];
+      assert(
+        await runAndKill(args, async () => (await checkpointStage(killed)) === 1),
+        "the run ended before it could be killed",
+      );
+      assertEquals(await run(killed, "--resume"), expected);
+      const a = await readTree(whole);
+      const b = await readTree(killed);
+      assertEquals([...b.keys()].sort(), [...a.keys()].sort());
+      for (const [name, bytes] of a) {
+        if (name === "run.json") continue;
+        assert(sameBytes(b.get(name)!, bytes), `${name} differs after resuming`);
+      }
+      await assertRejects(
+        () => run(killed, "--resume", "--precision", "f32"),
+        Error,
+        'precision: "f16" in run.json, "f32" now',
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

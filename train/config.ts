@@ -8,6 +8,7 @@
 // simply drops a default `--peft`. Only contradictions the user typed are errors (`--peft lora
 // --strategy ft`, `--epochs` with `--max-steps`).
 
+import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
 import { FlagError, intFlag, parseFlags, TUNE_FLAGS, type TuneFlags, tuneFlags } from "./flags.ts";
@@ -52,6 +53,12 @@ export interface TrainConfig {
   maxLength: number | null;
   /** Dropout override, or null for the model config's. */
   dropout: number | null;
+  /**
+   * "f32", or "f16": f16 weight copies and activations around the matrix products, f32 master
+   * weights and optimizer state, dynamic loss scaling (model/encoder.ts EncoderOptions.precision,
+   * kernels/loss_scale.ts). Needs an adapter with shader-f16.
+   */
+  precision: Precision;
   shuffle: boolean;
   schedule: ScheduleName;
   warmupRatio: number;
@@ -113,6 +120,7 @@ export const TRAIN_FLAGS = {
   "batch-size": { type: "string" },
   "max-length": { type: "string" },
   dropout: { type: "string" },
+  precision: { type: "string" },
   "no-shuffle": { type: "boolean" },
   schedule: { type: "string" },
   "warmup-ratio": { type: "string" },
@@ -159,6 +167,8 @@ export function numberFlag(
   }
   return n;
 }
+
+const PRECISIONS: readonly Precision[] = ["f32", "f16"];
 
 function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
   if ((allowed as readonly string[]).includes(value)) return value as T;
@@ -292,6 +302,9 @@ export function parseTrainArgs(
     dropout: f.dropout === undefined
       ? r.dropout ?? null
       : numberFlag("dropout", f.dropout, 0, { min: 0, max: 1, maxOpen: true }),
+    precision: f.precision === undefined
+      ? r.precision ?? "f32"
+      : choice("precision", f.precision, PRECISIONS),
     shuffle: f["no-shuffle"] ? false : r.shuffle ?? true,
     schedule: f.schedule === undefined
       ? r.schedule ?? TRAIN_DEFAULTS.schedule

@@ -14,6 +14,7 @@
 // standard deviation of each metric over the seeds.
 
 import { getGpu, type Gpu } from "../kernels/device.ts";
+import { FlagError } from "./flags.ts";
 import {
   autotuneForProgram,
   linearTuneShapes,
@@ -146,7 +147,8 @@ function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>)
 async function checkSameSettings(dir: string, settings: Record<string, unknown>): Promise<void> {
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
-  const previous = JSON.parse(await Deno.readTextFile(path)).settings ?? {};
+  // Runs started before --precision existed trained in f32.
+  const previous = { precision: "f32", ...JSON.parse(await Deno.readTextFile(path)).settings };
   const diff = firstDifference(previous, settings);
   if (diff) {
     throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
@@ -165,6 +167,16 @@ export async function runTraining(
     throw new Error(
       `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,
     );
+  }
+  if (config.precision === "f16") {
+    // Before anything is written: the run could not start.
+    const gpu = options.gpu ?? await getGpu();
+    if (!gpu.hasF16) {
+      throw new FlagError(
+        `--precision f16: this adapter (${gpu.description}) has no shader-f16; use ` +
+          `--precision f32`,
+      );
+    }
   }
   const out = config.out;
   const entries = await runEntries(out);
@@ -522,6 +534,7 @@ async function runSeed(
       dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
       peft,
       adamw: adamwSettings(config),
+      precision: config.precision,
     });
   } catch (e) {
     peft?.destroy();
@@ -673,6 +686,7 @@ async function trainStages(
       uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.m])), ms);
       uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.v])), vs);
       trainer.optimizer!.step = checkpoint.state.adamStep;
+      trainer.restoreLossScale(checkpoint.lossScale);
       first = checkpoint.state.stageStep;
       l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
     } else {
@@ -699,6 +713,9 @@ async function trainStages(
         loss: stats[i].loss,
         lr: x.lr,
         grad_norm: stats[i].gradNorm,
+        ...(stats[i].lossScale === undefined
+          ? {}
+          : { loss_scale: stats[i].lossScale, skipped: stats[i].skipped }),
       })));
       if (stats.length > 0) {
         lastLoss = stats[stats.length - 1].loss;
@@ -763,6 +780,7 @@ async function trainStages(
         await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {
           params,
           moments: trainer.optimizer!.moments(),
+          lossScale: trainer.lossScaleState,
         });
       }
     }
