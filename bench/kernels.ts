@@ -9,6 +9,8 @@
 //                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
 //                    --batch 32 --seq 128 --modes ft,bitfit,lora,prefix]   (train_step's model:
 //                    BERT-mini at the issue's 32 × 128 by default; --batch 8 --seq 32 is quicker)
+//                   [--precision f32,f16]   (GEMM and train_step rows in these precisions;
+//                                  default both where the adapter has shader-f16)
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
 //                   [--no-autotune | --retune] [--tune-cache FILE]
@@ -42,6 +44,7 @@ import {
   referenceTrainStep,
 } from "./reference.ts";
 import type { BenchRow } from "./timing.ts";
+import type { Precision } from "../model/encoder.ts";
 import {
   BENCH_DEFAULT_STEP,
   benchTrainStep,
@@ -55,14 +58,19 @@ type Module = (gpu: Gpu, reps: number, options: Options) => Promise<BenchRow[]>;
 
 const MODULES: Record<string, Module> = {
   fill: benchFill,
-  matmul: benchMatmul,
+  matmul: (gpu, reps, o) => benchMatmul(gpu, reps, o.precisions),
   layernorm: benchLayerNorm,
   attention: benchAttention,
   flash_attention: benchFlashAttention,
   embedding: benchEmbedding,
   adamw: benchAdamw,
   train_step: (gpu, reps, o) =>
-    benchTrainStep(gpu, reps, { shape: o.shape, modes: o.modes, profile: o.profile }),
+    benchTrainStep(gpu, reps, {
+      shape: o.shape,
+      modes: o.modes,
+      profile: o.profile,
+      precisions: o.precisions,
+    }),
 };
 
 const SHAPE_FLAGS = {
@@ -79,7 +87,7 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
   Object.keys(MODULES).join(",")
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
-}] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
+}] [--precision f32,f16] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
 
 interface Options {
   json: boolean;
@@ -88,6 +96,8 @@ interface Options {
   reference: boolean;
   shape: TrainStepShape;
   modes: TrainStepMode[];
+  /** GEMM and training-step rows in these precisions (default f32, and f16 where supported). */
+  precisions: Precision[];
   profile: boolean;
   tune: { noAutotune: boolean; retune: boolean; tuneCache?: string };
 }
@@ -110,6 +120,7 @@ function parseOptions(args: string[]): Options {
         only: { type: "string" },
         "no-reference": { type: "boolean", default: false },
         modes: { type: "string" },
+        precision: { type: "string" },
         profile: { type: "boolean", default: false },
         "no-autotune": { type: "boolean", default: false },
         retune: { type: "boolean", default: false },
@@ -152,6 +163,14 @@ function parseOptions(args: string[]): Options {
       );
     }
   }
+  const precisions = values.precision === undefined
+    ? undefined
+    : [...new Set((values.precision as string).split(",").map((s) => s.trim()))];
+  for (const p of precisions ?? []) {
+    if (p !== "f32" && p !== "f16") {
+      throw new Error(`--precision: unknown precision "${p}" (expected f32, f16 or f32,f16)`);
+    }
+  }
   if (values["no-autotune"] && values.retune) {
     throw new Error("--retune and --no-autotune: choose one");
   }
@@ -162,6 +181,7 @@ function parseOptions(args: string[]): Options {
     reference: !values["no-reference"],
     shape,
     modes: [...new Set(modes)] as TrainStepMode[],
+    precisions: (precisions ?? []) as Precision[],
     profile: values.profile as boolean,
     tune: {
       noAutotune: values["no-autotune"] as boolean,
@@ -281,6 +301,11 @@ function write(text: string): void {
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
   const gpu = await getGpu();
+  if (options.precisions.length === 0) {
+    options.precisions = gpu.hasF16 ? ["f32", "f16"] : ["f32"];
+  } else if (options.precisions.includes("f16") && !gpu.hasF16) {
+    throw new Error(`--precision f16: this adapter (${gpu.description}) has no shader-f16`);
+  }
   try {
     if (!options.json) write(`adapter: ${gpu.description}\n`);
     const rows: BenchRow[] = [];

@@ -8,6 +8,9 @@
 // forward m=rows n=out k=in; dX = dY[rows,out]·W[out,in]: m=rows n=in k=out;
 // dW = dY[rows,out]ᵀ·X[rows,in]: m=out n=in k=rows. Each product is 2·m·n·k flops.
 //
+// Precision "f16" rows time the products as the f16 training step runs them (model/encoder.ts,
+// precision "f16"): X, W and dY in f16, Y and dX stored in f16, dW in f32, sums in f32.
+//
 // The rows time whatever variant `matmul` picks by itself (the training step's path): the
 // autotune's choice when the tune ran on this device first (bench/kernels.ts tunes the classes of
 // `gemmTuneShapes()` unless --no-autotune), its heuristic otherwise. Each row's `variant` names
@@ -22,7 +25,8 @@ import {
   type TuneShape,
 } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor } from "../kernels/tensor.ts";
+import { createTensor, type DType } from "../kernels/tensor.ts";
+import type { Precision } from "../model/encoder.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
 
 /** [rows, in, out] of each linear layer measured (bench/openblas_gemm.py gets the same list). */
@@ -55,19 +59,41 @@ export function gemmTuneShapes(): TuneShape[] {
   return GEMM_SHAPES.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
 }
 
-export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
+export async function benchMatmul(
+  gpu: Gpu,
+  reps: number,
+  precisions: readonly Precision[] = ["f32"],
+): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
-  for (const [tokens, inF, outF] of GEMM_SHAPES) {
+  for (const precision of precisions) {
+    for (const shape of GEMM_SHAPES) rows.push(...await benchShape(gpu, reps, shape, precision));
+  }
+  return rows;
+}
+
+async function benchShape(
+  gpu: Gpu,
+  reps: number,
+  [tokens, inF, outF]: [number, number, number],
+  precision: Precision,
+): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  {
     const model = gemmModel([tokens, inF, outF]);
-    const t = (shape: number[], label: string) => createTensor(gpu, shape, "f32", label);
+    const t = (shape: number[], label: string, dtype: DType = precision) =>
+      createTensor(gpu, shape, dtype, label);
     const x = t([tokens, inF], "x");
     const w = t([outF, inF], "w");
-    const bias = t([outF], "bias");
+    const bias = t([outF], "bias", "f32");
     const y = t([tokens, outF], "y");
     const dX = t([tokens, inF], "dX");
-    const dW = t([outF, inF], "dW");
+    const dW = t([outF, inF], "dW", "f32");
     const init = new Recorder(gpu);
-    for (const [i, tensor] of [x, w, bias, y].entries()) fill(init, tensor, 0.01 * (i + 1));
+    // fill writes f32 words, so the f16 operands are uploaded instead.
+    for (const [i, tensor] of [x, w, bias, y].entries()) {
+      if (tensor.dtype === "f32") fill(init, tensor, 0.01 * (i + 1));
+      else tensor.upload(new Float16Array(tensor.numel).fill(0.01 * (i + 1)));
+    }
     await init.submit();
 
     const ops: [
@@ -98,8 +124,10 @@ export async function benchMatmul(gpu: Gpu, reps: number): Promise<BenchRow[]> {
     for (const [product, [m, n, k], shape, record] of ops) {
       const variant = matmulVariantsUsed(gpu, record).join("+");
       const timing = await timeOp(gpu, record, reps);
-      const fields = { m, n, k, product, variant, model };
-      const label = `${product} m=${m} n=${n} k=${k}: ${shape} (${model})`;
+      const fields = { m, n, k, product, variant, model, precision };
+      const label = `${product} m=${m} n=${n} k=${k}: ${shape} (${model}${
+        precision === "f16" ? ", f16" : ""
+      })`;
       rows.push(benchRow("gemm", fields, timing, { flops: 2 * m * n * k }, label));
     }
     for (const tensor of [x, w, bias, y, dX, dW]) tensor.destroy();

@@ -7,6 +7,9 @@
 // Prefix-tuning takes its P = 16 rows out of the sequence budget, as the engine does, so its
 // rows carry `seq` − 16.
 //
+// Each mode runs in every precision asked for ("f32"; "f16": f16 weight copies and activations
+// around the matrix products with dynamic loss scaling, model/encoder.ts), one row each.
+//
 // Per mode: a fresh Trainer (so `peak_bytes` is that mode's own peak), one untimed warm-up step
 // (pipeline compilation, first touches), then timed steps, each until the GPU has finished, as
 // many as fit `budgetS` (at least 1, at most `reps`); `ms` is their median. `dispatches`,
@@ -16,7 +19,7 @@
 import type { Gpu } from "../kernels/device.ts";
 import { profileDispatches, submittedCounts } from "../kernels/recorder.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
-import { encoderParameters } from "../model/encoder.ts";
+import { encoderParameters, type Precision } from "../model/encoder.ts";
 import { createPeft, PEFT_DEFAULTS, type PeftName } from "../peft/method.ts";
 import type { TrainBatch } from "../train/batches.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
@@ -64,6 +67,8 @@ export interface TrainStepOptions {
   budgetS?: number;
   /** After the timed steps, one more step with per-dispatch timestamps, printed to stderr. */
   profile?: boolean;
+  /** The precisions to time each mode in (default ["f32"]). */
+  precisions?: readonly Precision[];
 }
 
 /** The config.json of the shape, through the same parser a downloaded model goes through. */
@@ -160,6 +165,7 @@ async function benchMode(
   reps: number,
   budgetS: number,
   profile: boolean,
+  precision: Precision,
 ): Promise<BenchRow> {
   const config = stepConfig(shape);
   const base = gpu.liveBytes;
@@ -177,6 +183,7 @@ async function benchMode(
     dropoutSeed: 2,
     peft,
     adamw: ADAMW_DEFAULTS,
+    precision,
   });
   try {
     randomizeBackbone(trainer, 3);
@@ -210,8 +217,10 @@ async function benchMode(
     // The stats are read back as the training loop does when it logs; a NaN loss would mean
     // the step measured is not a real one.
     const stats = await trainer.takeStats();
-    if (!stats.every((s) => Number.isFinite(s.loss))) {
-      throw new Error(`train_step ${mode}: non-finite loss ${stats.map((s) => s.loss)}`);
+    if (!stats.every((s) => Number.isFinite(s.loss) && !s.skipped)) {
+      throw new Error(
+        `train_step ${mode} ${precision}: non-finite loss or skipped step ${JSON.stringify(stats)}`,
+      );
     }
     if (profile && gpu.hasTimestampQuery) {
       const p = profileDispatches(gpu)!;
@@ -220,7 +229,7 @@ async function benchMode(
       } finally {
         profileDispatches(gpu, false);
       }
-      console.error(profileTable(p.byLabel, `bench: train_step ${mode} profile`));
+      console.error(profileTable(p.byLabel, `bench: train_step ${mode} ${precision} profile`));
     } else if (profile) {
       console.error(`bench: --profile: ${gpu.description} has no timestamp-query`);
     }
@@ -230,6 +239,7 @@ async function benchMode(
     return {
       kernel: "train_step",
       mode,
+      precision,
       layers: shape.layers,
       hidden: shape.hidden,
       heads: shape.heads,
@@ -247,7 +257,10 @@ async function benchMode(
       timed_submits: times.length,
       warmup_submits: 1,
       warmup_ms: warmS * 1000,
-      shape: `${mode} L${shape.layers} H${shape.hidden} I${shape.intermediate} V${shape.vocab} ` +
+      shape:
+        `${mode}${
+          precision === "f16" ? " f16" : ""
+        } L${shape.layers} H${shape.hidden} I${shape.intermediate} V${shape.vocab} ` +
         `B${shape.batch}×${seq}: ${(shape.batch / (ms / 1000)).toFixed(2)} samples/s, ` +
         `${dispatches} dispatches, peak ${(peak / 2 ** 20).toFixed(1)} MiB`,
     };
@@ -264,14 +277,16 @@ export async function benchTrainStep(
 ): Promise<BenchRow[]> {
   const shape = options.shape ?? BERT_MINI_STEP;
   const rows: BenchRow[] = [];
-  for (const mode of options.modes ?? TRAIN_STEP_MODES) {
-    const start = performance.now();
-    rows.push(
-      await benchMode(gpu, mode, shape, reps, options.budgetS ?? 10, options.profile ?? false),
-    );
-    console.error(
-      `bench: train_step ${mode}: ${((performance.now() - start) / 1000).toFixed(1)} s`,
-    );
+  for (const precision of options.precisions ?? ["f32"]) {
+    for (const mode of options.modes ?? TRAIN_STEP_MODES) {
+      const start = performance.now();
+      const budget = options.budgetS ?? 10;
+      rows.push(
+        await benchMode(gpu, mode, shape, reps, budget, options.profile ?? false, precision),
+      );
+      const s = ((performance.now() - start) / 1000).toFixed(1);
+      console.error(`bench: train_step ${mode} ${precision}: ${s} s`);
+    }
   }
   return rows;
 }
