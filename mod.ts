@@ -107,7 +107,16 @@ export {
 export { bceWithLogitsBackward, bceWithLogitsForward } from "./kernels/bce_with_logits.ts";
 export { mseBackward, mseForward } from "./kernels/mse.ts";
 export { type AdamwHyper, adamwStep, adamwStepGroup } from "./kernels/adamw.ts";
-export { gradNormClip, gradNormPartialsLength } from "./kernels/grad_norm.ts";
+export { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "./kernels/grad_norm.ts";
+export {
+  createLossScaleState,
+  LOSS_SCALE_DEFAULTS,
+  LOSS_SCALE_STATE,
+  type LossScaleSettings,
+  type LossScaleValues,
+  type LossScaling,
+  scaleByLossScale,
+} from "./kernels/loss_scale.ts";
 export { rowNorms } from "./kernels/row_norm.ts";
 export { distance, distancePartialsLength, rowDistances } from "./kernels/distance.ts";
 
