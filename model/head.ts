@@ -262,6 +262,16 @@ export class Head {
     return this.input.view(0, [batch, this.inFeatures]);
   }
 
+  /** The hidden layer (the `width` ReLU units) [B, width] of the last forward. */
+  hiddenLayer(batch: number = this.last?.batch ?? this.maxBatch): Tensor {
+    return this.act.view(0, [batch, this.width]);
+  }
+
+  /** The logits [B, C] of the last forward. */
+  outputs(batch: number = this.last?.batch ?? this.maxBatch): Tensor {
+    return this.logits.view(0, [batch, this.numClasses]);
+  }
+
   /**
    * Records the head's backward from dLogits [B, C]: the head's gradients (added into them
    * when `accumulate`) and the gradient of the encoder's final hidden state, returned as

@@ -77,10 +77,15 @@ export interface TrainConfig {
   out: string;
   resume: boolean;
   overwrite: boolean;
+  /**
+   * Measure feature change, weight distance, head features and convergence, and draw them
+   * (train/analysis.ts) into <out>/analysis/. Changes nothing in the training itself.
+   */
+  analysis: boolean;
 }
 
 /** The settings that define a run (what a resumed run must agree on). */
-export type RunSettings = Omit<TrainConfig, "resume" | "overwrite">;
+export type RunSettings = Omit<TrainConfig, "resume" | "overwrite" | "analysis">;
 
 /** Defaults of the settings that are not strategy- or method-specific. */
 export const TRAIN_DEFAULTS = {
@@ -101,7 +106,7 @@ export const TRAIN_DEFAULTS = {
 };
 
 /** A task script's defaults: any setting, as if typed, but yielding to what the user typed. */
-export type Recipe = Partial<RunSettings>;
+export type Recipe = Partial<RunSettings & { analysis: boolean }>;
 
 export const TRAIN_FLAGS = {
   task: { type: "string" },
@@ -135,6 +140,7 @@ export const TRAIN_FLAGS = {
   out: { type: "string" },
   resume: { type: "boolean" },
   overwrite: { type: "boolean" },
+  analysis: { type: "boolean" },
   // After training: the leaderboard file of the test split (train/submission.ts); not a setting
   // of the run, so not in TrainConfig (it reads as `typed.has("predict-test")`).
   "predict-test": { type: "boolean" },
@@ -346,9 +352,16 @@ export function parseTrainArgs(
     out: f.out ?? r.out ?? defaultOut(task, strategy, peft),
     resume: f.resume ?? false,
     overwrite: f.overwrite ?? false,
+    analysis: f.analysis ?? r.analysis ?? false,
   };
   if (config.resume && config.overwrite) {
     throw new FlagError("--resume and --overwrite: choose one");
+  }
+  if (config.resume && config.analysis) {
+    throw new FlagError(
+      "--analysis with --resume: the pretrained features and weights it compares against are " +
+        "taken at the start of a run; start the run again with --overwrite --analysis",
+    );
   }
   if (twoStage && config.maxSteps !== null && config.maxSteps < 2) {
     throw new FlagError(`--max-steps: strategy ${strategy} has two stages, so needs at least 2`);
@@ -372,7 +385,7 @@ function parsePeftAndSchedule(c: TrainConfig): void {
 
 /** The run-defining part of a config (run.json's "settings"). */
 export function runSettings(c: TrainConfig): RunSettings {
-  const { resume: _resume, overwrite: _overwrite, ...settings } = c;
+  const { resume: _resume, overwrite: _overwrite, analysis: _analysis, ...settings } = c;
   return settings;
 }
 

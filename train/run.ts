@@ -45,6 +45,7 @@ import {
   tokenizeExamples,
   type TrainBatch,
 } from "./batches.ts";
+import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -548,6 +549,7 @@ async function runSeed(
     quiet: options.quiet,
     label: label ?? undefined,
   });
+  let analysis: RunAnalysis | null = null;
   try {
     await loadBackbone(model.weights, model.config, encoderParameters(trainer.encoder.params));
     if (config.head) {
@@ -558,10 +560,27 @@ async function runSeed(
         reader.close();
       }
     }
+    if (config.analysis) {
+      analysis = new RunAnalysis(trainer, {
+        trainBatches: batchesOf(p.model.config, task.loss, p.train.examples, config.batchSize),
+        devBatches: p.devBatches,
+        loss: task.loss,
+        labelNames: task.labels,
+        stages: p.stages.map((st) => st.name),
+      }, {
+        weightEvery: Math.max(1, Math.round(p.totalSteps / 50)),
+        gradSteps: Math.min(20, p.stages[p.stages.length - 1].steps),
+      });
+    }
     const result = await trainStages(
-      { config, task, dir, p, trainer, log, progress, options, seed },
+      { config, task, dir, p, trainer, log, progress, options, seed, analysis },
       checkpoint,
     );
+    if (analysis) {
+      const peft = config.peft;
+      const data = await analysis.finish({ task: task.name, strategy: config.strategy, peft });
+      await writeAnalysis(`${dir}/analysis`, data, analysis.headFeatures);
+    }
     progress.finish();
     await saveFinalModel(dir, config, task, p, trainer);
     await writeJsonAtomic(metricsPath, result);
@@ -570,6 +589,7 @@ async function runSeed(
   } finally {
     progress.finish();
     log.close();
+    analysis?.destroy();
     trainer.destroy();
     model.weights.close();
   }
@@ -611,6 +631,7 @@ interface Loop {
   progress: Progress;
   options: RunOptions;
   seed: number;
+  analysis: RunAnalysis | null;
 }
 
 /** Whether a stage's backbone tensor `name` (relative) was trained since the last restore. */
@@ -695,6 +716,10 @@ async function trainStages(
       );
     }
     await l.options.onStageStart?.({ stage, index: s, trainer });
+    if (l.analysis) {
+      if (s === 0) await l.analysis.start();
+      await l.analysis.stageStart(s, stageStart);
+    }
 
     const schedule: Schedule = {
       name: config.schedule,
@@ -732,8 +757,10 @@ async function trainStages(
         stream.examples(step).map((i) => p.train.examples[i]),
       );
       const lr = learningRate(schedule, j);
+      const lossScale = await l.analysis?.beforeStep() ?? null;
       await trainer.step(batch, lr, step);
       const done = step + 1;
+      await l.analysis?.afterStep(done, batch, lossScale);
       pending.push({ stage: stage.name, step: done, lr });
       if (pending.length >= LOG_BLOCK) await flush();
       l.progress.step(stage.name, done, lastLoss);
@@ -786,6 +813,7 @@ async function trainStages(
     }
     await flush();
     stageStart += stage.steps;
+    await l.analysis?.stageEnd(s, stageStart);
   }
   return { final: last ?? {}, best };
 }

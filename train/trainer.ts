@@ -468,8 +468,54 @@ export class Trainer {
   async predict(batches: readonly TrainBatch[]): Promise<Float32Array[]> {
     if (batches.length === 0) return [];
     const C = this.outputs;
-    const total = batches.reduce((n, b) => n + b.examples, 0);
-    const all = createTensor(this.gpu, [total * C], "f32", "evaluation logits");
+    // The head's logits are [rows, classes]; `outputs` values per example either way.
+    const values = await this.forwardRows(
+      batches,
+      (rows) => this.head.outputs(rows),
+      this.head.numClasses,
+    );
+    const out: Float32Array[] = [];
+    let offset = 0;
+    for (const b of batches) {
+      out.push(values.slice(offset, offset + b.examples * C));
+      offset += b.examples * C;
+    }
+    return out;
+  }
+
+  /**
+   * For analysis (train/analysis.ts): the head's input features (the first token's final hidden
+   * state, or WiC's pooled features) or its hidden layer (the `width` ReLU units) for every
+   * encoder row of `batches` (k rows per example for multiple choice), without dropout, rows in
+   * batch order: [rows · width] and the width.
+   */
+  async headFeatures(
+    batches: readonly TrainBatch[],
+    layer: "input" | "hidden",
+  ): Promise<{ values: Float32Array; width: number }> {
+    const width = layer === "input" ? this.head.inFeatures : this.head.width;
+    const pick = (rows: number) =>
+      layer === "input" ? this.head.headInput(rows) : this.head.hiddenLayer(rows);
+    return { values: await this.forwardRows(batches, pick, width), width };
+  }
+
+  /** The logits of the last training step's batch, [rows · classes] (a download). */
+  async lastStepOutputs(): Promise<Float32Array> {
+    return (await this.head.outputs().download()) as Float32Array;
+  }
+
+  /**
+   * Runs encoder and head without dropout over `batches` and gathers `pick(rows)` ([rows, width]
+   * of each batch, rows = examples · k) of every batch, in order, with one download.
+   */
+  private async forwardRows(
+    batches: readonly TrainBatch[],
+    pick: (rows: number) => Tensor,
+    width: number,
+  ): Promise<Float32Array> {
+    if (batches.length === 0) return new Float32Array(0);
+    const total = batches.reduce((n, b) => n + b.examples * this.inputsPerExample, 0);
+    const all = createTensor(this.gpu, [total * width], "f32", "evaluation outputs");
     try {
       let at = 0;
       for (const batch of batches) {
@@ -478,20 +524,17 @@ export class Trainer {
         this.setSpans(batch);
         const rec = new Recorder(this.gpu);
         const hidden = this.encoder.forward(rec, { training: false });
-        const logits = this.head.forward(rec, hidden);
-        const n = batch.examples * C;
-        rec.copy("evaluation logits", logits.view(0, [n]), all.view(at * 4, [n]));
+        this.head.forward(rec, hidden);
+        const n = batch.examples * this.inputsPerExample * width;
+        rec.copy(
+          "evaluation outputs",
+          pick(batch.examples * this.inputsPerExample).view(0, [n]),
+          all.view(at * 4, [n]),
+        );
         at += n;
         await rec.submit();
       }
-      const values = (await all.download()) as Float32Array;
-      const out: Float32Array[] = [];
-      let offset = 0;
-      for (const b of batches) {
-        out.push(values.slice(offset, offset + b.examples * C));
-        offset += b.examples * C;
-      }
-      return out;
+      return (await all.download()) as Float32Array;
     } finally {
       all.destroy();
     }

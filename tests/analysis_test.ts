@@ -1,0 +1,186 @@
+// --analysis (train/analysis.ts) on the tiny-bert fixture and the marker task: the numbers it
+// writes against a float64 computation from the run's own saved weights and an independent
+// feature pass, and the training itself bit for bit as without --analysis.
+
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { getGpu } from "../kernels/device.ts";
+import { readConfig } from "../model/config.ts";
+import { loadBackbone, loadHead } from "../model/checkpoint.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { openModel } from "../model/load.ts";
+import type { AnalysisData, HeadFeatures } from "../train/analysis.ts";
+import { batchesOf, distanceStats, layerOf, rowDistancesHost } from "../train/analysis.ts";
+import { tokenizeExamples } from "../train/batches.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import { runTraining } from "../train/run.ts";
+import { Trainer } from "../train/trainer.ts";
+import { rte } from "../tasks/rte.ts";
+
+async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(dir)) {
+    const path = `${dir}/${e.name}`;
+    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
+    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
+  }
+  return out;
+}
+
+/** Every backbone tensor of a saved model, by name relative to the prefix, in float64. */
+async function backbone(path: string): Promise<Map<string, Float64Array>> {
+  const reader = await openSafetensors(path);
+  const out = new Map<string, Float64Array>();
+  for (const name of reader.tensors.keys()) {
+    if (!name.startsWith("bert.")) continue;
+    out.set(name.slice(5), Float64Array.from(await reader.readF32(name)));
+  }
+  reader.close();
+  return out;
+}
+
+Deno.test({
+  name: "train --analysis: distances as float64 from the saved weights, training unchanged",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`, 40, 24);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "bitfit"],
+        ...["--batch-size", "8", "--max-steps", "12", "--stage1-ratio", "0.25"],
+        ...["--stage1-lr", "1e-2", "--lr", "3e-3", "--eval-every", "0"],
+      ];
+      const run = async (out: string, ...more: string[]) => {
+        const { config } = parseTrainArgs([...common, "--out", out, ...more]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+      const plain = await run(`${dir}/plain`);
+      const out = `${dir}/analysed`;
+      const analysed = await run(out, "--analysis");
+
+      // The training is what it is without --analysis: metrics, log and weights, bit for bit.
+      assertEquals(analysed, plain);
+      const a = await readTree(`${dir}/plain`);
+      const b = await readTree(out);
+      for (const [name, bytes] of a) {
+        if (name === "run.json") continue;
+        const other = b.get(name)!;
+        assert(
+          other && other.length === bytes.length && other.every((x, i) => x === bytes[i]),
+          name,
+        );
+      }
+
+      const data: AnalysisData = JSON.parse(
+        await Deno.readTextFile(`${out}/analysis/analysis.json`),
+      );
+      assertEquals(data.stages, ["stage1", "stage2"]);
+      // Weight distance at the end against float64 from the saved final and pretrained weights.
+      const theta = await backbone(`${out}/model/model.safetensors`);
+      const theta0 = await backbone(`${dir}/model/model.safetensors`);
+      const squares = new Map<string, number>();
+      let total = 0;
+      for (const [name, t] of theta) {
+        const t0 = theta0.get(name)!;
+        let s = 0;
+        for (let i = 0; i < t.length; i++) s += (t[i] - t0[i]) ** 2;
+        squares.set(layerOf(name), (squares.get(layerOf(name)) ?? 0) + s);
+        total += s;
+      }
+      const last = data.weightDistance.at(-1)!;
+      assertEquals(last.step, 12);
+      const close = (got: number, want: number, what: string) =>
+        assert(Math.abs(got - want) <= 1e-5 * want + 1e-9, `${what}: ${got} vs float64 ${want}`);
+      close(last.total, Math.sqrt(total), "total distance");
+      for (const [layer, s] of squares) close(last.layers[layer], Math.sqrt(s), layer);
+      assert(total > 0, "the backbone moved");
+      // Stage 2 starts from the restored (pretrained) backbone: distance 0 there.
+      const start2 = data.weightDistance.find((w) => w.stage === "stage2" && w.step === 3);
+      assertEquals(start2?.total, 0);
+
+      // Feature change: an independent pass of the pretrained and of the saved final model.
+      const config = await readConfig(`${dir}/model/config.json`);
+      const model = await openModel(`${dir}/model`);
+      const examples = await rte.readExamples(`${dir}/data`, "train");
+      const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
+      const batches = batchesOf(config, "bce", tokens.examples, 8);
+      const gpu = await getGpu();
+      const features = async (weights: string) => {
+        const trainer = new Trainer(gpu, {
+          config,
+          loss: "bce",
+          headClasses: 1,
+          maxExamples: 8,
+          maxSeq: tokens.longest,
+          headSeed: 0,
+          dropoutSeed: 0,
+          adamw: ADAMW_DEFAULTS,
+        });
+        try {
+          const reader = await openSafetensors(weights);
+          await loadBackbone(reader, config, encoderParameters(trainer.encoder.params));
+          await loadHead(reader, trainer.headParameters()).catch(() => {});
+          reader.close();
+          return await trainer.headFeatures(batches, "input");
+        } finally {
+          trainer.destroy();
+        }
+      };
+      const before = await features(`${dir}/model/model.safetensors`);
+      const after = await features(`${out}/model/model.safetensors`);
+      const want = distanceStats(rowDistancesHost(before.values, after.values, before.width));
+      const got = data.featureChange!.pretrainedVsFinal;
+      assertEquals(got.values.length, 40);
+      got.values.forEach((v, i) => close(v, want.values[i], `feature change of example ${i}`));
+      close(got.mean, want.mean, "mean feature change");
+      assert(data.featureChange!.stage1VsFinal!.values.length === 40, "stage 1 → final");
+
+      // Convergence: an accuracy per step, gradient norms in the first steps of stage 2.
+      assertEquals(data.convergence.map((c) => c.step), [...Array(12).keys()].map((i) => i + 1));
+      assert(data.convergence.every((c) => c.accuracy! >= 0 && c.accuracy! <= 1), "accuracies");
+      const norms = data.convergence.filter((c) => c.backboneGradNorm !== undefined);
+      assertEquals(norms.map((c) => c.step), [4, 5, 6, 7, 8, 9, 10, 11, 12]);
+      assert(norms.every((c) => c.backboneGradNorm! > 0), "gradient norms");
+
+      // Head features of the final stage's start: every training and dev row, labelled.
+      const head: HeadFeatures = JSON.parse(
+        await Deno.readTextFile(`${out}/analysis/head_features.json`),
+      );
+      assertEquals([head.stage, head.train.values.length, head.dev.values.length], [
+        "stage2",
+        40,
+        24,
+      ]);
+      assertEquals(head.train.values[0].length, 64);
+      assertEquals(new Set(head.train.labels), new Set(["entailment", "not_entailment"]));
+      model.weights.close();
+
+      await assertRejects(
+        () => run(out, "--resume", "--analysis"),
+        Error,
+        "--analysis with --resume",
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("analysis: distance statistics and row distances in float64", () => {
+  const s = distanceStats([3, 1, 2, 10]);
+  assertEquals([s.mean, s.median], [4, 2.5]);
+  assert(Math.abs(s.std - Math.sqrt(12.5)) < 1e-12);
+  assertEquals(rowDistancesHost(Float32Array.of(0, 0, 1, 1), Float32Array.of(3, 4, 1, 1), 2), [
+    5,
+    0,
+  ]);
+  assertEquals(layerOf("encoder.layer.11.output.dense.weight"), "layer.11");
+  assertEquals(layerOf("embeddings.word_embeddings.weight"), "embeddings");
+});
