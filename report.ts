@@ -2,10 +2,18 @@
 //   deno run -A report.ts RUN_DIR... [--out DIR]
 // Each RUN_DIR is a run folder, a multi-seed run folder or a folder holding runs (searched
 // recursively). Prints the markdown table; with --out also writes DIR/results.md, results.csv and
-// results.json. Unfinished runs are listed on stderr as skipped. How the cells are computed:
-// train/report_table.ts.
+// results.json, and DIR/report.md: the table, then the figures comparing the runs trained with
+// --analysis (DIR/figures/*.svg and .png, one line, box or panel per method, each with a caption
+// stating its numbers; train/analysis_figures.ts). Unfinished runs are listed on stderr as
+// skipped. How the cells are computed: train/report_table.ts.
 
 import { writeFileAtomic } from "./model/atomic_write.ts";
+import {
+  comparisonFigures,
+  readRunAnalysis,
+  type RunAnalysisFiles,
+  writeFigures,
+} from "./train/analysis_figures.ts";
 import { closestFlag, FlagError, runMain } from "./train/flags.ts";
 import {
   buildTable,
@@ -69,8 +77,56 @@ export async function report(
       JSON.stringify(tableJson(table), null, 2) + "\n",
     );
     log(`report: ${args.out}/results.md, results.csv and results.json written`);
+    const analysed = await analysedRuns(found.runs.map((r) => r.path));
+    const figures = analysed.length
+      ? await writeFigures(`${args.out}/figures`, await comparisonFigures(analysed))
+      : [];
+    await writeFileAtomic(`${args.out}/report.md`, reportMarkdown(args, markdown, figures));
+    log(
+      `report: ${args.out}/report.md written (${figures.length} figures from ${analysed.length} ` +
+        `runs with --analysis)`,
+    );
   }
   return table;
+}
+
+/** The runs with analysis data: each run folder, or each seed folder of a multi-seed run. */
+async function analysedRuns(paths: readonly string[]): Promise<RunAnalysisFiles[]> {
+  const out: RunAnalysisFiles[] = [];
+  for (const path of paths) {
+    const own = await readRunAnalysis(path);
+    if (own) {
+      out.push(own);
+      continue;
+    }
+    const seeds: string[] = [];
+    for await (const e of Deno.readDir(path)) {
+      if (e.isDirectory && /^seed-\d+$/.test(e.name)) seeds.push(e.name);
+    }
+    seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+    for (const seed of seeds) {
+      const r = await readRunAnalysis(`${path}/${seed}`);
+      if (r) out.push(r);
+    }
+  }
+  return out;
+}
+
+function reportMarkdown(
+  args: ReportArgs,
+  table: string,
+  figures: { name: string; caption: string }[],
+): string {
+  const command = ["deno run -A report.ts", ...args.paths, "--out", args.out!].join(" ");
+  const lines = ["# Report", "", `Made by \`${command}\`.`, "", "## Results", "", table.trimEnd()];
+  lines.push("", "## Figures", "");
+  if (figures.length === 0) {
+    lines.push("No run here was trained with `--analysis`, so there are no figures.");
+  }
+  for (const f of figures) {
+    lines.push(`![${f.caption}](figures/${f.name}.png)`, "", f.caption, "");
+  }
+  return lines.join("\n").trimEnd() + "\n";
 }
 
 if (import.meta.main) {

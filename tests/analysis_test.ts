@@ -18,6 +18,7 @@ import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { runTraining } from "../train/run.ts";
 import { Trainer } from "../train/trainer.ts";
 import { rte } from "../tasks/rte.ts";
+import { report } from "../report.ts";
 
 async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
   const out = new Map<string, Uint8Array>();
@@ -167,11 +168,57 @@ Deno.test({
         Error,
         "--analysis with --resume",
       );
+
+      // The run's figures, SVG and PNG each.
+      const figures = [
+        "weight_distance",
+        "training_loss",
+        "training_accuracy",
+        "backbone_gradient",
+        "feature_change",
+        "head_features",
+      ];
+      for (const name of figures) {
+        const svg = await Deno.readTextFile(`${out}/analysis/${name}.svg`);
+        assert(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"), `${name}.svg`);
+        const png = await Deno.readFile(`${out}/analysis/${name}.png`);
+        assertEquals([...png.slice(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], `${name}.png`);
+      }
+      // The t-SNE figure: one dot per training and dev row.
+      const tsneSvg = await Deno.readTextFile(`${out}/analysis/head_features.svg`);
+      assertEquals(markCounts(tsneSvg, "mark-symbol"), [40, 24]);
+
+      // report.ts over this run and an ft run: report.md with the comparison figures.
+      const ft = `${dir}/ft`;
+      const ftArgs = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--max-steps", "6", "--lr", "3e-3", "--eval-every", "0", "--analysis", "--out", ft],
+      ];
+      await runTraining(parseTrainArgs(ftArgs).config, { task: rte, quiet: true });
+      const reportDir = `${dir}/report`;
+      await report({ paths: [out, ft], out: reportDir }, () => {});
+      const md = await Deno.readTextFile(`${reportDir}/report.md`);
+      const shown = ["feature_change", "weight_distance", "training_loss", "backbone_gradient"];
+      for (const name of [...shown, "head_features"]) {
+        assert(md.includes(`(figures/${name}.png)`), `report.md shows ${name}`);
+        await Deno.stat(`${reportDir}/figures/${name}.svg`);
+        await Deno.stat(`${reportDir}/figures/${name}.png`);
+      }
+      assert(md.includes("FT ") && md.includes("EH-FT (BitFit) "), "captions name both methods");
+      const wd = await Deno.readTextFile(`${reportDir}/figures/weight_distance.svg`);
+      assertEquals(markCounts(wd, "mark-line"), [1, 1], "one line per method");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },
 });
+
+/** The number of drawn elements in each mark group of class `cls` ("mark-line", ...). */
+function markCounts(svg: string, cls: string): number[] {
+  const re = new RegExp(`<g class="${cls} role-mark[^"]*"[^>]*>(.*?)</g>`, "g");
+  return [...svg.matchAll(re)].map((m) => [...m[1].matchAll(/<path/g)].length);
+}
 
 Deno.test("analysis: distance statistics and row distances in float64", () => {
   const s = distanceStats([3, 1, 2, 10]);

@@ -3,7 +3,7 @@
 // discovery (a multi-seed run counted once, even with one of its seed folders named too),
 // unfinished runs skipped, and the command line's one-line errors.
 
-import { assertEquals } from "./assert.ts";
+import { assert, assertEquals } from "./assert.ts";
 import { parseReportArgs, report } from "../report.ts";
 import {
   buildTable,
@@ -313,7 +313,12 @@ Deno.test("report: --out writes results.md, results.csv and results.json", async
     `report: note: LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
     `${dir}/more/lora-1, ${dir}/more/lora-2`,
     `report: ${out}/results.md, results.csv and results.json written`,
+    `report: ${out}/report.md written (0 figures from 0 runs with --analysis)`,
   ]);
+  // No run here has --analysis: report.md is the table and says so.
+  const md = await Deno.readTextFile(`${out}/report.md`);
+  assert(md.includes(EXPECTED_MARKDOWN.trimEnd()), "report.md holds the table");
+  assert(md.includes("No run here was trained with `--analysis`"), md);
 });
 
 const REPORT = new URL("../report.ts", import.meta.url).pathname;

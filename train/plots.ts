@@ -26,7 +26,10 @@ const FONT_URL = new URL("./fonts/DejaVuSans.ttf", import.meta.url);
 // ---------------------------------------------------------------------------------------------
 // Chart descriptions
 
-/** One line: `points` are `[x, y]` pairs, joined in order of x. */
+/**
+ * One line: `points` are `[x, y]` pairs, joined in the order given (x need not increase: two
+ * points at one x draw a vertical step, e.g. a backbone restored between two stages).
+ */
 export interface LineSeries {
   name: string;
   points: [number, number][];
@@ -209,11 +212,11 @@ export function lineChartSpec(chart: LineChart): VegaLiteSpec {
   uniqueNames(`line chart "${chart.title}"`, chart.series.map((s) => s.name));
   const width = chart.width ?? 560;
   const height = chart.height ?? 320;
-  const values: { series: string; x: number; y: number }[] = [];
+  const values: { series: string; x: number; y: number; i: number }[] = [];
   for (const s of chart.series) {
-    for (const [x, y] of s.points) {
+    for (const [i, [x, y]] of s.points.entries()) {
       if (!finite(x) || !finite(y) || (chart.logY && y <= 0)) continue;
-      values.push({ series: s.name, x, y });
+      values.push({ series: s.name, x, y, i });
     }
   }
   const names = chart.series.map((s) => s.name);
@@ -249,7 +252,7 @@ export function lineChartSpec(chart: LineChart): VegaLiteSpec {
         scale: colourScale(names, chart.ordered),
         legend: legendFor(chart.legendTitle ?? "series", names.length, Math.floor(height / 17)),
       },
-      order: { field: "x", type: "quantitative" },
+      order: { field: "i", type: "quantitative" },
     },
   } as VegaLiteSpec;
 }

@@ -13,7 +13,7 @@
 // `--seeds K` runs K seeds into out/seed-<seed>/ and writes out/metrics.json with the mean and
 // standard deviation of each metric over the seeds.
 
-import { getGpu, type Gpu } from "../kernels/device.ts";
+import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { FlagError } from "./flags.ts";
 import {
   autotuneForProgram,
@@ -46,6 +46,7 @@ import {
   type TrainBatch,
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
+import { readRunAnalysis, runFigures, writeFigures } from "./analysis_figures.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -585,6 +586,7 @@ async function runSeed(
     await saveFinalModel(dir, config, task, p, trainer);
     await writeJsonAtomic(metricsPath, result);
     await Deno.remove(checkpointPath).catch(() => {});
+    if (analysis) await drawAnalysis(dir, options.quiet ?? false);
     return result;
   } finally {
     progress.finish();
@@ -592,6 +594,31 @@ async function runSeed(
     analysis?.destroy();
     trainer.destroy();
     model.weights.close();
+  }
+}
+
+/**
+ * The run's analysis figures (train/analysis_figures.ts). After the results are safe: a drawing
+ * failure costs the figures only, with a one-line warning.
+ */
+async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
+  const start = performance.now();
+  try {
+    const files = await readRunAnalysis(dir);
+    if (!files) return;
+    const figures = await writeFigures(`${dir}/analysis`, await runFigures(files));
+    if (!quiet) {
+      console.error(
+        `analysis: ${figures.length} figures in ${dir}/analysis (${
+          ((performance.now() - start) / 1000).toFixed(1)
+        } s)`,
+      );
+    }
+  } catch (e) {
+    console.error(
+      `analysis: figures not drawn (${oneLine((e as Error).message)}); the measurements are in ` +
+        `${dir}/analysis/analysis.json`,
+    );
   }
 }
 
