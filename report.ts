@@ -81,7 +81,10 @@ export async function report(
     const figures = analysed.length
       ? await writeFigures(`${args.out}/figures`, await comparisonFigures(analysed))
       : [];
-    await writeFileAtomic(`${args.out}/report.md`, reportMarkdown(args, markdown, figures));
+    await writeFileAtomic(
+      `${args.out}/report.md`,
+      reportMarkdown(args, markdown, found.runs, figures),
+    );
     log(
       `report: ${args.out}/report.md written (${figures.length} figures from ${analysed.length} ` +
         `runs with --analysis)`,
@@ -112,13 +115,38 @@ async function analysedRuns(paths: readonly string[]): Promise<RunAnalysisFiles[
   return out;
 }
 
+/** A run's settings as the flags that give them (run.json's "settings"). */
+function settingsLine(s: Record<string, unknown>): string {
+  const keys = [
+    ["model", "model"],
+    ["strategy", "strategy"],
+    ["peft", "peft"],
+    ["epochs", "epochs"],
+    ["maxSteps", "max-steps"],
+    ["batchSize", "batch-size"],
+    ["maxLength", "max-length"],
+    ["lr", "lr"],
+    ["stage1Lr", "stage1-lr"],
+    ["seed", "seed"],
+    ["seeds", "seeds"],
+    ["precision", "precision"],
+  ];
+  return keys.filter(([k]) => s[k] !== null && s[k] !== undefined)
+    .map(([k, flag]) => `--${flag} ${s[k]}`).join(" ");
+}
+
 function reportMarkdown(
   args: ReportArgs,
   table: string,
+  runs: readonly { path: string; task: string; settings: Record<string, unknown> }[],
   figures: { name: string; caption: string }[],
 ): string {
   const command = ["deno run -A report.ts", ...args.paths, "--out", args.out!].join(" ");
-  const lines = ["# Report", "", `Made by \`${command}\`.`, "", "## Results", "", table.trimEnd()];
+  const lines = ["# Report", "", `Made by \`${command}\` from these runs:`, ""];
+  for (const r of runs) {
+    lines.push(`- \`${r.path}\`: \`--task ${r.task} ${settingsLine(r.settings)}\``);
+  }
+  lines.push("", "## Results", "", table.trimEnd());
   lines.push("", "## Figures", "");
   if (figures.length === 0) {
     lines.push("No run here was trained with `--analysis`, so there are no figures.");

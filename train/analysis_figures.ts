@@ -77,7 +77,10 @@ export async function readLosses(path: string): Promise<[number, number][]> {
   return out;
 }
 
-const fmt = (x: number) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3));
+const STRATEGY_ORDER = ["ft", "lp", "lpft", "peft", "ehft", "ehft-reserve"];
+const PEFT_ORDER = ["bitfit", "lora", "prefix"];
+
+const fmt = (x: number) => (Math.abs(x) >= 1000 ? x.toFixed(0) : x.toPrecision(4));
 
 /** The 2-D t-SNE of a run's head features, train then dev rows. */
 export async function headFeatureLayout(
@@ -242,7 +245,10 @@ function mean(xs: number[]): number {
 export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figure[]> {
   const byMethod = new Map<string, RunAnalysisFiles>();
   for (const r of runs) if (!byMethod.has(r.method)) byMethod.set(r.method, r);
-  const rs = [...byMethod.values()];
+  // In the results table's order: FT, LP, LP-FT, the PEFT methods, EH-FT, EH-FT-reserve.
+  const rank = (r: RunAnalysisFiles) =>
+    STRATEGY_ORDER.indexOf(r.data.strategy) * 10 + PEFT_ORDER.indexOf(r.data.peft ?? "");
+  const rs = [...byMethod.values()].sort((a, b) => rank(a) - rank(b));
   const figures: Figure[] = [];
   const withChange = rs.filter((r) => r.data.featureChange);
   if (withChange.length) {
