@@ -163,10 +163,24 @@ export class RunAnalysis {
   private readonly lastStage: number;
   /** θ₀: a copy of every backbone tensor, and where each tensor's distance lands. */
   private readonly pretrained: Map<string, Tensor>;
-  private readonly distances: Tensor;
   private readonly partials: Tensor;
-  private readonly normOut: Tensor;
   private normPartials: Tensor | null = null;
+  /**
+   * Results recorded on the GPU and read once, at the end (a read per step would stall the
+   * pipeline): each weight-distance record's per-tensor distances, each step's logits, and in the
+   * first steps of the final stage [‖g‖, clip coefficient, loss scale] of the backbone gradient.
+   */
+  private readonly pendingDistances: { step: number; stage: string; out: Tensor }[] = [];
+  private readonly pendingSteps: {
+    step: number;
+    stage: string;
+    targets: Float32Array;
+    examples: number;
+    logits: Tensor | null;
+    gradient: Tensor | null;
+  }[] = [];
+  /** The gradient slot of the step about to run (made by `beforeStep`). */
+  private gradientSlot: Tensor | null = null;
   /** The θ₀ copies, submitted by `start`. */
   private pendingCopy: Recorder | null;
   private pretrainedFeatures: Float32Array | null = null;
@@ -212,9 +226,7 @@ export class RunAnalysis {
       largest = Math.max(largest, t.numel);
     }
     this.pendingCopy = rec;
-    this.distances = createTensor(gpu, [params.size], "f32", "θ − θ₀ distances");
     this.partials = createTensor(gpu, [distancePartialsLength(gpu, largest)], "f32", "partials");
-    this.normOut = createTensor(gpu, [2], "f32", "backbone gradient norm");
   }
 
   /** Before the first step: θ₀, the pretrained features, the distance at step 0. */
@@ -247,12 +259,22 @@ export class RunAnalysis {
   }
 
   /**
-   * Just before a step of the final stage that measures the backbone's gradient: the loss scale
-   * the step will use (null without scaling), read now since the step may change it.
+   * Just before a step: when the step's backbone gradient is to be measured, a slot for it, and
+   * the loss scale the step will use copied into it (the step may change the scale).
    */
-  async beforeStep(): Promise<number | null> {
-    if (!this.wantsGradient()) return null;
-    return (await this.trainer.readLossScale())?.scale ?? null;
+  async beforeStep(): Promise<void> {
+    this.gradientSlot = null;
+    if (!this.wantsGradient()) return;
+    const slot = createTensor(this.trainer.gpu, [3], "f32", "backbone gradient norm");
+    const state = this.trainer.lossScaleState;
+    if (state) {
+      const rec = new Recorder(this.trainer.gpu);
+      rec.copy("loss scale", state.view(0, [1]), slot.view(8, [1]));
+      await rec.submit();
+    } else {
+      slot.upload(Float32Array.of(0, 0, 1));
+    }
+    this.gradientSlot = slot;
   }
 
   private wantsGradient(): boolean {
@@ -260,22 +282,48 @@ export class RunAnalysis {
       this.trainer.encoder.gradients().size > 0;
   }
 
-  /** After step `step` (steps done) on `batch`: accuracy, gradient norm, weight distance. */
-  async afterStep(step: number, batch: TrainBatch, lossScale: number | null): Promise<void> {
-    const point: ConvergencePoint = {
+  /**
+   * After step `step` (steps done) on `batch`: its logits and (see `beforeStep`) its backbone
+   * gradient's norm, kept on the GPU, and the weight distance every `weightEvery` steps.
+   */
+  async afterStep(step: number, batch: TrainBatch): Promise<void> {
+    const gpu = this.trainer.gpu;
+    const rec = new Recorder(gpu);
+    let logits: Tensor | null = null;
+    if (this.trainer.loss !== "mse") {
+      const out = this.trainer.stepOutputs();
+      logits = createTensor(gpu, [out.numel], "f32", `step ${step} logits`);
+      rec.copy("step logits", out.view(0, [out.numel]), logits);
+    }
+    const gradient = this.gradientSlot;
+    if (gradient) {
+      const grads = [...this.trainer.encoder.gradients().values()];
+      this.normPartials ??= createTensor(
+        gpu,
+        [gradNormPartialsLength(gpu, grads)],
+        "f32",
+        "backbone gradient norm partials",
+      );
+      const out = gradient.view(0, [2]);
+      gradNormClip(rec, { grads, partials: this.normPartials, maxNorm: 0, out });
+    }
+    await rec.submit();
+    this.gradientSlot = null;
+    this.pendingSteps.push({
       step,
       stage: this.stageNames[this.stage],
-      accuracy: await this.batchAccuracy(batch),
-    };
-    if (this.wantsGradient()) point.backboneGradNorm = await this.backboneGradNorm(lossScale);
-    this.convergence.push(point);
+      targets: Float32Array.from(batch.targets),
+      examples: batch.examples,
+      logits,
+      gradient,
+    });
     this.stageStep++;
     if (step % this.options.weightEvery === 0) await this.recordWeightDistance(step);
   }
 
   /** At the end of stage `index`: the weight distance, and Stage 1's features. */
   async stageEnd(index: number, step: number): Promise<void> {
-    if (this.weightDistance.at(-1)?.step !== step) await this.recordWeightDistance(step);
+    if (this.pendingDistances.at(-1)?.step !== step) await this.recordWeightDistance(step);
     if (index === 0 && this.lastStage > 0) {
       this.stage1Features = (await this.trainer.headFeatures(this.trainBatches, "input")).values;
     }
@@ -286,6 +334,7 @@ export class RunAnalysis {
     AnalysisData
   > {
     const final = (await this.trainer.headFeatures(this.trainBatches, "input")).values;
+    await this.readPending();
     const w = this.featureWidth;
     const featureChange = this.pretrainedFeatures
       ? {
@@ -305,69 +354,69 @@ export class RunAnalysis {
     };
   }
 
-  private async batchAccuracy(batch: TrainBatch): Promise<number | null> {
+  /** Reads what the steps and distance records left on the GPU into the result lists. */
+  private async readPending(): Promise<void> {
     const loss = this.trainer.loss;
-    if (loss === "mse") return null;
-    const values = await this.trainer.lastStepOutputs();
     const C = this.trainer.outputs;
-    let right = 0;
-    for (let e = 0; e < batch.examples; e++) {
-      const predicted = predictionOf(loss, values.subarray(e * C, (e + 1) * C));
-      if (predicted === batch.targets[e]) right++;
+    for (const p of this.pendingSteps.splice(0)) {
+      let accuracy: number | null = null;
+      if (p.logits) {
+        const values = await p.logits.download();
+        let right = 0;
+        for (let e = 0; e < p.examples; e++) {
+          if (predictionOf(loss, values.subarray(e * C, (e + 1) * C)) === p.targets[e]) right++;
+        }
+        accuracy = right / p.examples;
+        p.logits.destroy();
+      }
+      const point: ConvergencePoint = { step: p.step, stage: p.stage, accuracy };
+      if (p.gradient) {
+        const [norm, , scale] = await p.gradient.download();
+        point.backboneGradNorm = norm / scale;
+        p.gradient.destroy();
+      }
+      this.convergence.push(point);
     }
-    return right / batch.examples;
+    const names = [...encoderParameters(this.trainer.encoder.params).keys()];
+    for (const p of this.pendingDistances.splice(0)) {
+      const d = await p.out.download();
+      p.out.destroy();
+      const squares: Record<string, number> = {};
+      let total = 0;
+      names.forEach((name, i) => {
+        const layer = layerOf(name);
+        squares[layer] = (squares[layer] ?? 0) + d[i] * d[i];
+        total += d[i] * d[i];
+      });
+      const layers: Record<string, number> = {};
+      for (const [layer, s] of Object.entries(squares)) layers[layer] = Math.sqrt(s);
+      this.weightDistance.push({ step: p.step, stage: p.stage, total: Math.sqrt(total), layers });
+    }
   }
 
-  private async backboneGradNorm(lossScale: number | null): Promise<number> {
-    const grads = [...this.trainer.encoder.gradients().values()];
-    const gpu = this.trainer.gpu;
-    this.normPartials ??= createTensor(
-      gpu,
-      [gradNormPartialsLength(gpu, grads)],
-      "f32",
-      "backbone gradient norm partials",
-    );
-    const rec = new Recorder(gpu);
-    gradNormClip(rec, { grads, partials: this.normPartials, maxNorm: 0, out: this.normOut });
-    await rec.submit();
-    const norm = (await this.normOut.download())[0];
-    return lossScale ? norm / lossScale : norm;
-  }
-
+  /** Records ‖θ − θ₀‖ of every backbone tensor into a new slot (read by `readPending`). */
   private async recordWeightDistance(step: number): Promise<void> {
     const params = encoderParameters(this.trainer.encoder.params);
-    const rec = new Recorder(this.trainer.gpu);
-    const names = [...params.keys()];
-    names.forEach((name, i) => {
+    const gpu = this.trainer.gpu;
+    const out = createTensor(gpu, [params.size], "f32", `θ − θ₀ at step ${step}`);
+    const rec = new Recorder(gpu);
+    [...params].forEach(([name, t], i) => {
       distance(rec, {
-        a: params.get(name)!,
+        a: t,
         b: this.pretrained.get(name)!,
         partials: this.partials,
-        out: this.distances.view(4 * i, [1]),
+        out: out.view(4 * i, [1]),
       });
     });
     await rec.submit();
-    const d = await this.distances.download();
-    const squares: Record<string, number> = {};
-    let total = 0;
-    names.forEach((name, i) => {
-      const layer = layerOf(name);
-      squares[layer] = (squares[layer] ?? 0) + d[i] * d[i];
-      total += d[i] * d[i];
-    });
-    const layers: Record<string, number> = {};
-    for (const [layer, s] of Object.entries(squares)) layers[layer] = Math.sqrt(s);
-    this.weightDistance.push({
-      step,
-      stage: this.stageNames[this.stage],
-      total: Math.sqrt(total),
-      layers,
-    });
+    this.pendingDistances.push({ step, stage: this.stageNames[this.stage], out });
   }
 
   destroy(): void {
     for (const t of this.pretrained.values()) t.destroy();
-    for (const t of [this.distances, this.partials, this.normOut, this.normPartials]) t?.destroy();
+    for (const p of this.pendingDistances) p.out.destroy();
+    for (const p of this.pendingSteps) for (const t of [p.logits, p.gradient]) t?.destroy();
+    for (const t of [this.partials, this.normPartials, this.gradientSlot]) t?.destroy();
   }
 }
 

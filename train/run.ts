@@ -784,10 +784,10 @@ async function trainStages(
         stream.examples(step).map((i) => p.train.examples[i]),
       );
       const lr = learningRate(schedule, j);
-      const lossScale = await l.analysis?.beforeStep() ?? null;
+      await l.analysis?.beforeStep();
       await trainer.step(batch, lr, step);
       const done = step + 1;
-      await l.analysis?.afterStep(done, batch, lossScale);
+      await l.analysis?.afterStep(done, batch);
       pending.push({ stage: stage.name, step: done, lr });
       if (pending.length >= LOG_BLOCK) await flush();
       l.progress.step(stage.name, done, lastLoss);

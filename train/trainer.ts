@@ -499,9 +499,9 @@ export class Trainer {
     return { values: await this.forwardRows(batches, pick, width), width };
   }
 
-  /** The logits of the last training step's batch, [rows · classes] (a download). */
-  async lastStepOutputs(): Promise<Float32Array> {
-    return (await this.head.outputs().download()) as Float32Array;
+  /** The logits of the last forward (a training step's batch after `step`), [rows, classes]. */
+  stepOutputs(): Tensor {
+    return this.head.outputs();
   }
 
   /**
