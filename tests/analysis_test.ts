@@ -199,7 +199,13 @@ Deno.test({
       const reportDir = `${dir}/report`;
       await report({ paths: [out, ft], out: reportDir }, () => {});
       const md = await Deno.readTextFile(`${reportDir}/report.md`);
-      const shown = ["feature_change", "weight_distance", "training_loss", "backbone_gradient"];
+      const shown = [
+        "feature_change",
+        "weight_distance",
+        "training_loss",
+        "training_accuracy",
+        "backbone_gradient",
+      ];
       for (const name of [...shown, "head_features"]) {
         assert(md.includes(`(figures/${name}.png)`), `report.md shows ${name}`);
         await Deno.stat(`${reportDir}/figures/${name}.svg`);

@@ -237,6 +237,14 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
   return figures;
 }
 
+/** Each point's y replaced by the mean of the last `window` points' (fewer at the start). */
+function runningMean(points: [number, number][], window: number): [number, number][] {
+  return points.map(([x], i) => {
+    const from = Math.max(0, i - window + 1);
+    return [x, mean(points.slice(from, i + 1).map((p) => p[1]))];
+  });
+}
+
 function mean(xs: number[]): number {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN;
 }
@@ -297,6 +305,26 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
         `${r.method} ${fmt(mean(r.losses.slice(-10).map((l) => l[1])))}`
       ).join(", ") + ".",
   });
+  const withAccuracy = rs.filter((r) => r.data.convergence.some((c) => c.accuracy !== null));
+  if (withAccuracy.length) {
+    const smoothed = (r: RunAnalysisFiles) =>
+      runningMean(
+        r.data.convergence.filter((c) => c.accuracy !== null).map((c) => [c.step, c.accuracy!]),
+        10,
+      );
+    figures.push({
+      name: "training_accuracy",
+      spec: lineChartSpec({
+        title: "Accuracy on the training batches",
+        xLabel: "training step",
+        yLabel: "batch accuracy, mean of the last 10 steps",
+        legendTitle: "method",
+        series: withAccuracy.map((r) => ({ name: r.method, points: smoothed(r) })),
+      }),
+      caption: "Training-batch accuracy over the last 10 steps: " +
+        withAccuracy.map((r) => `${r.method} ${fmt(smoothed(r).at(-1)![1])}`).join(", ") + ".",
+    });
+  }
   const grads = rs.filter((r) => r.data.convergence.some((c) => c.backboneGradNorm !== undefined));
   if (grads.length) {
     const norms = (r: RunAnalysisFiles) =>
