@@ -32,7 +32,7 @@ import { type OpenedModel, openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
-import { createPeft } from "../peft/method.ts";
+import { createPeft, type PeftMethod } from "../peft/method.ts";
 import {
   assembleBatch,
   batchesPerEpoch,
@@ -46,6 +46,7 @@ import {
   type TrainBatch,
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
+import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
 import { readRunAnalysis, runFigures, writeFigures } from "./analysis_figures.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
@@ -62,7 +63,7 @@ import {
   uploadByName,
   writeTrainingCheckpoint,
 } from "./training_checkpoint.ts";
-import { Trainer } from "./trainer.ts";
+import { Trainer, type TrainerOptions } from "./trainer.ts";
 
 export interface RunOptions {
   /** The task named by config.task. */
@@ -520,28 +521,65 @@ async function runSeed(
       seed: deriveSeed(seed, SEED_PURPOSE.peft),
     })
     : null;
+  const place: RunPlace = {
+    dir,
+    checkpoint: checkpoint ? { path: checkpointPath, step: checkpoint.state.step } : null,
+  };
+  // A lost device surfaces as whatever the next call threw: wait briefly for the loss to be
+  // reported, so that the message says what happened.
+  const trainerOptions = (examples: number, withPeft: PeftMethod | null): TrainerOptions => ({
+    config: model.config,
+    loss: task.loss,
+    headClasses: task.headClasses,
+    wic: task.head === "wic",
+    inputsPerExample: p.train.inputsPerExample,
+    maxExamples: examples,
+    maxSeq: longestRow(p.train, p.dev),
+    maxPrefix: peft?.prefixLength,
+    dropout: config.dropout ?? undefined,
+    headWidth: p.headWidth,
+    headSeed: deriveSeed(seed, SEED_PURPOSE.head),
+    dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
+    peft: withPeft,
+    adamw: adamwSettings(config),
+    precision: config.precision,
+  });
+  // The largest batch below `from` whose buffers this adapter allocates (a Trainer built and
+  // freed: what a step adds is the same kinds of tensors), for the advice of an allocation error.
+  const largestFitting = async (from: number): Promise<number | null> => {
+    for (let b = from; b >= 1; b = b > 8 ? Math.floor(b * 0.8) : b - 1) {
+      try {
+        const probe = new Trainer(gpu, trainerOptions(b, null));
+        await gpu.flushErrors();
+        probe.destroy();
+        return b;
+      } catch {
+        // Try a smaller one.
+      }
+    }
+    return null;
+  };
+  // A lost device surfaces as whatever the next call threw: wait briefly for the loss to be
+  // reported, so that the message says what happened.
+  const explain = async (e: unknown) => {
+    if (!gpu.lost) await Promise.race([gpu.device.lost, new Promise((r) => setTimeout(r, 200))]);
+    await Promise.resolve();
+    const lost = gpu.lost ?? undefined;
+    const run = { batchSize: config.batchSize, maxLength: p.maxLength, place };
+    const first = explainRunError(lost ?? e, run);
+    if (!(first instanceof RunFaultError) || !first.message.includes("try --batch-size")) {
+      return first;
+    }
+    const fits = await largestFitting(Math.min(maxExamples, config.batchSize) - 1);
+    return explainRunError(e, { ...run, fitsBatch: fits ?? undefined });
+  };
   let trainer: Trainer;
   try {
-    trainer = new Trainer(gpu, {
-      config: model.config,
-      loss: task.loss,
-      headClasses: task.headClasses,
-      wic: task.head === "wic",
-      inputsPerExample: p.train.inputsPerExample,
-      maxExamples,
-      maxSeq: longestRow(p.train, p.dev),
-      dropout: config.dropout ?? undefined,
-      headWidth: p.headWidth,
-      headSeed: deriveSeed(seed, SEED_PURPOSE.head),
-      dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
-      peft,
-      adamw: adamwSettings(config),
-      precision: config.precision,
-    });
+    trainer = new Trainer(gpu, trainerOptions(maxExamples, peft));
   } catch (e) {
     peft?.destroy();
     model.weights.close();
-    throw e;
+    throw await explain(e);
   }
   const log = await RunLog.open(`${dir}/log.jsonl`, checkpoint?.state.logLines ?? 0);
   const progress = new Progress({
@@ -574,7 +612,7 @@ async function runSeed(
       });
     }
     const result = await trainStages(
-      { config, task, dir, p, trainer, log, progress, options, seed, analysis },
+      { config, task, dir, p, trainer, log, progress, options, seed, analysis, place },
       checkpoint,
     );
     if (analysis) {
@@ -588,6 +626,8 @@ async function runSeed(
     await Deno.remove(checkpointPath).catch(() => {});
     if (analysis) await drawAnalysis(dir, options.quiet ?? false);
     return result;
+  } catch (e) {
+    throw await explain(e);
   } finally {
     progress.finish();
     log.close();
@@ -659,6 +699,8 @@ interface Loop {
   options: RunOptions;
   seed: number;
   analysis: RunAnalysis | null;
+  /** Where the run stands for fault messages: its folder and last checkpoint. */
+  place: RunPlace;
 }
 
 /** Whether a stage's backbone tensor `name` (relative) was trained since the last restore. */
@@ -709,6 +751,7 @@ async function trainStages(
   const startStage = checkpoint?.state.stage ?? 0;
   const adamw = adamwSettings(config);
 
+  let consecutiveSkips = 0;
   // A resumed run replays the hand-offs of the stages it already passed.
   for (let s = 1; s < startStage; s++) await handOff(l, s);
 
@@ -759,6 +802,7 @@ async function trainStages(
     const flush = async () => {
       const stats = await trainer.takeStats();
       if (stats.length !== pending.length) throw new Error("training log out of step");
+      const logged = pending;
       await l.log.write(pending.map((x, i) => ({
         stage: x.stage,
         step: x.step,
@@ -769,11 +813,13 @@ async function trainStages(
           ? {}
           : { loss_scale: stats[i].lossScale, skipped: stats[i].skipped }),
       })));
+      pending = [];
+      // Before anything else uses this block's weights (an evaluation, a checkpoint).
+      consecutiveSkips = checkStepStats(logged, stats, consecutiveSkips, l.place);
       if (stats.length > 0) {
         lastLoss = stats[stats.length - 1].loss;
-        l.progress.logged(stage.name, pending[pending.length - 1].step, lastLoss);
+        l.progress.logged(stage.name, logged[logged.length - 1].step, lastLoss);
       }
-      pending = [];
     };
 
     for (let j = first; j < stage.steps; j++) {
@@ -836,6 +882,7 @@ async function trainStages(
           moments: trainer.optimizer!.moments(),
           lossScale: trainer.lossScaleState,
         });
+        l.place.checkpoint = { path: `${l.dir}/${CHECKPOINT_FILE}`, step: done };
       }
     }
     await flush();

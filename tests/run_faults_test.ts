@@ -1,0 +1,186 @@
+// Faults during a run (train/run_faults.ts): a non-finite loss in f32 stops the run naming the
+// step and keeping the last good checkpoint; f16 skips such steps but stops when they never end;
+// an allocation beyond the adapter's limits names a batch size that fits; a lost device says how
+// to resume.
+
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { withLimits } from "./gpu_fixture.ts";
+import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { getGpu, requestGpu } from "../kernels/device.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { type RunOptions, runTraining } from "../train/run.ts";
+import { MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
+import { rte } from "../tasks/rte.ts";
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function withRunFolder(fn: (dir: string, args: string[]) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-faults-" });
+  try {
+    await writeTinyBert(`${dir}/model`, false);
+    await writeMarkerData(`${dir}/data`, 32, 16);
+    await writeNarrowHead(`${dir}/head.safetensors`);
+    await fn(dir, [
+      ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+      ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", "--eval-every", "0"],
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function train(args: string[], options: Partial<RunOptions> = {}) {
+  const { config } = parseTrainArgs(args);
+  return runTraining(config, { task: rte, quiet: true, ...options });
+}
+
+/** A stage-start hook writing NaN into the head's output weight: the next step's loss is NaN. */
+function poisonAtStage(index: number): RunOptions["onStageStart"] {
+  return ({ index: i, trainer }) => {
+    if (i !== index) return;
+    const w = trainer.headParameters().get("head.out_proj.weight")!;
+    w.upload(new Float32Array(w.numel).fill(NaN));
+  };
+}
+
+Deno.test({
+  name: "run faults: a NaN loss in f32 stops the run at its step, the last checkpoint kept",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      const out = `${dir}/run`;
+      const args = [
+        ...common,
+        ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "12"],
+        ...["--stage1-ratio", "0.25", "--checkpoint-every", "2", "--out", out],
+      ];
+      // Stage 1 is steps 1-3 (checkpoint at 2); the head is poisoned as Stage 2 starts.
+      const e = await assertRejects(
+        () => train(args, { onStageStart: poisonAtStage(1) }),
+        Error,
+        "step 4 (stage2): the loss is NaN and the gradient norm NaN: training stopped",
+      );
+      assert(!e.message.includes("\n"), "one line");
+      assert(e.message.includes(`the last good checkpoint (step 2) is kept in ${out}/`), e.message);
+      assert(e.message.includes("--resume"), e.message);
+      assert(!(await exists(`${out}/metrics.json`)), "no results");
+      const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
+      assertEquals(JSON.parse(reader.metadata.ehft_training_state).step, 2);
+      reader.close();
+      // The log has the bad step (null: JSON has no NaN), nothing after it.
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l));
+      assert(log.some((l) => l.step === 4 && l.loss === null), "step 4 logged");
+    }),
+});
+
+Deno.test({
+  name: "run faults: f16 skips non-finite steps, and stops when they never end",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      const out = `${dir}/run`;
+      const steps = MAX_CONSECUTIVE_SKIPS + 5;
+      const args = [
+        ...common,
+        ...["--strategy", "ft", "--max-steps", String(steps), "--precision", "f16"],
+        ...["--out", out],
+      ];
+      await assertRejects(
+        () => train(args, { onStageStart: poisonAtStage(0) }),
+        Error,
+        `step ${MAX_CONSECUTIVE_SKIPS} (main): ${MAX_CONSECUTIVE_SKIPS} steps in a row had ` +
+          "non-finite gradients",
+      );
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
+      assert(log.every((l) => l.skipped === true), "every step skipped");
+      // The scale halves at each skip.
+      assertEquals(log[0].loss_scale, 2 ** 16);
+      assertEquals(log[3].loss_scale, 2 ** 13);
+    }),
+});
+
+Deno.test({
+  name: "run faults: beyond the adapter's buffer limit, the error names a batch size that fits",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      const gpu = await getGpu();
+      // The largest parameter (word embeddings, 101 × 24 f32) takes 9696 bytes; at batch 32 the
+      // encoder's activations ([batch · seq, 37] and more) do not fit 12000-byte buffers.
+      const small = withLimits(gpu, { maxBufferSize: 12000 });
+      const args = [...common, "--strategy", "ft", "--max-steps", "2"];
+      const e = await assertRejects(
+        () => train([...args, "--batch-size", "32", "--out", `${dir}/big`], { gpu: small }),
+        Error,
+        "more than this adapter's largest buffer (12000 bytes): the batch of 32 does not fit",
+      );
+      assert(!e.message.includes("\n"), "one line");
+      const m = /try --batch-size (\d+)/.exec(e.message);
+      assert(m, e.message);
+      const fits = Number(m[1]);
+      assert(fits >= 1 && fits < 32, e.message);
+      // And it does.
+      const metrics = await train([...args, "--batch-size", String(fits), "--out", `${dir}/fits`], {
+        gpu: small,
+      });
+      assert("final" in metrics, "the suggested batch trained");
+    }),
+});
+
+Deno.test({
+  name: "run faults: a lost device says so, with the command that resumes the run",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      const gpu = await requestGpu();
+      const out = `${dir}/run`;
+      const args = [
+        ...common,
+        ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "8"],
+        ...["--stage1-ratio", "0.25", "--checkpoint-every", "2", "--out", out],
+      ];
+      const e = await assertRejects(
+        () =>
+          train(args, {
+            gpu,
+            onStageStart: ({ index }) => {
+              if (index === 1) gpu.device.destroy();
+            },
+          }),
+        Error,
+        "GPU device lost",
+      );
+      assert(!e.message.includes("\n"), "one line");
+      assert(e.message.includes("the last good checkpoint (step 2)"), e.message);
+      assert(e.message.includes("--resume"), e.message);
+    }),
+});
+
+Deno.test("run faults: the resume command is the current one with --resume", () => {
+  const cwd = Deno.cwd();
+  assertEquals(
+    resumeCommand(
+      ["--task", "rte", "--overwrite", "--out", "runs/a b", "--lr", "1e-5"],
+      `file://${cwd}/train.ts`,
+    ),
+    "deno run -A train.ts --task rte --out 'runs/a b' --lr 1e-5 --resume",
+  );
+  assertEquals(
+    resumeCommand(["--resume"], "file:///elsewhere/tasks/cb.ts"),
+    "deno run -A /elsewhere/tasks/cb.ts --resume",
+  );
+});

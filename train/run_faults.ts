@@ -1,0 +1,156 @@
+// What a training run says when it cannot go on: a non-finite loss or gradient, a GPU too small
+// for the batch, a lost device. Each becomes one message that names the step or the tensor, says
+// what was kept (the last checkpoint is never overwritten by a bad step: checkpoints are written
+// after the step statistics are checked), and says how to go on.
+
+import { DeviceLostError, GpuError } from "../kernels/device.ts";
+import type { StepStats } from "./trainer.ts";
+
+/** A run stopped by a fault; its message is the whole story, on one line. */
+export class RunFaultError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RunFaultError";
+  }
+}
+
+/** f16 runs: this many skipped steps in a row mean the model diverged, not an overflow. */
+export const MAX_CONSECUTIVE_SKIPS = 50;
+
+/** Where a run stands, for the messages. */
+export interface RunPlace {
+  dir: string;
+  /** The checkpoint file and the step it holds, or null when none was written yet. */
+  checkpoint: { path: string; step: number } | null;
+}
+
+/** The command that continues this run: the current one, with --resume (and no --overwrite). */
+export function resumeCommand(
+  args: readonly string[] = Deno.args,
+  main: string = Deno.mainModule,
+): string {
+  let script = main;
+  try {
+    const path = new URL(main).pathname;
+    const cwd = Deno.cwd();
+    script = path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
+  } catch {
+    // Not a URL: use it as it is.
+  }
+  const kept = args.filter((a) => a !== "--overwrite" && a !== "--resume");
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
+  return ["deno run -A", script, ...kept.map(quote), "--resume"].join(" ");
+}
+
+function keptCheckpoint(place: RunPlace): string {
+  return place.checkpoint
+    ? `the last good checkpoint (step ${place.checkpoint.step}) is kept in ${place.checkpoint.path}`
+    : "no checkpoint was written yet (--checkpoint-every sets how often)";
+}
+
+/**
+ * Checks one block of logged steps. f32: any non-finite loss or gradient norm stops the run,
+ * naming the step. f16: a skipped step (non-finite gradients; the loss scaler lowers the scale)
+ * is expected now and then, but `MAX_CONSECUTIVE_SKIPS` in a row stop it too. Returns the number
+ * of skipped steps in a row at the end of the block (pass it to the next call).
+ */
+export function checkStepStats(
+  steps: readonly { stage: string; step: number }[],
+  stats: readonly StepStats[],
+  consecutiveSkips: number,
+  place: RunPlace,
+): number {
+  let run = consecutiveSkips;
+  for (const [i, s] of stats.entries()) {
+    const where = `step ${steps[i].step} (${steps[i].stage})`;
+    if (s.skipped !== undefined) {
+      run = s.skipped ? run + 1 : 0;
+      if (run >= MAX_CONSECUTIVE_SKIPS) {
+        throw new RunFaultError(
+          `${where}: ${run} steps in a row had non-finite gradients (loss ${s.loss}, loss scale ` +
+            `now ${s.lossScale}): the model diverged, training stopped; ${
+              keptCheckpoint(place)
+            }. ` +
+            `Continue with a lower --lr or --precision f32: ${resumeCommand()}`,
+        );
+      }
+      continue;
+    }
+    if (!Number.isFinite(s.loss) || !Number.isFinite(s.gradNorm)) {
+      throw new RunFaultError(
+        `${where}: the loss is ${s.loss} and the gradient norm ${s.gradNorm}: training stopped ` +
+          `before this step's weights reached a checkpoint; ${keptCheckpoint(place)}. Continue ` +
+          `with a lower --lr (it is a setting of the run: use --overwrite to restart), or resume ` +
+          `as it was: ${resumeCommand()}`,
+      );
+    }
+  }
+  return run;
+}
+
+/** Bytes and limit out of a GPU allocation error, if it says them. */
+function allocation(message: string): { bytes: number; limit: number | null } | null {
+  let m = /needs (\d+) bytes, more than this adapter's largest buffer \((\d+) bytes\)/.exec(
+    message,
+  );
+  if (m) return { bytes: Number(m[1]), limit: Number(m[2]) };
+  m = /\((\d+) bytes\)[^;]*exceeds this adapter's storage binding limit of (\d+) bytes/.exec(
+    message,
+  );
+  if (m) return { bytes: Number(m[1]), limit: Number(m[2]) };
+  m = /\((\d+) bytes\): out of GPU memory/.exec(message);
+  if (m) return { bytes: Number(m[1]), limit: null };
+  if (message.includes("out of GPU memory")) return { bytes: 0, limit: null };
+  return null;
+}
+
+/**
+ * The message of an error that ended a run, made actionable: a GPU allocation beyond the
+ * adapter's limits or memory gets the batch size (or sequence length) that should fit; a lost
+ * device gets the --resume command. Other errors are returned as they are.
+ */
+export function explainRunError(
+  e: unknown,
+  run: {
+    batchSize: number;
+    maxLength: number | null;
+    place: RunPlace;
+    /** The largest batch found to allocate on this adapter (train/run.ts probes for it). */
+    fitsBatch?: number;
+  },
+): unknown {
+  if (e instanceof RunFaultError) return e;
+  if (e instanceof DeviceLostError) {
+    return new RunFaultError(
+      `${e.message}; ${keptCheckpoint(run.place)}; continue with: ${resumeCommand()}`,
+    );
+  }
+  if (!(e instanceof GpuError)) return e;
+  const a = allocation(e.message);
+  if (!a) return e;
+  // Parameters, gradients and optimizer state do not shrink with the batch.
+  const model = /arena "|parameters|gradients|adam /.test(e.message);
+  if (model) {
+    return new RunFaultError(
+      `${e.message}: the model itself does not fit this adapter (no batch size helps); use a ` +
+        `smaller model or a GPU with more memory`,
+    );
+  }
+  const B = run.batchSize;
+  // Activations grow linearly with the batch: the same share of the limit at a smaller one,
+  // unless a probe found the batch that fits.
+  const fits = run.fitsBatch ??
+    (a.limit !== null && a.bytes > 0
+      ? Math.max(1, Math.floor((B * a.limit) / a.bytes))
+      : Math.max(1, Math.floor(B / 2)));
+  const shorter = run.maxLength !== null && run.maxLength > 32
+    ? `--max-length ${Math.floor(run.maxLength / 2)}`
+    : null;
+  const advice = fits < B
+    ? `try --batch-size ${fits}${shorter ? ` or ${shorter}` : ""}`
+    : `try ${shorter ?? "a smaller --max-length"}`;
+  return new RunFaultError(
+    `${e.message}: the batch of ${B} does not fit this adapter; ${advice} (--overwrite to restart ` +
+      `with it)`,
+  );
+}
