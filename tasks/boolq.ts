@@ -29,6 +29,9 @@ export const BOOLQ_DATASET: DatasetSpec = {
   ],
 };
 
+/** How BoolQ gets its data, for the error about a missing split. */
+const BOOLQ_HINT = "with no --data, BoolQ is downloaded into the data cache on first use";
+
 export const boolq: Task = {
   name: "boolq",
   labels: LABELS,
@@ -39,8 +42,9 @@ export const boolq: Task = {
   devSplit: "val",
   resolveData: (options?: EnsureDatasetOptions) => ensureDataset(BOOLQ_DATASET, options),
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
-    const file = await splitFile(path, split, "jsonl");
+    const file = await splitFile(path, split, "jsonl", BOOLQ_HINT);
     return (await readJsonl(file)).map(({ line, value }, i) => ({
+      source: `${file}:${line}`,
       idx: indexField(file, line, value, i),
       inputs: [[
         stringField(file, line, value, "passage"),

@@ -23,6 +23,7 @@ export const cb: Task = {
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
     const file = await splitFile(path, split, "jsonl");
     return (await readJsonl(file)).map(({ line, value }, i) => ({
+      source: `${file}:${line}`,
       idx: indexField(file, line, value, i),
       inputs: [[
         stringField(file, line, value, "premise"),

@@ -28,6 +28,7 @@ export const cola: Task = {
     });
     if (table.header) {
       return table.rows.map(({ line, fields }) => ({
+        source: `${file}:${line}`,
         idx: tsvIndex(file, line, fields[0], "index"),
         inputs: [fields[1]],
         label: null,
@@ -35,7 +36,12 @@ export const cola: Task = {
     }
     return table.rows.map(({ line, fields }, i) => {
       if (fields[3] === "") throw new DataError(file, line, "the sentence (4th field) is empty");
-      return { idx: i, inputs: [fields[3]], label: labelId(file, line, fields[1], LABELS) };
+      return {
+        source: `${file}:${line}`,
+        idx: i,
+        inputs: [fields[3]],
+        label: labelId(file, line, fields[1], LABELS),
+      };
     });
   },
   prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],

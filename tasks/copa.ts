@@ -8,6 +8,7 @@ import {
   DataError,
   indexField,
   labelId,
+  quote,
   readJsonl,
   splitFile,
   stringField,
@@ -46,11 +47,12 @@ export const copa: Task = {
         throw new DataError(
           file,
           line,
-          `field "question" is ${JSON.stringify(question)}, not "cause" or "effect"`,
+          `field "question" is ${quote(question)}, not "cause" or "effect"`,
         );
       }
       const premise = stringField(file, line, value, "premise");
       return {
+        source: `${file}:${line}`,
         idx: indexField(file, line, value, i),
         inputs: [
           copaText(premise, question, stringField(file, line, value, "choice1")),

@@ -33,6 +33,7 @@ export const mrpc: Task = {
     const quality = table.header!.includes("Quality") ? tsvColumn(table, "Quality") : -1;
     const index = quality < 0 ? tsvColumn(table, "index") : -1;
     return table.rows.map(({ line, fields }, i) => ({
+      source: `${file}:${line}`,
       idx: index < 0 ? i : tsvIndex(file, line, fields[index], "index"),
       inputs: [[fields[first], fields[second]]],
       label: quality < 0 ? null : labelId(file, line, fields[quality], LABELS),

@@ -31,6 +31,9 @@ export const QNLI_DATASET: DatasetSpec = {
   ],
 };
 
+/** How QNLI gets its data, for the error about a missing split. */
+const QNLI_HINT = "with no --data, QNLI is downloaded into the data cache on first use";
+
 export const qnli: Task = {
   name: "qnli",
   labels: LABELS,
@@ -41,13 +44,14 @@ export const qnli: Task = {
   devSplit: "dev",
   resolveData: (options?: EnsureDatasetOptions) => ensureDataset(QNLI_DATASET, options),
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
-    const file = await splitFile(path, split, "tsv");
+    const file = await splitFile(path, split, "tsv", QNLI_HINT);
     const table = await readTsv(file, { header: true });
     const index = tsvColumn(table, "index");
     const question = tsvColumn(table, "question");
     const sentence = tsvColumn(table, "sentence");
     const label = table.header!.includes("label") ? tsvColumn(table, "label") : -1;
     return table.rows.map(({ line, fields }) => ({
+      source: `${file}:${line}`,
       idx: tsvIndex(file, line, fields[index], "index"),
       inputs: [[fields[sentence], fields[question]]],
       label: label < 0 ? null : labelId(file, line, fields[label], LABELS),

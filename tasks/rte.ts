@@ -1,8 +1,9 @@
 // RTE (Recognizing Textual Entailment, SuperGLUE): does the premise entail the hypothesis?
 // One encoder input per example, pair(premise, hypothesis); one logit with BCE, as the official
-// EH-FT code does; label ids as in Hugging Face datasets: entailment 0, not_entailment 1.
+// EH-FT code does; label ids as in Hugging Face datasets: entailment 0, not_entailment 1 (the
+// files write the names; the ids 0 and 1 are accepted too).
 
-import { DataError, indexField, readJsonl, splitFile, stringField } from "../train/data_files.ts";
+import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
 
@@ -19,27 +20,15 @@ export const rte: Task = {
   dataDir: "data/superglue/RTE",
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
     const file = await splitFile(path, split, "jsonl");
-    return (await readJsonl(file)).map(({ line, value }, i) => {
-      let label: number | null = null;
-      if (value.label !== undefined && value.label !== null) {
-        label = LABELS.indexOf(value.label as typeof LABELS[number]);
-        if (label < 0) {
-          throw new DataError(
-            file,
-            line,
-            `label ${JSON.stringify(value.label)} is not one of ${LABELS.join(", ")}`,
-          );
-        }
-      }
-      return {
-        idx: indexField(file, line, value, i),
-        inputs: [[
-          stringField(file, line, value, "premise"),
-          stringField(file, line, value, "hypothesis"),
-        ]],
-        label,
-      };
-    });
+    return (await readJsonl(file)).map(({ line, value }, i) => ({
+      source: `${file}:${line}`,
+      idx: indexField(file, line, value, i),
+      inputs: [[
+        stringField(file, line, value, "premise"),
+        stringField(file, line, value, "hypothesis"),
+      ]],
+      label: labelId(file, line, value.label, LABELS),
+    }));
   },
   prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],
 };

@@ -5,10 +5,17 @@
 //
 // GLUE's TSV files, split on tabs only, with a header: index, genre, filename, year, old_index,
 // source1, source2, sentence1, sentence2 and, except in test.tsv, score. idx is `index`.
+//
+// A score must be a plain decimal number ("3.8", "5.000", "1e0" too; not "", "n/a", "0x1",
+// "Infinity") in [0, 5], GLUE's scale: one outside it is an error naming the file and line,
+// since it means a wrong column or another scale (clamping would train on a silent mistake).
 
-import { DataError, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
+import { DataError, quote, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+
+/** A decimal number as GLUE writes scores (an exponent allowed). */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
 export const stsb: Task = {
   name: "stsb",
@@ -33,11 +40,12 @@ export const stsb: Task = {
       if (score >= 0) {
         const raw = fields[score];
         label = Number(raw);
-        if (raw.trim() === "" || !Number.isFinite(label) || label < 0 || label > 5) {
-          throw new DataError(file, line, `score ${JSON.stringify(raw)} is not a number in [0, 5]`);
+        if (!DECIMAL.test(raw.trim()) || label < 0 || label > 5) {
+          throw new DataError(file, line, `score ${quote(raw)} is not a number in [0, 5]`);
         }
       }
       return {
+        source: `${file}:${line}`,
         idx: tsvIndex(file, line, fields[index], "index"),
         inputs: [[fields[first], fields[second]]],
         label,

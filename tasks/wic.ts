@@ -10,7 +10,15 @@
 // pairs are cut longest-first, which keeps the most of both sentences. The data is CC BY-NC 4.0
 // (non-commercial use only, see data/README.md).
 
-import { DataError, indexField, readJsonl, splitFile, stringField } from "../train/data_files.ts";
+import {
+  DataError,
+  indexField,
+  integerField,
+  quote,
+  readJsonl,
+  splitFile,
+  stringField,
+} from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
 
@@ -28,7 +36,7 @@ function labelOf(file: string, line: number, value: unknown): number | null {
   throw new DataError(
     file,
     line,
-    `label ${JSON.stringify(value)} is not a boolean, "true"/"false" or 0/1`,
+    `label ${quote(value)} is not a boolean, "true"/"false" or 0/1`,
   );
 }
 
@@ -41,13 +49,8 @@ function charSpan(
   start: string,
   end: string,
 ): [number, number] {
-  const s = row[start], e = row[end];
-  for (const [name, v] of [[start, s], [end, e]] as const) {
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
-      throw new DataError(file, line, `field "${name}" is not a non-negative integer`);
-    }
-  }
-  const [a, b] = [s as number, e as number];
+  const a = integerField(file, line, row, start);
+  const b = integerField(file, line, row, end);
   if (a >= b || b > text.length) {
     throw new DataError(
       file,
@@ -74,6 +77,7 @@ export const wic: Task = {
       const sentence1 = stringField(file, line, value, "sentence1");
       const sentence2 = stringField(file, line, value, "sentence2");
       return {
+        source: `${file}:${line}`,
         idx: indexField(file, line, value, i),
         inputs: [[sentence1, sentence2]],
         label: labelOf(file, line, value.label),

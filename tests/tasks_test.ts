@@ -218,10 +218,16 @@ Deno.test("cola: no header in train/dev, `index, sentence` in test; unacceptable
     idx: 0,
     inputs: ["Our friends won't buy this analysis, let alone the next one we propose."],
     label: 1,
+    source: `${dir}/train.tsv:1`,
   });
   // dev.tsv has no final newline: its last row still counts.
   assertEquals(dev[1042].idx, 1042);
-  assertEquals(test[0], { idx: 0, inputs: ["Bill whistled past the house."], label: null });
+  assertEquals(test[0], {
+    idx: 0,
+    inputs: ["Bill whistled past the house."],
+    label: null,
+    source: `${dir}/test.tsv:2`,
+  });
   assert(test.every((e) => e.label === null));
   assertEquals(test[1062].idx, 1062);
   assertEquals([cola.prediction([0.5]), cola.prediction([-0.5])], ["acceptable", "unacceptable"]);
@@ -238,7 +244,9 @@ Deno.test("cola: no header in train/dev, `index, sentence` in test; unacceptable
     await rejects(cola, d, "d.tsv", "index\tsentence\n0\tA.\nx\tB.\n", ':3: field "index" is "x"');
     // CRLF line ends and quotes as text.
     const rows = await readText(cola, d, "e.tsv", 'gj04\t0\t*\t"Quoted, he said.\r\n\r\n');
-    assertEquals(rows, [{ idx: 0, inputs: ['"Quoted, he said.'], label: 0 }]);
+    assertEquals(rows, [
+      { idx: 0, inputs: ['"Quoted, he said.'], label: 0, source: `${d}/e.tsv:1` },
+    ]);
   });
 });
 
@@ -261,6 +269,7 @@ Deno.test("mrpc: a byte-order mark, quotes as text, Quality as the label, an unl
       "distorting his evidence.",
     ]],
     label: 1,
+    source: `${dir}/train.tsv:2`,
   });
   assertEquals(train[1].label, 0);
   // An unbalanced quote is text: the row still has its five fields.
@@ -302,6 +311,7 @@ Deno.test("stsb: the score as the label (0-5), none in test, the prediction is t
     idx: 0,
     inputs: [["A plane is taking off.", "An air plane is taking off."]],
     label: 5,
+    source: `${dir}/train.tsv:2`,
   });
   assertEquals(train[1].label, 3.8);
   assert(train.every((e) => e.label! >= 0 && e.label! <= 5));
@@ -372,8 +382,8 @@ Deno.test("qnli: pair(sentence, question), entailment 0, an unlabeled test", asy
       "dev",
     );
     assertEquals(dev, [
-      { idx: 0, inputs: [["This.", "What?"]], label: 0 },
-      { idx: 7, inputs: [['Because "so.', '"Why?']], label: 1 },
+      { idx: 0, inputs: [["This.", "What?"]], label: 0, source: `${dir}/dev.tsv:2` },
+      { idx: 7, inputs: [['Because "so.', '"Why?']], label: 1, source: `${dir}/dev.tsv:3` },
     ]);
     const test = await readText(
       qnli,
@@ -382,7 +392,9 @@ Deno.test("qnli: pair(sentence, question), entailment 0, an unlabeled test", asy
       "index\tquestion\tsentence\n3\tQ?\tS.\n",
       "test",
     );
-    assertEquals(test, [{ idx: 3, inputs: [["S.", "Q?"]], label: null }]);
+    assertEquals(test, [
+      { idx: 3, inputs: [["S.", "Q?"]], label: null, source: `${dir}/test.tsv:2` },
+    ]);
     await rejects(
       qnli,
       dir,

@@ -65,7 +65,7 @@ export function exampleTokenSpans(
   what: string,
   index: number,
 ): TokenSpans {
-  const name = `${what}: example ${index} (idx ${example.idx})`;
+  const name = `${sourcePrefix(example)}${what}: example ${index} (idx ${example.idx})`;
   const input = example.inputs[0];
   if (!example.spans) throw new Error(`${name} has no target-word spans`);
   if (example.inputs.length !== 1 || typeof input === "string") {
@@ -98,6 +98,11 @@ export function exampleTokenSpans(
   return out as unknown as TokenSpans;
 }
 
+/** "<file>:<line>: " for an example that says where it comes from, else "". */
+function sourcePrefix(example: TaskExample): string {
+  return example.source ? `${example.source}: ` : "";
+}
+
 /**
  * Checks that a split's examples carry target-word spans exactly when the task's head reads them
  * (`head` "wic").
@@ -114,7 +119,10 @@ export function expectSpans(split: TokenizedSplit, head: HeadInput | undefined, 
 
 /**
  * Tokenizes every example, pairs cut to `maxLength` by `truncation` (default longest-first, HF's
- * default for `truncation=True`). Examples without a label are an error naming the split.
+ * default for `truncation=True`). Examples without a label are an error naming the split, and
+ * the file and line where the example says (`source`); that check comes before any tokenizing.
+ * Texts of any length are tokenized in about linear time (a 5 MB text: a few seconds) and then
+ * cut to `maxLength`.
  */
 export function tokenizeExamples(
   tokenizer: TextTokenizer,
@@ -130,17 +138,22 @@ export function tokenizeExamples(
   examples.forEach((e, i) => {
     if ((e.spans !== undefined) !== hasSpans) {
       throw new Error(
-        `${what}: example ${i} (idx ${e.idx}) ${hasSpans ? "lacks" : "has"} target-word spans, ` +
+        `${sourcePrefix(e)}${what}: example ${i} (idx ${e.idx}) ` +
+          `${hasSpans ? "lacks" : "has"} target-word spans, ` +
           `the first ${hasSpans ? "has" : "has none"}`,
       );
     }
     if (e.inputs.length !== k || k === 0) {
       throw new Error(
-        `${what}: example ${i} (idx ${e.idx}) has ${e.inputs.length} inputs, the first has ${k}`,
+        `${sourcePrefix(e)}${what}: example ${i} (idx ${e.idx}) has ${e.inputs.length} ` +
+          `inputs, the first has ${k}`,
       );
     }
     if (e.label === null || !Number.isFinite(e.label)) {
-      throw new Error(`${what}: example ${i} (idx ${e.idx}) has no label`);
+      throw new Error(
+        `${sourcePrefix(e)}${what}: example ${i} (idx ${e.idx}) has no label (training and ` +
+          `evaluation need one on every example)`,
+      );
     }
     flat.push(...(e.inputs as TextInput[]));
   });

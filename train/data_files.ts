@@ -1,20 +1,178 @@
 // Reading data files line by line with errors that name the file and the line.
+//
+// Every problem with a data file is a DataError of one line: `<file>:<line>: <problem>` (1-based
+// line numbers, counting blank lines and a header), or `<file>: <problem>` when no line is to
+// blame (an empty file, a missing split). What the readers accept and refuse:
+//
+// - the file is decoded as strict UTF-8: a byte that is not UTF-8 is an error naming its line
+//   (a Latin-1 or UTF-16 file would otherwise be read as replacement characters); a UTF-8
+//   byte-order mark at the start is dropped, and `\r\n` line ends are accepted;
+// - blank lines are skipped; a file of 0 bytes, of blank lines only, or (TSV) of a header only is
+//   an error: "has no examples (the file is empty)", "... (only blank lines)", "has no examples
+//   after its header (line 1)";
+// - JSONL: one JSON object per line; invalid JSON, or a value that is not an object, names the
+//   line; a required field that is missing, or of the wrong type, names the line and the field;
+// - TSV: fields split on tabs only; a line with another count of fields names the line;
+// - lines of any length (a 5 MB premise is valid) are read in linear time; values quoted in an
+//   error are cut to a few dozen characters;
+// - a split's file missing from a data folder is a MissingDataError naming the file, the split
+//   and what the folder holds, with the task's download hint when it has one;
+// - a missing label is not an error here (test splits have none): training refuses an example
+//   without one, naming its file and line (`TaskExample.source`, train/batches.ts).
+//
+// Which labels, fields and values each task accepts is the task file's business (tasks/*.ts).
 
 export class DataError extends Error {
   constructor(file: string, line: number | null, problem: string) {
-    super(line === null ? `${file}: ${problem}` : `${file}:${line}: ${problem}`);
+    const text = oneLine(problem);
+    super(line === null ? `${file}: ${text}` : `${file}:${line}: ${text}`);
     this.name = "DataError";
   }
 }
 
-async function readText(path: string): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(path);
-    // A UTF-8 byte-order mark (Deno keeps it) is not part of the first line.
-    return text.startsWith("\uFEFF") ? text.slice(1) : text;
-  } catch (e) {
-    throw new DataError(path, null, `cannot read: ${(e as Error).message}`);
+/** A data file that is not there (a split missing from the data folder, or the --data path). */
+export class MissingDataError extends DataError {
+  constructor(file: string, problem: string) {
+    super(file, null, problem);
+    this.name = "MissingDataError";
   }
+}
+
+/** `text` on one line: line breaks and other control characters escaped. */
+function oneLine(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => {
+    if (c === "\n") return "\\n";
+    if (c === "\r") return "\\r";
+    if (c === "\t") return "\\t";
+    return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  });
+}
+
+/** A value as an error message quotes it: JSON, cut to `max` characters. */
+export function quote(value: unknown, max = 40): string {
+  let text: string;
+  try {
+    text = value === undefined ? "undefined" : JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * The offset of the first byte of `bytes` that does not begin or continue a well-formed UTF-8
+ * sequence (WHATWG's decoder: no overlong forms, surrogates or code points past U+10FFFF), or -1.
+ */
+export function firstInvalidUtf8(bytes: Uint8Array): number {
+  const n = bytes.length;
+  let i = 0;
+  while (i < n) {
+    const b = bytes[i];
+    if (b < 0x80) {
+      i++;
+      continue;
+    }
+    let need: number, lo = 0x80, hi = 0xbf;
+    if (b >= 0xc2 && b <= 0xdf) need = 1;
+    else if (b >= 0xe0 && b <= 0xef) {
+      need = 2;
+      if (b === 0xe0) lo = 0xa0;
+      if (b === 0xed) hi = 0x9f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      need = 3;
+      if (b === 0xf0) lo = 0x90;
+      if (b === 0xf4) hi = 0x8f;
+    } else return i;
+    for (let k = 1; k <= need; k++) {
+      const c = i + k < n ? bytes[i + k] : -1;
+      if (c < (k === 1 ? lo : 0x80) || c > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += need + 1;
+  }
+  return -1;
+}
+
+/** Where the first invalid UTF-8 byte of `bytes` is, as a DataError naming its line. */
+function utf8Error(path: string, bytes: Uint8Array): DataError {
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
+    return new DataError(
+      path,
+      1,
+      "the file is UTF-16 (it begins with a UTF-16 byte-order mark), not UTF-8",
+    );
+  }
+  const at = Math.max(0, firstInvalidUtf8(bytes));
+  let line = 1;
+  let lineStart = 0;
+  for (let i = 0; i < at; i++) {
+    if (bytes[i] === 0x0a) {
+      line++;
+      lineStart = i + 1;
+    }
+  }
+  const hex = bytes[at].toString(16).toUpperCase().padStart(2, "0");
+  return new DataError(
+    path,
+    line,
+    `not valid UTF-8: byte 0x${hex} at byte ${at - lineStart + 1} of the line (save the file ` +
+      `as UTF-8)`,
+  );
+}
+
+/**
+ * A data file's text: strict UTF-8, a leading byte-order mark dropped. A DataError when it
+ * cannot be read (a MissingDataError when it is not there), is empty, or is not UTF-8.
+ */
+async function readText(path: string): Promise<string> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new MissingDataError(path, "cannot read: no such file");
+    }
+    throw new DataError(path, null, `cannot read: ${errorText(e)}`);
+  }
+  if (bytes.length === 0) throw new DataError(path, null, "has no examples (the file is empty)");
+  try {
+    // ignoreBOM false (the default): a UTF-8 byte-order mark is dropped, not part of line 1.
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw utf8Error(path, bytes);
+  }
+}
+
+/**
+ * A JSON.parse error's message for line `raw`, with the column in the line rather than V8's
+ * position, and a hint when the line ends before its object does (an object over several lines).
+ */
+function jsonProblem(e: unknown, raw: string): string {
+  let column: number | null = null;
+  let message = errorText(e).replace(
+    / in JSON at position (\d+)(?: \(line \d+ column \d+\))?/,
+    (_, p) => {
+      column = Number(p) + 1;
+      return ` at column ${column}`;
+    },
+  );
+  if (message.length > 160) message = `${message.slice(0, 160)}…`;
+  const atEnd = /end of JSON input/.test(message) ||
+    (column !== null && column > raw.trimEnd().length);
+  if (atEnd && raw.trimStart().startsWith("{")) {
+    message += "; JSONL needs each object on one line";
+  }
+  return `not valid JSON (${message})`;
+}
+
+function kindOf(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return `a ${typeof value}`;
 }
 
 /** The JSON objects of a JSONL file, each with its 1-based line number. Blank lines are skipped. */
@@ -30,29 +188,66 @@ export async function readJsonl(
     try {
       value = JSON.parse(raw);
     } catch (e) {
-      throw new DataError(path, line, `not valid JSON (${(e as Error).message})`);
+      throw new DataError(path, line, jsonProblem(e, raw));
     }
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
-      throw new DataError(path, line, "expected a JSON object");
+      throw new DataError(path, line, `expected a JSON object, not ${kindOf(value)}`);
     }
     rows.push({ line, value: value as Record<string, unknown> });
   });
-  if (rows.length === 0) throw new DataError(path, null, "has no examples");
+  if (rows.length === 0) throw new DataError(path, null, "has no examples (only blank lines)");
   return rows;
 }
 
-/** A data file: `path` itself if it is a file, else `<path>/<split>.<extension>`. */
-export async function splitFile(path: string, split: string, extension: string): Promise<string> {
+/** "a.jsonl, b.jsonl and 3 more", or "nothing": what a folder holds, for error messages. */
+async function folderListing(dir: string): Promise<string> {
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) names.push(e.isDirectory ? `${e.name}/` : e.name);
+  } catch {
+    return "cannot be listed";
+  }
+  if (names.length === 0) return "is empty";
+  names.sort();
+  const shown = names.slice(0, 8).join(", ");
+  return `holds ${shown}${names.length > 8 ? ` and ${names.length - 8} more` : ""}`;
+}
+
+/**
+ * A data file: `path` itself if it is a file, else `<path>/<split>.<extension>`. A
+ * MissingDataError when `path` does not exist, or when the folder has no such file: it names the
+ * split, the folder and what the folder holds, and ends with `hint` (e.g. how the task downloads
+ * its data) when given.
+ */
+export async function splitFile(
+  path: string,
+  split: string,
+  extension: string,
+  hint?: string,
+): Promise<string> {
+  const tail = hint ? `; ${hint}` : "";
   let isDirectory: boolean;
   try {
     isDirectory = (await Deno.stat(path)).isDirectory;
   } catch {
-    throw new DataError(path, null, "no such file or folder");
+    throw new MissingDataError(path, `no such file or folder${tail}`);
   }
-  return isDirectory ? `${path}/${split}.${extension}` : path;
+  if (!isDirectory) return path;
+  const file = `${path}/${split}.${extension}`;
+  try {
+    await Deno.stat(file);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) return file; // readText says what is wrong.
+    throw new MissingDataError(
+      file,
+      `cannot read: no such file (the ${split} split; the folder ${await folderListing(path)})` +
+        tail,
+    );
+  }
+  return file;
 }
 
-/** A string field of a JSON row, or an error naming file, line and field. */
+/** A required string field of a JSON row, or an error naming file, line and field. */
 export function stringField(
   file: string,
   line: number,
@@ -60,7 +255,29 @@ export function stringField(
   field: string,
 ): string {
   const v = row[field];
-  if (typeof v !== "string") throw new DataError(file, line, `field "${field}" is not a string`);
+  if (v === undefined) throw new DataError(file, line, `field "${field}" is missing`);
+  if (typeof v !== "string") {
+    throw new DataError(file, line, `field "${field}" is not a string (it is ${quote(v)})`);
+  }
+  return v;
+}
+
+/** A required non-negative integer field of a JSON row, or an error naming file, line and field. */
+export function integerField(
+  file: string,
+  line: number,
+  row: Record<string, unknown>,
+  field: string,
+): number {
+  const v = row[field];
+  if (v === undefined) throw new DataError(file, line, `field "${field}" is missing`);
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+    throw new DataError(
+      file,
+      line,
+      `field "${field}" is not a non-negative integer (it is ${quote(v)})`,
+    );
+  }
   return v;
 }
 
@@ -71,12 +288,7 @@ export function indexField(
   row: Record<string, unknown>,
   fallback: number,
 ): number {
-  const v = row.idx;
-  if (v === undefined) return fallback;
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
-    throw new DataError(file, line, `field "idx" is not a non-negative integer`);
-  }
-  return v;
+  return row.idx === undefined ? fallback : integerField(file, line, row, "idx");
 }
 
 /** One row of a TSV file: its fields and its 1-based line number. */
@@ -89,7 +301,15 @@ export interface TsvRow {
 export interface TsvTable {
   file: string;
   header: string[] | null;
+  /** The header's 1-based line (1 unless blank lines come first); null without a header. */
+  headerLine: number | null;
   rows: TsvRow[];
+}
+
+/** A header's column names as errors list them (cut when very long). */
+function headerText(header: string[]): string {
+  const text = header.join(", ");
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
 }
 
 /**
@@ -108,6 +328,7 @@ export async function readTsv(
 ): Promise<TsvTable> {
   const text = await readText(path);
   let header: string[] | null = null;
+  let headerLine = 0;
   let columns = options.columns;
   const rows: TsvRow[] = [];
   let first = true;
@@ -123,6 +344,7 @@ export async function readTsv(
         : options.header;
       if (isHeader) {
         header = fields;
+        headerLine = line;
         columns = fields.length;
         return;
       }
@@ -133,21 +355,29 @@ export async function readTsv(
         path,
         line,
         `${fields.length} tab-separated fields, expected ${columns}` +
-          (header ? ` (${(header as string[]).join(", ")})` : ""),
+          (header ? ` (${headerText(header)})` : ""),
       );
     }
     rows.push({ line, fields });
   });
-  if (rows.length === 0) throw new DataError(path, null, "has no examples");
-  return { file: path, header, rows };
+  if (rows.length === 0) {
+    throw new DataError(
+      path,
+      null,
+      header
+        ? `has no examples after its header (line ${headerLine})`
+        : "has no examples (only blank lines)",
+    );
+  }
+  return { file: path, header, headerLine: header ? headerLine : null, rows };
 }
 
 /** The index of a named column of a TSV header, or an error naming the file and its header line. */
 export function tsvColumn(table: TsvTable, name: string): number {
   const i = table.header?.indexOf(name) ?? -1;
   if (i < 0) {
-    const has = table.header ? `its header has ${table.header.join(", ")}` : "it has no header";
-    throw new DataError(table.file, table.header ? 1 : null, `no column "${name}" (${has})`);
+    const has = table.header ? `its header has ${headerText(table.header)}` : "it has no header";
+    throw new DataError(table.file, table.headerLine, `no column "${name}" (${has})`);
   }
   return i;
 }
@@ -185,7 +415,7 @@ export function labelId(
     throw new DataError(
       file,
       line,
-      `label ${JSON.stringify(value)} is not one of ${labels.join(", ")}` +
+      `label ${quote(value)} is not one of ${labels.join(", ")}` +
         ` (or an id 0-${labels.length - 1})`,
     );
   }
@@ -196,7 +426,7 @@ export function labelId(
 export function tsvIndex(file: string, line: number, value: string, name: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
-    throw new DataError(file, line, `field "${name}" is ${JSON.stringify(value)}, not an index`);
+    throw new DataError(file, line, `field "${name}" is ${quote(value)}, not an index`);
   }
   return n;
 }

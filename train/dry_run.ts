@@ -8,11 +8,15 @@
 //    "max_tokens": null}
 //
 // - splits: the task's train, dev and test splits under the names of their files (train / val /
-//   test for SuperGLUE, train / dev / test for GLUE); a split whose file is missing is null.
+//   test for SuperGLUE, train / dev / test for GLUE); a split whose file is missing is null, with
+//   a note naming the file and what the folder holds when training needs it (train, dev), and a
+//   line on stderr only for the test split (only --predict-test reads it).
 //   `examples` counts the file's examples (COPA's 400, not its 800 texts); `labels` counts them
 //   by label name in id order (booleans "false" / "true", COPA's choices "0" / "1"), absent for
 //   regression and for unlabeled splits (`unlabeled` counts unlabeled examples in a split that
-//   also has labeled ones). With --data naming a file, the one split is named after the file.
+//   also has labeled ones; in the train or dev split, a note names the first one's file and
+//   line, since training refuses it). With --data naming a file, the one split is named after
+//   the file.
 // - max_tokens: the longest encoder input in tokens, special tokens included and before
 //   truncation, over all splits; null when no model is at hand (--model not given, or a hub id
 //   not in the local cache). With a model, each split also reports its `max_tokens` and how many
@@ -21,12 +25,14 @@
 //   --data nor in the data cache).
 // - notes: why something is missing, when something is (also printed on stderr).
 //
-// A malformed data file or flag is an error (exit 1); missing data or a missing model is not.
+// A malformed data file or flag is an error (exit 1), one line naming the file and the line;
+// missing data, a missing split or a missing model is not.
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
+import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
 /** One split in a dry run's report. */
@@ -143,24 +149,37 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     for (const name of splitNames) report.splits[name] = null;
     notes.push(`${data}: no such file or folder`);
   } else if (info.isDirectory) {
-    const files = new Set<string>();
-    for await (const e of Deno.readDir(data)) if (e.isFile || e.isSymlink) files.add(e.name);
-    for (const name of splitNames) {
-      if ([...files].some((f) => f.startsWith(`${name}.`))) {
-        reads.push({ name, path: data, split: name });
-      } else {
-        report.splits[name] = null;
-      }
-    }
+    for (const name of splitNames) reads.push({ name, path: data, split: name });
   } else {
     const base = data.slice(data.lastIndexOf("/") + 1);
     const name = base.includes(".") ? base.slice(0, base.lastIndexOf(".")) : base;
     reads.push({ name, path: data, split: name });
   }
 
+  const needed = new Set([task.trainSplit ?? "train", task.devSplit]);
   for (const r of reads) {
-    const examples = await task.readExamples(r.path, r.split);
+    let examples;
+    try {
+      examples = await task.readExamples(r.path, r.split);
+    } catch (e) {
+      // A split missing from the folder is reported; any other problem with the data is an error.
+      if (!(e instanceof MissingDataError)) throw e;
+      report.splits[r.name] = null;
+      if (needed.has(r.name)) notes.push(`${e.message}; training needs it`);
+      else console.error(`dry run: ${e.message}; only --predict-test needs it`);
+      continue;
+    }
     const summary: DryRunSplit = { examples: examples.length };
+    const unlabeled = examples.filter((e) => e.label === null);
+    if (needed.has(r.name) && unlabeled.length > 0) {
+      const first = unlabeled[0];
+      const n = unlabeled.length;
+      notes.push(
+        `${first.source ?? `${r.name} example idx ${first.idx}`}: no label (${n} of the ` +
+          `${examples.length} ${r.name} examples ${n === 1 ? "has" : "have"} none); training ` +
+          `needs a label on every ${r.name} example`,
+      );
+    }
     const labeled = examples.filter((e) => e.label !== null);
     if (labeled.length > 0 && task.labels.length > 0) {
       const counts: Record<string, number> = {};

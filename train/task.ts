@@ -23,6 +23,11 @@ export interface TaskExample {
    * (train/batches.ts `exampleTokenSpans`).
    */
   spans?: [[number, number], [number, number]];
+  /**
+   * Where the example comes from, `<file>:<line>` (1-based), for errors found after reading (an
+   * example without a label in a split training needs labeled, a target word cut by truncation).
+   */
+  source?: string;
 }
 
 export type LossKind = "bce" | "ce" | "mse";

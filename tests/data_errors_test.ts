@@ -1,0 +1,627 @@
+// Bad data files, every case for every task's reader (issue 10): each is a DataError of one line
+// naming the file and, where a line is to blame, the line (1-based) — before any tokenizing, let
+// alone GPU work — or, for what is valid (a byte-order mark, CRLF line ends, a 5 MB line), read
+// as the plain file would be. Missing splits: an error naming the file, the split and what the
+// folder holds (with the download hint for BoolQ and QNLI); --dry-run reports them instead.
+
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { TASKS } from "../tasks/all.ts";
+import { DataError, firstInvalidUtf8, MissingDataError, quote } from "../train/data_files.ts";
+import { dryRun } from "../train/dry_run.ts";
+import { tokenizeExamples } from "../train/batches.ts";
+import type { Task, TaskExample } from "../train/task.ts";
+import { TextTokenizer } from "../model/tokenizer.ts";
+import { convertWordPiece } from "../model/tokenizer_convert.ts";
+import { VOCAB } from "./train_fixture.ts";
+
+/** How to write one task's files, good and bad. */
+interface Reader {
+  task: Task;
+  ext: "jsonl" | "tsv";
+  /** The header line of its labeled (train/dev) TSV files; null when they have none. */
+  header: string | null;
+  /** A header-only file (CoLA's labeled files have none: its test file's header). */
+  headerOnly?: string;
+  /** A valid labeled line; `text` goes into the first text field. */
+  line(text?: string, i?: number): string;
+  /** A line with `label` as its label (a JSON value, or a TSV field). */
+  labeled(label: unknown): string;
+  /** A line without a label: JSONL without the field, TSV with an empty field. */
+  unlabeled: string;
+  /** A label outside the task's set, as `labeled` takes it, and how the error quotes it. */
+  badLabel: [unknown, string];
+  /** The first text of an example, where `line(text)` put it. */
+  text(e: TaskExample): string;
+  /** JSONL: a line without a required field, and that field. */
+  missing?: [string, string];
+  /** JSONL: a line with a number where a text belongs, that field, and the number. */
+  wrongType?: [string, string, string];
+  /** TSV: a line with one field too few, and the count it has and needs. */
+  short?: [string, number, number];
+  /** The message of a label outside the set, after "label <quoted> ". */
+  labelProblem: string;
+}
+
+const json = (o: Record<string, unknown>) => JSON.stringify(o);
+const first = (e: TaskExample) => {
+  const input = e.inputs[0];
+  return typeof input === "string" ? input : input[0];
+};
+const without = (o: Record<string, unknown>, key: string) => {
+  const copy = { ...o };
+  delete copy[key];
+  return copy;
+};
+
+function jsonlReader(
+  task: Task,
+  base: Record<string, unknown>,
+  textField: string,
+  requiredField: string,
+  badLabel: unknown,
+  labelProblem: string,
+  text: (e: TaskExample) => string = first,
+): Reader {
+  return {
+    task,
+    ext: "jsonl",
+    header: null,
+    line: (t, i = 0) => json({ ...base, ...(t === undefined ? {} : { [textField]: t }), idx: i }),
+    labeled: (label) => json({ ...base, label }),
+    unlabeled: json(without(base, "label")),
+    badLabel: [badLabel, quote(badLabel)],
+    text,
+    missing: [json(without(base, requiredField)), requiredField],
+    wrongType: [json({ ...base, [textField]: 3 }), textField, "3"],
+    labelProblem,
+  };
+}
+
+const STSB_HEADER =
+  "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore";
+const stsbRow = (s1: string, score: string) => `0\tg\tf\ty\t0\tn\tn\t${s1}\tB.\t${score}`;
+
+const READERS: Record<string, Reader> = {
+  rte: jsonlReader(
+    TASKS.rte,
+    { premise: "A dog ran.", hypothesis: "A dog moved.", label: "entailment" },
+    "premise",
+    "hypothesis",
+    "maybe",
+    "is not one of entailment, not_entailment (or an id 0-1)",
+  ),
+  boolq: jsonlReader(
+    TASKS.boolq,
+    { passage: "Dogs bark.", question: "do dogs bark", label: true },
+    "passage",
+    "question",
+    "maybe",
+    "is not one of false, true (or an id 0-1)",
+  ),
+  copa: jsonlReader(
+    TASKS.copa,
+    {
+      premise: "The man fell.",
+      choice1: "He slipped.",
+      choice2: "He sang.",
+      question: "cause",
+      label: 0,
+    },
+    "premise",
+    "choice2",
+    2,
+    "is not one of 0, 1 (or an id 0-1)",
+    // The premise is the start of each choice's text (its final period dropped).
+    (e) => e.inputs[0] as string,
+  ),
+  cb: jsonlReader(
+    TASKS.cb,
+    { premise: "It rained.", hypothesis: "It was wet.", label: "neutral" },
+    "premise",
+    "hypothesis",
+    "maybe",
+    "is not one of entailment, contradiction, neutral (or an id 0-2)",
+  ),
+  wic: jsonlReader(
+    TASKS.wic,
+    {
+      word: "run",
+      sentence1: "I ran home.",
+      sentence2: "We ran.",
+      start1: 2,
+      end1: 5,
+      start2: 3,
+      end2: 6,
+      label: true,
+    },
+    // The long text goes after the target word, so the spans stay inside it.
+    "sentence2",
+    "start1",
+    "maybe",
+    'is not a boolean, "true"/"false" or 0/1',
+    (e) => (e.inputs[0] as [string, string])[1],
+  ),
+  mrpc: {
+    task: TASKS.mrpc,
+    ext: "tsv",
+    header: "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+    line: (t = "A.") => `1\t1\t2\t${t}\tB.`,
+    labeled: (label) => `${label}\t1\t2\tA.\tB.`,
+    unlabeled: "\t1\t2\tA.\tB.",
+    badLabel: ["yes", '"yes"'],
+    text: first,
+    short: ["1\t1\t2\tA.", 4, 5],
+    labelProblem: "is not one of not_equivalent, equivalent (or an id 0-1)",
+  },
+  qnli: {
+    task: TASKS.qnli,
+    ext: "tsv",
+    header: "index\tquestion\tsentence\tlabel",
+    line: (t = "S.", i = 0) => `${i}\tQ?\t${t}\tentailment`,
+    labeled: (label) => `0\tQ?\tS.\t${label}`,
+    unlabeled: "0\tQ?\tS.\t",
+    badLabel: ["maybe", '"maybe"'],
+    text: first,
+    short: ["0\tQ?\tS.", 3, 4],
+    labelProblem: "is not one of entailment, not_entailment (or an id 0-1)",
+  },
+  cola: {
+    task: TASKS.cola,
+    ext: "tsv",
+    header: null,
+    headerOnly: "index\tsentence",
+    line: (t = "Fine.") => `gj04\t1\t\t${t}`,
+    labeled: (label) => `gj04\t${label}\t\tFine.`,
+    unlabeled: "gj04\t\t\tFine.",
+    badLabel: ["2", '"2"'],
+    text: first,
+    short: ["gj04\t1\tFine.", 3, 4],
+    labelProblem: "is not one of unacceptable, acceptable (or an id 0-1)",
+  },
+  stsb: {
+    task: TASKS.stsb,
+    ext: "tsv",
+    header: STSB_HEADER,
+    line: (t = "A.") => stsbRow(t, "3.8"),
+    labeled: (score) => stsbRow("A.", String(score)),
+    unlabeled: stsbRow("A.", ""),
+    badLabel: ["n/a", '"n/a"'],
+    text: first,
+    short: [stsbRow("A.", "1").split("\t").slice(0, 9).join("\t"), 9, 10],
+    labelProblem: "is not a number in [0, 5]",
+  },
+};
+
+const NAMES = Object.keys(READERS);
+const enc = new TextEncoder();
+
+/** The file's lines joined with "\n", the header first where the task's files have one. */
+function fileText(r: Reader, lines: string[]): string {
+  return [...(r.header ? [r.header] : []), ...lines].join("\n") + "\n";
+}
+
+/** The line number of `lines[k]` in `fileText(r, lines)`. */
+function lineOf(r: Reader, k: number): number {
+  return k + 1 + (r.header ? 1 : 0);
+}
+
+/** Expects a one-line DataError `<file>:<line>: <problem>` (`<file>: ...` when line is null). */
+function expectMessage(e: Error, file: string, line: number | null, problem: string): void {
+  assert(e instanceof DataError, `${e.name}: ${e.message}`);
+  assert(!/[\n\r\u2028\u2029]/.test(e.message), `not one line: ${JSON.stringify(e.message)}`);
+  assertEquals(e.message, `${line === null ? file : `${file}:${line}`}: ${problem}`);
+}
+
+async function rejected(r: Reader, path: string, split = "train"): Promise<Error> {
+  return await assertRejects(() => r.task.readExamples(path, split), DataError);
+}
+
+let dirCount = 0;
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: `ehft-data-errors-${dirCount++}-` });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Writes `content` to `<dir>/<name>.<ext>` and returns the path. */
+async function write(dir: string, r: Reader, name: string, content: string | Uint8Array) {
+  const path = `${dir}/${name}.${r.ext}`;
+  if (typeof content === "string") await Deno.writeTextFile(path, content);
+  else await Deno.writeFile(path, content);
+  return path;
+}
+
+Deno.test("data errors: empty files, blank lines only, a header only", async () => {
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      const empty = await write(dir, r, `${name}-empty`, "");
+      expectMessage(await rejected(r, empty), empty, null, "has no examples (the file is empty)");
+      const blank = await write(dir, r, `${name}-blank`, "\n \n\t\r\n\n");
+      expectMessage(await rejected(r, blank), blank, null, "has no examples (only blank lines)");
+      const bom = await write(dir, r, `${name}-bom`, "\uFEFF");
+      expectMessage(await rejected(r, bom), bom, null, "has no examples (only blank lines)");
+      if (r.ext === "tsv") {
+        const header = await write(dir, r, `${name}-header`, `${r.header ?? r.headerOnly}\r\n\n`);
+        expectMessage(
+          await rejected(r, header),
+          header,
+          null,
+          "has no examples after its header (line 1)",
+        );
+      }
+    }
+  });
+});
+
+Deno.test("data errors: a wrong column count, broken JSON, a value that is not an object", async () => {
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      if (r.short) {
+        const [line, has, needs] = r.short;
+        const file = await write(dir, r, name, fileText(r, [r.line(), line, r.line()]));
+        const columns = r.header ? ` (${r.header.split("\t").join(", ")})` : "";
+        expectMessage(
+          await rejected(r, file),
+          file,
+          lineOf(r, 1),
+          `${has} tab-separated fields, expected ${needs}${columns}`,
+        );
+        // One too many: a stray tab inside a sentence.
+        const long = await write(dir, r, `${name}-tab`, fileText(r, [r.line(), r.line("A\tB.")]));
+        const e = await rejected(r, long);
+        expectMessage(
+          e,
+          long,
+          lineOf(r, 1),
+          `${needs + 1} tab-separated fields, expected ${needs}${columns}`,
+        );
+        continue;
+      }
+      const broken = await write(dir, r, name, `${r.line()}\n{"premise": "a",\n${r.line()}\n`);
+      const e = await rejected(r, broken);
+      assert(e.message.startsWith(`${broken}:2: not valid JSON (`), e.message);
+      assert(!e.message.includes("\n"), e.message);
+      // A pretty-printed object: its first line is where it breaks.
+      const pretty = await write(dir, r, `${name}-pretty`, `{\n  "premise": "a"\n}\n`);
+      const p = await rejected(r, pretty);
+      assert(p.message.startsWith(`${pretty}:1: not valid JSON (`), p.message);
+      assert(p.message.includes("JSONL needs each object on one line"), p.message);
+      const arr = await write(dir, r, `${name}-array`, `${r.line()}\n\n[1, 2]\n`);
+      expectMessage(await rejected(r, arr), arr, 3, "expected a JSON object, not an array");
+      const str = await write(dir, r, `${name}-string`, `"premise"\n`);
+      expectMessage(await rejected(r, str), str, 1, "expected a JSON object, not a string");
+      // V8 quotes a few characters around the fault: control characters there stay escaped.
+      const ctl = await write(dir, r, `${name}-ctl`, `${r.line()}\n{"a": "x\ty\u2028", }\r\n`);
+      const c = await rejected(r, ctl);
+      assert(c.message.startsWith(`${ctl}:2: not valid JSON (`), c.message);
+      assert(!/[\n\r\t\u2028]/.test(c.message), JSON.stringify(c.message));
+    }
+  });
+});
+
+Deno.test("data errors: labels outside the set, a missing label, STS-B's scores", async () => {
+  await withDir(async (dir) => {
+    // The check of labels comes before any tokenizing: this tokenizer is never called.
+    const noTokenizer = {} as TextTokenizer;
+    for (const name of NAMES) {
+      const r = READERS[name];
+      const [bad, quoted] = r.badLabel;
+      const file = await write(dir, r, name, fileText(r, [r.line(), r.labeled(bad)]));
+      const what = name === "stsb" ? "score" : "label";
+      expectMessage(
+        await rejected(r, file),
+        file,
+        lineOf(r, 1),
+        `${what} ${quoted} ${r.labelProblem}`,
+      );
+
+      // A missing label: JSONL rows read as unlabeled (test splits have none), and training
+      // refuses them naming the file and line; a TSV label column's empty field is an error.
+      const folder = `${dir}/${name}-nolabel`;
+      await Deno.mkdir(folder);
+      await Deno.writeTextFile(`${folder}/${r.task.devSplit}.${r.ext}`, fileText(r, [r.line()]));
+      const missing = `${folder}/train.${r.ext}`;
+      await Deno.writeTextFile(missing, fileText(r, [r.line(), r.line(), r.unlabeled]));
+      if (r.ext === "jsonl") {
+        const examples = await r.task.readExamples(missing, "train");
+        assertEquals(examples.map((e) => e.label === null), [false, false, true]);
+        const e = assertThrows(() =>
+          tokenizeExamples(noTokenizer, examples, 16, `${name} train`, r.task.truncation)
+        );
+        assertEquals(
+          e.message,
+          `${missing}:3: ${name} train: example 2 (idx 2) has no label (training and ` +
+            `evaluation need one on every example)`,
+        );
+        // --dry-run says so, naming the line (and does not fail: a test split may be unlabeled).
+        const report = await dryRun(r.task, { data: folder });
+        assertEquals(report.splits.train, {
+          examples: 3,
+          ...(r.task.labels.length > 0
+            ? { labels: report.splits.train!.labels, unlabeled: 1 }
+            : {}),
+        });
+        assertEquals(report.notes, [
+          `${missing}:3: no label (1 of the 3 train examples has none); training needs a label ` +
+          `on every train example`,
+        ]);
+      } else {
+        expectMessage(
+          await rejected(r, missing),
+          missing,
+          lineOf(r, 2),
+          `${what} "" ${r.labelProblem}`,
+        );
+      }
+    }
+    const stsb = READERS.stsb;
+    for (
+      const [score, ok] of [
+        ["5.5", false],
+        ["-1", false],
+        ["5.01", false],
+        ["0x1", false],
+        ["Infinity", false],
+        ["1e9", false],
+        ["5", true],
+        ["0", true],
+        ["4.000", true],
+        [" 2.5 ", true],
+        ["1e0", true],
+      ] as const
+    ) {
+      const file = await write(dir, stsb, "score", fileText(stsb, [stsbRow("A.", score)]));
+      if (ok) {
+        assertEquals((await stsb.task.readExamples(file, "train"))[0].label, Number(score));
+      } else {
+        expectMessage(
+          await rejected(stsb, file),
+          file,
+          2,
+          `score ${JSON.stringify(score)} is not a number in [0, 5]`,
+        );
+      }
+    }
+    // A label of several megabytes is quoted cut short.
+    const rte = READERS.rte;
+    const huge = await write(dir, rte, "huge-label", `${rte.labeled("x".repeat(3_000_000))}\n`);
+    const e = await rejected(rte, huge);
+    assert(e.message.length < 300, `${e.message.length} characters`);
+    assert(e.message.startsWith(`${huge}:1: label "xxxx`) && e.message.includes("characters)"));
+  });
+});
+
+Deno.test("data errors: missing fields and wrong types (JSONL)", async () => {
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      if (!r.missing) continue;
+      const [line, field] = r.missing;
+      const file = await write(dir, r, name, `${r.line()}\n${line}\n`);
+      expectMessage(await rejected(r, file), file, 2, `field "${field}" is missing`);
+      const [typed, textField, value] = r.wrongType!;
+      const wrong = await write(dir, r, `${name}-type`, `${r.line()}\n\n${typed}\n`);
+      expectMessage(
+        await rejected(r, wrong),
+        wrong,
+        3,
+        `field "${textField}" is not a string (it is ${value})`,
+      );
+      for (const [idx, shown] of [["3", '"3"'], [-1, "-1"], [1.5, "1.5"], [null, "null"]]) {
+        const f = await write(dir, r, `${name}-idx`, `${json({ ...JSON.parse(r.line()), idx })}\n`);
+        expectMessage(
+          await rejected(r, f),
+          f,
+          1,
+          `field "idx" is not a non-negative integer (it is ${shown})`,
+        );
+      }
+    }
+    // Task-specific fields: COPA's question, WiC's character offsets.
+    const copa = READERS.copa;
+    const q = await write(dir, copa, "q", `${json({ ...JSON.parse(copa.line()), question: 7 })}\n`);
+    expectMessage(await rejected(copa, q), q, 1, 'field "question" is not a string (it is 7)');
+    const why = await write(
+      dir,
+      copa,
+      "why",
+      `${json({ ...JSON.parse(copa.line()), question: "why" })}\n`,
+    );
+    expectMessage(
+      await rejected(copa, why),
+      why,
+      1,
+      'field "question" is "why", not "cause" or "effect"',
+    );
+    const wic = READERS.wic;
+    const offset = await write(
+      dir,
+      wic,
+      "offset",
+      `${json({ ...JSON.parse(wic.line()), end2: "6" })}\n`,
+    );
+    expectMessage(
+      await rejected(wic, offset),
+      offset,
+      1,
+      'field "end2" is not a non-negative integer (it is "6")',
+    );
+  });
+});
+
+Deno.test("data errors: invalid UTF-8 names its line; a BOM and CRLF line ends are read", async () => {
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      // Latin-1 "café" on the second example's line.
+      const good = enc.encode(fileText(r, [r.line(), r.line("caf_ au lait.")]));
+      const bytes = good.slice();
+      const at = bytes.lastIndexOf("_".charCodeAt(0));
+      bytes[at] = 0xe9;
+      const latin1 = await write(dir, r, name, bytes);
+      const lineStart = bytes.lastIndexOf(0x0a, at) + 1;
+      expectMessage(
+        await rejected(r, latin1),
+        latin1,
+        lineOf(r, 1),
+        `not valid UTF-8: byte 0xE9 at byte ${at - lineStart + 1} of the line (save the file ` +
+          `as UTF-8)`,
+      );
+      const utf16 = await write(dir, r, `${name}-utf16`, new Uint8Array([0xff, 0xfe, 0x7b, 0]));
+      expectMessage(
+        await rejected(r, utf16),
+        utf16,
+        1,
+        "the file is UTF-16 (it begins with a UTF-16 byte-order mark), not UTF-8",
+      );
+
+      // A UTF-8 byte-order mark and CRLF line ends: the same examples, the same line numbers.
+      const lines = [r.line("Café au lait.", 0), r.line("Naïve — “quoted”.", 1)];
+      const plain = await write(dir, r, `${name}-plain`, fileText(r, lines));
+      const crlf = await write(
+        dir,
+        r,
+        `${name}-crlf`,
+        "\uFEFF" + fileText(r, lines).replaceAll("\n", "\r\n"),
+      );
+      const [a, b] = await Promise.all([plain, crlf].map((f) => r.task.readExamples(f, "train")));
+      const strip = (es: TaskExample[]) => es.map(({ source: _, ...e }) => e);
+      assertEquals(strip(b), strip(a));
+      assertEquals(a.map(r.text).map((t) => t.includes("Café") || t.includes("café")), [
+        true,
+        false,
+      ]);
+      assertEquals(b.map((e) => e.source), [`${crlf}:${lineOf(r, 0)}`, `${crlf}:${lineOf(r, 1)}`]);
+      // A CRLF file's fault is still named by its line, and its message stays one line.
+      const bad = await write(
+        dir,
+        r,
+        `${name}-crlf-bad`,
+        "\uFEFF" + fileText(r, [r.line(), r.labeled(r.badLabel[0])]).replaceAll("\n", "\r\n"),
+      );
+      const e = await rejected(r, bad);
+      assert(e.message.startsWith(`${bad}:${lineOf(r, 1)}: `), e.message);
+      assert(!/[\r\n]/.test(e.message), JSON.stringify(e.message));
+    }
+  });
+  // The validator agrees with the strict decoder on the hard cases.
+  const cases: [number[], number][] = [
+    [[0x61, 0xc3, 0xa9], -1],
+    [[0xc0, 0x80], 0], // overlong
+    [[0x61, 0xed, 0xa0, 0x80], 1], // a surrogate
+    [[0xf4, 0x90, 0x80, 0x80], 0], // past U+10FFFF
+    [[0xf0, 0x9f, 0x98, 0x80, 0xe2, 0x82], 4], // truncated at the end
+    [[0xe2, 0x28, 0xa1], 0],
+  ];
+  for (const [bytes, expected] of cases) {
+    assertEquals(firstInvalidUtf8(new Uint8Array(bytes)), expected, JSON.stringify(bytes));
+    let strict = true;
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(bytes));
+    } catch {
+      strict = false;
+    }
+    assertEquals(strict, expected < 0);
+  }
+});
+
+Deno.test("data errors: a line of 5 MB is read, its faults are short; tokenized in linear time", async () => {
+  const big = "The quick brown fox jumps over the lazy dog. ".repeat(120_000); // 5.4 MB
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      const file = await write(dir, r, name, fileText(r, [r.line(), r.line(big), r.line()]));
+      const t0 = performance.now();
+      const examples = await r.task.readExamples(file, "train");
+      const ms = performance.now() - t0;
+      assertEquals(examples.length, 3);
+      // (COPA drops the premise's final period.)
+      const text = r.text(examples[1]);
+      assert(text.startsWith(big.slice(0, 100)), name);
+      assert(text.length >= big.trim().length - 1, `${name}: the long text is read whole`);
+      assert(ms < 5000, `${name}: ${ms.toFixed(0)} ms to read 5 MB`);
+      // A fault at the end of a 5 MB line: the message quotes a few characters, not the line.
+      const broken = r.ext === "jsonl"
+        ? r.line(big).replace(/}$/, ', "x": }')
+        : `${r.line(big)}\textra`;
+      const bad = await write(dir, r, `${name}-bad`, fileText(r, [r.line(), broken]));
+      const e = await rejected(r, bad);
+      assert(e.message.startsWith(`${bad}:${lineOf(r, 1)}: `), e.message.slice(0, 300));
+      assert(e.message.length < 400, `${name}: ${e.message.length} characters`);
+    }
+  });
+  // Tokenized and cut to max_length (WordPiece over the tiny fixture's vocabulary; BPE is also
+  // about linear: see train/batches.ts).
+  const tokenizer = TextTokenizer.fromJson(
+    convertWordPiece(VOCAB.join("\n") + "\n", { source: "tiny vocab.txt" }),
+    {
+      vocabSize: VOCAB.length,
+      typeVocabSize: 2,
+      maxPositions: 64,
+      padTokenId: 0,
+      positionsFromPadding: false,
+    },
+    { source: "tiny" },
+  );
+  const example: TaskExample = { idx: 0, inputs: [[big, "the city"]], label: 1 };
+  const t0 = performance.now();
+  const split = tokenizeExamples(tokenizer, [example], 64, "rte train", "only_first");
+  const ms = performance.now() - t0;
+  assertEquals(split.examples[0].inputs[0].ids.length, 64);
+  assert(ms < 15000, `${ms.toFixed(0)} ms to tokenize 5 MB`);
+});
+
+Deno.test("data errors: a missing split names the file, the split and the folder; --dry-run reports it", async () => {
+  await withDir(async (dir) => {
+    for (const name of NAMES) {
+      const r = READERS[name];
+      const folder = `${dir}/${name}`;
+      await Deno.mkdir(folder);
+      const dev = r.task.devSplit;
+      await Deno.writeTextFile(`${folder}/${dev}.${r.ext}`, fileText(r, [r.line(), r.line()]));
+      const hint = name === "boolq"
+        ? "; with no --data, BoolQ is downloaded into the data cache on first use"
+        : name === "qnli"
+        ? "; with no --data, QNLI is downloaded into the data cache on first use"
+        : "";
+      const train = `${folder}/train.${r.ext}`;
+      const e = await rejected(r, folder, "train");
+      assert(e instanceof MissingDataError, e.name);
+      expectMessage(
+        e,
+        train,
+        null,
+        `cannot read: no such file (the train split; the folder holds ${dev}.${r.ext})${hint}`,
+      );
+      // The --data path itself missing.
+      const nowhere = await rejected(r, `${folder}/nowhere`, "train");
+      expectMessage(nowhere, `${folder}/nowhere`, null, `no such file or folder${hint}`);
+
+      // --dry-run: train and dev present, no test split: reported (null), not an error.
+      await Deno.writeTextFile(train, fileText(r, [r.line(), r.line(), r.line()]));
+      const report = await dryRun(r.task, { data: folder });
+      assertEquals(
+        [report.splits.train?.examples, report.splits[dev]?.examples, report.splits.test],
+        [3, 2, null],
+      );
+      assertEquals(report.notes, undefined);
+      // No dev split: a note naming the file (training needs it); still no failure.
+      await Deno.remove(`${folder}/${dev}.${r.ext}`);
+      const noDev = await dryRun(r.task, { data: folder });
+      assertEquals(noDev.splits[dev], null);
+      assertEquals(noDev.notes, [
+        `${folder}/${dev}.${r.ext}: cannot read: no such file (the ${dev} split; the folder ` +
+        `holds train.${r.ext})${hint}; training needs it`,
+      ]);
+      // A malformed split fails the dry run with the reader's one-line error.
+      await Deno.writeTextFile(`${folder}/test.${r.ext}`, "");
+      const d = await assertRejects(() => dryRun(r.task, { data: folder }), DataError);
+      expectMessage(d, `${folder}/test.${r.ext}`, null, "has no examples (the file is empty)");
+    }
+  });
+});
