@@ -1,11 +1,14 @@
 // Predictions of a fine-tuned model on a task's data:
 //   deno run -A predict.ts --model DIR --task rte [--data PATH] [--split val] [--batch-size N]
-//     [--max-length N] --out FILE
+//     [--max-length N] [--revision REV] --out FILE
+// `--split` is one of the task's splits (train, its dev split, test; default its dev split);
+// `--revision` only with a hub id. Flag rules as in train/flags.ts.
 // writes one JSON object per example: {"idx": ..., "logits": [...], "prediction": ...}.
 // WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
 // computes from the examples' character spans (train/batches.ts exampleTokenSpans).
 
 import { getGpu } from "./kernels/device.ts";
+import { checkRevision } from "./model/hub.ts";
 import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { Recorder } from "./kernels/recorder.ts";
 import { loadBackbone, loadHead } from "./model/checkpoint.ts";
@@ -16,6 +19,7 @@ import { openModel } from "./model/load.ts";
 import { writeFileAtomic } from "./model/atomic_write.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
+  choiceFlag,
   FlagError,
   intFlag,
   parseFlags,
@@ -32,7 +36,7 @@ const FLAGS = {
   model: { type: "string" },
   task: { type: "string" },
   data: { type: "string" },
-  split: { type: "string", default: "val" },
+  split: { type: "string" },
   "batch-size": { type: "string" },
   "max-length": { type: "string" },
   revision: { type: "string" },
@@ -192,28 +196,53 @@ function collect(
   }));
 }
 
-async function main(args: string[]) {
+/** predict.ts's command line, checked: every flag before anything is read or downloaded. */
+export interface PredictArgs {
+  out: string;
+  /** --data as typed; absent: the task's shipped copy or its download. */
+  data?: string;
+  options: Omit<PredictOptions, "data">;
+}
+
+/** Parses and checks predict.ts's arguments (one-line FlagErrors naming the flag). */
+export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
   // Loaded here, not at the top: a task script that imports this module (--predict-test) is
   // itself one of the task files, and a static import back into it would never finish loading.
   const { taskByName } = await import("./tasks/all.ts");
   const flags = parseFlags(FLAGS, args);
   const out = requireFlag("out", flags.out);
+  const model = requireFlag("model", flags.model);
   const task = taskByName(requireFlag("task", flags.task));
+  const splits = [...new Set([task.trainSplit ?? "train", task.devSplit, "test"])];
+  const split = flags.split === undefined
+    ? task.devSplit
+    : choiceFlag("split", flags.split, splits);
+  const batchSize = intFlag("batch-size", flags["batch-size"], 32, 1, 65536);
+  const maxLength = flags["max-length"] === undefined
+    ? undefined
+    : intFlag("max-length", flags["max-length"], 512, 2);
+  if (flags.revision !== undefined) {
+    try {
+      checkRevision(flags.revision);
+    } catch (e) {
+      throw new FlagError(`--revision: ${(e as Error).message}`);
+    }
+  }
+  const autotune = tuneRequest(tuneFlags(flags));
+  return {
+    out,
+    data: flags.data,
+    options: { model, task, split, batchSize, maxLength, revision: flags.revision, autotune },
+  };
+}
+
+async function main(args: string[]) {
+  const { out, data: typedData, options } = await parsePredictArgs(args);
+  const { task } = options;
   // Without --data: the task's shipped copy, or its download (BoolQ, QNLI).
-  const data = flags.data ?? task.dataDir ?? await task.resolveData?.();
+  const data = typedData ?? task.dataDir ?? await task.resolveData?.();
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
-  const predictions = await predict({
-    model: requireFlag("model", flags.model),
-    task,
-    data,
-    split: flags.split ?? "val",
-    batchSize: intFlag("batch-size", flags["batch-size"], 32, 1, 65536),
-    maxLength: flags["max-length"] === undefined
-      ? undefined
-      : intFlag("max-length", flags["max-length"], 512, 2),
-    revision: flags.revision,
-    autotune: tuneRequest(tuneFlags(flags)),
-  });
+  const predictions = await predict({ ...options, data });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
   await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");
   console.error(`predict: ${predictions.length} predictions written to ${out}`);

@@ -14,7 +14,7 @@ import {
   type RunAnalysisFiles,
   writeFigures,
 } from "./train/analysis_figures.ts";
-import { closestFlag, FlagError, runMain } from "./train/flags.ts";
+import { FlagError, parseFlagsAndPositionals, runMain } from "./train/flags.ts";
 import {
   buildTable,
   findRuns,
@@ -23,7 +23,6 @@ import {
   type ResultsTable,
   tableJson,
 } from "./train/report_table.ts";
-import { parseArgs } from "node:util";
 
 const FLAGS = { out: { type: "string" } } as const;
 
@@ -32,23 +31,12 @@ export interface ReportArgs {
   out: string | null;
 }
 
-/** Parses report.ts's arguments: run folders and --out. */
+/**
+ * Parses report.ts's arguments: run folders and --out (flag rules as in train/flags.ts; after
+ * `--` every argument is a run folder).
+ */
 export function parseReportArgs(args: string[]): ReportArgs {
-  for (const arg of args) {
-    if (!arg.startsWith("--") || arg === "--") continue;
-    const name = arg.slice(2).split("=")[0];
-    if (!(name in FLAGS)) {
-      const hint = closestFlag(name, Object.keys(FLAGS));
-      throw new FlagError(`unknown flag --${name}${hint ? ` (did you mean --${hint}?)` : ""}`);
-    }
-  }
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: true });
-  } catch (e) {
-    throw new FlagError((e as Error).message.split("\n")[0]);
-  }
-  if (parsed.values.out === "") throw new FlagError("--out: expected a folder");
+  const parsed = parseFlagsAndPositionals(FLAGS, args, { positionals: true });
   if (parsed.positionals.length === 0) {
     throw new FlagError("give one or more run folders (or folders holding runs)");
   }

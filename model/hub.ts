@@ -17,7 +17,10 @@
  *
  * Nothing the server or an index file says is used as a path without checking: ids, revisions,
  * ETags, commit hashes and shard names are restricted to plain names, so no answer can make us
- * read or write outside the cache folder.
+ * read or write outside the cache folder. Nor can a link in the cache: every folder written
+ * into, every lock, partial download and blob, and every entry of a snapshot handed to the
+ * loader must resolve (links followed) to a place inside the cache folder; one that leads
+ * outside is an error naming it.
  *
  * Error messages carry no `ehft:` prefix (the command line adds it) and never the token.
  *
@@ -170,6 +173,15 @@ function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/**
+ * Checks that `revision` has the shape of a branch, tag or commit hash (letters, digits, ".",
+ * "_", "-" and "/", no ".." and no leading "/" or "."), so that it can name a file under the
+ * cache's refs/ folder; a HubError otherwise. What `--revision` is checked with.
+ */
+export function checkRevision(revision: string): void {
+  revisionSegments(revision);
+}
+
 /** A revision as path segments under refs/, or a HubError. */
 function revisionSegments(revision: string): string[] {
   const segments = revision.split("/");
@@ -204,9 +216,18 @@ export async function resolveModel(
   opts: ResolveModelOptions = {},
 ): Promise<string> {
   if (idOrPath === "") throw new HubError("empty model name");
+  if (opts.revision !== undefined) revisionSegments(opts.revision);
   try {
     const info = await Deno.stat(idOrPath);
-    if (info.isDirectory) return idOrPath;
+    if (info.isDirectory) {
+      if (opts.revision !== undefined) {
+        throw new HubError(
+          `${idOrPath} is a local directory: a revision (${q(opts.revision)}) applies only to ` +
+            `hub ids`,
+        );
+      }
+      return idOrPath;
+    }
     throw new HubError(`${idOrPath} is a file; pass the directory that holds config.json`);
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -360,12 +381,87 @@ async function writeAtomic(path: string, text: string): Promise<void> {
   }
 }
 
+/** Whether `path` is `root` or inside it (both real paths). */
+function within(root: string, path: string): boolean {
+  if (path === root) return true;
+  const base = /[\\/]$/.test(root) ? root : `${root}/`;
+  return path.startsWith(base) || path.startsWith(base.replace(/\/$/, "\\"));
+}
+
+/** The real path of `path` (every link followed), or undefined when it (or its target) is absent. */
+async function realPathIfAny(path: string): Promise<string | undefined> {
+  try {
+    return await Deno.realPath(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+}
+
+/**
+ * Throws a HubError when `path` exists and resolves (links followed) to a place outside the
+ * cache folder: a link in the cache that leads elsewhere is never read through nor written
+ * through. `what` names the entry in the message.
+ */
+async function assertInCache(ctx: Context, path: string, what: string): Promise<void> {
+  const real = await realPathIfAny(path);
+  if (real === undefined) return;
+  const root = await realPathIfAny(ctx.cache) ?? ctx.cache;
+  if (!within(root, real)) {
+    throw new HubError(
+      `${ctx.id}: the cached ${what} (${path}) leads outside the cache folder ` +
+        `${ctx.cacheDisplay} (to ${real}); delete it and run again`,
+    );
+  }
+}
+
+/** Throws a HubError when `path` is a link: a file we create or append to, never through one. */
+async function assertNotLink(ctx: Context, path: string, what: string): Promise<void> {
+  let link = false;
+  try {
+    link = (await Deno.lstat(path)).isSymlink;
+  } catch {
+    return;
+  }
+  if (link) {
+    throw new HubError(
+      `${ctx.id}: the cached ${what} (${path}) is a link, where the cache keeps a plain file; ` +
+        `delete it and run again`,
+    );
+  }
+}
+
+/**
+ * Makes the folder `dir` (inside the cache) without ever creating anything through a link that
+ * leads outside: its deepest existing ancestor below the cache folder is checked first, and the
+ * folder itself after.
+ */
+async function mkdirInCache(ctx: Context, dir: string, what: string): Promise<void> {
+  let existing = dir;
+  while (existing !== ctx.cache && existing.startsWith(`${ctx.cache}/`)) {
+    if (await realPathIfAny(existing) !== undefined) break;
+    existing = existing.slice(0, existing.lastIndexOf("/"));
+  }
+  if (existing !== ctx.cache) await assertInCache(ctx, existing, what);
+  await Deno.mkdir(dir, { recursive: true });
+  await assertInCache(ctx, dir, what);
+}
+
+/** Checks a snapshot folder and each of its entries (what the loader may read) with assertInCache. */
+async function checkSnapshot(ctx: Context, dir: string): Promise<void> {
+  await assertInCache(ctx, dir, "snapshot folder");
+  for await (const entry of Deno.readDir(dir)) {
+    await assertInCache(ctx, `${dir}/${entry.name}`, entry.name);
+  }
+}
+
 /** The commit a revision points to in the cache, if known. */
 async function cachedCommit(ctx: Context): Promise<string | undefined> {
   if (COMMIT_HASH.test(ctx.revision)) return ctx.revision;
+  const ref = `${ctx.repoDir}/refs/${ctx.refSegments.join("/")}`;
+  await assertInCache(ctx, ref, `ref ${ctx.revision}`);
   try {
-    const commit = (await Deno.readTextFile(`${ctx.repoDir}/refs/${ctx.refSegments.join("/")}`))
-      .trim();
+    const commit = (await Deno.readTextFile(ref)).trim();
     return SAFE_NAME.test(commit) && !commit.includes("..") ? commit : undefined;
   } catch {
     return undefined;
@@ -423,6 +519,8 @@ async function findCached(ctx: Context): Promise<{ dir?: string; missing?: strin
   } catch {
     return {};
   }
+  // Before any file of it is read (the index): every entry must stay inside the cache.
+  await checkSnapshot(ctx, dir);
   const has = (file: string) => isFile(`${dir}/${file}`);
   if (!(await has("config.json"))) return { missing: "config.json" };
   if (
@@ -655,8 +753,10 @@ async function download(ctx: Context): Promise<string> {
   if (commit !== ctx.revision) {
     const refs = `${ctx.repoDir}/refs`;
     const parents = ctx.refSegments.slice(0, -1);
-    await Deno.mkdir(parents.length ? `${refs}/${parents.join("/")}` : refs, { recursive: true });
+    const refDir = parents.length ? `${refs}/${parents.join("/")}` : refs;
+    await mkdirInCache(ctx, refDir, "refs folder");
     const ref = `${refs}/${ctx.refSegments.join("/")}`;
+    await assertInCache(ctx, ref, `ref ${ctx.revision}`);
     let current: string | undefined;
     try {
       current = await Deno.readTextFile(ref);
@@ -707,6 +807,7 @@ async function download(ctx: Context): Promise<string> {
   const single = await head("model.safetensors");
   if (found(single)) {
     await fetchFile(ctx, single, snapshot);
+    await checkSnapshot(ctx, snapshot);
     return snapshot;
   }
   const index = await head("model.safetensors.index.json");
@@ -730,6 +831,7 @@ async function download(ctx: Context): Promise<string> {
     }
     await fetchFile(ctx, meta, snapshot);
   }
+  await checkSnapshot(ctx, snapshot);
   return snapshot;
 }
 
@@ -738,7 +840,8 @@ async function markMissing(ctx: Context, commit: string, file: string): Promise<
   if (!SAFE_NAME.test(commit) || commit.includes("..")) return;
   const dir = `${ctx.repoDir}/.no_exist/${commit}`;
   try {
-    await Deno.mkdir(dir, { recursive: true });
+    await mkdirInCache(ctx, dir, ".no_exist folder");
+    await assertNotLink(ctx, `${dir}/${file}`, `.no_exist/${commit}/${file}`);
     await Deno.writeFile(`${dir}/${file}`, new Uint8Array(0));
   } catch {
     // Only an optimisation for other tools.
@@ -748,17 +851,23 @@ async function markMissing(ctx: Context, commit: string, file: string): Promise<
 /** Puts one file into `snapshot`, downloading its blob unless the cache already has it. */
 async function fetchFile(ctx: Context, meta: FileMeta, snapshot: string): Promise<void> {
   const pointer = `${snapshot}/${meta.file}`;
-  if (await isFile(pointer)) return;
+  if (await isFile(pointer)) {
+    await assertInCache(ctx, pointer, meta.file);
+    return;
+  }
   const blob = `${ctx.repoDir}/blobs/${meta.etag}`;
+  await assertInCache(ctx, blob, `blob of ${meta.file}`);
   const present = async () => {
     const size = await fileSize(blob);
     return size !== undefined && (meta.size === undefined || size === meta.size);
   };
   if (!(await present())) {
-    await Deno.mkdir(`${ctx.repoDir}/blobs`, { recursive: true });
-    await Deno.mkdir(ctx.lockDir, { recursive: true });
+    await mkdirInCache(ctx, `${ctx.repoDir}/blobs`, "blobs folder");
+    await mkdirInCache(ctx, ctx.lockDir, "locks folder");
+    const lockFile = `${ctx.lockDir}/${meta.etag}.lock`;
+    await assertNotLink(ctx, lockFile, `lock of ${meta.file}`);
     // The same lock file huggingface_hub uses, so two processes never write one blob at once.
-    const lock = await Deno.open(`${ctx.lockDir}/${meta.etag}.lock`, {
+    const lock = await Deno.open(lockFile, {
       create: true,
       write: true,
     });
@@ -769,7 +878,7 @@ async function fetchFile(ctx: Context, meta: FileMeta, snapshot: string): Promis
       lock.close();
     }
   }
-  await Deno.mkdir(snapshot, { recursive: true });
+  await mkdirInCache(ctx, snapshot, "snapshot folder");
   await linkSnapshot(blob, pointer, `../../blobs/${meta.etag}`);
 }
 
@@ -807,6 +916,7 @@ async function linkSnapshot(blob: string, pointer: string, target: string): Prom
  */
 async function downloadBlob(ctx: Context, meta: FileMeta, blob: string): Promise<void> {
   const partial = `${blob}.incomplete`;
+  await assertNotLink(ctx, partial, `partial download of ${meta.file}`);
   const sha256 = SHA256.test(meta.etag) ? meta.etag : undefined;
   let failures = 0;
   let restartedAfterMismatch = false;

@@ -6,7 +6,11 @@
 // learning rates, its stage-1 ratio) are dropped when the user types another strategy, and its
 // stage-1 learning rate when the user types another PEFT method; an explicit `--strategy ft`
 // simply drops a default `--peft`. Only contradictions the user typed are errors (`--peft lora
-// --strategy ft`, `--epochs` with `--max-steps`).
+// --strategy ft`, `--stage1-lr`/`--stage1-ratio` with a one-stage strategy, `--epochs` with
+// `--max-steps`, `--resume` with `--overwrite` or `--analysis`, `--lora-r`/`--lora-alpha` when
+// the run's method is not LoRA, `--prefix-length` when it is not prefix-tuning, `--retune` with
+// `--no-autotune`). How flags are written (unknown ones, a flag given twice: the last wins, ...):
+// train/flags.ts.
 
 import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
@@ -22,6 +26,7 @@ import {
   usesPeft,
 } from "./strategy.ts";
 import { ADAMW_DEFAULTS } from "./optimizer.ts";
+import { checkRevision } from "../model/hub.ts";
 
 export interface TrainConfig {
   /** Task name (the entry point resolves it to a Task). */
@@ -151,6 +156,9 @@ export const TRAIN_FLAGS = {
   ...TUNE_FLAGS,
 } as const;
 
+/** The largest --batch-size (predict.ts's limit too). */
+export const MAX_BATCH_SIZE = 65536;
+
 /** A number flag within [min, max] (`open` excludes the bounds). */
 export function numberFlag(
   name: string,
@@ -206,6 +214,10 @@ export function parseTrainArgs(
 
   const task = f.task ?? r.task;
   if (!task) throw new FlagError("--task is required");
+  // A task name becomes part of the default --out folder: a plain name, never a path.
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(task)) {
+    throw new FlagError(`--task: ${JSON.stringify(task)} is not a task name (like rte)`);
+  }
   if (f.task !== undefined && r.task !== undefined && f.task !== r.task) {
     throw new FlagError(`--task: this script trains ${r.task}, not ${f.task}`);
   }
@@ -354,6 +366,30 @@ export function parseTrainArgs(
     overwrite: f.overwrite ?? false,
     analysis: f.analysis ?? r.analysis ?? false,
   };
+  if (config.batchSize > MAX_BATCH_SIZE) {
+    throw new FlagError(
+      `--batch-size: expected an integer ≤ ${MAX_BATCH_SIZE}, got "${config.batchSize}"`,
+    );
+  }
+  if (config.revision !== null) {
+    try {
+      checkRevision(config.revision);
+    } catch (e) {
+      throw new FlagError(`--revision: ${(e as Error).message}`);
+    }
+  }
+  // A method's settings typed for a run that does not use the method (a recipe's never conflict).
+  const methodFlags = [["lora-r", "lora"], ["lora-alpha", "lora"], ["prefix-length", "prefix"]];
+  for (const [name, method] of methodFlags as [keyof typeof f, PeftName][]) {
+    if (f[name] === undefined || peft === method) continue;
+    const title = method === "lora" ? "LoRA" : "prefix-tuning";
+    throw new FlagError(
+      peft === null
+        ? `--${name}: a ${title} setting, but strategy ${strategy} uses no PEFT method`
+        : `--${name}: a ${title} setting, but this run's PEFT method is ${peft} (use --peft ` +
+          `${method})`,
+    );
+  }
   if (config.resume && config.overwrite) {
     throw new FlagError("--resume and --overwrite: choose one");
   }

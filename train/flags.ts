@@ -1,7 +1,20 @@
-// Command-line flags for the entry points (train.ts, predict.ts, task scripts): node:util's
-// parseArgs, with one-line errors that name the flag and suggest the closest known one.
-
-import { parseArgs } from "node:util";
+// Command-line flags for the entry points (train.ts, predict.ts, report.ts, the task scripts):
+// a small strict parser with one-line errors that name the flag and suggest the closest known
+// one, and runMain, which turns any failure into one line on stderr and exit code 1.
+//
+// The rules, the same in every entry point:
+// - flags are `--name value` or `--name=value`; a single dash (`-lr`) is an error that suggests
+//   the double-dash form;
+// - an unknown flag is an error naming the closest known flag (`--stratgy` → `--strategy`,
+//   `--max_steps` → `--max-steps`, `--shuffle` → `--no-shuffle`);
+// - a switch (a boolean flag) takes no value: `--resume=yes` is an error;
+// - a flag that takes a value needs one: `--out` at the end, `--out --resume` (a value that
+//   starts with `--`; write `--out=--odd-name` to mean it) and `--out=` (empty) are errors; a
+//   value may start with one dash (`--lr -1` reaches the number check, which names the range);
+// - a flag given twice: the last one wins (`--lr 1e-5 ... --lr 2e-5` trains at 2e-5), so an
+//   override can be appended to a saved command line;
+// - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
+// - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -11,6 +24,10 @@ export class FlagError extends Error {
 }
 
 export type FlagSpec = Record<string, { type: "string" | "boolean"; default?: string | boolean }>;
+
+type FlagValues<S extends FlagSpec> = {
+  [K in keyof S]: S[K]["type"] extends "boolean" ? boolean : string | undefined;
+};
 
 function editDistance(a: string, b: string): number {
   const row = Array.from({ length: b.length + 1 }, (_, j) => j);
@@ -28,35 +45,110 @@ function editDistance(a: string, b: string): number {
 
 /** The known flag closest to `name`, if it is close enough to be a likely typo. */
 export function closestFlag(name: string, known: readonly string[]): string | undefined {
+  const normal = name.toLowerCase().replaceAll("_", "-");
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const k of known) {
-    const d = editDistance(name, k);
+    const d = k === normal ? 0.5 : editDistance(name, k);
     if (d < bestDistance) [best, bestDistance] = [k, d];
   }
   return bestDistance <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
 }
 
-/** Parses `args` against `spec`; unknown flags, missing values and positionals are errors. */
-export function parseFlags<S extends FlagSpec>(
+/** The error for an unknown flag `--name` (or `-name`, `dashes` 1): with a hint when one fits. */
+function unknownFlag(spec: FlagSpec, name: string, dashes = 2): FlagError {
+  const shown = `${"-".repeat(dashes)}${name}`;
+  const known = Object.keys(spec);
+  if (name === "") return new FlagError(`unknown flag ${shown}=: a flag needs a name`);
+  if (dashes === 1 && Object.hasOwn(spec, name)) {
+    return new FlagError(`unknown flag ${shown} (flags take two dashes: --${name})`);
+  }
+  if (dashes === 1 && name.length < 3) {
+    return new FlagError(`unknown flag ${shown} (flags take two dashes, like --${known[0]})`);
+  }
+  if (name.startsWith("no-") && spec[name.slice(3)]?.type === "boolean") {
+    return new FlagError(`unknown flag ${shown} (--${name.slice(3)} is off unless given)`);
+  }
+  if (spec[`no-${name}`]?.type === "boolean") {
+    return new FlagError(`unknown flag ${shown} (did you mean --no-${name}?)`);
+  }
+  const hint = closestFlag(name, known);
+  return new FlagError(`unknown flag ${shown}${hint ? ` (did you mean --${hint}?)` : ""}`);
+}
+
+/**
+ * Parses `args` against `spec` and also returns the positionals; with `positionals: false` any
+ * positional is an error. Flags absent from `args` get their spec's default, or undefined.
+ */
+export function parseFlagsAndPositionals<S extends FlagSpec>(
   spec: S,
-  args: string[],
-): { [K in keyof S]: S[K]["type"] extends "boolean" ? boolean : string | undefined } {
-  for (const arg of args) {
-    if (!arg.startsWith("--")) continue;
-    const name = arg.slice(2).split("=")[0];
-    if (!(name in spec)) {
-      const hint = closestFlag(name, Object.keys(spec));
-      throw new FlagError(`unknown flag --${name}${hint ? ` (did you mean --${hint}?)` : ""}`);
+  args: readonly string[],
+  options: { positionals: boolean },
+): { values: FlagValues<S>; positionals: string[] } {
+  const values: Record<string, string | boolean> = {};
+  const positionals: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      if (!options.positionals) {
+        throw new FlagError(`unexpected "--": this command takes only flags`);
+      }
+      positionals.push(...args.slice(i + 1));
+      break;
     }
+    if (arg.startsWith("--")) {
+      const eq = arg.indexOf("=");
+      const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      const inline = eq < 0 ? undefined : arg.slice(eq + 1);
+      if (name === "debug" && !Object.hasOwn(spec, name)) {
+        // runMain's switch (it takes `--debug` out before the entry point parses its flags).
+        if (inline !== undefined) throw new FlagError(`--debug takes no value (got "${inline}")`);
+        continue;
+      }
+      if (!Object.hasOwn(spec, name)) throw unknownFlag(spec, name);
+      if (spec[name].type === "boolean") {
+        if (inline !== undefined) {
+          throw new FlagError(`--${name} takes no value (got "${inline}"): give it alone`);
+        }
+        values[name] = true;
+        continue;
+      }
+      let value = inline;
+      if (value === undefined) {
+        const next = args[i + 1];
+        if (next === undefined) throw new FlagError(`--${name}: expected a value`);
+        if (next.startsWith("--")) {
+          throw new FlagError(
+            `--${name}: expected a value, got the flag ${next.split("=")[0]} (write ` +
+              `--${name}=VALUE for a value that starts with --)`,
+          );
+        }
+        value = next;
+        i++;
+      }
+      if (value.trim() === "") throw new FlagError(`--${name}: expected a value, got "${value}"`);
+      values[name] = value;
+      continue;
+    }
+    if (arg.startsWith("-") && arg.length > 1 && !/^-[\d.]/.test(arg)) {
+      throw unknownFlag(spec, arg.slice(1).split("=")[0], 1);
+    }
+    if (!options.positionals) {
+      throw new FlagError(
+        `unexpected argument "${arg}": every value follows its flag (--flag value)`,
+      );
+    }
+    positionals.push(arg);
   }
-  try {
-    const { values } = parseArgs({ args, options: spec, strict: true, allowPositionals: false });
-    // deno-lint-ignore no-explicit-any
-    return values as any;
-  } catch (e) {
-    throw new FlagError((e as Error).message.split("\n")[0]);
+  for (const [name, { default: fallback }] of Object.entries(spec)) {
+    if (values[name] === undefined && fallback !== undefined) values[name] = fallback;
   }
+  return { values: values as FlagValues<S>, positionals };
+}
+
+/** Parses `args` against `spec`: unknown flags, missing values and positionals are errors. */
+export function parseFlags<S extends FlagSpec>(spec: S, args: readonly string[]): FlagValues<S> {
+  return parseFlagsAndPositionals(spec, args, { positionals: false }).values;
 }
 
 /**
@@ -85,13 +177,15 @@ export function tuneFlags(
   const noAutotune = f["no-autotune"] ?? false;
   const retune = f.retune ?? false;
   if (noAutotune && retune) throw new FlagError("--retune and --no-autotune: choose one");
-  if (f["tune-cache"] === "") throw new FlagError("--tune-cache: expected a file name");
+  if (f["tune-cache"] !== undefined && f["tune-cache"].trim() === "") {
+    throw new FlagError("--tune-cache: expected a file name");
+  }
   return { noAutotune, retune, tuneCache: f["tune-cache"] };
 }
 
 /** A required string flag. */
 export function requireFlag(name: string, value: string | undefined): string {
-  if (value === undefined || value === "") throw new FlagError(`--${name} is required`);
+  if (value === undefined || value.trim() === "") throw new FlagError(`--${name} is required`);
   return value;
 }
 
@@ -112,19 +206,75 @@ export function intFlag(
   return n;
 }
 
+/** A flag whose value must be one of `allowed`. */
+export function choiceFlag<T extends string>(
+  name: string,
+  value: string,
+  allowed: readonly T[],
+): T {
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new FlagError(`--${name}: "${value}" is not one of ${allowed.join(", ")}`);
+}
+
 /**
- * Runs an entry point: any error becomes one line on stderr (the stack only with --debug) and
- * exit code 1.
+ * What a thrown value says, as one line: an Error's message (its name when the message is
+ * empty), a string as it is, anything else as Deno.inspect shows it; line breaks and other
+ * control characters folded into single spaces.
+ */
+export function errorLine(e: unknown): string {
+  let text: string;
+  try {
+    if (e instanceof Error) text = e.message || e.name;
+    else if (typeof e === "string") text = e;
+    else if (
+      typeof e === "object" && e !== null && typeof (e as { message?: unknown }).message ===
+        "string"
+    ) {
+      text = (e as { message: string }).message;
+    } else text = Deno.inspect(e, { colors: false });
+  } catch {
+    text = "";
+  }
+  // deno-lint-ignore no-control-regex
+  const folded = text.replace(/[\x00-\x1f\x7f]+/g, " ").replace(/ {2,}/g, " ").trim();
+  return folded || "failed (an error without a message)";
+}
+
+/**
+ * Runs an entry point: any error — thrown by `main`, or escaping from a callback (an uncaught
+ * exception in a timer, an unhandled promise rejection) — becomes one line `<name>: <message>`
+ * on stderr and exit code 1; with `--debug` (anywhere before a `--`) the stack follows the line.
  */
 export async function runMain(name: string, main: (args: string[]) => Promise<void>) {
   const args = [...Deno.args];
-  const debug = args.includes("--debug");
-  try {
-    await main(args.filter((a) => a !== "--debug"));
-  } catch (e) {
-    const error = e as Error;
-    console.error(`${name}: ${error?.message ?? String(e)}`.split("\n")[0]);
-    if (debug && error?.stack) console.error(error.stack);
+  const end = args.indexOf("--");
+  const flags = end < 0 ? args : args.slice(0, end);
+  const debug = flags.includes("--debug");
+  const rest = [...flags.filter((a) => a !== "--debug"), ...(end < 0 ? [] : args.slice(end))];
+  let failed = false;
+  const fail = (e: unknown): never => {
+    if (!failed) {
+      failed = true;
+      console.error(`${name}: ${errorLine(e)}`);
+      if (debug) {
+        console.error(
+          e instanceof Error ? Deno.inspect(e, { colors: false }) : `(thrown: ${Deno.inspect(e)})`,
+        );
+      }
+    }
     Deno.exit(1);
+  };
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    fail(event.reason);
+  });
+  globalThis.addEventListener("error", (event) => {
+    event.preventDefault();
+    fail(event.error ?? event.message);
+  });
+  try {
+    await main(rest);
+  } catch (e) {
+    fail(e);
   }
 }
