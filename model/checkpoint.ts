@@ -7,6 +7,7 @@
 // fails fast with the tensor named.
 
 import type { ModelConfig } from "./config.ts";
+import { encoderParameterShapes } from "./encoder.ts";
 import { openSafetensors, type SafetensorsReader, writeSafetensors } from "./safetensors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "./atomic_write.ts";
 import type { Tensor } from "../kernels/tensor.ts";
@@ -68,6 +69,93 @@ export async function findWeightsFile(dir: string): Promise<string> {
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+const PREFIXES = ["bert", "roberta", "electra"];
+const FLOAT_DTYPES = new Set(["F32", "F16", "BF16", "F64"]);
+
+/** The config.json fields that decide a backbone tensor's shape (for error messages). */
+function shapeFields(config: ModelConfig, relative: string): string {
+  const h = `hidden_size ${config.hiddenSize}`;
+  const e = config.embeddingSize === config.hiddenSize
+    ? h
+    : `embedding_size ${config.embeddingSize}`;
+  if (relative.startsWith("embeddings.word_")) return `vocab_size ${config.vocabSize}, ${e}`;
+  if (relative.startsWith("embeddings.position_")) {
+    return `max_position_embeddings ${config.maxPositions}, ${e}`;
+  }
+  if (relative.startsWith("embeddings.token_type_")) {
+    return `type_vocab_size ${config.typeVocabSize}, ${e}`;
+  }
+  if (relative.startsWith("embeddings.")) return e;
+  if (relative.startsWith("embeddings_project.")) return `${h}, ${e}`;
+  if (/\.intermediate\.dense\.|\d\.output\.dense\./.test(relative)) {
+    return `${h}, intermediate_size ${config.intermediateSize}`;
+  }
+  return h;
+}
+
+/**
+ * Checks that the checkpoint and the config describe the same backbone, on the host, before
+ * anything is allocated on the GPU: the tensors carry the config's model prefix (or none), there
+ * are exactly num_hidden_layers encoder layers, and every backbone tensor is present, floating
+ * point, and shaped as the config says (so the word embeddings have vocab_size rows, the position
+ * table max_position_embeddings, ...). Errors name the weights file and `configFile`.
+ */
+export function checkBackbone(
+  reader: SafetensorsReader,
+  config: ModelConfig,
+  configFile = "config.json",
+): void {
+  const fail = (problem: string) => new CheckpointError(reader.path, problem);
+  const names = [...reader.tensors.keys()];
+  const own = (n: string) =>
+    n.startsWith(`${config.prefix}.`) || n.startsWith("embeddings.") || n.startsWith("encoder.");
+  if (!names.some(own)) {
+    const other = PREFIXES.find((p) => names.some((n) => n.startsWith(`${p}.encoder.`)));
+    if (other) {
+      throw fail(
+        `its tensors are named "${other}.*", but ${configFile} has model_type ` +
+          `"${config.modelType}" (tensors "${config.prefix}.*"): the config is not this model's`,
+      );
+    }
+  }
+  // The layer count first: one wrong num_hidden_layers explains many missing tensors.
+  const layerOf = new RegExp(`^(?:${config.prefix}\\.)?encoder\\.layer\\.(\\d+)\\.`);
+  let layers = 0;
+  let deepest = "";
+  for (const name of names) {
+    const l = Number(layerOf.exec(name)?.[1] ?? -1) + 1;
+    if (l > layers) {
+      layers = l;
+      deepest = name;
+    }
+  }
+  if (layers > config.numLayers) {
+    throw fail(
+      `holds encoder layer ${layers - 1} ("${deepest}"), but ${configFile} has ` +
+        `num_hidden_layers ${config.numLayers}`,
+    );
+  }
+  if (layers < config.numLayers) {
+    throw fail(
+      `holds ${layers} encoder layers, but ${configFile} has num_hidden_layers ${config.numLayers}`,
+    );
+  }
+  for (const [relative, shape] of encoderParameterShapes(config)) {
+    const found = candidateNames(config, relative).find((n) => reader.tensors.has(n));
+    if (!found) throw fail(`missing tensor "${config.prefix}.${relative}"`);
+    const info = reader.tensors.get(found)!;
+    if (!FLOAT_DTYPES.has(info.dtype)) {
+      throw fail(`tensor "${found}" is ${info.dtype}; weights must be F32, F16, BF16 or F64`);
+    }
+    if (!sameShape(info.shape, shape)) {
+      throw fail(
+        `tensor "${found}" has shape [${info.shape.join(", ")}], but ${configFile} ` +
+          `(${shapeFields(config, relative)}) needs [${shape.join(", ")}]`,
+      );
+    }
+  }
 }
 
 /**

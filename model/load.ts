@@ -1,11 +1,11 @@
 // From a model name to everything needed to run it: the local directory (downloaded from the
 // hub if it is a hub id), its config, its tokenizer, its weights and the head it carries.
 
-import { type HeadShape, openWeights, readHeadShape } from "./checkpoint.ts";
+import { checkBackbone, type HeadShape, openWeights, readHeadShape } from "./checkpoint.ts";
 import { type ModelConfig, readConfig } from "./config.ts";
 import { resolveModel, type ResolveModelOptions } from "./hub.ts";
 import type { SafetensorsReader } from "./safetensors.ts";
-import { loadTokenizer, type TextTokenizer } from "./tokenizer.ts";
+import { loadTokenizer, type TextTokenizer, TokenizerError } from "./tokenizer.ts";
 
 export interface OpenedModel {
   /** The local directory (a hub snapshot folder for hub ids). */
@@ -18,19 +18,49 @@ export interface OpenedModel {
 }
 
 /**
+ * Errors when the tokenizer can produce an id the model's embedding table has no row for (its
+ * vocabulary, added tokens included, is larger than the config's vocab_size). Smaller is fine:
+ * tables are often padded to a multiple of 8 or 64.
+ */
+export function checkTokenizerFits(
+  tokenizer: TextTokenizer,
+  config: ModelConfig,
+  configFile = "config.json",
+): void {
+  const largest = tokenizer.largestId();
+  if (largest && !(largest.id < config.vocabSize)) {
+    throw new TokenizerError(
+      tokenizer.source,
+      `token ${JSON.stringify(largest.token)} has id ${largest.id}, but ${configFile} has ` +
+        `vocab_size ${config.vocabSize}: the tokenizer does not belong to this model (or the ` +
+        `model's embeddings were not resized for added tokens)`,
+    );
+  }
+}
+
+/**
  * Opens a model given as a local directory or a Hugging Face hub id. Reads only headers and
- * small files; the weights are read tensor by tensor when loaded onto the GPU.
+ * small files; the weights are read tensor by tensor when loaded onto the GPU. Before returning
+ * it checks, on the host, that the config, the tensors and the tokenizer agree (`checkBackbone`,
+ * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
+ * here, naming the file, and not in the middle of GPU work.
  */
 export async function openModel(
   idOrPath: string,
   options: ResolveModelOptions = {},
 ): Promise<OpenedModel> {
   const dir = await resolveModel(idOrPath, options);
-  const config = await readConfig(`${dir}/config.json`);
-  const tokenizer = await loadTokenizer(dir, config);
+  const configFile = `${dir}/config.json`;
+  const config = await readConfig(configFile);
   const weights = await openWeights(dir);
   try {
-    return { dir, config, tokenizer, weights, head: readHeadShape(weights) };
+    // The config against the tensors first: then a tokenizer that disagrees with the config
+    // disagrees with the embedding table too.
+    checkBackbone(weights, config, configFile);
+    const head = readHeadShape(weights);
+    const tokenizer = await loadTokenizer(dir, config);
+    checkTokenizerFits(tokenizer, config, configFile);
+    return { dir, config, tokenizer, weights, head };
   } catch (e) {
     weights.close();
     throw e;

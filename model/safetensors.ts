@@ -125,8 +125,16 @@ function q(s: string): string {
   return quoted.length > 200 ? `${quoted.slice(0, 200)}..."` : quoted;
 }
 
+/** A shape for an error message; a shape of many dimensions is shortened. */
 function fmtShape(shape: number[]): string {
-  return `[${shape.join(", ")}]`;
+  if (shape.length <= 16) return `[${shape.join(", ")}]`;
+  return `[${shape.slice(0, 8).join(", ")}, ... (${shape.length} dimensions)]`;
+}
+
+/** An untrusted JSON value for an error message, capped (a header can hold megabytes). */
+function snippet(v: unknown): string {
+  const text = JSON.stringify(v);
+  return text.length > 100 ? `${text.slice(0, 100)}...` : text;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -135,6 +143,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 function isCount(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** JSON's `-0` is a valid way to write 0; give it back as 0. */
+function plusZero(v: number): number {
+  return v === 0 ? 0 : v;
 }
 
 /** Element count as a bigint so that absurd shapes cannot overflow into a plausible number. */
@@ -164,15 +177,16 @@ function parseHeader(
   const fail = (problem: string) => new SafetensorsError(file, problem);
   if (!isPlainObject(header)) throw fail("header is not a JSON object");
 
-  const metadata: Record<string, string> = {};
+  let metadata: Record<string, string> = {};
   const spans: { name: string; begin: number; end: number; info: TensorInfo }[] = [];
   for (const [name, value] of Object.entries(header)) {
     if (name === METADATA_KEY) {
       if (!isPlainObject(value)) throw fail("__metadata__ is not an object of strings");
       for (const [k, v] of Object.entries(value)) {
         if (typeof v !== "string") throw fail(`__metadata__ value for ${q(k)} is not a string`);
-        metadata[k] = v;
       }
+      // fromEntries defines each key, so even "__proto__" stays an ordinary key.
+      metadata = Object.fromEntries(Object.entries(value)) as Record<string, string>;
       continue;
     }
     const where = `tensor ${q(name)}`;
@@ -185,21 +199,20 @@ function parseHeader(
       if (!ENTRY_FIELDS.includes(field)) throw fail(`${where}: unexpected field ${q(field)}`);
     }
 
-    const { dtype, shape, data_offsets: offsets } = value;
+    const { dtype, shape: rawShape, data_offsets: offsets } = value;
     if (typeof dtype !== "string") throw fail(`${where}: dtype is not a string`);
     if (!isDtype(dtype)) {
       const kind = UNSUPPORTED_DTYPES.has(dtype) ? "unsupported" : "unknown";
       throw fail(`${where}: ${kind} dtype ${q(dtype)}`);
     }
-    if (!Array.isArray(shape) || !shape.every(isCount)) {
-      throw fail(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    if (!Array.isArray(rawShape) || !rawShape.every(isCount)) {
+      throw fail(`${where}: shape ${snippet(rawShape)} is not a list of non-negative integers`);
     }
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
-      throw fail(
-        `${where}: data_offsets ${JSON.stringify(offsets)} is not two non-negative integers`,
-      );
+      throw fail(`${where}: data_offsets ${snippet(offsets)} is not two non-negative integers`);
     }
-    const [begin, end] = offsets as number[];
+    const shape = rawShape.map(plusZero);
+    const [begin, end] = offsets.map(plusZero);
     if (begin > end) throw fail(`${where}: data_offsets [${begin}, ${end}] has begin > end`);
     const needed = elementCount(shape) * BigInt(ITEM_SIZE[dtype]);
     if (BigInt(end - begin) !== needed) {
@@ -246,6 +259,50 @@ function parseHeader(
 
   const entries = spans.map(({ begin, info }) => ({ ...info, offset: dataStart + begin }));
   return { metadata, entries };
+}
+
+const isJsonSpace = (c: number) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+
+/**
+ * A key that one object of the header names twice, described, or undefined. JSON.parse keeps the
+ * last of two equal keys silently, so a header could otherwise say two things about one tensor.
+ * `text` is valid JSON (it parsed), which lets this scan only for strings and brackets.
+ */
+function repeatedKey(text: string): string | undefined {
+  const objects: (Set<string> | null)[] = []; // null for an array
+  let tensor = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b) objects.push(new Set());
+    else if (c === 0x5b) objects.push(null);
+    else if (c === 0x7d || c === 0x5d) objects.pop();
+    else if (c === 0x22) {
+      let end = i + 1;
+      let escaped = false;
+      for (; text.charCodeAt(end) !== 0x22; end++) {
+        if (text.charCodeAt(end) === 0x5c) {
+          end++; // the escaped character, which may be a quote
+          escaped = true;
+        }
+      }
+      let after = end + 1;
+      while (isJsonSpace(text.charCodeAt(after))) after++;
+      const keys = objects[objects.length - 1];
+      if (keys && text.charCodeAt(after) === 0x3a) {
+        const key: string = escaped ? JSON.parse(text.slice(i, end + 1)) : text.slice(i + 1, end);
+        if (objects.length === 1) tensor = key;
+        if (keys.has(key)) {
+          const owner = tensor === METADATA_KEY ? METADATA_KEY : `tensor ${q(tensor)}`;
+          return objects.length === 1
+            ? `${owner} appears twice in the header`
+            : `${owner}: key ${q(key)} appears twice`;
+        }
+        keys.add(key);
+      }
+      i = end;
+    }
+  }
+  return undefined;
 }
 
 async function readFully(
@@ -384,7 +441,10 @@ async function openFile(path: string): Promise<FileReader> {
     }
     const headerLength = Number(declared);
     if (headerLength > fileSize - 8) {
-      throw fail(`header length ${headerLength} exceeds the ${fileSize - 8} bytes after it`);
+      throw fail(
+        `header length ${headerLength} exceeds the ${fileSize - 8} bytes after it ` +
+          `(file truncated?)`,
+      );
     }
     const headerBytes = new Uint8Array(headerLength);
     await readFully(file, headerBytes, path, "the header");
@@ -402,6 +462,8 @@ async function openFile(path: string): Promise<FileReader> {
     } catch (e) {
       throw fail(`header is not valid JSON (${errorText(e)})`);
     }
+    const repeated = repeatedKey(text);
+    if (repeated) throw fail(repeated);
     const dataStart = 8 + headerLength;
     const { metadata, entries } = parseHeader(path, header, dataStart, fileSize - dataStart);
     return new FileReader(path, file, metadata, entries);
@@ -483,10 +545,9 @@ async function openIndex(path: string): Promise<ShardedReader> {
   if (!isPlainObject(weightMap)) throw fail("index has no weight_map object");
 
   // Index metadata holds numbers such as total_size; the reader exposes everything as strings.
-  const metadata: Record<string, string> = {};
-  for (const [k, v] of Object.entries(rawMetadata)) {
-    metadata[k] = typeof v === "string" ? v : JSON.stringify(v);
-  }
+  const metadata: Record<string, string> = Object.fromEntries(
+    Object.entries(rawMetadata).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+  );
 
   const files = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(weightMap)) {

@@ -242,9 +242,20 @@ export class TextTokenizer {
       );
     }
     this.padTokenId = padId;
-    // The special tokens the post-processor adds must have rows in the model's table too.
-    for (const probe of [this.#postProcess([], null), this.#postProcess([], [])]) {
-      for (const id of probe.ids) this.#checkVocabId(id, "special token");
+    // The special tokens the post-processor adds must be in the vocabulary (not quietly the
+    // unknown token) and have rows in the model's table.
+    for (const pair of [null, []]) {
+      for (const token of this.#rawPostProcess([], pair).tokens) {
+        const id = tok.token_to_id(token);
+        if (id === undefined) {
+          throw new TokenizerError(
+            source,
+            `its post-processor adds the special token ${JSON.stringify(token)}, which is not ` +
+              `in its vocabulary`,
+          );
+        }
+        this.#checkVocabId(id, "special token");
+      }
     }
   }
 
@@ -323,6 +334,18 @@ export class TextTokenizer {
 
   idToToken(id: number): string | undefined {
     return this.#tok.id_to_token(id);
+  }
+
+  /**
+   * The token with the largest id the tokenizer can produce (its vocabulary and added tokens),
+   * or null for an empty vocabulary: the model's embedding table needs more rows than that id.
+   */
+  largestId(): { id: number; token: string } | null {
+    let largest: { id: number; token: string } | null = null;
+    for (const [token, id] of this.#tok.model?.tokens_to_ids ?? []) {
+      if (largest === null || id > largest.id) largest = { id, token };
+    }
+    return largest;
   }
 
   /** Special tokens the post-processor adds around one text (pair false) or a pair. */
