@@ -269,6 +269,19 @@ const isJsonSpace = (c: number) => c === 0x20 || c === 0x0a || c === 0x0d || c =
  * `text` is valid JSON (it parsed), which lets this scan only for strings and brackets.
  */
 function repeatedKey(text: string): string | undefined {
+  const r = firstRepeatedKey(text);
+  if (!r) return undefined;
+  const name = (key: string) => (key === METADATA_KEY ? METADATA_KEY : `tensor ${q(key)}`);
+  return r.outer === null
+    ? `${name(r.key)} appears twice in the header`
+    : `${name(r.outer)}: key ${q(r.key)} appears twice`;
+}
+
+/**
+ * The first key an object of `text` (valid JSON) names twice: `outer` is the top-level key it
+ * sits under (null for a top-level key).
+ */
+function firstRepeatedKey(text: string): { outer: string | null; key: string } | undefined {
   const objects: (Set<string> | null)[] = []; // null for an array
   let tensor = "";
   for (let i = 0; i < text.length; i++) {
@@ -291,12 +304,7 @@ function repeatedKey(text: string): string | undefined {
       if (keys && text.charCodeAt(after) === 0x3a) {
         const key: string = escaped ? JSON.parse(text.slice(i, end + 1)) : text.slice(i + 1, end);
         if (objects.length === 1) tensor = key;
-        if (keys.has(key)) {
-          const owner = tensor === METADATA_KEY ? METADATA_KEY : `tensor ${q(tensor)}`;
-          return objects.length === 1
-            ? `${owner} appears twice in the header`
-            : `${owner}: key ${q(key)} appears twice`;
-        }
+        if (keys.has(key)) return { outer: objects.length === 1 ? null : tensor, key };
         keys.add(key);
       }
       i = end;
@@ -540,6 +548,17 @@ async function openIndex(path: string): Promise<ShardedReader> {
     throw fail(`index is not valid JSON (${errorText(e)})`);
   }
   if (!isPlainObject(index)) throw fail("index is not a JSON object");
+  // JSON.parse keeps the last of two equal keys: a tensor mapped twice would silently take one.
+  const repeated = firstRepeatedKey(text);
+  if (repeated) {
+    throw fail(
+      repeated.outer === "weight_map"
+        ? `weight_map names tensor ${q(repeated.key)} twice`
+        : `index: key ${q(repeated.key)} appears twice${
+          repeated.outer === null ? "" : ` in ${q(repeated.outer)}`
+        }`,
+    );
+  }
   const { metadata: rawMetadata = {}, weight_map: weightMap } = index;
   if (!isPlainObject(rawMetadata)) throw fail("index metadata is not an object");
   if (!isPlainObject(weightMap)) throw fail("index has no weight_map object");

@@ -720,6 +720,17 @@ Deno.test("sharded index naming a missing tensor or missing shard file is reject
     await assertRejectsFile(openSafetensors(index), index, /index has no weight_map object/);
     await Deno.writeTextFile(index, "{oops");
     await assertRejectsFile(openSafetensors(index), index, /index is not valid JSON/);
+    // A tensor mapped twice (JSON.parse would keep the second silently).
+    await Deno.writeTextFile(
+      index,
+      '{"weight_map": {"embeddings.weight": "model-00001-of-00002.safetensors", ' +
+        '"embeddings.weight": "model-00002-of-00002.safetensors"}}',
+    );
+    await assertRejectsFile(
+      openSafetensors(index),
+      index,
+      /weight_map names tensor "embeddings\.weight" twice/,
+    );
     // A broken shard is reported through the index, with the shard's own problem.
     await Deno.writeFile(`${dir}/bad.safetensors`, rawFile("[]"));
     index = await writeIndex(dir, { "x": "bad.safetensors" });
