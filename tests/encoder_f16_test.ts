@@ -6,7 +6,8 @@
 // a few dozen of them; asserted: hidden states within 1% of their largest magnitude, gradients
 // within 1% of the step's largest gradient. Measured on lavapipe: hidden 8.3e-4 / 2.6e-3 /
 // 1.8e-3 and gradients 5.5e-4 / 1.8e-3 / 3.3e-3 (aligned + prefix, odd + prefix, aligned +
-// LoRA). The test also asserts f16 is not bitwise f32 (the f16 path really ran).
+// LoRA; the FFN-hook case, GELU as its own f16 kernels, within the same bound). The test also
+// asserts f16 is not bitwise f32 (the f16 path really ran).
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
@@ -51,7 +52,7 @@ async function step(
   gpu: Gpu,
   c: ModelConfig,
   precision: Precision,
-  adapter: "prefix" | "lora",
+  adapter: "prefix" | "lora" | "ffn-hooks",
 ): Promise<Result> {
   const H = c.hiddenSize, heads = c.numHeads, D = H / heads;
   const owned: Tensor[] = [];
@@ -77,8 +78,16 @@ async function step(
     maxPrefix: P,
     dropout: 0.1,
     precision,
-    hooks: lora?.hooks() ??
-      { prefix: (layer) => layer === PREFIX_LAYER ? prefix : undefined },
+    hooks: lora?.hooks() ?? (adapter === "ffn-hooks"
+      // Hooks that add nothing, on the FFN's two linears: GELU then runs as its own kernels on
+      // the f16 activations (and its derivative on their f16 gradients) instead of in the GEMM.
+      ? {
+        linear: (site) =>
+          site.module === "intermediate.dense" || site.module === "output.dense"
+            ? { forward: () => {}, backward: () => {} }
+            : undefined,
+      }
+      : { prefix: (layer) => layer === PREFIX_LAYER ? prefix : undefined }),
   });
   try {
     assertEquals(enc.precision, precision);
@@ -136,7 +145,12 @@ function relError(actual: ArrayLike<number>, expected: ArrayLike<number>, scale?
 }
 
 for (
-  const [shape, adapter] of [["aligned", "prefix"], ["odd", "prefix"], ["aligned", "lora"]] as const
+  const [shape, adapter] of [
+    ["aligned", "prefix"],
+    ["odd", "prefix"],
+    ["aligned", "lora"],
+    ["odd", "ffn-hooks"],
+  ] as const
 ) {
   gpuTest(
     `encoder f16 (${shape} shapes, ${adapter}): a training step close to f32`,
@@ -162,10 +176,14 @@ for (
         const err = relError(f16.grads.get(name)!, g, scale);
         assert(err <= GRAD_BOUND, `gradient of ${name}: error ${err} of the largest gradient`);
       }
-      const adapterGrad = adapter === "lora"
-        ? [...f16.grads].find(([n]) => n.includes("lora_A"))![1]
-        : f16.grads.get("prefix key")!;
-      assert(adapterGrad.some((x) => x !== 0), "the adapter's gradient is not all zero");
+      if (adapter === "ffn-hooks") {
+        assert(f16.labels.includes("geluBackward"), "GELU's backward ran as its own kernel");
+      } else {
+        const adapterGrad = adapter === "lora"
+          ? [...f16.grads].find(([n]) => n.includes("lora_A"))![1]
+          : f16.grads.get("prefix key")!;
+        assert(adapterGrad.some((x) => x !== 0), "the adapter's gradient is not all zero");
+      }
     },
   );
 }
