@@ -3,7 +3,13 @@
 // feature pass, and the training itself bit for bit as without --analysis.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import {
+  assertSameFiles,
+  readTree,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
 import { getGpu } from "../kernels/device.ts";
 import { readConfig } from "../model/config.ts";
 import { loadBackbone, loadHead } from "../model/checkpoint.ts";
@@ -19,16 +25,6 @@ import { runTraining } from "../train/run.ts";
 import { Trainer } from "../train/trainer.ts";
 import { rte } from "../tasks/rte.ts";
 import { report } from "../report.ts";
-
-async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
-  const out = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(dir)) {
-    const path = `${dir}/${e.name}`;
-    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
-    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
-  }
-  return out;
-}
 
 /** Every backbone tensor of a saved model, by name relative to the prefix, in float64. */
 async function backbone(path: string): Promise<Map<string, Float64Array>> {
@@ -70,14 +66,7 @@ Deno.test({
       assertEquals(analysed, plain);
       const a = await readTree(`${dir}/plain`);
       const b = await readTree(out);
-      for (const [name, bytes] of a) {
-        if (name === "run.json") continue;
-        const other = b.get(name)!;
-        assert(
-          other && other.length === bytes.length && other.every((x, i) => x === bytes[i]),
-          name,
-        );
-      }
+      assertSameFiles(b, a, "with --analysis");
 
       const data: AnalysisData = JSON.parse(
         await Deno.readTextFile(`${out}/analysis/analysis.json`),

@@ -6,24 +6,16 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { rng } from "./random.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import {
+  assertSameFiles,
+  readTree,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
 const KILLS = 10;
-
-async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
-  const out = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(dir)) {
-    const path = `${dir}/${e.name}`;
-    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
-    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
-  }
-  return out;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
 
 function command(args: string[]): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
@@ -89,10 +81,7 @@ Deno.test({
         await runToEnd([...args, "--resume"]);
         const got = await readTree(out);
         assertEquals([...got.keys()].sort(), [...expected.keys()].sort(), `kill ${k} at ${at} ms`);
-        for (const [name, bytes] of expected) {
-          if (name === "run.json") continue; // it names its own folder
-          assert(sameBytes(got.get(name)!, bytes), `kill ${k} at ${at} ms: ${name} differs`);
-        }
+        assertSameFiles(got, expected, `kill ${k} at ${at} ms`);
         await Deno.remove(out, { recursive: true });
       }
       // The moments are random: most must have hit a running process.

@@ -11,7 +11,8 @@ function contentType(path: string): string {
   return "application/octet-stream";
 }
 
-Deno.test("mod.ts imports by URL from a loopback server and runs a kernel", async () => {
+/** Serves the repository on loopback; `requested` lists every path asked for. */
+function serveRepository(): { server: Deno.HttpServer; origin: string; requested: string[] } {
   const requested: string[] = [];
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const path = decodeURIComponent(new URL(req.url).pathname);
@@ -24,7 +25,11 @@ Deno.test("mod.ts imports by URL from a loopback server and runs a kernel", asyn
       return new Response("not found", { status: 404 });
     }
   });
-  const origin = `127.0.0.1:${server.addr.port}`;
+  return { server, origin: `127.0.0.1:${server.addr.port}`, requested };
+}
+
+Deno.test("mod.ts imports by URL from a loopback server and runs a kernel", async () => {
+  const { server, origin, requested } = serveRepository();
   const dir = await Deno.makeTempDir();
   try {
     const script = `${dir}/use_ehft.ts`;
@@ -71,19 +76,7 @@ gpu.destroy();
 });
 
 Deno.test("train/plots.ts imports by URL and draws an SVG and a PNG with its font", async () => {
-  const requested: string[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
-    const path = decodeURIComponent(new URL(req.url).pathname);
-    requested.push(path);
-    if (path.includes("..")) return new Response("bad path", { status: 400 });
-    try {
-      const body = await Deno.readFile(new URL(`.${path}`, ROOT));
-      return new Response(body, { headers: { "content-type": contentType(path) } });
-    } catch {
-      return new Response("not found", { status: 404 });
-    }
-  });
-  const origin = `127.0.0.1:${server.addr.port}`;
+  const { server, origin, requested } = serveRepository();
   const dir = await Deno.makeTempDir();
   try {
     const script = `${dir}/plot.ts`;

@@ -5,22 +5,13 @@
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { withLimits } from "./gpu_fixture.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { getGpu, requestGpu } from "../kernels/device.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
 import { rte } from "../tasks/rte.ts";
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function withRunFolder(fn: (dir: string, args: string[]) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "ehft-faults-" });

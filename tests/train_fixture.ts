@@ -1,7 +1,9 @@
 // Shared set-up of the training tests: the tiny-bert fixture as a model folder (its config and
 // weights with a 101-token WordPiece vocabulary, with or without its head), and a small separable
-// RTE-format task: the label is whether a marker word occurs in the hypothesis.
+// RTE-format task: the label is whether a marker word occurs in the hypothesis. And the helpers
+// that compare run folders.
 
+import { assert } from "./assert.ts";
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 
@@ -94,4 +96,45 @@ export async function writeNarrowHead(path: string, width = 64, seed = 7): Promi
     "head.out_proj.weight": { dtype: "F32", shape: [1, width], data: v.outProj.weight },
     "head.out_proj.bias": { dtype: "F32", shape: [1], data: v.outProj.bias },
   });
+}
+
+/** Whether `path` exists. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Every file under dir (relative path → bytes). */
+export async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(dir)) {
+    const path = `${dir}/${e.name}`;
+    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
+    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
+  }
+  return out;
+}
+
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/**
+ * Asserts that every file of the run folder `expected` (as `readTree` gives it) is in `actual`
+ * with the same bytes, except run.json, which names its own folder. `what` starts the message.
+ */
+export function assertSameFiles(
+  actual: Map<string, Uint8Array>,
+  expected: Map<string, Uint8Array>,
+  what: string,
+): void {
+  for (const [name, bytes] of expected) {
+    if (name === "run.json") continue;
+    const got = actual.get(name);
+    assert(got !== undefined && sameBytes(got, bytes), `${what}: ${name} differs`);
+  }
 }

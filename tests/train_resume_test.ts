@@ -5,22 +5,21 @@
 // a run is refused without --resume or --overwrite.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import {
+  assertSameFiles,
+  exists,
+  readTree,
+  sameBytes,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The stage index of the checkpoint in `dir`, or null while there is none. */
 async function checkpointStage(dir: string): Promise<number | null> {
@@ -56,21 +55,6 @@ async function runAndKill(args: string[], ready: () => Promise<boolean>): Promis
   if (!killed && !s.success) throw new Error(`train.ts failed: ${await stderr}`);
   await stderr;
   return killed;
-}
-
-/** Every file under dir (relative path → bytes). */
-async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
-  const out = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(dir)) {
-    const path = `${dir}/${e.name}`;
-    if (e.isDirectory) { for (const [k, v] of await readTree(path, base)) out.set(k, v); }
-    else out.set(path.slice(base.length + 1), await Deno.readFile(path));
-  }
-  return out;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 async function mtimes(dir: string): Promise<Map<string, number>> {
@@ -127,10 +111,7 @@ Deno.test({
       const a = await readTree(whole);
       const b = await readTree(killed);
       assertEquals([...b.keys()].sort(), [...a.keys()].sort());
-      for (const [name, bytes] of a) {
-        if (name === "run.json") continue; // it names its own folder
-        assert(sameBytes(b.get(name)!, bytes), `${name} differs after resuming`);
-      }
+      assertSameFiles(b, a, "after resuming");
       const log = new TextDecoder().decode(a.get("log.jsonl")!).trim().split("\n");
       assertEquals(log.filter((l) => l.includes('"loss"')).length, 24);
 
@@ -207,10 +188,7 @@ Deno.test({
       const a = await readTree(whole);
       const b = await readTree(killed);
       assertEquals([...b.keys()].sort(), [...a.keys()].sort());
-      for (const [name, bytes] of a) {
-        if (name === "run.json") continue;
-        assert(sameBytes(b.get(name)!, bytes), `${name} differs after resuming`);
-      }
+      assertSameFiles(b, a, "after resuming");
       await assertRejects(
         () => run(killed, "--resume", "--precision", "f32"),
         Error,

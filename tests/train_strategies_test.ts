@@ -9,7 +9,7 @@
 // 64 units wide (`--head` with a narrow fresh head) to keep each run to a few seconds.
 
 import { assert, assertEquals } from "./assert.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { isBitFitParameter } from "../peft/bitfit.ts";
 import { parseTrainArgs } from "../train/config.ts";
@@ -129,15 +129,6 @@ for (const [name, args] of CASES) {
       assertEquals(await exists(`${out}/checkpoint.safetensors`), false);
     },
   });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 Deno.test({
