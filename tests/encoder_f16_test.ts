@@ -11,15 +11,24 @@
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import {
+  encoderStep,
+  largestGradient,
+  relError,
+  seededWeights,
+  smallConfig,
+  STEP_BATCH,
+  STEP_SEQ,
+  type StepResult,
+} from "./encoder_step.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
-import { createEncoder, encoderParameters, type Precision } from "../model/encoder.ts";
+import { createEncoder, type Precision } from "../model/encoder.ts";
 import { LoraMethod } from "../peft/lora.ts";
 
-const B = 2, S = 7, P = 3, PREFIX_LAYER = 1;
+const P = 3, PREFIX_LAYER = 1;
 const HIDDEN_BOUND = 1e-2, GRAD_BOUND = 1e-2;
 
 /**
@@ -27,25 +36,19 @@ const HIDDEN_BOUND = 1e-2, GRAD_BOUND = 1e-2;
  * copies refresh in one launch and the products take the vec4 kernels; "odd": neither.
  */
 function config(shape: "aligned" | "odd"): ModelConfig {
-  const aligned = shape === "aligned";
+  if (shape === "odd") return smallConfig("roberta", "odd f16");
   return parseConfig({
-    model_type: aligned ? "bert" : "roberta",
+    model_type: "bert",
     vocab_size: 43,
-    hidden_size: aligned ? 16 : 15,
+    hidden_size: 16,
     num_hidden_layers: 2,
-    num_attention_heads: aligned ? 2 : 3,
-    intermediate_size: aligned ? 40 : 37,
+    num_attention_heads: 2,
+    intermediate_size: 40,
     max_position_embeddings: 12,
     type_vocab_size: 2,
     layer_norm_eps: 1e-12,
-    pad_token_id: aligned ? 0 : 1,
-  }, `${shape} f16 test config`);
-}
-
-interface Result {
-  hidden: Float32Array;
-  grads: Map<string, Float32Array>;
-  labels: string[];
+    pad_token_id: 0,
+  }, "aligned f16 test config");
 }
 
 async function step(
@@ -53,7 +56,7 @@ async function step(
   c: ModelConfig,
   precision: Precision,
   adapter: "prefix" | "lora" | "ffn-hooks",
-): Promise<Result> {
+): Promise<StepResult> {
   const H = c.hiddenSize, heads = c.numHeads, D = H / heads;
   const owned: Tensor[] = [];
   const tensor = (data: Float32Array | null, shape: number[], label: string) => {
@@ -73,8 +76,8 @@ async function step(
     ? new LoraMethod(gpu, c, { loraR: 4, loraAlpha: 8, prefixLength: 0, seed: 5 })
     : null;
   const enc = createEncoder(gpu, c, {
-    maxBatch: B,
-    maxSeq: S,
+    maxBatch: STEP_BATCH,
+    maxSeq: STEP_SEQ,
     maxPrefix: P,
     dropout: 0.1,
     precision,
@@ -91,12 +94,8 @@ async function step(
   });
   try {
     assertEquals(enc.precision, precision);
-    let seed = 300;
-    for (const [name, t] of encoderParameters(enc.params)) {
-      const v = Float32Array.from(randomValues(t.numel, seed++), (x) => 0.5 * x);
-      if (/LayerNorm\.weight$/.test(name)) v.forEach((x, i) => v[i] = 1 + x);
-      t.upload(v);
-    }
+    const weights = seededWeights(c);
+    let seed = 300 + weights.size; // the seeds after the encoder's
     if (lora) {
       // LoRA's B starts at zero: make it non-zero, so that its path changes the outputs.
       for (const [name, t] of lora.parameters()) {
@@ -104,44 +103,21 @@ async function step(
         assert(name.includes("lora_"), name);
       }
     }
-    enc.setBatch({
-      inputIds: [5, 17, 30, 8, 2, 41, 9, 3, 22, 7, 11, 19, c.padTokenId, c.padTokenId],
-      attentionMask: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
-      batch: B,
-      seqLen: S,
-    });
-    const dHidden = tensor(Float32Array.from(randomValues(B * S * H, 77)), [B, S, H], "dHidden");
-    const rec = new Recorder(gpu);
-    const hidden = enc.forward(rec, { training: true, seed: 2024, step: 5 });
-    enc.backward(rec, dHidden);
-    const labels = rec.labels;
-    await rec.submit();
-    const grads = new Map<string, Float32Array>();
-    for (const [n, t] of enc.gradients()) grads.set(n, await t.download() as Float32Array);
+    const result = await encoderStep(gpu, enc, weights);
+    const grads = result.grads;
     if (lora) {
       for (const [n, t] of lora.gradients()) grads.set(n, await t.download() as Float32Array);
     } else {
       grads.set("prefix key", await prefix.dKey.download() as Float32Array);
       grads.set("prefix value", await prefix.dValue.download() as Float32Array);
     }
-    return { hidden: await hidden.download() as Float32Array, grads, labels };
+    return result;
   } finally {
     enc.setHooks(null);
     enc.destroy();
     lora?.destroy();
     for (const t of owned) t.destroy();
   }
-}
-
-/** max |a − e| over `scale`, by default max |e|. */
-function relError(actual: ArrayLike<number>, expected: ArrayLike<number>, scale?: number): number {
-  let err = 0, max = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i] - expected[i]));
-    max = Math.max(max, Math.abs(expected[i]));
-  }
-  const s = scale ?? max;
-  return s === 0 ? err : err / s;
 }
 
 for (
@@ -170,8 +146,7 @@ for (
       assert(e <= HIDDEN_BOUND, `hidden states: relative error ${e}`);
       assert(e > 0, "f16 gave bitwise the f32 hidden states: the f16 path did not run");
       assertEquals([...f16.grads.keys()].sort(), [...f32.grads.keys()].sort());
-      let scale = 0;
-      for (const g of f32.grads.values()) for (const x of g) scale = Math.max(scale, Math.abs(x));
+      const scale = largestGradient(f32.grads);
       for (const [name, g] of f32.grads) {
         const err = relError(f16.grads.get(name)!, g, scale);
         assert(err <= GRAD_BOUND, `gradient of ${name}: error ${err} of the largest gradient`);

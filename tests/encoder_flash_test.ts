@@ -8,44 +8,31 @@
 // and 2.8e-7 for BERT, 3.8e-7 and 8.8e-7 for RoBERTa).
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import {
+  encoderStep,
+  largestGradient,
+  relError,
+  seededWeights,
+  smallConfig,
+  STEP_BATCH,
+  STEP_SEQ,
+  type StepResult,
+} from "./encoder_step.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
-import { type ModelConfig, parseConfig } from "../model/config.ts";
+import type { ModelConfig } from "../model/config.ts";
 import {
   type AttentionKernels,
   chooseAttention,
   createEncoder,
-  encoderParameters,
   FLASH_ATTENTION_ABOVE_BYTES,
 } from "../model/encoder.ts";
 
-const B = 2, S = 7, P = 3, PREFIX_LAYER = 1;
+const P = 3, PREFIX_LAYER = 1;
 
-function config(modelType: "bert" | "roberta"): ModelConfig {
-  return parseConfig({
-    model_type: modelType,
-    vocab_size: 43,
-    hidden_size: 15,
-    num_hidden_layers: 2,
-    num_attention_heads: 3,
-    intermediate_size: 37,
-    max_position_embeddings: 12,
-    type_vocab_size: 2,
-    layer_norm_eps: 1e-12,
-    pad_token_id: modelType === "roberta" ? 1 : 0,
-  }, `${modelType} flash test config`);
-}
-
-interface Result {
-  hidden: Float32Array;
-  grads: Map<string, Float32Array>;
-  labels: string[];
-}
-
-async function step(gpu: Gpu, c: ModelConfig, attention: AttentionKernels): Promise<Result> {
+async function step(gpu: Gpu, c: ModelConfig, attention: AttentionKernels): Promise<StepResult> {
   const H = c.hiddenSize, heads = c.numHeads, D = H / heads;
   const owned: Tensor[] = [];
   const tensor = (data: Float32Array | null, shape: number[], label: string) => {
@@ -62,8 +49,8 @@ async function step(gpu: Gpu, c: ModelConfig, attention: AttentionKernels): Prom
     dValue: tensor(null, [heads, P, D], "dpv"),
   };
   const enc = createEncoder(gpu, c, {
-    maxBatch: B,
-    maxSeq: S,
+    maxBatch: STEP_BATCH,
+    maxSeq: STEP_SEQ,
     maxPrefix: P,
     dropout: 0.1,
     attention,
@@ -71,54 +58,24 @@ async function step(gpu: Gpu, c: ModelConfig, attention: AttentionKernels): Prom
   });
   try {
     assertEquals(enc.attention, attention);
-    let seed = 300;
-    for (const [name, t] of encoderParameters(enc.params)) {
-      const v = Float32Array.from(randomValues(t.numel, seed++), (x) => 0.5 * x);
-      if (/LayerNorm\.weight$/.test(name)) v.forEach((x, i) => v[i] = 1 + x);
-      t.upload(v);
-    }
-    enc.setBatch({
-      inputIds: [5, 17, 30, 8, 2, 41, 9, 3, 22, 7, 11, 19, c.padTokenId, c.padTokenId],
-      attentionMask: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
-      batch: B,
-      seqLen: S,
-    });
-    const dHidden = tensor(Float32Array.from(randomValues(B * S * H, 77)), [B, S, H], "dHidden");
-    const rec = new Recorder(gpu);
-    const hidden = enc.forward(rec, { training: true, seed: 2024, step: 5 });
-    enc.backward(rec, dHidden);
-    const labels = rec.labels;
-    await rec.submit();
-    const grads = new Map<string, Float32Array>();
-    for (const [n, t] of enc.gradients()) grads.set(n, await t.download() as Float32Array);
-    grads.set("prefix key", await prefix.dKey.download() as Float32Array);
-    grads.set("prefix value", await prefix.dValue.download() as Float32Array);
-    return { hidden: await hidden.download() as Float32Array, grads, labels };
+    const result = await encoderStep(gpu, enc, seededWeights(c));
+    result.grads.set("prefix key", await prefix.dKey.download() as Float32Array);
+    result.grads.set("prefix value", await prefix.dValue.download() as Float32Array);
+    return result;
   } finally {
     enc.destroy();
     for (const t of owned) t.destroy();
   }
 }
 
-/** max |a − e| over `scale`, by default max |e|. */
-function relError(actual: ArrayLike<number>, expected: ArrayLike<number>, scale?: number): number {
-  let err = 0, max = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i] - expected[i]));
-    max = Math.max(max, Math.abs(expected[i]));
-  }
-  const s = scale ?? max;
-  return s === 0 ? err : err / s;
-}
-
 for (const modelType of ["bert", "roberta"] as const) {
   gpuTest(
     `encoder flash attention (${modelType}): a training step as the materialized one`,
     async (gpu) => {
-      const c = config(modelType);
+      const c = smallConfig(modelType, "flash");
       const materialized = await step(gpu, c, "materialized");
       const flash = await step(gpu, c, "flash");
-      const has = (r: Result, prefix: string) => r.labels.some((l) => l.startsWith(prefix));
+      const has = (r: StepResult, prefix: string) => r.labels.some((l) => l.startsWith(prefix));
       assert(has(flash, "flashAttention") && !has(flash, "attentionForward"), "flash kernels ran");
       assert(has(materialized, "attentionForward") && !has(materialized, "flash"), "materialized");
       const e = relError(flash.hidden, materialized.hidden);
@@ -126,10 +83,7 @@ for (const modelType of ["bert", "roberta"] as const) {
       assertEquals([...flash.grads.keys()].sort(), [...materialized.grads.keys()].sort());
       // Against the largest gradient of the step: some tensors' gradients are zero but for
       // rounding (a key bias shifts every score of a row alike, which the softmax ignores).
-      let scale = 0;
-      for (const g of materialized.grads.values()) {
-        for (const x of g) scale = Math.max(scale, Math.abs(x));
-      }
+      const scale = largestGradient(materialized.grads);
       let worst = 0;
       for (const [name, g] of materialized.grads) {
         const err = relError(flash.grads.get(name)!, g, scale);

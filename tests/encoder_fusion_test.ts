@@ -9,101 +9,46 @@
 // of each tensor's largest magnitude (the merged product rounds differently).
 
 import { assert, assertEquals } from "./assert.ts";
+import {
+  encoderStep,
+  relError,
+  seededWeights,
+  smallConfig,
+  STEP_BATCH,
+  STEP_SEQ,
+  type StepResult,
+} from "./encoder_step.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { loraBackward, loraForward } from "../kernels/lora.ts";
-import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
-import { type ModelConfig, parseConfig } from "../model/config.ts";
+import type { ModelConfig } from "../model/config.ts";
 import {
   createEncoder,
   type Encoder,
   type EncoderHooks,
   encoderParameters,
-  encoderParameterShapes,
   type LinearHook,
   type LinearModule,
 } from "../model/encoder.ts";
 
-const B = 2, S = 7;
-
-function config(modelType: "bert" | "roberta"): ModelConfig {
-  return parseConfig({
-    model_type: modelType,
-    vocab_size: 43,
-    hidden_size: 15,
-    num_hidden_layers: 2,
-    num_attention_heads: 3,
-    intermediate_size: 37,
-    max_position_embeddings: 12,
-    type_vocab_size: 2,
-    layer_norm_eps: 1e-12,
-    pad_token_id: modelType === "roberta" ? 1 : 0,
-  }, `${modelType} fusion test config`);
-}
-
-/** Seeded weights, LayerNorm gains near 1; the same for every encoder of one config. */
-function weights(c: ModelConfig): Map<string, Float32Array> {
-  const out = new Map<string, Float32Array>();
-  let seed = 300;
-  for (const [name, shape] of encoderParameterShapes(c)) {
-    const numel = shape.reduce((a, b) => a * b, 1);
-    const v = Float32Array.from(randomValues(numel, seed++), (x) => 0.5 * x);
-    if (/LayerNorm\.weight$/.test(name)) v.forEach((x, i) => v[i] = 1 + x);
-    out.set(name, v);
-  }
-  return out;
-}
-
-interface Step {
-  hidden: Float32Array;
-  grads: Map<string, Float32Array>;
-  labels: string[];
-}
-
-/** One training step (dropout 0.1, a padded second row) with `hooks`; downloads everything. */
+/** One training step (dropout 0.1, a padded second row, token types) with `hooks`. */
 async function step(
   gpu: Gpu,
   c: ModelConfig,
   w: Map<string, Float32Array>,
   hooks?: EncoderHooks,
-): Promise<Step & { enc: Encoder }> {
-  const enc = createEncoder(gpu, c, { maxBatch: B, maxSeq: S, dropout: 0.1, hooks });
+): Promise<StepResult & { enc: Encoder }> {
+  const enc = createEncoder(gpu, c, {
+    maxBatch: STEP_BATCH,
+    maxSeq: STEP_SEQ,
+    dropout: 0.1,
+    hooks,
+  });
   const params = encoderParameters(enc.params);
   assertEquals(new Set(params.keys()), new Set(w.keys()), "the test's parameter list");
-  for (const [n, t] of params) t.upload(w.get(n)!);
-  const ids = [5, 17, 30, 8, 2, 41, 9, 3, 22, 7, 11, 19, c.padTokenId, c.padTokenId];
-  enc.setBatch({
-    inputIds: ids,
-    typeIds: [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0],
-    attentionMask: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
-    batch: B,
-    seqLen: S,
-  });
-  const dH = Float32Array.from(randomValues(B * S * c.hiddenSize, 77));
-  const dHidden = tensorFromArray(gpu, dH, [B, S, c.hiddenSize], "dHidden");
-  const rec = new Recorder(gpu);
-  const hidden = enc.forward(rec, { training: true, seed: 2024, step: 5 });
-  enc.backward(rec, dHidden);
-  const labels = rec.labels;
-  await rec.submit();
-  const grads = new Map<string, Float32Array>();
-  for (const [n, t] of enc.gradients()) grads.set(n, await t.download() as Float32Array);
-  const result = { enc, hidden: await hidden.download() as Float32Array, grads, labels };
-  dHidden.destroy();
-  return result;
-}
-
-/** max |a − e| over `scale`, by default max |e|. */
-function relError(actual: ArrayLike<number>, expected: ArrayLike<number>, scale?: number): number {
-  let err = 0, max = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i] - expected[i]));
-    max = Math.max(max, Math.abs(expected[i]));
-  }
-  const s = scale ?? max;
-  return s === 0 ? err : err / s;
+  return { enc, ...(await encoderStep(gpu, enc, w, { typeIds: true })) };
 }
 
 /** A hook that adds nothing: it only makes the encoder run GELU as its own launch. */
@@ -113,8 +58,8 @@ for (const modelType of ["bert", "roberta"] as const) {
   gpuTest(
     `encoder fusion (${modelType}): the GELU epilogues equal the separate GELU launches`,
     async (gpu) => {
-      const c = config(modelType);
-      const w = weights(c);
+      const c = smallConfig(modelType, "fusion");
+      const w = seededWeights(c);
       const fused = await step(gpu, c, w);
       const ffn = new Set<LinearModule>(["intermediate.dense", "output.dense"]);
       const unfused = await step(gpu, c, w, {
@@ -145,14 +90,14 @@ for (const modelType of ["bert", "roberta"] as const) {
 gpuTest(
   "encoder fusion: LoRA terms on intermediate.dense and output.dense equal merging them",
   async (gpu) => {
-    const c = config("bert");
+    const c = smallConfig("bert", "fusion");
     const H = c.hiddenSize, I = c.intermediateSize, r = 3, scale = 0.7;
     const layer = 1;
     const sites: { module: LinearModule; path: string; inF: number; outF: number }[] = [
       { module: "intermediate.dense", path: "intermediate.dense", inF: H, outF: I },
       { module: "output.dense", path: "output.dense", inF: I, outF: H },
     ];
-    const w = weights(c);
+    const w = seededWeights(c);
     const merged = new Map(w);
     const tensors: Tensor[] = [];
     const lora = sites.map((site, k) => {
@@ -177,7 +122,7 @@ gpuTest(
       };
       const A = t(a, [r, site.inF], "A"), Bt = t(b, [site.outF, r], "B");
       const dA = t(null, [r, site.inF], "dA"), dB = t(null, [site.outF, r], "dB");
-      const hidden = t(null, [B * S, r], "hidden");
+      const hidden = t(null, [STEP_BATCH * STEP_SEQ, r], "hidden");
       const hook: LinearHook = {
         forward(rec, x, out) {
           loraForward(rec, { x, a: A, b: Bt, scale, hidden, out });
