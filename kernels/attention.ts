@@ -32,7 +32,7 @@ import { flatIndex, grid1d } from "./grid.ts";
 import { matmul, type MatmulBatch } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { createTensor, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /**
  * The largest head dimension accepted. The GEMM path has no limit of its own; this is the
@@ -183,12 +183,7 @@ export function checkAttentionArgs(
   expectShape(op, qName, q, [-1, -1, -1]);
   const [B, S, HD] = q.shape;
   for (const [name, t] of qkv) {
-    expectShape(op, name, t, [B, S, HD]);
-    if (t.dtype !== "f32" && !(allowF16 && t.dtype === "f16")) {
-      throw new GpuError(
-        `${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32${allowF16 ? " or f16" : ""}`,
-      );
-    }
+    expectShape(op, name, t, [B, S, HD], allowF16 ? FLOAT_DTYPES : "f32");
   }
   if (!Number.isInteger(heads) || heads < 1 || HD % heads !== 0) {
     throw new GpuError(`${op}: heads ${heads} does not divide the hidden size ${HD}`);

@@ -20,13 +20,12 @@
 // exactly when loaded and an f16 result rounded once, by to_f16, when stored. All-f32 launches
 // keep the plain elementwise kernels, so their pipelines and results are what they were.
 
-import { GpuError } from "./device.ts";
 import { elementwiseKernel, recordElementwise } from "./elementwise.ts";
 import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { type DType, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /**
  * WGSL defining `gelu(x)` and `gelu_grad(x)` (= gelu'(x)), through Φ(x) and φ(x). The elementwise
@@ -152,11 +151,7 @@ function recordGelu(
   const names = KINDS[op].bindings;
   const shape = tensors[names[0]].shape;
   for (const name of names) {
-    const t = tensors[name];
-    expectShape(op, name, t, shape);
-    if (t.dtype !== "f32" && t.dtype !== "f16") {
-      throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
-    }
+    expectShape(op, name, tensors[name], shape, FLOAT_DTYPES);
   }
   const dtypes = Object.fromEntries(names.map((name) => [name, tensors[name].dtype]));
   if (!Object.values(dtypes).includes("f16")) {

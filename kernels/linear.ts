@@ -9,7 +9,7 @@ import { enableF16, loadAs } from "./f16.ts";
 import { matmul } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { type DType, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 export interface LinearForwardArgs {
   /** [..., in]; the leading dimensions are flattened to rows. */
@@ -50,27 +50,15 @@ export interface LinearBackwardArgs {
   accumulate?: boolean;
 }
 
-/**
- * Throws unless `t` has `shape` and a float dtype: activations, weights and activation gradients
- * may be f16 (the `--precision f16` encoder's copies and activations; `matmul` widens them to f32
- * and rounds its f16 outputs once). Parameter gradients and biases stay f32.
- */
-function expectFloat(op: string, name: string, t: Tensor, shape: readonly number[]): void {
-  expectShape(op, name, t, shape);
-  if (t.dtype !== "f32" && t.dtype !== "f16") {
-    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
-  }
-}
-
 /** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
 function linearShapes(op: string, x: Tensor, weight: Tensor) {
-  expectFloat(op, "weight", weight, [-1, -1]);
+  expectShape(op, "weight", weight, [-1, -1], FLOAT_DTYPES);
   const [outF, inF] = weight.shape;
   if (x.shape.length < 1) {
     throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
   }
   const lead = x.shape.slice(0, -1);
-  expectFloat(op, "x", x, [...lead, inF]);
+  expectShape(op, "x", x, [...lead, inF], FLOAT_DTYPES);
   const rows = lead.reduce((a, b) => a * b, 1);
   return { rows, inF, outF, lead };
 }
@@ -81,7 +69,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
   const { x, weight, bias, out, activation, preActivation } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
   if (bias) expectShape(op, "bias", bias, [outF], "f32");
-  expectFloat(op, "out", out, [...lead, outF]);
+  expectShape(op, "out", out, [...lead, outF], FLOAT_DTYPES);
   if (activation !== undefined && activation !== "gelu") {
     throw new GpuError(`${op}: unknown activation "${activation}"`);
   }
@@ -91,7 +79,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
         `${op}: preActivation ("${preActivation.label}") given without an activation`,
       );
     }
-    expectFloat(op, "preActivation", preActivation, [...lead, outF]);
+    expectShape(op, "preActivation", preActivation, [...lead, outF], FLOAT_DTYPES);
   }
   const bound = [["x", x], ["weight", weight], ["bias", bias], ["out", out], [
     "preActivation",
@@ -117,12 +105,12 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
   const op = "linearBackward";
   const { x, weight, dOut, dX, dWeight, dBias, geluInput } = args;
   const { rows, inF, outF, lead } = linearShapes(op, x, weight);
-  expectFloat(op, "dOut", dOut, [...lead, outF]);
-  if (dX) expectFloat(op, "dX", dX, [...lead, inF]);
+  expectShape(op, "dOut", dOut, [...lead, outF], FLOAT_DTYPES);
+  if (dX) expectShape(op, "dX", dX, [...lead, inF], FLOAT_DTYPES);
   if (dWeight) expectShape(op, "dWeight", dWeight, [outF, inF], "f32");
   if (dBias) expectShape(op, "dBias", dBias, [outF], "f32");
   if (geluInput) {
-    expectFloat(op, "geluInput", geluInput, [...lead, inF]);
+    expectShape(op, "geluInput", geluInput, [...lead, inF], FLOAT_DTYPES);
     if (!dX) throw new GpuError(`${op}: geluInput ("${geluInput.label}") given without dX`);
     // The epilogue would scale the old contents too: (dOut·W + dX) ⊙ gelu'.
     if (args.accumulateDX) throw new GpuError(`${op}: geluInput cannot be used with accumulateDX`);

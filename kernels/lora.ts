@@ -6,7 +6,7 @@ import { GpuError } from "./device.ts";
 import type { Gpu } from "./device.ts";
 import { matmul } from "./matmul.ts";
 import type { Recorder } from "./recorder.ts";
-import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { createTensor, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 export interface LoraForwardArgs {
   /** The layer input, [..., in]; leading dimensions are flattened to rows. */
@@ -48,17 +48,6 @@ export interface LoraBackwardArgs {
   dHidden?: Tensor;
 }
 
-/**
- * Throws unless `t` has `shape` and is f32 or f16: the layer's input, output and their gradients
- * are f16 in an f16 encoder (`matmul` widens them); LoRA's own tensors stay f32.
- */
-function expectFloat(op: string, name: string, t: Tensor, shape: readonly number[]): void {
-  expectShape(op, name, t, shape);
-  if (t.dtype !== "f32" && t.dtype !== "f16") {
-    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
-  }
-}
-
 /** Checks x, a, b, hidden and the [..., out] tensor; returns the sizes. */
 function loraShapes(
   op: string,
@@ -75,10 +64,10 @@ function loraShapes(
     throw new GpuError(`${op}: x ("${x.label}") is a scalar, expected [..., ${inF}]`);
   }
   const lead = x.shape.slice(0, -1);
-  expectFloat(op, "x", x, [...lead, inF]);
+  expectShape(op, "x", x, [...lead, inF], FLOAT_DTYPES);
   const rows = lead.reduce((p, q) => p * q, 1);
   expectRowsByR(op, "hidden", hidden, lead, rows, r);
-  expectFloat(op, outName, outT, [...lead, outF]);
+  expectShape(op, outName, outT, [...lead, outF], FLOAT_DTYPES);
   if (!Number.isFinite(scale)) throw new GpuError(`${op}: scale must be finite, got ${scale}`);
   return { r, inF, outF, rows, lead };
 }
@@ -143,7 +132,7 @@ export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
   const op = "loraBackward";
   const { x, a, b, hidden, dOut, dX, dA, dB, scale } = args;
   const { r, inF, outF, rows, lead } = loraShapes(op, args, "dOut", dOut);
-  if (dX) expectFloat(op, "dX", dX, [...lead, inF]);
+  if (dX) expectShape(op, "dX", dX, [...lead, inF], FLOAT_DTYPES);
   if (dA) expectShape(op, "dA", dA, [r, inF], "f32");
   if (dB) expectShape(op, "dB", dB, [outF, r], "f32");
   if (args.dHidden) expectRowsByR(op, "dHidden", args.dHidden, lead, rows, r);

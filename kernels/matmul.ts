@@ -14,7 +14,14 @@ import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { type DType, DTYPE_BYTES, expectBindable, type Tensor } from "./tensor.ts";
+import {
+  type DType,
+  DTYPE_BYTES,
+  expectBindable,
+  expectShape,
+  FLOAT_DTYPES,
+  type Tensor,
+} from "./tensor.ts";
 
 /** One batch level: `count` products, operand `X` of product `i` starting `i · strideX` later. */
 export interface MatmulBatch {
@@ -596,9 +603,7 @@ function checkExtent(
   ld: number,
   batches: { count: number; stride: number }[],
 ): void {
-  if (t.dtype !== "f32" && t.dtype !== "f16") {
-    fail(op, `${name} ("${t.label}") is ${t.dtype}, expected f32 or f16`);
-  }
+  expectShape(op, name, t, t.shape, FLOAT_DTYPES);
   expectBindable(op, name, t);
   checkCount(op, `offset of ${name}`, offset);
   checkCount(op, `leading dimension of ${name}`, ld);

@@ -204,15 +204,22 @@ export function tensorFromArray(
 }
 
 /**
- * Throws unless `t` has exactly `shape` (a `-1` entry matches any size) and, if given, `dtype`.
- * Launchers call it first so that a wrong argument names the operation and the tensor.
+ * The dtypes of float storage: activations and matrix-product operands may be either (an f16
+ * operand is widened to f32 when loaded); parameters, their gradients and biases stay f32.
+ */
+export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16"];
+
+/**
+ * Throws unless `t` has exactly `shape` (a `-1` entry matches any size) and, if given, `dtype`
+ * (or one of a list, e.g. FLOAT_DTYPES). Launchers call it first so that a wrong argument names
+ * the operation and the tensor.
  */
 export function expectShape(
   op: string,
   name: string,
   t: Tensor,
   shape: readonly number[],
-  dtype?: DType,
+  dtype?: DType | readonly DType[],
 ): void {
   const ok = t.shape.length === shape.length && shape.every((d, i) => d === -1 || d === t.shape[i]);
   if (!ok) {
@@ -221,8 +228,15 @@ export function expectShape(
       `${op}: ${name} ("${t.label}") has shape [${t.shape.join(", ")}], expected [${want}]`,
     );
   }
-  if (dtype && t.dtype !== dtype) {
-    throw new GpuError(`${op}: ${name} ("${t.label}") is ${t.dtype}, expected ${dtype}`);
+  const allowed: readonly DType[] = dtype === undefined
+    ? []
+    : typeof dtype === "string"
+    ? [dtype]
+    : dtype;
+  if (allowed.length > 0 && !allowed.includes(t.dtype)) {
+    throw new GpuError(
+      `${op}: ${name} ("${t.label}") is ${t.dtype}, expected ${allowed.join(" or ")}`,
+    );
   }
 }
 
