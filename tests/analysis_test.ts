@@ -173,6 +173,8 @@ Deno.test({
         const png = await Deno.readFile(`${out}/analysis/${name}.png`);
         assertEquals([...png.slice(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], `${name}.png`);
       }
+      // Its t-SNE layout is kept, for report.ts to reuse.
+      await Deno.stat(`${out}/analysis/head_features_tsne.json`);
       // The t-SNE figure: one dot per training and dev row.
       const tsneSvg = await Deno.readTextFile(`${out}/analysis/head_features.svg`);
       assertEquals(markCounts(tsneSvg, "mark-symbol"), [40, 24]);

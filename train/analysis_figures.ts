@@ -10,8 +10,9 @@ import {
   type VegaLiteSpec,
   writeFigure,
 } from "./plots.ts";
-import { methodTitle } from "./report_table.ts";
+import { methodTitle, PEFT_ORDER, STRATEGY_ORDER } from "./report_table.ts";
 import { tsne } from "./tsne.ts";
+import { writeJsonAtomic } from "../model/atomic_write.ts";
 
 /** One figure: its file name (without extension), spec and caption. */
 export interface Figure {
@@ -28,9 +29,22 @@ export interface RunAnalysisFiles {
   method: string;
   data: AnalysisData;
   headFeatures: HeadFeatures | null;
+  /**
+   * The t-SNE layout of `headFeatures` (analysis/head_features_tsne.json, written with the run's
+   * figures), or null until `headLayout` computes it: the report reuses the run's own.
+   */
+  layout: HeadLayout | null;
   /** (step, loss) of every logged training step. */
   losses: [number, number][];
 }
+
+/** A 2-D layout of head features: train then dev rows, labelled. */
+export interface HeadLayout {
+  points: { x: number; y: number; label: string; panel: string }[];
+  perplexity: number;
+}
+
+const LAYOUT_FILE = "analysis/head_features_tsne.json";
 
 /** Reads a run folder's analysis/ files and log.jsonl; null when it has no analysis. */
 export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | null> {
@@ -49,11 +63,20 @@ export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | n
       throw new Error(`${dir}/analysis/head_features.json: ${(e as Error).message}`);
     }
   }
+  let layout: HeadLayout | null = null;
+  try {
+    layout = JSON.parse(await Deno.readTextFile(`${dir}/${LAYOUT_FILE}`));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new Error(`${dir}/${LAYOUT_FILE}: ${(e as Error).message}`);
+    }
+  }
   return {
     dir,
     method: methodTitle(data.strategy, data.peft),
     data,
     headFeatures,
+    layout,
     losses: await readLosses(`${dir}/log.jsonl`),
   };
 }
@@ -77,18 +100,10 @@ export async function readLosses(path: string): Promise<[number, number][]> {
   return out;
 }
 
-const STRATEGY_ORDER = ["ft", "lp", "lpft", "peft", "ehft", "ehft-reserve"];
-const PEFT_ORDER = ["bitfit", "lora", "prefix"];
-
 const fmt = (x: number) => (Math.abs(x) >= 1000 ? x.toFixed(0) : x.toPrecision(4));
 
 /** The 2-D t-SNE of a run's head features, train then dev rows. */
-export async function headFeatureLayout(
-  h: HeadFeatures,
-  seed = 0,
-): Promise<
-  { points: { x: number; y: number; label: string; panel: string }[]; perplexity: number }
-> {
+export async function headFeatureLayout(h: HeadFeatures, seed = 0): Promise<HeadLayout> {
   const rows = [...h.train.values, ...h.dev.values];
   const labels = [...h.train.labels, ...h.dev.labels];
   const panels = [
@@ -105,6 +120,17 @@ export async function headFeatureLayout(
     panel: panels[i],
   }));
   return { points, perplexity: result.perplexity };
+}
+
+/** A run's head-feature layout: the one kept with its figures, else computed (and kept in `r`). */
+async function headLayout(r: RunAnalysisFiles): Promise<HeadLayout> {
+  r.layout ??= await headFeatureLayout(r.headFeatures!);
+  return r.layout;
+}
+
+/** Writes the run's layout beside its figures, once computed, so that reports reuse it. */
+export async function keepHeadLayout(r: RunAnalysisFiles): Promise<void> {
+  if (r.layout) await writeJsonAtomic(`${r.dir}/${LAYOUT_FILE}`, r.layout);
 }
 
 /** Nearest-neighbour label agreement in the 2-D layout: how separable the head features look. */
@@ -219,7 +245,7 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
   }
   if (r.headFeatures) {
     const h = r.headFeatures;
-    const layout = await headFeatureLayout(h);
+    const layout = await headLayout(r);
     figures.push({
       name: "head_features",
       spec: scatterChartSpec({
@@ -355,7 +381,7 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
     const points: { x: number; y: number; label: string; panel: string }[] = [];
     const agreement: string[] = [];
     for (const r of heads) {
-      const layout = await headFeatureLayout(r.headFeatures!);
+      const layout = await headLayout(r);
       const train = layout.points.filter((p) => p.panel === "train");
       agreement.push(`${r.method} ${fmt(neighbourAgreement(train))}`);
       for (const p of train) points.push({ ...p, panel: r.method });

@@ -31,8 +31,9 @@ export const TABLE_TASKS: readonly { name: string; title: string; metric: string
   { name: "stsb", title: "STS-B", metric: "pearson" },
 ];
 
-const STRATEGY_ORDER = ["ft", "lp", "lpft", "peft", "ehft", "ehft-reserve"];
-const PEFT_ORDER = ["bitfit", "lora", "prefix"];
+/** The table's row order: strategies, then PEFT methods within one. */
+export const STRATEGY_ORDER = ["ft", "lp", "lpft", "peft", "ehft", "ehft-reserve"];
+export const PEFT_ORDER = ["bitfit", "lora", "prefix"];
 const PEFT_TITLES: Record<string, string> = { bitfit: "BitFit", lora: "LoRA", prefix: "Prefix" };
 const STRATEGY_TITLES: Record<string, string> = {
   ft: "FT",

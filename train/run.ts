@@ -47,7 +47,7 @@ import {
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
-import { readRunAnalysis, runFigures, writeFigures } from "./analysis_figures.ts";
+import { keepHeadLayout, readRunAnalysis, runFigures, writeFigures } from "./analysis_figures.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -647,6 +647,7 @@ async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
     const files = await readRunAnalysis(dir);
     if (!files) return;
     const figures = await writeFigures(`${dir}/analysis`, await runFigures(files));
+    await keepHeadLayout(files);
     if (!quiet) {
       console.error(
         `analysis: ${figures.length} figures in ${dir}/analysis (${
