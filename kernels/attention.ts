@@ -31,8 +31,9 @@ import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./
 import { flatIndex, grid1d } from "./grid.ts";
 import { matmul, type MatmulBatch } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
+import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { createTensor, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /**
  * The largest head dimension accepted. The GEMM path has no limit of its own; this is the
@@ -301,7 +302,7 @@ function prefixGradient(
 ): void {
   const { B, S, H, D, P } = dims;
   const T = P + S;
-  const partials = prefixWorkspace(rec, [B, H, P, D]);
+  const partials = prefixWorkspace.view(rec.gpu, [B, H, P, D]);
   matmul(rec, {
     op: label,
     a: scores,
@@ -328,38 +329,11 @@ function prefixGradient(
   );
 }
 
-const prefixWorkspaces = new WeakMap<object, Tensor>();
+/** The per-example prefix gradients of `prefixGradient`. */
+const prefixWorkspace = new Workspace("attention prefix gradients workspace");
 
-/** The per-example prefix gradients' workspace of `prefixGradient`, per device, grown on demand. */
-function prefixWorkspace(rec: Recorder, shape: number[]): Tensor {
-  const gpu = rec.gpu;
-  const need = shape.reduce((a, b) => a * b, 1);
-  let t = prefixWorkspaces.get(gpu);
-  if (!t || t.numel < need) {
-    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention prefix gradients workspace");
-    prefixWorkspaces.set(gpu, t);
-  }
-  return t.view(0, shape, "attention prefix gradients workspace");
-}
-
-const workspaces = new WeakMap<object, Tensor>();
-
-/**
- * The module's per-device [B, H, S, T] workspace, grown on demand. Sharing it is safe: it is
- * written and read only between the dispatches of one forward or backward call, and
- * dispatches run in order. An outgrown buffer is not destroyed (a recorded, unsubmitted
- * command may still bind it).
- */
-function workspace(rec: Recorder, shape: number[]): Tensor {
-  const gpu = rec.gpu;
-  const need = shape.reduce((a, b) => a * b, 1);
-  let t = workspaces.get(gpu);
-  if (!t || t.numel < need) {
-    t = createTensor(gpu, [Math.max(need, 1)], "f32", "attention scores workspace");
-    workspaces.set(gpu, t);
-  }
-  return t.view(0, shape, "attention scores workspace");
-}
+/** The [B, H, S, T] scores workspace (see kernels/workspace.ts for why sharing it is safe). */
+const workspace = new Workspace("attention scores workspace");
 
 /**
  * Records context = softmax(q·kᵀ/√D + (1 − mask)·(−FLT_MAX)) ⊙ dropout · v per head, keys being
@@ -439,7 +413,7 @@ export function attentionForward(
     ...headBatches(dims, "tok", "tok", "score"),
   });
   const dropping = dropout.p > 0;
-  const dropped = dropping ? workspace(rec, [B, H, S, T]) : probs;
+  const dropped = dropping ? workspace.view(rec.gpu, [B, H, S, T]) : probs;
   rowKernel(
     rec,
     `${op} (softmax)`,
@@ -539,7 +513,7 @@ export function attentionBackward(
   }
   if (args.dScores) expectShape(op, "dScores", args.dScores, scoresShape, "f32");
   checkDropout(op, dropout);
-  const work = args.dScores ?? workspace(rec, scoresShape);
+  const work = args.dScores ?? workspace.view(rec.gpu, scoresShape);
   for (const [name, t] of [["probs", probs], ["dScores", work]] as const) {
     expectBindable(op, name, t);
   }

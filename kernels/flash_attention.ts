@@ -49,8 +49,9 @@ import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
+import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 /**
  * The largest head dimension accepted. Each kernel keeps the head vectors of its row (or of
@@ -770,24 +771,8 @@ export function flashAttentionForward(
   );
 }
 
-const workspaces = new WeakMap<object, Tensor>();
-
-/**
- * The module's per-device [B, H, S, 4] row workspace of the backward, grown on demand. Sharing
- * it is safe: it is written and read only between the dispatches of one backward call, and
- * dispatches run in order. An outgrown buffer is not destroyed (a recorded, unsubmitted command
- * may still bind it).
- */
-function workspace(rec: Recorder, shape: number[]): Tensor {
-  const gpu = rec.gpu;
-  const need = shape.reduce((a, b) => a * b, 1);
-  let t = workspaces.get(gpu);
-  if (!t || t.numel < need) {
-    t = createTensor(gpu, [Math.max(need, 4)], "f32", "flash attention row workspace");
-    workspaces.set(gpu, t);
-  }
-  return t.view(0, shape, "flash attention row workspace");
-}
+/** The backward's [B, H, S, 4] row workspace (kernels/workspace.ts: why sharing it is safe). */
+const workspace = new Workspace("flash attention row workspace", 4);
 
 /**
  * Records the gradients of `flashAttentionForward` (same q, k, v, mask, prefix, dropout, and its
@@ -862,7 +847,7 @@ export function flashAttentionBackward(
   checkDropoutIndex(op, dims, dropout);
   const tiling = args.tiling ?? flashAttentionTiling(rec.gpu, D);
   checkTiling(op, tiling);
-  const rows = args.rowWorkspace ?? workspace(rec, rowsShape);
+  const rows = args.rowWorkspace ?? workspace.view(rec.gpu, rowsShape);
   const tensors: Record<string, [string, Tensor | undefined]> = {
     q: ["q", q],
     k: ["k", k],

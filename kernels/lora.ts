@@ -3,10 +3,10 @@
 // its alpha carries the scale and its accumulate adds onto the frozen path's output.
 
 import { GpuError } from "./device.ts";
-import type { Gpu } from "./device.ts";
 import { matmul } from "./matmul.ts";
+import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { createTensor, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 export interface LoraForwardArgs {
   /** The layer input, [..., in]; leading dimensions are flattened to rows. */
@@ -110,19 +110,8 @@ export function loraForward(rec: Recorder, args: LoraForwardArgs): void {
   });
 }
 
-const workspaces = new WeakMap<Gpu, Tensor>();
-
-/** A per-device f32 workspace of at least `n` elements, viewed as `shape`. */
-function workspace(gpu: Gpu, shape: number[]): Tensor {
-  const n = shape.reduce((p, q) => p * q, 1);
-  let t = workspaces.get(gpu);
-  if (!t || t.numel < n) {
-    // The old workspace is not destroyed: commands recorded but not yet submitted may use it.
-    t = createTensor(gpu, [Math.max(n, 2 * (t?.numel ?? 0))], "f32", "lora workspace");
-    workspaces.set(gpu, t);
-  }
-  return t.view(0, shape, "lora workspace");
-}
+/** scale · dY · B when the caller gives no dHidden; doubling, as its need grows with the rows. */
+const workspace = new Workspace("lora workspace", 1, true);
 
 /**
  * Records the LoRA gradients: dB = scale · dYᵀ·hidden, dA = (scale · dY·B)ᵀ·X and
@@ -155,7 +144,7 @@ export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
     });
   }
   if (!dA && !dX) return;
-  const dHidden = args.dHidden ?? workspace(rec.gpu, [rows, r]);
+  const dHidden = args.dHidden ?? workspace.view(rec.gpu, [rows, r]);
   matmul(rec, {
     op: `${op} (dHidden)`,
     a: dOut,

@@ -1,0 +1,32 @@
+// A scratch buffer an op keeps per device between calls, grown on demand. Sharing one is safe
+// where an op writes and reads it only between the dispatches of one call (dispatches run in
+// order). An outgrown buffer is not destroyed: a recorded, unsubmitted command may still bind it.
+
+import type { Gpu } from "./device.ts";
+import { createTensor, type Tensor } from "./tensor.ts";
+
+export class Workspace {
+  private readonly byGpu = new WeakMap<Gpu, Tensor>();
+
+  /**
+   * `label` names the buffer; a new one holds at least `minElements` elements, and with
+   * `doubling` at least twice the one it replaces (for workspaces whose need creeps up).
+   */
+  constructor(
+    readonly label: string,
+    private readonly minElements = 1,
+    private readonly doubling = false,
+  ) {}
+
+  /** A view of `shape` (f32) at the start of this device's buffer, grown first if needed. */
+  view(gpu: Gpu, shape: number[]): Tensor {
+    const need = shape.reduce((a, b) => a * b, 1);
+    let t = this.byGpu.get(gpu);
+    if (!t || t.numel < need) {
+      const grown = this.doubling ? 2 * (t?.numel ?? 0) : 0;
+      t = createTensor(gpu, [Math.max(need, this.minElements, grown)], "f32", this.label);
+      this.byGpu.set(gpu, t);
+    }
+    return t.view(0, shape, this.label);
+  }
+}
