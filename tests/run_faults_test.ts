@@ -6,11 +6,11 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
-import { getGpu, requestGpu } from "../kernels/device.ts";
+import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
-import { MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
+import { explainRunError, MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
 import { rte } from "../tasks/rte.ts";
 
 async function withRunFolder(fn: (dir: string, args: string[]) => Promise<void>): Promise<void> {
@@ -174,4 +174,30 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
     resumeCommand(["--resume"], "file:///elsewhere/tasks/cb.ts"),
     "deno run -A /elsewhere/tasks/cb.ts --resume",
   );
+});
+
+Deno.test("run faults: out of GPU memory names the allocation, its bytes and a batch that fits", () => {
+  // lavapipe never runs out of memory at test sizes: the message as Gpu.scoped words it.
+  const oom = new GpuError(
+    'allocating tensor "layer 3 intermediate" (805306368 bytes): out of GPU memory (Not enough ' +
+      "memory left)",
+  );
+  const place = { dir: "runs/x", checkpoint: { path: "runs/x/checkpoint.safetensors", step: 40 } };
+  const run = { batchSize: 32, maxLength: 256, place };
+  const probed = explainRunError(oom, { ...run, fitsBatch: 12 }) as Error;
+  assertEquals(
+    probed.message,
+    'allocating tensor "layer 3 intermediate" (805306368 bytes): out of GPU memory (Not enough ' +
+      "memory left): the batch of 32 does not fit this adapter; try --batch-size 12 or " +
+      "--max-length 128 (--overwrite to restart with it)",
+  );
+  // Without a probe: half the batch.
+  const halved = explainRunError(oom, run) as Error;
+  assert(halved.message.includes("try --batch-size 16 or --max-length 128"), halved.message);
+  // Parameters do not shrink with the batch.
+  const model = explainRunError(
+    new GpuError('allocating arena "encoder parameters" (1400000000 bytes): out of GPU memory'),
+    run,
+  ) as Error;
+  assert(model.message.includes("the model itself does not fit this adapter"), model.message);
 });
