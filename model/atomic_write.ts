@@ -1,10 +1,35 @@
 // Writes that never leave a half-written file behind: a temporary file in the same directory
 // (so the rename cannot cross file systems), synced, then renamed over the target.
 
+/** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
+export function temporaryName(path: string): string {
+  return `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+const TEMPORARY = /\.tmp-[0-9a-f]{8}$/;
+
+/**
+ * Removes the temporary files that atomic writes under `dir` (and its subfolders) left when the
+ * process was killed mid-write: the targets themselves are whole (the rename never happened), so
+ * these are never needed. Returns how many it removed.
+ */
+export async function removeStaleTemporaries(dir: string): Promise<number> {
+  let removed = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const path = `${dir}/${e.name}`;
+    if (e.isDirectory) removed += await removeStaleTemporaries(path);
+    else if (e.isFile && TEMPORARY.test(e.name)) {
+      await Deno.remove(path);
+      removed++;
+    }
+  }
+  return removed;
+}
+
 /** Writes `data` to `path` atomically; on failure the previous file, if any, is untouched. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = temporaryName(path);
   try {
     const file = await Deno.open(tmp, { write: true, createNew: true });
     try {

@@ -11,6 +11,8 @@
  * @module
  */
 
+import { temporaryName } from "./atomic_write.ts";
+
 export type Dtype =
   | "F64"
   | "F32"
@@ -814,7 +816,7 @@ export async function writeSafetensors(
   new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
   head.set(json, 8);
 
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = temporaryName(path);
   let file: Deno.FsFile | null = null;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });

@@ -6,6 +6,7 @@ import {
   writeSafetensors,
 } from "../model/safetensors.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { removeStaleTemporaries } from "../model/atomic_write.ts";
 import { rng } from "./random.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -845,5 +846,27 @@ Deno.test("writer validates its input", async (t) => {
     const names = [];
     for await (const e of Deno.readDir(dir)) names.push(e.name);
     assertEquals(names, [], "nothing written");
+  });
+});
+
+Deno.test("atomic write: the temporaries a killed write left are removed, nothing else", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/model`);
+    const files = {
+      "checkpoint.safetensors.tmp-e41c61fe": "half a checkpoint",
+      "model/model.safetensors.tmp-0123abcd": "half a model",
+      "checkpoint.safetensors": "whole",
+      "notes.tmp-mine": "a user's file",
+      "model/x.tmp-0123abc": "seven digits: not ours",
+    };
+    for (const [name, text] of Object.entries(files)) {
+      await Deno.writeTextFile(`${dir}/${name}`, text);
+    }
+    assertEquals(await removeStaleTemporaries(dir), 2);
+    const left: string[] = [];
+    for (const sub of ["", "model/"]) {
+      for await (const e of Deno.readDir(`${dir}/${sub}`)) if (e.isFile) left.push(sub + e.name);
+    }
+    assertEquals(left.sort(), ["checkpoint.safetensors", "model/x.tmp-0123abc", "notes.tmp-mine"]);
   });
 });

@@ -23,7 +23,7 @@ import {
 } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { writeFileAtomic, writeJsonAtomic } from "../model/atomic_write.ts";
+import { removeStaleTemporaries, writeFileAtomic, writeJsonAtomic } from "../model/atomic_write.ts";
 import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
 import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
@@ -486,6 +486,8 @@ async function runSeed(
   const p = await prepare(config, task);
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
+  // A run killed inside an atomic write left its temporary file: the target is whole without it.
+  if (config.resume) await removeStaleTemporaries(dir);
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
 
