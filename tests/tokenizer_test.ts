@@ -29,7 +29,9 @@ import {
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 
 const FIXTURES = new URL("./fixtures/tokenizers/", import.meta.url);
-const BERT_VOCAB = Deno.readTextFileSync(new URL("bert-base-uncased/vocab.txt", FIXTURES));
+const BERT_VOCAB = Deno.readTextFileSync(
+  new URL("../data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url),
+);
 const GPT2_ENCODER = Deno.readTextFileSync(new URL("gpt2-bpe/encoder.json", FIXTURES));
 const GPT2_MERGES = Deno.readTextFileSync(new URL("gpt2-bpe/vocab.bpe", FIXTURES));
 

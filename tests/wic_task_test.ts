@@ -20,7 +20,7 @@ import { runTraining } from "../train/run.ts";
 import { headFeatures, type TaskExample } from "../train/task.ts";
 
 const DATA = new URL("../data/superglue/WiC", import.meta.url).pathname;
-const VOCAB = new URL("./fixtures/tokenizers/bert-base-uncased/vocab.txt", import.meta.url)
+const VOCAB = new URL("../data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url)
   .pathname;
 
 const test = (name: string, fn: () => Promise<void> | void) =>

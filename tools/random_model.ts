@@ -10,7 +10,7 @@
 
 import { parseArgs } from "node:util";
 import { writeSafetensors } from "../model/safetensors.ts";
-import { buildEncoderStruct, encoderEntries } from "../model/encoder.ts";
+import { initialEncoderValues, normalGenerator } from "../model/init.ts";
 import { parseConfig } from "../model/config.ts";
 
 const FLAGS = {
@@ -31,18 +31,6 @@ function positive(name: string, v: string): number {
     );
   }
   return Number(v);
-}
-
-/** mulberry32 on [0, 1). */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 async function main(): Promise<void> {
@@ -73,19 +61,8 @@ async function main(): Promise<void> {
     pad_token_id: 0,
   };
   const config = parseConfig(raw, "tools/random_model.ts");
-  const next = generator(n("seed"));
-  const normal = () => {
-    const u = 1 - next(), v = next();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  };
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
-  const struct = buildEncoderStruct(config, (_, shape) => shape);
-  for (const [name, shape] of encoderEntries(struct)) {
-    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    if (name.includes("LayerNorm.weight")) data.fill(1);
-    else if (!name.endsWith(".bias")) {
-      for (let i = 0; i < data.length; i++) data[i] = 0.02 * normal();
-    }
+  for (const [name, { shape, data }] of initialEncoderValues(config, normalGenerator(n("seed")))) {
     tensors[`bert.${name}`] = { dtype: "F32", shape, data };
   }
   await Deno.mkdir(f.out, { recursive: true });
