@@ -106,6 +106,17 @@ export {
 } from "./kernels/softmax_cross_entropy.ts";
 export { bceWithLogitsBackward, bceWithLogitsForward } from "./kernels/bce_with_logits.ts";
 export { mseBackward, mseForward } from "./kernels/mse.ts";
+export {
+  vocabCrossEntropyBackward,
+  vocabCrossEntropyForward,
+  type VocabCrossEntropyState,
+} from "./kernels/vocab_cross_entropy.ts";
+export {
+  gatherRowsBackward,
+  gatherRowsForward,
+  NOT_SELECTED,
+  selectionSlots,
+} from "./kernels/gather_rows.ts";
 export { type AdamwHyper, adamwStep, adamwStepGroup } from "./kernels/adamw.ts";
 export { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "./kernels/grad_norm.ts";
 export {
@@ -215,6 +226,14 @@ export {
   type SaveModelOptions,
 } from "./model/checkpoint.ts";
 export { type OpenedModel, openModel } from "./model/load.ts";
+export {
+  initialMlmHeadValues,
+  MlmHead,
+  mlmHeadNames,
+  type MlmHeadParams,
+  mlmHeadShapes,
+} from "./model/mlm_head.ts";
+export { initialEncoderValues, normalGenerator, uniformGenerator } from "./model/init.ts";
 export { writeFileAtomic, writeJsonAtomic } from "./model/atomic_write.ts";
 
 // Parameter-efficient methods: each injects itself into an encoder and removes itself.
@@ -238,6 +257,37 @@ export {
 } from "./train/config.ts";
 export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
 export { resolveStages, type Stage, type StrategyName } from "./train/strategy.ts";
+
+// Masked-language-model pretraining: corpus, vocabulary, masking, the loop.
+export {
+  type CorpusDocument,
+  fetchBrownCorpus,
+  readTextCorpus,
+  splitHeldOut,
+  taskTrainDocuments,
+} from "./train/corpus.ts";
+export {
+  prunedTokenizerJson,
+  type PrunedVocabulary,
+  pruneVocabulary,
+  vocabTxt,
+} from "./train/vocab_prune.ts";
+export {
+  batchIndices,
+  maskBatch,
+  type MaskingIds,
+  type MlmBatch,
+  packDocuments,
+} from "./train/mlm_data.ts";
+export {
+  pretrain,
+  PRETRAIN_ADAMW,
+  Pretrainer,
+  type PretrainOptions,
+  type PretrainResult,
+  saveMlmModel,
+} from "./train/pretrain.ts";
+export { DEFAULT_MODEL_NAME, miniRecipe, shippedModelDir } from "./train/default_model.ts";
 export {
   headFeatures,
   type HeadInput,

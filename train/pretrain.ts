@@ -1,0 +1,565 @@
+// Masked-language-model pretraining of an encoder with its MLM head (model/mlm_head.ts). One step
+// is recorded into one recorder and submitted once:
+//
+//   setBatch → encoder forward (dropout on) → gather the masked rows (kernels/gather_rows.ts) →
+//   MLM head forward → cross-entropy over the vocabulary at the masked rows, and its gradient →
+//   MLM head backward → scatter back into dHidden → encoder backward → the decoder's gradient
+//   added into the word-embedding gradient (the decoder is tied to the table) → global-norm clip
+//   → AdamW → the step's loss and gradient norm copied into a stats buffer
+//
+// Held-out evaluation: a fixed set of masked sequences (the same masks at every evaluation),
+// dropout off; the loss is the mean over all masked tokens and the accuracy counts argmax hits.
+//
+// Checkpoints (train/training_checkpoint.ts): every parameter, AdamW's moments and the step, so
+// `resume` continues bit for bit (a step's batch and masks depend on (seed, step) alone).
+
+import { addInPlace } from "../kernels/add.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { gatherRowsBackward, gatherRowsForward, selectionSlots } from "../kernels/gather_rows.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import {
+  vocabCrossEntropyBackward,
+  vocabCrossEntropyForward,
+  type VocabCrossEntropyState,
+} from "../kernels/vocab_cross_entropy.ts";
+import { createTensor, type Tensor } from "../kernels/tensor.ts";
+import { removeStaleTemporaries, writeFileAtomic } from "../model/atomic_write.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { createEncoder, type Encoder, encoderParameters } from "../model/encoder.ts";
+import { MlmHead, type MlmHeadParams } from "../model/mlm_head.ts";
+import { writeSafetensors } from "../model/safetensors.ts";
+import {
+  batchIndices,
+  generator,
+  maskBatch,
+  type MaskingIds,
+  type MlmBatch,
+  streamSeed,
+} from "./mlm_data.ts";
+import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
+import { Progress } from "./progress.ts";
+import { learningRate, type Schedule } from "./schedule.ts";
+import {
+  CHECKPOINT_FILE,
+  downloadTensors,
+  readTrainingCheckpoint,
+  uploadByName,
+  writeTrainingCheckpoint,
+} from "./training_checkpoint.ts";
+
+export interface PretrainOptions {
+  config: ModelConfig;
+  /** Starting values: encoder tensors (names relative to the prefix) and the MLM head. */
+  initial: {
+    encoder: ReadonlyMap<string, Float32Array>;
+    head: MlmHeadParams<Float32Array>;
+  };
+  ids: MaskingIds;
+  /** Packed training sequences (token ids without [CLS]/[SEP]), each ≤ maxSeq − 2 tokens. */
+  train: readonly Uint32Array[];
+  /** Packed held-out sequences. */
+  heldOut: readonly Uint32Array[];
+  out: string;
+  steps: number;
+  batchSize: number;
+  maxSeq: number;
+  schedule: Schedule;
+  adamw: AdamwSettings;
+  seed: number;
+  /** Steps between held-out evaluations (and at the end). */
+  evalEvery: number;
+  /** Steps between checkpoints (and at the end). */
+  checkpointEvery: number;
+  /** Steps between log lines. */
+  logEvery: number;
+  /** Held-out sequences evaluated (the first ones). */
+  evalSequences: number;
+  resume: boolean;
+  /** The saved model's weights (`<out>/model`): F32, or F16 for a small file. */
+  modelDtype: "F32" | "F16";
+  quiet?: boolean;
+  /** Called with each log record, after it is written (tests, the CLI). */
+  onLog?: (record: Record<string, unknown>) => void;
+}
+
+export interface PretrainResult {
+  steps: number;
+  tokens: number;
+  seconds: number;
+  heldOut: { loss: number; accuracy: number; tokens: number } | null;
+}
+
+/**
+ * Room for masked rows in a batch of B × S: a quarter of the tokens plus one per row. Chosen
+ * tokens are Binomial(n, 0.15) (plus at most one per row): at 32 × 128 the mean is 605 with a
+ * standard deviation of 23, so 1056 is never reached in practice (maskBatch's result is checked).
+ */
+export function maxMaskedRows(batch: number, seq: number): number {
+  return Math.min(batch * seq, Math.ceil(0.25 * batch * seq) + batch);
+}
+
+/** Steps whose stats wait on the GPU before a download. */
+const STATS_CAPACITY = 64;
+
+export const PRETRAIN_LOG = "log.jsonl";
+
+/** Tensors of the training state under checkpoint names. */
+function namedParameters(config: ModelConfig, encoder: Encoder, head: MlmHead) {
+  const params = new Map<string, Tensor>();
+  for (const [n, t] of encoderParameters(encoder.params)) params.set(`${config.prefix}.${n}`, t);
+  for (const [n, t] of head.parameters()) params.set(n, t);
+  return params;
+}
+
+export class Pretrainer {
+  readonly gpu: Gpu;
+  readonly config: ModelConfig;
+  readonly encoder: Encoder;
+  readonly head: MlmHead;
+  readonly optimizer: AdamW;
+  private readonly maxRows: number;
+  private readonly rows: Tensor;
+  private readonly gathered: Tensor;
+  private readonly slots: Tensor;
+  private readonly targets: Tensor;
+  private readonly dLogits: Tensor;
+  private readonly dHidden: Tensor;
+  private readonly loss: Tensor;
+  /** Per masked row: log-sum-exp, loss and predicted token (kernels/vocab_cross_entropy.ts). */
+  private readonly ce: VocabCrossEntropyState;
+  private readonly dropoutSeed: number;
+  private readonly stats: Tensor;
+  private readonly wordGrad: Tensor;
+  private statsOnGpu = 0;
+  private statsSteps: number[] = [];
+
+  constructor(
+    gpu: Gpu,
+    config: ModelConfig,
+    opts: {
+      maxBatch: number;
+      maxSeq: number;
+      adamw: AdamwSettings;
+      dropout?: number;
+      /** Seed of the dropout masks (mixed with the step). */
+      dropoutSeed?: number;
+    },
+  ) {
+    this.gpu = gpu;
+    this.config = config;
+    this.encoder = createEncoder(gpu, config, {
+      maxBatch: opts.maxBatch,
+      maxSeq: opts.maxSeq,
+      trainable: () => true,
+      dropout: opts.dropout,
+    });
+    this.dropoutSeed = opts.dropoutSeed ?? 0;
+    this.maxRows = maxMaskedRows(opts.maxBatch, opts.maxSeq);
+    const logitBytes = 4 * this.maxRows * config.vocabSize;
+    const bindable = gpu.limits.maxStorageBufferBindingSize;
+    if (logitBytes > bindable) {
+      throw new Error(
+        `pretrain: the MLM logits of a batch (up to ${this.maxRows} masked tokens × ` +
+          `${config.vocabSize} words) take ${logitBytes} bytes, more than one storage binding ` +
+          `(${bindable}); use a smaller --batch-size or --max-length, or a pruned vocabulary`,
+      );
+    }
+    this.head = new MlmHead(gpu, config, this.maxRows);
+    const h = config.hiddenSize;
+    const t = (label: string, shape: number[], dtype: "f32" | "u32" = "f32") =>
+      createTensor(gpu, shape, dtype, label);
+    this.rows = t("mlm rows", [this.maxRows], "u32");
+    this.gathered = t("mlm gathered hidden", [this.maxRows, h]);
+    const tokens = opts.maxBatch * opts.maxSeq;
+    this.slots = t("mlm slots", [tokens], "u32");
+    this.targets = t("mlm targets", [this.maxRows], "u32");
+    this.dLogits = t("mlm dLogits", [this.maxRows * config.vocabSize]);
+    this.dHidden = t("mlm dHidden", [tokens, h]);
+    this.loss = t("mlm loss", [1]);
+    this.ce = {
+      lse: t("mlm log-sum-exp", [this.maxRows]),
+      rowLoss: t("mlm row loss", [this.maxRows]),
+      argmax: t("mlm predicted", [this.maxRows], "u32"),
+    };
+    this.stats = t("mlm step stats", [STATS_CAPACITY, 2]);
+    const grads = this.encoder.gradients();
+    const word = grads.get("embeddings.word_embeddings.weight");
+    if (!word) throw new Error("Pretrainer: the word embeddings must train");
+    this.wordGrad = word;
+    const tensors: TrainableTensor[] = [];
+    const params = encoderParameters(this.encoder.params);
+    for (const [name, grad] of grads) {
+      tensors.push({
+        name: `${config.prefix}.${name}`,
+        param: params.get(name)!,
+        grad,
+        decay: !isNoDecayName(name),
+      });
+    }
+    const headGrads = this.head.gradients();
+    for (const [name, param] of this.head.parameters()) {
+      tensors.push({ name, param, grad: headGrads.get(name)!, decay: !isNoDecayName(name) });
+    }
+    this.optimizer = new AdamW(gpu, tensors, opts.adamw);
+  }
+
+  /** Every trained tensor under its checkpoint name. */
+  parameters(): Map<string, Tensor> {
+    return namedParameters(this.config, this.encoder, this.head);
+  }
+
+  /** Uploads a batch; returns the masked rows' count. */
+  private setBatch(b: MlmBatch): number {
+    this.encoder.setBatch({
+      inputIds: b.inputIds,
+      attentionMask: b.attentionMask,
+      batch: b.batch,
+      seqLen: b.seqLen,
+    });
+    const m = b.positions.length;
+    if (m < 1) throw new Error("Pretrainer: a batch with no masked token");
+    if (m > this.maxRows) {
+      throw new Error(`Pretrainer: ${m} masked tokens in one batch, more than ${this.maxRows}`);
+    }
+    this.rows.view(0, [m]).upload(b.positions);
+    this.targets.view(0, [m]).upload(b.targets);
+    return m;
+  }
+
+  /** Records forward, loss and (when training) backward and update for one batch. */
+  private record(
+    rec: Recorder,
+    b: MlmBatch,
+    m: number,
+    train: { lr: number; step: number; update: boolean } | null,
+  ) {
+    const h = this.config.hiddenSize, v = this.config.vocabSize;
+    const n = b.batch * b.seqLen;
+    const hidden = this.encoder.forward(rec, {
+      training: train !== null,
+      seed: this.dropoutSeed,
+      step: train?.step ?? 0,
+    });
+    const flat = hidden.view(0, [n, h]);
+    const rows = this.rows.view(0, [m]);
+    const gathered = this.gathered.view(0, [m, h]);
+    gatherRowsForward(rec, { x: flat, rows, out: gathered });
+    const logits = this.head.forward(rec, gathered, this.encoder.params.embeddings.word);
+    const targets = this.targets.view(0, [m]);
+    const ce = {
+      lse: this.ce.lse.view(0, [m]),
+      rowLoss: this.ce.rowLoss.view(0, [m]),
+      argmax: this.ce.argmax.view(0, [m]),
+    };
+    vocabCrossEntropyForward(rec, { logits, targets, loss: this.loss, state: ce });
+    if (!train) return;
+    const dLogits = this.dLogits.view(0, [m, v]);
+    vocabCrossEntropyBackward(rec, { logits, targets, lse: ce.lse, dLogits });
+    const dRows = this.head.backward(rec, dLogits);
+    const dHidden = this.dHidden.view(0, [n, h]);
+    gatherRowsBackward(rec, { dOut: dRows, slot: this.slots.view(0, [n]), dX: dHidden });
+    this.encoder.backward(rec, dHidden.view(0, [b.batch, b.seqLen, h]));
+    addInPlace(rec, { x: this.head.dWordDecoder, into: this.wordGrad });
+    if (!train.update) return;
+    this.optimizer.record(rec, train.lr);
+    const row = this.statsOnGpu++ * 8;
+    rec.copy("mlm step loss", this.loss, this.stats.view(row, [1]));
+    rec.copy(
+      "mlm step norm",
+      this.optimizer.normTensor.view(0, [1]),
+      this.stats.view(row + 4, [1]),
+    );
+  }
+
+  /** One training step on `b` at `lr`; `step` (global) seeds the dropout masks. */
+  async step(b: MlmBatch, lr: number, step: number): Promise<void> {
+    if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
+    const m = this.setBatch(b);
+    const n = b.batch * b.seqLen;
+    this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
+    const rec = new Recorder(this.gpu);
+    this.record(rec, b, m, { lr, step, update: true });
+    this.statsSteps.push(step);
+    await rec.submit();
+  }
+
+  /**
+   * The loss of `b` (into `lossTensor`) and the gradients of every parameter (the encoder's
+   * `gradients()`, the head's `gradients()`; the word table's includes the decoder's share), with
+   * no update: what tests compare against PyTorch. Dropout follows the constructor's setting.
+   */
+  async lossAndGradients(b: MlmBatch, step = 0): Promise<number> {
+    const m = this.setBatch(b);
+    const n = b.batch * b.seqLen;
+    this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
+    const rec = new Recorder(this.gpu);
+    this.record(rec, b, m, { lr: 0, step, update: false });
+    await rec.submit();
+    return (await this.loss.download())[0];
+  }
+
+  private pending: { step: number; loss: number; gradNorm: number }[] = [];
+
+  private async flushStats(): Promise<void> {
+    if (this.statsOnGpu === 0) return;
+    const values = await this.stats.view(0, [this.statsOnGpu, 2]).download();
+    for (let i = 0; i < this.statsOnGpu; i++) {
+      this.pending.push({
+        step: this.statsSteps[i],
+        loss: values[2 * i],
+        gradNorm: values[2 * i + 1],
+      });
+    }
+    this.statsOnGpu = 0;
+    this.statsSteps = [];
+  }
+
+  /** The loss and gradient norm of every step since the last call. */
+  async takeStats(): Promise<{ step: number; loss: number; gradNorm: number }[]> {
+    await this.flushStats();
+    const out = this.pending;
+    this.pending = [];
+    return out;
+  }
+
+  /** Loss (summed over tokens) and correct predictions of one held-out batch. */
+  async evaluate(b: MlmBatch): Promise<{ lossSum: number; correct: number; tokens: number }> {
+    const m = this.setBatch(b);
+    const rec = new Recorder(this.gpu);
+    this.record(rec, b, m, null);
+    await rec.submit();
+    const [loss] = await this.loss.download();
+    const predicted = await this.ce.argmax.view(0, [m]).download();
+    let correct = 0;
+    for (let i = 0; i < m; i++) if (predicted[i] === b.targets[i]) correct++;
+    return { lossSum: loss * m, correct, tokens: m };
+  }
+
+  destroy(): void {
+    this.encoder.destroy();
+    this.head.destroy();
+    this.optimizer.destroy();
+    for (
+      const t of [
+        this.rows,
+        this.gathered,
+        this.slots,
+        this.targets,
+        this.dLogits,
+        this.dHidden,
+        this.loss,
+        this.ce.lse,
+        this.ce.rowLoss,
+        this.ce.argmax,
+        this.stats,
+      ]
+    ) t.destroy();
+  }
+}
+
+/** BERT's pretraining optimizer (weight decay 0.01, ε 1e-6), with gradients clipped at norm 1. */
+export const PRETRAIN_ADAMW: AdamwSettings = {
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-6,
+  weightDecay: 0.01,
+  maxGradNorm: 1,
+};
+
+/** The held-out batches: the same masks at every evaluation (a seed of their own). */
+export function heldOutBatches(
+  sequences: readonly Uint32Array[],
+  ids: MaskingIds,
+  batchSize: number,
+  seed: number,
+): MlmBatch[] {
+  const out: MlmBatch[] = [];
+  for (let i = 0; i < sequences.length; i += batchSize) {
+    const random = generator(streamSeed(seed, i, 3));
+    out.push(maskBatch(sequences.slice(i, i + batchSize), ids, random));
+  }
+  return out;
+}
+
+/** The training batch of global step `step`. */
+export function trainingBatch(
+  sequences: readonly Uint32Array[],
+  ids: MaskingIds,
+  batchSize: number,
+  seed: number,
+  step: number,
+): MlmBatch {
+  const picked = [...batchIndices(sequences.length, batchSize, seed, step)].map((i) =>
+    sequences[i]
+  );
+  return maskBatch(picked, ids, generator(streamSeed(seed, step, 2)));
+}
+
+async function evaluateHeldOut(trainer: Pretrainer, batches: readonly MlmBatch[]) {
+  let lossSum = 0, correct = 0, tokens = 0;
+  for (const b of batches) {
+    const r = await trainer.evaluate(b);
+    lossSum += r.lossSum;
+    correct += r.correct;
+    tokens += r.tokens;
+  }
+  return { loss: lossSum / tokens, accuracy: correct / tokens, tokens };
+}
+
+/** Saves the model as a Hugging Face *ForMaskedLM checkpoint (config.json, model.safetensors). */
+export async function saveMlmModel(
+  dir: string,
+  trainer: Pretrainer,
+  dtype: "F32" | "F16",
+  metadata: Record<string, string> = {},
+): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const params = trainer.parameters();
+  const names = [...params.keys()];
+  const data = await downloadTensors(names.map((n) => params.get(n)!));
+  const tensors: Parameters<typeof writeSafetensors>[1] = {};
+  names.forEach((n, i) => {
+    tensors[n] = { dtype, shape: [...params.get(n)!.shape], data: data[i] };
+  });
+  await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt", ...metadata });
+  const raw = { ...trainer.config.raw, architectures: ["BertForMaskedLM"] };
+  if (trainer.config.prefix === "roberta") raw.architectures = ["RobertaForMaskedLM"];
+  await writeFileAtomic(`${dir}/config.json`, JSON.stringify(raw, null, 2) + "\n");
+}
+
+/** Runs (or resumes) pretraining; writes log.jsonl, checkpoints and `<out>/model`. */
+export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainResult> {
+  const started = performance.now();
+  const trainer = new Pretrainer(gpu, o.config, {
+    maxBatch: o.batchSize,
+    maxSeq: o.maxSeq,
+    adamw: o.adamw,
+    dropoutSeed: streamSeed(o.seed, 0, 4),
+  });
+  try {
+    await Deno.mkdir(o.out, { recursive: true });
+    const checkpointPath = `${o.out}/${CHECKPOINT_FILE}`;
+    const logPath = `${o.out}/${PRETRAIN_LOG}`;
+    let logLines: string[] = [];
+    let start = 0;
+    const params = trainer.parameters();
+    const checkpoint = o.resume ? await readTrainingCheckpoint(checkpointPath) : null;
+    if (o.resume) await removeStaleTemporaries(o.out);
+    if (checkpoint) {
+      uploadByName("resume", checkpoint.params, params);
+      const moments = trainer.optimizer.moments();
+      for (const [name, { m, v }] of checkpoint.moments) {
+        const target = moments.get(name);
+        if (!target) throw new Error(`resume: "${name}" has moments but does not train`);
+        target.m.upload(m);
+        target.v.upload(v);
+      }
+      trainer.optimizer.step = checkpoint.state.adamStep;
+      start = checkpoint.state.step;
+      try {
+        logLines = (await Deno.readTextFile(logPath)).split("\n").filter((l) => l.length > 0);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      logLines = logLines.slice(0, checkpoint.state.logLines);
+    } else {
+      for (const [name, data] of o.initial.encoder) {
+        const t = params.get(`${o.config.prefix}.${name}`);
+        if (!t) throw new Error(`pretrain: initial tensor "${name}" is not the encoder's`);
+        t.upload(data);
+      }
+      trainer.head.upload(o.initial.head);
+    }
+    const writeLog = async (record: Record<string, unknown>) => {
+      logLines.push(JSON.stringify(record));
+      await writeFileAtomic(logPath, logLines.join("\n") + "\n");
+      o.onLog?.(record);
+    };
+    const evalBatches = heldOutBatches(
+      o.heldOut.slice(0, o.evalSequences),
+      o.ids,
+      o.batchSize,
+      o.seed,
+    );
+    const progress = new Progress({ total: o.steps, done: start, quiet: o.quiet });
+    let tokens = 0;
+    let lastEval: PretrainResult["heldOut"] = null;
+    let pendingTokens = 0, pendingMasked = 0;
+    const logStats = async (step: number) => {
+      const stats = await trainer.takeStats();
+      if (stats.length === 0) return;
+      const loss = stats.reduce((a, s) => a + s.loss, 0) / stats.length;
+      const gradNorm = stats.reduce((a, s) => a + s.gradNorm, 0) / stats.length;
+      if (!Number.isFinite(loss)) {
+        throw new Error(
+          `pretrain: the loss is not finite at step ${step}; the last checkpoint is ` +
+            `${checkpointPath} (resume with --resume, perhaps at a lower --lr)`,
+        );
+      }
+      await writeLog({
+        step,
+        loss,
+        grad_norm: gradNorm,
+        lr: learningRate(o.schedule, step - 1),
+        tokens: pendingTokens,
+        masked: pendingMasked,
+        seconds: (performance.now() - started) / 1000,
+      });
+      progress.logged("pretrain", step, loss);
+      pendingTokens = 0;
+      pendingMasked = 0;
+    };
+    const evaluate = async (step: number) => {
+      if (evalBatches.length === 0) return;
+      lastEval = await evaluateHeldOut(trainer, evalBatches);
+      await writeLog({
+        step,
+        held_out_loss: lastEval.loss,
+        held_out_accuracy: lastEval.accuracy,
+        held_out_tokens: lastEval.tokens,
+      });
+      progress.line(
+        `pretrain step ${step}: held-out MLM loss ${lastEval.loss.toFixed(4)}, accuracy ` +
+          `${(100 * lastEval.accuracy).toFixed(2)}% (${lastEval.tokens} masked tokens)`,
+      );
+    };
+    const saveCheckpoint = async (step: number) => {
+      await writeTrainingCheckpoint(checkpointPath, {
+        stage: 0,
+        stageStep: step,
+        step,
+        adamStep: trainer.optimizer.step,
+        best: {},
+        last: lastEval ? { loss: lastEval.loss, accuracy: lastEval.accuracy } : null,
+        logLines: logLines.length,
+      }, { params, moments: trainer.optimizer.moments() });
+    };
+    if (start === 0) await evaluate(0);
+    for (let step = start; step < o.steps; step++) {
+      const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
+      await trainer.step(b, learningRate(o.schedule, step), step);
+      let real = 0;
+      for (const x of b.attentionMask) real += x;
+      tokens += real;
+      pendingTokens += real;
+      pendingMasked += b.positions.length;
+      const done = step + 1;
+      progress.step("pretrain", done, null);
+      if (done % o.logEvery === 0 || done === o.steps) await logStats(done);
+      if (done % o.evalEvery === 0 || done === o.steps) await evaluate(done);
+      if (done % o.checkpointEvery === 0 || done === o.steps) await saveCheckpoint(done);
+    }
+    progress.finish();
+    await saveMlmModel(`${o.out}/model`, trainer, o.modelDtype, {
+      ehft_pretrain_steps: String(o.steps),
+    });
+    return {
+      steps: o.steps,
+      tokens,
+      seconds: (performance.now() - started) / 1000,
+      heldOut: lastEval,
+    };
+  } finally {
+    trainer.destroy();
+  }
+}
