@@ -11,6 +11,10 @@
 // Meant for classification heads (C small): the forward is one workgroup, each invocation
 // summing whole rows, then a fixed-order tree over the workgroup, so the mean is deterministic;
 // the backward is one invocation per row (kernels/batch_mean.ts has both frames and launches).
+// Only for small C: llvmpipe (lavapipe) stops an invocation after 65,535 loop iterations in all
+// and keeps what it had, so this kernel is right there while ⌈B/256⌉·2C + 8 stays below that
+// (C = 3: B up to ~2.8 million). A vocabulary-sized softmax (the MLM head) has its own kernel,
+// kernels/vocab_cross_entropy.ts, a workgroup per row.
 
 import {
   batchGradientWgsl,
