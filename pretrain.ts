@@ -146,6 +146,9 @@ async function main(args: string[]): Promise<void> {
     throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
   }
   const root = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
+  const say = (line: string) => {
+    if (!f.quiet) console.error(line);
+  };
   const t0 = performance.now();
 
   // The model: a new one of the flags' shape, or a checkpoint to continue from.
@@ -233,7 +236,7 @@ async function main(args: string[]): Promise<void> {
       [...initialEncoderValues(config, normal)].map(([n, v]) => [n, v.data]),
     );
     initialHead = initialMlmHeadValues(config, normal);
-    console.error(
+    say(
       `pretrain: vocabulary ${pruned.stats.kept} of ${pruned.stats.original} tokens ` +
         `(min count ${minCount})`,
     );
@@ -244,20 +247,23 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
-  const id = (token: string) => {
-    const v = tokenizer.tokenToId(token);
-    if (v === undefined) throw new Error(`pretrain: the vocabulary has no ${token}`);
-    return v;
+  // BERT's special tokens, or RoBERTa's when the vocabulary has those instead.
+  const id = (...tokens: string[]) => {
+    for (const token of tokens) {
+      const v = tokenizer.tokenToId(token);
+      if (v !== undefined) return v;
+    }
+    throw new Error(`pretrain: the vocabulary has no ${tokens.join(" or ")}`);
   };
-  const special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(id);
   const ids: MaskingIds = {
-    cls: id("[CLS]"),
-    sep: id("[SEP]"),
-    pad: id("[PAD]"),
-    mask: id("[MASK]"),
+    cls: id("[CLS]", "<s>"),
+    sep: id("[SEP]", "</s>"),
+    pad: id("[PAD]", "<pad>"),
+    mask: id("[MASK]", "<mask>"),
     vocabSize: config.vocabSize,
-    special: new Set(special),
+    special: new Set(),
   };
+  ids.special = new Set([ids.cls, ids.sep, ids.pad, ids.mask, id("[UNK]", "<unk>")]);
   const encode = (d: readonly CorpusDocument[]) =>
     d.map((doc) => doc.sentences.map((s) => tokenizer.encodeText(s)));
   const trainTokens = encode(trainDocs), heldTokens = encode(heldOut);
@@ -322,7 +328,7 @@ async function main(args: string[]): Promise<void> {
     settingsPath,
     JSON.stringify({ settings, corpus: stats, prepare_seconds: prepSeconds }, null, 2) + "\n",
   );
-  console.error(
+  say(
     `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +
       `${train.length} training sequences, ${held.length} held-out; ` +
       `${config.numLayers} layers, hidden ${config.hiddenSize}, vocabulary ${config.vocabSize}; ` +
@@ -388,7 +394,7 @@ async function main(args: string[]): Promise<void> {
     ) + "\n",
   );
   const h = result.heldOut;
-  console.error(
+  say(
     `pretrain: done, ${result.steps} steps in ${(result.seconds / 60).toFixed(1)} min` +
       (h
         ? `; held-out MLM loss ${h.loss.toFixed(4)}, accuracy ${(100 * h.accuracy).toFixed(2)}%`

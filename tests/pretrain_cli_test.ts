@@ -1,0 +1,168 @@
+// pretrain.ts from the command line: from scratch on a plain-text corpus (pruned vocabulary,
+// tokenizer.json and vocab.txt beside the weights), continuing a checkpoint (domain-adaptive:
+// its own vocabulary and shape, and a model that fine-tunes afterwards), --resume refusing other
+// flags, and one-line errors for a run folder in use and an empty corpus.
+
+import { assert, assertEquals } from "./assert.ts";
+import { openModel } from "../model/load.ts";
+import { mlmHeadNames } from "../model/mlm_head.ts";
+import { exists, VOCAB, writeTinyBert } from "./train_fixture.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+async function pretrain(args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}pretrain.ts`, "--quiet", "--no-autotune", ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+const test = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+
+/** A corpus of short documents in the tiny vocabulary's words, blank lines between documents. */
+async function writeCorpus(path: string): Promise<void> {
+  const words = VOCAB.slice(5);
+  const docs: string[] = [];
+  for (let d = 0; d < 30; d++) {
+    const lines = [];
+    for (let s = 0; s < 3; s++) {
+      lines.push(
+        Array.from({ length: 6 + ((d + s) % 5) }, (_, i) => words[(d * 7 + s * 3 + i) % 40]).join(
+          " ",
+        ) + ".",
+      );
+    }
+    docs.push(lines.join("\n"));
+  }
+  await Deno.writeTextFile(path, docs.join("\n\n") + "\n");
+}
+
+const SMALL = [
+  "--task-text",
+  "none",
+  "--steps",
+  "4",
+  "--batch-size",
+  "4",
+  "--max-length",
+  "16",
+  "--eval-every",
+  "2",
+  "--checkpoint-every",
+  "2",
+  "--log-every",
+  "2",
+  "--eval-sequences",
+  "4",
+  "--held-out",
+  "0.1",
+];
+
+test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its flags", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const out = `${dir}/run`;
+    const args = [
+      "--out",
+      out,
+      "--corpus",
+      `${dir}/corpus.txt`,
+      "--vocab",
+      `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`,
+      "--layers",
+      "1",
+      "--hidden",
+      "16",
+      "--heads",
+      "2",
+      "--intermediate",
+      "32",
+      "--max-positions",
+      "16",
+      ...SMALL,
+    ];
+    const r = await pretrain(args);
+    assertEquals(r.code, 0, r.stderr);
+    for (const f of ["pretrain.json", "log.jsonl", "checkpoint.safetensors", "result.json"]) {
+      assert(await exists(`${out}/${f}`), f);
+    }
+    const model = await openModel(`${out}/model`);
+    try {
+      // Every character and its ## form stay, so the vocabulary is larger than the words used.
+      const vocab = (await Deno.readTextFile(`${out}/model/vocab.txt`)).trim().split("\n");
+      assertEquals(model.config.vocabSize, vocab.length);
+      for (const token of ["the", "z", "##z", "[MASK]"]) assert(vocab.includes(token), token);
+      assert(vocab.length < 30522 / 4, `${vocab.length} tokens kept`);
+      for (const name of Object.values(mlmHeadNames(model.config))) {
+        assert(model.weights.tensors.has(name), name);
+      }
+    } finally {
+      model.weights.close();
+    }
+    const settings = JSON.parse(await Deno.readTextFile(`${out}/pretrain.json`));
+    assertEquals(settings.settings.shape.layers, 1);
+    assertEquals(settings.corpus.sources, [`${dir}/corpus.txt`]);
+
+    const again = await pretrain(args);
+    assertEquals(again.code, 1);
+    assert(again.stderr.includes(`--out ${out} is not empty`), again.stderr);
+    const other = await pretrain([...args, "--lr", "1e-3", "--resume"]);
+    assertEquals(other.code, 1);
+    assert(other.stderr.includes("--resume: the flags differ"), other.stderr);
+    assertEquals(other.stderr.trim().split("\n").length, 1, other.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("pretrain.ts --model continues a checkpoint on its own vocabulary", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    await writeTinyBert(`${dir}/base`, false);
+    const out = `${dir}/run`;
+    const r = await pretrain([
+      "--out",
+      out,
+      "--model",
+      `${dir}/base`,
+      "--corpus",
+      `${dir}/corpus.txt`,
+      ...SMALL,
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const model = await openModel(`${out}/model`);
+    model.weights.close();
+    assertEquals(model.config.vocabSize, VOCAB.length);
+    assertEquals(model.config.numLayers, 2);
+    const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    assert(log.some((l) => l.held_out_loss !== undefined));
+    assert(log.every((l) => l.loss === undefined || Number.isFinite(l.loss)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("pretrain.ts: one-line errors for no corpus and an unknown task", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const none = await pretrain(["--out", `${dir}/a`, "--corpus", "none", "--task-text", "none"]);
+    assertEquals(none.code, 1);
+    assertEquals(
+      none.stderr.trim(),
+      "pretrain: --corpus none and --task-text none: nothing to pretrain on",
+    );
+    const task = await pretrain(["--out", `${dir}/b`, "--corpus", "none", "--task-text", "rtee"]);
+    assertEquals(task.code, 1);
+    assert(task.stderr.includes('--task-text: unknown task "rtee"'), task.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
