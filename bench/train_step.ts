@@ -16,6 +16,7 @@
 // `copies` and `submits` are what one step submitted; `peak_bytes` is the most our allocator held
 // (Gpu.peakBytes: every tensor, see kernels/device.ts) from building the Trainer to its last step.
 
+import { uniformGenerator as generator } from "../model/init.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { profileDispatches, submittedCounts } from "../kernels/recorder.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
@@ -88,18 +89,6 @@ export function stepConfig(s: TrainStepShape): ModelConfig {
     layer_norm_eps: 1e-12,
     pad_token_id: 0,
   }, "bench train_step config");
-}
-
-/** mulberry32 on [0, 1). */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** BERT's initialisation: weights N(0, 0.02) (uniform of the same spread here), LayerNorm 1, biases 0. */

@@ -25,6 +25,7 @@ import type { Recorder } from "../kernels/recorder.ts";
 import { reluBackward, reluForward } from "../kernels/relu.ts";
 import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 import type { WeightBias } from "./encoder.ts";
+import { uniformGenerator } from "./init.ts";
 
 export const HEAD_WIDTH = 2048;
 export const HEAD_INIT_STD = 0.005;
@@ -52,18 +53,6 @@ export interface HeadOptions {
   seed?: number;
   /** Initialise the parameters (default true); false leaves them zero for a loader. */
   init?: boolean;
-}
-
-/** A seeded uniform generator on [0, 1) (mulberry32). */
-function uniformGenerator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

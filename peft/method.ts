@@ -13,6 +13,7 @@
 //   ... Stage 1 trains encoder.gradients() ∪ peft.parameters() (+ the head) ...
 //   encoder.setHooks(null); peft.destroy();  // (ehft) then restore the pretrained backbone
 
+import { uniformGenerator } from "../model/init.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -143,14 +144,7 @@ export function createPeft(
  * per-method `salt` so that a method's values are unrelated to the head's of the same seed.
  */
 export function seededUniform(seed: number, salt: number): () => number {
-  let a = mixSeed(seed >>> 0, salt);
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return uniformGenerator(mixSeed(seed >>> 0, salt));
 }
 
 /** n values uniform in [−bound, bound) from `next`. */

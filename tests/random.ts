@@ -1,16 +1,5 @@
+import { uniformGenerator as rng } from "../model/init.ts";
 // Seeded random inputs, so that a failing test reproduces.
-
-/** A seeded generator (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Uniform values in [-1, 1) with no exact zeros. */
 export function randomValues(n: number, seed: number): Float64Array {
@@ -51,3 +40,5 @@ export function finiteDifferences(
 ): Float64Array {
   return Float64Array.from(x, (_, i) => finiteDifference(f, x, i, h));
 }
+
+export { rng };

@@ -3,6 +3,7 @@
 // RTE-format task: the label is whether a marker word occurs in the hypothesis. And the helpers
 // that compare run folders.
 
+import { uniformGenerator as generator } from "../model/init.ts";
 import { assert } from "./assert.ts";
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
@@ -39,18 +40,6 @@ export async function writeTinyBert(dir: string, withHead = true): Promise<void>
   }
   source.close();
   await writeSafetensors(`${dir}/model.safetensors`, tensors);
-}
-
-/** A seeded generator on [0, 1) (mulberry32). */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export const MARKER = "war";

@@ -4,6 +4,7 @@
 // synthetic WiC-format task whose label is whether the two target words are the same word;
 // predict.ts then predicts WiC with the model it wrote.
 
+import { uniformGenerator as generator } from "../model/init.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { writeTinyBert } from "./train_fixture.ts";
 import { initialHeadValues } from "../model/head.ts";
@@ -220,17 +221,6 @@ test("wic: target words mapped to their tokens with bert-base-uncased", async ()
 
 const TARGETS = ["war", "city", "state", "world"];
 const CONTEXT = ["the", "people", "time", "company", "four", "five", "six", "was"];
-
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * WiC rows over the tiny vocabulary: each sentence is three words, one of them (at a random

@@ -22,6 +22,7 @@ import {
   type Truncation,
 } from "../model/tokenizer.ts";
 import type { HeadInput, LossKind, TaskExample } from "./task.ts";
+import { uniformGenerator } from "../model/init.ts";
 
 /** One encoder input of an example: its tokens, special tokens included, unpadded. */
 export interface TokenizedInput {
@@ -205,18 +206,6 @@ export function deriveSeed(seed: number, purpose: number): number {
   return (z ^ (z >>> 16)) >>> 0;
 }
 
-/** A seeded uniform generator on [0, 1) (mulberry32). */
-export function uniformGenerator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Purposes for deriveSeed, so that one run seed gives independent streams. */
 export const SEED_PURPOSE = { head: 1, peft: 2, dropout: 3, shuffle: 1000 } as const;
 
@@ -325,3 +314,5 @@ export class DataStream {
 export function longestRow(...splits: TokenizedSplit[]): number {
   return Math.max(...splits.map((s) => s.longest));
 }
+
+export { uniformGenerator };

@@ -14,17 +14,10 @@
 // so that every sequence teaches something. Every draw comes from a generator seeded by (seed,
 // step), so a step's batch is the same whether or not the run was resumed before it.
 
-/** mulberry32 on [0, 1). */
-export function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { uniformGenerator } from "../model/init.ts";
+
+/** mulberry32 on [0, 1) (model/init.ts). */
+export const generator = uniformGenerator;
 
 /** A 32-bit seed from a run seed and a counter (splitmix32-style finaliser). */
 export function streamSeed(seed: number, counter: number, salt = 0): number {
