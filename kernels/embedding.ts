@@ -13,6 +13,14 @@
 // the positions of its tokens in order. One invocation per (unique id, column) then sums its
 // tokens' dOut values in that fixed order and writes the gradient element: the same inputs give
 // bitwise the same gradients, and no two invocations write the same element.
+//
+// An id can occur more often in a batch than an invocation can loop: lavapipe stops an
+// invocation after 65,535 loop iterations and silently keeps its partial sum (token type 0 of a
+// 128 × 512 single-segment batch occurs 65,536 times). A run longer than RUN_CHUNK tokens is
+// therefore summed over several launches ("passes"), each adding the next RUN_CHUNK tokens to
+// the sum the previous pass left in a workspace: the same additions in the same order, so the
+// gradient is bitwise the one an unlimited loop would give. Runs of at most RUN_CHUNK tokens (all
+// of them in most batches) are summed in the first pass, exactly as before.
 
 import { type Gpu, GpuError } from "./device.ts";
 import { type RowSlice, rowSlices } from "./binding_slices.ts";
@@ -21,6 +29,7 @@ import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { createTensor, expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { Workspace } from "./workspace.ts";
 
 const WORKGROUP = 256;
 
@@ -67,20 +76,31 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 `;
 
+/**
+ * Most tokens one invocation of the backward sums per launch: half of lavapipe's budget of
+ * 65,535 loop iterations per invocation.
+ */
+const RUN_CHUNK = 32768;
+
 const BACKWARD_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> uniqueIds: array<u32>;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> dOut: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+// The sums of runs longer than one chunk between passes, [unique id - uLong, column].
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 struct Params {
   n: u32, h: u32,
   // The unique ids [uStart, uStart + uCount) of the plan fall in this dispatch's table slice.
   uStart: u32, uCount: u32,
   rowStart: u32, rows: u32, base: u32,
   accumulate: u32,
+  // This launch (pass number chunkIndex) adds tokens [chunkIndex · chunk, (chunkIndex + 1) ·
+  // chunk) of each run; the runs longer than a chunk belong to unique ids >= uLong.
+  chunkIndex: u32, chunk: u32, uLong: u32, pad: u32,
 }
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(6) var<uniform> params: Params;
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -93,10 +113,20 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   if (id < params.rowStart || id - params.rowStart >= params.rows) { return; }
   // Clamped so that a stale or corrupt plan can never read outside dOut.
   let kEnd = min(offsets[u + 1u], params.n);
+  let kStart = min(offsets[u], kEnd);
+  let passes = max(1u, (kEnd - kStart + params.chunk - 1u) / params.chunk);
+  if (params.chunkIndex >= passes) { return; }
+  let k0 = kStart + params.chunkIndex * params.chunk;
+  let p = (u - params.uLong) * params.h + c;
   var s = 0.0;
-  for (var k = min(offsets[u], kEnd); k < kEnd; k++) {
+  if (params.chunkIndex > 0u) { s = partial[p]; }
+  for (var k = k0; k < min(kEnd, k0 + params.chunk); k++) {
     let t = tokens[k];
     if (t < params.n) { s += dOut[t * params.h + c]; }
+  }
+  if (params.chunkIndex + 1u < passes) {
+    partial[p] = s;
+    return;
   }
   let o = params.base + (id - params.rowStart) * params.h + c;
   if (params.accumulate == 1u) {
@@ -388,7 +418,7 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
   const pipeline = getPipeline(gpu, op, BACKWARD_WGSL);
   for (const { grad, name, planTensors, slices } of jobs) {
     if (!accumulate) fill(rec, grad, 0);
-    const ids = planTensors.plan.uniqueIds;
+    const { uniqueIds: ids, offsets } = planTensors.plan;
     let u = 0;
     for (const s of slices) {
       // Unique ids are ascending: those in this slice are a contiguous run.
@@ -397,15 +427,59 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
       const uCount = u - uStart;
       if (uCount === 0 || h === 0) continue;
       const [table] = s.bound;
-      rec.dispatch(
-        slices.length === 1
-          ? `${op} ${name}`
-          : `${op} ${name} (rows ${s.rowStart}..${s.rowStart + s.rows - 1})`,
-        pipeline,
-        [planTensors.uniqueIds, planTensors.offsets, planTensors.tokens, dOut, table.binding],
-        grid1d(uCount * h, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
-        new Uint32Array([n, h, uStart, uCount, s.rowStart, s.rows, table.base, accumulate ? 1 : 0]),
-      );
+      const long = longRuns(offsets, uStart, u);
+      const partial = partialWorkspace.view(gpu, [Math.max(1, long.uCount * h)]);
+      const label = slices.length === 1
+        ? `${op} ${name}`
+        : `${op} ${name} (rows ${s.rowStart}..${s.rowStart + s.rows - 1})`;
+      // Pass 0 sums every run (whole, unless longer than a chunk); later passes go on with the
+      // long runs only, over the unique ids from the first to the last long one.
+      for (let pass = 0; pass < long.passes; pass++) {
+        const [u0, count] = pass === 0 ? [uStart, uCount] : [long.uStart, long.uCount];
+        rec.dispatch(
+          label,
+          pipeline,
+          [
+            planTensors.uniqueIds,
+            planTensors.offsets,
+            planTensors.tokens,
+            dOut,
+            table.binding,
+            partial,
+          ],
+          grid1d(count * h, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
+          // deno-fmt-ignore
+          new Uint32Array([
+            n, h, u0, count, s.rowStart, s.rows, table.base, accumulate ? 1 : 0,
+            pass, RUN_CHUNK, long.uStart, 0,
+          ]),
+        );
+      }
     }
   }
+}
+
+/** Sums of long runs between the passes of one call (kernels/workspace.ts: why sharing is safe). */
+const partialWorkspace = new Workspace("embedding backward long-run sums");
+
+/**
+ * The runs among unique ids [uStart, uEnd) of a plan longer than RUN_CHUNK tokens: the range of
+ * unique ids from the first to the last of them, and the passes the longest needs (1 if none).
+ */
+function longRuns(
+  offsets: Uint32Array,
+  uStart: number,
+  uEnd: number,
+): { uStart: number; uCount: number; passes: number } {
+  let first = -1, last = -1, longest = 0;
+  for (let u = uStart; u < uEnd; u++) {
+    const length = offsets[u + 1] - offsets[u];
+    if (length > RUN_CHUNK) {
+      if (first < 0) first = u;
+      last = u;
+    }
+    longest = Math.max(longest, length);
+  }
+  if (first < 0) return { uStart: 0, uCount: 0, passes: 1 };
+  return { uStart: first, uCount: last - first + 1, passes: Math.ceil(longest / RUN_CHUNK) };
 }

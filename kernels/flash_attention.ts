@@ -28,7 +28,11 @@
 //   query row), their k and v rows in registers, and walks its example's query rows in order:
 //   dK = scale·Σ_i dS_i·q_i, dV = Σ_i P̃_i·dO_i. A third launch does the same for the prefix
 //   keys, summing over every example (b, then i, in order) into dPrefixKey / dPrefixValue
-//   (overwritten, or added to with `accumulatePrefix`).
+//   (overwritten, or added to with `accumulatePrefix`). That walk is B·(S + 1) loop iterations,
+//   and lavapipe stops an invocation after 65,535 of them (silently keeping its partial sums), so
+//   for large B·S it is cut into launches of consecutive examples (`prefixLaunches`), each going
+//   on from the f32 accumulators the previous one left in a workspace: the same sums in the same
+//   order as one launch.
 // Every output element is written by one invocation, as one sum in a fixed order:
 // bitwise-deterministic, and the same bits whatever the tiling.
 //
@@ -173,6 +177,7 @@ function columnSlots(prefix: boolean): Slot[] {
       ["rows", "vec4f"],
       ["d_prefix_k", "head", true],
       ["d_prefix_v", "head", true],
+      ["prefix_carry", "vec4f", true],
     ]
     : [
       ["q", "head"],
@@ -186,18 +191,21 @@ function columnSlots(prefix: boolean): Slot[] {
     ];
 }
 
-function common(L: Layout): string {
+/** `extraParams`: WGSL fields appended to the Params struct (the prefix kernel's). */
+function common(L: Layout, extraParams = ""): string {
   return /* wgsl */ `
 ${DROPOUT_WGSL}
 struct Params {
   batch: u32, seq: u32, heads: u32, prefix: u32,
   keys: u32, groups: u32, seed: u32, stream: u32,
-  p: f32, drop_scale: f32, scale: f32, flags: u32,
+  p: f32, drop_scale: f32, scale: f32, flags: u32,${extraParams}
 }
 const D = ${L.D}u;
 const FLAG_DROPOUT = 1u;
 const FLAG_UNALIGNED = 2u;
 const FLAG_ACCUMULATE = 4u;
+const FLAG_RESUME = 8u;
+const FLAG_KEEP = 16u;
 // −FLT_MAX: HF's additive mask value, torch.finfo(torch.float32).min.
 const NEG_MAX = -3.4028234663852886e38f;
 
@@ -491,7 +499,8 @@ function backwardColumnsWgsl(D: number, G: number, prefix: boolean): string {
       ? /* wgsl */ `
   let jv${u} = vec4u(j0 + ${4 * u}u) + vec4u(0u, 1u, 2u, 3u);
   let valid${u} = jv${u} < vec4u(P);
-  let ko${u} = ${unit(L, `(vec4u(h * P) + min(jv${u}, vec4u(P - 1u))) * D`)};
+  let kj${u} = vec4u(h * P) + min(jv${u}, vec4u(P - 1u));
+  let ko${u} = ${unit(L, `kj${u} * D`)};
   let bias${u} = vec4f(0.0);`
       : /* wgsl */ `
   let jv${u} = vec4u(j0 + ${4 * u}u) + vec4u(0u, 1u, 2u, 3u);
@@ -513,7 +522,7 @@ function backwardColumnsWgsl(D: number, G: number, prefix: boolean): string {
   let j0 = (P & ~3u) + (group % params.groups) * ${4 * G}u;`;
   const loop = prefix
     ? /* wgsl */ `
-  for (var b = 0u; b < params.batch; b++) {
+  for (var b = params.b_begin; b < params.b_end; b++) {
     for (var i = 0u; i < S; i++) {
       let row = (b * H + h) * S + i;
       ${step}
@@ -524,9 +533,36 @@ function backwardColumnsWgsl(D: number, G: number, prefix: boolean): string {
     let row = bh * S + i;
     ${step}
   }`;
+  // The prefix kernel's accumulators between launches (see prefixLaunches): key kj's dK at
+  // prefix_carry[kj · D4 + d], its dV H·P·D4 vec4s later.
+  const carried = (code: (dk: string, dv: string, k: string) => string) =>
+    perKey((u, c) =>
+      `if (valid${u}.${LANES[c]}) {\n    ${
+        range(L.D4).map((d) => {
+          const k = `kj${u}.${LANES[c]} * ${L.D4}u + ${d}u`;
+          return code(`dk${u}_${c}_${d}`, `dv${u}_${c}_${d}`, k);
+        }).join("\n    ")
+      }\n  }`
+    );
+  const resume = prefix
+    ? `if ((params.flags & FLAG_RESUME) != 0u) {\n  ${
+      carried((dk, dv, k) =>
+        `${dk} = prefix_carry[${k}]; ${dv} = prefix_carry[H * P * ${L.D4}u + ${k}];`
+      )
+    }\n  }`
+    : "";
+  const finish = prefix
+    ? `if ((params.flags & FLAG_KEEP) != 0u) {\n  ${
+      carried((dk, dv, k) =>
+        `prefix_carry[${k}] = ${dk}; prefix_carry[H * P * ${L.D4}u + ${k}] = ${dv};`
+      )
+    }\n  } else if ((params.flags & FLAG_ACCUMULATE) != 0u) {\n  ${stores("+=")}\n  } else {\n  ${
+      stores("=")
+    }\n  }`
+    : stores("=");
   const bindings = declare(L, columnSlots(prefix));
   return /* wgsl */ `${bindings}
-${common(L)}
+${common(L, prefix ? "\n  b_begin: u32, b_end: u32, pad0: u32, pad1: u32," : "")}
 @compute @workgroup_size(${columnWorkgroup(G)})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -549,14 +585,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         .join("\n  ")
     )
   }
+  ${resume}
   ${loop}
-  ${
-    prefix
-      ? `if ((params.flags & FLAG_ACCUMULATE) != 0u) {\n  ${stores("+=")}\n  } else {\n  ${
-        stores("=")
-      }\n  }`
-      : stores("=")
-  }
+  ${finish}
 }
 `;
 }
@@ -599,7 +630,33 @@ function tensorsOf(bound: [string, Tensor][]): Tensor[] {
   return bound.map(([, t]) => t);
 }
 
-const FLAG_DROPOUT = 1, FLAG_UNALIGNED = 2, FLAG_ACCUMULATE = 4;
+const FLAG_DROPOUT = 1, FLAG_UNALIGNED = 2, FLAG_ACCUMULATE = 4, FLAG_RESUME = 8, FLAG_KEEP = 16;
+
+/**
+ * Most loop iterations one invocation of the prefix kernel spends per launch: half of lavapipe's
+ * budget of 65,535.
+ */
+const PREFIX_LOOP_BUDGET = 32768;
+
+/**
+ * The launches of the prefix kernel: consecutive ranges [bBegin, bEnd) of examples, each walking
+ * at most PREFIX_LOOP_BUDGET loop iterations (S + 1 per example), with its flags: every launch
+ * but the first resumes the accumulators the one before kept, every one but the last keeps them
+ * (the last stores the gradients). One launch, flagless, when the whole batch fits.
+ */
+function prefixLaunches(B: number, S: number): { bBegin: number; bEnd: number; flags: number }[] {
+  const perLaunch = Math.max(1, Math.floor(PREFIX_LOOP_BUDGET / (S + 1)));
+  const launches = [];
+  for (let b = 0; b < B; b += perLaunch) {
+    const bEnd = Math.min(B, b + perLaunch);
+    launches.push({
+      bBegin: b,
+      bEnd,
+      flags: (b > 0 ? FLAG_RESUME : 0) | (bEnd < B ? FLAG_KEEP : 0),
+    });
+  }
+  return launches;
+}
 
 function params(dims: Dims, dropout: DropoutConfig, groups: number, flags = 0): Uint32Array {
   const buffer = new ArrayBuffer(48);
@@ -773,6 +830,8 @@ export function flashAttentionForward(
 
 /** The backward's [B, H, S, 4] row workspace (kernels/workspace.ts: why sharing it is safe). */
 const workspace = new Workspace("flash attention row workspace", 4);
+/** The prefix kernel's dK and dV accumulators between its launches ([2, H, P, ⌈D/4⌉] vec4s). */
+const carryWorkspace = new Workspace("flash attention prefix gradient carry", 4);
 
 /**
  * Records the gradients of `flashAttentionForward` (same q, k, v, mask, prefix, dropout, and its
@@ -864,6 +923,12 @@ export function flashAttentionBackward(
     d_v: ["dV", dV],
     d_prefix_k: ["dPrefixKey", dPrefixKey],
     d_prefix_v: ["dPrefixValue", dPrefixValue],
+    prefix_carry: [
+      "prefix gradient carry",
+      prefixGrad && P > 0
+        ? carryWorkspace.view(rec.gpu, [2 * H * P * Math.ceil(D / 4) * 4])
+        : undefined,
+    ],
   };
   const rowBindings = bindSlots(rowSlots(P > 0), tensors);
   const columnBindings = bindSlots(columnSlots(false), tensors);
@@ -890,12 +955,20 @@ export function flashAttentionBackward(
   );
   if (prefixGrad && P > 0) {
     const prefixGroups = Math.ceil(Math.ceil(P / 4) / G);
-    rec.dispatch(
-      `${op} (dPrefixKey, dPrefixValue)`,
-      pipeline(rec, `backward prefix D=${D} G=${G}`, backwardColumnsWgsl(D, G, true)),
-      tensorsOf(prefixBindings),
-      grid(rec, H * prefixGroups, columnWorkgroup(G)),
-      params(dims, dropout, prefixGroups, args.accumulatePrefix ? FLAG_ACCUMULATE : 0),
-    );
+    const code = backwardColumnsWgsl(D, G, true);
+    for (const launch of prefixLaunches(B, S)) {
+      const flags = (args.accumulatePrefix ? FLAG_ACCUMULATE : 0) | launch.flags;
+      // The common Params, then the prefix kernel's own fields: b_begin, b_end (and padding).
+      const words = new Uint32Array(16);
+      words.set(params(dims, dropout, prefixGroups, flags));
+      words.set([launch.bBegin, launch.bEnd], 12);
+      rec.dispatch(
+        `${op} (dPrefixKey, dPrefixValue)`,
+        pipeline(rec, `backward prefix D=${D} G=${G}`, code),
+        tensorsOf(prefixBindings),
+        grid(rec, H * prefixGroups, columnWorkgroup(G)),
+        words,
+      );
+    }
   }
 }

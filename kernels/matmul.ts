@@ -8,12 +8,20 @@
 //
 // Determinism: each output element is one invocation's sum over k in increasing order, so a
 // given call gives bitwise-identical results on every run.
+//
+// Long sums (large k: weight gradients sum over every row of the batch, k = batch · seq) are cut
+// into consecutive k-slices, one launch each (`kSlices`): lavapipe stops an invocation after
+// 65,535 loop iterations in all and silently keeps its partial results, and the k loop is one
+// iteration per k (per 4 k in the vec4 variants, per 16 k in the shared ones, whose staging adds
+// more). Each slice resumes the previous slice's f32 accumulators (kept in a workspace) and goes
+// on adding in increasing k, so a sliced product is bitwise the same as one unsliced sum.
 
 import { type Gpu, GpuError } from "./device.ts";
 import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
+import { Workspace } from "./workspace.ts";
 import {
   type DType,
   DTYPE_BYTES,
@@ -197,8 +205,81 @@ struct Params {
   rsB: u32, csB: u32, offC: u32, ldc: u32,
   sA0: u32, sA1: u32, sB0: u32, sB1: u32,
   sC0: u32, sC1: u32, alpha: f32, flags: u32,
-  zBase: u32, pad0: u32, pad1: u32, pad2: u32,
+  zBase: u32, kBegin: u32, pad1: u32, pad2: u32,
 }`;
+
+/**
+ * Longest k-slice per launch, by kernel kind, so that an invocation stays well inside lavapipe's
+ * budget of 65,535 loop iterations (measured unsliced limits: `direct4x4` k < 65,536, `tile16`
+ * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4). Multiples of 16, so that
+ * every slice but the last is whole k-steps of every kernel (the shared kernels stage 16 k at a
+ * time) and the resumed sum is term for term the unsliced one.
+ */
+const K_SLICE: Record<VariantSpec["kind"], number> = {
+  shared: 8192,
+  direct: 32768,
+  vec4: 131072,
+};
+
+/** The consecutive [kBegin, kEnd) slices of 0..k, each at most `max` long (one when k <= max). */
+function kSlices(k: number, max: number): [number, number][] {
+  const slices: [number, number][] = [];
+  for (let k0 = 0; k0 < k; k0 += max) slices.push([k0, Math.min(k, k0 + max)]);
+  return slices.length > 0 ? slices : [[0, k]];
+}
+
+/** Params.flags bits of a sliced launch (bits 0 and 1 are accumulate and bias). */
+const FLAG_RESUME = 4; // the accumulators start from `partial` (every slice but the first)
+const FLAG_KEEP = 8; // the accumulators go to `partial`, not through `store` (all but the last)
+
+/**
+ * How a kernel's code differs when it runs one k-slice (`sliced`): where its k loop starts,
+ * what its accumulators start from and how it stores them. Unsliced kernels are unchanged.
+ * `partial` holds the raw f32 accumulator of output (gi, gj) of the dispatch's product wid.z at
+ * (wid.z · m + gi) · n + gj.
+ */
+interface SliceCode {
+  /** Declarations after the bindings: `partial` and the functions below. */
+  wgsl: string;
+  /** WGSL: the first k of this launch. */
+  kBegin: string;
+  /** WGSL: the starting value of the accumulator of output (gi, gj). */
+  init: (gi: string, gj: string) => string;
+  /**
+   * WGSL statement: stores output (gi, gj) from its accumulator `v`, or keeps `v` for the next
+   * slice.
+   */
+  put: (gi: string, gj: string, v: string) => string;
+}
+
+function sliceCode(sliced: boolean, partialBinding: number): SliceCode {
+  if (!sliced) {
+    return {
+      wgsl: "",
+      kBegin: "0u",
+      init: () => "0.0",
+      put: (gi, gj, v) => `store(baseC, ${gi}, ${gj}, ${v});`,
+    };
+  }
+  return {
+    wgsl: /* wgsl */ `
+@group(0) @binding(${partialBinding}) var<storage, read_write> partial: array<f32>;
+fn resume(zl: u32, gi: u32, gj: u32) -> f32 {
+  if ((p.flags & ${FLAG_RESUME}u) == 0u || gi >= p.m || gj >= p.n) { return 0.0; }
+  return partial[(zl * p.m + gi) * p.n + gj];
+}
+fn finish(zl: u32, baseC: u32, gi: u32, gj: u32, v: f32) {
+  if ((p.flags & ${FLAG_KEEP}u) == 0u) {
+    store(baseC, gi, gj, v);
+  } else if (gi < p.m && gj < p.n) {
+    partial[(zl * p.m + gi) * p.n + gj] = v;
+  }
+}`,
+    kBegin: "p.kBegin",
+    init: (gi, gj) => `resume(wid.z, ${gi}, ${gj})`,
+    put: (gi, gj, v) => `finish(wid.z, baseC, ${gi}, ${gj}, ${v});`,
+  };
+}
 
 const WG = 16; // shared variants: workgroup is WG×WG invocations
 const BK = 16; // shared variants: k-slice staged in workgroup memory per step
@@ -231,11 +312,25 @@ function stageSlice(
     }`;
 }
 
-function matmulWgsl(rm: number, rn: number, epilogue: EpilogueKind, t = ALL_F32): string {
+function matmulWgsl(
+  rm: number,
+  rn: number,
+  epilogue: EpilogueKind,
+  t = ALL_F32,
+  sliced = false,
+): string {
   const bm = WG * rm;
   const bn = WG * rn;
+  const sc = sliceCode(sliced, partialBinding(epilogue));
+  const rowOf = (r: string) => `row0 + lid.y + ${r} * ${WG}u`;
+  const colOf = (c: string) => `col0 + lid.x + ${c} * ${WG}u`;
+  const init = sliced
+    ? `for (var r = 0u; r < RM; r++) {
+    for (var c = 0u; c < RN; c++) { acc[r * RN + c] = ${sc.init(rowOf("r"), colOf("c"))}; }
+  }`
+    : "for (var t = 0u; t < RM * RN; t++) { acc[t] = 0.0; }";
   return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
-${bindingsWgsl(t, false, epilogue)}
+${bindingsWgsl(t, false, epilogue, sliced)}
 
 const BM = ${bm}u;
 const BN = ${bn}u;
@@ -245,6 +340,7 @@ const RN = ${rn}u;
 const THREADS = ${WG * WG}u;
 
 ${storeWgsl(epilogue, t)}
+${sc.wgsl}
 
 // As[kk * BM + i] = op(A)[row0 + i, k0 + kk]; Bs[kk * BN + j] = op(B)[k0 + kk, col0 + j].
 var<workgroup> As: array<f32, ${bm * BK}>;
@@ -263,9 +359,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let col0 = wid.x * BN;
 
   var acc: array<f32, ${rm * rn}>;
-  for (var t = 0u; t < RM * RN; t++) { acc[t] = 0.0; }
+  ${init}
 
-  for (var k0 = 0u; k0 < p.k; k0 += BK) {
+  for (var k0 = ${sc.kBegin}; k0 < p.k; k0 += BK) {
     ${stageSlice("A", "BM", "row0", "p.m", "p.rsA", "p.csA", t.a)}
     ${stageSlice("B", "BN", "col0", "p.n", "p.csB", "p.rsB", t.b)}
     workgroupBarrier();
@@ -284,18 +380,23 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 
   for (var r = 0u; r < RM; r++) {
     for (var c = 0u; c < RN; c++) {
-      store(baseC, row0 + lid.y + r * ${WG}u, col0 + lid.x + c * ${WG}u, acc[r * RN + c]);
+      ${sc.put(rowOf("r"), colOf("c"), "acc[r * RN + c]")}
     }
   }
 }
 `;
 }
 
+/** The binding of a sliced kernel's `partial`: after C and `pre`, before the uniform. */
+function partialBinding(epilogue: EpilogueKind): number {
+  return epilogue === "gelu_save" || epilogue === "gelu_grad" ? 5 : 4;
+}
+
 /**
  * WGSL binding the operands: A and B as arrays of their element type (or of vec4s of it, named
  * A4 and B4), bias, C, the epilogue's `pre` (laid out as C) when it has one, then the uniform.
  */
-function bindingsWgsl(t: Dtypes, vec4: boolean, epilogue: EpilogueKind): string {
+function bindingsWgsl(t: Dtypes, vec4: boolean, epilogue: EpilogueKind, sliced = false): string {
   const pre = epilogue === "gelu_save"
     ? "read_write"
     : epilogue === "gelu_grad"
@@ -309,7 +410,7 @@ function bindingsWgsl(t: Dtypes, vec4: boolean, epilogue: EpilogueKind): string 
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> C: array<${t.c}>;
 ${pre ? `@group(0) @binding(4) var<storage, ${pre}> pre: array<${t.pre}>;` : ""}
-@group(0) @binding(${pre ? 5 : 4}) var<uniform> p: Params;`;
+@group(0) @binding(${(pre ? 5 : 4) + (sliced ? 1 : 0)}) var<uniform> p: Params;`;
 }
 
 /**
@@ -357,10 +458,20 @@ function directWgsl(
   wy: number,
   epilogue: EpilogueKind,
   t = ALL_F32,
+  sliced = false,
 ): string {
+  const sc = sliceCode(sliced, partialBinding(epilogue));
+  const rowOf = (r: string) => `row0 + ${r} * ${wy}u`;
+  const colOf = (c: string) => `col0 + ${c} * ${wx}u`;
+  const init = sliced
+    ? `for (var r = 0u; r < ${rm}u; r++) {
+    for (var c = 0u; c < ${rn}u; c++) { acc[r * ${rn}u + c] = ${sc.init(rowOf("r"), colOf("c"))}; }
+  }`
+    : `for (var t = 0u; t < ${rm * rn}u; t++) { acc[t] = 0.0; }`;
   return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
-${bindingsWgsl(t, false, epilogue)}
+${bindingsWgsl(t, false, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
+${sc.wgsl}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -372,8 +483,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   for (var r = 0u; r < ${rm}u; r++) { ia[r] = baseA + min(row0 + r * ${wy}u, p.m - 1u) * p.rsA; }
   for (var c = 0u; c < ${rn}u; c++) { ib[c] = baseB + min(col0 + c * ${wx}u, p.n - 1u) * p.csB; }
   var acc: array<f32, ${rm * rn}>;
-  for (var t = 0u; t < ${rm * rn}u; t++) { acc[t] = 0.0; }
-  for (var kk = 0u; kk < p.k; kk++) {
+  ${init}
+  for (var kk = ${sc.kBegin}; kk < p.k; kk++) {
     var a: array<f32, ${rm}>;
     var b: array<f32, ${rn}>;
     for (var r = 0u; r < ${rm}u; r++) { a[r] = ${loadAs(t.a, "A[ia[r] + kk * p.csA]")}; }
@@ -384,7 +495,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   }
   for (var r = 0u; r < ${rm}u; r++) {
     for (var c = 0u; c < ${rn}u; c++) {
-      store(baseC, row0 + r * ${wy}u, col0 + c * ${wx}u, acc[r * ${rn}u + c]);
+      ${sc.put(rowOf("r"), colOf("c"), `acc[r * ${rn}u + c]`)}
     }
   }
 }
@@ -409,7 +520,9 @@ function vec4Wgsl(
   transB: boolean,
   epilogue: EpilogueKind,
   t = ALL_F32,
+  sliced = false,
 ): string {
+  const sc = sliceCode(sliced, partialBinding(epilogue));
   const wideA = (e: string) => (t.a === "f16" ? `vec4<f32>(${e})` : e);
   const wideB = (e: string) => (t.b === "f16" ? `vec4<f32>(${e})` : e);
   // Straight-line WGSL: lavapipe spills arrays indexed in loops it does not unroll to memory and
@@ -477,17 +590,23 @@ function vec4Wgsl(
     }
   }
   for (const r of range(rm)) {
-    for (const h of cgs) setup.push(`var acc${r}_${h} = vec4<f32>(0.0);`);
+    for (const h of cgs) {
+      const start = sliced
+        ? `vec4<f32>(${q4.map((j) => sc.init(`row0 + ${r}u`, `col0 + ${4 * h + j}u`)).join(", ")})`
+        : "vec4<f32>(0.0)";
+      setup.push(`var acc${r}_${h} = ${start};`);
+    }
   }
   const stores: string[] = [];
   for (const r of range(rm)) {
     for (const c of range(rn)) {
-      stores.push(`store(baseC, row0 + ${r}u, col0 + ${c}u, acc${r}_${c >> 2}[${c & 3}]);`);
+      stores.push(sc.put(`row0 + ${r}u`, `col0 + ${c}u`, `acc${r}_${c >> 2}[${c & 3}]`));
     }
   }
   return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
-${bindingsWgsl(t, true, epilogue)}
+${bindingsWgsl(t, true, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
+${sc.wgsl}
 
 @compute @workgroup_size(${wx}, ${wy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -496,7 +615,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let col0 = (wid.x * ${wx}u + lid.x) * ${rn}u;
   // Clamped starts of the loads (the launcher guarantees m, n multiples of 4 where read along).
   ${setup.join("\n  ")}
-  var k = 0u;
+  var k = ${sc.kBegin};
   for (; k + ${ku}u <= p.k; k += ${ku}u) {
     ${body}
   }
@@ -526,8 +645,9 @@ function vec4Aligned(
 }
 
 /**
- * The WGSL of every variant, transpose pair and epilogue, concatenated: what the autotune's
- * cache version hashes, so that any change to a kernel's code invalidates cached choices.
+ * The WGSL of every variant, transpose pair, epilogue and k-slicing, concatenated: what the
+ * autotune's cache version hashes, so that any change to a kernel's code invalidates cached
+ * choices.
  */
 export function matmulKernelSources(): string {
   const epilogues: EpilogueKind[] = ["none", "gelu", "gelu_save", "gelu_grad"];
@@ -535,16 +655,30 @@ export function matmulKernelSources(): string {
   for (const variant of MATMUL_VARIANTS) {
     const spec = VARIANTS[variant];
     for (const epilogue of epilogues) {
-      if (spec.kind === "shared") parts.push(matmulWgsl(spec.rm, spec.rn, epilogue));
-      else if (spec.kind === "direct") {
-        parts.push(directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue));
-      } else {
-        for (
-          const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
-        ) {
-          parts.push(
-            vec4Wgsl(spec.rm, spec.rn, spec.ku, spec.wx, spec.wy, transA, transB, epilogue),
-          );
+      for (const sliced of [false, true]) {
+        if (spec.kind === "shared") {
+          parts.push(matmulWgsl(spec.rm, spec.rn, epilogue, ALL_F32, sliced));
+        } else if (spec.kind === "direct") {
+          parts.push(directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, ALL_F32, sliced));
+        } else {
+          for (
+            const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
+          ) {
+            parts.push(
+              vec4Wgsl(
+                spec.rm,
+                spec.rn,
+                spec.ku,
+                spec.wx,
+                spec.wy,
+                transA,
+                transB,
+                epilogue,
+                ALL_F32,
+                sliced,
+              ),
+            );
+          }
         }
       }
     }
@@ -715,18 +849,20 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const spec = VARIANTS[variant];
   const gpu = rec.gpu;
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const slices = kSlices(k, K_SLICE[spec.kind]);
+  const sliced = slices.length > 1;
   let gx: number, gy: number, pipeline: GPUComputePipeline;
   const name = `matmul_${variant}${epilogue === "none" ? "" : `_${epilogue}`}${
     dtypesSuffix(dtypes)
-  }`;
+  }${sliced ? "_ksliced" : ""}`;
   if (spec.kind === "shared") {
     gx = Math.ceil(n / (WG * spec.rn));
     gy = Math.ceil(m / (WG * spec.rm));
-    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue, dtypes));
+    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue, dtypes, sliced));
   } else if (spec.kind === "direct") {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes);
+    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, name, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
@@ -741,6 +877,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
       transB,
       epilogue,
       dtypes,
+      sliced,
     );
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   }
@@ -751,18 +888,39 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const flags = (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0);
   const bindings = [a, b, args.bias ?? a, c, ...(pre ? [pre] : [])];
   // Batches beyond one dispatch's z limit go in further dispatches, each from its own zBase.
-  for (let zBase = 0; zBase < count; zBase += maxDim) {
-    // Mirrors the WGSL Params struct, four words a row.
-    // deno-fmt-ignore
-    const words = new Uint32Array([
-      m, n, k, batch1.count,
-      offA, rsA, csA, offB,
-      rsB, csB, offC, ldc,
-      batch0.strideA, batch1.strideA, batch0.strideB, batch1.strideB,
-      batch0.strideC, batch1.strideC, 0 /* alpha */, flags,
-      zBase, 0, 0, 0,
-    ]);
-    new Float32Array(words.buffer)[18] = alpha;
-    rec.dispatch(op, pipeline, bindings, [gx, gy, Math.min(maxDim, count - zBase)], words);
+  let zStep = maxDim;
+  if (sliced) {
+    // The slices' accumulators: m·n per product of a dispatch, as many products as fit a binding.
+    const perProduct = m * n;
+    zStep = Math.min(zStep, Math.floor(gpu.limits.maxStorageBufferBindingSize / 4 / perProduct));
+    if (zStep < 1) {
+      fail(op, `k = ${k} is cut into slices, whose ${m}×${n} f32 accumulators exceed a binding`);
+    }
+    bindings.push(partialWorkspace.view(gpu, [Math.min(zStep, count) * perProduct]));
+  }
+  for (let zBase = 0; zBase < count; zBase += zStep) {
+    // Every slice of these products in turn (one launch when k is not sliced), the last one
+    // storing through alpha, bias, accumulate and the epilogue.
+    slices.forEach(([kBegin, kEnd], s) => {
+      const sliceFlags = (s > 0 ? FLAG_RESUME : 0) | (s < slices.length - 1 ? FLAG_KEEP : 0);
+      // Mirrors the WGSL Params struct, four words a row.
+      // deno-fmt-ignore
+      const words = new Uint32Array([
+        m, n, kEnd, batch1.count,
+        offA, rsA, csA, offB,
+        rsB, csB, offC, ldc,
+        batch0.strideA, batch1.strideA, batch0.strideB, batch1.strideB,
+        batch0.strideC, batch1.strideC, 0 /* alpha */, flags | sliceFlags,
+        zBase, kBegin, 0, 0,
+      ]);
+      new Float32Array(words.buffer)[18] = alpha;
+      rec.dispatch(op, pipeline, bindings, [gx, gy, Math.min(zStep, count - zBase)], words);
+    });
   }
 }
+
+/**
+ * The accumulators a k-sliced product carries from one slice's launch to the next: written and
+ * read only between the dispatches of one call (kernels/workspace.ts: why sharing it is safe).
+ */
+const partialWorkspace = new Workspace("matmul k-slice accumulators");

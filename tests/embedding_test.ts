@@ -354,6 +354,48 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "embedding: an id occurring more often than lavapipe's per-invocation loop budget",
+  async (gpu) => {
+    // Token type 0 of a 128 × 512 single-segment batch occurs 65,536 times; lavapipe stops an
+    // invocation after 65,535 loop iterations and kept the partial sum. Here type 0 occurs 66,000
+    // times (three passes of the long-run path), type 2 about 34,000 (two), type 1 100 times
+    // between them (one pass, inside the long ids' range), type 3 never.
+    const n = 100_000, h = 3, types = 4;
+    const next = rng(77);
+    const tids = new Uint32Array(n).fill(2);
+    for (let t = 0, placed = 0; placed < 66_000; t++) {
+      if (t % 3 !== 1) {
+        tids[t] = 0;
+        placed++;
+      }
+    }
+    for (let i = 0; i < 100; i++) tids[Math.floor(next() * n)] = 1;
+    const counts = [0, 1, 2, 3].map((id) => tids.filter((x) => x === id).length);
+    assert(counts[0] > 65_535 && counts[1] > 0 && counts[2] > 32_768 && counts[3] === 0);
+    // Multiples of 1/64 below 1: every partial sum is exact in float32, so the gradient must be
+    // the float64 sum exactly.
+    const dOutHost = Float32Array.from(randomValues(n * h, 78), (x) => Math.trunc(x * 64) / 64);
+    const want = refBackward(tids, dOutHost, types, h);
+    const init = f32(types * h, 79);
+    const dOut = tensorFromArray(gpu, dOutHost, [n, h], "dOut");
+    const dTokenType = createTensor(gpu, [types, h], "f32", "dTokenType");
+    const [typePlan] = plansFor(gpu, [tids], 0);
+    const rec = new Recorder(gpu);
+    fill(rec, dTokenType, NaN);
+    embeddingBackward(rec, { dOut, typePlan, dTokenType });
+    await rec.submit();
+    assertEquals(await dTokenType.download(), Float32Array.from(want));
+    dTokenType.upload(init);
+    embeddingBackward(rec, { dOut, typePlan, dTokenType, accumulate: true });
+    await rec.submit();
+    const got = await dTokenType.download();
+    assertClose("accumulated", got, Array.from(want, (x, i) => x + init[i]), 1e-7);
+    assertEquals(got.slice(3 * h), init.slice(3 * h), "the absent type's row");
+    for (const t of [dOut, dTokenType, typePlan]) t.destroy();
+  },
+);
+
 gpuTest("embedding: out-of-range ids give NaN rows and never read out of bounds", async (gpu) => {
   for (const bindingLimit of [undefined, 500]) {
     const pr = problem(33, 5, 100, 90);

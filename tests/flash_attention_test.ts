@@ -451,6 +451,29 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "flash attention: prefix gradients over more rows than lavapipe's per-invocation loop budget",
+  async (gpu) => {
+    // The prefix kernel walks every example's rows, B·(S + 1) loop iterations, and lavapipe
+    // stops an invocation after 65,535 of them, silently: here 4400 · 16 = 70,400, which the
+    // launcher cuts into launches resuming each other's sums.
+    const dims = { B: 4400, S: 15, H: 1, D: 5, P: 3 };
+    const drop = { p: 0.1, seed: 3, stream: 7 };
+    const x = makeInputs(dims, 140);
+    const dC = gradient(dims, 141);
+    const init = {
+      dPK: Float64Array.from(Float32Array.from(randomValues(15, 142))),
+      dPV: Float64Array.from(Float32Array.from(randomValues(15, 143))),
+    };
+    const out = await run(gpu, x, dC, dims, drop, { prefixInit: init });
+    const ref = referenceForward(x, dims, drop);
+    const grads = referenceBackward(x, ref.probs, dC, dims, drop);
+    assertClose("dPrefixKey", out.dPK!, grads.dPK.map((g, i) => g + init.dPK[i]), TOL);
+    assertClose("dPrefixValue", out.dPV!, grads.dPV.map((g, i) => g + init.dPV[i]), TOL);
+    assertClose("dK", out.dK, grads.dK, TOL);
+  },
+);
+
 gpuTest("flash attention: every tiling gives bitwise the same results", async (gpu) => {
   const dims = { B: 2, S: 13, H: 2, D: 8, P: 3 };
   const drop = { p: 0.2, seed: 7, stream: 1 };

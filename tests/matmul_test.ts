@@ -542,6 +542,88 @@ async function determinism(gpu: Gpu, m: number, n: number, k: number): Promise<v
 }
 
 gpuTest(
+  "matmul: k above lavapipe's per-invocation loop budget (weight gradients over 70000 rows)",
+  async (gpu) => {
+    // lavapipe stops an invocation after 65,535 loop iterations, silently: unsliced, direct4x4
+    // (LoRA's dA and dB, r = 8) summed only the first 65,535 k, tile16 / tile64 far fewer. The
+    // launcher cuts k into slices that resume each other's sums, term for term.
+    const k = 70000;
+    // Multiples of 1/8 below 1: every product is a multiple of 1/64 and every partial sum, below
+    // 2^17, is exact in float32, so each variant must give the float64 sum exactly.
+    const eighths = (n: number, seed: number) =>
+      Float32Array.from(randomValues(n, seed), (x) => Math.trunc(x * 8) / 8);
+    const product = (A: Float32Array, B: Float32Array, m: number, n: number) => {
+      const sum = new Float64Array(m * n);
+      for (let p = 0; p < k; p++) {
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < n; j++) sum[i * n + j] += A[p * m + i] * B[p * n + j];
+        }
+      }
+      return sum;
+    };
+
+    // Every variant (vec4-aligned 8×8), with alpha, bias and accumulate applied once.
+    {
+      const m = 8, n = 8;
+      const hostA = eighths(k * m, 301), hostB = eighths(k * n, 302);
+      const hostBias = eighths(n, 303), hostC = eighths(m * n, 304);
+      const sum = product(hostA, hostB, m, n);
+      const want = Float32Array.from(sum, (x, i) => 0.5 * x + hostBias[i % n] + hostC[i]);
+      const a = tensorFromArray(gpu, hostA, [k, m], "a");
+      const b = tensorFromArray(gpu, hostB, [k, n], "b");
+      const bias = tensorFromArray(gpu, hostBias, [n], "bias");
+      const c = createTensor(gpu, [m, n], "f32", "c");
+      for (const variant of VARIANTS) {
+        c.upload(hostC);
+        const rec = new Recorder(gpu);
+        matmul(rec, {
+          a,
+          b,
+          c,
+          m,
+          n,
+          k,
+          transA: true,
+          alpha: 0.5,
+          bias,
+          accumulate: true,
+          variant,
+        });
+        await rec.submit();
+        assertEquals(await c.download(), want, variant);
+      }
+      for (const t of [a, b, bias, c]) t.destroy();
+    }
+
+    // LoRA's dB shape (r = 5, not vec4-aligned: direct4x4), the GELU epilogue applied once.
+    {
+      const m = 6, n = 5;
+      const hostA = eighths(k * m, 305), hostB = eighths(k * n, 306);
+      const sum = product(hostA, hostB, m, n);
+      const a = tensorFromArray(gpu, hostA, [k, m], "dOut");
+      const b = tensorFromArray(gpu, hostB, [k, n], "hidden");
+      const c = createTensor(gpu, [m, n], "f32", "c");
+      const pre = createTensor(gpu, [m, n], "f32", "pre");
+      const rec = new Recorder(gpu);
+      matmul(rec, {
+        a,
+        b,
+        c,
+        m,
+        n,
+        k,
+        transA: true,
+        epilogue: { kind: "gelu", preActivation: pre },
+      });
+      await rec.submit();
+      assertEquals(await pre.download(), Float32Array.from(sum));
+      assertClose("gelu", await c.download(), Array.from(sum, refGelu), 1e-6);
+      for (const t of [a, b, c, pre]) t.destroy();
+    }
+  },
+);
+
+gpuTest(
   "matmul: out-of-range shapes and strides throw a GpuError naming the op and tensor",
   (gpu) => {
     const rec = new Recorder(gpu);
