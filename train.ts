@@ -16,6 +16,7 @@ import { readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
+import { startLines, taskScriptRecipe } from "./train/default_model.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
@@ -36,6 +37,7 @@ export async function trainFromArgs(
   args: string[],
   recipe: Recipe = {},
   task?: Task,
+  start?: { usingDefault: boolean; paper: Recipe },
 ): Promise<RunMetrics | SeedsMetrics | DryRunReport> {
   const byName = task
     ? (name: string) => {
@@ -53,6 +55,11 @@ export async function trainFromArgs(
     (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
   );
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
+  if (task && start) {
+    for (const line of startLines(task, config, start.usingDefault, start.paper)) {
+      console.error(line);
+    }
+  }
   if (recipe.lr !== undefined && !typed.has("lr")) {
     const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
     const model = await readConfig(`${dir}/config.json`);
@@ -69,10 +76,18 @@ export async function trainFromArgs(
   return metrics;
 }
 
-/** The main program of a task script: `deno task <name> [train.ts flags over its recipe]`. */
-export async function runTaskScript(task: Task, recipe: Recipe): Promise<void> {
+/**
+ * The main program of a task script: `deno task <name> [train.ts flags over its recipe]`. With no
+ * --model it trains the shipped model (train/default_model.ts) with `mini`, its own recipe;
+ * with one, the paper's `recipe`.
+ */
+export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): Promise<void> {
   await runMain(task.name, async (args) => {
-    await trainFromArgs(args, recipe, task);
+    const chosen = taskScriptRecipe(args, recipe, mini);
+    await trainFromArgs(args, chosen.recipe, task, {
+      usingDefault: chosen.usingDefault,
+      paper: recipe,
+    });
   });
 }
 

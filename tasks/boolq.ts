@@ -15,6 +15,7 @@ import {
 import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["false", "true"] as const;
 
@@ -59,8 +60,11 @@ export const boolq: Task = {
 /** The paper's recipe for BoolQ with RoBERTa-Large: EH-FT (BitFit), 40 epochs, 10% in Stage 1. */
 export const BOOLQ_RECIPE: Recipe = paperRecipe("boolq", 40);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const BOOLQ_MINI_RECIPE: Recipe = miniRecipe(BOOLQ_RECIPE, { maxSteps: 300 });
+
 // `deno task boolq [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(boolq, BOOLQ_RECIPE);
+  await runTaskScript(boolq, BOOLQ_RECIPE, BOOLQ_MINI_RECIPE);
 }

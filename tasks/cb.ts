@@ -6,6 +6,7 @@
 import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["entailment", "contradiction", "neutral"] as const;
 
@@ -42,8 +43,11 @@ export const cb: Task = {
 /** The paper's recipe for CB with RoBERTa-Large: EH-FT (BitFit), 400 epochs, 10% in Stage 1. */
 export const CB_RECIPE: Recipe = paperRecipe("cb", 400);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const CB_MINI_RECIPE: Recipe = miniRecipe(CB_RECIPE, { epochs: 10 });
+
 // `deno task cb [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(cb, CB_RECIPE);
+  await runTaskScript(cb, CB_RECIPE, CB_MINI_RECIPE);
 }

@@ -9,6 +9,7 @@
 import { DataError, labelId, readTsv, splitFile, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["unacceptable", "acceptable"] as const;
 
@@ -50,8 +51,11 @@ export const cola: Task = {
 /** The paper's recipe for CoLA with RoBERTa-Large: EH-FT (BitFit), 20 epochs, 10% in Stage 1. */
 export const COLA_RECIPE: Recipe = paperRecipe("cola", 20);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const COLA_MINI_RECIPE: Recipe = miniRecipe(COLA_RECIPE, { epochs: 3 });
+
 // `deno task cola [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(cola, COLA_RECIPE);
+  await runTaskScript(cola, COLA_RECIPE, COLA_MINI_RECIPE);
 }

@@ -15,6 +15,7 @@ import {
 } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 // The label names are the choice indices, as the data files and the leaderboard write them.
 const LABELS = ["0", "1"] as const;
@@ -72,8 +73,11 @@ export const copa: Task = {
  */
 export const COPA_RECIPE: Recipe = paperRecipe("copa", 400, { maxLength: 256 });
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const COPA_MINI_RECIPE: Recipe = miniRecipe(COPA_RECIPE, { epochs: 10 });
+
 // `deno task copa [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(copa, COPA_RECIPE);
+  await runTaskScript(copa, COPA_RECIPE, COPA_MINI_RECIPE);
 }

@@ -11,6 +11,7 @@
 import { labelId, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["not_equivalent", "equivalent"] as const;
 
@@ -45,8 +46,11 @@ export const mrpc: Task = {
 /** The paper's recipe for MRPC with RoBERTa-Large: EH-FT (BitFit), 60 epochs, 10% in Stage 1. */
 export const MRPC_RECIPE: Recipe = paperRecipe("mrpc", 60);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const MRPC_MINI_RECIPE: Recipe = miniRecipe(MRPC_RECIPE, { epochs: 3 });
+
 // `deno task mrpc [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(mrpc, MRPC_RECIPE);
+  await runTaskScript(mrpc, MRPC_RECIPE, MRPC_MINI_RECIPE);
 }

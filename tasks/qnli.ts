@@ -17,6 +17,7 @@ import {
 import { labelId, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["entailment", "not_entailment"] as const;
 
@@ -63,8 +64,11 @@ export const qnli: Task = {
 /** The paper's recipe for QNLI with RoBERTa-Large: EH-FT (BitFit), 10 epochs, 10% in Stage 1. */
 export const QNLI_RECIPE: Recipe = paperRecipe("qnli", 10);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const QNLI_MINI_RECIPE: Recipe = miniRecipe(QNLI_RECIPE, { maxSteps: 600 });
+
 // `deno task qnli [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(qnli, QNLI_RECIPE);
+  await runTaskScript(qnli, QNLI_RECIPE, QNLI_MINI_RECIPE);
 }

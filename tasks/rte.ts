@@ -6,6 +6,7 @@
 import { indexField, labelId, readJsonl, splitFile, stringField } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["entailment", "not_entailment"] as const;
 
@@ -36,8 +37,11 @@ export const rte: Task = {
 /** The paper's recipe for RTE with RoBERTa-Large: EH-FT (BitFit), 60 epochs, 10% in Stage 1. */
 export const RTE_RECIPE: Recipe = paperRecipe("rte", 60);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const RTE_MINI_RECIPE: Recipe = miniRecipe(RTE_RECIPE, { epochs: 4 });
+
 // `deno task rte [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(rte, RTE_RECIPE);
+  await runTaskScript(rte, RTE_RECIPE, RTE_MINI_RECIPE);
 }

@@ -13,6 +13,7 @@
 import { DataError, quote, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 /** A decimal number as GLUE writes scores (an exponent allowed). */
 const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
@@ -58,8 +59,11 @@ export const stsb: Task = {
 /** The paper's recipe for STS-B with RoBERTa-Large: EH-FT (BitFit), 20 epochs, 10% in Stage 1. */
 export const STSB_RECIPE: Recipe = paperRecipe("stsb", 20);
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const STSB_MINI_RECIPE: Recipe = miniRecipe(STSB_RECIPE, { epochs: 3 });
+
 // `deno task stsb [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(stsb, STSB_RECIPE);
+  await runTaskScript(stsb, STSB_RECIPE, STSB_MINI_RECIPE);
 }

@@ -21,6 +21,7 @@ import {
 } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { paperRecipe, type Recipe } from "../train/config.ts";
+import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["false", "true"] as const;
 
@@ -94,8 +95,11 @@ export const wic: Task = {
 /** The paper's recipe for WiC with RoBERTa-Large: EH-FT (BitFit), 40 epochs at lr 3e-5. */
 export const WIC_RECIPE: Recipe = paperRecipe("wic", 40, { lr: 3e-5 });
 
+/** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
+export const WIC_MINI_RECIPE: Recipe = miniRecipe(WIC_RECIPE, { epochs: 3 });
+
 // `deno task wic [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {
   const { runTaskScript } = await import("../train.ts");
-  await runTaskScript(wic, WIC_RECIPE);
+  await runTaskScript(wic, WIC_RECIPE, WIC_MINI_RECIPE);
 }

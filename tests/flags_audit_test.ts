@@ -320,21 +320,24 @@ Deno.test("flags audit: contradictions the user typed are errors", () => {
   ]);
 });
 
-async function taskRecipes(): Promise<[string, Recipe][]> {
-  const out: [string, Recipe][] = [];
+async function taskRecipes(): Promise<[string, string, Recipe][]> {
+  const out: [string, string, Recipe][] = [];
   for (const name of Object.keys(TASKS)) {
     const module = await import(`../tasks/${name}.ts`);
-    const recipe = Object.entries(module).find(([k]) => k.endsWith("_RECIPE"))?.[1];
-    assert(recipe !== undefined, `tasks/${name}.ts exports no *_RECIPE`);
-    out.push([name, recipe as Recipe]);
+    // The paper's recipe and the shipped mini model's (train/default_model.ts).
+    for (const [key, label] of [["_RECIPE", name], ["_MINI_RECIPE", `${name} (mini)`]]) {
+      const recipe = module[`${name.toUpperCase()}${key}`];
+      assert(recipe !== undefined, `tasks/${name}.ts exports no ${name.toUpperCase()}${key}`);
+      out.push([name, label, recipe as Recipe]);
+    }
   }
   return out;
 }
 
 Deno.test("flags audit: a task script's own defaults never conflict with what is typed", async () => {
   const recipes = await taskRecipes();
-  assertEquals(recipes.length, 9);
-  for (const [name, recipe] of recipes) {
+  assertEquals(recipes.length, 18);
+  for (const [task, name, recipe] of recipes) {
     const accepted = (args: string[]) => {
       const got = outcome(() =>
         parseTrainArgs(["--model", "m", "--data", "d", ...args], recipe).config
@@ -359,7 +362,7 @@ Deno.test("flags audit: a task script's own defaults never conflict with what is
     // The recipe's budget (epochs) yields to a typed --max-steps, and the reverse.
     assertEquals(accepted(["--max-steps", "10"]).maxSteps, 10);
     assertEquals(accepted(["--epochs", "2"]).epochs, 2);
-    assertEquals(accepted(["--task", name]).task, name);
+    assertEquals(accepted(["--task", task]).task, task);
     // The issue's example: `deno task rte --strategy ft` with a recipe that says --peft bitfit.
     const ft = accepted(["--strategy", "ft"]);
     assertEquals([ft.peft, ft.stage1Lr], [null, null]);

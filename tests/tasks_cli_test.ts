@@ -40,6 +40,8 @@ async function run(args: string[]): Promise<Result> {
 const test = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
 
+// Task scripts with no --model measure token lengths with the shipped model (models/ehft-mini-en,
+// max length 128); train.ts with no --model (cola here) has no model to measure with.
 test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
   const [rte, copa, cola, stsb] = await Promise.all([
     run(["run", "-A", "tasks/rte.ts", "--dry-run"]),
@@ -52,21 +54,33 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
     task: "rte",
     data: "data/superglue/RTE",
     splits: {
-      train: { examples: 2490, labels: { entailment: 1249, not_entailment: 1241 } },
-      val: { examples: 277, labels: { entailment: 146, not_entailment: 131 } },
+      train: {
+        examples: 2490,
+        labels: { entailment: 1249, not_entailment: 1241 },
+        max_tokens: 293,
+        truncated: 360,
+      },
+      val: {
+        examples: 277,
+        labels: { entailment: 146, not_entailment: 131 },
+        max_tokens: 266,
+        truncated: 38,
+      },
       test: null,
     },
-    max_tokens: null,
+    max_tokens: 293,
+    max_length: 128,
   });
   assertEquals(copa.json(), {
     task: "copa",
     data: "data/superglue/COPA",
     splits: {
-      train: { examples: 400, labels: { "0": 195, "1": 205 } },
-      val: { examples: 100, labels: { "0": 55, "1": 45 } },
+      train: { examples: 400, labels: { "0": 195, "1": 205 }, max_tokens: 26, truncated: 0 },
+      val: { examples: 100, labels: { "0": 55, "1": 45 }, max_tokens: 28, truncated: 0 },
       test: null,
     },
-    max_tokens: null,
+    max_tokens: 28,
+    max_length: 128,
   });
   assertEquals(cola.json(), {
     task: "cola",
@@ -81,8 +95,13 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
   assertEquals(stsb.json(), {
     task: "stsb",
     data: "data/glue/STS-B",
-    splits: { train: { examples: 5749 }, dev: { examples: 1500 }, test: { examples: 1379 } },
-    max_tokens: null,
+    splits: {
+      train: { examples: 5749, max_tokens: 129, truncated: 1 },
+      dev: { examples: 1500, max_tokens: 93, truncated: 0 },
+      test: { examples: 1379, max_tokens: 86, truncated: 0 },
+    },
+    max_tokens: 129,
+    max_length: 128,
   });
 });
 
@@ -106,7 +125,12 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
     assertEquals(partial.code, 0, partial.stderr);
     assertEquals(partial.json().splits, {
       train: null,
-      dev: { examples: 1043, labels: { unacceptable: 322, acceptable: 721 } },
+      dev: {
+        examples: 1043,
+        labels: { unacceptable: 322, acceptable: 721 },
+        max_tokens: 36,
+        truncated: 0,
+      },
       test: null,
     });
     assertEquals(nowhere.code, 0, nowhere.stderr);

@@ -1,0 +1,118 @@
+// The shipped model as every task script's default (train/default_model.ts): which recipe a
+// script runs with and without --model, what it prints at its start, and that the shipped folder
+// is what the model card says (a valid masked-LM checkpoint within the repository's size limits).
+
+import { assert, assertEquals } from "./assert.ts";
+import { readConfig } from "../model/config.ts";
+import { openModel } from "../model/load.ts";
+import { mlmHeadNames } from "../model/mlm_head.ts";
+import { RTE_MINI_RECIPE, RTE_RECIPE } from "../tasks/rte.ts";
+import { TASKS } from "../tasks/all.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import {
+  DEFAULT_MODEL_NAME,
+  MINI_LR,
+  miniRecipe,
+  shippedModelDir,
+  startLines,
+  taskScriptRecipe,
+} from "../train/default_model.ts";
+
+const dir = shippedModelDir();
+
+Deno.test("the shipped model is there: a BertForMaskedLM checkpoint within the size limits", async () => {
+  assert(dir !== null, `models/${DEFAULT_MODEL_NAME} is missing`);
+  const config = await readConfig(`${dir}/config.json`);
+  assertEquals(config.raw.architectures, ["BertForMaskedLM"]);
+  let total = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const size = (await Deno.stat(`${dir}/${e.name}`)).size;
+    assert(size <= 16 * 2 ** 20, `${e.name}: ${size} bytes, more than 16 MB`);
+    total += size;
+  }
+  assert(total <= 24 * 2 ** 20, `${total} bytes in all, more than 24 MB`);
+  const model = await openModel(dir);
+  try {
+    for (const name of Object.values(mlmHeadNames(config))) {
+      assert(model.weights.tensors.has(name), `no ${name}`);
+    }
+    assert(!model.weights.tensors.has("cls.predictions.decoder.weight"), "decoder stored twice");
+    assertEquals(model.tokenizer.encodeText("The jury said"), [
+      model.tokenizer.tokenToId("the")!,
+      model.tokenizer.tokenToId("jury")!,
+      model.tokenizer.tokenToId("said")!,
+    ]);
+  } finally {
+    model.weights.close();
+  }
+  const card = await Deno.readTextFile(`${dir}/README.md`);
+  for (const heading of ["## Shape", "## Vocabulary", "## Corpus", "## Pretraining"]) {
+    assert(card.includes(heading), `the model card has no "${heading}"`);
+  }
+});
+
+Deno.test("task scripts: no --model trains the shipped model on its mini recipe", () => {
+  const none = taskScriptRecipe(["--seeds", "2"], RTE_RECIPE, RTE_MINI_RECIPE);
+  assertEquals(none.usingDefault, true);
+  assertEquals(none.recipe.model, dir);
+  assertEquals([none.recipe.lr, none.recipe.maxLength, none.recipe.epochs], [MINI_LR, 128, 4]);
+  assertEquals([none.recipe.strategy, none.recipe.peft], [RTE_RECIPE.strategy, RTE_RECIPE.peft]);
+  for (const args of [["--model", "x"], ["--model=x"], ["--lr", "1", "--model", "y"]]) {
+    const named = taskScriptRecipe(args, RTE_RECIPE, RTE_MINI_RECIPE);
+    assertEquals([named.usingDefault, named.recipe], [false, RTE_RECIPE], args.join(" "));
+  }
+  // Flags after "--" are not the script's.
+  assertEquals(
+    taskScriptRecipe(["--", "--model", "x"], RTE_RECIPE, RTE_MINI_RECIPE).usingDefault,
+    true,
+  );
+});
+
+Deno.test("every task script has a mini recipe: the paper's method, a budget, 128 tokens", async () => {
+  for (const name of Object.keys(TASKS)) {
+    const module = await import(`../tasks/${name}.ts`);
+    const paper = module[`${name.toUpperCase()}_RECIPE`];
+    const mini = module[`${name.toUpperCase()}_MINI_RECIPE`];
+    assert(mini, `tasks/${name}.ts has no ${name.toUpperCase()}_MINI_RECIPE`);
+    assertEquals([mini.strategy, mini.peft, mini.lr, mini.maxLength], [
+      paper.strategy,
+      paper.peft,
+      MINI_LR,
+      128,
+    ], name);
+    assert((mini.epochs ?? 0) > 0 !== (mini.maxSteps ?? 0) > 0, `${name}: one budget`);
+  }
+});
+
+Deno.test("miniRecipe keeps the paper's strategy and method, replaces the budget", () => {
+  const r = miniRecipe({ task: "x", strategy: "ehft", peft: "lora", epochs: 60, lr: 1e-5 }, {
+    maxSteps: 7,
+  });
+  assertEquals(r, {
+    task: "x",
+    strategy: "ehft",
+    peft: "lora",
+    maxSteps: 7,
+    lr: MINI_LR,
+    maxLength: 128,
+  });
+});
+
+Deno.test("a task script prints its model, data, recipe and the paper's setting", () => {
+  const { recipe } = taskScriptRecipe([], RTE_RECIPE, RTE_MINI_RECIPE);
+  const { config } = parseTrainArgs([], recipe, () => "data/superglue/RTE");
+  const lines = startLines(TASKS.rte, config, true, RTE_RECIPE);
+  assertEquals(lines.length, 4);
+  assert(lines[0].startsWith(`rte: model models/${DEFAULT_MODEL_NAME} (`), lines[0]);
+  assertEquals(lines[1], "rte: data data/superglue/RTE");
+  assert(lines[2].includes("ehft (bitfit), 4 epochs, lr 2e-4"), lines[2]);
+  assert(
+    lines[3].includes("deno task rte --model FacebookAI/roberta-large (ehft (bitfit), 60 epochs"),
+    lines[3],
+  );
+  const paper = parseTrainArgs(["--model", "FacebookAI/roberta-large"], RTE_RECIPE, () => "d")
+    .config;
+  const own = startLines(TASKS.rte, paper, false, RTE_RECIPE);
+  assertEquals(own.length, 3, "no advice to run what is being run");
+  assertEquals(own[0], "rte: model FacebookAI/roberta-large");
+});

@@ -1,0 +1,114 @@
+// The model a task script trains when no --model is given: the toolkit's own small English
+// encoder in models/ehft-mini-en/ (pretrained by pretrain.ts, see its README), so that
+// `deno task rte` works offline and on a machine without a GPU. With it comes a recipe of its
+// own (a few epochs at a small model's learning rate, its 128 positions), since the paper's
+// recipe is sized for RoBERTa-Large on a GPU. Every flag the user types still wins.
+
+import type { Recipe, TrainConfig } from "./config.ts";
+import type { Task } from "./task.ts";
+
+export const DEFAULT_MODEL_NAME = "ehft-mini-en";
+
+/**
+ * The shipped model's folder, or null when this module is not a local file (imported by URL) or
+ * the folder has no config.json (a checkout without it).
+ */
+export function shippedModelDir(): string | null {
+  const url = new URL(`../models/${DEFAULT_MODEL_NAME}`, import.meta.url);
+  if (url.protocol !== "file:") return null;
+  const dir = decodeURIComponent(url.pathname);
+  try {
+    Deno.statSync(`${dir}/config.json`);
+    return dir;
+  } catch {
+    return null;
+  }
+}
+
+/** The shipped model's learning rate for full fine-tuning and Stage 2 (a 2-layer, 128-wide BERT). */
+export const MINI_LR = 2e-4;
+
+/**
+ * A task's recipe for the shipped model: the paper's recipe (its strategy and method) with a
+ * budget of `budget` (epochs, or steps for the largest tasks), the small model's learning rate and
+ * its 128 positions.
+ */
+export function miniRecipe(
+  paper: Recipe,
+  budget: { epochs: number } | { maxSteps: number },
+): Recipe {
+  const { epochs: _epochs, maxSteps: _maxSteps, ...rest } = paper;
+  return { ...rest, ...budget, lr: MINI_LR, maxLength: 128 };
+}
+
+/** Whether the arguments name a model (`--model X` or `--model=X`). */
+function namesModel(args: readonly string[]): boolean {
+  const end = args.indexOf("--");
+  return (end < 0 ? args : args.slice(0, end)).some((a) =>
+    a === "--model" || a.startsWith("--model=")
+  );
+}
+
+/**
+ * The recipe a task script runs: `mini` with the shipped model when the arguments name no model
+ * (and the model is there), else the paper's. `usingDefault` says which.
+ */
+export function taskScriptRecipe(
+  args: readonly string[],
+  paper: Recipe,
+  mini: Recipe | undefined,
+): { recipe: Recipe; usingDefault: boolean } {
+  const dir = shippedModelDir();
+  if (namesModel(args) || !mini || dir === null) return { recipe: paper, usingDefault: false };
+  return { recipe: { ...mini, model: dir }, usingDefault: true };
+}
+
+/** What a run's budget reads as. */
+function budgetText(c: TrainConfig): string {
+  return c.maxSteps !== null ? `${c.maxSteps} steps` : `${c.epochs} epochs`;
+}
+
+/** A learning rate as people write it: 2e-4, 1e-5 (String gives 0.0002, 0.00001). */
+function lrText(lr: number | undefined): string {
+  if (lr === undefined) return "the default";
+  return lr !== 0 && Math.abs(lr) < 0.01 ? lr.toExponential().replace(/\.?0*e/, "e") : String(lr);
+}
+
+function method(strategy: string, peft: string | null): string {
+  return peft ? `${strategy} (${peft})` : strategy;
+}
+
+/** The lines a task script prints at its start: model, data, recipe, and the paper's setting. */
+export function startLines(
+  task: Task,
+  config: TrainConfig,
+  usingDefault: boolean,
+  paper: Recipe,
+): string[] {
+  const model = usingDefault
+    ? `models/${DEFAULT_MODEL_NAME} (the toolkit's own 2-layer English encoder, pretrained on a ` +
+      `CPU: an offline start, far from the paper's numbers; see models/${DEFAULT_MODEL_NAME}/` +
+      `README.md)`
+    : config.model;
+  const seeds = config.seeds > 1 ? `, ${config.seeds} seeds` : "";
+  const lines = [
+    `${task.name}: model ${model}`,
+    `${task.name}: data ${config.data}`,
+    `${task.name}: ${method(config.strategy, config.peft)}, ${budgetText(config)}, lr ` +
+    `${lrText(config.lr)}, batch ${config.batchSize}, max length ${
+      config.maxLength ?? "the model's"
+    }` +
+    `${seeds} → ${config.out}`,
+  ];
+  if (!/roberta-large/i.test(config.model)) {
+    const paperBudget = paper.maxSteps !== undefined
+      ? `${paper.maxSteps} steps`
+      : `${paper.epochs} epochs`;
+    lines.push(
+      `${task.name}: the paper's setting: deno task ${task.name} --model ` +
+        `FacebookAI/roberta-large (${method(paper.strategy ?? "ehft", paper.peft ?? null)}, ` +
+        `${paperBudget}, lr ${lrText(paper.lr)}, max length ${paper.maxLength}; a GPU)`,
+    );
+  }
+  return lines;
+}
