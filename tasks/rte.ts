@@ -38,7 +38,7 @@ export const rte: Task = {
 export const RTE_RECIPE: Recipe = paperRecipe("rte", 60);
 
 /** The recipe for the shipped mini model (no --model): see train/default_model.ts. */
-export const RTE_MINI_RECIPE: Recipe = miniRecipe(RTE_RECIPE, { epochs: 4 });
+export const RTE_MINI_RECIPE: Recipe = miniRecipe(RTE_RECIPE, { epochs: 3 });
 
 // `deno task rte [train.ts flags]`: every flag overrides the recipe.
 if (import.meta.main) {

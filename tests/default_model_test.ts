@@ -55,7 +55,7 @@ Deno.test("task scripts: no --model trains the shipped model on its mini recipe"
   const none = taskScriptRecipe(["--seeds", "2"], RTE_RECIPE, RTE_MINI_RECIPE);
   assertEquals(none.usingDefault, true);
   assertEquals(none.recipe.model, dir);
-  assertEquals([none.recipe.lr, none.recipe.maxLength, none.recipe.epochs], [MINI_LR, 128, 4]);
+  assertEquals([none.recipe.lr, none.recipe.maxLength, none.recipe.epochs], [MINI_LR, 128, 3]);
   assertEquals([none.recipe.strategy, none.recipe.peft], [RTE_RECIPE.strategy, RTE_RECIPE.peft]);
   for (const args of [["--model", "x"], ["--model=x"], ["--lr", "1", "--model", "y"]]) {
     const named = taskScriptRecipe(args, RTE_RECIPE, RTE_MINI_RECIPE);
@@ -105,7 +105,7 @@ Deno.test("a task script prints its model, data, recipe and the paper's setting"
   assertEquals(lines.length, 4);
   assert(lines[0].startsWith(`rte: model models/${DEFAULT_MODEL_NAME} (`), lines[0]);
   assertEquals(lines[1], "rte: data data/superglue/RTE");
-  assert(lines[2].includes("ehft (bitfit), 4 epochs, lr 2e-4"), lines[2]);
+  assert(lines[2].includes("ehft (bitfit), 3 epochs, lr 2e-4"), lines[2]);
   assert(
     lines[3].includes("deno task rte --model FacebookAI/roberta-large (ehft (bitfit), 60 epochs"),
     lines[3],
