@@ -1,0 +1,137 @@
+// The evidence for the shipped mini model (README, "The shipped model"): on the shipped task data,
+// the pretrained mini encoder against a randomly initialised one of the same shape under full
+// fine-tuning, and FT against EH-FT (BitFit, LoRA) and LP-FT with the pretrained one, 4 seeds each,
+// every run on the task's mini recipe (tasks/<task>.ts, *_MINI_RECIPE), then report.ts's table.
+//
+//   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence]
+//
+// Runs one after another; a finished run (metrics.json) is skipped and an unfinished one resumed,
+// so the command can be repeated until everything is done. The random model is made first with
+// tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
+
+import { parseArgs } from "node:util";
+import { TASKS } from "../tasks/all.ts";
+import type { Recipe } from "../train/config.ts";
+import { shippedModelDir } from "../train/default_model.ts";
+
+const METHODS: { name: string; flags: string[]; random?: boolean }[] = [
+  { name: "ft", flags: ["--strategy", "ft"] },
+  { name: "ft-random", flags: ["--strategy", "ft"], random: true },
+  { name: "ehft-bitfit", flags: ["--strategy", "ehft", "--peft", "bitfit"] },
+  { name: "ehft-lora", flags: ["--strategy", "ehft", "--peft", "lora"] },
+  { name: "lpft", flags: ["--strategy", "lpft"] },
+];
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+async function run(args: string[]): Promise<void> {
+  console.error(`mini_evidence: deno ${args.join(" ")}`);
+  const started = performance.now();
+  const status = await new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "inherit",
+    stderr: "inherit",
+  })
+    .spawn().status;
+  if (!status.success) throw new Error(`deno ${args.join(" ")} failed (exit ${status.code})`);
+  console.error(`mini_evidence: done in ${((performance.now() - started) / 60000).toFixed(1)} min`);
+}
+
+/** A mini recipe's budget and settings as flags (the strategy comes from the method). */
+function recipeFlags(r: Recipe): string[] {
+  const flags: string[] = [];
+  if (r.epochs !== undefined) flags.push("--epochs", String(r.epochs));
+  if (r.maxSteps !== undefined) flags.push("--max-steps", String(r.maxSteps));
+  if (r.lr !== undefined) flags.push("--lr", String(r.lr));
+  if (r.maxLength !== undefined) flags.push("--max-length", String(r.maxLength));
+  if (r.batchSize !== undefined) flags.push("--batch-size", String(r.batchSize));
+  return flags;
+}
+
+async function main(): Promise<void> {
+  const { values: f } = parseArgs({
+    args: Deno.args,
+    options: {
+      tasks: { type: "string", default: "cb,rte" },
+      seeds: { type: "string", default: "4" },
+      out: { type: "string", default: "runs/mini-evidence" },
+      methods: { type: "string" },
+    },
+    strict: true,
+  });
+  const root = new URL("..", import.meta.url).pathname;
+  const model = shippedModelDir();
+  if (!model || !(await exists(`${model}/config.json`))) {
+    throw new Error("the shipped model (models/ehft-mini-en) is missing");
+  }
+  const out = f.out!;
+  const random = `${out}/random-mini`;
+  if (!(await exists(`${random}/model.safetensors`))) {
+    const config = JSON.parse(await Deno.readTextFile(`${model}/config.json`));
+    await run([
+      "run",
+      "-A",
+      `${root}tools/random_model.ts`,
+      "--out",
+      random,
+      "--vocab",
+      `${model}/vocab.txt`,
+      "--layers",
+      String(config.num_hidden_layers),
+      "--hidden",
+      String(config.hidden_size),
+      "--heads",
+      String(config.num_attention_heads),
+      "--intermediate",
+      String(config.intermediate_size),
+      "--max-positions",
+      String(config.max_position_embeddings),
+      "--seed",
+      "0",
+    ]);
+  }
+  const methods = f.methods
+    ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
+    : METHODS;
+  for (const name of f.tasks!.split(",")) {
+    const task = TASKS[name];
+    if (!task) throw new Error(`--tasks: unknown task "${name}"`);
+    const module = await import(`../tasks/${name}.ts`);
+    const mini = module[`${name.toUpperCase()}_MINI_RECIPE`] as Recipe | undefined;
+    if (!mini) throw new Error(`tasks/${name}.ts has no ${name.toUpperCase()}_MINI_RECIPE`);
+    for (const m of methods) {
+      const dir = `${out}/${name}-${m.name}`;
+      if (await exists(`${dir}/metrics.json`)) continue;
+      await run([
+        "run",
+        "-A",
+        `${root}tasks/${name}.ts`,
+        "--model",
+        m.random ? random : model,
+        ...recipeFlags(mini),
+        ...m.flags,
+        "--seeds",
+        f.seeds!,
+        "--out",
+        dir,
+        ...((await exists(`${dir}/run.json`)) ? ["--resume"] : []),
+      ]);
+    }
+  }
+  await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
+}
+
+try {
+  await main();
+} catch (e) {
+  console.error(`mini_evidence: ${(e as Error).message}`);
+  Deno.exit(1);
+}
