@@ -5,6 +5,7 @@
 // text came from.
 
 import { writeFileAtomic } from "../model/atomic_write.ts";
+import { envReader, trimSlash, userCacheBase } from "./data_download.ts";
 import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
@@ -52,45 +53,16 @@ export const BROWN_CATEGORIES: Readonly<Record<string, string>> = {
   r: "humor",
 };
 
-type Env = (name: string) => string | undefined;
-
-function envReader(env?: Record<string, string | undefined>): Env {
-  const get = env ? (name: string) => env[name] : (name: string) => Deno.env.get(name);
-  return (name) => {
-    const value = get(name);
-    return value === undefined || value === "" ? undefined : value;
-  };
-}
-
-function trimSlash(path: string): string {
-  return path.length > 1 ? path.replace(/[\\/]+$/, "") : path;
-}
-
-function homeDir(get: Env): string {
-  const home = get("HOME") ?? get("USERPROFILE");
-  if (!home) {
-    throw new CorpusError(
-      "cannot find the home directory for the corpus cache: set HOME or XDG_CACHE_HOME",
-    );
-  }
-  return trimSlash(home);
-}
-
-function expandUser(path: string, get: Env): string {
-  if (path === "~") return homeDir(get);
-  if (path.startsWith("~/") || path.startsWith("~\\")) return homeDir(get) + path.slice(1);
-  return path;
-}
-
 /**
  * Where fetched corpora are kept: `$XDG_CACHE_HOME/ehft/corpora`, else `~/.cache/ehft/corpora`
  * (next to the data cache of train/data_download.ts).
  */
 export function corpusCacheDir(env?: Record<string, string | undefined>): string {
-  const get = envReader(env);
-  const xdg = get("XDG_CACHE_HOME");
-  const base = xdg ? trimSlash(expandUser(xdg, get)) : `${homeDir(get)}/.cache`;
-  return `${base}/ehft/corpora`;
+  const missingHome = () =>
+    new CorpusError(
+      "cannot find the home directory for the corpus cache: set HOME or XDG_CACHE_HOME",
+    );
+  return `${userCacheBase(envReader(env), missingHome)}/ehft/corpora`;
 }
 
 function isTrue(value: string | undefined): boolean {

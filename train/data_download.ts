@@ -86,9 +86,10 @@ const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 // fflate inflates each entry into one buffer of its stated size: refuse absurd ones.
 const MAX_ENTRY_BYTES = 2 ** 31 - 1;
 
-type Env = (name: string) => string | undefined;
+export type Env = (name: string) => string | undefined;
 
-function envReader(env?: Record<string, string | undefined>): Env {
+/** Reads the environment (or `env`, in tests), an empty value counting as unset. */
+export function envReader(env?: Record<string, string | undefined>): Env {
   const get = env ? (name: string) => env[name] : (name: string) => Deno.env.get(name);
   return (name) => {
     const value = get(name);
@@ -96,25 +97,35 @@ function envReader(env?: Record<string, string | undefined>): Env {
   };
 }
 
-function trimSlash(path: string): string {
+export function trimSlash(path: string): string {
   return path.length > 1 ? path.replace(/[\\/]+$/, "") : path;
 }
 
-function homeDir(get: Env): string {
+/** The home directory; `missingHome` makes the error when neither HOME nor USERPROFILE is set. */
+function homeDir(get: Env, missingHome: () => Error): string {
   const home = get("HOME") ?? get("USERPROFILE");
-  if (!home) {
-    throw new DatasetError(
-      "cannot find the home directory for the data cache: set HOME or EHFT_DATA_CACHE",
-    );
-  }
+  if (!home) throw missingHome();
   return trimSlash(home);
 }
 
-function expandUser(path: string, get: Env): string {
-  if (path === "~") return homeDir(get);
-  if (path.startsWith("~/") || path.startsWith("~\\")) return homeDir(get) + path.slice(1);
+function expandUser(path: string, get: Env, missingHome: () => Error): string {
+  if (path === "~") return homeDir(get, missingHome);
+  if (path.startsWith("~/") || path.startsWith("~\\")) {
+    return homeDir(get, missingHome) + path.slice(1);
+  }
   return path;
 }
+
+/** The user's cache folder: `$XDG_CACHE_HOME` (with `~` expanded), else `~/.cache`. */
+export function userCacheBase(get: Env, missingHome: () => Error): string {
+  const xdg = get("XDG_CACHE_HOME");
+  return xdg ? trimSlash(expandUser(xdg, get, missingHome)) : `${homeDir(get, missingHome)}/.cache`;
+}
+
+const noDataHome = () =>
+  new DatasetError(
+    "cannot find the home directory for the data cache: set HOME or EHFT_DATA_CACHE",
+  );
 
 /**
  * The folder downloaded data sets are kept in: `$EHFT_DATA_CACHE`, else
@@ -123,10 +134,8 @@ function expandUser(path: string, get: Env): string {
 export function dataCacheDir(env?: Record<string, string | undefined>): string {
   const get = envReader(env);
   const explicit = get("EHFT_DATA_CACHE");
-  if (explicit) return trimSlash(expandUser(explicit, get));
-  const xdg = get("XDG_CACHE_HOME");
-  const base = xdg ? trimSlash(expandUser(xdg, get)) : `${homeDir(get)}/.cache`;
-  return `${base}/ehft/data`;
+  if (explicit) return trimSlash(expandUser(explicit, get, noDataHome));
+  return `${userCacheBase(get, noDataHome)}/ehft/data`;
 }
 
 function isTrue(value: string | undefined): boolean {
