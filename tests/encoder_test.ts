@@ -38,6 +38,7 @@ import {
   initialHeadValues,
 } from "../model/head.ts";
 import { openSafetensors, type SafetensorsReader } from "../model/safetensors.ts";
+import { readReference } from "./train_fixture.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 
@@ -62,20 +63,9 @@ function fixture(name: string): Promise<Fixture> {
       const dir = new URL(`${name}/`, FIXTURES).pathname;
       const config = await readConfig(`${dir}config.json`);
       const model = await openSafetensors(`${dir}model.safetensors`);
-      const reader = await openSafetensors(`${dir}reference.safetensors`);
-      const ref = new Map<string, Float64Array>();
-      for (const [n, info] of reader.tensors) {
-        const data = (await reader.read(n)).data;
-        ref.set(
-          n,
-          info.dtype === "I64"
-            ? Float64Array.from(data as BigInt64Array, Number)
-            : data as Float64Array,
-        );
-      }
-      const [B, S] = reader.tensors.get("input_ids")!.shape;
-      reader.close();
-      const classes = reader.tensors.get("logits")!.shape[1];
+      const { ref, shapes } = await readReference(`${dir}reference.safetensors`);
+      const [B, S] = shapes.get("input_ids")!;
+      const classes = shapes.get("logits")![1];
       return { name, config, model, ref, B, S, classes, wic: ref.has("span1") };
     })();
     fixtures.set(name, f);

@@ -26,6 +26,7 @@ import { type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type ModelConfig, readConfig } from "../model/config.ts";
 import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import { openSafetensors, type SafetensorsReader } from "../model/safetensors.ts";
+import { readReference } from "./train_fixture.ts";
 import {
   batchIndices,
   generator,
@@ -62,19 +63,8 @@ function fixture(): Promise<Fixture> {
   loaded ??= (async () => {
     const config = await readConfig(`${FIXTURE}config.json`);
     const model = await openSafetensors(`${FIXTURE}model.safetensors`);
-    const reader = await openSafetensors(`${FIXTURE}reference.safetensors`);
-    const ref = new Map<string, Float64Array>();
-    for (const [n, info] of reader.tensors) {
-      const data = (await reader.read(n)).data;
-      ref.set(
-        n,
-        info.dtype === "I64"
-          ? Float64Array.from(data as BigInt64Array, Number)
-          : data as Float64Array,
-      );
-    }
-    const [B, S] = reader.tensors.get("input_ids")!.shape;
-    reader.close();
+    const { ref, shapes } = await readReference(`${FIXTURE}reference.safetensors`);
+    const [B, S] = shapes.get("input_ids")!;
     return { config, model, ref, B, S };
   })();
   return loaded;

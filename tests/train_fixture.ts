@@ -127,3 +127,30 @@ export function assertSameFiles(
     assert(got !== undefined && sameBytes(got, bytes), `${what}: ${name} differs`);
   }
 }
+
+/**
+ * A PyTorch reference file (tools/make_fixtures.py, tools/make_mlm_fixture.py): every tensor as
+ * float64 (I64 inputs converted), and each tensor's shape.
+ */
+export async function readReference(
+  path: string,
+): Promise<{ ref: Map<string, Float64Array>; shapes: Map<string, number[]> }> {
+  const reader = await openSafetensors(path);
+  try {
+    const ref = new Map<string, Float64Array>();
+    const shapes = new Map<string, number[]>();
+    for (const [n, info] of reader.tensors) {
+      const data = (await reader.read(n)).data;
+      ref.set(
+        n,
+        info.dtype === "I64"
+          ? Float64Array.from(data as BigInt64Array, Number)
+          : data as Float64Array,
+      );
+      shapes.set(n, [...info.shape]);
+    }
+    return { ref, shapes };
+  } finally {
+    reader.close();
+  }
+}
