@@ -9,6 +9,7 @@ import { rng } from "./random.ts";
 import {
   assertSameFiles,
   readTree,
+  sigkill,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
@@ -41,8 +42,7 @@ async function runAndKillAfter(args: string[], ms: number): Promise<boolean> {
   let finished = false;
   const status = child.status.then((s) => (finished = true, s));
   await Promise.race([status, new Promise((r) => setTimeout(r, ms))]);
-  const killed = !finished;
-  if (killed) child.kill("SIGKILL");
+  const killed = !finished && sigkill(child);
   const s = await status;
   await stderr;
   if (!killed && !s.success) throw new Error(`train.ts failed before the kill: ${await stderr}`);

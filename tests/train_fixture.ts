@@ -154,3 +154,17 @@ export async function readReference(
     reader.close();
   }
 }
+
+/**
+ * SIGKILLs a child; returns false when it had already exited. It can exit after the caller saw
+ * it running but before its `status` settled: Deno then knows and kill() throws.
+ */
+export function sigkill(child: Deno.ChildProcess): boolean {
+  try {
+    child.kill("SIGKILL");
+    return true;
+  } catch (e) {
+    if (e instanceof TypeError && /already terminated/.test(e.message)) return false;
+    throw e;
+  }
+}

@@ -10,6 +10,7 @@ import {
   exists,
   readTree,
   sameBytes,
+  sigkill,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
@@ -49,8 +50,7 @@ async function runAndKill(args: string[], ready: () => Promise<boolean>): Promis
     return s;
   });
   while (!finished && !(await ready())) await new Promise((r) => setTimeout(r, 10));
-  const killed = !finished;
-  if (killed) child.kill("SIGKILL");
+  const killed = !finished && sigkill(child);
   const s = await status;
   if (!killed && !s.success) throw new Error(`train.ts failed: ${await stderr}`);
   await stderr;
