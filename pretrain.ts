@@ -150,6 +150,32 @@ async function main(args: string[]): Promise<void> {
     if (!f.quiet) console.error(line);
   };
   const t0 = performance.now();
+  // The output folder is checked before the corpus is read and tokenized (a minute or more).
+  const settingsPath = `${out}/pretrain.json`;
+  let savedSettings: string | null = null;
+  if (f.resume) {
+    savedSettings = await Deno.readTextFile(settingsPath).catch(() => null);
+    if (savedSettings === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
+  } else {
+    let held: string | null = null;
+    try {
+      for await (const e of Deno.readDir(out)) {
+        held = e.name;
+        break;
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    if (held !== null) {
+      throw new FlagError(
+        `--out ${out} is not empty (it holds ${held}); choose a new folder or --resume`,
+      );
+    }
+  }
+  const hidden = int("hidden"), heads = int("heads");
+  if (!f.model && hidden % heads !== 0) {
+    throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
+  }
 
   // The model: a new one of the flags' shape, or a checkpoint to continue from.
   let config: ModelConfig;
@@ -208,10 +234,6 @@ async function main(args: string[]): Promise<void> {
     const pruned = pruneVocabulary(fullVocab, allText(), { minCount });
     vocabText = vocabTxt(pruned);
     tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
-    const hidden = int("hidden"), heads = int("heads");
-    if (hidden % heads !== 0) {
-      throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
-    }
     const raw = {
       architectures: ["BertForMaskedLM"],
       model_type: "bert",
@@ -305,21 +327,12 @@ async function main(args: string[]): Promise<void> {
     masking: "15% of tokens; 80% [MASK], 10% random, 10% kept",
   };
   await Deno.mkdir(out, { recursive: true });
-  const settingsPath = `${out}/pretrain.json`;
   if (f.resume) {
-    const saved = await Deno.readTextFile(settingsPath).catch(() => null);
-    if (saved === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
-    const before = JSON.parse(saved).settings;
+    const before = JSON.parse(savedSettings!).settings;
     if (JSON.stringify(before) !== JSON.stringify(settings)) {
       throw new FlagError(
         `--resume: the flags differ from the run in ${out} (see ${settingsPath}); resume with ` +
           `the same flags`,
-      );
-    }
-  } else {
-    for await (const e of Deno.readDir(out)) {
-      throw new FlagError(
-        `--out ${out} is not empty (it holds ${e.name}); choose a new folder or --resume`,
       );
     }
   }

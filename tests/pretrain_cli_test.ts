@@ -120,6 +120,31 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
   }
 });
 
+test("pretrain.ts checks --out, --resume and the shape before reading the corpus", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // The corpus does not exist: each error must come first, as one line.
+    const args = ["--corpus", `${dir}/missing.txt`, ...SMALL];
+    await Deno.mkdir(`${dir}/used`);
+    await Deno.writeTextFile(`${dir}/used/notes.txt`, "mine\n");
+    const cases: [string[], string][] = [
+      [["--out", `${dir}/used`], `--out ${dir}/used is not empty (it holds notes.txt)`],
+      [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
+      [["--out", `${dir}/new`, "--hidden", "15", "--heads", "2"], "--hidden 15 is not a multiple"],
+    ];
+    for (const [flags, message] of cases) {
+      const r = await pretrain([...flags, ...args]);
+      assertEquals(r.code, 1, r.stderr);
+      assert(r.stderr.includes(message), r.stderr);
+      assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+    assertEquals(await Deno.readTextFile(`${dir}/used/notes.txt`), "mine\n");
+    assert(!(await exists(`${dir}/new`)), "a refused run creates no folder");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("pretrain.ts --model continues a checkpoint on its own vocabulary", async () => {
   const dir = await Deno.makeTempDir();
   try {
