@@ -36,7 +36,12 @@ import { modelTuneShapes } from "./train/run.ts";
 import { MLM_PROBABILITY } from "./train/mlm_data.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";
-import { prunedTokenizerJson, pruneVocabulary, vocabTxt } from "./train/vocab_prune.ts";
+import {
+  prunedTokenizerConfig,
+  prunedTokenizerJson,
+  pruneVocabulary,
+  vocabTxt,
+} from "./train/vocab_prune.ts";
 import { numberFlag } from "./train/config.ts";
 
 const FLAGS = {
@@ -181,6 +186,8 @@ async function main(args: string[]): Promise<void> {
   let config: ModelConfig;
   let tokenizer: TextTokenizer;
   let tokenizerJson: string;
+  // Hugging Face's tokenizer settings (maximum length, casing): the checkpoint's own, if any.
+  let tokenizerConfig: string | null = null;
   let vocabText: string | null = null;
   let initialEncoder: Map<string, Float32Array>;
   let initialHead: MlmHeadParams<Float32Array>;
@@ -197,6 +204,9 @@ async function main(args: string[]): Promise<void> {
     const opened = await openModel(f.model);
     config = opened.config;
     tokenizer = opened.tokenizer;
+    tokenizerConfig = await Deno.readTextFile(`${opened.dir}/tokenizer_config.json`).catch(() =>
+      null
+    );
     tokenizerJson = await Deno.readTextFile(`${opened.dir}/tokenizer.json`).catch(async () =>
       JSON.stringify(await convertTokenizerDir(opened.dir))
     );
@@ -234,6 +244,11 @@ async function main(args: string[]): Promise<void> {
     const pruned = pruneVocabulary(fullVocab, allText(), { minCount });
     vocabText = vocabTxt(pruned);
     tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
+    tokenizerConfig = JSON.stringify(
+      prunedTokenizerConfig(pruned, int("max-positions", 8)),
+      null,
+      2,
+    ) + "\n";
     const raw = {
       architectures: ["BertForMaskedLM"],
       model_type: "bert",
@@ -391,6 +406,9 @@ async function main(args: string[]): Promise<void> {
     quiet: f.quiet,
   });
   await writeFileAtomic(`${out}/model/tokenizer.json`, tokenizerJson);
+  if (tokenizerConfig !== null) {
+    await writeFileAtomic(`${out}/model/tokenizer_config.json`, tokenizerConfig);
+  }
   if (vocabText !== null) await writeFileAtomic(`${out}/model/vocab.txt`, vocabText);
   await writeFileAtomic(
     `${out}/result.json`,

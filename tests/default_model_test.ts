@@ -37,6 +37,10 @@ Deno.test("the shipped model is there: a BertForMaskedLM checkpoint within the s
       assert(model.weights.tensors.has(name), `no ${name}`);
     }
     assert(!model.weights.tensors.has("cls.predictions.decoder.weight"), "decoder stored twice");
+    // What Hugging Face's AutoTokenizer needs beyond tokenizer.json: the length limit, casing.
+    const tc = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer_config.json`));
+    assertEquals(tc.model_max_length, config.maxPositions);
+    assertEquals([tc.tokenizer_class, tc.do_lower_case], ["BertTokenizer", true]);
     assertEquals(model.tokenizer.encodeText("The jury said"), [
       model.tokenizer.tokenToId("the")!,
       model.tokenizer.tokenToId("jury")!,

@@ -1,7 +1,7 @@
 // pretrain.ts from the command line: from scratch on a plain-text corpus (pruned vocabulary,
 // tokenizer.json and vocab.txt beside the weights), continuing a checkpoint (domain-adaptive:
 // its own vocabulary and shape, and a model that fine-tunes afterwards), --resume refusing other
-// flags, and one-line errors for a run folder in use and an empty corpus.
+// flags, one-line errors for a run folder in use and an empty corpus, and tools/ship_model.ts.
 
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
@@ -106,6 +106,28 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
     }
     const settings = JSON.parse(await Deno.readTextFile(`${out}/pretrain.json`));
     assertEquals(settings.settings.shape.layers, 1);
+    const tcText = await Deno.readTextFile(`${out}/model/tokenizer_config.json`);
+    const tc = JSON.parse(tcText);
+    assertEquals([tc.model_max_length, tc.do_lower_case, tc.mask_token], [16, true, "[MASK]"]);
+
+    // tools/ship_model.ts turns the run into a model folder with its card, and writes the same
+    // tokenizer_config.json for a run from before pretrain.ts wrote one.
+    await Deno.remove(`${out}/model/tokenizer_config.json`);
+    const ship = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${ROOT}tools/ship_model.ts`, "--run", out, "--out", `${dir}/shipped`],
+      env: { XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(ship.code, 0, new TextDecoder().decode(ship.stderr));
+    assertEquals(await Deno.readTextFile(`${dir}/shipped/tokenizer_config.json`), tcText);
+    const card = await Deno.readTextFile(`${dir}/shipped/README.md`);
+    for (const line of ["| layers | 1 |", "| steps | 4 |", "| hidden size | 16 |"]) {
+      assert(card.includes(line), line);
+    }
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"]) {
+      assert(await exists(`${dir}/shipped/${f}`), f);
+    }
     assertEquals(settings.corpus.sources, [`${dir}/corpus.txt`]);
 
     const again = await pretrain(args);
@@ -150,6 +172,8 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
   try {
     await writeCorpus(`${dir}/corpus.txt`);
     await writeTinyBert(`${dir}/base`, false);
+    const tokenizerConfig = '{"do_lower_case": true, "model_max_length": 33}\n';
+    await Deno.writeTextFile(`${dir}/base/tokenizer_config.json`, tokenizerConfig);
     const out = `${dir}/run`;
     const r = await pretrain([
       "--out",
@@ -165,6 +189,8 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     model.weights.close();
     assertEquals(model.config.vocabSize, VOCAB.length);
     assertEquals(model.config.numLayers, 2);
+    // The checkpoint's own tokenizer settings go with it.
+    assertEquals(await Deno.readTextFile(`${out}/model/tokenizer_config.json`), tokenizerConfig);
     const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
       JSON.parse(l)
     );

@@ -3,17 +3,26 @@
 //   deno run -A tools/ship_model.ts --run RUN_DIR --out models/ehft-mini-en [--name ehft-mini-en]
 //     [--hardware "2-core Xeon, lavapipe"]
 //
-// Copies the run's model/ (config.json, model.safetensors, tokenizer.json, vocab.txt), checks the
-// sizes the repository allows (each file ≤ 16 MB, the folder ≤ 24 MB), and writes README.md from
+// Copies the run's model/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+// vocab.txt), checks the sizes the repository allows (each file ≤ 16 MB, the folder ≤ 24 MB),
+// and writes README.md from
 // the run's own records: pretrain.json (settings, corpus), log.jsonl (losses, held-out MLM loss
 // and accuracy, tokens, time) and result.json (device). Nothing in the card is typed by hand.
 
 import { parseArgs } from "node:util";
 import { openSafetensors } from "../model/safetensors.ts";
+import { vocabLooksCased } from "../model/tokenizer_convert.ts";
+import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
 
 const MAX_FILE = 16 * 1024 * 1024;
 const MAX_TOTAL = 24 * 1024 * 1024;
-const FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"];
+const FILES = [
+  "config.json",
+  "model.safetensors",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "vocab.txt",
+];
 
 interface LogRecord {
   step: number;
@@ -78,6 +87,16 @@ async function main(): Promise<void> {
 
   await Deno.mkdir(out, { recursive: true });
   let total = 0;
+  const tokenizerConfig = `${run}/model/tokenizer_config.json`;
+  if (!(await Deno.stat(tokenizerConfig).then(() => true, () => false))) {
+    // Runs from before pretrain.ts wrote one: the same file, from the run's shape and vocabulary.
+    const vocab = (await Deno.readTextFile(`${run}/model/vocab.txt`)).split("\n");
+    const settings = prunedTokenizerConfig(
+      { wordPiece: { doLowerCase: !vocabLooksCased(vocab) } },
+      s.shape.max_positions,
+    );
+    await Deno.writeTextFile(tokenizerConfig, JSON.stringify(settings, null, 2) + "\n");
+  }
   for (const file of FILES) {
     const from = `${run}/model/${file}`;
     const size = (await Deno.stat(from)).size;
@@ -117,6 +136,9 @@ setting.
 
 It is a valid Hugging Face masked-LM checkpoint (\`BertForMaskedLM\`; the decoder is tied to the
 word embeddings and not stored twice, as \`save_pretrained\` writes it).
+It has no pooler (\`bert.pooler.*\`, which BERT trains by next-sentence prediction, not done
+here): \`BertForSequenceClassification\` would start one at random; this toolkit's heads read the
+first token's final hidden state and use none.
 
 ## Shape
 
@@ -141,7 +163,9 @@ bert-base-uncased's WordPiece vocabulary (\`data/tokenizers/bert-base-uncased/vo
 2.0), pruned to the tokens the corpus's tokenization uses at least ${s.min_count} times (pruning
 repeated until stable), keeping the five special tokens and every single character with its \`##\`
 form, so every word still tokenizes: ${s.shape.vocab} of 30,522 tokens. Lower-cased, accents
-stripped, as bert-base-uncased. \`tokenizer.json\` and \`vocab.txt\` are written with the weights.
+stripped, as bert-base-uncased. \`tokenizer.json\`, \`tokenizer_config.json\` (maximum length
+${s.shape.max_positions}, lower-casing, for Hugging Face's \`AutoTokenizer\`) and \`vocab.txt\` are
+written with the weights.
 
 ## Corpus
 

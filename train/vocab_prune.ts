@@ -198,3 +198,30 @@ export function prunedTokenizerJson(
 ): TokenizerJson {
   return convertWordPiece(vocabTxt(pruned), { ...pruned.wordPiece, ...options });
 }
+
+/**
+ * The pruned vocabulary's tokenizer_config.json, as Hugging Face's BertTokenizer saves one. Without
+ * it `AutoTokenizer` knows no maximum length (`truncation=True` would not cut at the model's
+ * positions) and, in transformers versions whose BertTokenizer defaults to cased, would not
+ * lower-case: the casing in tokenizer.json's normalizer is not what those versions read.
+ */
+export function prunedTokenizerConfig(
+  pruned: Pick<PrunedVocabulary, "wordPiece">,
+  maxPositions: number,
+): Record<string, unknown> {
+  const wp = pruned.wordPiece;
+  const lower = wp.doLowerCase ?? true;
+  return {
+    tokenizer_class: "BertTokenizer",
+    do_lower_case: lower,
+    strip_accents: wp.stripAccents ?? null,
+    tokenize_chinese_chars: wp.tokenizeChineseChars ?? true,
+    model_max_length: maxPositions,
+    unk_token: wp.unkToken ?? "[UNK]",
+    sep_token: wp.sepToken ?? "[SEP]",
+    pad_token: wp.padToken ?? "[PAD]",
+    cls_token: wp.clsToken ?? "[CLS]",
+    mask_token: wp.maskToken ?? "[MASK]",
+    clean_up_tokenization_spaces: true,
+  };
+}
