@@ -9,11 +9,11 @@
 //   log.jsonl          training loss every --log-every steps, held-out MLM loss and accuracy
 //   checkpoint.safetensors  parameters, AdamW moments and the step (for --resume)
 //   model/             the result: config.json, model.safetensors (BertForMaskedLM names),
-//                      tokenizer.json, vocab.txt
+//                      tokenizer.json, tokenizer_config.json, vocab.txt
 
 import { getGpu } from "./kernels/device.ts";
 import { writeFileAtomic } from "./model/atomic_write.ts";
-import { type ModelConfig, parseConfig } from "./model/config.ts";
+import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
 import { openModel } from "./model/load.ts";
@@ -44,7 +44,7 @@ import {
 } from "./train/vocab_prune.ts";
 import { numberFlag } from "./train/config.ts";
 
-const FLAGS = {
+export const FLAGS = {
   out: { type: "string" },
   model: { type: "string" },
   vocab: { type: "string" },
@@ -74,9 +74,64 @@ const FLAGS = {
   ...TUNE_FLAGS,
 } as const;
 
-const USAGE = "usage: deno task pretrain --out DIR [--model DIR|HUB_ID] [--corpus brown|FILE|DIR" +
-  "[,...]] [--task-text all|none|rte,cb,...] [--steps N] [--batch-size N] [--max-length N] " +
-  "[--lr X] [--layers N --hidden N --heads N --intermediate N] [--min-count N] [--resume]";
+const USAGE = "usage: deno task pretrain --out DIR [flags]; --help lists them";
+export const HELP = `usage: deno task pretrain --out DIR [flags]
+
+Masked-language-model pretraining, from scratch or continuing a checkpoint (--model).
+
+  --out DIR               the run folder (new or empty; --resume continues the run in it)
+  --model DIR|HUB_ID      continue this checkpoint (its own shape and vocabulary; the shape and
+                          vocabulary flags below are then refused)
+  --corpus SPEC           brown, FILE or DIR of plain text (blank lines between documents), or
+                          none; several comma-separated (default brown)
+  --task-text LIST        the training-split text of these tasks: all, none or rte,cb,...
+                          (default all: the shipped tasks, BoolQ and QNLI when downloaded)
+  --held-out X            share of the corpus's documents held out for evaluation (default 0.02)
+  --vocab FILE            WordPiece vocab.txt to prune (default bert-base-uncased's)
+  --min-count N           keep tokens the corpus uses at least N times (default 1)
+  --layers N --hidden N --heads N --intermediate N --max-positions N
+                          the new model's shape (default 2, 128, 2, 512, 128)
+  --steps N               optimizer steps (default 2000)
+  --batch-size N          sequences per step (default 32)
+  --max-length N          tokens per sequence, [CLS] and [SEP] included (default 128)
+  --lr X                  peak learning rate (default 5e-4)
+  --warmup-ratio X        linear warmup share of the steps (default 0.06)
+  --weight-decay X        AdamW weight decay (default 0.01)
+  --seed N                initialization, held-out split, batches and masks (default 0)
+  --eval-sequences N      held-out sequences per evaluation, 0 for all (default 256)
+  --eval-every N          steps between held-out evaluations (default 250)
+  --checkpoint-every N    steps between checkpoints (default 250)
+  --log-every N           steps between training-loss log lines (default 25)
+  --model-dtype f32|f16   the saved model's weights (default f32)
+  --resume                continue the run in --out with the same flags
+  --quiet                 no progress output
+  --no-autotune, --retune, --tune-cache FILE
+                          matmul autotuning, as in train.ts`;
+
+/** Flags that only shape a new model: a checkpoint brings its own. */
+const SHAPE_FLAGS = [
+  "vocab",
+  "min-count",
+  "layers",
+  "hidden",
+  "heads",
+  "intermediate",
+  "max-positions",
+] as const;
+
+/** The tasks --task-text names, checked before anything is read. */
+function taskTextTasks(taskText: string) {
+  if (taskText === "none") return [];
+  const known = Object.keys(TASKS);
+  const names = taskText === "all" ? known : taskText.split(",").map((n) => n.trim());
+  return names.map((n) => {
+    const task = TASKS[n];
+    if (!task) {
+      throw new FlagError(`--task-text: unknown task "${n}" (known: ${known.join(", ")})`);
+    }
+    return task;
+  });
+}
 
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
 const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
@@ -92,7 +147,12 @@ interface CorpusStats {
   heldOutSequences: number;
 }
 
-async function readCorpus(spec: string, taskText: string, root: string) {
+async function readCorpus(
+  spec: string,
+  tasks: ReturnType<typeof taskTextTasks>,
+  root: string,
+  say: (line: string) => void,
+) {
   const docs: CorpusDocument[] = [];
   const sources: string[] = [];
   for (const part of spec.split(",").map((s) => s.trim()).filter((s) => s.length > 0)) {
@@ -106,18 +166,10 @@ async function readCorpus(spec: string, taskText: string, root: string) {
     }
   }
   const taskDocs: CorpusDocument[] = [];
-  if (taskText !== "none") {
-    const known = Object.keys(TASKS);
-    const names = taskText === "all" ? known : taskText.split(",").map((n) => n.trim());
-    const tasks = names.map((n) => {
-      const task = TASKS[n];
-      if (!task) {
-        throw new FlagError(`--task-text: unknown task "${n}" (known: ${known.join(", ")})`);
-      }
-      return task;
-    });
-    const { documents, skipped } = await taskTrainDocuments(tasks, root);
+  if (tasks.length > 0) {
+    const { documents, skipped, skipReasons } = await taskTrainDocuments(tasks, root);
     taskDocs.push(...documents);
+    for (const name of skipped) say(`pretrain: no ${name} text (${skipReasons[name]})`);
     const used = tasks.filter((t) => !skipped.includes(t.name)).map((t) => t.name);
     if (used.length > 0) sources.push(`training splits of ${used.join(", ")} (text only)`);
   }
@@ -129,7 +181,7 @@ async function readCorpus(spec: string, taskText: string, root: string) {
 
 async function main(args: string[]): Promise<void> {
   if (args.includes("--help") || args.includes("-h")) {
-    console.log(USAGE);
+    console.log(HELP);
     return;
   }
   const f = parseFlags(FLAGS, args);
@@ -149,6 +201,22 @@ async function main(args: string[]): Promise<void> {
   const dtype = f["model-dtype"];
   if (dtype !== "f32" && dtype !== "f16") {
     throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
+  }
+  const lr = num("lr", 0, 1);
+  const warmupRatio = num("warmup-ratio", 0, 1);
+  const weightDecay = num("weight-decay", 0, 10);
+  const evalSequences = int("eval-sequences", 0);
+  const maxLength = int("max-length", 8);
+  const tasks = taskTextTasks(f["task-text"]!);
+  if (f.model) {
+    const given = (name: string) =>
+      args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+    const shape = SHAPE_FLAGS.find(given);
+    if (shape) {
+      throw new FlagError(
+        `--${shape}: --model ${f.model} brings its own shape and vocabulary; drop --${shape}`,
+      );
+    }
   }
   const root = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
   const say = (line: string) => {
@@ -181,6 +249,16 @@ async function main(args: string[]): Promise<void> {
   if (!f.model && hidden % heads !== 0) {
     throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
   }
+  // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
+  const opened = f.model ? await openModel(f.model) : null;
+  if (opened) mlmHeadNames(opened.config);
+  const positions = opened ? maxSequenceLength(opened.config) : int("max-positions", 8);
+  if (maxLength > positions) {
+    throw new FlagError(
+      `--max-length ${maxLength} is more than the ${positions} positions of ` +
+        (opened ? `--model ${f.model}` : "--max-positions"),
+    );
+  }
 
   // The model: a new one of the flags' shape, or a checkpoint to continue from.
   let config: ModelConfig;
@@ -191,17 +269,15 @@ async function main(args: string[]): Promise<void> {
   let vocabText: string | null = null;
   let initialEncoder: Map<string, Float32Array>;
   let initialHead: MlmHeadParams<Float32Array>;
-  const { docs, taskDocs, sources } = await readCorpus(f.corpus!, f["task-text"]!, root);
+  const { docs, taskDocs, sources } = await readCorpus(f.corpus!, tasks, root, say);
   const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);
   // Task text only ever trains: the held-out slice measures language modelling on the corpus.
   const trainDocs = [...brownTrain, ...taskDocs];
   const allText = function* () {
     for (const d of [...trainDocs, ...heldOut]) yield* d.sentences;
   };
-  const maxLength = int("max-length", 8);
 
-  if (f.model) {
-    const opened = await openModel(f.model);
+  if (opened) {
     config = opened.config;
     tokenizer = opened.tokenizer;
     tokenizerConfig = await Deno.readTextFile(`${opened.dir}/tokenizer_config.json`).catch(() =>
@@ -278,11 +354,6 @@ async function main(args: string[]): Promise<void> {
         `(min count ${minCount})`,
     );
   }
-  if (maxLength > config.maxPositions) {
-    throw new FlagError(
-      `--max-length ${maxLength} is more than the model's ${config.maxPositions} positions`,
-    );
-  }
 
   // BERT's special tokens, or RoBERTa's when the vocabulary has those instead.
   const id = (...tokens: string[]) => {
@@ -306,6 +377,18 @@ async function main(args: string[]): Promise<void> {
   const trainTokens = encode(trainDocs), heldTokens = encode(heldOut);
   const train = packDocuments(trainTokens, maxLength - 2, { acrossDocuments: true });
   const held = packDocuments(heldTokens, maxLength - 2, { acrossDocuments: true });
+  if (train.length < batchSize) {
+    throw new FlagError(
+      `the corpus packs into ${train.length} training sequences of up to ${maxLength} tokens, ` +
+        `fewer than one batch (--batch-size ${batchSize}); give more text or a smaller batch`,
+    );
+  }
+  if (held.length === 0) {
+    say(
+      `pretrain: the held-out slice is empty (--held-out ${heldOutShare} of ${docs.length} ` +
+        `corpus documents; task text is never held out), so no held-out MLM loss is logged`,
+    );
+  }
   const count = (x: number[][][]) => x.reduce((a, d) => a + d.reduce((b, s) => b + s.length, 0), 0);
   const stats: CorpusStats = {
     sources,
@@ -333,12 +416,12 @@ async function main(args: string[]): Promise<void> {
     steps,
     batch_size: batchSize,
     max_length: maxLength,
-    lr: num("lr", 0, 1),
-    warmup_ratio: num("warmup-ratio", 0, 1),
-    weight_decay: num("weight-decay", 0, 10),
+    lr,
+    warmup_ratio: warmupRatio,
+    weight_decay: weightDecay,
     seed,
     held_out: heldOutShare,
-    eval_sequences: int("eval-sequences", 0),
+    eval_sequences: evalSequences,
     masking: "15% of tokens; 80% [MASK], 10% random, 10% kept",
   };
   await Deno.mkdir(out, { recursive: true });

@@ -7,6 +7,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
 import { mlmHeadNames } from "../model/mlm_head.ts";
 import { exists, VOCAB, writeTinyBert } from "./train_fixture.ts";
+import { FLAGS, HELP } from "../pretrain.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -142,6 +143,11 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
   }
 });
 
+test("pretrain.ts --help names every flag", () => {
+  for (const name of Object.keys(FLAGS)) assert(HELP.includes(`--${name}`), `--${name}`);
+  return Promise.resolve();
+});
+
 test("pretrain.ts checks --out, --resume and the shape before reading the corpus", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -153,9 +159,24 @@ test("pretrain.ts checks --out, --resume and the shape before reading the corpus
       [["--out", `${dir}/used`], `--out ${dir}/used is not empty (it holds notes.txt)`],
       [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
       [["--out", `${dir}/new`, "--hidden", "15", "--heads", "2"], "--hidden 15 is not a multiple"],
+      [["--out", `${dir}/new`, "--lr", "2"], "--lr"],
+      [["--out", `${dir}/new`, "--task-text", "rte,nope"], '--task-text: unknown task "nope"'],
+      [
+        ["--out", `${dir}/new`, "--max-length", "20", "--max-positions", "16"],
+        "--max-length 20 is more than the 16 positions of --max-positions",
+      ],
+      [
+        ["--out", `${dir}/new`, "--model", `${dir}/base`, "--max-length", "40"],
+        `--max-length 40 is more than the 33 positions of --model ${dir}/base`,
+      ],
+      [
+        ["--out", `${dir}/new`, "--model", `${dir}/base`, "--layers=4"],
+        `--layers: --model ${dir}/base brings its own shape and vocabulary`,
+      ],
     ];
+    await writeTinyBert(`${dir}/base`, false);
     for (const [flags, message] of cases) {
-      const r = await pretrain([...flags, ...args]);
+      const r = await pretrain([...args, ...flags]);
       assertEquals(r.code, 1, r.stderr);
       assert(r.stderr.includes(message), r.stderr);
       assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
@@ -201,7 +222,7 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
   }
 });
 
-test("pretrain.ts: one-line errors for no corpus and an unknown task", async () => {
+test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus under one batch", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const none = await pretrain(["--out", `${dir}/a`, "--corpus", "none", "--task-text", "none"]);
@@ -213,6 +234,15 @@ test("pretrain.ts: one-line errors for no corpus and an unknown task", async () 
     const task = await pretrain(["--out", `${dir}/b`, "--corpus", "none", "--task-text", "rtee"]);
     assertEquals(task.code, 1);
     assert(task.stderr.includes('--task-text: unknown task "rtee"'), task.stderr);
+    await writeCorpus(`${dir}/corpus.txt`);
+    const small = await pretrain([
+      ...["--out", `${dir}/c`, "--corpus", `${dir}/corpus.txt`, ...SMALL],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--batch-size", "500"],
+    ]);
+    assertEquals(small.code, 1);
+    assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
+    assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
