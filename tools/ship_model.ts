@@ -87,23 +87,28 @@ async function main(): Promise<void> {
 
   await Deno.mkdir(out, { recursive: true });
   let total = 0;
-  const tokenizerConfig = `${run}/model/tokenizer_config.json`;
-  if (!(await Deno.stat(tokenizerConfig).then(() => true, () => false))) {
-    // Runs from before pretrain.ts wrote one: the same file, from the run's shape and vocabulary.
-    const vocab = (await Deno.readTextFile(`${run}/model/vocab.txt`)).split("\n");
-    const settings = prunedTokenizerConfig(
-      { wordPiece: { doLowerCase: !vocabLooksCased(vocab) } },
-      s.shape.max_positions,
-    );
-    await Deno.writeTextFile(tokenizerConfig, JSON.stringify(settings, null, 2) + "\n");
-  }
   for (const file of FILES) {
     const from = `${run}/model/${file}`;
+    if (
+      file === "tokenizer_config.json" && !(await Deno.stat(from).then(() => true, () => false))
+    ) {
+      // A run from before pretrain.ts wrote one: the same file, from its shape and vocabulary.
+      const vocab = (await Deno.readTextFile(`${run}/model/vocab.txt`)).split("\n");
+      const settings = prunedTokenizerConfig(
+        { wordPiece: { doLowerCase: !vocabLooksCased(vocab) } },
+        s.shape.max_positions,
+      );
+      const text = JSON.stringify(settings, null, 2) + "\n";
+      total += new TextEncoder().encode(text).length;
+      await Deno.writeTextFile(`${out}/${file}`, text);
+      continue;
+    }
     const size = (await Deno.stat(from)).size;
     if (size > MAX_FILE) throw new Error(`${from}: ${size} bytes, more than 16 MB`);
     total += size;
     await Deno.copyFile(from, `${out}/${file}`);
   }
+  const weightBytes = (await Deno.stat(`${out}/model.safetensors`)).size;
   const weights = await openSafetensors(`${out}/model.safetensors`);
   const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
   let params = 0;
@@ -114,9 +119,15 @@ async function main(): Promise<void> {
     `| ${r.step} | ${r.held_out_loss!.toFixed(4)} | ${(100 * r.held_out_accuracy!).toFixed(2)} |`
   );
   const hardware = f.hardware ?? `${await cpuName()}; WebGPU adapter: ${result.device}`;
+  // The tasks whose text was there: "--task-text all" takes BoolQ and QNLI too when downloaded.
+  const taskSource = (c.sources as string[]).find((x) => x.startsWith("training splits of "));
+  const taskText = taskSource
+    ? /^training splits of (.+) \(text only\)$/.exec(taskSource)![1].replaceAll(" ", "")
+    : "none";
   const cmd = [
     "deno task pretrain",
     `--out RUN_DIR`,
+    `--corpus ${s.corpus} --task-text ${taskText}`,
     `--steps ${s.steps}`,
     `--lr ${s.lr}`,
     `--min-count ${s.min_count}`,
@@ -151,7 +162,9 @@ first token's final hidden state and use none.
 | positions | ${s.shape.max_positions} |
 | vocabulary | ${s.shape.vocab} WordPiece tokens |
 | parameters | ${fmtInt(params)} (with the MLM head) |
-| weights | ${[...dtypes].join(", ")}, ${(total / 2 ** 20).toFixed(1)} MiB in all |
+| weights | ${[...dtypes].join(", ")}, ${(weightBytes / 2 ** 20).toFixed(1)} MiB (the folder ${
+    (total / 2 ** 20).toFixed(1)
+  } MiB) |
 
 The issue that asked for it suggested 4 layers, hidden 256; pretraining had to finish within
 about an hour and a half of a 2-core CPU without a GPU (the session's machine), so this is the
@@ -160,10 +173,11 @@ smaller shape of Google's BERT-Tiny.
 ## Vocabulary
 
 bert-base-uncased's WordPiece vocabulary (\`data/tokenizers/bert-base-uncased/vocab.txt\`, Apache
-2.0), pruned to the tokens the corpus's tokenization uses at least ${s.min_count} times (pruning
-repeated until stable), keeping the five special tokens and every single character with its \`##\`
-form, so every word still tokenizes: ${s.shape.vocab} of 30,522 tokens. Lower-cased, accents
-stripped, as bert-base-uncased. \`tokenizer.json\`, \`tokenizer_config.json\` (maximum length
+2.0), pruned to the tokens the whole corpus's tokenization (the held-out documents included, which
+slightly favours the held-out numbers below) uses at least ${s.min_count} times (pruning repeated
+until stable), keeping the five special tokens and every single character with its \`##\` form, so
+every word still tokenizes: ${s.shape.vocab} of 30,522 tokens. Lower-cased, accents stripped, as
+bert-base-uncased. \`tokenizer.json\`, \`tokenizer_config.json\` (maximum length
 ${s.shape.max_positions}, lower-casing, for Hugging Face's \`AutoTokenizer\`) and \`vocab.txt\` are
 written with the weights.
 
