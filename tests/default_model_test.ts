@@ -55,7 +55,7 @@ Deno.test("the shipped model is there: a BertForMaskedLM checkpoint within the s
   }
 });
 
-Deno.test("task scripts: no --model trains the shipped model on its mini recipe", () => {
+Deno.test("task scripts: no --model, or the shipped folder, trains it on its mini recipe", () => {
   const none = taskScriptRecipe(["--seeds", "2"], RTE_RECIPE, RTE_MINI_RECIPE);
   assertEquals(none.usingDefault, true);
   assertEquals(none.recipe.model, dir);
@@ -64,6 +64,14 @@ Deno.test("task scripts: no --model trains the shipped model on its mini recipe"
   for (const args of [["--model", "x"], ["--model=x"], ["--lr", "1", "--model", "y"]]) {
     const named = taskScriptRecipe(args, RTE_RECIPE, RTE_MINI_RECIPE);
     assertEquals([named.usingDefault, named.recipe], [false, RTE_RECIPE], args.join(" "));
+  }
+  // Naming the shipped folder itself, by any path, is the same model with the same recipe.
+  for (const path of [dir!, `${dir}/`, `${dir}/../${DEFAULT_MODEL_NAME}`]) {
+    for (const args of [["--model", path], [`--model=${path}`]]) {
+      const same = taskScriptRecipe(args, RTE_RECIPE, RTE_MINI_RECIPE);
+      assertEquals([same.usingDefault, same.recipe.model], [true, path], args.join(" "));
+      assertEquals(same.recipe.epochs, 3);
+    }
   }
   // Flags after "--" are not the script's.
   assertEquals(

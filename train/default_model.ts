@@ -41,17 +41,31 @@ export function miniRecipe(
   return { ...rest, ...budget, lr: MINI_LR, maxLength: 128 };
 }
 
-/** Whether the arguments name a model (`--model X` or `--model=X`). */
-function namesModel(args: readonly string[]): boolean {
+/** The model the arguments name (`--model X` or `--model=X`; the last wins), or null. */
+function namedModel(args: readonly string[]): string | null {
   const end = args.indexOf("--");
-  return (end < 0 ? args : args.slice(0, end)).some((a) =>
-    a === "--model" || a.startsWith("--model=")
-  );
+  const flags = end < 0 ? args : args.slice(0, end);
+  let model: string | null = null;
+  flags.forEach((a, i) => {
+    if (a === "--model") model = flags[i + 1] ?? "";
+    else if (a.startsWith("--model=")) model = a.slice("--model=".length);
+  });
+  return model;
+}
+
+/** Whether `path` is the folder `dir` (by real path; a hub id or a missing path is not). */
+function sameFolder(path: string, dir: string): boolean {
+  try {
+    return Deno.realPathSync(path) === Deno.realPathSync(dir);
+  } catch {
+    return false;
+  }
 }
 
 /**
  * The recipe a task script runs: `mini` with the shipped model when the arguments name no model
- * (and the model is there), else the paper's. `usingDefault` says which.
+ * or name the shipped folder itself (and the model is there), else the paper's. `usingDefault`
+ * says which.
  */
 export function taskScriptRecipe(
   args: readonly string[],
@@ -59,8 +73,11 @@ export function taskScriptRecipe(
   mini: Recipe | undefined,
 ): { recipe: Recipe; usingDefault: boolean } {
   const dir = shippedModelDir();
-  if (namesModel(args) || !mini || dir === null) return { recipe: paper, usingDefault: false };
-  return { recipe: { ...mini, model: dir }, usingDefault: true };
+  const named = namedModel(args);
+  if (!mini || dir === null || (named !== null && !sameFolder(named, dir))) {
+    return { recipe: paper, usingDefault: false };
+  }
+  return { recipe: { ...mini, model: named ?? dir }, usingDefault: true };
 }
 
 /** What a run's budget reads as. */
