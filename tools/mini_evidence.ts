@@ -4,23 +4,87 @@
 // every run on the task's mini recipe (tasks/<task>.ts, *_MINI_RECIPE), then report.ts's table.
 //
 //   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence]
+//     [--methods ft,lpft,...] [--table-only]
 //
 // Runs one after another; a finished run (metrics.json) is skipped and an unfinished one resumed,
 // so the command can be repeated until everything is done. The random model is made first with
-// tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
+// tools/random_model.ts (seed 0) from the shipped model's config and vocabulary. At the end (or
+// alone with --table-only) it writes <out>/table.md: README's table of the finished cells, dev
+// accuracy × 100 (best over the run and final, mean ± population std over seeds) and the minutes
+// each seed took (from its folder's run.json to its metrics.json: a seed resumed later counts the
+// pause too).
 
 import { parseArgs } from "node:util";
 import { TASKS } from "../tasks/all.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
 
-const METHODS: { name: string; flags: string[]; random?: boolean }[] = [
-  { name: "ft", flags: ["--strategy", "ft"] },
-  { name: "ft-random", flags: ["--strategy", "ft"], random: true },
-  { name: "ehft-bitfit", flags: ["--strategy", "ehft", "--peft", "bitfit"] },
-  { name: "ehft-lora", flags: ["--strategy", "ehft", "--peft", "lora"] },
-  { name: "lpft", flags: ["--strategy", "lpft"] },
+const METHODS: { name: string; label: string; flags: string[]; random?: boolean }[] = [
+  { name: "ft", label: "FT", flags: ["--strategy", "ft"] },
+  { name: "ft-random", label: "FT", flags: ["--strategy", "ft"], random: true },
+  {
+    name: "ehft-bitfit",
+    label: "EH-FT (BitFit)",
+    flags: ["--strategy", "ehft", "--peft", "bitfit"],
+  },
+  { name: "ehft-lora", label: "EH-FT (LoRA)", flags: ["--strategy", "ehft", "--peft", "lora"] },
+  { name: "lpft", label: "LP-FT", flags: ["--strategy", "lpft"] },
 ];
+
+interface CellMetrics {
+  best: { accuracy: number };
+  final: { accuracy: number };
+  std?: { best: { accuracy: number }; final: { accuracy: number } };
+  seeds?: Record<string, unknown>;
+}
+
+/** README's table of the finished cells (see the header). */
+async function writeTable(out: string, tasks: string[], methods: typeof METHODS): Promise<void> {
+  const pct = (x: number) => (100 * x).toFixed(1);
+  const rows: string[][] = [];
+  for (const name of tasks) {
+    for (const m of methods) {
+      const dir = `${out}/${name}-${m.name}`;
+      if (!(await exists(`${dir}/metrics.json`))) continue;
+      const r: CellMetrics = JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`));
+      const seeds = Object.keys(r.seeds ?? { one: 0 });
+      const cell = (kind: "best" | "final") =>
+        r.std ? `${pct(r[kind].accuracy)} ± ${pct(r.std[kind].accuracy)}` : pct(r[kind].accuracy);
+      const minutes: number[] = [];
+      for (const seed of r.seeds ? seeds : []) {
+        const start = (await Deno.stat(`${dir}/seed-${seed}/run.json`)).mtime!.getTime();
+        const end = (await Deno.stat(`${dir}/seed-${seed}/metrics.json`)).mtime!.getTime();
+        minutes.push((end - start) / 60000);
+      }
+      rows.push([
+        name.toUpperCase(),
+        m.label,
+        m.random
+          ? "the same shape, random init (`tools/random_model.ts`, seed 0)"
+          : "ehft-mini-en (pretrained)",
+        String(seeds.length),
+        cell("best"),
+        cell("final"),
+        minutes.length > 0
+          ? `${Math.min(...minutes).toFixed(1)}–${Math.max(...minutes).toFixed(1)}`
+          : "",
+      ]);
+    }
+  }
+  const head = [
+    "task",
+    "method",
+    "model",
+    "seeds",
+    "best dev accuracy",
+    "final dev accuracy",
+    "minutes per seed",
+  ];
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  const table = [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n") + "\n";
+  await Deno.writeTextFile(`${out}/table.md`, table);
+  console.error(`mini_evidence: ${out}/table.md (${rows.length} cells)`);
+}
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -64,6 +128,7 @@ async function main(): Promise<void> {
       seeds: { type: "string", default: "4" },
       out: { type: "string", default: "runs/mini-evidence" },
       methods: { type: "string" },
+      "table-only": { type: "boolean" },
     },
     strict: true,
   });
@@ -101,7 +166,9 @@ async function main(): Promise<void> {
   const methods = f.methods
     ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
     : METHODS;
-  for (const name of f.tasks!.split(",")) {
+  const tasks = f.tasks!.split(",");
+  if (f["table-only"]) return await writeTable(out, tasks, methods);
+  for (const name of tasks) {
     const task = TASKS[name];
     if (!task) throw new Error(`--tasks: unknown task "${name}"`);
     const module = await import(`../tasks/${name}.ts`);
@@ -127,6 +194,7 @@ async function main(): Promise<void> {
     }
   }
   await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
+  await writeTable(out, tasks, methods);
 }
 
 try {
