@@ -50,3 +50,14 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
 export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   return writeFileAtomic(path, JSON.stringify(value, null, 2) + "\n");
 }
+
+/** Whether `path` exists (a missing path is false; any other error is thrown). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

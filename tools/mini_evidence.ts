@@ -15,6 +15,7 @@
 // pause too).
 
 import { parseArgs } from "node:util";
+import { exists } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
@@ -84,16 +85,6 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
   const table = [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n") + "\n";
   await Deno.writeTextFile(`${out}/table.md`, table);
   console.error(`mini_evidence: ${out}/table.md (${rows.length} cells)`);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 async function run(args: string[]): Promise<void> {

@@ -10,6 +10,7 @@
 // and accuracy, tokens, time) and result.json (device). Nothing in the card is typed by hand.
 
 import { parseArgs } from "node:util";
+import { exists } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { vocabLooksCased } from "../model/tokenizer_convert.ts";
 import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
@@ -90,7 +91,7 @@ async function main(): Promise<void> {
   for (const file of FILES) {
     const from = `${run}/model/${file}`;
     if (
-      file === "tokenizer_config.json" && !(await Deno.stat(from).then(() => true, () => false))
+      file === "tokenizer_config.json" && !(await exists(from))
     ) {
       // A run from before pretrain.ts wrote one: the same file, from its shape and vocabulary.
       const vocab = (await Deno.readTextFile(`${run}/model/vocab.txt`)).split("\n");

@@ -23,7 +23,12 @@ import {
 } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { removeStaleTemporaries, writeFileAtomic, writeJsonAtomic } from "../model/atomic_write.ts";
+import {
+  exists,
+  removeStaleTemporaries,
+  writeFileAtomic,
+  writeJsonAtomic,
+} from "../model/atomic_write.ts";
 import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
 import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
@@ -107,16 +112,6 @@ const RUN_ENTRIES = [
   "adapter",
   CHECKPOINT_FILE,
 ];
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
 
 /** The run entries present in `dir` (seed-* folders included). */
 async function runEntries(dir: string): Promise<string[]> {
