@@ -29,7 +29,7 @@ import {
   tuneFlags,
 } from "./train/flags.ts";
 import { exampleTokenSpans } from "./train/batches.ts";
-import { modelTuneShapes } from "./train/run.ts";
+import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
 const FLAGS = {

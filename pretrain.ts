@@ -32,7 +32,7 @@ import {
 } from "./train/corpus.ts";
 import { FlagError, intFlag, parseFlags, runMain, TUNE_FLAGS, tuneFlags } from "./train/flags.ts";
 import { autotuneForProgram, tuneRequest } from "./kernels/matmul_autotune.ts";
-import { modelTuneShapes } from "./train/run.ts";
+import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { MLM_PROBABILITY } from "./train/mlm_data.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";

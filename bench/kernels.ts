@@ -11,6 +11,8 @@
 //                    BERT-mini at the issue's 32 × 128 by default; --batch 8 --seq 32 is quicker)
 //                   [--precision f32,f16]   (GEMM and train_step rows in these precisions;
 //                                  default both where the adapter has shader-f16)
+//                   [--gemm-shapes 4096x1024x4096,...]   (the matmul module's linear layers,
+//                                  rows x in x out; default bench/matmul.ts's GEMM_SHAPES)
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
 //                   [--no-autotune | --retune] [--tune-cache FILE]
@@ -29,7 +31,7 @@ import { parseArgs } from "node:util";
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { autotuneForProgram, tuneRequest, type TuneShape } from "../kernels/matmul_autotune.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
-import { modelTuneShapes } from "../train/run.ts";
+import { modelTuneShapes } from "../train/tune_shapes.ts";
 import { benchAdamw } from "./adamw.ts";
 import { benchAttention } from "./attention.ts";
 import { benchFlashAttention } from "./flash_attention.ts";
@@ -58,7 +60,7 @@ type Module = (gpu: Gpu, reps: number, options: Options) => Promise<BenchRow[]>;
 
 const MODULES: Record<string, Module> = {
   fill: benchFill,
-  matmul: (gpu, reps, o) => benchMatmul(gpu, reps, o.precisions),
+  matmul: (gpu, reps, o) => benchMatmul(gpu, reps, o.precisions, o.gemmShapes),
   layernorm: benchLayerNorm,
   attention: benchAttention,
   flash_attention: benchFlashAttention,
@@ -87,7 +89,7 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
   Object.keys(MODULES).join(",")
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
-}] [--precision f32,f16] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
+}] [--precision f32,f16] [--gemm-shapes ROWSxINxOUT,...] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
 
 interface Options {
   json: boolean;
@@ -98,6 +100,8 @@ interface Options {
   modes: TrainStepMode[];
   /** GEMM and training-step rows in these precisions (default f32, and f16 where supported). */
   precisions: Precision[];
+  /** The linear layers [rows, in, out] of the matmul module (default GEMM_SHAPES). */
+  gemmShapes: [number, number, number][];
   profile: boolean;
   tune: { noAutotune: boolean; retune: boolean; tuneCache?: string };
 }
@@ -121,6 +125,7 @@ function parseOptions(args: string[]): Options {
         "no-reference": { type: "boolean", default: false },
         modes: { type: "string" },
         precision: { type: "string" },
+        "gemm-shapes": { type: "string" },
         profile: { type: "boolean", default: false },
         "no-autotune": { type: "boolean", default: false },
         retune: { type: "boolean", default: false },
@@ -171,6 +176,15 @@ function parseOptions(args: string[]): Options {
       throw new Error(`--precision: unknown precision "${p}" (expected f32, f16 or f32,f16)`);
     }
   }
+  const gemmShapes = values["gemm-shapes"] === undefined
+    ? GEMM_SHAPES
+    : (values["gemm-shapes"] as string).split(",").map((spec) => {
+      const dims = spec.trim().toLowerCase().split("x");
+      if (dims.length !== 3 || !dims.every((d) => /^[1-9][0-9]*$/.test(d))) {
+        throw new Error(`--gemm-shapes: "${spec}" is not ROWSxINxOUT (e.g. 4096x1024x4096)`);
+      }
+      return dims.map(Number) as [number, number, number];
+    });
   if (values["no-autotune"] && values.retune) {
     throw new Error("--retune and --no-autotune: choose one");
   }
@@ -182,6 +196,7 @@ function parseOptions(args: string[]): Options {
     shape,
     modes: [...new Set(modes)] as TrainStepMode[],
     precisions: (precisions ?? []) as Precision[],
+    gemmShapes,
     profile: values.profile as boolean,
     tune: {
       noAutotune: values["no-autotune"] as boolean,
@@ -194,7 +209,7 @@ function parseOptions(args: string[]): Options {
 /** The GEMM products the selected modules run: what the autotune should time. */
 function tuneShapes(options: Options): TuneShape[] {
   const shapes: TuneShape[] = [];
-  if (options.only.includes("matmul")) shapes.push(...gemmTuneShapes());
+  if (options.only.includes("matmul")) shapes.push(...gemmTuneShapes(options.gemmShapes));
   if (options.only.includes("train_step")) {
     const s = options.shape;
     shapes.push(...modelTuneShapes(stepConfig(s), {
@@ -311,7 +326,7 @@ async function main(): Promise<void> {
     const rows: BenchRow[] = [];
     const start = performance.now();
     const wants = (m: string) => options.reference && options.only.includes(m);
-    const gemmRefs = wants("matmul") ? await referenceGemm(GEMM_SHAPES, 5) : null;
+    const gemmRefs = wants("matmul") ? await referenceGemm(options.gemmShapes, 5) : null;
     const stepRefs = wants("train_step")
       ? await referenceTrainStep(options.shape, Math.min(options.reps, 3))
       : null;

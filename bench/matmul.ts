@@ -55,18 +55,21 @@ export function gemmModel([rows, inF, outF]: [number, number, number]): string {
 }
 
 /** The products the rows time, for the autotune. */
-export function gemmTuneShapes(): TuneShape[] {
-  return GEMM_SHAPES.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
+export function gemmTuneShapes(
+  shapes: readonly [number, number, number][] = GEMM_SHAPES,
+): TuneShape[] {
+  return shapes.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
 }
 
 export async function benchMatmul(
   gpu: Gpu,
   reps: number,
   precisions: readonly Precision[] = ["f32"],
+  shapes: readonly [number, number, number][] = GEMM_SHAPES,
 ): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   for (const precision of precisions) {
-    for (const shape of GEMM_SHAPES) rows.push(...await benchShape(gpu, reps, shape, precision));
+    for (const shape of shapes) rows.push(...await benchShape(gpu, reps, shape, precision));
   }
   return rows;
 }

@@ -89,7 +89,7 @@ class Model(nn.Module):
 
     def forward(self, ids):
         B, S = ids.shape
-        pos = torch.arange(S).expand(B, S)
+        pos = torch.arange(S, device=ids.device).expand(B, S)
         x = self.word(ids) + self.position(pos) + self.token_type(torch.zeros_like(ids))
         h = F.dropout(self.emb_ln(x), DROPOUT, self.training)
         for layer in self.layers:

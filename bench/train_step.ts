@@ -205,8 +205,10 @@ async function benchMode(
     }
     // The stats are read back as the training loop does when it logs; a NaN loss would mean
     // the step measured is not a real one.
+    // An f16 step skipped by the loss scaler (gradients overflowed at its scale) still ran its
+    // forward and backward passes; it is counted, but every step skipped means none is real.
     const stats = await trainer.takeStats();
-    if (!stats.every((s) => Number.isFinite(s.loss) && !s.skipped)) {
+    if (!stats.every((s) => Number.isFinite(s.loss)) || stats.every((s) => s.skipped)) {
       throw new Error(
         `train_step ${mode} ${precision}: non-finite loss or skipped step ${JSON.stringify(stats)}`,
       );
@@ -246,6 +248,11 @@ async function benchMode(
       timed_submits: times.length,
       warmup_submits: 1,
       warmup_ms: warmS * 1000,
+      // The warm-up step's loss and gradient norm: the same weights, batch and dropout masks in
+      // every precision, so f16 and f32 should agree closely; bench/gpu.ts compares them.
+      first_loss: stats[0].loss,
+      first_grad_norm: stats[0].gradNorm,
+      skipped_steps: stats.filter((s) => s.skipped).length,
       shape:
         `${mode}${
           precision === "f16" ? " f16" : ""

@@ -24,7 +24,8 @@ import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 import { readConfig } from "../model/config.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
-import { modelTuneShapes, runTraining } from "../train/run.ts";
+import { runTraining } from "../train/run.ts";
+import { modelTuneShapes } from "../train/tune_shapes.ts";
 import { rte } from "../tasks/rte.ts";
 import { writeMarkerData, writeTinyBert } from "./train_fixture.ts";
 

@@ -15,12 +15,8 @@
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { FlagError } from "./flags.ts";
-import {
-  autotuneForProgram,
-  linearTuneShapes,
-  type TuneRequest,
-  type TuneShape,
-} from "../kernels/matmul_autotune.ts";
+import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
+import { modelTuneShapes } from "./tune_shapes.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import {
@@ -30,7 +26,7 @@ import {
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
 import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
-import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
+import { maxSequenceLength } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
 import { type OpenedModel, openModel } from "../model/load.ts";
@@ -658,32 +654,6 @@ async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
         `${dir}/analysis/analysis.json`,
     );
   }
-}
-
-/**
- * The GEMM products a model runs (what the autotune should time): its encoder's linear layers
- * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
- * gradient products.
- */
-export function modelTuneShapes(
-  config: ModelConfig,
-  o: {
-    rows: number;
-    headRows: number;
-    headFeatures: number;
-    headWidth: number;
-    headClasses: number;
-    backward: boolean;
-  },
-): TuneShape[] {
-  const h = config.hiddenSize, inter = config.intermediateSize, e = config.embeddingSize;
-  const encoder: [number, number][] = [[h, h], [h, inter], [inter, h]];
-  if (e !== h) encoder.push([e, h]); // ELECTRA's embedding projection
-  const head: [number, number][] = [[o.headFeatures, o.headWidth], [o.headWidth, o.headClasses]];
-  return [
-    ...linearTuneShapes(o.rows, encoder, o.backward),
-    ...linearTuneShapes(o.headRows, head, o.backward),
-  ];
 }
 
 interface Loop {

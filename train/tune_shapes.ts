@@ -1,0 +1,31 @@
+// The GEMM products a model runs, for the matmul autotune (kernels/matmul_autotune.ts). Its own
+// file so that the benches can ask for them without loading the training loop's dependencies.
+
+import { linearTuneShapes, type TuneShape } from "../kernels/matmul_autotune.ts";
+import type { ModelConfig } from "../model/config.ts";
+
+/**
+ * The GEMM products a model runs (what the autotune should time): its encoder's linear layers
+ * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
+ * gradient products.
+ */
+export function modelTuneShapes(
+  config: ModelConfig,
+  o: {
+    rows: number;
+    headRows: number;
+    headFeatures: number;
+    headWidth: number;
+    headClasses: number;
+    backward: boolean;
+  },
+): TuneShape[] {
+  const h = config.hiddenSize, inter = config.intermediateSize, e = config.embeddingSize;
+  const encoder: [number, number][] = [[h, h], [h, inter], [inter, h]];
+  if (e !== h) encoder.push([e, h]); // ELECTRA's embedding projection
+  const head: [number, number][] = [[o.headFeatures, o.headWidth], [o.headWidth, o.headClasses]];
+  return [
+    ...linearTuneShapes(o.rows, encoder, o.backward),
+    ...linearTuneShapes(o.headRows, head, o.backward),
+  ];
+}
