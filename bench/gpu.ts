@@ -1,0 +1,445 @@
+// The GPU comparison, start to finish in one call of under 8 minutes on a lent H100:
+//
+//   bash bench/gpu_prepare.sh                          (here: packs Deno and the deps into .gpu/)
+//   device run, carry [".gpu"]:  EHFT_COMMIT=<sha> bash .gpu/on-device.sh deno run -A bench/gpu.ts
+//     (not `deno task bench:gpu` there: deno task first installs every npm package of deno.lock)
+//   deno task bench:gpu --small                       (a rehearsal on any adapter: tiny shapes)
+//
+// Phases, each a subprocess with its own time limit, so that a hang or crash costs that phase
+// and not the run; the report is rewritten after every phase, so a run cut short still leaves
+// what it measured:
+// 1. the adapter Deno sees: name, driver (nvidia-smi), features (shader-f16, subgroups,
+//    timestamp-query), limits.
+// 2. correctness there first: the kernel and model tests (float64 CPU references, the PyTorch
+//    fixtures), then the f16 tests. If those fail, no f16 row is timed and the report says f16
+//    must stay off on this adapter.
+// 3. PyTorch on the same GPU (bench/torch_step.py): torch.matmul at the GEMM shapes (fp32 with
+//    TF32 off, fp16, bf16) and the training step of the same model shape (RobertaForSequence-
+//    Classification with the EH-FT head; ft, BitFit, LoRA; fp32 and bf16 autocast).
+// 4. ours (bench/kernels.ts --json): the GEMMs at RoBERTa-large's linear layers (32 × 128 tokens)
+//    in f32 and f16, then the training step of RoBERTa-large's shape (24 layers, hidden 1024,
+//    random weights, batch 32 × 128) for ft and Stage 1 with BitFit and LoRA, f32 and f16.
+// 5. the report: $OUT/gpu-bench.md (ratios ours / PyTorch against the goals), $OUT/rows.jsonl,
+//    the phases' logs, and the report again as the last lines of stdout.
+//
+// Flags: --out DIR (default $OUT, else runs/gpu-bench), --small, --budget S (default 420: the
+// phases' limits are shares of it), --python CMD (default: python3, else /usr/bin/python3, the
+// first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
+// what bench/gpu_prepare.sh caches for the offline machine).
+
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { writeFileAtomic } from "../model/atomic_write.ts";
+import { type GpuReport, reportMarkdown, type Row, type TestRun } from "./gpu_table.ts";
+
+const ROOT = join(import.meta.dirname!, "..");
+
+/** The model and GEMM shapes: RoBERTa-large at 32 × 128 tokens, or tiny ones (--small). */
+const FULL = {
+  step: {
+    layers: 24,
+    hidden: 1024,
+    heads: 16,
+    intermediate: 4096,
+    vocab: 50265,
+    batch: 32,
+    seq: 128,
+  },
+  gemms: "4096x1024x1024,4096x1024x4096,4096x4096x1024",
+};
+const SMALL = {
+  step: { layers: 2, hidden: 64, heads: 2, intermediate: 160, vocab: 1000, batch: 4, seq: 24 },
+  gemms: "96x80x112,200x64x48",
+};
+
+/** Kernel and model tests with float64 or PyTorch references, and the f16 ones. */
+const F32_TESTS = [
+  "matmul_test",
+  "matmul_variants_test",
+  "linear_test",
+  "attention_test",
+  "flash_attention_test",
+  "layernorm_test",
+  "add_layernorm_test",
+  "add_test",
+  "gelu_test",
+  "relu_test",
+  "dropout_test",
+  "embedding_test",
+  "pooling_test",
+  "loss_test",
+  "vocab_cross_entropy_test",
+  "reductions_test",
+  "grad_norm_test",
+  "adamw_test",
+  "optimizer_arena_test",
+  "lora_test",
+  "peft_test",
+  "encoder_test",
+  "encoder_flash_test",
+  "encoder_fusion_test",
+];
+const F16_TESTS = ["cast_test", "matmul_f16_test", "loss_scale_test", "encoder_f16_test"];
+
+/** Shares of --budget per phase (they sum to under 1; the rest is start-up and the report). */
+const SHARE = { tests: 0.22, f16Tests: 0.08, torch: 0.2, gemm: 0.12, steps: 0.34 };
+
+interface Options {
+  out: string;
+  small: boolean;
+  budgetS: number;
+  python?: string;
+  tests: boolean;
+}
+
+function parseOptions(args: string[]): Options {
+  const { values } = parseArgs({
+    args,
+    options: {
+      out: { type: "string" },
+      small: { type: "boolean", default: false },
+      budget: { type: "string", default: "420" },
+      python: { type: "string" },
+      "no-tests": { type: "boolean", default: false },
+      "print-files": { type: "boolean", default: false },
+    },
+  });
+  if (values["print-files"]) {
+    // What the run loads besides this file, for bench/gpu_prepare.sh to cache.
+    console.log(["bench/kernels.ts", ...[...F32_TESTS, ...F16_TESTS].map((t) => `tests/${t}.ts`)]
+      .join("\n"));
+    Deno.exit(0);
+  }
+  const budget = values.budget as string;
+  if (!/^[1-9][0-9]*$/.test(budget)) {
+    throw new Error(`--budget: expected whole seconds, got "${budget}"`);
+  }
+  return {
+    out: (values.out as string | undefined) ?? Deno.env.get("OUT") ?? "runs/gpu-bench",
+    small: values.small as boolean,
+    budgetS: Number(budget),
+    python: values.python as string | undefined,
+    tests: !values["no-tests"],
+  };
+}
+
+interface PhaseResult {
+  code: number | null;
+  timedOut: boolean;
+  stdout: string;
+  seconds: number;
+}
+
+/**
+ * Runs one phase with a time limit, its stderr shown live and both streams kept in
+ * `$OUT/<log>.log`. A process still running at the limit is killed (code null, timedOut).
+ */
+async function phase(
+  out: string,
+  log: string,
+  cmd: string,
+  args: string[],
+  limitS: number,
+): Promise<PhaseResult> {
+  const start = performance.now();
+  console.error(`bench:gpu: ${log}: ${cmd} ${args.join(" ")} (limit ${Math.round(limitS)} s)`);
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, {
+      args,
+      cwd: ROOT,
+      env: { NO_COLOR: "1" }, // plain logs, and deno test's summary line unbroken
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (e) {
+    const message = `could not start ${cmd}: ${(e as Error).message}`;
+    await Deno.writeTextFile(join(out, `${log}.log`), message + "\n");
+    return { code: -1, timedOut: false, stdout: "", seconds: 0 };
+  }
+  const decoder = new TextDecoder();
+  let stdout = "";
+  let stderr = "";
+  const readOut = (async () => {
+    for await (const chunk of child.stdout) stdout += decoder.decode(chunk, { stream: true });
+  })();
+  const readErr = (async () => {
+    for await (const chunk of child.stderr) {
+      const text = decoder.decode(chunk, { stream: true });
+      stderr += text;
+      Deno.stderr.writeSync(chunk);
+    }
+  })();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* it exited meanwhile */ }
+  }, limitS * 1000);
+  const status = await child.status;
+  clearTimeout(timer);
+  await Promise.all([readOut, readErr]);
+  const seconds = (performance.now() - start) / 1000;
+  await Deno.writeTextFile(
+    join(out, `${log}.log`),
+    `$ ${cmd} ${args.join(" ")}\n# exit ${status.code}${
+      timedOut ? ` (killed at the ${Math.round(limitS)} s limit)` : ""
+    }, ${seconds.toFixed(1)} s\n# stdout\n${stdout}\n# stderr\n${stderr}`,
+  );
+  console.error(
+    `bench:gpu: ${log}: ${timedOut ? "TIMED OUT" : `exit ${status.code}`} in ${
+      seconds.toFixed(1)
+    } s`,
+  );
+  return { code: timedOut ? null : status.code, timedOut, stdout, seconds };
+}
+
+function jsonRows(text: string): Row[] {
+  const rows: Row[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      rows.push(JSON.parse(line));
+    } catch { /* a line cut by a kill */ }
+  }
+  return rows;
+}
+
+/** "ok | 12 passed | 0 failed (3s)" or "FAILED | 11 passed | 1 failed" from deno test. */
+export function testCounts(text: string): { passed: number; failed: number } | null {
+  const m = /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(text);
+  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : null;
+}
+
+async function commandText(cmd: string, args: string[]): Promise<string | null> {
+  try {
+    const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).output();
+    return o.success ? new TextDecoder().decode(o.stdout).trim() : null;
+  } catch {
+    return null;
+  }
+}
+
+async function findPython(given?: string): Promise<string | null> {
+  for (const cmd of given ? [given] : ["python3", "/usr/bin/python3"]) {
+    if (await commandText(cmd, ["-c", "import torch"]) !== null) return cmd;
+  }
+  return null;
+}
+
+async function adapterFacts(): Promise<Pick<GpuReport, "adapter" | "features"> & { text: string }> {
+  const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) return { adapter: "none", features: [], text: "no WebGPU adapter" };
+  const info = adapter.info;
+  const name = `${info.description || info.device || "unnamed"} (vendor ${
+    info.vendor || "?"
+  }, architecture ${info.architecture || "?"})`;
+  const features = [...adapter.features].sort();
+  const limits = adapter.limits as unknown as Record<string, number>;
+  const keys = [
+    "maxBufferSize",
+    "maxStorageBufferBindingSize",
+    "maxComputeWorkgroupStorageSize",
+    "maxComputeInvocationsPerWorkgroup",
+    "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupsPerDimension",
+    "maxStorageBuffersPerShaderStage",
+    "minStorageBufferOffsetAlignment",
+  ];
+  const text = [
+    `adapter: ${name}`,
+    `features: ${features.join(", ")}`,
+    ...keys.map((k) => `  ${k}: ${limits[k]}`),
+  ].join("\n");
+  return { adapter: name, features, text };
+}
+
+function shapeFlags(step: Record<string, number>): string[] {
+  return Object.entries(step).flatMap(([k, v]) => [`--${k}`, String(v)]);
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions(Deno.args);
+  const started = performance.now();
+  const shapes = o.small ? SMALL : FULL;
+  await Deno.mkdir(o.out, { recursive: true });
+  const limit = (share: number) => Math.max(20, share * o.budgetS);
+
+  // 1. The adapter.
+  const facts = await adapterFacts();
+  console.log(facts.text);
+  const driver = await commandText("nvidia-smi", [
+    "--query-gpu=name,driver_version,memory.total",
+    "--format=csv,noheader",
+  ]) ?? "no nvidia-smi";
+  console.log(`driver: ${driver}`);
+  const commit = Deno.env.get("EHFT_COMMIT") ??
+    await commandText("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]) ?? "unknown";
+  const report: GpuReport = {
+    adapter: facts.adapter,
+    driver,
+    features: facts.features,
+    date: new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC",
+    commit,
+    reference: "not measured",
+    tests: [],
+    f16: { on: facts.features.includes("shader-f16"), why: "the adapter has shader-f16" },
+    shape: `${shapeFlags(shapes.step).join(" ")} (our rows: BERT-style config of that shape)`,
+    ours: [],
+    torch: [],
+    notes: [],
+  };
+  if (!report.f16.on) report.f16.why = "the adapter has no shader-f16";
+  const write = async () => {
+    await writeFileAtomic(join(o.out, "gpu-bench.md"), reportMarkdown(report));
+    await writeFileAtomic(
+      join(o.out, "rows.jsonl"),
+      [...report.torch, ...report.ours].map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+  };
+  await write();
+
+  // 2. Correctness on this adapter.
+  const testRun = async (name: string, files: string[], limitS: number): Promise<TestRun> => {
+    const r = await phase(o.out, name, Deno.execPath(), [
+      "test",
+      "--allow-all",
+      "--no-check",
+      ...files.map((f) => `tests/${f}.ts`),
+    ], limitS);
+    const log = await Deno.readTextFile(join(o.out, `${name}.log`));
+    const counts = testCounts(log);
+    if (r.timedOut) {
+      return { name, passed: 0, failed: 0, problem: `timed out after ${Math.round(limitS)} s` };
+    }
+    if (!counts) return { name, passed: 0, failed: 0, problem: `exit ${r.code}, no summary` };
+    return { name, ...counts };
+  };
+  if (o.tests) {
+    report.tests.push(await testRun("tests-f32", F32_TESTS, limit(SHARE.tests)));
+    await write();
+    if (report.f16.on) {
+      const f16 = await testRun("tests-f16", F16_TESTS, limit(SHARE.f16Tests));
+      report.tests.push(f16);
+      // A failure is evidence against f16 here; a timeout is none either way, and the f16
+      // rows' first-step check against f32 (in the report) still says whether it computes right.
+      if (f16.failed > 0) {
+        report.f16 = {
+          on: false,
+          why: `${f16.failed} f16 tests failed here: f16 must stay off on this adapter; ` +
+            "no f16 row timed",
+        };
+      } else if (f16.problem) {
+        report.f16.why = `shader-f16, but the f16 tests gave no verdict (${f16.problem})`;
+      } else report.f16.why = "shader-f16, and the f16 tests pass here";
+    }
+    await write();
+  } else report.notes.push("--no-tests: correctness not checked in this run");
+
+  // 3. PyTorch on the same GPU.
+  const python = await findPython(o.python);
+  if (!python) {
+    report.reference = "no python with torch: no reference, no ratios";
+  } else {
+    const r = await phase(o.out, "torch", python, [
+      "bench/torch_step.py",
+      "--shapes",
+      shapes.gemms,
+      ...shapeFlags(shapes.step),
+      ...(o.small ? ["--budget", "1"] : []),
+    ], limit(SHARE.torch));
+    report.torch = jsonRows(r.stdout);
+    const step = report.torch.find((row) => row.kernel === "train_step_reference");
+    const any = report.torch[0];
+    report.reference = any
+      ? `torch ${any.torch} on ${any.device}` +
+        (step
+          ? `; model: ${step.impl} ${step.transformers}, attention ${step.attention}`
+          : "; no training-step row")
+      : "no rows";
+    if (r.code !== 0) {
+      report.notes.push(
+        `PyTorch phase ${r.timedOut ? "timed out" : `failed (exit ${r.code})`}: see torch.log`,
+      );
+    }
+  }
+  await write();
+
+  // 4. Ours.
+  const precisions = report.f16.on ? ["f32", "f16"] : ["f32"];
+  const bench = (log: string, args: string[], limitS: number) =>
+    phase(o.out, log, Deno.execPath(), [
+      "run",
+      "--allow-all",
+      "bench/kernels.ts",
+      "--json",
+      "--no-reference",
+      ...args,
+    ], limitS);
+  {
+    const r = await bench("ours-gemm", [
+      "--only",
+      "matmul",
+      "--gemm-shapes",
+      shapes.gemms,
+      "--precision",
+      precisions.join(","),
+      "--reps",
+      "5",
+    ], limit(SHARE.gemm));
+    report.ours.push(...jsonRows(r.stdout));
+    if (r.code !== 0) report.notes.push(`our GEMM phase ${r.timedOut ? "timed out" : "failed"}`);
+    await write();
+  }
+  // The most telling rows first: each (mode, precision) is its own process, so that a slow one
+  // costs only itself; they share what is left of the steps' share.
+  const runs = [["ft", "f32"], ["ft", "f16"], ["bitfit", "f32"], ["lora", "f32"], [
+    "bitfit",
+    "f16",
+  ], ["lora", "f16"]].filter(([, p]) => precisions.includes(p));
+  const stepsEnd = performance.now() + limit(SHARE.steps) * 1000;
+  for (const [i, [mode, precision]] of runs.entries()) {
+    const left = (stepsEnd - performance.now()) / 1000;
+    if (left < 10) {
+      report.notes.push(`no time left for train_step ${mode} ${precision}`);
+      continue;
+    }
+    // Later runs keep a fair share of the time for those after them.
+    const share = Math.max(left / (runs.length - i), Math.min(left, 60));
+    const r = await bench(`ours-step-${mode}-${precision}`, [
+      "--only",
+      "train_step",
+      ...shapeFlags(shapes.step),
+      "--modes",
+      mode,
+      "--precision",
+      precision,
+      "--reps",
+      "5",
+    ], share);
+    report.ours.push(...jsonRows(r.stdout));
+    if (r.code !== 0) {
+      report.notes.push(
+        `train_step ${mode} ${precision} ${
+          r.timedOut ? `timed out after ${Math.round(share)} s` : `failed (exit ${r.code})`
+        }: see ours-step-${mode}-${precision}.log`,
+      );
+    }
+    await write();
+  }
+
+  // 5. The report.
+  report.notes.push(`whole run: ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  await write();
+  console.log("\n" + reportMarkdown(report));
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`bench:gpu: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Packs what `deno task bench:gpu` needs on the lent GPU machine (no network there) into .gpu/,
+# through ../shared/device/prepare.sh, with a Deno cache holding only this run's dependencies: the
+# full cache of a development machine (hundreds of MB of compiled code and npm packages) would
+# not fit the 64 MiB that may travel with the working tree.
+# Usage, from the repository root:  bash bench/gpu_prepare.sh
+# Then, with the device tool: run, carry [".gpu"], command
+#   EHFT_COMMIT=<git rev-parse --short HEAD> bash .gpu/on-device.sh deno run --allow-all bench/gpu.ts
+# (not `deno task`: it would first install every npm package of deno.lock, offline there)
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+cd "$root"
+cache=$(mktemp -d /tmp/ehft-gpu-deno-dir.XXXXXX)
+trap 'rm -rf "$cache"' EXIT
+# --no-lock: with the lock file, `deno cache` fetches every npm package it lists (the plots' too),
+# not only those these modules import; the runs there still read the lock file.
+# shellcheck disable=SC2046 # one file per line, no spaces
+DENO_DIR=$cache deno cache --no-lock bench/gpu.ts $(deno run --allow-all bench/gpu.ts --print-files)
+DENO_DIR=$cache bash ../shared/device/prepare.sh
+tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
+gpu=$(du -sb .gpu | cut -f1)
+echo "gpu_prepare: working tree $((tree / 1048576)) MiB + .gpu $((gpu / 1048576)) MiB (limit 64 MiB)"
+if ((tree + gpu > 64 * 1048576)); then
+  echo "gpu_prepare: over the 64 MiB that may travel: trim .gpu/ before the run" >&2
+  exit 1
+fi

@@ -1,0 +1,132 @@
+// bench/gpu.ts's report: ratios ours / PyTorch and the goals, from rows of both sides, and the
+// test summary it reads. No GPU needed: the functions are pure.
+
+import { assert, assertEquals } from "./assert.ts";
+import { testCounts } from "../bench/gpu.ts";
+import {
+  f16Check,
+  gemmTable,
+  goalLines,
+  reportMarkdown,
+  type Row,
+  stepTable,
+} from "../bench/gpu_table.ts";
+
+const gemm = (precision: string, product: string, gflops: number): Row => ({
+  kernel: "gemm",
+  m: 4096,
+  n: 1024,
+  k: 4096,
+  product,
+  precision,
+  model: "roberta-large",
+  gflops,
+});
+const ref = (dtype: string, product: string, gflops: number): Row => ({
+  kernel: "gemm_reference",
+  m: 4096,
+  n: 1024,
+  k: 4096,
+  product,
+  dtype,
+  gflops,
+});
+const step = (mode: string, precision: string, samples: number, gradNorm = 1.5): Row => ({
+  kernel: "train_step",
+  mode,
+  precision,
+  samples_per_s: samples,
+  first_loss: 0.6931,
+  first_grad_norm: gradNorm,
+});
+const torchStep = (mode: string, amp: string, samples: number): Row => ({
+  kernel: "train_step_reference",
+  mode,
+  amp,
+  samples_per_s: samples,
+});
+
+const ours = [
+  gemm("f32", "forward", 30000),
+  gemm("f32", "dW", 20000),
+  gemm("f16", "forward", 60000),
+  step("ft", "f32", 40),
+  step("ft", "f16", 70),
+  step("bitfit", "f32", 100),
+];
+const torch = [
+  ref("fp32", "forward", 40000),
+  ref("fp32", "dW", 40000),
+  ref("fp16", "forward", 400000),
+  ref("bf16", "forward", 420000),
+  torchStep("ft", "fp32", 50),
+  torchStep("ft", "bf16", 200),
+  torchStep("bitfit", "fp32", 120),
+];
+
+Deno.test("gpu report: GEMM ratios against cuBLAS fp32 with the 0.6 goal", () => {
+  const lines = gemmTable(ours, torch);
+  const forward = lines.find((l) => l.includes("| forward |"))!;
+  assert(forward.includes("| 0.75 ✓ |"), forward); // 30000 / 40000
+  assert(forward.includes("| 0.15 |"), forward); // f16 60000 / fp16 400000
+  const dW = lines.find((l) => l.includes("| dW |"))!;
+  assert(dW.includes("| 0.50 ✗ |"), dW);
+  assert(dW.includes("| – |"), "no f16 row: a dash, not a number");
+});
+
+Deno.test("gpu report: training-step ratios and the goal lines", () => {
+  const lines = stepTable(ours, torch);
+  const ft = lines.find((l) => l.startsWith("| ft |"))!;
+  assert(ft.includes("| 0.80 ✓ |"), ft); // 40 / 50
+  assert(ft.includes("| 1.40 ✓ |"), ft); // 70 / 50
+  assert(ft.includes("| 0.35 |"), ft); // 70 / 200
+  const bitfit = lines.find((l) => l.startsWith("| bitfit |"))!;
+  assert(bitfit.includes("| 0.83 ✓ |"), bitfit);
+  assert(!lines.some((l) => l.startsWith("| lora |")), "no lora rows on either side: no line");
+  assertEquals(goalLines(ours, torch), [
+    "f32 GEMM ≥ 0.6 × cuBLAS fp32: NOT met (1 of 2 products; lowest ratio 0.50)",
+    "f32 training step (ft) ≥ 0.7 × PyTorch fp32: met (0.80)",
+    "f16 training step (ft) ≥ 1 × PyTorch fp32: met (1.40)",
+    "f16 training step (ft) against PyTorch bf16 autocast: 0.35 (no goal)",
+  ]);
+});
+
+Deno.test("gpu report: f16 against f32 by the first step's gradient norm", () => {
+  const [agrees] = f16Check([step("ft", "f32", 1, 2.0), step("ft", "f16", 1, 2.01)]);
+  assert(agrees.includes("agrees"), agrees);
+  const [differs] = f16Check([step("ft", "f32", 1, 2.0), step("ft", "f16", 1, 2.5)]);
+  assert(differs.includes("DIFFERS"), differs);
+  const skipped = { ...step("ft", "f16", 1), first_grad_norm: null };
+  const [note] = f16Check([step("ft", "f32", 1), skipped]);
+  assert(note.includes("skipped"), note);
+});
+
+Deno.test("gpu report: nothing measured still gives a readable report", () => {
+  const text = reportMarkdown({
+    adapter: "none",
+    driver: "no nvidia-smi",
+    features: [],
+    date: "2026-11-27 00:00 UTC",
+    commit: "abc1234",
+    reference: "no python with torch: no reference, no ratios",
+    tests: [{ name: "tests-f32", passed: 0, failed: 0, problem: "timed out after 90 s" }],
+    f16: { on: false, why: "the adapter has no shader-f16" },
+    shape: "--layers 24",
+    ours: [],
+    torch: [],
+    notes: ["whole run: 5 s"],
+  });
+  assert(text.includes("No GEMM rows were measured."));
+  assert(text.includes("No training-step rows were measured."));
+  assert(text.includes("- tests-f32: timed out after 90 s"));
+  assert(text.includes("- f16: off (the adapter has no shader-f16)"));
+});
+
+Deno.test("gpu bench: deno test's summary line", () => {
+  assertEquals(testCounts("ok | 25 passed | 0 failed (12s)"), { passed: 25, failed: 0 });
+  assertEquals(testCounts("FAILED | 11 passed (3 steps) | 1 failed (2s)"), {
+    passed: 11,
+    failed: 1,
+  });
+  assertEquals(testCounts("error: Module not found"), null);
+});
