@@ -143,8 +143,20 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
   }
 });
 
-test("pretrain.ts --help names every flag", () => {
-  for (const name of Object.keys(FLAGS)) assert(HELP.includes(`--${name}`), `--${name}`);
+test("pretrain.ts --help names every flag, with the default the parser uses", () => {
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    const at = HELP.indexOf(`--${name}`);
+    assert(at >= 0, `--${name}`);
+    const def = (spec as { default?: string }).default;
+    if (def === undefined) continue;
+    // The flag's entry runs to the next line that starts a flag; the shape flags share one.
+    const next = HELP.indexOf("\n  --", at);
+    const entry = HELP.slice(at, next < 0 ? undefined : next);
+    assert(
+      new RegExp(`\\(default [^)]*\\b${def.replace(".", "\\.")}\\b`).test(entry),
+      `--${name}: ${entry}`,
+    );
+  }
   return Promise.resolve();
 });
 
