@@ -141,8 +141,10 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.base = base
         bound = 1 / math.sqrt(base.in_features)
-        self.lora_A = nn.Parameter(torch.empty(LORA_R, base.in_features).uniform_(-bound, bound))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, LORA_R))
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}  # the model's, not CPU
+        self.lora_A = nn.Parameter(
+            torch.empty(LORA_R, base.in_features, **like).uniform_(-bound, bound))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, LORA_R, **like))
 
     def forward(self, x):
         return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * (LORA_ALPHA / LORA_R)
@@ -170,11 +172,10 @@ NAMES = {
 
 def on_device(make, device):
     """make() with its tensors created on `device` (torch >= 2.0), else made here and moved."""
-    try:
-        with torch.device(device):
-            return make()
-    except (AttributeError, TypeError):  # torch 1.x: a device is no context manager
+    if not hasattr(torch.device, "__enter__"):  # torch 1.x: a device is no context manager
         return make().to(device)
+    with torch.device(device):
+        return make()
 
 
 def build_model(a, device):
@@ -291,9 +292,6 @@ def step_row(a, mode, amp, device):
         "first_loss": first_loss, "trainable": sum(p.numel() for p in trainable),
         "impl": impl, "attention": attention, "transformers": version,
     }
-    del model, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -350,6 +348,8 @@ def main():
             for mode in a.modes.split(","):
                 start = time.perf_counter()
                 row = step_row(a, mode, amp, device)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # the row's model and optimizer are gone now
                 emit(row)
                 note(f"train step {mode} {amp}: {row['ms']:.1f} ms ({row['impl']}, attention "
                      f"{row['attention']}), {time.perf_counter() - start:.1f} s")
