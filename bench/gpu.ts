@@ -23,7 +23,7 @@
 //    the phases' logs, and the report again as the last lines of stdout.
 //
 // Flags: --out DIR (default $OUT, else runs/gpu-bench), --small, --budget S (default 420: the
-// phases' limits are shares of it), --python CMD (default: python3, else /usr/bin/python3, the
+// phases' limits are shares of it), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
 // what bench/gpu_prepare.sh caches for the offline machine).
 
@@ -222,7 +222,7 @@ async function commandText(cmd: string, args: string[]): Promise<string | null> 
 }
 
 async function findPython(given?: string): Promise<string | null> {
-  for (const cmd of given ? [given] : ["python3", "/usr/bin/python3"]) {
+  for (const cmd of given ? [given] : ["python3", "python", "/usr/bin/python3"]) {
     if (await commandText(cmd, ["-c", "import torch"]) !== null) return cmd;
   }
   return null;
