@@ -210,7 +210,9 @@ async function benchMode(
     const stats = await trainer.takeStats();
     if (!stats.every((s) => Number.isFinite(s.loss)) || stats.every((s) => s.skipped)) {
       throw new Error(
-        `train_step ${mode} ${precision}: non-finite loss or skipped step ${JSON.stringify(stats)}`,
+        `train_step ${mode} ${precision}: non-finite loss or every step skipped ${
+          JSON.stringify(stats)
+        }`,
       );
     }
     if (profile && gpu.hasTimestampQuery) {
