@@ -114,7 +114,8 @@ ${rowSumWgsl("vec2f", t, 0)}`,
   let sums = row_sum_0(lid, s) * inv_h;
   for (var j = lane; j < n; j += ${t}u) {
     let i = base + j;
-    let dx = rs * (dOut[i] * gamma[j] - sums.x - xhat[i] * sums.y);
+    // One feature: exactly 0 (see layernorm.ts), not FMA contraction's rounding error × rstd.
+    let dx = select(rs * (dOut[i] * gamma[j] - sums.x - xhat[i] * sums.y), 0.0, params.h == 1u);
     ${
       withResidual
         ? `var r = dx;

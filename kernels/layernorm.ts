@@ -192,7 +192,10 @@ ${rowSumWgsl("vec3f", t, 0)}`,
   for (var j = lane; j < n; j += ${t}u) {
     let g = dOut[base + j] * gamma[j];
     let xhat = ((x[base + j] - m) - c) * rs;
-    var v = rs * (g - mean_g - xhat * mean_gx);
+    // With one feature the output is beta whatever x, so dX is exactly 0; computed, FMA
+    // contraction (NVIDIA) leaves g − mean_g at a product's rounding error, times rstd (1e6 at
+    // eps 1e-12).
+    var v = select(rs * (g - mean_g - xhat * mean_gx), 0.0, params.h == 1u);
     if (params.accumulate != 0u) { v += dX[base + j]; }
     dX[base + j] = v;
   }`,
