@@ -17,6 +17,15 @@ trap 'rm -rf "$cache"' EXIT
 # shellcheck disable=SC2046 # one file per line, no spaces
 DENO_DIR=$cache deno cache --no-lock bench/gpu.ts $(deno run --allow-all bench/gpu.ts --print-files)
 DENO_DIR=$cache bash ../shared/device/prepare.sh
+# NVIDIA's Vulkan driver there (libGLX_nvidia.so.0) needs libglvnd's dispatch libraries, which the
+# image lacks: without them Deno sees no adapter (measured on the first H100 run, 2026-11-27).
+# on-device.sh unpacks every .deb in .gpu/.
+if ! ls .gpu/libglvnd0_*.deb >/dev/null 2>&1; then
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  mkdir -p /tmp/amd64/partial
+  apt-get $o update >/dev/null
+  (cd .gpu && apt-get $o download libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2 >/dev/null)
+fi
 tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
 gpu=$(du -sb .gpu | cut -f1)
 echo "gpu_prepare: working tree $((tree / 1048576)) MiB + .gpu $((gpu / 1048576)) MiB (limit 64 MiB)"
