@@ -97,6 +97,12 @@ class Model(nn.Module):
         return self.out_proj(torch.relu(self.dense(h[:, 0]))).squeeze(-1)
 
 
+def median(xs):
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
 def blas_libraries():
     try:
         with open("/proc/self/maps") as f:
@@ -153,9 +159,7 @@ def main():
         times.append(time.perf_counter() - start)
         if not math.isfinite(loss):
             sys.exit(f"torch_cpu_step: non-finite loss {loss}")
-    times.sort()
-    mid = len(times) // 2
-    s = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    s = median(times)
     blas = ", ".join(blas_libraries()) or "none loaded"
     print(f"torch_cpu_step: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"BLAS {blas}, {len(times)} timed steps", file=sys.stderr)

@@ -45,6 +45,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_cpu_step import median  # noqa: E402
 HEAD_WIDTH = 2048
 LORA_R, LORA_ALPHA = 8, 16
 
@@ -56,12 +57,6 @@ def note(text):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def median(xs):
-    s = sorted(xs)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
 # ---------------------------------------------------------------------------------------------
