@@ -184,7 +184,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 
 /** dst[c] (+)= Σ_r src[r, c], deterministically (a fixed summation order, no atomics). */
-function columnSum(
+export function columnSum(
   rec: Recorder,
   label: string,
   src: Tensor,

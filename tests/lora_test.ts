@@ -3,7 +3,7 @@ import { gpuTest, outputTensor } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { loraBackward, loraForward } from "../kernels/lora.ts";
+import { LORA_SPLIT_ROWS, loraBackward, loraForward } from "../kernels/lora.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
@@ -191,6 +191,42 @@ gpuTest("lora: backward gives dA, dB (poisoned) and adds into dX at odd shapes",
     }
   }
 });
+
+gpuTest(
+  "lora: dA and dB over many token rows are summed in row blocks, exactly so",
+  async (gpu) => {
+    // 1041 rows: 4 blocks of LORA_SPLIT_ROWS and a last one of 17; 512: 2 blocks, no remainder.
+    for (const [s, xShape] of [[3, 347, 19], [2, 256, 9]].entries()) {
+      const c = { xShape, r: 5, outF: 23, scale: 0.75 };
+      const d = dimsOf(c.xShape, c.r, c.outF);
+      assert(d.rows >= 2 * LORA_SPLIT_ROWS);
+      const initDX = f32(d.rows * d.inF, 900 + s);
+      const initDA = f32(c.r * d.inF, 910 + s), initDB = f32(c.outF * c.r, 920 + s);
+      for (const accumulate of [false, true]) {
+        const r = await runBackward(
+          gpu,
+          c,
+          930 + s,
+          { dX: true, dA: true, dB: true },
+          { dX: initDX, dA: initDA, dB: initDB },
+          accumulate,
+          "module",
+        );
+        const name = `${xShape} accumulate=${accumulate}`;
+        assertClose(`dX ${name}`, r.dX!, add(r.ref.dX, initDX));
+        assertClose(`dA ${name}`, r.dA!, accumulate ? add(r.ref.dA, initDA) : r.ref.dA);
+        assertClose(`dB ${name}`, r.dB!, accumulate ? add(r.ref.dB, initDB) : r.ref.dB);
+        const rest = d.rows % LORA_SPLIT_ROWS !== 0;
+        for (const grad of ["dA", "dB"]) {
+          const op = `loraBackward (${grad})`;
+          assert(r.launched.includes(`${op} blocks`), `${name}: ${r.launched}`);
+          assert(r.launched.includes(`${op} sum`), `${name}: ${r.launched}`);
+          assertEquals(r.launched.includes(`${op} last block`), rest, `${name}: ${r.launched}`);
+        }
+      }
+    }
+  },
+);
 
 gpuTest(
   "lora: backward computes only what is asked; accumulate adds into dA and dB",
