@@ -127,6 +127,7 @@ interface PhaseResult {
   code: number | null;
   timedOut: boolean;
   stdout: string;
+  stderr: string;
   seconds: number;
 }
 
@@ -155,7 +156,7 @@ async function phase(
   } catch (e) {
     const message = `could not start ${cmd}: ${(e as Error).message}`;
     await Deno.writeTextFile(join(out, "logs", `${log}.log`), message + "\n");
-    return { code: -1, timedOut: false, stdout: "", seconds: 0 };
+    return { code: -1, timedOut: false, stdout: "", stderr: message, seconds: 0 };
   }
   const decoder = new TextDecoder();
   let stdout = "";
@@ -192,7 +193,7 @@ async function phase(
       seconds.toFixed(1)
     } s`,
   );
-  return { code: timedOut ? null : status.code, timedOut, stdout, seconds };
+  return { code: timedOut ? null : status.code, timedOut, stdout, stderr, seconds };
 }
 
 function jsonRows(text: string): Row[] {
@@ -309,8 +310,7 @@ async function main(): Promise<void> {
       "--parallel", // on the H100, 52 s for all of them instead of over 126 s one file at a time
       ...files.map((f) => `tests/${f}.ts`),
     ], limitS);
-    const log = await Deno.readTextFile(join(o.out, "logs", `${name}.log`));
-    const counts = testCounts(log);
+    const counts = testCounts(r.stdout + r.stderr);
     if (r.timedOut) {
       return { name, passed: 0, failed: 0, problem: `timed out after ${Math.round(limitS)} s` };
     }

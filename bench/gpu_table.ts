@@ -186,20 +186,13 @@ export function goalLines(ours: Row[], torch: Row[]): string[] {
     const t = num(stepOf(torch, "train_step_reference", "ft", "amp", amp)?.samples_per_s);
     return ratio(o, t);
   };
-  const r32 = step("f32", "fp32");
-  if (r32 !== undefined) {
+  for (const [precision, goal] of [["f32", GOALS.stepF32], ["f16", GOALS.stepF16]] as const) {
+    const r = step(precision, "fp32");
+    if (r === undefined) continue;
     lines.push(
-      `f32 training step (ft) ≥ ${GOALS.stepF32} × PyTorch fp32: ${
-        r32 >= GOALS.stepF32 ? "met" : "NOT met"
-      } (${r32.toFixed(2)})`,
-    );
-  }
-  const r16 = step("f16", "fp32");
-  if (r16 !== undefined) {
-    lines.push(
-      `f16 training step (ft) ≥ ${GOALS.stepF16} × PyTorch fp32: ${
-        r16 >= GOALS.stepF16 ? "met" : "NOT met"
-      } (${r16.toFixed(2)})`,
+      `${precision} training step (ft) ≥ ${goal} × PyTorch fp32: ${
+        r >= goal ? "met" : "NOT met"
+      } (${r.toFixed(2)})`,
     );
   }
   const rbf = step("f16", "bf16");
