@@ -143,6 +143,11 @@ function dtypesSuffix(t: Dtypes): string {
  *   rows a multiple of 4 long; otherwise the launcher runs `direct4x4` instead.
  * - `vec4_4x8` / `vec4_8x8` / `vec4_8x16` / `vec4_16x8`: the same with an rm×rn register tile
  *   (rows × columns per invocation), 8×8 workgroups, same alignment needs.
+ * - `tiled_4x4` / `tiled_8x8`: for GPUs, where the barrier-free kernels' loads are not coalesced
+ *   (neighbouring invocations read different rows): a 16×16 workgroup stages a bk-deep slice of
+ *   a 64×64 / 128×128 block of op(A) and op(B) in workgroup memory with vec4 loads along each
+ *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers. Same
+ *   alignment needs as the vec4 kernels (otherwise `direct4x4`).
  */
 export type MatmulVariant =
   | "tile16"
@@ -154,7 +159,9 @@ export type MatmulVariant =
   | "vec4_4x8"
   | "vec4_8x8"
   | "vec4_8x16"
-  | "vec4_16x8";
+  | "vec4_16x8"
+  | "tiled_4x4"
+  | "tiled_8x8";
 
 /** Every variant (kernels/matmul_autotune.ts times a subset of them). */
 export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
@@ -168,12 +175,15 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
   "vec4_8x8",
   "vec4_8x16",
   "vec4_16x8",
+  "tiled_4x4",
+  "tiled_8x8",
 ];
 
 type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
-  | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number };
+  | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number }
+  | { kind: "tiled"; rm: number; rn: number; bk: number };
 
 const VARIANTS: Record<MatmulVariant, VariantSpec> = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
@@ -186,6 +196,8 @@ const VARIANTS: Record<MatmulVariant, VariantSpec> = {
   vec4_8x8: { kind: "vec4", rm: 8, rn: 8, ku: 4, wx: 8, wy: 8 },
   vec4_8x16: { kind: "vec4", rm: 8, rn: 16, ku: 4, wx: 8, wy: 8 },
   vec4_16x8: { kind: "vec4", rm: 16, rn: 8, ku: 4, wx: 8, wy: 8 },
+  tiled_4x4: { kind: "tiled", rm: 4, rn: 4, bk: 16 },
+  tiled_8x8: { kind: "tiled", rm: 8, rn: 8, bk: 8 },
 };
 
 /**
@@ -211,14 +223,15 @@ struct Params {
 /**
  * Longest k-slice per launch, by kernel kind, so that an invocation stays well inside lavapipe's
  * budget of 65,535 loop iterations (measured unsliced limits: `direct4x4` k < 65,536, `tile16`
- * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4). Multiples of 16, so that
- * every slice but the last is whole k-steps of every kernel (the shared kernels stage 16 k at a
- * time) and the resumed sum is term for term the unsliced one.
+ * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4, the tiled ones by their bk).
+ * Multiples of 16, so that every slice but the last is whole k-steps of every kernel (the shared
+ * and tiled kernels stage up to 16 k at a time) and the resumed sum is term for term the unsliced one.
  */
 const K_SLICE: Record<VariantSpec["kind"], number> = {
   shared: 8192,
   direct: 32768,
   vec4: 131072,
+  tiled: 131072,
 };
 
 /** The consecutive [kBegin, kEnd) slices of 0..k, each at most `max` long (one when k <= max). */
@@ -626,6 +639,160 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 }
 
 /**
+ * Block-tiled kernel for GPUs: a 16×16 workgroup computes a (16·rm)×(16·rn) block of C. Each
+ * step stages a bk-deep slice of op(A)'s rows and op(B)'s columns of the block in workgroup
+ * memory (`As[kk][i]`, `Bs[kk][j]`, vec4s along i and j), every global load a vec4 along the
+ * operand's contiguous axis, so that neighbouring invocations read neighbouring addresses whether
+ * or not it is transposed; the next slice's loads are issued into registers before the current
+ * slice is multiplied. Invocation (x, y) owns rows 4·(y + 16g) + i and columns 4·(x + 16h) + j
+ * (g < rm/4, h < rn/4, i, j < 4): its workgroup-memory reads are one vec4 per group, consecutive
+ * across a row of invocations. Each output adds its products in increasing k, one at a time, as
+ * in every other variant; rows and columns past the edge are loaded clamped and never stored,
+ * k past the end is zero.
+ */
+function tiledWgsl(
+  rm: number,
+  rn: number,
+  bk: number,
+  transA: boolean,
+  transB: boolean,
+  epilogue: EpilogueKind,
+  t = ALL_F32,
+  sliced = false,
+): string {
+  const W = 16;
+  const threads = W * W;
+  const bm = W * rm, bn = W * rn;
+  const sc = sliceCode(sliced, partialBinding(epilogue));
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const wide = (d: DType, e: string) => (d === "f16" ? `vec4<f32>(${e})` : e);
+  // Loads of one operand's slice: `count` vec4s shared out over the invocations, slot s of
+  // invocation li being vec4 number li + s·threads. `alongK`: the stored rows run along k (A not
+  // transposed, B transposed), so a vec4 holds four k of one block row/column and is scattered
+  // into four rows of the staged slice; otherwise it holds four consecutive block rows/columns
+  // at one k and is stored whole.
+  const operand = (x: "A" | "B", size: number, alongK: boolean) => {
+    const count = (size * bk) / 4;
+    const slots = Math.ceil(count / threads);
+    const [origin, limit, index, kStride] = x === "A"
+      ? ["row0", "p.m", alongK ? "p.rsA" : "", alongK ? "" : "p.csA"]
+      : ["col0", "p.n", alongK ? "p.csB" : "", alongK ? "" : "p.rsB"];
+    const dtype = x === "A" ? t.a : t.b;
+    const slot = (s: number) => `(li + ${s * threads}u)`;
+    const guard = (s: number) => (count % threads === 0 ? "true" : `${slot(s)} < ${count}u`);
+    // The slice's first k is named by the caller: this slice's or the next one's.
+    const load = (k0: string) =>
+      range(slots).map((s) => {
+        const e = slot(s);
+        let gk: string, addr: string;
+        if (alongK) {
+          // Block index e / (bk/4), k quad e % (bk/4).
+          gk = `${k0} + (${e} % ${bk / 4}u) * 4u`;
+          addr = `base${x} + min(${origin} + ${e} / ${bk / 4}u, ${limit} - 1u) * ${index} + ${gk}`;
+        } else {
+          // k row e / (size/4), block quad e % (size/4), its start clamped inside the matrix.
+          gk = `${k0} + ${e} / ${size / 4}u`;
+          const start = `min(${origin} + (${e} % ${size / 4}u) * 4u, ${limit} - 4u)`;
+          addr = `base${x} + (${gk}) * ${kStride} + ${start}`;
+        }
+        const value = wide(dtype, `${x}4[(${addr}) >> 2u]`);
+        return `r${x}${s} = vec4<f32>(0.0);\n    ` +
+          `if (${guard(s)} && ${gk} < p.k) { r${x}${s} = ${value}; }`;
+      }).join("\n    ");
+    const store = range(slots).map((s) => {
+      const e = slot(s);
+      if (!alongK) return `if (${guard(s)}) { ${x}s[${e}] = r${x}${s}; }`;
+      const i = `${e} / ${bk / 4}u`;
+      return range(4).map((q) => {
+        const kk = `(${e} % ${bk / 4}u) * 4u + ${q}u`;
+        return `if (${guard(s)}) { ${x}s[(${kk}) * ${size / 4}u + ${i} / 4u][${i} % 4u] = ` +
+          `r${x}${s}[${q}]; }`;
+      }).join("\n    ");
+    }).join("\n    ");
+    return {
+      decl: range(slots).map((s) => `var r${x}${s}: vec4<f32>;`).join("\n  "),
+      load,
+      store,
+    };
+  };
+  const opA = operand("A", bm, !transA);
+  const opB = operand("B", bn, transB);
+  const groups = range(rm / 4), cgs = range(rn / 4);
+  const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + lid.y * 4u + ${i}u`;
+  const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + lid.x * 4u + ${j}u`;
+  const compute: string[] = [];
+  for (const kk of range(bk)) {
+    const lines: string[] = [];
+    for (const g of groups) lines.push(`let a${g} = As[${kk * (bm / 4)}u + lid.y + ${W * g}u];`);
+    for (const h of cgs) lines.push(`let b${h} = Bs[${kk * (bn / 4)}u + lid.x + ${W * h}u];`);
+    for (const g of groups) {
+      for (const i of range(4)) {
+        for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += a${g}[${i}] * b${h};`);
+      }
+    }
+    compute.push(`{\n      ${lines.join("\n      ")}\n    }`);
+  }
+  const accs: string[] = [];
+  for (const g of groups) {
+    for (const i of range(4)) {
+      for (const h of cgs) {
+        const start = sliced
+          ? `vec4<f32>(${range(4).map((j) => sc.init(rowOf(g, i), colOf(h, j))).join(", ")})`
+          : "vec4<f32>(0.0)";
+        accs.push(`var acc${4 * g + i}_${h} = ${start};`);
+      }
+    }
+  }
+  const stores: string[] = [];
+  for (const g of groups) {
+    for (const i of range(4)) {
+      for (const h of cgs) {
+        for (const j of range(4)) {
+          stores.push(sc.put(rowOf(g, i), colOf(h, j), `acc${4 * g + i}_${h}[${j}]`));
+        }
+      }
+    }
+  }
+  return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
+${bindingsWgsl(t, true, epilogue, sliced)}
+${storeWgsl(epilogue, t)}
+${sc.wgsl}
+
+var<workgroup> As: array<vec4<f32>, ${(bm * bk) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(bn * bk) / 4}>;
+
+@compute @workgroup_size(${W}, ${W})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  ${BASES_WGSL}
+  let row0 = wid.y * ${bm}u;
+  let col0 = wid.x * ${bn}u;
+  ${accs.join("\n  ")}
+  ${opA.decl}
+  ${opB.decl}
+  var k0 = ${sc.kBegin};
+  {
+    ${opA.load("k0")}
+    ${opB.load("k0")}
+  }
+  for (; k0 < p.k; k0 += ${bk}u) {
+    workgroupBarrier();
+    ${opA.store}
+    ${opB.store}
+    workgroupBarrier();
+    {
+      let kn = k0 + ${bk}u;
+      ${opA.load("kn")}
+      ${opB.load("kn")}
+    }
+    ${compute.join("\n    ")}
+  }
+  ${stores.join("\n  ")}
+}
+`;
+}
+
+/**
  * Whether an operand can be read as vec4s: binding and size aligned to a vec4 of its element type
  * (16 bytes for f32, 8 for f16), and every vector
  * load (4 consecutive elements along the stored row, starting at a multiple of 4) stays inside
@@ -660,6 +827,14 @@ export function matmulKernelSources(): string {
           parts.push(matmulWgsl(spec.rm, spec.rn, epilogue, ALL_F32, sliced));
         } else if (spec.kind === "direct") {
           parts.push(directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, ALL_F32, sliced));
+        } else if (spec.kind === "tiled") {
+          for (
+            const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
+          ) {
+            parts.push(
+              tiledWgsl(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, ALL_F32, sliced),
+            );
+          }
         } else {
           for (
             const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
@@ -841,7 +1016,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
   let variant = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
     chooseVariant(m, n, transA);
-  if (VARIANTS[variant].kind === "vec4") {
+  if (VARIANTS[variant].kind === "vec4" || VARIANTS[variant].kind === "tiled") {
     const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
       vec4Aligned(b, offB, ldb, strides("strideB"), transB ? k : n) && k % 4 === 0;
     if (!aligned) variant = "direct4x4";
@@ -864,6 +1039,11 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     gy = Math.ceil(m / (spec.wy * spec.rm));
     const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, name, code);
+  } else if (spec.kind === "tiled") {
+    gx = Math.ceil(n / (16 * spec.rn));
+    gy = Math.ceil(m / (16 * spec.rm));
+    const code = tiledWgsl(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, dtypes, sliced);
+    pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));

@@ -51,7 +51,7 @@ export interface AutotuneOptions {
    * linear layer.
    */
   shapes?: TuneShape[];
-  /** Variants tried besides the heuristic's; default: the barrier-free vec4 ones. */
+  /** Variants tried besides the heuristic's; default: `defaultCandidates`. */
   candidates?: MatmulVariant[];
   /** Time budget per candidate and class in milliseconds (at least one timed run); default 100. */
   budgetMs?: number;
@@ -106,7 +106,7 @@ export interface TuneResult {
  * launcher's source, every variant's WGSL and this module's class scheme (TUNE_FORMAT: bump it
  * when the classes or the representative products change).
  */
-const TUNE_FORMAT = "1";
+const TUNE_FORMAT = "2";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
   [TUNE_FORMAT, MATMUL_VARIANTS.join(","), matmul.toString(), matmulKernelSources()].join("\n"),
 );
@@ -131,10 +131,17 @@ function sizeClass(x: number): "t" | "s" | "m" | "l" {
   return x < 16 ? "t" : x < 64 ? "s" : x < 512 ? "m" : "l";
 }
 
-/** The size each class is timed at (a typical member, a multiple of 4). */
-const CLASS_SIZE = { t: 8, s: 32, m: 256, l: 512 } as const;
-/** The timed k: the k loop's length changes little between tiles; more only costs time. */
-const TUNE_K = 256;
+/**
+ * The size each class is timed at (a typical member, a multiple of 4) and the timed k (the k
+ * loop's length changes little between tiles; more only costs time). On a CPU adapter small:
+ * every timed run costs real time there. On a GPU the large class is timed large enough to fill
+ * the card (a 512×512 output is 16 workgroups of the 128×128 tiled kernel, 4,096 of the 8×8 vec4
+ * ones: at that size the timing would favour the small tiles that lose at RoBERTa's shapes).
+ */
+const TUNE_SIZES = {
+  cpu: { class: { t: 8, s: 32, m: 256, l: 512 }, k: 256 },
+  gpu: { class: { t: 8, s: 32, m: 256, l: 2048 }, k: 1024 },
+} as const;
 
 /**
  * The shape class of a product: its transposes and the size classes of its output's rows and
@@ -152,16 +159,17 @@ export function matmulShapeClass(
 }
 
 /**
- * The product a class is timed on: fixed per class (not taken from the program that asked), so
- * that a cached choice does not depend on which program tuned first; all dimensions multiples of
- * 4, so that the vec4 variants really run (a misaligned product runs `direct4x4` whatever the
- * choice).
+ * The product a class is timed on: fixed per class and kind of adapter (CPU or GPU, see
+ * TUNE_SIZES; not taken from the program that asked), so that a cached choice does not depend on
+ * which program tuned first; all dimensions multiples of 4, so that the vec4 and tiled variants
+ * really run (a misaligned product runs `direct4x4` whatever the choice).
  */
-export function representativeShape(s: TuneShape): Required<TuneShape> {
+export function representativeShape(s: TuneShape, onCpu = true): Required<TuneShape> {
+  const sizes = TUNE_SIZES[onCpu ? "cpu" : "gpu"];
   return {
-    m: CLASS_SIZE[sizeClass(s.m)],
-    n: CLASS_SIZE[sizeClass(s.n)],
-    k: TUNE_K,
+    m: sizes.class[sizeClass(s.m)],
+    n: sizes.class[sizeClass(s.n)],
+    k: sizes.k,
     transA: s.transA ?? false,
     transB: s.transB ?? false,
   };
@@ -172,9 +180,16 @@ const DEFAULT_SHAPES: TuneShape[] = [
   { m: 512, n: 256, k: 1024 }, // dX = dY·W
   { m: 1024, n: 256, k: 512, transA: true }, // dW = dYᵀ·X
 ];
-// The shared-memory variants (tile16, tile64) are 4-20× slower on lavapipe and would cost
-// seconds to time there; the heuristic never picks them either.
-const DEFAULT_CANDIDATES: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
+/**
+ * The variants timed besides the heuristic's. The shared-memory ones (tile16, tile64) are 4-20×
+ * slower on lavapipe and would cost seconds to time there, and the heuristic never picks them;
+ * the block-tiled ones (tiled_4x4, tiled_8x8) are timed on GPUs only, where coalesced loads
+ * matter (on lavapipe they run at 0.5-0.8× the vec4 kernels: bench notes in BENCHMARKS.md).
+ */
+export function defaultCandidates(onCpu: boolean): MatmulVariant[] {
+  const vec4: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
+  return onCpu ? vec4 : [...vec4, "tiled_4x4", "tiled_8x8"];
+}
 
 /**
  * The products of linear layers y = x·Wᵀ (+ b) with `rows` rows: the forward X·Wᵀ and, with
@@ -452,11 +467,12 @@ export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promi
   const adapter = gpu.description;
   const file = options.cacheFile;
   const shapes = options.shapes ?? DEFAULT_SHAPES;
+  const onCpu = gpu.adapter.info.isFallbackAdapter;
   const wanted = new Map<string, Required<TuneShape>>();
   for (const s of shapes) {
     if (s.m <= 0 || s.n <= 0) continue;
     const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false);
-    if (!wanted.has(cls)) wanted.set(cls, representativeShape(s));
+    if (!wanted.has(cls)) wanted.set(cls, representativeShape(s, onCpu));
   }
 
   // The installed table: what this process knows, then the file's entry for the classes missing.
@@ -484,7 +500,7 @@ export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promi
         gpu,
         cls,
         shape,
-        options.candidates ?? DEFAULT_CANDIDATES,
+        options.candidates ?? defaultCandidates(onCpu),
         options.budgetMs ?? 100,
         options.rounds ?? 2,
         options.margin ?? 0.05,

@@ -8,12 +8,14 @@ import type { Gpu } from "../kernels/device.ts";
 import { matmul, type MatmulVariant, setMatmulTuner } from "../kernels/matmul.ts";
 import {
   autotuneForProgram,
+  defaultCandidates,
   defaultMatmulCacheFile,
   linearTuneShapes,
   MATMUL_KERNELS_VERSION,
   matmulShapeClass,
   matmulVariantsUsed,
   pickTunedVariant,
+  representativeShape,
   tuneMatmul,
   type TuneRequest,
   tuneRequest,
@@ -297,6 +299,28 @@ gpuTest(
     });
   },
 );
+
+Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled variants", () => {
+  const forward = { m: 4096, n: 1024, k: 1024, transB: true };
+  assertEquals(representativeShape(forward), {
+    m: 512,
+    n: 512,
+    k: 256,
+    transA: false,
+    transB: true,
+  });
+  assertEquals(representativeShape(forward, false), {
+    m: 2048,
+    n: 2048,
+    k: 1024,
+    transA: false,
+    transB: true,
+  });
+  // Small classes are timed alike on both (their products are over before a submit's cost is).
+  assertEquals(representativeShape({ m: 4096, n: 8, k: 1024 }, false).n, 8);
+  assert(!defaultCandidates(true).some((v) => v.startsWith("tiled")));
+  for (const v of ["tiled_4x4", "tiled_8x8"] as const) assert(defaultCandidates(false).includes(v));
+});
 
 Deno.test("autotune: the cache file's location: flag, EHFT_TUNE_CACHE, XDG_CACHE_HOME, ~/.cache", async () => {
   await withEnv(
