@@ -1,12 +1,14 @@
 // LoRA's low-rank path beside a frozen linear layer: out += scale · (X·Aᵀ)·Bᵀ, with A: [r, in] and
 // B: [out, r] (the layout of Hugging Face PEFT's lora_A / lora_B weights). `matmul` calls: its
-// alpha carries the scale and its accumulate adds onto the frozen path's output. The gradients of
-// A and B are sums over every token row of a small (r-wide) matrix, and are split over row blocks
-// (`rowSum`).
+// alpha carries the scale and its accumulate adds onto the frozen path's output. The r-wide
+// products over the layer's width (X·Aᵀ and dY·B) are `thinMatmul`'s (kernels/thin_matmul.ts)
+// up to r = 16. The gradients of A and B are sums over every token row of a small (r-wide)
+// matrix, and are split over row blocks (`rowSum`).
 
 import { GpuError } from "./device.ts";
 import { columnSum } from "./linear.ts";
 import { matmul } from "./matmul.ts";
+import { THIN_MAX_N, thinMatmul, type ThinMatmulArgs } from "./thin_matmul.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
@@ -98,7 +100,7 @@ export function loraForward(rec: Recorder, args: LoraForwardArgs): void {
   const { x, a, b, hidden, out, scale } = args;
   const { r, inF, outF, rows } = loraShapes(op, args, "out", out);
   bindable(op, { x, a, b, hidden, out });
-  matmul(rec, { op: `${op} (hidden)`, a: x, b: a, c: hidden, m: rows, n: r, k: inF, transB: true });
+  narrow(rec, { op: `${op} (hidden)`, x, w: a, c: hidden, m: rows, n: r, k: inF, transW: true });
   matmul(rec, {
     op: `${op} (out)`,
     a: hidden,
@@ -111,6 +113,16 @@ export function loraForward(rec: Recorder, args: LoraForwardArgs): void {
     alpha: scale,
     accumulate: true,
   });
+}
+
+/** c = alpha · x·op(w), r = n columns wide: `thinMatmul` up to its width, else `matmul`. */
+function narrow(rec: Recorder, o: ThinMatmulArgs): void {
+  if (o.n <= THIN_MAX_N) {
+    thinMatmul(rec, o);
+    return;
+  }
+  const { op, x, w, c, m, n, k, transW, alpha } = o;
+  matmul(rec, { op, a: x, b: w, c, m, n, k, transB: transW, alpha });
 }
 
 /** Token rows per partial product of `rowSum`. */
@@ -207,14 +219,15 @@ export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
   }
   if (!dA && !dX) return;
   const dHidden = args.dHidden ?? workspace.view(rec.gpu, [rows, r]);
-  matmul(rec, {
+  narrow(rec, {
     op: `${op} (dHidden)`,
-    a: dOut,
-    b,
+    x: dOut,
+    w: b,
     c: dHidden,
     m: rows,
     n: r,
     k: outF,
+    transW: false,
     alpha: scale,
   });
   if (dA) rowSum(rec, `${op} (dA)`, { a: dHidden, b: x, c: dA, m: r, n: inF, rows }, accumulate);
