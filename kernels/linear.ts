@@ -9,6 +9,7 @@ import { enableF16, loadAs } from "./f16.ts";
 import { matmul } from "./matmul.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
+import { Workspace } from "./workspace.ts";
 import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 export interface LinearForwardArgs {
@@ -152,13 +153,24 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
 
 const SUM_COLS = 64; // columns per workgroup: neighbouring invocations read neighbouring addresses
 const SUM_SLICES = 4; // rows are split into this many interleaved slices, summed in fixed order
+/**
+ * From twice this many rows on, the sum is two passes: each block of SUM_BLOCK_ROWS rows into a
+ * workspace row (one workgroup per block and 64 columns), then the blocks. One pass gives a
+ * [4096, 1024] gradient (RoBERTa-large's bias at 32 × 128 tokens) 16 workgroups, each looping
+ * over 1,024 rows: 0.35 ms per call on an H100, 6% of a training step.
+ */
+export const SUM_BLOCK_ROWS = 256;
 
-/** The column-sum kernel reading `src` of `dtype` (a gradient may be f16), summing in f32. */
+/**
+ * The column-sum kernel reading `src` of `dtype` (a gradient may be f16), summing in f32: the
+ * workgroup at (x, y) sums rows [y·blockRows, min(rows, (y+1)·blockRows)) of its 64 columns into
+ * row y of dst.
+ */
 const columnSumWgsl = (dtype: DType) =>
   /* wgsl */ `${enableF16([dtype])}
 @group(0) @binding(0) var<storage, read> src: array<${dtype}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-struct Params { rows: u32, cols: u32, accumulate: u32, pad: u32 }
+struct Params { rows: u32, cols: u32, accumulate: u32, blockRows: u32 }
 @group(0) @binding(2) var<uniform> p: Params;
 
 var<workgroup> partial: array<f32, ${SUM_COLS * SUM_SLICES}>;
@@ -166,9 +178,11 @@ var<workgroup> partial: array<f32, ${SUM_COLS * SUM_SLICES}>;
 @compute @workgroup_size(${SUM_COLS}, ${SUM_SLICES})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let col = wid.x * ${SUM_COLS}u + lid.x;
+  let first = wid.y * p.blockRows;
+  let end = min(p.rows, first + p.blockRows);
   var s = 0.0;
   if (col < p.cols) {
-    for (var r = lid.y; r < p.rows; r += ${SUM_SLICES}u) { s += ${
+    for (var r = first + lid.y; r < end; r += ${SUM_SLICES}u) { s += ${
     loadAs(dtype, "src[r * p.cols + col]")
   }; }
   }
@@ -177,11 +191,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   if (lid.y == 0u && col < p.cols) {
     var t = partial[lid.x];
     for (var q = 1u; q < ${SUM_SLICES}u; q++) { t += partial[q * ${SUM_COLS}u + lid.x]; }
-    if (p.accumulate != 0u) { t += dst[col]; }
-    dst[col] = t;
+    let at = wid.y * p.cols + col;
+    if (p.accumulate != 0u) { t += dst[at]; }
+    dst[at] = t;
   }
 }
 `;
+
+/** columnSum's per-block sums, [blocks, cols]. */
+const blockSums = new Workspace("column-sum blocks", 1, true);
 
 /** dst[c] (+)= Σ_r src[r, c], deterministically (a fixed summation order, no atomics). */
 export function columnSum(
@@ -200,5 +218,34 @@ export function columnSum(
   }
   const name = `linear_column_sum${src.dtype === "f16" ? "_f16" : ""}`;
   const pipeline = getPipeline(rec.gpu, name, columnSumWgsl(src.dtype));
-  rec.dispatch(label, pipeline, [src, dst], groups, new Uint32Array([rows, cols, +accumulate, 0]));
+  if (rows < 2 * SUM_BLOCK_ROWS) {
+    rec.dispatch(
+      label,
+      pipeline,
+      [src, dst],
+      groups,
+      new Uint32Array([rows, cols, +accumulate, rows]),
+    );
+    return;
+  }
+  const blocks = Math.ceil(rows / SUM_BLOCK_ROWS);
+  if (blocks > max) {
+    throw new GpuError(`${label}: ${rows} rows need more than ${max} blocks of ${SUM_BLOCK_ROWS}`);
+  }
+  const partial = blockSums.view(rec.gpu, [blocks, cols]);
+  rec.dispatch(
+    `${label} blocks`,
+    pipeline,
+    [src, partial],
+    [groups, blocks],
+    new Uint32Array([rows, cols, 0, SUM_BLOCK_ROWS]),
+  );
+  // One pass over the blocks (however many: the workspace must not be summed into itself).
+  rec.dispatch(
+    label,
+    getPipeline(rec.gpu, "linear_column_sum", columnSumWgsl("f32")),
+    [partial, dst],
+    groups,
+    new Uint32Array([blocks, cols, +accumulate, blocks]),
+  );
 }

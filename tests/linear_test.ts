@@ -4,7 +4,7 @@ import { gpuTest, outputTensor } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { linearBackward, linearForward } from "../kernels/linear.ts";
+import { linearBackward, linearForward, SUM_BLOCK_ROWS } from "../kernels/linear.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
@@ -248,6 +248,15 @@ gpuTest("linear: parameter gradients summed over many rows", async (gpu) => {
   assertClose("dX", r.dX!, r.ref.dX);
   assertClose("dW (1037 rows)", r.dW!, r.ref.dW);
   assertClose("dB (1037 rows)", r.dB!, r.ref.dB);
+  // From 2·SUM_BLOCK_ROWS rows on db is two passes (blocks of rows, then the blocks): a partial
+  // last block, two column groups, accumulated onto what was there.
+  const rows = 2 * SUM_BLOCK_ROWS + 29, outF = 70;
+  const initDB = f32(outF, 310);
+  const s = await runBackward(gpu, [rows, 5], outF, 320, { dX: false, dW: false, dB: true }, {
+    dB: initDB,
+  }, { accumulate: true });
+  assertEquals(s.launched, ["linearBackward (dBias) blocks", "linearBackward (dBias)"]);
+  assertClose(`dB (${rows} rows, accumulated)`, s.dB!, add(s.ref.dB, initDB));
 });
 
 gpuTest("linear: the float64 reference backward matches finite differences", () => {
