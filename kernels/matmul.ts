@@ -223,7 +223,7 @@ struct Params {
 /**
  * Longest k-slice per launch, by kernel kind, so that an invocation stays well inside lavapipe's
  * budget of 65,535 loop iterations (measured unsliced limits: `direct4x4` k < 65,536, `tile16`
- * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4, the tiled ones by their bk).
+ * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4; the tiled ones loop once per k).
  * Multiples of 16, so that every slice but the last is whole k-steps of every kernel (the shared
  * and tiled kernels stage up to 16 k at a time) and the resumed sum is term for term the unsliced one.
  */
@@ -231,7 +231,7 @@ const K_SLICE: Record<VariantSpec["kind"], number> = {
   shared: 8192,
   direct: 32768,
   vec4: 131072,
-  tiled: 131072,
+  tiled: 32768,
 };
 
 /** The consecutive [kBegin, kEnd) slices of 0..k, each at most `max` long (one when k <= max). */
@@ -720,18 +720,18 @@ function tiledWgsl(
   const groups = range(rm / 4), cgs = range(rn / 4);
   const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + lid.y * 4u + ${i}u`;
   const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + lid.x * 4u + ${j}u`;
-  const compute: string[] = [];
-  for (const kk of range(bk)) {
-    const lines: string[] = [];
-    for (const g of groups) lines.push(`let a${g} = As[${kk * (bm / 4)}u + lid.y + ${W * g}u];`);
-    for (const h of cgs) lines.push(`let b${h} = Bs[${kk * (bn / 4)}u + lid.x + ${W * h}u];`);
-    for (const g of groups) {
-      for (const i of range(4)) {
-        for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += a${g}[${i}] * b${h};`);
-      }
+  // The bk steps of a slice as a loop, not unrolled: lavapipe compiles the unrolled 8×8 kernel
+  // 3-4× slower (its cold compiles are most of the test suite's time), and a GPU's compiler
+  // unrolls a constant trip count itself.
+  const lines: string[] = [];
+  for (const g of groups) lines.push(`let a${g} = As[kk * ${bm / 4}u + lid.y + ${W * g}u];`);
+  for (const h of cgs) lines.push(`let b${h} = Bs[kk * ${bn / 4}u + lid.x + ${W * h}u];`);
+  for (const g of groups) {
+    for (const i of range(4)) {
+      for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += a${g}[${i}] * b${h};`);
     }
-    compute.push(`{\n      ${lines.join("\n      ")}\n    }`);
   }
+  const compute = `for (var kk = 0u; kk < ${bk}u; kk++) {\n      ${lines.join("\n      ")}\n    }`;
   const accs: string[] = [];
   for (const g of groups) {
     for (const i of range(4)) {
@@ -785,7 +785,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       ${opA.load("kn")}
       ${opB.load("kn")}
     }
-    ${compute.join("\n    ")}
+    ${compute}
   }
   ${stores.join("\n  ")}
 }

@@ -4,10 +4,12 @@
 // every run on the task's mini recipe (tasks/<task>.ts, *_MINI_RECIPE), then report.ts's table.
 //
 //   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence]
-//     [--methods ft,lpft,...] [--table-only]
+//     [--methods ft,lpft,...] [--jobs 1] [--deadline SECONDS] [--table-only]
 //
-// Runs one after another; a finished run (metrics.json) is skipped and an unfinished one resumed,
-// so the command can be repeated until everything is done. The random model is made first with
+// Runs the cells (task × method, every seed in one process) `--jobs` at a time (each with its own
+// log under <out>/logs/ when more than one), stopping them at `--deadline`; a finished cell
+// (metrics.json) is skipped and an unfinished one resumed from its last checkpoint, so the
+// command can be repeated until everything is done. The random model is made first with
 // tools/random_model.ts (seed 0) from the shipped model's config and vocabulary. At the end (or
 // alone with --table-only) it writes <out>/table.md: README's table of the finished cells, dev
 // accuracy × 100 (best over the run and final, mean ± population std over seeds) and the minutes
@@ -87,15 +89,36 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
   console.error(`mini_evidence: ${out}/table.md (${rows.length} cells)`);
 }
 
-async function run(args: string[]): Promise<void> {
-  console.error(`mini_evidence: deno ${args.join(" ")}`);
+/**
+ * Runs `deno <args>`; its output goes to `log` when given (parallel cells), else to ours. Killed
+ * (SIGTERM) when `signal` aborts: the run's last checkpoint is where `--resume` picks it up.
+ */
+async function run(args: string[], log?: string, signal?: AbortSignal): Promise<void> {
+  console.error(`mini_evidence: deno ${args.join(" ")}${log ? ` > ${log}` : ""}`);
   const started = performance.now();
-  const status = await new Deno.Command(Deno.execPath(), {
+  const file = log ? await Deno.open(log, { write: true, create: true, append: true }) : undefined;
+  const child = new Deno.Command(Deno.execPath(), {
     args,
-    stdout: "inherit",
-    stderr: "inherit",
-  })
-    .spawn().status;
+    stdout: file ? "piped" : "inherit",
+    stderr: file ? "piped" : "inherit",
+    signal,
+  }).spawn();
+  // Both streams into the one file, each chunk written whole (a write may take only part of it).
+  const writeAll = async (chunk: Uint8Array) => {
+    for (let off = 0; off < chunk.length;) off += await file!.write(chunk.subarray(off));
+  };
+  const copies = file
+    ? [child.stdout, child.stderr].map((stream) =>
+      stream.pipeTo(new WritableStream({ write: writeAll }))
+    )
+    : [];
+  const status = await child.status;
+  await Promise.all(copies);
+  file?.close();
+  if (signal?.aborted) {
+    console.error(`mini_evidence: stopped at the deadline: deno ${args.join(" ")}`);
+    return;
+  }
   if (!status.success) throw new Error(`deno ${args.join(" ")} failed (exit ${status.code})`);
   console.error(`mini_evidence: done in ${((performance.now() - started) / 60000).toFixed(1)} min`);
 }
@@ -120,6 +143,8 @@ async function main(): Promise<void> {
       out: { type: "string", default: "runs/mini-evidence" },
       methods: { type: "string" },
       "table-only": { type: "boolean" },
+      jobs: { type: "string", default: "1" },
+      deadline: { type: "string" },
     },
     strict: true,
   });
@@ -159,6 +184,11 @@ async function main(): Promise<void> {
     : METHODS;
   const tasks = f.tasks!.split(",");
   if (f["table-only"]) return await writeTable(out, tasks, methods);
+  const jobs = Number(f.jobs);
+  if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
+  const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
+  if (!(deadline > 0)) throw new Error(`--deadline: "${f.deadline}" is not a number of seconds`);
+  const cells: { dir: string; args: string[] }[] = [];
   for (const name of tasks) {
     const task = TASKS[name];
     if (!task) throw new Error(`--tasks: unknown task "${name}"`);
@@ -168,24 +198,58 @@ async function main(): Promise<void> {
     for (const m of methods) {
       const dir = `${out}/${name}-${m.name}`;
       if (await exists(`${dir}/metrics.json`)) continue;
-      await run([
-        "run",
-        "-A",
-        `${root}tasks/${name}.ts`,
-        "--model",
-        m.random ? random : model,
-        ...recipeFlags(mini),
-        ...m.flags,
-        "--seeds",
-        f.seeds!,
-        "--out",
+      cells.push({
         dir,
-        ...((await exists(`${dir}/run.json`)) ? ["--resume"] : []),
-      ]);
+        args: [
+          "run",
+          "-A",
+          `${root}tasks/${name}.ts`,
+          "--model",
+          m.random ? random : model,
+          ...recipeFlags(mini),
+          ...m.flags,
+          "--seeds",
+          f.seeds!,
+          "--out",
+          dir,
+          ...((await exists(`${dir}/run.json`)) ? ["--resume"] : []),
+        ],
+      });
     }
   }
-  await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
+  // `jobs` cells at a time (one GPU shared by several processes keeps it busier than one
+  // process's dispatches can), each with its own log when more than one runs; at the deadline
+  // the running cells are stopped and no further one starts: run the command again to go on.
+  const stop = new AbortController();
+  const timer = Number.isFinite(deadline)
+    ? setTimeout(() => stop.abort(), deadline * 1000)
+    : undefined;
+  if (jobs > 1) await Deno.mkdir(`${out}/logs`, { recursive: true });
+  let next = 0;
+  const worker = async () => {
+    while (next < cells.length && !stop.signal.aborted) {
+      const cell = cells[next++];
+      const log = jobs > 1 ? `${out}/logs/${cell.dir.split("/").pop()}.log` : undefined;
+      await run(cell.args, log, stop.signal);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(jobs, cells.length) }, worker));
+  } finally {
+    clearTimeout(timer);
+  }
+  const unfinished: string[] = [];
+  for (const c of cells) if (!(await exists(`${c.dir}/metrics.json`))) unfinished.push(c.dir);
   await writeTable(out, tasks, methods);
+  if (unfinished.length > 0) {
+    console.error(
+      `mini_evidence: ${unfinished.length} cells unfinished at the deadline (${
+        unfinished.join(", ")
+      }): run the same command again to resume them`,
+    );
+    return;
+  }
+  await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
 }
 
 try {
