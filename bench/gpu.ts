@@ -56,6 +56,7 @@ const SMALL = {
 const F32_TESTS = [
   "matmul_test",
   "matmul_variants_test",
+  "thin_matmul_test",
   "linear_test",
   "attention_test",
   "flash_attention_test",

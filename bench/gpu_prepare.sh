@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Packs what `deno task bench:gpu` needs on the lent GPU machine (no network there) into .gpu/,
+# Packs what `deno task bench:gpu` and tools/mini_evidence_gpu.sh need on the lent GPU machine
+# (no network there) into .gpu/,
 # through ../shared/device/prepare.sh, with a Deno cache holding only this run's dependencies: the
 # full cache of a development machine (hundreds of MB of compiled code and npm packages) would
 # not fit the 64 MiB that may travel with the working tree.
@@ -16,6 +17,12 @@ trap 'rm -rf "$cache"' EXIT
 # not only those these modules import; the runs there still read the lock file.
 # shellcheck disable=SC2046 # one file per line, no spaces
 DENO_DIR=$cache deno cache --no-lock bench/gpu.ts $(deno run --allow-all bench/gpu.ts --print-files)
+# And what tools/mini_evidence_gpu.sh runs, loaded (each with --help) rather than `deno cache`d:
+# deno cache also fetches what type-only imports name, here the drawing libraries (vega, resvg,
+# fontkit: 40 MB) behind train/run.ts's --analysis, which the evidence never draws.
+for entry in tools/mini_evidence.ts tools/random_model.ts tasks/*.ts; do
+  DENO_DIR=$cache deno run --allow-all --no-lock "$entry" --help >/dev/null 2>&1 || true
+done
 DENO_DIR=$cache bash ../shared/device/prepare.sh
 # NVIDIA's Vulkan driver there (libGLX_nvidia.so.0) needs libglvnd's dispatch libraries, which the
 # image lacks: without them Deno sees no adapter (measured on the first H100 run, 2026-11-27).

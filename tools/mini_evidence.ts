@@ -4,21 +4,24 @@
 // every run on the task's mini recipe (tasks/<task>.ts, *_MINI_RECIPE), then report.ts's table.
 //
 //   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence]
-//     [--methods ft,lpft,...] [--jobs 1] [--deadline SECONDS] [--table-only]
+//     [--methods ft,lpft,...] [--jobs 1] [--deadline SECONDS] [--no-report] [--table-only]
 //
 // Runs the cells (task × method, every seed in one process) `--jobs` at a time (each with its own
 // log under <out>/logs/ when more than one), stopping them at `--deadline`; a finished cell
 // (metrics.json) is skipped and an unfinished one resumed from its last checkpoint, so the
 // command can be repeated until everything is done. The random model is made first with
 // tools/random_model.ts (seed 0) from the shipped model's config and vocabulary. At the end (or
-// alone with --table-only) it writes <out>/table.md: README's table of the finished cells, dev
-// accuracy × 100 (best over the run and final, mean ± population std over seeds) and the minutes
+// alone with --table-only) it writes <out>/table.md: README's table of the finished cells, the
+// task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's Pearson r) × 100
+// (best over the run and final, mean ± population std over seeds) and the minutes
 // each seed took (from its folder's run.json to its metrics.json: a seed resumed later counts the
-// pause too).
+// pause too). `--no-report` leaves report.ts out (it draws with vega, which the offline GPU
+// machine does not get: tools/mini_evidence_gpu.sh).
 
 import { parseArgs } from "node:util";
 import { exists } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
+import { TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
 
@@ -35,9 +38,9 @@ const METHODS: { name: string; label: string; flags: string[]; random?: boolean 
 ];
 
 interface CellMetrics {
-  best: { accuracy: number };
-  final: { accuracy: number };
-  std?: { best: { accuracy: number }; final: { accuracy: number } };
+  best: Record<string, number>;
+  final: Record<string, number>;
+  std?: { best: Record<string, number>; final: Record<string, number> };
   seeds?: Record<string, unknown>;
 }
 
@@ -51,8 +54,9 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
       if (!(await exists(`${dir}/metrics.json`))) continue;
       const r: CellMetrics = JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`));
       const seeds = Object.keys(r.seeds ?? { one: 0 });
+      const metric = TABLE_TASKS.find((t) => t.name === name)?.metric ?? "accuracy";
       const cell = (kind: "best" | "final") =>
-        r.std ? `${pct(r[kind].accuracy)} ± ${pct(r.std[kind].accuracy)}` : pct(r[kind].accuracy);
+        r.std ? `${pct(r[kind][metric])} ± ${pct(r.std[kind][metric])}` : pct(r[kind][metric]);
       const minutes: number[] = [];
       for (const seed of r.seeds ? seeds : []) {
         const start = (await Deno.stat(`${dir}/seed-${seed}/run.json`)).mtime!.getTime();
@@ -60,7 +64,8 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
         minutes.push((end - start) / 60000);
       }
       rows.push([
-        name.toUpperCase(),
+        TABLE_TASKS.find((t) => t.name === name)?.title ?? name.toUpperCase(),
+        metric === "mcc" ? "MCC" : metric === "f1" ? "F1" : metric,
         m.label,
         m.random
           ? "the same shape, random init (`tools/random_model.ts`, seed 0)"
@@ -76,11 +81,12 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
   }
   const head = [
     "task",
+    "dev metric (× 100)",
     "method",
     "model",
     "seeds",
-    "best dev accuracy",
-    "final dev accuracy",
+    "best",
+    "final",
     "minutes per seed",
   ];
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
@@ -144,6 +150,7 @@ async function main(): Promise<void> {
       methods: { type: "string" },
       "table-only": { type: "boolean" },
       jobs: { type: "string", default: "1" },
+      "no-report": { type: "boolean" },
       deadline: { type: "string" },
     },
     strict: true,
@@ -249,7 +256,7 @@ async function main(): Promise<void> {
     );
     return;
   }
-  await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
+  if (!f["no-report"]) await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
 }
 
 try {

@@ -48,7 +48,6 @@ import {
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
-import { keepHeadLayout, readRunAnalysis, runFigures, writeFigures } from "./analysis_figures.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -630,6 +629,9 @@ async function runSeed(
   }
 }
 
+/** Resolved against this module's URL, as a literal specifier would be (file or http alike). */
+const ANALYSIS_FIGURES = "./analysis_figures.ts";
+
 /**
  * The run's analysis figures (train/analysis_figures.ts). After the results are safe: a drawing
  * failure costs the figures only, with a one-line warning.
@@ -637,6 +639,12 @@ async function runSeed(
 async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
   const start = performance.now();
   try {
+    // Loaded here, not up front, and through a variable, which Deno's module graph does not
+    // follow: the drawing libraries (vega, resvg, fontkit: 40 MB of npm packages) stay out of
+    // what Deno installs at start-up. Only runs with --analysis need them (and the offline GPU
+    // machine, which takes 64 MiB in all, Deno included, has no room for them).
+    const drawing: typeof import("./analysis_figures.ts") = await import(ANALYSIS_FIGURES);
+    const { keepHeadLayout, readRunAnalysis, runFigures, writeFigures } = drawing;
     const files = await readRunAnalysis(dir);
     if (!files) return;
     const figures = await writeFigures(`${dir}/analysis`, await runFigures(files));
