@@ -17,6 +17,7 @@ import { createEncoder, encoderParameters } from "./model/encoder.ts";
 import { createHead, headParameters } from "./model/head.ts";
 import { openModel } from "./model/load.ts";
 import { writeFileAtomic } from "./model/atomic_write.ts";
+import { PREDICT_HELP } from "./train/help.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
   choiceFlag,
@@ -32,7 +33,7 @@ import { exampleTokenSpans } from "./train/batches.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
-const FLAGS = {
+export const FLAGS = {
   model: { type: "string" },
   task: { type: "string" },
   data: { type: "string" },
@@ -248,4 +249,4 @@ async function main(args: string[]) {
   console.error(`predict: ${predictions.length} predictions written to ${out}`);
 }
 
-if (import.meta.main) await runMain("predict", main);
+if (import.meta.main) await runMain("predict", main, PREDICT_HELP);

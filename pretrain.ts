@@ -180,10 +180,6 @@ async function readCorpus(
 }
 
 async function main(args: string[]): Promise<void> {
-  if (args.includes("--help") || args.includes("-h")) {
-    console.log(HELP);
-    return;
-  }
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
   const out = f.out;
@@ -517,4 +513,4 @@ async function main(args: string[]): Promise<void> {
   );
 }
 
-if (import.meta.main) await runMain("pretrain", main);
+if (import.meta.main) await runMain("pretrain", main, HELP);

@@ -8,6 +8,7 @@
 // skipped. How the cells are computed: train/report_table.ts.
 
 import { writeFileAtomic } from "./model/atomic_write.ts";
+import { REPORT_HELP } from "./train/help.ts";
 import {
   comparisonFigures,
   readRunAnalysis,
@@ -24,7 +25,7 @@ import {
   tableJson,
 } from "./train/report_table.ts";
 
-const FLAGS = { out: { type: "string" } } as const;
+export const FLAGS = { out: { type: "string" } } as const;
 
 export interface ReportArgs {
   paths: string[];
@@ -150,5 +151,5 @@ if (import.meta.main) {
     const parsed = parseReportArgs(args);
     const table = await report(parsed);
     console.log(renderMarkdown(table).trimEnd());
-  });
+  }, REPORT_HELP);
 }

@@ -2,7 +2,8 @@
 // ehft, ehft-reserve):
 //   deno run -A train.ts --task rte --model DIR_OR_HUB_ID [--data PATH] --strategy ehft
 //     --peft bitfit [--epochs N | --max-steps N] [--lr 1e-5] [--stage1-lr ...] --out DIR ...
-// Every flag and its default: train/config.ts; the outputs: train/run.ts. `--dry-run` reads and
+// Every flag and its default: `--help` (train/help.ts; parsed in train/config.ts); the outputs:
+// train/run.ts. `--dry-run` reads and
 // checks the data and trains nothing (train/dry_run.ts).
 
 import {
@@ -17,6 +18,7 @@ import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
 import { startLines, taskScriptRecipe } from "./train/default_model.ts";
+import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
@@ -88,11 +90,11 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
       usingDefault: chosen.usingDefault,
       paper: recipe,
     });
-  });
+  }, taskHelp(task.name, recipe, mini));
 }
 
 if (import.meta.main) {
   await runMain("train", async (args) => {
     await trainFromArgs(args);
-  });
+  }, TRAIN_HELP);
 }

@@ -244,11 +244,20 @@ export function errorLine(e: unknown): string {
  * Runs an entry point: any error — thrown by `main`, or escaping from a callback (an uncaught
  * exception in a timer, an unhandled promise rejection) — becomes one line `<name>: <message>`
  * on stderr and exit code 1; with `--debug` (anywhere before a `--`) the stack follows the line.
+ * With `help`, `--help` or `-h` (anywhere before a `--`) prints it instead of running `main`.
  */
-export async function runMain(name: string, main: (args: string[]) => Promise<void>) {
+export async function runMain(
+  name: string,
+  main: (args: string[]) => Promise<void>,
+  help?: string,
+) {
   const args = [...Deno.args];
   const end = args.indexOf("--");
   const flags = end < 0 ? args : args.slice(0, end);
+  if (help !== undefined && (flags.includes("--help") || flags.includes("-h"))) {
+    console.log(help);
+    return;
+  }
   const debug = flags.includes("--debug");
   const rest = [...flags.filter((a) => a !== "--debug"), ...(end < 0 ? [] : args.slice(end))];
   let failed = false;
