@@ -3,8 +3,7 @@
 //   deno run -A train.ts --task rte --model DIR_OR_HUB_ID [--data PATH] --strategy ehft
 //     --peft bitfit [--epochs N | --max-steps N] [--lr 1e-5] [--stage1-lr ...] --out DIR ...
 // Every flag and its default: `--help` (train/help.ts; parsed in train/config.ts); the outputs:
-// train/run.ts. `--dry-run` reads and
-// checks the data and trains nothing (train/dry_run.ts).
+// train/run.ts. `--dry-run` reads and checks the data and trains nothing (train/dry_run.ts).
 
 import {
   parseTrainArgs,
