@@ -223,7 +223,7 @@ struct Params {
 /**
  * Longest k-slice per launch, by kernel kind, so that an invocation stays well inside lavapipe's
  * budget of 65,535 loop iterations (measured unsliced limits: `direct4x4` k < 65,536, `tile16`
- * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4; the tiled ones loop once per k).
+ * k ≈ 43,000, `tile64` k ≈ 20,000; the vec4 kernels step k by 4, the tiled ones by their bk).
  * Multiples of 16, so that every slice but the last is whole k-steps of every kernel (the shared
  * and tiled kernels stage up to 16 k at a time) and the resumed sum is term for term the unsliced one.
  */
@@ -231,7 +231,7 @@ const K_SLICE: Record<VariantSpec["kind"], number> = {
   shared: 8192,
   direct: 32768,
   vec4: 131072,
-  tiled: 32768,
+  tiled: 131072,
 };
 
 /** The consecutive [kBegin, kEnd) slices of 0..k, each at most `max` long (one when k <= max). */
@@ -641,14 +641,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 /**
  * Block-tiled kernel for GPUs: a 16×16 workgroup computes a (16·rm)×(16·rn) block of C. Each
  * step stages a bk-deep slice of op(A)'s rows and op(B)'s columns of the block in workgroup
- * memory (`As[kk][i]`, `Bs[kk][j]`, vec4s along i and j), every global load a vec4 along the
- * operand's contiguous axis, so that neighbouring invocations read neighbouring addresses whether
- * or not it is transposed; the next slice's loads are issued into registers before the current
- * slice is multiplied. Invocation (x, y) owns rows 4·(y + 16g) + i and columns 4·(x + 16h) + j
- * (g < rm/4, h < rn/4, i, j < 4): its workgroup-memory reads are one vec4 per group, consecutive
- * across a row of invocations. Each output adds its products in increasing k, one at a time, as
- * in every other variant; rows and columns past the edge are loaded clamped and never stored,
- * k past the end is zero.
+ * memory (`As`, `Bs`: one row of vec4s along i or j per k, padded by one vec4 against bank
+ * conflicts), every global load a vec4 along the operand's contiguous axis, so that neighbouring
+ * invocations read neighbouring addresses whether or not it is transposed; the next slice's
+ * loads are issued into registers before the current slice is multiplied. Invocation (x, y)
+ * owns rows 4·(y + 16g) + i and columns 4·(x + 16h) + j (g < rm/4, h < rn/4, i, j < 4): its
+ * workgroup-memory reads are one vec4 per group, consecutive across a row of invocations. Each
+ * output adds its products in increasing k, one at a time, as in every other variant; rows and
+ * columns past the edge are loaded clamped and never stored, k past the end is zero.
  */
 function tiledWgsl(
   rm: number,
@@ -666,13 +666,16 @@ function tiledWgsl(
   const sc = sliceCode(sliced, partialBinding(epilogue));
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const wide = (d: DType, e: string) => (d === "f16" ? `vec4<f32>(${e})` : e);
-  // Loads of one operand's slice: `count` vec4s shared out over the invocations, slot s of
-  // invocation li being vec4 number li + s·threads. `alongK`: the stored rows run along k (A not
-  // transposed, B transposed), so a vec4 holds four k of one block row/column and is scattered
-  // into four rows of the staged slice; otherwise it holds four consecutive block rows/columns
-  // at one k and is stored whole.
+  // One operand's slice. `alongK`: its stored rows run along k (A not transposed, B transposed):
+  // an invocation loads a 4×4 block (four block rows, one k quad: four vec4s) and turns it round
+  // in registers, so that workgroup memory is only ever written whole vec4s (a write to one
+  // component of a vec4 may, by WGSL's rules, touch the others: four invocations writing the
+  // four components would race). Otherwise a vec4 holds four consecutive block rows/columns at
+  // one k and is stored as it is. Unit u of invocation li's slot s is number li + s·threads.
   const operand = (x: "A" | "B", size: number, alongK: boolean) => {
-    const count = (size * bk) / 4;
+    const pitch = size / 4 + 1;
+    const count = alongK ? (size / 4) * (bk / 4) : (size * bk) / 4;
+    const regs = alongK ? 4 : 1;
     const slots = Math.ceil(count / threads);
     const [origin, limit, index, kStride] = x === "A"
       ? ["row0", "p.m", alongK ? "p.rsA" : "", alongK ? "" : "p.csA"]
@@ -680,58 +683,67 @@ function tiledWgsl(
     const dtype = x === "A" ? t.a : t.b;
     const slot = (s: number) => `(li + ${s * threads}u)`;
     const guard = (s: number) => (count % threads === 0 ? "true" : `${slot(s)} < ${count}u`);
+    const reg = (s: number, r: number) => `r${x}${s}_${r}`;
+    const fetch = (s: number, r: number, gk: string, addr: string) =>
+      `${reg(s, r)} = vec4<f32>(0.0);\n    ` +
+      `if (${guard(s)} && ${gk} < p.k) { ${reg(s, r)} = ${
+        wide(dtype, `${x}4[(${addr}) >> 2u]`)
+      }; }`;
     // The slice's first k is named by the caller: this slice's or the next one's.
     const load = (k0: string) =>
-      range(slots).map((s) => {
+      range(slots).flatMap((s) => {
         const e = slot(s);
-        let gk: string, addr: string;
         if (alongK) {
-          // Block index e / (bk/4), k quad e % (bk/4).
-          gk = `${k0} + (${e} % ${bk / 4}u) * 4u`;
-          addr = `base${x} + min(${origin} + ${e} / ${bk / 4}u, ${limit} - 1u) * ${index} + ${gk}`;
-        } else {
-          // k row e / (size/4), block quad e % (size/4), its start clamped inside the matrix.
-          gk = `${k0} + ${e} / ${size / 4}u`;
-          const start = `min(${origin} + (${e} % ${size / 4}u) * 4u, ${limit} - 4u)`;
-          addr = `base${x} + (${gk}) * ${kStride} + ${start}`;
+          // Block quad e / (bk/4), k quad e % (bk/4): neighbouring invocations read the
+          // neighbouring k quads of the same rows.
+          const gk = `${k0} + (${e} % ${bk / 4}u) * 4u`;
+          return range(4).map((r) => {
+            const row = `min(${origin} + (${e} / ${bk / 4}u) * 4u + ${r}u, ${limit} - 1u)`;
+            return fetch(s, r, gk, `base${x} + ${row} * ${index} + ${gk}`);
+          });
         }
-        const value = wide(dtype, `${x}4[(${addr}) >> 2u]`);
-        return `r${x}${s} = vec4<f32>(0.0);\n    ` +
-          `if (${guard(s)} && ${gk} < p.k) { r${x}${s} = ${value}; }`;
+        // k row e / (size/4), block quad e % (size/4), its start clamped inside the matrix.
+        const gk = `${k0} + ${e} / ${size / 4}u`;
+        const start = `min(${origin} + (${e} % ${size / 4}u) * 4u, ${limit} - 4u)`;
+        return [fetch(s, 0, gk, `base${x} + (${gk}) * ${kStride} + ${start}`)];
       }).join("\n    ");
-    const store = range(slots).map((s) => {
+    const store = range(slots).flatMap((s) => {
       const e = slot(s);
-      if (!alongK) return `if (${guard(s)}) { ${x}s[${e}] = r${x}${s}; }`;
-      const i = `${e} / ${bk / 4}u`;
+      if (!alongK) {
+        const at = `(${e} / ${size / 4}u) * ${pitch}u + ${e} % ${size / 4}u`;
+        return [`if (${guard(s)}) { ${x}s[${at}] = ${reg(s, 0)}; }`];
+      }
       return range(4).map((q) => {
-        const kk = `(${e} % ${bk / 4}u) * 4u + ${q}u`;
-        return `if (${guard(s)}) { ${x}s[(${kk}) * ${size / 4}u + ${i} / 4u][${i} % 4u] = ` +
-          `r${x}${s}[${q}]; }`;
-      }).join("\n    ");
+        const at = `((${e} % ${bk / 4}u) * 4u + ${q}u) * ${pitch}u + ${e} / ${bk / 4}u`;
+        const v = `vec4<f32>(${range(4).map((r) => `${reg(s, r)}[${q}]`).join(", ")})`;
+        return `if (${guard(s)}) { ${x}s[${at}] = ${v}; }`;
+      });
     }).join("\n    ");
-    return {
-      decl: range(slots).map((s) => `var r${x}${s}: vec4<f32>;`).join("\n  "),
-      load,
-      store,
-    };
+    const decl = range(slots).flatMap((s) =>
+      range(regs).map((r) => `var ${reg(s, r)}: vec4<f32>;`)
+    );
+    return { pitch, decl: decl.join("\n  "), load, store };
   };
   const opA = operand("A", bm, !transA);
   const opB = operand("B", bn, transB);
   const groups = range(rm / 4), cgs = range(rn / 4);
   const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + lid.y * 4u + ${i}u`;
   const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + lid.x * 4u + ${j}u`;
-  // The bk steps of a slice as a loop, not unrolled: lavapipe compiles the unrolled 8×8 kernel
-  // 3-4× slower (its cold compiles are most of the test suite's time), and a GPU's compiler
-  // unrolls a constant trip count itself.
-  const lines: string[] = [];
-  for (const g of groups) lines.push(`let a${g} = As[kk * ${bm / 4}u + lid.y + ${W * g}u];`);
-  for (const h of cgs) lines.push(`let b${h} = Bs[kk * ${bn / 4}u + lid.x + ${W * h}u];`);
-  for (const g of groups) {
-    for (const i of range(4)) {
-      for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += a${g}[${i}] * b${h};`);
+  // The bk steps of a slice unrolled (wgpu gives every WGSL loop a counter of its own, which can
+  // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
+  const compute = range(bk).map((kk) => {
+    const lines: string[] = [];
+    for (const g of groups) {
+      lines.push(`let av${g} = As[${kk * opA.pitch}u + lid.y + ${W * g}u];`);
     }
-  }
-  const compute = `for (var kk = 0u; kk < ${bk}u; kk++) {\n      ${lines.join("\n      ")}\n    }`;
+    for (const h of cgs) lines.push(`let bv${h} = Bs[${kk * opB.pitch}u + lid.x + ${W * h}u];`);
+    for (const g of groups) {
+      for (const i of range(4)) {
+        for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
+      }
+    }
+    return `{\n      ${lines.join("\n      ")}\n    }`;
+  });
   const accs: string[] = [];
   for (const g of groups) {
     for (const i of range(4)) {
@@ -758,8 +770,8 @@ ${bindingsWgsl(t, true, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
 ${sc.wgsl}
 
-var<workgroup> As: array<vec4<f32>, ${(bm * bk) / 4}>;
-var<workgroup> Bs: array<vec4<f32>, ${(bn * bk) / 4}>;
+var<workgroup> As: array<vec4<f32>, ${bk * opA.pitch}>;
+var<workgroup> Bs: array<vec4<f32>, ${bk * opB.pitch}>;
 
 @compute @workgroup_size(${W}, ${W})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
@@ -785,7 +797,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       ${opA.load("kn")}
       ${opB.load("kn")}
     }
-    ${compute}
+    ${compute.join("\n    ")}
   }
   ${stores.join("\n  ")}
 }

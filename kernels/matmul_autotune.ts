@@ -101,14 +101,32 @@ export interface TuneResult {
 }
 
 /**
+ * The size each class is timed at (a typical member, a multiple of 4) and the timed k (the k
+ * loop's length changes little between tiles; more only costs time). On a CPU adapter small:
+ * every timed run costs real time there. On a GPU the large class is timed large enough to fill
+ * the card (a 512×512 output is 16 workgroups of the 128×128 tiled kernel, 64 of vec4_8x8 (64×64
+ * a workgroup): at that size the timing would favour the small tiles).
+ */
+const TUNE_SIZES = {
+  cpu: { class: { t: 8, s: 32, m: 256, l: 512 }, k: 256 },
+  gpu: { class: { t: 8, s: 32, m: 256, l: 2048 }, k: 1024 },
+} as const;
+
+/**
  * Version of the kernel set the choices were made for: a cache entry of another version is stale
  * and tuned again. It covers the variant list (a new variant invalidates old entries), the
- * launcher's source, every variant's WGSL and this module's class scheme (TUNE_FORMAT: bump it
- * when the classes or the representative products change).
+ * launcher's source, every variant's WGSL, the timed sizes and this module's class scheme
+ * (TUNE_FORMAT: bump it when the classes change).
  */
 const TUNE_FORMAT = "2";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
-  [TUNE_FORMAT, MATMUL_VARIANTS.join(","), matmul.toString(), matmulKernelSources()].join("\n"),
+  [
+    TUNE_FORMAT,
+    JSON.stringify(TUNE_SIZES),
+    MATMUL_VARIANTS.join(","),
+    matmul.toString(),
+    matmulKernelSources(),
+  ].join("\n"),
 );
 
 function fnv1a(text: string): string {
@@ -130,18 +148,6 @@ const VERSION_KEY = "kernels";
 function sizeClass(x: number): "t" | "s" | "m" | "l" {
   return x < 16 ? "t" : x < 64 ? "s" : x < 512 ? "m" : "l";
 }
-
-/**
- * The size each class is timed at (a typical member, a multiple of 4) and the timed k (the k
- * loop's length changes little between tiles; more only costs time). On a CPU adapter small:
- * every timed run costs real time there. On a GPU the large class is timed large enough to fill
- * the card (a 512×512 output is 16 workgroups of the 128×128 tiled kernel, 4,096 of the 8×8 vec4
- * ones: at that size the timing would favour the small tiles that lose at RoBERTa's shapes).
- */
-const TUNE_SIZES = {
-  cpu: { class: { t: 8, s: 32, m: 256, l: 512 }, k: 256 },
-  gpu: { class: { t: 8, s: 32, m: 256, l: 2048 }, k: 1024 },
-} as const;
 
 /**
  * The shape class of a product: its transposes and the size classes of its output's rows and

@@ -18,6 +18,11 @@ export const THIN_MAX_N = 16;
 
 /** Invocations per workgroup, each summing every 64th k. */
 const THREADS = 64;
+/**
+ * Row length of the partial sums in workgroup memory: one more than THREADS, so that the outputs'
+ * final sums (output q reading row q) fall in different banks.
+ */
+const PITCH = THREADS + 1;
 
 export interface ThinMatmulArgs {
   /** Names the op in errors and as the dispatch label; defaults to "thinMatmul". */
@@ -36,7 +41,7 @@ export interface ThinMatmulArgs {
   alpha?: number;
 }
 
-/** Rows per workgroup: R·n partial sums per invocation, R·n·64 floats of workgroup memory. */
+/** Rows per workgroup: R·n partial sums per invocation, R·n·65 floats of workgroup memory. */
 function rowsPerGroup(n: number): number {
   return n <= 8 ? 4 : 2;
 }
@@ -57,7 +62,7 @@ function thinWgsl(n: number, transW: boolean, xType: DType): string {
     decl.push(`let xr${r} = min(row0 + ${r}u, p.m - 1u) * p.k;`);
     for (const j of range(n)) {
       decl.push(`var s${r}_${j} = 0.0;`);
-      keep.push(`part[${r * n + j}u * ${THREADS}u + t] = s${r}_${j};`);
+      keep.push(`part[${r * n + j}u * ${PITCH}u + t] = s${r}_${j};`);
     }
   }
   return /* wgsl */ `${enableF16([xType])}
@@ -67,8 +72,8 @@ function thinWgsl(n: number, transW: boolean, xType: DType): string {
 struct Params { m: u32, k: u32, gx: u32, alpha: f32 }
 @group(0) @binding(3) var<uniform> p: Params;
 
-// part[q * THREADS + t]: invocation t's partial sum of output q (row q / n, column q % n).
-var<workgroup> part: array<f32, ${R * n * THREADS}>;
+// part[q * PITCH + t]: invocation t's partial sum of output q (row q / n, column q % n).
+var<workgroup> part: array<f32, ${R * n * PITCH}>;
 
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u32) {
@@ -82,8 +87,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
   // Output q = t adds the 64 partial sums in invocation order.
   if (t < ${R * n}u) {
     let row = row0 + t / ${n}u;
-    var sum = part[t * ${THREADS}u];
-    for (var i = 1u; i < ${THREADS}u; i++) { sum += part[t * ${THREADS}u + i]; }
+    var sum = part[t * ${PITCH}u];
+    for (var i = 1u; i < ${THREADS}u; i++) { sum += part[t * ${PITCH}u + i]; }
     if (row < p.m) { C[row * ${n}u + t % ${n}u] = p.alpha * sum; }
   }
 }

@@ -547,7 +547,7 @@ gpuTest(
     // lavapipe stops an invocation after 65,535 loop iterations, silently: unsliced, direct4x4
     // (LoRA's dA and dB, r = 8) summed only the first 65,535 k, tile16 / tile64 far fewer. The
     // launcher cuts k into slices that resume each other's sums, term for term. 140,000 is past
-    // the longest slice of every kernel kind (131,072 for vec4), so each runs sliced.
+    // the longest slice of every kernel kind (131,072 for vec4 and tiled), so each runs sliced.
     const k = 140000;
     // Multiples of 1/8 below 1: every product is a multiple of 1/64 and every partial sum, below
     // 2^18, is exact in float32, so each variant must give the float64 sum exactly.
