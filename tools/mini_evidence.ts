@@ -65,7 +65,8 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
       }
       rows.push([
         TABLE_TASKS.find((t) => t.name === name)?.title ?? name.toUpperCase(),
-        metric === "mcc" ? "MCC" : metric === "f1" ? "F1" : metric,
+        ({ mcc: "MCC", f1: "F1", pearson: "Pearson r" } as Record<string, string>)[metric] ??
+          metric,
         m.label,
         m.random
           ? "the same shape, random init (`tools/random_model.ts`, seed 0)"
