@@ -17,8 +17,10 @@
 //    TF32 off, fp16, bf16) and the training step of the same model shape (RobertaForSequence-
 //    Classification with the EH-FT head; ft, BitFit, LoRA; fp32 and bf16 autocast).
 // 4. ours (bench/kernels.ts --json): the GEMMs at RoBERTa-large's linear layers (32 × 128 tokens)
-//    in f32 and f16, then the training step of RoBERTa-large's shape (24 layers, hidden 1024,
-//    random weights, batch 32 × 128) for ft and Stage 1 with BitFit and LoRA, f32 and f16.
+//    in f32 and f16; every GEMM variant at the first of them (bench/matmul_variants.ts: what the
+//    autotune chose among, in the report's notes); then the training step of RoBERTa-large's shape
+//    (24 layers, hidden 1024, random weights, batch 32 × 128) for ft and Stage 1 with BitFit and
+//    LoRA, f32 and f16.
 // 5. the report: $OUT/gpu-bench.md (ratios ours / PyTorch against the goals), $OUT/rows.jsonl,
 //    the phases' logs ($OUT/logs.tgz), and the report again as the last lines of stdout.
 //
@@ -83,7 +85,7 @@ const F32_TESTS = [
 const F16_TESTS = ["cast_test", "matmul_f16_test", "loss_scale_test", "encoder_f16_test"];
 
 /** Shares of --budget per phase (they sum to under 1; the rest is start-up and the report). */
-const SHARE = { tests: 0.22, f16Tests: 0.08, torch: 0.2, gemm: 0.12, steps: 0.34 };
+const SHARE = { tests: 0.2, f16Tests: 0.08, torch: 0.2, gemm: 0.12, variants: 0.02, steps: 0.34 };
 
 interface Options {
   out: string;
@@ -107,7 +109,11 @@ function parseOptions(args: string[]): Options {
   });
   if (values["print-files"]) {
     // What the run loads besides this file, for bench/gpu_prepare.sh to cache.
-    console.log(["bench/kernels.ts", ...[...F32_TESTS, ...F16_TESTS].map((t) => `tests/${t}.ts`)]
+    console.log([
+      "bench/kernels.ts",
+      "bench/matmul_variants.ts",
+      ...[...F32_TESTS, ...F16_TESTS].map((t) => `tests/${t}.ts`),
+    ]
       .join("\n"));
     Deno.exit(0);
   }
@@ -392,6 +398,33 @@ async function main(): Promise<void> {
     ], limit(SHARE.gemm));
     report.ours.push(...jsonRows(r.stdout));
     if (r.code !== 0) report.notes.push(`our GEMM phase ${r.timedOut ? "timed out" : "failed"}`);
+    await write();
+  }
+  {
+    // Every variant at the first GEMM shape, whatever the autotune chose, one line per product.
+    const shape = shapes.gemms.split(",")[0];
+    const r = await phase(o.out, "ours-variants", Deno.execPath(), [
+      "run",
+      "--allow-all",
+      "bench/matmul_variants.ts",
+      "--shape",
+      shape,
+      "--reps",
+      "5",
+    ], limit(SHARE.variants));
+    const rates = new Map<string, string[]>();
+    for (const line of r.stdout.split("\n")) {
+      const m = line.match(/^(NT|NN|TN) (\S+)\s+\S+ ms\s+(\S+) GFLOP\/s/);
+      if (m) rates.set(m[1], [...(rates.get(m[1]) ?? []), `${m[2]} ${Math.round(Number(m[3]))}`]);
+    }
+    for (const [product, list] of rates) {
+      report.notes.push(`every GEMM variant, ${product} ${shape}, GFLOP/s: ${list.join(", ")}`);
+    }
+    if (r.code !== 0) {
+      report.notes.push(
+        `GEMM variants phase ${r.timedOut ? "timed out" : "failed"}: see ours-variants.log`,
+      );
+    }
     await write();
   }
   // The most telling rows first: each (mode, precision) is its own process, so that a slow one
