@@ -414,8 +414,10 @@ async function main(): Promise<void> {
     ], limit(SHARE.variants));
     const rates = new Map<string, string[]>();
     for (const line of r.stdout.split("\n")) {
-      const m = line.match(/^(NT|NN|TN) (\S+)\s+\S+ ms\s+(\S+) GFLOP\/s/);
-      if (m) rates.set(m[1], [...(rates.get(m[1]) ?? []), `${m[2]} ${Math.round(Number(m[3]))}`]);
+      const m = line.match(/^(NT|NN|TN) (\S+)\s+\S+ ms\s+(\S+) GFLOP\/s(.*)$/);
+      if (!m) continue;
+      const rate = `${m[2]} ${Number(m[3]).toPrecision(3)}${m[4]}`; // m[4]: "(ran direct4x4)"
+      rates.set(m[1], [...(rates.get(m[1]) ?? []), rate]);
     }
     for (const [product, list] of rates) {
       report.notes.push(`every GEMM variant, ${product} ${shape}, GFLOP/s: ${list.join(", ")}`);
