@@ -12,7 +12,9 @@
 #
 # tools/mini_evidence.ts runs the cells (task × method, 4 seeds each) JOBS at a time (several
 # processes keep one GPU busier than one process's dispatches can) and stops them at DEADLINE
-# seconds; the largest tasks go first. Only what the table needs comes back through $OUT, as one
+# seconds (default 420; beside bench/gpu.ts in the same task, whose 15 device minutes include the
+# machine's start, DEADLINE=300 and `bench/gpu.ts --budget 300` fit both); the largest tasks go
+# first. Only what the table needs comes back through $OUT, as one
 # archive (the device tool returns a few files): each finished cell's metrics.json and its seeds'
 # run.json and metrics.json (their mtimes give the minutes per seed), every cell's log and the
 # table. An unfinished cell comes back as its log only: run it again in a later call.
