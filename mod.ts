@@ -63,6 +63,7 @@ export {
   loraForward,
   type LoraForwardArgs,
 } from "./kernels/lora.ts";
+export { THIN_MAX_N, thinMatmul, type ThinMatmulArgs } from "./kernels/thin_matmul.ts";
 export { layerNormBackward, layerNormForward } from "./kernels/layernorm.ts";
 export { addLayerNormBackward, addLayerNormForward } from "./kernels/add_layernorm.ts";
 export { GELU_WGSL, geluBackward, geluForward } from "./kernels/gelu.ts";
