@@ -515,6 +515,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 }
 
+/** 0, 1, ..., n - 1: the generators below unroll over it. */
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
 /**
  * Barrier-free vec4 kernel: invocation (x, y) owns rows `row0 .. row0+rm-1` and columns
  * `col0 .. col0+rn-1` (rn a multiple of 4: rn/4 vec4 accumulators per row), steps k by `ku` (a
@@ -540,7 +543,6 @@ function vec4Wgsl(
   const wideB = (e: string) => (t.b === "f16" ? `vec4<f32>(${e})` : e);
   // Straight-line WGSL: lavapipe spills arrays indexed in loops it does not unroll to memory and
   // addresses them lane by lane, so every tile element is its own named variable here.
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const groups = range(rm / 4);
   const cgs = range(rn / 4);
   const q4 = range(4);
@@ -664,7 +666,6 @@ function tiledWgsl(
   const threads = W * W;
   const bm = W * rm, bn = W * rn;
   const sc = sliceCode(sliced, partialBinding(epilogue));
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const wide = (d: DType, e: string) => (d === "f16" ? `vec4<f32>(${e})` : e);
   // One operand's slice. `alongK`: its stored rows run along k (A not transposed, B transposed):
   // an invocation loads a 4×4 block (four block rows, one k quad: four vec4s) and turns it round
