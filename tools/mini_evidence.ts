@@ -54,7 +54,8 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
       if (!(await exists(`${dir}/metrics.json`))) continue;
       const r: CellMetrics = JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`));
       const seeds = Object.keys(r.seeds ?? { one: 0 });
-      const metric = TABLE_TASKS.find((t) => t.name === name)?.metric ?? "accuracy";
+      const column = TABLE_TASKS.find((t) => t.name === name);
+      const metric = column?.metric ?? "accuracy";
       const cell = (kind: "best" | "final") =>
         r.std ? `${pct(r[kind][metric])} ± ${pct(r.std[kind][metric])}` : pct(r[kind][metric]);
       const minutes: number[] = [];
@@ -64,7 +65,7 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
         minutes.push((end - start) / 60000);
       }
       rows.push([
-        TABLE_TASKS.find((t) => t.name === name)?.title ?? name.toUpperCase(),
+        column?.title ?? name.toUpperCase(),
         ({ mcc: "MCC", f1: "F1", pearson: "Pearson r" } as Record<string, string>)[metric] ??
           metric,
         m.label,
