@@ -214,6 +214,19 @@ function jsonRows(text: string): Row[] {
   return rows;
 }
 
+/** One report note per product from bench/matmul_variants.ts's JSON rows: each variant's GFLOP/s. */
+export function variantNotes(rows: Row[], shape: string): string[] {
+  const rates = new Map<string, string[]>();
+  for (const { product, variant, ran, gflops } of rows) {
+    if (typeof product !== "string" || typeof gflops !== "number") continue;
+    const rate = `${variant} ${gflops.toPrecision(3)}${ran === variant ? "" : ` (ran ${ran})`}`;
+    rates.set(product, [...(rates.get(product) ?? []), rate]);
+  }
+  return [...rates].map(([product, list]) =>
+    `every GEMM variant, ${product} ${shape}, GFLOP/s: ${list.join(", ")}`
+  );
+}
+
 /** "ok | 12 passed | 0 failed (3s)" or "FAILED | 11 passed | 1 failed" from deno test. */
 export function testCounts(text: string): { passed: number; failed: number } | null {
   const m = /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(text);
@@ -411,17 +424,9 @@ async function main(): Promise<void> {
       shape,
       "--reps",
       "5",
+      "--json",
     ], limit(SHARE.variants));
-    const rates = new Map<string, string[]>();
-    for (const line of r.stdout.split("\n")) {
-      const m = line.match(/^(NT|NN|TN) (\S+)\s+\S+ ms\s+(\S+) GFLOP\/s(.*)$/);
-      if (!m) continue;
-      const rate = `${m[2]} ${Number(m[3]).toPrecision(3)}${m[4]}`; // m[4]: "(ran direct4x4)"
-      rates.set(m[1], [...(rates.get(m[1]) ?? []), rate]);
-    }
-    for (const [product, list] of rates) {
-      report.notes.push(`every GEMM variant, ${product} ${shape}, GFLOP/s: ${list.join(", ")}`);
-    }
+    report.notes.push(...variantNotes(jsonRows(r.stdout), shape));
     if (r.code !== 0) {
       report.notes.push(
         `GEMM variants phase ${r.timedOut ? "timed out" : "failed"}: see ours-variants.log`,

@@ -2,17 +2,22 @@
 // side (the autotune itself times a few candidates at its own representative products).
 //
 //   deno run -A bench/matmul_variants.ts [--shape 512x1024x256] [--variants a,b,...] [--reps 3]
+//     [--json]
 //
 // --shape is m×n×k of C[m,n] = op(A)·op(B); prints, per transpose pair (NT is a linear layer's
-// forward, NN its dX, TN its dW) and variant, the fastest of --reps submits in ms and GFLOP/s
-// (and the variant that really ran, where a misaligned shape makes it direct4x4).
+// forward, NN its dX, TN its dW) and variant, ms per product and GFLOP/s, and the variant that
+// really ran where a misaligned shape makes it direct4x4. Timed as `deno task bench` times
+// (bench/timing.ts: several products per submit, so that a submit's fixed cost does not count;
+// the median of up to --reps submits). `--json`: one JSON object per line instead (kernel
+// "matmul_variant", product, variant, ran, m, n, k, ms, gflops, per_submit, ...), what
+// bench/gpu.ts reads.
 
 import { parseArgs } from "node:util";
 import { getGpu } from "../kernels/device.ts";
 import { matmul, MATMUL_VARIANTS, type MatmulVariant } from "../kernels/matmul.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
-import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { benchRow, timeOp } from "./timing.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -20,6 +25,7 @@ const { values } = parseArgs({
     shape: { type: "string", default: "512x1024x256" },
     variants: { type: "string" },
     reps: { type: "string", default: "3" },
+    json: { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -43,37 +49,35 @@ const values01 = (count: number, seed: number) =>
 const a = tensorFromArray(gpu, values01(m * k, 1), [m * k], "A");
 const b = tensorFromArray(gpu, values01(k * n, 2), [k * n], "B");
 const c = createTensor(gpu, [m * n], "f32", "C");
-console.log(`${gpu.description}: ${m} × ${n} × ${k}, fastest of ${reps}`);
-for (
-  const [transA, transB, name] of [[false, true, "NT"], [false, false, "NN"], [
-    true,
-    false,
-    "TN",
-  ]] as const
-) {
+if (!values.json) console.log(`${gpu.description}: ${m} × ${n} × ${k}, median of up to ${reps}`);
+const onCpu = gpu.adapter.info.isFallbackAdapter;
+const products = [[false, true, "NT"], [false, false, "NN"], [true, false, "TN"]] as const;
+for (const [transA, transB, product] of products) {
   for (const variant of variants) {
-    let best = Infinity;
-    // One untimed run compiles the pipeline.
-    for (let r = 0; r <= reps; r++) {
-      const rec = new Recorder(gpu);
-      matmul(rec, { a, b, c, m, n, k, transA, transB, variant });
-      const t0 = performance.now();
-      await rec.submit();
-      await gpu.device.queue.onSubmittedWorkDone();
-      if (r > 0) best = Math.min(best, performance.now() - t0);
-    }
-    const gflops = (2 * m * n * k) / best / 1e6;
+    const args = { a, b, c, m, n, k, transA, transB, variant };
+    // Short submits on a GPU, so that 3 × 12 of them fit bench/gpu.ts's 20 s phase; a CPU
+    // adapter's submit costs about 12 ms by itself, so it needs longer ones.
+    const timing = await timeOp(gpu, (rec) => matmul(rec, args), reps, {
+      submitTargetS: onCpu ? 0.1 : 0.02,
+      budgetS: onCpu ? 0.3 : 0.1,
+      minTimedS: 0.3,
+    });
     // A misaligned product runs direct4x4 whatever the variant asked for: say so.
-    const ran = matmulVariantsUsed(
-      gpu,
-      (rec) => matmul(rec, { a, b, c, m, n, k, transA, transB, variant }),
-    );
-    const note = ran[0] === variant ? "" : ` (ran ${ran[0]})`;
-    console.log(
-      `${name} ${variant.padEnd(15)} ${best.toFixed(2).padStart(9)} ms ${
-        gflops.toFixed(2).padStart(9)
-      } GFLOP/s${note}`,
-    );
+    const [ran] = matmulVariantsUsed(gpu, (rec) => matmul(rec, args));
+    const row = benchRow("matmul_variant", { product, variant, ran, m, n, k }, timing, {
+      flops: 2 * m * n * k,
+    });
+    if (values.json) {
+      const { shape: _shape, ...fields } = row;
+      console.log(JSON.stringify({ ...fields, adapter: gpu.description }));
+    } else {
+      const note = ran === variant ? "" : ` (ran ${ran})`;
+      console.log(
+        `${product} ${variant.padEnd(15)} ${row.ms.toFixed(3).padStart(9)} ms ${
+          row.gflops!.toFixed(2).padStart(9)
+        } GFLOP/s ×${row.per_submit}${note}`,
+      );
+    }
   }
 }
 for (const t of [a, b, c]) t.destroy();

@@ -1,8 +1,9 @@
 // bench/gpu.ts's report: ratios ours / PyTorch and the goals, from rows of both sides, and the
-// test summary it reads. No GPU needed: the functions are pure.
+// test summary and GEMM-variant rows it reads. No GPU needed: the functions are pure (but the last
+// test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter there is).
 
 import { assert, assertEquals } from "./assert.ts";
-import { testCounts } from "../bench/gpu.ts";
+import { testCounts, variantNotes } from "../bench/gpu.ts";
 import {
   f16Check,
   gemmTable,
@@ -129,4 +130,48 @@ Deno.test("gpu bench: deno test's summary line", () => {
     failed: 1,
   });
   assertEquals(testCounts("error: Module not found"), null);
+});
+
+Deno.test("gpu bench: GEMM-variant notes, one per product, from bench/matmul_variants.ts --json", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../bench/matmul_variants.ts", import.meta.url).pathname,
+      "--shape",
+      "36x20x12",
+      "--variants",
+      "vec4_4x4,tiled_4x4",
+      "--reps",
+      "1",
+      "--json",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  const rows: Row[] = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+  assertEquals(rows.map((r) => `${r.product} ${r.variant}`), [
+    "NT vec4_4x4",
+    "NT tiled_4x4",
+    "NN vec4_4x4",
+    "NN tiled_4x4",
+    "TN vec4_4x4",
+    "TN tiled_4x4",
+  ]);
+  for (const r of rows) {
+    assertEquals([r.m, r.n, r.k, r.kernel], [36, 20, 12, "matmul_variant"]);
+    assert(typeof r.gflops === "number" && r.gflops > 0 && typeof r.ms === "number");
+  }
+  const notes = variantNotes(rows, "36x20x12");
+  assertEquals(notes.length, 3);
+  assert(notes[0].startsWith("every GEMM variant, NT 36x20x12, GFLOP/s: vec4_4x4 "), notes[0]);
+  assert(notes.every((n) => !n.includes("(ran")), notes.join("\n"));
+  // A misaligned product runs direct4x4 whatever was asked: the note says so.
+  const misaligned = { ...rows[1], ran: "direct4x4", gflops: 0.01234 };
+  assertEquals(variantNotes([misaligned], "36x22x12"), [
+    "every GEMM variant, NT 36x22x12, GFLOP/s: tiled_4x4 0.0123 (ran direct4x4)",
+  ]);
 });
