@@ -243,7 +243,9 @@ export function columnSum(
   // One pass over the blocks (however many: the workspace must not be summed into itself).
   rec.dispatch(
     label,
-    getPipeline(rec.gpu, "linear_column_sum", columnSumWgsl("f32")),
+    src.dtype === "f32"
+      ? pipeline
+      : getPipeline(rec.gpu, "linear_column_sum", columnSumWgsl("f32")),
     [partial, dst],
     groups,
     new Uint32Array([blocks, cols, +accumulate, blocks]),
