@@ -64,6 +64,7 @@ export {
   type LoraForwardArgs,
 } from "./kernels/lora.ts";
 export { THIN_MAX_N, thinMatmul, type ThinMatmulArgs } from "./kernels/thin_matmul.ts";
+export { transpose, type TransposeArgs } from "./kernels/transpose.ts";
 export { layerNormBackward, layerNormForward } from "./kernels/layernorm.ts";
 export { addLayerNormBackward, addLayerNormForward } from "./kernels/add_layernorm.ts";
 export { GELU_WGSL, geluBackward, geluForward } from "./kernels/gelu.ts";

@@ -31,6 +31,7 @@
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { MATMUL_VARIANTS } from "../kernels/matmul.ts";
 import { writeFileAtomic } from "../model/atomic_write.ts";
 import { type GpuReport, reportMarkdown, type Row, type TestRun } from "./gpu_table.ts";
 
@@ -59,6 +60,8 @@ const F32_TESTS = [
   "matmul_test",
   "matmul_variants_test",
   "thin_matmul_test",
+  "transpose_test",
+  "matmul_nn_step_test",
   "linear_test",
   "attention_test",
   "flash_attention_test",
@@ -422,6 +425,9 @@ async function main(): Promise<void> {
       "bench/matmul_variants.ts",
       "--shape",
       shape,
+      "--variants",
+      // Not the shared-memory pair and direct4x4: neither heuristic nor autotune picks them.
+      MATMUL_VARIANTS.filter((v) => !["tile16", "tile64", "direct4x4"].includes(v)).join(","),
       "--reps",
       "5",
       "--json",

@@ -6,7 +6,7 @@
 //
 // --shape is m×n×k of C[m,n] = op(A)·op(B); prints, per transpose pair (NT is a linear layer's
 // forward, NN its dX, TN its dW) and variant, ms per product and GFLOP/s, and the variant that
-// really ran where a misaligned shape makes it direct4x4. Timed as `deno task bench` times
+// really ran where a misaligned shape makes it direct4x4 (the nn_ variants: NT and TN only). Timed as `deno task bench` times
 // (bench/timing.ts: several products per submit, so that a submit's fixed cost does not count;
 // the median of up to --reps submits). `--json`: one JSON object per line instead (kernel
 // "matmul_variant", product, variant, ran, m, n, k, ms, gflops, per_submit, ...), what
@@ -14,7 +14,12 @@
 
 import { parseArgs } from "node:util";
 import { getGpu } from "../kernels/device.ts";
-import { matmul, MATMUL_VARIANTS, type MatmulVariant } from "../kernels/matmul.ts";
+import {
+  matmul,
+  MATMUL_VARIANTS,
+  type MatmulVariant,
+  untransposedKernel,
+} from "../kernels/matmul.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 import { benchRow, timeOp } from "./timing.ts";
@@ -54,8 +59,10 @@ const onCpu = gpu.adapter.info.isFallbackAdapter;
 const products = [[false, true, "NT"], [false, false, "NN"], [true, false, "TN"]] as const;
 for (const [transA, transB, product] of products) {
   for (const variant of variants) {
+    // Without a transposed operand an nn_ variant runs its kernel as is: that kernel's own row.
+    if (product === "NN" && untransposedKernel(variant)) continue;
     const args = { a, b, c, m, n, k, transA, transB, variant };
-    // Short submits on a GPU, so that 3 × 12 of them fit bench/gpu.ts's 20 s phase; a CPU
+    // Short submits on a GPU, so that the 39 bench/gpu.ts asks for fit its 20 s phase; a CPU
     // adapter's submit costs about 12 ms by itself, so it needs longer ones.
     const timing = await timeOp(gpu, (rec) => matmul(rec, args), reps, {
       submitTargetS: onCpu ? 0.1 : 0.02,

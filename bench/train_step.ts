@@ -92,7 +92,7 @@ export function stepConfig(s: TrainStepShape): ModelConfig {
 }
 
 /** BERT's initialisation: weights N(0, 0.02) (uniform of the same spread here), LayerNorm 1, biases 0. */
-function randomizeBackbone(trainer: Trainer, seed: number): void {
+export function randomizeBackbone(trainer: Trainer, seed: number): void {
   const next = generator(seed);
   const bound = 0.02 * Math.sqrt(3);
   for (const [name, t] of encoderParameters(trainer.encoder.params)) {
@@ -106,7 +106,12 @@ function randomizeBackbone(trainer: Trainer, seed: number): void {
 }
 
 /** A batch of random token ids (no padding) and random binary targets. */
-function randomBatch(examples: number, seq: number, vocab: number, seed: number): TrainBatch {
+export function randomBatch(
+  examples: number,
+  seq: number,
+  vocab: number,
+  seed: number,
+): TrainBatch {
   const next = generator(seed);
   const first = Math.min(5, vocab - 1); // BERT's special tokens sit below 5
   const inputIds = Uint32Array.from(

@@ -21,6 +21,7 @@ import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
+import { transpose } from "./transpose.ts";
 import { Workspace } from "./workspace.ts";
 import {
   type DType,
@@ -148,8 +149,16 @@ function dtypesSuffix(t: Dtypes): string {
  *   a 64×64 / 128×128 block of op(A) and op(B) in workgroup memory with vec4 loads along each
  *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers. Same
  *   alignment needs as the vec4 kernels (otherwise `direct4x4`).
+ * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
+ *   uncoalesced: a transposed operand is first copied untransposed into a workspace
+ *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
+ *   unbatched product with a transposed operand whose copy fits a binding and whose untransposed
+ *   product `<kernel>` can read as vec4s; otherwise `<kernel>` runs on the operands as they are.
  */
-export type MatmulVariant =
+export type MatmulVariant = KernelVariant | `nn_${typeof NN_KERNELS[number]}`;
+
+/** The variants with a kernel of their own. */
+type KernelVariant =
   | "tile16"
   | "tile64"
   | "direct4x4"
@@ -163,8 +172,22 @@ export type MatmulVariant =
   | "tiled_4x4"
   | "tiled_8x8";
 
-/** Every variant (kernels/matmul_autotune.ts times a subset of them). */
-export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
+/** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
+const NN_KERNELS = [
+  "vec4_4x4",
+  "vec4_8x8",
+  "vec4_8x16",
+  "vec4_16x8",
+  "tiled_4x4",
+  "tiled_8x8",
+] as const;
+
+/** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
+export function untransposedKernel(v: MatmulVariant): KernelVariant | undefined {
+  return v.startsWith("nn_") ? v.slice(3) as KernelVariant : undefined;
+}
+
+const KERNEL_VARIANTS: readonly KernelVariant[] = [
   "tile16",
   "tile64",
   "direct4x4",
@@ -179,13 +202,19 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
   "tiled_8x8",
 ];
 
+/** Every variant (kernels/matmul_autotune.ts times a subset of them). */
+export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
+  ...KERNEL_VARIANTS,
+  ...NN_KERNELS.map((v) => `nn_${v}` as const),
+];
+
 type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
   | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number }
   | { kind: "tiled"; rm: number; rn: number; bk: number };
 
-const VARIANTS: Record<MatmulVariant, VariantSpec> = {
+const VARIANTS: Record<KernelVariant, VariantSpec> = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
   tile64: { kind: "shared", rm: 4, rn: 4 },
   direct4x4: { kind: "direct", rm: 4, rn: 4, wx: 8, wy: 8 },
@@ -205,7 +234,7 @@ const VARIANTS: Record<MatmulVariant, VariantSpec> = {
  * straight-line tiles win by 1.5-3× at the BERT-mini linear shapes and 1024³ (16×8 for the
  * transposed-A weight gradient, 8×16 otherwise); small outputs keep the small tiles.
  */
-function chooseVariant(m: number, n: number, transA: boolean): MatmulVariant {
+function chooseVariant(m: number, n: number, transA: boolean): KernelVariant {
   if (m >= 64 && n >= 64) return transA ? "vec4_16x8" : "vec4_8x16";
   return m >= 16 && n >= 16 ? "vec4_4x4" : "direct4x4";
 }
@@ -832,7 +861,7 @@ function vec4Aligned(
 export function matmulKernelSources(): string {
   const epilogues: EpilogueKind[] = ["none", "gelu", "gelu_save", "gelu_grad"];
   const parts: string[] = [];
-  for (const variant of MATMUL_VARIANTS) {
+  for (const variant of KERNEL_VARIANTS) {
     const spec = VARIANTS[variant];
     for (const epilogue of epilogues) {
       for (const sliced of [false, true]) {
@@ -1027,8 +1056,13 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
 
   const [rsA, csA] = transA ? [1, lda] : [lda, 1];
   const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
-  let variant = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
+  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
     chooseVariant(m, n, transA);
+  let variant = untransposedKernel(asked) ?? asked as KernelVariant;
+  if (variant !== asked && count === 1 && (transA || transB)) {
+    const untransposed = untransposeOperands(rec, op, { ...args, transA, transB, lda, ldb });
+    if (untransposed) return matmul(rec, { ...untransposed, variant });
+  }
   if (VARIANTS[variant].kind === "vec4" || VARIANTS[variant].kind === "tiled") {
     const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
       vec4Aligned(b, offB, ldb, strides("strideB"), transB ? k : n) && k % 4 === 0;
@@ -1111,6 +1145,63 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     });
   }
 }
+
+/**
+ * An `nn_` variant's copies: each transposed operand of an unbatched product copied untransposed
+ * (packed) into its workspace, and the arguments of the same product on the copies; or null
+ * (nothing recorded) when the copies would not fit a binding or the untransposed product could
+ * not be read as vec4s (it would run `direct4x4`: the copies would buy nothing).
+ */
+function untransposeOperands(
+  rec: Recorder,
+  op: string,
+  args: MatmulArgs & { transA: boolean; transB: boolean; lda: number; ldb: number },
+): MatmulArgs | null {
+  const { a, b, m, n, k, transA, transB } = args;
+  const gpu = rec.gpu;
+  const fits = (t: Tensor, elements: number) =>
+    elements * DTYPE_BYTES[t.dtype] <= gpu.limits.maxStorageBufferBindingSize;
+  if ((transA && !fits(a, m * k)) || (transB && !fits(b, k * n))) return null;
+  // Packed copies start a buffer: aligned whenever their rows are (k for A, n for B).
+  const offA = args.offsetA ?? 0;
+  const offB = args.offsetB ?? 0;
+  const aReadable = transA ? k % 4 === 0 : vec4Aligned(a, offA, args.lda, [], k);
+  const bReadable = transB ? n % 4 === 0 : vec4Aligned(b, offB, args.ldb, [], n);
+  if (!aReadable || !bReadable || k % 4 !== 0) return null;
+  const out: MatmulArgs = { ...args, transA: false, transB: false };
+  if (transA) {
+    // Stored [k, m]: its transpose is op(A), [m, k].
+    const copy = untransposedA.view(gpu, [m * k], a.dtype);
+    transpose(rec, {
+      op: `${op} Aᵀ`,
+      src: a,
+      dst: copy,
+      rows: k,
+      cols: m,
+      offset: offA,
+      ld: args.lda,
+    });
+    Object.assign(out, { a: copy, offsetA: 0, lda: k });
+  }
+  if (transB) {
+    const copy = untransposedB.view(gpu, [k * n], b.dtype);
+    transpose(rec, {
+      op: `${op} Bᵀ`,
+      src: b,
+      dst: copy,
+      rows: n,
+      cols: k,
+      offset: offB,
+      ld: args.ldb,
+    });
+    Object.assign(out, { b: copy, offsetB: 0, ldb: n });
+  }
+  return out;
+}
+
+/** The `nn_` variants' untransposed copies (written and read within one matmul call). */
+const untransposedA = new Workspace("matmul untransposed A");
+const untransposedB = new Workspace("matmul untransposed B");
 
 /**
  * The accumulators a k-sliced product carries from one slice's launch to the next: written and

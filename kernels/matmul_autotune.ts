@@ -31,9 +31,11 @@ import {
   matmulKernelSources,
   type MatmulVariant,
   setMatmulTuner,
+  untransposedKernel,
 } from "./matmul.ts";
 import { Recorder } from "./recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "./tensor.ts";
+import { transposeKernelSources } from "./transpose.ts";
 
 /** A product C[m,n] = op(A)·op(B) with op(A) m×k and op(B) k×n. */
 export interface TuneShape {
@@ -126,6 +128,7 @@ export const MATMUL_KERNELS_VERSION: string = fnv1a(
     MATMUL_VARIANTS.join(","),
     matmul.toString(),
     matmulKernelSources(),
+    transposeKernelSources(),
   ].join("\n"),
 );
 
@@ -190,11 +193,16 @@ const DEFAULT_SHAPES: TuneShape[] = [
  * The variants timed besides the heuristic's. The shared-memory ones (tile16, tile64) are 4-20×
  * slower on lavapipe and would cost seconds to time there, and the heuristic never picks them;
  * the block-tiled ones (tiled_4x4, tiled_8x8) are timed on GPUs only, where coalesced loads
- * matter (on lavapipe they run at 0.5-0.8× the vec4 kernels: bench notes in BENCHMARKS.md).
+ * matter (on lavapipe they run at 0.5-0.8× the vec4 kernels: bench notes in BENCHMARKS.md), and
+ * so are the `nn_` ones (a transposed operand copied untransposed first; on lavapipe the
+ * transposed products are not the slow ones). A product without transposes times no `nn_`
+ * variant: it would run its kernel as is.
  */
 export function defaultCandidates(onCpu: boolean): MatmulVariant[] {
   const vec4: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
-  return onCpu ? vec4 : [...vec4, "tiled_4x4", "tiled_8x8"];
+  if (onCpu) return vec4;
+  const kernels: MatmulVariant[] = [...vec4, "tiled_4x4", "tiled_8x8"];
+  return [...kernels, ...kernels.map((v) => `nn_${v}` as MatmulVariant)];
 }
 
 /**
@@ -268,7 +276,13 @@ export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): M
   const probe = new ProbeRecorder(gpu);
   record(probe);
   const found: MatmulVariant[] = [];
+  // An nn_ variant's operand copies (kernels/transpose.ts) come just before its product.
+  let copied = false;
   for (const label of probe.pipelineLabels) {
+    if (label.startsWith("transpose_")) {
+      copied = true;
+      continue;
+    }
     // The longest variant name the label starts with, followed by its end or "_".
     let best: MatmulVariant | undefined;
     for (const v of MATMUL_VARIANTS) {
@@ -278,7 +292,8 @@ export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): M
         if (!best || v.length > best.length) best = v;
       }
     }
-    if (best) found.push(best);
+    if (best) found.push(copied ? `nn_${best}` as MatmulVariant : best);
+    copied = false;
   }
   return found;
 }
@@ -347,7 +362,12 @@ async function tuneClass(
     const [heuristic] = matmulVariantsUsed(gpu, (rec) => matmul(rec, args));
     if (!heuristic) throw new Error(`cannot tell which variant matmul runs for ${cls}`);
     const reference = (await resultBits(gpu, args)).slice();
-    const contenders = [heuristic, ...candidates.filter((v) => v !== heuristic)];
+    const contenders = [
+      heuristic,
+      ...candidates.filter((v) =>
+        v !== heuristic && (transA || transB || untransposedKernel(v) === undefined)
+      ),
+    ];
     // The first run of each also compiles its pipeline and checks its bits.
     const differs: MatmulVariant[] = [];
     const live: MatmulVariant[] = [];

@@ -3,7 +3,7 @@
 // order). An outgrown buffer is not destroyed: a recorded, unsubmitted command may still bind it.
 
 import type { Gpu } from "./device.ts";
-import { createTensor, type Tensor } from "./tensor.ts";
+import { createTensor, type DType, Tensor } from "./tensor.ts";
 
 export class Workspace {
   private readonly byGpu = new WeakMap<Gpu, Tensor>();
@@ -18,15 +18,18 @@ export class Workspace {
     private readonly doubling = false,
   ) {}
 
-  /** A view of `shape` (f32) at the start of this device's buffer, grown first if needed. */
-  view(gpu: Gpu, shape: number[]): Tensor {
-    const need = shape.reduce((a, b) => a * b, 1);
+  /** A view of `shape` at the start of this device's buffer, grown first if needed. */
+  view(gpu: Gpu, shape: number[], dtype: DType = "f32"): Tensor {
+    const elements = shape.reduce((a, b) => a * b, 1);
+    // The buffer counts 4-byte words; an f16 view needs half as many (rounded up).
+    const need = dtype === "f16" ? Math.ceil(elements / 2) : elements;
     let t = this.byGpu.get(gpu);
     if (!t || t.numel < need) {
       const grown = this.doubling ? 2 * (t?.numel ?? 0) : 0;
       t = createTensor(gpu, [Math.max(need, this.minElements, grown)], "f32", this.label);
       this.byGpu.set(gpu, t);
     }
-    return t.view(0, shape, this.label);
+    if (dtype === "f32") return t.view(0, shape, this.label);
+    return new Tensor(gpu, t.buffer, shape, dtype, this.label, t.offset);
   }
 }

@@ -318,9 +318,36 @@ Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled
   });
   // Small classes are timed alike on both (their products are over before a submit's cost is).
   assertEquals(representativeShape({ m: 4096, n: 8, k: 1024 }, false).n, 8);
-  assert(!defaultCandidates(true).some((v) => v.startsWith("tiled")));
-  for (const v of ["tiled_4x4", "tiled_8x8"] as const) assert(defaultCandidates(false).includes(v));
+  assert(!defaultCandidates(true).some((v) => v.startsWith("tiled") || v.startsWith("nn_")));
+  for (const v of ["tiled_4x4", "tiled_8x8", "nn_vec4_8x8", "nn_tiled_8x8"] as const) {
+    assert(defaultCandidates(false).includes(v), v);
+  }
 });
+
+gpuTest(
+  "autotune: nn_ candidates are timed where an operand is transposed, and compute the same bits",
+  async (gpu) => {
+    const candidates: MatmulVariant[] = ["vec4_8x8", "nn_vec4_8x8", "nn_tiled_4x4"];
+    const r = await tuneMatmul(adapterNamed(gpu, "nn adapter"), {
+      shapes: [
+        { m: 32, n: 32, k: 8 },
+        { m: 32, n: 32, k: 8, transB: true },
+        { m: 32, n: 32, k: 8, transA: true },
+      ],
+      budgetMs: 1,
+      rounds: 1,
+      candidates,
+    });
+    const timed = Object.fromEntries(r.tuned.map((t) => [t.class, Object.keys(t.ms).sort()]));
+    const heuristic = r.tuned[0].heuristic;
+    // Without a transposed operand an nn_ variant would run its kernel as is: not timed.
+    assertEquals(timed["NN:ss"], [...new Set([heuristic, "vec4_8x8"])].sort());
+    for (const cls of ["NT:ss", "TN:ss"]) {
+      assert(timed[cls].includes("nn_vec4_8x8") && timed[cls].includes("nn_tiled_4x4"), cls);
+    }
+    assertEquals(r.tuned.flatMap((t) => t.differs), [], "every candidate bitwise equal");
+  },
+);
 
 Deno.test("autotune: the cache file's location: flag, EHFT_TUNE_CACHE, XDG_CACHE_HOME, ~/.cache", async () => {
   await withEnv(

@@ -11,7 +11,7 @@ import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
+import { matmul, MATMUL_VARIANTS, type MatmulArgs, untransposedKernel } from "../kernels/matmul.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
@@ -113,37 +113,44 @@ gpuTest(
   "matmul variants: bitwise-identical with row strides, offsets and batches",
   async (gpu) => {
     const cases: Case[] = [];
-    for (const aligned of [true, false]) {
-      const pad = aligned ? 4 : 3;
-      for (const transA of [false, true]) {
-        for (const transB of [false, true]) {
-          const m = 36, n = 40, k = 48;
-          const [aRows, aCols] = transA ? [k, m] : [m, k];
-          const [bRows, bCols] = transB ? [n, k] : [k, n];
-          const lda = aCols + pad, ldb = bCols + pad, ldc = n + pad;
-          const aMat = aRows * lda, bMat = bRows * ldb, cMat = m * ldc;
-          const spec: Spec = {
-            m,
-            n,
-            k,
-            transA,
-            transB,
-            lda,
-            ldb,
-            ldc,
-            offsetA: pad,
-            offsetB: 2 * pad,
-            offsetC: 1,
-            alpha: 0.75,
-            accumulate: transA,
-            batch0: { count: 2, strideA: aMat + pad, strideB: 0, strideC: 2 * cMat },
-            batch1: { count: 2, strideA: 0, strideB: bMat, strideC: cMat },
-          };
-          cases.push({
-            spec,
-            sizes: [pad + 2 * aMat + pad, 2 * pad + 2 * bMat, 1 + 4 * cMat],
-            bias: !transB,
-          });
+    // Unbatched, the nn_ variants copy a transposed operand from its offset and row stride.
+    for (const batched of [true, false]) {
+      for (const aligned of [true, false]) {
+        const pad = aligned ? 4 : 3;
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            const m = 36, n = 40, k = 48;
+            const [aRows, aCols] = transA ? [k, m] : [m, k];
+            const [bRows, bCols] = transB ? [n, k] : [k, n];
+            const lda = aCols + pad, ldb = bCols + pad, ldc = n + pad;
+            const aMat = aRows * lda, bMat = bRows * ldb, cMat = m * ldc;
+            const spec: Spec = {
+              m,
+              n,
+              k,
+              transA,
+              transB,
+              lda,
+              ldb,
+              ldc,
+              offsetA: pad,
+              offsetB: 2 * pad,
+              offsetC: 1,
+              alpha: 0.75,
+              accumulate: transA,
+              ...(batched
+                ? {
+                  batch0: { count: 2, strideA: aMat + pad, strideB: 0, strideC: 2 * cMat },
+                  batch1: { count: 2, strideA: 0, strideB: bMat, strideC: cMat },
+                }
+                : {}),
+            };
+            cases.push({
+              spec,
+              sizes: [pad + 2 * aMat + pad, 2 * pad + 2 * bMat, 1 + 4 * cMat],
+              bias: !transB,
+            });
+          }
         }
       }
     }
@@ -164,7 +171,9 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
             gpu,
             (rec) => matmul(rec, { a, b, c, m, n, k, transA, transB, variant }),
           );
-          assertEquals(used, [variant]);
+          // An nn_ variant without a transposed operand has nothing to copy: its kernel runs.
+          const kernel = transA || transB ? variant : untransposedKernel(variant) ?? variant;
+          assertEquals(used, [kernel]);
         }
       }
     }
@@ -174,6 +183,33 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
       (rec) => matmul(rec, { a, b, c, m, n, k: k - 1, variant: "vec4_8x16" }),
     );
     assert(odd[0] === "direct4x4", `k = ${k - 1} falls back to direct4x4, got ${odd}`);
+    // An nn_ variant copies nothing where its kernel could not read the copy as vec4s.
+    const oddNn = matmulVariantsUsed(
+      gpu,
+      (rec) => matmul(rec, { a, b, c, m, n, k: k - 1, transB: true, variant: "nn_vec4_8x8" }),
+    );
+    assertEquals(oddNn, ["direct4x4"]);
+    // ...and copies from an offset and a row stride where it can (the unbatched cases above).
+    const strided = matmulVariantsUsed(
+      gpu,
+      (rec) =>
+        matmul(rec, {
+          a,
+          b,
+          c,
+          m: 36,
+          n: 40,
+          k: 48,
+          transA: true,
+          transB: true,
+          lda: 40,
+          ldb: 52,
+          offsetA: 4,
+          offsetB: 8,
+          variant: "nn_tiled_8x8",
+        }),
+    );
+    assertEquals(strided, ["nn_tiled_8x8"]);
   } finally {
     for (const x of [a, b, c]) x.destroy();
   }

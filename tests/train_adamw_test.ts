@@ -11,6 +11,8 @@
 
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { setMatmulTuner } from "../kernels/matmul.ts";
 import { loadBackbone, loadHead } from "../model/checkpoint.ts";
 import { readConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
@@ -21,7 +23,8 @@ import { Trainer } from "../train/trainer.ts";
 
 const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 
-gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) => {
+/** The fixture's steps through the engine; the reference, losses, and each trained tensor's change. */
+async function fixtureSteps(gpu: Gpu) {
   const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
   const meta = ref.metadata;
   const lr = Number(meta.lr);
@@ -85,30 +88,61 @@ gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) =>
     }
     const stats = await trainer.takeStats();
     assertEquals(stats.length, steps);
-    assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
     assertEquals(trainer.optimizer!.step, steps);
-
-    const bound = 1e-2 * lr * steps;
-    let worst = 0;
-    for (const [name, t] of trained) {
-      const after = (await t.download()) as Float32Array;
-      const before = initial.get(name)!;
-      const delta = (await ref.read(`delta.${name}`)).data as Float64Array;
-      assertEquals(delta.length, after.length, name);
-      for (let i = 0; i < after.length; i++) {
-        const err = Math.abs(after[i] - before[i] - delta[i]);
-        worst = Math.max(worst, err);
-        if (!(err <= bound)) {
-          throw new Error(
-            `${name}[${i}]: change ${after[i] - before[i]}, torch ${delta[i]} (bound ${bound})`,
-          );
-        }
-      }
+    const after = new Map<string, Float32Array>();
+    for (const [name, t] of trained) after.set(name, (await t.download()) as Float32Array);
+    const deltas = new Map<string, Float64Array>();
+    for (const name of trained.keys()) {
+      deltas.set(name, (await ref.read(`delta.${name}`)).data as Float64Array);
     }
-    assert(worst < bound, `worst change error ${worst}`);
+    return { lr, steps, losses, stats, initial, after, deltas };
   } finally {
     trainer.destroy();
     model.close();
     ref.close();
   }
+}
+
+gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) => {
+  const { lr, steps, losses, stats, initial, after, deltas } = await fixtureSteps(gpu);
+  assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
+  const bound = 1e-2 * lr * steps;
+  let worst = 0;
+  for (const [name, now] of after) {
+    const before = initial.get(name)!;
+    const delta = deltas.get(name)!;
+    assertEquals(delta.length, now.length, name);
+    for (let i = 0; i < now.length; i++) {
+      const err = Math.abs(now[i] - before[i] - delta[i]);
+      worst = Math.max(worst, err);
+      if (!(err <= bound)) {
+        throw new Error(
+          `${name}[${i}]: change ${now[i] - before[i]}, torch ${delta[i]} (bound ${bound})`,
+        );
+      }
+    }
+  }
+  assert(worst < bound, `worst change error ${worst}`);
 });
+
+gpuTest(
+  "train: the same steps with every transposed product copied first (nn_): same bits",
+  async (gpu) => {
+    // What an autotune on a GPU may choose (kernels/matmul.ts's nn_ variants): every product of
+    // the step, forward and backward, through one workspace per operand within one submit.
+    const plain = await fixtureSteps(gpu);
+    let copied = 0;
+    setMatmulTuner(gpu, (_m, _n, _k, transA, transB) => {
+      if (transA || transB) copied++;
+      return "nn_vec4_8x8";
+    });
+    try {
+      const nn = await fixtureSteps(gpu);
+      assert(copied > 0, "the tuner was asked for transposed products");
+      assertEquals(nn.stats.map((s) => s.loss), plain.stats.map((s) => s.loss));
+      for (const [name, now] of nn.after) assertEquals(now, plain.after.get(name), name);
+    } finally {
+      setMatmulTuner(gpu, undefined);
+    }
+  },
+);

@@ -1,0 +1,87 @@
+// Whole training steps with every matrix product on an `nn_` variant (kernels/matmul.ts: a
+// transposed operand copied untransposed into a workspace first), against the same steps on the
+// default variants: bitwise the same losses, gradient norms and weights. What an autotune on a GPU
+// may choose, exercised here in context: the forward X·Wᵀ, the backward dW = dYᵀ·X, LoRA's and
+// attention's products, all in one submit that reuses the two workspaces call after call.
+
+import { assert, assertEquals } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { randomBatch, randomizeBackbone, stepConfig } from "../bench/train_step.ts";
+import type { Gpu } from "../kernels/device.ts";
+import { setMatmulTuner } from "../kernels/matmul.ts";
+import type { Precision } from "../model/encoder.ts";
+import { createPeft, PEFT_DEFAULTS } from "../peft/method.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import { Trainer } from "../train/trainer.ts";
+
+// 4 × 16 = 64 token rows: every weight gradient's k is a multiple of 4, so it can be copied.
+const SHAPE = {
+  layers: 2,
+  hidden: 32,
+  heads: 2,
+  intermediate: 64,
+  vocab: 50,
+  batch: 4,
+  seq: 16,
+  maxPositions: 32,
+};
+
+async function twoSteps(gpu: Gpu, mode: "ft" | "lora", precision: Precision) {
+  const config = stepConfig(SHAPE);
+  const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
+  const trainer = new Trainer(gpu, {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: SHAPE.batch,
+    maxSeq: SHAPE.seq,
+    headSeed: 1,
+    dropoutSeed: 2,
+    peft,
+    adamw: ADAMW_DEFAULTS,
+    precision,
+  });
+  try {
+    randomizeBackbone(trainer, 3);
+    trainer.beginStage(
+      mode === "ft"
+        ? { head: true, backbone: "all", peft: false }
+        : { head: true, backbone: "peft", peft: true },
+      ADAMW_DEFAULTS,
+    );
+    for (let step = 0; step < 2; step++) {
+      await trainer.step(randomBatch(SHAPE.batch, SHAPE.seq, SHAPE.vocab, 10 + step), 1e-3, step);
+    }
+    const stats = await trainer.takeStats();
+    const weights = new Map<string, Float32Array>();
+    for (const [name, t] of trainer.trainableParameters()) {
+      weights.set(name, (await t.download()) as Float32Array);
+    }
+    return { stats, weights };
+  } finally {
+    trainer.destroy();
+  }
+}
+
+for (const [mode, precision] of [["ft", "f32"], ["lora", "f32"], ["ft", "f16"]] as const) {
+  gpuTest(`nn_ variants: ${mode} ${precision} steps bitwise as the default's`, async (gpu) => {
+    if (precision === "f16" && !gpu.hasF16) return; // no shader-f16 on this adapter
+    const plain = await twoSteps(gpu, mode, precision);
+    const asked = { NT: 0, TN: 0 };
+    setMatmulTuner(gpu, (_m, _n, _k, transA, transB) => {
+      if (transB && !transA) asked.NT++;
+      if (transA && !transB) asked.TN++;
+      return "nn_vec4_8x8";
+    });
+    try {
+      const nn = await twoSteps(gpu, mode, precision);
+      assert(asked.NT > 0 && asked.TN > 0, `products asked for: ${JSON.stringify(asked)}`);
+      assert(plain.stats.every((s) => Number.isFinite(s.loss)), JSON.stringify(plain.stats));
+      assertEquals(nn.stats, plain.stats);
+      assertEquals([...nn.weights.keys()], [...plain.weights.keys()]);
+      for (const [name, w] of nn.weights) assertEquals(w, plain.weights.get(name), name);
+    } finally {
+      setMatmulTuner(gpu, undefined);
+    }
+  });
+}
