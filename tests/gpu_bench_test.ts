@@ -3,7 +3,7 @@
 // test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter there is).
 
 import { assert, assertEquals } from "./assert.ts";
-import { testCounts, variantNotes } from "../bench/gpu.ts";
+import { finishedTests, testCounts, variantNotes } from "../bench/gpu.ts";
 import {
   f16Check,
   gemmTable,
@@ -130,6 +130,19 @@ Deno.test("gpu bench: deno test's summary line", () => {
     failed: 1,
   });
   assertEquals(testCounts("error: Module not found"), null);
+});
+
+Deno.test("gpu bench: the tests a run cut off at its time limit had finished", () => {
+  const text = [
+    "running 3 tests from ./tests/a_test.ts",
+    "\x1b[0ma: one ... \x1b[32mok\x1b[0m (3ms)",
+    "a: two ... \x1b[31mFAILED\x1b[0m (1s)",
+    "running 2 tests from ./tests/b_test.ts",
+    "b: one ... ok (12ms)",
+    "a: three ...",
+  ].join("\n");
+  assertEquals(finishedTests(text), { passed: 2, failed: 1, failedNames: ["a: two"] });
+  assertEquals(finishedTests(""), { passed: 0, failed: 0, failedNames: [] });
 });
 
 Deno.test("gpu bench: GEMM-variant notes, one per product, from bench/matmul_variants.ts --json", async () => {
