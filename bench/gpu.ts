@@ -25,7 +25,7 @@
 //    the phases' logs ($OUT/logs.tgz), and the report again as the last lines of stdout.
 //
 // Flags: --out DIR (default $OUT, else runs/gpu-bench), --small, --budget S (default 420: the
-// phases' limits are shares of it, each at least 20 s, the f32 tests' at least 90 s), --python CMD (default: python3, python or /usr/bin/python3, the
+// phases' limits are shares of it, each at least 20 s, the f32 tests' 90 s, the variants' 30 s), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
 // what bench/gpu_prepare.sh caches for the offline machine).
 
@@ -222,7 +222,8 @@ export function variantNotes(rows: Row[], shape: string): string[] {
   const rates = new Map<string, string[]>();
   for (const { product, variant, ran, gflops } of rows) {
     if (typeof product !== "string" || typeof gflops !== "number") continue;
-    const rate = `${variant} ${gflops.toPrecision(3)}${ran === variant ? "" : ` (ran ${ran})`}`;
+    const note = ran === undefined || ran === variant ? "" : ` (ran ${ran})`;
+    const rate = `${variant} ${gflops.toPrecision(3)}${note}`;
     rates.set(product, [...(rates.get(product) ?? []), rate]);
   }
   return [...rates].map(([product, list]) =>
@@ -245,7 +246,8 @@ export function finishedTests(
   let passed = 0;
   const failedNames: string[] = [];
   for (const line of plain.split("\n")) {
-    const m = /^(.*) \.\.\. (ok|FAILED)\b/.exec(line);
+    // Not indented: a test, not one of its steps.
+    const m = /^(\S.*) \.\.\. (ok|FAILED)\b/.exec(line);
     if (!m) continue;
     if (m[2] === "ok") passed++;
     else failedNames.push(m[1].trim());
@@ -458,7 +460,7 @@ async function main(): Promise<void> {
       "--reps",
       "5",
       "--json",
-    ], limit(SHARE.variants));
+    ], limit(SHARE.variants, 30)); // 39 timings and their compiles: 10-18 s expected on an H100
     report.notes.push(...variantNotes(jsonRows(r.stdout), shape));
     if (r.code !== 0) {
       report.notes.push(

@@ -21,7 +21,7 @@ import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { transpose } from "./transpose.ts";
+import { transpose, TRANSPOSE_TILE } from "./transpose.ts";
 import { Workspace } from "./workspace.ts";
 import {
   type DType,
@@ -1059,9 +1059,15 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
     chooseVariant(m, n, transA);
   let variant = untransposedKernel(asked) ?? asked as KernelVariant;
-  if (variant !== asked && count === 1 && (transA || transB)) {
-    const untransposed = untransposeOperands(rec, op, { ...args, transA, transB, lda, ldb });
-    if (untransposed) return matmul(rec, { ...untransposed, variant });
+  if (variant !== asked && (transA || transB)) {
+    if (count === 1) {
+      const untransposed = untransposeOperands(rec, op, { ...args, transA, transB, lda, ldb });
+      if (untransposed) return matmul(rec, { ...untransposed, variant });
+    } else {
+      // A batched member of a class tuned to copy (attention's per-head products): its kernel on
+      // the transposed operands was never timed; the built-in choice was, as the tune's reference.
+      variant = chooseVariant(m, n, transA);
+    }
   }
   if (VARIANTS[variant].kind === "vec4" || VARIANTS[variant].kind === "tiled") {
     const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
@@ -1159,9 +1165,11 @@ function untransposeOperands(
 ): MatmulArgs | null {
   const { a, b, m, n, k, transA, transB } = args;
   const gpu = rec.gpu;
-  const fits = (t: Tensor, elements: number) =>
-    elements * DTYPE_BYTES[t.dtype] <= gpu.limits.maxStorageBufferBindingSize;
-  if ((transA && !fits(a, m * k)) || (transB && !fits(b, k * n))) return null;
+  const maxGroups = gpu.limits.maxComputeWorkgroupsPerDimension * TRANSPOSE_TILE;
+  const fits = (t: Tensor, rows: number, cols: number) =>
+    rows * cols * DTYPE_BYTES[t.dtype] <= gpu.limits.maxStorageBufferBindingSize &&
+    rows <= maxGroups && cols <= maxGroups;
+  if ((transA && !fits(a, k, m)) || (transB && !fits(b, n, k))) return null;
   // Packed copies start a buffer: aligned whenever their rows are (k for A, n for B).
   const offA = args.offsetA ?? 0;
   const offB = args.offsetB ?? 0;
@@ -1173,7 +1181,7 @@ function untransposeOperands(
     // Stored [k, m]: its transpose is op(A), [m, k].
     const copy = untransposedA.view(gpu, [m * k], a.dtype);
     transpose(rec, {
-      op: `${op} Aᵀ`,
+      op: `${op} ${NN_COPY} A`,
       src: a,
       dst: copy,
       rows: k,
@@ -1186,7 +1194,7 @@ function untransposeOperands(
   if (transB) {
     const copy = untransposedB.view(gpu, [k * n], b.dtype);
     transpose(rec, {
-      op: `${op} Bᵀ`,
+      op: `${op} ${NN_COPY} B`,
       src: b,
       dst: copy,
       rows: n,
@@ -1197,6 +1205,17 @@ function untransposeOperands(
     Object.assign(out, { b: copy, offsetB: 0, ldb: n });
   }
   return out;
+}
+
+/**
+ * Ends the label of an `nn_` variant's copy dispatches (`<op> nn_ copy of A`), before the product's
+ * own dispatches (`<op>`): what `matmulVariantsUsed` tells the variants apart by.
+ */
+export const NN_COPY = "nn_ copy of";
+
+/** The launcher's logic beside the kernels' WGSL: what the autotune's version hash covers. */
+export function matmulLauncherSources(): string {
+  return [matmul, untransposeOperands].map(String).join("\n");
 }
 
 /** The `nn_` variants' untransposed copies (written and read within one matmul call). */

@@ -29,7 +29,9 @@ import {
   MATMUL_VARIANTS,
   type MatmulArgs,
   matmulKernelSources,
+  matmulLauncherSources,
   type MatmulVariant,
+  NN_COPY,
   setMatmulTuner,
   untransposedKernel,
 } from "./matmul.ts";
@@ -126,7 +128,7 @@ export const MATMUL_KERNELS_VERSION: string = fnv1a(
     TUNE_FORMAT,
     JSON.stringify(TUNE_SIZES),
     MATMUL_VARIANTS.join(","),
-    matmul.toString(),
+    matmulLauncherSources(),
     matmulKernelSources(),
     transposeKernelSources(),
   ].join("\n"),
@@ -261,9 +263,10 @@ export function pickTunedVariant(
 
 /** Records what `record` launches into a recorder that submits nothing; returns the pipelines. */
 class ProbeRecorder extends Recorder {
-  readonly pipelineLabels: string[] = [];
-  override dispatch(_label: string, pipeline: GPUComputePipeline): void {
-    this.pipelineLabels.push(pipeline.label);
+  /** Each dispatch's label (the op) and its pipeline's. */
+  readonly dispatches: { op: string; pipeline: string }[] = [];
+  override dispatch(op: string, pipeline: GPUComputePipeline): void {
+    this.dispatches.push({ op, pipeline: pipeline.label });
   }
 }
 
@@ -276,13 +279,16 @@ export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): M
   const probe = new ProbeRecorder(gpu);
   record(probe);
   const found: MatmulVariant[] = [];
-  // An nn_ variant's operand copies (kernels/transpose.ts) come just before its product.
-  let copied = false;
-  for (const label of probe.pipelineLabels) {
-    if (label.startsWith("transpose_")) {
-      copied = true;
+  // An nn_ variant's copies ("<op> nn_ copy of A") come just before its product's dispatches
+  // ("<op>": one, or one per k-slice).
+  let copiedFor: string | undefined;
+  for (const { op, pipeline: label } of probe.dispatches) {
+    const at = op.lastIndexOf(` ${NN_COPY} `);
+    if (at >= 0) {
+      copiedFor = op.slice(0, at);
       continue;
     }
+    if (op !== copiedFor) copiedFor = undefined;
     // The longest variant name the label starts with, followed by its end or "_".
     let best: MatmulVariant | undefined;
     for (const v of MATMUL_VARIANTS) {
@@ -292,8 +298,7 @@ export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): M
         if (!best || v.length > best.length) best = v;
       }
     }
-    if (best) found.push(copied ? `nn_${best}` as MatmulVariant : best);
-    copied = false;
+    if (best) found.push(copiedFor !== undefined ? `nn_${best}` as MatmulVariant : best);
   }
   return found;
 }

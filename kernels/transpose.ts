@@ -14,7 +14,9 @@ import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
-const TILE = 32;
+/** Rows and columns of the block a workgroup transposes (a grid dimension covers this many each). */
+export const TRANSPOSE_TILE = 32;
+const TILE = TRANSPOSE_TILE;
 const ROWS_PER_PASS = 8; // a 32×8 workgroup copies the 32×32 block in four passes
 
 function transposeWgsl(dtype: DType): string {

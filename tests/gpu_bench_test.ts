@@ -139,6 +139,7 @@ Deno.test("gpu bench: the tests a run cut off at its time limit had finished", (
     "a: two ... \x1b[31mFAILED\x1b[0m (1s)",
     "running 2 tests from ./tests/b_test.ts",
     "b: one ... ok (12ms)",
+    "  a step of b: two ... ok (1ms)",
     "a: three ...",
   ].join("\n");
   assertEquals(finishedTests(text), { passed: 2, failed: 1, failedNames: ["a: two"] });

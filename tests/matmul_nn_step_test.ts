@@ -8,7 +8,8 @@ import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomBatch, randomizeBackbone, stepConfig } from "../bench/train_step.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { setMatmulTuner } from "../kernels/matmul.ts";
+import { NN_COPY, setMatmulTuner } from "../kernels/matmul.ts";
+import { Recorder } from "../kernels/recorder.ts";
 import type { Precision } from "../model/encoder.ts";
 import { createPeft, PEFT_DEFAULTS } from "../peft/method.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
@@ -67,20 +68,24 @@ for (const [mode, precision] of [["ft", "f32"], ["lora", "f32"], ["ft", "f16"]] 
   gpuTest(`nn_ variants: ${mode} ${precision} steps bitwise as the default's`, async (gpu) => {
     if (precision === "f16" && !gpu.hasF16) return; // no shader-f16 on this adapter
     const plain = await twoSteps(gpu, mode, precision);
-    const asked = { NT: 0, TN: 0 };
-    setMatmulTuner(gpu, (_m, _n, _k, transA, transB) => {
-      if (transB && !transA) asked.NT++;
-      if (transA && !transB) asked.TN++;
-      return "nn_vec4_8x8";
-    });
+    setMatmulTuner(gpu, () => "nn_vec4_8x8");
+    // The copies really recorded, by operand: the forward's W (B) and the weight gradients' dY (A).
+    const copies = { A: 0, B: 0 };
+    const dispatch = Recorder.prototype.dispatch;
+    Recorder.prototype.dispatch = function (label, ...rest) {
+      if (label.endsWith(`${NN_COPY} A`)) copies.A++;
+      if (label.endsWith(`${NN_COPY} B`)) copies.B++;
+      return dispatch.call(this, label, ...rest);
+    };
     try {
       const nn = await twoSteps(gpu, mode, precision);
-      assert(asked.NT > 0 && asked.TN > 0, `products asked for: ${JSON.stringify(asked)}`);
+      assert(copies.A > 0 && copies.B > 0, `copies: ${JSON.stringify(copies)}`);
       assert(plain.stats.every((s) => Number.isFinite(s.loss)), JSON.stringify(plain.stats));
       assertEquals(nn.stats, plain.stats);
       assertEquals([...nn.weights.keys()], [...plain.weights.keys()]);
       for (const [name, w] of nn.weights) assertEquals(w, plain.weights.get(name), name);
     } finally {
+      Recorder.prototype.dispatch = dispatch;
       setMatmulTuner(gpu, undefined);
     }
   });

@@ -210,6 +210,38 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
         }),
     );
     assertEquals(strided, ["nn_tiled_8x8"]);
+    // A batched product is not copied: it runs the built-in choice (the tune's reference), not
+    // the nn_ variant's kernel on transposed operands, which no tune timed.
+    const batched = matmulVariantsUsed(
+      gpu,
+      (rec) =>
+        matmul(rec, {
+          a,
+          b,
+          c,
+          m: 36,
+          n: 40,
+          k: 48,
+          transB: true,
+          batch0: { count: 2, strideA: 0, strideB: 0, strideC: 36 * 40 },
+          variant: "nn_vec4_8x16",
+        }),
+    );
+    assertEquals(
+      batched,
+      matmulVariantsUsed(gpu, (rec) =>
+        matmul(rec, {
+          a,
+          b,
+          c,
+          m: 36,
+          n: 40,
+          k: 48,
+          transB: true,
+          batch0: { count: 2, strideA: 0, strideB: 0, strideC: 36 * 40 },
+        })),
+    );
+    assert(batched[0] !== "vec4_8x16", `${batched}`);
   } finally {
     for (const x of [a, b, c]) x.destroy();
   }

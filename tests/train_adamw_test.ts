@@ -12,7 +12,8 @@
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { setMatmulTuner } from "../kernels/matmul.ts";
+import { NN_COPY, setMatmulTuner } from "../kernels/matmul.ts";
+import { Recorder } from "../kernels/recorder.ts";
 import { loadBackbone, loadHead } from "../model/checkpoint.ts";
 import { readConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
@@ -131,17 +132,21 @@ gpuTest(
     // What an autotune on a GPU may choose (kernels/matmul.ts's nn_ variants): every product of
     // the step, forward and backward, through one workspace per operand within one submit.
     const plain = await fixtureSteps(gpu);
-    let copied = 0;
-    setMatmulTuner(gpu, (_m, _n, _k, transA, transB) => {
-      if (transA || transB) copied++;
-      return "nn_vec4_8x8";
-    });
+    setMatmulTuner(gpu, () => "nn_vec4_8x8");
+    let copies = 0;
+    const dispatch = Recorder.prototype.dispatch;
+    Recorder.prototype.dispatch = function (label, ...rest) {
+      if (label.includes(NN_COPY)) copies++;
+      return dispatch.call(this, label, ...rest);
+    };
     try {
       const nn = await fixtureSteps(gpu);
-      assert(copied > 0, "the tuner was asked for transposed products");
+      // The fixture's 33 token rows leave the weight gradients' k odd: only forwards are copied.
+      assert(copies > 0, "no operand was copied");
       assertEquals(nn.stats.map((s) => s.loss), plain.stats.map((s) => s.loss));
       for (const [name, now] of nn.after) assertEquals(now, plain.after.get(name), name);
     } finally {
+      Recorder.prototype.dispatch = dispatch;
       setMatmulTuner(gpu, undefined);
     }
   },
