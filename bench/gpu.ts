@@ -20,7 +20,8 @@
 //    in f32 and f16; every GEMM variant at the first of them (bench/matmul_variants.ts: what the
 //    autotune chose among, in the report's notes); then the training step of RoBERTa-large's shape
 //    (24 layers, hidden 1024, random weights, batch 32 × 128) for ft and Stage 1 with BitFit and
-//    LoRA, f32 and f16.
+//    LoRA, f32 and f16 (ft and LoRA in f32 with one more step profiled per kernel: the largest ops
+//    and the autotune's choices in the notes).
 // 5. the report: $OUT/gpu-bench.md (ratios ours / PyTorch against the goals), $OUT/rows.jsonl,
 //    the phases' logs ($OUT/logs.tgz), and the report again as the last lines of stdout.
 //
@@ -235,6 +236,25 @@ export function variantNotes(rows: Row[], shape: string): string[] {
 export function testCounts(text: string): { passed: number; failed: number } | null {
   const m = /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(text);
   return m ? { passed: Number(m[1]), failed: Number(m[2]) } : null;
+}
+
+/**
+ * From bench/kernels.ts --profile's stderr: the profile's head line and its largest `top` ops, one
+ * note each (the whole table stays in the phase's log), after the autotune's choices line.
+ */
+export function profileNotes(stderr: string, top = 8): string[] {
+  const lines = stderr.split("\n");
+  const at = lines.findIndex((l) => /^bench: train_step .* profile: /.test(l));
+  if (at < 0) return [];
+  const notes: string[] = [];
+  const tune = lines.find((l) => l.startsWith("matmul autotune:"));
+  if (tune) notes.push(tune.trim());
+  notes.push(lines[at].replace(/^bench: /, ""));
+  for (const line of lines.slice(at + 1, at + 1 + top)) {
+    if (!/^\s+[0-9.]+ ms /.test(line)) break;
+    notes.push(`  ${line.trim().replace(/\s+/g, " ")}`);
+  }
+  return notes;
 }
 
 /** The tests a cut-off `deno test` run finished: "name ... ok (3ms)" / "name ... FAILED (3ms)". */
@@ -494,8 +514,11 @@ async function main(): Promise<void> {
       precision,
       "--reps",
       "5",
+      // One more step timed per kernel (timestamp queries): where the f32 time goes.
+      ...(precision === "f32" && mode !== "bitfit" ? ["--profile"] : []),
     ], share);
     report.ours.push(...jsonRows(r.stdout));
+    report.notes.push(...profileNotes(r.stderr));
     if (r.code !== 0) {
       report.notes.push(
         `train_step ${mode} ${precision} ${

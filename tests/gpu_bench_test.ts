@@ -3,7 +3,7 @@
 // test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter there is).
 
 import { assert, assertEquals } from "./assert.ts";
-import { finishedTests, testCounts, variantNotes } from "../bench/gpu.ts";
+import { finishedTests, profileNotes, testCounts, variantNotes } from "../bench/gpu.ts";
 import {
   f16Check,
   gemmTable,
@@ -188,4 +188,21 @@ Deno.test("gpu bench: GEMM-variant notes, one per product, from bench/matmul_var
   assertEquals(variantNotes([misaligned], "36x22x12"), [
     "every GEMM variant, NT 36x22x12, GFLOP/s: tiled_4x4 0.0123 (ran direct4x4)",
   ]);
+});
+
+Deno.test("gpu bench: the profile's largest ops and the autotune's choices as notes", () => {
+  const stderr = [
+    "matmul autotune: NVIDIA H100: tuned 3 shape classes in 1.2 s; choices NT:ll=nn_tiled_8x8",
+    "bench: train_step ft f32 profile: 801.0 ms of GPU time in 970 dispatches",
+    "     369.00 ms  46.1%   96×    3.844 ms  linearForward",
+    "     176.00 ms  22.0%   96×    1.833 ms  linearBackward (dWeight)",
+    "bench: train_step ft f32: 10.7 s",
+  ].join("\n");
+  assertEquals(profileNotes(stderr), [
+    "matmul autotune: NVIDIA H100: tuned 3 shape classes in 1.2 s; choices NT:ll=nn_tiled_8x8",
+    "train_step ft f32 profile: 801.0 ms of GPU time in 970 dispatches",
+    "  369.00 ms 46.1% 96× 3.844 ms linearForward",
+    "  176.00 ms 22.0% 96× 1.833 ms linearBackward (dWeight)",
+  ]);
+  assertEquals(profileNotes("bench: done"), []);
 });
