@@ -92,7 +92,7 @@ export function stepConfig(s: TrainStepShape): ModelConfig {
 }
 
 /** BERT's initialisation: weights N(0, 0.02) (uniform of the same spread here), LayerNorm 1, biases 0. */
-export function randomizeBackbone(trainer: Trainer, seed: number): void {
+function randomizeBackbone(trainer: Trainer, seed: number): void {
   const next = generator(seed);
   const bound = 0.02 * Math.sqrt(3);
   for (const [name, t] of encoderParameters(trainer.encoder.params)) {
@@ -152,18 +152,18 @@ export function profileTable(byLabel: Map<string, [number, number]>, title: stri
   return lines.join("\n");
 }
 
-async function benchMode(
+/**
+ * The Trainer of a mode's rows, its stage begun: the shape's random-weight encoder (seeded) with
+ * the EH-FT head, `seq` the tokens a row carries (Prefix-tuning's P rows taken out), `lr` the
+ * mode's learning rate.
+ */
+export function stepTrainer(
   gpu: Gpu,
   mode: TrainStepMode,
   shape: TrainStepShape,
-  reps: number,
-  budgetS: number,
-  profile: boolean,
   precision: Precision,
-): Promise<BenchRow> {
+): { trainer: Trainer; seq: number; lr: number } {
   const config = stepConfig(shape);
-  const base = gpu.liveBytes;
-  gpu.resetPeak();
   const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
   const seq = shape.seq - (peft?.prefixLength ?? 0);
   if (seq < 1) throw new Error(`train_step ${mode}: --seq ${shape.seq} leaves no tokens`);
@@ -184,8 +184,27 @@ async function benchMode(
     const trains: StageTrains = mode === "ft"
       ? { head: true, backbone: "all", peft: false }
       : { head: true, backbone: "peft", peft: true };
-    const lr = mode === "ft" ? FULL_FINETUNE_LR : STAGE1_LR[mode];
     trainer.beginStage(trains, ADAMW_DEFAULTS);
+  } catch (e) {
+    trainer.destroy();
+    throw e;
+  }
+  return { trainer, seq, lr: mode === "ft" ? FULL_FINETUNE_LR : STAGE1_LR[mode] };
+}
+
+async function benchMode(
+  gpu: Gpu,
+  mode: TrainStepMode,
+  shape: TrainStepShape,
+  reps: number,
+  budgetS: number,
+  profile: boolean,
+  precision: Precision,
+): Promise<BenchRow> {
+  const base = gpu.liveBytes;
+  gpu.resetPeak();
+  const { trainer, seq, lr } = stepTrainer(gpu, mode, shape, precision);
+  try {
     const batches = [0, 1].map((i) => randomBatch(shape.batch, seq, shape.vocab, 10 + i));
     let step = 0;
     const oneStep = async () => {

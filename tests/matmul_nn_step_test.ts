@@ -6,14 +6,11 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
-import { randomBatch, randomizeBackbone, stepConfig } from "../bench/train_step.ts";
+import { randomBatch, stepTrainer } from "../bench/train_step.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { NN_COPY, setMatmulTuner } from "../kernels/matmul.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import type { Precision } from "../model/encoder.ts";
-import { createPeft, PEFT_DEFAULTS } from "../peft/method.ts";
-import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
-import { Trainer } from "../train/trainer.ts";
 
 // 4 × 16 = 64 token rows: every weight gradient's k is a multiple of 4, so it can be copied.
 const SHAPE = {
@@ -28,28 +25,8 @@ const SHAPE = {
 };
 
 async function twoSteps(gpu: Gpu, mode: "ft" | "lora", precision: Precision) {
-  const config = stepConfig(SHAPE);
-  const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
-  const trainer = new Trainer(gpu, {
-    config,
-    loss: "bce",
-    headClasses: 1,
-    maxExamples: SHAPE.batch,
-    maxSeq: SHAPE.seq,
-    headSeed: 1,
-    dropoutSeed: 2,
-    peft,
-    adamw: ADAMW_DEFAULTS,
-    precision,
-  });
+  const { trainer } = stepTrainer(gpu, mode, SHAPE, precision);
   try {
-    randomizeBackbone(trainer, 3);
-    trainer.beginStage(
-      mode === "ft"
-        ? { head: true, backbone: "all", peft: false }
-        : { head: true, backbone: "peft", peft: true },
-      ADAMW_DEFAULTS,
-    );
     for (let step = 0; step < 2; step++) {
       await trainer.step(randomBatch(SHAPE.batch, SHAPE.seq, SHAPE.vocab, 10 + step), 1e-3, step);
     }

@@ -190,57 +190,16 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
     );
     assertEquals(oddNn, ["direct4x4"]);
     // ...and copies from an offset and a row stride where it can (the unbatched cases above).
-    const strided = matmulVariantsUsed(
-      gpu,
-      (rec) =>
-        matmul(rec, {
-          a,
-          b,
-          c,
-          m: 36,
-          n: 40,
-          k: 48,
-          transA: true,
-          transB: true,
-          lda: 40,
-          ldb: 52,
-          offsetA: 4,
-          offsetB: 8,
-          variant: "nn_tiled_8x8",
-        }),
-    );
-    assertEquals(strided, ["nn_tiled_8x8"]);
+    const small = { a, b, c, m: 36, n: 40, k: 48 };
+    const used = (args: Partial<MatmulArgs>) =>
+      matmulVariantsUsed(gpu, (rec) => matmul(rec, { ...small, ...args }));
+    const strided = { transA: true, transB: true, lda: 40, ldb: 52, offsetA: 4, offsetB: 8 };
+    assertEquals(used({ ...strided, variant: "nn_tiled_8x8" }), ["nn_tiled_8x8"]);
     // A batched product is not copied: it runs the built-in choice (the tune's reference), not
     // the nn_ variant's kernel on transposed operands, which no tune timed.
-    const batched = matmulVariantsUsed(
-      gpu,
-      (rec) =>
-        matmul(rec, {
-          a,
-          b,
-          c,
-          m: 36,
-          n: 40,
-          k: 48,
-          transB: true,
-          batch0: { count: 2, strideA: 0, strideB: 0, strideC: 36 * 40 },
-          variant: "nn_vec4_8x16",
-        }),
-    );
-    assertEquals(
-      batched,
-      matmulVariantsUsed(gpu, (rec) =>
-        matmul(rec, {
-          a,
-          b,
-          c,
-          m: 36,
-          n: 40,
-          k: 48,
-          transB: true,
-          batch0: { count: 2, strideA: 0, strideB: 0, strideC: 36 * 40 },
-        })),
-    );
+    const batch0 = { count: 2, strideA: 0, strideB: 0, strideC: 36 * 40 };
+    const batched = used({ transB: true, batch0, variant: "nn_vec4_8x16" });
+    assertEquals(batched, used({ transB: true, batch0 }));
     assert(batched[0] !== "vec4_8x16", `${batched}`);
   } finally {
     for (const x of [a, b, c]) x.destroy();
