@@ -7,13 +7,13 @@
 //     [--methods ft,lpft,...] [--jobs 1] [--deadline SECONDS] [--no-report] [--table-only]
 //
 // Runs the cells (task × method, every seed in one process) `--jobs` at a time (each with its own
-// log under <out>/logs/ when more than one), stopping them at `--deadline`; a finished cell
-// (metrics.json) is skipped and an unfinished one resumed from its last checkpoint, so the
-// command can be repeated until everything is done. The random model is made first with
-// tools/random_model.ts (seed 0) from the shipped model's config and vocabulary. At the end (or
-// alone with --table-only) it writes <out>/table.md: README's table of the finished cells, the
-// task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's Pearson r) × 100
-// (best over the run and final, mean ± population std over seeds) and the minutes
+// log under <out>/logs/ when more than one, and on lavapipe its share of the cores), stopping them
+// at `--deadline`; a finished cell (metrics.json) is skipped and an unfinished one resumed from its
+// last checkpoint, so the command can be repeated until everything is done. The random model is
+// made first with tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
+// At the end (or alone with --table-only) it writes <out>/table.md: README's table of the
+// finished cells, the task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's
+// Pearson r) × 100 (best over the run and final, mean ± population std over seeds) and the minutes
 // each seed took (from its folder's run.json to its metrics.json: a seed resumed later counts the
 // pause too). `--no-report` leaves report.ts out (it draws with vega, which the offline GPU
 // machine does not get: tools/mini_evidence_gpu.sh).
@@ -101,12 +101,18 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
  * Runs `deno <args>`; its output goes to `log` when given (parallel cells), else to ours. Killed
  * (SIGTERM) when `signal` aborts: the run's last checkpoint is where `--resume` picks it up.
  */
-async function run(args: string[], log?: string, signal?: AbortSignal): Promise<void> {
+async function run(
+  args: string[],
+  log?: string,
+  signal?: AbortSignal,
+  env?: Record<string, string>,
+): Promise<void> {
   console.error(`mini_evidence: deno ${args.join(" ")}${log ? ` > ${log}` : ""}`);
   const started = performance.now();
   const file = log ? await Deno.open(log, { write: true, create: true, append: true }) : undefined;
   const child = new Deno.Command(Deno.execPath(), {
     args,
+    env,
     stdout: file ? "piped" : "inherit",
     stderr: file ? "piped" : "inherit",
     signal,
@@ -129,6 +135,19 @@ async function run(args: string[], log?: string, signal?: AbortSignal): Promise<
   }
   if (!status.success) throw new Error(`deno ${args.join(" ")} failed (exit ${status.code})`);
   console.error(`mini_evidence: done in ${((performance.now() - started) / 60000).toFixed(1)} min`);
+}
+
+/**
+ * The cores each of `jobs` processes gets on a CPU adapter: lavapipe runs as many threads as the
+ * machine has cores unless LP_NUM_THREADS says otherwise, and one process barely uses a second
+ * core (BERT-mini shape, batch 32 × 64, 2 cores: 27.4 samples/s with two threads, 21.4 with one),
+ * so jobs share them out. lavapipe's results do not depend on its thread count (a CB run gave the
+ * same bytes with 1 and 2); a GPU's driver ignores the variable. Unset when the user set it.
+ */
+function jobThreads(jobs: number): Record<string, string> | undefined {
+  if (jobs < 2 || Deno.env.get("LP_NUM_THREADS") !== undefined) return undefined;
+  const cores = navigator.hardwareConcurrency ?? 1;
+  return { LP_NUM_THREADS: String(Math.max(1, Math.floor(cores / jobs))) };
 }
 
 /** A mini recipe's budget and settings as flags (the strategy comes from the method). */
@@ -234,12 +253,13 @@ async function main(): Promise<void> {
     ? setTimeout(() => stop.abort(), deadline * 1000)
     : undefined;
   if (jobs > 1) await Deno.mkdir(`${out}/logs`, { recursive: true });
+  const env = jobThreads(jobs);
   let next = 0;
   const worker = async () => {
     while (next < cells.length && !stop.signal.aborted) {
       const cell = cells[next++];
       const log = jobs > 1 ? `${out}/logs/${cell.dir.split("/").pop()}.log` : undefined;
-      await run(cell.args, log, stop.signal);
+      await run(cell.args, log, stop.signal, env);
     }
   };
   try {
