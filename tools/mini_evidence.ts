@@ -142,8 +142,9 @@ async function run(
  * machine has cores unless LP_NUM_THREADS says otherwise, and one process gains little from a
  * second core (BERT-mini shape, batch 32 × 64, this 2-core machine: 27.4 samples/s with two
  * threads, 21.4 with one), so jobs share them out (MRPC's cells, two single-threaded at a time:
- * about 0.72 steps/s together against 0.65 for one with both cores). lavapipe's results do not depend on its thread count (a CB run gave the
- * same bytes with 1 and 2); a GPU's driver ignores the variable. Unset when the user set it.
+ * about 0.72 steps/s together against 0.65 for one with both cores). lavapipe's results do not
+ * depend on its thread count (a CB run gave the same bytes with 1 and 2); a GPU's driver ignores
+ * the variable. Left alone when the user set it.
  */
 function jobThreads(jobs: number): Record<string, string> | undefined {
   if (jobs < 2 || Deno.env.get("LP_NUM_THREADS") !== undefined) return undefined;
