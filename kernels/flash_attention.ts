@@ -51,7 +51,7 @@
 import { type AttentionDims, checkAttentionArgs } from "./attention.ts";
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
-import { grid1d } from "./grid.ts";
+import { grid1d, range } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
@@ -65,10 +65,6 @@ export const FLASH_ATTENTION_MAX_HEAD_DIM = 128;
 
 const LANES = ["x", "y", "z", "w"];
 const QUAD = [0, 1, 2, 3];
-
-function range(n: number): number[] {
-  return Array.from({ length: n }, (_, i) => i);
-}
 
 /** How a head dimension D is compiled: vec4 bindings when D is a multiple of 4. */
 interface Layout {

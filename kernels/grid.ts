@@ -1,5 +1,6 @@
 // Launch grids. One dimension of a dispatch holds at most 65535 workgroups, so a large 1-D
-// problem is spread over x and y; kernels recover the flat index with `flatIndex` below.
+// problem is spread over x and y; kernels recover the flat index with `flatIndex` below. And
+// `range`, the indices the kernel generators unroll over.
 
 /** Workgroup counts [x, y] covering `n` invocations of `workgroupSize` each. */
 export function grid1d(n: number, workgroupSize: number, maxPerDim = 65535): [number, number] {
@@ -12,4 +13,9 @@ export function grid1d(n: number, workgroupSize: number, maxPerDim = 65535): [nu
 /** WGSL for the flat invocation index of a `grid1d` launch (needs `gid` and `nwg` builtins). */
 export function flatIndex(workgroupSize: number): string {
   return `(gid.x + gid.y * nwg.x * ${workgroupSize}u)`;
+}
+
+/** 0, 1, …, n−1: the indices a kernel generator unrolls its WGSL over. */
+export function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
 }

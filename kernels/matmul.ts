@@ -19,6 +19,7 @@
 import { type Gpu, GpuError } from "./device.ts";
 import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
+import { range } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { transpose, TRANSPOSE_TILE } from "./transpose.ts";
@@ -545,7 +546,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 }
 
 /** 0, 1, ..., n - 1: the generators below unroll over it. */
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * Barrier-free vec4 kernel: invocation (x, y) owns rows `row0 .. row0+rm-1` and columns
@@ -1176,33 +1176,35 @@ function untransposeOperands(
   const aReadable = transA ? k % 4 === 0 : vec4Aligned(a, offA, args.lda, [], k);
   const bReadable = transB ? n % 4 === 0 : vec4Aligned(b, offB, args.ldb, [], n);
   if (!aReadable || !bReadable || k % 4 !== 0) return null;
+  // `src` stored rows × cols from `offset`, row stride `ld`: its packed transpose, in `into`.
+  const copy = (
+    name: "A" | "B",
+    into: Workspace,
+    src: Tensor,
+    rows: number,
+    cols: number,
+    offset: number,
+    ld: number,
+  ) => {
+    const dst = into.view(gpu, [rows * cols], src.dtype);
+    transpose(rec, { op: `${op} ${NN_COPY} ${name}`, src, dst, rows, cols, offset, ld });
+    return dst;
+  };
   const out: MatmulArgs = { ...args, transA: false, transB: false };
+  // A stored [k, m] becomes op(A), [m, k]; B stored [n, k] becomes op(B), [k, n].
   if (transA) {
-    // Stored [k, m]: its transpose is op(A), [m, k].
-    const copy = untransposedA.view(gpu, [m * k], a.dtype);
-    transpose(rec, {
-      op: `${op} ${NN_COPY} A`,
-      src: a,
-      dst: copy,
-      rows: k,
-      cols: m,
-      offset: offA,
-      ld: args.lda,
+    Object.assign(out, {
+      a: copy("A", untransposedA, a, k, m, offA, args.lda),
+      offsetA: 0,
+      lda: k,
     });
-    Object.assign(out, { a: copy, offsetA: 0, lda: k });
   }
   if (transB) {
-    const copy = untransposedB.view(gpu, [k * n], b.dtype);
-    transpose(rec, {
-      op: `${op} ${NN_COPY} B`,
-      src: b,
-      dst: copy,
-      rows: n,
-      cols: k,
-      offset: offB,
-      ld: args.ldb,
+    Object.assign(out, {
+      b: copy("B", untransposedB, b, n, k, offB, args.ldb),
+      offsetB: 0,
+      ldb: n,
     });
-    Object.assign(out, { b: copy, offsetB: 0, ldb: n });
   }
   return out;
 }

@@ -9,6 +9,7 @@
 
 import { GpuError } from "./device.ts";
 import { enableF16, expectF16, loadAs } from "./f16.ts";
+import { range } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
@@ -48,7 +49,6 @@ function rowsPerGroup(n: number): number {
 
 function thinWgsl(n: number, transW: boolean, xType: DType): string {
   const R = rowsPerGroup(n);
-  const range = (q: number) => Array.from({ length: q }, (_, i) => i);
   const w = (j: number) => (transW ? `W[${j}u * p.k + kk]` : `W[kk * ${n}u + ${j}u]`);
   const body: string[] = [];
   for (const j of range(n)) body.push(`let w${j} = ${w(j)};`);
