@@ -3,6 +3,7 @@
 // the Brown detokenizer on a real line, plain-text corpora, the task training text on the
 // shipped data (train split only), and the held-out split's independence of document order.
 
+import { relative } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
   BROWN_CATEGORIES,
@@ -228,19 +229,48 @@ Deno.test("readTextCorpus: files and folders, blank lines between documents", as
       file,
       "\uFEFFFirst sentence.\r\n  Second one.  \r\n\r\n\n Next doc.\n",
     );
+    const key = (sentences: string[]) => `text\u0000${sentences.join("\n")}`;
+    const doc = (source: string, sentences: string[]) => ({
+      source,
+      sentences,
+      splitKey: key(sentences),
+    });
     assertEquals(await readTextCorpus(file), [
-      { source: `${file}:1`, sentences: ["First sentence.", "Second one."] },
-      { source: `${file}:5`, sentences: ["Next doc."] },
+      doc(`${file}:1`, ["First sentence.", "Second one."]),
+      doc(`${file}:5`, ["Next doc."]),
     ]);
     await Deno.mkdir(`${dir}/folder`);
     await Deno.writeTextFile(`${dir}/folder/b.txt`, "bee\n");
     await Deno.writeTextFile(`${dir}/folder/a.txt`, "\n\nay\n\nay two\n");
     await Deno.writeTextFile(`${dir}/folder/c.md`, "not read\n");
     assertEquals(await readTextCorpus(`${dir}/folder/`), [
-      { source: `${dir}/folder/a.txt:3`, sentences: ["ay"] },
-      { source: `${dir}/folder/a.txt:5`, sentences: ["ay two"] },
-      { source: `${dir}/folder/b.txt:1`, sentences: ["bee"] },
+      doc(`${dir}/folder/a.txt:3`, ["ay"]),
+      doc(`${dir}/folder/a.txt:5`, ["ay two"]),
+      doc(`${dir}/folder/b.txt:1`, ["bee"]),
     ]);
+  });
+});
+
+Deno.test("readTextCorpus: the held-out split is the same whatever path names the file", async () => {
+  const text = Array.from({ length: 60 }, (_, i) => `document ${i}, first line.\nline two.`)
+    .join("\n\n") + "\n";
+  const held = async (dir: string) => {
+    await Deno.mkdir(`${dir}/sub`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/sub/corpus.txt`, text);
+    const split = splitHeldOut(await readTextCorpus(`${dir}/sub/corpus.txt`), 0.2, 3);
+    return split.heldOut.map((d) => d.sentences[0]);
+  };
+  await tempDir(async (a) => {
+    await tempDir(async (b) => {
+      const first = await held(a);
+      assert(first.length > 3 && first.length < 25, `${first.length} of 60 held out`);
+      assertEquals(await held(b), first);
+      // Named relative to the working directory, as a user may: the same documents.
+      const rel = relative(Deno.cwd(), `${a}/sub/corpus.txt`);
+      assert(!rel.startsWith("/"), rel);
+      const again = splitHeldOut(await readTextCorpus(rel), 0.2, 3);
+      assertEquals(again.heldOut.map((d) => d.sentences[0]), first);
+    });
   });
 });
 

@@ -227,8 +227,8 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
       JSON.parse(l)
     );
-    assert(log.some((l) => l.held_out_loss !== undefined));
-    assert(log.every((l) => l.loss === undefined || Number.isFinite(l.loss)));
+    assert(log.some((l) => l.held_out_loss !== undefined), JSON.stringify(log));
+    assert(log.every((l) => l.loss === undefined || Number.isFinite(l.loss)), JSON.stringify(log));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -14,6 +14,12 @@ export interface CorpusDocument {
   /** Where it came from, e.g. "brown/ca01" or "data/superglue/RTE/train.jsonl:17". */
   source: string;
   sentences: string[];
+  /**
+   * What the held-out split hashes in place of `source`. A text file's documents are keyed by
+   * their text, so the split does not depend on the path the file was named by (a temporary
+   * folder, `./corpus.txt` against its absolute path, a run resumed from elsewhere).
+   */
+  splitKey?: string;
 }
 
 /** A corpus that cannot be had or read, in one line meant for the user. */
@@ -305,6 +311,7 @@ function textDocuments(path: string, text: string): CorpusDocument[] {
     }
     current.sentences.push(sentence);
   });
+  for (const d of docs) d.splitKey = `text\u0000${d.sentences.join("\n")}`;
   return docs;
 }
 
@@ -333,7 +340,8 @@ async function readUtf8(path: string): Promise<string> {
 /**
  * A plain-text corpus (`--corpus FILE`): a UTF-8 file, or a folder whose *.txt files are read in
  * name order. Blank lines separate documents; every other line is one sentence (trimmed). Source
- * "<file>:<line of the document's first sentence>".
+ * "<file>:<line of the document's first sentence>"; the held-out split goes by the document's
+ * text (`splitKey`), so the same documents are held out wherever the file lies.
  */
 export async function readTextCorpus(path: string): Promise<CorpusDocument[]> {
   let info: Deno.FileInfo;
@@ -464,7 +472,7 @@ export function hashString(text: string): number {
 
 /**
  * Splits documents into training and held-out ones: a document is held out when the hash of
- * (seed, source) falls in the lowest `fraction` of the 32-bit range. Deciding per document rather
+ * (seed, splitKey or else source) falls in the lowest `fraction` of the 32-bit range. Deciding per document rather
  * than by position keeps the held-out set the same however the documents are ordered or
  * added to; order within each part is the input order.
  */
@@ -480,7 +488,9 @@ export function splitHeldOut(
   const heldOut: CorpusDocument[] = [];
   const threshold = fraction * 2 ** 32;
   for (const doc of docs) {
-    (hashString(`${seed}\u0000${doc.source}`) < threshold ? heldOut : train).push(doc);
+    (hashString(`${seed}\u0000${doc.splitKey ?? doc.source}`) < threshold ? heldOut : train).push(
+      doc,
+    );
   }
   return { train, heldOut };
 }
