@@ -78,7 +78,10 @@ Deno.test({
       const common = [
         ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
         ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "lora"],
-        ...["--batch-size", "8", "--max-steps", "24", "--stage1-ratio", "0.25"],
+        // Stage 1 is steps 1-12: after the checkpoint at step 4, 8 steps (about 0.6 s here) to
+        // kill it in before stage1/ is written; at 6 steps (ratio 0.25) that was 2 steps, about
+        // 160 ms, and a fast or busy machine could miss it.
+        ...["--batch-size", "8", "--max-steps", "24", "--stage1-ratio", "0.5"],
         ...["--stage1-lr", "1e-2", "--lr", "3e-3", "--eval-every", "3", "--checkpoint-every", "4"],
       ];
       const run = async (out: string, ...more: string[]) => {
@@ -91,7 +94,7 @@ Deno.test({
 
       const killed = `${dir}/killed`;
       const args = [...common, "--out", killed];
-      // Killed in Stage 1 (steps 1-6) after its first checkpoint...
+      // Killed in Stage 1 (steps 1-12) after its first checkpoint...
       assert(
         await runAndKill(args, async () => (await checkpointStage(killed)) === 0),
         "the run ended before it could be killed",
@@ -127,6 +130,15 @@ Deno.test({
       assertEquals(await mtimes(killed), before);
       const after = await readTree(killed);
       assert([...b].every(([k, v]) => sameBytes(after.get(k)!, v)) && after.size === b.size);
+
+      // Killed between writing metrics.json and removing its checkpoint (or inside an atomic
+      // write): --resume clears what was left and changes nothing else.
+      await Deno.writeTextFile(`${killed}/checkpoint.safetensors`, "left behind");
+      await Deno.writeTextFile(`${killed}/metrics.json.tmp-0123abcd`, "{");
+      assertEquals(await run(killed, "--resume"), expected);
+      const cleared = await readTree(killed);
+      assertEquals([...cleared.keys()].sort(), [...b.keys()].sort());
+      assertSameFiles(cleared, b, "a finished run resumed");
 
       // A folder holding a run is refused without --resume or --overwrite.
       await assertRejects(() => run(killed), Error, "already holds a run");

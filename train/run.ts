@@ -188,6 +188,7 @@ export async function runTraining(
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
     if (await exists(`${out}/metrics.json`)) {
+      await clearFinishedLeftovers(out);
       if (!options.quiet) console.error(`${out}: the run is finished; nothing to do`);
       return JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
     }
@@ -213,6 +214,16 @@ export async function runTraining(
   const summary = summarizeSeeds(results);
   await writeJsonAtomic(`${out}/metrics.json`, summary);
   return summary;
+}
+
+/**
+ * A finished run's folder (or seed folder) as an uninterrupted run leaves it: a run killed between
+ * writing metrics.json and removing its checkpoint left the checkpoint, one killed inside an
+ * atomic write its temporary file.
+ */
+async function clearFinishedLeftovers(dir: string): Promise<void> {
+  await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
+  await removeStaleTemporaries(dir);
 }
 
 function seedList(config: TrainConfig): number[] {
@@ -467,7 +478,10 @@ async function runSeed(
   label: string | null,
 ): Promise<RunMetrics> {
   const metricsPath = `${dir}/metrics.json`;
-  if (await exists(metricsPath)) return JSON.parse(await Deno.readTextFile(metricsPath));
+  if (await exists(metricsPath)) {
+    if (config.resume) await clearFinishedLeftovers(dir);
+    return JSON.parse(await Deno.readTextFile(metricsPath));
+  }
   await Deno.mkdir(dir, { recursive: true });
   const task = options.task;
   const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
