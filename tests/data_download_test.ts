@@ -341,7 +341,7 @@ Deno.test("data: a zip of another size than the spec says is an error", async ()
 Deno.test("data: a stalled transfer times out and starts over", async () => {
   await withSetup(async ({ server, opts }) => {
     server.routes.set("/Toy.zip", { body: ZIP, stallAt: 40 });
-    const dir = await ensureDataset(spec(server.url("/Toy.zip")), { ...opts, timeoutMs: 150 });
+    const dir = await ensureDataset(spec(server.url("/Toy.zip")), { ...opts, timeoutMs: 1000 });
     assertEquals(server.log.length, 2);
     assertEquals(await Deno.readTextFile(`${dir}/val.jsonl`), VAL);
   });

@@ -544,7 +544,8 @@ Deno.test("data errors: a line of 5 MB is read, its faults are short; tokenized 
       const text = r.text(examples[1]);
       assert(text.startsWith(big.slice(0, 100)), name);
       assert(text.length >= big.trim().length - 1, `${name}: the long text is read whole`);
-      assert(ms < 5000, `${name}: ${ms.toFixed(0)} ms to read 5 MB`);
+      // Bounds against quadratic work (hours at 5 MB), far above the ~1 s it takes.
+      assert(ms < 30000, `${name}: ${ms.toFixed(0)} ms to read 5 MB`);
       // A fault at the end of a 5 MB line: the message quotes a few characters, not the line.
       const broken = r.ext === "jsonl"
         ? r.line(big).replace(/}$/, ', "x": }')
@@ -573,7 +574,7 @@ Deno.test("data errors: a line of 5 MB is read, its faults are short; tokenized 
   const split = tokenizeExamples(tokenizer, [example], 64, "rte train", "only_first");
   const ms = performance.now() - t0;
   assertEquals(split.examples[0].inputs[0].ids.length, 64);
-  assert(ms < 15000, `${ms.toFixed(0)} ms to tokenize 5 MB`);
+  assert(ms < 60000, `${ms.toFixed(0)} ms to tokenize 5 MB`);
 });
 
 Deno.test("data errors: a missing split names the file, the split and the folder; --dry-run reports it", async () => {

@@ -708,7 +708,7 @@ Deno.test("hub: a stalled transfer times out (HF_HUB_DOWNLOAD_TIMEOUT) and resum
   await withHub(async ({ hub, opts }) => {
     hub.addRepo(ID, standardRepo());
     hub.stallOnce.set(sha256(WEIGHTS), 64_000);
-    const env = { ...opts.env, HF_HUB_DOWNLOAD_TIMEOUT: "0.3" };
+    const env = { ...opts.env, HF_HUB_DOWNLOAD_TIMEOUT: "1" };
     const dir = await resolveModel(ID, { ...opts, env });
     const gets = hub.requests("cdn", "GET");
     assertEquals(gets.length, 2);

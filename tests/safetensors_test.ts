@@ -544,7 +544,7 @@ Deno.test("a file truncated after opening fails the read instead of hanging", as
 // ---------------------------------------------------------------------------------------------
 // Streaming
 
-Deno.test("sparse 1.5 GB file: open reads only the header, small tensors read quickly", async () => {
+Deno.test("sparse 1.5 GB file: open reads only the header, a small tensor is read without the huge one", async () => {
   await withTempDir(async (dir) => {
     const path = `${dir}/huge.safetensors`;
     const hugeBytes = 1_500_000_000;
@@ -561,7 +561,6 @@ Deno.test("sparse 1.5 GB file: open reads only the header, small tensors read qu
     if (info.blocks !== null) assert(info.blocks * 512 < 1 << 20, "file is not sparse");
 
     const rssBefore = Deno.memoryUsage().rss;
-    const start = performance.now();
     const r = await openSafetensors(path);
     try {
       assertEquals(r.tensors.get("huge"), {
@@ -574,8 +573,8 @@ Deno.test("sparse 1.5 GB file: open reads only the header, small tensors read qu
     } finally {
       r.close();
     }
-    const ms = performance.now() - start;
-    assert(ms < 1000, `open + small read took ${ms} ms`);
+    // What shows that the huge tensor was not read is the memory, not a time (which a busy
+    // machine can stretch).
     const grown = Deno.memoryUsage().rss - rssBefore;
     assert(grown < 100 * 2 ** 20, `RSS grew by ${grown} bytes`);
   });
