@@ -472,9 +472,9 @@ export function hashString(text: string): number {
 
 /**
  * Splits documents into training and held-out ones: a document is held out when the hash of
- * (seed, splitKey or else source) falls in the lowest `fraction` of the 32-bit range. Deciding per document rather
- * than by position keeps the held-out set the same however the documents are ordered or
- * added to; order within each part is the input order.
+ * (seed, splitKey or else source) falls in the lowest `fraction` of the 32-bit range. Deciding
+ * per document rather than by position keeps the held-out set the same however the documents are
+ * ordered or added to; order within each part is the input order.
  */
 export function splitHeldOut(
   docs: readonly CorpusDocument[],
