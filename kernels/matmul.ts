@@ -545,8 +545,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 }
 
-/** 0, 1, ..., n - 1: the generators below unroll over it. */
-
 /**
  * Barrier-free vec4 kernel: invocation (x, y) owns rows `row0 .. row0+rm-1` and columns
  * `col0 .. col0+rn-1` (rn a multiple of 4: rn/4 vec4 accumulators per row), steps k by `ku` (a
