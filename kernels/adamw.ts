@@ -28,7 +28,7 @@ import {
   sliceRanges,
 } from "./binding_slices.ts";
 import { flatIndex, grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
@@ -142,13 +142,15 @@ interface Range {
   weightDecay: number;
 }
 
+const adamwSource = cachedSource(adamwWgsl);
+
 function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper): void {
   const gpu = rec.gpu;
   const scaled = h.gradScale !== undefined;
   const skippable = scaled && h.skipIndex !== undefined;
   const name = skippable ? "adamw-scaled-skippable" : scaled ? "adamw-scaled" : "adamw";
-  const scalar = getPipeline(gpu, name, adamwWgsl(scaled, false, skippable));
-  const vector = getPipeline(gpu, `${name}-vec4`, adamwWgsl(scaled, true, skippable));
+  const scalar = getPipeline(gpu, name, adamwSource(scaled, false, skippable));
+  const vector = getPipeline(gpu, `${name}-vec4`, adamwSource(scaled, true, skippable));
   const scale = h.gradScale
     ? bindElements(gpu, h.gradScale.buffer, h.gradScale.offset, h.gradScale.numel)
     : null;

@@ -22,7 +22,7 @@
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { layerNormParamGrads, rowGrid, rowKernel, rowSumWgsl, rowThreads } from "./layernorm.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
@@ -180,6 +180,8 @@ function dropoutParams(op: string, d: DropoutConfig | undefined) {
   return { on, seed: d?.seed ?? 0, stream: d?.stream ?? 0, p: on ? d.p : 0 };
 }
 
+const forwardSource = cachedSource(forwardWgsl);
+
 /**
  * Records `out = LayerNorm(dropout(dense) + residual)` over the last dimension (gamma, beta,
  * biased variance, eps inside the square root, as torch.nn.LayerNorm), the dropout mask that
@@ -233,12 +235,14 @@ export function addLayerNormForward(
   const name = `${op}${d.on ? " dropout" : ""}${save ? " save" : ""}`;
   rec.dispatch(
     op,
-    getPipeline(rec.gpu, name, forwardWgsl(t, d.on, save)),
+    getPipeline(rec.gpu, name, forwardSource(t, d.on, save)),
     [dense, residual, gamma, beta, out, ...(save ? [xhat!, rstd!] : [])],
     rowGrid(rec, rows, h),
     params,
   );
 }
+
+const backwardSource = cachedSource(backwardWgsl);
 
 /**
  * Records the gradients of `addLayerNormForward` from its saved x̂ and rstd, given dOut: the
@@ -287,7 +291,7 @@ export function addLayerNormBackward(
       `${dResidual ? " dResidual" : ""}`;
     rec.dispatch(
       `${op} dX`,
-      getPipeline(rec.gpu, name, backwardWgsl(rowThreads(h), dropout, !!dDense, !!dResidual)),
+      getPipeline(rec.gpu, name, backwardSource(rowThreads(h), dropout, !!dDense, !!dResidual)),
       [xhat, rstd, gamma, dOut, ...(dDense ? [dDense] : []), ...(dResidual ? [dResidual] : [])],
       rowGrid(rec, rows, h),
       params,

@@ -26,7 +26,7 @@ import {
 import { type Gpu, GpuError } from "./device.ts";
 import { enableF16, expectF16, TO_F16_WGSL } from "./f16.ts";
 import { flatIndex, grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import type { DType, Tensor } from "./tensor.ts";
 
@@ -73,6 +73,8 @@ function bindRange(gpu: Gpu, t: Tensor, start: number, count: number): BoundElem
   return { binding: { buffer: t.buffer, offset: first, size }, base: (byteOffset - first) / 2 };
 }
 
+const castSource = cachedSource(castWgsl);
+
 function recordCast(
   rec: Recorder,
   op: string,
@@ -100,8 +102,8 @@ function recordCast(
   expectF16(gpu, op);
   if (count === 0) return;
 
-  const scalar = getPipeline(gpu, op, castWgsl(d, false));
-  const vector = getPipeline(gpu, `${op}-vec4`, castWgsl(d, true));
+  const scalar = getPipeline(gpu, op, castSource(d, false));
+  const vector = getPipeline(gpu, `${op}-vec4`, castSource(d, true));
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   const launch = (pipeline: GPUComputePipeline, start: number, n: number, width: number) => {
     const s = bindRange(gpu, src, start, n);

@@ -83,7 +83,7 @@ export class Gpu {
     this.description = info.description ||
       [info.vendor, info.architecture, info.device].filter((s) => s && s !== "0").join(" ") ||
       "unknown adapter";
-    this.limits = device.limits;
+    this.limits = plainLimits(device.limits);
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestampQuery = device.features.has("timestamp-query");
     device.lost.then((info) => {
@@ -188,6 +188,20 @@ export interface RequestGpuOptions {
   /** The WebGPU entry point; defaults to `navigator.gpu`. Tests pass a fake. */
   gpu?: GPU;
   powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * The limits as a plain object: each property of GPUSupportedLimits is a getter that calls into
+ * the runtime, and launchers read several per launch (over 1 ms of host time a training step).
+ */
+function plainLimits(limits: GPUSupportedLimits): GPUSupportedLimits {
+  const plain: Record<string, number> = {};
+  for (const key in limits) {
+    const value = (limits as unknown as Record<string, unknown>)[key];
+    if (typeof value === "number") plain[key] = value;
+  }
+  // Not frozen: tests lower limits through a Proxy, which may not change a frozen property.
+  return plain as unknown as GPUSupportedLimits;
 }
 
 /** Acquires an adapter and a device with the adapter's maximum limits and optional features. */

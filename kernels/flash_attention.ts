@@ -52,7 +52,7 @@ import { type AttentionDims, checkAttentionArgs } from "./attention.ts";
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { grid1d, range } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
@@ -759,6 +759,8 @@ function pipeline(rec: Recorder, name: string, code: string): GPUComputePipeline
   return getPipeline(rec.gpu, `flash attention ${name}`, code);
 }
 
+const forwardSource = cachedSource(forwardWgsl);
+
 /**
  * Records context = softmax(q·kᵀ/√D + (1 − mask)·(−FLT_MAX)) ⊙ dropout · v per head, keys being
  * the prefix rows (if any) then the sequence, in one pass that never stores the scores. Writes
@@ -817,7 +819,7 @@ export function flashAttentionForward(
   const groups = Math.ceil(S / R);
   rec.dispatch(
     op,
-    pipeline(rec, `forward D=${D} R=${R} P=${P > 0}`, forwardWgsl(D, R, P > 0)),
+    pipeline(rec, `forward D=${D} R=${R} P=${P > 0}`, forwardSource(D, R, P > 0)),
     tensorsOf(bound),
     grid(rec, B * H * groups, rowWorkgroup(R)),
     params(dims, dropout, groups),
@@ -828,6 +830,10 @@ export function flashAttentionForward(
 const workspace = new Workspace("flash attention row workspace", 4);
 /** The prefix kernel's dK and dV accumulators between its launches ([2, H, P, ⌈D/4⌉] vec4s). */
 const carryWorkspace = new Workspace("flash attention prefix gradient carry", 4);
+
+const backwardRowsSource = cachedSource(backwardRowsWgsl);
+
+const backwardColumnsSource = cachedSource(backwardColumnsWgsl);
 
 /**
  * Records the gradients of `flashAttentionForward` (same q, k, v, mask, prefix, dropout, and its
@@ -935,7 +941,7 @@ export function flashAttentionBackward(
   const rowGroups = Math.ceil(S / R);
   rec.dispatch(
     `${op} (dQ)`,
-    pipeline(rec, `backward rows D=${D} R=${R} P=${P > 0}`, backwardRowsWgsl(D, R, P > 0)),
+    pipeline(rec, `backward rows D=${D} R=${R} P=${P > 0}`, backwardRowsSource(D, R, P > 0)),
     tensorsOf(rowBindings),
     grid(rec, B * H * rowGroups, rowWorkgroup(R)),
     params(dims, dropout, rowGroups),
@@ -944,14 +950,14 @@ export function flashAttentionBackward(
   const columnGroups = Math.ceil((Math.ceil(T / 4) - Math.floor(P / 4)) / G);
   rec.dispatch(
     `${op} (dK, dV)`,
-    pipeline(rec, `backward columns D=${D} G=${G}`, backwardColumnsWgsl(D, G, false)),
+    pipeline(rec, `backward columns D=${D} G=${G}`, backwardColumnsSource(D, G, false)),
     tensorsOf(columnBindings),
     grid(rec, B * H * columnGroups, columnWorkgroup(G)),
     params(dims, dropout, columnGroups),
   );
   if (prefixGrad && P > 0) {
     const prefixGroups = Math.ceil(Math.ceil(P / 4) / G);
-    const code = backwardColumnsWgsl(D, G, true);
+    const code = backwardColumnsSource(D, G, true);
     for (const launch of prefixLaunches(B, S)) {
       const flags = (args.accumulatePrefix ? FLAG_ACCUMULATE : 0) | launch.flags;
       // The common Params, then the prefix kernel's own fields: b_begin, b_end (and padding).

@@ -29,7 +29,7 @@ import {
   LOSS_SCALE_STATE,
   type LossScaling,
 } from "./loss_scale.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
@@ -124,6 +124,8 @@ export function sumSquaresSlots(gpu: Gpu, counts: readonly number[]): number {
   return slots;
 }
 
+const sumSquaresSource = cachedSource(sumSquaresWgsl);
+
 /**
  * Records stage 1 over the slice `s` of `range` (at most one binding): `workgroups` of
  * `chunksPerGroup` chunks each, writing the slots from `slot` of `slots`.
@@ -141,7 +143,7 @@ function dispatchSumSquares(
   const pipeline = getPipeline(
     gpu,
     diff ? "sum-squares-diff" : "sum-squares",
-    sumSquaresWgsl(diff),
+    sumSquaresSource(diff),
   );
   const at = (x: { buffer: GPUBuffer; byteOffset: number }) =>
     bindElements(gpu, x.buffer, x.byteOffset + s.start * ELEMENT_BYTES, s.count);

@@ -19,7 +19,7 @@
 
 import { GpuError } from "./device.ts";
 import { grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
@@ -269,6 +269,8 @@ fn main(
 `;
 }
 
+const backwardParamsSource = cachedSource(backwardParamsWgsl);
+
 /**
  * Records dGamma (Σ_rows dOut · x̂) and dBeta (Σ_rows dOut) over `rows` rows of `h`, added into
  * them when `accumulate`; either may be absent (then nothing is recorded for it). `source` is
@@ -296,7 +298,7 @@ export function layerNormParamGrads(
   const name = `${label} dGamma/dBeta`;
   rec.dispatch(
     name,
-    getPipeline(rec.gpu, name, backwardParamsWgsl(!!dGamma, !!dBeta, savedXhat)),
+    getPipeline(rec.gpu, name, backwardParamsSource(!!dGamma, !!dBeta, savedXhat)),
     [...inputs, dOut, ...outs],
     groupGrid(rec, Math.ceil(h / COLS)),
     new Uint32Array([rows, h, args.accumulate ? 1 : 0]),
@@ -330,6 +332,8 @@ function checkRows(
   return { rows, h };
 }
 
+const forwardSource = cachedSource(forwardWgsl);
+
 /**
  * Records `out = (x − mean) / sqrt(var + eps) · gamma + beta` over x's last dimension, and saves
  * each row's mean and 1/sqrt(var + eps) for the backward pass.
@@ -359,12 +363,14 @@ export function layerNormForward(
   new Float32Array(params.buffer)[2] = eps;
   rec.dispatch(
     op,
-    getPipeline(rec.gpu, op, forwardWgsl(rowThreads(h))),
+    getPipeline(rec.gpu, op, forwardSource(rowThreads(h))),
     [x, gamma, beta, out, mean, rstd],
     rowGrid(rec, rows, h),
     params,
   );
 }
+
+const backwardDxSource = cachedSource(backwardDxWgsl);
 
 /**
  * Records the LayerNorm gradients from the forward's saved mean and rstd: dX (added into dX when
@@ -407,7 +413,7 @@ export function layerNormBackward(
   const gpu = rec.gpu;
   rec.dispatch(
     `${op} dX`,
-    getPipeline(gpu, `${op} dX`, backwardDxWgsl(rowThreads(h))),
+    getPipeline(gpu, `${op} dX`, backwardDxSource(rowThreads(h))),
     [x, gamma, mean, rstd, dOut, dX],
     rowGrid(rec, rows, h),
     new Uint32Array([rows, h, args.accumulateDX ? 1 : 0]),

@@ -7,7 +7,7 @@
 import { GpuError } from "./device.ts";
 import { enableF16, loadAs } from "./f16.ts";
 import { matmul } from "./matmul.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { Workspace } from "./workspace.ts";
 import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
@@ -201,6 +201,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 /** columnSum's per-block sums, [blocks, cols]. */
 const blockSums = new Workspace("column-sum blocks", 1, true);
 
+const columnSumSource = cachedSource(columnSumWgsl);
+
 /** dst[c] (+)= Σ_r src[r, c], deterministically (a fixed summation order, no atomics). */
 export function columnSum(
   rec: Recorder,
@@ -217,7 +219,7 @@ export function columnSum(
     throw new GpuError(`${label}: ${cols} columns need more than ${max} workgroups`);
   }
   const name = `linear_column_sum${src.dtype === "f16" ? "_f16" : ""}`;
-  const pipeline = getPipeline(rec.gpu, name, columnSumWgsl(src.dtype));
+  const pipeline = getPipeline(rec.gpu, name, columnSumSource(src.dtype));
   if (rows < 2 * SUM_BLOCK_ROWS) {
     rec.dispatch(
       label,
@@ -245,7 +247,7 @@ export function columnSum(
     label,
     src.dtype === "f32"
       ? pipeline
-      : getPipeline(rec.gpu, "linear_column_sum", columnSumWgsl("f32")),
+      : getPipeline(rec.gpu, "linear_column_sum", columnSumSource("f32")),
     [partial, dst],
     groups,
     new Uint32Array([blocks, cols, +accumulate, blocks]),

@@ -20,7 +20,7 @@ import { type Gpu, GpuError } from "./device.ts";
 import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { range } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { transpose, TRANSPOSE_TILE } from "./transpose.ts";
 import { Workspace } from "./workspace.ts";
@@ -973,6 +973,14 @@ function checkExtent(
   }
 }
 
+const matmulSource = cachedSource(matmulWgsl);
+
+const directSource = cachedSource(directWgsl);
+
+const tiledSource = cachedSource(tiledWgsl);
+
+const vec4Source = cachedSource(vec4Wgsl);
+
 /**
  * Records C = alpha · op(A) · op(B) (+ bias) (+ C) for every product of the batch, through the
  * epilogue when one is given.
@@ -1084,21 +1092,21 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   if (spec.kind === "shared") {
     gx = Math.ceil(n / (WG * spec.rn));
     gy = Math.ceil(m / (WG * spec.rm));
-    pipeline = getPipeline(gpu, name, matmulWgsl(spec.rm, spec.rn, epilogue, dtypes, sliced));
+    pipeline = getPipeline(gpu, name, matmulSource(spec.rm, spec.rn, epilogue, dtypes, sliced));
   } else if (spec.kind === "direct") {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = directWgsl(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes, sliced);
+    const code = directSource(spec.rm, spec.rn, spec.wx, spec.wy, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, name, code);
   } else if (spec.kind === "tiled") {
     gx = Math.ceil(n / (16 * spec.rn));
     gy = Math.ceil(m / (16 * spec.rm));
-    const code = tiledWgsl(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, dtypes, sliced);
+    const code = tiledSource(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));
-    const code = vec4Wgsl(
+    const code = vec4Source(
       spec.rm,
       spec.rn,
       spec.ku,

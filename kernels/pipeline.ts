@@ -7,7 +7,7 @@ import type { Gpu } from "./device.ts";
  * description or lower limits, as the tests and the autotune's per-adapter tables use) share the
  * device, so they share its compiled pipelines instead of compiling every kernel again.
  */
-const caches = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+const caches = new WeakMap<GPUDevice, Map<string, Map<string, GPUComputePipeline>>>();
 
 /**
  * The pipeline for a WGSL kernel, compiled on first use. A compile error surfaces at the next
@@ -19,10 +19,14 @@ export function getPipeline(
   code: string,
   entryPoint = "main",
 ): GPUComputePipeline {
-  let cache = caches.get(gpu.device);
-  if (!cache) caches.set(gpu.device, cache = new Map());
-  const key = `${entryPoint}\u0000${code}`;
-  let pipeline = cache.get(key);
+  let byEntry = caches.get(gpu.device);
+  if (!byEntry) caches.set(gpu.device, byEntry = new Map());
+  let cache = byEntry.get(entryPoint);
+  if (!cache) byEntry.set(entryPoint, cache = new Map());
+  // Keyed by the source itself, never by a string built from it: a source from `cachedSource` is
+  // the same string object launch after launch, whose hash V8 keeps, so a lookup does not pass
+  // over tens of kilobytes of WGSL.
+  let pipeline = cache.get(code);
   if (!pipeline) {
     pipeline = gpu.scoped(`kernel "${name}"`, () => {
       const module = gpu.device.createShaderModule({ label: name, code });
@@ -32,7 +36,25 @@ export function getPipeline(
         compute: { module, entryPoint },
       });
     });
-    cache.set(key, pipeline);
+    cache.set(code, pipeline);
   }
   return pipeline;
+}
+
+/**
+ * `generate` memoized on its arguments (primitives and small plain objects, keyed by their JSON).
+ * Launchers ask for their kernel's source on every launch, and generating the unrolled GEMMs'
+ * (tens of kilobytes each) took more host time per training step than encoding the step.
+ * `generate` must depend on its arguments alone.
+ */
+export function cachedSource<A extends unknown[]>(
+  generate: (...args: A) => string,
+): (...args: A) => string {
+  const sources = new Map<string, string>();
+  return (...args: A): string => {
+    const key = JSON.stringify(args);
+    let code = sources.get(key);
+    if (code === undefined) sources.set(key, code = generate(...args));
+    return code;
+  };
 }

@@ -8,7 +8,7 @@
 import { bindElements, rowSlices } from "./binding_slices.ts";
 import { fill } from "./fill.ts";
 import { grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
@@ -49,6 +49,8 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
 `;
 }
 
+const rowNormSource = cachedSource(rowNormWgsl);
+
 /**
  * Records out[i] = ‖x_i − y_i‖₂ (or ‖x_i‖₂ without `y`) for the rows of `x`, shapes already
  * checked. Matrices beyond one storage binding are processed in binding-sized blocks of rows.
@@ -66,7 +68,7 @@ export function recordRowNorms(
   if (rows === 0) return;
   if (cols === 0) return fill(rec, out, 0); // there is no x to bind
   const o = bindElements(gpu, out.buffer, out.offset, rows);
-  const pipeline = getPipeline(gpu, y ? "row-distance" : "row-norm", rowNormWgsl(y !== null));
+  const pipeline = getPipeline(gpu, y ? "row-distance" : "row-norm", rowNormSource(y !== null));
   for (const s of rowSlices(op, y ? [["x", x], ["y", y]] : [["x", x]])) {
     const [xb, yb] = s.bound;
     rec.dispatch(

@@ -10,7 +10,7 @@
 import { GpuError } from "./device.ts";
 import { enableF16, expectF16, loadAs } from "./f16.ts";
 import { range } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
@@ -99,6 +99,8 @@ function fail(op: string, message: string): never {
   throw new GpuError(`${op}: ${message}`);
 }
 
+const thinSource = cachedSource(thinWgsl);
+
 /** Records c = alpha · x·op(w) (see ThinMatmulArgs). */
 export function thinMatmul(rec: Recorder, args: ThinMatmulArgs): void {
   const op = args.op ?? "thinMatmul";
@@ -140,7 +142,7 @@ export function thinMatmul(rec: Recorder, args: ThinMatmulArgs): void {
   const gy = Math.ceil(groups / gx);
   if (gy > max) fail(op, `${m} rows need more than ${max}² workgroups`);
   const name = `thin_matmul_n${n}_${transW ? "t" : "n"}${x.dtype === "f16" ? "_f16" : ""}`;
-  const pipeline = getPipeline(rec.gpu, name, thinWgsl(n, transW, x.dtype));
+  const pipeline = getPipeline(rec.gpu, name, thinSource(n, transW, x.dtype));
   const words = new Uint32Array([m, k, gx, 0]);
   new Float32Array(words.buffer)[3] = alpha;
   rec.dispatch(op, pipeline, [x, w, c], [gx, gy], words);

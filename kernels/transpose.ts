@@ -10,7 +10,7 @@
 
 import { GpuError } from "./device.ts";
 import { enableF16, expectF16 } from "./f16.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
@@ -64,6 +64,8 @@ export interface TransposeArgs {
   ld?: number;
 }
 
+const transposeSource = cachedSource(transposeWgsl);
+
 /** Records dst = srcᵀ (see the header). */
 export function transpose(rec: Recorder, args: TransposeArgs): void {
   const op = args.op ?? "transpose";
@@ -99,7 +101,7 @@ export function transpose(rec: Recorder, args: TransposeArgs): void {
   const gy = Math.ceil(rows / TILE);
   const max = rec.gpu.limits.maxComputeWorkgroupsPerDimension;
   if (gx > max || gy > max) fail(`${rows}×${cols} needs ${gy}×${gx} workgroups, over ${max}`);
-  const pipeline = getPipeline(rec.gpu, `transpose_${src.dtype}`, transposeWgsl(src.dtype));
+  const pipeline = getPipeline(rec.gpu, `transpose_${src.dtype}`, transposeSource(src.dtype));
   rec.dispatch(op, pipeline, [src, dst], [gx, gy], new Uint32Array([rows, cols, offset, ld]));
 }
 

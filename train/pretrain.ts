@@ -16,7 +16,7 @@
 import { addInPlace } from "../kernels/add.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { gatherRowsBackward, gatherRowsForward, selectionSlots } from "../kernels/gather_rows.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
 import {
   vocabCrossEntropyBackward,
   vocabCrossEntropyForward,
@@ -131,6 +131,8 @@ export class Pretrainer {
   private readonly stats: Tensor;
   private readonly wordGrad: Tensor;
   private statsOnGpu = 0;
+  /** The bind groups of the steps, which bind the same buffers every time. */
+  private readonly bindGroups = new BindGroupCache();
   private statsSteps: number[] = [];
 
   constructor(
@@ -277,7 +279,7 @@ export class Pretrainer {
     const m = this.setBatch(b);
     const n = b.batch * b.seqLen;
     this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
-    const rec = new Recorder(this.gpu);
+    const rec = new Recorder(this.gpu, this.bindGroups);
     this.record(rec, b, m, { lr, step, update: true });
     this.statsSteps.push(step);
     await rec.submit();
@@ -292,7 +294,7 @@ export class Pretrainer {
     const m = this.setBatch(b);
     const n = b.batch * b.seqLen;
     this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
-    const rec = new Recorder(this.gpu);
+    const rec = new Recorder(this.gpu, this.bindGroups);
     this.record(rec, b, m, { lr: 0, step, update: false });
     await rec.submit();
     return (await this.loss.download())[0];
@@ -325,7 +327,7 @@ export class Pretrainer {
   /** Loss (summed over tokens) and correct predictions of one held-out batch. */
   async evaluate(b: MlmBatch): Promise<{ lossSum: number; correct: number; tokens: number }> {
     const m = this.setBatch(b);
-    const rec = new Recorder(this.gpu);
+    const rec = new Recorder(this.gpu, this.bindGroups);
     this.record(rec, b, m, null);
     await rec.submit();
     const [loss] = await this.loss.download();
@@ -336,6 +338,7 @@ export class Pretrainer {
   }
 
   destroy(): void {
+    this.bindGroups.clear();
     this.encoder.destroy();
     this.head.destroy();
     this.optimizer.destroy();

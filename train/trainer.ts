@@ -41,7 +41,7 @@ import {
   scaleByLossScale,
 } from "../kernels/loss_scale.ts";
 import { mseBackward, mseForward } from "../kernels/mse.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
 import {
   softmaxCrossEntropyBackward,
   softmaxCrossEntropyForward,
@@ -144,6 +144,8 @@ export class Trainer {
   private readonly lossScaling: LossScaling | null;
   readonly precision: Precision;
   private statsOnGpu = 0;
+  /** The bind groups of the steps and evaluations, which bind the same buffers every time. */
+  private readonly bindGroups = new BindGroupCache();
   private statsOnHost: StepStats[] = [];
 
   constructor(gpu: Gpu, opts: TrainerOptions) {
@@ -238,6 +240,8 @@ export class Trainer {
    * fresh optimizer (zero moments, step 0).
    */
   beginStage(trains: StageTrains, adamw: AdamwSettings): void {
+    // The last stage's bind groups name its optimizer's buffers, destroyed below.
+    this.bindGroups.clear();
     if (trains.peft && !this.peft) throw new Error("Trainer: the stage trains a PEFT method");
     const peft = this.peft;
     const backbone = trains.backbone === "all"
@@ -284,6 +288,7 @@ export class Trainer {
   /** Removes the PEFT method: its hooks from the encoder, then its tensors. */
   dropPeft(): void {
     if (!this.peft) return;
+    this.bindGroups.clear();
     this.encoder.setHooks(null);
     this.peft.destroy();
     this.peft = null;
@@ -329,7 +334,7 @@ export class Trainer {
     this.encoder.setBatch(batch.encoder);
     this.setSpans(batch);
     const targets = this.uploadTargets(batch);
-    const rec = new Recorder(this.gpu);
+    const rec = new Recorder(this.gpu, this.bindGroups);
     const hidden = this.encoder.forward(rec, {
       training: true,
       seed: this.dropoutSeed,
@@ -522,7 +527,7 @@ export class Trainer {
         this.checkBatch(batch);
         this.encoder.setBatch(batch.encoder);
         this.setSpans(batch);
-        const rec = new Recorder(this.gpu);
+        const rec = new Recorder(this.gpu, this.bindGroups);
         const hidden = this.encoder.forward(rec, { training: false });
         this.head.forward(rec, hidden);
         const n = batch.examples * this.inputsPerExample * width;
@@ -541,6 +546,7 @@ export class Trainer {
   }
 
   destroy(): void {
+    this.bindGroups.clear();
     this.optimizer?.destroy();
     this.optimizer = null;
     if (this.peft) {

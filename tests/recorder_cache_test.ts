@@ -1,0 +1,141 @@
+// The host-side caches of a launch: kernel sources (cachedSource), pipelines (getPipeline) and
+// bind groups (BindGroupCache), which a training step's ~1,000 launches ask for every step.
+
+import { assert, assertEquals } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { GpuError } from "../kernels/device.ts";
+import { cachedSource, getPipeline } from "../kernels/pipeline.ts";
+import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+
+/** out[i] = x[i] · scale + i, over `count` elements: what the bind groups below bind. */
+const SCALE_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+struct Params { scale: f32, count: u32 }
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x < p.count) { out[gid.x] = x[gid.x] * p.scale + f32(gid.x); }
+}
+`;
+
+function params(scale: number, count: number): Uint32Array {
+  const u = new Uint32Array([0, count]);
+  new Float32Array(u.buffer)[0] = scale;
+  return u;
+}
+
+Deno.test("cachedSource: one generation per argument list, the same string object after", () => {
+  let calls = 0;
+  const source = cachedSource((n: number, f16: boolean, t: { a: string }) => {
+    calls++;
+    return `// ${n} ${f16} ${t.a}\n`.repeat(1000);
+  });
+  const first = source(3, false, { a: "f32" });
+  assert(source(3, false, { a: "f32" }) === first, "not the same object");
+  assertEquals(calls, 1);
+  const other = source(3, true, { a: "f32" });
+  assert(other !== first);
+  assertEquals(calls, 2);
+  assertEquals(source(4, false, { a: "f16" }).slice(0, 12), "// 4 false f");
+  assertEquals(calls, 3);
+});
+
+gpuTest("getPipeline: one pipeline per source and entry point", (gpu) => {
+  const a = getPipeline(gpu, "scale", SCALE_WGSL);
+  // An equal source built anew (another string object) finds the same pipeline.
+  assert(getPipeline(gpu, "scale again", [SCALE_WGSL].join("")) === a, "not the same object");
+  assert(getPipeline(gpu, "scale", SCALE_WGSL.replace("+ f32(gid.x)", "")) !== a);
+});
+
+gpuTest(
+  "BindGroupCache: repeated submits reuse their bind groups and compute the same",
+  async (gpu) => {
+    const n = 37;
+    const x = tensorFromArray(
+      gpu,
+      Float32Array.from({ length: n }, (_, i) => 0.25 * i - 3),
+      [n],
+      "x",
+    );
+    // A second range of `out`, at the first offset a storage binding may start at.
+    const tail = gpu.limits.minStorageBufferOffsetAlignment;
+    const out = createTensor(gpu, [tail / 4 + n], "f32", "out");
+    const cache = new BindGroupCache();
+    const pipeline = getPipeline(gpu, "scale", SCALE_WGSL);
+    const record = (rec: Recorder, scale: number) => {
+      rec.dispatch("scale", pipeline, [x, out.view(0, [n])], 1, params(scale, n));
+      rec.dispatch("scale again", pipeline, [x, out.view(0, [n])], 1, params(scale + 1, n));
+    };
+    try {
+      const results: Float32Array[] = [];
+      for (let step = 0; step < 3; step++) {
+        const rec = new Recorder(gpu, cache);
+        record(rec, 1.5);
+        await rec.submit();
+        // Two launches, two uniform offsets: two bind groups, made by the first submit only.
+        assertEquals(cache.size, 2);
+        results.push((await out.download()) as Float32Array);
+      }
+      for (const r of results.slice(1)) assertEquals(r, results[0]);
+      const expected = Float32Array.from({ length: n }, (_, i) => (0.25 * i - 3) * 2.5 + i);
+      assertEquals(results[0].slice(0, n), expected);
+      // Other values in the same places need no new bind group; another range does. (As many
+      // launches as before: more would outgrow the shared uniform buffer, and a new one is bound.)
+      const rec = new Recorder(gpu, cache);
+      rec.dispatch("scale", pipeline, [x, out.view(0, [n])], 1, params(-1, n));
+      rec.dispatch("scale tail", pipeline, [x, out.view(tail, [n])], 1, params(1, n));
+      await rec.submit();
+      assertEquals(cache.size, 3);
+      const after = (await out.download()) as Float32Array;
+      assertEquals(after[1], (0.25 - 3) * -1 + 1);
+      assertEquals(after[tail / 4 + 2], (0.5 - 3) * 1 + 2);
+    } finally {
+      x.destroy();
+      out.destroy();
+    }
+  },
+);
+
+gpuTest("BindGroupCache: a bind group that fails validation is not kept", async (gpu) => {
+  const x = createTensor(gpu, [300], "f32", "x");
+  const out = createTensor(gpu, [300], "f32", "out");
+  const cache = new BindGroupCache();
+  const pipeline = getPipeline(gpu, "scale", SCALE_WGSL);
+  try {
+    const rec = new Recorder(gpu, cache);
+    // A storage binding at a 4-byte offset: WebGPU refuses the bind group.
+    rec.dispatch(
+      "misaligned scale",
+      pipeline,
+      [x, { buffer: out.buffer, offset: 4, size: 64 }],
+      1,
+      params(1, 16),
+    );
+    const message = await rec.submit().then(() => "no error", (e) => {
+      assert(e instanceof GpuError, String(e));
+      return e.message;
+    });
+    assert(message.includes("misaligned scale"), message);
+    assertEquals(cache.size, 0);
+  } finally {
+    x.destroy();
+    out.destroy();
+  }
+});
+
+Deno.test("BindGroupCache: starts over when full", () => {
+  const cache = new BindGroupCache(2);
+  const group = {} as GPUBindGroup;
+  cache.set("a", group);
+  cache.set("b", group);
+  assertEquals(cache.size, 2);
+  cache.set("c", group);
+  assertEquals(cache.size, 1);
+  assert(cache.get("c") === group, "not the same object");
+  assertEquals(cache.get("a"), undefined);
+  cache.clear();
+  assertEquals(cache.size, 0);
+});
