@@ -461,7 +461,18 @@ async function main(): Promise<void> {
       "--reps",
       "5",
     ], limit(SHARE.gemm));
-    report.ours.push(...jsonRows(r.stdout));
+    const rows = jsonRows(r.stdout);
+    report.ours.push(...rows);
+    const clocks = [...new Set(rows.map((row) => row.clock))];
+    report.notes.push(
+      `our GEMM rows timed on ${
+        clocks.map((c) =>
+          c === "gpu"
+            ? "the GPU's clock (timestamp queries: each submit's span, first dispatch to last)"
+            : `the host's clock (${c ?? "unknown"}: submits until the GPU finished)`
+        ).join(" and ")
+      }`,
+    );
     if (r.code !== 0) report.notes.push(`our GEMM phase ${r.timedOut ? "timed out" : "failed"}`);
     await write();
   }
@@ -517,7 +528,11 @@ async function main(): Promise<void> {
       // One more step timed per kernel (timestamp queries): where the f32 time goes.
       ...(precision === "f32" && mode !== "bitfit" ? ["--profile"] : []),
     ], share);
-    report.ours.push(...jsonRows(r.stdout));
+    const rows = jsonRows(r.stdout);
+    report.ours.push(...rows);
+    for (const row of rows) {
+      if (typeof row.host_ms === "number") report.notes.push(stepTimeNote(row, mode, precision));
+    }
     report.notes.push(...profileNotes(r.stderr));
     if (r.code !== 0) {
       report.notes.push(
@@ -536,6 +551,19 @@ async function main(): Promise<void> {
     await Deno.remove(join(o.out, "logs"), { recursive: true });
   }
   console.log("\n" + reportMarkdown(report));
+}
+
+/** How a training-step row's time divides (bench/train_step.ts's host_ms and pipelined_ms). */
+export function stepTimeNote(row: Row, mode: string, precision: string): string {
+  const ms = Number(row.ms);
+  const host = Number(row.host_ms);
+  const piped = Number(row.pipelined_ms);
+  const back = Number.isFinite(piped)
+    ? `; back to back, as the training loop runs them, ${piped.toFixed(1)} ms a step ` +
+      `(${(Number(row.batch) / (piped / 1000)).toFixed(1)} samples/s)`
+    : "";
+  return `train_step ${mode} ${precision}: the host records, encodes and submits a step in ` +
+    `${host.toFixed(1)} ms of its ${ms.toFixed(1)} ms (the GPU starts after)${back}`;
 }
 
 if (import.meta.main) {

@@ -62,8 +62,9 @@ for (const [transA, transB, product] of products) {
     // Without a transposed operand an nn_ variant runs its kernel as is: that kernel's own row.
     if (product === "NN" && untransposedKernel(variant)) continue;
     const args = { a, b, c, m, n, k, transA, transB, variant };
-    // Short submits on a GPU, so that the 39 bench/gpu.ts asks for fit its 20 s phase; a CPU
-    // adapter's submit costs about 12 ms by itself, so it needs longer ones.
+    // Short submits on a GPU (timed on its clock: bench/timing.ts), so that the 39 bench/gpu.ts
+    // asks for fit its 30 s phase; a CPU adapter's submit costs about 12 ms by itself, timed on
+    // the host's clock, so it needs longer ones.
     const timing = await timeOp(gpu, (rec) => matmul(rec, args), reps, {
       submitTargetS: onCpu ? 0.1 : 0.02,
       budgetS: onCpu ? 0.3 : 0.1,

@@ -32,6 +32,8 @@ export interface BenchRow {
 export interface Timing {
   /** Milliseconds per op. */
   ms: number;
+  /** What `ms` was read from: the GPU's timestamps, or the host's clock (see timeOp). */
+  clock: "gpu" | "wall";
   /** Ops per submit (R). */
   perSubmit: number;
   /** Submits timed; `ms` comes from their median. */
@@ -53,6 +55,11 @@ export interface TimingOptions {
   minTimedS?: number;
   /** Upper bound on R. Default 256. */
   maxPerSubmit?: number;
+  /**
+   * timeOp only: time the GPU's own span of each submit with timestamp queries. By default where
+   * the adapter has them and is not a CPU one; `true`: wherever it has them; `false`: never.
+   */
+  gpuClock?: boolean;
 }
 
 function median(xs: number[]): number {
@@ -95,32 +102,52 @@ export async function measure(
   const timed = Math.max(1, Math.min(reps, Math.max(least, Math.floor(budget / t))));
   const times: number[] = [];
   for (let i = 0; i < timed; i++) times.push(await batch(r));
-  return { ms: (median(times) * 1000) / r, perSubmit: r, timed, warmups };
+  return { ms: (median(times) * 1000) / r, clock: "wall", perSubmit: r, timed, warmups };
 }
 
 /**
- * Times the op that `record` records: each batch records it r times into one Recorder and times
- * the submit until the GPU has finished (bind groups and encoding included; the launcher calls,
- * and the pipeline creation they trigger on first use, excluded).
+ * Times the op that `record` records: each batch records it r times into one Recorder and
+ * submits them. On a GPU with timestamp queries, a batch's time is the GPU's span from the start
+ * of its first dispatch to the end of its last (each dispatch in its own timed pass): what the
+ * GPU spends on the ops, as a CUDA event pair or a synchronised loop of many calls measures
+ * PyTorch's. Otherwise (a CPU adapter, no timestamps, `gpuClock: false`), the host's clock from
+ * the submit until the GPU has finished: bind groups, encoding and the submit's fixed cost
+ * included (measured at 12-14 ms a submit on lavapipe and on the H200, 2026-11-27), which R
+ * ops per submit spread thin. The launcher calls, and the pipelines they compile on first use,
+ * are never timed.
  */
-export function timeOp(
+export async function timeOp(
   gpu: Gpu,
   record: (rec: Recorder) => void,
   reps: number,
   options: TimingOptions = {},
 ): Promise<Timing> {
   const rec = new Recorder(gpu);
-  return measure(
+  const gpuClock = gpu.hasTimestampQuery &&
+    (options.gpuClock ?? !gpu.adapter.info.isFallbackAdapter);
+  if (!gpuClock) {
+    return measure(
+      async (r) => {
+        for (let i = 0; i < r; i++) record(rec);
+        const start = performance.now();
+        await rec.submit();
+        await gpu.device.queue.onSubmittedWorkDone();
+        return (performance.now() - start) / 1000;
+      },
+      reps,
+      options,
+    );
+  }
+  const timing = await measure(
     async (r) => {
       for (let i = 0; i < r; i++) record(rec);
-      const start = performance.now();
-      await rec.submit();
-      await gpu.device.queue.onSubmittedWorkDone();
-      return (performance.now() - start) / 1000;
+      return (await rec.submitTimed()) / 1e9;
     },
     reps,
-    options,
+    // R need not outgrow a fixed cost here, only the clock's resolution.
+    { ...options, submitTargetS: options.submitTargetS ?? 0.02 },
   );
+  return { ...timing, clock: "gpu" };
 }
 
 /** What an op does per call: floating-point operations, or bytes it must move at least. */
@@ -145,6 +172,7 @@ export function benchRow(
     ...fields,
     ms: timing.ms,
     ...rate,
+    clock: timing.clock,
     per_submit: timing.perSubmit,
     timed_submits: timing.timed,
     warmup_submits: timing.warmups,

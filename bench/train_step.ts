@@ -207,8 +207,13 @@ async function benchMode(
   try {
     const batches = [0, 1].map((i) => randomBatch(shape.batch, seq, shape.vocab, 10 + i));
     let step = 0;
+    // Host time: recording, encoding and submitting a step, before the GPU can start on it (a
+    // step is one submit); the rest of a step's time is the GPU's.
+    const hostTimes: number[] = [];
     const oneStep = async () => {
+      const start = performance.now();
       await trainer.step(batches[step % 2], lr, step);
+      hostTimes.push(performance.now() - start);
       step++;
       await gpu.device.queue.onSubmittedWorkDone();
     };
@@ -227,6 +232,16 @@ async function benchMode(
       times.push(s);
       spent += s;
     }
+    // The same number of steps back to back, waiting only after the last, as the training loop
+    // runs them (it reads the stats back every few steps): the host records a step while the
+    // GPU still runs the one before.
+    const pipeStart = performance.now();
+    for (let i = 0; i < times.length; i++) {
+      await trainer.step(batches[step % 2], lr, step);
+      step++;
+    }
+    await gpu.device.queue.onSubmittedWorkDone();
+    const pipelinedMs = (performance.now() - pipeStart) / times.length;
     // The stats are read back as the training loop does when it logs; a NaN loss would mean
     // the step measured is not a real one.
     // An f16 step skipped by the loss scaler (gradients overflowed at its scale) still ran its
@@ -251,6 +266,7 @@ async function benchMode(
       console.error(`bench: --profile: ${gpu.description} has no timestamp-query`);
     }
     const ms = median(times) * 1000;
+    const hostMs = median(hostTimes.slice(1, 1 + times.length));
     const dispatches = counts.dispatches - before.dispatches;
     const peak = gpu.peakBytes - base;
     return {
@@ -265,6 +281,8 @@ async function benchMode(
       batch: shape.batch,
       seq,
       ms,
+      host_ms: hostMs,
+      pipelined_ms: pipelinedMs,
       samples_per_s: shape.batch / (ms / 1000),
       dispatches,
       copies: counts.copies - before.copies,
@@ -284,7 +302,8 @@ async function benchMode(
           precision === "f16" ? " f16" : ""
         } L${shape.layers} H${shape.hidden} I${shape.intermediate} V${shape.vocab} ` +
         `B${shape.batch}×${seq}: ${(shape.batch / (ms / 1000)).toFixed(2)} samples/s, ` +
-        `${dispatches} dispatches, peak ${(peak / 2 ** 20).toFixed(1)} MiB`,
+        `${dispatches} dispatches (host ${hostMs.toFixed(1)} ms a step), ` +
+        `peak ${(peak / 2 ** 20).toFixed(1)} MiB`,
     };
   } finally {
     trainer.destroy();

@@ -122,7 +122,8 @@ const TUNE_SIZES = {
  * launcher's source, every variant's WGSL, the timed sizes and this module's class scheme
  * (TUNE_FORMAT: bump it when the classes change).
  */
-const TUNE_FORMAT = "2";
+// 3: products timed on the GPU's clock where there is one (runProduct).
+const TUNE_FORMAT = "3";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
   [
     TUNE_FORMAT,
@@ -314,14 +315,25 @@ function pseudoRandom(n: number, seed: number): Float32Array {
   return out;
 }
 
-/** Milliseconds of one submit of `reps` copies of the product, until the GPU finished. */
+/**
+ * Milliseconds of one submit of `reps` copies of the product: on a GPU with timestamp queries,
+ * the GPU's span from the first dispatch's start to the last's end; otherwise until the GPU
+ * finished on the host's clock, with the submit's fixed cost in it (12-14 ms, on lavapipe as on
+ * the H200: a share that `reps` has to make small).
+ */
 async function runProduct(gpu: Gpu, args: MatmulArgs, reps = 1): Promise<number> {
   const rec = new Recorder(gpu);
   for (let i = 0; i < reps; i++) matmul(rec, args);
+  if (gpuClock(gpu)) return (await rec.submitTimed()) / 1e6;
   const t0 = performance.now();
   await rec.submit();
   await gpu.device.queue.onSubmittedWorkDone();
   return performance.now() - t0;
+}
+
+/** Whether runProduct reads the GPU's clock (CPU adapters keep the host's, as before). */
+function gpuClock(gpu: Gpu): boolean {
+  return gpu.hasTimestampQuery && !gpu.adapter.info.isFallbackAdapter;
 }
 
 async function resultBits(gpu: Gpu, args: MatmulArgs): Promise<Uint32Array> {
@@ -382,7 +394,8 @@ async function tuneClass(
       else differs.push(v);
     }
     // Products per submit: a submit's fixed cost (about 12 ms on lavapipe, more than a small
-    // product; on a GPU far more than any of these) must not drown the differences.
+    // product; on a GPU far more than any of these) must not drown the differences. On the
+    // GPU's clock there is none, and the same target fills the clock's resolution many times.
     let reps = 1;
     for (let t = await runProduct(gpu, args); t < SUBMIT_TARGET_MS && reps < MAX_REPS;) {
       reps = Math.min(MAX_REPS, Math.max(reps + 1, Math.ceil((reps * SUBMIT_TARGET_MS) / t)));

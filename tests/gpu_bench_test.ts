@@ -1,9 +1,16 @@
 // bench/gpu.ts's report: ratios ours / PyTorch and the goals, from rows of both sides, and the
-// test summary and GEMM-variant rows it reads. No GPU needed: the functions are pure (but the last
-// test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter there is).
+// test summary and GEMM-variant rows it reads. No GPU needed: the functions are pure (but the
+// GEMM-variant test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter
+// there is, and the timing one).
 
 import { assert, assertEquals } from "./assert.ts";
-import { finishedTests, profileNotes, testCounts, variantNotes } from "../bench/gpu.ts";
+import {
+  finishedTests,
+  profileNotes,
+  stepTimeNote,
+  testCounts,
+  variantNotes,
+} from "../bench/gpu.ts";
 import {
   f16Check,
   gemmTable,
@@ -12,6 +19,11 @@ import {
   type Row,
   stepTable,
 } from "../bench/gpu_table.ts";
+import { timeOp } from "../bench/timing.ts";
+import { fill } from "../kernels/fill.ts";
+import { profileDispatches } from "../kernels/recorder.ts";
+import { createTensor } from "../kernels/tensor.ts";
+import { gpuTest } from "./gpu_fixture.ts";
 
 const gemm = (precision: string, product: string, gflops: number): Row => ({
   kernel: "gemm",
@@ -205,4 +217,50 @@ Deno.test("gpu bench: the profile's largest ops and the autotune's choices as no
     "  176.00 ms 22.0% 96× 1.833 ms linearBackward (dWeight)",
   ]);
   assertEquals(profileNotes("bench: done"), []);
+});
+
+gpuTest("bench timing: timeOp on the GPU's clock times the submits' GPU spans", async (gpu) => {
+  const t = createTensor(gpu, [100_003], "f32", "timed");
+  // A profile attached meanwhile (bench/train_step.ts --profile) is not filled by it.
+  const attached = profileDispatches(gpu)!;
+  try {
+    const timing = await timeOp(gpu, (rec) => fill(rec, t, 1.5), 3, {
+      gpuClock: true,
+      submitTargetS: 0.005,
+      budgetS: 0.05,
+      minTimedS: 0.05,
+    });
+    assertEquals(attached.spans.length, 0);
+    profileDispatches(gpu, false);
+    assertEquals(timing.clock, "gpu");
+    assert(Number.isFinite(timing.ms) && timing.ms > 0, `ms ${timing.ms}`);
+    const wall = await timeOp(gpu, (rec) => fill(rec, t, 2), 1, {
+      gpuClock: false,
+      budgetS: 0.05,
+      minTimedS: 0.05,
+    });
+    assertEquals(wall.clock, "wall");
+    assertEquals((await t.download())[100_002], 2);
+  } finally {
+    profileDispatches(gpu, false);
+    t.destroy();
+  }
+});
+
+Deno.test("gpu bench: a step's host share and its back-to-back time as a note", () => {
+  const row: Row = {
+    kernel: "train_step",
+    batch: 32,
+    ms: 600,
+    host_ms: 150.04,
+    pipelined_ms: 457.1,
+  };
+  assertEquals(
+    stepTimeNote(row, "ft", "f32"),
+    "train_step ft f32: the host records, encodes and submits a step in 150.0 ms of its " +
+      "600.0 ms (the GPU starts after); back to back, as the training loop runs them, 457.1 ms " +
+      "a step (70.0 samples/s)",
+  );
+  const { pipelined_ms: _, ...older } = row;
+  assert(!stepTimeNote(older, "lora", "f16").includes("back to back"));
 });
