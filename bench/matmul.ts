@@ -24,6 +24,7 @@ import {
   matmulVariantsUsed,
   type TuneShape,
 } from "../kernels/matmul_autotune.ts";
+import { splitKCount } from "../kernels/matmul_split.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type DType } from "../kernels/tensor.ts";
 import type { Precision } from "../model/encoder.ts";
@@ -127,7 +128,9 @@ async function benchShape(
     for (const [product, [m, n, k], shape, record] of ops) {
       const variant = matmulVariantsUsed(gpu, record).join("+");
       const timing = await timeOp(gpu, record, reps);
-      const fields = { m, n, k, product, variant, model, precision };
+      // A weight gradient over long k runs as slices summed afterwards (kernels/matmul_split.ts).
+      const kSlices = product === "dW" ? splitKCount(m, n, k, true, false, 1) : 1;
+      const fields = { m, n, k, product, variant, k_slices: kSlices, model, precision };
       const label = `${product} m=${m} n=${n} k=${k}: ${shape} (${model}${
         precision === "f16" ? ", f16" : ""
       })`;

@@ -7,7 +7,9 @@
 // so one compiled pipeline per kernel variant serves every shape and transpose.
 //
 // Determinism: each output element is one invocation's sum over k in increasing order, so a
-// given call gives bitwise-identical results on every run.
+// given call gives bitwise-identical results on every run. (A weight gradient over many tokens
+// is the exception: it is cut into a fixed number of k-slices, chosen from its shape alone,
+// summed in order afterwards: kernels/matmul_split.ts.)
 //
 // Long sums (large k: weight gradients sum over every row of the batch, k = batch · seq) are cut
 // into consecutive k-slices, one launch each (`kSlices`): lavapipe stops an invocation after
@@ -22,6 +24,7 @@ import { GELU_WGSL } from "./gelu.ts";
 import { range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
+import { SPLIT_K_SUM_WGSL, splitKCount, splitKSum } from "./matmul_split.ts";
 import { transpose, TRANSPOSE_TILE } from "./transpose.ts";
 import { Workspace } from "./workspace.ts";
 import {
@@ -898,6 +901,7 @@ export function matmulKernelSources(): string {
       }
     }
   }
+  parts.push(SPLIT_K_SUM_WGSL);
   return parts.join("\n");
 }
 
@@ -1059,6 +1063,51 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
 
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
+
+  // A weight gradient over many tokens: its k-slices in one batched launch, then their sum in
+  // order (kernels/matmul_split.ts).
+  const split = args.epilogue || c.dtype !== "f32"
+    ? 1
+    : splitKCount(m, n, k, transA, transB, count);
+  if (split > 1) {
+    const kc = k / split;
+    const partial = splitWorkspace.view(rec.gpu, [split * m * n]);
+    matmul(rec, {
+      op,
+      a,
+      b,
+      c: partial,
+      m,
+      n,
+      k: kc,
+      transA,
+      transB,
+      lda,
+      ldb,
+      offsetA: offA,
+      offsetB: offB,
+      batch1: {
+        count: split,
+        strideA: kc * (transA ? lda : 1),
+        strideB: kc * (transB ? 1 : ldb),
+        strideC: m * n,
+      },
+      variant: args.variant,
+    });
+    splitKSum(rec, op, {
+      partial,
+      c,
+      bias: args.bias,
+      m,
+      n,
+      slices: split,
+      offC,
+      ldc,
+      alpha,
+      accumulate: args.accumulate ?? false,
+    });
+    return;
+  }
 
   const [rsA, csA] = transA ? [1, lda] : [lda, 1];
   const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
@@ -1223,7 +1272,7 @@ export const NN_COPY = "nn_ copy of";
 
 /** The launcher's logic beside the kernels' WGSL: what the autotune's version hash covers. */
 export function matmulLauncherSources(): string {
-  return [matmul, untransposeOperands].map(String).join("\n");
+  return [matmul, untransposeOperands, splitKCount, splitKSum].map(String).join("\n");
 }
 
 /** The `nn_` variants' untransposed copies (written and read within one matmul call). */
@@ -1235,3 +1284,6 @@ const untransposedB = new Workspace("matmul untransposed B");
  * read only between the dispatches of one call (kernels/workspace.ts: why sharing it is safe).
  */
 const partialWorkspace = new Workspace("matmul k-slice accumulators");
+
+/** A split product's partial sums, one m×n block per slice (written and read within one call). */
+const splitWorkspace = new Workspace("matmul split-k partial sums");
