@@ -491,7 +491,7 @@ async function main(): Promise<void> {
       "--reps",
       "5",
       "--json",
-    ], limit(SHARE.variants, 30)); // 39 timings and their compiles: 10-18 s expected on an H100
+    ], limit(SHARE.variants, 30)); // 49 timings and their compiles (39 took 10-18 s on an H100)
     report.notes.push(...variantNotes(jsonRows(r.stdout), shape));
     if (r.code !== 0) {
       report.notes.push(
