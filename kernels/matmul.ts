@@ -153,8 +153,9 @@ function dtypesSuffix(t: Dtypes): string {
  *   a 64×64 / 128×128 block of op(A) and op(B) in workgroup memory with vec4 loads along each
  *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers. Same
  *   alignment needs as the vec4 kernels (otherwise `direct4x4`). `tiled_8x4` / `tiled_4x8`:
- *   128×64 / 64×128 blocks, between the two (on the H200, 2026-11-27, the 4×4 tile beat the 8×8:
- *   twice the multiply-adds per value read from workgroup memory, half the invocations).
+ *   128×64 / 64×128 blocks, between the two: on the H200 (2026-11-27) the 4×4 tile beat the 8×8,
+ *   which does twice the multiply-adds per value it reads from workgroup memory on a quarter as
+ *   many blocks.
  * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
  *   uncoalesced: a transposed operand is first copied untransposed into a workspace
  *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
@@ -1081,28 +1082,48 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     : splitKCount(m, n, k, transA, transB, count);
   if (split > 1) {
     const kc = k / split;
+    // An nn_ choice untransposes the whole of A first (the batched slices could not: an nn_
+    // variant of a batch runs the heuristic's kernel), then the slices run its kernel on the copy.
+    const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
+      chooseVariant(m, n, transA);
+    const kernel = untransposedKernel(asked);
+    const copied = kernel
+      ? untransposeOperands(rec, op, { ...args, transA, transB, lda, ldb })
+      : null;
+    const o = copied
+      ? {
+        a: copied.a,
+        b: copied.b,
+        transA: false,
+        transB: false,
+        lda: copied.lda ?? k,
+        ldb: copied.ldb ?? n,
+        offA: copied.offsetA ?? 0,
+        offB: copied.offsetB ?? 0,
+      }
+      : { a, b, transA, transB, lda, ldb, offA, offB };
     const partial = splitWorkspace.view(rec.gpu, [split * m * n]);
     matmul(rec, {
       op,
-      a,
-      b,
+      a: o.a,
+      b: o.b,
       c: partial,
       m,
       n,
       k: kc,
-      transA,
-      transB,
-      lda,
-      ldb,
-      offsetA: offA,
-      offsetB: offB,
+      transA: o.transA,
+      transB: o.transB,
+      lda: o.lda,
+      ldb: o.ldb,
+      offsetA: o.offA,
+      offsetB: o.offB,
       batch1: {
         count: split,
-        strideA: kc * (transA ? lda : 1),
-        strideB: kc * (transB ? 1 : ldb),
+        strideA: kc * (o.transA ? o.lda : 1),
+        strideB: kc * (o.transB ? 1 : o.ldb),
         strideC: m * n,
       },
-      variant: args.variant,
+      variant: kernel ?? asked,
     });
     splitKSum(rec, op, {
       partial,

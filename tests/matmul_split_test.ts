@@ -5,6 +5,7 @@ import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
+import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { SPLIT_K_MAX_OUTPUTS, splitKCount } from "../kernels/matmul_split.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { type Tensor, tensorFromArray } from "../kernels/tensor.ts";
@@ -43,12 +44,25 @@ interface SplitCase {
   bias?: boolean;
   accumulate?: boolean;
   f16?: boolean;
+  /** Every operand vec4-readable, so that each variant runs its own kernel. */
+  aligned?: boolean;
 }
 
 const CASES: SplitCase[] = [
   { m: 37, n: 45, k: 1536 },
   { m: 37, n: 45, k: 4100, alpha: 0.75, bias: true, accumulate: true },
-  { m: 64, n: 52, k: 2048, padA: 4, padB: 8, padC: 3, offsetA: 8, offsetB: 4, offsetC: 5 },
+  {
+    m: 64,
+    n: 52,
+    k: 2048,
+    padA: 4,
+    padB: 8,
+    padC: 3,
+    offsetA: 8,
+    offsetB: 4,
+    offsetC: 5,
+    aligned: true,
+  },
   { m: 20, n: 33, k: 2976, bias: true, f16: true },
 ];
 
@@ -124,6 +138,10 @@ gpuTest(
           const rec = new Recorder(gpu);
           matmul(rec, args);
           assert(rec.labels.some((l) => l.endsWith("(split-k sum)")), `case ${ci}: not split`);
+          // Where every operand is aligned, each variant really runs, nn_ ones with their copy.
+          if (s.aligned && variant) {
+            assertEquals(matmulVariantsUsed(gpu, (r) => matmul(r, args)), [variant], `case ${ci}`);
+          }
           await rec.submit();
           outs.push((await c.download()) as Float32Array);
         }
