@@ -7,7 +7,7 @@
 // the heavy shapes on a CPU adapter keep the whole bench short.
 
 import type { Gpu } from "../kernels/device.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import { Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
 
 /**
  * One measured op. `kernel` is a snake_case name; the numeric shape fields (m, n, k; rows,
@@ -138,6 +138,12 @@ export async function timeOp(
       options,
     );
   }
+  // R ops a submit must stay within what one submit can time: the op's dispatches counted on a
+  // recording that is never submitted.
+  const probe = new Recorder(gpu);
+  record(probe);
+  const maxR = Math.floor(TIMED_DISPATCHES / Math.max(1, probe.length));
+  if (maxR < 1) return timeOp(gpu, record, reps, { ...options, gpuClock: false });
   const timing = await measure(
     async (r) => {
       for (let i = 0; i < r; i++) record(rec);
@@ -145,7 +151,11 @@ export async function timeOp(
     },
     reps,
     // R need not outgrow a fixed cost here, only the clock's resolution.
-    { ...options, submitTargetS: options.submitTargetS ?? 0.02 },
+    {
+      ...options,
+      submitTargetS: options.submitTargetS ?? 0.02,
+      maxPerSubmit: Math.min(options.maxPerSubmit ?? 256, maxR),
+    },
   );
   return { ...timing, clock: "gpu" };
 }

@@ -70,6 +70,9 @@ export interface DispatchProfile {
 
 const profiles = new WeakMap<Gpu, DispatchProfile>();
 
+/** The most dispatches a profiled submit times: two timestamps each, 4,096 in a query set. */
+export const TIMED_DISPATCHES = 2048;
+
 /**
  * Attaches a fresh profile to `gpu` (every later Recorder submit on it fills it) and returns it;
  * `null` detaches. Throws when the adapter lacks `timestamp-query`.
@@ -166,17 +169,29 @@ function groupLayout(pipeline: GPUComputePipeline): GPUBindGroupLayout {
   return layout;
 }
 
+let outgrown = 0;
+
+/**
+ * Called when a buffer is left to the garbage collector rather than destroyed (a Workspace that
+ * grew: kernels/workspace.ts): every BindGroupCache starts over, so as not to keep it alive.
+ */
+export function bufferOutgrown(): void {
+  outgrown++;
+}
+
 /**
  * Bind groups kept from one submit to the next, by pipeline and bound buffer ranges. A training
  * step launches the same kernels on the same buffers every time, and creating their bind groups
  * anew took over 40% of the host's time per step (58 µs each on lavapipe, about 1,000 a step).
  * Whoever submits such repeated work owns one (the Trainer does) and passes it to its Recorders.
- * It holds its bind groups, and through them their buffers, until `clear`, or until it holds
- * `capacity` of them (it then starts over): a destroyed buffer's memory is freed all the same,
- * and its bind groups are never asked for again (a new buffer gets a new key).
+ * It holds its bind groups, and through them their buffers, until `clear`, until it holds
+ * `capacity` of them, or until a buffer is outgrown (`bufferOutgrown`); then it starts over. A
+ * destroyed buffer's memory is freed all the same, and its bind groups are never asked for
+ * again (a new buffer gets a new key).
  */
 export class BindGroupCache {
   private groups = new Map<string, GPUBindGroup>();
+  private outgrownSeen = outgrown;
 
   constructor(readonly capacity = 16384) {}
 
@@ -185,6 +200,10 @@ export class BindGroupCache {
   }
 
   get(key: string): GPUBindGroup | undefined {
+    if (this.outgrownSeen !== outgrown) {
+      this.outgrownSeen = outgrown;
+      this.groups.clear();
+    }
     return this.groups.get(key);
   }
 
@@ -263,13 +282,22 @@ export class Recorder {
   /**
    * Submits as `submit` does, each dispatch timed with timestamp queries (the adapter must have
    * them), and resolves, once the GPU has finished, to the nanoseconds from the start of the first
-   * dispatch to the end of the last (of the first 2,048: a query set holds 4,096 timestamps): the
-   * GPU's time on this work alone. An attached `profileDispatches` profile is left out of it.
+   * dispatch to the end of the last: the GPU's time on this work alone. At most
+   * TIMED_DISPATCHES dispatches (a query set holds 4,096 timestamps): more are refused, not
+   * timed in part. An attached `profileDispatches` profile is left out of it.
    */
   async submitTimed(): Promise<number> {
     if (!this.gpu.hasTimestampQuery) {
       throw new GpuError(
         `timing needs the timestamp-query feature, which ${this.gpu.description} lacks`,
+      );
+    }
+    const dispatches = this.commands.filter((c) => c.kind === "dispatch").length;
+    if (dispatches > TIMED_DISPATCHES) {
+      this.commands = [];
+      throw new GpuError(
+        `submitTimed: ${dispatches} dispatches, more than the ${TIMED_DISPATCHES} one submit ` +
+          "can time",
       );
     }
     const own: DispatchProfile = { byLabel: new Map(), spans: [] };
@@ -286,14 +314,14 @@ export class Recorder {
 
     const uniforms = this.packUniforms(commands);
     const cache = this.bindGroups;
-    const created: [string, GPUBindGroup][] = [];
+    const created = new Map<string, GPUBindGroup>();
     const groups = commands.map((c, i) => {
       if (c.kind !== "dispatch") return null;
       const key = cache ? bindGroupKey(c, uniforms, i) : "";
-      const kept = cache?.get(key);
+      const kept = cache ? cache.get(key) ?? created.get(key) : undefined;
       if (kept) return kept;
       const group = gpu.scoped(`op "${c.label}"`, () => this.bindGroup(c, uniforms, i));
-      if (cache) created.push([key, group]);
+      if (cache) created.set(key, group);
       return group;
     });
     // Kernel compile errors, allocations and bindings are named by their own scopes.
@@ -389,7 +417,10 @@ export class Recorder {
   private timestamps(commands: Command[]): ProfileBuffers {
     const device = this.gpu.device;
     // A query set holds at most 4096 timestamps; later dispatches of a huge submit go untimed.
-    const count = Math.min(4096, 2 * commands.filter((c) => c.kind === "dispatch").length);
+    const count = Math.min(
+      2 * TIMED_DISPATCHES,
+      2 * commands.filter((c) => c.kind === "dispatch").length,
+    );
     return {
       set: device.createQuerySet({ type: "timestamp", count: Math.max(2, count) }),
       resolve: device.createBuffer({

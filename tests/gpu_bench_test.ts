@@ -21,7 +21,7 @@ import {
 } from "../bench/gpu_table.ts";
 import { timeOp } from "../bench/timing.ts";
 import { fill } from "../kernels/fill.ts";
-import { profileDispatches } from "../kernels/recorder.ts";
+import { profileDispatches, Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 
@@ -258,9 +258,34 @@ Deno.test("gpu bench: a step's host share and its back-to-back time as a note", 
   assertEquals(
     stepTimeNote(row, "ft", "f32"),
     "train_step ft f32: the host records, encodes and submits a step in 150.0 ms of its " +
-      "600.0 ms (the GPU starts after); back to back, as the training loop runs them, 457.1 ms " +
-      "a step (70.0 samples/s)",
+      "600.0 ms (the GPU starts on it during the last of these, the submit's error checks); " +
+      "back to back, as the training loop runs them, 457.1 ms a step (70.0 samples/s)",
   );
   const { pipelined_ms: _, ...older } = row;
   assert(!stepTimeNote(older, "lora", "f16").includes("back to back"));
+});
+
+gpuTest("bench timing: no submit times more dispatches than a query set holds", async (gpu) => {
+  const t = createTensor(gpu, [64], "f32", "tiny");
+  try {
+    // 700 launches an op: at most 2 ops a timed submit (1,400 dispatches).
+    const many = (rec: Recorder) => {
+      for (let i = 0; i < 700; i++) fill(rec, t, i);
+    };
+    const timing = await timeOp(gpu, many, 2, {
+      gpuClock: true,
+      submitTargetS: 10,
+      budgetS: 0.05,
+      minTimedS: 0.05,
+    });
+    assertEquals(timing.clock, "gpu");
+    assert(timing.perSubmit <= Math.floor(TIMED_DISPATCHES / 700), `R ${timing.perSubmit}`);
+    const rec = new Recorder(gpu);
+    for (let i = 0; i <= TIMED_DISPATCHES; i++) fill(rec, t, i);
+    const message = await rec.submitTimed().then(() => "no error", (e) => String(e));
+    assert(message.includes(`${TIMED_DISPATCHES + 1} dispatches, more than`), message);
+    assertEquals(rec.length, 0);
+  } finally {
+    t.destroy();
+  }
 });
