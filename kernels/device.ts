@@ -200,6 +200,8 @@ function plainLimits(limits: GPUSupportedLimits): GPUSupportedLimits {
     const value = (limits as unknown as Record<string, unknown>)[key];
     if (typeof value === "number") plain[key] = value;
   }
+  // A runtime whose limits are not enumerable keeps its own object (slower, still right).
+  if (Object.keys(plain).length === 0) return limits;
   // Not frozen: tests lower limits through a Proxy, which may not change a frozen property.
   return plain as unknown as GPUSupportedLimits;
 }

@@ -45,7 +45,9 @@ export function getPipeline(
  * `generate` memoized on its arguments (primitives and small plain objects, keyed by their JSON).
  * Launchers ask for their kernel's source on every launch, and generating the unrolled GEMMs'
  * (tens of kilobytes each) took more host time per training step than encoding the step.
- * `generate` must depend on its arguments alone.
+ * `generate` must depend on its arguments alone, and they must tell apart in JSON (which writes
+ * undefined, NaN and Infinity alike as null: the generators take booleans, finite numbers,
+ * strings and dtype records).
  */
 export function cachedSource<A extends unknown[]>(
   generate: (...args: A) => string,

@@ -7,6 +7,7 @@ import { GpuError } from "../kernels/device.ts";
 import { cachedSource, getPipeline } from "../kernels/pipeline.ts";
 import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { Workspace } from "../kernels/workspace.ts";
 
 /** out[i] = x[i] · scale + i, over `count` elements: what the bind groups below bind. */
 const SCALE_WGSL = /* wgsl */ `
@@ -124,6 +125,18 @@ gpuTest("BindGroupCache: a bind group that fails validation is not kept", async 
     x.destroy();
     out.destroy();
   }
+});
+
+gpuTest("BindGroupCache: starts over when a workspace outgrows its buffer", (gpu) => {
+  const cache = new BindGroupCache();
+  const group = {} as GPUBindGroup;
+  cache.set("a", group);
+  const scratch = new Workspace("recorder cache test scratch");
+  scratch.view(gpu, [8]);
+  assert(cache.get("a") === group, "a first buffer outgrows nothing");
+  scratch.view(gpu, [8000]); // the 8-element buffer is left to the garbage collector
+  assertEquals(cache.get("a"), undefined);
+  assertEquals(cache.size, 0);
 });
 
 Deno.test("BindGroupCache: starts over when full", () => {

@@ -70,6 +70,7 @@ gpuTest(
       { m: 41, n: 3, rows: 513, rowsPerBlock: 256, alpha: 0.75 }, // dB's form: a last block of 1
       { m: 16, n: 70, rows: 97, rowsPerBlock: 32 },
       { m: 1, n: 1, rows: 300, rowsPerBlock: 256 },
+      { m: 8, n: 8, rows: 300, rowsPerBlock: 128 }, // both narrow: A's side taken as the narrow one
       { m: 8, n: 65, rows: 256, rowsPerBlock: 256, f16: true },
     ];
     for (const [i, c] of cases.entries()) {
@@ -105,7 +106,7 @@ gpuTest(
       assertThrows(
         () => thinTnBlocks(rec, { ...base, a: wide, b: wide, m: 17, n: 17 }),
         GpuError,
-        "thinTnBlocks: neither m = 17 nor n = 17 is within 1..16",
+        "thinTnBlocks: neither m = 17 nor n = 17 is at most 16",
       );
       assertThrows(
         () => thinTnBlocks(rec, { ...base, rowsPerBlock: 0 }),
