@@ -18,7 +18,9 @@
 # first. Only what the table needs comes back through $OUT, as one
 # archive (the device tool returns a few files): each finished cell's metrics.json and its seeds'
 # run.json and metrics.json (their mtimes give the minutes per seed), every cell's log and the
-# table. An unfinished cell comes back as its log only: run it again in a later call.
+# table. An unfinished cell comes back as its log, its run.json and its finished seeds' run.json
+# and metrics.json: unpacked into runs/ here and carried to a later call (carry
+# ["runs/mini-evidence-gpu"], beside .gpu), it goes on from its next seed there.
 set -uo pipefail
 out_dir=runs/mini-evidence-gpu
 # With deno.lock, Deno installs every npm package the lock lists as soon as a program needs any
@@ -39,9 +41,14 @@ mkdir -p "$dest"
   {
     for cell in mini-evidence-gpu/*/; do
       cell=${cell%/}
-      [[ -f $cell/metrics.json ]] || continue
-      echo "$cell/metrics.json"
-      ls "$cell"/seed-*/run.json "$cell"/seed-*/metrics.json 2>/dev/null
+      [[ -f $cell/run.json ]] || continue
+      [[ -f $cell/metrics.json ]] && echo "$cell/metrics.json"
+      # An unfinished cell's finished seeds too: with the cell's run.json they are all that a
+      # resumed run reads of them (it skips a seed whose metrics.json exists).
+      echo "$cell/run.json"
+      for seed in "$cell"/seed-*/; do
+        [[ -f $seed/metrics.json ]] && echo "${seed}run.json" && echo "${seed}metrics.json"
+      done
     done
     ls mini-evidence-gpu/logs/*.log mini-evidence-gpu/table.md 2>/dev/null
   } > /tmp/mini-evidence-files
