@@ -240,6 +240,31 @@ export function expectShape(
   }
 }
 
+/**
+ * Checks that `t` holds exactly `numel` elements of one of `dtypes` (any shape: ops that read a
+ * flat range) and fits one storage binding; throws a one-line GpuError naming `op` and `name`.
+ */
+export function expectElements(
+  op: string,
+  name: string,
+  t: Tensor,
+  numel: number,
+  dtypes: readonly DType[],
+): void {
+  if (t.numel !== numel) {
+    throw new GpuError(
+      `${op}: ${name} ("${t.label}") has ${t.numel} elements [${t.shape.join(", ")}], ` +
+        `expected ${numel}`,
+    );
+  }
+  if (!dtypes.includes(t.dtype)) {
+    throw new GpuError(
+      `${op}: ${name} ("${t.label}") is ${t.dtype}, expected ${dtypes.join(" or ")}`,
+    );
+  }
+  expectBindable(op, name, t);
+}
+
 /** Throws unless `t` fits in one storage binding of this adapter (128 MiB on lavapipe). */
 export function expectBindable(op: string, name: string, t: Tensor): void {
   const max = t.gpu.limits.maxStorageBufferBindingSize;

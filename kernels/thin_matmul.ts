@@ -12,7 +12,7 @@ import { enableF16, expectF16, loadAs } from "./f16.ts";
 import { range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import { type DType, expectElements, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /** The widest output this op takes (LoRA's rank r); wider ones are `matmul`'s. */
 export const THIN_MAX_N = 16;
@@ -113,21 +113,9 @@ export function thinMatmul(rec: Recorder, args: ThinMatmulArgs): void {
   }
   if (n < 1 || n > THIN_MAX_N) fail(op, `n = ${n} is outside 1..${THIN_MAX_N}`);
   if (!Number.isFinite(alpha)) fail(op, `alpha must be finite, got ${alpha}`);
-  const expect = (name: string, t: Tensor, numel: number, dtypes: readonly DType[]) => {
-    if (t.numel !== numel) {
-      fail(
-        op,
-        `${name} ("${t.label}") has ${t.numel} elements [${t.shape.join(", ")}], expected ${numel}`,
-      );
-    }
-    if (!dtypes.includes(t.dtype)) {
-      fail(op, `${name} ("${t.label}") is ${t.dtype}, expected ${dtypes.join(" or ")}`);
-    }
-    expectBindable(op, name, t);
-  };
-  expect("x", x, m * k, FLOAT_DTYPES);
-  expect("w", w, n * k, ["f32"]);
-  expect("c", c, m * n, ["f32"]);
+  expectElements(op, "x", x, m * k, FLOAT_DTYPES);
+  expectElements(op, "w", w, n * k, ["f32"]);
+  expectElements(op, "c", c, m * n, ["f32"]);
   for (const [name, t] of [["x", x], ["w", w]] as const) {
     if (t.buffer === c.buffer) {
       fail(op, `c ("${c.label}") shares a GPU buffer with ${name} ("${t.label}")`);

@@ -15,7 +15,7 @@ import { enableF16, expectF16, loadAs } from "./f16.ts";
 import { range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { type DType, expectBindable, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import { type DType, expectElements, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /** The widest narrow side this op takes; wider products are `matmul`'s. */
 export const THIN_TN_MAX = 16;
@@ -101,21 +101,9 @@ export function thinTnBlocks(rec: Recorder, args: ThinTnBlocksArgs): void {
   if (s > THIN_TN_MAX) fail(op, `neither m = ${m} nor n = ${n} is at most ${THIN_TN_MAX}`);
   if (!Number.isFinite(alpha)) fail(op, `alpha must be finite, got ${alpha}`);
   const blocks = Math.ceil(rows / rowsPerBlock);
-  const expect = (name: string, t: Tensor, numel: number, dtypes: readonly DType[]) => {
-    if (t.numel !== numel) {
-      fail(
-        op,
-        `${name} ("${t.label}") has ${t.numel} elements [${t.shape.join(", ")}], expected ${numel}`,
-      );
-    }
-    if (!dtypes.includes(t.dtype)) {
-      fail(op, `${name} ("${t.label}") is ${t.dtype}, expected ${dtypes.join(" or ")}`);
-    }
-    expectBindable(op, name, t);
-  };
-  expect("a", a, rows * m, FLOAT_DTYPES);
-  expect("b", b, rows * n, FLOAT_DTYPES);
-  expect("partial", partial, blocks * m * n, ["f32"]);
+  expectElements(op, "a", a, rows * m, FLOAT_DTYPES);
+  expectElements(op, "b", b, rows * n, FLOAT_DTYPES);
+  expectElements(op, "partial", partial, blocks * m * n, ["f32"]);
   for (const [name, t] of [["a", a], ["b", b]] as const) {
     if (t.buffer === partial.buffer) {
       fail(op, `partial ("${partial.label}") shares a GPU buffer with ${name} ("${t.label}")`);
