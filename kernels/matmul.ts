@@ -1075,6 +1075,8 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
 
+  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
+    chooseVariant(m, n, transA);
   // A weight gradient over many tokens: its k-slices in one batched launch, then their sum in
   // order (kernels/matmul_split.ts).
   const split = args.epilogue || c.dtype !== "f32"
@@ -1084,8 +1086,6 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
     const kc = k / split;
     // An nn_ choice untransposes the whole of A first (the batched slices could not: an nn_
     // variant of a batch runs the heuristic's kernel), then the slices run its kernel on the copy.
-    const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
-      chooseVariant(m, n, transA);
     const kernel = untransposedKernel(asked);
     const copied = kernel
       ? untransposeOperands(rec, op, { ...args, transA, transB, lda, ldb })
@@ -1142,8 +1142,6 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
 
   const [rsA, csA] = transA ? [1, lda] : [lda, 1];
   const [rsB, csB] = transB ? [1, ldb] : [ldb, 1];
-  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
-    chooseVariant(m, n, transA);
   let variant = untransposedKernel(asked) ?? asked as KernelVariant;
   if (variant !== asked && (transA || transB)) {
     if (count === 1) {
