@@ -7,7 +7,7 @@
 // the heavy shapes on a CPU adapter keep the whole bench short.
 
 import type { Gpu } from "../kernels/device.ts";
-import { Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
+import { gpuClockByDefault, Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
 
 /**
  * One measured op. `kernel` is a snake_case name; the numeric shape fields (m, n, k; rows,
@@ -112,7 +112,7 @@ export async function measure(
  * GPU spends on the ops, as a CUDA event pair or a synchronised loop of many calls measures
  * PyTorch's. Otherwise (a CPU adapter, no timestamps, `gpuClock: false`), the host's clock from
  * the submit until the GPU has finished: bind groups, encoding and the submit's fixed cost
- * included (measured at 12-14 ms a submit on lavapipe and on the H200, 2026-11-27), which R
+ * included (about 12 ms a submit on lavapipe, 11 on the H200, 2026-11-27), which R
  * ops per submit spread thin. The launcher calls, and the pipelines they compile on first use,
  * are never timed.
  */
@@ -123,8 +123,9 @@ export async function timeOp(
   options: TimingOptions = {},
 ): Promise<Timing> {
   const rec = new Recorder(gpu);
-  const gpuClock = gpu.hasTimestampQuery &&
-    (options.gpuClock ?? !gpu.adapter.info.isFallbackAdapter);
+  const gpuClock = options.gpuClock === undefined
+    ? gpuClockByDefault(gpu)
+    : options.gpuClock && gpu.hasTimestampQuery;
   if (!gpuClock) {
     return measure(
       async (r) => {

@@ -35,7 +35,7 @@ import {
   setMatmulTuner,
   untransposedKernel,
 } from "./matmul.ts";
-import { Recorder } from "./recorder.ts";
+import { gpuClockByDefault, Recorder } from "./recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "./tensor.ts";
 import { transposeKernelSources } from "./transpose.ts";
 
@@ -317,23 +317,18 @@ function pseudoRandom(n: number, seed: number): Float32Array {
 
 /**
  * Milliseconds of one submit of `reps` copies of the product: on a GPU with timestamp queries,
- * the GPU's span from the first dispatch's start to the last's end; otherwise until the GPU
- * finished on the host's clock, with the submit's fixed cost in it (12-14 ms, on lavapipe as on
- * the H200: a share that `reps` has to make small).
+ * not a CPU one (`gpuClockByDefault`), the GPU's span from the first dispatch's start to the
+ * last's end; otherwise until the GPU finished on the host's clock, with the submit's fixed cost
+ * in it (about 12 ms on lavapipe: a share that `reps` has to make small).
  */
 async function runProduct(gpu: Gpu, args: MatmulArgs, reps = 1): Promise<number> {
   const rec = new Recorder(gpu);
   for (let i = 0; i < reps; i++) matmul(rec, args);
-  if (gpuClock(gpu)) return (await rec.submitTimed()) / 1e6;
+  if (gpuClockByDefault(gpu)) return (await rec.submitTimed()) / 1e6;
   const t0 = performance.now();
   await rec.submit();
   await gpu.device.queue.onSubmittedWorkDone();
   return performance.now() - t0;
-}
-
-/** Whether runProduct reads the GPU's clock (CPU adapters keep the host's, as before). */
-function gpuClock(gpu: Gpu): boolean {
-  return gpu.hasTimestampQuery && !gpu.adapter.info.isFallbackAdapter;
 }
 
 async function resultBits(gpu: Gpu, args: MatmulArgs): Promise<Uint32Array> {

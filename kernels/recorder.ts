@@ -70,6 +70,20 @@ export interface DispatchProfile {
 
 const profiles = new WeakMap<Gpu, DispatchProfile>();
 
+function expectTimestamps(gpu: Gpu, use: string): void {
+  if (!gpu.hasTimestampQuery) {
+    throw new GpuError(`${use} needs the timestamp-query feature, which ${gpu.description} lacks`);
+  }
+}
+
+/**
+ * Whether timings read the GPU's clock (`Recorder.submitTimed`) unless told otherwise: where the
+ * adapter has timestamp queries and is not a CPU one (lavapipe keeps the host's clock).
+ */
+export function gpuClockByDefault(gpu: Gpu): boolean {
+  return gpu.hasTimestampQuery && !gpu.adapter.info.isFallbackAdapter;
+}
+
 /** The most dispatches a profiled submit times: two timestamps each, 4,096 in a query set. */
 export const TIMED_DISPATCHES = 2048;
 
@@ -82,11 +96,7 @@ export function profileDispatches(gpu: Gpu, on = true): DispatchProfile | null {
     profiles.delete(gpu);
     return null;
   }
-  if (!gpu.hasTimestampQuery) {
-    throw new GpuError(
-      `profiling needs the timestamp-query feature, which ${gpu.description} lacks`,
-    );
-  }
+  expectTimestamps(gpu, "profiling");
   const profile: DispatchProfile = { byLabel: new Map(), spans: [] };
   profiles.set(gpu, profile);
   return profile;
@@ -287,11 +297,7 @@ export class Recorder {
    * timed in part. An attached `profileDispatches` profile is left out of it.
    */
   async submitTimed(): Promise<number> {
-    if (!this.gpu.hasTimestampQuery) {
-      throw new GpuError(
-        `timing needs the timestamp-query feature, which ${this.gpu.description} lacks`,
-      );
-    }
+    expectTimestamps(this.gpu, "timing");
     const dispatches = this.commands.filter((c) => c.kind === "dispatch").length;
     if (dispatches > TIMED_DISPATCHES) {
       this.commands = [];
