@@ -155,7 +155,10 @@ function dtypesSuffix(t: Dtypes): string {
  *   alignment needs as the vec4 kernels (otherwise `direct4x4`). `tiled_8x4` / `tiled_4x8`:
  *   128×64 / 64×128 blocks, between the two: on the H200 (2026-11-27) the 4×4 tile beat the 8×8,
  *   which does twice the multiply-adds per value it reads from workgroup memory on a quarter as
- *   many blocks.
+ *   many blocks. `tiled_<rm>x<rn>w`: the same kernels with the invocations of a 32-wide subgroup
+ *   (NVIDIA's warp) placed 8 × 4 over the block instead of 16 × 2, so that a warp's reads of
+ *   workgroup memory touch 8 column and 4 row vec4s a step (128 + 64 bytes) instead of 16 and 2
+ *   (256 + 32): fewer shared-memory wavefronts for the same multiply-adds. Same sums, same bits.
  * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
  *   uncoalesced: a transposed operand is first copied untransposed into a workspace
  *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
@@ -179,7 +182,11 @@ type KernelVariant =
   | "tiled_4x4"
   | "tiled_8x4"
   | "tiled_4x8"
-  | "tiled_8x8";
+  | "tiled_8x8"
+  | "tiled_4x4w"
+  | "tiled_8x4w"
+  | "tiled_4x8w"
+  | "tiled_8x8w";
 
 /** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
 const NN_KERNELS = [
@@ -191,6 +198,10 @@ const NN_KERNELS = [
   "tiled_8x4",
   "tiled_4x8",
   "tiled_8x8",
+  "tiled_4x4w",
+  "tiled_8x4w",
+  "tiled_4x8w",
+  "tiled_8x8w",
 ] as const;
 
 /** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
@@ -213,6 +224,10 @@ const KERNEL_VARIANTS: readonly KernelVariant[] = [
   "tiled_8x4",
   "tiled_4x8",
   "tiled_8x8",
+  "tiled_4x4w",
+  "tiled_8x4w",
+  "tiled_4x8w",
+  "tiled_8x8w",
 ];
 
 /** Every variant (kernels/matmul_autotune.ts times a subset of them). */
@@ -225,7 +240,7 @@ type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
   | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number }
-  | { kind: "tiled"; rm: number; rn: number; bk: number };
+  | { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
@@ -242,6 +257,10 @@ const VARIANTS: Record<KernelVariant, VariantSpec> = {
   tiled_8x4: { kind: "tiled", rm: 8, rn: 4, bk: 16 },
   tiled_4x8: { kind: "tiled", rm: 4, rn: 8, bk: 16 },
   tiled_8x8: { kind: "tiled", rm: 8, rn: 8, bk: 8 },
+  tiled_4x4w: { kind: "tiled", rm: 4, rn: 4, bk: 16, warp: true },
+  tiled_8x4w: { kind: "tiled", rm: 8, rn: 4, bk: 16, warp: true },
+  tiled_4x8w: { kind: "tiled", rm: 4, rn: 8, bk: 16, warp: true },
+  tiled_8x8w: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true },
 };
 
 /**
@@ -702,9 +721,12 @@ function tiledWgsl(
   epilogue: EpilogueKind,
   t = ALL_F32,
   sliced = false,
+  warp = false,
 ): string {
   const W = 16;
   const threads = W * W;
+  // The invocation's place in the block: its local id, or (warp) 8 × 4 per 32 invocations.
+  const [tx, ty] = warp ? ["tx", "ty"] : ["lid.x", "lid.y"];
   const bm = W * rm, bn = W * rn;
   const sc = sliceCode(sliced, partialBinding(epilogue));
   const wide = (d: DType, e: string) => (d === "f16" ? `vec4<f32>(${e})` : e);
@@ -769,16 +791,16 @@ function tiledWgsl(
   const opA = operand("A", bm, !transA);
   const opB = operand("B", bn, transB);
   const groups = range(rm / 4), cgs = range(rn / 4);
-  const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + lid.y * 4u + ${i}u`;
-  const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + lid.x * 4u + ${j}u`;
+  const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + ${ty} * 4u + ${i}u`;
+  const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + ${tx} * 4u + ${j}u`;
   // The bk steps of a slice unrolled (wgpu gives every WGSL loop a counter of its own, which can
   // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
   const compute = range(bk).map((kk) => {
     const lines: string[] = [];
     for (const g of groups) {
-      lines.push(`let av${g} = As[${kk * opA.pitch}u + lid.y + ${W * g}u];`);
+      lines.push(`let av${g} = As[${kk * opA.pitch}u + ${ty} + ${W * g}u];`);
     }
-    for (const h of cgs) lines.push(`let bv${h} = Bs[${kk * opB.pitch}u + lid.x + ${W * h}u];`);
+    for (const h of cgs) lines.push(`let bv${h} = Bs[${kk * opB.pitch}u + ${tx} + ${W * h}u];`);
     for (const g of groups) {
       for (const i of range(4)) {
         for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
@@ -820,7 +842,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
         @builtin(local_invocation_index) li: u32) {
   ${BASES_WGSL}
   let row0 = wid.y * ${bm}u;
-  let col0 = wid.x * ${bn}u;
+  let col0 = wid.x * ${bn}u;${
+    warp
+      ? `
+  let tx = (li / 32u) % 2u * 8u + li % 8u;
+  let ty = li / 64u * 4u + li % 32u / 8u;`
+      : ""
+  }
   ${accs.join("\n  ")}
   ${opA.decl}
   ${opB.decl}
@@ -886,7 +914,17 @@ export function matmulKernelSources(): string {
             const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
           ) {
             parts.push(
-              tiledWgsl(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, ALL_F32, sliced),
+              tiledWgsl(
+                spec.rm,
+                spec.rn,
+                spec.bk,
+                transA,
+                transB,
+                epilogue,
+                ALL_F32,
+                sliced,
+                spec.warp,
+              ),
             );
           }
         } else {
@@ -1179,7 +1217,17 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   } else if (spec.kind === "tiled") {
     gx = Math.ceil(n / (16 * spec.rn));
     gy = Math.ceil(m / (16 * spec.rm));
-    const code = tiledSource(spec.rm, spec.rn, spec.bk, transA, transB, epilogue, dtypes, sliced);
+    const code = tiledSource(
+      spec.rm,
+      spec.rn,
+      spec.bk,
+      transA,
+      transB,
+      epilogue,
+      dtypes,
+      sliced,
+      spec.warp,
+    );
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
