@@ -12,7 +12,7 @@
 // last checkpoint, so the command can be repeated until everything is done. The random model is
 // made first with tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
 // At the end (or alone with --table-only) it writes <out>/table.md: README's table of the
-// finished cells, the task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's
+// finished cells (and of an unfinished one's finished seeds, its seeds column "2 of 4"), the task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's
 // Pearson r) × 100 (best over the run and final, mean ± population std over seeds) and the minutes
 // each seed took (from its folder's run.json to its metrics.json: a seed resumed later counts the
 // pause too). `--no-report` leaves report.ts out (it draws with vega, which the offline GPU
@@ -24,8 +24,9 @@ import { TASKS } from "../tasks/all.ts";
 import { TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
+import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
 
-const METHODS: { name: string; label: string; flags: string[]; random?: boolean }[] = [
+export const METHODS: { name: string; label: string; flags: string[]; random?: boolean }[] = [
   { name: "ft", label: "FT", flags: ["--strategy", "ft"] },
   { name: "ft-random", label: "FT", flags: ["--strategy", "ft"], random: true },
   {
@@ -44,15 +45,46 @@ interface CellMetrics {
   seeds?: Record<string, unknown>;
 }
 
-/** README's table of the finished cells (see the header). */
-async function writeTable(out: string, tasks: string[], methods: typeof METHODS): Promise<void> {
+/**
+ * A cell's metrics: its metrics.json when the cell finished; otherwise, from the seeds that did
+ * (each seed folder's metrics.json, summarized as train.ts does), so that a cell stopped at a
+ * deadline still shows what it has; null when no seed finished.
+ */
+async function cellMetrics(
+  dir: string,
+): Promise<{ metrics: CellMetrics; partial: boolean } | null> {
+  if (await exists(`${dir}/metrics.json`)) {
+    return { metrics: JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`)), partial: false };
+  }
+  const seeds: Record<string, RunMetrics> = {};
+  if (!(await exists(dir))) return null;
+  for await (const e of Deno.readDir(dir)) {
+    const seed = /^seed-(\d+)$/.exec(e.name)?.[1];
+    if (!e.isDirectory || !seed || !(await exists(`${dir}/${e.name}/metrics.json`))) continue;
+    seeds[seed] = JSON.parse(await Deno.readTextFile(`${dir}/${e.name}/metrics.json`));
+  }
+  if (Object.keys(seeds).length === 0) return null;
+  return { metrics: summarizeSeeds(seeds) as CellMetrics, partial: true };
+}
+
+/**
+ * README's table of the cells (see the header): finished ones, and unfinished ones with the seeds
+ * that finished, their seeds column saying how many of `seedCount` ("2 of 4").
+ */
+export async function writeTable(
+  out: string,
+  tasks: string[],
+  methods: typeof METHODS,
+  seedCount: number,
+): Promise<void> {
   const pct = (x: number) => (100 * x).toFixed(1);
   const rows: string[][] = [];
   for (const name of tasks) {
     for (const m of methods) {
       const dir = `${out}/${name}-${m.name}`;
-      if (!(await exists(`${dir}/metrics.json`))) continue;
-      const r: CellMetrics = JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`));
+      const found = await cellMetrics(dir);
+      if (!found) continue;
+      const r = found.metrics;
       const seeds = Object.keys(r.seeds ?? { one: 0 });
       const column = TABLE_TASKS.find((t) => t.name === name);
       const metric = column?.metric ?? "accuracy";
@@ -72,7 +104,7 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
         m.random
           ? "the same shape, random init (`tools/random_model.ts`, seed 0)"
           : "ehft-mini-en (pretrained)",
-        String(seeds.length),
+        found.partial ? `${seeds.length} of ${seedCount}` : String(seeds.length),
         cell("best"),
         cell("final"),
         minutes.length > 0
@@ -94,7 +126,12 @@ async function writeTable(out: string, tasks: string[], methods: typeof METHODS)
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   const table = [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n") + "\n";
   await Deno.writeTextFile(`${out}/table.md`, table);
-  console.error(`mini_evidence: ${out}/table.md (${rows.length} cells)`);
+  const partial = rows.filter((r) => r[4].includes(" of ")).length;
+  console.error(
+    `mini_evidence: ${out}/table.md (${rows.length} cells${
+      partial ? `, ${partial} of them unfinished: the seeds that finished` : ""
+    })`,
+  );
 }
 
 /**
@@ -213,7 +250,11 @@ async function main(): Promise<void> {
     ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
     : METHODS;
   const tasks = f.tasks!.split(",");
-  if (f["table-only"]) return await writeTable(out, tasks, methods);
+  const seedCount = Number(f.seeds);
+  if (!Number.isInteger(seedCount) || seedCount < 1) {
+    throw new Error(`--seeds: "${f.seeds}" is not a count`);
+  }
+  if (f["table-only"]) return await writeTable(out, tasks, methods, seedCount);
   const jobs = Number(f.jobs);
   if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
   const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
@@ -271,7 +312,7 @@ async function main(): Promise<void> {
   }
   const unfinished: string[] = [];
   for (const c of cells) if (!(await exists(`${c.dir}/metrics.json`))) unfinished.push(c.dir);
-  await writeTable(out, tasks, methods);
+  await writeTable(out, tasks, methods, seedCount);
   if (unfinished.length > 0) {
     console.error(
       `mini_evidence: ${unfinished.length} cells unfinished at the deadline (${
@@ -283,9 +324,11 @@ async function main(): Promise<void> {
   if (!f["no-report"]) await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
 }
 
-try {
-  await main();
-} catch (e) {
-  console.error(`mini_evidence: ${(e as Error).message}`);
-  Deno.exit(1);
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`mini_evidence: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
 }

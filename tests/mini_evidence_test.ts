@@ -1,0 +1,57 @@
+// tools/mini_evidence.ts's table: finished cells, and an unfinished cell's finished seeds.
+
+import { assert, assertEquals } from "./assert.ts";
+import { METHODS, writeTable } from "../tools/mini_evidence.ts";
+
+async function writeJson(path: string, value: unknown): Promise<void> {
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+  await Deno.writeTextFile(path, JSON.stringify(value));
+}
+
+Deno.test("mini_evidence: the table has finished cells and an unfinished one's finished seeds", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const run = (acc: number) => ({ best: { accuracy: acc + 0.01 }, final: { accuracy: acc } });
+    // A finished cell: its metrics.json (as train.ts writes it) and its seed folders.
+    for (const seed of ["42", "43"]) {
+      await writeJson(`${out}/cb-ft/seed-${seed}/run.json`, {});
+      await writeJson(`${out}/cb-ft/seed-${seed}/metrics.json`, run(0.5));
+    }
+    await writeJson(`${out}/cb-ft/metrics.json`, {
+      ...run(0.5),
+      std: { best: { accuracy: 0 }, final: { accuracy: 0 } },
+      seeds: { "42": run(0.5), "43": run(0.5) },
+    });
+    // Unfinished: seeds 42 and 43 finished, 44 under way (no metrics.json), no cell metrics.
+    await writeJson(`${out}/cb-lpft/seed-42/run.json`, {});
+    await writeJson(`${out}/cb-lpft/seed-42/metrics.json`, run(0.6));
+    await writeJson(`${out}/cb-lpft/seed-43/run.json`, {});
+    await writeJson(`${out}/cb-lpft/seed-43/metrics.json`, run(0.7));
+    await writeJson(`${out}/cb-lpft/seed-44/run.json`, {});
+    // Started, nothing finished: no row.
+    await writeJson(`${out}/cb-ehft-lora/seed-42/run.json`, {});
+    await writeTable(out, ["cb"], METHODS, 4);
+    const rows = (await Deno.readTextFile(`${out}/table.md`)).trim().split("\n").slice(2)
+      .map((line) => line.split("|").slice(1, -1).map((c) => c.trim()));
+    assertEquals(rows.length, 2, rows.join("\n"));
+    assertEquals(rows[0].slice(0, 7), [
+      "CB",
+      "accuracy",
+      "FT",
+      "ehft-mini-en (pretrained)",
+      "2",
+      "51.0 ± 0.0",
+      "50.0 ± 0.0",
+    ]);
+    assertEquals(rows[1].slice(2, 7), [
+      "LP-FT",
+      "ehft-mini-en (pretrained)",
+      "2 of 4",
+      "66.0 ± 5.0",
+      "65.0 ± 5.0",
+    ]);
+    assert(/^\d+\.\d–\d+\.\d$/.test(rows[1][7]), rows[1][7]);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
