@@ -62,8 +62,8 @@ for (const [transA, transB, product] of products) {
     // Without a transposed operand an nn_ variant runs its kernel as is: that kernel's own row.
     if (product === "NN" && untransposedKernel(variant)) continue;
     const args = { a, b, c, m, n, k, transA, transB, variant };
-    // Short submits on a GPU (timed on its clock: bench/timing.ts), so that the 49 bench/gpu.ts
-    // asks for fit its 30 s phase; a CPU adapter's submit costs about 12 ms by itself, timed on
+    // Short submits on a GPU (timed on its clock: bench/timing.ts), so that the 69 bench/gpu.ts
+    // asks for fit its 45 s phase; a CPU adapter's submit costs about 12 ms by itself, timed on
     // the host's clock, so it needs longer ones.
     const timing = await timeOp(gpu, (rec) => matmul(rec, args), reps, {
       submitTargetS: onCpu ? 0.1 : 0.02,

@@ -23,14 +23,20 @@ Deno.test("mini_evidence: the table has finished cells and an unfinished one's f
       seeds: { "42": run(0.5), "43": run(0.5) },
     });
     // Unfinished: seeds 42 and 43 finished, 44 under way (no metrics.json), no cell metrics.
+    const folders = ["seed-42", "seed-43", "seed-44", "seed-45"];
+    await writeJson(`${out}/cb-lpft/run.json`, { settings: {}, seed_folders: folders });
+    // A seed folder not in the cell's run.json (an earlier run's) is not counted.
+    await writeJson(`${out}/cb-lpft/seed-7/run.json`, {});
+    await writeJson(`${out}/cb-lpft/seed-7/metrics.json`, run(0.9));
     await writeJson(`${out}/cb-lpft/seed-42/run.json`, {});
     await writeJson(`${out}/cb-lpft/seed-42/metrics.json`, run(0.6));
     await writeJson(`${out}/cb-lpft/seed-43/run.json`, {});
     await writeJson(`${out}/cb-lpft/seed-43/metrics.json`, run(0.7));
     await writeJson(`${out}/cb-lpft/seed-44/run.json`, {});
     // Started, nothing finished: no row.
+    await writeJson(`${out}/cb-ehft-lora/run.json`, { settings: {}, seed_folders: folders });
     await writeJson(`${out}/cb-ehft-lora/seed-42/run.json`, {});
-    await writeTable(out, ["cb"], METHODS, 4);
+    await writeTable(out, ["cb"], METHODS);
     const rows = (await Deno.readTextFile(`${out}/table.md`)).trim().split("\n").slice(2)
       .map((line) => line.split("|").slice(1, -1).map((c) => c.trim()));
     assertEquals(rows.length, 2, rows.join("\n"));

@@ -12,11 +12,12 @@
 // last checkpoint, so the command can be repeated until everything is done. The random model is
 // made first with tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
 // At the end (or alone with --table-only) it writes <out>/table.md: README's table of the
-// finished cells (and of an unfinished one's finished seeds, its seeds column "2 of 4"), the task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's
-// Pearson r) × 100 (best over the run and final, mean ± population std over seeds) and the minutes
-// each seed took (from its folder's run.json to its metrics.json: a seed resumed later counts the
-// pause too). `--no-report` leaves report.ts out (it draws with vega, which the offline GPU
-// machine does not get: tools/mini_evidence_gpu.sh).
+// finished cells (and of an unfinished one's finished seeds, its seeds column "2 of 4"), the
+// task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's Pearson r) × 100
+// (best over the run and final, mean ± population std over seeds) and the minutes each seed took
+// (from its folder's run.json to its metrics.json: a seed resumed later counts the pause too).
+// `--no-report` leaves report.ts out (it draws with vega, which the offline GPU machine does not
+// get: tools/mini_evidence_gpu.sh).
 
 import { parseArgs } from "node:util";
 import { exists } from "../model/atomic_write.ts";
@@ -46,36 +47,38 @@ interface CellMetrics {
 }
 
 /**
- * A cell's metrics: its metrics.json when the cell finished; otherwise, from the seeds that did
- * (each seed folder's metrics.json, summarized as train.ts does), so that a cell stopped at a
- * deadline still shows what it has; null when no seed finished.
+ * A cell's metrics: its metrics.json when the cell finished; otherwise, from the seeds of its
+ * run.json (`seed_folders`, as train.ts writes it) that did, each seed folder's metrics.json
+ * summarized as train.ts does, so that a cell stopped at a deadline still shows what it has, and
+ * `of` how many seeds it runs; null when no seed finished.
  */
 async function cellMetrics(
   dir: string,
-): Promise<{ metrics: CellMetrics; partial: boolean } | null> {
+): Promise<{ metrics: CellMetrics; of?: number } | null> {
   if (await exists(`${dir}/metrics.json`)) {
-    return { metrics: JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`)), partial: false };
+    return { metrics: JSON.parse(await Deno.readTextFile(`${dir}/metrics.json`)) };
   }
+  if (!(await exists(`${dir}/run.json`))) return null;
+  const folders: string[] = JSON.parse(await Deno.readTextFile(`${dir}/run.json`)).seed_folders ??
+    [];
   const seeds: Record<string, RunMetrics> = {};
-  if (!(await exists(dir))) return null;
-  for await (const e of Deno.readDir(dir)) {
-    const seed = /^seed-(\d+)$/.exec(e.name)?.[1];
-    if (!e.isDirectory || !seed || !(await exists(`${dir}/${e.name}/metrics.json`))) continue;
-    seeds[seed] = JSON.parse(await Deno.readTextFile(`${dir}/${e.name}/metrics.json`));
+  for (const folder of folders) {
+    const seed = /^seed-(\d+)$/.exec(folder)?.[1];
+    if (!seed || !(await exists(`${dir}/${folder}/metrics.json`))) continue;
+    seeds[seed] = JSON.parse(await Deno.readTextFile(`${dir}/${folder}/metrics.json`));
   }
   if (Object.keys(seeds).length === 0) return null;
-  return { metrics: summarizeSeeds(seeds) as CellMetrics, partial: true };
+  return { metrics: summarizeSeeds(seeds) as CellMetrics, of: folders.length };
 }
 
 /**
  * README's table of the cells (see the header): finished ones, and unfinished ones with the seeds
- * that finished, their seeds column saying how many of `seedCount` ("2 of 4").
+ * that finished, their seeds column saying how many of the cell's ("2 of 4").
  */
 export async function writeTable(
   out: string,
   tasks: string[],
   methods: typeof METHODS,
-  seedCount: number,
 ): Promise<void> {
   const pct = (x: number) => (100 * x).toFixed(1);
   const rows: string[][] = [];
@@ -104,7 +107,7 @@ export async function writeTable(
         m.random
           ? "the same shape, random init (`tools/random_model.ts`, seed 0)"
           : "ehft-mini-en (pretrained)",
-        found.partial ? `${seeds.length} of ${seedCount}` : String(seeds.length),
+        found.of === undefined ? String(seeds.length) : `${seeds.length} of ${found.of}`,
         cell("best"),
         cell("final"),
         minutes.length > 0
@@ -250,11 +253,7 @@ async function main(): Promise<void> {
     ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
     : METHODS;
   const tasks = f.tasks!.split(",");
-  const seedCount = Number(f.seeds);
-  if (!Number.isInteger(seedCount) || seedCount < 1) {
-    throw new Error(`--seeds: "${f.seeds}" is not a count`);
-  }
-  if (f["table-only"]) return await writeTable(out, tasks, methods, seedCount);
+  if (f["table-only"]) return await writeTable(out, tasks, methods);
   const jobs = Number(f.jobs);
   if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
   const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
@@ -312,7 +311,7 @@ async function main(): Promise<void> {
   }
   const unfinished: string[] = [];
   for (const c of cells) if (!(await exists(`${c.dir}/metrics.json`))) unfinished.push(c.dir);
-  await writeTable(out, tasks, methods, seedCount);
+  await writeTable(out, tasks, methods);
   if (unfinished.length > 0) {
     console.error(
       `mini_evidence: ${unfinished.length} cells unfinished at the deadline (${

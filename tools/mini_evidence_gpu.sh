@@ -13,8 +13,8 @@
 # tools/mini_evidence.ts runs the cells (task × method, 4 seeds each) JOBS at a time (several
 # processes keep one GPU busier than one process's dispatches can) and stops them at DEADLINE
 # seconds (default 420; beside bench/gpu.ts in the same task, whose 15 device minutes include the
-# machine's start, DEADLINE=300 (timeout 400) and `bench/gpu.ts --budget 300` (its phases' floors
-# make that up to about 360 s: timeout 420) fit both, on one warm machine); the largest tasks go
+# machine's start, DEADLINE=300 (timeout 400) and `bench/gpu.ts --budget 290` (its phases' limits
+# add up to about 400 s at most: timeout 480) fit both, on one warm machine); the largest tasks go
 # first. Only what the table needs comes back through $OUT, as one
 # archive (the device tool returns a few files): each finished cell's metrics.json and its seeds'
 # run.json and metrics.json (their mtimes give the minutes per seed), every cell's log and the
