@@ -240,7 +240,9 @@ type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
   | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number }
-  | { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
+  | TiledSpec;
+
+type TiledSpec = { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
@@ -713,15 +715,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
  * columns past the edge are loaded clamped and never stored, k past the end is zero.
  */
 function tiledWgsl(
-  rm: number,
-  rn: number,
-  bk: number,
+  { rm, rn, bk, warp = false }: TiledSpec,
   transA: boolean,
   transB: boolean,
   epilogue: EpilogueKind,
   t = ALL_F32,
   sliced = false,
-  warp = false,
 ): string {
   const W = 16;
   const threads = W * W;
@@ -913,19 +912,7 @@ export function matmulKernelSources(): string {
           for (
             const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]
           ) {
-            parts.push(
-              tiledWgsl(
-                spec.rm,
-                spec.rn,
-                spec.bk,
-                transA,
-                transB,
-                epilogue,
-                ALL_F32,
-                sliced,
-                spec.warp,
-              ),
-            );
+            parts.push(tiledWgsl(spec, transA, transB, epilogue, ALL_F32, sliced));
           }
         } else {
           for (
@@ -1217,17 +1204,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   } else if (spec.kind === "tiled") {
     gx = Math.ceil(n / (16 * spec.rn));
     gy = Math.ceil(m / (16 * spec.rm));
-    const code = tiledSource(
-      spec.rm,
-      spec.rn,
-      spec.bk,
-      transA,
-      transB,
-      epilogue,
-      dtypes,
-      sliced,
-      spec.warp,
-    );
+    const code = tiledSource(spec, transA, transB, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
