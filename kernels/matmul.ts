@@ -167,75 +167,6 @@ function dtypesSuffix(t: Dtypes): string {
  */
 export type MatmulVariant = KernelVariant | `nn_${typeof NN_KERNELS[number]}`;
 
-/** The variants with a kernel of their own. */
-type KernelVariant =
-  | "tile16"
-  | "tile64"
-  | "direct4x4"
-  | "vec4_4x4"
-  | "vec4_8x4"
-  | "vec4_4x4_wg256"
-  | "vec4_4x8"
-  | "vec4_8x8"
-  | "vec4_8x16"
-  | "vec4_16x8"
-  | "tiled_4x4"
-  | "tiled_8x4"
-  | "tiled_4x8"
-  | "tiled_8x8"
-  | "tiled_4x4w"
-  | "tiled_8x4w"
-  | "tiled_4x8w"
-  | "tiled_8x8w";
-
-/** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
-const NN_KERNELS = [
-  "vec4_4x4",
-  "vec4_8x8",
-  "vec4_8x16",
-  "vec4_16x8",
-  "tiled_4x4",
-  "tiled_8x4",
-  "tiled_4x8",
-  "tiled_8x8",
-  "tiled_4x4w",
-  "tiled_8x4w",
-  "tiled_4x8w",
-  "tiled_8x8w",
-] as const;
-
-/** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
-export function untransposedKernel(v: MatmulVariant): KernelVariant | undefined {
-  return v.startsWith("nn_") ? v.slice(3) as KernelVariant : undefined;
-}
-
-const KERNEL_VARIANTS: readonly KernelVariant[] = [
-  "tile16",
-  "tile64",
-  "direct4x4",
-  "vec4_4x4",
-  "vec4_8x4",
-  "vec4_4x4_wg256",
-  "vec4_4x8",
-  "vec4_8x8",
-  "vec4_8x16",
-  "vec4_16x8",
-  "tiled_4x4",
-  "tiled_8x4",
-  "tiled_4x8",
-  "tiled_8x8",
-  "tiled_4x4w",
-  "tiled_8x4w",
-  "tiled_4x8w",
-  "tiled_8x8w",
-];
-
-/** Every variant (kernels/matmul_autotune.ts times a subset of them). */
-export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
-  ...KERNEL_VARIANTS,
-  ...NN_KERNELS.map((v) => `nn_${v}` as const),
-];
-
 type VariantSpec =
   | { kind: "shared"; rm: number; rn: number }
   | { kind: "direct"; rm: number; rn: number; wx: number; wy: number }
@@ -244,7 +175,8 @@ type VariantSpec =
 
 type TiledSpec = { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
 
-const VARIANTS: Record<KernelVariant, VariantSpec> = {
+/** The variants with a kernel of their own, in the order benches and tests list them. */
+const SPECS = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
   tile64: { kind: "shared", rm: 4, rn: 4 },
   direct4x4: { kind: "direct", rm: 4, rn: 4, wx: 8, wy: 8 },
@@ -263,7 +195,40 @@ const VARIANTS: Record<KernelVariant, VariantSpec> = {
   tiled_8x4w: { kind: "tiled", rm: 8, rn: 4, bk: 16, warp: true },
   tiled_4x8w: { kind: "tiled", rm: 4, rn: 8, bk: 16, warp: true },
   tiled_8x8w: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true },
-};
+} satisfies Record<string, VariantSpec>;
+
+type KernelVariant = keyof typeof SPECS;
+
+const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
+
+const KERNEL_VARIANTS = Object.keys(SPECS) as KernelVariant[];
+
+/** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
+const NN_KERNELS = [
+  "vec4_4x4",
+  "vec4_8x8",
+  "vec4_8x16",
+  "vec4_16x8",
+  "tiled_4x4",
+  "tiled_8x4",
+  "tiled_4x8",
+  "tiled_8x8",
+  "tiled_4x4w",
+  "tiled_8x4w",
+  "tiled_4x8w",
+  "tiled_8x8w",
+] as const satisfies readonly KernelVariant[];
+
+/** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
+export function untransposedKernel(v: MatmulVariant): KernelVariant | undefined {
+  return v.startsWith("nn_") ? v.slice(3) as KernelVariant : undefined;
+}
+
+/** Every variant (kernels/matmul_autotune.ts times a subset of them). */
+export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
+  ...KERNEL_VARIANTS,
+  ...NN_KERNELS.map((v) => `nn_${v}` as const),
+];
 
 /**
  * Picks the variant when neither the caller nor the autotune did. On lavapipe the big
