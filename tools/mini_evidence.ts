@@ -82,11 +82,13 @@ export async function writeTable(
 ): Promise<void> {
   const pct = (x: number) => (100 * x).toFixed(1);
   const rows: string[][] = [];
+  let partial = 0;
   for (const name of tasks) {
     for (const m of methods) {
       const dir = `${out}/${name}-${m.name}`;
       const found = await cellMetrics(dir);
       if (!found) continue;
+      if (found.of !== undefined) partial++;
       const r = found.metrics;
       const seeds = Object.keys(r.seeds ?? { one: 0 });
       const column = TABLE_TASKS.find((t) => t.name === name);
@@ -129,7 +131,6 @@ export async function writeTable(
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   const table = [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n") + "\n";
   await Deno.writeTextFile(`${out}/table.md`, table);
-  const partial = rows.filter((r) => r[4].includes(" of ")).length;
   console.error(
     `mini_evidence: ${out}/table.md (${rows.length} cells${
       partial ? `, ${partial} of them unfinished: the seeds that finished` : ""
