@@ -225,6 +225,11 @@ async function main(): Promise<void> {
     throw new Error("the shipped model (models/ehft-mini-en) is missing");
   }
   const out = f.out!;
+  const methods = f.methods
+    ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
+    : METHODS;
+  const tasks = f.tasks!.split(",");
+  if (f["table-only"]) return await writeTable(out, tasks, methods);
   const random = `${out}/random-mini`;
   if (!(await exists(`${random}/model.safetensors`))) {
     const config = JSON.parse(await Deno.readTextFile(`${model}/config.json`));
@@ -250,11 +255,6 @@ async function main(): Promise<void> {
       "0",
     ]);
   }
-  const methods = f.methods
-    ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
-    : METHODS;
-  const tasks = f.tasks!.split(",");
-  if (f["table-only"]) return await writeTable(out, tasks, methods);
   const jobs = Number(f.jobs);
   if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
   const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
