@@ -175,6 +175,24 @@ Deno.test({
       }
       // Its t-SNE layout is kept, for report.ts to reuse.
       await Deno.stat(`${out}/analysis/head_features_tsne.json`);
+      // figures.json, written after the last figure, lists them with their captions.
+      const listed: { name: string; caption: string }[] = JSON.parse(
+        await Deno.readTextFile(`${out}/analysis/figures.json`),
+      );
+      assertEquals(listed.map((f) => f.name), figures);
+      assert(listed.every((f) => f.caption.length > 10), "captions");
+      // A run killed between its results and its figures: --resume draws them, the same ones.
+      const tsneBefore = await Deno.readTextFile(`${out}/analysis/head_features.svg`);
+      for (const f of ["figures.json", "head_features.svg", "head_features.png"]) {
+        await Deno.remove(`${out}/analysis/${f}`);
+      }
+      assertEquals(await run(out, "--resume"), plain);
+      assertEquals(await Deno.readTextFile(`${out}/analysis/head_features.svg`), tsneBefore);
+      await Deno.stat(`${out}/analysis/head_features.png`);
+      assertEquals(
+        JSON.parse(await Deno.readTextFile(`${out}/analysis/figures.json`)),
+        JSON.parse(JSON.stringify(listed)),
+      );
       // The t-SNE figure: one dot per training and dev row.
       const tsneSvg = await Deno.readTextFile(`${out}/analysis/head_features.svg`);
       assertEquals(markCounts(tsneSvg, "mark-symbol"), [40, 24]);

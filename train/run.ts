@@ -189,7 +189,10 @@ export async function runTraining(
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
     if (await exists(`${out}/metrics.json`)) {
       await clearFinishedLeftovers(out);
-      if (!options.quiet) console.error(`${out}: the run is finished; nothing to do`);
+      const dirs = config.seeds === 1 ? [out] : seedList(config).map((s) => `${out}/seed-${s}`);
+      let drawn = 0;
+      for (const d of dirs) if (await drawMissingFigures(d, options.quiet ?? false)) drawn++;
+      if (!options.quiet && !drawn) console.error(`${out}: the run is finished; nothing to do`);
       return JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
     }
   }
@@ -480,6 +483,7 @@ async function runSeed(
   const metricsPath = `${dir}/metrics.json`;
   if (await exists(metricsPath)) {
     if (config.resume) await clearFinishedLeftovers(dir);
+    await drawMissingFigures(dir, options.quiet ?? false);
     return JSON.parse(await Deno.readTextFile(metricsPath));
   }
   await Deno.mkdir(dir, { recursive: true });
@@ -630,7 +634,8 @@ async function runSeed(
     await saveFinalModel(dir, config, task, p, trainer);
     await writeJsonAtomic(metricsPath, result);
     await Deno.remove(checkpointPath).catch(() => {});
-    if (analysis) await drawAnalysis(dir, options.quiet ?? false);
+    // Also draws those of an analysis written before the run was killed and resumed.
+    await drawMissingFigures(dir, options.quiet ?? false);
     return result;
   } catch (e) {
     throw await explain(e);
@@ -646,9 +651,24 @@ async function runSeed(
 /** Resolved against this module's URL, as a literal specifier would be (file or http alike). */
 const ANALYSIS_FIGURES = "./analysis_figures.ts";
 
+/** Written after a run's last figure: its absence after the results means figures still to draw. */
+const FIGURES_LIST = "analysis/figures.json";
+
+/**
+ * Draws a finished run's figures if it has an analysis and they were not all drawn (a run killed
+ * between its results and its figures, or one whose drawing failed). True if it tried.
+ */
+async function drawMissingFigures(dir: string, quiet: boolean): Promise<boolean> {
+  if (!(await exists(`${dir}/analysis/analysis.json`))) return false;
+  if (await exists(`${dir}/${FIGURES_LIST}`)) return false;
+  await drawAnalysis(dir, quiet);
+  return true;
+}
+
 /**
  * The run's analysis figures (train/analysis_figures.ts). After the results are safe: a drawing
- * failure costs the figures only, with a one-line warning.
+ * failure costs the figures only, with a one-line warning. Then analysis/figures.json lists them
+ * with their captions.
  */
 async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
   const start = performance.now();
@@ -663,6 +683,15 @@ async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
     if (!files) return;
     const figures = await writeFigures(`${dir}/analysis`, await runFigures(files));
     await keepHeadLayout(files);
+    await writeJsonAtomic(
+      `${dir}/${FIGURES_LIST}`,
+      figures.map((f) => ({
+        name: f.name,
+        svg: `${f.name}.svg`,
+        png: `${f.name}.png`,
+        caption: f.caption,
+      })),
+    );
     if (!quiet) {
       console.error(
         `analysis: ${figures.length} figures in ${dir}/analysis (${
