@@ -2,11 +2,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { METHODS, writeTable } from "../tools/mini_evidence.ts";
-
-async function writeJson(path: string, value: unknown): Promise<void> {
-  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
-  await Deno.writeTextFile(path, JSON.stringify(value));
-}
+import { writeJson } from "./train_fixture.ts";
 
 Deno.test("mini_evidence: the table has finished cells and an unfinished one's finished seeds", async () => {
   const out = await Deno.makeTempDir();

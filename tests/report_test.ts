@@ -15,13 +15,9 @@ import {
   tableJson,
 } from "../train/report_table.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
+import { writeJson } from "./train_fixture.ts";
 
 type Best = Record<string, number | null>;
-
-async function writeJson(path: string, value: unknown): Promise<void> {
-  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
-  await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
-}
 
 function settings(
   task: string,

@@ -87,6 +87,12 @@ export async function writeNarrowHead(path: string, width = 64, seed = 7): Promi
   });
 }
 
+/** Writes `value` as JSON at `path`, making its folder first (run folders written by hand). */
+export async function writeJson(path: string, value: unknown): Promise<void> {
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+  await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
+}
+
 /** Whether `path` exists. */
 export async function exists(path: string): Promise<boolean> {
   try {
