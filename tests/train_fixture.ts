@@ -93,15 +93,8 @@ export async function writeJson(path: string, value: unknown): Promise<void> {
   await Deno.writeTextFile(path, JSON.stringify(value, null, 2) + "\n");
 }
 
-/** Whether `path` exists. */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+// The library's own check: a permission or I/O error fails the test instead of reading as absent.
+export { exists } from "../model/atomic_write.ts";
 
 /** Every file under dir (relative path → bytes). */
 export async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
