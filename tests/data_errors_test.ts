@@ -12,7 +12,9 @@ import { tokenizeExamples } from "../train/batches.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { TextTokenizer } from "../model/tokenizer.ts";
 import { convertWordPiece } from "../model/tokenizer_convert.ts";
-import { VOCAB } from "./train_fixture.ts";
+import { exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
+
+const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
 
 /** How to write one task's files, good and bad. */
 interface Reader {
@@ -624,5 +626,36 @@ Deno.test("data errors: a missing split names the file, the split and the folder
       const d = await assertRejects(() => dryRun(r.task, { data: folder }), DataError);
       expectMessage(d, `${folder}/test.${r.ext}`, null, "has no examples (the file is empty)");
     }
+  });
+});
+
+Deno.test("data errors: --data naming a file is refused by training in one line, noted by --dry-run", async () => {
+  // A file would be read as every split: trained, scored and chosen on the same examples.
+  await withDir(async (dir) => {
+    await writeMarkerData(`${dir}/rte`);
+    await writeTinyBert(`${dir}/model`);
+    const file = `${dir}/rte/train.jsonl`;
+    const out = `${dir}/run`;
+    const refused = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`, "--data", file]
+        .concat(["--out", out, "--epochs", "1"]),
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(refused.stderr).trim();
+    assertEquals(refused.code, 1);
+    assertEquals(
+      stderr,
+      `train: --data ${file} is a file: training reads the train and val splits from a folder ` +
+        `in the task's layout (pass the folder that holds it)`,
+    );
+    assert(!(await exists(out)), "the refused run wrote its folder");
+
+    const report = await dryRun(READERS.rte.task, { data: file });
+    assertEquals(report.splits.train?.examples, 64);
+    assertEquals(report.notes, [
+      `${file} is a file: training needs a folder holding the train and val splits`,
+    ]);
   });
 });

@@ -16,7 +16,7 @@
 //   regression and for unlabeled splits (`unlabeled` counts unlabeled examples in a split that
 //   also has labeled ones; in the train or dev split, a note names the first one's file and
 //   line, since training refuses it). With --data naming a file, the one split is named after
-//   the file.
+//   the file, and a note says that training needs a folder.
 // - max_tokens: the longest encoder input in tokens, special tokens included and before
 //   truncation, over all splits; null when no model is at hand (--model not given, or a hub id
 //   not in the local cache). With a model, each split also reports its `max_tokens` and how many
@@ -140,6 +140,7 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     : 0;
 
   // Which splits to read, and from where.
+  const needed = new Set([task.trainSplit ?? "train", task.devSplit]);
   const reads: { name: string; path: string; split: string }[] = [];
   const data = options.data;
   const info = data === null ? null : await statOrNull(data);
@@ -154,9 +155,11 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     const base = data.slice(data.lastIndexOf("/") + 1);
     const name = base.includes(".") ? base.slice(0, base.lastIndexOf(".")) : base;
     reads.push({ name, path: data, split: name });
+    notes.push(
+      `${data} is a file: training needs a folder holding the ${[...needed].join(" and ")} splits`,
+    );
   }
 
-  const needed = new Set([task.trainSplit ?? "train", task.devSplit]);
   for (const r of reads) {
     let examples;
     try {

@@ -16,7 +16,8 @@ const RUN_FLAGS =
   `  --model DIR|HUB_ID      a checkpoint folder or a Hugging Face hub id (the paper's setting:
                           FacebookAI/roberta-large)
   --revision REV          the hub branch, tag or commit
-  --data PATH             the task's data (default: its shipped folder, or its download)
+  --data DIR              the task's data folder (default: its shipped folder, or its
+                          download)
   --strategy NAME         ${STRATEGY_NAMES.join(", ")} (default ehft)
   --peft NAME             ${PEFT_NAMES.join(", ")}: the PEFT method of peft, ehft and
                           ehft-reserve (default bitfit)

@@ -171,6 +171,14 @@ export async function runTraining(
       );
     }
   }
+  if (await isFile(config.data)) {
+    // A file would be read as every split: the model chosen and scored on its own training data.
+    throw new FlagError(
+      `--data ${config.data} is a file: training reads the ${options.task.trainSplit ?? "train"} ` +
+        `and ${options.task.devSplit} splits from a folder in the task's layout (pass the folder ` +
+        `that holds it)`,
+    );
+  }
   const out = config.out;
   const entries = await runEntries(out);
   if (entries.length > 0) {
@@ -323,6 +331,16 @@ interface Prepared {
   checkpointEvery: number;
   headWidth: number;
   maxLength: number;
+}
+
+/** Whether `path` is a file (false when it is a folder or is not there). */
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
 }
 
 /** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
