@@ -62,6 +62,8 @@ test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it
   assertEquals(run.resolved.head_width, 64);
   assertEquals(run.resolved.dropout, { hidden: 0, attention: 0 });
   assertEquals(run.resolved.stages.length, 1);
+  // --head gave the head: the stage did not start from a new one.
+  assertEquals(run.resolved.stages[0].freshHead, false);
   assertEquals(run.resolved.adamw.beta2, 0.98);
 
   const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>

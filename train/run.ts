@@ -422,6 +422,8 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       } finally {
         reader.close();
       }
+      // run.json says what happened: the first stage starts from the given head.
+      stages[0] = { ...stages[0], freshHead: false };
     }
     const adamw = adamwSettings(config);
     const resolved = {

@@ -43,7 +43,10 @@ export interface Stage {
   /** Peak learning rate of this stage's schedule. */
   lr: number;
   trains: StageTrains;
-  /** The stage starts with a newly initialised head (the first stage of every strategy). */
+  /**
+   * The stage starts with a newly initialised head: the first stage of every strategy, unless
+   * `--head` gives its head (the run then records false).
+   */
   freshHead?: boolean;
   /**
    * Before the stage, the backbone is re-read from the pretrained checkpoint, bitwise. With
