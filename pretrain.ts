@@ -189,6 +189,8 @@ async function main(args: string[]): Promise<void> {
     intFlag(name, f[name] as string, fallback(name), min);
   const num = (name: keyof typeof FLAGS, min: number, max: number) =>
     numberFlag(name, f[name] as string, fallback(name), { min, max });
+  // Every flag is checked here, before --out is touched: a refusal after pretrain.json is
+  // written would leave a folder that the corrected command then refuses as not empty.
   const seed = int("seed", 0);
   const steps = int("steps");
   const batchSize = int("batch-size");
@@ -198,11 +200,22 @@ async function main(args: string[]): Promise<void> {
   if (dtype !== "f32" && dtype !== "f16") {
     throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
   }
-  const lr = num("lr", 0, 1);
+  // A learning rate of 0 would train nothing for the whole run; train.ts refuses it too.
+  const lr = numberFlag("lr", f.lr, fallback("lr"), { min: 0, minOpen: true, max: 1 });
   const warmupRatio = num("warmup-ratio", 0, 1);
   const weightDecay = num("weight-decay", 0, 10);
   const evalSequences = int("eval-sequences", 0);
   const maxLength = int("max-length", 8);
+  const evalEvery = int("eval-every");
+  const checkpointEvery = int("checkpoint-every");
+  const logEvery = int("log-every");
+  const layers = int("layers"), intermediate = int("intermediate");
+  const maxPositions = int("max-positions", 8);
+  const hidden = int("hidden"), heads = int("heads");
+  if (!f.model && hidden % heads !== 0) {
+    throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
+  }
+  const tune = tuneFlags(f);
   const tasks = taskTextTasks(f["task-text"]!);
   if (f.model) {
     const given = (name: string) =>
@@ -241,14 +254,10 @@ async function main(args: string[]): Promise<void> {
       );
     }
   }
-  const hidden = int("hidden"), heads = int("heads");
-  if (!f.model && hidden % heads !== 0) {
-    throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
-  }
   // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
   const opened = f.model ? await openModel(f.model) : null;
   if (opened) mlmHeadNames(opened.config);
-  const positions = opened ? maxSequenceLength(opened.config) : int("max-positions", 8);
+  const positions = opened ? maxSequenceLength(opened.config) : maxPositions;
   if (maxLength > positions) {
     throw new FlagError(
       `--max-length ${maxLength} is more than the ${positions} positions of ` +
@@ -317,7 +326,7 @@ async function main(args: string[]): Promise<void> {
     vocabText = vocabTxt(pruned);
     tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
     tokenizerConfig = JSON.stringify(
-      prunedTokenizerConfig(pruned, int("max-positions", 8)),
+      prunedTokenizerConfig(pruned, maxPositions),
       null,
       2,
     ) + "\n";
@@ -326,13 +335,13 @@ async function main(args: string[]): Promise<void> {
       model_type: "bert",
       vocab_size: pruned.tokens.length,
       hidden_size: hidden,
-      num_hidden_layers: int("layers"),
+      num_hidden_layers: layers,
       num_attention_heads: heads,
-      intermediate_size: int("intermediate"),
+      intermediate_size: intermediate,
       hidden_act: "gelu",
       hidden_dropout_prob: 0.1,
       attention_probs_dropout_prob: 0.1,
-      max_position_embeddings: int("max-positions", 8),
+      max_position_embeddings: maxPositions,
       type_vocab_size: 2,
       initializer_range: 0.02,
       layer_norm_eps: 1e-12,
@@ -446,7 +455,7 @@ async function main(args: string[]): Promise<void> {
   const rows = batchSize * maxLength;
   await autotuneForProgram(
     gpu,
-    tuneRequest(tuneFlags(f)),
+    tuneRequest(tune),
     modelTuneShapes(config, {
       rows,
       headRows: Math.ceil(MLM_PROBABILITY * rows),
@@ -457,7 +466,6 @@ async function main(args: string[]): Promise<void> {
     }),
     { info: f.quiet ? () => {} : undefined },
   );
-  const every = (name: keyof typeof FLAGS) => int(name);
   const result = await pretrain(gpu, {
     config,
     initial: { encoder: initialEncoder, head: initialHead },
@@ -476,9 +484,9 @@ async function main(args: string[]): Promise<void> {
     },
     adamw: { ...PRETRAIN_ADAMW, weightDecay: settings.weight_decay },
     seed,
-    evalEvery: every("eval-every"),
-    checkpointEvery: every("checkpoint-every"),
-    logEvery: every("log-every"),
+    evalEvery,
+    checkpointEvery,
+    logEvery,
     evalSequences: settings.eval_sequences,
     resume: f.resume ?? false,
     modelDtype: dtype === "f16" ? "F16" : "F32",

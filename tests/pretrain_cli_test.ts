@@ -160,7 +160,7 @@ test("pretrain.ts --help names every flag, with the default the parser uses", ()
   return Promise.resolve();
 });
 
-test("pretrain.ts checks --out, --resume and the shape before reading the corpus", async () => {
+test("pretrain.ts checks every flag, --out and --resume before reading or writing", async () => {
   const dir = await Deno.makeTempDir();
   try {
     // The corpus does not exist: each error must come first, as one line.
@@ -172,6 +172,16 @@ test("pretrain.ts checks --out, --resume and the shape before reading the corpus
       [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
       [["--out", `${dir}/new`, "--hidden", "15", "--heads", "2"], "--hidden 15 is not a multiple"],
       [["--out", `${dir}/new`, "--lr", "2"], "--lr"],
+      // train.ts refuses a learning rate of 0 as well: it would train nothing.
+      [["--out", `${dir}/new`, "--lr", "0"], '--lr: expected a number > 0 and ≤ 1, got "0"'],
+      [
+        ["--out", `${dir}/new`, "--log-every", "0"],
+        '--log-every: expected an integer ≥ 1, got "0"',
+      ],
+      [["--out", `${dir}/new`, "--eval-every", "0"], "--eval-every: expected an integer ≥ 1"],
+      [["--out", `${dir}/new`, "--checkpoint-every", "0"], "--checkpoint-every: expected"],
+      [["--out", `${dir}/new`, "--intermediate", "0"], "--intermediate: expected"],
+      [["--out", `${dir}/new`, "--retune"], "--retune and --no-autotune: choose one"],
       [["--out", `${dir}/new`, "--task-text", "rte,nope"], '--task-text: unknown task "nope"'],
       [
         ["--out", `${dir}/new`, "--max-length", "20", "--max-positions", "16"],
@@ -195,6 +205,18 @@ test("pretrain.ts checks --out, --resume and the shape before reading the corpus
     }
     assertEquals(await Deno.readTextFile(`${dir}/used/notes.txt`), "mine\n");
     assert(!(await exists(`${dir}/new`)), "a refused run creates no folder");
+
+    // With a corpus that reads, a late check used to leave pretrain.json behind, so the
+    // corrected command was refused as "--out ... is not empty".
+    await writeCorpus(`${dir}/corpus.txt`);
+    const late = await pretrain([
+      ...["--out", `${dir}/late`, "--corpus", `${dir}/corpus.txt`, ...SMALL],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--log-every", "0"],
+    ]);
+    assertEquals(late.code, 1, late.stderr);
+    assert(late.stderr.includes("--log-every: expected an integer ≥ 1"), late.stderr);
+    assert(!(await exists(`${dir}/late`)), "a refused run creates no folder");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -216,6 +238,9 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
       "--corpus",
       `${dir}/corpus.txt`,
       ...SMALL,
+      // 0 is all the held-out sequences (it once turned the held-out evaluation off).
+      "--eval-sequences",
+      "0",
     ]);
     assertEquals(r.code, 0, r.stderr);
     const model = await openModel(`${out}/model`);
@@ -228,6 +253,8 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
       JSON.parse(l)
     );
     assert(log.some((l) => l.held_out_loss !== undefined), JSON.stringify(log));
+    const result = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
+    assert(result.held_out !== null, JSON.stringify(result));
     assert(log.every((l) => l.loss === undefined || Number.isFinite(l.loss)), JSON.stringify(log));
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -72,7 +72,7 @@ export interface PretrainOptions {
   checkpointEvery: number;
   /** Steps between log lines. */
   logEvery: number;
-  /** Held-out sequences evaluated (the first ones). */
+  /** Held-out sequences evaluated (the first ones); 0 for all of them. */
   evalSequences: number;
   resume: boolean;
   /** The saved model's weights (`<out>/model`): F32, or F16 for a small file. */
@@ -479,7 +479,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       o.onLog?.(record);
     };
     const evalBatches = heldOutBatches(
-      o.heldOut.slice(0, o.evalSequences),
+      o.evalSequences > 0 ? o.heldOut.slice(0, o.evalSequences) : o.heldOut,
       o.ids,
       o.batchSize,
       o.seed,
