@@ -211,3 +211,82 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "train --overwrite: the old run stays until the new one can start, and goes entirely",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-overwrite-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const common = [
+        ...["--task", "rte", "--data", `${dir}/data`, "--head", `${dir}/head.safetensors`],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--eval-every", "0"],
+      ];
+      const run = async (out: string, ...more: string[]) => {
+        const { config } = parseTrainArgs([...common, "--out", out, ...more]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+      const out = `${dir}/run`;
+      await run(out, "--model", `${dir}/model`);
+      // What an --analysis or --predict-test run adds, and a file of the user's.
+      await Deno.mkdir(`${out}/analysis`);
+      await Deno.writeTextFile(`${out}/analysis/analysis.json`, "{}");
+      await Deno.writeTextFile(`${out}/RTE.jsonl`, "{}\n");
+      await Deno.writeTextFile(`${out}/notes.txt`, "mine\n");
+      const before = await readTree(out);
+
+      // A bad model, data folder or head: refused, and the old run is all there.
+      const bad = [
+        ["--model", `${dir}/nowhere`],
+        ["--model", `${dir}/model`, "--data", `${dir}/empty`],
+        ["--model", `${dir}/model`, "--head", `${dir}/model/config.json`],
+      ];
+      await Deno.mkdir(`${dir}/empty`);
+      for (const more of bad) {
+        await assertRejects(() => run(out, ...more, "--overwrite"));
+        assertSameFiles(await readTree(out), before, `after --overwrite ${more.join(" ")}`);
+      }
+
+      // A good one replaces every file of the old run, and only those.
+      await run(out, "--model", `${dir}/model`, "--overwrite", "--seed", "7");
+      assert(!(await exists(`${out}/analysis`)), "the old analysis/ is left");
+      assert(!(await exists(`${out}/RTE.jsonl`)), "the old submission file is left");
+      assertEquals(await Deno.readTextFile(`${out}/notes.txt`), "mine\n");
+      const settings = JSON.parse(await Deno.readTextFile(`${out}/run.json`)).settings;
+      assertEquals(settings.seed, 7);
+
+      // Run files without run.json are not train.ts's: neither replaced nor continued.
+      const foreign = `${dir}/foreign`;
+      await Deno.mkdir(`${foreign}/model`, { recursive: true });
+      await Deno.writeTextFile(`${foreign}/model/weights.bin`, "mine");
+      for (const flag of ["--overwrite", "--resume"]) {
+        await assertRejects(
+          () => run(foreign, "--model", `${dir}/model`, flag),
+          Error,
+          `${foreign} holds model but no run.json, so it is not a run of train.ts`,
+        );
+        assertEquals(await Deno.readTextFile(`${foreign}/model/weights.bin`), "mine");
+      }
+
+      // A damaged run.json or metrics.json is named in the error.
+      await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');
+      await assertRejects(
+        () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7"),
+        Error,
+        `${out}/metrics.json: not valid JSON`,
+      );
+      await Deno.writeTextFile(`${out}/run.json`, '{"settings": ');
+      await assertRejects(
+        () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7"),
+        Error,
+        `${out}/run.json: not valid JSON`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -49,7 +49,7 @@ const RUN_FLAGS =
   --seeds K               K runs, seeds N, N + 1, ..., and their mean and std (default 1)
   --out DIR               the run folder (default runs/<task>/<strategy>[-<peft>])
   --resume                continue the killed run in --out, to the same result bit for bit
-  --overwrite             replace the run in --out
+  --overwrite             replace the run in --out (once the model, data and head are read)
   --analysis              measure and draw feature change, weight distance, head features and
                           convergence into <out>/analysis/ (training unchanged)
   --predict-test          afterwards, the test split's leaderboard file

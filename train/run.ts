@@ -49,6 +49,7 @@ import {
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
+import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
@@ -97,18 +98,23 @@ export interface SeedsMetrics extends RunMetrics {
   seeds: Record<string, RunMetrics>;
 }
 
-/** Entries of a run folder that belong to a run (what --overwrite removes). */
+/**
+ * Entries of a run folder that belong to a run (what --overwrite removes; run.json last, so that
+ * a removal cut short still marks the folder as a run's).
+ */
 const RUN_ENTRIES = [
-  "run.json",
   "log.jsonl",
   "metrics.json",
   "model",
   "stage1",
   "adapter",
+  "analysis",
   CHECKPOINT_FILE,
+  ...new Set(Object.values(SUBMISSION_FORMATS).map((f) => f.file)),
+  "run.json",
 ];
 
-/** The run entries present in `dir` (seed-* folders included). */
+/** The run entries present in `dir` (seed-* folders included), in RUN_ENTRIES' order. */
 async function runEntries(dir: string): Promise<string[]> {
   const found: string[] = [];
   try {
@@ -119,7 +125,21 @@ async function runEntries(dir: string): Promise<string[]> {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;
   }
-  return found;
+  const rank = (name: string) => {
+    const i = RUN_ENTRIES.indexOf(name);
+    return i < 0 ? RUN_ENTRIES.length - 1.5 : i; // seed folders before run.json
+  };
+  return found.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** A run folder's JSON file, or an error naming it when it is not valid JSON. */
+async function readRunJson(path: string): Promise<Record<string, unknown>> {
+  const text = await Deno.readTextFile(path);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+  }
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -141,7 +161,10 @@ async function checkSameSettings(dir: string, settings: Record<string, unknown>)
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
   // Runs started before --precision existed trained in f32.
-  const previous = { precision: "f32", ...JSON.parse(await Deno.readTextFile(path)).settings };
+  const previous = {
+    precision: "f32",
+    ...(await readRunJson(path)).settings as Record<string, unknown>,
+  };
   const diff = firstDifference(previous, settings);
   if (diff) {
     throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
@@ -181,13 +204,30 @@ export async function runTraining(
   }
   const out = config.out;
   const entries = await runEntries(out);
+  let prepared: Prepared | null = null;
   if (entries.length > 0) {
+    if (!entries.includes("run.json")) {
+      // Not written by train.ts (its runs write run.json first): neither ours to replace nor
+      // to continue.
+      throw new Error(
+        `${out} holds ${[...entries].sort().join(", ")} but no run.json, so it is not a run ` +
+          `of train.ts: choose another --out`,
+      );
+    }
     if (config.overwrite) {
+      // The old run goes only once the new one can start: model, data, head and GPU checked.
+      prepared = await prepare(config, options.task);
+      try {
+        if (!options.gpu) await getGpu();
+      } catch (e) {
+        prepared.model.weights.close();
+        throw e;
+      }
       for (const e of entries) await Deno.remove(`${out}/${e}`, { recursive: true });
     } else if (!config.resume) {
       throw new Error(
-        `${out} already holds a run (${entries.sort().join(", ")}): pass --resume to continue ` +
-          `it or --overwrite to replace it`,
+        `${out} already holds a run (${[...entries].sort().join(", ")}): pass --resume to ` +
+          `continue it or --overwrite to replace it`,
       );
     }
   }
@@ -200,11 +240,13 @@ export async function runTraining(
       const dirs = config.seeds === 1 ? [out] : seedList(config).map((s) => `${out}/seed-${s}`);
       let drawn = 0;
       for (const d of dirs) if (await drawMissingFigures(d, options.quiet ?? false)) drawn++;
+      const metrics = await readRunJson(`${out}/metrics.json`);
       if (!options.quiet && !drawn) console.error(`${out}: the run is finished; nothing to do`);
-      return JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+      return metrics as unknown as RunMetrics | SeedsMetrics;
     }
   }
-  if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null);
+  if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null, prepared);
+  prepared?.model.weights.close(); // each seed opens its own
 
   if (!(await exists(`${out}/run.json`))) {
     await writeJsonAtomic(`${out}/run.json`, {
@@ -499,19 +541,21 @@ async function runSeed(
   seed: number,
   options: RunOptions,
   label: string | null,
+  prepared: Prepared | null = null,
 ): Promise<RunMetrics> {
   const metricsPath = `${dir}/metrics.json`;
   if (await exists(metricsPath)) {
+    const metrics = await readRunJson(metricsPath) as unknown as RunMetrics;
     if (config.resume) await clearFinishedLeftovers(dir);
     await drawMissingFigures(dir, options.quiet ?? false);
-    return JSON.parse(await Deno.readTextFile(metricsPath));
+    return metrics;
   }
   await Deno.mkdir(dir, { recursive: true });
   const task = options.task;
   const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
   if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
 
-  const p = await prepare(config, task);
+  const p = prepared ?? await prepare(config, task);
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
