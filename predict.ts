@@ -1,8 +1,10 @@
 // Predictions of a fine-tuned model on a task's data:
 //   deno run -A predict.ts --model DIR --task rte [--data PATH] [--split val] [--batch-size N]
-//     [--max-length N] [--revision REV] --out FILE
+//     [--max-length N] [--revision REV] --out FILE [--overwrite]
 // `--split` is one of the task's splits (train, its dev split, test; default its dev split);
 // `--revision` only with a hub id. Flag rules as in train/flags.ts.
+// `--out` is checked before the model is opened or the data downloaded (checkOutPath); the file is
+// written atomically.
 // writes one JSON object per example: {"idx": ..., "logits": [...], "prediction": ...}.
 // WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
 // computes from the examples' character spans (train/batches.ts exampleTokenSpans).
@@ -42,6 +44,7 @@ export const FLAGS = {
   "max-length": { type: "string" },
   revision: { type: "string" },
   out: { type: "string" },
+  overwrite: { type: "boolean" },
   ...TUNE_FLAGS,
 } as const;
 
@@ -200,6 +203,8 @@ function collect(
 /** predict.ts's command line, checked: every flag before anything is read or downloaded. */
 export interface PredictArgs {
   out: string;
+  /** --overwrite: an existing --out file may be replaced. */
+  overwrite: boolean;
   /** --data as typed; absent: the task's shipped copy or its download. */
   data?: string;
   options: Omit<PredictOptions, "data">;
@@ -232,14 +237,54 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
   const autotune = tuneRequest(tuneFlags(flags));
   return {
     out,
+    overwrite: flags.overwrite,
     data: flags.data,
     options: { model, task, split, batchSize, maxLength, revision: flags.revision, autotune },
   };
 }
 
+/**
+ * Checks `--out` before the model is opened, the data downloaded or the GPU used, so that a bad
+ * path costs nothing and no file is replaced unasked: a folder is refused, an existing file (or
+ * link) unless `overwrite`; a missing parent folder is created (as train.ts creates its --out).
+ */
+export async function checkOutPath(out: string, overwrite: boolean): Promise<void> {
+  let info: Deno.FileInfo | null = null;
+  try {
+    info = await Deno.lstat(out);
+    if (info.isSymlink) info = await Deno.stat(out).catch(() => info);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) {
+      throw new FlagError(`--out ${out}: cannot check it: ${(e as Error).message}`);
+    }
+  }
+  if (info?.isDirectory || out.endsWith("/")) {
+    throw new FlagError(
+      `--out ${out} is a folder: give a file path for the predictions (e.g. ` +
+        `${out.replace(/\/+$/, "")}/predictions.jsonl)`,
+    );
+  }
+  if (info && !overwrite) {
+    throw new FlagError(
+      `--out ${out} already exists: pass --overwrite to replace it, or choose another path`,
+    );
+  }
+  const slash = out.lastIndexOf("/");
+  if (slash <= 0) return;
+  try {
+    await Deno.mkdir(out.slice(0, slash), { recursive: true });
+  } catch (e) {
+    const why = e instanceof Deno.errors.AlreadyExists || e instanceof Deno.errors.NotADirectory
+      ? "a part of that path is a file, not a folder"
+      : (e as Error).message;
+    throw new FlagError(`--out ${out}: cannot create its folder ${out.slice(0, slash)}: ${why}`);
+  }
+}
+
 async function main(args: string[]) {
-  const { out, data: typedData, options } = await parsePredictArgs(args);
+  const { out, overwrite, data: typedData, options } = await parsePredictArgs(args);
   const { task } = options;
+  await checkOutPath(out, overwrite);
   // Without --data: the task's shipped copy, or its download (BoolQ, QNLI).
   const data = typedData ?? task.dataDir ?? await task.resolveData?.();
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);

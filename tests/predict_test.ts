@@ -1,5 +1,6 @@
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
-import { predict } from "../predict.ts";
+import { checkOutPath, predict } from "../predict.ts";
+import { FlagError } from "../train/flags.ts";
 import { rte } from "../tasks/rte.ts";
 import { writeTinyBert } from "./train_fixture.ts";
 
@@ -128,4 +129,186 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+/** predict.ts run as a command: its exit code, its stderr (trimmed) and how long it took. */
+async function runPredict(...args: string[]) {
+  const start = performance.now();
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../predict.ts", import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(r.stderr).trim();
+  return { code: r.code, stderr, ms: performance.now() - start };
+}
+
+/** The names in `dir` (sorted): what a refused run must leave as it was. */
+async function listing(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) names.push(e.name);
+  return names.sort();
+}
+
+Deno.test({
+  name: "predict.ts --out: an existing file is refused, unchanged, before the model is opened",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.mkdir(`${dir}/model`);
+      await writeTinyBert(`${dir}/model`);
+      const data = await writeData(dir);
+      // The reviewer's case: the model's own config.json as --out.
+      const config = `${dir}/model/config.json`;
+      const before = await Deno.readFile(config);
+      const modelFiles = await listing(`${dir}/model`);
+      const own = await runPredict(
+        "--model",
+        `${dir}/model`,
+        "--task",
+        "rte",
+        "--data",
+        data,
+        "--out",
+        config,
+      );
+      assertEquals(own.code, 1, own.stderr);
+      assertEquals(
+        own.stderr,
+        `predict: --out ${config} already exists: pass --overwrite to replace it, or choose ` +
+          `another path`,
+      );
+      assertEquals(await Deno.readFile(config), before, "config.json changed");
+      assertEquals(await listing(`${dir}/model`), modelFiles, "temporary files left");
+      // No model at all: the --out problem is reported first (no model opened, no GPU asked
+      // for), and an earlier result is kept byte for byte.
+      const out = `${dir}/earlier.jsonl`;
+      const earlier = new TextEncoder().encode('{"idx": 0, "logits": [1], "prediction": 1}\n');
+      await Deno.writeFile(out, earlier);
+      const noModel = await runPredict(
+        "--model",
+        `${dir}/no-such-model`,
+        "--task",
+        "rte",
+        "--data",
+        `${dir}/no-such-data`,
+        "--out",
+        out,
+      );
+      assertEquals(noModel.code, 1);
+      assertEquals(
+        noModel.stderr,
+        `predict: --out ${out} already exists: pass --overwrite to replace it, or choose ` +
+          `another path`,
+      );
+      assertEquals(await Deno.readFile(out), earlier);
+      // A folder, with or without --overwrite, also before the model.
+      for (const extra of [[], ["--overwrite"]]) {
+        const folder = await runPredict(
+          "--model",
+          `${dir}/no-such-model`,
+          "--task",
+          "rte",
+          "--out",
+          `${dir}/model`,
+          ...extra,
+        );
+        assertEquals(folder.code, 1);
+        assertEquals(
+          folder.stderr,
+          `predict: --out ${dir}/model is a folder: give a file path for the predictions (e.g. ` +
+            `${dir}/model/predictions.jsonl)`,
+        );
+      }
+      assertEquals(await listing(`${dir}/model`), modelFiles);
+      assertEquals(await Deno.readFile(config), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "predict.ts --overwrite: replaces an existing --out; a missing folder is created",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.mkdir(`${dir}/model`);
+      await writeTinyBert(`${dir}/model`);
+      const data = await writeData(dir);
+      const out = `${dir}/predictions.jsonl`;
+      await Deno.writeTextFile(out, "an earlier result\n");
+      const base = ["--model", `${dir}/model`, "--task", "rte", "--data", data];
+      const replaced = await runPredict(...base, "--out", out, "--overwrite");
+      assertEquals(replaced.code, 0, replaced.stderr);
+      const lines = (await Deno.readTextFile(out)).trim().split("\n").map((l) => JSON.parse(l));
+      assertEquals(lines.map((l) => l.idx), [10, 11, 12, 13, 14]);
+      // A missing parent folder is created (as train.ts creates its --out folder).
+      const nested = `${dir}/new/sub/predictions.jsonl`;
+      const created = await runPredict(...base, "--out", nested);
+      assertEquals(created.code, 0, created.stderr);
+      assertEquals(await Deno.readTextFile(nested), await Deno.readTextFile(out));
+      assertEquals(await listing(dir), ["model", "new", "predictions.jsonl", "val.jsonl"]);
+      assertEquals(await listing(`${dir}/new/sub`), ["predictions.jsonl"]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError naming --out", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/earlier.jsonl`, "earlier");
+    const refused = async (out: string, overwrite: boolean, message: string) => {
+      const e = await assertRejects(() => checkOutPath(out, overwrite), FlagError);
+      assertEquals(e.message, message, out);
+    };
+    await refused(
+      `${dir}/earlier.jsonl`,
+      false,
+      `--out ${dir}/earlier.jsonl already exists: pass --overwrite to replace it, or choose ` +
+        `another path`,
+    );
+    // A link (even one that points nowhere) is an existing file.
+    await Deno.symlink(`${dir}/nowhere`, `${dir}/dangling`);
+    await refused(
+      `${dir}/dangling`,
+      false,
+      `--out ${dir}/dangling already exists: pass --overwrite to replace it, or choose ` +
+        `another path`,
+    );
+    // A folder, with or without --overwrite.
+    await Deno.mkdir(`${dir}/folder`);
+    for (const overwrite of [false, true]) {
+      for (const out of [`${dir}/folder`, `${dir}/fresh/`]) {
+        await refused(
+          out,
+          overwrite,
+          `--out ${out} is a folder: give a file path for the predictions (e.g. ` +
+            `${out.replace(/\/$/, "")}/predictions.jsonl)`,
+        );
+      }
+    }
+    await refused(
+      `${dir}/earlier.jsonl/x/p.jsonl`,
+      false,
+      `--out ${dir}/earlier.jsonl/x/p.jsonl: cannot create its folder ${dir}/earlier.jsonl/x: a ` +
+        `part of that path is a file, not a folder`,
+    );
+    // Accepted: an earlier result with --overwrite, a new file in a new folder.
+    await checkOutPath(`${dir}/earlier.jsonl`, true);
+    await checkOutPath(`${dir}/a/b/p.jsonl`, false);
+    assertEquals((await Deno.stat(`${dir}/a/b`)).isDirectory, true);
+    assertEquals(await Deno.readTextFile(`${dir}/earlier.jsonl`), "earlier");
+    assertEquals(await listing(`${dir}/a/b`), []);
+    assertEquals(await listing(dir), ["a", "dangling", "earlier.jsonl", "folder"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
