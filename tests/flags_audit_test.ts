@@ -7,7 +7,7 @@
 // exit code 1, the stack only with --debug, whatever was thrown and wherever.
 
 import { assert, assertEquals } from "./assert.ts";
-import { type Recipe, TRAIN_FLAGS, type TrainConfig } from "../train/config.ts";
+import { numberFlag, type Recipe, TRAIN_FLAGS, type TrainConfig } from "../train/config.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { errorLine, FlagError } from "../train/flags.ts";
 import { parsePredictArgs, type PredictArgs } from "../predict.ts";
@@ -614,3 +614,52 @@ await runMain("t", async (args) => {
     }
   },
 );
+
+Deno.test("flags audit: a run's seeds all fit the seed range (seed + seeds − 1 ≤ 2^32 − 1)", () => {
+  // Past 2^32 − 1 the seeds would wrap: seed-4294967296 would train exactly as seed-0 did.
+  checkTrainRows([
+    [["--seed", "4294967295"], { seed: 4294967295, seeds: 1 }],
+    [["--seed", "4294967293", "--seeds", "3"], { seed: 4294967293, seeds: 3 }],
+    [
+      ["--seed", "4294967295", "--seeds", "3"],
+      "--seed 4294967295 with --seeds 3: the last seed, 4294967297, is past 4294967295 (the " +
+      "largest --seed for 3 seeds is 4294967293)",
+    ],
+    [["--seed", "4294967000", "--seeds", "1000"], "--seed 4294967000 with --seeds 1000: …"],
+  ]);
+  // The recipe's seeds are checked as well.
+  checkTrainRows([[[], "--seed 4294967295 with --seeds 2: …"]], { seed: 4294967295, seeds: 2 });
+});
+
+Deno.test("flags audit: number flags take plain decimal numbers only, as the data files do", () => {
+  // What JavaScript's Number() reads but data files refuse (tasks/stsb.ts), and other slips.
+  const refused = "0x1|0X1|0b1|0o1|1e|e5|.|1e+|Infinity|-Infinity|+-1|NaN|1_0|1,5|1e999|1.2.3"
+    .concat("|0x1p3|1 000|١").split("|");
+  for (const v of refused) {
+    checkTrainRows([[["--weight-decay", v], `--weight-decay: expected a number ≥ 0, got "${v}"`]]);
+  }
+  checkTrainRows([
+    [["--lr", "1e-5"], { lr: 1e-5 }],
+    [["--lr", "5e-4"], { lr: 5e-4 }],
+    [["--lr", "2E-5"], { lr: 2e-5 }],
+    [["--lr", "0.0001"], { lr: 0.0001 }],
+    [["--lr=+3e-3"], { lr: 3e-3 }],
+    [["--warmup-ratio", ".5"], { warmupRatio: 0.5 }],
+    [["--warmup-ratio", "0."], { warmupRatio: 0 }],
+    [["--weight-decay", "1"], { weightDecay: 1 }],
+    [["--weight-decay", "1e+2"], { weightDecay: 100 }],
+    [["--max-grad-norm", " 1.5 "], { maxGradNorm: 1.5 }], // surrounding spaces, as intFlag
+    [["--peft", "lora", "--lora-alpha", "16"], { loraAlpha: 16 }],
+  ]);
+  // Negative numbers where the range allows them.
+  assertEquals(numberFlag("x", "-1", 0), -1);
+  assertEquals(numberFlag("x", "-2.5e-3", 0), -2.5e-3);
+  assertEquals(outcome(() => numberFlag("x", "-0x1", 0)), '--x: expected a number, got "-0x1"');
+  // Integer flags: decimal digits only (hex, exponents and fractions refused).
+  checkTrainRows(
+    ["0x10", "1e3", "2.0", "+2", "Infinity", "0b1"].map((v) => [
+      ["--epochs", v],
+      `--epochs: expected an integer ≥ 1, got "${v}"`,
+    ]),
+  );
+});

@@ -159,7 +159,17 @@ export const TRAIN_FLAGS = {
 /** The largest --batch-size (predict.ts's limit too). */
 export const MAX_BATCH_SIZE = 65536;
 
-/** A number flag within [min, max] (`open` excludes the bounds). */
+/** The largest --seed: seeds are u32 (a run's seeds, seed … seed + seeds − 1, must all fit). */
+export const MAX_SEED = 2 ** 32 - 1;
+
+/**
+ * A number as a flag takes it: plain decimal, a sign, a fraction and an exponent allowed ("2e-5",
+ * ".5", "-1", "1."), as the data files' numbers (tasks/stsb.ts); not what else JavaScript's
+ * Number() reads ("0x1", "0b1", "0o1", "Infinity", "").
+ */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+/** A number flag within [min, max] (`open` excludes the bounds); plain decimal only. */
 export function numberFlag(
   name: string,
   value: string | undefined,
@@ -169,7 +179,7 @@ export function numberFlag(
   if (value === undefined) return fallback;
   const n = Number(value);
   const { min = -Infinity, max = Infinity } = range;
-  const ok = value.trim() !== "" && Number.isFinite(n) &&
+  const ok = DECIMAL.test(value.trim()) && Number.isFinite(n) &&
     (range.minOpen ? n > min : n >= min) && (range.maxOpen ? n < max : n <= max);
   if (!ok) {
     const lo = min === -Infinity ? "" : `${range.minOpen ? ">" : "≥"} ${min}`;
@@ -308,7 +318,7 @@ export function parseTrainArgs(
     data,
     strategy,
     peft,
-    seed: intFlag("seed", f.seed, r.seed ?? TRAIN_DEFAULTS.seed, 0, 2 ** 32 - 1),
+    seed: intFlag("seed", f.seed, r.seed ?? TRAIN_DEFAULTS.seed, 0, MAX_SEED),
     seeds: intFlag("seeds", f.seeds, r.seeds ?? TRAIN_DEFAULTS.seeds, 1, 1000),
     epochs,
     maxSteps,
@@ -366,6 +376,16 @@ export function parseTrainArgs(
     overwrite: f.overwrite ?? false,
     analysis: f.analysis ?? r.analysis ?? false,
   };
+  // Seeds past the range would wrap (deriveSeed works modulo 2^32): seed-4294967296 would train
+  // exactly as seed-0 did.
+  const lastSeed = config.seed + config.seeds - 1;
+  if (lastSeed > MAX_SEED) {
+    throw new FlagError(
+      `--seed ${config.seed} with --seeds ${config.seeds}: the last seed, ${lastSeed}, is past ` +
+        `${MAX_SEED} (the largest --seed for ${config.seeds} seeds is ` +
+        `${MAX_SEED - config.seeds + 1})`,
+    );
+  }
   if (config.batchSize > MAX_BATCH_SIZE) {
     throw new FlagError(
       `--batch-size: expected an integer ≤ ${MAX_BATCH_SIZE}, got "${config.batchSize}"`,
