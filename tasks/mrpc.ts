@@ -6,7 +6,8 @@
 // GLUE's TSV files, split on tabs only: train.tsv and dev.tsv (a UTF-8 byte-order mark, then the
 // header Quality, #1 ID, #2 ID, #1 String, #2 String) and test.tsv (index, #1 ID, #2 ID,
 // #1 String, #2 String: no labels). idx is the `index` column where there is one, else the row's
-// position (as Hugging Face datasets numbers them).
+// position (as Hugging Face datasets numbers them). A file with neither Quality nor index is an
+// error naming the column its split needs: Quality (the label) for train and dev, index for test.
 
 import { labelId, readTsv, splitFile, tsvColumn, tsvIndex } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
@@ -31,7 +32,11 @@ export const mrpc: Task = {
     const table = await readTsv(file, { header: true });
     const first = tsvColumn(table, "#1 String");
     const second = tsvColumn(table, "#2 String");
-    const quality = table.header!.includes("Quality") ? tsvColumn(table, "Quality") : -1;
+    // The test split's file has `index` instead of Quality; in a train or dev file, a missing
+    // Quality is the error (not a missing `index`, as if it were a test file).
+    const labeled = table.header!.includes("Quality") ||
+      (split !== "test" && !table.header!.includes("index"));
+    const quality = labeled ? tsvColumn(table, "Quality") : -1;
     const index = quality < 0 ? tsvColumn(table, "index") : -1;
     return table.rows.map(({ line, fields }, i) => ({
       source: `${file}:${line}`,

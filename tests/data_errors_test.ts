@@ -659,3 +659,29 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
     ]);
   });
 });
+
+Deno.test("data errors: an MRPC train or dev file without Quality names Quality, not index", async () => {
+  await withDir(async (dir) => {
+    const r = READERS.mrpc;
+    const noLabel = "#1 ID\t#2 ID\t#1 String\t#2 String";
+    const has = "its header has #1 ID, #2 ID, #1 String, #2 String";
+    await Deno.writeTextFile(`${dir}/train.tsv`, `${noLabel}\n1\t2\tA.\tB.\n`);
+    await Deno.writeTextFile(`${dir}/dev.tsv`, `\n${noLabel}\n1\t2\tA.\tB.\n`);
+    for (const [split, line] of [["train", 1], ["dev", 2]] as const) {
+      const e = await rejected(r, dir, split);
+      expectMessage(e, `${dir}/${split}.tsv`, line, `no column "Quality" (${has})`);
+    }
+    // The test split's file has index instead: without it, index is what is missing.
+    await Deno.writeTextFile(`${dir}/test.tsv`, `${noLabel}\n1\t2\tA.\tB.\n`);
+    const t = await rejected(r, dir, "test");
+    expectMessage(t, `${dir}/test.tsv`, 1, `no column "index" (${has})`);
+    // A test-layout file (index, no Quality) is still read unlabeled under any split name (a
+    // file given to predict.ts, which reads it as its dev split by default).
+    const testFile = `${dir}/test-layout.tsv`;
+    await Deno.writeTextFile(testFile, `index\t${noLabel}\n7\t1\t2\tA.\tB.\n`);
+    for (const split of ["test", "dev", "train"]) {
+      const [e] = await r.task.readExamples(testFile, split);
+      assertEquals([e.idx, e.label], [7, null], split);
+    }
+  });
+});
