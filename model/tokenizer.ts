@@ -290,6 +290,7 @@ export class TextTokenizer {
     if (typeof full.model !== "object" || full.model === null) {
       throw new TokenizerError(source, 'has no "model"');
     }
+    checkTokenizerModel(source, full.model as Record<string, unknown>);
     const config = options.config ?? {};
     let tok: Tokenizer;
     try {
@@ -623,6 +624,80 @@ export class TextTokenizer {
       pairA,
       pairB: pairB - 1,
     };
+  }
+}
+
+/**
+ * The tokenizer.json model types tokenizers.js implements; another (HF's WordLevel, say) it would
+ * read as a bare word list, without the model's unknown token.
+ */
+export const TOKENIZER_MODEL_TYPES = ["WordPiece", "BPE", "Unigram"] as const;
+
+function kindOf(v: unknown): string {
+  if (v === undefined) return "missing";
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  return typeof v === "object" ? "an object" : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/**
+ * Checks tokenizer.json's `model` before tokenizers.js reads it, so that a type it cannot run,
+ * or a vocabulary of another model type's shape, is one line naming the file rather than the
+ * library's TypeError ("number 20 is not iterable"). WordPiece and BPE: `vocab` an object of
+ * token → id; Unigram (XLM-R's): `vocab` a list of [piece, score] pairs and `unk_id` one of its
+ * indices (or null). Without a `type`, tokenizers.js infers the model from the vocabulary.
+ */
+function checkTokenizerModel(source: string, model: Record<string, unknown>): void {
+  const type = model.type;
+  if (type === undefined) return;
+  if (!(TOKENIZER_MODEL_TYPES as readonly unknown[]).includes(type)) {
+    throw new TokenizerError(
+      source,
+      `model type ${JSON.stringify(type)} is not supported (supported: ` +
+        `${TOKENIZER_MODEL_TYPES.join(", ")})`,
+    );
+  }
+  const vocab = model.vocab;
+  if (type === "Unigram") {
+    if (!Array.isArray(vocab) || vocab.length === 0) {
+      throw new TokenizerError(
+        source,
+        `its Unigram model's vocab is ${Array.isArray(vocab) ? "an empty list" : kindOf(vocab)}: ` +
+          `expected a list of [piece, score] pairs`,
+      );
+    }
+    const bad = vocab.findIndex((e) =>
+      !Array.isArray(e) || e.length !== 2 || typeof e[0] !== "string" ||
+      typeof e[1] !== "number" || !Number.isFinite(e[1])
+    );
+    if (bad >= 0) {
+      const shown = JSON.stringify(vocab[bad]) ?? String(vocab[bad]);
+      throw new TokenizerError(
+        source,
+        `its Unigram model's vocab[${bad}] is ${
+          shown.length > 40 ? `${shown.slice(0, 40)}…` : shown
+        }, not a [piece, score] pair`,
+      );
+    }
+    const unk = model.unk_id;
+    if (
+      unk !== undefined && unk !== null &&
+      !(Number.isSafeInteger(unk) && (unk as number) >= 0 && (unk as number) < vocab.length)
+    ) {
+      throw new TokenizerError(
+        source,
+        `its Unigram model's unk_id ${JSON.stringify(unk)} is not an index of its vocab ` +
+          `(0-${vocab.length - 1})`,
+      );
+    }
+    return;
+  }
+  if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab)) {
+    throw new TokenizerError(
+      source,
+      `its ${type} model's vocab is ${kindOf(vocab)}: expected an object of token → id` +
+        (Array.isArray(vocab) ? " (a list is a Unigram vocabulary)" : ""),
+    );
   }
 }
 

@@ -663,3 +663,92 @@ Deno.test("tokenSpan maps character spans to token ranges; placeSpan puts them i
   assertEquals(placeSpan(renc, 0, 1, r.tokenSpan("a  cat", 3, 6)), { start: 11, end: 12 });
   assertEquals(row(renc.inputIds, renc, 0)[11], r.tokenToId("Ġcat"));
 });
+
+/** A small XLM-R-style Unigram tokenizer.json (Metaspace, <s> A </s></s> B </s>). */
+function unigramJson(): TokenizerJson {
+  const special = (id: number, content: string) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
+  const metaspace = { type: "Metaspace", replacement: "▁", prepend_scheme: "always", split: true };
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: [special(0, "<s>"), special(1, "<pad>"), special(2, "</s>"), special(3, "<unk>")],
+    normalizer: null,
+    pre_tokenizer: metaspace,
+    post_processor: { type: "RobertaProcessing", sep: ["</s>", 2], cls: ["<s>", 0] },
+    decoder: metaspace,
+    model: {
+      type: "Unigram",
+      unk_id: 3,
+      vocab: [["<s>", 0], ["<pad>", 0], ["</s>", 0], ["<unk>", 0], ["▁hello", -1], ["▁world", -2]]
+        .concat([["▁", -3], ["h", -4], ["e", -4], ["l", -4], ["o", -4]]),
+    },
+  } as unknown as TokenizerJson;
+}
+
+Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line naming the file", () => {
+  const model: TokenizerModelInfo = { ...ROBERTA_MODEL, vocabSize: 11, maxPositions: 66 };
+  // Unigram (XLM-R's tokenizers) runs.
+  const uni = TextTokenizer.fromJson(unigramJson(), model, { source: "xlmr/tokenizer.json" });
+  assertEquals(uni.tokenize("hello world"), ["▁hello", "▁world"]);
+  const enc = uni.encodeBatch([["hello world", "hello"]]);
+  assertEquals(row(enc.inputIds, enc, 0), [0, 4, 5, 2, 2, 4, 2]);
+  assertEquals(uni.largestId(), { id: 10, token: "o" });
+
+  const refused = (json: unknown, problem: string) => {
+    const e = assertThrows(
+      () => TextTokenizer.fromJson(json, model, { source: "x/tokenizer.json" }),
+      TokenizerError,
+    );
+    assertEquals(e.message, `x/tokenizer.json: ${problem}`);
+  };
+  const withModel = (m: Record<string, unknown>) => ({ ...unigramJson(), model: m });
+  const unigram = unigramJson().model as unknown as Record<string, unknown>;
+  const wordPiece = bertJsonLoaded().model as unknown as Record<string, unknown>;
+  refused(
+    withModel({ type: "WordLevel", vocab: { "<pad>": 1 }, unk_token: "<unk>" }),
+    'model type "WordLevel" is not supported (supported: WordPiece, BPE, Unigram)',
+  );
+  refused(
+    withModel({ ...unigram, type: 7 }),
+    "model type 7 is not supported (supported: WordPiece, BPE, Unigram)",
+  );
+  // A Unigram type over another model's vocabulary, or vocabulary entries that are not pairs.
+  refused(
+    withModel({ ...wordPiece, type: "Unigram" }),
+    "its Unigram model's vocab is an object: expected a list of [piece, score] pairs",
+  );
+  refused(
+    withModel({ ...unigram, vocab: [["<s>", 0], 20] }),
+    "its Unigram model's vocab[1] is 20, not a [piece, score] pair",
+  );
+  refused(
+    withModel({ ...unigram, vocab: [["<s>", 0], ["a"]] }),
+    `its Unigram model's vocab[1] is ["a"], not a [piece, score] pair`,
+  );
+  refused(
+    withModel({ ...unigram, vocab: [] }),
+    "its Unigram model's vocab is an empty list: expected a list of [piece, score] pairs",
+  );
+  refused(
+    withModel({ ...unigram, unk_id: 11 }),
+    "its Unigram model's unk_id 11 is not an index of its vocab (0-10)",
+  );
+  refused(
+    withModel({ ...wordPiece, vocab: unigram.vocab }),
+    "its WordPiece model's vocab is a list: expected an object of token → id (a list is a " +
+      "Unigram vocabulary)",
+  );
+  refused(
+    withModel({ type: "BPE", merges: [] }),
+    "its BPE model's vocab is missing: expected an object of token → id",
+  );
+});
