@@ -272,6 +272,26 @@ Deno.test({
         assertEquals(await Deno.readTextFile(`${foreign}/model/weights.bin`), "mine");
       }
 
+      // --resume on other data (a killed run here: a finished one is done) is refused; the
+      // fingerprints of both splits are in run.json.
+      const resolvedTask = JSON.parse(await Deno.readTextFile(`${out}/run.json`)).resolved.task;
+      assert(/^[0-9a-f]{64}$/.test(resolvedTask.train_sha256), resolvedTask.train_sha256);
+      assert(/^[0-9a-f]{64}$/.test(resolvedTask.dev_sha256), resolvedTask.dev_sha256);
+      await Deno.rename(`${out}/metrics.json`, `${dir}/metrics.json`);
+      const val = await Deno.readTextFile(`${dir}/data/val.jsonl`);
+      await Deno.writeTextFile(`${dir}/data/val.jsonl`, val.replace('"label"', '"x": 1, "label"'));
+      // (The same examples, written otherwise: still the same data.)
+      await run(out, "--model", `${dir}/model`, "--resume", "--seed", "7");
+      await Deno.rename(`${out}/metrics.json`, `${dir}/metrics.json`);
+      await Deno.writeTextFile(`${dir}/data/val.jsonl`, val.split("\n").slice(1).join("\n"));
+      await assertRejects(
+        () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7"),
+        Error,
+        `--resume: the val split in ${dir}/data is not the data ${out} was started on`,
+      );
+      await Deno.writeTextFile(`${dir}/data/val.jsonl`, val);
+      await Deno.rename(`${dir}/metrics.json`, `${out}/metrics.json`);
+
       // A damaged run.json or metrics.json is named in the error.
       await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');
       await assertRejects(

@@ -55,7 +55,7 @@ import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
-import { headFeatures, type Task } from "./task.ts";
+import { headFeatures, type Task, type TaskExample } from "./task.ts";
 import {
   CHECKPOINT_FILE,
   type LoadedCheckpoint,
@@ -385,6 +385,42 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * A fingerprint of a split as read (each example's texts, label and target spans, in order): a
+ * resumed run checks its data against the one it started on.
+ */
+async function examplesSha256(examples: readonly TaskExample[]): Promise<string> {
+  const text = examples.map((e) => JSON.stringify([e.inputs, e.label, e.spans ?? null]))
+    .join("\n");
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * --resume: the data must be what the run started on (a changed file would continue the run on
+ * other examples). Runs whose run.json predates the fingerprints are not checked.
+ */
+async function checkSameData(
+  dir: string,
+  resolved: Record<string, unknown>,
+  data: string,
+): Promise<void> {
+  const path = `${dir}/run.json`;
+  if (!(await exists(path))) return;
+  const before = ((await readRunJson(path)).resolved as Record<string, unknown> | undefined)
+    ?.task as Record<string, unknown> | undefined;
+  const now = resolved.task as Record<string, unknown>;
+  for (const split of ["train", "dev"] as const) {
+    const key = `${split}_sha256`;
+    if (before?.[key] !== undefined && before[key] !== now[key]) {
+      throw new Error(
+        `--resume: the ${now[`${split}_split`]} split in ${data} is not the data ${dir} ` +
+          `was started on (its examples changed; --overwrite to restart on it)`,
+      );
+    }
+  }
+}
+
 /** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
 async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
   const model = await openModel(config.model, { revision: config.revision ?? undefined });
@@ -399,13 +435,15 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
     }
     const maxLength = Math.min(config.maxLength ?? limit, limit);
     const trainSplit = task.trainSplit ?? "train";
+    const trainExamples = await task.readExamples(config.data, trainSplit);
     const train = tokenizeExamples(
       model.tokenizer,
-      await task.readExamples(config.data, trainSplit),
+      trainExamples,
       maxLength,
       `${task.name} ${trainSplit}`,
       task.truncation,
     );
+    const trainSha256 = await examplesSha256(trainExamples);
     const devExamples = await task.readExamples(config.data, task.devSplit);
     const dev = tokenizeExamples(
       model.tokenizer,
@@ -480,6 +518,8 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
         dev_split: task.devSplit,
         train_examples: train.examples.length,
         dev_examples: dev.examples.length,
+        train_sha256: trainSha256,
+        dev_sha256: await examplesSha256(devExamples),
       },
       model: {
         dir: model.dir,
@@ -560,6 +600,7 @@ async function runSeed(
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
   if (config.resume) await removeStaleTemporaries(dir);
+  if (config.resume) await checkSameData(dir, p.resolved, config.data);
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
 
