@@ -19,7 +19,7 @@ import { runMain } from "./train/flags.ts";
 import { startLines, taskScriptRecipe } from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
-import { writeTestSubmissions } from "./train/submission.ts";
+import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
 
 export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
@@ -66,6 +66,8 @@ export async function trainFromArgs(
     const model = await readConfig(`${dir}/config.json`);
     config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
   }
+  // A fault in the test split is found before the training, not after it.
+  if (typed.has("predict-test")) await checkTestSplit(config, byName(config.task));
   const metrics = await runTraining(config, {
     task: byName(config.task),
     autotune: tuneRequest(tune),

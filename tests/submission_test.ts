@@ -1,8 +1,9 @@
 // Leaderboard submission files (train/submission.ts): each task's exact format from synthetic
 // predictions, the errors, and train.ts --predict-test end to end on the tiny fixture.
 
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
+  exists,
   markerExamples,
   writeMarkerData,
   writeNarrowHead,
@@ -246,4 +247,20 @@ test("predict-test: a missing test split or a prefix model is reported, not an e
     "skipped" in prefix && prefix.skipped.includes('prefix-tuning rows ("prefix.key")'),
     JSON.stringify(prefix),
   );
+});
+
+test("train --predict-test: a test split with a repeated idx is refused before the training", async () => {
+  const { dir, args } = await prepare();
+  const data = `${dir}/repeated`;
+  await writeMarkerData(data, 16, 8);
+  const rows = markerExamples(3, 3).map(({ label: _label, ...row }, i) => ({ ...row, idx: i % 2 }));
+  await Deno.writeTextFile(`${data}/test.jsonl`, rows.map((r) => JSON.stringify(r)).join("\n"));
+  const out = `${dir}/repeated-run`;
+  await assertRejects(
+    () => trainFromArgs([...args, "--data", data, "--out", out, "--predict-test"], {}, rte),
+    Error,
+    `${data}/test.jsonl:3: idx 0 again (first at ${data}/test.jsonl:1): --predict-test writes ` +
+      `one prediction per idx`,
+  );
+  assert(!(await exists(out)), "the run started");
 });

@@ -286,6 +286,30 @@ export async function predictTestSet(
   return { written, examples: predictions.length };
 }
 
+/**
+ * --predict-test, before the training: the test split it will predict is read (each line
+ * checked as training checks its splits) and must have one example per idx, so that a fault in
+ * it ends the command before the training, not after. What predictTestSet skips (no format, no
+ * test file) is left for it to report.
+ */
+export async function checkTestSplit(config: TrainConfig, task: Task): Promise<void> {
+  const format = SUBMISSION_FORMATS[task.name];
+  if (!format || (await isDirectory(config.data)) !== true) return;
+  if ((await isDirectory(`${config.data}/${format.testFile}`)) === null) return;
+  const first = new Map<number, string>();
+  for (const e of await task.readExamples(config.data, "test")) {
+    const where = e.source ?? `${config.data}/${format.testFile} example ${e.idx}`;
+    const earlier = first.get(e.idx);
+    if (earlier !== undefined) {
+      throw new Error(
+        `${where}: idx ${e.idx} again (first at ${earlier}): --predict-test writes one ` +
+          `prediction per idx`,
+      );
+    }
+    first.set(e.idx, where);
+  }
+}
+
 /** The run folders of a config: `out`, or `out/seed-<n>` for each seed of a multi-seed run. */
 export function runFolders(config: TrainConfig): string[] {
   if (config.seeds === 1) return [config.out];
