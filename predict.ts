@@ -246,7 +246,8 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
 /**
  * Checks `--out` before the model is opened, the data downloaded or the GPU used, so that a bad
  * path costs nothing and no file is replaced unasked: a folder is refused, an existing file (or
- * link) unless `overwrite`; a missing parent folder is created (as train.ts creates its --out).
+ * link) unless `overwrite`, a path through a file always. A missing parent folder is made when
+ * the predictions are written (as train.ts makes its --out).
  */
 export async function checkOutPath(out: string, overwrite: boolean): Promise<void> {
   let info: Deno.FileInfo | null = null;
@@ -269,16 +270,25 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
       `--out ${out} already exists: pass --overwrite to replace it, or choose another path`,
     );
   }
-  const slash = out.lastIndexOf("/");
-  if (slash <= 0) return;
-  try {
-    await Deno.mkdir(out.slice(0, slash), { recursive: true });
-  } catch (e) {
-    const why = e instanceof Deno.errors.AlreadyExists || e instanceof Deno.errors.NotADirectory
-      ? "a part of that path is a file, not a folder"
-      : (e as Error).message;
-    throw new FlagError(`--out ${out}: cannot create its folder ${out.slice(0, slash)}: ${why}`);
+  // The folder is made when the predictions are written (a failed run leaves none); here, only
+  // that it can be: its nearest existing part is a folder.
+  for (let dir = parentOf(out); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
+    let found: Deno.FileInfo;
+    try {
+      found = await Deno.stat(dir);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) continue;
+      throw new FlagError(`--out ${out}: cannot check its folder ${dir}: ${(e as Error).message}`);
+    }
+    if (found.isDirectory) return;
+    throw new FlagError(`--out ${out}: ${dir} is a file, not a folder`);
   }
+}
+
+/** The folder part of `path` ("." for a bare name). */
+function parentOf(path: string): string {
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
 }
 
 async function main(args: string[]) {
@@ -290,6 +300,7 @@ async function main(args: string[]) {
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
   const predictions = await predict({ ...options, data });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
+  await Deno.mkdir(parentOf(out), { recursive: true });
   await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");
   console.error(`predict: ${predictions.length} predictions written to ${out}`);
 }

@@ -225,6 +225,14 @@ Deno.test({
       }
       assertEquals(await listing(`${dir}/model`), modelFiles);
       assertEquals(await Deno.readFile(config), before);
+      // A run that fails leaves no folder made for its --out.
+      const failed = await runPredict(
+        ...["--model", `${dir}/no-such-model`, "--task", "rte", "--data", data],
+        ...["--out", `${dir}/new/predictions.jsonl`],
+      );
+      assertEquals(failed.code, 1);
+      assert(!failed.stderr.includes("--out"), failed.stderr);
+      assert(!(await listing(dir)).includes("new"), "a folder was made for a failed run");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -298,16 +306,14 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
     await refused(
       `${dir}/earlier.jsonl/x/p.jsonl`,
       false,
-      `--out ${dir}/earlier.jsonl/x/p.jsonl: cannot create its folder ${dir}/earlier.jsonl/x: a ` +
-        `part of that path is a file, not a folder`,
+      `--out ${dir}/earlier.jsonl/x/p.jsonl: ${dir}/earlier.jsonl is a file, not a folder`,
     );
-    // Accepted: an earlier result with --overwrite, a new file in a new folder.
+    // Accepted: an earlier result with --overwrite, a new file in a new folder (made only when
+    // the predictions are written).
     await checkOutPath(`${dir}/earlier.jsonl`, true);
     await checkOutPath(`${dir}/a/b/p.jsonl`, false);
-    assertEquals((await Deno.stat(`${dir}/a/b`)).isDirectory, true);
     assertEquals(await Deno.readTextFile(`${dir}/earlier.jsonl`), "earlier");
-    assertEquals(await listing(`${dir}/a/b`), []);
-    assertEquals(await listing(dir), ["a", "dangling", "earlier.jsonl", "folder"]);
+    assertEquals(await listing(dir), ["dangling", "earlier.jsonl", "folder"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
