@@ -13,6 +13,7 @@ import { writeSafetensors } from "../model/safetensors.ts";
 import { predict } from "../predict.ts";
 import { trainFromArgs } from "../train.ts";
 import { parseTrainArgs } from "../train/config.ts";
+import { FlagError } from "../train/flags.ts";
 import {
   predictTestSet,
   runFolders,
@@ -261,6 +262,30 @@ test("train --predict-test: a test split with a repeated idx is refused before t
     Error,
     `${data}/test.jsonl:3: idx 0 again (first at ${data}/test.jsonl:1): --predict-test writes ` +
       `one prediction per idx`,
+  );
+  assert(!(await exists(out)), "the run started");
+});
+
+test("train --predict-test: no test split or a prefix-keeping model is refused before the training", async () => {
+  const { dir, args } = await prepare();
+  const data = `${dir}/without-test`;
+  await writeMarkerData(data, 16, 8);
+  const out = `${dir}/without-test-run`;
+  await assertRejects(
+    () => trainFromArgs([...args, "--data", data, "--out", out, "--predict-test"], {}, rte),
+    FlagError,
+    `--predict-test: no test split: ${data}/test.jsonl does not exist (pass --data with a ` +
+      `folder that has it)`,
+  );
+  await assertRejects(
+    () =>
+      trainFromArgs(
+        [...args, "--out", out, "--predict-test", "--strategy", "peft", "--peft", "prefix"],
+        {},
+        rte,
+      ),
+    FlagError,
+    "--predict-test: --strategy peft --peft prefix keeps the prefix-tuning rows",
   );
   assert(!(await exists(out)), "the run started");
 });

@@ -163,21 +163,39 @@ test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file
   const dir = await Deno.makeTempDir({ prefix: "ehft-task-cb-" });
   try {
     await writeTinyBert(`${dir}/model`, false);
+    // CB ships no test split: the shipped folder's copy with one made of five dev rows.
+    const data = `${dir}/CB`;
+    await Deno.mkdir(data);
+    for (const f of ["train.jsonl", "val.jsonl"]) {
+      await Deno.copyFile(`${ROOT}data/superglue/CB/${f}`, `${data}/${f}`);
+    }
+    const testRows = (await Deno.readTextFile(`${data}/val.jsonl`)).trim().split("\n").slice(0, 5)
+      .map((l) => {
+        const { label: _label, ...row } = JSON.parse(l);
+        return JSON.stringify(row);
+      });
+    await Deno.writeTextFile(`${data}/test.jsonl`, testRows.join("\n") + "\n");
     const out = `${dir}/run`;
     const r = await run([
       ...["task", "cb", "--max-steps", "4", "--model", `${dir}/model`, "--out", out],
-      ...["--batch-size", "4", "--max-length", "32", "--predict-test"],
+      ...["--data", data, "--batch-size", "4", "--max-length", "32", "--predict-test"],
     ]);
     assertEquals(r.code, 0, r.stderr);
-    // --predict-test loads predict.ts from inside a task script (no import cycle may hang it);
-    // CB ships no test split, which is reported, not fatal.
-    assert(/test/.test(r.stderr) && /skipped|no test split/.test(r.stderr), r.stderr);
+    // --predict-test loads predict.ts from inside a task script (no import cycle may hang it).
+    assert(r.stderr.includes(`5 test predictions written to ${out}/CB.jsonl`), r.stderr);
     const names = async (path: string) => {
       const found: string[] = [];
       for await (const e of Deno.readDir(path)) found.push(e.name);
       return found.sort();
     };
-    assertEquals(await names(out), ["log.jsonl", "metrics.json", "model", "run.json", "stage1"]);
+    assertEquals(await names(out), [
+      "CB.jsonl",
+      "log.jsonl",
+      "metrics.json",
+      "model",
+      "run.json",
+      "stage1",
+    ]);
     for (const sub of ["model", "stage1"]) {
       assertEquals(await names(`${out}/${sub}`), [
         "config.json",
@@ -190,7 +208,7 @@ test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file
     assertEquals(
       [s.task, s.strategy, s.peft, s.lr, s.maxSteps, s.epochs, s.data],
       // The tiny fixture is a BERT: the recipe's 1e-5 becomes the paper's BERT-Large 3e-5.
-      ["cb", "ehft", "bitfit", 3e-5, 4, null, "data/superglue/CB"],
+      ["cb", "ehft", "bitfit", 3e-5, 4, null, data],
     );
     const t = run_.resolved.task;
     assertEquals([t.loss, t.head_classes, t.train_examples, t.dev_examples, t.dev_split], [

@@ -22,6 +22,7 @@
 import { writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainConfig } from "./config.ts";
+import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
 
 export type Benchmark = "SuperGLUE" | "GLUE";
@@ -287,18 +288,36 @@ export async function predictTestSet(
 }
 
 /**
- * --predict-test, before the training: the test split it will predict is read (each line
- * checked as training checks its splits) and must have one example per idx, so that a fault in
- * it ends the command before the training, not after. What predictTestSet skips (no format, no
- * test file) is left for it to report.
+ * --predict-test, before the training: refuses what predictTestSet would only skip after it (a
+ * task without a leaderboard format, no test file in --data, a final model that keeps its
+ * prefix rows), then reads the test split (each line checked as training checks its splits) and
+ * requires one example per idx, so that a fault ends the command before the training, not
+ * after. A --data that is not a folder is left to the training's own check.
  */
 export async function checkTestSplit(config: TrainConfig, task: Task): Promise<void> {
   const format = SUBMISSION_FORMATS[task.name];
-  if (!format || (await isDirectory(config.data)) !== true) return;
-  if ((await isDirectory(`${config.data}/${format.testFile}`)) === null) return;
+  if (!format) {
+    throw new FlagError(`--predict-test: task ${task.name} has no leaderboard submission format`);
+  }
+  if (
+    config.peft === "prefix" && (config.strategy === "peft" || config.strategy === "ehft-reserve")
+  ) {
+    throw new FlagError(
+      `--predict-test: --strategy ${config.strategy} --peft prefix keeps the prefix-tuning rows ` +
+        `in the final model, which predict.ts does not apply`,
+    );
+  }
+  if ((await isDirectory(config.data)) !== true) return;
+  const testPath = `${config.data}/${format.testFile}`;
+  if ((await isDirectory(testPath)) === null) {
+    throw new FlagError(
+      `--predict-test: no test split: ${testPath} does not exist (pass --data with a folder ` +
+        `that has it)`,
+    );
+  }
   const first = new Map<number, string>();
   for (const e of await task.readExamples(config.data, "test")) {
-    const where = e.source ?? `${config.data}/${format.testFile} example ${e.idx}`;
+    const where = e.source ?? `${testPath} example ${e.idx}`;
     const earlier = first.get(e.idx);
     if (earlier !== undefined) {
       throw new Error(
