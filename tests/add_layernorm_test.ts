@@ -452,6 +452,31 @@ gpuTest("add_layernorm: a grid past the per-dimension limit spreads over x and y
   }
 });
 
+gpuTest(
+  "add_layernorm: dGamma and dBeta sum 1537 rows (two blocks of the column loop)",
+  async (gpu) => {
+    // kernels/layernorm.ts's column sums (from the saved x̂ here): each of a column's 16 lanes
+    // takes every 16th row in blocks of 64 of its rows, 1024 rows of the matrix per block, so 1537
+    // rows take the block loop twice, the second time over 513 rows (lane 0 has 33 of them, the
+    // others 32). Hidden size 7 (8 invocations per row, 32 rows per row-kernel workgroup: 1537 is
+    // not a multiple of it); dropout on, so that dDense has zeros where the mask drops.
+    const c = makeCase([1537, 7], 21);
+    const eps = 1e-5;
+    const dropout = { p: 0.1, seed: 77, stream: 6 };
+    const t = upload(gpu, c);
+    const rec = new Recorder(gpu);
+    recordBoth(rec, t, eps, dropout);
+    await rec.submit();
+    const b = refBackward(c.dense, c.residual, c.gamma, c.dOut, c.rows, c.h, eps, dropout);
+    assertClose("dDense", await t.dDense.download(), b.dDense, 1e-5);
+    assertClose("dResidual", await t.dResidual.download(), b.dResidual, 1e-5);
+    // 96 or 97 float32 terms per lane (two blocks), then the 16-lane tree.
+    assertClose("dGamma", await t.dGamma.download(), b.dGamma, 1e-5);
+    assertClose("dBeta", await t.dBeta.download(), b.dBeta, 1e-5);
+    destroyAll(t);
+  },
+);
+
 gpuTest("add_layernorm: two runs give bitwise-identical outputs", async (gpu) => {
   const c = makeCase([130, 257], 9);
   const t = upload(gpu, c);

@@ -1,4 +1,4 @@
-import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, AssertionError, assertThrows } from "./assert.ts";
 import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
@@ -6,7 +6,13 @@ import { attentionBackward, attentionForward } from "../kernels/attention.ts";
 import type { DropoutConfig } from "../kernels/dropout.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+import {
+  createTensor,
+  type DType,
+  type HostArray,
+  type Tensor,
+  tensorFromArray,
+} from "../kernels/tensor.ts";
 import {
   type Dims,
   dropFactor,
@@ -17,14 +23,29 @@ import {
 } from "./attention_reference.ts";
 
 interface GpuRun {
-  probs: Float32Array;
-  context: Float32Array;
-  dQ: Float32Array;
-  dK: Float32Array;
-  dV: Float32Array;
-  dPK?: Float32Array;
-  dPV?: Float32Array;
+  probs: HostArray;
+  context: HostArray;
+  dQ: HostArray;
+  dK: HostArray;
+  dV: HostArray;
+  dPK?: HostArray;
+  dPV?: HostArray;
 }
+
+/** The storage of the [B, S, H·D] tensors, which may each be f16 (the rest are f32 always). */
+type SeqName = "q" | "k" | "v" | "dContext" | "context" | "dQ" | "dK" | "dV";
+type Storage = Record<SeqName, DType>;
+
+const ALL_F32: Storage = {
+  q: "f32",
+  k: "f32",
+  v: "f32",
+  dContext: "f32",
+  context: "f32",
+  dQ: "f32",
+  dK: "f32",
+  dV: "f32",
+};
 
 async function runGpu(
   gpu: Gpu,
@@ -33,14 +54,22 @@ async function runGpu(
   dims: Dims,
   drop: DropoutConfig,
   prefixInit?: { dPK: Float64Array; dPV: Float64Array },
+  storage: Storage = ALL_F32,
 ): Promise<GpuRun> {
   const { B, S, H, D, P } = dims;
-  const up = (a: Float64Array, shape: number[], label: string) =>
-    tensorFromArray(gpu, Float32Array.from(a), shape, label);
+  const up = (a: Float64Array, shape: number[], label: string, dtype: DType = "f32") =>
+    tensorFromArray(
+      gpu,
+      dtype === "f16" ? Float16Array.from(a) : Float32Array.from(a),
+      shape,
+      label,
+    );
   const seq = [B, S, H * D];
-  const q = up(x.q, seq, "q"), k = up(x.k, seq, "k"), v = up(x.v, seq, "v");
+  const q = up(x.q, seq, "q", storage.q);
+  const k = up(x.k, seq, "k", storage.k);
+  const v = up(x.v, seq, "v", storage.v);
   const mask = up(x.mask, [B, S], "mask");
-  const dContext = up(dC, seq, "dContext");
+  const dContext = up(dC, seq, "dContext", storage.dContext);
   const prefix = P > 0
     ? {
       prefixKey: up(x.pk, [H, P, D], "prefixKey"),
@@ -49,10 +78,16 @@ async function runGpu(
     : {};
   const rec = new Recorder(gpu);
   const probs = outputTensor(rec, [B, H, S, P + S], "probs");
-  const context = outputTensor(rec, seq, "context");
-  const dQ = outputTensor(rec, seq, "dQ");
-  const dK = outputTensor(rec, seq, "dK");
-  const dV = outputTensor(rec, seq, "dV");
+  // Every output poisoned with NaN (f16 ones too: `fill` writes f16's NaN, 0x7e00).
+  const seqOut = (name: SeqName) => {
+    const t = createTensor(gpu, seq, storage[name], name);
+    fill(rec, t, NaN);
+    return t;
+  };
+  const context = seqOut("context");
+  const dQ = seqOut("dQ");
+  const dK = seqOut("dK");
+  const dV = seqOut("dV");
   let dPrefix = {};
   if (P > 0) {
     const init = (a?: Float64Array) => a && Float32Array.from(a);
@@ -78,7 +113,7 @@ async function runGpu(
     dropout: drop,
   });
   await rec.submit();
-  const get = async (t: Tensor) => (await t.download()) as Float32Array;
+  const get = (t: Tensor) => t.download();
   const out: GpuRun = {
     probs: await get(probs),
     context: await get(context),
@@ -155,6 +190,99 @@ for (const { dims, drop, seed } of CASES) {
         let dropped = 0;
         for (let i = 0; i < ref.probs.length; i++) if (dropFactor(drop, i) === 0) dropped++;
         assert(dropped > 0 && dropped < ref.probs.length, `dropped ${dropped}`);
+      }
+    },
+  );
+}
+
+/**
+ * An f16 output against float64 on the f16 inputs, per element: the f32 bound (TOL, as
+ * assertClose measures it) plus the rounding to f16 when the result is stored, at most 2^-11 of
+ * the value. `partial` is a share of the sum that a first product stores to f16 and a second
+ * one accumulates onto (the prefix rows' share of context and dQ): its own rounding, 2^-11 of
+ * it, comes on top. (The products of the rounded values, 2^-22 relative, are inside TOL.)
+ */
+function assertCloseF16(
+  name: string,
+  got: ArrayLike<number>,
+  want: Float64Array,
+  partial?: Float64Array,
+): void {
+  assertEquals(got.length, want.length, `${name}: length`);
+  const meanAbs = want.reduce((s, v) => s + Math.abs(v), 0) / Math.max(1, want.length);
+  for (let i = 0; i < want.length; i++) {
+    const bound = 2 ** -11 * (Math.abs(want[i]) + Math.abs(partial?.[i] ?? 0)) +
+      TOL * (Math.abs(want[i]) + meanAbs);
+    const err = Math.abs(got[i] - want[i]);
+    if (!(err <= bound)) {
+      throw new AssertionError(
+        `${name}: element ${i} is ${got[i]}, expected ${want[i]} (error ${err.toExponential(2)}, ` +
+          `bound ${bound.toExponential(2)})`,
+      );
+    }
+  }
+}
+
+// f16 q, k, v and dContext (and f16 outputs), each on its own as attention allows: the float64
+// reference takes the f16-rounded inputs, which the kernels load exactly, so f32 outputs keep
+// the f32 bound and f16 ones add their store's rounding (assertCloseF16). [3, 7, 3·8] with prefix
+// rows and dropout takes the GEMM's scalar fallbacks; [3, 68, 2·64] its vec4<f16> loads.
+const F16_STORAGES: [string, Storage][] = [
+  ["f16 inputs, f32 outputs", { ...ALL_F32, q: "f16", k: "f16", v: "f16", dContext: "f16" }],
+  ["f16 inputs and outputs", {
+    q: "f16",
+    k: "f16",
+    v: "f16",
+    dContext: "f16",
+    context: "f16",
+    dQ: "f16",
+    dK: "f16",
+    dV: "f16",
+  }],
+  ["mixed", { ...ALL_F32, q: "f16", v: "f16", context: "f16", dK: "f16" }],
+];
+for (
+  const { dims, drop, seed } of [
+    { dims: { B: 3, S: 7, H: 3, D: 8, P: 3 }, drop: { p: 0.3, seed: 123, stream: 7 }, seed: 11 },
+    { dims: { B: 3, S: 68, H: 2, D: 64, P: 4 }, drop: { p: 0.1, seed: 5, stream: 2 }, seed: 12 },
+  ]
+) {
+  const { B, S, H, D, P } = dims;
+  gpuTest(
+    `attention f16: forward and backward against float64 at B=${B} S=${S} H=${H} D=${D} P=${P}`,
+    async (gpu) => {
+      assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+      const x32 = makeInputs(dims, seed * 10);
+      const dC32 = Float64Array.from(Float32Array.from(randomValues(B * S * H * D, seed * 10 + 7)));
+      const f16 = (a: Float64Array) => Float64Array.from(Float16Array.from(a));
+      for (const [what, storage] of F16_STORAGES) {
+        // The inputs as stored: f16 ones rounded (the prefix rows stay f32).
+        const x: Inputs = {
+          ...x32,
+          q: storage.q === "f16" ? f16(x32.q) : x32.q,
+          k: storage.k === "f16" ? f16(x32.k) : x32.k,
+          v: storage.v === "f16" ? f16(x32.v) : x32.v,
+        };
+        const dC = storage.dContext === "f16" ? f16(dC32) : dC32;
+        const ref = referenceForward(x, dims, drop);
+        const grads = referenceBackward(x, ref.probs, dC, dims, drop);
+        // The prefix rows' shares of context and dQ, stored before the sequence's is added: the
+        // reference without the sequence's values (context), or keys (dQ; dS does not use k).
+        const zeros = new Float64Array(x.v.length);
+        const prefixContext = referenceForward({ ...x, v: zeros }, dims, drop).context;
+        const prefixDQ = referenceBackward({ ...x, k: zeros }, ref.probs, dC, dims, drop).dQ;
+        const run = await runGpu(gpu, x, dC, dims, drop, undefined, storage);
+        const check = (name: SeqName, got: HostArray, want: Float64Array, part?: Float64Array) =>
+          storage[name] === "f16"
+            ? assertCloseF16(`${what}: ${name}`, got, want, part)
+            : assertClose(`${what}: ${name}`, got, want, TOL);
+        assertClose(`${what}: probs`, run.probs, ref.probs, TOL);
+        check("context", run.context, ref.context, prefixContext);
+        check("dQ", run.dQ, grads.dQ, prefixDQ);
+        check("dK", run.dK, grads.dK);
+        check("dV", run.dV, grads.dV);
+        assertClose(`${what}: dPrefixKey`, run.dPK!, grads.dPK, TOL);
+        assertClose(`${what}: dPrefixValue`, run.dPV!, grads.dPV, TOL);
       }
     },
   );

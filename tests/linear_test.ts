@@ -259,6 +259,52 @@ gpuTest("linear: parameter gradients summed over many rows", async (gpu) => {
   assertClose(`dB (${rows} rows, accumulated)`, s.dB!, add(s.ref.dB, initDB));
 });
 
+gpuTest(
+  "linear: f16 dY's bias gradient (linear_column_sum_f16), one pass and two, against float64",
+  async (gpu) => {
+    assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+    // x and dY stored in f16 (dW and db f32, as linearBackward requires). The kernel loads each
+    // f16 exactly into f32 and sums in f32, and the reference sums the same f16 values in float64,
+    // so f16 storage adds no error of its own: what remains is the f32 sums' rounding, as for f32
+    // inputs, and the usual 1e-5 bound holds (a slice adds at most 128 terms in order here,
+    // ~128 · 2^-24 of the terms' size in the worst case, far less in practice). The same values
+    // in f32 go through the f32 kernel in the same order: db must be bitwise that.
+    // 511 rows: one pass (below 2·SUM_BLOCK_ROWS); 513: two, 3 blocks the last of 1 row; 1037:
+    // 5 blocks the last of 13. 70 columns: two workgroups of 64 columns, the second partial.
+    const inF = 5, outF = 70;
+    for (const [s, rows] of [2 * SUM_BLOCK_ROWS - 1, 2 * SUM_BLOCK_ROWS + 1, 1037].entries()) {
+      const hx = Float16Array.from(randomValues(rows * inF, 600 + 10 * s));
+      const hg = Float16Array.from(randomValues(rows * outF, 601 + 10 * s));
+      const w = tensorFromArray(gpu, f32(outF * inF, 602 + 10 * s), [outF, inF], "w");
+      const x = tensorFromArray(gpu, hx, [rows, inF], "x f16");
+      const g16 = tensorFromArray(gpu, hg, [rows, outF], "dY f16");
+      const g32 = tensorFromArray(gpu, Float32Array.from(hg), [rows, outF], "dY f32");
+      assertEquals([x.dtype, g16.dtype, g32.dtype], ["f16", "f16", "f32"]);
+      const rec = new Recorder(gpu);
+      const dW = outputTensor(rec, [outF, inF], "dW");
+      const dB = outputTensor(rec, [outF], "dB");
+      const dB32 = outputTensor(rec, [outF], "dB from f32");
+      const before = rec.length;
+      linearBackward(rec, { x, weight: w, dOut: g16, dWeight: dW, dBias: dB });
+      const launched = rec.labels.slice(before);
+      linearBackward(rec, { x, weight: w, dOut: g32, dBias: dB32 });
+      await rec.submit();
+      const ref = refBackward(hx, new Float64Array(outF * inF), hg, rows, inF, outF);
+      const got = await dB.download();
+      assertEquals(
+        launched.filter((l) => l.startsWith("linearBackward (dBias)")),
+        rows < 2 * SUM_BLOCK_ROWS
+          ? ["linearBackward (dBias)"]
+          : ["linearBackward (dBias) blocks", "linearBackward (dBias)"],
+      );
+      assertClose(`dB f16 (${rows} rows)`, got, ref.dB);
+      assertClose(`dW f16 (${rows} rows)`, await dW.download(), ref.dW);
+      assertEquals(got, await dB32.download(), `dB f16 against f32 (${rows} rows)`);
+      for (const t of [w, x, g16, g32, dW, dB, dB32]) t.destroy();
+    }
+  },
+);
+
 gpuTest("linear: the float64 reference backward matches finite differences", () => {
   const rows = 3, inF = 5, outF = 4;
   const x = randomValues(rows * inF, 401);

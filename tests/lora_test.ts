@@ -325,6 +325,71 @@ gpuTest("lora: the module workspace grows for a larger layer", async (gpu) => {
   }
 });
 
+gpuTest(
+  "lora f16: x, out, dOut and dX in f16 against float64, thin, wide and row-block paths",
+  async (gpu) => {
+    assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+    // LoRA takes x, out, dOut and dX in f16 (a, b, hidden, dA and dB stay f32). The reference
+    // takes the f16 values as stored, which the kernels load exactly, so hidden, dA and dB keep
+    // the f32 bound (1e-5); out and dX are f16(old + low-rank term), one rounding to f16 on
+    // store (at most 2^-11 of the value) on top of it. Rank 7: thinMatmul with f16 x and dY;
+    // rank 33: matmul (wider than THIN_MAX_N); 1041 rows: dA and dB in row blocks, thinTnBlocks
+    // on an f32 and an f16 operand (dHidden and x: A narrow; dY and hidden: B narrow); rank 17
+    // there: batched matmuls on f16, the short last block its own launch.
+    const f16Tol = 2 ** -11 + 1e-5;
+    const f16 = (n: number, seed: number) => Float16Array.from(randomValues(n, seed));
+    const cases = [
+      { xShape: [2, 7, 33], r: 7, outF: 130, scale: 2 },
+      { xShape: [1, 130], r: 33, outF: 33, scale: 16 / 33 },
+      { xShape: [3, 347, 19], r: 5, outF: 23, scale: 0.75 },
+      { xShape: [3, 347, 19], r: 17, outF: 23, scale: -1.25 },
+    ];
+    for (const [s, { xShape, r, outF, scale }] of cases.entries()) {
+      const d = dimsOf(xShape, r, outF);
+      const lead = xShape.slice(0, -1);
+      const hx = f16(d.rows * d.inF, 1000 + 10 * s), hg = f16(d.rows * outF, 1001 + 10 * s);
+      const hout = f16(d.rows * outF, 1002 + 10 * s), hdX = f16(d.rows * d.inF, 1003 + 10 * s);
+      const ha = f32(r * d.inF, 1004 + 10 * s), hb = f32(outF * r, 1005 + 10 * s);
+      const x = tensorFromArray(gpu, hx, xShape, "x");
+      const g = tensorFromArray(gpu, hg, [...lead, outF], "dOut");
+      const out = tensorFromArray(gpu, hout, [...lead, outF], "out");
+      const dX = tensorFromArray(gpu, hdX, xShape, "dX");
+      assertEquals([x.dtype, g.dtype, out.dtype, dX.dtype], ["f16", "f16", "f16", "f16"]);
+      const a = tensorFromArray(gpu, ha, [r, d.inF], "a");
+      const b = tensorFromArray(gpu, hb, [outF, r], "b");
+      const rec = new Recorder(gpu);
+      const hidden = outputTensor(rec, [d.rows, r], "hidden");
+      const dA = outputTensor(rec, [r, d.inF], "dA");
+      const dB = outputTensor(rec, [outF, r], "dB");
+      loraForward(rec, { x, a, b, scale, hidden, out });
+      const before = rec.length;
+      // The backward from the forward's own (f32) hidden; the reference recomputes it in float64.
+      loraBackward(rec, { x, a, b, scale, hidden, dOut: g, dX, dA, dB });
+      const launched = rec.labels.slice(before);
+      await rec.submit();
+      const fwd = refForward(hx, ha, hb, hout, scale, d);
+      const bwd = refBackward(hx, ha, hb, hg, scale, d);
+      const name = `f16 ${xShape} r=${r}`;
+      assertClose(`hidden ${name}`, await hidden.download(), fwd.hidden);
+      assertClose(`out ${name}`, await out.download(), fwd.out, f16Tol);
+      assertClose(`dX ${name}`, await dX.download(), add(bwd.dX, hdX), f16Tol);
+      assertClose(`dA ${name}`, await dA.download(), bwd.dA);
+      assertClose(`dB ${name}`, await dB.download(), bwd.dB);
+      if (d.rows >= 2 * LORA_SPLIT_ROWS) {
+        for (const grad of ["dA", "dB"]) {
+          assert(launched.includes(`loraBackward (${grad}) blocks`), `${name}: ${launched}`);
+          assertEquals(
+            launched.includes(`loraBackward (${grad}) last block`),
+            r > THIN_TN_MAX,
+            `${name}: ${launched}`,
+          );
+        }
+      }
+      for (const t of [x, g, out, dX, a, b, hidden, dA, dB]) t.destroy();
+    }
+  },
+);
+
 gpuTest("lora: the float64 reference backward matches finite differences", () => {
   const d = { rows: 3, inF: 5, r: 2, outF: 4 };
   const scale = 1.75;

@@ -1,12 +1,13 @@
 // Masked-language-model pretraining (train/pretrain.ts, model/mlm_head.ts, train/mlm_data.ts,
-// kernels/gather_rows.ts, kernels/row_argmax.ts):
+// kernels/gather_rows.ts, kernels/vocab_cross_entropy.ts: the loss and each row's argmax):
 //
 // - the MLM loss and every gradient (the word table's including the tied decoder's share) against
 //   PyTorch's float64 BertForMaskedLM (tests/fixtures/tiny-bert-mlm, tools/make_mlm_fixture.py),
 //   with the encoder test's bounds: logits within 1e-4 relative (assertClose), the loss within
 //   1e-4 relative, every gradient within 1e-3 of its tensor's largest reference magnitude (the
 //   attention key biases, exactly zero in exact math, against their key weights' gradients);
-// - gatherRows / rowArgmax against host references at odd shapes;
+// - gatherRows against host references at odd shapes (the argmax, vocabCrossEntropyForward's, is
+//   checked against its host reference in tests/vocab_cross_entropy_test.ts);
 // - packing and BERT masking statistics;
 // - a short end-to-end pretrain() on the fixture model: the held-out loss falls, the outputs
 //   exist, and a run stopped after a checkpoint resumes to the same bytes as one that was not.

@@ -1,13 +1,15 @@
 // thinTnBlocks (kernels/thin_tn.ts): per row block, alpha · aᵀ·b with one side at most 16 wide,
 // against float64, at odd sizes (a short last block, wide sides not a multiple of a workgroup),
-// either side narrow, f16 operands; bitwise the same on a second run; bad arguments.
+// either side narrow; f16 operands, both or either one (LoRA's dA and dB pair an f16 x or dY
+// with an f32 dHidden or hidden), either side narrow; bitwise the same on a second run; bad
+// arguments.
 
-import { assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, outputTensor } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { createTensor, type DType, tensorFromArray } from "../kernels/tensor.ts";
 import { THIN_TN_MAX, thinTnBlocks } from "../kernels/thin_tn.ts";
 
 interface Case {
@@ -16,7 +18,9 @@ interface Case {
   rows: number;
   rowsPerBlock: number;
   alpha?: number;
-  f16?: boolean;
+  /** Storage of a and b; f32 by default. */
+  aType?: DType;
+  bType?: DType;
 }
 
 /** Each block's alpha · aᵀ·b in float64, blocks one after another, m×n each. */
@@ -39,14 +43,16 @@ function reference(a: ArrayLike<number>, b: ArrayLike<number>, c: Case): Float64
 }
 
 async function run(gpu: Gpu, c: Case, seed: number) {
-  const host = (n: number, s: number) => {
+  // The reference multiplies the values the kernel reads (f16 operands rounded as stored).
+  const host = (n: number, s: number, dtype: DType = "f32") => {
     const v = randomValues(n, s);
-    return c.f16 ? Float16Array.from(v) : Float32Array.from(v);
+    return dtype === "f16" ? Float16Array.from(v) : Float32Array.from(v);
   };
-  const aHost = host(c.rows * c.m, seed);
-  const bHost = host(c.rows * c.n, seed + 1);
+  const aHost = host(c.rows * c.m, seed, c.aType);
+  const bHost = host(c.rows * c.n, seed + 1, c.bType);
   const a = tensorFromArray(gpu, aHost, [c.rows, c.m], "a");
   const b = tensorFromArray(gpu, bHost, [c.rows, c.n], "b");
+  assertEquals([a.dtype, b.dtype], [c.aType ?? "f32", c.bType ?? "f32"]);
   const blocks = Math.ceil(c.rows / c.rowsPerBlock);
   const outs: Float32Array[] = [];
   for (let i = 0; i < 2; i++) {
@@ -63,7 +69,7 @@ async function run(gpu: Gpu, c: Case, seed: number) {
 }
 
 gpuTest(
-  "thinTnBlocks: against float64, either side narrow, short last block, alpha, f16",
+  "thinTnBlocks: against float64, either side narrow, short last block, alpha",
   async (gpu) => {
     const cases: Case[] = [
       { m: 5, n: 37, rows: 600, rowsPerBlock: 256 }, // LoRA's dA form: 3 blocks, the last of 88
@@ -71,13 +77,38 @@ gpuTest(
       { m: 16, n: 70, rows: 97, rowsPerBlock: 32 },
       { m: 1, n: 1, rows: 300, rowsPerBlock: 256 },
       { m: 8, n: 8, rows: 300, rowsPerBlock: 128 }, // both narrow: A's side taken as the narrow one
-      { m: 8, n: 65, rows: 256, rowsPerBlock: 256, f16: true },
     ];
     for (const [i, c] of cases.entries()) {
-      if (c.f16 && !gpu.hasF16) continue;
       const { outs, want } = await run(gpu, c, 40 + 3 * i);
-      assertClose(`case ${i}`, outs[0], want, c.f16 ? 1e-5 : 2e-6);
+      assertClose(`case ${i}`, outs[0], want, 2e-6);
       assertEquals(outs[1], outs[0], `case ${i}: a second run differs`);
+    }
+  },
+);
+
+gpuTest(
+  "thinTnBlocks: f16 operands, both or either one, either side narrow, against float64",
+  async (gpu) => {
+    assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
+    // Each operand pair compiles its own kernel (thin_tn_<a|b><s>_<a dtype>_<b dtype>). An f16
+    // operand is loaded exactly into f32 and the reference takes the same f16 values, so what
+    // remains is the f32 products' and sums' rounding, as with f32 operands: the same 2e-6.
+    const cases: Case[] = [
+      { m: 8, n: 65, rows: 256, rowsPerBlock: 256, aType: "f16", bType: "f16" }, // narrow A
+      { m: 70, n: 7, rows: 97, rowsPerBlock: 32, aType: "f16", bType: "f16" }, // narrow B
+      // LoRA's dA with an f16 x: dHidden (f32, r wide) ᵀ · x (f16), narrow A, a last block of 88.
+      { m: 5, n: 37, rows: 600, rowsPerBlock: 256, aType: "f32", bType: "f16" },
+      // LoRA's dB with an f16 dY: dY (f16) ᵀ · hidden (f32, r wide), narrow B, a last block of 1.
+      { m: 41, n: 3, rows: 513, rowsPerBlock: 256, alpha: 0.75, aType: "f16", bType: "f32" },
+      // The other two mixed pairs, the narrow side f16 and the wide one f32: A narrow, B narrow.
+      { m: 9, n: 67, rows: 131, rowsPerBlock: 64, aType: "f16", bType: "f32", alpha: -1.5 },
+      { m: 67, n: 9, rows: 131, rowsPerBlock: 64, aType: "f32", bType: "f16" },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const { outs, want } = await run(gpu, c, 80 + 3 * i);
+      const name = `f16 case ${i} (a ${c.aType}, b ${c.bType}, ${c.m <= c.n ? "A" : "B"} narrow)`;
+      assertClose(name, outs[0], want, 2e-6);
+      assertEquals(outs[1], outs[0], `${name}: a second run differs`);
     }
   },
 );

@@ -1,8 +1,9 @@
 // transpose against a float64 reference (the index map on the host: a transpose is an exact
 // copy, so every element must come back bit for bit), on odd sizes that are not multiples of the
-// 32×32 block, from an offset and a row stride, in f32 and (where the adapter has it) f16.
+// 32×32 block, from an offset and a row stride, in f32 and f16 (an adapter without shader-f16
+// fails the f16 test rather than skipping it).
 
-import { assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
@@ -61,7 +62,7 @@ gpuTest("transpose: f32, odd sizes, offsets and row strides, bit for bit", async
 });
 
 gpuTest("transpose: f16, the same cases", async (gpu) => {
-  if (!gpu.hasF16) return; // no shader-f16 here; the f32 test covers the kernel's logic
+  assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
   await check(gpu, "f16", 20);
 });
 
