@@ -613,6 +613,14 @@ Deno.test("data errors: a missing split names the file, the split and the folder
         [3, 2, null],
       );
       assertEquals(report.notes, undefined);
+      // With --predict-test, the missing test split is a note too.
+      const withTest = await dryRun(r.task, { data: folder, predictTest: true });
+      assertEquals(withTest.notes, [
+        `${folder}/test.${r.ext}: cannot read: no such file (the test split; the folder holds ` +
+        `${
+          [`${dev}.${r.ext}`, `train.${r.ext}`].sort().join(", ")
+        })${hint}; --predict-test needs it`,
+      ]);
       // No dev split: a note naming the file (training needs it); still no failure.
       await Deno.remove(`${folder}/${dev}.${r.ext}`);
       const noDev = await dryRun(r.task, { data: folder });

@@ -9,8 +9,8 @@
 //
 // - splits: the task's train, dev and test splits under the names of their files (train / val /
 //   test for SuperGLUE, train / dev / test for GLUE); a split whose file is missing is null, with
-//   a note naming the file and what the folder holds when training needs it (train, dev), and a
-//   line on stderr only for the test split (only --predict-test reads it).
+//   a note naming the file and what the folder holds when training needs it (train, dev, and
+//   test with --predict-test), else a line on stderr (only --predict-test reads the test split).
 //   `examples` counts the file's examples (COPA's 400, not its 800 texts); `labels` counts them
 //   by label name in id order (booleans "false" / "true", COPA's choices "0" / "1"), absent for
 //   regression and for unlabeled splits (`unlabeled` counts unlabeled examples in a split that
@@ -68,6 +68,8 @@ export interface DryRunOptions {
   env?: Record<string, string | undefined>;
   /** Notes already known (e.g. why there is no data). */
   notes?: string[];
+  /** --predict-test was given: a missing test split is a note, as for training's splits. */
+  predictTest?: boolean;
 }
 
 function errorText(e: unknown): string {
@@ -169,6 +171,7 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       if (!(e instanceof MissingDataError)) throw e;
       report.splits[r.name] = null;
       if (needed.has(r.name)) notes.push(`${e.message}; training needs it`);
+      else if (options.predictTest) notes.push(`${e.message}; --predict-test needs it`);
       else console.error(`dry run: ${e.message}; only --predict-test needs it`);
       continue;
     }
@@ -232,7 +235,7 @@ export async function dryRunFromArgs(
   recipe: Recipe,
   byName: (name: string) => Task,
 ): Promise<DryRunReport> {
-  const { config } = parseTrainArgs(
+  const { config, typed } = parseTrainArgs(
     args,
     { ...recipe, model: recipe.model ?? NO_MODEL },
     () => NO_DATA,
@@ -259,6 +262,7 @@ export async function dryRunFromArgs(
     maxLength: config.maxLength,
     prefixRows: config.peft === "prefix" ? config.prefixLength : 0,
     notes,
+    predictTest: typed.has("predict-test"),
   });
   for (const note of report.notes ?? []) console.error(`dry run: ${note}`);
   console.log(JSON.stringify(report));
