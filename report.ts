@@ -1,11 +1,18 @@
 // The results of finished runs as the paper's Table 1:
-//   deno run -A report.ts RUN_DIR... [--out DIR]
+//   deno run -A report.ts RUN_DIR... [--out DIR [--overwrite]]
 // Each RUN_DIR is a run folder, a multi-seed run folder or a folder holding runs (searched
 // recursively). Prints the markdown table; with --out also writes DIR/results.md, results.csv and
 // results.json, and DIR/report.md: the table, then the figures comparing the runs trained with
 // --analysis (DIR/figures/*.svg and .png, one line, box or panel per method, each with a caption
 // stating its numbers; train/analysis_figures.ts). Unfinished runs are listed on stderr as
 // skipped. How the cells are computed: train/report_table.ts.
+//
+// --out is checked before anything is read (checkOutDir): a file is refused, and so is a folder
+// that already holds any of report.ts's outputs (OUTPUT_FILES, figures/<FIGURE_NAMES>.svg|png)
+// unless --overwrite; other files in DIR are never touched. Everything is computed first, the
+// figures drawn in memory, so a failure (a broken analysis file) writes nothing; then each file is
+// written atomically: figures, results.*, and report.md last, after the earlier report's figures
+// that this one does not draw are removed.
 
 import { writeFileAtomic } from "./model/atomic_write.ts";
 import { REPORT_HELP } from "./train/help.ts";
@@ -13,9 +20,9 @@ import {
   comparisonFigures,
   readRunAnalysis,
   type RunAnalysisFiles,
-  writeFigures,
 } from "./train/analysis_figures.ts";
 import { FlagError, parseFlagsAndPositionals, runMain } from "./train/flags.ts";
+import { renderPng, renderSvg } from "./train/plots.ts";
 import {
   buildTable,
   findRuns,
@@ -25,23 +32,119 @@ import {
   tableJson,
 } from "./train/report_table.ts";
 
-export const FLAGS = { out: { type: "string" } } as const;
+export const FLAGS = { out: { type: "string" }, overwrite: { type: "boolean" } } as const;
 
 export interface ReportArgs {
   paths: string[];
   out: string | null;
+  /** Replace report.ts's outputs already in --out (absent: refuse them). */
+  overwrite?: boolean;
 }
 
+/** The files report.ts writes into --out besides figures/ (report.md is written last). */
+export const OUTPUT_FILES = ["results.md", "results.csv", "results.json", "report.md"] as const;
+
+/** The folder of --out that holds the figures. */
+export const FIGURES_DIR = "figures";
+
 /**
- * Parses report.ts's arguments: run folders and --out (flag rules as in train/flags.ts; after
- * `--` every argument is a run folder).
+ * The figures report.ts can draw (train/analysis_figures.ts comparisonFigures), each as
+ * figures/<name>.svg and .png: the only files of figures/ that --overwrite replaces or removes.
+ */
+export const FIGURE_NAMES = [
+  "feature_change",
+  "weight_distance",
+  "training_loss",
+  "training_accuracy",
+  "backbone_gradient",
+  "head_features",
+] as const;
+
+/**
+ * Parses report.ts's arguments: run folders, --out and --overwrite (flag rules as in
+ * train/flags.ts; after `--` every argument is a run folder).
  */
 export function parseReportArgs(args: string[]): ReportArgs {
   const parsed = parseFlagsAndPositionals(FLAGS, args, { positionals: true });
   if (parsed.positionals.length === 0) {
     throw new FlagError("give one or more run folders (or folders holding runs)");
   }
-  return { paths: parsed.positionals, out: parsed.values.out ?? null };
+  const out = parsed.values.out ?? null;
+  if (parsed.values.overwrite && out === null) {
+    throw new FlagError("--overwrite replaces the outputs in --out: give --out DIR too");
+  }
+  return {
+    paths: parsed.positionals,
+    out,
+    ...(parsed.values.overwrite ? { overwrite: true } : {}),
+  };
+}
+
+/**
+ * Checks --out before any work: a folder (or a path to be made), not a file or a path through
+ * one, holding none of report.ts's outputs unless `overwrite`. Returns the outputs it holds
+ * (paths relative to `out`).
+ */
+export async function checkOutDir(out: string, overwrite: boolean): Promise<string[]> {
+  const info = await statOrNull(out, "--out");
+  if (info === null) {
+    // Made when the outputs are written; here, only that it can be: its nearest existing part
+    // is a folder.
+    for (let dir = parentOf(out); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
+      const found = await statOrNull(dir, "--out");
+      if (found === null) continue;
+      if (found.isDirectory) break;
+      throw new FlagError(`--out ${out}: ${dir} is a file, not a folder`);
+    }
+    return [];
+  }
+  if (!info.isDirectory) {
+    throw new FlagError(
+      `--out ${out} is a file, not a folder: give a folder for the report (or another path)`,
+    );
+  }
+  const held: string[] = [];
+  const names = [
+    ...OUTPUT_FILES,
+    ...FIGURE_NAMES.flatMap((n) => [`${FIGURES_DIR}/${n}.svg`, `${FIGURES_DIR}/${n}.png`]).sort(),
+  ];
+  for (const name of names) {
+    const found = await statOrNull(`${out}/${name}`, "--out");
+    if (found === null) continue;
+    if (!found.isFile) {
+      throw new FlagError(`--out ${out}: ${out}/${name} is not a file: choose another folder`);
+    }
+    held.push(name);
+  }
+  if (held.length > 0 && !overwrite) {
+    const top = held.filter((h) => !h.startsWith(`${FIGURES_DIR}/`));
+    const drawn = held.length - top.length;
+    const listed = [
+      ...top,
+      ...(drawn ? [`${FIGURES_DIR}/ (${drawn} figure file${drawn === 1 ? "" : "s"})`] : []),
+    ];
+    throw new FlagError(
+      `--out ${out} already holds ${listed.join(", ")}: pass --overwrite to replace ` +
+        `${held.length === 1 ? "it" : "them"}, or choose another folder`,
+    );
+  }
+  return held;
+}
+
+/** `path`'s info (a link followed), or null when it does not exist. */
+async function statOrNull(path: string, flag: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
+    throw new FlagError(`${flag} ${path}: cannot check it: ${(e as Error).message}`);
+  }
+}
+
+/** The folder part of `path` ("." for a bare name). */
+function parentOf(path: string): string {
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
 }
 
 /** Finds the runs, builds the table and writes it (stdout, and --out's files). */
@@ -49,6 +152,8 @@ export async function report(
   args: ReportArgs,
   log: (line: string) => void = (line) => console.error(line),
 ): Promise<ResultsTable> {
+  const overwrite = args.overwrite ?? false;
+  const held = args.out === null ? [] : await checkOutDir(args.out, overwrite);
   const found = await findRuns(args.paths);
   const table = buildTable(found);
   for (const s of table.skipped) log(`report: skipped ${s.path}: ${s.reason}`);
@@ -58,24 +163,37 @@ export async function report(
   }
   const markdown = renderMarkdown(table);
   if (args.out !== null) {
-    await Deno.mkdir(args.out, { recursive: true });
-    await writeFileAtomic(`${args.out}/results.md`, markdown);
-    await writeFileAtomic(`${args.out}/results.csv`, renderCsv(table));
-    await writeFileAtomic(
-      `${args.out}/results.json`,
-      JSON.stringify(tableJson(table), null, 2) + "\n",
-    );
-    log(`report: ${args.out}/results.md, results.csv and results.json written`);
+    const out = args.out;
+    // Everything first, the figures drawn in memory: a failure here writes nothing.
     const analysed = await analysedRuns(found.runs.map((r) => r.path));
-    const figures = analysed.length
-      ? await writeFigures(`${args.out}/figures`, await comparisonFigures(analysed))
-      : [];
-    await writeFileAtomic(
-      `${args.out}/report.md`,
-      reportMarkdown(args, markdown, found.runs, figures),
+    const figures = analysed.length ? await comparisonFigures(analysed) : [];
+    const files: [string, string | Uint8Array][] = [];
+    for (const f of figures) {
+      const svg = await renderSvg(f.spec);
+      files.push([`${FIGURES_DIR}/${f.name}.svg`, svg]);
+      files.push([`${FIGURES_DIR}/${f.name}.png`, await renderPng(svg)]);
+    }
+    files.push(
+      ["results.md", markdown],
+      ["results.csv", renderCsv(table)],
+      ["results.json", JSON.stringify(tableJson(table), null, 2) + "\n"],
     );
+    // The earlier report's figures that this one does not draw go before report.md is written.
+    const stale = held.filter((h) => h !== "report.md" && !files.some(([name]) => name === h));
+    await Deno.mkdir(figures.length ? `${out}/${FIGURES_DIR}` : out, { recursive: true });
+    for (const [name, data] of files) await writeFileAtomic(`${out}/${name}`, data);
+    for (const name of stale) await Deno.remove(`${out}/${name}`);
+    if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {
+      // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
+      await Deno.remove(`${out}/${FIGURES_DIR}`).catch(() => {});
+    }
+    await writeFileAtomic(`${out}/report.md`, reportMarkdown(args, markdown, found.runs, figures));
+    log(`report: ${out}/results.md, results.csv and results.json written`);
+    if (stale.length) {
+      log(`report: ${out}: removed ${stale.join(", ")} (the earlier report's, not drawn now)`);
+    }
     log(
-      `report: ${args.out}/report.md written (${figures.length} figures from ${analysed.length} ` +
+      `report: ${out}/report.md written (${figures.length} figures from ${analysed.length} ` +
         `runs with --analysis)`,
     );
   }
@@ -130,7 +248,13 @@ function reportMarkdown(
   runs: readonly { path: string; task: string; settings: Record<string, unknown> }[],
   figures: { name: string; caption: string }[],
 ): string {
-  const command = ["deno run -A report.ts", ...args.paths, "--out", args.out!].join(" ");
+  const command = [
+    "deno run -A report.ts",
+    ...args.paths,
+    "--out",
+    args.out!,
+    ...(args.overwrite ? ["--overwrite"] : []),
+  ].join(" ");
   const lines = ["# Report", "", `Made by \`${command}\` from these runs:`, ""];
   for (const r of runs) {
     lines.push(`- \`${r.path}\`: \`--task ${r.task} ${settingsLine(r.settings)}\``);

@@ -1,10 +1,14 @@
 // report.ts and train/report_table.ts on run folders written by hand: the markdown, CSV and JSON
 // tables exactly, the average column, missing cells, seeds pooled into cells, the recursive
 // discovery (a multi-seed run counted once, even with one of its seed folders named too),
-// unfinished runs skipped, and the command line's one-line errors.
+// unfinished runs skipped, and the command line's one-line errors; --out's checks (a file, or a
+// folder already holding report.ts's outputs, refused; --overwrite replaces only those, the
+// earlier report's figures that are not drawn again removed; a late failure writes nothing).
 
-import { assert, assertEquals } from "./assert.ts";
-import { parseReportArgs, report } from "../report.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { checkOutDir, FIGURE_NAMES, parseReportArgs, report } from "../report.ts";
+import { distanceStats } from "../train/analysis.ts";
+import { FlagError } from "../train/flags.ts";
 import {
   buildTable,
   findRuns,
@@ -354,5 +358,246 @@ Deno.test("report.ts: prints the markdown; bad flags and paths are one-line erro
   for (const [args, err] of errors) {
     const r = await runReport(args);
     assertEquals([r.code, r.out, r.err], [1, "", err], args.join(" "));
+  }
+});
+
+/** Every file under `dir` (relative paths, sorted) with its text; folders end in "/". */
+async function tree(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    for await (const e of Deno.readDir(`${dir}${rel ? `/${rel}` : ""}`)) {
+      const path = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory) {
+        out[`${path}/`] = "";
+        await walk(path);
+      } else out[path] = await Deno.readTextFile(`${dir}/${path}`);
+    }
+  };
+  await walk("");
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/** A finished run with hand-written --analysis files: feature_change only with `change`. */
+async function analysedRun(dir: string, change: boolean): Promise<void> {
+  await single(dir, "rte", "ehft", "bitfit", 1, { accuracy: 0.8 });
+  await writeJson(`${dir}/analysis/analysis.json`, {
+    version: 1,
+    task: "rte",
+    strategy: "ehft",
+    peft: "bitfit",
+    stages: ["stage1", "final"],
+    featureChange: change ? { pretrainedVsFinal: distanceStats([0.1, 0.2, 0.4]) } : null,
+    weightDistance: [
+      { step: 0, stage: "stage1", total: 0, layers: {} },
+      { step: 4, stage: "final", total: 0.5, layers: {} },
+    ],
+    convergence: [],
+  });
+  await Deno.writeTextFile(
+    `${dir}/log.jsonl`,
+    [1, 2, 3].map((step) => JSON.stringify({ step, loss: 1 / step })).join("\n") + "\n",
+  );
+}
+
+Deno.test("report: --out refuses a file, and a folder holding report.ts's outputs", async () => {
+  const { dir, paths } = await prepare();
+  const base = `${dir}/refuse`;
+  await Deno.mkdir(`${base}/figures`, { recursive: true });
+  await Deno.writeTextFile(`${base}/file.txt`, "mine\n");
+  // A hand-written report.md and an earlier report's figure beside the user's own files.
+  await Deno.writeTextFile(`${base}/report.md`, "# My notes\n");
+  await Deno.writeTextFile(`${base}/notes.txt`, "keep\n");
+  await Deno.writeTextFile(`${base}/figures/training_loss.png`, "old png");
+  await Deno.writeTextFile(`${base}/figures/mine.svg`, "<svg/>");
+  const before = await tree(base);
+  const cases: [string, string][] = [
+    [
+      `${base}/file.txt`,
+      `--out ${base}/file.txt is a file, not a folder: give a folder for the report (or another ` +
+      `path)`,
+    ],
+    [
+      `${base}/file.txt/sub/out`,
+      `--out ${base}/file.txt/sub/out: ${base}/file.txt is a file, not a folder`,
+    ],
+    [
+      base,
+      `--out ${base} already holds report.md, figures/ (1 figure file): pass --overwrite to ` +
+      `replace them, or choose another folder`,
+    ],
+  ];
+  for (const [out, message] of cases) {
+    const lines: string[] = [];
+    await assertRejects(
+      () => report(parseReportArgs([...paths, "--out", out]), (l) => lines.push(l)),
+      FlagError,
+      message,
+    );
+    // Refused before the runs are read: nothing logged, nothing written.
+    assertEquals(lines, [], out);
+  }
+  assertEquals(await tree(base), before);
+  // The same through the command line: one line, exit 1.
+  for (const [out, message] of cases) {
+    const r = await runReport([...paths, "--out", out]);
+    assertEquals([r.code, r.out, r.err], [1, "", `report: ${message}\n`], out);
+  }
+  assertEquals(await tree(base), before);
+  // A folder where report.md goes is not report.ts's to replace, even with --overwrite.
+  await Deno.mkdir(`${dir}/odd/results.csv`, { recursive: true });
+  await assertRejects(
+    () => checkOutDir(`${dir}/odd`, true),
+    FlagError,
+    `--out ${dir}/odd: ${dir}/odd/results.csv is not a file: choose another folder`,
+  );
+  // --overwrite without --out.
+  assertThrows(
+    () => parseReportArgs([dir, "--overwrite"]),
+    FlagError,
+    "--overwrite replaces the outputs in --out: give --out DIR too",
+  );
+  assertEquals(parseReportArgs([dir, "--out", "o", "--overwrite"]), {
+    paths: [dir],
+    out: "o",
+    overwrite: true,
+  });
+});
+
+Deno.test("report: --overwrite replaces report.ts's outputs only, and removes its old figures", async () => {
+  const { dir, paths } = await prepare();
+  const out = `${dir}/replace`;
+  await Deno.mkdir(`${out}/figures`, { recursive: true });
+  await Deno.writeTextFile(`${out}/report.md`, "# My notes\n");
+  await Deno.writeTextFile(`${out}/results.csv`, "old,csv\n");
+  await Deno.writeTextFile(`${out}/notes.txt`, "keep\n");
+  await Deno.writeTextFile(`${out}/figures/training_loss.png`, "old png");
+  await Deno.writeTextFile(`${out}/figures/head_features.svg`, "old svg");
+  await Deno.writeTextFile(`${out}/figures/mine.svg`, "<svg/>");
+  const lines: string[] = [];
+  await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), (l) => lines.push(l));
+  const after = await tree(out);
+  assertEquals(Object.keys(after), [
+    "figures/",
+    "figures/mine.svg",
+    "notes.txt",
+    "report.md",
+    "results.csv",
+    "results.json",
+    "results.md",
+  ]);
+  assertEquals(after["notes.txt"], "keep\n");
+  assertEquals(after["figures/mine.svg"], "<svg/>");
+  assertEquals(after["results.csv"], EXPECTED_CSV);
+  assertEquals(after["results.md"], EXPECTED_MARKDOWN);
+  assert(after["report.md"].startsWith("# Report\n"), after["report.md"]);
+  assert(after["report.md"].includes(`--out ${out} --overwrite\``), after["report.md"]);
+  assertEquals(lines.slice(-3), [
+    `report: ${out}/results.md, results.csv and results.json written`,
+    `report: ${out}: removed figures/head_features.svg, figures/training_loss.png (the earlier ` +
+    `report's, not drawn now)`,
+    `report: ${out}/report.md written (0 figures from 0 runs with --analysis)`,
+  ]);
+  // Again, the folder holding only report.ts's outputs: all replaced, nothing else appears.
+  await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), () => {});
+  assertEquals(await tree(out), after);
+  // An earlier report's figures/ with nothing of the user's goes with its figures.
+  await Deno.remove(`${out}/figures/mine.svg`);
+  await Deno.writeTextFile(`${out}/figures/weight_distance.svg`, "old svg");
+  await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), () => {});
+  const { "figures/": _, "figures/mine.svg": __, ...rest } = after;
+  assertEquals(await tree(out), rest);
+});
+
+Deno.test("report: a failure while drawing the figures leaves the earlier outputs as they were", async () => {
+  const { dir, paths } = await prepare();
+  // A run whose analysis cannot be read: found only after the table is built.
+  const broken = `${dir}/broken/rte`;
+  await single(broken, "rte", "ehft", "lora", 7, { accuracy: 0.9 });
+  await Deno.mkdir(`${broken}/analysis`);
+  await Deno.writeTextFile(`${broken}/analysis/analysis.json`, "{ not json");
+  const message = `${broken}/analysis/analysis.json: `;
+  // Into a new folder: nothing written, no folder left behind.
+  await assertRejects(
+    () => report(parseReportArgs([broken, "--out", `${dir}/new/report`]), () => {}),
+    Error,
+    message,
+  );
+  await assertRejects(() => Deno.stat(`${dir}/new`), Deno.errors.NotFound);
+  // Over an earlier report with --overwrite: every file of it as it was.
+  const out = `${dir}/late-failure`;
+  await report(parseReportArgs([...paths, "--out", out]), () => {});
+  const before = await tree(out);
+  await assertRejects(
+    () => report(parseReportArgs([...paths, broken, "--out", out, "--overwrite"]), () => {}),
+    Error,
+    message,
+  );
+  assertEquals(await tree(out), before);
+});
+
+Deno.test({
+  name: "report: figures drawn, replaced, and the earlier report's not drawn again removed",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-figures-" });
+    try {
+      const run = `${dir}/runs/rte`;
+      const out = `${dir}/report`;
+      await analysedRun(run, true);
+      await Deno.mkdir(`${out}/figures`, { recursive: true });
+      await Deno.writeTextFile(`${out}/figures/mine.png`, "mine");
+      await report(parseReportArgs([run, "--out", out]), () => {});
+      const drawn = [
+        "feature_change.png",
+        "feature_change.svg",
+        "training_loss.png",
+        "training_loss.svg",
+        "weight_distance.png",
+        "weight_distance.svg",
+      ];
+      const list = async () => {
+        const names: string[] = [];
+        for await (const e of Deno.readDir(`${out}/figures`)) names.push(e.name);
+        return names.sort();
+      };
+      assertEquals(await list(), [...drawn.slice(0, 2), "mine.png", ...drawn.slice(2)]);
+      const md = await Deno.readTextFile(`${out}/report.md`);
+      assert(md.includes("(figures/feature_change.png)"), md);
+      // Run again: refused (the figures are report.ts's), then replaced with --overwrite.
+      await assertRejects(
+        () => report(parseReportArgs([run, "--out", out]), () => {}),
+        FlagError,
+        `--out ${out} already holds results.md, results.csv, results.json, report.md, figures/ ` +
+          `(6 figure files): pass --overwrite`,
+      );
+      await analysedRun(run, false);
+      const lines: string[] = [];
+      await report(parseReportArgs([run, "--out", out, "--overwrite"]), (l) => lines.push(l));
+      assertEquals(await list(), ["mine.png", ...drawn.slice(2)]);
+      assert(!(await Deno.readTextFile(`${out}/report.md`)).includes("feature_change"));
+      assertEquals(
+        lines.at(-1),
+        `report: ${out}/report.md written (2 figures from 1 runs with --analysis)`,
+      );
+      assertEquals(await Deno.readTextFile(`${out}/figures/mine.png`), "mine");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("report: FIGURE_NAMES lists every figure comparisonFigures draws", async () => {
+  const source = await Deno.readTextFile(
+    new URL("../train/analysis_figures.ts", import.meta.url),
+  );
+  const start = source.indexOf("export async function comparisonFigures");
+  assert(start >= 0, "comparisonFigures not found");
+  const end = source.indexOf("\nexport ", start + 1);
+  const body = source.slice(start, end < 0 ? undefined : end);
+  const names = [...body.matchAll(/^\s*name: "([A-Za-z0-9_.-]+)",$/gm)].map((m) => m[1]);
+  assert(names.length > 0, "no figure names found");
+  for (const name of names) {
+    assert((FIGURE_NAMES as readonly string[]).includes(name), `${name} is not in FIGURE_NAMES`);
   }
 });

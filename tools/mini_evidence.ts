@@ -321,7 +321,10 @@ async function main(): Promise<void> {
     );
     return;
   }
-  if (!f["no-report"]) await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`]);
+  if (!f["no-report"]) {
+    // The report folder is this tool's own: a rerun replaces it.
+    await run(["run", "-A", `${root}report.ts`, out, "--out", `${out}/report`, "--overwrite"]);
+  }
 }
 
 if (import.meta.main) {

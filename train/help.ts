@@ -114,12 +114,15 @@ Writes one JSON object per example, {"idx": ..., "logits": [...], "prediction": 
                           the GEMM autotune: off, timed again, its cache file
   --debug                 a failure's stack after its one-line message`;
 
-export const REPORT_HELP = `usage: deno run -A report.ts RUN_OR_FOLDER... [--out DIR]
+export const REPORT_HELP = `usage: deno run -A report.ts RUN_OR_FOLDER... [--out DIR [--overwrite]]
 
 The results table of finished runs (mean ± std over seeds, one row per method, one column per
 task), and with --out also report.md and the figures comparing the methods' --analysis.
 
   RUN_OR_FOLDER           run folders, or folders searched for them (after --, every argument)
-  --out DIR               write results.md, results.csv, results.json and report.md (the
-                          table and the figures) there
+  --out DIR               write results.md, results.csv, results.json, figures/*.svg and .png
+                          and report.md (the table and the figures) there, once all are made;
+                          refused if DIR is a file or already holds any of them
+  --overwrite             replace those in --out, and remove the figures of an earlier report
+                          that this one does not draw (other files in DIR are kept; default off)
   --debug                 a failure's stack after its one-line message`;
