@@ -29,7 +29,8 @@
 // phases' limits are shares of it, each at least 20 s, the f32 tests' 120 s, the f16 tests' 40 s,
 // the variants' 45 s), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
-// what bench/gpu_prepare.sh caches for the offline machine).
+// what bench/gpu_prepare.sh caches for the offline machine); --help / -h prints HELP and exits 0,
+// an unknown flag is one line with USAGE, exit 1.
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
@@ -95,6 +96,31 @@ const F16_TESTS = ["cast_test", "matmul_f16_test", "loss_scale_test", "encoder_f
 /** Shares of --budget per phase (they sum to under 1; the rest is start-up and the report). */
 const SHARE = { tests: 0.2, f16Tests: 0.08, torch: 0.2, gemm: 0.12, variants: 0.02, steps: 0.34 };
 
+/** The flags, for the usage line of a bad one. */
+export const USAGE = "usage: deno task bench:gpu [--out DIR] [--small] [--budget S] " +
+  "[--python CMD] [--no-tests] [--print-files]";
+
+/** `deno task bench:gpu --help`. */
+export const HELP = `${USAGE}
+
+The GPU comparison: the adapter, the kernel and model tests there, PyTorch on the same GPU
+(bench/torch_step.py), then ours (bench/kernels.ts), each phase a subprocess with its own time
+limit; the report (gpu-bench.md, rows.jsonl, logs.tgz) is rewritten in --out after every phase.
+On the lent GPU machine run it through bench/gpu_prepare.sh's .gpu/on-device.sh (see the top of
+bench/gpu.ts).
+
+  --out DIR               the report's folder (default $OUT, else runs/gpu-bench)
+  --small                 a rehearsal on any adapter: tiny shapes
+  --budget S              whole seconds for the run (default 420): the phases' limits are shares
+                          of it, each at least 20 s (the f32 tests 120 s, the f16 tests 40 s, the
+                          GEMM variants 45 s)
+  --python CMD            the Python with torch (default the first of python3, python and
+                          /usr/bin/python3 that imports torch)
+  --no-tests              skip the kernel and model tests (phase 2)
+  --print-files           print the modules the run loads, one per line, and exit (what
+                          bench/gpu_prepare.sh caches for the offline machine)
+  -h, --help              this text`;
+
 interface Options {
   out: string;
   small: boolean;
@@ -103,18 +129,29 @@ interface Options {
   tests: boolean;
 }
 
+/** Whether `args` ask for the help (before any `--`). */
+export function wantsHelp(args: readonly string[]): boolean {
+  const end = args.indexOf("--");
+  return (end < 0 ? args : args.slice(0, end)).some((a) => a === "--help" || a === "-h");
+}
+
 function parseOptions(args: string[]): Options {
-  const { values } = parseArgs({
-    args,
-    options: {
-      out: { type: "string" },
-      small: { type: "boolean", default: false },
-      budget: { type: "string", default: "420" },
-      python: { type: "string" },
-      "no-tests": { type: "boolean", default: false },
-      "print-files": { type: "boolean", default: false },
-    },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        out: { type: "string" },
+        small: { type: "boolean", default: false },
+        budget: { type: "string", default: "420" },
+        python: { type: "string" },
+        "no-tests": { type: "boolean", default: false },
+        "print-files": { type: "boolean", default: false },
+      },
+    }));
+  } catch (e) {
+    throw new Error(`${(e as Error).message} (${USAGE})`);
+  }
   if (values["print-files"]) {
     // What the run loads besides this file, for bench/gpu_prepare.sh to cache.
     console.log([
@@ -327,6 +364,10 @@ function shapeFlags(step: Record<string, number>): string[] {
 }
 
 async function main(): Promise<void> {
+  if (wantsHelp(Deno.args)) {
+    console.log(HELP);
+    return;
+  }
   const o = parseOptions(Deno.args);
   const started = performance.now();
   const shapes = o.small ? SMALL : FULL;

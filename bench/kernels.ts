@@ -16,6 +16,7 @@
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
 //                   [--no-autotune | --retune] [--tune-cache FILE]
+//   deno task bench --help   (or -h: HELP, exit 0; an unknown flag is one line with USAGE, exit 1)
 //
 // Before timing, the GEMM variants are tuned for this adapter at the shape classes the selected
 // modules run (matmul, train_step), or the cached choice is reused (kernels/matmul_autotune.ts;
@@ -90,6 +91,73 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
 }] [--precision f32,f16] [--gemm-shapes ROWSxINxOUT,...] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
+
+/** `items` joined by `sep` in lines of at most `width` characters, later lines indented. */
+function wrapped(items: readonly string[], sep: string, indent: number, width = 99): string {
+  const lines = [""];
+  for (const [i, item] of items.entries()) {
+    const piece = item + (i < items.length - 1 ? sep : "");
+    const line = lines.length - 1;
+    if (lines[line] && indent + (lines[line] + piece).trimEnd().length > width) lines.push("");
+    lines[lines.length - 1] += piece;
+  }
+  return lines.map((l) => l.trimEnd()).join("\n" + " ".repeat(indent));
+}
+
+const SHAPE_DEFAULTS = Object.entries(SHAPE_FLAGS).map(([flag, key]) =>
+  `--${flag} ${BENCH_DEFAULT_STEP[key]}`
+);
+
+/** `deno task bench --help`: the usage and what each flag does, its default with it. */
+export const HELP = `usage: deno task bench ${
+  wrapped(
+    [
+      "[--json]",
+      "[--reps N]",
+      "[--no-reference]",
+      "[--only LIST]",
+      "[--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N]",
+      "[--modes LIST]",
+      "[--precision f32,f16]",
+      "[--gemm-shapes ROWSxINxOUT,...]",
+      "[--profile]",
+      "[--no-autotune | --retune]",
+      "[--tune-cache FILE]",
+    ],
+    " ",
+    23,
+  )
+}
+
+Kernel throughput on this adapter: one table of every kernel's milliseconds per op and GFLOP/s
+or GB/s (what the numbers mean: BENCHMARKS.md). Flags:
+
+  --json                  one JSON object per row on stdout and nothing else (progress on stderr)
+  --reps N                timed repetitions per op (default 10)
+  --no-reference          skip numpy's GEMM and PyTorch's training step, measured first by
+                          /usr/bin/python3 (bench/reference.ts) for the ratio columns
+  --only LIST             these modules, comma-separated (default all of them:
+                          ${wrapped(Object.keys(MODULES), ",", 26)})
+  --layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N
+                          train_step's model (default
+                          ${wrapped(SHAPE_DEFAULTS, " ", 26, 98)})
+  --modes LIST            train_step's modes (default ${TRAIN_STEP_MODES.join(",")})
+  --precision LIST        GEMM and train_step rows in f32, f16 or f32,f16 (default both where the
+                          adapter has shader-f16, else f32)
+  --gemm-shapes LIST      the matmul module's linear layers, ROWSxINxOUT,... (default
+                          ${wrapped(GEMM_SHAPES.map((d) => d.join("x")), ",", 26, 98)})
+  --profile               after each train_step mode, one extra step timed per kernel (stderr)
+  --no-autotune           the built-in GEMM variants, not tuned for this adapter (as
+                          EHFT_NO_AUTOTUNE=1)
+  --retune                tune the GEMM variants again, ignoring the cached choice
+  --tune-cache FILE       the autotune's cache file (kernels/matmul_autotune.ts)
+  -h, --help              this text`;
+
+/** Whether `args` ask for the help (before any `--`). */
+function wantsHelp(args: readonly string[]): boolean {
+  const end = args.indexOf("--");
+  return (end < 0 ? args : args.slice(0, end)).some((a) => a === "--help" || a === "-h");
+}
 
 interface Options {
   json: boolean;
@@ -314,6 +382,10 @@ function write(text: string): void {
 }
 
 async function main(): Promise<void> {
+  if (wantsHelp(Deno.args)) {
+    console.log(HELP);
+    return;
+  }
   const options = parseOptions(Deno.args);
   const gpu = await getGpu();
   if (options.precisions.length === 0) {
@@ -350,10 +422,12 @@ async function main(): Promise<void> {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  const message = oneLine((e as Error)?.message ?? String(e));
-  console.error(`bench: ${message}`);
-  Deno.exit(1);
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    const message = oneLine((e as Error)?.message ?? String(e));
+    console.error(`bench: ${message}`);
+    Deno.exit(1);
+  }
 }

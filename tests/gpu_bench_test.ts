@@ -1,14 +1,17 @@
 // bench/gpu.ts's report: ratios ours / PyTorch and the goals, from rows of both sides, and the
 // test summary and GEMM-variant rows it reads. No GPU needed: the functions are pure (but the
 // GEMM-variant test, which runs bench/matmul_variants.ts at a tiny product on whatever adapter
-// there is, and the timing one).
+// there is, and the timing one). And the command lines of `deno task bench` and `bench:gpu`:
+// --help / -h print the usage and exit 0 running nothing, an unknown flag is one line with it.
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
 import {
   finishedTests,
+  HELP as GPU_HELP,
   profileNotes,
   stepTimeNote,
   testCounts,
+  USAGE as GPU_USAGE,
   variantNotes,
 } from "../bench/gpu.ts";
 import {
@@ -287,5 +290,76 @@ gpuTest("bench timing: no submit times more dispatches than a query set holds", 
     assertEquals(rec.length, 0);
   } finally {
     t.destroy();
+  }
+});
+
+/** Runs a bench script (`bench/<name>.ts`) with `args`; its exit code and output. */
+async function benchCli(
+  script: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`../bench/${script}`, import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("bench CLIs: --help and -h print the usage and exit 0; a bad flag is one line with it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-bench-cli-" });
+  try {
+    const out = `${dir}/out`;
+    // bench:gpu: its help exactly, wherever the flag is, and nothing made (not even --out).
+    for (const args of [["--help"], ["-h"], ["--small", "--out", out, "--help"]]) {
+      const r = await benchCli("gpu.ts", args);
+      assertEquals([r.code, r.stdout, r.stderr], [0, GPU_HELP + "\n", ""], args.join(" "));
+    }
+    await assertRejects(() => Deno.stat(out), Deno.errors.NotFound);
+    for (const flag of ["out", "small", "budget", "python", "no-tests", "print-files"]) {
+      assert(GPU_HELP.includes(`\n  --${flag} `), `bench:gpu --help: --${flag} is not listed`);
+    }
+    const bad = await benchCli("gpu.ts", ["--small", "--bogus"]);
+    assertEquals(
+      [bad.code, bad.stdout, bad.stderr],
+      [1, "", `bench:gpu: Unknown option '--bogus' (${GPU_USAGE})\n`],
+    );
+    // bench: the usage and every flag (its module is not imported here: it would run).
+    for (const args of [["--help"], ["-h"], ["--reps", "1", "--only", "fill", "--help"]]) {
+      const r = await benchCli("kernels.ts", args);
+      assertEquals([r.code, r.stderr], [0, ""], args.join(" "));
+      assert(r.stdout.startsWith("usage: deno task bench [--json] "), r.stdout);
+      for (
+        const flag of [
+          "json",
+          "reps",
+          "no-reference",
+          "only",
+          "layers",
+          "modes",
+          "precision",
+          "gemm-shapes",
+          "profile",
+          "no-autotune",
+          "retune",
+          "tune-cache",
+          "help",
+        ]
+      ) {
+        assert(new RegExp(`\\n  (-h, )?--${flag} `).test(r.stdout), `bench --help: --${flag}`);
+      }
+    }
+    const wrong = await benchCli("kernels.ts", ["--bogus"]);
+    assertEquals([wrong.code, wrong.stdout], [1, ""]);
+    const lines = wrong.stderr.trimEnd().split("\n");
+    assertEquals(lines.length, 1, wrong.stderr);
+    assert(
+      lines[0].startsWith("bench: Unknown option '--bogus' (usage: deno task bench [--json] "),
+      lines[0],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
