@@ -434,6 +434,79 @@ Deno.test("maskBatch: deterministic per seed; an empty sequence; at least one ch
   assertThrows(() => maskBatch([], IDS, generator(1)), Error, "no sequences");
 });
 
+Deno.test("maskBatch: special ids in the text ([UNK], a literal [SEP], [MASK], ...) are never chosen", () => {
+  // The fixture's specials: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4 (as text tokenizes to them).
+  const specials = [...IDS.special];
+  const next = rng(23);
+  let eligible = 0, chosen = 0, expected = 0, longEligible = 0, longChosen = 0;
+  const check = (sequences: Uint32Array[], seed: number) => {
+    const b = maskBatch(sequences, IDS, generator(seed));
+    const S = b.seqLen;
+    const chosenAt = new Set(b.positions);
+    b.targets.forEach((t) => assert(!IDS.special.has(t), `special id ${t} is a target`));
+    sequences.forEach((seq, r) => {
+      let here = 0, e = 0;
+      seq.forEach((t, i) => {
+        const at = r * S + 1 + i;
+        if (IDS.special.has(t)) {
+          assert(!chosenAt.has(at), `special ${t} at (${r}, ${i + 1}) chosen`);
+          assertEquals(b.inputIds[at], t, "a special token in the text changed");
+        } else {
+          e++;
+          if (chosenAt.has(at)) here++;
+        }
+      });
+      // At least one eligible token chosen where there is one; none where there is none.
+      assertEquals(here >= 1, e >= 1, `row ${r}: ${here} chosen of ${e} eligible`);
+      eligible += e;
+      chosen += here;
+      expected += 0.15 * e + (e > 0 ? 0.85 ** e : 0);
+      if (e >= 30) {
+        longEligible += e;
+        longChosen += here;
+      }
+    });
+    return b;
+  };
+  // The reviewer's case: 7 [UNK]s in 14 tokens, over 200 seeds.
+  const unks = Uint32Array.from([1, 5, 1, 6, 1, 7, 1, 8, 1, 9, 1, 10, 1, 11]);
+  for (let seed = 0; seed < 200; seed++) check([unks], seed);
+  // Sequences about half specials (each of them), and rows of specials only.
+  for (let draw = 0; draw < 400; draw++) {
+    const sequences = Array.from({ length: 8 }, (_, r) => {
+      const len = 1 + Math.floor(next() * 120);
+      const onlySpecial = r === 7 && draw % 4 === 0;
+      return Uint32Array.from(
+        { length: len },
+        () =>
+          onlySpecial || next() < 0.5
+            ? specials[Math.floor(next() * specials.length)]
+            : 5 + Math.floor(next() * 96),
+      );
+    });
+    check(sequences, 5000 + draw);
+  }
+  console.log(
+    `maskBatch with specials: ${chosen} of ${eligible} eligible tokens chosen (${
+      (100 * chosen / eligible).toFixed(2)
+    }%, expected ${(100 * expected / eligible).toFixed(2)}%; ${
+      (100 * longChosen / longEligible).toFixed(2)
+    }% in rows of ≥ 30 eligible)`,
+  );
+  assert(Math.abs(chosen / expected - 1) < 0.03, `chosen ${chosen}, expected ${expected}`);
+  const longShare = longChosen / longEligible;
+  assert(Math.abs(longShare - 0.15) < 0.01, `${longShare} of long rows' eligible tokens chosen`);
+  // A row of specials only gets nothing chosen; a batch of such rows has no position at all.
+  const none = maskBatch([Uint32Array.from([1, 3, 4, 2, 0, 1])], IDS, generator(3));
+  assertEquals([none.positions.length, none.targets.length], [0, 0]);
+  assertEquals([...none.inputIds], [2, 1, 3, 4, 2, 0, 1, 3]);
+  // Probability 0: the forced choice is the one eligible token.
+  for (let seed = 0; seed < 50; seed++) {
+    const one = maskBatch([Uint32Array.from([1, 4, 1, 9, 3, 1])], IDS, generator(seed), 0);
+    assertEquals([...one.positions, ...one.targets], [4, 9]);
+  }
+});
+
 Deno.test("batchIndices: each sequence once per epoch, a new order per epoch", () => {
   for (const [count, size] of [[24, 4], [23, 4], [7, 7], [10, 3]]) {
     const perEpoch = Math.floor(count / size);

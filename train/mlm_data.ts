@@ -7,12 +7,15 @@
 // task example is one document). The held-out documents are packed on their own, so none of
 // their text reaches a training sequence either way.
 //
-// Masking as BERT and RoBERTa do it (Hugging Face's DataCollatorForLanguageModeling): each real
-// token (not [CLS], [SEP] or padding) is chosen with probability 15%; a chosen token becomes the
-// mask token 80% of the time, a random non-special token 10%, and stays itself 10%; the loss is
-// taken at the chosen positions only. A sequence where nothing was chosen gets one chosen token,
-// so that every sequence teaches something. Every draw comes from a generator seeded by (seed,
-// step), so a step's batch is the same whether or not the run was resumed before it.
+// Masking as BERT and RoBERTa do it (Hugging Face's DataCollatorForLanguageModeling): each
+// eligible token is chosen with probability 15%, eligible meaning not a special id (`ids.special`:
+// the added [CLS], [SEP] and padding, and also [UNK] and any [MASK], [SEP], ... that the text itself
+// tokenized to, which are never prediction targets, as HF's get_special_tokens_mask marks them); a
+// chosen token becomes the mask token 80% of the time, a random non-special token 10%, and stays
+// itself 10%; the loss is taken at the chosen positions only. A sequence where nothing was chosen
+// gets one chosen eligible token, so that every sequence teaches something (one with no eligible
+// token gets none). Every draw comes from a generator seeded by (seed, step), so a step's batch is
+// the same whether or not the run was resumed before it.
 
 import { uniformGenerator } from "../model/init.ts";
 
@@ -67,7 +70,10 @@ export interface MaskingIds {
   pad: number;
   mask: number;
   vocabSize: number;
-  /** Ids a random replacement never draws (the special tokens). */
+  /**
+   * The special ids ([CLS], [SEP], [PAD], [MASK], [UNK], ...): never chosen for masking where they
+   * occur in a sequence, and never drawn as a random replacement.
+   */
   special: ReadonlySet<number>;
 }
 
@@ -91,7 +97,9 @@ const RANDOM_SHARE = 0.1;
 
 /**
  * One masked batch of `sequences` (each at most seqLen − 2 tokens), padded to the longest;
- * `random` supplies every draw.
+ * `random` supplies every draw. Positions holding a special id are never chosen; each other
+ * position is chosen with probability `probability` (one draw per position, special or not, so a
+ * sequence without special ids is masked as it always was).
  */
 export function maskBatch(
   sequences: readonly Uint32Array[],
@@ -115,9 +123,20 @@ export function maskBatch(
     inputIds.set(seq, row + 1);
     inputIds[row + 1 + seq.length] = ids.sep;
     attentionMask.fill(1, row, row + seq.length + 2);
+    // A draw for every position, special or not, as HF's collator does (a Bernoulli matrix with
+    // the special positions then cleared): a sequence without special ids gets the same draws, and
+    // so the same masks, as before special ids in the text were excluded.
+    const eligible: number[] = [];
     const chosen: number[] = [];
-    for (let i = 0; i < seq.length; i++) if (random() < probability) chosen.push(i);
-    if (chosen.length === 0 && seq.length > 0) chosen.push(Math.floor(random() * seq.length));
+    for (let i = 0; i < seq.length; i++) {
+      const draw = random();
+      if (ids.special.has(seq[i])) continue;
+      eligible.push(i);
+      if (draw < probability) chosen.push(i);
+    }
+    if (chosen.length === 0 && eligible.length > 0) {
+      chosen.push(eligible[Math.floor(random() * eligible.length)]);
+    }
     for (const i of chosen) {
       const at = row + 1 + i;
       positions.push(at);
