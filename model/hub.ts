@@ -68,7 +68,11 @@ export interface ResolveModelOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** No progress and no notes on stderr. */
   quiet?: boolean;
-  /** Further attempts after a broken download or a 5xx answer; default 5. */
+  /**
+   * Further attempts after a broken download or a 5xx (or 429) answer; default 5. A metadata
+   * request is not retried while the cache holds a complete snapshot of the revision: that
+   * snapshot is used at once (see resolveModel).
+   */
   retries?: number;
   /** Pause before retry n is n times this; default 1000 ms. */
   retryDelayMs?: number;
@@ -207,6 +211,14 @@ function revisionSegments(revision: string): string[] {
  * cache lacks them, and the snapshot folder is returned; with `HF_HUB_OFFLINE` set, or when the
  * hub cannot be reached, the cached snapshot of the revision is used with no requests.
  *
+ * As in huggingface_hub, a hub that answers a metadata (HEAD) request with an HTTP error (5xx,
+ * 429, 401/403, RepoNotFound: an outage, a token problem) also falls back to a complete cached
+ * snapshot of the revision, with a note on stderr naming the answer; only a missing revision
+ * (RevisionNotFound) or file (404) is final. With nothing usable cached, the hub's error stands.
+ * Retries: a 5xx or 429 is not retried when such a snapshot exists (huggingface_hub does not
+ * retry its metadata request either; waiting out an outage would only delay the same fallback);
+ * otherwise it is retried `retries` times as before, since the download needs the hub.
+ *
  * Files: `config.json`; `tokenizer.json`, else `vocab.txt`, else `vocab.json` + `merges.txt`;
  * `tokenizer_config.json` when the repo has it; `model.safetensors`, else
  * `model.safetensors.index.json` and its shards.
@@ -252,12 +264,20 @@ export async function resolveModel(
   try {
     return await download(ctx);
   } catch (e) {
-    if (!(e instanceof Unreachable)) throw e;
+    if (!(e instanceof Unreachable) && !(e instanceof HubAnswered)) throw e;
     const cached = await findCached(ctx);
     if (cached.dir) {
-      note(ctx, `cannot reach ${ctx.endpoint} (${e.message}); using the cached ${ctx.id}`);
+      const commit = cached.dir.slice(cached.dir.lastIndexOf("/") + 1);
+      note(
+        ctx,
+        e instanceof HubAnswered
+          ? `${ctx.endpoint} answered ${e.answer}; using the cached snapshot of ${ctx.id} ` +
+            `(commit ${commit})`
+          : `cannot reach ${ctx.endpoint} (${e.message}); using the cached ${ctx.id}`,
+      );
       return cached.dir;
     }
+    if (e instanceof HubAnswered) throw e;
     throw new HubError(
       offlineMessage(ctx, cached.missing, `${ctx.endpoint} cannot be reached (${e.message})`),
     );
@@ -506,6 +526,15 @@ async function readIndex(ctx: Context, path: string): Promise<string[]> {
   return parseIndex(ctx, await Deno.readTextFile(path));
 }
 
+/** Whether findCached finds a complete snapshot (a cache it cannot vouch for counts as none). */
+async function hasCompleteSnapshot(ctx: Context): Promise<boolean> {
+  try {
+    return (await findCached(ctx)).dir !== undefined;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The cached snapshot of the revision, if it holds everything resolveModel would download;
  * otherwise the first file it lacks (undefined when there is no snapshot at all).
@@ -546,6 +575,19 @@ class Unreachable extends Error {}
 
 /** A transfer that broke and may be retried. */
 class Retryable extends Error {}
+
+/**
+ * The hub answered a metadata (HEAD) request with an HTTP error that a complete cached snapshot
+ * may stand in for (huggingface_hub's fallback); the message is the hub error's own.
+ */
+class HubAnswered extends HubError {
+  /** The answer, for the fallback note: `HTTP 503 for config.json`. */
+  readonly answer: string;
+  constructor(error: HubError, answer: string) {
+    super(error.message);
+    this.answer = answer;
+  }
+}
 
 interface FileMeta {
   file: string;
@@ -588,6 +630,12 @@ function sizeHeader(value: string | null): number | undefined {
 
 function delay(ms: number): Promise<void> {
   return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
+}
+
+/** `HTTP <status>`, then the status text when there is one (HTTP/2 has none). */
+function httpStatus(res: Response): string {
+  const text = res.statusText.trim();
+  return text ? `HTTP ${res.status} ${text}` : `HTTP ${res.status}`;
 }
 
 /** The hub's own one-line explanation, if it sent one (made safe to print). */
@@ -636,8 +684,7 @@ function httpError(ctx: Context, res: Response, file: string, revision: string):
     );
   }
   return new HubError(
-    `${ctx.endpoint} answered HTTP ${res.status} ${res.statusText} for ${file} of ${ctx.id}` +
-      hubMessage(res),
+    `${ctx.endpoint} answered ${httpStatus(res)} for ${file} of ${ctx.id}` + hubMessage(res),
   );
 }
 
@@ -666,10 +713,20 @@ async function fetchWithTimeout(
  * commit, so that redirect's X-Repo-Commit / X-Linked-Etag / X-Linked-Size are what count. As
  * in huggingface_hub, relative redirects (a renamed repository, the hub's resolve cache) are
  * followed and the final answer counts; so are absolute ones that carry no X-Repo-Commit.
+ *
+ * An HTTP error is thrown as HubAnswered (resolveModel may use the cache instead), except a
+ * missing revision. A 5xx or 429 is retried `ctx.retries` times, but not while the cache holds a
+ * complete snapshot of the revision (then resolveModel uses it at once).
  */
 async function headFile(ctx: Context, revision: string, file: string): Promise<FileMeta | Missing> {
   let url = resolveUrl(ctx, revision, file);
   let serverErrors = 0;
+  const answered = (res: Response) => {
+    const error = httpError(ctx, res, file, revision);
+    return res.headers.get("x-error-code") === "RevisionNotFound"
+      ? error
+      : new HubAnswered(error, `${httpStatus(res)}${hubMessage(res)} for ${file}`);
+  };
   for (let hop = 0; hop < 10;) {
     const res = await fetchWithTimeout(ctx, url, {
       method: "HEAD",
@@ -679,7 +736,7 @@ async function headFile(ctx: Context, revision: string, file: string): Promise<F
     await res.body?.cancel();
     if (res.status >= 300 && res.status < 400) {
       const location = res.headers.get("location");
-      if (!location) throw httpError(ctx, res, file, revision);
+      if (!location) throw answered(res);
       const next = new URL(location, url).href;
       if (URL.canParse(location) && res.headers.has("x-repo-commit")) {
         return fileMeta(ctx, res, file, next, true);
@@ -694,12 +751,15 @@ async function headFile(ctx: Context, revision: string, file: string): Promise<F
       const commit = res.headers.get("x-repo-commit") ?? undefined;
       return { missing: true, commit: commit && SAFE_NAME.test(commit) ? commit : undefined };
     }
-    if ((res.status >= 500 || res.status === 429) && serverErrors < ctx.retries) {
+    if (
+      (res.status >= 500 || res.status === 429) && serverErrors < ctx.retries &&
+      !(await hasCompleteSnapshot(ctx))
+    ) {
       serverErrors++;
       await delay(ctx.retryDelayMs * serverErrors);
       continue;
     }
-    throw httpError(ctx, res, file, revision);
+    throw answered(res);
   }
   throw new HubError(`${ctx.endpoint}: too many redirects for ${file} of ${ctx.id}`);
 }
@@ -1023,8 +1083,7 @@ async function transfer(
         throw httpError(ctx, res, meta.file, meta.commit);
       }
       throw new HubError(
-        `${new URL(url).host} answered HTTP ${res.status} ${res.statusText} for ${meta.file} ` +
-          `of ${ctx.id}`,
+        `${new URL(url).host} answered ${httpStatus(res)} for ${meta.file} of ${ctx.id}`,
       );
     }
     let resumedFrom = 0;

@@ -667,6 +667,138 @@ Deno.test("hub: an unreachable hub falls back to the cache", async () => {
   });
 });
 
+/** What `fn` writes to stderr (through Deno.stderr.writeSync), instead of writing it. */
+async function captureStderr(fn: () => Promise<void>): Promise<string> {
+  const original = Deno.stderr.writeSync;
+  const decoder = new TextDecoder();
+  let text = "";
+  Deno.stderr.writeSync = (p: Uint8Array) => {
+    text += decoder.decode(p);
+    return p.length;
+  };
+  try {
+    await fn();
+  } finally {
+    Deno.stderr.writeSync = original;
+  }
+  return text;
+}
+
+/** A fetch that answers every request with `status` (no status text) and counts them. */
+function failingFetch(status: number, headers: Record<string, string> = {}) {
+  const f = {
+    calls: 0,
+    fetch: (() => {
+      f.calls++;
+      return Promise.resolve(new Response(null, { status, headers }));
+    }) as typeof fetch,
+  };
+  return f;
+}
+
+Deno.test("hub: HTTP errors of the hub (5xx, 429, 401/403) fall back to a complete cached snapshot", async () => {
+  await withHub(async ({ hub, cache, opts }) => {
+    hub.addRepo(ID, standardRepo());
+    const dir = await resolveModel(ID, opts);
+    // An outage or a token problem: the cached snapshot at once, no retries, one note.
+    const answers: [number, Record<string, string>][] = [
+      [500, {}],
+      [502, {}],
+      [503, {}],
+      [429, {}],
+      [401, { "x-error-code": "RepoNotFound" }],
+      [403, {}],
+    ];
+    for (const [status, headers] of answers) {
+      const hubDown = failingFetch(status, headers);
+      let got = "";
+      const stderr = await captureStderr(async () => {
+        got = await resolveModel(ID, { ...opts, fetch: hubDown.fetch, retries: 5 });
+      });
+      assertEquals(got, dir, `HTTP ${status}`);
+      assertEquals(hubDown.calls, 1, `HTTP ${status}: requests`);
+      assertEquals(
+        stderr,
+        `ehft: ${hub.endpoint} answered HTTP ${status} for config.json; using the cached ` +
+          `snapshot of ${ID} (commit ${COMMIT})\n`,
+      );
+      // quiet: no note.
+      const silent = await captureStderr(async () => {
+        await resolveModel(ID, {
+          ...opts,
+          fetch: failingFetch(status, headers).fetch,
+          quiet: true,
+        });
+      });
+      assertEquals(silent, "");
+    }
+    // The real (loopback) hub turning the repository gated: its status text and message too.
+    hub.repos.get(ID)!.gated = true;
+    const gated = await captureStderr(async () => {
+      assertEquals(await resolveModel(ID, opts), dir);
+    });
+    assert(
+      gated.includes(`answered HTTP 403 Forbidden (Access restricted) for config.json; using`),
+      gated,
+    );
+    hub.repos.get(ID)!.gated = false;
+
+    // Nothing usable cached: the hub's error stands, after the retries; one space per gap.
+    const other = failingFetch(503);
+    const e = await assertRejects(
+      () => resolveModel("test-org/other", { ...opts, fetch: other.fetch, retries: 2 }),
+      HubError,
+    );
+    assertEquals(e.message, `${hub.endpoint} answered HTTP 503 for config.json of test-org/other`);
+    assertEquals(other.calls, 3);
+    await Deno.remove(`${cache}/${FOLDER}/snapshots/${COMMIT}/model.safetensors`);
+    const partial = failingFetch(502);
+    await assertRejects(
+      () => resolveModel(ID, { ...opts, fetch: partial.fetch, retries: 1, quiet: true }),
+      HubError,
+      `answered HTTP 502 for config.json of ${ID}`,
+    );
+    assertEquals(partial.calls, 2);
+    const noToken = failingFetch(401, { "x-error-code": "RepoNotFound" });
+    const n = await assertRejects(
+      () => resolveModel(ID, { ...opts, fetch: noToken.fetch, quiet: true }),
+      HubError,
+    );
+    assert(n.message.includes("HTTP 401") && n.message.includes("set HF_TOKEN"), n.message);
+  });
+});
+
+Deno.test("hub: a missing revision is an error even with a cached snapshot", async () => {
+  await withHub(async ({ hub, opts }) => {
+    hub.addRepo(ID, standardRepo());
+    await resolveModel(ID, opts);
+    const gone = failingFetch(404, { "x-error-code": "RevisionNotFound" });
+    await assertRejects(
+      () => resolveModel(ID, { ...opts, fetch: gone.fetch, quiet: true }),
+      HubError,
+      `${ID} has no revision "main"`,
+    );
+  });
+});
+
+Deno.test("hub: a CDN error without a status text reads with single spaces", async () => {
+  await withHub(async ({ hub, opts }) => {
+    hub.addRepo(ID, standardRepo());
+    let cdnHost = "";
+    const cdnGone = ((input: RequestInfo | URL, init?: RequestInit) => {
+      const url = new URL(input instanceof Request ? input.url : input);
+      if (url.origin === new URL(hub.endpoint).origin) return fetch(input, init);
+      cdnHost = url.host;
+      return Promise.resolve(new Response(null, { status: 404 }));
+    }) as typeof fetch;
+    const e = await assertRejects(
+      () => resolveModel(ID, { ...opts, fetch: cdnGone, quiet: true }),
+      HubError,
+    );
+    assertEquals(e.message, `${cdnHost} answered HTTP 404 for model.safetensors of ${ID}`);
+  });
+});
+
 Deno.test("hub: a truncated transfer is resumed with a Range request", async () => {
   await withHub(async ({ hub, cache, opts }) => {
     hub.addRepo(ID, standardRepo());
