@@ -1,9 +1,12 @@
 // Seeded initial weights of a new BERT-style encoder, as BertPreTrainedModel._init_weights draws
-// them: weight matrices and embedding tables N(0, initializer_range), LayerNorm weights 1, biases 0.
+// them: weight matrices and embedding tables N(0, initializer_range), LayerNorm weights 1, biases 0,
+// and the padding_idx row of an embedding zeroed after it is drawn: the word embeddings'
+// pad_token_id row (BERT, RoBERTa, ELECTRA) and, for RoBERTa, the position embeddings' too (its
+// position table has padding_idx = pad_token_id; BERT's and ELECTRA's have none).
 // One seed always gives the same values (mulberry32 and Box–Muller, no Math.random): the random
 // baseline of tools/random_model.ts and the starting point of pretrain.ts from scratch.
 
-import type { ModelConfig } from "./config.ts";
+import { ConfigError, type ModelConfig } from "./config.ts";
 import { buildEncoderStruct, encoderEntries } from "./encoder.ts";
 
 /** mulberry32 on [0, 1). */
@@ -28,14 +31,47 @@ export function normalGenerator(seed: number): () => number {
 }
 
 /**
+ * The config's `initializer_range` (default 0.02, as in transformers), checked to be a finite
+ * number > 0; otherwise a one-line ConfigError naming `file` (the config the model came from)
+ * and the field.
+ */
+export function initializerRange(config: ModelConfig, file = "config.json"): number {
+  const v = config.raw.initializer_range ?? 0.02;
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+    throw new ConfigError(
+      file,
+      `"initializer_range" must be a finite number > 0, got ${
+        typeof v === "number" ? String(v) : JSON.stringify(v) ?? String(v)
+      }`,
+    );
+  }
+  return v;
+}
+
+/**
+ * The row of an embedding table that Hugging Face declares its padding_idx (zeroed at init and
+ * never updated), if any: the word embeddings' pad_token_id, and RoBERTa's position embeddings'
+ * pad_token_id.
+ */
+export function paddingRow(config: ModelConfig, name: string): number | undefined {
+  if (name === "embeddings.word_embeddings.weight") return config.padTokenId;
+  if (name === "embeddings.position_embeddings.weight" && config.positionsFromPadding) {
+    return config.padTokenId;
+  }
+  return undefined;
+}
+
+/**
  * The encoder's initial tensors under names relative to the prefix, in `encoderEntries` order,
- * drawn from `normal` in that order.
+ * drawn from `normal` in that order (a padding row is drawn like every other row, then zeroed,
+ * as torch's normal_ then zero_ does). `file` names the config in errors.
  */
 export function initialEncoderValues(
   config: ModelConfig,
   normal: () => number,
+  file = "config.json",
 ): Map<string, { shape: number[]; data: Float32Array }> {
-  const std = Number(config.raw.initializer_range ?? 0.02);
+  const std = initializerRange(config, file);
   const out = new Map<string, { shape: number[]; data: Float32Array }>();
   const struct = buildEncoderStruct(config, (_, shape) => shape);
   for (const [name, shape] of encoderEntries(struct)) {
@@ -43,6 +79,11 @@ export function initialEncoderValues(
     if (name.includes("LayerNorm.weight")) data.fill(1);
     else if (!name.endsWith(".bias")) {
       for (let i = 0; i < data.length; i++) data[i] = std * normal();
+      const pad = paddingRow(config, name);
+      if (pad !== undefined) {
+        const width = shape[1];
+        data.fill(0, pad * width, (pad + 1) * width);
+      }
     }
     out.set(name, { shape, data });
   }

@@ -20,6 +20,7 @@ import { linearBackward, linearForward } from "../kernels/linear.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
+import { initializerRange } from "./init.ts";
 
 export interface MlmHeadParams<T = Tensor> {
   denseWeight: T;
@@ -69,14 +70,16 @@ const KEYS = ["denseWeight", "denseBias", "lnWeight", "lnBias", "bias"] as const
 
 /**
  * Initial values as BertPreTrainedModel._init_weights: dense weight N(0, initializer_range)
- * (Box–Muller over `normal`), biases 0, LayerNorm weight 1.
+ * (Box–Muller over `normal`), biases 0, LayerNorm weight 1. An initializer_range that is not a
+ * finite number > 0 is a ConfigError naming `file` (the config the model came from).
  */
 export function initialMlmHeadValues(
   config: ModelConfig,
   normal: () => number,
+  file = "config.json",
 ): MlmHeadParams<Float32Array> {
   const shapes = mlmHeadShapes(config);
-  const std = Number(config.raw.initializer_range ?? 0.02);
+  const std = initializerRange(config, file);
   const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
   const denseWeight = Float32Array.from({ length: size(shapes.denseWeight) }, () => std * normal());
   return {
