@@ -45,7 +45,12 @@ function candidateNames(config: ModelConfig, relative: string): string[] {
   return [...names.map((n) => `${config.prefix}.${n}`), ...names];
 }
 
-/** The file to read weights from: model.safetensors or its sharded index. */
+/**
+ * The file to read weights from: model.safetensors, else its sharded index
+ * model.safetensors.index.json. The single file wins when both are there, as in transformers'
+ * from_pretrained, the hub download and the cache check (model/hub.ts), so a folder is read the
+ * same way by each of them (a stale index beside a saved model.safetensors is ignored).
+ */
 export async function findWeightsFile(dir: string): Promise<string> {
   const exists = async (name: string) => {
     try {
@@ -54,8 +59,8 @@ export async function findWeightsFile(dir: string): Promise<string> {
       return false;
     }
   };
-  if (await exists("model.safetensors.index.json")) return `${dir}/model.safetensors.index.json`;
   if (await exists("model.safetensors")) return `${dir}/model.safetensors`;
+  if (await exists("model.safetensors.index.json")) return `${dir}/model.safetensors.index.json`;
   if (await exists("pytorch_model.bin") || await exists("pytorch_model.bin.index.json")) {
     throw new CheckpointError(
       dir,

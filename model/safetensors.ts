@@ -609,9 +609,10 @@ async function openIndex(path: string): Promise<ShardedReader> {
 }
 
 /**
- * Opens a `.safetensors` file, a `model.safetensors.index.json`, or a directory holding one of
- * `model.safetensors.index.json` / `model.safetensors` (the index wins, as in transformers).
- * Only the 8-byte length and the header are read here; tensor data is read on demand.
+ * Opens a `.safetensors` file, a `model.safetensors.index.json`, or a directory holding
+ * `model.safetensors` or `model.safetensors.index.json` (the single file wins when both are
+ * there, as in transformers and model/checkpoint.ts's findWeightsFile). Only the 8-byte length
+ * and the header are read here; tensor data is read on demand.
  */
 export async function openSafetensors(path: string): Promise<SafetensorsReader> {
   assertLittleEndian();
@@ -623,16 +624,16 @@ export async function openSafetensors(path: string): Promise<SafetensorsReader> 
   }
   if (!isDirectory) return path.endsWith(".json") ? openIndex(path) : openFile(path);
 
-  for (const [name, open] of [[INDEX_FILE, openIndex], [SINGLE_FILE, openFile]] as const) {
+  for (const [name, open] of [[SINGLE_FILE, openFile], [INDEX_FILE, openIndex]] as const) {
     const candidate = joinPath(path, name);
     try {
-      await Deno.stat(candidate);
+      if (!(await Deno.stat(candidate)).isFile) continue;
     } catch {
       continue;
     }
     return open(candidate);
   }
-  throw new SafetensorsError(path, `directory holds neither ${INDEX_FILE} nor ${SINGLE_FILE}`);
+  throw new SafetensorsError(path, `directory holds neither ${SINGLE_FILE} nor ${INDEX_FILE}`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import {
   findWeightsFile,
   loadBackbone,
   loadHead,
+  openWeights,
   readHeadShape,
   saveModel,
 } from "../model/checkpoint.ts";
@@ -158,6 +159,32 @@ Deno.test("checkpoint: pytorch_model.bin alone is refused with a conversion hint
     await assertRejects(() => findWeightsFile(dir), CheckpointError, "convert it to safetensors");
     await Deno.remove(`${dir}/pytorch_model.bin`);
     await assertRejects(() => findWeightsFile(dir), CheckpointError, "has no model.safetensors");
+  });
+});
+
+Deno.test("checkpoint: model.safetensors wins over an index, as in transformers and the hub", async () => {
+  await withDir(async (dir) => {
+    await writeSafetensors(`${dir}/model.safetensors`, {
+      "bert.pooler.dense.bias": { dtype: "F32", shape: [2], data: new Float32Array([5, 6]) },
+    });
+    // The index names shards that are absent: what the hub cache accepts (model/hub.ts checks
+    // only model.safetensors when it is there) must load too.
+    await Deno.writeTextFile(
+      `${dir}/model.safetensors.index.json`,
+      JSON.stringify({
+        weight_map: { "bert.pooler.dense.bias": "model-00001-of-00002.safetensors" },
+      }),
+    );
+    assertEquals(await findWeightsFile(dir), `${dir}/model.safetensors`);
+    const r = await openWeights(dir);
+    try {
+      assertEquals(await r.readF32("bert.pooler.dense.bias"), new Float32Array([5, 6]));
+    } finally {
+      r.close();
+    }
+    // Only the index: the index.
+    await Deno.remove(`${dir}/model.safetensors`);
+    assertEquals(await findWeightsFile(dir), `${dir}/model.safetensors.index.json`);
   });
 });
 

@@ -514,7 +514,7 @@ Deno.test("missing paths and unknown tensor names give one-line errors", async (
     await assertRejectsFile(
       openSafetensors(dir),
       dir,
-      /directory holds neither model\.safetensors\.index\.json nor model\.safetensors/,
+      /directory holds neither model\.safetensors nor model\.safetensors\.index\.json/,
     );
     const path = `${dir}/model.safetensors`;
     await writeSafetensors(path, { a: { dtype: "U8", shape: [1], data: new Uint8Array([1]) } });
@@ -666,6 +666,41 @@ Deno.test("a directory holding only model.safetensors opens that file", async ()
       assertArray(await r.readF32("w"), [1, -2]);
     } finally {
       r.close();
+    }
+  });
+});
+
+Deno.test("model.safetensors wins over an index beside it, as in transformers", async () => {
+  await withTempDir(async (dir) => {
+    await writeSafetensors(`${dir}/model.safetensors`, {
+      w: { dtype: "F32", shape: [2], data: new Float32Array([3, 4]) },
+    });
+    // An index whose shards are absent (a download that stopped, a stale leftover): ignored.
+    await writeIndex(dir, { "embeddings.weight": "model-00001-of-00002.safetensors" });
+    const r = await openSafetensors(dir);
+    try {
+      assertEquals(r.path, `${dir}/model.safetensors`);
+      assertArray(await r.readF32("w"), [3, 4]);
+    } finally {
+      r.close();
+    }
+    // Both complete: still the single file.
+    await writeShards(dir);
+    const both = await openSafetensors(`${dir}/`);
+    try {
+      assertEquals([...both.tensors.keys()], ["w"]);
+    } finally {
+      both.close();
+    }
+    // A folder named model.safetensors is not the file: the index is used.
+    await Deno.remove(`${dir}/model.safetensors`);
+    await Deno.mkdir(`${dir}/model.safetensors`);
+    await writeIndex(dir, { "classifier.bias": "model-00002-of-00002.safetensors" });
+    const sharded = await openSafetensors(dir);
+    try {
+      assertEquals(sharded.path, `${dir}/model.safetensors.index.json`);
+    } finally {
+      sharded.close();
     }
   });
 });
