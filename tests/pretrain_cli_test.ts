@@ -1,19 +1,28 @@
 // pretrain.ts from the command line: from scratch on a plain-text corpus (pruned vocabulary,
 // tokenizer.json and vocab.txt beside the weights), continuing a checkpoint (domain-adaptive:
 // its own vocabulary and shape, and a model that fine-tunes afterwards), --resume refusing other
-// flags, one-line errors for a run folder in use and an empty corpus, and tools/ship_model.ts.
+// flags or another corpus, leaving a finished run as it is and finishing one stopped before
+// result.json, one-line errors for a run folder in use and an empty corpus, and
+// tools/ship_model.ts.
 
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
 import { mlmHeadNames } from "../model/mlm_head.ts";
-import { exists, VOCAB, writeTinyBert } from "./train_fixture.ts";
+import { exists, readTree, sameBytes, VOCAB, writeTinyBert } from "./train_fixture.ts";
 import { FLAGS, HELP } from "../pretrain.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-async function pretrain(args: string[]) {
+async function pretrain(args: string[], quiet = true) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}pretrain.ts`, "--quiet", "--no-autotune", ...args],
+    args: [
+      "run",
+      "-A",
+      `${ROOT}pretrain.ts`,
+      ...(quiet ? ["--quiet"] : []),
+      "--no-autotune",
+      ...args,
+    ],
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
@@ -136,8 +145,129 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
     assert(again.stderr.includes(`--out ${out} is not empty`), again.stderr);
     const other = await pretrain([...args, "--lr", "1e-3", "--resume"]);
     assertEquals(other.code, 1);
-    assert(other.stderr.includes("--resume: the flags differ"), other.stderr);
+    assert(
+      other.stderr.includes(
+        `--resume: ${out} was started with other settings (lr: 0.0005 in pretrain.json, ` +
+          `0.001 now)`,
+      ),
+      other.stderr,
+    );
     assertEquals(other.stderr.trim().split("\n").length, 1, other.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Every file under `dir` with its bytes and modification time. */
+async function snapshot(dir: string): Promise<Map<string, [Uint8Array, number]>> {
+  const out = new Map<string, [Uint8Array, number]>();
+  for (const [name, bytes] of await readTree(dir)) {
+    out.set(name, [bytes, (await Deno.stat(`${dir}/${name}`)).mtime!.getTime()]);
+  }
+  return out;
+}
+
+async function assertUnchanged(
+  dir: string,
+  before: Map<string, [Uint8Array, number]>,
+  what: string,
+): Promise<void> {
+  const now = await snapshot(dir);
+  assertEquals([...now.keys()].sort(), [...before.keys()].sort(), `${what}: the files`);
+  for (const [name, [bytes, mtime]] of before) {
+    const [b, m] = now.get(name)!;
+    assert(sameBytes(b, bytes) && m === mtime, `${what}: ${name} was rewritten`);
+  }
+}
+
+test("pretrain.ts --resume: finished runs are kept, other flags or text refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const corpus = `${dir}/corpus.txt`;
+    await writeCorpus(corpus);
+    const vocab = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
+    const out = `${dir}/run`;
+    const args = [
+      ...["--out", out, "--corpus", corpus, "--vocab", vocab, "--layers", "1", "--hidden", "16"],
+      ...["--heads", "2", "--intermediate", "32", "--max-positions", "16", ...SMALL],
+    ];
+    const r = await pretrain(args);
+    assertEquals(r.code, 0, r.stderr);
+    const done = await snapshot(out);
+    const result = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
+    assert(result.held_out !== null && result.tokens > 0, JSON.stringify(result));
+    assertEquals(result.tokens_this_run, result.tokens);
+
+    // A finished run: --resume says so and changes nothing (it once wrote a result.json of nulls).
+    const finished = await pretrain([...args, "--resume"], false);
+    assertEquals(finished.code, 0, finished.stderr);
+    assert(
+      finished.stderr.includes(`${out}: the run is finished; nothing to do`),
+      finished.stderr,
+    );
+    await assertUnchanged(out, done, "a finished run's --resume");
+
+    // Other flags, another vocabulary file, other text in the corpus: one line naming what
+    // differs, and nothing written.
+    await Deno.copyFile(vocab, `${dir}/vocab.txt`);
+    const text = await Deno.readTextFile(corpus);
+    const docs = text.trim().split("\n\n");
+    const cases: [string[], string | null, string][] = [
+      [["--log-every", "1"], null, "log_every: 2 in pretrain.json, 1 now"],
+      [["--eval-every", "1"], null, "eval_every: 2 in pretrain.json, 1 now"],
+      [["--checkpoint-every", "1"], null, "checkpoint_every: 2 in pretrain.json, 1 now"],
+      [["--model-dtype", "f16"], null, 'model_dtype: "f32" in pretrain.json, "f16" now'],
+      [["--vocab", `${dir}/vocab.txt`], null, `vocab: "${vocab}" in pretrain.json`],
+      [[], [...docs].reverse().join("\n\n") + "\n", "train_sha256: "],
+      // The first document is held out.
+      [[], docs.slice(1).join("\n\n") + "\n", "held_out_sha256: "],
+    ];
+    for (const [flags, changed, message] of cases) {
+      if (changed !== null) await Deno.writeTextFile(corpus, changed);
+      const refused = await pretrain([...args, ...flags, "--resume"]);
+      await Deno.writeTextFile(corpus, text);
+      assertEquals(refused.code, 1, refused.stderr);
+      const line = `pretrain: --resume: ${out} was started with other settings (${message}`;
+      assert(refused.stderr.startsWith(line), `${refused.stderr}\nexpected: ${line}`);
+      assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
+    }
+    await assertUnchanged(out, done, "a refused --resume");
+
+    // Stopped after its last checkpoint, before result.json (and the model's files): --resume
+    // writes them as the uninterrupted run did.
+    const model = await readTree(`${out}/model`);
+    await Deno.remove(`${out}/result.json`);
+    await Deno.remove(`${out}/model`, { recursive: true });
+    const resumed = await pretrain([...args, "--resume"]);
+    assertEquals(resumed.code, 0, resumed.stderr);
+    const again = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
+    const { seconds_this_run: _, tokens_this_run: __, ...run } = result;
+    const { seconds_this_run: _s, tokens_this_run: thisRun, ...runAgain } = again;
+    assertEquals(runAgain, run, "result.json of a run stopped before it");
+    assertEquals(thisRun, 0, "nothing was left to train");
+    for (const [name, bytes] of model) {
+      assert(sameBytes((await readTree(`${out}/model`)).get(name)!, bytes), `model/${name}`);
+    }
+    for (const name of ["pretrain.json", "log.jsonl", "checkpoint.safetensors"]) {
+      assert(sameBytes(await Deno.readFile(`${out}/${name}`), done.get(name)![0]), name);
+    }
+
+    // A run whose pretrain.json predates the fingerprints and the flags recorded since resumes.
+    const settingsPath = `${out}/pretrain.json`;
+    const recorded = JSON.parse(await Deno.readTextFile(settingsPath));
+    for (const key of ["vocab", "eval_every", "checkpoint_every", "log_every", "model_dtype"]) {
+      delete recorded.settings[key];
+    }
+    for (const key of ["train_sha256", "held_out_sha256", "tokenizer_sha256"]) {
+      delete recorded.settings[key];
+    }
+    const older = JSON.stringify(recorded, null, 2) + "\n";
+    await Deno.writeTextFile(settingsPath, older);
+    await Deno.remove(`${out}/result.json`);
+    const old = await pretrain([...args, "--resume"]);
+    assertEquals(old.code, 0, old.stderr);
+    assertEquals(JSON.parse(await Deno.readTextFile(`${out}/result.json`)).held_out, run.held_out);
+    assertEquals(await Deno.readTextFile(settingsPath), older, "pretrain.json is not rewritten");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -181,6 +311,11 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
       [["--out", `${dir}/new`, "--eval-every", "0"], "--eval-every: expected an integer ≥ 1"],
       [["--out", `${dir}/new`, "--checkpoint-every", "0"], "--checkpoint-every: expected"],
       [["--out", `${dir}/new`, "--intermediate", "0"], "--intermediate: expected"],
+      // 2^32 would seed as 0 does (the seeds are 32-bit), as in train.ts.
+      [
+        ["--out", `${dir}/new`, "--seed", "4294967296"],
+        '--seed: expected an integer in [0, 4294967295], got "4294967296"',
+      ],
       [["--out", `${dir}/new`, "--retune"], "--retune and --no-autotune: choose one"],
       [["--out", `${dir}/new`, "--task-text", "rte,nope"], '--task-text: unknown task "nope"'],
       [

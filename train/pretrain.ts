@@ -11,7 +11,11 @@
 // dropout off; the loss is the mean over all masked tokens and the accuracy counts argmax hits.
 //
 // Checkpoints (train/training_checkpoint.ts): every parameter, AdamW's moments and the step, so
-// `resume` continues bit for bit (a step's batch and masks depend on (seed, step) alone).
+// `resume` continues bit for bit (a step's batch and masks depend on (seed, step) alone); in the
+// metadata also what a resumed run could not rebuild: the losses and token counts of the steps
+// since the last log line (the next line averages them) and the last held-out evaluation (the
+// result of a run stopped after its last checkpoint). A resumed run's log and result are those
+// of a run that was never stopped.
 
 import { addInPlace } from "../kernels/add.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -43,6 +47,7 @@ import {
   CHECKPOINT_FILE,
   downloadTensors,
   readTrainingCheckpoint,
+  type TrainingState,
   uploadByName,
   writeTrainingCheckpoint,
 } from "./training_checkpoint.ts";
@@ -84,18 +89,77 @@ export interface PretrainOptions {
 
 export interface PretrainResult {
   steps: number;
+  /** Real tokens ([CLS], [SEP] included) of the steps this call trained. */
   tokens: number;
+  /** Real tokens of every step of the run, those before a resume included. */
+  totalTokens: number;
   seconds: number;
+  /** The last held-out evaluation (the one at the last step), restored by a resume. */
   heldOut: { loss: number; accuracy: number; tokens: number } | null;
 }
 
 /**
- * Room for masked rows in a batch of B × S: a quarter of the tokens plus one per row. Chosen
- * tokens are Binomial(n, 0.15) (plus at most one per row): at 32 × 128 the mean is 605 with a
- * standard deviation of 23, so 1056 is never reached in practice (maskBatch's result is checked).
+ * The most masked rows a batch of B sequences of at most S − 2 tokens can have: every token can
+ * be chosen. (A bound below it is reached: at --batch-size 1 --max-length 8, one batch in about
+ * 170 has 4 or more of its 6 tokens chosen.)
  */
 export function maxMaskedRows(batch: number, seq: number): number {
-  return Math.min(batch * seq, Math.ceil(0.25 * batch * seq) + batch);
+  return batch * Math.max(1, seq - 2);
+}
+
+/**
+ * Every batch a run draws, looked at once on the CPU (a step's batch depends on (seed, step)
+ * alone): the most masked rows of any of them, which sizes the MLM head exactly (the worst case,
+ * maxMaskedRows, would be ~6× a typical batch at 32 × 128), and each step's real tokens.
+ */
+export function planBatches(
+  train: readonly Uint32Array[],
+  ids: MaskingIds,
+  batchSize: number,
+  seed: number,
+  steps: number,
+  evalBatches: readonly MlmBatch[],
+): { maxRows: number; stepTokens: Float64Array } {
+  let maxRows = 1;
+  for (const b of evalBatches) maxRows = Math.max(maxRows, b.positions.length);
+  const stepTokens = new Float64Array(steps);
+  for (let step = 0; step < steps; step++) {
+    const b = trainingBatch(train, ids, batchSize, seed, step);
+    maxRows = Math.max(maxRows, b.positions.length);
+    stepTokens[step] = realTokens(b);
+  }
+  return { maxRows, stepTokens };
+}
+
+function realTokens(b: MlmBatch): number {
+  let real = 0;
+  for (const x of b.attentionMask) real += x;
+  return real;
+}
+
+/** One step's training statistics. */
+export interface StepStats {
+  step: number;
+  loss: number;
+  gradNorm: number;
+}
+
+/**
+ * A pretraining checkpoint's state: the common one plus what the log and the result need. Both
+ * additions are optional: checkpoints written before them resume as they did.
+ */
+interface PretrainState extends TrainingState {
+  /** The steps since the last log line: their stats (in step order) and token counts. */
+  pending?: {
+    steps: number[];
+    /** Non-finite values are written as null (JSON), and read back as NaN. */
+    loss: (number | null)[];
+    grad_norm: (number | null)[];
+    tokens: number;
+    masked: number;
+  };
+  /** The last held-out evaluation, or null. */
+  held_out?: { loss: number; accuracy: number; tokens: number } | null;
 }
 
 /** Steps whose stats wait on the GPU before a download. */
@@ -145,6 +209,8 @@ export class Pretrainer {
       dropout?: number;
       /** Seed of the dropout masks (mixed with the step). */
       dropoutSeed?: number;
+      /** Room for masked rows per batch (default maxMaskedRows: room for any batch). */
+      maxRows?: number;
     },
   ) {
     this.gpu = gpu;
@@ -156,7 +222,7 @@ export class Pretrainer {
       dropout: opts.dropout,
     });
     this.dropoutSeed = opts.dropoutSeed ?? 0;
-    this.maxRows = maxMaskedRows(opts.maxBatch, opts.maxSeq);
+    this.maxRows = opts.maxRows ?? maxMaskedRows(opts.maxBatch, opts.maxSeq);
     const logitBytes = 4 * this.maxRows * config.vocabSize;
     const bindable = gpu.limits.maxStorageBufferBindingSize;
     if (logitBytes > bindable) {
@@ -300,7 +366,7 @@ export class Pretrainer {
     return (await this.loss.download())[0];
   }
 
-  private pending: { step: number; loss: number; gradNorm: number }[] = [];
+  private pending: StepStats[] = [];
 
   private async flushStats(): Promise<void> {
     if (this.statsOnGpu === 0) return;
@@ -317,11 +383,22 @@ export class Pretrainer {
   }
 
   /** The loss and gradient norm of every step since the last call. */
-  async takeStats(): Promise<{ step: number; loss: number; gradNorm: number }[]> {
+  async takeStats(): Promise<StepStats[]> {
     await this.flushStats();
     const out = this.pending;
     this.pending = [];
     return out;
+  }
+
+  /** What takeStats would return now, left in place (for a checkpoint). */
+  async peekStats(): Promise<StepStats[]> {
+    await this.flushStats();
+    return this.pending.map((s) => ({ ...s }));
+  }
+
+  /** Puts back the stats a checkpoint held, ahead of every step trained since (a resume). */
+  restoreStats(stats: readonly StepStats[]): void {
+    this.pending = [...stats.map((s) => ({ ...s })), ...this.pending];
   }
 
   /** Loss (summed over tokens) and correct predictions of one held-out batch. */
@@ -433,11 +510,19 @@ export async function saveMlmModel(
 /** Runs (or resumes) pretraining; writes log.jsonl, checkpoints and `<out>/model`. */
 export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainResult> {
   const started = performance.now();
+  const evalBatches = heldOutBatches(
+    o.evalSequences > 0 ? o.heldOut.slice(0, o.evalSequences) : o.heldOut,
+    o.ids,
+    o.batchSize,
+    o.seed,
+  );
+  const plan = planBatches(o.train, o.ids, o.batchSize, o.seed, o.steps, evalBatches);
   const trainer = new Pretrainer(gpu, o.config, {
     maxBatch: o.batchSize,
     maxSeq: o.maxSeq,
     adamw: o.adamw,
     dropoutSeed: streamSeed(o.seed, 0, 4),
+    maxRows: plan.maxRows,
   });
   try {
     await Deno.mkdir(o.out, { recursive: true });
@@ -445,6 +530,8 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     const logPath = `${o.out}/${PRETRAIN_LOG}`;
     let logLines: string[] = [];
     let start = 0;
+    let lastEval: PretrainResult["heldOut"] = null;
+    let pendingTokens = 0, pendingMasked = 0;
     const params = trainer.parameters();
     const checkpoint = o.resume ? await readTrainingCheckpoint(checkpointPath) : null;
     if (o.resume) await removeStaleTemporaries(o.out);
@@ -465,6 +552,30 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       }
       logLines = logLines.slice(0, checkpoint.state.logLines);
+      const state = checkpoint.state as PretrainState;
+      if (state.pending) {
+        const p = state.pending;
+        const value = (x: number | null) => x ?? NaN;
+        trainer.restoreStats(
+          p.steps.map((step, i) => ({
+            step,
+            loss: value(p.loss[i]),
+            gradNorm: value(p.grad_norm[i]),
+          })),
+        );
+        pendingTokens = p.tokens;
+        pendingMasked = p.masked;
+      }
+      if (state.held_out !== undefined) lastEval = state.held_out;
+      else if (state.last && evalBatches.length > 0) {
+        // A checkpoint from before held_out: the loss and accuracy of the last evaluation, and
+        // its masked tokens (the held-out masks are fixed).
+        lastEval = {
+          loss: state.last.loss!,
+          accuracy: state.last.accuracy!,
+          tokens: evalBatches.reduce((a, b) => a + b.positions.length, 0),
+        };
+      }
     } else {
       for (const [name, data] of o.initial.encoder) {
         const t = params.get(`${o.config.prefix}.${name}`);
@@ -478,27 +589,19 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       await writeFileAtomic(logPath, logLines.join("\n") + "\n");
       o.onLog?.(record);
     };
-    const evalBatches = heldOutBatches(
-      o.evalSequences > 0 ? o.heldOut.slice(0, o.evalSequences) : o.heldOut,
-      o.ids,
-      o.batchSize,
-      o.seed,
-    );
     const progress = new Progress({ total: o.steps, done: start, quiet: o.quiet });
     let tokens = 0;
-    let lastEval: PretrainResult["heldOut"] = null;
-    let pendingTokens = 0, pendingMasked = 0;
+    const notFinite = (step: number) =>
+      new Error(
+        `pretrain: the loss is not finite at step ${step}; the last checkpoint is ` +
+          `${checkpointPath} (resume with --resume, perhaps at a lower --lr)`,
+      );
     const logStats = async (step: number) => {
       const stats = await trainer.takeStats();
       if (stats.length === 0) return;
       const loss = stats.reduce((a, s) => a + s.loss, 0) / stats.length;
       const gradNorm = stats.reduce((a, s) => a + s.gradNorm, 0) / stats.length;
-      if (!Number.isFinite(loss)) {
-        throw new Error(
-          `pretrain: the loss is not finite at step ${step}; the last checkpoint is ` +
-            `${checkpointPath} (resume with --resume, perhaps at a lower --lr)`,
-        );
-      }
+      if (!Number.isFinite(loss)) throw notFinite(step);
       await writeLog({
         step,
         loss,
@@ -527,7 +630,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       );
     };
     const saveCheckpoint = async (step: number) => {
-      await writeTrainingCheckpoint(checkpointPath, {
+      const pending = await trainer.peekStats();
+      // A diverged step waiting for its log line: keep the last checkpoint, which did not.
+      if (pending.some((s) => !Number.isFinite(s.loss))) throw notFinite(step);
+      const finite = (x: number) => Number.isFinite(x) ? x : null;
+      const state: PretrainState = {
         stage: 0,
         stageStep: step,
         step,
@@ -535,14 +642,25 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         best: {},
         last: lastEval ? { loss: lastEval.loss, accuracy: lastEval.accuracy } : null,
         logLines: logLines.length,
-      }, { params, moments: trainer.optimizer.moments() });
+        pending: {
+          steps: pending.map((s) => s.step),
+          loss: pending.map((s) => finite(s.loss)),
+          grad_norm: pending.map((s) => finite(s.gradNorm)),
+          tokens: pendingTokens,
+          masked: pendingMasked,
+        },
+        held_out: lastEval,
+      };
+      await writeTrainingCheckpoint(checkpointPath, state, {
+        params,
+        moments: trainer.optimizer.moments(),
+      });
     };
     if (start === 0) await evaluate(0);
     for (let step = start; step < o.steps; step++) {
       const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
       await trainer.step(b, learningRate(o.schedule, step), step);
-      let real = 0;
-      for (const x of b.attentionMask) real += x;
+      const real = realTokens(b);
       tokens += real;
       pendingTokens += real;
       pendingMasked += b.positions.length;
@@ -559,6 +677,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     return {
       steps: o.steps,
       tokens,
+      totalTokens: plan.stepTokens.reduce((a, x) => a + x, 0),
       seconds: (performance.now() - started) / 1000,
       heldOut: lastEval,
     };
