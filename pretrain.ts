@@ -431,8 +431,20 @@ async function main(args: string[]): Promise<void> {
   const encode = (d: readonly CorpusDocument[]) =>
     d.map((doc) => doc.sentences.map((s) => tokenizer.encodeText(s)));
   const trainTokens = encode(trainDocs), heldTokens = encode(heldOut);
-  const train = packDocuments(trainTokens, maxLength - 2, { acrossDocuments: true });
-  const held = packDocuments(heldTokens, maxLength - 2, { acrossDocuments: true });
+  // A sequence of special ids alone (the [UNK]s of text the vocabulary lacks) has nothing to
+  // mask: a batch of such sequences could not be trained or scored.
+  const maskable = (s: Uint32Array) => s.some((t) => !ids.special.has(t));
+  const packed = [trainTokens, heldTokens].map((t) =>
+    packDocuments(t, maxLength - 2, { acrossDocuments: true })
+  );
+  const [train, held] = packed.map((p) => p.filter(maskable));
+  const unmaskable = packed[0].length + packed[1].length - train.length - held.length;
+  if (unmaskable > 0) {
+    say(
+      `pretrain: ${unmaskable} packed sequences hold only special tokens ([UNK] and the like): ` +
+        `left out, as they have nothing to mask`,
+    );
+  }
   if (train.length < batchSize) {
     throw new FlagError(
       `the corpus packs into ${train.length} training sequences of up to ${maxLength} tokens, ` +

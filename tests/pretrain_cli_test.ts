@@ -421,3 +421,35 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+test("pretrain.ts: sequences of special tokens alone are left out (nothing to mask)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A document of [UNK]s packs into sequences with no token to mask: with batch 1 such a
+    // sequence was a batch with no masked token, and the run failed there.
+    await writeCorpus(`${dir}/corpus.txt`);
+    const text = await Deno.readTextFile(`${dir}/corpus.txt`);
+    await Deno.writeTextFile(
+      `${dir}/corpus.txt`,
+      `${Array(40).fill("[UNK]").join(" ")}\n\n${text}`,
+    );
+    const vocab = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
+    const r = await pretrain([
+      ...["--out", `${dir}/run`, "--corpus", `${dir}/corpus.txt`, "--vocab", vocab],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--task-text", "none", "--steps", "12", "--batch-size", "1"],
+      ...["--max-length", "16", "--held-out", "0", "--log-every", "12"],
+    ], false);
+    assertEquals(r.code, 0, r.stderr);
+    assert(
+      r.stderr.includes(
+        "pretrain: 3 packed sequences hold only special tokens ([UNK] and the like): left out",
+      ),
+      r.stderr,
+    );
+    const stats = JSON.parse(await Deno.readTextFile(`${dir}/run/pretrain.json`)).corpus;
+    assert(stats.trainSequences > 0, JSON.stringify(stats));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
