@@ -355,7 +355,11 @@ async function main(args: string[]): Promise<void> {
     }
     initialEncoder = params;
     const names = mlmHeadNames(config);
-    const fresh = initialMlmHeadValues(config, normalGenerator(seed + 1));
+    const fresh = initialMlmHeadValues(
+      config,
+      normalGenerator(seed + 1),
+      `${opened.dir}/config.json`,
+    );
     const fromFile = async (key: keyof MlmHeadParams) =>
       opened.weights.tensors.has(names[key])
         ? await opened.weights.readF32(names[key])
