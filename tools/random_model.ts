@@ -3,15 +3,26 @@
 // and the "randomly initialised" baseline of a pretrained model of the same shape.
 //
 //   deno run -A tools/random_model.ts --out DIR --vocab VOCAB.txt [--layers 2 --hidden 128
-//     --heads 2 --intermediate 512 --max-positions 512 --seed 0]
+//     --heads 2 --intermediate 512 --max-positions 512 --seed 0] [--overwrite]
 //
 // Initialisation as BertPreTrainedModel._init_weights: weights N(0, 0.02) (Box-Muller over a
 // seeded generator, so a seed gives the same file), LayerNorm weights 1, biases 0.
+//
+// The vocabulary is read as Hugging Face's load_vocab reads it: one token a line, the id being
+// the line number, "\r\n" and "\r" line breaks as "\n" (Python's universal newlines), a blank
+// line a token of its own (so the ids after it do not move); vocab_size is the number of lines
+// and pad_token_id the id of [PAD] (a vocabulary without one is refused). vocab.txt is written
+// with the same lines, "\n"-separated. --out must be new or empty; --overwrite replaces a folder
+// holding only these three files. The folder is built as a temporary sibling, loaded back, and
+// renamed into place (tools/ship_model.ts's writeFolder): a failure leaves --out as it was.
 
 import { parseArgs } from "node:util";
 import { writeSafetensors } from "../model/safetensors.ts";
 import { initialEncoderValues, normalGenerator } from "../model/init.ts";
 import { parseConfig } from "../model/config.ts";
+import { openModel } from "../model/load.ts";
+import { convertWordPiece, parseVocabTxt } from "../model/tokenizer_convert.ts";
+import { checkOutFolder, writeFolder } from "./ship_model.ts";
 
 const FLAGS = {
   out: { type: "string" },
@@ -22,7 +33,11 @@ const FLAGS = {
   intermediate: { type: "string", default: "512" },
   "max-positions": { type: "string", default: "512" },
   seed: { type: "string", default: "0" },
+  overwrite: { type: "boolean" },
 } as const;
+
+/** The files random_model writes (all that --overwrite lets --out hold). */
+export const FILES = ["config.json", "vocab.txt", "model.safetensors"];
 
 function positive(name: string, v: string): number {
   if (!/^[0-9]+$/.test(v) || Number(v) < (name === "seed" ? 0 : 1)) {
@@ -33,48 +48,82 @@ function positive(name: string, v: string): number {
   return Number(v);
 }
 
+/**
+ * A vocab.txt's tokens by id, as transformers' load_vocab reads it (`readlines()` in text mode,
+ * then `rstrip("\n")`): lines split at "\n", "\r\n" or "\r", blank lines kept as tokens, no
+ * token after a final line break.
+ */
+export function vocabLines(text: string): string[] {
+  const lines = text.split(/\r\n|\n|\r/);
+  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
+  return lines;
+}
+
 async function main(): Promise<void> {
   const { values: f } = parseArgs({ args: Deno.args, options: FLAGS, strict: true });
   if (!f.out) throw new Error("--out is required");
   if (!f.vocab) throw new Error("--vocab is required (a WordPiece vocab.txt)");
-  const n = (k: keyof typeof FLAGS) => positive(k, f[k] as string);
+  const n = (k: Exclude<keyof typeof FLAGS, "overwrite">) => positive(k, f[k] as string);
   const hidden = n("hidden"), heads = n("heads");
   if (hidden % heads !== 0) {
     throw new Error(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
   }
-  const vocab = (await Deno.readTextFile(f.vocab)).split("\n").filter((l) => l.length > 0);
+  const sizes = {
+    layers: n("layers"),
+    intermediate: n("intermediate"),
+    positions: n("max-positions"),
+    seed: n("seed"),
+  };
+  await checkOutFolder(f.out, f.overwrite ?? false, FILES);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(f.vocab);
+  } catch (e) {
+    throw new Error(`--vocab ${f.vocab}: cannot read (${(e as Error).message})`);
+  }
+  // The tokenizer this folder will load with (its special tokens are there), and the ids.
+  convertWordPiece(text, { source: f.vocab });
+  const vocab = vocabLines(text);
+  const pad = parseVocabTxt(text, f.vocab).get("[PAD]");
+  if (pad === undefined) {
+    throw new Error(`${f.vocab}: has no [PAD] token (config.json's pad_token_id)`);
+  }
   const raw = {
     architectures: ["BertModel"],
     model_type: "bert",
     vocab_size: vocab.length,
     hidden_size: hidden,
-    num_hidden_layers: n("layers"),
+    num_hidden_layers: sizes.layers,
     num_attention_heads: heads,
-    intermediate_size: n("intermediate"),
+    intermediate_size: sizes.intermediate,
     hidden_act: "gelu",
     hidden_dropout_prob: 0.1,
     attention_probs_dropout_prob: 0.1,
-    max_position_embeddings: n("max-positions"),
+    max_position_embeddings: sizes.positions,
     type_vocab_size: 2,
     initializer_range: 0.02,
     layer_norm_eps: 1e-12,
-    pad_token_id: 0,
+    pad_token_id: pad,
   };
   const config = parseConfig(raw, "tools/random_model.ts");
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
-  for (const [name, { shape, data }] of initialEncoderValues(config, normalGenerator(n("seed")))) {
+  for (const [name, { shape, data }] of initialEncoderValues(config, normalGenerator(sizes.seed))) {
     tensors[`bert.${name}`] = { dtype: "F32", shape, data };
   }
-  await Deno.mkdir(f.out, { recursive: true });
-  await Deno.writeTextFile(`${f.out}/config.json`, JSON.stringify(raw, null, 2) + "\n");
-  await Deno.writeTextFile(`${f.out}/vocab.txt`, vocab.join("\n") + "\n");
-  await writeSafetensors(`${f.out}/model.safetensors`, tensors, { format: "pt" });
+  await writeFolder(f.out, async (dir) => {
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(raw, null, 2) + "\n");
+    await Deno.writeTextFile(`${dir}/vocab.txt`, vocab.join("\n") + "\n");
+    await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
+    (await openModel(dir)).weights.close();
+  });
   console.error(`random_model: wrote ${f.out} (${Object.keys(tensors).length} tensors)`);
 }
 
-try {
-  await main();
-} catch (e) {
-  console.error(`random_model: ${(e as Error).message}`);
-  Deno.exit(1);
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`random_model: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
 }

@@ -1,0 +1,104 @@
+// tools/random_model.ts: the vocabulary read as Hugging Face's load_vocab reads it (CRLF, blank
+// lines keep their ids), pad_token_id from [PAD], and --out: refused when not empty unless
+// --overwrite (then only a folder of its own files), a refused vocabulary leaving it as it was.
+
+import { assert, assertEquals } from "./assert.ts";
+import { readTree, sameBytes } from "./train_fixture.ts";
+import { openModel } from "../model/load.ts";
+import { vocabLines } from "../tools/random_model.ts";
+
+const TOOL = new URL("../tools/random_model.ts", import.meta.url).pathname;
+const SHAPE = ["--layers", "1", "--hidden", "8", "--heads", "2", "--intermediate", "16"];
+
+async function randomModel(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TOOL, ...SHAPE, "--max-positions", "16", ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+const test = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+
+test("random_model: ids are the vocab file's lines (CRLF, a blank line), pad_token_id is [PAD]'s", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // load_vocab: universal newlines, rstrip("\n"): "" is token 5 and "war" 6; [PAD] is 1.
+    const lines = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]", "", "war", "the"];
+    await Deno.writeTextFile(`${dir}/vocab.txt`, lines.join("\r\n") + "\r\n");
+    const r = await randomModel(["--out", `${dir}/m`, "--vocab", `${dir}/vocab.txt`]);
+    assertEquals(r.code, 0, r.stderr);
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/m/config.json`));
+    assertEquals([config.vocab_size, config.pad_token_id], [8, 1]);
+    assertEquals(await Deno.readTextFile(`${dir}/m/vocab.txt`), lines.join("\n") + "\n");
+    const model = await openModel(`${dir}/m`);
+    model.weights.close();
+    assertEquals(model.tokenizer.tokenToId("war"), 6);
+    assertEquals(model.weights.tensors.get("bert.embeddings.word_embeddings.weight")!.shape, [
+      8,
+      8,
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("random_model: vocabLines reads as load_vocab does", () => {
+  assertEquals(vocabLines("a\r\nb\rc\n\nd"), ["a", "b", "c", "", "d"]);
+  assertEquals(vocabLines("a\n\n"), ["a", ""]);
+  assertEquals(vocabLines(" a \n"), [" a "]);
+});
+
+test("random_model: --out is refused when not empty unless --overwrite; a bad vocabulary writes nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "war"];
+    await Deno.writeTextFile(`${dir}/vocab.txt`, vocab.join("\n") + "\n");
+    const args = ["--out", `${dir}/m`, "--vocab", `${dir}/vocab.txt`];
+    assertEquals((await randomModel(args)).code, 0);
+    const before = await readTree(`${dir}/m`);
+    const again = await randomModel([...args, "--seed", "1"]);
+    assertEquals(again.code, 1);
+    assertEquals(
+      again.stderr.trim(),
+      `random_model: --out ${dir}/m is not empty (it holds config.json, model.safetensors, ` +
+        `vocab.txt): pass --overwrite to replace the model in it, or choose a new folder`,
+    );
+    // A vocabulary without [PAD], or without [CLS]: refused, the folder as it was.
+    for (const [drop, message] of [["[PAD]", "has no [PAD] token"], ["[CLS]", "[CLS]"]]) {
+      await Deno.writeTextFile(
+        `${dir}/bad.txt`,
+        vocab.filter((t) => t !== drop).join("\n") + "\n",
+      );
+      const bad = await randomModel([
+        "--out",
+        `${dir}/m`,
+        "--vocab",
+        `${dir}/bad.txt`,
+        "--overwrite",
+      ]);
+      assertEquals(bad.code, 1, drop);
+      assert(bad.stderr.includes(`${dir}/bad.txt: `) && bad.stderr.includes(message), bad.stderr);
+      assertEquals(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+      const after = await readTree(`${dir}/m`);
+      for (const [name, bytes] of before) assert(sameBytes(after.get(name)!, bytes), name);
+    }
+    // --overwrite replaces its own folder (another seed, other weights).
+    const over = await randomModel([...args, "--seed", "1", "--overwrite"]);
+    assertEquals(over.code, 0, over.stderr);
+    const weights = await Deno.readFile(`${dir}/m/model.safetensors`);
+    assert(!sameBytes(weights, before.get("model.safetensors")!), "new weights");
+    // ... but not a folder holding anything else (a tokenizer.json would not match the vocab).
+    await Deno.writeTextFile(`${dir}/m/tokenizer.json`, "{}");
+    const foreign = await randomModel([...args, "--overwrite"]);
+    assertEquals(foreign.code, 1);
+    assert(foreign.stderr.includes("holds tokenizer.json, which this tool does not write"));
+    assert(sameBytes(await Deno.readFile(`${dir}/m/model.safetensors`), weights), "untouched");
+    for await (const e of Deno.readDir(dir)) assert(!/\.(tmp|old)-/.test(e.name), e.name);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
