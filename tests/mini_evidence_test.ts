@@ -1,7 +1,8 @@
-// tools/mini_evidence.ts's table: finished cells, and an unfinished cell's finished seeds.
+// tools/mini_evidence.ts: its table (finished cells, and an unfinished cell's finished seeds), and
+// --methods refusing a name it does not know.
 
 import { assert, assertEquals } from "./assert.ts";
-import { METHODS, writeTable } from "../tools/mini_evidence.ts";
+import { METHODS, selectMethods, writeTable } from "../tools/mini_evidence.ts";
 import { writeJson } from "./train_fixture.ts";
 
 Deno.test("mini_evidence: the table has finished cells and an unfinished one's finished seeds", async () => {
@@ -53,6 +54,41 @@ Deno.test("mini_evidence: the table has finished cells and an unfinished one's f
       "65.0 ± 5.0",
     ]);
     assert(/^\d+\.\d–\d+\.\d$/.test(rows[1][7]), rows[1][7]);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("mini_evidence: --methods refuses an unknown name in one line, before anything runs", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const known = "known: ft, ft-random, ehft-bitfit, ehft-lora, lpft";
+    for (
+      const [spec, problem] of [
+        ["ft,typo", 'unknown method "typo"'],
+        ["nope", 'unknown method "nope"'],
+        ["ft,", "an empty name"],
+      ]
+    ) {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../tools/mini_evidence.ts", import.meta.url).pathname,
+          ...["--table-only", "--out", out, "--methods", spec],
+        ],
+        env: { XDG_RUNTIME_DIR: "/tmp" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(r.stderr);
+      assertEquals(r.code, 1, stderr);
+      assertEquals(stderr.trim(), `mini_evidence: --methods: ${problem} in "${spec}" (${known})`);
+    }
+    // No table of nothing was written.
+    assertEquals([...Deno.readDirSync(out)].length, 0);
+    assertEquals(selectMethods("lpft, ft").map((m) => m.name), ["ft", "lpft"]);
+    assertEquals(selectMethods(undefined), METHODS);
   } finally {
     await Deno.remove(out, { recursive: true });
   }

@@ -20,7 +20,7 @@
 // get: tools/mini_evidence_gpu.sh).
 
 import { parseArgs } from "node:util";
-import { exists } from "../model/atomic_write.ts";
+import { exists, writeFileAtomic } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
 import { TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
@@ -130,12 +130,31 @@ export async function writeTable(
   ];
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   const table = [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n") + "\n";
-  await Deno.writeTextFile(`${out}/table.md`, table);
+  await writeFileAtomic(`${out}/table.md`, table);
   console.error(
     `mini_evidence: ${out}/table.md (${rows.length} cells${
       partial ? `, ${partial} of them unfinished: the seeds that finished` : ""
     })`,
   );
+}
+
+/**
+ * The methods `--methods` names (comma-separated, in METHODS' order; all when not given). An
+ * unknown or empty name is refused in one line that lists the known ones.
+ */
+export function selectMethods(spec: string | undefined): typeof METHODS {
+  if (spec === undefined) return METHODS;
+  const known = METHODS.map((m) => m.name);
+  const names = spec.split(",").map((n) => n.trim());
+  for (const name of names) {
+    if (!known.includes(name)) {
+      throw new Error(
+        `--methods: ${name === "" ? "an empty name" : `unknown method "${name}"`} in "${spec}" ` +
+          `(known: ${known.join(", ")})`,
+      );
+    }
+  }
+  return METHODS.filter((m) => names.includes(m.name));
 }
 
 /**
@@ -219,16 +238,24 @@ async function main(): Promise<void> {
     },
     strict: true,
   });
+  // The flags first: a mistyped name is refused before anything runs or a table is written.
+  const methods = selectMethods(f.methods);
+  const tasks = f.tasks!.split(",");
+  for (const name of tasks) {
+    if (!TASKS[name]) {
+      throw new Error(`--tasks: unknown task "${name}" (known: ${Object.keys(TASKS).join(", ")})`);
+    }
+  }
+  const jobs = Number(f.jobs);
+  if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
+  const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
+  if (!(deadline > 0)) throw new Error(`--deadline: "${f.deadline}" is not a number of seconds`);
   const root = new URL("..", import.meta.url).pathname;
   const model = shippedModelDir();
   if (!model || !(await exists(`${model}/config.json`))) {
     throw new Error("the shipped model (models/ehft-mini-en) is missing");
   }
   const out = f.out!;
-  const methods = f.methods
-    ? METHODS.filter((m) => f.methods!.split(",").includes(m.name))
-    : METHODS;
-  const tasks = f.tasks!.split(",");
   if (f["table-only"]) return await writeTable(out, tasks, methods);
   const random = `${out}/random-mini`;
   if (!(await exists(`${random}/model.safetensors`))) {
@@ -253,16 +280,12 @@ async function main(): Promise<void> {
       String(config.max_position_embeddings),
       "--seed",
       "0",
+      // The folder is this tool's own: one left without weights (an interrupted run) is replaced.
+      "--overwrite",
     ]);
   }
-  const jobs = Number(f.jobs);
-  if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
-  const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
-  if (!(deadline > 0)) throw new Error(`--deadline: "${f.deadline}" is not a number of seconds`);
   const cells: { dir: string; args: string[] }[] = [];
   for (const name of tasks) {
-    const task = TASKS[name];
-    if (!task) throw new Error(`--tasks: unknown task "${name}"`);
     const module = await import(`../tasks/${name}.ts`);
     const mini = module[`${name.toUpperCase()}_MINI_RECIPE`] as Recipe | undefined;
     if (!mini) throw new Error(`tasks/${name}.ts has no ${name.toUpperCase()}_MINI_RECIPE`);
