@@ -165,8 +165,31 @@ export async function report(
   if (args.out !== null) {
     const out = args.out;
     // Everything first, the figures drawn in memory: a failure here writes nothing.
-    const analysed = await analysedRuns(found.runs.map((r) => r.path));
-    const figures = analysed.length ? await comparisonFigures(analysed) : [];
+    const analysed = await analysedRuns(found.runs);
+    const groups = [...new Set(analysed.map((r) => r.group))];
+    // A figure compares methods on one task and one model: mixed runs would sit side by side.
+    const mixed = groups.length > 1;
+    if (mixed) {
+      log(
+        `report: note: no figures: the runs with --analysis are on ${groups.join("; ")} ` +
+          `(run report.ts on one task's runs of one model for its figures)`,
+      );
+    }
+    const figures = analysed.length && !mixed
+      ? await comparisonFigures(analysed.map((r) => r.files))
+      : [];
+    // comparisonFigures draws each method's first run: say which, and what they are on.
+    const drawnFrom = new Map<string, string>();
+    for (const r of figures.length ? analysed : []) {
+      if (!drawnFrom.has(r.files.method)) drawnFrom.set(r.files.method, r.files.dir);
+    }
+    const figureNote = figures.length
+      ? `The figures compare the runs on ${groups[0]}, one run per method: ` +
+        [...drawnFrom].map(([m, dir]) => `${m} \`${dir}\``).join(", ") + "."
+      : mixed
+      ? `No figures: the runs with \`--analysis\` are on ${groups.join("; ")}; a figure ` +
+        `compares methods on one task and one model.`
+      : null;
     const files: [string, string | Uint8Array][] = [];
     for (const f of figures) {
       const svg = await renderSvg(f.spec);
@@ -187,7 +210,10 @@ export async function report(
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
       await Deno.remove(`${out}/${FIGURES_DIR}`).catch(() => {});
     }
-    await writeFileAtomic(`${out}/report.md`, reportMarkdown(args, markdown, found.runs, figures));
+    await writeFileAtomic(
+      `${out}/report.md`,
+      reportMarkdown(args, markdown, found.runs, figures, figureNote),
+    );
     log(`report: ${out}/results.md, results.csv and results.json written`);
     if (stale.length) {
       log(`report: ${out}: removed ${stale.join(", ")} (the earlier report's, not drawn now)`);
@@ -200,13 +226,19 @@ export async function report(
   return table;
 }
 
-/** The runs with analysis data: each run folder, or each seed folder of a multi-seed run. */
-async function analysedRuns(paths: readonly string[]): Promise<RunAnalysisFiles[]> {
-  const out: RunAnalysisFiles[] = [];
-  for (const path of paths) {
+/**
+ * The runs with analysis data: each run folder, or each seed folder (lowest seed first) of a
+ * multi-seed run, with the task and model they are on.
+ */
+async function analysedRuns(
+  runs: readonly { path: string; task: string; settings: Record<string, unknown> }[],
+): Promise<{ files: RunAnalysisFiles; group: string }[]> {
+  const out: { files: RunAnalysisFiles; group: string }[] = [];
+  for (const { path, task, settings } of runs) {
+    const group = `${task} with ${settings.model}`;
     const own = await readRunAnalysis(path);
     if (own) {
-      out.push(own);
+      out.push({ files: own, group });
       continue;
     }
     const seeds: string[] = [];
@@ -216,7 +248,7 @@ async function analysedRuns(paths: readonly string[]): Promise<RunAnalysisFiles[
     seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
     for (const seed of seeds) {
       const r = await readRunAnalysis(`${path}/${seed}`);
-      if (r) out.push(r);
+      if (r) out.push({ files: r, group });
     }
   }
   return out;
@@ -247,6 +279,7 @@ function reportMarkdown(
   table: string,
   runs: readonly { path: string; task: string; settings: Record<string, unknown> }[],
   figures: { name: string; caption: string }[],
+  figureNote: string | null,
 ): string {
   const command = [
     "deno run -A report.ts",
@@ -261,7 +294,8 @@ function reportMarkdown(
   }
   lines.push("", "## Results", "", table.trimEnd());
   lines.push("", "## Figures", "");
-  if (figures.length === 0) {
+  if (figureNote) lines.push(figureNote, "");
+  else if (figures.length === 0) {
     lines.push("No run here was trained with `--analysis`, so there are no figures.");
   }
   for (const f of figures) {

@@ -601,3 +601,37 @@ Deno.test("report: FIGURE_NAMES lists every figure comparisonFigures draws", asy
     assert((FIGURE_NAMES as readonly string[]).includes(name), `${name} is not in FIGURE_NAMES`);
   }
 });
+
+Deno.test({
+  name: "report: figures compare one task on one model; mixed runs get a note, not figures",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-mixed-" });
+    try {
+      const rte = `${dir}/runs/rte`, cb = `${dir}/runs/cb`;
+      await analysedRun(rte, true);
+      await analysedRun(cb, true);
+      await single(cb, "cb", "ft", null, 1, { accuracy: 0.7 });
+      const lines: string[] = [];
+      await report(parseReportArgs([rte, cb, "--out", `${dir}/mixed`]), (l) => lines.push(l));
+      assert(
+        lines.some((l) =>
+          l.startsWith("report: note: no figures: the runs with --analysis are on")
+        ),
+        lines.join("\n"),
+      );
+      await assertRejects(() => Deno.stat(`${dir}/mixed/figures`), Deno.errors.NotFound);
+      const mixed = await Deno.readTextFile(`${dir}/mixed/report.md`);
+      assert(mixed.includes("No figures: the runs with `--analysis` are on rte with"), mixed);
+
+      // One task: the figures, and which run each method's come from.
+      await report(parseReportArgs([rte, "--out", `${dir}/one`]), () => {});
+      const one = await Deno.readTextFile(`${dir}/one/report.md`);
+      assert(one.includes("The figures compare the runs on rte with "), one);
+      assert(one.includes(`EH-FT (BitFit) \`${rte}\``), one);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
