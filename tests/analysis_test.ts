@@ -246,3 +246,69 @@ Deno.test("analysis: distance statistics and row distances in float64", () => {
   assertEquals(layerOf("encoder.layer.11.output.dense.weight"), "layer.11");
   assertEquals(layerOf("embeddings.word_embeddings.weight"), "embeddings");
 });
+
+/** The head's input features of a plain trainer (no PEFT method) with `weights` loaded. */
+async function plainFeatures(dir: string, weights: string): Promise<Float32Array> {
+  const config = await readConfig(`${dir}/model/config.json`);
+  const model = await openModel(`${dir}/model`);
+  const examples = await rte.readExamples(`${dir}/data`, "train");
+  const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
+  model.weights.close();
+  const trainer = new Trainer(await getGpu(), {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: 8,
+    maxSeq: tokens.longest,
+    headSeed: 0,
+    dropoutSeed: 0,
+    adamw: ADAMW_DEFAULTS,
+  });
+  try {
+    const reader = await openSafetensors(weights);
+    await loadBackbone(reader, config, encoderParameters(trainer.encoder.params));
+    reader.close();
+    return (await trainer.headFeatures(batchesOf(config, "bce", tokens.examples, 8), "input"))
+      .values;
+  } finally {
+    trainer.destroy();
+  }
+}
+
+Deno.test({
+  name: "train --analysis with prefix-tuning: the pretrained features are the backbone's alone",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-prefix-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`, 40, 24);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const out = `${dir}/run`;
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "prefix"],
+        ...["--prefix-length", "4", "--batch-size", "8", "--max-steps", "8"],
+        ...["--stage1-ratio", "0.25", "--eval-every", "0", "--out", out, "--analysis"],
+      ]);
+      await runTraining(config, { task: rte, quiet: true });
+      // EH-FT drops the prefix rows: the final model is a plain backbone too. Stage 1's
+      // prefix rows, installed before the first step, must not be in the "pretrained" pass.
+      const before = await plainFeatures(dir, `${dir}/model/model.safetensors`);
+      const after = await plainFeatures(dir, `${out}/model/model.safetensors`);
+      const width = before.length / 40;
+      const want = rowDistancesHost(before, after, width);
+      const data: AnalysisData = JSON.parse(
+        await Deno.readTextFile(`${out}/analysis/analysis.json`),
+      );
+      const got = data.featureChange!.pretrainedVsFinal.values;
+      assertEquals(got.length, 40);
+      got.forEach((v, i) =>
+        assert(Math.abs(v - want[i]) <= 1e-5 * want[i] + 1e-9, `example ${i}: ${v} vs ${want[i]}`)
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -55,7 +55,10 @@ export interface ConvergencePoint {
   stage: string;
   /** Accuracy on the step's training batch (null for regression). */
   accuracy: number | null;
-  /** ‖∂L/∂θ_backbone‖₂, in the first steps of the final stage only. */
+  /**
+   * ‖∂L/∂θ_backbone‖₂, in the first steps of the final stage only (not for an f16 step skipped
+   * because its gradients overflowed).
+   */
   backboneGradNorm?: number;
 }
 
@@ -233,7 +236,8 @@ export class RunAnalysis {
   async start(): Promise<void> {
     await this.pendingCopy?.submit();
     this.pendingCopy = null;
-    const f = await this.trainer.headFeatures(this.trainBatches, "input");
+    // The pretrained model's features: without the PEFT hooks Stage 1 has already installed.
+    const f = await this.trainer.headFeatures(this.trainBatches, "input", { peftHooks: false });
     this.pretrainedFeatures = f.values;
     this.featureWidth = f.width;
     await this.recordWeightDistance(0);
@@ -372,7 +376,8 @@ export class RunAnalysis {
       const point: ConvergencePoint = { step: p.step, stage: p.stage, accuracy };
       if (p.gradient) {
         const [norm, , scale] = await p.gradient.download();
-        point.backboneGradNorm = norm / scale;
+        // An f16 step whose scaled gradients overflowed was skipped: it has no norm to show.
+        if (Number.isFinite(norm / scale)) point.backboneGradNorm = norm / scale;
         p.gradient.destroy();
       }
       this.convergence.push(point);

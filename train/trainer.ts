@@ -497,11 +497,20 @@ export class Trainer {
   async headFeatures(
     batches: readonly TrainBatch[],
     layer: "input" | "hidden",
+    options: { peftHooks?: boolean } = {},
   ): Promise<{ values: Float32Array; width: number }> {
     const width = layer === "input" ? this.head.inFeatures : this.head.width;
     const pick = (rows: number) =>
       layer === "input" ? this.head.headInput(rows) : this.head.hiddenLayer(rows);
-    return { values: await this.forwardRows(batches, pick, width), width };
+    // Without the PEFT method's hooks: the backbone alone (prefix rows, even untrained, change
+    // every attention).
+    const hooksOff = options.peftHooks === false && this.trains?.peft && this.peft;
+    if (hooksOff) this.encoder.setHooks(null);
+    try {
+      return { values: await this.forwardRows(batches, pick, width), width };
+    } finally {
+      if (hooksOff) this.encoder.setHooks(this.peft!.hooks() ?? null);
+    }
   }
 
   /** The logits of the last forward (a training step's batch after `step`), [rows, classes]. */
