@@ -232,7 +232,7 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
     figures.push({
       name: "feature_change",
       spec: distributionChartSpec({
-        title: `Change of the head's input feature per training example (${r.method})`,
+        title: `Change of the head's input feature per training input (${r.method})`,
         xLabel: "L2 distance of the feature",
         series,
       }),
@@ -240,7 +240,7 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
         fmt(fc.pretrainedVsFinal.median)
       }) from the pretrained backbone${
         fc.stage1VsFinal ? `, ${fmt(fc.stage1VsFinal.mean)} from the end of Stage 1` : ""
-      }, over ${fc.pretrainedVsFinal.values.length} examples.`,
+      }, over ${fc.pretrainedVsFinal.values.length} training inputs.`,
     });
   }
   if (r.headFeatures) {
@@ -254,7 +254,7 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
         points: layout.points,
       }),
       caption: `t-SNE (perplexity ${fmt(layout.perplexity)}) of ${h.train.values.length} ` +
-        `training and ${h.dev.values.length} dev examples' ${h.width}-d head features at the ` +
+        `training and ${h.dev.values.length} dev inputs' ${h.width}-d head features at the ` +
         `start of ${h.stage}; nearest-neighbour label agreement ${
           fmt(neighbourAgreement(layout.points.filter((p) => p.panel === "train")))
         } (train).`,
@@ -289,7 +289,7 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
     figures.push({
       name: "feature_change",
       spec: distributionChartSpec({
-        title: "Change of the head's input feature per training example",
+        title: "Change of the head's input feature per training input",
         xLabel: "L2 distance, pretrained → fine-tuned",
         series: withChange.map((r) =>
           distanceSeries(r.method, r.data.featureChange!.pretrainedVsFinal)
@@ -360,7 +360,7 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
     figures.push({
       name: "backbone_gradient",
       spec: lineChartSpec({
-        title: "Gradient norm reaching the backbone in the first steps of full fine-tuning",
+        title: "Gradient norm reaching the backbone in the first steps of the final stage",
         xLabel: "step of the final stage",
         yLabel: "‖∂L/∂θ‖₂ (log scale)",
         logY: true,
