@@ -251,6 +251,22 @@ Deno.test({
         assertSameFiles(await readTree(out), before, `after --overwrite ${more.join(" ")}`);
       }
 
+      // An input inside what --overwrite removes: refused before anything goes.
+      await assertRejects(
+        () =>
+          run(
+            out,
+            "--model",
+            `${dir}/model`,
+            "--head",
+            `${out}/model/model.safetensors`,
+            "--overwrite",
+          ),
+        Error,
+        `--head ${out}/model/model.safetensors is in ${out}/model, which --overwrite removes`,
+      );
+      assertSameFiles(await readTree(out), before, "after --overwrite with --head inside it");
+
       // A good one replaces every file of the old run, and only those.
       await run(out, "--model", `${dir}/model`, "--overwrite", "--seed", "7");
       assert(!(await exists(`${out}/analysis`)), "the old analysis/ is left");
@@ -291,6 +307,20 @@ Deno.test({
       );
       await Deno.writeTextFile(`${dir}/data/val.jsonl`, val);
       await Deno.rename(`${dir}/metrics.json`, `${out}/metrics.json`);
+
+      // A multi-seed run: a seed not yet started is checked against its finished siblings.
+      const seeds = `${dir}/seeds`;
+      await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3");
+      await Deno.remove(`${seeds}/metrics.json`);
+      await Deno.remove(`${seeds}/seed-4`, { recursive: true });
+      const train = await Deno.readTextFile(`${dir}/data/train.jsonl`);
+      await Deno.writeTextFile(`${dir}/data/train.jsonl`, train.split("\n").slice(1).join("\n"));
+      await assertRejects(
+        () => run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3", "--resume"),
+        Error,
+        `--resume: the train split in ${dir}/data is not the data ${seeds}/seed-3 was started on`,
+      );
+      await Deno.writeTextFile(`${dir}/data/train.jsonl`, train);
 
       // A damaged run.json or metrics.json is named in the error.
       await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');

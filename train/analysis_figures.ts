@@ -355,6 +355,12 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
   if (grads.length) {
     const norms = (r: RunAnalysisFiles) =>
       r.data.convergence.filter((c) => c.backboneGradNorm !== undefined);
+    // The final stage's first step (every step has a point; an f16 step skipped for overflow
+    // has no norm, and is a gap, not a shift).
+    const stageFirst = (r: RunAnalysisFiles) =>
+      Math.min(
+        ...r.data.convergence.filter((c) => c.stage === norms(r)[0].stage).map((c) => c.step),
+      );
     // Steps counted from the final stage's start, so that methods with and without a Stage 1
     // share the axis.
     figures.push({
@@ -367,7 +373,7 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
         legendTitle: "method",
         series: grads.map((r) => ({
           name: r.method,
-          points: norms(r).map((c, i) => [i + 1, c.backboneGradNorm!] as [number, number]),
+          points: norms(r).map((c) => [c.step - stageFirst(r) + 1, c.backboneGradNorm!]),
         })),
       }),
       caption: "Mean backbone gradient norm over the first steps of the final stage: " +

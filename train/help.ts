@@ -45,7 +45,7 @@ const RUN_FLAGS =
                           fresh head)
   --eval-every N          steps between dev evaluations, 0 for the end only (default: each epoch)
   --checkpoint-every N    steps between checkpoints, 0 for none (default: at each evaluation)
-  --seed N                the first seed (default 42)
+  --seed N                the first seed, 0 to 2^32 − 1 with the others (default 42)
   --seeds K               K runs, seeds N, N + 1, ..., and their mean and std (default 1)
   --out DIR               the run folder (default runs/<task>/<strategy>[-<peft>])
   --resume                continue the killed run in --out, to the same result bit for bit
@@ -117,7 +117,8 @@ Writes one JSON object per example, {"idx": ..., "logits": [...], "prediction": 
 export const REPORT_HELP = `usage: deno run -A report.ts RUN_OR_FOLDER... [--out DIR [--overwrite]]
 
 The results table of finished runs (mean ± std over seeds, one row per method, one column per
-task), and with --out also report.md and the figures comparing the methods' --analysis.
+task), and with --out also report.md and the figures comparing the methods' --analysis (runs
+on one task and one model).
 
   RUN_OR_FOLDER           run folders, or folders searched for them (after --, every argument)
   --out DIR               write results.md, results.csv, results.json, figures/*.svg and .png

@@ -98,10 +98,7 @@ export interface SeedsMetrics extends RunMetrics {
   seeds: Record<string, RunMetrics>;
 }
 
-/**
- * Entries of a run folder that belong to a run (what --overwrite removes; run.json last, so that
- * a removal cut short still marks the folder as a run's).
- */
+/** Entries of a run folder that belong to a run (what --overwrite removes). */
 const RUN_ENTRIES = [
   "log.jsonl",
   "metrics.json",
@@ -114,7 +111,7 @@ const RUN_ENTRIES = [
   "run.json",
 ];
 
-/** The run entries present in `dir` (seed-* folders included), in RUN_ENTRIES' order. */
+/** The run entries present in `dir` (seed-* folders included), sorted. */
 async function runEntries(dir: string): Promise<string[]> {
   const found: string[] = [];
   try {
@@ -125,11 +122,33 @@ async function runEntries(dir: string): Promise<string[]> {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;
   }
-  const rank = (name: string) => {
-    const i = RUN_ENTRIES.indexOf(name);
-    return i < 0 ? RUN_ENTRIES.length - 1.5 : i; // seed folders before run.json
-  };
-  return found.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+  return found.sort();
+}
+
+/**
+ * --overwrite: the model, head and data must not lie in what it removes (they are read again
+ * after the removal: the run would fail, or its end would).
+ */
+async function checkInputsOutside(
+  config: TrainConfig,
+  out: string,
+  entries: string[],
+): Promise<void> {
+  const inputs = [["--model", config.model], ["--head", config.head], ["--data", config.data]];
+  for (const [flag, path] of inputs) {
+    // A hub id, or a path that is not there (prepare says so), is not in the folder.
+    const real = path ? await Deno.realPath(path).catch(() => null) : null;
+    if (real === null) continue;
+    for (const e of entries) {
+      const entry = await Deno.realPath(`${out}/${e}`);
+      if (real === entry || real.startsWith(`${entry}/`)) {
+        throw new FlagError(
+          `${flag} ${path} is in ${out}/${e}, which --overwrite removes: copy it elsewhere ` +
+            `first, or choose another --out`,
+        );
+      }
+    }
+  }
 }
 
 /** A run folder's JSON file, or an error naming it when it is not valid JSON. */
@@ -210,11 +229,12 @@ export async function runTraining(
       // Not written by train.ts (its runs write run.json first): neither ours to replace nor
       // to continue.
       throw new Error(
-        `${out} holds ${[...entries].sort().join(", ")} but no run.json, so it is not a run ` +
+        `${out} holds ${entries.join(", ")} but no run.json, so it is not a run ` +
           `of train.ts: choose another --out`,
       );
     }
     if (config.overwrite) {
+      await checkInputsOutside(config, out, entries);
       // The old run goes only once the new one can start: model, data, head and GPU checked.
       prepared = await prepare(config, options.task);
       try {
@@ -223,10 +243,14 @@ export async function runTraining(
         prepared.model.weights.close();
         throw e;
       }
-      for (const e of entries) await Deno.remove(`${out}/${e}`, { recursive: true });
+      // run.json last: a removal cut short still marks the folder as a run's.
+      const last = (e: string) => e === "run.json" ? 1 : 0;
+      for (const e of [...entries].sort((a, b) => last(a) - last(b))) {
+        await Deno.remove(`${out}/${e}`, { recursive: true });
+      }
     } else if (!config.resume) {
       throw new Error(
-        `${out} already holds a run (${[...entries].sort().join(", ")}): pass --resume to ` +
+        `${out} already holds a run (${entries.join(", ")}): pass --resume to ` +
           `continue it or --overwrite to replace it`,
       );
     }
@@ -398,25 +422,36 @@ async function examplesSha256(examples: readonly TaskExample[]): Promise<string>
 
 /**
  * --resume: the data must be what the run started on (a changed file would continue the run on
- * other examples). Runs whose run.json predates the fingerprints are not checked.
+ * other examples): the run folder `dir`'s run.json and, in a multi-seed run (`out` holds the
+ * seed folders), every other seed's, so that the seeds still to run use their finished
+ * siblings' data. Runs whose run.json predates the fingerprints are not checked.
  */
 async function checkSameData(
   dir: string,
+  out: string,
   resolved: Record<string, unknown>,
   data: string,
 ): Promise<void> {
-  const path = `${dir}/run.json`;
-  if (!(await exists(path))) return;
-  const before = ((await readRunJson(path)).resolved as Record<string, unknown> | undefined)
-    ?.task as Record<string, unknown> | undefined;
+  const dirs = [dir];
+  if (dir !== out) {
+    for await (const e of Deno.readDir(out)) {
+      if (e.isDirectory && /^seed-\d+$/.test(e.name)) dirs.push(`${out}/${e.name}`);
+    }
+  }
   const now = resolved.task as Record<string, unknown>;
-  for (const split of ["train", "dev"] as const) {
-    const key = `${split}_sha256`;
-    if (before?.[key] !== undefined && before[key] !== now[key]) {
-      throw new Error(
-        `--resume: the ${now[`${split}_split`]} split in ${data} is not the data ${dir} ` +
-          `was started on (its examples changed; --overwrite to restart on it)`,
-      );
+  for (const d of dirs) {
+    const path = `${d}/run.json`;
+    if (!(await exists(path))) continue;
+    const before = ((await readRunJson(path)).resolved as Record<string, unknown> | undefined)
+      ?.task as Record<string, unknown> | undefined;
+    for (const split of ["train", "dev"] as const) {
+      const key = `${split}_sha256`;
+      if (before?.[key] !== undefined && before[key] !== now[key]) {
+        throw new Error(
+          `--resume: the ${now[`${split}_split`]} split in ${data} is not the data ${d} ` +
+            `was started on (its examples changed; --overwrite to restart on it)`,
+        );
+      }
     }
   }
 }
@@ -600,7 +635,7 @@ async function runSeed(
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
   if (config.resume) await removeStaleTemporaries(dir);
-  if (config.resume) await checkSameData(dir, p.resolved, config.data);
+  if (config.resume) await checkSameData(dir, config.out, p.resolved, config.data);
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
 
