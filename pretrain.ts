@@ -499,7 +499,8 @@ async function main(args: string[]): Promise<void> {
     checkpoint_every: checkpointEvery,
     log_every: logEvery,
     model_dtype: dtype,
-    masking: "15% of tokens; 80% [MASK], 10% random, 10% kept",
+    // Runs from before special tokens were kept out of the masks drew other masks: not resumable.
+    masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
     // What the corpus, the task text and the vocabulary became: a resume on other text (another
     // order, a document more or less) or another tokenizer is refused.
     train_sha256: await sequencesSha256(train),
@@ -508,10 +509,27 @@ async function main(args: string[]): Promise<void> {
   };
   if (f.resume) {
     const before = JSON.parse(savedSettings!);
-    const diff = firstDifference(before.settings, settings) ||
-      firstDifference({ corpus: before.corpus }, { corpus: stats });
+    // The text first (its fingerprints; the statistics for runs from before them), whatever the
+    // paths were called; then the flags, less the paths whose contents are compared.
+    const text = (s: Record<string, unknown>) =>
+      Object.fromEntries(
+        ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
+      );
+    const counts = ({ sources: _, ...c }: Record<string, unknown>) => c;
+    const textDiff = firstDifference(text(before.settings), text(settings)) ||
+      firstDifference(counts(before.corpus), counts(stats as unknown as Record<string, unknown>));
+    if (textDiff) {
+      throw new FlagError(
+        `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
+          `(${textDiff})`,
+      );
+    }
+    const flags = ({ corpus: _c, task_text: _t, vocab: _v, model: _m, ...rest }: typeof settings) =>
+      rest;
+    const diff = firstDifference(flags(before.settings), flags(settings));
     if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
-    if (await exists(`${out}/result.json`)) {
+    const done = ["result.json", "model/config.json", "model/model.safetensors"];
+    if ((await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean)) {
       // result.json is written last: everything is there, and nothing is rewritten.
       say(`${out}: the run is finished; nothing to do`);
       return;

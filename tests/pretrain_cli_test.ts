@@ -207,31 +207,46 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     );
     await assertUnchanged(out, done, "a finished run's --resume");
 
-    // Other flags, another vocabulary file, other text in the corpus: one line naming what
-    // differs, and nothing written.
-    await Deno.copyFile(vocab, `${dir}/vocab.txt`);
+    // Other flags, other text in the corpus: one line naming what differs, and nothing written.
     const text = await Deno.readTextFile(corpus);
     const docs = text.trim().split("\n\n");
+    const flagged = `pretrain: --resume: ${out} was started with other settings (`;
+    const texted = `pretrain: --resume: ${out} was started on other text: the corpus and task ` +
+      `text read now differ (`;
     const cases: [string[], string | null, string][] = [
-      [["--log-every", "1"], null, "log_every: 2 in pretrain.json, 1 now"],
-      [["--eval-every", "1"], null, "eval_every: 2 in pretrain.json, 1 now"],
-      [["--checkpoint-every", "1"], null, "checkpoint_every: 2 in pretrain.json, 1 now"],
-      [["--model-dtype", "f16"], null, 'model_dtype: "f32" in pretrain.json, "f16" now'],
-      [["--vocab", `${dir}/vocab.txt`], null, `vocab: "${vocab}" in pretrain.json`],
-      [[], [...docs].reverse().join("\n\n") + "\n", "train_sha256: "],
+      [["--log-every", "1"], null, `${flagged}log_every: 2 in pretrain.json, 1 now`],
+      [["--eval-every", "1"], null, `${flagged}eval_every: 2 in pretrain.json, 1 now`],
+      [["--checkpoint-every", "1"], null, `${flagged}checkpoint_every: 2 in pretrain.json, 1 now`],
+      [["--model-dtype", "f16"], null, `${flagged}model_dtype: "f32" in pretrain.json, "f16" now`],
+      [[], [...docs].reverse().join("\n\n") + "\n", `${texted}train_sha256: `],
       // The first document is held out.
-      [[], docs.slice(1).join("\n\n") + "\n", "held_out_sha256: "],
+      [[], docs.slice(1).join("\n\n") + "\n", `${texted}held_out_sha256: `],
     ];
-    for (const [flags, changed, message] of cases) {
+    for (const [flags, changed, line] of cases) {
       if (changed !== null) await Deno.writeTextFile(corpus, changed);
       const refused = await pretrain([...args, ...flags, "--resume"]);
       await Deno.writeTextFile(corpus, text);
       assertEquals(refused.code, 1, refused.stderr);
-      const line = `pretrain: --resume: ${out} was started with other settings (${message}`;
       assert(refused.stderr.startsWith(line), `${refused.stderr}\nexpected: ${line}`);
       assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
     }
     await assertUnchanged(out, done, "a refused --resume");
+    // The same files under other names (the contents are compared, not the paths): finished.
+    await Deno.copyFile(vocab, `${dir}/vocab.txt`);
+    const renamed = args.map((a) =>
+      a === vocab ? `${dir}/vocab.txt` : a === corpus ? `${dir}/./corpus.txt` : a
+    );
+    const same = await pretrain([...renamed, "--resume"], false);
+    assertEquals(same.code, 0, same.stderr);
+    assert(same.stderr.includes("the run is finished; nothing to do"), same.stderr);
+    await assertUnchanged(out, done, "a --resume with the same files under other names");
+    // model/ lost after result.json was written: not finished, and written again.
+    const kept = await readTree(`${out}/model`);
+    await Deno.remove(`${out}/model`, { recursive: true });
+    assertEquals((await pretrain([...args, "--resume"])).code, 0);
+    for (const [name, bytes] of kept) {
+      assert(sameBytes((await readTree(`${out}/model`)).get(name)!, bytes), `model/${name}`);
+    }
 
     // Stopped after its last checkpoint, before result.json (and the model's files): --resume
     // writes them as the uninterrupted run did.
