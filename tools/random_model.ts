@@ -40,9 +40,13 @@ const FLAGS = {
 export const FILES = ["config.json", "vocab.txt", "model.safetensors"];
 
 function positive(name: string, v: string): number {
-  if (!/^[0-9]+$/.test(v) || Number(v) < (name === "seed" ? 0 : 1)) {
+  // Seeds are u32: a larger one would give the same model as a smaller.
+  const [min, max] = name === "seed" ? [0, 2 ** 32 - 1] : [1, Number.MAX_SAFE_INTEGER];
+  if (!/^[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) {
     throw new Error(
-      `--${name}: expected a ${name === "seed" ? "non-negative" : "positive"} integer, got "${v}"`,
+      name === "seed"
+        ? `--seed: expected an integer from 0 to ${max}, got "${v}"`
+        : `--${name}: expected a positive integer, got "${v}"`,
     );
   }
   return Number(v);

@@ -171,12 +171,21 @@ export async function writeFolder(
     }
     await Deno.rename(tmp, target);
   } catch (e) {
-    if (aside !== null) await Deno.rename(aside, target).catch(() => {});
+    let restored = true;
+    if (aside !== null) await Deno.rename(aside, target).catch(() => restored = false);
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     if (!step) throw e;
-    throw new Error(`${out}: could not ${step} (${(e as Error).message}); it is as it was`);
+    throw new Error(
+      `${out}: could not ${step} (${(e as Error).message}); ` +
+        (restored ? "it is as it was" : `the earlier folder is in ${aside}`),
+    );
   }
-  if (aside !== null) await Deno.remove(aside, { recursive: true });
+  // The new folder is in place: an earlier one that cannot be removed is only worth a line.
+  if (aside !== null) {
+    await Deno.remove(aside, { recursive: true }).catch((e) =>
+      console.error(`${out}: the earlier folder is left in ${aside}: ${(e as Error).message}`)
+    );
+  }
 }
 
 async function readText(path: string, what = ""): Promise<string> {
