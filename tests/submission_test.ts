@@ -289,3 +289,18 @@ test("train --predict-test: no test split or a prefix-keeping model is refused b
   );
   assert(!(await exists(out)), "the run started");
 });
+
+test("train --dry-run --predict-test notes what training would refuse before it starts", async () => {
+  const { dir, args } = await prepare();
+  const report = await trainFromArgs(
+    [...args, "--out", `${dir}/dry`, "--dry-run", "--predict-test", "--strategy", "peft"]
+      .concat(["--peft", "prefix"]),
+    {},
+    rte,
+  ) as { notes?: string[] };
+  assertEquals(report.notes, [
+    "--predict-test: --strategy peft --peft prefix keeps the prefix-tuning rows in the final " +
+    "model, which predict.ts does not apply",
+  ]);
+  assert(!(await exists(`${dir}/dry`)), "a dry run wrote its folder");
+});

@@ -33,6 +33,7 @@ import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { MissingDataError } from "./data_files.ts";
+import { checkTestSplit } from "./submission.ts";
 import type { Task } from "./task.ts";
 
 /** One split in a dry run's report. */
@@ -264,6 +265,14 @@ export async function dryRunFromArgs(
     notes,
     predictTest: typed.has("predict-test"),
   });
+  if (typed.has("predict-test") && data !== null && report.splits.test !== null) {
+    // What training would refuse before it starts (a prefix-keeping model, a repeated idx).
+    try {
+      await checkTestSplit({ ...config, data }, task);
+    } catch (e) {
+      report.notes = [...report.notes ?? [], errorText(e)];
+    }
+  }
   for (const note of report.notes ?? []) console.error(`dry run: ${note}`);
   console.log(JSON.stringify(report));
   return report;
