@@ -60,6 +60,13 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
     const args = ["--out", `${dir}/m`, "--vocab", `${dir}/vocab.txt`];
     assertEquals((await randomModel(args)).code, 0);
     const before = await readTree(`${dir}/m`);
+    // Seeds are u32: 2^32 would be seed 0 again.
+    const big = await randomModel([...args, "--seed", "4294967296", "--overwrite"]);
+    assertEquals(big.code, 1);
+    assertEquals(
+      big.stderr.trim(),
+      'random_model: --seed: expected an integer from 0 to 4294967295, got "4294967296"',
+    );
     const again = await randomModel([...args, "--seed", "1"]);
     assertEquals(again.code, 1);
     assertEquals(
