@@ -303,4 +303,16 @@ test("train --dry-run --predict-test notes what training would refuse before it 
     "model, which predict.ts does not apply",
   ]);
   assert(!(await exists(`${dir}/dry`)), "a dry run wrote its folder");
+  // Without a test split too: the settings are refused whatever the data.
+  const data = `${dir}/dry-no-test`;
+  await writeMarkerData(data, 16, 8);
+  const noTest = await trainFromArgs(
+    [...args, "--data", data, "--dry-run", "--predict-test", "--strategy", "peft"]
+      .concat(["--peft", "prefix"]),
+    {},
+    rte,
+  ) as { notes?: string[] };
+  assertEquals(noTest.notes?.length, 2, JSON.stringify(noTest.notes));
+  assert(noTest.notes![0].includes("--predict-test needs it"), noTest.notes![0]);
+  assert(noTest.notes![1].includes("keeps the prefix-tuning rows"), noTest.notes![1]);
 });

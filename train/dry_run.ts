@@ -33,7 +33,7 @@ import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { MissingDataError } from "./data_files.ts";
-import { checkTestSplit } from "./submission.ts";
+import { checkTestSplit, predictTestRefusal } from "./submission.ts";
 import type { Task } from "./task.ts";
 
 /** One split in a dry run's report. */
@@ -265,12 +265,17 @@ export async function dryRunFromArgs(
     notes,
     predictTest: typed.has("predict-test"),
   });
-  if (typed.has("predict-test") && data !== null && report.splits.test !== null) {
-    // What training would refuse before it starts (a prefix-keeping model, a repeated idx).
-    try {
-      await checkTestSplit({ ...config, data }, task);
-    } catch (e) {
-      report.notes = [...report.notes ?? [], errorText(e)];
+  if (typed.has("predict-test")) {
+    // What training would refuse before it starts: settings whatever the data, then a test
+    // split that was read (a repeated idx); a missing one is already noted.
+    const refusal = predictTestRefusal(config, task);
+    if (refusal) report.notes = [...report.notes ?? [], refusal];
+    else if (data !== null && report.splits.test) {
+      try {
+        await checkTestSplit({ ...config, data }, task);
+      } catch (e) {
+        report.notes = [...report.notes ?? [], errorText(e)];
+      }
     }
   }
   for (const note of report.notes ?? []) console.error(`dry run: ${note}`);

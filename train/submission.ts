@@ -287,6 +287,23 @@ export async function predictTestSet(
   return { written, examples: predictions.length };
 }
 
+/** Why --predict-test cannot work with these settings, whatever the data; null when it can. */
+export function predictTestRefusal(
+  config: Pick<TrainConfig, "peft" | "strategy">,
+  task: Task,
+): string | null {
+  if (!SUBMISSION_FORMATS[task.name]) {
+    return `--predict-test: task ${task.name} has no leaderboard submission format`;
+  }
+  if (
+    config.peft === "prefix" && (config.strategy === "peft" || config.strategy === "ehft-reserve")
+  ) {
+    return `--predict-test: --strategy ${config.strategy} --peft prefix keeps the prefix-tuning ` +
+      `rows in the final model, which predict.ts does not apply`;
+  }
+  return null;
+}
+
 /**
  * --predict-test, before the training: refuses what predictTestSet would only skip after it (a
  * task without a leaderboard format, no test file in --data, a final model that keeps its
@@ -295,18 +312,9 @@ export async function predictTestSet(
  * after. A --data that is not a folder is left to the training's own check.
  */
 export async function checkTestSplit(config: TrainConfig, task: Task): Promise<void> {
+  const refusal = predictTestRefusal(config, task);
+  if (refusal) throw new FlagError(refusal);
   const format = SUBMISSION_FORMATS[task.name];
-  if (!format) {
-    throw new FlagError(`--predict-test: task ${task.name} has no leaderboard submission format`);
-  }
-  if (
-    config.peft === "prefix" && (config.strategy === "peft" || config.strategy === "ehft-reserve")
-  ) {
-    throw new FlagError(
-      `--predict-test: --strategy ${config.strategy} --peft prefix keeps the prefix-tuning rows ` +
-        `in the final model, which predict.ts does not apply`,
-    );
-  }
   if ((await isDirectory(config.data)) !== true) return;
   const testPath = `${config.data}/${format.testFile}`;
   if ((await isDirectory(testPath)) === null) {
