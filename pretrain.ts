@@ -509,8 +509,35 @@ async function main(args: string[]): Promise<void> {
   };
   if (f.resume) {
     const before = JSON.parse(savedSettings!);
-    // The text first (its fingerprints; the statistics for runs from before them), whatever the
-    // paths were called; then the flags, less the paths whose contents are compared.
+    // The flags first (another --seed or --max-length also packs other text), less the paths
+    // whose contents are compared below; the starting checkpoint by where it is, however its
+    // path is spelled; then the text by its fingerprints (by its statistics for runs from
+    // before them).
+    const flags = (
+      {
+        corpus: _c,
+        task_text: _t,
+        vocab: _v,
+        model: _m,
+        train_sha256: _s,
+        held_out_sha256: _h,
+        ...rest
+      }: Record<string, unknown>,
+    ) => rest;
+    const diff = firstDifference(flags(before.settings), flags(settings));
+    if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
+    const where = (m: unknown) =>
+      typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
+    if ("model" in before.settings) {
+      const [was, now] = [await where(before.settings.model), await where(settings.model)];
+      if (was !== now) {
+        throw new FlagError(
+          `--resume: ${out} was started with other settings (model: ` +
+            `${JSON.stringify(before.settings.model)} in pretrain.json, ` +
+            `${JSON.stringify(settings.model)} now)`,
+        );
+      }
+    }
     const text = (s: Record<string, unknown>) =>
       Object.fromEntries(
         ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
@@ -524,10 +551,6 @@ async function main(args: string[]): Promise<void> {
           `(${textDiff})`,
       );
     }
-    const flags = ({ corpus: _c, task_text: _t, vocab: _v, model: _m, ...rest }: typeof settings) =>
-      rest;
-    const diff = firstDifference(flags(before.settings), flags(settings));
-    if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
     const done = ["result.json", "model/config.json", "model/model.safetensors"];
     if ((await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean)) {
       // result.json is written last: everything is there, and nothing is rewritten.

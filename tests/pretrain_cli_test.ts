@@ -218,6 +218,8 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       [["--eval-every", "1"], null, `${flagged}eval_every: 2 in pretrain.json, 1 now`],
       [["--checkpoint-every", "1"], null, `${flagged}checkpoint_every: 2 in pretrain.json, 1 now`],
       [["--model-dtype", "f16"], null, `${flagged}model_dtype: "f32" in pretrain.json, "f16" now`],
+      // Another seed also holds out other documents: the flag is named, not the text.
+      [["--seed", "1"], null, `${flagged}seed: 0 in pretrain.json, 1 now`],
       [[], [...docs].reverse().join("\n\n") + "\n", `${texted}train_sha256: `],
       // The first document is held out.
       [[], docs.slice(1).join("\n\n") + "\n", `${texted}held_out_sha256: `],
@@ -406,6 +408,17 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     const result = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
     assert(result.held_out !== null, JSON.stringify(result));
     assert(log.every((l) => l.loss === undefined || Number.isFinite(l.loss)), JSON.stringify(log));
+    // --resume from another checkpoint (one of the same shape and vocabulary) is refused; the
+    // same one by another spelling of its path is the same.
+    const common = ["--out", out, "--corpus", `${dir}/corpus.txt`, ...SMALL, "--eval-sequences"];
+    await writeTinyBert(`${dir}/other`, false);
+    await Deno.writeTextFile(`${dir}/other/tokenizer_config.json`, tokenizerConfig);
+    const other = await pretrain([...common, "0", "--model", `${dir}/other`, "--resume"]);
+    assertEquals(other.code, 1, other.stderr);
+    assert(other.stderr.includes(`(model: "${dir}/base" in pretrain.json, "${dir}/other" now)`));
+    const same = await pretrain([...common, "0", "--model", `${dir}/./base/`, "--resume"], false);
+    assertEquals(same.code, 0, same.stderr);
+    assert(same.stderr.includes("the run is finished; nothing to do"), same.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
