@@ -166,8 +166,9 @@ export async function writeFolder(
     }
     // A missing or empty folder is replaced by one rename; a full one is moved aside first.
     if (old !== null && old.length > 0) {
-      aside = `${target}.old-${tag()}`;
-      await Deno.rename(target, aside);
+      const moved = `${target}.old-${tag()}`;
+      await Deno.rename(target, moved);
+      aside = moved;
     }
     await Deno.rename(tmp, target);
   } catch (e) {

@@ -357,10 +357,12 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
       r.data.convergence.filter((c) => c.backboneGradNorm !== undefined);
     // The final stage's first step (every step has a point; an f16 step skipped for overflow
     // has no norm, and is a gap, not a shift).
-    const stageFirst = (r: RunAnalysisFiles) =>
-      Math.min(
-        ...r.data.convergence.filter((c) => c.stage === norms(r)[0].stage).map((c) => c.step),
-      );
+    const stageFirst = (r: RunAnalysisFiles) => {
+      const stage = norms(r)[0].stage;
+      let first = Infinity;
+      for (const c of r.data.convergence) if (c.stage === stage) first = Math.min(first, c.step);
+      return first;
+    };
     // Steps counted from the final stage's start, so that methods with and without a Stage 1
     // share the axis.
     figures.push({
@@ -371,10 +373,11 @@ export async function comparisonFigures(runs: RunAnalysisFiles[]): Promise<Figur
         yLabel: "‖∂L/∂θ‖₂ (log scale)",
         logY: true,
         legendTitle: "method",
-        series: grads.map((r) => ({
-          name: r.method,
-          points: norms(r).map((c) => [c.step - stageFirst(r) + 1, c.backboneGradNorm!]),
-        })),
+        series: grads.map((r) => {
+          const first = stageFirst(r);
+          const points = norms(r).map((c) => [c.step - first + 1, c.backboneGradNorm!]);
+          return { name: r.method, points: points as [number, number][] };
+        }),
       }),
       caption: "Mean backbone gradient norm over the first steps of the final stage: " +
         grads.map((r) => `${r.method} ${fmt(mean(norms(r).map((c) => c.backboneGradNorm!)))}`)

@@ -140,6 +140,8 @@ async function checkInputsOutside(
     const real = path ? await Deno.realPath(path).catch(() => null) : null;
     if (real === null) continue;
     for (const e of entries) {
+      // A link is removed, not what it points at; a link to nowhere holds nothing.
+      if ((await Deno.lstat(`${out}/${e}`)).isSymlink) continue;
       const entry = await Deno.realPath(`${out}/${e}`);
       if (real === entry || real.startsWith(`${entry}/`)) {
         throw new FlagError(
