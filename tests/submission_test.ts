@@ -316,3 +316,12 @@ test("train --dry-run --predict-test notes what training would refuse before it 
   assert(noTest.notes![0].includes("--predict-test needs it"), noTest.notes![0]);
   assert(noTest.notes![1].includes("keeps the prefix-tuning rows"), noTest.notes![1]);
 });
+
+test("submissionText: lines in idx order, as jiant writes them, whatever the order given", () => {
+  const predictions = [5, 2, 9].map((idx) => ({ idx, logits: [0], prediction: 1 }));
+  assertEquals(
+    submissionText("rte", predictions, ["entailment", "not_entailment"]),
+    [2, 5, 9].map((idx) => `{"idx":${idx},"label":"not_entailment"}`).join("\n") + "\n",
+  );
+  assertEquals(submissionText("mrpc", predictions), "index\tprediction\n2\t1\n5\t1\n9\t1\n");
+});

@@ -174,8 +174,9 @@ function predictionValue(
 }
 
 /**
- * The text of `task`'s submission file for `predictions` (in their order). `taskLabels`, the
- * task's label names by id, reads predictions given as names (the format's own names otherwise).
+ * The text of `task`'s submission file for `predictions`, in idx order (as jiant writes them).
+ * `taskLabels`, the task's label names by id, reads predictions given as names (the format's own
+ * names otherwise).
  */
 export function submissionText(
   task: string,
@@ -185,7 +186,7 @@ export function submissionText(
   const format = submissionFormat(task);
   const seen = new Set<number>();
   const lines: string[] = format.benchmark === "GLUE" ? ["index\tprediction"] : [];
-  for (const p of predictions) {
+  for (const p of [...predictions].sort((a, b) => a.idx - b.idx)) {
     if (!Number.isSafeInteger(p.idx) || p.idx < 0) {
       throw new Error(`${task}: example index ${p.idx} is not a non-negative integer`);
     }
