@@ -299,7 +299,7 @@ Deno.test("data: a body that keeps breaking is an error after the retries", asyn
       DatasetError,
       "the download failed 3 times",
     );
-    assert(e.message.includes("--data <folder>"), e.message);
+    assert(e.message.includes("--data <the Toy folder in it>"), e.message);
     assertEquals(server.log.length, 3);
     await assertNotComplete(cache);
   });
@@ -506,7 +506,7 @@ Deno.test("data: offline with nothing cached is one clear error naming --data", 
     assertEquals(
       e.message,
       `Toy is not in ${cache} and cannot be downloaded (EHFT_OFFLINE is set); download Toy.zip ` +
-        `from ${url} yourself, unzip it, and pass --data <folder>`,
+        `from ${url} yourself, unzip it, and pass --data <the Toy folder in it>`,
     );
     assert(!e.message.includes("\n"));
     assertEquals(server.log.length, 0);
@@ -515,7 +515,7 @@ Deno.test("data: offline with nothing cached is one clear error naming --data", 
       DatasetError,
       "(HF_HUB_OFFLINE is set)",
     );
-    assert(e2.message.includes("--data <folder>"));
+    assert(e2.message.includes("--data <the Toy folder in it>"));
     assertEquals(server.log.length, 0);
   });
 });
@@ -528,7 +528,10 @@ Deno.test("data: an unreachable server with nothing cached is the same clear err
     const e = await assertRejects(() => ensureDataset(spec(url), opts), DatasetError);
     assert(e.message.startsWith(`Toy is not in ${cache} and cannot be downloaded (`), e.message);
     assert(e.message.includes("cannot be reached"), e.message);
-    assert(e.message.endsWith("yourself, unzip it, and pass --data <folder>"), e.message);
+    assert(
+      e.message.endsWith("yourself, unzip it, and pass --data <the Toy folder in it>"),
+      e.message,
+    );
     await assertNotComplete(cache);
   });
 });
@@ -541,7 +544,7 @@ Deno.test("data: HTTP 404 is a clear error", async () => {
       DatasetError,
       `cannot download Toy: ${url} answered HTTP 404 Not Found`,
     );
-    assert(e.message.includes("--data <folder>"), e.message);
+    assert(e.message.includes("--data <the Toy folder in it>"), e.message);
     assertEquals(server.log.length, 1); // not retried
     await assertNotComplete(cache);
   });

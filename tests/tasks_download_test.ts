@@ -168,7 +168,7 @@ test("boolq and qnli offline with nothing cached: a clear error, a dry run repor
         () =>
           task.resolveData!({ env: { EHFT_DATA_CACHE: cache, EHFT_OFFLINE: "1" }, quiet: true }),
         DatasetError,
-        "pass --data <folder>",
+        "folder in it>",
       );
       assert(e.message.includes(cache), e.message);
     }

@@ -376,7 +376,8 @@ async function isComplete(dir: string, files: ReturnType<typeof checkSpec>): Pro
 function missingMessage(spec: DatasetSpec, cache: string, reason: string): string {
   const zipName = baseName(new URL(spec.url).pathname) || `${spec.name}.zip`;
   return `${spec.name} is not in ${cache} and cannot be downloaded (${reason}); download ` +
-    `${zipName} from ${spec.url} yourself, unzip it, and pass --data <folder>`;
+    `${zipName} from ${spec.url} yourself, unzip it, and pass --data <the ${spec.name} folder ` +
+    `in it>`;
 }
 
 /**
@@ -566,14 +567,16 @@ async function attempt(
       }
       throw new DatasetError(
         `cannot download ${spec.name}: ${spec.url} answered HTTP ${res.status} ` +
-          `${res.statusText}; download it yourself, unzip it, and pass --data <folder>`,
+          `${res.statusText}; download it yourself, unzip it, and pass --data <the ` +
+          `${spec.name} folder in it>`,
       );
     }
     const stated = sizeHeader(res.headers.get("content-length"));
     if (stated !== undefined && spec.size !== undefined && stated !== spec.size) {
       throw new DatasetError(
         `cannot download ${spec.name}: ${spec.url} offers ${stated} bytes, but the expected ` +
-          `zip has ${spec.size}; download it yourself, unzip it, and pass --data <folder>`,
+          `zip has ${spec.size}; download it yourself, unzip it, and pass --data <the ` +
+          `${spec.name} folder in it>`,
       );
     }
     const expected = stated ?? spec.size;
