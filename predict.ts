@@ -31,7 +31,7 @@ import {
   TUNE_FLAGS,
   tuneFlags,
 } from "./train/flags.ts";
-import { exampleTokenSpans } from "./train/batches.ts";
+import { checkLeadingToken, exampleTokenSpans } from "./train/batches.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
@@ -75,6 +75,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
   const model = await openModel(options.model, { revision: options.revision });
   try {
     const { config, tokenizer, head: headShape } = model;
+    checkLeadingToken(tokenizer, tokenizer.source);
     if (!headShape) {
       throw new Error(
         `${model.dir} has no EH-FT head (head.* tensors): it is a pretrained backbone, not a ` +

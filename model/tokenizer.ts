@@ -349,6 +349,14 @@ export class TextTokenizer {
     return largest;
   }
 
+  /**
+   * Whether the post-processor puts a special token ([CLS], <s>) before the text, single or
+   * pair: the classification head reads the first position.
+   */
+  get addsLeadingToken(): boolean {
+    return this.#layout.singleA > 0 && this.#layout.pairA > 0;
+  }
+
   /** Special tokens the post-processor adds around one text (pair false) or a pair. */
   numSpecialTokens(pair: boolean): number {
     return pair ? this.#layout.pairAdded : this.#layout.singleAdded;

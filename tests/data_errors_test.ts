@@ -11,7 +11,7 @@ import { dryRun } from "../train/dry_run.ts";
 import { tokenizeExamples } from "../train/batches.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { TextTokenizer } from "../model/tokenizer.ts";
-import { convertWordPiece } from "../model/tokenizer_convert.ts";
+import { convertTokenizerDir, convertWordPiece } from "../model/tokenizer_convert.ts";
 import { exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
@@ -691,5 +691,33 @@ Deno.test("data errors: an MRPC train or dev file without Quality names Quality,
       const [e] = await r.task.readExamples(testFile, split);
       assertEquals([e.idx, e.label], [7, null], split);
     }
+  });
+});
+
+Deno.test("a tokenizer that adds no [CLS] before the text is refused: the head reads position 0", async () => {
+  await withDir(async (dir) => {
+    await writeMarkerData(`${dir}/rte`);
+    await writeTinyBert(`${dir}/model`);
+    // The same vocabulary as a tokenizer.json, less its post-processor (BERT's adds [CLS]).
+    const json = await convertTokenizerDir(`${dir}/model`);
+    await Deno.writeTextFile(
+      `${dir}/model/tokenizer.json`,
+      JSON.stringify({ ...json, post_processor: null }),
+    );
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`, "--data"]
+        .concat([`${dir}/rte`, "--out", `${dir}/run`, "--max-steps", "2"]),
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(r.stderr).trim();
+    assertEquals(r.code, 1, stderr);
+    assertEquals(
+      stderr,
+      `train: ${dir}/model/tokenizer.json: the tokenizer adds no special token ([CLS], <s>) ` +
+        `before the text, and the classification head reads the first position (its ` +
+        `post-processor is missing?)`,
+    );
   });
 });

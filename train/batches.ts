@@ -119,6 +119,20 @@ export function expectSpans(split: TokenizedSplit, head: HeadInput | undefined, 
 }
 
 /**
+ * The head reads the first position's final state: a tokenizer that puts no special token
+ * ([CLS], <s>) before the text (a tokenizer.json without a post-processor) would give it a word of
+ * the text instead. `source` names the tokenizer's file.
+ */
+export function checkLeadingToken(tokenizer: TextTokenizer, source: string): void {
+  if (!tokenizer.addsLeadingToken) {
+    throw new Error(
+      `${source}: the tokenizer adds no special token ([CLS], <s>) before the text, and the ` +
+        `classification head reads the first position (its post-processor is missing?)`,
+    );
+  }
+}
+
+/**
  * Tokenizes every example, pairs cut to `maxLength` by `truncation` (default longest-first, HF's
  * default for `truncation=True`). Examples without a label are an error naming the split, and
  * the file and line where the example says (`source`); that check comes before any tokenizing.

@@ -37,6 +37,7 @@ import { createPeft, type PeftMethod } from "../peft/method.ts";
 import {
   assembleBatch,
   batchesPerEpoch,
+  checkLeadingToken,
   DataStream,
   deriveSeed,
   expectSpans,
@@ -472,6 +473,7 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
     }
     const maxLength = Math.min(config.maxLength ?? limit, limit);
     const trainSplit = task.trainSplit ?? "train";
+    checkLeadingToken(model.tokenizer, model.tokenizer.source);
     const trainExamples = await task.readExamples(config.data, trainSplit);
     const train = tokenizeExamples(
       model.tokenizer,
