@@ -189,8 +189,20 @@ function checkForces(got: ArrayLike<number>, p: Float64Array, y: Float64Array, s
 }
 
 // n = 37: one workgroup, a partial tile, a partial last group of four points. n = 131: three
-// tiles of j, split 1, 2 (two tiles and one), 3 and 5 ways (two splits empty: zeros).
-for (const [n, splitCounts] of [[37, [1, tsneSplits(37)]], [131, [1, 2, 3, 5]]] as const) {
+// tiles of j, split 1, 2 (two tiles and one), 3 and 5 ways (two splits empty: zeros). n = 389:
+// past one workgroup of points: the forces kernel's workgroups take 64 invocations × 4 points =
+// 256 points i, so two, the second of 133 (its last quad holds one point); tsneStep's one
+// workgroup of 256 lanes gives lanes 0–132 a second point (in Z, the gradient, the update and
+// both re-centring loops); split 7 ways (one tile of 64 points j each, the last of 5) and 1 way.
+const CASES = [[37, [1, tsneSplits(37)]], [131, [1, 2, 3, 5]], [389, [
+  1,
+  tsneSplits(389),
+]]] as const;
+
+Deno.test("tsneSplits: 389 points are 7 tiles of 64 points j, one per split", () => {
+  assertEquals(tsneSplits(389), 7);
+});
+for (const [n, splitCounts] of CASES) {
   gpuTest(`tsneForces and tsneStep match the float64 reference (n = ${n})`, async (gpu) => {
     for (const splits of splitCounts) {
       for (

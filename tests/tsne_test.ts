@@ -1,15 +1,6 @@
-import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
-import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
-import { randomValues, rng } from "./random.ts";
-import { Recorder } from "../kernels/recorder.ts";
-import { tensorFromArray } from "../kernels/tensor.ts";
-import {
-  TSNE_FORCE_STRIDE,
-  tsneForces,
-  tsnePaddedColumns,
-  tsneSplits,
-  tsneStep,
-} from "../kernels/tsne.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
+import { rng } from "./random.ts";
 import {
   conditionalProbabilities,
   jointProbabilities,
@@ -20,7 +11,7 @@ import {
 } from "../train/tsne.ts";
 
 // The t-SNE driver (train/tsne.ts); its GPU kernels are checked against float64 references in
-// tests/tsne_kernel_test.ts, and here past one workgroup of points (n = 389).
+// tests/tsne_kernel_test.ts.
 
 function gaussian(next: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
@@ -97,111 +88,6 @@ gpuTest("tsne separates two well-separated Gaussian clusters in 2048 dimensions"
   const gap = Math.hypot(centroid[0][0] - centroid[1][0], centroid[0][1] - centroid[1][1]);
   assert(gap > 3 * Math.max(...spread), `centroids ${gap} apart, spreads ${spread}`);
 });
-
-gpuTest(
-  "tsneForces and tsneStep past one workgroup of points match float64 (n = 389)",
-  async (gpu) => {
-    // The forces kernel's workgroups take 64 invocations × 4 points = 256 points i: 389 points
-    // are two workgroups, the second of 133 (its last quad holds one point). tsneStep's one
-    // workgroup of 256 lanes takes points lane and lane + 256: lanes 0–132 a second point, in Z,
-    // the gradient, the update and both re-centring loops. Split 7 ways (tsneSplits(389): one tile
-    // of 64 points j each, the last of 5) and 1 way (one loop over all 7 tiles).
-    const n = 389;
-    const next = rng(389);
-    // A random symmetric joint P, zero diagonal, summing to 1, skewed as real affinities are; as
-    // f32 (what the kernel reads), then padded to tsnePaddedColumns(n) columns with NaN.
-    const p = new Float64Array(n * n);
-    let sum = 0;
-    for (let i = 0; i < n; i++) {
-      for (let j = i + 1; j < n; j++) {
-        p[i * n + j] = p[j * n + i] = next() ** 3;
-        sum += 2 * p[i * n + j];
-      }
-    }
-    for (let e = 0; e < p.length; e++) p[e] = Math.fround(p[e] / sum);
-    const cols = tsnePaddedColumns(n);
-    const padded = new Float32Array(n * cols).fill(NaN);
-    for (let i = 0; i < n; i++) padded.set(p.subarray(i * n, (i + 1) * n), i * cols);
-    const f32 = (v: ArrayLike<number>) => Float64Array.from(Float32Array.from(v));
-    const y = f32(randomValues(2 * n, 390).map((v) => 3 * v));
-    const update = f32(randomValues(2 * n, 391));
-    const gains = f32(randomValues(2 * n, 392).map((v) => 1 + 0.5 * v));
-    const h = { exaggeration: 12, momentum: 0.5, learningRate: 50, minGain: 0.01 };
-
-    // float64: attr (x, y), rep (x, y) and z of each point over j in [j0, j1).
-    const refForces = (j0: number, j1: number) => {
-      const out = new Float64Array(n * TSNE_FORCE_STRIDE);
-      for (let i = 0; i < n; i++) {
-        const o = TSNE_FORCE_STRIDE * i;
-        for (let j = j0; j < j1; j++) {
-          if (j === i) continue;
-          const dx = y[2 * i] - y[2 * j], dy = y[2 * i + 1] - y[2 * j + 1];
-          const q = 1 / (1 + dx * dx + dy * dy);
-          out[o] += p[i * n + j] * q * dx;
-          out[o + 1] += p[i * n + j] * q * dy;
-          out[o + 2] += q * q * dx;
-          out[o + 3] += q * q * dy;
-          out[o + 4] += q;
-        }
-      }
-      return out;
-    };
-    const all = refForces(0, n);
-    let z = 0;
-    for (let i = 0; i < n; i++) z += all[TSNE_FORCE_STRIDE * i + 4];
-    const wantGrad = Float64Array.from({ length: 2 * n }, (_, e) => {
-      const o = TSNE_FORCE_STRIDE * (e >> 1) + (e & 1);
-      return 4 * (h.exaggeration * all[o] - all[o + 2] / z);
-    });
-
-    assertEquals(tsneSplits(n), 7);
-    for (const splits of [7, 1]) {
-      const pt = tensorFromArray(gpu, padded, [n, cols], "P");
-      const yt = tensorFromArray(gpu, Float32Array.from(y), [n, 2], "y");
-      const ut = tensorFromArray(gpu, Float32Array.from(update), [n, 2], "update");
-      const gt = tensorFromArray(gpu, Float32Array.from(gains), [n, 2], "gains");
-      const rec = new Recorder(gpu);
-      const forces = outputTensor(rec, [splits, n, TSNE_FORCE_STRIDE], "forces");
-      const grad = outputTensor(rec, [n, 2], "grad");
-      tsneForces(rec, { p: pt, y: yt, forces });
-      await rec.submit();
-      const gotForces = await forces.download();
-      tsneStep(rec, { forces, y: yt, update: ut, gains: gt, grad, params: h });
-      await rec.submit();
-      const size = n * TSNE_FORCE_STRIDE;
-      const per = Math.ceil(Math.ceil(n / 64) / splits) * 64; // points j per split
-      for (let s = 0; s < splits; s++) {
-        assertClose(
-          `forces split ${s} of ${splits}`,
-          gotForces.slice(s * size, (s + 1) * size),
-          refForces(Math.min(n, s * per), Math.min(n, (s + 1) * per)),
-          1e-5,
-        );
-      }
-      const gotGrad = await grad.download();
-      assertClose(`grad (${splits} splits)`, gotGrad, wantGrad, 1e-5);
-      // The step from the GPU's own gradient (as tsne_kernel_test.ts: a near-zero component's
-      // sign may differ between f32 and float64 and send its gain down the other branch).
-      const g = f32(gotGrad);
-      const wantGains = g.map((v, e) =>
-        Math.max(update[e] * v < 0 ? gains[e] + 0.2 : gains[e] * 0.8, h.minGain)
-      );
-      const wantUpdate = g.map((v, e) =>
-        h.momentum * update[e] - h.learningRate * wantGains[e] * v
-      );
-      const wantY = y.map((v, e) => v + wantUpdate[e]);
-      for (let c = 0; c < 2; c++) {
-        let mean = 0;
-        for (let i = 0; i < n; i++) mean += wantY[2 * i + c] / n;
-        for (let i = 0; i < n; i++) wantY[2 * i + c] -= mean;
-      }
-      assertClose(`gains (${splits} splits)`, await gt.download(), wantGains, 1e-6);
-      assertClose(`update (${splits} splits)`, await ut.download(), wantUpdate, 1e-5);
-      assertClose(`y (${splits} splits)`, await yt.download(), wantY, 1e-5);
-      for (const t of [pt, yt, ut, gt, forces, grad]) t.destroy();
-    }
-  },
-);
 
 gpuTest("tsne: the same seed gives bitwise the same embedding", async () => {
   const { x, n } = twoClusters(25, 64, 20, 5);
