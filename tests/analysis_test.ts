@@ -12,7 +12,7 @@ import {
 } from "./train_fixture.ts";
 import { getGpu } from "../kernels/device.ts";
 import { readConfig } from "../model/config.ts";
-import { loadBackbone, loadHead } from "../model/checkpoint.ts";
+import { loadBackbone } from "../model/checkpoint.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { openModel } from "../model/load.ts";
@@ -96,35 +96,8 @@ Deno.test({
       assertEquals(start2?.total, 0);
 
       // Feature change: an independent pass of the pretrained and of the saved final model.
-      const config = await readConfig(`${dir}/model/config.json`);
-      const model = await openModel(`${dir}/model`);
-      const examples = await rte.readExamples(`${dir}/data`, "train");
-      const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
-      const batches = batchesOf(config, "bce", tokens.examples, 8);
-      const gpu = await getGpu();
-      const features = async (weights: string) => {
-        const trainer = new Trainer(gpu, {
-          config,
-          loss: "bce",
-          headClasses: 1,
-          maxExamples: 8,
-          maxSeq: tokens.longest,
-          headSeed: 0,
-          dropoutSeed: 0,
-          adamw: ADAMW_DEFAULTS,
-        });
-        try {
-          const reader = await openSafetensors(weights);
-          await loadBackbone(reader, config, encoderParameters(trainer.encoder.params));
-          await loadHead(reader, trainer.headParameters()).catch(() => {});
-          reader.close();
-          return await trainer.headFeatures(batches, "input");
-        } finally {
-          trainer.destroy();
-        }
-      };
-      const before = await features(`${dir}/model/model.safetensors`);
-      const after = await features(`${out}/model/model.safetensors`);
+      const before = await plainFeatures(dir, `${dir}/model/model.safetensors`);
+      const after = await plainFeatures(dir, `${out}/model/model.safetensors`);
       const want = distanceStats(rowDistancesHost(before.values, after.values, before.width));
       const got = data.featureChange!.pretrainedVsFinal;
       assertEquals(got.values.length, 40);
@@ -150,7 +123,6 @@ Deno.test({
       ]);
       assertEquals(head.train.values[0].length, 64);
       assertEquals(new Set(head.train.labels), new Set(["entailment", "not_entailment"]));
-      model.weights.close();
 
       await assertRejects(
         () => run(out, "--resume", "--analysis"),
@@ -248,7 +220,10 @@ Deno.test("analysis: distance statistics and row distances in float64", () => {
 });
 
 /** The head's input features of a plain trainer (no PEFT method) with `weights` loaded. */
-async function plainFeatures(dir: string, weights: string): Promise<Float32Array> {
+async function plainFeatures(
+  dir: string,
+  weights: string,
+): Promise<{ values: Float32Array; width: number }> {
   const config = await readConfig(`${dir}/model/config.json`);
   const model = await openModel(`${dir}/model`);
   const examples = await rte.readExamples(`${dir}/data`, "train");
@@ -268,8 +243,7 @@ async function plainFeatures(dir: string, weights: string): Promise<Float32Array
     const reader = await openSafetensors(weights);
     await loadBackbone(reader, config, encoderParameters(trainer.encoder.params));
     reader.close();
-    return (await trainer.headFeatures(batchesOf(config, "bce", tokens.examples, 8), "input"))
-      .values;
+    return await trainer.headFeatures(batchesOf(config, "bce", tokens.examples, 8), "input");
   } finally {
     trainer.destroy();
   }
@@ -297,8 +271,7 @@ Deno.test({
       // prefix rows, installed before the first step, must not be in the "pretrained" pass.
       const before = await plainFeatures(dir, `${dir}/model/model.safetensors`);
       const after = await plainFeatures(dir, `${out}/model/model.safetensors`);
-      const width = before.length / 40;
-      const want = rowDistancesHost(before, after, width);
+      const want = rowDistancesHost(before.values, after.values, before.width);
       const data: AnalysisData = JSON.parse(
         await Deno.readTextFile(`${out}/analysis/analysis.json`),
       );
