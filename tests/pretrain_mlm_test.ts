@@ -25,9 +25,8 @@ import {
 import { Recorder } from "../kernels/recorder.ts";
 import { type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type ModelConfig, readConfig } from "../model/config.ts";
-import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import { openSafetensors, type SafetensorsReader } from "../model/safetensors.ts";
-import { readReference } from "./train_fixture.ts";
+import { MLM_IDS, mlmInitialValues, readReference, TINY_BERT_MLM } from "./train_fixture.ts";
 import {
   batchIndices,
   generator,
@@ -38,17 +37,8 @@ import {
 } from "../train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW, Pretrainer, type PretrainOptions } from "../train/pretrain.ts";
 
-const FIXTURE = new URL("./fixtures/tiny-bert-mlm/", import.meta.url).pathname;
-
-/** The fixture's special ids (tools/make_mlm_fixture.py). */
-const IDS: MaskingIds = {
-  pad: 0,
-  cls: 2,
-  sep: 3,
-  mask: 4,
-  vocabSize: 101,
-  special: new Set([0, 1, 2, 3, 4]),
-};
+const FIXTURE = TINY_BERT_MLM;
+const IDS = MLM_IDS;
 
 interface Fixture {
   config: ModelConfig;
@@ -72,18 +62,8 @@ function fixture(): Promise<Fixture> {
 }
 
 /** The fixture's starting values in pretrain()'s form. */
-async function initialValues(f: Fixture): Promise<PretrainOptions["initial"]> {
-  const encoder = new Map<string, Float32Array>();
-  const prefix = `${f.config.prefix}.`;
-  for (const n of f.model.tensors.keys()) {
-    if (n.startsWith(prefix)) encoder.set(n.slice(prefix.length), await f.model.readF32(n));
-  }
-  const names = mlmHeadNames(f.config);
-  const head = {} as MlmHeadParams<Float32Array>;
-  for (const k of Object.keys(names) as (keyof MlmHeadParams)[]) {
-    head[k] = await f.model.readF32(names[k]);
-  }
-  return { encoder, head };
+function initialValues(f: Fixture): Promise<PretrainOptions["initial"]> {
+  return mlmInitialValues(f.config, f.model);
 }
 
 function maxAbs(a: ArrayLike<number>): number {

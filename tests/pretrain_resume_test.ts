@@ -10,9 +10,8 @@
 import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { readConfig } from "../model/config.ts";
-import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import { openSafetensors, type TensorInput, writeSafetensors } from "../model/safetensors.ts";
-import type { MaskingIds } from "../train/mlm_data.ts";
+import { MLM_IDS, mlmInitialValues, TINY_BERT_MLM } from "./train_fixture.ts";
 import {
   pretrain,
   PRETRAIN_ADAMW,
@@ -20,34 +19,14 @@ import {
   trainingBatch,
 } from "../train/pretrain.ts";
 
-const FIXTURE = new URL("./fixtures/tiny-bert-mlm/", import.meta.url).pathname;
-
-/** The fixture's special ids (tools/make_mlm_fixture.py). */
-const IDS: MaskingIds = {
-  pad: 0,
-  cls: 2,
-  sep: 3,
-  mask: 4,
-  vocabSize: 101,
-  special: new Set([0, 1, 2, 3, 4]),
-};
+const IDS = MLM_IDS;
 
 /** The fixture's config and starting values. */
 async function fixture() {
-  const config = await readConfig(`${FIXTURE}config.json`);
-  const model = await openSafetensors(`${FIXTURE}model.safetensors`);
+  const config = await readConfig(`${TINY_BERT_MLM}config.json`);
+  const model = await openSafetensors(`${TINY_BERT_MLM}model.safetensors`);
   try {
-    const encoder = new Map<string, Float32Array>();
-    const prefix = `${config.prefix}.`;
-    for (const n of model.tensors.keys()) {
-      if (n.startsWith(prefix)) encoder.set(n.slice(prefix.length), await model.readF32(n));
-    }
-    const names = mlmHeadNames(config);
-    const head = {} as MlmHeadParams<Float32Array>;
-    for (const k of Object.keys(names) as (keyof MlmHeadParams)[]) {
-      head[k] = await model.readF32(names[k]);
-    }
-    return { config, initial: { encoder, head } };
+    return { config, initial: await mlmInitialValues(config, model) };
   } finally {
     model.close();
   }

@@ -6,9 +6,43 @@
 import { uniformGenerator as generator } from "../model/init.ts";
 import { assert } from "./assert.ts";
 import { initialHeadValues } from "../model/head.ts";
-import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
+import { openSafetensors, type SafetensorsReader, writeSafetensors } from "../model/safetensors.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
+import type { MaskingIds } from "../train/mlm_data.ts";
 
 export const TINY_BERT = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+/** The masked-LM fixture (tools/make_mlm_fixture.py): config, weights and PyTorch's reference. */
+export const TINY_BERT_MLM = new URL("./fixtures/tiny-bert-mlm/", import.meta.url).pathname;
+
+/** The masked-LM fixture's special ids. */
+export const MLM_IDS: MaskingIds = {
+  pad: 0,
+  cls: 2,
+  sep: 3,
+  mask: 4,
+  vocabSize: 101,
+  special: new Set([0, 1, 2, 3, 4]),
+};
+
+/** A masked-LM checkpoint's starting values in pretrain()'s form (encoder and head). */
+export async function mlmInitialValues(
+  config: ModelConfig,
+  model: SafetensorsReader,
+): Promise<{ encoder: Map<string, Float32Array>; head: MlmHeadParams<Float32Array> }> {
+  const encoder = new Map<string, Float32Array>();
+  const prefix = `${config.prefix}.`;
+  for (const n of model.tensors.keys()) {
+    if (n.startsWith(prefix)) encoder.set(n.slice(prefix.length), await model.readF32(n));
+  }
+  const names = mlmHeadNames(config);
+  const head = {} as MlmHeadParams<Float32Array>;
+  for (const k of Object.keys(names) as (keyof MlmHeadParams)[]) {
+    head[k] = await model.readF32(names[k]);
+  }
+  return { encoder, head };
+}
 
 const WORDS = (
   "the a of to and in is was for on that with as by it at from his an were are which this be " +
