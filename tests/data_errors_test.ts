@@ -16,6 +16,17 @@ import { exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.t
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
 
+/** train.ts run as a command: its exit code and its stderr (trimmed). */
+async function trainCli(args: string[]): Promise<{ code: number; stderr: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN_TS, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
+}
+
 /** How to write one task's files, good and bad. */
 interface Reader {
   task: Task;
@@ -644,15 +655,10 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
     await writeTinyBert(`${dir}/model`);
     const file = `${dir}/rte/train.jsonl`;
     const out = `${dir}/run`;
-    const refused = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`, "--data", file]
-        .concat(["--out", out, "--epochs", "1"]),
-      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(refused.stderr).trim();
-    assertEquals(refused.code, 1);
+    const { code, stderr } = await trainCli(
+      ["--task", "rte", "--model", `${dir}/model`, "--data", file, "--out", out, "--epochs", "1"],
+    );
+    assertEquals(code, 1);
     assertEquals(
       stderr,
       `train: --data ${file} is a file: training reads the train and val splits from a folder ` +
@@ -704,15 +710,11 @@ Deno.test("a tokenizer that adds no [CLS] before the text is refused: the head r
       `${dir}/model/tokenizer.json`,
       JSON.stringify({ ...json, post_processor: null }),
     );
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`, "--data"]
-        .concat([`${dir}/rte`, "--out", `${dir}/run`, "--max-steps", "2"]),
-      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(r.stderr).trim();
-    assertEquals(r.code, 1, stderr);
+    const { code, stderr } = await trainCli([
+      ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/rte`],
+      ...["--out", `${dir}/run`, "--max-steps", "2"],
+    ]);
+    assertEquals(code, 1, stderr);
     assertEquals(
       stderr,
       `train: ${dir}/model/tokenizer.json: the tokenizer adds no special token ([CLS], <s>) ` +
