@@ -22,9 +22,11 @@ import { writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
+  checkFoldersCanBeMade,
   choiceFlag,
   FlagError,
   intFlag,
+  parentOf,
   parseFlags,
   requireFlag,
   runMain,
@@ -271,25 +273,7 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
       `--out ${out} already exists: pass --overwrite to replace it, or choose another path`,
     );
   }
-  // The folder is made when the predictions are written (a failed run leaves none); here, only
-  // that it can be: its nearest existing part is a folder.
-  for (let dir = parentOf(out); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
-    let found: Deno.FileInfo;
-    try {
-      found = await Deno.stat(dir);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) continue;
-      throw new FlagError(`--out ${out}: cannot check its folder ${dir}: ${(e as Error).message}`);
-    }
-    if (found.isDirectory) return;
-    throw new FlagError(`--out ${out}: ${dir} is a file, not a folder`);
-  }
-}
-
-/** The folder part of `path` ("." for a bare name). */
-function parentOf(path: string): string {
-  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
-  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  await checkFoldersCanBeMade(out, "--out");
 }
 
 async function main(args: string[]) {

@@ -21,7 +21,12 @@ import {
   readRunAnalysis,
   type RunAnalysisFiles,
 } from "./train/analysis_figures.ts";
-import { FlagError, parseFlagsAndPositionals, runMain } from "./train/flags.ts";
+import {
+  checkFoldersCanBeMade,
+  FlagError,
+  parseFlagsAndPositionals,
+  runMain,
+} from "./train/flags.ts";
 import { renderPng, renderSvg } from "./train/plots.ts";
 import {
   buildTable,
@@ -88,14 +93,7 @@ export function parseReportArgs(args: string[]): ReportArgs {
 export async function checkOutDir(out: string, overwrite: boolean): Promise<string[]> {
   const info = await statOrNull(out, "--out");
   if (info === null) {
-    // Made when the outputs are written; here, only that it can be: its nearest existing part
-    // is a folder.
-    for (let dir = parentOf(out); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
-      const found = await statOrNull(dir, "--out");
-      if (found === null) continue;
-      if (found.isDirectory) break;
-      throw new FlagError(`--out ${out}: ${dir} is a file, not a folder`);
-    }
+    await checkFoldersCanBeMade(out, "--out");
     return [];
   }
   if (!info.isDirectory) {
@@ -139,12 +137,6 @@ async function statOrNull(path: string, flag: string): Promise<Deno.FileInfo | n
     if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
     throw new FlagError(`${flag} ${path}: cannot check it: ${(e as Error).message}`);
   }
-}
-
-/** The folder part of `path` ("." for a bare name). */
-function parentOf(path: string): string {
-  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
-  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
 }
 
 /** Finds the runs, builds the table and writes it (stdout, and --out's files). */

@@ -23,6 +23,33 @@ export class FlagError extends Error {
   }
 }
 
+/** The folder part of `path` ("." for a bare name, "/" at the root). */
+export function parentOf(path: string): string {
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+}
+
+/**
+ * An output path whose missing folders are made only when it is written (a failed run leaves
+ * none): checks before any work that they can be, i.e. that the nearest existing part of its
+ * folder is a folder. Errors are FlagErrors naming `flag` and the path.
+ */
+export async function checkFoldersCanBeMade(path: string, flag: string): Promise<void> {
+  for (let dir = parentOf(path); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
+    let found: Deno.FileInfo;
+    try {
+      found = await Deno.stat(dir);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) continue;
+      throw new FlagError(
+        `${flag} ${path}: cannot check its folder ${dir}: ${(e as Error).message}`,
+      );
+    }
+    if (found.isDirectory) return;
+    throw new FlagError(`${flag} ${path}: ${dir} is a file, not a folder`);
+  }
+}
+
 export type FlagSpec = Record<string, { type: "string" | "boolean"; default?: string | boolean }>;
 
 type FlagValues<S extends FlagSpec> = {
