@@ -1,5 +1,6 @@
 // Writes that never leave a half-written file behind: a temporary file in the same directory
-// (so the rename cannot cross file systems), synced, then renamed over the target.
+// (so the rename cannot cross file systems), synced, then renamed over the target. And the small
+// checks and reads their callers share (exists, isDirectory, readJsonFile).
 
 /** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
 export function temporaryName(path: string): string {
@@ -59,5 +60,25 @@ export async function exists(path: string): Promise<boolean> {
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
     throw e;
+  }
+}
+
+/** Whether `path` is a folder; null when nothing is there. */
+export async function isDirectory(path: string): Promise<boolean | null> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** A JSON file's value, or an error naming the file when it is not valid JSON. */
+export async function readJsonFile(path: string): Promise<unknown> {
+  const text = await Deno.readTextFile(path);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
   }
 }

@@ -18,6 +18,8 @@
 //   alongside its parent is dropped. Runs without metrics.json are unfinished: skipped (and
 //   listed), a multi-seed run too until all its seeds have finished.
 
+import { readJsonFile } from "../model/atomic_write.ts";
+
 /** The table's columns: the nine tasks in the paper's order, with their main metric. */
 export const TABLE_TASKS: readonly { name: string; title: string; metric: string }[] = [
   { name: "rte", title: "RTE", metric: "accuracy" },
@@ -88,15 +90,6 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
-async function readJson(path: string): Promise<unknown> {
-  const text = await Deno.readTextFile(path);
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
-  }
-}
-
 function isObject(x: unknown): x is Record<string, unknown> {
   return typeof x === "object" && x !== null && !Array.isArray(x);
 }
@@ -115,7 +108,7 @@ function bestOf(path: string, metrics: unknown): Record<string, number | null> {
 
 /** The run in `dir` (which holds run.json), or why it is skipped. */
 async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
-  const run = await readJson(`${dir}/run.json`);
+  const run = await readJsonFile(`${dir}/run.json`);
   if (!isObject(run) || !isObject(run.settings)) {
     throw new Error(`${dir}/run.json: no "settings" object`);
   }
@@ -149,7 +142,7 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
       reason: `unfinished (no metrics.json; ${done} of ${folders.length} seeds finished)`,
     };
   }
-  const metrics = await readJson(metricsPath);
+  const metrics = await readJsonFile(metricsPath);
   if (!multi) {
     const seed = typeof s.seed === "number" ? s.seed : 0;
     return { ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] };

@@ -21,6 +21,8 @@ import { Recorder } from "../kernels/recorder.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
+  isDirectory,
+  readJsonFile,
   removeStaleTemporaries,
   writeFileAtomic,
   writeJsonAtomic,
@@ -154,14 +156,9 @@ async function checkInputsOutside(
   }
 }
 
-/** A run folder's JSON file, or an error naming it when it is not valid JSON. */
+/** A run folder's JSON file (an object), or an error naming it when it is not valid JSON. */
 async function readRunJson(path: string): Promise<Record<string, unknown>> {
-  const text = await Deno.readTextFile(path);
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
-  }
+  return await readJsonFile(path) as Record<string, unknown>;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -216,7 +213,7 @@ export async function runTraining(
       );
     }
   }
-  if (await isFile(config.data)) {
+  if ((await isDirectory(config.data)) === false) {
     // A file would be read as every split: the model chosen and scored on its own training data.
     throw new FlagError(
       `--data ${config.data} is a file: training reads the ${options.task.trainSplit ?? "train"} ` +
@@ -400,16 +397,6 @@ interface Prepared {
   checkpointEvery: number;
   headWidth: number;
   maxLength: number;
-}
-
-/** Whether `path` is a file (false when it is a folder or is not there). */
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /**

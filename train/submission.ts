@@ -19,7 +19,7 @@
 //
 // The formats are keyed by task name here so that the task files need not know the leaderboards.
 
-import { writeFileAtomic } from "../model/atomic_write.ts";
+import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainConfig } from "./config.ts";
 import { FlagError } from "./flags.ts";
@@ -218,15 +218,6 @@ export async function writeSubmission(
 export type TestPredictionResult =
   | { written: string; examples: number }
   | { skipped: string };
-
-async function isDirectory(path: string): Promise<boolean | null> {
-  try {
-    return (await Deno.stat(path)).isDirectory;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
 
 /** Why the final model in `modelDir` cannot be run by predict.ts, or null if it can. */
 async function activePrefix(modelDir: string): Promise<string | null> {
