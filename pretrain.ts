@@ -37,6 +37,7 @@ import { FlagError, intFlag, parseFlags, runMain, TUNE_FLAGS, tuneFlags } from "
 import { autotuneForProgram, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { MLM_PROBABILITY } from "./train/mlm_data.ts";
+import { sha256Hex } from "./train/data_files.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";
 import {
@@ -154,17 +155,13 @@ async function sequencesSha256(sequences: readonly Uint32Array[]): Promise<strin
       at += 4;
     }
   }
-  return hex(await crypto.subtle.digest("SHA-256", bytes));
+  return await sha256Hex(bytes);
 }
 
 /** A SHA-256 of texts, each with its length (null for an absent one). */
 async function textsSha256(texts: readonly (string | null)[]): Promise<string> {
   const parts = texts.map((t) => t === null ? "-" : `${t.length}:${t}`);
-  return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(parts.join("\n"))));
-}
-
-function hex(digest: ArrayBuffer): string {
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return await sha256Hex(parts.join("\n"));
 }
 
 /**

@@ -22,6 +22,13 @@
 //
 // Which labels, fields and values each task accepts is the task file's business (tasks/*.ts).
 
+/** The SHA-256 of `data` (a text as UTF-8) in hex: the fingerprint of data as read. */
+export async function sha256Hex(data: Uint8Array<ArrayBuffer> | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 export class DataError extends Error {
   constructor(file: string, line: number | null, problem: string) {
     const text = oneLine(problem);

@@ -50,6 +50,7 @@ import {
   type TrainBatch,
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
+import { sha256Hex } from "./data_files.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
 import { runSettings, type TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
@@ -404,10 +405,9 @@ interface Prepared {
  * resumed run checks its data against the one it started on.
  */
 async function examplesSha256(examples: readonly TaskExample[]): Promise<string> {
-  const text = examples.map((e) => JSON.stringify([e.inputs, e.label, e.spans ?? null]))
-    .join("\n");
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return await sha256Hex(
+    examples.map((e) => JSON.stringify([e.inputs, e.label, e.spans ?? null])).join("\n"),
+  );
 }
 
 /**
