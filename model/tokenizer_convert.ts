@@ -87,14 +87,23 @@ function addedToken(id: number, content: string, lstrip = false): AddedTokenJson
 }
 
 /**
- * Reads a WordPiece `vocab.txt`: one token per line, the id being the line number (0-based).
- * As transformers' load_vocab: only the line break is stripped (a token may hold spaces), "\r\n"
- * and "\r" count as line breaks (Python's universal newlines), no empty token follows a final
- * line break, and a repeated token keeps its last line's id.
+ * A vocab.txt's tokens by id, as transformers' load_vocab reads it (`readlines()` in text mode,
+ * then `rstrip("\n")`): lines split at "\n", "\r\n" or "\r", blank lines kept as tokens, no
+ * token after a final line break.
  */
-export function parseVocabTxt(text: string, source = "vocab.txt"): Map<string, number> {
+export function vocabLines(text: string): string[] {
   const lines = text.split(/\r\n|\n|\r/);
   if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
+  return lines;
+}
+
+/**
+ * Reads a WordPiece `vocab.txt`: one token per line as vocabLines reads them (only the line break
+ * stripped: a token may hold spaces), the id being the line number (0-based); as transformers'
+ * load_vocab, a repeated token keeps its last line's id.
+ */
+export function parseVocabTxt(text: string, source = "vocab.txt"): Map<string, number> {
+  const lines = vocabLines(text);
   if (lines.length === 0) throw new TokenizerConvertError(source, "is empty");
   const vocab = new Map<string, number>();
   lines.forEach((token, id) => vocab.set(token, id));

@@ -5,7 +5,7 @@
 import { assert, assertEquals } from "./assert.ts";
 import { readTree, sameBytes } from "./train_fixture.ts";
 import { openModel } from "../model/load.ts";
-import { vocabLines } from "../tools/random_model.ts";
+import { vocabLines } from "../model/tokenizer_convert.ts";
 
 const TOOL = new URL("../tools/random_model.ts", import.meta.url).pathname;
 const SHAPE = ["--layers", "1", "--hidden", "8", "--heads", "2", "--intermediate", "16"];

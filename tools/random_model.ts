@@ -21,7 +21,7 @@ import { writeSafetensors } from "../model/safetensors.ts";
 import { initialEncoderValues, normalGenerator } from "../model/init.ts";
 import { parseConfig } from "../model/config.ts";
 import { openModel } from "../model/load.ts";
-import { convertWordPiece, parseVocabTxt } from "../model/tokenizer_convert.ts";
+import { convertWordPiece, parseVocabTxt, vocabLines } from "../model/tokenizer_convert.ts";
 import { checkOutFolder, writeFolder } from "./ship_model.ts";
 
 const FLAGS = {
@@ -50,17 +50,6 @@ function positive(name: string, v: string): number {
     );
   }
   return Number(v);
-}
-
-/**
- * A vocab.txt's tokens by id, as transformers' load_vocab reads it (`readlines()` in text mode,
- * then `rstrip("\n")`): lines split at "\n", "\r\n" or "\r", blank lines kept as tokens, no
- * token after a final line break.
- */
-export function vocabLines(text: string): string[] {
-  const lines = text.split(/\r\n|\n|\r/);
-  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
-  return lines;
 }
 
 async function main(): Promise<void> {
