@@ -310,7 +310,15 @@ Deno.test({
 
       // A multi-seed run: a seed not yet started is checked against its finished siblings.
       const seeds = `${dir}/seeds`;
-      await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3");
+      const seedsMetrics = await run(
+        seeds,
+        "--model",
+        `${dir}/model`,
+        "--seeds",
+        "2",
+        "--seed",
+        "3",
+      );
       await Deno.remove(`${seeds}/metrics.json`);
       await Deno.remove(`${seeds}/seed-4`, { recursive: true });
       const train = await Deno.readTextFile(`${dir}/data/train.jsonl`);
@@ -321,6 +329,11 @@ Deno.test({
         `--resume: the train split in ${dir}/data is not the data ${seeds}/seed-3 was started on`,
       );
       await Deno.writeTextFile(`${dir}/data/train.jsonl`, train);
+      // --overwrite of a multi-seed run: the first seed trains on what the checks prepared.
+      assertEquals(
+        await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3", "--overwrite"),
+        seedsMetrics,
+      );
 
       // A damaged run.json or metrics.json is named in the error.
       await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');

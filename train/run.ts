@@ -271,7 +271,6 @@ export async function runTraining(
     }
   }
   if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null, prepared);
-  prepared?.model.weights.close(); // each seed opens its own
 
   if (!(await exists(`${out}/run.json`))) {
     await writeJsonAtomic(`${out}/run.json`, {
@@ -287,7 +286,9 @@ export async function runTraining(
       seed,
       options,
       `seed ${seed}`,
+      prepared,
     );
+    prepared = null; // --overwrite's checks prepared the first seed's; the others open their own
   }
   const summary = summarizeSeeds(results);
   await writeJsonAtomic(`${out}/metrics.json`, summary);
