@@ -18,7 +18,7 @@ import { maxSequenceLength } from "./model/config.ts";
 import { createEncoder, encoderParameters } from "./model/encoder.ts";
 import { createHead, headParameters } from "./model/head.ts";
 import { openModel } from "./model/load.ts";
-import { writeFileAtomic } from "./model/atomic_write.ts";
+import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
@@ -26,7 +26,6 @@ import {
   choiceFlag,
   FlagError,
   intFlag,
-  parentOf,
   parseFlags,
   requireFlag,
   runMain,

@@ -1,6 +1,7 @@
 // Writes that never leave a half-written file behind: a temporary file in the same directory
-// (so the rename cannot cross file systems), synced, then renamed over the target. And the small
-// checks and reads their callers share (exists, isDirectory, readJsonFile).
+// (so the rename cannot cross file systems), synced, then renamed over the target, and the folder
+// synced so that the rename itself survives a power cut. And the small checks and reads their
+// callers share (exists, isDirectory, readJsonFile).
 
 /** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
 export function temporaryName(path: string): string {
@@ -44,6 +45,38 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw new Error(`${path}: write failed: ${(e as Error).message}`);
+  }
+  await syncFolderOf(path);
+}
+
+/** The folder part of `path` ("." for a bare name, "/" at the root). */
+export function parentOf(path: string): string {
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+}
+
+/**
+ * Syncs the folder that holds `path`, so a rename into it (the last step of an atomic write) is
+ * on disk: a synced file renamed into an unsynced folder can come back under its old name, or not
+ * at all, after a power cut.
+ */
+export function syncFolderOf(path: string): Promise<void> {
+  return syncFolder(parentOf(path));
+}
+
+/**
+ * Syncs a folder's entries to disk. Best effort: where a folder cannot be opened for syncing
+ * (Windows), the renames it would make durable are already done and are left as they are.
+ */
+export async function syncFolder(dir: string): Promise<void> {
+  let folder: Deno.FsFile | null = null;
+  try {
+    folder = await Deno.open(dir, { read: true });
+    await folder.sync();
+  } catch {
+    // Not every platform or file system can sync a folder; the writes themselves succeeded.
+  } finally {
+    folder?.close();
   }
 }
 

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { temporaryName } from "./atomic_write.ts";
+import { syncFolderOf, temporaryName } from "./atomic_write.ts";
 
 export type Dtype =
   | "F64"
@@ -833,4 +833,5 @@ export async function writeSafetensors(
     await Deno.remove(tmp).catch(() => {});
     throw new SafetensorsError(path, `write failed: ${errorText(e)}`);
   }
+  await syncFolderOf(path);
 }

@@ -26,7 +26,7 @@
 
 import { parseArgs } from "node:util";
 import { dirname, resolve } from "node:path";
-import { exists } from "../model/atomic_write.ts";
+import { exists, syncFolder, syncFolderOf } from "../model/atomic_write.ts";
 import { openModel } from "../model/load.ts";
 import {
   parseVocabTxt,
@@ -164,6 +164,7 @@ export async function writeFolder(
         file.close();
       }
     }
+    await syncFolder(tmp);
     // A missing or empty folder is replaced by one rename; a full one is moved aside first.
     if (old !== null && old.length > 0) {
       const moved = `${target}.old-${tag()}`;
@@ -171,6 +172,7 @@ export async function writeFolder(
       aside = moved;
     }
     await Deno.rename(tmp, target);
+    await syncFolderOf(target);
   } catch (e) {
     let restored = true;
     if (aside !== null) await Deno.rename(aside, target).catch(() => restored = false);

@@ -16,17 +16,13 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
+import { parentOf } from "../model/atomic_write.ts";
+
 export class FlagError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "FlagError";
   }
-}
-
-/** The folder part of `path` ("." for a bare name, "/" at the root). */
-export function parentOf(path: string): string {
-  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
-  return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
 }
 
 /**
