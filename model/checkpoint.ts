@@ -230,6 +230,36 @@ export function readHeadShape(reader: SafetensorsReader): HeadShape | null {
   return { features, hidden, classes };
 }
 
+/**
+ * The checkpoint's tensors that loading leaves out without being told to (not a backbone
+ * tensor, not the EH-FT head, not one of SKIPPED's MLM heads and buffers): a transformers
+ * `classifier.*`, PEFT tensors of a Stage-1 snapshot, or a model of another architecture's extras.
+ * Sorted by name.
+ */
+export function unusedTensors(reader: SafetensorsReader, config: ModelConfig): string[] {
+  const used = new Set<string>(HEAD_NAMES);
+  for (const [relative] of encoderParameterShapes(config)) {
+    for (const name of candidateNames(config, relative)) used.add(name);
+  }
+  return [...reader.tensors.keys()].filter((n) => !used.has(n) && !isSkippedTensor(n)).sort();
+}
+
+/**
+ * One line on the tensors `unusedTensors` found, with the likely reason, so that a fine-tuned
+ * transformers classifier silently replaced by a fresh head is never a surprise.
+ */
+export function unusedTensorsNote(file: string, names: readonly string[]): string {
+  const shown = names.slice(0, 3).map((n) => `"${n}"`).join(", ") +
+    (names.length > 3 ? ` and ${names.length - 3} more` : "");
+  const why = names.some((n) => n.startsWith("classifier."))
+    ? "a transformers classification head is not the EH-FT head (head.*), which starts fresh"
+    : names.some((n) => /^(lora|prefix)\./.test(n))
+    ? "PEFT tensors are not loaded with a model: a run starts its PEFT method fresh"
+    : "they are not part of the encoder or the EH-FT head (head.*)";
+  return `${file}: ${names.length} tensor${names.length === 1 ? "" : "s"} not used ` +
+    `(${shown}): ${why}`;
+}
+
 /** Fills the head's tensors ("head.dense.weight", ...) from the checkpoint, shapes checked. */
 export async function loadHead(
   reader: SafetensorsReader,

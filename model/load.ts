@@ -1,7 +1,14 @@
 // From a model name to everything needed to run it: the local directory (downloaded from the
 // hub if it is a hub id), its config, its tokenizer, its weights and the head it carries.
 
-import { checkBackbone, type HeadShape, openWeights, readHeadShape } from "./checkpoint.ts";
+import {
+  checkBackbone,
+  type HeadShape,
+  openWeights,
+  readHeadShape,
+  unusedTensors,
+  unusedTensorsNote,
+} from "./checkpoint.ts";
 import { type ModelConfig, readConfig } from "./config.ts";
 import { resolveModel, type ResolveModelOptions } from "./hub.ts";
 import type { SafetensorsReader } from "./safetensors.ts";
@@ -15,6 +22,8 @@ export interface OpenedModel {
   weights: SafetensorsReader;
   /** The EH-FT head stored with the weights, or null for a plain pretrained backbone. */
   head: HeadShape | null;
+  /** Tensors of the weights that are not loaded (see `unusedTensors`); noted on stderr. */
+  unused: string[];
 }
 
 /**
@@ -43,7 +52,8 @@ export function checkTokenizerFits(
  * small files; the weights are read tensor by tensor when loaded onto the GPU. Before returning
  * it checks, on the host, that the config, the tensors and the tokenizer agree (`checkBackbone`,
  * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
- * here, naming the file, and not in the middle of GPU work.
+ * here, naming the file, and not in the middle of GPU work. Tensors it will not load (a
+ * transformers `classifier.*`, say) are named in one line on stderr, unless `options.quiet`.
  */
 export async function openModel(
   idOrPath: string,
@@ -60,7 +70,11 @@ export async function openModel(
     const head = readHeadShape(weights);
     const tokenizer = await loadTokenizer(dir, config);
     checkTokenizerFits(tokenizer, config, configFile);
-    return { dir, config, tokenizer, weights, head };
+    const unused = unusedTensors(weights, config);
+    if (unused.length > 0 && !options.quiet) {
+      console.error(unusedTensorsNote(weights.path, unused));
+    }
+    return { dir, config, tokenizer, weights, head, unused };
   } catch (e) {
     weights.close();
     throw e;

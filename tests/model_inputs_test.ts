@@ -159,6 +159,63 @@ Deno.test("model inputs: a missing or integer backbone tensor is refused at open
   });
 });
 
+Deno.test("model inputs: tensors loading leaves out are named, with the likely reason", async (t) => {
+  // A transformers sequence-classification checkpoint's classifier is not the EH-FT head: a
+  // fine-tuned classifier replaced by a fresh head without a word would be a silent surprise.
+  const cases: [string, string[], RegExp][] = [
+    [
+      "a transformers classifier",
+      ["classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight"],
+      /: 3 tensors not used \("classifier\.dense\.bias", "classifier\.dense\.weight", "classifier\.out_proj\.weight"\): a transformers classification head is not the EH-FT head \(head\.\*\), which starts fresh$/,
+    ],
+    [
+      "a Stage-1 snapshot's LoRA tensors",
+      ["lora.a", "lora.b", "lora.c", "lora.d", "lora.e"],
+      /: 5 tensors not used \("lora\.a", "lora\.b", "lora\.c" and 2 more\): PEFT tensors are not loaded with a model: a run starts its PEFT method fresh$/,
+    ],
+    [
+      "anything else",
+      ["bert.encoder.layer.0.extra"],
+      /: 1 tensor not used \("bert\.encoder\.layer\.0\.extra"\): they are not part of the encoder or the EH-FT head \(head\.\*\)$/,
+    ],
+  ];
+  for (const [what, extra, note] of cases) {
+    await t.step(what, async () => {
+      await withModel(async (dir) => {
+        const path = `${dir}/model.safetensors`;
+        const source = await openSafetensors(path);
+        const tensors: Parameters<typeof writeSafetensors>[1] = {};
+        for (const [name, info] of source.tensors) {
+          tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
+        }
+        source.close();
+        // The MLM head and buffers are left out on purpose, and are not worth a line.
+        const quiet = ["cls.predictions.bias", "bert.embeddings.position_ids"];
+        for (const name of [...extra, ...quiet]) {
+          tensors[name] = { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) };
+        }
+        await writeSafetensors(path, tensors);
+        const lines: string[] = [];
+        const error = console.error;
+        console.error = (...args: unknown[]) => lines.push(args.join(" "));
+        try {
+          const model = await openModel(dir);
+          assertEquals(model.unused, [...extra].sort());
+          model.weights.close();
+          const quietly = await openModel(dir, { quiet: true });
+          assertEquals(quietly.unused.length, extra.length);
+          quietly.weights.close();
+        } finally {
+          console.error = error;
+        }
+        assertEquals(lines.length, 1, lines.join("\n"));
+        assert(lines[0].startsWith(`${path}: `), lines[0]);
+        assert(note.test(lines[0]), `${lines[0]} does not match ${note}`);
+      });
+    });
+  }
+});
+
 Deno.test("model inputs: a pad_token_id beyond vocab_size is refused by the config", async () => {
   await withModel(async (dir) => {
     await editConfig(dir, { pad_token_id: 101 });
