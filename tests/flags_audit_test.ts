@@ -655,9 +655,10 @@ Deno.test("flags audit: number flags take plain decimal numbers only, as the dat
   assertEquals(numberFlag("x", "-1", 0), -1);
   assertEquals(numberFlag("x", "-2.5e-3", 0), -2.5e-3);
   assertEquals(outcome(() => numberFlag("x", "-0x1", 0)), '--x: expected a number, got "-0x1"');
-  // Integer flags: decimal digits only (hex, exponents and fractions refused).
+  // Integer flags: decimal digits only (hex, exponents and fractions refused); a sign as numbers.
+  checkTrainRows([[["--epochs", "+2"], { epochs: 2 }], [["--epochs=+7"], { epochs: 7 }]]);
   checkTrainRows(
-    ["0x10", "1e3", "2.0", "+2", "Infinity", "0b1"].map((v) => [
+    ["0x10", "1e3", "2.0", "++2", "+-2", "Infinity", "0b1"].map((v) => [
       ["--epochs", v],
       `--epochs: expected an integer ≥ 1, got "${v}"`,
     ]),

@@ -222,7 +222,8 @@ export function intFlag(
 ): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+  // A leading "+" is accepted as number flags accept it ("--lr +1e-5"): the sign is plain text.
+  if (!/^[+-]?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `in [${min}, ${max}]`;
     throw new FlagError(`--${name}: expected an integer ${range}, got "${value}"`);
   }
