@@ -15,13 +15,18 @@ import { trainFromArgs } from "../train.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
 import {
+  checkTestSplit,
   predictTestSet,
   runFolders,
   SUBMISSION_FORMATS,
   submissionText,
+  testSplitWarning,
   writeTestSubmissions,
 } from "../train/submission.ts";
 import { rte } from "../tasks/rte.ts";
+import { taskByName } from "../tasks/all.ts";
+import { BOOLQ_DATASET } from "../tasks/boolq.ts";
+import { QNLI_DATASET } from "../tasks/qnli.ts";
 
 const test = (name: string, fn: () => Promise<void> | void) =>
   Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
@@ -324,4 +329,170 @@ test("submissionText: lines in idx order, as jiant writes them, whatever the ord
     [2, 5, 9].map((idx) => `{"idx":${idx},"label":"not_entailment"}`).join("\n") + "\n",
   );
   assertEquals(submissionText("mrpc", predictions), "index\tprediction\n2\t1\n5\t1\n9\t1\n");
+});
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/** `n` examples with idx `first`, `first + 1`, ... */
+const idxRange = (n: number, first = 0) =>
+  Array.from({ length: n }, (_, i) => ({ idx: first + i }));
+
+test("submission: the official test split sizes, as the downloads pin them", () => {
+  assertEquals(
+    Object.fromEntries(Object.entries(SUBMISSION_FORMATS).map(([k, f]) => [k, f.testExamples])),
+    {
+      rte: 3000,
+      cb: 250,
+      boolq: 3245,
+      wic: 1400,
+      copa: 500,
+      mrpc: 1725,
+      qnli: 5463,
+      cola: 1063,
+      stsb: 1379,
+    },
+  );
+  const pinned = (files: { path: string; rows: number }[], path: string) =>
+    files.find((f) => f.path === path)?.rows;
+  assertEquals(
+    pinned(BOOLQ_DATASET.files, "BoolQ/test.jsonl"),
+    SUBMISSION_FORMATS.boolq.testExamples,
+  );
+  assertEquals(pinned(QNLI_DATASET.files, "QNLI/test.tsv"), SUBMISSION_FORMATS.qnli.testExamples);
+});
+
+test("testSplitWarning: a short, long or renumbered test split is one line; the official one none", () => {
+  assertEquals(
+    testSplitWarning("rte", "data/superglue/RTE/test.jsonl", idxRange(120)),
+    "data/superglue/RTE/test.jsonl: 120 examples; the SuperGLUE leaderboard expects 3000 " +
+      "(RTE.jsonl will be incomplete)",
+  );
+  assertEquals(
+    testSplitWarning("cola", "t/test.tsv", idxRange(1064)),
+    "t/test.tsv: 1064 examples; the GLUE leaderboard expects 1063 (CoLA.tsv will have 1 extra " +
+      "row)",
+  );
+  assertEquals(testSplitWarning("cb", "t/test.jsonl", idxRange(250)), null);
+  // In any order: the file is written in idx order.
+  assertEquals(testSplitWarning("cb", "t/test.jsonl", idxRange(250).reverse()), null);
+  assertEquals(
+    testSplitWarning("boolq", "t/test.jsonl", idxRange(3250)),
+    "t/test.jsonl: 3250 examples; the SuperGLUE leaderboard expects 3245 (BoolQ.jsonl will " +
+      "have 5 extra rows)",
+  );
+  assertEquals(
+    testSplitWarning("cb", "t/test.jsonl", idxRange(250, 1)),
+    "t/test.jsonl: 250 examples, but no idx 0, idx 250 found; the SuperGLUE leaderboard " +
+      "expects idx 0..249 (CB.jsonl will not match it)",
+  );
+  assertEquals(
+    testSplitWarning("stsb", "t/test.tsv", [...idxRange(1378), { idx: 5000 }]),
+    "t/test.tsv: 1379 examples, but no index 1378, index 5000 found; the GLUE leaderboard " +
+      "expects index 0..1378 (STS-B.tsv will not match it)",
+  );
+  assertEquals(
+    testSplitWarning("copa", "t/test.jsonl", []),
+    "t/test.jsonl: 0 examples; the SuperGLUE leaderboard expects 500 (COPA.jsonl will be " +
+      "incomplete)",
+  );
+});
+
+/** checkTestSplit over `data` for `task`, and the lines it logs. */
+async function checkLines(task: string, data: string): Promise<string[]> {
+  const { config } = parseTrainArgs(["--task", task, "--model", "m", "--data", data, "--out", "o"]);
+  const lines: string[] = [];
+  const warning = await checkTestSplit(config, taskByName(task), (l) => lines.push(l));
+  assertEquals(warning === null ? [] : [`predict-test: ${warning}`], lines);
+  return lines;
+}
+
+/** A copy of the shipped CoLA folder whose test.tsv is `head -n 100` of it: 99 of 1063 rows. */
+async function colaHead(name: string): Promise<string> {
+  const short = `${(await prepare()).dir}/${name}`;
+  await Deno.mkdir(short, { recursive: true });
+  for (const split of ["train", "dev"]) {
+    await Deno.copyFile(`${ROOT}data/glue/CoLA/${split}.tsv`, `${short}/${split}.tsv`);
+  }
+  const lines = (await Deno.readTextFile(`${ROOT}data/glue/CoLA/test.tsv`)).split("\n");
+  await Deno.writeTextFile(`${short}/test.tsv`, lines.slice(0, 100).join("\n") + "\n");
+  return short;
+}
+
+test("checkTestSplit: the shipped test splits are the leaderboards'; a head -n 100 copy is not", async () => {
+  for (
+    const [task, data] of [
+      ["wic", "data/superglue/WiC"],
+      ["cola", "data/glue/CoLA"],
+      ["mrpc", "data/glue/MRPC"],
+      ["stsb", "data/glue/STS-B"],
+    ]
+  ) {
+    assertEquals(await checkLines(task, `${ROOT}${data}`), [], task);
+  }
+  const short = await colaHead("cola-head");
+  assertEquals(await checkLines("cola", short), [
+    `predict-test: ${short}/test.tsv: 99 examples; the GLUE leaderboard expects 1063 (CoLA.tsv ` +
+    `will be incomplete)`,
+  ]);
+});
+
+test("train --predict-test: a shortened test split is written whole, with one warning line", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/run`;
+  // The finished run of the first end-to-end test (or a fresh one when this test runs alone).
+  try {
+    await Deno.stat(`${out}/metrics.json`);
+  } catch {
+    await trainFromArgs([...args, "--out", out], {}, rte);
+  }
+  const { config } = parseTrainArgs([...args, "--out", out]);
+  const lines: string[] = [];
+  const [result] = await writeTestSubmissions(config, rte, (l) => lines.push(l));
+  const warning = `${dir}/data/test.jsonl: 6 examples; the SuperGLUE leaderboard expects 3000 ` +
+    `(RTE.jsonl will be incomplete)`;
+  assertEquals(result, { written: `${out}/RTE.jsonl`, examples: 6, warning });
+  assertEquals(lines, [
+    `predict-test: 6 test predictions written to ${out}/RTE.jsonl`,
+    `predict-test: ${warning}`,
+  ]);
+  assertEquals((await Deno.readTextFile(`${out}/RTE.jsonl`)).trimEnd().split("\n").length, 6);
+
+  // The official count, idx 0..2999: no warning.
+  const full = `${dir}/full`;
+  await writeMarkerData(full, 16, 8);
+  const rows = markerExamples(3000, 4).map(({ label: _label, ...row }) => row);
+  await Deno.writeTextFile(`${full}/test.jsonl`, rows.map((r) => JSON.stringify(r)).join("\n"));
+  const fullLines: string[] = [];
+  const [fullResult] = await writeTestSubmissions(
+    { ...config, data: full, batchSize: 500 },
+    rte,
+    (l) => fullLines.push(l),
+  );
+  assertEquals(fullResult, { written: `${out}/RTE.jsonl`, examples: 3000 });
+  assertEquals(fullLines, [`predict-test: 3000 test predictions written to ${out}/RTE.jsonl`]);
+});
+
+test("train --dry-run --predict-test: the warning line on stderr, none for the shipped split", async () => {
+  const short = await colaHead("cola-dry");
+  const dryRun = async (data: string) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "train.ts", "--task", "cola", "--data", data, "--dry-run"]
+        .concat(["--predict-test"]),
+      cwd: ROOT,
+      env: { EHFT_OFFLINE: "1", HF_HUB_OFFLINE: "1", XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    const notes: string[] = JSON.parse(new TextDecoder().decode(out.stdout)).notes ?? [];
+    const lines = stderr.split("\n").filter((l) => l.includes("predict-test:"));
+    return { lines, notes: notes.filter((n) => n.startsWith("predict-test:")) };
+  };
+  const [shortened, shipped] = await Promise.all([dryRun(short), dryRun("data/glue/CoLA")]);
+  const warning = `predict-test: ${short}/test.tsv: 99 examples; the GLUE leaderboard expects ` +
+    `1063 (CoLA.tsv will be incomplete)`;
+  // Once on stderr, as the dry run's other notes, and in the report's notes.
+  assertEquals(shortened, { lines: [`dry run: ${warning}`], notes: [warning] });
+  assertEquals(shipped, { lines: [], notes: [] });
 });

@@ -272,7 +272,9 @@ export async function dryRunFromArgs(
     if (refusal) report.notes = [...report.notes ?? [], refusal];
     else if (data !== null && report.splits.test) {
       try {
-        await checkTestSplit({ ...config, data }, task);
+        // A test split that is not the leaderboard's is a note, in the report's JSON too.
+        const warning = await checkTestSplit({ ...config, data }, task, () => {});
+        if (warning !== null) report.notes = [...report.notes ?? [], `predict-test: ${warning}`];
       } catch (e) {
         report.notes = [...report.notes ?? [], errorText(e)];
       }

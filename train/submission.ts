@@ -17,6 +17,12 @@
 //   STS-B.tsv    the similarity score, clipped to [0, 5], with three decimals (as jiant writes it)
 // `index` is the example's index column of the test file (TaskExample.idx).
 //
+// Each leaderboard scores the whole official test split: idx (SuperGLUE) or index (GLUE) 0..N-1,
+// one line each. A test file with another count or other idx values (a partial download, a
+// `head -n 100` copy, a user's own test set) still gets its submission file, but with a one-line
+// warning (testSplitWarning), before the training and when the file is written, so that the user
+// learns it here rather than at upload.
+//
 // The formats are keyed by task name here so that the task files need not know the leaderboards.
 
 import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
@@ -34,6 +40,11 @@ export interface SubmissionFormat {
   /** The test split's file in the task's data folder (for a clear message when it is missing). */
   testFile: string;
   /**
+   * How many examples the official test split has, idx 0..testExamples-1: the rows the
+   * leaderboard expects in the file (Hugging Face datasets' test split sizes, the same files).
+   */
+  testExamples: number;
+  /**
    * Label names by id, in Hugging Face datasets' order (the ids training uses); how predictions
    * given as names are read back into ids. Empty for regression.
    */
@@ -48,12 +59,18 @@ function names(values: readonly string[]): (id: number) => string {
 
 const identity = (id: number) => id;
 
-/** The submission format of each task, by task name. */
+/**
+ * The submission format of each task, by task name. The test split sizes: WiC, CoLA, MRPC and
+ * STS-B as the files in data/ have them, BoolQ and QNLI as their downloads pin them
+ * (BOOLQ_DATASET, QNLI_DATASET), RTE, CB and COPA (data/ ships no test split for them) as
+ * Hugging Face's super_glue has them.
+ */
 export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
   rte: {
     benchmark: "SuperGLUE",
     file: "RTE.jsonl",
     testFile: "test.jsonl",
+    testExamples: 3000,
     labels: ["entailment", "not_entailment"],
     value: names(["entailment", "not_entailment"]),
   },
@@ -61,6 +78,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "SuperGLUE",
     file: "CB.jsonl",
     testFile: "test.jsonl",
+    testExamples: 250,
     labels: ["entailment", "contradiction", "neutral"],
     value: names(["entailment", "contradiction", "neutral"]),
   },
@@ -68,6 +86,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "SuperGLUE",
     file: "BoolQ.jsonl",
     testFile: "test.jsonl",
+    testExamples: 3245,
     labels: ["false", "true"],
     value: names(["false", "true"]),
   },
@@ -75,6 +94,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "SuperGLUE",
     file: "WiC.jsonl",
     testFile: "test.jsonl",
+    testExamples: 1400,
     labels: ["false", "true"],
     value: names(["false", "true"]),
   },
@@ -82,6 +102,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "SuperGLUE",
     file: "COPA.jsonl",
     testFile: "test.jsonl",
+    testExamples: 500,
     labels: ["0", "1"],
     value: identity,
   },
@@ -89,6 +110,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "GLUE",
     file: "MRPC.tsv",
     testFile: "test.tsv",
+    testExamples: 1725,
     labels: ["not_equivalent", "equivalent"],
     value: identity,
   },
@@ -96,6 +118,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "GLUE",
     file: "QNLI.tsv",
     testFile: "test.tsv",
+    testExamples: 5463,
     labels: ["entailment", "not_entailment"],
     value: names(["entailment", "not_entailment"]),
   },
@@ -103,6 +126,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "GLUE",
     file: "CoLA.tsv",
     testFile: "test.tsv",
+    testExamples: 1063,
     labels: ["unacceptable", "acceptable"],
     value: identity,
   },
@@ -110,6 +134,7 @@ export const SUBMISSION_FORMATS: Readonly<Record<string, SubmissionFormat>> = {
     benchmark: "GLUE",
     file: "STS-B.tsv",
     testFile: "test.tsv",
+    testExamples: 1379,
     labels: [],
     value: (score) => Math.min(5, Math.max(0, score)).toFixed(3),
   },
@@ -126,6 +151,41 @@ export function submissionFormat(task: string): SubmissionFormat {
     );
   }
   return format;
+}
+
+/**
+ * Why the submission of `task` from a test split with these examples will not be what the
+ * leaderboard scores: another count than the official split's, or, with that count, idx values
+ * other than 0..N-1 (a renumbered or another test set); one line naming `testPath`, or null.
+ * Only a warning: the file is written all the same (a user may predict on a test set of their own).
+ */
+export function testSplitWarning(
+  task: string,
+  testPath: string,
+  examples: readonly { idx: number }[],
+): string | null {
+  const format = submissionFormat(task);
+  const expected = format.testExamples;
+  const leaderboard = `the ${format.benchmark} leaderboard expects`;
+  const n = examples.length;
+  if (n !== expected) {
+    const extra = n - expected;
+    const effect = extra < 0
+      ? "will be incomplete"
+      : `will have ${extra} extra row${extra === 1 ? "" : "s"}`;
+    return `${testPath}: ${n} examples; ${leaderboard} ${expected} (${format.file} ${effect})`;
+  }
+  // GLUE's column is `index`; SuperGLUE's field is `idx`.
+  const key = format.benchmark === "GLUE" ? "index" : "idx";
+  const present = new Set(examples.map((e) => e.idx));
+  const outside = examples.find((e) => !(e.idx >= 0 && e.idx < expected));
+  let missing = 0;
+  while (missing < expected && present.has(missing)) missing++;
+  if (outside === undefined && missing === expected) return null;
+  const found = outside === undefined ? [] : [`${key} ${outside.idx} found`];
+  const absent = missing === expected ? [] : [`no ${key} ${missing}`];
+  return `${testPath}: ${n} examples, but ${[...absent, ...found].join(", ")}; ${leaderboard} ` +
+    `${key} 0..${expected - 1} (${format.file} will not match it)`;
 }
 
 /** What the formats need of a prediction (predict.ts's Prediction has these fields). */
@@ -216,7 +276,7 @@ export async function writeSubmission(
 
 /** What --predict-test did for one run folder. */
 export type TestPredictionResult =
-  | { written: string; examples: number }
+  | { written: string; examples: number; warning?: string }
   | { skipped: string };
 
 /** Why the final model in `modelDir` cannot be run by predict.ts, or null if it can. */
@@ -276,7 +336,8 @@ export async function predictTestSet(
   });
   if (predictions.length === 0) return { skipped: `${testPath} has no examples` };
   const written = await writeSubmission(runDir, task.name, predictions, task.labels);
-  return { written, examples: predictions.length };
+  const warning = testSplitWarning(task.name, testPath, predictions);
+  return { written, examples: predictions.length, ...warning === null ? {} : { warning } };
 }
 
 /** Why --predict-test cannot work with these settings, whatever the data; null when it can. */
@@ -301,13 +362,19 @@ export function predictTestRefusal(
  * task without a leaderboard format, no test file in --data, a final model that keeps its
  * prefix rows), then reads the test split (each line checked as training checks its splits) and
  * requires one example per idx, so that a fault ends the command before the training, not
- * after. A --data that is not a folder is left to the training's own check.
+ * after. A --data that is not a folder is left to the training's own check. A test split that
+ * is not the leaderboard's (testSplitWarning) is logged, and returned, but not refused: the
+ * warning comes before hours of training too (and in a dry run, which calls this).
  */
-export async function checkTestSplit(config: TrainConfig, task: Task): Promise<void> {
+export async function checkTestSplit(
+  config: TrainConfig,
+  task: Task,
+  log: (line: string) => void = (line) => console.error(line),
+): Promise<string | null> {
   const refusal = predictTestRefusal(config, task);
   if (refusal) throw new FlagError(refusal);
   const format = SUBMISSION_FORMATS[task.name];
-  if ((await isDirectory(config.data)) !== true) return;
+  if ((await isDirectory(config.data)) !== true) return null;
   const testPath = `${config.data}/${format.testFile}`;
   if ((await isDirectory(testPath)) === null) {
     throw new FlagError(
@@ -316,7 +383,8 @@ export async function checkTestSplit(config: TrainConfig, task: Task): Promise<v
     );
   }
   const first = new Map<number, string>();
-  for (const e of await task.readExamples(config.data, "test")) {
+  const examples = await task.readExamples(config.data, "test");
+  for (const e of examples) {
     const where = e.source ?? `${testPath} example ${e.idx}`;
     const earlier = first.get(e.idx);
     if (earlier !== undefined) {
@@ -327,6 +395,9 @@ export async function checkTestSplit(config: TrainConfig, task: Task): Promise<v
     }
     first.set(e.idx, where);
   }
+  const warning = testSplitWarning(task.name, testPath, examples);
+  if (warning !== null) log(`predict-test: ${warning}`);
+  return warning;
 }
 
 /** The run folders of a config: `out`, or `out/seed-<n>` for each seed of a multi-seed run. */
@@ -335,13 +406,17 @@ export function runFolders(config: TrainConfig): string[] {
   return Array.from({ length: config.seeds }, (_, i) => `${config.out}/seed-${config.seed + i}`);
 }
 
-/** --predict-test: the submission file of every run folder of `config`, reported on stderr. */
+/**
+ * --predict-test: the submission file of every run folder of `config`, reported on stderr, with
+ * the test split's warning (testSplitWarning) once: every seed reads the same test file.
+ */
 export async function writeTestSubmissions(
   config: TrainConfig,
   task: Task,
   log: (line: string) => void = (line) => console.error(line),
 ): Promise<TestPredictionResult[]> {
   const results: TestPredictionResult[] = [];
+  let warned = false;
   for (const dir of runFolders(config)) {
     const r = await predictTestSet(dir, config, task);
     log(
@@ -349,6 +424,10 @@ export async function writeTestSubmissions(
         ? `predict-test: ${r.examples} test predictions written to ${r.written}`
         : `predict-test: ${dir}: skipped: ${r.skipped}`,
     );
+    if ("written" in r && r.warning && !warned) {
+      log(`predict-test: ${r.warning}`);
+      warned = true;
+    }
     results.push(r);
   }
   return results;
