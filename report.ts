@@ -31,6 +31,8 @@ import { renderPng, renderSvg } from "./train/plots.ts";
 import {
   buildTable,
   findRuns,
+  type FoundRun,
+  modelNames,
   renderCsv,
   renderMarkdown,
   type ResultsTable,
@@ -158,7 +160,9 @@ export async function report(
     const out = args.out;
     // Everything first, the figures drawn in memory: a failure here writes nothing.
     const analysed = await analysedRuns(found.runs);
-    const groups = [...new Set(analysed.map((r) => r.group))];
+    // Runs are of one model when they trained on one folder, however --model was spelled.
+    const names = modelNames(found.runs);
+    const groups = [...new Set(analysed.map((r) => `${r.task} with ${names.get(r.modelKey)}`))];
     // A figure compares methods on one task and one model: mixed runs would sit side by side.
     const mixed = groups.length > 1;
     if (mixed) {
@@ -223,14 +227,13 @@ export async function report(
  * multi-seed run, with the task and model they are on.
  */
 async function analysedRuns(
-  runs: readonly { path: string; task: string; settings: Record<string, unknown> }[],
-): Promise<{ files: RunAnalysisFiles; group: string }[]> {
-  const out: { files: RunAnalysisFiles; group: string }[] = [];
-  for (const { path, task, settings } of runs) {
-    const group = `${task} with ${settings.model}`;
+  runs: readonly FoundRun[],
+): Promise<{ files: RunAnalysisFiles; task: string; modelKey: string }[]> {
+  const out: { files: RunAnalysisFiles; task: string; modelKey: string }[] = [];
+  for (const { path, task, modelKey } of runs) {
     const own = await readRunAnalysis(path);
     if (own) {
-      out.push({ files: own, group });
+      out.push({ files: own, task, modelKey });
       continue;
     }
     const seeds: string[] = [];
@@ -240,7 +243,7 @@ async function analysedRuns(
     seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
     for (const seed of seeds) {
       const r = await readRunAnalysis(`${path}/${seed}`);
-      if (r) out.push({ files: r, group });
+      if (r) out.push({ files: r, task, modelKey });
     }
   }
   return out;

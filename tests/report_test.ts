@@ -13,10 +13,12 @@ import {
   buildTable,
   findRuns,
   methodTitle,
+  modelNames,
   percent,
   renderCsv,
   renderMarkdown,
   tableJson,
+  tidyPath,
 } from "../train/report_table.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
 import { writeJson } from "./train_fixture.ts";
@@ -52,10 +54,11 @@ async function single(
   seed: number,
   best: Best | null,
   extra: Record<string, unknown> = {},
+  resolved: Record<string, unknown> = {},
 ): Promise<RunMetrics | null> {
   await writeJson(`${dir}/run.json`, {
     settings: { ...settings(task, strategy, peft, seed, extra), out: dir },
-    resolved: {},
+    resolved,
   });
   if (best === null) return null;
   const metrics = { final: best, best };
@@ -70,15 +73,17 @@ async function multi(
   strategy: string,
   peft: string | null,
   seeds: Record<number, Best | null>,
+  extra: Record<string, unknown> = {},
+  resolved: Record<string, unknown> = {},
 ): Promise<void> {
   const list = Object.keys(seeds).map(Number);
   await writeJson(`${dir}/run.json`, {
-    settings: { ...settings(task, strategy, peft, list[0]), seeds: list.length, out: dir },
+    settings: { ...settings(task, strategy, peft, list[0], extra), seeds: list.length, out: dir },
     seed_folders: list.map((s) => `seed-${s}`),
   });
   const results: Record<string, RunMetrics> = {};
   for (const s of list) {
-    const m = await single(`${dir}/seed-${s}`, task, strategy, peft, s, seeds[s]);
+    const m = await single(`${dir}/seed-${s}`, task, strategy, peft, s, seeds[s], extra, resolved);
     if (m) results[String(s)] = m;
   }
   if (Object.keys(results).length === list.length) {
@@ -378,8 +383,13 @@ async function tree(dir: string): Promise<Record<string, string>> {
 }
 
 /** A finished run with hand-written --analysis files: feature_change only with `change`. */
-async function analysedRun(dir: string, change: boolean): Promise<void> {
-  await single(dir, "rte", "ehft", "bitfit", 1, { accuracy: 0.8 });
+async function analysedRun(
+  dir: string,
+  change: boolean,
+  extra: Record<string, unknown> = {},
+  resolved: Record<string, unknown> = {},
+): Promise<void> {
+  await single(dir, "rte", "ehft", "bitfit", 1, { accuracy: 0.8 }, extra, resolved);
   await writeJson(`${dir}/analysis/analysis.json`, {
     version: 1,
     task: "rte",
@@ -630,6 +640,121 @@ Deno.test({
       const one = await Deno.readTextFile(`${dir}/one/report.md`);
       assert(one.includes("The figures compare the runs on rte with "), one);
       assert(one.includes(`EH-FT (BitFit) \`${rte}\``), one);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** A run's --model and what train.ts resolves it to (run.json's resolved.model.real_dir). */
+function modelRun(
+  model: string,
+  realDir: string,
+): [Record<string, unknown>, Record<string, unknown>] {
+  return [{ model }, { model: { dir: model, real_dir: realDir } }];
+}
+
+Deno.test("report: runs of one model folder under several --model spellings are one model", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-models-" });
+  try {
+    const tiny = "/models/tiny", other = "/models/other";
+    const runs = `${dir}/runs`;
+    // A relative path, an absolute one and a --seeds run (whose seed folders' run.json hold what
+    // they resolved) on one folder; another folder; a run.json older than real_dir.
+    await single(
+      `${runs}/a1`,
+      "rte",
+      "ft",
+      null,
+      1,
+      { accuracy: 0.6 },
+      ...modelRun("models/tiny", tiny),
+    );
+    await single(`${runs}/a2`, "rte", "ft", null, 2, { accuracy: 0.7 }, ...modelRun(tiny, tiny));
+    await multi(
+      `${runs}/a3`,
+      "rte",
+      "ft",
+      null,
+      { 3: { accuracy: 0.8 }, 4: { accuracy: 0.9 } },
+      ...modelRun("./models//tiny/", tiny),
+    );
+    await single(
+      `${runs}/b1`,
+      "rte",
+      "ft",
+      null,
+      1,
+      { accuracy: 0.4 },
+      ...modelRun("models/other", other),
+    );
+    await single(`${runs}/c1`, "rte", "ft", null, 1, { accuracy: 0.5 }, { model: "./old//" });
+    await single(`${runs}/c2`, "rte", "ft", null, 2, { accuracy: 0.3 }, { model: "old" });
+    const table = buildTable(await findRuns([runs]));
+    assertEquals(
+      table.rows.map((r) => [r.model, r.cells.rte.n, r.cells.rte.mean]),
+      [["./old//", 2, 0.4], ["models/other", 1, 0.4], [
+        "models/tiny",
+        4,
+        (0.6 + 0.7 + 0.8 + 0.9) / 4,
+      ]],
+    );
+    assertEquals(table.notes, [
+      `model models/tiny was also given as "${tiny}", "./models//tiny/": the same folder, ` +
+      `${tiny}, counted as one model`,
+      `model ./old// was also given as "old": the same path, counted as one model`,
+    ]);
+    // Two folders whose runs name them alike (a hub id at two commits): the folder after the name.
+    await single(
+      `${dir}/later/d1`,
+      "rte",
+      "ft",
+      null,
+      1,
+      { accuracy: 0.4 },
+      ...modelRun("models/tiny", "/elsewhere/tiny"),
+    );
+    const alike = await findRuns([`${runs}/a1`, `${dir}/later`]);
+    assertEquals([...modelNames(alike.runs).values()], [
+      `models/tiny (${tiny})`,
+      "models/tiny (/elsewhere/tiny)",
+    ]);
+    assertEquals(
+      ["./models//x/", "models/x", "/a/./b/", "./", "/", "a//b"].map(tidyPath),
+      ["models/x", "models/x", "/a/b", ".", "/", "a/b"],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "report: figures take one model under several spellings, and refuse two models",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-figure-models-" });
+    try {
+      const rel = `${dir}/runs/rel`, abs = `${dir}/runs/abs`, other = `${dir}/runs/other`;
+      await analysedRun(rel, true, ...modelRun("models/tiny", "/m/tiny"));
+      await analysedRun(abs, true, ...modelRun("/m/tiny", "/m/tiny"));
+      await analysedRun(other, true, ...modelRun("models/other", "/m/other"));
+      const lines: string[] = [];
+      await report(parseReportArgs([rel, abs, "--out", `${dir}/one`]), (l) => lines.push(l));
+      assert(!lines.some((l) => l.includes("no figures")), lines.join("\n"));
+      const one = await Deno.readTextFile(`${dir}/one/report.md`);
+      assert(one.includes("The figures compare the runs on rte with models/tiny, "), one);
+      assert((await Deno.stat(`${dir}/one/figures/training_loss.svg`)).isFile);
+
+      lines.length = 0;
+      await report(parseReportArgs([rel, abs, other, "--out", `${dir}/two`]), (l) => lines.push(l));
+      assert(
+        lines.includes(
+          "report: note: no figures: the runs with --analysis are on rte with models/tiny; rte " +
+            "with models/other (run report.ts on one task's runs of one model for its figures)",
+        ),
+        lines.join("\n"),
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

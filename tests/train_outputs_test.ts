@@ -65,6 +65,8 @@ test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it
   // --head gave the head: the stage did not start from a new one.
   assertEquals(run.resolved.stages[0].freshHead, false);
   assertEquals(run.resolved.adamw.beta2, 0.98);
+  // The model folder's real path: what report.ts tells models apart by, however it was spelled.
+  assertEquals(run.resolved.model.real_dir, await Deno.realPath(`${dir}/model`));
 
   const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
     JSON.parse(l)

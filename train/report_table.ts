@@ -17,6 +17,13 @@
 //   folders of a multi-seed run count once, through their parent; a seed folder named directly
 //   alongside its parent is dropped. Runs without metrics.json are unfinished: skipped (and
 //   listed), a multi-seed run too until all its seeds have finished.
+// - Model: runs are of one model when they trained on the same folder, not when their `--model`
+//   reads the same: run.json's `resolved.model.real_dir` (the model folder's real path; a hub id's
+//   is its snapshot folder, one per commit) decides, so `./models/x`, `models/x/` and
+//   `/abs/models/x`, or a hub id and its snapshot folder, are one model. A run.json older than
+//   real_dir falls back to `--model` with `./`, repeated and trailing slashes taken out. A model is
+//   named by its first run's `--model` (a note lists the other spellings; two models named alike
+//   get their folder after the name).
 
 import { readJsonFile } from "../model/atomic_write.ts";
 
@@ -65,7 +72,13 @@ export interface FoundRun {
   task: string;
   strategy: string;
   peft: string | null;
+  /** `--model` as this run was given it. */
   model: string;
+  /**
+   * What tells models apart (see the top of this file): `dir <real_dir>`, or for a run.json
+   * older than real_dir `name <--model, tidied>`.
+   */
+  modelKey: string;
   /** run.json's settings. */
   settings: Record<string, unknown>;
   seeds: SeedResult[];
@@ -106,6 +119,36 @@ function bestOf(path: string, metrics: unknown): Record<string, number | null> {
   return out;
 }
 
+/** `path` without `./` segments and repeated or trailing slashes: `./a//b/` reads `a/b`. */
+export function tidyPath(path: string): string {
+  const parts = path.split("/").filter((p, i) => p !== "." && (p !== "" || i === 0));
+  return parts.join("/") || (path.startsWith("/") ? "/" : ".");
+}
+
+/**
+ * FoundRun.modelKey of the run in `dir`: its run.json's real_dir, else (a --seeds run keeps what
+ * it resolved in its seed folders) the first seed folder's, else `--model` tidied.
+ */
+async function modelKeyOf(
+  dir: string,
+  run: Record<string, unknown>,
+  folders: readonly string[],
+  model: string,
+): Promise<string> {
+  const realDir = (r: unknown) => {
+    const resolved = isObject(r) && isObject(r.resolved) ? r.resolved : null;
+    const m = resolved && isObject(resolved.model) ? resolved.model : null;
+    return typeof m?.real_dir === "string" ? m.real_dir : null;
+  };
+  let real = realDir(run);
+  for (const f of folders) {
+    if (real !== null) break;
+    const seedRun = `${dir}/${f}/run.json`;
+    if (await statOrNull(seedRun)) real = realDir(await readJsonFile(seedRun));
+  }
+  return real !== null ? `dir ${real}` : `name ${tidyPath(model)}`;
+}
+
 /** The run in `dir` (which holds run.json), or why it is skipped. */
 async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   const run = await readJsonFile(`${dir}/run.json`);
@@ -119,22 +162,16 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   if (s.peft !== null && s.peft !== undefined && typeof s.peft !== "string") {
     throw new Error(`${dir}/run.json: settings.peft is not a string`);
   }
-  const base = {
-    path: dir,
-    task: s.task as string,
-    strategy: s.strategy as string,
-    peft: (s.peft as string | null | undefined) ?? null,
-    model: s.model as string,
-    settings: s,
-  };
   const multi = Array.isArray(run.seed_folders) ||
     (typeof s.seeds === "number" && s.seeds > 1);
+  const folders: string[] = !multi
+    ? []
+    : Array.isArray(run.seed_folders)
+    ? run.seed_folders.map(String)
+    : Array.from({ length: s.seeds as number }, (_, i) => `seed-${(s.seed as number) + i}`);
   const metricsPath = `${dir}/metrics.json`;
   if (!(await statOrNull(metricsPath))) {
     if (!multi) return { path: dir, reason: "unfinished (no metrics.json)" };
-    const folders = Array.isArray(run.seed_folders)
-      ? run.seed_folders.map(String)
-      : Array.from({ length: s.seeds as number }, (_, i) => `seed-${(s.seed as number) + i}`);
     let done = 0;
     for (const f of folders) if (await statOrNull(`${dir}/${f}/metrics.json`)) done++;
     return {
@@ -142,6 +179,15 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
       reason: `unfinished (no metrics.json; ${done} of ${folders.length} seeds finished)`,
     };
   }
+  const base = {
+    path: dir,
+    task: s.task as string,
+    strategy: s.strategy as string,
+    peft: (s.peft as string | null | undefined) ?? null,
+    model: s.model as string,
+    modelKey: await modelKeyOf(dir, run, folders, s.model as string),
+    settings: s,
+  };
   const metrics = await readJsonFile(metricsPath);
   if (!multi) {
     const seed = typeof s.seed === "number" ? s.seed : 0;
@@ -209,6 +255,39 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
   return { runs, skipped };
 }
 
+/**
+ * Each model's name, by FoundRun.modelKey: its first run's `--model`, with its folder after it
+ * when another model of `runs` would be named the same (a hub id at two commits, say).
+ */
+export function modelNames(runs: readonly FoundRun[]): Map<string, string> {
+  const first = new Map<string, string>();
+  for (const r of runs) if (!first.has(r.modelKey)) first.set(r.modelKey, r.model);
+  const named = new Map<string, number>();
+  for (const name of first.values()) named.set(name, (named.get(name) ?? 0) + 1);
+  return new Map(
+    [...first].map((
+      [key, name],
+    ) => [key, named.get(name)! > 1 ? `${name} (${key.slice(4)})` : name]),
+  );
+}
+
+/** One note per model that runs gave under several spellings. */
+function spellingNotes(runs: readonly FoundRun[], names: ReadonlyMap<string, string>): string[] {
+  const notes: string[] = [];
+  for (const [key, name] of names) {
+    const spellings = [...new Set(runs.filter((r) => r.modelKey === key).map((r) => r.model))];
+    if (spellings.length < 2) continue;
+    const same = key.startsWith("dir ") ? `the same folder, ${key.slice(4)}` : "the same path";
+    notes.push(
+      `model ${name} was also given as ${
+        spellings.slice(1).map((m) => JSON.stringify(m))
+          .join(", ")
+      }: ${same}, counted as one model`,
+    );
+  }
+  return notes;
+}
+
 function isMulti(run: FoundRun): boolean {
   return typeof run.settings.seeds === "number" && run.settings.seeds > 1;
 }
@@ -247,8 +326,8 @@ export interface ResultsTable {
   notes: string[];
 }
 
-function rowKey(r: { model: string; strategy: string; peft: string | null }): string {
-  return JSON.stringify([r.model, r.strategy, r.peft]);
+function rowKey(r: { modelKey: string; strategy: string; peft: string | null }): string {
+  return JSON.stringify([r.modelKey, r.strategy, r.peft]);
 }
 
 function orderIndex(order: readonly string[], x: string | null): number {
@@ -256,13 +335,18 @@ function orderIndex(order: readonly string[], x: string | null): number {
   return i < 0 ? (x === null ? -1 : order.length) : i;
 }
 
-const IGNORED_SETTINGS = new Set(["seed", "seeds", "out"]);
+// The model's spelling is noted once per model (spellingNotes): runs in one row are of one model.
+const IGNORED_SETTINGS = new Set(["seed", "seeds", "out", "model"]);
 
-function settingsDifference(a: Record<string, unknown>, b: Record<string, unknown>): string {
-  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
-    if (IGNORED_SETTINGS.has(k)) continue;
-    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) {
-      return `${k} ${JSON.stringify(a[k])} vs ${JSON.stringify(b[k])}`;
+function settingsDifference(a: FoundRun, b: FoundRun): string {
+  const ignored = new Set(IGNORED_SETTINGS);
+  // One real folder is one hub commit, whichever --revision named it ("main" or its hash).
+  if (a.modelKey.startsWith("dir ")) ignored.add("revision");
+  for (const k of new Set([...Object.keys(a.settings), ...Object.keys(b.settings)])) {
+    if (ignored.has(k)) continue;
+    const [x, y] = [a.settings[k], b.settings[k]];
+    if (JSON.stringify(x) !== JSON.stringify(y)) {
+      return `${k} ${JSON.stringify(x)} vs ${JSON.stringify(y)}`;
     }
   }
   return "";
@@ -270,7 +354,8 @@ function settingsDifference(a: Record<string, unknown>, b: Record<string, unknow
 
 /** Builds the table from finished runs (`skipped` is carried through for the outputs). */
 export function buildTable(found: FoundRuns): ResultsTable {
-  const notes: string[] = [];
+  const names = modelNames(found.runs);
+  const notes = spellingNotes(found.runs, names);
   const skipped = [...found.skipped];
   const byRow = new Map<string, { row: Row; runs: Map<string, FoundRun[]> }>();
   for (const run of found.runs) {
@@ -287,7 +372,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
           method: methodTitle(run.strategy, run.peft),
           strategy: run.strategy,
           peft: run.peft,
-          model: run.model,
+          model: names.get(run.modelKey)!,
           cells: {},
           average: null,
         },
@@ -306,7 +391,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
       if (!list) continue;
       const where = `${row.method} ${column.title}`;
       for (const other of list.slice(1)) {
-        const diff = settingsDifference(list[0].settings, other.settings);
+        const diff = settingsDifference(list[0], other);
         if (diff) {
           notes.push(
             `${where}: pools runs with different settings (${diff}): ${

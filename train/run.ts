@@ -550,6 +550,8 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       },
       model: {
         dir: model.dir,
+        // What report.ts tells models apart by, however --model was spelled.
+        real_dir: await Deno.realPath(model.dir),
         model_type: model.config.modelType,
         hidden_size: model.config.hiddenSize,
         layers: model.config.numLayers,
