@@ -22,7 +22,7 @@ import { initialEncoderValues, normalGenerator } from "../model/init.ts";
 import { parseConfig } from "../model/config.ts";
 import { openModel } from "../model/load.ts";
 import { convertWordPiece, parseVocabTxt, vocabLines } from "../model/tokenizer_convert.ts";
-import { checkOutFolder, writeFolder } from "./ship_model.ts";
+import { checkOutFolder, writeFolder } from "./folder_write.ts";
 
 const FLAGS = {
   out: { type: "string" },

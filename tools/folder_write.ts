@@ -1,0 +1,116 @@
+// Model folders written whole (tools/ship_model.ts, tools/random_model.ts): --out checked before
+// any work, then built as a temporary sibling, synced and renamed into place, so that a failure
+// leaves --out as it was and a replaced folder never mixes old and new files.
+
+import { dirname, resolve } from "node:path";
+import { syncFolder, syncFolderOf } from "../model/atomic_write.ts";
+
+function list(names: string[]): string {
+  return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+}
+
+/** The folder's entries sorted by name, or null when it does not exist; a file is refused. */
+async function folderEntries(out: string): Promise<Deno.DirEntry[] | null> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(out);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new Error(`--out ${out}: ${(e as Error).message}`);
+  }
+  if (!info.isDirectory) throw new Error(`--out ${out} is a file, not a folder`);
+  const entries: Deno.DirEntry[] = [];
+  for await (const e of Deno.readDir(out)) entries.push(e);
+  return entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/**
+ * Checks a model folder's --out before anything is read or written: a new or empty folder is
+ * fine; a non-empty one is refused unless `overwrite`, and even then when it holds anything but
+ * the tool's own `files` (regular files of those names), so that replacing it loses nothing else
+ * and no earlier file is left beside the new ones.
+ */
+export async function checkOutFolder(
+  out: string,
+  overwrite: boolean,
+  files: readonly string[],
+): Promise<void> {
+  const entries = await folderEntries(out);
+  if (entries === null || entries.length === 0) return;
+  const shown = (e: Deno.DirEntry) => e.name + (e.isDirectory ? "/" : "");
+  if (!overwrite) {
+    throw new Error(
+      `--out ${out} is not empty (it holds ${list(entries.map(shown))}): pass --overwrite to ` +
+        `replace the model in it, or choose a new folder`,
+    );
+  }
+  const foreign = entries.filter((e) => !(e.isFile && files.includes(e.name)));
+  if (foreign.length > 0) {
+    throw new Error(
+      `--out ${out} holds ${list(foreign.map(shown))}, which this tool does not write: ` +
+        `--overwrite replaces only a folder of ${files.join(", ")}; move ` +
+        `${foreign.length === 1 ? "it" : "them"} away or choose a new folder`,
+    );
+  }
+}
+
+/**
+ * Writes a folder whole: `fill` writes the files into a new temporary sibling of `out`
+ * (`<out>.tmp-XXXXXXXX`, on the same file system), which is synced and renamed to `out`; a
+ * non-empty `out` (see checkOutFolder) is first moved aside (`<out>.old-XXXXXXXX`) and removed
+ * only once the new one is in place. A failure before that leaves `out` as it was and removes the
+ * temporary folder.
+ */
+export async function writeFolder(
+  out: string,
+  fill: (dir: string) => Promise<void>,
+): Promise<void> {
+  const target = resolve(out);
+  const tag = () => crypto.randomUUID().slice(0, 8);
+  const tmp = `${target}.tmp-${tag()}`;
+  await Deno.mkdir(dirname(target), { recursive: true });
+  await Deno.mkdir(tmp);
+  const old = await folderEntries(out).catch(async (e) => {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  });
+  let aside: string | null = null;
+  let step = "";
+  try {
+    await fill(tmp);
+    step = "put the new folder in place";
+    for await (const e of Deno.readDir(tmp)) {
+      if (!e.isFile) continue;
+      const file = await Deno.open(`${tmp}/${e.name}`, { read: true });
+      try {
+        await file.sync();
+      } finally {
+        file.close();
+      }
+    }
+    await syncFolder(tmp);
+    // A missing or empty folder is replaced by one rename; a full one is moved aside first.
+    if (old !== null && old.length > 0) {
+      const moved = `${target}.old-${tag()}`;
+      await Deno.rename(target, moved);
+      aside = moved;
+    }
+    await Deno.rename(tmp, target);
+    await syncFolderOf(target);
+  } catch (e) {
+    let restored = true;
+    if (aside !== null) await Deno.rename(aside, target).catch(() => restored = false);
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    if (!step) throw e;
+    throw new Error(
+      `${out}: could not ${step} (${(e as Error).message}); ` +
+        (restored ? "it is as it was" : `the earlier folder is in ${aside}`),
+    );
+  }
+  // The new folder is in place: an earlier one that cannot be removed is only worth a line.
+  if (aside !== null) {
+    await Deno.remove(aside, { recursive: true }).catch((e) =>
+      console.error(`${out}: the earlier folder is left in ${aside}: ${(e as Error).message}`)
+    );
+  }
+}
