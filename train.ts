@@ -12,7 +12,7 @@ import {
   type TrainConfig,
 } from "./train/config.ts";
 import { tuneRequest } from "./kernels/matmul_autotune.ts";
-import { readConfig } from "./model/config.ts";
+import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
@@ -56,15 +56,21 @@ export async function trainFromArgs(
     (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
   );
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
-  if (task && start) {
-    for (const line of startLines(task, config, start.usingDefault, start.paper)) {
-      console.error(line);
-    }
-  }
-  if (recipe.lr !== undefined && !typed.has("lr")) {
+  if ((recipe.lr !== undefined && !typed.has("lr")) || (task && start)) {
+    // The model decides a recipe's learning rate (BERT's is another) and the longest input: the
+    // start lines say what the run will use, so they come after both are known.
     const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
     const model = await readConfig(`${dir}/config.json`);
-    config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
+    if (recipe.lr !== undefined && !typed.has("lr")) {
+      config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
+    }
+    if (task && start) {
+      const positions = maxSequenceLength(model) -
+        (config.peft === "prefix" ? config.prefixLength : 0);
+      for (const line of startLines(task, config, start.usingDefault, start.paper, positions)) {
+        console.error(line);
+      }
+    }
   }
   // A fault in the test split is found before the training, not after it.
   if (typed.has("predict-test")) await checkTestSplit(config, byName(config.task));

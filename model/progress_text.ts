@@ -20,3 +20,8 @@ export function progressAmount(bytes: number, total: number | undefined): string
       Math.floor(100 * bytes / Math.max(1, total))
     }%)`;
 }
+
+/** `n thing` or `n things`. */
+export function plural(n: number, thing: string): string {
+  return `${n} ${thing}${n === 1 ? "" : "s"}`;
+}

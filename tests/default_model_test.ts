@@ -113,18 +113,61 @@ Deno.test("miniRecipe keeps the paper's strategy and method, replaces the budget
 Deno.test("a task script prints its model, data, recipe and the paper's setting", () => {
   const { recipe } = taskScriptRecipe([], RTE_RECIPE, RTE_MINI_RECIPE);
   const { config } = parseTrainArgs([], recipe, () => "data/superglue/RTE");
-  const lines = startLines(TASKS.rte, config, true, RTE_RECIPE);
+  const lines = startLines(TASKS.rte, config, true, RTE_RECIPE, 128);
   assertEquals(lines.length, 4);
   assert(lines[0].startsWith(`rte: model models/${DEFAULT_MODEL_NAME} (`), lines[0]);
   assertEquals(lines[1], "rte: data data/superglue/RTE");
-  assert(lines[2].includes("ehft (bitfit), 3 epochs, lr 2e-4"), lines[2]);
+  assert(
+    lines[2].includes("ehft (bitfit), 3 epochs, lr 2e-4, batch 32, max length 128 → "),
+    lines[2],
+  );
   assert(
     lines[3].includes("deno task rte --model FacebookAI/roberta-large (ehft (bitfit), 60 epochs"),
     lines[3],
   );
   const paper = parseTrainArgs(["--model", "FacebookAI/roberta-large"], RTE_RECIPE, () => "d")
     .config;
-  const own = startLines(TASKS.rte, paper, false, RTE_RECIPE);
+  const own = startLines(TASKS.rte, paper, false, RTE_RECIPE, 512);
   assertEquals(own.length, 3, "no advice to run what is being run");
   assertEquals(own[0], "rte: model FacebookAI/roberta-large");
+});
+
+Deno.test({
+  name: "a task script's start lines say the learning rate and max length the model decides",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Another BERT than the shipped one takes the paper's recipe: lr 1e-5 becomes BERT's 3e-5
+    // and max length 512 the model's 128 positions, which the lines must say, not the recipe.
+    const dir = await Deno.makeTempDir({ prefix: "ehft-start-lines-" });
+    try {
+      const shipped = new URL(`../models/${DEFAULT_MODEL_NAME}/`, import.meta.url).pathname;
+      await Deno.mkdir(`${dir}/bert`);
+      for await (const e of Deno.readDir(shipped)) {
+        if (e.isFile) await Deno.copyFile(`${shipped}${e.name}`, `${dir}/bert/${e.name}`);
+      }
+      const root = new URL("../", import.meta.url).pathname;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "tasks/cb.ts", "--model", `${dir}/bert`, "--max-steps", "2"]
+          .concat(["--out", `${dir}/run`, "--no-autotune"]),
+        cwd: root,
+        env: { XDG_RUNTIME_DIR: "/tmp" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const lines = new TextDecoder().decode(out.stderr).split("\n");
+      assertEquals(out.code, 0, lines.join("\n"));
+      assertEquals(lines.slice(0, 3), [
+        `cb: model ${dir}/bert`,
+        "cb: data data/superglue/CB",
+        `cb: ehft (bitfit), 2 steps, lr 3e-5, batch 32, max length 128 (the model's limit) → ` +
+        `${dir}/run`,
+      ]);
+      const run = JSON.parse(await Deno.readTextFile(`${dir}/run/run.json`));
+      assertEquals([run.settings.lr, run.resolved.max_length], [3e-5, 128]);
+      assert(lines.includes("stage1: 1 step at lr 0.0005 (head, PEFT)"), lines.join("\n"));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -6,6 +6,7 @@
 
 import type { Recipe, TrainConfig } from "./config.ts";
 import type { Task } from "./task.ts";
+import { plural } from "../model/progress_text.ts";
 
 export const DEFAULT_MODEL_NAME = "ehft-mini-en";
 
@@ -82,7 +83,7 @@ export function taskScriptRecipe(
 
 /** What a run's budget reads as. */
 function budgetText(c: TrainConfig): string {
-  return c.maxSteps !== null ? `${c.maxSteps} steps` : `${c.epochs} epochs`;
+  return c.maxSteps !== null ? plural(c.maxSteps, "step") : plural(c.epochs!, "epoch");
 }
 
 /** A learning rate as people write it: 2e-4, 1e-5 (String gives 0.0002, 0.00001). */
@@ -95,12 +96,17 @@ function method(strategy: string, peft: string | null): string {
   return peft ? `${strategy} (${peft})` : strategy;
 }
 
-/** The lines a task script prints at its start: model, data, recipe, and the paper's setting. */
+/**
+ * The lines a task script prints at its start: model, data, recipe, and the paper's setting.
+ * `config` is the run's, with the learning rate as the model decides it (recipeLearningRate);
+ * `positions`, what the model takes (less prefix rows): the max length as the run will cut it.
+ */
 export function startLines(
   task: Task,
   config: TrainConfig,
   usingDefault: boolean,
   paper: Recipe,
+  positions: number,
 ): string[] {
   const model = usingDefault
     ? `models/${DEFAULT_MODEL_NAME} (the toolkit's own 2-layer English encoder, pretrained on a ` +
@@ -108,14 +114,15 @@ export function startLines(
       `README.md)`
     : config.model;
   const seeds = config.seeds > 1 ? `, ${config.seeds} seeds` : "";
+  const maxLength = config.maxLength === null || config.maxLength > positions
+    ? `${positions} (the model's limit)`
+    : String(config.maxLength);
   const lines = [
     `${task.name}: model ${model}`,
     `${task.name}: data ${config.data}`,
     `${task.name}: ${method(config.strategy, config.peft)}, ${budgetText(config)}, lr ` +
-    `${lrText(config.lr)}, batch ${config.batchSize}, max length ${
-      config.maxLength ?? "the model's"
-    }` +
-    `${seeds} → ${config.out}`,
+    `${lrText(config.lr)}, batch ${config.batchSize}, max length ${maxLength}${seeds} → ` +
+    config.out,
   ];
   if (!/roberta-large/i.test(config.model)) {
     const paperBudget = paper.maxSteps !== undefined

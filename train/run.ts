@@ -57,6 +57,7 @@ import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
+import { plural } from "../model/progress_text.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
 import { headFeatures, type Task, type TaskExample } from "./task.ts";
@@ -935,7 +936,9 @@ async function trainStages(
       l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
     } else {
       l.progress.line(
-        `${stage.name}: ${stage.steps} steps at lr ${stage.lr} (${describeTrains(stage)})`,
+        `${stage.name}: ${plural(stage.steps, "step")} at lr ${stage.lr} (${
+          describeTrains(stage)
+        })`,
       );
     }
     await l.options.onStageStart?.({ stage, index: s, trainer });
