@@ -153,8 +153,13 @@ Deno.test({
       assert(stderr.startsWith(`train: ${killed} already holds a run`), stderr);
       assert(!stderr.includes("\n"), stderr);
       assertEquals(await mtimes(killed), before);
-      // --resume with other settings is refused too.
-      await assertRejects(() => run(killed, "--resume", "--seed", "7"), Error, "other settings");
+      // --resume with other settings is refused too, naming the flag.
+      const seed = await assertRejects(() => run(killed, "--resume", "--seed", "7"), Error);
+      assert(/other settings \(--seed \d+ in run\.json, 7 now\)$/.test(seed.message), seed.message);
+      // The same model, data and folder under other spellings are the same settings.
+      const respelled = ["--model", `${dir}//model/`, "--data", `${dir}/./data`];
+      assertEquals(await run(`${killed}/`, "--resume", ...respelled), expected);
+      assertEquals(await mtimes(killed), before);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -204,7 +209,7 @@ Deno.test({
       await assertRejects(
         () => run(killed, "--resume", "--precision", "f32"),
         Error,
-        'precision: "f16" in run.json, "f32" now',
+        '--precision "f16" in run.json, "f32" now',
       );
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -167,17 +167,44 @@ function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-/** The first setting whose value differs, for an error message. */
-function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string {
+/** Settings that name a file or folder: one place however it is spelled. */
+const PATH_SETTINGS = new Set(["model", "data", "head", "out"]);
+
+/** Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). */
+async function samePlace(a: unknown, b: unknown): Promise<boolean> {
+  if (typeof a !== "string" || typeof b !== "string") return false;
+  try {
+    return await Deno.realPath(a) === await Deno.realPath(b);
+  } catch {
+    // Not both here (a hub id, a folder since removed): only the same spelling is the same.
+    return false;
+  }
+}
+
+/** A setting as its flag reads (`maxSteps` → `--max-steps`; `shuffle` is `--no-shuffle`'s). */
+function settingText(key: string, value: unknown): string {
+  if (key === "shuffle") return `--no-shuffle ${value === false ? "given" : "not given"}`;
+  const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
+}
+
+/** The first setting whose value differs, for an error message ("" when none does). */
+async function firstDifference(
+  a: Record<string, unknown>,
+  b: Record<string, unknown>,
+): Promise<string> {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
-    if (!sameJson(a[k], b[k])) {
-      return `${k}: ${JSON.stringify(a[k])} in run.json, ${JSON.stringify(b[k])} now`;
-    }
+    if (sameJson(a[k], b[k]) || (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k]))) continue;
+    return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
   }
   return "";
 }
 
-/** Checks that a folder's run.json was written with the same settings. */
+/**
+ * Checks that a folder's run.json was written with the same settings; a path given under another
+ * spelling of the same place (the shipped model by the path a task script fills in, or as typed)
+ * is the same setting.
+ */
 async function checkSameSettings(dir: string, settings: Record<string, unknown>): Promise<void> {
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
@@ -186,7 +213,7 @@ async function checkSameSettings(dir: string, settings: Record<string, unknown>)
     precision: "f32",
     ...(await readRunJson(path)).settings as Record<string, unknown>,
   };
-  const diff = firstDifference(previous, settings);
+  const diff = await firstDifference(previous, settings);
   if (diff) {
     throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
   }
