@@ -760,3 +760,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test("report: runs kept inside another run's folder are found; a --seeds run's seeds once", async () => {
+  // `train.ts --out runs/rte` and `deno task rte` (runs/rte/ehft-bitfit/) side by side.
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-nested-" });
+  try {
+    await single(`${dir}/runs/rte`, "rte", "ft", null, 1, { accuracy: 0.5 });
+    await single(`${dir}/runs/rte/ehft-bitfit`, "rte", "ehft", "bitfit", 1, { accuracy: 0.6 });
+    await multi(`${dir}/runs/rte/lora`, "rte", "ehft", "lora", {
+      1: { accuracy: 0.7 },
+      2: { accuracy: 0.9 },
+    });
+    // An unfinished --seeds run: skipped whole, its finished seed not counted on its own.
+    await multi(`${dir}/runs/rte/prefix`, "rte", "ehft", "prefix", {
+      1: { accuracy: 0.7 },
+      2: null,
+    });
+    const found = await findRuns([`${dir}/runs`]);
+    assertEquals(found.runs.map((r) => r.path).sort(), [
+      `${dir}/runs/rte`,
+      `${dir}/runs/rte/ehft-bitfit`,
+      `${dir}/runs/rte/lora`,
+    ]);
+    assertEquals(found.skipped, [{
+      path: `${dir}/runs/rte/prefix`,
+      reason: "unfinished (no metrics.json; 1 of 2 seeds finished)",
+    }]);
+    const table = buildTable(found);
+    assertEquals(table.rows.map((r) => [r.method, r.cells.rte.n]), [
+      ["FT", 1],
+      ["EH-FT (BitFit)", 1],
+      ["EH-FT (LoRA)", 2],
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -13,8 +13,9 @@
 // - Avg: the mean of the row's cell means over the tasks present; "(k/9)" after it when the row
 //   has k < 9 tasks. A missing cell is "–".
 // - Discovery: each path is a run folder, a multi-seed run folder, or a folder searched
-//   recursively for run folders (run.json). A run folder is not searched further, so the seed-<n>
-//   folders of a multi-seed run count once, through their parent; a seed folder named directly
+//   recursively for run folders (run.json), inside run folders too (`--out runs/rte` beside
+//   `deno task rte`'s runs/rte/ehft-bitfit/); the seed-<n> folders of a multi-seed run count
+//   once, through their parent, which is not searched into them; a seed folder named directly
 //   alongside its parent is dropped. Runs without metrics.json are unfinished: skipped (and
 //   listed), a multi-seed run too until all its seeds have finished.
 // - Model: runs are of one model when they trained on the same folder, not when their `--model`
@@ -149,6 +150,15 @@ async function modelKeyOf(
   return real !== null ? `dir ${real}` : `name ${tidyPath(model)}`;
 }
 
+/** A --seeds run's seed folders (names in `dir`, which holds its run.json); none for one seed. */
+async function seedFoldersOf(dir: string): Promise<string[]> {
+  const run = await readJsonFile(`${dir}/run.json`);
+  const s = isObject(run) && isObject(run.settings) ? run.settings : {};
+  if (isObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
+  if (typeof s.seeds !== "number" || s.seeds <= 1 || typeof s.seed !== "number") return [];
+  return Array.from({ length: s.seeds }, (_, i) => `seed-${(s.seed as number) + i}`);
+}
+
 /** The run in `dir` (which holds run.json), or why it is skipped. */
 async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   const run = await readJsonFile(`${dir}/run.json`);
@@ -164,11 +174,7 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   }
   const multi = Array.isArray(run.seed_folders) ||
     (typeof s.seeds === "number" && s.seeds > 1);
-  const folders: string[] = !multi
-    ? []
-    : Array.isArray(run.seed_folders)
-    ? run.seed_folders.map(String)
-    : Array.from({ length: s.seeds as number }, (_, i) => `seed-${(s.seed as number) + i}`);
+  const folders = multi ? await seedFoldersOf(dir) : [];
   const metricsPath = `${dir}/metrics.json`;
   if (!(await statOrNull(metricsPath))) {
     if (!multi) return { path: dir, reason: "unfinished (no metrics.json)" };
@@ -216,18 +222,20 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     const real = await Deno.realPath(dir);
     if (visited.has(real)) return;
     visited.add(real);
+    let seedFolders: string[] = [];
     if (await statOrNull(`${dir}/run.json`)) {
       const r = await readRun(dir);
       if ("reason" in r) skipped.push(r);
       else found.push({ real, run: r });
-      return;
-    }
-    if (await statOrNull(`${dir}/metrics.json`)) {
+      // Runs kept inside a run's folder (runs/rte/ beside runs/rte/ehft-bitfit/) are runs too;
+      // a --seeds run's own seed folders count through it alone.
+      seedFolders = await seedFoldersOf(dir);
+    } else if (await statOrNull(`${dir}/metrics.json`)) {
       skipped.push({ path: dir, reason: "metrics.json without run.json" });
     }
     const children: string[] = [];
     for await (const e of Deno.readDir(dir)) {
-      if (e.isDirectory || e.isSymlink) children.push(e.name);
+      if ((e.isDirectory || e.isSymlink) && !seedFolders.includes(e.name)) children.push(e.name);
     }
     children.sort();
     for (const name of children) {
