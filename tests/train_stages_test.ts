@@ -60,7 +60,10 @@ Deno.test("schedule: linear warmup then linear decay to 0, as Hugging Face's", (
   const none = { ...s, warmupRatio: 0, total: 4 };
   assertEquals([0, 1, 2, 3].map((d) => learningRate(none, d)), [1, 0.75, 0.5, 0.25]);
   const constant = { ...s, name: "constant" as const };
-  assertEquals([0, 50, 99].map((d) => learningRate(constant, d)), [1, 1, 1]);
+  // The same warmup, then the full rate (get_constant_schedule_with_warmup); none without one.
+  assertEquals([0, 5, 10, 50, 99].map((d) => learningRate(constant, d)), [0, 0.5, 1, 1, 1]);
+  const flat = { ...constant, warmupRatio: 0 };
+  assertEquals([0, 50, 99].map((d) => learningRate(flat, d)), [1, 1, 1]);
 });
 
 Deno.test("data order: a seeded shuffle per epoch, file order without shuffling", () => {

@@ -3,7 +3,9 @@
 //   lr · done / W                        while done < W (W = ⌊warmupRatio · total⌋)
 //   lr · max(0, (total − done) / (total − W))   afterwards,
 // so with a warmup the first update runs at lr 0 (it still moves Adam's moments), and the last
-// at lr / (total − W). `constant` keeps lr throughout. Every stage has its own schedule.
+// at lr / (total − W). `constant` warms up alike and then keeps lr, as
+// get_constant_schedule_with_warmup (`--warmup-ratio 0`: lr throughout). Every stage has its own
+// schedule.
 
 export type ScheduleName = "linear" | "constant";
 
@@ -15,20 +17,20 @@ export interface Schedule {
   lr: number;
   /** Updates of the stage. */
   total: number;
-  /** Warmup share of the updates (linear only). */
+  /** Warmup share of the updates. */
   warmupRatio: number;
 }
 
 /** Warmup updates of a schedule: ⌊warmupRatio · total⌋. */
 export function warmupSteps(s: Schedule): number {
-  return s.name === "constant" ? 0 : Math.floor(s.warmupRatio * s.total);
+  return Math.floor(s.warmupRatio * s.total);
 }
 
 /** The learning rate of the update that follows `done` updates of the stage. */
 export function learningRate(s: Schedule, done: number): number {
-  if (s.name === "constant") return s.lr;
   const w = warmupSteps(s);
   if (done < w) return (s.lr * done) / w;
+  if (s.name === "constant") return s.lr;
   return s.lr * Math.max(0, (s.total - done) / Math.max(1, s.total - w));
 }
 
