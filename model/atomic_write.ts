@@ -96,12 +96,12 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Whether `path` is a folder; null when nothing is there. */
+/** Whether `path` is a folder; null when nothing is there (a path through a file included). */
 export async function isDirectory(path: string): Promise<boolean | null> {
   try {
     return (await Deno.stat(path)).isDirectory;
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
     throw e;
   }
 }

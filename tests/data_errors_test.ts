@@ -666,6 +666,23 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
     );
     assert(!(await exists(out)), "the refused run wrote its folder");
 
+    // --out naming a file, or a path through one: the flag and the path, nothing written.
+    const data = `${dir}/rte`;
+    for (
+      const [bad, problem] of [[file, "is a file, not a folder: give a folder for the run"], [
+        `${file}/run`,
+        `${file} is a file, not a folder`,
+      ]]
+    ) {
+      const refused = await trainCli(
+        ["--task", "rte", "--model", `${dir}/model`, "--data", data, "--out", bad, "--epochs", "1"],
+      );
+      assertEquals([refused.code, refused.stderr], [
+        1,
+        `train: --out ${bad}${bad === file ? " " : ": "}${problem}`,
+      ]);
+    }
+
     const report = await dryRun(READERS.rte.task, { data: file });
     assertEquals(report.splits.train?.examples, 64);
     assertEquals(report.notes, [

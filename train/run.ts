@@ -14,7 +14,7 @@
 // standard deviation of each metric over the seeds.
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
-import { FlagError } from "./flags.ts";
+import { checkFoldersCanBeMade, FlagError } from "./flags.ts";
 import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./tune_shapes.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -251,6 +251,10 @@ export async function runTraining(
     );
   }
   const out = config.out;
+  if ((await isDirectory(out)) === false) {
+    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
+  }
+  await checkFoldersCanBeMade(out, "--out");
   const entries = await runEntries(out);
   let prepared: Prepared | null = null;
   if (entries.length > 0) {
