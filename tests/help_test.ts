@@ -89,7 +89,17 @@ Deno.test("help: each stated default is the parser's", () => {
 Deno.test("help: a task script's help states its recipes", () => {
   const help = taskHelp("cb", CB_RECIPE, CB_MINI_RECIPE);
   assert(help.includes(`--epochs ${CB_MINI_RECIPE.epochs} --lr ${CB_MINI_RECIPE.lr}`), help);
-  assert(help.includes(`--epochs ${CB_RECIPE.epochs} --lr ${CB_RECIPE.lr}`), help);
+  assert(
+    help.includes(`--epochs ${CB_RECIPE.epochs} --lr ${CB_RECIPE.lr} (0.00003 for a BERT)`),
+    help,
+  );
+  // The flags a recipe sets point to it, not to train.ts's defaults; the others keep theirs.
+  const flags = help.slice(help.indexOf("\n\n  --"));
+  for (const flag of ["strategy", "peft", "epochs", "lr", "batch-size", "max-length"]) {
+    assert(entry(flags, flag).includes("(default: the recipe above)"), entry(flags, flag));
+  }
+  assertEquals(stated(flags, "stage1-ratio"), stated(TRAIN_HELP, "stage1-ratio"));
+  assertEquals(stated(TRAIN_HELP, "epochs"), "10");
 });
 
 Deno.test("help: --help and -h print it and exit 0, running nothing", async () => {

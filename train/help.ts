@@ -7,7 +7,7 @@ import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
 import { TABLE_TASKS } from "./report_table.ts";
 import { SCHEDULE_NAMES } from "./schedule.ts";
 import { FULL_FINETUNE_LR, STAGE1_LR, STRATEGY_NAMES } from "./strategy.ts";
-import type { Recipe } from "./config.ts";
+import { BERT_LARGE_LR, type Recipe } from "./config.ts";
 
 const TASK_NAMES = TABLE_TASKS.map((t) => t.name).join(", ");
 
@@ -67,33 +67,62 @@ Stage 2 fine-tunes everything from the pretrained backbone and that head) or a b
 ${RUN_FLAGS}`;
 
 /** A recipe's settings, as flags (what a task script presets). */
-function recipeLine(r: Recipe): string {
+function recipeLine(r: Recipe, lrNote = ""): string {
   const parts: string[] = [];
   if (r.strategy) parts.push(`--strategy ${r.strategy}${r.peft ? ` --peft ${r.peft}` : ""}`);
   if (r.epochs !== undefined) parts.push(`--epochs ${r.epochs}`);
   if (r.maxSteps !== undefined) parts.push(`--max-steps ${r.maxSteps}`);
-  if (r.lr !== undefined) parts.push(`--lr ${r.lr}`);
+  if (r.lr !== undefined) parts.push(`--lr ${r.lr}${lrNote}`);
   if (r.batchSize !== undefined) parts.push(`--batch-size ${r.batchSize}`);
   if (r.maxLength !== undefined) parts.push(`--max-length ${r.maxLength}`);
   return parts.join(" ");
 }
 
+/** The flags recipeLine shows, by Recipe field. */
+const RECIPE_FLAGS: Partial<Record<keyof Recipe, string>> = {
+  strategy: "strategy",
+  peft: "peft",
+  epochs: "epochs",
+  maxSteps: "max-steps",
+  lr: "lr",
+  batchSize: "batch-size",
+  maxLength: "max-length",
+};
+
+/**
+ * RUN_FLAGS with the train.ts default of each flag a recipe sets replaced by a pointer to the
+ * recipes: a script's --epochs is its recipe's, not train.ts's 10.
+ */
+function flagsUnder(recipes: readonly Recipe[]): string {
+  const set = new Set(
+    Object.entries(RECIPE_FLAGS).filter(([k]) => recipes.some((r) => k in r)).map(([, f]) => f),
+  );
+  return RUN_FLAGS.split(/\n(?=  --)/).map((entry) => {
+    const flag = /^ {2}--([\w-]+)/.exec(entry)?.[1];
+    return flag && set.has(flag)
+      ? entry.replace(/\(default[^)]*\)/, "(default: the recipe above)")
+      : entry;
+  }).join("\n");
+}
+
 /** A task script's help: its presets, then the flags that override them. */
 export function taskHelp(task: string, paper: Recipe, mini?: Recipe): string {
   const title = TABLE_TASKS.find((t) => t.name === task)?.title ?? task;
+  // recipeLearningRate: the paper gives BERT-Large 3e-5 where RoBERTa-Large gets 1e-5.
+  const bert = paper.lr === 1e-5 ? ` (${BERT_LARGE_LR} for a BERT)` : "";
   const presets = mini
     ? `Without --model: the shipped model (models/ehft-mini-en) with
   ${recipeLine(mini)}
 With --model (the paper's setting: --model FacebookAI/roberta-large):
-  ${recipeLine(paper)}`
-    : `Its recipe (the paper's):\n  ${recipeLine(paper)}`;
+  ${recipeLine(paper, bert)}`
+    : `Its recipe (the paper's):\n  ${recipeLine(paper, bert)}`;
   return `usage: deno task ${task} [flags]
 
 Fine-tunes on ${title} (train.ts --task ${task}).
 ${presets}
 Every flag below overrides these.
 
-${RUN_FLAGS}`;
+${flagsUnder(mini ? [paper, mini] : [paper])}`;
 }
 
 export const PREDICT_HELP =
