@@ -1,9 +1,25 @@
-// tools/mini_evidence.ts: its table (finished cells, and an unfinished cell's finished seeds), and
-// --methods refusing a name it does not know.
+// tools/mini_evidence.ts: its table (finished cells, and an unfinished cell's finished seeds),
+// --methods refusing a name it does not know, --table-only on a folder without cells (one line),
+// --help and a mistyped flag.
 
 import { assert, assertEquals } from "./assert.ts";
 import { METHODS, selectMethods, writeTable } from "../tools/mini_evidence.ts";
 import { writeJson } from "./train_fixture.ts";
+
+const TOOL = new URL("../tools/mini_evidence.ts", import.meta.url).pathname;
+
+async function miniEvidence(
+  args: string[],
+): Promise<{ code: number; stderr: string; stdout: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TOOL, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
+}
 
 Deno.test("mini_evidence: the table has finished cells and an unfinished one's finished seeds", async () => {
   const out = await Deno.makeTempDir();
@@ -91,5 +107,85 @@ Deno.test("mini_evidence: --methods refuses an unknown name in one line, before 
     assertEquals(selectMethods(undefined), METHODS);
   } finally {
     await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("mini_evidence: --table-only needs a folder with cells: else one line, nothing written", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const needs = (out: string) =>
+      `--table-only remakes ${out}/table.md from the cell folders an earlier run left there ` +
+      `(such as ${out}/cb-ft/): give that run's --out, or drop --table-only to run them`;
+    // A folder that does not exist: said so (it was "table.md: write failed"), not made.
+    const missing = await miniEvidence(["--table-only", "--out", `${dir}/me`, "--tasks", "cb"]);
+    assertEquals(missing.code, 1);
+    assertEquals(
+      missing.stderr.trim(),
+      `mini_evidence: --out ${dir}/me does not exist; ${needs(`${dir}/me`)}`,
+    );
+    // An empty folder (or one without these cells): no table of nothing.
+    await Deno.mkdir(`${dir}/me`);
+    await Deno.mkdir(`${dir}/me/rte-ft`);
+    const empty = await miniEvidence([
+      "--table-only",
+      "--out",
+      `${dir}/me`,
+      "--tasks",
+      "cb",
+      "--methods",
+      "ft,lpft",
+    ]);
+    assertEquals(empty.code, 1);
+    assertEquals(
+      empty.stderr.trim(),
+      `mini_evidence: --out ${dir}/me holds no cell of --tasks cb and --methods ft,lpft; ` +
+        needs(`${dir}/me`),
+    );
+    assertEquals([...Deno.readDirSync(`${dir}/me`)].map((e) => e.name), ["rte-ft"]);
+    // A file.
+    await Deno.writeTextFile(`${dir}/file`, "");
+    const file = await miniEvidence(["--table-only", "--out", `${dir}/file`, "--tasks", "cb"]);
+    assertEquals(file.code, 1);
+    assert(file.stderr.includes(`--out ${dir}/file is a file, not a folder`), file.stderr);
+    assertEquals(file.stderr.trim().split("\n").length, 1, file.stderr);
+    // A folder with a cell: the table.
+    const run = { best: { accuracy: 0.6 }, final: { accuracy: 0.5 } };
+    await writeJson(`${dir}/me/cb-ft/metrics.json`, run);
+    const ok = await miniEvidence(["--table-only", "--out", `${dir}/me`, "--tasks", "cb"]);
+    assertEquals(ok.code, 0, ok.stderr);
+    const table = await Deno.readTextFile(`${dir}/me/table.md`);
+    assert(
+      table.includes("| CB | accuracy | FT | ehft-mini-en (pretrained) | 1 | 60.0 | 50.0 |"),
+      table,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("mini_evidence: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
+  const help = await miniEvidence(["--table-only", "--out", "/nonexistent", "--help"]);
+  assertEquals(help.code, 0, help.stderr);
+  const source = await Deno.readTextFile(TOOL);
+  const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
+    .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
+  assertEquals(help.stdout.trim(), header.trim());
+  const readme = await Deno.readTextFile(new URL("../tools/README.md", import.meta.url));
+  const usage = /## mini_evidence\.ts\n\n```sh\n([^`]*)```/.exec(readme);
+  assert(usage, "tools/README.md has no mini_evidence.ts usage block");
+  const oneLine = (block: string) => block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
+  assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+  assertEquals((await miniEvidence(["-h"])).stdout, help.stdout);
+
+  const typos: [string, string][] = [
+    ["--table-onyl", "--table-only"],
+    ["--task", "--tasks"],
+    ["--method", "--methods"],
+    ["--report", "--no-report"],
+  ];
+  for (const [flag, hint] of typos) {
+    const r = await miniEvidence([flag, "--out", "/nonexistent"]);
+    assertEquals(r.code, 1, flag);
+    assertEquals(r.stderr.trim(), `mini_evidence: unknown flag ${flag} (did you mean ${hint}?)`);
   }
 });

@@ -1,6 +1,7 @@
 // tools/random_model.ts: the vocabulary read as Hugging Face's load_vocab reads it (CRLF, blank
 // lines keep their ids), pad_token_id from [PAD], and --out: refused when not empty unless
-// --overwrite (then only a folder of its own files), a refused vocabulary leaving it as it was.
+// --overwrite (then only a folder of its own files), a refused vocabulary leaving it as it was;
+// --help and a mistyped flag.
 
 import { assert, assertEquals } from "./assert.ts";
 import { readTree, sameBytes } from "./train_fixture.ts";
@@ -10,14 +11,17 @@ import { vocabLines } from "../model/tokenizer_convert.ts";
 const TOOL = new URL("../tools/random_model.ts", import.meta.url).pathname;
 const SHAPE = ["--layers", "1", "--hidden", "8", "--heads", "2", "--intermediate", "16"];
 
-async function randomModel(args: string[]): Promise<{ code: number; stderr: string }> {
+async function randomModel(
+  args: string[],
+): Promise<{ code: number; stderr: string; stdout: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", TOOL, ...SHAPE, "--max-positions", "16", ...args],
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
@@ -105,6 +109,49 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
     assert(foreign.stderr.includes("holds tokenizer.json, which this tool does not write"));
     assert(sameBytes(await Deno.readFile(`${dir}/m/model.safetensors`), weights), "untouched");
     for await (const e of Deno.readDir(dir)) assert(!/\.(tmp|old)-/.test(e.name), e.name);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A usage block as one line: `\` line continuations joined, runs of spaces as one. */
+function oneLine(block: string): string {
+  return block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
+}
+
+test("random_model: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // --help wins over everything else: nothing is written.
+    const help = await randomModel(["--out", `${dir}/m`, "--help"]);
+    assertEquals(help.code, 0, help.stderr);
+    const source = await Deno.readTextFile(TOOL);
+    const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
+      .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
+    assertEquals(help.stdout.trim(), header.trim());
+    const readme = await Deno.readTextFile(new URL("../tools/README.md", import.meta.url));
+    const usage = /## random_model\.ts\n\n```sh\n([^`]*)```/.exec(readme);
+    assert(usage, "tools/README.md has no random_model.ts usage block");
+    assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+    assertEquals((await randomModel(["-h"])).stdout, help.stdout);
+    assertEquals([...Deno.readDirSync(dir)].length, 0);
+
+    const typos: [string, string][] = [
+      ["--layer", "--layers"],
+      ["--max_positions", "--max-positions"],
+      ["--sed", "--seed"],
+      ["--vocabs", "--vocab"],
+    ];
+    for (const [flag, hint] of typos) {
+      const r = await randomModel(["--out", `${dir}/m`, flag, "3"]);
+      assertEquals(r.code, 1, flag);
+      assertEquals(r.stderr.trim(), `random_model: unknown flag ${flag} (did you mean ${hint}?)`);
+    }
+    const missing = await randomModel(["--out", `${dir}/m`]);
+    assertEquals(missing.code, 1);
+    assert(missing.stderr.startsWith("random_model: --vocab is required"), missing.stderr);
+    assertEquals(missing.stderr.trim().split("\n").length, 1, missing.stderr);
+    assertEquals([...Deno.readDirSync(dir)].length, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,7 +1,9 @@
 // tools/ship_model.ts on made-up run folders (a tiny model and the records pretrain.ts writes):
 // the card's "Reproduce" command is the run's settings, --out is refused when not empty unless
 // --overwrite (and then only a folder of its own files), nothing is written when a check fails,
-// a run with no held-out set or no vocab.txt (--model) ships, and the one-line errors.
+// a run with no held-out set or no vocab.txt (--model) ships, and the one-line errors; --name is
+// --out's folder by default, only the card of the repository's default model (models/ehft-mini-en)
+// says the task scripts train it, and --help / a mistyped flag.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { exists, readTree, sameBytes, VOCAB, writeTinyBert } from "./train_fixture.ts";
@@ -9,7 +11,7 @@ import { convertWordPiece } from "../model/tokenizer_convert.ts";
 import { openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { FLAGS as PRETRAIN_FLAGS } from "../pretrain.ts";
-import { vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
+import { cardUse, modelPlace, vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const BERT_VOCAB = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
@@ -17,14 +19,20 @@ const BERT_VOCAB = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
 const test = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
 
-async function ship(args: string[]): Promise<{ code: number; stderr: string }> {
+/** tools/ship_model.ts of the repository at `root` (this one by default), run in `root`. */
+async function ship(
+  args: string[],
+  root = ROOT,
+): Promise<{ code: number; stderr: string; stdout: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}tools/ship_model.ts`, ...args],
+    args: ["run", "-A", `${root}tools/ship_model.ts`, ...args],
+    cwd: root,
     env: { XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
 }
 
 /** 101 tokens of bert-base-uncased's vocabulary in its order: a pruning of it. */
@@ -391,4 +399,148 @@ Deno.test("ship_model: vocab.txt from a WordPiece tokenizer.json, or a one-line 
     Error,
     'added token "[X]" (id 1) is not in',
   );
+});
+
+/** A usage block as one line: `\` line continuations joined, runs of spaces as one. */
+function oneLine(block: string): string {
+  return block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
+}
+
+test("ship_model: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
+  const help = await ship(["--help"]);
+  assertEquals(help.code, 0, help.stderr);
+  const source = await Deno.readTextFile(`${ROOT}tools/ship_model.ts`);
+  const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
+    .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
+  assertEquals(help.stdout.trim(), header.trim());
+  const readme = await Deno.readTextFile(`${ROOT}tools/README.md`);
+  const usage = /## ship_model\.ts\n\n```sh\n([^`]*)```/.exec(readme);
+  assert(usage, "tools/README.md has no ship_model.ts usage block");
+  assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+  // -h too, and nothing runs (no --run or --out needed).
+  assertEquals((await ship(["-h"])).stdout, help.stdout);
+
+  const typos: [string, string | undefined][] = [
+    ["--nmae", "--name"],
+    ["--layer", undefined],
+    ["--overwite", "--overwrite"],
+  ];
+  for (const [flag, hint] of typos) {
+    const r = await ship(["--run", "r", "--out", "o", flag, "x"]);
+    assertEquals(r.code, 1);
+    assertEquals(
+      r.stderr.trim(),
+      `ship_model: unknown flag ${flag}${hint ? ` (did you mean ${hint}?)` : ""}`,
+    );
+  }
+});
+
+test("ship_model: --name is --out's folder by default; another folder's card says to use --model", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeRun(`${dir}/run`);
+    const r = await ship(["--run", `${dir}/run`, "--out", `${dir}/test-mini/`]);
+    assertEquals(r.code, 0, r.stderr);
+    const card = await Deno.readTextFile(`${dir}/test-mini/README.md`);
+    assert(card.startsWith("# test-mini\n"), card.split("\n")[0]);
+    // Not the default model: no claim that the task scripts train it, but how to name it.
+    assert(!card.includes("ehft-mini-en\n\n"), card);
+    assert(!/with no\s+`--model` fine-tunes it/.test(card), card);
+    assert(!card.includes('section "The shipped model"'), card);
+    assert(
+      card.includes("Fine-tune it by naming its folder: `deno task rte --model models/test-mini`"),
+    );
+    assert(
+      card.includes("`deno task rte --model models/test-mini --lr 2e-4 --max-length 33"),
+      card,
+    );
+    assert(
+      card.includes("\ndeno run -A tools/ship_model.ts --run RUN_DIR --out models/test-mini\n```"),
+      card,
+    );
+
+    // --name titles the card; the command that ships it again gives it.
+    const named = await ship(["--run", `${dir}/run`, "--out", `${dir}/o2`, "--name", "my mini"]);
+    assertEquals(named.code, 0, named.stderr);
+    const card2 = await Deno.readTextFile(`${dir}/o2/README.md`);
+    assert(card2.startsWith("# my mini\n"), card2.split("\n")[0]);
+    assert(card2.includes("--out models/o2 --name 'my mini'\n```"), card2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ship_model: the repository's default model is models/ehft-mini-en, wherever --out says it", () => {
+  const place = modelPlace(`${ROOT}models/ehft-mini-en/`);
+  assertEquals(place, { isDefault: true, path: "models/ehft-mini-en", folder: "ehft-mini-en" });
+  assertEquals(modelPlace(`${ROOT}models/../models/ehft-mini-en`), place);
+  assertEquals(modelPlace(`${ROOT}runs/p/model`), {
+    isDefault: false,
+    path: "runs/p/model",
+    folder: "model",
+  });
+  const elsewhere = modelPlace("/nonexistent/ehft-mini-en");
+  assertEquals(elsewhere, {
+    isDefault: false,
+    path: "models/ehft-mini-en",
+    folder: "ehft-mini-en",
+  });
+  assert(!cardUse(elsewhere, 128).use.includes("with no"));
+  assert(cardUse(place, 128).use.includes("with no\n`--model` fine-tunes it"));
+});
+
+test("ship_model: only the default folder's card says the task scripts train it (as the shipped card does)", async () => {
+  // A copy of the repository whose tools/ are this one's: its models/ehft-mini-en is new.
+  const dir = await Deno.makeTempDir();
+  try {
+    const root = `${dir}/repo/`;
+    await Deno.mkdir(`${root}tools`, { recursive: true });
+    await Deno.mkdir(`${root}models`);
+    for await (const e of Deno.readDir(ROOT)) {
+      if (e.name.startsWith(".") || ["tools", "models", "runs"].includes(e.name)) continue;
+      await Deno.symlink(`${ROOT}${e.name}`, `${root}${e.name}`);
+    }
+    for await (const e of Deno.readDir(`${ROOT}tools`)) {
+      if (e.name.endsWith(".ts")) {
+        await Deno.copyFile(`${ROOT}tools/${e.name}`, `${root}tools/${e.name}`);
+      }
+    }
+    // The default model's shape (the card explains it), on the tiny model's files.
+    const shape = {
+      layers: 2,
+      hidden: 128,
+      heads: 2,
+      intermediate: 512,
+      vocab: 101,
+      max_positions: 128,
+    };
+    await writeRun(`${dir}/run`, { recorded: { shape } });
+    for (const name of ["ehft-mini-en", "other"]) {
+      const r = await ship(["--run", `${dir}/run`, "--out", `models/${name}`], root);
+      assertEquals(r.code, 0, r.stderr);
+    }
+    const card = await Deno.readTextFile(`${root}models/ehft-mini-en/README.md`);
+    const other = await Deno.readTextFile(`${root}models/other/README.md`);
+    const { use, fineTuning } = cardUse({ isDefault: true, path: "models/ehft-mini-en" }, 128);
+    const shapeNote = "The issue that asked for it suggested 4 layers, hidden 256";
+    assert(card.startsWith("# ehft-mini-en\n"), card);
+    assert(card.includes(`(\`pretrain.ts\`)${use}It is **not**`), card);
+    assert(card.includes(`## Fine-tuning it\n\n${fineTuning}\n`), card);
+    assert(card.includes(shapeNote), card);
+    assert(card.includes("--run RUN_DIR --out models/ehft-mini-en\n```"), card);
+    // The shipped card says the same, word for word.
+    const shipped = await Deno.readTextFile(`${ROOT}models/ehft-mini-en/README.md`);
+    assert(shipped.includes(`(\`pretrain.ts\`)${use}It is **not**`), "the shipped card's intro");
+    assert(shipped.includes(`## Fine-tuning it\n\n${fineTuning}\n`), "its Fine-tuning it");
+    assert(shipped.includes(shapeNote), "its shape note");
+    // Any other folder's card says none of it.
+    assert(other.startsWith("# other\n"), other);
+    assert(
+      !other.includes(use) && !other.includes(fineTuning) && !other.includes(shapeNote),
+      other,
+    );
+    assert(other.includes("`deno task rte --model models/other`"), other);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

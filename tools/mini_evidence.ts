@@ -3,7 +3,7 @@
 // fine-tuning, and FT against EH-FT (BitFit, LoRA) and LP-FT with the pretrained one, 4 seeds each,
 // every run on the task's mini recipe (tasks/<task>.ts, *_MINI_RECIPE), then report.ts's table.
 //
-//   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence]
+//   deno run -A tools/mini_evidence.ts [--tasks cb,rte] [--seeds 4] [--out runs/mini-evidence] \
 //     [--methods ft,lpft,...] [--jobs 1] [--deadline SECONDS] [--no-report] [--table-only]
 //
 // Runs the cells (task × method, every seed in one process) `--jobs` at a time (each with its own
@@ -11,21 +11,23 @@
 // at `--deadline`; a finished cell (metrics.json) is skipped and an unfinished one resumed from its
 // last checkpoint, so the command can be repeated until everything is done. The random model is
 // made first with tools/random_model.ts (seed 0) from the shipped model's config and vocabulary.
-// At the end (or alone with --table-only) it writes <out>/table.md: README's table of the
-// finished cells (and of an unfinished one's finished seeds, its seeds column "2 of 4"), the
-// task's main dev metric (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's Pearson r) × 100
-// (best over the run and final, mean ± population std over seeds) and the minutes each seed took
-// (from its folder's run.json to its metrics.json: a seed resumed later counts the pause too).
+// At the end (or alone with --table-only, from the cells an earlier run left in --out: a folder
+// holding none is refused) it writes <out>/table.md: README's table of the finished cells (and of
+// an unfinished one's finished seeds, its seeds column "2 of 4"), the task's main dev metric
+// (report.ts's: accuracy, MRPC's F1, CoLA's MCC, STS-B's Pearson r) × 100 (best over the run and
+// final, mean ± population std over seeds) and the minutes each seed took (from its folder's
+// run.json to its metrics.json: a seed resumed later counts the pause too).
 // `--no-report` leaves report.ts out (it draws with vega, which the offline GPU machine does not
 // get: tools/mini_evidence_gpu.sh).
 
-import { parseArgs } from "node:util";
 import { exists, writeFileAtomic } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
 import { TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
+import { parseFlags } from "../train/flags.ts";
+import { runTool } from "./cli.ts";
 
 export const METHODS: { name: string; label: string; flags: string[]; random?: boolean }[] = [
   { name: "ft", label: "FT", flags: ["--strategy", "ft"] },
@@ -223,21 +225,47 @@ function recipeFlags(r: Recipe): string[] {
   return flags;
 }
 
-async function main(): Promise<void> {
-  const { values: f } = parseArgs({
-    args: Deno.args,
-    options: {
-      tasks: { type: "string", default: "cb,rte" },
-      seeds: { type: "string", default: "4" },
-      out: { type: "string", default: "runs/mini-evidence" },
-      methods: { type: "string" },
-      "table-only": { type: "boolean" },
-      jobs: { type: "string", default: "1" },
-      "no-report": { type: "boolean" },
-      deadline: { type: "string" },
-    },
-    strict: true,
-  });
+/**
+ * What --table-only needs: `out` a folder holding at least one of the cells' folders
+ * (<out>/<task>-<method>) that an earlier run made; otherwise a one-line error saying so.
+ */
+export async function checkEvidenceFolder(
+  out: string,
+  tasks: string[],
+  methods: typeof METHODS,
+): Promise<void> {
+  const cells = tasks.flatMap((t) => methods.map((m) => `${t}-${m.name}`));
+  const needs = `--table-only remakes ${out}/table.md from the cell folders an earlier run left ` +
+    `there (such as ${out}/${cells[0]}/): give that run's --out, or drop --table-only to run them`;
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(out);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`--out ${out} does not exist; ${needs}`);
+    throw new Error(`--out ${out}: ${(e as Error).message}`);
+  }
+  if (!info.isDirectory) throw new Error(`--out ${out} is a file, not a folder; ${needs}`);
+  for (const cell of cells) if (await exists(`${out}/${cell}`)) return;
+  throw new Error(
+    `--out ${out} holds no cell of --tasks ${tasks.join(",")} and --methods ${
+      methods.map((m) => m.name).join(",")
+    }; ${needs}`,
+  );
+}
+
+export const FLAGS = {
+  tasks: { type: "string", default: "cb,rte" },
+  seeds: { type: "string", default: "4" },
+  out: { type: "string", default: "runs/mini-evidence" },
+  methods: { type: "string" },
+  "table-only": { type: "boolean" },
+  jobs: { type: "string", default: "1" },
+  "no-report": { type: "boolean" },
+  deadline: { type: "string" },
+} as const;
+
+async function main(args: string[]): Promise<void> {
+  const f = parseFlags(FLAGS, args);
   // The flags first: a mistyped name is refused before anything runs or a table is written.
   const methods = selectMethods(f.methods);
   const tasks = f.tasks!.split(",");
@@ -256,7 +284,10 @@ async function main(): Promise<void> {
     throw new Error("the shipped model (models/ehft-mini-en) is missing");
   }
   const out = f.out!;
-  if (f["table-only"]) return await writeTable(out, tasks, methods);
+  if (f["table-only"]) {
+    await checkEvidenceFolder(out, tasks, methods);
+    return await writeTable(out, tasks, methods);
+  }
   const random = `${out}/random-mini`;
   if (!(await exists(`${random}/model.safetensors`))) {
     const config = JSON.parse(await Deno.readTextFile(`${model}/config.json`));
@@ -350,11 +381,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    console.error(`mini_evidence: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runTool("mini_evidence", import.meta.url, main);

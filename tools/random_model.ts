@@ -2,7 +2,7 @@
 // (config.json, vocab.txt, model.safetensors): what the runs without downloadable weights train,
 // and the "randomly initialised" baseline of a pretrained model of the same shape.
 //
-//   deno run -A tools/random_model.ts --out DIR --vocab VOCAB.txt [--layers 2 --hidden 128
+//   deno run -A tools/random_model.ts --out DIR --vocab VOCAB.txt [--layers 2 --hidden 128 \
 //     --heads 2 --intermediate 512 --max-positions 512 --seed 0] [--overwrite]
 //
 // Initialisation as BertPreTrainedModel._init_weights: weights N(0, 0.02) (Box-Muller over a
@@ -14,15 +14,16 @@
 // and pad_token_id the id of [PAD] (a vocabulary without one is refused). vocab.txt is written
 // with the same lines, "\n"-separated. --out must be new or empty; --overwrite replaces a folder
 // holding only these three files. The folder is built as a temporary sibling, loaded back, and
-// renamed into place (tools/ship_model.ts's writeFolder): a failure leaves --out as it was.
+// renamed into place (tools/folder_write.ts's writeFolder): a failure leaves --out as it was.
 
-import { parseArgs } from "node:util";
 import { writeSafetensors } from "../model/safetensors.ts";
 import { initialEncoderValues, normalGenerator } from "../model/init.ts";
 import { parseConfig } from "../model/config.ts";
 import { openModel } from "../model/load.ts";
 import { convertWordPiece, parseVocabTxt, vocabLines } from "../model/tokenizer_convert.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
+import { runTool } from "./cli.ts";
+import { parseFlags } from "../train/flags.ts";
 
 const FLAGS = {
   out: { type: "string" },
@@ -52,10 +53,13 @@ function positive(name: string, v: string): number {
   return Number(v);
 }
 
-async function main(): Promise<void> {
-  const { values: f } = parseArgs({ args: Deno.args, options: FLAGS, strict: true });
-  if (!f.out) throw new Error("--out is required");
-  if (!f.vocab) throw new Error("--vocab is required (a WordPiece vocab.txt)");
+const USAGE = "usage: deno run -A tools/random_model.ts --out DIR --vocab VOCAB.txt [flags]; " +
+  "--help lists them";
+
+async function main(args: string[]): Promise<void> {
+  const f = parseFlags(FLAGS, args);
+  if (!f.out) throw new Error(`--out is required (${USAGE})`);
+  if (!f.vocab) throw new Error(`--vocab is required (a WordPiece vocab.txt; ${USAGE})`);
   const n = (k: Exclude<keyof typeof FLAGS, "overwrite">) => positive(k, f[k] as string);
   const hidden = n("hidden"), heads = n("heads");
   if (hidden % heads !== 0) {
@@ -112,11 +116,4 @@ async function main(): Promise<void> {
   console.error(`random_model: wrote ${f.out} (${Object.keys(tensors).length} tensors)`);
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    console.error(`random_model: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runTool("random_model", import.meta.url, main);

