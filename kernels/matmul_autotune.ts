@@ -646,8 +646,13 @@ export function describeTune(gpu: Gpu, r: TuneResult): string {
     : r.fromFile.length > 0
     ? `${classes(r.fromFile.length)} from ${r.cacheFile}`
     : "as tuned earlier in this process";
-  const choices = Object.entries(r.table).sort().map(([c, v]) => `${c}=${v}`).join(" ");
-  return `matmul autotune: ${gpu.description}: ${where}; choices ${choices}`;
+  // This run's classes: the table also holds what earlier runs of other shapes installed.
+  const own = new Set([...r.tuned.map((t) => t.class), ...r.fromFile, ...r.fromMemory]);
+  const entries = Object.entries(r.table).sort();
+  const choices = entries.filter(([c]) => own.has(c)).map(([c, v]) => `${c}=${v}`).join(" ");
+  const others = entries.length - entries.filter(([c]) => own.has(c)).length;
+  return `matmul autotune: ${gpu.description}: ${where}; choices ${choices}` +
+    (others > 0 ? ` (and ${others} for other shapes)` : "");
 }
 
 /**

@@ -10,6 +10,7 @@ import {
   autotuneForProgram,
   defaultCandidates,
   defaultMatmulCacheFile,
+  describeTune,
   linearTuneShapes,
   MATMUL_KERNELS_VERSION,
   matmulShapeClass,
@@ -480,3 +481,22 @@ gpuTest(
     });
   },
 );
+
+Deno.test("autotune: the summary line lists this run's classes, and counts the others", () => {
+  // The table holds every choice installed for the device, earlier runs' other shapes included.
+  const gpu = { description: "llvmpipe" } as Gpu;
+  const line = describeTune(gpu, {
+    table: { "NN:ll": "vec4_8x16", "NN:mm": "vec4_16x8", "NT:ll": "vec4_8x8", "TN:mm": "vec4_8x8" },
+    tuned: [],
+    fromFile: ["NN:mm", "NN:ll"],
+    fromMemory: [],
+    seconds: 0,
+    cacheFile: "/c/tune.json",
+    saved: false,
+  });
+  assertEquals(
+    line,
+    "matmul autotune: llvmpipe: 2 shape classes from /c/tune.json; choices NN:ll=vec4_8x16 " +
+      "NN:mm=vec4_16x8 (and 2 for other shapes)",
+  );
+});
