@@ -223,3 +223,45 @@ test("train: regression (MSE) reports correlations", async () => {
   assertEquals(Object.keys(metrics.final), ["pearson", "spearman"]);
   assert(metrics.final.pearson! > 0.5, JSON.stringify(metrics));
 });
+
+test("train: a run folder another process holds is refused, and left as it was", async () => {
+  // A double launch, or a --resume / --overwrite while the run goes on: the folder is locked
+  // (an advisory lock on the folder itself, dropped when the process ends).
+  const { dir, args } = await prepare();
+  const out = `${dir}/locked`;
+  const run = (...more: string[]) => {
+    const { config } = parseTrainArgs([
+      ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--max-steps", "2"],
+      ...more,
+    ]);
+    return runTraining(config, { task: rte, quiet: true });
+  };
+  const first = await run();
+  const files = async () => {
+    const names: string[] = [];
+    for await (const e of Deno.readDir(out)) names.push(e.name);
+    return names.sort();
+  };
+  const before = await files();
+  const runJson = await Deno.readTextFile(`${out}/run.json`);
+  const other = await Deno.open(out, { read: true });
+  try {
+    assert(await other.tryLock(true), "the test could not lock the folder");
+    for (const more of [["--resume"], ["--overwrite"], []]) {
+      let message = "";
+      await run(...more).catch((e) => message = e.message);
+      assertEquals(
+        message,
+        `--out ${out} is in use: another train.ts is running in it (wait for it to end, or ` +
+          `choose another --out)`,
+        more.join(" "),
+      );
+    }
+    assertEquals(await files(), before);
+    assertEquals(await Deno.readTextFile(`${out}/run.json`), runJson);
+  } finally {
+    other.close();
+  }
+  // Released: the run is the same as ever.
+  assertEquals(await run("--resume"), first);
+});

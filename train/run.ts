@@ -255,6 +255,27 @@ export async function runTraining(
     throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
   }
   await checkFoldersCanBeMade(out, "--out");
+  const held: { lock: Deno.FsFile | null } = { lock: null };
+  try {
+    return await trainInFolder(config, options, held);
+  } finally {
+    held.lock?.close();
+  }
+}
+
+/**
+ * runTraining once its flags are checked: the run in `config.out`, the folder locked for the
+ * process (`held.lock`, closed by the caller) before anything in it is read to decide, or removed.
+ */
+async function trainInFolder(
+  config: TrainConfig,
+  options: RunOptions,
+  held: { lock: Deno.FsFile | null },
+): Promise<RunMetrics | SeedsMetrics> {
+  const out = config.out;
+  // A second train.ts on this folder (a double launch, a --resume or --overwrite while the run
+  // goes on) would interleave checkpoints and results, or remove them under the first.
+  if (await isDirectory(out)) held.lock = await lockRunFolder(out);
   const entries = await runEntries(out);
   let prepared: Prepared | null = null;
   if (entries.length > 0) {
@@ -289,6 +310,7 @@ export async function runTraining(
     }
   }
   await Deno.mkdir(out, { recursive: true });
+  held.lock ??= await lockRunFolder(out);
   const settings = runSettings(config);
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
@@ -325,6 +347,36 @@ export async function runTraining(
   const summary = summarizeSeeds(results);
   await writeJsonAtomic(`${out}/metrics.json`, summary);
   return summary;
+}
+
+/**
+ * Locks the run folder `dir` for this process (an advisory lock on the folder itself: nothing is
+ * written into it, and the system drops it when the process ends, killed or not); an error when
+ * another process holds it. Null where folders cannot be locked (Windows): the run goes on
+ * unguarded, as before.
+ */
+async function lockRunFolder(dir: string): Promise<Deno.FsFile | null> {
+  let folder: Deno.FsFile;
+  try {
+    folder = await Deno.open(dir, { read: true });
+  } catch {
+    return null;
+  }
+  let locked: boolean;
+  try {
+    locked = await folder.tryLock(true);
+  } catch {
+    folder.close();
+    return null;
+  }
+  if (!locked) {
+    folder.close();
+    throw new FlagError(
+      `--out ${dir} is in use: another train.ts is running in it (wait for it to end, or ` +
+        `choose another --out)`,
+    );
+  }
+  return folder;
 }
 
 /**
