@@ -97,7 +97,7 @@ function flagsUnder(recipes: readonly Recipe[]): string {
   const set = new Set(
     Object.entries(RECIPE_FLAGS).filter(([k]) => recipes.some((r) => k in r)).map(([, f]) => f),
   );
-  return RUN_FLAGS.split(/\n(?=  --)/).map((entry) => {
+  return RUN_FLAGS.split(/\n(?= {2}--)/).map((entry) => {
     const flag = /^ {2}--([\w-]+)/.exec(entry)?.[1];
     return flag && set.has(flag)
       ? entry.replace(/\(default[^)]*\)/, "(default: the recipe above)")
