@@ -138,6 +138,16 @@ function taskTextTasks(taskText: string) {
   });
 }
 
+/**
+ * A folder's entries for a message, sorted by name, folders with a "/": the first six, then "…"
+ * (as tools/folder_write.ts lists a model folder's --out).
+ */
+function heldNames(entries: readonly Deno.DirEntry[]): string {
+  const names = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .map((e) => e.name + (e.isDirectory ? "/" : ""));
+  return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+}
+
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
 const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
 
@@ -222,7 +232,12 @@ async function readCorpus(
     if (used.length > 0) sources.push(`training splits of ${used.join(", ")} (text only)`);
   }
   if (docs.length + taskDocs.length === 0) {
-    throw new FlagError("--corpus none and --task-text none: nothing to pretrain on");
+    throw new FlagError(
+      tasks.length === 0
+        ? "--corpus none and --task-text none: nothing to pretrain on"
+        : `--corpus none, and --task-text ${tasks.map((t) => t.name).join(",")} gave no text: ` +
+          `nothing to pretrain on`,
+    );
   }
   return { docs, taskDocs, sources };
 }
@@ -287,18 +302,15 @@ async function main(args: string[]): Promise<void> {
     savedSettings = await Deno.readTextFile(settingsPath).catch(() => null);
     if (savedSettings === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
   } else {
-    let held: string | null = null;
+    const held: Deno.DirEntry[] = [];
     try {
-      for await (const e of Deno.readDir(out)) {
-        held = e.name;
-        break;
-      }
+      for await (const e of Deno.readDir(out)) held.push(e);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    if (held !== null) {
+    if (held.length > 0) {
       throw new FlagError(
-        `--out ${out} is not empty (it holds ${held}); choose a new folder or --resume`,
+        `--out ${out} is not empty (it holds ${heldNames(held)}); choose a new folder or --resume`,
       );
     }
   }

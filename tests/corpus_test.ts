@@ -4,6 +4,7 @@
 // shipped data (train split only), and the held-out split's independence of document order.
 
 import { relative } from "node:path";
+import { zipSync } from "npm:fflate@0.8.3";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
   BROWN_CATEGORIES,
@@ -18,6 +19,8 @@ import {
   taskTrainDocuments,
   untar,
 } from "../train/corpus.ts";
+import { type DatasetSpec, ensureDataset } from "../train/data_download.ts";
+import { boolq } from "../tasks/boolq.ts";
 import { cb } from "../tasks/cb.ts";
 import { rte } from "../tasks/rte.ts";
 import type { Task } from "../train/task.ts";
@@ -347,6 +350,58 @@ Deno.test("taskTrainDocuments: a data folder without its train file is skipped",
     assertEquals(documents, []);
     assertEquals(skipped, ["cb"]);
     assert(skipReasons.cb.includes("train split"), skipReasons.cb);
+  });
+});
+
+Deno.test("taskTrainDocuments: a download not in the cache says how to add it, not --data", async () => {
+  await tempDir(async (dir) => {
+    const cache = `${dir}/cache`;
+    const url = "https://data.example/glue/Toy.zip";
+    const rows = ['{"idx": 0, "passage": "Cats purr.", "question": "do cats purr", "label": true}'];
+    const spec: DatasetSpec = { name: "Toy", url, files: [{ path: "Toy/train.jsonl", rows: 1 }] };
+    // A download task whose data cache is `cache` (BoolQ's reader), in an environment of its own.
+    const toy = (env: Record<string, string> = {}): Task => ({
+      ...boolq,
+      name: "toy",
+      resolveData: (options) =>
+        ensureDataset(spec, {
+          ...options,
+          env: { EHFT_DATA_CACHE: cache, ...env },
+          fetch: () => Promise.reject(new Error("pretraining must not download")),
+        }),
+    });
+    const missing = await taskTrainDocuments([cb, toy()], ROOT);
+    assertEquals(missing.skipped, ["toy"]);
+    assertEquals(
+      missing.skipReasons.toy,
+      `Toy is not in the data cache ${cache}, and pretraining only reads task data from there, ` +
+        "never downloading it: to include it, run `deno task toy` once, which downloads it there " +
+        `before training, or save ${url} as ${cache}/Toy.zip; --task-text cb leaves it out ` +
+        "without this note",
+    );
+    // train.ts's remedy and an "offline mode" the user never chose are not pretraining's.
+    for (const wrong of ["--data", "offline"]) {
+      assert(!missing.skipReasons.toy.includes(wrong), missing.skipReasons.toy);
+    }
+    // With an offline variable set, the download needs it unset; nothing read leaves "none".
+    const offline = await taskTrainDocuments(
+      [toy({ EHFT_OFFLINE: "1", HF_HUB_OFFLINE: "1" })],
+      ROOT,
+    );
+    assert(
+      offline.skipReasons.toy.includes(
+        "run `deno task toy` once with EHFT_OFFLINE and HF_HUB_OFFLINE unset, which downloads",
+      ),
+      offline.skipReasons.toy,
+    );
+    assert(offline.skipReasons.toy.endsWith("; --task-text none leaves it out without this note"));
+    // The by-hand remedy works: the zip saved where the note says is read, with no request.
+    await Deno.mkdir(cache, { recursive: true });
+    const zip = zipSync({ "Toy/train.jsonl": new TextEncoder().encode(rows.join("\n") + "\n") });
+    await Deno.writeFile(`${cache}/Toy.zip`, zip);
+    const found = await taskTrainDocuments([toy()], ROOT);
+    assertEquals(found.skipped, []);
+    assertEquals(found.documents.map((d) => d.sentences), [["Cats purr.", "do cats purr"]]);
   });
 });
 

@@ -2,8 +2,8 @@
 // tokenizer.json and vocab.txt beside the weights), continuing a checkpoint (domain-adaptive:
 // its own vocabulary and shape, and a model that fine-tunes afterwards), --resume refusing other
 // flags or another corpus, leaving a finished run as it is and finishing one stopped before
-// result.json, one-line errors for a run folder in use and an empty corpus, and
-// tools/ship_model.ts.
+// result.json, one-line errors for a run folder in use (naming what it holds) and an empty
+// corpus, the note for BoolQ/QNLI text not in the data cache, and tools/ship_model.ts.
 
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
@@ -13,7 +13,7 @@ import { FLAGS, HELP } from "../pretrain.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-async function pretrain(args: string[], quiet = true) {
+async function pretrain(args: string[], quiet = true, env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -23,7 +23,7 @@ async function pretrain(args: string[], quiet = true) {
       "--no-autotune",
       ...args,
     ],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
+    env: { XDG_RUNTIME_DIR: "/tmp", ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -206,6 +206,15 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       finished.stderr,
     );
     await assertUnchanged(out, done, "a finished run's --resume");
+    // Without --resume the finished run's folder is refused, naming all it holds (it once named
+    // model alone, the first entry read).
+    const busy = await pretrain(args);
+    assertEquals(busy.code, 1, busy.stderr);
+    assertEquals(
+      busy.stderr.trim(),
+      `pretrain: --out ${out} is not empty (it holds checkpoint.safetensors, log.jsonl, model/, ` +
+        "pretrain.json, result.json); choose a new folder or --resume",
+    );
 
     // Other flags, other text in the corpus: one line naming what differs, and nothing written.
     const text = await Deno.readTextFile(corpus);
@@ -314,8 +323,19 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
     const args = ["--corpus", `${dir}/missing.txt`, ...SMALL];
     await Deno.mkdir(`${dir}/used`);
     await Deno.writeTextFile(`${dir}/used/notes.txt`, "mine\n");
+    // Written out of order: the message lists them sorted, folders with a "/", six then "…".
+    for (const name of ["h.txt", "b.txt", "g.txt", "a.txt", "f.txt", "c.txt", "e.txt"]) {
+      await Deno.mkdir(`${dir}/full`, { recursive: true });
+      await Deno.writeTextFile(`${dir}/full/${name}`, "");
+    }
+    await Deno.mkdir(`${dir}/full/d`);
     const cases: [string[], string][] = [
       [["--out", `${dir}/used`], `--out ${dir}/used is not empty (it holds notes.txt)`],
+      [
+        ["--out", `${dir}/full`],
+        `--out ${dir}/full is not empty (it holds a.txt, b.txt, c.txt, d/, e.txt, f.txt, …); ` +
+        "choose a new folder or --resume",
+      ],
       [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
       [["--out", `${dir}/new`, "--hidden", "15", "--heads", "2"], "--hidden 15 is not a multiple"],
       [["--out", `${dir}/new`, "--lr", "2"], "--lr"],
@@ -445,6 +465,54 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(small.code, 1);
     assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
     assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("pretrain.ts: BoolQ/QNLI not downloaded: a note with pretrain's own remedies", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cache = `${dir}/cache`;
+    // No offline variable is set: pretraining reads task data from the cache and never downloads.
+    const env = { EHFT_DATA_CACHE: cache, EHFT_OFFLINE: "", HF_HUB_OFFLINE: "" };
+    const none = ["--corpus", "none", "--out"];
+    const r = await pretrain([...none, `${dir}/a`, "--task-text", "boolq,qnli"], false, env);
+    assertEquals(r.code, 1, r.stderr);
+    const remedy = (name: string, data: string, url: string) =>
+      `pretrain: no ${name} text (${data} is not in the data cache ${cache}, and pretraining ` +
+      `only reads task data from there, never downloading it: to include it, run ` +
+      `\`deno task ${name}\` once, which downloads it there before training, or save ${url} as ` +
+      `${cache}/${data}.zip; --task-text none leaves it out without this note)`;
+    assertEquals(r.stderr.trim().split("\n"), [
+      remedy("boolq", "BoolQ", "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/BoolQ.zip"),
+      remedy("qnli", "QNLI", "https://dl.fbaipublicfiles.com/glue/data/QNLIv2.zip"),
+      "pretrain: --corpus none, and --task-text boolq,qnli gave no text: nothing to pretrain on",
+    ]);
+    // --data is train.ts's flag, not pretrain.ts's; and nobody asked for offline mode.
+    assert(!r.stderr.includes("--data") && !r.stderr.includes("offline"), r.stderr);
+
+    // With an offline variable set, the download needs it unset. The note's --task-text (the
+    // tasks that were read) is accepted and reads the same text without the note.
+    const offline = { ...env, EHFT_OFFLINE: "1" };
+    const big = ["--batch-size", "100000"];
+    const mixed = await pretrain(
+      [...none, `${dir}/b`, "--task-text", "rte,boolq", ...big],
+      false,
+      offline,
+    );
+    assertEquals(mixed.code, 1, mixed.stderr);
+    const lines = mixed.stderr.trim().split("\n");
+    assertEquals(lines.length, 3, mixed.stderr);
+    assert(
+      lines[0].startsWith("pretrain: no boolq text (BoolQ is not in the data cache"),
+      lines[0],
+    );
+    assert(lines[0].includes("`deno task boolq` once with EHFT_OFFLINE unset, which"), lines[0]);
+    assert(lines[0].endsWith("; --task-text rte leaves it out without this note)"), lines[0]);
+    assert(lines[2].includes("fewer than one batch (--batch-size 100000)"), lines[2]);
+    const rte = await pretrain([...none, `${dir}/c`, "--task-text", "rte", ...big], false, offline);
+    assertEquals(rte.stderr.trim().split("\n"), lines.slice(1));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -5,7 +5,7 @@
 // text came from.
 
 import { writeFileAtomic } from "../model/atomic_write.ts";
-import { envReader, trimSlash, userCacheBase } from "./data_download.ts";
+import { DatasetNotCachedError, envReader, trimSlash, userCacheBase } from "./data_download.ts";
 import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
@@ -392,7 +392,9 @@ export interface TaskText {
  * document per example, its input texts in order (pairs flattened; a text repeated within the
  * example, such as COPA's premise in both choices, once). The data folder is
  * `${dataRoot}/${task.dataDir}`; a task without one (BoolQ, QNLI) uses its cached download if any
- * (never downloading). A task whose folder or train file is missing is skipped and listed.
+ * (never downloading). A task whose folder or train file is missing is skipped and listed; for a
+ * download that is not in the cache, the reason says how to put it there (`deno task <name>`, or
+ * the zip saved by hand) or leave it out (`--task-text` with the tasks that were read).
  */
 export async function taskTrainDocuments(
   tasks: readonly Task[],
@@ -405,15 +407,19 @@ export async function taskTrainDocuments(
     skipped.push(task.name);
     skipReasons[task.name] = reason;
   };
+  const notCached: [Task, DatasetNotCachedError][] = [];
   for (const task of tasks) {
     const split = task.trainSplit ?? "train";
     let folder: string;
     if (task.dataDir !== undefined) {
       folder = `${trimSlash(dataRoot)}/${task.dataDir}`;
     } else if (task.resolveData) {
+      // Offline on purpose: the default --task-text all would otherwise start downloads of
+      // fine-tuning data sets that the user never asked pretraining for.
       try {
         folder = await task.resolveData({ offline: true, quiet: true });
       } catch (e) {
+        if (e instanceof DatasetNotCachedError) notCached.push([task, e]);
         skip(task, errorText(e));
         continue;
       }
@@ -448,7 +454,22 @@ export async function taskTrainDocuments(
       documents.push({ source: example.source ?? `${folder}/${split}:${i + 1}`, sentences });
     });
   }
+  // The DatasetError's own remedy (pass --data) is train.ts's: pretraining has no such flag.
+  const read = tasks.filter((t) => !skipped.includes(t.name)).map((t) => t.name);
+  for (const [task, e] of notCached) skipReasons[task.name] = notCachedReason(task, e, read);
   return { documents, skipped, skipReasons };
+}
+
+/** Why a task's download is not read, and what puts it in the cache or leaves it out. */
+function notCachedReason(task: Task, e: DatasetNotCachedError, read: string[]): string {
+  const unset = e.offlineVariables.length > 0
+    ? ` with ${e.offlineVariables.join(" and ")} unset`
+    : "";
+  return `${e.dataset} is not in the data cache ${e.cache}, and pretraining only reads task data ` +
+    `from there, never downloading it: to include it, run \`deno task ${task.name}\` once${unset}, ` +
+    `which downloads it there before training, or save ${e.url} as ${e.zip}; ` +
+    `--task-text ${read.length > 0 ? [...new Set(read)].join(",") : "none"} leaves it out ` +
+    `without this note`;
 }
 
 /**

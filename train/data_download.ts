@@ -79,6 +79,36 @@ export class DatasetError extends Error {
   }
 }
 
+/**
+ * A data set that is not in the cache and was not to be downloaded (offline: the option,
+ * EHFT_OFFLINE or HF_HUB_OFFLINE) with no complete zip there either. The message is the
+ * DatasetError's for train.ts (`--data`); the fields let a caller that never downloads, such as
+ * pretraining's task text, say in its own words what is missing and how to get it.
+ */
+export class DatasetNotCachedError extends DatasetError {
+  /** The data set's name, also its folder in the cache: `BoolQ`. */
+  readonly dataset: string;
+  /** The data cache folder (train/data_download.ts's `dataCacheDir`). */
+  readonly cache: string;
+  /** The official zip's URL. */
+  readonly url: string;
+  /** Where a complete zip is unpacked from with no request: `<cache>/<name>.zip`. */
+  readonly zip: string;
+  /** The offline variables that are set (EHFT_OFFLINE, HF_HUB_OFFLINE), in that order. */
+  readonly offlineVariables: string[];
+  constructor(
+    message: string,
+    facts: { dataset: string; cache: string; url: string; zip: string; offlineVariables: string[] },
+  ) {
+    super(message);
+    this.dataset = facts.dataset;
+    this.cache = facts.cache;
+    this.url = facts.url;
+    this.zip = facts.zip;
+    this.offlineVariables = facts.offlineVariables;
+  }
+}
+
 const MARKER = ".ehft-dataset.json";
 const USER_AGENT = `ehft/0.1.0; deno/${Deno.version.deno}`;
 // A name that may become one path component inside the cache.
@@ -388,7 +418,8 @@ function missingMessage(spec: DatasetSpec, cache: string, reason: string): strin
  * is downloaded, checked against the size the server states and `spec.size`, unpacked in
  * memory, checked entry by entry (CRC-32, row counts), written file by file, and marked
  * complete last. Offline (the option, EHFT_OFFLINE or HF_HUB_OFFLINE) or unreachable, with
- * nothing cached, the DatasetError says how to download it by hand and pass `--data`.
+ * nothing cached, the DatasetError says how to download it by hand and pass `--data`; offline,
+ * it is a DatasetNotCachedError, whose fields name the cache, the zip's URL and where to put it.
  */
 export async function ensureDataset(
   spec: DatasetSpec,
@@ -416,9 +447,15 @@ export async function ensureDataset(
     : isTrue(get("EHFT_OFFLINE"))
     ? "EHFT_OFFLINE is set"
     : "HF_HUB_OFFLINE is set";
-  if (offline && !(await zipReady())) {
-    throw new DatasetError(missingMessage(spec, cache, offlineReason));
-  }
+  const notCached = () =>
+    new DatasetNotCachedError(missingMessage(spec, cache, offlineReason), {
+      dataset: spec.name,
+      cache,
+      url: spec.url,
+      zip: zipPath,
+      offlineVariables: ["EHFT_OFFLINE", "HF_HUB_OFFLINE"].filter((name) => isTrue(get(name))),
+    });
+  if (offline && !(await zipReady())) throw notCached();
 
   try {
     await Deno.mkdir(cache, { recursive: true });
@@ -432,9 +469,7 @@ export async function ensureDataset(
     if (await isComplete(dir, files)) return dir;
     let downloaded: number | undefined;
     if (!(await zipReady())) {
-      if (offline) {
-        throw new DatasetError(missingMessage(spec, cache, offlineReason));
-      }
+      if (offline) throw notCached();
       downloaded = await download(spec, cache, zipPath, {
         fetch: opts.fetch ?? fetch,
         progress: opts.onProgress ?? (quiet ? undefined : stderrProgress()),
