@@ -181,6 +181,21 @@ test("boolq and qnli offline with nothing cached: a clear error, a dry run repor
       null,
     ]);
     assert(report.notes[0].includes("QNLIv2.zip"), report.notes[0]);
+    // Without an offline variable, "offline mode" would be the dry run's choice, not the user's.
+    const online = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "tasks/qnli.ts", "--dry-run"],
+      cwd: ROOT,
+      env: { EHFT_DATA_CACHE: cache, XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const notes = JSON.parse(new TextDecoder().decode(online.stdout).trim().split("\n").at(-1)!)
+      .notes;
+    assert(
+      /^a dry run downloads nothing: QNLI\S* is not in the data cache \S+ yet; the training downloads it \(https:\/\/\S+QNLIv2\.zip\), or pass --data <its folder>$/
+        .test(notes[0]),
+      notes[0],
+    );
     // Training needs the data: the script stops with the error (before opening the model).
     const t = await dryRun("boolq", cache, "--model", `${cache}/no-model`, "--out", `${cache}/run`);
     assertEquals(t.code, 1);

@@ -33,6 +33,7 @@ import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { MissingDataError } from "./data_files.ts";
+import { DatasetNotCachedError } from "./data_download.ts";
 import { checkTestSplit, predictTestRefusal } from "./submission.ts";
 import type { Task } from "./task.ts";
 
@@ -250,7 +251,13 @@ export async function dryRunFromArgs(
       try {
         data = await task.resolveData({ offline: true, quiet: true });
       } catch (e) {
-        notes.push(`a dry run downloads nothing: ${errorText(e)}`);
+        // The download error's "offline mode" would be the dry run's own choice, not the user's.
+        notes.push(
+          e instanceof DatasetNotCachedError && e.offlineVariables.length === 0
+            ? `a dry run downloads nothing: ${e.dataset} is not in the data cache ${e.cache} ` +
+              `yet; the training downloads it (${e.url}), or pass --data <its folder>`
+            : `a dry run downloads nothing: ${errorText(e)}`,
+        );
       }
     } else if (data === null) {
       notes.push(`${task.name} has no default data folder: pass --data`);
