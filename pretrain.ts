@@ -15,7 +15,7 @@
 //   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
-import { exists, writeFileAtomic } from "./model/atomic_write.ts";
+import { exists, isDirectory, lockFolder, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
@@ -146,6 +146,25 @@ function heldNames(entries: readonly Deno.DirEntry[]): string {
   const names = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     .map((e) => e.name + (e.isDirectory ? "/" : ""));
   return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+}
+
+/** The lock on --out, held until the process ends (the system drops it then, killed or not). */
+let outLock: Deno.FsFile | null = null;
+
+/**
+ * Locks --out for this process: a second pretrain.ts on it (a double launch, a --resume while the
+ * run goes on) would interleave checkpoints and logs. An error naming --out when it is held.
+ */
+async function lockOut(out: string): Promise<void> {
+  if (outLock !== null) return;
+  const lock = await lockFolder(out);
+  if (lock === "held") {
+    throw new FlagError(
+      `--out ${out} is in use: another pretrain.ts is running in it (wait for it to end, or ` +
+        `choose another --out)`,
+    );
+  }
+  outLock = lock;
 }
 
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
@@ -314,6 +333,7 @@ async function main(args: string[]): Promise<void> {
       );
     }
   }
+  if (await isDirectory(out)) await lockOut(out);
   // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
   const opened = f.model ? await openModel(f.model) : null;
   if (opened) mlmHeadNames(opened.config);
@@ -568,6 +588,7 @@ async function main(args: string[]): Promise<void> {
     }
   } else {
     await Deno.mkdir(out, { recursive: true });
+    await lockOut(out);
     const prepSeconds = (performance.now() - t0) / 1000;
     await writeFileAtomic(
       settingsPath,

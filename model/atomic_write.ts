@@ -80,6 +80,29 @@ export async function syncFolder(dir: string): Promise<void> {
   }
 }
 
+/**
+ * Locks the folder `dir` for this process: an advisory lock on the folder itself, so nothing is
+ * written into it, and the system drops it when the process ends, killed or not. "held" when
+ * another process (or another open of it in this one) holds it; null where folders cannot be
+ * locked (Windows), and the caller goes on unguarded. Close the handle to release it.
+ */
+export async function lockFolder(dir: string): Promise<Deno.FsFile | null | "held"> {
+  let folder: Deno.FsFile;
+  try {
+    folder = await Deno.open(dir, { read: true });
+  } catch {
+    return null;
+  }
+  try {
+    if (await folder.tryLock(true)) return folder;
+  } catch {
+    folder.close();
+    return null;
+  }
+  folder.close();
+  return "held";
+}
+
 /** Writes `value` as pretty-printed JSON (with a final newline) atomically. */
 export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   return writeFileAtomic(path, JSON.stringify(value, null, 2) + "\n");

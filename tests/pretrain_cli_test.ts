@@ -215,6 +215,21 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       `pretrain: --out ${out} is not empty (it holds checkpoint.safetensors, log.jsonl, model/, ` +
         "pretrain.json, result.json); choose a new folder or --resume",
     );
+    // Another pretrain.ts in the folder (here: this process's lock on it): --resume is refused
+    // before it reads or writes anything.
+    const other = await Deno.open(out, { read: true });
+    try {
+      assert(await other.tryLock(true), "the test could not lock the folder");
+      const locked = await pretrain([...args, "--resume"]);
+      assertEquals([locked.code, locked.stderr.trim()], [
+        1,
+        `pretrain: --out ${out} is in use: another pretrain.ts is running in it (wait for it to ` +
+        `end, or choose another --out)`,
+      ]);
+    } finally {
+      other.close();
+    }
+    await assertUnchanged(out, done, "a locked folder's --resume");
 
     // Other flags, other text in the corpus: one line naming what differs, and nothing written.
     const text = await Deno.readTextFile(corpus);

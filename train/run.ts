@@ -22,6 +22,7 @@ import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
   isDirectory,
+  lockFolder,
   readJsonFile,
   removeStaleTemporaries,
   writeFileAtomic,
@@ -349,34 +350,16 @@ async function trainInFolder(
   return summary;
 }
 
-/**
- * Locks the run folder `dir` for this process (an advisory lock on the folder itself: nothing is
- * written into it, and the system drops it when the process ends, killed or not); an error when
- * another process holds it. Null where folders cannot be locked (Windows): the run goes on
- * unguarded, as before.
- */
+/** Locks the run folder `dir` for this process (see lockFolder); an error naming --out if held. */
 async function lockRunFolder(dir: string): Promise<Deno.FsFile | null> {
-  let folder: Deno.FsFile;
-  try {
-    folder = await Deno.open(dir, { read: true });
-  } catch {
-    return null;
-  }
-  let locked: boolean;
-  try {
-    locked = await folder.tryLock(true);
-  } catch {
-    folder.close();
-    return null;
-  }
-  if (!locked) {
-    folder.close();
+  const lock = await lockFolder(dir);
+  if (lock === "held") {
     throw new FlagError(
       `--out ${dir} is in use: another train.ts is running in it (wait for it to end, or ` +
         `choose another --out)`,
     );
   }
-  return folder;
+  return lock;
 }
 
 /**
