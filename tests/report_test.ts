@@ -796,3 +796,81 @@ Deno.test("report: runs kept inside another run's folder are found; a --seeds ru
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("report: a hub model is one model on every machine; older runs join it by --model", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-hub-" });
+  try {
+    const snapshot = (root: string) =>
+      `${root}/hub/models--FacebookAI--roberta-large/snapshots/abc`;
+    const runs = `${dir}/runs`;
+    // Two machines' caches, and a run.json from before real_dir: one model, three seeds.
+    const m = "FacebookAI/roberta-large";
+    await single(
+      `${runs}/a`,
+      "rte",
+      "ehft",
+      "bitfit",
+      1,
+      { accuracy: 0.7 },
+      ...modelRun(m, snapshot("/home/me/.cache/huggingface")),
+    );
+    await single(
+      `${runs}/b`,
+      "rte",
+      "ehft",
+      "bitfit",
+      2,
+      { accuracy: 0.8 },
+      ...modelRun(m, snapshot("/scratch/hf")),
+    );
+    await single(`${runs}/c`, "rte", "ehft", "bitfit", 3, { accuracy: 0.9 }, { model: m });
+    const table = buildTable(await findRuns([runs]));
+    assertEquals(table.rows.map((r) => [r.model, r.cells.rte.n]), [[m, 3]]);
+    // Another commit of it is another model, named with its id@commit (the older run, which
+    // either could be, then stays apart).
+    const later = `${dir}/later/d`;
+    await single(
+      later,
+      "rte",
+      "ehft",
+      "bitfit",
+      1,
+      { accuracy: 0.5 },
+      ...modelRun(m, snapshot("/x").replace("/abc", "/def")),
+    );
+    const both = buildTable(await findRuns([`${runs}/a`, later]));
+    assertEquals(both.rows.map((r) => [r.model, r.cells.rte.n]), [
+      [`${m} (${m}@abc)`, 1],
+      [`${m} (${m}@def)`, 1],
+    ]);
+    assertEquals(table.notes, []);
+
+    // An older run whose --model two folders were given as stays apart, named without a stray space.
+    await single(
+      `${dir}/two/a`,
+      "rte",
+      "ft",
+      null,
+      1,
+      { accuracy: 0.5 },
+      ...modelRun("models/x", "/a/x"),
+    );
+    await single(
+      `${dir}/two/b`,
+      "rte",
+      "ft",
+      null,
+      1,
+      { accuracy: 0.6 },
+      ...modelRun("models/x", "/b/x"),
+    );
+    await single(`${dir}/two/c`, "rte", "ft", null, 1, { accuracy: 0.7 }, { model: "models/x" });
+    assertEquals([...modelNames((await findRuns([`${dir}/two`])).runs).values()], [
+      "models/x (/a/x)",
+      "models/x (/b/x)",
+      "models/x (models/x)",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

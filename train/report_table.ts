@@ -19,12 +19,13 @@
 //   alongside its parent is dropped. Runs without metrics.json are unfinished: skipped (and
 //   listed), a multi-seed run too until all its seeds have finished.
 // - Model: runs are of one model when they trained on the same folder, not when their `--model`
-//   reads the same: run.json's `resolved.model.real_dir` (the model folder's real path; a hub id's
-//   is its snapshot folder, one per commit) decides, so `./models/x`, `models/x/` and
-//   `/abs/models/x`, or a hub id and its snapshot folder, are one model. A run.json older than
-//   real_dir falls back to `--model` with `./`, repeated and trailing slashes taken out. A model is
-//   named by its first run's `--model` (a note lists the other spellings; two models named alike
-//   get their folder after the name).
+//   reads the same: run.json's `resolved.model.real_dir` (the model folder's real path) decides, so
+//   `./models/x`, `models/x/` and `/abs/models/x` are one model; a hub snapshot folder counts by
+//   its id and commit, so one hub model is one model on every machine. A run.json older than
+//   real_dir falls back to `--model` with `./`, repeated and trailing slashes taken out, and joins
+//   the one model whose runs were given that --model, if one is. A model is named by its first
+//   run's `--model` (a note lists the other spellings; two models named alike get their folder or
+//   id@commit after the name).
 
 import { readJsonFile } from "../model/atomic_write.ts";
 
@@ -147,7 +148,40 @@ async function modelKeyOf(
     const seedRun = `${dir}/${f}/run.json`;
     if (await statOrNull(seedRun)) real = realDir(await readJsonFile(seedRun));
   }
-  return real !== null ? `dir ${real}` : `name ${tidyPath(model)}`;
+  return real !== null ? folderKey(real) : `name ${tidyPath(model)}`;
+}
+
+/**
+ * The key of a model folder: a hub snapshot by its id and commit (`hub org/name@<sha>`), the same
+ * on every machine whatever its cache's path; any other folder by its real path (`dir <path>`).
+ */
+export function folderKey(real: string): string {
+  const hub = /\/models--([^/]+)\/snapshots\/([^/]+)\/?$/.exec(real);
+  return hub ? `hub ${hub[1].replaceAll("--", "/")}@${hub[2]}` : `dir ${real}`;
+}
+
+/** What a model key says after its kind (`dir `, `hub `, `name `): a path, an id@commit, a name. */
+function keyDetail(key: string): string {
+  return key.slice(key.indexOf(" ") + 1);
+}
+
+/**
+ * Runs from before run.json recorded the model's folder (`name` keys) join the one model whose
+ * runs were given the same --model (tidied), when exactly one is: old and new seeds of one
+ * setting then pool as before. Left apart (with a note) when none or several are.
+ */
+function joinNamedRuns(runs: readonly FoundRun[]): void {
+  const bySpelling = new Map<string, Set<string>>();
+  for (const r of runs) {
+    if (r.modelKey.startsWith("name ")) continue;
+    const spelling = tidyPath(r.model);
+    bySpelling.set(spelling, (bySpelling.get(spelling) ?? new Set()).add(r.modelKey));
+  }
+  for (const r of runs) {
+    if (!r.modelKey.startsWith("name ")) continue;
+    const keys = bySpelling.get(keyDetail(r.modelKey));
+    if (keys?.size === 1) r.modelKey = [...keys][0];
+  }
 }
 
 /** A --seeds run's seed folders (names in `dir`, which holds its run.json); none for one seed. */
@@ -260,6 +294,7 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     const parent = f.real.slice(0, slash) || "/";
     return !(/^seed-\d+$/.test(f.real.slice(slash + 1)) && multiSeed.has(parent));
   }).map((f) => f.run);
+  joinNamedRuns(runs);
   return { runs, skipped };
 }
 
@@ -275,7 +310,7 @@ export function modelNames(runs: readonly FoundRun[]): Map<string, string> {
   return new Map(
     [...first].map((
       [key, name],
-    ) => [key, named.get(name)! > 1 ? `${name} (${key.slice(4)})` : name]),
+    ) => [key, named.get(name)! > 1 ? `${name} (${keyDetail(key)})` : name]),
   );
 }
 
@@ -285,7 +320,11 @@ function spellingNotes(runs: readonly FoundRun[], names: ReadonlyMap<string, str
   for (const [key, name] of names) {
     const spellings = [...new Set(runs.filter((r) => r.modelKey === key).map((r) => r.model))];
     if (spellings.length < 2) continue;
-    const same = key.startsWith("dir ") ? `the same folder, ${key.slice(4)}` : "the same path";
+    const same = key.startsWith("dir ")
+      ? `the same folder, ${keyDetail(key)}`
+      : key.startsWith("hub ")
+      ? `the same hub snapshot, ${keyDetail(key)}`
+      : "the same path";
     notes.push(
       `model ${name} was also given as ${
         spellings.slice(1).map((m) => JSON.stringify(m))
@@ -348,8 +387,8 @@ const IGNORED_SETTINGS = new Set(["seed", "seeds", "out", "model"]);
 
 function settingsDifference(a: FoundRun, b: FoundRun): string {
   const ignored = new Set(IGNORED_SETTINGS);
-  // One real folder is one hub commit, whichever --revision named it ("main" or its hash).
-  if (a.modelKey.startsWith("dir ")) ignored.add("revision");
+  // One folder is one hub commit, whichever --revision named it ("main" or its hash).
+  if (!a.modelKey.startsWith("name ")) ignored.add("revision");
   for (const k of new Set([...Object.keys(a.settings), ...Object.keys(b.settings)])) {
     if (ignored.has(k)) continue;
     const [x, y] = [a.settings[k], b.settings[k]];
