@@ -74,15 +74,15 @@ export async function trainFromArgs(
   }
   // A fault in the test split is found before the training, not after it.
   if (typed.has("predict-test")) await checkTestSplit(config, byName(config.task));
-  const metrics = await runTraining(config, {
+  return await runTraining(config, {
     task: byName(config.task),
     autotune: tuneRequest(tune),
+    // Inside the run folder's lock: the submission reads model/ and writes beside it.
+    afterRun: async (metrics) => {
+      console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
+      if (typed.has("predict-test")) await writeTestSubmissions(config, byName(config.task));
+    },
   });
-  console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
-  if (typed.has("predict-test")) {
-    await writeTestSubmissions(config, byName(config.task));
-  }
-  return metrics;
 }
 
 /**

@@ -10,6 +10,7 @@ import {
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
+import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { predict } from "../predict.ts";
 import { parseTrainArgs } from "../train/config.ts";
@@ -262,6 +263,22 @@ test("train: a run folder another process holds is refused, and left as it was",
   } finally {
     other.close();
   }
-  // Released: the run is the same as ever.
-  assertEquals(await run("--resume"), first);
+  // Released: the run is the same as ever. afterRun (train.ts's --predict-test) runs while the
+  // folder is still locked; it is free once runTraining has returned.
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--max-steps", "2"],
+    "--resume",
+  ]);
+  let during: unknown = null;
+  const metrics = await runTraining(config, {
+    task: rte,
+    quiet: true,
+    afterRun: async () => {
+      during = await lockFolder(out);
+    },
+  });
+  assertEquals([metrics, during], [first, "held"]);
+  const after = await lockFolder(out);
+  assert(after !== null && after !== "held", "the folder is still locked");
+  after.close();
 });

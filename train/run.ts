@@ -90,6 +90,12 @@ export interface RunOptions {
    * step; e.g. for tests that inspect the model between the stages.
    */
   onStageStart?: (info: { stage: Stage; index: number; trainer: Trainer }) => Promise<void> | void;
+  /**
+   * Called with the run's metrics once it has ended, while the run folder is still locked: work
+   * that reads or writes the folder afterwards (train.ts's --predict-test) is not cut into by a
+   * second train.ts on it.
+   */
+  afterRun?: (metrics: RunMetrics | SeedsMetrics) => Promise<void> | void;
 }
 
 /** metrics.json of one run. */
@@ -258,7 +264,9 @@ export async function runTraining(
   await checkFoldersCanBeMade(out, "--out");
   const held: { lock: Deno.FsFile | null } = { lock: null };
   try {
-    return await trainInFolder(config, options, held);
+    const metrics = await trainInFolder(config, options, held);
+    await options.afterRun?.(metrics);
+    return metrics;
   } finally {
     held.lock?.close();
   }
