@@ -282,3 +282,35 @@ test("train: a run folder another process holds is refused, and left as it was",
   assert(after !== null && after !== "held", "the folder is still locked");
   after.close();
 });
+
+test("train --resume: a --schedule constant run from before it warmed up is refused", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/constant`;
+  const run = (...more: string[]) => {
+    const { config } = parseTrainArgs([
+      ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--max-steps", "4"],
+      ...["--schedule", "constant", ...more],
+    ]);
+    return runTraining(config, { task: rte, quiet: true });
+  };
+  await run();
+  const path = `${out}/run.json`;
+  const runJson = JSON.parse(await Deno.readTextFile(path));
+  assertEquals(runJson.resolved.schedule, {
+    name: "constant",
+    warmup_ratio: 0.1,
+    constant_warmup: true,
+  });
+  // As such a run left it, killed before its end (no metrics.json).
+  delete runJson.resolved.schedule.constant_warmup;
+  await Deno.writeTextFile(path, JSON.stringify(runJson));
+  await Deno.remove(`${out}/metrics.json`);
+  let message = "";
+  await run("--resume").catch((e) => message = e.message);
+  assertEquals(
+    message,
+    `--resume: ${out} was started when --schedule constant had no warmup; it now warms up over ` +
+      `--warmup-ratio 0.1 of each stage, so the resumed run would be neither (--overwrite to ` +
+      `restart it)`,
+  );
+});

@@ -358,6 +358,25 @@ async function trainInFolder(
   return summary;
 }
 
+/**
+ * --resume of a `--schedule constant` run started before `constant` warmed up (its run.json's
+ * schedule has no constant_warmup): today's rates would differ from those it started with, so the
+ * result would be neither run's. Refused, unless it has no warmup to differ by.
+ */
+async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void> {
+  const path = `${dir}/run.json`;
+  if (config.schedule !== "constant" || config.warmupRatio === 0 || !(await exists(path))) return;
+  const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
+  const schedule = resolved?.schedule as Record<string, unknown> | undefined;
+  if (schedule && schedule.constant_warmup !== true) {
+    throw new Error(
+      `--resume: ${dir} was started when --schedule constant had no warmup; it now warms up ` +
+        `over --warmup-ratio ${config.warmupRatio} of each stage, so the resumed run would be ` +
+        `neither (--overwrite to restart it)`,
+    );
+  }
+}
+
 /** Locks the run folder `dir` for this process (see lockFolder); an error naming --out if held. */
 async function lockRunFolder(dir: string): Promise<Deno.FsFile | null> {
   const lock = await lockFolder(dir);
@@ -644,7 +663,8 @@ async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
       checkpoint_every: checkpointEvery,
       head_width: headWidth,
       adamw,
-      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio },
+      // constant_warmup: `constant` warms up; runs from before did not (checkSameSchedule).
+      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio, constant_warmup: true },
       stages,
     };
     return {
@@ -704,7 +724,10 @@ async function runSeed(
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
   if (config.resume) await removeStaleTemporaries(dir);
-  if (config.resume) await checkSameData(dir, config.out, p.resolved, config.data);
+  if (config.resume) {
+    await checkSameData(dir, config.out, p.resolved, config.data);
+    await checkSameSchedule(dir, config);
+  }
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
 
