@@ -33,7 +33,15 @@ import {
   splitHeldOut,
   taskTrainDocuments,
 } from "./train/corpus.ts";
-import { FlagError, intFlag, parseFlags, runMain, TUNE_FLAGS, tuneFlags } from "./train/flags.ts";
+import {
+  checkFoldersCanBeMade,
+  FlagError,
+  intFlag,
+  parseFlags,
+  runMain,
+  TUNE_FLAGS,
+  tuneFlags,
+} from "./train/flags.ts";
 import { autotuneForProgram, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { MLM_PROBABILITY } from "./train/mlm_data.ts";
@@ -146,6 +154,21 @@ function heldNames(entries: readonly Deno.DirEntry[]): string {
   const names = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     .map((e) => e.name + (e.isDirectory ? "/" : ""));
   return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+}
+
+/** A new run's --out: missing or empty, else an error naming what it holds. */
+async function checkOutEmpty(out: string): Promise<void> {
+  const held: Deno.DirEntry[] = [];
+  try {
+    for await (const e of Deno.readDir(out)) held.push(e);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  if (held.length > 0) {
+    throw new FlagError(
+      `--out ${out} is not empty (it holds ${heldNames(held)}); choose a new folder or --resume`,
+    );
+  }
 }
 
 /** The lock on --out, held until the process ends (the system drops it then, killed or not). */
@@ -316,22 +339,16 @@ async function main(args: string[]): Promise<void> {
   const t0 = performance.now();
   // The output folder is checked before the corpus is read and tokenized (a minute or more).
   const settingsPath = `${out}/pretrain.json`;
+  if ((await isDirectory(out)) === false) {
+    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
+  }
+  await checkFoldersCanBeMade(out, "--out");
   let savedSettings: string | null = null;
   if (f.resume) {
     savedSettings = await Deno.readTextFile(settingsPath).catch(() => null);
     if (savedSettings === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
   } else {
-    const held: Deno.DirEntry[] = [];
-    try {
-      for await (const e of Deno.readDir(out)) held.push(e);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-    if (held.length > 0) {
-      throw new FlagError(
-        `--out ${out} is not empty (it holds ${heldNames(held)}); choose a new folder or --resume`,
-      );
-    }
+    await checkOutEmpty(out);
   }
   if (await isDirectory(out)) await lockOut(out);
   // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
@@ -589,6 +606,8 @@ async function main(args: string[]): Promise<void> {
   } else {
     await Deno.mkdir(out, { recursive: true });
     await lockOut(out);
+    // Another pretrain.ts may have used the folder while this one read its corpus.
+    await checkOutEmpty(out);
     const prepSeconds = (performance.now() - t0) / 1000;
     await writeFileAtomic(
       settingsPath,

@@ -352,6 +352,14 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
         "choose a new folder or --resume",
       ],
       [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
+      [
+        ["--out", `${dir}/used/notes.txt`],
+        `--out ${dir}/used/notes.txt is a file, not a folder: give a folder for the run`,
+      ],
+      [
+        ["--out", `${dir}/used/notes.txt/run`],
+        `--out ${dir}/used/notes.txt/run: ${dir}/used/notes.txt is a file, not a folder`,
+      ],
       [["--out", `${dir}/new`, "--hidden", "15", "--heads", "2"], "--hidden 15 is not a multiple"],
       [["--out", `${dir}/new`, "--lr", "2"], "--lr"],
       // train.ts refuses a learning rate of 0 as well: it would train nothing.
