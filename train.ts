@@ -18,7 +18,7 @@ import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
 import { startLines, taskScriptRecipe } from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
-import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
+import { checkRunFolder, type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
 
@@ -55,6 +55,8 @@ export async function trainFromArgs(
     recipe,
     (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
   );
+  // Before a download of the data or the model, which a wrong --out would waste.
+  await checkRunFolder(config.out);
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
   if ((recipe.lr !== undefined && !typed.has("lr")) || (task && start)) {
     // The model decides a recipe's learning rate (BERT's is another) and the longest input: the

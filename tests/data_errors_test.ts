@@ -683,6 +683,18 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
       ]);
     }
 
+    // A task script checks it before it downloads the data (here BoolQ, not cached, offline).
+    const boolq = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../tasks/boolq.ts", import.meta.url).pathname, "--out", file],
+      env: { XDG_RUNTIME_DIR: "/tmp", EHFT_DATA_CACHE: `${dir}/cache`, EHFT_OFFLINE: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(
+      [boolq.code, new TextDecoder().decode(boolq.stderr).trim()],
+      [1, `boolq: --out ${file} is a file, not a folder: give a folder for the run`],
+    );
+
     const report = await dryRun(READERS.rte.task, { data: file });
     assertEquals(report.splits.train?.examples, 64);
     assertEquals(report.notes, [

@@ -257,11 +257,7 @@ export async function runTraining(
         `that holds it)`,
     );
   }
-  const out = config.out;
-  if ((await isDirectory(out)) === false) {
-    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
-  }
-  await checkFoldersCanBeMade(out, "--out");
+  await checkRunFolder(config.out);
   const held: { lock: Deno.FsFile | null } = { lock: null };
   try {
     const metrics = await trainInFolder(config, options, held);
@@ -270,6 +266,14 @@ export async function runTraining(
   } finally {
     held.lock?.close();
   }
+}
+
+/** --out: a folder, or a path whose missing folders can be made; else one line naming --out. */
+export async function checkRunFolder(out: string): Promise<void> {
+  if ((await isDirectory(out)) === false) {
+    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
+  }
+  await checkFoldersCanBeMade(out, "--out");
 }
 
 /**
