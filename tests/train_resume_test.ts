@@ -160,6 +160,15 @@ Deno.test({
       const respelled = ["--model", `${dir}//model/`, "--data", `${dir}/./data`];
       assertEquals(await run(`${killed}/`, "--resume", ...respelled), expected);
       assertEquals(await mtimes(killed), before);
+      // ...judged by where the model was when the run started (run.json's real_dir), not by
+      // where its first spelling leads now (another working folder, a link moved since).
+      const runJson = await Deno.readTextFile(`${killed}/run.json`);
+      const moved = JSON.parse(runJson);
+      moved.resolved.model.real_dir = `${dir}/elsewhere`;
+      await Deno.writeTextFile(`${killed}/run.json`, JSON.stringify(moved));
+      const elsewhere = await assertRejects(() => run(killed, "--resume", ...respelled), Error);
+      assert(elsewhere.message.includes(`(--model "${dir}/model" in run.json`), elsewhere.message);
+      await Deno.writeTextFile(`${killed}/run.json`, runJson);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -177,11 +177,16 @@ function sameJson(a: unknown, b: unknown): boolean {
 /** Settings that name a file or folder: one place however it is spelled. */
 const PATH_SETTINGS = new Set(["model", "data", "head", "out"]);
 
-/** Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). */
-async function samePlace(a: unknown, b: unknown): Promise<boolean> {
+/**
+ * Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). `a`'s real
+ * path is `recorded` when run.json kept what it was at the start (the model's real_dir): the
+ * working folder or a link may have changed since, and `a` would now name another place.
+ */
+async function samePlace(a: unknown, b: unknown, recorded?: unknown): Promise<boolean> {
   if (typeof a !== "string" || typeof b !== "string") return false;
   try {
-    return await Deno.realPath(a) === await Deno.realPath(b);
+    const was = typeof recorded === "string" ? recorded : await Deno.realPath(a);
+    return was === await Deno.realPath(b);
   } catch {
     // Not both here (a hub id, a folder since removed): only the same spelling is the same.
     return false;
@@ -199,9 +204,11 @@ function settingText(key: string, value: unknown): string {
 async function firstDifference(
   a: Record<string, unknown>,
   b: Record<string, unknown>,
+  recorded: Record<string, unknown> = {},
 ): Promise<string> {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
-    if (sameJson(a[k], b[k]) || (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k]))) continue;
+    if (sameJson(a[k], b[k])) continue;
+    if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
     return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
   }
   return "";
@@ -215,12 +222,11 @@ async function firstDifference(
 async function checkSameSettings(dir: string, settings: Record<string, unknown>): Promise<void> {
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
+  const run = await readRunJson(path);
   // Runs started before --precision existed trained in f32.
-  const previous = {
-    precision: "f32",
-    ...(await readRunJson(path)).settings as Record<string, unknown>,
-  };
-  const diff = await firstDifference(previous, settings);
+  const previous = { precision: "f32", ...run.settings as Record<string, unknown> };
+  const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
+  const diff = await firstDifference(previous, settings, { model: model?.real_dir });
   if (diff) {
     throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
   }
