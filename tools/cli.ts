@@ -27,11 +27,16 @@ export async function headerComment(url: string): Promise<string> {
   return lines.join("\n").trim();
 }
 
-/** Runs a tool's `main` on the command line's arguments, with `--help` its top comment. */
+/**
+ * Runs a tool's `main` on the command line's arguments, with `--help` its top comment, read only
+ * when asked for (run by URL, it is fetched).
+ */
 export async function runTool(
   name: string,
   url: string,
   main: (args: string[]) => Promise<void>,
 ): Promise<void> {
-  await runMain(name, main, await headerComment(url));
+  const flags = Deno.args.includes("--") ? Deno.args.slice(0, Deno.args.indexOf("--")) : Deno.args;
+  const help = flags.includes("--help") || flags.includes("-h") ? await headerComment(url) : "";
+  await runMain(name, main, help);
 }
