@@ -17,7 +17,7 @@ import { loadBackbone, loadHead } from "./model/checkpoint.ts";
 import { maxSequenceLength } from "./model/config.ts";
 import { createEncoder, encoderParameters } from "./model/encoder.ts";
 import { createHead, headParameters } from "./model/head.ts";
-import { openModel } from "./model/load.ts";
+import { noteUnusedOnce, openModel } from "./model/load.ts";
 import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
 import type { TextInput } from "./model/tokenizer.ts";
@@ -73,7 +73,8 @@ export interface Prediction {
 /** Runs the model over one split of a task's data and returns a prediction per example. */
 export async function predict(options: PredictOptions): Promise<Prediction[]> {
   const { task } = options;
-  const model = await openModel(options.model, { revision: options.revision });
+  // The unused tensors are named below, once the model is known to be one predict.ts can run.
+  const model = await openModel(options.model, { revision: options.revision, noteUnused: false });
   try {
     const { config, tokenizer, head: headShape } = model;
     checkLeadingToken(tokenizer, tokenizer.source);
@@ -107,6 +108,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `without an active prefix (train with ehft, or another strategy that drops it)`,
       );
     }
+    if (model.unused.length > 0) noteUnusedOnce(model.weights.path, model.unused);
     const examples = await task.readExamples(options.data, options.split);
     const limit = Math.min(options.maxLength ?? Infinity, maxSequenceLength(config));
 

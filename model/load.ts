@@ -47,17 +47,33 @@ export function checkTokenizerFits(
   }
 }
 
+/** The weights files whose unused tensors were named (a --seeds run opens its model per seed). */
+const notedUnused = new Set<string>();
+
+/** unusedTensorsNote on stderr, once per weights file and process. */
+export function noteUnusedOnce(file: string, unused: readonly string[]): void {
+  if (notedUnused.has(file)) return;
+  notedUnused.add(file);
+  console.error(unusedTensorsNote(file, unused));
+}
+
+export interface OpenModelOptions extends ResolveModelOptions {
+  /** false: the caller names the unused tensors itself (noteUnusedOnce), or not at all. */
+  noteUnused?: boolean;
+}
+
 /**
  * Opens a model given as a local directory or a Hugging Face hub id. Reads only headers and
  * small files; the weights are read tensor by tensor when loaded onto the GPU. Before returning
  * it checks, on the host, that the config, the tensors and the tokenizer agree (`checkBackbone`,
  * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
  * here, naming the file, and not in the middle of GPU work. Tensors it will not load (a
- * transformers `classifier.*`, say) are named in one line on stderr, unless `options.quiet`.
+ * transformers `classifier.*`, say) are named in one line on stderr, once per file and process,
+ * unless `options.quiet` or `options.noteUnused` is false.
  */
 export async function openModel(
   idOrPath: string,
-  options: ResolveModelOptions = {},
+  options: OpenModelOptions = {},
 ): Promise<OpenedModel> {
   const dir = await resolveModel(idOrPath, options);
   const configFile = `${dir}/config.json`;
@@ -71,8 +87,8 @@ export async function openModel(
     const tokenizer = await loadTokenizer(dir, config);
     checkTokenizerFits(tokenizer, config, configFile);
     const unused = unusedTensors(weights, config);
-    if (unused.length > 0 && !options.quiet) {
-      console.error(unusedTensorsNote(weights.path, unused));
+    if (unused.length > 0 && !options.quiet && options.noteUnused !== false) {
+      noteUnusedOnce(weights.path, unused);
     }
     return { dir, config, tokenizer, weights, head, unused };
   } catch (e) {

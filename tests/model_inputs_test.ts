@@ -205,6 +205,8 @@ Deno.test("model inputs: tensors loading leaves out are named, with the likely r
           const quietly = await openModel(dir, { quiet: true });
           assertEquals(quietly.unused.length, extra.length);
           quietly.weights.close();
+          // Once per file and process: a --seeds run opens its model per seed.
+          (await openModel(dir)).weights.close();
         } finally {
           console.error = error;
         }

@@ -309,7 +309,7 @@ async function trainInFolder(
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);
       // The old run goes only once the new one can start: model, data, head and GPU checked.
-      prepared = await prepare(config, options.task);
+      prepared = await prepare(config, options.task, options.quiet);
       try {
         if (!options.gpu) await getGpu();
       } catch (e) {
@@ -552,8 +552,8 @@ async function checkSameData(
 }
 
 /** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
-async function prepare(config: TrainConfig, task: Task): Promise<Prepared> {
-  const model = await openModel(config.model, { revision: config.revision ?? undefined });
+async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<Prepared> {
+  const model = await openModel(config.model, { revision: config.revision ?? undefined, quiet });
   try {
     const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
     const limit = maxSequenceLength(model.config) - prefixRows;
@@ -729,7 +729,7 @@ async function runSeed(
   const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
   if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
 
-  const p = prepared ?? await prepare(config, task);
+  const p = prepared ?? await prepare(config, task, options.quiet);
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
