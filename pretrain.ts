@@ -33,6 +33,7 @@ import {
   splitHeldOut,
   taskTrainDocuments,
 } from "./train/corpus.ts";
+import { shortList } from "./model/progress_text.ts";
 import {
   checkFoldersCanBeMade,
   FlagError,
@@ -146,14 +147,11 @@ function taskTextTasks(taskText: string) {
   });
 }
 
-/**
- * A folder's entries for a message, sorted by name, folders with a "/": the first six, then "…"
- * (as tools/folder_write.ts lists a model folder's --out).
- */
+/** A folder's entries for a message, sorted by name, folders with a "/" (shortList). */
 function heldNames(entries: readonly Deno.DirEntry[]): string {
   const names = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     .map((e) => e.name + (e.isDirectory ? "/" : ""));
-  return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
+  return shortList(names);
 }
 
 /** A new run's --out: missing or empty, else an error naming what it holds. */

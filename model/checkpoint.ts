@@ -11,6 +11,7 @@ import { encoderParameterShapes } from "./encoder.ts";
 import { openSafetensors, type SafetensorsReader, writeSafetensors } from "./safetensors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "./atomic_write.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import { plural } from "./progress_text.ts";
 
 export class CheckpointError extends Error {
   constructor(file: string, problem: string) {
@@ -256,7 +257,7 @@ export function unusedTensorsNote(file: string, names: readonly string[]): strin
     : names.some((n) => /^(lora|prefix)\./.test(n))
     ? "PEFT tensors are not loaded with a model: a run starts its PEFT method fresh"
     : "they are not part of the encoder or the EH-FT head (head.*)";
-  return `${file}: ${names.length} tensor${names.length === 1 ? "" : "s"} not used ` +
+  return `${file}: ${plural(names.length, "tensor")} not used ` +
     `(${shown}): ${why}`;
 }
 

@@ -25,3 +25,8 @@ export function progressAmount(bytes: number, total: number | undefined): string
 export function plural(n: number, thing: string): string {
   return `${n} ${thing}${n === 1 ? "" : "s"}`;
 }
+
+/** Names for a message: the first `max`, then "…" (a folder's entries, a set of files). */
+export function shortList(names: readonly string[], max = 6): string {
+  return names.length <= max ? names.join(", ") : `${names.slice(0, max).join(", ")}, …`;
+}

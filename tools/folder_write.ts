@@ -4,10 +4,7 @@
 
 import { dirname, resolve } from "node:path";
 import { syncFolder, syncFolderOf } from "../model/atomic_write.ts";
-
-function list(names: string[]): string {
-  return names.length <= 6 ? names.join(", ") : `${names.slice(0, 6).join(", ")}, …`;
-}
+import { shortList } from "../model/progress_text.ts";
 
 /** The folder's entries sorted by name, or null when it does not exist; a file is refused. */
 async function folderEntries(out: string): Promise<Deno.DirEntry[] | null> {
@@ -40,14 +37,16 @@ export async function checkOutFolder(
   const shown = (e: Deno.DirEntry) => e.name + (e.isDirectory ? "/" : "");
   if (!overwrite) {
     throw new Error(
-      `--out ${out} is not empty (it holds ${list(entries.map(shown))}): pass --overwrite to ` +
+      `--out ${out} is not empty (it holds ${
+        shortList(entries.map(shown))
+      }): pass --overwrite to ` +
         `replace the model in it, or choose a new folder`,
     );
   }
   const foreign = entries.filter((e) => !(e.isFile && files.includes(e.name)));
   if (foreign.length > 0) {
     throw new Error(
-      `--out ${out} holds ${list(foreign.map(shown))}, which this tool does not write: ` +
+      `--out ${out} holds ${shortList(foreign.map(shown))}, which this tool does not write: ` +
         `--overwrite replaces only a folder of ${files.join(", ")}; move ` +
         `${foreign.length === 1 ? "it" : "them"} away or choose a new folder`,
     );

@@ -39,7 +39,7 @@ import {
   type WordPieceOptions,
 } from "../model/tokenizer_convert.ts";
 import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
-import { DEFAULT_MODEL_NAME } from "../train/default_model.ts";
+import { DEFAULT_MODEL_NAME, lrText } from "../train/default_model.ts";
 import { parseFlags } from "../train/flags.ts";
 import { RTE_MINI_RECIPE, RTE_RECIPE } from "../tasks/rte.ts";
 import { runTool } from "./cli.ts";
@@ -76,11 +76,6 @@ function fmtInt(n: number): string {
 /** A share as a percentage without float noise (0.07 → "7", not "7.000000000000001"). */
 function fmtPct(x: number): string {
   return String(+(x * 100).toPrecision(12));
-}
-
-/** A learning rate as people write it: 2e-4, 1e-5 (String gives 0.0002, 0.00001). */
-function fmtLr(lr: number): string {
-  return lr !== 0 && Math.abs(lr) < 0.01 ? lr.toExponential().replace(/\.?0*e/, "e") : String(lr);
 }
 
 /** `path` absolute, with the links in its folder resolved (the path itself need not exist). */
@@ -297,9 +292,9 @@ initialised model of the same shape and how FT, LP-FT and EH-FT do with it on RT
   }
   const model = `--model ${shellWord(place.path)}`;
   const defaultPath = `models/${DEFAULT_MODEL_NAME}`;
-  const paper = `lr ${fmtLr(RTE_RECIPE.lr!)}, up to ${RTE_RECIPE.maxLength} tokens`;
+  const paper = `lr ${lrText(RTE_RECIPE.lr!)}, up to ${RTE_RECIPE.maxLength} tokens`;
   const maxLength = Math.min(RTE_MINI_RECIPE.maxLength!, maxPositions);
-  const small = `--lr ${fmtLr(RTE_MINI_RECIPE.lr!)} --max-length ${maxLength} ` +
+  const small = `--lr ${lrText(RTE_MINI_RECIPE.lr!)} --max-length ${maxLength} ` +
     `--epochs ${RTE_MINI_RECIPE.epochs}`;
   return {
     use: `.\nFine-tune it by naming its folder: \`deno task rte ${model}\`.\n`,

@@ -87,7 +87,7 @@ function budgetText(c: TrainConfig): string {
 }
 
 /** A learning rate as people write it: 2e-4, 1e-5 (String gives 0.0002, 0.00001). */
-function lrText(lr: number | undefined): string {
+export function lrText(lr: number | undefined): string {
   if (lr === undefined) return "the default";
   return lr !== 0 && Math.abs(lr) < 0.01 ? lr.toExponential().replace(/\.?0*e/, "e") : String(lr);
 }

@@ -30,6 +30,7 @@ import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainConfig } from "./config.ts";
 import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
+import { plural } from "../model/progress_text.ts";
 
 export type Benchmark = "SuperGLUE" | "GLUE";
 
@@ -170,9 +171,7 @@ export function testSplitWarning(
   const n = examples.length;
   if (n !== expected) {
     const extra = n - expected;
-    const effect = extra < 0
-      ? "will be incomplete"
-      : `will have ${extra} extra row${extra === 1 ? "" : "s"}`;
+    const effect = extra < 0 ? "will be incomplete" : `will have ${plural(extra, "extra row")}`;
     return `${testPath}: ${n} examples; ${leaderboard} ${expected} (${format.file} ${effect})`;
   }
   // GLUE's column is `index`; SuperGLUE's field is `idx`.
