@@ -16,7 +16,7 @@ import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { runMain } from "./train/flags.ts";
-import { startLines, taskScriptRecipe } from "./train/default_model.ts";
+import { shippedDataDir, startLines, taskScriptRecipe } from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { checkRunFolder, type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
@@ -53,7 +53,11 @@ export async function trainFromArgs(
   const { config, typed, tune } = parseTrainArgs(
     args,
     recipe,
-    (name) => byName(name).dataDir ?? (byName(name).resolveData ? DOWNLOAD : undefined),
+    (name) => {
+      const dataDir = byName(name).dataDir;
+      if (dataDir !== undefined) return shippedDataDir(dataDir);
+      return byName(name).resolveData ? DOWNLOAD : undefined;
+    },
   );
   // Before a download of the data or the model, which a wrong --out would waste.
   await checkRunFolder(config.out);

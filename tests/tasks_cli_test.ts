@@ -16,10 +16,10 @@ interface Result {
   json: () => Record<string, unknown>;
 }
 
-async function run(args: string[]): Promise<Result> {
+async function run(args: string[], cwd = ROOT): Promise<Result> {
   const out = await new Deno.Command(Deno.execPath(), {
     args,
-    cwd: ROOT,
+    cwd,
     env: { EHFT_OFFLINE: "1", HF_HUB_OFFLINE: "1", XDG_RUNTIME_DIR: "/tmp" },
     stdout: "piped",
     stderr: "piped",
@@ -226,5 +226,17 @@ test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file
     assert(metrics.final.accuracy >= 0 && metrics.final.accuracy <= 1, JSON.stringify(metrics));
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("a task script run from another folder finds its shipped data, as its shipped model", async () => {
+  const elsewhere = await Deno.makeTempDir({ prefix: "ehft-elsewhere-" });
+  try {
+    const r = await run(["run", "-A", `${ROOT}tasks/cb.ts`, "--dry-run"], elsewhere);
+    assertEquals(r.code, 0, r.stderr);
+    const report = r.json() as { data: string; splits: { train: { examples: number } } };
+    assertEquals([report.data, report.splits.train.examples], [`${ROOT}data/superglue/CB`, 250]);
+  } finally {
+    await Deno.remove(elsewhere, { recursive: true });
   }
 });

@@ -26,6 +26,26 @@ export function shippedModelDir(): string | null {
   }
 }
 
+/**
+ * A task's shipped data folder (`task.dataDir`, relative) as a run reads it: from the working
+ * folder when it is there (`deno task` runs in the repository root), else the repository's own
+ * copy beside this module (a script run from another folder, as the shipped model is found),
+ * else as it is, for the error to name.
+ */
+export function shippedDataDir(dataDir: string): string {
+  const isFolder = (path: string) => {
+    try {
+      return Deno.statSync(path).isDirectory;
+    } catch {
+      return false;
+    }
+  };
+  if (isFolder(dataDir)) return dataDir;
+  const url = new URL(`../${dataDir}`, import.meta.url);
+  const beside = url.protocol === "file:" ? decodeURIComponent(url.pathname) : null;
+  return beside !== null && isFolder(beside) ? beside : dataDir;
+}
+
 /** The shipped model's learning rate for full fine-tuning and Stage 2 (a 2-layer, 128-wide BERT). */
 export const MINI_LR = 2e-4;
 

@@ -34,6 +34,7 @@ import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/toke
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
+import { shippedDataDir } from "./default_model.ts";
 import { checkTestSplit, predictTestRefusal } from "./submission.ts";
 import type { Task } from "./task.ts";
 
@@ -246,7 +247,7 @@ export async function dryRunFromArgs(
   let data: string | null = config.data;
   const notes: string[] = [];
   if (data === NO_DATA) {
-    data = task.dataDir ?? null;
+    data = task.dataDir === undefined ? null : shippedDataDir(task.dataDir);
     if (data === null && task.resolveData) {
       try {
         data = await task.resolveData({ offline: true, quiet: true });
