@@ -227,7 +227,7 @@ export {
   saveModel,
   type SaveModelOptions,
 } from "./model/checkpoint.ts";
-export { type OpenedModel, openModel } from "./model/load.ts";
+export { type OpenedModel, openModel, type OpenModelOptions } from "./model/load.ts";
 export {
   initialMlmHeadValues,
   MlmHead,
@@ -258,6 +258,12 @@ export {
   type TrainConfig,
 } from "./train/config.ts";
 export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
+export { type StepStats, Trainer, type TrainerOptions } from "./train/trainer.ts";
+// The GEMM autotune a run takes (RunOptions.autotune): tuneRequest() reads the CLIs' settings.
+export { type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
+// The nine tasks (readers, heads, metrics) by name, and predictions from a fine-tuned model.
+export { taskByName, TASKS } from "./tasks/all.ts";
+export { predict, type Prediction, type PredictOptions } from "./predict.ts";
 export { resolveStages, type Stage, type StrategyName } from "./train/strategy.ts";
 
 // Masked-language-model pretraining: corpus, vocabulary, masking, the loop.

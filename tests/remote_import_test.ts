@@ -67,7 +67,10 @@ gpu.destroy();
     const err = new TextDecoder().decode(stderr);
     assertEquals(code, 0, `subprocess failed: ${err}`);
     const result = JSON.parse(new TextDecoder().decode(stdout).trim().split("\n").at(-1)!);
-    for (const name of ["requestGpu", "createTensor", "Recorder", "openSafetensors"]) {
+    // A training and prediction of one's own need the tasks, the run, predict and the tune.
+    const api = ["requestGpu", "createTensor", "Recorder", "openSafetensors", "openModel"]
+      .concat(["runTraining", "parseTrainArgs", "TASKS", "taskByName", "predict", "tuneRequest"]);
+    for (const name of api) {
       assert(result.exports.includes(name), `mod.ts does not export ${name}`);
     }
     assertEquals(result.out, Array(9).fill(2.5));

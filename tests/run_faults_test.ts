@@ -174,6 +174,12 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
     resumeCommand(["--resume"], "file:///elsewhere/tasks/cb.ts"),
     "deno run -A /elsewhere/tasks/cb.ts --resume",
   );
+  // A program of one's own that calls runTraining may not read its command line.
+  assertEquals(
+    resumeCommand(["--lr", "1e-5"], "file:///home/me/my_sweep.ts"),
+    "runTraining with resume: true in the same config (deno run -A /home/me/my_sweep.ts --lr " +
+      "1e-5 --resume, if /home/me/my_sweep.ts passes its arguments to parseTrainArgs)",
+  );
 });
 
 Deno.test("run faults: out of GPU memory names the allocation, its bytes and a batch that fits", () => {

@@ -24,7 +24,11 @@ export interface RunPlace {
   checkpoint: { path: string; step: number } | null;
 }
 
-/** The command that continues this run: the current one, with --resume (and no --overwrite). */
+/**
+ * The command that continues this run: the current one, with --resume (and no --overwrite). A
+ * program of the user's own that calls runTraining (not train.ts or a task script) may not read
+ * its command line: it is told to run with `resume: true` as well.
+ */
 export function resumeCommand(
   args: readonly string[] = Deno.args,
   main: string = Deno.mainModule,
@@ -39,7 +43,10 @@ export function resumeCommand(
   }
   const kept = args.filter((a) => a !== "--overwrite" && a !== "--resume");
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
-  return ["deno run -A", script, ...kept.map(quote), "--resume"].join(" ");
+  const command = ["deno run -A", script, ...kept.map(quote), "--resume"].join(" ");
+  const ours = /(^|\/)train\.ts$|(^|\/)tasks\/[\w-]+\.ts$/.test(script);
+  return ours ? command : `runTraining with resume: true in the same config (${command}, if ` +
+    `${script} passes its arguments to parseTrainArgs)`;
 }
 
 function keptCheckpoint(place: RunPlace): string {
