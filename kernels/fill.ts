@@ -6,6 +6,7 @@ import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
+import { GpuError } from "./device.ts";
 
 const WORKGROUP = 256;
 
@@ -21,8 +22,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 `;
 
-/** The 32-bit word that holds `value` in the tensor's dtype (two copies for f16). */
-function fillWord(value: number, dtype: Tensor["dtype"]): number {
+const INT_RANGE = { i32: [-(2 ** 31), 2 ** 31 - 1], u32: [0, 2 ** 32 - 1] } as const;
+
+/**
+ * The 32-bit word that holds `value` in the tensor's dtype (two copies for f16); null when an
+ * integer dtype cannot hold it.
+ */
+function fillWord(value: number, dtype: Tensor["dtype"]): number | null {
   switch (dtype) {
     case "f32":
       return new Uint32Array(new Float32Array([value]).buffer)[0];
@@ -32,6 +38,10 @@ function fillWord(value: number, dtype: Tensor["dtype"]): number {
     }
     case "i32":
     case "u32":
+      // An integer tensor holds integers: 0.5 or -1 in u32 would be written as something else.
+      if (!Number.isInteger(value) || value < INT_RANGE[dtype][0] || value > INT_RANGE[dtype][1]) {
+        return null;
+      }
       return value >>> 0;
   }
 }
@@ -41,6 +51,9 @@ export function fill(rec: Recorder, t: Tensor, value: number): void {
   const gpu = rec.gpu;
   const pipeline = getPipeline(gpu, "fill", FILL_WGSL);
   const word = fillWord(value, t.dtype);
+  if (word === null) {
+    throw new GpuError(`fill: tensor "${t.label}" is ${t.dtype}, which cannot hold ${value}`);
+  }
   // Slices of whole alignment units, so that each one of an aligned tensor starts aligned.
   const align = gpu.limits.minStorageBufferOffsetAlignment;
   const maxWords = Math.floor(gpu.limits.maxStorageBufferBindingSize / align) * align / 4;

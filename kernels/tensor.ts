@@ -17,12 +17,20 @@ const HOST_ARRAY = {
   u32: Uint32Array,
 } as const;
 
-/** The dtype a host array holds. */
+/**
+ * The dtype a host array holds; another kind of data (a Float64Array, a plain array: JavaScript
+ * callers are not type-checked) is an error naming it, not read as u32.
+ */
 export function dtypeOf(data: HostArray): DType {
   if (data instanceof Float32Array) return "f32";
   if (data instanceof Float16Array) return "f16";
   if (data instanceof Int32Array) return "i32";
-  return "u32";
+  if (data instanceof Uint32Array) return "u32";
+  const kind = (data as unknown as { constructor?: { name?: string } })?.constructor?.name ??
+    typeof data;
+  throw new GpuError(
+    `host data must be a Float32Array, Float16Array, Int32Array or Uint32Array, not ${kind}`,
+  );
 }
 
 export function numelOf(shape: readonly number[]): number {

@@ -563,7 +563,13 @@ async function openIndex(path: string): Promise<ShardedReader> {
   }
   const { metadata: rawMetadata = {}, weight_map: weightMap } = index;
   if (!isPlainObject(rawMetadata)) throw fail("index metadata is not an object");
-  if (!isPlainObject(weightMap)) throw fail("index has no weight_map object");
+  if (!isPlainObject(weightMap)) {
+    // Any .json is read as a sharded index: config.json or tokenizer.json given by mistake.
+    throw fail(
+      "index has no weight_map object: a .json file is read as a sharded checkpoint's index " +
+        "(model.safetensors.index.json); give the .safetensors file or the model's folder",
+    );
+  }
 
   // Index metadata holds numbers such as total_size; the reader exposes everything as strings.
   const metadata: Record<string, string> = Object.fromEntries(

@@ -753,6 +753,14 @@ Deno.test("sharded index naming a missing tensor or missing shard file is reject
     );
     await Deno.writeTextFile(index, '{"metadata": {}}');
     await assertRejectsFile(openSafetensors(index), index, /index has no weight_map object/);
+    // A config.json given by mistake: what to give instead.
+    const config = `${dir}/config.json`;
+    await Deno.writeTextFile(config, '{"model_type": "bert"}');
+    await assertRejectsFile(
+      openSafetensors(config),
+      config,
+      /no weight_map object: .*give the \.safetensors file or the model's folder$/,
+    );
     await Deno.writeTextFile(index, "{oops");
     await assertRejectsFile(openSafetensors(index), index, /index is not valid JSON/);
     // A tensor mapped twice (JSON.parse would keep the second silently).
