@@ -300,6 +300,14 @@ export interface SaveModelOptions {
   tokenizerFile?: string;
 }
 
+/** transformers' base model class of each model type: what a saved backbone is. */
+const BASE_ARCHITECTURE: Record<ModelConfig["modelType"], string> = {
+  bert: "BertModel",
+  roberta: "RobertaModel",
+  "xlm-roberta": "XLMRobertaModel",
+  electra: "ElectraModel",
+};
+
 /**
  * Saves a model directory in the checkpoint contract. Each file is written atomically; the
  * weights are downloaded one tensor at a time.
@@ -330,7 +338,10 @@ export async function saveModel(dir: string, options: SaveModelOptions): Promise
     ...headShape,
     ...options.metadata,
   });
-  await writeJsonAtomic(`${dir}/config.json`, config.raw);
+  // The weights hold a backbone (and the EH-FT head, which transformers does not know), not the
+  // checkpoint's MLM head: "BertForMaskedLM" would promise weights that are not there.
+  const architectures = [BASE_ARCHITECTURE[config.modelType]];
+  await writeJsonAtomic(`${dir}/config.json`, { ...config.raw, architectures });
   if (options.tokenizerFile) {
     await writeFileAtomic(`${dir}/tokenizer.json`, await Deno.readFile(options.tokenizerFile));
   }

@@ -68,6 +68,9 @@ test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it
   assertEquals(run.resolved.adamw.beta2, 0.98);
   // The model folder's real path: what report.ts tells models apart by, however it was spelled.
   assertEquals(run.resolved.model.real_dir, await Deno.realPath(`${dir}/model`));
+  // The saved model is a backbone with the EH-FT head: transformers' base class, not the MLM one.
+  const saved = JSON.parse(await Deno.readTextFile(`${out}/model/config.json`));
+  assertEquals(saved.architectures, ["BertModel"]);
 
   const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
     JSON.parse(l)
