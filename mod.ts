@@ -132,6 +132,13 @@ export {
 } from "./kernels/loss_scale.ts";
 export { rowNorms } from "./kernels/row_norm.ts";
 export { distance, distancePartialsLength, rowDistances } from "./kernels/distance.ts";
+// The head's input: the first token's state, or WiC's pooled word spans.
+export {
+  firstTokenBackward,
+  firstTokenForward,
+  wicPoolBackward,
+  wicPoolForward,
+} from "./kernels/pooling.ts";
 
 // Checkpoint files.
 export {
@@ -140,15 +147,11 @@ export {
   openSafetensors,
   SafetensorsError,
   type SafetensorsReader,
+  type TensorData,
   type TensorInfo,
+  type TensorInput,
   writeSafetensors,
 } from "./model/safetensors.ts";
-export {
-  firstTokenBackward,
-  firstTokenForward,
-  wicPoolBackward,
-  wicPoolForward,
-} from "./kernels/pooling.ts";
 
 // Models: config, hub downloads, tokenizers, the encoder and the EH-FT head, checkpoints.
 export {
@@ -162,6 +165,7 @@ export {
 export {
   type DownloadProgress,
   hubCacheDir,
+  type HubEnv,
   HubError,
   resolveModel,
   type ResolveModelOptions,
@@ -175,14 +179,20 @@ export {
   type TextInput,
   TextTokenizer,
   TokenizerError,
+  type TokenizerModelInfo,
+  type TokenizerOptions,
   type Truncation,
   TruncationError,
 } from "./model/tokenizer.ts";
 export {
+  type AddedTokenJson,
+  type ByteLevelBpeOptions,
   convertByteLevelBpe,
   convertTokenizerDir,
   convertWordPiece,
   TokenizerConvertError,
+  type TokenizerJson,
+  type WordPieceOptions,
 } from "./model/tokenizer_convert.ts";
 export {
   type AttentionKernels,
@@ -190,9 +200,11 @@ export {
   type BackwardOptions,
   chooseAttention,
   createEncoder,
+  type EmbeddingParams,
   Encoder,
   type EncoderBatch,
   encoderGradients,
+  type EncoderGrads,
   type EncoderHooks,
   type EncoderOptions,
   encoderParameters,
@@ -201,11 +213,13 @@ export {
   FLASH_ATTENTION_ABOVE_BYTES,
   type ForwardOptions,
   type HookContext,
+  type LayerParams,
   LINEAR_MODULES,
   type LinearHook,
   type LinearModule,
   type LinearSite,
   type Precision,
+  type WeightBias,
 } from "./model/encoder.ts";
 export {
   createHead,
@@ -215,6 +229,7 @@ export {
   headGradients,
   type HeadOptions,
   headParameters,
+  type HeadParams,
 } from "./model/head.ts";
 export {
   CheckpointError,
@@ -247,36 +262,52 @@ export {
   type PeftName,
   type PeftOptions,
 } from "./peft/method.ts";
-export { mergeLora, saveLoraAdapter } from "./peft/lora.ts";
+export { type LoraAdapterOptions, mergeLora, saveLoraAdapter } from "./peft/lora.ts";
 
 // Training: strategies, the run, tasks and metrics.
 export {
   paperRecipe,
+  type ParsedTrainArgs,
   parseTrainArgs,
   type Recipe,
   type RunSettings,
   type TrainConfig,
 } from "./train/config.ts";
+export type { TuneFlags } from "./train/flags.ts";
+export type { Schedule, ScheduleName } from "./train/schedule.ts";
 export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
+export type { MetricValues } from "./train/evaluate.ts";
 export { type StepStats, Trainer, type TrainerOptions } from "./train/trainer.ts";
+export type { TrainBatch } from "./train/batches.ts";
+export type { AdamW, AdamwSettings, TrainableTensor } from "./train/optimizer.ts";
 // The GEMM autotune a run takes (RunOptions.autotune): tuneRequest() reads the CLIs' settings.
 export { type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 // The nine tasks (readers, heads, metrics) by name, and predictions from a fine-tuned model.
 export { taskByName, TASKS } from "./tasks/all.ts";
 export { predict, type Prediction, type PredictOptions } from "./predict.ts";
-export { resolveStages, type Stage, type StrategyName } from "./train/strategy.ts";
+export {
+  resolveStages,
+  type Stage,
+  type StageName,
+  type StageTrains,
+  type StrategyBudget,
+  type StrategyName,
+} from "./train/strategy.ts";
 
 // Masked-language-model pretraining: corpus, vocabulary, masking, the loop.
 export {
   type CorpusDocument,
   fetchBrownCorpus,
+  type FetchBrownOptions,
   readTextCorpus,
   splitHeldOut,
+  type TaskText,
   taskTrainDocuments,
 } from "./train/corpus.ts";
 export {
   prunedTokenizerJson,
   type PrunedVocabulary,
+  type PruneOptions,
   pruneVocabulary,
   vocabTxt,
 } from "./train/vocab_prune.ts";
@@ -294,6 +325,7 @@ export {
   type PretrainOptions,
   type PretrainResult,
   saveMlmModel,
+  type StepStats as PretrainStepStats,
 } from "./train/pretrain.ts";
 export { DEFAULT_MODEL_NAME, miniRecipe, shippedModelDir } from "./train/default_model.ts";
 export {
@@ -303,6 +335,7 @@ export {
   type Task,
   type TaskExample,
 } from "./train/task.ts";
+export type { DatasetProgress, EnsureDatasetOptions } from "./train/data_download.ts";
 export {
   accuracy,
   computeMetrics,

@@ -49,13 +49,21 @@ export const FLAGS = {
   ...TUNE_FLAGS,
 } as const;
 
+/** What `predict` runs: a fine-tuned model over one split of a task's data. */
 export interface PredictOptions {
+  /** A fine-tuned model: a run's model/ folder, or a hub id. */
   model: string;
+  /** The task the model was fine-tuned on (its head must fit it). */
   task: Task;
+  /** The task's data folder. */
   data: string;
+  /** train, the task's dev split or test. */
   split: string;
+  /** Examples per forward pass. */
   batchSize: number;
+  /** Tokens per example; default the model's limit. */
   maxLength?: number;
+  /** The hub branch, tag or commit (with a hub id). */
   revision?: string;
   /**
    * Tune the GEMM for this device first (kernels/matmul_autotune.ts); absent: no tune (the
@@ -64,9 +72,13 @@ export interface PredictOptions {
   autotune?: TuneRequest;
 }
 
+/** One example's prediction. */
 export interface Prediction {
+  /** The example's idx in the data file. */
   idx: number;
+  /** The head's outputs for it (one per choice for multiple choice). */
   logits: number[];
+  /** The label name, a choice's index (COPA), or the score (STS-B). */
   prediction: string | number;
 }
 

@@ -84,9 +84,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 
 /** AdamW hyper-parameters of one step. */
 export interface AdamwHyper {
+  /** Learning rate of this step (≥ 0); also scales the weight decay. */
   lr: number;
+  /** Decay of the first moment m, in [0, 1). */
   beta1: number;
+  /** Decay of the second moment v, in [0, 1). */
   beta2: number;
+  /** Added to the bias-corrected √v in the denominator (≥ 0). */
   eps: number;
   /** The step number t ≥ 1 of this update (1 for the first), as torch's state["step"] after +1. */
   step: number;

@@ -33,12 +33,18 @@ function roundUp(bytes: number, to: number): number {
 
 /** One tensor of an arena. */
 export interface ArenaSpec {
+  /** Key of the tensor in `TensorArena.tensors`; distinct within an arena. */
   name: string;
+  /** The tensor's shape (f32 unless `createArena` is given another dtype). */
   shape: readonly number[];
   /** The tensor's label (default its name). */
   label?: string;
 }
 
+/**
+ * Named tensors that are views of one or a few shared buffers (see `createArena`). The owner
+ * frees them all with destroy(); a view's own destroy() would free its whole buffer.
+ */
 export class TensorArena {
   /** The arena's tensors by name, in the order given. */
   readonly tensors: ReadonlyMap<string, Tensor>;
@@ -46,11 +52,13 @@ export class TensorArena {
   readonly buffers: readonly Tensor[];
   private destroyed = false;
 
+  /** Wraps views and the buffers they share; `createArena` is the way to make one. */
   constructor(tensors: Map<string, Tensor>, buffers: Tensor[]) {
     this.tensors = tensors;
     this.buffers = buffers;
   }
 
+  /** The tensor named `name`; throws a GpuError if the arena has none. */
   get(name: string): Tensor {
     const t = this.tensors.get(name);
     if (!t) throw new GpuError(`arena: no tensor "${name}"`);

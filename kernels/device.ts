@@ -5,6 +5,7 @@
 
 /** Thrown when no WebGPU adapter exists; its message says what to install. */
 export class NoAdapterError extends Error {
+  /** `detail` says why no adapter was found; the message adds what to install. */
   constructor(detail: string) {
     super(
       `No WebGPU adapter found (${detail}). With an NVIDIA GPU, install its driver with Vulkan ` +
@@ -17,6 +18,7 @@ export class NoAdapterError extends Error {
 
 /** Thrown by any GPU call after the device was lost. */
 export class DeviceLostError extends Error {
+  /** `reason` and `message` as WebGPU's GPUDeviceLostInfo gives them. */
   constructor(reason: string, message: string) {
     super(`GPU device lost (reason: ${reason})${message ? `: ${message}` : ""}`);
     this.name = "DeviceLostError";
@@ -25,6 +27,7 @@ export class DeviceLostError extends Error {
 
 /** A WebGPU validation or out-of-memory error, its message naming the operation. */
 export class GpuError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "GpuError";
@@ -57,11 +60,17 @@ const RAISED_LIMITS = [
 
 /** The adapter, its device and what they allow. One per process is the normal case. */
 export class Gpu {
+  /** The WebGPU adapter the device came from. */
   readonly adapter: GPUAdapter;
+  /** The WebGPU device every kernel runs on. */
   readonly device: GPUDevice;
+  /** The adapter's name for messages (description, else vendor and architecture). */
   readonly description: string;
+  /** The device's limits, read once into a plain object. */
   readonly limits: GPUSupportedLimits;
+  /** Whether the device has `shader-f16` (needed by f16 tensors in kernels). */
   readonly hasF16: boolean;
+  /** Whether the device has `timestamp-query` (needed by timed submits and profiles). */
   readonly hasTimestampQuery: boolean;
   /** Set once the device is lost; every later operation throws it. */
   lost: DeviceLostError | null = null;
@@ -76,6 +85,7 @@ export class Gpu {
    */
   private readonly ledger = { live: 0, peak: 0, tracked: new WeakMap<GPUBuffer, number>() };
 
+  /** Wraps a device already requested; `requestGpu` is the usual way to make one. */
   constructor(adapter: GPUAdapter, device: GPUDevice) {
     this.adapter = adapter;
     this.device = device;
@@ -184,9 +194,11 @@ export class Gpu {
   }
 }
 
+/** Options of `requestGpu`. */
 export interface RequestGpuOptions {
   /** The WebGPU entry point; defaults to `navigator.gpu`. Tests pass a fake. */
   gpu?: GPU;
+  /** The adapter to ask for; default "high-performance". */
   powerPreference?: GPUPowerPreference;
 }
 

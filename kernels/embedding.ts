@@ -146,6 +146,7 @@ function bindingLimitOf(op: string, gpu: Gpu, bindingLimit: number | undefined):
   return bindingLimit - (bindingLimit % 4);
 }
 
+/** Arguments of `embeddingForward`: N tokens, hidden size H. */
 export interface EmbeddingForwardArgs {
   /** [N] u32 word ids, each < V (the caller validates them on the host). */
   ids: Tensor;
@@ -266,7 +267,9 @@ export function buildEmbeddingPlan(ids: Uint32Array): EmbeddingPlan {
  * submitted (the uploads are queued and land before the next submit).
  */
 export class EmbeddingPlanTensors {
+  /** Prefix of its tensors' labels, named in errors. */
   readonly label: string;
+  /** The most tokens a plan may cover. */
   readonly maxTokens: number;
   /** [maxTokens] u32; the first `plan.uniqueIds.length` are valid. */
   readonly uniqueIds: Tensor;
@@ -281,6 +284,7 @@ export class EmbeddingPlanTensors {
     tokens: new Uint32Array(0),
   };
 
+  /** Allocates the three u32 tensors; throws a GpuError unless maxTokens is at least 1. */
   constructor(gpu: Gpu, maxTokens: number, label: string) {
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
       throw new GpuError(`embedding plan "${label}": maxTokens ${maxTokens} must be >= 1`);
@@ -318,6 +322,7 @@ export class EmbeddingPlanTensors {
     return plan;
   }
 
+  /** Frees the three GPU buffers. */
   destroy(): void {
     this.uniqueIds.destroy();
     this.offsets.destroy();
@@ -334,6 +339,7 @@ export function createEmbeddingPlanTensors(
   return new EmbeddingPlanTensors(gpu, maxTokens, label);
 }
 
+/** Arguments of `embeddingBackward`: each table gradient given needs the plan of its ids. */
 export interface EmbeddingBackwardArgs {
   /** [N, H] f32, the gradient of the embedding output. */
   dOut: Tensor;

@@ -682,8 +682,11 @@ function grid(rec: Recorder, invocations: number, size: number): [number, number
  * dO element loaded serves 4·keyBlocks keys, whose k, v, dK and dV rows stay in registers).
  */
 export interface FlashAttentionTiling {
+  /** Query rows per invocation of the forward kernel. */
   forwardRows: 1 | 2 | 4 | 8;
+  /** Query rows per invocation of the backward's dQ kernel. */
   backwardRows: 1 | 2 | 4 | 8;
+  /** Blocks of four keys per invocation of the dK/dV kernels. */
   keyBlocks: 1 | 2;
 }
 

@@ -12,6 +12,7 @@ import type { Recorder } from "./recorder.ts";
 import { Workspace } from "./workspace.ts";
 import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
+/** Arguments of `linearForward`: x, weight and out are f32 or f16; the bias is f32. */
 export interface LinearForwardArgs {
   /** [..., in]; the leading dimensions are flattened to rows. */
   x: Tensor;
@@ -27,6 +28,10 @@ export interface LinearForwardArgs {
   preActivation?: Tensor;
 }
 
+/**
+ * Arguments of `linearBackward`: each gradient given is written (or added into); the weight and
+ * bias gradients are f32.
+ */
 export interface LinearBackwardArgs {
   /** The forward input, [..., in]. */
   x: Tensor;

@@ -14,6 +14,7 @@ import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
+/** Arguments of `loraForward`: A, B and `hidden` are f32; x and out f32 or f16. */
 export interface LoraForwardArgs {
   /** The layer input, [..., in]; leading dimensions are flattened to rows. */
   x: Tensor;
@@ -29,10 +30,15 @@ export interface LoraForwardArgs {
   out: Tensor;
 }
 
+/** Arguments of `loraBackward`: A, B, `hidden` and their gradients are f32. */
 export interface LoraBackwardArgs {
+  /** The forward input, [..., in]. */
   x: Tensor;
+  /** lora_A, [r, in] */
   a: Tensor;
+  /** lora_B, [out, r] */
   b: Tensor;
+  /** The forward pass's scale (lora_alpha / r). */
   scale: number;
   /** The forward pass's X·Aᵀ. */
   hidden: Tensor;

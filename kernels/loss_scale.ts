@@ -34,6 +34,7 @@ export const LOSS_SCALE_STATE = {
   lastSkipped: 3,
 } as const;
 
+/** The loss-scaling policy (GradScaler's arguments); see LOSS_SCALE_DEFAULTS. */
 export interface LossScaleSettings {
   /** The first scale (a power of two keeps scaling exact). */
   initScale: number;
@@ -61,9 +62,13 @@ export interface LossScaling extends Omit<LossScaleSettings, "initScale"> {
 
 /** The state's values on the host. */
 export interface LossScaleValues {
+  /** The current scale S. */
   scale: number;
+  /** Finite steps since the last growth or skip. */
   goodSteps: number;
+  /** Steps skipped since the state was created. */
   skippedTotal: number;
+  /** Whether the last step was skipped. */
   lastSkipped: boolean;
 }
 

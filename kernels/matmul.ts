@@ -38,13 +38,20 @@ import {
 
 /** One batch level: `count` products, operand `X` of product `i` starting `i · strideX` later. */
 export interface MatmulBatch {
+  /** Products at this level (1: no batching). */
   count: number;
   /** Element strides between consecutive products; 0 reuses the same operand (broadcast). */
   strideA: number;
+  /** As `strideA`, for B. */
   strideB: number;
+  /** As `strideA`, for C; must not be 0 when `count` > 1. */
   strideC: number;
 }
 
+/**
+ * The operands and layout of one `matmul` call. A, B and C are f32 or f16 (summed in f32); the
+ * bias is f32. C must not share a GPU buffer with A, B or the bias.
+ */
 export interface MatmulArgs {
   /** Used in error messages and as the dispatch label; defaults to "matmul". */
   op?: string;
@@ -54,18 +61,27 @@ export interface MatmulArgs {
   b: Tensor;
   /** C is m×n, row-major with row stride `ldc`. */
   c: Tensor;
+  /** Rows of op(A) and of C. */
   m: number;
+  /** Columns of op(B) and of C. */
   n: number;
+  /** Columns of op(A) and rows of op(B): the length of each sum. */
   k: number;
+  /** A is stored transposed ([k, m]); default false. */
   transA?: boolean;
+  /** B is stored transposed ([n, k]); default false. */
   transB?: boolean;
   /** Row strides of the stored matrices, in elements; default: packed (the stored row length). */
   lda?: number;
+  /** As `lda`, for B. */
   ldb?: number;
+  /** As `lda`, for C (default n). */
   ldc?: number;
   /** Element offsets of the first product's operands inside each tensor; default 0. */
   offsetA?: number;
+  /** As `offsetA`, for B. */
   offsetB?: number;
+  /** As `offsetA`, for C (and the epilogue's preActivation). */
   offsetC?: number;
   /** Outer batch level (e.g. the sequence in a [B, S, H·D] layout). */
   batch0?: MatmulBatch;

@@ -608,7 +608,9 @@ export function defaultMatmulCacheFile(): string | undefined {
 
 /** How a program should tune: from its flags and the environment (`tuneRequest`). */
 export interface TuneRequest {
+  /** Whether to tune at all (false: the built-in heuristic picks each variant). */
   enabled: boolean;
+  /** Time again the shapes the cache already knows. */
   retune: boolean;
   /** The cache file, or undefined for memory only. */
   cacheFile?: string;

@@ -227,7 +227,12 @@ export class BindGroupCache {
   }
 }
 
+/**
+ * Records kernel launches and buffer copies, then encodes and submits them as one command buffer
+ * (`submit`); a failing launch is named in the GpuError. Recording starts afresh after a submit.
+ */
 export class Recorder {
+  /** The device it records for. */
   readonly gpu: Gpu;
   private commands: Command[] = [];
   private readonly bindGroups: BindGroupCache | null;

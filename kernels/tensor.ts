@@ -3,8 +3,10 @@
 
 import { type Gpu, GpuError } from "./device.ts";
 
+/** Element types: 32-bit float, 16-bit float (needs shader-f16), signed and unsigned 32-bit int. */
 export type DType = "f32" | "f16" | "i32" | "u32";
 
+/** Bytes per element of each dtype. */
 export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32: 4 };
 
 /** The host-side array of each dtype. */
@@ -55,15 +57,28 @@ export function tensorUsage(): number {
   return GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 }
 
+/**
+ * A GPU buffer (or a slice of one), a shape and a dtype, elements dense and row-major.
+ * Make one with createTensor or tensorFromArray; destroy() frees the buffer.
+ */
 export class Tensor {
+  /** The device the buffer lives on. */
   readonly gpu: Gpu;
+  /** The buffer holding the elements; views share their parent's. */
   readonly buffer: GPUBuffer;
   /** Byte offset of element 0 inside `buffer`. */
   readonly offset: number;
+  /** Sizes of each dimension, outermost first. */
   readonly shape: readonly number[];
+  /** The element type. */
   readonly dtype: DType;
+  /** A name for error messages and GPU debugging labels. */
   readonly label: string;
 
+  /**
+   * Wraps part of an existing buffer (takes no copy); throws a GpuError if `offset` is not
+   * 4-aligned or the elements overrun the buffer. Most callers want createTensor.
+   */
   constructor(
     gpu: Gpu,
     buffer: GPUBuffer,
@@ -87,6 +102,7 @@ export class Tensor {
     this.offset = offset;
   }
 
+  /** Number of elements: the product of the shape. */
   get numel(): number {
     return numelOf(this.shape);
   }

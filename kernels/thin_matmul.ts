@@ -25,6 +25,7 @@ const THREADS = 64;
  */
 const PITCH = THREADS + 1;
 
+/** Arguments of `thinMatmul`: C = alpha · X·op(W), n at most THIN_MAX_N. */
 export interface ThinMatmulArgs {
   /** Names the op in errors and as the dispatch label; defaults to "thinMatmul". */
   op?: string;
@@ -32,11 +33,15 @@ export interface ThinMatmulArgs {
   x: Tensor;
   /** op(W) is k×n: W stored [n, k] when `transW` (LoRA's A), else [k, n] (LoRA's B); f32. */
   w: Tensor;
+  /** W is stored [n, k] (transposed). */
   transW: boolean;
   /** [m, n] f32 (any shape of m·n elements), overwritten. */
   c: Tensor;
+  /** Rows of X and C. */
   m: number;
+  /** Columns of C, 1 to THIN_MAX_N. */
   n: number;
+  /** The summed dimension: columns of X. */
   k: number;
   /** Default 1. */
   alpha?: number;

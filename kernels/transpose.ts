@@ -51,6 +51,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 `;
 }
 
+/** Arguments of `transpose`: src and dst f32 or f16 (the same), in different buffers. */
 export interface TransposeArgs {
   /** Used in error messages and as the dispatch label; defaults to "transpose". */
   op?: string;
@@ -58,9 +59,13 @@ export interface TransposeArgs {
   src: Tensor;
   /** Receives the transpose, packed [cols, rows]; the same dtype as src. */
   dst: Tensor;
+  /** Rows of the source matrix. */
   rows: number;
+  /** Columns of the source matrix. */
   cols: number;
+  /** Element offset of the source matrix in src; default 0. */
   offset?: number;
+  /** Row stride of the source in elements; default cols, at least cols. */
   ld?: number;
 }
 

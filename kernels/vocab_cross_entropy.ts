@@ -130,6 +130,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 `;
 
+/**
+ * Per-row outputs of `vocabCrossEntropyForward` for M rows of logits, allocated by the caller;
+ * the backward reads `lse`.
+ */
 export interface VocabCrossEntropyState {
   /** [M] f32: each row's log-sum-exp (the backward reads it). */
   lse: Tensor;

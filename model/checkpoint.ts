@@ -13,7 +13,12 @@ import { writeFileAtomic, writeJsonAtomic } from "./atomic_write.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { plural } from "./progress_text.ts";
 
+/**
+ * A checkpoint that cannot be used: no weights file, a tensor missing or misshapen, an
+ * inconsistent head. The message names the file.
+ */
 export class CheckpointError extends Error {
+  /** The message is `<file>: <problem>`. */
   constructor(file: string, problem: string) {
     super(`${file}: ${problem}`);
     this.name = "CheckpointError";
@@ -195,8 +200,11 @@ export async function loadBackbone(
 
 /** The EH-FT head's shape as stored: F inputs, `hidden` units (2048), C outputs. */
 export interface HeadShape {
+  /** F: inputs of head.dense (H, or 5H for WiC). */
   features: number;
+  /** Hidden units: rows of head.dense.weight. */
   hidden: number;
+  /** C: rows of head.out_proj.weight. */
   classes: number;
 }
 
@@ -286,7 +294,9 @@ export async function openWeights(dir: string): Promise<SafetensorsReader> {
   return openSafetensors(await findWeightsFile(dir));
 }
 
+/** What `saveModel` writes: the config, the tensors (all saved as F32) and the tokenizer. */
 export interface SaveModelOptions {
+  /** Written as config.json (its raw fields, with the base architecture). */
   config: ModelConfig;
   /** Backbone tensors under names relative to the prefix (as `encoderParameters` gives them). */
   backbone: ReadonlyMap<string, Tensor>;

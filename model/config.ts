@@ -1,25 +1,40 @@
 // A model's config.json, read strictly: the encoder's shape comes from here, so a missing or
 // nonsensical field is an error naming the file and the field, never a silent default.
 
+/** The config.json `model_type`s this project runs. */
 export type ModelType = "bert" | "roberta" | "xlm-roberta" | "electra";
 
+/** A model's architecture, from its config.json (`parseConfig`, `readConfig`). */
 export interface ModelConfig {
+  /** config.json's `model_type`. */
   modelType: ModelType;
   /** The prefix Hugging Face puts before backbone tensor names: `bert.`, `roberta.`, `electra.`. */
   prefix: "bert" | "roberta" | "electra";
+  /** Rows of the word embedding table (`vocab_size`). */
   vocabSize: number;
+  /** The hidden size H (`hidden_size`). */
   hiddenSize: number;
   /** ELECTRA's embeddings may be narrower than the hidden size (then projected up). */
   embeddingSize: number;
+  /** Transformer layers (`num_hidden_layers`). */
   numLayers: number;
+  /** Attention heads (`num_attention_heads`); divides hiddenSize. */
   numHeads: number;
+  /** hiddenSize / numHeads. */
   headDim: number;
+  /** The FFN's inner size I (`intermediate_size`). */
   intermediateSize: number;
+  /** `hidden_dropout_prob` (default 0.1). */
   hiddenDropout: number;
+  /** `attention_probs_dropout_prob` (default 0.1). */
   attentionDropout: number;
+  /** Rows of the position table (`max_position_embeddings`). */
   maxPositions: number;
+  /** Rows of the token type table (`type_vocab_size`, default 2). */
   typeVocabSize: number;
+  /** LayerNorm's epsilon (`layer_norm_eps`, default 1e-12). */
   layerNormEps: number;
+  /** `pad_token_id` (default 0, RoBERTa 1); also RoBERTa's position padding_idx. */
   padTokenId: number;
   /** RoBERTa numbers positions from padTokenId + 1 and gives padding the padding position. */
   positionsFromPadding: boolean;
@@ -27,7 +42,9 @@ export interface ModelConfig {
   raw: Record<string, unknown>;
 }
 
+/** A config.json that is unreadable, invalid or unsupported; the message names the file. */
 export class ConfigError extends Error {
+  /** The message is `<file>: <problem>`. */
   constructor(file: string, problem: string) {
     super(`${file}: ${problem}`);
     this.name = "ConfigError";

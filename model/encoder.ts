@@ -66,10 +66,16 @@ import { createTensor, type DType, expectShape, Tensor } from "../kernels/tensor
 
 /** A weight and a bias: a Linear ([out, in], [out]) or a LayerNorm ([H], [H]). */
 export interface WeightBias<T = Tensor> {
+  /** `<module>.weight` */
   weight: T;
+  /** `<module>.bias` */
   bias: T;
 }
 
+/**
+ * The embeddings' tensors (`embeddings.*`; ELECTRA's `embeddings_project.*`), E the embedding
+ * size. T is Tensor for parameters, `Tensor | undefined` for gradients.
+ */
 export interface EmbeddingParams<T = Tensor> {
   /** [V, E] */
   word: T;
@@ -83,9 +89,13 @@ export interface EmbeddingParams<T = Tensor> {
   project?: WeightBias<T>;
 }
 
+/** One transformer layer's tensors (`encoder.layer.<i>.*`), H the hidden size, I the FFN size. */
 export interface LayerParams<T = Tensor> {
+  /** attention.self.query, [H, H] */
   query: WeightBias<T>;
+  /** attention.self.key, [H, H] */
   key: WeightBias<T>;
+  /** attention.self.value, [H, H] */
   value: WeightBias<T>;
   /** attention.output.dense */
   attnOut: WeightBias<T>;
@@ -101,7 +111,9 @@ export interface LayerParams<T = Tensor> {
 
 /** Every backbone tensor. `EncoderParams<Tensor | undefined>` is the gradient struct. */
 export interface EncoderParams<T = Tensor> {
+  /** The embedding tables, their LayerNorm and (ELECTRA) projection. */
   embeddings: EmbeddingParams<T>;
+  /** One entry per layer, bottom first. */
   layers: LayerParams<T>[];
 }
 
@@ -254,18 +266,24 @@ export const LINEAR_MODULES = [
   "intermediate.dense",
   "output.dense",
 ] as const;
+/** One of the six linear layers of an encoder layer (LINEAR_MODULES). */
 export type LinearModule = typeof LINEAR_MODULES[number];
 
+/** Where a linear hook applies: a layer index (0 = bottom) and a module of it. */
 export interface LinearSite {
+  /** Layer index, 0 the bottom layer. */
   layer: number;
+  /** Which linear layer of it. */
   module: LinearModule;
 }
 
 /** What a hook is told about the pass it runs in. */
 export interface HookContext extends LinearSite {
+  /** Whether the pass is a training one (dropout on). */
   training: boolean;
   /** The step's dropout seed (already mixed with the step) and a stream no other site uses. */
   seed: number;
+  /** The dropout stream reserved for this site (see `seed`). */
   stream: number;
   /** Backward only: add into the hook's own gradients instead of overwriting them. */
   accumulate: boolean;
@@ -291,13 +309,17 @@ export interface LinearHook {
 
 /** Prefix-tuning rows for one layer's attention: [H, P, D] each. */
 export interface AttentionPrefix {
+  /** Prefix keys, [H, P, D] (heads, prefix length, head dimension). */
   key: Tensor;
+  /** Prefix values, [H, P, D]. */
   value: Tensor;
   /** Gradients, [H, P, D], summed over the batch; omit both for a frozen prefix. */
   dKey?: Tensor;
+  /** The gradient of `value`, as `dKey`. */
   dValue?: Tensor;
 }
 
+/** What a PEFT method plugs into an encoder: linear hooks and attention prefixes. */
 export interface EncoderHooks {
   /** The hook for a linear site, or undefined. Asked once per forward for every site. */
   linear?: (site: LinearSite) => LinearHook | undefined;
@@ -386,9 +408,11 @@ interface ForwardState {
 // ---------------------------------------------------------------------------------------------
 // The encoder
 
+/** Options of `createEncoder`: capacity, dropout, what trains, hooks, kernels and precision. */
 export interface EncoderOptions {
   /** Largest batch and sequence length `setBatch` accepts; the arena is sized for them. */
   maxBatch: number;
+  /** Largest sequence length (at most the model's positions; see `maxBatch`). */
   maxSeq: number;
   /** Largest prefix-tuning length (attention probabilities are sized for maxPrefix + maxSeq keys). */
   maxPrefix?: number;
@@ -401,6 +425,7 @@ export interface EncoderOptions {
   trainable?: (name: string) => boolean;
   /** Forward only: layers share one set of activations, no gradients, `backward` refuses. */
   inference?: boolean;
+  /** PEFT hooks from the start (default none); change later with `setHooks`. */
   hooks?: EncoderHooks;
   /**
    * The attention kernels: "materialized" (kernels/attention.ts: GEMMs and a [B, H, S, T]
@@ -422,6 +447,7 @@ export interface EncoderOptions {
   precision?: Precision;
 }
 
+/** Which attention kernels an encoder asks for (EncoderOptions.attention, `chooseAttention`). */
 export type AttentionKernels = "auto" | "flash" | "materialized";
 
 /** Storage precision of an encoder's matrix-product operands (EncoderOptions.precision). */
@@ -485,6 +511,7 @@ export function chooseAttention(
 
 /** One batch of tokenized inputs, row-major [batch, seqLen]. */
 export interface EncoderBatch {
+  /** Word ids, each below the config's vocabSize. */
   inputIds: ArrayLike<number>;
   /** Default: all 0. */
   typeIds?: ArrayLike<number>;
@@ -492,18 +519,23 @@ export interface EncoderBatch {
   positionIds?: ArrayLike<number>;
   /** 1 for real tokens, 0 for padding. Default: all 1. */
   attentionMask?: ArrayLike<number>;
+  /** Rows, 1 to the encoder's maxBatch. */
   batch: number;
+  /** Tokens per row, 1 to the encoder's maxSeq. */
   seqLen: number;
 }
 
+/** Options of `Encoder.forward`. */
 export interface ForwardOptions {
   /** Dropout on (default false). */
   training?: boolean;
   /** Dropout seed (32-bit) and step, mixed so that every step draws new masks. */
   seed?: number;
+  /** The training step, mixed into the seed (default 0). */
   step?: number;
 }
 
+/** Options of `Encoder.backward`. */
 export interface BackwardOptions {
   /** Add into the gradients (gradient accumulation over micro-batches) instead of overwriting. */
   accumulate?: boolean;
@@ -531,31 +563,50 @@ function at(t: Tensor, shape: number[]): Tensor {
   return t.view(0, shape, t.label);
 }
 
+/**
+ * A BERT / RoBERTa / ELECTRA encoder on the GPU: parameters, gradients and every activation,
+ * allocated once for maxBatch × maxSeq tokens. setBatch, then forward (and backward) record
+ * into a Recorder. destroy() frees all its GPU buffers.
+ */
 export class Encoder {
+  /** The device everything is allocated on. */
   readonly gpu: Gpu;
+  /** The model's architecture. */
   readonly config: ModelConfig;
+  /** Largest batch `setBatch` accepts. */
   readonly maxBatch: number;
+  /** Largest sequence length `setBatch` accepts. */
   readonly maxSeq: number;
+  /** Largest prefix-tuning length (0: no prefixes). */
   readonly maxPrefix: number;
+  /** Forward only: no gradients, and `backward` throws. */
   readonly inference: boolean;
   /** The attention kernels this encoder runs (EncoderOptions.attention). */
   readonly attention: "flash" | "materialized";
   /** EncoderOptions.precision. */
   readonly precision: Precision;
+  /** The parameters (f32), views of one arena owned by the encoder; upload into them to load. */
   readonly params: EncoderParams;
   /** Gradients of the trainable parameters (see `setTrainable`). */
   grads: EncoderGrads;
   /** Dropout probabilities used when `forward` is called with `training: true`. */
   hiddenDropout: number;
+  /** Dropout on the attention probabilities (see `hiddenDropout`). */
   attentionDropout: number;
 
   /** Current batch inputs, [maxBatch·maxSeq] (u32) and mask [maxBatch·maxSeq] (f32). */
   readonly ids: Tensor;
+  /** The current batch's position ids, [maxBatch·maxSeq] u32. */
   readonly positionIds: Tensor;
+  /** The current batch's token type ids, [maxBatch·maxSeq] u32. */
   readonly typeIds: Tensor;
+  /** The current batch's attention mask, [maxBatch·maxSeq] f32 (1 token, 0 padding). */
   readonly mask: Tensor;
+  /** Embedding-backward plan of the word ids (padding excluded), built by `setBatch`. */
   readonly wordPlan: EmbeddingPlanTensors;
+  /** Embedding-backward plan of the position ids, built by `setBatch`. */
   readonly positionPlan: EmbeddingPlanTensors;
+  /** Embedding-backward plan of the token type ids, built by `setBatch`. */
   readonly typePlan: EmbeddingPlanTensors;
 
   private readonly names: EncoderParams<string>;
@@ -588,6 +639,10 @@ export class Encoder {
   private seq = 0;
   private state: ForwardState | null = null;
 
+  /**
+   * Allocates everything, parameters zeroed (`createEncoder` does the same). Throws on bad sizes
+   * (e.g. maxSeq beyond the model's positions), a bad dropout, or an f16 the adapter cannot run.
+   */
   constructor(gpu: Gpu, config: ModelConfig, opts: EncoderOptions) {
     const { maxBatch, maxSeq } = opts;
     const maxPrefix = opts.maxPrefix ?? 0;
@@ -724,6 +779,7 @@ export class Encoder {
   get batchSize(): number {
     return this.batch;
   }
+  /** The sequence length of the current batch (0 before `setBatch`). */
   get seqLen(): number {
     return this.seq;
   }

@@ -27,9 +27,12 @@ import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 import type { WeightBias } from "./encoder.ts";
 import { uniformGenerator } from "./init.ts";
 
+/** The head's default hidden width (HeadOptions.width). */
 export const HEAD_WIDTH = 2048;
+/** Standard deviation of the normal initialisation of the head's weights. */
 export const HEAD_INIT_STD = 0.005;
 
+/** The head's two linear layers; T is Tensor on the GPU, Float32Array on the host. */
 export interface HeadParams<T = Tensor> {
   /** head.dense: [width, F], [width] */
   dense: WeightBias<T>;
@@ -37,6 +40,7 @@ export interface HeadParams<T = Tensor> {
   outProj: WeightBias<T>;
 }
 
+/** Options of `createHead`: sizes, WiC pooling, capacity and initialisation. */
 export interface HeadOptions {
   /** The encoder's hidden size H. */
   hiddenSize: number;
@@ -48,6 +52,7 @@ export interface HeadOptions {
   width?: number;
   /** Largest batch and sequence length (sizes the activations and dHidden). */
   maxBatch: number;
+  /** Largest sequence length of the hidden state it reads (see `maxBatch`). */
   maxSeq: number;
   /** Initialisation seed (default 0). */
   seed?: number;
@@ -91,17 +96,30 @@ export function initialHeadValues(
   };
 }
 
+/**
+ * The EH-FT classification head, Linear(F → width) → ReLU → Linear(width → C), with its
+ * gradients and activations for up to maxBatch examples; all f32. destroy() frees its buffers.
+ */
 export class Head {
+  /** The device everything is allocated on. */
   readonly gpu: Gpu;
+  /** The encoder's hidden size H. */
   readonly hiddenSize: number;
+  /** Outputs C. */
   readonly numClasses: number;
+  /** Whether the input is WiC's pooled features (see `setSpans`) rather than the first token. */
   readonly wic: boolean;
+  /** Hidden units of the ReLU layer. */
   readonly width: number;
   /** F: H, or 5H for WiC. */
   readonly inFeatures: number;
+  /** Largest batch `forward` accepts. */
   readonly maxBatch: number;
+  /** Largest sequence length `forward` accepts. */
   readonly maxSeq: number;
+  /** The parameters, views of one arena the head owns. */
   readonly params: HeadParams;
+  /** The gradients, same layout as `params`; written by `backward`. */
   readonly grads: HeadParams;
   /** WiC spans of the current batch, u32 [maxBatch, 4] = (start1, end1, start2, end2). */
   readonly spans: Tensor;
@@ -119,6 +137,7 @@ export class Head {
   private spansBatch = 0;
   private last: { hidden: Tensor; batch: number; seq: number } | null = null;
 
+  /** Allocates the head and, unless `opts.init` is false, initialises it from `opts.seed`. */
   constructor(gpu: Gpu, opts: HeadOptions) {
     const width = opts.width ?? HEAD_WIDTH;
     for (
@@ -311,6 +330,7 @@ export class Head {
     return dHidden;
   }
 
+  /** Frees every GPU buffer of the head (parameters, gradients, activations). */
   destroy(): void {
     this.paramArena.destroy();
     this.gradArena.destroy();

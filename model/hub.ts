@@ -35,6 +35,7 @@ export type HubEnv = Record<string, string | undefined>;
 
 /** A problem resolving or downloading a model, in one line meant for the user. */
 export class HubError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "HubError";
@@ -57,6 +58,7 @@ export interface DownloadProgress {
   done: boolean;
 }
 
+/** Options of `resolveModel`: which revision, where from, and how to report and retry. */
 export interface ResolveModelOptions {
   /** Branch, tag or commit hash; default `main`. `/` is allowed (`refs/pr/1`). */
   revision?: string;

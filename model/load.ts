@@ -14,11 +14,15 @@ import { resolveModel, type ResolveModelOptions } from "./hub.ts";
 import type { SafetensorsReader } from "./safetensors.ts";
 import { loadTokenizer, type TextTokenizer, TokenizerError } from "./tokenizer.ts";
 
+/** A model opened by `openModel`, checked but not yet on the GPU; close `weights` when done. */
 export interface OpenedModel {
   /** The local directory (a hub snapshot folder for hub ids). */
   dir: string;
+  /** Its config.json. */
   config: ModelConfig;
+  /** Its tokenizer, bound to the config's table sizes. */
   tokenizer: TextTokenizer;
+  /** The open weights file (headers read; tensors read on demand). */
   weights: SafetensorsReader;
   /** The EH-FT head stored with the weights, or null for a plain pretrained backbone. */
   head: HeadShape | null;
@@ -57,6 +61,7 @@ export function noteUnusedOnce(file: string, unused: readonly string[]): void {
   console.error(unusedTensorsNote(file, unused));
 }
 
+/** Options of `openModel`: those of `resolveModel`, and whether to note unused tensors. */
 export interface OpenModelOptions extends ResolveModelOptions {
   /** false: the caller names the unused tensors itself (noteUnusedOnce), or not at all. */
   noteUnused?: boolean;
@@ -69,7 +74,7 @@ export interface OpenModelOptions extends ResolveModelOptions {
  * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
  * here, naming the file, and not in the middle of GPU work. Tensors it will not load (a
  * transformers `classifier.*`, say) are named in one line on stderr, once per file and process,
- * unless `options.quiet` or `options.noteUnused` is false.
+ * except with `options.quiet` or with `options.noteUnused: false`.
  */
 export async function openModel(
   idOrPath: string,

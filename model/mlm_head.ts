@@ -22,10 +22,15 @@ import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import { initializerRange } from "./init.ts";
 
+/** The MLM head's tensors (H the hidden size); T is Tensor, Float32Array, a name or a shape. */
 export interface MlmHeadParams<T = Tensor> {
+  /** The transform's dense weight [H, H]. */
   denseWeight: T;
+  /** The transform's dense bias [H]. */
   denseBias: T;
+  /** The transform's LayerNorm weight [H]. */
   lnWeight: T;
+  /** The transform's LayerNorm bias [H]. */
   lnBias: T;
   /** The decoder's output bias [V]. */
   bias: T;
@@ -91,11 +96,20 @@ export function initialMlmHeadValues(
   };
 }
 
+/**
+ * The masked-LM head (BertForMaskedLM / RobertaForMaskedLM) for up to maxRows masked positions,
+ * its decoder tied to the encoder's word embeddings; all f32. destroy() frees its buffers.
+ */
 export class MlmHead {
+  /** The device everything is allocated on. */
   readonly gpu: Gpu;
+  /** The model's architecture (BERT or RoBERTa family). */
   readonly config: ModelConfig;
+  /** The most rows (masked positions) one forward takes. */
   readonly maxRows: number;
+  /** The head's parameters (the decoder weight is the encoder's word table, not here). */
   readonly params: MlmHeadParams;
+  /** Their gradients, written by `backward`. */
   readonly grads: MlmHeadParams;
   /** The decoder's gradient with respect to the word-embedding table [V, H]. */
   readonly dWordDecoder: Tensor;
@@ -111,6 +125,7 @@ export class MlmHead {
   private readonly dRows: Tensor;
   private last: { rows: Tensor; words: Tensor; m: number } | null = null;
 
+  /** Allocates the head with zeroed parameters (`upload` sets them); throws for ELECTRA. */
   constructor(gpu: Gpu, config: ModelConfig, maxRows: number) {
     if (!Number.isSafeInteger(maxRows) || maxRows < 1) {
       throw new Error(`MlmHead: maxRows must be a positive integer, got ${maxRows}`);
@@ -146,11 +161,13 @@ export class MlmHead {
     return new Map(KEYS.map((k) => [names[k], this.params[k]]));
   }
 
+  /** The head's gradients under their parameters' checkpoint names. */
   gradients(): Map<string, Tensor> {
     const names = mlmHeadNames(this.config);
     return new Map(KEYS.map((k) => [names[k], this.grads[k]]));
   }
 
+  /** Writes host values into the parameters (e.g. `initialMlmHeadValues`). */
   upload(values: MlmHeadParams<Float32Array>): void {
     for (const k of KEYS) this.params[k].upload(values[k]);
   }
@@ -235,6 +252,7 @@ export class MlmHead {
     return dRows;
   }
 
+  /** Frees every GPU buffer of the head (parameters, gradients, activations). */
   destroy(): void {
     for (const k of KEYS) {
       this.params[k].destroy();

@@ -13,6 +13,7 @@
 
 import { syncFolderOf, temporaryName } from "./atomic_write.ts";
 
+/** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
 export type Dtype =
   | "F64"
   | "F32"
@@ -45,32 +46,50 @@ export type TensorData =
   | Uint16Array
   | Uint8Array;
 
+/** One tensor's header entry, known before its data is read. */
 export interface TensorInfo {
+  /** The tensor's key in the file. */
   name: string;
+  /** The stored dtype. */
   dtype: Dtype;
+  /** Sizes of each dimension, outermost first ([] for a scalar). */
   shape: number[];
+  /** Bytes of its data in the file. */
   byteLength: number;
 }
 
+/** A tensor read from a file: its dtype, shape and data (a fresh copy the caller owns). */
 export interface LoadedTensor {
+  /** The stored dtype. */
   dtype: Dtype;
+  /** Sizes of each dimension, outermost first. */
   shape: number[];
+  /** The elements, row-major; F16 and BF16 as raw bits (see TensorData). */
   data: TensorData;
 }
 
+/**
+ * An open checkpoint (`openSafetensors`): the header is parsed, data is read one tensor at a
+ * time on demand. close() releases the file handles; reads after it reject.
+ */
 export interface SafetensorsReader {
   /** The path that was opened (a .safetensors file or an index file). */
   path: string;
+  /** The header's `__metadata__` strings (an index file's `metadata`, values as strings). */
   metadata: Record<string, string>;
+  /** Every tensor's header entry by name, across all shards of an index. */
   tensors: Map<string, TensorInfo>;
+  /** Reads one tensor in its stored dtype; rejects with a SafetensorsError for an unknown name. */
   read(name: string): Promise<LoadedTensor>;
   /** Reads any dtype as float32 (F16/BF16 widened exactly, 64-bit integers rounded). */
   readF32(name: string): Promise<Float32Array>;
+  /** Closes the file (every shard's); a second call does nothing. */
   close(): void;
 }
 
 /** Every problem with a file is reported as one line: `<file>: <problem>`. */
 export class SafetensorsError extends Error {
+  /** The message is `<file>: <problem>`, line breaks replaced by spaces. */
   constructor(file: string, problem: string) {
     // Names and JSON snippets come from untrusted input; keep the message on one line.
     super(`${file}: ${problem}`.replace(/[\r\n\u2028\u2029]+/g, " "));
@@ -647,8 +666,11 @@ export async function openSafetensors(path: string): Promise<SafetensorsReader> 
 
 /** What the writer accepts per dtype. F16/BF16 also take float32 values, rounded to nearest even. */
 export interface TensorInput {
+  /** The dtype to store. */
   dtype: Dtype;
+  /** Sizes of each dimension; their product must equal `data.length`. */
   shape: number[];
+  /** The elements, row-major, in the array type `dtype` takes (see above). */
   data: TensorData;
 }
 

@@ -18,6 +18,7 @@ export type TokenizerModelInfo = Pick<
 
 /** A tokenizer that does not fit the model, or input it cannot encode; names the tokenizer. */
 export class TokenizerError extends Error {
+  /** The message is `<source>: <problem>`. */
   constructor(source: string, problem: string) {
     super(`${source}: ${problem}`);
     this.name = "TokenizerError";
@@ -36,10 +37,13 @@ export type TextInput = string | readonly [string, string];
 
 /** A token index range [start, end). */
 export interface Span {
+  /** First token index. */
   start: number;
+  /** One past the last token index. */
   end: number;
 }
 
+/** Options of `TextTokenizer.encodeBatch`: row length and truncation. */
 export interface EncodeOptions {
   /**
    * Tokens per row, special tokens included. Default and upper bound: the longest sequence the
@@ -57,6 +61,7 @@ export interface EncodeOptions {
 
 /** A batch ready for upload: row-major [batch, seqLen] arrays, rows padded on the right. */
 export interface EncodedBatch {
+  /** Rows (one per input). */
   batch: number;
   /** The longest row of the batch (not maxLength). */
   seqLen: number;
@@ -82,6 +87,7 @@ export interface EncodedBatch {
 
 /** Thrown by `truncatedLengths` when the strategy cannot fit the budget. */
 export class TruncationError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "TruncationError";
@@ -178,6 +184,7 @@ interface Layout {
   pairB: number;
 }
 
+/** Options of `loadTokenizer` (and the TextTokenizer factories): error name, config, pad token. */
 export interface TokenizerOptions {
   /** Names the tokenizer in errors (default: the file, or "tokenizer.json"). */
   source?: string;
@@ -198,6 +205,7 @@ export interface TokenizerOptions {
 export class TextTokenizer {
   /** Names the tokenizer in errors. */
   readonly source: string;
+  /** The model's table sizes and pad id the tokenizer was bound to. */
   readonly model: Readonly<TokenizerModelInfo>;
   /** The longest row the model allows (its position table), special tokens included. */
   readonly maxLength: number;
@@ -329,10 +337,12 @@ export class TextTokenizer {
     return this.tokenize(text).map((t) => this.#idOf(t));
   }
 
+  /** The id of `token` in the vocabulary, or undefined when it has none. */
   tokenToId(token: string): number | undefined {
     return this.#tok.token_to_id(token);
   }
 
+  /** The token of `id`, or undefined when the vocabulary has no such id. */
   idToToken(id: number): string | undefined {
     return this.#tok.id_to_token(id);
   }

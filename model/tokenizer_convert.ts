@@ -5,6 +5,7 @@
 
 /** A problem with a tokenizer's files; the message names the file. */
 export class TokenizerConvertError extends Error {
+  /** The message is `<source>: <problem>`. */
   constructor(source: string, problem: string) {
     super(`${source}: ${problem}`);
     this.name = "TokenizerConvertError";
@@ -13,28 +14,45 @@ export class TokenizerConvertError extends Error {
 
 /** One entry of `tokenizer.json`'s `added_tokens`. */
 export interface AddedTokenJson {
+  /** The token's id in the vocabulary. */
   id: number;
+  /** The token's text. */
   content: string;
+  /** Match only as a whole word. */
   single_word: boolean;
+  /** Absorb the whitespace to its left when matching. */
   lstrip: boolean;
+  /** Absorb the whitespace to its right when matching. */
   rstrip: boolean;
+  /** Match against the normalized text rather than the raw text. */
   normalized: boolean;
+  /** A special token (skipped when decoding with skip_special_tokens). */
   special: boolean;
 }
 
 /** The subset of the `tokenizer.json` schema the converters write. */
 export interface TokenizerJson {
+  /** The schema version ("1.0"). */
   version: string;
+  /** null: the converters set none (TextTokenizer truncates). */
   truncation: null;
+  /** null: the converters set none (TextTokenizer pads). */
   padding: null;
+  /** The special tokens, in id order. */
   added_tokens: AddedTokenJson[];
+  /** The normalizer (BertNormalizer), or null (byte-level BPE has none). */
   normalizer: Record<string, unknown> | null;
+  /** The pre-tokenizer. */
   pre_tokenizer: Record<string, unknown> | null;
+  /** The post-processor that adds the special tokens around a text or a pair. */
   post_processor: Record<string, unknown> | null;
+  /** The decoder. */
   decoder: Record<string, unknown> | null;
+  /** The model (WordPiece or BPE) with its vocabulary. */
   model: Record<string, unknown>;
 }
 
+/** Options of `convertWordPiece`: normalisation and the special tokens' texts. */
 export interface WordPieceOptions {
   /** Names the vocabulary in errors. */
   source?: string;
@@ -49,13 +67,22 @@ export interface WordPieceOptions {
   stripAccents?: boolean | null;
   /** Put spaces around CJK ideographs so each is its own word. Default true. */
   tokenizeChineseChars?: boolean;
+  /** Default `[UNK]`; must be in the vocabulary. */
   unkToken?: string;
+  /** Default `[CLS]`; must be in the vocabulary. */
   clsToken?: string;
+  /** Default `[SEP]`; must be in the vocabulary. */
   sepToken?: string;
+  /** Default `[PAD]`; special only if the vocabulary has it. */
   padToken?: string;
+  /** Default `[MASK]`; special only if the vocabulary has it. */
   maskToken?: string;
 }
 
+/**
+ * Options of `convertByteLevelBpe`: prefix space and the special tokens' texts, each of which
+ * must be in the vocabulary.
+ */
 export interface ByteLevelBpeOptions {
   /** Names the files in errors. */
   source?: string;

@@ -307,6 +307,7 @@ export function mergeLora(
   });
 }
 
+/** Options of `saveLoraAdapter`: the base model named in the config, and the tensor names. */
 export interface LoraAdapterOptions {
   /** `base_model_name_or_path` of adapter_config.json (e.g. "roberta-base"); default null. */
   baseModel?: string;

@@ -23,11 +23,13 @@ import { BitFit } from "./bitfit.ts";
 import { LoraMethod } from "./lora.ts";
 import { PrefixTuning } from "./prefix.ts";
 
+/** A parameter-efficient method: BitFit (biases only), LoRA, or prefix tuning. */
 export type PeftName = "bitfit" | "lora" | "prefix";
 
 /** Every method's name, in the order error messages list them. */
 export const PEFT_NAMES: readonly PeftName[] = ["bitfit", "lora", "prefix"];
 
+/** The methods' settings (`createPeft`); each method reads the ones it uses. */
 export interface PeftOptions {
   /** LoRA rank r (`--lora-r`). */
   loraR: number;
@@ -45,7 +47,12 @@ export interface PeftOptions {
  */
 export const PEFT_DEFAULTS: PeftOptions = { loraR: 8, loraAlpha: 16, prefixLength: 16, seed: 0 };
 
+/**
+ * A parameter-efficient method as the training engine uses it (see this module's header): what
+ * backbone tensors train, its own tensors and gradients, its hooks. destroy() frees its tensors.
+ */
 export interface PeftMethod {
+  /** Which method this is. */
   readonly name: PeftName;
   /**
    * Backbone tensors (Hugging Face names relative to the prefix, as `encoderParameters` gives

@@ -11,6 +11,7 @@ import { rte } from "./rte.ts";
 import { stsb } from "./stsb.ts";
 import { wic } from "./wic.ts";
 
+/** The nine tasks by name (`rte`, `boolq`, ...): each one's data reader, head, loss and metrics. */
 export const TASKS: Readonly<Record<string, Task>> = {
   rte,
   boolq,

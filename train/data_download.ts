@@ -52,6 +52,7 @@ export interface DatasetProgress {
   done: boolean;
 }
 
+/** Options of a data set download (`Task.resolveData`): environment, offline, progress, retries. */
 export interface EnsureDatasetOptions {
   /** Environment to read EHFT_DATA_CACHE, XDG_CACHE_HOME, HOME and the offline flags from. */
   env?: Record<string, string | undefined>;

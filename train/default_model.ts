@@ -8,6 +8,7 @@ import type { Recipe, TrainConfig } from "./config.ts";
 import type { Task } from "./task.ts";
 import { plural } from "../model/progress_text.ts";
 
+/** The name of the small English model shipped in models/ (the task scripts' default --model). */
 export const DEFAULT_MODEL_NAME = "ehft-mini-en";
 
 /**

@@ -188,8 +188,11 @@ export const TUNE_FLAGS = {
 
 /** The autotune flags' values, as kernels/matmul_autotune.ts's `tuneRequest` takes them. */
 export interface TuneFlags {
+  /** `--no-autotune`. */
   noAutotune: boolean;
+  /** `--retune`. */
   retune: boolean;
+  /** `--tune-cache FILE`. */
   tuneCache?: string;
 }
 

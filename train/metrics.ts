@@ -14,6 +14,7 @@
 // Inputs that those libraries reject (different lengths, no examples, non-integer class ids,
 // pearson of one example or of a NaN or infinity) throw an Error naming the metric.
 
+/** A metric `computeMetrics` can report (see this file's header for edge cases). */
 export type MetricName = "accuracy" | "f1" | "macro_f1" | "mcc" | "pearson" | "spearman";
 
 export const METRIC_NAMES: readonly MetricName[] = [

@@ -64,11 +64,17 @@ export function packDocuments(
   return out;
 }
 
+/** The token ids masking needs, and the vocabulary's size (random replacements are below it). */
 export interface MaskingIds {
+  /** [CLS] (RoBERTa: <s>), put first in each row. */
   cls: number;
+  /** [SEP] (RoBERTa: </s>), put after each sequence. */
   sep: number;
+  /** Padding id. */
   pad: number;
+  /** [MASK], put in place of most chosen tokens. */
   mask: number;
+  /** Vocabulary size. */
   vocabSize: number;
   /**
    * The special ids ([CLS], [SEP], [PAD], [MASK], [UNK], ...): never chosen for masking where they
@@ -77,8 +83,11 @@ export interface MaskingIds {
   special: ReadonlySet<number>;
 }
 
+/** A masked batch (`maskBatch`): rows padded to the longest, and the positions to predict. */
 export interface MlmBatch {
+  /** Rows. */
   batch: number;
+  /** Tokens per row: the longest sequence plus [CLS] and [SEP]. */
   seqLen: number;
   /** [batch · seqLen] input ids after masking. */
   inputIds: Uint32Array;

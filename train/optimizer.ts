@@ -36,10 +36,15 @@ import type { LossScaling } from "../kernels/loss_scale.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 
+/** AdamW's settings for a stage (the learning rate comes per step); see ADAMW_DEFAULTS. */
 export interface AdamwSettings {
+  /** Decay of the first moment. */
   beta1: number;
+  /** Decay of the second moment. */
   beta2: number;
+  /** Added to the denominator √v̂. */
   eps: number;
+  /** Decoupled weight decay of the tensors that decay. */
   weightDecay: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   maxGradNorm: number;
@@ -61,9 +66,13 @@ export function isNoDecayName(name: string): boolean {
 
 /** One trainable tensor: its parameter, its gradient (same shape) and whether it decays. */
 export interface TrainableTensor {
+  /** Its name, unique among an optimizer's tensors (checkpoints key m and v by it). */
   name: string;
+  /** The parameter, f32, updated in place. */
   param: Tensor;
+  /** Its gradient, f32, same shape. */
   grad: Tensor;
+  /** Whether weight decay applies to it. */
   decay: boolean;
 }
 
@@ -76,9 +85,16 @@ function arenaOrder(ts: readonly Tensor[]): number[] {
   );
 }
 
+/**
+ * AdamW with global-norm clipping over named tensors, entirely on the GPU. Owns its m and v
+ * (zero at the start); destroy() frees them, not the parameters or gradients.
+ */
 export class AdamW {
+  /** The device its state lives on. */
   readonly gpu: Gpu;
+  /** Its hyper-parameters. */
   readonly settings: AdamwSettings;
+  /** The tensors it updates, in the order given. */
   readonly tensors: readonly TrainableTensor[];
   /** Per tensor of `tensors`: its m and v, views of the moment arenas. */
   private readonly ms: Tensor[];
@@ -227,6 +243,7 @@ export class AdamW {
     return new Map(this.tensors.map((t, i) => [t.name, { m: this.ms[i], v: this.vs[i] }]));
   }
 
+  /** Frees its own buffers (moments, norm); the tensors it updates stay. */
   destroy(): void {
     this.mArena.destroy();
     this.vArena.destroy();

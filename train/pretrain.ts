@@ -52,24 +52,34 @@ import {
   writeTrainingCheckpoint,
 } from "./training_checkpoint.ts";
 
+/** What `pretrain` needs: the model, its data, the budget, the optimizer and the run folder. */
 export interface PretrainOptions {
+  /** The model's architecture (BERT or RoBERTa family: the MLM head needs one). */
   config: ModelConfig;
   /** Starting values: encoder tensors (names relative to the prefix) and the MLM head. */
   initial: {
     encoder: ReadonlyMap<string, Float32Array>;
     head: MlmHeadParams<Float32Array>;
   };
+  /** The special token ids and vocabulary size masking uses. */
   ids: MaskingIds;
   /** Packed training sequences (token ids without [CLS]/[SEP]), each ≤ maxSeq − 2 tokens. */
   train: readonly Uint32Array[];
   /** Packed held-out sequences. */
   heldOut: readonly Uint32Array[];
+  /** The run folder: log.jsonl, the checkpoint and `model/`. */
   out: string;
+  /** Optimizer steps of the whole run. */
   steps: number;
+  /** Sequences per step. */
   batchSize: number;
+  /** Tokens per row, [CLS] and [SEP] included. */
   maxSeq: number;
+  /** The learning-rate schedule over `steps`. */
   schedule: Schedule;
+  /** AdamW's settings (e.g. PRETRAIN_ADAMW). */
   adamw: AdamwSettings;
+  /** Seed of the batches, masks and dropout (a step's batch depends on seed and step alone). */
   seed: number;
   /** Steps between held-out evaluations (and at the end). */
   evalEvery: number;
@@ -79,20 +89,25 @@ export interface PretrainOptions {
   logEvery: number;
   /** Held-out sequences evaluated (the first ones); 0 for all of them. */
   evalSequences: number;
+  /** Continue from `out`'s checkpoint, if there is one. */
   resume: boolean;
   /** The saved model's weights (`<out>/model`): F32, or F16 for a small file. */
   modelDtype: "F32" | "F16";
+  /** No progress output. */
   quiet?: boolean;
   /** Called with each log record, after it is written (tests, the CLI). */
   onLog?: (record: Record<string, unknown>) => void;
 }
 
+/** What a `pretrain` run did: steps, tokens, time and the last held-out evaluation. */
 export interface PretrainResult {
+  /** Steps of the whole run (`PretrainOptions.steps`). */
   steps: number;
   /** Real tokens ([CLS], [SEP] included) of the steps this call trained. */
   tokens: number;
   /** Real tokens of every step of the run, those before a resume included. */
   totalTokens: number;
+  /** Wall-clock seconds of this call. */
   seconds: number;
   /** The last held-out evaluation (the one at the last step), restored by a resume. */
   heldOut: { loss: number; accuracy: number; tokens: number } | null;
@@ -139,8 +154,11 @@ function realTokens(b: MlmBatch): number {
 
 /** One step's training statistics. */
 export interface StepStats {
+  /** The global step. */
   step: number;
+  /** Mean loss over the step's masked tokens. */
   loss: number;
+  /** The global gradient norm before clipping. */
   gradNorm: number;
 }
 
@@ -175,11 +193,20 @@ function namedParameters(config: ModelConfig, encoder: Encoder, head: MlmHead) {
   return params;
 }
 
+/**
+ * An encoder and its MLM head being pretrained, with AdamW over every tensor; `pretrain` drives
+ * it. destroy() frees every GPU buffer (encoder, head, optimizer).
+ */
 export class Pretrainer {
+  /** The device everything is allocated on. */
   readonly gpu: Gpu;
+  /** The model's architecture. */
   readonly config: ModelConfig;
+  /** The encoder, every parameter trainable (owned). */
   readonly encoder: Encoder;
+  /** The MLM head, tied to the encoder's word table (owned). */
   readonly head: MlmHead;
+  /** AdamW over the encoder's and the head's parameters (owned). */
   readonly optimizer: AdamW;
   private readonly maxRows: number;
   private readonly rows: Tensor;
@@ -199,6 +226,10 @@ export class Pretrainer {
   private readonly bindGroups = new BindGroupCache();
   private statsSteps: number[] = [];
 
+  /**
+   * Allocates encoder (zeroed), head and optimizer for batches up to maxBatch × maxSeq; throws
+   * when the logits of maxRows masked tokens exceed one storage binding.
+   */
   constructor(
     gpu: Gpu,
     config: ModelConfig,
@@ -414,6 +445,7 @@ export class Pretrainer {
     return { lossSum: loss * m, correct, tokens: m };
   }
 
+  /** Frees every GPU buffer: encoder, head, optimizer and step buffers. */
   destroy(): void {
     this.bindGroups.clear();
     this.encoder.destroy();

@@ -72,6 +72,7 @@ import {
 } from "./training_checkpoint.ts";
 import { Trainer, type TrainerOptions } from "./trainer.ts";
 
+/** What `runTraining` needs beside its TrainConfig: the task, the GPU, output and callbacks. */
 export interface RunOptions {
   /** The task named by config.task. */
   task: Task;
@@ -100,13 +101,17 @@ export interface RunOptions {
 
 /** metrics.json of one run. */
 export interface RunMetrics {
+  /** The last evaluation's values. */
   final: MetricValues;
+  /** Each metric's best value over the run's evaluations. */
   best: MetricValues;
 }
 
 /** metrics.json of a multi-seed run: means, standard deviations and each seed's. */
 export interface SeedsMetrics extends RunMetrics {
+  /** Population standard deviations of `final` and `best` over the seeds. */
   std: RunMetrics;
+  /** Each seed's metrics, by seed. */
   seeds: Record<string, RunMetrics>;
 }
 

@@ -7,11 +7,14 @@
 // get_constant_schedule_with_warmup (`--warmup-ratio 0`: lr throughout). Every stage has its own
 // schedule.
 
+/** A learning-rate schedule: linear decay after warmup, or constant after warmup. */
 export type ScheduleName = "linear" | "constant";
 
 export const SCHEDULE_NAMES: readonly ScheduleName[] = ["linear", "constant"];
 
+/** One stage's learning-rate schedule (see `learningRate`). */
 export interface Schedule {
+  /** Linear decay or constant after the warmup. */
   name: ScheduleName;
   /** Peak learning rate. */
   lr: number;

@@ -14,6 +14,7 @@
 
 import type { PeftName } from "../peft/method.ts";
 
+/** A training strategy; the table at the top of train/strategy.ts says what each trains. */
 export type StrategyName = "ft" | "lp" | "lpft" | "peft" | "ehft" | "ehft-reserve";
 
 export const STRATEGY_NAMES: readonly StrategyName[] = [
@@ -25,10 +26,12 @@ export const STRATEGY_NAMES: readonly StrategyName[] = [
   "ehft-reserve",
 ];
 
+/** A stage's name: "main" for single-stage strategies, "stage1" and "stage2" otherwise. */
 export type StageName = "stage1" | "stage2" | "main";
 
 /** What trains in a stage. The head always does. */
 export interface StageTrains {
+  /** The head trains in every stage. */
   head: true;
   /** "peft": the backbone tensors the PEFT method trains (BitFit's biases; none for LoRA). */
   backbone: "all" | "none" | "peft";
@@ -36,12 +39,15 @@ export interface StageTrains {
   peft: boolean;
 }
 
+/** One stage of a strategy (`resolveStages`): steps, lr, what trains, the hand-off before it. */
 export interface Stage {
+  /** Which stage this is. */
   name: StageName;
   /** Optimizer steps of this stage. */
   steps: number;
   /** Peak learning rate of this stage's schedule. */
   lr: number;
+  /** What trains in this stage. */
   trains: StageTrains;
   /**
    * The stage starts with a newly initialised head: the first stage of every strategy, unless
@@ -114,8 +120,11 @@ export function stage1Steps(total: number, ratio: number): number {
   return Math.min(total - 1, Math.max(1, Math.round(total * ratio)));
 }
 
+/** What `resolveStages` splits into stages: the strategy, its method, steps and learning rates. */
 export interface StrategyBudget {
+  /** The strategy to resolve. */
   strategy: StrategyName;
+  /** The PEFT method; null exactly for strategies without one. */
   peft: PeftName | null;
   /** Optimizer steps of the whole run (all stages). */
   totalSteps: number;

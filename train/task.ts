@@ -30,12 +30,18 @@ export interface TaskExample {
   source?: string;
 }
 
+/**
+ * A task's loss: "bce" binary cross-entropy on one logit, "ce" softmax cross-entropy over the
+ * classes (or the choices), "mse" squared error on one output (regression).
+ */
 export type LossKind = "bce" | "ce" | "mse";
 
 /** What the head reads: see `Task.head`. */
 export type HeadInput = "first-token" | "wic";
 
+/** A task as the engine and predict.ts see it: labels, head, loss, metrics, splits and reader. */
 export interface Task {
+  /** The task's name, as `--task` and `taskByName` take it. */
   name: string;
   /** Label names by id, in Hugging Face datasets' order; empty for regression. */
   labels: readonly string[];
@@ -47,6 +53,7 @@ export interface Task {
    * target word's tokens in text i. A "wic" task gives every example one pair and its `spans`.
    */
   head?: HeadInput;
+  /** The training loss. */
   loss: LossKind;
   /** The metrics of its dev evaluations, as the official code reports them. */
   metrics: readonly MetricName[];

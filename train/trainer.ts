@@ -63,8 +63,11 @@ import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "
 import type { StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
 
+/** A Trainer's model, loss and head, capacity, seeds, PEFT method, AdamW settings and precision. */
 export interface TrainerOptions {
+  /** The backbone's architecture. */
   config: ModelConfig;
+  /** The task's loss (ce needs class ids; bce and mse a 1-output head). */
   loss: LossKind;
   /** Head outputs per encoder input (1 for binary tasks, regression and multiple choice). */
   headClasses: number;
@@ -89,7 +92,9 @@ export interface TrainerOptions {
   headSeed: number;
   /** Seed of the dropout masks (mixed with the global step). */
   dropoutSeed: number;
+  /** The PEFT method, made by the caller and owned by the Trainer from then on; default none. */
   peft?: PeftMethod | null;
+  /** AdamW's settings. Not read by the Trainer: `beginStage` takes each stage's. */
   adamw: AdamwSettings;
   /**
    * "f16": the encoder's f16 weight copies and activations (EncoderOptions.precision) and
@@ -107,6 +112,7 @@ export interface TrainerOptions {
 
 /** One step's logged values. */
 export interface StepStats {
+  /** The step's mean loss over the batch. */
   loss: number;
   /** The unscaled global gradient norm (a skipped step's raw, non-finite value). */
   gradNorm: number;
@@ -119,19 +125,35 @@ export interface StepStats {
 /** Steps whose stats wait on the GPU before a download. */
 const STATS_CAPACITY = 64;
 
+/**
+ * One model being trained: encoder, EH-FT head, optional PEFT method, loss and the current
+ * stage's optimizer. The encoder starts zeroed (load it, e.g. with loadBackbone); `beginStage`
+ * before `step`. destroy() frees every GPU buffer, the PEFT method's included.
+ */
 export class Trainer {
+  /** The device everything is allocated on. */
   readonly gpu: Gpu;
+  /** The backbone's architecture. */
   readonly config: ModelConfig;
+  /** The encoder (owned by the Trainer). */
   readonly encoder: Encoder;
+  /** The EH-FT head (owned by the Trainer). */
   readonly head: Head;
+  /** The task's loss. */
   readonly loss: LossKind;
+  /** Encoder rows per example (k > 1: multiple choice). */
   readonly inputsPerExample: number;
+  /** Largest batch, in examples. */
   readonly maxExamples: number;
   /** Outputs the loss sees per example: k for multiple choice, else the head's classes. */
   readonly outputs: number;
+  /** Seed of the dropout masks (mixed with each step). */
   readonly dropoutSeed: number;
+  /** The PEFT method, or null (none, or dropped by `dropPeft`). */
   peft: PeftMethod | null;
+  /** The current stage's optimizer; null before `beginStage`. */
   optimizer: AdamW | null = null;
+  /** What the current stage trains; null before `beginStage`. */
   trains: StageTrains | null = null;
 
   private readonly lossTensor: Tensor;
@@ -142,12 +164,14 @@ export class Trainer {
   /** Floats per step in `stats`: [loss, norm], or [loss, ...the optimizer's LOSS_SCALED_NORM]. */
   private readonly statsWidth: number;
   private readonly lossScaling: LossScaling | null;
+  /** The encoder's precision (TrainerOptions.precision). */
   readonly precision: Precision;
   private statsOnGpu = 0;
   /** The bind groups of the steps and evaluations, which bind the same buffers every time. */
   private readonly bindGroups = new BindGroupCache();
   private statsOnHost: StepStats[] = [];
 
+  /** Allocates encoder, head and loss buffers; throws when loss, head and inputs do not fit. */
   constructor(gpu: Gpu, opts: TrainerOptions) {
     const k = opts.inputsPerExample ?? 1;
     if (!Number.isSafeInteger(k) || k < 1) throw new Error(`Trainer: inputsPerExample ${k}`);
@@ -222,10 +246,12 @@ export class Trainer {
     );
   }
 
+  /** The head's parameters under their checkpoint names (`head.dense.weight`, ...). */
   headParameters(): Map<string, Tensor> {
     return headParameters(this.head);
   }
 
+  /** The PEFT method's own parameters by name; empty without one. */
   peftParameters(): Map<string, Tensor> {
     return this.peft?.parameters() ?? new Map();
   }
@@ -554,6 +580,7 @@ export class Trainer {
     }
   }
 
+  /** Frees every GPU buffer: optimizer, PEFT method, encoder, head and loss buffers. */
   destroy(): void {
     this.bindGroups.clear();
     this.optimizer?.destroy();

@@ -21,6 +21,7 @@ import {
   type WordPieceOptions,
 } from "../model/tokenizer_convert.ts";
 
+/** Options of `pruneVocabulary`: the count threshold, tokens to keep, tokenizer settings. */
 export interface PruneOptions {
   /** A token is kept when the corpus's tokenization uses it this often (default 1). */
   minCount?: number;
@@ -33,6 +34,7 @@ export interface PruneOptions {
   wordPiece?: WordPieceOptions;
 }
 
+/** What `pruneVocabulary` returns: the kept tokens, their counts and ids, and statistics. */
 export interface PrunedVocabulary {
   /** The new vocabulary, in the original relative order (new id = index). */
   tokens: string[];
@@ -40,9 +42,11 @@ export interface PrunedVocabulary {
   counts: Map<string, number>;
   /** The original id of each new id. */
   oldIds: number[];
+  /** Sizes before and after, and the corpus's token counts. */
   stats: {
     /** Ids in the original vocabulary. */
     original: number;
+    /** Tokens in the new vocabulary. */
     kept: number;
     /** Tokens in the corpus's final tokenization (no special tokens added). */
     corpusTokens: number;
