@@ -383,7 +383,7 @@ export class Pretrainer {
   }
 
   /**
-   * The loss of `b` (into `lossTensor`) and the gradients of every parameter (the encoder's
+   * The loss of `b` (returned) and the gradients of every parameter (the encoder's
    * `gradients()`, the head's `gradients()`; the word table's includes the decoder's share), with
    * no update: what tests compare against PyTorch. Dropout follows the constructor's setting.
    */
