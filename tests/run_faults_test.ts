@@ -177,7 +177,8 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
   // A program of one's own that calls runTraining may not read its command line.
   assertEquals(
     resumeCommand(["--lr", "1e-5"], "file:///home/me/my_sweep.ts"),
-    "runTraining with resume: true in the same config (deno run -A /home/me/my_sweep.ts --lr " +
+    "runTraining with resume: true, overwrite: false in the same config (deno run -A " +
+      "/home/me/my_sweep.ts --lr " +
       "1e-5 --resume, if /home/me/my_sweep.ts passes its arguments to parseTrainArgs)",
   );
 });

@@ -317,3 +317,14 @@ test("train --resume: a --schedule constant run from before it warmed up is refu
       `restart it)`,
   );
 });
+
+test("runTraining refuses resume with overwrite from a library caller's config, as the flags do", async () => {
+  // A program told to resume with resume: true, keeping overwrite: true from its first run,
+  // would otherwise remove the run it meant to continue.
+  const { dir, args } = await prepare();
+  const { config } = parseTrainArgs([...["--task", "rte", ...args, "--out", `${dir}/modes`]]);
+  let message = "";
+  await runTraining({ ...config, resume: true, overwrite: true }, { task: rte, quiet: true })
+    .catch((e) => message = e.message);
+  assertEquals(message, "--resume and --overwrite: choose one");
+});

@@ -426,15 +426,7 @@ export function parseTrainArgs(
           `${method})`,
     );
   }
-  if (config.resume && config.overwrite) {
-    throw new FlagError("--resume and --overwrite: choose one");
-  }
-  if (config.resume && config.analysis) {
-    throw new FlagError(
-      "--analysis with --resume: the pretrained features and weights it compares against are " +
-        "taken at the start of a run; start the run again with --overwrite --analysis",
-    );
-  }
+  checkRunModes(config);
   if (twoStage && config.maxSteps !== null && config.maxSteps < 2) {
     throw new FlagError(`--max-steps: strategy ${strategy} has two stages, so needs at least 2`);
   }
@@ -452,6 +444,25 @@ function parsePeftAndSchedule(c: TrainConfig): void {
   c.schedule = parseScheduleName(c.schedule);
   if (c.peft !== null && !PEFT_NAMES.includes(c.peft)) {
     throw new FlagError(`--peft: "${c.peft}" is not one of ${PEFT_NAMES.join(", ")}`);
+  }
+}
+
+/**
+ * --resume, --overwrite and --analysis together, refused alike whether they came from flags or a
+ * library caller's config (runTraining checks them too): --overwrite with --resume would remove
+ * the run it was asked to continue.
+ */
+export function checkRunModes(
+  config: Pick<TrainConfig, "resume" | "overwrite" | "analysis">,
+): void {
+  if (config.resume && config.overwrite) {
+    throw new FlagError("--resume and --overwrite: choose one");
+  }
+  if (config.resume && config.analysis) {
+    throw new FlagError(
+      "--analysis with --resume: the pretrained features and weights it compares against are " +
+        "taken at the start of a run; start the run again with --overwrite --analysis",
+    );
   }
 }
 

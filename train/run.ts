@@ -53,7 +53,7 @@ import {
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { sha256Hex } from "./data_files.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
-import { runSettings, type TrainConfig } from "./config.ts";
+import { checkRunModes, runSettings, type TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -245,6 +245,7 @@ export async function runTraining(
   config: TrainConfig,
   options: RunOptions,
 ): Promise<RunMetrics | SeedsMetrics> {
+  checkRunModes(config);
   if (options.task.name !== config.task) {
     throw new Error(
       `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,

@@ -45,8 +45,10 @@ export function resumeCommand(
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
   const command = ["deno run -A", script, ...kept.map(quote), "--resume"].join(" ");
   const ours = /(^|\/)train\.ts$|(^|\/)tasks\/[\w-]+\.ts$/.test(script);
-  return ours ? command : `runTraining with resume: true in the same config (${command}, if ` +
-    `${script} passes its arguments to parseTrainArgs)`;
+  return ours
+    ? command
+    : `runTraining with resume: true, overwrite: false in the same config (${command}, if ` +
+      `${script} passes its arguments to parseTrainArgs)`;
 }
 
 function keptCheckpoint(place: RunPlace): string {
