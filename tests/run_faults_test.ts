@@ -163,23 +163,34 @@ Deno.test({
 
 Deno.test("run faults: the resume command is the current one with --resume", () => {
   const cwd = Deno.cwd();
+  const train = new URL("../train.ts", import.meta.url);
+  const cb = new URL("../tasks/cb.ts", import.meta.url);
+  const relative = (u: URL) =>
+    u.pathname.startsWith(`${cwd}/`) ? u.pathname.slice(cwd.length + 1) : u.pathname;
   assertEquals(
     resumeCommand(
       ["--task", "rte", "--overwrite", "--out", "runs/a b", "--lr", "1e-5"],
-      `file://${cwd}/train.ts`,
+      train.href,
     ),
-    "deno run -A train.ts --task rte --out 'runs/a b' --lr 1e-5 --resume",
+    `deno run -A ${relative(train)} --task rte --out 'runs/a b' --lr 1e-5 --resume`,
   );
-  assertEquals(
-    resumeCommand(["--resume"], "file:///elsewhere/tasks/cb.ts"),
-    "deno run -A /elsewhere/tasks/cb.ts --resume",
-  );
-  // A program of one's own that calls runTraining may not read its command line.
+  assertEquals(resumeCommand(["--resume"], cb.href), `deno run -A ${relative(cb)} --resume`);
+  // A program of one's own that calls runTraining may not read its command line, even one
+  // called train.ts; its path is decoded and quoted, and a URL kept whole.
+  const own = (command: string, script: string) =>
+    `runTraining with resume: true, overwrite: false in the same config (${command}, if ` +
+    `${script} passes its arguments to parseTrainArgs)`;
   assertEquals(
     resumeCommand(["--lr", "1e-5"], "file:///home/me/my_sweep.ts"),
-    "runTraining with resume: true, overwrite: false in the same config (deno run -A " +
-      "/home/me/my_sweep.ts --lr " +
-      "1e-5 --resume, if /home/me/my_sweep.ts passes its arguments to parseTrainArgs)",
+    own("deno run -A /home/me/my_sweep.ts --lr 1e-5 --resume", "/home/me/my_sweep.ts"),
+  );
+  assertEquals(
+    resumeCommand([], "file:///home/me/my%20runs/train.ts"),
+    own("deno run -A '/home/me/my runs/train.ts' --resume", "/home/me/my runs/train.ts"),
+  );
+  assertEquals(
+    resumeCommand([], "https://example.com/x/sweep.ts"),
+    own("deno run -A https://example.com/x/sweep.ts --resume", "https://example.com/x/sweep.ts"),
   );
 });
 

@@ -35,20 +35,24 @@ export function resumeCommand(
 ): string {
   let script = main;
   try {
-    const path = new URL(main).pathname;
-    const cwd = Deno.cwd();
-    script = path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
+    const url = new URL(main);
+    if (url.protocol === "file:") {
+      const path = decodeURIComponent(url.pathname);
+      const cwd = Deno.cwd();
+      script = path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
+    }
   } catch {
     // Not a URL: use it as it is.
   }
   const kept = args.filter((a) => a !== "--overwrite" && a !== "--resume");
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
-  const command = ["deno run -A", script, ...kept.map(quote), "--resume"].join(" ");
-  const ours = /(^|\/)train\.ts$|(^|\/)tasks\/[\w-]+\.ts$/.test(script);
-  return ours
-    ? command
-    : `runTraining with resume: true, overwrite: false in the same config (${command}, if ` +
-      `${script} passes its arguments to parseTrainArgs)`;
+  const command = ["deno run -A", quote(script), ...kept.map(quote), "--resume"].join(" ");
+  // This toolkit's train.ts and task scripts (wherever they are served from) read the flags.
+  const train = new URL("../train.ts", import.meta.url).href;
+  const tasks = new URL("../tasks/", import.meta.url).href;
+  const ours = main === train || (main.startsWith(tasks) && main.endsWith(".ts"));
+  return ours ? command : `runTraining with resume: true, overwrite: false in the same config ` +
+    `(${command}, if ${script} passes its arguments to parseTrainArgs)`;
 }
 
 function keptCheckpoint(place: RunPlace): string {
