@@ -20,6 +20,7 @@ import { createHead, headParameters } from "./model/head.ts";
 import { noteUnusedOnce, openModel } from "./model/load.ts";
 import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
+import { shippedDataDir } from "./train/default_model.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
   checkFoldersCanBeMade,
@@ -294,7 +295,8 @@ async function main(args: string[]) {
   const { task } = options;
   await checkOutPath(out, overwrite);
   // Without --data: the task's shipped copy, or its download (BoolQ, QNLI).
-  const data = typedData ?? task.dataDir ?? await task.resolveData?.();
+  const shipped = task.dataDir === undefined ? undefined : shippedDataDir(task.dataDir);
+  const data = typedData ?? shipped ?? await task.resolveData?.();
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
   const predictions = await predict({ ...options, data });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);

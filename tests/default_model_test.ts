@@ -13,6 +13,7 @@ import {
   DEFAULT_MODEL_NAME,
   MINI_LR,
   miniRecipe,
+  shippedDataDir,
   shippedModelDir,
   startLines,
   taskScriptRecipe,
@@ -170,4 +171,21 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("shippedDataDir: the working folder's copy, else the repository's beside the scripts", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  const before = Deno.cwd();
+  const elsewhere = await Deno.makeTempDir({ prefix: "ehft-data-elsewhere-" });
+  try {
+    Deno.chdir(root);
+    assertEquals(shippedDataDir("data/superglue/CB"), "data/superglue/CB");
+    Deno.chdir(elsewhere);
+    assertEquals(shippedDataDir("data/superglue/CB"), `${root}data/superglue/CB`);
+    // Neither: as it is, for the error to name.
+    assertEquals(shippedDataDir("data/nowhere"), "data/nowhere");
+  } finally {
+    Deno.chdir(before);
+    await Deno.remove(elsewhere, { recursive: true });
+  }
 });
