@@ -46,7 +46,10 @@ function fillWord(value: number, dtype: Tensor["dtype"]): number | null {
   }
 }
 
-/** Records `t[:] = value`. Tensors larger than one storage binding are filled in slices. */
+/**
+ * Records `t[:] = value`. Tensors larger than one storage binding are filled in slices. An i32 or
+ * u32 tensor takes only an integer in its range (a GpuError otherwise, not a wrapped value).
+ */
 export function fill(rec: Recorder, t: Tensor, value: number): void {
   const gpu = rec.gpu;
   const pipeline = getPipeline(gpu, "fill", FILL_WGSL);

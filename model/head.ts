@@ -98,7 +98,8 @@ export function initialHeadValues(
 
 /**
  * The EH-FT classification head, Linear(F → width) → ReLU → Linear(width → C), with its
- * gradients and activations for up to maxBatch examples; all f32. destroy() frees its buffers.
+ * gradients and activations for up to maxBatch examples; f32 (WiC's word spans u32). destroy()
+ * frees its buffers.
  */
 export class Head {
   /** The device everything is allocated on. */

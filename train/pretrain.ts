@@ -534,8 +534,15 @@ export async function saveMlmModel(
     tensors[n] = { dtype, shape: [...params.get(n)!.shape], data: data[i] };
   });
   await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt", ...metadata });
-  const raw = { ...trainer.config.raw, architectures: ["BertForMaskedLM"] };
-  if (trainer.config.prefix === "roberta") raw.architectures = ["RobertaForMaskedLM"];
+  const masked = {
+    bert: "BertForMaskedLM",
+    roberta: "RobertaForMaskedLM",
+    electra: "ElectraForMaskedLM",
+  };
+  const architecture = trainer.config.modelType === "xlm-roberta"
+    ? "XLMRobertaForMaskedLM"
+    : masked[trainer.config.prefix];
+  const raw = { ...trainer.config.raw, architectures: [architecture] };
   await writeFileAtomic(`${dir}/config.json`, JSON.stringify(raw, null, 2) + "\n");
 }
 

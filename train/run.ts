@@ -103,7 +103,7 @@ export interface RunOptions {
 export interface RunMetrics {
   /** The last evaluation's values. */
   final: MetricValues;
-  /** Each metric's best value over the run's evaluations. */
+  /** Each metric's best value over the final stage's evaluations (Stage 1's are only logged). */
   best: MetricValues;
 }
 
