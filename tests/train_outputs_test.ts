@@ -266,6 +266,24 @@ test("train: a run folder another process holds is refused, and left as it was",
   } finally {
     other.close();
   }
+  // Another process holding it (as a running train.ts does): refused the same way.
+  const holder = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const f = await Deno.open(${JSON.stringify(out)}, { read: true });` +
+      `console.log(await f.tryLock(true)); await Deno.stdin.readable.getReader().read();`,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const lines = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await lines.read()).value?.trim(), "true");
+  let refused = "";
+  await run("--resume").catch((e) => refused = e.message);
+  assert(refused.startsWith(`--out ${out} is in use`), refused);
+  await holder.stdin.close();
+  await holder.status;
+  lines.releaseLock();
   // Released: the run is the same as ever. afterRun (train.ts's --predict-test) runs while the
   // folder is still locked; it is free once runTraining has returned.
   const { config } = parseTrainArgs([
