@@ -5,20 +5,10 @@
 import { assert, assertEquals } from "./assert.ts";
 import { METHODS, selectMethods, writeTable } from "../tools/mini_evidence.ts";
 import { writeJson } from "./train_fixture.ts";
+import { assertToolHelp, runTool } from "./tool_cli.ts";
 
-const TOOL = new URL("../tools/mini_evidence.ts", import.meta.url).pathname;
-
-async function miniEvidence(
-  args: string[],
-): Promise<{ code: number; stderr: string; stdout: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TOOL, ...args],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
+function miniEvidence(args: string[]) {
+  return runTool("mini_evidence", args);
 }
 
 Deno.test("mini_evidence: the table has finished cells and an unfinished one's finished seeds", async () => {
@@ -166,15 +156,7 @@ Deno.test("mini_evidence: --table-only needs a folder with cells: else one line,
 Deno.test("mini_evidence: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
   const help = await miniEvidence(["--table-only", "--out", "/nonexistent", "--help"]);
   assertEquals(help.code, 0, help.stderr);
-  const source = await Deno.readTextFile(TOOL);
-  const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
-    .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
-  assertEquals(help.stdout.trim(), header.trim());
-  const readme = await Deno.readTextFile(new URL("../tools/README.md", import.meta.url));
-  const usage = /## mini_evidence\.ts\n\n```sh\n([^`]*)```/.exec(readme);
-  assert(usage, "tools/README.md has no mini_evidence.ts usage block");
-  const oneLine = (block: string) => block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
-  assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+  await assertToolHelp("mini_evidence", help.stdout);
   assertEquals((await miniEvidence(["-h"])).stdout, help.stdout);
 
   const typos: [string, string][] = [

@@ -4,11 +4,11 @@
 // tests run with WebGPU's requestAdapter replaced by a function that fails the test.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { VOCAB, writeTinyBert } from "./train_fixture.ts";
+import { readTensors, VOCAB, writeTinyBert } from "./train_fixture.ts";
 import { CheckpointError } from "../model/checkpoint.ts";
 import { ConfigError } from "../model/config.ts";
 import { openModel } from "../model/load.ts";
-import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
+import { writeSafetensors } from "../model/safetensors.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 
@@ -133,12 +133,7 @@ Deno.test("model inputs: a config that contradicts the tensors names both files"
 Deno.test("model inputs: a missing or integer backbone tensor is refused at open", async () => {
   await withModel(async (dir) => {
     const path = `${dir}/model.safetensors`;
-    const source = await openSafetensors(path);
-    const tensors: Parameters<typeof writeSafetensors>[1] = {};
-    for (const [name, info] of source.tensors) {
-      tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
-    }
-    source.close();
+    const tensors = await readTensors(path);
     const bias = "bert.encoder.layer.1.output.dense.bias";
     const { [bias]: removed, ...without } = tensors;
     await writeSafetensors(path, without);
@@ -183,12 +178,7 @@ Deno.test("model inputs: tensors loading leaves out are named, with the likely r
     await t.step(what, async () => {
       await withModel(async (dir) => {
         const path = `${dir}/model.safetensors`;
-        const source = await openSafetensors(path);
-        const tensors: Parameters<typeof writeSafetensors>[1] = {};
-        for (const [name, info] of source.tensors) {
-          tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
-        }
-        source.close();
+        const tensors = await readTensors(path);
         // The MLM head and buffers are left out on purpose, and are not worth a line.
         const quiet = ["cls.predictions.bias", "bert.embeddings.position_ids"];
         for (const name of [...extra, ...quiet]) {

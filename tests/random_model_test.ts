@@ -5,23 +5,14 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { readTree, sameBytes } from "./train_fixture.ts";
+import { assertToolHelp, runTool } from "./tool_cli.ts";
 import { openModel } from "../model/load.ts";
 import { vocabLines } from "../model/tokenizer_convert.ts";
 
-const TOOL = new URL("../tools/random_model.ts", import.meta.url).pathname;
 const SHAPE = ["--layers", "1", "--hidden", "8", "--heads", "2", "--intermediate", "16"];
 
-async function randomModel(
-  args: string[],
-): Promise<{ code: number; stderr: string; stdout: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TOOL, ...SHAPE, "--max-positions", "16", ...args],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
+function randomModel(args: string[]) {
+  return runTool("random_model", [...SHAPE, "--max-positions", "16", ...args]);
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
@@ -114,25 +105,13 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
   }
 });
 
-/** A usage block as one line: `\` line continuations joined, runs of spaces as one. */
-function oneLine(block: string): string {
-  return block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
-}
-
 test("random_model: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
   const dir = await Deno.makeTempDir();
   try {
     // --help wins over everything else: nothing is written.
     const help = await randomModel(["--out", `${dir}/m`, "--help"]);
     assertEquals(help.code, 0, help.stderr);
-    const source = await Deno.readTextFile(TOOL);
-    const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
-      .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
-    assertEquals(help.stdout.trim(), header.trim());
-    const readme = await Deno.readTextFile(new URL("../tools/README.md", import.meta.url));
-    const usage = /## random_model\.ts\n\n```sh\n([^`]*)```/.exec(readme);
-    assert(usage, "tools/README.md has no random_model.ts usage block");
-    assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+    await assertToolHelp("random_model", help.stdout);
     assertEquals((await randomModel(["-h"])).stdout, help.stdout);
     assertEquals([...Deno.readDirSync(dir)].length, 0);
 

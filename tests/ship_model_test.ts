@@ -12,6 +12,7 @@ import { openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { FLAGS as PRETRAIN_FLAGS } from "../pretrain.ts";
 import { cardUse, modelPlace, vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
+import { assertToolHelp, runTool } from "./tool_cli.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const BERT_VOCAB = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
@@ -20,19 +21,8 @@ const test = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
 
 /** tools/ship_model.ts of the repository at `root` (this one by default), run in `root`. */
-async function ship(
-  args: string[],
-  root = ROOT,
-): Promise<{ code: number; stderr: string; stdout: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}tools/ship_model.ts`, ...args],
-    cwd: root,
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
+function ship(args: string[], root = ROOT) {
+  return runTool("ship_model", args, root, root);
 }
 
 /** 101 tokens of bert-base-uncased's vocabulary in its order: a pruning of it. */
@@ -401,22 +391,10 @@ Deno.test("ship_model: vocab.txt from a WordPiece tokenizer.json, or a one-line 
   );
 });
 
-/** A usage block as one line: `\` line continuations joined, runs of spaces as one. */
-function oneLine(block: string): string {
-  return block.replaceAll("\\\n", " ").replace(/\s+/g, " ").trim();
-}
-
 test("ship_model: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
   const help = await ship(["--help"]);
   assertEquals(help.code, 0, help.stderr);
-  const source = await Deno.readTextFile(`${ROOT}tools/ship_model.ts`);
-  const header = source.slice(0, source.indexOf("\n\nimport")).split("\n")
-    .map((l) => l.replace(/^\/\/ ?/, "")).join("\n");
-  assertEquals(help.stdout.trim(), header.trim());
-  const readme = await Deno.readTextFile(`${ROOT}tools/README.md`);
-  const usage = /## ship_model\.ts\n\n```sh\n([^`]*)```/.exec(readme);
-  assert(usage, "tools/README.md has no ship_model.ts usage block");
-  assert(oneLine(help.stdout).includes(oneLine(usage[1])), help.stdout);
+  await assertToolHelp("ship_model", help.stdout);
   // -h too, and nothing runs (no --run or --out needed).
   assertEquals((await ship(["-h"])).stdout, help.stdout);
 

@@ -65,15 +65,30 @@ export async function writeTinyBert(dir: string, withHead = true): Promise<void>
     await Deno.copyFile(`${TINY_BERT}/model.safetensors`, `${dir}/model.safetensors`);
     return;
   }
-  const source = await openSafetensors(`${TINY_BERT}/model.safetensors`);
-  const tensors: Parameters<typeof writeSafetensors>[1] = {};
-  for (const [name, info] of source.tensors) {
-    if (!name.startsWith("head.")) {
-      tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
-    }
-  }
-  source.close();
+  const tensors = await readTensors(
+    `${TINY_BERT}/model.safetensors`,
+    (n) => !n.startsWith("head."),
+  );
   await writeSafetensors(`${dir}/model.safetensors`, tensors);
+}
+
+/** A safetensors file's tensors (those `keep` keeps) as F32, as writeSafetensors takes them. */
+export async function readTensors(
+  path: string,
+  keep: (name: string) => boolean = () => true,
+): Promise<Parameters<typeof writeSafetensors>[1]> {
+  const source = await openSafetensors(path);
+  try {
+    const tensors: Parameters<typeof writeSafetensors>[1] = {};
+    for (const [name, info] of source.tensors) {
+      if (keep(name)) {
+        tensors[name] = { dtype: "F32", shape: info.shape, data: await source.readF32(name) };
+      }
+    }
+    return tensors;
+  } finally {
+    source.close();
+  }
 }
 
 export const MARKER = "war";
