@@ -212,16 +212,23 @@ test("train --predict-test: RTE.jsonl with one line per test example, as predict
   assertEquals(rows.map((r) => r.label), predictions.map((p) => p.prediction));
 });
 
-test("predict-test: a missing test split or a prefix model is reported, not an error", async () => {
+/**
+ * The finished run of the first end-to-end test in `<dir>/run` (or a fresh one when a test runs
+ * alone), with its config.
+ */
+async function finishedRun() {
   const { dir, args } = await prepare();
   const out = `${dir}/run`;
-  // The finished run of the test above (or a fresh one when this test runs alone).
   try {
     await Deno.stat(`${out}/metrics.json`);
   } catch {
     await trainFromArgs([...args, "--out", out], {}, rte);
   }
-  const { config } = parseTrainArgs([...args, "--out", out]);
+  return { dir, out, config: parseTrainArgs([...args, "--out", out]).config };
+}
+
+test("predict-test: a missing test split or a prefix model is reported, not an error", async () => {
+  const { dir, out, config } = await finishedRun();
   await Deno.mkdir(`${dir}/no-test`, { recursive: true });
   await Deno.copyFile(`${dir}/data/train.jsonl`, `${dir}/no-test/train.jsonl`);
   const lines: string[] = [];
@@ -437,15 +444,7 @@ test("checkTestSplit: the shipped test splits are the leaderboards'; a head -n 1
 });
 
 test("train --predict-test: a shortened test split is written whole, with one warning line", async () => {
-  const { dir, args } = await prepare();
-  const out = `${dir}/run`;
-  // The finished run of the first end-to-end test (or a fresh one when this test runs alone).
-  try {
-    await Deno.stat(`${out}/metrics.json`);
-  } catch {
-    await trainFromArgs([...args, "--out", out], {}, rte);
-  }
-  const { config } = parseTrainArgs([...args, "--out", out]);
+  const { dir, out, config } = await finishedRun();
   const lines: string[] = [];
   const [result] = await writeTestSubmissions(config, rte, (l) => lines.push(l));
   const warning = `${dir}/data/test.jsonl: 6 examples; the SuperGLUE leaderboard expects 3000 ` +
