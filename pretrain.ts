@@ -15,7 +15,7 @@
 //   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
-import { exists, isDirectory, lockFolder, writeFileAtomic } from "./model/atomic_write.ts";
+import { exists, isDirectory, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
@@ -38,6 +38,7 @@ import {
   checkFoldersCanBeMade,
   FlagError,
   intFlag,
+  lockOutFolder,
   parseFlags,
   runMain,
   TUNE_FLAGS,
@@ -177,15 +178,7 @@ let outLock: Deno.FsFile | null = null;
  * run goes on) would interleave checkpoints and logs. An error naming --out when it is held.
  */
 async function lockOut(out: string): Promise<void> {
-  if (outLock !== null) return;
-  const lock = await lockFolder(out);
-  if (lock === "held") {
-    throw new FlagError(
-      `--out ${out} is in use: another pretrain.ts is running in it (wait for it to end, or ` +
-        `choose another --out)`,
-    );
-  }
-  outLock = lock;
+  outLock ??= await lockOutFolder(out, "pretrain.ts");
 }
 
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */

@@ -16,7 +16,7 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
-import { parentOf } from "../model/atomic_write.ts";
+import { lockFolder, parentOf } from "../model/atomic_write.ts";
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -44,6 +44,21 @@ export async function checkFoldersCanBeMade(path: string, flag: string): Promise
     if (found.isDirectory) return;
     throw new FlagError(`${flag} ${path}: ${dir} is a file, not a folder`);
   }
+}
+
+/**
+ * Locks the run folder `--out` for this process (lockFolder): null where folders cannot be locked;
+ * a FlagError naming --out and `program` when another process holds it.
+ */
+export async function lockOutFolder(out: string, program: string): Promise<Deno.FsFile | null> {
+  const lock = await lockFolder(out);
+  if (lock === "held") {
+    throw new FlagError(
+      `--out ${out} is in use: another ${program} is running in it (wait for it to end, or ` +
+        `choose another --out)`,
+    );
+  }
+  return lock;
 }
 
 export type FlagSpec = Record<string, { type: "string" | "boolean"; default?: string | boolean }>;

@@ -14,7 +14,7 @@
 // standard deviation of each metric over the seeds.
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
-import { checkFoldersCanBeMade, FlagError } from "./flags.ts";
+import { checkFoldersCanBeMade, FlagError, lockOutFolder } from "./flags.ts";
 import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./tune_shapes.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -22,7 +22,6 @@ import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
   isDirectory,
-  lockFolder,
   readJsonFile,
   removeStaleTemporaries,
   writeFileAtomic,
@@ -300,7 +299,7 @@ async function trainInFolder(
   const out = config.out;
   // A second train.ts on this folder (a double launch, a --resume or --overwrite while the run
   // goes on) would interleave checkpoints and results, or remove them under the first.
-  if (await isDirectory(out)) held.lock = await lockRunFolder(out);
+  if (await isDirectory(out)) held.lock = await lockOutFolder(out, "train.ts");
   const entries = await runEntries(out);
   let prepared: Prepared | null = null;
   if (entries.length > 0) {
@@ -335,7 +334,7 @@ async function trainInFolder(
     }
   }
   await Deno.mkdir(out, { recursive: true });
-  held.lock ??= await lockRunFolder(out);
+  held.lock ??= await lockOutFolder(out, "train.ts");
   const settings = runSettings(config);
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
@@ -391,18 +390,6 @@ async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void
         `neither (--overwrite to restart it)`,
     );
   }
-}
-
-/** Locks the run folder `dir` for this process (see lockFolder); an error naming --out if held. */
-async function lockRunFolder(dir: string): Promise<Deno.FsFile | null> {
-  const lock = await lockFolder(dir);
-  if (lock === "held") {
-    throw new FlagError(
-      `--out ${dir} is in use: another train.ts is running in it (wait for it to end, or ` +
-        `choose another --out)`,
-    );
-  }
-  return lock;
 }
 
 /**
