@@ -35,7 +35,7 @@ import {
 } from "./train/corpus.ts";
 import { shortList } from "./model/progress_text.ts";
 import {
-  checkFoldersCanBeMade,
+  checkRunFolder,
   FlagError,
   intFlag,
   lockOutFolder,
@@ -330,10 +330,7 @@ async function main(args: string[]): Promise<void> {
   const t0 = performance.now();
   // The output folder is checked before the corpus is read and tokenized (a minute or more).
   const settingsPath = `${out}/pretrain.json`;
-  if ((await isDirectory(out)) === false) {
-    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
-  }
-  await checkFoldersCanBeMade(out, "--out");
+  await checkRunFolder(out);
   let savedSettings: string | null = null;
   if (f.resume) {
     savedSettings = await Deno.readTextFile(settingsPath).catch(() => null);

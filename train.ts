@@ -15,10 +15,10 @@ import { tuneRequest } from "./kernels/matmul_autotune.ts";
 import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
-import { runMain } from "./train/flags.ts";
+import { checkRunFolder, runMain } from "./train/flags.ts";
 import { shippedDataDir, startLines, taskScriptRecipe } from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
-import { checkRunFolder, type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
+import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import type { Task } from "./train/task.ts";
 

@@ -16,7 +16,7 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
-import { lockFolder, parentOf } from "../model/atomic_write.ts";
+import { isDirectory, lockFolder, parentOf } from "../model/atomic_write.ts";
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -44,6 +44,14 @@ export async function checkFoldersCanBeMade(path: string, flag: string): Promise
     if (found.isDirectory) return;
     throw new FlagError(`${flag} ${path}: ${dir} is a file, not a folder`);
   }
+}
+
+/** --out: a folder, or a path whose missing folders can be made; else one line naming --out. */
+export async function checkRunFolder(out: string): Promise<void> {
+  if ((await isDirectory(out)) === false) {
+    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
+  }
+  await checkFoldersCanBeMade(out, "--out");
 }
 
 /**

@@ -14,7 +14,7 @@
 // standard deviation of each metric over the seeds.
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
-import { checkFoldersCanBeMade, FlagError, lockOutFolder } from "./flags.ts";
+import { checkRunFolder, FlagError, lockOutFolder } from "./flags.ts";
 import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./tune_shapes.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -277,14 +277,6 @@ export async function runTraining(
   } finally {
     held.lock?.close();
   }
-}
-
-/** --out: a folder, or a path whose missing folders can be made; else one line naming --out. */
-export async function checkRunFolder(out: string): Promise<void> {
-  if ((await isDirectory(out)) === false) {
-    throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
-  }
-  await checkFoldersCanBeMade(out, "--out");
 }
 
 /**
