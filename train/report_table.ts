@@ -184,17 +184,19 @@ function joinNamedRuns(runs: readonly FoundRun[]): void {
   }
 }
 
-/** A --seeds run's seed folders (names in `dir`, which holds its run.json); none for one seed. */
-async function seedFoldersOf(dir: string): Promise<string[]> {
-  const run = await readJsonFile(`${dir}/run.json`);
+/** A --seeds run's seed folders (names beside its run.json, parsed as `run`); none for one seed. */
+function seedFoldersOf(run: unknown): string[] {
   const s = isObject(run) && isObject(run.settings) ? run.settings : {};
   if (isObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
   if (typeof s.seeds !== "number" || s.seeds <= 1 || typeof s.seed !== "number") return [];
   return Array.from({ length: s.seeds }, (_, i) => `seed-${(s.seed as number) + i}`);
 }
 
-/** The run in `dir` (which holds run.json), or why it is skipped. */
-async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
+/**
+ * The run in `dir` (which holds run.json), or why it is skipped; and the seed folders of a
+ * --seeds run (which the search does not enter).
+ */
+async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> {
   const run = await readJsonFile(`${dir}/run.json`);
   if (!isObject(run) || !isObject(run.settings)) {
     throw new Error(`${dir}/run.json: no "settings" object`);
@@ -208,16 +210,16 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   }
   const multi = Array.isArray(run.seed_folders) ||
     (typeof s.seeds === "number" && s.seeds > 1);
-  const folders = multi ? await seedFoldersOf(dir) : [];
+  const folders = multi ? seedFoldersOf(run) : [];
   const metricsPath = `${dir}/metrics.json`;
   if (!(await statOrNull(metricsPath))) {
-    if (!multi) return { path: dir, reason: "unfinished (no metrics.json)" };
+    if (!multi) return [{ path: dir, reason: "unfinished (no metrics.json)" }, folders];
     let done = 0;
     for (const f of folders) if (await statOrNull(`${dir}/${f}/metrics.json`)) done++;
-    return {
+    return [{
       path: dir,
       reason: `unfinished (no metrics.json; ${done} of ${folders.length} seeds finished)`,
-    };
+    }, folders];
   }
   const base = {
     path: dir,
@@ -231,7 +233,7 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
   const metrics = await readJsonFile(metricsPath);
   if (!multi) {
     const seed = typeof s.seed === "number" ? s.seed : 0;
-    return { ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] };
+    return [{ ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] }, folders];
   }
   if (!isObject(metrics) || !isObject(metrics.seeds)) {
     throw new Error(`${metricsPath}: a multi-seed run's metrics.json without "seeds"`);
@@ -240,7 +242,7 @@ async function readRun(dir: string): Promise<FoundRun | SkippedRun> {
     seed: Number(seed),
     best: bestOf(`${metricsPath} (seed ${seed})`, m),
   }));
-  return { ...base, seeds };
+  return [{ ...base, seeds }, folders];
 }
 
 /**
@@ -258,12 +260,12 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     visited.add(real);
     let seedFolders: string[] = [];
     if (await statOrNull(`${dir}/run.json`)) {
-      const r = await readRun(dir);
-      if ("reason" in r) skipped.push(r);
-      else found.push({ real, run: r });
       // Runs kept inside a run's folder (runs/rte/ beside runs/rte/ehft-bitfit/) are runs too;
       // a --seeds run's own seed folders count through it alone.
-      seedFolders = await seedFoldersOf(dir);
+      const [r, folders] = await readRun(dir);
+      if ("reason" in r) skipped.push(r);
+      else found.push({ real, run: r });
+      seedFolders = folders;
     } else if (await statOrNull(`${dir}/metrics.json`)) {
       skipped.push({ path: dir, reason: "metrics.json without run.json" });
     }
