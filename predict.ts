@@ -33,7 +33,7 @@ import {
   TUNE_FLAGS,
   tuneFlags,
 } from "./train/flags.ts";
-import { checkLeadingToken, exampleTokenSpans } from "./train/batches.ts";
+import { checkLeadingToken, emptyTextNote, exampleTokenSpans } from "./train/batches.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
@@ -123,6 +123,8 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     }
     if (model.unused.length > 0) noteUnusedOnce(model.weights.path, model.unused);
     const examples = await task.readExamples(options.data, options.split);
+    const empty = emptyTextNote(examples, `${task.name} ${options.split}`);
+    if (empty !== null) console.error(`predict: ${empty}`);
     const limit = Math.min(options.maxLength ?? Infinity, maxSequenceLength(config));
 
     // Every input is tokenized first (cheap), so the GPU arena fits the longest batch exactly.

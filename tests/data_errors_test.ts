@@ -648,6 +648,29 @@ Deno.test("data errors: a missing split names the file, the split and the folder
   });
 });
 
+Deno.test("data errors: empty texts are kept and noted in one line naming the first (dry run)", async () => {
+  await withDir(async (dir) => {
+    // CoLA refuses an empty sentence, WiC's target word cannot be in one, COPA joins its texts.
+    for (const name of NAMES.filter((n) => !["cola", "wic", "copa"].includes(n))) {
+      const r = READERS[name];
+      const folder = `${dir}/${name}`;
+      await Deno.mkdir(folder);
+      const dev = r.task.devSplit;
+      await Deno.writeTextFile(`${folder}/${dev}.${r.ext}`, fileText(r, [r.line(), r.line()]));
+      const lines = [r.line(), r.line(" \u00a0 "), r.line(""), r.line()];
+      await Deno.writeTextFile(`${folder}/train.${r.ext}`, fileText(r, lines));
+      const examples = await r.task.readExamples(folder, "train");
+      assertEquals(examples.map(r.text).slice(1, 3), [" \u00a0 ", ""]);
+      const report = await dryRun(r.task, { data: folder });
+      assertEquals(report.splits.train?.examples, 4);
+      assertEquals(report.notes, [
+        `${name} train: 2 of the 4 examples have an empty text (the first: ` +
+        `${folder}/train.${r.ext}:${lineOf(r, 1)}); kept, read as empty`,
+      ]);
+    }
+  });
+});
+
 Deno.test("data errors: --data naming a file is refused by training in one line, noted by --dry-run", async () => {
   // A file would be read as every split: trained, scored and chosen on the same examples.
   await withDir(async (dir) => {

@@ -133,6 +133,24 @@ export function checkLeadingToken(tokenizer: TextTokenizer, source: string): voi
 }
 
 /**
+ * One line about the examples of `what` with an empty (or blank) text, or null when none has
+ * one. They are kept: the official data of some benchmarks has such rows (GLUE's QQP), and
+ * Hugging Face's scripts read them as they are; but in a file of one's own an empty text is
+ * usually a wrong field or column, so the first is named.
+ */
+export function emptyTextNote(examples: readonly TaskExample[], what: string): string | null {
+  const blank = (text: string) => text.trim() === "";
+  const empty = examples.filter((e) =>
+    e.inputs.some((input) => typeof input === "string" ? blank(input) : input.some(blank))
+  );
+  if (empty.length === 0) return null;
+  const first = empty[0];
+  const n = empty.length;
+  return `${what}: ${n} of the ${examples.length} examples ${n === 1 ? "has" : "have"} an ` +
+    `empty text (the first: ${first.source ?? `idx ${first.idx}`}); kept, read as empty`;
+}
+
+/**
  * Tokenizes every example, pairs cut to `maxLength` by `truncation` (default longest-first, HF's
  * default for `truncation=True`). Examples without a label are an error naming the split, and
  * the file and line where the example says (`source`); that check comes before any tokenizing.

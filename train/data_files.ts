@@ -17,6 +17,8 @@
 //   error are cut to a few dozen characters;
 // - a split's file missing from a data folder is a MissingDataError naming the file, the split
 //   and what the folder holds, with the task's download hint when it has one;
+// - an empty or blank text is read as it is (CoLA's reader refuses an empty sentence); the
+//   splits' users note such examples in one line (train/batches.ts `emptyTextNote`);
 // - a missing label is not an error here (test splits have none): training refuses an example
 //   without one, naming its file and line (`TaskExample.source`, train/batches.ts).
 //

@@ -32,6 +32,7 @@ import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
+import { emptyTextNote } from "./batches.ts";
 import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
 import { shippedDataDir } from "./default_model.ts";
@@ -179,6 +180,8 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       continue;
     }
     const summary: DryRunSplit = { examples: examples.length };
+    const empty = emptyTextNote(examples, `${task.name} ${r.name}`);
+    if (empty !== null) notes.push(empty);
     const unlabeled = examples.filter((e) => e.label === null);
     if (needed.has(r.name) && unlabeled.length > 0) {
       const first = unlabeled[0];

@@ -42,6 +42,7 @@ import {
   checkLeadingToken,
   DataStream,
   deriveSeed,
+  emptyTextNote,
   expectSpans,
   longestRow,
   SEED_PURPOSE,
@@ -568,6 +569,15 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
       `${task.name} ${task.devSplit}`,
       task.truncation,
     );
+    for (
+      const [split, examples] of [[trainSplit, trainExamples], [
+        task.devSplit,
+        devExamples,
+      ]] as const
+    ) {
+      const note = emptyTextNote(examples, `${task.name} ${split}`);
+      if (note !== null) console.error(note);
+    }
     for (const [split, t] of [[trainSplit, train], [task.devSplit, dev]] as const) {
       if (t.fellBack > 0) {
         console.error(

@@ -28,6 +28,7 @@
 import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainConfig } from "./config.ts";
+import { emptyTextNote } from "./batches.ts";
 import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
 import { plural } from "../model/progress_text.ts";
@@ -394,6 +395,8 @@ export async function checkTestSplit(
     }
     first.set(e.idx, where);
   }
+  const empty = emptyTextNote(examples, `${task.name} test`);
+  if (empty !== null) log(`predict-test: ${empty}`);
   const warning = testSplitWarning(task.name, testPath, examples);
   if (warning !== null) log(`predict-test: ${warning}`);
   return warning;
