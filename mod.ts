@@ -45,11 +45,13 @@ export { fill } from "./kernels/fill.ts";
 
 // The kernel core: one file per operation, forward and backward side by side.
 export {
+  type KernelVariant,
   matmul,
   type MatmulArgs,
   type MatmulBatch,
   type MatmulEpilogue,
   type MatmulVariant,
+  NN_KERNELS,
 } from "./kernels/matmul.ts";
 export {
   linearBackward,

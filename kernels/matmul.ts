@@ -191,6 +191,27 @@ type VariantSpec =
 
 type TiledSpec = { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
 
+/** A variant with a kernel of its own (`MatmulVariant` less the `nn_` ones). */
+export type KernelVariant =
+  | "tile16"
+  | "tile64"
+  | "direct4x4"
+  | "vec4_4x4"
+  | "vec4_8x4"
+  | "vec4_4x4_wg256"
+  | "vec4_4x8"
+  | "vec4_8x8"
+  | "vec4_8x16"
+  | "vec4_16x8"
+  | "tiled_4x4"
+  | "tiled_8x4"
+  | "tiled_4x8"
+  | "tiled_8x8"
+  | "tiled_4x4w"
+  | "tiled_8x4w"
+  | "tiled_4x8w"
+  | "tiled_8x8w";
+
 /** The variants with a kernel of their own, in the order benches and tests list them. */
 const SPECS = {
   tile16: { kind: "shared", rm: 1, rn: 1 },
@@ -211,16 +232,14 @@ const SPECS = {
   tiled_8x4w: { kind: "tiled", rm: 8, rn: 4, bk: 16, warp: true },
   tiled_4x8w: { kind: "tiled", rm: 4, rn: 8, bk: 16, warp: true },
   tiled_8x8w: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true },
-} satisfies Record<string, VariantSpec>;
-
-type KernelVariant = keyof typeof SPECS;
+} satisfies Record<KernelVariant, VariantSpec>;
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
 
 const KERNEL_VARIANTS = Object.keys(SPECS) as KernelVariant[];
 
 /** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
-const NN_KERNELS = [
+export const NN_KERNELS = [
   "vec4_4x4",
   "vec4_8x8",
   "vec4_8x16",

@@ -316,6 +316,7 @@ export class Recorder {
     return own.spans[0] ?? 0;
   }
 
+  /** Submits the recorded commands (with GPU timestamps when `profile` asks), then clears them. */
   private async submitProfiled(profile: DispatchProfile | undefined): Promise<void> {
     const gpu = this.gpu;
     const commands = this.commands;
@@ -398,6 +399,7 @@ export class Recorder {
     return { buffer, offsets };
   }
 
+  /** The bind group of dispatch `index`: its bindings, then its slice of the packed uniforms. */
   private bindGroup(
     c: DispatchCommand,
     uniforms: { buffer: GPUBuffer; offsets: number[] } | null,
@@ -446,6 +448,7 @@ export class Recorder {
     };
   }
 
+  /** Reads the pass timestamps back into `profile`, in nanoseconds per dispatch label. */
   private async readTimestamps(
     commands: Command[],
     timing: ProfileBuffers,
@@ -470,6 +473,7 @@ export class Recorder {
     timing.read.destroy();
   }
 
+  /** One command buffer of every command; each dispatch gets a timed pass of its own when `timing`. */
   private encode(
     commands: Command[],
     groups: (GPUBindGroup | null)[],

@@ -817,6 +817,7 @@ export class Encoder {
     return this.gradStruct(trainable);
   }
 
+  /** An inference encoder has no gradient buffers: asking it for a trainable tensor is an error. */
   private checkTrainable(trainable: (name: string) => boolean): void {
     if (this.inference && this.layout.some((n) => trainable(n))) {
       throw new Error("Encoder: an inference encoder has no gradients");
@@ -1014,6 +1015,10 @@ export class Encoder {
   // -------------------------------------------------------------------------------------------
   // Embeddings
 
+  /**
+   * Word + position + type embeddings, LayerNorm, dropout, and the projection where the embedding
+   * size is not the hidden size: the first layer's input.
+   */
   private embeddingsForward(
     rec: Recorder,
     B: number,
@@ -1063,6 +1068,7 @@ export class Encoder {
     return { embOut, input0 };
   }
 
+  /** The embeddings' gradients (projection, LayerNorm, the three tables) from the first layer's. */
   private embeddingsBackward(
     rec: Recorder,
     dInput0: Tensor,
@@ -1395,10 +1401,12 @@ export class Encoder {
     return { p: st.hiddenP, seed: st.seed, stream: stream(l, site) };
   }
 
+  /** Dropout on layer `l`'s attention probabilities (its own stream of the step's seed). */
   private attentionDropoutConfig(l: number, st: ForwardState): DropoutConfig {
     return { p: st.attentionP, seed: st.seed, stream: stream(l, SITE_ATTENTION) };
   }
 
+  /** What a PEFT hook on `module` of `layer` is told: where it is, the step's seed and stream. */
   private hookContext(
     layer: number,
     module: LinearModule,
@@ -1415,6 +1423,7 @@ export class Encoder {
     };
   }
 
+  /** A prefix's key/value (and gradient) tensors must fit the heads and the encoder's maxPrefix. */
   private checkPrefix(l: number, prefix: AttentionPrefix): void {
     const c = this.config;
     const op = `Encoder prefix of layer ${l}`;

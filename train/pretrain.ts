@@ -399,6 +399,7 @@ export class Pretrainer {
 
   private pending: StepStats[] = [];
 
+  /** Reads the steps' loss and norm kept on the GPU since the last flush into `pending`. */
   private async flushStats(): Promise<void> {
     if (this.statsOnGpu === 0) return;
     const values = await this.stats.view(0, [this.statsOnGpu, 2]).download();

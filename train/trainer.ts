@@ -343,6 +343,7 @@ export class Trainer {
     return (this.trains?.peft ?? false) && (this.peft?.parameters().size ?? 0) > 0;
   }
 
+  /** The head's logits per example: COPA-like tasks' rows regrouped, one row per example. */
   private logitsView(rowLogits: Tensor, examples: number): Tensor {
     return this.inputsPerExample > 1 ? rowLogits.view(0, [examples, this.outputs]) : rowLogits;
   }
@@ -397,6 +398,7 @@ export class Trainer {
     rec.copy("step grad norm", copied, this.stats.view(row + 4, [copied.numel]));
   }
 
+  /** A batch must fit the buffers sized at construction and agree with itself. */
   private checkBatch(batch: TrainBatch): void {
     const E = batch.examples;
     if (!Number.isSafeInteger(E) || E < 1 || E > this.maxExamples) {
@@ -420,6 +422,7 @@ export class Trainer {
     this.head.setSpans(batch.spans, batch.encoder.batch, batch.encoder.seqLen);
   }
 
+  /** The batch's targets on the GPU: class ids (u32) for cross-entropy, else f32 values. */
   private uploadTargets(batch: TrainBatch): Tensor {
     const E = batch.examples;
     if (this.loss === "ce") {
@@ -432,6 +435,7 @@ export class Trainer {
     return targets;
   }
 
+  /** Reads the steps' stats rows kept on the GPU since the last flush into the host's log. */
   private async flushStats(): Promise<void> {
     if (this.statsOnGpu === 0) return;
     const w = this.statsWidth;
