@@ -42,13 +42,28 @@ export function isSkippedTensor(name: string): boolean {
   return SKIPPED.some((re) => re.test(name));
 }
 
-/** The names a backbone tensor may have in a file: with or without prefix, legacy LayerNorm names. */
+/**
+ * The MLM decoders that share the word-embedding table when config.json ties them (transformers'
+ * default). A file saved with the shared tensor stored once may keep only the decoder's name:
+ * safetensors' `save_model` keeps the first name in sorted order, and "lm_head." sorts before
+ * "roberta.", "cls." before "layoutlm." (transformers' own save_pretrained keeps the embedding).
+ */
+const TIED_DECODERS = ["lm_head.decoder.weight", "cls.predictions.decoder.weight"];
+
+/**
+ * The names a backbone tensor may have in a file: with or without prefix, legacy LayerNorm names;
+ * for the word embeddings of a tied model, last, the decoder that shares them.
+ */
 function candidateNames(config: ModelConfig, relative: string): string[] {
   const names = [relative];
   const legacy = relative.replace(/LayerNorm\.weight$/, "LayerNorm.gamma")
     .replace(/LayerNorm\.bias$/, "LayerNorm.beta");
   if (legacy !== relative) names.push(legacy);
-  return [...names.map((n) => `${config.prefix}.${n}`), ...names];
+  const tied = relative === "embeddings.word_embeddings.weight" &&
+      config.raw.tie_word_embeddings !== false
+    ? TIED_DECODERS
+    : [];
+  return [...names.map((n) => `${config.prefix}.${n}`), ...names, ...tied];
 }
 
 /**

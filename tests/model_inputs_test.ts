@@ -5,7 +5,9 @@
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { readTensors, VOCAB, writeTinyBert } from "./train_fixture.ts";
-import { CheckpointError } from "../model/checkpoint.ts";
+import { CheckpointError, loadBackbone } from "../model/checkpoint.ts";
+import { createEncoder, encoderParameters } from "../model/encoder.ts";
+import { gpuTest } from "./gpu_fixture.ts";
 import { ConfigError } from "../model/config.ts";
 import { openModel } from "../model/load.ts";
 import { writeSafetensors } from "../model/safetensors.ts";
@@ -153,6 +155,54 @@ Deno.test("model inputs: a missing or integer backbone tensor is refused at open
     );
   });
 });
+
+Deno.test("model inputs: word embeddings kept only as the tied MLM decoder are read from it", async () => {
+  // safetensors' save_model stores a shared tensor once, under the first name in sorted order:
+  // "lm_head.decoder.weight" before "roberta.embeddings...", "cls." before "layoutlm.".
+  const word = "bert.embeddings.word_embeddings.weight";
+  for (const decoder of ["cls.predictions.decoder.weight", "lm_head.decoder.weight"]) {
+    await withModel(async (dir) => {
+      const path = `${dir}/model.safetensors`;
+      const { [word]: table, ...rest } = await readTensors(path);
+      await writeSafetensors(path, { ...rest, [decoder]: table });
+      const model = await openModel(dir);
+      assertEquals(model.unused, []);
+      model.weights.close();
+      // Untied (tie_word_embeddings false), the decoder is not the table: missing, as before.
+      await editConfig(dir, { tie_word_embeddings: false });
+      await expectRefused(
+        dir,
+        CheckpointError,
+        path,
+        /missing tensor "bert\.embeddings\.word_embeddings\.weight"$/,
+      );
+    });
+  }
+});
+
+gpuTest(
+  "model inputs: the tied decoder's values are what the encoder's word table holds",
+  async (gpu) => {
+    const root = await Deno.makeTempDir({ prefix: "model_inputs_tied_" });
+    try {
+      const word = "bert.embeddings.word_embeddings.weight";
+      await writeTinyBert(`${root}/model`);
+      const path = `${root}/model/model.safetensors`;
+      const { [word]: table, ...rest } = await readTensors(path);
+      await writeSafetensors(path, { ...rest, "cls.predictions.decoder.weight": table });
+      const model = await openModel(`${root}/model`);
+      try {
+        const encoder = createEncoder(gpu, model.config, { maxBatch: 1, maxSeq: 4, dropout: 0 });
+        await loadBackbone(model.weights, model.config, encoderParameters(encoder.params));
+        assertEquals(await encoder.params.embeddings.word.download(), table.data);
+      } finally {
+        model.weights.close();
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
 
 Deno.test("model inputs: tensors loading leaves out are named, with the likely reason", async (t) => {
   // A transformers sequence-classification checkpoint's classifier is not the EH-FT head: a
