@@ -44,26 +44,42 @@ export function isSkippedTensor(name: string): boolean {
 
 /**
  * The MLM decoders that share the word-embedding table when config.json ties them (transformers'
- * default). A file saved with the shared tensor stored once may keep only the decoder's name:
- * safetensors' `save_model` keeps the first name in sorted order, and "lm_head." sorts before
- * "roberta.", "cls." before "layoutlm." (transformers' own save_pretrained keeps the embedding).
+ * default). A file that stores the shared tensor once may keep only the decoder's name:
+ * safetensors' `save_model` keeps the first name in sorted order ("lm_head." sorts before
+ * "roberta.", "cls." before "layoutlm."), and says so in its metadata; transformers'
+ * save_pretrained keeps the embedding.
  */
 const TIED_DECODERS = ["lm_head.decoder.weight", "cls.predictions.decoder.weight"];
 
-/**
- * The names a backbone tensor may have in a file: with or without prefix, legacy LayerNorm names;
- * for the word embeddings of a tied model, last, the decoder that shares them.
- */
+/** The names a backbone tensor may have in a file: with or without prefix, legacy LayerNorm names. */
 function candidateNames(config: ModelConfig, relative: string): string[] {
   const names = [relative];
   const legacy = relative.replace(/LayerNorm\.weight$/, "LayerNorm.gamma")
     .replace(/LayerNorm\.bias$/, "LayerNorm.beta");
   if (legacy !== relative) names.push(legacy);
+  return [...names.map((n) => `${config.prefix}.${n}`), ...names];
+}
+
+/**
+ * The name under which the file stores the backbone tensor `relative`, or undefined: one of its
+ * candidate names; else the tensor the file's metadata says a candidate was stored as (safetensors'
+ * `save_model` stores a shared tensor once and records each dropped name's kept one); else, for
+ * the word embeddings of a tied model, the MLM decoder that shares them.
+ */
+function storedName(
+  reader: SafetensorsReader,
+  config: ModelConfig,
+  relative: string,
+): string | undefined {
+  const names = candidateNames(config, relative);
+  const kept = names.filter((n) => Object.hasOwn(reader.metadata, n)).map((n) =>
+    reader.metadata[n]
+  );
   const tied = relative === "embeddings.word_embeddings.weight" &&
       config.raw.tie_word_embeddings !== false
     ? TIED_DECODERS
     : [];
-  return [...names.map((n) => `${config.prefix}.${n}`), ...names, ...tied];
+  return [...names, ...kept, ...tied].find((n) => reader.tensors.has(n));
 }
 
 /**
@@ -169,7 +185,7 @@ export function checkBackbone(
     );
   }
   for (const [relative, shape] of encoderParameterShapes(config)) {
-    const found = candidateNames(config, relative).find((n) => reader.tensors.has(n));
+    const found = storedName(reader, config, relative);
     if (!found) throw fail(`missing tensor "${config.prefix}.${relative}"`);
     const info = reader.tensors.get(found)!;
     if (!FLOAT_DTYPES.has(info.dtype)) {
@@ -195,7 +211,7 @@ export async function loadBackbone(
 ): Promise<Set<string>> {
   const plan: [string, Tensor][] = [];
   for (const [relative, tensor] of params) {
-    const found = candidateNames(config, relative).find((n) => reader.tensors.has(n));
+    const found = storedName(reader, config, relative);
     if (!found) {
       throw new CheckpointError(reader.path, `missing tensor "${config.prefix}.${relative}"`);
     }
@@ -264,6 +280,8 @@ export function unusedTensors(reader: SafetensorsReader, config: ModelConfig): s
   const used = new Set<string>(HEAD_NAMES);
   for (const [relative] of encoderParameterShapes(config)) {
     for (const name of candidateNames(config, relative)) used.add(name);
+    const stored = storedName(reader, config, relative);
+    if (stored !== undefined) used.add(stored);
   }
   return [...reader.tensors.keys()].filter((n) => !used.has(n) && !isSkippedTensor(n)).sort();
 }

@@ -176,8 +176,33 @@ Deno.test("model inputs: word embeddings kept only as the tied MLM decoder are r
         path,
         /missing tensor "bert\.embeddings\.word_embeddings\.weight"$/,
       );
+      // Unless the file's metadata says the table was stored under the decoder's name (what
+      // safetensors' save_model records for each name it drops).
+      await writeSafetensors(path, { ...rest, [decoder]: table }, { [word]: decoder });
+      const recorded = await openModel(dir);
+      assertEquals(recorded.unused, []);
+      recorded.weights.close();
     });
   }
+});
+
+Deno.test("model inputs: a tensor stored once under another name is found through the file's metadata", async () => {
+  await withModel(async (dir) => {
+    const path = `${dir}/model.safetensors`;
+    const query = "bert.encoder.layer.0.attention.self.query.weight";
+    const { [query]: weight, ...rest } = await readTensors(path);
+    await writeSafetensors(path, { ...rest, "shared.0": weight });
+    await expectRefused(
+      dir,
+      CheckpointError,
+      path,
+      /missing tensor "bert\.encoder\.layer\.0\.attention\.self\.query\.weight"$/,
+    );
+    await writeSafetensors(path, { ...rest, "shared.0": weight }, { [query]: "shared.0" });
+    const model = await openModel(dir);
+    assertEquals(model.unused, []);
+    model.weights.close();
+  });
 });
 
 gpuTest(
