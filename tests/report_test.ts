@@ -180,6 +180,7 @@ function expectedJson(dir: string): unknown {
     mean: mean(seeds.map((s) => s.value)),
     std: seeds.length > 1 ? std(seeds.map((s) => s.value)) : null,
     n: seeds.length,
+    undefinedSeeds: 0,
     seeds,
   });
   const metricOf: Record<string, string> = { mrpc: "f1", cola: "mcc", stsb: "pearson" };
@@ -279,6 +280,53 @@ Deno.test("report: discovery counts a multi-seed run once and skips unfinished r
   assertEquals(wic.skipped.map((s) => s.reason), [
     "unfinished (no metrics.json; 1 of 2 seeds finished)",
   ]);
+});
+
+Deno.test("report: a seed whose metric is undefined is left out of the mean, and shown as such", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-undefined-" });
+  try {
+    // STS-B: two seeds score, the third's Pearson r is undefined (constant predictions);
+    // LoRA's one seed is undefined only.
+    await multi(`${dir}/ft-stsb`, "stsb", "ft", null, {
+      1: { pearson: 0.9, spearman: 0.9 },
+      2: { pearson: 0.88, spearman: null },
+      3: { pearson: null, spearman: null },
+    });
+    await single(`${dir}/lora-stsb`, "stsb", "peft", "lora", 1, { pearson: null });
+    await single(`${dir}/lora-rte`, "rte", "peft", "lora", 1, { accuracy: 0.7 });
+    const summary = JSON.parse(await Deno.readTextFile(`${dir}/ft-stsb/metrics.json`));
+    // metrics.json: the mean over the seeds that define the metric; std null below two of them.
+    assertEquals(summary.best.pearson, 0.89);
+    assertEquals(summary.std.best.spearman, null);
+    assertEquals(summary.best.spearman, 0.9);
+    assertEquals(summary.seeds["3"].best.pearson, null);
+
+    const table = buildTable(await findRuns([dir]));
+    const ft = table.rows.find((r) => r.method === "FT")!;
+    assertEquals([ft.cells.stsb.n, ft.cells.stsb.undefinedSeeds], [2, 1]);
+    const lora = table.rows.find((r) => r.method === "LoRA")!;
+    assertEquals([lora.cells.stsb.mean, lora.cells.stsb.n, lora.cells.stsb.undefinedSeeds], [
+      null,
+      0,
+      1,
+    ]);
+    assertEquals(lora.average, { mean: 0.7, tasks: 1 });
+    const markdown = renderMarkdown(table);
+    assert(markdown.includes("| 89.0 ± 1.0 (1 n/a) |"), markdown);
+    assert(/\| LoRA +\| +70\.0 \|.* n\/a \| 70\.0 \(1\/9\) \|/.test(markdown), markdown);
+    assert(
+      markdown.includes(
+        "n/a: the metric is undefined (a correlation of constant predictions); (k n/a): k seeds " +
+          "so, left out of the mean. Seeds per cell: 1 to 2",
+      ),
+      markdown,
+    );
+    const csv = renderCsv(table).split("\n");
+    assert(csv[2].startsWith("LoRA,peft,lora,roberta-large,70.00,,1,"), csv[2]);
+    assert(csv[2].endsWith(",,,0,70.00,1"), csv[2]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("report: method titles, percentages", () => {

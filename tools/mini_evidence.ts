@@ -22,7 +22,7 @@
 
 import { exists, writeFileAtomic } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
-import { TABLE_TASKS } from "../train/report_table.ts";
+import { percent, TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
@@ -42,9 +42,9 @@ export const METHODS: { name: string; label: string; flags: string[]; random?: b
 ];
 
 interface CellMetrics {
-  best: Record<string, number>;
-  final: Record<string, number>;
-  std?: { best: Record<string, number>; final: Record<string, number> };
+  best: Record<string, number | null>;
+  final: Record<string, number | null>;
+  std?: { best: Record<string, number | null>; final: Record<string, number | null> };
   seeds?: Record<string, unknown>;
 }
 
@@ -82,7 +82,9 @@ export async function writeTable(
   tasks: string[],
   methods: typeof METHODS,
 ): Promise<void> {
-  const pct = (x: number) => (100 * x).toFixed(1);
+  // As report.ts writes scores; an undefined one (null: a correlation of constant predictions)
+  // is "n/a", never a plausible 0.0.
+  const pct = (x: number | null | undefined) => typeof x === "number" ? percent(x) : "n/a";
   const rows: string[][] = [];
   let partial = 0;
   for (const name of tasks) {
@@ -95,8 +97,12 @@ export async function writeTable(
       const seeds = Object.keys(r.seeds ?? { one: 0 });
       const column = TABLE_TASKS.find((t) => t.name === name);
       const metric = column?.metric ?? "accuracy";
-      const cell = (kind: "best" | "final") =>
-        r.std ? `${pct(r[kind][metric])} ± ${pct(r.std[kind][metric])}` : pct(r[kind][metric]);
+      const cell = (kind: "best" | "final") => {
+        const std = r.std?.[kind][metric];
+        return typeof std === "number"
+          ? `${pct(r[kind][metric])} ± ${pct(std)}`
+          : pct(r[kind][metric]);
+      };
       const minutes: number[] = [];
       for (const seed of r.seeds ? seeds : []) {
         const start = (await Deno.stat(`${dir}/seed-${seed}/run.json`)).mtime!.getTime();

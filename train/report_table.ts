@@ -350,11 +350,20 @@ export interface CellSeed {
 
 export interface Cell {
   metric: string;
-  /** Fractions (0.8123), as metrics.json holds them. */
-  mean: number;
-  /** Population standard deviation over the seeds; null for a single seed. */
+  /**
+   * Fractions (0.8123), as metrics.json holds them: the mean over the seeds whose metric is
+   * defined; null when none is.
+   */
+  mean: number | null;
+  /** Population standard deviation over those seeds; null for fewer than two. */
   std: number | null;
+  /** The seeds in the mean. */
   n: number;
+  /**
+   * Finished seeds whose metric is undefined (null in metrics.json: a Pearson r or an MCC of
+   * constant predictions), left out of the mean and std.
+   */
+  undefinedSeeds: number;
   seeds: CellSeed[];
 }
 
@@ -450,6 +459,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
         }
       }
       const seeds: CellSeed[] = [];
+      let undefinedSeeds = 0;
       for (const run of list) {
         for (const s of run.seeds) {
           const v = s.best[column.metric];
@@ -457,6 +467,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
             notes.push(`${where}: ${run.path} (seed ${s.seed}) has no best ${column.metric}`);
           } else if (v === null) {
             notes.push(`${where}: ${run.path} (seed ${s.seed}): best ${column.metric} undefined`);
+            undefinedSeeds++;
           } else {
             seeds.push({ seed: s.seed, value: v, run: run.path });
           }
@@ -467,15 +478,16 @@ export function buildTable(found: FoundRuns): ResultsTable {
       for (const [seed, count] of counts) {
         if (count > 1) notes.push(`${where}: seed ${seed} appears ${count} times`);
       }
-      if (seeds.length === 0) continue;
+      if (seeds.length === 0 && undefinedSeeds === 0) continue;
       const n = seeds.length;
-      const mean = seeds.reduce((a, s) => a + s.value, 0) / n;
-      const std = n > 1
+      const mean = n > 0 ? seeds.reduce((a, s) => a + s.value, 0) / n : null;
+      const std = mean !== null && n > 1
         ? Math.sqrt(seeds.reduce((a, s) => a + (s.value - mean) ** 2, 0) / n)
         : null;
-      row.cells[column.name] = { metric: column.metric, mean, std, n, seeds };
+      row.cells[column.name] = { metric: column.metric, mean, std, n, undefinedSeeds, seeds };
     }
-    const means = TABLE_TASKS.filter((t) => row.cells[t.name]).map((t) => row.cells[t.name].mean);
+    const means = TABLE_TASKS.map((t) => row.cells[t.name]?.mean)
+      .filter((m): m is number => typeof m === "number");
     row.average = means.length > 0
       ? { mean: means.reduce((a, b) => a + b, 0) / means.length, tasks: means.length }
       : null;
@@ -515,7 +527,9 @@ export function renderMarkdown(table: ResultsTable): string {
     const cells = TABLE_TASKS.map((t) => {
       const c = row.cells[t.name];
       if (!c) return "–";
-      return c.std === null ? percent(c.mean) : `${percent(c.mean)} ± ${percent(c.std)}`;
+      if (c.mean === null) return "n/a";
+      const score = c.std === null ? percent(c.mean) : `${percent(c.mean)} ± ${percent(c.std)}`;
+      return c.undefinedSeeds > 0 ? `${score} (${c.undefinedSeeds} n/a)` : score;
     });
     const avg = row.average === null
       ? "–"
@@ -530,7 +544,12 @@ export function renderMarkdown(table: ResultsTable): string {
   const rule = `| ${
     widths.map((w, i) => i === 0 ? "-".repeat(w) : "-".repeat(w - 1) + ":").join(" | ")
   } |`;
-  const counts = table.rows.flatMap((r) => Object.values(r.cells).map((c) => c.n));
+  const cells = table.rows.flatMap((r) => Object.values(r.cells));
+  const counts = cells.filter((c) => c.n > 0).map((c) => c.n);
+  const undefinedNote = cells.some((c) => c.undefinedSeeds > 0)
+    ? " n/a: the metric is undefined (a correlation of constant predictions); (k n/a): k seeds " +
+      "so, left out of the mean."
+    : "";
   const lo = Math.min(...counts), hi = Math.max(...counts);
   const seeds = counts.length === 0
     ? ""
@@ -539,7 +558,8 @@ export function renderMarkdown(table: ResultsTable): string {
     : ` Seeds per cell: ${lo} to ${hi} (results.json lists them).`;
   const legend = "Best dev score of each run × 100, mean ± standard deviation over seeds " +
     "(population; none for one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; " +
-    `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.${seeds}`;
+    `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.` +
+    `${undefinedNote}${seeds}`;
   return [line(header), rule, ...body.map(line), "", legend, ""].join("\n");
 }
 
@@ -564,7 +584,7 @@ export function renderCsv(table: ResultsTable): string {
     for (const t of TABLE_TASKS) {
       const c = row.cells[t.name];
       fields.push(
-        c ? percent(c.mean, 2) : "",
+        c && c.mean !== null ? percent(c.mean, 2) : "",
         c && c.std !== null ? percent(c.std, 2) : "",
         c ? String(c.n) : "",
       );

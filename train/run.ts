@@ -399,7 +399,11 @@ function seedList(config: TrainConfig): number[] {
   return Array.from({ length: config.seeds }, (_, i) => config.seed + i);
 }
 
-/** Mean and (population) standard deviation of each metric over the seeds; null ignored. */
+/**
+ * Mean and (population) standard deviation of each metric over the seeds where it is defined (a
+ * seed's null, such as a Pearson r of constant predictions, is left out; each seed's own value
+ * stays in `seeds`); std is null when fewer than two seeds define it, the mean when none does.
+ */
 export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetrics {
   const runs = Object.values(results);
   const stat = (kind: "final" | "best") => {
@@ -414,7 +418,9 @@ export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetric
       }
       const m = xs.reduce((a, b) => a + b, 0) / xs.length;
       mean[name] = m;
-      std[name] = Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
+      std[name] = xs.length > 1
+        ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length)
+        : null;
     }
     return { mean, std };
   };
