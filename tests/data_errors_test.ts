@@ -671,6 +671,40 @@ Deno.test("data errors: empty texts are kept and noted in one line naming the fi
   });
 });
 
+Deno.test("data errors: an STS-B dev split of one example is refused before training, noted by --dry-run", async () => {
+  await withDir(async (dir) => {
+    const r = READERS.stsb;
+    const folder = `${dir}/stsb`;
+    await Deno.mkdir(folder);
+    await Deno.writeTextFile(`${folder}/train.tsv`, fileText(r, [r.line(), r.line(), r.line()]));
+    await Deno.writeTextFile(`${folder}/dev.tsv`, fileText(r, [r.line()]));
+    const problem = "stsb dev: 1 example; pearson and spearman need at least 2 to be computed";
+    const report = await dryRun(r.task, { data: folder });
+    assertEquals(report.notes, [problem]);
+    await writeTinyBert(`${dir}/model`);
+    const out = `${dir}/run`;
+    const { code, stderr } = await trainCli(
+      [
+        "--task",
+        "stsb",
+        "--model",
+        `${dir}/model`,
+        "--data",
+        folder,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+      ],
+    );
+    assertEquals([code, stderr.split("\n").at(-1)], [1, `train: ${problem}`]);
+    assert(!stderr.includes("step 1"), stderr);
+    // Two examples are enough.
+    await Deno.writeTextFile(`${folder}/dev.tsv`, fileText(r, [r.line(), r.line()]));
+    assertEquals((await dryRun(r.task, { data: folder })).notes, undefined);
+  });
+});
+
 Deno.test("data errors: --data naming a file is refused by training in one line, noted by --dry-run", async () => {
   // A file would be read as every split: trained, scored and chosen on the same examples.
   await withDir(async (dir) => {

@@ -181,6 +181,10 @@ Deno.test("metrics: one example, NaN and infinity follow scipy", () => {
   assertThrows(() => pearson([1, NaN, 3], [1, 2, 4]), Error, "pred[1] is NaN");
   assertThrows(() => pearson([1, 2, 3], [1, Infinity, 4]), Error, "gold[1] is Infinity");
   assert(Number.isNaN(spearman([1, NaN, 3], [1, 2, 4])));
+  // Two examples: pearsonr answers sign(Δx)·sign(Δy) before its norms check for finite values.
+  assertEquals(pearson([0, Infinity], [0, 1]), 1);
+  assertEquals(pearson([2, 1], [0, -Infinity]), 1);
+  assert(Number.isNaN(pearson([NaN, 1], [0, 1])));
   // scipy, "reg_inf": spearmanr ranks an infinity as the largest value.
   near("reg_inf", spearman([1, Infinity, 3, 0], [1, 2, 3, 4]), -0.39999999999999997);
 });

@@ -33,6 +33,7 @@ import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { emptyTextNote } from "./batches.ts";
+import { unscorableDevSplit } from "./evaluate.ts";
 import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
 import { shippedDataDir } from "./default_model.ts";
@@ -182,6 +183,14 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     const summary: DryRunSplit = { examples: examples.length };
     const empty = emptyTextNote(examples, `${task.name} ${r.name}`);
     if (empty !== null) notes.push(empty);
+    if (r.name === task.devSplit) {
+      const unscorable = unscorableDevSplit(
+        task.metrics,
+        examples.length,
+        `${task.name} ${r.name}`,
+      );
+      if (unscorable !== null) notes.push(unscorable);
+    }
     const unlabeled = examples.filter((e) => e.label === null);
     if (needed.has(r.name) && unlabeled.length > 0) {
       const first = unlabeled[0];

@@ -42,6 +42,22 @@ export async function evaluate(
   return out;
 }
 
+/**
+ * Why a dev split of `count` examples cannot be scored with `metrics`, or null: a correlation
+ * (STS-B's Pearson r) needs two examples, and one found at the first evaluation would stop a run
+ * that has already trained.
+ */
+export function unscorableDevSplit(
+  metrics: readonly MetricName[],
+  count: number,
+  what: string,
+): string | null {
+  const correlations = metrics.filter((m) => m === "pearson" || m === "spearman");
+  if (count >= 2 || correlations.length === 0) return null;
+  return `${what}: ${count} example${count === 1 ? "" : "s"}; ${correlations.join(" and ")} ` +
+    `need at least 2 to be computed`;
+}
+
 /** Each metric's better value of `best` and `current` (null never wins). */
 export function updateBest(best: MetricValues, current: MetricValues): MetricValues {
   const out: MetricValues = { ...best };

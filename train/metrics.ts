@@ -226,18 +226,19 @@ function correlation(x: ArrayLike<number>, y: ArrayLike<number>): number {
 /**
  * Pearson's r (scipy.stats.pearsonr's statistic). NaN when either input is constant (SciPy warns
  * and returns NaN). Throws, as SciPy (1.10) does, for a single example and for a NaN or an
- * infinity in an input that is not constant.
+ * infinity in an input of three or more that is not constant (two examples give ±1, or NaN).
  */
 export function pearson(pred: ArrayLike<number>, gold: ArrayLike<number>): number {
   const n = checkPair("pearson", pred, gold);
   if (n < 2) throw new Error("pearson: needs at least 2 examples");
   if (isConstant(pred) || isConstant(gold)) return NaN;
+  // SciPy answers two examples before it looks for non-finite values: ±1, or NaN through a NaN.
+  if (n === 2) return Math.sign(pred[1] - pred[0]) * Math.sign(gold[1] - gold[0]);
   for (const [side, xs] of [["pred", pred], ["gold", gold]] as const) {
     for (let i = 0; i < n; i++) {
       if (!Number.isFinite(xs[i])) throw new Error(`pearson: ${side}[${i}] is ${xs[i]}`);
     }
   }
-  if (n === 2) return Math.sign(pred[1] - pred[0]) * Math.sign(gold[1] - gold[0]);
   return correlation(pred, gold);
 }
 

@@ -55,7 +55,7 @@ import { sha256Hex } from "./data_files.ts";
 import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
 import { checkRunModes, runSettings, type TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
-import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
+import { evaluate, type MetricValues, unscorableDevSplit, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
 import { plural } from "../model/progress_text.ts";
@@ -568,6 +568,12 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
     );
     const trainSha256 = await examplesSha256(trainExamples);
     const devExamples = await task.readExamples(config.data, task.devSplit);
+    const unscorable = unscorableDevSplit(
+      task.metrics,
+      devExamples.length,
+      `${task.name} ${task.devSplit}`,
+    );
+    if (unscorable !== null) throw new Error(unscorable);
     const dev = tokenizeExamples(
       model.tokenizer,
       devExamples,
