@@ -504,14 +504,15 @@ export function buildTable(found: FoundRuns): ResultsTable {
 }
 
 /**
- * x × 100 with `digits` decimals, rounded half up as the decimal number reads (0.8765 → "87.7",
- * where toFixed alone sees 87.64999… and gives "87.6"); "-0.0" is written "0.0".
+ * x × 100 with `digits` decimals, a half rounded away from zero as the decimal number reads
+ * (0.8765 → "87.7", where toFixed alone sees 87.64999… and gives "87.6"; -0.8765 → "-87.7", so a
+ * negative MCC reads as its positive twin); "-0.0" is written "0.0".
  */
 export function percent(x: number, digits = 1): string {
   const scale = 10 ** digits;
   // 12 significant digits drop the binary noise of x × 100 before the rounding.
   const scaled = Number((x * 100 * scale).toPrecision(12));
-  const s = (Math.round(scaled) / scale).toFixed(digits);
+  const s = (Math.sign(scaled) * Math.round(Math.abs(scaled)) / scale).toFixed(digits);
   return /^-0\.?0*$/.test(s) ? s.slice(1) : s;
 }
 
