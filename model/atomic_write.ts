@@ -10,16 +10,39 @@ export function temporaryName(path: string): string {
 
 const TEMPORARY = /\.tmp-[0-9a-f]{8}$/;
 
+/** Whether `name` is an atomic write's temporary file (`temporaryName`). */
+export function isTemporaryName(name: string): boolean {
+  return TEMPORARY.test(name);
+}
+
 /**
- * Removes the temporary files that atomic writes under `dir` (and its subfolders) left when the
- * process was killed mid-write: the targets themselves are whole (the rename never happened), so
- * these are never needed. Returns how many it removed.
+ * Removes the temporary files that atomic writes left in `dir` when the process was killed
+ * mid-write: the targets themselves are whole (the rename never happened), so these are never
+ * needed. Only `dir` itself and, all the way down, the subfolders named in `own` (the ones the
+ * caller writes: model/, analysis/, ...): a folder of anything else, such as another run kept
+ * inside this one, is not this process's to clean. Returns how many it removed.
  */
-export async function removeStaleTemporaries(dir: string): Promise<number> {
+export async function removeStaleTemporaries(
+  dir: string,
+  own: readonly string[] = [],
+): Promise<number> {
   let removed = 0;
   for await (const e of Deno.readDir(dir)) {
     const path = `${dir}/${e.name}`;
-    if (e.isDirectory) removed += await removeStaleTemporaries(path);
+    if (e.isDirectory && own.includes(e.name)) removed += await removeTemporariesBelow(path);
+    else if (e.isFile && TEMPORARY.test(e.name)) {
+      await Deno.remove(path);
+      removed++;
+    }
+  }
+  return removed;
+}
+
+async function removeTemporariesBelow(dir: string): Promise<number> {
+  let removed = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const path = `${dir}/${e.name}`;
+    if (e.isDirectory) removed += await removeTemporariesBelow(path);
     else if (e.isFile && TEMPORARY.test(e.name)) {
       await Deno.remove(path);
       removed++;
@@ -101,6 +124,57 @@ export async function lockFolder(dir: string): Promise<Deno.FsFile | null | "hel
   }
   folder.close();
   return "held";
+}
+
+/** The folder `removeEntries` gathers entries in before it deletes them (`.removing-<8 hex>`). */
+export const REMOVING_PREFIX = ".removing-";
+
+/**
+ * Removes the entries `names` of the folder `dir` all or nothing: each is first moved (run.json
+ * last) into one new folder inside `dir`, `.removing-<8 hex>`, and only when every move succeeded
+ * is that folder deleted. A move that fails (a folder without write permission, an immutable
+ * file's folder) puts back those already moved and throws, `dir` as it was. A deletion cut short
+ * leaves the rest in that folder (never read again: report.ts skips it) and is returned as one
+ * line for the caller to show; null when all is gone.
+ */
+export async function removeEntries(dir: string, names: readonly string[]): Promise<string | null> {
+  const last = (name: string) => name === "run.json" ? 1 : 0;
+  const order = [...names].sort((a, b) => last(a) - last(b));
+  const aside = `${dir}/${REMOVING_PREFIX}${crypto.randomUUID().slice(0, 8)}`;
+  const moved: string[] = [];
+  let step = `make ${aside}`;
+  try {
+    await Deno.mkdir(aside);
+    for (const name of order) {
+      step = `move ${name} out of the way`;
+      await Deno.rename(`${dir}/${name}`, `${aside}/${name}`);
+      moved.push(name);
+    }
+  } catch (e) {
+    const stuck: string[] = [];
+    for (const name of moved.reverse()) {
+      await Deno.rename(`${aside}/${name}`, `${dir}/${name}`).catch(() => stuck.push(name));
+    }
+    if (stuck.length === 0) await Deno.remove(aside).catch(() => {});
+    throw new Error(
+      `${dir}: could not ${step} (${(e as Error).message}); ` +
+        (stuck.length === 0
+          ? "nothing was removed"
+          : `${stuck.join(", ")} could not be put back from ${aside}`),
+    );
+  }
+  await syncFolder(dir);
+  try {
+    // The run is no longer one as soon as its run.json is gone, whatever else stays.
+    await Deno.remove(`${aside}/run.json`).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
+    await Deno.remove(aside, { recursive: true });
+    return null;
+  } catch (e) {
+    return `${dir}: the removed entries are left in ${aside} (${(e as Error).message}): ` +
+      `delete it by hand`;
+  }
 }
 
 /** Writes `value` as pretty-printed JSON (with a final newline) atomically. */

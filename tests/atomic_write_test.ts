@@ -1,8 +1,8 @@
-// model/atomic_write.ts: the folder part of a path, and the folder sync after a rename (best
-// effort: it must never turn a finished write into a failure).
+// model/atomic_write.ts: the folder part of a path, the folder sync after a rename (best effort:
+// it must never turn a finished write into a failure), and removing a folder's entries whole.
 
-import { assertEquals } from "./assert.ts";
-import { parentOf, syncFolder, writeFileAtomic } from "../model/atomic_write.ts";
+import { assertEquals, assertRejects } from "./assert.ts";
+import { parentOf, removeEntries, syncFolder, writeFileAtomic } from "../model/atomic_write.ts";
 
 Deno.test("parentOf: the folder part of a path", () => {
   assertEquals(parentOf("a.json"), ".");
@@ -35,6 +35,38 @@ Deno.test("writeFileAtomic: a bare name is written in the working folder, nothin
     assertEquals(names, ["out.txt"]);
   } finally {
     Deno.chdir(before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("removeEntries: all of them go, or none (a failed move puts the others back)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/model`);
+    await Deno.writeTextFile(`${dir}/model/model.safetensors`, "weights");
+    await Deno.writeTextFile(`${dir}/run.json`, "{}");
+    await Deno.writeTextFile(`${dir}/log.jsonl`, "{}\n");
+    await Deno.writeTextFile(`${dir}/notes.txt`, "the user's");
+    const names = async () => {
+      const found: string[] = [];
+      for await (const e of Deno.readDir(dir)) found.push(e.name);
+      return found.sort();
+    };
+    // "missing" cannot be moved: model/ and log.jsonl, moved before it, come back.
+    const e = await assertRejects(
+      () => removeEntries(dir, ["model", "log.jsonl", "missing", "run.json"]),
+      Error,
+    );
+    assertEquals(
+      e.message.replace(/\(.*\)/, "(…)"),
+      `${dir}: could not move missing out of the way (…); nothing was removed`,
+    );
+    assertEquals(await names(), ["log.jsonl", "model", "notes.txt", "run.json"]);
+    assertEquals(await Deno.readTextFile(`${dir}/model/model.safetensors`), "weights");
+    // Every one movable: all gone, nothing else touched, no folder of them left behind.
+    assertEquals(await removeEntries(dir, ["run.json", "model", "log.jsonl"]), null);
+    assertEquals(await names(), ["notes.txt"]);
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

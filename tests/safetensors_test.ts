@@ -893,22 +893,32 @@ Deno.test("writer validates its input", async (t) => {
 
 Deno.test("atomic write: the temporaries a killed write left are removed, nothing else", async () => {
   await withTempDir(async (dir) => {
-    await Deno.mkdir(`${dir}/model`);
+    for (const sub of ["model", "analysis/figures", "inner"]) {
+      await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
+    }
     const files = {
       "checkpoint.safetensors.tmp-e41c61fe": "half a checkpoint",
       "model/model.safetensors.tmp-0123abcd": "half a model",
+      "analysis/figures/loss.svg.tmp-89abcdef": "half a figure",
       "checkpoint.safetensors": "whole",
       "notes.tmp-mine": "a user's file",
       "model/x.tmp-0123abc": "seven digits: not ours",
+      // Another run kept inside this one, writing now: not this run's to clean.
+      "inner/checkpoint.safetensors.tmp-fedcba98": "another run's write in progress",
     };
     for (const [name, text] of Object.entries(files)) {
       await Deno.writeTextFile(`${dir}/${name}`, text);
     }
-    assertEquals(await removeStaleTemporaries(dir), 2);
+    assertEquals(await removeStaleTemporaries(dir, ["model", "analysis"]), 3);
     const left: string[] = [];
-    for (const sub of ["", "model/"]) {
+    for (const sub of ["", "model/", "analysis/figures/", "inner/"]) {
       for await (const e of Deno.readDir(`${dir}/${sub}`)) if (e.isFile) left.push(sub + e.name);
     }
-    assertEquals(left.sort(), ["checkpoint.safetensors", "model/x.tmp-0123abc", "notes.tmp-mine"]);
+    assertEquals(left.sort(), [
+      "checkpoint.safetensors",
+      "inner/checkpoint.safetensors.tmp-fedcba98",
+      "model/x.tmp-0123abc",
+      "notes.tmp-mine",
+    ]);
   });
 });

@@ -281,11 +281,23 @@ Deno.test({
       );
       assertSameFiles(await readTree(out), before, "after --overwrite with --head inside it");
 
-      // A good one replaces every file of the old run, and only those.
+      // A good one replaces every file of the old run, and only those: with them go the
+      // temporaries a killed write of the old run left, not those of a run kept inside it.
+      await Deno.writeTextFile(`${out}/checkpoint.safetensors.tmp-0123abcd`, "half");
+      await Deno.mkdir(`${out}/inner`);
+      await Deno.writeTextFile(`${out}/inner/checkpoint.safetensors.tmp-89abcdef`, "in progress");
       await run(out, "--model", `${dir}/model`, "--overwrite", "--seed", "7");
       assert(!(await exists(`${out}/analysis`)), "the old analysis/ is left");
       assert(!(await exists(`${out}/RTE.jsonl`)), "the old submission file is left");
       assertEquals(await Deno.readTextFile(`${out}/notes.txt`), "mine\n");
+      const entries: string[] = [];
+      for await (const e of Deno.readDir(out)) entries.push(e.name);
+      assertEquals(entries.filter((n) => /tmp-|^\.removing-/.test(n)), []);
+      assertEquals(
+        await Deno.readTextFile(`${out}/inner/checkpoint.safetensors.tmp-89abcdef`),
+        "in progress",
+      );
+      await Deno.remove(`${out}/inner`, { recursive: true });
       const settings = JSON.parse(await Deno.readTextFile(`${out}/run.json`)).settings;
       assertEquals(settings.seed, 7);
 

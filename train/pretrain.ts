@@ -574,7 +574,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     let pendingTokens = 0, pendingMasked = 0;
     const params = trainer.parameters();
     const checkpoint = o.resume ? await readTrainingCheckpoint(checkpointPath) : null;
-    if (o.resume) await removeStaleTemporaries(o.out);
+    if (o.resume) await removeStaleTemporaries(o.out, ["model"]);
     if (checkpoint) {
       uploadByName("resume", checkpoint.params, params);
       const moments = trainer.optimizer.moments();

@@ -27,7 +27,7 @@
 //   run's `--model` (a note lists the other spellings; two models named alike get their folder or
 //   id@commit after the name).
 
-import { readJsonFile } from "../model/atomic_write.ts";
+import { readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 
 /** The table's columns: the nine tasks in the paper's order, with their main metric. */
 export const TABLE_TASKS: readonly { name: string; title: string; metric: string }[] = [
@@ -271,7 +271,11 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     }
     const children: string[] = [];
     for await (const e of Deno.readDir(dir)) {
-      if ((e.isDirectory || e.isSymlink) && !seedFolders.includes(e.name)) children.push(e.name);
+      // A .removing- folder holds what --overwrite is deleting (or could not delete).
+      const removing = e.name.startsWith(REMOVING_PREFIX);
+      if ((e.isDirectory || e.isSymlink) && !seedFolders.includes(e.name) && !removing) {
+        children.push(e.name);
+      }
     }
     children.sort();
     for (const name of children) {

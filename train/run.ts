@@ -22,8 +22,11 @@ import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
   isDirectory,
+  isTemporaryName,
   readJsonFile,
+  removeEntries,
   removeStaleTemporaries,
+  REMOVING_PREFIX,
   writeFileAtomic,
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
@@ -127,6 +130,9 @@ const RUN_ENTRIES = [
   ...new Set(Object.values(SUBMISSION_FORMATS).map((f) => f.file)),
   "run.json",
 ];
+
+/** The folders of RUN_ENTRIES: what the run writes into them is its own (temporaries included). */
+const RUN_FOLDERS = ["model", "stage1", "adapter", "analysis"];
 
 /** The run entries present in `dir` (seed-* folders included), sorted. */
 async function runEntries(dir: string): Promise<string[]> {
@@ -314,11 +320,21 @@ async function trainInFolder(
         prepared.model.weights.close();
         throw e;
       }
-      // run.json last: a removal cut short still marks the folder as a run's.
-      const last = (e: string) => e === "run.json" ? 1 : 0;
-      for (const e of [...entries].sort((a, b) => last(a) - last(b))) {
-        await Deno.remove(`${out}/${e}`, { recursive: true });
+      // All or nothing (a removal cut short by a folder it may not change would leave neither
+      // run): with the old run's entries go the temporaries its killed writes left, and what an
+      // earlier --overwrite could not delete.
+      const leftovers: string[] = [];
+      for await (const e of Deno.readDir(out)) {
+        const temporary = e.isFile && isTemporaryName(e.name);
+        if (temporary || (e.isDirectory && e.name.startsWith(REMOVING_PREFIX))) {
+          leftovers.push(e.name);
+        }
       }
+      const kept = await removeEntries(out, [...entries, ...leftovers]).catch((e) => {
+        prepared!.model.weights.close();
+        throw new Error(`--overwrite: ${(e as Error).message}`);
+      });
+      if (kept !== null) console.error(`--overwrite: ${kept}`);
     } else if (!config.resume) {
       throw new Error(
         `${out} already holds a run (${entries.join(", ")}): pass --resume to ` +
@@ -342,6 +358,8 @@ async function trainInFolder(
     }
   }
   if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null, prepared);
+  // Each seed's folder is cleaned by its own runSeed; the summary's writes are this folder's.
+  if (config.resume) await removeStaleTemporaries(out);
 
   if (!(await exists(`${out}/run.json`))) {
     await writeJsonAtomic(`${out}/run.json`, {
@@ -392,7 +410,7 @@ async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void
  */
 async function clearFinishedLeftovers(dir: string): Promise<void> {
   await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
-  await removeStaleTemporaries(dir);
+  await removeStaleTemporaries(dir, RUN_FOLDERS);
 }
 
 function seedList(config: TrainConfig): number[] {
@@ -740,7 +758,7 @@ async function runSeed(
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
-  if (config.resume) await removeStaleTemporaries(dir);
+  if (config.resume) await removeStaleTemporaries(dir, RUN_FOLDERS);
   if (config.resume) {
     await checkSameData(dir, config.out, p.resolved, config.data);
     await checkSameSchedule(dir, config);
