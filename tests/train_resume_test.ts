@@ -107,9 +107,12 @@ Deno.test({
         "the resumed run ended before it could be killed",
       );
       assert(!(await exists(`${killed}/metrics.json`)));
-      // ...and resumed to the end.
-      const resumed = await run(killed, "--resume");
+      // ...and resumed to the end, in another folder (moved to a bigger disk, say): the same run.
+      const movedRun = `${dir}/moved-run`;
+      await Deno.rename(killed, movedRun);
+      const resumed = await run(movedRun, "--resume");
       assertEquals(resumed, expected);
+      await Deno.rename(movedRun, killed);
 
       const a = await readTree(whole);
       const b = await readTree(killed);

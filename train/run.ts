@@ -186,7 +186,13 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 /** Settings that name a file or folder: one place however it is spelled. */
-const PATH_SETTINGS = new Set(["model", "data", "head", "out"]);
+const PATH_SETTINGS = new Set(["model", "data", "head"]);
+
+/**
+ * Settings a resume may change: where the run folder is (a run moved to a bigger disk goes on
+ * there; run.json keeps where it started).
+ */
+const MOVABLE_SETTINGS = new Set(["out"]);
 
 /**
  * Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). `a`'s real
@@ -219,6 +225,7 @@ async function firstDifference(
 ): Promise<string> {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
     if (sameJson(a[k], b[k])) continue;
+    if (MOVABLE_SETTINGS.has(k)) continue;
     if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
     return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
   }
