@@ -10,11 +10,12 @@
 // --out is checked before anything is read (checkOutDir): a file is refused, and so is a folder
 // that already holds any of report.ts's outputs (OUTPUT_FILES, figures/<FIGURE_NAMES>.svg|png)
 // unless --overwrite; other files in DIR are never touched. Everything is computed first, the
-// figures drawn in memory, so a failure (a broken analysis file) writes nothing; then each file is
-// written atomically: figures, results.*, and report.md last, after the earlier report's figures
-// that this one does not draw are removed.
+// figures drawn in memory, so a failure (a broken analysis file) writes nothing; then every file
+// is written to a temporary beside it (a full disk there still changes nothing) before they
+// replace the earlier ones in one pass, figures, results.*, and report.md last; only then are the
+// earlier report's figures that this one does not draw removed.
 
-import { writeFileAtomic } from "./model/atomic_write.ts";
+import { writeFilesAtomic } from "./model/atomic_write.ts";
 import { REPORT_HELP } from "./train/help.ts";
 import {
   comparisonFigures,
@@ -197,19 +198,17 @@ export async function report(
       ["results.csv", renderCsv(table)],
       ["results.json", JSON.stringify(tableJson(table), null, 2) + "\n"],
     );
-    // The earlier report's figures that this one does not draw go before report.md is written.
-    const stale = held.filter((h) => h !== "report.md" && !files.some(([name]) => name === h));
+    files.push(["report.md", reportMarkdown(args, markdown, found.runs, figures, figureNote)]);
+    // Every file is written in full before any replaces an earlier one, report.md last; then the
+    // earlier report's figures that this one does not draw go.
+    const stale = held.filter((h) => !files.some(([name]) => name === h));
     await Deno.mkdir(figures.length ? `${out}/${FIGURES_DIR}` : out, { recursive: true });
-    for (const [name, data] of files) await writeFileAtomic(`${out}/${name}`, data);
+    await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const));
     for (const name of stale) await Deno.remove(`${out}/${name}`);
     if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
       await Deno.remove(`${out}/${FIGURES_DIR}`).catch(() => {});
     }
-    await writeFileAtomic(
-      `${out}/report.md`,
-      reportMarkdown(args, markdown, found.runs, figures, figureNote),
-    );
     log(`report: ${out}/results.md, results.csv and results.json written`);
     if (stale.length) {
       log(`report: ${out}: removed ${stale.join(", ")} (the earlier report's, not drawn now)`);

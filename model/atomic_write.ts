@@ -72,6 +72,52 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   await syncFolderOf(path);
 }
 
+/**
+ * Writes several files as one: each to its temporary file and synced first, then all renamed in
+ * the order given (the last one is what says the set is complete). A failure while writing the
+ * temporaries changes nothing; a rename that fails (rare: a file made immutable) throws naming
+ * which files are new and which still the earlier ones.
+ */
+export async function writeFilesAtomic(
+  files: readonly (readonly [string, Uint8Array | string])[],
+): Promise<void> {
+  const temporaries: string[] = [];
+  const clean = () => Promise.all(temporaries.map((t) => Deno.remove(t).catch(() => {})));
+  for (const [path, data] of files) {
+    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    const tmp = temporaryName(path);
+    try {
+      const file = await Deno.open(tmp, { write: true, createNew: true });
+      temporaries.push(tmp);
+      try {
+        let done = 0;
+        while (done < bytes.length) done += await file.write(bytes.subarray(done));
+        await file.sync();
+      } finally {
+        file.close();
+      }
+    } catch (e) {
+      await clean();
+      throw new Error(`${path}: write failed: ${(e as Error).message}; no file was replaced`);
+    }
+  }
+  for (let i = 0; i < files.length; i++) {
+    try {
+      await Deno.rename(temporaries[i], files[i][0]);
+    } catch (e) {
+      await Promise.all(temporaries.slice(i).map((t) => Deno.remove(t).catch(() => {})));
+      const names = (list: readonly (readonly [string, unknown])[]) =>
+        list.map(([p]) => p).join(", ");
+      throw new Error(
+        `${files[i][0]}: write failed: ${(e as Error).message}; ` +
+          (i > 0 ? `new: ${names(files.slice(0, i))}; ` : "") +
+          `as before: ${names(files.slice(i))}`,
+      );
+    }
+  }
+  for (const folder of new Set(files.map(([p]) => parentOf(p)))) await syncFolder(folder);
+}
+
 /** The folder part of `path` ("." for a bare name, "/" at the root). */
 export function parentOf(path: string): string {
   const slash = path.replace(/\/+$/, "").lastIndexOf("/");

@@ -1,8 +1,14 @@
 // model/atomic_write.ts: the folder part of a path, the folder sync after a rename (best effort:
 // it must never turn a finished write into a failure), and removing a folder's entries whole.
 
-import { assertEquals, assertRejects } from "./assert.ts";
-import { parentOf, removeEntries, syncFolder, writeFileAtomic } from "../model/atomic_write.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import {
+  parentOf,
+  removeEntries,
+  syncFolder,
+  writeFileAtomic,
+  writeFilesAtomic,
+} from "../model/atomic_write.ts";
 
 Deno.test("parentOf: the folder part of a path", () => {
   assertEquals(parentOf("a.json"), ".");
@@ -66,6 +72,47 @@ Deno.test("removeEntries: all of them go, or none (a failed move puts the others
     // Every one movable: all gone, nothing else touched, no folder of them left behind.
     assertEquals(await removeEntries(dir, ["run.json", "model", "log.jsonl"]), null);
     assertEquals(await names(), ["notes.txt"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeFilesAtomic: all written before any replaces; a failure says which are new", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const names = async () => {
+      const found: string[] = [];
+      for await (const e of Deno.readDir(dir)) found.push(e.name);
+      return found.sort();
+    };
+    await writeFilesAtomic([[`${dir}/a.txt`, "a1"], [`${dir}/b.txt`, "b1"]]);
+    assertEquals(await names(), ["a.txt", "b.txt"]);
+    // A temporary that cannot be written (its folder is missing): no file replaced, none left.
+    await assertRejects(
+      () => writeFilesAtomic([[`${dir}/a.txt`, "a2"], [`${dir}/missing/b.txt`, "b2"]]),
+      Error,
+      `${dir}/missing/b.txt: write failed: `,
+    );
+    assertEquals(await names(), ["a.txt", "b.txt"]);
+    assertEquals(await Deno.readTextFile(`${dir}/a.txt`), "a1");
+    // A rename that fails (here onto a folder that is not empty): named, with what is new.
+    await Deno.mkdir(`${dir}/c.txt`);
+    await Deno.writeTextFile(`${dir}/c.txt/keep`, "");
+    const e = await assertRejects(
+      () =>
+        writeFilesAtomic([[`${dir}/a.txt`, "a3"], [`${dir}/c.txt`, "c3"], [`${dir}/b.txt`, "b3"]]),
+      Error,
+    );
+    assert(
+      e.message.startsWith(`${dir}/c.txt: write failed: `) &&
+        e.message.endsWith(`; new: ${dir}/a.txt; as before: ${dir}/c.txt, ${dir}/b.txt`),
+      e.message,
+    );
+    assertEquals(await names(), ["a.txt", "b.txt", "c.txt"]);
+    assertEquals(
+      [await Deno.readTextFile(`${dir}/a.txt`), await Deno.readTextFile(`${dir}/b.txt`)],
+      ["a3", "b1"],
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
