@@ -460,7 +460,11 @@ export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetric
 
 /** log.jsonl: appended line by line; `lines` counts what the file holds. */
 class RunLog {
-  private constructor(private file: Deno.FsFile, public lines: number) {}
+  private constructor(
+    private path: string,
+    private file: Deno.FsFile,
+    public lines: number,
+  ) {}
 
   /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
   static async open(path: string, keep: number): Promise<RunLog> {
@@ -475,7 +479,7 @@ class RunLog {
     }
     await writeFileAtomic(path, kept);
     const file = await Deno.open(path, { append: true });
-    return new RunLog(file, keep);
+    return new RunLog(path, file, keep);
   }
 
   async write(records: unknown[]): Promise<void> {
@@ -483,7 +487,15 @@ class RunLog {
     const text = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
     const bytes = new TextEncoder().encode(text);
     let done = 0;
-    while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+    try {
+      while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+    } catch (e) {
+      // A line cut short here is dropped by --resume, which keeps the checkpoint's lines.
+      throw new Error(
+        `${this.path}: write failed: ${(e as Error).message} (--resume continues from the ` +
+          `last checkpoint once it can write)`,
+      );
+    }
     this.lines += records.length;
   }
 
