@@ -265,8 +265,8 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
 /**
  * Checks `--out` before the model is opened, the data downloaded or the GPU used, so that a bad
  * path costs nothing and no file is replaced unasked: a folder is refused, an existing file (or
- * link) unless `overwrite`, a path through a file always. A missing parent folder is made when
- * the predictions are written (as train.ts makes its --out).
+ * link) unless `overwrite`, a path through a file, or a folder that takes no file, always. A
+ * missing parent folder is made when the predictions are written (as train.ts makes its --out).
  */
 export async function checkOutPath(out: string, overwrite: boolean): Promise<void> {
   let info: Deno.FileInfo | null = null;
@@ -289,7 +289,7 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
       `--out ${out} already exists: pass --overwrite to replace it, or choose another path`,
     );
   }
-  await checkFoldersCanBeMade(out, "--out");
+  await checkFoldersCanBeMade(out, "--out", true);
 }
 
 async function main(args: string[]) {

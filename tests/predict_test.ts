@@ -314,6 +314,27 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
     await checkOutPath(`${dir}/a/b/p.jsonl`, false);
     assertEquals(await Deno.readTextFile(`${dir}/earlier.jsonl`), "earlier");
     assertEquals(await listing(dir), ["dangling", "earlier.jsonl", "folder"]);
+
+    // A folder that takes no file (here: Deno allowed to write elsewhere only; a read-only mount
+    // reads the same) is refused before the model is opened, not after every prediction.
+    for (const out of [`${dir}/p.jsonl`, `${dir}/new/p.jsonl`]) {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "--allow-read", "--allow-env", `--allow-write=${dir}/folder`],
+          ...[new URL("../predict.ts", import.meta.url).pathname, "--task", "rte"],
+          ...["--model", `${dir}/no-model-needed`, "--out", out],
+        ],
+        env: { NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(r.stderr).trim();
+      assert(
+        r.code === 1 && err.startsWith(`predict: --out ${out}: cannot write in ${dir}: `),
+        err,
+      );
+    }
+    assertEquals(await listing(dir), ["dangling", "earlier.jsonl", "folder"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

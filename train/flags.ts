@@ -16,7 +16,7 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
-import { isDirectory, lockFolder, parentOf } from "../model/atomic_write.ts";
+import { isDirectory, lockFolder, parentOf, temporaryName } from "../model/atomic_write.ts";
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -28,10 +28,27 @@ export class FlagError extends Error {
 /**
  * An output path whose missing folders are made only when it is written (a failed run leaves
  * none): checks before any work that they can be, i.e. that the nearest existing part of its
- * folder is a folder. Errors are FlagErrors naming `flag` and the path.
+ * folder is a folder. Errors are FlagErrors naming `flag` and the path. With `probe`, that
+ * folder must also take a file (a read-only mount, a folder without write permission): one is
+ * made there and removed at once, so that a long job does not find out at its end.
  */
-export async function checkFoldersCanBeMade(path: string, flag: string): Promise<void> {
-  for (let dir = parentOf(path); dir !== "." && dir !== "/"; dir = parentOf(dir)) {
+export async function checkFoldersCanBeMade(
+  path: string,
+  flag: string,
+  probe = false,
+): Promise<void> {
+  const canWrite = async (dir: string) => {
+    if (!probe) return;
+    const name = temporaryName(`${dir}/.ehft-write-check`);
+    try {
+      (await Deno.open(name, { write: true, createNew: true })).close();
+      await Deno.remove(name);
+    } catch (e) {
+      throw new FlagError(`${flag} ${path}: cannot write in ${dir}: ${(e as Error).message}`);
+    }
+  };
+  for (let dir = parentOf(path);; dir = parentOf(dir)) {
+    if (dir === "." || dir === "/") return await canWrite(dir);
     let found: Deno.FileInfo;
     try {
       found = await Deno.stat(dir);
@@ -41,7 +58,7 @@ export async function checkFoldersCanBeMade(path: string, flag: string): Promise
         `${flag} ${path}: cannot check its folder ${dir}: ${(e as Error).message}`,
       );
     }
-    if (found.isDirectory) return;
+    if (found.isDirectory) return await canWrite(dir);
     throw new FlagError(`${flag} ${path}: ${dir} is a file, not a folder`);
   }
 }
