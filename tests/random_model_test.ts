@@ -105,6 +105,43 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
   }
 });
 
+test("random_model: a linked --out is written where it points, the link kept; leftovers named", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const vocab = `${dir}/vocab.txt`;
+    await Deno.writeTextFile(vocab, "[UNK]\n[PAD]\n[CLS]\n[SEP]\n[MASK]\nthe\n");
+    // A link to an empty folder, then (with --overwrite) to that folder holding a model.
+    await Deno.mkdir(`${dir}/real`);
+    await Deno.symlink(`${dir}/real`, `${dir}/link`);
+    for (const more of [[], ["--seed", "1", "--overwrite"]]) {
+      const r = await randomModel(["--out", `${dir}/link`, "--vocab", vocab, ...more]);
+      assertEquals(r.code, 0, r.stderr);
+      assert((await Deno.lstat(`${dir}/link`)).isSymlink, "the link was replaced");
+      assertEquals(await Deno.realPath(`${dir}/link`), await Deno.realPath(`${dir}/real`));
+      const config = JSON.parse(await Deno.readTextFile(`${dir}/real/config.json`));
+      assertEquals(config.vocab_size, 6);
+    }
+    // What a stopped write left beside the folder is named, not read, not removed.
+    await Deno.mkdir(`${dir}/real.tmp-0123abcd`);
+    const again = await randomModel(["--out", `${dir}/m`, "--vocab", vocab]);
+    assertEquals(again.code, 0, again.stderr);
+    const linked = await randomModel(["--out", `${dir}/link`, "--vocab", vocab, "--overwrite"]);
+    assertEquals(linked.code, 0, linked.stderr);
+    const real = await Deno.realPath(`${dir}/real`);
+    assert(
+      linked.stderr.includes(
+        `note: ${real}.tmp-0123abcd is left from an earlier write of ${real} that was stopped: ` +
+          `delete it`,
+      ),
+      linked.stderr,
+    );
+    assert(!again.stderr.includes("is left from"), again.stderr);
+    assert(await Deno.stat(`${dir}/real.tmp-0123abcd`), "the leftover was removed");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("random_model: --help prints its usage (tools/README.md's) and top comment; a typo names the flag", async () => {
   const dir = await Deno.makeTempDir();
   try {

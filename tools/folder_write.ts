@@ -2,9 +2,65 @@
 // any work, then built as a temporary sibling, synced and renamed into place, so that a failure
 // leaves --out as it was and a replaced folder never mixes old and new files.
 
-import { dirname, resolve } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { syncFolder, syncFolderOf } from "../model/atomic_write.ts";
 import { shortList } from "../model/progress_text.ts";
+
+/**
+ * Where the folder `out` is written: its real path when `out` is a link (the link is kept and
+ * points at the new folder), else `out` made absolute. A folder that is a mount point (a file
+ * system of its own, such as a container volume) is refused: it is replaced by renames beside it,
+ * which cannot move it.
+ */
+async function folderPlace(out: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.lstat(out);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return resolve(out);
+    throw new Error(`--out ${out}: ${(e as Error).message}`);
+  }
+  let place = resolve(out);
+  if (info.isSymlink) {
+    try {
+      place = await Deno.realPath(out);
+      info = await Deno.stat(place);
+    } catch (e) {
+      throw new Error(`--out ${out} is a link to nothing there (${(e as Error).message})`);
+    }
+  }
+  const parent = await Deno.stat(dirname(place));
+  if (info.isDirectory && info.dev !== parent.dev) {
+    throw new Error(
+      `--out ${out} is a mount point (a file system of its own): the folder is written beside ` +
+        `it and renamed into place, which cannot cross file systems; give a folder inside it`,
+    );
+  }
+  return place;
+}
+
+/**
+ * One line for each folder an earlier write of `place` left beside it when it was stopped (its
+ * temporary `<place>.tmp-*` or the replaced `<place>.old-*`): never read, only taking room.
+ */
+async function leftoverNotes(place: string): Promise<string[]> {
+  const base = basename(place);
+  const notes: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dirname(place))) {
+      const rest = e.name.slice(base.length);
+      if (e.name.startsWith(base) && /^\.(tmp|old)-[0-9a-f]{8}$/.test(rest)) {
+        notes.push(
+          `note: ${dirname(place)}/${e.name} is left from an earlier write of ${place} that ` +
+            `was stopped: delete it`,
+        );
+      }
+    }
+  } catch {
+    // A parent that cannot be listed has nothing to say.
+  }
+  return notes.sort();
+}
 
 /** The folder's entries sorted by name, or null when it does not exist; a file is refused. */
 async function folderEntries(out: string): Promise<Deno.DirEntry[] | null> {
@@ -32,6 +88,8 @@ export async function checkOutFolder(
   overwrite: boolean,
   files: readonly string[],
 ): Promise<void> {
+  const place = await folderPlace(out);
+  for (const note of await leftoverNotes(place)) console.error(note);
   const entries = await folderEntries(out);
   if (entries === null || entries.length === 0) return;
   const shown = (e: Deno.DirEntry) => e.name + (e.isDirectory ? "/" : "");
@@ -64,7 +122,7 @@ export async function writeFolder(
   out: string,
   fill: (dir: string) => Promise<void>,
 ): Promise<void> {
-  const target = resolve(out);
+  const target = await folderPlace(out);
   const tag = () => crypto.randomUUID().slice(0, 8);
   const tmp = `${target}.tmp-${tag()}`;
   await Deno.mkdir(dirname(target), { recursive: true });
