@@ -51,10 +51,24 @@ async function removeTemporariesBelow(dir: string): Promise<number> {
   return removed;
 }
 
+/**
+ * The file a write of `path` replaces: where a link at `path` points (the link stays, and shows
+ * the new file), else `path` itself (a link to nothing is replaced).
+ */
+async function writtenPath(path: string): Promise<string> {
+  try {
+    if (!(await Deno.lstat(path)).isSymlink) return path;
+    return await Deno.realPath(path);
+  } catch {
+    return path;
+  }
+}
+
 /** Writes `data` to `path` atomically; on failure the previous file, if any, is untouched. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const tmp = temporaryName(path);
+  const target = await writtenPath(path);
+  const tmp = temporaryName(target);
   try {
     const file = await Deno.open(tmp, { write: true, createNew: true });
     try {
@@ -64,12 +78,12 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
     } finally {
       file.close();
     }
-    await Deno.rename(tmp, path);
+    await Deno.rename(tmp, target);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw new Error(`${path}: write failed: ${(e as Error).message}`);
   }
-  await syncFolderOf(path);
+  await syncFolderOf(target);
 }
 
 /**
@@ -83,9 +97,11 @@ export async function writeFilesAtomic(
 ): Promise<void> {
   const temporaries: string[] = [];
   const clean = () => Promise.all(temporaries.map((t) => Deno.remove(t).catch(() => {})));
-  for (const [path, data] of files) {
+  const targets: string[] = [];
+  for (const [path] of files) targets.push(await writtenPath(path));
+  for (const [i, [path, data]] of files.entries()) {
     const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-    const tmp = temporaryName(path);
+    const tmp = temporaryName(targets[i]);
     try {
       const file = await Deno.open(tmp, { write: true, createNew: true });
       temporaries.push(tmp);
@@ -103,7 +119,7 @@ export async function writeFilesAtomic(
   }
   for (let i = 0; i < files.length; i++) {
     try {
-      await Deno.rename(temporaries[i], files[i][0]);
+      await Deno.rename(temporaries[i], targets[i]);
     } catch (e) {
       await Promise.all(temporaries.slice(i).map((t) => Deno.remove(t).catch(() => {})));
       const names = (list: readonly (readonly [string, unknown])[]) =>
@@ -115,7 +131,7 @@ export async function writeFilesAtomic(
       );
     }
   }
-  for (const folder of new Set(files.map(([p]) => parentOf(p)))) await syncFolder(folder);
+  for (const folder of new Set(targets.map(parentOf))) await syncFolder(folder);
 }
 
 /** The folder part of `path` ("." for a bare name, "/" at the root). */

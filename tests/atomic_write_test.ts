@@ -117,3 +117,24 @@ Deno.test("writeFilesAtomic: all written before any replaces; a failure says whi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writeFileAtomic, writeFilesAtomic: a link is written through, and stays a link", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/real`);
+    await Deno.writeTextFile(`${dir}/real/p.jsonl`, "old");
+    await Deno.symlink(`${dir}/real/p.jsonl`, `${dir}/p.jsonl`);
+    await writeFileAtomic(`${dir}/p.jsonl`, "new");
+    assert((await Deno.lstat(`${dir}/p.jsonl`)).isSymlink, "the link was replaced");
+    assertEquals(await Deno.readTextFile(`${dir}/real/p.jsonl`), "new");
+    await writeFilesAtomic([[`${dir}/p.jsonl`, "newer"]]);
+    assert((await Deno.lstat(`${dir}/p.jsonl`)).isSymlink, "the link was replaced");
+    assertEquals(await Deno.readTextFile(`${dir}/real/p.jsonl`), "newer");
+    // A link to nothing is replaced by the file.
+    await Deno.symlink(`${dir}/nowhere`, `${dir}/dangling`);
+    await writeFileAtomic(`${dir}/dangling`, "here");
+    assert((await Deno.lstat(`${dir}/dangling`)).isFile);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
