@@ -175,6 +175,12 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
     `deno run -A ${relative(train)} --task rte --out 'runs/a b' --lr 1e-5 --resume`,
   );
   assertEquals(resumeCommand(["--resume"], cb.href), `deno run -A ${relative(cb)} --resume`);
+  // --analysis cannot be resumed (it measures from the first step): left out, and said so.
+  assertEquals(
+    resumeCommand(["--analysis", "--lr", "1e-5"], cb.href),
+    `deno run -A ${relative(cb)} --lr 1e-5 --resume (without --analysis, which measures a run ` +
+      `from its start: --overwrite --analysis to have it)`,
+  );
   // A program of one's own that calls runTraining may not read its command line, even one
   // called train.ts; its path is decoded and quoted, and a URL kept whole.
   const own = (command: string, script: string) =>

@@ -44,9 +44,15 @@ export function resumeCommand(
   } catch {
     // Not a URL: use it as it is.
   }
-  const kept = args.filter((a) => a !== "--overwrite" && a !== "--resume");
+  // --analysis measures a run from its first step, so a resumed run goes on without it.
+  const dropped = new Set(["--overwrite", "--resume", "--analysis"]);
+  const kept = args.filter((a) => !dropped.has(a));
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
-  const command = ["deno run -A", quote(script), ...kept.map(quote), "--resume"].join(" ");
+  const command = ["deno run -A", quote(script), ...kept.map(quote), "--resume"].join(" ") +
+    (args.includes("--analysis")
+      ? " (without --analysis, which measures a run from its start: --overwrite --analysis " +
+        "to have it)"
+      : "");
   // This toolkit's train.ts and task scripts (wherever they are served from) read the flags.
   const train = new URL("../train.ts", import.meta.url).href;
   const tasks = new URL("../tasks/", import.meta.url).href;
