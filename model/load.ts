@@ -9,6 +9,7 @@ import {
   unusedTensors,
   unusedTensorsNote,
 } from "./checkpoint.ts";
+import { createHash } from "node:crypto";
 import { type ModelConfig, readConfig } from "./config.ts";
 import { resolveModel, type ResolveModelOptions } from "./hub.ts";
 import type { SafetensorsReader } from "./safetensors.ts";
@@ -100,4 +101,53 @@ export async function openModel(
     weights.close();
     throw e;
   }
+}
+
+/** The files of a model folder besides its weights that decide what it computes, where present. */
+const MODEL_FILES = [
+  "config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.txt",
+  "vocab.json",
+  "merges.txt",
+];
+
+/**
+ * A SHA-256 of files: each one's name, size and bytes in turn, "-" for one that is not there.
+ * Streams them (RoBERTa-large's 1.4 GB of weights in a few seconds).
+ */
+export async function filesSha256(paths: readonly string[]): Promise<string> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(1 << 22);
+  for (const path of paths) {
+    hash.update(`${path.slice(path.lastIndexOf("/") + 1)}\0`);
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      hash.update("-\0");
+      continue;
+    }
+    try {
+      hash.update(`${(await file.stat()).size}\0`);
+      for (let n = await file.read(buffer); n !== null; n = await file.read(buffer)) {
+        hash.update(buffer.subarray(0, n));
+      }
+    } finally {
+      file.close();
+    }
+  }
+  return hash.digest("hex");
+}
+
+/**
+ * The fingerprint of what a model computes from: its config, tokenizer files and every weights
+ * file (`filesSha256`), so that --resume can tell a model changed in place from the one a run
+ * started on.
+ */
+export function modelSha256(model: OpenedModel): Promise<string> {
+  return filesSha256([...MODEL_FILES.map((f) => `${model.dir}/${f}`), ...model.weights.files]);
 }

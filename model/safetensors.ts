@@ -75,6 +75,8 @@ export interface LoadedTensor {
 export interface SafetensorsReader {
   /** The path that was opened (a .safetensors file or an index file). */
   path: string;
+  /** Every file the tensors are read from: `path`, and an index file's shards after it. */
+  readonly files: readonly string[];
   /** The header's `__metadata__` strings (an index file's `metadata`, values as strings). */
   metadata: Record<string, string>;
   /** Every tensor's header entry by name, across all shards of an index. */
@@ -399,6 +401,9 @@ function toF32(tensor: LoadedTensor): Float32Array {
 
 class FileReader implements SafetensorsReader {
   tensors: Map<string, TensorInfo>;
+  get files(): readonly string[] {
+    return [this.path];
+  }
   #entries: Map<string, Entry>;
   #file: Deno.FsFile | null;
   // seek + read is not atomic, so reads on the shared handle are queued one after another.
@@ -525,6 +530,10 @@ function isPlainFileName(name: string): boolean {
 
 class ShardedReader implements SafetensorsReader {
   tensors = new Map<string, TensorInfo>();
+  get files(): readonly string[] {
+    const shards = new Set([...this.shardOf.values()].map((shard) => shard.path));
+    return [this.path, ...[...shards].sort()];
+  }
 
   constructor(
     public path: string,

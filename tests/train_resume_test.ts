@@ -230,6 +230,60 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train --resume: a model or --head changed in place since the start is refused",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-changed-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const out = `${dir}/run`;
+      const run = async (...more: string[]) => {
+        const { config } = parseTrainArgs([
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+          ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+          ...["--max-steps", "2", "--eval-every", "0", "--out", out, ...more],
+        ]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+      const expected = await run();
+      // Unfinished again (as if killed before its first checkpoint): --resume checks its inputs.
+      const unfinish = () => Deno.remove(`${out}/metrics.json`);
+      await unfinish();
+      const config = await Deno.readTextFile(`${dir}/model/config.json`);
+      const edited = { ...JSON.parse(config), hidden_dropout_prob: 0.3 };
+      await Deno.writeTextFile(`${dir}/model/config.json`, JSON.stringify(edited));
+      await assertRejects(
+        () => run("--resume"),
+        Error,
+        `--resume: the model in ${dir}/model is not the one ${out} was started on (its config, ` +
+          `tokenizer or weights changed; --overwrite to restart on it)`,
+      );
+      await Deno.writeTextFile(`${dir}/model/config.json`, config);
+      const weights = await Deno.readFile(`${dir}/model/model.safetensors`);
+      const changed = weights.slice();
+      changed[changed.length - 1] ^= 1;
+      await Deno.writeFile(`${dir}/model/model.safetensors`, changed);
+      await assertRejects(() => run("--resume"), Error, "is not the one");
+      await Deno.writeFile(`${dir}/model/model.safetensors`, weights);
+      await writeNarrowHead(`${dir}/head.safetensors`, 64, 8);
+      await assertRejects(
+        () => run("--resume"),
+        Error,
+        `--resume: the --head file is not the one ${out} was started on`,
+      );
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      // As it was: the run goes on (here, from its start) to the same end.
+      assertEquals(await run("--resume"), expected);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "train --overwrite: the old run stays until the new one can start, and goes entirely",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -363,6 +417,14 @@ Deno.test({
         await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3", "--overwrite"),
         seedsMetrics,
       );
+      // Killed inside the summary's atomic write: --resume writes it and clears the temporary.
+      await Deno.remove(`${seeds}/metrics.json`);
+      await Deno.writeTextFile(`${seeds}/metrics.json.tmp-0123abcd`, '{"fi');
+      assertEquals(
+        await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3", "--resume"),
+        seedsMetrics,
+      );
+      assert(!(await exists(`${seeds}/metrics.json.tmp-0123abcd`)), "the temporary is left");
 
       // A damaged run.json or metrics.json is named in the error.
       await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');

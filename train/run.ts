@@ -34,7 +34,7 @@ import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/check
 import { maxSequenceLength } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
-import { type OpenedModel, openModel } from "../model/load.ts";
+import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
@@ -545,10 +545,11 @@ async function examplesSha256(examples: readonly TaskExample[]): Promise<string>
 }
 
 /**
- * --resume: the data must be what the run started on (a changed file would continue the run on
- * other examples): the run folder `dir`'s run.json and, in a multi-seed run (`out` holds the
- * seed folders), every other seed's, so that the seeds still to run use their finished
- * siblings' data. Runs whose run.json predates the fingerprints are not checked.
+ * --resume: the data, the model and the --head must be what the run started on (a changed file
+ * would continue the run on other examples or weights): the run folder `dir`'s run.json and, in a
+ * multi-seed run (`out` holds the seed folders), every other seed's, so that the seeds still to
+ * run use their finished siblings' inputs. Runs whose run.json predates a fingerprint are not
+ * checked against it.
  */
 async function checkSameData(
   dir: string,
@@ -563,11 +564,12 @@ async function checkSameData(
     }
   }
   const now = resolved.task as Record<string, unknown>;
+  const nowModel = resolved.model as Record<string, unknown>;
   for (const d of dirs) {
     const path = `${d}/run.json`;
     if (!(await exists(path))) continue;
-    const before = ((await readRunJson(path)).resolved as Record<string, unknown> | undefined)
-      ?.task as Record<string, unknown> | undefined;
+    const was = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
+    const before = was?.task as Record<string, unknown> | undefined;
     for (const split of ["train", "dev"] as const) {
       const key = `${split}_sha256`;
       if (before?.[key] !== undefined && before[key] !== now[key]) {
@@ -576,6 +578,20 @@ async function checkSameData(
             `was started on (its examples changed; --overwrite to restart on it)`,
         );
       }
+    }
+    // Stage 2 reloads the pretrained weights, so a model changed in place would change the run.
+    const model = was?.model as Record<string, unknown> | undefined;
+    if (model?.sha256 !== undefined && model.sha256 !== nowModel.sha256) {
+      throw new Error(
+        `--resume: the model in ${nowModel.dir} is not the one ${d} was started on (its ` +
+          `config, tokenizer or weights changed; --overwrite to restart on it)`,
+      );
+    }
+    if (was?.head_sha256 !== undefined && was.head_sha256 !== resolved.head_sha256) {
+      throw new Error(
+        `--resume: the --head file is not the one ${d} was started on (it changed; ` +
+          `--overwrite to restart on it)`,
+      );
     }
   }
 }
@@ -700,6 +716,8 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
         dir: model.dir,
         // What report.ts tells models apart by, however --model was spelled.
         real_dir: await Deno.realPath(model.dir),
+        // Its config, tokenizer and weights as read: --resume refuses a model changed in place.
+        sha256: await modelSha256(model),
         model_type: model.config.modelType,
         hidden_size: model.config.hiddenSize,
         layers: model.config.numLayers,
@@ -716,6 +734,7 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
       eval_every: evalEvery,
       checkpoint_every: checkpointEvery,
       head_width: headWidth,
+      ...(config.head ? { head_sha256: await filesSha256([config.head]) } : {}),
       adamw,
       // constant_warmup: `constant` warms up; runs from before did not (checkSameSchedule).
       schedule: { name: config.schedule, warmup_ratio: config.warmupRatio, constant_warmup: true },
