@@ -11,6 +11,7 @@ import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { explainRunError, MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
+import { trailingSkips } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
 async function withRunFolder(fn: (dir: string, args: string[]) => Promise<void>): Promise<void> {
@@ -224,4 +225,18 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
     run,
   ) as Error;
   assert(model.message.includes("the model itself does not fit this adapter"), model.message);
+});
+
+Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its log ended with", () => {
+  const step = (n: number, skipped: boolean) =>
+    JSON.stringify({ stage: "main", step: n, loss: 0.7, lr: 1e-5, skipped });
+  const evaluation = JSON.stringify({ stage: "main", step: 3, split: "val", metrics: {} });
+  assertEquals(
+    trailingSkips([step(1, true), step(2, false), step(3, true), evaluation, step(4, true), ""]),
+    2,
+  );
+  assertEquals(trailingSkips([step(1, false)]), 0);
+  // f32 logs have no skipped field.
+  assertEquals(trailingSkips([JSON.stringify({ stage: "main", step: 1, loss: 0.7 })]), 0);
+  assertEquals(trailingSkips([]), 0);
 });

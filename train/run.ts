@@ -459,16 +459,40 @@ export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetric
 }
 
 /** log.jsonl: appended line by line; `lines` counts what the file holds. */
+/**
+ * The f16 steps skipped in a row (`"skipped": true`) at the end of log.jsonl's `lines`, the
+ * evaluation lines between them not counting: what a resumed run's divergence check goes on from.
+ */
+export function trailingSkips(lines: readonly string[]): number {
+  let count = 0;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    if (lines[i].trim() === "") continue;
+    let record: Record<string, unknown>;
+    try {
+      record = JSON.parse(lines[i]);
+    } catch {
+      break;
+    }
+    if (!("loss" in record)) continue;
+    if (record.skipped !== true) break;
+    count++;
+  }
+  return count;
+}
+
 class RunLog {
   private constructor(
     private path: string,
     private file: Deno.FsFile,
     public lines: number,
+    /** f16: the steps skipped in a row at the end of the kept lines (checkStepStats' count). */
+    public trailingSkips = 0,
   ) {}
 
   /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
   static async open(path: string, keep: number): Promise<RunLog> {
     let kept = "";
+    let skips = 0;
     if (keep > 0) {
       const text = await Deno.readTextFile(path);
       const lines = text.split("\n").slice(0, keep);
@@ -476,10 +500,11 @@ class RunLog {
         throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
       }
       kept = lines.join("\n") + "\n";
+      skips = trailingSkips(lines);
     }
     await writeFileAtomic(path, kept);
     const file = await Deno.open(path, { append: true });
-    return new RunLog(path, file, keep);
+    return new RunLog(path, file, keep, skips);
   }
 
   async write(records: unknown[]): Promise<void> {
@@ -1075,7 +1100,8 @@ async function trainStages(
   const startStage = checkpoint?.state.stage ?? 0;
   const adamw = adamwSettings(config);
 
-  let consecutiveSkips = 0;
+  // A resumed run goes on counting the skips in a row its log ended with, as the run would have.
+  let consecutiveSkips = l.log.trailingSkips;
   // A resumed run replays the hand-offs of the stages it already passed.
   for (let s = 1; s < startStage; s++) await handOff(l, s);
 
