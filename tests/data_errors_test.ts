@@ -8,6 +8,8 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { TASKS } from "../tasks/all.ts";
 import { DataError, firstInvalidUtf8, MissingDataError, quote } from "../train/data_files.ts";
 import { dryRun } from "../train/dry_run.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { runTraining } from "../train/run.ts";
 import { tokenizeExamples } from "../train/batches.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { TextTokenizer } from "../model/tokenizer.ts";
@@ -703,6 +705,63 @@ Deno.test("data errors: an STS-B dev split of one example is refused before trai
     await Deno.writeTextFile(`${folder}/dev.tsv`, fileText(r, [r.line(), r.line()]));
     assertEquals((await dryRun(r.task, { data: folder })).notes, undefined);
   });
+});
+
+Deno.test({
+  name:
+    "data errors: a task of one's own: labels its loss cannot take, unknown metrics, refused first",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    await withDir(async (dir) => {
+      await writeTinyBert(`${dir}/model`);
+      const train = async (task: Task, folder: string) => {
+        const { config } = parseTrainArgs([
+          ...["--task", task.name, "--model", `${dir}/model`, "--data", folder],
+          ...["--out", `${dir}/run-${task.name}`, "--max-steps", "2", "--batch-size", "2"],
+        ]);
+        return await runTraining(config, { task, quiet: true });
+      };
+      // Example 1 of train (line 2) gets a label outside the loss's range.
+      const relabel = (task: Task, label: number): Task => ({
+        ...task,
+        readExamples: async (path, split) =>
+          (await task.readExamples(path, split)).map((e, i) =>
+            split === "train" && i === 1 ? { ...e, label } : e
+          ),
+      });
+      const cases: [string, number, string][] = [
+        ["rte", 2, "bce loss needs 0 or 1 (0 entailment, 1 not_entailment)"],
+        ["cb", 3, "ce loss needs a class id in [0, 3) (0 entailment, 1 contradiction, 2 neutral)"],
+        ["copa", 2, "ce loss needs a class id in [0, 2)"],
+        ["stsb", NaN, "mse loss needs a finite number"],
+      ];
+      for (const [name, label, need] of cases) {
+        const r = READERS[name];
+        const folder = `${dir}/${name}`;
+        await Deno.mkdir(folder);
+        const lines = [r.line("a b", 0), r.line("c d", 1), r.line("e f", 2)];
+        await Deno.writeTextFile(`${folder}/train.${r.ext}`, fileText(r, lines));
+        await Deno.writeTextFile(`${folder}/${r.task.devSplit}.${r.ext}`, fileText(r, lines));
+        const task = relabel(r.task, label);
+        const idx = (await r.task.readExamples(folder, "train"))[1].idx;
+        const problem = `${folder}/train.${r.ext}:${lineOf(r, 1)}: ${name} train: example 1 ` +
+          `(idx ${idx}) has label ${label}; the task's ${need}`;
+        const notes = (await dryRun(task, { data: folder })).notes;
+        assert(notes?.includes(problem), JSON.stringify(notes));
+        await assertRejects(() => train(task, folder), Error, problem);
+        assert(!(await exists(`${dir}/run-${name}/log.jsonl`)), "a step was trained");
+      }
+      // A metric train/metrics.ts does not compute: refused before the model is opened.
+      const auc = { ...READERS.rte.task, metrics: ["accuracy", "auc"] } as unknown as Task;
+      await assertRejects(
+        () => train(auc, `${dir}/rte`),
+        Error,
+        'task rte: metric "auc" is not one this toolkit computes (accuracy, f1, macro_f1, mcc, ' +
+          "pearson, spearman)",
+      );
+    });
+  },
 });
 
 Deno.test("data errors: --data naming a file is refused by training in one line, noted by --dry-run", async () => {

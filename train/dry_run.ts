@@ -38,7 +38,7 @@ import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
 import { shippedDataDir } from "./default_model.ts";
 import { checkTestSplit, predictTestRefusal } from "./submission.ts";
-import type { Task } from "./task.ts";
+import { badLabel, labelClasses, type Task } from "./task.ts";
 
 /** One split in a dry run's report. */
 export interface DryRunSplit {
@@ -183,6 +183,8 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     const summary: DryRunSplit = { examples: examples.length };
     const empty = emptyTextNote(examples, `${task.name} ${r.name}`);
     if (empty !== null) notes.push(empty);
+    const label = badLabel(task, examples, labelClasses(task, examples), `${task.name} ${r.name}`);
+    if (label !== null) notes.push(label);
     if (r.name === task.devSplit) {
       const unscorable = unscorableDevSplit(
         task.metrics,

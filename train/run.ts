@@ -64,7 +64,14 @@ import { Progress } from "./progress.ts";
 import { plural } from "../model/progress_text.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
-import { headFeatures, type Task, type TaskExample } from "./task.ts";
+import {
+  badLabel,
+  headFeatures,
+  labelClasses,
+  type Task,
+  taskDefinitionProblem,
+  type TaskExample,
+} from "./task.ts";
 import {
   CHECKPOINT_FILE,
   type LoadedCheckpoint,
@@ -259,6 +266,8 @@ export async function runTraining(
   options: RunOptions,
 ): Promise<RunMetrics | SeedsMetrics> {
   checkRunModes(config);
+  const definition = taskDefinitionProblem(options.task);
+  if (definition !== null) throw new Error(definition);
   if (options.task.name !== config.task) {
     throw new Error(
       `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,
@@ -637,6 +646,9 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
     const trainSplit = task.trainSplit ?? "train";
     checkLeadingToken(model.tokenizer, model.tokenizer.source);
     const trainExamples = await task.readExamples(config.data, trainSplit);
+    const classes = labelClasses(task, trainExamples);
+    const badTrain = badLabel(task, trainExamples, classes, `${task.name} ${trainSplit}`);
+    if (badTrain !== null) throw new Error(badTrain);
     const train = tokenizeExamples(
       model.tokenizer,
       trainExamples,
@@ -652,6 +664,8 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
       `${task.name} ${task.devSplit}`,
     );
     if (unscorable !== null) throw new Error(unscorable);
+    const badDev = badLabel(task, devExamples, classes, `${task.name} ${task.devSplit}`);
+    if (badDev !== null) throw new Error(badDev);
     const dev = tokenizeExamples(
       model.tokenizer,
       devExamples,

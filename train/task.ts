@@ -1,7 +1,7 @@
 // What the engine and predict.ts need to know about a task. Each task file in tasks/ exports one
 // of these; nothing under train/ knows any particular task.
 
-import type { MetricName } from "./metrics.ts";
+import { isMetricName, METRIC_NAMES, type MetricName } from "./metrics.ts";
 import type { Truncation } from "../model/tokenizer.ts";
 import type { EnsureDatasetOptions } from "./data_download.ts";
 
@@ -79,6 +79,63 @@ export interface Task {
   readExamples(path: string, split: string): Promise<TaskExample[]>;
   /** The prediction for one example from its logits: a label name, or a score. */
   prediction(logits: readonly number[]): string | number;
+}
+
+/**
+ * A task definition that cannot run, or null: each metric must be one train/metrics.ts computes,
+ * and the head must fit the loss (bce and mse: one output per input). Checked before any work, so
+ * a task of one's own fails here and not at its first evaluation.
+ */
+export function taskDefinitionProblem(task: Task): string | null {
+  const unknown = task.metrics.filter((m) => !isMetricName(m));
+  if (unknown.length > 0) {
+    return `task ${task.name}: metric ${JSON.stringify(unknown[0])} is not one this toolkit ` +
+      `computes (${METRIC_NAMES.join(", ")})`;
+  }
+  if (task.metrics.length === 0) return `task ${task.name}: no metrics to evaluate with`;
+  if (!Number.isSafeInteger(task.headClasses) || task.headClasses < 1) {
+    return `task ${task.name}: headClasses ${task.headClasses} is not a positive integer`;
+  }
+  return null;
+}
+
+/**
+ * The first example whose label the task's loss cannot take, as one line naming its file and
+ * line, or null: bce needs 0 or 1; ce a class id in [0, classes) (`classes`: the head's outputs,
+ * or the inputs per example for a choice task such as COPA); mse a finite number. A label outside
+ * them trains silently on nonsense (bce) or turns the loss into NaN (ce).
+ */
+export function badLabel(
+  task: Pick<Task, "loss" | "labels">,
+  examples: readonly TaskExample[],
+  classes: number,
+  what: string,
+): string | null {
+  for (const [i, e] of examples.entries()) {
+    const y = e.label;
+    if (y === null) continue;
+    const ok = task.loss === "mse"
+      ? Number.isFinite(y)
+      : Number.isInteger(y) && y >= 0 && y < (task.loss === "bce" ? 2 : classes);
+    if (ok) continue;
+    const where = e.source ? `${e.source}: ` : "";
+    const range = task.loss === "mse"
+      ? "a finite number"
+      : task.loss === "bce"
+      ? "0 or 1"
+      : `a class id in [0, ${classes})`;
+    return `${where}${what}: example ${i} (idx ${e.idx}) has label ${y}; the task's ${task.loss} ` +
+      `loss needs ${range}` +
+      (task.labels.some((l, k) => l !== String(k))
+        ? ` (${task.labels.map((l, k) => `${k} ${l}`).join(", ")})`
+        : "");
+  }
+  return null;
+}
+
+/** The class ids a "ce" task's labels index: the head's outputs, or the choices per example. */
+export function labelClasses(task: Pick<Task, "headClasses">, examples: readonly TaskExample[]) {
+  return task.headClasses > 1 ? task.headClasses : (examples[0]?.inputs.length ?? 1);
 }
 
 /** The head's input width F for a task on an encoder of `hiddenSize`: H, or 5·H for "wic". */
