@@ -29,8 +29,18 @@
 
 import { readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 
+/** A column of the table: a task, its title and the metric it shows. */
+export interface TableColumn {
+  /** The task's name (run.json's settings.task). */
+  name: string;
+  /** The column's heading. */
+  title: string;
+  /** The metric of the runs' best scores the column shows. */
+  metric: string;
+}
+
 /** The table's columns: the nine tasks in the paper's order, with their main metric. */
-export const TABLE_TASKS: readonly { name: string; title: string; metric: string }[] = [
+export const TABLE_TASKS: readonly TableColumn[] = [
   { name: "rte", title: "RTE", metric: "accuracy" },
   { name: "boolq", title: "BoolQ", metric: "accuracy" },
   { name: "copa", title: "COPA", metric: "accuracy" },
@@ -382,6 +392,11 @@ export interface Row {
 }
 
 export interface ResultsTable {
+  /**
+   * The paper's nine tasks (TABLE_TASKS), then a column for each other task the runs are of
+   * (a task of one's own: its first metric), by name; Avg counts the paper's nine only.
+   */
+  columns: TableColumn[];
   rows: Row[];
   skipped: SkippedRun[];
   /** Things worth knowing about how cells were pooled. */
@@ -420,10 +435,19 @@ export function buildTable(found: FoundRuns): ResultsTable {
   const notes = spellingNotes(found.runs, names);
   const skipped = [...found.skipped];
   const byRow = new Map<string, { row: Row; runs: Map<string, FoundRun[]> }>();
+  const columns: TableColumn[] = [...TABLE_TASKS];
+  const extra = new Map<string, TableColumn>();
   for (const run of found.runs) {
-    const column = TABLE_TASKS.find((t) => t.name === run.task);
+    if (TABLE_TASKS.some((t) => t.name === run.task) || extra.has(run.task)) continue;
+    // A task of one's own: its first metric (metrics.json keeps the task's order).
+    const metric = run.seeds.map((s) => Object.keys(s.best)[0]).find((m) => m !== undefined);
+    if (metric !== undefined) extra.set(run.task, { name: run.task, title: run.task, metric });
+  }
+  columns.push(...[...extra.values()].sort((a, b) => a.name < b.name ? -1 : 1));
+  for (const run of found.runs) {
+    const column = columns.find((t) => t.name === run.task);
     if (!column) {
-      skipped.push({ path: run.path, reason: `task ${run.task} is not a column of the table` });
+      skipped.push({ path: run.path, reason: `task ${run.task}: no metric in its metrics.json` });
       continue;
     }
     const key = rowKey(run);
@@ -448,7 +472,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
   }
 
   for (const { row, runs } of byRow.values()) {
-    for (const column of TABLE_TASKS) {
+    for (const column of columns) {
       const list = runs.get(column.name);
       if (!list) continue;
       const where = `${row.method} ${column.title}`;
@@ -504,7 +528,7 @@ export function buildTable(found: FoundRuns): ResultsTable {
     orderIndex(PEFT_ORDER, a.peft) - orderIndex(PEFT_ORDER, b.peft) ||
     (a.peft ?? "").localeCompare(b.peft ?? "")
   );
-  return { rows, skipped, notes };
+  return { columns, rows, skipped, notes };
 }
 
 /**
@@ -527,9 +551,9 @@ function rowTitle(row: Row, table: ResultsTable): string {
 
 /** The table as markdown (with a legend below it). */
 export function renderMarkdown(table: ResultsTable): string {
-  const header = ["Method", ...TABLE_TASKS.map((t) => t.title), "Avg"];
+  const header = ["Method", ...table.columns.map((t) => t.title), "Avg"];
   const body = table.rows.map((row) => {
-    const cells = TABLE_TASKS.map((t) => {
+    const cells = table.columns.map((t) => {
       const c = row.cells[t.name];
       if (!c) return "–";
       if (c.mean === null) return "n/a";
@@ -551,6 +575,10 @@ export function renderMarkdown(table: ResultsTable): string {
   } |`;
   const cells = table.rows.flatMap((r) => Object.values(r.cells));
   const counts = cells.filter((c) => c.n > 0).map((c) => c.n);
+  const extras = table.columns.slice(TABLE_TASKS.length);
+  const extraNote = extras.length === 0 ? "" : ` ${extras.map((c) => c.title).join(", ")}: ` +
+    `not a task of the paper's table (its metric: ${extras.map((c) => c.metric).join(", ")}), ` +
+    `not in Avg.`;
   const undefinedNote = cells.some((c) => c.undefinedSeeds > 0)
     ? " n/a: the metric is undefined (a correlation of constant predictions); (k n/a): k seeds " +
       "so, left out of the mean."
@@ -564,7 +592,7 @@ export function renderMarkdown(table: ResultsTable): string {
   const legend = "Best dev score of each run × 100, mean ± standard deviation over seeds " +
     "(population; none for one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; " +
     `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.` +
-    `${undefinedNote}${seeds}`;
+    `${undefinedNote}${extraNote}${seeds}`;
   return [line(header), rule, ...body.map(line), "", legend, ""].join("\n");
 }
 
@@ -579,14 +607,14 @@ export function renderCsv(table: ResultsTable): string {
     "strategy",
     "peft",
     "model",
-    ...TABLE_TASKS.flatMap((t) => [`${t.name}_mean`, `${t.name}_std`, `${t.name}_n`]),
+    ...table.columns.flatMap((t) => [`${t.name}_mean`, `${t.name}_std`, `${t.name}_n`]),
     "average",
     "average_tasks",
   ];
   const lines = [header.join(",")];
   for (const row of table.rows) {
     const fields = [row.method, row.strategy, row.peft ?? "", row.model];
-    for (const t of TABLE_TASKS) {
+    for (const t of table.columns) {
       const c = row.cells[t.name];
       fields.push(
         c && c.mean !== null ? percent(c.mean, 2) : "",
@@ -607,7 +635,7 @@ export function renderCsv(table: ResultsTable): string {
 export function tableJson(table: ResultsTable): Record<string, unknown> {
   return {
     score: "best",
-    tasks: TABLE_TASKS,
+    tasks: table.columns,
     rows: table.rows,
     skipped: table.skipped,
     notes: table.notes,
