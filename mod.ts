@@ -40,6 +40,11 @@ export {
   TensorArena,
 } from "./kernels/arena.ts";
 export { getPipeline } from "./kernels/pipeline.ts";
+export {
+  type ElementwiseKernel,
+  elementwiseKernel,
+  recordElementwise,
+} from "./kernels/elementwise.ts";
 export { flatIndex, grid1d } from "./kernels/grid.ts";
 export { fill } from "./kernels/fill.ts";
 
@@ -331,12 +336,35 @@ export {
 } from "./train/pretrain.ts";
 export { DEFAULT_MODEL_NAME, miniRecipe, shippedModelDir } from "./train/default_model.ts";
 export {
+  badLabel,
   headFeatures,
   type HeadInput,
+  labelClasses,
   type LossKind,
   type Task,
+  taskDefinitionProblem,
   type TaskExample,
 } from "./train/task.ts";
+// For a task of one's own: the readers the nine use, with their one-line errors naming file and
+// line (a split's file that is not there must be a MissingDataError: --dry-run reports it).
+export {
+  DataError,
+  indexField,
+  integerField,
+  labelId,
+  MissingDataError,
+  readJsonl,
+  readTsv,
+  splitFile,
+  stringField,
+  tsvColumn,
+  tsvIndex,
+  type TsvRow,
+  type TsvTable,
+} from "./train/data_files.ts";
+// A task script of one's own, as tasks/*.ts are: the flags of train.ts over a recipe.
+export { runTaskScript, trainFromArgs } from "./train.ts";
+export type { DryRunReport, DryRunSplit } from "./train/dry_run.ts";
 export type { DatasetProgress, EnsureDatasetOptions } from "./train/data_download.ts";
 export {
   accuracy,

@@ -94,12 +94,12 @@ export async function trainFromArgs(
 /**
  * The main program of a task script: `deno task <name> [train.ts flags over its recipe]`. With no
  * --model it trains the shipped model (train/default_model.ts) with `mini`, its own recipe;
- * with one, the paper's `recipe`.
+ * with one, the paper's `recipe`. The recipes' task is `task` unless they name it.
  */
 export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): Promise<void> {
   await runMain(task.name, async (args) => {
     const chosen = taskScriptRecipe(args, recipe, mini);
-    await trainFromArgs(args, chosen.recipe, task, {
+    await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
       usingDefault: chosen.usingDefault,
       paper: recipe,
     });

@@ -14,6 +14,7 @@ const WORKGROUP = 256;
 export interface ElementwiseKernel {
   /** Names of the f32 arrays the kernel binds, inputs (read-only) first, then the output. */
   readonly bindings: readonly string[];
+  /** The kernel's WGSL source (bindings, the uniform struct, the entry point `main`). */
   readonly code: string;
 }
 

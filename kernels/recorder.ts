@@ -253,7 +253,11 @@ export class Recorder {
     return this.commands.map((c) => c.label);
   }
 
-  /** Records one kernel launch. `label` names the operation in any error. */
+  /**
+   * Records one kernel launch. `label` names the operation in any error. `bindings` go to
+   * `@binding(0)`, `@binding(1)`, ... of group 0 in order; `uniforms`, when given, are bound
+   * right after them, at `@binding(bindings.length)` (the kernel declares them `var<uniform>`).
+   */
   dispatch(
     label: string,
     pipeline: GPUComputePipeline,

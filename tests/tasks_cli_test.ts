@@ -240,3 +240,58 @@ test("a task script run from another folder finds its shipped data, as its shipp
     await Deno.remove(elsewhere, { recursive: true });
   }
 });
+
+test("a task script of one's own (a Task and runTaskScript from mod.ts): --dry-run and a short run", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-own-task-" });
+  try {
+    await Deno.mkdir(`${dir}/data`);
+    for (const [split, n] of [["train", 8], ["dev", 4]] as const) {
+      const rows = Array.from(
+        { length: n },
+        (_, i) => `the film was ${i % 2 ? "good" : "bad"}\t${i % 2}`,
+      );
+      await Deno.writeTextFile(
+        `${dir}/data/${split}.tsv`,
+        ["sentence\tlabel", ...rows].join("\n") + "\n",
+      );
+    }
+    await Deno.writeTextFile(
+      `${dir}/my_task.ts`,
+      `import { labelId, readTsv, runTaskScript, splitFile, type Task, tsvColumn } from "${ROOT}mod.ts";
+const LABELS = ["negative", "positive"];
+const task: Task = {
+  name: "sst2", labels: LABELS, headClasses: 1, loss: "bce", metrics: ["accuracy"], devSplit: "dev",
+  async readExamples(path, split) {
+    const file = await splitFile(path, split, "tsv");
+    const table = await readTsv(file, { header: true });
+    const [s, l] = [tsvColumn(table, "sentence"), tsvColumn(table, "label")];
+    return table.rows.map(({ line, fields }, i) => ({
+      source: \`\${file}:\${line}\`, idx: i, inputs: [fields[s]], label: labelId(file, line, fields[l], LABELS),
+    }));
+  },
+  prediction: (logits) => LABELS[logits[0] > 0 ? 1 : 0],
+};
+await runTaskScript(task, { epochs: 1 });
+`,
+    );
+    // The recipe names no task: the script's own is the one trained.
+    const dry = await run(["run", "-A", `${dir}/my_task.ts`, "--data", `${dir}/data`, "--dry-run"]);
+    assertEquals(dry.code, 0, dry.stderr);
+    assertEquals(dry.json().splits, {
+      train: { examples: 8, labels: { negative: 4, positive: 4 } },
+      dev: { examples: 4, labels: { negative: 2, positive: 2 } },
+      test: null,
+    });
+    await writeTinyBert(`${dir}/model`);
+    const trained = await run([
+      ...["run", "-A", `${dir}/my_task.ts`, "--data", `${dir}/data`, "--model", `${dir}/model`],
+      ...["--max-steps", "2", "--batch-size", "4", "--out", `${dir}/run`],
+    ]);
+    assertEquals(trained.code, 0, trained.stderr);
+    const runJson = JSON.parse(await Deno.readTextFile(`${dir}/run/run.json`));
+    assertEquals(runJson.settings.task, "sst2");
+    assert(await Deno.stat(`${dir}/run/metrics.json`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

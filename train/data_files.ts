@@ -31,7 +31,9 @@ export async function sha256Hex(data: Uint8Array<ArrayBuffer> | string): Promise
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** A problem with a data file, one line: `<file>:<line>: <problem>`, or `<file>: <problem>`. */
 export class DataError extends Error {
+  /** `line` is 1-based; null when no line is to blame (an empty file, a missing split). */
   constructor(file: string, line: number | null, problem: string) {
     const text = oneLine(problem);
     super(line === null ? `${file}: ${text}` : `${file}:${line}: ${text}`);
@@ -41,6 +43,7 @@ export class DataError extends Error {
 
 /** A data file that is not there (a split missing from the data folder, or the --data path). */
 export class MissingDataError extends DataError {
+  /** The message is `<file>: <problem>`. */
   constructor(file: string, problem: string) {
     super(file, null, problem);
     this.name = "MissingDataError";
@@ -302,16 +305,21 @@ export function indexField(
 
 /** One row of a TSV file: its fields and its 1-based line number. */
 export interface TsvRow {
+  /** The row's 1-based line in the file. */
   line: number;
+  /** Its fields, split on tabs only. */
   fields: string[];
 }
 
 /** A TSV file's header (null when it has none) and its rows. */
 export interface TsvTable {
+  /** The file read. */
   file: string;
+  /** The header's column names; null when the file has no header. */
   header: string[] | null;
   /** The header's 1-based line (1 unless blank lines come first); null without a header. */
   headerLine: number | null;
+  /** Every non-blank row after the header. */
   rows: TsvRow[];
 }
 

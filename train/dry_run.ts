@@ -42,20 +42,31 @@ import { badLabel, labelClasses, type Task } from "./task.ts";
 
 /** One split in a dry run's report. */
 export interface DryRunSplit {
+  /** Examples read. */
   examples: number;
+  /** Labeled examples per label name (classification tasks). */
   labels?: Record<string, number>;
+  /** Examples without a label, when some have one. */
   unlabeled?: number;
+  /** The longest input in tokens (with a model at hand). */
   max_tokens?: number;
+  /** Inputs longer than the maximum length (with a model at hand). */
   truncated?: number;
 }
 
 /** What a dry run prints. */
 export interface DryRunReport {
+  /** The task's name. */
   task: string;
+  /** The data folder or file read; null when there is none. */
   data: string | null;
+  /** Each split read, by name; null for one that is not there. */
   splits: Record<string, DryRunSplit | null>;
+  /** The longest input of any split in tokens; null without a model. */
   max_tokens: number | null;
+  /** The maximum length training would use (with a model at hand). */
   max_length?: number;
+  /** What would stop or surprise the run, one line each. */
   notes?: string[];
 }
 

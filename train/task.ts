@@ -134,7 +134,10 @@ export function badLabel(
 }
 
 /** The class ids a "ce" task's labels index: the head's outputs, or the choices per example. */
-export function labelClasses(task: Pick<Task, "headClasses">, examples: readonly TaskExample[]) {
+export function labelClasses(
+  task: Pick<Task, "headClasses">,
+  examples: readonly TaskExample[],
+): number {
   return task.headClasses > 1 ? task.headClasses : (examples[0]?.inputs.length ?? 1);
 }
 
