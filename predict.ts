@@ -121,6 +121,14 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `without an active prefix (train with ehft, or another strategy that drops it)`,
       );
     }
+    // A method of one's own left active: its tensors are kept beside the backbone, unapplied here.
+    const meta = model.weights.metadata;
+    if (meta.peft_state === "separate") {
+      throw new Error(
+        `${model.dir} carries the tensors of the still active PEFT method "${meta.peft}"; ` +
+          `predict.ts runs models without one (train with ehft, or another strategy that drops it)`,
+      );
+    }
     if (model.unused.length > 0) noteUnusedOnce(model.weights.path, model.unused);
     const examples = await task.readExamples(options.data, options.split);
     const empty = emptyTextNote(examples, `${task.name} ${options.split}`);

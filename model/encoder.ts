@@ -287,6 +287,11 @@ export interface HookContext extends LinearSite {
   stream: number;
   /** Backward only: add into the hook's own gradients instead of overwriting them. */
   accumulate: boolean;
+  /**
+   * The frozen linear's weight [out, in] as its products read it (an f16 copy in f16 runs): what
+   * a method that rescales the layer's output needs for its input gradient.
+   */
+  weight: Tensor;
 }
 
 /** An addition to a frozen linear layer's output (LoRA and the like). */
@@ -1150,7 +1155,8 @@ export class Encoder {
     const v = (t: Tensor, width = H) => at(t, [B, S, width]);
     const linear = (module: LinearModule, w: WeightBias, input: Tensor, out: Tensor) => {
       linearForward(rec, { x: input, weight: w.weight, bias: w.bias, out });
-      hooks.get(module)?.forward(rec, input, out, this.hookContext(l, module, st, false));
+      const ctx = this.hookContext(l, module, st, false, w.weight);
+      hooks.get(module)?.forward(rec, input, out, ctx);
     };
     const q = v(a.q), k = v(a.k), val = v(a.v), context = v(a.context);
     linear("query", p.query, x, q);
@@ -1271,7 +1277,8 @@ export class Encoder {
         accumulateDX,
         geluInput,
       });
-      hooks.get(module)?.backward(rec, x, dY, dX, this.hookContext(l, module, st, accumulate));
+      const ctx = this.hookContext(l, module, st, accumulate, weights.weight);
+      hooks.get(module)?.backward(rec, x, dY, dX, ctx);
     };
 
     // What is needed, from the bottom of the layer up.
@@ -1412,6 +1419,7 @@ export class Encoder {
     module: LinearModule,
     st: ForwardState,
     accumulate: boolean,
+    weight: Tensor,
   ): HookContext {
     return {
       layer,
@@ -1420,6 +1428,7 @@ export class Encoder {
       seed: st.seed,
       stream: stream(layer, SITE_HOOKS + LINEAR_MODULES.indexOf(module)),
       accumulate,
+      weight,
     };
   }
 

@@ -52,8 +52,8 @@ export const PEFT_DEFAULTS: PeftOptions = { loraR: 8, loraAlpha: 16, prefixLengt
  * backbone tensors train, its own tensors and gradients, its hooks. destroy() frees its tensors.
  */
 export interface PeftMethod {
-  /** Which method this is. */
-  readonly name: PeftName;
+  /** Which method this is: one of PEFT_NAMES, or a method of one's own (`RunOptions.peft`). */
+  readonly name: string;
   /**
    * Backbone tensors (Hugging Face names relative to the prefix, as `encoderParameters` gives
    * them) this method trains. BitFit: its biases; LoRA and Prefix: none. The head always trains

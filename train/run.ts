@@ -31,14 +31,14 @@ import {
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
 import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
-import { maxSequenceLength } from "../model/config.ts";
+import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
 import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
-import { createPeft, type PeftMethod } from "../peft/method.ts";
+import { createPeft, type PeftMethod, type PeftOptions } from "../peft/method.ts";
 import {
   assembleBatch,
   batchesPerEpoch,
@@ -107,6 +107,17 @@ export interface RunOptions {
    * second train.ts on it.
    */
   afterRun?: (metrics: RunMetrics | SeedsMetrics) => Promise<void> | void;
+  /**
+   * A parameter-efficient method of one's own, in place of config.peft's (which still chooses
+   * the learning-rate defaults and must be given: the strategy needs a PEFT stage). `create` is
+   * called once per seed with the settings config.peft's method would get; the method plugs into
+   * the encoder through its hooks (model/encoder.ts `EncoderHooks`; a `LinearHook`'s context
+   * carries the frozen weight). run.json records `name` as resolved.peft_method.
+   */
+  peft?: {
+    name: string;
+    create: (gpu: Gpu, config: ModelConfig, options: PeftOptions) => PeftMethod;
+  };
 }
 
 /** metrics.json of one run. */
@@ -268,6 +279,13 @@ export async function runTraining(
   checkRunModes(config);
   const definition = taskDefinitionProblem(options.task);
   if (definition !== null) throw new Error(definition);
+  if (options.peft && !config.peft) {
+    throw new Error(
+      `RunOptions.peft (${options.peft.name}): strategy ${config.strategy} has no PEFT stage; ` +
+        `give a strategy that has one (peft, ehft, ehft-reserve) and config.peft, whose ` +
+        `learning-rate defaults it takes`,
+    );
+  }
   if (options.task.name !== config.task) {
     throw new Error(
       `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,
@@ -841,7 +859,8 @@ async function runSeed(
     await checkSameSchedule(dir, config);
   }
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
-  if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved: p.resolved });
+  const resolved = options.peft ? { ...p.resolved, peft_method: options.peft.name } : p.resolved;
+  if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved });
 
   const gpu = options.gpu ?? await getGpu();
   const maxExamples = Math.min(
@@ -867,13 +886,16 @@ async function runSeed(
       throw e;
     }
   }
+  const peftOptions: PeftOptions = {
+    loraR: config.loraR,
+    loraAlpha: config.loraAlpha,
+    prefixLength: config.prefixLength,
+    seed: deriveSeed(seed, SEED_PURPOSE.peft),
+  };
   const peft = config.peft
-    ? createPeft(config.peft, gpu, model.config, {
-      loraR: config.loraR,
-      loraAlpha: config.loraAlpha,
-      prefixLength: config.prefixLength,
-      seed: deriveSeed(seed, SEED_PURPOSE.peft),
-    })
+    ? options.peft
+      ? options.peft.create(gpu, model.config, peftOptions)
+      : createPeft(config.peft, gpu, model.config, peftOptions)
     : null;
   const place: RunPlace = {
     dir,
@@ -1268,7 +1290,7 @@ function describeTrains(stage: Stage): string {
 }
 
 function modelMetadata(
-  l: { config: TrainConfig; task: Task },
+  l: { config: TrainConfig; task: Task; trainer: Trainer },
   stage: string,
 ): Record<string, string> {
   const c = l.config;
@@ -1277,11 +1299,13 @@ function modelMetadata(
     strategy: c.strategy,
     stage,
   };
-  if (c.peft) meta.peft = c.peft;
-  if (c.peft === "lora") {
+  // The method that ran: config.peft's, or one of one's own (RunOptions.peft).
+  const method = l.trainer.peft?.name ?? c.peft;
+  if (method) meta.peft = method;
+  if (method === "lora") {
     Object.assign(meta, { lora_r: String(c.loraR), lora_alpha: String(c.loraAlpha) });
   }
-  if (c.peft === "prefix") meta.prefix_length = String(c.prefixLength);
+  if (method === "prefix") meta.prefix_length = String(c.prefixLength);
   return meta;
 }
 
@@ -1314,7 +1338,7 @@ async function saveFinalModel(
 ): Promise<void> {
   const peft = trainer.peft;
   const active = peft !== null && (trainer.trains?.peft ?? false);
-  const metadata = modelMetadata({ config, task }, "final");
+  const metadata = modelMetadata({ config, task, trainer }, "final");
   let extra = new Map<string, Tensor>();
   if (!config.peft) {
     metadata.peft_state = "none";
@@ -1336,11 +1360,12 @@ async function saveFinalModel(
     await rec.submit();
     trainer.encoder.setHooks(null);
     metadata.peft_state = "merged";
-  } else if (peft.name === "prefix") {
+  } else if (peft.name === "bitfit") {
+    metadata.peft_state = "in_backbone";
+  } else {
+    // Prefix rows, or the tensors of a method of one's own: not mergeable, kept by name.
     extra = trainer.peftParameters();
     metadata.peft_state = "separate";
-  } else {
-    metadata.peft_state = "in_backbone";
   }
   await saveModel(`${dir}/model`, {
     config: p.model.config,

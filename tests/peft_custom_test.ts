@@ -1,0 +1,158 @@
+// A parameter-efficient method of one's own (RunOptions.peft): runTraining creates it in place of
+// config.peft's, run.json and the saved models name it, a final model that keeps its tensors is
+// refused by predict rather than run without them, and a linear hook is told the frozen weight
+// (HookContext.weight) a rescaling method needs for its input gradient.
+
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import { Recorder } from "../kernels/recorder.ts";
+import { createTensor } from "../kernels/tensor.ts";
+import { loadBackbone } from "../model/checkpoint.ts";
+import { readConfig } from "../model/config.ts";
+import { createEncoder, encoderParameters, type LinearHook } from "../model/encoder.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import { LoraMethod } from "../peft/lora.ts";
+import type { PeftMethod } from "../peft/method.ts";
+import { predict } from "../predict.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { type RunOptions, runTraining } from "../train/run.ts";
+import { rte } from "../tasks/rte.ts";
+
+/** LoRA under another name: a method the toolkit does not know by name. */
+const MINE: RunOptions["peft"] = {
+  name: "my-lora",
+  create: (gpu, config, options) => {
+    const inner = new LoraMethod(gpu, config, options);
+    const method: PeftMethod = {
+      name: "my-lora",
+      prefixLength: 0,
+      trainsBackbone: inner.trainsBackbone,
+      parameters: () => inner.parameters(),
+      gradients: () => inner.gradients(),
+      noDecay: inner.noDecay,
+      hooks: () => inner.hooks(),
+      destroy: () => inner.destroy(),
+    };
+    return method;
+  },
+};
+
+Deno.test({
+  name: "RunOptions.peft: the method of one's own trains, is named, and is not predicted without",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-peft-custom-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const run = async (out: string, strategy: string, peft: RunOptions["peft"] = MINE) => {
+        const { config } = parseTrainArgs([
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+          ...["--head", `${dir}/head.safetensors`, "--strategy", strategy, "--batch-size", "8"],
+          ...(strategy === "ft" ? [] : ["--peft", "lora"]),
+          ...["--max-steps", "4", "--eval-every", "0", "--out", out],
+        ]);
+        return await runTraining(config, { task: rte, quiet: true, peft });
+      };
+      const meta = async (path: string) => {
+        const reader = await openSafetensors(path);
+        reader.close();
+        return reader.metadata;
+      };
+      // PEFT alone: the method is active at the end; its tensors are kept beside the backbone.
+      await run(`${dir}/peft`, "peft");
+      const runJson = JSON.parse(await Deno.readTextFile(`${dir}/peft/run.json`));
+      assertEquals(runJson.resolved.peft_method, "my-lora");
+      const final = await meta(`${dir}/peft/model/model.safetensors`);
+      assertEquals([final.peft, final.peft_state], ["my-lora", "separate"]);
+      const reader = await openSafetensors(`${dir}/peft/model/model.safetensors`);
+      assert([...reader.tensors.keys()].some((n) => n.startsWith("lora.")), "its tensors are kept");
+      reader.close();
+      await assertRejects(
+        () =>
+          predict({
+            model: `${dir}/peft/model`,
+            task: rte,
+            data: `${dir}/data`,
+            split: "val",
+            batchSize: 8,
+          }),
+        Error,
+        'carries the tensors of the still active PEFT method "my-lora"',
+      );
+      // EH-FT: Stage 1 trains it (named in stage1/), Stage 2 drops it.
+      await run(`${dir}/ehft`, "ehft");
+      const stage1 = await meta(`${dir}/ehft/stage1/model.safetensors`);
+      assertEquals(stage1.peft, "my-lora");
+      const dropped = await meta(`${dir}/ehft/model/model.safetensors`);
+      assertEquals(dropped.peft_state, "dropped");
+      // A strategy without a PEFT stage has nowhere to put it.
+      await assertRejects(
+        () => run(`${dir}/ft`, "ft"),
+        Error,
+        "RunOptions.peft (my-lora): strategy ft has no PEFT stage",
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+gpuTest(
+  "a linear hook is told the frozen weight its products read, forward and backward",
+  async (gpu) => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-hook-weight-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      const config = await readConfig(`${dir}/model/config.json`);
+      const seen: string[] = [];
+      const hook: LinearHook = {
+        forward: (_rec, x, out, ctx) => {
+          assertEquals(ctx.weight.shape, [out.shape[2], x.shape[2]]);
+          seen.push(`forward ${ctx.layer} ${ctx.module}`);
+        },
+        backward: (_rec, x, dOut, _dX, ctx) => {
+          assertEquals(ctx.weight.shape, [dOut.shape[2], x.shape[2]]);
+          seen.push(`backward ${ctx.layer} ${ctx.module}`);
+        },
+      };
+      const encoder = createEncoder(gpu, config, {
+        maxBatch: 1,
+        maxSeq: 4,
+        dropout: 0,
+        trainable: () => false,
+        hooks: { linear: (site) => site.module === "value" ? hook : undefined },
+      });
+      const reader = await openSafetensors(`${dir}/model/model.safetensors`);
+      await loadBackbone(reader, config, encoderParameters(encoder.params));
+      reader.close();
+      encoder.setBatch({
+        batch: 1,
+        seqLen: 4,
+        inputIds: Uint32Array.from([2, 5, 6, 3]),
+        attentionMask: Uint32Array.from([1, 1, 1, 1]),
+      });
+      const rec = new Recorder(gpu);
+      encoder.forward(rec);
+      const dHidden = createTensor(gpu, [1, 4, config.hiddenSize], "f32", "dHidden");
+      encoder.backward(rec, dHidden, {});
+      await rec.submit();
+      const layers = Array.from({ length: config.numLayers }, (_, l) => l);
+      assertEquals(
+        seen.filter((s) => s.startsWith("forward")),
+        layers.map((l) => `forward ${l} value`),
+      );
+      assertEquals(
+        seen.filter((s) => s.startsWith("backward")).sort(),
+        layers.map((l) => `backward ${l} value`).sort(),
+      );
+      dHidden.destroy();
+      encoder.destroy();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
