@@ -353,6 +353,13 @@ Deno.test("data errors: labels outside the set, a missing label, STS-B's scores"
           `${missing}:3: ${name} train: example 2 (idx 2) has no label (training and ` +
             `evaluation need one on every example)`,
         );
+        // A reader of one's own that gives NaN: said so, not "no label".
+        const nan = examples.map((x, i) => i === 2 ? { ...x, label: NaN } : x);
+        assertEquals(
+          assertThrows(() => tokenizeExamples(noTokenizer, nan, 16, `${name} train`)).message,
+          `${missing}:3: ${name} train: example 2 (idx 2) has label NaN, not a number (training ` +
+            `and evaluation need one on every example)`,
+        );
         // --dry-run says so, naming the line (and does not fail: a test split may be unlabeled).
         const report = await dryRun(r.task, { data: folder });
         assertEquals(report.splits.train, {

@@ -183,8 +183,9 @@ export function tokenizeExamples(
       );
     }
     if (e.label === null || !Number.isFinite(e.label)) {
+      const has = e.label === null ? "has no label" : `has label ${e.label}, not a number`;
       throw new Error(
-        `${sourcePrefix(e)}${what}: example ${i} (idx ${e.idx}) has no label (training and ` +
+        `${sourcePrefix(e)}${what}: example ${i} (idx ${e.idx}) ${has} (training and ` +
           `evaluation need one on every example)`,
       );
     }
