@@ -48,14 +48,19 @@ Deno.test({
       await writeTinyBert(`${dir}/model`, false);
       await writeMarkerData(`${dir}/data`);
       await writeNarrowHead(`${dir}/head.safetensors`);
-      const run = async (out: string, strategy: string, peft: RunOptions["peft"] = MINE) => {
+      const run = async (
+        out: string,
+        strategy: string,
+        peft: RunOptions["peft"] | null = MINE,
+        ...more: string[]
+      ) => {
         const { config } = parseTrainArgs([
           ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
           ...["--head", `${dir}/head.safetensors`, "--strategy", strategy, "--batch-size", "8"],
           ...(strategy === "ft" ? [] : ["--peft", "lora"]),
-          ...["--max-steps", "4", "--eval-every", "0", "--out", out],
+          ...["--max-steps", "4", "--eval-every", "0", "--out", out, ...more],
         ]);
-        return await runTraining(config, { task: rte, quiet: true, peft });
+        return await runTraining(config, { task: rte, quiet: true, peft: peft ?? undefined });
       };
       const meta = async (path: string) => {
         const reader = await openSafetensors(path);
@@ -89,6 +94,24 @@ Deno.test({
       assertEquals(stage1.peft, "my-lora");
       const dropped = await meta(`${dir}/ehft/model/model.safetensors`);
       assertEquals(dropped.peft_state, "dropped");
+      // Resumed without it (or with another), the run would give its tensors to another method.
+      await Deno.remove(`${dir}/ehft/metrics.json`);
+      await assertRejects(
+        () => run(`${dir}/ehft`, "ehft", null, "--resume"),
+        Error,
+        `--resume: ${dir}/ehft was started with the PEFT method "my-lora", not config.peft's`,
+      );
+      // A built-in method's name, or a method that calls itself something else: refused.
+      await assertRejects(
+        () => run(`${dir}/named`, "ehft", { ...MINE, name: "lora" }),
+        Error,
+        `RunOptions.peft: "lora" is a built-in method's name`,
+      );
+      await assertRejects(
+        () => run(`${dir}/renamed`, "ehft", { ...MINE!, name: "ours" }),
+        Error,
+        `RunOptions.peft: create() made a method named "my-lora", not "ours"`,
+      );
       // A strategy without a PEFT stage has nowhere to put it.
       await assertRejects(
         () => run(`${dir}/ft`, "ft"),

@@ -425,6 +425,13 @@ Deno.test({
         seedsMetrics,
       );
       assert(!(await exists(`${seeds}/metrics.json.tmp-0123abcd`)), "the temporary is left");
+      // Finished: a seed's killed write (here its model's) is cleared by --resume too.
+      await Deno.writeTextFile(`${seeds}/seed-4/model/model.safetensors.tmp-89abcdef`, "half");
+      assertEquals(
+        await run(seeds, "--model", `${dir}/model`, "--seeds", "2", "--seed", "3", "--resume"),
+        seedsMetrics,
+      );
+      assert(!(await exists(`${seeds}/seed-4/model/model.safetensors.tmp-89abcdef`)), "left");
 
       // A damaged run.json or metrics.json is named in the error.
       await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');

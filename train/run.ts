@@ -38,7 +38,7 @@ import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
-import { createPeft, type PeftMethod, type PeftOptions } from "../peft/method.ts";
+import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../peft/method.ts";
 import {
   assembleBatch,
   batchesPerEpoch,
@@ -118,6 +118,23 @@ export interface RunOptions {
     name: string;
     create: (gpu: Gpu, config: ModelConfig, options: PeftOptions) => PeftMethod;
   };
+}
+
+/** RunOptions.peft's method, which must carry the name the run records for it. */
+function createOwnPeft(
+  own: NonNullable<RunOptions["peft"]>,
+  gpu: Gpu,
+  config: ModelConfig,
+  options: PeftOptions,
+): PeftMethod {
+  const method = own.create(gpu, config, options);
+  if (method.name !== own.name) {
+    method.destroy();
+    throw new Error(
+      `RunOptions.peft: create() made a method named "${method.name}", not "${own.name}"`,
+    );
+  }
+  return method;
 }
 
 /** metrics.json of one run. */
@@ -286,6 +303,13 @@ export async function runTraining(
         `learning-rate defaults it takes`,
     );
   }
+  // The saved models tell the built-in methods apart by name (LoRA's adapter, BitFit's biases).
+  if (options.peft && (PEFT_NAMES as readonly string[]).includes(options.peft.name)) {
+    throw new Error(
+      `RunOptions.peft: "${options.peft.name}" is a built-in method's name; give the method ` +
+        `of one's own another (or use config.peft for the built-in one)`,
+    );
+  }
   if (options.task.name !== config.task) {
     throw new Error(
       `runTraining: config.task is ${config.task}, the task given is ${options.task.name}`,
@@ -382,8 +406,10 @@ async function trainInFolder(
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
     if (await exists(`${out}/metrics.json`)) {
-      await clearFinishedLeftovers(out);
       const dirs = config.seeds === 1 ? [out] : seedList(config).map((s) => `${out}/seed-${s}`);
+      // A multi-seed run's seed folders are its own too (each one's checkpoint included).
+      for (const d of dirs) await clearFinishedLeftovers(d);
+      if (config.seeds > 1) await removeStaleTemporaries(out);
       let drawn = 0;
       for (const d of dirs) if (await drawMissingFigures(d, options.quiet ?? false)) drawn++;
       const metrics = await readRunJson(`${out}/metrics.json`);
@@ -645,6 +671,15 @@ async function checkSameData(
           `--overwrite to restart on it)`,
       );
     }
+    // A method of one's own (RunOptions.peft) is named only there: resumed by another, the
+    // checkpoint's tensors would go to a method they were not trained for.
+    if ((was?.peft_method ?? null) !== (resolved.peft_method ?? null)) {
+      const name = (x: unknown) => x === undefined || x === null ? "config.peft's" : `"${x}"`;
+      throw new Error(
+        `--resume: ${d} was started with the PEFT method ${name(was?.peft_method)}, not ` +
+          `${name(resolved.peft_method)} (RunOptions.peft)`,
+      );
+    }
   }
 }
 
@@ -854,12 +889,12 @@ async function runSeed(
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
   if (config.resume) await removeStaleTemporaries(dir, RUN_FOLDERS);
+  const resolved = options.peft ? { ...p.resolved, peft_method: options.peft.name } : p.resolved;
   if (config.resume) {
-    await checkSameData(dir, config.out, p.resolved, config.data);
+    await checkSameData(dir, config.out, resolved, config.data);
     await checkSameSchedule(dir, config);
   }
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
-  const resolved = options.peft ? { ...p.resolved, peft_method: options.peft.name } : p.resolved;
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved });
 
   const gpu = options.gpu ?? await getGpu();
@@ -894,7 +929,7 @@ async function runSeed(
   };
   const peft = config.peft
     ? options.peft
-      ? options.peft.create(gpu, model.config, peftOptions)
+      ? createOwnPeft(options.peft, gpu, model.config, peftOptions)
       : createPeft(config.peft, gpu, model.config, peftOptions)
     : null;
   const place: RunPlace = {
