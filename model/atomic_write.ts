@@ -55,7 +55,7 @@ async function removeTemporariesBelow(dir: string): Promise<number> {
  * The file a write of `path` replaces: where a link at `path` points (the link stays, and shows
  * the new file), else `path` itself (a link to nothing is replaced).
  */
-async function writtenPath(path: string): Promise<string> {
+export async function writtenPath(path: string): Promise<string> {
   try {
     if (!(await Deno.lstat(path)).isSymlink) return path;
     return await Deno.realPath(path);

@@ -317,23 +317,37 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
 
     // A folder that takes no file (here: Deno allowed to write elsewhere only; a read-only mount
     // reads the same) is refused before the model is opened, not after every prediction.
-    for (const out of [`${dir}/p.jsonl`, `${dir}/new/p.jsonl`]) {
+    const limited = async (...args: string[]) => {
       const r = await new Deno.Command(Deno.execPath(), {
         args: [
           ...["run", "--allow-read", "--allow-env", `--allow-write=${dir}/folder`],
           ...[new URL("../predict.ts", import.meta.url).pathname, "--task", "rte"],
-          ...["--model", `${dir}/no-model-needed`, "--out", out],
+          ...["--model", `${dir}/no-model-needed`, ...args],
         ],
         env: { NO_COLOR: "1" },
         stdout: "null",
         stderr: "piped",
       }).output();
-      const err = new TextDecoder().decode(r.stderr).trim();
-      assert(
-        r.code === 1 && err.startsWith(`predict: --out ${out}: cannot write in ${dir}: `),
-        err,
-      );
+      return { code: r.code, err: new TextDecoder().decode(r.stderr).trim() };
+    };
+    for (const out of [`${dir}/p.jsonl`, `${dir}/new/p.jsonl`]) {
+      const { code, err } = await limited("--out", out);
+      assert(code === 1 && err.startsWith(`predict: --out ${out}: cannot write in ${dir}: `), err);
     }
+    // A link is written through: its target's folder is the one that must take the file.
+    await Deno.symlink(`${dir}/earlier.jsonl`, `${dir}/folder/out.jsonl`);
+    const through = await limited("--out", `${dir}/folder/out.jsonl`, "--overwrite");
+    assert(
+      through.err.startsWith(`predict: --out ${dir}/folder/out.jsonl: cannot write in ${dir}: `),
+      through.err,
+    );
+    await Deno.remove(`${dir}/folder/out.jsonl`);
+    await Deno.symlink(`${dir}/folder/real.jsonl`, `${dir}/link.jsonl`);
+    await Deno.writeTextFile(`${dir}/folder/real.jsonl`, "");
+    const into = await limited("--out", `${dir}/link.jsonl`, "--overwrite");
+    assert(!into.err.includes("--out"), into.err); // refused later, for the missing model
+    await Deno.remove(`${dir}/link.jsonl`);
+    await Deno.remove(`${dir}/folder/real.jsonl`);
     assertEquals(await listing(dir), ["dangling", "earlier.jsonl", "folder"]);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -16,7 +16,13 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
-import { isDirectory, lockFolder, parentOf, temporaryName } from "../model/atomic_write.ts";
+import {
+  isDirectory,
+  lockFolder,
+  parentOf,
+  temporaryName,
+  writtenPath,
+} from "../model/atomic_write.ts";
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -47,6 +53,9 @@ export async function checkFoldersCanBeMade(
       throw new FlagError(`${flag} ${path}: cannot write in ${dir}: ${(e as Error).message}`);
     }
   };
+  // A link is written through (writeFileAtomic): its target's folder takes the file.
+  const target = probe ? await writtenPath(path) : path;
+  if (target !== path) return await canWrite(parentOf(target));
   for (let dir = parentOf(path);; dir = parentOf(dir)) {
     if (dir === "." || dir === "/") return await canWrite(dir);
     let found: Deno.FileInfo;
