@@ -759,6 +759,12 @@ Deno.test({
         await assertRejects(() => train(task, folder), Error, problem);
         assert(!(await exists(`${dir}/run-${name}/log.jsonl`)), "a step was trained");
       }
+      // A head that does not fit the loss: refused as early.
+      await assertRejects(
+        () => train({ ...READERS.rte.task, headClasses: 3 }, `${dir}/rte`),
+        Error,
+        "task rte: the bce loss reads one output per input, not headClasses 3",
+      );
       // A metric train/metrics.ts does not compute: refused before the model is opened.
       const auc = { ...READERS.rte.task, metrics: ["accuracy", "auc"] } as unknown as Task;
       await assertRejects(

@@ -38,7 +38,7 @@ import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
 import { shippedDataDir } from "./default_model.ts";
 import { checkTestSplit, predictTestRefusal } from "./submission.ts";
-import { badLabel, labelClasses, type Task } from "./task.ts";
+import { badLabel, labelClasses, type Task, taskDefinitionProblem } from "./task.ts";
 
 /** One split in a dry run's report. */
 export interface DryRunSplit {
@@ -178,6 +178,8 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     );
   }
 
+  const definition = taskDefinitionProblem(task);
+  if (definition !== null) notes.push(definition);
   for (const r of reads) {
     let examples;
     try {

@@ -96,6 +96,10 @@ export function taskDefinitionProblem(task: Task): string | null {
   if (!Number.isSafeInteger(task.headClasses) || task.headClasses < 1) {
     return `task ${task.name}: headClasses ${task.headClasses} is not a positive integer`;
   }
+  if (task.loss !== "ce" && task.headClasses !== 1) {
+    return `task ${task.name}: the ${task.loss} loss reads one output per input, not ` +
+      `headClasses ${task.headClasses} (ce is the loss over several classes)`;
+  }
   return null;
 }
 
