@@ -20,6 +20,7 @@ import { shippedDataDir, startLines, taskScriptRecipe } from "./train/default_mo
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
+import { readsTrainFlags } from "./train/run_faults.ts";
 import type { Task } from "./train/task.ts";
 
 export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
@@ -40,6 +41,7 @@ export async function trainFromArgs(
   task?: Task,
   start?: { usingDefault: boolean; paper: Recipe },
 ): Promise<RunMetrics | SeedsMetrics | DryRunReport> {
+  readsTrainFlags(); // a fault's resume advice is then this command line, --resume added
   const byName = task
     ? (name: string) => {
       if (name !== task.name) {

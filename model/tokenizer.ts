@@ -226,11 +226,13 @@ class WordCache<V> {
  * and its misses. A larger plain map gives the same pieces (a word's are a function of the word)
  * in half the time. Models without a cache (WordPiece) are left as they are.
  */
-function useWordCache(tok: Tokenizer): void {
+function useWordCache(tok: Tokenizer): boolean {
   const model = (tok as unknown as { model?: { cache?: { get?: unknown; put?: unknown } } }).model;
-  if (typeof model?.cache?.get === "function" && typeof model.cache.put === "function") {
-    model.cache = new WordCache(WORD_CACHE);
+  if (typeof model?.cache?.get !== "function" || typeof model.cache.put !== "function") {
+    return false;
   }
+  model.cache = new WordCache(WORD_CACHE);
+  return true;
 }
 
 /**
@@ -247,6 +249,8 @@ export class TextTokenizer {
   readonly maxLength: number;
   /** The pad id (equal to the model's pad_token_id). */
   readonly padTokenId: number;
+  /** Whether the library's BPE model reads this toolkit's word cache (`useWordCache`). */
+  readonly bpeWordCache: boolean;
   readonly #tok: Tokenizer;
   readonly #layout: Layout;
   readonly #unkId: number | undefined;
@@ -263,7 +267,7 @@ export class TextTokenizer {
     this.model = { ...model };
     this.maxLength = modelSequenceLimit(model);
     this.#unkId = tok.model?.unk_token_id;
-    useWordCache(tok);
+    this.bpeWordCache = useWordCache(tok);
     this.#layout = this.#probeLayout();
 
     const padId = padToken === undefined ? undefined : tok.token_to_id(padToken);

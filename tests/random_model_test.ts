@@ -4,7 +4,7 @@
 // --help and a mistyped flag.
 
 import { assert, assertEquals } from "./assert.ts";
-import { readTree, sameBytes } from "./train_fixture.ts";
+import { exists, readTree, sameBytes } from "./train_fixture.ts";
 import { assertToolHelp, runTool } from "./tool_cli.ts";
 import { openModel } from "../model/load.ts";
 import { vocabLines } from "../model/tokenizer_convert.ts";
@@ -136,7 +136,7 @@ test("random_model: a linked --out is written where it points, the link kept; le
       linked.stderr,
     );
     assert(!again.stderr.includes("is left from"), again.stderr);
-    assert(await Deno.stat(`${dir}/real.tmp-0123abcd`), "the leftover was removed");
+    assert(await exists(`${dir}/real.tmp-0123abcd`), "the leftover was removed");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,7 +11,7 @@ import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { explainRunError, MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
-import { trailingSkips } from "../train/run.ts";
+import { RunLog, trailingSkips } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
 async function withRunFolder(fn: (dir: string, args: string[]) => Promise<void>): Promise<void> {
@@ -179,24 +179,30 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
   // --analysis cannot be resumed (it measures from the first step): left out, and said so.
   assertEquals(
     resumeCommand(["--analysis", "--lr", "1e-5"], cb.href),
-    `deno run -A ${relative(cb)} --lr 1e-5 --resume (without --analysis, which measures a run ` +
-      `from its start: --overwrite --analysis to have it)`,
+    `deno run -A ${relative(cb)} --lr 1e-5 --resume  # without --analysis, which measures a run ` +
+      `from its start (--overwrite --analysis to have it)`,
   );
-  // A program of one's own that calls runTraining may not read its command line, even one
+  // A task script of one's own (runTaskScript, through trainFromArgs) reads the flags too.
+  assertEquals(
+    resumeCommand(["--lr", "1e-5"], "file:///home/me/my_task.ts", true),
+    "deno run -A /home/me/my_task.ts --lr 1e-5 --resume",
+  );
+  // A program of one's own that calls runTraining (not through trainFromArgs: the third
+  // argument) may not read its command line, even one
   // called train.ts; its path is decoded and quoted, and a URL kept whole.
   const own = (command: string, script: string) =>
     `runTraining with resume: true, overwrite: false in the same config (${command}, if ` +
     `${script} passes its arguments to parseTrainArgs)`;
   assertEquals(
-    resumeCommand(["--lr", "1e-5"], "file:///home/me/my_sweep.ts"),
+    resumeCommand(["--lr", "1e-5"], "file:///home/me/my_sweep.ts", false),
     own("deno run -A /home/me/my_sweep.ts --lr 1e-5 --resume", "/home/me/my_sweep.ts"),
   );
   assertEquals(
-    resumeCommand([], "file:///home/me/my%20runs/train.ts"),
+    resumeCommand([], "file:///home/me/my%20runs/train.ts", false),
     own("deno run -A '/home/me/my runs/train.ts' --resume", "/home/me/my runs/train.ts"),
   );
   assertEquals(
-    resumeCommand([], "https://example.com/x/sweep.ts"),
+    resumeCommand([], "https://example.com/x/sweep.ts", false),
     own("deno run -A https://example.com/x/sweep.ts --resume", "https://example.com/x/sweep.ts"),
   );
 });
@@ -239,4 +245,21 @@ Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its
   // f32 logs have no skipped field.
   assertEquals(trailingSkips([JSON.stringify({ stage: "main", step: 1, loss: 0.7 })]), 0);
   assertEquals(trailingSkips([]), 0);
+});
+
+Deno.test("run faults: a failed write of log.jsonl (a full disk) names the file and how to go on", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const log = await RunLog.open(`${dir}/log.jsonl`, 0);
+    await log.write([{ step: 1 }]);
+    log.close(); // the next write fails, as on a full disk
+    const e = await assertRejects(() => log.write([{ step: 2 }]), Error);
+    assert(e.message.startsWith(`${dir}/log.jsonl: write failed: `), e.message);
+    assert(
+      e.message.includes("goes on from its last checkpoint") && e.message.includes("--resume"),
+    );
+    assertEquals(await Deno.readTextFile(`${dir}/log.jsonl`), '{"step":1}\n');
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

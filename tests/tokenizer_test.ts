@@ -479,6 +479,14 @@ Deno.test("gpt2 byte-level BPE: GPT-2's known ids", () => {
   const r = robertaTokenizer();
   assertEquals(r.encodeText("Hello world"), [15496 + SHIFT, 995 + SHIFT]);
   assertEquals(r.tokenize(" Hello world"), ["ĠHello", "Ġworld"]);
+  // The library's BPE reads our word cache (half the tokenizing time on a large split; if the
+  // library moved its cache, this says so), and a word read twice gives the same pieces.
+  assert(r.bpeWordCache && t.bpeWordCache, "the BPE word cache is not installed");
+  assertEquals(
+    r.encodeText("Hello world Hello world"),
+    [15496, 995, 18435, 995].map((i) => i + SHIFT),
+  );
+  assert(!bertTokenizer().bpeWordCache, "WordPiece has no word cache to replace");
 });
 
 Deno.test("roberta: <s> A </s></s> B </s>, zero type ids, positions from padding_idx + 1", () => {

@@ -55,7 +55,13 @@ import {
 } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import { sha256Hex } from "./data_files.ts";
-import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
+import {
+  checkStepStats,
+  explainRunError,
+  resumeCommand,
+  RunFaultError,
+  type RunPlace,
+} from "./run_faults.ts";
 import { checkRunModes, runSettings, type TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, unscorableDevSplit, updateBest } from "./evaluate.ts";
@@ -147,7 +153,10 @@ export interface RunMetrics {
 
 /** metrics.json of a multi-seed run: means, standard deviations and each seed's. */
 export interface SeedsMetrics extends RunMetrics {
-  /** Population standard deviations of `final` and `best` over the seeds. */
+  /**
+   * Population standard deviations of `final` and `best` over the seeds that define each metric;
+   * null where fewer than two do.
+   */
   std: RunMetrics;
   /** Each seed's metrics, by seed. */
   seeds: Record<string, RunMetrics>;
@@ -511,7 +520,6 @@ export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetric
   };
 }
 
-/** log.jsonl: appended line by line; `lines` counts what the file holds. */
 /**
  * The f16 steps skipped in a row (`"skipped": true`) at the end of log.jsonl's `lines`, the
  * evaluation lines between them not counting: what a resumed run's divergence check goes on from.
@@ -533,7 +541,8 @@ export function trailingSkips(lines: readonly string[]): number {
   return count;
 }
 
-class RunLog {
+/** log.jsonl: appended line by line; `lines` counts what the file holds. */
+export class RunLog {
   private constructor(
     private path: string,
     private file: Deno.FsFile,
@@ -570,8 +579,9 @@ class RunLog {
     } catch (e) {
       // A line cut short here is dropped by --resume, which keeps the checkpoint's lines.
       throw new Error(
-        `${this.path}: write failed: ${(e as Error).message} (--resume continues from the ` +
-          `last checkpoint once it can write)`,
+        `${this.path}: write failed: ${(e as Error).message}; the run stopped. Once the ` +
+          `folder takes the file again (room on the disk), it goes on from its last checkpoint ` +
+          `(from its start if none was written yet): ${resumeCommand()}`,
       );
     }
     this.lines += records.length;
@@ -698,43 +708,36 @@ async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<
     const maxLength = Math.min(config.maxLength ?? limit, limit);
     const trainSplit = task.trainSplit ?? "train";
     checkLeadingToken(model.tokenizer, model.tokenizer.source);
+    // Both splits read and checked before either is tokenized (tens of seconds on QNLI).
     const trainExamples = await task.readExamples(config.data, trainSplit);
-    const classes = labelClasses(task, trainExamples);
-    const badTrain = badLabel(task, trainExamples, classes, `${task.name} ${trainSplit}`);
-    if (badTrain !== null) throw new Error(badTrain);
-    const train = tokenizeExamples(
-      model.tokenizer,
-      trainExamples,
-      maxLength,
-      `${task.name} ${trainSplit}`,
-      task.truncation,
-    );
-    const trainSha256 = await examplesSha256(trainExamples);
     const devExamples = await task.readExamples(config.data, task.devSplit);
+    const classes = labelClasses(task, trainExamples);
+    const splits = [[trainSplit, trainExamples], [task.devSplit, devExamples]] as const;
+    for (const [split, examples] of splits) {
+      const bad = badLabel(task, examples, classes, `${task.name} ${split}`);
+      if (bad !== null) throw new Error(bad);
+    }
     const unscorable = unscorableDevSplit(
       task.metrics,
       devExamples.length,
       `${task.name} ${task.devSplit}`,
     );
     if (unscorable !== null) throw new Error(unscorable);
-    const badDev = badLabel(task, devExamples, classes, `${task.name} ${task.devSplit}`);
-    if (badDev !== null) throw new Error(badDev);
-    const dev = tokenizeExamples(
-      model.tokenizer,
-      devExamples,
-      maxLength,
-      `${task.name} ${task.devSplit}`,
-      task.truncation,
-    );
-    for (
-      const [split, examples] of [[trainSplit, trainExamples], [
-        task.devSplit,
-        devExamples,
-      ]] as const
-    ) {
+    for (const [split, examples] of splits) {
       const note = emptyTextNote(examples, `${task.name} ${split}`);
       if (note !== null) console.error(note);
     }
+    const tokenize = (examples: readonly TaskExample[], split: string) =>
+      tokenizeExamples(
+        model.tokenizer,
+        examples,
+        maxLength,
+        `${task.name} ${split}`,
+        task.truncation,
+      );
+    const train = tokenize(trainExamples, trainSplit);
+    const trainSha256 = await examplesSha256(trainExamples);
+    const dev = tokenize(devExamples, task.devSplit);
     for (const [split, t] of [[trainSplit, train], [task.devSplit, dev]] as const) {
       if (t.fellBack > 0) {
         console.error(

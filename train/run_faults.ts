@@ -32,6 +32,7 @@ export interface RunPlace {
 export function resumeCommand(
   args: readonly string[] = Deno.args,
   main: string = Deno.mainModule,
+  readsFlags: boolean = flagDriven,
 ): string {
   let script = main;
   try {
@@ -45,20 +46,35 @@ export function resumeCommand(
     // Not a URL: use it as it is.
   }
   // --analysis measures a run from its first step, so a resumed run goes on without it.
+  const analysis = args.includes("--analysis");
   const dropped = new Set(["--overwrite", "--resume", "--analysis"]);
   const kept = args.filter((a) => !dropped.has(a));
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`);
-  const command = ["deno run -A", quote(script), ...kept.map(quote), "--resume"].join(" ") +
-    (args.includes("--analysis")
-      ? " (without --analysis, which measures a run from its start: --overwrite --analysis " +
-        "to have it)"
-      : "");
-  // This toolkit's train.ts and task scripts (wherever they are served from) read the flags.
+  const command = ["deno run -A", quote(script), ...kept.map(quote), "--resume"].join(" ");
+  // This toolkit's train.ts and task scripts (wherever they are served from), and any script
+  // that trains through trainFromArgs (runTaskScript), read the flags.
   const train = new URL("../train.ts", import.meta.url).href;
   const tasks = new URL("../tasks/", import.meta.url).href;
-  const ours = main === train || (main.startsWith(tasks) && main.endsWith(".ts"));
-  return ours ? command : `runTraining with resume: true, overwrite: false in the same config ` +
-    `(${command}, if ${script} passes its arguments to parseTrainArgs)`;
+  const ours = readsFlags || main === train || (main.startsWith(tasks) && main.endsWith(".ts"));
+  if (ours) {
+    // A shell comment: the line can be pasted whole.
+    return command +
+      (analysis
+        ? "  # without --analysis, which measures a run from its start (--overwrite --analysis " +
+          "to have it)"
+        : "");
+  }
+  return `runTraining with resume: true, overwrite: false${
+    analysis ? ", analysis: false" : ""
+  } in the same config (${command}, if ${script} passes its arguments to parseTrainArgs)`;
+}
+
+/** Whether this process trains from its command line's flags (`trainFromArgs`). */
+let flagDriven = false;
+
+/** Says that this process's flags are train.ts's (its resume command is then a command line). */
+export function readsTrainFlags(): void {
+  flagDriven = true;
 }
 
 function keptCheckpoint(place: RunPlace): string {
