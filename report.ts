@@ -202,8 +202,15 @@ export async function report(
     // Every file is written in full before any replaces an earlier one, report.md last; then the
     // earlier report's figures that this one does not draw go.
     const stale = held.filter((h) => !files.some(([name]) => name === h));
-    await Deno.mkdir(figures.length ? `${out}/${FIGURES_DIR}` : out, { recursive: true });
-    await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const));
+    const made = figures.length ? `${out}/${FIGURES_DIR}` : out;
+    const existed = await Deno.stat(made).then(() => true, () => false);
+    await Deno.mkdir(made, { recursive: true });
+    await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const))
+      .catch(async (e) => {
+        // Nothing was replaced: a folder made for the files goes too (when still empty).
+        if (!existed) await Deno.remove(made).catch(() => {});
+        throw e;
+      });
     for (const name of stale) await Deno.remove(`${out}/${name}`);
     if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
