@@ -41,7 +41,7 @@ export async function trainFromArgs(
   task?: Task,
   start?: { usingDefault: boolean; paper: Recipe },
 ): Promise<RunMetrics | SeedsMetrics | DryRunReport> {
-  readsTrainFlags(); // a fault's resume advice is then this command line, --resume added
+  readsTrainFlags(args); // a fault's resume advice is then these flags, --resume added
   const byName = task
     ? (name: string) => {
       if (name !== task.name) {

@@ -30,9 +30,9 @@ export interface RunPlace {
  * its command line: it is told to run with `resume: true` as well.
  */
 export function resumeCommand(
-  args: readonly string[] = Deno.args,
+  args: readonly string[] = flagArgs ?? Deno.args,
   main: string = Deno.mainModule,
-  readsFlags: boolean = flagDriven,
+  readsFlags: boolean = flagArgs !== null,
 ): string {
   let script = main;
   try {
@@ -69,12 +69,12 @@ export function resumeCommand(
   } in the same config (${command}, if ${script} passes its arguments to parseTrainArgs)`;
 }
 
-/** Whether this process trains from its command line's flags (`trainFromArgs`). */
-let flagDriven = false;
+/** The flags this process trains from (`trainFromArgs`), or null for a program of one's own. */
+let flagArgs: readonly string[] | null = null;
 
-/** Says that this process's flags are train.ts's (its resume command is then a command line). */
-export function readsTrainFlags(): void {
-  flagDriven = true;
+/** Says that this process trains from train.ts's flags `args`: its resume command is them. */
+export function readsTrainFlags(args: readonly string[]): void {
+  flagArgs = [...args];
 }
 
 function keptCheckpoint(place: RunPlace): string {
