@@ -1,9 +1,9 @@
 // train.ts's flags (train/config.ts): defaults by strategy and method, a task script's recipe
 // yielding to what the user typed, and one-line errors that name the flag.
 
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { BERT_LARGE_LR, parseTrainArgs, type Recipe, recipeLearningRate } from "../train/config.ts";
-import { FlagError } from "../train/flags.ts";
+import { checkRunFolder, FlagError } from "../train/flags.ts";
 
 const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
 
@@ -161,4 +161,23 @@ Deno.test("train flags: a recipe's 1e-5 becomes the paper's 3e-5 for BERT models
   assertEquals(lr(["--lr", "2e-5"], "bert"), 2e-5);
   assertEquals(lr([], "bert", { ...recipe, lr: 3e-5 }), 3e-5); // WiC's own recipe
   assertEquals(lr(["--strategy", "ft"], "bert"), 3e-5);
+});
+
+Deno.test("train flags: --out the file system's root or the home folder is refused", async () => {
+  await assertRejects(
+    () => checkRunFolder("/"),
+    FlagError,
+    "--out / is the file system's root: give the run a folder of its own (e.g. runs/<task>)",
+  );
+  const home = await Deno.makeTempDir();
+  const before = Deno.env.get("HOME");
+  Deno.env.set("HOME", home);
+  try {
+    await assertRejects(() => checkRunFolder(`${home}/`), FlagError, "is your home folder");
+    await checkRunFolder(`${home}/runs/rte`); // a folder of its own inside it is fine
+  } finally {
+    if (before === undefined) Deno.env.delete("HOME");
+    else Deno.env.set("HOME", before);
+    await Deno.remove(home, { recursive: true });
+  }
 });

@@ -72,10 +72,23 @@ export async function checkFoldersCanBeMade(
   }
 }
 
-/** --out: a folder, or a path whose missing folders can be made; else one line naming --out. */
+/**
+ * --out: a folder, or a path whose missing folders can be made; else one line naming --out. The
+ * file system's root and the home folder are refused: a run writes its files into --out itself
+ * (run.json, model/, log.jsonl, ...), beside whatever is there.
+ */
 export async function checkRunFolder(out: string): Promise<void> {
   if ((await isDirectory(out)) === false) {
     throw new FlagError(`--out ${out} is a file, not a folder: give a folder for the run`);
+  }
+  const real = await Deno.realPath(out).catch(() => null);
+  const home = Deno.env.get("HOME");
+  const homeReal = home ? await Deno.realPath(home).catch(() => null) : null;
+  if (real !== null && (real === "/" || real === homeReal)) {
+    throw new FlagError(
+      `--out ${out} is ${real === "/" ? "the file system's root" : "your home folder"}: give ` +
+        `the run a folder of its own (e.g. runs/<task>)`,
+    );
   }
   await checkFoldersCanBeMade(out, "--out");
 }
