@@ -22,27 +22,22 @@ export function isTemporaryName(name: string): boolean {
  * caller writes: model/, analysis/, ...): a folder of anything else, such as another run kept
  * inside this one, is not this process's to clean. Returns how many it removed.
  */
-export async function removeStaleTemporaries(
+export function removeStaleTemporaries(
   dir: string,
   own: readonly string[] = [],
+): Promise<number> {
+  return removeTemporaries(dir, (name) => own.includes(name));
+}
+
+/** removeStaleTemporaries in `dir`, going into the subfolders `descend` names, all the way down. */
+async function removeTemporaries(
+  dir: string,
+  descend: (name: string) => boolean,
 ): Promise<number> {
   let removed = 0;
   for await (const e of Deno.readDir(dir)) {
     const path = `${dir}/${e.name}`;
-    if (e.isDirectory && own.includes(e.name)) removed += await removeTemporariesBelow(path);
-    else if (e.isFile && TEMPORARY.test(e.name)) {
-      await Deno.remove(path);
-      removed++;
-    }
-  }
-  return removed;
-}
-
-async function removeTemporariesBelow(dir: string): Promise<number> {
-  let removed = 0;
-  for await (const e of Deno.readDir(dir)) {
-    const path = `${dir}/${e.name}`;
-    if (e.isDirectory) removed += await removeTemporariesBelow(path);
+    if (e.isDirectory && descend(e.name)) removed += await removeTemporaries(path, () => true);
     else if (e.isFile && TEMPORARY.test(e.name)) {
       await Deno.remove(path);
       removed++;
@@ -64,20 +59,31 @@ export async function writtenPath(path: string): Promise<string> {
   }
 }
 
+/**
+ * Writes `data` into the new file `tmp` (refused if it exists) and syncs it to disk; a write that
+ * fails removes the file it made.
+ */
+async function writeSynced(tmp: string, data: Uint8Array | string): Promise<void> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const file = await Deno.open(tmp, { write: true, createNew: true });
+  try {
+    let done = 0;
+    while (done < bytes.length) done += await file.write(bytes.subarray(done));
+    await file.sync();
+  } catch (e) {
+    file.close();
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+  file.close();
+}
+
 /** Writes `data` to `path` atomically; on failure the previous file, if any, is untouched. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const target = await writtenPath(path);
   const tmp = temporaryName(target);
   try {
-    const file = await Deno.open(tmp, { write: true, createNew: true });
-    try {
-      let done = 0;
-      while (done < bytes.length) done += await file.write(bytes.subarray(done));
-      await file.sync();
-    } finally {
-      file.close();
-    }
+    await writeSynced(tmp, data);
     await Deno.rename(tmp, target);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
@@ -100,18 +106,10 @@ export async function writeFilesAtomic(
   const targets: string[] = [];
   for (const [path] of files) targets.push(await writtenPath(path));
   for (const [i, [path, data]] of files.entries()) {
-    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
     const tmp = temporaryName(targets[i]);
     try {
-      const file = await Deno.open(tmp, { write: true, createNew: true });
+      await writeSynced(tmp, data);
       temporaries.push(tmp);
-      try {
-        let done = 0;
-        while (done < bytes.length) done += await file.write(bytes.subarray(done));
-        await file.sync();
-      } finally {
-        file.close();
-      }
     } catch (e) {
       await clean();
       throw new Error(`${path}: write failed: ${(e as Error).message}; no file was replaced`);
