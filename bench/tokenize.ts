@@ -12,29 +12,18 @@
 
 import { parseArgs } from "node:util";
 import { createHash } from "node:crypto";
+import { uniformGenerator } from "../model/init.ts";
 import { loadTokenizer, type TextTokenizer } from "../model/tokenizer.ts";
 import { tokenizeExamples } from "../train/batches.ts";
 import type { TaskExample } from "../train/task.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
-/** mulberry32: a seeded generator of [0, 1). */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Pairs of QNLI's shape from BERT's whole words, drawn Zipf-like. */
 async function syntheticPairs(count: number, seed: number): Promise<TaskExample[]> {
   const vocab = (await Deno.readTextFile(`${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`))
     .split("\n").filter((w) => /^[a-z]{2,}$/.test(w));
-  const next = random(seed);
+  const next = uniformGenerator(seed);
   const word = () => vocab[Math.floor(vocab.length * next() ** 2.5)];
   const text = (mean: number) => {
     const long = next() < 0.01;

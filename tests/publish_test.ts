@@ -4,27 +4,26 @@
 
 import { assert } from "./assert.ts";
 
-Deno.test("deno publish --dry-run: the package holds every module it imports", async () => {
+/** `deno <args>` in the repository root: its exit code and its output (stdout, then stderr). */
+async function deno(...args: string[]): Promise<{ code: number; text: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["publish", "--dry-run", "--allow-dirty"],
+    args,
     cwd: new URL("../", import.meta.url).pathname,
     env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert(out.code === 0 && text.includes("Dry run complete"), text.slice(-2000));
+  return { code: out.code, text };
+}
+
+Deno.test("deno publish --dry-run: the package holds every module it imports", async () => {
+  const { code, text } = await deno("publish", "--dry-run", "--allow-dirty");
+  assert(code === 0 && text.includes("Dry run complete"), text.slice(-2000));
   assert(!text.includes("excluded-module"), text.slice(-2000));
 });
 
 Deno.test("deno doc --lint mod.ts: every export documented, no public type naming a private one", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["doc", "--lint", "mod.ts"],
-    cwd: new URL("../", import.meta.url).pathname,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert(out.code === 0, text.slice(0, 2000));
+  const { code, text } = await deno("doc", "--lint", "mod.ts");
+  assert(code === 0, text.slice(0, 2000));
 });
