@@ -129,7 +129,14 @@ test("train: --seeds 2 runs into seed-<n>/ and averages the metrics", async () =
     ...["--task", "rte", ...args, "--out", out, "--strategy", "lp", "--seed", "5"],
     ...["--seeds", "2", "--max-steps", "4", "--lr", "1e-2", "--eval-every", "2"],
   ]);
-  const summary = await runTraining(config, { task: rte, quiet: true }) as SeedsMetrics;
+  // The data is read (and tokenized, the model hashed) once for all the seeds.
+  const reads: string[] = [];
+  const task: Task = {
+    ...rte,
+    readExamples: (path, split) => (reads.push(split), rte.readExamples(path, split)),
+  };
+  const summary = await runTraining(config, { task, quiet: true }) as SeedsMetrics;
+  assertEquals(reads, ["train", rte.devSplit]);
   const one = JSON.parse(await Deno.readTextFile(`${out}/seed-5/metrics.json`));
   const two = JSON.parse(await Deno.readTextFile(`${out}/seed-6/metrics.json`));
   assertEquals(summary.seeds, { "5": one, "6": two });

@@ -367,7 +367,26 @@ async function trainInFolder(
   // goes on) would interleave checkpoints and results, or remove them under the first.
   if (await isDirectory(out)) held.lock = await lockOutFolder(out, "train.ts");
   const entries = await runEntries(out);
+  // Prepared once for every seed (the model opened and hashed, the splits tokenized: tens of
+  // seconds at RoBERTa-large on QNLI), on the first that needs it; closed here, whatever happens.
   let prepared: Prepared | null = null;
+  const prepareOnce = async () => prepared ??= await prepare(config, options.task, options.quiet);
+  try {
+    return await trainPrepared(config, options, held, entries, prepareOnce);
+  } finally {
+    (prepared as Prepared | null)?.model.weights.close();
+  }
+}
+
+/** trainInFolder with the folder locked: `prepareOnce` gives the one Prepared of the run. */
+async function trainPrepared(
+  config: TrainConfig,
+  options: RunOptions,
+  held: { lock: Deno.FsFile | null },
+  entries: string[],
+  prepareOnce: () => Promise<Prepared>,
+): Promise<RunMetrics | SeedsMetrics> {
+  const out = config.out;
   if (entries.length > 0) {
     if (!entries.includes("run.json")) {
       // Not written by train.ts (its runs write run.json first): neither ours to replace nor
@@ -380,13 +399,8 @@ async function trainInFolder(
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);
       // The old run goes only once the new one can start: model, data, head and GPU checked.
-      prepared = await prepare(config, options.task, options.quiet);
-      try {
-        if (!options.gpu) await getGpu();
-      } catch (e) {
-        prepared.model.weights.close();
-        throw e;
-      }
+      await prepareOnce();
+      if (!options.gpu) await getGpu();
       // All or nothing (a removal cut short by a folder it may not change would leave neither
       // run): with the old run's entries go the temporaries its killed writes left, and what an
       // earlier --overwrite could not delete.
@@ -398,7 +412,6 @@ async function trainInFolder(
         }
       }
       const kept = await removeEntries(out, [...entries, ...leftovers]).catch((e) => {
-        prepared!.model.weights.close();
         throw new Error(`--overwrite: ${(e as Error).message}`);
       });
       if (kept !== null) console.error(`--overwrite: ${kept}`);
@@ -426,7 +439,9 @@ async function trainInFolder(
       return metrics as unknown as RunMetrics | SeedsMetrics;
     }
   }
-  if (config.seeds === 1) return await runSeed(out, config, config.seed, options, null, prepared);
+  if (config.seeds === 1) {
+    return await runSeed(out, config, config.seed, options, null, prepareOnce);
+  }
   // Each seed's folder is cleaned by its own runSeed; the summary's writes are this folder's.
   if (config.resume) await removeStaleTemporaries(out);
 
@@ -444,9 +459,8 @@ async function trainInFolder(
       seed,
       options,
       `seed ${seed}`,
-      prepared,
+      prepareOnce,
     );
-    prepared = null; // --overwrite's checks prepared the first seed's; the others open their own
   }
   const summary = summarizeSeeds(results);
   await writeJsonAtomic(`${out}/metrics.json`, summary);
@@ -873,7 +887,7 @@ async function runSeed(
   seed: number,
   options: RunOptions,
   label: string | null,
-  prepared: Prepared | null = null,
+  prepareOnce: () => Promise<Prepared>,
 ): Promise<RunMetrics> {
   const metricsPath = `${dir}/metrics.json`;
   if (await exists(metricsPath)) {
@@ -887,7 +901,8 @@ async function runSeed(
   const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
   if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
 
-  const p = prepared ?? await prepare(config, task, options.quiet);
+  // Borrowed from trainInFolder, which closes the model's weights.
+  const p = await prepareOnce();
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
@@ -915,14 +930,9 @@ async function runSeed(
       headClasses: task.headClasses,
       backward: true,
     });
-    try {
-      await autotuneForProgram(gpu, options.autotune, shapes, {
-        info: options.quiet ? () => {} : undefined,
-      });
-    } catch (e) {
-      model.weights.close(); // only a lost device gets here
-      throw e;
-    }
+    await autotuneForProgram(gpu, options.autotune, shapes, {
+      info: options.quiet ? () => {} : undefined,
+    });
   }
   const peftOptions: PeftOptions = {
     loraR: config.loraR,
@@ -992,7 +1002,6 @@ async function runSeed(
     trainer = new Trainer(gpu, trainerOptions(maxExamples, peft));
   } catch (e) {
     peft?.destroy();
-    model.weights.close();
     throw await explain(e);
   }
   const log = await RunLog.open(`${dir}/log.jsonl`, checkpoint?.state.logLines ?? 0);
@@ -1048,7 +1057,6 @@ async function runSeed(
     log.close();
     analysis?.destroy();
     trainer.destroy();
-    model.weights.close();
   }
 }
 
