@@ -179,3 +179,29 @@ export function maxSequenceLength(config: ModelConfig): number {
     ? config.maxPositions - config.padTokenId - 1
     : config.maxPositions;
 }
+
+/**
+ * Position ids of padded [rows, seqLen] token ids, as Hugging Face numbers them: BERT 0..S−1 in
+ * every slot; RoBERTa (create_position_ids_from_input_ids) counts the non-pad ids from
+ * padding_idx + 1 and gives every pad id padding_idx, a literal pad inside the text included.
+ * One rule for the tokenizer, the trainer's batches and the encoder, so that training, evaluation
+ * and predict.ts see the same positions.
+ */
+export function positionIds(
+  ids: Uint32Array,
+  rows: number,
+  seqLen: number,
+  config: Pick<ModelConfig, "positionsFromPadding" | "padTokenId">,
+): Uint32Array {
+  const out = new Uint32Array(rows * seqLen);
+  const pad = config.padTokenId;
+  for (let b = 0; b < rows; b++) {
+    let count = 0;
+    for (let s = 0; s < seqLen; s++) {
+      const i = b * seqLen + s;
+      if (!config.positionsFromPadding) out[i] = s;
+      else out[i] = ids[i] === pad ? pad : pad + ++count;
+    }
+  }
+  return out;
+}

@@ -25,7 +25,7 @@
 // per-layer prefix keys and values (prefix tuning), and the `trainable` predicate over tensor
 // names selects what gets gradients (BitFit is just "names ending in .bias").
 
-import { maxSequenceLength, type ModelConfig } from "./config.ts";
+import { maxSequenceLength, type ModelConfig, positionIds } from "./config.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { addLayerNormBackward, addLayerNormForward } from "../kernels/add_layernorm.ts";
 import {
@@ -887,9 +887,7 @@ export class Encoder {
 
     const ids = Uint32Array.from(b.inputIds);
     const types = b.typeIds ? Uint32Array.from(b.typeIds) : new Uint32Array(n);
-    const positions = b.positionIds
-      ? Uint32Array.from(b.positionIds)
-      : defaultPositions(ids, B, S, c);
+    const positions = b.positionIds ? Uint32Array.from(b.positionIds) : positionIds(ids, B, S, c);
     const mask = b.attentionMask ? Float32Array.from(b.attentionMask) : new Float32Array(n).fill(1);
     at(this.ids, [n]).upload(ids);
     at(this.typeIds, [n]).upload(types);
@@ -1529,21 +1527,6 @@ function castRanges(pairs: [Tensor, Tensor][]): { src: Tensor; dst: Tensor }[] {
     last = pair;
   }
   flush();
-  return out;
-}
-
-/** Positions when the batch gives none: 0..S−1, or RoBERTa's numbering from padding. */
-function defaultPositions(ids: Uint32Array, B: number, S: number, c: ModelConfig): Uint32Array {
-  const out = new Uint32Array(B * S);
-  for (let b = 0; b < B; b++) {
-    let count = 0;
-    for (let s = 0; s < S; s++) {
-      const i = b * S + s;
-      if (!c.positionsFromPadding) out[i] = s;
-      else if (ids[i] === c.padTokenId) out[i] = c.padTokenId;
-      else out[i] = c.padTokenId + ++count;
-    }
-  }
   return out;
 }
 

@@ -7,7 +7,7 @@
 
 // A full npm specifier, not an import map entry: the library is imported by URL with no config.
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
-import type { ModelConfig } from "./config.ts";
+import { type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
 import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
 
 /** What the tokenizer needs from the model's config (a ModelConfig will do). */
@@ -498,10 +498,8 @@ export class TextTokenizer {
     const seqLen = Math.max(...rows.map((r) => r.ids.length));
     const inputIds = new Uint32Array(batch * seqLen).fill(this.padTokenId);
     const typeIds = new Uint32Array(batch * seqLen);
-    const positionIds = new Uint32Array(batch * seqLen);
     const attentionMask = new Float32Array(batch * seqLen);
     const zeroTypes = this.model.typeVocabSize === 1;
-    const pad = this.model.padTokenId;
     rows.forEach((r, b) => {
       const o = b * seqLen;
       r.ids.forEach((id, j) => {
@@ -518,25 +516,16 @@ export class TextTokenizer {
         typeIds[o + j] = type;
         attentionMask[o + j] = 1;
       });
-      if (this.model.positionsFromPadding) {
-        // HF create_position_ids_from_input_ids: count the non-pad ids, pads stay at padding_idx.
-        let count = 0;
-        for (let j = 0; j < seqLen; j++) {
-          positionIds[o + j] = inputIds[o + j] === pad ? pad : pad + ++count;
-        }
-      } else {
-        for (let j = 0; j < seqLen; j++) positionIds[o + j] = j;
-      }
-      for (let j = 0; j < seqLen; j++) {
-        if (positionIds[o + j] >= this.model.maxPositions) {
-          throw new TokenizerError(
-            this.source,
-            `example ${b} token ${j} has position ${positionIds[o + j]} but the model has ` +
-              `${this.model.maxPositions} positions`,
-          );
-        }
-      }
     });
+    const positionIds = modelPositionIds(inputIds, batch, seqLen, this.model);
+    const tooFar = positionIds.findIndex((p) => p >= this.model.maxPositions);
+    if (tooFar >= 0) {
+      throw new TokenizerError(
+        this.source,
+        `example ${Math.floor(tooFar / seqLen)} token ${tooFar % seqLen} has position ` +
+          `${positionIds[tooFar]} but the model has ${this.model.maxPositions} positions`,
+      );
+    }
     return {
       batch,
       seqLen,

@@ -104,6 +104,10 @@ Deno.test("batches are padded to their longest row, with each model's positions"
   assertEquals(Array.from(r.encoder.positionIds!), [2, 3, 4, 2, 3, 1]);
   assert(r.targets instanceof Uint32Array);
   assertEquals([...r.targets], [2, 0]);
+  // A literal <pad> in the text (the tokenizer gives its id): HF's create_position_ids_from_input_ids
+  // gives it padding_idx and counts on without it, as the tokenizer's batches (predict.ts) do.
+  const literal = assembleBatch(roberta, "ce", [ex([0, 7, 1, 8, 2], 0)]);
+  assertEquals(Array.from(literal.encoder.positionIds!), [2, 3, 1, 4, 5]);
   // Two inputs per example (multiple choice): rows are example-major.
   const two = {
     inputs: [ex([2, 5], 0).inputs[0], ex([2, 6, 7], 0).inputs[0]],

@@ -11,7 +11,7 @@
 // truncation cut into is an error naming the example (never clamped: the head would silently
 // pool other tokens), with the advice to raise --max-length.
 
-import type { ModelConfig } from "../model/config.ts";
+import { type ModelConfig, positionIds as modelPositionIds } from "../model/config.ts";
 import type { EncoderBatch } from "../model/encoder.ts";
 import {
   type EncodedBatch,
@@ -277,24 +277,15 @@ export function assembleBatch(
   const S = Math.max(...rows.map((r) => r.ids.length));
   const inputIds = new Uint32Array(B * S).fill(config.padTokenId);
   const typeIds = new Uint32Array(B * S);
-  const positionIds = new Uint32Array(B * S);
   const attentionMask = new Float32Array(B * S);
-  const pad = config.padTokenId;
   rows.forEach((r, b) => {
     const o = b * S;
     inputIds.set(r.ids, o);
     typeIds.set(r.types, o);
     attentionMask.fill(1, o, o + r.ids.length);
-    for (let j = 0; j < S; j++) {
-      // As the tokenizer numbers them: RoBERTa counts non-pad tokens from padding_idx + 1 and
-      // gives padding padding_idx; BERT numbers every slot 0..S−1.
-      positionIds[o + j] = !config.positionsFromPadding
-        ? j
-        : j < r.ids.length && r.ids[j] !== pad
-        ? pad + 1 + j
-        : pad;
-    }
   });
+  // As the tokenizer numbers them (predict.ts's batches).
+  const positionIds = modelPositionIds(inputIds, B, S, config);
   const labels = examples.map((e) => e.label);
   const targets = loss === "ce" ? Uint32Array.from(labels) : Float32Array.from(labels);
   const batch: TrainBatch = {
