@@ -92,15 +92,6 @@ export interface PeftMethod {
   destroy(): void;
 }
 
-/** Parses a `--peft` value; the error lists the allowed names. */
-export function parsePeftName(s: string): PeftName {
-  const name = s.trim().toLowerCase();
-  if ((PEFT_NAMES as readonly string[]).includes(name)) return name as PeftName;
-  throw new Error(
-    `unknown PEFT method ${JSON.stringify(s)} (allowed: ${PEFT_NAMES.join(", ")})`,
-  );
-}
-
 /** Throws unless the options the method `name` uses are valid. */
 export function checkPeftOptions(name: PeftName, o: PeftOptions): void {
   const fail = (what: string, v: unknown) => {

@@ -37,13 +37,7 @@ import {
   mergeLora,
   saveLoraAdapter,
 } from "../peft/lora.ts";
-import {
-  createPeft,
-  parsePeftName,
-  PEFT_DEFAULTS,
-  PEFT_NAMES,
-  type PeftOptions,
-} from "../peft/method.ts";
+import { createPeft, PEFT_DEFAULTS, PEFT_NAMES, type PeftOptions } from "../peft/method.ts";
 import { initialPrefixValues, PREFIX_INIT_STD, PrefixTuning } from "../peft/prefix.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
@@ -170,12 +164,9 @@ function options(o: Partial<PeftOptions> = {}): PeftOptions {
 
 // ---------------------------------------------------------------------------------------------
 
-gpuTest("parsePeftName, defaults and option checks", async (gpu) => {
+gpuTest("PEFT names, defaults and option checks", async (gpu) => {
   assertEquals(PEFT_NAMES, ["bitfit", "lora", "prefix"]);
   assertEquals(PEFT_DEFAULTS, { loraR: 8, loraAlpha: 16, prefixLength: 16, seed: 0 });
-  assertEquals(parsePeftName("lora"), "lora");
-  assertEquals(parsePeftName(" BitFit "), "bitfit");
-  assertThrows(() => parsePeftName("adapter"), Error, "allowed: bitfit, lora, prefix");
   const { config } = await fixture("tiny-bert");
   assertThrows(() => createPeft("lora", gpu, config, options({ loraR: 0 })), Error, "--lora-r");
   assertThrows(() => createPeft("lora", gpu, config, options({ loraAlpha: NaN })), Error, "alpha");

@@ -95,6 +95,9 @@ Deno.test("train flags: errors are one line and name the flag", () => {
   fails(["--strategy", "lp", "--peft", "bitfit"], "strategy lp uses no PEFT method");
   fails(["--strategy", "nope"], '--strategy: "nope" is not one of ft, lp, lpft, peft, ehft');
   fails(["--peft", "adapter"], '--peft: "adapter" is not one of bitfit, lora, prefix');
+  // A task script's recipe is data too: its strategy was taken unchecked.
+  const typo = { strategy: "EHFT" } as unknown as Recipe;
+  fails([], '--strategy: "EHFT" is not one of ft, lp, lpft, peft, ehft', typo);
   fails(["--lr", "abc"], '--lr: expected a number > 0, got "abc"');
   fails(["--lr", "0"], "--lr: expected a number > 0");
   fails(["--lr", "-1"], "--lr");

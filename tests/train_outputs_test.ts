@@ -3,17 +3,18 @@
 // binary logit: multiple choice (two encoder inputs per example, cross-entropy over their
 // logits) and regression (MSE, correlation metrics).
 
-import { assert, assertClose, assertEquals } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import {
   markerExamples,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
-import { lockFolder } from "../model/atomic_write.ts";
+import { exists, lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { predict } from "../predict.ts";
-import { parseTrainArgs } from "../train/config.ts";
+import { parseTrainArgs, type TrainConfig } from "../train/config.ts";
+import { FlagError } from "../train/flags.ts";
 import { runTraining, type SeedsMetrics } from "../train/run.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { rte } from "../tasks/rte.ts";
@@ -352,4 +353,27 @@ test("runTraining refuses resume with overwrite from a library caller's config, 
   await runTraining({ ...config, resume: true, overwrite: true }, { task: rte, quiet: true })
     .catch((e) => message = e.message);
   assertEquals(message, "--resume and --overwrite: choose one");
+});
+
+test("runTraining refuses a library caller's unknown strategy, method, schedule or precision first", async () => {
+  // An unknown strategy ran as a two-stage PEFT one and failed only after the model was loaded.
+  const { dir, args } = await prepare();
+  const out = `${dir}/choices`;
+  const { config } = parseTrainArgs([...["--task", "rte", ...args, "--out", out]]);
+  const cases: [Partial<TrainConfig>, string][] = [
+    [
+      { strategy: "ehft-bitfit" as TrainConfig["strategy"] },
+      '--strategy: "ehft-bitfit" is not one',
+    ],
+    [{ peft: "adapter" as TrainConfig["peft"] }, '--peft: "adapter" is not one of bitfit, lora'],
+    [{ strategy: "ft" }, "--peft bitfit: strategy ft uses no PEFT method"],
+    [{ peft: null }, "--peft: strategy ehft needs a PEFT method (bitfit, lora, prefix)"],
+    [{ schedule: "cosine" as TrainConfig["schedule"] }, '--schedule: "cosine" is not one of'],
+    [{ precision: "bf16" as TrainConfig["precision"] }, '--precision: "bf16" is not one of'],
+  ];
+  for (const [edit, expected] of cases) {
+    const e = await assertRejects(() => runTraining({ ...config, ...edit }, { task: rte }));
+    assert(e instanceof FlagError && e.message.startsWith(expected), e.message);
+  }
+  assertEquals(await exists(out), false, "nothing written");
 });

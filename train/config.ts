@@ -16,7 +16,7 @@ import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
 import { FlagError, intFlag, parseFlags, TUNE_FLAGS, type TuneFlags, tuneFlags } from "./flags.ts";
-import { parseScheduleName, SCHEDULE_NAMES, type ScheduleName } from "./schedule.ts";
+import { SCHEDULE_NAMES, type ScheduleName } from "./schedule.ts";
 import {
   defaultMainLr,
   defaultStage1Lr,
@@ -430,7 +430,7 @@ export function parseTrainArgs(
   if (twoStage && config.maxSteps !== null && config.maxSteps < 2) {
     throw new FlagError(`--max-steps: strategy ${strategy} has two stages, so needs at least 2`);
   }
-  parsePeftAndSchedule(config);
+  checkConfigChoices(config);
   return { config, typed, tune: tuneFlags(f) };
 }
 
@@ -439,11 +439,33 @@ export function defaultOut(task: string, strategy: StrategyName, peft: PeftName 
   return `runs/${task}/${strategy}${peft ? `-${peft}` : ""}`;
 }
 
-// The recipe's values came past the type checker as data: check the choices once more.
-function parsePeftAndSchedule(c: TrainConfig): void {
-  c.schedule = parseScheduleName(c.schedule);
-  if (c.peft !== null && !PEFT_NAMES.includes(c.peft)) {
-    throw new FlagError(`--peft: "${c.peft}" is not one of ${PEFT_NAMES.join(", ")}`);
+/**
+ * The named choices of a config (strategy, PEFT method, schedule, precision), checked once more
+ * where they came past the type checker as data: a task script's recipe, or a library caller's
+ * config given to runTraining. An unknown strategy would otherwise run as a two-stage PEFT one and
+ * fail only once the model is loaded.
+ */
+export function checkConfigChoices(
+  c: Pick<TrainConfig, "strategy" | "peft" | "schedule" | "precision">,
+): void {
+  const known = (name: string, value: unknown, allowed: readonly string[]) => {
+    if (!allowed.includes(value as string)) {
+      throw new FlagError(
+        `--${name}: ${JSON.stringify(value)} is not one of ${allowed.join(", ")}`,
+      );
+    }
+  };
+  known("strategy", c.strategy, STRATEGY_NAMES);
+  if (c.peft !== null) known("peft", c.peft, PEFT_NAMES);
+  known("schedule", c.schedule, SCHEDULE_NAMES);
+  known("precision", c.precision, PRECISIONS);
+  if (usesPeft(c.strategy) !== (c.peft !== null)) {
+    throw new FlagError(
+      c.peft === null
+        ? `--peft: strategy ${c.strategy} needs a PEFT method (${PEFT_NAMES.join(", ")})`
+        : `--peft ${c.peft}: strategy ${c.strategy} uses no PEFT method (use --strategy peft, ` +
+          `ehft or ehft-reserve)`,
+    );
   }
 }
 

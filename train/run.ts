@@ -62,7 +62,7 @@ import {
   RunFaultError,
   type RunPlace,
 } from "./run_faults.ts";
-import { checkRunModes, runSettings, type TrainConfig } from "./config.ts";
+import { checkConfigChoices, checkRunModes, runSettings, type TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, unscorableDevSplit, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -303,6 +303,7 @@ export async function runTraining(
   options: RunOptions,
 ): Promise<RunMetrics | SeedsMetrics> {
   checkRunModes(config);
+  checkConfigChoices(config);
   const definition = taskDefinitionProblem(options.task);
   if (definition !== null) throw new Error(definition);
   if (options.peft && !config.peft) {

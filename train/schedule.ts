@@ -36,9 +36,3 @@ export function learningRate(s: Schedule, done: number): number {
   if (s.name === "constant") return s.lr;
   return s.lr * Math.max(0, (s.total - done) / Math.max(1, s.total - w));
 }
-
-/** Parses a `--schedule` value. */
-export function parseScheduleName(s: string): ScheduleName {
-  if ((SCHEDULE_NAMES as readonly string[]).includes(s)) return s as ScheduleName;
-  throw new Error(`unknown schedule "${s}" (known: ${SCHEDULE_NAMES.join(", ")})`);
-}

@@ -64,12 +64,6 @@ export interface Stage {
   dropPeft?: boolean;
 }
 
-/** Parses a `--strategy` value; the error lists the known ones. */
-export function parseStrategyName(s: string): StrategyName {
-  if ((STRATEGY_NAMES as readonly string[]).includes(s)) return s as StrategyName;
-  throw new Error(`unknown strategy "${s}" (known: ${STRATEGY_NAMES.join(", ")})`);
-}
-
 /** Whether the strategy uses a PEFT method (and so needs `--peft`). */
 export function usesPeft(strategy: StrategyName): boolean {
   return strategy === "peft" || strategy === "ehft" || strategy === "ehft-reserve";
