@@ -15,6 +15,7 @@ import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/mat
 import { Recorder } from "./kernels/recorder.ts";
 import { loadBackbone, loadHead } from "./model/checkpoint.ts";
 import { maxSequenceLength } from "./model/config.ts";
+import { MAX_BATCH_SIZE } from "./train/config.ts";
 import { createEncoder, encoderParameters } from "./model/encoder.ts";
 import { createHead, headParameters } from "./model/head.ts";
 import { noteUnusedOnce, openModel } from "./model/load.ts";
@@ -86,6 +87,16 @@ export interface Prediction {
 /** Runs the model over one split of a task's data and returns a prediction per example. */
 export async function predict(options: PredictOptions): Promise<Prediction[]> {
   const { task } = options;
+  // A library caller's options came past no flag parser (batchSize 0 looped forever).
+  const { batchSize, maxLength } = options;
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE) {
+    throw new FlagError(
+      `--batch-size: expected an integer in [1, ${MAX_BATCH_SIZE}], got ${batchSize}`,
+    );
+  }
+  if (maxLength !== undefined && (!Number.isSafeInteger(maxLength) || maxLength < 2)) {
+    throw new FlagError(`--max-length: expected an integer ≥ 2, got ${maxLength}`);
+  }
   // The unused tensors are named below, once the model is known to be one predict.ts can run.
   const model = await openModel(options.model, { revision: options.revision, noteUnused: false });
   try {
@@ -250,7 +261,7 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
   const split = flags.split === undefined
     ? task.devSplit
     : choiceFlag("split", flags.split, splits);
-  const batchSize = intFlag("batch-size", flags["batch-size"], 32, 1, 65536);
+  const batchSize = intFlag("batch-size", flags["batch-size"], 32, 1, MAX_BATCH_SIZE);
   const maxLength = flags["max-length"] === undefined
     ? undefined
     : intFlag("max-length", flags["max-length"], 512, 2);

@@ -353,3 +353,19 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("predict(): a library caller's batch size or max length is checked before the model opens", async () => {
+  // batchSize 0 looped forever, growing memory; the CLI's flags were the only check.
+  const base = { model: "/nonexistent/model", task: rte, data: "/nonexistent", split: "val" };
+  for (
+    const [edit, message] of [
+      [{ batchSize: 0 }, "--batch-size: expected an integer in [1, 65536], got 0"],
+      [{ batchSize: 2.5 }, "--batch-size: expected an integer in [1, 65536], got 2.5"],
+      [{ batchSize: NaN }, "--batch-size: expected an integer in [1, 65536], got NaN"],
+      [{ batchSize: 8, maxLength: 1 }, "--max-length: expected an integer ≥ 2, got 1"],
+    ] as const
+  ) {
+    const e = await assertRejects(() => predict({ ...base, ...edit }), FlagError);
+    assertEquals(e.message, message);
+  }
+});
