@@ -23,6 +23,7 @@
 //   beat the heuristic's variant by `margin` (5%), so a near-tie keeps the built-in choice.
 
 import { writeJsonAtomic } from "../model/atomic_write.ts";
+import { isTrue, userCacheBase } from "../model/env.ts";
 import type { Gpu } from "./device.ts";
 import {
   matmul,
@@ -579,11 +580,6 @@ export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promi
   };
 }
 
-/** `tuneMatmul`, returning the installed table only. */
-export async function autotuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneTable> {
-  return (await tuneMatmul(gpu, options)).table;
-}
-
 function env(name: string): string | undefined {
   try {
     return Deno.env.get(name);
@@ -598,11 +594,16 @@ function env(name: string): string | undefined {
  * such directory is known (the tune then lives in memory only).
  */
 export function defaultMatmulCacheFile(): string | undefined {
-  const xdg = env("XDG_CACHE_HOME");
-  if (xdg) return `${xdg}/ehft/matmul-tune.json`;
-  const home = env("HOME");
-  if (home) return `${home}/.cache/ehft/matmul-tune.json`;
-  const local = env("LOCALAPPDATA");
+  // The same folder as the data and corpus caches (`~` expanded, trailing slashes trimmed).
+  const get = (name: string) => env(name) || undefined;
+  if (get("XDG_CACHE_HOME") || get("HOME")) {
+    try {
+      return `${userCacheBase(get, () => new Error("no home"))}/ehft/matmul-tune.json`;
+    } catch {
+      return undefined; // XDG_CACHE_HOME=~/… with no home to expand it to
+    }
+  }
+  const local = get("LOCALAPPDATA");
   return local ? `${local}\\ehft\\matmul-tune.json` : undefined;
 }
 
@@ -616,10 +617,9 @@ export interface TuneRequest {
   cacheFile?: string;
 }
 
-/** Whether an environment flag is set: any value but "", "0", "false", "no". */
+/** Whether an environment flag is on (model/env.ts's rule: 1, on, yes or true). */
 function envFlag(name: string): boolean {
-  const v = env(name)?.trim().toLowerCase();
-  return v !== undefined && !["", "0", "false", "no"].includes(v);
+  return isTrue(env(name));
 }
 
 /**
@@ -659,8 +659,8 @@ export function describeTune(gpu: Gpu, r: TuneResult): string {
 
 /**
  * What programs call after acquiring the device: tunes the classes of `shapes` that are worth it
- * (`worthTuning`) as `request` says and logs one line. Never throws: a failed tune warns and
- * leaves the heuristic in place. Returns null when disabled or when nothing was worth tuning (then
+ * (`worthTuning`) as `request` says and logs one line. Throws only when the device was lost: any
+ * other failed tune warns and leaves the heuristic in place. Returns null when disabled or when nothing was worth tuning (then
  * the cache file is not even read, so small runs, e.g. the tests' tiny models, never touch it).
  */
 export async function autotuneForProgram(

@@ -29,6 +29,14 @@
 
 import { createHash } from "node:crypto";
 import { formatBytes, progressAmount, writeStderr } from "./progress_text.ts";
+import {
+  type Env,
+  envReader,
+  expandUser as expandUserIn,
+  isTrue,
+  trimSlash,
+  userCacheBase,
+} from "./env.ts";
 
 /** Environment variables as a plain record; `undefined` and `""` both mean unset. */
 export type HubEnv = Record<string, string | undefined>;
@@ -106,38 +114,17 @@ export function repoFolderName(id: string): string {
   return `models--${id.replaceAll("/", "--")}`;
 }
 
-function envReader(env?: HubEnv): (name: string) => string | undefined {
-  const get = env ? (name: string) => env[name] : (name: string) => Deno.env.get(name);
-  return (name) => {
-    const value = get(name);
-    return value === undefined || value === "" ? undefined : value;
-  };
+const noHubHome = () =>
+  new HubError("cannot find the home directory: set HOME, HF_HOME or HF_HUB_CACHE");
+
+function expandUser(path: string, get: Env): string {
+  return expandUserIn(path, get, noHubHome);
 }
 
-function homeDir(get: (name: string) => string | undefined): string {
-  const home = get("HOME") ?? get("USERPROFILE");
-  if (!home) {
-    throw new HubError("cannot find the home directory: set HOME, HF_HOME or HF_HUB_CACHE");
-  }
-  return home.replace(/[\\/]+$/, "");
-}
-
-function expandUser(path: string, get: (name: string) => string | undefined): string {
-  if (path === "~") return homeDir(get);
-  if (path.startsWith("~/") || path.startsWith("~\\")) return homeDir(get) + path.slice(1);
-  return path;
-}
-
-function trimSlash(path: string): string {
-  return path.length > 1 ? path.replace(/[\\/]+$/, "") : path;
-}
-
-function hfHome(get: (name: string) => string | undefined): string {
+function hfHome(get: Env): string {
   const home = get("HF_HOME");
   if (home) return trimSlash(expandUser(home, get));
-  const xdg = get("XDG_CACHE_HOME");
-  const base = xdg ? trimSlash(expandUser(xdg, get)) : `${homeDir(get)}/.cache`;
-  return `${base}/huggingface`;
+  return `${userCacheBase(get, noHubHome)}/huggingface`;
 }
 
 /**
@@ -152,7 +139,7 @@ export function hubCacheDir(env?: HubEnv): string {
 }
 
 /** The cache path as the user knows it: the home directory shown as `~`. */
-function displayPath(path: string, get: (name: string) => string | undefined): string {
+function displayPath(path: string, get: Env): string {
   const home = get("HOME") ?? get("USERPROFILE");
   if (home) {
     const h = trimSlash(home);
@@ -160,10 +147,6 @@ function displayPath(path: string, get: (name: string) => string | undefined): s
     if (path.startsWith(h + "/") || path.startsWith(h + "\\")) return "~" + path.slice(h.length);
   }
   return path;
-}
-
-function isTrue(value: string | undefined): boolean {
-  return value !== undefined && ["1", "ON", "YES", "TRUE"].includes(value.trim().toUpperCase());
 }
 
 function seconds(value: string | undefined, fallback: number): number {

@@ -7,7 +7,6 @@ import { relative } from "node:path";
 import { zipSync } from "npm:fflate@0.8.3";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
-  BROWN_CATEGORIES,
   BROWN_INTEGRITY,
   brownSentence,
   type CorpusDocument,
@@ -218,11 +217,6 @@ Deno.test("fetchBrownCorpus: offline or unreachable without a cache names the UR
     const env = { XDG_CACHE_HOME: dir, EHFT_OFFLINE: "1", HOME: "/nonexistent" };
     await assertRejects(() => fetchBrownCorpus({ env }), CorpusError, `${dir}/ehft/corpora`);
   });
-});
-
-Deno.test("BROWN_CATEGORIES: the fifteen genres of cats.txt", () => {
-  assertEquals(Object.keys(BROWN_CATEGORIES).join(""), "abcdefghjklmnpr");
-  assertEquals(BROWN_CATEGORIES.a, "news");
 });
 
 Deno.test("readTextCorpus: files and folders, blank lines between documents", async () => {

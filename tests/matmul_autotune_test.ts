@@ -282,7 +282,13 @@ gpuTest(
         assertEquals(off.enabled, false);
         assertEquals(await autotuneForProgram(dev, off, big), null);
       });
-      await withEnv({ EHFT_NO_AUTOTUNE: "0" }, () => assert(tuneRequest({}).enabled, "=0: on"));
+      // The toolkit's one rule for flag variables (model/env.ts): on for 1/on/yes/true only.
+      for (const value of ["0", "off", "no", "false", "  "]) {
+        await withEnv({ EHFT_NO_AUTOTUNE: value }, () => assert(tuneRequest({}).enabled, value));
+      }
+      for (const value of ["on", "YES", " true "]) {
+        await withEnv({ EHFT_NO_AUTOTUNE: value }, () => assert(!tuneRequest({}).enabled, value));
+      }
       // Products too small to tune: nothing timed, nothing read or written.
       await withEnv({ EHFT_NO_AUTOTUNE: undefined, EHFT_TUNE_CACHE: file }, async () => {
         const small = linearTuneShapes(48, [[24, 37]], true);
@@ -362,6 +368,10 @@ Deno.test("autotune: the cache file's location: flag, EHFT_TUNE_CACHE, XDG_CACHE
   );
   await withEnv({ EHFT_TUNE_CACHE: undefined, XDG_CACHE_HOME: undefined, HOME: "/home/u" }, () => {
     assertEquals(defaultMatmulCacheFile(), "/home/u/.cache/ehft/matmul-tune.json");
+  });
+  // As the data and corpus caches read it: `~` expanded, trailing slashes trimmed.
+  await withEnv({ EHFT_TUNE_CACHE: undefined, XDG_CACHE_HOME: "~/c/", HOME: "/home/u/" }, () => {
+    assertEquals(defaultMatmulCacheFile(), "/home/u/c/ehft/matmul-tune.json");
   });
   await withEnv({ EHFT_TUNE_CACHE: "/e.json", XDG_CACHE_HOME: "/x" }, () => {
     assertEquals(tuneRequest({}).cacheFile, "/e.json");

@@ -12,7 +12,7 @@ import {
   type MatmulVariant,
   setMatmulTuner,
 } from "../kernels/matmul.ts";
-import { autotuneMatmul, matmulShapeClass } from "../kernels/matmul_autotune.ts";
+import { matmulShapeClass, tuneMatmul } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
@@ -492,7 +492,7 @@ gpuTest(
     try {
       await Deno.writeTextFile(file, "{ not json");
       const shapes = [{ m: 36, n: 20, k: 8, transB: true }];
-      const table = await autotuneMatmul(gpu, { shapes, budgetMs: 5, cacheFile: file });
+      const { table } = await tuneMatmul(gpu, { shapes, budgetMs: 5, cacheFile: file });
       const cls = matmulShapeClass(36, 20, 8, false, true);
       assert(MATMUL_VARIANTS.includes(table[cls]), `tuned ${JSON.stringify(table)}`);
       const saved = JSON.parse(await Deno.readTextFile(file));

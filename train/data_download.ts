@@ -22,6 +22,7 @@
 
 import { unzipSync } from "npm:fflate@0.8.3";
 import { writeFileAtomic } from "../model/atomic_write.ts";
+import { envReader, expandUser, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
 import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
 /** What to download and what it must contain. */
@@ -117,42 +118,6 @@ const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 // fflate inflates each entry into one buffer of its stated size: refuse absurd ones.
 const MAX_ENTRY_BYTES = 2 ** 31 - 1;
 
-export type Env = (name: string) => string | undefined;
-
-/** Reads the environment (or `env`, in tests), an empty value counting as unset. */
-export function envReader(env?: Record<string, string | undefined>): Env {
-  const get = env ? (name: string) => env[name] : (name: string) => Deno.env.get(name);
-  return (name) => {
-    const value = get(name);
-    return value === undefined || value === "" ? undefined : value;
-  };
-}
-
-export function trimSlash(path: string): string {
-  return path.length > 1 ? path.replace(/[\\/]+$/, "") : path;
-}
-
-/** The home directory; `missingHome` makes the error when neither HOME nor USERPROFILE is set. */
-function homeDir(get: Env, missingHome: () => Error): string {
-  const home = get("HOME") ?? get("USERPROFILE");
-  if (!home) throw missingHome();
-  return trimSlash(home);
-}
-
-function expandUser(path: string, get: Env, missingHome: () => Error): string {
-  if (path === "~") return homeDir(get, missingHome);
-  if (path.startsWith("~/") || path.startsWith("~\\")) {
-    return homeDir(get, missingHome) + path.slice(1);
-  }
-  return path;
-}
-
-/** The user's cache folder: `$XDG_CACHE_HOME` (with `~` expanded), else `~/.cache`. */
-export function userCacheBase(get: Env, missingHome: () => Error): string {
-  const xdg = get("XDG_CACHE_HOME");
-  return xdg ? trimSlash(expandUser(xdg, get, missingHome)) : `${homeDir(get, missingHome)}/.cache`;
-}
-
 const noDataHome = () =>
   new DatasetError(
     "cannot find the home directory for the data cache: set HOME or EHFT_DATA_CACHE",
@@ -167,10 +132,6 @@ export function dataCacheDir(env?: Record<string, string | undefined>): string {
   const explicit = get("EHFT_DATA_CACHE");
   if (explicit) return trimSlash(expandUser(explicit, get, noDataHome));
   return `${userCacheBase(get, noDataHome)}/ehft/data`;
-}
-
-function isTrue(value: string | undefined): boolean {
-  return value !== undefined && ["1", "ON", "YES", "TRUE"].includes(value.trim().toUpperCase());
 }
 
 function errorText(e: unknown): string {
