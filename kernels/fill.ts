@@ -1,5 +1,6 @@
-// Fills a tensor with one value. Tests use it to poison outputs, so that an element a kernel
-// forgot to write cannot pass by chance.
+// Fills a tensor with one value: zeroes buffers that kernels accumulate into (embedding, distance,
+// row norms), and in tests poisons outputs, so that an element a kernel forgot to write cannot
+// pass by chance.
 
 import { sliceRanges } from "./binding_slices.ts";
 import { flatIndex, grid1d } from "./grid.ts";

@@ -1,8 +1,10 @@
 // General strided, batched matrix product: C = f(alpha · op(A) · op(B) (+ bias) (+ C)), f an
 // optional elementwise epilogue (GELU, or GELU's derivative for the backward).
 //
-// Every other product in the encoder (linear layers, LoRA, per-head attention) is one call of
-// this op with the right strides, so that no layout needs a copy. Operands are addressed by
+// The encoder's linear layers and per-head attention products (where flash attention is not used)
+// are calls of this op with the right strides; LoRA's thin products have their own kernels
+// (thin_matmul.ts, thin_tn.ts), and the nn_* variants copy a transposed operand first
+// (transpose.ts). Operands are addressed by
 // element offset + row stride ("leading dimension") + two batch levels, all read from a uniform,
 // so one compiled pipeline per kernel variant serves every shape and transpose.
 //

@@ -4,7 +4,7 @@
 // views of one arena (kernels/arena.ts, ordered by weight-decay class, `encoderArenaOrder`), the
 // gradients the same struct with a tensor only where something trains (views of a gradient arena
 // of the same layout, so the optimizer updates each class in one launch), every activation the
-// backward needs lives in an arena allocated once for `maxBatch × maxSeq` tokens, and each
+// backward needs lives in buffers allocated once for `maxBatch × maxSeq` tokens, and each
 // layer's forward sits beside its backward. `encoderParameters` maps the struct to Hugging Face's
 // tensor names (relative to the `bert.` / `roberta.` / `electra.` prefix); the checkpoint loader,
 // the saver and the optimizer all go through that one map.

@@ -3,7 +3,6 @@
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
-  barChartSpec,
   type DistributionChart,
   distributionChartSpec,
   FONT_FAMILY,
@@ -235,7 +234,6 @@ Deno.test("chart descriptions are checked", () => {
   twice.series[1].name = twice.series[0].name;
   assertThrows(() => lineChartSpec(twice), Error, 'two series are named "ft"');
   assertThrows(() => scatterChartSpec({ title: "t", points: [] }), Error, "no points");
-  assertThrows(() => barChartSpec({ title: "t", xLabel: "x", bars: [] }), Error, "no bars");
 });
 
 function distribution(style?: "box" | "histogram"): DistributionChart {
@@ -280,15 +278,6 @@ Deno.test("distribution (histogram): one panel of bars per series, shared bins",
   for (const s of STRATEGIES) assert(hasText(svg, s), `panel "${s}"`);
   assert(hasText(svg, "examples"), "count axis title");
   assert(hasText(svg, chart.xLabel), "value axis title");
-});
-
-Deno.test("bar chart: one bar and one value label per name", async () => {
-  const bars = STRATEGIES.map((name, k) => ({ name, value: 1.5 + k, error: 0.25 }));
-  const svg = await renderSvg(barChartSpec({ title: "Mean change", xLabel: "mean L2", bars }));
-  checkSvg(svg);
-  assertEquals(groups(svg, "mark-rect role-mark").map((g) => count(g, /<path/g)), [4]);
-  assertEquals(groups(svg, "mark-rule role-mark").map((g) => count(g, /<line/g)), [4]);
-  assertEquals(texts(svg, "mark-text role-mark"), ["1.5", "2.5", "3.5", "4.5"]);
 });
 
 function scatter(panels: boolean): ScatterChart {

@@ -15,7 +15,15 @@
 import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
-import { FlagError, intFlag, parseFlags, TUNE_FLAGS, type TuneFlags, tuneFlags } from "./flags.ts";
+import {
+  choiceFlag,
+  FlagError,
+  intFlag,
+  parseFlags,
+  TUNE_FLAGS,
+  type TuneFlags,
+  tuneFlags,
+} from "./flags.ts";
 import { SCHEDULE_NAMES, type ScheduleName } from "./schedule.ts";
 import {
   defaultMainLr,
@@ -208,11 +216,6 @@ export function numberFlag(
 
 const PRECISIONS: readonly Precision[] = ["f32", "f16"];
 
-function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
-  if ((allowed as readonly string[]).includes(value)) return value as T;
-  throw new FlagError(`--${name}: "${value}" is not one of ${allowed.join(", ")}`);
-}
-
 /** What `parseTrainArgs` returns: the run's settings and how the flags were given. */
 export interface ParsedTrainArgs {
   /** The resolved settings. */
@@ -257,7 +260,7 @@ export function parseTrainArgs(
 
   // The strategy first: the recipe's strategy-specific settings yield to another typed one.
   const strategy = f.strategy !== undefined
-    ? choice("strategy", f.strategy, STRATEGY_NAMES)
+    ? choiceFlag("strategy", f.strategy, STRATEGY_NAMES)
     : r.strategy ?? TRAIN_DEFAULTS.strategy;
   if (f.strategy !== undefined && r.strategy !== undefined && r.strategy !== strategy) {
     delete r.peft;
@@ -267,7 +270,7 @@ export function parseTrainArgs(
   }
   let peft: PeftName | null = null;
   if (f.peft !== undefined) {
-    const typedPeft = choice("peft", f.peft.toLowerCase(), PEFT_NAMES);
+    const typedPeft = choiceFlag("peft", f.peft.toLowerCase(), PEFT_NAMES);
     if (!usesPeft(strategy)) {
       throw new FlagError(
         `--peft ${typedPeft}: strategy ${strategy} uses no PEFT method (use --strategy peft, ` +
@@ -348,11 +351,11 @@ export function parseTrainArgs(
       : numberFlag("dropout", f.dropout, 0, { min: 0, max: 1, maxOpen: true }),
     precision: f.precision === undefined
       ? r.precision ?? "f32"
-      : choice("precision", f.precision, PRECISIONS),
+      : choiceFlag("precision", f.precision, PRECISIONS),
     shuffle: f["no-shuffle"] ? false : r.shuffle ?? true,
     schedule: f.schedule === undefined
       ? r.schedule ?? TRAIN_DEFAULTS.schedule
-      : choice("schedule", f.schedule, SCHEDULE_NAMES),
+      : choiceFlag("schedule", f.schedule, SCHEDULE_NAMES),
     warmupRatio: numberFlag(
       "warmup-ratio",
       f["warmup-ratio"],

@@ -14,11 +14,11 @@
 // into a few runs of consecutive slots with one weight decay (ft: the backbone's decayed tensors,
 // its no-decay ones, the head's weights, the head's biases). Each run is passed to the kernels as
 // ONE spanning view per role, padding included, with m and v allocated per run in the same
-// layout: one AdamW launch per run (per 128 MiB, plus a scalar tail when the run's length is not
-// a multiple of 4) and one gradNormClip launch per gradient arena (per 128 MiB) plus one,
-// whatever the number of tensors. AdamW's arithmetic per element is unchanged; the norm's summation tree
-// follows the runs (deterministic, within gradNormClip's documented error bound). Tensors outside
-// arenas still work, one run each.
+// layout: one AdamW launch per run (per storage binding, 128 MiB on lavapipe, plus a scalar
+// tail when the run's length is not a multiple of 4) and one gradNormClip launch per gradient
+// arena (per binding) plus one, whatever the number of tensors. AdamW's arithmetic per element
+// is unchanged; the norm's summation tree follows the runs (deterministic, within gradNormClip's
+// documented error bound). Tensors outside arenas still work, one run each.
 //
 // Dynamic loss scaling (f16 training, kernels/loss_scale.ts): given a loss-scale state, the norm
 // kernel unscales the norm, writes coef / S as AdamW's gradient factor and a skip flag, and

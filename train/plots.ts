@@ -80,23 +80,6 @@ export interface DistributionChart {
   width?: number;
 }
 
-/** One bar, with an optional symmetric error (e.g. a standard deviation) drawn as a whisker. */
-export interface Bar {
-  name: string;
-  value: number;
-  error?: number;
-}
-
-/** Horizontal bars, one per name (e.g. the mean feature change per strategy). */
-export interface BarChart {
-  title: string;
-  subtitle?: string;
-  /** The value axis title, with its unit. */
-  xLabel: string;
-  bars: Bar[];
-  width?: number;
-}
-
 /** One 2-D point: `label` picks its colour, `panel` its facet. */
 export interface ScatterPoint {
   x: number;
@@ -362,64 +345,6 @@ export function distributionChartSpec(chart: DistributionChart): VegaLiteSpec {
         encoding: { x: { ...x, aggregate: "mean" }, y },
       },
     ],
-  } as VegaLiteSpec;
-}
-
-/** Vega-Lite spec of horizontal bars with value labels (and whiskers where `error` is given). */
-export function barChartSpec(chart: BarChart): VegaLiteSpec {
-  if (chart.bars.length === 0) throw new Error(`bar chart "${chart.title}": no bars`);
-  uniqueNames(`bar chart "${chart.title}"`, chart.bars.map((b) => b.name));
-  const names = chart.bars.map((b) => b.name);
-  const values = chart.bars.map((b) => {
-    const e = b.error !== undefined && finite(b.error) ? Math.abs(b.error) : 0;
-    return { name: b.name, value: b.value, lo: b.value - e, hi: b.value + e, end: b.value + e };
-  });
-  const y = {
-    field: "name",
-    type: "nominal",
-    sort: names,
-    title: null,
-    axis: { labelLimit: 200, ticks: false },
-  };
-  const layers: unknown[] = [
-    {
-      mark: { type: "bar", height: { band: 0.66 } },
-      encoding: {
-        y,
-        x: { field: "value", type: "quantitative", title: chart.xLabel },
-        color: { field: "name", type: "nominal", scale: colourScale(names), legend: null },
-      },
-    },
-  ];
-  if (chart.bars.some((b) => b.error !== undefined)) {
-    layers.push({
-      mark: { type: "rule", color: "#222222", strokeWidth: 1.3 },
-      encoding: { y, x: { field: "lo", type: "quantitative" }, x2: { field: "hi" } },
-    });
-  }
-  layers.push({
-    mark: {
-      type: "text",
-      align: "left",
-      baseline: "middle",
-      dx: 5,
-      fontSize: 12,
-      color: "#222222",
-    },
-    encoding: {
-      y,
-      x: { field: "end", type: "quantitative" },
-      text: { field: "value", type: "quantitative", format: ".4~g" },
-    },
-  });
-  return {
-    $schema: SCHEMA,
-    title: titleOf(chart.title, chart.subtitle),
-    width: chart.width ?? 520,
-    height: { step: 34 },
-    config: CONFIG,
-    data: { values },
-    layer: layers,
   } as VegaLiteSpec;
 }
 

@@ -950,8 +950,6 @@ async function runSeed(
     dir,
     checkpoint: checkpoint ? { path: checkpointPath, step: checkpoint.state.step } : null,
   };
-  // A lost device surfaces as whatever the next call threw: wait briefly for the loss to be
-  // reported, so that the message says what happened.
   const trainerOptions = (examples: number, withPeft: PeftMethod | null): TrainerOptions => ({
     config: model.config,
     loss: task.loss,
