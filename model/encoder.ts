@@ -226,6 +226,14 @@ export function encoderParameters(params: EncoderParams): Map<string, Tensor> {
 }
 
 /**
+ * The no-decay rule: biases and LayerNorm weights (any Hugging Face name spelling). The optimizer
+ * applies it (train/optimizer.ts) and the arena order below follows it.
+ */
+export function isNoDecayName(name: string): boolean {
+  return name.endsWith(".bias") || name.includes("LayerNorm.");
+}
+
+/**
  * The order of the backbone's tensors in its parameter and gradient arenas (names relative to the
  * prefix): the decayed tensors (embedding tables and linear weights), then the LayerNorm weights,
  * then ELECTRA's embeddings_project.bias, then every other bias, each class in Hugging Face order.
@@ -235,7 +243,7 @@ export function encoderParameters(params: EncoderParams): Map<string, Tensor> {
  */
 export function encoderArenaOrder(names: readonly string[]): string[] {
   const rank = (name: string) =>
-    !(name.endsWith(".bias") || name.includes("LayerNorm."))
+    !isNoDecayName(name)
       ? 0
       : name.includes("LayerNorm.") && name.endsWith(".weight")
       ? 1

@@ -28,6 +28,7 @@
 // GradScaler skips. Skips are rare here (parameter gradients are f32; only activations and their
 // gradients are f16), so the difference is one step of bias correction per skip.
 
+import { isNoDecayName } from "../model/encoder.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { adamwStepGroup } from "../kernels/adamw.ts";
 import { createArena, slotRuns, spanOf, type TensorArena } from "../kernels/arena.ts";
@@ -59,10 +60,8 @@ export const ADAMW_DEFAULTS: AdamwSettings = {
   maxGradNorm: 0.1,
 };
 
-/** The no-decay rule: biases and LayerNorm weights (any Hugging Face name spelling). */
-export function isNoDecayName(name: string): boolean {
-  return name.endsWith(".bias") || name.includes("LayerNorm.");
-}
+// The no-decay rule lives beside the arena order it shapes (model/encoder.ts).
+export { isNoDecayName };
 
 /** One trainable tensor: its parameter, its gradient (same shape) and whether it decays. */
 export interface TrainableTensor {
