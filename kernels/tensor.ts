@@ -12,6 +12,9 @@ export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4, u32:
 /** The host-side array of each dtype. */
 export type HostArray = Float32Array | Float16Array | Int32Array | Uint32Array;
 
+/** The largest staging buffer a download uses (bytes; a multiple of 4, as copies need). */
+export const DOWNLOAD_CHUNK = 64 * 1024 * 1024;
+
 const HOST_ARRAY = {
   f32: Float32Array,
   f16: Float16Array,
@@ -137,29 +140,43 @@ export class Tensor {
     });
   }
 
-  /** Copies the tensor back to the host, waiting for all work submitted before. */
-  async download(): Promise<HostArray> {
+  /**
+   * Copies the tensor back to the host, waiting for all work submitted before. Through a staging
+   * buffer of at most DOWNLOAD_CHUNK bytes, so that saving a large tensor (RoBERTa-large's word
+   * embeddings: 196 MiB) needs little GPU memory beside the training state. `chunkBytes` (a
+   * multiple of 4) is for tests.
+   */
+  async download(chunkBytes = DOWNLOAD_CHUNK): Promise<HostArray> {
+    if (chunkBytes <= 0 || chunkBytes % 4 !== 0) {
+      throw new Error(`download: chunkBytes ${chunkBytes} is not a positive multiple of 4`);
+    }
     const gpu = this.gpu;
     await gpu.flushErrors();
     const size = this.bindingSize;
-    const staging = gpu.scoped(`download of tensor "${this.label}"`, () => {
-      const staging = gpu.device.createBuffer({
+    const chunk = Math.min(size, chunkBytes);
+    const what = `download of tensor "${this.label}"`;
+    const staging = gpu.scoped(what, () =>
+      gpu.device.createBuffer({
         label: `${this.label} (staging)`,
-        size,
+        size: chunk,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      const encoder = gpu.device.createCommandEncoder({ label: `download ${this.label}` });
-      encoder.copyBufferToBuffer(this.buffer, this.offset, staging, 0, size);
-      gpu.device.queue.submit([encoder.finish()]);
-      return staging;
-    });
-    gpu.trackBuffer(staging, size);
+      }));
+    gpu.trackBuffer(staging, chunk);
     try {
-      await gpu.flushErrors();
-      await staging.mapAsync(GPUMapMode.READ);
-      const copy = staging.getMappedRange().slice(0, this.byteLength);
-      staging.unmap();
-      return new HOST_ARRAY[this.dtype](copy);
+      const host = new Uint8Array(size);
+      for (let at = 0; at < size; at += chunk) {
+        const n = Math.min(chunk, size - at);
+        gpu.scoped(what, () => {
+          const encoder = gpu.device.createCommandEncoder({ label: `download ${this.label}` });
+          encoder.copyBufferToBuffer(this.buffer, this.offset + at, staging, 0, n);
+          gpu.device.queue.submit([encoder.finish()]);
+        });
+        await gpu.flushErrors();
+        await staging.mapAsync(GPUMapMode.READ, 0, n);
+        host.set(new Uint8Array(staging.getMappedRange(0, n)), at);
+        staging.unmap();
+      }
+      return new HOST_ARRAY[this.dtype](host.buffer.slice(0, this.byteLength));
     } catch (e) {
       gpu.assertAlive();
       throw e;

@@ -36,6 +36,31 @@ gpuTest("runtime: f16 tensors with an odd element count round-trip", async (gpu)
   }
 });
 
+gpuTest(
+  "runtime: a download in staging chunks (a large tensor's) gives every byte",
+  async (gpu) => {
+    // Chunks that do not divide the tensor: the last one is short; an f16 tail half a word.
+    for (const [n, chunk] of [[131, 12], [131, 4], [130, 520], [7, 1024]] as const) {
+      const f32 = Float32Array.from(randomValues(n, n + chunk));
+      const t = tensorFromArray(gpu, f32, [n], "chunked f32");
+      assertEquals(await t.download(chunk), f32);
+      t.destroy();
+      const f16 = Float16Array.from(randomValues(n, n * chunk));
+      const h = tensorFromArray(gpu, f16, [n], "chunked f16");
+      assertEquals(await h.download(chunk), f16);
+      h.destroy();
+    }
+    // A view at an offset into a larger buffer downloads its own elements only.
+    const whole = tensorFromArray(gpu, Float32Array.from(randomValues(200, 5)), [200], "whole");
+    const view = whole.view(256, [37]);
+    assertEquals(await view.download(20), (await whole.download()).slice(64, 101));
+    whole.destroy();
+    const small = createTensor(gpu, [3], "f32", "t");
+    await assertRejects(() => small.download(6), Error, "multiple of 4");
+    small.destroy();
+  },
+);
+
 gpuTest("runtime: uploading the wrong length or dtype is refused", (gpu) => {
   const t = createTensor(gpu, [3, 5], "f32", "target");
   assertThrows(() => t.upload(new Float32Array(14)), GpuError, 'tensor "target"');
