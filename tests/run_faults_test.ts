@@ -231,6 +231,18 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
     run,
   ) as Error;
   assert(model.message.includes("the model itself does not fit this adapter"), model.message);
+  // Out of memory while copying a tensor back to save it: the batch trained, so no batch advice.
+  const saving = explainRunError(
+    new GpuError(
+      'download of tensor "embeddings.word_embeddings.weight": out of GPU memory (Not enough ' +
+        "memory left)",
+    ),
+    run,
+  ) as Error;
+  assert(!saving.message.includes("--batch-size"), saving.message);
+  assert(saving.message.includes("no GPU memory was left to copy a tensor back"), saving.message);
+  assert(saving.message.includes("the last good checkpoint (step 40) is kept"), saving.message);
+  assert(saving.message.includes("--resume"), saving.message);
 });
 
 Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its log ended with", () => {

@@ -967,17 +967,25 @@ async function runSeed(
     adamw: adamwSettings(config),
     precision: config.precision,
   });
-  // The largest batch below `from` whose buffers this adapter allocates (a Trainer built and
-  // freed: what a step adds is the same kinds of tensors), for the advice of an allocation error.
+  // The largest batch below `from` whose buffers this adapter allocates (a Trainer built with
+  // every stage's gradients and optimizer state, then freed whether it fit or not; a step's
+  // scratch buffers are left out), for the advice of an allocation error; null if none does.
+  // Called once the run's own trainer is freed.
   const largestFitting = async (from: number): Promise<number | null> => {
     for (let b = from; b >= 1; b = b > 8 ? Math.floor(b * 0.8) : b - 1) {
+      let probe: Trainer | null = null;
       try {
-        const probe = new Trainer(gpu, trainerOptions(b, null));
+        probe = new Trainer(gpu, trainerOptions(b, null));
+        // The PEFT method's own tensors are left out (the run's was freed with its trainer).
+        for (const stage of p.stages) {
+          probe.beginStage({ ...stage.trains, peft: false }, adamwSettings(config));
+        }
         await gpu.flushErrors();
-        probe.destroy();
         return b;
       } catch {
         // Try a smaller one.
+      } finally {
+        probe?.destroy();
       }
     }
     return null;
@@ -990,11 +998,13 @@ async function runSeed(
     const lost = gpu.lost ?? undefined;
     const run = { batchSize: config.batchSize, maxLength: p.maxLength, place };
     const first = explainRunError(lost ?? e, run);
-    if (!(first instanceof RunFaultError) || !first.message.includes("try --batch-size")) {
+    // Whichever allocation failed first (optimizer state comes after the activations), the probe
+    // tells whether a smaller batch fits, or none does.
+    if (!(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter")) {
       return first;
     }
     const fits = await largestFitting(Math.min(maxExamples, config.batchSize) - 1);
-    return explainRunError(e, { ...run, fitsBatch: fits ?? undefined });
+    return explainRunError(e, { ...run, fitsBatch: fits });
   };
   let trainer: Trainer;
   try {
@@ -1011,6 +1021,7 @@ async function runSeed(
     label: label ?? undefined,
   });
   let analysis: RunAnalysis | null = null;
+  let freed = false;
   try {
     await loadBackbone(model.weights, model.config, encoderParameters(trainer.encoder.params));
     if (config.head) {
@@ -1050,12 +1061,17 @@ async function runSeed(
     await drawMissingFigures(dir, options.quiet ?? false);
     return result;
   } catch (e) {
+    // Freed first: the advice on a batch that fits probes this adapter's memory.
+    analysis?.destroy();
+    analysis = null;
+    trainer.destroy();
+    freed = true;
     throw await explain(e);
   } finally {
     progress.finish();
     log.close();
     analysis?.destroy();
-    trainer.destroy();
+    if (!freed) trainer.destroy();
   }
 }
 

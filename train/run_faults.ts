@@ -150,8 +150,11 @@ export function explainRunError(
     batchSize: number;
     maxLength: number | null;
     place: RunPlace;
-    /** The largest batch found to allocate on this adapter (train/run.ts probes for it). */
-    fitsBatch?: number;
+    /**
+     * The largest batch found to allocate on this adapter (train/run.ts probes for it); null when
+     * not even a batch of 1 does; absent when not probed.
+     */
+    fitsBatch?: number | null;
   },
 ): unknown {
   if (e instanceof RunFaultError) return e;
@@ -163,8 +166,19 @@ export function explainRunError(
   if (!(e instanceof GpuError)) return e;
   const a = allocation(e.message);
   if (!a) return e;
-  // Parameters, gradients and optimizer state do not shrink with the batch.
-  const model = /arena "|parameters|gradients|adam /.test(e.message);
+  // Copying a tensor back to save it (a checkpoint, the model): the training state fitted, so
+  // no batch size is to blame; other processes took the memory meanwhile.
+  if (e.message.startsWith("download of tensor")) {
+    return new RunFaultError(
+      `${e.message}: no GPU memory was left to copy a tensor back for saving (other processes ` +
+        `on this GPU?); ${keptCheckpoint(run.place)}; free that memory and continue with: ` +
+        `${resumeCommand()}`,
+    );
+  }
+  // Parameters, gradients and optimizer state do not shrink with the batch (unprobed: a guess from
+  // what failed; allocated after the activations, they may also fail for a batch too large).
+  const model = run.fitsBatch === null ||
+    (run.fitsBatch === undefined && /arena "|parameters|gradients|adam /.test(e.message));
   if (model) {
     return new RunFaultError(
       `${e.message}: the model itself does not fit this adapter (no batch size helps); use a ` +
