@@ -17,7 +17,13 @@ import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { openModel } from "../model/load.ts";
 import type { AnalysisData, HeadFeatures } from "../train/analysis.ts";
-import { batchesOf, distanceStats, layerOf, rowDistancesHost } from "../train/analysis.ts";
+import {
+  batchesOf,
+  distanceStats,
+  layerOf,
+  rowDistancesHost,
+  RunAnalysis,
+} from "../train/analysis.ts";
 import { tokenizeExamples } from "../train/batches.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
@@ -280,6 +286,75 @@ Deno.test({
       got.forEach((v, i) =>
         assert(Math.abs(v - want[i]) <= 1e-5 * want[i] + 1e-9, `example ${i}: ${v} vs ${want[i]}`)
       );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "analysis: step results are read in blocks (bounded GPU buffers), the same numbers",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // One buffer per step was held to the end: 33k on QNLI over 10 epochs.
+    const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-blocks-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`, 40, 8);
+      const config = await readConfig(`${dir}/model/config.json`);
+      const model = await openModel(`${dir}/model`);
+      const examples = await rte.readExamples(`${dir}/data`, "train");
+      const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
+      const batches = batchesOf(config, "bce", tokens.examples, 8);
+      const gpu = await getGpu();
+      const analyse = async (readEvery: number) => {
+        const trainer = new Trainer(gpu, {
+          config,
+          loss: "bce",
+          headClasses: 1,
+          maxExamples: 8,
+          maxSeq: tokens.longest,
+          headSeed: 3,
+          dropoutSeed: 4,
+          adamw: ADAMW_DEFAULTS,
+        });
+        await loadBackbone(model.weights, config, encoderParameters(trainer.encoder.params));
+        const analysis = new RunAnalysis(trainer, {
+          trainBatches: batches,
+          devBatches: batches.slice(0, 1),
+          loss: "bce",
+          labelNames: rte.labels,
+          stages: ["main"],
+        }, { weightEvery: 4, gradSteps: 2, readEvery });
+        const live: number[] = [];
+        try {
+          trainer.beginStage({ head: true, backbone: "all", peft: false }, ADAMW_DEFAULTS);
+          await analysis.start();
+          await analysis.stageStart(0, 0);
+          for (let step = 0; step < 9; step++) {
+            await analysis.beforeStep();
+            await trainer.step(batches[step % batches.length], 1e-3, step);
+            await analysis.afterStep(step + 1, batches[step % batches.length]);
+            live.push(gpu.liveBytes);
+          }
+          await analysis.stageEnd(0, 9);
+          const data = await analysis.finish({ task: "rte", strategy: "ft", peft: null });
+          return { data, live };
+        } finally {
+          analysis.destroy();
+          trainer.destroy();
+        }
+      };
+      const blocks = await analyse(3);
+      const once = await analyse(1000);
+      assertEquals(blocks.data, once.data);
+      assertEquals(blocks.data.convergence.length, 9);
+      // Read after steps 3, 6 and 9: what is held then does not grow with the steps.
+      assertEquals(blocks.live[5], blocks.live[2]);
+      assertEquals(blocks.live[8], blocks.live[2]);
+      assert(once.live[8] > once.live[2], "unread results are held");
+      model.weights.close();
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

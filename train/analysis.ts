@@ -91,6 +91,8 @@ export interface AnalysisOptions {
   weightEvery: number;
   /** Backbone gradient norms in this many first steps of the final stage. */
   gradSteps: number;
+  /** Steps whose results wait on the GPU before they are read together; default 256. */
+  readEvery?: number;
 }
 
 /** The layer a backbone tensor name belongs to ("encoder.layer.3.x" → "layer.3"). */
@@ -155,6 +157,9 @@ function rowsOf(values: Float32Array, width: number): number[][] {
   return rows;
 }
 
+/** Steps whose results wait on the GPU before they are read together (see `pendingSteps`). */
+const PENDING_STEPS = 256;
+
 /** The measurements of one run, fed by train/run.ts between its steps. */
 export class RunAnalysis {
   private readonly trainer: Trainer;
@@ -169,8 +174,9 @@ export class RunAnalysis {
   private readonly partials: Tensor;
   private normPartials: Tensor | null = null;
   /**
-   * Results recorded on the GPU and read once, at the end (a read per step would stall the
-   * pipeline): each weight-distance record's per-tensor distances, each step's logits, and in the
+   * Results recorded on the GPU and read in blocks of PENDING_STEPS steps, and at the end (a read
+   * per step would stall the pipeline; one read at the end would hold a buffer per step, 33k on
+   * QNLI): each weight-distance record's per-tensor distances, each step's logits, and in the
    * first steps of the final stage [‖g‖, clip coefficient, loss scale] of the backbone gradient.
    */
   private readonly pendingDistances: { step: number; stage: string; out: Tensor }[] = [];
@@ -323,6 +329,9 @@ export class RunAnalysis {
     });
     this.stageStep++;
     if (step % this.options.weightEvery === 0) await this.recordWeightDistance(step);
+    if (this.pendingSteps.length >= (this.options.readEvery ?? PENDING_STEPS)) {
+      await this.readPending();
+    }
   }
 
   /** At the end of stage `index`: the weight distance, and Stage 1's features. */
