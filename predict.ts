@@ -12,7 +12,8 @@
 import { getGpu } from "./kernels/device.ts";
 import { checkRevision } from "./model/hub.ts";
 import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
-import { Recorder } from "./kernels/recorder.ts";
+import { BindGroupCache, Recorder } from "./kernels/recorder.ts";
+import { createTensor, type Tensor } from "./kernels/tensor.ts";
 import { loadBackbone, loadHead } from "./model/checkpoint.ts";
 import { maxSequenceLength } from "./model/config.ts";
 import { MAX_BATCH_SIZE } from "./train/config.ts";
@@ -194,26 +195,33 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
       maxSeq,
       init: false,
     });
+    let all: Tensor | null = null;
     try {
       await loadBackbone(model.weights, config, encoderParameters(encoder.params));
       await loadHead(model.weights, headParameters(head));
-      const logits: number[][] = [];
-      const rec = new Recorder(gpu);
+      // Every batch's outputs gathered on the GPU and read once (a read per batch waited on
+      // the GPU each time); bind groups reused across batches of the same length.
+      const C = task.headClasses;
+      const rows = batches.reduce((n, b) => n + b.batch, 0);
+      all = createTensor(gpu, [rows * C], "f32", "predictions");
+      const rec = new Recorder(gpu, new BindGroupCache());
+      let at = 0;
       for (const [i, batch] of batches.entries()) {
         encoder.setBatch(batch);
         if (wic) head.setSpans(batchSpans[i], batch.batch, batch.seqLen);
         const hidden = encoder.forward(rec, { training: false });
         const out = head.forward(rec, hidden);
+        const n = batch.batch * C;
+        rec.copy("predictions", out.view(0, [n]), all.view(at * 4, [n]));
+        at += n;
         await rec.submit();
-        const values = await out.download();
-        for (let b = 0; b < batch.batch; b++) {
-          logits.push(
-            Array.from(values.subarray(b * task.headClasses, (b + 1) * task.headClasses)),
-          );
-        }
       }
+      const values = await all.download();
+      const logits: number[][] = [];
+      for (let r = 0; r < rows; r++) logits.push(Array.from(values.subarray(r * C, (r + 1) * C)));
       return collect(task, examples, inputs.map((x) => x.example), logits);
     } finally {
+      all?.destroy();
       encoder.destroy();
       head.destroy();
     }
