@@ -187,6 +187,13 @@ function columnSlots(prefix: boolean): Slot[] {
     ];
 }
 
+/** Storage buffers the widest of the kernels binds (the row backward with prefix keys: 11). */
+export const FLASH_ATTENTION_STORAGE_BUFFERS = Math.max(
+  ...[false, true].flatMap((p) => [forwardSlots(p), rowSlots(p), columnSlots(p)]).map((s) =>
+    s.length
+  ),
+);
+
 /** `extraParams`: WGSL fields appended to the Params struct (the prefix kernel's). */
 function common(L: Layout, extraParams = ""): string {
   return /* wgsl */ `

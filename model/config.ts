@@ -174,7 +174,9 @@ export async function readConfig(path: string): Promise<ModelConfig> {
 }
 
 /** The longest sequence the position table allows (RoBERTa loses padding_idx + 1 positions). */
-export function maxSequenceLength(config: ModelConfig): number {
+export function maxSequenceLength(
+  config: Pick<ModelConfig, "positionsFromPadding" | "maxPositions" | "padTokenId">,
+): number {
   return config.positionsFromPadding
     ? config.maxPositions - config.padTokenId - 1
     : config.maxPositions;

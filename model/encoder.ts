@@ -35,6 +35,7 @@ import {
 } from "../kernels/attention.ts";
 import {
   FLASH_ATTENTION_MAX_HEAD_DIM,
+  FLASH_ATTENTION_STORAGE_BUFFERS,
   flashAttentionBackward,
   flashAttentionForward,
   flashAttentionStatsShape,
@@ -505,12 +506,12 @@ export function chooseAttention(
     return "materialized";
   }
   const flashFits = shape.headDim <= FLASH_ATTENTION_MAX_HEAD_DIM &&
-    gpu.limits.maxStorageBuffersPerShaderStage >= 11;
+    gpu.limits.maxStorageBuffersPerShaderStage >= FLASH_ATTENTION_STORAGE_BUFFERS;
   if (requested === "flash") {
     if (!flashFits) {
       throw new Error(
         `Encoder: flash attention needs head dimension ≤ ${FLASH_ATTENTION_MAX_HEAD_DIM} ` +
-          `(this model: ${shape.headDim}) and 11 storage buffers per shader stage (this adapter: ` +
+          `(this model: ${shape.headDim}) and ${FLASH_ATTENTION_STORAGE_BUFFERS} storage buffers per shader stage (this adapter: ` +
           `${gpu.limits.maxStorageBuffersPerShaderStage})`,
       );
     }

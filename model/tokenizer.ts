@@ -7,7 +7,7 @@
 
 // A full npm specifier, not an import map entry: the library is imported by URL with no config.
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
-import { type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
+import { maxSequenceLength, type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
 import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
 
 /** What the tokenizer needs from the model's config (a ModelConfig will do). */
@@ -144,13 +144,6 @@ export function truncatedLengths(
   return n1 > n2 ? [long, short] : [short, long];
 }
 
-/** The longest sequence the model's position table allows (as config.ts maxSequenceLength). */
-function modelSequenceLimit(model: TokenizerModelInfo): number {
-  return model.positionsFromPadding
-    ? model.maxPositions - model.padTokenId - 1
-    : model.maxPositions;
-}
-
 function checkModelInfo(source: string, model: TokenizerModelInfo): void {
   for (const key of ["vocabSize", "typeVocabSize", "maxPositions"] as const) {
     const v = model[key];
@@ -161,7 +154,7 @@ function checkModelInfo(source: string, model: TokenizerModelInfo): void {
   if (!Number.isSafeInteger(model.padTokenId) || model.padTokenId < 0) {
     throw new TokenizerError(source, `model padTokenId must be an integer ≥ 0`);
   }
-  if (modelSequenceLimit(model) < 1) {
+  if (maxSequenceLength(model) < 1) {
     throw new TokenizerError(
       source,
       `the model's ${model.maxPositions} positions leave no room after padding_idx ` +
@@ -265,7 +258,7 @@ export class TextTokenizer {
     this.#tok = tok;
     this.source = source;
     this.model = { ...model };
-    this.maxLength = modelSequenceLimit(model);
+    this.maxLength = maxSequenceLength(model);
     this.#unkId = tok.model?.unk_token_id;
     this.bpeWordCache = useWordCache(tok);
     this.#layout = this.#probeLayout();
