@@ -59,6 +59,12 @@ export async function writtenPath(path: string): Promise<string> {
   }
 }
 
+/** Writes every byte of `bytes` (a write may take only part of them). */
+export async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += await file.write(bytes.subarray(done));
+}
+
 /**
  * Writes `data` into the new file `tmp` (refused if it exists) and syncs it to disk; a write that
  * fails removes the file it made.
@@ -67,8 +73,7 @@ async function writeSynced(tmp: string, data: Uint8Array | string): Promise<void
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const file = await Deno.open(tmp, { write: true, createNew: true });
   try {
-    let done = 0;
-    while (done < bytes.length) done += await file.write(bytes.subarray(done));
+    await writeAll(file, bytes);
     await file.sync();
   } catch (e) {
     file.close();

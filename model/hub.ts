@@ -28,6 +28,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { writeAll } from "./atomic_write.ts";
 import { formatBytes, progressAmount, writeStderr } from "./progress_text.ts";
 import {
   type Env,
@@ -996,11 +997,6 @@ async function downloadBlob(ctx: Context, meta: FileMeta, blob: string): Promise
     await Deno.rename(partial, blob);
     return;
   }
-}
-
-async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < data.length) written += await file.write(data.subarray(written));
 }
 
 /** Streams the first `length` bytes of a file into a hash (a resumed download's old part). */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { syncFolderOf, temporaryName } from "./atomic_write.ts";
+import { syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
 
 /** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
 export type Dtype =
@@ -784,11 +784,6 @@ function validateInput(
       throw fail(`${where}: BOOL data must be 0 or 1`);
     }
   }
-}
-
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) done += await file.write(bytes.subarray(done));
 }
 
 /**

@@ -20,7 +20,7 @@
 // `--no-report` leaves report.ts out (it draws with vega, which the offline GPU machine does not
 // get: tools/mini_evidence_gpu.sh).
 
-import { exists, writeFileAtomic } from "../model/atomic_write.ts";
+import { exists, writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import { TASKS } from "../tasks/all.ts";
 import { percent, TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
@@ -186,12 +186,10 @@ async function run(
     signal,
   }).spawn();
   // Both streams into the one file, each chunk written whole (a write may take only part of it).
-  const writeAll = async (chunk: Uint8Array) => {
-    for (let off = 0; off < chunk.length;) off += await file!.write(chunk.subarray(off));
-  };
+  const writeChunk = (chunk: Uint8Array) => writeAll(file!, chunk);
   const copies = file
     ? [child.stdout, child.stderr].map((stream) =>
-      stream.pipeTo(new WritableStream({ write: writeAll }))
+      stream.pipeTo(new WritableStream({ write: writeChunk }))
     )
     : [];
   const status = await child.status;

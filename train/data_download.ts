@@ -21,7 +21,7 @@
  */
 
 import { unzipSync } from "npm:fflate@0.8.3";
-import { writeFileAtomic } from "../model/atomic_write.ts";
+import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import { envReader, expandUser, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
 import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
@@ -521,11 +521,6 @@ async function download(
   } finally {
     await Deno.remove(partial).catch(() => {});
   }
-}
-
-async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < data.length) written += await file.write(data.subarray(written));
 }
 
 function sizeHeader(value: string | null): number | undefined {

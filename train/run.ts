@@ -27,6 +27,7 @@ import {
   removeEntries,
   removeStaleTemporaries,
   REMOVING_PREFIX,
+  writeAll,
   writeFileAtomic,
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
@@ -588,9 +589,8 @@ export class RunLog {
     if (records.length === 0) return;
     const text = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
     const bytes = new TextEncoder().encode(text);
-    let done = 0;
     try {
-      while (done < bytes.length) done += await this.file.write(bytes.subarray(done));
+      await writeAll(this.file, bytes);
     } catch (e) {
       // A line cut short here is dropped by --resume, which keeps the checkpoint's lines.
       throw new Error(
