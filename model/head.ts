@@ -25,7 +25,7 @@ import type { Recorder } from "../kernels/recorder.ts";
 import { reluBackward, reluForward } from "../kernels/relu.ts";
 import { createTensor, expectShape, type Tensor } from "../kernels/tensor.ts";
 import type { WeightBias } from "./encoder.ts";
-import { uniformGenerator } from "./init.ts";
+import { normalValues, uniformGenerator, uniformValues } from "./init.ts";
 
 /** The head's default hidden width (HeadOptions.width). */
 export const HEAD_WIDTH = 2048;
@@ -71,21 +71,8 @@ export function initialHeadValues(
   seed: number,
 ): HeadParams<Float32Array> {
   const next = uniformGenerator(seed);
-  const normal = (n: number): Float32Array => {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i += 2) {
-      // Box–Muller: 1 − u is in (0, 1], so the log is finite.
-      const r = Math.sqrt(-2 * Math.log(1 - next())) * HEAD_INIT_STD;
-      const theta = 2 * Math.PI * next();
-      out[i] = r * Math.cos(theta);
-      if (i + 1 < n) out[i + 1] = r * Math.sin(theta);
-    }
-    return out;
-  };
-  const uniform = (n: number, fanIn: number): Float32Array => {
-    const bound = 1 / Math.sqrt(fanIn);
-    return Float32Array.from({ length: n }, () => (2 * next() - 1) * bound);
-  };
+  const normal = (n: number) => normalValues(n, HEAD_INIT_STD, next);
+  const uniform = (n: number, fanIn: number) => uniformValues(n, 1 / Math.sqrt(fanIn), next);
   const denseWeight = normal(width * features);
   const denseBias = uniform(width, features);
   const outWeight = normal(classes * width);

@@ -21,6 +21,24 @@ export function uniformGenerator(seed: number): () => number {
   };
 }
 
+/** n values uniform in [−bound, bound) from `next`. */
+export function uniformValues(n: number, bound: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: n }, () => (2 * next() - 1) * bound);
+}
+
+/** n values normal with mean 0 and standard deviation `std` (Box–Muller over `next`). */
+export function normalValues(n: number, std: number, next: () => number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    // 1 − u is in (0, 1], so the log is finite.
+    const r = Math.sqrt(-2 * Math.log(1 - next())) * std;
+    const theta = 2 * Math.PI * next();
+    out[i] = r * Math.cos(theta);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(theta);
+  }
+  return out;
+}
+
 /** Standard normal draws from a seeded generator (Box–Muller, one draw per pair of uniforms). */
 export function normalGenerator(seed: number): () => number {
   const next = uniformGenerator(seed);

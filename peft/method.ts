@@ -13,7 +13,7 @@
 //   ... Stage 1 trains encoder.gradients() ∪ peft.parameters() (+ the head) ...
 //   encoder.setHooks(null); peft.destroy();  // (ehft) then restore the pretrained backbone
 
-import { uniformGenerator } from "../model/init.ts";
+import { normalValues, uniformGenerator, uniformValues } from "../model/init.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -145,20 +145,5 @@ export function seededUniform(seed: number, salt: number): () => number {
   return uniformGenerator(mixSeed(seed >>> 0, salt));
 }
 
-/** n values uniform in [−bound, bound) from `next`. */
-export function uniformValues(n: number, bound: number, next: () => number): Float32Array {
-  return Float32Array.from({ length: n }, () => (2 * next() - 1) * bound);
-}
-
-/** n values normal with mean 0 and standard deviation `std` (Box–Muller over `next`). */
-export function normalValues(n: number, std: number, next: () => number): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    // 1 − u is in (0, 1], so the log is finite.
-    const r = Math.sqrt(-2 * Math.log(1 - next())) * std;
-    const theta = 2 * Math.PI * next();
-    out[i] = r * Math.cos(theta);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(theta);
-  }
-  return out;
-}
+// The value generators live with the model's other seeded draws (the head's use them too).
+export { normalValues, uniformValues };
