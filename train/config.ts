@@ -437,6 +437,22 @@ export function parseTrainArgs(
   return { config, typed, tune: tuneFlags(f) };
 }
 
+/** The seeds of a run: seed … seed + seeds − 1. */
+export function seedList(config: Pick<TrainConfig, "seed" | "seeds">): number[] {
+  return Array.from({ length: config.seeds }, (_, i) => config.seed + i);
+}
+
+/** A seed's folder in a `--seeds` run, relative to --out. */
+export function seedFolder(seed: number): string {
+  return `seed-${seed}`;
+}
+
+/** The folders a run's results land in: --out itself, or one seed folder per seed in it. */
+export function runFolders(config: Pick<TrainConfig, "out" | "seed" | "seeds">): string[] {
+  if (config.seeds === 1) return [config.out];
+  return seedList(config).map((s) => `${config.out}/${seedFolder(s)}`);
+}
+
 /** runs/<task>/<strategy>[-<peft>] */
 export function defaultOut(task: string, strategy: StrategyName, peft: PeftName | null): string {
   return `runs/${task}/${strategy}${peft ? `-${peft}` : ""}`;

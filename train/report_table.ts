@@ -27,6 +27,7 @@
 //   run's `--model` (a note lists the other spellings; two models named alike get their folder or
 //   id@commit after the name).
 
+import { seedFolder, seedList } from "./config.ts";
 import { readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 
 /** A column of the table: a task, its title and the metric it shows. */
@@ -199,7 +200,7 @@ function seedFoldersOf(run: unknown): string[] {
   const s = isObject(run) && isObject(run.settings) ? run.settings : {};
   if (isObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
   if (typeof s.seeds !== "number" || s.seeds <= 1 || typeof s.seed !== "number") return [];
-  return Array.from({ length: s.seeds }, (_, i) => `seed-${(s.seed as number) + i}`);
+  return seedList({ seed: s.seed, seeds: s.seeds }).map(seedFolder);
 }
 
 /**

@@ -63,7 +63,15 @@ import {
   RunFaultError,
   type RunPlace,
 } from "./run_faults.ts";
-import { checkConfigChoices, checkRunModes, runSettings, type TrainConfig } from "./config.ts";
+import {
+  checkConfigChoices,
+  checkRunModes,
+  runFolders,
+  runSettings,
+  seedFolder,
+  seedList,
+  type TrainConfig,
+} from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { evaluate, type MetricValues, unscorableDevSplit, updateBest } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -430,7 +438,7 @@ async function trainPrepared(
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
     if (await exists(`${out}/metrics.json`)) {
-      const dirs = config.seeds === 1 ? [out] : seedList(config).map((s) => `${out}/seed-${s}`);
+      const dirs = runFolders(config);
       // A multi-seed run's seed folders are its own too (each one's checkpoint included).
       for (const d of dirs) await clearFinishedLeftovers(d);
       if (config.seeds > 1) await removeStaleTemporaries(out);
@@ -450,13 +458,13 @@ async function trainPrepared(
   if (!(await exists(`${out}/run.json`))) {
     await writeJsonAtomic(`${out}/run.json`, {
       settings,
-      seed_folders: seedList(config).map((s) => `seed-${s}`),
+      seed_folders: seedList(config).map(seedFolder),
     });
   }
   const results: Record<string, RunMetrics> = {};
   for (const seed of seedList(config)) {
     results[String(seed)] = await runSeed(
-      `${out}/seed-${seed}`,
+      `${out}/${seedFolder(seed)}`,
       config,
       seed,
       options,
@@ -496,10 +504,6 @@ async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void
 async function clearFinishedLeftovers(dir: string): Promise<void> {
   await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
   await removeStaleTemporaries(dir, RUN_FOLDERS);
-}
-
-function seedList(config: TrainConfig): number[] {
-  return Array.from({ length: config.seeds }, (_, i) => config.seed + i);
 }
 
 /**

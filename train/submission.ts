@@ -27,7 +27,7 @@
 
 import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import type { TrainConfig } from "./config.ts";
+import { runFolders, type TrainConfig } from "./config.ts";
 import { emptyTextNote } from "./batches.ts";
 import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
@@ -402,11 +402,8 @@ export async function checkTestSplit(
   return warning;
 }
 
-/** The run folders of a config: `out`, or `out/seed-<n>` for each seed of a multi-seed run. */
-export function runFolders(config: TrainConfig): string[] {
-  if (config.seeds === 1) return [config.out];
-  return Array.from({ length: config.seeds }, (_, i) => `${config.out}/seed-${config.seed + i}`);
-}
+// train/config.ts's, kept importable from here.
+export { runFolders };
 
 /**
  * --predict-test: the submission file of every run folder of `config`, reported on stderr, with
