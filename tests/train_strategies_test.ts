@@ -8,13 +8,22 @@
 // hidden size 24, 32-56 steps), dropout is off, the lr constant, no clipping, and the head is
 // 64 units wide (`--head` with a narrow fresh head) to keep each run to a few seconds.
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { isBitFitParameter } from "../peft/bitfit.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { runTraining } from "../train/run.ts";
-import type { Trainer } from "../train/trainer.ts";
+import { Trainer } from "../train/trainer.ts";
+import { getGpu } from "../kernels/device.ts";
+import { loadBackbone } from "../model/checkpoint.ts";
+import { readConfig } from "../model/config.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { headParameters } from "../model/head.ts";
+import { openModel } from "../model/load.ts";
+import { batchesOf } from "../train/analysis.ts";
+import { tokenizeExamples } from "../train/batches.ts";
+import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import type { Stage } from "../train/strategy.ts";
 import { rte } from "../tasks/rte.ts";
 
@@ -187,5 +196,63 @@ Deno.test({
         }
       }
     }
+  },
+});
+
+Deno.test({
+  name: "lp: the frozen backbone keeps one set of activations, and trains bit for bit the same",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Linear probing never runs the encoder's backward: its per-layer activations (6.75 GiB at
+    // RoBERTa-large, batch 32 × 128) were kept all the same.
+    const { model, data } = await prepare();
+    const gpu = await getGpu();
+    const config = await readConfig(`${model}/config.json`);
+    const opened = await openModel(model);
+    const examples = await rte.readExamples(data, "train");
+    const tokens = tokenizeExamples(opened.tokenizer, examples, 512, "rte train", rte.truncation);
+    const batches = batchesOf(config, "bce", tokens.examples, 16);
+    const run = async (frozenBackbone: boolean) => {
+      const before = gpu.liveBytes;
+      const trainer = new Trainer(gpu, {
+        config,
+        loss: "bce",
+        headClasses: 1,
+        maxExamples: 16,
+        maxSeq: tokens.longest,
+        headWidth: HEAD_WIDTH,
+        headSeed: 5,
+        dropoutSeed: 6,
+        adamw: ADAMW_DEFAULTS,
+        frozenBackbone,
+      });
+      const held = gpu.liveBytes - before;
+      try {
+        await loadBackbone(opened.weights, config, encoderParameters(trainer.encoder.params));
+        const headOnly = { head: true, backbone: "none", peft: false } as const;
+        trainer.beginStage(headOnly, ADAMW_DEFAULTS);
+        for (let step = 0; step < 4; step++) await trainer.step(batches[step], 1e-2, step);
+        const weights = await Promise.all(
+          [...headParameters(trainer.head).values()].map((t) => t.download()),
+        );
+        if (frozenBackbone) {
+          assertThrows(
+            () => trainer.beginStage({ ...headOnly, backbone: "all" }, ADAMW_DEFAULTS),
+            Error,
+            "frozenBackbone",
+          );
+        }
+        return { held, weights, stats: await trainer.takeStats() };
+      } finally {
+        trainer.destroy();
+      }
+    };
+    const frozen = await run(true);
+    const full = await run(false);
+    assertEquals(frozen.weights, full.weights);
+    assertEquals(frozen.stats, full.stats);
+    assert(frozen.held < full.held, `${frozen.held} vs ${full.held} bytes`);
+    opened.weights.close();
   },
 });

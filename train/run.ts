@@ -970,6 +970,7 @@ async function runSeed(
     peft: withPeft,
     adamw: adamwSettings(config),
     precision: config.precision,
+    frozenBackbone: p.stages.every((st) => st.trains.backbone === "none" && !st.trains.peft),
   });
   // The largest batch below `from` whose buffers this adapter allocates (a Trainer built with
   // every stage's gradients and optimizer state, then freed whether it fit or not; a step's

@@ -108,6 +108,13 @@ export interface TrainerOptions {
   lossScaling?: boolean;
   /** The loss scaler's policy; default LOSS_SCALE_DEFAULTS (torch's). */
   lossScale?: Partial<LossScaleSettings>;
+  /**
+   * No stage will run the encoder's backward (linear probing: the head alone trains): the
+   * encoder's layers then share one set of activations, as for inference (at RoBERTa-large,
+   * batch 32 × 128, 6.75 GiB less), with dropout as in training. A stage that trains the backbone
+   * or a PEFT method is refused.
+   */
+  frozenBackbone?: boolean;
 }
 
 /** One step's logged values. */
@@ -209,6 +216,7 @@ export class Trainer {
       dropout: opts.dropout,
       trainable: () => false,
       precision,
+      inference: opts.frozenBackbone ?? false,
     });
     this.head = createHead(gpu, {
       hiddenSize: opts.config.hiddenSize,
@@ -269,6 +277,9 @@ export class Trainer {
     // The last stage's bind groups name its optimizer's buffers, destroyed below.
     this.bindGroups.clear();
     if (trains.peft && !this.peft) throw new Error("Trainer: the stage trains a PEFT method");
+    if (this.encoder.inference && (trains.peft || trains.backbone !== "none")) {
+      throw new Error("Trainer: built with frozenBackbone, a stage may train the head only");
+    }
     const peft = this.peft;
     const backbone = trains.backbone === "all"
       ? () => true
