@@ -8,10 +8,15 @@
 //                       model.safetensors with the task and head shape in its metadata)
 //   out/stage1/         two-stage strategies: the model as Stage 1 left it
 //   out/adapter/        LoRA still active at the end: the Hugging Face PEFT adapter and the head
+//   out/analysis/       --analysis: its measurements and figures
+//   out/<TASK>.jsonl|tsv  --predict-test: the leaderboard's submission file (train/submission.ts)
 //   out/checkpoint.safetensors   while running: what --resume continues from
 //
 // `--seeds K` runs K seeds into out/seed-<seed>/ and writes out/metrics.json with the mean and
 // standard deviation of each metric over the seeds.
+//
+// Beside it: run_folder.ts (what in a folder is a run's, and what --resume checks), prepare.ts
+// (the model and data read once before the first step), run_log.ts (log.jsonl).
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { checkRunFolder, FlagError, lockOutFolder } from "./flags.ts";
@@ -23,46 +28,23 @@ import {
   exists,
   isDirectory,
   isTemporaryName,
-  readJsonFile,
   removeEntries,
   removeStaleTemporaries,
   REMOVING_PREFIX,
-  writeAll,
   writeFileAtomic,
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
-import { loadBackbone, loadHead, readHeadShape, saveModel } from "../model/checkpoint.ts";
-import { maxSequenceLength, type ModelConfig } from "../model/config.ts";
+import { loadBackbone, loadHead, saveModel } from "../model/checkpoint.ts";
+import type { ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
-import { HEAD_WIDTH } from "../model/head.ts";
-import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/load.ts";
+import type { OpenedModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
 import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../peft/method.ts";
-import {
-  assembleBatch,
-  batchesPerEpoch,
-  checkLeadingToken,
-  DataStream,
-  deriveSeed,
-  emptyTextNote,
-  expectSpans,
-  longestRow,
-  SEED_PURPOSE,
-  type TokenizedSplit,
-  tokenizeExamples,
-  type TrainBatch,
-} from "./batches.ts";
+import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
-import { sha256Hex } from "./data_files.ts";
-import {
-  checkStepStats,
-  explainRunError,
-  resumeCommand,
-  RunFaultError,
-  type RunPlace,
-} from "./run_faults.ts";
+import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
 import {
   checkConfigChoices,
   checkRunModes,
@@ -72,21 +54,12 @@ import {
   seedList,
   type TrainConfig,
 } from "./config.ts";
-import { SUBMISSION_FORMATS } from "./submission.ts";
-import { evaluate, type MetricValues, unscorableDevSplit, updateBest } from "./evaluate.ts";
-import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
+import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
 import { Progress } from "./progress.ts";
 import { plural } from "../model/progress_text.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
-import { resolveStages, type Stage } from "./strategy.ts";
-import {
-  badLabel,
-  headFeatures,
-  labelClasses,
-  type Task,
-  taskDefinitionProblem,
-  type TaskExample,
-} from "./task.ts";
+import type { Stage } from "./strategy.ts";
+import { headFeatures, type Task, taskDefinitionProblem } from "./task.ts";
 import {
   CHECKPOINT_FILE,
   type LoadedCheckpoint,
@@ -96,6 +69,20 @@ import {
   writeTrainingCheckpoint,
 } from "./training_checkpoint.ts";
 import { Trainer, type TrainerOptions } from "./trainer.ts";
+import {
+  checkInputsOutside,
+  checkSameData,
+  checkSameSchedule,
+  checkSameSettings,
+  clearFinishedLeftovers,
+  readRunJson,
+  RUN_FOLDERS,
+  runEntries,
+} from "./run_folder.ts";
+import { RunLog } from "./run_log.ts";
+// Kept importable from here (the tests, programs of one's own).
+export { RunLog, trailingSkips } from "./run_log.ts";
+import { adamwSettings, prepare, type Prepared } from "./prepare.ts";
 
 /** What `runTraining` needs beside its TrainConfig: the task, the GPU, output and callbacks. */
 export interface RunOptions {
@@ -169,138 +156,6 @@ export interface SeedsMetrics extends RunMetrics {
   std: RunMetrics;
   /** Each seed's metrics, by seed. */
   seeds: Record<string, RunMetrics>;
-}
-
-/** Entries of a run folder that belong to a run (what --overwrite removes). */
-const RUN_ENTRIES = [
-  "log.jsonl",
-  "metrics.json",
-  "model",
-  "stage1",
-  "adapter",
-  "analysis",
-  CHECKPOINT_FILE,
-  ...new Set(Object.values(SUBMISSION_FORMATS).map((f) => f.file)),
-  "run.json",
-];
-
-/** The folders of RUN_ENTRIES: what the run writes into them is its own (temporaries included). */
-const RUN_FOLDERS = ["model", "stage1", "adapter", "analysis"];
-
-/** The run entries present in `dir` (seed-* folders included), sorted. */
-async function runEntries(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      if (RUN_ENTRIES.includes(e.name) || /^seed-\d+$/.test(e.name)) found.push(e.name);
-    }
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return [];
-    throw e;
-  }
-  return found.sort();
-}
-
-/**
- * --overwrite: the model, head and data must not lie in what it removes (they are read again
- * after the removal: the run would fail, or its end would).
- */
-async function checkInputsOutside(
-  config: TrainConfig,
-  out: string,
-  entries: string[],
-): Promise<void> {
-  const inputs = [["--model", config.model], ["--head", config.head], ["--data", config.data]];
-  for (const [flag, path] of inputs) {
-    // A hub id, or a path that is not there (prepare says so), is not in the folder.
-    const real = path ? await Deno.realPath(path).catch(() => null) : null;
-    if (real === null) continue;
-    for (const e of entries) {
-      // A link is removed, not what it points at; a link to nowhere holds nothing.
-      if ((await Deno.lstat(`${out}/${e}`)).isSymlink) continue;
-      const entry = await Deno.realPath(`${out}/${e}`);
-      if (real === entry || real.startsWith(`${entry}/`)) {
-        throw new FlagError(
-          `${flag} ${path} is in ${out}/${e}, which --overwrite removes: copy it elsewhere ` +
-            `first, or choose another --out`,
-        );
-      }
-    }
-  }
-}
-
-/** A run folder's JSON file (an object), or an error naming it when it is not valid JSON. */
-async function readRunJson(path: string): Promise<Record<string, unknown>> {
-  return await readJsonFile(path) as Record<string, unknown>;
-}
-
-function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-/** Settings that name a file or folder: one place however it is spelled. */
-const PATH_SETTINGS = new Set(["model", "data", "head"]);
-
-/**
- * Settings a resume may change: where the run folder is (a run moved to a bigger disk goes on
- * there; run.json keeps where it started).
- */
-const MOVABLE_SETTINGS = new Set(["out"]);
-
-/**
- * Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). `a`'s real
- * path is `recorded` when run.json kept what it was at the start (the model's real_dir): the
- * working folder or a link may have changed since, and `a` would now name another place.
- */
-async function samePlace(a: unknown, b: unknown, recorded?: unknown): Promise<boolean> {
-  if (typeof a !== "string" || typeof b !== "string") return false;
-  try {
-    const was = typeof recorded === "string" ? recorded : await Deno.realPath(a);
-    return was === await Deno.realPath(b);
-  } catch {
-    // Not both here (a hub id, a folder since removed): only the same spelling is the same.
-    return false;
-  }
-}
-
-/** A setting as its flag reads (`maxSteps` → `--max-steps`; `shuffle` is `--no-shuffle`'s). */
-function settingText(key: string, value: unknown): string {
-  if (key === "shuffle") return `--no-shuffle ${value === false ? "given" : "not given"}`;
-  const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-  return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
-}
-
-/** The first setting whose value differs, for an error message ("" when none does). */
-async function firstDifference(
-  a: Record<string, unknown>,
-  b: Record<string, unknown>,
-  recorded: Record<string, unknown> = {},
-): Promise<string> {
-  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
-    if (sameJson(a[k], b[k])) continue;
-    if (MOVABLE_SETTINGS.has(k)) continue;
-    if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
-    return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
-  }
-  return "";
-}
-
-/**
- * Checks that a folder's run.json was written with the same settings; a path given under another
- * spelling of the same place (the shipped model by the path a task script fills in, or as typed)
- * is the same setting.
- */
-async function checkSameSettings(dir: string, settings: Record<string, unknown>): Promise<void> {
-  const path = `${dir}/run.json`;
-  if (!(await exists(path))) return;
-  const run = await readRunJson(path);
-  // Runs started before --precision existed trained in f32.
-  const previous = { precision: "f32", ...run.settings as Record<string, unknown> };
-  const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
-  const diff = await firstDifference(previous, settings, { model: model?.real_dir });
-  if (diff) {
-    throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
-  }
 }
 
 /**
@@ -478,35 +333,6 @@ async function trainPrepared(
 }
 
 /**
- * --resume of a `--schedule constant` run started before `constant` warmed up (its run.json's
- * schedule has no constant_warmup): today's rates would differ from those it started with, so the
- * result would be neither run's. Refused, unless it has no warmup to differ by.
- */
-async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void> {
-  const path = `${dir}/run.json`;
-  if (config.schedule !== "constant" || config.warmupRatio === 0 || !(await exists(path))) return;
-  const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
-  const schedule = resolved?.schedule as Record<string, unknown> | undefined;
-  if (schedule && schedule.constant_warmup !== true) {
-    throw new Error(
-      `--resume: ${dir} was started when --schedule constant had no warmup; it now warms up ` +
-        `over --warmup-ratio ${config.warmupRatio} of each stage, so the resumed run would be ` +
-        `neither (--overwrite to restart it)`,
-    );
-  }
-}
-
-/**
- * A finished run's folder (or seed folder) as an uninterrupted run leaves it: a run killed between
- * writing metrics.json and removing its checkpoint left the checkpoint, one killed inside an
- * atomic write its temporary file.
- */
-async function clearFinishedLeftovers(dir: string): Promise<void> {
-  await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
-  await removeStaleTemporaries(dir, RUN_FOLDERS);
-}
-
-/**
  * Mean and (population) standard deviation of each metric over the seeds where it is defined (a
  * seed's null, such as a Pearson r of constant predictions, is left out; each seed's own value
  * stays in `seeds`); std is null when fewer than two seeds define it, the mean when none does.
@@ -540,77 +366,6 @@ export function summarizeSeeds(results: Record<string, RunMetrics>): SeedsMetric
   };
 }
 
-/**
- * The f16 steps skipped in a row (`"skipped": true`) at the end of log.jsonl's `lines`, the
- * evaluation lines between them not counting: what a resumed run's divergence check goes on from.
- */
-export function trailingSkips(lines: readonly string[]): number {
-  let count = 0;
-  for (let i = lines.length - 1; i >= 0; i--) {
-    if (lines[i].trim() === "") continue;
-    let record: Record<string, unknown>;
-    try {
-      record = JSON.parse(lines[i]);
-    } catch {
-      break;
-    }
-    if (!("loss" in record)) continue;
-    if (record.skipped !== true) break;
-    count++;
-  }
-  return count;
-}
-
-/** log.jsonl: appended line by line; `lines` counts what the file holds. */
-export class RunLog {
-  private constructor(
-    private path: string,
-    private file: Deno.FsFile,
-    public lines: number,
-    /** f16: the steps skipped in a row at the end of the kept lines (checkStepStats' count). */
-    public trailingSkips = 0,
-  ) {}
-
-  /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
-  static async open(path: string, keep: number): Promise<RunLog> {
-    let kept = "";
-    let skips = 0;
-    if (keep > 0) {
-      const text = await Deno.readTextFile(path);
-      const lines = text.split("\n").slice(0, keep);
-      if (lines.length < keep) {
-        throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
-      }
-      kept = lines.join("\n") + "\n";
-      skips = trailingSkips(lines);
-    }
-    await writeFileAtomic(path, kept);
-    const file = await Deno.open(path, { append: true });
-    return new RunLog(path, file, keep, skips);
-  }
-
-  async write(records: unknown[]): Promise<void> {
-    if (records.length === 0) return;
-    const text = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
-    const bytes = new TextEncoder().encode(text);
-    try {
-      await writeAll(this.file, bytes);
-    } catch (e) {
-      // A line cut short here is dropped by --resume, which keeps the checkpoint's lines.
-      throw new Error(
-        `${this.path}: write failed: ${(e as Error).message}; the run stopped. Once the ` +
-          `folder takes the file again (room on the disk), it goes on from its last checkpoint ` +
-          `(from its start if none was written yet): ${resumeCommand()}`,
-      );
-    }
-    this.lines += records.length;
-  }
-
-  close(): void {
-    this.file.close();
-  }
-}
-
 /** Copies the model's tokenizer (tokenizer.json, or one converted from its vocabulary) to dir. */
 async function writeTokenizer(model: OpenedModel, dir: string): Promise<void> {
   const src = `${model.dir}/tokenizer.json`;
@@ -623,264 +378,6 @@ async function writeTokenizer(model: OpenedModel, dir: string): Promise<void> {
   if (await exists(config)) {
     await writeFileAtomic(`${dir}/tokenizer_config.json`, await Deno.readFile(config));
   }
-}
-
-interface Prepared {
-  model: OpenedModel;
-  train: TokenizedSplit;
-  dev: TokenizedSplit;
-  devBatches: TrainBatch[];
-  gold: number[];
-  stages: Stage[];
-  resolved: Record<string, unknown>;
-  perEpoch: number;
-  totalSteps: number;
-  evalEvery: number;
-  checkpointEvery: number;
-  headWidth: number;
-  maxLength: number;
-}
-
-/**
- * A fingerprint of a split as read (each example's texts, label and target spans, in order): a
- * resumed run checks its data against the one it started on.
- */
-async function examplesSha256(examples: readonly TaskExample[]): Promise<string> {
-  return await sha256Hex(
-    examples.map((e) => JSON.stringify([e.inputs, e.label, e.spans ?? null])).join("\n"),
-  );
-}
-
-/**
- * --resume: the data, the model and the --head must be what the run started on (a changed file
- * would continue the run on other examples or weights): the run folder `dir`'s run.json and, in a
- * multi-seed run (`out` holds the seed folders), every other seed's, so that the seeds still to
- * run use their finished siblings' inputs. Runs whose run.json predates a fingerprint are not
- * checked against it.
- */
-async function checkSameData(
-  dir: string,
-  out: string,
-  resolved: Record<string, unknown>,
-  data: string,
-): Promise<void> {
-  const dirs = [dir];
-  if (dir !== out) {
-    for await (const e of Deno.readDir(out)) {
-      if (e.isDirectory && /^seed-\d+$/.test(e.name)) dirs.push(`${out}/${e.name}`);
-    }
-  }
-  const now = resolved.task as Record<string, unknown>;
-  const nowModel = resolved.model as Record<string, unknown>;
-  for (const d of dirs) {
-    const path = `${d}/run.json`;
-    if (!(await exists(path))) continue;
-    const was = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
-    const before = was?.task as Record<string, unknown> | undefined;
-    for (const split of ["train", "dev"] as const) {
-      const key = `${split}_sha256`;
-      if (before?.[key] !== undefined && before[key] !== now[key]) {
-        throw new Error(
-          `--resume: the ${now[`${split}_split`]} split in ${data} is not the data ${d} ` +
-            `was started on (its examples changed; --overwrite to restart on it)`,
-        );
-      }
-    }
-    // Stage 2 reloads the pretrained weights, so a model changed in place would change the run.
-    const model = was?.model as Record<string, unknown> | undefined;
-    if (model?.sha256 !== undefined && model.sha256 !== nowModel.sha256) {
-      throw new Error(
-        `--resume: the model in ${nowModel.dir} is not the one ${d} was started on (its ` +
-          `config, tokenizer or weights changed; --overwrite to restart on it)`,
-      );
-    }
-    if (was?.head_sha256 !== undefined && was.head_sha256 !== resolved.head_sha256) {
-      throw new Error(
-        `--resume: the --head file is not the one ${d} was started on (it changed; ` +
-          `--overwrite to restart on it)`,
-      );
-    }
-    // A method of one's own (RunOptions.peft) is named only there: resumed by another, the
-    // checkpoint's tensors would go to a method they were not trained for.
-    if ((was?.peft_method ?? null) !== (resolved.peft_method ?? null)) {
-      const name = (x: unknown) => x === undefined || x === null ? "config.peft's" : `"${x}"`;
-      throw new Error(
-        `--resume: ${d} was started with the PEFT method ${name(was?.peft_method)}, not ` +
-          `${name(resolved.peft_method)} (RunOptions.peft)`,
-      );
-    }
-  }
-}
-
-/** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
-async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<Prepared> {
-  const model = await openModel(config.model, { revision: config.revision ?? undefined, quiet });
-  try {
-    const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
-    const limit = maxSequenceLength(model.config) - prefixRows;
-    if (limit < 2) {
-      throw new Error(
-        `--prefix-length ${prefixRows} leaves ${limit} of the model's ` +
-          `${maxSequenceLength(model.config)} positions`,
-      );
-    }
-    const maxLength = Math.min(config.maxLength ?? limit, limit);
-    const trainSplit = task.trainSplit ?? "train";
-    checkLeadingToken(model.tokenizer, model.tokenizer.source);
-    // Both splits read and checked before either is tokenized (tens of seconds on QNLI).
-    const trainExamples = await task.readExamples(config.data, trainSplit);
-    const devExamples = await task.readExamples(config.data, task.devSplit);
-    const classes = labelClasses(task, trainExamples);
-    const splits = [[trainSplit, trainExamples], [task.devSplit, devExamples]] as const;
-    for (const [split, examples] of splits) {
-      const bad = badLabel(task, examples, classes, `${task.name} ${split}`);
-      if (bad !== null) throw new Error(bad);
-    }
-    const unscorable = unscorableDevSplit(
-      task.metrics,
-      devExamples.length,
-      `${task.name} ${task.devSplit}`,
-    );
-    if (unscorable !== null) throw new Error(unscorable);
-    for (const [split, examples] of splits) {
-      const note = emptyTextNote(examples, `${task.name} ${split}`);
-      if (note !== null) console.error(note);
-    }
-    const tokenize = (examples: readonly TaskExample[], split: string) =>
-      tokenizeExamples(
-        model.tokenizer,
-        examples,
-        maxLength,
-        `${task.name} ${split}`,
-        task.truncation,
-      );
-    const train = tokenize(trainExamples, trainSplit);
-    const trainSha256 = await examplesSha256(trainExamples);
-    const dev = tokenize(devExamples, task.devSplit);
-    for (const [split, t] of [[trainSplit, train], [task.devSplit, dev]] as const) {
-      if (t.fellBack > 0) {
-        console.error(
-          `${task.name} ${split}: ${t.fellBack} pairs did not fit by cutting the first text ` +
-            `only (${task.truncation}) and were cut longest-first`,
-        );
-      }
-    }
-    expectSpans(train, task.head, `${task.name} ${trainSplit}`);
-    expectSpans(dev, task.head, `${task.name} ${task.devSplit}`);
-    if (dev.inputsPerExample !== train.inputsPerExample) {
-      throw new Error(
-        `${task.name}: ${dev.inputsPerExample} inputs per ${task.devSplit} example, ` +
-          `${train.inputsPerExample} per ${trainSplit} example`,
-      );
-    }
-    const B = config.batchSize;
-    const devBatches: TrainBatch[] = [];
-    for (let i = 0; i < dev.examples.length; i += B) {
-      devBatches.push(assembleBatch(model.config, task.loss, dev.examples.slice(i, i + B)));
-    }
-    const perEpoch = batchesPerEpoch(train.examples.length, B);
-    const totalSteps = config.maxSteps ?? config.epochs! * perEpoch;
-    const stages = resolveStages({
-      strategy: config.strategy,
-      peft: config.peft,
-      totalSteps,
-      stage1Ratio: config.stage1Ratio,
-      lr: config.lr,
-      stage1Lr: config.stage1Lr ?? config.lr,
-    });
-    const evalEvery = config.evalEvery ?? perEpoch;
-    const checkpointEvery = config.checkpointEvery ?? (evalEvery > 0 ? evalEvery : perEpoch);
-    let headWidth = HEAD_WIDTH;
-    if (config.head) {
-      const reader = await openSafetensors(config.head);
-      try {
-        const shape = readHeadShape(reader);
-        if (!shape) throw new Error(`--head ${config.head}: no head.* tensors`);
-        const features = headFeatures(task, model.config.hiddenSize);
-        if (shape.features !== features || shape.classes !== task.headClasses) {
-          throw new Error(
-            `--head ${config.head}: a head of ${shape.features} → ${shape.classes}, the model ` +
-              `and task need ${features} → ${task.headClasses}`,
-          );
-        }
-        headWidth = shape.hidden;
-      } finally {
-        reader.close();
-      }
-      // run.json says what happened: the first stage starts from the given head.
-      stages[0] = { ...stages[0], freshHead: false };
-    }
-    const adamw = adamwSettings(config);
-    const resolved = {
-      task: {
-        name: task.name,
-        loss: task.loss,
-        head_classes: task.headClasses,
-        head_input: task.head ?? "first-token",
-        inputs_per_example: train.inputsPerExample,
-        metrics: task.metrics,
-        train_split: trainSplit,
-        dev_split: task.devSplit,
-        train_examples: train.examples.length,
-        dev_examples: dev.examples.length,
-        train_sha256: trainSha256,
-        dev_sha256: await examplesSha256(devExamples),
-      },
-      model: {
-        dir: model.dir,
-        // What report.ts tells models apart by, however --model was spelled.
-        real_dir: await Deno.realPath(model.dir),
-        // Its config, tokenizer and weights as read: --resume refuses a model changed in place.
-        sha256: await modelSha256(model),
-        model_type: model.config.modelType,
-        hidden_size: model.config.hiddenSize,
-        layers: model.config.numLayers,
-        max_positions: maxSequenceLength(model.config),
-      },
-      max_length: maxLength,
-      longest_row: longestRow(train, dev),
-      dropout: {
-        hidden: config.dropout ?? model.config.hiddenDropout,
-        attention: config.dropout ?? model.config.attentionDropout,
-      },
-      batches_per_epoch: perEpoch,
-      total_steps: totalSteps,
-      eval_every: evalEvery,
-      checkpoint_every: checkpointEvery,
-      head_width: headWidth,
-      ...(config.head ? { head_sha256: await filesSha256([config.head]) } : {}),
-      adamw,
-      // constant_warmup: `constant` warms up; runs from before did not (checkSameSchedule).
-      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio, constant_warmup: true },
-      stages,
-    };
-    return {
-      model,
-      train,
-      dev,
-      devBatches,
-      gold: dev.examples.map((e) => e.label),
-      stages,
-      resolved,
-      perEpoch,
-      totalSteps,
-      evalEvery,
-      checkpointEvery,
-      headWidth,
-      maxLength,
-    };
-  } catch (e) {
-    model.weights.close();
-    throw e;
-  }
-}
-
-function adamwSettings(config: TrainConfig): AdamwSettings {
-  return {
-    ...ADAMW_DEFAULTS,
-    weightDecay: config.weightDecay,
-    maxGradNorm: config.maxGradNorm,
-  };
 }
 
 /** Log lines between flushes (the step stats wait on the GPU until then). */

@@ -1,0 +1,223 @@
+// What a run needs before its first step, read once for every seed: the model opened and
+// fingerprinted, both splits read, checked and tokenized, the budget and the stages resolved.
+
+import { readHeadShape } from "../model/checkpoint.ts";
+import { maxSequenceLength } from "../model/config.ts";
+import { HEAD_WIDTH } from "../model/head.ts";
+import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/load.ts";
+import { openSafetensors } from "../model/safetensors.ts";
+import {
+  assembleBatch,
+  batchesPerEpoch,
+  checkLeadingToken,
+  emptyTextNote,
+  expectSpans,
+  longestRow,
+  type TokenizedSplit,
+  tokenizeExamples,
+  type TrainBatch,
+} from "./batches.ts";
+import { sha256Hex } from "./data_files.ts";
+import type { TrainConfig } from "./config.ts";
+import { unscorableDevSplit } from "./evaluate.ts";
+import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
+import { resolveStages, type Stage } from "./strategy.ts";
+import { badLabel, headFeatures, labelClasses, type Task, type TaskExample } from "./task.ts";
+
+/** A run's model, tokenized splits, stages and budget: shared by every seed, read-only. */
+export interface Prepared {
+  model: OpenedModel;
+  train: TokenizedSplit;
+  dev: TokenizedSplit;
+  devBatches: TrainBatch[];
+  gold: number[];
+  stages: Stage[];
+  resolved: Record<string, unknown>;
+  perEpoch: number;
+  totalSteps: number;
+  evalEvery: number;
+  checkpointEvery: number;
+  headWidth: number;
+  maxLength: number;
+}
+
+/**
+ * A fingerprint of a split as read (each example's texts, label and target spans, in order): a
+ * resumed run checks its data against the one it started on.
+ */
+async function examplesSha256(examples: readonly TaskExample[]): Promise<string> {
+  return await sha256Hex(
+    examples.map((e) => JSON.stringify([e.inputs, e.label, e.spans ?? null])).join("\n"),
+  );
+}
+
+/** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
+export async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<Prepared> {
+  const model = await openModel(config.model, { revision: config.revision ?? undefined, quiet });
+  try {
+    const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
+    const limit = maxSequenceLength(model.config) - prefixRows;
+    if (limit < 2) {
+      throw new Error(
+        `--prefix-length ${prefixRows} leaves ${limit} of the model's ` +
+          `${maxSequenceLength(model.config)} positions`,
+      );
+    }
+    const maxLength = Math.min(config.maxLength ?? limit, limit);
+    const trainSplit = task.trainSplit ?? "train";
+    checkLeadingToken(model.tokenizer, model.tokenizer.source);
+    // Both splits read and checked before either is tokenized (tens of seconds on QNLI).
+    const trainExamples = await task.readExamples(config.data, trainSplit);
+    const devExamples = await task.readExamples(config.data, task.devSplit);
+    const classes = labelClasses(task, trainExamples);
+    const splits = [[trainSplit, trainExamples], [task.devSplit, devExamples]] as const;
+    for (const [split, examples] of splits) {
+      const bad = badLabel(task, examples, classes, `${task.name} ${split}`);
+      if (bad !== null) throw new Error(bad);
+    }
+    const unscorable = unscorableDevSplit(
+      task.metrics,
+      devExamples.length,
+      `${task.name} ${task.devSplit}`,
+    );
+    if (unscorable !== null) throw new Error(unscorable);
+    for (const [split, examples] of splits) {
+      const note = emptyTextNote(examples, `${task.name} ${split}`);
+      if (note !== null) console.error(note);
+    }
+    const tokenize = (examples: readonly TaskExample[], split: string) =>
+      tokenizeExamples(
+        model.tokenizer,
+        examples,
+        maxLength,
+        `${task.name} ${split}`,
+        task.truncation,
+      );
+    const train = tokenize(trainExamples, trainSplit);
+    const trainSha256 = await examplesSha256(trainExamples);
+    const dev = tokenize(devExamples, task.devSplit);
+    for (const [split, t] of [[trainSplit, train], [task.devSplit, dev]] as const) {
+      if (t.fellBack > 0) {
+        console.error(
+          `${task.name} ${split}: ${t.fellBack} pairs did not fit by cutting the first text ` +
+            `only (${task.truncation}) and were cut longest-first`,
+        );
+      }
+    }
+    expectSpans(train, task.head, `${task.name} ${trainSplit}`);
+    expectSpans(dev, task.head, `${task.name} ${task.devSplit}`);
+    if (dev.inputsPerExample !== train.inputsPerExample) {
+      throw new Error(
+        `${task.name}: ${dev.inputsPerExample} inputs per ${task.devSplit} example, ` +
+          `${train.inputsPerExample} per ${trainSplit} example`,
+      );
+    }
+    const B = config.batchSize;
+    const devBatches: TrainBatch[] = [];
+    for (let i = 0; i < dev.examples.length; i += B) {
+      devBatches.push(assembleBatch(model.config, task.loss, dev.examples.slice(i, i + B)));
+    }
+    const perEpoch = batchesPerEpoch(train.examples.length, B);
+    const totalSteps = config.maxSteps ?? config.epochs! * perEpoch;
+    const stages = resolveStages({
+      strategy: config.strategy,
+      peft: config.peft,
+      totalSteps,
+      stage1Ratio: config.stage1Ratio,
+      lr: config.lr,
+      stage1Lr: config.stage1Lr ?? config.lr,
+    });
+    const evalEvery = config.evalEvery ?? perEpoch;
+    const checkpointEvery = config.checkpointEvery ?? (evalEvery > 0 ? evalEvery : perEpoch);
+    let headWidth = HEAD_WIDTH;
+    if (config.head) {
+      const reader = await openSafetensors(config.head);
+      try {
+        const shape = readHeadShape(reader);
+        if (!shape) throw new Error(`--head ${config.head}: no head.* tensors`);
+        const features = headFeatures(task, model.config.hiddenSize);
+        if (shape.features !== features || shape.classes !== task.headClasses) {
+          throw new Error(
+            `--head ${config.head}: a head of ${shape.features} → ${shape.classes}, the model ` +
+              `and task need ${features} → ${task.headClasses}`,
+          );
+        }
+        headWidth = shape.hidden;
+      } finally {
+        reader.close();
+      }
+      // run.json says what happened: the first stage starts from the given head.
+      stages[0] = { ...stages[0], freshHead: false };
+    }
+    const adamw = adamwSettings(config);
+    const resolved = {
+      task: {
+        name: task.name,
+        loss: task.loss,
+        head_classes: task.headClasses,
+        head_input: task.head ?? "first-token",
+        inputs_per_example: train.inputsPerExample,
+        metrics: task.metrics,
+        train_split: trainSplit,
+        dev_split: task.devSplit,
+        train_examples: train.examples.length,
+        dev_examples: dev.examples.length,
+        train_sha256: trainSha256,
+        dev_sha256: await examplesSha256(devExamples),
+      },
+      model: {
+        dir: model.dir,
+        // What report.ts tells models apart by, however --model was spelled.
+        real_dir: await Deno.realPath(model.dir),
+        // Its config, tokenizer and weights as read: --resume refuses a model changed in place.
+        sha256: await modelSha256(model),
+        model_type: model.config.modelType,
+        hidden_size: model.config.hiddenSize,
+        layers: model.config.numLayers,
+        max_positions: maxSequenceLength(model.config),
+      },
+      max_length: maxLength,
+      longest_row: longestRow(train, dev),
+      dropout: {
+        hidden: config.dropout ?? model.config.hiddenDropout,
+        attention: config.dropout ?? model.config.attentionDropout,
+      },
+      batches_per_epoch: perEpoch,
+      total_steps: totalSteps,
+      eval_every: evalEvery,
+      checkpoint_every: checkpointEvery,
+      head_width: headWidth,
+      ...(config.head ? { head_sha256: await filesSha256([config.head]) } : {}),
+      adamw,
+      // constant_warmup: `constant` warms up; runs from before did not (checkSameSchedule).
+      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio, constant_warmup: true },
+      stages,
+    };
+    return {
+      model,
+      train,
+      dev,
+      devBatches,
+      gold: dev.examples.map((e) => e.label),
+      stages,
+      resolved,
+      perEpoch,
+      totalSteps,
+      evalEvery,
+      checkpointEvery,
+      headWidth,
+      maxLength,
+    };
+  } catch (e) {
+    model.weights.close();
+    throw e;
+  }
+}
+
+export function adamwSettings(config: TrainConfig): AdamwSettings {
+  return {
+    ...ADAMW_DEFAULTS,
+    weightDecay: config.weightDecay,
+    maxGradNorm: config.maxGradNorm,
+  };
+}

@@ -1,0 +1,234 @@
+// A run's folder as train.ts finds it: which entries are a run's (what --overwrite removes, what
+// --resume continues), the inputs that must lie outside it, and the checks that a --resume goes on
+// with the settings, schedule, data, model and head the run started with.
+
+import { FlagError } from "./flags.ts";
+import { exists, readJsonFile, removeStaleTemporaries } from "../model/atomic_write.ts";
+import type { TrainConfig } from "./config.ts";
+import { SUBMISSION_FORMATS } from "./submission.ts";
+import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
+
+/** Entries of a run folder that belong to a run (what --overwrite removes). */
+const RUN_ENTRIES = [
+  "log.jsonl",
+  "metrics.json",
+  "model",
+  "stage1",
+  "adapter",
+  "analysis",
+  CHECKPOINT_FILE,
+  ...new Set(Object.values(SUBMISSION_FORMATS).map((f) => f.file)),
+  "run.json",
+];
+
+/** The folders of RUN_ENTRIES: what the run writes into them is its own (temporaries included). */
+export const RUN_FOLDERS = ["model", "stage1", "adapter", "analysis"];
+
+/** The run entries present in `dir` (seed-* folders included), sorted. */
+export async function runEntries(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (RUN_ENTRIES.includes(e.name) || /^seed-\d+$/.test(e.name)) found.push(e.name);
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  return found.sort();
+}
+
+/**
+ * --overwrite: the model, head and data must not lie in what it removes (they are read again
+ * after the removal: the run would fail, or its end would).
+ */
+export async function checkInputsOutside(
+  config: TrainConfig,
+  out: string,
+  entries: string[],
+): Promise<void> {
+  const inputs = [["--model", config.model], ["--head", config.head], ["--data", config.data]];
+  for (const [flag, path] of inputs) {
+    // A hub id, or a path that is not there (prepare says so), is not in the folder.
+    const real = path ? await Deno.realPath(path).catch(() => null) : null;
+    if (real === null) continue;
+    for (const e of entries) {
+      // A link is removed, not what it points at; a link to nowhere holds nothing.
+      if ((await Deno.lstat(`${out}/${e}`)).isSymlink) continue;
+      const entry = await Deno.realPath(`${out}/${e}`);
+      if (real === entry || real.startsWith(`${entry}/`)) {
+        throw new FlagError(
+          `${flag} ${path} is in ${out}/${e}, which --overwrite removes: copy it elsewhere ` +
+            `first, or choose another --out`,
+        );
+      }
+    }
+  }
+}
+
+/** A run folder's JSON file (an object), or an error naming it when it is not valid JSON. */
+export async function readRunJson(path: string): Promise<Record<string, unknown>> {
+  return await readJsonFile(path) as Record<string, unknown>;
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Settings that name a file or folder: one place however it is spelled. */
+const PATH_SETTINGS = new Set(["model", "data", "head"]);
+
+/**
+ * Settings a resume may change: where the run folder is (a run moved to a bigger disk goes on
+ * there; run.json keeps where it started).
+ */
+const MOVABLE_SETTINGS = new Set(["out"]);
+
+/**
+ * Whether two spellings of a path setting name one existing place (`./m/`, `/abs/m`). `a`'s real
+ * path is `recorded` when run.json kept what it was at the start (the model's real_dir): the
+ * working folder or a link may have changed since, and `a` would now name another place.
+ */
+async function samePlace(a: unknown, b: unknown, recorded?: unknown): Promise<boolean> {
+  if (typeof a !== "string" || typeof b !== "string") return false;
+  try {
+    const was = typeof recorded === "string" ? recorded : await Deno.realPath(a);
+    return was === await Deno.realPath(b);
+  } catch {
+    // Not both here (a hub id, a folder since removed): only the same spelling is the same.
+    return false;
+  }
+}
+
+/** A setting as its flag reads (`maxSteps` → `--max-steps`; `shuffle` is `--no-shuffle`'s). */
+function settingText(key: string, value: unknown): string {
+  if (key === "shuffle") return `--no-shuffle ${value === false ? "given" : "not given"}`;
+  const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
+}
+
+/** The first setting whose value differs, for an error message ("" when none does). */
+async function firstDifference(
+  a: Record<string, unknown>,
+  b: Record<string, unknown>,
+  recorded: Record<string, unknown> = {},
+): Promise<string> {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (sameJson(a[k], b[k])) continue;
+    if (MOVABLE_SETTINGS.has(k)) continue;
+    if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
+    return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
+  }
+  return "";
+}
+
+/**
+ * Checks that a folder's run.json was written with the same settings; a path given under another
+ * spelling of the same place (the shipped model by the path a task script fills in, or as typed)
+ * is the same setting.
+ */
+export async function checkSameSettings(
+  dir: string,
+  settings: Record<string, unknown>,
+): Promise<void> {
+  const path = `${dir}/run.json`;
+  if (!(await exists(path))) return;
+  const run = await readRunJson(path);
+  // Runs started before --precision existed trained in f32.
+  const previous = { precision: "f32", ...run.settings as Record<string, unknown> };
+  const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
+  const diff = await firstDifference(previous, settings, { model: model?.real_dir });
+  if (diff) {
+    throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
+  }
+}
+
+/**
+ * --resume of a `--schedule constant` run started before `constant` warmed up (its run.json's
+ * schedule has no constant_warmup): today's rates would differ from those it started with, so the
+ * result would be neither run's. Refused, unless it has no warmup to differ by.
+ */
+export async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void> {
+  const path = `${dir}/run.json`;
+  if (config.schedule !== "constant" || config.warmupRatio === 0 || !(await exists(path))) return;
+  const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
+  const schedule = resolved?.schedule as Record<string, unknown> | undefined;
+  if (schedule && schedule.constant_warmup !== true) {
+    throw new Error(
+      `--resume: ${dir} was started when --schedule constant had no warmup; it now warms up ` +
+        `over --warmup-ratio ${config.warmupRatio} of each stage, so the resumed run would be ` +
+        `neither (--overwrite to restart it)`,
+    );
+  }
+}
+
+/**
+ * A finished run's folder (or seed folder) as an uninterrupted run leaves it: a run killed between
+ * writing metrics.json and removing its checkpoint left the checkpoint, one killed inside an
+ * atomic write its temporary file.
+ */
+export async function clearFinishedLeftovers(dir: string): Promise<void> {
+  await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
+  await removeStaleTemporaries(dir, RUN_FOLDERS);
+}
+
+/**
+ * --resume: the data, the model and the --head must be what the run started on (a changed file
+ * would continue the run on other examples or weights): the run folder `dir`'s run.json and, in a
+ * multi-seed run (`out` holds the seed folders), every other seed's, so that the seeds still to
+ * run use their finished siblings' inputs. Runs whose run.json predates a fingerprint are not
+ * checked against it.
+ */
+export async function checkSameData(
+  dir: string,
+  out: string,
+  resolved: Record<string, unknown>,
+  data: string,
+): Promise<void> {
+  const dirs = [dir];
+  if (dir !== out) {
+    for await (const e of Deno.readDir(out)) {
+      if (e.isDirectory && /^seed-\d+$/.test(e.name)) dirs.push(`${out}/${e.name}`);
+    }
+  }
+  const now = resolved.task as Record<string, unknown>;
+  const nowModel = resolved.model as Record<string, unknown>;
+  for (const d of dirs) {
+    const path = `${d}/run.json`;
+    if (!(await exists(path))) continue;
+    const was = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
+    const before = was?.task as Record<string, unknown> | undefined;
+    for (const split of ["train", "dev"] as const) {
+      const key = `${split}_sha256`;
+      if (before?.[key] !== undefined && before[key] !== now[key]) {
+        throw new Error(
+          `--resume: the ${now[`${split}_split`]} split in ${data} is not the data ${d} ` +
+            `was started on (its examples changed; --overwrite to restart on it)`,
+        );
+      }
+    }
+    // Stage 2 reloads the pretrained weights, so a model changed in place would change the run.
+    const model = was?.model as Record<string, unknown> | undefined;
+    if (model?.sha256 !== undefined && model.sha256 !== nowModel.sha256) {
+      throw new Error(
+        `--resume: the model in ${nowModel.dir} is not the one ${d} was started on (its ` +
+          `config, tokenizer or weights changed; --overwrite to restart on it)`,
+      );
+    }
+    if (was?.head_sha256 !== undefined && was.head_sha256 !== resolved.head_sha256) {
+      throw new Error(
+        `--resume: the --head file is not the one ${d} was started on (it changed; ` +
+          `--overwrite to restart on it)`,
+      );
+    }
+    // A method of one's own (RunOptions.peft) is named only there: resumed by another, the
+    // checkpoint's tensors would go to a method they were not trained for.
+    if ((was?.peft_method ?? null) !== (resolved.peft_method ?? null)) {
+      const name = (x: unknown) => x === undefined || x === null ? "config.peft's" : `"${x}"`;
+      throw new Error(
+        `--resume: ${d} was started with the PEFT method ${name(was?.peft_method)}, not ` +
+          `${name(resolved.peft_method)} (RunOptions.peft)`,
+      );
+    }
+  }
+}

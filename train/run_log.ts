@@ -1,0 +1,76 @@
+// log.jsonl: one line per logged step and per evaluation, appended as the run goes and cut back to
+// the checkpoint's line count on --resume.
+
+import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
+import { resumeCommand } from "./run_faults.ts";
+
+/**
+ * The f16 steps skipped in a row (`"skipped": true`) at the end of log.jsonl's `lines`, the
+ * evaluation lines between them not counting: what a resumed run's divergence check goes on from.
+ */
+export function trailingSkips(lines: readonly string[]): number {
+  let count = 0;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    if (lines[i].trim() === "") continue;
+    let record: Record<string, unknown>;
+    try {
+      record = JSON.parse(lines[i]);
+    } catch {
+      break;
+    }
+    if (!("loss" in record)) continue;
+    if (record.skipped !== true) break;
+    count++;
+  }
+  return count;
+}
+
+/** log.jsonl: appended line by line; `lines` counts what the file holds. */
+export class RunLog {
+  private constructor(
+    private path: string,
+    private file: Deno.FsFile,
+    public lines: number,
+    /** f16: the steps skipped in a row at the end of the kept lines (checkStepStats' count). */
+    public trailingSkips = 0,
+  ) {}
+
+  /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
+  static async open(path: string, keep: number): Promise<RunLog> {
+    let kept = "";
+    let skips = 0;
+    if (keep > 0) {
+      const text = await Deno.readTextFile(path);
+      const lines = text.split("\n").slice(0, keep);
+      if (lines.length < keep) {
+        throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
+      }
+      kept = lines.join("\n") + "\n";
+      skips = trailingSkips(lines);
+    }
+    await writeFileAtomic(path, kept);
+    const file = await Deno.open(path, { append: true });
+    return new RunLog(path, file, keep, skips);
+  }
+
+  async write(records: unknown[]): Promise<void> {
+    if (records.length === 0) return;
+    const text = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
+    const bytes = new TextEncoder().encode(text);
+    try {
+      await writeAll(this.file, bytes);
+    } catch (e) {
+      // A line cut short here is dropped by --resume, which keeps the checkpoint's lines.
+      throw new Error(
+        `${this.path}: write failed: ${(e as Error).message}; the run stopped. Once the ` +
+          `folder takes the file again (room on the disk), it goes on from its last checkpoint ` +
+          `(from its start if none was written yet): ${resumeCommand()}`,
+      );
+    }
+    this.lines += records.length;
+  }
+
+  close(): void {
+    this.file.close();
+  }
+}
