@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { beyondOneBinding } from "./binding_slices.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
@@ -148,6 +148,24 @@ gpuTest("adamw: zero gradients still decay and move by their momentum", async (g
   assert(p.every((x, i) => x !== st.p0[i]), "every element moved");
   st.destroy();
 });
+
+gpuTest(
+  "adamw: a 2-D grid (past maxComputeWorkgroupsPerDimension) updates every element",
+  async (gpu) => {
+    const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+    // 3072 elements are 768 vec4 invocations: 3 workgroups of 256, a 2 × 2 grid.
+    const st = new State(small, [3072], 60, true);
+    const g = gradients(3072, 6, 1);
+    st.g.upload(g);
+    const h = { ...BASE, weightDecay: 0.1, step: 4 };
+    const rec = new Recorder(small);
+    adamwStep(rec, { param: st.p, grad: st.g, m: st.m, v: st.v, ...h });
+    await rec.submit();
+    adamwReference(st.ref.p, g, st.ref.m, st.ref.v, h);
+    await st.check("2-D grid");
+    st.destroy();
+  },
+);
 
 gpuTest("adamw: a gradient scale read from the GPU, at index 0 or 1", async (gpu) => {
   const rec = new Recorder(gpu);

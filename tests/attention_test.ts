@@ -311,6 +311,23 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "attention: the prefix gradients' batch sum on a 2-D grid (H·P·D past one grid row)",
+  async (gpu) => {
+    // The sum over the batch is one invocation per prefix element: 2 · 4 · 64 = 512 of them,
+    // 8 workgroups of 64, a 4 × 2 grid at a limit of 5 (the test above has only 30).
+    const dims = { B: 2, S: 5, H: 2, D: 64, P: 4 };
+    const x = makeInputs(dims, 90);
+    const dC = Float64Array.from(Float32Array.from(randomValues(2 * 5 * 128, 91)));
+    const ref = referenceForward(x, dims, NO_DROPOUT);
+    const grads = referenceBackward(x, ref.probs, dC, dims, NO_DROPOUT);
+    const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 5 });
+    const run = await runGpu(small, x, dC, dims, NO_DROPOUT);
+    assertClose("dPrefixKey", run.dPK!, grads.dPK, TOL);
+    assertClose("dPrefixValue", run.dPV!, grads.dPV, TOL);
+  },
+);
+
 gpuTest("attention: prefix gradients accumulate into the existing ones", async (gpu) => {
   const dims = { B: 3, S: 7, H: 2, D: 5, P: 3 };
   const drop = { p: 0.25, seed: 5, stream: 2 };

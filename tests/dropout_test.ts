@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { GpuError } from "../kernels/device.ts";
 import {
@@ -9,6 +9,7 @@ import {
   dropoutForward,
   dropoutKeep,
   dropoutScale,
+  dropoutUniform,
   philox4x32_10,
 } from "../kernels/dropout.ts";
 import { fill } from "../kernels/fill.ts";
@@ -133,6 +134,36 @@ gpuTest("dropout: exact mask and keep rate within 3 sigma over 1e6 elements", as
   xT.destroy();
   outT.destroy();
 });
+
+gpuTest("dropout: an element whose uniform equals p exactly is kept", async (gpu) => {
+  // The kernel must keep where uniform >= p, as dropoutKeep does, not only where it is > p.
+  const d = { seed: 11, stream: 3, p: dropoutUniform(11, 3, 0) }; // a multiple of 2^-24: exact
+  assert(d.p > 0 && d.p < 1, `p ${d.p}`);
+  const x = new Float32Array(4).fill(1);
+  const xT = tensorFromArray(gpu, x, [4], "x");
+  const outT = createTensor(gpu, [4], "f32", "out");
+  const out = await runDropout(gpu, xT, outT, d);
+  assertEquals(out[0], dropoutScale(d.p));
+  assertEquals(out, referenceDropout(x, d));
+  xT.destroy();
+  outT.destroy();
+});
+
+gpuTest(
+  "dropout: a 2-D grid (past maxComputeWorkgroupsPerDimension) gives the 1-D mask",
+  async (gpu) => {
+    const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 3 });
+    const n = 1037; // 5 workgroups of 256: a 3 × 2 grid
+    const x = Float32Array.from(randomValues(n, 16));
+    const xT = tensorFromArray(small, x, [n], "x");
+    const outT = createTensor(small, [n], "f32", "out");
+    const d = { p: 0.3, seed: 7, stream: 2 };
+    assertEquals(await runDropout(small, xT, outT, d), referenceDropout(x, d));
+    assertEquals(await runDropout(small, xT, outT, d, true), referenceDropout(x, d));
+    xT.destroy();
+    outT.destroy();
+  },
+);
 
 gpuTest("dropout: same seed gives the same mask, another seed or stream another", async (gpu) => {
   const shape = [33, 131];

@@ -1,5 +1,5 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues, rng } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import {
@@ -393,6 +393,58 @@ gpuTest(
     assertClose("accumulated", got, Array.from(want, (x, i) => x + init[i]), 1e-7);
     assertEquals(got.slice(3 * h), init.slice(3 * h), "the absent type's row");
     for (const t of [dOut, dTokenType, typePlan]) t.destroy();
+  },
+);
+
+gpuTest("embedding: an id occurring exactly twice the run chunk (65,536 times)", async (gpu) => {
+  // Token type 0 of a 128 × 512 single-segment batch: a run of exactly two chunks of 32,768.
+  // The kernel must count the two passes the host launches; counting three (an off-by-one at a
+  // multiple of the chunk), it leaves the sum in the partials and never writes the row.
+  const n = 65_536, h = 1;
+  const tids = new Uint32Array(n);
+  // Multiples of 1/64: the float32 sum is exact.
+  const dOutHost = Float32Array.from(randomValues(n * h, 80), (x) => Math.trunc(x * 64) / 64);
+  const dOut = tensorFromArray(gpu, dOutHost, [n, h], "dOut");
+  const dTokenType = createTensor(gpu, [2, h], "f32", "dTokenType");
+  const [typePlan] = plansFor(gpu, [tids], 0);
+  const rec = new Recorder(gpu);
+  fill(rec, dTokenType, NaN);
+  embeddingBackward(rec, { dOut, typePlan, dTokenType });
+  await rec.submit();
+  assertEquals(await dTokenType.download(), Float32Array.from(refBackward(tids, dOutHost, 2, h)));
+  for (const t of [dOut, dTokenType, typePlan]) t.destroy();
+});
+
+gpuTest("embedding: forward on a 2-D grid (past maxComputeWorkgroupsPerDimension)", async (gpu) => {
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const pr = problem(9, 65, 7, 81); // 585 outputs: 3 workgroups of 256, a 2 × 2 grid
+  const t = upload(small, pr);
+  const rec = new Recorder(small);
+  fill(rec, t.out, NaN);
+  embeddingForward(rec, t);
+  await rec.submit();
+  const want = refForward(pr.ids, pr.pids, pr.tids, pr.word, pr.position, pr.tokenType, pr.h);
+  assertClose("forward", await t.out.download(), want, TOL);
+  destroyAll(t);
+});
+
+gpuTest(
+  "embedding: backward on a 2-D grid (past maxComputeWorkgroupsPerDimension)",
+  async (gpu) => {
+    const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+    // 5 distinct ids × 130 columns: 3 workgroups of 256, a 2 × 2 grid.
+    const h = 130, v = 6;
+    const ids = Uint32Array.from([0, 3, 1, 3, 4, 0, 2, 2, 1]);
+    const dOutHost = f32(ids.length * h, 82);
+    const dOut = tensorFromArray(small, dOutHost, [ids.length, h], "dOut");
+    const dWord = createTensor(small, [v, h], "f32", "dWord");
+    const [wordPlan] = plansFor(small, [ids], 0);
+    const rec = new Recorder(small);
+    fill(rec, dWord, NaN);
+    embeddingBackward(rec, { dOut, wordPlan, dWord });
+    await rec.submit();
+    assertClose("dWord", await dWord.download(), refBackward(ids, dOutHost, v, h), TOL);
+    for (const t of [dOut, dWord, wordPlan]) t.destroy();
   },
 );
 

@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { beyondOneBinding, slicedValues } from "./binding_slices.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
@@ -100,6 +100,29 @@ gpuTest("gradNormClip: clip coefficient below and above maxNorm, and maxNorm 0",
   assertEquals(out[1], 1, "maxNorm 0: no clipping");
   assert(relErr(out[0], norm) <= normBound(20000));
   tensors.forEach((t) => t.destroy());
+});
+
+gpuTest("gradNormClip: a small norm's clip coefficient keeps torch's + 1e-6", async (gpu) => {
+  // At a norm of ~5e-4 the 1e-6 moves the coefficient by 2e-3 relative: maxNorm / norm would show.
+  const host = Float32Array.from(randomValues(1000, 7), (x) => 3e-5 * x);
+  const t = tensorFromArray(gpu, host, [host.length], "small grad");
+  const norm = referenceNorm([host]);
+  const { out } = await run(gpu, [t], 0.5 * norm);
+  const coef = 0.5 * norm / (norm + 1e-6);
+  assert(relErr(out[1], coef) <= normBound(1000) + 3 * 2 ** -24, `coef ${out[1]} vs ${coef}`);
+  t.destroy();
+});
+
+gpuTest("gradNormClip: more slots than one grid row (a 2-D grid)", async (gpu) => {
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const n = 3 * SUM_SQUARES_PER_SLOT; // 3 slots: a 2 × 2 grid of workgroups
+  const host = Float32Array.from(randomValues(n, 8));
+  const t = tensorFromArray(small, host, [n], "grad");
+  const { out, partials } = await run(small, [t], 0);
+  assert(partials.every((x) => Number.isFinite(x)), "every partial written");
+  const norm = referenceNorm([host]);
+  assert(relErr(out[0], norm) <= normBound(n), `norm ${out[0]} vs ${norm}`);
+  t.destroy();
 });
 
 gpuTest("gradNormClip: about a million elements stay within the stated bound", async (gpu) => {

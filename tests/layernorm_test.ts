@@ -206,6 +206,27 @@ gpuTest("layernorm keeps its accuracy for a large mean and a small spread", asyn
   destroyAll(t);
 });
 
+gpuTest("layernorm: the saved mean is within an ulp for a large mean", async (gpu) => {
+  // The first pass's float32 mean can be more than an ulp of 1000 off; the saved one must carry
+  // the second pass's correction, as dGamma's column sums use x − mean as saved.
+  const rows = 64;
+  const h = 130;
+  const c = makeCase([rows, h], 7);
+  c.x = Float32Array.from(randomValues(rows * h, 3), (v) => 1000 + 0.005 * v);
+  const t = upload(gpu, c);
+  const rec = new Recorder(gpu);
+  for (const o of [t.out, t.mean, t.rstd]) fill(rec, o, NaN);
+  layerNormForward(rec, { ...t, eps: 1e-12 });
+  await rec.submit();
+  const want = refForward(c.x, c.gamma, c.beta, rows, h, 1e-12).mean;
+  const got = await t.mean.download();
+  const ulp = 2 ** -14; // of values in [512, 1024)
+  for (let r = 0; r < rows; r++) {
+    assert(Math.abs(got[r] - want[r]) <= ulp, `row ${r}: mean ${got[r]}, expected ${want[r]}`);
+  }
+  destroyAll(t);
+});
+
 gpuTest("layerNormBackward matches the float64 reference", async (gpu) => {
   for (const [s, shape] of SHAPES.entries()) {
     for (const eps of EPS) {

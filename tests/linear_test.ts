@@ -259,6 +259,19 @@ gpuTest("linear: parameter gradients summed over many rows", async (gpu) => {
   assertClose(`dB (${rows} rows, accumulated)`, s.dB!, add(s.ref.dB, initDB));
 });
 
+gpuTest("linear: accumulating two-pass bias gradients twice in a row", async (gpu) => {
+  // Only the pass over the blocks adds into dB: the blocks pass overwrites its workspace, which
+  // every call shares, so that a second call does not add onto the first one's block sums.
+  const rows = 2 * SUM_BLOCK_ROWS + 29, outF = 70;
+  const initDB = f32(outF, 330);
+  for (let run = 0; run < 2; run++) {
+    const s = await runBackward(gpu, [rows, 5], outF, 340, { dX: false, dW: false, dB: true }, {
+      dB: initDB,
+    }, { accumulate: true });
+    assertClose(`dB (run ${run})`, s.dB!, add(s.ref.dB, initDB));
+  }
+});
+
 gpuTest(
   "linear: f16 dY's bias gradient (linear_column_sum_f16), one pass and two, against float64",
   async (gpu) => {

@@ -2,7 +2,7 @@
 // backward, against float64 references.
 
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues, rng } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { bceWithLogitsBackward, bceWithLogitsForward } from "../kernels/bce_with_logits.ts";
@@ -198,6 +198,26 @@ gpuTest("mean squared error matches float64 at odd shapes", async (gpu) => {
     logits.destroy();
     targets.destroy();
   }
+});
+
+gpuTest("loss gradients on a 2-D grid (past maxComputeWorkgroupsPerDimension)", async (gpu) => {
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 3 });
+  const b = 1037, c = 3; // one invocation per example: 5 workgroups of 256, a 3 × 2 grid
+  const x = Float32Array.from(randomValues(b * c, 70), (v) => 4 * v);
+  const classes = classTargets(b, c, 71);
+  const y = Float32Array.from(randomValues(b, 72), (v) => 0.5 + 0.5 * v);
+  const logits = tensorFromArray(small, x, [b, c], "logits");
+  const classT = tensorFromArray(small, classes, [b], "targets");
+  const [, ceG] = await run(small, "ce", logits, classT);
+  assertClose("ce dLogits", ceG, ceGrad(x, classes, c), TOL);
+  const x1 = x.subarray(0, b);
+  const logits1 = tensorFromArray(small, x1, [b], "logits");
+  const yT = tensorFromArray(small, y, [b], "targets");
+  const [, bceG] = await run(small, "bce", logits1, yT);
+  assertClose("bce dLogits", bceG, bceGrad(x1, y), TOL);
+  const [, mseG] = await run(small, "mse", logits1, yT);
+  assertClose("mse dLogits", mseG, mseGrad(x1, y), TOL);
+  for (const t of [logits, classT, logits1, yT]) t.destroy();
 });
 
 gpuTest("losses at extreme logits (±50, ±100) stay finite and match float64", async (gpu) => {

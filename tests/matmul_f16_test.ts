@@ -251,3 +251,25 @@ gpuTest(
     for (const t of [a, b, c]) t.destroy();
   },
 );
+
+gpuTest("matmul f16: a weight-gradient-form product into f16 is not split along k", async (gpu) => {
+  // An f32 C of this shape would be cut into 4 k-slices, whose sum kernel writes f32 only: an f16
+  // C must take the unsplit product.
+  const cs: Case = { m: 8, n: 8, k: 2048, a: "f16", b: "f16", c: "f16", transA: true };
+  const { m, n, k } = cs;
+  const { a, b, results } = await run(gpu, cs, 9000, [undefined]);
+  const c = results[0].c;
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let sum = 0, mag = 0;
+      for (let p = 0; p < k; p++) {
+        sum += a[p * m + i] * b[p * n + j];
+        mag += Math.abs(a[p * m + i] * b[p * n + j]);
+      }
+      // The bound of the test above: f32 accumulation, then one rounding to f16.
+      const bound = 2 * (k + 2) * 2 ** -24 * mag + 2 ** -11 * Math.abs(sum) + 2 ** -25;
+      const got = c[i * n + j];
+      assert(Math.abs(got - sum) <= bound, `C[${i}, ${j}] = ${got}, expected ${sum} ± ${bound}`);
+    }
+  }
+});

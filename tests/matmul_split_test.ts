@@ -2,7 +2,7 @@
 // float64 reference, and every variant bitwise alike on them.
 
 import { assert, assertClose, assertEquals } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
@@ -27,6 +27,11 @@ Deno.test("splitKCount: weight-gradient-form products over long k, equal slices 
   assertEquals(splitKCount(64, 64, 4096, true, false, 2), 1);
   assertEquals(splitKCount(4096, 1024, 4096, true, false, 1), 1);
   assertEquals(splitKCount(SPLIT_K_MAX_OUTPUTS / 512, 512, 4096, true, false, 1), 8);
+});
+
+Deno.test("splitKCount: where k / s is odd, fewer slices that are multiples of 4", () => {
+  // 2052 = 4 × 513 cuts into 4 equal slices, but of 513: not a multiple of 4.
+  assertEquals(splitKCount(37, 45, 2052, true, false, 1), 3); // 684 each
 });
 
 interface SplitCase {
@@ -186,5 +191,25 @@ gpuTest("matmul split-k: a forward, dX or batched product of the same size is no
     assertEquals(labels({ transA: true, epilogue: { kind: "gelu" } }), ["matmul"]);
   } finally {
     for (const x of [a, b, c]) x.destroy();
+  }
+});
+
+gpuTest("matmul split-k: the sum of the slices on a 2-D grid", async (gpu) => {
+  // 3 slices; the sum's 37 × 45 = 1665 outputs are 7 workgroups, a 2 × 4 grid at a limit of 2
+  // (direct4x4's product is 2 × 2 tiles of 32 × 32, within it).
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const s: SplitCase = { m: 37, n: 45, k: 1536 };
+  const u = setUp(s, 101);
+  const upload = (x: Float64Array, label: string) =>
+    tensorFromArray(small, Float32Array.from(x), [x.length], label);
+  const a = upload(u.a, "dOut"), b = upload(u.b, "x"), c = upload(u.c, "dWeight");
+  try {
+    const rec = new Recorder(small);
+    matmul(rec, { a, b, c, m: s.m, n: s.n, k: s.k, transA: true, variant: "direct4x4" });
+    assert(rec.labels.some((l) => l.endsWith("(split-k sum)")), "not split");
+    await rec.submit();
+    assertClose("C", await c.download(), u.want, 2e-5);
+  } finally {
+    for (const t of [a, b, c]) t.destroy();
   }
 });

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { assertClose } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
@@ -277,6 +277,26 @@ gpuTest("matmul: batches beyond one dispatch's workgroup limit", async (gpu) => 
   // One variant only: 70000 workgroups take seconds on a CPU adapter.
   const sizes = { a: 3 * total, b: 6 * total, c: 2 * total };
   await runCases(gpu, [{ spec, sizes }], 5000, 1e-5, ["tile16"]);
+});
+
+gpuTest("matmul: a batch over several z dispatches, in every kernel kind", async (gpu) => {
+  // 5 products at a z limit of 2: dispatches of 2, 2 and 1, each must offset z by its zBase.
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const m = 8, n = 8, k = 8, count = 5;
+  const spec: Spec = { m, n, k, batch0: { count, strideA: m * k, strideB: k * n, strideC: m * n } };
+  const sizes = { a: count * m * k, b: count * k * n, c: count * m * n };
+  const kinds: MatmulVariant[] = ["direct4x4", "vec4_4x4", "tiled_4x4", "tile16"];
+  await runCases(small, [{ spec, sizes }], 5100, 1e-5, kinds);
+});
+
+gpuTest("matmul: k-sliced products of a batch over several z dispatches", async (gpu) => {
+  // tile16 slices k at 8192, so k = 8200 is two slices, the second resuming the first's partial
+  // sums; those are indexed by the z within the dispatch (3 products at a z limit of 2).
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const m = 5, n = 7, k = 8200, count = 3;
+  const spec: Spec = { m, n, k, batch0: { count, strideA: m * k, strideB: k * n, strideC: m * n } };
+  const sizes = { a: count * m * k, b: count * k * n, c: count * m * n };
+  await runCases(small, [{ spec, sizes }], 5200, 1e-5, ["tile16"]);
 });
 
 gpuTest(

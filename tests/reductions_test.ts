@@ -2,7 +2,7 @@
 
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { beyondOneBinding, slicedValues } from "./binding_slices.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
@@ -112,6 +112,23 @@ gpuTest("rowDistances: odd shapes match float64", async (gpu) => {
     assertEquals(await out.download(), got, "bitwise identical rerun");
     for (const t of [a, b, out]) t.destroy();
   }
+});
+
+gpuTest("rowNorms, rowDistances: more rows than one grid row (a 2-D grid)", async (gpu) => {
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const shape = [3, 33]; // one workgroup per row: a 2 × 2 grid
+  const ha = hostMatrix(shape, 40), hb = hostMatrix(shape, 41);
+  const a = tensorFromArray(small, ha, shape, "a");
+  const b = tensorFromArray(small, hb, shape, "b");
+  const norms = await poisoned(small, [3], "norms");
+  const dists = await poisoned(small, [3], "dists");
+  const rec = new Recorder(small);
+  rowNorms(rec, { x: a, out: norms });
+  rowDistances(rec, { a, b, out: dists });
+  await rec.submit();
+  assertClose("rowNorms", await norms.download(), refRowDistances(ha, null, shape), TOL);
+  assertClose("rowDistances", await dists.download(), refRowDistances(ha, hb, shape), TOL);
+  for (const t of [a, b, norms, dists]) t.destroy();
 });
 
 gpuTest("rowNorms, rowDistances: views at unaligned offsets, guards untouched", async (gpu) => {
