@@ -160,8 +160,8 @@ const SUM_COLS = 64; // columns per workgroup: neighbouring invocations read nei
 const SUM_SLICES = 4; // rows are split into this many interleaved slices, summed in fixed order
 /**
  * From twice this many rows on, the sum is two passes: each block of SUM_BLOCK_ROWS rows into a
- * workspace row (one workgroup per block and 64 columns), then the blocks. One pass gives a
- * [4096, 1024] gradient (RoBERTa-large's bias at 32 × 128 tokens) 16 workgroups, each looping
+ * workspace row (one workgroup per block and 64 columns), then the blocks. In one pass a
+ * [4096, 1024] gradient (RoBERTa-large's bias at 32 × 128 tokens) had 16 workgroups, each looping
  * over 1,024 rows: 0.35 ms per call on an H100, 6% of a training step.
  */
 export const SUM_BLOCK_ROWS = 256;

@@ -86,9 +86,13 @@ export function checkLossScaleSettings(op: string, s: Partial<LossScaleSettings>
   if (s.backoffFactor !== undefined && !(s.backoffFactor > 0 && s.backoffFactor < 1)) {
     bad("backoffFactor (in (0, 1))", s.backoffFactor);
   }
+  // The good-step count is an f32 on the GPU, exact up to 2^24: a longer interval never ends.
   const interval = s.growthInterval;
-  if (interval !== undefined && !(Number.isSafeInteger(interval) && interval >= 1)) {
-    bad("growthInterval (an integer ≥ 1)", interval);
+  if (
+    interval !== undefined &&
+    !(Number.isSafeInteger(interval) && interval >= 1 && interval <= 2 ** 24)
+  ) {
+    bad("growthInterval (an integer in [1, 2^24])", interval);
   }
 }
 

@@ -9,13 +9,14 @@
 // within grad_norm_test's bound.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
 import { adamwStep } from "../kernels/adamw.ts";
 import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
 import {
+  checkLossScaleSettings,
   createLossScaleState,
   LOSS_SCALE_DEFAULTS,
   lossScaleValues,
@@ -83,6 +84,19 @@ gpuTest("scaleByLossScale: x *= S read from the state, views at any offset", asy
     growthInterval: 2000,
   });
   for (const t of [buffer, stateArena, fresh]) t.destroy();
+});
+
+gpuTest("scaleByLossScale: a 2-D grid scales every element once", async (gpu) => {
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 2 });
+  const n = 600; // 3 workgroups of 256: a 2 × 2 grid
+  const host = Float32Array.from(randomValues(n, 2));
+  const x = tensorFromArray(small, host, [n], "dLogits");
+  const state = createLossScaleState(small, 8);
+  const rec = new Recorder(small);
+  scaleByLossScale(rec, { x, state });
+  await rec.submit();
+  assertEquals(bits(await x.download()), bits(host.map((v) => 8 * v)));
+  for (const t of [x, state]) t.destroy();
 });
 
 /** Runs gradNormClip with or without loss scaling; returns `out`. */
@@ -511,3 +525,20 @@ gpuTest(
     }
   },
 );
+
+Deno.test("loss-scale settings: out of range is refused, an interval past f32's exact counts too", () => {
+  // The good-step count is an f32 on the GPU: from 2^24 on it stops counting, and the scale would
+  // never grow again.
+  checkLossScaleSettings("t", { growthInterval: 2 ** 24, initScale: 1, growthFactor: 2 });
+  for (
+    const [bad, what] of [
+      [{ growthInterval: 2 ** 24 + 1 }, "growthInterval (an integer in [1, 2^24])"],
+      [{ growthInterval: 0 }, "growthInterval"],
+      [{ initScale: Infinity }, "initScale"],
+      [{ growthFactor: 1 }, "growthFactor"],
+      [{ backoffFactor: 1 }, "backoffFactor"],
+    ] as const
+  ) {
+    assertThrows(() => checkLossScaleSettings("t", bad), GpuError, what);
+  }
+});
