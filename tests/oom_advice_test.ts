@@ -58,7 +58,13 @@ function budgeted(gpu: Gpu, budget: number) {
       return typeof value === "function" ? value.bind(target) : value;
     },
   });
-  return { gpu: Object.create(gpu, { device: { value: device } }) as Gpu, state };
+  // Its own error checks: those of a scenario must not reach the next through the shared Gpu.
+  const own = {
+    device: { value: device },
+    checks: { value: [], writable: true },
+    uncaptured: { value: [] },
+  };
+  return { gpu: Object.create(gpu, own) as Gpu, state };
 }
 
 Deno.test("out of GPU memory: the trainer and every probe are freed, the advice is the probe's", async () => {
@@ -88,6 +94,17 @@ Deno.test("out of GPU memory: the trainer and every probe are freed, the advice 
     // Every buffer of the failed run and its probes freed: what stays is what a finished run
     // leaves too (the device's grown workspaces and uniforms).
     assert(small.state.held <= free.state.held, `${small.state.held} > ${free.state.held} bytes`);
+    // A budget not even a batch of 1 fits in: no batch advice, a shorter length instead.
+    const tiny = budgeted(real, 200_000);
+    const none = await assertRejects(
+      () => runTraining(args(`${dir}/none`, 8), { task: rte, quiet: true, gpu: tiny.gpu }),
+      RunFaultError,
+    );
+    assert(
+      none.message.includes("no batch size fits this adapter at this sequence length; try"),
+      none.message,
+    );
+    assert(tiny.state.held <= free.state.held, `${tiny.state.held} > ${free.state.held} bytes`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -231,6 +231,13 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
     run,
   ) as Error;
   assert(model.message.includes("the model itself does not fit this adapter"), model.message);
+  // Probed: not even a batch of 1 fits at this length, which a shorter --max-length may change.
+  const none = explainRunError(oom, { ...run, fitsBatch: null }) as Error;
+  assert(none.message.includes("no batch size fits this adapter"), none.message);
+  assert(none.message.includes("try --max-length 128, a smaller model"), none.message);
+  // A batch of 1 (nothing smaller to probe) that fails in its activations: a shorter length.
+  const one = explainRunError(oom, { ...run, batchSize: 1 }) as Error;
+  assert(one.message.includes("the batch of 1 does not fit this adapter; try --max-length 128"));
   // Out of memory while copying a tensor back to save it: the batch trained, so no batch advice.
   const saving = explainRunError(
     new GpuError(
@@ -240,7 +247,7 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
     run,
   ) as Error;
   assert(!saving.message.includes("--batch-size"), saving.message);
-  assert(saving.message.includes("no GPU memory was left to copy a tensor back"), saving.message);
+  assert(saving.message.includes("no GPU memory was left to read a tensor back"), saving.message);
   assert(saving.message.includes("the last good checkpoint (step 40) is kept"), saving.message);
   assert(saving.message.includes("--resume"), saving.message);
 });

@@ -471,7 +471,8 @@ async function runSeed(
   });
   // The largest batch below `from` whose buffers this adapter allocates (a Trainer built with
   // every stage's gradients and optimizer state, then freed whether it fit or not; a step's
-  // scratch buffers are left out), for the advice of an allocation error; null if none does.
+  // scratch buffers and --analysis's copy of the backbone are left out, so the advice may be a
+  // little large), for the advice of an allocation error; null if none does.
   // Called once the run's own trainer is freed.
   const largestFitting = async (from: number): Promise<number | null> => {
     for (let b = from; b >= 1; b = b > 8 ? Math.floor(b * 0.8) : b - 1) {
@@ -505,7 +506,9 @@ async function runSeed(
     if (!(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter")) {
       return first;
     }
-    const fits = await largestFitting(Math.min(maxExamples, config.batchSize) - 1);
+    // A batch of 1 has nothing smaller to probe: the advice is then the shorter --max-length.
+    const from = Math.min(maxExamples, config.batchSize) - 1;
+    const fits = from >= 1 ? await largestFitting(from) : undefined;
     return explainRunError(e, { ...run, fitsBatch: fits });
   };
   let trainer: Trainer;

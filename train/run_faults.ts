@@ -170,16 +170,26 @@ export function explainRunError(
   // no batch size is to blame; other processes took the memory meanwhile.
   if (e.message.startsWith("download of tensor")) {
     return new RunFaultError(
-      `${e.message}: no GPU memory was left to copy a tensor back for saving (other processes ` +
-        `on this GPU?); ${keptCheckpoint(run.place)}; free that memory and continue with: ` +
+      `${e.message}: no GPU memory was left to read a tensor back (saving, evaluating or ` +
+        `logging; other processes on this GPU?); ${
+          keptCheckpoint(run.place)
+        }; free that memory and continue with: ` +
         `${resumeCommand()}`,
+    );
+  }
+  // Not even a batch of 1 at this length (probed): a shorter --max-length may still fit.
+  if (run.fitsBatch === null) {
+    const shorter = run.maxLength !== null && run.maxLength > 32
+      ? `--max-length ${Math.floor(run.maxLength / 2)}, `
+      : "";
+    return new RunFaultError(
+      `${e.message}: no batch size fits this adapter at this sequence length; try ${shorter}a ` +
+        `smaller model or a GPU with more memory (--overwrite to restart with it)`,
     );
   }
   // Parameters, gradients and optimizer state do not shrink with the batch (unprobed: a guess from
   // what failed; allocated after the activations, they may also fail for a batch too large).
-  const model = run.fitsBatch === null ||
-    (run.fitsBatch === undefined && /arena "|parameters|gradients|adam /.test(e.message));
-  if (model) {
+  if (/arena "|parameters|gradients|adam /.test(e.message) && run.fitsBatch === undefined) {
     return new RunFaultError(
       `${e.message}: the model itself does not fit this adapter (no batch size helps); use a ` +
         `smaller model or a GPU with more memory`,
