@@ -2,7 +2,14 @@
 // yielding to what the user typed, and one-line errors that name the flag.
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { BERT_LARGE_LR, parseTrainArgs, type Recipe, recipeLearningRate } from "../train/config.ts";
+import {
+  BERT_LARGE_LR,
+  checkConfigChoices,
+  parseTrainArgs,
+  type Recipe,
+  recipeLearningRate,
+  type TrainConfig,
+} from "../train/config.ts";
 import { checkRunFolder, FlagError } from "../train/flags.ts";
 
 const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
@@ -98,6 +105,10 @@ Deno.test("train flags: errors are one line and name the flag", () => {
   // A task script's recipe is data too: its strategy was taken unchecked.
   const typo = { strategy: "EHFT" } as unknown as Recipe;
   fails([], '--strategy: "EHFT" is not one of ft, lp, lpft, peft, ehft', typo);
+  // A config written by hand in JavaScript may leave out peft (none) and precision (f32).
+  const loose = { strategy: "ft", schedule: "linear" } as unknown as TrainConfig;
+  checkConfigChoices(loose);
+  assertThrows(() => checkConfigChoices({ ...loose, strategy: "ehft" }), FlagError, "needs a PEFT");
   fails(["--lr", "abc"], '--lr: expected a number > 0, got "abc"');
   fails(["--lr", "0"], "--lr: expected a number > 0");
   fails(["--lr", "-1"], "--lr");

@@ -474,13 +474,15 @@ export function checkConfigChoices(
       );
     }
   };
+  // A config written by hand in JavaScript may leave out peft (none) or precision (f32).
+  const peft = c.peft ?? null;
   known("strategy", c.strategy, STRATEGY_NAMES);
-  if (c.peft !== null) known("peft", c.peft, PEFT_NAMES);
+  if (peft !== null) known("peft", peft, PEFT_NAMES);
   known("schedule", c.schedule, SCHEDULE_NAMES);
-  known("precision", c.precision, PRECISIONS);
-  if (usesPeft(c.strategy) !== (c.peft !== null)) {
+  known("precision", c.precision ?? "f32", PRECISIONS);
+  if (usesPeft(c.strategy) !== (peft !== null)) {
     throw new FlagError(
-      c.peft === null
+      peft === null
         ? `--peft: strategy ${c.strategy} needs a PEFT method (${PEFT_NAMES.join(", ")})`
         : `--peft ${c.peft}: strategy ${c.strategy} uses no PEFT method (use --strategy peft, ` +
           `ehft or ehft-reserve)`,
