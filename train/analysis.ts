@@ -371,7 +371,8 @@ export class RunAnalysis {
   private async readPending(): Promise<void> {
     const loss = this.trainer.loss;
     const C = this.trainer.outputs;
-    for (const p of this.pendingSteps.splice(0)) {
+    // Each record leaves the list once read and freed: a failed read leaves the rest to destroy().
+    for (let p = this.pendingSteps[0]; p; p = this.pendingSteps[0]) {
       let accuracy: number | null = null;
       if (p.logits) {
         const values = await p.logits.download();
@@ -390,11 +391,13 @@ export class RunAnalysis {
         p.gradient.destroy();
       }
       this.convergence.push(point);
+      this.pendingSteps.shift();
     }
     const names = [...encoderParameters(this.trainer.encoder.params).keys()];
-    for (const p of this.pendingDistances.splice(0)) {
+    for (let p = this.pendingDistances[0]; p; p = this.pendingDistances[0]) {
       const d = await p.out.download();
       p.out.destroy();
+      this.pendingDistances.shift();
       const squares: Record<string, number> = {};
       let total = 0;
       names.forEach((name, i) => {
