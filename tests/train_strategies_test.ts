@@ -122,7 +122,13 @@ for (const [name, args] of CASES) {
     sanitizeResources: false,
     sanitizeOps: false,
     fn: async () => {
-      const { out, metrics } = await train(name, args);
+      // Only lp, whose stages never run the encoder's backward, keeps one set of activations.
+      const inference: boolean[] = [];
+      const { out, metrics } = await train(name, args, ({ trainer }) => {
+        inference.push(trainer.encoder.inference);
+        return Promise.resolve();
+      });
+      assertEquals(new Set(inference), new Set([name === "lp"]), name);
       assert((metrics.final.accuracy ?? 0) >= 0.95, `${name}: ${JSON.stringify(metrics)}`);
       const written = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
       assertEquals(written, metrics);
