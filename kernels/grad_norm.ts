@@ -410,7 +410,8 @@ export function gradNormPartialsLength(gpu: Gpu, grads: readonly Tensor[]): numb
  *
  * `partials` (f32, 1-D, at least `gradNormPartialsLength(gpu, grads)` elements) is scratch.
  * Consecutive grads that are back-to-back views of one buffer are reduced as one range, so a
- * gradient arena costs one launch per storage binding (128 MiB on lavapipe) plus one; separate tensors cost one launch each.
+ * gradient arena costs one launch per storage binding (128 MiB on lavapipe) plus one; separate
+ * tensors cost one launch each.
  * Accumulation is f32 over a fixed tree: per thread 16 sequential adds per chunk of 4096 and 4
  * chunk sums, 8 tree levels, then ⌈slots/256⌉ sequential adds and 8 tree levels; with the square's
  * rounding each term goes through at most 37 + ⌈n / 2^22⌉ roundings, so the relative error of Σg²

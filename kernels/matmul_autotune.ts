@@ -660,8 +660,9 @@ export function describeTune(gpu: Gpu, r: TuneResult): string {
 /**
  * What programs call after acquiring the device: tunes the classes of `shapes` that are worth it
  * (`worthTuning`) as `request` says and logs one line. Throws only when the device was lost: any
- * other failed tune warns and leaves the heuristic in place. Returns null when disabled or when nothing was worth tuning (then
- * the cache file is not even read, so small runs, e.g. the tests' tiny models, never touch it).
+ * other failed tune warns and leaves the heuristic in place. Returns null when disabled or when
+ * nothing was worth tuning (then the cache file is not even read, so small runs, e.g. the tests'
+ * tiny models, never touch it).
  */
 export async function autotuneForProgram(
   gpu: Gpu,

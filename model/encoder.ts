@@ -511,8 +511,8 @@ export function chooseAttention(
     if (!flashFits) {
       throw new Error(
         `Encoder: flash attention needs head dimension ≤ ${FLASH_ATTENTION_MAX_HEAD_DIM} ` +
-          `(this model: ${shape.headDim}) and ${FLASH_ATTENTION_STORAGE_BUFFERS} storage buffers per shader stage (this adapter: ` +
-          `${gpu.limits.maxStorageBuffersPerShaderStage})`,
+          `(this model: ${shape.headDim}) and ${FLASH_ATTENTION_STORAGE_BUFFERS} storage ` +
+          `buffers per shader stage (this adapter: ${gpu.limits.maxStorageBuffersPerShaderStage})`,
       );
     }
     return "flash";
