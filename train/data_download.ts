@@ -22,7 +22,18 @@
 
 import { unzipSync } from "npm:fflate@0.8.3";
 import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
+import {
+  delay,
+  fileSize,
+  offlineByEnv,
+  offlineVariablesSet,
+  Retryable,
+  sizeHeader,
+  Unreachable,
+  USER_AGENT,
+} from "../model/download_common.ts";
 import { envReader, expandUser, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
+import { errorText } from "../model/error_text.ts";
 import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
 /** What to download and what it must contain. */
@@ -112,7 +123,6 @@ export class DatasetNotCachedError extends DatasetError {
 }
 
 const MARKER = ".ehft-dataset.json";
-const USER_AGENT = `ehft/0.1.0; deno/${Deno.version.deno}`;
 // A name that may become one path component inside the cache.
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 // fflate inflates each entry into one buffer of its stated size: refuse absurd ones.
@@ -132,14 +142,6 @@ export function dataCacheDir(env?: Record<string, string | undefined>): string {
   const explicit = get("EHFT_DATA_CACHE");
   if (explicit) return trimSlash(expandUser(explicit, get, noDataHome));
   return `${userCacheBase(get, noDataHome)}/ehft/data`;
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function delay(ms: number): Promise<void> {
-  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
 }
 
 /** Whether an archive entry name stays inside the folder it is unpacked into. */
@@ -335,15 +337,6 @@ interface Marker {
   files: Record<string, { path: string; rows: number; header: boolean; bytes: number }>;
 }
 
-async function fileSize(path: string): Promise<number | undefined> {
-  try {
-    const info = await Deno.stat(path);
-    return info.isFile ? info.size : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Whether `dir` holds a complete extraction of the spec's files with the spec's row counts. */
 async function isComplete(dir: string, files: ReturnType<typeof checkSpec>): Promise<boolean> {
   let marker: Marker;
@@ -394,7 +387,7 @@ export async function ensureDataset(
   if (await isComplete(dir, files)) return dir;
 
   const quiet = opts.quiet ?? false;
-  const offline = opts.offline ?? (isTrue(get("EHFT_OFFLINE")) || isTrue(get("HF_HUB_OFFLINE")));
+  const offline = opts.offline ?? offlineByEnv(get);
   const zipPath = `${cache}/${spec.name}.zip`;
   const note = (text: string) => {
     if (!quiet) writeStderr(`ehft: ${text}\n`);
@@ -415,7 +408,7 @@ export async function ensureDataset(
       cache,
       url: spec.url,
       zip: zipPath,
-      offlineVariables: ["EHFT_OFFLINE", "HF_HUB_OFFLINE"].filter((name) => isTrue(get(name))),
+      offlineVariables: offlineVariablesSet(get),
     });
   if (offline && !(await zipReady())) throw notCached();
 
@@ -480,12 +473,6 @@ interface Transfer {
   timeoutMs: number;
 }
 
-/** A transfer that broke and may be retried. */
-class Retryable extends Error {}
-
-/** No answer at all on the first attempt: the server cannot be reached. */
-class Unreachable extends Error {}
-
 /**
  * Downloads the zip to `<zip>.partial` and renames it to `<zip>` once complete; returns its size.
  * A broken transfer starts over from the first byte (the partial file is never used).
@@ -521,12 +508,6 @@ async function download(
   } finally {
     await Deno.remove(partial).catch(() => {});
   }
-}
-
-function sizeHeader(value: string | null): number | undefined {
-  if (value === null || !/^\d+$/.test(value.trim())) return undefined;
-  const n = Number(value.trim());
-  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 async function attempt(

@@ -24,6 +24,8 @@
 //
 // Which labels, fields and values each task accepts is the task file's business (tasks/*.ts).
 
+import { errorText } from "../model/error_text.ts";
+
 /** The SHA-256 of `data` (a text as UTF-8) in hex: the fingerprint of data as read. */
 export async function sha256Hex(data: Uint8Array<ArrayBuffer> | string): Promise<string> {
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
@@ -70,10 +72,6 @@ export function quote(value: unknown, max = 40): string {
     text = String(value);
   }
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /**

@@ -29,6 +29,7 @@
 // missing data, a missing split or a missing model is not.
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
+import { errorText } from "../model/error_text.ts";
 import { resolveModel } from "../model/hub.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
@@ -86,10 +87,6 @@ export interface DryRunOptions {
   notes?: string[];
   /** --predict-test was given: a missing test split is a note, as for training's splits. */
   predictTest?: boolean;
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
