@@ -194,10 +194,12 @@ export function bufferOutgrown(): void {
  * step launches the same kernels on the same buffers every time, and creating their bind groups
  * anew took over 40% of the host's time per step (58 µs each on lavapipe, about 1,000 a step).
  * Whoever submits such repeated work owns one (the Trainer does) and passes it to its Recorders.
- * It holds its bind groups, and through them their buffers, until `clear`, until it holds
- * `capacity` of them, or until a buffer is outgrown (`bufferOutgrown`); then it starts over. A
- * destroyed buffer's memory is freed all the same, and its bind groups are never asked for
- * again (a new buffer gets a new key).
+ * It holds its bind groups, and through them their buffers, until `clear` or until a buffer is
+ * outgrown (`bufferOutgrown`; then it starts over); past `capacity` it drops the least recently
+ * used. Batches padded to a new length need new bind groups (about 950 a step at 24 layers), so
+ * a cache that started over when full kept rebuilding even the groups every step uses (the
+ * optimizer's, a frequent length's). A destroyed buffer's memory is freed all the same, and its
+ * bind groups are never asked for again (a new buffer gets a new key).
  */
 export class BindGroupCache {
   private groups = new Map<string, GPUBindGroup>();
@@ -214,11 +216,19 @@ export class BindGroupCache {
       this.outgrownSeen = outgrown;
       this.groups.clear();
     }
-    return this.groups.get(key);
+    const group = this.groups.get(key);
+    if (group !== undefined) {
+      // A Map iterates in insertion order: moved to the end, the first key is the least recent.
+      this.groups.delete(key);
+      this.groups.set(key, group);
+    }
+    return group;
   }
 
   set(key: string, group: GPUBindGroup): void {
-    if (this.groups.size >= this.capacity) this.groups.clear();
+    if (this.groups.size >= this.capacity) {
+      this.groups.delete(this.groups.keys().next().value!);
+    }
     this.groups.set(key, group);
   }
 

@@ -1,0 +1,100 @@
+// Host-side: how many bind groups a run creates, with kernels/recorder.ts's BindGroupCache, over
+// the real sequence of padded batch lengths of a task (no GPU: the cache is given placeholder
+// groups). Each batch is padded to its longest row, and a new length needs new bind groups for
+// every launch that binds a length-sized view: about 947 a step for a 24-layer encoder (counted
+// on lavapipe by wrapping createBindGroup; `--per-length`), plus some 23 that every step shares
+// (the optimizer's; `--shared`). Creating one costs 58 µs on lavapipe.
+//
+//   deno run -A bench/bind_group_cache.ts [--task mrpc] [--epochs 3] [--batch-size 32]
+//     [--max-length 128] [--capacity 16384] [--per-length 947] [--shared 23] [--seed 42]
+//
+// Prints, for the cache as it is (least recently used dropped when full) and for one that starts
+// over when full (what it did before), the bind groups created and the steps that create any.
+
+import { parseArgs } from "node:util";
+import { BindGroupCache } from "../kernels/recorder.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { readConfig } from "../model/config.ts";
+import { DataStream, tokenizeExamples } from "../train/batches.ts";
+import { taskByName } from "../tasks/all.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const { values: f } = parseArgs({
+  options: {
+    task: { type: "string", default: "mrpc" },
+    epochs: { type: "string", default: "3" },
+    "batch-size": { type: "string", default: "32" },
+    "max-length": { type: "string", default: "128" },
+    capacity: { type: "string", default: "16384" },
+    "per-length": { type: "string", default: "947" },
+    shared: { type: "string", default: "23" },
+    seed: { type: "string", default: "42" },
+  },
+});
+const task = taskByName(f.task!);
+const model = `${ROOT}models/ehft-mini-en`;
+const tokenizer = await loadTokenizer(model, await readConfig(`${model}/config.json`));
+if (!task.dataDir) throw new Error(`${task.name}: no shipped data (this bench reads data/)`);
+const data = `${ROOT}${task.dataDir}`;
+const examples = await task.readExamples(data, task.trainSplit ?? "train");
+const split = tokenizeExamples(
+  tokenizer,
+  examples,
+  Number(f["max-length"]),
+  task.name,
+  task.truncation,
+);
+const B = Number(f["batch-size"]);
+const steps = Math.ceil(split.examples.length / B) * Number(f.epochs);
+const stream = new DataStream(split.examples.length, B, Number(f.seed), true);
+const lengths = Array.from(
+  { length: steps },
+  (_, s) =>
+    Math.max(
+      ...stream.examples(s).flatMap((i) => split.examples[i].inputs.map((x) => x.ids.length)),
+    ),
+);
+
+/** The policy before: everything dropped when full. */
+class StartOver {
+  private groups = new Map<string, GPUBindGroup>();
+  constructor(readonly capacity: number) {}
+  get(key: string) {
+    return this.groups.get(key);
+  }
+  set(key: string, group: GPUBindGroup) {
+    if (this.groups.size >= this.capacity) this.groups.clear();
+    this.groups.set(key, group);
+  }
+}
+
+const capacity = Number(f.capacity), perLength = Number(f["per-length"]);
+const shared = Number(f.shared);
+console.log(
+  `${task.name}: ${steps} steps of ${B}, ${new Set(lengths).size} lengths; capacity ${capacity}, ` +
+    `${perLength} groups per length, ${shared} shared`,
+);
+for (
+  const [name, cache] of [
+    ["least recently used dropped", new BindGroupCache(capacity)],
+    ["start over when full (before)", new StartOver(capacity)],
+  ] as const
+) {
+  let created = 0, creating = 0;
+  for (const length of lengths) {
+    let here = 0;
+    const keys = [
+      ...Array.from({ length: shared }, (_, k) => `shared ${k}`),
+      ...Array.from({ length: perLength }, (_, k) => `${length} ${k}`),
+    ];
+    for (const key of keys) {
+      if (cache.get(key) === undefined) {
+        cache.set(key, {} as GPUBindGroup);
+        here++;
+      }
+    }
+    created += here;
+    if (here > 0) creating++;
+  }
+  console.log(`${name}: ${created} bind groups created; ${creating} of ${steps} steps create some`);
+}
