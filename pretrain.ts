@@ -19,7 +19,7 @@ import { exists, isDirectory, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
-import { openModel } from "./model/load.ts";
+import { type OpenedModel, openModel } from "./model/load.ts";
 import { initialMlmHeadValues, mlmHeadNames, type MlmHeadParams } from "./model/mlm_head.ts";
 import { TextTokenizer } from "./model/tokenizer.ts";
 import { convertTokenizerDir } from "./model/tokenizer_convert.ts";
@@ -275,6 +275,194 @@ async function readCorpus(
   return { docs, taskDocs, sources };
 }
 
+/**
+ * --resume: refuses (FlagError) a run started with other flags, another starting checkpoint or
+ * other text than `settings` and `stats` say now (`before` is pretrain.json as written at the
+ * start); true when the run is finished (nothing to do).
+ */
+async function resumeIsFinished(
+  out: string,
+  before: { settings: Record<string, unknown>; corpus: Record<string, unknown> },
+  settings: Record<string, unknown>,
+  stats: CorpusStats,
+): Promise<boolean> {
+  // The flags first (another --seed or --max-length also packs other text), less the paths
+  // whose contents are compared below; the starting checkpoint by where it is, however its
+  // path is spelled; then the text by its fingerprints (by its statistics for runs from
+  // before them).
+  const flags = (
+    {
+      corpus: _c,
+      task_text: _t,
+      vocab: _v,
+      model: _m,
+      train_sha256: _s,
+      held_out_sha256: _h,
+      ...rest
+    }: Record<string, unknown>,
+  ) => rest;
+  const diff = firstDifference(flags(before.settings), flags(settings));
+  if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
+  const where = (m: unknown) =>
+    typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
+  if ("model" in before.settings) {
+    const [was, now] = [await where(before.settings.model), await where(settings.model)];
+    if (was !== now) {
+      throw new FlagError(
+        `--resume: ${out} was started with other settings (model: ` +
+          `${JSON.stringify(before.settings.model)} in pretrain.json, ` +
+          `${JSON.stringify(settings.model)} now)`,
+      );
+    }
+  }
+  const text = (s: Record<string, unknown>) =>
+    Object.fromEntries(
+      ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
+    );
+  const counts = ({ sources: _, ...c }: Record<string, unknown>) => c;
+  const textDiff = firstDifference(text(before.settings), text(settings)) ||
+    firstDifference(counts(before.corpus), counts(stats as unknown as Record<string, unknown>));
+  if (textDiff) {
+    throw new FlagError(
+      `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
+        `(${textDiff})`,
+    );
+  }
+  const done = ["result.json", "model/config.json", "model/model.safetensors"];
+  // result.json is written last: with it everything is there, and nothing is rewritten.
+  return (await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean);
+}
+
+/** The model a run starts from, with the tokenizer files its output folder gets. */
+interface StartingModel {
+  config: ModelConfig;
+  tokenizer: TextTokenizer;
+  tokenizerJson: string;
+  /** Hugging Face's tokenizer settings (maximum length, casing): the checkpoint's own, if any. */
+  tokenizerConfig: string | null;
+  /** A new model's pruned vocabulary (its vocab.txt). */
+  vocabText: string | null;
+  encoder: Map<string, Float32Array>;
+  head: MlmHeadParams<Float32Array>;
+}
+
+/**
+ * A checkpoint to continue (its weights closed here): its encoder, and its MLM head where the file
+ * has one (a fresh one, drawn from `seed + 1`, where it does not).
+ */
+async function continuedModel(opened: OpenedModel, seed: number): Promise<StartingModel> {
+  const config = opened.config;
+  const tokenizerConfig = await Deno.readTextFile(`${opened.dir}/tokenizer_config.json`).catch(
+    () => null,
+  );
+  const tokenizerJson = await Deno.readTextFile(`${opened.dir}/tokenizer.json`).catch(async () =>
+    JSON.stringify(await convertTokenizerDir(opened.dir))
+  );
+  const encoder = new Map<string, Float32Array>();
+  const shapes = encoderParameterShapes(config);
+  const gpu = await getGpu();
+  const staging = new Map(
+    [...shapes].map(([n, s]) => [n, createTensor(gpu, s, "f32", `init ${n}`)]),
+  );
+  await loadBackbone(opened.weights, config, staging);
+  for (const [n, t] of staging) {
+    encoder.set(n, (await t.download()) as Float32Array);
+    t.destroy();
+  }
+  const names = mlmHeadNames(config);
+  const fresh = initialMlmHeadValues(
+    config,
+    normalGenerator(seed + 1),
+    `${opened.dir}/config.json`,
+  );
+  const fromFile = async (key: keyof MlmHeadParams) =>
+    opened.weights.tensors.has(names[key]) ? await opened.weights.readF32(names[key]) : fresh[key];
+  const head = {
+    denseWeight: await fromFile("denseWeight"),
+    denseBias: await fromFile("denseBias"),
+    lnWeight: await fromFile("lnWeight"),
+    lnBias: await fromFile("lnBias"),
+    bias: await fromFile("bias"),
+  };
+  opened.weights.close();
+  return {
+    config,
+    tokenizer: opened.tokenizer,
+    tokenizerJson,
+    tokenizerConfig,
+    vocabText: null,
+    encoder,
+    head,
+  };
+}
+
+/**
+ * A new BERT of the flags' shape on `vocabFile` pruned to the tokens `text` uses at least
+ * `minCount` times, initialised from `seed`.
+ */
+async function newModel(
+  shape: {
+    hidden: number;
+    layers: number;
+    heads: number;
+    intermediate: number;
+    maxPositions: number;
+  },
+  vocabFile: string,
+  text: Iterable<string>,
+  minCount: number,
+  seed: number,
+  say: (line: string) => void,
+): Promise<StartingModel> {
+  const fullVocab = await Deno.readTextFile(vocabFile).catch((e) => {
+    throw new FlagError(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
+  });
+  const pruned = pruneVocabulary(fullVocab, text, { minCount });
+  const tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
+  const tokenizerConfig = JSON.stringify(
+    prunedTokenizerConfig(pruned, shape.maxPositions),
+    null,
+    2,
+  ) + "\n";
+  const raw = {
+    architectures: ["BertForMaskedLM"],
+    model_type: "bert",
+    vocab_size: pruned.tokens.length,
+    hidden_size: shape.hidden,
+    num_hidden_layers: shape.layers,
+    num_attention_heads: shape.heads,
+    intermediate_size: shape.intermediate,
+    hidden_act: "gelu",
+    hidden_dropout_prob: 0.1,
+    attention_probs_dropout_prob: 0.1,
+    max_position_embeddings: shape.maxPositions,
+    type_vocab_size: 2,
+    initializer_range: 0.02,
+    layer_norm_eps: 1e-12,
+    pad_token_id: pruned.tokens.indexOf("[PAD]"),
+  };
+  const config = parseConfig(raw, "pretrain.ts flags");
+  const tokenizer = TextTokenizer.fromJson(tokenizerJson, config, { source: "pruned vocabulary" });
+  const normal = normalGenerator(seed);
+  const encoder = new Map(
+    [...initialEncoderValues(config, normal)].map(([n, v]) => [n, v.data]),
+  );
+  const head = initialMlmHeadValues(config, normal);
+  say(
+    `pretrain: vocabulary ${pruned.stats.kept} of ${pruned.stats.original} tokens ` +
+      `(min count ${minCount})`,
+  );
+  return {
+    config,
+    tokenizer,
+    tokenizerJson,
+    tokenizerConfig,
+    vocabText: vocabTxt(pruned),
+    encoder,
+    head,
+  };
+}
+
 async function main(args: string[]): Promise<void> {
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
@@ -350,15 +538,6 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
-  // The model: a new one of the flags' shape, or a checkpoint to continue from.
-  let config: ModelConfig;
-  let tokenizer: TextTokenizer;
-  let tokenizerJson: string;
-  // Hugging Face's tokenizer settings (maximum length, casing): the checkpoint's own, if any.
-  let tokenizerConfig: string | null = null;
-  let vocabText: string | null = null;
-  let initialEncoder: Map<string, Float32Array>;
-  let initialHead: MlmHeadParams<Float32Array>;
   const { docs, taskDocs, sources } = await readCorpus(f.corpus!, tasks, root, say);
   const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);
   // Task text only ever trains: the held-out slice measures language modelling on the corpus.
@@ -367,87 +546,16 @@ async function main(args: string[]): Promise<void> {
     for (const d of [...trainDocs, ...heldOut]) yield* d.sentences;
   };
 
-  if (opened) {
-    config = opened.config;
-    tokenizer = opened.tokenizer;
-    tokenizerConfig = await Deno.readTextFile(`${opened.dir}/tokenizer_config.json`).catch(() =>
-      null
-    );
-    tokenizerJson = await Deno.readTextFile(`${opened.dir}/tokenizer.json`).catch(async () =>
-      JSON.stringify(await convertTokenizerDir(opened.dir))
-    );
-    const params = new Map<string, Float32Array>();
-    const shapes = encoderParameterShapes(config);
-    const gpu = await getGpu();
-    const staging = new Map(
-      [...shapes].map(([n, s]) => [n, createTensor(gpu, s, "f32", `init ${n}`)]),
-    );
-    await loadBackbone(opened.weights, config, staging);
-    for (const [n, t] of staging) {
-      params.set(n, (await t.download()) as Float32Array);
-      t.destroy();
-    }
-    initialEncoder = params;
-    const names = mlmHeadNames(config);
-    const fresh = initialMlmHeadValues(
-      config,
-      normalGenerator(seed + 1),
-      `${opened.dir}/config.json`,
-    );
-    const fromFile = async (key: keyof MlmHeadParams) =>
-      opened.weights.tensors.has(names[key])
-        ? await opened.weights.readF32(names[key])
-        : fresh[key];
-    initialHead = {
-      denseWeight: await fromFile("denseWeight"),
-      denseBias: await fromFile("denseBias"),
-      lnWeight: await fromFile("lnWeight"),
-      lnBias: await fromFile("lnBias"),
-      bias: await fromFile("bias"),
-    };
-    opened.weights.close();
-  } else {
-    const vocabFile = f.vocab ?? SHIPPED_VOCAB.pathname;
-    const fullVocab = await Deno.readTextFile(vocabFile).catch((e) => {
-      throw new FlagError(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
-    });
-    const pruned = pruneVocabulary(fullVocab, allText(), { minCount });
-    vocabText = vocabTxt(pruned);
-    tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
-    tokenizerConfig = JSON.stringify(
-      prunedTokenizerConfig(pruned, maxPositions),
-      null,
-      2,
-    ) + "\n";
-    const raw = {
-      architectures: ["BertForMaskedLM"],
-      model_type: "bert",
-      vocab_size: pruned.tokens.length,
-      hidden_size: hidden,
-      num_hidden_layers: layers,
-      num_attention_heads: heads,
-      intermediate_size: intermediate,
-      hidden_act: "gelu",
-      hidden_dropout_prob: 0.1,
-      attention_probs_dropout_prob: 0.1,
-      max_position_embeddings: maxPositions,
-      type_vocab_size: 2,
-      initializer_range: 0.02,
-      layer_norm_eps: 1e-12,
-      pad_token_id: pruned.tokens.indexOf("[PAD]"),
-    };
-    config = parseConfig(raw, "pretrain.ts flags");
-    tokenizer = TextTokenizer.fromJson(tokenizerJson, config, { source: "pruned vocabulary" });
-    const normal = normalGenerator(seed);
-    initialEncoder = new Map(
-      [...initialEncoderValues(config, normal)].map(([n, v]) => [n, v.data]),
-    );
-    initialHead = initialMlmHeadValues(config, normal);
-    say(
-      `pretrain: vocabulary ${pruned.stats.kept} of ${pruned.stats.original} tokens ` +
-        `(min count ${minCount})`,
-    );
-  }
+  // The model: a checkpoint to continue from, or a new one of the flags' shape.
+  const start = opened ? await continuedModel(opened, seed) : await newModel(
+    { hidden, layers, heads, intermediate, maxPositions },
+    f.vocab ?? SHIPPED_VOCAB.pathname,
+    allText(),
+    minCount,
+    seed,
+    say,
+  );
+  const { config, tokenizer, tokenizerJson, tokenizerConfig, vocabText } = start;
 
   // BERT's special tokens, or RoBERTa's when the vocabulary has those instead.
   const id = (...tokens: string[]) => {
@@ -542,52 +650,7 @@ async function main(args: string[]): Promise<void> {
     tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
   };
   if (f.resume) {
-    const before = JSON.parse(savedSettings!);
-    // The flags first (another --seed or --max-length also packs other text), less the paths
-    // whose contents are compared below; the starting checkpoint by where it is, however its
-    // path is spelled; then the text by its fingerprints (by its statistics for runs from
-    // before them).
-    const flags = (
-      {
-        corpus: _c,
-        task_text: _t,
-        vocab: _v,
-        model: _m,
-        train_sha256: _s,
-        held_out_sha256: _h,
-        ...rest
-      }: Record<string, unknown>,
-    ) => rest;
-    const diff = firstDifference(flags(before.settings), flags(settings));
-    if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
-    const where = (m: unknown) =>
-      typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
-    if ("model" in before.settings) {
-      const [was, now] = [await where(before.settings.model), await where(settings.model)];
-      if (was !== now) {
-        throw new FlagError(
-          `--resume: ${out} was started with other settings (model: ` +
-            `${JSON.stringify(before.settings.model)} in pretrain.json, ` +
-            `${JSON.stringify(settings.model)} now)`,
-        );
-      }
-    }
-    const text = (s: Record<string, unknown>) =>
-      Object.fromEntries(
-        ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
-      );
-    const counts = ({ sources: _, ...c }: Record<string, unknown>) => c;
-    const textDiff = firstDifference(text(before.settings), text(settings)) ||
-      firstDifference(counts(before.corpus), counts(stats as unknown as Record<string, unknown>));
-    if (textDiff) {
-      throw new FlagError(
-        `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
-          `(${textDiff})`,
-      );
-    }
-    const done = ["result.json", "model/config.json", "model/model.safetensors"];
-    if ((await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean)) {
-      // result.json is written last: everything is there, and nothing is rewritten.
+    if (await resumeIsFinished(out, JSON.parse(savedSettings!), settings, stats)) {
       say(`${out}: the run is finished; nothing to do`);
       return;
     }
@@ -626,7 +689,7 @@ async function main(args: string[]): Promise<void> {
   );
   const result = await pretrain(gpu, {
     config,
-    initial: { encoder: initialEncoder, head: initialHead },
+    initial: { encoder: start.encoder, head: start.head },
     ids,
     train,
     heldOut: held,
