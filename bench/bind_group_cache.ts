@@ -1,7 +1,8 @@
 // Host-side: how many bind groups a run creates, with kernels/recorder.ts's BindGroupCache, over
 // the real sequence of padded batch lengths of a task (no GPU: the cache is given placeholder
-// groups). Each batch is padded to its longest row, and a new length needs new bind groups for
-// every launch that binds a length-sized view: about 947 a step for a 24-layer encoder (counted
+// groups). Each batch is padded to its longest row, and a new batch shape (rows × length) needs
+// new bind groups for every launch that binds a view of that size: about 947 a step for a 24-layer
+// encoder (counted
 // on lavapipe by wrapping createBindGroup; `--per-length`), plus some 23 that every step shares
 // (the optimizer's; `--shared`). Creating one costs 58 µs on lavapipe.
 //
@@ -10,6 +11,7 @@
 //
 // Prints, for the cache as it is (least recently used dropped when full) and for one that starts
 // over when full (what it did before), the bind groups created and the steps that create any.
+// Training steps only: the evaluations, which share the cache, are not replayed.
 
 import { parseArgs } from "node:util";
 import { BindGroupCache } from "../kernels/recorder.ts";
@@ -47,13 +49,12 @@ const split = tokenizeExamples(
 const B = Number(f["batch-size"]);
 const steps = Math.ceil(split.examples.length / B) * Number(f.epochs);
 const stream = new DataStream(split.examples.length, B, Number(f.seed), true);
-const lengths = Array.from(
-  { length: steps },
-  (_, s) =>
-    Math.max(
-      ...stream.examples(s).flatMap((i) => split.examples[i].inputs.map((x) => x.ids.length)),
-    ),
-);
+// A step's views are sized by its rows × padded length: the short last batch of an epoch has
+// keys of its own even at a length seen before.
+const shapes = Array.from({ length: steps }, (_, s) => {
+  const rows = stream.examples(s).flatMap((i) => split.examples[i].inputs);
+  return `${rows.length}x${Math.max(...rows.map((x) => x.ids.length))}`;
+});
 
 /** The policy before: everything dropped when full. */
 class StartOver {
@@ -71,7 +72,9 @@ class StartOver {
 const capacity = Number(f.capacity), perLength = Number(f["per-length"]);
 const shared = Number(f.shared);
 console.log(
-  `${task.name}: ${steps} steps of ${B}, ${new Set(lengths).size} lengths; capacity ${capacity}, ` +
+  `${task.name}: ${steps} steps of ${B}, ${
+    new Set(shapes).size
+  } batch shapes; capacity ${capacity}, ` +
     `${perLength} groups per length, ${shared} shared`,
 );
 for (
@@ -81,20 +84,16 @@ for (
   ] as const
 ) {
   let created = 0, creating = 0;
-  for (const length of lengths) {
-    let here = 0;
+  for (const shape of shapes) {
     const keys = [
       ...Array.from({ length: shared }, (_, k) => `shared ${k}`),
-      ...Array.from({ length: perLength }, (_, k) => `${length} ${k}`),
+      ...Array.from({ length: perLength }, (_, k) => `${shape} ${k}`),
     ];
-    for (const key of keys) {
-      if (cache.get(key) === undefined) {
-        cache.set(key, {} as GPUBindGroup);
-        here++;
-      }
-    }
-    created += here;
-    if (here > 0) creating++;
+    // As Recorder.submit does: every group of the submit looked up first, the new ones stored.
+    const missing = keys.filter((key) => cache.get(key) === undefined);
+    for (const key of missing) cache.set(key, {} as GPUBindGroup);
+    created += missing.length;
+    if (missing.length > 0) creating++;
   }
   console.log(`${name}: ${created} bind groups created; ${creating} of ${steps} steps create some`);
 }
