@@ -1,7 +1,7 @@
 // Helpers shared by the toolkit's downloaders: model files from the Hugging Face hub
 // (model/hub.ts), task data sets (train/data_download.ts) and the pretraining corpus
-// (train/corpus.ts). One copy, so that the user agent, the error classes a retry loop tells
-// apart and the offline switches cannot drift between them. Each downloader keeps its own retry
+// (train/corpus.ts, its offline switches). One copy, so that the user agent (hub and data), the
+// error classes a retry loop tells apart and the offline switches cannot drift between them. Each downloader keeps its own retry
 // counts, messages and progress line: those differ on purpose.
 
 import { type Env, isTrue } from "./env.ts";
@@ -12,7 +12,7 @@ import { type Env, isTrue } from "./env.ts";
  */
 export const EHFT_VERSION = "0.1.0";
 
-/** The User-Agent of every download request. */
+/** The User-Agent of the hub's and the data sets' requests. */
 export const USER_AGENT = `ehft/${EHFT_VERSION}; deno/${Deno.version.deno}`;
 
 /** A transfer that broke and may be retried. */
@@ -48,7 +48,7 @@ export async function fileSize(path: string): Promise<number | undefined> {
 
 /**
  * The variables that make the toolkit's own downloads (task data, corpora) offline, in the order
- * a message names them. The hub follows Hugging Face's rule instead (HF_HUB_OFFLINE or
+ * a message names them. The hub follows Hugging Face's rule instead (HF_HUB_OFFLINE, else
  * TRANSFORMERS_OFFLINE, model/hub.ts).
  */
 export const OFFLINE_VARIABLES = ["EHFT_OFFLINE", "HF_HUB_OFFLINE"] as const;

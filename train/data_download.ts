@@ -25,6 +25,7 @@ import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import {
   delay,
   fileSize,
+  OFFLINE_VARIABLES,
   offlineByEnv,
   offlineVariablesSet,
   Retryable,
@@ -32,7 +33,7 @@ import {
   Unreachable,
   USER_AGENT,
 } from "../model/download_common.ts";
-import { envReader, expandUser, isTrue, trimSlash, userCacheBase } from "../model/env.ts";
+import { envReader, expandUser, trimSlash, userCacheBase } from "../model/env.ts";
 import { errorText } from "../model/error_text.ts";
 import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
@@ -399,9 +400,7 @@ export async function ensureDataset(
   };
   const offlineReason = opts.offline !== undefined
     ? "offline mode"
-    : isTrue(get("EHFT_OFFLINE"))
-    ? "EHFT_OFFLINE is set"
-    : "HF_HUB_OFFLINE is set";
+    : `${offlineVariablesSet(get)[0] ?? OFFLINE_VARIABLES.at(-1)} is set`;
   const notCached = () =>
     new DatasetNotCachedError(missingMessage(spec, cache, offlineReason), {
       dataset: spec.name,
