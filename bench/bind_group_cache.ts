@@ -1,10 +1,9 @@
 // Host-side: how many bind groups a run creates, with kernels/recorder.ts's BindGroupCache, over
-// the real sequence of padded batch lengths of a task (no GPU: the cache is given placeholder
-// groups). Each batch is padded to its longest row, and a new batch shape (rows × length) needs
-// new bind groups for every launch that binds a view of that size: about 947 a step for a 24-layer
-// encoder (counted
-// on lavapipe by wrapping createBindGroup; `--per-length`), plus some 23 that every step shares
-// (the optimizer's; `--shared`). Creating one costs 58 µs on lavapipe.
+// the real sequence of batch shapes of a task (no GPU: the cache is given placeholder groups).
+// Each batch is padded to its longest row, and a new batch shape (rows × length) needs new bind
+// groups for every launch that binds a view of that size: about 947 a step for a 24-layer encoder
+// (counted on lavapipe by wrapping createBindGroup; `--per-length`), plus some 23 that every step
+// shares (the optimizer's; `--shared`). Creating one costs 58 µs on lavapipe.
 //
 //   deno run -A bench/bind_group_cache.ts [--task mrpc] [--epochs 3] [--batch-size 32]
 //     [--max-length 128] [--capacity 16384] [--per-length 947] [--shared 23] [--seed 42]
