@@ -81,8 +81,10 @@ export interface PeftMethod {
   /** Hooks to install with `encoder.setHooks` (undefined for BitFit, which needs none). */
   hooks(): EncoderHooks | undefined;
   /**
-   * The sequence budget the method takes: Prefix-tuning's P, 0 otherwise. The engine shrinks
-   * max_length by it, as the official code does, and builds the encoder with maxPrefix ≥ it.
+   * The key rows the method adds to attention: Prefix-tuning's P, 0 otherwise. The engine builds
+   * the encoder with maxPrefix ≥ it; for the built-in prefix-tuning it also shrinks max_length by
+   * P, as the official code does (a method of one's own, RunOptions.peft, keeps the whole
+   * budget: its rows take no positions).
    */
   readonly prefixLength: number;
   /**
