@@ -150,6 +150,12 @@ Deno.test("metrics: pearson and spearman on exact, monotone and offset relations
   }
   // Correlations stay in [-1, 1] (SciPy clips too).
   assert(Math.abs(pearson([1, 2, 3, 4, 5], [2.5, 4.5, 6.5, 8.5, 10.5])) <= 1);
+  // Guards a dropped clip: unclipped, this exact linear relation sums to 1.0000000000000002.
+  const x = [6.9, 9.9, 9.6, 4.1, 6.2, 8];
+  assertEquals(pearson(x, [1.69, 1.9900000000000002, 1.96, 1.41, 1.62, 1.8]), 1);
+  // Guards a one-pass mean: at 8e15 the sum rounds, and the mean's error skews the deviations.
+  const offset = [0, 7, 3, 2].map((v) => 8e15 + v);
+  near("reg_offset_8e15", pearson(offset, [2, 5, 5, 5]), pearson([0, 7, 3, 2], [2, 5, 5, 5]));
 });
 
 Deno.test("metrics: spearman gives tied values the mean of their ranks", () => {

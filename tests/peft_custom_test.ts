@@ -124,6 +124,47 @@ Deno.test({
   },
 });
 
+// Guards a trainer that ignores PeftMethod.noDecay (every built-in method answers false).
+Deno.test({
+  name: "RunOptions.peft: a tensor the method exempts from weight decay does not decay",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-peft-nodecay-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      const exemptB: RunOptions["peft"] = {
+        ...MINE!,
+        create: (gpu, config, options) => ({
+          ...MINE!.create(gpu, config, options),
+          noDecay: (name: string) => name.includes("lora_B"),
+        }),
+      };
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--strategy", "peft", "--peft", "lora", "--batch-size", "8", "--max-steps", "1"],
+        ...["--eval-every", "0", "--out", `${dir}/out`],
+      ]);
+      const decays = new Map<string, boolean>();
+      await runTraining(config, {
+        task: rte,
+        quiet: true,
+        peft: exemptB,
+        onStageStart: ({ trainer }) => {
+          for (const t of trainer.optimizer!.tensors) decays.set(t.name, t.decay);
+          return Promise.resolve();
+        },
+      });
+      const lora = [...decays].filter(([n]) => n.startsWith("lora."));
+      assert(lora.length > 0, "the method's tensors are trained");
+      for (const [n, decay] of lora) assertEquals(decay, !n.includes("lora_B"), n);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 gpuTest(
   "a linear hook is told the frozen weight its products read, forward and backward",
   async (gpu) => {

@@ -51,11 +51,27 @@ Deno.test("strategies resolve to stages", () => {
   // Stage 1 gets round(ratio · total) steps, at least 1, leaving Stage 2 at least 1.
   assertEquals([stage1Steps(100, 0.1), stage1Steps(7, 0.1), stage1Steps(2, 0.9)], [10, 1, 1]);
   assertEquals(stage1Steps(25, 0.1), 3);
+  // Guards a dropped lower clamp: round(0.1) is 0, yet Stage 1 must run at least one step.
+  assertEquals(stage1Steps(10, 0.01), 1);
+  // Guards loosened checks: one step cannot be split, and a ratio of 1 leaves no Stage 2.
+  assertThrows(() => stage1Steps(1, 0.5), Error, "at least 2 steps");
+  assertThrows(() => stage1Steps(10, 1), Error, "not in (0, 1)");
+  // Guards Stage 1 of ehft-reserve: PEFT + head from a fresh head, as ehft (not lpft's head only).
+  assertEquals(reserve[0], {
+    name: "stage1",
+    steps: 10,
+    lr: 5e-4,
+    trains: { head: true, backbone: "peft", peft: true },
+    freshHead: true,
+  });
 });
 
 Deno.test("schedule: linear warmup then linear decay to 0, as Hugging Face's", () => {
   const s = { name: "linear" as const, lr: 1, total: 100, warmupRatio: 0.1 };
   assertEquals(warmupSteps(s), 10);
+  // Guards ⌈⌉ or rounding for the documented ⌊warmupRatio · total⌋: 2.5 warmup steps are 2.
+  const odd = { ...s, total: 25 };
+  assertEquals([warmupSteps(odd), learningRate(odd, 2)], [2, 1]);
   assertEquals([0, 5, 10, 55, 99].map((d) => learningRate(s, d)), [0, 0.5, 1, 0.5, 1 / 90]);
   const none = { ...s, warmupRatio: 0, total: 4 };
   assertEquals([0, 1, 2, 3].map((d) => learningRate(none, d)), [1, 0.75, 0.5, 0.25]);
@@ -84,6 +100,13 @@ Deno.test("data order: a seeded shuffle per epoch, file order without shuffling"
   const shuffled = new DataStream(10, 4, 7, true);
   const epoch1 = [3, 4, 5].flatMap((s) => shuffled.examples(s));
   assertEquals(epoch1, epochOrder(10, 7, 1, true));
+  // Guards a stale order: one stream walking across the epoch boundary reshuffles at step 3.
+  const walked = new DataStream(10, 4, 7, true);
+  const steps = [0, 1, 2, 3, 4, 5].map((s) => walked.examples(s));
+  assertEquals(steps.slice(3).flat(), epochOrder(10, 7, 1, true));
+  // Guards the Fisher–Yates bounds (i > 0, j in [0, i]): the seeded orders runs are recorded with.
+  assertEquals(epochOrder(10, 7, 0, true), [8, 7, 4, 3, 9, 2, 1, 5, 6, 0]);
+  assertEquals(epochOrder(10, 7, 1, true), [4, 1, 9, 6, 8, 5, 2, 0, 3, 7]);
 });
 
 Deno.test("batches are padded to their longest row, with each model's positions", () => {
@@ -121,6 +144,9 @@ Deno.test("predictions, best scores, the no-decay rule and seed summaries", () =
   assertEquals(predictionOf("bce", [0.3]), 1);
   assertEquals(predictionOf("bce", [-0.3]), 0);
   assertEquals(predictionOf("ce", [0.1, 2, -1]), 1);
+  // Guards >= for >: a logit of exactly 0 (probability 0.5) is class 0; ties go to the first.
+  assertEquals(predictionOf("bce", [0]), 0);
+  assertEquals(predictionOf("ce", [1, 2, 2]), 1);
   assertEquals(predictionOf("mse", [3.5]), 3.5);
   assertEquals(updateBest({}, { accuracy: 0.5, pearson: null }), { accuracy: 0.5, pearson: null });
   assertEquals(updateBest({ accuracy: 0.7, f1: 0.2 }, { accuracy: 0.6, f1: 0.4 }), {

@@ -141,6 +141,13 @@ for (const [name, args] of CASES) {
       assertEquals(run.resolved.max_length, name.endsWith("prefix") ? 33 - 16 : 33);
       const twoStage = name.startsWith("ehft") || name === "lpft";
       assertEquals(await exists(`${out}/stage1/model.safetensors`), twoStage);
+      // Guards a per-stage --eval-every count: evaluations fall on global steps (8, 16, …), plus
+      // Stage 1's end (step 3 of 32).
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
+      const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+      const total = Number(args[args.indexOf("--max-steps") + 1]);
+      const every = Array.from({ length: total / 8 }, (_, i) => 8 * (i + 1));
+      assertEquals(evals.map((l) => l.step), twoStage ? [3, ...every] : every, name);
       assertEquals(await exists(`${out}/checkpoint.safetensors`), false);
     },
   });
@@ -170,6 +177,10 @@ Deno.test({
         const stage1 = await readAll(`${out}/stage1/model.safetensors`);
         const start = atStage2! as Map<string, Float32Array>;
         const what = `${strategy} ${peft}`;
+        // Guards an evaluation at Stage 1's end under --eval-every 0: only the run's end is scored.
+        const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
+        const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+        assertEquals(evals.map((l) => [l.stage, l.step]), [["stage2", 10]], what);
         // The Stage-1 snapshot: BitFit's trained biases in place, everything else pretrained.
         let moved = 0;
         for (const [name, value] of pretrained) {
