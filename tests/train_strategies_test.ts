@@ -273,3 +273,31 @@ Deno.test({
     opened.weights.close();
   },
 });
+
+Deno.test({
+  name: "train: the best score counts only the final stage's evaluations (Stage 1's are logged)",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Stage 1 learns the task; Stage 2 starts from a zeroed head at a rate too small to move it,
+    // so its evaluations score worse than Stage 1's, which must not become the run's best.
+    const { out, metrics } = await train(
+      "best-final-stage",
+      [
+        ...["--strategy", "lpft", "--stage1-lr", "1e-2", "--lr", "1e-9"],
+        ...["--max-steps", "32", "--stage1-ratio", "0.5"],
+      ],
+      async ({ index, trainer }) => {
+        if (index !== 1) return;
+        for (const t of trainer.headParameters().values()) t.upload(new Float32Array(t.numel));
+        await trainer.gpu.flushErrors();
+      },
+    );
+    const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
+    const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+    const best = (stage: string) =>
+      Math.max(...evals.filter((l) => l.stage === stage).map((l) => l.metrics.accuracy));
+    assert(best("stage1") > best("stage2"), `stage1 ${best("stage1")}, stage2 ${best("stage2")}`);
+    assertEquals(metrics.best.accuracy, best("stage2"));
+  },
+});
