@@ -284,6 +284,47 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "train --resume: a run.json from before a fingerprint, --precision or constant's warmup resumes",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Runs started by earlier versions lack what later ones record; each absence is accepted as
+    // what those versions did (f32; no warmup to differ by), not refused as another setting.
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-old-run-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const out = `${dir}/run`;
+      const run = async (...more: string[]) => {
+        const { config } = parseTrainArgs([
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+          ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+          ...["--max-steps", "2", "--eval-every", "0", "--out", out],
+          ...["--schedule", "constant", "--warmup-ratio", "0", ...more],
+        ]);
+        return await runTraining(config, { task: rte, quiet: true });
+      };
+      const expected = await run();
+      await Deno.remove(`${out}/metrics.json`);
+      const path = `${out}/run.json`;
+      const old = JSON.parse(await Deno.readTextFile(path));
+      delete old.settings.precision;
+      delete old.resolved.task.train_sha256;
+      delete old.resolved.task.dev_sha256;
+      delete old.resolved.model.sha256;
+      delete old.resolved.head_sha256;
+      delete old.resolved.schedule.constant_warmup;
+      await Deno.writeTextFile(path, JSON.stringify(old));
+      assertEquals(await run("--resume"), expected);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "train --overwrite: the old run stays until the new one can start, and goes entirely",
   sanitizeResources: false,
   sanitizeOps: false,
