@@ -229,25 +229,41 @@ Deno.test({
   },
 });
 
+/**
+ * A fresh folder with the tiny model, the marker data and a narrow head; `run(...more)` trains ft
+ * for 2 steps (with `flags`) into `out`, or resumes it with "--resume". Removed afterwards.
+ */
+async function withTinyRun(
+  prefix: string,
+  flags: string[],
+  fn: (dir: string, out: string, run: (...more: string[]) => Promise<unknown>) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await writeTinyBert(`${dir}/model`, false);
+    await writeMarkerData(`${dir}/data`);
+    await writeNarrowHead(`${dir}/head.safetensors`);
+    const out = `${dir}/run`;
+    const run = async (...more: string[]) => {
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--max-steps", "2", "--eval-every", "0", "--out", out, ...flags, ...more],
+      ]);
+      return await runTraining(config, { task: rte, quiet: true });
+    };
+    await fn(dir, out, run);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "train --resume: a model or --head changed in place since the start is refused",
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "ehft-train-changed-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      await writeNarrowHead(`${dir}/head.safetensors`);
-      const out = `${dir}/run`;
-      const run = async (...more: string[]) => {
-        const { config } = parseTrainArgs([
-          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
-          ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
-          ...["--max-steps", "2", "--eval-every", "0", "--out", out, ...more],
-        ]);
-        return await runTraining(config, { task: rte, quiet: true });
-      };
+    await withTinyRun("ehft-train-changed-", [], async (dir, out, run) => {
       const expected = await run();
       // Unfinished again (as if killed before its first checkpoint): --resume checks its inputs.
       const unfinish = () => Deno.remove(`${out}/metrics.json`);
@@ -277,9 +293,7 @@ Deno.test({
       await writeNarrowHead(`${dir}/head.safetensors`);
       // As it was: the run goes on (here, from its start) to the same end.
       assertEquals(await run("--resume"), expected);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -291,21 +305,8 @@ Deno.test({
   fn: async () => {
     // Runs started by earlier versions lack what later ones record; each absence is accepted as
     // what those versions did (f32; no warmup to differ by), not refused as another setting.
-    const dir = await Deno.makeTempDir({ prefix: "ehft-train-old-run-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      await writeNarrowHead(`${dir}/head.safetensors`);
-      const out = `${dir}/run`;
-      const run = async (...more: string[]) => {
-        const { config } = parseTrainArgs([
-          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
-          ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
-          ...["--max-steps", "2", "--eval-every", "0", "--out", out],
-          ...["--schedule", "constant", "--warmup-ratio", "0", ...more],
-        ]);
-        return await runTraining(config, { task: rte, quiet: true });
-      };
+    const constant = ["--schedule", "constant", "--warmup-ratio", "0"];
+    await withTinyRun("ehft-train-old-run-", constant, async (_dir, out, run) => {
       const expected = await run();
       await Deno.remove(`${out}/metrics.json`);
       const path = `${out}/run.json`;
@@ -318,9 +319,7 @@ Deno.test({
       delete old.resolved.schedule.constant_warmup;
       await Deno.writeTextFile(path, JSON.stringify(old));
       assertEquals(await run("--resume"), expected);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
