@@ -5,26 +5,18 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import {
   assertSameFiles,
+  markerTrainBatches,
   readTree,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
 import { getGpu } from "../kernels/device.ts";
-import { readConfig } from "../model/config.ts";
 import { loadBackbone } from "../model/checkpoint.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import { openModel } from "../model/load.ts";
 import type { AnalysisData, HeadFeatures } from "../train/analysis.ts";
-import {
-  batchesOf,
-  distanceStats,
-  layerOf,
-  rowDistancesHost,
-  RunAnalysis,
-} from "../train/analysis.ts";
-import { tokenizeExamples } from "../train/batches.ts";
+import { distanceStats, layerOf, rowDistancesHost, RunAnalysis } from "../train/analysis.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { runTraining } from "../train/run.ts";
@@ -230,17 +222,15 @@ async function plainFeatures(
   dir: string,
   weights: string,
 ): Promise<{ values: Float32Array; width: number }> {
-  const config = await readConfig(`${dir}/model/config.json`);
-  const model = await openModel(`${dir}/model`);
-  const examples = await rte.readExamples(`${dir}/data`, "train");
-  const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
+  const { model, longest, batches } = await markerTrainBatches(`${dir}/model`, `${dir}/data`, 8);
   model.weights.close();
+  const config = model.config;
   const trainer = new Trainer(await getGpu(), {
     config,
     loss: "bce",
     headClasses: 1,
     maxExamples: 8,
-    maxSeq: tokens.longest,
+    maxSeq: longest,
     headSeed: 0,
     dropoutSeed: 0,
     adamw: ADAMW_DEFAULTS,
@@ -249,7 +239,7 @@ async function plainFeatures(
     const reader = await openSafetensors(weights);
     await loadBackbone(reader, config, encoderParameters(trainer.encoder.params));
     reader.close();
-    return await trainer.headFeatures(batchesOf(config, "bce", tokens.examples, 8), "input");
+    return await trainer.headFeatures(batches, "input");
   } finally {
     trainer.destroy();
   }
@@ -302,11 +292,12 @@ Deno.test({
     try {
       await writeTinyBert(`${dir}/model`, false);
       await writeMarkerData(`${dir}/data`, 40, 8);
-      const config = await readConfig(`${dir}/model/config.json`);
-      const model = await openModel(`${dir}/model`);
-      const examples = await rte.readExamples(`${dir}/data`, "train");
-      const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
-      const batches = batchesOf(config, "bce", tokens.examples, 8);
+      const { model, longest, batches } = await markerTrainBatches(
+        `${dir}/model`,
+        `${dir}/data`,
+        8,
+      );
+      const config = model.config;
       const gpu = await getGpu();
       const analyse = async (readEvery: number) => {
         const trainer = new Trainer(gpu, {
@@ -314,7 +305,7 @@ Deno.test({
           loss: "bce",
           headClasses: 1,
           maxExamples: 8,
-          maxSeq: tokens.longest,
+          maxSeq: longest,
           headSeed: 3,
           dropoutSeed: 4,
           adamw: ADAMW_DEFAULTS,

@@ -10,6 +10,10 @@ import { openSafetensors, type SafetensorsReader, writeSafetensors } from "../mo
 import type { ModelConfig } from "../model/config.ts";
 import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import type { MaskingIds } from "../train/mlm_data.ts";
+import { type OpenedModel, openModel } from "../model/load.ts";
+import { batchesOf } from "../train/analysis.ts";
+import { tokenizeExamples, type TrainBatch } from "../train/batches.ts";
+import { rte } from "../tasks/rte.ts";
 
 export const TINY_BERT = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 
@@ -215,4 +219,21 @@ export function sigkill(child: Deno.ChildProcess): boolean {
     if (e instanceof TypeError && /already terminated/.test(e.message)) return false;
     throw e;
   }
+}
+
+/**
+ * The marker task's train split in `dataDir` as the model in `modelDir` tokenizes it, in BCE
+ * batches of `size`, for tests that drive a Trainer themselves. The model stays open: close its
+ * weights when done.
+ */
+export async function markerTrainBatches(
+  modelDir: string,
+  dataDir: string,
+  size: number,
+): Promise<{ model: OpenedModel; longest: number; batches: TrainBatch[] }> {
+  const model = await openModel(modelDir);
+  const examples = await rte.readExamples(dataDir, "train");
+  const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
+  const batches = batchesOf(model.config, "bce", tokens.examples, size);
+  return { model, longest: tokens.longest, batches };
 }

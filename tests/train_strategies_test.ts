@@ -9,7 +9,13 @@
 // 64 units wide (`--head` with a narrow fresh head) to keep each run to a few seconds.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import {
+  exists,
+  markerTrainBatches,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { isBitFitParameter } from "../peft/bitfit.ts";
 import { parseTrainArgs } from "../train/config.ts";
@@ -17,12 +23,8 @@ import { runTraining } from "../train/run.ts";
 import { Trainer } from "../train/trainer.ts";
 import { getGpu } from "../kernels/device.ts";
 import { loadBackbone } from "../model/checkpoint.ts";
-import { readConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { headParameters } from "../model/head.ts";
-import { openModel } from "../model/load.ts";
-import { batchesOf } from "../train/analysis.ts";
-import { tokenizeExamples } from "../train/batches.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import type { Stage } from "../train/strategy.ts";
 import { rte } from "../tasks/rte.ts";
@@ -225,11 +227,8 @@ Deno.test({
     // RoBERTa-large, batch 32 × 128) were kept all the same.
     const { model, data } = await prepare();
     const gpu = await getGpu();
-    const config = await readConfig(`${model}/config.json`);
-    const opened = await openModel(model);
-    const examples = await rte.readExamples(data, "train");
-    const tokens = tokenizeExamples(opened.tokenizer, examples, 512, "rte train", rte.truncation);
-    const batches = batchesOf(config, "bce", tokens.examples, 16);
+    const { model: opened, longest, batches } = await markerTrainBatches(model, data, 16);
+    const config = opened.config;
     const run = async (frozenBackbone: boolean) => {
       const before = gpu.liveBytes;
       const trainer = new Trainer(gpu, {
@@ -237,7 +236,7 @@ Deno.test({
         loss: "bce",
         headClasses: 1,
         maxExamples: 16,
-        maxSeq: tokens.longest,
+        maxSeq: longest,
         headWidth: HEAD_WIDTH,
         headSeed: 5,
         dropoutSeed: 6,
