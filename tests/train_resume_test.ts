@@ -17,7 +17,8 @@ import {
 } from "./train_fixture.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
-import { runTraining } from "../train/run.ts";
+import { type RunOptions, runTraining } from "../train/run.ts";
+import { parentOf } from "../model/atomic_write.ts";
 import { rte } from "../tasks/rte.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
@@ -223,6 +224,52 @@ Deno.test({
         Error,
         '--precision "f16" in run.json, "f32" now',
       );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "train --resume: from a checkpoint at Stage 1's last step, the run ends as an uninterrupted one",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-boundary-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      // Stage 1 is steps 1-2, so its last step is a checkpoint step as well.
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ehft", "--peft", "bitfit"],
+        ...["--batch-size", "8", "--max-steps", "8", "--stage1-ratio", "0.25"],
+        ...["--eval-every", "0", "--checkpoint-every", "2"],
+      ];
+      const run = async (out: string, more: string[], options: Partial<RunOptions> = {}) => {
+        const { config } = parseTrainArgs([...common, "--out", out, ...more]);
+        return await runTraining(config, { task: rte, quiet: true, ...options });
+      };
+      // What a run killed as Stage 2 begins leaves: copied from the uninterrupted run then.
+      const whole = `${dir}/whole`;
+      const killed = `${dir}/killed`;
+      const expected = await run(whole, [], {
+        onStageStart: async ({ index }) => {
+          if (index !== 1) return;
+          for (const [name, bytes] of await readTree(whole)) {
+            await Deno.mkdir(parentOf(`${killed}/${name}`), { recursive: true });
+            await Deno.writeFile(`${killed}/${name}`, bytes);
+          }
+        },
+      });
+      const reader = await openSafetensors(`${killed}/checkpoint.safetensors`);
+      reader.close();
+      const state = JSON.parse(reader.metadata.ehft_training_state);
+      assertEquals([state.stage, state.stageStep, state.step], [0, 2, 2]);
+      assertEquals(await run(killed, ["--resume"]), expected);
+      assertSameFiles(await readTree(killed), await readTree(whole), "resumed at Stage 1's end");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
