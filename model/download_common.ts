@@ -12,7 +12,7 @@ import { type Env, isTrue } from "./env.ts";
  */
 export const EHFT_VERSION = "0.1.0";
 
-/** The User-Agent of the hub's and the data sets' requests. */
+/** The User-Agent of every request: the hub's, the data sets' and the pretraining corpus's. */
 export const USER_AGENT = `ehft/${EHFT_VERSION}; deno/${Deno.version.deno}`;
 
 /** A transfer that broke and may be retried. */

