@@ -3,6 +3,8 @@
 // synced so that the rename itself survives a power cut. And the small checks and reads their
 // callers share (exists, isDirectory, readJsonFile).
 
+import { jsonErrorText } from "./error_text.ts";
+
 /** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
 export function temporaryName(path: string): string {
   return `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
@@ -274,6 +276,6 @@ export async function readJsonFile(path: string): Promise<unknown> {
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+    throw new Error(`${path}: not valid JSON (${jsonErrorText(e, text)})`);
   }
 }

@@ -1,6 +1,8 @@
 // A model's config.json, read strictly: the encoder's shape comes from here, so a missing or
 // nonsensical field is an error naming the file and the field, never a silent default.
 
+import { jsonErrorText } from "./error_text.ts";
+
 /** The config.json `model_type`s this project runs. */
 export type ModelType = "bert" | "roberta" | "xlm-roberta" | "electra";
 
@@ -66,11 +68,13 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
   const raw = json as Record<string, unknown>;
   const type = raw.model_type;
   if (typeof type !== "string") throw new ConfigError(file, 'has no "model_type"');
-  const known = MODEL_TYPES[type];
+  const known = Object.hasOwn(MODEL_TYPES, type) ? MODEL_TYPES[type] : undefined;
   if (!known) {
     throw new ConfigError(
       file,
-      `model_type "${type}" is not supported (supported: ${Object.keys(MODEL_TYPES).join(", ")})`,
+      `model_type ${JSON.stringify(type).slice(0, 80)} is not supported (supported: ${
+        Object.keys(MODEL_TYPES).join(", ")
+      })`,
     );
   }
 
@@ -168,7 +172,7 @@ export async function readConfig(path: string): Promise<ModelConfig> {
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new ConfigError(path, `is not valid JSON (${(e as Error).message})`);
+    throw new ConfigError(path, `is not valid JSON (${jsonErrorText(e, text)})`);
   }
   return parseConfig(json, path);
 }

@@ -7,6 +7,19 @@ export function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/**
+ * A JSON.parse error on one line: V8 quotes the text around an unexpected token with its line
+ * breaks (`Unexpected token 'p', "{\n "a": tpue,\n"... is not valid JSON`); they are folded into
+ * spaces and the quote kept, as it shows where the error is. Text that begins with a byte-order
+ * mark fails on an invisible character, so that is said instead.
+ */
+export function jsonErrorText(e: unknown, text?: string): string {
+  if (text?.charCodeAt(0) === 0xfeff) {
+    return "it begins with a byte-order mark (BOM): save it as UTF-8 without one";
+  }
+  return errorText(e).replace(/ is not valid JSON$/, "").replace(/\s+/g, " ").trim();
+}
+
 /** The first line of `errorText`, for a one-line message that quotes a multi-line error (not
  * train/flags.ts's `errorLine`, which folds every line into one). */
 export function errorFirstLine(e: unknown): string {

@@ -37,7 +37,7 @@ import {
   Unreachable,
   USER_AGENT,
 } from "./download_common.ts";
-import { errorText } from "./error_text.ts";
+import { errorText, jsonErrorText } from "./error_text.ts";
 import { formatBytes, progressAmount, writeStderr } from "./progress_text.ts";
 import {
   type Env,
@@ -475,7 +475,9 @@ function parseIndex(ctx: Context, text: string): string[] {
   try {
     weightMap = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
   } catch (e) {
-    throw new HubError(`${ctx.id}: model.safetensors.index.json is not JSON (${errorText(e)})`);
+    throw new HubError(
+      `${ctx.id}: model.safetensors.index.json is not JSON (${jsonErrorText(e, text)})`,
+    );
   }
   if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
     throw new HubError(`${ctx.id}: model.safetensors.index.json has no weight_map object`);

@@ -12,7 +12,7 @@
  */
 
 import { syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
-import { errorText } from "./error_text.ts";
+import { errorText, jsonErrorText } from "./error_text.ts";
 
 /** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
 export type Dtype =
@@ -491,7 +491,7 @@ async function openFile(path: string): Promise<FileReader> {
       // Trailing space padding is JSON whitespace, so it needs no special handling.
       header = JSON.parse(text);
     } catch (e) {
-      throw fail(`header is not valid JSON (${errorText(e)})`);
+      throw fail(`header is not valid JSON (${jsonErrorText(e, text)})`);
     }
     const repeated = repeatedKey(text);
     if (repeated) throw fail(repeated);
@@ -572,7 +572,7 @@ async function openIndex(path: string): Promise<ShardedReader> {
   try {
     index = JSON.parse(text);
   } catch (e) {
-    throw fail(`index is not valid JSON (${errorText(e)})`);
+    throw fail(`index is not valid JSON (${jsonErrorText(e, text)})`);
   }
   if (!isPlainObject(index)) throw fail("index is not a JSON object");
   // JSON.parse keeps the last of two equal keys: a tensor mapped twice would silently take one.

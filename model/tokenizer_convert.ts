@@ -3,6 +3,8 @@
 // (convert_slow_tokenizer.py: BertConverter for a WordPiece `vocab.txt`, RobertaConverter for a
 // byte-level BPE `vocab.json` + `merges.txt`), so that both kinds load through one path.
 
+import { jsonErrorText } from "./error_text.ts";
+
 /** A problem with a tokenizer's files; the message names the file. */
 export class TokenizerConvertError extends Error {
   /** The message is `<source>: <problem>`. */
@@ -236,7 +238,7 @@ export function parseVocabJson(text: string, source = "vocab.json"): Map<string,
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new TokenizerConvertError(source, `is not valid JSON (${(e as Error).message})`);
+    throw new TokenizerConvertError(source, `is not valid JSON (${jsonErrorText(e, text)})`);
   }
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new TokenizerConvertError(source, "is not a JSON object of token → id");
@@ -388,7 +390,7 @@ export async function readTokenizerConfig(dir: string): Promise<Record<string, u
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new TokenizerConvertError(path, `is not valid JSON (${(e as Error).message})`);
+    throw new TokenizerConvertError(path, `is not valid JSON (${jsonErrorText(e, text)})`);
   }
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new TokenizerConvertError(path, "is not a JSON object");

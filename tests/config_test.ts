@@ -1,4 +1,4 @@
-import { assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { ConfigError, maxSequenceLength, parseConfig, readConfig } from "../model/config.ts";
 
 const BERT = {
@@ -61,6 +61,10 @@ Deno.test("config: unknown types and missing or bad fields name the file and fie
     [{ ...BERT, hidden_dropout_prob: 1.5 }, '"hidden_dropout_prob" must be a probability'],
     [{ ...BERT, position_embedding_type: "relative_key" }, "position_embedding_type"],
     [{ ...BERT, pad_token_id: 40000 }, "pad_token_id 40000"],
+    // Names of every object's own properties are not model types; a type is quoted on one line.
+    [{ ...BERT, model_type: "toString" }, 'model_type "toString" is not supported'],
+    [{ ...BERT, model_type: "constructor" }, 'model_type "constructor" is not supported'],
+    [{ ...BERT, model_type: "be\nrt" }, 'model_type "be\\nrt" is not supported'],
   ];
   for (const [json, message] of cases) {
     const e = assertThrows(() => parseConfig(json, "m/config.json"), ConfigError, message);
@@ -75,6 +79,18 @@ Deno.test("config: unreadable and non-JSON files are errors naming the file", as
     await assertRejects(() => readConfig(`${dir}/none.json`), ConfigError, "cannot read");
     await Deno.writeTextFile(`${dir}/bad.json`, "{ not json");
     await assertRejects(() => readConfig(`${dir}/bad.json`), ConfigError, "is not valid JSON");
+    // V8 quotes the text around an unexpected token with its line breaks: folded into one line.
+    await Deno.writeTextFile(`${dir}/lines.json`, '{\n  "a": tpue,\n  "b": 1\n}\n');
+    const lines = await assertRejects(() => readConfig(`${dir}/lines.json`), ConfigError);
+    assert(lines.message.startsWith(`${dir}/lines.json: is not valid JSON (Unexpected token 'p'`));
+    assert(!lines.message.includes("\n") && lines.message.endsWith(")"), lines.message);
+    // A byte-order mark fails on an invisible character: named instead.
+    await Deno.writeTextFile(`${dir}/bom.json`, "\ufeff" + JSON.stringify(BERT));
+    await assertRejects(
+      () => readConfig(`${dir}/bom.json`),
+      ConfigError,
+      "is not valid JSON (it begins with a byte-order mark (BOM): save it as UTF-8 without one)",
+    );
     await Deno.writeTextFile(`${dir}/ok.json`, JSON.stringify(BERT));
     assertEquals((await readConfig(`${dir}/ok.json`)).vocabSize, 30522);
   } finally {

@@ -13,6 +13,7 @@ import {
 import { methodTitle, PEFT_ORDER, STRATEGY_ORDER } from "./report_table.ts";
 import { tsne } from "./tsne.ts";
 import { writeJsonAtomic } from "../model/atomic_write.ts";
+import { jsonErrorText } from "../model/error_text.ts";
 
 /** One figure: its file name (without extension), spec and caption. */
 export interface Figure {
@@ -53,14 +54,14 @@ export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | n
     data = JSON.parse(await Deno.readTextFile(`${dir}/analysis/analysis.json`));
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw new Error(`${dir}/analysis/analysis.json: ${(e as Error).message}`);
+    throw new Error(`${dir}/analysis/analysis.json: ${jsonErrorText(e)}`);
   }
   let headFeatures: HeadFeatures | null = null;
   try {
     headFeatures = JSON.parse(await Deno.readTextFile(`${dir}/analysis/head_features.json`));
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
-      throw new Error(`${dir}/analysis/head_features.json: ${(e as Error).message}`);
+      throw new Error(`${dir}/analysis/head_features.json: ${jsonErrorText(e)}`);
     }
   }
   let layout: HeadLayout | null = null;
@@ -68,7 +69,7 @@ export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | n
     layout = JSON.parse(await Deno.readTextFile(`${dir}/${LAYOUT_FILE}`));
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
-      throw new Error(`${dir}/${LAYOUT_FILE}: ${(e as Error).message}`);
+      throw new Error(`${dir}/${LAYOUT_FILE}: ${jsonErrorText(e)}`);
     }
   }
   return {
