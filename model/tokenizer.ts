@@ -9,6 +9,7 @@
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { maxSequenceLength, type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
 import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
+import { errorText, jsonErrorText } from "./error_text.ts";
 
 /** What the tokenizer needs from the model's config (a ModelConfig will do). */
 export type TokenizerModelInfo = Pick<
@@ -313,7 +314,7 @@ export class TextTokenizer {
       try {
         obj = JSON.parse(json);
       } catch (e) {
-        throw new TokenizerError(source, `is not valid JSON (${(e as Error).message})`);
+        throw new TokenizerError(source, `is not valid JSON (${jsonErrorText(e, json)})`);
       }
     }
     if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
@@ -343,7 +344,16 @@ export class TextTokenizer {
     const padToken = options.padToken ?? tokenText(config.pad_token) ??
       padTokenOf(record.padding) ??
       ["[PAD]", "<pad>"].find((t) => tok.token_to_id(t) !== undefined);
-    return new TextTokenizer(tok, model, source, padToken);
+    try {
+      return new TextTokenizer(tok, model, source, padToken);
+    } catch (e) {
+      // The post-processor runs here first: a malformed template throws tokenizers.js's TypeError.
+      if (e instanceof TokenizerError) throw e;
+      throw new TokenizerError(
+        source,
+        `cannot be loaded: its post_processor fails (${errorText(e)})`,
+      );
+    }
   }
 
   /** From a `tokenizer.json` file. */
@@ -739,6 +749,28 @@ function checkTokenizerModel(source: string, model: Record<string, unknown>): vo
       `its ${type} model's vocab is ${kindOf(vocab)}: expected an object of token → id` +
         (Array.isArray(vocab) ? " (a list is a Unigram vocabulary)" : ""),
     );
+  }
+  // As a vocab.json's (parseVocabJson): an id tokenizers.js would take and misuse only once a
+  // text holds the token (or, shared, a text's "a" read as [CLS]) is refused when loading.
+  const seen = new Map<number, string>();
+  for (const [token, id] of Object.entries(vocab)) {
+    const shown = JSON.stringify(token).slice(0, 40);
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) {
+      throw new TokenizerError(
+        source,
+        `its ${type} model's vocab: token ${shown} has id ${kindOf(id)}, not an integer ≥ 0`,
+      );
+    }
+    const other = seen.get(id);
+    if (other !== undefined) {
+      throw new TokenizerError(
+        source,
+        `its ${type} model's vocab: tokens ${
+          JSON.stringify(other).slice(0, 40)
+        } and ${shown} share id ${id}`,
+      );
+    }
+    seen.set(id, token);
   }
 }
 

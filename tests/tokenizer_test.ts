@@ -759,4 +759,47 @@ Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line 
     withModel({ type: "BPE", merges: [] }),
     "its BPE model's vocab is missing: expected an object of token → id",
   );
+  // Ids tokenizers.js takes and misuses only once a text holds the token: refused on loading.
+  const bert = bertJsonLoaded() as unknown as Record<string, unknown>;
+  const bertModel = BERT_MODEL;
+  const bertRefused = (json: unknown, problem: string) => {
+    const e = assertThrows(
+      () => TextTokenizer.fromJson(json, bertModel, { source: "x/tokenizer.json" }),
+      TokenizerError,
+    );
+    assertEquals(e.message, `x/tokenizer.json: ${problem}`);
+  };
+  const vocab = wordPiece.vocab as Record<string, number>;
+  const cls = Object.keys(vocab).find((t) => vocab[t] === vocab["[CLS]"])!;
+  for (const [id, shown] of [[-3, "number -3"], [1.5, "number 1.5"], ["x\ny", 'string "x\\ny"']]) {
+    bertRefused(
+      { ...bert, model: { ...wordPiece, vocab: { ...vocab, zz: id } } },
+      `its WordPiece model's vocab: token "zz" has id ${shown}, not an integer ≥ 0`,
+    );
+  }
+  bertRefused(
+    { ...bert, model: { ...wordPiece, vocab: { ...vocab, zz: vocab["[CLS]"] } } },
+    `its WordPiece model's vocab: tokens "${cls}" and "zz" share id ${vocab["[CLS]"]}`,
+  );
+  // A post-processor template tokenizers.js cannot run: its TypeError, named, on one line.
+  const template = bert.post_processor as Record<string, unknown[]>;
+  for (
+    const post of [
+      { ...template, single: [...template.single.slice(0, 2), 5] },
+      { ...template, pair: undefined },
+    ]
+  ) {
+    const e = assertThrows(
+      () =>
+        TextTokenizer.fromJson({ ...bert, post_processor: post }, bertModel, {
+          source: "x/tokenizer.json",
+        }),
+      TokenizerError,
+    );
+    assert(
+      e.message.startsWith("x/tokenizer.json: cannot be loaded: its post_processor fails ("),
+      e.message,
+    );
+    assert(!e.message.includes("\n"), e.message);
+  }
 });
