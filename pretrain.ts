@@ -15,7 +15,7 @@
 //   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
-import { exists, isDirectory, writeFileAtomic } from "./model/atomic_write.ts";
+import { exists, isDirectory, readJsonFile, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone } from "./model/checkpoint.ts";
@@ -275,6 +275,24 @@ async function readCorpus(
   return { docs, taskDocs, sources };
 }
 
+/** What pretrain.json holds: the run's settings and what its corpus was. */
+interface SavedSettings {
+  settings: Record<string, unknown>;
+  corpus: Record<string, unknown>;
+}
+
+/** A run's pretrain.json, or a one-line error naming it when it is not one. */
+async function readSavedSettings(path: string): Promise<SavedSettings> {
+  const json = await readJsonFile(path) as Partial<Record<keyof SavedSettings, unknown>> | null;
+  const isObject = (x: unknown) => typeof x === "object" && x !== null && !Array.isArray(x);
+  if (!isObject(json) || !isObject(json!.settings) || !isObject(json!.corpus)) {
+    throw new Error(
+      `${path}: not a pretraining run's settings (an object of "settings", "corpus")`,
+    );
+  }
+  return json as SavedSettings;
+}
+
 /**
  * --resume: refuses (FlagError) a run started with other flags, another starting checkpoint or
  * other text than `settings` and `stats` say now (`before` is pretrain.json as written at the
@@ -282,7 +300,7 @@ async function readCorpus(
  */
 async function resumeIsFinished(
   out: string,
-  before: { settings: Record<string, unknown>; corpus: Record<string, unknown> },
+  before: SavedSettings,
   settings: Record<string, unknown>,
   stats: CorpusStats,
 ): Promise<boolean> {
@@ -519,10 +537,12 @@ async function main(args: string[]): Promise<void> {
   // The output folder is checked before the corpus is read and tokenized (a minute or more).
   const settingsPath = `${out}/pretrain.json`;
   await checkRunFolder(out);
-  let savedSettings: string | null = null;
+  let saved: SavedSettings | null = null;
   if (f.resume) {
-    savedSettings = await Deno.readTextFile(settingsPath).catch(() => null);
-    if (savedSettings === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
+    if (!(await exists(settingsPath))) {
+      throw new FlagError(`--resume: ${settingsPath} does not exist`);
+    }
+    saved = await readSavedSettings(settingsPath);
   } else {
     await checkOutEmpty(out);
   }
@@ -650,7 +670,7 @@ async function main(args: string[]): Promise<void> {
     tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
   };
   if (f.resume) {
-    if (await resumeIsFinished(out, JSON.parse(savedSettings!), settings, stats)) {
+    if (await resumeIsFinished(out, saved!, settings, stats)) {
       say(`${out}: the run is finished; nothing to do`);
       return;
     }

@@ -257,6 +257,22 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
     }
     await assertUnchanged(out, done, "a refused --resume");
+    // A damaged pretrain.json (in a copy of the run): one line naming it, nothing else written.
+    const damaged = `${dir}/damaged`;
+    for (const [name, bytes] of await readTree(out)) {
+      await Deno.mkdir(`${damaged}/${name}`.replace(/\/[^/]*$/, ""), { recursive: true });
+      await Deno.writeFile(`${damaged}/${name}`, bytes);
+    }
+    const settingsText = await Deno.readTextFile(`${damaged}/pretrain.json`);
+    for (const bad of [settingsText.slice(0, 40), "null\n"]) {
+      await Deno.writeTextFile(`${damaged}/pretrain.json`, bad);
+      const before = await snapshot(damaged);
+      const refused = await pretrain([...args.map((a) => a === out ? damaged : a), "--resume"]);
+      assertEquals(refused.code, 1, refused.stderr);
+      assert(refused.stderr.startsWith(`pretrain: ${damaged}/pretrain.json: not `), refused.stderr);
+      assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
+      await assertUnchanged(damaged, before, "a --resume with a damaged pretrain.json");
+    }
     // The same files under other names (the contents are compared, not the paths): finished.
     await Deno.copyFile(vocab, `${dir}/vocab.txt`);
     const renamed = args.map((a) =>
