@@ -521,18 +521,18 @@ Deno.test({
       assert(!(await exists(`${seeds}/seed-4/model/model.safetensors.tmp-89abcdef`)), "left");
 
       // A damaged run.json or metrics.json is named in the error.
-      await Deno.writeTextFile(`${out}/metrics.json`, '{"final": ');
-      await assertRejects(
-        () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7"),
-        Error,
-        `${out}/metrics.json: not valid JSON`,
-      );
-      await Deno.writeTextFile(`${out}/run.json`, '{"settings": ');
-      await assertRejects(
-        () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7"),
-        Error,
-        `${out}/run.json: not valid JSON`,
-      );
+      const resume = () => run(out, "--model", `${dir}/model`, "--resume", "--seed", "7");
+      const damaged = [
+        ["metrics.json", '{"final": ', "not valid JSON"],
+        ["metrics.json", "[]", "not a JSON object (a run's metrics.json is one)"],
+        // run.json is read first: metrics.json stays damaged.
+        ["run.json", '{"settings": ', "not valid JSON"],
+        ["run.json", "null", "not a JSON object (a run's run.json is one)"],
+      ];
+      for (const [file, text, problem] of damaged) {
+        await Deno.writeTextFile(`${out}/${file}`, text);
+        await assertRejects(resume, Error, `${out}/${file}: ${problem}`);
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -66,9 +66,13 @@ export async function checkInputsOutside(
   }
 }
 
-/** A run folder's JSON file (an object), or an error naming it when it is not valid JSON. */
+/** A run folder's JSON file (an object), or an error naming it when it is not one. */
 export async function readRunJson(path: string): Promise<Record<string, unknown>> {
-  return await readJsonFile(path) as Record<string, unknown>;
+  const value = await readJsonFile(path);
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error(`${path}: not a JSON object (a run's ${path.split("/").pop()} is one)`);
+  }
+  return value as Record<string, unknown>;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
