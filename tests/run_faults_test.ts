@@ -264,6 +264,36 @@ Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its
   // f32 logs have no skipped field.
   assertEquals(trailingSkips([JSON.stringify({ stage: "main", step: 1, loss: 0.7 })]), 0);
   assertEquals(trailingSkips([]), 0);
+  // A line that is JSON but not a record (a damaged log) ends the count, as unreadable ones do.
+  for (const line of ["null", "5", '"nan"', "true", "[]"]) {
+    assertEquals(trailingSkips([step(1, true), line, step(2, true)]), 1);
+  }
+});
+
+Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer is refused untouched", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/log.jsonl`;
+    const text = '{"step":1}\n{"step":2}\n{"step":3}\n';
+    await Deno.writeTextFile(path, text + '{"step":4}\n{"st');
+    const log = await RunLog.open(path, 3);
+    log.close();
+    assertEquals(log.lines, 3);
+    assertEquals(await Deno.readTextFile(path), text);
+    // The line break that ends the last line does not begin a fourth.
+    await assertRejects(
+      () => RunLog.open(path, 4),
+      Error,
+      `${path}: fewer lines than the checkpoint's 4`,
+    );
+    for (const keep of [-1, 1.5, NaN, "x" as unknown as number]) {
+      const e = await assertRejects(() => RunLog.open(path, keep), Error);
+      assert(e.message.startsWith(`${path}: the checkpoint's line count `), e.message);
+    }
+    assertEquals(await Deno.readTextFile(path), text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("run faults: a failed write of log.jsonl (a full disk) names the file and how to go on", async () => {

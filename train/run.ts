@@ -62,6 +62,7 @@ import type { Stage } from "./strategy.ts";
 import { headFeatures, type Task, taskDefinitionProblem } from "./task.ts";
 import {
   CHECKPOINT_FILE,
+  checkTrainingPlace,
   type LoadedCheckpoint,
   readTrainingCheckpoint,
   type TrainingState,
@@ -415,6 +416,9 @@ async function runSeed(
     await checkSameSchedule(dir, config);
   }
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
+  if (checkpoint) {
+    checkTrainingPlace(checkpointPath, checkpoint.state, p.stages.map((s) => s.steps));
+  }
   if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved });
 
   const gpu = options.gpu ?? await getGpu();

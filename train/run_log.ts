@@ -18,6 +18,7 @@ export function trailingSkips(lines: readonly string[]): number {
     } catch {
       break;
     }
+    if (typeof record !== "object" || record === null || Array.isArray(record)) break;
     if (!("loss" in record)) continue;
     if (record.skipped !== true) break;
     count++;
@@ -39,9 +40,16 @@ export class RunLog {
   static async open(path: string, keep: number): Promise<RunLog> {
     let kept = "";
     let skips = 0;
+    if (!Number.isSafeInteger(keep) || keep < 0) {
+      throw new Error(
+        `${path}: the checkpoint's line count ${JSON.stringify(keep)} is not a count`,
+      );
+    }
     if (keep > 0) {
       const text = await Deno.readTextFile(path);
-      const lines = text.split("\n").slice(0, keep);
+      const all = text.split("\n");
+      if (all[all.length - 1] === "") all.pop(); // the final line break ends the last line
+      const lines = all.slice(0, keep);
       if (lines.length < keep) {
         throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
       }

@@ -12,6 +12,7 @@
 
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
+import { jsonErrorText } from "../model/error_text.ts";
 import { openSafetensors, type TensorInput, writeSafetensors } from "../model/safetensors.ts";
 
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
@@ -136,6 +137,28 @@ export interface LoadedCheckpoint {
   lossScale: Float32Array | null;
 }
 
+/**
+ * Throws, naming the checkpoint, unless its state is a place in a run of stages of `stageSteps`
+ * steps: a stage that exists, no more of its steps than it has, and the run's step their sum.
+ */
+export function checkTrainingPlace(
+  path: string,
+  state: TrainingState,
+  stageSteps: readonly number[],
+): void {
+  const before = stageSteps.slice(0, state.stage).reduce((a, b) => a + b, 0);
+  if (
+    state.stage >= stageSteps.length || state.stageStep > stageSteps[state.stage] ||
+    state.step !== before + state.stageStep
+  ) {
+    throw new Error(
+      `${path}: its training state (stage ${state.stage}, step ${state.stageStep} of it, ` +
+        `${state.step} in all) is not a place in this run (stages of ` +
+        `${stageSteps.join(", ")} steps)`,
+    );
+  }
+}
+
 /** Reads a checkpoint, or null when there is none at `path`. */
 export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckpoint | null> {
   try {
@@ -148,9 +171,35 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
   try {
     const raw = reader.metadata[STATE_KEY];
     if (raw === undefined) throw new Error(`${path}: not a training checkpoint (no state)`);
-    const parsed = JSON.parse(raw) as TrainingState & { version: number };
+    let parsed: TrainingState & { version: number };
+    try {
+      parsed = JSON.parse(raw);
+    } catch (e) {
+      throw new Error(`${path}: its training state is not valid JSON (${jsonErrorText(e)})`);
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new Error(`${path}: its training state is not a JSON object`);
+    }
     if (parsed.version !== FORMAT_VERSION) {
-      throw new Error(`${path}: checkpoint format ${parsed.version}, expected ${FORMAT_VERSION}`);
+      throw new Error(
+        `${path}: checkpoint format ${JSON.stringify(parsed.version)?.slice(0, 40)}, expected ` +
+          `${FORMAT_VERSION}`,
+      );
+    }
+    for (const key of ["stage", "stageStep", "step", "adamStep", "logLines"] as const) {
+      const v = parsed[key];
+      if (!Number.isSafeInteger(v) || v < 0) {
+        throw new Error(
+          `${path}: training state ${key} is ${JSON.stringify(v)?.slice(0, 40)}, not a count`,
+        );
+      }
+    }
+    for (const key of ["best", "last"] as const) {
+      const v = parsed[key] as unknown;
+      const ok = (key === "last" && v === null) ||
+        (typeof v === "object" && v !== null && !Array.isArray(v) &&
+          Object.values(v).every((x) => x === null || Number.isFinite(x)));
+      if (!ok) throw new Error(`${path}: training state ${key} is not an object of metrics`);
     }
     const { version: _version, ...state } = parsed;
     const params = new Map<string, Float32Array>();

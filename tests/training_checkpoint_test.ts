@@ -1,0 +1,103 @@
+// The training state a checkpoint carries (train/training_checkpoint.ts): what --resume goes on
+// from, so a damaged one is refused in one line naming the file before anything is written (a
+// bad line count would cut log.jsonl), and a place outside the run's stages too.
+
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { writeSafetensors } from "../model/safetensors.ts";
+import {
+  checkTrainingPlace,
+  readTrainingCheckpoint,
+  type TrainingState,
+} from "../train/training_checkpoint.ts";
+
+const STATE: TrainingState = {
+  stage: 1,
+  stageStep: 3,
+  step: 7,
+  adamStep: 3,
+  best: { accuracy: 0.5, f1: null },
+  last: { accuracy: 0.25, f1: null },
+  logLines: 9,
+};
+
+/** A checkpoint at `path` whose state is the text `state`, with one parameter. */
+async function writeState(path: string, state: string): Promise<void> {
+  await writeSafetensors(
+    path,
+    { "param/head.w": { dtype: "F32", shape: [2], data: new Float32Array([1, -2]) } },
+    { format: "ehft-training-checkpoint", ehft_training_state: state },
+  );
+}
+
+Deno.test("training checkpoint: its state is read back as written", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/checkpoint.safetensors`;
+    await writeState(path, JSON.stringify({ version: 1, ...STATE }));
+    const loaded = (await readTrainingCheckpoint(path))!;
+    assertEquals(loaded.state, STATE);
+    assertEquals([...loaded.params.get("head.w")!], [1, -2]);
+    await writeState(path, JSON.stringify({ version: 1, ...STATE, best: {}, last: null }));
+    assertEquals((await readTrainingCheckpoint(path))!.state.last, null);
+    assertEquals(await readTrainingCheckpoint(`${dir}/none.safetensors`), null);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training checkpoint: a damaged state is one line naming the file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/checkpoint.safetensors`;
+    const state = (change: Record<string, unknown>) =>
+      JSON.stringify({ version: 1, ...STATE, ...change });
+    const cases: [string, string][] = [
+      [
+        '{"version":1,',
+        "its training state is not valid JSON (Expected double-quoted property name in JSON at " +
+        "position 13 (line 1 column 14))",
+      ],
+      ["null", "its training state is not a JSON object"],
+      ["[1]", "its training state is not a JSON object"],
+      [state({ version: 2 }), "checkpoint format 2, expected 1"],
+      [state({ logLines: "x" }), 'training state logLines is "x", not a count'],
+      [state({ logLines: -1 }), "training state logLines is -1, not a count"],
+      [state({ stage: 1.5 }), "training state stage is 1.5, not a count"],
+      [state({ step: null }), "training state step is null, not a count"],
+      [
+        state({ stageStep: 2 ** 53 + 2 }),
+        "training state stageStep is 9007199254740994, not a count",
+      ],
+      [state({ adamStep: undefined }), "training state adamStep is undefined, not a count"],
+      [state({ best: [] }), "training state best is not an object of metrics"],
+      [state({ best: null }), "training state best is not an object of metrics"],
+      [state({ last: { accuracy: "high" } }), "training state last is not an object of metrics"],
+    ];
+    for (const [text, problem] of cases) {
+      await writeState(path, text);
+      const e = await assertRejects(() => readTrainingCheckpoint(path), Error);
+      assertEquals(e.message, `${path}: ${problem}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training checkpoint: its place must be one in the run's stages", () => {
+  const stages = [2, 6];
+  // Within a stage, and at a stage's last step (Stage 2 not begun).
+  checkTrainingPlace("c", STATE, [4, 6]);
+  checkTrainingPlace("c", { ...STATE, stage: 0, stageStep: 2, step: 2 }, stages);
+  checkTrainingPlace("c", { ...STATE, stage: 1, stageStep: 6, step: 8 }, stages);
+  for (
+    const place of [
+      { stage: 2, stageStep: 0, step: 8 },
+      { stage: 0, stageStep: 3, step: 3 },
+      { stage: 1, stageStep: 3, step: 3 },
+    ]
+  ) {
+    const e = assertThrows(() => checkTrainingPlace("c", { ...STATE, ...place }, stages), Error);
+    assert(e.message.startsWith(`c: its training state (stage ${place.stage}, step `), e.message);
+    assert(e.message.endsWith("is not a place in this run (stages of 2, 6 steps)"), e.message);
+  }
+});
