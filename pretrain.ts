@@ -18,7 +18,7 @@ import { getGpu } from "./kernels/device.ts";
 import { exists, isDirectory, readJsonFile, writeFileAtomic } from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
-import { loadBackbone } from "./model/checkpoint.ts";
+import { loadBackbone, readFinite } from "./model/checkpoint.ts";
 import { type OpenedModel, openModel } from "./model/load.ts";
 import { initialMlmHeadValues, mlmHeadNames, type MlmHeadParams } from "./model/mlm_head.ts";
 import { TextTokenizer } from "./model/tokenizer.ts";
@@ -394,7 +394,9 @@ async function continuedModel(opened: OpenedModel, seed: number): Promise<Starti
     `${opened.dir}/config.json`,
   );
   const fromFile = async (key: keyof MlmHeadParams) =>
-    opened.weights.tensors.has(names[key]) ? await opened.weights.readF32(names[key]) : fresh[key];
+    opened.weights.tensors.has(names[key])
+      ? await readFinite(opened.weights, names[key])
+      : fresh[key];
   const head = {
     denseWeight: await fromFile("denseWeight"),
     denseBias: await fromFile("denseBias"),

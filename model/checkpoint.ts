@@ -225,7 +225,7 @@ export async function loadBackbone(
     }
     plan.push([found, tensor]);
   }
-  for (const [name, tensor] of plan) tensor.upload(await reader.readF32(name));
+  for (const [name, tensor] of plan) tensor.upload(await readFinite(reader, name));
   return new Set(plan.map(([name]) => name));
 }
 
@@ -267,6 +267,13 @@ export function readHeadShape(reader: SafetensorsReader): HeadShape | null {
   if (outIn !== hidden) throw fail(`out_proj takes ${outIn} inputs, dense gives ${hidden}`);
   if (!sameShape(shape("head.dense.bias"), [hidden])) throw fail("dense.bias shape");
   if (!sameShape(shape("head.out_proj.bias"), [classes])) throw fail("out_proj.bias shape");
+  if (hidden === 0 || features === 0 || classes === 0) {
+    throw new CheckpointError(
+      reader.path,
+      `the head is empty (head.dense.weight [${dense.join(", ")}], head.out_proj.weight ` +
+        `[${out.join(", ")}])`,
+    );
+  }
   return { features, hidden, classes };
 }
 
@@ -319,7 +326,26 @@ export async function loadHead(
       );
     }
   }
-  for (const [name, tensor] of params) tensor.upload(await reader.readF32(name));
+  for (const [name, tensor] of params) tensor.upload(await readFinite(reader, name));
+}
+
+/**
+ * A weight's values, refused (naming the file, the tensor and the first bad element) when one is
+ * NaN or infinite: a damaged file (a flipped exponent bit is enough) would otherwise turn up
+ * only as a non-finite loss at the first step, with nothing to say where it came from.
+ */
+export async function readFinite(reader: SafetensorsReader, name: string): Promise<Float32Array> {
+  const data = await reader.readF32(name);
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (v - v !== 0) {
+      throw new CheckpointError(
+        reader.path,
+        `tensor "${name}" holds ${v} (element ${i} of ${data.length}): the file is damaged`,
+      );
+    }
+  }
+  return data;
 }
 
 /** Opens a model directory's weights (model.safetensors or its shards). */

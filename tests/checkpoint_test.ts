@@ -121,6 +121,48 @@ gpuTest("checkpoint: F16 and BF16 checkpoints load into float32", async (gpu) =>
   });
 });
 
+gpuTest(
+  "checkpoint: a NaN or infinite weight names the file, the tensor and the element",
+  async (gpu) => {
+    const config = await readConfig(`${FIXTURE}/config.json`);
+    await withDir(async (dir) => {
+      for (const [bad, shown] of [[NaN, "NaN"], [Infinity, "Infinity"], [-Infinity, "-Infinity"]]) {
+        const tensors = await fixtureTensors((n) => n);
+        const name = "bert.encoder.layer.1.output.dense.bias";
+        const values = Float32Array.from(tensors[name].data as Float32Array);
+        values[5] = bad as number;
+        tensors[name] = { ...tensors[name], data: values };
+        tensors["head.dense.bias"] = {
+          ...tensors["head.dense.bias"],
+          data: Float32Array.from(
+            tensors["head.dense.bias"].data as Float32Array,
+            (v, i) => i === 7 ? bad as number : v,
+          ),
+        };
+        await writeSafetensors(`${dir}/bad.safetensors`, tensors);
+        const reader = await openSafetensors(`${dir}/bad.safetensors`);
+        await assertRejects(
+          () => loadBackbone(reader, config, backboneTensors(gpu, config)),
+          CheckpointError,
+          `${dir}/bad.safetensors: tensor "${name}" holds ${shown} (element 5 of ${values.length}): ` +
+            "the file is damaged",
+        );
+        const head = new Map([[
+          "head.dense.bias",
+          createTensor(gpu, [2048], "f32", "head.dense.bias"),
+        ]]);
+        await assertRejects(
+          () => loadHead(reader, head),
+          CheckpointError,
+          `tensor "head.dense.bias" holds ${shown} (element 7 of 2048)`,
+        );
+        head.get("head.dense.bias")!.destroy();
+        reader.close();
+      }
+    });
+  },
+);
+
 gpuTest("checkpoint: a missing tensor or a wrong shape names the tensor", async (gpu) => {
   const config = await readConfig(`${FIXTURE}/config.json`);
   await withDir(async (dir) => {
@@ -213,6 +255,35 @@ Deno.test("checkpoint: the head is inferred from its tensors' shapes", async () 
     const badReader = await openSafetensors(`${dir}/bad.safetensors`);
     assertThrows(() => readHeadShape(badReader), CheckpointError, "out_proj takes 7 inputs");
     badReader.close();
+    // A head of no units (or no inputs, or no classes) is no head: refused with its shapes.
+    for (const hidden of [0, 2048]) {
+      const classes = hidden === 0 ? 1 : 0;
+      const empty = await fixtureTensors((n) => n);
+      empty["head.dense.weight"] = {
+        dtype: "F32",
+        shape: [hidden, 24],
+        data: new Float32Array(hidden * 24),
+      };
+      empty["head.dense.bias"] = { dtype: "F32", shape: [hidden], data: new Float32Array(hidden) };
+      empty["head.out_proj.weight"] = {
+        dtype: "F32",
+        shape: [classes, hidden],
+        data: new Float32Array(classes * hidden),
+      };
+      empty["head.out_proj.bias"] = {
+        dtype: "F32",
+        shape: [classes],
+        data: new Float32Array(classes),
+      };
+      await writeSafetensors(`${dir}/empty.safetensors`, empty);
+      const emptyReader = await openSafetensors(`${dir}/empty.safetensors`);
+      assertThrows(
+        () => readHeadShape(emptyReader),
+        CheckpointError,
+        `the head is empty (head.dense.weight [${hidden}, 24], head.out_proj.weight [${classes}, ${hidden}])`,
+      );
+      emptyReader.close();
+    }
   });
 });
 

@@ -12,6 +12,7 @@
 
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
+import { readFinite } from "../model/checkpoint.ts";
 import { jsonErrorText } from "../model/error_text.ts";
 import { openSafetensors, type TensorInput, writeSafetensors } from "../model/safetensors.ts";
 
@@ -207,7 +208,7 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
     const vs = new Map<string, Float32Array>();
     let lossScale: Float32Array | null = null;
     for (const name of reader.tensors.keys()) {
-      const data = await reader.readF32(name);
+      const data = await readFinite(reader, name);
       if (name === LOSS_SCALE) lossScale = data;
       else if (name.startsWith(PARAM)) params.set(name.slice(PARAM.length), data);
       else if (name.startsWith(M)) ms.set(name.slice(M.length), data);
