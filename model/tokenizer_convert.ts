@@ -132,11 +132,25 @@ export function vocabLines(text: string): string[] {
  * load_vocab, a repeated token keeps its last line's id.
  */
 export function parseVocabTxt(text: string, source = "vocab.txt"): Map<string, number> {
+  refuseByteOrderMark(text, source);
   const lines = vocabLines(text);
   if (lines.length === 0) throw new TokenizerConvertError(source, "is empty");
   const vocab = new Map<string, number>();
   lines.forEach((token, id) => vocab.set(token, id));
   return vocab;
+}
+
+/**
+ * A byte-order mark would become part of the first token (transformers reads it so too, and then
+ * misses "[PAD]" or the first merge): named, rather than the token it hides.
+ */
+function refuseByteOrderMark(text: string, source: string): void {
+  if (text.charCodeAt(0) === 0xfeff) {
+    throw new TokenizerConvertError(
+      source,
+      "begins with a byte-order mark (BOM): save it as UTF-8 without one",
+    );
+  }
 }
 
 function requireToken(
@@ -272,6 +286,7 @@ export function parseVocabJson(text: string, source = "vocab.json"): Map<string,
  * break) are skipped; any other line without exactly two tokens is an error.
  */
 export function parseMerges(text: string, source = "merges.txt"): [string, string][] {
+  refuseByteOrderMark(text, source);
   const lines = text.split(/\r\n|\n|\r/);
   const merges: [string, string][] = [];
   lines.forEach((line, i) => {

@@ -175,6 +175,11 @@ Deno.test("parseVocabTxt: line numbers are ids, any line break, no empty last to
   assertEquals([...parseVocabTxt("a\nb").entries()], [["a", 0], ["b", 1]]);
   assertEquals(parseVocabTxt(BERT_VOCAB).get("[SEP]"), 102);
   assertThrows(() => parseVocabTxt(""), TokenizerConvertError, "is empty");
+  assertThrows(
+    () => parseVocabTxt("\ufeff[PAD]\n[UNK]\n", "m/vocab.txt"),
+    TokenizerConvertError,
+    "m/vocab.txt: begins with a byte-order mark (BOM): save it as UTF-8 without one",
+  );
 });
 
 Deno.test("convertByteLevelBpe writes what transformers' RobertaConverter writes", () => {
@@ -234,6 +239,7 @@ Deno.test("convertByteLevelBpe writes what transformers' RobertaConverter writes
   );
   assertEquals(parseMerges("#version: 0.2\na b\n\nab c\n"), [["a", "b"], ["ab", "c"]]);
   assertThrows(() => parseMerges("a b c\n"), TokenizerConvertError, "line 1");
+  assertThrows(() => parseMerges("\ufeff#version: 0.2\na b\n"), TokenizerConvertError, "(BOM)");
 });
 
 // ---------------------------------------------------------------------------------------------
