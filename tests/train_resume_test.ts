@@ -15,7 +15,7 @@ import {
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
-import { openSafetensors } from "../model/safetensors.ts";
+import { type LoadedTensor, openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { parentOf } from "../model/atomic_write.ts";
@@ -268,6 +268,30 @@ Deno.test({
       reader.close();
       const state = JSON.parse(reader.metadata.ehft_training_state);
       assertEquals([state.stage, state.stageStep, state.step], [0, 2, 2]);
+      // A checkpoint that is not one of this run's places, or holds a NaN: refused, naming it.
+      const path = `${killed}/checkpoint.safetensors`;
+      const original = await Deno.readFile(path);
+      await rewriteCheckpoint(path, (metadata) => {
+        const moved = { ...JSON.parse(metadata.ehft_training_state), stage: 5, step: 14 };
+        metadata.ehft_training_state = JSON.stringify(moved);
+      });
+      await assertRejects(
+        () => run(killed, ["--resume"]),
+        Error,
+        `${path}: its training state (stage 5, step 2 of it, 14 in all) is not a place in this ` +
+          "run (stages of 2, 6 steps)",
+      );
+      let damaged = "";
+      await rewriteCheckpoint(path, (_, tensors) => {
+        damaged = [...tensors.keys()].find((n) => n.startsWith("param/head."))!;
+        (tensors.get(damaged)!.data as Float32Array)[0] = NaN;
+      });
+      await assertRejects(
+        () => run(killed, ["--resume"]),
+        Error,
+        `${path}: tensor "${damaged}" holds NaN (element 0 of `,
+      );
+      await Deno.writeFile(path, original);
       assertEquals(await run(killed, ["--resume"]), expected);
       assertSameFiles(await readTree(killed), await readTree(whole), "resumed at Stage 1's end");
     } finally {
@@ -275,6 +299,20 @@ Deno.test({
     }
   },
 });
+
+/** Rewrites the checkpoint at `path` after `change` edits its metadata or tensors in place. */
+async function rewriteCheckpoint(
+  path: string,
+  change: (metadata: Record<string, string>, tensors: Map<string, LoadedTensor>) => void,
+): Promise<void> {
+  const reader = await openSafetensors(path);
+  const metadata = { ...reader.metadata };
+  const tensors = new Map<string, LoadedTensor>();
+  for (const name of reader.tensors.keys()) tensors.set(name, await reader.read(name));
+  reader.close();
+  change(metadata, tensors);
+  await writeSafetensors(path, Object.fromEntries(tensors), metadata);
+}
 
 /**
  * A fresh folder with the tiny model, the marker data and a narrow head; `run(...more)` trains ft

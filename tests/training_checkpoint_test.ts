@@ -52,11 +52,8 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
     const state = (change: Record<string, unknown>) =>
       JSON.stringify({ version: 1, ...STATE, ...change });
     const cases: [string, string][] = [
-      [
-        '{"version":1,',
-        "its training state is not valid JSON (Expected double-quoted property name in JSON at " +
-        "position 13 (line 1 column 14))",
-      ],
+      // The parser's own words after the parenthesis (they change with V8's versions).
+      ['{"version":1,', "its training state is not valid JSON ("],
       ["null", "its training state is not a JSON object"],
       ["[1]", "its training state is not a JSON object"],
       [state({ version: 2 }), "checkpoint format 2, expected 1"],
@@ -76,7 +73,8 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
     for (const [text, problem] of cases) {
       await writeState(path, text);
       const e = await assertRejects(() => readTrainingCheckpoint(path), Error);
-      assertEquals(e.message, `${path}: ${problem}`);
+      if (problem.endsWith("(")) assert(e.message.startsWith(`${path}: ${problem}`), e.message);
+      else assertEquals(e.message, `${path}: ${problem}`);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -85,15 +83,18 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
 
 Deno.test("training checkpoint: its place must be one in the run's stages", () => {
   const stages = [2, 6];
-  // Within a stage, and at a stage's last step (Stage 2 not begun).
+  // Within a stage, and at an earlier stage's last step (Stage 2 not begun).
   checkTrainingPlace("c", STATE, [4, 6]);
   checkTrainingPlace("c", { ...STATE, stage: 0, stageStep: 2, step: 2 }, stages);
-  checkTrainingPlace("c", { ...STATE, stage: 1, stageStep: 6, step: 8 }, stages);
+  checkTrainingPlace("c", { ...STATE, stage: 1, stageStep: 5, step: 7 }, stages);
   for (
     const place of [
       { stage: 2, stageStep: 0, step: 8 },
       { stage: 0, stageStep: 3, step: 3 },
       { stage: 1, stageStep: 3, step: 3 },
+      // Before a stage's first step, and at the run's end: never written.
+      { stage: 1, stageStep: 0, step: 2 },
+      { stage: 1, stageStep: 6, step: 8 },
     ]
   ) {
     const e = assertThrows(() => checkTrainingPlace("c", { ...STATE, ...place }, stages), Error);

@@ -139,8 +139,9 @@ export interface LoadedCheckpoint {
 }
 
 /**
- * Throws, naming the checkpoint, unless its state is a place in a run of stages of `stageSteps`
- * steps: a stage that exists, no more of its steps than it has, and the run's step their sum.
+ * Throws, naming the checkpoint, unless its state is a place where a run of stages of
+ * `stageSteps` steps writes one: after a step (at least one of its stage done), before the run's
+ * last (none is written at the end; an earlier stage's last step has one), the run's step the sum.
  */
 export function checkTrainingPlace(
   path: string,
@@ -148,8 +149,10 @@ export function checkTrainingPlace(
   stageSteps: readonly number[],
 ): void {
   const before = stageSteps.slice(0, state.stage).reduce((a, b) => a + b, 0);
+  const last = state.stage === stageSteps.length - 1;
   if (
-    state.stage >= stageSteps.length || state.stageStep > stageSteps[state.stage] ||
+    state.stage >= stageSteps.length || state.stageStep < 1 ||
+    state.stageStep > stageSteps[state.stage] - (last ? 1 : 0) ||
     state.step !== before + state.stageStep
   ) {
     throw new Error(
