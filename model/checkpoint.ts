@@ -330,7 +330,8 @@ export async function loadHead(
 }
 
 /**
- * A weight's values, refused (naming the file, the tensor and the first bad element) when one is
+ * A weight's values, refused (naming the file that holds it, an index's shard, the tensor and the
+ * first bad element) when one is
  * NaN or infinite: a damaged file (a flipped exponent bit is enough) would otherwise turn up
  * only as a non-finite loss at the first step, with nothing to say where it came from.
  */
@@ -340,7 +341,7 @@ export async function readFinite(reader: SafetensorsReader, name: string): Promi
     const v = data[i];
     if (v - v !== 0) {
       throw new CheckpointError(
-        reader.path,
+        reader.fileOf(name),
         `tensor "${name}" holds ${v} (element ${i} of ${data.length}): the file is damaged`,
       );
     }

@@ -82,6 +82,8 @@ export interface SafetensorsReader {
   metadata: Record<string, string>;
   /** Every tensor's header entry by name, across all shards of an index. */
   tensors: Map<string, TensorInfo>;
+  /** The file that holds tensor `name`: `path`, or for an index the shard (`path` if none). */
+  fileOf(name: string): string;
   /** Reads one tensor in its stored dtype; rejects with a SafetensorsError for an unknown name. */
   read(name: string): Promise<LoadedTensor>;
   /** Reads any dtype as float32 (F16/BF16 widened exactly, 64-bit integers rounded). */
@@ -401,6 +403,9 @@ class FileReader implements SafetensorsReader {
   get files(): readonly string[] {
     return [this.path];
   }
+  fileOf(_name: string): string {
+    return this.path;
+  }
   #entries: Map<string, Entry>;
   #file: Deno.FsFile | null;
   // seek + read is not atomic, so reads on the shared handle are queued one after another.
@@ -530,6 +535,9 @@ class ShardedReader implements SafetensorsReader {
   get files(): readonly string[] {
     const shards = new Set([...this.shardOf.values()].map((shard) => shard.path));
     return [this.path, ...[...shards].sort()];
+  }
+  fileOf(name: string): string {
+    return this.shardOf.get(name)?.path ?? this.path;
   }
 
   constructor(

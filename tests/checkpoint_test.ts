@@ -159,6 +159,34 @@ gpuTest(
         head.get("head.dense.bias")!.destroy();
         reader.close();
       }
+      // In a sharded model, the shard that holds the tensor is named, not the index.
+      const tensors = await fixtureTensors((n) => n);
+      const name = "bert.encoder.layer.0.output.dense.bias";
+      tensors[name] = {
+        ...tensors[name],
+        data: Float32Array.from(tensors[name].data as Float32Array, (v, i) => i ? v : NaN),
+      };
+      const shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+      const names = Object.keys(tensors);
+      const second = new Set(names.filter((n) => n.includes("layer.0.")));
+      const weightMap = Object.fromEntries(names.map((n) => [n, shards[second.has(n) ? 1 : 0]]));
+      for (const [i, shard] of shards.entries()) {
+        await writeSafetensors(
+          `${dir}/${shard}`,
+          Object.fromEntries(
+            names.filter((n) => second.has(n) === (i === 1)).map((n) => [n, tensors[n]]),
+          ),
+        );
+      }
+      const index = `${dir}/model.safetensors.index.json`;
+      await Deno.writeTextFile(index, JSON.stringify({ metadata: {}, weight_map: weightMap }));
+      const sharded = await openSafetensors(index);
+      await assertRejects(
+        () => loadBackbone(sharded, config, backboneTensors(gpu, config)),
+        CheckpointError,
+        `${dir}/${shards[1]}: tensor "${name}" holds NaN (element 0 of `,
+      );
+      sharded.close();
     });
   },
 );
@@ -256,31 +284,24 @@ Deno.test("checkpoint: the head is inferred from its tensors' shapes", async () 
     assertThrows(() => readHeadShape(badReader), CheckpointError, "out_proj takes 7 inputs");
     badReader.close();
     // A head of no units (or no inputs, or no classes) is no head: refused with its shapes.
-    for (const hidden of [0, 2048]) {
-      const classes = hidden === 0 ? 1 : 0;
+    for (const [hidden, features, classes] of [[0, 24, 1], [2048, 0, 1], [2048, 24, 0]]) {
       const empty = await fixtureTensors((n) => n);
-      empty["head.dense.weight"] = {
-        dtype: "F32",
-        shape: [hidden, 24],
-        data: new Float32Array(hidden * 24),
-      };
-      empty["head.dense.bias"] = { dtype: "F32", shape: [hidden], data: new Float32Array(hidden) };
-      empty["head.out_proj.weight"] = {
-        dtype: "F32",
-        shape: [classes, hidden],
-        data: new Float32Array(classes * hidden),
-      };
-      empty["head.out_proj.bias"] = {
-        dtype: "F32",
-        shape: [classes],
-        data: new Float32Array(classes),
-      };
+      const f32 = (shape: number[]) => ({
+        dtype: "F32" as const,
+        shape,
+        data: new Float32Array(shape.reduce((a, b) => a * b, 1)),
+      });
+      empty["head.dense.weight"] = f32([hidden, features]);
+      empty["head.dense.bias"] = f32([hidden]);
+      empty["head.out_proj.weight"] = f32([classes, hidden]);
+      empty["head.out_proj.bias"] = f32([classes]);
       await writeSafetensors(`${dir}/empty.safetensors`, empty);
       const emptyReader = await openSafetensors(`${dir}/empty.safetensors`);
       assertThrows(
         () => readHeadShape(emptyReader),
         CheckpointError,
-        `the head is empty (head.dense.weight [${hidden}, 24], head.out_proj.weight [${classes}, ${hidden}])`,
+        `the head is empty (head.dense.weight [${hidden}, ${features}], head.out_proj.weight ` +
+          `[${classes}, ${hidden}])`,
       );
       emptyReader.close();
     }

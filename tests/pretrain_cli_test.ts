@@ -7,6 +7,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
+import { type LoadedTensor, openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { mlmHeadNames } from "../model/mlm_head.ts";
 import { exists, readTree, sameBytes, VOCAB, writeTinyBert } from "./train_fixture.ts";
 import { FLAGS, HELP } from "../pretrain.ts";
@@ -478,6 +479,32 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     const same = await pretrain([...common, "0", "--model", `${dir}/./base/`, "--resume"], false);
     assertEquals(same.code, 0, same.stderr);
     assert(same.stderr.includes("the run is finished; nothing to do"), same.stderr);
+    // A NaN in the checkpoint's MLM head (read apart from the encoder): refused, naming it.
+    const damaged = `${dir}/damaged`;
+    await Deno.mkdir(damaged);
+    for await (const e of Deno.readDir(`${out}/model`)) {
+      if (e.name !== "model.safetensors") {
+        await Deno.copyFile(`${out}/model/${e.name}`, `${damaged}/${e.name}`);
+      }
+    }
+    const reader = await openSafetensors(`${out}/model/model.safetensors`);
+    const tensors: Record<string, LoadedTensor> = {};
+    for (const name of reader.tensors.keys()) tensors[name] = await reader.read(name);
+    reader.close();
+    const head = Object.keys(tensors).find((n) => n.startsWith("cls.predictions.transform."))!;
+    (tensors[head].data as Float32Array)[1] = NaN;
+    await writeSafetensors(`${damaged}/model.safetensors`, tensors);
+    const refused = await pretrain([
+      ...["--out", `${dir}/from-damaged`, "--model", damaged, "--corpus", `${dir}/corpus.txt`],
+      ...SMALL,
+    ]);
+    assertEquals(refused.code, 1, refused.stderr);
+    assert(
+      refused.stderr.startsWith(
+        `pretrain: ${damaged}/model.safetensors: tensor "${head}" holds NaN (element 1 of `,
+      ),
+      refused.stderr,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
