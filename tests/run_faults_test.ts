@@ -284,7 +284,8 @@ Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer 
     await assertRejects(
       () => RunLog.open(path, 4),
       Error,
-      `${path}: fewer lines than the checkpoint's 4`,
+      `${path}: fewer lines than the checkpoint's 4 (the log was cut short or edited): ` +
+        "--overwrite starts the run again",
     );
     for (const keep of [-1, 1.5, NaN, "x" as unknown as number]) {
       const e = await assertRejects(() => RunLog.open(path, keep), Error);

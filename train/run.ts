@@ -827,6 +827,7 @@ async function trainStages(
           last,
           logLines: l.log.lines,
         };
+        await l.log.sync();
         const keep = backboneTrainedSince(stages, s, trainer);
         const params = new Map([
           ...[...encoderParameters(trainer.encoder.params)]

@@ -51,7 +51,10 @@ export class RunLog {
       if (all[all.length - 1] === "") all.pop(); // the final line break ends the last line
       const lines = all.slice(0, keep);
       if (lines.length < keep) {
-        throw new Error(`${path}: fewer lines than the checkpoint's ${keep}`);
+        throw new Error(
+          `${path}: fewer lines than the checkpoint's ${keep} (the log was cut short or ` +
+            `edited): --overwrite starts the run again`,
+        );
       }
       kept = lines.join("\n") + "\n";
       skips = trailingSkips(lines);
@@ -76,6 +79,14 @@ export class RunLog {
       );
     }
     this.lines += records.length;
+  }
+
+  /**
+   * Puts the lines written so far on disk: called before a checkpoint is written (atomically, and
+   * synced), so that a power cut cannot leave a log shorter than the checkpoint's line count.
+   */
+  async sync(): Promise<void> {
+    await this.file.sync();
   }
 
   close(): void {
