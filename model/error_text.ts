@@ -10,14 +10,16 @@ export function errorText(e: unknown): string {
 /**
  * A JSON.parse error on one line: V8 quotes the text around an unexpected token with its line
  * breaks (`Unexpected token 'p', "{\n "a": tpue,\n"... is not valid JSON`); they are folded into
- * spaces and the quote kept, as it shows where the error is. Text that begins with a byte-order
+ * spaces (with the indentation after them) and the quote kept, as it shows where the error is. Text that begins with a byte-order
  * mark fails on an invisible character, so that is said instead.
  */
 export function jsonErrorText(e: unknown, text?: string): string {
   if (text?.charCodeAt(0) === 0xfeff) {
     return "it begins with a byte-order mark (BOM): save it as UTF-8 without one";
   }
-  return errorText(e).replace(/ is not valid JSON$/, "").replace(/\s+/g, " ").trim();
+  // Only line breaks: a no-break space in the quote stays what it is.
+  return errorText(e).replace(/ is not valid JSON$/, "").replace(/[ \t]*[\r\n]+[ \t]*/g, " ")
+    .trim();
 }
 
 /** The first line of `errorText`, for a one-line message that quotes a multi-line error (not

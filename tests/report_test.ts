@@ -600,7 +600,7 @@ Deno.test("report: a failure while drawing the figures leaves the earlier output
   await single(broken, "rte", "ehft", "lora", 7, { accuracy: 0.9 });
   await Deno.mkdir(`${broken}/analysis`);
   await Deno.writeTextFile(`${broken}/analysis/analysis.json`, "{ not json");
-  const message = `${broken}/analysis/analysis.json: `;
+  const message = `${broken}/analysis/analysis.json: not valid JSON (`;
   // Into a new folder: nothing written, no folder left behind.
   await assertRejects(
     () => report(parseReportArgs([broken, "--out", `${dir}/new/report`]), () => {}),

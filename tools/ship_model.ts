@@ -31,6 +31,7 @@
 
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { exists } from "../model/atomic_write.ts";
+import { jsonErrorText } from "../model/error_text.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { openModel } from "../model/load.ts";
 import {
@@ -134,7 +135,7 @@ async function readJson(path: string, what = ""): Promise<Record<string, unknown
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
+    throw new Error(`${path}: not valid JSON (${jsonErrorText(e, text)})`);
   }
 }
 

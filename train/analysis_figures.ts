@@ -13,7 +13,7 @@ import {
 import { methodTitle, PEFT_ORDER, STRATEGY_ORDER } from "./report_table.ts";
 import { tsne } from "./tsne.ts";
 import { writeJsonAtomic } from "../model/atomic_write.ts";
-import { jsonErrorText } from "../model/error_text.ts";
+import { errorText, jsonErrorText } from "../model/error_text.ts";
 
 /** One figure: its file name (without extension), spec and caption. */
 export interface Figure {
@@ -47,6 +47,11 @@ export interface HeadLayout {
 
 const LAYOUT_FILE = "analysis/head_features_tsne.json";
 
+/** Why an analysis file could not be read: not valid JSON (on one line), or the read's error. */
+function unreadable(e: unknown): string {
+  return e instanceof SyntaxError ? `not valid JSON (${jsonErrorText(e)})` : errorText(e);
+}
+
 /** Reads a run folder's analysis/ files and log.jsonl; null when it has no analysis. */
 export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | null> {
   let data: AnalysisData;
@@ -54,14 +59,14 @@ export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | n
     data = JSON.parse(await Deno.readTextFile(`${dir}/analysis/analysis.json`));
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw new Error(`${dir}/analysis/analysis.json: ${jsonErrorText(e)}`);
+    throw new Error(`${dir}/analysis/analysis.json: ${unreadable(e)}`);
   }
   let headFeatures: HeadFeatures | null = null;
   try {
     headFeatures = JSON.parse(await Deno.readTextFile(`${dir}/analysis/head_features.json`));
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
-      throw new Error(`${dir}/analysis/head_features.json: ${jsonErrorText(e)}`);
+      throw new Error(`${dir}/analysis/head_features.json: ${unreadable(e)}`);
     }
   }
   let layout: HeadLayout | null = null;
@@ -69,7 +74,7 @@ export async function readRunAnalysis(dir: string): Promise<RunAnalysisFiles | n
     layout = JSON.parse(await Deno.readTextFile(`${dir}/${LAYOUT_FILE}`));
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
-      throw new Error(`${dir}/${LAYOUT_FILE}: ${jsonErrorText(e)}`);
+      throw new Error(`${dir}/${LAYOUT_FILE}: ${unreadable(e)}`);
     }
   }
   return {
