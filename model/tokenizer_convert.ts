@@ -141,8 +141,8 @@ export function parseVocabTxt(text: string, source = "vocab.txt"): Map<string, n
 }
 
 /**
- * A byte-order mark would become part of the first token (transformers reads it so too, and then
- * misses "[PAD]" or the first merge): named, rather than the token it hides.
+ * A byte-order mark would become part of the first token (transformers reads a vocab.txt so too,
+ * and then misses "[PAD]"): named, rather than the token it hides.
  */
 function refuseByteOrderMark(text: string, source: string): void {
   if (text.charCodeAt(0) === 0xfeff) {
@@ -286,6 +286,8 @@ export function parseVocabJson(text: string, source = "vocab.json"): Map<string,
  * break) are skipped; any other line without exactly two tokens is an error.
  */
 export function parseMerges(text: string, source = "merges.txt"): [string, string][] {
+  // transformers drops a merges.txt's first line unread: a mark before "#version" goes with it.
+  if (text.startsWith("\ufeff#version")) text = text.slice(1);
   refuseByteOrderMark(text, source);
   const lines = text.split(/\r\n|\n|\r/);
   const merges: [string, string][] = [];
