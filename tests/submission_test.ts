@@ -189,12 +189,27 @@ function prepare(): Promise<Setup> {
   return setup;
 }
 
+let predictTestRun: Promise<{ out: string; submission: string }> | null = null;
+
+/**
+ * `<dir>/run`: train.ts --predict-test on the fixture, trained once whichever test asks first,
+ * and the RTE.jsonl it wrote (later tests write that file again).
+ */
+function trainedRun(): Promise<{ out: string; submission: string }> {
+  predictTestRun ??= (async () => {
+    const { dir, args } = await prepare();
+    const out = `${dir}/run`;
+    await trainFromArgs([...args, "--out", out, "--predict-test"], {}, rte);
+    return { out, submission: await Deno.readTextFile(`${out}/RTE.jsonl`) };
+  })();
+  return predictTestRun;
+}
+
 test("train --predict-test: RTE.jsonl with one line per test example, as predict() says", async () => {
-  const { dir, args } = await prepare();
-  const out = `${dir}/run`;
-  await trainFromArgs([...args, "--out", out, "--predict-test"], {}, rte);
+  const { dir } = await prepare();
+  const { out, submission } = await trainedRun();
   await Deno.stat(`${out}/metrics.json`);
-  const lines = (await Deno.readTextFile(`${out}/RTE.jsonl`)).trimEnd().split("\n");
+  const lines = submission.trimEnd().split("\n");
   assertEquals(lines.length, 6);
   const rows = lines.map((l) => JSON.parse(l));
   assertEquals(rows.map((r) => r.idx), [100, 101, 102, 103, 104, 105]);
@@ -212,18 +227,10 @@ test("train --predict-test: RTE.jsonl with one line per test example, as predict
   assertEquals(rows.map((r) => r.label), predictions.map((p) => p.prediction));
 });
 
-/**
- * The finished run of the first end-to-end test in `<dir>/run` (or a fresh one when a test runs
- * alone), with its config.
- */
+/** The finished run in `<dir>/run` (trainedRun: the same in any test order), with its config. */
 async function finishedRun() {
   const { dir, args } = await prepare();
-  const out = `${dir}/run`;
-  try {
-    await Deno.stat(`${out}/metrics.json`);
-  } catch {
-    await trainFromArgs([...args, "--out", out], {}, rte);
-  }
+  const { out } = await trainedRun();
   return { dir, out, config: parseTrainArgs([...args, "--out", out]).config };
 }
 
