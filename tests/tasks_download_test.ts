@@ -185,7 +185,13 @@ test("boolq and qnli offline with nothing cached: a clear error, a dry run repor
     const online = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "tasks/qnli.ts", "--dry-run"],
       cwd: ROOT,
-      env: { EHFT_DATA_CACHE: cache, XDG_RUNTIME_DIR: "/tmp" },
+      // Empty counts as unset: the user's own EHFT_OFFLINE / HF_HUB_OFFLINE must not leak in.
+      env: {
+        EHFT_DATA_CACHE: cache,
+        EHFT_OFFLINE: "",
+        HF_HUB_OFFLINE: "",
+        XDG_RUNTIME_DIR: "/tmp",
+      },
       stdout: "piped",
       stderr: "piped",
     }).output();
