@@ -558,16 +558,14 @@ Deno.test("data errors: a line of 5 MB is read, its faults are short; tokenized 
     for (const name of NAMES) {
       const r = READERS[name];
       const file = await write(dir, r, name, fileText(r, [r.line(), r.line(big), r.line()]));
-      const t0 = performance.now();
+      // No time bound here (the tests are not timed): a reader quadratic in a line's length
+      // would take hours on these 5 MB, past the suite's limit.
       const examples = await r.task.readExamples(file, "train");
-      const ms = performance.now() - t0;
       assertEquals(examples.length, 3);
       // (COPA drops the premise's final period.)
       const text = r.text(examples[1]);
       assert(text.startsWith(big.slice(0, 100)), name);
       assert(text.length >= big.trim().length - 1, `${name}: the long text is read whole`);
-      // Bounds against quadratic work (hours at 5 MB), far above the ~1 s it takes.
-      assert(ms < 30000, `${name}: ${ms.toFixed(0)} ms to read 5 MB`);
       // A fault at the end of a 5 MB line: the message quotes a few characters, not the line.
       const broken = r.ext === "jsonl"
         ? r.line(big).replace(/}$/, ', "x": }')
@@ -592,11 +590,8 @@ Deno.test("data errors: a line of 5 MB is read, its faults are short; tokenized 
     { source: "tiny" },
   );
   const example: TaskExample = { idx: 0, inputs: [[big, "the city"]], label: 1 };
-  const t0 = performance.now();
   const split = tokenizeExamples(tokenizer, [example], 64, "rte train", "only_first");
-  const ms = performance.now() - t0;
   assertEquals(split.examples[0].inputs[0].ids.length, 64);
-  assert(ms < 60000, `${ms.toFixed(0)} ms to tokenize 5 MB`);
 });
 
 Deno.test("data errors: a missing split names the file, the split and the folder; --dry-run reports it", async () => {
