@@ -557,7 +557,9 @@ function truncations(bytes: Uint8Array): Case[] {
 // ---------------------------------------------------------------------------------------------
 // Running one case
 
-const CASE_TIMEOUT_MS = 5000;
+// A hang guard, not a time goal (a case takes milliseconds): generous, so that a loaded machine
+// is not taken for a reader that loops.
+const CASE_TIMEOUT_MS = 60_000;
 
 function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
