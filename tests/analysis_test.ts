@@ -3,6 +3,7 @@
 // feature pass, and the training itself bit for bit as without --analysis.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   assertSameFiles,
   markerTrainBatches,
@@ -38,8 +39,7 @@ async function backbone(path: string): Promise<Map<string, Float64Array>> {
 
 Deno.test({
   name: "train --analysis: distances as float64 from the saved weights, training unchanged",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-" });
     try {
@@ -247,8 +247,7 @@ async function plainFeatures(
 
 Deno.test({
   name: "train --analysis with prefix-tuning: the pretrained features are the backbone's alone",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-prefix-" });
     try {
@@ -284,8 +283,7 @@ Deno.test({
 
 Deno.test({
   name: "analysis: step results are read in blocks (bounded GPU buffers), the same numbers",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     // One buffer per step was held to the end: 33k on QNLI over 10 epochs.
     const dir = await Deno.makeTempDir({ prefix: "ehft-analysis-blocks-" });

@@ -5,6 +5,7 @@
 // folder holds (with the download hint for BoolQ and QNLI); --dry-run reports them instead.
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { TASKS } from "../tasks/all.ts";
 import { DataError, firstInvalidUtf8, MissingDataError, quote } from "../train/data_files.ts";
 import { dryRun } from "../train/dry_run.ts";
@@ -712,8 +713,7 @@ Deno.test("data errors: an STS-B dev split of one example is refused before trai
 Deno.test({
   name:
     "data errors: a task of one's own: labels its loss cannot take, unknown metrics, refused first",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     await withDir(async (dir) => {
       await writeTinyBert(`${dir}/model`);

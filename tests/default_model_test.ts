@@ -135,8 +135,6 @@ Deno.test("a task script prints its model, data, recipe and the paper's setting"
 
 Deno.test({
   name: "a task script's start lines say the learning rate and max length the model decides",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     // Another BERT than the shipped one takes the paper's recipe: lr 1e-5 becomes BERT's 3e-5
     // and max length 512 the model's 128 positions, which the lines must say, not the recipe.

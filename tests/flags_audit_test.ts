@@ -508,8 +508,7 @@ async function pool<T>(jobs: (() => Promise<T>)[], width = 4): Promise<T[]> {
   return out;
 }
 
-const subprocess = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const subprocess = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 subprocess(
   "flags audit: every entry point: one line on stderr, exit 1, --debug adds the stack",

@@ -6,16 +6,15 @@ import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 
 /**
- * Registers a test that gets the process-wide GPU. WebGPU keeps device resources and async ops
- * alive between tests by design, so Deno's resource and op sanitizers are off for these.
+ * Deno.test options of a test that runs GPU work in this process (kernels, training, predicting,
+ * figures): WebGPU keeps device resources and async ops alive between tests by design, so Deno's
+ * resource and op sanitizers are off for it. Tests that only start subprocesses keep them on.
  */
+export const IN_PROCESS_GPU = { sanitizeResources: false, sanitizeOps: false } as const;
+
+/** Registers a test that gets the process-wide GPU (IN_PROCESS_GPU). */
 export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
-  Deno.test({
-    name,
-    sanitizeResources: false,
-    sanitizeOps: false,
-    fn: async () => fn(await getGpu()),
-  });
+  Deno.test({ name, ...IN_PROCESS_GPU, fn: async () => fn(await getGpu()) });
 }
 
 /**

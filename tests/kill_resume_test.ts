@@ -51,8 +51,6 @@ async function runAndKillAfter(args: string[], ms: number): Promise<boolean> {
 
 Deno.test({
   name: "train: killed at ten random moments, each --resume ends as an uninterrupted run",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-kill-" });
     try {

@@ -4,7 +4,7 @@
 // (HookContext.weight) a rescaling method needs for its input gradient.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
@@ -40,8 +40,7 @@ const MINE: RunOptions["peft"] = {
 
 Deno.test({
   name: "RunOptions.peft: the method of one's own trains, is named, and is not predicted without",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-peft-custom-" });
     try {
@@ -127,8 +126,7 @@ Deno.test({
 // Guards a trainer that ignores PeftMethod.noDecay (every built-in method answers false).
 Deno.test({
   name: "RunOptions.peft: a tensor the method exempts from weight decay does not decay",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-peft-nodecay-" });
     try {

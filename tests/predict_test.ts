@@ -1,4 +1,5 @@
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { checkOutPath, predict } from "../predict.ts";
 import { FlagError } from "../train/flags.ts";
 import { rte } from "../tasks/rte.ts";
@@ -25,8 +26,7 @@ async function writeData(dir: string): Promise<string> {
 
 Deno.test({
   name: "predict.ts: writes one JSON object per example, independent of the batch size",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir();
     try {
@@ -82,8 +82,7 @@ Deno.test({
 
 Deno.test({
   name: "predict.ts: a backbone without a head and bad flags are one-line errors",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir();
     try {
@@ -152,8 +151,6 @@ async function listing(dir: string): Promise<string[]> {
 
 Deno.test({
   name: "predict.ts --out: an existing file is refused, unchanged, before the model is opened",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     const dir = await Deno.makeTempDir();
     try {
@@ -240,8 +237,6 @@ Deno.test({
 
 Deno.test({
   name: "predict.ts --overwrite: replaces an existing --out; a missing folder is created",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     const dir = await Deno.makeTempDir();
     try {

@@ -31,8 +31,7 @@ async function pretrain(args: string[], quiet = true, env: Record<string, string
   return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 /** A corpus of short documents in the tiny vocabulary's words, blank lines between documents. */
 async function writeCorpus(path: string): Promise<void> {

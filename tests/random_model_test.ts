@@ -15,8 +15,7 @@ function randomModel(args: string[]) {
   return runTool("random_model", [...SHAPE, "--max-positions", "16", ...args]);
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 test("random_model: ids are the vocab file's lines (CRLF, a blank line), pad_token_id is [PAD]'s", async () => {
   const dir = await Deno.makeTempDir();

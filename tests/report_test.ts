@@ -6,6 +6,7 @@
 // earlier report's figures that are not drawn again removed; a late failure writes nothing).
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { checkOutDir, FIGURE_NAMES, parseReportArgs, report } from "../report.ts";
 import { distanceStats } from "../train/analysis.ts";
 import { FlagError } from "../train/flags.ts";
@@ -622,8 +623,7 @@ Deno.test("report: a failure while drawing the figures leaves the earlier output
 
 Deno.test({
   name: "report: figures drawn, replaced, and the earlier report's not drawn again removed",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-report-figures-" });
     try {
@@ -689,8 +689,7 @@ Deno.test("report: FIGURE_NAMES lists every figure comparisonFigures draws", asy
 
 Deno.test({
   name: "report: figures compare one task on one model; mixed runs get a note, not figures",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-report-mixed-" });
     try {
@@ -805,8 +804,7 @@ Deno.test("report: runs of one model folder under several --model spellings are 
 
 Deno.test({
   name: "report: figures take one model under several spellings, and refuse two models",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-report-figure-models-" });
     try {

@@ -4,7 +4,7 @@
 // to resume.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { withLimits } from "./gpu_fixture.ts";
+import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
 import { openSafetensors } from "../model/safetensors.ts";
@@ -45,8 +45,7 @@ function poisonAtStage(index: number): RunOptions["onStageStart"] {
 
 Deno.test({
   name: "run faults: a NaN loss in f32 stops the run at its step, the last checkpoint kept",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: () =>
     withRunFolder(async (dir, common) => {
       const out = `${dir}/run`;
@@ -77,8 +76,7 @@ Deno.test({
 
 Deno.test({
   name: "run faults: f16 skips non-finite steps, and stops when they never end",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: () =>
     withRunFolder(async (dir, common) => {
       const out = `${dir}/run`;
@@ -105,8 +103,7 @@ Deno.test({
 
 Deno.test({
   name: "run faults: beyond the adapter's buffer limit, the error names a batch size that fits",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: () =>
     withRunFolder(async (dir, common) => {
       const gpu = await getGpu();
@@ -134,8 +131,7 @@ Deno.test({
 
 Deno.test({
   name: "run faults: a lost device says so, with the command that resumes the run",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: () =>
     withRunFolder(async (dir, common) => {
       const gpu = await requestGpu();

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { DeviceLostError, GpuError, NoAdapterError, requestGpu } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
@@ -187,8 +187,7 @@ Deno.test("runtime: no adapter gives one message saying what to install", async 
 
 Deno.test({
   name: "runtime: a lost device is reported with its reason",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const gpu = await requestGpu();
     const t = createTensor(gpu, [3], "f32", "t");

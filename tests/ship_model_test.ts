@@ -17,8 +17,7 @@ import { assertToolHelp, runTool } from "./tool_cli.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 const BERT_VOCAB = `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`;
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 /** tools/ship_model.ts of the repository at `root` (this one by default), run in `root`. */
 function ship(args: string[], root = ROOT) {

@@ -2,6 +2,7 @@
 // predictions, the errors, and train.ts --predict-test end to end on the tiny fixture.
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   exists,
   markerExamples,
@@ -29,7 +30,7 @@ import { BOOLQ_DATASET } from "../tasks/boolq.ts";
 import { QNLI_DATASET } from "../tasks/qnli.ts";
 
 const test = (name: string, fn: () => Promise<void> | void) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+  Deno.test({ name, ...IN_PROCESS_GPU, fn });
 
 test("submission: SuperGLUE JSONL per task, labels as the leaderboard names them", () => {
   assertEquals(

@@ -37,8 +37,7 @@ async function run(args: string[], cwd = ROOT): Promise<Result> {
   };
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 // Task scripts with no --model measure token lengths with the shipped model (models/ehft-mini-en,
 // max length 128); train.ts with no --model (cola here) has no model to measure with.

@@ -64,8 +64,7 @@ function serve(zips: Record<string, Uint8Array>): Loopback {
   return { fetch: loopFetch, requests, close: () => server.shutdown() };
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 /** A dry-run report without the token lengths (measured when the script has a model). */
 // deno-lint-ignore no-explicit-any

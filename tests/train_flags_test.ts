@@ -138,8 +138,6 @@ Deno.test("train flags: errors are one line and name the flag", () => {
 
 Deno.test({
   name: "train.ts: bad flags exit 1 with one line on stderr",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     const run = async (...args: string[]) => {
       const r = await new Deno.Command(Deno.execPath(), {

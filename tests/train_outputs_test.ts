@@ -4,6 +4,7 @@
 // logits) and regression (MSE, correlation metrics).
 
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   markerExamples,
   writeMarkerData,
@@ -42,8 +43,7 @@ function prepare(): Promise<Setup> {
   return setup;
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, ...IN_PROCESS_GPU, fn });
 
 test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it", async () => {
   const { dir, args } = await prepare();

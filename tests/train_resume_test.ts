@@ -5,6 +5,7 @@
 // a run is refused without --resume or --overwrite.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   assertSameFiles,
   exists,
@@ -68,8 +69,7 @@ async function mtimes(dir: string): Promise<Map<string, number>> {
 
 Deno.test({
   name: "train: a killed run resumed from its checkpoints ends as an uninterrupted one",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-resume-" });
     try {
@@ -181,8 +181,7 @@ Deno.test({
 
 Deno.test({
   name: "train --precision f16: loss scale in the log, a killed run resumes bit for bit",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-f16-" });
     try {
@@ -233,8 +232,7 @@ Deno.test({
 Deno.test({
   name:
     "train --resume: from a checkpoint at Stage 1's last step, the run ends as an uninterrupted one",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-boundary-" });
     try {
@@ -345,8 +343,7 @@ async function withTinyRun(
 
 Deno.test({
   name: "train --resume: a model or --head changed in place since the start is refused",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     await withTinyRun("ehft-train-changed-", [], async (dir, out, run) => {
       const expected = await run();
@@ -385,8 +382,7 @@ Deno.test({
 Deno.test({
   name:
     "train --resume: a run.json from before a fingerprint, --precision or constant's warmup resumes",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     // Runs started by earlier versions lack what later ones record; each absence is accepted as
     // what those versions did (f32; no warmup to differ by), not refused as another setting.
@@ -410,8 +406,7 @@ Deno.test({
 
 Deno.test({
   name: "train --overwrite: the old run stays until the new one can start, and goes entirely",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-overwrite-" });
     try {

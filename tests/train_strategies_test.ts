@@ -9,6 +9,7 @@
 // 64 units wide (`--head` with a narrow fresh head) to keep each run to a few seconds.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   exists,
   markerTrainBatches,
@@ -121,8 +122,7 @@ for (const peft of ["bitfit", "lora", "prefix"]) {
 for (const [name, args] of CASES) {
   Deno.test({
     name: `train: ${name} learns the marker task (dev accuracy ≥ 0.95)`,
-    sanitizeResources: false,
-    sanitizeOps: false,
+    ...IN_PROCESS_GPU,
     fn: async () => {
       // Only lp, whose stages never run the encoder's backward, keeps one set of activations.
       const inference: boolean[] = [];
@@ -158,8 +158,7 @@ for (const [name, args] of CASES) {
 Deno.test({
   name:
     "train: ehft hand-off: pretrained backbone bitwise, Stage 1's head, BitFit moved biases only",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     const s = await prepare();
     const pretrained = await readAll(`${s.model}/model.safetensors`);
@@ -220,8 +219,7 @@ Deno.test({
 
 Deno.test({
   name: "lp: the frozen backbone keeps one set of activations, and trains bit for bit the same",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     // Linear probing never runs the encoder's backward: its per-layer activations (6.75 GiB at
     // RoBERTa-large, batch 32 × 128) were kept all the same.
@@ -275,8 +273,7 @@ Deno.test({
 
 Deno.test({
   name: "train: the best score counts only the final stage's evaluations (Stage 1's are logged)",
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...IN_PROCESS_GPU,
   fn: async () => {
     // Stage 1 learns the task; Stage 2 starts from a zeroed head at a rate too small to move it,
     // so its evaluations score worse than Stage 1's, which must not become the run's best.

@@ -6,6 +6,7 @@
 
 import { uniformGenerator as generator } from "../model/init.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { writeTinyBert } from "./train_fixture.ts";
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
@@ -25,7 +26,7 @@ const VOCAB = new URL("../data/tokenizers/bert-base-uncased/vocab.txt", import.m
   .pathname;
 
 const test = (name: string, fn: () => Promise<void> | void) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+  Deno.test({ name, ...IN_PROCESS_GPU, fn });
 
 /** The word form an example's span `k` covers. */
 function spanText(e: TaskExample, k: 0 | 1): string {
