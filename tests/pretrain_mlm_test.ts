@@ -12,7 +12,7 @@
 // - a short end-to-end pretrain() on the fixture model: the held-out loss falls, the outputs
 //   exist, and a run stopped after a checkpoint resumes to the same bytes as one that was not.
 
-import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
 import { randomValues, rng } from "./random.ts";
 import { GpuError } from "../kernels/device.ts";
@@ -35,7 +35,13 @@ import {
   type MlmBatch,
   packDocuments,
 } from "../train/mlm_data.ts";
-import { pretrain, PRETRAIN_ADAMW, Pretrainer, type PretrainOptions } from "../train/pretrain.ts";
+import {
+  pretrain,
+  PRETRAIN_ADAMW,
+  Pretrainer,
+  type PretrainOptions,
+  saveMlmModel,
+} from "../train/pretrain.ts";
 
 const FIXTURE = TINY_BERT_MLM;
 const IDS = MLM_IDS;
@@ -197,6 +203,40 @@ function distinctRows(n: number, m: number, seed: number): Uint32Array {
   }
   return Uint32Array.from(all.slice(0, m));
 }
+
+gpuTest(
+  "saveMlmModel: F16 refuses a weight past its range rather than write infinity",
+  async (gpu) => {
+    const f = await fixture();
+    const trainer = new Pretrainer(gpu, f.config, {
+      maxBatch: 1,
+      maxSeq: 4,
+      adamw: PRETRAIN_ADAMW,
+      dropout: 0,
+    });
+    const dir = await Deno.makeTempDir();
+    try {
+      const params = trainer.parameters();
+      for (const [n, t] of params) t.upload(await f.model.readF32(n));
+      await saveMlmModel(`${dir}/ok`, trainer, "F16");
+      const [name, tensor] = [...params].find(([n]) => n.endsWith(".bias"))!;
+      const values = await f.model.readF32(name);
+      values[1] = -70000;
+      tensor.upload(values);
+      const e = await assertRejects(() => saveMlmModel(`${dir}/past`, trainer, "F16"), Error);
+      assertEquals(
+        e.message,
+        `${dir}/past/model.safetensors: "${name}" holds -70000 (element 1), beyond F16's range ` +
+          "(±65504): such a model is saved with --model-dtype f32 (the run's last checkpoint is kept)",
+      );
+      await assertMissing(`${dir}/past/model.safetensors`);
+      await saveMlmModel(`${dir}/f32`, trainer, "F32");
+    } finally {
+      trainer.destroy();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 gpuTest("gatherRows: forward exact, backward writes every row, at odd shapes", async (base) => {
   const cases: [number, number, number, number?][] = [

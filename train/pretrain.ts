@@ -532,6 +532,15 @@ export async function saveMlmModel(
   const data = await downloadTensors(names.map((n) => params.get(n)!));
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
   names.forEach((n, i) => {
+    // F16 rounds a finite value from 65520 up to infinity: a model every loader refuses.
+    const past = dtype === "F16" ? data[i].findIndex((v) => Math.abs(v) >= 65520) : -1;
+    if (past >= 0) {
+      throw new Error(
+        `${dir}/model.safetensors: "${n}" holds ${data[i][past]} (element ${past}), beyond ` +
+          "F16's range (±65504): such a model is saved with --model-dtype f32 (the run's last " +
+          "checkpoint is kept)",
+      );
+    }
     tensors[n] = { dtype, shape: [...params.get(n)!.shape], data: data[i] };
   });
   await writeSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt", ...metadata });
