@@ -331,9 +331,9 @@ export async function loadHead(
 
 /**
  * A weight's values, refused (naming the file that holds it, an index's shard, the tensor and the
- * first bad element) when one is
- * NaN or infinite: a damaged file (a flipped exponent bit is enough) would otherwise turn up
- * only as a non-finite loss at the first step, with nothing to say where it came from.
+ * first bad element) when one is NaN or infinite: a damaged file (a flipped exponent bit is
+ * enough) would otherwise turn up only as a non-finite loss at the first step, with nothing to
+ * say where it came from.
  */
 export async function readFinite(reader: SafetensorsReader, name: string): Promise<Float32Array> {
   const data = await reader.readF32(name);

@@ -10,8 +10,9 @@ export function errorText(e: unknown): string {
 /**
  * A JSON.parse error on one line: V8 quotes the text around an unexpected token with its line
  * breaks (`Unexpected token 'p', "{\n "a": tpue,\n"... is not valid JSON`); they are folded into
- * spaces (with the indentation after them) and the quote kept, as it shows where the error is. Text that begins with a byte-order
- * mark fails on an invisible character, so that is said instead.
+ * spaces (with the indentation after them) and the quote kept, as it shows where the error is.
+ * Text that begins with a byte-order mark fails on an invisible character, so that is said
+ * instead.
  */
 export function jsonErrorText(e: unknown, text?: string): string {
   if (text?.charCodeAt(0) === 0xfeff) {
