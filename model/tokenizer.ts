@@ -334,6 +334,8 @@ export class TextTokenizer {
       throw new TokenizerError(source, 'has no "model"');
     }
     checkTokenizerModel(source, full.model as Record<string, unknown>);
+    checkAddedTokens(source, full.added_tokens);
+    checkTemplate(source, full.post_processor);
     const config = options.config ?? {};
     let tok: Tokenizer;
     try {
@@ -771,6 +773,71 @@ function checkTokenizerModel(source: string, model: Record<string, unknown>): vo
       );
     }
     seen.set(id, token);
+  }
+}
+
+/** `what` shown briefly: a JSON value cut to 40 characters. */
+function shortJson(what: unknown): string {
+  const shown = JSON.stringify(what) ?? String(what);
+  return shown.length > 40 ? `${shown.slice(0, 40)}…` : shown;
+}
+
+/**
+ * tokenizer.json's `added_tokens`: a list of {id, content, ...}, checked before tokenizers.js
+ * reads it (an entry of another shape was its TypeError: "text is not iterable").
+ */
+function checkAddedTokens(source: string, added: unknown): void {
+  if (!Array.isArray(added)) {
+    throw new TokenizerError(source, `its added_tokens is ${kindOf(added)}, not a list`);
+  }
+  added.forEach((entry, i) => {
+    const e = entry as Record<string, unknown> | null;
+    const ok = typeof e === "object" && e !== null && !Array.isArray(e) &&
+      Number.isSafeInteger(e.id) && (e.id as number) >= 0 && typeof e.content === "string";
+    if (!ok) {
+      throw new TokenizerError(
+        source,
+        `its added_tokens[${i}] is ${shortJson(entry)}, not an {"id": integer ≥ 0, "content": ` +
+          `string} entry`,
+      );
+    }
+  });
+}
+
+/**
+ * A TemplateProcessing post-processor's `single` and `pair` templates: lists of
+ * {"SpecialToken": {"id": token, "type_id": n}} and {"Sequence": {"id": "A" or "B", "type_id":
+ * n}} pieces, checked before tokenizers.js runs them (another piece was its TypeError).
+ */
+function checkTemplate(source: string, post: unknown): void {
+  const p = post as Record<string, unknown> | null;
+  if (typeof p !== "object" || p === null || p.type !== "TemplateProcessing") return;
+  for (const key of ["single", "pair"]) {
+    const template = p[key];
+    if (!Array.isArray(template)) {
+      throw new TokenizerError(
+        source,
+        `its post_processor's ${key} template is ${kindOf(template)}, not a list of pieces`,
+      );
+    }
+    template.forEach((piece, i) => {
+      const kinds = typeof piece === "object" && piece !== null ? Object.keys(piece) : [];
+      const body = kinds.length === 1
+        ? (piece as Record<string, Record<string, unknown> | null>)[kinds[0]]
+        : null;
+      const ok = body !== null && typeof body === "object" &&
+        Number.isSafeInteger(body.type_id) && (body.type_id as number) >= 0 &&
+        (kinds[0] === "SpecialToken"
+          ? typeof body.id === "string"
+          : kinds[0] === "Sequence" && (body.id === "A" || body.id === "B"));
+      if (!ok) {
+        throw new TokenizerError(
+          source,
+          `its post_processor's ${key}[${i}] is ${shortJson(piece)}, not a SpecialToken or ` +
+            `Sequence piece with a type_id`,
+        );
+      }
+    });
   }
 }
 

@@ -788,25 +788,41 @@ Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line 
     { ...bert, model: { ...wordPiece, vocab: { ...vocab, zz: vocab["[CLS]"] } } },
     `its WordPiece model's vocab: tokens "${cls}" and "zz" share id ${vocab["[CLS]"]}`,
   );
-  // A post-processor template tokenizers.js cannot run: its TypeError, named, on one line.
+  // Pieces of a template and added tokens of another shape: named, before tokenizers.js reads
+  // them (their TypeErrors named no file).
   const template = bert.post_processor as Record<string, unknown[]>;
-  for (
-    const post of [
-      { ...template, single: [...template.single.slice(0, 2), 5] },
-      { ...template, pair: undefined },
-    ]
-  ) {
-    const e = assertThrows(
-      () =>
-        TextTokenizer.fromJson({ ...bert, post_processor: post }, bertModel, {
-          source: "x/tokenizer.json",
-        }),
-      TokenizerError,
-    );
-    assert(
-      e.message.startsWith("x/tokenizer.json: cannot be loaded: its post_processor fails ("),
-      e.message,
-    );
-    assert(!e.message.includes("\n"), e.message);
-  }
+  bertRefused(
+    { ...bert, post_processor: { ...template, single: [...template.single.slice(0, 2), 5] } },
+    "its post_processor's single[2] is 5, not a SpecialToken or Sequence piece with a type_id",
+  );
+  bertRefused(
+    { ...bert, post_processor: { ...template, pair: undefined } },
+    "its post_processor's pair template is missing, not a list of pieces",
+  );
+  bertRefused(
+    { ...bert, post_processor: { ...template, single: [{ Sequence: { id: "C", type_id: 0 } }] } },
+    `its post_processor's single[0] is {"Sequence":{"id":"C","type_id":0}}, not a ` +
+      "SpecialToken or Sequence piece with a type_id",
+  );
+  bertRefused(
+    { ...bert, added_tokens: [{ id: 0, content: "[PAD]" }, { id: -1, content: "a" }] },
+    `its added_tokens[1] is {"id":-1,"content":"a"}, not an {"id": integer ≥ 0, "content": ` +
+      "string} entry",
+  );
+  bertRefused({ ...bert, added_tokens: 5 }, "its added_tokens is number 5, not a list");
+  // What still fails inside tokenizers.js (a special token the template does not define):
+  // its error, named, on one line.
+  const undefinedToken = {
+    ...template,
+    single: [{ SpecialToken: { id: "[NOPE]", type_id: 0 } }, ...template.single.slice(1)],
+  };
+  const e = assertThrows(
+    () =>
+      TextTokenizer.fromJson({ ...bert, post_processor: undefinedToken }, bertModel, {
+        source: "x/tokenizer.json",
+      }),
+    TokenizerError,
+  );
+  assert(e.message.startsWith("x/tokenizer.json: "), e.message);
+  assert(!e.message.includes("\n"), e.message);
 });
