@@ -15,7 +15,13 @@
 //   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
-import { exists, isDirectory, readJsonFile, writeFileAtomic } from "./model/atomic_write.ts";
+import {
+  exists,
+  isDirectory,
+  isJsonObject,
+  readJsonFile,
+  writeFileAtomic,
+} from "./model/atomic_write.ts";
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone, readFinite } from "./model/checkpoint.ts";
@@ -213,9 +219,7 @@ async function textsSha256(texts: readonly (string | null)[]): Promise<string> {
  * not compared: runs started before it was recorded resume as they did.
  */
 function firstDifference(before: unknown, now: unknown, key = ""): string {
-  const isObject = (x: unknown): x is Record<string, unknown> =>
-    typeof x === "object" && x !== null && !Array.isArray(x);
-  if (isObject(before) && isObject(now)) {
+  if (isJsonObject(before) && isJsonObject(now)) {
     for (const k of Object.keys(now)) {
       if (!(k in before)) continue;
       const d = firstDifference(before[k], now[k], key ? `${key}.${k}` : k);
@@ -284,8 +288,7 @@ interface SavedSettings {
 /** A run's pretrain.json, or a one-line error naming it when it is not one. */
 async function readSavedSettings(path: string): Promise<SavedSettings> {
   const json = await readJsonFile(path) as Partial<Record<keyof SavedSettings, unknown>> | null;
-  const isObject = (x: unknown) => typeof x === "object" && x !== null && !Array.isArray(x);
-  if (!isObject(json) || !isObject(json!.settings) || !isObject(json!.corpus)) {
+  if (!isJsonObject(json) || !isJsonObject(json!.settings) || !isJsonObject(json!.corpus)) {
     throw new Error(
       `${path}: not a pretraining run's settings (an object of "settings", "corpus")`,
     );

@@ -1,7 +1,7 @@
 // Writes that never leave a half-written file behind: a temporary file in the same directory
 // (so the rename cannot cross file systems), synced, then renamed over the target, and the folder
 // synced so that the rename itself survives a power cut. And the small checks and reads their
-// callers share (exists, isDirectory, readJsonFile).
+// callers share (exists, isDirectory, readJsonFile, isJsonObject).
 
 import { jsonErrorText } from "./error_text.ts";
 
@@ -268,6 +268,11 @@ export async function isDirectory(path: string): Promise<boolean | null> {
     if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
     throw e;
   }
+}
+
+/** Whether a parsed JSON value is an object ({...}: not null, not a list). */
+export function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 /** A JSON file's value, or an error naming the file when it is not valid JSON. */

@@ -1,6 +1,7 @@
 // A model's config.json, read strictly: the encoder's shape comes from here, so a missing or
 // nonsensical field is an error naming the file and the field, never a silent default.
 
+import { isJsonObject } from "./atomic_write.ts";
 import { jsonErrorText } from "./error_text.ts";
 
 /** The config.json `model_type`s this project runs. */
@@ -62,7 +63,7 @@ const MODEL_TYPES: Record<string, { modelType: ModelType; prefix: ModelConfig["p
 
 /** Parses a config.json object; `file` names it in errors. */
 export function parseConfig(json: unknown, file: string): ModelConfig {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+  if (!isJsonObject(json)) {
     throw new ConfigError(file, "is not a JSON object");
   }
   const raw = json as Record<string, unknown>;

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
+import { isJsonObject, syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
 import { errorText, jsonErrorText } from "./error_text.ts";
 
 /** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
@@ -163,10 +163,6 @@ function snippet(v: unknown): string {
   return text.length > 100 ? `${text.slice(0, 100)}...` : text;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
 function isCount(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
@@ -197,13 +193,13 @@ function parseHeader(
   dataLength: number,
 ): { metadata: Record<string, string>; entries: Entry[] } {
   const fail = (problem: string) => new SafetensorsError(file, problem);
-  if (!isPlainObject(header)) throw fail("header is not a JSON object");
+  if (!isJsonObject(header)) throw fail("header is not a JSON object");
 
   let metadata: Record<string, string> = {};
   const spans: { name: string; begin: number; end: number; info: TensorInfo }[] = [];
   for (const [name, value] of Object.entries(header)) {
     if (name === METADATA_KEY) {
-      if (!isPlainObject(value)) throw fail("__metadata__ is not an object of strings");
+      if (!isJsonObject(value)) throw fail("__metadata__ is not an object of strings");
       for (const [k, v] of Object.entries(value)) {
         if (typeof v !== "string") throw fail(`__metadata__ value for ${q(k)} is not a string`);
       }
@@ -213,7 +209,7 @@ function parseHeader(
     }
     const where = `tensor ${q(name)}`;
     if (name === "") throw fail("tensor with an empty name");
-    if (!isPlainObject(value)) throw fail(`${where}: entry is not an object`);
+    if (!isJsonObject(value)) throw fail(`${where}: entry is not an object`);
     for (const field of ENTRY_FIELDS) {
       if (!Object.hasOwn(value, field)) throw fail(`${where}: missing field ${q(field)}`);
     }
@@ -582,7 +578,7 @@ async function openIndex(path: string): Promise<ShardedReader> {
   } catch (e) {
     throw fail(`index is not valid JSON (${jsonErrorText(e, text)})`);
   }
-  if (!isPlainObject(index)) throw fail("index is not a JSON object");
+  if (!isJsonObject(index)) throw fail("index is not a JSON object");
   // JSON.parse keeps the last of two equal keys: a tensor mapped twice would silently take one.
   const repeated = firstRepeatedKey(text);
   if (repeated) {
@@ -595,8 +591,8 @@ async function openIndex(path: string): Promise<ShardedReader> {
     );
   }
   const { metadata: rawMetadata = {}, weight_map: weightMap } = index;
-  if (!isPlainObject(rawMetadata)) throw fail("index metadata is not an object");
-  if (!isPlainObject(weightMap)) {
+  if (!isJsonObject(rawMetadata)) throw fail("index metadata is not an object");
+  if (!isJsonObject(weightMap)) {
     // Any .json is read as a sharded index: config.json or tokenizer.json given by mistake.
     throw fail(
       "index has no weight_map object: a .json file is read as a sharded checkpoint's index " +
@@ -755,7 +751,7 @@ function validateInput(
 ): void {
   const fail = (problem: string) => new SafetensorsError(path, problem);
   if (metadata !== undefined) {
-    if (!isPlainObject(metadata)) throw fail("metadata is not an object of strings");
+    if (!isJsonObject(metadata)) throw fail("metadata is not an object of strings");
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== "string") throw fail(`metadata value for ${q(k)} is not a string`);
     }
@@ -764,7 +760,7 @@ function validateInput(
     const where = `tensor ${q(name)}`;
     if (name === "") throw fail("tensor with an empty name");
     if (name === METADATA_KEY) throw fail(`${q(METADATA_KEY)} is reserved, not a tensor name`);
-    if (!isPlainObject(t)) throw fail(`${where}: not a {dtype, shape, data} object`);
+    if (!isJsonObject(t)) throw fail(`${where}: not a {dtype, shape, data} object`);
     if (typeof t.dtype !== "string" || !isDtype(t.dtype)) {
       throw fail(`${where}: unknown dtype ${q(String(t.dtype))}`);
     }

@@ -6,6 +6,7 @@
 // because an out-of-range id on the GPU reads another row (or NaN) instead of failing.
 
 // A full npm specifier, not an import map entry: the library is imported by URL with no config.
+import { isJsonObject } from "./atomic_write.ts";
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { maxSequenceLength, type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
 import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
@@ -317,7 +318,7 @@ export class TextTokenizer {
         throw new TokenizerError(source, `is not valid JSON (${jsonErrorText(e, json)})`);
       }
     }
-    if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+    if (!isJsonObject(obj)) {
       throw new TokenizerError(source, "is not a tokenizer.json object");
     }
     const record = obj as Record<string, unknown>;
@@ -745,7 +746,7 @@ function checkTokenizerModel(source: string, model: Record<string, unknown>): vo
     }
     return;
   }
-  if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab)) {
+  if (!isJsonObject(vocab)) {
     throw new TokenizerError(
       source,
       `its ${type} model's vocab is ${kindOf(vocab)}: expected an object of token → id` +
@@ -791,9 +792,8 @@ function checkAddedTokens(source: string, added: unknown): void {
     throw new TokenizerError(source, `its added_tokens is ${kindOf(added)}, not a list`);
   }
   added.forEach((entry, i) => {
-    const e = entry as Record<string, unknown> | null;
-    const ok = typeof e === "object" && e !== null && !Array.isArray(e) &&
-      Number.isSafeInteger(e.id) && (e.id as number) >= 0 && typeof e.content === "string";
+    const ok = isJsonObject(entry) && Number.isSafeInteger(entry.id) &&
+      (entry.id as number) >= 0 && typeof entry.content === "string";
     if (!ok) {
       throw new TokenizerError(
         source,

@@ -3,6 +3,7 @@
 // (convert_slow_tokenizer.py: BertConverter for a WordPiece `vocab.txt`, RobertaConverter for a
 // byte-level BPE `vocab.json` + `merges.txt`), so that both kinds load through one path.
 
+import { isJsonObject } from "./atomic_write.ts";
 import { jsonErrorText } from "./error_text.ts";
 
 /** A problem with a tokenizer's files; the message names the file. */
@@ -254,7 +255,7 @@ export function parseVocabJson(text: string, source = "vocab.json"): Map<string,
   } catch (e) {
     throw new TokenizerConvertError(source, `is not valid JSON (${jsonErrorText(e, text)})`);
   }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+  if (!isJsonObject(json)) {
     throw new TokenizerConvertError(source, "is not a JSON object of token → id");
   }
   const vocab = new Map<string, number>();
@@ -409,7 +410,7 @@ export async function readTokenizerConfig(dir: string): Promise<Record<string, u
   } catch (e) {
     throw new TokenizerConvertError(path, `is not valid JSON (${jsonErrorText(e, text)})`);
   }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+  if (!isJsonObject(json)) {
     throw new TokenizerConvertError(path, "is not a JSON object");
   }
   return json as Record<string, unknown>;

@@ -24,6 +24,7 @@
 //
 // Which labels, fields and values each task accepts is the task file's business (tasks/*.ts).
 
+import { isJsonObject } from "../model/atomic_write.ts";
 import { errorText } from "../model/error_text.ts";
 
 /** The SHA-256 of `data` (a text as UTF-8) in hex: the fingerprint of data as read. */
@@ -200,7 +201,7 @@ export async function readJsonl(
     } catch (e) {
       throw new DataError(path, line, jsonProblem(e, raw));
     }
-    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    if (!isJsonObject(value)) {
       throw new DataError(path, line, `expected a JSON object, not ${kindOf(value)}`);
     }
     rows.push({ line, value: value as Record<string, unknown> });

@@ -28,7 +28,7 @@
 //   id@commit after the name).
 
 import { seedFolder, seedList } from "./config.ts";
-import { readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
+import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 
 /** A column of the table: a task, its title and the metric it shows. */
 export interface TableColumn {
@@ -116,12 +116,8 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
-function isObject(x: unknown): x is Record<string, unknown> {
-  return typeof x === "object" && x !== null && !Array.isArray(x);
-}
-
 function bestOf(path: string, metrics: unknown): Record<string, number | null> {
-  if (!isObject(metrics) || !isObject(metrics.best)) {
+  if (!isJsonObject(metrics) || !isJsonObject(metrics.best)) {
     throw new Error(`${path}: no "best" metrics`);
   }
   const out: Record<string, number | null> = {};
@@ -149,8 +145,8 @@ async function modelKeyOf(
   model: string,
 ): Promise<string> {
   const realDir = (r: unknown) => {
-    const resolved = isObject(r) && isObject(r.resolved) ? r.resolved : null;
-    const m = resolved && isObject(resolved.model) ? resolved.model : null;
+    const resolved = isJsonObject(r) && isJsonObject(r.resolved) ? r.resolved : null;
+    const m = resolved && isJsonObject(resolved.model) ? resolved.model : null;
     return typeof m?.real_dir === "string" ? m.real_dir : null;
   };
   let real = realDir(run);
@@ -197,8 +193,8 @@ function joinNamedRuns(runs: readonly FoundRun[]): void {
 
 /** A --seeds run's seed folders (names beside its run.json, parsed as `run`); none for one seed. */
 function seedFoldersOf(run: unknown): string[] {
-  const s = isObject(run) && isObject(run.settings) ? run.settings : {};
-  if (isObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
+  const s = isJsonObject(run) && isJsonObject(run.settings) ? run.settings : {};
+  if (isJsonObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
   if (typeof s.seeds !== "number" || s.seeds <= 1 || typeof s.seed !== "number") return [];
   return seedList({ seed: s.seed, seeds: s.seeds }).map(seedFolder);
 }
@@ -209,7 +205,7 @@ function seedFoldersOf(run: unknown): string[] {
  */
 async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> {
   const run = await readJsonFile(`${dir}/run.json`);
-  if (!isObject(run) || !isObject(run.settings)) {
+  if (!isJsonObject(run) || !isJsonObject(run.settings)) {
     throw new Error(`${dir}/run.json: no "settings" object`);
   }
   const s = run.settings;
@@ -246,7 +242,7 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
     const seed = typeof s.seed === "number" ? s.seed : 0;
     return [{ ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] }, folders];
   }
-  if (!isObject(metrics) || !isObject(metrics.seeds)) {
+  if (!isJsonObject(metrics) || !isJsonObject(metrics.seeds)) {
     throw new Error(`${metricsPath}: a multi-seed run's metrics.json without "seeds"`);
   }
   const seeds = Object.entries(metrics.seeds).map(([seed, m]) => ({

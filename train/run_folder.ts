@@ -3,7 +3,12 @@
 // with the settings, schedule, data, model and head the run started with.
 
 import { FlagError } from "./flags.ts";
-import { exists, readJsonFile, removeStaleTemporaries } from "../model/atomic_write.ts";
+import {
+  exists,
+  isJsonObject,
+  readJsonFile,
+  removeStaleTemporaries,
+} from "../model/atomic_write.ts";
 import type { TrainConfig } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
@@ -69,7 +74,7 @@ export async function checkInputsOutside(
 /** A run folder's JSON file (an object), or an error naming it when it is not one. */
 export async function readRunJson(path: string): Promise<Record<string, unknown>> {
   const value = await readJsonFile(path);
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+  if (!isJsonObject(value)) {
     throw new Error(`${path}: not a JSON object (a run's ${path.split("/").pop()} is one)`);
   }
   return value as Record<string, unknown>;

@@ -1,7 +1,7 @@
 // log.jsonl: one line per logged step and per evaluation, appended as the run goes and cut back to
 // the checkpoint's line count on --resume.
 
-import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
+import { isJsonObject, writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import { resumeCommand } from "./run_faults.ts";
 
 /**
@@ -18,7 +18,7 @@ export function trailingSkips(lines: readonly string[]): number {
     } catch {
       break;
     }
-    if (typeof record !== "object" || record === null || Array.isArray(record)) break;
+    if (!isJsonObject(record)) break;
     if (!("loss" in record)) continue;
     if (record.skipped !== true) break;
     count++;

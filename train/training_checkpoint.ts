@@ -10,6 +10,7 @@
 // (kernels/loss_scale.ts: scale, good steps, skips), so that the scale evolves after a resume
 // exactly as it would have without the kill.
 
+import { isJsonObject } from "../model/atomic_write.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 import { readFinite } from "../model/checkpoint.ts";
@@ -181,7 +182,7 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
     } catch (e) {
       throw new Error(`${path}: its training state is not valid JSON (${jsonErrorText(e)})`);
     }
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    if (!isJsonObject(parsed)) {
       throw new Error(`${path}: its training state is not a JSON object`);
     }
     if (parsed.version !== FORMAT_VERSION) {
@@ -201,7 +202,7 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
     for (const key of ["best", "last"] as const) {
       const v = parsed[key] as unknown;
       const ok = (key === "last" && v === null) ||
-        (typeof v === "object" && v !== null && !Array.isArray(v) &&
+        (isJsonObject(v) &&
           Object.values(v).every((x) => x === null || Number.isFinite(x)));
       if (!ok) throw new Error(`${path}: training state ${key} is not an object of metrics`);
     }
