@@ -7,9 +7,16 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
-import { type LoadedTensor, openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { mlmHeadNames } from "../model/mlm_head.ts";
-import { exists, readTree, sameBytes, VOCAB, writeTinyBert } from "./train_fixture.ts";
+import {
+  copyTree,
+  exists,
+  readTree,
+  rewriteSafetensors,
+  sameBytes,
+  VOCAB,
+  writeTinyBert,
+} from "./train_fixture.ts";
 import { FLAGS, HELP } from "../pretrain.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -259,10 +266,7 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     await assertUnchanged(out, done, "a refused --resume");
     // A damaged pretrain.json (in a copy of the run): one line naming it, nothing else written.
     const damaged = `${dir}/damaged`;
-    for (const [name, bytes] of await readTree(out)) {
-      await Deno.mkdir(`${damaged}/${name}`.replace(/\/[^/]*$/, ""), { recursive: true });
-      await Deno.writeFile(`${damaged}/${name}`, bytes);
-    }
+    await copyTree(out, damaged);
     const settingsText = await Deno.readTextFile(`${damaged}/pretrain.json`);
     for (const bad of [settingsText.slice(0, 40), "null\n"]) {
       await Deno.writeTextFile(`${damaged}/pretrain.json`, bad);
@@ -480,19 +484,12 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     assert(same.stderr.includes("the run is finished; nothing to do"), same.stderr);
     // A NaN in the checkpoint's MLM head (read apart from the encoder): refused, naming it.
     const damaged = `${dir}/damaged`;
-    await Deno.mkdir(damaged);
-    for await (const e of Deno.readDir(`${out}/model`)) {
-      if (e.name !== "model.safetensors") {
-        await Deno.copyFile(`${out}/model/${e.name}`, `${damaged}/${e.name}`);
-      }
-    }
-    const reader = await openSafetensors(`${out}/model/model.safetensors`);
-    const tensors: Record<string, LoadedTensor> = {};
-    for (const name of reader.tensors.keys()) tensors[name] = await reader.read(name);
-    reader.close();
-    const head = Object.keys(tensors).find((n) => n.startsWith("cls.predictions.transform."))!;
-    (tensors[head].data as Float32Array)[1] = NaN;
-    await writeSafetensors(`${damaged}/model.safetensors`, tensors);
+    await copyTree(`${out}/model`, damaged);
+    let head = "";
+    await rewriteSafetensors(`${damaged}/model.safetensors`, (_, tensors) => {
+      head = [...tensors.keys()].find((n) => n.startsWith("cls.predictions.transform."))!;
+      (tensors.get(head)!.data as Float32Array)[1] = NaN;
+    });
     const refused = await pretrain([
       ...["--out", `${dir}/from-damaged`, "--model", damaged, "--corpus", `${dir}/corpus.txt`],
       ...SMALL,

@@ -6,7 +6,12 @@
 import { uniformGenerator as generator } from "../model/init.ts";
 import { assert } from "./assert.ts";
 import { initialHeadValues } from "../model/head.ts";
-import { openSafetensors, type SafetensorsReader, writeSafetensors } from "../model/safetensors.ts";
+import {
+  type LoadedTensor,
+  openSafetensors,
+  type SafetensorsReader,
+  writeSafetensors,
+} from "../model/safetensors.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import type { MaskingIds } from "../train/mlm_data.ts";
@@ -148,6 +153,7 @@ export async function writeJson(path: string, value: unknown): Promise<void> {
 
 // The library's own check: a permission or I/O error fails the test instead of reading as absent.
 export { exists } from "../model/atomic_write.ts";
+import { parentOf } from "../model/atomic_write.ts";
 
 /** Every file under dir (relative path → bytes). */
 export async function readTree(dir: string, base = dir): Promise<Map<string, Uint8Array>> {
@@ -158,6 +164,31 @@ export async function readTree(dir: string, base = dir): Promise<Map<string, Uin
     else out.set(path.slice(base.length + 1), await Deno.readFile(path));
   }
   return out;
+}
+
+/** Copies every file under `from` to the same relative path under `to` (folders made). */
+export async function copyTree(from: string, to: string): Promise<void> {
+  for (const [name, bytes] of await readTree(from)) {
+    await Deno.mkdir(parentOf(`${to}/${name}`), { recursive: true });
+    await Deno.writeFile(`${to}/${name}`, bytes);
+  }
+}
+
+/**
+ * Rewrites the safetensors file at `path` after `change` edits its metadata or tensors (read in
+ * their stored dtype) in place.
+ */
+export async function rewriteSafetensors(
+  path: string,
+  change: (metadata: Record<string, string>, tensors: Map<string, LoadedTensor>) => void,
+): Promise<void> {
+  const reader = await openSafetensors(path);
+  const metadata = { ...reader.metadata };
+  const tensors = new Map<string, LoadedTensor>();
+  for (const name of reader.tensors.keys()) tensors.set(name, await reader.read(name));
+  reader.close();
+  change(metadata, tensors);
+  await writeSafetensors(path, Object.fromEntries(tensors), metadata);
 }
 
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

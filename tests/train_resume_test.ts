@@ -8,18 +8,19 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   assertSameFiles,
+  copyTree,
   exists,
   readTree,
+  rewriteSafetensors,
   sameBytes,
   sigkill,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
-import { type LoadedTensor, openSafetensors, writeSafetensors } from "../model/safetensors.ts";
+import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
-import { parentOf } from "../model/atomic_write.ts";
 import { rte } from "../tasks/rte.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
@@ -256,10 +257,7 @@ Deno.test({
       const expected = await run(whole, [], {
         onStageStart: async ({ index }) => {
           if (index !== 1) return;
-          for (const [name, bytes] of await readTree(whole)) {
-            await Deno.mkdir(parentOf(`${killed}/${name}`), { recursive: true });
-            await Deno.writeFile(`${killed}/${name}`, bytes);
-          }
+          await copyTree(whole, killed);
         },
       });
       const reader = await openSafetensors(`${killed}/checkpoint.safetensors`);
@@ -269,7 +267,7 @@ Deno.test({
       // A checkpoint that is not one of this run's places, or holds a NaN: refused, naming it.
       const path = `${killed}/checkpoint.safetensors`;
       const original = await Deno.readFile(path);
-      await rewriteCheckpoint(path, (metadata) => {
+      await rewriteSafetensors(path, (metadata) => {
         const moved = { ...JSON.parse(metadata.ehft_training_state), stage: 5, step: 14 };
         metadata.ehft_training_state = JSON.stringify(moved);
       });
@@ -280,7 +278,7 @@ Deno.test({
           "run (stages of 2, 6 steps)",
       );
       let damaged = "";
-      await rewriteCheckpoint(path, (_, tensors) => {
+      await rewriteSafetensors(path, (_, tensors) => {
         damaged = [...tensors.keys()].find((n) => n.startsWith("param/head."))!;
         (tensors.get(damaged)!.data as Float32Array)[0] = NaN;
       });
@@ -297,20 +295,6 @@ Deno.test({
     }
   },
 });
-
-/** Rewrites the checkpoint at `path` after `change` edits its metadata or tensors in place. */
-async function rewriteCheckpoint(
-  path: string,
-  change: (metadata: Record<string, string>, tensors: Map<string, LoadedTensor>) => void,
-): Promise<void> {
-  const reader = await openSafetensors(path);
-  const metadata = { ...reader.metadata };
-  const tensors = new Map<string, LoadedTensor>();
-  for (const name of reader.tensors.keys()) tensors.set(name, await reader.read(name));
-  reader.close();
-  change(metadata, tensors);
-  await writeSafetensors(path, Object.fromEntries(tensors), metadata);
-}
 
 /**
  * A fresh folder with the tiny model, the marker data and a narrow head; `run(...more)` trains ft
