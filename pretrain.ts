@@ -15,6 +15,7 @@
 //   result.json        written last: the run is finished (--resume then changes nothing)
 
 import { getGpu } from "./kernels/device.ts";
+import { resumeElsewhereNote, runEnvironment } from "./train/environment.ts";
 import {
   exists,
   isDirectory,
@@ -283,6 +284,8 @@ async function readCorpus(
 interface SavedSettings {
   settings: Record<string, unknown>;
   corpus: Record<string, unknown>;
+  /** Where the run started (train/environment.ts); absent in runs from before it was kept. */
+  environment?: unknown;
 }
 
 /** A run's pretrain.json, or a one-line error naming it when it is not one. */
@@ -679,24 +682,27 @@ async function main(args: string[]): Promise<void> {
       say(`${out}: the run is finished; nothing to do`);
       return;
     }
+  }
+  const gpu = await getGpu();
+  const environment = runEnvironment(gpu);
+  if (f.resume) {
+    const note = resumeElsewhereNote(settingsPath, saved!.environment, environment);
+    if (note) console.error(note);
   } else {
     await Deno.mkdir(out, { recursive: true });
     await lockOut(out);
     // Another pretrain.ts may have used the folder while this one read its corpus.
     await checkOutEmpty(out);
     const prepSeconds = (performance.now() - t0) / 1000;
-    await writeFileAtomic(
-      settingsPath,
-      JSON.stringify({ settings, corpus: stats, prepare_seconds: prepSeconds }, null, 2) + "\n",
-    );
+    const record = { settings, corpus: stats, prepare_seconds: prepSeconds, environment };
+    await writeFileAtomic(settingsPath, JSON.stringify(record, null, 2) + "\n");
   }
   say(
     `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +
       `${train.length} training sequences, ${held.length} held-out; ` +
       `${config.numLayers} layers, hidden ${config.hiddenSize}, vocabulary ${config.vocabSize}; ` +
-      `${steps} steps of ${batchSize} × ≤${maxLength} tokens`,
+      `${steps} steps of ${batchSize} × ≤${maxLength} tokens, on ${gpu.description}`,
   );
-  const gpu = await getGpu();
   // The GEMMs: the encoder's linear layers at every token, the MLM head's at the masked ones.
   const rows = batchSize * maxLength;
   await autotuneForProgram(

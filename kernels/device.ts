@@ -58,6 +58,15 @@ const RAISED_LIMITS = [
   "maxBindingsPerBindGroup",
 ] as const;
 
+/** An adapter's name for messages: its description, else its vendor, architecture and device. */
+export function adapterName(
+  info: Pick<GPUAdapterInfo, "description" | "vendor" | "architecture" | "device">,
+): string {
+  return info.description ||
+    [info.vendor, info.architecture, info.device].filter((s) => s && s !== "0").join(" ") ||
+    "unknown adapter";
+}
+
 /** The adapter, its device and what they allow. One per process is the normal case. */
 export class Gpu {
   /** The WebGPU adapter the device came from. */
@@ -90,9 +99,7 @@ export class Gpu {
     this.adapter = adapter;
     this.device = device;
     const info = adapter.info;
-    this.description = info.description ||
-      [info.vendor, info.architecture, info.device].filter((s) => s && s !== "0").join(" ") ||
-      "unknown adapter";
+    this.description = adapterName(info);
     this.limits = plainLimits(device.limits);
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestampQuery = device.features.has("timestamp-query");

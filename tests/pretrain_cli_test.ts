@@ -313,9 +313,27 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       assert(sameBytes(await Deno.readFile(`${out}/${name}`), done.get(name)![0]), name);
     }
 
-    // A run whose pretrain.json predates the fingerprints and the flags recorded since resumes.
+    assert(!resumed.stderr.includes("records a start on"), resumed.stderr);
+
+    // pretrain.json records where the run started: a resume elsewhere says so, and goes on.
     const settingsPath = `${out}/pretrain.json`;
     const recorded = JSON.parse(await Deno.readTextFile(settingsPath));
+    assertEquals(recorded.environment.deno, Deno.version.deno);
+    const elsewhere = structuredClone(recorded);
+    elsewhere.environment.adapter.description = "Another GPU";
+    await Deno.writeTextFile(settingsPath, JSON.stringify(elsewhere, null, 2) + "\n");
+    await Deno.remove(`${out}/result.json`);
+    const moved = await pretrain([...args, "--resume"]);
+    assertEquals(moved.code, 0, moved.stderr);
+    assert(
+      moved.stderr.includes(`--resume: ${settingsPath} records a start on Another GPU, Deno `),
+      moved.stderr,
+    );
+    assertEquals(JSON.parse(await Deno.readTextFile(`${out}/result.json`)).held_out, run.held_out);
+
+    // A run whose pretrain.json predates the fingerprints, the flags and the environment recorded
+    // since resumes.
+    delete recorded.environment;
     for (const key of ["vocab", "eval_every", "checkpoint_every", "log_every", "model_dtype"]) {
       delete recorded.settings[key];
     }
@@ -327,6 +345,7 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     await Deno.remove(`${out}/result.json`);
     const old = await pretrain([...args, "--resume"]);
     assertEquals(old.code, 0, old.stderr);
+    assert(!old.stderr.includes("records a start on"), old.stderr);
     assertEquals(JSON.parse(await Deno.readTextFile(`${out}/result.json`)).held_out, run.held_out);
     assertEquals(await Deno.readTextFile(settingsPath), older, "pretrain.json is not rewritten");
   } finally {

@@ -60,6 +60,18 @@ async function runAndKill(args: string[], ready: () => Promise<boolean>): Promis
   return killed;
 }
 
+/** `f`'s result and the lines it wrote with console.error. */
+async function capturingErrors<T>(f: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
+  const lines: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args.join(" "));
+  try {
+    return { result: await f(), lines };
+  } finally {
+    console.error = original;
+  }
+}
+
 async function mtimes(dir: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for (const name of (await readTree(dir)).keys()) {
@@ -288,7 +300,28 @@ Deno.test({
         `${path}: tensor "${damaged}" holds NaN (element 0 of `,
       );
       await Deno.writeFile(path, original);
-      assertEquals(await run(killed, ["--resume"]), expected);
+      // run.json records where the run started; a resume elsewhere says so, and goes on.
+      const runJson = await Deno.readTextFile(`${killed}/run.json`);
+      const started = JSON.parse(runJson).environment;
+      assertEquals(started.deno, Deno.version.deno);
+      assertEquals(typeof started.adapter.description, "string");
+      const elsewhere = `${dir}/elsewhere`;
+      await copyTree(killed, elsewhere);
+      const moved = JSON.parse(runJson);
+      moved.environment.adapter.description = "Another GPU";
+      await Deno.writeTextFile(`${elsewhere}/run.json`, JSON.stringify(moved));
+      const notes = await capturingErrors(() => run(elsewhere, ["--resume"]));
+      assertEquals(notes.result, expected);
+      assertEquals(notes.lines.length, 1, notes.lines.join("\n"));
+      assert(
+        notes.lines[0].startsWith(
+          `--resume: ${elsewhere}/run.json records a start on Another GPU, Deno ${Deno.version.deno}, `,
+        ),
+        notes.lines[0],
+      );
+      const same = await capturingErrors(() => run(killed, ["--resume"]));
+      assertEquals(same.result, expected);
+      assertEquals(same.lines, [], "resumed where it started: no note");
       assertSameFiles(await readTree(killed), await readTree(whole), "resumed at Stage 1's end");
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -1,6 +1,6 @@
 // A training run from its config to its output folder: the loop over a strategy's stages.
 //
-//   out/run.json        every resolved setting
+//   out/run.json        every resolved setting, and where the run started (train/environment.ts)
 //   out/log.jsonl       one line per step (stage, step, loss, lr, grad_norm) and per evaluation
 //   out/metrics.json    {"final": {...}, "best": {...}}, fractions; written last: a run with it
 //                       is finished
@@ -81,6 +81,7 @@ import {
   runEntries,
 } from "./run_folder.ts";
 import { RunLog } from "./run_log.ts";
+import { resumeElsewhereNote, runEnvironment } from "./environment.ts";
 // Kept importable from here (the tests, programs of one's own).
 export { RunLog, trailingSkips } from "./run_log.ts";
 import { adamwSettings, prepare, type Prepared } from "./prepare.ts";
@@ -419,9 +420,16 @@ async function runSeed(
   if (checkpoint) {
     checkTrainingPlace(checkpointPath, checkpoint.state, p.stages.map((s) => s.steps));
   }
-  if (!checkpoint) await writeJsonAtomic(`${dir}/run.json`, { settings, resolved });
-
   const gpu = options.gpu ?? await getGpu();
+  const environment = runEnvironment(gpu);
+  if (!checkpoint) {
+    await writeJsonAtomic(`${dir}/run.json`, { settings, resolved, environment });
+  } else if (await exists(`${dir}/run.json`)) {
+    // Said even with `quiet`, as prepare's notes on the data: it is about the result.
+    const recorded = (await readRunJson(`${dir}/run.json`)).environment;
+    const note = resumeElsewhereNote(`${dir}/run.json`, recorded, environment);
+    if (note) console.error(note);
+  }
   const maxExamples = Math.min(
     config.batchSize,
     Math.max(p.train.examples.length, p.dev.examples.length),
@@ -529,6 +537,12 @@ async function runSeed(
     quiet: options.quiet,
     label: label ?? undefined,
   });
+  progress.line(
+    `${task.name}: ${p.train.examples.length} ${
+      task.trainSplit ?? "train"
+    } and ${p.dev.examples.length} ` +
+      `${task.devSplit} examples, ${plural(p.totalSteps, "step")}, on ${gpu.description}`,
+  );
   let analysis: RunAnalysis | null = null;
   let freed = false;
   try {

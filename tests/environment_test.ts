@@ -1,0 +1,76 @@
+// What a run records of the machine it ran on (train/environment.ts), and the note a --resume
+// elsewhere prints. The runs' own files are checked in train_resume_test.ts and
+// pretrain_resume_test.ts.
+
+import { assert, assertEquals } from "./assert.ts";
+import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
+import { getGpu } from "../kernels/device.ts";
+import { EHFT_VERSION } from "../model/download_common.ts";
+import {
+  describeEnvironment,
+  resumeElsewhereNote,
+  type RunEnvironment,
+  runEnvironment,
+} from "../train/environment.ts";
+
+const HERE: RunEnvironment = {
+  ehft: "0.1.0",
+  deno: "2.9.6",
+  os: "linux x86_64",
+  adapter: {
+    description: "NVIDIA H100 80GB HBM3",
+    vendor: "4318",
+    architecture: "",
+    device: "8960",
+  },
+};
+
+Deno.test({
+  name: "environment: this process's versions and its adapter as Deno reports it",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const gpu = await getGpu();
+    const e = runEnvironment(gpu);
+    assertEquals(e.ehft, EHFT_VERSION);
+    assertEquals(e.deno, Deno.version.deno);
+    assertEquals(e.os, `${Deno.build.os} ${Deno.build.arch}`);
+    assertEquals(e.adapter.description, gpu.adapter.info.description);
+    assert(describeEnvironment(e).startsWith(`${gpu.description}, Deno `), describeEnvironment(e));
+    // What run.json holds reads back as the same environment: no note.
+    assertEquals(resumeElsewhereNote("run.json", JSON.parse(JSON.stringify(e)), e), null);
+  },
+});
+
+Deno.test("environment: a resume on another adapter, Deno or ehft is noted on one line", () => {
+  const changes: [string, RunEnvironment][] = [
+    ["adapter", { ...HERE, adapter: { ...HERE.adapter, description: "NVIDIA H200" } }],
+    ["device id", { ...HERE, adapter: { ...HERE.adapter, device: "8961" } }],
+    ["deno", { ...HERE, deno: "2.9.7" }],
+    ["ehft", { ...HERE, ehft: "0.2.0" }],
+  ];
+  for (const [what, now] of changes) {
+    const note = resumeElsewhereNote("out/run.json", HERE, now);
+    assert(note !== null, what);
+    assert(
+      note.startsWith(
+        "--resume: out/run.json records a start on NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0; " +
+          `it goes on on ${describeEnvironment(now)}, `,
+      ),
+      note,
+    );
+    assert(!note.includes("\n"), note);
+  }
+  // The OS alone is not a difference the kernels see.
+  assertEquals(resumeElsewhereNote("run.json", HERE, { ...HERE, os: "linux aarch64" }), null);
+  // An adapter without a description is named by its ids.
+  const unnamed = { ...HERE, adapter: { ...HERE.adapter, description: "" } };
+  assertEquals(describeEnvironment(unnamed), "4318 8960, Deno 2.9.6, ehft 0.1.0");
+});
+
+Deno.test("environment: a run file without one (older runs, edited ones) gives no note", () => {
+  for (const recorded of [undefined, null, 5, "x", {}, { ...HERE, adapter: null }]) {
+    assertEquals(resumeElsewhereNote("run.json", recorded, HERE), null, JSON.stringify(recorded));
+  }
+  const { deno: _, ...noDeno } = HERE;
+  assertEquals(resumeElsewhereNote("run.json", noDeno, HERE), null);
+});

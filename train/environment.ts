@@ -1,0 +1,71 @@
+// What a run ran on, recorded as run.json's and pretrain.json's "environment". The same seed
+// gives the same bits only on the same adapter, with the same Deno (its WebGPU compiles our
+// kernels, and the autotune's choices follow the adapter) and the same ehft; a table of results
+// from several machines needs to say which came from where. A --resume on another machine is
+// allowed (the checkpoint is exact), with a note that the rest of the run is not bit for bit the
+// one an uninterrupted run would have given.
+
+import { adapterName, type Gpu } from "../kernels/device.ts";
+import { EHFT_VERSION } from "../model/download_common.ts";
+
+/** The "environment" object of run.json and pretrain.json. */
+export interface RunEnvironment {
+  /** The toolkit's version (deno.json's). */
+  ehft: string;
+  /** `Deno.version.deno`. */
+  deno: string;
+  /** `Deno.build.os` and `Deno.build.arch`, as "linux x86_64". */
+  os: string;
+  /** The WebGPU adapter's info, as Deno reports it (no driver version: WebGPU gives none). */
+  adapter: { description: string; vendor: string; architecture: string; device: string };
+}
+
+/** The environment of this process on `gpu`. */
+export function runEnvironment(gpu: Gpu): RunEnvironment {
+  const info = gpu.adapter.info;
+  return {
+    ehft: EHFT_VERSION,
+    deno: Deno.version.deno,
+    os: `${Deno.build.os} ${Deno.build.arch}`,
+    adapter: {
+      description: info.description,
+      vendor: info.vendor,
+      architecture: info.architecture,
+      device: info.device,
+    },
+  };
+}
+
+/** An environment in a line: the adapter, then the versions. */
+export function describeEnvironment(e: RunEnvironment): string {
+  return `${adapterName(e.adapter)}, Deno ${e.deno}, ehft ${e.ehft}`;
+}
+
+function isEnvironment(x: unknown): x is RunEnvironment {
+  if (typeof x !== "object" || x === null) return false;
+  const e = x as Record<string, unknown>, a = e.adapter as Record<string, unknown> | null;
+  return typeof e.ehft === "string" && typeof e.deno === "string" && typeof a === "object" &&
+    a !== null &&
+    ["description", "vendor", "architecture", "device"].every((k) => typeof a[k] === "string");
+}
+
+/**
+ * The note a --resume prints when `recorded` (the run file's "environment") is not `now`'s
+ * adapter, Deno or ehft; null when they agree, or when the file records none (a run from before
+ * it was recorded, or an edited one: nothing is known to differ).
+ */
+export function resumeElsewhereNote(
+  file: string,
+  recorded: unknown,
+  now: RunEnvironment,
+): string | null {
+  if (!isEnvironment(recorded)) return null;
+  const same = recorded.ehft === now.ehft && recorded.deno === now.deno &&
+    (["description", "vendor", "architecture", "device"] as const).every((k) =>
+      recorded.adapter[k] === now.adapter[k]
+    );
+  if (same) return null;
+  return `--resume: ${file} records a start on ${describeEnvironment(recorded)}; it goes on ` +
+    `on ${describeEnvironment(now)}, so the rest of the run may differ in the last bits from ` +
+    `an uninterrupted one`;
+}
