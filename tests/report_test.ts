@@ -23,6 +23,7 @@ import {
 } from "../train/report_table.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
 import { writeJson } from "./train_fixture.ts";
+import type { RunEnvironment } from "../train/environment.ts";
 
 type Best = Record<string, number | null>;
 
@@ -56,10 +57,12 @@ async function single(
   best: Best | null,
   extra: Record<string, unknown> = {},
   resolved: Record<string, unknown> = {},
+  environment?: RunEnvironment,
 ): Promise<RunMetrics | null> {
   await writeJson(`${dir}/run.json`, {
     settings: { ...settings(task, strategy, peft, seed, extra), out: dir },
     resolved,
+    ...(environment ? { environment } : {}),
   });
   if (best === null) return null;
   const metrics = { final: best, best };
@@ -76,6 +79,7 @@ async function multi(
   seeds: Record<number, Best | null>,
   extra: Record<string, unknown> = {},
   resolved: Record<string, unknown> = {},
+  environment?: RunEnvironment,
 ): Promise<void> {
   const list = Object.keys(seeds).map(Number);
   await writeJson(`${dir}/run.json`, {
@@ -84,7 +88,18 @@ async function multi(
   });
   const results: Record<string, RunMetrics> = {};
   for (const s of list) {
-    const m = await single(`${dir}/seed-${s}`, task, strategy, peft, s, seeds[s], extra, resolved);
+    const seedDir = `${dir}/seed-${s}`;
+    const m = await single(
+      seedDir,
+      task,
+      strategy,
+      peft,
+      s,
+      seeds[s],
+      extra,
+      resolved,
+      environment,
+    );
     if (m) results[String(s)] = m;
   }
   if (Object.keys(results).length === list.length) {
@@ -104,6 +119,22 @@ const FT: Record<string, Best> = {
   stsb: { pearson: 0.88, spearman: 0.87 },
 };
 
+const H100: RunEnvironment = {
+  ehft: "0.1.0",
+  deno: "2.9.6",
+  os: "linux x86_64",
+  adapter: {
+    description: "NVIDIA H100 80GB HBM3",
+    vendor: "4318",
+    architecture: "",
+    device: "8960",
+  },
+};
+const H200: RunEnvironment = {
+  ...H100,
+  adapter: { ...H100.adapter, description: "NVIDIA H200", device: "8995" },
+};
+
 interface Fixture {
   dir: string;
   paths: string[];
@@ -115,15 +146,27 @@ function prepare(): Promise<Fixture> {
     const dir = await Deno.makeTempDir({ prefix: "ehft-report-" });
     globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
     const runs = `${dir}/runs`;
+    // Where they ran: FT and EH-FT's RTE on one machine, its CoLA on another; LoRA's runs are
+    // from before run.json recorded it.
     for (const [task, best] of Object.entries(FT)) {
-      await single(`${runs}/ft/${task}`, task, "ft", null, 42, best);
+      await single(`${runs}/ft/${task}`, task, "ft", null, 42, best, {}, {}, H100);
     }
     await single(`${runs}/ft/boolq-retry`, "boolq", "ft", null, 43, null);
-    await multi(`${runs}/ehft-bitfit/rte`, "rte", "ehft", "bitfit", {
-      1: { accuracy: 0.8 },
-      2: { accuracy: 0.9 },
-    });
-    await single(`${runs}/ehft-bitfit/cola`, "cola", "ehft", "bitfit", 42, { mcc: 0.6 });
+    await multi(
+      `${runs}/ehft-bitfit/rte`,
+      "rte",
+      "ehft",
+      "bitfit",
+      {
+        1: { accuracy: 0.8 },
+        2: { accuracy: 0.9 },
+      },
+      {},
+      {},
+      H100,
+    );
+    const cola = `${runs}/ehft-bitfit/cola`;
+    await single(cola, "cola", "ehft", "bitfit", 42, { mcc: 0.6 }, {}, {}, H200);
     await multi(`${runs}/ehft-bitfit/wic`, "wic", "ehft", "bitfit", {
       1: { accuracy: 0.7 },
       2: null,
@@ -148,7 +191,8 @@ const EXPECTED_MARKDOWN = [
   "Best dev score of each run × 100, mean ± standard deviation over seeds (population; none for " +
   "one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; STS-B Pearson. Avg: mean " +
   "over the tasks present, (k/9) when fewer; –: no finished run. Seeds per cell: 1 to 2 " +
-  "(results.json lists them).",
+  "(results.json lists them). Ran on: NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0 (11 runs); " +
+  "not recorded (2 runs); NVIDIA H200, Deno 2.9.6, ehft 0.1.0 (1 run).",
   "",
 ].join("\n");
 
@@ -243,6 +287,11 @@ function expectedJson(dir: string): unknown {
     notes: [
       `LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
       `${dir}/more/lora-1, ${dir}/more/lora-2`,
+    ],
+    environments: [
+      { environment: "NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0", runs: 11 },
+      { environment: null, runs: 2 },
+      { environment: "NVIDIA H200, Deno 2.9.6, ehft 0.1.0", runs: 1 },
     ],
   };
 }
@@ -464,6 +513,7 @@ async function analysedRun(
   change: boolean,
   extra: Record<string, unknown> = {},
   resolved: Record<string, unknown> = {},
+  environment?: RunEnvironment,
 ): Promise<void> {
   await single(dir, "rte", "ehft", "bitfit", 1, { accuracy: 0.8 }, extra, resolved);
   await writeJson(`${dir}/analysis/analysis.json`, {

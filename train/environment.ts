@@ -41,7 +41,8 @@ export function describeEnvironment(e: RunEnvironment): string {
   return `${adapterName(e.adapter)}, Deno ${e.deno}, ehft ${e.ehft}`;
 }
 
-function isEnvironment(x: unknown): x is RunEnvironment {
+/** A run file's "environment" when it is one (runs from before it was kept have none). */
+export function isEnvironment(x: unknown): x is RunEnvironment {
   if (typeof x !== "object" || x === null) return false;
   const e = x as Record<string, unknown>, a = e.adapter as Record<string, unknown> | null;
   return typeof e.ehft === "string" && typeof e.deno === "string" && typeof a === "object" &&

@@ -29,6 +29,8 @@
 
 import { seedFolder, seedList } from "./config.ts";
 import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
+import { describeEnvironment, isEnvironment } from "./environment.ts";
+import { plural } from "../model/progress_text.ts";
 
 /** A column of the table: a task, its title and the metric it shows. */
 export interface TableColumn {
@@ -95,6 +97,11 @@ export interface FoundRun {
   /** run.json's settings. */
   settings: Record<string, unknown>;
   seeds: SeedResult[];
+  /**
+   * Where each seed ran (describeEnvironment), in `seeds`' order; null for a run.json from
+   * before it was recorded.
+   */
+  environments: (string | null)[];
 }
 
 export interface SkippedRun {
@@ -240,7 +247,11 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
   const metrics = await readJsonFile(metricsPath);
   if (!multi) {
     const seed = typeof s.seed === "number" ? s.seed : 0;
-    return [{ ...base, seeds: [{ seed, best: bestOf(metricsPath, metrics) }] }, folders];
+    return [{
+      ...base,
+      seeds: [{ seed, best: bestOf(metricsPath, metrics) }],
+      environments: [environmentOf(run.environment)],
+    }, folders];
   }
   if (!isJsonObject(metrics) || !isJsonObject(metrics.seeds)) {
     throw new Error(`${metricsPath}: a multi-seed run's metrics.json without "seeds"`);
@@ -249,7 +260,18 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
     seed: Number(seed),
     best: bestOf(`${metricsPath} (seed ${seed})`, m),
   }));
-  return [{ ...base, seeds }, folders];
+  // Each seed's run.json says where that seed ran (the run's own says nothing of it).
+  const environments: (string | null)[] = [];
+  for (const { seed } of seeds) {
+    const path = `${dir}/${seedFolder(seed)}/run.json`;
+    const seedRun = (await statOrNull(path)) ? await readJsonFile(path) : null;
+    environments.push(environmentOf(isJsonObject(seedRun) ? seedRun.environment : undefined));
+  }
+  return [{ ...base, seeds, environments }, folders];
+}
+
+function environmentOf(recorded: unknown): string | null {
+  return isEnvironment(recorded) ? describeEnvironment(recorded) : null;
 }
 
 /**
@@ -398,6 +420,11 @@ export interface ResultsTable {
   skipped: SkippedRun[];
   /** Things worth knowing about how cells were pooled. */
   notes: string[];
+  /**
+   * Where the table's runs ran (describeEnvironment; null: not recorded, runs from before it
+   * was), with the number of seed runs each, most first.
+   */
+  environments: { environment: string | null; runs: number }[];
 }
 
 function rowKey(r: { modelKey: string; strategy: string; peft: string | null }): string {
@@ -525,7 +552,21 @@ export function buildTable(found: FoundRuns): ResultsTable {
     orderIndex(PEFT_ORDER, a.peft) - orderIndex(PEFT_ORDER, b.peft) ||
     (a.peft ?? "").localeCompare(b.peft ?? "")
   );
-  return { columns, rows, skipped, notes };
+  // Only the runs the table shows: a skipped run's environment is not the table's.
+  const shown = new Set(skipped.map((r) => r.path));
+  const environments = new Map<string | null, number>();
+  for (const run of found.runs) {
+    if (shown.has(run.path)) continue;
+    for (const e of run.environments) environments.set(e, (environments.get(e) ?? 0) + 1);
+  }
+  return {
+    columns,
+    rows,
+    skipped,
+    notes,
+    environments: [...environments].map(([environment, runs]) => ({ environment, runs }))
+      .sort((a, b) => b.runs - a.runs),
+  };
 }
 
 /**
@@ -590,7 +631,20 @@ export function renderMarkdown(table: ResultsTable): string {
     "(population; none for one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; " +
     `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.` +
     `${undefinedNote}${extraNote}${seeds}`;
-  return [line(header), rule, ...body.map(line), "", legend, ""].join("\n");
+  return [line(header), rule, ...body.map(line), "", legend + ranOn(table), ""].join("\n");
+}
+
+/**
+ * " Ran on: <environment>." for the legend, with the number of (seed) runs of each when there are
+ * several.
+ */
+function ranOn(table: ResultsTable): string {
+  const list = table.environments;
+  // Runs from before run.json recorded it, alone, have nothing to say.
+  if (list.every((e) => e.environment === null)) return "";
+  if (list.length === 1) return ` Ran on: ${list[0].environment}.`;
+  const named = list.map((e) => `${e.environment ?? "not recorded"} (${plural(e.runs, "run")})`);
+  return ` Ran on: ${named.join("; ")}.`;
 }
 
 function csvField(x: string): string {
@@ -636,5 +690,6 @@ export function tableJson(table: ResultsTable): Record<string, unknown> {
     rows: table.rows,
     skipped: table.skipped,
     notes: table.notes,
+    environments: table.environments,
   };
 }
