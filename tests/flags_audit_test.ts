@@ -130,6 +130,20 @@ const TRAIN_ROWS: Record<keyof typeof TRAIN_FLAGS, Row[]> = {
     [["--batch-size", "65537"], '--batch-size: expected an integer ≤ 65536, got "65537"'],
     [["--batch-size", "0"], '--batch-size: expected an integer ≥ 1, got "0"'],
   ],
+  "grad-accum": [
+    [["--grad-accum", "4"], { gradAccum: 4, batchSize: 32 }],
+    [["--grad-accum", "0"], '--grad-accum: expected an integer ≥ 1, got "0"'],
+    [["--grad-accum", "2.5"], '--grad-accum: expected an integer ≥ 1, got "2.5"'],
+    [
+      ["--batch-size", "4", "--grad-accum", "5"],
+      "--grad-accum 5 is more than --batch-size 4: a micro-batch holds at least one example",
+    ],
+    [
+      ["--grad-accum", "2", "--analysis"],
+      "--analysis with --grad-accum: it measures each step's logits and gradients of the whole " +
+      "batch at once; leave out --grad-accum (or --analysis)",
+    ],
+  ],
   "max-length": [
     [["--max-length", "128"], { maxLength: 128 }],
     [["--max-length", "1"], '--max-length: expected an integer ≥ 2, got "1"'],

@@ -215,12 +215,23 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
   assertEquals(
     probed.message,
     'allocating tensor "layer 3 intermediate" (805306368 bytes): out of GPU memory (Not enough ' +
-      "memory left): the batch of 32 does not fit this adapter; try --batch-size 12 or " +
-      "--max-length 128 (--overwrite to restart with it)",
+      "memory left): the batch of 32 does not fit this adapter; try --batch-size 12, " +
+      "--grad-accum 3 (the batch of 32 in parts of ≤ 11), or --max-length 128 (--overwrite to " +
+      "restart with it)",
+  );
+  // Already in parts (--grad-accum): more parts, the same batch.
+  const parted = explainRunError(oom, { ...run, gradAccum: 2, fitsBatch: 5 }) as Error;
+  assert(
+    parted.message.endsWith(
+      "the micro-batch of 16 (--batch-size 32, --grad-accum 2) does not fit this adapter; try " +
+        "--grad-accum 7 (the batch of 32 in parts of ≤ 5) or --max-length 128 (--overwrite to " +
+        "restart with it)",
+    ),
+    parted.message,
   );
   // Without a probe: half the batch.
   const halved = explainRunError(oom, run) as Error;
-  assert(halved.message.includes("try --batch-size 16 or --max-length 128"), halved.message);
+  assert(halved.message.includes("try --batch-size 16, --grad-accum 2 "), halved.message);
   // Parameters do not shrink with the batch.
   const model = explainRunError(
     new GpuError('allocating arena "encoder parameters" (1400000000 bytes): out of GPU memory'),

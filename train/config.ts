@@ -7,10 +7,10 @@
 // stage-1 learning rate when the user types another PEFT method; an explicit `--strategy ft`
 // simply drops a default `--peft`. Only contradictions the user typed are errors (`--peft lora
 // --strategy ft`, `--stage1-lr`/`--stage1-ratio` with a one-stage strategy, `--epochs` with
-// `--max-steps`, `--resume` with `--overwrite` or `--analysis`, `--lora-r`/`--lora-alpha` when
-// the run's method is not LoRA, `--prefix-length` when it is not prefix-tuning, `--retune` with
-// `--no-autotune`). How flags are written (unknown ones, a flag given twice: the last wins, ...):
-// train/flags.ts.
+// `--max-steps`, `--resume` with `--overwrite` or `--analysis`, `--grad-accum` above
+// `--batch-size` or with `--analysis`, `--lora-r`/`--lora-alpha` when the run's method is not
+// LoRA, `--prefix-length` when it is not prefix-tuning, `--retune` with `--no-autotune`). How
+// flags are written (unknown ones, a flag given twice: the last wins, ...): train/flags.ts.
 
 import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
@@ -66,6 +66,12 @@ export interface TrainConfig {
   stage1Lr: number | null;
   /** Examples per optimizer step. */
   batchSize: number;
+  /**
+   * Micro-batches per optimizer step: each step's examples are run through the model in this many
+   * parts of at most ⌈batchSize / gradAccum⌉ examples, their gradients summed before the update
+   * (memory for a smaller batch, the update of the whole one). 1: the whole batch at once.
+   */
+  gradAccum: number;
   /** Requested tokens per row, or null for the model's limit (always clamped to it minus P). */
   maxLength: number | null;
   /** Dropout override, or null for the model config's. */
@@ -123,6 +129,7 @@ export const TRAIN_DEFAULTS = {
   epochs: 10,
   stage1Ratio: 0.1,
   batchSize: 32,
+  gradAccum: 1,
   schedule: "linear" as ScheduleName,
   warmupRatio: 0.1,
   weightDecay: ADAMW_DEFAULTS.weightDecay,
@@ -150,6 +157,7 @@ export const TRAIN_FLAGS = {
   lr: { type: "string" },
   "stage1-lr": { type: "string" },
   "batch-size": { type: "string" },
+  "grad-accum": { type: "string" },
   "max-length": { type: "string" },
   dropout: { type: "string" },
   precision: { type: "string" },
@@ -345,6 +353,7 @@ export function parseTrainArgs(
     lr,
     stage1Lr,
     batchSize: intFlag("batch-size", f["batch-size"], r.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
+    gradAccum: intFlag("grad-accum", f["grad-accum"], r.gradAccum ?? TRAIN_DEFAULTS.gradAccum, 1),
     maxLength: optionalInt("max-length", r.maxLength ?? null, 2),
     dropout: f.dropout === undefined
       ? r.dropout ?? null
@@ -408,6 +417,18 @@ export function parseTrainArgs(
   if (config.batchSize > MAX_BATCH_SIZE) {
     throw new FlagError(
       `--batch-size: expected an integer ≤ ${MAX_BATCH_SIZE}, got "${config.batchSize}"`,
+    );
+  }
+  if (config.gradAccum > config.batchSize) {
+    throw new FlagError(
+      `--grad-accum ${config.gradAccum} is more than --batch-size ${config.batchSize}: a ` +
+        `micro-batch holds at least one example`,
+    );
+  }
+  if (config.gradAccum > 1 && config.analysis) {
+    throw new FlagError(
+      "--analysis with --grad-accum: it measures each step's logits and gradients of the whole " +
+        "batch at once; leave out --grad-accum (or --analysis)",
     );
   }
   if (config.revision !== null) {
@@ -513,6 +534,14 @@ export function checkRunModes(
 export function runSettings(c: TrainConfig): RunSettings {
   const { resume: _resume, overwrite: _overwrite, analysis: _analysis, ...settings } = c;
   return settings;
+}
+
+/**
+ * Examples per micro-batch: what the GPU holds at once, in training and in evaluation (the dev
+ * and test splits are read in batches of this size too).
+ */
+export function microBatchSize(c: Pick<TrainConfig, "batchSize" | "gradAccum">): number {
+  return Math.ceil(c.batchSize / c.gradAccum);
 }
 
 /** The paper's learning rate for BERT-Large, where its recipes (made for RoBERTa-Large) say 1e-5. */

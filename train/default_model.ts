@@ -142,7 +142,9 @@ export function startLines(
     `${task.name}: model ${model}`,
     `${task.name}: data ${config.data}`,
     `${task.name}: ${method(config.strategy, config.peft)}, ${budgetText(config)}, lr ` +
-    `${lrText(config.lr)}, batch ${config.batchSize}, max length ${maxLength}${seeds} → ` +
+    `${lrText(config.lr)}, batch ${config.batchSize}${
+      config.gradAccum > 1 ? ` in ${config.gradAccum} parts` : ""
+    }, max length ${maxLength}${seeds} → ` +
     config.out,
   ];
   if (!/roberta-large/i.test(config.model)) {

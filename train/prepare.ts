@@ -18,7 +18,7 @@ import {
   type TrainBatch,
 } from "./batches.ts";
 import { sha256Hex } from "./data_files.ts";
-import type { TrainConfig } from "./config.ts";
+import { microBatchSize, type TrainConfig } from "./config.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
@@ -113,9 +113,11 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
       );
     }
     const B = config.batchSize;
+    // Evaluated a micro-batch at a time: the GPU holds no more than that (--grad-accum).
     const devBatches: TrainBatch[] = [];
-    for (let i = 0; i < dev.examples.length; i += B) {
-      devBatches.push(assembleBatch(model.config, task.loss, dev.examples.slice(i, i + B)));
+    const micro = microBatchSize(config);
+    for (let i = 0; i < dev.examples.length; i += micro) {
+      devBatches.push(assembleBatch(model.config, task.loss, dev.examples.slice(i, i + micro)));
     }
     const perEpoch = batchesPerEpoch(train.examples.length, B);
     const totalSteps = config.maxSteps ?? config.epochs! * perEpoch;

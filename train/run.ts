@@ -48,6 +48,7 @@ import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from ".
 import {
   checkConfigChoices,
   checkRunModes,
+  microBatchSize,
   runFolders,
   runSettings,
   seedFolder,
@@ -430,8 +431,9 @@ async function runSeed(
     const note = resumeElsewhereNote(`${dir}/run.json`, recorded, environment);
     if (note) console.error(note);
   }
+  // The GPU holds one micro-batch at once (the whole batch without --grad-accum).
   const maxExamples = Math.min(
-    config.batchSize,
+    microBatchSize(config),
     Math.max(p.train.examples.length, p.dev.examples.length),
   );
   if (options.autotune) {
@@ -476,6 +478,7 @@ async function runSeed(
     headWidth: p.headWidth,
     headSeed: deriveSeed(seed, SEED_PURPOSE.head),
     dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
+    gradAccum: config.gradAccum,
     peft: withPeft,
     adamw: adamwSettings(config),
     precision: config.precision,
@@ -511,7 +514,12 @@ async function runSeed(
     if (!gpu.lost) await Promise.race([gpu.device.lost, new Promise((r) => setTimeout(r, 200))]);
     await Promise.resolve();
     const lost = gpu.lost ?? undefined;
-    const run = { batchSize: config.batchSize, maxLength: p.maxLength, place };
+    const run = {
+      batchSize: config.batchSize,
+      gradAccum: config.gradAccum,
+      maxLength: p.maxLength,
+      place,
+    };
     const first = explainRunError(lost ?? e, run);
     // Whichever allocation failed first (optimizer state comes after the activations), the probe
     // tells whether a smaller batch fits, or none does.
@@ -519,7 +527,7 @@ async function runSeed(
       return first;
     }
     // A batch of 1 has nothing smaller to probe: the advice is then the shorter --max-length.
-    const from = Math.min(maxExamples, config.batchSize) - 1;
+    const from = maxExamples - 1;
     const fits = from >= 1 ? await largestFitting(from) : undefined;
     return explainRunError(e, { ...run, fitsBatch: fits });
   };
@@ -796,14 +804,18 @@ async function trainStages(
 
     for (let j = first; j < stage.steps; j++) {
       const step = stageStart + j;
-      const batch = assembleBatch(
-        p.model.config,
-        task.loss,
-        stream.examples(step).map((i) => p.train.examples[i]),
-      );
+      const examples = stream.examples(step).map((i) => p.train.examples[i]);
+      // With --grad-accum, the step's examples in order, in parts of at most a micro-batch (an
+      // epoch's short last batch in fewer parts).
+      const micro = microBatchSize(config);
+      const parts = [];
+      for (let i = 0; i < examples.length; i += micro) {
+        parts.push(assembleBatch(p.model.config, task.loss, examples.slice(i, i + micro)));
+      }
+      const batch = parts[0];
       const lr = learningRate(schedule, j);
       await l.analysis?.beforeStep();
-      await trainer.step(batch, lr, step);
+      await trainer.step(parts, lr, step);
       const done = step + 1;
       await l.analysis?.afterStep(done, batch);
       pending.push({ stage: stage.name, step: done, lr });

@@ -148,6 +148,8 @@ export function explainRunError(
   e: unknown,
   run: {
     batchSize: number;
+    /** --grad-accum (default 1): the GPU holds ⌈batchSize / gradAccum⌉ examples at once. */
+    gradAccum?: number;
     maxLength: number | null;
     place: RunPlace;
     /**
@@ -195,7 +197,9 @@ export function explainRunError(
         `smaller model or a GPU with more memory`,
     );
   }
-  const B = run.batchSize;
+  const K = run.gradAccum ?? 1;
+  // What the GPU holds at once: the batch, or one of its --grad-accum parts.
+  const B = Math.ceil(run.batchSize / K);
   // Activations grow linearly with the batch: the same share of the limit at a smaller one,
   // unless a probe found the batch that fits.
   const fits = run.fitsBatch ??
@@ -205,11 +209,19 @@ export function explainRunError(
   const shorter = run.maxLength !== null && run.maxLength > 32
     ? `--max-length ${Math.floor(run.maxLength / 2)}`
     : null;
-  const advice = fits < B
-    ? `try --batch-size ${fits}${shorter ? ` or ${shorter}` : ""}`
-    : `try ${shorter ?? "a smaller --max-length"}`;
+  // --grad-accum keeps the batch (and so the run's recipe) in parts that fit.
+  const parts = Math.ceil(run.batchSize / fits);
+  const keep = `--grad-accum ${parts} (the batch of ${run.batchSize} in parts of ≤ ` +
+    `${Math.ceil(run.batchSize / parts)})`;
+  const advice = fits >= B
+    ? `try ${shorter ?? "a smaller --max-length"}`
+    : K > 1
+    ? `try ${keep}${shorter ? ` or ${shorter}` : ""}`
+    : `try --batch-size ${fits}, ${keep}${shorter ? `, or ${shorter}` : ""}`;
+  const what = K > 1
+    ? `the micro-batch of ${B} (--batch-size ${run.batchSize}, --grad-accum ${K})`
+    : `the batch of ${B}`;
   return new RunFaultError(
-    `${e.message}: the batch of ${B} does not fit this adapter; ${advice} (--overwrite to restart ` +
-      `with it)`,
+    `${e.message}: ${what} does not fit this adapter; ${advice} (--overwrite to restart with it)`,
   );
 }

@@ -143,8 +143,8 @@ export async function checkSameSettings(
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
   const run = await readRunJson(path);
-  // Runs started before --precision existed trained in f32.
-  const previous = { precision: "f32", ...run.settings as Record<string, unknown> };
+  // Runs started before --precision and --grad-accum existed trained in f32, a batch at once.
+  const previous = { precision: "f32", gradAccum: 1, ...run.settings as Record<string, unknown> };
   const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
   const diff = await firstDifference(previous, settings, { model: model?.real_dir });
   if (diff) {

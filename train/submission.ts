@@ -27,7 +27,7 @@
 
 import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import { runFolders, type TrainConfig } from "./config.ts";
+import { microBatchSize, runFolders, type TrainConfig } from "./config.ts";
 import { emptyTextNote } from "./batches.ts";
 import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
@@ -331,7 +331,7 @@ export async function predictTestSet(
     task,
     data: config.data,
     split: "test",
-    batchSize: config.batchSize,
+    batchSize: microBatchSize(config),
     maxLength: config.maxLength ?? undefined,
   });
   if (predictions.length === 0) return { skipped: `${testPath} has no examples` };

@@ -41,6 +41,7 @@ import {
   scaleByLossScale,
 } from "../kernels/loss_scale.ts";
 import { mseBackward, mseForward } from "../kernels/mse.ts";
+import { addInPlace, scale } from "../kernels/add.ts";
 import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
 import {
   softmaxCrossEntropyBackward,
@@ -92,6 +93,11 @@ export interface TrainerOptions {
   headSeed: number;
   /** Seed of the dropout masks (mixed with the global step). */
   dropoutSeed: number;
+  /**
+   * The most micro-batches `step` takes (default 1): their gradients are summed into one update,
+   * and micro-batch i of step t draws the dropout masks of t · gradAccum + i.
+   */
+  gradAccum?: number;
   /** The PEFT method, made by the caller and owned by the Trainer from then on; default none. */
   peft?: PeftMethod | null;
   /** AdamW's settings. Not read by the Trainer: `beginStage` takes each stage's. */
@@ -156,6 +162,8 @@ export class Trainer {
   readonly outputs: number;
   /** Seed of the dropout masks (mixed with each step). */
   readonly dropoutSeed: number;
+  /** The most micro-batches a step takes (TrainerOptions.gradAccum). */
+  readonly gradAccum: number;
   /** The PEFT method, or null (none, or dropped by `dropPeft`). */
   peft: PeftMethod | null;
   /** The current stage's optimizer; null before `beginStage`. */
@@ -164,6 +172,11 @@ export class Trainer {
   trains: StageTrains | null = null;
 
   private readonly lossTensor: Tensor;
+  /** With micro-batches: the step's loss, its parts' weighted sum, and one weighted part. */
+  private readonly lossSum: Tensor;
+  private readonly lossPart: Tensor;
+  /** With micro-batches: a part's dLogits weighted by its share of the batch. */
+  private readonly dLogitsPart: Tensor;
   private readonly targetsF32: Tensor;
   private readonly targetsU32: Tensor;
   private readonly dLogits: Tensor;
@@ -207,6 +220,11 @@ export class Trainer {
     this.maxExamples = opts.maxExamples;
     this.outputs = k > 1 ? k : opts.headClasses;
     this.dropoutSeed = opts.dropoutSeed;
+    const gradAccum = opts.gradAccum ?? 1;
+    if (!Number.isSafeInteger(gradAccum) || gradAccum < 1) {
+      throw new Error(`Trainer: gradAccum ${gradAccum} is not a positive integer`);
+    }
+    this.gradAccum = gradAccum;
     this.peft = opts.peft ?? null;
     const maxRows = opts.maxExamples * k;
     this.encoder = createEncoder(gpu, opts.config, {
@@ -233,6 +251,11 @@ export class Trainer {
     this.targetsF32 = t("targets f32", [opts.maxExamples]);
     this.targetsU32 = t("targets u32", [opts.maxExamples], "u32");
     this.dLogits = t("dLogits", [maxRows * opts.headClasses]);
+    this.lossSum = t("loss of the micro-batches", [1]);
+    this.lossPart = t("loss of a micro-batch, weighted", [1]);
+    this.dLogitsPart = t("dLogits of a micro-batch, weighted", [
+      gradAccum > 1 ? maxRows * opts.headClasses : 1,
+    ]);
     this.precision = precision;
     this.lossScaling = (opts.lossScaling ?? precision === "f16")
       ? {
@@ -361,43 +384,75 @@ export class Trainer {
 
   /**
    * Records and submits one training step on `batch` at learning rate `lr`; `step` is the global
-   * step (it seeds the dropout masks). Its loss and gradient norm are kept for `takeStats`.
+   * step (it seeds the dropout masks). Its loss and gradient norm are kept for `takeStats`. Given
+   * micro-batches (at most `gradAccum`, the batch's examples in parts), each is run and submitted
+   * in turn, their gradients summed, each weighted by its share of the examples, and the update is
+   * made once: the step of the whole batch, with less memory (up to the order of the sums, and
+   * each part's own dropout masks). One micro-batch is exactly the step of that batch.
    */
-  async step(batch: TrainBatch, lr: number, step: number): Promise<void> {
+  async step(batch: TrainBatch | readonly TrainBatch[], lr: number, step: number): Promise<void> {
     const optimizer = this.optimizer;
     if (!optimizer) throw new Error("Trainer.step: no stage begun");
-    this.checkBatch(batch);
-    if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
-    const E = batch.examples;
-    this.encoder.setBatch(batch.encoder);
-    this.setSpans(batch);
-    const targets = this.uploadTargets(batch);
-    const rec = new Recorder(this.gpu, this.bindGroups);
-    const hidden = this.encoder.forward(rec, {
-      training: true,
-      seed: this.dropoutSeed,
-      step,
-    });
-    const rowLogits = this.head.forward(rec, hidden);
-    const logits = this.logitsView(rowLogits, E);
-    const dLogits = this.dLogits.view(0, [...logits.shape]);
-    const loss = this.lossTensor;
-    if (this.loss === "ce") {
-      softmaxCrossEntropyForward(rec, { logits, targets, loss });
-      softmaxCrossEntropyBackward(rec, { logits, targets, dLogits });
-    } else if (this.loss === "bce") {
-      bceWithLogitsForward(rec, { logits, targets, loss });
-      bceWithLogitsBackward(rec, { logits, targets, dLogits });
-    } else {
-      mseForward(rec, { logits, targets, loss });
-      mseBackward(rec, { logits, targets, dLogits });
+    const parts: readonly TrainBatch[] = Array.isArray(batch) ? batch : [batch as TrainBatch];
+    if (parts.length < 1 || parts.length > this.gradAccum) {
+      throw new Error(
+        `Trainer.step: ${parts.length} micro-batches, not in [1, ${this.gradAccum}] (gradAccum)`,
+      );
     }
-    if (this.lossScaling) scaleByLossScale(rec, { x: dLogits, state: this.lossScaling.state });
-    const dHidden = this.head.backward(rec, dLogits.view(0, [...rowLogits.shape]));
-    if (this.encoderTrains()) this.encoder.backward(rec, dHidden);
-    optimizer.record(rec, lr);
-    this.recordStats(rec, loss, optimizer);
-    await rec.submit();
+    for (const part of parts) this.checkBatch(part);
+    if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
+    const total = parts.reduce((n, part) => n + part.examples, 0);
+    const whole = parts.length === 1;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i], E = part.examples;
+      // Uploads are queued in order with the submits, so each part reads its own inputs.
+      this.encoder.setBatch(part.encoder);
+      this.setSpans(part);
+      const targets = this.uploadTargets(part);
+      const rec = new Recorder(this.gpu, this.bindGroups);
+      const hidden = this.encoder.forward(rec, {
+        training: true,
+        seed: this.dropoutSeed,
+        // Each part's masks of its own (with gradAccum 1, the step itself).
+        step: step * this.gradAccum + i,
+      });
+      const rowLogits = this.head.forward(rec, hidden);
+      const logits = this.logitsView(rowLogits, E);
+      const dLogits = this.dLogits.view(0, [...logits.shape]);
+      const loss = this.lossTensor;
+      if (this.loss === "ce") {
+        softmaxCrossEntropyForward(rec, { logits, targets, loss });
+        softmaxCrossEntropyBackward(rec, { logits, targets, dLogits });
+      } else if (this.loss === "bce") {
+        bceWithLogitsForward(rec, { logits, targets, loss });
+        bceWithLogitsBackward(rec, { logits, targets, dLogits });
+      } else {
+        mseForward(rec, { logits, targets, loss });
+        mseBackward(rec, { logits, targets, dLogits });
+      }
+      let dOut = dLogits;
+      if (!whole) {
+        // A part's loss is the mean over its own examples: weighted by its share of the batch,
+        // the parts' losses and gradients sum to the whole batch's.
+        const w = E / total;
+        dOut = this.dLogitsPart.view(0, [...logits.shape]);
+        scale(rec, { x: dLogits, out: dOut, alpha: w });
+        if (i === 0) scale(rec, { x: loss, out: this.lossSum, alpha: w });
+        else {
+          scale(rec, { x: loss, out: this.lossPart, alpha: w });
+          addInPlace(rec, { x: this.lossPart, into: this.lossSum });
+        }
+      }
+      if (this.lossScaling) scaleByLossScale(rec, { x: dOut, state: this.lossScaling.state });
+      const accumulate = i > 0;
+      const dHidden = this.head.backward(rec, dOut.view(0, [...rowLogits.shape]), { accumulate });
+      if (this.encoderTrains()) this.encoder.backward(rec, dHidden, { accumulate });
+      if (i === parts.length - 1) {
+        optimizer.record(rec, lr);
+        this.recordStats(rec, whole ? loss : this.lossSum, optimizer);
+      }
+      await rec.submit();
+    }
   }
 
   /** Copies the step's loss and norm (and loss scale, skip flag) into the next stats row. */
@@ -608,7 +663,8 @@ export class Trainer {
     this.encoder.destroy();
     this.head.destroy();
     this.lossScaling?.state.destroy();
-    for (const t of [this.lossTensor, this.targetsF32, this.targetsU32, this.dLogits, this.stats]) {
+    const own = [this.lossTensor, this.lossSum, this.lossPart, this.targetsF32, this.targetsU32];
+    for (const t of [...own, this.dLogits, this.dLogitsPart, this.stats]) {
       t.destroy();
     }
   }
