@@ -686,7 +686,7 @@ async function main(args: string[]): Promise<void> {
   const gpu = await getGpu();
   const environment = runEnvironment(gpu);
   if (f.resume) {
-    const note = resumeElsewhereNote(settingsPath, saved!.environment, environment);
+    const note = resumeElsewhereNote(settingsPath, saved, environment);
     if (note) console.error(note);
   } else {
     await Deno.mkdir(out, { recursive: true });

@@ -264,6 +264,7 @@ function settingsLine(s: Record<string, unknown>): string {
     ["epochs", "epochs"],
     ["maxSteps", "max-steps"],
     ["batchSize", "batch-size"],
+    ["gradAccum", "grad-accum"],
     ["maxLength", "max-length"],
     ["lr", "lr"],
     ["stage1Lr", "stage1-lr"],
@@ -271,7 +272,10 @@ function settingsLine(s: Record<string, unknown>): string {
     ["seeds", "seeds"],
     ["precision", "precision"],
   ];
-  return keys.filter(([k]) => s[k] !== null && s[k] !== undefined)
+  // --grad-accum 1 is the batch at once, as runs from before it: not worth a flag.
+  return keys.filter(([k]) =>
+    s[k] !== null && s[k] !== undefined && !(k === "gradAccum" && s[k] === 1)
+  )
     .map(([k, flag]) => `--${flag} ${s[k]}`).join(" ");
 }
 

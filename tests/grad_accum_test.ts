@@ -4,7 +4,7 @@
 // The tiny-bert fixture's batches of 3, split 2 + 1 (unequal parts: the weights matter); then
 // train.ts's runs, in parts and not.
 
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -13,9 +13,12 @@ import { readConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainBatch } from "../train/batches.ts";
-import { parseTrainArgs } from "../train/config.ts";
+import { checkRunModes, microBatchSize, parseTrainArgs } from "../train/config.ts";
+import { startLines, taskScriptRecipe } from "../train/default_model.ts";
+import { FlagError } from "../train/flags.ts";
+import { TASKS } from "../tasks/all.ts";
 import { runTraining } from "../train/run.ts";
-import { rte } from "../tasks/rte.ts";
+import { rte, RTE_MINI_RECIPE, RTE_RECIPE } from "../tasks/rte.ts";
 import { createPeft, type PeftName } from "../peft/method.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
@@ -278,4 +281,30 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("grad accumulation: a library caller's config is checked as the flags are", () => {
+  const base = { resume: false, overwrite: false, analysis: false, batchSize: 8 };
+  // Left out (a config from before --grad-accum, or written by hand): the batch at once.
+  checkRunModes(base);
+  assertEquals(microBatchSize({ batchSize: 8 }), 8);
+  assertEquals(microBatchSize({ batchSize: 8, gradAccum: 3 }), 3);
+  assertThrows(
+    () => checkRunModes({ ...base, gradAccum: 16 }),
+    FlagError,
+    "--grad-accum 16 is more than --batch-size 8",
+  );
+  assertThrows(() => checkRunModes({ ...base, gradAccum: 2.5 }), FlagError, "got 2.5");
+  assertThrows(
+    () => checkRunModes({ ...base, gradAccum: 2, analysis: true }),
+    FlagError,
+    "--analysis with --grad-accum",
+  );
+});
+
+Deno.test("grad accumulation: the task script's start line says the parts' size", () => {
+  const { recipe } = taskScriptRecipe(["--grad-accum", "3"], RTE_RECIPE, RTE_MINI_RECIPE);
+  const { config } = parseTrainArgs(["--grad-accum", "3"], recipe, () => "data/superglue/RTE");
+  const lines = startLines(TASKS.rte, config, true, RTE_RECIPE, 128);
+  assert(lines[2].includes(", batch 32 in parts of ≤ 11, "), lines[2]);
 });

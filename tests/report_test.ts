@@ -146,8 +146,8 @@ function prepare(): Promise<Fixture> {
     const dir = await Deno.makeTempDir({ prefix: "ehft-report-" });
     globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
     const runs = `${dir}/runs`;
-    // Where they ran: FT and EH-FT's RTE on one machine, its CoLA on another; LoRA's runs are
-    // from before run.json recorded it.
+    // Where they ran: FT and EH-FT's RTE on one machine, its CoLA started on another; LoRA's
+    // runs are from before run.json recorded it.
     for (const [task, best] of Object.entries(FT)) {
       await single(`${runs}/ft/${task}`, task, "ft", null, 42, best, {}, {}, H100);
     }
@@ -167,6 +167,9 @@ function prepare(): Promise<Fixture> {
     );
     const cola = `${runs}/ehft-bitfit/cola`;
     await single(cola, "cola", "ehft", "bitfit", 42, { mcc: 0.6 }, {}, {}, H200);
+    // ...and resumed on the first (run.json's resumed_on).
+    const colaRun = JSON.parse(await Deno.readTextFile(`${cola}/run.json`));
+    await writeJson(`${cola}/run.json`, { ...colaRun, resumed_on: [H100] });
     await multi(`${runs}/ehft-bitfit/wic`, "wic", "ehft", "bitfit", {
       1: { accuracy: 0.7 },
       2: null,
@@ -192,7 +195,8 @@ const EXPECTED_MARKDOWN = [
   "one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; STS-B Pearson. Avg: mean " +
   "over the tasks present, (k/9) when fewer; –: no finished run. Seeds per cell: 1 to 2 " +
   "(results.json lists them). Ran on: NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0 (11 runs); " +
-  "not recorded (2 runs); NVIDIA H200, Deno 2.9.6, ehft 0.1.0 (1 run).",
+  "not recorded (2 runs); NVIDIA H200, Deno 2.9.6, ehft 0.1.0 → NVIDIA H100 80GB HBM3, Deno " +
+  "2.9.6, ehft 0.1.0 (1 run).",
   "",
 ].join("\n");
 
@@ -291,7 +295,11 @@ function expectedJson(dir: string): unknown {
     environments: [
       { environment: "NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0", runs: 11 },
       { environment: null, runs: 2 },
-      { environment: "NVIDIA H200, Deno 2.9.6, ehft 0.1.0", runs: 1 },
+      {
+        environment: "NVIDIA H200, Deno 2.9.6, ehft 0.1.0 → NVIDIA H100 80GB HBM3, Deno 2.9.6, " +
+          "ehft 0.1.0",
+        runs: 1,
+      },
     ],
   };
 }

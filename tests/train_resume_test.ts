@@ -319,6 +319,10 @@ Deno.test({
         ),
         notes.lines[0],
       );
+      // ...and keeps where it went on, for report.ts.
+      const resumedOn = JSON.parse(await Deno.readTextFile(`${elsewhere}/run.json`)).resumed_on;
+      assertEquals(resumedOn.length, 1);
+      assertEquals(resumedOn[0].adapter.description, started.adapter.description);
       const same = await capturingErrors(() => run(killed, ["--resume"]));
       assertEquals(same.result, expected);
       assertEquals(same.lines, [], "resumed where it started: no note");

@@ -419,18 +419,6 @@ export function parseTrainArgs(
       `--batch-size: expected an integer ≤ ${MAX_BATCH_SIZE}, got "${config.batchSize}"`,
     );
   }
-  if (config.gradAccum > config.batchSize) {
-    throw new FlagError(
-      `--grad-accum ${config.gradAccum} is more than --batch-size ${config.batchSize}: a ` +
-        `micro-batch holds at least one example`,
-    );
-  }
-  if (config.gradAccum > 1 && config.analysis) {
-    throw new FlagError(
-      "--analysis with --grad-accum: it measures each step's logits and gradients of the whole " +
-        "batch at once; leave out --grad-accum (or --analysis)",
-    );
-  }
   if (config.revision !== null) {
     try {
       checkRevision(config.revision);
@@ -512,12 +500,15 @@ export function checkConfigChoices(
 }
 
 /**
- * --resume, --overwrite and --analysis together, refused alike whether they came from flags or a
- * library caller's config (runTraining checks them too): --overwrite with --resume would remove
- * the run it was asked to continue.
+ * --resume, --overwrite and --analysis together, and --grad-accum against --batch-size and
+ * --analysis, refused alike whether they came from flags or a library caller's config
+ * (runTraining checks them too): --overwrite with --resume would remove the run it was asked to
+ * continue.
  */
 export function checkRunModes(
-  config: Pick<TrainConfig, "resume" | "overwrite" | "analysis">,
+  config: Pick<TrainConfig, "resume" | "overwrite" | "analysis" | "batchSize"> & {
+    gradAccum?: number;
+  },
 ): void {
   if (config.resume && config.overwrite) {
     throw new FlagError("--resume and --overwrite: choose one");
@@ -528,7 +519,32 @@ export function checkRunModes(
         "taken at the start of a run; start the run again with --overwrite --analysis",
     );
   }
+  const parts = config.gradAccum ?? 1;
+  if (!Number.isSafeInteger(parts) || parts < 1) {
+    throw new FlagError(`--grad-accum: expected an integer ≥ 1, got ${JSON.stringify(parts)}`);
+  }
+  if (parts > config.batchSize) {
+    throw new FlagError(
+      `--grad-accum ${parts} is more than --batch-size ${config.batchSize}: a micro-batch holds ` +
+        `at least one example`,
+    );
+  }
+  if (parts > 1 && config.analysis) {
+    throw new FlagError(
+      "--analysis with --grad-accum: it measures each step's logits and gradients of the whole " +
+        "batch at once; leave out --grad-accum (or --analysis)",
+    );
+  }
 }
+
+/**
+ * What a run.json from before a setting was recorded ran with (and a config written by hand in
+ * JavaScript that leaves it out runs with): f32, each batch at once.
+ */
+export const UNRECORDED_SETTINGS: Readonly<Record<string, unknown>> = {
+  precision: "f32",
+  gradAccum: 1,
+};
 
 /** The run-defining part of a config (run.json's "settings"). */
 export function runSettings(c: TrainConfig): RunSettings {
@@ -540,8 +556,8 @@ export function runSettings(c: TrainConfig): RunSettings {
  * Examples per micro-batch: what the GPU holds at once, in training and in evaluation (the dev
  * and test splits are read in batches of this size too).
  */
-export function microBatchSize(c: Pick<TrainConfig, "batchSize" | "gradAccum">): number {
-  return Math.ceil(c.batchSize / c.gradAccum);
+export function microBatchSize(c: Pick<TrainConfig, "batchSize"> & { gradAccum?: number }): number {
+  return Math.ceil(c.batchSize / (c.gradAccum ?? 1));
 }
 
 /** The paper's learning rate for BERT-Large, where its recipes (made for RoBERTa-Large) say 1e-5. */

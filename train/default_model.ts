@@ -4,7 +4,7 @@
 // own (a few epochs at a small model's learning rate, its 128 positions), since the paper's
 // recipe is sized for RoBERTa-Large on a GPU. Every flag the user types still wins.
 
-import type { Recipe, TrainConfig } from "./config.ts";
+import { microBatchSize, type Recipe, type TrainConfig } from "./config.ts";
 import type { Task } from "./task.ts";
 import { plural } from "../model/progress_text.ts";
 
@@ -143,7 +143,7 @@ export function startLines(
     `${task.name}: data ${config.data}`,
     `${task.name}: ${method(config.strategy, config.peft)}, ${budgetText(config)}, lr ` +
     `${lrText(config.lr)}, batch ${config.batchSize}${
-      config.gradAccum > 1 ? ` in ${config.gradAccum} parts` : ""
+      (config.gradAccum ?? 1) > 1 ? ` in parts of ≤ ${microBatchSize(config)}` : ""
     }, max length ${maxLength}${seeds} → ` +
     config.out,
   ];

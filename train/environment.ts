@@ -50,23 +50,44 @@ export function isEnvironment(x: unknown): x is RunEnvironment {
     ["description", "vendor", "architecture", "device"].every((k) => typeof a[k] === "string");
 }
 
+/** The environments a run file records: where it started, then each resume elsewhere. */
+export function recordedEnvironments(record: unknown): RunEnvironment[] {
+  if (typeof record !== "object" || record === null) return [];
+  const r = record as Record<string, unknown>;
+  if (!isEnvironment(r.environment)) return [];
+  const resumes = Array.isArray(r.resumed_on) ? r.resumed_on.filter(isEnvironment) : [];
+  return [r.environment, ...resumes];
+}
+
+/** Where a run ran, from its run file: "A", or "A → B" when it was resumed elsewhere; or null. */
+export function describeRecord(record: unknown): string | null {
+  const list = recordedEnvironments(record);
+  return list.length === 0 ? null : list.map(describeEnvironment).join(" → ");
+}
+
+function sameEnvironment(a: RunEnvironment, b: RunEnvironment): boolean {
+  return a.ehft === b.ehft && a.deno === b.deno &&
+    (["description", "vendor", "architecture", "device"] as const).every((k) =>
+      a.adapter[k] === b.adapter[k]
+    );
+}
+
 /**
- * The note a --resume prints when `recorded` (the run file's "environment") is not `now`'s
- * adapter, Deno or ehft; null when they agree, or when the file records none (a run from before
- * it was recorded, or an edited one: nothing is known to differ).
+ * The note a --resume prints when the run file's `record` (run.json, pretrain.json) last ran on
+ * another adapter, Deno or ehft than `now` (its "environment", or the last of its "resumed_on");
+ * null when they agree, or when it records none (a run from before it was recorded, or an edited
+ * one: nothing is known to differ).
  */
 export function resumeElsewhereNote(
   file: string,
-  recorded: unknown,
+  record: unknown,
   now: RunEnvironment,
 ): string | null {
-  if (!isEnvironment(recorded)) return null;
-  const same = recorded.ehft === now.ehft && recorded.deno === now.deno &&
-    (["description", "vendor", "architecture", "device"] as const).every((k) =>
-      recorded.adapter[k] === now.adapter[k]
-    );
-  if (same) return null;
-  return `--resume: ${file} records a start on ${describeEnvironment(recorded)}; it goes on ` +
-    `on ${describeEnvironment(now)}, so the rest of the run may differ in the last bits from ` +
-    `an uninterrupted one`;
+  const list = recordedEnvironments(record);
+  if (list.length === 0) return null;
+  const last = list[list.length - 1];
+  if (sameEnvironment(last, now)) return null;
+  return `--resume: ${file} records ${list.length > 1 ? "a resume" : "a start"} on ` +
+    `${describeEnvironment(last)}; it goes on on ${describeEnvironment(now)}, so the rest of ` +
+    `the run may differ in the last bits from an uninterrupted one`;
 }

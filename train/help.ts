@@ -29,8 +29,8 @@ const RUN_FLAGS =
   --stage1-lr X           Stage 1 (default BitFit ${STAGE1_LR.bitfit}, LoRA ${STAGE1_LR.lora}, Prefix ${STAGE1_LR.prefix},
                           linear probing ${STAGE1_LR.lp})
   --batch-size N          examples per step (default 32)
-  --grad-accum K          run each step's batch in K parts and sum their gradients: the
-                          memory of a batch of ⌈N / K⌉, the update of N (default 1)
+  --grad-accum K          run each step's batch in parts of at most ⌈N / K⌉ examples and
+                          sum their gradients: a part's memory, the batch's update (default 1)
   --max-length N          tokens per example (default: the model's limit)
   --dropout X             instead of the model config's dropout
   --precision f32|f16     f16: f16 activations and weight copies, f32 master weights

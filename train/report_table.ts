@@ -27,9 +27,9 @@
 //   run's `--model` (a note lists the other spellings; two models named alike get their folder or
 //   id@commit after the name).
 
-import { seedFolder, seedList } from "./config.ts";
+import { seedFolder, seedList, UNRECORDED_SETTINGS } from "./config.ts";
 import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
-import { describeEnvironment, isEnvironment } from "./environment.ts";
+import { describeRecord } from "./environment.ts";
 import { plural } from "../model/progress_text.ts";
 
 /** A column of the table: a task, its title and the metric it shows. */
@@ -98,8 +98,8 @@ export interface FoundRun {
   settings: Record<string, unknown>;
   seeds: SeedResult[];
   /**
-   * Where each seed ran (describeEnvironment), in `seeds`' order; null for a run.json from
-   * before it was recorded.
+   * Where each seed ran (describeRecord: "A", or "A → B" for a run resumed elsewhere), in
+   * `seeds`' order; null for a run.json from before it was recorded.
    */
   environments: (string | null)[];
 }
@@ -250,7 +250,7 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
     return [{
       ...base,
       seeds: [{ seed, best: bestOf(metricsPath, metrics) }],
-      environments: [environmentOf(run.environment)],
+      environments: [describeRecord(run)],
     }, folders];
   }
   if (!isJsonObject(metrics) || !isJsonObject(metrics.seeds)) {
@@ -265,13 +265,9 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
   for (const { seed } of seeds) {
     const path = `${dir}/${seedFolder(seed)}/run.json`;
     const seedRun = (await statOrNull(path)) ? await readJsonFile(path) : null;
-    environments.push(environmentOf(isJsonObject(seedRun) ? seedRun.environment : undefined));
+    environments.push(describeRecord(seedRun));
   }
   return [{ ...base, seeds, environments }, folders];
-}
-
-function environmentOf(recorded: unknown): string | null {
-  return isEnvironment(recorded) ? describeEnvironment(recorded) : null;
 }
 
 /**
@@ -443,9 +439,11 @@ function settingsDifference(a: FoundRun, b: FoundRun): string {
   const ignored = new Set(IGNORED_SETTINGS);
   // One folder is one hub commit, whichever --revision named it ("main" or its hash).
   if (!a.modelKey.startsWith("name ")) ignored.add("revision");
-  for (const k of new Set([...Object.keys(a.settings), ...Object.keys(b.settings)])) {
+  // A run from before a setting was recorded ran with its value of then.
+  const [sa, sb] = [a, b].map((r) => ({ ...UNRECORDED_SETTINGS, ...r.settings }));
+  for (const k of new Set([...Object.keys(sa), ...Object.keys(sb)])) {
     if (ignored.has(k)) continue;
-    const [x, y] = [a.settings[k], b.settings[k]];
+    const [x, y] = [sa[k], sb[k]];
     if (JSON.stringify(x) !== JSON.stringify(y)) {
       return `${k} ${JSON.stringify(x)} vs ${JSON.stringify(y)}`;
     }

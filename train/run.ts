@@ -426,10 +426,18 @@ async function runSeed(
   if (!checkpoint) {
     await writeJsonAtomic(`${dir}/run.json`, { settings, resolved, environment });
   } else if (await exists(`${dir}/run.json`)) {
-    // Said even with `quiet`, as prepare's notes on the data: it is about the result.
-    const recorded = (await readRunJson(`${dir}/run.json`)).environment;
-    const note = resumeElsewhereNote(`${dir}/run.json`, recorded, environment);
-    if (note) console.error(note);
+    const record = await readRunJson(`${dir}/run.json`);
+    const note = resumeElsewhereNote(`${dir}/run.json`, record, environment);
+    if (note) {
+      // Said even with `quiet`, as prepare's notes on the data: it is about the result. Kept in
+      // run.json too, for report.ts to say where the run ran.
+      console.error(note);
+      const resumes = Array.isArray(record.resumed_on) ? record.resumed_on : [];
+      await writeJsonAtomic(`${dir}/run.json`, {
+        ...record,
+        resumed_on: [...resumes, environment],
+      });
+    }
   }
   // The GPU holds one micro-batch at once (the whole batch without --grad-accum).
   const maxExamples = Math.min(
@@ -478,7 +486,7 @@ async function runSeed(
     headWidth: p.headWidth,
     headSeed: deriveSeed(seed, SEED_PURPOSE.head),
     dropoutSeed: deriveSeed(seed, SEED_PURPOSE.dropout),
-    gradAccum: config.gradAccum,
+    gradAccum: config.gradAccum ?? 1,
     peft: withPeft,
     adamw: adamwSettings(config),
     precision: config.precision,
@@ -516,7 +524,7 @@ async function runSeed(
     const lost = gpu.lost ?? undefined;
     const run = {
       batchSize: config.batchSize,
-      gradAccum: config.gradAccum,
+      gradAccum: config.gradAccum ?? 1,
       maxLength: p.maxLength,
       place,
     };

@@ -9,7 +9,7 @@ import {
   readJsonFile,
   removeStaleTemporaries,
 } from "../model/atomic_write.ts";
-import type { TrainConfig } from "./config.ts";
+import { type TrainConfig, UNRECORDED_SETTINGS } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
 
@@ -143,10 +143,10 @@ export async function checkSameSettings(
   const path = `${dir}/run.json`;
   if (!(await exists(path))) return;
   const run = await readRunJson(path);
-  // Runs started before --precision and --grad-accum existed trained in f32, a batch at once.
-  const previous = { precision: "f32", gradAccum: 1, ...run.settings as Record<string, unknown> };
+  const previous = { ...UNRECORDED_SETTINGS, ...run.settings as Record<string, unknown> };
   const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
-  const diff = await firstDifference(previous, settings, { model: model?.real_dir });
+  const now = { ...UNRECORDED_SETTINGS, ...settings };
+  const diff = await firstDifference(previous, now, { model: model?.real_dir });
   if (diff) {
     throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
   }

@@ -388,7 +388,8 @@ export class Trainer {
    * micro-batches (at most `gradAccum`, the batch's examples in parts), each is run and submitted
    * in turn, their gradients summed, each weighted by its share of the examples, and the update is
    * made once: the step of the whole batch, with less memory (up to the order of the sums, and
-   * each part's own dropout masks). One micro-batch is exactly the step of that batch.
+   * each part's own dropout masks). One micro-batch is exactly the step of that batch when
+   * gradAccum is 1 (or dropout is off: with gradAccum K it draws the masks of step · K).
    */
   async step(batch: TrainBatch | readonly TrainBatch[], lr: number, step: number): Promise<void> {
     const optimizer = this.optimizer;
