@@ -521,7 +521,6 @@ async function analysedRun(
   change: boolean,
   extra: Record<string, unknown> = {},
   resolved: Record<string, unknown> = {},
-  environment?: RunEnvironment,
 ): Promise<void> {
   await single(dir, "rte", "ehft", "bitfit", 1, { accuracy: 0.8 }, extra, resolved);
   await writeJson(`${dir}/analysis/analysis.json`, {
