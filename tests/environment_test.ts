@@ -4,6 +4,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
+import { H100_ENVIRONMENT } from "./train_fixture.ts";
 import { getGpu } from "../kernels/device.ts";
 import { EHFT_VERSION } from "../model/download_common.ts";
 import {
@@ -14,17 +15,7 @@ import {
   runEnvironment,
 } from "../train/environment.ts";
 
-const HERE: RunEnvironment = {
-  ehft: "0.1.0",
-  deno: "2.9.6",
-  os: "linux x86_64",
-  adapter: {
-    description: "NVIDIA H100 80GB HBM3",
-    vendor: "4318",
-    architecture: "",
-    device: "8960",
-  },
-};
+const HERE = H100_ENVIRONMENT;
 
 Deno.test({
   name: "environment: this process's versions and its adapter as Deno reports it",

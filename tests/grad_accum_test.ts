@@ -6,12 +6,14 @@
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
-import { writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
+import {
+  type ReferenceTraining,
+  referenceTraining,
+  writeMarkerData,
+  writeNarrowHead,
+  writeTinyBert,
+} from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { loadBackbone, loadHead } from "../model/checkpoint.ts";
-import { readConfig } from "../model/config.ts";
-import { encoderParameters } from "../model/encoder.ts";
-import { openSafetensors } from "../model/safetensors.ts";
 import type { TrainBatch } from "../train/batches.ts";
 import { checkRunModes, microBatchSize, parseTrainArgs } from "../train/config.ts";
 import { startLines, taskScriptRecipe } from "../train/default_model.ts";
@@ -23,7 +25,6 @@ import { createPeft, type PeftName } from "../peft/method.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
 
-const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 /** The stages' kinds: full fine-tuning, a PEFT method with the head, the head alone. */
 const ALL = { head: true, backbone: "all", peft: false } as const;
 const PEFT = { head: true, backbone: "peft", peft: true } as const;
@@ -31,60 +32,10 @@ const HEAD = { head: true, backbone: "none", peft: false } as const;
 type Trains = typeof ALL | typeof PEFT | typeof HEAD;
 const PEFT_OPTIONS = { loraR: 4, loraAlpha: 8, prefixLength: 3, seed: 1 };
 
-interface Fixture {
-  batches: TrainBatch[];
-  options: TrainerOptions;
-  load: (trainer: Trainer) => Promise<void>;
-  close: () => void;
-}
-
-async function fixture(): Promise<Fixture> {
-  const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
-  const ints = async (name: string) =>
-    Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
-  const [ids, mask, types, positions] = await Promise.all(
-    ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
-  );
-  const labels = (await ref.read("labels")).data as Float64Array;
-  const S = ref.tensors.get("input_ids")!.shape[1];
-  const B = 3;
-  ref.close();
-  const batches = Array.from({ length: labels.length / B }, (_, k) => {
-    const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
-    return {
-      examples: B,
-      encoder: {
-        inputIds: rows(ids),
-        typeIds: rows(types),
-        positionIds: rows(positions),
-        attentionMask: rows(mask),
-        batch: B,
-        seqLen: S,
-      },
-      targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
-    };
-  });
-  const config = await readConfig(`${DIR}/config.json`);
-  const model = await openSafetensors(`${DIR}/model.safetensors`);
-  return {
-    batches,
-    options: {
-      config,
-      loss: "bce",
-      headClasses: 1,
-      maxExamples: B,
-      maxSeq: S,
-      dropout: 0,
-      headSeed: 0,
-      dropoutSeed: 5,
-      adamw: ADAMW_DEFAULTS,
-    },
-    load: async (trainer) => {
-      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
-      await loadHead(model, trainer.headParameters());
-    },
-    close: () => model.close(),
-  };
+/** The tiny-bert reference batches and weights, dropout off (parts draw masks of their own). */
+async function fixture(): Promise<ReferenceTraining> {
+  const f = await referenceTraining();
+  return { ...f, options: { ...f.options, dropout: 0 } };
 }
 
 /** Examples [from, to) of a batch (one row per example), with its padding. */
@@ -108,7 +59,7 @@ function part(b: TrainBatch, from: number, to: number): TrainBatch {
 /** Steps every batch (as `split` gives it) at lr 1e-3; the stats and the parameters after. */
 async function train(
   gpu: Gpu,
-  f: Fixture,
+  f: ReferenceTraining,
   extra: Partial<TrainerOptions>,
   split: (b: TrainBatch) => TrainBatch | TrainBatch[],
   trains: Trains = ALL,

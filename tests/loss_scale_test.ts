@@ -11,6 +11,7 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
+import { type ReferenceTraining, referenceTraining as fixture } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
 import { adamwStep } from "../kernels/adamw.ts";
@@ -25,12 +26,6 @@ import {
 } from "../kernels/loss_scale.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
-import { loadBackbone, loadHead } from "../model/checkpoint.ts";
-import { readConfig } from "../model/config.ts";
-import { encoderParameters } from "../model/encoder.ts";
-import { openSafetensors } from "../model/safetensors.ts";
-import type { TrainBatch } from "../train/batches.ts";
-import { ADAMW_DEFAULTS, type AdamwSettings } from "../train/optimizer.ts";
 import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
 import {
   readTrainingCheckpoint,
@@ -271,70 +266,6 @@ gpuTest("adamw: a set skip flag leaves p, m and v bitwise unchanged; a clear one
 // power of two); precision "f16" (f16 activations, scaling on) must train close to f32; and a
 // non-finite step must leave everything untouched.
 
-const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
-
-interface Fixture {
-  batches: TrainBatch[];
-  options: Omit<TrainerOptions, "precision">;
-  adamw: AdamwSettings;
-  load: (trainer: Trainer) => Promise<void>;
-  close: () => void;
-}
-
-/** The tiny-bert fixture's pre-tokenized batches of 3 (train_adamw_test's). */
-async function fixture(): Promise<Fixture> {
-  const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
-  const ints = async (name: string) =>
-    Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
-  const [ids, mask, types, positions] = await Promise.all(
-    ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
-  );
-  const labels = (await ref.read("labels")).data as Float64Array;
-  const S = ref.tensors.get("input_ids")!.shape[1];
-  const B = 3;
-  const steps = labels.length / B;
-  ref.close();
-  const batches = Array.from({ length: steps }, (_, k) => {
-    const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
-    return {
-      examples: B,
-      encoder: {
-        inputIds: rows(ids),
-        typeIds: rows(types),
-        positionIds: rows(positions),
-        attentionMask: rows(mask),
-        batch: B,
-        seqLen: S,
-      },
-      targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
-    };
-  });
-  const config = await readConfig(`${DIR}/config.json`);
-  const model = await openSafetensors(`${DIR}/model.safetensors`);
-  // Clipping on (the default 0.1 clips these gradients), so coef / S is exercised.
-  const adamw = { ...ADAMW_DEFAULTS };
-  return {
-    batches,
-    adamw,
-    options: {
-      config,
-      loss: "bce",
-      headClasses: 1,
-      maxExamples: B,
-      maxSeq: S,
-      dropout: 0.1,
-      headSeed: 0,
-      dropoutSeed: 5,
-      adamw,
-    },
-    load: async (trainer) => {
-      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
-      await loadHead(model, trainer.headParameters());
-    },
-    close: () => model.close(),
-  };
-}
-
 const ALL = { head: true, backbone: "all", peft: false } as const;
 
 async function snapshot(trainer: Trainer): Promise<Map<string, number[]>> {
@@ -366,7 +297,7 @@ function assertSameBits(
 /** Trains `steps` steps at lr 1e-3; returns the stats and every parameter and moment's bits. */
 async function train(
   gpu: Gpu,
-  f: Fixture,
+  f: ReferenceTraining,
   extra: Partial<TrainerOptions>,
 ): Promise<
   { stats: StepStats[]; before: Map<string, number[]>; after: Map<string, number[]> }

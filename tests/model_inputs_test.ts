@@ -4,7 +4,7 @@
 // tests run with WebGPU's requestAdapter replaced by a function that fails the test.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { readTensors, VOCAB, writeTinyBert } from "./train_fixture.ts";
+import { capturingErrors, readTensors, VOCAB, writeTinyBert } from "./train_fixture.ts";
 import { CheckpointError, loadBackbone } from "../model/checkpoint.ts";
 import { createEncoder, encoderParameters } from "../model/encoder.ts";
 import { gpuTest } from "./gpu_fixture.ts";
@@ -260,10 +260,7 @@ Deno.test("model inputs: tensors loading leaves out are named, with the likely r
           tensors[name] = { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) };
         }
         await writeSafetensors(path, tensors);
-        const lines: string[] = [];
-        const error = console.error;
-        console.error = (...args: unknown[]) => lines.push(args.join(" "));
-        try {
+        const { lines } = await capturingErrors(async () => {
           const model = await openModel(dir);
           assertEquals(model.unused, [...extra].sort());
           model.weights.close();
@@ -272,9 +269,7 @@ Deno.test("model inputs: tensors loading leaves out are named, with the likely r
           quietly.weights.close();
           // Once per file and process: a --seeds run opens its model per seed.
           (await openModel(dir)).weights.close();
-        } finally {
-          console.error = error;
-        }
+        });
         assertEquals(lines.length, 1, lines.join("\n"));
         assert(lines[0].startsWith(`${path}: `), lines[0]);
         assert(note.test(lines[0]), `${lines[0]} does not match ${note}`);

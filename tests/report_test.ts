@@ -22,7 +22,7 @@ import {
   tidyPath,
 } from "../train/report_table.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
-import { writeJson } from "./train_fixture.ts";
+import { H100_ENVIRONMENT, writeJson } from "./train_fixture.ts";
 import type { RunEnvironment } from "../train/environment.ts";
 
 type Best = Record<string, number | null>;
@@ -119,17 +119,7 @@ const FT: Record<string, Best> = {
   stsb: { pearson: 0.88, spearman: 0.87 },
 };
 
-const H100: RunEnvironment = {
-  ehft: "0.1.0",
-  deno: "2.9.6",
-  os: "linux x86_64",
-  adapter: {
-    description: "NVIDIA H100 80GB HBM3",
-    vendor: "4318",
-    architecture: "",
-    device: "8960",
-  },
-};
+const H100 = H100_ENVIRONMENT;
 const H200: RunEnvironment = {
   ...H100,
   adapter: { ...H100.adapter, description: "NVIDIA H200", device: "8995" },

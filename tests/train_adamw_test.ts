@@ -11,6 +11,7 @@
 
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import { referenceBatches } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { NN_COPY, setMatmulTuner } from "../kernels/matmul.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -18,7 +19,6 @@ import { loadBackbone, loadHead } from "../model/checkpoint.ts";
 import { readConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import type { TrainBatch } from "../train/batches.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { Trainer } from "../train/trainer.ts";
 
@@ -32,14 +32,10 @@ async function fixtureSteps(gpu: Gpu) {
   const steps = Number(meta.steps);
   const B = Number(meta.batch_size);
   assertEquals([lr, steps, B, meta.dropout, meta.clipping], [1e-3, 3, 3, "0", "none"]);
-  const ints = async (name: string) =>
-    Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
-  const [ids, mask, types, positions] = await Promise.all(
-    ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
-  );
-  const labels = (await ref.read("labels")).data as Float64Array;
+  const batches = await referenceBatches(B);
+  assertEquals(batches.length, steps);
   const losses = (await ref.read("losses")).data as Float64Array;
-  const S = ref.tensors.get("input_ids")!.shape[1];
+  const S = batches[0].encoder.seqLen;
 
   const config = await readConfig(`${DIR}/config.json`);
   const model = await openSafetensors(`${DIR}/model.safetensors`);
@@ -71,22 +67,7 @@ async function fixtureSteps(gpu: Gpu) {
     for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
     assertEquals([...trained.keys()].sort(), [...initial.keys()].sort(), "every tensor trains");
 
-    for (let k = 0; k < steps; k++) {
-      const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
-      const batch: TrainBatch = {
-        examples: B,
-        encoder: {
-          inputIds: rows(ids),
-          typeIds: rows(types),
-          positionIds: rows(positions),
-          attentionMask: rows(mask),
-          batch: B,
-          seqLen: S,
-        },
-        targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
-      };
-      await trainer.step(batch, lr, k);
-    }
+    for (const [k, batch] of batches.entries()) await trainer.step(batch, lr, k);
     const stats = await trainer.takeStats();
     assertEquals(stats.length, steps);
     assertEquals(trainer.optimizer!.step, steps);

@@ -12,7 +12,12 @@ import {
   type SafetensorsReader,
   writeSafetensors,
 } from "../model/safetensors.ts";
-import type { ModelConfig } from "../model/config.ts";
+import { type ModelConfig, readConfig } from "../model/config.ts";
+import { loadBackbone, loadHead } from "../model/checkpoint.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { ADAMW_DEFAULTS, type AdamwSettings } from "../train/optimizer.ts";
+import type { Trainer, TrainerOptions } from "../train/trainer.ts";
+import type { RunEnvironment } from "../train/environment.ts";
 import { mlmHeadNames, type MlmHeadParams } from "../model/mlm_head.ts";
 import type { MaskingIds } from "../train/mlm_data.ts";
 import { type OpenedModel, openModel } from "../model/load.ts";
@@ -21,6 +26,98 @@ import { tokenizeExamples, type TrainBatch } from "../train/batches.ts";
 import { rte } from "../tasks/rte.ts";
 
 export const TINY_BERT = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
+
+/**
+ * The tiny-bert fixture's AdamW reference inputs (adamw_reference.safetensors, made by
+ * tools/make_fixtures.py: pre-tokenized rows and BCE labels) as training batches of `B` examples
+ * in file order, one per step.
+ */
+export async function referenceBatches(B = 3): Promise<TrainBatch[]> {
+  const ref = await openSafetensors(`${TINY_BERT}adamw_reference.safetensors`);
+  try {
+    const ints = async (name: string) =>
+      Uint32Array.from((await ref.read(name)).data as BigInt64Array, Number);
+    const [ids, mask, types, positions] = await Promise.all(
+      ["input_ids", "attention_mask", "token_type_ids", "position_ids"].map(ints),
+    );
+    const labels = (await ref.read("labels")).data as Float64Array;
+    const S = ref.tensors.get("input_ids")!.shape[1];
+    return Array.from({ length: labels.length / B }, (_, k) => {
+      const rows = (a: Uint32Array) => a.slice(k * B * S, (k + 1) * B * S);
+      return {
+        examples: B,
+        encoder: {
+          inputIds: rows(ids),
+          typeIds: rows(types),
+          positionIds: rows(positions),
+          attentionMask: rows(mask),
+          batch: B,
+          seqLen: S,
+        },
+        targets: Float32Array.from(labels.subarray(k * B, (k + 1) * B)),
+      };
+    });
+  } finally {
+    ref.close();
+  }
+}
+
+/** A run file's environment as an H100 machine records it (train/environment.ts). */
+export const H100_ENVIRONMENT: RunEnvironment = {
+  ehft: "0.1.0",
+  deno: "2.9.6",
+  os: "linux x86_64",
+  adapter: {
+    description: "NVIDIA H100 80GB HBM3",
+    vendor: "4318",
+    architecture: "",
+    device: "8960",
+  },
+};
+
+/** What a Trainer test needs of the tiny-bert fixture (`referenceTraining`). */
+export interface ReferenceTraining {
+  /** The AdamW reference's batches of 3 (`referenceBatches`). */
+  batches: TrainBatch[];
+  /** The Trainer's options: BCE, dropout 0.1, sized for the batches. */
+  options: Omit<TrainerOptions, "precision">;
+  /** AdamW's defaults: clipping at 0.1, which clips these gradients. */
+  adamw: AdamwSettings;
+  /** Loads the fixture's backbone and head into a Trainer. */
+  load: (trainer: Trainer) => Promise<void>;
+  /** Closes the fixture's weights. */
+  close: () => void;
+}
+
+/** The tiny-bert fixture's weights and reference batches, ready for Trainers. */
+export async function referenceTraining(): Promise<ReferenceTraining> {
+  const B = 3;
+  const batches = await referenceBatches(B);
+  const S = batches[0].encoder.seqLen;
+  const config = await readConfig(`${TINY_BERT}config.json`);
+  const model = await openSafetensors(`${TINY_BERT}model.safetensors`);
+  const adamw = { ...ADAMW_DEFAULTS };
+  return {
+    batches,
+    adamw,
+    options: {
+      config,
+      loss: "bce",
+      headClasses: 1,
+      maxExamples: B,
+      maxSeq: S,
+      dropout: 0.1,
+      headSeed: 0,
+      dropoutSeed: 5,
+      adamw,
+    },
+    load: async (trainer) => {
+      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+      await loadHead(model, trainer.headParameters());
+    },
+    close: () => model.close(),
+  };
+}
 
 /** The masked-LM fixture (tools/make_mlm_fixture.py): config, weights and PyTorch's reference. */
 export const TINY_BERT_MLM = new URL("./fixtures/tiny-bert-mlm/", import.meta.url).pathname;
@@ -267,4 +364,18 @@ export async function markerTrainBatches(
   const tokens = tokenizeExamples(model.tokenizer, examples, 512, "rte train", rte.truncation);
   const batches = batchesOf(model.config, "bce", tokens.examples, size);
   return { model, longest: tokens.longest, batches };
+}
+
+/** `f`'s result and the lines it wrote with console.error meanwhile. */
+export async function capturingErrors<T>(
+  f: () => Promise<T>,
+): Promise<{ result: T; lines: string[] }> {
+  const lines: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args.join(" "));
+  try {
+    return { result: await f(), lines };
+  } finally {
+    console.error = original;
+  }
 }

@@ -8,6 +8,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   assertSameFiles,
+  capturingErrors,
   copyTree,
   exists,
   readTree,
@@ -58,18 +59,6 @@ async function runAndKill(args: string[], ready: () => Promise<boolean>): Promis
   if (!killed && !s.success) throw new Error(`train.ts failed: ${await stderr}`);
   await stderr;
   return killed;
-}
-
-/** `f`'s result and the lines it wrote with console.error. */
-async function capturingErrors<T>(f: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
-  const lines: string[] = [];
-  const original = console.error;
-  console.error = (...args: unknown[]) => lines.push(args.join(" "));
-  try {
-    return { result: await f(), lines };
-  } finally {
-    console.error = original;
-  }
 }
 
 async function mtimes(dir: string): Promise<Map<string, number>> {
