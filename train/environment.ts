@@ -20,6 +20,9 @@ export interface RunEnvironment {
   adapter: { description: string; vendor: string; architecture: string; device: string };
 }
 
+/** The adapter's fields an environment keeps, checked and compared. */
+const ADAPTER_FIELDS = ["description", "vendor", "architecture", "device"] as const;
+
 /** The environment of this process on `gpu`. */
 export function runEnvironment(gpu: Gpu): RunEnvironment {
   const info = gpu.adapter.info;
@@ -47,7 +50,7 @@ export function isEnvironment(x: unknown): x is RunEnvironment {
   const e = x as Record<string, unknown>, a = e.adapter as Record<string, unknown> | null;
   return typeof e.ehft === "string" && typeof e.deno === "string" && typeof a === "object" &&
     a !== null &&
-    ["description", "vendor", "architecture", "device"].every((k) => typeof a[k] === "string");
+    ADAPTER_FIELDS.every((k) => typeof a[k] === "string");
 }
 
 /** The environments a run file records: where it started, then each resume elsewhere. */
@@ -67,9 +70,7 @@ export function describeRecord(record: unknown): string | null {
 
 function sameEnvironment(a: RunEnvironment, b: RunEnvironment): boolean {
   return a.ehft === b.ehft && a.deno === b.deno &&
-    (["description", "vendor", "architecture", "device"] as const).every((k) =>
-      a.adapter[k] === b.adapter[k]
-    );
+    ADAPTER_FIELDS.every((k) => a.adapter[k] === b.adapter[k]);
 }
 
 /**

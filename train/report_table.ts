@@ -417,8 +417,8 @@ export interface ResultsTable {
   /** Things worth knowing about how cells were pooled. */
   notes: string[];
   /**
-   * Where the table's runs ran (describeEnvironment; null: not recorded, runs from before it
-   * was), with the number of seed runs each, most first.
+   * Where the table's runs ran (FoundRun.environments: describeRecord; null: not recorded, runs
+   * from before it was), with the number of seed runs each, most first.
    */
   environments: { environment: string | null; runs: number }[];
 }
@@ -551,10 +551,10 @@ export function buildTable(found: FoundRuns): ResultsTable {
     (a.peft ?? "").localeCompare(b.peft ?? "")
   );
   // Only the runs the table shows: a skipped run's environment is not the table's.
-  const shown = new Set(skipped.map((r) => r.path));
+  const skippedPaths = new Set(skipped.map((r) => r.path));
   const environments = new Map<string | null, number>();
   for (const run of found.runs) {
-    if (shown.has(run.path)) continue;
+    if (skippedPaths.has(run.path)) continue;
     for (const e of run.environments) environments.set(e, (environments.get(e) ?? 0) + 1);
   }
   return {

@@ -553,10 +553,9 @@ async function runSeed(
     quiet: options.quiet,
     label: label ?? undefined,
   });
+  const trainSplit = task.trainSplit ?? "train";
   progress.line(
-    `${task.name}: ${p.train.examples.length} ${
-      task.trainSplit ?? "train"
-    } and ${p.dev.examples.length} ` +
+    `${task.name}: ${p.train.examples.length} ${trainSplit} and ${p.dev.examples.length} ` +
       `${task.devSplit} examples, ${plural(p.totalSteps, "step")}, on ${gpu.description}`,
   );
   let analysis: RunAnalysis | null = null;
@@ -810,12 +809,12 @@ async function trainStages(
       }
     };
 
+    const micro = microBatchSize(config);
     for (let j = first; j < stage.steps; j++) {
       const step = stageStart + j;
       const examples = stream.examples(step).map((i) => p.train.examples[i]);
       // With --grad-accum, the step's examples in order, in parts of at most a micro-batch (an
       // epoch's short last batch in fewer parts).
-      const micro = microBatchSize(config);
       const parts = [];
       for (let i = 0; i < examples.length; i += micro) {
         parts.push(assembleBatch(p.model.config, task.loss, examples.slice(i, i + micro)));

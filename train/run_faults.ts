@@ -5,6 +5,7 @@
 
 import { DeviceLostError, GpuError } from "../kernels/device.ts";
 import type { StepStats } from "./trainer.ts";
+import { microBatchSize } from "./config.ts";
 
 /** A run stopped by a fault; its message is the whole story, on one line. */
 export class RunFaultError extends Error {
@@ -199,7 +200,7 @@ export function explainRunError(
   }
   const K = run.gradAccum ?? 1;
   // What the GPU holds at once: the batch, or one of its --grad-accum parts.
-  const B = Math.ceil(run.batchSize / K);
+  const B = microBatchSize(run);
   // Activations grow linearly with the batch: the same share of the limit at a smaller one,
   // unless a probe found the batch that fits.
   const fits = run.fitsBatch ??
