@@ -126,7 +126,12 @@ export {
   NOT_SELECTED,
   selectionSlots,
 } from "./kernels/gather_rows.ts";
-export { type AdamwHyper, adamwStep, adamwStepGroup } from "./kernels/adamw.ts";
+export {
+  type AdamwHyper,
+  adamwStep,
+  adamwStepGroup,
+  biasCorrectionTable,
+} from "./kernels/adamw.ts";
 export { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "./kernels/grad_norm.ts";
 export {
   createLossScaleState,

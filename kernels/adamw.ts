@@ -11,7 +11,10 @@
 // is updated, including those whose gradient is 0 (they still decay and move by their momentum),
 // unless a skip flag is given (`skipIndex`, another element of the scale tensor): when it is
 // non-zero (a loss-scaled step whose gradients were not finite) every invocation returns
-// without touching p, m or v, as GradScaler skips optimizer.step().
+// without touching p, m or v, as GradScaler skips optimizer.step(). A skipped step is not
+// counted either: with an applied-step count (`appliedIndex`, kept on the GPU by the norm kernel)
+// that has fallen behind `step`, the bias correction is the count's, as torch's state["step"]
+// (which only optimizer.step() advances), read from a host-computed table.
 //
 // Scalars are computed on the host in float64 and passed as f32 uniforms: 1 − lr·wd, 1 − β1,
 // 1 − β2 (in f32 arithmetic 1 − 0.999 would be off by 1e-5 relative), the step size
@@ -41,13 +44,33 @@ const WORKGROUP = 256;
  * (lavapipe checks and issues every lane's access separately) is 3-5× faster for this
  * memory-bound step.
  */
-function adamwWgsl(scaled: boolean, vec4: boolean, skippable = false): string {
+function adamwWgsl(scaled: boolean, vec4: boolean, skippable = false, counted = false): string {
   const T = vec4 ? "vec4<f32>" : "f32";
   // Every invocation reads the same flag, so the branch never diverges within a workgroup.
   const skip = skippable ? `if (gradScale[params.skipBase] != 0.0) { return; }` : "";
   const scaleBinding = scaled
     ? `@group(0) @binding(4) var<storage, read> gradScale: array<f32>;`
     : "";
+  // With a count t behind the host's step: lr / (1 − β1^t) and √(1 − β2^t) from the table (the
+  // host's f64 values rounded once, as the uniforms); t == step keeps the uniforms, bit for bit.
+  const tableBinding = counted
+    ? `@group(0) @binding(5) var<storage, read> biasTable: array<f32>;`
+    : "";
+  const countFields = counted
+    ? `lr: f32, hostStep: u32, appliedBase: u32, tableBase: u32, tableSteps: u32, _c0: u32,
+  _c1: u32, _c2: u32,`
+    : "";
+  const corrections = counted
+    ? `var stepSize = params.stepSize;
+  var bc2Sqrt = params.bc2Sqrt;
+  let t = u32(gradScale[params.appliedBase]);
+  if (t != params.hostStep && t >= 1u && t <= params.tableSteps) {
+    let at = params.tableBase + 2u * (t - 1u);
+    stepSize = params.lr / biasTable[at];
+    bc2Sqrt = biasTable[at + 1u];
+  }`
+    : `let stepSize = params.stepSize;
+  let bc2Sqrt = params.bc2Sqrt;`;
   const grad = scaled
     ? `grad[params.gBase + i] * gradScale[params.sBase]`
     : `grad[params.gBase + i]`;
@@ -57,27 +80,30 @@ function adamwWgsl(scaled: boolean, vec4: boolean, skippable = false): string {
 @group(0) @binding(2) var<storage, read_write> m: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> v: array<${T}>;
 ${scaleBinding}
+${tableBinding}
 struct Params {
   count: u32, pBase: u32, gBase: u32, mBase: u32,
   vBase: u32, sBase: u32, skipBase: u32, _p1: u32,
   decay: f32, beta1: f32, oneMinusBeta1: f32, beta2: f32,
   oneMinusBeta2: f32, stepSize: f32, bc2Sqrt: f32, eps: f32,
+  ${countFields}
 }
-@group(0) @binding(${scaled ? 5 : 4}) var<uniform> params: Params;
+@group(0) @binding(${4 + (scaled ? 1 : 0) + (counted ? 1 : 0)}) var<uniform> params: Params;
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${flatIndex(WORKGROUP)};
   if (i >= params.count) { return; }
   ${skip}
+  ${corrections}
   let g = ${grad};
   let p = param[params.pBase + i] * params.decay;
   let mi = params.beta1 * m[params.mBase + i] + params.oneMinusBeta1 * g;
   let vi = params.beta2 * v[params.vBase + i] + params.oneMinusBeta2 * (g * g);
   m[params.mBase + i] = mi;
   v[params.vBase + i] = vi;
-  let denom = sqrt(vi) / params.bc2Sqrt + params.eps;
-  param[params.pBase + i] = p - params.stepSize * (mi / denom);
+  let denom = sqrt(vi) / bc2Sqrt + params.eps;
+  param[params.pBase + i] = p - stepSize * (mi / denom);
 }
 `;
 }
@@ -106,6 +132,31 @@ export interface AdamwHyper {
    * it is non-zero on the GPU the step leaves p, m and v untouched. Absent: never skipped.
    */
   skipIndex?: number;
+  /**
+   * With `skipIndex`: the element of `gradScale` holding the count of updates made, this one
+   * included (gradNormClip's `out` with loss scaling: LOSS_SCALED_NORM.applied). Where it is
+   * behind `step` (earlier steps were skipped), the bias correction is the count's, as
+   * torch.optim.AdamW's under GradScaler, read from `biasCorrections`. Absent: `step`'s.
+   */
+  appliedIndex?: number;
+  /**
+   * With `appliedIndex`: f32, `biasCorrectionTable(beta1, beta2, n)` for some n ≥ `step` (a
+   * count outside [1, n] keeps `step`'s correction).
+   */
+  biasCorrections?: Tensor;
+}
+
+/**
+ * AdamW's bias corrections for t = 1..n, computed in float64: [1 − β1^t, √(1 − β2^t)] at
+ * 2(t − 1) (AdamwHyper.biasCorrections).
+ */
+export function biasCorrectionTable(beta1: number, beta2: number, n: number): Float32Array {
+  const out = new Float32Array(2 * n);
+  for (let t = 1; t <= n; t++) {
+    out[2 * (t - 1)] = 1 - Math.pow(beta1, t);
+    out[2 * (t - 1) + 1] = Math.sqrt(1 - Math.pow(beta2, t));
+  }
+  return out;
 }
 
 function checkHyper(op: string, h: AdamwHyper, weightDecays: readonly number[]): void {
@@ -134,6 +185,26 @@ function checkHyper(op: string, h: AdamwHyper, weightDecays: readonly number[]):
   } else if (h.skipIndex !== undefined) {
     throw new GpuError(`${op}: skipIndex ${h.skipIndex} needs a gradScale tensor to read it from`);
   }
+  if (h.appliedIndex === undefined) return;
+  if (!h.gradScale || h.skipIndex === undefined) {
+    throw new GpuError(`${op}: appliedIndex ${h.appliedIndex} needs a gradScale and a skipIndex`);
+  }
+  const applied = h.appliedIndex;
+  if (!Number.isSafeInteger(applied) || applied < 0 || applied >= h.gradScale.numel) {
+    bad(`appliedIndex for gradScale ("${h.gradScale.label}") of ${h.gradScale.numel}`, applied);
+  }
+  const table = h.biasCorrections;
+  if (!table) {
+    throw new GpuError(`${op}: appliedIndex ${applied} needs a biasCorrections table`);
+  }
+  expectShape(op, "biasCorrections", table, [-1], "f32");
+  expectBindable(op, "biasCorrections", table);
+  if (table.numel < 2 * h.step) {
+    throw new GpuError(
+      `${op}: biasCorrections ("${table.label}") has ${table.numel} elements, step ${h.step} ` +
+        `needs ${2 * h.step} (biasCorrectionTable)`,
+    );
+  }
 }
 
 /** One contiguous range per role (param, grad, m, v) of `count` elements. */
@@ -152,11 +223,26 @@ function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper)
   const gpu = rec.gpu;
   const scaled = h.gradScale !== undefined;
   const skippable = scaled && h.skipIndex !== undefined;
-  const name = skippable ? "adamw-scaled-skippable" : scaled ? "adamw-scaled" : "adamw";
-  const scalar = getPipeline(gpu, name, adamwSource(scaled, false, skippable));
-  const vector = getPipeline(gpu, `${name}-vec4`, adamwSource(scaled, true, skippable));
+  const counted = skippable && h.appliedIndex !== undefined;
+  const name = counted
+    ? "adamw-scaled-counted"
+    : skippable
+    ? "adamw-scaled-skippable"
+    : scaled
+    ? "adamw-scaled"
+    : "adamw";
+  const scalar = getPipeline(gpu, name, adamwSource(scaled, false, skippable, counted));
+  const vector = getPipeline(gpu, `${name}-vec4`, adamwSource(scaled, true, skippable, counted));
   const scale = h.gradScale
     ? bindElements(gpu, h.gradScale.buffer, h.gradScale.offset, h.gradScale.numel)
+    : null;
+  const table = counted
+    ? bindElements(
+      gpu,
+      h.biasCorrections!.buffer,
+      h.biasCorrections!.offset,
+      h.biasCorrections!.numel,
+    )
     : null;
   const bc1 = 1 - Math.pow(h.beta1, h.step);
   const bc2 = 1 - Math.pow(h.beta2, h.step);
@@ -171,7 +257,7 @@ function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper)
     width: number,
     weightDecay: number,
   ) => {
-    const u = new Uint32Array(16);
+    const u = new Uint32Array(counted ? 24 : 16);
     u.set([
       count,
       ...bound.map((b) => b.base / width),
@@ -188,8 +274,18 @@ function recordRanges(rec: Recorder, op: string, ranges: Range[], h: AdamwHyper)
       Math.sqrt(bc2),
       h.eps,
     ]);
+    if (table) {
+      new Float32Array(u.buffer, 64)[0] = h.lr;
+      u.set([
+        h.step,
+        scale!.base + h.appliedIndex!,
+        table.base,
+        Math.floor(h.biasCorrections!.numel / 2),
+      ], 17);
+    }
     const bindings = bound.map((b) => b.binding);
     if (scale) bindings.push(scale.binding);
+    if (table) bindings.push(table.binding);
     rec.dispatch(label, pipeline, bindings, grid1d(count, WORKGROUP, maxPerDim), u);
   };
   for (const r of ranges) {

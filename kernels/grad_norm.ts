@@ -264,9 +264,18 @@ fn main(@builtin(local_invocation_id) lid: vec3u) {
  * Elements of gradNormClip's `out` with loss scaling, and what each holds. `gradScale` is what
  * AdamW multiplies the raw (scaled) gradients by; `skipped` is 1 when the step must be skipped
  * (AdamW's `skipIndex`); `lossScale` is the scale S this step's gradients carry (the state's
- * scale before this step's update), for the logs.
+ * scale before this step's update), for the logs. `applied` counts the steps not skipped since
+ * `out` was zero, this one included: AdamW's step t as torch counts it under GradScaler, which
+ * skips optimizer.step() (AdamW's `appliedIndex`). It is exact in f32 up to 2^24 steps.
  */
-export const LOSS_SCALED_NORM = { length: 4, norm: 0, gradScale: 1, skipped: 2, lossScale: 3 };
+export const LOSS_SCALED_NORM = {
+  length: 5,
+  norm: 0,
+  gradScale: 1,
+  skipped: 2,
+  lossScale: 3,
+  applied: 4,
+};
 
 // The finish with loss scaling. Non-finite is tested on the bit pattern (exponent all ones: inf
 // or NaN), which integer arithmetic keeps under any fast-math float assumption (`x != x` may be
@@ -331,6 +340,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u) {
     out[o + ${N.norm}u] = norm;
     out[o + ${N.gradScale}u] = factor;
     out[o + ${N.skipped}u] = 0.0;
+    out[o + ${N.applied}u] = out[o + ${N.applied}u] + 1.0;
     var good = state[at + ${S.goodSteps}u] + 1.0;
     var next = scale;
     if (good >= f32(params.interval)) {
@@ -418,12 +428,14 @@ export function gradNormPartialsLength(gpu: Gpu, grads: readonly Tensor[]): numb
  * is at most (37 + ⌈n / 2^22⌉) · 2^-24 (≈ 2.3e-6 for n = 1e6) and the norm's about half that.
  *
  * With `lossScale` (dynamic loss scaling, kernels/loss_scale.ts) the grads carry the factor S of
- * the state, and `out` is f32 [4] as LOSS_SCALED_NORM. R = √Σ(S·g)². When Σ(S·g)² is not
- * finite (a NaN or inf gradient, or finite gradients whose squares overflow f32: a skip too), or
- * R / S or coef / S is not: out = [R, 0, 1 (skip), S], and the state's scale is multiplied by
- * backoffFactor, goodSteps reset to 0, skippedTotal incremented, lastSkipped set to 1.
- * Otherwise out = [R / S, coef / S, 0, S] with coef computed from R / S as without scaling (pass
- * out to AdamW with `gradScaleIndex: 1, skipIndex: 2`), goodSteps incremented, lastSkipped
+ * the state, and `out` is f32 [5] as LOSS_SCALED_NORM (zero when created; it keeps a count from
+ * step to step). R = √Σ(S·g)². When Σ(S·g)² is not finite (a NaN or inf gradient, or finite
+ * gradients whose squares overflow f32: a skip too), or R / S or coef / S is not:
+ * out = [R, 0, 1 (skip), S, a], and the state's scale is multiplied by backoffFactor, goodSteps
+ * reset to 0, skippedTotal incremented, lastSkipped set to 1. Otherwise
+ * out = [R / S, coef / S, 0, S, a + 1] with coef computed from R / S as without scaling (pass
+ * out to AdamW with `gradScaleIndex: 1, skipIndex: 2, appliedIndex: 4`), goodSteps incremented,
+ * lastSkipped
  * cleared, and after growthInterval finite steps in a row the scale is multiplied by
  * growthFactor (unless that overflows) and goodSteps restarts at 0. The state is read and
  * written by one invocation after the reduction, so the update is ordered before any later

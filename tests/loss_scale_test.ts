@@ -14,7 +14,7 @@ import { randomValues } from "./random.ts";
 import { type ReferenceTraining, referenceTraining as fixture } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
-import { adamwStep } from "../kernels/adamw.ts";
+import { adamwStep, biasCorrectionTable } from "../kernels/adamw.ts";
 import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
 import {
   checkLossScaleSettings,
@@ -100,15 +100,16 @@ async function normOf(
   grads: Tensor[],
   maxNorm: number,
   lossScale?: LossScaling,
+  kept?: Tensor,
 ): Promise<Float32Array> {
   const partials = createTensor(gpu, [gradNormPartialsLength(gpu, grads)], "f32", "partials");
-  const out = createTensor(gpu, [lossScale ? 4 : 2], "f32", "out");
+  const out = kept ?? createTensor(gpu, [lossScale ? LOSS_SCALED_NORM.length : 2], "f32", "out");
   const rec = new Recorder(gpu);
   gradNormClip(rec, { grads, partials, maxNorm, out, lossScale });
   await rec.submit();
   const values = (await out.download()) as Float32Array;
   partials.destroy();
-  out.destroy();
+  if (!kept) out.destroy();
   return values;
 }
 
@@ -146,7 +147,7 @@ gpuTest(
         assertEquals(bits([out[0]]), bits([norm]), `unscaled norm, maxNorm ${maxNorm}`);
         assert(Math.abs(out[0] - ref) <= normBound(n) * ref, `norm ${out[0]} vs ${ref}`);
         assertEquals(bits([out[1]]), bits([coef / S16]), `coef / S, maxNorm ${maxNorm}`);
-        assertEquals(Array.from(out.subarray(2)), [0, S16], "not skipped, the scale used");
+        assertEquals(Array.from(out.subarray(2)), [0, S16, 1], "not skipped, the scale used");
         const after = lossScaleValues(await state.download());
         // The third good step in a row grows the scale and restarts the count.
         const want = k < 3
@@ -187,7 +188,7 @@ gpuTest(
       const grads = upload(gpu, bad, S16 / 2 ** k);
       const out = await normOf(gpu, grads, 1, scaling);
       assert(rawOk(out[0]), `${what}: the raw norm ${out[0]} is logged`);
-      assertEquals(Array.from(out.subarray(1)), [0, 1, scale], `${what}: skipped`);
+      assertEquals(Array.from(out.subarray(1)), [0, 1, scale, 0], `${what}: skipped`);
       scale /= 2;
       assertEquals(
         lossScaleValues(await state.download()),
@@ -205,7 +206,17 @@ gpuTest(
       skippedTotal: 3,
       lastSkipped: false,
     });
-    good.forEach((t) => t.destroy());
+    // An `out` kept from step to step counts the updates made: the skipped step is not one.
+    const kept = createTensor(gpu, [LOSS_SCALED_NORM.length], "f32", "kept out");
+    const bad = host.map((h) => h.slice());
+    bad[0][3] = Infinity;
+    const badGrads = upload(gpu, bad, scale);
+    const applied = [];
+    for (const grads of [good, good, badGrads, good]) {
+      applied.push((await normOf(gpu, grads, 1, scaling, kept))[LOSS_SCALED_NORM.applied]);
+    }
+    assertEquals(applied, [1, 2, 2, 3]);
+    [...good, ...badGrads, kept].forEach((t) => t.destroy());
     state.destroy();
   },
 );
@@ -261,6 +272,85 @@ gpuTest("adamw: a set skip flag leaves p, m and v bitwise unchanged; a clear one
   t.destroy();
 });
 
+gpuTest("adamw: an update count behind `step` takes the count's bias correction", async (gpu) => {
+  // As torch under GradScaler: two of five steps skipped leave state["step"] at 3, so the fifth
+  // step's update is corrected for t = 3 (the host's lr stays the fifth step's).
+  const n = 1037;
+  const p0 = Float32Array.from(randomValues(n, 41));
+  const m0 = Float32Array.from(randomValues(n, 42), (x) => 0.1 * x);
+  const v0 = Float32Array.from(randomValues(n, 43), (x) => 0.01 * x * x);
+  const g0 = Float32Array.from(randomValues(n, 44), (x) => S16 * x);
+  const h = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 5, weightDecay: 0.1 };
+  const factor = 0.25 / S16;
+  const table = tensorFromArray(gpu, biasCorrectionTable(h.beta1, h.beta2, 8), [16], "table");
+  const run = async (applied?: number) => {
+    const t = [p0, g0, m0, v0].map((x, i) => tensorFromArray(gpu, x, [n], `t${i}`));
+    const out = [1, factor, 0, S16, applied ?? 0];
+    const gradScale = tensorFromArray(gpu, Float32Array.from(out), [5], "norm out");
+    const rec = new Recorder(gpu);
+    adamwStep(rec, {
+      ...h,
+      param: t[0],
+      grad: t[1],
+      m: t[2],
+      v: t[3],
+      gradScale,
+      gradScaleIndex: 1,
+      skipIndex: LOSS_SCALED_NORM.skipped,
+      ...(applied === undefined
+        ? {}
+        : { appliedIndex: LOSS_SCALED_NORM.applied, biasCorrections: table }),
+    });
+    await rec.submit();
+    const got = await Promise.all([t[0], t[2], t[3]].map((x) => x.download()));
+    [...t, gradScale].forEach((x) => x.destroy());
+    return got as Float32Array[];
+  };
+  const uncounted = await run();
+  assertEquals((await run(5)).map(bits), uncounted.map(bits), "count = step: the same bits");
+  const [p, m, v] = await run(3);
+  // The float64 replica with t = 3.
+  const bc1 = 1 - h.beta1 ** 3, bc2Sqrt = Math.sqrt(1 - h.beta2 ** 3);
+  let worst = 0, scaleOf = 0;
+  for (let i = 0; i < n; i++) {
+    const g = g0[i] * Math.fround(factor);
+    const mi = h.beta1 * m0[i] + (1 - h.beta1) * g;
+    const vi = h.beta2 * v0[i] + (1 - h.beta2) * g * g;
+    const pi = p0[i] * (1 - h.lr * h.weightDecay) -
+      (h.lr / bc1) * mi / (Math.sqrt(vi) / bc2Sqrt + h.eps);
+    // A few f32 roundings of the terms (m's may cancel).
+    const mTerms = Math.abs(h.beta1 * m0[i]) + Math.abs((1 - h.beta1) * g);
+    assert(Math.abs(m[i] - mi) <= 1e-6 * mTerms, `m[${i}] ${m[i]} vs ${mi}`);
+    assert(Math.abs(v[i] - vi) <= 1e-6 * vi, `v[${i}] ${v[i]} vs ${vi}`);
+    worst = Math.max(worst, Math.abs((p[i] - p0[i]) - (pi - p0[i])));
+    scaleOf = Math.max(scaleOf, Math.abs(pi - p0[i]));
+  }
+  assert(worst <= 1e-5 * scaleOf, `displacement off by ${worst} of ${scaleOf}`);
+  assert(p.some((x, i) => x !== uncounted[0][i]), "t = 3 moved p otherwise than t = 5");
+  // A table, a skip flag and room for the step are required.
+  const rec = new Recorder(gpu);
+  const t = tensorFromArray(gpu, p0, [n], "p");
+  const norm = tensorFromArray(gpu, new Float32Array(5), [5], "out");
+  const base = { ...h, param: t, grad: t, m: t, v: t, gradScale: norm, skipIndex: 2 };
+  assertThrows(
+    () => adamwStep(rec, { ...base, appliedIndex: 4 }),
+    GpuError,
+    "adamwStep: appliedIndex 4 needs a biasCorrections table",
+  );
+  assertThrows(
+    () =>
+      adamwStep(rec, { ...base, skipIndex: undefined, appliedIndex: 4, biasCorrections: table }),
+    GpuError,
+    "needs a gradScale and a skipIndex",
+  );
+  assertThrows(
+    () => adamwStep(rec, { ...base, step: 9, appliedIndex: 4, biasCorrections: table }),
+    GpuError,
+    'biasCorrections ("table") has 16 elements, step 9 needs 18',
+  );
+  [t, norm, table].forEach((x) => x.destroy());
+});
+
 // ---------------------------------------------------------------------------------------------
 // The Trainer: loss scaling on f32 activations must train exactly as without it (the scale is a
 // power of two); precision "f16" (f16 activations, scaling on) must train close to f32; and a
@@ -276,6 +366,11 @@ async function snapshot(trainer: Trainer): Promise<Map<string, number[]>> {
     out.set(`v ${name}`, bits(await v.download()));
   }
   return out;
+}
+
+/** The f32 values of `bits`' patterns. */
+function floats(bits: number[]): Float32Array {
+  return new Float32Array(Uint32Array.from(bits).buffer);
 }
 
 /** Throws naming the first tensor whose bits differ (a deep-equal diff of these is too slow). */
@@ -407,6 +502,7 @@ gpuTest(
         });
       }
       assertEquals(trainer.optimizer!.step, 3, "skipped steps still count on the host");
+      assertEquals(await trainer.optimizer!.appliedSteps(), 1, "...but not as updates");
 
       // Back to a sane scale: the next step trains again.
       trainer.restoreLossScale(Float32Array.from([S16, 0, 2, 1]));
@@ -418,6 +514,34 @@ gpuTest(
       assert([...moved].some(([name, b]) => b.join() !== before.get(name)!.join()), "moved");
       const now = { scale: S16, goodSteps: 1, skippedTotal: 2, lastSkipped: false };
       assertEquals(await trainer.readLossScale(), now);
+      assertEquals(await trainer.optimizer!.appliedSteps(), 2);
+
+      // The same two updates without the skips between them (as torch's, whose skipped
+      // optimizer.step() leaves state["step"] alone): m and v bit for bit, the parameters within
+      // a rounding of the step size (t = 2's bias correction divides on the GPU here, on the host
+      // there).
+      const plain = new Trainer(gpu, { ...f.options, precision: "f16" });
+      try {
+        await f.load(plain);
+        plain.beginStage(ALL, f.adamw);
+        await plain.step(f.batches[0], 1e-3, 0);
+        await plain.step(f.batches[2], 1e-3, 3);
+        const want = await snapshot(plain);
+        assertEquals([...moved.keys()], [...want.keys()]);
+        for (const [name, w] of want) {
+          const got = moved.get(name)!;
+          if (name.startsWith("m ") || name.startsWith("v ")) {
+            assertEquals(got.filter((b, i) => b !== w[i]).length, 0, `${name}: bit for bit`);
+            continue;
+          }
+          const [a, b, p0] = [got, w, before.get(name)!].map(floats);
+          const moves = b.reduce((x, y, i) => Math.max(x, Math.abs(y - p0[i])), 0);
+          const off = a.reduce((x, y, i) => Math.max(x, Math.abs(y - b[i])), 0);
+          assert(off <= 1e-5 * moves, `${name}: off by ${off} of a ${moves} update`);
+        }
+      } finally {
+        plain.destroy();
+      }
 
       // A new stage's optimizer shares the state.
       trainer.beginStage({ head: true, backbone: "none", peft: false }, f.adamw);
@@ -430,6 +554,7 @@ gpuTest(
         stageStep: 1,
         step: 1,
         adamStep: 1,
+        adamApplied: 1,
         best: {},
         last: null,
         logLines: 0,

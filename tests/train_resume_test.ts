@@ -39,6 +39,13 @@ async function checkpointStage(dir: string): Promise<number | null> {
   }
 }
 
+/** The training state of the checkpoint in `dir`. */
+async function trainingState(dir: string): Promise<Record<string, number>> {
+  const reader = await openSafetensors(`${dir}/checkpoint.safetensors`);
+  reader.close();
+  return JSON.parse(reader.metadata.ehft_training_state);
+}
+
 /** Starts train.ts and SIGKILLs it once `ready` holds; returns whether it was still running. */
 async function runAndKill(args: string[], ready: () => Promise<boolean>): Promise<boolean> {
   const child = new Deno.Command(Deno.execPath(), {
@@ -215,6 +222,27 @@ Deno.test({
         await runAndKill(args, async () => (await checkpointStage(killed)) === 1),
         "the run ended before it could be killed",
       );
+      // The checkpoint counts AdamW's updates (none skipped here); one from before they were
+      // counted resumes as well, and the count is what the bias correction goes on from.
+      const state = await trainingState(killed);
+      assertEquals(state.adamApplied, state.adamStep);
+      const older = `${dir}/older`, skipped = `${dir}/skipped`;
+      await copyTree(killed, older);
+      await copyTree(killed, skipped);
+      await rewriteSafetensors(`${older}/checkpoint.safetensors`, (metadata) => {
+        const { adamApplied: _, ...before } = JSON.parse(metadata.ehft_training_state);
+        metadata.ehft_training_state = JSON.stringify(before);
+      });
+      await rewriteSafetensors(`${skipped}/checkpoint.safetensors`, (metadata) => {
+        const s = JSON.parse(metadata.ehft_training_state);
+        metadata.ehft_training_state = JSON.stringify({ ...s, adamApplied: s.adamStep - 1 });
+      });
+      assertEquals(await run(older, "--resume"), expected);
+      assertSameFiles(await readTree(older), await readTree(whole), "an older checkpoint");
+      await run(skipped, "--resume");
+      const weights = "model/model.safetensors";
+      const moved = (await readTree(skipped)).get(weights)!;
+      assert(!sameBytes(moved, (await readTree(whole)).get(weights)!), "one update fewer");
       assertEquals(await run(killed, "--resume"), expected);
       const a = await readTree(whole);
       const b = await readTree(killed);
@@ -287,6 +315,18 @@ Deno.test({
         () => run(killed, ["--resume"]),
         Error,
         `${path}: tensor "${damaged}" holds NaN (element 0 of `,
+      );
+      // An f32 run skips no step: a count of fewer updates is a damaged checkpoint.
+      await Deno.writeFile(path, original);
+      await rewriteSafetensors(path, (metadata) => {
+        const fewer = { ...JSON.parse(metadata.ehft_training_state), adamApplied: 1 };
+        metadata.ehft_training_state = JSON.stringify(fewer);
+      });
+      await assertRejects(
+        () => run(killed, ["--resume"]),
+        Error,
+        `${path}: its training state has adamApplied 1 and adamStep 2, but a run without loss ` +
+          "scaling skips no step",
       );
       await Deno.writeFile(path, original);
       // run.json records where the run started; a resume elsewhere says so, and goes on.

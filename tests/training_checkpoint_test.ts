@@ -39,6 +39,9 @@ Deno.test("training checkpoint: its state is read back as written", async () => 
     assertEquals([...loaded.params.get("head.w")!], [1, -2]);
     await writeState(path, JSON.stringify({ version: 1, ...STATE, best: {}, last: null }));
     assertEquals((await readTrainingCheckpoint(path))!.state.last, null);
+    // The updates of an f16 stage with a skipped step; absent before they were recorded.
+    await writeState(path, JSON.stringify({ version: 1, ...STATE, adamApplied: 2 }));
+    assertEquals((await readTrainingCheckpoint(path))!.state, { ...STATE, adamApplied: 2 });
     assertEquals(await readTrainingCheckpoint(`${dir}/none.safetensors`), null);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -66,6 +69,18 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
         "training state stageStep is 9007199254740994, not a count",
       ],
       [state({ adamStep: undefined }), "training state adamStep is undefined, not a count"],
+      [
+        state({ adamApplied: 4 }),
+        "training state adamApplied is 4, not a count of at most adamStep (3)",
+      ],
+      [
+        state({ adamApplied: "2" }),
+        'training state adamApplied is "2", not a count of at most adamStep (3)',
+      ],
+      [
+        state({ adamApplied: -1 }),
+        "training state adamApplied is -1, not a count of at most adamStep (3)",
+      ],
       [state({ best: [] }), "training state best is not an object of metrics"],
       [state({ best: null }), "training state best is not an object of metrics"],
       [state({ last: { accuracy: "high" } }), "training state last is not an object of metrics"],

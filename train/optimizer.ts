@@ -23,14 +23,15 @@
 // Dynamic loss scaling (f16 training, kernels/loss_scale.ts): given a loss-scale state, the norm
 // kernel unscales the norm, writes coef / S as AdamW's gradient factor and a skip flag, and
 // updates S; AdamW reads the flag and leaves everything untouched on a skipped step. The host's
-// `step` still advances on a skipped step (it cannot know without a read): bias correction and
-// the LR schedule then run one step ahead of torch, which does not advance Adam's step when
-// GradScaler skips. Skips are rare here (parameter gradients are f32; only activations and their
-// gradients are f16), so the difference is one step of bias correction per skip.
+// `step` still advances on a skipped step (it cannot know without a read), but the norm kernel
+// counts the updates made on the GPU and AdamW takes its bias correction from that count, so it
+// is torch's under GradScaler (whose skipped optimizer.step() does not advance state["step"]).
+// The learning rate is the host's step's, as in PyTorch's AMP recipe, whose scheduler.step()
+// runs every iteration.
 
 import { isNoDecayName } from "../model/encoder.ts";
 import type { Gpu } from "../kernels/device.ts";
-import { adamwStepGroup } from "../kernels/adamw.ts";
+import { adamwStepGroup, biasCorrectionTable } from "../kernels/adamw.ts";
 import { createArena, slotRuns, spanOf, type TensorArena } from "../kernels/arena.ts";
 import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
 import type { LossScaling } from "../kernels/loss_scale.ts";
@@ -107,14 +108,19 @@ export class AdamW {
   private readonly partials: Tensor;
   /**
    * [totalNorm, clipCoef] of the last step's gradients; with loss scaling [totalNorm (unscaled,
-   * or the raw non-finite value of a skipped step), coef / S, skipped (0 or 1), S], as
-   * LOSS_SCALED_NORM.
+   * or the raw non-finite value of a skipped step), coef / S, skipped (0 or 1), S, updates
+   * made], as LOSS_SCALED_NORM.
    */
   readonly normTensor: Tensor;
   /** The loss-scale state and policy, or null (no loss scaling). */
   readonly lossScale: LossScaling | null;
-  /** Updates done so far (torch's state["step"]). */
+  /**
+   * Steps recorded so far, skipped ones included (without loss scaling: torch's
+   * state["step"]; with it, see `appliedSteps`).
+   */
   step = 0;
+  /** With loss scaling: AdamW's bias corrections for steps 1..(length / 2), grown as needed. */
+  private biasTable: Tensor | null = null;
 
   /**
    * `options.lossScale`: the gradients carry that state's loss scale (it is shared, not owned:
@@ -208,6 +214,7 @@ export class AdamW {
     const s = this.settings;
     const lossScale = this.lossScale ?? undefined;
     this.step++;
+    if (lossScale && (this.biasTable?.numel ?? 0) < 2 * this.step) this.growBiasTable();
     gradNormClip(rec, {
       grads: this.normSpans,
       partials: this.partials,
@@ -229,7 +236,51 @@ export class AdamW {
       gradScale: this.normTensor,
       gradScaleIndex: 1,
       skipIndex: lossScale ? LOSS_SCALED_NORM.skipped : undefined,
+      appliedIndex: lossScale ? LOSS_SCALED_NORM.applied : undefined,
+      biasCorrections: this.biasTable ?? undefined,
     });
+  }
+
+  /**
+   * A table for twice the steps (at least 1024), computed anew: the old one may still be read by
+   * submitted work, so it is left to the garbage collector, not destroyed.
+   */
+  private growBiasTable(): void {
+    const steps = Math.max(1024, 2 * this.step);
+    const s = this.settings;
+    const table = createTensor(this.gpu, [2 * steps], "f32", "adam bias corrections");
+    table.upload(biasCorrectionTable(s.beta1, s.beta2, steps));
+    this.biasTable = table;
+  }
+
+  /**
+   * Updates made so far, which AdamW's bias correction counts: `step` without loss scaling; with
+   * it, the steps not skipped (torch's state["step"] under GradScaler), read from the GPU.
+   */
+  async appliedSteps(): Promise<number> {
+    if (!this.lossScale) return this.step;
+    const at = LOSS_SCALED_NORM.applied * 4;
+    return (await this.normTensor.view(at, [1]).download())[0];
+  }
+
+  /**
+   * Puts back `appliedSteps` (e.g. from a checkpoint; queued before the next submit). Without
+   * loss scaling it must equal `step`.
+   */
+  restoreAppliedSteps(n: number): void {
+    if (!Number.isSafeInteger(n) || n < 0 || n > this.step) {
+      throw new Error(`AdamW.restoreAppliedSteps: ${n} is not a count in [0, ${this.step}]`);
+    }
+    if (!this.lossScale) {
+      if (n !== this.step) {
+        throw new Error(
+          `AdamW.restoreAppliedSteps: ${n} updates of ${this.step} steps, but without loss ` +
+            `scaling no step is skipped`,
+        );
+      }
+      return;
+    }
+    this.normTensor.view(LOSS_SCALED_NORM.applied * 4, [1]).upload(Float32Array.of(n));
   }
 
   /** Launch groups: the runs of tensors updated together (each one range per role). */
@@ -247,5 +298,6 @@ export class AdamW {
     this.mArena.destroy();
     this.vArena.destroy();
     for (const t of [this.partials, this.normTensor]) t.destroy();
+    this.biasTable?.destroy();
   }
 }

@@ -761,7 +761,15 @@ async function trainStages(
       const vs = new Map([...moments].map(([n, t]) => [n, t.v]));
       uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.m])), ms);
       uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.v])), vs);
-      trainer.optimizer!.step = checkpoint.state.adamStep;
+      const { adamStep, adamApplied = adamStep } = checkpoint.state;
+      if (adamApplied !== adamStep && !trainer.lossScaleState) {
+        throw new Error(
+          `${l.dir}/${CHECKPOINT_FILE}: its training state has adamApplied ${adamApplied} and ` +
+            `adamStep ${adamStep}, but a run without loss scaling skips no step`,
+        );
+      }
+      trainer.optimizer!.step = adamStep;
+      trainer.optimizer!.restoreAppliedSteps(adamApplied);
       trainer.restoreLossScale(checkpoint.lossScale);
       first = checkpoint.state.stageStep;
       l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
@@ -856,6 +864,7 @@ async function trainStages(
           stageStep: j + 1,
           step: done,
           adamStep: trainer.optimizer!.step,
+          adamApplied: await trainer.optimizer!.appliedSteps(),
           best,
           last,
           logLines: l.log.lines,

@@ -30,6 +30,11 @@ export interface TrainingState {
   step: number;
   /** AdamW's step count in the current stage. */
   adamStep: number;
+  /**
+   * The updates of those steps (skipped f16 steps not counted: AdamW's bias correction); absent
+   * in checkpoints from before it was recorded, whose runs counted every step: `adamStep`.
+   */
+  adamApplied?: number;
   /** Best value of each metric over the evaluations that count, null if none yet. */
   best: Record<string, number | null>;
   /** The last evaluation's metrics, or null. */
@@ -198,6 +203,17 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
           `${path}: training state ${key} is ${JSON.stringify(v)?.slice(0, 40)}, not a count`,
         );
       }
+    }
+    const applied = parsed.adamApplied;
+    if (
+      applied !== undefined &&
+      !(Number.isSafeInteger(applied) && (applied as number) >= 0 &&
+        (applied as number) <= (parsed.adamStep as number))
+    ) {
+      throw new Error(
+        `${path}: training state adamApplied is ${JSON.stringify(applied)?.slice(0, 40)}, not a ` +
+          `count of at most adamStep (${parsed.adamStep})`,
+      );
     }
     for (const key of ["best", "last"] as const) {
       const v = parsed[key] as unknown;
