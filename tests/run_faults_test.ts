@@ -1,5 +1,6 @@
 // Faults during a run (train/run_faults.ts): a non-finite loss in f32 stops the run naming the
 // step and keeping the last good checkpoint; f16 skips such steps but stops when they never end;
+// non-finite outputs in an evaluation stop it too;
 // an allocation beyond the adapter's limits names a batch size that fits; a lost device says how
 // to resume.
 
@@ -98,6 +99,37 @@ Deno.test({
       // The scale halves at each skip.
       assertEquals(log[0].loss_scale, 2 ** 16);
       assertEquals(log[3].loss_scale, 2 ** 13);
+    }),
+});
+
+Deno.test({
+  name: "run faults: an evaluation whose outputs are not finite stops the run, naming them",
+  ...IN_PROCESS_GPU,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      // f16: the poisoned head's steps are skipped (under 50 in a row), so the evaluation is the
+      // first to see the NaN (it would score NaN logits as class 0).
+      const out = `${dir}/run`;
+      const args = [
+        ...common,
+        ...["--strategy", "ft", "--max-steps", "4", "--precision", "f16", "--out", out],
+        ...["--eval-every", "2"],
+      ];
+      const e = await assertRejects(
+        () => train(args, { onStageStart: poisonAtStage(0) }),
+        Error,
+        "step 2 (main): evaluating on val, the model's outputs are not finite for 16 of 16 " +
+          "examples (example 0: NaN): training stopped; no checkpoint was written yet",
+      );
+      assert(!e.message.includes("\n"), "one line");
+      assert(
+        e.message.endsWith(
+          "a lower --lr or --precision f32 (settings of the run: " +
+            "--overwrite restarts it, or use another --out)",
+        ),
+        e.message,
+      );
+      assert(!(await exists(`${out}/metrics.json`)), "no results");
     }),
 });
 

@@ -21,7 +21,32 @@ export function predictionOf(loss: LossKind, outputs: ArrayLike<number>): number
   return best;
 }
 
-/** Runs the model over `batches` and scores its predictions against `gold` with `metrics`. */
+/**
+ * The model's outputs on some examples were not finite (an f16 forward that overflowed, or a
+ * model that diverged): no metric means anything then (a NaN logit would count as class 0, and
+ * Pearson's r refuses it), so the evaluation says so instead of scoring.
+ */
+export class NonFiniteOutputsError extends Error {
+  constructor(
+    /** Examples with a non-finite output. */
+    readonly count: number,
+    /** Examples evaluated. */
+    readonly total: number,
+    /** The first such example's index and value. */
+    readonly first: { example: number; value: number },
+  ) {
+    super(
+      `the model's outputs are not finite for ${count} of ${total} examples (example ` +
+        `${first.example}: ${first.value})`,
+    );
+    this.name = "NonFiniteOutputsError";
+  }
+}
+
+/**
+ * Runs the model over `batches` and scores its predictions against `gold` with `metrics`;
+ * throws NonFiniteOutputsError if any output is NaN or infinite.
+ */
 export async function evaluate(
   trainer: Trainer,
   batches: readonly TrainBatch[],
@@ -31,11 +56,20 @@ export async function evaluate(
   const outputs = await trainer.predict(batches);
   const C = trainer.outputs;
   const pred: number[] = [];
+  let bad = 0;
+  let first: { example: number; value: number } | null = null;
   outputs.forEach((values, b) => {
     for (let e = 0; e < batches[b].examples; e++) {
-      pred.push(predictionOf(trainer.loss, values.subarray(e * C, (e + 1) * C)));
+      const row = values.subarray(e * C, (e + 1) * C);
+      const value = row.find((x) => !Number.isFinite(x));
+      if (value !== undefined) {
+        bad++;
+        first ??= { example: pred.length, value };
+      }
+      pred.push(predictionOf(trainer.loss, row));
     }
   });
+  if (first) throw new NonFiniteOutputsError(bad, pred.length, first);
   const scores = computeMetrics(metrics, pred, gold);
   const out: MetricValues = {};
   for (const name of metrics) out[name] = Number.isNaN(scores[name]) ? null : scores[name];

@@ -44,7 +44,13 @@ import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
 import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../peft/method.ts";
 import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
-import { checkStepStats, explainRunError, RunFaultError, type RunPlace } from "./run_faults.ts";
+import {
+  checkStepStats,
+  explainRunError,
+  nonFiniteOutputsFault,
+  RunFaultError,
+  type RunPlace,
+} from "./run_faults.ts";
 import {
   checkConfigChoices,
   checkRunModes,
@@ -55,7 +61,7 @@ import {
   seedList,
   type TrainConfig,
 } from "./config.ts";
-import { evaluate, type MetricValues, updateBest } from "./evaluate.ts";
+import { evaluate, type MetricValues, NonFiniteOutputsError, updateBest } from "./evaluate.ts";
 import { Progress } from "./progress.ts";
 import { plural } from "../model/progress_text.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
@@ -842,7 +848,12 @@ async function trainStages(
       const periodic = p.evalEvery > 0 && done % p.evalEvery === 0;
       if (periodic || runEnd || (stageEnd && p.evalEvery > 0)) {
         await flush();
-        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics);
+        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics).catch((e) => {
+          if (!(e instanceof NonFiniteOutputsError)) throw e;
+          const where = `step ${done} (${stage.name})`;
+          const f16 = config.precision === "f16";
+          throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
+        });
         last = metrics;
         // Only the final stage's evaluations count for the best score (the model it reports).
         if (s === lastStage) best = updateBest(best, metrics);

@@ -124,6 +124,24 @@ export function checkStepStats(
   return run;
 }
 
+/**
+ * The fault of an evaluation at `where` whose outputs were not finite (evaluate's
+ * NonFiniteOutputsError, its message `outputs`): the run stops there, as on a non-finite loss.
+ */
+export function nonFiniteOutputsFault(
+  where: string,
+  split: string,
+  outputs: string,
+  place: RunPlace,
+  f16: boolean,
+): RunFaultError {
+  return new RunFaultError(
+    `${where}: evaluating on ${split}, ${outputs}: training stopped; ${keptCheckpoint(place)}. ` +
+      `Train again with a lower --lr${f16 ? " or --precision f32" : ""} (settings of the run: ` +
+      `--overwrite restarts it, or use another --out)`,
+  );
+}
+
 /** Bytes and limit out of a GPU allocation error, if it says them. */
 function allocation(message: string): { bytes: number; limit: number | null } | null {
   let m = /needs (\d+) bytes, more than this adapter's largest buffer \((\d+) bytes\)/.exec(
