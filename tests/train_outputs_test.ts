@@ -329,6 +329,7 @@ test("train --resume: a --schedule constant run from before it warmed up is refu
     name: "constant",
     warmup_ratio: 0.1,
     constant_warmup: true,
+    warmup_steps: [0],
   });
   // As such a run left it, killed before its end (no metrics.json).
   delete runJson.resolved.schedule.constant_warmup;

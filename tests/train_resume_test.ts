@@ -448,6 +448,7 @@ Deno.test({
       delete old.resolved.model.sha256;
       delete old.resolved.head_sha256;
       delete old.resolved.schedule.constant_warmup;
+      delete old.resolved.schedule.warmup_steps;
       await Deno.writeTextFile(path, JSON.stringify(old));
       assertEquals(await run("--resume"), expected);
     });

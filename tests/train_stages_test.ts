@@ -1,11 +1,13 @@
 // The pieces of the loop that need no GPU: strategies as stage lists, the learning-rate schedule,
 // the seeded data order, batch padding, predictions and the best-score bookkeeping.
 
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { assembleBatch, DataStream, epochOrder } from "../train/batches.ts";
 import { predictionOf, updateBest } from "../train/evaluate.ts";
 import { isNoDecayName } from "../train/optimizer.ts";
+import { parseTrainArgs } from "../train/config.ts";
+import { checkSameSchedule } from "../train/run_folder.ts";
 import { summarizeSeeds } from "../train/run.ts";
 import { learningRate, warmupSteps } from "../train/schedule.ts";
 import { resolveStages, stage1Steps } from "../train/strategy.ts";
@@ -72,6 +74,12 @@ Deno.test("schedule: linear warmup then linear decay to 0, as Hugging Face's", (
   // Guards ⌈⌉ or rounding for the documented ⌊warmupRatio · total⌋: 2.5 warmup steps are 2.
   const odd = { ...s, total: 25 };
   assertEquals([warmupSteps(odd), learningRate(odd, 2)], [2, 1]);
+  // ...of the exact product: 0.29 · 100 is 28.999999999999996 in float64.
+  const exact = [[0.29, 100], [0.58, 50], [0.57, 100], [0.1, 99], [0.06, 1000]];
+  assertEquals(
+    exact.map(([warmupRatio, total]) => warmupSteps({ ...s, warmupRatio, total })),
+    [29, 29, 57, 9, 60],
+  );
   assertEquals([0, 5, 10, 55, 99].map((d) => learningRate(s, d)), [0, 0.5, 1, 0.5, 1 / 90]);
   const none = { ...s, warmupRatio: 0, total: 4 };
   assertEquals([0, 1, 2, 3].map((d) => learningRate(none, d)), [1, 0.75, 0.5, 0.25]);
@@ -177,4 +185,48 @@ Deno.test("predictions, best scores, the no-decay rule and seed summaries", () =
   assertEquals(summary.std.final.accuracy!.toFixed(6), "0.100000");
   assertEquals(summary.best, { accuracy: 0.75 });
   assertEquals(summary.std.best, { accuracy: 0 });
+});
+
+Deno.test("schedule: --resume of a run whose warmup was the product rounded down, where that differs, is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const write = (schedule: Record<string, unknown>) =>
+      Deno.writeTextFile(
+        `${dir}/run.json`,
+        JSON.stringify({
+          settings: {},
+          resolved: { schedule, stages: [{ name: "main", steps: 50 }] },
+        }),
+      );
+    const config = (ratio: string) =>
+      parseTrainArgs([
+        "--task",
+        "rte",
+        "--model",
+        dir,
+        "--data",
+        dir,
+        "--warmup-ratio",
+        ratio,
+        "--out",
+        dir,
+      ])
+        .config;
+    // Started before warmup_steps was recorded, when 0.58 · 50 gave 28.
+    await write({ name: "linear", warmup_ratio: 0.58 });
+    await assertRejects(
+      () => checkSameSchedule(dir, config("0.58")),
+      Error,
+      `--resume: ${dir} was started when --warmup-ratio 0.58 gave its stage of 50 steps 28 ` +
+        "warmup steps (a rounding error); it now gives 29, so the resumed run would be neither " +
+        "(--overwrite to restart it)",
+    );
+    // Where the product was no rounding error, the old runs resume; so do the new ones.
+    await write({ name: "linear", warmup_ratio: 0.5 });
+    await checkSameSchedule(dir, config("0.5"));
+    await write({ name: "linear", warmup_ratio: 0.58, constant_warmup: true, warmup_steps: [29] });
+    await checkSameSchedule(dir, config("0.58"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

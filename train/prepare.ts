@@ -22,6 +22,7 @@ import { microBatchSize, type TrainConfig } from "./config.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
 import { resolveStages, type Stage } from "./strategy.ts";
+import { warmupSteps } from "./schedule.ts";
 import { badLabel, headFeatures, labelClasses, type Task, type TaskExample } from "./task.ts";
 
 /** A run's model, tokenized splits, stages and budget: shared by every seed, read-only. */
@@ -191,8 +192,21 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
       head_width: headWidth,
       ...(config.head ? { head_sha256: await filesSha256([config.head]) } : {}),
       adamw,
-      // constant_warmup: `constant` warms up; runs from before did not (checkSameSchedule).
-      schedule: { name: config.schedule, warmup_ratio: config.warmupRatio, constant_warmup: true },
+      // constant_warmup: `constant` warms up; runs from before did not. warmup_steps: each
+      // stage's, of the exact product; runs from before rounded it down (checkSameSchedule).
+      schedule: {
+        name: config.schedule,
+        warmup_ratio: config.warmupRatio,
+        constant_warmup: true,
+        warmup_steps: stages.map((s) =>
+          warmupSteps({
+            name: config.schedule,
+            lr: s.lr,
+            total: s.steps,
+            warmupRatio: config.warmupRatio,
+          })
+        ),
+      },
       stages,
     };
     return {

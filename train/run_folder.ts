@@ -12,6 +12,7 @@ import {
 import { type TrainConfig, UNRECORDED_SETTINGS } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
+import { warmupSteps } from "./schedule.ts";
 
 /** Entries of a run folder that belong to a run (what --overwrite removes). */
 const RUN_ENTRIES = [
@@ -153,15 +154,38 @@ export async function checkSameSettings(
 }
 
 /**
- * --resume of a `--schedule constant` run started before `constant` warmed up (its run.json's
- * schedule has no constant_warmup): today's rates would differ from those it started with, so the
- * result would be neither run's. Refused, unless it has no warmup to differ by.
+ * --resume of a run whose schedule today's code would compute otherwise: a `--schedule constant`
+ * run started before `constant` warmed up (its run.json's schedule has no constant_warmup), or one
+ * started when a stage's warmup was the float64 product rounded down (no warmup_steps) where that
+ * gave one step fewer (0.29 · 100 = 28.999999999999996). Today's rates would differ from those it
+ * started with, so the result would be neither run's. Refused, unless nothing differs.
  */
 export async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void> {
   const path = `${dir}/run.json`;
-  if (config.schedule !== "constant" || config.warmupRatio === 0 || !(await exists(path))) return;
+  if (config.warmupRatio === 0 || !(await exists(path))) return;
   const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
   const schedule = resolved?.schedule as Record<string, unknown> | undefined;
+  if (schedule && !("warmup_steps" in schedule) && Array.isArray(resolved?.stages)) {
+    for (const stage of resolved.stages as { steps?: unknown }[]) {
+      const total = stage?.steps;
+      if (typeof total !== "number") continue;
+      const was = Math.floor(config.warmupRatio * total);
+      const now = warmupSteps({
+        name: config.schedule,
+        lr: 0,
+        total,
+        warmupRatio: config.warmupRatio,
+      });
+      if (was !== now) {
+        throw new Error(
+          `--resume: ${dir} was started when --warmup-ratio ${config.warmupRatio} gave its ` +
+            `stage of ${total} steps ${was} warmup steps (a rounding error); it now gives ${now}, ` +
+            `so the resumed run would be neither (--overwrite to restart it)`,
+        );
+      }
+    }
+  }
+  if (config.schedule !== "constant") return;
   if (schedule && schedule.constant_warmup !== true) {
     throw new Error(
       `--resume: ${dir} was started when --schedule constant had no warmup; it now warms up ` +

@@ -24,9 +24,14 @@ export interface Schedule {
   warmupRatio: number;
 }
 
-/** Warmup updates of a schedule: ⌊warmupRatio · total⌋. */
+/**
+ * Warmup updates of a schedule: ⌊warmupRatio · total⌋, of the exact product (0.29 · 100 is
+ * 28.999999999999996 in float64: a product within rounding of a whole number is that number).
+ */
 export function warmupSteps(s: Schedule): number {
-  return Math.floor(s.warmupRatio * s.total);
+  const x = s.warmupRatio * s.total;
+  const whole = Math.round(x);
+  return Math.abs(x - whole) <= 1e-9 * Math.max(1, x) ? whole : Math.floor(x);
 }
 
 /** The learning rate of the update that follows `done` updates of the stage. */
