@@ -57,6 +57,7 @@ import { MLM_PROBABILITY } from "./train/mlm_data.ts";
 import { sha256Hex } from "./train/data_files.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";
+import { warmupSteps } from "./train/schedule.ts";
 import {
   prunedTokenizerConfig,
   prunedTokenizerJson,
@@ -327,6 +328,21 @@ async function resumeIsFinished(
   ) => rest;
   const diff = firstDifference(flags(before.settings), flags(settings));
   if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
+  // Started when the warmup was the float64 product's floor (0.29 · 100 = 28.999999999999996):
+  // where that gave a step fewer, the resumed run's rates would be neither run's.
+  const { warmup_ratio: ratio, steps, warmup_steps: now } = settings;
+  if (
+    !("warmup_steps" in before.settings) && typeof ratio === "number" && typeof steps === "number"
+  ) {
+    const was = Math.floor(ratio * steps);
+    if (was !== now) {
+      throw new FlagError(
+        `--resume: ${out} was started when --warmup-ratio ${ratio} gave its ${steps} steps ` +
+          `${was} warmup steps (a rounding error); it now gives ${now}, so the resumed run ` +
+          `would be neither (start it again in another --out)`,
+      );
+    }
+  }
   const where = (m: unknown) =>
     typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
   if ("model" in before.settings) {
@@ -661,6 +677,8 @@ async function main(args: string[]): Promise<void> {
     max_length: maxLength,
     lr,
     warmup_ratio: warmupRatio,
+    // Runs from before took the float64 product's floor: checked on --resume (resumeIsFinished).
+    warmup_steps: warmupSteps({ name: "linear", lr, total: steps, warmupRatio }),
     weight_decay: weightDecay,
     seed,
     held_out: heldOutShare,

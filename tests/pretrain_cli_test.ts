@@ -337,9 +337,28 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     for (const key of ["vocab", "eval_every", "checkpoint_every", "log_every", "model_dtype"]) {
       delete recorded.settings[key];
     }
-    for (const key of ["train_sha256", "held_out_sha256", "tokenizer_sha256"]) {
+    for (const key of ["train_sha256", "held_out_sha256", "tokenizer_sha256", "warmup_steps"]) {
       delete recorded.settings[key];
     }
+    // ...unless its warmup, the float64 product's floor then, would now be another: 0.29 · 100
+    // steps gave 28 warmup steps, 29 now (refused before anything is read or written).
+    const rounded = structuredClone(recorded);
+    Object.assign(rounded.settings, { steps: 100, warmup_ratio: 0.29 });
+    await Deno.writeTextFile(settingsPath, JSON.stringify(rounded, null, 2) + "\n");
+    const refused = await pretrain([
+      ...args,
+      "--steps",
+      "100",
+      "--warmup-ratio",
+      "0.29",
+      "--resume",
+    ]);
+    assertEquals([refused.code, refused.stderr.trim()], [
+      1,
+      `pretrain: --resume: ${out} was started when --warmup-ratio 0.29 gave its 100 steps 28 ` +
+      `warmup steps (a rounding error); it now gives 29, so the resumed run would be neither ` +
+      `(start it again in another --out)`,
+    ]);
     const older = JSON.stringify(recorded, null, 2) + "\n";
     await Deno.writeTextFile(settingsPath, older);
     await Deno.remove(`${out}/result.json`);

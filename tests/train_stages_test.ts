@@ -190,42 +190,55 @@ Deno.test("predictions, best scores, the no-decay rule and seed summaries", () =
 Deno.test("schedule: --resume of a run whose warmup was the product rounded down, where that differs, is refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const write = (schedule: Record<string, unknown>) =>
+    const write = (folder: string, schedule: Record<string, unknown>) =>
       Deno.writeTextFile(
-        `${dir}/run.json`,
+        `${folder}/run.json`,
         JSON.stringify({
           settings: {},
           resolved: { schedule, stages: [{ name: "main", steps: 50 }] },
         }),
       );
-    const config = (ratio: string) =>
+    const config = (ratio: string, ...more: string[]) =>
       parseTrainArgs([
-        "--task",
-        "rte",
-        "--model",
-        dir,
-        "--data",
-        dir,
-        "--warmup-ratio",
-        ratio,
-        "--out",
-        dir,
-      ])
-        .config;
+        ...["--task", "rte", "--model", dir, "--data", dir, "--out", dir],
+        ...["--warmup-ratio", ratio, ...more],
+      ]).config;
     // Started before warmup_steps was recorded, when 0.58 · 50 gave 28.
-    await write({ name: "linear", warmup_ratio: 0.58 });
-    await assertRejects(
-      () => checkSameSchedule(dir, config("0.58")),
-      Error,
-      `--resume: ${dir} was started when --warmup-ratio 0.58 gave its stage of 50 steps 28 ` +
-        "warmup steps (a rounding error); it now gives 29, so the resumed run would be neither " +
-        "(--overwrite to restart it)",
-    );
+    await write(dir, { name: "linear", warmup_ratio: 0.58 });
+    const refusal = (folder: string) =>
+      `--resume: ${folder} was started when --warmup-ratio 0.58 gave its stage of 50 steps 28 ` +
+      "warmup steps (a rounding error); it now gives 29, so the resumed run would be neither " +
+      "(--overwrite to restart it)";
+    await assertRejects(() => checkSameSchedule(dir, dir, config("0.58")), Error, refusal(dir));
     // Where the product was no rounding error, the old runs resume; so do the new ones.
-    await write({ name: "linear", warmup_ratio: 0.5 });
-    await checkSameSchedule(dir, config("0.5"));
-    await write({ name: "linear", warmup_ratio: 0.58, constant_warmup: true, warmup_steps: [29] });
-    await checkSameSchedule(dir, config("0.58"));
+    await write(dir, { name: "linear", warmup_ratio: 0.5 });
+    await checkSameSchedule(dir, dir, config("0.5"));
+    const recorded = {
+      name: "linear",
+      warmup_ratio: 0.58,
+      constant_warmup: true,
+      warmup_steps: [29],
+    };
+    await write(dir, recorded);
+    await checkSameSchedule(dir, dir, config("0.58"));
+    // A constant run from before it warmed up had no warmup to round: it is refused for that.
+    await write(dir, { name: "constant", warmup_ratio: 0.58 });
+    await assertRejects(
+      () => checkSameSchedule(dir, dir, config("0.58", "--schedule", "constant")),
+      Error,
+      `--resume: ${dir} was started when --schedule constant had no warmup`,
+    );
+    // With several seeds, a finished seed's rates count too: seed 2, not yet started, is refused.
+    await Deno.remove(`${dir}/run.json`);
+    for (const seed of ["seed-1", "seed-2"]) await Deno.mkdir(`${dir}/${seed}`);
+    await write(`${dir}/seed-1`, { name: "linear", warmup_ratio: 0.58 });
+    await assertRejects(
+      () => checkSameSchedule(`${dir}/seed-2`, dir, config("0.58")),
+      Error,
+      refusal(`${dir}/seed-1`),
+    );
+    await write(`${dir}/seed-1`, recorded);
+    await checkSameSchedule(`${dir}/seed-2`, dir, config("0.58"));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -421,7 +421,7 @@ async function runSeed(
   const resolved = options.peft ? { ...p.resolved, peft_method: options.peft.name } : p.resolved;
   if (config.resume) {
     await checkSameData(dir, config.out, resolved, config.data);
-    await checkSameSchedule(dir, config);
+    await checkSameSchedule(dir, config.out, config);
   }
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (checkpoint) {

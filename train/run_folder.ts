@@ -158,14 +158,30 @@ export async function checkSameSettings(
  * run started before `constant` warmed up (its run.json's schedule has no constant_warmup), or one
  * started when a stage's warmup was the float64 product rounded down (no warmup_steps) where that
  * gave one step fewer (0.29 · 100 = 28.999999999999996). Today's rates would differ from those it
- * started with, so the result would be neither run's. Refused, unless nothing differs.
+ * started with, so the result would be neither run's. Refused, unless nothing differs. `dir` is
+ * the run (or seed) folder resumed; with several seeds every seed's run.json under `out` is read,
+ * so that no seed resumes on rates its finished siblings did not have.
  */
-export async function checkSameSchedule(dir: string, config: TrainConfig): Promise<void> {
-  const path = `${dir}/run.json`;
-  if (config.warmupRatio === 0 || !(await exists(path))) return;
-  const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
-  const schedule = resolved?.schedule as Record<string, unknown> | undefined;
-  if (schedule && !("warmup_steps" in schedule) && Array.isArray(resolved?.stages)) {
+export async function checkSameSchedule(
+  dir: string,
+  out: string,
+  config: TrainConfig,
+): Promise<void> {
+  if (config.warmupRatio === 0) return;
+  for (const d of await runFolders(dir, out)) {
+    const path = `${d}/run.json`;
+    if (!(await exists(path))) continue;
+    const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
+    const schedule = resolved?.schedule as Record<string, unknown> | undefined;
+    if (!schedule) continue;
+    if (config.schedule === "constant" && schedule.constant_warmup !== true) {
+      throw new Error(
+        `--resume: ${d} was started when --schedule constant had no warmup; it now warms up ` +
+          `over --warmup-ratio ${config.warmupRatio} of each stage, so the resumed run would be ` +
+          `neither (--overwrite to restart it)`,
+      );
+    }
+    if ("warmup_steps" in schedule || !Array.isArray(resolved?.stages)) continue;
     for (const stage of resolved.stages as { steps?: unknown }[]) {
       const total = stage?.steps;
       if (typeof total !== "number") continue;
@@ -178,21 +194,25 @@ export async function checkSameSchedule(dir: string, config: TrainConfig): Promi
       });
       if (was !== now) {
         throw new Error(
-          `--resume: ${dir} was started when --warmup-ratio ${config.warmupRatio} gave its ` +
+          `--resume: ${d} was started when --warmup-ratio ${config.warmupRatio} gave its ` +
             `stage of ${total} steps ${was} warmup steps (a rounding error); it now gives ${now}, ` +
             `so the resumed run would be neither (--overwrite to restart it)`,
         );
       }
     }
   }
-  if (config.schedule !== "constant") return;
-  if (schedule && schedule.constant_warmup !== true) {
-    throw new Error(
-      `--resume: ${dir} was started when --schedule constant had no warmup; it now warms up ` +
-        `over --warmup-ratio ${config.warmupRatio} of each stage, so the resumed run would be ` +
-        `neither (--overwrite to restart it)`,
-    );
+}
+
+/** `dir`, and with several seeds (`dir` a seed folder of `out`) every seed folder of `out`. */
+async function runFolders(dir: string, out: string): Promise<string[]> {
+  const dirs = [dir];
+  if (dir !== out) {
+    for await (const e of Deno.readDir(out)) {
+      const seed = `${out}/${e.name}`;
+      if (e.isDirectory && /^seed-\d+$/.test(e.name) && seed !== dir) dirs.push(seed);
+    }
   }
+  return dirs;
 }
 
 /**
@@ -218,12 +238,7 @@ export async function checkSameData(
   resolved: Record<string, unknown>,
   data: string,
 ): Promise<void> {
-  const dirs = [dir];
-  if (dir !== out) {
-    for await (const e of Deno.readDir(out)) {
-      if (e.isDirectory && /^seed-\d+$/.test(e.name)) dirs.push(`${out}/${e.name}`);
-    }
-  }
+  const dirs = await runFolders(dir, out);
   const now = resolved.task as Record<string, unknown>;
   const nowModel = resolved.model as Record<string, unknown>;
   for (const d of dirs) {
