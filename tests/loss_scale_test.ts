@@ -26,6 +26,7 @@ import {
 } from "../kernels/loss_scale.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
+import { AdamW, ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
 import {
   readTrainingCheckpoint,
@@ -350,6 +351,61 @@ gpuTest("adamw: an update count behind `step` takes the count's bias correction"
   );
   [t, norm, table].forEach((x) => x.destroy());
 });
+
+gpuTest(
+  "AdamW with loss scaling: the table grows past 1024 steps; resumeAt; destroy frees all",
+  async (
+    gpu,
+  ) => {
+    const n = 37;
+    const p = tensorFromArray(gpu, Float32Array.from(randomValues(n, 51)), [n], "p");
+    const g = tensorFromArray(
+      gpu,
+      Float32Array.from(randomValues(n, 52), (x) => S16 * x),
+      [n],
+      "g",
+    );
+    const state = createLossScaleState(gpu, S16);
+    const { initScale: _, ...policy } = LOSS_SCALE_DEFAULTS;
+    const lossScale = { state, ...policy };
+    const make = () =>
+      new AdamW(gpu, [{ name: "p", param: p, grad: g, decay: true }], ADAMW_DEFAULTS, {
+        lossScale,
+      });
+    const step = async (opt: AdamW) => {
+      const rec = new Recorder(gpu);
+      opt.record(rec, 1e-3);
+      await rec.submit();
+    };
+    // The same launches once before measuring: the recorder's shared uniform buffer is sized.
+    const warm = make();
+    await step(warm);
+    warm.resumeAt(1100);
+    await step(warm);
+    warm.destroy();
+    const before = gpu.liveBytes;
+    const opt = make();
+    await step(opt);
+    assertEquals([opt.step, await opt.appliedSteps()], [1, 1]);
+    // Past the first table's 1024 steps, two updates behind (two skips).
+    opt.resumeAt(1100, 1098);
+    await step(opt);
+    assertEquals([opt.step, await opt.appliedSteps()], [1101, 1099]);
+    opt.destroy();
+    assertEquals(gpu.liveBytes, before, "every table freed");
+    assertThrows(
+      () => opt.resumeAt(3, 4),
+      Error,
+      "AdamW.resumeAt: 4 updates is not a count in [0, 3]",
+    );
+    const plain = new AdamW(gpu, [{ name: "p", param: p, grad: g, decay: true }], ADAMW_DEFAULTS);
+    assertThrows(() => plain.resumeAt(3, 2), Error, "without loss scaling no step is skipped");
+    plain.resumeAt(3);
+    assertEquals(await plain.appliedSteps(), 3);
+    plain.destroy();
+    [p, g, state].forEach((t) => t.destroy());
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // The Trainer: loss scaling on f32 activations must train exactly as without it (the scale is a

@@ -116,11 +116,14 @@ export class AdamW {
   readonly lossScale: LossScaling | null;
   /**
    * Steps recorded so far, skipped ones included (without loss scaling: torch's
-   * state["step"]; with it, see `appliedSteps`).
+   * state["step"]; with it, see `appliedSteps`). To continue a run, set it with `resumeAt`,
+   * which puts back the count of updates too.
    */
   step = 0;
   /** With loss scaling: AdamW's bias corrections for steps 1..(length / 2), grown as needed. */
   private biasTable: Tensor | null = null;
+  /** Outgrown tables, kept until destroy(): work recorded but not yet submitted may read them. */
+  private readonly retired: Tensor[] = [];
 
   /**
    * `options.lossScale`: the gradients carry that state's loss scale (it is shared, not owned:
@@ -201,7 +204,9 @@ export class AdamW {
       gpu,
       [this.lossScale ? LOSS_SCALED_NORM.length : 2],
       "f32",
-      this.lossScale ? "grad norm, factor, skipped, loss scale" : "grad norm and clip coefficient",
+      this.lossScale
+        ? "grad norm, factor, skipped, loss scale, updates"
+        : "grad norm and clip coefficient",
     );
   }
 
@@ -241,15 +246,13 @@ export class AdamW {
     });
   }
 
-  /**
-   * A table for twice the steps (at least 1024), computed anew: the old one may still be read by
-   * submitted work, so it is left to the garbage collector, not destroyed.
-   */
+  /** A table for twice the steps (at least 1024), computed anew. */
   private growBiasTable(): void {
     const steps = Math.max(1024, 2 * this.step);
     const s = this.settings;
     const table = createTensor(this.gpu, [2 * steps], "f32", "adam bias corrections");
     table.upload(biasCorrectionTable(s.beta1, s.beta2, steps));
+    if (this.biasTable) this.retired.push(this.biasTable);
     this.biasTable = table;
   }
 
@@ -264,23 +267,27 @@ export class AdamW {
   }
 
   /**
-   * Puts back `appliedSteps` (e.g. from a checkpoint; queued before the next submit). Without
-   * loss scaling it must equal `step`.
+   * Continues from a checkpoint: `step` steps recorded, `applied` of them updates (`step`
+   * and `appliedSteps` as they were; the count is queued before the next submit). Without loss
+   * scaling no step is skipped, so the two must be equal.
    */
-  restoreAppliedSteps(n: number): void {
-    if (!Number.isSafeInteger(n) || n < 0 || n > this.step) {
-      throw new Error(`AdamW.restoreAppliedSteps: ${n} is not a count in [0, ${this.step}]`);
+  resumeAt(step: number, applied = step): void {
+    if (!Number.isSafeInteger(step) || step < 0) {
+      throw new Error(`AdamW.resumeAt: step ${step} is not a count`);
     }
-    if (!this.lossScale) {
-      if (n !== this.step) {
-        throw new Error(
-          `AdamW.restoreAppliedSteps: ${n} updates of ${this.step} steps, but without loss ` +
-            `scaling no step is skipped`,
-        );
-      }
-      return;
+    if (!Number.isSafeInteger(applied) || applied < 0 || applied > step) {
+      throw new Error(`AdamW.resumeAt: ${applied} updates is not a count in [0, ${step}]`);
     }
-    this.normTensor.view(LOSS_SCALED_NORM.applied * 4, [1]).upload(Float32Array.of(n));
+    if (!this.lossScale && applied !== step) {
+      throw new Error(
+        `AdamW.resumeAt: ${applied} updates of ${step} steps, but without loss scaling no step ` +
+          `is skipped`,
+      );
+    }
+    this.step = step;
+    if (this.lossScale) {
+      this.normTensor.view(LOSS_SCALED_NORM.applied * 4, [1]).upload(Float32Array.of(applied));
+    }
   }
 
   /** Launch groups: the runs of tensors updated together (each one range per role). */
@@ -299,5 +306,6 @@ export class AdamW {
     this.vArena.destroy();
     for (const t of [this.partials, this.normTensor]) t.destroy();
     this.biasTable?.destroy();
+    for (const t of this.retired) t.destroy();
   }
 }

@@ -593,7 +593,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         target.m.upload(m);
         target.v.upload(v);
       }
-      trainer.optimizer.step = checkpoint.state.adamStep;
+      trainer.optimizer.resumeAt(checkpoint.state.adamStep);
       start = checkpoint.state.step;
       try {
         logLines = (await Deno.readTextFile(logPath)).split("\n").filter((l) => l.length > 0);

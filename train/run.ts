@@ -774,8 +774,7 @@ async function trainStages(
             `adamStep ${adamStep}, but a run without loss scaling skips no step`,
         );
       }
-      trainer.optimizer!.step = adamStep;
-      trainer.optimizer!.restoreAppliedSteps(adamApplied);
+      trainer.optimizer!.resumeAt(adamStep, adamApplied);
       trainer.restoreLossScale(checkpoint.lossScale);
       first = checkpoint.state.stageStep;
       l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
