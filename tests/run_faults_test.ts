@@ -113,13 +113,14 @@ Deno.test({
       const args = [
         ...common,
         ...["--strategy", "ft", "--max-steps", "4", "--precision", "f16", "--out", out],
-        ...["--eval-every", "2"],
+        ...["--eval-every", "2", "--checkpoint-every", "1"],
       ];
       const e = await assertRejects(
         () => train(args, { onStageStart: poisonAtStage(0) }),
         Error,
         "step 2 (main): evaluating on val, the model's outputs are not finite for 16 of 16 " +
-          "examples (example 0: NaN): training stopped; no checkpoint was written yet",
+          "examples (example 0: NaN): training stopped; the last checkpoint (step 1; its " +
+          `outputs may not be finite either) is kept in ${out}/checkpoint.safetensors. `,
       );
       assert(!e.message.includes("\n"), "one line");
       assert(

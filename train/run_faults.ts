@@ -78,10 +78,14 @@ export function readsTrainFlags(args: readonly string[]): void {
   flagArgs = [...args];
 }
 
-function keptCheckpoint(place: RunPlace): string {
-  return place.checkpoint
-    ? `the last good checkpoint (step ${place.checkpoint.step}) is kept in ${place.checkpoint.path}`
-    : "no checkpoint was written yet (--checkpoint-every sets how often)";
+/** What was kept; `judged`: whether the checkpoint's step is known good (its stats checked). */
+function keptCheckpoint(place: RunPlace, judged = true): string {
+  const c = place.checkpoint;
+  if (!c) return "no checkpoint was written yet (--checkpoint-every sets how often)";
+  return judged
+    ? `the last good checkpoint (step ${c.step}) is kept in ${c.path}`
+    : `the last checkpoint (step ${c.step}; its outputs may not be finite either) is kept in ` +
+      c.path;
 }
 
 /**
@@ -136,7 +140,8 @@ export function nonFiniteOutputsFault(
   f16: boolean,
 ): RunFaultError {
   return new RunFaultError(
-    `${where}: evaluating on ${split}, ${outputs}: training stopped; ${keptCheckpoint(place)}. ` +
+    `${where}: evaluating on ${split}, ${outputs}: training stopped; ` +
+      `${keptCheckpoint(place, false)}. ` +
       `Train again with a lower --lr${f16 ? " or --precision f32" : ""} (settings of the run: ` +
       `--overwrite restarts it, or use another --out)`,
   );
