@@ -101,15 +101,25 @@ export async function trainFromArgs(
 export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): Promise<void> {
   await runMain(task.name, async (args) => {
     const chosen = taskScriptRecipe(args, recipe, mini);
-    await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
-      usingDefault: chosen.usingDefault,
-      paper: recipe,
-    });
+    setDryRunStatus(
+      await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
+        usingDefault: chosen.usingDefault,
+        paper: recipe,
+      }),
+    );
   }, taskHelp(task.name, recipe, mini));
+}
+
+/**
+ * A --dry-run whose report says the training would not start exits with status 1, after the
+ * report (a script checking its data sees the refusal).
+ */
+function setDryRunStatus(result: RunMetrics | SeedsMetrics | DryRunReport): void {
+  if ("ready" in result && result.ready === false) Deno.exitCode = 1;
 }
 
 if (import.meta.main) {
   await runMain("train", async (args) => {
-    await trainFromArgs(args);
+    setDryRunStatus(await trainFromArgs(args));
   }, TRAIN_HELP);
 }

@@ -628,8 +628,8 @@ Deno.test("data errors: a missing split names the file, the split and the folder
         [report.splits.train?.examples, report.splits[dev]?.examples, report.splits.test],
         [3, 2, null],
       );
-      assertEquals(report.notes, undefined);
-      // With --predict-test, the missing test split is a note too.
+      assertEquals([report.notes, report.ready], [undefined, true]);
+      // With --predict-test, the missing test split is a note too, and a refusal.
       const withTest = await dryRun(r.task, { data: folder, predictTest: true });
       assertEquals(withTest.notes, [
         `${folder}/test.${r.ext}: cannot read: no such file (the test split; the folder holds ` +
@@ -637,6 +637,7 @@ Deno.test("data errors: a missing split names the file, the split and the folder
           [`${dev}.${r.ext}`, `train.${r.ext}`].sort().join(", ")
         })${hint}; --predict-test needs it`,
       ]);
+      assertEquals(withTest.ready, false);
       // No dev split: a note naming the file (training needs it); still no failure.
       await Deno.remove(`${folder}/${dev}.${r.ext}`);
       const noDev = await dryRun(r.task, { data: folder });
@@ -645,6 +646,7 @@ Deno.test("data errors: a missing split names the file, the split and the folder
         `${folder}/${dev}.${r.ext}: cannot read: no such file (the ${dev} split; the folder ` +
         `holds train.${r.ext})${hint}; training needs it`,
       ]);
+      assertEquals(noDev.ready, false);
       // A malformed split fails the dry run with the reader's one-line error.
       await Deno.writeTextFile(`${folder}/test.${r.ext}`, "");
       const d = await assertRejects(() => dryRun(r.task, { data: folder }), DataError);
@@ -685,7 +687,7 @@ Deno.test("data errors: an STS-B dev split of one example is refused before trai
     await Deno.writeTextFile(`${folder}/dev.tsv`, fileText(r, [r.line()]));
     const problem = "stsb dev: 1 example; pearson and spearman need at least 2 to be computed";
     const report = await dryRun(r.task, { data: folder });
-    assertEquals(report.notes, [problem]);
+    assertEquals([report.notes, report.ready], [[problem], false]);
     await writeTinyBert(`${dir}/model`);
     const out = `${dir}/run`;
     const { code, stderr } = await trainCli(

@@ -69,6 +69,7 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
     },
     max_tokens: 293,
     max_length: 128,
+    ready: true,
   });
   assertEquals(copa.json(), {
     task: "copa",
@@ -80,6 +81,7 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
     },
     max_tokens: 28,
     max_length: 128,
+    ready: true,
   });
   assertEquals(cola.json(), {
     task: "cola",
@@ -90,6 +92,7 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
       test: { examples: 1063 },
     },
     max_tokens: null,
+    ready: true,
   });
   assertEquals(stsb.json(), {
     task: "stsb",
@@ -101,6 +104,7 @@ test("--dry-run: rte, copa, cola and stsb on the shipped data", async () => {
     },
     max_tokens: 129,
     max_length: 128,
+    ready: true,
   });
 });
 
@@ -121,7 +125,9 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
       ]),
       run(["run", "-A", "tasks/cb.ts", "--dry-run", "--epochs", "many"]),
     ]);
-    assertEquals(partial.code, 0, partial.stderr);
+    // A split the training needs is missing: reported, and the status says it would not start.
+    assertEquals(partial.code, 1, partial.stderr);
+    assertEquals(partial.json().ready, false);
     assertEquals(partial.json().splits, {
       train: null,
       dev: {
@@ -132,7 +138,7 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
       },
       test: null,
     });
-    assertEquals(nowhere.code, 0, nowhere.stderr);
+    assertEquals([nowhere.code, nowhere.json().ready], [1, false], nowhere.stderr);
     assertEquals(nowhere.json().splits, { train: null, val: null, test: null });
     assert(nowhere.stderr.includes("no such file or folder"), nowhere.stderr);
     assertEquals(bad.code, 1);

@@ -144,6 +144,7 @@ test("boolq and qnli: downloaded on first use into the cache, then read from it"
         test: { examples: 3245 },
       },
       max_tokens: null,
+      ready: true,
     });
     const q = await dryRun("qnli", cache, "--dry-run");
     assertEquals(q.code, 0, q.stderr);

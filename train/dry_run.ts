@@ -5,7 +5,7 @@
 //   {"task": "rte", "data": "data/superglue/RTE",
 //    "splits": {"train": {"examples": 2490, "labels": {"entailment": 1249, ...}},
 //               "val": {...}, "test": null},
-//    "max_tokens": null}
+//    "max_tokens": null, "ready": true}
 //
 // - splits: the task's train, dev and test splits under the names of their files (train / val /
 //   test for SuperGLUE, train / dev / test for GLUE); a split whose file is missing is null, with
@@ -25,8 +25,14 @@
 //   --data nor in the data cache).
 // - notes: why something is missing, when something is (also printed on stderr).
 //
+// - ready: whether the training would start on what was read: false when a note says it would
+//   not (data or a split it needs missing, --data naming a file, a label the task cannot take,
+//   an unlabeled example where labels are needed, a dev split too small for its metrics, a
+//   --predict-test refusal); then train.ts's --dry-run exits with status 1 after the report. A
+//   model not at hand or a data set not downloaded yet does not count: the training gets them.
+//
 // A malformed data file or flag is an error (exit 1), one line naming the file and the line;
-// missing data, a missing split or a missing model is not.
+// missing data, a missing split or a missing model is not (the report says it, and `ready`).
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { errorText } from "../model/error_text.ts";
@@ -67,6 +73,8 @@ export interface DryRunReport {
   max_tokens: number | null;
   /** The maximum length training would use (with a model at hand). */
   max_length?: number;
+  /** Whether the training would start on this data (no note says it would be refused). */
+  ready: boolean;
   /** What would stop or surprise the run, one line each. */
   notes?: string[];
 }
@@ -138,6 +146,12 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     data: options.data,
     splits: {},
     max_tokens: null,
+    ready: true,
+  };
+  // A note on what the training would refuse.
+  const refuse = (note: string) => {
+    notes.push(note);
+    report.ready = false;
   };
 
   let model: { tokenizer: TextTokenizer; limit: number } | null = null;
@@ -163,20 +177,20 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     for (const name of splitNames) report.splits[name] = null;
   } else if (info === null) {
     for (const name of splitNames) report.splits[name] = null;
-    notes.push(`${data}: no such file or folder`);
+    refuse(`${data}: no such file or folder`);
   } else if (info.isDirectory) {
     for (const name of splitNames) reads.push({ name, path: data, split: name });
   } else {
     const base = data.slice(data.lastIndexOf("/") + 1);
     const name = base.includes(".") ? base.slice(0, base.lastIndexOf(".")) : base;
     reads.push({ name, path: data, split: name });
-    notes.push(
+    refuse(
       `${data} is a file: training needs a folder holding the ${[...needed].join(" and ")} splits`,
     );
   }
 
   const definition = taskDefinitionProblem(task);
-  if (definition !== null) notes.push(definition);
+  if (definition !== null) refuse(definition);
   for (const r of reads) {
     let examples;
     try {
@@ -185,8 +199,8 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       // A split missing from the folder is reported; any other problem with the data is an error.
       if (!(e instanceof MissingDataError)) throw e;
       report.splits[r.name] = null;
-      if (needed.has(r.name)) notes.push(`${e.message}; training needs it`);
-      else if (options.predictTest) notes.push(`${e.message}; --predict-test needs it`);
+      if (needed.has(r.name)) refuse(`${e.message}; training needs it`);
+      else if (options.predictTest) refuse(`${e.message}; --predict-test needs it`);
       else console.error(`dry run: ${e.message}; only --predict-test needs it`);
       continue;
     }
@@ -194,20 +208,20 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     const empty = emptyTextNote(examples, `${task.name} ${r.name}`);
     if (empty !== null) notes.push(empty);
     const label = badLabel(task, examples, labelClasses(task, examples), `${task.name} ${r.name}`);
-    if (label !== null) notes.push(label);
+    if (label !== null) refuse(label);
     if (r.name === task.devSplit) {
       const unscorable = unscorableDevSplit(
         task.metrics,
         examples.length,
         `${task.name} ${r.name}`,
       );
-      if (unscorable !== null) notes.push(unscorable);
+      if (unscorable !== null) refuse(unscorable);
     }
     const unlabeled = examples.filter((e) => e.label === null);
     if (needed.has(r.name) && unlabeled.length > 0) {
       const first = unlabeled[0];
       const n = unlabeled.length;
-      notes.push(
+      refuse(
         `${first.source ?? `${r.name} example idx ${first.idx}`}: no label (${n} of the ` +
           `${examples.length} ${r.name} examples ${n === 1 ? "has" : "have"} none); training ` +
           `needs a label on every ${r.name} example`,
@@ -243,9 +257,13 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     if (name in report.splits) ordered[name] = report.splits[name];
   }
   report.splits = ordered;
-  if (model) report.max_length = maxLength;
-  if (notes.length > 0) report.notes = notes;
-  return report;
+  const { ready, ...measured } = report;
+  return {
+    ...measured,
+    ...(model ? { max_length: maxLength } : {}),
+    ready,
+    ...(notes.length > 0 ? { notes } : {}),
+  };
 }
 
 // Stand-ins that let parseTrainArgs check every other flag when a dry run has no model or data.
@@ -270,6 +288,7 @@ export async function dryRunFromArgs(
   const task = byName(config.task);
   let data: string | null = config.data;
   const notes: string[] = [];
+  let refused = false;
   if (data === NO_DATA) {
     data = task.dataDir === undefined ? null : shippedDataDir(task.dataDir);
     if (data === null && task.resolveData) {
@@ -286,6 +305,7 @@ export async function dryRunFromArgs(
       }
     } else if (data === null) {
       notes.push(`${task.name} has no default data folder: pass --data`);
+      refused = true;
     }
   }
   const report = await dryRun(task, {
@@ -301,17 +321,21 @@ export async function dryRunFromArgs(
     // What training would refuse before it starts: settings whatever the data, then a test
     // split that was read (a repeated idx); a missing one is already noted.
     const refusal = predictTestRefusal(config, task);
-    if (refusal) report.notes = [...report.notes ?? [], refusal];
-    else if (data !== null && report.splits.test) {
+    if (refusal) {
+      report.notes = [...report.notes ?? [], refusal];
+      refused = true;
+    } else if (data !== null && report.splits.test) {
       try {
         // A test split that is not the leaderboard's is a note, in the report's JSON too.
         const warning = await checkTestSplit({ ...config, data }, task, () => {});
         if (warning !== null) report.notes = [...report.notes ?? [], `predict-test: ${warning}`];
       } catch (e) {
         report.notes = [...report.notes ?? [], errorText(e)];
+        refused = true;
       }
     }
   }
+  if (refused) report.ready = false;
   for (const note of report.notes ?? []) console.error(`dry run: ${note}`);
   console.log(JSON.stringify(report));
   return report;
