@@ -292,7 +292,8 @@ Deno.test("flags audit: contradictions the user typed are errors", () => {
     ],
     [
       ["--strategy", "peft", "--stage1-ratio", "0.2"],
-      "--stage1-ratio: strategy peft has one stage (use --lr for its learning rate)",
+      "--stage1-ratio: strategy peft has one stage (it trains for the whole budget, --epochs or " +
+      "--max-steps)",
     ],
     [
       ["--strategy", "lp", "--stage1-lr", "1e-3"],

@@ -292,11 +292,13 @@ export function parseTrainArgs(
   }
 
   const twoStage = isTwoStage(strategy);
-  for (const name of ["stage1-lr", "stage1-ratio"] as const) {
+  const oneStage = {
+    "stage1-lr": "use --lr for its learning rate",
+    "stage1-ratio": "it trains for the whole budget, --epochs or --max-steps",
+  } as const;
+  for (const [name, hint] of Object.entries(oneStage) as [keyof typeof oneStage, string][]) {
     if (f[name] !== undefined && !twoStage) {
-      throw new FlagError(
-        `--${name}: strategy ${strategy} has one stage (use --lr for its learning rate)`,
-      );
+      throw new FlagError(`--${name}: strategy ${strategy} has one stage (${hint})`);
     }
   }
   const positive = { min: 0, minOpen: true };
