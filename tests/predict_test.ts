@@ -94,6 +94,26 @@ Deno.test({
         Error,
         "has no EH-FT head",
       );
+      // A train.ts run folder given for its model: the error names the model inside.
+      const runDir = `${dir}/run`;
+      for (const sub of ["model", "seeds/seed-2/model", "seeds/seed-10/model"]) {
+        await Deno.mkdir(`${runDir}/${sub}`, { recursive: true });
+        await Deno.copyFile(`${dir}/model/config.json`, `${runDir}/${sub}/config.json`);
+      }
+      await Deno.writeTextFile(`${runDir}/run.json`, "{}");
+      await Deno.writeTextFile(`${runDir}/seeds/run.json`, "{}");
+      await assertRejects(
+        () => predict({ model: runDir, task: rte, data, split: "val", batchSize: 4 }),
+        Error,
+        `--model: ${runDir} is a train.ts run folder, not a model: its fine-tuned model is ` +
+          `${runDir}/model`,
+      );
+      await assertRejects(
+        () => predict({ model: `${runDir}/seeds`, task: rte, data, split: "val", batchSize: 4 }),
+        Error,
+        `its seeds' fine-tuned models are ${runDir}/seeds/seed-2/model, ` +
+          `${runDir}/seeds/seed-10/model`,
+      );
       const run = async (...args: string[]) => {
         const r = await new Deno.Command(Deno.execPath(), {
           args: ["run", "-A", new URL("../predict.ts", import.meta.url).pathname, ...args],
