@@ -177,12 +177,19 @@ export async function report(
       : [];
     // comparisonFigures draws each method's first run: say which, and what they are on.
     const drawnFrom = new Map<string, string>();
+    const notDrawn: string[] = [];
     for (const r of figures.length ? analysed : []) {
       if (!drawnFrom.has(r.files.method)) drawnFrom.set(r.files.method, r.files.dir);
+      else notDrawn.push(r.files.dir);
     }
     const figureNote = figures.length
       ? `The figures compare the runs on ${groups[0]}, one run per method: ` +
-        [...drawnFrom].map(([m, dir]) => `${m} \`${dir}\``).join(", ") + "."
+        [...drawnFrom].map(([m, dir]) => `${m} \`${dir}\``).join(", ") +
+        (notDrawn.length
+          ? `; not drawn (another run of a method above): ` +
+            notDrawn.map((d) => `\`${d}\``).join(", ")
+          : "") +
+        "."
       : mixed
       ? `No figures: the runs with \`--analysis\` are on ${groups.join("; ")}; a figure ` +
         `compares methods on one task and one model.`
@@ -220,10 +227,13 @@ export async function report(
     if (stale.length) {
       log(`report: ${out}: removed ${stale.join(", ")} (the earlier report's, not drawn now)`);
     }
-    log(
-      `report: ${out}/report.md written (${figures.length} figures from ${analysed.length} ` +
-        `runs with --analysis)`,
-    );
+    // The runs drawn, not the runs found: a method's other runs (seeds) are not in the figures.
+    const drawnRuns = figures.length
+      ? `${figures.length} figures of ${drawnFrom.size} run${drawnFrom.size === 1 ? "" : "s"} ` +
+        `with --analysis, one per method` +
+        (notDrawn.length ? `; ${notDrawn.length} more of the same methods not drawn` : "")
+      : "no figures";
+    log(`report: ${out}/report.md written (${drawnRuns})`);
   }
   return table;
 }

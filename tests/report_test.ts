@@ -441,7 +441,7 @@ Deno.test("report: --out writes results.md, results.csv and results.json", async
     `report: note: LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
     `${dir}/more/lora-1, ${dir}/more/lora-2`,
     `report: ${out}/results.md, results.csv and results.json written`,
-    `report: ${out}/report.md written (0 figures from 0 runs with --analysis)`,
+    `report: ${out}/report.md written (no figures)`,
   ]);
   // No run here has --analysis: report.md is the table and says so.
   const md = await Deno.readTextFile(`${out}/report.md`);
@@ -628,7 +628,7 @@ Deno.test("report: --overwrite replaces report.ts's outputs only, and removes it
     `report: ${out}/results.md, results.csv and results.json written`,
     `report: ${out}: removed figures/head_features.svg, figures/training_loss.png (the earlier ` +
     `report's, not drawn now)`,
-    `report: ${out}/report.md written (0 figures from 0 runs with --analysis)`,
+    `report: ${out}/report.md written (no figures)`,
   ]);
   // Again, the folder holding only report.ts's outputs: all replaced, nothing else appears.
   await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), () => {});
@@ -666,6 +666,52 @@ Deno.test("report: a failure while drawing the figures leaves the earlier output
     message,
   );
   assertEquals(await tree(out), before);
+});
+
+Deno.test("report: one data set under two spellings of --data pools; other examples are noted", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-data-" });
+  try {
+    const task = (train: string) => ({ task: { train_sha256: train, dev_sha256: "d" } });
+    const run = (name: string, data: string, train: string, seed: number) =>
+      single(`${dir}/${name}`, "cb", "ft", null, seed, { macro_f1: 0.5, accuracy: 0.5 }, {
+        data,
+      }, task(train));
+    await run("a", "data/superglue/CB", "t", 1);
+    await run("b", "/home/me/ehft/data/superglue/CB", "t", 2);
+    assertEquals(buildTable(await findRuns([`${dir}/a`, `${dir}/b`])).notes, []);
+    await run("c", "data/superglue/CB", "other", 3);
+    assertEquals(buildTable(await findRuns([`${dir}/a`, `${dir}/c`])).notes, [
+      `FT CB: pools runs with different settings (data "data/superglue/CB" vs ` +
+      `"data/superglue/CB", other examples): ${dir}/a, ${dir}/c`,
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "report: a method's other runs with --analysis are named as not drawn",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-one-per-method-" });
+    try {
+      const [a, b] = [`${dir}/runs/a`, `${dir}/runs/b`];
+      await analysedRun(a, false);
+      await analysedRun(b, false);
+      const out = `${dir}/report`;
+      const lines: string[] = [];
+      await report(parseReportArgs([a, b, "--out", out]), (l) => lines.push(l));
+      assertEquals(
+        lines.at(-1),
+        `report: ${out}/report.md written (2 figures of 1 run with --analysis, one per method; ` +
+          `1 more of the same methods not drawn)`,
+      );
+      const md = await Deno.readTextFile(`${out}/report.md`);
+      assert(md.includes(`\`${a}\`; not drawn (another run of a method above): \`${b}\`.`), md);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test({
@@ -710,7 +756,7 @@ Deno.test({
       assert(!(await Deno.readTextFile(`${out}/report.md`)).includes("feature_change"));
       assertEquals(
         lines.at(-1),
-        `report: ${out}/report.md written (2 figures from 1 runs with --analysis)`,
+        `report: ${out}/report.md written (2 figures of 1 run with --analysis, one per method)`,
       );
       assertEquals(await Deno.readTextFile(`${out}/figures/mine.png`), "mine");
     } finally {

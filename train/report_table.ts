@@ -96,6 +96,11 @@ export interface FoundRun {
   modelKey: string;
   /** run.json's settings. */
   settings: Record<string, unknown>;
+  /**
+   * What tells data sets apart: the train and dev splits' fingerprints (run.json's
+   * resolved.task), so one folder under two spellings is one; null for a run.json older than them.
+   */
+  dataKey?: string | null;
   seeds: SeedResult[];
   /**
    * Where each seed ran (describeRecord: "A", or "A → B" for a run resumed elsewhere), in
@@ -163,6 +168,30 @@ async function modelKeyOf(
     if (await statOrNull(seedRun)) real = realDir(await readJsonFile(seedRun));
   }
   return real !== null ? folderKey(real) : `name ${tidyPath(model)}`;
+}
+
+/**
+ * FoundRun.dataKey of the run in `dir`: its run.json's (or, for a --seeds run, its first seed
+ * folder's) train and dev fingerprints, or null when they were not recorded.
+ */
+async function dataKeyOf(
+  dir: string,
+  run: Record<string, unknown>,
+  folders: readonly string[],
+): Promise<string | null> {
+  const key = (r: unknown) => {
+    const resolved = isJsonObject(r) && isJsonObject(r.resolved) ? r.resolved : null;
+    const t = resolved && isJsonObject(resolved.task) ? resolved.task : null;
+    const [train, dev] = [t?.train_sha256, t?.dev_sha256];
+    return typeof train === "string" && typeof dev === "string" ? `${train} ${dev}` : null;
+  };
+  let found = key(run);
+  for (const f of folders) {
+    if (found !== null) break;
+    const seedRun = `${dir}/${f}/run.json`;
+    if (await statOrNull(seedRun)) found = key(await readJsonFile(seedRun));
+  }
+  return found;
 }
 
 /**
@@ -243,6 +272,7 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
     model: s.model as string,
     modelKey: await modelKeyOf(dir, run, folders, s.model as string),
     settings: s,
+    dataKey: await dataKeyOf(dir, run, folders),
   };
   const metrics = await readJsonFile(metricsPath);
   if (!multi) {
@@ -439,6 +469,15 @@ function settingsDifference(a: FoundRun, b: FoundRun): string {
   const ignored = new Set(IGNORED_SETTINGS);
   // One folder is one hub commit, whichever --revision named it ("main" or its hash).
   if (!a.modelKey.startsWith("name ")) ignored.add("revision");
+  // The same examples under two spellings of --data are one data set; other examples are not,
+  // whatever the path.
+  if (a.dataKey && b.dataKey) {
+    if (a.dataKey !== b.dataKey) {
+      return `data ${JSON.stringify(a.settings.data)} vs ${JSON.stringify(b.settings.data)}, ` +
+        `other examples`;
+    }
+    ignored.add("data");
+  }
   // A run from before a setting was recorded ran with its value of then.
   const [sa, sb] = [a, b].map((r) => ({ ...UNRECORDED_SETTINGS, ...r.settings }));
   for (const k of new Set([...Object.keys(sa), ...Object.keys(sb)])) {
