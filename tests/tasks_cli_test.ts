@@ -125,6 +125,9 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
       ]),
       run(["run", "-A", "tasks/cb.ts", "--dry-run", "--epochs", "many"]),
     ]);
+    // A leading "--" (npm's habit: `deno task cb -- --epochs many`) is no flag of its own.
+    const dashed = await run(["run", "-A", "tasks/cb.ts", "--", "--dry-run", "--epochs", "many"]);
+    assertEquals([dashed.code, dashed.stderr.trim()], [1, flag.stderr.trim()]);
     // A split the training needs is missing: reported, and the status says it would not start.
     assertEquals(partial.code, 1, partial.stderr);
     assertEquals(partial.json().ready, false);

@@ -341,6 +341,8 @@ export async function runMain(
   help?: string,
 ) {
   const args = [...Deno.args];
+  // `deno task rte -- --max-steps 2`, as npm scripts are given flags: the "--" means nothing here.
+  if (args[0] === "--") args.shift();
   const end = args.indexOf("--");
   const flags = end < 0 ? args : args.slice(0, end);
   if (help !== undefined && (flags.includes("--help") || flags.includes("-h"))) {
