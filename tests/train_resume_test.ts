@@ -189,6 +189,46 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train: Ctrl-C stops the run with status 130 and the command that resumes it",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      const out = `${dir}/run`;
+      const args = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
+        ...["--checkpoint-every", "2"],
+      ];
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", TRAIN_TS, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const stderr = new Response(child.stderr).text();
+      while ((await checkpointStage(out)) === null) await new Promise((r) => setTimeout(r, 10));
+      child.kill("SIGINT");
+      const status = await child.status;
+      const last = (await stderr).trim().split("\n").at(-1)!;
+      assertEquals(status.code, 130, last);
+      assert(
+        last.startsWith(
+          "train: interrupted; to go on from the run's last checkpoint (--checkpoint-every): " +
+            "deno run -A ",
+        ) && last.endsWith(" --resume"),
+        last,
+      );
+      assert(await exists(`${out}/checkpoint.safetensors`));
+      assert(!(await exists(`${out}/metrics.json`)));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "train --precision f16: loss scale in the log, a killed run resumes bit for bit",
   ...IN_PROCESS_GPU,
   fn: async () => {
