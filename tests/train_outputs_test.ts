@@ -377,4 +377,11 @@ test("runTraining refuses a library caller's unknown strategy, method, schedule 
     assert(e instanceof FlagError && e.message.startsWith(expected), e.message);
   }
   assertEquals(await exists(out), false, "nothing written");
+  // A run that cannot open its model leaves no empty --out behind; a folder that was there stays.
+  const missing = { ...config, model: `${dir}/no-model` };
+  await assertRejects(() => runTraining(missing, { task: rte, quiet: true }), Error, "no-model");
+  assertEquals(await exists(out), false, "an empty --out left behind");
+  await Deno.mkdir(out);
+  await assertRejects(() => runTraining(missing, { task: rte, quiet: true }), Error, "no-model");
+  assertEquals(await exists(out), true, "a folder that was there removed");
 });

@@ -239,7 +239,8 @@ async function trainInFolder(
   const out = config.out;
   // A second train.ts on this folder (a double launch, a --resume or --overwrite while the run
   // goes on) would interleave checkpoints and results, or remove them under the first.
-  if (await isDirectory(out)) held.lock = await lockOutFolder(out, "train.ts");
+  const existed = await isDirectory(out);
+  if (existed) held.lock = await lockOutFolder(out, "train.ts");
   const entries = await runEntries(out);
   // Prepared once for every seed (the model opened and hashed, the splits tokenized: tens of
   // seconds at RoBERTa-large on QNLI), on the first that needs it; closed here, whatever happens.
@@ -247,6 +248,11 @@ async function trainInFolder(
   const prepareOnce = async () => prepared ??= await prepare(config, options.task, options.quiet);
   try {
     return await trainPrepared(config, options, held, entries, prepareOnce);
+  } catch (e) {
+    // A run that could not start (a model, data or GPU it could not get) leaves no empty --out
+    // behind; a folder it wrote anything into stays.
+    if (!existed) await Deno.remove(out).catch(() => {});
+    throw e;
   } finally {
     (prepared as Prepared | null)?.model.weights.close();
   }
