@@ -545,9 +545,16 @@ Deno.test({
             "--overwrite",
           ),
         Error,
-        `--head ${out}/model/model.safetensors is in ${out}/model, which --overwrite removes`,
+        `--head ${out}/model/model.safetensors is inside the run's model in ${out}, which ` +
+          "--overwrite removes",
       );
       assertSameFiles(await readTree(out), before, "after --overwrite with --head inside it");
+      await assertRejects(
+        () => run(out, "--model", `${out}/model`, "--overwrite"),
+        Error,
+        `--model ${out}/model is the run's model in ${out}, which --overwrite removes: copy it ` +
+          "elsewhere first, or choose another --out",
+      );
 
       // A good one replaces every file of the old run, and only those: with them go the
       // temporaries a killed write of the old run left, not those of a run kept inside it.

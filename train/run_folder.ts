@@ -64,8 +64,8 @@ export async function checkInputsOutside(
       const entry = await Deno.realPath(`${out}/${e}`);
       if (real === entry || real.startsWith(`${entry}/`)) {
         throw new FlagError(
-          `${flag} ${path} is in ${out}/${e}, which --overwrite removes: copy it elsewhere ` +
-            `first, or choose another --out`,
+          `${flag} ${path} is ${real === entry ? "" : "inside "}the run's ${e} in ${out}, ` +
+            `which --overwrite removes: copy it elsewhere first, or choose another --out`,
         );
       }
     }
