@@ -432,6 +432,23 @@ async function withTinyRun(
 }
 
 Deno.test({
+  name: "train --resume on a folder that holds no run says so, and starts one",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    await withTinyRun("ehft-train-fresh-resume-", [], async (dir, out) => {
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "1", "--eval-every", "0"],
+        ...["--out", out, "--resume"],
+      ]);
+      const { lines } = await capturingErrors(() => runTraining(config, { task: rte }));
+      assert(lines.includes(`--resume: ${out} holds no run yet: starting one`), lines.join("\n"));
+      assert(await exists(`${out}/metrics.json`));
+    });
+  },
+});
+
+Deno.test({
   name: "train --resume: a model or --head changed in place since the start is refused",
   ...IN_PROCESS_GPU,
   fn: async () => {

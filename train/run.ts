@@ -302,6 +302,10 @@ async function trainPrepared(
       );
     }
   }
+  // Said, so that a mistyped --out is seen at once, not after a run started from scratch.
+  if (config.resume && entries.length === 0 && !options.quiet) {
+    console.error(`--resume: ${out} holds no run yet: starting one`);
+  }
   await Deno.mkdir(out, { recursive: true });
   held.lock ??= await lockOutFolder(out, "train.ts");
   const settings = runSettings(config);
