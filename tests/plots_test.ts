@@ -306,6 +306,11 @@ Deno.test("scatter: one dot per point, one panel per set, legend of labels", asy
     "contradiction",
   ]);
   assertEquals(texts(svg, "mark-text role-legend-title"), ["gold label"]);
+  // Scores (STS-B's, rounded to labels) in their order, not the order they first come in.
+  const scores = scatter(false);
+  scores.points.forEach((p, i) => p.label = String([5, 4, 3, 1, 2, 0][i % 6]));
+  const scored = await renderSvg(scatterChartSpec(scores));
+  assertEquals(texts(scored, "mark-text role-legend-label"), ["0", "1", "2", "3", "4", "5"]);
   for (const t of ["train", "dev", "t-SNE 1", "t-SNE 2", "t-SNE of the features"]) {
     assert(hasText(svg, t), `missing "${t}"`);
   }

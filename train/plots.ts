@@ -361,6 +361,10 @@ export function scatterChartSpec(chart: ScatterChart): VegaLiteSpec {
     if (!panels.includes(panel)) panels.push(panel);
     values.push({ x: p.x, y: p.y, label: p.label, panel });
   }
+  // Scores (STS-B's, rounded) read in order; names stay in the order they first come.
+  if (labels.every((l) => l.trim() !== "" && Number.isFinite(Number(l)))) {
+    labels.sort((a, b) => Number(a) - Number(b));
+  }
   const faceted = panels.length > 1 || panels[0] !== "";
   const columns = chart.columns ?? Math.min(panels.length, 3);
   const size = chart.panelSize ?? (columns <= 1 ? 480 : columns === 2 ? 290 : 210);
