@@ -199,7 +199,7 @@ Deno.test({
       const args = [
         ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
         ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
-        ...["--checkpoint-every", "2"],
+        ...["--checkpoint-every", "2", "--max-length", "100000"],
       ];
       const child = new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", TRAIN_TS, ...args],
@@ -211,8 +211,15 @@ Deno.test({
       while ((await checkpointStage(out)) === null) await new Promise((r) => setTimeout(r, 10));
       child.kill("SIGINT");
       const status = await child.status;
-      const last = (await stderr).trim().split("\n").at(-1)!;
+      const text = await stderr;
+      const last = text.trim().split("\n").at(-1)!;
       assertEquals(status.code, 130, last);
+      // The first line says how long the inputs are, and that the flag asked for more.
+      assert(
+        /^rte: \d+ train and \d+ val examples of ≤ \d+ tokens \(--max-length 100000 is more than the model takes\), 400 steps, on /m
+          .test(text),
+        text,
+      );
       assert(
         last.startsWith(
           "train: interrupted; to go on from the run's last checkpoint (--checkpoint-every): " +
