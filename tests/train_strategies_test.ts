@@ -178,6 +178,13 @@ Deno.test({
         const stage1 = await readAll(`${out}/stage1/model.safetensors`);
         const start = atStage2! as Map<string, Float32Array>;
         const what = `${strategy} ${peft}`;
+        // No adapter: ehft drops LoRA, and ehft-reserve's factors hold only on the weights Stage
+        // 2 trained (model/ has them merged), not on the base model an adapter names.
+        assertEquals(await exists(`${out}/adapter`), false, what);
+        const final = await openSafetensors(`${out}/model/model.safetensors`);
+        const state = strategy === "ehft" ? "dropped" : peft === "lora" ? "merged" : "in_backbone";
+        assertEquals(final.metadata.peft_state, state, what);
+        final.close();
         // Guards an evaluation at Stage 1's end under --eval-every 0: only the run's end is scored.
         const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
         const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);

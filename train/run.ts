@@ -7,7 +7,8 @@
 //   out/model/          the final model in the checkpoint contract (config.json, tokenizer.json,
 //                       model.safetensors with the task and head shape in its metadata)
 //   out/stage1/         two-stage strategies: the model as Stage 1 left it
-//   out/adapter/        LoRA still active at the end: the Hugging Face PEFT adapter and the head
+//   out/adapter/        LoRA still active at the end on a frozen backbone: the Hugging Face PEFT
+//                       adapter and the head
 //   out/analysis/       --analysis: its measurements and figures
 //   out/<TASK>.jsonl|tsv  --predict-test: the leaderboard's submission file (train/submission.ts)
 //   out/checkpoint.safetensors   while running: what --resume continues from
@@ -962,10 +963,12 @@ async function saveStage1(l: Loop): Promise<void> {
 }
 
 /**
- * model/: the final model. LoRA still active is saved as a Hugging Face PEFT adapter (adapter/,
- * the head beside it in adapter/head.safetensors) and merged into the weights of model/; prefix
- * rows cannot be merged and go into model.safetensors under their own names. The metadata's
- * "peft_state" says which.
+ * model/: the final model. LoRA still active is merged into the weights of model/ and, when the
+ * backbone stayed frozen (`peft`), also saved as a Hugging Face PEFT adapter (adapter/, the head
+ * beside it in adapter/head.safetensors): an adapter is a change to its frozen base model, so a
+ * run whose last stage trained the backbone too (ehft-reserve) has none (its factors hold only on
+ * that stage's weights, which model/ holds merged). Prefix rows cannot be merged and go into
+ * model.safetensors under their own names. The metadata's "peft_state" says which.
  */
 async function saveFinalModel(
   dir: string,
@@ -983,16 +986,18 @@ async function saveFinalModel(
   } else if (!active) {
     metadata.peft_state = "dropped";
   } else if (peft.name === "lora") {
-    await saveLoraAdapter(`${dir}/adapter`, peft, p.model.config, { baseModel: config.model });
-    const head: Parameters<typeof writeSafetensors>[1] = {};
-    for (const [name, t] of trainer.headParameters()) {
-      head[name] = {
-        dtype: "F32",
-        shape: [...t.shape],
-        data: (await t.download()) as Float32Array,
-      };
+    if (trainer.trains?.backbone !== "all") {
+      await saveLoraAdapter(`${dir}/adapter`, peft, p.model.config, { baseModel: config.model });
+      const head: Parameters<typeof writeSafetensors>[1] = {};
+      for (const [name, t] of trainer.headParameters()) {
+        head[name] = {
+          dtype: "F32",
+          shape: [...t.shape],
+          data: (await t.download()) as Float32Array,
+        };
+      }
+      await writeSafetensors(`${dir}/adapter/head.safetensors`, head, { task: task.name });
     }
-    await writeSafetensors(`${dir}/adapter/head.safetensors`, head, { task: task.name });
     const rec = new Recorder(trainer.gpu);
     mergeLora(rec, peft, trainer.encoder.params);
     await rec.submit();
