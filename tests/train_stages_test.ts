@@ -3,7 +3,8 @@
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { assembleBatch, DataStream, epochOrder } from "../train/batches.ts";
+import { assembleBatch, DataStream, epochOrder, tokenizeExamples } from "../train/batches.ts";
+import type { TextTokenizer } from "../model/tokenizer.ts";
 import { predictionOf, updateBest } from "../train/evaluate.ts";
 import { isNoDecayName } from "../train/optimizer.ts";
 import { parseTrainArgs } from "../train/config.ts";
@@ -242,4 +243,24 @@ Deno.test("schedule: --resume of a run whose warmup was the product rounded down
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("tokenizeExamples: a split of 150 000 inputs (a spread over its rows overflowed the stack)", () => {
+  // Three tokens per input: only the size of the split matters here.
+  const stub = {
+    encodeBatch: (inputs: readonly unknown[]) => {
+      const n = inputs.length;
+      return {
+        batch: n,
+        seqLen: 3,
+        inputIds: new Uint32Array(3 * n).fill(7),
+        typeIds: new Uint32Array(3 * n),
+        lengths: new Array(n).fill(3),
+        fellBack: [],
+      };
+    },
+  } as unknown as TextTokenizer;
+  const examples = Array.from({ length: 150_000 }, (_, idx) => ({ idx, inputs: ["a"], label: 0 }));
+  const split = tokenizeExamples(stub, examples, 16, "big train");
+  assertEquals([split.examples.length, split.longest], [150_000, 3]);
 });

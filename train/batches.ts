@@ -225,7 +225,8 @@ export function tokenizeExamples(
       ...(hasSpans ? { spans: spans[i] } : {}),
     })),
     inputsPerExample: k,
-    longest: Math.max(...rows.map((r) => r.ids.length)),
+    // A loop, not Math.max(...rows): spread arguments overflow the stack past ~125k inputs.
+    longest: rows.reduce((m, r) => Math.max(m, r.ids.length), 0),
     hasSpans,
     fellBack,
   };
