@@ -381,7 +381,39 @@ test("runTraining refuses a library caller's unknown strategy, method, schedule 
   const missing = { ...config, model: `${dir}/no-model` };
   await assertRejects(() => runTraining(missing, { task: rte, quiet: true }), Error, "no-model");
   assertEquals(await exists(out), false, "an empty --out left behind");
+  // With several seeds too: nothing is written before the model opens.
+  const seeds = { ...missing, seeds: 2 };
+  await assertRejects(() => runTraining(seeds, { task: rte, quiet: true }), Error, "no-model");
+  assertEquals(await exists(out), false, "a --seeds run's folder left behind");
   await Deno.mkdir(out);
   await assertRejects(() => runTraining(missing, { task: rte, quiet: true }), Error, "no-model");
   assertEquals(await exists(out), true, "a folder that was there removed");
+});
+
+test("train: two runs started at once on a new --out: the second is refused, the first ends", async () => {
+  // The second, refused for the first's lock, removed the folder it had seen missing (its own
+  // failed start, it thought) while the first was still preparing: the first then failed.
+  const { dir, args } = await prepare();
+  const out = `${dir}/race`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--max-steps", "2"],
+  ]);
+  let release = () => {};
+  const refused = new Promise<void>((r) => release = r);
+  // The first reads its data only once the second has been refused.
+  const waiting: Task = {
+    ...rte,
+    readExamples: async (data, split) => {
+      await refused;
+      return await rte.readExamples(data, split);
+    },
+  };
+  const settled = (p: Promise<unknown>) => p.then(() => null, (e: Error) => e.message);
+  const first = settled(runTraining(config, { task: waiting, quiet: true }));
+  const second = settled(runTraining(config, { task: rte, quiet: true }));
+  const refusal = await second;
+  assert(refusal?.startsWith(`--out ${out} is in use`), `${refusal}`);
+  release();
+  assertEquals(await first, null, "the first run failed");
+  assert(await exists(`${out}/metrics.json`), "the first run did not end");
 });

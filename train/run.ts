@@ -251,8 +251,9 @@ async function trainInFolder(
     return await trainPrepared(config, options, held, entries, prepareOnce);
   } catch (e) {
     // A run that could not start (a model, data or GPU it could not get) leaves no empty --out
-    // behind; a folder it wrote anything into stays.
-    if (!existed) await Deno.remove(out).catch(() => {});
+    // behind; a folder it wrote anything into stays. Only while this process holds the folder's
+    // lock: a second train.ts that lost the race for a new --out must not remove the first's.
+    if (!existed && held.lock !== null) await Deno.remove(out).catch(() => {});
     throw e;
   } finally {
     (prepared as Prepared | null)?.model.weights.close();
@@ -331,6 +332,10 @@ async function trainPrepared(
   if (config.resume) await removeStaleTemporaries(out);
 
   if (!(await exists(`${out}/run.json`))) {
+    // The model, data and GPU first, as a single seed's run: a run that cannot start writes
+    // nothing (and leaves no folder it made).
+    await prepareOnce();
+    if (!options.gpu) await getGpu();
     await writeJsonAtomic(`${out}/run.json`, {
       settings,
       seed_folders: seedList(config).map(seedFolder),
