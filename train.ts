@@ -20,7 +20,7 @@ import { shippedDataDir, startLines, taskScriptRecipe } from "./train/default_mo
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
-import { readsTrainFlags, resumeCommand } from "./train/run_faults.ts";
+import { interruptedMessage, readsTrainFlags } from "./train/run_faults.ts";
 import type { Task } from "./train/task.ts";
 
 export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
@@ -100,7 +100,7 @@ export async function trainFromArgs(
  */
 export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): Promise<void> {
   await runMain(task.name, async (args) => {
-    sayHowToResumeOnInterrupt(task.name);
+    sayHowToResumeOnInterrupt(task.name, args);
     const chosen = taskScriptRecipe(args, recipe, mini);
     setDryRunStatus(
       await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
@@ -121,22 +121,20 @@ function setDryRunStatus(result: RunMetrics | SeedsMetrics | DryRunReport): void
 
 /**
  * Ctrl-C stops the run where it is, as a kill would (checkpoints and results are written
- * atomically), and says how to go on: the command, with --resume, that continues from the last
- * checkpoint. Exit status 130, as the shell's own for SIGINT.
+ * atomically), and says what was kept and the command that goes on (interruptedMessage). Exit
+ * status 130, as the shell's own for SIGINT. A dry run writes nothing: Ctrl-C only stops it.
  */
-function sayHowToResumeOnInterrupt(name: string): void {
+function sayHowToResumeOnInterrupt(name: string, args: readonly string[]): void {
+  if (args.includes("--dry-run")) return;
   Deno.addSignalListener("SIGINT", () => {
-    console.error(
-      `\n${name}: interrupted; to go on from the run's last checkpoint (--checkpoint-every): ` +
-        resumeCommand(),
-    );
+    console.error(`\n${name}: ${interruptedMessage()}`);
     Deno.exit(130);
   });
 }
 
 if (import.meta.main) {
   await runMain("train", async (args) => {
-    sayHowToResumeOnInterrupt("train");
+    sayHowToResumeOnInterrupt("train", args);
     setDryRunStatus(await trainFromArgs(args));
   }, TRAIN_HELP);
 }

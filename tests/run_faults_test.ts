@@ -11,7 +11,13 @@ import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
-import { explainRunError, MAX_CONSECUTIVE_SKIPS, resumeCommand } from "../train/run_faults.ts";
+import {
+  explainRunError,
+  interruptedMessage,
+  MAX_CONSECUTIVE_SKIPS,
+  resumeCommand,
+  setTrainingPlace,
+} from "../train/run_faults.ts";
 import { RunLog, trailingSkips } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
@@ -351,5 +357,27 @@ Deno.test("run faults: a failed write of log.jsonl (a full disk) names the file 
     assertEquals(await Deno.readTextFile(`${dir}/log.jsonl`), '{"step":1}\n');
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("run faults: what Ctrl-C says, before the training and during it", () => {
+  assertEquals(interruptedMessage(), "interrupted before the training started");
+  setTrainingPlace({
+    dir: "runs/x",
+    checkpoint: { path: "runs/x/checkpoint.safetensors", step: 8 },
+  });
+  try {
+    const line = interruptedMessage();
+    assert(
+      line.startsWith(
+        "interrupted; the last good checkpoint (step 8) is kept in runs/x/checkpoint.safetensors; " +
+          "to go on: ",
+      ) && line.endsWith(resumeCommand()),
+      line,
+    );
+    setTrainingPlace({ dir: "runs/x", checkpoint: null });
+    assert(interruptedMessage().includes("no checkpoint was written yet"), interruptedMessage());
+  } finally {
+    setTrainingPlace(null);
   }
 });

@@ -51,6 +51,7 @@ import {
   nonFiniteOutputsFault,
   RunFaultError,
   type RunPlace,
+  setTrainingPlace,
 } from "./run_faults.ts";
 import {
   checkConfigChoices,
@@ -588,6 +589,7 @@ async function runSeed(
   let analysis: RunAnalysis | null = null;
   let freed = false;
   try {
+    setTrainingPlace(place);
     await loadBackbone(model.weights, model.config, encoderParameters(trainer.encoder.params));
     if (config.head) {
       const reader = await openSafetensors(config.head);
@@ -633,6 +635,7 @@ async function runSeed(
     freed = true;
     throw await explain(e);
   } finally {
+    setTrainingPlace(null);
     progress.finish();
     log.close();
     analysis?.destroy();

@@ -78,6 +78,24 @@ export function readsTrainFlags(args: readonly string[]): void {
   flagArgs = [...args];
 }
 
+/** The run (or seed) training in this process now, for what Ctrl-C says; null otherwise. */
+let training: RunPlace | null = null;
+
+/** Marks `place` as the run training now (null: none); runTraining's seeds call it. */
+export function setTrainingPlace(place: RunPlace | null): void {
+  training = place;
+}
+
+/**
+ * What Ctrl-C says in train.ts and the task scripts: before the training started, only that
+ * (nothing to resume yet: an --overwrite has not replaced the old run); during it, what was kept
+ * and the command that goes on.
+ */
+export function interruptedMessage(): string {
+  if (!training) return "interrupted before the training started";
+  return `interrupted; ${keptCheckpoint(training)}; to go on: ${resumeCommand()}`;
+}
+
 /** What was kept; `judged`: whether the checkpoint's step is known good (its stats checked). */
 function keptCheckpoint(place: RunPlace, judged = true): string {
   const c = place.checkpoint;
