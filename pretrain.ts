@@ -793,4 +793,4 @@ async function main(args: string[]): Promise<void> {
   );
 }
 
-if (import.meta.main) await runMain("pretrain", main, HELP);
+if (import.meta.main) await runMain("pretrain", main, HELP, { flagsOnly: true });

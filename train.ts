@@ -99,16 +99,21 @@ export async function trainFromArgs(
  * with one, the paper's `recipe`. The recipes' task is `task` unless they name it.
  */
 export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): Promise<void> {
-  await runMain(task.name, async (args) => {
-    sayHowToResumeOnInterrupt(task.name, args);
-    const chosen = taskScriptRecipe(args, recipe, mini);
-    setDryRunStatus(
-      await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
-        usingDefault: chosen.usingDefault,
-        paper: recipe,
-      }),
-    );
-  }, taskHelp(task.name, recipe, mini));
+  await runMain(
+    task.name,
+    async (args) => {
+      sayHowToResumeOnInterrupt(task.name, args);
+      const chosen = taskScriptRecipe(args, recipe, mini);
+      setDryRunStatus(
+        await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
+          usingDefault: chosen.usingDefault,
+          paper: recipe,
+        }),
+      );
+    },
+    taskHelp(task.name, recipe, mini),
+    { flagsOnly: true },
+  );
 }
 
 /**
@@ -133,8 +138,13 @@ function sayHowToResumeOnInterrupt(name: string, args: readonly string[]): void 
 }
 
 if (import.meta.main) {
-  await runMain("train", async (args) => {
-    sayHowToResumeOnInterrupt("train", args);
-    setDryRunStatus(await trainFromArgs(args));
-  }, TRAIN_HELP);
+  await runMain(
+    "train",
+    async (args) => {
+      sayHowToResumeOnInterrupt("train", args);
+      setDryRunStatus(await trainFromArgs(args));
+    },
+    TRAIN_HELP,
+    { flagsOnly: true },
+  );
 }

@@ -473,6 +473,8 @@ Deno.test("report.ts: prints the markdown; bad flags and paths are one-line erro
     [[`${dir}/runs`, "--outt", "x"], "report: unknown flag --outt (did you mean --out?)\n"],
     [[], "report: give one or more run folders (or folders holding runs)\n"],
     [[`${dir}/nowhere`], `report: ${dir}/nowhere: no such folder\n`],
+    // After "--" every argument is a folder, even a leading one's (train.ts drops that "--").
+    [["--", "--nowhere"], "report: --nowhere: no such folder\n"],
     [
       [`${dir}/runs/ft/rte/run.json`],
       `report: ${dir}/runs/ft/rte/run.json: not a folder (give run folders or their parents)\n`,

@@ -334,15 +334,19 @@ export function errorLine(e: unknown): string {
  * exception in a timer, an unhandled promise rejection) — becomes one line `<name>: <message>`
  * on stderr and exit code 1; with `--debug` (anywhere before a `--`) the stack follows the line.
  * With `help`, `--help` or `-h` (anywhere before a `--`) prints it instead of running `main`.
+ * `flagsOnly`: the command takes flags alone, so a leading `--` (npm's way of passing flags to a
+ * script, `deno task rte -- --max-steps 2`) is dropped.
  */
 export async function runMain(
   name: string,
   main: (args: string[]) => Promise<void>,
   help?: string,
+  options: { flagsOnly?: boolean } = {},
 ) {
   const args = [...Deno.args];
-  // `deno task rte -- --max-steps 2`, as npm scripts are given flags: the "--" means nothing here.
-  if (args[0] === "--") args.shift();
+  // `deno task rte -- --max-steps 2`, as npm scripts are given flags: for a command that takes
+  // only flags the "--" means nothing (report.ts's says what follows are folders).
+  if (options.flagsOnly && args[0] === "--") args.shift();
   const end = args.indexOf("--");
   const flags = end < 0 ? args : args.slice(0, end);
   if (help !== undefined && (flags.includes("--help") || flags.includes("-h"))) {
