@@ -577,14 +577,12 @@ async function runSeed(
     label: label ?? undefined,
   });
   const trainSplit = task.trainSplit ?? "train";
-  // A --max-length beyond the model's positions is cut to them: said, as run.json keeps the flag.
-  const cut = config.maxLength !== null && config.maxLength > p.maxLength
-    ? ` (--max-length ${config.maxLength} is more than the model takes)`
-    : "";
+  // The inputs' limit as used: --max-length cut to the model's positions (less prefix rows),
+  // which run.json's settings keep as typed.
   progress.line(
     `${task.name}: ${p.train.examples.length} ${trainSplit} and ${p.dev.examples.length} ` +
-      `${task.devSplit} examples of ≤ ${p.maxLength} tokens${cut}, ` +
-      `${plural(p.totalSteps, "step")}, on ${gpu.description}`,
+      `${task.devSplit} examples of ≤ ${p.maxLength} tokens, ${plural(p.totalSteps, "step")}, ` +
+      `on ${gpu.description}`,
   );
   let analysis: RunAnalysis | null = null;
   let freed = false;
