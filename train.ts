@@ -15,8 +15,13 @@ import { tuneRequest } from "./kernels/matmul_autotune.ts";
 import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
-import { checkRunFolder, runMain } from "./train/flags.ts";
-import { shippedDataDir, startLines, taskScriptRecipe } from "./train/default_model.ts";
+import { checkRunFolder, FlagError, runMain } from "./train/flags.ts";
+import {
+  DEFAULT_MODEL_NAME,
+  shippedDataDir,
+  startLines,
+  taskScriptRecipe,
+} from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
@@ -104,6 +109,13 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
     async (args) => {
       sayHowToResumeOnInterrupt(task.name, args);
       const chosen = taskScriptRecipe(args, recipe, mini);
+      if (chosen.missingDefault && !args.includes("--dry-run")) {
+        throw new FlagError(
+          `--model is required: this script's default, the shipped models/${DEFAULT_MODEL_NAME}, ` +
+            `is not beside it (it comes with a local checkout, not by URL); give a local model ` +
+            `folder or a Hugging Face hub id (the paper's setting: --model FacebookAI/roberta-large)`,
+        );
+      }
       setDryRunStatus(
         await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
           usingDefault: chosen.usingDefault,

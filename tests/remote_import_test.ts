@@ -92,8 +92,25 @@ gpu.destroy();
       assert(result.exports.includes(name), `mod.ts does not export ${name}`);
     }
     assertEquals(result.out, Array(9).fill(2.5));
-    // No local folder to look in: task scripts then need --model.
+    // No local folder to look in: task scripts then need --model, and say so.
     assertEquals(result.shipped, null);
+    const task = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-config", "--no-lock", "-A", `http://${origin}/tasks/cb.ts`]
+        .concat(["--max-steps", "1", "--out", `${dir}/cb`]),
+      cwd: dir,
+      env: { NO_COLOR: "1", XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const said = new TextDecoder().decode(task.stderr).trim();
+    assertEquals(task.code, 1, said);
+    assert(
+      said.startsWith(
+        "cb: --model is required: this script's default, the shipped models/ehft-mini-en, is " +
+          "not beside it (it comes with a local checkout, not by URL)",
+      ),
+      said,
+    );
     assert(requested.includes("/mod.ts"));
     assert(requested.some((p) => p.startsWith("/kernels/")), "kernels were not fetched");
   } finally {

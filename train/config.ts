@@ -260,12 +260,9 @@ export function parseTrainArgs(
   }
   const model = f.model ?? r.model;
   if (!model) {
-    // A task script loaded by URL has no models/ folder beside it to default to.
-    const remote = new URL(import.meta.url).protocol !== "file:";
     throw new FlagError(
       "--model is required: a local model folder or a Hugging Face hub id (the paper's setting: " +
-        "--model FacebookAI/roberta-large)" +
-        (remote ? "; the shipped model comes only with a local checkout, not by URL" : ""),
+        "--model FacebookAI/roberta-large)",
     );
   }
 

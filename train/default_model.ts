@@ -93,13 +93,16 @@ export function taskScriptRecipe(
   args: readonly string[],
   paper: Recipe,
   mini: Recipe | undefined,
-): { recipe: Recipe; usingDefault: boolean } {
+): { recipe: Recipe; usingDefault: boolean; missingDefault: boolean } {
   const dir = shippedModelDir();
   const named = namedModel(args);
   if (!mini || dir === null || (named !== null && !sameFolder(named, dir))) {
-    return { recipe: paper, usingDefault: false };
+    // A script with a shipped-model recipe whose model is not beside it (loaded by URL, or a
+    // checkout without models/), given no --model.
+    const missingDefault = mini !== undefined && dir === null && named === null;
+    return { recipe: paper, usingDefault: false, missingDefault };
   }
-  return { recipe: { ...mini, model: named ?? dir }, usingDefault: true };
+  return { recipe: { ...mini, model: named ?? dir }, usingDefault: true, missingDefault: false };
 }
 
 /** What a run's budget reads as. */
