@@ -751,11 +751,32 @@ Deno.test({
         const idx = (await r.task.readExamples(folder, "train"))[1].idx;
         const problem = `${folder}/train.${r.ext}:${lineOf(r, 1)}: ${name} train: example 1 ` +
           `(idx ${idx}) has label ${label}; the task's ${need}`;
-        const notes = (await dryRun(task, { data: folder })).notes;
-        assert(notes?.includes(problem), JSON.stringify(notes));
+        const report = await dryRun(task, { data: folder });
+        assert(report.notes?.includes(problem), JSON.stringify(report.notes));
+        assertEquals(report.ready, false);
         await assertRejects(() => train(task, folder), Error, problem);
         assert(!(await exists(`${dir}/run-${name}/log.jsonl`)), "a step was trained");
       }
+      // The same label in a test split (Hugging Face gives test examples -1): noted, but the
+      // training, which reads no test labels, would start.
+      const rte = READERS.rte;
+      await Deno.writeTextFile(
+        `${dir}/rte/test.${rte.ext}`,
+        fileText(rte, [rte.line("a b", 0), rte.line("c d", 1)]),
+      );
+      const testLabels: Task = {
+        ...rte.task,
+        readExamples: async (path, split) =>
+          (await rte.task.readExamples(path, split)).map((e) =>
+            split === "test" ? { ...e, label: -1 } : e
+          ),
+      };
+      const withTest = await dryRun(testLabels, { data: `${dir}/rte` });
+      assert(
+        withTest.notes?.some((n) => n.includes("rte test: example 0")),
+        JSON.stringify(withTest),
+      );
+      assertEquals(withTest.ready, true);
       // A head that does not fit the loss: refused as early.
       await assertRejects(
         () => train({ ...READERS.rte.task, headClasses: 3 }, `${dir}/rte`),

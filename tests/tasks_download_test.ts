@@ -172,13 +172,15 @@ test("boolq and qnli offline with nothing cached: a clear error, a dry run repor
       );
       assert(e.message.includes(cache), e.message);
     }
+    // Offline, the training could not download it either: not ready, exit status 1.
     const r = await dryRun("qnli", cache, "--dry-run");
-    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.code, 1, r.stderr);
     const report = JSON.parse(r.last);
-    assertEquals([report.data, report.splits, report.max_tokens], [
+    assertEquals([report.data, report.splits, report.max_tokens, report.ready], [
       null,
       { train: null, dev: null, test: null },
       null,
+      false,
     ]);
     assert(report.notes[0].includes("QNLIv2.zip"), report.notes[0]);
     // Without an offline variable, "offline mode" would be the dry run's choice, not the user's.
@@ -195,6 +197,7 @@ test("boolq and qnli offline with nothing cached: a clear error, a dry run repor
       stdout: "piped",
       stderr: "piped",
     }).output();
+    assertEquals(online.code, 0, new TextDecoder().decode(online.stderr));
     const notes = JSON.parse(new TextDecoder().decode(online.stdout).trim().split("\n").at(-1)!)
       .notes;
     assert(

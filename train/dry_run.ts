@@ -208,7 +208,9 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     const empty = emptyTextNote(examples, `${task.name} ${r.name}`);
     if (empty !== null) notes.push(empty);
     const label = badLabel(task, examples, labelClasses(task, examples), `${task.name} ${r.name}`);
-    if (label !== null) refuse(label);
+    // Training checks the labels of the splits it reads (train and dev), not the test split's.
+    if (label !== null && needed.has(r.name)) refuse(label);
+    else if (label !== null) notes.push(label);
     if (r.name === task.devSplit) {
       const unscorable = unscorableDevSplit(
         task.metrics,
@@ -296,12 +298,15 @@ export async function dryRunFromArgs(
         data = await task.resolveData({ offline: true, quiet: true });
       } catch (e) {
         // The download error's "offline mode" would be the dry run's own choice, not the user's.
+        const fetchable = e instanceof DatasetNotCachedError && e.offlineVariables.length === 0;
         notes.push(
-          e instanceof DatasetNotCachedError && e.offlineVariables.length === 0
+          fetchable
             ? `a dry run downloads nothing: ${e.dataset} is not in the data cache ${e.cache} ` +
               `yet; the training downloads it (${e.url}), or pass --data <its folder>`
             : `a dry run downloads nothing: ${errorText(e)}`,
         );
+        // Offline (an offline variable set), the training could not download it either.
+        if (!fetchable) refused = true;
       }
     } else if (data === null) {
       notes.push(`${task.name} has no default data folder: pass --data`);
