@@ -899,3 +899,21 @@ Deno.test("a tokenizer that adds no [CLS] before the text is refused: the head r
     );
   });
 });
+
+Deno.test("data errors: --dry-run with a model not at hand: ready unless the training cannot get it", async () => {
+  const data = new URL("../data/superglue/CB", import.meta.url).pathname;
+  const task = READERS.cb.task;
+  const ready = async (model: string, env: Record<string, string>) => {
+    const report = await dryRun(task, { data, model, env: { HF_HOME: "/nonexistent", ...env } });
+    assert(
+      report.notes?.some((n) => n.startsWith(`--model ${model}: not at hand`)),
+      `${report.notes}`,
+    );
+    return report.ready;
+  };
+  // A hub id not in the cache: the training downloads it, unless told to stay offline.
+  assertEquals(await ready("someone/some-model", {}), true);
+  assertEquals(await ready("someone/some-model", { HF_HUB_OFFLINE: "1" }), false);
+  // A path that is no folder and no hub id: nothing can get it.
+  assertEquals(await ready("/nonexistent/model", {}), false);
+});

@@ -29,14 +29,17 @@
 //   not (data or a split it needs missing, --data naming a file, a label the task cannot take,
 //   an unlabeled example where labels are needed, a dev split too small for its metrics, a
 //   --predict-test refusal); then train.ts's --dry-run exits with status 1 after the report. A
-//   model not at hand or a data set not downloaded yet does not count: the training gets them.
+//   hub model not in the cache or a data set not downloaded yet does not count (the training
+//   gets them), unless an offline variable is set; a --model path that is neither a folder nor a
+//   hub id does.
 //
 // A malformed data file or flag is an error (exit 1), one line naming the file and the line;
 // missing data, a missing split or a missing model is not (the report says it, and `ready`).
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { errorText } from "../model/error_text.ts";
-import { resolveModel } from "../model/hub.ts";
+import { isHubId, resolveModel } from "../model/hub.ts";
+import { isTrue } from "../model/env.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { emptyTextNote } from "./batches.ts";
@@ -161,8 +164,15 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       options.revision,
       options.env ?? Deno.env.toObject(),
     );
-    if (typeof found === "string") notes.push(found);
-    else model = found;
+    if (typeof found !== "string") model = found;
+    else {
+      // Not at hand: a hub id the training downloads, unless an offline variable forbids it; a
+      // path that is no hub id either cannot be got at all.
+      const env = options.env ?? Deno.env.toObject();
+      const offline = isTrue(env.HF_HUB_OFFLINE ?? env.TRANSFORMERS_OFFLINE);
+      if (!isHubId(options.model) || offline) refuse(found);
+      else notes.push(found);
+    }
   }
   const maxLength = model
     ? Math.min(options.maxLength ?? Infinity, model.limit - (options.prefixRows ?? 0))
