@@ -55,7 +55,10 @@ export interface Task {
   head?: HeadInput;
   /** The training loss. */
   loss: LossKind;
-  /** The metrics of its dev evaluations, as the official code reports them. */
+  /**
+   * The metrics of its dev evaluations, the first the one report.ts's table shows (the official
+   * code computes more: accuracy, F1 and MCC for every binary task).
+   */
   metrics: readonly MetricName[];
   /** The split training reads (default "train"). */
   trainSplit?: string;
