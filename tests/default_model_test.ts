@@ -74,6 +74,15 @@ Deno.test("task scripts: no --model, or the shipped folder, trains it on its min
       assertEquals(same.recipe.epochs, 3);
     }
   }
+  // No shipped model beside the script (by URL, a checkout without it): --model is missing,
+  // unless given or named by the recipe.
+  const away = (args: string[], paper = RTE_RECIPE) =>
+    taskScriptRecipe(args, paper, RTE_MINI_RECIPE, null).missingDefault;
+  assertEquals(away([]), true);
+  assertEquals(away(["--model", "x"]), false);
+  assertEquals(away([], { ...RTE_RECIPE, model: "my-model" }), false);
+  assertEquals(taskScriptRecipe([], RTE_RECIPE, undefined, null).missingDefault, false);
+  assertEquals(none.missingDefault, false);
   // Flags after "--" are not the script's.
   assertEquals(
     taskScriptRecipe(["--", "--model", "x"], RTE_RECIPE, RTE_MINI_RECIPE).usingDefault,

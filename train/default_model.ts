@@ -93,13 +93,14 @@ export function taskScriptRecipe(
   args: readonly string[],
   paper: Recipe,
   mini: Recipe | undefined,
+  dir: string | null = shippedModelDir(),
 ): { recipe: Recipe; usingDefault: boolean; missingDefault: boolean } {
-  const dir = shippedModelDir();
   const named = namedModel(args);
   if (!mini || dir === null || (named !== null && !sameFolder(named, dir))) {
     // A script with a shipped-model recipe whose model is not beside it (loaded by URL, or a
-    // checkout without models/), given no --model.
-    const missingDefault = mini !== undefined && dir === null && named === null;
+    // checkout without models/), given no --model and no recipe model of its own.
+    const missingDefault = mini !== undefined && dir === null && named === null &&
+      paper.model === undefined;
     return { recipe: paper, usingDefault: false, missingDefault };
   }
   return { recipe: { ...mini, model: named ?? dir }, usingDefault: true, missingDefault: false };

@@ -334,8 +334,9 @@ export function errorLine(e: unknown): string {
  * exception in a timer, an unhandled promise rejection) — becomes one line `<name>: <message>`
  * on stderr and exit code 1; with `--debug` (anywhere before a `--`) the stack follows the line.
  * With `help`, `--help` or `-h` (anywhere before a `--`) prints it instead of running `main`.
- * `flagsOnly`: the command takes flags alone, so a leading `--` (npm's way of passing flags to a
- * script, `deno task rte -- --max-steps 2`) is dropped.
+ * `flagsOnly`: a command `deno task` runs that takes flags alone (train.ts, the task scripts,
+ * pretrain.ts): a leading `--` (npm's way of passing flags to a script, `deno task rte --
+ * --max-steps 2`) is dropped.
  */
 export async function runMain(
   name: string,
