@@ -777,6 +777,8 @@ Deno.test({
         JSON.stringify(withTest),
       );
       assertEquals(withTest.ready, true);
+      // ...and not counted under a name it does not have.
+      assertEquals(withTest.splits.test?.labels, { entailment: 0, not_entailment: 0 });
       // A head that does not fit the loss: refused as early.
       await assertRejects(
         () => train({ ...READERS.rte.task, headClasses: 3 }, `${dir}/rte`),
@@ -903,10 +905,15 @@ Deno.test("a tokenizer that adds no [CLS] before the text is refused: the head r
 Deno.test("data errors: --dry-run with a model not at hand: ready unless the training cannot get it", async () => {
   const data = new URL("../data/superglue/CB", import.meta.url).pathname;
   const task = READERS.cb.task;
-  const ready = async (model: string, env: Record<string, string>) => {
-    const report = await dryRun(task, { data, model, env: { HF_HOME: "/nonexistent", ...env } });
+  const ready = async (model: string, env: Record<string, string>, revision?: string) => {
+    const report = await dryRun(task, {
+      data,
+      model,
+      revision,
+      env: { HF_HOME: "/nonexistent", ...env },
+    });
     assert(
-      report.notes?.some((n) => n.startsWith(`--model ${model}: not at hand`)),
+      report.notes?.some((n) => n.startsWith(`--model ${model}: `)),
       `${report.notes}`,
     );
     return report.ready;
@@ -914,6 +921,13 @@ Deno.test("data errors: --dry-run with a model not at hand: ready unless the tra
   // A hub id not in the cache: the training downloads it, unless told to stay offline.
   assertEquals(await ready("someone/some-model", {}), true);
   assertEquals(await ready("someone/some-model", { HF_HUB_OFFLINE: "1" }), false);
+  // Read as the hub reads them: an empty variable is unset, so the other one decides.
+  const emptyFirst = { HF_HUB_OFFLINE: "", TRANSFORMERS_OFFLINE: "1" };
+  assertEquals(await ready("someone/some-model", emptyFirst), false);
   // A path that is no folder and no hub id: nothing can get it.
   assertEquals(await ready("/nonexistent/model", {}), false);
+  // Something there that is no model, though its path looks like a hub id (paths from the
+  // repository root, where the tests run): a file, and a folder given a --revision.
+  assertEquals(await ready("data/README.md", {}), false);
+  assertEquals(await ready("models/ehft-mini-en", {}, "main"), false);
 });

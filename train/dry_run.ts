@@ -110,8 +110,9 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
 }
 
 /**
- * The model's tokenizer and its sequence limit, from local files only: a note when the model is
- * not at hand (not a folder, not in the hub cache); an error when its files are there but wrong.
+ * The model's tokenizer and its sequence limit, from local files only; why not (one line) when the
+ * model is not at hand (not a folder, not in the hub cache) or its path holds no model folder; an
+ * error when its files are there but wrong.
  */
 async function localTokenizer(
   model: string,
@@ -126,7 +127,7 @@ async function localTokenizer(
       quiet: true,
     });
   } catch (e) {
-    return `--model ${model}: not at hand, so no token lengths (${errorText(e).split("\n")[0]})`;
+    return errorText(e).split("\n")[0];
   }
   const config = await readConfig(`${dir}/config.json`);
   return { tokenizer: await loadTokenizer(dir, config), limit: maxSequenceLength(config) };
@@ -166,12 +167,18 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     );
     if (typeof found !== "string") model = found;
     else {
-      // Not at hand: a hub id the training downloads, unless an offline variable forbids it; a
-      // path that is no hub id either cannot be got at all.
+      // Not at hand: a hub id the training downloads, unless an offline variable forbids it
+      // (read as the hub reads them: empty is unset). Something at that path that is no model
+      // folder (a file; a folder given a --revision), or a path that is no hub id either, the
+      // training cannot use at all.
       const env = options.env ?? Deno.env.toObject();
-      const offline = isTrue(env.HF_HUB_OFFLINE ?? env.TRANSFORMERS_OFFLINE);
-      if (!isHubId(options.model) || offline) refuse(found);
-      else notes.push(found);
+      const get = (name: string) => (env[name] === "" ? undefined : env[name]);
+      const offline = isTrue(get("HF_HUB_OFFLINE") ?? get("TRANSFORMERS_OFFLINE"));
+      const here = await Deno.stat(options.model).then(() => true, () => false);
+      const m = options.model;
+      if (here) refuse(`--model ${m}: ${found}`);
+      else if (!isHubId(m) || offline) refuse(`--model ${m}: not at hand (${found})`);
+      else notes.push(`--model ${m}: not at hand, so no token lengths (${found})`);
     }
   }
   const maxLength = model
@@ -243,7 +250,11 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     if (labeled.length > 0 && task.labels.length > 0) {
       const counts: Record<string, number> = {};
       for (const name of task.labels) counts[name] = 0;
-      for (const e of labeled) counts[task.labels[e.label!]]++;
+      // A label the task cannot take (noted above: a test split's -1, say) has no name to count.
+      for (const e of labeled) {
+        const name = task.labels[e.label!];
+        if (name !== undefined) counts[name]++;
+      }
       summary.labels = counts;
       if (labeled.length < examples.length) summary.unlabeled = examples.length - labeled.length;
     }
