@@ -390,30 +390,29 @@ test("runTraining refuses a library caller's unknown strategy, method, schedule 
   assertEquals(await exists(out), true, "a folder that was there removed");
 });
 
-test("train: two runs started at once on a new --out: the second is refused, the first ends", async () => {
-  // The second, refused for the first's lock, removed the folder it had seen missing (its own
-  // failed start, it thought) while the first was still preparing: the first then failed.
+test("train: two runs started at once on a new --out: one is refused, the other ends", async () => {
+  // Each reads its data only once released: the one holding the folder's lock waits there, so
+  // the other's refusal (and whatever it does on failing) comes first. The one refused must not
+  // remove the folder it saw missing at its start (it did: the other then failed to write).
   const { dir, args } = await prepare();
   const out = `${dir}/race`;
   const { config } = parseTrainArgs([
     ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--max-steps", "2"],
   ]);
   let release = () => {};
-  const refused = new Promise<void>((r) => release = r);
-  // The first reads its data only once the second has been refused.
+  const released = new Promise<void>((r) => release = r);
   const waiting: Task = {
     ...rte,
     readExamples: async (data, split) => {
-      await refused;
+      await released;
       return await rte.readExamples(data, split);
     },
   };
   const settled = (p: Promise<unknown>) => p.then(() => null, (e: Error) => e.message);
-  const first = settled(runTraining(config, { task: waiting, quiet: true }));
-  const second = settled(runTraining(config, { task: rte, quiet: true }));
-  const refusal = await second;
+  const runs = [0, 1].map(() => settled(runTraining(config, { task: waiting, quiet: true })));
+  const [first, refusal] = await Promise.race(runs.map((p, i) => p.then((r) => [i, r] as const)));
   assert(refusal?.startsWith(`--out ${out} is in use`), `${refusal}`);
   release();
-  assertEquals(await first, null, "the first run failed");
-  assert(await exists(`${out}/metrics.json`), "the first run did not end");
+  assertEquals(await runs[1 - first], null, "the other run failed");
+  assert(await exists(`${out}/metrics.json`), "the other run did not end");
 });
