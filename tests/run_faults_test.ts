@@ -16,6 +16,7 @@ import {
   interruptedMessage,
   MAX_CONSECUTIVE_SKIPS,
   resumeCommand,
+  setRunResumable,
   setTrainingPlace,
 } from "../train/run_faults.ts";
 import { RunLog, trailingSkips } from "../train/run.ts";
@@ -377,7 +378,12 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", () 
     );
     setTrainingPlace({ dir: "runs/x", checkpoint: null });
     assert(interruptedMessage().includes("no checkpoint was written yet"), interruptedMessage());
+    // Between seeds, or after a seed's end: no seed's checkpoint to name, the run goes on.
+    setTrainingPlace(null);
+    setRunResumable(true);
+    assertEquals(interruptedMessage(), `interrupted; to go on: ${resumeCommand()}`);
   } finally {
     setTrainingPlace(null);
+    setRunResumable(false);
   }
 });

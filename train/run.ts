@@ -51,6 +51,7 @@ import {
   nonFiniteOutputsFault,
   RunFaultError,
   type RunPlace,
+  setRunResumable,
   setTrainingPlace,
 } from "./run_faults.ts";
 import {
@@ -258,6 +259,7 @@ async function trainInFolder(
     throw e;
   } finally {
     (prepared as Prepared | null)?.model.weights.close();
+    setRunResumable(false);
   }
 }
 
@@ -311,6 +313,8 @@ async function trainPrepared(
   }
   await Deno.mkdir(out, { recursive: true });
   held.lock ??= await lockOutFolder(out, "train.ts");
+  // A run found here is one --resume goes on with, from the start.
+  if (config.resume && entries.length > 0) setRunResumable(true);
   const settings = runSettings(config);
   if (config.resume) {
     await checkSameSettings(out, settings as unknown as Record<string, unknown>);
@@ -342,6 +346,7 @@ async function trainPrepared(
       seed_folders: seedList(config).map(seedFolder),
     });
   }
+  setRunResumable(true);
   const results: Record<string, RunMetrics> = {};
   for (const seed of seedList(config)) {
     results[String(seed)] = await runSeed(
@@ -448,6 +453,7 @@ async function runSeed(
   const environment = runEnvironment(gpu);
   if (!checkpoint) {
     await writeJsonAtomic(`${dir}/run.json`, { settings, resolved, environment });
+    setRunResumable(true);
   } else if (await exists(`${dir}/run.json`)) {
     const record = await readRunJson(`${dir}/run.json`);
     const note = resumeElsewhereNote(`${dir}/run.json`, record, environment);
@@ -622,6 +628,7 @@ async function runSeed(
     await saveFinalModel(dir, config, task, p, trainer);
     await writeJsonAtomic(metricsPath, result);
     await Deno.remove(checkpointPath).catch(() => {});
+    setTrainingPlace(null);
     // Also draws those of an analysis written before the run was killed and resumed.
     await drawMissingFigures(dir, options.quiet ?? false);
     return result;

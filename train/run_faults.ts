@@ -80,20 +80,31 @@ export function readsTrainFlags(args: readonly string[]): void {
 
 /** The run (or seed) training in this process now, for what Ctrl-C says; null otherwise. */
 let training: RunPlace | null = null;
+/** Whether this process's run folder holds a run that --resume continues (its run.json). */
+let resumable = false;
 
-/** Marks `place` as the run training now (null: none); runTraining's seeds call it. */
+/**
+ * Marks `place` as the seed training now (null: none, e.g. between seeds, or once its
+ * checkpoint is gone at its end); runTraining's seeds call it.
+ */
 export function setTrainingPlace(place: RunPlace | null): void {
   training = place;
 }
 
+/** Marks the run folder as holding a run --resume continues (false: none, or no longer ours). */
+export function setRunResumable(on: boolean): void {
+  resumable = on;
+}
+
 /**
- * What Ctrl-C says in train.ts and the task scripts: before the training started, only that
- * (nothing to resume yet: an --overwrite has not replaced the old run); during it, what was kept
- * and the command that goes on.
+ * What Ctrl-C says in train.ts and the task scripts: before the run folder holds a run, only that
+ * (an --overwrite has not replaced the old run yet, so a resume command would be wrong); then
+ * what a seed training now has kept, if one is, and the command that goes on.
  */
 export function interruptedMessage(): string {
-  if (!training) return "interrupted before the training started";
-  return `interrupted; ${keptCheckpoint(training)}; to go on: ${resumeCommand()}`;
+  if (!resumable && !training) return "interrupted before the training started";
+  const kept = training ? `${keptCheckpoint(training)}; ` : "";
+  return `interrupted; ${kept}to go on: ${resumeCommand()}`;
 }
 
 /** What was kept; `judged`: whether the checkpoint's step is known good (its stats checked). */
