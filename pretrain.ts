@@ -56,8 +56,9 @@ import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { MLM_PROBABILITY } from "./train/mlm_data.ts";
 import { sha256Hex } from "./train/data_files.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
-import { pretrain, PRETRAIN_ADAMW } from "./train/pretrain.ts";
+import { pretrain, PRETRAIN_ADAMW, PRETRAIN_LOG } from "./train/pretrain.ts";
 import { warmupSteps } from "./train/schedule.ts";
+import { CHECKPOINT_FILE } from "./train/training_checkpoint.ts";
 import {
   prunedTokenizerConfig,
   prunedTokenizerJson,
@@ -505,6 +506,22 @@ async function newModel(
   };
 }
 
+/**
+ * A new run that failed before it trained a step (a shape or batch the adapter cannot hold):
+ * what it wrote goes (pretrain.json, an empty log), and the folder if it made it, so that the
+ * corrected command does not find --out "not empty". A run with a checkpoint or a logged step
+ * is kept, as it is.
+ */
+async function undoFreshStart(out: string, made: boolean): Promise<void> {
+  if (await exists(`${out}/${CHECKPOINT_FILE}`)) return;
+  const log = await Deno.readTextFile(`${out}/${PRETRAIN_LOG}`).catch(() => "");
+  if (log.trim() !== "") return;
+  for (const name of ["pretrain.json", PRETRAIN_LOG]) {
+    await Deno.remove(`${out}/${name}`).catch(() => {});
+  }
+  if (made) await Deno.remove(out).catch(() => {});
+}
+
 async function main(args: string[]): Promise<void> {
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
@@ -607,7 +624,7 @@ async function main(args: string[]): Promise<void> {
       const v = tokenizer.tokenToId(token);
       if (v !== undefined) return v;
     }
-    throw new Error(`pretrain: the vocabulary has no ${tokens.join(" or ")}`);
+    throw new Error(`the vocabulary has no ${tokens.join(" or ")}`);
   };
   const ids: MaskingIds = {
     cls: id("[CLS]", "<s>"),
@@ -703,10 +720,12 @@ async function main(args: string[]): Promise<void> {
   }
   const gpu = await getGpu();
   const environment = runEnvironment(gpu);
+  let made = false;
   if (f.resume) {
     const note = resumeElsewhereNote(settingsPath, saved, environment);
     if (note) console.error(note);
   } else {
+    made = !(await isDirectory(out));
     await Deno.mkdir(out, { recursive: true });
     await lockOut(out);
     // Another pretrain.ts may have used the folder while this one read its corpus.
@@ -761,6 +780,9 @@ async function main(args: string[]): Promise<void> {
     resume: f.resume ?? false,
     modelDtype: dtype === "f16" ? "F16" : "F32",
     quiet: f.quiet,
+  }).catch(async (e) => {
+    if (!f.resume) await undoFreshStart(out, made);
+    throw e;
   });
   await writeFileAtomic(`${out}/model/tokenizer.json`, tokenizerJson);
   if (tokenizerConfig !== null) {

@@ -565,6 +565,19 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(small.code, 1);
     assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
     assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
+    // A shape the adapter cannot hold fails when the GPU tensors are made, after pretrain.json:
+    // what the run wrote goes, so that the corrected command finds no folder in its way.
+    const big = await pretrain([
+      ...["--out", `${dir}/d`, "--corpus", `${dir}/corpus.txt`, ...SMALL],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "3000000"],
+    ]);
+    assertEquals(big.code, 1);
+    const line = big.stderr.trim();
+    assert(line.startsWith("pretrain: ") && !line.startsWith("pretrain: pretrain:"), line);
+    assert(line.includes("storage binding"), line);
+    assertEquals(line.split("\n").length, 1, line);
+    assertEquals(await Deno.stat(`${dir}/d`).then(() => true, () => false), false, "left --out");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

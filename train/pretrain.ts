@@ -258,7 +258,7 @@ export class Pretrainer {
     const bindable = gpu.limits.maxStorageBufferBindingSize;
     if (logitBytes > bindable) {
       throw new Error(
-        `pretrain: the MLM logits of a batch (up to ${this.maxRows} masked tokens × ` +
+        `the MLM logits of a batch (up to ${this.maxRows} masked tokens × ` +
           `${config.vocabSize} words) take ${logitBytes} bytes, more than one storage binding ` +
           `(${bindable}); use a smaller --batch-size or --max-length, or a pruned vocabulary`,
       );
