@@ -306,6 +306,13 @@ async function readSavedSettings(path: string): Promise<SavedSettings> {
  * other text than `settings` and `stats` say now (`before` is pretrain.json as written at the
  * start); true when the run is finished (nothing to do).
  */
+/** A recorded shape without its vocabulary size (the text decides it). */
+function withoutVocab(shape: unknown): unknown {
+  if (!isJsonObject(shape)) return shape;
+  const { vocab: _, ...rest } = shape;
+  return rest;
+}
+
 async function resumeIsFinished(
   out: string,
   before: SavedSettings,
@@ -313,9 +320,9 @@ async function resumeIsFinished(
   stats: CorpusStats,
 ): Promise<boolean> {
   // The flags first (another --seed or --max-length also packs other text), less the paths
-  // whose contents are compared below; the starting checkpoint by where it is, however its
-  // path is spelled; then the text by its fingerprints (by its statistics for runs from
-  // before them).
+  // whose contents are compared below and what the text decides (the pruned vocabulary's size
+  // and tokenizer); the starting checkpoint by where it is, however its path is spelled; then the
+  // text by its fingerprints (by its statistics for runs from before them); then the vocabulary.
   const flags = (
     {
       corpus: _c,
@@ -324,9 +331,11 @@ async function resumeIsFinished(
       model: _m,
       train_sha256: _s,
       held_out_sha256: _h,
+      tokenizer_sha256: _k,
+      shape,
       ...rest
     }: Record<string, unknown>,
-  ) => rest;
+  ) => ({ ...rest, shape: withoutVocab(shape) });
   const diff = firstDifference(flags(before.settings), flags(settings));
   if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
   // Started when the warmup was the float64 product's floor (0.29 · 100 = 28.999999999999996):
@@ -367,6 +376,18 @@ async function resumeIsFinished(
     throw new FlagError(
       `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
         `(${textDiff})`,
+    );
+  }
+  // The same text and flags prune the same vocabulary, unless the --vocab file changed.
+  const vocabulary = (s: Record<string, unknown>) => ({
+    vocab: isJsonObject(s.shape) ? s.shape.vocab : undefined,
+    ...("tokenizer_sha256" in s ? { tokenizer_sha256: s.tokenizer_sha256 } : {}),
+  });
+  const vocabDiff = firstDifference(vocabulary(before.settings), vocabulary(settings));
+  if (vocabDiff) {
+    throw new FlagError(
+      `--resume: ${out} was started with another vocabulary (${vocabDiff}): the --vocab file ` +
+        `is not the one it started with`,
     );
   }
   const done = ["result.json", "model/config.json", "model/model.safetensors"];
@@ -460,7 +481,11 @@ async function newModel(
   const fullVocab = await Deno.readTextFile(vocabFile).catch((e) => {
     throw new FlagError(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
   });
-  const pruned = pruneVocabulary(fullVocab, text, { minCount });
+  // Its errors name the file as given (not the generic "vocab.txt").
+  const pruned = pruneVocabulary(fullVocab, text, {
+    minCount,
+    wordPiece: { source: `--vocab ${vocabFile}` },
+  });
   const tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
   const tokenizerConfig = JSON.stringify(
     prunedTokenizerConfig(pruned, shape.maxPositions),

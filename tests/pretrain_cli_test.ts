@@ -254,6 +254,8 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       [[], [...docs].reverse().join("\n\n") + "\n", `${texted}train_sha256: `],
       // The first document is held out.
       [[], docs.slice(1).join("\n\n") + "\n", `${texted}held_out_sha256: `],
+      // New words grow the pruned vocabulary too: still other text, not another setting.
+      [[], text + "\nzebra giraffe elephant kangaroo.\n", `${texted}train_sha256: `],
     ];
     for (const [flags, changed, line] of cases) {
       if (changed !== null) await Deno.writeTextFile(corpus, changed);
@@ -565,6 +567,16 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(small.code, 1);
     assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
     assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
+    // A --vocab that is no WordPiece vocabulary: the line names the flag and the file.
+    await Deno.writeTextFile(`${dir}/words.txt`, "hello\nworld\n");
+    const vocab = await pretrain([
+      ...["--out", `${dir}/v`, "--corpus", `${dir}/corpus.txt`, ...SMALL],
+      ...["--vocab", `${dir}/words.txt`],
+    ]);
+    assertEquals([vocab.code, vocab.stderr.trim()], [
+      1,
+      `pretrain: --vocab ${dir}/words.txt: has no unknown token "[UNK]"`,
+    ]);
     // A shape the adapter cannot hold fails when the GPU tensors are made, after pretrain.json:
     // what the run wrote goes, so that the corrected command finds no folder in its way.
     const big = await pretrain([
