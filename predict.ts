@@ -85,26 +85,6 @@ export interface Prediction {
   prediction: string | number;
 }
 
-/**
- * The fine-tuned model folders of a train.ts run folder (its model/, or each seed-N/model/ of a
- * --seeds run), when `dir` is one rather than a model (no config.json of its own); else none.
- */
-async function runFolderModels(dir: string): Promise<string[]> {
-  const isFile = (path: string) => Deno.stat(path).then((i) => i.isFile, () => false);
-  if (!(await isFile(`${dir}/run.json`)) || (await isFile(`${dir}/config.json`))) return [];
-  const found: string[] = [];
-  if (await isFile(`${dir}/model/config.json`)) found.push(`${dir}/model`);
-  const seeds: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    if (e.isDirectory && /^seed-\d+$/.test(e.name)) seeds.push(e.name);
-  }
-  seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
-  for (const seed of seeds) {
-    if (await isFile(`${dir}/${seed}/model/config.json`)) found.push(`${dir}/${seed}/model`);
-  }
-  return found;
-}
-
 /** Runs the model over one split of a task's data and returns a prediction per example. */
 export async function predict(options: PredictOptions): Promise<Prediction[]> {
   const { task } = options;
@@ -117,15 +97,6 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
   }
   if (maxLength !== undefined && (!Number.isSafeInteger(maxLength) || maxLength < 2)) {
     throw new FlagError(`--max-length: expected an integer ≥ 2, got ${maxLength}`);
-  }
-  const inRun = await runFolderModels(options.model);
-  if (inRun.length > 0) {
-    throw new FlagError(
-      `--model: ${options.model} is a train.ts run folder, not a model: ` +
-        (inRun.length === 1
-          ? `its fine-tuned model is ${inRun[0]}`
-          : `its seeds' fine-tuned models are ${inRun.join(", ")}`),
-    );
   }
   // The unused tensors are named below, once the model is known to be one predict.ts can run.
   const model = await openModel(options.model, { revision: options.revision, noteUnused: false });

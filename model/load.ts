@@ -77,11 +77,43 @@ export interface OpenModelOptions extends ResolveModelOptions {
  * transformers `classifier.*`, say) are named in one line on stderr, once per file and process,
  * except with `options.quiet` or with `options.noteUnused: false`.
  */
+/**
+ * The models inside a run folder of train.ts or pretrain.ts (its model/, or each seed-N/model/ of
+ * a --seeds run), when `dir` is one rather than a model (run.json or pretrain.json, and no
+ * config.json of its own); else none.
+ */
+export async function runFolderModels(dir: string): Promise<string[]> {
+  const isFile = (path: string) => Deno.stat(path).then((i) => i.isFile, () => false);
+  if (await isFile(`${dir}/config.json`)) return [];
+  if (!(await isFile(`${dir}/run.json`)) && !(await isFile(`${dir}/pretrain.json`))) return [];
+  const found: string[] = [];
+  if (await isFile(`${dir}/model/config.json`)) found.push(`${dir}/model`);
+  const seeds: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isDirectory && /^seed-\d+$/.test(e.name)) seeds.push(e.name);
+  }
+  seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+  for (const seed of seeds) {
+    if (await isFile(`${dir}/${seed}/model/config.json`)) found.push(`${dir}/${seed}/model`);
+  }
+  return found;
+}
+
 export async function openModel(
   idOrPath: string,
   options: OpenModelOptions = {},
 ): Promise<OpenedModel> {
   const dir = await resolveModel(idOrPath, options);
+  // A run folder given for the model it holds: named, rather than "config.json: cannot read".
+  const inRun = await runFolderModels(dir);
+  if (inRun.length > 0) {
+    throw new Error(
+      `${idOrPath} is a run folder, not a model: ` +
+        (inRun.length === 1
+          ? `its model is ${inRun[0]}`
+          : `its seeds' models are ${inRun.join(", ")}`),
+    );
+  }
   const configFile = `${dir}/config.json`;
   const config = await readConfig(configFile);
   const weights = await openWeights(dir);

@@ -105,14 +105,12 @@ Deno.test({
       await assertRejects(
         () => predict({ model: runDir, task: rte, data, split: "val", batchSize: 4 }),
         Error,
-        `--model: ${runDir} is a train.ts run folder, not a model: its fine-tuned model is ` +
-          `${runDir}/model`,
+        `${runDir} is a run folder, not a model: its model is ${runDir}/model`,
       );
       await assertRejects(
         () => predict({ model: `${runDir}/seeds`, task: rte, data, split: "val", batchSize: 4 }),
         Error,
-        `its seeds' fine-tuned models are ${runDir}/seeds/seed-2/model, ` +
-          `${runDir}/seeds/seed-10/model`,
+        `its seeds' models are ${runDir}/seeds/seed-2/model, ${runDir}/seeds/seed-10/model`,
       );
       const run = async (...args: string[]) => {
         const r = await new Deno.Command(Deno.execPath(), {

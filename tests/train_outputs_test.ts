@@ -388,6 +388,16 @@ test("runTraining refuses a library caller's unknown strategy, method, schedule 
   await Deno.mkdir(out);
   await assertRejects(() => runTraining(missing, { task: rte, quiet: true }), Error, "no-model");
   assertEquals(await exists(out), true, "a folder that was there removed");
+  // A run folder given for the model in it: named.
+  const fake = `${dir}/fake-run`;
+  await Deno.mkdir(`${fake}/model`, { recursive: true });
+  await Deno.copyFile(`${dir}/model/config.json`, `${fake}/model/config.json`);
+  await Deno.writeTextFile(`${fake}/run.json`, "{}");
+  await assertRejects(
+    () => runTraining({ ...config, model: fake }, { task: rte, quiet: true }),
+    Error,
+    `${fake} is a run folder, not a model: its model is ${fake}/model`,
+  );
 });
 
 test("train: two runs started at once on a new --out: one is refused, the other ends", async () => {
