@@ -191,6 +191,9 @@ async function lockOut(out: string): Promise<void> {
 }
 
 /** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
+/** The most weights (besides the vocabulary's) a new model's shape may have: 1.5e9. */
+const MAX_NEW_WEIGHTS = 1.5e9;
+
 const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
 
 /** A SHA-256 of token sequences, in order (each as its length, then its ids; u32 little-endian). */
@@ -573,7 +576,9 @@ async function main(args: string[]): Promise<void> {
   const warmupRatio = num("warmup-ratio", 0, 1);
   const weightDecay = num("weight-decay", 0, 10);
   const evalSequences = int("eval-sequences", 0);
-  const maxLength = int("max-length", 8);
+  const typed = (name: string) => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  // Untyped, --max-length is its default or the model's positions, whichever is fewer (below).
+  const typedMaxLength = typed("max-length") ? int("max-length", 8) : null;
   const evalEvery = int("eval-every");
   const checkpointEvery = int("checkpoint-every");
   const logEvery = int("log-every");
@@ -583,12 +588,22 @@ async function main(args: string[]): Promise<void> {
   if (!f.model && hidden % heads !== 0) {
     throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
   }
+  // A new model is made on the CPU first: a shape of billions of weights would fill the memory
+  // (or take minutes) before the GPU ever refused it.
+  const weights = maxPositions * hidden +
+    layers * (4 * hidden * hidden + 2 * hidden * intermediate + 9 * hidden + intermediate);
+  if (!f.model && weights > MAX_NEW_WEIGHTS) {
+    throw new FlagError(
+      `--layers ${layers}, --hidden ${hidden}, --intermediate ${intermediate} and ` +
+        `--max-positions ${maxPositions} make ${weights.toExponential(2)} weights (besides the ` +
+        `vocabulary's), more than pretrain.ts builds (${MAX_NEW_WEIGHTS.toExponential(1)}; ` +
+        `RoBERTa-large has 3.0e+8)`,
+    );
+  }
   const tune = tuneFlags(f);
   const tasks = taskTextTasks(f["task-text"]!);
   if (f.model) {
-    const given = (name: string) =>
-      args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
-    const shape = SHAPE_FLAGS.find(given);
+    const shape = SHAPE_FLAGS.find(typed);
     if (shape) {
       throw new FlagError(
         `--${shape}: --model ${f.model} brings its own shape and vocabulary; drop --${shape}`,
@@ -617,6 +632,13 @@ async function main(args: string[]): Promise<void> {
   const opened = f.model ? await openModel(f.model) : null;
   if (opened) mlmHeadNames(opened.config);
   const positions = opened ? maxSequenceLength(opened.config) : maxPositions;
+  const maxLength = typedMaxLength ?? Math.min(fallback("max-length"), positions);
+  if (maxLength < 8) {
+    throw new FlagError(
+      `--max-length: the ${positions} positions of ` +
+        `${opened ? `--model ${f.model}` : "--max-positions"} leave fewer than 8 tokens`,
+    );
+  }
   if (maxLength > positions) {
     throw new FlagError(
       `--max-length ${maxLength} is more than the ${positions} positions of ` +

@@ -450,6 +450,12 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
         ["--out", `${dir}/new`, "--model", `${dir}/base`, "--layers=4"],
         `--layers: --model ${dir}/base brings its own shape and vocabulary`,
       ],
+      // A shape of billions of weights is refused before it is built (it filled the memory).
+      [
+        ["--out", `${dir}/new`, "--layers", "100000"],
+        "--layers 100000, --hidden 128, --intermediate 512 and --max-positions 128 make " +
+        "1.98e+10 weights (besides the vocabulary's), more than pretrain.ts builds",
+      ],
     ];
     await writeTinyBert(`${dir}/base`, false);
     for (const [flags, message] of cases) {
@@ -567,6 +573,20 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(small.code, 1);
     assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
     assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
+    // --max-length untyped: its default, or the positions when fewer (it was refused as "128 is
+    // more than the 16 positions" though never typed).
+    const short = await pretrain([
+      ...["--out", `${dir}/p16`, "--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
+      ...["--steps", "1", "--batch-size", "2", "--eval-every", "1", "--log-every", "1"],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16"],
+    ]);
+    assertEquals(short.code, 0, short.stderr);
+    assertEquals(
+      JSON.parse(await Deno.readTextFile(`${dir}/p16/pretrain.json`)).settings
+        .max_length,
+      16,
+    );
     // A --vocab that is no WordPiece vocabulary: the line names the flag and the file.
     await Deno.writeTextFile(`${dir}/words.txt`, "hello\nworld\n");
     const vocab = await pretrain([
