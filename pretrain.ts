@@ -225,16 +225,18 @@ async function textsSha256(texts: readonly (string | null)[]): Promise<string> {
  * not compared: runs started before it was recorded resume as they did.
  */
 function firstDifference(before: unknown, now: unknown, key = ""): string {
+  return differences(before, now, key)[0] ?? "";
+}
+
+/** Every difference firstDifference would find, in `now`'s key order. */
+function differences(before: unknown, now: unknown, key = ""): string[] {
   if (isJsonObject(before) && isJsonObject(now)) {
-    for (const k of Object.keys(now)) {
-      if (!(k in before)) continue;
-      const d = firstDifference(before[k], now[k], key ? `${key}.${k}` : k);
-      if (d) return d;
-    }
-    return "";
+    return Object.keys(now).filter((k) => k in before).flatMap((k) =>
+      differences(before[k], now[k], key ? `${key}.${k}` : k)
+    );
   }
-  if (JSON.stringify(before) === JSON.stringify(now)) return "";
-  return `${key}: ${JSON.stringify(before)} in pretrain.json, ${JSON.stringify(now)} now`;
+  if (JSON.stringify(before) === JSON.stringify(now)) return [];
+  return [`${key}: ${JSON.stringify(before)} in pretrain.json, ${JSON.stringify(now)} now`];
 }
 
 interface CorpusStats {
@@ -316,16 +318,19 @@ function withoutVocab(shape: unknown): unknown {
   return rest;
 }
 
-async function resumeIsFinished(
+/**
+ * --resume, before the corpus is read: refuses (FlagError) a run started with other flags, naming
+ * every one that differs on one line (another --seed or --max-length also packs other text, so
+ * they come before the text), less the paths whose contents resumeIsFinished compares and what
+ * the text decides (the pruned vocabulary's size and tokenizer); and one started when its warmup
+ * rounded otherwise. `settings` is pretrain.json's settings as this command would write them,
+ * less what the corpus decides.
+ */
+function checkResumeFlags(
   out: string,
   before: SavedSettings,
   settings: Record<string, unknown>,
-  stats: CorpusStats,
-): Promise<boolean> {
-  // The flags first (another --seed or --max-length also packs other text), less the paths
-  // whose contents are compared below and what the text decides (the pruned vocabulary's size
-  // and tokenizer); the starting checkpoint by where it is, however its path is spelled; then the
-  // text by its fingerprints (by its statistics for runs from before them); then the vocabulary.
+): void {
   const flags = (
     {
       corpus: _c,
@@ -339,8 +344,10 @@ async function resumeIsFinished(
       ...rest
     }: Record<string, unknown>,
   ) => ({ ...rest, shape: withoutVocab(shape) });
-  const diff = firstDifference(flags(before.settings), flags(settings));
-  if (diff) throw new FlagError(`--resume: ${out} was started with other settings (${diff})`);
+  const diffs = differences(flags(before.settings), flags(settings));
+  if (diffs.length > 0) {
+    throw new FlagError(`--resume: ${out} was started with other settings (${diffs.join("; ")})`);
+  }
   // Started when the warmup was the float64 product's floor (0.29 · 100 = 28.999999999999996):
   // where that gave a step fewer, the resumed run's rates would be neither run's.
   const { warmup_ratio: ratio, steps, warmup_steps: now } = settings;
@@ -356,6 +363,20 @@ async function resumeIsFinished(
       );
     }
   }
+}
+
+/**
+ * --resume, once the corpus is read (after checkResumeFlags): refuses (FlagError) another
+ * starting checkpoint, by where it is however its path is spelled; other text, by its
+ * fingerprints (by its statistics for runs from before them); then another vocabulary. True when
+ * the run is finished (nothing to do).
+ */
+async function resumeIsFinished(
+  out: string,
+  before: SavedSettings,
+  settings: Record<string, unknown>,
+  stats: CorpusStats,
+): Promise<boolean> {
   const where = (m: unknown) =>
     typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
   if ("model" in before.settings) {
@@ -646,6 +667,42 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
+  // pretrain.json's settings less what the corpus decides (the vocabulary, the fingerprints): a
+  // --resume's flags are checked against them before the corpus is read (seconds to minutes).
+  const shape = opened?.config;
+  const flagSettings = {
+    model: f.model ?? null,
+    corpus: f.corpus,
+    task_text: f["task-text"],
+    vocab: f.vocab ?? null,
+    min_count: f.model ? null : minCount,
+    shape: {
+      layers: shape?.numLayers ?? layers,
+      hidden: shape?.hiddenSize ?? hidden,
+      heads: shape?.numHeads ?? heads,
+      intermediate: shape?.intermediateSize ?? intermediate,
+      max_positions: shape?.maxPositions ?? maxPositions,
+    },
+    steps,
+    batch_size: batchSize,
+    max_length: maxLength,
+    lr,
+    warmup_ratio: warmupRatio,
+    // Runs from before took the float64 product's floor: checked on --resume (checkResumeFlags).
+    warmup_steps: warmupSteps({ name: "linear", lr, total: steps, warmupRatio }),
+    weight_decay: weightDecay,
+    seed,
+    held_out: heldOutShare,
+    eval_sequences: evalSequences,
+    eval_every: evalEvery,
+    checkpoint_every: checkpointEvery,
+    log_every: logEvery,
+    model_dtype: dtype,
+    // Runs from before special tokens were kept out of the masks drew other masks: not resumable.
+    masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
+  };
+  if (f.resume) checkResumeFlags(out, saved!, flagSettings);
+
   const { docs, taskDocs, sources } = await readCorpus(f.corpus!, tasks, root, say);
   const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);
   // Task text only ever trains: the held-out slice measures language modelling on the corpus.
@@ -723,11 +780,7 @@ async function main(args: string[]): Promise<void> {
     heldOutSequences: held.length,
   };
   const settings = {
-    model: f.model ?? null,
-    corpus: f.corpus,
-    task_text: f["task-text"],
-    vocab: f.vocab ?? null,
-    min_count: f.model ? null : minCount,
+    ...flagSettings,
     shape: {
       layers: config.numLayers,
       hidden: config.hiddenSize,
@@ -736,23 +789,6 @@ async function main(args: string[]): Promise<void> {
       vocab: config.vocabSize,
       max_positions: config.maxPositions,
     },
-    steps,
-    batch_size: batchSize,
-    max_length: maxLength,
-    lr,
-    warmup_ratio: warmupRatio,
-    // Runs from before took the float64 product's floor: checked on --resume (resumeIsFinished).
-    warmup_steps: warmupSteps({ name: "linear", lr, total: steps, warmupRatio }),
-    weight_decay: weightDecay,
-    seed,
-    held_out: heldOutShare,
-    eval_sequences: evalSequences,
-    eval_every: evalEvery,
-    checkpoint_every: checkpointEvery,
-    log_every: logEvery,
-    model_dtype: dtype,
-    // Runs from before special tokens were kept out of the masks drew other masks: not resumable.
-    masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
     // What the corpus, the task text and the vocabulary became: a resume on other text (another
     // order, a document more or less) or another tokenizer is refused.
     train_sha256: await sequencesSha256(train),

@@ -251,6 +251,12 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       [["--model-dtype", "f16"], null, `${flagged}model_dtype: "f32" in pretrain.json, "f16" now`],
       // Another seed also holds out other documents: the flag is named, not the text.
       [["--seed", "1"], null, `${flagged}seed: 0 in pretrain.json, 1 now`],
+      // Every flag that differs, on one line.
+      [
+        ["--log-every", "1", "--seed", "1"],
+        null,
+        `${flagged}seed: 0 in pretrain.json, 1 now; log_every: 2 in pretrain.json, 1 now)`,
+      ],
       [[], [...docs].reverse().join("\n\n") + "\n", `${texted}train_sha256: `],
       // The first document is held out.
       [[], docs.slice(1).join("\n\n") + "\n", `${texted}held_out_sha256: `],
