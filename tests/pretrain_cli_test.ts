@@ -307,8 +307,9 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     const model = await readTree(`${out}/model`);
     await Deno.remove(`${out}/result.json`);
     await Deno.remove(`${out}/model`, { recursive: true });
-    const resumed = await pretrain([...args, "--resume"]);
+    const resumed = await pretrain([...args, "--resume"], false);
     assertEquals(resumed.code, 0, resumed.stderr);
+    assert(resumed.stderr.includes("pretrain: resumed at step 4 of 4"), resumed.stderr);
     const again = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
     const { seconds_this_run: _, tokens_this_run: __, ...run } = result;
     const { seconds_this_run: _s, tokens_this_run: thisRun, ...runAgain } = again;

@@ -628,7 +628,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     } else {
       for (const [name, data] of o.initial.encoder) {
         const t = params.get(`${o.config.prefix}.${name}`);
-        if (!t) throw new Error(`pretrain: initial tensor "${name}" is not the encoder's`);
+        if (!t) throw new Error(`initial tensor "${name}" is not the encoder's`);
         t.upload(data);
       }
       trainer.head.upload(o.initial.head);
@@ -639,10 +639,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       o.onLog?.(record);
     };
     const progress = new Progress({ total: o.steps, done: start, quiet: o.quiet });
+    if (checkpoint) progress.line(`pretrain: resumed at step ${start} of ${o.steps}`);
     let tokens = 0;
     const notFinite = (step: number) =>
       new Error(
-        `pretrain: the loss is not finite at step ${step}; the last checkpoint is ` +
+        `the loss is not finite at step ${step}; the last checkpoint is ` +
           `${checkpointPath} (resume with --resume, perhaps at a lower --lr)`,
       );
     const logStats = async (step: number) => {
