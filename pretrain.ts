@@ -116,7 +116,8 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
                           the new model's shape (default 2, 128, 2, 512, 128)
   --steps N               optimizer steps (default 2000)
   --batch-size N          sequences per step (default 32)
-  --max-length N          tokens per sequence, [CLS] and [SEP] included (default 128)
+  --max-length N          tokens per sequence, [CLS] and [SEP] included (default 128, or the
+                          model's positions when fewer)
   --lr X                  peak learning rate (default 5e-4)
   --warmup-ratio X        linear warmup share of the steps (default 0.06)
   --weight-decay X        AdamW weight decay (default 0.01)
@@ -190,10 +191,13 @@ async function lockOut(out: string): Promise<void> {
   outLock ??= await lockOutFolder(out, "pretrain.ts");
 }
 
-/** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
-/** The most weights (besides the vocabulary's) a new model's shape may have: 1.5e9. */
-const MAX_NEW_WEIGHTS = 1.5e9;
+/**
+ * The most weights (besides the vocabulary's) a new model's shape may have: 4e9 (16 GB of f32,
+ * built in this machine's memory first; RoBERTa-large has 3.0e8).
+ */
+const MAX_NEW_WEIGHTS = 4e9;
 
+/** The bert-base-uncased WordPiece vocabulary shipped with the repository. */
 const SHIPPED_VOCAB = new URL("./data/tokenizers/bert-base-uncased/vocab.txt", import.meta.url);
 
 /** A SHA-256 of token sequences, in order (each as its length, then its ids; u32 little-endian). */
@@ -306,11 +310,6 @@ async function readSavedSettings(path: string): Promise<SavedSettings> {
   return json as SavedSettings;
 }
 
-/**
- * --resume: refuses (FlagError) a run started with other flags, another starting checkpoint or
- * other text than `settings` and `stats` say now (`before` is pretrain.json as written at the
- * start); true when the run is finished (nothing to do).
- */
 /** A recorded shape without its vocabulary size (the text decides it). */
 function withoutVocab(shape: unknown): unknown {
   if (!isJsonObject(shape)) return shape;
@@ -389,31 +388,45 @@ async function resumeIsFinished(
       );
     }
   }
-  const text = (s: Record<string, unknown>) =>
-    Object.fromEntries(
-      ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
-    );
-  const counts = ({ sources: _, ...c }: Record<string, unknown>) => c;
-  const textDiff = firstDifference(text(before.settings), text(settings)) ||
-    firstDifference(counts(before.corpus), counts(stats as unknown as Record<string, unknown>));
-  if (textDiff) {
-    throw new FlagError(
+  // What the text is, by its words (the documents, sentences and words read: what no vocabulary
+  // changes); then the vocabulary the text and --vocab (or --model's tokenizer) make; then the
+  // token fingerprints, which both change. So each difference is named by its first cause.
+  const otherText = (diff: string) =>
+    new FlagError(
       `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
-        `(${textDiff})`,
+        `(${diff})`,
     );
-  }
-  // The same text and flags prune the same vocabulary, unless the --vocab file changed.
+  const wordsOf = (c: Record<string, unknown>) => ({
+    documents: c.documents,
+    sentences: c.sentences,
+    words: c.words,
+    heldOutDocuments: c.heldOutDocuments,
+  });
+  const now = stats as unknown as Record<string, unknown>;
+  const wordsDiff = firstDifference(wordsOf(before.corpus), wordsOf(now));
+  if (wordsDiff) throw otherText(wordsDiff);
   const vocabulary = (s: Record<string, unknown>) => ({
     vocab: isJsonObject(s.shape) ? s.shape.vocab : undefined,
     ...("tokenizer_sha256" in s ? { tokenizer_sha256: s.tokenizer_sha256 } : {}),
   });
   const vocabDiff = firstDifference(vocabulary(before.settings), vocabulary(settings));
   if (vocabDiff) {
+    const source = settings.model
+      ? `--model ${settings.model}'s tokenizer files differ from`
+      : "the --vocab file, or the text it is pruned to, differs from";
     throw new FlagError(
-      `--resume: ${out} was started with another vocabulary (${vocabDiff}): the --vocab file ` +
-        `is not the one it started with`,
+      `--resume: ${out} was started with another vocabulary (${vocabDiff}): ${source} the ` +
+        `ones it started with`,
     );
   }
+  const text = (s: Record<string, unknown>) =>
+    Object.fromEntries(
+      ["train_sha256", "held_out_sha256"].filter((k) => k in s).map((k) => [k, s[k]]),
+    );
+  const counts = ({ sources: _, ...c }: Record<string, unknown>) => c;
+  const textDiff = firstDifference(text(before.settings), text(settings)) ||
+    firstDifference(counts(before.corpus), counts(now));
+  if (textDiff) throw otherText(textDiff);
   const done = ["result.json", "model/config.json", "model/model.safetensors"];
   // result.json is written last: with it everything is there, and nothing is rewritten.
   return (await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean);
@@ -556,15 +569,11 @@ async function newModel(
 }
 
 /**
- * A new run that failed before it trained a step (a shape or batch the adapter cannot hold):
- * what it wrote goes (pretrain.json, an empty log), and the folder if it made it, so that the
- * corrected command does not find --out "not empty". A run with a checkpoint or a logged step
- * is kept, as it is.
+ * A new run that failed before its first step (a shape or batch the adapter cannot hold): what
+ * it wrote goes (pretrain.json, an evaluation's log), and the folder if it made it, so that the
+ * corrected command does not find --out "not empty". A run that began training is kept, as it is.
  */
 async function undoFreshStart(out: string, made: boolean): Promise<void> {
-  if (await exists(`${out}/${CHECKPOINT_FILE}`)) return;
-  const log = await Deno.readTextFile(`${out}/${PRETRAIN_LOG}`).catch(() => "");
-  if (log.trim() !== "") return;
   for (const name of ["pretrain.json", PRETRAIN_LOG]) {
     await Deno.remove(`${out}/${name}`).catch(() => {});
   }
@@ -804,6 +813,7 @@ async function main(args: string[]): Promise<void> {
   const gpu = await getGpu();
   const environment = runEnvironment(gpu);
   let made = false;
+  let trained = false;
   if (f.resume) {
     const note = resumeElsewhereNote(settingsPath, saved, environment);
     if (note) console.error(note);
@@ -863,8 +873,9 @@ async function main(args: string[]): Promise<void> {
     resume: f.resume ?? false,
     modelDtype: dtype === "f16" ? "F16" : "F32",
     quiet: f.quiet,
+    onTrainingStart: () => trained = true,
   }).catch(async (e) => {
-    if (!f.resume) await undoFreshStart(out, made);
+    if (!f.resume && !trained) await undoFreshStart(out, made);
     throw e;
   });
   await writeFileAtomic(`${out}/model/tokenizer.json`, tokenizerJson);

@@ -69,15 +69,6 @@ export interface OpenModelOptions extends ResolveModelOptions {
 }
 
 /**
- * Opens a model given as a local directory or a Hugging Face hub id. Reads only headers and
- * small files; the weights are read tensor by tensor when loaded onto the GPU. Before returning
- * it checks, on the host, that the config, the tensors and the tokenizer agree (`checkBackbone`,
- * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
- * here, naming the file, and not in the middle of GPU work. Tensors it will not load (a
- * transformers `classifier.*`, say) are named in one line on stderr, once per file and process,
- * except with `options.quiet` or with `options.noteUnused: false`.
- */
-/**
  * The models inside a run folder of train.ts or pretrain.ts (its model/, or each seed-N/model/ of
  * a --seeds run), when `dir` is one rather than a model (run.json or pretrain.json, and no
  * config.json of its own); else none.
@@ -99,6 +90,15 @@ export async function runFolderModels(dir: string): Promise<string[]> {
   return found;
 }
 
+/**
+ * Opens a model given as a local directory or a Hugging Face hub id. Reads only headers and
+ * small files; the weights are read tensor by tensor when loaded onto the GPU. Before returning
+ * it checks, on the host, that the config, the tensors and the tokenizer agree (`checkBackbone`,
+ * `readHeadShape`, the tokenizer's own checks, `checkTokenizerFits`), so a mismatched model fails
+ * here, naming the file, and not in the middle of GPU work. Tensors it will not load (a
+ * transformers `classifier.*`, say) are named in one line on stderr, once per file and process,
+ * except with `options.quiet` or with `options.noteUnused: false`.
+ */
 export async function openModel(
   idOrPath: string,
   options: OpenModelOptions = {},
