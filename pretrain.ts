@@ -58,7 +58,6 @@ import { sha256Hex } from "./train/data_files.ts";
 import { type MaskingIds, packDocuments } from "./train/mlm_data.ts";
 import { pretrain, PRETRAIN_ADAMW, PRETRAIN_LOG } from "./train/pretrain.ts";
 import { warmupSteps } from "./train/schedule.ts";
-import { CHECKPOINT_FILE } from "./train/training_checkpoint.ts";
 import {
   prunedTokenizerConfig,
   prunedTokenizerJson,
@@ -366,9 +365,9 @@ function checkResumeFlags(
 
 /**
  * --resume, once the corpus is read (after checkResumeFlags): refuses (FlagError) another
- * starting checkpoint, by where it is however its path is spelled; other text, by its
- * fingerprints (by its statistics for runs from before them); then another vocabulary. True when
- * the run is finished (nothing to do).
+ * starting checkpoint, by where it is however its path is spelled; other text as read (its
+ * fingerprint, or its counts for runs from before it); another vocabulary; other token sequences
+ * (fingerprints, or statistics for older runs). True when the run is finished (nothing to do).
  */
 async function resumeIsFinished(
   out: string,
@@ -388,22 +387,28 @@ async function resumeIsFinished(
       );
     }
   }
-  // What the text is, by its words (the documents, sentences and words read: what no vocabulary
-  // changes); then the vocabulary the text and --vocab (or --model's tokenizer) make; then the
-  // token fingerprints, which both change. So each difference is named by its first cause.
+  // The text as read first (its fingerprint; the counts of documents, sentences and words for a
+  // run from before it: what no vocabulary changes); then the vocabulary the text and --vocab
+  // (or --model's files) make; then the token fingerprints, which both change. So each
+  // difference is named by its first cause.
   const otherText = (diff: string) =>
     new FlagError(
       `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
         `(${diff})`,
     );
+  const now = stats as unknown as Record<string, unknown>;
+  const textKnown = "text_sha256" in before.settings;
   const wordsOf = (c: Record<string, unknown>) => ({
     documents: c.documents,
     sentences: c.sentences,
     words: c.words,
     heldOutDocuments: c.heldOutDocuments,
   });
-  const now = stats as unknown as Record<string, unknown>;
-  const wordsDiff = firstDifference(wordsOf(before.corpus), wordsOf(now));
+  const wordsDiff = textKnown
+    ? firstDifference({ text_sha256: before.settings.text_sha256 }, {
+      text_sha256: settings.text_sha256,
+    })
+    : firstDifference(wordsOf(before.corpus), wordsOf(now));
   if (wordsDiff) throw otherText(wordsDiff);
   const vocabulary = (s: Record<string, unknown>) => ({
     vocab: isJsonObject(s.shape) ? s.shape.vocab : undefined,
@@ -411,12 +416,13 @@ async function resumeIsFinished(
   });
   const vocabDiff = firstDifference(vocabulary(before.settings), vocabulary(settings));
   if (vocabDiff) {
-    const source = settings.model
-      ? `--model ${settings.model}'s tokenizer files differ from`
-      : "the --vocab file, or the text it is pruned to, differs from";
+    const cause = settings.model
+      ? `--model ${settings.model}'s vocabulary or tokenizer files are not those it started with`
+      : textKnown
+      ? "the --vocab file is not the one it started with"
+      : "the --vocab file, or the text it is pruned to, is not the one it started with";
     throw new FlagError(
-      `--resume: ${out} was started with another vocabulary (${vocabDiff}): ${source} the ` +
-        `ones it started with`,
+      `--resume: ${out} was started with another vocabulary (${vocabDiff}): ${cause}`,
     );
   }
   const text = (s: Record<string, unknown>) =>
@@ -800,6 +806,8 @@ async function main(args: string[]): Promise<void> {
     },
     // What the corpus, the task text and the vocabulary became: a resume on other text (another
     // order, a document more or less) or another tokenizer is refused.
+    // The text as read, whatever the vocabulary makes of it (so a resume names the first cause).
+    text_sha256: await textsSha256([...allText()]),
     train_sha256: await sequencesSha256(train),
     held_out_sha256: await sequencesSha256(held),
     tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
@@ -835,6 +843,11 @@ async function main(args: string[]): Promise<void> {
   );
   // The GEMMs: the encoder's linear layers at every token, the MLM head's at the masked ones.
   const rows = batchSize * maxLength;
+  // A failure before the first step (the tune, a shape the adapter cannot hold) undoes the start.
+  const undoing = async (e: unknown): Promise<never> => {
+    if (!f.resume && !trained) await undoFreshStart(out, made);
+    throw e;
+  };
   await autotuneForProgram(
     gpu,
     tuneRequest(tune),
@@ -847,7 +860,7 @@ async function main(args: string[]): Promise<void> {
       backward: true,
     }),
     { info: f.quiet ? () => {} : undefined },
-  );
+  ).catch(undoing);
   const result = await pretrain(gpu, {
     config,
     initial: { encoder: start.encoder, head: start.head },
@@ -874,10 +887,7 @@ async function main(args: string[]): Promise<void> {
     modelDtype: dtype === "f16" ? "F16" : "F32",
     quiet: f.quiet,
     onTrainingStart: () => trained = true,
-  }).catch(async (e) => {
-    if (!f.resume && !trained) await undoFreshStart(out, made);
-    throw e;
-  });
+  }).catch(undoing);
   await writeFileAtomic(`${out}/model/tokenizer.json`, tokenizerJson);
   if (tokenizerConfig !== null) {
     await writeFileAtomic(`${out}/model/tokenizer_config.json`, tokenizerConfig);

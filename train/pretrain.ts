@@ -97,7 +97,7 @@ export interface PretrainOptions {
   quiet?: boolean;
   /** Called with each log record, after it is written (tests, the CLI). */
   onLog?: (record: Record<string, unknown>) => void;
-  /** Called once the GPU holds the model and the first step is about to run. */
+  /** Called once this call's first step has run (the model fitted the adapter). */
   onTrainingStart?: () => void;
 }
 
@@ -709,10 +709,10 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       });
     };
     if (start === 0) await evaluate(0);
-    o.onTrainingStart?.();
     for (let step = start; step < o.steps; step++) {
       const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
       await trainer.step(b, learningRate(o.schedule, step), step);
+      if (step === start) o.onTrainingStart?.();
       const real = realTokens(b);
       tokens += real;
       pendingTokens += real;
