@@ -416,11 +416,12 @@ async function resumeIsFinished(
   });
   const vocabDiff = firstDifference(vocabulary(before.settings), vocabulary(settings));
   if (vocabDiff) {
+    const file = settings.vocab ? "the --vocab file" : "the shipped vocabulary (or ehft's pruning)";
     const cause = settings.model
       ? `--model ${settings.model}'s vocabulary or tokenizer files are not those it started with`
       : textKnown
-      ? "the --vocab file is not the one it started with"
-      : "the --vocab file, or the text it is pruned to, is not the one it started with";
+      ? `${file} is not what it started with`
+      : `${file}, or the text it is pruned to, is not what it started with`;
     throw new FlagError(
       `--resume: ${out} was started with another vocabulary (${vocabDiff}): ${cause}`,
     );

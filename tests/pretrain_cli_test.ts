@@ -275,7 +275,7 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
         `${flagged}seed: 0 in pretrain.json, 1 now; log_every: 2 in pretrain.json, 1 now)`,
       ],
       [[], [...docs].reverse().join("\n\n") + "\n", `${texted}text_sha256: `],
-      // The first document left out (the held-out one).
+      // The first document left out.
       [[], docs.slice(1).join("\n\n") + "\n", `${texted}text_sha256: `],
       // New words grow the pruned vocabulary too: still other text, not another setting.
       [[], text + "\nzebra giraffe elephant kangaroo.\n", `${texted}text_sha256: `],
@@ -607,10 +607,23 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
       ...["--max-positions", "16"],
     ]);
     assertEquals(short.code, 0, short.stderr);
-    assertEquals(
-      JSON.parse(await Deno.readTextFile(`${dir}/p16/pretrain.json`)).settings
-        .max_length,
-      16,
+    const p16 = JSON.parse(await Deno.readTextFile(`${dir}/p16/pretrain.json`));
+    assertEquals(p16.settings.max_length, 16);
+    // Its vocabulary recorded otherwise (no --vocab given): the shipped one is named.
+    p16.settings.tokenizer_sha256 = "0".repeat(64);
+    await Deno.writeTextFile(`${dir}/p16/pretrain.json`, JSON.stringify(p16));
+    await Deno.remove(`${dir}/p16/result.json`);
+    const shipped = await pretrain([
+      ...["--out", `${dir}/p16`, "--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
+      ...["--steps", "1", "--batch-size", "2", "--eval-every", "1", "--log-every", "1"],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--resume"],
+    ]);
+    assert(
+      shipped.stderr.trim().endsWith(
+        "the shipped vocabulary (or ehft's pruning) is not what it started with",
+      ),
+      shipped.stderr,
     );
     // The same text on another --vocab file: named as another vocabulary, not other text.
     const vocabCopy = `${dir}/bert-vocab.txt`;
@@ -628,7 +641,7 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(otherVocab.code, 1, otherVocab.stderr);
     assert(
       otherVocab.stderr.startsWith(`pretrain: --resume: ${dir}/vr was started with another `) &&
-        otherVocab.stderr.trim().endsWith("the --vocab file is not the one it started with"),
+        otherVocab.stderr.trim().endsWith("the --vocab file is not what it started with"),
       otherVocab.stderr,
     );
     // A --vocab that is no WordPiece vocabulary: the line names the flag and the file.

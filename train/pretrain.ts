@@ -97,7 +97,10 @@ export interface PretrainOptions {
   quiet?: boolean;
   /** Called with each log record, after it is written (tests, the CLI). */
   onLog?: (record: Record<string, unknown>) => void;
-  /** Called once this call's first step has run (the model fitted the adapter). */
+  /**
+   * Called once this call's first step has run on the GPU (its stats read back: a failure of
+   * its GPU work surfaces before, not after).
+   */
   onTrainingStart?: () => void;
 }
 
@@ -712,7 +715,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     for (let step = start; step < o.steps; step++) {
       const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
       await trainer.step(b, learningRate(o.schedule, step), step);
-      if (step === start) o.onTrainingStart?.();
+      if (step === start && o.onTrainingStart) {
+        // A read waits for the GPU to finish the step (a submit only hands it over).
+        await trainer.peekStats();
+        o.onTrainingStart();
+      }
       const real = realTokens(b);
       tokens += real;
       pendingTokens += real;
