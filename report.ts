@@ -16,6 +16,7 @@
 // earlier report's figures that this one does not draw removed.
 
 import { writeFilesAtomic } from "./model/atomic_write.ts";
+import { seedFolderNames } from "./model/load.ts";
 import { REPORT_HELP } from "./train/help.ts";
 import {
   comparisonFigures,
@@ -252,12 +253,7 @@ async function analysedRuns(
       out.push({ files: own, task, modelKey });
       continue;
     }
-    const seeds: string[] = [];
-    for await (const e of Deno.readDir(path)) {
-      if (e.isDirectory && /^seed-\d+$/.test(e.name)) seeds.push(e.name);
-    }
-    seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
-    for (const seed of seeds) {
+    for (const seed of await seedFolderNames(path)) {
       const r = await readRunAnalysis(`${path}/${seed}`);
       if (r) out.push({ files: r, task, modelKey });
     }

@@ -79,15 +79,19 @@ export async function runFolderModels(dir: string): Promise<string[]> {
   if (!(await isFile(`${dir}/run.json`)) && !(await isFile(`${dir}/pretrain.json`))) return [];
   const found: string[] = [];
   if (await isFile(`${dir}/model/config.json`)) found.push(`${dir}/model`);
+  for (const seed of await seedFolderNames(dir)) {
+    if (await isFile(`${dir}/${seed}/model/config.json`)) found.push(`${dir}/${seed}/model`);
+  }
+  return found;
+}
+
+/** The `seed-<n>` folders in `dir` (a --seeds run's), lowest seed first. */
+export async function seedFolderNames(dir: string): Promise<string[]> {
   const seeds: string[] = [];
   for await (const e of Deno.readDir(dir)) {
     if (e.isDirectory && /^seed-\d+$/.test(e.name)) seeds.push(e.name);
   }
-  seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
-  for (const seed of seeds) {
-    if (await isFile(`${dir}/${seed}/model/config.json`)) found.push(`${dir}/${seed}/model`);
-  }
-  return found;
+  return seeds.sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
 }
 
 /**

@@ -13,6 +13,7 @@ import { type TrainConfig, UNRECORDED_SETTINGS } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
 import { warmupSteps } from "./schedule.ts";
+import { seedFolderNames } from "../model/load.ts";
 
 /** Entries of a run folder that belong to a run (what --overwrite removes). */
 const RUN_ENTRIES = [
@@ -168,7 +169,7 @@ export async function checkSameSchedule(
   config: TrainConfig,
 ): Promise<void> {
   if (config.warmupRatio === 0) return;
-  for (const d of await runFolders(dir, out)) {
+  for (const d of await withSeedSiblings(dir, out)) {
     const path = `${d}/run.json`;
     if (!(await exists(path))) continue;
     const resolved = (await readRunJson(path)).resolved as Record<string, unknown> | undefined;
@@ -203,16 +204,11 @@ export async function checkSameSchedule(
   }
 }
 
-/** `dir`, and with several seeds (`dir` a seed folder of `out`) every seed folder of `out`. */
-async function runFolders(dir: string, out: string): Promise<string[]> {
-  const dirs = [dir];
-  if (dir !== out) {
-    for await (const e of Deno.readDir(out)) {
-      const seed = `${out}/${e.name}`;
-      if (e.isDirectory && /^seed-\d+$/.test(e.name) && seed !== dir) dirs.push(seed);
-    }
-  }
-  return dirs;
+/** `dir`, and with several seeds (`dir` a seed folder of `out`) every other seed folder of `out`. */
+async function withSeedSiblings(dir: string, out: string): Promise<string[]> {
+  if (dir === out) return [dir];
+  const seeds = (await seedFolderNames(out)).map((name) => `${out}/${name}`);
+  return [dir, ...seeds.filter((seed) => seed !== dir)];
 }
 
 /**
@@ -238,7 +234,7 @@ export async function checkSameData(
   resolved: Record<string, unknown>,
   data: string,
 ): Promise<void> {
-  const dirs = await runFolders(dir, out);
+  const dirs = await withSeedSiblings(dir, out);
   const now = resolved.task as Record<string, unknown>;
   const nowModel = resolved.model as Record<string, unknown>;
   for (const d of dirs) {
