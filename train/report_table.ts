@@ -156,42 +156,49 @@ async function modelKeyOf(
   folders: readonly string[],
   model: string,
 ): Promise<string> {
-  const realDir = (r: unknown) => {
-    const resolved = isJsonObject(r) && isJsonObject(r.resolved) ? r.resolved : null;
-    const m = resolved && isJsonObject(resolved.model) ? resolved.model : null;
+  const real = await firstResolved(dir, run, folders, (resolved) => {
+    const m = isJsonObject(resolved.model) ? resolved.model : null;
     return typeof m?.real_dir === "string" ? m.real_dir : null;
-  };
-  let real = realDir(run);
-  for (const f of folders) {
-    if (real !== null) break;
-    const seedRun = `${dir}/${f}/run.json`;
-    if (await statOrNull(seedRun)) real = realDir(await readJsonFile(seedRun));
-  }
+  });
   return real !== null ? folderKey(real) : `name ${tidyPath(model)}`;
+}
+
+/**
+ * What `pick` finds in the `resolved` of the run in `dir` (its run.json, `run`), or else of the
+ * first of its seed folders' run.json that has it (a --seeds run keeps what it resolved there);
+ * null when none has.
+ */
+async function firstResolved(
+  dir: string,
+  run: Record<string, unknown>,
+  folders: readonly string[],
+  pick: (resolved: Record<string, unknown>) => string | null,
+): Promise<string | null> {
+  const from = (r: unknown) =>
+    isJsonObject(r) && isJsonObject(r.resolved) ? pick(r.resolved) : null;
+  let found = from(run);
+  for (const f of folders) {
+    if (found !== null) break;
+    const seedRun = `${dir}/${f}/run.json`;
+    if (await statOrNull(seedRun)) found = from(await readJsonFile(seedRun));
+  }
+  return found;
 }
 
 /**
  * FoundRun.dataKey of the run in `dir`: its run.json's (or, for a --seeds run, its first seed
  * folder's) train and dev fingerprints, or null when they were not recorded.
  */
-async function dataKeyOf(
+function dataKeyOf(
   dir: string,
   run: Record<string, unknown>,
   folders: readonly string[],
 ): Promise<string | null> {
-  const key = (r: unknown) => {
-    const resolved = isJsonObject(r) && isJsonObject(r.resolved) ? r.resolved : null;
-    const t = resolved && isJsonObject(resolved.task) ? resolved.task : null;
+  return firstResolved(dir, run, folders, (resolved) => {
+    const t = isJsonObject(resolved.task) ? resolved.task : null;
     const [train, dev] = [t?.train_sha256, t?.dev_sha256];
     return typeof train === "string" && typeof dev === "string" ? `${train} ${dev}` : null;
-  };
-  let found = key(run);
-  for (const f of folders) {
-    if (found !== null) break;
-    const seedRun = `${dir}/${f}/run.json`;
-    if (await statOrNull(seedRun)) found = key(await readJsonFile(seedRun));
-  }
-  return found;
+  });
 }
 
 /**
