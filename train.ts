@@ -6,6 +6,7 @@
 // train/run.ts. `--dry-run` reads and checks the data and trains nothing (train/dry_run.ts).
 
 import {
+  MODEL_CHOICES,
   parseTrainArgs,
   type Recipe,
   recipeLearningRate,
@@ -112,8 +113,7 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
       if (chosen.missingDefault && !args.includes("--dry-run")) {
         throw new FlagError(
           `--model is required: this script's default, the shipped models/${DEFAULT_MODEL_NAME}, ` +
-            `is not beside it (it comes with a local checkout, not by URL); give a local model ` +
-            `folder or a Hugging Face hub id (the paper's setting: --model FacebookAI/roberta-large)`,
+            `is not beside it (it comes with a local checkout, not by URL); give ${MODEL_CHOICES}`,
         );
       }
       setDryRunStatus(

@@ -259,12 +259,7 @@ export function parseTrainArgs(
     throw new FlagError(`--task: this script trains ${r.task}, not ${f.task}`);
   }
   const model = f.model ?? r.model;
-  if (!model) {
-    throw new FlagError(
-      "--model is required: a local model folder or a Hugging Face hub id (the paper's setting: " +
-        "--model FacebookAI/roberta-large)",
-    );
-  }
+  if (!model) throw new FlagError(`--model is required: ${MODEL_CHOICES}`);
 
   // The strategy first: the recipe's strategy-specific settings yield to another typed one.
   const strategy = f.strategy !== undefined
@@ -452,6 +447,10 @@ export function parseTrainArgs(
 export function seedList(config: Pick<TrainConfig, "seed" | "seeds">): number[] {
   return Array.from({ length: config.seeds }, (_, i) => config.seed + i);
 }
+
+/** What --model takes, for the errors that ask for one. */
+export const MODEL_CHOICES = "a local model folder or a Hugging Face hub id (the paper's " +
+  "setting: --model FacebookAI/roberta-large)";
 
 /** A seed's folder in a `--seeds` run, relative to --out. */
 export function seedFolder(seed: number): string {
