@@ -795,19 +795,14 @@ async function main(args: string[]): Promise<void> {
     trainSequences: train.length,
     heldOutSequences: held.length,
   };
+  // The flags' shape with the vocabulary the text made, in pretrain.json's order.
+  const { max_positions, ...sized } = flagSettings.shape;
   const settings = {
     ...flagSettings,
-    shape: {
-      layers: config.numLayers,
-      hidden: config.hiddenSize,
-      heads: config.numHeads,
-      intermediate: config.intermediateSize,
-      vocab: config.vocabSize,
-      max_positions: config.maxPositions,
-    },
+    shape: { ...sized, vocab: config.vocabSize, max_positions },
     // What the corpus, the task text and the vocabulary became: a resume on other text (another
-    // order, a document more or less) or another tokenizer is refused.
-    // The text as read, whatever the vocabulary makes of it (so a resume names the first cause).
+    // order, a document more or less) or another tokenizer is refused. text_sha256 is the text as
+    // read, whatever the vocabulary makes of it (so that a resume names the first cause).
     text_sha256: await textsSha256([...allText()]),
     train_sha256: await sequencesSha256(train),
     held_out_sha256: await sequencesSha256(held),
