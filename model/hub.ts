@@ -110,6 +110,11 @@ const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$/;
 const COMMIT_HASH = /^[0-9a-f]{40}$/;
 const SHA256 = /^[0-9a-f]{64}$/;
 
+/** Whether the hub stays offline: Hugging Face's rule, HF_HUB_OFFLINE, else TRANSFORMERS_OFFLINE. */
+export function hubOffline(get: Env): boolean {
+  return isTrue(get("HF_HUB_OFFLINE") ?? get("TRANSFORMERS_OFFLINE"));
+}
+
 /** Whether `s` has the shape of a hub id: `name` or `org/name`. */
 export function isHubId(s: string): boolean {
   if (s.length === 0 || s.length > 96 || s.includes("..") || s.includes("--")) return false;
@@ -336,7 +341,7 @@ function context(id: string, opts: ResolveModelOptions): Context {
     endpointOrigin,
     token,
     tokenSource,
-    offline: isTrue(get("HF_HUB_OFFLINE") ?? get("TRANSFORMERS_OFFLINE")),
+    offline: hubOffline(get),
     fetch: opts.fetch ?? fetch,
     progress: opts.onProgress ?? (quiet ? undefined : stderrProgress()),
     quiet,

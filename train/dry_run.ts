@@ -38,8 +38,8 @@
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { errorText } from "../model/error_text.ts";
-import { isHubId, resolveModel } from "../model/hub.ts";
-import { isTrue } from "../model/env.ts";
+import { hubOffline, isHubId, resolveModel } from "../model/hub.ts";
+import { envReader } from "../model/env.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { emptyTextNote } from "./batches.ts";
@@ -167,13 +167,10 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     );
     if (typeof found !== "string") model = found;
     else {
-      // Not at hand: a hub id the training downloads, unless an offline variable forbids it
-      // (read as the hub reads them: empty is unset). Something at that path that is no model
-      // folder (a file; a folder given a --revision), or a path that is no hub id either, the
-      // training cannot use at all.
-      const env = options.env ?? Deno.env.toObject();
-      const get = (name: string) => (env[name] === "" ? undefined : env[name]);
-      const offline = isTrue(get("HF_HUB_OFFLINE") ?? get("TRANSFORMERS_OFFLINE"));
+      // Not at hand: a hub id the training downloads, unless the hub's offline variables forbid
+      // it. Something at that path that is no model folder (a file; a folder given a
+      // --revision), or a path that is no hub id either, the training cannot use at all.
+      const offline = hubOffline(envReader(options.env));
       const here = await Deno.stat(options.model).then(() => true, () => false);
       const m = options.model;
       if (here) refuse(`--model ${m}: ${found}`);
