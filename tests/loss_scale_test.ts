@@ -14,7 +14,7 @@ import { randomValues } from "./random.ts";
 import { type ReferenceTraining, referenceTraining as fixture } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
-import { adamwStep, biasCorrectionTable } from "../kernels/adamw.ts";
+import { type AdamwHyper, adamwStep, biasCorrectionTable } from "../kernels/adamw.ts";
 import { gradNormClip, gradNormPartialsLength, LOSS_SCALED_NORM } from "../kernels/grad_norm.ts";
 import {
   checkLossScaleSettings,
@@ -222,35 +222,54 @@ gpuTest(
   },
 );
 
+/** Mid-training p, m, v and S16-scaled gradients of n elements, from seeds seed..seed + 3. */
+function adamwInputs(n: number, seed: number) {
+  return {
+    p: Float32Array.from(randomValues(n, seed)),
+    m: Float32Array.from(randomValues(n, seed + 1), (x) => 0.1 * x),
+    v: Float32Array.from(randomValues(n, seed + 2), (x) => 0.01 * x * x),
+    g: Float32Array.from(randomValues(n, seed + 3), (x) => S16 * x),
+  };
+}
+
+/** p, m and v after one adamwStep on copies of `x`, its gradient scale `out` (element 1). */
+async function adamwOnce(
+  gpu: Gpu,
+  x: ReturnType<typeof adamwInputs>,
+  h: AdamwHyper & { weightDecay: number },
+  out: number[],
+  more: Partial<AdamwHyper>,
+): Promise<Float32Array[]> {
+  const n = x.p.length;
+  const t = [x.p, x.g, x.m, x.v].map((a, i) => tensorFromArray(gpu, a, [n], `t${i}`));
+  const gradScale = tensorFromArray(gpu, Float32Array.from(out), [out.length], "norm out");
+  const rec = new Recorder(gpu);
+  adamwStep(rec, {
+    ...h,
+    param: t[0],
+    grad: t[1],
+    m: t[2],
+    v: t[3],
+    gradScale,
+    gradScaleIndex: 1,
+    ...more,
+  });
+  await rec.submit();
+  const got = await Promise.all([t[0], t[2], t[3]].map((a) => a.download()));
+  [...t, gradScale].forEach((a) => a.destroy());
+  return got as Float32Array[];
+}
+
 gpuTest("adamw: a set skip flag leaves p, m and v bitwise unchanged; a clear one does not", async (
   gpu,
 ) => {
   // 1037 elements: the vec4 kernel and the scalar tail.
   const n = 1037;
-  const p0 = Float32Array.from(randomValues(n, 31));
-  const m0 = Float32Array.from(randomValues(n, 32), (x) => 0.1 * x);
-  const v0 = Float32Array.from(randomValues(n, 33), (x) => 0.01 * x * x);
-  const g0 = Float32Array.from(randomValues(n, 34), (x) => S16 * x);
+  const x = adamwInputs(n, 31);
+  const { p: p0, m: m0, v: v0 } = x;
   const h = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 5, weightDecay: 0.1 };
-  const run = async (out: number[], skipIndex?: number) => {
-    const t = [p0, g0, m0, v0].map((x, i) => tensorFromArray(gpu, x, [n], `t${i}`));
-    const gradScale = tensorFromArray(gpu, Float32Array.from(out), [4], "norm out");
-    const rec = new Recorder(gpu);
-    adamwStep(rec, {
-      ...h,
-      param: t[0],
-      grad: t[1],
-      m: t[2],
-      v: t[3],
-      gradScale,
-      gradScaleIndex: 1,
-      skipIndex,
-    });
-    await rec.submit();
-    const got = await Promise.all([t[0], t[2], t[3]].map((x) => x.download()));
-    [...t, gradScale].forEach((x) => x.destroy());
-    return got.map(bits);
-  };
+  const run = async (out: number[], skipIndex?: number) =>
+    (await adamwOnce(gpu, x, h, out, { skipIndex })).map(bits);
   const skipped = await run([Infinity, 0, 1, S16], LOSS_SCALED_NORM.skipped);
   assertEquals(skipped, [p0, m0, v0].map(bits), "skipped: untouched");
   const factor = 0.25 / S16;
@@ -277,36 +296,18 @@ gpuTest("adamw: an update count behind `step` takes the count's bias correction"
   // As torch under GradScaler: two of five steps skipped leave state["step"] at 3, so the fifth
   // step's update is corrected for t = 3 (the host's lr stays the fifth step's).
   const n = 1037;
-  const p0 = Float32Array.from(randomValues(n, 41));
-  const m0 = Float32Array.from(randomValues(n, 42), (x) => 0.1 * x);
-  const v0 = Float32Array.from(randomValues(n, 43), (x) => 0.01 * x * x);
-  const g0 = Float32Array.from(randomValues(n, 44), (x) => S16 * x);
+  const x = adamwInputs(n, 41);
+  const { p: p0, g: g0, m: m0, v: v0 } = x;
   const h = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 5, weightDecay: 0.1 };
   const factor = 0.25 / S16;
   const table = tensorFromArray(gpu, biasCorrectionTable(h.beta1, h.beta2, 8), [16], "table");
-  const run = async (applied?: number) => {
-    const t = [p0, g0, m0, v0].map((x, i) => tensorFromArray(gpu, x, [n], `t${i}`));
-    const out = [1, factor, 0, S16, applied ?? 0];
-    const gradScale = tensorFromArray(gpu, Float32Array.from(out), [5], "norm out");
-    const rec = new Recorder(gpu);
-    adamwStep(rec, {
-      ...h,
-      param: t[0],
-      grad: t[1],
-      m: t[2],
-      v: t[3],
-      gradScale,
-      gradScaleIndex: 1,
+  const run = (applied?: number) =>
+    adamwOnce(gpu, x, h, [1, factor, 0, S16, applied ?? 0], {
       skipIndex: LOSS_SCALED_NORM.skipped,
       ...(applied === undefined
         ? {}
         : { appliedIndex: LOSS_SCALED_NORM.applied, biasCorrections: table }),
     });
-    await rec.submit();
-    const got = await Promise.all([t[0], t[2], t[3]].map((x) => x.download()));
-    [...t, gradScale].forEach((x) => x.destroy());
-    return got as Float32Array[];
-  };
   const uncounted = await run();
   assertEquals((await run(5)).map(bits), uncounted.map(bits), "count = step: the same bits");
   const [p, m, v] = await run(3);

@@ -46,15 +46,20 @@ async function trainingState(dir: string): Promise<Record<string, number>> {
   return JSON.parse(reader.metadata.ehft_training_state);
 }
 
-/** Starts train.ts and SIGKILLs it once `ready` holds; returns whether it was still running. */
-async function runAndKill(args: string[], ready: () => Promise<boolean>): Promise<boolean> {
+/** train.ts started with `args`, and its whole stderr once it ends. */
+function spawnTrain(args: string[]): { child: Deno.ChildProcess; stderr: Promise<string> } {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", TRAIN_TS, ...args],
     env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  const stderr = new Response(child.stderr).text();
+  return { child, stderr: new Response(child.stderr).text() };
+}
+
+/** Starts train.ts and SIGKILLs it once `ready` holds; returns whether it was still running. */
+async function runAndKill(args: string[], ready: () => Promise<boolean>): Promise<boolean> {
+  const { child, stderr } = spawnTrain(args);
   let finished = false;
   const status = child.status.then((s) => {
     finished = true;
@@ -201,13 +206,7 @@ Deno.test({
         ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
         ...["--checkpoint-every", "2", "--max-length", "100000"],
       ];
-      const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", TRAIN_TS, ...args],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).spawn();
-      const stderr = new Response(child.stderr).text();
+      const { child, stderr } = spawnTrain(args);
       while ((await checkpointStage(out)) === null) await new Promise((r) => setTimeout(r, 10));
       child.kill("SIGINT");
       const status = await child.status;
