@@ -19,6 +19,7 @@ import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { checkRunFolder, FlagError, runMain } from "./train/flags.ts";
 import {
   DEFAULT_MODEL_NAME,
+  isShippedModel,
   shippedDataDir,
   startLines,
   taskScriptRecipe,
@@ -27,6 +28,7 @@ import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import { interruptedMessage, readsTrainFlags } from "./train/run_faults.ts";
+import { recordedSettings } from "./train/resume_settings.ts";
 import type { Task } from "./train/task.ts";
 
 export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
@@ -45,7 +47,7 @@ export async function trainFromArgs(
   args: string[],
   recipe: Recipe = {},
   task?: Task,
-  start?: { usingDefault: boolean; paper: Recipe },
+  start?: { usingDefault: boolean; paper: Recipe; missingDefault?: boolean },
 ): Promise<RunMetrics | SeedsMetrics | DryRunReport> {
   readsTrainFlags(args); // a fault's resume advice is then these flags, --resume added
   const byName = task
@@ -56,32 +58,41 @@ export async function trainFromArgs(
       return task;
     }
     : (await import("./tasks/all.ts")).taskByName;
-  if (args.includes("--dry-run")) return await dryRunFromArgs(args, recipe, byName);
   // With no --data: the task's shipped folder, or its download into the data cache.
-  const { config, typed, tune } = parseTrainArgs(
-    args,
-    recipe,
-    (name) => {
-      const dataDir = byName(name).dataDir;
-      if (dataDir !== undefined) return shippedDataDir(dataDir);
-      return byName(name).resolveData ? DOWNLOAD : undefined;
-    },
-  );
+  const taskData = (name: string) => {
+    const dataDir = byName(name).dataDir;
+    if (dataDir !== undefined) return shippedDataDir(dataDir);
+    return byName(name).resolveData ? DOWNLOAD : undefined;
+  };
+  // --resume: what run.json records, under what is typed (the run refuses a difference).
+  const recorded = await recordedSettings(args, recipe, taskData);
+  if (recorded) {
+    recipe = { ...recipe, ...recorded.recipe };
+    console.error(`--resume: the settings recorded in ${recorded.path}`);
+  } else if (start?.missingDefault && !args.includes("--dry-run")) {
+    throw new FlagError(
+      `--model is required: this script's default, the shipped models/${DEFAULT_MODEL_NAME}, ` +
+        `is not beside it (it comes with a local checkout, not by URL); give ${MODEL_CHOICES}`,
+    );
+  }
+  if (args.includes("--dry-run")) return await dryRunFromArgs(args, recipe, byName);
+  const { config, typed, tune } = parseTrainArgs(args, recipe, taskData);
   // Before a download of the data or the model, which a wrong --out would waste.
   await checkRunFolder(config.out);
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
-  if ((recipe.lr !== undefined && !typed.has("lr")) || (task && start)) {
+  // A recorded learning rate is the one the run trained with, whatever the model.
+  const recipeLr = recipe.lr !== undefined && !typed.has("lr") && !recorded;
+  if (recipeLr || (task && start)) {
     // The model decides a recipe's learning rate (BERT's is another) and the longest input: the
     // start lines say what the run will use, so they come after both are known.
     const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
     const model = await readConfig(`${dir}/config.json`);
-    if (recipe.lr !== undefined && !typed.has("lr")) {
-      config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
-    }
+    if (recipeLr) config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
     if (task && start) {
       const positions = maxSequenceLength(model) -
         (config.peft === "prefix" ? config.prefixLength : 0);
-      for (const line of startLines(task, config, start.usingDefault, start.paper, positions)) {
+      const usingDefault = recorded ? isShippedModel(config.model) : start.usingDefault;
+      for (const line of startLines(task, config, usingDefault, start.paper, positions)) {
         console.error(line);
       }
     }
@@ -110,16 +121,12 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
     async (args) => {
       sayHowToResumeOnInterrupt(task.name, args);
       const chosen = taskScriptRecipe(args, recipe, mini);
-      if (chosen.missingDefault && !args.includes("--dry-run")) {
-        throw new FlagError(
-          `--model is required: this script's default, the shipped models/${DEFAULT_MODEL_NAME}, ` +
-            `is not beside it (it comes with a local checkout, not by URL); give ${MODEL_CHOICES}`,
-        );
-      }
       setDryRunStatus(
         await trainFromArgs(args, { task: task.name, ...chosen.recipe }, task, {
           usingDefault: chosen.usingDefault,
           paper: recipe,
+          // Refused there unless a resumed run's run.json names the model.
+          missingDefault: chosen.missingDefault,
         }),
       );
     },

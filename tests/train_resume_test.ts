@@ -1,8 +1,9 @@
-// Checkpoints and --resume: a train.ts run killed (SIGKILL) after a checkpoint in Stage 1, resumed,
-// killed again in Stage 2, and resumed to the end gives the same log, metrics and weights, bit
-// for bit, as an uninterrupted run (dropout on, shuffled data: the masks and the order depend
-// only on the seed and the step). --resume on a finished run changes nothing; a folder that holds
-// a run is refused without --resume or --overwrite.
+// Checkpoints and --resume: a train.ts run killed (SIGKILL) after a checkpoint in Stage 1, resumed
+// (with --out alone: run.json gives the rest), killed again in Stage 2, and resumed to the end
+// gives the same log, metrics and weights, bit for bit, as an uninterrupted run (dropout on,
+// shuffled data: the masks and the order depend only on the seed and the step). --resume on a
+// finished run changes nothing; a folder that holds a run is refused without --resume or
+// --overwrite.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
@@ -25,6 +26,7 @@ import { type RunOptions, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
+const RTE_TS = new URL("../tasks/rte.ts", import.meta.url).pathname;
 
 /** The stage index of the checkpoint in `dir`, or null while there is none. */
 async function checkpointStage(dir: string): Promise<number | null> {
@@ -46,10 +48,13 @@ async function trainingState(dir: string): Promise<Record<string, number>> {
   return JSON.parse(reader.metadata.ehft_training_state);
 }
 
-/** train.ts started with `args`, and its whole stderr once it ends. */
-function spawnTrain(args: string[]): { child: Deno.ChildProcess; stderr: Promise<string> } {
+/** train.ts (or `script`) started with `args`, and its whole stderr once it ends. */
+function spawnTrain(
+  args: string[],
+  script = TRAIN_TS,
+): { child: Deno.ChildProcess; stderr: Promise<string> } {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TRAIN_TS, ...args],
+    args: ["run", "-A", script, ...args],
     env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
     stdout: "null",
     stderr: "piped",
@@ -57,9 +62,13 @@ function spawnTrain(args: string[]): { child: Deno.ChildProcess; stderr: Promise
   return { child, stderr: new Response(child.stderr).text() };
 }
 
-/** Starts train.ts and SIGKILLs it once `ready` holds; returns whether it was still running. */
-async function runAndKill(args: string[], ready: () => Promise<boolean>): Promise<boolean> {
-  const { child, stderr } = spawnTrain(args);
+/** Starts train.ts (or `script`) and SIGKILLs it once `ready` holds; returns whether it was. */
+async function runAndKill(
+  args: string[],
+  ready: () => Promise<boolean>,
+  script = TRAIN_TS,
+): Promise<boolean> {
+  const { child, stderr } = spawnTrain(args, script);
   let finished = false;
   const status = child.status.then((s) => {
     finished = true;
@@ -116,9 +125,12 @@ Deno.test({
       );
       assert(!(await exists(`${killed}/metrics.json`)));
       assert(!(await exists(`${killed}/stage1`)), "killed before the end of Stage 1");
-      // ...resumed, and killed again in Stage 2...
+      // ...resumed with --out alone (run.json gives the rest), and killed again in Stage 2...
       assert(
-        await runAndKill([...args, "--resume"], async () => (await checkpointStage(killed)) === 1),
+        await runAndKill(
+          ["--out", killed, "--resume"],
+          async () => (await checkpointStage(killed)) === 1,
+        ),
         "the resumed run ended before it could be killed",
       );
       assert(!(await exists(`${killed}/metrics.json`)));
@@ -187,6 +199,43 @@ Deno.test({
       const elsewhere = await assertRejects(() => run(killed, "--resume", ...respelled), Error);
       assert(elsewhere.message.includes(`(--model "${dir}/model" in run.json`), elsewhere.message);
       await Deno.writeTextFile(`${killed}/run.json`, runJson);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a task script's killed run goes on with --out and --resume alone",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-task-resume-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      const out = `${dir}/run`;
+      // A BERT typed at 1e-5: the script's recipe, also 1e-5, would train a BERT at 3e-5
+      // (recipeLearningRate), and the resume would be refused as another --lr.
+      const args = [
+        ...["--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out, "--lr", "1e-5"],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--max-steps", "100", "--eval-every", "0", "--checkpoint-every", "2"],
+      ];
+      assert(
+        await runAndKill(args, async () => (await checkpointStage(out)) !== null, RTE_TS),
+        "the run ended before it could be killed",
+      );
+      const { child, stderr } = spawnTrain(["--out", out, "--resume"], RTE_TS);
+      const text = await stderr;
+      assertEquals((await child.status).code, 0, text);
+      assert(text.includes(`--resume: the settings recorded in ${out}/run.json\n`), text);
+      assert(/^rte: 64 train and 32 val examples .*\nresumed at step \d+ /m.test(text), text);
+      const settings = JSON.parse(await Deno.readTextFile(`${out}/run.json`)).settings;
+      assertEquals([settings.lr, settings.maxSteps, settings.strategy], [1e-5, 100, "ft"]);
+      const steps = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .filter((l) => l.includes('"loss"'));
+      assertEquals(steps.length, 100);
+      assert(await exists(`${out}/metrics.json`));
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

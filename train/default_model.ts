@@ -84,6 +84,12 @@ function sameFolder(path: string, dir: string): boolean {
   }
 }
 
+/** Whether `model` is the shipped model's folder (any spelling of it). */
+export function isShippedModel(model: string): boolean {
+  const dir = shippedModelDir();
+  return dir !== null && sameFolder(model, dir);
+}
+
 /**
  * The recipe a task script runs: `mini` with the shipped model when the arguments name no model
  * or name the shipped folder itself (and the model is there), else the paper's. `usingDefault`

@@ -50,7 +50,8 @@ const RUN_FLAGS =
   --seed N                the first seed, 0 to 2^32 − 1 with the others (default 42)
   --seeds K               K runs, seeds N, N + 1, ..., and their mean and std (default 1)
   --out DIR               the run folder (default runs/<task>/<strategy>[-<peft>])
-  --resume                continue the killed run in --out, to the same result bit for bit
+  --resume                continue the killed run in --out, to the same result bit for bit;
+                          its run.json gives every setting not typed (typed ones must agree)
   --overwrite             replace the run in --out (once the model, data and head are read)
   --analysis              measure and draw feature change, weight distance, head features and
                           convergence into <out>/analysis/ (training unchanged)

@@ -1,0 +1,130 @@
+// `--resume` needs no other flag than where the run is: the settings come from the run folder's
+// run.json, so that `train.ts --out runs/rte/ehft-bitfit --resume` (or a task script's
+// `deno task rte --resume`, its folder being the default one) goes on with the run as it was
+// started. Flags typed with --resume still win over run.json's, and the run then refuses those
+// that differ from it, naming the first (run_folder.ts checkSameSettings), as it always has.
+
+import { exists } from "../model/atomic_write.ts";
+import { parseTrainArgs, type Recipe, runSettings, TRAIN_FLAGS } from "./config.ts";
+import { FlagError, parseFlags } from "./flags.ts";
+import { readRunJson } from "./run_folder.ts";
+import { isTwoStage, STRATEGY_NAMES, type StrategyName } from "./strategy.ts";
+
+/** A run's recorded settings as a recipe, and the run.json they came from. */
+export interface RecordedSettings {
+  /** The run.json read. */
+  path: string;
+  /** Every recorded setting but the run folder's place (a moved run goes on where it is now). */
+  recipe: Recipe;
+}
+
+// Stands in for a model and data that only run.json names, to find the default --out.
+const STAND_IN = "\0recorded";
+
+/**
+ * With --resume, the settings recorded in the run folder's run.json as a recipe that the typed
+ * flags override; null without --resume, or when the folder holds no run.json yet (then the
+ * flags alone start the run, as before). `recipe` is a task script's (its task and defaults),
+ * `taskData` its default data: both only find the default --out when none is typed. Throws a
+ * one-line error naming run.json for settings that are not a train.ts run's, and a FlagError for
+ * a typed --task, or a task script's, that is not the run's.
+ */
+export async function recordedSettings(
+  args: readonly string[],
+  recipe: Recipe = {},
+  taskData: (task: string) => string | undefined = () => undefined,
+): Promise<RecordedSettings | null> {
+  const f = parseFlags(TRAIN_FLAGS, args);
+  if (!f.resume) return null;
+  const out = f.out ?? recipe.out ?? defaultOut(args, recipe, taskData);
+  if (out === null) return null;
+  const path = `${out}/run.json`;
+  if (!(await exists(path))) return null;
+  const run = await readRunJson(path);
+  const settings = run.settings;
+  if (settings === null || typeof settings !== "object" || Array.isArray(settings)) {
+    throw new Error(`${path}: no "settings" object (not a run.json written by train.ts)`);
+  }
+  const recorded = asRecipe(path, settings as Record<string, unknown>);
+  const task = f.task ?? recipe.task;
+  if (task !== undefined && task !== recorded.task) {
+    throw new FlagError(
+      f.task !== undefined
+        ? `--resume: ${out} was started with other settings (--task "${recorded.task}" in ` +
+          `run.json, "${f.task}" now)`
+        : `--resume: ${out} is a run of ${recorded.task}; this script trains ${recipe.task}`,
+    );
+  }
+  return { path, recipe: recorded };
+}
+
+/** The --out the flags and recipe give when none is typed, or null when they give none yet. */
+function defaultOut(
+  args: readonly string[],
+  recipe: Recipe,
+  taskData: (task: string) => string | undefined,
+): string | null {
+  try {
+    const standIns = { model: recipe.model ?? STAND_IN, data: recipe.data ?? STAND_IN };
+    return parseTrainArgs([...args], { ...recipe, ...standIns }, taskData).config.out;
+  } catch {
+    // The flags' own error comes when they are parsed for the run.
+    return null;
+  }
+}
+
+/**
+ * run.json's settings read back as the flags that give them, checked as typed ones are (a value
+ * edited by hand or written by another version is named with its file), and returned as a
+ * recipe. Settings this version has no flag for are left out: checkSameSettings then names them.
+ */
+function asRecipe(path: string, settings: Record<string, unknown>): Recipe {
+  const flags: string[] = [];
+  // As recorded, unchecked: the run does not use them.
+  const unused: Record<string, number> = {};
+  for (const [key, value] of Object.entries(settings)) {
+    if (key === "out" || value === null || value === undefined) continue;
+    if (key === "shuffle") {
+      if (value === false) flags.push("--no-shuffle");
+      else if (value !== true) throw notAValue(path, key, value, "--no-shuffle");
+      continue;
+    }
+    const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    const spec = (TRAIN_FLAGS as Record<string, { type: string }>)[flag];
+    if (spec === undefined || spec.type !== "string") continue;
+    if (!(typeof value === "string" || (typeof value === "number" && Number.isFinite(value)))) {
+      throw notAValue(path, key, value, `--${flag}`);
+    }
+    if (!applies(key, settings)) {
+      if (typeof value !== "number") throw notAValue(path, key, value, `--${flag}`);
+      unused[key] = value;
+      continue;
+    }
+    flags.push(`--${flag}=${value}`);
+  }
+  try {
+    const { config } = parseTrainArgs(flags);
+    const { out: _out, ...recipe } = runSettings(config);
+    return { ...recipe, ...unused };
+  } catch (e) {
+    throw new Error(`${path}: its settings are not a run's: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Whether a recorded setting is one the run's strategy and method use: run.json keeps them all
+ * (every method's, stage 1's share in a one-stage run), and typed they would be refused.
+ */
+function applies(key: string, settings: Record<string, unknown>): boolean {
+  if (key === "loraR" || key === "loraAlpha") return settings.peft === "lora";
+  if (key === "prefixLength") return settings.peft === "prefix";
+  if (key === "stage1Ratio") {
+    return STRATEGY_NAMES.includes(settings.strategy as StrategyName) &&
+      isTwoStage(settings.strategy as StrategyName);
+  }
+  return true;
+}
+
+function notAValue(path: string, key: string, value: unknown, flag: string): Error {
+  return new Error(`${path}: settings.${key} is ${JSON.stringify(value)}, not a value of ${flag}`);
+}
