@@ -127,7 +127,8 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
   --checkpoint-every N    steps between checkpoints (default 250)
   --log-every N           steps between training-loss log lines (default 25)
   --model-dtype f32|f16   the saved model's weights (default f32)
-  --resume                continue the run in --out with the same flags and corpus
+  --resume                continue the run in --out with the same flags and corpus (its
+                          pretrain.json gives every flag not typed)
   --quiet                 no progress output
   --no-autotune, --retune, --tune-cache FILE
                           matmul autotuning, as in train.ts`;
@@ -307,6 +308,41 @@ async function readSavedSettings(path: string): Promise<SavedSettings> {
     );
   }
   return json as SavedSettings;
+}
+
+/**
+ * --resume: the flags that give pretrain.json's `settings`, for those not typed (the typed ones
+ * win, and are then compared with pretrain.json as before). A continued checkpoint's shape and
+ * vocabulary are its own, not flags. A value that no flag takes is named with its file.
+ */
+function recordedFlags(
+  path: string,
+  settings: Record<string, unknown>,
+  typed: (name: string) => boolean,
+): Partial<Record<keyof typeof FLAGS, string>> {
+  const flags: Partial<Record<keyof typeof FLAGS, string>> = {};
+  const take = (key: string, value: unknown) => {
+    const flag = key.replaceAll("_", "-") as keyof typeof FLAGS;
+    if (FLAGS[flag]?.type !== "string" || typed(flag) || value === null) return;
+    if (!(typeof value === "string" || (typeof value === "number" && Number.isFinite(value)))) {
+      throw new Error(
+        `${path}: settings.${key} is ${JSON.stringify(value)}, not a value of --${flag}`,
+      );
+    }
+    flags[flag] = String(value);
+  };
+  const newModel = settings.model === null || settings.model === undefined;
+  for (const [key, value] of Object.entries(settings)) {
+    if (key === "out") continue;
+    if (key === "shape") {
+      if (newModel && isJsonObject(value)) {
+        for (const [k, v] of Object.entries(value)) if (k !== "vocab") take(k, v);
+      }
+    } else if (newModel || !SHAPE_FLAGS.includes(key.replaceAll("_", "-") as never)) {
+      take(key, value);
+    }
+  }
+  return flags;
 }
 
 /** A recorded shape without its vocabulary size (the text decides it). */
@@ -588,34 +624,58 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
 }
 
 async function main(args: string[]): Promise<void> {
+  const typed = (name: string) => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
   const out = f.out;
+  const settingsPath = `${out}/pretrain.json`;
+  // --resume: pretrain.json gives the flags not typed (checkResumeFlags compares the typed ones).
+  const saved = f.resume && (await isDirectory(out)) === true && await exists(settingsPath)
+    ? await readSavedSettings(settingsPath)
+    : null;
+  const recorded = saved ? recordedFlags(settingsPath, saved.settings, typed) : {};
+  Object.assign(f, recorded);
+  if (saved && !f.quiet) console.error(`--resume: the settings recorded in ${settingsPath}`);
   const fallback = (name: keyof typeof FLAGS) =>
     Number((FLAGS[name] as { default?: string }).default);
+  // A value from pretrain.json that its flag refuses (a file edited by hand) names the file.
+  const checked = <T>(name: keyof typeof FLAGS, check: () => T): T => {
+    try {
+      return check();
+    } catch (e) {
+      if (!(e instanceof FlagError) || recorded[name] === undefined) throw e;
+      throw new FlagError(`${settingsPath}: ${e.message}`);
+    }
+  };
   const int = (name: keyof typeof FLAGS, min = 1) =>
-    intFlag(name, f[name] as string, fallback(name), min);
+    checked(name, () => intFlag(name, f[name] as string, fallback(name), min));
   const num = (name: keyof typeof FLAGS, min: number, max: number) =>
-    numberFlag(name, f[name] as string, fallback(name), { min, max });
+    checked(name, () => numberFlag(name, f[name] as string, fallback(name), { min, max }));
   // Every flag is checked here, before --out is touched: a refusal after pretrain.json is
   // written would leave a folder that the corrected command then refuses as not empty.
-  const seed = intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED);
+  const seed = checked("seed", () => intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED));
   const steps = int("steps");
   const batchSize = int("batch-size");
   const minCount = int("min-count", 1);
   const heldOutShare = num("held-out", 0, 0.5);
   const dtype = f["model-dtype"];
   if (dtype !== "f32" && dtype !== "f16") {
-    throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
+    checked("model-dtype", () => {
+      throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
+    });
   }
   // A learning rate of 0 would train nothing for the whole run; train.ts refuses it too.
-  const lr = numberFlag("lr", f.lr, fallback("lr"), { min: 0, minOpen: true, max: 1 });
+  const lr = checked(
+    "lr",
+    () => numberFlag("lr", f.lr, fallback("lr"), { min: 0, minOpen: true, max: 1 }),
+  );
   const warmupRatio = num("warmup-ratio", 0, 1);
   const weightDecay = num("weight-decay", 0, 10);
   const evalSequences = int("eval-sequences", 0);
-  const typed = (name: string) => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
   // Untyped, --max-length is its default or the model's positions, whichever is fewer (below).
-  const typedMaxLength = typed("max-length") ? int("max-length", 8) : null;
+  const typedMaxLength = typed("max-length") || recorded["max-length"] !== undefined
+    ? int("max-length", 8)
+    : null;
   const evalEvery = int("eval-every");
   const checkpointEvery = int("checkpoint-every");
   const logEvery = int("log-every");
@@ -653,14 +713,9 @@ async function main(args: string[]): Promise<void> {
   };
   const t0 = performance.now();
   // The output folder is checked before the corpus is read and tokenized (a minute or more).
-  const settingsPath = `${out}/pretrain.json`;
   await checkRunFolder(out);
-  let saved: SavedSettings | null = null;
   if (f.resume) {
-    if (!(await exists(settingsPath))) {
-      throw new FlagError(`--resume: ${settingsPath} does not exist`);
-    }
-    saved = await readSavedSettings(settingsPath);
+    if (saved === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
   } else {
     await checkOutEmpty(out);
   }

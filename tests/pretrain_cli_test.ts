@@ -321,13 +321,18 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       assert(sameBytes((await readTree(`${out}/model`)).get(name)!, bytes), `model/${name}`);
     }
 
-    // Stopped after its last checkpoint, before result.json (and the model's files): --resume
-    // writes them as the uninterrupted run did.
+    // Stopped after its last checkpoint, before result.json (and the model's files): --resume,
+    // with --out alone (pretrain.json gives the other flags), writes them as the uninterrupted
+    // run did.
     const model = await readTree(`${out}/model`);
     await Deno.remove(`${out}/result.json`);
     await Deno.remove(`${out}/model`, { recursive: true });
-    const resumed = await pretrain([...args, "--resume"], false);
+    const resumed = await pretrain(["--out", out, "--resume"], false);
     assertEquals(resumed.code, 0, resumed.stderr);
+    assert(
+      resumed.stderr.startsWith(`--resume: the settings recorded in ${out}/pretrain.json\n`),
+      resumed.stderr,
+    );
     assert(resumed.stderr.includes("pretrain: resumed at step 4 of 4"), resumed.stderr);
     const again = JSON.parse(await Deno.readTextFile(`${out}/result.json`));
     const { seconds_this_run: _, tokens_this_run: __, ...run } = result;
@@ -429,6 +434,15 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
       await Deno.writeTextFile(`${dir}/full/${name}`, "");
     }
     await Deno.mkdir(`${dir}/full/d`);
+    for (
+      const [name, settings] of [["edited", { weight_decay: 20 }], ["edited-lr", { lr: true }]]
+    ) {
+      await Deno.mkdir(`${dir}/${name}`);
+      await Deno.writeTextFile(
+        `${dir}/${name}/pretrain.json`,
+        JSON.stringify({ settings, corpus: {} }),
+      );
+    }
     const cases: [string[], string][] = [
       [["--out", `${dir}/used`], `--out ${dir}/used is not empty (it holds notes.txt)`],
       [
@@ -437,6 +451,15 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
         "choose a new folder or --resume",
       ],
       [["--out", `${dir}/new`, "--resume"], `--resume: ${dir}/new/pretrain.json does not exist`],
+      // pretrain.json's settings give the flags not typed: one no flag takes names the file.
+      [
+        ["--out", `${dir}/edited`, "--resume"],
+        `${dir}/edited/pretrain.json: --weight-decay: expected a number ≥ 0 and ≤ 10, got "20"`,
+      ],
+      [
+        ["--out", `${dir}/edited-lr`, "--resume"],
+        `${dir}/edited-lr/pretrain.json: settings.lr is true, not a value of --lr`,
+      ],
       [
         ["--out", `${dir}/used/notes.txt`],
         `--out ${dir}/used/notes.txt is a file, not a folder: give a folder for the run`,
@@ -553,6 +576,10 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     const same = await pretrain([...common, "0", "--model", `${dir}/./base/`, "--resume"], false);
     assertEquals(same.code, 0, same.stderr);
     assert(same.stderr.includes("the run is finished; nothing to do"), same.stderr);
+    // --out alone: pretrain.json gives the model, and the model its shape (no shape flags).
+    const alone = await pretrain(["--out", out, "--resume"], false);
+    assertEquals(alone.code, 0, alone.stderr);
+    assert(alone.stderr.includes("the run is finished; nothing to do"), alone.stderr);
     // A NaN in the checkpoint's MLM head (read apart from the encoder): refused, naming it.
     const damaged = `${dir}/damaged`;
     await copyTree(`${out}/model`, damaged);
