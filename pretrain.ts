@@ -623,7 +623,30 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
   if (made) await Deno.remove(out).catch(() => {});
 }
 
+/**
+ * pretrain.ts's command line. A refusal that names a flag --resume took from pretrain.json (a
+ * file edited by hand, or a typed flag it cannot go with) names the file: the user never typed
+ * that flag.
+ */
 async function main(args: string[]): Promise<void> {
+  const from: RecordedFlags = { path: "", flags: {} };
+  try {
+    await pretrainMain(args, from);
+  } catch (e) {
+    if (!(e instanceof FlagError)) throw e;
+    const named = [...e.message.matchAll(/--([a-z-]+)/g)].map((m) => m[1]);
+    if (!named.some((flag) => flag in from.flags)) throw e;
+    throw new FlagError(`${from.path}: ${e.message}`);
+  }
+}
+
+/** The flags --resume took from pretrain.json (`flags`), and its path. */
+interface RecordedFlags {
+  path: string;
+  flags: Partial<Record<keyof typeof FLAGS, string>>;
+}
+
+async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> {
   const typed = (name: string) => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
@@ -635,40 +658,27 @@ async function main(args: string[]): Promise<void> {
     : null;
   const recorded = saved ? recordedFlags(settingsPath, saved.settings, typed) : {};
   Object.assign(f, recorded);
+  Object.assign(from, { path: settingsPath, flags: recorded });
   if (saved && !f.quiet) console.error(`--resume: the settings recorded in ${settingsPath}`);
   const fallback = (name: keyof typeof FLAGS) =>
     Number((FLAGS[name] as { default?: string }).default);
-  // A value from pretrain.json that its flag refuses (a file edited by hand) names the file.
-  const checked = <T>(name: keyof typeof FLAGS, check: () => T): T => {
-    try {
-      return check();
-    } catch (e) {
-      if (!(e instanceof FlagError) || recorded[name] === undefined) throw e;
-      throw new FlagError(`${settingsPath}: ${e.message}`);
-    }
-  };
   const int = (name: keyof typeof FLAGS, min = 1) =>
-    checked(name, () => intFlag(name, f[name] as string, fallback(name), min));
+    intFlag(name, f[name] as string, fallback(name), min);
   const num = (name: keyof typeof FLAGS, min: number, max: number) =>
-    checked(name, () => numberFlag(name, f[name] as string, fallback(name), { min, max }));
+    numberFlag(name, f[name] as string, fallback(name), { min, max });
   // Every flag is checked here, before --out is touched: a refusal after pretrain.json is
   // written would leave a folder that the corrected command then refuses as not empty.
-  const seed = checked("seed", () => intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED));
+  const seed = intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED);
   const steps = int("steps");
   const batchSize = int("batch-size");
   const minCount = int("min-count", 1);
   const heldOutShare = num("held-out", 0, 0.5);
   const dtype = f["model-dtype"];
   if (dtype !== "f32" && dtype !== "f16") {
-    checked("model-dtype", () => {
-      throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
-    });
+    throw new FlagError(`--model-dtype: "${dtype}" is not one of f32, f16`);
   }
   // A learning rate of 0 would train nothing for the whole run; train.ts refuses it too.
-  const lr = checked(
-    "lr",
-    () => numberFlag("lr", f.lr, fallback("lr"), { min: 0, minOpen: true, max: 1 }),
-  );
+  const lr = numberFlag("lr", f.lr, fallback("lr"), { min: 0, minOpen: true, max: 1 });
   const warmupRatio = num("warmup-ratio", 0, 1);
   const weightDecay = num("weight-decay", 0, 10);
   const evalSequences = int("eval-sequences", 0);
@@ -725,18 +735,6 @@ async function main(args: string[]): Promise<void> {
   if (opened) mlmHeadNames(opened.config);
   const positions = opened ? maxSequenceLength(opened.config) : maxPositions;
   const maxLength = typedMaxLength ?? Math.min(fallback("max-length"), positions);
-  if (maxLength < 8) {
-    throw new FlagError(
-      `--max-length: the ${positions} positions of ` +
-        `${opened ? `--model ${f.model}` : "--max-positions"} leave fewer than 8 tokens`,
-    );
-  }
-  if (maxLength > positions) {
-    throw new FlagError(
-      `--max-length ${maxLength} is more than the ${positions} positions of ` +
-        (opened ? `--model ${f.model}` : "--max-positions"),
-    );
-  }
 
   // pretrain.json's settings less what the corpus decides (the vocabulary, the fingerprints): a
   // --resume's flags are checked against them before the corpus is read (seconds to minutes).
@@ -773,6 +771,20 @@ async function main(args: string[]): Promise<void> {
     masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
   };
   if (f.resume) checkResumeFlags(out, saved!, flagSettings);
+  // After the resume's check: a typed --max-positions or --model against pretrain.json's
+  // --max-length is refused there as another shape or model, not as the --max-length not typed.
+  if (maxLength < 8) {
+    throw new FlagError(
+      `--max-length: the ${positions} positions of ` +
+        `${opened ? `--model ${f.model}` : "--max-positions"} leave fewer than 8 tokens`,
+    );
+  }
+  if (maxLength > positions) {
+    throw new FlagError(
+      `--max-length ${maxLength} is more than the ${positions} positions of ` +
+        (opened ? `--model ${f.model}` : "--max-positions"),
+    );
+  }
 
   const { docs, taskDocs, sources } = await readCorpus(f.corpus!, tasks, root, say);
   const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);

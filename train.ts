@@ -28,7 +28,7 @@ import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import { interruptedMessage, readsTrainFlags } from "./train/run_faults.ts";
-import { recordedSettings } from "./train/resume_settings.ts";
+import { parseOverRecorded, recordedSettings } from "./train/resume_settings.ts";
 import type { Task } from "./train/task.ts";
 
 export type { DryRunReport, Recipe, RunMetrics, SeedsMetrics, TrainConfig };
@@ -65,9 +65,8 @@ export async function trainFromArgs(
     return byName(name).resolveData ? DOWNLOAD : undefined;
   };
   // --resume: what run.json records, under what is typed (the run refuses a difference).
-  const recorded = await recordedSettings(args, recipe, taskData);
+  const recorded = await recordedSettings(args, recipe);
   if (recorded) {
-    recipe = { ...recipe, ...recorded.recipe };
     console.error(`--resume: the settings recorded in ${recorded.path}`);
   } else if (start?.missingDefault && !args.includes("--dry-run")) {
     throw new FlagError(
@@ -75,8 +74,13 @@ export async function trainFromArgs(
         `is not beside it (it comes with a local checkout, not by URL); give ${MODEL_CHOICES}`,
     );
   }
-  if (args.includes("--dry-run")) return await dryRunFromArgs(args, recipe, byName);
-  const { config, typed, tune } = parseTrainArgs(args, recipe, taskData);
+  if (args.includes("--dry-run")) {
+    if (recorded) parseOverRecorded(args, recipe, recorded, taskData); // its refusals first
+    return await dryRunFromArgs(args, { ...recipe, ...recorded?.recipe }, byName);
+  }
+  const { config, typed, tune } = recorded
+    ? parseOverRecorded(args, recipe, recorded, taskData)
+    : parseTrainArgs(args, recipe, taskData);
   // Before a download of the data or the model, which a wrong --out would waste.
   await checkRunFolder(config.out);
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();

@@ -177,6 +177,15 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
       other.stderr,
     );
     assertEquals(other.stderr.trim().split("\n").length, 1, other.stderr);
+    // --out alone: a typed shape flag against the recorded --max-length (16) is refused as
+    // another shape, not as a --max-length the user never typed.
+    const shape = await pretrain(["--out", out, "--resume", "--max-positions", "8"]);
+    assertEquals(shape.code, 1);
+    assertEquals(
+      shape.stderr.trim(),
+      `pretrain: --resume: ${out} was started with other settings (shape.max_positions: 16 in ` +
+        "pretrain.json, 8 now)",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -435,7 +444,11 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
     }
     await Deno.mkdir(`${dir}/full/d`);
     for (
-      const [name, settings] of [["edited", { weight_decay: 20 }], ["edited-lr", { lr: true }]]
+      const [name, settings] of [
+        ["edited", { weight_decay: 20 }],
+        ["edited-lr", { lr: true }],
+        ["edited-heads", { heads: 3 }],
+      ]
     ) {
       await Deno.mkdir(`${dir}/${name}`);
       await Deno.writeTextFile(
@@ -455,6 +468,10 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
       [
         ["--out", `${dir}/edited`, "--resume"],
         `${dir}/edited/pretrain.json: --weight-decay: expected a number ≥ 0 and ≤ 10, got "20"`,
+      ],
+      [
+        ["--out", `${dir}/edited-heads`, "--resume"],
+        `${dir}/edited-heads/pretrain.json: --hidden 128 is not a multiple of --heads 3`,
       ],
       [
         ["--out", `${dir}/edited-lr`, "--resume"],

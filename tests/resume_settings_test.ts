@@ -2,9 +2,9 @@
 // setting as recorded, the typed flags over them, the default --out found from a task script's
 // recipe, and a run.json that is not a run's named on one line.
 
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { parseTrainArgs, type Recipe, runSettings } from "../train/config.ts";
-import { recordedSettings } from "../train/resume_settings.ts";
+import { parseOverRecorded, recordedSettings } from "../train/resume_settings.ts";
 
 /** A run folder in a new temporary folder whose run.json records the run of `args`. */
 async function recordedRun(args: string[]): Promise<{ dir: string; out: string }> {
@@ -20,7 +20,7 @@ async function recordedRun(args: string[]): Promise<{ dir: string; out: string }
 async function resumed(args: string[], recipe: Recipe = {}) {
   const recorded = await recordedSettings(args, recipe);
   assert(recorded !== null, "run.json was not read");
-  return parseTrainArgs(args, { ...recipe, ...recorded.recipe }).config;
+  return parseOverRecorded(args, recipe, recorded, () => undefined).config;
 }
 
 const STARTED = [
@@ -74,6 +74,16 @@ Deno.test("resume settings: a typed flag wins over run.json (the run then refuse
   try {
     const config = await resumed(["--out", out, "--resume", "--seed", "8", "--peft", "bitfit"]);
     assertEquals([config.seed, config.peft, config.maxSteps], [8, "bitfit", 300]);
+    // A typed flag that cannot go with the recorded ones says where they came from.
+    const recorded = await recordedSettings(["--out", out, "--resume", "--grad-accum", "13"]);
+    const accum = assertThrows(() =>
+      parseOverRecorded(["--out", out, "--resume", "--grad-accum", "13"], {}, recorded!, () => "d")
+    );
+    assertEquals(
+      accum.message,
+      "--resume: --grad-accum 13 is more than --batch-size 12: a micro-batch holds at least one " +
+        `example (the settings not typed are those in ${out}/run.json)`,
+    );
     // A typed --task that is not the run's is refused here, worded as the other settings are.
     const task = await assertRejects(
       () => recordedSettings(["--out", out, "--resume", "--task", "rte"]),
@@ -124,7 +134,7 @@ Deno.test("resume settings: a task script's default folder, and another task's r
       JSON.stringify({ settings: runSettings(config) }),
     );
     const script: Recipe = { task: "cb", strategy: "ehft", peft: "lora", epochs: 50 };
-    const recorded = await recordedSettings(["--resume"], script, () => "data/cb");
+    const recorded = await recordedSettings(["--resume"], script);
     assertEquals(recorded?.path, "runs/cb/ehft-lora/run.json");
     assertEquals(recorded?.recipe.maxSteps, 300);
     assertEquals(recorded?.recipe.model, "/models/bert");
@@ -137,6 +147,15 @@ Deno.test("resume settings: a task script's default folder, and another task's r
       other.message,
       "--resume: runs/cb/ehft-lora is a run of cb; this script trains rte",
     );
+    // A run started in another strategy's default folder (--strategy ft --out runs/cb/ehft-lora)
+    // goes on in the folder its run.json was read from, not in its settings' default, runs/cb/ft.
+    const ft = parseTrainArgs([...STARTED.slice(0, 6), "--strategy", "ft", "--out", config.out]);
+    await Deno.writeTextFile(
+      `${config.out}/run.json`,
+      JSON.stringify({ settings: runSettings(ft.config) }),
+    );
+    assertEquals((await resumed(["--resume"], script)).out, "runs/cb/ehft-lora");
+    assertEquals((await resumed(["--resume", "--task", "cb"], script)).strategy, "ft");
     // Without --resume, or with no run.json there yet: nothing recorded, the flags start it.
     assertEquals(await recordedSettings(["--out", config.out]), null);
     assertEquals(await recordedSettings(["--resume", "--out", "runs/none"]), null);

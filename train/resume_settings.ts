@@ -5,7 +5,13 @@
 // that differ from it, naming the first (run_folder.ts checkSameSettings), as it always has.
 
 import { exists } from "../model/atomic_write.ts";
-import { parseTrainArgs, type Recipe, runSettings, TRAIN_FLAGS } from "./config.ts";
+import {
+  type ParsedTrainArgs,
+  parseTrainArgs,
+  type Recipe,
+  runSettings,
+  TRAIN_FLAGS,
+} from "./config.ts";
 import { FlagError, parseFlags } from "./flags.ts";
 import { readRunJson } from "./run_folder.ts";
 import { isTwoStage, STRATEGY_NAMES, type StrategyName } from "./strategy.ts";
@@ -14,7 +20,10 @@ import { isTwoStage, STRATEGY_NAMES, type StrategyName } from "./strategy.ts";
 export interface RecordedSettings {
   /** The run.json read. */
   path: string;
-  /** Every recorded setting but the run folder's place (a moved run goes on where it is now). */
+  /**
+   * Every recorded setting, and as `out` the folder read (a moved run goes on where it is now,
+   * and one found as a default --out goes on there, whatever its settings' default would be).
+   */
   recipe: Recipe;
 }
 
@@ -24,19 +33,18 @@ const STAND_IN = "\0recorded";
 /**
  * With --resume, the settings recorded in the run folder's run.json as a recipe that the typed
  * flags override; null without --resume, or when the folder holds no run.json yet (then the
- * flags alone start the run, as before). `recipe` is a task script's (its task and defaults),
- * `taskData` its default data: both only find the default --out when none is typed. Throws a
- * one-line error naming run.json for settings that are not a train.ts run's, and a FlagError for
- * a typed --task, or a task script's, that is not the run's.
+ * flags alone start the run, as before). `recipe` is a task script's (its task and defaults):
+ * it finds the default --out when none is typed. Throws a one-line error naming run.json for
+ * settings that are not a train.ts run's, and a FlagError for a typed --task, or a task
+ * script's, that is not the run's.
  */
 export async function recordedSettings(
   args: readonly string[],
   recipe: Recipe = {},
-  taskData: (task: string) => string | undefined = () => undefined,
 ): Promise<RecordedSettings | null> {
   const f = parseFlags(TRAIN_FLAGS, args);
   if (!f.resume) return null;
-  const out = f.out ?? recipe.out ?? defaultOut(args, recipe, taskData);
+  const out = f.out ?? recipe.out ?? defaultOut(args, recipe);
   if (out === null) return null;
   const path = `${out}/run.json`;
   if (!(await exists(path))) return null;
@@ -55,18 +63,34 @@ export async function recordedSettings(
         : `--resume: ${out} is a run of ${recorded.task}; this script trains ${recipe.task}`,
     );
   }
-  return { path, recipe: recorded };
+  return { path, recipe: { ...recorded, out } };
+}
+
+/**
+ * parseTrainArgs over a run.json's settings: a typed flag that cannot go with them (--peft for a
+ * run without a method, --grad-accum above its batch) is refused naming the file they came from.
+ */
+export function parseOverRecorded(
+  args: string[],
+  recipe: Recipe,
+  recorded: RecordedSettings,
+  taskData: (task: string) => string | undefined,
+): ParsedTrainArgs {
+  try {
+    return parseTrainArgs(args, { ...recipe, ...recorded.recipe }, taskData);
+  } catch (e) {
+    if (!(e instanceof FlagError)) throw e;
+    throw new FlagError(
+      `--resume: ${e.message} (the settings not typed are those in ${recorded.path})`,
+    );
+  }
 }
 
 /** The --out the flags and recipe give when none is typed, or null when they give none yet. */
-function defaultOut(
-  args: readonly string[],
-  recipe: Recipe,
-  taskData: (task: string) => string | undefined,
-): string | null {
+function defaultOut(args: readonly string[], recipe: Recipe): string | null {
   try {
     const standIns = { model: recipe.model ?? STAND_IN, data: recipe.data ?? STAND_IN };
-    return parseTrainArgs([...args], { ...recipe, ...standIns }, taskData).config.out;
+    return parseTrainArgs([...args], { ...recipe, ...standIns }).config.out;
   } catch {
     // The flags' own error comes when they are parsed for the run.
     return null;
