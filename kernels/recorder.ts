@@ -112,6 +112,9 @@ export function submittedCounts(gpu: Gpu): SubmittedCounts {
 
 const uniformBuffers = new WeakMap<Gpu, GPUBuffer>();
 
+/** Per device, the submit in progress (settled either way): the next one waits for it. */
+const submitting = new WeakMap<Gpu, Promise<void>>();
+
 /** The device's shared uniform buffer, at least `bytes` long (counted in Gpu.liveBytes). */
 function uniformBuffer(gpu: Gpu, bytes: number): GPUBuffer {
   const old = uniformBuffers.get(gpu);
@@ -330,11 +333,35 @@ export class Recorder {
     return own.spans[0] ?? 0;
   }
 
-  /** Submits the recorded commands (with GPU timestamps when `profile` asks), then clears them. */
-  private async submitProfiled(profile: DispatchProfile | undefined): Promise<void> {
+  /**
+   * Takes the recorded commands (the Recorder is empty again at once) and submits them after
+   * every earlier submit on the device has been: one at a time, since a submit packs its uniforms
+   * into the device's one uniform buffer and awaits the error checks before `queue.submit`. Two
+   * submits not awaited in between (two Recorders, `Promise.all`) would otherwise run with each
+   * other's uniforms.
+   */
+  private submitProfiled(profile: DispatchProfile | undefined): Promise<void> {
     const gpu = this.gpu;
     const commands = this.commands;
     this.commands = [];
+    const previous = submitting.get(gpu);
+    const mine = previous
+      ? previous.then(() => this.submitNow(commands, profile))
+      : this.submitNow(commands, profile);
+    const settled = mine.then(() => {}, () => {});
+    submitting.set(gpu, settled);
+    settled.then(() => {
+      if (submitting.get(gpu) === settled) submitting.delete(gpu);
+    });
+    return mine;
+  }
+
+  /** Submits `commands` (with GPU timestamps when `profile` asks). */
+  private async submitNow(
+    commands: Command[],
+    profile: DispatchProfile | undefined,
+  ): Promise<void> {
+    const gpu = this.gpu;
     gpu.assertAlive();
     if (commands.length === 0) return gpu.flushErrors();
 

@@ -153,3 +153,32 @@ Deno.test("BindGroupCache: when full, drops the least recently used", () => {
   cache.clear();
   assertEquals(cache.size, 0);
 });
+
+gpuTest("Recorder: submits not awaited in between run each with its own uniforms", async (gpu) => {
+  // Each submit packs its uniforms into the device's one uniform buffer and awaits its error
+  // checks before queue.submit: the second one's uniforms once landed in that gap, and both ran
+  // with them.
+  const n = 29;
+  const x = tensorFromArray(gpu, Float32Array.from({ length: n }, (_, i) => i % 7 - 2.5), [n], "x");
+  const outs = [0, 1, 2].map((i) => createTensor(gpu, [n], "f32", `out${i}`));
+  const pipeline = getPipeline(gpu, "scale", SCALE_WGSL);
+  const submits = outs.map((out, i) => {
+    const rec = new Recorder(gpu);
+    rec.dispatch("scale", pipeline, [x, out], 1, params(i + 2, n));
+    return rec.submit();
+  });
+  // One Recorder, submitted twice without an await.
+  const twice = createTensor(gpu, [n], "f32", "twice");
+  const rec = new Recorder(gpu);
+  rec.dispatch("scale", pipeline, [x, twice], 1, params(5, n));
+  const first = rec.submit();
+  rec.dispatch("scale", pipeline, [x, outs[0]], 1, params(7, n));
+  await Promise.all([...submits, first, rec.submit()]);
+  const xs = await x.download() as Float32Array;
+  const expect = (scale: number) => Array.from(xs, (v, i) => Math.fround(v * scale + i));
+  assertEquals(Array.from(await outs[1].download() as Float32Array), expect(3));
+  assertEquals(Array.from(await outs[2].download() as Float32Array), expect(4));
+  assertEquals(Array.from(await outs[0].download() as Float32Array), expect(7));
+  assertEquals(Array.from(await twice.download() as Float32Array), expect(5));
+  for (const t of [x, twice, ...outs]) t.destroy();
+});
