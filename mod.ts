@@ -253,6 +253,7 @@ export {
   readHeadShape,
   saveModel,
   type SaveModelOptions,
+  type TensorShapes,
 } from "./model/checkpoint.ts";
 export { type OpenedModel, openModel, type OpenModelOptions } from "./model/load.ts";
 export {

@@ -229,6 +229,14 @@ export async function loadBackbone(
   return new Set(plan.map(([name]) => name));
 }
 
+/** Named tensor shapes and the file they are (or will be) in: a reader, or what saveModel saves. */
+export interface TensorShapes {
+  /** The file an error names. */
+  path: string;
+  /** Each tensor's shape by name. */
+  tensors: ReadonlyMap<string, { readonly shape: readonly number[] }>;
+}
+
 /** The EH-FT head's shape as stored: F inputs, `hidden` units (2048), C outputs. */
 export interface HeadShape {
   /** F: inputs of head.dense (H, or 5H for WiC). */
@@ -250,7 +258,7 @@ export const HEAD_NAMES = [
  * The head stored in a checkpoint, inferred from its tensors' shapes (the metadata is only
  * informative: checkpoints written by other tools lack it). Null when the file has no head.
  */
-export function readHeadShape(reader: SafetensorsReader): HeadShape | null {
+export function readHeadShape(reader: TensorShapes): HeadShape | null {
   const present = HEAD_NAMES.filter((n) => reader.tensors.has(n));
   if (present.length === 0) return null;
   if (present.length < HEAD_NAMES.length) {
@@ -379,11 +387,73 @@ const BASE_ARCHITECTURE: Record<ModelConfig["modelType"], string> = {
 };
 
 /**
+ * What saveModel is given, checked before anything is written: a folder that openModel then
+ * refuses (a backbone in part, or under full names, a head under other names) would be found
+ * only when it is read back. The file named is the weights file the tensors were meant for.
+ */
+async function checkSaved(dir: string, options: SaveModelOptions): Promise<void> {
+  const { config } = options;
+  const file = `${dir}/model.safetensors`;
+  const fail = (problem: string) => new CheckpointError(file, problem);
+  for (const [name, t] of [...options.backbone, ...options.head ?? [], ...options.extra ?? []]) {
+    if (t.dtype !== "f32") {
+      throw fail(`tensor "${name}" is ${t.dtype}; saveModel saves f32 tensors`);
+    }
+  }
+  const expected = encoderParameterShapes(config);
+  for (const [name, t] of options.backbone) {
+    const shape = expected.get(name);
+    if (shape === undefined) {
+      const prefixed = name.startsWith(`${config.prefix}.`);
+      throw fail(
+        `backbone tensor "${name}" is not one of a ${config.modelType} encoder's (its names are ` +
+          `relative to "${config.prefix}.", as encoderParameters gives them${
+            prefixed ? `: drop the "${config.prefix}."` : ""
+          })`,
+      );
+    }
+    if (!sameShape(t.shape, shape)) {
+      throw fail(
+        `backbone tensor "${name}" has shape [${t.shape.join(", ")}], but the config ` +
+          `(${shapeFields(config, name)}) needs [${shape.join(", ")}]`,
+      );
+    }
+  }
+  const missing = [...expected.keys()].filter((n) => !options.backbone.has(n));
+  if (missing.length > 0) {
+    throw fail(
+      `the backbone lacks ${missing.length} of its ${expected.size} tensors (the first: ` +
+        `"${missing[0]}"): a saved model holds the whole encoder`,
+    );
+  }
+  if (options.head !== undefined && options.head.size > 0) {
+    const other = [...options.head.keys()].find((n) =>
+      !(HEAD_NAMES as readonly string[]).includes(n)
+    );
+    if (other !== undefined) {
+      throw fail(`head tensor "${other}" is not one of the head's (${HEAD_NAMES.join(", ")})`);
+    }
+    const shapes = new Map([...options.head].map(([n, t]) => [n, { shape: t.shape }]));
+    readHeadShape({ path: file, tensors: shapes });
+  }
+  if (options.tokenizerFile !== undefined) {
+    const info = await Deno.stat(options.tokenizerFile).catch(() => null);
+    if (!info?.isFile) {
+      throw fail(
+        `tokenizerFile ${options.tokenizerFile} is not a file (a tokenizer.json to copy; ` +
+          `convertTokenizerDir gives its contents from a model folder's vocab.txt or vocab.json)`,
+      );
+    }
+  }
+}
+
+/**
  * Saves a model directory in the checkpoint contract. Each file is written atomically; the
  * weights are downloaded one tensor at a time.
  */
 export async function saveModel(dir: string, options: SaveModelOptions): Promise<void> {
   const { config } = options;
+  await checkSaved(dir, options);
   await Deno.mkdir(dir, { recursive: true });
   const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
   const add = async (name: string, t: Tensor) => {

@@ -8,7 +8,9 @@ import {
   openWeights,
   readHeadShape,
   saveModel,
+  type SaveModelOptions,
 } from "../model/checkpoint.ts";
+import { exists } from "../model/atomic_write.ts";
 import { type ModelConfig, readConfig } from "../model/config.ts";
 import { encoderParameterShapes } from "../model/encoder.ts";
 import { openSafetensors, type SafetensorsReader, writeSafetensors } from "../model/safetensors.ts";
@@ -353,6 +355,59 @@ gpuTest(
       }
       assertEquals(readHeadShape(saved), readHeadShape(source));
       saved.close();
+
+      // What openModel would refuse is refused before anything is written, naming the tensor.
+      const refused = async (options: Partial<SaveModelOptions>, problem: string) => {
+        const out = `${dir}/refused`;
+        await assertRejects(
+          () => saveModel(out, { config, backbone, head, ...options }),
+          CheckpointError,
+          `${out}/model.safetensors: ${problem}`,
+        );
+        assert(!(await exists(out)), "a refused save made its folder");
+      };
+      const some = new Map([...backbone].slice(1));
+      await refused(
+        { backbone: some },
+        `the backbone lacks 1 of its ${backbone.size} tensors (the first: ` +
+          `"${[...backbone.keys()][0]}"): a saved model holds the whole encoder`,
+      );
+      const full = new Map([...backbone].map(([n, t]) => [`bert.${n}`, t]));
+      await refused(
+        { backbone: full },
+        `backbone tensor "bert.${[...backbone.keys()][0]}" is not one of a bert encoder's (its ` +
+          `names are relative to "bert.", as encoderParameters gives them: drop the "bert.")`,
+      );
+      const dense = backbone.get("embeddings.LayerNorm.weight")!;
+      const wrong = createTensor(gpu, [dense.shape[0] + 1], "f32", "wrong");
+      await refused(
+        { backbone: new Map([...backbone, ["embeddings.LayerNorm.weight", wrong]]) },
+        `backbone tensor "embeddings.LayerNorm.weight" has shape [${dense.shape[0] + 1}], but ` +
+          `the config (hidden_size ${config.hiddenSize}) needs [${dense.shape[0]}]`,
+      );
+      wrong.destroy();
+      const renamed = new Map([...head].map(([n, t]) => [n.replace("out_proj", "out"), t]));
+      await refused(
+        { head: renamed },
+        'head tensor "head.out.weight" is not one of the head\'s (head.dense.weight, ' +
+          "head.dense.bias, head.out_proj.weight, head.out_proj.bias)",
+      );
+      await refused(
+        { head: new Map([...head].slice(1)) },
+        'incomplete head: missing "head.dense.weight"',
+      );
+      const half = createTensor(gpu, [3], "f16", "half");
+      await refused(
+        { extra: new Map([["prefix.rows", half]]) },
+        'tensor "prefix.rows" is f16; ' +
+          "saveModel saves f32 tensors",
+      );
+      half.destroy();
+      await refused(
+        { tokenizerFile: `${dir}/none.json` },
+        `tokenizerFile ${dir}/none.json is not a file (a tokenizer.json to copy; ` +
+          "convertTokenizerDir gives its contents from a model folder's vocab.txt or vocab.json)",
+      );
     });
     source.close();
   },
