@@ -2,7 +2,8 @@
 // parts runs each part and sums their weighted gradients into one update, which is the step of
 // the whole batch up to the order of the sums (dropout off here: each part draws masks of its own).
 // The tiny-bert fixture's batches of 3, split 2 + 1 (unequal parts: the weights matter); then
-// train.ts's runs, in parts and not.
+// train.ts's runs, in parts and not. Trainer.step's refusals (too many parts, a part too large, a
+// target its loss cannot take) are checked here too.
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
@@ -171,8 +172,37 @@ gpuTest(
         );
         // Each part must fit the Trainer's batch, as a whole batch must.
         await assertRejects(() => trainer.step([b], 1e-3, 0), Error, "not in [1, 1]");
+        // A target the loss cannot take is refused before the step (it made every weight NaN).
+        for (const bad of [NaN, 2, -0.5]) {
+          await assertRejects(
+            () => trainer.step([{ ...part(b, 0, 1), targets: Float32Array.of(bad) }], 1e-3, 0),
+            Error,
+            `Trainer: target ${bad} of example 0 is not a label in [0, 1] (loss bce)`,
+          );
+        }
       } finally {
         trainer.destroy();
+      }
+      const ce = new Trainer(gpu, { ...f.options, loss: "ce", headClasses: 3, maxExamples: 1 });
+      try {
+        ce.beginStage(ALL, ADAMW_DEFAULTS);
+        const one = part(f.batches[0], 0, 1);
+        for (const targets of [Uint32Array.of(3), Float32Array.of(1.5), Float32Array.of(NaN)]) {
+          await assertRejects(
+            () => ce.step({ ...one, targets }, 1e-3, 0),
+            Error,
+            `Trainer: target ${targets[0]} of example 0 is not a class id in [0, 3) (loss ce)`,
+          );
+        }
+        // Refused before anything was submitted: the next good step trains as the first.
+        await ce.step({ ...one, targets: Uint32Array.of(2) }, 1e-3, 0);
+        const [stats] = await ce.takeStats();
+        assert(
+          Number.isFinite(stats.loss) && Number.isFinite(stats.gradNorm),
+          JSON.stringify(stats),
+        );
+      } finally {
+        ce.destroy();
       }
     } finally {
       f.close();

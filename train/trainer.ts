@@ -400,7 +400,10 @@ export class Trainer {
         `Trainer.step: ${parts.length} micro-batches, not in [1, ${this.gradAccum}] (gradAccum)`,
       );
     }
-    for (const part of parts) this.checkBatch(part);
+    for (const part of parts) {
+      this.checkBatch(part);
+      this.checkTargets(part);
+    }
     if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
     const total = parts.reduce((n, part) => n + part.examples, 0);
     const whole = parts.length === 1;
@@ -479,6 +482,28 @@ export class Trainer {
     }
     if (batch.targets.length !== E) {
       throw new Error(`Trainer: ${batch.targets.length} targets for ${E} examples`);
+    }
+  }
+
+  /**
+   * A step's targets as its loss takes them: on the host, before the step, since one class id
+   * past the head's outputs (or a NaN score) makes the loss and every weight NaN from that step
+   * on, and the step's stats say so only at the next flush.
+   */
+  private checkTargets(batch: TrainBatch): void {
+    const bad = (i: number, what: string) =>
+      new Error(`Trainer: target ${batch.targets[i]} of example ${i} is not ${what}`);
+    for (let i = 0; i < batch.targets.length; i++) {
+      const v = batch.targets[i];
+      if (this.loss === "ce") {
+        if (!Number.isInteger(v) || v < 0 || v >= this.outputs) {
+          throw bad(i, `a class id in [0, ${this.outputs}) (loss ce)`);
+        }
+      } else if (this.loss === "bce") {
+        if (!(v >= 0 && v <= 1)) throw bad(i, "a label in [0, 1] (loss bce)");
+      } else if (!Number.isFinite(Math.fround(v))) {
+        throw bad(i, "a finite f32 score (loss mse)");
+      }
     }
   }
 
