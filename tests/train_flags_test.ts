@@ -5,6 +5,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
   BERT_LARGE_LR,
   checkConfigChoices,
+  checkConfigValues,
   parseTrainArgs,
   type Recipe,
   recipeLearningRate,
@@ -192,4 +193,47 @@ Deno.test("train flags: --out the file system's root or the home folder is refus
     else Deno.env.set("HOME", before);
     await Deno.remove(home, { recursive: true });
   }
+});
+
+Deno.test("train config: runTraining's config is checked as its flags would be", () => {
+  const config = parse(["--strategy", "ehft", "--peft", "lora", "--max-steps", "20"]);
+  checkConfigValues(config);
+  // A task of one's own may be named freely; what a method or strategy does not use is not read.
+  checkConfigValues({ ...config, task: "my task", prefixLength: -1 });
+  const ft = parse(["--strategy", "ft"]);
+  checkConfigValues({ ...ft, stage1Ratio: 7, stage1Lr: 3, loraR: 0 });
+  // A hand-written config may leave out what earlier versions had no setting for.
+  const { precision: _p, gradAccum: _g, ...older } = ft;
+  checkConfigValues(older as TrainConfig);
+  const refused = (changed: Partial<TrainConfig>, message: string) => {
+    const e = assertThrows(() => checkConfigValues({ ...config, ...changed }), FlagError);
+    assertEquals(e.message, message);
+  };
+  refused(
+    { warmupRatio: 5 },
+    `runTraining: the config's --warmup-ratio: expected a number ≥ 0 and < 1, got "5"`,
+  );
+  refused(
+    { seeds: 0 },
+    `runTraining: the config's --seeds: expected an integer in [1, 1000], got "0"`,
+  );
+  refused({ lr: -1 }, `runTraining: the config's --lr: expected a number > 0, got "-1"`);
+  refused(
+    { epochs: 3 },
+    "runTraining: the config's --epochs and --max-steps: give one budget, not both",
+  );
+  refused({ maxSteps: null }, "runTraining: config has no budget: give epochs or maxSteps");
+  refused(
+    { batchSize: "32" as unknown as number },
+    'runTraining: config.batchSize is "32", where its flag gives 32',
+  );
+  refused(
+    { shuffle: "no" as unknown as boolean },
+    'runTraining: config.shuffle is "no", not a value of --no-shuffle',
+  );
+  refused(
+    { stage1Lr: null },
+    "runTraining: config.stage1Lr is null, where its flag gives 0.0005",
+  );
+  refused({ loraR: 2.5 }, `runTraining: the config's --lora-r: expected an integer ≥ 1, got "2.5"`);
 });

@@ -547,6 +547,92 @@ export const UNRECORDED_SETTINGS: Readonly<Record<string, unknown>> = {
   gradAccum: 1,
 };
 
+/**
+ * Settings (run.json's, or a library caller's config) as the flags that give them, for
+ * parseTrainArgs to check as typed ones: null ones left out, and those the run's strategy and
+ * method do not use (run.json keeps every method's, and stage 1's share in a one-stage run;
+ * typed they would be refused) returned apart as `unused`. Keys without a flag are left out.
+ * `notAValue` makes the error for a value no flag takes.
+ */
+export function settingsFlags(
+  settings: Record<string, unknown>,
+  notAValue: (key: string, value: unknown, flag: string) => Error,
+): { flags: string[]; unused: Record<string, number> } {
+  const flags: string[] = [];
+  const unused: Record<string, number> = {};
+  for (const [key, value] of Object.entries(settings)) {
+    if (value === null || value === undefined) continue;
+    if (key === "shuffle") {
+      if (value === false) flags.push("--no-shuffle");
+      else if (value !== true) throw notAValue(key, value, "--no-shuffle");
+      continue;
+    }
+    const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    const spec = (TRAIN_FLAGS as Record<string, { type: string }>)[flag];
+    if (spec === undefined || spec.type !== "string") continue;
+    if (!(typeof value === "string" || (typeof value === "number" && Number.isFinite(value)))) {
+      throw notAValue(key, value, `--${flag}`);
+    }
+    if (!settingApplies(key, settings)) {
+      if (typeof value !== "number") throw notAValue(key, value, `--${flag}`);
+      unused[key] = value;
+      continue;
+    }
+    flags.push(`--${flag}=${value}`);
+  }
+  return { flags, unused };
+}
+
+/** Whether a setting is one the strategy and PEFT method in `settings` use. */
+function settingApplies(key: string, settings: Record<string, unknown>): boolean {
+  if (key === "loraR" || key === "loraAlpha") return settings.peft === "lora";
+  if (key === "prefixLength") return settings.peft === "prefix";
+  if (key === "stage1Ratio" || key === "stage1Lr") {
+    return STRATEGY_NAMES.includes(settings.strategy as StrategyName) &&
+      isTwoStage(settings.strategy as StrategyName);
+  }
+  return true;
+}
+
+/**
+ * A library caller's config, checked as parseTrainArgs checks flags (runTraining calls it): a
+ * value the flag would refuse (a warmup ratio of 5, no seeds, a negative learning rate), both
+ * budgets or none, or one of the wrong type is refused on one line before anything is written,
+ * instead of training on it or failing at the first step. The task's name is not a flag's here
+ * (a task of one's own may be named freely); values a strategy or method does not use are not
+ * checked.
+ */
+export function checkConfigValues(config: TrainConfig): void {
+  const settings = { ...runSettings(config) } as Record<string, unknown>;
+  if ((settings.epochs ?? null) === null && (settings.maxSteps ?? null) === null) {
+    throw new FlagError("runTraining: config has no budget: give epochs or maxSteps");
+  }
+  const { flags } = settingsFlags(
+    { ...settings, task: "task" },
+    (key, value, flag) =>
+      new FlagError(
+        `runTraining: config.${key} is ${JSON.stringify(value)}, not a value of ${flag}`,
+      ),
+  );
+  let parsed: TrainConfig;
+  try {
+    parsed = parseTrainArgs(flags).config;
+  } catch (e) {
+    if (!(e instanceof FlagError)) throw e;
+    throw new FlagError(`runTraining: the config's ${e.message}`);
+  }
+  for (const [key, value] of Object.entries(runSettings(parsed))) {
+    if (key === "task" || !settingApplies(key, settings)) continue;
+    const given = settings[key] ?? UNRECORDED_SETTINGS[key] ?? null;
+    if (JSON.stringify(given) !== JSON.stringify(value)) {
+      throw new FlagError(
+        `runTraining: config.${key} is ${JSON.stringify(settings[key])}, where its flag gives ` +
+          JSON.stringify(value),
+      );
+    }
+  }
+}
+
 /** The run-defining part of a config (run.json's "settings"). */
 export function runSettings(c: TrainConfig): RunSettings {
   const { resume: _resume, overwrite: _overwrite, analysis: _analysis, ...settings } = c;

@@ -10,11 +10,11 @@ import {
   parseTrainArgs,
   type Recipe,
   runSettings,
+  settingsFlags,
   TRAIN_FLAGS,
 } from "./config.ts";
 import { FlagError, parseFlags } from "./flags.ts";
 import { readRunJson } from "./run_folder.ts";
-import { isTwoStage, STRATEGY_NAMES, type StrategyName } from "./strategy.ts";
 
 /** A run's recorded settings as a recipe, and the run.json they came from. */
 export interface RecordedSettings {
@@ -103,29 +103,12 @@ function defaultOut(args: readonly string[], recipe: Recipe): string | null {
  * recipe. Settings this version has no flag for are left out: checkSameSettings then names them.
  */
 function asRecipe(path: string, settings: Record<string, unknown>): Recipe {
-  const flags: string[] = [];
-  // As recorded, unchecked: the run does not use them.
-  const unused: Record<string, number> = {};
-  for (const [key, value] of Object.entries(settings)) {
-    if (key === "out" || value === null || value === undefined) continue;
-    if (key === "shuffle") {
-      if (value === false) flags.push("--no-shuffle");
-      else if (value !== true) throw notAValue(path, key, value, "--no-shuffle");
-      continue;
-    }
-    const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    const spec = (TRAIN_FLAGS as Record<string, { type: string }>)[flag];
-    if (spec === undefined || spec.type !== "string") continue;
-    if (!(typeof value === "string" || (typeof value === "number" && Number.isFinite(value)))) {
-      throw notAValue(path, key, value, `--${flag}`);
-    }
-    if (!applies(key, settings)) {
-      if (typeof value !== "number") throw notAValue(path, key, value, `--${flag}`);
-      unused[key] = value;
-      continue;
-    }
-    flags.push(`--${flag}=${value}`);
-  }
+  const { out: _out, ...rest } = settings;
+  const { flags, unused } = settingsFlags(
+    rest,
+    (key, value, flag) =>
+      new Error(`${path}: settings.${key} is ${JSON.stringify(value)}, not a value of ${flag}`),
+  );
   try {
     const { config } = parseTrainArgs(flags);
     const { out: _out, ...recipe } = runSettings(config);
@@ -133,22 +116,4 @@ function asRecipe(path: string, settings: Record<string, unknown>): Recipe {
   } catch (e) {
     throw new Error(`${path}: its settings are not a run's: ${(e as Error).message}`);
   }
-}
-
-/**
- * Whether a recorded setting is one the run's strategy and method use: run.json keeps them all
- * (every method's, stage 1's share in a one-stage run), and typed they would be refused.
- */
-function applies(key: string, settings: Record<string, unknown>): boolean {
-  if (key === "loraR" || key === "loraAlpha") return settings.peft === "lora";
-  if (key === "prefixLength") return settings.peft === "prefix";
-  if (key === "stage1Ratio") {
-    return STRATEGY_NAMES.includes(settings.strategy as StrategyName) &&
-      isTwoStage(settings.strategy as StrategyName);
-  }
-  return true;
-}
-
-function notAValue(path: string, key: string, value: unknown, flag: string): Error {
-  return new Error(`${path}: settings.${key} is ${JSON.stringify(value)}, not a value of ${flag}`);
 }

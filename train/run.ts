@@ -56,6 +56,7 @@ import {
 } from "./run_faults.ts";
 import {
   checkConfigChoices,
+  checkConfigValues,
   checkRunModes,
   microBatchSize,
   runFolders,
@@ -180,6 +181,7 @@ export async function runTraining(
 ): Promise<RunMetrics | SeedsMetrics> {
   checkRunModes(config);
   checkConfigChoices(config);
+  checkConfigValues(config);
   const definition = taskDefinitionProblem(options.task);
   if (definition !== null) throw new Error(definition);
   if (options.peft && !config.peft) {
