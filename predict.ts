@@ -1,6 +1,6 @@
 // Predictions of a fine-tuned model on a task's data:
 //   deno run -A predict.ts --model DIR --task rte [--data PATH] [--split val] [--batch-size N]
-//     [--max-length N] [--revision REV] --out FILE [--overwrite]
+//     [--max-length N] [--revision REV] [--other-task] --out FILE [--overwrite]
 // `--split` is one of the task's splits (train, its dev split, test; default its dev split);
 // `--revision` only with a hub id. Flag rules as in train/flags.ts.
 // `--out` is checked before the model is opened or the data downloaded (checkOutPath); the file is
@@ -19,7 +19,7 @@ import { maxSequenceLength } from "./model/config.ts";
 import { MAX_BATCH_SIZE } from "./train/config.ts";
 import { createEncoder, encoderParameters } from "./model/encoder.ts";
 import { createHead, headParameters } from "./model/head.ts";
-import { noteUnusedOnce, openModel } from "./model/load.ts";
+import { noteUnusedOnce, type OpenedModel, openModel } from "./model/load.ts";
 import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
 import { shippedDataDir } from "./train/default_model.ts";
@@ -47,6 +47,7 @@ export const FLAGS = {
   "batch-size": { type: "string" },
   "max-length": { type: "string" },
   revision: { type: "string" },
+  "other-task": { type: "boolean" },
   out: { type: "string" },
   overwrite: { type: "boolean" },
   ...TUNE_FLAGS,
@@ -64,8 +65,17 @@ export interface PredictOptions {
   split: string;
   /** Examples per forward pass. */
   batchSize: number;
-  /** Tokens per example; default the model's limit. */
+  /**
+   * Tokens per example; default the length the model was fine-tuned at (its weights' metadata,
+   * or for a run's model/ from before it was kept there, the run's run.json), else the model's
+   * limit: predictions at another length are not those the run's metrics scored.
+   */
   maxLength?: number;
+  /**
+   * Predict with a model whose metadata names another task than `task` (its head must still fit
+   * `task`); refused otherwise, as a head trained for another task's labels reads as nonsense.
+   */
+  otherTask?: boolean;
   /** The hub branch, tag or commit (with a hub id). */
   revision?: string;
   /**
@@ -141,11 +151,20 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `predict.ts runs models without one (train with ehft, or another strategy that drops it)`,
       );
     }
+    // train.ts's metadata (with its strategy and stage): other tools' "task" may be any word.
+    const ours = meta.strategy !== undefined && meta.stage !== undefined;
+    if (ours && meta.task !== undefined && meta.task !== task.name && !options.otherTask) {
+      throw new Error(
+        `${model.dir} was fine-tuned on ${meta.task} (its weights' metadata), not ${task.name}: ` +
+          `pass --other-task (otherTask: true) to predict ${task.name} with it anyway`,
+      );
+    }
     if (model.unused.length > 0) noteUnusedOnce(model.weights.path, model.unused);
     const examples = await task.readExamples(options.data, options.split);
     const empty = emptyTextNote(examples, `${task.name} ${options.split}`);
     if (empty !== null) console.error(`predict: ${empty}`);
-    const limit = Math.min(options.maxLength ?? Infinity, maxSequenceLength(config));
+    const trained = options.maxLength === undefined ? await trainedMaxLength(model) : null;
+    const limit = Math.min(options.maxLength ?? trained ?? Infinity, maxSequenceLength(config));
 
     // Every input is tokenized first (cheap), so the GPU arena fits the longest batch exactly.
     const inputs: { example: number; input: TextInput }[] = [];
@@ -230,6 +249,25 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
   }
 }
 
+/**
+ * The max length a fine-tuned model was trained at: its weights' metadata (train.ts writes
+ * max_length), or the resolved max_length of the run.json beside a run's model/ folder (runs from
+ * before the metadata kept it); null when neither says.
+ */
+async function trainedMaxLength(model: OpenedModel): Promise<number | null> {
+  const valid = (n: unknown) => typeof n === "number" && Number.isSafeInteger(n) && n >= 2;
+  const kept = Number(model.weights.metadata.max_length);
+  if (valid(kept)) return kept;
+  try {
+    const run = JSON.parse(await Deno.readTextFile(`${model.dir}/../run.json`));
+    const length = run?.resolved?.max_length;
+    return valid(length) ? length : null;
+  } catch {
+    // A hub model, or a folder that is not a run's model/.
+    return null;
+  }
+}
+
 /** Groups per-input logits back into examples: one logit per input, or the input's row. */
 function collect(
   task: Task,
@@ -285,7 +323,16 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
     out,
     overwrite: flags.overwrite,
     data: flags.data,
-    options: { model, task, split, batchSize, maxLength, revision: flags.revision, autotune },
+    options: {
+      model,
+      task,
+      split,
+      batchSize,
+      maxLength,
+      revision: flags.revision,
+      otherTask: flags["other-task"],
+      autotune,
+    },
   };
 }
 

@@ -3,7 +3,7 @@ import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { checkOutPath, predict } from "../predict.ts";
 import { FlagError } from "../train/flags.ts";
 import { rte } from "../tasks/rte.ts";
-import { writeTinyBert } from "./train_fixture.ts";
+import { rewriteSafetensors, writeTinyBert } from "./train_fixture.ts";
 
 const EXAMPLES = [
   ["The city was the first state in the world.", "The city is a state.", "entailment"],
@@ -380,4 +380,48 @@ Deno.test("predict(): a library caller's batch size or max length is checked bef
     const e = await assertRejects(() => predict({ ...base, ...edit }), FlagError);
     assertEquals(e.message, message);
   }
+});
+
+Deno.test({
+  name: "predict: a run's model is read at the length it was trained at, and on its own task",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.mkdir(`${dir}/run/model`, { recursive: true });
+      await writeTinyBert(`${dir}/run/model`);
+      const data = await writeData(dir);
+      const model = `${dir}/run/model`;
+      const run = (more: Partial<Parameters<typeof predict>[0]> = {}) =>
+        predict({ model, task: rte, data, split: "val", batchSize: 5, ...more });
+      const logits = (ps: { logits: number[] }[]) => ps.map((p) => p.logits[0]);
+      const full = logits(await run());
+      const short = logits(await run({ maxLength: 9 }));
+      assert(full.some((v, i) => v !== short[i]), "9 tokens cut none of the examples");
+      // A run from before the weights kept their length: the run.json beside model/ says it.
+      await Deno.writeTextFile(
+        `${dir}/run/run.json`,
+        JSON.stringify({ resolved: { max_length: 9 } }),
+      );
+      assertEquals(logits(await run()), short);
+      // train.ts's metadata says it (and the task, with its strategy and stage).
+      const weights = `${model}/model.safetensors`;
+      await rewriteSafetensors(weights, (meta) => {
+        Object.assign(meta, { task: "rte", strategy: "ft", stage: "final", max_length: "12" });
+      });
+      assertEquals(logits(await run()), logits(await run({ maxLength: 12 })));
+      assertEquals(logits(await run({ maxLength: 9 })), short, "a typed length wins");
+      // Fine-tuned on another task (a head of the same shape): refused unless asked for.
+      await rewriteSafetensors(weights, (meta) => Object.assign(meta, { task: "cola" }));
+      await assertRejects(
+        () => run(),
+        Error,
+        `${model} was fine-tuned on cola (its weights' metadata), not rte: pass --other-task ` +
+          "(otherTask: true) to predict rte with it anyway",
+      );
+      assertEquals((await run({ otherTask: true })).length, EXAMPLES.length);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -5,6 +5,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { writeTinyBert } from "./train_fixture.ts";
+import { openSafetensors } from "../model/safetensors.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -232,6 +233,22 @@ test("deno task cb --max-steps 4 --model <tiny fixture> writes every output file
     const metrics = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
     assertEquals(Object.keys(metrics.final), ["accuracy", "macro_f1"]);
     assert(metrics.final.accuracy >= 0 && metrics.final.accuracy <= 1, JSON.stringify(metrics));
+    const weights = await openSafetensors(`${out}/model/model.safetensors`);
+    weights.close();
+    assertEquals(weights.metadata.max_length, "32");
+    // predict.ts on the run's model reads the examples at the run's --max-length (kept in the
+    // weights' metadata), so its dev predictions score what metrics.json says.
+    const predicted = await run([
+      ...["run", "-A", "predict.ts", "--model", `${out}/model`, "--task", "cb"],
+      ...["--data", data, "--out", `${dir}/val.jsonl`],
+    ]);
+    assertEquals(predicted.code, 0, predicted.stderr);
+    const gold = (await Deno.readTextFile(`${data}/val.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l).label);
+    const guesses = (await Deno.readTextFile(`${dir}/val.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l).prediction);
+    const right = guesses.filter((g, i) => g === gold[i]).length;
+    assertEquals(right / gold.length, metrics.final.accuracy);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

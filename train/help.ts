@@ -140,8 +140,10 @@ Writes one JSON object per example, {"idx": ..., "logits": [...], "prediction": 
   --data PATH             the task's data (default: its shipped folder, or its download)
   --split NAME            train, the task's dev split or test (default: the dev split)
   --batch-size N          examples per forward pass (default 32)
-  --max-length N          tokens per example (default: the model's limit)
+  --max-length N          tokens per example (default: the length the model was fine-tuned
+                          at, as its run recorded it; else the model's limit)
   --revision REV          the hub branch, tag or commit (with a hub id)
+  --other-task            predict with a model fine-tuned on another task (its head must fit)
   --no-autotune, --retune, --tune-cache FILE
                           the GEMM autotune: off, timed again, its cache file
   --debug                 a failure's stack after its one-line message`;

@@ -944,7 +944,7 @@ function describeTrains(stage: Stage): string {
 }
 
 function modelMetadata(
-  l: { config: TrainConfig; task: Task; trainer: Trainer },
+  l: { config: TrainConfig; task: Task; trainer: Trainer; p: Prepared },
   stage: string,
 ): Record<string, string> {
   const c = l.config;
@@ -952,6 +952,8 @@ function modelMetadata(
     task: l.task.name,
     strategy: c.strategy,
     stage,
+    // The length the examples were cut at: predict.ts's default, so its outputs are the run's.
+    max_length: String(l.p.maxLength),
   };
   // The method that ran: config.peft's, or one of one's own (RunOptions.peft).
   const method = l.trainer.peft?.name ?? c.peft;
@@ -994,7 +996,7 @@ async function saveFinalModel(
 ): Promise<void> {
   const peft = trainer.peft;
   const active = peft !== null && (trainer.trains?.peft ?? false);
-  const metadata = modelMetadata({ config, task, trainer }, "final");
+  const metadata = modelMetadata({ config, task, trainer, p }, "final");
   let extra = new Map<string, Tensor>();
   if (!config.peft) {
     metadata.peft_state = "none";

@@ -332,7 +332,7 @@ export async function predictTestSet(
     data: config.data,
     split: "test",
     batchSize: microBatchSize(config),
-    maxLength: config.maxLength ?? undefined,
+    // The length the run cut its examples at: the model's metadata keeps it (predict's default).
   });
   if (predictions.length === 0) return { skipped: `${testPath} has no examples` };
   const written = await writeSubmission(runDir, task.name, predictions, task.labels);
