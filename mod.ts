@@ -287,12 +287,25 @@ export {
   type TrainConfig,
 } from "./train/config.ts";
 export type { TuneFlags } from "./train/flags.ts";
-export type { Schedule, ScheduleName } from "./train/schedule.ts";
+export { learningRate, type Schedule, type ScheduleName, warmupSteps } from "./train/schedule.ts";
 export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
 export type { MetricValues } from "./train/evaluate.ts";
 export { type StepStats, Trainer, type TrainerOptions } from "./train/trainer.ts";
-export type { TrainBatch } from "./train/batches.ts";
-export type { AdamW, AdamwSettings, TrainableTensor } from "./train/optimizer.ts";
+export {
+  assembleBatch,
+  type TokenizedExample,
+  type TokenizedInput,
+  type TokenizedSplit,
+  tokenizeExamples,
+  type TokenSpans,
+  type TrainBatch,
+} from "./train/batches.ts";
+export {
+  type AdamW,
+  ADAMW_DEFAULTS,
+  type AdamwSettings,
+  type TrainableTensor,
+} from "./train/optimizer.ts";
 // The GEMM autotune a run takes (RunOptions.autotune): tuneRequest() reads the CLIs' settings.
 export { type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 // The nine tasks (readers, heads, metrics) by name, and predictions from a fine-tuned model.

@@ -883,8 +883,8 @@ export class Encoder {
         const v = a[i];
         if (!Number.isInteger(v) || v < 0 || v >= limit) {
           throw new Error(
-            `Encoder.setBatch: ${name}[${Math.floor(i / S)}, ${i % S}] = ${v} is not in ` +
-              `[0, ${limit})`,
+            `Encoder.setBatch: ${name}[${Math.floor(i / S)}, ${i % S}] = ${v} is not an ` +
+              `integer in [0, ${limit})`,
           );
         }
       }

@@ -829,3 +829,31 @@ gpuTest("padding_idx rows get no gradient, even from unmasked tokens", async (gp
   dHidden.destroy();
   enc.destroy();
 });
+
+gpuTest("Encoder.setBatch: an id, mask or shape the model cannot take is named", async (gpu) => {
+  const config = await readConfig(new URL("tiny-bert/config.json", FIXTURES).pathname);
+  const enc = createEncoder(gpu, config, { maxBatch: 2, maxSeq: 5 });
+  try {
+    const ids = [2, 5, 7, 3, 0];
+    const refused = (batch: Partial<Parameters<typeof enc.setBatch>[0]>, message: string) =>
+      assertThrows(
+        () => enc.setBatch({ inputIds: ids, batch: 1, seqLen: 5, ...batch }),
+        Error,
+        message,
+      );
+    refused({ batch: 3 }, "Encoder.setBatch: batch 3 is not in [1, 2]");
+    refused({ inputIds: [2, 5, 7] }, "Encoder.setBatch: inputIds has 3 values, expected 1×5");
+    refused(
+      { inputIds: [2, 5, config.vocabSize, 3, 0] },
+      `Encoder.setBatch: inputIds[0, 2] = ${config.vocabSize} is not an integer in ` +
+        `[0, ${config.vocabSize})`,
+    );
+    refused(
+      { attentionMask: [1, 1, 0.5, 0, 0] },
+      "Encoder.setBatch: attentionMask[0, 2] = 0.5 is not an integer in [0, 2)",
+    );
+    enc.setBatch({ inputIds: ids, batch: 1, seqLen: 5, attentionMask: [1, 1, 1, 1, 0] });
+  } finally {
+    enc.destroy();
+  }
+});

@@ -26,11 +26,15 @@ import { uniformGenerator } from "../model/init.ts";
 
 /** One encoder input of an example: its tokens, special tokens included, unpadded. */
 export interface TokenizedInput {
+  /** Token ids. */
   ids: Uint32Array;
+  /** Token type (segment) ids, one per token. */
   types: Uint32Array;
 }
 
+/** One example tokenized: its encoder inputs and its label. */
 export interface TokenizedExample {
+  /** Its encoder inputs (one, or one per choice for multiple choice). */
   inputs: TokenizedInput[];
   /** Label id, or score for regression. */
   label: number;
@@ -43,9 +47,11 @@ export type TokenSpans = readonly [number, number, number, number];
 
 /** The tokenization of a split: examples, and the longest row in it. */
 export interface TokenizedSplit {
+  /** The examples, in file order. */
   examples: TokenizedExample[];
   /** Encoder inputs per example (1, or e.g. 2 for COPA's choices). */
   inputsPerExample: number;
+  /** Tokens in the longest row. */
   longest: number;
   /** Whether the examples carry target-word token spans (all of them, or none). */
   hasSpans: boolean;

@@ -100,8 +100,11 @@ export interface TrainerOptions {
   gradAccum?: number;
   /** The PEFT method, made by the caller and owned by the Trainer from then on; default none. */
   peft?: PeftMethod | null;
-  /** AdamW's settings. Not read by the Trainer: `beginStage` takes each stage's. */
-  adamw: AdamwSettings;
+  /**
+   * Not read by the Trainer (`beginStage` takes each stage's AdamW settings, e.g.
+   * ADAMW_DEFAULTS); optional, and kept for callers that pass it.
+   */
+  adamw?: AdamwSettings;
   /**
    * "f16": the encoder's f16 weight copies and activations (EncoderOptions.precision) and
    * dynamic loss scaling of the gradients; default "f32".
