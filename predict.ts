@@ -22,6 +22,7 @@ import { createHead, headParameters } from "./model/head.ts";
 import { noteUnusedOnce, type OpenedModel, openModel } from "./model/load.ts";
 import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
+import { plural } from "./model/progress_text.ts";
 import { shippedDataDir } from "./train/default_model.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
@@ -378,7 +379,7 @@ async function main(args: string[]) {
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
   await Deno.mkdir(parentOf(out), { recursive: true });
   await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");
-  console.error(`predict: ${predictions.length} predictions written to ${out}`);
+  console.error(`predict: ${plural(predictions.length, "prediction")} written to ${out}`);
 }
 
 if (import.meta.main) await runMain("predict", main, PREDICT_HELP);

@@ -96,8 +96,10 @@ export function parseReportArgs(args: string[]): ReportArgs {
  */
 export async function checkOutDir(out: string, overwrite: boolean): Promise<string[]> {
   const info = await statOrNull(out, "--out");
+  // Probed with a file made and removed: a folder that takes none (read-only, /proc) is found
+  // now, not once every figure is drawn.
   if (info === null) {
-    await checkFoldersCanBeMade(out, "--out");
+    await checkFoldersCanBeMade(out, "--out", true);
     return [];
   }
   if (!info.isDirectory) {
@@ -105,6 +107,7 @@ export async function checkOutDir(out: string, overwrite: boolean): Promise<stri
       `--out ${out} is a file, not a folder: give a folder for the report (or another path)`,
     );
   }
+  await checkFoldersCanBeMade(`${out}/${OUTPUT_FILES[0]}`, "--out", true);
   const held: string[] = [];
   const names = [
     ...OUTPUT_FILES,

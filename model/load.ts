@@ -85,6 +85,11 @@ export async function runFolderModels(dir: string): Promise<string[]> {
   return found;
 }
 
+/** Whether `path` is a file (or, with `any`, anything at all). */
+async function isFile(path: string, any = false): Promise<boolean> {
+  return await Deno.stat(path).then((i) => any || i.isFile, () => false);
+}
+
 /** The `seed-<n>` folders in `dir` (a --seeds run's), lowest seed first. */
 export async function seedFolderNames(dir: string): Promise<string[]> {
   const seeds: string[] = [];
@@ -107,6 +112,17 @@ export async function openModel(
   idOrPath: string,
   options: OpenModelOptions = {},
 ): Promise<OpenedModel> {
+  // A run's model/ before the run wrote it: said so, rather than "not a directory nor a hub id".
+  const parent = idOrPath.replace(/\/+$/, "").replace(/\/?[^/]*$/, "") || ".";
+  if (
+    !(await isFile(idOrPath, true)) && await isFile(`${parent}/run.json`) &&
+    /(^|\/)model\/*$/.test(idOrPath)
+  ) {
+    throw new Error(
+      `${idOrPath} does not exist yet: the run in ${parent} has not finished (it is still ` +
+        `training, or was stopped: --resume goes on with it)`,
+    );
+  }
   const dir = await resolveModel(idOrPath, options);
   // A run folder given for the model it holds: named, rather than "config.json: cannot read".
   const inRun = await runFolderModels(dir);
@@ -119,6 +135,15 @@ export async function openModel(
     );
   }
   const configFile = `${dir}/config.json`;
+  if (!(await isFile(configFile))) {
+    const run = await isFile(`${dir}/run.json`) || await isFile(`${dir}/pretrain.json`);
+    throw new Error(
+      run
+        ? `${idOrPath} is a run folder whose run has not finished: no model in it yet (it is ` +
+          `still training, or was stopped: --resume goes on with it)`
+        : `${idOrPath} is not a model folder: it has no config.json`,
+    );
+  }
   const config = await readConfig(configFile);
   const weights = await openWeights(dir);
   try {

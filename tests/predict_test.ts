@@ -112,6 +112,30 @@ Deno.test({
         Error,
         `its seeds' models are ${runDir}/seeds/seed-2/model, ${runDir}/seeds/seed-10/model`,
       );
+      // A run that has not written its model yet (still training, or killed), and a folder
+      // that is no model: said so, not "config.json: cannot read" or "not a hub id".
+      const unfinished = `${dir}/unfinished`;
+      await Deno.mkdir(unfinished);
+      await Deno.writeTextFile(`${unfinished}/run.json`, "{}");
+      const opened = (model: string) =>
+        predict({ model, task: rte, data, split: "val", batchSize: 4 });
+      await assertRejects(
+        () => opened(unfinished),
+        Error,
+        `${unfinished} is a run folder whose run has not finished: no model in it yet (it is ` +
+          "still training, or was stopped: --resume goes on with it)",
+      );
+      await assertRejects(
+        () => opened(`${unfinished}/model`),
+        Error,
+        `${unfinished}/model does not exist yet: the run in ${unfinished} has not finished (it ` +
+          "is still training, or was stopped: --resume goes on with it)",
+      );
+      await assertRejects(
+        () => opened(`${runDir}/seeds/seed-2`),
+        Error,
+        `${runDir}/seeds/seed-2 is not a model folder: it has no config.json`,
+      );
       const run = async (...args: string[]) => {
         const r = await new Deno.Command(Deno.execPath(), {
           args: ["run", "-A", new URL("../predict.ts", import.meta.url).pathname, ...args],

@@ -420,7 +420,7 @@ export async function writeTestSubmissions(
     const r = await predictTestSet(dir, config, task);
     log(
       "written" in r
-        ? `predict-test: ${r.examples} test predictions written to ${r.written}`
+        ? `predict-test: ${plural(r.examples, "test prediction")} written to ${r.written}`
         : `predict-test: ${dir}: skipped: ${r.skipped}`,
     );
     if ("written" in r && r.warning && !warned) {
