@@ -37,6 +37,7 @@ import {
   modelNames,
   renderCsv,
   renderMarkdown,
+  renderNotes,
   type ResultsTable,
   tableJson,
 } from "./train/report_table.ts";
@@ -163,6 +164,10 @@ export async function report(
   const markdown = renderMarkdown(table);
   if (args.out !== null) {
     const out = args.out;
+    // The files keep what stderr said about the table (pooled settings, repeated seeds, runs
+    // left out): a reader of results.md sees no terminal.
+    const notes = renderNotes(table);
+    const tableFile = notes ? `${markdown}\n${notes}` : markdown;
     // Everything first, the figures drawn in memory: a failure here writes nothing.
     const analysed = await analysedRuns(found.runs);
     // Runs are of one model when they trained on one folder, however --model was spelled.
@@ -205,11 +210,11 @@ export async function report(
       files.push([`${FIGURES_DIR}/${f.name}.png`, await renderPng(svg)]);
     }
     files.push(
-      ["results.md", markdown],
+      ["results.md", tableFile],
       ["results.csv", renderCsv(table)],
       ["results.json", JSON.stringify(tableJson(table), null, 2) + "\n"],
     );
-    files.push(["report.md", reportMarkdown(args, markdown, found.runs, figures, figureNote)]);
+    files.push(["report.md", reportMarkdown(args, tableFile, found.runs, figures, figureNote)]);
     // Every file is written in full before any replaces an earlier one, report.md last; then the
     // earlier report's figures that this one does not draw go.
     const stale = held.filter((h) => !files.some(([name]) => name === h));

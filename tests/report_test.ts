@@ -426,12 +426,23 @@ Deno.test("report: method titles, percentages", () => {
   assertEquals([percent(0.5, 2), percent(0.7366666, 2)], ["50.00", "73.67"]);
 });
 
+/** results.md of the runs `prepare` writes in `dir`: the table, then the notes on it. */
+function withNotes(dir: string): string {
+  return EXPECTED_MARKDOWN + "\nNotes:\n\n" +
+    `- LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ${dir}/more/lora-1, ` +
+    `${dir}/more/lora-2\n` +
+    `- not in the table: \`${dir}/runs/ehft-bitfit/wic\`: unfinished (no metrics.json; 1 of 2 ` +
+    "seeds finished)\n" +
+    `- not in the table: \`${dir}/runs/ft/boolq-retry\`: unfinished (no metrics.json)\n`;
+}
+
 Deno.test("report: --out writes results.md, results.csv and results.json", async () => {
   const { dir, paths } = await prepare();
   const out = `${dir}/out`;
   const lines: string[] = [];
   await report(parseReportArgs([...paths, "--out", out]), (l) => lines.push(l));
-  assertEquals(await Deno.readTextFile(`${out}/results.md`), EXPECTED_MARKDOWN);
+  // The table, and below it what stderr says about it (a reader of the file sees no terminal).
+  assertEquals(await Deno.readTextFile(`${out}/results.md`), withNotes(dir));
   assertEquals(await Deno.readTextFile(`${out}/results.csv`), EXPECTED_CSV);
   assertEquals(JSON.parse(await Deno.readTextFile(`${out}/results.json`)), expectedJson(dir));
   assertEquals(lines, [
@@ -626,7 +637,7 @@ Deno.test("report: --overwrite replaces report.ts's outputs only, and removes it
   assertEquals(after["notes.txt"], "keep\n");
   assertEquals(after["figures/mine.svg"], "<svg/>");
   assertEquals(after["results.csv"], EXPECTED_CSV);
-  assertEquals(after["results.md"], EXPECTED_MARKDOWN);
+  assertEquals(after["results.md"], withNotes(dir));
   assert(after["report.md"].startsWith("# Report\n"), after["report.md"]);
   assert(after["report.md"].includes(`--out ${out} --overwrite\``), after["report.md"]);
   assertEquals(lines.slice(-3), [
@@ -876,6 +887,13 @@ Deno.test("report: runs of one model folder under several --model spellings are 
       `${tiny}, counted as one model`,
       `model ./old// was also given as "old": the same path, counted as one model`,
     ]);
+    // A note on a cell names its row as the table does: with the model, when there are several.
+    await single(`${runs}/c3`, "rte", "ft", null, 1, { accuracy: 0.5 }, { model: "old" });
+    assertEquals(
+      buildTable(await findRuns([runs])).notes.at(-1),
+      "FT [./old//] RTE: seed 1 appears 2 times",
+    );
+    await Deno.remove(`${runs}/c3`, { recursive: true });
     // Two folders whose runs name them alike (a hub id at two commits): the folder after the name.
     await single(
       `${dir}/later/d1`,

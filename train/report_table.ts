@@ -539,11 +539,13 @@ export function buildTable(found: FoundRuns): ResultsTable {
     entry.runs.set(run.task, list);
   }
 
+  const models = new Set([...byRow.values()].map((e) => e.row.model));
   for (const { row, runs } of byRow.values()) {
     for (const column of columns) {
       const list = runs.get(column.name);
       if (!list) continue;
-      const where = `${row.method} ${column.title}`;
+      // The row as the table titles it: with the model when there are several.
+      const where = `${row.method}${models.size > 1 ? ` [${row.model}]` : ""} ${column.title}`;
       for (const other of list.slice(1)) {
         const diff = settingsDifference(list[0], other);
         if (diff) {
@@ -629,6 +631,19 @@ export function percent(x: number, digits = 1): string {
 function rowTitle(row: Row, table: ResultsTable): string {
   const models = new Set(table.rows.map((r) => r.model));
   return models.size > 1 ? `${row.method} [${row.model}]` : row.method;
+}
+
+/**
+ * What report.ts says on stderr about the table, for its files (results.md, report.md): the cells
+ * that pool runs of different settings or repeat a seed, and the runs left out and why. Empty
+ * when there is nothing to say.
+ */
+export function renderNotes(table: ResultsTable): string {
+  const lines = [
+    ...table.notes.map((n) => `- ${n}`),
+    ...table.skipped.map((s) => `- not in the table: \`${s.path}\`: ${s.reason}`),
+  ];
+  return lines.length === 0 ? "" : ["Notes:", "", ...lines, ""].join("\n");
 }
 
 /** The table as markdown (with a legend below it). */
