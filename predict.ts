@@ -292,6 +292,8 @@ export interface PredictArgs {
   overwrite: boolean;
   /** --data as typed; absent: the task's shipped copy or its download. */
   data?: string;
+  /** Whether --split was typed (a --data file is the split read, whatever it says). */
+  splitTyped?: boolean;
   options: Omit<PredictOptions, "data">;
 }
 
@@ -324,6 +326,7 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
     out,
     overwrite: flags.overwrite,
     data: flags.data,
+    splitTyped: flags.split !== undefined,
     options: {
       model,
       task,
@@ -368,9 +371,17 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
 }
 
 async function main(args: string[]) {
-  const { out, overwrite, data: typedData, options } = await parsePredictArgs(args);
+  const { out, overwrite, data: typedData, splitTyped, options } = await parsePredictArgs(args);
   const { task } = options;
   await checkOutPath(out, overwrite);
+  if (
+    splitTyped && typedData !== undefined && (await Deno.stat(typedData).catch(() => null))?.isFile
+  ) {
+    throw new FlagError(
+      `--split ${options.split}: --data ${typedData} is a file, which is read whatever its split; ` +
+        `give the folder that holds the split instead (or leave out --split)`,
+    );
+  }
   // Without --data: the task's shipped copy, or its download (BoolQ, QNLI).
   const shipped = task.dataDir === undefined ? undefined : shippedDataDir(task.dataDir);
   const data = typedData ?? shipped ?? await task.resolveData?.();

@@ -165,7 +165,19 @@ Deno.test({
         "0",
       );
       assert(batch.stderr.startsWith("predict: --batch-size: expected an integer"), batch.stderr);
-      for (const r of [typo, missing, task, batch]) assert(!r.stderr.includes("\n"), r.stderr);
+      // A --data file is the split read: a --split beside it would be ignored.
+      const split = await run(
+        ...["--model", `${dir}/model`, "--task", "rte", "--data", data, "--split", "test"],
+        ...["--out", `${dir}/split.jsonl`],
+      );
+      assertEquals(
+        split.stderr,
+        `predict: --split test: --data ${data} is a file, which is read whatever its split; ` +
+          "give the folder that holds the split instead (or leave out --split)",
+      );
+      for (const r of [typo, missing, task, batch, split]) {
+        assert(!r.stderr.includes("\n"), r.stderr);
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

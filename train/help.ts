@@ -138,7 +138,8 @@ Writes one JSON object per example, {"idx": ..., "logits": [...], "prediction": 
   --out FILE              the predictions (JSON lines); its folder is created if missing
   --overwrite             replace an existing --out file
   --data PATH             the task's data (default: its shipped folder, or its download)
-  --split NAME            train, the task's dev split or test (default: the dev split)
+  --split NAME            train, the task's dev split or test (default: the dev split); with
+                          a --data folder (a file is the split read)
   --batch-size N          examples per forward pass (default 32)
   --max-length N          tokens per example (default: the length the model was fine-tuned
                           at, as its run recorded it; else the model's limit)
