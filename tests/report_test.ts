@@ -1063,3 +1063,25 @@ Deno.test("report: a hub model is one model on every machine; older runs join it
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("report: a run whose run.json or metrics.json cannot be read is left out, named", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-damaged-" });
+  try {
+    await single(`${dir}/good`, "rte", "ft", null, 1, { accuracy: 0.5 });
+    await single(`${dir}/cut`, "rte", "ft", null, 2, { accuracy: 0.7 });
+    await Deno.writeTextFile(`${dir}/cut/metrics.json`, '{"final": {"accuracy": 0.7}, "be');
+    await single(`${dir}/odd`, "rte", "ft", null, 3, { accuracy: 0.9 });
+    await Deno.writeTextFile(`${dir}/odd/run.json`, '{"settings": []}');
+    const found = await findRuns([dir]);
+    assertEquals(found.runs.map((r) => r.path), [`${dir}/good`]);
+    assertEquals(found.skipped.map((s) => s.path), [`${dir}/cut`, `${dir}/odd`]);
+    assert(
+      found.skipped[0].reason.startsWith(`unreadable: ${dir}/cut/metrics.json: `),
+      found.skipped[0].reason,
+    );
+    assertEquals(found.skipped[1].reason, `unreadable: ${dir}/odd/run.json: no "settings" object`);
+    assertEquals(buildTable(found).rows[0].cells.rte.mean, 0.5);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

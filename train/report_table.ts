@@ -309,7 +309,8 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
 
 /**
  * Finds the runs under `paths` (see the top of this file). A path that does not exist or is not
- * a folder is an error; so is a malformed run.json or metrics.json.
+ * a folder is an error; a run whose run.json or metrics.json cannot be read is skipped, with the
+ * file's error as the reason.
  */
 export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
   const found: { real: string; run: FoundRun }[] = [];
@@ -324,10 +325,16 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     if (await statOrNull(`${dir}/run.json`)) {
       // Runs kept inside a run's folder (runs/rte/ beside runs/rte/ehft-bitfit/) are runs too;
       // a --seeds run's own seed folders count through it alone.
-      const [r, folders] = await readRun(dir);
-      if ("reason" in r) skipped.push(r);
-      else found.push({ real, run: r });
-      seedFolders = folders;
+      // A damaged run.json or metrics.json leaves that run out, named, not the whole report.
+      const read = await readRun(dir).catch((e: Error) => e);
+      if (read instanceof Error) {
+        skipped.push({ path: dir, reason: `unreadable: ${read.message}` });
+      } else {
+        const [r, folders] = read;
+        if ("reason" in r) skipped.push(r);
+        else found.push({ real, run: r });
+        seedFolders = folders;
+      }
     } else if (await statOrNull(`${dir}/metrics.json`)) {
       skipped.push({ path: dir, reason: "metrics.json without run.json" });
     }
