@@ -134,9 +134,23 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
         }),
       );
     },
-    taskHelp(task.name, recipe, mini),
+    taskHelp(task.name, recipe, mini, ownScript()),
     { flagsOnly: true },
   );
+}
+
+/**
+ * The main module as its user runs it (relative to the working folder when under it), when it is
+ * not one of this toolkit's task scripts; null when it is.
+ */
+function ownScript(): string | null {
+  const main = Deno.mainModule;
+  if (main.startsWith(new URL("./tasks/", import.meta.url).href)) return null;
+  const url = new URL(main);
+  if (url.protocol !== "file:") return main;
+  const path = decodeURIComponent(url.pathname);
+  const cwd = Deno.cwd();
+  return path.startsWith(`${cwd}/`) ? path.slice(cwd.length + 1) : path;
 }
 
 /**

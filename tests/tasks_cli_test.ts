@@ -299,6 +299,11 @@ const task: Task = {
 await runTaskScript(task, { epochs: 1 });
 `,
     );
+    // Its --help is run as the script is (train.ts and deno task know only the toolkit's tasks).
+    const help = await run(["run", "-A", `${dir}/my_task.ts`, "--help"]);
+    assertEquals(help.code, 0, help.stderr);
+    const usage = help.stdout.split("\n").slice(0, 3).join("\n");
+    assertEquals(usage, `usage: deno run -A ${dir}/my_task.ts [flags]\n\nFine-tunes on sst2.`);
     // The recipe names no task: the script's own is the one trained.
     const dry = await run(["run", "-A", `${dir}/my_task.ts`, "--data", `${dir}/data`, "--dry-run"]);
     assertEquals(dry.code, 0, dry.stderr);

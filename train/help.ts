@@ -108,8 +108,16 @@ function flagsUnder(recipes: readonly Recipe[]): string {
   }).join("\n");
 }
 
-/** A task script's help: its presets, then the flags that override them. */
-export function taskHelp(task: string, paper: Recipe, mini?: Recipe): string {
+/**
+ * A task script's help: its presets, then the flags that override them. `script`: the path a
+ * script of one's own is run by (null: one of the toolkit's, run as `deno task <name>`).
+ */
+export function taskHelp(
+  task: string,
+  paper: Recipe,
+  mini?: Recipe,
+  script: string | null = null,
+): string {
   const title = TABLE_TASKS.find((t) => t.name === task)?.title ?? task;
   // recipeLearningRate: the paper gives BERT-Large 3e-5 where RoBERTa-Large gets 1e-5.
   const bert = paper.lr === 1e-5 ? ` (${BERT_LARGE_LR} for a BERT)` : "";
@@ -119,9 +127,13 @@ export function taskHelp(task: string, paper: Recipe, mini?: Recipe): string {
 With --model (the paper's setting: --model FacebookAI/roberta-large):
   ${recipeLine(paper, bert)}`
     : `Its recipe (the paper's):\n  ${recipeLine(paper, bert)}`;
-  return `usage: deno task ${task} [flags]
+  // A script of one's own (runTaskScript from mod.ts) is run as itself, and train.ts knows only
+  // the toolkit's tasks.
+  const usage = script === null ? `deno task ${task}` : `deno run -A ${script}`;
+  const what = script === null ? ` (train.ts --task ${task})` : "";
+  return `usage: ${usage} [flags]
 
-Fine-tunes on ${title} (train.ts --task ${task}).
+Fine-tunes on ${title}${what}.
 ${presets}
 Every flag below overrides these.
 
