@@ -252,13 +252,17 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
 
 /**
  * The max length a fine-tuned model was trained at: its weights' metadata (train.ts writes
- * max_length), or the resolved max_length of the run.json beside a run's model/ folder (runs from
- * before the metadata kept it); null when neither says.
+ * max_length), or for a model train.ts saved before the metadata kept it, the resolved max_length
+ * of the run.json beside it; null when neither says.
  */
 async function trainedMaxLength(model: OpenedModel): Promise<number | null> {
   const valid = (n: unknown) => typeof n === "number" && Number.isSafeInteger(n) && n >= 2;
-  const kept = Number(model.weights.metadata.max_length);
+  const meta = model.weights.metadata;
+  const kept = Number(meta.max_length);
   if (valid(kept)) return kept;
+  // Only a model train.ts saved (its strategy and stage): another model copied beside some
+  // run's run.json is not that run's.
+  if (meta.strategy === undefined || meta.stage === undefined) return null;
   try {
     const run = JSON.parse(await Deno.readTextFile(`${model.dir}/../run.json`));
     const length = run?.resolved?.max_length;

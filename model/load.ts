@@ -113,7 +113,8 @@ export async function openModel(
   options: OpenModelOptions = {},
 ): Promise<OpenedModel> {
   // A run's model/ before the run wrote it: said so, rather than "not a directory nor a hub id".
-  const parent = idOrPath.replace(/\/+$/, "").replace(/\/?[^/]*$/, "") || ".";
+  const parent = idOrPath.replace(/\/+$/, "").replace(/\/?[^/]*$/, "") ||
+    (idOrPath.startsWith("/") ? "/" : ".");
   if (
     !(await isFile(idOrPath, true)) && await isFile(`${parent}/run.json`) &&
     /(^|\/)model\/*$/.test(idOrPath)

@@ -1085,3 +1085,23 @@ Deno.test("report: a run whose run.json or metrics.json cannot be read is left o
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("report: a --seeds run with a damaged file is counted whole or not at all", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-damaged-seeds-" });
+  try {
+    // A seed's run.json, read only for where the seed ran: the run is still counted, whole.
+    await multi(`${dir}/a`, "rte", "ft", null, { 1: { accuracy: 0.6 }, 2: { accuracy: 0.7 } });
+    await Deno.writeTextFile(`${dir}/a/seed-1/run.json`, "{");
+    let found = await findRuns([dir]);
+    assertEquals(found.skipped, []);
+    const cell = buildTable(found).rows[0].cells.rte;
+    assertEquals([cell.n, cell.mean], [2, (0.6 + 0.7) / 2]);
+    // Its metrics.json: left out, and its seed folders are not counted as runs of their own.
+    await Deno.writeTextFile(`${dir}/a/metrics.json`, "{");
+    found = await findRuns([dir]);
+    assertEquals(found.runs, []);
+    assertEquals(found.skipped.map((s) => s.path), [`${dir}/a`]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -211,18 +211,20 @@ Deno.test("train config: runTraining's config is checked as its flags would be",
   };
   refused(
     { warmupRatio: 5 },
-    `runTraining: the config's --warmup-ratio: expected a number ≥ 0 and < 1, got "5"`,
+    'runTraining: config.warmupRatio: expected a number ≥ 0 and < 1, got "5"',
   );
-  refused(
-    { seeds: 0 },
-    `runTraining: the config's --seeds: expected an integer in [1, 1000], got "0"`,
-  );
-  refused({ lr: -1 }, `runTraining: the config's --lr: expected a number > 0, got "-1"`);
+  refused({ seeds: 0 }, 'runTraining: config.seeds: expected an integer in [1, 1000], got "0"');
+  refused({ lr: -1 }, 'runTraining: config.lr: expected a number > 0, got "-1"');
+  refused({ lr: NaN }, "runTraining: config.lr is NaN, not a value of --lr");
   refused(
     { epochs: 3 },
-    "runTraining: the config's --epochs and --max-steps: give one budget, not both",
+    "runTraining: config.epochs and config.maxSteps: give one budget, not both",
   );
   refused({ maxSteps: null }, "runTraining: config has no budget: give epochs or maxSteps");
+  refused(
+    { out: undefined as unknown as string },
+    "runTraining: config.out is undefined: give the run folder",
+  );
   refused(
     { batchSize: "32" as unknown as number },
     'runTraining: config.batchSize is "32", where its flag gives 32',
@@ -232,8 +234,10 @@ Deno.test("train config: runTraining's config is checked as its flags would be",
     'runTraining: config.shuffle is "no", not a value of --no-shuffle',
   );
   refused(
-    { stage1Lr: null },
-    "runTraining: config.stage1Lr is null, where its flag gives 0.0005",
+    { resume: "false" as unknown as boolean },
+    'runTraining: config.resume is "false", not true or false',
   );
-  refused({ loraR: 2.5 }, `runTraining: the config's --lora-r: expected an integer ≥ 1, got "2.5"`);
+  // A two-stage run without a stage-1 rate of its own trains stage 1 at the main rate.
+  checkConfigValues({ ...config, stage1Lr: null });
+  refused({ loraR: 2.5 }, 'runTraining: config.loraR: expected an integer ≥ 1, got "2.5"');
 });

@@ -604,33 +604,57 @@ function settingApplies(key: string, settings: Record<string, unknown>): boolean
  */
 export function checkConfigValues(config: TrainConfig): void {
   const settings = { ...runSettings(config) } as Record<string, unknown>;
+  for (const mode of ["resume", "overwrite", "analysis"] as const) {
+    const value = (config as unknown as Record<string, unknown>)[mode];
+    if (value !== undefined && typeof value !== "boolean") {
+      throw new FlagError(`runTraining: config.${mode} is ${shown(value)}, not true or false`);
+    }
+  }
   if ((settings.epochs ?? null) === null && (settings.maxSteps ?? null) === null) {
     throw new FlagError("runTraining: config has no budget: give epochs or maxSteps");
   }
+  if (typeof settings.out !== "string" || settings.out === "") {
+    throw new FlagError(`runTraining: config.out is ${shown(settings.out)}: give the run folder`);
+  }
+  // A two-stage run's stage 1 takes the main rate when it has none of its own (prepare.ts).
+  if (settings.stage1Lr === null) delete settings.stage1Lr;
   const { flags } = settingsFlags(
     { ...settings, task: "task" },
     (key, value, flag) =>
-      new FlagError(
-        `runTraining: config.${key} is ${JSON.stringify(value)}, not a value of ${flag}`,
-      ),
+      new FlagError(`runTraining: config.${key} is ${shown(value)}, not a value of ${flag}`),
   );
   let parsed: TrainConfig;
   try {
     parsed = parseTrainArgs(flags).config;
   } catch (e) {
     if (!(e instanceof FlagError)) throw e;
-    throw new FlagError(`runTraining: the config's ${e.message}`);
+    // Worded for a config: its keys, not the flags that give them.
+    const keyed = e.message.replace(/--([a-z0-9-]+)/g, (flag, name: string) => {
+      if (!(name in TRAIN_FLAGS)) return flag;
+      const key = name === "no-shuffle"
+        ? "shuffle"
+        : name.replace(/-(\w)/g, (_, c) => c.toUpperCase());
+      return `config.${key}`;
+    });
+    throw new FlagError(`runTraining: ${keyed}`);
   }
   for (const [key, value] of Object.entries(runSettings(parsed))) {
-    if (key === "task" || !settingApplies(key, settings)) continue;
+    if (key === "task" || !(key in settings) || !settingApplies(key, settings)) continue;
     const given = settings[key] ?? UNRECORDED_SETTINGS[key] ?? null;
     if (JSON.stringify(given) !== JSON.stringify(value)) {
       throw new FlagError(
-        `runTraining: config.${key} is ${JSON.stringify(settings[key])}, where its flag gives ` +
+        `runTraining: config.${key} is ${shown(settings[key])}, where its flag gives ` +
           JSON.stringify(value),
       );
     }
   }
+}
+
+/** A value for a message: JSON, but NaN and ±Infinity as themselves (JSON writes them null). */
+function shown(value: unknown): string {
+  return typeof value === "number" && !Number.isFinite(value)
+    ? String(value)
+    : JSON.stringify(value);
 }
 
 /** The run-defining part of a config (run.json's "settings"). */

@@ -27,6 +27,7 @@
 //   run's `--model` (a note lists the other spellings; two models named alike get their folder or
 //   id@commit after the name).
 
+import { seedFolderNames } from "../model/load.ts";
 import { seedFolder, seedList, UNRECORDED_SETTINGS } from "./config.ts";
 import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 import { describeRecord } from "./environment.ts";
@@ -180,7 +181,8 @@ async function firstResolved(
   for (const f of folders) {
     if (found !== null) break;
     const seedRun = `${dir}/${f}/run.json`;
-    if (await statOrNull(seedRun)) found = from(await readJsonFile(seedRun));
+    // A seed's run.json that cannot be read has nothing to say: the next seed's may.
+    if (await statOrNull(seedRun)) found = from(await readJsonFile(seedRun).catch(() => null));
   }
   return found;
 }
@@ -301,7 +303,8 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
   const environments: (string | null)[] = [];
   for (const { seed } of seeds) {
     const path = `${dir}/${seedFolder(seed)}/run.json`;
-    const seedRun = (await statOrNull(path)) ? await readJsonFile(path) : null;
+    // Only where the seed ran: a seed's run.json that cannot be read says nothing of it.
+    const seedRun = (await statOrNull(path)) ? await readJsonFile(path).catch(() => null) : null;
     environments.push(describeRecord(seedRun));
   }
   return [{ ...base, seeds, environments }, folders];
@@ -325,10 +328,19 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     if (await statOrNull(`${dir}/run.json`)) {
       // Runs kept inside a run's folder (runs/rte/ beside runs/rte/ehft-bitfit/) are runs too;
       // a --seeds run's own seed folders count through it alone.
-      // A damaged run.json or metrics.json leaves that run out, named, not the whole report.
-      const read = await readRun(dir).catch((e: Error) => e);
+      // A damaged run.json or metrics.json leaves that run out, named, not the whole report
+      // (a programming error is not a damaged file: it still stops it).
+      const read = await readRun(dir).catch((e: Error) => {
+        if (e instanceof TypeError || e instanceof RangeError || e instanceof ReferenceError) {
+          throw e;
+        }
+        return e;
+      });
       if (read instanceof Error) {
         skipped.push({ path: dir, reason: `unreadable: ${read.message}` });
+        // Its seed folders are its own, not runs of their own: a --seeds run is counted whole
+        // or not at all.
+        seedFolders = await seedFolderNames(dir);
       } else {
         const [r, folders] = read;
         if ("reason" in r) skipped.push(r);
