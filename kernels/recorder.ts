@@ -303,9 +303,10 @@ export class Recorder {
   }
 
   /**
-   * Encodes every recorded command into one command buffer and submits it. Resolves once the
-   * GPU accepted the work (not when it finished: a download waits for that); rejects with a
-   * GpuError naming the failing operation.
+   * Encodes every recorded command into one command buffer and submits it, after every earlier
+   * submit on the device. Resolves once the GPU accepted the work (not when it finished: a
+   * download waits for that); rejects with a GpuError naming the failing operation. Await it
+   * before uploading into a tensor the commands read: uploads go to the queue at once.
    */
   submit(): Promise<void> {
     return this.submitProfiled(profiles.get(this.gpu));

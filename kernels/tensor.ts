@@ -120,7 +120,11 @@ export class Tensor {
     return roundUp4(this.byteLength);
   }
 
-  /** Writes host data into the tensor (queued; ordered before later submits). */
+  /**
+   * Writes host data into the tensor (queued; ordered before later submits). A submit not yet
+   * awaited may not have reached the queue: await it before uploading into a tensor its
+   * commands read, or they may read the new data.
+   */
   upload(data: HostArray): void {
     if (data.length !== this.numel || dtypeOf(data) !== this.dtype) {
       throw new GpuError(
