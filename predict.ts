@@ -164,6 +164,8 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const examples = await task.readExamples(options.data, options.split);
     const empty = emptyTextNote(examples, `${task.name} ${options.split}`);
     if (empty !== null) console.error(`predict: ${empty}`);
+    const repeated = repeatedIdxNote(examples, `${task.name} ${options.split}`);
+    if (repeated !== null) console.error(`predict: ${repeated}`);
     const trained = options.maxLength === undefined ? await trainedMaxLength(model) : null;
     const limit = Math.min(options.maxLength ?? trained ?? Infinity, maxSequenceLength(config));
 
@@ -248,6 +250,26 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
   } finally {
     model.weights.close();
   }
+}
+
+/**
+ * A note when examples share an idx (the predictions are keyed by it, so two would be one), or
+ * null: how many idx values repeat, and the first with where it is.
+ */
+export function repeatedIdxNote(examples: readonly TaskExample[], what: string): string | null {
+  const first = new Map<number, TaskExample>();
+  const again: [TaskExample, TaskExample][] = [];
+  for (const e of examples) {
+    const seen = first.get(e.idx);
+    if (seen === undefined) first.set(e.idx, e);
+    else if (!again.some(([a]) => a.idx === e.idx)) again.push([seen, e]);
+  }
+  if (again.length === 0) return null;
+  const [a, b] = again[0];
+  const at = (e: TaskExample) => e.source ?? `example ${examples.indexOf(e)}`;
+  return `${what}: ${again.length === 1 ? "an idx" : `${again.length} idx values`} ` +
+    `repeat${again.length === 1 ? "s" : ""} (idx ${a.idx} at ${at(a)} and ${at(b)}): their ` +
+    `predictions share it`;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
-import { checkOutPath, predict } from "../predict.ts";
+import { checkOutPath, predict, repeatedIdxNote } from "../predict.ts";
 import { FlagError } from "../train/flags.ts";
 import { rte } from "../tasks/rte.ts";
 import { rewriteSafetensors, writeTinyBert } from "./train_fixture.ts";
@@ -464,4 +464,24 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("predict: examples that share an idx are noted, with where the first pair is", () => {
+  const ex = (idx: number, line: number) => ({
+    idx,
+    inputs: ["a"],
+    label: 0,
+    source: `d/val.jsonl:${line}`,
+  });
+  assertEquals(repeatedIdxNote([ex(0, 1), ex(1, 2), ex(2, 3)], "rte val"), null);
+  assertEquals(
+    repeatedIdxNote([ex(0, 1), ex(1, 2), ex(0, 3), ex(0, 4)], "rte val"),
+    "rte val: an idx repeats (idx 0 at d/val.jsonl:1 and d/val.jsonl:3): their predictions " +
+      "share it",
+  );
+  assertEquals(
+    repeatedIdxNote([ex(0, 1), ex(1, 2), ex(1, 3), ex(0, 4)], "rte val"),
+    "rte val: 2 idx values repeat (idx 1 at d/val.jsonl:2 and d/val.jsonl:3): their " +
+      "predictions share it",
+  );
 });
