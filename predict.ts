@@ -388,6 +388,12 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
         `${out.replace(/\/+$/, "")}/predictions.jsonl)`,
     );
   }
+  if (info && !info.isFile && !info.isSymlink) {
+    throw new FlagError(
+      `--out ${out} is not a regular file (a device, pipe or socket): give a file path for the ` +
+        "predictions",
+    );
+  }
   if (info && !overwrite) {
     throw new FlagError(
       `--out ${out} already exists: pass --overwrite to replace it, or choose another path`,

@@ -50,15 +50,23 @@ async function removeTemporaries(
 
 /**
  * The file a write of `path` replaces: where a link at `path` points (the link stays, and shows
- * the new file), else `path` itself (a link to nothing is replaced).
+ * the new file), else `path` itself (a link to nothing is replaced). Refused when that is a
+ * device, a pipe or a socket.
  */
 export async function writtenPath(path: string): Promise<string> {
+  let target = path;
   try {
-    if (!(await Deno.lstat(path)).isSymlink) return path;
-    return await Deno.realPath(path);
+    if ((await Deno.lstat(path)).isSymlink) target = await Deno.realPath(path);
   } catch {
     return path;
   }
+  // A device, pipe or socket is not a file to replace: a rename over /dev/null (as root) or a
+  // named pipe would put a regular file in its place.
+  const info = await Deno.stat(target).catch(() => null);
+  if (info !== null && !info.isFile && !info.isDirectory) {
+    throw new Error(`${path}: not a regular file (a device, pipe or socket): not replaced`);
+  }
+  return target;
 }
 
 /** Writes every byte of `bytes` (a write may take only part of them). */

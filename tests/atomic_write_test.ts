@@ -138,3 +138,30 @@ Deno.test("writeFileAtomic, writeFilesAtomic: a link is written through, and sta
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writeFileAtomic, writeFilesAtomic: a pipe or device is not replaced by a file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await new Deno.Command("mkfifo", { args: [`${dir}/pipe`] }).output();
+    await Deno.symlink(`${dir}/pipe`, `${dir}/to-pipe`);
+    for (const path of [`${dir}/pipe`, `${dir}/to-pipe`]) {
+      await assertRejects(
+        () => writeFileAtomic(path, "x"),
+        Error,
+        `${path}: not a regular file (a device, pipe or socket): not replaced`,
+      );
+      await assertRejects(
+        () => writeFilesAtomic([[`${dir}/a.txt`, "a"], [path, "x"]]),
+        Error,
+        `${path}: not a regular file`,
+      );
+    }
+    assert((await Deno.lstat(`${dir}/pipe`)).isFifo, "the pipe was replaced");
+    assertEquals((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), [
+      "pipe",
+      "to-pipe",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

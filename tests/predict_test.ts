@@ -351,6 +351,20 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
         );
       }
     }
+    // A named pipe (or a device: /dev/null) is not a file to replace, even with --overwrite;
+    // nor is one behind a link.
+    await new Deno.Command("mkfifo", { args: [`${dir}/pipe`] }).output();
+    await Deno.symlink(`${dir}/pipe`, `${dir}/to-pipe`);
+    for (const out of [`${dir}/pipe`, `${dir}/to-pipe`, "/dev/null"]) {
+      await refused(
+        out,
+        true,
+        `--out ${out} is not a regular file (a device, pipe or socket): give a file path for ` +
+          "the predictions",
+      );
+    }
+    await Deno.remove(`${dir}/pipe`);
+    await Deno.remove(`${dir}/to-pipe`);
     await refused(
       `${dir}/earlier.jsonl/x/p.jsonl`,
       false,
