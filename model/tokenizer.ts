@@ -344,6 +344,7 @@ export class TextTokenizer {
     } catch (e) {
       throw new TokenizerError(source, `cannot be loaded: ${(e as Error).message}`);
     }
+    checkProcessorIds(source, full.post_processor, (t) => tok.token_to_id(t));
     const padToken = options.padToken ?? tokenText(config.pad_token) ??
       padTokenOf(record.padding) ??
       ["[PAD]", "<pad>"].find((t) => tok.token_to_id(t) !== undefined);
@@ -811,7 +812,22 @@ function checkAddedTokens(source: string, added: unknown): void {
  */
 function checkTemplate(source: string, post: unknown): void {
   const p = post as Record<string, unknown> | null;
-  if (typeof p !== "object" || p === null || p.type !== "TemplateProcessing") return;
+  if (typeof p !== "object" || p === null) return;
+  if (p.type === "BertProcessing" || p.type === "RobertaProcessing") {
+    for (const key of ["sep", "cls"]) {
+      const pair = p[key];
+      const ok = Array.isArray(pair) && pair.length === 2 && typeof pair[0] === "string" &&
+        Number.isSafeInteger(pair[1]) && pair[1] >= 0;
+      if (!ok) {
+        throw new TokenizerError(
+          source,
+          `its post_processor's ${key} is ${shortJson(pair)}, not a [token, id] pair`,
+        );
+      }
+    }
+    return;
+  }
+  if (p.type !== "TemplateProcessing") return;
   for (const key of ["single", "pair"]) {
     const template = p[key];
     if (!Array.isArray(template)) {
@@ -838,6 +854,35 @@ function checkTemplate(source: string, post: unknown): void {
         );
       }
     });
+  }
+}
+
+/**
+ * BertProcessing and RobertaProcessing give their special tokens' ids themselves, and Hugging
+ * Face's tokenizers inserts those ids; tokenizers.js looks the tokens up in the vocabulary. Where
+ * the two differ the ids would not be Hugging Face's: refused, naming both.
+ */
+function checkProcessorIds(
+  source: string,
+  post: unknown,
+  idOf: (token: string) => number | undefined,
+): void {
+  const p = post as Record<string, unknown> | null;
+  if (typeof p !== "object" || p === null) return;
+  if (p.type !== "BertProcessing" && p.type !== "RobertaProcessing") return;
+  for (const key of ["sep", "cls"]) {
+    const [token, id] = p[key] as [string, number];
+    const vocab = idOf(token);
+    if (vocab !== id) {
+      throw new TokenizerError(
+        source,
+        `its post_processor's ${key} is ${JSON.stringify([token, id])}, but ` +
+          (vocab === undefined
+            ? `${JSON.stringify(token)} is not in the vocabulary`
+            : `the vocabulary gives ${JSON.stringify(token)} the id ${vocab}`) +
+          ": the ids would not be Hugging Face's",
+      );
+    }
   }
 }
 

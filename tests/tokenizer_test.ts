@@ -804,6 +804,31 @@ Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line 
     `its post_processor's single[0] is {"Sequence":{"id":"C","type_id":0}}, not a ` +
       "SpecialToken or Sequence piece with a type_id",
   );
+  // BertProcessing gives its tokens' ids itself (Hugging Face inserts those): malformed, or not
+  // the vocabulary's, refused.
+  const sep = vocab["[SEP]"], clsId = vocab["[CLS]"];
+  const processing = { type: "BertProcessing", sep: ["[SEP]", sep], cls: ["[CLS]", clsId] };
+  const processed = TextTokenizer.fromJson({ ...bert, post_processor: processing }, bertModel);
+  // As the template's: [CLS] a [SEP] b [SEP], type ids 0 then 1.
+  const pair = processed.encodeBatch([["a", "b"]]);
+  const templated = TextTokenizer.fromJson(bert, bertModel).encodeBatch([["a", "b"]]);
+  assertEquals(Array.from(pair.inputIds), Array.from(templated.inputIds));
+  assertEquals(Array.from(pair.typeIds), Array.from(templated.typeIds));
+  assertEquals(pair.inputIds[0], clsId);
+  bertRefused(
+    { ...bert, post_processor: { ...processing, sep: "[SEP]" } },
+    `its post_processor's sep is "[SEP]", not a [token, id] pair`,
+  );
+  bertRefused(
+    { ...bert, post_processor: { ...processing, cls: ["[CLS]", sep] } },
+    `its post_processor's cls is ["[CLS]",${sep}], but the vocabulary gives "[CLS]" the id ` +
+      `${clsId}: the ids would not be Hugging Face's`,
+  );
+  bertRefused(
+    { ...bert, post_processor: { ...processing, sep: ["</s>", sep] } },
+    `its post_processor's sep is ["</s>",${sep}], but "</s>" is not in the vocabulary: the ids ` +
+      "would not be Hugging Face's",
+  );
   bertRefused(
     { ...bert, added_tokens: [{ id: 0, content: "[PAD]" }, { id: -1, content: "a" }] },
     `its added_tokens[1] is {"id":-1,"content":"a"}, not an {"id": integer ≥ 0, "content": ` +
