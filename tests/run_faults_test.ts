@@ -8,7 +8,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
-import { openSafetensors } from "../model/safetensors.ts";
+import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import {
@@ -361,7 +361,7 @@ Deno.test("run faults: a failed write of log.jsonl (a full disk) names the file 
   }
 });
 
-Deno.test("run faults: what Ctrl-C says, before the training and during it", () => {
+Deno.test("run faults: what Ctrl-C says, before the training and during it", async () => {
   assertEquals(interruptedMessage(), "interrupted before the training started");
   setTrainingPlace({
     dir: "runs/x",
@@ -378,6 +378,23 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", () 
     );
     setTrainingPlace({ dir: "runs/x", checkpoint: null });
     assert(interruptedMessage().includes("no checkpoint was written yet"), interruptedMessage());
+    // Ctrl-C between a checkpoint's rename and its being noted: the file on disk says what is kept.
+    const dir = Deno.makeTempDirSync();
+    try {
+      const state = JSON.stringify({ step: 6, stage: 0 });
+      await writeSafetensors(`${dir}/checkpoint.safetensors`, {
+        x: { dtype: "F32", shape: [1], data: new Float32Array([1]) },
+      }, { ehft_training_state: state });
+      setTrainingPlace({ dir, checkpoint: { path: `${dir}/checkpoint.safetensors`, step: 4 } });
+      assert(
+        interruptedMessage().startsWith(
+          `interrupted; the last good checkpoint (step 6) is kept in ${dir}/checkpoint.safetensors`,
+        ),
+        interruptedMessage(),
+      );
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
     // Between seeds, or after a seed's end: no seed's checkpoint to name, the run goes on.
     setTrainingPlace(null);
     setRunResumable(true);
