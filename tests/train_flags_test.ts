@@ -195,6 +195,45 @@ Deno.test("train flags: --out the file system's root or the home folder is refus
   }
 });
 
+Deno.test("train flags: an --out that takes no file is refused before any work", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/ro`);
+    await Deno.mkdir(`${dir}/elsewhere`);
+    // Deno allowed to write elsewhere only: what a read-only mount or folder looks like (root,
+    // as tests may run, writes through file permissions).
+    const probe = async (out: string) => {
+      const code = `import { checkRunFolder } from "${new URL(
+        "../train/flags.ts",
+        import.meta.url,
+      )}";
+try { await checkRunFolder(${JSON.stringify(out)}); console.log("ok"); }
+catch (e) { console.log(e.message); }`;
+      await Deno.writeTextFile(`${dir}/probe.ts`, code);
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-read",
+          "--allow-env",
+          `--allow-write=${dir}/elsewhere`,
+          `${dir}/probe.ts`,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return new TextDecoder().decode(r.stdout).trim();
+    };
+    for (const out of [`${dir}/ro`, `${dir}/ro/new/run`]) {
+      const said = await probe(out);
+      assert(said.startsWith(`--out ${out}: cannot write in ${dir}/ro: `), said);
+    }
+    assertEquals(await probe(`${dir}/elsewhere/run`), "ok");
+    assertEquals([...Deno.readDirSync(`${dir}/ro`)], []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("train config: runTraining's config is checked as its flags would be", () => {
   const config = parse(["--strategy", "ehft", "--peft", "lora", "--max-steps", "20"]);
   checkConfigValues(config);

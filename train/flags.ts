@@ -32,6 +32,20 @@ export class FlagError extends Error {
 }
 
 /**
+ * The folder `dir` takes a file: one is made there and removed at once (a read-only mount, a
+ * folder without write permission), else a FlagError starting with `what`.
+ */
+export async function checkWritable(dir: string, what: string): Promise<void> {
+  const name = temporaryName(`${dir}/.ehft-write-check`);
+  try {
+    (await Deno.open(name, { write: true, createNew: true })).close();
+    await Deno.remove(name);
+  } catch (e) {
+    throw new FlagError(`${what}: cannot write in ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
  * An output path whose missing folders are made only when it is written (a failed run leaves
  * none): checks before any work that they can be, i.e. that the nearest existing part of its
  * folder is a folder. Errors are FlagErrors naming `flag` and the path. With `probe`, that
@@ -44,14 +58,7 @@ export async function checkFoldersCanBeMade(
   probe = false,
 ): Promise<void> {
   const canWrite = async (dir: string) => {
-    if (!probe) return;
-    const name = temporaryName(`${dir}/.ehft-write-check`);
-    try {
-      (await Deno.open(name, { write: true, createNew: true })).close();
-      await Deno.remove(name);
-    } catch (e) {
-      throw new FlagError(`${flag} ${path}: cannot write in ${dir}: ${(e as Error).message}`);
-    }
+    if (probe) await checkWritable(dir, `${flag} ${path}`);
   };
   // A link is written through (writeFileAtomic): its target's folder takes the file.
   const target = probe ? await writtenPath(path) : path;
@@ -73,7 +80,8 @@ export async function checkFoldersCanBeMade(
 }
 
 /**
- * --out: a folder, or a path whose missing folders can be made; else one line naming --out. The
+ * --out: a folder that takes files, or a path whose missing folders can be made (the nearest
+ * existing one taking files); else one line naming --out. The
  * file system's root and the home folder are refused: a run writes its files into --out itself
  * (run.json, model/, log.jsonl, ...), beside whatever is there.
  */
@@ -90,7 +98,10 @@ export async function checkRunFolder(out: string): Promise<void> {
         `the run a folder of its own (e.g. runs/<task>)`,
     );
   }
-  await checkFoldersCanBeMade(out, "--out");
+  // Written into before the model and data are read (minutes, for a corpus): a read-only
+  // folder is found now.
+  if ((await isDirectory(out)) === true) await checkWritable(out, `--out ${out}`);
+  else await checkFoldersCanBeMade(out, "--out", true);
 }
 
 /**
