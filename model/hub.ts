@@ -1068,14 +1068,24 @@ async function transfer(
     }
     const hash = verify ? createHash("sha256") : undefined;
     if (hash && resumedFrom > 0) await hashPrefix(partial, resumedFrom, hash);
-    file = await Deno.open(
-      partial,
-      resumedFrom > 0 ? { append: true } : {
-        write: true,
-        create: true,
-        truncate: true,
-      },
-    );
+    // A full or read-only cache is not the network's fault: said at once, not retried.
+    const cannotWrite = (e: unknown) =>
+      new HubError(
+        `downloading ${meta.file} of ${ctx.id}: cannot write ${partial}: ${errorText(e)}; ` +
+          `free space there (or set HF_HUB_CACHE to another folder) and run again to resume`,
+      );
+    try {
+      file = await Deno.open(
+        partial,
+        resumedFrom > 0 ? { append: true } : {
+          write: true,
+          create: true,
+          truncate: true,
+        },
+      );
+    } catch (e) {
+      throw cannotWrite(e);
+    }
     let bytes = resumedFrom;
     const started = performance.now();
     const report = (done: boolean) =>
@@ -1097,12 +1107,17 @@ async function transfer(
           if (expected !== undefined && bytes + chunk.length > expected) {
             throw new Retryable("the server sent more bytes than the file has");
           }
-          await writeAll(file, chunk);
+          try {
+            await writeAll(file, chunk);
+          } catch (e) {
+            throw cannotWrite(e);
+          }
           hash?.update(chunk);
           bytes += chunk.length;
           report(false);
         }
       } catch (e) {
+        if (e instanceof HubError) throw e;
         if (e instanceof Retryable) {
           if (e.message.includes("more bytes")) {
             file.close();
@@ -1117,7 +1132,11 @@ async function transfer(
     if (expected !== undefined && bytes < expected) {
       throw new Retryable(`the connection closed after ${bytes} of ${expected} bytes`);
     }
-    await file.syncData();
+    try {
+      await file.syncData();
+    } catch (e) {
+      throw cannotWrite(e);
+    }
     file.close();
     file = undefined;
     report(true);

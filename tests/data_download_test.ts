@@ -305,6 +305,25 @@ Deno.test("data: a body that keeps breaking is an error after the retries", asyn
   });
 });
 
+Deno.test("data: a cache that takes no file is said at once, not retried as the network", async () => {
+  await withSetup(async ({ server, cache, opts }) => {
+    // What a full or read-only cache does to the download's file (root writes through modes).
+    await Deno.mkdir(`${cache}/Toy.zip.partial`, { recursive: true });
+    const e = await assertRejects(
+      () => ensureDataset(spec(server.url("/Toy.zip")), { ...opts, retries: 3 }),
+      DatasetError,
+    );
+    assert(
+      e.message.startsWith(`cannot download Toy: cannot write ${cache}/Toy.zip.partial: `) &&
+        e.message.endsWith(
+          "; free space there (or set EHFT_DATA_CACHE to another folder) and run again",
+        ),
+      e.message,
+    );
+    assertEquals(server.log.length, 1);
+  });
+});
+
 Deno.test("data: a chunked body shorter than the spec's size is refused", async () => {
   await withSetup(async ({ server, cache, opts }) => {
     server.routes.set("/Toy.zip", { body: ZIP.subarray(0, ZIP.length - 10), chunked: true });

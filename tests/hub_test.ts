@@ -861,6 +861,37 @@ Deno.test("hub: a corrupted body (wrong sha256) is an error and writes no blob",
   });
 });
 
+Deno.test("hub: a cache that takes no more bytes is said at once, not retried as the network", async () => {
+  await withHub(async ({ hub, cache, opts }) => {
+    hub.addRepo(ID, standardRepo());
+    // A full disk at the first file's partial download (Deno.open made to fail as ENOSPC does:
+    // no small file system to fill here).
+    const open = Deno.open;
+    const full = (path: string | URL, options?: Deno.OpenOptions) =>
+      String(path).endsWith(".incomplete") && options?.write
+        ? Promise.reject(new Error("No space left on device (os error 28)"))
+        : open(path, options);
+    (Deno as unknown as { open: typeof full }).open = full;
+    try {
+      const e = await assertRejects(() => resolveModel(ID, { ...opts, retries: 3 }), HubError);
+      assert(
+        e.message.startsWith(`downloading config.json of ${ID}: cannot write `) &&
+          e.message.endsWith(
+            ": No space left on device (os error 28); free space there (or set HF_HUB_CACHE to " +
+              "another folder) and run again to resume",
+          ),
+        e.message,
+      );
+      assert(e.message.includes(`${cache}/${FOLDER}/blobs/`), e.message);
+      // One GET of the file: no retries of what the network did not do.
+      const gets = hub.log.filter((r) => r.method === "GET" && r.path.endsWith("/config.json"));
+      assertEquals(gets.length, 1);
+    } finally {
+      (Deno as unknown as { open: typeof open }).open = open;
+    }
+  });
+});
+
 Deno.test("hub: a bad partial file from earlier is discarded and downloaded afresh", async () => {
   await withHub(async ({ hub, cache, opts }) => {
     hub.addRepo(ID, standardRepo());

@@ -552,7 +552,17 @@ async function attempt(
       );
     }
     const expected = stated ?? spec.size;
-    file = await Deno.open(partial, { write: true, create: true, truncate: true });
+    // A full or read-only cache is not the network's fault: said at once, not retried.
+    const cannotWrite = (e: unknown) =>
+      new DatasetError(
+        `cannot download ${spec.name}: cannot write ${partial}: ${errorText(e)}; free space ` +
+          `there (or set EHFT_DATA_CACHE to another folder) and run again`,
+      );
+    try {
+      file = await Deno.open(partial, { write: true, create: true, truncate: true });
+    } catch (e) {
+      throw cannotWrite(e);
+    }
     let bytes = 0;
     const report = (done: boolean) =>
       t.progress?.({ name: spec.name, bytes, total: expected, done });
@@ -565,19 +575,27 @@ async function attempt(
           if (expected !== undefined && bytes + chunk.length > expected) {
             throw new Retryable(`the server sent more than ${expected} bytes`);
           }
-          await writeAll(file, chunk);
+          try {
+            await writeAll(file, chunk);
+          } catch (e) {
+            throw cannotWrite(e);
+          }
           bytes += chunk.length;
           report(false);
         }
       } catch (e) {
-        if (e instanceof Retryable) throw e;
+        if (e instanceof Retryable || e instanceof DatasetError) throw e;
         throw controller.signal.aborted ? stalled() : new Retryable(errorText(e));
       }
     }
     if (expected !== undefined && bytes < expected) {
       throw new Retryable(`the connection closed after ${bytes} of ${expected} bytes`);
     }
-    await file.syncData();
+    try {
+      await file.syncData();
+    } catch (e) {
+      throw cannotWrite(e);
+    }
     file.close();
     file = undefined;
     report(true);
