@@ -243,6 +243,27 @@ Deno.test("run faults: the resume command is the current one with --resume", () 
   );
 });
 
+Deno.test("run faults: a write that failed (a full disk) says what was kept and how to go on", () => {
+  const place = { dir: "runs/x", checkpoint: { path: "runs/x/checkpoint.safetensors", step: 40 } };
+  const run = { batchSize: 32, maxLength: 256, place };
+  for (
+    const message of [
+      "runs/x/metrics.json: write failed: No space left on device (os error 28)",
+      "Read-only file system (os error 30): mkdir 'runs/x/stage1'",
+    ]
+  ) {
+    const e = explainRunError(new Error(message), run) as Error;
+    assertEquals(
+      e.message,
+      `${message}; the last good checkpoint (step 40) is kept in runs/x/checkpoint.safetensors; ` +
+        `once it can be written, continue with: ${resumeCommand()}`,
+    );
+  }
+  // Other errors are as they were.
+  const other = new Error("runs/x/data.jsonl:3: not JSON");
+  assert(explainRunError(other, run) === other);
+});
+
 Deno.test("run faults: out of GPU memory names the allocation, its bytes and a batch that fits", () => {
   // lavapipe never runs out of memory at test sizes: the message as Gpu.scoped words it.
   const oom = new GpuError(

@@ -232,10 +232,15 @@ function allocation(message: string): { bytes: number; limit: number | null } | 
   return null;
 }
 
+/** The messages of a write that failed (atomic writes say "write failed"; mkdir, the system's). */
+const WRITE_FAILURE =
+  /write failed: |No space left on device|Read-only file system|Disk quota exceeded|os error (28|30|122)\b/;
+
 /**
  * The message of an error that ended a run, made actionable: a GPU allocation beyond the
  * adapter's limits or memory gets the batch size (or sequence length) that should fit; a lost
- * device gets the --resume command. Other errors are returned as they are.
+ * device, or a write that failed (a full disk), gets what was kept and the --resume command.
+ * Other errors are returned as they are.
  */
 export function explainRunError(
   e: unknown,
@@ -253,6 +258,13 @@ export function explainRunError(
   },
 ): unknown {
   if (e instanceof RunFaultError) return e;
+  // A full disk, a folder made read-only: what was kept, and how to go on once there is room.
+  if (e instanceof Error && !(e instanceof GpuError) && WRITE_FAILURE.test(e.message)) {
+    return new RunFaultError(
+      `${e.message}; ${keptCheckpoint(run.place)}; once it can be written, continue with: ` +
+        resumeCommand(),
+    );
+  }
   if (e instanceof DeviceLostError) {
     return new RunFaultError(
       `${e.message}; ${keptCheckpoint(run.place)}; continue with: ${resumeCommand()}`,
