@@ -6,6 +6,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   assertSameFiles,
+  capturingErrors,
   markerTrainBatches,
   readTree,
   writeMarkerData,
@@ -163,6 +164,29 @@ Deno.test({
         JSON.parse(await Deno.readTextFile(`${out}/analysis/figures.json`)),
         JSON.parse(JSON.stringify(listed)),
       );
+      // Figures that cannot be written (a full disk): one line, with the command that draws them
+      // (the run's own, resumed; in-process here, a program of one's own's: resume: true).
+      await Deno.remove(`${out}/analysis/figures.json`);
+      const open = Deno.open;
+      (Deno as unknown as { open: unknown }).open = (path: string, options?: Deno.OpenOptions) =>
+        /\.svg\.tmp-/.test(String(path))
+          ? Promise.reject(new Error("No space left on device (os error 28)"))
+          : open(path, options);
+      let said: string[];
+      try {
+        said = (await capturingErrors(() => run(out, "--resume"))).lines;
+      } finally {
+        (Deno as unknown as { open: unknown }).open = open;
+      }
+      const warning = said.find((l) => l.startsWith("analysis: figures not drawn (")) ?? "";
+      assert(warning.includes("No space left on device"), said.join("\n"));
+      assert(
+        warning.includes(`; the measurements are in ${out}/analysis/analysis.json; to draw them: `),
+        warning,
+      );
+      assert(warning.includes("resume: true"), warning);
+      assertEquals(await run(out, "--resume"), plain);
+      await Deno.stat(`${out}/analysis/figures.json`);
       // The t-SNE figure: one dot per training and dev row.
       const tsneSvg = await Deno.readTextFile(`${out}/analysis/head_features.svg`);
       assertEquals(markCounts(tsneSvg, "mark-symbol"), [40, 24]);

@@ -517,7 +517,8 @@ export function checkRunModes(
   if (config.resume && config.analysis) {
     throw new FlagError(
       "--analysis with --resume: the pretrained features and weights it compares against are " +
-        "taken at the start of a run; start the run again with --overwrite --analysis",
+        "taken at the start of a run; start the run again with --overwrite --analysis (a " +
+        "finished run's figures not drawn yet: --resume without --analysis draws them)",
     );
   }
   const parts = config.gradAccum ?? 1;

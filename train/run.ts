@@ -47,6 +47,7 @@ import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from 
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import {
   checkStepStats,
+  drawFiguresCommand,
   explainRunError,
   nonFiniteOutputsFault,
   RunFaultError,
@@ -704,7 +705,7 @@ async function drawAnalysis(dir: string, quiet: boolean): Promise<void> {
   } catch (e) {
     console.error(
       `analysis: figures not drawn (${oneLine((e as Error).message)}); the measurements are in ` +
-        `${dir}/analysis/analysis.json`,
+        `${dir}/analysis/analysis.json; to draw them: ${drawFiguresCommand()}`,
     );
   }
 }

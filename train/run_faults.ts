@@ -71,6 +71,15 @@ export function resumeCommand(
   } in the same config (${command}, if ${script} passes its arguments to parseTrainArgs)`;
 }
 
+/**
+ * The command that draws a finished run's missing --analysis figures: the run's own, with
+ * --resume and without --analysis (a finished run resumed draws what is missing).
+ */
+export function drawFiguresCommand(): string {
+  const args = (flagArgs ?? Deno.args).filter((a) => a !== "--analysis");
+  return resumeCommand(args, Deno.mainModule, flagArgs !== null);
+}
+
 /** The flags this process trains from (`trainFromArgs`), or null for a program of one's own. */
 let flagArgs: readonly string[] | null = null;
 
