@@ -227,14 +227,27 @@ export async function report(
         if (!existed) await Deno.remove(made).catch(() => {});
         throw e;
       });
-    for (const name of stale) await Deno.remove(`${out}/${name}`);
+    // The new report is written: an old figure that cannot be removed is a note, not a failure.
+    const removed: string[] = [];
+    const kept: string[] = [];
+    for (const name of stale) {
+      await Deno.remove(`${out}/${name}`).then(() => removed.push(name), (e) => {
+        kept.push(`${name} (${(e as Error).message})`);
+      });
+    }
     if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
       await Deno.remove(`${out}/${FIGURES_DIR}`).catch(() => {});
     }
     log(`report: ${out}/results.md, results.csv and results.json written`);
-    if (stale.length) {
-      log(`report: ${out}: removed ${stale.join(", ")} (the earlier report's, not drawn now)`);
+    if (removed.length) {
+      log(`report: ${out}: removed ${removed.join(", ")} (the earlier report's, not drawn now)`);
+    }
+    if (kept.length) {
+      log(
+        `report: note: ${out}: could not remove the earlier report's ${kept.join(", ")}; ` +
+          "report.md does not show them",
+      );
     }
     // The runs drawn, not the runs found: a method's other runs (seeds) are not in the figures.
     const drawnRuns = figures.length

@@ -655,6 +655,28 @@ Deno.test("report: --overwrite replaces report.ts's outputs only, and removes it
   await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), () => {});
   const { "figures/": _, "figures/mine.svg": __, ...rest } = after;
   assertEquals(await tree(out), rest);
+  // An old figure that cannot be removed (an immutable file): the new report stands, a note
+  // names what is left.
+  await Deno.mkdir(`${out}/figures`);
+  await Deno.writeTextFile(`${out}/figures/training_loss.png`, "old png");
+  const remove = Deno.remove;
+  (Deno as unknown as { remove: unknown }).remove = (path: string, options?: Deno.RemoveOptions) =>
+    String(path).endsWith("training_loss.png")
+      ? Promise.reject(new Error("Operation not permitted (os error 1)"))
+      : remove(path, options);
+  const said: string[] = [];
+  try {
+    await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), (l) => said.push(l));
+  } finally {
+    (Deno as unknown as { remove: unknown }).remove = remove;
+  }
+  assertEquals(said.slice(-3), [
+    `report: ${out}/results.md, results.csv and results.json written`,
+    `report: note: ${out}: could not remove the earlier report's figures/training_loss.png ` +
+    "(Operation not permitted (os error 1)); report.md does not show them",
+    `report: ${out}/report.md written (no figures)`,
+  ]);
+  assertEquals(await Deno.readTextFile(`${out}/results.md`), withNotes(dir));
 });
 
 Deno.test("report: a failure while drawing the figures leaves the earlier outputs as they were", async () => {
