@@ -5,13 +5,13 @@
 // --out's folder by default, only the card of the repository's default model (models/ehft-mini-en)
 // says the task scripts train it, and --help / a mistyped flag.
 
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { exists, readTree, sameBytes, VOCAB, writeTinyBert } from "./train_fixture.ts";
 import { convertWordPiece } from "../model/tokenizer_convert.ts";
 import { openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { FLAGS as PRETRAIN_FLAGS } from "../pretrain.ts";
-import { cardUse, modelPlace, vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
+import { cardUse, modelPlace, shipModel, vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
 import { assertToolHelp, runTool } from "./tool_cli.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -272,6 +272,7 @@ test("ship_model: a run that fails a check leaves --out as it was (too big, not 
     const big = await ship(["--run", `${dir}/big`, "--out", `${dir}/out`, "--overwrite"]);
     assertEquals(big.code, 1);
     assert(/bytes, more than 24 MB/.test(big.stderr), big.stderr);
+
     await unchanged("too big");
     await Deno.remove(`${dir}/big`, { recursive: true });
 
@@ -286,6 +287,22 @@ test("ship_model: a run that fails a check leaves --out as it was (too big, not 
     assert(bpe.stderr.includes("a BPE tokenizer, not WordPiece"), bpe.stderr);
     assertEquals(bpe.stderr.trim().split("\n").length, 1, bpe.stderr);
     await unchanged("not WordPiece");
+
+    // A copy that fails on the way (a full disk): said with --out, which is as it was.
+    const copyFile = Deno.copyFile;
+    (Deno as unknown as { copyFile: unknown }).copyFile = () =>
+      Promise.reject(new Error("No space left on device (os error 28)"));
+    try {
+      await assertRejects(
+        () => shipModel(["--run", `${dir}/run`, "--out", `${dir}/out`, "--overwrite"]),
+        Error,
+        `${dir}/out: not written (No space left on device (os error 28)); the earlier folder ` +
+          "is as it was",
+      );
+    } finally {
+      (Deno as unknown as { copyFile: unknown }).copyFile = copyFile;
+    }
+    await unchanged("a full disk");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

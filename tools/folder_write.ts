@@ -158,7 +158,14 @@ export async function writeFolder(
     let restored = true;
     if (aside !== null) await Deno.rename(aside, target).catch(() => restored = false);
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
-    if (!step) throw e;
+    if (!step) {
+      // Said with the folder it was for, and that it was left alone (its name was a temporary
+      // sibling's, e.g. a copy that ran out of space).
+      throw new Error(
+        `${out}: not written (${(e as Error).message}); ` +
+          (old !== null && old.length > 0 ? "the earlier folder is as it was" : "nothing was left"),
+      );
+    }
     throw new Error(
       `${out}: could not ${step} (${(e as Error).message}); ` +
         (restored ? "it is as it was" : `the earlier folder is in ${aside}`),
