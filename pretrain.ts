@@ -65,6 +65,7 @@ import {
   vocabTxt,
 } from "./train/vocab_prune.ts";
 import { MAX_SEED, numberFlag } from "./train/config.ts";
+import { checkpointOnDisk, isWriteFailure } from "./train/run_faults.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -629,10 +630,24 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  * that flag.
  */
 async function main(args: string[]): Promise<void> {
-  const from: RecordedFlags = { path: "", flags: {} };
+  const from: RecordedFlags = { path: "", flags: {}, out: null };
   try {
     await pretrainMain(args, from);
   } catch (e) {
+    // A full disk or a read-only folder mid-run: what was kept, and the command that goes on.
+    if (isWriteFailure(e) && from.out !== null && isFileSync(`${from.out}/pretrain.json`)) {
+      const kept = checkpointOnDisk(from.out);
+      const quoted = /^[\w@%+=:,./-]+$/.test(from.out)
+        ? from.out
+        : `'${from.out.replaceAll("'", `'\\''`)}'`;
+      throw new Error(
+        `${e.message}; ${
+          kept
+            ? `the last checkpoint (step ${kept.step}) is kept in ${kept.path}`
+            : "no checkpoint was written yet"
+        }; once it can be written, continue with: deno task pretrain --out ${quoted} --resume`,
+      );
+    }
     if (!(e instanceof FlagError)) throw e;
     const named = [...e.message.matchAll(/--([a-z-]+)/g)].map((m) => m[1]);
     if (!named.some((flag) => flag in from.flags)) throw e;
@@ -640,10 +655,19 @@ async function main(args: string[]): Promise<void> {
   }
 }
 
-/** The flags --resume took from pretrain.json (`flags`), and its path. */
+function isFileSync(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** The flags --resume took from pretrain.json (`flags`), its path, and --out once known. */
 interface RecordedFlags {
   path: string;
   flags: Partial<Record<keyof typeof FLAGS, string>>;
+  out: string | null;
 }
 
 async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> {
@@ -651,6 +675,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
   const out = f.out;
+  from.out = out;
   const settingsPath = `${out}/pretrain.json`;
   // --resume: pretrain.json gives the flags not typed (checkResumeFlags compares the typed ones).
   const saved = f.resume && (await isDirectory(out)) === true && await exists(settingsPath)

@@ -808,3 +808,55 @@ test("pretrain.ts: sequences of special tokens alone are left out (nothing to ma
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+test("pretrain.ts: a write that fails mid-run says what was kept and the command that goes on", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const out = `${dir}/run`;
+    const args = [
+      ...[
+        "--out",
+        out,
+        "--corpus",
+        `${dir}/corpus.txt`,
+        "--vocab",
+        `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`,
+      ],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", ...SMALL],
+    ];
+    // model/ cannot be made (as a full disk or a read-only folder would refuse it), at the end.
+    const denied = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `--deny-write=${out}/model`,
+        `${ROOT}pretrain.ts`,
+        "--quiet",
+        "--no-autotune",
+        ...args,
+      ],
+      env: { XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(denied.stderr).trim();
+    assertEquals(denied.code, 1, stderr);
+    assert(
+      stderr.startsWith(`pretrain: Requires write access to "${out}/model"`) &&
+        stderr.endsWith(
+          `; the last checkpoint (step 4) is kept in ${out}/checkpoint.safetensors; once it can ` +
+            `be written, continue with: deno task pretrain --out ${out} --resume`,
+        ),
+      stderr,
+    );
+    assertEquals(stderr.split("\n").length, 1, stderr);
+    // The command it gives finishes the run.
+    const resumed = await pretrain(["--out", out, "--resume"]);
+    assertEquals(resumed.code, 0, resumed.stderr);
+    assert(await exists(`${out}/result.json`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -129,7 +129,7 @@ export function interruptedMessage(): string {
  * The checkpoint in a run folder and its step, read from the file's header (synchronously: a
  * signal handler asks), or null when there is none or it cannot be read.
  */
-function checkpointOnDisk(dir: string): { path: string; step: number } | null {
+export function checkpointOnDisk(dir: string): { path: string; step: number } | null {
   const path = `${dir}/${CHECKPOINT_FILE}`;
   try {
     const file = Deno.openSync(path);
@@ -243,7 +243,12 @@ function allocation(message: string): { bytes: number; limit: number | null } | 
 
 /** The messages of a write that failed (atomic writes say "write failed"; mkdir, the system's). */
 const WRITE_FAILURE =
-  /write failed: |No space left on device|Read-only file system|Disk quota exceeded|os error (28|30|122)\b/;
+  /write failed: |No space left on device|Read-only file system|Disk quota exceeded|os error (28|30|122)\b|Requires write access|\(os error 13\): mkdir /;
+
+/** Whether `e` is a write that failed (a full disk, a read-only folder), not a GPU's error. */
+export function isWriteFailure(e: unknown): e is Error {
+  return e instanceof Error && !(e instanceof GpuError) && WRITE_FAILURE.test(e.message);
+}
 
 /**
  * The message of an error that ended a run, made actionable: a GPU allocation beyond the
@@ -268,7 +273,7 @@ export function explainRunError(
 ): unknown {
   if (e instanceof RunFaultError) return e;
   // A full disk, a folder made read-only: what was kept, and how to go on once there is room.
-  if (e instanceof Error && !(e instanceof GpuError) && WRITE_FAILURE.test(e.message)) {
+  if (isWriteFailure(e)) {
     return new RunFaultError(
       `${e.message}; ${keptCheckpoint(run.place)}; once it can be written, continue with: ` +
         resumeCommand(),
