@@ -259,10 +259,14 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
 export function repeatedIdxNote(examples: readonly TaskExample[], what: string): string | null {
   const first = new Map<number, TaskExample>();
   const again: [TaskExample, TaskExample][] = [];
+  const repeated = new Set<number>();
   for (const e of examples) {
     const seen = first.get(e.idx);
     if (seen === undefined) first.set(e.idx, e);
-    else if (!again.some(([a]) => a.idx === e.idx)) again.push([seen, e]);
+    else if (!repeated.has(e.idx)) {
+      repeated.add(e.idx);
+      again.push([seen, e]);
+    }
   }
   if (again.length === 0) return null;
   const [a, b] = again[0];
@@ -406,8 +410,12 @@ async function main(args: string[]) {
   const { out, overwrite, data: typedData, splitTyped, options } = await parsePredictArgs(args);
   const { task } = options;
   await checkOutPath(out, overwrite);
+  // A file is read as it is: a --split that names another split would be ignored (test.tsv read
+  // for --split val); one that names the file's own is what it is.
+  const named = typedData?.split("/").pop() ?? "";
   if (
-    splitTyped && typedData !== undefined && (await Deno.stat(typedData).catch(() => null))?.isFile
+    splitTyped && typedData !== undefined && !named.startsWith(`${options.split}.`) &&
+    (await Deno.stat(typedData).catch(() => null))?.isFile
   ) {
     throw new FlagError(
       `--split ${options.split}: --data ${typedData} is a file, which is read whatever its split; ` +

@@ -47,6 +47,7 @@ import {
   intFlag,
   lockOutFolder,
   parseFlags,
+  probeRunFolder,
   runMain,
   TUNE_FLAGS,
   tuneFlags,
@@ -65,7 +66,7 @@ import {
   vocabTxt,
 } from "./train/vocab_prune.ts";
 import { MAX_SEED, numberFlag } from "./train/config.ts";
-import { checkpointOnDisk, isWriteFailure } from "./train/run_faults.ts";
+import { checkpointOnDisk, isWriteFailure, resumeCommand } from "./train/run_faults.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -630,22 +631,20 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  * that flag.
  */
 async function main(args: string[]): Promise<void> {
-  const from: RecordedFlags = { path: "", flags: {}, out: null };
+  const from: RecordedFlags = { path: "", flags: {}, out: null, resumable: false };
   try {
     await pretrainMain(args, from);
   } catch (e) {
     // A full disk or a read-only folder mid-run: what was kept, and the command that goes on.
-    if (isWriteFailure(e) && from.out !== null && isFileSync(`${from.out}/pretrain.json`)) {
+    if (isWriteFailure(e) && from.resumable && from.out !== null) {
       const kept = checkpointOnDisk(from.out);
-      const quoted = /^[\w@%+=:,./-]+$/.test(from.out)
-        ? from.out
-        : `'${from.out.replaceAll("'", `'\\''`)}'`;
       throw new Error(
         `${e.message}; ${
           kept
             ? `the last checkpoint (step ${kept.step}) is kept in ${kept.path}`
             : "no checkpoint was written yet"
-        }; once it can be written, continue with: deno task pretrain --out ${quoted} --resume`,
+        }; once it can be written, continue with: ` +
+          resumeCommand(["--out", from.out], Deno.mainModule, true),
       );
     }
     if (!(e instanceof FlagError)) throw e;
@@ -663,11 +662,15 @@ function isFileSync(path: string): boolean {
   }
 }
 
-/** The flags --resume took from pretrain.json (`flags`), its path, and --out once known. */
+/**
+ * The flags --resume took from pretrain.json (`flags`), its path, --out once known, and whether
+ * the run there is one --resume goes on with (this process resumed it or wrote its pretrain.json).
+ */
 interface RecordedFlags {
   path: string;
   flags: Partial<Record<keyof typeof FLAGS, string>>;
   out: string | null;
+  resumable: boolean;
 }
 
 async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> {
@@ -751,10 +754,14 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   await checkRunFolder(out);
   if (f.resume) {
     if (saved === null) throw new FlagError(`--resume: ${settingsPath} does not exist`);
+    from.resumable = true;
   } else {
     await checkOutEmpty(out);
   }
   if (await isDirectory(out)) await lockOut(out);
+  // A run that will write is probed now, before the corpus is read; a finished one resumed
+  // writes nothing (its folder may be a read-only copy).
+  if (!(f.resume && isFileSync(`${out}/result.json`))) await probeRunFolder(out);
   // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
   const opened = f.model ? await openModel(f.model) : null;
   if (opened) mlmHeadNames(opened.config);
@@ -922,6 +929,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     const prepSeconds = (performance.now() - t0) / 1000;
     const record = { settings, corpus: stats, prepare_seconds: prepSeconds, environment };
     await writeFileAtomic(settingsPath, JSON.stringify(record, null, 2) + "\n");
+    from.resumable = true;
   }
   say(
     `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +

@@ -232,7 +232,9 @@ export async function report(
     const kept: string[] = [];
     for (const name of stale) {
       await Deno.remove(`${out}/${name}`).then(() => removed.push(name), (e) => {
-        kept.push(`${name} (${(e as Error).message})`);
+        // Gone already (removed by hand meanwhile): as good as removed.
+        if (e instanceof Deno.errors.NotFound) removed.push(name);
+        else kept.push(`${name} (${(e as Error).message})`);
       });
     }
     if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {

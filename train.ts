@@ -16,7 +16,7 @@ import { tuneRequest } from "./kernels/matmul_autotune.ts";
 import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
-import { checkRunFolder, FlagError, runMain } from "./train/flags.ts";
+import { checkRunFolder, FlagError, probeRunFolder, runMain } from "./train/flags.ts";
 import {
   DEFAULT_MODEL_NAME,
   isShippedModel,
@@ -83,6 +83,7 @@ export async function trainFromArgs(
     : parseTrainArgs(args, recipe, taskData);
   // Before a download of the data or the model, which a wrong --out would waste.
   await checkRunFolder(config.out);
+  if (await willWrite(config)) await probeRunFolder(config.out);
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
   // A recorded learning rate is the one the run trained with, whatever the model.
   const recipeLr = recipe.lr !== undefined && !typed.has("lr") && !recorded;
@@ -137,6 +138,17 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
     taskHelp(task.name, recipe, mini, ownScript()),
     { flagsOnly: true },
   );
+}
+
+/**
+ * Whether a run with `config` writes into its folder: not a finished run resumed (nothing to do;
+ * its results may be read from a read-only copy), nor one the folder's run refuses (another run
+ * without --resume: refused as such, later).
+ */
+async function willWrite(config: TrainConfig): Promise<boolean> {
+  const has = (name: string) => Deno.stat(`${config.out}/${name}`).then(() => true, () => false);
+  if (config.resume) return !(await has("metrics.json"));
+  return !(await has("run.json"));
 }
 
 /**

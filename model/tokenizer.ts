@@ -858,9 +858,10 @@ function checkTemplate(source: string, post: unknown): void {
 }
 
 /**
- * BertProcessing and RobertaProcessing give their special tokens' ids themselves, and Hugging
- * Face's tokenizers inserts those ids; tokenizers.js looks the tokens up in the vocabulary. Where
- * the two differ the ids would not be Hugging Face's: refused, naming both.
+ * BertProcessing, RobertaProcessing and TemplateProcessing (its special_tokens) give their
+ * special tokens' ids themselves, and Hugging Face's tokenizers inserts those ids; tokenizers.js
+ * looks the tokens up in the vocabulary. Where the two differ the ids would not be Hugging
+ * Face's: refused, naming both.
  */
 function checkProcessorIds(
   source: string,
@@ -869,6 +870,36 @@ function checkProcessorIds(
 ): void {
   const p = post as Record<string, unknown> | null;
   if (typeof p !== "object" || p === null) return;
+  if (p.type === "TemplateProcessing") {
+    // Its special_tokens give each token's ids; Hugging Face inserts those.
+    const special = p.special_tokens;
+    if (typeof special !== "object" || special === null) return;
+    for (const [name, entry] of Object.entries(special as Record<string, unknown>)) {
+      const e = entry as { ids?: unknown; tokens?: unknown } | null;
+      const ids = Array.isArray(e?.ids) ? e!.ids as unknown[] : null;
+      const tokens = Array.isArray(e?.tokens) ? e!.tokens as unknown[] : null;
+      if (ids === null || tokens === null || ids.length !== tokens.length) {
+        throw new TokenizerError(
+          source,
+          `its post_processor's special_tokens[${JSON.stringify(name)}] is ${shortJson(entry)}, ` +
+            "not ids and tokens of one length",
+        );
+      }
+      tokens.forEach((token, i) => {
+        // A token not in the vocabulary at all is named where the layout is probed.
+        const vocab = typeof token === "string" ? idOf(token) : undefined;
+        if (vocab !== undefined && vocab !== ids[i]) {
+          throw new TokenizerError(
+            source,
+            `its post_processor's special_tokens[${JSON.stringify(name)}] gives ` +
+              `${JSON.stringify(token)} the id ${JSON.stringify(ids[i])}, but the vocabulary ` +
+              `gives it ${vocab}: the ids would not be Hugging Face's`,
+          );
+        }
+      });
+    }
+    return;
+  }
   if (p.type !== "BertProcessing" && p.type !== "RobertaProcessing") return;
   for (const key of ["sep", "cls"]) {
     const [token, id] = p[key] as [string, number];

@@ -175,6 +175,12 @@ Deno.test({
         `predict: --split test: --data ${data} is a file, which is read whatever its split; ` +
           "give the folder that holds the split instead (or leave out --split)",
       );
+      // One that names the file's own split is what it is (refused later here: no head).
+      const own = await run(
+        ...["--model", `${dir}/model`, "--task", "rte", "--data", data, "--split", "val"],
+        ...["--out", `${dir}/split.jsonl`],
+      );
+      assert(own.stderr.includes("has no EH-FT head"), own.stderr);
       for (const r of [typo, missing, task, batch, split]) {
         assert(!r.stderr.includes("\n"), r.stderr);
       }

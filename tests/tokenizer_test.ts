@@ -829,6 +829,30 @@ Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line 
     `its post_processor's sep is ["</s>",${sep}], but "</s>" is not in the vocabulary: the ids ` +
       "would not be Hugging Face's",
   );
+  // TemplateProcessing's special_tokens likewise.
+  const special = template.special_tokens as unknown as Record<string, { ids: number[] }>;
+  bertRefused(
+    {
+      ...bert,
+      post_processor: {
+        ...template,
+        special_tokens: { ...special, "[CLS]": { ...special["[CLS]"], ids: [7] } },
+      },
+    },
+    `its post_processor's special_tokens["[CLS]"] gives "[CLS]" the id 7, but the vocabulary ` +
+      `gives it ${clsId}: the ids would not be Hugging Face's`,
+  );
+  bertRefused(
+    {
+      ...bert,
+      post_processor: {
+        ...template,
+        special_tokens: { ...special, "[CLS]": { id: "[CLS]", ids: [1, 2], tokens: ["[CLS]"] } },
+      },
+    },
+    `its post_processor's special_tokens["[CLS]"] is {"id":"[CLS]","ids":[1,2],"tokens":` +
+      `["[CL…, not ids and tokens of one length`,
+  );
   bertRefused(
     { ...bert, added_tokens: [{ id: 0, content: "[PAD]" }, { id: -1, content: "a" }] },
     `its added_tokens[1] is {"id":-1,"content":"a"}, not an {"id": integer ≥ 0, "content": ` +

@@ -195,7 +195,7 @@ Deno.test("train flags: --out the file system's root or the home folder is refus
   }
 });
 
-Deno.test("train flags: an --out that takes no file is refused before any work", async () => {
+Deno.test("train flags: an --out that takes no file is refused before any work (probeRunFolder)", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await Deno.mkdir(`${dir}/ro`);
@@ -203,11 +203,11 @@ Deno.test("train flags: an --out that takes no file is refused before any work",
     // Deno allowed to write elsewhere only: what a read-only mount or folder looks like (root,
     // as tests may run, writes through file permissions).
     const probe = async (out: string) => {
-      const code = `import { checkRunFolder } from "${new URL(
+      const code = `import { probeRunFolder } from "${new URL(
         "../train/flags.ts",
         import.meta.url,
       )}";
-try { await checkRunFolder(${JSON.stringify(out)}); console.log("ok"); }
+try { await probeRunFolder(${JSON.stringify(out)}); console.log("ok"); }
 catch (e) { console.log(e.message); }`;
       await Deno.writeTextFile(`${dir}/probe.ts`, code);
       const r = await new Deno.Command(Deno.execPath(), {

@@ -125,8 +125,12 @@ export async function writeFolder(
   const target = await folderPlace(out);
   const tag = () => crypto.randomUUID().slice(0, 8);
   const tmp = `${target}.tmp-${tag()}`;
-  await Deno.mkdir(dirname(target), { recursive: true });
-  await Deno.mkdir(tmp);
+  try {
+    await Deno.mkdir(dirname(target), { recursive: true });
+    await Deno.mkdir(tmp);
+  } catch (e) {
+    throw new Error(`${out}: not written (${(e as Error).message}); it is as it was`);
+  }
   const old = await folderEntries(out).catch(async (e) => {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;

@@ -16,13 +16,7 @@
 // - positionals are errors, except in report.ts (its run folders), where `--` ends the flags;
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
-import {
-  isDirectory,
-  lockFolder,
-  parentOf,
-  temporaryName,
-  writtenPath,
-} from "../model/atomic_write.ts";
+import { isDirectory, lockFolder, parentOf, writtenPath } from "../model/atomic_write.ts";
 
 export class FlagError extends Error {
   constructor(message: string) {
@@ -36,7 +30,9 @@ export class FlagError extends Error {
  * folder without write permission), else a FlagError starting with `what`.
  */
 export async function checkWritable(dir: string, what: string): Promise<void> {
-  const name = temporaryName(`${dir}/.ehft-write-check`);
+  // Not a temporary file's name (model/atomic_write.ts): another process cleaning those up in
+  // its own folder must not take it for one of its own.
+  const name = `${dir}/.ehft-write-check-${crypto.randomUUID().slice(0, 8)}`;
   try {
     (await Deno.open(name, { write: true, createNew: true })).close();
     await Deno.remove(name);
@@ -80,8 +76,7 @@ export async function checkFoldersCanBeMade(
 }
 
 /**
- * --out: a folder that takes files, or a path whose missing folders can be made (the nearest
- * existing one taking files); else one line naming --out. The
+ * --out: a folder, or a path whose missing folders can be made; else one line naming --out. The
  * file system's root and the home folder are refused: a run writes its files into --out itself
  * (run.json, model/, log.jsonl, ...), beside whatever is there.
  */
@@ -98,8 +93,16 @@ export async function checkRunFolder(out: string): Promise<void> {
         `the run a folder of its own (e.g. runs/<task>)`,
     );
   }
-  // Written into before the model and data are read (minutes, for a corpus): a read-only
-  // folder is found now.
+  await checkFoldersCanBeMade(out, "--out");
+}
+
+/**
+ * --out of a run that will write (a new run, or one resumed that has not finished): probed with
+ * a file made and removed, so that a read-only folder is found before the model and data (or a
+ * pretraining corpus) are read, not at the first write minutes later. A finished run resumed
+ * writes nothing and is not probed: its results can be read from a read-only copy.
+ */
+export async function probeRunFolder(out: string): Promise<void> {
   if ((await isDirectory(out)) === true) await checkWritable(out, `--out ${out}`);
   else await checkFoldersCanBeMade(out, "--out", true);
 }
