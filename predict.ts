@@ -412,9 +412,9 @@ async function main(args: string[]) {
   await checkOutPath(out, overwrite);
   // A file is read as it is: a --split that names another split would be ignored (test.tsv read
   // for --split val); one that names the file's own is what it is.
-  const named = typedData?.split("/").pop() ?? "";
+  const named = (typedData?.split("/").pop() ?? "").split(".")[0];
   if (
-    splitTyped && typedData !== undefined && !named.startsWith(`${options.split}.`) &&
+    splitTyped && typedData !== undefined && named !== options.split &&
     (await Deno.stat(typedData).catch(() => null))?.isFile
   ) {
     throw new FlagError(

@@ -141,12 +141,14 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
 }
 
 /**
- * Whether a run with `config` writes into its folder: not a finished run resumed (nothing to do;
- * its results may be read from a read-only copy), nor one the folder's run refuses (another run
- * without --resume: refused as such, later).
+ * Whether a run with `config` writes into its folder: --overwrite does; not a finished run
+ * resumed (nothing to do; its results may be read from a read-only copy), nor one the folder's
+ * run refuses (another run without --resume or --overwrite: refused as such, later). runTraining
+ * probes again, for library callers (trainPrepared).
  */
 async function willWrite(config: TrainConfig): Promise<boolean> {
   const has = (name: string) => Deno.stat(`${config.out}/${name}`).then(() => true, () => false);
+  if (config.overwrite) return true;
   if (config.resume) return !(await has("metrics.json"));
   return !(await has("run.json"));
 }

@@ -871,32 +871,31 @@ function checkProcessorIds(
   const p = post as Record<string, unknown> | null;
   if (typeof p !== "object" || p === null) return;
   if (p.type === "TemplateProcessing") {
-    // Its special_tokens give each token's ids; Hugging Face inserts those.
-    const special = p.special_tokens;
-    if (typeof special !== "object" || special === null) return;
-    for (const [name, entry] of Object.entries(special as Record<string, unknown>)) {
-      const e = entry as { ids?: unknown; tokens?: unknown } | null;
-      const ids = Array.isArray(e?.ids) ? e!.ids as unknown[] : null;
-      const tokens = Array.isArray(e?.tokens) ? e!.tokens as unknown[] : null;
-      if (ids === null || tokens === null || ids.length !== tokens.length) {
+    // Each SpecialToken piece names an entry of special_tokens, whose ids Hugging Face inserts;
+    // tokenizers.js inserts the vocabulary's id of the piece's name. Entries no piece uses are
+    // never inserted.
+    const special = (p.special_tokens ?? {}) as Record<string, { ids?: unknown } | undefined>;
+    const used = new Set<string>();
+    for (const key of ["single", "pair"]) {
+      for (const piece of (p[key] ?? []) as { SpecialToken?: { id?: unknown } }[]) {
+        if (typeof piece?.SpecialToken?.id === "string") used.add(piece.SpecialToken.id);
+      }
+    }
+    for (const name of used) {
+      const ids = special[name]?.ids;
+      // A token not in the vocabulary, or no entry: named where the layout is probed.
+      const vocab = idOf(name);
+      if (vocab === undefined || ids === undefined) continue;
+      if (!Array.isArray(ids) || ids.length !== 1 || ids[0] !== vocab) {
         throw new TokenizerError(
           source,
-          `its post_processor's special_tokens[${JSON.stringify(name)}] is ${shortJson(entry)}, ` +
-            "not ids and tokens of one length",
+          `its post_processor's special_tokens[${JSON.stringify(name)}] has ids ` +
+            `${shortJson(ids)}, but the vocabulary gives ${
+              JSON.stringify(name)
+            } the id ${vocab}: ` +
+            "the ids would not be Hugging Face's",
         );
       }
-      tokens.forEach((token, i) => {
-        // A token not in the vocabulary at all is named where the layout is probed.
-        const vocab = typeof token === "string" ? idOf(token) : undefined;
-        if (vocab !== undefined && vocab !== ids[i]) {
-          throw new TokenizerError(
-            source,
-            `its post_processor's special_tokens[${JSON.stringify(name)}] gives ` +
-              `${JSON.stringify(token)} the id ${JSON.stringify(ids[i])}, but the vocabulary ` +
-              `gives it ${vocab}: the ids would not be Hugging Face's`,
-          );
-        }
-      });
     }
     return;
   }

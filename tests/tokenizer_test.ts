@@ -829,29 +829,23 @@ Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line 
     `its post_processor's sep is ["</s>",${sep}], but "</s>" is not in the vocabulary: the ids ` +
       "would not be Hugging Face's",
   );
-  // TemplateProcessing's special_tokens likewise.
+  // TemplateProcessing's special_tokens likewise: each one a piece uses inserts exactly the
+  // vocabulary's id of its name; one no piece uses is never inserted.
   const special = template.special_tokens as unknown as Record<string, { ids: number[] }>;
-  bertRefused(
-    {
-      ...bert,
-      post_processor: {
-        ...template,
-        special_tokens: { ...special, "[CLS]": { ...special["[CLS]"], ids: [7] } },
-      },
-    },
-    `its post_processor's special_tokens["[CLS]"] gives "[CLS]" the id 7, but the vocabulary ` +
-      `gives it ${clsId}: the ids would not be Hugging Face's`,
-  );
-  bertRefused(
-    {
-      ...bert,
-      post_processor: {
-        ...template,
-        special_tokens: { ...special, "[CLS]": { id: "[CLS]", ids: [1, 2], tokens: ["[CLS]"] } },
-      },
-    },
-    `its post_processor's special_tokens["[CLS]"] is {"id":"[CLS]","ids":[1,2],"tokens":` +
-      `["[CL…, not ids and tokens of one length`,
+  const withSpecial = (entries: Record<string, unknown>) => ({
+    ...bert,
+    post_processor: { ...template, special_tokens: { ...special, ...entries } },
+  });
+  for (const ids of [[7], [clsId, sep]]) {
+    bertRefused(
+      withSpecial({ "[CLS]": { id: "[CLS]", ids, tokens: ids.map(() => "[CLS]") } }),
+      `its post_processor's special_tokens["[CLS]"] has ids ${JSON.stringify(ids)}, but the ` +
+        `vocabulary gives "[CLS]" the id ${clsId}: the ids would not be Hugging Face's`,
+    );
+  }
+  TextTokenizer.fromJson(
+    withSpecial({ "[MASK]": { id: "[MASK]", ids: [5], tokens: ["x"] } }),
+    bertModel,
   );
   bertRefused(
     { ...bert, added_tokens: [{ id: 0, content: "[PAD]" }, { id: -1, content: "a" }] },

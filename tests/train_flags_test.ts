@@ -228,6 +228,29 @@ catch (e) { console.log(e.message); }`;
       assert(said.startsWith(`--out ${out}: cannot write in ${dir}/ro: `), said);
     }
     assertEquals(await probe(`${dir}/elsewhere/run`), "ok");
+    // runTraining probes too (a library caller's run), before the model or data are read.
+    const run = `import { parseTrainArgs, runTraining } from "${new URL(
+      "../mod.ts",
+      import.meta.url,
+    )}";
+import { rte } from "${new URL("../tasks/rte.ts", import.meta.url)}";
+const { config } = parseTrainArgs(["--task", "rte", "--model", "no-model", "--data", "no-data",
+  "--out", ${JSON.stringify(`${dir}/ro/run`)}]);
+try { await runTraining(config, { task: rte, quiet: true }); } catch (e) { console.log(e.message); }`;
+    await Deno.writeTextFile(`${dir}/run.ts`, run);
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-env",
+        `--allow-write=${dir}/elsewhere`,
+        `${dir}/run.ts`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const said = new TextDecoder().decode(r.stdout).trim();
+    assert(said.startsWith(`--out ${dir}/ro/run: cannot write in ${dir}/ro: `), said);
     assertEquals([...Deno.readDirSync(`${dir}/ro`)], []);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -20,7 +20,7 @@
 // (the model and data read once before the first step), run_log.ts (log.jsonl).
 
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
-import { checkRunFolder, FlagError, lockOutFolder } from "./flags.ts";
+import { checkRunFolder, FlagError, lockOutFolder, probeRunFolder } from "./flags.ts";
 import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./tune_shapes.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -275,15 +275,21 @@ async function trainPrepared(
   prepareOnce: () => Promise<Prepared>,
 ): Promise<RunMetrics | SeedsMetrics> {
   const out = config.out;
+  if (entries.length > 0 && !entries.includes("run.json")) {
+    // Not written by train.ts (its runs write run.json first): neither ours to replace nor to
+    // continue.
+    throw new Error(
+      `${out} holds ${entries.join(", ")} but no run.json, so it is not a run of train.ts: ` +
+        `choose another --out`,
+    );
+  }
+  // A run that will write finds a folder that takes no file now, before the model and data are
+  // read; a finished run resumed writes nothing (a read-only copy of it still reports), and one
+  // refused for holding a run is refused as such below.
+  const refused = entries.length > 0 && !config.resume && !config.overwrite;
+  const finished = config.resume && entries.includes("metrics.json");
+  if (!refused && !finished) await probeRunFolder(out);
   if (entries.length > 0) {
-    if (!entries.includes("run.json")) {
-      // Not written by train.ts (its runs write run.json first): neither ours to replace nor
-      // to continue.
-      throw new Error(
-        `${out} holds ${entries.join(", ")} but no run.json, so it is not a run ` +
-          `of train.ts: choose another --out`,
-      );
-    }
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);
       // The old run goes only once the new one can start: model, data, head and GPU checked.
