@@ -159,6 +159,9 @@ Deno.test("resume settings: a task script's default folder, and another task's r
     // Without --resume, or with no run.json there yet: nothing recorded, the flags start it.
     assertEquals(await recordedSettings(["--out", config.out]), null);
     assertEquals(await recordedSettings(["--resume", "--out", "runs/none"]), null);
+    // A file at --out is left to checkRunFolder, which names --out.
+    await Deno.writeTextFile("a-file", "");
+    assertEquals(await recordedSettings(["--resume", "--out", "a-file"]), null);
   } finally {
     Deno.chdir(cwd);
     await Deno.remove(dir, { recursive: true });

@@ -47,7 +47,8 @@ export async function recordedSettings(
   const out = f.out ?? recipe.out ?? defaultOut(args, recipe);
   if (out === null) return null;
   const path = `${out}/run.json`;
-  if (!(await exists(path))) return null;
+  // Not a folder (a file at --out): checkRunFolder says so, in the words of --out.
+  if (!(await exists(path).catch(() => false))) return null;
   const run = await readRunJson(path);
   const settings = run.settings;
   if (settings === null || typeof settings !== "object" || Array.isArray(settings)) {
