@@ -243,6 +243,46 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "train --seeds: a summary that cannot be written says the run is kept, and --resume ends it",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-summary-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      const out = `${dir}/run`;
+      const args = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--seeds", "2"],
+        "--no-autotune",
+      ];
+      // The summary metrics.json may not be made (as a full disk or a read-only folder would
+      // refuse it); each seed's own results are written.
+      const denied = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `--deny-write=${out}/metrics.json`, TRAIN_TS, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const last = new TextDecoder().decode(denied.stderr).trim().split("\n").at(-1)!;
+      assertEquals(denied.code, 1, last);
+      assert(
+        last.startsWith(`train: ${out}/metrics.json: write failed: `) &&
+          /; the run in \S+ is kept; once it can be written, continue with: deno run -A \S*train\.ts .* --resume$/
+            .test(last),
+        last,
+      );
+      assert(await exists(`${out}/seed-43/metrics.json`));
+      const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
+      assertEquals((await child.status).code, 0, await stderr);
+      assert(await exists(`${out}/metrics.json`));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "train: Ctrl-C stops the run with status 130 and the command that resumes it",
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });

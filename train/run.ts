@@ -49,7 +49,9 @@ import {
   checkStepStats,
   drawFiguresCommand,
   explainRunError,
+  isWriteFailure,
   nonFiniteOutputsFault,
+  resumeCommand,
   RunFaultError,
   type RunPlace,
   setRunResumable,
@@ -228,6 +230,16 @@ export async function runTraining(
     const metrics = await trainInFolder(config, options, held);
     await options.afterRun?.(metrics);
     return metrics;
+  } catch (e) {
+    // A write that failed outside a seed's training (a --seeds run's summary, a submission
+    // file): the run is kept, and --resume writes what is missing.
+    if (isWriteFailure(e) && await exists(`${config.out}/run.json`)) {
+      throw new RunFaultError(
+        `${e.message}; the run in ${config.out} is kept; once it can be written, continue ` +
+          `with: ${resumeCommand()}`,
+      );
+    }
+    throw e;
   } finally {
     held.lock?.close();
   }
