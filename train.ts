@@ -28,6 +28,7 @@ import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import { interruptedMessage, readsTrainFlags } from "./train/run_faults.ts";
+import { runEntries, writesIntoFolder } from "./train/run_folder.ts";
 import { parseOverRecorded, recordedSettings } from "./train/resume_settings.ts";
 import type { Task } from "./train/task.ts";
 
@@ -83,7 +84,7 @@ export async function trainFromArgs(
     : parseTrainArgs(args, recipe, taskData);
   // Before a download of the data or the model, which a wrong --out would waste.
   await checkRunFolder(config.out);
-  if (await willWrite(config)) await probeRunFolder(config.out);
+  if (writesIntoFolder(config, await runEntries(config.out))) await probeRunFolder(config.out);
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
   // A recorded learning rate is the one the run trained with, whatever the model.
   const recipeLr = recipe.lr !== undefined && !typed.has("lr") && !recorded;
@@ -138,19 +139,6 @@ export async function runTaskScript(task: Task, recipe: Recipe, mini?: Recipe): 
     taskHelp(task.name, recipe, mini, ownScript()),
     { flagsOnly: true },
   );
-}
-
-/**
- * Whether a run with `config` writes into its folder: --overwrite does; not a finished run
- * resumed (nothing to do; its results may be read from a read-only copy), nor one the folder's
- * run refuses (another run without --resume or --overwrite: refused as such, later). runTraining
- * probes again, for library callers (trainPrepared).
- */
-async function willWrite(config: TrainConfig): Promise<boolean> {
-  const has = (name: string) => Deno.stat(`${config.out}/${name}`).then(() => true, () => false);
-  if (config.overwrite) return true;
-  if (config.resume) return !(await has("metrics.json"));
-  return !(await has("run.json"));
 }
 
 /**

@@ -93,6 +93,7 @@ import {
   readRunJson,
   RUN_FOLDERS,
   runEntries,
+  writesIntoFolder,
 } from "./run_folder.ts";
 import { RunLog } from "./run_log.ts";
 import { resumeElsewhereNote, runEnvironment } from "./environment.ts";
@@ -295,12 +296,8 @@ async function trainPrepared(
         `choose another --out`,
     );
   }
-  // A run that will write finds a folder that takes no file now, before the model and data are
-  // read; a finished run resumed writes nothing (a read-only copy of it still reports), and one
-  // refused for holding a run is refused as such below.
-  const refused = entries.length > 0 && !config.resume && !config.overwrite;
-  const finished = config.resume && entries.includes("metrics.json");
-  if (!refused && !finished) await probeRunFolder(out);
+  // Before the model and data are read (train.ts probed already; a library caller has not).
+  if (writesIntoFolder(config, entries)) await probeRunFolder(out);
   if (entries.length > 0) {
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);

@@ -46,6 +46,20 @@ export async function runEntries(dir: string): Promise<string[]> {
 }
 
 /**
+ * Whether a run of `config` writes into its folder, whose run entries are `entries` (runEntries):
+ * --overwrite does, and a new run, and an unfinished one resumed; a finished run resumed writes
+ * nothing (a read-only copy of it still reports), and one refused for holding a run is refused
+ * as such. What decides whether --out is probed for a file before any work (probeRunFolder).
+ */
+export function writesIntoFolder(
+  config: Pick<TrainConfig, "resume" | "overwrite">,
+  entries: readonly string[],
+): boolean {
+  if (config.overwrite || entries.length === 0) return true;
+  return config.resume && !entries.includes("metrics.json");
+}
+
+/**
  * --overwrite: the model, head and data must not lie in what it removes (they are read again
  * after the removal: the run would fail, or its end would).
  */
