@@ -654,14 +654,6 @@ async function main(args: string[]): Promise<void> {
   }
 }
 
-function isFileSync(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * The flags --resume took from pretrain.json (`flags`), its path, --out once known, and whether
  * the run there is one --resume goes on with (this process resumed it or wrote its pretrain.json).
@@ -761,7 +753,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   if (await isDirectory(out)) await lockOut(out);
   // A run that will write is probed now, before the corpus is read; a finished one resumed
   // writes nothing (its folder may be a read-only copy).
-  if (!(f.resume && isFileSync(`${out}/result.json`))) await probeRunFolder(out);
+  if (!(f.resume && await exists(`${out}/result.json`))) await probeRunFolder(out);
   // A checkpoint to continue is opened (and its head type checked) before the corpus is read.
   const opened = f.model ? await openModel(f.model) : null;
   if (opened) mlmHeadNames(opened.config);

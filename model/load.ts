@@ -74,7 +74,6 @@ export interface OpenModelOptions extends ResolveModelOptions {
  * config.json of its own); else none.
  */
 export async function runFolderModels(dir: string): Promise<string[]> {
-  const isFile = (path: string) => Deno.stat(path).then((i) => i.isFile, () => false);
   if (await isFile(`${dir}/config.json`)) return [];
   if (!(await isFile(`${dir}/run.json`)) && !(await isFile(`${dir}/pretrain.json`))) return [];
   const found: string[] = [];
@@ -85,9 +84,9 @@ export async function runFolderModels(dir: string): Promise<string[]> {
   return found;
 }
 
-/** Whether `path` is a file (or, with `any`, anything at all). */
-async function isFile(path: string, any = false): Promise<boolean> {
-  return await Deno.stat(path).then((i) => any || i.isFile, () => false);
+/** Whether `path` is a file (false for anything else, or nothing). */
+async function isFile(path: string): Promise<boolean> {
+  return await Deno.stat(path).then((i) => i.isFile, () => false);
 }
 
 /** The `seed-<n>` folders in `dir` (a --seeds run's), lowest seed first. */
@@ -116,7 +115,7 @@ export async function openModel(
   const parent = idOrPath.replace(/\/+$/, "").replace(/\/?[^/]*$/, "") ||
     (idOrPath.startsWith("/") ? "/" : ".");
   if (
-    !(await isFile(idOrPath, true)) && await isFile(`${parent}/run.json`) &&
+    (await Deno.stat(idOrPath).catch(() => null)) === null && await isFile(`${parent}/run.json`) &&
     /(^|\/)model\/*$/.test(idOrPath)
   ) {
     throw new Error(
