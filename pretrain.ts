@@ -637,7 +637,7 @@ async function main(args: string[]): Promise<void> {
   } catch (e) {
     // A full disk or a read-only folder mid-run: what was kept, and the command that goes on.
     if (isWriteFailure(e) && from.resumable && from.out !== null) {
-      const kept = checkpointOnDisk(from.out);
+      const kept = await checkpointOnDisk(from.out);
       throw new Error(
         `${e.message}; ${
           kept

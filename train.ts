@@ -170,8 +170,8 @@ function setDryRunStatus(result: RunMetrics | SeedsMetrics | DryRunReport): void
  */
 function sayHowToResumeOnInterrupt(name: string, args: readonly string[]): void {
   if (args.includes("--dry-run")) return;
-  Deno.addSignalListener("SIGINT", () => {
-    console.error(`\n${name}: ${interruptedMessage()}`);
+  Deno.addSignalListener("SIGINT", async () => {
+    console.error(`\n${name}: ${await interruptedMessage()}`);
     Deno.exit(130);
   });
 }

@@ -383,13 +383,13 @@ Deno.test("run faults: a failed write of log.jsonl (a full disk) names the file 
 });
 
 Deno.test("run faults: what Ctrl-C says, before the training and during it", async () => {
-  assertEquals(interruptedMessage(), "interrupted before the training started");
+  assertEquals(await interruptedMessage(), "interrupted before the training started");
   setTrainingPlace({
     dir: "runs/x",
     checkpoint: { path: "runs/x/checkpoint.safetensors", step: 8 },
   });
   try {
-    const line = interruptedMessage();
+    const line = await interruptedMessage();
     assert(
       line.startsWith(
         "interrupted; the last good checkpoint (step 8) is kept in runs/x/checkpoint.safetensors; " +
@@ -398,7 +398,10 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
       line,
     );
     setTrainingPlace({ dir: "runs/x", checkpoint: null });
-    assert(interruptedMessage().includes("no checkpoint was written yet"), interruptedMessage());
+    assert(
+      (await interruptedMessage()).includes("no checkpoint was written yet"),
+      await interruptedMessage(),
+    );
     // Ctrl-C between a checkpoint's rename and its being noted: the file on disk says what is kept.
     const dir = Deno.makeTempDirSync();
     try {
@@ -408,10 +411,10 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
       }, { ehft_training_state: state });
       setTrainingPlace({ dir, checkpoint: { path: `${dir}/checkpoint.safetensors`, step: 4 } });
       assert(
-        interruptedMessage().startsWith(
+        (await interruptedMessage()).startsWith(
           `interrupted; the last good checkpoint (step 6) is kept in ${dir}/checkpoint.safetensors`,
         ),
-        interruptedMessage(),
+        await interruptedMessage(),
       );
     } finally {
       Deno.removeSync(dir, { recursive: true });
@@ -419,7 +422,7 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
     // Between seeds, or after a seed's end: no seed's checkpoint to name, the run goes on.
     setTrainingPlace(null);
     setRunResumable(true);
-    assertEquals(interruptedMessage(), `interrupted; to go on: ${resumeCommand()}`);
+    assertEquals(await interruptedMessage(), `interrupted; to go on: ${resumeCommand()}`);
   } finally {
     setTrainingPlace(null);
     setRunResumable(false);

@@ -7,6 +7,7 @@ import { DeviceLostError, GpuError } from "../kernels/device.ts";
 import type { StepStats } from "./trainer.ts";
 import { microBatchSize } from "./config.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
+import { openSafetensors } from "../model/safetensors.ts";
 
 /** A run stopped by a fault; its message is the whole story, on one line. */
 export class RunFaultError extends Error {
@@ -111,14 +112,14 @@ export function setRunResumable(on: boolean): void {
  * (an --overwrite has not replaced the old run yet, so a resume command would be wrong); then
  * what a seed training now has kept, if one is, and the command that goes on.
  */
-export function interruptedMessage(): string {
+export async function interruptedMessage(): Promise<string> {
   if (!resumable && !training) return "interrupted before the training started";
   // The file itself: Ctrl-C may come between a checkpoint's rename and its being noted here.
   const kept = training
     ? `${
       keptCheckpoint({
         ...training,
-        checkpoint: checkpointOnDisk(training.dir) ?? training.checkpoint,
+        checkpoint: await checkpointOnDisk(training.dir) ?? training.checkpoint,
       })
     }; `
     : "";
@@ -126,31 +127,18 @@ export function interruptedMessage(): string {
 }
 
 /**
- * The checkpoint in a run folder and its step, read from the file's header (synchronously: a
- * signal handler asks), or null when there is none or it cannot be read.
+ * The checkpoint in a run folder and its step, read from the file's header (openSafetensors; the
+ * tensors are not read), or null when there is none or it cannot be read.
  */
-export function checkpointOnDisk(dir: string): { path: string; step: number } | null {
+export async function checkpointOnDisk(
+  dir: string,
+): Promise<{ path: string; step: number } | null> {
   const path = `${dir}/${CHECKPOINT_FILE}`;
   try {
-    const file = Deno.openSync(path);
-    try {
-      const size = new Uint8Array(8);
-      if (file.readSync(size) !== 8) return null;
-      const length = Number(new DataView(size.buffer).getBigUint64(0, true));
-      if (length > 100_000_000) return null;
-      const header = new Uint8Array(length);
-      let got = 0;
-      while (got < length) {
-        const n = file.readSync(header.subarray(got));
-        if (n === null || n === 0) return null;
-        got += n;
-      }
-      const meta = JSON.parse(new TextDecoder().decode(header)).__metadata__;
-      const step = JSON.parse(meta.ehft_training_state).step;
-      return Number.isSafeInteger(step) ? { path, step } : null;
-    } finally {
-      file.close();
-    }
+    const reader = await openSafetensors(path);
+    reader.close();
+    const step = JSON.parse(reader.metadata.ehft_training_state).step;
+    return Number.isSafeInteger(step) ? { path, step } : null;
   } catch {
     return null;
   }
