@@ -38,11 +38,17 @@ async function bindingLimit(): Promise<number> {
   return limit;
 }
 
-async function pretrain(args: string[], quiet = true, env: Record<string, string> = {}) {
+async function pretrain(
+  args: string[],
+  quiet = true,
+  env: Record<string, string> = {},
+  denoFlags: string[] = [],
+) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
+      ...denoFlags,
       `${ROOT}pretrain.ts`,
       ...(quiet ? ["--quiet"] : []),
       "--no-autotune",
@@ -827,21 +833,8 @@ test("pretrain.ts: a write that fails mid-run says what was kept and the command
       ...["--max-positions", "16", ...SMALL],
     ];
     // model/ cannot be made (as a full disk or a read-only folder would refuse it), at the end.
-    const denied = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        `--deny-write=${out}/model`,
-        `${ROOT}pretrain.ts`,
-        "--quiet",
-        "--no-autotune",
-        ...args,
-      ],
-      env: { XDG_RUNTIME_DIR: "/tmp" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(denied.stderr).trim();
+    const denied = await pretrain(args, true, {}, [`--deny-write=${out}/model`]);
+    const stderr = denied.stderr.trim();
     assertEquals(denied.code, 1, stderr);
     assert(
       stderr.startsWith(`pretrain: Requires write access to "${out}/model"`) &&

@@ -202,54 +202,43 @@ Deno.test("train flags: an --out that takes no file is refused before any work (
     await Deno.mkdir(`${dir}/elsewhere`);
     // Deno allowed to write elsewhere only: what a read-only mount or folder looks like (root,
     // as tests may run, writes through file permissions).
-    const probe = async (out: string) => {
-      const code = `import { probeRunFolder } from "${new URL(
-        "../train/flags.ts",
-        import.meta.url,
-      )}";
-try { await probeRunFolder(${JSON.stringify(out)}); console.log("ok"); }
-catch (e) { console.log(e.message); }`;
-      await Deno.writeTextFile(`${dir}/probe.ts`, code);
+    // What `code` prints, run as a script that may write in ${dir}/elsewhere only.
+    const limited = async (name: string, code: string) => {
+      await Deno.writeTextFile(`${dir}/${name}`, code);
       const r = await new Deno.Command(Deno.execPath(), {
         args: [
           "run",
           "--allow-read",
           "--allow-env",
           `--allow-write=${dir}/elsewhere`,
-          `${dir}/probe.ts`,
+          `${dir}/${name}`,
         ],
         stdout: "piped",
         stderr: "piped",
       }).output();
       return new TextDecoder().decode(r.stdout).trim();
     };
+    const probe = (out: string) =>
+      limited(
+        "probe.ts",
+        `import { probeRunFolder } from "${new URL("../train/flags.ts", import.meta.url)}";
+try { await probeRunFolder(${JSON.stringify(out)}); console.log("ok"); }
+catch (e) { console.log(e.message); }`,
+      );
     for (const out of [`${dir}/ro`, `${dir}/ro/new/run`]) {
       const said = await probe(out);
       assert(said.startsWith(`--out ${out}: cannot write in ${dir}/ro: `), said);
     }
     assertEquals(await probe(`${dir}/elsewhere/run`), "ok");
     // runTraining probes too (a library caller's run), before the model or data are read.
-    const run = `import { parseTrainArgs, runTraining } from "${new URL(
-      "../mod.ts",
-      import.meta.url,
-    )}";
+    const said = await limited(
+      "run.ts",
+      `import { parseTrainArgs, runTraining } from "${new URL("../mod.ts", import.meta.url)}";
 import { rte } from "${new URL("../tasks/rte.ts", import.meta.url)}";
 const { config } = parseTrainArgs(["--task", "rte", "--model", "no-model", "--data", "no-data",
   "--out", ${JSON.stringify(`${dir}/ro/run`)}]);
-try { await runTraining(config, { task: rte, quiet: true }); } catch (e) { console.log(e.message); }`;
-    await Deno.writeTextFile(`${dir}/run.ts`, run);
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-env",
-        `--allow-write=${dir}/elsewhere`,
-        `${dir}/run.ts`,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const said = new TextDecoder().decode(r.stdout).trim();
+try { await runTraining(config, { task: rte, quiet: true }); } catch (e) { console.log(e.message); }`,
+    );
     assert(said.startsWith(`--out ${dir}/ro/run: cannot write in ${dir}/ro: `), said);
     assertEquals([...Deno.readDirSync(`${dir}/ro`)], []);
   } finally {

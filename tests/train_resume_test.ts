@@ -52,9 +52,10 @@ async function trainingState(dir: string): Promise<Record<string, number>> {
 function spawnTrain(
   args: string[],
   script = TRAIN_TS,
+  denoFlags: string[] = [],
 ): { child: Deno.ChildProcess; stderr: Promise<string> } {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
+    args: ["run", "-A", ...denoFlags, script, ...args],
     env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
     stdout: "null",
     stderr: "piped",
@@ -207,13 +208,8 @@ Deno.test({
 
 Deno.test({
   name: "a task script's killed run goes on with --out and --resume alone",
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "ehft-task-resume-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      await writeNarrowHead(`${dir}/head.safetensors`);
-      const out = `${dir}/run`;
+  fn: () =>
+    withTinyRun("ehft-task-resume-", [], async (dir, out) => {
       // A BERT typed at 1e-5: the script's recipe, also 1e-5, would train a BERT at 3e-5
       // (recipeLearningRate), and the resume would be refused as another --lr.
       const args = [
@@ -236,21 +232,14 @@ Deno.test({
         .filter((l) => l.includes('"loss"'));
       assertEquals(steps.length, 100);
       assert(await exists(`${out}/metrics.json`));
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
   name:
     "train --seeds: a summary that cannot be written says the run is kept, and --resume ends it",
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "ehft-train-summary-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      const out = `${dir}/run`;
+  fn: () =>
+    withTinyRun("ehft-train-summary-", [], async (dir, out) => {
       const args = [
         ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
         ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--seeds", "2"],
@@ -258,14 +247,9 @@ Deno.test({
       ];
       // The summary metrics.json may not be made (as a full disk or a read-only folder would
       // refuse it); each seed's own results are written.
-      const denied = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `--deny-write=${out}/metrics.json`, TRAIN_TS, ...args],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      const last = new TextDecoder().decode(denied.stderr).trim().split("\n").at(-1)!;
-      assertEquals(denied.code, 1, last);
+      const denied = spawnTrain(args, TRAIN_TS, [`--deny-write=${out}/metrics.json`]);
+      const last = (await denied.stderr).trim().split("\n").at(-1)!;
+      assertEquals((await denied.child.status).code, 1, last);
       assert(
         last.startsWith(`train: ${out}/metrics.json: write failed: `) &&
           /; the run in \S+ is kept; once it can be written, continue with: deno run -A \S*train\.ts .* --resume$/
@@ -276,10 +260,7 @@ Deno.test({
       const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
       assertEquals((await child.status).code, 0, await stderr);
       assert(await exists(`${out}/metrics.json`));
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
