@@ -185,11 +185,58 @@ function groupLayout(pipeline: GPUComputePipeline): GPUBindGroupLayout {
 let outgrown = 0;
 
 /**
- * Called when a buffer is left to the garbage collector rather than destroyed (a Workspace that
- * grew: kernels/workspace.ts): every BindGroupCache starts over, so as not to keep it alive.
+ * Per device, the command lists recorded and not yet handed to the queue: a Recorder's from its
+ * first command until its submit has called `queue.submit` (or failed). Weakly: a Recorder
+ * dropped unsubmitted lets go of its list.
  */
-export function bufferOutgrown(): void {
+const unsubmitted = new WeakMap<Gpu, Set<WeakRef<Command[]>>>();
+
+/** Per device, retired buffers still bound by unsubmitted lists, and those lists. */
+const retiring = new WeakMap<Gpu, { buffer: GPUBuffer; until: WeakRef<Command[]>[] }[]>();
+
+function binds(c: Command, buffer: GPUBuffer): boolean {
+  if (c.kind === "copy") return c.src.buffer === buffer || c.dst.buffer === buffer;
+  return c.bindings.some((b) => b.buffer === buffer);
+}
+
+/**
+ * Frees a tracked buffer nothing will use again once the commands already recorded are
+ * submitted (a Workspace that grew: kernels/workspace.ts). A recorded, unsubmitted command may
+ * still bind it, and submitting a destroyed buffer is an error, so it is destroyed at once only
+ * when no unsubmitted list binds it, else after the last such list's submit (work already
+ * submitted may use it: WebGPU frees a destroyed buffer once that work is done). Every
+ * BindGroupCache starts over, so as not to hold bind groups of a buffer no one asks for again.
+ */
+export function retireBuffer(gpu: Gpu, buffer: GPUBuffer): void {
   outgrown++;
+  const until = [...unsubmitted.get(gpu) ?? []].filter((ref) =>
+    ref.deref()?.some((c) => binds(c, buffer))
+  );
+  if (until.length === 0) {
+    gpu.untrackBuffer(buffer);
+    buffer.destroy();
+    return;
+  }
+  const list = retiring.get(gpu) ?? [];
+  list.push({ buffer, until });
+  retiring.set(gpu, list);
+}
+
+/** The list `ref` has been handed to the queue (or dropped): frees what waited only for it. */
+function listSubmitted(gpu: Gpu, ref: WeakRef<Command[]>): void {
+  const open = unsubmitted.get(gpu);
+  open?.delete(ref);
+  const list = retiring.get(gpu);
+  if (!list) return;
+  const waiting = list.filter((r) => {
+    r.until = r.until.filter((u) => u.deref() !== undefined && open?.has(u));
+    if (r.until.length > 0) return true;
+    gpu.untrackBuffer(r.buffer);
+    r.buffer.destroy();
+    return false;
+  });
+  if (waiting.length > 0) retiring.set(gpu, waiting);
+  else retiring.delete(gpu);
 }
 
 /**
@@ -198,7 +245,7 @@ export function bufferOutgrown(): void {
  * anew took over 40% of the host's time per step (58 µs each on lavapipe, about 1,000 a step).
  * Whoever submits such repeated work owns one (the Trainer does) and passes it to its Recorders.
  * It holds its bind groups, and through them their buffers, until `clear` or until a buffer is
- * outgrown (`bufferOutgrown`; then it starts over); past `capacity` it drops the least recently
+ * retired (`retireBuffer`; then it starts over); past `capacity` it drops the least recently
  * used. Batches padded to a new length need new bind groups (about 950 a step at 24 layers), so
  * a cache that started over when full kept rebuilding even the groups every step uses (the
  * optimizer's, a frequent length's). A destroyed buffer's memory is freed all the same, and its
@@ -248,6 +295,8 @@ export class Recorder {
   /** The device it records for. */
   readonly gpu: Gpu;
   private commands: Command[] = [];
+  /** `commands` in the device's unsubmitted lists, once it holds one (see `retireBuffer`). */
+  private listed: WeakRef<Command[]> | null = null;
   private readonly bindGroups: BindGroupCache | null;
 
   /** `bindGroups`: where to find and keep the bind groups of repeated submits (see the class). */
@@ -281,6 +330,7 @@ export class Recorder {
     this.gpu.assertAlive();
     const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
     if (x === 0 || y === 0 || z === 0) return;
+    this.list();
     this.commands.push({
       kind: "dispatch",
       label,
@@ -299,7 +349,25 @@ export class Recorder {
           `"${dst.label}" (${dst.byteLength} bytes)`,
       );
     }
+    this.list();
     this.commands.push({ kind: "copy", label, src, dst });
+  }
+
+  /** Enters `commands` in the device's unsubmitted lists before its first command. */
+  private list(): void {
+    if (this.listed) return;
+    this.listed = new WeakRef(this.commands);
+    const open = unsubmitted.get(this.gpu) ?? new Set();
+    open.add(this.listed);
+    unsubmitted.set(this.gpu, open);
+  }
+
+  /** Takes the recorded commands (the Recorder is empty again) and their entry in the lists. */
+  private take(): { commands: Command[]; listed: WeakRef<Command[]> | null } {
+    const taken = { commands: this.commands, listed: this.listed };
+    this.commands = [];
+    this.listed = null;
+    return taken;
   }
 
   /**
@@ -323,7 +391,8 @@ export class Recorder {
     expectTimestamps(this.gpu, "timing");
     const dispatches = this.commands.filter((c) => c.kind === "dispatch").length;
     if (dispatches > TIMED_DISPATCHES) {
-      this.commands = [];
+      const { listed } = this.take();
+      if (listed) listSubmitted(this.gpu, listed);
       throw new GpuError(
         `submitTimed: ${dispatches} dispatches, more than the ${TIMED_DISPATCHES} one submit ` +
           "can time",
@@ -343,12 +412,14 @@ export class Recorder {
    */
   private submitProfiled(profile: DispatchProfile | undefined): Promise<void> {
     const gpu = this.gpu;
-    const commands = this.commands;
-    this.commands = [];
+    const { commands, listed } = this.take();
     const previous = submitting.get(gpu);
-    const mine = previous
+    const run = previous
       ? previous.then(() => this.submitNow(commands, profile))
       : this.submitNow(commands, profile);
+    const mine = run.finally(() => {
+      if (listed) listSubmitted(gpu, listed);
+    });
     const settled = mine.then(() => {}, () => {});
     submitting.set(gpu, settled);
     settled.then(() => {

@@ -1,10 +1,11 @@
 // A scratch buffer an op keeps per device between calls, grown on demand. Sharing one is safe
 // where an op writes and reads it only between the dispatches of one call (dispatches run in
-// order). An outgrown buffer is not destroyed: a recorded, unsubmitted command may still bind it
-// (and the bind-group caches let go of it: `bufferOutgrown`).
+// order). An outgrown buffer is destroyed once no recorded, unsubmitted command binds it
+// (`retireBuffer`): a sequence length that keeps growing would otherwise leave one buffer per
+// length to the garbage collector, which knows nothing of GPU memory.
 
 import type { Gpu } from "./device.ts";
-import { bufferOutgrown } from "./recorder.ts";
+import { retireBuffer } from "./recorder.ts";
 import { createTensor, type DType, Tensor } from "./tensor.ts";
 
 export class Workspace {
@@ -27,8 +28,8 @@ export class Workspace {
     const need = dtype === "f16" ? Math.ceil(elements / 2) : elements;
     let t = this.byGpu.get(gpu);
     if (!t || t.numel < need) {
-      if (t) bufferOutgrown();
       const grown = this.doubling ? 2 * (t?.numel ?? 0) : 0;
+      if (t) retireBuffer(gpu, t.buffer);
       t = createTensor(gpu, [Math.max(need, this.minElements, grown)], "f32", this.label);
       this.byGpu.set(gpu, t);
     }

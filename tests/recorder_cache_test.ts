@@ -134,10 +134,63 @@ gpuTest("BindGroupCache: starts over when a workspace outgrows its buffer", (gpu
   const scratch = new Workspace("recorder cache test scratch");
   scratch.view(gpu, [8]);
   assert(cache.get("a") === group, "a first buffer outgrows nothing");
-  scratch.view(gpu, [8000]); // the 8-element buffer is left to the garbage collector
+  scratch.view(gpu, [8000]); // the 8-element buffer is retired
   assertEquals(cache.get("a"), undefined);
   assertEquals(cache.size, 0);
 });
+
+gpuTest("Workspace: an outgrown buffer is freed at once when nothing recorded binds it", (gpu) => {
+  // It was left to the garbage collector: a sequence length that kept growing held one buffer
+  // per length, uncounted by the GC, until it happened to run.
+  const scratch = new Workspace("outgrown, unbound");
+  const base = gpu.liveBytes;
+  for (const n of [7, 70, 700, 7000]) {
+    scratch.view(gpu, [n]);
+    assertEquals(gpu.liveBytes - base, 4 * n, `after growing to ${n}`);
+  }
+});
+
+gpuTest(
+  "Workspace: an outgrown buffer bound by unsubmitted commands is freed after their submit",
+  async (gpu) => {
+    // Destroying it at once would fail the submit (a destroyed buffer in a command buffer).
+    const n = 29;
+    const x = tensorFromArray(
+      gpu,
+      Float32Array.from({ length: n }, (_, i) => i % 5 - 1.5),
+      [n],
+      "x",
+    );
+    const out = createTensor(gpu, [n], "f32", "out");
+    const pipeline = getPipeline(gpu, "scale", SCALE_WGSL);
+    const scratch = new Workspace("outgrown, bound");
+    const base = gpu.liveBytes;
+    const rec = new Recorder(gpu);
+    const other = new Recorder(gpu);
+    try {
+      const small = scratch.view(gpu, [n]);
+      rec.dispatch("scale into scratch", pipeline, [x, small], 1, params(3, n));
+      rec.copy("scratch out", small, out);
+      other.dispatch("scale elsewhere", pipeline, [x, out], 1, params(1, n)); // binds other buffers
+      scratch.view(gpu, [5000]);
+      assertEquals(gpu.liveBytes - base, 4 * n + 4 * 5000, "kept while rec binds it");
+      await other.submit();
+      assertEquals(gpu.liveBytes - base, 4 * n + 4 * 5000, "other's submit frees nothing");
+      await rec.submit();
+      assertEquals(gpu.liveBytes - base, 4 * 5000, "freed once rec is submitted");
+      const xs = await x.download() as Float32Array;
+      assertEquals(
+        Array.from(await out.download() as Float32Array),
+        Array.from(xs, (v, i) => Math.fround(v * 3 + i)),
+      );
+      scratch.view(gpu, [9000]);
+      assertEquals(gpu.liveBytes - base, 4 * 9000, "nothing unsubmitted binds it: freed at once");
+    } finally {
+      x.destroy();
+      out.destroy();
+    }
+  },
+);
 
 Deno.test("BindGroupCache: when full, drops the least recently used", () => {
   // Starting over when full rebuilt the groups every step uses along with a stale length's.
