@@ -288,6 +288,24 @@ Deno.test("train config: runTraining's config is checked as its flags would be",
     { resume: "false" as unknown as boolean },
     'runTraining: config.resume is "false", not true or false',
   );
+  // A misspelt key was ignored: the run trained at the default rate.
+  const misspelt = (key: string, message: string) => {
+    const e = assertThrows(() => checkConfigValues({ ...config, [key]: 1 }), FlagError);
+    assertEquals(e.message, message);
+  };
+  misspelt(
+    "learningRate",
+    "runTraining: config.learningRate is not a setting (did you mean config.lr?)",
+  );
+  misspelt(
+    "batch_size",
+    "runTraining: config.batch_size is not a setting (did you mean config.batchSize?)",
+  );
+  misspelt(
+    "wamupRatio",
+    "runTraining: config.wamupRatio is not a setting (did you mean config.warmupRatio?)",
+  );
+  misspelt("zzz", "runTraining: config.zzz is not a setting (TrainConfig lists them)");
   // A two-stage run without a stage-1 rate of its own trains stage 1 at the main rate.
   checkConfigValues({ ...config, stage1Lr: null });
   refused({ loraR: 2.5 }, 'runTraining: config.loraR: expected an integer ≥ 1, got "2.5"');

@@ -17,6 +17,7 @@ import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
 import {
   choiceFlag,
+  closestFlag,
   FlagError,
   intFlag,
   parseFlags,
@@ -116,6 +117,56 @@ export interface TrainConfig {
    */
   analysis: boolean;
 }
+
+/**
+ * Every TrainConfig key (the type makes the list whole): a library caller's misspelt key
+ * (`learningRate` for `lr`) is refused by checkConfigValues rather than trained without.
+ */
+const CONFIG_KEYS: Record<keyof TrainConfig, true> = {
+  task: true,
+  model: true,
+  revision: true,
+  data: true,
+  strategy: true,
+  peft: true,
+  seed: true,
+  seeds: true,
+  epochs: true,
+  maxSteps: true,
+  stage1Ratio: true,
+  lr: true,
+  stage1Lr: true,
+  batchSize: true,
+  gradAccum: true,
+  maxLength: true,
+  dropout: true,
+  precision: true,
+  shuffle: true,
+  schedule: true,
+  warmupRatio: true,
+  weightDecay: true,
+  maxGradNorm: true,
+  loraR: true,
+  loraAlpha: true,
+  prefixLength: true,
+  head: true,
+  evalEvery: true,
+  checkpointEvery: true,
+  out: true,
+  resume: true,
+  overwrite: true,
+  analysis: true,
+};
+
+/** Other tools' names for a setting, too far from ours for closestFlag to suggest it. */
+const KEY_ALIASES: Record<string, keyof TrainConfig> = {
+  learningRate: "lr",
+  learning_rate: "lr",
+  numEpochs: "epochs",
+  num_train_epochs: "epochs",
+  maxSeqLength: "maxLength",
+  max_seq_length: "maxLength",
+};
 
 /** The settings that define a run (what a resumed run must agree on). */
 export type RunSettings = Omit<TrainConfig, "resume" | "overwrite" | "analysis">;
@@ -604,6 +655,14 @@ function settingApplies(key: string, settings: Record<string, unknown>): boolean
  * checked.
  */
 export function checkConfigValues(config: TrainConfig): void {
+  for (const key of Object.keys(config)) {
+    if (Object.hasOwn(CONFIG_KEYS, key)) continue;
+    const hint = KEY_ALIASES[key] ?? closestFlag(key, Object.keys(CONFIG_KEYS));
+    throw new FlagError(
+      `runTraining: config.${key} is not a setting` +
+        (hint ? ` (did you mean config.${hint}?)` : " (TrainConfig lists them)"),
+    );
+  }
   const settings = { ...runSettings(config) } as Record<string, unknown>;
   for (const mode of ["resume", "overwrite", "analysis"] as const) {
     const value = (config as unknown as Record<string, unknown>)[mode];
