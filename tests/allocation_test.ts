@@ -136,3 +136,63 @@ for (const mode of ["ft", "lora", "prefix"] as const) {
     }
   });
 }
+
+// Batches padded to a growing length grow the ops' workspaces: each outgrown buffer was left to
+// the garbage collector (which knows nothing of GPU memory), one per length, until it happened to
+// run. Now every workspace holds one buffer at a time.
+gpuTest("allocation: steps at growing lengths leave one live buffer per workspace", async (gpu) => {
+  const config = await readConfig(`${TINY_BERT}/config.json`);
+  const peft = createPeft("prefix", gpu, config, PEFT_DEFAULTS);
+  const lengths = [4, 6, 9, 13, 17];
+  const trainer = new Trainer(gpu, {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: 3,
+    maxSeq: lengths.at(-1)!,
+    headSeed: 1,
+    dropoutSeed: 2,
+    peft,
+    adamw: ADAMW_DEFAULTS,
+  });
+  const device = gpu.device;
+  const create = device.createBuffer;
+  const live = new Map<string, number>();
+  device.createBuffer = (descriptor: GPUBufferDescriptor) => {
+    const buffer = create.call(device, descriptor);
+    const label = descriptor.label ?? "";
+    live.set(label, (live.get(label) ?? 0) + 1);
+    const destroy = buffer.destroy;
+    buffer.destroy = () => {
+      live.set(label, live.get(label)! - 1);
+      destroy.call(buffer);
+    };
+    return buffer;
+  };
+  try {
+    trainer.beginStage({ head: true, backbone: "peft", peft: true }, ADAMW_DEFAULTS);
+    for (const [step, S] of lengths.entries()) {
+      await trainer.step(
+        {
+          examples: 3,
+          encoder: {
+            inputIds: Uint32Array.from({ length: 3 * S }, (_, i) => 5 + ((i * 7 + step) % 90)),
+            batch: 3,
+            seqLen: S,
+          },
+          targets: Float32Array.from([0, 1, step % 2]),
+        },
+        1e-3,
+        step,
+      );
+    }
+    const stats = await trainer.takeStats();
+    assert(stats.every((s) => Number.isFinite(s.loss)), "finite losses");
+    const grown = [...live].filter(([, n]) => n > 1);
+    assertEquals(grown, [], "labels with more than one live buffer made during the steps");
+    assert(live.size > 0, "the steps made workspaces");
+  } finally {
+    device.createBuffer = create;
+    trainer.destroy();
+  }
+});
