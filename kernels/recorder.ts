@@ -209,9 +209,13 @@ function binds(c: Command, buffer: GPUBuffer): boolean {
  */
 export function retireBuffer(gpu: Gpu, buffer: GPUBuffer): void {
   outgrown++;
-  const until = [...unsubmitted.get(gpu) ?? []].filter((ref) =>
-    ref.deref()?.some((c) => binds(c, buffer))
-  );
+  const open = unsubmitted.get(gpu) ?? new Set();
+  const until: WeakRef<Command[]>[] = [];
+  for (const ref of open) {
+    const commands = ref.deref();
+    if (commands === undefined) open.delete(ref); // its Recorder was dropped unsubmitted
+    else if (commands.some((c) => binds(c, buffer))) until.push(ref);
+  }
   if (until.length === 0) {
     gpu.untrackBuffer(buffer);
     buffer.destroy();
