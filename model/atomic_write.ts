@@ -12,35 +12,43 @@ export function temporaryName(path: string): string {
 
 const TEMPORARY = /\.tmp-[0-9a-f]{8}$/;
 
-/** Whether `name` is an atomic write's temporary file (`temporaryName`). */
-export function isTemporaryName(name: string): boolean {
-  return TEMPORARY.test(name);
+/** The name of the file whose atomic write `name` is the temporary of; null if it is none. */
+export function temporaryTarget(name: string): string | null {
+  return TEMPORARY.test(name) ? name.replace(TEMPORARY, "") : null;
 }
 
 /**
  * Removes the temporary files that atomic writes left in `dir` when the process was killed
  * mid-write: the targets themselves are whole (the rename never happened), so these are never
- * needed. Only `dir` itself and, all the way down, the subfolders named in `own` (the ones the
- * caller writes: model/, analysis/, ...): a folder of anything else, such as another run kept
+ * needed. In `dir` itself only those of the files named in `files` (the caller's own: run.json,
+ * ...): another program may be writing a file of its own there right now (predict.ts --out
+ * into a run folder), and its temporary is not stale. All the way down the subfolders named in
+ * `own` (model/, analysis/, ...), every one; a folder of anything else, such as another run kept
  * inside this one, is not this process's to clean. Returns how many it removed.
  */
 export function removeStaleTemporaries(
   dir: string,
+  files: readonly string[],
   own: readonly string[] = [],
 ): Promise<number> {
-  return removeTemporaries(dir, (name) => own.includes(name));
+  return removeTemporaries(dir, (name) => own.includes(name), (target) => files.includes(target));
 }
 
-/** removeStaleTemporaries in `dir`, going into the subfolders `descend` names, all the way down. */
+/**
+ * removeStaleTemporaries in `dir`: the temporaries of the files `mine` names, and in the
+ * subfolders `descend` names every one, all the way down.
+ */
 async function removeTemporaries(
   dir: string,
   descend: (name: string) => boolean,
+  mine: (target: string) => boolean,
 ): Promise<number> {
   let removed = 0;
   for await (const e of Deno.readDir(dir)) {
     const path = `${dir}/${e.name}`;
-    if (e.isDirectory && descend(e.name)) removed += await removeTemporaries(path, () => true);
-    else if (e.isFile && TEMPORARY.test(e.name)) {
+    if (e.isDirectory && descend(e.name)) {
+      removed += await removeTemporaries(path, () => true, () => true);
+    } else if (e.isFile && mine(temporaryTarget(e.name) ?? "")) {
       await Deno.remove(path);
       removed++;
     }

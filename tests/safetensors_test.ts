@@ -902,6 +902,8 @@ Deno.test("atomic write: the temporaries a killed write left are removed, nothin
       "analysis/figures/loss.svg.tmp-89abcdef": "half a figure",
       "checkpoint.safetensors": "whole",
       "notes.tmp-mine": "a user's file",
+      // Another program's write into the folder, in progress: not a file the caller writes.
+      "predictions.jsonl.tmp-a1b2c3d4": "predict.ts --out writing now",
       "model/x.tmp-0123abc": "seven digits: not ours",
       // Another run kept inside this one, writing now: not this run's to clean.
       "inner/checkpoint.safetensors.tmp-fedcba98": "another run's write in progress",
@@ -909,7 +911,8 @@ Deno.test("atomic write: the temporaries a killed write left are removed, nothin
     for (const [name, text] of Object.entries(files)) {
       await Deno.writeTextFile(`${dir}/${name}`, text);
     }
-    assertEquals(await removeStaleTemporaries(dir, ["model", "analysis"]), 3);
+    const mine = ["run.json", "checkpoint.safetensors"];
+    assertEquals(await removeStaleTemporaries(dir, mine, ["model", "analysis"]), 3);
     const left: string[] = [];
     for (const sub of ["", "model/", "analysis/figures/", "inner/"]) {
       for await (const e of Deno.readDir(`${dir}/${sub}`)) if (e.isFile) left.push(sub + e.name);
@@ -919,6 +922,7 @@ Deno.test("atomic write: the temporaries a killed write left are removed, nothin
       "inner/checkpoint.safetensors.tmp-fedcba98",
       "model/x.tmp-0123abc",
       "notes.tmp-mine",
+      "predictions.jsonl.tmp-a1b2c3d4",
     ]);
   });
 });

@@ -647,8 +647,10 @@ Deno.test({
       );
 
       // A good one replaces every file of the old run, and only those: with them go the
-      // temporaries a killed write of the old run left, not those of a run kept inside it.
+      // temporaries a killed write of the old run left, not those of a run kept inside it or
+      // another program's write in progress.
       await Deno.writeTextFile(`${out}/checkpoint.safetensors.tmp-0123abcd`, "half");
+      await Deno.writeTextFile(`${out}/predictions.jsonl.tmp-a1b2c3d4`, "predict.ts writing");
       await Deno.mkdir(`${out}/inner`);
       await Deno.writeTextFile(`${out}/inner/checkpoint.safetensors.tmp-89abcdef`, "in progress");
       await run(out, "--model", `${dir}/model`, "--overwrite", "--seed", "7");
@@ -657,7 +659,10 @@ Deno.test({
       assertEquals(await Deno.readTextFile(`${out}/notes.txt`), "mine\n");
       const entries: string[] = [];
       for await (const e of Deno.readDir(out)) entries.push(e.name);
-      assertEquals(entries.filter((n) => /tmp-|^\.removing-/.test(n)), []);
+      assertEquals(entries.filter((n) => /tmp-|^\.removing-/.test(n)), [
+        "predictions.jsonl.tmp-a1b2c3d4",
+      ]);
+      await Deno.remove(`${out}/predictions.jsonl.tmp-a1b2c3d4`);
       assertEquals(
         await Deno.readTextFile(`${out}/inner/checkpoint.safetensors.tmp-89abcdef`),
         "in progress",

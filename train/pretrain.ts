@@ -190,6 +190,9 @@ const STATS_CAPACITY = 64;
 
 export const PRETRAIN_LOG = "log.jsonl";
 
+/** The files a pretraining run writes in its folder itself (pretrain.ts writes the two JSONs). */
+const PRETRAIN_FILES = ["pretrain.json", "result.json", PRETRAIN_LOG, CHECKPOINT_FILE];
+
 /** Tensors of the training state under checkpoint names. */
 function namedParameters(config: ModelConfig, encoder: Encoder, head: MlmHead) {
   const params = new Map<string, Tensor>();
@@ -588,7 +591,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     let pendingTokens = 0, pendingMasked = 0;
     const params = trainer.parameters();
     const checkpoint = o.resume ? await readTrainingCheckpoint(checkpointPath) : null;
-    if (o.resume) await removeStaleTemporaries(o.out, ["model"]);
+    if (o.resume) await removeStaleTemporaries(o.out, PRETRAIN_FILES, ["model"]);
     if (checkpoint) {
       uploadByName("resume", checkpoint.params, params);
       const moments = trainer.optimizer.moments();

@@ -28,10 +28,10 @@ import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
   isDirectory,
-  isTemporaryName,
   removeEntries,
   removeStaleTemporaries,
   REMOVING_PREFIX,
+  temporaryTarget,
   writeFileAtomic,
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
@@ -91,6 +91,7 @@ import {
   checkSameSettings,
   clearFinishedLeftovers,
   readRunJson,
+  RUN_FILES,
   RUN_FOLDERS,
   runEntries,
   writesIntoFolder,
@@ -305,11 +306,12 @@ async function trainPrepared(
       await prepareOnce();
       if (!options.gpu) await getGpu();
       // All or nothing (a removal cut short by a folder it may not change would leave neither
-      // run): with the old run's entries go the temporaries its killed writes left, and what an
-      // earlier --overwrite could not delete.
+      // run): with the old run's entries go the temporaries its killed writes left (not another
+      // program's write in progress: predict.ts --out into the folder), and what an earlier
+      // --overwrite could not delete.
       const leftovers: string[] = [];
       for await (const e of Deno.readDir(out)) {
-        const temporary = e.isFile && isTemporaryName(e.name);
+        const temporary = e.isFile && RUN_FILES.includes(temporaryTarget(e.name) ?? "");
         if (temporary || (e.isDirectory && e.name.startsWith(REMOVING_PREFIX))) {
           leftovers.push(e.name);
         }
@@ -340,7 +342,7 @@ async function trainPrepared(
       const dirs = runFolders(config);
       // A multi-seed run's seed folders are its own too (each one's checkpoint included).
       for (const d of dirs) await clearFinishedLeftovers(d);
-      if (config.seeds > 1) await removeStaleTemporaries(out);
+      if (config.seeds > 1) await removeStaleTemporaries(out, RUN_FILES);
       let drawn = 0;
       for (const d of dirs) if (await drawMissingFigures(d, options.quiet ?? false)) drawn++;
       const metrics = await readRunJson(`${out}/metrics.json`);
@@ -352,7 +354,7 @@ async function trainPrepared(
     return await runSeed(out, config, config.seed, options, null, prepareOnce);
   }
   // Each seed's folder is cleaned by its own runSeed; the summary's writes are this folder's.
-  if (config.resume) await removeStaleTemporaries(out);
+  if (config.resume) await removeStaleTemporaries(out, RUN_FILES);
 
   if (!(await exists(`${out}/run.json`))) {
     // The model, data and GPU first, as a single seed's run: a run that cannot start writes
@@ -457,7 +459,7 @@ async function runSeed(
   const { model } = p;
   const checkpointPath = `${dir}/${CHECKPOINT_FILE}`;
   // A run killed inside an atomic write left its temporary file: the target is whole without it.
-  if (config.resume) await removeStaleTemporaries(dir, RUN_FOLDERS);
+  if (config.resume) await removeStaleTemporaries(dir, RUN_FILES, RUN_FOLDERS);
   const resolved = options.peft ? { ...p.resolved, peft_method: options.peft.name } : p.resolved;
   if (config.resume) {
     await checkSameData(dir, config.out, resolved, config.data);

@@ -31,6 +31,9 @@ const RUN_ENTRIES = [
 /** The folders of RUN_ENTRIES: what the run writes into them is its own (temporaries included). */
 export const RUN_FOLDERS = ["model", "stage1", "adapter", "analysis"];
 
+/** The files of RUN_ENTRIES: the ones a run writes in its folder itself. */
+export const RUN_FILES = RUN_ENTRIES.filter((name) => !RUN_FOLDERS.includes(name));
+
 /** The run entries present in `dir` (seed-* folders included), sorted. */
 export async function runEntries(dir: string): Promise<string[]> {
   const found: string[] = [];
@@ -232,7 +235,7 @@ async function withSeedSiblings(dir: string, out: string): Promise<string[]> {
  */
 export async function clearFinishedLeftovers(dir: string): Promise<void> {
   await Deno.remove(`${dir}/${CHECKPOINT_FILE}`).catch(() => {});
-  await removeStaleTemporaries(dir, RUN_FOLDERS);
+  await removeStaleTemporaries(dir, RUN_FILES, RUN_FOLDERS);
 }
 
 /**
