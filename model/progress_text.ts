@@ -1,10 +1,22 @@
 // Progress text on stderr shared by the downloaders (model weights, task data).
 
-/** Writes all of `text` to stderr synchronously (a progress line must not interleave). */
+let stderrLost = false;
+
+/**
+ * Writes all of `text` to stderr synchronously (a progress line must not interleave). A stderr
+ * that can no longer be written (its reader gone: `2>&1 | head`, a killed tee, a closed ssh
+ * session; or a full disk) silences the progress from then on instead of failing the training
+ * or download it reports on, as console.error's own lines are dropped then.
+ */
 export function writeStderr(text: string): void {
+  if (stderrLost) return;
   const data = new TextEncoder().encode(text);
   let written = 0;
-  while (written < data.length) written += Deno.stderr.writeSync(data.subarray(written));
+  try {
+    while (written < data.length) written += Deno.stderr.writeSync(data.subarray(written));
+  } catch {
+    stderrLost = true;
+  }
 }
 
 /** Bytes as MB (or GB above 1e9). */

@@ -264,6 +264,37 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train: a stderr whose reader is gone (2>&1 | head) silences the progress, not the run",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-epipe-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      const out = `${dir}/run`;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`],
+          ...["--data", `${dir}/data`, "--out", out, "--strategy", "ft", "--batch-size", "8"],
+          ...["--max-steps", "70", "--eval-every", "10"],
+        ],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      // The first line read, the pipe closes: every later progress write fails (EPIPE). It
+      // threw out of the training loop, and the run ended with status 1 and no word.
+      const reader = child.stderr.getReader();
+      await reader.read();
+      await reader.cancel();
+      assertEquals((await child.status).code, 0);
+      assert(await exists(`${out}/metrics.json`), "the run finished");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "train: Ctrl-C stops the run with status 130 and the command that resumes it",
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });

@@ -1,6 +1,8 @@
 // Progress on stderr: a bar redrawn in place on a terminal (stage, step, loss, speed, time left),
 // plain lines otherwise (one per logged block of steps and per evaluation), nothing when quiet.
 
+import { writeStderr } from "../model/progress_text.ts";
+
 export interface ProgressOptions {
   /** Steps of the whole run. */
   total: number;
@@ -12,8 +14,6 @@ export interface ProgressOptions {
   /** Override terminal detection (tests). */
   terminal?: boolean;
 }
-
-const encoder = new TextEncoder();
 
 function duration(seconds: number): string {
   if (!Number.isFinite(seconds)) return "?";
@@ -42,7 +42,7 @@ export class Progress {
   }
 
   private write(text: string): void {
-    Deno.stderr.writeSync(encoder.encode(text));
+    writeStderr(text);
   }
 
   /** Steps per second since this run (or resumption) started, and the time left. */
