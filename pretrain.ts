@@ -66,7 +66,12 @@ import {
   vocabTxt,
 } from "./train/vocab_prune.ts";
 import { MAX_SEED, numberFlag } from "./train/config.ts";
-import { checkpointOnDisk, isWriteFailure, resumeCommand } from "./train/run_faults.ts";
+import {
+  checkpointOnDisk,
+  isWriteFailure,
+  resumeCommand,
+  stopWithWord,
+} from "./train/run_faults.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -632,19 +637,22 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  */
 async function main(args: string[]): Promise<void> {
   const from: RecordedFlags = { path: "", flags: {}, out: null, resumable: false };
+  // Ctrl-C or SIGTERM: stopped where it is, as a kill would (writes are atomic), with a word.
+  stopWithWord(
+    "pretrain",
+    async (how) =>
+      from.resumable && from.out !== null
+        ? `${how}; ${await keptInRun(from.out)}; to go on: ${resumeOf(from.out)}`
+        : `${how} before the training started`,
+  );
   try {
     await pretrainMain(args, from);
   } catch (e) {
     // A full disk or a read-only folder mid-run: what was kept, and the command that goes on.
     if (isWriteFailure(e) && from.resumable && from.out !== null) {
-      const kept = await checkpointOnDisk(from.out);
       throw new Error(
-        `${e.message}; ${
-          kept
-            ? `the last checkpoint (step ${kept.step}) is kept in ${kept.path}`
-            : "no checkpoint was written yet"
-        }; once it can be written, continue with: ` +
-          resumeCommand(["--out", from.out], Deno.mainModule, true),
+        `${e.message}; ${await keptInRun(from.out)}; once it can be written, continue with: ` +
+          resumeOf(from.out),
       );
     }
     if (!(e instanceof FlagError)) throw e;
@@ -652,6 +660,19 @@ async function main(args: string[]): Promise<void> {
     if (!named.some((flag) => flag in from.flags)) throw e;
     throw new FlagError(`${from.path}: ${e.message}`);
   }
+}
+
+/** What a pretraining run in `out` has kept: its checkpoint's step, if it has one. */
+async function keptInRun(out: string): Promise<string> {
+  const kept = await checkpointOnDisk(out);
+  return kept
+    ? `the last checkpoint (step ${kept.step}) is kept in ${kept.path}`
+    : "no checkpoint was written yet (--checkpoint-every sets how often)";
+}
+
+/** The command that goes on with the pretraining run in `out`. */
+function resumeOf(out: string): string {
+  return resumeCommand(["--out", out], Deno.mainModule, true);
 }
 
 /**

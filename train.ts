@@ -27,7 +27,7 @@ import {
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
-import { interruptedMessage, readsTrainFlags } from "./train/run_faults.ts";
+import { interruptedMessage, readsTrainFlags, stopWithWord } from "./train/run_faults.ts";
 import { runEntries, writesIntoFolder } from "./train/run_folder.ts";
 import { parseOverRecorded, recordedSettings } from "./train/resume_settings.ts";
 import type { Task } from "./train/task.ts";
@@ -164,16 +164,14 @@ function setDryRunStatus(result: RunMetrics | SeedsMetrics | DryRunReport): void
 }
 
 /**
- * Ctrl-C stops the run where it is, as a kill would (checkpoints and results are written
- * atomically), and says what was kept and the command that goes on (interruptedMessage). Exit
- * status 130, as the shell's own for SIGINT. A dry run writes nothing: Ctrl-C only stops it.
+ * Ctrl-C, or the SIGTERM a scheduler (slurm at its time limit) or `kill` sends, stops the run
+ * where it is, as a kill would (checkpoints and results are written atomically), and says what
+ * was kept and the command that goes on (interruptedMessage). Exit status 130 or 143, as the
+ * shell's own for these signals. SIGHUP keeps its default: handling it would undo nohup. A dry
+ * run writes nothing: a signal only stops it.
  */
 function sayHowToResumeOnInterrupt(name: string, args: readonly string[]): void {
-  if (args.includes("--dry-run")) return;
-  Deno.addSignalListener("SIGINT", async () => {
-    console.error(`\n${name}: ${await interruptedMessage()}`);
-    Deno.exit(130);
-  });
+  if (!args.includes("--dry-run")) stopWithWord(name, interruptedMessage);
 }
 
 if (import.meta.main) {

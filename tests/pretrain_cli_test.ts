@@ -853,3 +853,53 @@ test("pretrain.ts: a write that fails mid-run says what was kept and the command
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** A stop signal, how pretrain.ts says it, and the exit status. */
+const STOPS = [
+  ["SIGINT", "interrupted", 130],
+  ["SIGTERM", "terminated by SIGTERM", 143],
+] as const;
+
+for (const [signal, how, code] of STOPS) {
+  test(`pretrain.ts: ${signal} stops with status ${code}, what was kept and how to go on`, async () => {
+    // It died without a word (a scheduler's time limit sends SIGTERM).
+    const dir = await Deno.makeTempDir();
+    try {
+      await writeCorpus(`${dir}/corpus.txt`);
+      const out = `${dir}/run`;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", `${ROOT}pretrain.ts`, "--no-autotune", "--out", out],
+          ...["--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
+          ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
+          ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+          ...["--max-positions", "16", "--max-length", "16", "--batch-size", "4"],
+          ...["--steps", "100000", "--checkpoint-every", "2", "--eval-every", "1000"],
+        ],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const stderr = new Response(child.stderr).text();
+      let ended = false;
+      child.status.then(() => ended = true);
+      while (!(await exists(`${out}/checkpoint.safetensors`))) {
+        if (ended) throw new Error(`pretrain.ts ended first: ${await stderr}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      child.kill(signal);
+      assertEquals((await child.status).code, code);
+      const last = (await stderr).trim().split("\n").at(-1)!;
+      assert(
+        new RegExp(
+          `^pretrain: ${how}; the last checkpoint \\(step \\d+\\) is kept in ` +
+            `${out}/checkpoint\\.safetensors; to go on: deno run -A .*pretrain\\.ts ` +
+            `--out ${out} --resume$`,
+        ).test(last),
+        last,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}

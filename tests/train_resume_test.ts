@@ -294,43 +294,52 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "train: Ctrl-C stops the run with status 130 and the command that resumes it",
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      const out = `${dir}/run`;
-      const args = [
-        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
-        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
-        ...["--checkpoint-every", "2", "--max-length", "100000"],
-      ];
-      const { child, stderr } = spawnTrain(args);
-      while ((await checkpointStage(out)) === null) await new Promise((r) => setTimeout(r, 10));
-      child.kill("SIGINT");
-      const status = await child.status;
-      const text = await stderr;
-      const last = text.trim().split("\n").at(-1)!;
-      assertEquals(status.code, 130, last);
-      // The first line says how long the inputs are: the model's limit, not the flag's 100000.
-      assert(
-        /^rte: \d+ train and \d+ val examples of ≤ 33 tokens, 400 steps, on /m.test(text),
-        text,
-      );
-      assert(
-        /^train: interrupted; the last good checkpoint \(step \d+\) is kept in .+; to go on: deno run -A .+ --resume$/
-          .test(last),
-        last,
-      );
-      assert(await exists(`${out}/checkpoint.safetensors`));
-      assert(!(await exists(`${out}/metrics.json`)));
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
+for (
+  const [signal, how, code] of [
+    ["SIGINT", "interrupted", 130],
+    ["SIGTERM", "terminated by SIGTERM", 143], // a scheduler's time limit: it died without a word
+  ] as const
+) {
+  Deno.test({
+    name: `train: ${signal} stops the run with status ${code} and the command that resumes it`,
+    fn: async () => {
+      const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });
+      try {
+        await writeTinyBert(`${dir}/model`, false);
+        await writeMarkerData(`${dir}/data`);
+        const out = `${dir}/run`;
+        const args = [
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
+          ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
+          ...["--checkpoint-every", "2", "--max-length", "100000"],
+        ];
+        const { child, stderr } = spawnTrain(args);
+        while ((await checkpointStage(out)) === null) await new Promise((r) => setTimeout(r, 10));
+        child.kill(signal);
+        const status = await child.status;
+        const text = await stderr;
+        const last = text.trim().split("\n").at(-1)!;
+        assertEquals(status.code, code, last);
+        // The first line says how long the inputs are: the model's limit, not the flag's 100000.
+        assert(
+          /^rte: \d+ train and \d+ val examples of ≤ 33 tokens, 400 steps, on /m.test(text),
+          text,
+        );
+        assert(
+          new RegExp(
+            `^train: ${how}; the last good checkpoint \\(step \\d+\\) is kept in .+; to go on: ` +
+              "deno run -A .+ --resume$",
+          ).test(last),
+          last,
+        );
+        assert(await exists(`${out}/checkpoint.safetensors`));
+        assert(!(await exists(`${out}/metrics.json`)));
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
 
 Deno.test({
   name: "train --precision f16: loss scale in the log, a killed run resumes bit for bit",

@@ -108,12 +108,33 @@ export function setRunResumable(on: boolean): void {
 }
 
 /**
- * What Ctrl-C says in train.ts and the task scripts: before the run folder holds a run, only that
- * (an --overwrite has not replaced the old run yet, so a resume command would be wrong); then
- * what a seed training now has kept, if one is, and the command that goes on.
+ * On Ctrl-C (SIGINT) or SIGTERM, says `name: <message(how)>` on stderr and exits with the shell's
+ * status for the signal (130, 143): `how` is "interrupted" or "terminated by SIGTERM". SIGHUP
+ * keeps its default (a handler would undo nohup); Windows has SIGINT alone.
  */
-export async function interruptedMessage(): Promise<string> {
-  if (!resumable && !training) return "interrupted before the training started";
+export function stopWithWord(name: string, message: (how: string) => Promise<string>): void {
+  const signals = [["SIGINT", "interrupted", 130], [
+    "SIGTERM",
+    "terminated by SIGTERM",
+    143,
+  ]] as const;
+  for (const [signal, how, status] of signals) {
+    if (Deno.build.os === "windows" && signal !== "SIGINT") continue;
+    Deno.addSignalListener(signal, async () => {
+      console.error(`\n${name}: ${await message(how)}`);
+      Deno.exit(status);
+    });
+  }
+}
+
+/**
+ * What Ctrl-C (or a SIGTERM: `how` "terminated by SIGTERM") says in train.ts and the task
+ * scripts: before the run folder holds a run, only that (an --overwrite has not replaced the old
+ * run yet, so a resume command would be wrong); then what a seed training now has kept, if one
+ * is, and the command that goes on.
+ */
+export async function interruptedMessage(how = "interrupted"): Promise<string> {
+  if (!resumable && !training) return `${how} before the training started`;
   // The file itself: Ctrl-C may come between a checkpoint's rename and its being noted here.
   const kept = training
     ? `${
@@ -123,7 +144,7 @@ export async function interruptedMessage(): Promise<string> {
       })
     }; `
     : "";
-  return `interrupted; ${kept}to go on: ${resumeCommand()}`;
+  return `${how}; ${kept}to go on: ${resumeCommand()}`;
 }
 
 /**
