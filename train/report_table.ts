@@ -31,6 +31,7 @@ import { seedFolderNames } from "../model/load.ts";
 import { seedFolder, seedList, UNRECORDED_SETTINGS } from "./config.ts";
 import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 import { describeRecord } from "./environment.ts";
+import { RUN_FOLDERS } from "./run_folder.ts";
 import { plural } from "../model/progress_text.ts";
 
 /** A column of the table: a task, its title and the metric it shows. */
@@ -321,11 +322,20 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
   const visited = new Set<string>();
 
   const walk = async (dir: string): Promise<void> => {
+    // A folder may go while the report reads (an --overwrite moving a run's entries away, a
+    // failed start removing its empty --out, a user deleting a run): it is passed over then.
+    await walkFolder(dir).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
+    });
+  };
+
+  const walkFolder = async (dir: string): Promise<void> => {
     const real = await Deno.realPath(dir);
     if (visited.has(real)) return;
     visited.add(real);
     let seedFolders: string[] = [];
-    if (await statOrNull(`${dir}/run.json`)) {
+    const isRun = (await statOrNull(`${dir}/run.json`)) !== null;
+    if (isRun) {
       // Runs kept inside a run's folder (runs/rte/ beside runs/rte/ehft-bitfit/) are runs too;
       // a --seeds run's own seed folders count through it alone.
       // A damaged run.json or metrics.json leaves that run out, named, not the whole report
@@ -354,7 +364,9 @@ export async function findRuns(paths: readonly string[]): Promise<FoundRuns> {
     for await (const e of Deno.readDir(dir)) {
       // A .removing- folder holds what --overwrite is deleting (or could not delete).
       const removing = e.name.startsWith(REMOVING_PREFIX);
-      if ((e.isDirectory || e.isSymlink) && !seedFolders.includes(e.name) && !removing) {
+      // A run's own folders (model/, stage1/, ...) hold no runs.
+      const own = isRun && RUN_FOLDERS.includes(e.name);
+      if ((e.isDirectory || e.isSymlink) && !seedFolders.includes(e.name) && !removing && !own) {
         children.push(e.name);
       }
     }
