@@ -15,7 +15,7 @@
 // replace the earlier ones in one pass, figures, results.*, and report.md last; only then are the
 // earlier report's figures that this one does not draw removed.
 
-import { writeFilesAtomic } from "./model/atomic_write.ts";
+import { lockFolder, writeFilesAtomic } from "./model/atomic_write.ts";
 import { seedFolderNames } from "./model/load.ts";
 import { REPORT_HELP } from "./train/help.ts";
 import {
@@ -153,7 +153,7 @@ export async function report(
   log: (line: string) => void = (line) => console.error(line),
 ): Promise<ResultsTable> {
   const overwrite = args.overwrite ?? false;
-  const held = args.out === null ? [] : await checkOutDir(args.out, overwrite);
+  if (args.out !== null) await checkOutDir(args.out, overwrite);
   const found = await findRuns(args.paths);
   const table = buildTable(found);
   for (const s of table.skipped) log(`report: skipped ${s.path}: ${s.reason}`);
@@ -217,16 +217,29 @@ export async function report(
     files.push(["report.md", reportMarkdown(args, tableFile, found.runs, figures, figureNote)]);
     // Every file is written in full before any replaces an earlier one, report.md last; then the
     // earlier report's figures that this one does not draw go.
-    const stale = held.filter((h) => !files.some(([name]) => name === h));
     const made = figures.length ? `${out}/${FIGURES_DIR}` : out;
     const existed = await Deno.stat(made).then(() => true, () => false);
     await Deno.mkdir(made, { recursive: true });
-    await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const))
-      .catch(async (e) => {
-        // Nothing was replaced: a folder made for the files goes too (when still empty).
-        if (!existed) await Deno.remove(made).catch(() => {});
-        throw e;
-      });
+    // Locked while it writes: two reports into one --out both passed its check above, and the
+    // later replaced the earlier without --overwrite.
+    const lock = await lockFolder(out);
+    let stale: string[];
+    try {
+      if (lock === "held") {
+        throw new Error(
+          `--out ${out}: another report.ts is writing into it: wait for it, or choose another ` +
+            "folder",
+        );
+      }
+      // What another report wrote there since the check counts as the folder's now.
+      stale = (await checkOutDir(out, overwrite)).filter((h) => !files.some(([n]) => n === h));
+      await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const));
+    } catch (e) {
+      // Nothing was replaced: a folder made for the files goes too (when still empty).
+      if (!existed) await Deno.remove(made).catch(() => {});
+      if (lock !== "held") lock?.close();
+      throw e;
+    }
     // The new report is written: an old figure that cannot be removed is a note, not a failure.
     const removed: string[] = [];
     const kept: string[] = [];
@@ -241,6 +254,7 @@ export async function report(
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).
       await Deno.remove(`${out}/${FIGURES_DIR}`).catch(() => {});
     }
+    lock?.close();
     log(`report: ${out}/results.md, results.csv and results.json written`);
     if (removed.length) {
       log(`report: ${out}: removed ${removed.join(", ")} (the earlier report's, not drawn now)`);

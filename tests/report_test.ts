@@ -8,6 +8,7 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { checkOutDir, FIGURE_NAMES, parseReportArgs, report } from "../report.ts";
+import { lockFolder } from "../model/atomic_write.ts";
 import { distanceStats } from "../train/analysis.ts";
 import { FlagError } from "../train/flags.ts";
 import {
@@ -302,6 +303,33 @@ Deno.test("report: markdown, CSV and JSON of hand-written run folders, exactly",
   assertEquals(JSON.parse(JSON.stringify(tableJson(table))), expectedJson(dir));
 });
 
+Deno.test("report: a folder that goes while the runs are found is passed over", async () => {
+  // An --overwrite beside the report moves a run's entries away: findRuns failed with
+  // "No such file or directory ... readdir" and the report with it.
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-gone-" });
+  const realPath = Deno.realPath;
+  try {
+    await single(`${dir}/a`, "rte", "ft", null, 1, { accuracy: 0.7 });
+    await single(`${dir}/b`, "rte", "ft", null, 2, { accuracy: 0.6 });
+    await Deno.mkdir(`${dir}/b/model`);
+    await Deno.mkdir(`${dir}/c/inner`, { recursive: true });
+    const entered: string[] = [];
+    Deno.realPath = async (path: string | URL) => {
+      entered.push(String(path).slice(dir.length));
+      // Gone between the listing of its parent and its reading.
+      if (String(path) === `${dir}/c`) await Deno.remove(path, { recursive: true });
+      return await realPath(path);
+    };
+    const found = await findRuns([dir]);
+    assertEquals(found.runs.map((r) => r.path), [`${dir}/a`, `${dir}/b`]);
+    // A run's own folders hold no runs: model/ is not read.
+    assertEquals(entered, ["", "/a", "/b", "/c"]);
+  } finally {
+    Deno.realPath = realPath;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("report: discovery counts a multi-seed run once and skips unfinished runs", async () => {
   const { dir } = await prepare();
   const runs = `${dir}/runs`;
@@ -544,6 +572,42 @@ async function analysedRun(
     [1, 2, 3].map((step) => JSON.stringify({ step, loss: 1 / step })).join("\n") + "\n",
   );
 }
+
+Deno.test("report: --out another report is writing into is refused, and a report written meanwhile kept", async () => {
+  // Two reports into one --out both passed the check before their work, and the later
+  // replaced the earlier without --overwrite.
+  const { dir, paths } = await prepare();
+  const out = `${dir}/out-raced`;
+  await Deno.mkdir(out);
+  const other = await lockFolder(out);
+  assert(other !== null && other !== "held", "the test holds --out as another report would");
+  try {
+    await assertRejects(
+      () => report(parseReportArgs([...paths, "--out", out]), () => {}),
+      Error,
+      `--out ${out}: another report.ts is writing into it: wait for it, or choose another folder`,
+    );
+  } finally {
+    other.close();
+  }
+  assertEquals([...Deno.readDirSync(out)], []);
+  // Another report's files, written after this one's check: refused without --overwrite.
+  const realPath = Deno.realPath;
+  Deno.realPath = async (path: string | URL) => {
+    await Deno.writeTextFile(`${out}/results.md`, "another report\n");
+    return await realPath(path);
+  };
+  try {
+    await assertRejects(
+      () => report(parseReportArgs([...paths, "--out", out]), () => {}),
+      FlagError,
+      `--out ${out} already holds results.md: pass --overwrite`,
+    );
+  } finally {
+    Deno.realPath = realPath;
+  }
+  assertEquals(await Deno.readTextFile(`${out}/results.md`), "another report\n");
+});
 
 Deno.test("report: --out refuses a file, and a folder holding report.ts's outputs", async () => {
   const { dir, paths } = await prepare();
