@@ -20,6 +20,7 @@ import {
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
+import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
@@ -543,6 +544,41 @@ async function withTinyRun(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test({
+  name: "train --seeds: a seed folder another train.ts is running in is refused",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // `train.ts --out <out>/seed-43 --resume` beside the --seeds run locked only its own --out,
+    // and both trained seed 43 into one folder.
+    await withTinyRun("ehft-train-seed-lock-", ["--seeds", "2"], async (_dir, out, run) => {
+      // Seed 43's folder is taken by another process as soon as it is made.
+      let other: Deno.FsFile | null | "held" = null;
+      const mkdir = Deno.mkdir;
+      Deno.mkdir = async (path: string | URL, options?: Deno.MkdirOptions) => {
+        await mkdir(path, options);
+        if (String(path) === `${out}/seed-43` && other === null) {
+          other = await lockFolder(String(path));
+        }
+      };
+      try {
+        await assertRejects(
+          () => run(),
+          Error,
+          `${out}/seed-43 is in use: another train.ts is running in it (wait for it to end, ` +
+            "then --resume)",
+        );
+      } finally {
+        Deno.mkdir = mkdir;
+        if (other !== null && other !== "held") (other as Deno.FsFile).close();
+      }
+      assert(await exists(`${out}/seed-42/metrics.json`), "seed 42 trained");
+      assert(!(await exists(`${out}/seed-43/run.json`)), "seed 43 left alone");
+      await run("--resume");
+      assert(await exists(`${out}/metrics.json`), "the run goes on once the folder is free");
+    });
+  },
+});
 
 Deno.test({
   name: "train --resume on a folder that holds no run says so, and starts one",

@@ -28,6 +28,7 @@ import type { Tensor } from "../kernels/tensor.ts";
 import {
   exists,
   isDirectory,
+  lockFolder,
   removeEntries,
   removeStaleTemporaries,
   REMOVING_PREFIX,
@@ -434,7 +435,35 @@ async function writeTokenizer(model: OpenedModel, dir: string): Promise<void> {
 /** Log lines between flushes (the step stats wait on the GPU until then). */
 const LOG_BLOCK = 32;
 
+/**
+ * Trains one seed into `dir`: `config.out`, or a --seeds run's seed folder, which is a run folder
+ * of its own (`train.ts --out <out>/seed-42 --resume` reaches it) and so is locked while its seed
+ * trains, as `--out` is: two processes never train one seed.
+ */
 async function runSeed(
+  dir: string,
+  config: TrainConfig,
+  seed: number,
+  options: RunOptions,
+  label: string | null,
+  prepareOnce: () => Promise<Prepared>,
+): Promise<RunMetrics> {
+  if (dir === config.out) return await trainSeed(dir, config, seed, options, label, prepareOnce);
+  await Deno.mkdir(dir, { recursive: true });
+  const lock = await lockFolder(dir);
+  if (lock === "held") {
+    throw new Error(
+      `${dir} is in use: another train.ts is running in it (wait for it to end, then --resume)`,
+    );
+  }
+  try {
+    return await trainSeed(dir, config, seed, options, label, prepareOnce);
+  } finally {
+    lock?.close();
+  }
+}
+
+async function trainSeed(
   dir: string,
   config: TrainConfig,
   seed: number,
