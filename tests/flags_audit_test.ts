@@ -629,6 +629,22 @@ await runMain("t", async (args) => {
   },
 );
 
+subprocess(
+  "flags audit: --help into a stdout that cannot take it is one line, exit 1",
+  async () => {
+    // It was printed before runMain's error handling: an uncaught error and its stack.
+    if (!(await Deno.stat("/dev/full").then(() => true, () => false))) return;
+    const r = await new Deno.Command("bash", {
+      args: ["-c", `"${Deno.execPath()}" run -A train.ts --help > /dev/full`],
+      cwd: ROOT,
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1", PATH: Deno.env.get("PATH") ?? "" },
+      stderr: "piped",
+    }).output();
+    const lines = new TextDecoder().decode(r.stderr).split("\n").filter((l) => l);
+    assertEquals([r.code, lines], [1, ["train: No space left on device (os error 28)"]]);
+  },
+);
+
 Deno.test("flags audit: a run's seeds all fit the seed range (seed + seeds − 1 ≤ 2^32 − 1)", () => {
   // Past 2^32 − 1 the seeds would wrap: seed-4294967296 would train exactly as seed-0 did.
   checkTrainRows([

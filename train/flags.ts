@@ -364,10 +364,7 @@ export async function runMain(
   if (options.flagsOnly && args[0] === "--") args.shift();
   const end = args.indexOf("--");
   const flags = end < 0 ? args : args.slice(0, end);
-  if (help !== undefined && (flags.includes("--help") || flags.includes("-h"))) {
-    console.log(help);
-    return;
-  }
+  const wantsHelp = help !== undefined && (flags.includes("--help") || flags.includes("-h"));
   const debug = flags.includes("--debug");
   const rest = [...flags.filter((a) => a !== "--debug"), ...(end < 0 ? [] : args.slice(end))];
   let failed = false;
@@ -392,7 +389,9 @@ export async function runMain(
     fail(event.error ?? event.message);
   });
   try {
-    await main(rest);
+    // Inside: a stdout that cannot take it (>/dev/full) is one line too, not a stack trace.
+    if (wantsHelp) console.log(help);
+    else await main(rest);
   } catch (e) {
     fail(e);
   }
