@@ -406,10 +406,13 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
   await checkFoldersCanBeMade(out, "--out", true);
 }
 
+/** `--out -`: the predictions go to stdout (for a pipe), not into a file called "-". */
+const STDOUT = "-";
+
 async function main(args: string[]) {
   const { out, overwrite, data: typedData, splitTyped, options } = await parsePredictArgs(args);
   const { task } = options;
-  await checkOutPath(out, overwrite);
+  if (out !== STDOUT) await checkOutPath(out, overwrite);
   // A file is read as it is: a --split that names another split would be ignored (test.tsv read
   // for --split val); one that names the file's own is what it is.
   const named = (typedData?.split("/").pop() ?? "").split(".")[0];
@@ -428,9 +431,25 @@ async function main(args: string[]) {
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
   const predictions = await predict({ ...options, data });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
+  const text = predictions.map((p) => JSON.stringify(p)).join("\n") + "\n";
+  if (out === STDOUT) {
+    await writeStdout(text);
+    console.error(`predict: ${plural(predictions.length, "prediction")} written to stdout`);
+    return;
+  }
   await Deno.mkdir(parentOf(out), { recursive: true });
-  await writeFileAtomic(out, predictions.map((p) => JSON.stringify(p)).join("\n") + "\n");
+  await writeFileAtomic(out, text);
   console.error(`predict: ${plural(predictions.length, "prediction")} written to ${out}`);
+}
+
+/** All of `text` to stdout; a reader that stopped early (`| head`) wanted no more. */
+async function writeStdout(text: string): Promise<void> {
+  const data = new TextEncoder().encode(text);
+  try {
+    for (let at = 0; at < data.length;) at += await Deno.stdout.write(data.subarray(at));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
+  }
 }
 
 if (import.meta.main) await runMain("predict", main, PREDICT_HELP);

@@ -65,6 +65,22 @@ Deno.test({
         assert(Number.isFinite(line.logits[0]));
         assertEquals(line.prediction, line.logits[0] > 0 ? "not_entailment" : "entailment");
       }
+      // `--out -`: the same lines on stdout (it made a file called "-").
+      const piped = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", new URL("../predict.ts", import.meta.url).pathname],
+          ...["--model", `${dir}/model`, "--task", "rte", "--data", data, "--out", "-"],
+        ],
+        cwd: dir,
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const said = new TextDecoder().decode(piped.stderr);
+      assertEquals(piped.code, 0, said);
+      assertEquals(new TextDecoder().decode(piped.stdout), await Deno.readTextFile(out));
+      assert(said.endsWith("predict: 5 predictions written to stdout\n"), said);
+      assert(!(await Deno.stat(`${dir}/-`).then(() => true, () => false)), "a file called -");
       // The same model run in one batch of 5 gives the same logits.
       const whole = await predict({
         model: `${dir}/model`,

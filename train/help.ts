@@ -147,7 +147,8 @@ Writes one JSON object per example, {"idx": ..., "logits": [...], "prediction": 
 
   --model DIR|HUB_ID      a fine-tuned model (a run's model/ folder) or a hub id
   --task NAME             ${TASK_NAMES}
-  --out FILE              the predictions (JSON lines); its folder is created if missing
+  --out FILE              the predictions (JSON lines); its folder is created if missing;
+                          - writes them to stdout
   --overwrite             replace an existing --out file
   --data PATH             the task's data (default: its shipped folder, or its download)
   --split NAME            train, the task's dev split or test (default: the dev split); with
