@@ -48,7 +48,10 @@ async function removeTemporaries(
     const path = `${dir}/${e.name}`;
     if (e.isDirectory && descend(e.name)) {
       removed += await removeTemporaries(path, () => true, () => true);
-    } else if (e.isFile && mine(temporaryTarget(e.name) ?? "")) {
+      continue;
+    }
+    const target = temporaryTarget(e.name);
+    if (e.isFile && target !== null && mine(target)) {
       await Deno.remove(path);
       removed++;
     }
