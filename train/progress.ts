@@ -13,6 +13,22 @@ export interface ProgressOptions {
   label?: string;
   /** Override terminal detection (tests). */
   terminal?: boolean;
+  /** Override the terminal's width (tests). */
+  columns?: number;
+}
+
+/** Whether stderr is a terminal that redraws a line in place (not TERM=dumb, e.g. Emacs's). */
+function redrawingTerminal(): boolean {
+  return Deno.stderr.isTerminal() && Deno.env.get("TERM") !== "dumb";
+}
+
+/** The terminal's width in columns, or null when it cannot be told. */
+function terminalColumns(): number | null {
+  try {
+    return Deno.consoleSize().columns || null;
+  } catch {
+    return null;
+  }
 }
 
 function duration(seconds: number): string {
@@ -32,11 +48,13 @@ export class Progress {
   private readonly started = performance.now();
   private lastDraw = 0;
   private barShown = false;
+  private readonly columns: number | null;
 
   constructor(opts: ProgressOptions) {
     this.total = opts.total;
     this.quiet = opts.quiet ?? false;
-    this.terminal = opts.terminal ?? Deno.stderr.isTerminal();
+    this.terminal = opts.terminal ?? redrawingTerminal();
+    this.columns = opts.columns ?? (this.terminal ? terminalColumns() : null);
     this.label = opts.label ? `${opts.label} ` : "";
     this.startDone = opts.done ?? 0;
   }
@@ -63,10 +81,12 @@ export class Progress {
     const { rate, left } = this.speed(done);
     const bar = "█".repeat(filled) + "░".repeat(width - filled);
     const lossText = loss === null ? "" : ` loss ${loss.toFixed(4)}`;
-    this.write(
-      `\r\x1b[K${this.label}${stage} ${bar} ${done}/${this.total}${lossText} ` +
-        `${rate.toFixed(2)} it/s, ${duration(left)} left`,
-    );
+    const line = `${this.label}${stage} ${bar} ${done}/${this.total}${lossText} ` +
+      `${rate.toFixed(2)} it/s, ${duration(left)} left`;
+    // Cut to the width: a line that wraps is not redrawn in place (\x1b[K clears only its last
+    // row), and every redraw would leave a row behind on a narrow terminal.
+    const fits = this.columns === null ? line : [...line].slice(0, this.columns - 1).join("");
+    this.write(`\r\x1b[K${fits}`);
     this.barShown = true;
   }
 

@@ -1,0 +1,35 @@
+// The progress bar on a terminal, and the plain lines elsewhere.
+
+import { assert, assertEquals } from "./assert.ts";
+import { Progress } from "../train/progress.ts";
+
+/** What `fn` writes to stderr through writeSync. */
+function captured(fn: () => void): string {
+  const writeSync = Deno.stderr.writeSync;
+  const chunks: Uint8Array[] = [];
+  Deno.stderr.writeSync = (data: Uint8Array) => {
+    chunks.push(data.slice());
+    return data.length;
+  };
+  try {
+    fn();
+  } finally {
+    Deno.stderr.writeSync = writeSync;
+  }
+  return chunks.map((c) => new TextDecoder().decode(c)).join("");
+}
+
+Deno.test("progress: the bar is cut to the terminal's width, the plain lines are whole", () => {
+  // A bar wider than the terminal wraps, and \x1b[K clears only its last row: each redraw left
+  // a row behind on a 40-column pane.
+  const bar = new Progress({ total: 100000, terminal: true, columns: 30, label: "seed 42" });
+  const drawn = captured(() => bar.step("stage2", 12345, 0.6931));
+  assert(drawn.startsWith("\r\x1b[Kseed 42 stage2 "), JSON.stringify(drawn));
+  assertEquals([...drawn.slice("\r\x1b[K".length)].length, 29);
+  const wide = new Progress({ total: 100000, terminal: true, columns: 200, label: "seed 42" });
+  const whole = captured(() => wide.step("stage2", 12345, 0.6931));
+  assert(/ 12345\/100000 loss 0\.6931 .* it\/s, .* left$/.test(whole), JSON.stringify(whole));
+  const plain = new Progress({ total: 100000, terminal: false, columns: 30 });
+  const line = captured(() => plain.logged("stage2", 12345, 0.6931));
+  assert(/^stage2 step 12345\/100000 loss 0\.6931 \(.* left\)\n$/.test(line), line);
+});
