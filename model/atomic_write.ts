@@ -193,20 +193,29 @@ export async function syncFolder(dir: string): Promise<void> {
  * Locks the folder `dir` for this process: an advisory lock on the folder itself, so nothing is
  * written into it, and the system drops it when the process ends, killed or not. "held" when
  * another process (or another open of it in this one) holds it; null where folders cannot be
- * locked (Windows), and the caller goes on unguarded. Close the handle to release it.
+ * locked (Windows; a file system without locks, as some network ones), and the caller goes on
+ * unguarded: `unlockable` is told why, except on Windows, where that is the rule. Close the
+ * handle to release it.
  */
-export async function lockFolder(dir: string): Promise<Deno.FsFile | null | "held"> {
+export async function lockFolder(
+  dir: string,
+  unlockable?: (why: string) => void,
+): Promise<Deno.FsFile | null | "held"> {
+  const cannot = (e: unknown) => {
+    if (Deno.build.os !== "windows") unlockable?.((e as Error).message);
+    return null;
+  };
   let folder: Deno.FsFile;
   try {
     folder = await Deno.open(dir, { read: true });
-  } catch {
-    return null;
+  } catch (e) {
+    return cannot(e);
   }
   try {
     if (await folder.tryLock(true)) return folder;
-  } catch {
+  } catch (e) {
     folder.close();
-    return null;
+    return cannot(e);
   }
   folder.close();
   return "held";

@@ -2,6 +2,8 @@
 // it must never turn a finished write into a failure), and removing a folder's entries whole.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { lockOutFolder } from "../train/flags.ts";
+import { capturingErrors } from "./train_fixture.ts";
 import {
   parentOf,
   removeEntries,
@@ -163,5 +165,33 @@ Deno.test("writeFileAtomic, writeFilesAtomic: a pipe or device is not replaced b
     ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("lockOutFolder: a folder the file system cannot lock is said in one line", async () => {
+  // On a file system without locks (some network ones) the run went on unguarded, silently.
+  const dir = await Deno.makeTempDir({ prefix: "ehft-unlockable-" });
+  const tryLock = Deno.FsFile.prototype.tryLock;
+  Deno.FsFile.prototype.tryLock = () => Promise.reject(new Error("Operation not supported"));
+  try {
+    const { result, lines } = await capturingErrors(() => lockOutFolder(dir, "train.ts"));
+    assertEquals(result, null);
+    assertEquals(lines, [
+      `note: --out ${dir} cannot be locked here (Operation not supported): nothing keeps another ` +
+      "train.ts from running in it at the same time",
+    ]);
+  } finally {
+    Deno.FsFile.prototype.tryLock = tryLock;
+    await Deno.remove(dir);
+  }
+  // Where it can, nothing is said.
+  const lockable = await Deno.makeTempDir({ prefix: "ehft-lockable-" });
+  try {
+    const { result, lines } = await capturingErrors(() => lockOutFolder(lockable, "train.ts"));
+    assert(result !== null, "locked");
+    result.close();
+    assertEquals(lines, []);
+  } finally {
+    await Deno.remove(lockable);
   }
 });

@@ -108,11 +108,17 @@ export async function probeRunFolder(out: string): Promise<void> {
 }
 
 /**
- * Locks the run folder `--out` for this process (lockFolder): null where folders cannot be locked;
- * a FlagError naming --out and `program` when another process holds it.
+ * Locks the run folder `--out` for this process (lockFolder): null where folders cannot be locked
+ * (said in one line, but on Windows); a FlagError naming --out and `program` when another process
+ * holds it.
  */
 export async function lockOutFolder(out: string, program: string): Promise<Deno.FsFile | null> {
-  const lock = await lockFolder(out);
+  const lock = await lockFolder(out, (why) => {
+    console.error(
+      `note: --out ${out} cannot be locked here (${why}): nothing keeps another ${program} from ` +
+        "running in it at the same time",
+    );
+  });
   if (lock === "held") {
     throw new FlagError(
       `--out ${out} is in use: another ${program} is running in it (wait for it to end, or ` +
