@@ -227,17 +227,20 @@ export async function report(
     try {
       if (lock === "held") {
         throw new Error(
-          `--out ${out}: another report.ts is writing into it: wait for it, or choose another ` +
-            "folder",
+          `--out ${out}: another program is writing into it (a report.ts, or a run): wait for ` +
+            "it, or choose another folder",
         );
       }
       // What another report wrote there since the check counts as the folder's now.
       stale = (await checkOutDir(out, overwrite)).filter((h) => !files.some(([n]) => n === h));
       await writeFilesAtomic(files.map(([name, data]) => [`${out}/${name}`, data] as const));
     } catch (e) {
-      // Nothing was replaced: a folder made for the files goes too (when still empty).
-      if (!existed) await Deno.remove(made).catch(() => {});
-      if (lock !== "held") lock?.close();
+      // Nothing was replaced: a folder made for the files goes too (when still empty), unless
+      // another program holds it (it may be about to write into it).
+      if (lock !== "held") {
+        if (!existed) await Deno.remove(made).catch(() => {});
+        lock?.close();
+      }
       throw e;
     }
     // The new report is written: an old figure that cannot be removed is a note, not a failure.

@@ -585,12 +585,32 @@ Deno.test("report: --out another report is writing into is refused, and a report
     await assertRejects(
       () => report(parseReportArgs([...paths, "--out", out]), () => {}),
       Error,
-      `--out ${out}: another report.ts is writing into it: wait for it, or choose another folder`,
+      `--out ${out}: another program is writing into it (a report.ts, or a run): wait for it, ` +
+        "or choose another folder",
     );
   } finally {
     other.close();
   }
   assertEquals([...Deno.readDirSync(out)], []);
+  // A folder this report made, taken by another as soon as made: left to it, not removed.
+  const fresh = `${dir}/out-raced-new`;
+  let taker: Deno.FsFile | null | "held" = null;
+  const mkdir = Deno.mkdir;
+  Deno.mkdir = async (path: string | URL, options?: Deno.MkdirOptions) => {
+    await mkdir(path, options);
+    if (String(path) === fresh && taker === null) taker = await lockFolder(fresh);
+  };
+  try {
+    await assertRejects(
+      () => report(parseReportArgs([...paths, "--out", fresh]), () => {}),
+      Error,
+      `--out ${fresh}: another program is writing into it`,
+    );
+  } finally {
+    Deno.mkdir = mkdir;
+    if (taker !== null && taker !== "held") (taker as Deno.FsFile).close();
+  }
+  assert((await Deno.stat(fresh)).isDirectory, "the other report's folder was removed");
   // Another report's files, written after this one's check: refused without --overwrite.
   const realPath = Deno.realPath;
   Deno.realPath = async (path: string | URL) => {
