@@ -107,6 +107,8 @@ export async function probeRunFolder(out: string): Promise<void> {
   else await checkFoldersCanBeMade(out, "--out", true);
 }
 
+const unlockableNoted = new Set<string>();
+
 /**
  * Locks the run folder `--out` for this process (lockFolder): null where folders cannot be locked
  * (said in one line, but on Windows); a FlagError naming --out and `program` when another process
@@ -114,6 +116,9 @@ export async function probeRunFolder(out: string): Promise<void> {
  */
 export async function lockOutFolder(out: string, program: string): Promise<Deno.FsFile | null> {
   const lock = await lockFolder(out, (why) => {
+    // Said once: a run tries again once it has made the folder.
+    if (unlockableNoted.has(out)) return;
+    unlockableNoted.add(out);
     console.error(
       `note: --out ${out} cannot be locked here (${why}): nothing keeps another ${program} from ` +
         "running in it at the same time",
