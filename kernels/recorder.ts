@@ -194,6 +194,23 @@ const unsubmitted = new WeakMap<Gpu, Set<WeakRef<Command[]>>>();
 /** Per device, retired buffers still bound by unsubmitted lists, and those lists. */
 const retiring = new WeakMap<Gpu, { buffer: GPUBuffer; until: WeakRef<Command[]>[] }[]>();
 
+/**
+ * Buffers retireBuffer was given: a command recorded later that binds one (through a Workspace
+ * view kept past the workspace's growth) is refused at once, naming it, instead of failing its
+ * submit as a destroyed buffer.
+ */
+const retired = new WeakSet<GPUBuffer>();
+
+/** Throws when `buffer` was retired (see `retired`). */
+function expectLive(op: string, buffer: GPUBuffer, label: string): void {
+  if (retired.has(buffer)) {
+    throw new GpuError(
+      `${op}: "${label}" is a view of a workspace that has grown since it was taken: take the ` +
+        "view again (a Workspace view lasts until the next, larger one)",
+    );
+  }
+}
+
 function binds(c: Command, buffer: GPUBuffer): boolean {
   if (c.kind === "copy") return c.src.buffer === buffer || c.dst.buffer === buffer;
   return c.bindings.some((b) => b.buffer === buffer);
@@ -209,6 +226,7 @@ function binds(c: Command, buffer: GPUBuffer): boolean {
  */
 export function retireBuffer(gpu: Gpu, buffer: GPUBuffer): void {
   outgrown++;
+  retired.add(buffer);
   const open = unsubmitted.get(gpu) ?? new Set();
   const until: WeakRef<Command[]>[] = [];
   for (const ref of open) {
@@ -334,6 +352,7 @@ export class Recorder {
     this.gpu.assertAlive();
     const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
     if (x === 0 || y === 0 || z === 0) return;
+    for (const b of bindings) expectLive(label, b.buffer, "label" in b ? b.label : "a binding");
     this.list();
     this.commands.push({
       kind: "dispatch",
@@ -353,6 +372,8 @@ export class Recorder {
           `"${dst.label}" (${dst.byteLength} bytes)`,
       );
     }
+    expectLive(label, src.buffer, src.label);
+    expectLive(label, dst.buffer, dst.label);
     this.list();
     this.commands.push({ kind: "copy", label, src, dst });
   }

@@ -1,7 +1,7 @@
 // The host-side caches of a launch: kernel sources (cachedSource), pipelines (getPipeline) and
 // bind groups (BindGroupCache), which a training step's ~1,000 launches ask for every step.
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { GpuError } from "../kernels/device.ts";
 import { cachedSource, getPipeline } from "../kernels/pipeline.ts";
@@ -191,6 +191,33 @@ gpuTest(
     }
   },
 );
+
+gpuTest("Workspace: a view kept past the workspace's growth is refused when recorded", (gpu) => {
+  // Its buffer is destroyed once nothing recorded binds it: a command recorded with it later
+  // failed at submit as "Buffer ... has been destroyed", naming no view.
+  const scratch = new Workspace("kept view");
+  const small = scratch.view(gpu, [7]);
+  scratch.view(gpu, [700]);
+  const other = createTensor(gpu, [7], "f32", "other");
+  try {
+    const rec = new Recorder(gpu);
+    const e = assertThrows(
+      () => rec.dispatch("scale", getPipeline(gpu, "scale", SCALE_WGSL), [other, small], 1),
+      GpuError,
+    );
+    assertEquals(
+      e.message,
+      'scale: "kept view" is a view of a workspace that has grown since it was taken: take the ' +
+        "view again (a Workspace view lasts until the next, larger one)",
+    );
+    assertThrows(() => rec.copy("copy", other, small), GpuError, '"kept view" is a view');
+    assertEquals(rec.length, 0);
+    rec.copy("copy", other, scratch.view(gpu, [7]));
+    assertEquals(rec.length, 1);
+  } finally {
+    other.destroy();
+  }
+});
 
 Deno.test("BindGroupCache: when full, drops the least recently used", () => {
   // Starting over when full rebuilt the groups every step uses along with a stale length's.
