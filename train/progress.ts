@@ -48,13 +48,13 @@ export class Progress {
   private readonly started = performance.now();
   private lastDraw = 0;
   private barShown = false;
-  private readonly columns: number | null;
+  private readonly columns: number | undefined;
 
   constructor(opts: ProgressOptions) {
     this.total = opts.total;
     this.quiet = opts.quiet ?? false;
     this.terminal = opts.terminal ?? redrawingTerminal();
-    this.columns = opts.columns ?? (this.terminal ? terminalColumns() : null);
+    this.columns = opts.columns;
     this.label = opts.label ? `${opts.label} ` : "";
     this.startDone = opts.done ?? 0;
   }
@@ -85,7 +85,9 @@ export class Progress {
       `${rate.toFixed(2)} it/s, ${duration(left)} left`;
     // Cut to the width: a line that wraps is not redrawn in place (\x1b[K clears only its last
     // row), and every redraw would leave a row behind on a narrow terminal.
-    const fits = this.columns === null ? line : [...line].slice(0, this.columns - 1).join("");
+    // Asked at each redraw: the pane may be resized during the run.
+    const columns = this.columns ?? terminalColumns();
+    const fits = columns === null ? line : [...line].slice(0, columns - 1).join("");
     this.write(`\r\x1b[K${fits}`);
     this.barShown = true;
   }
