@@ -501,9 +501,58 @@ const memory = new WeakMap<Gpu, TuneTable>();
 /**
  * Tunes the GEMM for this device (or reuses what this process or the cache file already knows of
  * the same adapter and kernel set), installs the choices into `matmul` and reports what it did.
+ * With a cache file, what it does not know yet is read, tuned and written under a lock on
+ * `<file>.lock`: runs started together on an empty cache each tuned the same classes side by side
+ * on one GPU (slower, each timing the others' work too); now the later ones wait and reuse the
+ * first one's choices. Where the lock cannot be taken (a read-only cache) it goes on unguarded.
  */
 export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneResult> {
   const start = performance.now();
+  const warn = options.warn ?? ((line: string) => console.error(line));
+  const known = memory.get(gpu) ?? {};
+  const missing = options.retune ||
+    (options.shapes ?? DEFAULT_SHAPES).some((s) =>
+      s.m > 0 && s.n > 0 &&
+      !known[matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false)]
+    );
+  const lock = options.cacheFile && missing ? await lockTuneCache(options.cacheFile, warn) : null;
+  try {
+    return await tuneWithLockHeld(gpu, options, start);
+  } finally {
+    lock?.close();
+  }
+}
+
+/**
+ * An exclusive lock on `<file>.lock` (made if missing), waited for when another process holds
+ * it; null where it cannot be taken.
+ */
+async function lockTuneCache(
+  file: string,
+  warn: (line: string) => void,
+): Promise<Deno.FsFile | null> {
+  let lock: Deno.FsFile | null = null;
+  try {
+    const dir = file.replace(/[\\/][^\\/]*$/, "");
+    if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });
+    lock = await Deno.open(`${file}.lock`, { read: true, write: true, create: true });
+    if (!(await lock.tryLock(true))) {
+      warn(`matmul autotune: waiting for another process tuning into ${file}`);
+      await lock.lock(true);
+    }
+    return lock;
+  } catch {
+    lock?.close();
+    return null;
+  }
+}
+
+/** tuneMatmul's work, its lock held. */
+async function tuneWithLockHeld(
+  gpu: Gpu,
+  options: AutotuneOptions,
+  start: number,
+): Promise<TuneResult> {
   const warn = options.warn ?? ((line: string) => console.error(line));
   const adapter = gpu.description;
   const file = options.cacheFile;

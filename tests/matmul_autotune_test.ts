@@ -152,7 +152,11 @@ gpuTest(
       assertEquals(re.tuned.length, 1);
       assertEquals(warnings, []);
       const leftovers = [...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name);
-      assertEquals(leftovers, ["tune.json"], "atomic writes leave no temporary files");
+      assertEquals(
+        leftovers.sort(),
+        ["tune.json", "tune.json.lock"],
+        "atomic writes leave no temporary files",
+      );
     });
   },
 );
@@ -303,6 +307,38 @@ gpuTest(
         assertEquals(matmulVariantsUsed(dev, record), matmulVariantsUsed(gpu, record));
       }
       for (const x of [a, b, c]) x.destroy();
+    });
+  },
+);
+
+gpuTest(
+  "autotune: a run waits for another one tuning into the same file, then reuses its choice",
+  async (gpu) => {
+    // Runs started together on an empty cache each tuned the same classes, side by side.
+    await withTempDir(async (dir) => {
+      const file = `${dir}/tune.json`;
+      // What the other process will write: tuned here into a file of its own.
+      await tuneMatmul(adapterNamed(gpu, "test adapter A"), {
+        shapes: [SMALL],
+        cacheFile: `${dir}/theirs.json`,
+        warn: () => {},
+        ...QUICK,
+      });
+      const other = await Deno.open(`${file}.lock`, { read: true, write: true, create: true });
+      await other.lock(true);
+      const warnings: string[] = [];
+      const waiting = tuneMatmul(adapterNamed(gpu, "test adapter A"), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn: (line) => warnings.push(line),
+        ...QUICK,
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      assertEquals(warnings, [`matmul autotune: waiting for another process tuning into ${file}`]);
+      await Deno.copyFile(`${dir}/theirs.json`, file);
+      other.close();
+      const result = await waiting;
+      assertEquals([result.tuned.length, result.fromFile], [0, [SMALL_CLASS]]);
     });
   },
 );
