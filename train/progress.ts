@@ -1,5 +1,5 @@
-// Progress on stderr: a bar redrawn in place on a terminal (stage, step, loss, speed, time left),
-// plain lines otherwise (one per logged block of steps and per evaluation), nothing when quiet.
+// Progress on stderr: one line per logged block of steps and per evaluation, and on a terminal
+// below them a bar redrawn in place (stage, step, loss, speed, time left); nothing when quiet.
 
 import { writeStderr } from "../model/progress_text.ts";
 
@@ -92,9 +92,12 @@ export class Progress {
     this.barShown = true;
   }
 
-  /** A block of steps was logged: one plain line off a terminal. */
+  /**
+   * A block of steps was logged: one line, on a terminal above the bar (its scrollback keeps the
+   * loss's history, which the bar alone, redrawn in place, did not).
+   */
   logged(stage: string, done: number, loss: number): void {
-    if (this.quiet || this.terminal) return;
+    if (this.quiet) return;
     const { rate, left } = this.speed(done);
     this.line(
       `${stage} step ${done}/${this.total} loss ${loss.toFixed(4)} ` +
