@@ -34,5 +34,6 @@ Deno.test("progress: the bar is cut to the terminal's width, the plain lines are
   assert(/^stage2 step 12345\/100000 loss 0\.6931 \(.* left\)\n$/.test(line), line);
   // On a terminal too, above the bar (it clears the bar's row first): the loss's history.
   const above = captured(() => bar.logged("stage2", 12345, 0.6931));
-  assert(/^\r\x1b\[Kseed 42 stage2 step 12345\/100000 loss 0\.6931 .*\n$/.test(above), above);
+  assert(above.startsWith("\r\x1b[Kseed 42 stage2 step 12345/100000 loss 0.6931 "), above);
+  assert(above.endsWith(" left)\n"), above);
 });
