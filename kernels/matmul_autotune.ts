@@ -504,23 +504,40 @@ const memory = new WeakMap<Gpu, TuneTable>();
  * With a cache file, what it does not know yet is read, tuned and written under a lock on
  * `<file>.lock`: runs started together on an empty cache each tuned the same classes side by side
  * on one GPU (slower, each timing the others' work too); now the later ones wait and reuse the
- * first one's choices. Where the lock cannot be taken (a read-only cache) it goes on unguarded.
+ * first one's choices. A run that finds every class it needs in memory or in the file takes no
+ * lock (it never waits on another's tune). Where the lock cannot be taken (a read-only cache) it
+ * goes on unguarded.
  */
 export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneResult> {
   const start = performance.now();
   const warn = options.warn ?? ((line: string) => console.error(line));
-  const known = memory.get(gpu) ?? {};
-  const missing = options.retune ||
-    (options.shapes ?? DEFAULT_SHAPES).some((s) =>
-      s.m > 0 && s.n > 0 &&
-      !known[matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false)]
-    );
-  const lock = options.cacheFile && missing ? await lockTuneCache(options.cacheFile, warn) : null;
+  const file = options.cacheFile;
+  const lock = file && hasClassesToTune(gpu, options, file)
+    ? await lockTuneCache(file, warn)
+    : null;
   try {
     return await tuneWithLockHeld(gpu, options, start);
   } finally {
     lock?.close();
   }
+}
+
+/**
+ * Whether `options` asks for a class neither this device's memory nor `file` knows (or to
+ * retune). The file is read without the lock: its writes are atomic renames.
+ */
+function hasClassesToTune(gpu: Gpu, options: AutotuneOptions, file: string): boolean {
+  if (options.retune) return true;
+  const known = memory.get(gpu) ?? {};
+  const unknown = (options.shapes ?? DEFAULT_SHAPES)
+    .filter((s) => s.m > 0 && s.n > 0)
+    .map((s) => matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false))
+    .filter((cls) => !known[cls]);
+  if (unknown.length === 0) return false;
+  // Quietly: a damaged file is reported once, by the tune that reads it again under the lock.
+  const adapter = gpu.description;
+  const saved = entryTable(readCache(file, () => {})[adapter], file, adapter, () => {}) ?? {};
+  return unknown.some((cls) => !saved[cls]);
 }
 
 /**
@@ -537,7 +554,7 @@ async function lockTuneCache(
     if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });
     lock = await Deno.open(`${file}.lock`, { read: true, write: true, create: true });
     if (!(await lock.tryLock(true))) {
-      warn(`matmul autotune: waiting for another process tuning into ${file}`);
+      warn(`matmul autotune: waiting for another tune into ${file} to end`);
       await lock.lock(true);
     }
     return lock;

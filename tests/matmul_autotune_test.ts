@@ -334,11 +334,31 @@ gpuTest(
         ...QUICK,
       });
       await new Promise((r) => setTimeout(r, 200));
-      assertEquals(warnings, [`matmul autotune: waiting for another process tuning into ${file}`]);
+      assertEquals(warnings, [`matmul autotune: waiting for another tune into ${file} to end`]);
       await Deno.copyFile(`${dir}/theirs.json`, file);
       other.close();
       const result = await waiting;
       assertEquals([result.tuned.length, result.fromFile], [0, [SMALL_CLASS]]);
+      // A run the file has everything for takes no lock: it never waits behind another tune.
+      const busy = await Deno.open(`${file}.lock`, { read: true, write: true });
+      await busy.lock(true);
+      try {
+        const warm = await Promise.race([
+          tuneMatmul(adapterNamed(gpu, "test adapter A"), {
+            shapes: [SMALL],
+            cacheFile: file,
+            warn: (line) => warnings.push(line),
+            ...QUICK,
+          }),
+          new Promise<never>((_, reject) =>
+            setTimeout(() => reject(new Error("waited for the lock")), 5000)
+          ),
+        ]);
+        assertEquals([warm.tuned.length, warm.fromFile], [0, [SMALL_CLASS]]);
+        assertEquals(warnings.length, 1, warnings.join(" | "));
+      } finally {
+        busy.close();
+      }
     });
   },
 );
