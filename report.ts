@@ -219,6 +219,7 @@ export async function report(
     // earlier report's figures that this one does not draw go.
     const made = figures.length ? `${out}/${FIGURES_DIR}` : out;
     const existed = await Deno.stat(made).then(() => true, () => false);
+    const outExisted = await Deno.stat(out).then(() => true, () => false);
     await Deno.mkdir(made, { recursive: true });
     // Locked while it writes: two reports into one --out both passed its check above, and the
     // later replaced the earlier without --overwrite.
@@ -239,6 +240,7 @@ export async function report(
       // another program holds it (it may be about to write into it).
       if (lock !== "held") {
         if (!existed) await Deno.remove(made).catch(() => {});
+        if (!outExisted && made !== out) await Deno.remove(out).catch(() => {});
         lock?.close();
       }
       throw e;

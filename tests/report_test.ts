@@ -812,6 +812,32 @@ Deno.test("report: one data set under two spellings of --data pools; other examp
 });
 
 Deno.test({
+  name: "report: a write that fails into a new --out with figures leaves no folder behind",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // The figures' folder went, and the --out made for it stayed, empty.
+    const dir = await Deno.makeTempDir({ prefix: "ehft-report-failed-new-" });
+    const rename = Deno.rename;
+    try {
+      const run = `${dir}/runs/a`;
+      await analysedRun(run, false);
+      const out = `${dir}/new/report`;
+      Deno.rename = () => Promise.reject(new Deno.errors.PermissionDenied("no renames today"));
+      await assertRejects(
+        () => report(parseReportArgs([run, "--out", out]), () => {}),
+        Error,
+        "no renames today",
+      );
+      Deno.rename = rename;
+      assertEquals([...Deno.readDirSync(`${dir}/new`)], []);
+    } finally {
+      Deno.rename = rename;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "report: a method's other runs with --analysis are named as not drawn",
   ...IN_PROCESS_GPU,
   fn: async () => {
