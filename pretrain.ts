@@ -88,6 +88,7 @@ export const FLAGS = {
   "max-length": { type: "string", default: "128" },
   steps: { type: "string", default: "2000" },
   "batch-size": { type: "string", default: "32" },
+  "grad-accum": { type: "string", default: "1" },
   lr: { type: "string", default: "5e-4" },
   "warmup-ratio": { type: "string", default: "0.06" },
   "weight-decay": { type: "string", default: "0.01" },
@@ -122,6 +123,8 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
                           the new model's shape (default 2, 128, 2, 512, 128)
   --steps N               optimizer steps (default 2000)
   --batch-size N          sequences per step (default 32)
+  --grad-accum K          run each step's batch in K parts, one at a time, their gradients
+                          summed: the GPU holds one part (default 1)
   --max-length N          tokens per sequence, [CLS] and [SEP] included (default 128, or the
                           model's positions when fewer)
   --lr X                  peak learning rate (default 5e-4)
@@ -712,6 +715,13 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   const seed = intFlag("seed", f.seed, fallback("seed"), 0, MAX_SEED);
   const steps = int("steps");
   const batchSize = int("batch-size");
+  const gradAccum = int("grad-accum");
+  if (gradAccum > batchSize) {
+    throw new FlagError(
+      `--grad-accum ${gradAccum} is more than --batch-size ${batchSize}: a part holds at least ` +
+        "one sequence",
+    );
+  }
   const minCount = int("min-count", 1);
   const heldOutShare = num("held-out", 0, 0.5);
   const dtype = f["model-dtype"];
@@ -799,6 +809,8 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     },
     steps,
     batch_size: batchSize,
+    // Only when used: a run from before it had none, and resumes as it was.
+    ...(gradAccum > 1 ? { grad_accum: gradAccum } : {}),
     max_length: maxLength,
     lr,
     warmup_ratio: warmupRatio,
@@ -948,10 +960,11 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     `pretrain: ${stats.documents} documents, ${stats.tokens} tokens (${sources.join("; ")}); ` +
       `${train.length} training sequences, ${held.length} held-out; ` +
       `${config.numLayers} layers, hidden ${config.hiddenSize}, vocabulary ${config.vocabSize}; ` +
-      `${steps} steps of ${batchSize} × ≤${maxLength} tokens, on ${gpu.description}`,
+      `${steps} steps of ${batchSize} × ≤${maxLength} tokens` +
+      (gradAccum > 1 ? ` in ${gradAccum} parts` : "") + `, on ${gpu.description}`,
   );
   // The GEMMs: the encoder's linear layers at every token, the MLM head's at the masked ones.
-  const rows = batchSize * maxLength;
+  const rows = Math.ceil(batchSize / gradAccum) * maxLength;
   // A failure before the first step (the tune, a shape the adapter cannot hold) undoes the start.
   const undoing = async (e: unknown): Promise<never> => {
     if (!f.resume && !trained) await undoFreshStart(out, made);
@@ -979,6 +992,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     out,
     steps,
     batchSize,
+    gradAccum,
     maxSeq: maxLength,
     schedule: {
       name: "linear",

@@ -212,9 +212,12 @@ export class MlmHead {
 
   /**
    * Records the gradients of the head's parameters, of the word table through the decoder
-   * (`dWordDecoder`), and returns the gradient with respect to the forward's rows [M, H].
+   * (`dWordDecoder`), and returns the gradient with respect to the forward's rows [M, H]. With
+   * `accumulate`, the gradients (`dWordDecoder` too) are added to what they hold (the parts of a
+   * batch run one after another).
    */
-  backward(rec: Recorder, dLogits: Tensor): Tensor {
+  backward(rec: Recorder, dLogits: Tensor, opts: { accumulate?: boolean } = {}): Tensor {
+    const accumulate = opts.accumulate ?? false;
     const last = this.last;
     if (!last) throw new Error("MlmHead.backward: no forward recorded");
     const h = this.config.hiddenSize, v = this.config.vocabSize, m = last.m;
@@ -228,6 +231,7 @@ export class MlmHead {
       dX: view(this.dNormed),
       dWeight: this.dWordDecoder,
       dBias: g.bias,
+      accumulate,
     });
     layerNormBackward(rec, {
       x: view(this.act),
@@ -238,6 +242,7 @@ export class MlmHead {
       dX: view(this.dAct),
       dGamma: g.lnWeight,
       dBeta: g.lnBias,
+      accumulate,
     });
     geluBackward(rec, { x: view(this.pre), dOut: view(this.dAct), dX: view(this.dPre) });
     const dRows = view(this.dRows);
@@ -248,6 +253,7 @@ export class MlmHead {
       dX: dRows,
       dWeight: g.denseWeight,
       dBias: g.denseBias,
+      accumulate,
     });
     return dRows;
   }

@@ -500,6 +500,11 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
         '--log-every: expected an integer ≥ 1, got "0"',
       ],
       [["--out", `${dir}/new`, "--eval-every", "0"], "--eval-every: expected an integer ≥ 1"],
+      [["--out", `${dir}/new`, "--grad-accum", "0"], "--grad-accum: expected an integer ≥ 1"],
+      [
+        ["--out", `${dir}/new`, "--grad-accum", "5"],
+        "--grad-accum 5 is more than --batch-size 4: a part holds at least one sequence",
+      ],
       [["--out", `${dir}/new`, "--checkpoint-every", "0"], "--checkpoint-every: expected"],
       [["--out", `${dir}/new`, "--intermediate", "0"], "--intermediate: expected"],
       // 2^32 would seed as 0 does (the seeds are 32-bit), as in train.ts.
@@ -903,3 +908,34 @@ for (const [signal, how, code] of STOPS) {
     }
   });
 }
+
+test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --resume", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const base = [
+      ...["--corpus", `${dir}/corpus.txt`],
+      ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", ...SMALL],
+    ];
+    const out = `${dir}/run`;
+    const ran = await pretrain(["--out", out, ...base, "--grad-accum", "3"]);
+    assertEquals(ran.code, 0, ran.stderr);
+    const saved = JSON.parse(await Deno.readTextFile(`${out}/pretrain.json`)).settings;
+    assertEquals([saved.batch_size, saved.grad_accum], [4, 3]);
+    const refused = await pretrain(["--out", out, "--resume", "--grad-accum", "2"]);
+    assertEquals(refused.code, 1);
+    assert(refused.stderr.includes("was started with other settings (grad_accum"), refused.stderr);
+    // The recorded value goes on without being typed: the run is finished, nothing to do.
+    const resumed = await pretrain(["--out", out, "--resume"]);
+    assertEquals(resumed.code, 0, resumed.stderr);
+    // Without it, nothing is recorded (runs from before it resume as they were).
+    const plain = `${dir}/plain`;
+    assertEquals((await pretrain(["--out", plain, ...base])).code, 0);
+    const none = JSON.parse(await Deno.readTextFile(`${plain}/pretrain.json`)).settings;
+    assertEquals("grad_accum" in none, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

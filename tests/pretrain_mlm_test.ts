@@ -190,6 +190,61 @@ gpuTest("tiny-bert-mlm: MLM loss, logits and every gradient match PyTorch", asyn
   }
 });
 
+gpuTest(
+  "tiny-bert-mlm: in parts (gradAccum), the loss and every gradient are the whole batch's",
+  async (gpu) => {
+    // pretrain --grad-accum K: each part's loss and gradients weighted by its share of the batch's
+    // masked tokens, summed; the decoder's share of the word table added once, at the end.
+    const f = await fixture();
+    const { B, S } = f;
+    const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
+    const batch: MlmBatch = {
+      batch: B,
+      seqLen: S,
+      inputIds: u32("input_ids"),
+      attentionMask: u32("attention_mask"),
+      positions: u32("positions"),
+      targets: u32("targets"),
+    };
+    for (const gradAccum of [2, B]) {
+      const trainer = new Pretrainer(gpu, f.config, {
+        maxBatch: B,
+        maxSeq: S,
+        adamw: PRETRAIN_ADAMW,
+        dropout: 0,
+        gradAccum,
+      });
+      try {
+        for (const [n, t] of trainer.parameters()) t.upload(await f.model.readF32(n));
+        const loss = await trainer.lossAndGradients(batch);
+        const refLoss = f.ref.get("loss")![0];
+        assert(
+          Math.abs(loss - refLoss) <= 1e-4 * Math.abs(refLoss),
+          `K=${gradAccum}: loss ${loss}`,
+        );
+        const grads = [...trainer.encoder.gradients()].map(([n, t]) =>
+          [`${f.config.prefix}.${n}`, t] as const
+        );
+        for (const [n, t] of [...grads, ...trainer.head.gradients()]) {
+          const ref = f.ref.get(`grad.${n}`)!;
+          let scale = maxAbs(ref);
+          if (/attention\.self\.key\.bias$/.test(n)) {
+            scale = maxAbs(f.ref.get(`grad.${n.replace(/bias$/, "weight")}`)!);
+          }
+          const e = maxError(await t.download() as Float32Array, ref, scale);
+          assert(e <= 1e-3, `K=${gradAccum}: gradient of ${n} is off by ${e.toExponential(2)}`);
+        }
+        // Held-out evaluation in parts: the whole batch's loss and tokens.
+        const held = await trainer.evaluate(batch);
+        assertEquals(held.tokens, batch.positions.length);
+        assert(Math.abs(held.lossSum / held.tokens - refLoss) <= 1e-4 * Math.abs(refLoss), "held");
+      } finally {
+        trainer.destroy();
+      }
+    }
+  },
+);
+
 // -------------------------------------------------------------------------------------------------
 // Kernels
 

@@ -178,15 +178,21 @@ test("ship_model: the card's command is the run's settings (held-out, vocab, dty
     assertEquals(flags.get("model-dtype"), "f16");
 
     // What a later pretrain.json records is used as it is (vocab null: the default).
-    const recorded = { vocab: null, eval_every: 3, log_every: 2, checkpoint_every: 1 };
+    const recorded = {
+      vocab: null,
+      eval_every: 3,
+      log_every: 2,
+      checkpoint_every: 1,
+      grad_accum: 2,
+    };
     await writeRun(`${dir}/rec`, { recorded: { ...recorded, model_dtype: "f32" } });
     assertEquals((await ship(["--run", `${dir}/rec`, "--out", `${dir}/rec-out`])).code, 0);
     const rec = reproduceFlags(await Deno.readTextFile(`${dir}/rec-out/README.md`));
     assertEquals(
-      ["vocab", "eval-every", "log-every", "checkpoint-every", "model-dtype"].map((k) =>
-        rec.get(k)
-      ),
-      ["data/tokenizers/bert-base-uncased/vocab.txt", "3", "2", "1", "f32"],
+      ["vocab", "eval-every", "log-every", "checkpoint-every", "model-dtype", "grad-accum"].map((
+        k,
+      ) => rec.get(k)),
+      ["data/tokenizers/bert-base-uncased/vocab.txt", "3", "2", "1", "f32", "2"],
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -206,6 +206,8 @@ export interface RunSettings {
   };
   steps: number;
   batch_size: number;
+  /** Recorded only when above 1 (pretrain.ts --grad-accum). */
+  grad_accum?: number;
   max_length: number;
   lr: number;
   warmup_ratio: number;
@@ -249,7 +251,9 @@ export function reproduceCommand(
     );
   }
   lines.push(
-    `--steps ${s.steps} --batch-size ${s.batch_size} --max-length ${s.max_length} --seed ${s.seed}`,
+    `--steps ${s.steps} --batch-size ${s.batch_size}` +
+      (s.grad_accum !== undefined ? ` --grad-accum ${s.grad_accum}` : "") +
+      ` --max-length ${s.max_length} --seed ${s.seed}`,
     `--lr ${s.lr} --warmup-ratio ${s.warmup_ratio} --weight-decay ${s.weight_decay}`,
     `--eval-sequences ${s.eval_sequences}` +
       (o.evalEvery !== null ? ` --eval-every ${o.evalEvery}` : "") +

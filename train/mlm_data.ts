@@ -99,6 +99,33 @@ export interface MlmBatch {
   targets: Uint32Array;
 }
 
+/**
+ * `b` in at most `parts` parts of ⌈batch / parts⌉ rows (the last may be smaller), each with its
+ * rows' masked positions: the same masks, padding and tokens, run a part at a time (--grad-accum).
+ */
+export function splitMlmBatch(b: MlmBatch, parts: number): MlmBatch[] {
+  if (parts <= 1) return [b];
+  const rows = Math.ceil(b.batch / parts);
+  const out: MlmBatch[] = [];
+  let p = 0;
+  for (let r0 = 0; r0 < b.batch; r0 += rows) {
+    const r1 = Math.min(b.batch, r0 + rows);
+    const lo = r0 * b.seqLen, hi = r1 * b.seqLen;
+    // Positions ascend: a part's are the run of them inside its rows.
+    const first = p;
+    while (p < b.positions.length && b.positions[p] < hi) p++;
+    out.push({
+      batch: r1 - r0,
+      seqLen: b.seqLen,
+      inputIds: b.inputIds.slice(lo, hi),
+      attentionMask: b.attentionMask.slice(lo, hi),
+      positions: b.positions.slice(first, p).map((at) => at - lo),
+      targets: b.targets.slice(first, p),
+    });
+  }
+  return out;
+}
+
 /** Probabilities of BERT's masking. */
 export const MLM_PROBABILITY = 0.15;
 const MASK_SHARE = 0.8;

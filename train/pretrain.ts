@@ -17,7 +17,7 @@
 // result of a run stopped after its last checkpoint). A resumed run's log and result are those
 // of a run that was never stopped.
 
-import { addInPlace } from "../kernels/add.ts";
+import { addInPlace, scale } from "../kernels/add.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { gatherRowsBackward, gatherRowsForward, selectionSlots } from "../kernels/gather_rows.ts";
 import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
@@ -38,6 +38,7 @@ import {
   maskBatch,
   type MaskingIds,
   type MlmBatch,
+  splitMlmBatch,
   streamSeed,
 } from "./mlm_data.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
@@ -73,6 +74,8 @@ export interface PretrainOptions {
   steps: number;
   /** Sequences per step. */
   batchSize: number;
+  /** Parts each step's batch runs in, one at a time, their gradients summed (default 1). */
+  gradAccum?: number;
   /** Tokens per row, [CLS] and [SEP] included. */
   maxSeq: number;
   /** The learning-rate schedule over `steps`. */
@@ -129,8 +132,9 @@ export function maxMaskedRows(batch: number, seq: number): number {
 
 /**
  * Every batch a run draws, looked at once on the CPU (a step's batch depends on (seed, step)
- * alone): the most masked rows of any of them, which sizes the MLM head exactly (the worst case,
- * maxMaskedRows, would be ~6× a typical batch at 32 × 128), and each step's real tokens.
+ * alone): the most masked rows of any of them (of any of its `gradAccum` parts), which sizes the
+ * MLM head exactly (the worst case, maxMaskedRows, would be ~6× a typical batch at 32 × 128), and
+ * each step's real tokens.
  */
 export function planBatches(
   train: readonly Uint32Array[],
@@ -139,13 +143,19 @@ export function planBatches(
   seed: number,
   steps: number,
   evalBatches: readonly MlmBatch[],
+  gradAccum = 1,
 ): { maxRows: number; stepTokens: Float64Array } {
   let maxRows = 1;
-  for (const b of evalBatches) maxRows = Math.max(maxRows, b.positions.length);
+  const fit = (b: MlmBatch) => {
+    for (const part of splitMlmBatch(b, gradAccum)) {
+      maxRows = Math.max(maxRows, part.positions.length);
+    }
+  };
+  for (const b of evalBatches) fit(b);
   const stepTokens = new Float64Array(steps);
   for (let step = 0; step < steps; step++) {
     const b = trainingBatch(train, ids, batchSize, seed, step);
-    maxRows = Math.max(maxRows, b.positions.length);
+    fit(b);
     stepTokens[step] = realTokens(b);
   }
   return { maxRows, stepTokens };
@@ -224,6 +234,11 @@ export class Pretrainer {
   private readonly dLogits: Tensor;
   private readonly dHidden: Tensor;
   private readonly loss: Tensor;
+  /** With parts: the step's loss, the parts' weighted sum, and one weighted part. */
+  private readonly lossSum: Tensor;
+  private readonly lossPart: Tensor;
+  /** The most parts a step's batch runs in (the constructor's gradAccum). */
+  readonly gradAccum: number;
   /** Per masked row: log-sum-exp, loss and predicted token (kernels/vocab_cross_entropy.ts). */
   private readonly ce: VocabCrossEntropyState;
   private readonly dropoutSeed: number;
@@ -235,8 +250,9 @@ export class Pretrainer {
   private statsSteps: number[] = [];
 
   /**
-   * Allocates encoder (zeroed), head and optimizer for batches up to maxBatch × maxSeq; throws
-   * when the logits of maxRows masked tokens exceed one storage binding.
+   * Allocates encoder (zeroed), head and optimizer for batches up to maxBatch × maxSeq, run in
+   * `gradAccum` parts of ⌈maxBatch / gradAccum⌉ sequences (the GPU holds one part at once);
+   * throws when the logits of maxRows masked tokens (of one part) exceed one storage binding.
    */
   constructor(
     gpu: Gpu,
@@ -248,27 +264,35 @@ export class Pretrainer {
       dropout?: number;
       /** Seed of the dropout masks (mixed with the step). */
       dropoutSeed?: number;
-      /** Room for masked rows per batch (default maxMaskedRows: room for any batch). */
+      /** Room for masked rows per part (default maxMaskedRows: room for any part). */
       maxRows?: number;
+      /** Parts each step's batch runs in, their gradients summed (default 1: the whole batch). */
+      gradAccum?: number;
     },
   ) {
     this.gpu = gpu;
     this.config = config;
+    this.gradAccum = opts.gradAccum ?? 1;
+    if (!Number.isSafeInteger(this.gradAccum) || this.gradAccum < 1) {
+      throw new Error(`Pretrainer: gradAccum ${this.gradAccum} is not an integer ≥ 1`);
+    }
+    const maxBatch = Math.ceil(opts.maxBatch / this.gradAccum);
     this.encoder = createEncoder(gpu, config, {
-      maxBatch: opts.maxBatch,
+      maxBatch,
       maxSeq: opts.maxSeq,
       trainable: () => true,
       dropout: opts.dropout,
     });
     this.dropoutSeed = opts.dropoutSeed ?? 0;
-    this.maxRows = opts.maxRows ?? maxMaskedRows(opts.maxBatch, opts.maxSeq);
+    this.maxRows = opts.maxRows ?? maxMaskedRows(maxBatch, opts.maxSeq);
     const logitBytes = 4 * this.maxRows * config.vocabSize;
     const bindable = gpu.limits.maxStorageBufferBindingSize;
     if (logitBytes > bindable) {
       throw new Error(
         `the MLM logits of a batch (up to ${this.maxRows} masked tokens × ` +
           `${config.vocabSize} words) take ${logitBytes} bytes, more than one storage binding ` +
-          `(${bindable}); use a smaller --batch-size or --max-length, or a pruned vocabulary`,
+          `(${bindable}); use a --grad-accum, a smaller --batch-size or --max-length, or a ` +
+          "pruned vocabulary",
       );
     }
     this.head = new MlmHead(gpu, config, this.maxRows);
@@ -277,12 +301,14 @@ export class Pretrainer {
       createTensor(gpu, shape, dtype, label);
     this.rows = t("mlm rows", [this.maxRows], "u32");
     this.gathered = t("mlm gathered hidden", [this.maxRows, h]);
-    const tokens = opts.maxBatch * opts.maxSeq;
+    const tokens = maxBatch * opts.maxSeq;
     this.slots = t("mlm slots", [tokens], "u32");
     this.targets = t("mlm targets", [this.maxRows], "u32");
     this.dLogits = t("mlm dLogits", [this.maxRows * config.vocabSize]);
     this.dHidden = t("mlm dHidden", [tokens, h]);
     this.loss = t("mlm loss", [1]);
+    this.lossSum = t("mlm loss of the parts", [1]);
+    this.lossPart = t("mlm loss of a part, weighted", [1]);
     this.ce = {
       lse: t("mlm log-sum-exp", [this.maxRows]),
       rowLoss: t("mlm row loss", [this.maxRows]),
@@ -333,12 +359,22 @@ export class Pretrainer {
     return m;
   }
 
-  /** Records forward, loss and (when training) backward and update for one batch. */
+  /**
+   * Records forward, loss and (when training) backward for one batch or part of one: with
+   * `weight` (its share of the batch's masked tokens) its loss and gradients are weighted and
+   * summed into the others' (`accumulate` for all but the first part). The `last` part
+   * completes the gradients and, with an `lr` (null: the gradients alone), updates.
+   */
   private record(
     rec: Recorder,
     b: MlmBatch,
     m: number,
-    train: { lr: number; step: number; update: boolean } | null,
+    train: {
+      lr: number | null;
+      step: number;
+      last: boolean;
+      part?: { first: boolean; weight: number };
+    } | null,
   ) {
     const h = this.config.hiddenSize, v = this.config.vocabSize;
     const n = b.batch * b.seqLen;
@@ -360,17 +396,36 @@ export class Pretrainer {
     };
     vocabCrossEntropyForward(rec, { logits, targets, loss: this.loss, state: ce });
     if (!train) return;
+    const part = train.part;
+    if (part) {
+      // A part's loss is the mean over its own masked tokens: weighted by its share of the
+      // batch's, the parts' losses and gradients sum to the whole batch's.
+      if (part.first) scale(rec, { x: this.loss, out: this.lossSum, alpha: part.weight });
+      else {
+        scale(rec, { x: this.loss, out: this.lossPart, alpha: part.weight });
+        addInPlace(rec, { x: this.lossPart, into: this.lossSum });
+      }
+    }
+    const accumulate = part !== undefined && !part.first;
     const dLogits = this.dLogits.view(0, [m, v]);
-    vocabCrossEntropyBackward(rec, { logits, targets, lse: ce.lse, dLogits });
-    const dRows = this.head.backward(rec, dLogits);
+    vocabCrossEntropyBackward(rec, {
+      logits,
+      targets,
+      lse: ce.lse,
+      dLogits,
+      gradScale: part?.weight,
+    });
+    const dRows = this.head.backward(rec, dLogits, { accumulate });
     const dHidden = this.dHidden.view(0, [n, h]);
     gatherRowsBackward(rec, { dOut: dRows, slot: this.slots.view(0, [n]), dX: dHidden });
-    this.encoder.backward(rec, dHidden.view(0, [b.batch, b.seqLen, h]));
+    this.encoder.backward(rec, dHidden.view(0, [b.batch, b.seqLen, h]), { accumulate });
+    // The decoder's share (summed over the parts) goes in once the table's own is complete.
+    if (!train.last) return;
     addInPlace(rec, { x: this.head.dWordDecoder, into: this.wordGrad });
-    if (!train.update) return;
+    if (train.lr === null) return;
     this.optimizer.record(rec, train.lr);
     const row = this.statsOnGpu++ * 8;
-    rec.copy("mlm step loss", this.loss, this.stats.view(row, [1]));
+    rec.copy("mlm step loss", part ? this.lossSum : this.loss, this.stats.view(row, [1]));
     rec.copy(
       "mlm step norm",
       this.optimizer.normTensor.view(0, [1]),
@@ -378,16 +433,15 @@ export class Pretrainer {
     );
   }
 
-  /** One training step on `b` at `lr`; `step` (global) seeds the dropout masks. */
+  /**
+   * One training step on `b` at `lr`; `step` (global) seeds the dropout masks. The batch runs in
+   * gradAccum parts (splitMlmBatch), each submitted in turn with the masks of step · gradAccum +
+   * its index (with gradAccum 1, the step itself), their gradients summed, then one update.
+   */
   async step(b: MlmBatch, lr: number, step: number): Promise<void> {
     if (this.statsOnGpu === STATS_CAPACITY) await this.flushStats();
-    const m = this.setBatch(b);
-    const n = b.batch * b.seqLen;
-    this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
-    const rec = new Recorder(this.gpu, this.bindGroups);
-    this.record(rec, b, m, { lr, step, update: true });
     this.statsSteps.push(step);
-    await rec.submit();
+    await this.run(b, lr, step);
   }
 
   /**
@@ -396,13 +450,33 @@ export class Pretrainer {
    * no update: what tests compare against PyTorch. Dropout follows the constructor's setting.
    */
   async lossAndGradients(b: MlmBatch, step = 0): Promise<number> {
-    const m = this.setBatch(b);
-    const n = b.batch * b.seqLen;
-    this.slots.view(0, [n]).upload(selectionSlots(b.positions, n));
-    const rec = new Recorder(this.gpu, this.bindGroups);
-    this.record(rec, b, m, { lr: 0, step, update: false });
-    await rec.submit();
-    return (await this.loss.download())[0];
+    const loss = await this.run(b, null, step);
+    return (await loss.download())[0];
+  }
+
+  /**
+   * Runs `b`'s parts: gradients summed, and with an `lr` the update. Returns the tensor that
+   * holds the batch's loss.
+   */
+  private async run(b: MlmBatch, lr: number | null, step: number): Promise<Tensor> {
+    const parts = splitMlmBatch(b, this.gradAccum);
+    const total = b.positions.length;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i];
+      // Uploads are queued in order with the submits, so each part reads its own inputs.
+      const m = this.setBatch(part);
+      const n = part.batch * part.seqLen;
+      this.slots.view(0, [n]).upload(selectionSlots(part.positions, n));
+      const rec = new Recorder(this.gpu, this.bindGroups);
+      this.record(rec, part, m, {
+        lr,
+        step: step * this.gradAccum + i,
+        last: i === parts.length - 1,
+        part: parts.length > 1 ? { first: i === 0, weight: m / total } : undefined,
+      });
+      await rec.submit();
+    }
+    return parts.length > 1 ? this.lossSum : this.loss;
   }
 
   private pending: StepStats[] = [];
@@ -443,15 +517,19 @@ export class Pretrainer {
 
   /** Loss (summed over tokens) and correct predictions of one held-out batch. */
   async evaluate(b: MlmBatch): Promise<{ lossSum: number; correct: number; tokens: number }> {
-    const m = this.setBatch(b);
-    const rec = new Recorder(this.gpu, this.bindGroups);
-    this.record(rec, b, m, null);
-    await rec.submit();
-    const [loss] = await this.loss.download();
-    const predicted = await this.ce.argmax.view(0, [m]).download();
-    let correct = 0;
-    for (let i = 0; i < m; i++) if (predicted[i] === b.targets[i]) correct++;
-    return { lossSum: loss * m, correct, tokens: m };
+    let lossSum = 0, correct = 0;
+    // In the training's parts: the GPU holds one part at once.
+    for (const part of splitMlmBatch(b, this.gradAccum)) {
+      const m = this.setBatch(part);
+      const rec = new Recorder(this.gpu, this.bindGroups);
+      this.record(rec, part, m, null);
+      await rec.submit();
+      const [loss] = await this.loss.download();
+      const predicted = await this.ce.argmax.view(0, [m]).download();
+      for (let i = 0; i < m; i++) if (predicted[i] === part.targets[i]) correct++;
+      lossSum += loss * m;
+    }
+    return { lossSum, correct, tokens: b.positions.length };
   }
 
   /** Frees every GPU buffer: encoder, head, optimizer and step buffers. */
@@ -469,6 +547,8 @@ export class Pretrainer {
         this.dLogits,
         this.dHidden,
         this.loss,
+        this.lossSum,
+        this.lossPart,
         this.ce.lse,
         this.ce.rowLoss,
         this.ce.argmax,
@@ -573,13 +653,22 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     o.batchSize,
     o.seed,
   );
-  const plan = planBatches(o.train, o.ids, o.batchSize, o.seed, o.steps, evalBatches);
+  const plan = planBatches(
+    o.train,
+    o.ids,
+    o.batchSize,
+    o.seed,
+    o.steps,
+    evalBatches,
+    o.gradAccum,
+  );
   const trainer = new Pretrainer(gpu, o.config, {
     maxBatch: o.batchSize,
     maxSeq: o.maxSeq,
     adamw: o.adamw,
     dropoutSeed: streamSeed(o.seed, 0, 4),
     maxRows: plan.maxRows,
+    gradAccum: o.gradAccum,
   });
   try {
     await Deno.mkdir(o.out, { recursive: true });
