@@ -123,8 +123,8 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
                           the new model's shape (default 2, 128, 2, 512, 128)
   --steps N               optimizer steps (default 2000)
   --batch-size N          sequences per step (default 32)
-  --grad-accum K          run each step's batch in K parts, one at a time, their gradients
-                          summed: the GPU holds one part (default 1)
+  --grad-accum K          run each step's batch in parts of at most ⌈batch / K⌉ sequences, one
+                          at a time, their gradients summed: the GPU holds one part (default 1)
   --max-length N          tokens per sequence, [CLS] and [SEP] included (default 128, or the
                           model's positions when fewer)
   --lr X                  peak learning rate (default 5e-4)
@@ -387,7 +387,7 @@ function checkResumeFlags(
       shape,
       ...rest
     }: Record<string, unknown>,
-  ) => ({ ...rest, shape: withoutVocab(shape) });
+  ) => ({ grad_accum: 1, ...rest, shape: withoutVocab(shape) }); // recorded only above 1
   const diffs = differences(flags(before.settings), flags(settings));
   if (diffs.length > 0) {
     throw new FlagError(`--resume: ${out} was started with other settings (${diffs.join("; ")})`);
@@ -961,7 +961,8 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
       `${train.length} training sequences, ${held.length} held-out; ` +
       `${config.numLayers} layers, hidden ${config.hiddenSize}, vocabulary ${config.vocabSize}; ` +
       `${steps} steps of ${batchSize} × ≤${maxLength} tokens` +
-      (gradAccum > 1 ? ` in ${gradAccum} parts` : "") + `, on ${gpu.description}`,
+      (gradAccum > 1 ? ` in parts of ≤${Math.ceil(batchSize / gradAccum)}` : "") +
+      `, on ${gpu.description}`,
   );
   // The GEMMs: the encoder's linear layers at every token, the MLM head's at the masked ones.
   const rows = Math.ceil(batchSize / gradAccum) * maxLength;

@@ -927,6 +927,10 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     const refused = await pretrain(["--out", out, "--resume", "--grad-accum", "2"]);
     assertEquals(refused.code, 1);
     assert(refused.stderr.includes("was started with other settings (grad_accum"), refused.stderr);
+    // Nor back to one part (not recorded: a --grad-accum 1 run's pretrain.json has none).
+    const whole = await pretrain(["--out", out, "--resume", "--grad-accum", "1"]);
+    assertEquals(whole.code, 1);
+    assert(whole.stderr.includes("was started with other settings (grad_accum"), whole.stderr);
     // The recorded value goes on without being typed: the run is finished, nothing to do.
     const resumed = await pretrain(["--out", out, "--resume"]);
     assertEquals(resumed.code, 0, resumed.stderr);
@@ -935,6 +939,10 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     assertEquals((await pretrain(["--out", plain, ...base])).code, 0);
     const none = JSON.parse(await Deno.readTextFile(`${plain}/pretrain.json`)).settings;
     assertEquals("grad_accum" in none, false);
+    // ...and resumed in parts it is refused: its steps ran whole.
+    const parts = await pretrain(["--out", plain, "--resume", "--grad-accum", "2"]);
+    assertEquals(parts.code, 1);
+    assert(parts.stderr.includes("was started with other settings (grad_accum"), parts.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
