@@ -947,3 +947,54 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+test("pretrain.ts: SIGTERM mid-run checkpoints that step; resumed, the run ends as an uninterrupted one", async () => {
+  // It stopped at once, losing every step since the last periodic checkpoint.
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const args = (out: string) => [
+      ...["--out", out, "--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
+      ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--max-length", "16", "--batch-size", "4"],
+      ...["--steps", "300", "--checkpoint-every", "1000", "--eval-every", "1000"],
+      ...["--log-every", "1", "--held-out", "0.1", "--eval-sequences", "4"],
+    ];
+    const out = `${dir}/run`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${ROOT}pretrain.ts`, "--no-autotune", ...args(out)],
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const stderr = new Response(child.stderr).text();
+    const logged = async () =>
+      (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"');
+    while (!(await logged())) await new Promise((r) => setTimeout(r, 10));
+    child.kill("SIGTERM");
+    assertEquals((await child.status).code, 143);
+    const last = (await stderr).trim().split("\n").at(-1)!;
+    const step = Number(/the last checkpoint \(step (\d+)\)/.exec(last)?.[1]);
+    assert(step > 0 && step < 300, last);
+    const resumed = await pretrain(["--out", out, "--resume"]);
+    assertEquals(resumed.code, 0, resumed.stderr);
+    const whole = await pretrain(args(`${dir}/whole`));
+    assertEquals(whole.code, 0, whole.stderr);
+    const untimed = async (path: string) =>
+      (await Deno.readTextFile(path)).trim().split("\n").map((l) => {
+        const { seconds: _s, ...rest } = JSON.parse(l);
+        return rest;
+      });
+    assertEquals(await untimed(`${out}/log.jsonl`), await untimed(`${dir}/whole/log.jsonl`));
+    assert(
+      sameBytes(
+        await Deno.readFile(`${out}/model/model.safetensors`),
+        await Deno.readFile(`${dir}/whole/model/model.safetensors`),
+      ),
+      "the model differs",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

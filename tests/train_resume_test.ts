@@ -265,6 +265,44 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "train: SIGTERM mid-run checkpoints that step; the resumed run ends as an uninterrupted one",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // A scheduler's time limit sends SIGTERM, then SIGKILL after a grace period: the run stopped
+    // at once, losing every step since its last periodic checkpoint (here: none is written).
+    await withTinyRun("ehft-train-sigterm-", ["--max-steps", "400"], async (dir, out, run) => {
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--eval-every", "0", "--max-steps", "400", "--checkpoint-every", "0"],
+      ];
+      const { child, stderr } = spawnTrain([...common, "--out", out]);
+      // Training has begun once the first block of steps is logged.
+      const logged = async () =>
+        (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"');
+      while (!(await logged())) await new Promise((r) => setTimeout(r, 10));
+      child.kill("SIGTERM");
+      assertEquals((await child.status).code, 143);
+      const lines = (await stderr).trim().split("\n");
+      assert(lines.some((l) => l.startsWith("train: SIGTERM: stopping at the end of this step")));
+      const { step } = await trainingState(out);
+      assert(step > 0 && step < 400, `checkpoint at step ${step}`);
+      assert(
+        lines.at(-1)!.includes(`the last good checkpoint (step ${step}) is kept`),
+        lines.at(-1),
+      );
+      assert(!(await exists(`${out}/metrics.json`)));
+      const resumed = await run("--resume", "--checkpoint-every", "0");
+      const whole = `${dir}/whole`;
+      const { config } = parseTrainArgs([...common, "--out", whole]);
+      assertEquals(resumed, await runTraining(config, { task: rte, quiet: true }));
+      assertSameFiles(await readTree(out), await readTree(whole), "after the SIGTERM's resume");
+    });
+  },
+});
+
+Deno.test({
   name: "train: a stderr whose reader is gone (2>&1 | head) silences the progress, not the run",
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-train-epipe-" });

@@ -43,6 +43,7 @@ import {
 } from "./mlm_data.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
+import { setStepLoop, stopRequested } from "./run_faults.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import {
   CHECKPOINT_FILE,
@@ -804,23 +805,31 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       });
     };
     if (start === 0) await evaluate(0);
-    for (let step = start; step < o.steps; step++) {
-      const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
-      await trainer.step(b, learningRate(o.schedule, step), step);
-      if (step === start && o.onTrainingStart) {
-        // A read waits for the GPU to finish the step (a submit only hands it over).
-        await trainer.peekStats();
-        o.onTrainingStart();
+    setStepLoop(true);
+    try {
+      for (let step = start; step < o.steps; step++) {
+        const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
+        await trainer.step(b, learningRate(o.schedule, step), step);
+        if (step === start && o.onTrainingStart) {
+          // A read waits for the GPU to finish the step (a submit only hands it over).
+          await trainer.peekStats();
+          o.onTrainingStart();
+        }
+        const real = realTokens(b);
+        tokens += real;
+        pendingTokens += real;
+        pendingMasked += b.positions.length;
+        const done = step + 1;
+        progress.step("pretrain", done, null);
+        if (done % o.logEvery === 0 || done === o.steps) await logStats(done);
+        if (done % o.evalEvery === 0 || done === o.steps) await evaluate(done);
+        // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none.
+        const stop = done < o.steps ? stopRequested() : null;
+        if (done % o.checkpointEvery === 0 || done === o.steps || stop) await saveCheckpoint(done);
+        if (stop) await stop();
       }
-      const real = realTokens(b);
-      tokens += real;
-      pendingTokens += real;
-      pendingMasked += b.positions.length;
-      const done = step + 1;
-      progress.step("pretrain", done, null);
-      if (done % o.logEvery === 0 || done === o.steps) await logStats(done);
-      if (done % o.evalEvery === 0 || done === o.steps) await evaluate(done);
-      if (done % o.checkpointEvery === 0 || done === o.steps) await saveCheckpoint(done);
+    } finally {
+      setStepLoop(false);
     }
     progress.finish();
     await saveMlmModel(`${o.out}/model`, trainer, o.modelDtype, {

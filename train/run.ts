@@ -56,7 +56,9 @@ import {
   RunFaultError,
   type RunPlace,
   setRunResumable,
+  setStepLoop,
   setTrainingPlace,
+  stopRequested,
 } from "./run_faults.ts";
 import {
   checkConfigChoices,
@@ -664,10 +666,11 @@ async function trainSeed(
         gradSteps: Math.min(20, p.stages[p.stages.length - 1].steps),
       });
     }
+    setStepLoop(true);
     const result = await trainStages(
       { config, task, dir, p, trainer, log, progress, options, seed, analysis, place },
       checkpoint,
-    );
+    ).finally(() => setStepLoop(false));
     if (analysis) {
       const peft = config.peft;
       const data = await analysis.finish({ task: task.name, strategy: config.strategy, peft });
@@ -945,7 +948,9 @@ async function trainStages(
       if (stageEnd && s === 0 && stages.length > 1) {
         await saveStage1(l);
       }
-      if (!runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0) {
+      // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none.
+      const stop = runEnd ? null : stopRequested();
+      if (stop || (!runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0)) {
         await flush();
         const state: TrainingState = {
           stage: s,
@@ -973,6 +978,7 @@ async function trainStages(
         });
         l.place.checkpoint = { path: `${l.dir}/${CHECKPOINT_FILE}`, step: done };
       }
+      if (stop) await stop();
     }
     await flush();
     stageStart += stage.steps;

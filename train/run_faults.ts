@@ -107,10 +107,33 @@ export function setRunResumable(on: boolean): void {
   resumable = on;
 }
 
+/** Whether a training loop is between its steps' ends now (setStepLoop), and a stop it owes. */
+let stepLoop = false;
+let stopRequest: (() => Promise<void>) | null = null;
+
+/**
+ * Says that a training loop runs now (train's stages, pretrain's steps): a SIGTERM then asks it
+ * to checkpoint at the end of its step and stop (stopRequested) rather than stopping at once.
+ */
+export function setStepLoop(on: boolean): void {
+  stepLoop = on;
+}
+
+/**
+ * The stop a SIGTERM asked of the training loop, or null: the loop checks after each step, and
+ * if there is one, writes its checkpoint and awaits it (it says what was kept and exits).
+ */
+export function stopRequested(): (() => Promise<void>) | null {
+  return stopRequest;
+}
+
 /**
  * On Ctrl-C (SIGINT) or SIGTERM, says `name: <message(how)>` on stderr and exits with the shell's
- * status for the signal (130, 143): `how` is "interrupted" or "terminated by SIGTERM". SIGHUP
- * keeps its default (a handler would undo nohup); Windows has SIGINT alone.
+ * status for the signal (130, 143): `how` is "interrupted" or "terminated by SIGTERM". A SIGTERM
+ * (a scheduler's time limit, with a grace period before its SIGKILL) during a training loop is
+ * kept for the loop's step end instead: it writes a checkpoint there, so the resumed run loses
+ * no step; a second one stops at once. SIGHUP keeps its default (a handler would undo nohup);
+ * Windows has SIGINT alone.
  */
 export function stopWithWord(name: string, message: (how: string) => Promise<string>): void {
   const signals = [["SIGINT", "interrupted", 130], [
@@ -120,9 +143,20 @@ export function stopWithWord(name: string, message: (how: string) => Promise<str
   ]] as const;
   for (const [signal, how, status] of signals) {
     if (Deno.build.os === "windows" && signal !== "SIGINT") continue;
-    Deno.addSignalListener(signal, async () => {
+    const stop = async () => {
       console.error(`\n${name}: ${await message(how)}`);
       Deno.exit(status);
+    };
+    Deno.addSignalListener(signal, async () => {
+      if (signal === "SIGTERM" && stepLoop && stopRequest === null) {
+        stopRequest = stop;
+        console.error(
+          `\n${name}: SIGTERM: stopping at the end of this step, with a checkpoint (another ` +
+            "SIGTERM stops at once)",
+        );
+        return;
+      }
+      await stop();
     });
   }
 }
