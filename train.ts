@@ -164,11 +164,12 @@ function setDryRunStatus(result: RunMetrics | SeedsMetrics | DryRunReport): void
 }
 
 /**
- * Ctrl-C, or the SIGTERM a scheduler (slurm at its time limit) or `kill` sends, stops the run
- * where it is, as a kill would (checkpoints and results are written atomically), and says what
- * was kept and the command that goes on (interruptedMessage). Exit status 130 or 143, as the
- * shell's own for these signals. SIGHUP keeps its default: handling it would undo nohup. A dry
- * run writes nothing: a signal only stops it.
+ * Ctrl-C stops the run where it is, as a kill would (checkpoints and results are written
+ * atomically); the SIGTERM a scheduler (slurm at its time limit) or `kill` sends during training
+ * lets the step end and writes a checkpoint there first (stopWithWord). Either says what was
+ * kept and the command that goes on (interruptedMessage); exit status 130 or 143, as the shell's
+ * own for these signals. SIGHUP keeps its default: handling it would undo nohup. A dry run
+ * writes nothing: a signal only stops it.
  */
 function sayHowToResumeOnInterrupt(name: string, args: readonly string[]): void {
   if (!args.includes("--dry-run")) stopWithWord(name, interruptedMessage);

@@ -1,9 +1,9 @@
 // A scratch buffer an op keeps per device between calls, grown on demand. Sharing one is safe
 // where an op writes and reads it only between the dispatches of one call (dispatches run in
 // order). A view lasts until the next view that grows the buffer: recording a command with it
-// after that is refused. An outgrown buffer is destroyed once no recorded, unsubmitted command binds it
-// (`retireBuffer`): a sequence length that keeps growing would otherwise leave one buffer per
-// length to the garbage collector, which knows nothing of GPU memory.
+// after that is refused. An outgrown buffer is destroyed once no recorded, unsubmitted command
+// binds it (`retireBuffer`): a sequence length that keeps growing would otherwise leave one
+// buffer per length to the garbage collector, which knows nothing of GPU memory.
 
 import type { Gpu } from "./device.ts";
 import { retireBuffer } from "./recorder.ts";

@@ -107,6 +107,12 @@ export function setRunResumable(on: boolean): void {
   resumable = on;
 }
 
+/** The signals stopWithWord handles: how each is said, and the shell's exit status for it. */
+const STOP_SIGNALS = [
+  ["SIGINT", "interrupted", 130],
+  ["SIGTERM", "terminated by SIGTERM", 143],
+] as const;
+
 /** Whether a training loop is between its steps' ends now (setStepLoop), and a stop it owes. */
 let stepLoop = false;
 let stopRequest: (() => Promise<void>) | null = null;
@@ -136,12 +142,7 @@ export function stopRequested(): (() => Promise<void>) | null {
  * Windows has SIGINT alone.
  */
 export function stopWithWord(name: string, message: (how: string) => Promise<string>): void {
-  const signals = [["SIGINT", "interrupted", 130], [
-    "SIGTERM",
-    "terminated by SIGTERM",
-    143,
-  ]] as const;
-  for (const [signal, how, status] of signals) {
+  for (const [signal, how, status] of STOP_SIGNALS) {
     if (Deno.build.os === "windows" && signal !== "SIGINT") continue;
     const stop = async () => {
       console.error(`\n${name}: ${await message(how)}`);
