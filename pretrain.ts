@@ -640,7 +640,8 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  */
 async function main(args: string[]): Promise<void> {
   const from: RecordedFlags = { path: "", flags: {}, out: null, resumable: false };
-  // Ctrl-C or SIGTERM: stopped where it is, as a kill would (writes are atomic), with a word.
+  // Ctrl-C: stopped where it is, as a kill would (writes are atomic); SIGTERM during training:
+  // at the end of its step, with a checkpoint (stopWithWord). Either says what was kept.
   stopWithWord(
     "pretrain",
     async (how) =>

@@ -285,7 +285,7 @@ Deno.test({
       child.kill("SIGTERM");
       assertEquals((await child.status).code, 143);
       const lines = (await stderr).trim().split("\n");
-      assert(lines.some((l) => l.startsWith("train: SIGTERM: stopping at the end of this step")));
+      assert(lines.some((l) => l.startsWith("train: SIGTERM: stopping once this step is done")));
       const { step } = await trainingState(out);
       assert(step > 0 && step < 400, `checkpoint at step ${step}`);
       assert(
@@ -298,6 +298,49 @@ Deno.test({
       const { config } = parseTrainArgs([...common, "--out", whole]);
       assertEquals(resumed, await runTraining(config, { task: rte, quiet: true }));
       assertSameFiles(await readTree(out), await readTree(whole), "after the SIGTERM's resume");
+    });
+  },
+});
+
+Deno.test({
+  name: "train --seeds: a SIGTERM in a seed's last step lets it end and starts no next seed",
+  fn: async () => {
+    // It was kept pending through the seed's end: the next seed was prepared and trained a step
+    // before the stop, spending a scheduler's grace period on it.
+    await withTinyRun("ehft-train-sigterm-seeds-", [], async (dir, out) => {
+      const script = `${dir}/main.ts`;
+      const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+      await Deno.writeTextFile(
+        script,
+        `import { parseTrainArgs } from ${url("../train/config.ts")};
+import { runTraining } from ${url("../train/run.ts")};
+import { interruptedMessage, stopWithWord } from ${url("../train/run_faults.ts")};
+import { rte } from ${url("../tasks/rte.ts")};
+stopWithWord("t", interruptedMessage);
+const { config } = parseTrainArgs(Deno.args);
+let sent = false;
+await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
+  // In seed 42's one step, its last.
+  if (!sent) Deno.kill(Deno.pid, "SIGTERM");
+  sent = true;
+} });
+`,
+      );
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", script, "--task", "rte", "--model", `${dir}/model`],
+          ...["--data", `${dir}/data`, "--strategy", "ft", "--batch-size", "8"],
+          ...["--max-steps", "1", "--eval-every", "0", "--seeds", "2", "--out", out],
+        ],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const lines = new TextDecoder().decode(r.stderr).trim().split("\n");
+      assertEquals(r.code, 143, lines.join(" | "));
+      assert(lines.at(-1)!.startsWith("t: terminated by SIGTERM; to go on: "), lines.at(-1));
+      assert(await exists(`${out}/seed-42/metrics.json`), "seed 42 ended");
+      assert(!(await exists(`${out}/seed-43/run.json`)), "seed 43 was started");
     });
   },
 });

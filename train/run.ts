@@ -372,6 +372,8 @@ async function trainPrepared(
   setRunResumable(true);
   const results: Record<string, RunMetrics> = {};
   for (const seed of seedList(config)) {
+    // A SIGTERM kept for a seed's step end that came in its last step: no next seed.
+    await stopRequested()?.();
     results[String(seed)] = await runSeed(
       `${out}/${seedFolder(seed)}`,
       config,
@@ -666,11 +668,13 @@ async function trainSeed(
         gradSteps: Math.min(20, p.stages[p.stages.length - 1].steps),
       });
     }
+    // Until its results are written: a SIGTERM in the last step or the final save lets the run
+    // end (it has nothing more to lose), one before it stops at a step's end with a checkpoint.
     setStepLoop(true);
     const result = await trainStages(
       { config, task, dir, p, trainer, log, progress, options, seed, analysis, place },
       checkpoint,
-    ).finally(() => setStepLoop(false));
+    );
     if (analysis) {
       const peft = config.peft;
       const data = await analysis.finish({ task: task.name, strategy: config.strategy, peft });
@@ -680,6 +684,7 @@ async function trainSeed(
     await saveFinalModel(dir, config, task, p, trainer);
     await writeJsonAtomic(metricsPath, result);
     await Deno.remove(checkpointPath).catch(() => {});
+    setStepLoop(false);
     setTrainingPlace(null);
     // Also draws those of an analysis written before the run was killed and resumed.
     await drawMissingFigures(dir, options.quiet ?? false);
@@ -692,6 +697,7 @@ async function trainSeed(
     freed = true;
     throw await explain(e);
   } finally {
+    setStepLoop(false);
     setTrainingPlace(null);
     progress.finish();
     log.close();

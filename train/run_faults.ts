@@ -152,8 +152,8 @@ export function stopWithWord(name: string, message: (how: string) => Promise<str
       if (signal === "SIGTERM" && stepLoop && stopRequest === null) {
         stopRequest = stop;
         console.error(
-          `\n${name}: SIGTERM: stopping at the end of this step, with a checkpoint (another ` +
-            "SIGTERM stops at once)",
+          `\n${name}: SIGTERM: stopping once this step is done and kept (another SIGTERM stops ` +
+            "at once)",
         );
         return;
       }
