@@ -114,14 +114,20 @@ export async function openModel(
   // A run's model/ before the run wrote it: said so, rather than "not a directory nor a hub id".
   const parent = idOrPath.replace(/\/+$/, "").replace(/\/?[^/]*$/, "") ||
     (idOrPath.startsWith("/") ? "/" : ".");
-  if (
-    (await Deno.stat(idOrPath).catch(() => null)) === null && await isFile(`${parent}/run.json`) &&
-    /(^|\/)model\/*$/.test(idOrPath)
-  ) {
-    throw new Error(
-      `${idOrPath} does not exist yet: the run in ${parent} has not finished (it is still ` +
-        `training, or was stopped: --resume goes on with it)`,
-    );
+  if (/(^|\/)model\/*$/.test(idOrPath) && await isFile(`${parent}/run.json`)) {
+    if ((await Deno.stat(idOrPath).catch(() => null)) === null) {
+      throw new Error(
+        `${idOrPath} does not exist yet: the run in ${parent} has not finished (it is still ` +
+          `training, or was stopped: --resume goes on with it)`,
+      );
+    }
+    // Written at the run's end, before its metrics.json: until then it may be partly written.
+    if (!(await isFile(`${parent}/metrics.json`))) {
+      throw new Error(
+        `${idOrPath} is not whole yet: the run in ${parent} has not finished (it is writing its ` +
+          `model now, or was stopped while it did: --resume goes on with it)`,
+      );
+    }
   }
   const dir = await resolveModel(idOrPath, options);
   // A run folder given for the model it holds: named, rather than "config.json: cannot read".

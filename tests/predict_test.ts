@@ -147,6 +147,16 @@ Deno.test({
         `${unfinished}/model does not exist yet: the run in ${unfinished} has not finished (it ` +
           "is still training, or was stopped: --resume goes on with it)",
       );
+      // Being written (the run's final save, before its metrics.json): it said "not a model
+      // folder: it has no config.json", or failed on a missing tokenizer.
+      await Deno.mkdir(`${unfinished}/model`);
+      await Deno.copyFile(`${dir}/model/config.json`, `${unfinished}/model/config.json`);
+      await assertRejects(
+        () => opened(`${unfinished}/model`),
+        Error,
+        `${unfinished}/model is not whole yet: the run in ${unfinished} has not finished (it is ` +
+          "writing its model now, or was stopped while it did: --resume goes on with it)",
+      );
       await assertRejects(
         () => opened(`${runDir}/seeds/seed-2`),
         Error,
@@ -475,6 +485,7 @@ Deno.test({
         `${dir}/run/run.json`,
         JSON.stringify({ resolved: { max_length: 9 } }),
       );
+      await Deno.writeTextFile(`${dir}/run/metrics.json`, "{}"); // a finished run's
       assertEquals(logits(await run()), full);
       // One it saved before its weights kept their length (its metadata names its strategy and
       // stage): the run.json beside model/ says it.
