@@ -444,15 +444,9 @@ const LOG_BLOCK = 32;
  * of its own (`train.ts --out <out>/seed-42 --resume` reaches it) and so is locked while its seed
  * trains, as `--out` is: two processes never train one seed.
  */
-async function runSeed(
-  dir: string,
-  config: TrainConfig,
-  seed: number,
-  options: RunOptions,
-  label: string | null,
-  prepareOnce: () => Promise<Prepared>,
-): Promise<RunMetrics> {
-  if (dir === config.out) return await trainSeed(dir, config, seed, options, label, prepareOnce);
+async function runSeed(...args: Parameters<typeof trainSeed>): Promise<RunMetrics> {
+  const [dir, config] = args;
+  if (dir === config.out) return await trainSeed(...args);
   await Deno.mkdir(dir, { recursive: true });
   const lock = await lockFolder(dir);
   if (lock === "held") {
@@ -461,7 +455,7 @@ async function runSeed(
     );
   }
   try {
-    return await trainSeed(dir, config, seed, options, label, prepareOnce);
+    return await trainSeed(...args);
   } finally {
     lock?.close();
   }
