@@ -38,13 +38,14 @@ async function bindingLimit(): Promise<number> {
   return limit;
 }
 
-async function pretrain(
+/** pretrain.ts with `args` (and --no-autotune), its stderr piped. */
+function pretrainCommand(
   args: string[],
-  quiet = true,
-  env: Record<string, string> = {},
-  denoFlags: string[] = [],
-) {
-  const out = await new Deno.Command(Deno.execPath(), {
+  quiet: boolean,
+  env: Record<string, string>,
+  denoFlags: string[],
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
@@ -57,8 +58,34 @@ async function pretrain(
     env: { XDG_RUNTIME_DIR: "/tmp", ...env },
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  });
+}
+
+async function pretrain(
+  args: string[],
+  quiet = true,
+  env: Record<string, string> = {},
+  denoFlags: string[] = [],
+) {
+  const out = await pretrainCommand(args, quiet, env, denoFlags).output();
   return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/** pretrain.ts started with `args`, and its whole stderr once it ends (to stop it midway). */
+function spawnPretrain(args: string[]): { child: Deno.ChildProcess; stderr: Promise<string> } {
+  const child = pretrainCommand(args, false, { NO_COLOR: "1" }, []).spawn();
+  child.stdout.cancel();
+  return { child, stderr: new Response(child.stderr).text() };
+}
+
+/** A new 1-layer model of `dir`/corpus.txt's text, on the bert-base-uncased vocabulary pruned. */
+function tinyFromScratch(dir: string): string[] {
+  return [
+    ...["--corpus", `${dir}/corpus.txt`],
+    ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
+    ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+    ...["--max-positions", "16"],
+  ];
 }
 
 const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
@@ -825,18 +852,7 @@ test("pretrain.ts: a write that fails mid-run says what was kept and the command
   try {
     await writeCorpus(`${dir}/corpus.txt`);
     const out = `${dir}/run`;
-    const args = [
-      ...[
-        "--out",
-        out,
-        "--corpus",
-        `${dir}/corpus.txt`,
-        "--vocab",
-        `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`,
-      ],
-      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
-      ...["--max-positions", "16", ...SMALL],
-    ];
+    const args = ["--out", out, ...tinyFromScratch(dir), ...SMALL];
     // model/ cannot be made (as a full disk or a read-only folder would refuse it), at the end.
     const denied = await pretrain(args, true, {}, [`--deny-write=${out}/model`]);
     const stderr = denied.stderr.trim();
@@ -872,20 +888,11 @@ for (const [signal, how, code] of STOPS) {
     try {
       await writeCorpus(`${dir}/corpus.txt`);
       const out = `${dir}/run`;
-      const child = new Deno.Command(Deno.execPath(), {
-        args: [
-          ...["run", "-A", `${ROOT}pretrain.ts`, "--no-autotune", "--out", out],
-          ...["--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
-          ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
-          ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
-          ...["--max-positions", "16", "--max-length", "16", "--batch-size", "4"],
-          ...["--steps", "100000", "--checkpoint-every", "2", "--eval-every", "1000"],
-        ],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).spawn();
-      const stderr = new Response(child.stderr).text();
+      const { child, stderr } = spawnPretrain([
+        ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+        ...["--max-length", "16", "--batch-size", "4"],
+        ...["--steps", "100000", "--checkpoint-every", "2", "--eval-every", "1000"],
+      ]);
       let ended = false;
       child.status.then(() => ended = true);
       while (!(await exists(`${out}/checkpoint.safetensors`))) {
@@ -913,12 +920,7 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
   const dir = await Deno.makeTempDir();
   try {
     await writeCorpus(`${dir}/corpus.txt`);
-    const base = [
-      ...["--corpus", `${dir}/corpus.txt`],
-      ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
-      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
-      ...["--max-positions", "16", ...SMALL],
-    ];
+    const base = [...tinyFromScratch(dir), ...SMALL];
     const out = `${dir}/run`;
     const ran = await pretrain(["--out", out, ...base, "--grad-accum", "3"]);
     assertEquals(ran.code, 0, ran.stderr);
@@ -954,21 +956,13 @@ test("pretrain.ts: SIGTERM mid-run checkpoints that step; resumed, the run ends 
   try {
     await writeCorpus(`${dir}/corpus.txt`);
     const args = (out: string) => [
-      ...["--out", out, "--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
-      ...["--vocab", `${ROOT}data/tokenizers/bert-base-uncased/vocab.txt`],
-      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
-      ...["--max-positions", "16", "--max-length", "16", "--batch-size", "4"],
+      ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+      ...["--max-length", "16", "--batch-size", "4"],
       ...["--steps", "300", "--checkpoint-every", "1000", "--eval-every", "1000"],
       ...["--log-every", "1", "--held-out", "0.1", "--eval-sequences", "4"],
     ];
     const out = `${dir}/run`;
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", `${ROOT}pretrain.ts`, "--no-autotune", ...args(out)],
-      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const stderr = new Response(child.stderr).text();
+    const { child, stderr } = spawnPretrain(args(out));
     const logged = async () =>
       (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"');
     while (!(await logged())) await new Promise((r) => setTimeout(r, 10));
