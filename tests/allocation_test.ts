@@ -2,6 +2,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
+import type { Gpu } from "../kernels/device.ts";
 import { readConfig } from "../model/config.ts";
 import { createPeft, PEFT_DEFAULTS } from "../peft/method.ts";
 import type { TrainBatch } from "../train/batches.ts";
@@ -81,38 +82,53 @@ gpuTest("recorder: submittedCounts counts dispatches, copies and submits", async
 // The issue's "no per-step allocation": after a stage's first step (which may size workspaces),
 // a training step creates no GPU buffer: activations, gradients, optimizer state, workspaces and
 // the launches' uniforms all live in buffers made before it.
+/** A Trainer of the tiny BERT with a stage begun: full fine-tuning, or a PEFT method's. */
+async function tinyTrainer(
+  gpu: Gpu,
+  mode: "ft" | "lora" | "prefix",
+  maxSeq: number,
+): Promise<Trainer> {
+  const config = await readConfig(`${TINY_BERT}/config.json`);
+  const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
+  const trainer = new Trainer(gpu, {
+    config,
+    loss: "bce",
+    headClasses: 1,
+    maxExamples: 3,
+    maxSeq,
+    headSeed: 1,
+    dropoutSeed: 2,
+    peft,
+    adamw: ADAMW_DEFAULTS,
+  });
+  trainer.beginStage(
+    mode === "ft"
+      ? { head: true, backbone: "all", peft: false }
+      : { head: true, backbone: "peft", peft: true },
+    ADAMW_DEFAULTS,
+  );
+  return trainer;
+}
+
+/** Three examples of `S` tokens, drawn from `seed`. */
+function tinyBatch(S: number, seed: number): TrainBatch {
+  return {
+    examples: 3,
+    encoder: {
+      inputIds: Uint32Array.from({ length: 3 * S }, (_, i) => 5 + ((i * 7 + seed) % 90)),
+      batch: 3,
+      seqLen: S,
+    },
+    targets: Float32Array.from([0, 1, seed % 2]),
+  };
+}
+
 for (const mode of ["ft", "lora", "prefix"] as const) {
   gpuTest(`allocation: training steps after the first create no buffer (${mode})`, async (gpu) => {
-    const config = await readConfig(`${TINY_BERT}/config.json`);
-    const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
     const S = 9;
-    const trainer = new Trainer(gpu, {
-      config,
-      loss: "bce",
-      headClasses: 1,
-      maxExamples: 3,
-      maxSeq: S,
-      headSeed: 1,
-      dropoutSeed: 2,
-      peft,
-      adamw: ADAMW_DEFAULTS,
-    });
+    const trainer = await tinyTrainer(gpu, mode, S);
     try {
-      trainer.beginStage(
-        mode === "ft"
-          ? { head: true, backbone: "all", peft: false }
-          : { head: true, backbone: "peft", peft: true },
-        ADAMW_DEFAULTS,
-      );
-      const batch = (seed: number): TrainBatch => ({
-        examples: 3,
-        encoder: {
-          inputIds: Uint32Array.from({ length: 3 * S }, (_, i) => 5 + ((i * 7 + seed) % 90)),
-          batch: 3,
-          seqLen: S,
-        },
-        targets: Float32Array.from([0, 1, seed % 2]),
-      });
+      const batch = (seed: number) => tinyBatch(S, seed);
       await trainer.step(batch(0), 1e-3, 0);
       const device = gpu.device;
       const create = device.createBuffer;
@@ -141,20 +157,8 @@ for (const mode of ["ft", "lora", "prefix"] as const) {
 // the garbage collector (which knows nothing of GPU memory), one per length, until it happened to
 // run. Now every workspace holds one buffer at a time.
 gpuTest("allocation: steps at growing lengths leave one live buffer per workspace", async (gpu) => {
-  const config = await readConfig(`${TINY_BERT}/config.json`);
-  const peft = createPeft("prefix", gpu, config, PEFT_DEFAULTS);
   const lengths = [4, 6, 9, 13, 17];
-  const trainer = new Trainer(gpu, {
-    config,
-    loss: "bce",
-    headClasses: 1,
-    maxExamples: 3,
-    maxSeq: lengths.at(-1)!,
-    headSeed: 1,
-    dropoutSeed: 2,
-    peft,
-    adamw: ADAMW_DEFAULTS,
-  });
+  const trainer = await tinyTrainer(gpu, "prefix", lengths.at(-1)!);
   const device = gpu.device;
   const create = device.createBuffer;
   const live = new Map<string, number>();
@@ -170,22 +174,7 @@ gpuTest("allocation: steps at growing lengths leave one live buffer per workspac
     return buffer;
   };
   try {
-    trainer.beginStage({ head: true, backbone: "peft", peft: true }, ADAMW_DEFAULTS);
-    for (const [step, S] of lengths.entries()) {
-      await trainer.step(
-        {
-          examples: 3,
-          encoder: {
-            inputIds: Uint32Array.from({ length: 3 * S }, (_, i) => 5 + ((i * 7 + step) % 90)),
-            batch: 3,
-            seqLen: S,
-          },
-          targets: Float32Array.from([0, 1, step % 2]),
-        },
-        1e-3,
-        step,
-      );
-    }
+    for (const [step, S] of lengths.entries()) await trainer.step(tinyBatch(S, step), 1e-3, step);
     const stats = await trainer.takeStats();
     assert(stats.every((s) => Number.isFinite(s.loss)), "finite losses");
     const grown = [...live].filter(([, n]) => n > 1);
