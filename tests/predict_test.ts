@@ -24,6 +24,22 @@ async function writeData(dir: string): Promise<string> {
   return path;
 }
 
+/** predict.ts run with `args` (in `cwd`), and what it wrote. */
+async function predictCli(
+  args: string[],
+  cwd?: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../predict.ts", import.meta.url).pathname, ...args],
+    cwd,
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: r.code, stdout: text(r.stdout), stderr: text(r.stderr) };
+}
+
 Deno.test({
   name: "predict.ts: writes one JSON object per example, independent of the batch size",
   ...IN_PROCESS_GPU,
@@ -34,28 +50,11 @@ Deno.test({
       await writeTinyBert(`${dir}/model`);
       const data = await writeData(dir);
       const out = `${dir}/predictions.jsonl`;
-      const cli = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          new URL("../predict.ts", import.meta.url).pathname,
-          "--model",
-          `${dir}/model`,
-          "--task",
-          "rte",
-          "--data",
-          data,
-          "--batch-size",
-          "2",
-          "--out",
-          out,
-        ],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const stderr = new TextDecoder().decode(cli.stderr);
-      assertEquals(cli.code, 0, stderr);
+      const cli = await predictCli([
+        ...["--model", `${dir}/model`, "--task", "rte", "--data", data, "--batch-size", "2"],
+        ...["--out", out],
+      ]);
+      assertEquals(cli.code, 0, cli.stderr);
       const lines = (await Deno.readTextFile(out)).trim().split("\n").map((l) => JSON.parse(l));
       assertEquals(lines.length, 5);
       for (const [i, line] of lines.entries()) {
@@ -66,19 +65,13 @@ Deno.test({
         assertEquals(line.prediction, line.logits[0] > 0 ? "not_entailment" : "entailment");
       }
       // `--out -`: the same lines on stdout (it made a file called "-").
-      const piped = await new Deno.Command(Deno.execPath(), {
-        args: [
-          ...["run", "-A", new URL("../predict.ts", import.meta.url).pathname],
-          ...["--model", `${dir}/model`, "--task", "rte", "--data", data, "--out", "-"],
-        ],
-        cwd: dir,
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const said = new TextDecoder().decode(piped.stderr);
+      const piped = await predictCli(
+        ["--model", `${dir}/model`, "--task", "rte", "--data", data, "--out", "-"],
+        dir,
+      );
+      const said = piped.stderr;
       assertEquals(piped.code, 0, said);
-      assertEquals(new TextDecoder().decode(piped.stdout), await Deno.readTextFile(out));
+      assertEquals(piped.stdout, await Deno.readTextFile(out));
       assert(said.endsWith("predict: 5 predictions written to stdout\n"), said);
       assert(!(await Deno.stat(`${dir}/-`).then(() => true, () => false)), "a file called -");
       // The same model run in one batch of 5 gives the same logits.
@@ -163,13 +156,8 @@ Deno.test({
         `${runDir}/seeds/seed-2 is not a model folder: it has no config.json`,
       );
       const run = async (...args: string[]) => {
-        const r = await new Deno.Command(Deno.execPath(), {
-          args: ["run", "-A", new URL("../predict.ts", import.meta.url).pathname, ...args],
-          env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
-        return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
+        const r = await predictCli(args);
+        return { code: r.code, stderr: r.stderr.trim() };
       };
       const typo = await run("--modle", "x");
       assertEquals(typo.code, 1);
