@@ -348,11 +348,7 @@ await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
 Deno.test({
   name: "train: a stderr whose reader is gone (2>&1 | head) silences the progress, not the run",
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "ehft-train-epipe-" });
-    try {
-      await writeTinyBert(`${dir}/model`, false);
-      await writeMarkerData(`${dir}/data`);
-      const out = `${dir}/run`;
+    await withTinyRun("ehft-train-epipe-", [], async (dir, out) => {
       const child = new Deno.Command(Deno.execPath(), {
         args: [
           ...["run", "-A", TRAIN_TS, "--task", "rte", "--model", `${dir}/model`],
@@ -370,9 +366,7 @@ Deno.test({
       await reader.cancel();
       assertEquals((await child.status).code, 0);
       assert(await exists(`${out}/metrics.json`), "the run finished");
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -385,11 +379,7 @@ for (
   Deno.test({
     name: `train: ${signal} stops the run with status ${code} and the command that resumes it`,
     fn: async () => {
-      const dir = await Deno.makeTempDir({ prefix: "ehft-train-sigint-" });
-      try {
-        await writeTinyBert(`${dir}/model`, false);
-        await writeMarkerData(`${dir}/data`);
-        const out = `${dir}/run`;
+      await withTinyRun("ehft-train-sigint-", [], async (dir, out) => {
         const args = [
           ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", out],
           ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "400", "--eval-every", "0"],
@@ -416,9 +406,7 @@ for (
         );
         assert(await exists(`${out}/checkpoint.safetensors`));
         assert(!(await exists(`${out}/metrics.json`)));
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
+      });
     },
   });
 }
