@@ -24,6 +24,21 @@ export class Retryable extends Error {}
  */
 export class Unreachable extends Error {}
 
+/**
+ * What `write` (a write into the download's cache) gives; its failure becomes `cannot(e)`: a full
+ * or read-only cache is not the network's fault, so it is said at once and not retried.
+ */
+export async function cacheWrite<T>(
+  write: () => Promise<T>,
+  cannot: (e: unknown) => Error,
+): Promise<T> {
+  try {
+    return await write();
+  } catch (e) {
+    throw cannot(e);
+  }
+}
+
 /** Resolves after `ms` milliseconds; at once when `ms` is 0 or less (tests retry with no pause). */
 export function delay(ms: number): Promise<void> {
   return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();

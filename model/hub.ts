@@ -30,6 +30,7 @@
 import { createHash } from "node:crypto";
 import { writeAll } from "./atomic_write.ts";
 import {
+  cacheWrite,
   delay,
   fileSize,
   Retryable,
@@ -1068,24 +1069,20 @@ async function transfer(
     }
     const hash = verify ? createHash("sha256") : undefined;
     if (hash && resumedFrom > 0) await hashPrefix(partial, resumedFrom, hash);
-    // A full or read-only cache is not the network's fault: said at once, not retried.
     const cannotWrite = (e: unknown) =>
       new HubError(
         `downloading ${meta.file} of ${ctx.id}: cannot write ${partial}: ${errorText(e)}; ` +
           `free space there (or set HF_HUB_CACHE to another folder) and run again to resume`,
       );
-    try {
-      file = await Deno.open(
-        partial,
-        resumedFrom > 0 ? { append: true } : {
-          write: true,
-          create: true,
-          truncate: true,
-        },
-      );
-    } catch (e) {
-      throw cannotWrite(e);
-    }
+    const out = await cacheWrite(
+      () =>
+        Deno.open(
+          partial,
+          resumedFrom > 0 ? { append: true } : { write: true, create: true, truncate: true },
+        ),
+      cannotWrite,
+    );
+    file = out;
     let bytes = resumedFrom;
     const started = performance.now();
     const report = (done: boolean) =>
@@ -1107,11 +1104,7 @@ async function transfer(
           if (expected !== undefined && bytes + chunk.length > expected) {
             throw new Retryable("the server sent more bytes than the file has");
           }
-          try {
-            await writeAll(file, chunk);
-          } catch (e) {
-            throw cannotWrite(e);
-          }
+          await cacheWrite(() => writeAll(out, chunk), cannotWrite);
           hash?.update(chunk);
           bytes += chunk.length;
           report(false);
@@ -1132,11 +1125,7 @@ async function transfer(
     if (expected !== undefined && bytes < expected) {
       throw new Retryable(`the connection closed after ${bytes} of ${expected} bytes`);
     }
-    try {
-      await file.syncData();
-    } catch (e) {
-      throw cannotWrite(e);
-    }
+    await cacheWrite(() => out.syncData(), cannotWrite);
     file.close();
     file = undefined;
     report(true);

@@ -23,6 +23,7 @@
 import { unzipSync } from "npm:fflate@0.8.3";
 import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import {
+  cacheWrite,
   delay,
   fileSize,
   OFFLINE_VARIABLES,
@@ -552,17 +553,16 @@ async function attempt(
       );
     }
     const expected = stated ?? spec.size;
-    // A full or read-only cache is not the network's fault: said at once, not retried.
     const cannotWrite = (e: unknown) =>
       new DatasetError(
         `cannot download ${spec.name}: cannot write ${partial}: ${errorText(e)}; free space ` +
           `there (or set EHFT_DATA_CACHE to another folder) and run again`,
       );
-    try {
-      file = await Deno.open(partial, { write: true, create: true, truncate: true });
-    } catch (e) {
-      throw cannotWrite(e);
-    }
+    const out = await cacheWrite(
+      () => Deno.open(partial, { write: true, create: true, truncate: true }),
+      cannotWrite,
+    );
+    file = out;
     let bytes = 0;
     const report = (done: boolean) =>
       t.progress?.({ name: spec.name, bytes, total: expected, done });
@@ -575,11 +575,7 @@ async function attempt(
           if (expected !== undefined && bytes + chunk.length > expected) {
             throw new Retryable(`the server sent more than ${expected} bytes`);
           }
-          try {
-            await writeAll(file, chunk);
-          } catch (e) {
-            throw cannotWrite(e);
-          }
+          await cacheWrite(() => writeAll(out, chunk), cannotWrite);
           bytes += chunk.length;
           report(false);
         }
@@ -591,11 +587,7 @@ async function attempt(
     if (expected !== undefined && bytes < expected) {
       throw new Retryable(`the connection closed after ${bytes} of ${expected} bytes`);
     }
-    try {
-      await file.syncData();
-    } catch (e) {
-      throw cannotWrite(e);
-    }
+    await cacheWrite(() => out.syncData(), cannotWrite);
     file.close();
     file = undefined;
     report(true);
