@@ -400,7 +400,8 @@ function checkResumeFlags(
   ) {
     const was = Math.floor(ratio * steps);
     if (was !== now) {
-      throw new FlagError(
+      // Not a FlagError (exit status 2): no command resumes it.
+      throw new Error(
         `--resume: ${out} was started when --warmup-ratio ${ratio} gave its ${steps} steps ` +
           `${was} warmup steps (a rounding error); it now gives ${now}, so the resumed run ` +
           `would be neither (start it again in another --out)`,
@@ -437,8 +438,9 @@ async function resumeIsFinished(
   // run from before it: what no vocabulary changes); then the vocabulary the text and --vocab
   // (or --model's files) make; then the token fingerprints, which both change. So each
   // difference is named by its first cause.
+  // Not FlagErrors (exit status 2): the command is the run's; its files changed.
   const otherText = (diff: string) =>
-    new FlagError(
+    new Error(
       `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
         `(${diff})`,
     );
@@ -468,7 +470,7 @@ async function resumeIsFinished(
       : textKnown
       ? `${file} is not what it started with`
       : `${file}, or the text it is pruned to, is not what it started with`;
-    throw new FlagError(
+    throw new Error(
       `--resume: ${out} was started with another vocabulary (${vocabDiff}): ${cause}`,
     );
   }
@@ -662,7 +664,8 @@ async function main(args: string[]): Promise<void> {
     if (!(e instanceof FlagError)) throw e;
     const named = [...e.message.matchAll(/--([a-z-]+)/g)].map((m) => m[1]);
     if (!named.some((flag) => flag in from.flags)) throw e;
-    throw new FlagError(`${from.path}: ${e.message}`);
+    // The file's, not the command's: status 1, as for any other damaged file.
+    throw new Error(`${from.path}: ${e.message}`);
   }
 }
 

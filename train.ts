@@ -54,7 +54,7 @@ export async function trainFromArgs(
   const byName = task
     ? (name: string) => {
       if (name !== task.name) {
-        throw new Error(`--task: this script trains ${task.name}, not ${name}`);
+        throw new FlagError(`--task: this script trains ${task.name}, not ${name}`);
       }
       return task;
     }

@@ -1,6 +1,7 @@
 // The task scripts by name, for the entry points that take `--task`.
 
 import type { Task } from "../train/task.ts";
+import { FlagError } from "../train/flags.ts";
 import { boolq } from "./boolq.ts";
 import { cb } from "./cb.ts";
 import { cola } from "./cola.ts";
@@ -24,11 +25,11 @@ export const TASKS: Readonly<Record<string, Task>> = {
   stsb,
 };
 
-/** The task called `name`, or an error listing the known ones. */
+/** The task called `name`, or a FlagError listing the known ones. */
 export function taskByName(name: string): Task {
   const task = TASKS[name];
   if (!task) {
-    throw new Error(`--task: unknown task "${name}" (known: ${Object.keys(TASKS).join(", ")})`);
+    throw new FlagError(`--task: unknown task "${name}" (known: ${Object.keys(TASKS).join(", ")})`);
   }
   return task;
 }

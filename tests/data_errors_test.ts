@@ -807,7 +807,7 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
     const { code, stderr } = await trainCli(
       ["--task", "rte", "--model", `${dir}/model`, "--data", file, "--out", out, "--epochs", "1"],
     );
-    assertEquals(code, 1);
+    assertEquals(code, 2);
     assertEquals(
       stderr,
       `train: --data ${file} is a file: training reads the train and val splits from a folder ` +
@@ -827,7 +827,7 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
         ["--task", "rte", "--model", `${dir}/model`, "--data", data, "--out", bad, "--epochs", "1"],
       );
       assertEquals([refused.code, refused.stderr], [
-        1,
+        2,
         `train: --out ${bad}${bad === file ? " " : ": "}${problem}`,
       ]);
     }
@@ -841,7 +841,7 @@ Deno.test("data errors: --data naming a file is refused by training in one line,
     }).output();
     assertEquals(
       [boolq.code, new TextDecoder().decode(boolq.stderr).trim()],
-      [1, `boolq: --out ${file} is a file, not a folder: give a folder for the run`],
+      [2, `boolq: --out ${file} is a file, not a folder: give a folder for the run`],
     );
 
     const report = await dryRun(READERS.rte.task, { data: file });

@@ -4,7 +4,8 @@
 // switch given a value, a missing or empty value, a single dash, positionals, a flag given
 // twice: the last wins); contradictions typed by the user; a task script's own defaults never
 // conflicting; and runMain as every entry point uses it, in subprocesses: one line on stderr,
-// exit code 1, the stack only with --debug, whatever was thrown and wherever.
+// exit code 1 (2 for a FlagError: the command refused as typed), the stack only with --debug,
+// whatever was thrown and wherever.
 
 import { assert, assertEquals } from "./assert.ts";
 import { numberFlag, type Recipe, TRAIN_FLAGS, type TrainConfig } from "../train/config.ts";
@@ -526,7 +527,7 @@ async function pool<T>(jobs: (() => Promise<T>)[], width = 4): Promise<T[]> {
 const subprocess = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 subprocess(
-  "flags audit: every entry point: one line on stderr, exit 1, --debug adds the stack",
+  "flags audit: every entry point: one line on stderr, exit 2 for a flag, --debug adds the stack",
   async () => {
     const scripts: [string, string][] = [
       ["train.ts", "train"],
@@ -541,7 +542,7 @@ subprocess(
     const results = await pool([...plain, ...debug]);
     for (const [i, [file, name]] of scripts.entries()) {
       const r = results[i];
-      assertEquals([r.code, r.lines.length], [1, 1], `${file}: ${r.lines.join(" | ")}`);
+      assertEquals([r.code, r.lines.length], [2, 1], `${file}: ${r.lines.join(" | ")}`);
       // report.ts takes positionals; the others refuse the "x" first.
       const expected = name === "report"
         ? "report: unknown flag --bogus-flag"
@@ -551,7 +552,7 @@ subprocess(
     }
     for (const [i, [file]] of scripts.slice(0, 4).entries()) {
       const r = results[scripts.length + i];
-      assertEquals(r.code, 1, file);
+      assertEquals(r.code, 2, file);
       assertEquals(r.lines[0], results[i].lines[0], `${file} --debug: the same first line`);
       assert(r.lines.length > 2, `${file} --debug: no stack: ${r.lines.join(" | ")}`);
       assert(r.lines.some((l) => /^\s+at /.test(l)), `${file} --debug: ${r.lines.join(" | ")}`);
@@ -560,7 +561,7 @@ subprocess(
 );
 
 subprocess(
-  "flags audit: runMain: non-Error values, multi-line messages, async callbacks",
+  "flags audit: runMain: non-Error values, multi-line messages, async callbacks, FlagError's 2",
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "ehft-runmain-" });
     try {
@@ -568,7 +569,7 @@ subprocess(
       const script = `${dir}/main.ts`;
       await Deno.writeTextFile(
         script,
-        `import { runMain } from ${JSON.stringify(flags)};
+        `import { FlagError, runMain } from ${JSON.stringify(flags)};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 await runMain("t", async (args) => {
   switch (args[0]) {
@@ -576,6 +577,13 @@ await runMain("t", async (args) => {
     case "string": throw "a plain string";
     case "object": throw { code: 7 };
     case "undefined": throw undefined;
+    case "flag": throw new FlagError("--lr: expected a number, got x");
+    case "flag-timer":
+      setTimeout(() => { throw new FlagError("--lr: in a timer"); }, 0);
+      await sleep(5000);
+      return;
+    // Only the class says a flag: an Error that calls itself one is a failure.
+    case "named": { const e = new Error("not a flag"); e.name = "FlagError"; throw e; }
     case "multiline": throw new Error("first line\\nsecond line\\n\\nthird");
     case "timer":
       setTimeout(() => { throw new Error("in a timer\\ncallback"); }, 0);
@@ -598,6 +606,9 @@ await runMain("t", async (args) => {
         [["string"], 1, ["t: a plain string"]],
         [["object"], 1, ["t: { code: 7 }"]],
         [["undefined"], 1, ["t: undefined"]],
+        [["flag"], 2, ["t: --lr: expected a number, got x"]],
+        [["flag-timer"], 2, ["t: --lr: in a timer"]],
+        [["named"], 1, ["t: not a flag"]],
         [["multiline"], 1, ["t: first line second line third"]],
         [["timer"], 1, ["t: in a timer callback"]],
         [["rejection"], 1, ["t: an unhandled rejection"]],

@@ -88,7 +88,7 @@ Deno.test("mini_evidence: --methods refuses an unknown name in one line, before 
         stderr: "piped",
       }).output();
       const stderr = new TextDecoder().decode(r.stderr);
-      assertEquals(r.code, 1, stderr);
+      assertEquals(r.code, 2, stderr);
       assertEquals(stderr.trim(), `mini_evidence: --methods: ${problem} in "${spec}" (${known})`);
     }
     // No table of nothing was written.
@@ -108,7 +108,7 @@ Deno.test("mini_evidence: --table-only needs a folder with cells: else one line,
       `(such as ${out}/cb-ft/): give that run's --out, or drop --table-only to run them`;
     // A folder that does not exist: said so (it was "table.md: write failed"), not made.
     const missing = await miniEvidence(["--table-only", "--out", `${dir}/me`, "--tasks", "cb"]);
-    assertEquals(missing.code, 1);
+    assertEquals(missing.code, 2);
     assertEquals(
       missing.stderr.trim(),
       `mini_evidence: --out ${dir}/me does not exist; ${needs(`${dir}/me`)}`,
@@ -125,7 +125,7 @@ Deno.test("mini_evidence: --table-only needs a folder with cells: else one line,
       "--methods",
       "ft,lpft",
     ]);
-    assertEquals(empty.code, 1);
+    assertEquals(empty.code, 2);
     assertEquals(
       empty.stderr.trim(),
       `mini_evidence: --out ${dir}/me holds no cell of --tasks cb and --methods ft,lpft; ` +
@@ -135,7 +135,7 @@ Deno.test("mini_evidence: --table-only needs a folder with cells: else one line,
     // A file.
     await Deno.writeTextFile(`${dir}/file`, "");
     const file = await miniEvidence(["--table-only", "--out", `${dir}/file`, "--tasks", "cb"]);
-    assertEquals(file.code, 1);
+    assertEquals(file.code, 2);
     assert(file.stderr.includes(`--out ${dir}/file is a file, not a folder`), file.stderr);
     assertEquals(file.stderr.trim().split("\n").length, 1, file.stderr);
     // A folder with a cell: the table.
@@ -167,7 +167,7 @@ Deno.test("mini_evidence: --help prints its usage (tools/README.md's) and top co
   ];
   for (const [flag, hint] of typos) {
     const r = await miniEvidence([flag, "--out", "/nonexistent"]);
-    assertEquals(r.code, 1, flag);
+    assertEquals(r.code, 2, flag);
     assertEquals(r.stderr.trim(), `mini_evidence: unknown flag ${flag} (did you mean ${hint}?)`);
   }
 });

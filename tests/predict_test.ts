@@ -160,7 +160,6 @@ Deno.test({
         return { code: r.code, stderr: r.stderr.trim() };
       };
       const typo = await run("--modle", "x");
-      assertEquals(typo.code, 1);
       assertEquals(typo.stderr, "predict: unknown flag --modle (did you mean --model?)");
       const missing = await run("--model", `${dir}/model`, "--task", "rte", "--data", data);
       assertEquals(missing.stderr, "predict: --out is required");
@@ -195,8 +194,11 @@ Deno.test({
         ...["--out", `${dir}/split.jsonl`],
       );
       assert(own.stderr.includes("has no EH-FT head"), own.stderr);
+      // The command refused as typed is exit status 2; the model that cannot serve, 1.
+      assertEquals(own.code, 1, own.stderr);
       for (const r of [typo, missing, task, batch, split]) {
         assert(!r.stderr.includes("\n"), r.stderr);
+        assertEquals(r.code, 2, r.stderr);
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -245,7 +247,7 @@ Deno.test({
         "--out",
         config,
       );
-      assertEquals(own.code, 1, own.stderr);
+      assertEquals(own.code, 2, own.stderr);
       assertEquals(
         own.stderr,
         `predict: --out ${config} already exists: pass --overwrite to replace it, or choose ` +
@@ -268,7 +270,7 @@ Deno.test({
         "--out",
         out,
       );
-      assertEquals(noModel.code, 1);
+      assertEquals(noModel.code, 2);
       assertEquals(
         noModel.stderr,
         `predict: --out ${out} already exists: pass --overwrite to replace it, or choose ` +
@@ -286,7 +288,7 @@ Deno.test({
           `${dir}/model`,
           ...extra,
         );
-        assertEquals(folder.code, 1);
+        assertEquals(folder.code, 2);
         assertEquals(
           folder.stderr,
           `predict: --out ${dir}/model is a folder: give a file path for the predictions (e.g. ` +
@@ -414,7 +416,7 @@ Deno.test("predict.ts --out: checkOutPath's rules, each a one-line FlagError nam
     };
     for (const out of [`${dir}/p.jsonl`, `${dir}/new/p.jsonl`]) {
       const { code, err } = await limited("--out", out);
-      assert(code === 1 && err.startsWith(`predict: --out ${out}: cannot write in ${dir}: `), err);
+      assert(code === 2 && err.startsWith(`predict: --out ${out}: cannot write in ${dir}: `), err);
     }
     // A link is written through: its target's folder is the one that must take the file.
     await Deno.symlink(`${dir}/earlier.jsonl`, `${dir}/folder/out.jsonl`);

@@ -198,10 +198,10 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
     assertEquals(settings.corpus.sources, [`${dir}/corpus.txt`]);
 
     const again = await pretrain(args);
-    assertEquals(again.code, 1);
+    assertEquals(again.code, 2);
     assert(again.stderr.includes(`--out ${out} is not empty`), again.stderr);
     const other = await pretrain([...args, "--lr", "1e-3", "--resume"]);
-    assertEquals(other.code, 1);
+    assertEquals(other.code, 2);
     assert(
       other.stderr.includes(
         `--resume: ${out} was started with other settings (lr: 0.0005 in pretrain.json, ` +
@@ -213,7 +213,7 @@ test("pretrain.ts from scratch: pruned vocabulary, outputs, --resume checks its 
     // --out alone: a typed shape flag against the recorded --max-length (16) is refused as
     // another shape, not as a --max-length the user never typed.
     const shape = await pretrain(["--out", out, "--resume", "--max-positions", "8"]);
-    assertEquals(shape.code, 1);
+    assertEquals(shape.code, 2);
     assertEquals(
       shape.stderr.trim(),
       `pretrain: --resume: ${out} was started with other settings (shape.max_positions: 16 in ` +
@@ -275,7 +275,7 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     // Without --resume the finished run's folder is refused, naming all it holds (it once named
     // model alone, the first entry read).
     const busy = await pretrain(args);
-    assertEquals(busy.code, 1, busy.stderr);
+    assertEquals(busy.code, 2, busy.stderr);
     assertEquals(
       busy.stderr.trim(),
       `pretrain: --out ${out} is not empty (it holds checkpoint.safetensors, log.jsonl, model/, ` +
@@ -328,7 +328,8 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       if (changed !== null) await Deno.writeTextFile(corpus, changed);
       const refused = await pretrain([...args, ...flags, "--resume"]);
       await Deno.writeTextFile(corpus, text);
-      assertEquals(refused.code, 1, refused.stderr);
+      // The flags refused as typed: exit status 2; the text changed since: 1.
+      assertEquals(refused.code, changed === null ? 2 : 1, refused.stderr);
       assert(refused.stderr.startsWith(line), `${refused.stderr}\nexpected: ${line}`);
       assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
     }
@@ -563,7 +564,8 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
     await writeTinyBert(`${dir}/base`, false);
     for (const [flags, message] of cases) {
       const r = await pretrain([...args, ...flags]);
-      assertEquals(r.code, 1, r.stderr);
+      // Exit status 2 for the command refused as typed, 1 for what an edited pretrain.json says.
+      assertEquals(r.code, message.startsWith(`${dir}/`) ? 1 : 2, r.stderr);
       assert(r.stderr.includes(message), r.stderr);
       assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
     }
@@ -578,7 +580,7 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
       ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
       ...["--max-positions", "16", "--log-every", "0"],
     ]);
-    assertEquals(late.code, 1, late.stderr);
+    assertEquals(late.code, 2, late.stderr);
     assert(late.stderr.includes("--log-every: expected an integer ≥ 1"), late.stderr);
     assert(!(await exists(`${dir}/late`)), "a refused run creates no folder");
   } finally {
@@ -626,7 +628,7 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     await writeTinyBert(`${dir}/other`, false);
     await Deno.writeTextFile(`${dir}/other/tokenizer_config.json`, tokenizerConfig);
     const other = await pretrain([...common, "0", "--model", `${dir}/other`, "--resume"]);
-    assertEquals(other.code, 1, other.stderr);
+    assertEquals(other.code, 2, other.stderr);
     assert(other.stderr.includes(`(model: "${dir}/base" in pretrain.json, "${dir}/other" now)`));
     const same = await pretrain([...common, "0", "--model", `${dir}/./base/`, "--resume"], false);
     assertEquals(same.code, 0, same.stderr);
@@ -663,13 +665,13 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
   const dir = await Deno.makeTempDir();
   try {
     const none = await pretrain(["--out", `${dir}/a`, "--corpus", "none", "--task-text", "none"]);
-    assertEquals(none.code, 1);
+    assertEquals(none.code, 2);
     assertEquals(
       none.stderr.trim(),
       "pretrain: --corpus none and --task-text none: nothing to pretrain on",
     );
     const task = await pretrain(["--out", `${dir}/b`, "--corpus", "none", "--task-text", "rtee"]);
-    assertEquals(task.code, 1);
+    assertEquals(task.code, 2);
     assert(task.stderr.includes('--task-text: unknown task "rtee"'), task.stderr);
     await writeCorpus(`${dir}/corpus.txt`);
     const small = await pretrain([
@@ -677,7 +679,7 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
       ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
       ...["--max-positions", "16", "--batch-size", "500"],
     ]);
-    assertEquals(small.code, 1);
+    assertEquals(small.code, 2);
     assert(small.stderr.includes("fewer than one batch (--batch-size 500)"), small.stderr);
     assertEquals(small.stderr.trim().split("\n").length, 1, small.stderr);
     // --max-length untyped: its default, or the positions when fewer (it was refused as "128 is
@@ -775,7 +777,7 @@ test("pretrain.ts: BoolQ/QNLI not downloaded: a note with pretrain's own remedie
     const env = { EHFT_DATA_CACHE: cache, EHFT_OFFLINE: "", HF_HUB_OFFLINE: "" };
     const none = ["--corpus", "none", "--out"];
     const r = await pretrain([...none, `${dir}/a`, "--task-text", "boolq,qnli"], false, env);
-    assertEquals(r.code, 1, r.stderr);
+    assertEquals(r.code, 2, r.stderr);
     const remedy = (name: string, data: string, url: string) =>
       `pretrain: no ${name} text (${data} is not in the data cache ${cache}, and pretraining ` +
       `only reads task data from there, never downloading it: to include it, run ` +
@@ -798,7 +800,7 @@ test("pretrain.ts: BoolQ/QNLI not downloaded: a note with pretrain's own remedie
       false,
       offline,
     );
-    assertEquals(mixed.code, 1, mixed.stderr);
+    assertEquals(mixed.code, 2, mixed.stderr);
     const lines = mixed.stderr.trim().split("\n");
     assertEquals(lines.length, 3, mixed.stderr);
     assert(
@@ -927,11 +929,11 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     const saved = JSON.parse(await Deno.readTextFile(`${out}/pretrain.json`)).settings;
     assertEquals([saved.batch_size, saved.grad_accum], [4, 3]);
     const refused = await pretrain(["--out", out, "--resume", "--grad-accum", "2"]);
-    assertEquals(refused.code, 1);
+    assertEquals(refused.code, 2);
     assert(refused.stderr.includes("was started with other settings (grad_accum"), refused.stderr);
     // Nor back to one part (not recorded: a --grad-accum 1 run's pretrain.json has none).
     const whole = await pretrain(["--out", out, "--resume", "--grad-accum", "1"]);
-    assertEquals(whole.code, 1);
+    assertEquals(whole.code, 2);
     assert(whole.stderr.includes("was started with other settings (grad_accum"), whole.stderr);
     // The recorded value goes on without being typed: the run is finished, nothing to do.
     const resumed = await pretrain(["--out", out, "--resume"]);
@@ -943,7 +945,7 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     assertEquals("grad_accum" in none, false);
     // ...and resumed in parts it is refused: its steps ran whole.
     const parts = await pretrain(["--out", plain, "--resume", "--grad-accum", "2"]);
-    assertEquals(parts.code, 1);
+    assertEquals(parts.code, 2);
     assert(parts.stderr.includes("was started with other settings (grad_accum"), parts.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });

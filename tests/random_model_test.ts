@@ -56,13 +56,13 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
     const before = await readTree(`${dir}/m`);
     // Seeds are u32: 2^32 would be seed 0 again.
     const big = await randomModel([...args, "--seed", "4294967296", "--overwrite"]);
-    assertEquals(big.code, 1);
+    assertEquals(big.code, 2);
     assertEquals(
       big.stderr.trim(),
       'random_model: --seed: expected an integer from 0 to 4294967295, got "4294967296"',
     );
     const again = await randomModel([...args, "--seed", "1"]);
-    assertEquals(again.code, 1);
+    assertEquals(again.code, 2);
     assertEquals(
       again.stderr.trim(),
       `random_model: --out ${dir}/m is not empty (it holds config.json, model.safetensors, ` +
@@ -95,7 +95,7 @@ test("random_model: --out is refused when not empty unless --overwrite; a bad vo
     // ... but not a folder holding anything else (a tokenizer.json would not match the vocab).
     await Deno.writeTextFile(`${dir}/m/tokenizer.json`, "{}");
     const foreign = await randomModel([...args, "--overwrite"]);
-    assertEquals(foreign.code, 1);
+    assertEquals(foreign.code, 2);
     assert(foreign.stderr.includes("holds tokenizer.json, which this tool does not write"));
     assert(sameBytes(await Deno.readFile(`${dir}/m/model.safetensors`), weights), "untouched");
     for await (const e of Deno.readDir(dir)) assert(!/\.(tmp|old)-/.test(e.name), e.name);
@@ -159,11 +159,11 @@ test("random_model: --help prints its usage (tools/README.md's) and top comment;
     ];
     for (const [flag, hint] of typos) {
       const r = await randomModel(["--out", `${dir}/m`, flag, "3"]);
-      assertEquals(r.code, 1, flag);
+      assertEquals(r.code, 2, flag);
       assertEquals(r.stderr.trim(), `random_model: unknown flag ${flag} (did you mean ${hint}?)`);
     }
     const missing = await randomModel(["--out", `${dir}/m`]);
-    assertEquals(missing.code, 1);
+    assertEquals(missing.code, 2);
     assert(missing.stderr.startsWith("random_model: --vocab is required"), missing.stderr);
     assertEquals(missing.stderr.trim().split("\n").length, 1, missing.stderr);
     assertEquals([...Deno.readDirSync(dir)].length, 0);

@@ -103,7 +103,7 @@ gpu.destroy();
       stderr: "piped",
     }).output();
     const said = new TextDecoder().decode(task.stderr).trim();
-    assertEquals(task.code, 1, said);
+    assertEquals(task.code, 2, said);
     assert(
       said.startsWith(
         "cb: --model is required: this script's default, the shipped models/ehft-mini-en, is " +

@@ -508,25 +508,28 @@ Deno.test("report.ts: prints the markdown; bad flags and paths are one-line erro
   assertEquals(ok.out, EXPECTED_MARKDOWN);
   assertEquals(ok.err.split("\n").filter((l) => l.startsWith("report: skipped")).length, 2);
 
-  const errors: [string[], string][] = [
-    [[`${dir}/runs`, "--outt", "x"], "report: unknown flag --outt (did you mean --out?)\n"],
-    [[], "report: give one or more run folders (or folders holding runs)\n"],
-    [[`${dir}/nowhere`], `report: ${dir}/nowhere: no such folder\n`],
+  // Exit status 2 for the command refused as typed (its flags), 1 for the folders it names.
+  const errors: [string[], number, string][] = [
+    [[`${dir}/runs`, "--outt", "x"], 2, "report: unknown flag --outt (did you mean --out?)\n"],
+    [[], 2, "report: give one or more run folders (or folders holding runs)\n"],
+    [[`${dir}/nowhere`], 1, `report: ${dir}/nowhere: no such folder\n`],
     // After "--" every argument is a folder, even a leading one's (train.ts drops that "--").
-    [["--", "--nowhere"], "report: --nowhere: no such folder\n"],
+    [["--", "--nowhere"], 1, "report: --nowhere: no such folder\n"],
     [
       [`${dir}/runs/ft/rte/run.json`],
+      1,
       `report: ${dir}/runs/ft/rte/run.json: not a folder (give run folders or their parents)\n`,
     ],
     [
       [`${dir}/runs/ft/boolq-retry`],
+      1,
       `report: skipped ${dir}/runs/ft/boolq-retry: unfinished (no metrics.json)\n` +
       `report: no finished runs under ${dir}/runs/ft/boolq-retry\n`,
     ],
   ];
-  for (const [args, err] of errors) {
+  for (const [args, code, err] of errors) {
     const r = await runReport(args);
-    assertEquals([r.code, r.out, r.err], [1, "", err], args.join(" "));
+    assertEquals([r.code, r.out, r.err], [code, "", err], args.join(" "));
   }
 });
 
@@ -669,10 +672,10 @@ Deno.test("report: --out refuses a file, and a folder holding report.ts's output
     assertEquals(lines, [], out);
   }
   assertEquals(await tree(base), before);
-  // The same through the command line: one line, exit 1.
+  // The same through the command line: one line, exit 2.
   for (const [out, message] of cases) {
     const r = await runReport([...paths, "--out", out]);
-    assertEquals([r.code, r.out], [1, ""], out);
+    assertEquals([r.code, r.out], [2, ""], out);
     assert(r.err.startsWith(`report: ${message}`) && r.err.split("\n").length === 2, r.err);
   }
   assertEquals(await tree(base), before);

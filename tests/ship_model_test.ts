@@ -209,14 +209,14 @@ test("ship_model: --out is refused when not empty unless --overwrite, and only i
     await Deno.writeTextFile(`${dir}/out/README.md`, "my notes\n");
     await Deno.writeTextFile(`${dir}/out/notes.txt`, "mine\n");
     const refused = await ship(args);
-    assertEquals(refused.code, 1);
+    assertEquals(refused.code, 2);
     assertEquals(
       refused.stderr.trim(),
       `ship_model: --out ${dir}/out is not empty (it holds README.md, notes.txt): pass ` +
         `--overwrite to replace the model in it, or choose a new folder`,
     );
     const foreign = await ship([...args, "--overwrite"]);
-    assertEquals(foreign.code, 1);
+    assertEquals(foreign.code, 2);
     assert(
       foreign.stderr.includes("holds notes.txt, which this tool does not write"),
       foreign.stderr,
@@ -229,7 +229,7 @@ test("ship_model: --out is refused when not empty unless --overwrite, and only i
     await Deno.remove(`${dir}/out`, { recursive: true });
     assertEquals((await ship(args)).code, 0);
     const again = await ship(args);
-    assertEquals(again.code, 1);
+    assertEquals(again.code, 2);
     assert(again.stderr.includes("is not empty"), again.stderr);
     await writeRun(`${dir}/run2`, { dtype: "F16" });
     const over = await ship(["--run", `${dir}/run2`, "--out", `${dir}/out`, "--overwrite"]);
@@ -337,7 +337,7 @@ test("ship_model: a --model run (no vocab.txt) ships with the vocab.txt its toke
 
     // --vocab means nothing for such a run.
     const vocab = await ship(["--run", `${dir}/cont`, "--out", `${dir}/o2`, "--vocab", BERT_VOCAB]);
-    assertEquals(vocab.code, 1);
+    assertEquals(vocab.code, 2);
     assert(vocab.stderr.includes("brings its own vocabulary; drop --vocab"), vocab.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -427,7 +427,7 @@ test("ship_model: --help prints its usage (tools/README.md's) and top comment; a
   ];
   for (const [flag, hint] of typos) {
     const r = await ship(["--run", "r", "--out", "o", flag, "x"]);
-    assertEquals(r.code, 1);
+    assertEquals(r.code, 2);
     assertEquals(
       r.stderr.trim(),
       `ship_model: unknown flag ${flag}${hint ? ` (did you mean ${hint}?)` : ""}`,

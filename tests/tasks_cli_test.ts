@@ -128,7 +128,7 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
     ]);
     // A leading "--" (npm's habit: `deno task cb -- --epochs many`) is no flag of its own.
     const dashed = await run(["run", "-A", "tasks/cb.ts", "--", "--dry-run", "--epochs", "many"]);
-    assertEquals([dashed.code, dashed.stderr.trim()], [1, flag.stderr.trim()]);
+    assertEquals([dashed.code, dashed.stderr.trim()], [2, flag.stderr.trim()]);
     // A split the training needs is missing: reported, and the status says it would not start.
     assertEquals(partial.code, 1, partial.stderr);
     assertEquals(partial.json().ready, false);
@@ -161,7 +161,7 @@ test("--dry-run: missing splits are null, a bad file fails naming its line, toke
       Math.max(report.splits.train.max_tokens, report.splits.val.max_tokens),
     );
     assert(report.splits.train.truncated > 0, JSON.stringify(report));
-    assertEquals(flag.code, 1);
+    assertEquals(flag.code, 2);
     assert(flag.stderr.includes("--epochs"), flag.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -138,7 +138,7 @@ Deno.test("train flags: errors are one line and name the flag", () => {
 });
 
 Deno.test({
-  name: "train.ts: bad flags exit 1 with one line on stderr",
+  name: "train.ts: bad flags exit 2 with one line on stderr; a model it cannot open, 1",
   fn: async () => {
     const run = async (...args: string[]) => {
       const r = await new Deno.Command(Deno.execPath(), {
@@ -150,14 +150,23 @@ Deno.test({
       return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
     };
     const typo = await run("--task", "rte", "--modle", "x");
-    assertEquals(typo, { code: 1, stderr: "train: unknown flag --modle (did you mean --model?)" });
+    assertEquals(typo, { code: 2, stderr: "train: unknown flag --modle (did you mean --model?)" });
     const peft = await run("--task", "rte", "--model", "m", "--peft", "lora", "--strategy", "ft");
-    assertEquals(peft.code, 1);
+    assertEquals(peft.code, 2);
     assert(peft.stderr.startsWith("train: --peft lora: strategy ft uses no PEFT method"));
     const task = await run("--task", "nope", "--model", "m");
-    assertEquals(task.code, 1);
+    assertEquals(task.code, 2);
     assert(task.stderr.startsWith('train: --task: unknown task "nope"'), task.stderr);
     for (const r of [typo, peft, task]) assert(!r.stderr.includes("\n"), r.stderr);
+    // The flags are fine: what they name fails (status 1, as any failure after the flags).
+    const dir = await Deno.makeTempDir();
+    try {
+      const model = await run("--task", "rte", "--model", `${dir}/none`, "--out", `${dir}/run`);
+      assertEquals(model.code, 1, model.stderr);
+      assert(model.stderr.startsWith(`train: ${dir}/none`), model.stderr);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
 

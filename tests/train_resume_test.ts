@@ -181,7 +181,7 @@ Deno.test({
         stderr: "piped",
       }).output();
       const stderr = new TextDecoder().decode(refused.stderr).trim();
-      assertEquals(refused.code, 1);
+      assertEquals(refused.code, 2);
       assert(stderr.startsWith(`train: ${killed} already holds a run`), stderr);
       assert(!stderr.includes("\n"), stderr);
       assertEquals(await mtimes(killed), before);

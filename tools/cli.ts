@@ -1,8 +1,8 @@
 // The tools' command line, as the main CLIs have it (train/flags.ts): flags parsed strictly, an
 // unknown one refused in one line that names it and the closest known flag (`--layer` → "did you
 // mean --layers?"); `--help` / `-h` prints the tool's top comment (its usage and what it does) and
-// runs nothing; any failure is one line `<tool>: <message>` and exit code 1 (`--debug` adds the
-// stack).
+// runs nothing; any failure is one line `<tool>: <message>` and exit code 1, 2 for the command
+// refused as typed (a FlagError; `--debug` adds the stack).
 
 import { runMain } from "../train/flags.ts";
 

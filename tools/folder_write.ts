@@ -5,6 +5,7 @@
 import { basename, dirname, resolve } from "node:path";
 import { syncFolder, syncFolderOf } from "../model/atomic_write.ts";
 import { shortList } from "../model/progress_text.ts";
+import { FlagError } from "../train/flags.ts";
 
 /**
  * Where the folder `out` is written: its real path when `out` is a link (the link is kept and
@@ -18,7 +19,7 @@ async function folderPlace(out: string): Promise<string> {
     info = await Deno.lstat(out);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return resolve(out);
-    throw new Error(`--out ${out}: ${(e as Error).message}`);
+    throw new FlagError(`--out ${out}: ${(e as Error).message}`);
   }
   let place = resolve(out);
   if (info.isSymlink) {
@@ -26,12 +27,12 @@ async function folderPlace(out: string): Promise<string> {
       place = await Deno.realPath(out);
       info = await Deno.stat(place);
     } catch (e) {
-      throw new Error(`--out ${out} is a link to nothing there (${(e as Error).message})`);
+      throw new FlagError(`--out ${out} is a link to nothing there (${(e as Error).message})`);
     }
   }
   const parent = await Deno.stat(dirname(place));
   if (info.isDirectory && info.dev !== parent.dev) {
-    throw new Error(
+    throw new FlagError(
       `--out ${out} is a mount point (a file system of its own): the folder is written beside ` +
         `it and renamed into place, which cannot cross file systems; give a folder inside it`,
     );
@@ -69,9 +70,9 @@ async function folderEntries(out: string): Promise<Deno.DirEntry[] | null> {
     info = await Deno.stat(out);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw new Error(`--out ${out}: ${(e as Error).message}`);
+    throw new FlagError(`--out ${out}: ${(e as Error).message}`);
   }
-  if (!info.isDirectory) throw new Error(`--out ${out} is a file, not a folder`);
+  if (!info.isDirectory) throw new FlagError(`--out ${out} is a file, not a folder`);
   const entries: Deno.DirEntry[] = [];
   for await (const e of Deno.readDir(out)) entries.push(e);
   return entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -94,7 +95,7 @@ export async function checkOutFolder(
   if (entries === null || entries.length === 0) return;
   const shown = (e: Deno.DirEntry) => e.name + (e.isDirectory ? "/" : "");
   if (!overwrite) {
-    throw new Error(
+    throw new FlagError(
       `--out ${out} is not empty (it holds ${
         shortList(entries.map(shown))
       }): pass --overwrite to ` +
@@ -103,7 +104,7 @@ export async function checkOutFolder(
   }
   const foreign = entries.filter((e) => !(e.isFile && files.includes(e.name)));
   if (foreign.length > 0) {
-    throw new Error(
+    throw new FlagError(
       `--out ${out} holds ${shortList(foreign.map(shown))}, which this tool does not write: ` +
         `--overwrite replaces only a folder of ${files.join(", ")}; move ` +
         `${foreign.length === 1 ? "it" : "them"} away or choose a new folder`,

@@ -26,7 +26,7 @@ import { percent, TABLE_TASKS } from "../train/report_table.ts";
 import type { Recipe } from "../train/config.ts";
 import { shippedModelDir } from "../train/default_model.ts";
 import { type RunMetrics, summarizeSeeds } from "../train/run.ts";
-import { parseFlags } from "../train/flags.ts";
+import { FlagError, parseFlags } from "../train/flags.ts";
 import { runTool } from "./cli.ts";
 
 export const METHODS: { name: string; label: string; flags: string[]; random?: boolean }[] = [
@@ -156,7 +156,7 @@ export function selectMethods(spec: string | undefined): typeof METHODS {
   const names = spec.split(",").map((n) => n.trim());
   for (const name of names) {
     if (!known.includes(name)) {
-      throw new Error(
+      throw new FlagError(
         `--methods: ${name === "" ? "an empty name" : `unknown method "${name}"`} in "${spec}" ` +
           `(known: ${known.join(", ")})`,
       );
@@ -245,12 +245,14 @@ export async function checkEvidenceFolder(
   try {
     info = await Deno.stat(out);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new Error(`--out ${out} does not exist; ${needs}`);
-    throw new Error(`--out ${out}: ${(e as Error).message}`);
+    if (e instanceof Deno.errors.NotFound) {
+      throw new FlagError(`--out ${out} does not exist; ${needs}`);
+    }
+    throw new FlagError(`--out ${out}: ${(e as Error).message}`);
   }
-  if (!info.isDirectory) throw new Error(`--out ${out} is a file, not a folder; ${needs}`);
+  if (!info.isDirectory) throw new FlagError(`--out ${out} is a file, not a folder; ${needs}`);
   for (const cell of cells) if (await exists(`${out}/${cell}`)) return;
-  throw new Error(
+  throw new FlagError(
     `--out ${out} holds no cell of --tasks ${tasks.join(",")} and --methods ${
       methods.map((m) => m.name).join(",")
     }; ${needs}`,
@@ -275,13 +277,19 @@ async function main(args: string[]): Promise<void> {
   const tasks = f.tasks!.split(",");
   for (const name of tasks) {
     if (!TASKS[name]) {
-      throw new Error(`--tasks: unknown task "${name}" (known: ${Object.keys(TASKS).join(", ")})`);
+      throw new FlagError(
+        `--tasks: unknown task "${name}" (known: ${Object.keys(TASKS).join(", ")})`,
+      );
     }
   }
   const jobs = Number(f.jobs);
-  if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs: "${f.jobs}" is not a count`);
+  if (!Number.isInteger(jobs) || jobs < 1) {
+    throw new FlagError(`--jobs: "${f.jobs}" is not a count`);
+  }
   const deadline = f.deadline === undefined ? Infinity : Number(f.deadline);
-  if (!(deadline > 0)) throw new Error(`--deadline: "${f.deadline}" is not a number of seconds`);
+  if (!(deadline > 0)) {
+    throw new FlagError(`--deadline: "${f.deadline}" is not a number of seconds`);
+  }
   const root = new URL("..", import.meta.url).pathname;
   const model = shippedModelDir();
   if (!model || !(await exists(`${model}/config.json`))) {

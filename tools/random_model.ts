@@ -23,7 +23,7 @@ import { openModel } from "../model/load.ts";
 import { convertWordPiece, parseVocabTxt, vocabLines } from "../model/tokenizer_convert.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { runTool } from "./cli.ts";
-import { parseFlags } from "../train/flags.ts";
+import { FlagError, parseFlags } from "../train/flags.ts";
 
 const FLAGS = {
   out: { type: "string" },
@@ -44,7 +44,7 @@ function positive(name: string, v: string): number {
   // Seeds are u32: a larger one would give the same model as a smaller.
   const [min, max] = name === "seed" ? [0, 2 ** 32 - 1] : [1, Number.MAX_SAFE_INTEGER];
   if (!/^[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) {
-    throw new Error(
+    throw new FlagError(
       name === "seed"
         ? `--seed: expected an integer from 0 to ${max}, got "${v}"`
         : `--${name}: expected a positive integer, got "${v}"`,
@@ -58,12 +58,12 @@ const USAGE = "usage: deno run -A tools/random_model.ts --out DIR --vocab VOCAB.
 
 async function main(args: string[]): Promise<void> {
   const f = parseFlags(FLAGS, args);
-  if (!f.out) throw new Error(`--out is required (${USAGE})`);
-  if (!f.vocab) throw new Error(`--vocab is required (a WordPiece vocab.txt; ${USAGE})`);
+  if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
+  if (!f.vocab) throw new FlagError(`--vocab is required (a WordPiece vocab.txt; ${USAGE})`);
   const n = (k: Exclude<keyof typeof FLAGS, "overwrite">) => positive(k, f[k] as string);
   const hidden = n("hidden"), heads = n("heads");
   if (hidden % heads !== 0) {
-    throw new Error(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
+    throw new FlagError(`--hidden ${hidden} is not a multiple of --heads ${heads}`);
   }
   const sizes = {
     layers: n("layers"),
@@ -76,7 +76,7 @@ async function main(args: string[]): Promise<void> {
   try {
     text = await Deno.readTextFile(f.vocab);
   } catch (e) {
-    throw new Error(`--vocab ${f.vocab}: cannot read (${(e as Error).message})`);
+    throw new FlagError(`--vocab ${f.vocab}: cannot read (${(e as Error).message})`);
   }
   // The tokenizer this folder will load with (its special tokens are there), and the ids.
   convertWordPiece(text, { source: f.vocab });

@@ -41,7 +41,7 @@ import {
 } from "../model/tokenizer_convert.ts";
 import { prunedTokenizerConfig } from "../train/vocab_prune.ts";
 import { DEFAULT_MODEL_NAME, lrText } from "../train/default_model.ts";
-import { parseFlags } from "../train/flags.ts";
+import { FlagError, parseFlags } from "../train/flags.ts";
 import { RTE_MINI_RECIPE, RTE_RECIPE } from "../tasks/rte.ts";
 import { runTool } from "./cli.ts";
 
@@ -315,7 +315,7 @@ GPU (${paper}). The default model's settings, for a model of its size:
 /** ship_model with these arguments (see the header); errors are one line, naming the file. */
 export async function shipModel(args: string[]): Promise<void> {
   const f = parseFlags(FLAGS, args);
-  if (!f.run || !f.out) throw new Error(`--run RUN_DIR and --out DIR are required (${USAGE})`);
+  if (!f.run || !f.out) throw new FlagError(`--run RUN_DIR and --out DIR are required (${USAGE})`);
   const run = f.run.replace(/\/+$/, "") || "/", out = f.out;
   const place = modelPlace(out);
   const name = f.name ?? place.folder;
@@ -453,7 +453,7 @@ export async function shipModel(args: string[]): Promise<void> {
   let vocabSize = 0;
   if (s.model) {
     if (f.vocab !== undefined) {
-      throw new Error(
+      throw new FlagError(
         `--vocab: the run continued --model ${s.model}, which brings its own vocabulary; drop --vocab`,
       );
     }

@@ -33,7 +33,8 @@
 //   gets them), unless an offline variable is set; a --model path that is neither a folder nor a
 //   hub id does.
 //
-// A malformed data file or flag is an error (exit 1), one line naming the file and the line;
+// A malformed data file is an error (exit 1), one line naming the file and the line, and a
+// malformed flag too (exit 2, naming the flag);
 // missing data, a missing split or a missing model is not (the report says it, and `ready`).
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";

@@ -1,6 +1,7 @@
 // Command-line flags for the entry points (train.ts, predict.ts, report.ts, the task scripts):
 // a small strict parser with one-line errors that name the flag and suggest the closest known
-// one, and runMain, which turns any failure into one line on stderr and exit code 1.
+// one, and runMain, which turns any failure into one line on stderr and exit code 1 (2 for a
+// command refused as typed: a FlagError).
 //
 // The rules, the same in every entry point:
 // - flags are `--name value` or `--name=value`; a single dash (`-lr`) is an error that suggests
@@ -111,7 +112,7 @@ const unlockableNoted = new Set<string>();
 
 /**
  * Locks the run folder `--out` for this process (lockFolder): null where folders cannot be locked
- * (said in one line, but on Windows); a FlagError naming --out and `program` when another process
+ * (said in one line, but on Windows); an error naming --out and `program` when another process
  * holds it.
  */
 export async function lockOutFolder(out: string, program: string): Promise<Deno.FsFile | null> {
@@ -125,7 +126,8 @@ export async function lockOutFolder(out: string, program: string): Promise<Deno.
     );
   });
   if (lock === "held") {
-    throw new FlagError(
+    // Not a FlagError (exit status 2): the command is right, and will do once the other ends.
+    throw new Error(
       `--out ${out} is in use: another ${program} is running in it (wait for it to end, or ` +
         `choose another --out)`,
     );
@@ -357,7 +359,10 @@ export function errorLine(e: unknown): string {
 /**
  * Runs an entry point: any error — thrown by `main`, or escaping from a callback (an uncaught
  * exception in a timer, an unhandled promise rejection) — becomes one line `<name>: <message>`
- * on stderr and exit code 1; with `--debug` (anywhere before a `--`) the stack follows the line.
+ * on stderr and exit code 1, or 2 when it is a FlagError (the command refused as typed: a flag,
+ * its value, or the folder or file it names, before any work; the convention of getopt and
+ * argparse, so a scheduler or a script can tell a command to fix from a run that failed); with
+ * `--debug` (anywhere before a `--`) the stack follows the line.
  * With `help`, `--help` or `-h` (anywhere before a `--`) prints it instead of running `main`.
  * `flagsOnly`: a command `deno task` runs that takes flags alone (train.ts, the task scripts,
  * pretrain.ts): a leading `--` (npm's way of passing flags to a script, `deno task rte --
@@ -389,7 +394,7 @@ export async function runMain(
         );
       }
     }
-    Deno.exit(1);
+    Deno.exit(e instanceof FlagError ? 2 : 1);
   };
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();

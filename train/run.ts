@@ -324,7 +324,7 @@ async function trainPrepared(
       });
       if (kept !== null) console.error(`--overwrite: ${kept}`);
     } else if (!config.resume) {
-      throw new Error(
+      throw new FlagError(
         `${out} already holds a run (${entries.join(", ")}): pass --resume to ` +
           `continue it or --overwrite to replace it`,
       );

@@ -167,7 +167,7 @@ export async function checkSameSettings(
   const now = { ...UNRECORDED_SETTINGS, ...settings };
   const diff = await firstDifference(previous, now, { model: model?.real_dir });
   if (diff) {
-    throw new Error(`--resume: ${dir} was started with other settings (${diff})`);
+    throw new FlagError(`--resume: ${dir} was started with other settings (${diff})`);
   }
 }
 
