@@ -338,7 +338,7 @@ Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its
   }
 });
 
-Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer is refused untouched", async () => {
+Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer or none is refused untouched", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/log.jsonl`;
@@ -360,6 +360,14 @@ Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer 
       assert(e.message.startsWith(`${path}: the checkpoint's line count `), e.message);
     }
     assertEquals(await Deno.readTextFile(path), text);
+    // No log at all (it was the system's "No such file or directory (os error 2)"); none made.
+    await assertRejects(
+      () => RunLog.open(`${dir}/gone.jsonl`, 3),
+      Error,
+      `${dir}/gone.jsonl: missing, and the checkpoint keeps its first 3 lines (the log was ` +
+        "removed or moved): --overwrite starts the run again",
+    );
+    assert(!(await exists(`${dir}/gone.jsonl`)), "a log was made");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -46,7 +46,13 @@ export class RunLog {
       );
     }
     if (keep > 0) {
-      const text = await Deno.readTextFile(path);
+      const text = await Deno.readTextFile(path).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        throw new Error(
+          `${path}: missing, and the checkpoint keeps its first ${keep} lines (the log was ` +
+            `removed or moved): --overwrite starts the run again`,
+        );
+      });
       const all = text.split("\n");
       if (all[all.length - 1] === "") all.pop(); // the final line break ends the last line
       const lines = all.slice(0, keep);
