@@ -1221,6 +1221,52 @@ Deno.test("report: a run whose run.json or metrics.json cannot be read is left o
   }
 });
 
+Deno.test("report: a run.json's seeds or a metric out of range is left out, named, at once", async () => {
+  // 50,000,000 seeds were stat'ed one by one (gigabytes, minutes); 1e300 failed the whole report
+  // with "Invalid array length"; an accuracy of 1.5 showed as 150.0.
+  const dir = await Deno.makeTempDir({ prefix: "ehft-report-ranges-" });
+  try {
+    await single(`${dir}/good`, "rte", "ft", null, 1, { accuracy: 0.5 });
+    const settings = { task: "cb", strategy: "ft", model: "m", seed: 1 };
+    for (const [name, seeds] of [["huge", 1e300], ["many", 50_000_000], ["half", 2.5]]) {
+      await Deno.mkdir(`${dir}/${name}`);
+      await Deno.writeTextFile(
+        `${dir}/${name}/run.json`,
+        JSON.stringify({ settings: { ...settings, seeds } }),
+      );
+    }
+    await Deno.mkdir(`${dir}/up`);
+    await Deno.writeTextFile(
+      `${dir}/up/run.json`,
+      JSON.stringify({ settings, seed_folders: ["seed-1", "../../elsewhere"] }),
+    );
+    await single(`${dir}/over`, "rte", "ft", null, 2, { accuracy: 1.5 });
+    await single(`${dir}/r`, "stsb", "ft", null, 3, { pearson: -0.25, spearman: 1 + 1e-15 });
+    const found = await findRuns([dir]);
+    assertEquals(found.runs.map((r) => r.path).sort(), [`${dir}/good`, `${dir}/r`]);
+    const reasons = Object.fromEntries(
+      found.skipped.map((s) => [s.path.slice(dir.length + 1), s.reason]),
+    );
+    for (const [name, seeds] of [["huge", "1e+300"], ["many", "50000000"], ["half", "2.5"]]) {
+      assertEquals(
+        reasons[name],
+        `unreadable: ${dir}/${name}/run.json: settings.seeds ${seeds} and seed 1 are not up to ` +
+          "1000 seeds from a whole number",
+      );
+    }
+    assertEquals(
+      reasons.up,
+      `unreadable: ${dir}/up/run.json: seed_folders is not a list of at most 1000 seed-<n> names`,
+    );
+    assertEquals(
+      reasons.over,
+      `unreadable: ${dir}/over/metrics.json: best.accuracy 1.5 is outside [0, 1]`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("report: a --seeds run with a damaged file is counted whole or not at all", async () => {
   const dir = await Deno.makeTempDir({ prefix: "ehft-report-damaged-seeds-" });
   try {

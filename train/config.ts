@@ -394,7 +394,7 @@ export function parseTrainArgs(
     strategy,
     peft,
     seed: intFlag("seed", f.seed, r.seed ?? TRAIN_DEFAULTS.seed, 0, MAX_SEED),
-    seeds: intFlag("seeds", f.seeds, r.seeds ?? TRAIN_DEFAULTS.seeds, 1, 1000),
+    seeds: intFlag("seeds", f.seeds, r.seeds ?? TRAIN_DEFAULTS.seeds, 1, MAX_SEEDS),
     epochs,
     maxSteps,
     stage1Ratio,
@@ -493,6 +493,9 @@ export function parseTrainArgs(
   checkConfigChoices(config);
   return { config, typed, tune: tuneFlags(f) };
 }
+
+/** The most seeds `--seeds` takes. */
+export const MAX_SEEDS = 1000;
 
 /** The seeds of a run: seed … seed + seeds − 1. */
 export function seedList(config: Pick<TrainConfig, "seed" | "seeds">): number[] {

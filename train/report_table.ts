@@ -28,7 +28,7 @@
 //   id@commit after the name).
 
 import { seedFolderNames } from "../model/load.ts";
-import { seedFolder, seedList, UNRECORDED_SETTINGS } from "./config.ts";
+import { MAX_SEEDS, seedFolder, seedList, UNRECORDED_SETTINGS } from "./config.ts";
 import { isJsonObject, readJsonFile, REMOVING_PREFIX } from "../model/atomic_write.ts";
 import { describeRecord } from "./environment.ts";
 import { RUN_FOLDERS } from "./run_folder.ts";
@@ -137,10 +137,19 @@ function bestOf(path: string, metrics: unknown): Record<string, number | null> {
   const out: Record<string, number | null> = {};
   for (const [k, v] of Object.entries(metrics.best)) {
     if (v !== null && typeof v !== "number") throw new Error(`${path}: best.${k} is not a number`);
+    // Fractions, and correlations in [-1, 1] (a float64 r can pass 1 by an ulp): anything else
+    // is no score train.ts wrote (the table would show 150.0).
+    const [low, high] = CORRELATIONS.has(k) ? [-1, 1] : [0, 1];
+    if (v !== null && !(v >= low - 1e-9 && v <= high + 1e-9)) {
+      throw new Error(`${path}: best.${k} ${v} is outside [${low}, ${high}]`);
+    }
     out[k] = v;
   }
   return out;
 }
+
+/** The metrics that are correlations (the others are fractions). */
+const CORRELATIONS = new Set(["mcc", "pearson", "spearman"]);
 
 /** `path` without `./` segments and repeated or trailing slashes: `./a//b/` reads `a/b`. */
 export function tidyPath(path: string): string {
@@ -237,11 +246,35 @@ function joinNamedRuns(runs: readonly FoundRun[]): void {
   }
 }
 
-/** A --seeds run's seed folders (names beside its run.json, parsed as `run`); none for one seed. */
-function seedFoldersOf(run: unknown): string[] {
+/**
+ * A --seeds run's seed folders (names beside its `dir`/run.json, parsed as `run`); none for one
+ * seed. At most MAX_SEEDS, each `seed-<n>` (an edited run.json's 50,000,000 seeds were stat'ed
+ * one by one, in gigabytes of memory).
+ */
+function seedFoldersOf(dir: string, run: unknown): string[] {
   const s = isJsonObject(run) && isJsonObject(run.settings) ? run.settings : {};
-  if (isJsonObject(run) && Array.isArray(run.seed_folders)) return run.seed_folders.map(String);
+  if (isJsonObject(run) && Array.isArray(run.seed_folders)) {
+    const names = run.seed_folders;
+    if (
+      names.length > MAX_SEEDS ||
+      !names.every((n) => typeof n === "string" && /^seed-[0-9]{1,10}$/.test(n))
+    ) {
+      throw new Error(
+        `${dir}/run.json: seed_folders is not a list of at most ${MAX_SEEDS} seed-<n> names`,
+      );
+    }
+    return names as string[];
+  }
   if (typeof s.seeds !== "number" || s.seeds <= 1 || typeof s.seed !== "number") return [];
+  if (
+    !Number.isSafeInteger(s.seeds) || s.seeds > MAX_SEEDS || !Number.isSafeInteger(s.seed) ||
+    s.seed < 0
+  ) {
+    throw new Error(
+      `${dir}/run.json: settings.seeds ${s.seeds} and seed ${s.seed} are not up to ${MAX_SEEDS} ` +
+        "seeds from a whole number",
+    );
+  }
   return seedList({ seed: s.seed, seeds: s.seeds }).map(seedFolder);
 }
 
@@ -263,7 +296,7 @@ async function readRun(dir: string): Promise<[FoundRun | SkippedRun, string[]]> 
   }
   const multi = Array.isArray(run.seed_folders) ||
     (typeof s.seeds === "number" && s.seeds > 1);
-  const folders = multi ? seedFoldersOf(run) : [];
+  const folders = multi ? seedFoldersOf(dir, run) : [];
   const metricsPath = `${dir}/metrics.json`;
   if (!(await statOrNull(metricsPath))) {
     if (!multi) return [{ path: dir, reason: "unfinished (no metrics.json)" }, folders];
