@@ -4,6 +4,7 @@
 // callers share (exists, isDirectory, readJsonFile, isJsonObject).
 
 import { jsonErrorText } from "./error_text.ts";
+import { readUtf8File, Utf8Error } from "./utf8.ts";
 
 /** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
 export function temporaryName(path: string): string {
@@ -305,7 +306,13 @@ export function isJsonObject(v: unknown): v is Record<string, unknown> {
 
 /** A JSON file's value, or an error naming the file when it is not valid JSON. */
 export async function readJsonFile(path: string): Promise<unknown> {
-  const text = await Deno.readTextFile(path);
+  let text: string;
+  try {
+    text = await readUtf8File(path);
+  } catch (e) {
+    if (e instanceof Utf8Error) throw new Error(`${path}: ${e.message}`);
+    throw e;
+  }
   try {
     return JSON.parse(text);
   } catch (e) {

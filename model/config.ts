@@ -3,6 +3,7 @@
 
 import { isJsonObject } from "./atomic_write.ts";
 import { jsonErrorText } from "./error_text.ts";
+import { readUtf8File, Utf8Error } from "./utf8.ts";
 
 /** The config.json `model_type`s this project runs. */
 export type ModelType = "bert" | "roberta" | "xlm-roberta" | "electra";
@@ -165,8 +166,9 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
 export async function readConfig(path: string): Promise<ModelConfig> {
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    text = await readUtf8File(path);
   } catch (e) {
+    if (e instanceof Utf8Error) throw new ConfigError(path, e.message);
     throw new ConfigError(path, `cannot read: ${(e as Error).message}`);
   }
   let json: unknown;

@@ -13,6 +13,7 @@
 
 import { isJsonObject, syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
 import { errorText, jsonErrorText } from "./error_text.ts";
+import { readUtf8File } from "./utf8.ts";
 
 /** The safetensors dtypes read and written here (the spec's F8, F6, F4 and C64 are refused). */
 export type Dtype =
@@ -568,7 +569,7 @@ async function openIndex(path: string): Promise<ShardedReader> {
     const info = await Deno.stat(path);
     if (!info.isFile) throw new Error("not a regular file");
     if (info.size > MAX_HEADER_BYTES) throw new Error(`larger than ${MAX_HEADER_BYTES} bytes`);
-    text = await Deno.readTextFile(path);
+    text = await readUtf8File(path);
   } catch (e) {
     throw fail(`cannot read index: ${errorText(e)}`);
   }

@@ -11,6 +11,7 @@ import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { maxSequenceLength, type ModelConfig, positionIds as modelPositionIds } from "./config.ts";
 import { convertTokenizerDir, readTokenizerConfig } from "./tokenizer_convert.ts";
 import { errorText, jsonErrorText } from "./error_text.ts";
+import { readUtf8File, Utf8Error } from "./utf8.ts";
 
 /** What the tokenizer needs from the model's config (a ModelConfig will do). */
 export type TokenizerModelInfo = Pick<
@@ -368,8 +369,9 @@ export class TextTokenizer {
   ): Promise<TextTokenizer> {
     let text: string;
     try {
-      text = await Deno.readTextFile(path);
+      text = await readUtf8File(path);
     } catch (e) {
+      if (e instanceof Utf8Error) throw new TokenizerError(path, e.message);
       throw new TokenizerError(path, `cannot read: ${(e as Error).message}`);
     }
     return TextTokenizer.fromJson(text, model, { ...options, source: options.source ?? path });

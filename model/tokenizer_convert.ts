@@ -5,6 +5,7 @@
 
 import { isJsonObject } from "./atomic_write.ts";
 import { jsonErrorText } from "./error_text.ts";
+import { readUtf8File, Utf8Error } from "./utf8.ts";
 
 /** A problem with a tokenizer's files; the message names the file. */
 export class TokenizerConvertError extends Error {
@@ -380,9 +381,10 @@ export function convertByteLevelBpe(
 
 async function readIfExists(path: string): Promise<string | null> {
   try {
-    return await Deno.readTextFile(path);
+    return await readUtf8File(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
+    if (e instanceof Utf8Error) throw new TokenizerConvertError(path, e.message);
     throw new TokenizerConvertError(path, `cannot read: ${(e as Error).message}`);
   }
 }

@@ -7,7 +7,8 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { TASKS } from "../tasks/all.ts";
-import { DataError, firstInvalidUtf8, MissingDataError, quote } from "../train/data_files.ts";
+import { DataError, MissingDataError, quote } from "../train/data_files.ts";
+import { firstInvalidUtf8 } from "../model/utf8.ts";
 import { dryRun } from "../train/dry_run.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { runTraining } from "../train/run.ts";

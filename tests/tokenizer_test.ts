@@ -27,6 +27,8 @@ import {
   vocabLooksCased,
 } from "../model/tokenizer_convert.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { readConfig } from "../model/config.ts";
+import { readJsonFile } from "../model/atomic_write.ts";
 
 const FIXTURES = new URL("./fixtures/tokenizers/", import.meta.url);
 const BERT_VOCAB = Deno.readTextFileSync(
@@ -576,6 +578,49 @@ Deno.test("loadTokenizer: tokenizer.json, else vocab.txt, else vocab.json + merg
       TokenizerConvertError,
       "has no tokenizer.json, vocab.txt, or vocab.json + merges.txt",
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("model files that are not UTF-8 are refused, naming the file and the line", async () => {
+  // Read as Deno.readTextFile reads them, a bad byte became U+FFFD: a vocab.txt token was lost
+  // (hello → hell ##o) and every text that had it tokenized otherwise, without a word.
+  const dir = await Deno.makeTempDir({ prefix: "tokenizer_utf8_" });
+  try {
+    const bad = (text: string, line: number) => {
+      const bytes = new TextEncoder().encode(text);
+      let start = 0;
+      for (let l = 1; l < line; l++) start = bytes.indexOf(0x0a, start) + 1;
+      bytes[start + 1] = 0xff; // the line's second byte
+      return bytes;
+    };
+    const said = (path: string, line: number) =>
+      `${path}: line ${line}: not valid UTF-8: byte 0xFF at byte 2 of the line (save the file ` +
+      "as UTF-8)";
+    await Deno.mkdir(`${dir}/bert`);
+    const hello = BERT_VOCAB.split("\n").indexOf("hello") + 1;
+    await Deno.writeFile(`${dir}/bert/vocab.txt`, bad(BERT_VOCAB, hello));
+    await assertRejects(
+      () => loadTokenizer(`${dir}/bert`, BERT_MODEL),
+      TokenizerConvertError,
+      said(`${dir}/bert/vocab.txt`, hello),
+    );
+    const json = JSON.stringify(bertJsonLoaded(), null, 1);
+    await Deno.writeFile(`${dir}/bert/tokenizer.json`, bad(json, 3));
+    await assertRejects(
+      () => loadTokenizer(`${dir}/bert`, BERT_MODEL),
+      TokenizerError,
+      said(`${dir}/bert/tokenizer.json`, 3),
+    );
+    await Deno.writeFile(`${dir}/config.json`, bad('{\n  "model_type": "bert"\n}\n', 2));
+    await assertRejects(
+      () => readConfig(`${dir}/config.json`),
+      Error,
+      said(`${dir}/config.json`, 2),
+    );
+    await Deno.writeFile(`${dir}/run.json`, bad('{"settings": "é"}', 1));
+    await assertRejects(() => readJsonFile(`${dir}/run.json`), Error, said(`${dir}/run.json`, 1));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -26,6 +26,7 @@
 
 import { isJsonObject } from "../model/atomic_write.ts";
 import { errorText } from "../model/error_text.ts";
+import { utf8Problem } from "../model/utf8.ts";
 
 /** The SHA-256 of `data` (a text as UTF-8) in hex: the fingerprint of data as read. */
 export async function sha256Hex(data: Uint8Array<ArrayBuffer> | string): Promise<string> {
@@ -75,64 +76,10 @@ export function quote(value: unknown, max = 40): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
 }
 
-/**
- * The offset of the first byte of `bytes` that does not begin or continue a well-formed UTF-8
- * sequence (WHATWG's decoder: no overlong forms, surrogates or code points past U+10FFFF), or -1.
- */
-export function firstInvalidUtf8(bytes: Uint8Array): number {
-  const n = bytes.length;
-  let i = 0;
-  while (i < n) {
-    const b = bytes[i];
-    if (b < 0x80) {
-      i++;
-      continue;
-    }
-    let need: number, lo = 0x80, hi = 0xbf;
-    if (b >= 0xc2 && b <= 0xdf) need = 1;
-    else if (b >= 0xe0 && b <= 0xef) {
-      need = 2;
-      if (b === 0xe0) lo = 0xa0;
-      if (b === 0xed) hi = 0x9f;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-      need = 3;
-      if (b === 0xf0) lo = 0x90;
-      if (b === 0xf4) hi = 0x8f;
-    } else return i;
-    for (let k = 1; k <= need; k++) {
-      const c = i + k < n ? bytes[i + k] : -1;
-      if (c < (k === 1 ? lo : 0x80) || c > (k === 1 ? hi : 0xbf)) return i;
-    }
-    i += need + 1;
-  }
-  return -1;
-}
-
 /** Where the first invalid UTF-8 byte of `bytes` is, as a DataError naming its line. */
 function utf8Error(path: string, bytes: Uint8Array): DataError {
-  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
-    return new DataError(
-      path,
-      1,
-      "the file is UTF-16 (it begins with a UTF-16 byte-order mark), not UTF-8",
-    );
-  }
-  const at = Math.max(0, firstInvalidUtf8(bytes));
-  let line = 1;
-  let lineStart = 0;
-  for (let i = 0; i < at; i++) {
-    if (bytes[i] === 0x0a) {
-      line++;
-      lineStart = i + 1;
-    }
-  }
-  const hex = bytes[at].toString(16).toUpperCase().padStart(2, "0");
-  return new DataError(
-    path,
-    line,
-    `not valid UTF-8: byte 0x${hex} at byte ${at - lineStart + 1} of the line (save the file ` +
-      `as UTF-8)`,
-  );
+  const where = utf8Problem(bytes) ?? { line: 1, problem: "not valid UTF-8" };
+  return new DataError(path, where.line, where.problem);
 }
 
 /**
