@@ -336,7 +336,8 @@ export class TextTokenizer {
       throw new TokenizerError(source, 'has no "model"');
     }
     checkTokenizerModel(source, full.model as Record<string, unknown>);
-    checkAddedTokens(source, full.added_tokens);
+    checkAddedTokens(source, full.added_tokens, full.model as Record<string, unknown>);
+    checkNormalizer(source, full.normalizer, "normalizer");
     checkTemplate(source, full.post_processor);
     const config = options.config ?? {};
     let tok: Tokenizer;
@@ -778,6 +779,30 @@ function checkTokenizerModel(source: string, model: Record<string, unknown>): vo
     }
     seen.set(id, token);
   }
+  if (type === "WordPiece") {
+    // tokenizers.js takes these as they are: a max_input_chars_per_word of -1 made every word
+    // [UNK], a continuing_subword_prefix of null every "##" piece; Hugging Face's refuses them.
+    const max = model.max_input_chars_per_word;
+    if (max !== undefined && !(Number.isSafeInteger(max) && (max as number) > 0)) {
+      throw new TokenizerError(
+        source,
+        `its WordPiece model's max_input_chars_per_word is ${kindOf(max)}, not an integer ≥ 1`,
+      );
+    }
+    for (const key of ["continuing_subword_prefix", "unk_token"]) {
+      const v = model[key];
+      if (v !== undefined && typeof v !== "string") {
+        throw new TokenizerError(source, `its WordPiece model's ${key} is ${kindOf(v)}, not text`);
+      }
+    }
+    const unk = model.unk_token;
+    if (typeof unk === "string" && !Object.hasOwn(vocab, unk)) {
+      throw new TokenizerError(
+        source,
+        `its WordPiece model's unk_token ${shortJson(unk)} is not in its vocab`,
+      );
+    }
+  }
 }
 
 /** `what` shown briefly: a JSON value cut to 40 characters. */
@@ -788,12 +813,20 @@ function shortJson(what: unknown): string {
 
 /**
  * tokenizer.json's `added_tokens`: a list of {id, content, ...}, checked before tokenizers.js
- * reads it (an entry of another shape was its TypeError: "text is not iterable").
+ * reads it (an entry of another shape was its TypeError: "text is not iterable"); and against
+ * the model's vocabulary (a WordPiece or BPE object), whose ids tokenizers.js lets an added
+ * token override: one that gives a token of the vocabulary another id, or gives a token the id
+ * of another (an edited "[PAD]" → "x" made every letter x the pad id), or two added tokens one
+ * id, is a tokenizer.json that contradicts itself, refused naming the entry.
  */
-function checkAddedTokens(source: string, added: unknown): void {
+function checkAddedTokens(source: string, added: unknown, model: Record<string, unknown>): void {
   if (!Array.isArray(added)) {
     throw new TokenizerError(source, `its added_tokens is ${kindOf(added)}, not a list`);
   }
+  const vocab = isJsonObject(model.vocab) ? model.vocab as Record<string, number> : null;
+  const tokenOf = new Map<number, string>();
+  if (vocab) { for (const [token, id] of Object.entries(vocab)) tokenOf.set(id, token); }
+  const addedIds = new Map<number, number>();
   added.forEach((entry, i) => {
     const ok = isJsonObject(entry) && Number.isSafeInteger(entry.id) &&
       (entry.id as number) >= 0 && typeof entry.content === "string";
@@ -804,7 +837,59 @@ function checkAddedTokens(source: string, added: unknown): void {
           `string} entry`,
       );
     }
+    const id = entry.id as number;
+    const content = entry.content as string;
+    const shown = `its added_tokens[${i}] ${shortJson(content)} has id ${id}`;
+    const earlier = addedIds.get(id);
+    if (earlier !== undefined) {
+      throw new TokenizerError(source, `${shown}, as added_tokens[${earlier}] has`);
+    }
+    addedIds.set(id, i);
+    if (!vocab) return;
+    const own = Object.hasOwn(vocab, content) ? vocab[content] : undefined;
+    if (own !== undefined && own !== id) {
+      throw new TokenizerError(source, `${shown}, but its model's vocab gives it id ${own}`);
+    }
+    const other = tokenOf.get(id);
+    if (own === undefined && other !== undefined) {
+      throw new TokenizerError(
+        source,
+        `${shown}, which its model's vocab gives ${shortJson(other)}`,
+      );
+    }
   });
+}
+
+/** The BertNormalizer switches, each a boolean (strip_accents also null: lowercase decides). */
+const BERT_NORMALIZER_SWITCHES = ["clean_text", "handle_chinese_chars", "lowercase"] as const;
+
+/**
+ * A BertNormalizer's switches (in a Sequence too) are booleans: tokenizers.js reads any value as
+ * true or false (a `"lowercase": 0` left "Hello" cased, [UNK]), where Hugging Face's tokenizers
+ * refuses to load the file.
+ */
+function checkNormalizer(source: string, normalizer: unknown, where: string): void {
+  if (!isJsonObject(normalizer)) return;
+  if (normalizer.type === "Sequence" && Array.isArray(normalizer.normalizers)) {
+    normalizer.normalizers.forEach((n, i) =>
+      checkNormalizer(source, n, `${where}.normalizers[${i}]`)
+    );
+    return;
+  }
+  if (normalizer.type !== "BertNormalizer") return;
+  for (const key of BERT_NORMALIZER_SWITCHES) {
+    const v = normalizer[key];
+    if (v !== undefined && typeof v !== "boolean") {
+      throw new TokenizerError(source, `its ${where}'s ${key} is ${kindOf(v)}, not true or false`);
+    }
+  }
+  const strip = normalizer.strip_accents;
+  if (strip !== undefined && strip !== null && typeof strip !== "boolean") {
+    throw new TokenizerError(
+      source,
+      `its ${where}'s strip_accents is ${kindOf(strip)}, not true, false or null`,
+    );
+  }
 }
 
 /**

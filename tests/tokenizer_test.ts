@@ -754,6 +754,56 @@ function unigramJson(): TokenizerJson {
   } as unknown as TokenizerJson;
 }
 
+Deno.test("tokenizer.json: fields that contradict its vocabulary or have the wrong type are refused", () => {
+  // Each was taken as it was, and changed the ids of texts ("Hello extra" at most) silently.
+  // deno-lint-ignore no-explicit-any
+  type Json = Record<string, any>; // edited freely, as a hand edit would
+  const base = () => structuredClone(bertJsonLoaded()) as unknown as Json;
+  const loads = (json: unknown) =>
+    TextTokenizer.fromJson(json, BERT_MODEL, { source: "x/tokenizer.json" });
+  assertEquals(loads(base()).encodeText("Hello"), [7592]);
+  const refused = (edit: (j: Json) => void, problem: string) => {
+    const json = base();
+    edit(json);
+    const e = assertThrows(() => loads(json), TokenizerError);
+    assertEquals(e.message, `x/tokenizer.json: ${problem}`);
+  };
+  const pad = (j: Json) =>
+    j.added_tokens.findIndex((t: { content: string }) => t.content === "[PAD]");
+  refused(
+    (j) => j.added_tokens[pad(j)].content = "x",
+    `its added_tokens[${pad(base())}] "x" has id 0, but its model's vocab gives it id 1060`,
+  );
+  refused((j) => {
+    const unk = j.added_tokens.find((t: { content: string }) => t.content === "[UNK]");
+    unk.id = 0;
+  }, 'its added_tokens[1] "[UNK]" has id 0, as added_tokens[0] has');
+  refused((j) => {
+    j.added_tokens.push({ id: 7592, content: "howdy", special: false });
+  }, `its added_tokens[5] "howdy" has id 7592, which its model's vocab gives "hello"`);
+  refused(
+    (j) => j.model.max_input_chars_per_word = -1,
+    "its WordPiece model's max_input_chars_per_word is number -1, not an integer ≥ 1",
+  );
+  refused(
+    (j) => j.model.continuing_subword_prefix = null,
+    "its WordPiece model's continuing_subword_prefix is null, not text",
+  );
+  refused(
+    (j) => j.model.unk_token = "[NOPE]",
+    `its WordPiece model's unk_token "[NOPE]" is not in its vocab`,
+  );
+  refused(
+    (j) => j.normalizer.lowercase = 0,
+    "its normalizer's lowercase is number 0, not true or false",
+  );
+  refused(
+    (j) =>
+      j.normalizer = { type: "Sequence", normalizers: [{ ...j.normalizer, strip_accents: "no" }] },
+    'its normalizer.normalizers[0]\'s strip_accents is string "no", not true, false or null',
+  );
+});
+
 Deno.test("tokenizer.json: a model type or vocabulary it cannot run is one line naming the file", () => {
   const model: TokenizerModelInfo = { ...ROBERTA_MODEL, vocabSize: 11, maxPositions: 66 };
   // Unigram (XLM-R's tokenizers) runs.
