@@ -36,7 +36,12 @@ import {
   TUNE_FLAGS,
   tuneFlags,
 } from "./train/flags.ts";
-import { checkLeadingToken, emptyTextNote, exampleTokenSpans } from "./train/batches.ts";
+import {
+  checkLeadingToken,
+  emptyTextNote,
+  exampleTokenSpans,
+  maxLengthProblem,
+} from "./train/batches.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
 
@@ -166,6 +171,10 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     if (empty !== null) console.error(`predict: ${empty}`);
     const repeated = repeatedIdxNote(examples, `${task.name} ${options.split}`);
     if (repeated !== null) console.error(`predict: ${repeated}`);
+    if (options.maxLength !== undefined) {
+      const problem = maxLengthProblem(tokenizer, examples, options.maxLength, task.name);
+      if (problem !== null) throw new FlagError(problem);
+    }
     const trained = options.maxLength === undefined ? await trainedMaxLength(model) : null;
     const limit = Math.min(options.maxLength ?? trained ?? Infinity, maxSequenceLength(config));
 

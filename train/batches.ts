@@ -139,6 +139,34 @@ export function checkLeadingToken(tokenizer: TextTokenizer, source: string): voi
 }
 
 /**
+ * The least max length that leaves each text of `examples`' inputs a token beside the special
+ * tokens the tokenizer adds (BERT's pair: [CLS] a [SEP] b [SEP], 3, so 5; RoBERTa's pair takes
+ * 4), and how many those are. Below it every example is cut to its special tokens alone: one
+ * input for all, which trains and scores nothing.
+ */
+export function leastMaxLength(
+  tokenizer: TextTokenizer,
+  examples: readonly TaskExample[],
+): { least: number; special: number; pairs: boolean } {
+  const pairs = examples.some((e) => e.inputs.some((input) => typeof input !== "string"));
+  const special = tokenizer.numSpecialTokens(pairs);
+  return { least: special + (pairs ? 2 : 1), special, pairs };
+}
+
+/** The refusal of a `--max-length` that leaves `examples` of `task` no token of text, or null. */
+export function maxLengthProblem(
+  tokenizer: TextTokenizer,
+  examples: readonly TaskExample[],
+  maxLength: number,
+  task: string,
+): string | null {
+  const { least, special, pairs } = leastMaxLength(tokenizer, examples);
+  if (maxLength >= least) return null;
+  return `--max-length ${maxLength} leaves no token of text: ${task}'s ` +
+    `${pairs ? "pairs" : "texts"} take ${special} special tokens, so at least ${least}`;
+}
+
+/**
  * One line about the examples of `what` with an empty (or blank) text, or null when none has
  * one. They are kept: the official data of some benchmarks has such rows (GLUE's QQP), and
  * Hugging Face's scripts read them as they are; but in a file of one's own an empty text is

@@ -12,12 +12,15 @@ import {
   checkLeadingToken,
   emptyTextNote,
   expectSpans,
+  leastMaxLength,
   longestRow,
+  maxLengthProblem,
   type TokenizedSplit,
   tokenizeExamples,
   type TrainBatch,
 } from "./batches.ts";
 import { sha256Hex } from "./data_files.ts";
+import { FlagError } from "./flags.ts";
 import { microBatchSize, type TrainConfig } from "./config.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
 import { ADAMW_DEFAULTS, type AdamwSettings } from "./optimizer.ts";
@@ -57,11 +60,12 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
   const model = await openModel(config.model, { revision: config.revision ?? undefined, quiet });
   try {
     const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
-    const limit = maxSequenceLength(model.config) - prefixRows;
+    const positions = maxSequenceLength(model.config);
+    const limit = positions - prefixRows;
     if (limit < 2) {
-      throw new Error(
-        `--prefix-length ${prefixRows} leaves ${limit} of the model's ` +
-          `${maxSequenceLength(model.config)} positions`,
+      throw new FlagError(
+        `--prefix-length ${prefixRows}: at most ${positions - 2} with this model's ${positions} ` +
+          "positions",
       );
     }
     const maxLength = Math.min(config.maxLength ?? limit, limit);
@@ -70,6 +74,27 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
     // Both splits read and checked before either is tokenized (tens of seconds on QNLI).
     const trainExamples = await task.readExamples(config.data, trainSplit);
     const devExamples = await task.readExamples(config.data, task.devSplit);
+    if (config.maxLength !== null) {
+      const problem = maxLengthProblem(model.tokenizer, trainExamples, config.maxLength, task.name);
+      if (problem !== null) throw new FlagError(problem);
+    }
+    const { least } = leastMaxLength(model.tokenizer, trainExamples);
+    if (maxLength < least) {
+      throw new FlagError(
+        `--prefix-length ${prefixRows} leaves ${maxLength} of this model's ${positions} ` +
+          `positions, and ${task.name}'s inputs need ${least}: at most ${positions - least}`,
+      );
+    }
+    // The recipe's or the flag's: said, since what the run reads and saves is shorter.
+    if (config.maxLength !== null && config.maxLength > limit) {
+      console.error(
+        `note: --max-length ${config.maxLength} is more than the ${limit} positions ` +
+          (prefixRows > 0
+            ? `this model's ${positions} leave beside --prefix-length ${prefixRows}`
+            : "this model has") +
+          `: the run takes ${limit}`,
+      );
+    }
     const classes = labelClasses(task, trainExamples);
     const splits = [[trainSplit, trainExamples], [task.devSplit, devExamples]] as const;
     for (const [split, examples] of splits) {
@@ -122,14 +147,31 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
     }
     const perEpoch = batchesPerEpoch(train.examples.length, B);
     const totalSteps = config.maxSteps ?? config.epochs! * perEpoch;
-    const stages = resolveStages({
-      strategy: config.strategy,
-      peft: config.peft,
-      totalSteps,
-      stage1Ratio: config.stage1Ratio,
-      lr: config.lr,
-      stage1Lr: config.stage1Lr ?? config.lr,
-    });
+    const examples = `${train.examples.length} ${trainSplit} examples`;
+    if (B > train.examples.length) {
+      console.error(
+        `note: --batch-size ${B} is more than the ${examples}: each step takes them all`,
+      );
+    }
+    let stages;
+    try {
+      stages = resolveStages({
+        strategy: config.strategy,
+        peft: config.peft,
+        totalSteps,
+        stage1Ratio: config.stage1Ratio,
+        lr: config.lr,
+        stage1Lr: config.stage1Lr ?? config.lr,
+      });
+    } catch (e) {
+      // Too few steps: what --epochs gave them.
+      const message = (e as Error).message;
+      if (config.maxSteps !== null || !/at least \d+ steps?, got/.test(message)) throw e;
+      throw new FlagError(
+        `${message} (--epochs ${config.epochs} of ${perEpoch} batch` +
+          `${perEpoch === 1 ? "" : "es"}: ${examples}, --batch-size ${B})`,
+      );
+    }
     const evalEvery = config.evalEvery ?? perEpoch;
     const checkpointEvery = config.checkpointEvery ?? (evalEvery > 0 ? evalEvery : perEpoch);
     let headWidth = HEAD_WIDTH;
