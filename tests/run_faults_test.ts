@@ -79,6 +79,7 @@ Deno.test({
       const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
         .map((l) => JSON.parse(l));
       assert(log.some((l) => l.step === 4 && l.loss === null), "step 4 logged");
+      assertEquals(log.filter((l) => "loss" in l).at(-1).step, 4);
     }),
 });
 
@@ -103,6 +104,9 @@ Deno.test({
       const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
         .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
       assert(log.every((l) => l.skipped === true), "every step skipped");
+      // The log ends at the step that stopped the run, not at its block's end (a checkpoint's
+      // every 4 steps here: 52).
+      assertEquals(log.at(-1).step, MAX_CONSECUTIVE_SKIPS);
       // The scale halves at each skip.
       assertEquals(log[0].loss_scale, 2 ** 16);
       assertEquals(log[3].loss_scale, 2 ** 13);

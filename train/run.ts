@@ -884,19 +884,31 @@ async function trainStages(
       const stats = await trainer.takeStats();
       if (stats.length !== pending.length) throw new Error("training log out of step");
       const logged = pending;
-      await l.log.write(pending.map((x, i) => ({
-        stage: x.stage,
-        step: x.step,
-        loss: stats[i].loss,
-        lr: x.lr,
-        grad_norm: stats[i].gradNorm,
-        ...(stats[i].lossScale === undefined
-          ? {}
-          : { loss_scale: stats[i].lossScale, skipped: stats[i].skipped }),
-      })));
       pending = [];
-      // Before anything else uses this block's weights (an evaluation, a checkpoint).
-      consecutiveSkips = checkStepStats(logged, stats, consecutiveSkips, l.place);
+      // Before anything else uses this block's weights (an evaluation, a checkpoint). The log
+      // ends at a step that stops the run: the steps after it (up to a block's, on the GPU
+      // already) trained diverged weights.
+      let fault: RunFaultError | null = null;
+      try {
+        consecutiveSkips = checkStepStats(logged, stats, consecutiveSkips, l.place);
+      } catch (e) {
+        if (!(e instanceof RunFaultError)) throw e;
+        fault = e;
+      }
+      const kept = fault?.at === undefined ? logged.length : fault.at + 1;
+      await l.log.write(
+        logged.slice(0, kept).map((x, i) => ({
+          stage: x.stage,
+          step: x.step,
+          loss: stats[i].loss,
+          lr: x.lr,
+          grad_norm: stats[i].gradNorm,
+          ...(stats[i].lossScale === undefined
+            ? {}
+            : { loss_scale: stats[i].lossScale, skipped: stats[i].skipped }),
+        })),
+      );
+      if (fault) throw fault;
       if (stats.length > 0) {
         lastLoss = stats[stats.length - 1].loss;
         l.progress.logged(stage.name, logged[logged.length - 1].step, lastLoss);

@@ -11,9 +11,12 @@ import { openSafetensors } from "../model/safetensors.ts";
 
 /** A run stopped by a fault; its message is the whole story, on one line. */
 export class RunFaultError extends Error {
-  constructor(message: string) {
+  /** The index, in the stats checked (checkStepStats), of the step that stopped the run. */
+  readonly at?: number;
+  constructor(message: string, at?: number) {
     super(message);
     this.name = "RunFaultError";
+    if (at !== undefined) this.at = at;
   }
 }
 
@@ -234,6 +237,7 @@ export function checkStepStats(
               keptCheckpoint(place)
             }. ` +
             `Continue with a lower --lr or --precision f32: ${resumeCommand()}`,
+          i,
         );
       }
       continue;
@@ -244,6 +248,7 @@ export function checkStepStats(
           `before this step's weights reached a checkpoint; ${keptCheckpoint(place)}. Continue ` +
           `with a lower --lr (it is a setting of the run: use --overwrite to restart), or resume ` +
           `as it was: ${resumeCommand()}`,
+        i,
       );
     }
   }
