@@ -346,6 +346,59 @@ await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
 });
 
 Deno.test({
+  name: "train --resume: a checkpoint missing a tensor the run trains is refused, naming it",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // One without the head, or AdamW's moments, resumed from the pretrained weights and zero
+    // moments, and finished with exit status 0.
+    await withTinyRun("ehft-train-cut-checkpoint-", [], async (dir, out, run) => {
+      // Stage 1 (one step of EH-FT/BitFit) checkpointed, then a failure as Stage 2 starts.
+      const flags = [
+        ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "10"],
+        ...["--checkpoint-every", "1"],
+      ];
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", "--eval-every", "0"],
+        ...flags,
+        ...["--out", out],
+      ]);
+      await assertRejects(
+        () =>
+          runTraining(config, {
+            task: rte,
+            quiet: true,
+            onStageStart: ({ index }) => {
+              if (index === 1) throw new Error("stopped for the test");
+            },
+          }),
+        Error,
+        "stopped for the test",
+      );
+      const path = `${out}/checkpoint.safetensors`;
+      const whole = await Deno.readFile(path);
+      for (const name of ["param/head.dense.bias", "adam_m/head.dense.bias"]) {
+        await Deno.writeFile(path, whole);
+        await rewriteSafetensors(path, (_, tensors) => {
+          tensors.delete(name);
+          tensors.delete(name.replace("adam_m/", "adam_v/"));
+        });
+        await assertRejects(
+          () => run(...flags, "--resume"),
+          Error,
+          `${path}: no "${name}", which the run trains (the checkpoint is not whole: ` +
+            "--overwrite starts the run again)",
+        );
+      }
+      // As it was written, it resumes.
+      await Deno.writeFile(path, whole);
+      await run(...flags, "--resume");
+      assert(await exists(`${out}/metrics.json`));
+    });
+  },
+});
+
+Deno.test({
   name: "train: a stderr whose reader is gone (2>&1 | head) silences the progress, not the run",
   fn: async () => {
     await withTinyRun("ehft-train-epipe-", [], async (dir, out) => {

@@ -6,6 +6,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { writeSafetensors } from "../model/safetensors.ts";
 import {
   checkTrainingPlace,
+  checkWholeCheckpoint,
   readTrainingCheckpoint,
   type TrainingState,
 } from "../train/training_checkpoint.ts";
@@ -93,6 +94,49 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training checkpoint: a moment without its pair is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/checkpoint.safetensors`;
+    const t = { dtype: "F32" as const, shape: [1], data: new Float32Array([1]) };
+    const meta = {
+      format: "ehft-training-checkpoint",
+      ehft_training_state: JSON.stringify({ version: 1, ...STATE }),
+    };
+    for (
+      const [name, problem] of [["adam_m/w", "has m but no v"], ["adam_v/w", "has v but no m"]]
+    ) {
+      await writeSafetensors(path, { "param/w": t, [name]: t }, meta);
+      await assertRejects(() => readTrainingCheckpoint(path), Error, `${path}: "w" ${problem}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training checkpoint: every tensor the run trains must be in it", () => {
+  const f = new Float32Array(1);
+  const checkpoint = {
+    params: new Map([["a", f], ["b", f]]),
+    moments: new Map([["a", { m: f, v: f }]]),
+  };
+  checkWholeCheckpoint("c", checkpoint, ["a", "b"], ["a"]);
+  checkWholeCheckpoint("c", checkpoint, ["b"], []); // more than asked: uploadByName's to judge
+  for (
+    const [params, moments, name] of [
+      [["a", "b", "x"], ["a"], "param/x"],
+      [["a"], ["a", "b"], "adam_m/b"],
+    ] as const
+  ) {
+    assertThrows(
+      () => checkWholeCheckpoint("c", checkpoint, params, moments),
+      Error,
+      `c: no "${name}", which the run trains (the checkpoint is not whole: --overwrite starts ` +
+        "the run again)",
+    );
   }
 });
 

@@ -47,6 +47,7 @@ import { setStepLoop, stopRequested } from "./run_faults.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import {
   CHECKPOINT_FILE,
+  checkWholeCheckpoint,
   downloadTensors,
   readTrainingCheckpoint,
   type TrainingState,
@@ -683,6 +684,8 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     const checkpoint = o.resume ? await readTrainingCheckpoint(checkpointPath) : null;
     if (o.resume) await removeStaleTemporaries(o.out, PRETRAIN_FILES, ["model"]);
     if (checkpoint) {
+      const names = trainer.optimizer.moments().keys();
+      checkWholeCheckpoint(checkpointPath, checkpoint, params.keys(), names);
       uploadByName("resume", checkpoint.params, params);
       const moments = trainer.optimizer.moments();
       for (const [name, { m, v }] of checkpoint.moments) {

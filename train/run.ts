@@ -80,6 +80,7 @@ import { headFeatures, type Task, taskDefinitionProblem } from "./task.ts";
 import {
   CHECKPOINT_FILE,
   checkTrainingPlace,
+  checkWholeCheckpoint,
   type LoadedCheckpoint,
   readTrainingCheckpoint,
   type TrainingState,
@@ -798,6 +799,22 @@ function backboneTrainedSince(
   return (name) => tests.some((t) => t(name));
 }
 
+/**
+ * What a checkpoint in stage `s` keeps of the parameters, by name: the backbone's tensors trained
+ * since its last restore (the others are the pretrained ones), the head's, the PEFT method's.
+ */
+function checkpointParameters(l: Loop, s: number): Map<string, Tensor> {
+  const trainer = l.trainer;
+  const keep = backboneTrainedSince(l.p.stages, s, trainer);
+  return new Map([
+    ...[...encoderParameters(trainer.encoder.params)]
+      .filter(([name]) => keep(name))
+      .map(([name, t]) => [`${l.p.model.config.prefix}.${name}`, t] as const),
+    ...trainer.headParameters(),
+    ...trainer.peftParameters(),
+  ]);
+}
+
 /** The hand-off into stage `index`: restore the backbone, drop the PEFT method. */
 async function handOff(l: Loop, index: number): Promise<void> {
   const stage = l.p.stages[index];
@@ -842,8 +859,16 @@ async function trainStages(
         ...trainer.headParameters(),
         ...trainer.peftParameters(),
       ]);
-      uploadByName("--resume", checkpoint.params, targets);
       const moments = trainer.optimizer!.moments();
+      // All of it, or a checkpoint cut down (by hand, a tool) resumed from pretrained weights
+      // and zero moments without a word.
+      checkWholeCheckpoint(
+        `${l.dir}/${CHECKPOINT_FILE}`,
+        checkpoint,
+        checkpointParameters(l, s).keys(),
+        moments.keys(),
+      );
+      uploadByName("--resume", checkpoint.params, targets);
       const ms = new Map([...moments].map(([n, t]) => [n, t.m]));
       const vs = new Map([...moments].map(([n, t]) => [n, t.v]));
       uploadByName("--resume", new Map([...checkpoint.moments].map(([n, x]) => [n, x.m])), ms);
@@ -975,16 +1000,8 @@ async function trainStages(
           logLines: l.log.lines,
         };
         await l.log.sync();
-        const keep = backboneTrainedSince(stages, s, trainer);
-        const params = new Map([
-          ...[...encoderParameters(trainer.encoder.params)]
-            .filter(([name]) => keep(name))
-            .map(([name, t]) => [`${p.model.config.prefix}.${name}`, t] as const),
-          ...trainer.headParameters(),
-          ...trainer.peftParameters(),
-        ]);
         await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {
-          params,
+          params: checkpointParameters(l, s),
           moments: trainer.optimizer!.moments(),
           lossScale: trainer.lossScaleState,
         });

@@ -241,10 +241,33 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
       if (!v) throw new Error(`${path}: "${name}" has m but no v`);
       moments.set(name, { m, v });
     }
+    for (const name of vs.keys()) {
+      if (!ms.has(name)) throw new Error(`${path}: "${name}" has v but no m`);
+    }
     return { state, params, moments, lossScale };
   } finally {
     reader.close();
   }
+}
+
+/**
+ * Throws, naming the checkpoint at `path` and the first tensor missing, unless it holds every
+ * parameter in `params` and the AdamW moments (m and v) of every name in `moments`.
+ */
+export function checkWholeCheckpoint(
+  path: string,
+  checkpoint: Pick<LoadedCheckpoint, "params" | "moments">,
+  params: Iterable<string>,
+  moments: Iterable<string>,
+): void {
+  const missing = (name: string) => {
+    throw new Error(
+      `${path}: no "${name}", which the run trains (the checkpoint is not whole: --overwrite ` +
+        "starts the run again)",
+    );
+  };
+  for (const name of params) if (!checkpoint.params.has(name)) missing(PARAM + name);
+  for (const name of moments) if (!checkpoint.moments.has(name)) missing(M + name);
 }
 
 /** Uploads `values` into `targets` by name; every value must have a target of its size. */
