@@ -640,7 +640,7 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  * file edited by hand, or a typed flag it cannot go with) names the file: the user never typed
  * that flag.
  */
-async function main(args: string[]): Promise<void> {
+export async function main(args: string[]): Promise<void> {
   const from: RecordedFlags = { path: "", flags: {}, out: null, resumable: false };
   // Ctrl-C: stopped where it is, as a kill would (writes are atomic); SIGTERM during training:
   // at the end of its step, with a checkpoint (stopWithWord). Either says what was kept.

@@ -8,6 +8,7 @@
 import { assert, assertEquals } from "./assert.ts";
 import { openModel } from "../model/load.ts";
 import { mlmHeadNames } from "../model/mlm_head.ts";
+import { openSafetensors } from "../model/safetensors.ts";
 import {
   copyTree,
   exists,
@@ -947,6 +948,90 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     const parts = await pretrain(["--out", plain, "--resume", "--grad-accum", "2"]);
     assertEquals(parts.code, 2);
     assert(parts.stderr.includes("was started with other settings (grad_accum"), parts.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+test("pretrain.ts: a SIGTERM in a step that ends with an evaluation checkpoints before it; resumed, it is done first", async () => {
+  // The evaluation was done first: a long one could outlast a scheduler's grace period.
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+    // pretrain.ts, with the SIGTERM sent (and taken) once the first step's loss is logged: after
+    // that step, before its evaluation.
+    const script = `${dir}/main.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { HELP, main } from ${url("../pretrain.ts")};
+import { runMain } from ${url("../train/flags.ts")};
+import { stopRequested } from ${url("../train/run_faults.ts")};
+const rename = Deno.rename;
+let sent = Deno.args.includes("--resume");
+Deno.rename = async (from: string | URL, to: string | URL) => {
+  await rename(from, to);
+  if (sent || !String(to).endsWith("/log.jsonl")) return;
+  if (!(await Deno.readTextFile(to)).includes('"loss"')) return;
+  sent = true;
+  Deno.kill(Deno.pid, "SIGTERM");
+  while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
+};
+await runMain("pretrain", main, HELP, { flagsOnly: true });
+`,
+    );
+    const args = (out: string) => [
+      ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+      ...["--max-length", "16", "--batch-size", "4"],
+      ...["--steps", "3", "--checkpoint-every", "1000", "--eval-every", "2"],
+      ...["--log-every", "1", "--held-out", "0.1", "--eval-sequences", "4"],
+    ];
+    const out = `${dir}/run`;
+    const run = async (...args: string[]) => {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
+    };
+    // Step 1 evaluates nothing: its stop is the plain one; step 2's evaluation is owed.
+    const stops: [string[], number, boolean][] = [
+      [["--eval-every", "2"], 1, false],
+      [["--eval-every", "1"], 1, true],
+      [["--steps", "1"], 1, true], // the run's end
+    ];
+    for (const [flags, step, owed] of stops) {
+      await Deno.remove(out, { recursive: true }).catch(() => {});
+      const stopped = await run(...args(out), ...flags);
+      assertEquals(stopped.code, 143, stopped.stderr);
+      const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
+      reader.close();
+      const state = JSON.parse(reader.metadata.ehft_training_state);
+      assertEquals([state.step, state.owed ?? false], [step, owed], flags.join(" "));
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
+      // Step 0's evaluation, step 1's loss; the owed evaluation is not there yet.
+      assertEquals(log.length, 2, log.join(" | "));
+      const resumed = await run("--out", out, "--resume");
+      assertEquals(resumed.code, 0, resumed.stderr);
+      const whole = await pretrain([...args(`${dir}/whole`), ...flags]);
+      assertEquals(whole.code, 0, whole.stderr);
+      const untimed = async (path: string) =>
+        (await Deno.readTextFile(path)).trim().split("\n").map((l) => {
+          const { seconds: _s, ...rest } = JSON.parse(l);
+          return rest;
+        });
+      assertEquals(await untimed(`${out}/log.jsonl`), await untimed(`${dir}/whole/log.jsonl`));
+      assert(
+        sameBytes(
+          await Deno.readFile(`${out}/model/model.safetensors`),
+          await Deno.readFile(`${dir}/whole/model/model.safetensors`),
+        ),
+        `${flags.join(" ")}: the model differs`,
+      );
+      await Deno.remove(`${dir}/whole`, { recursive: true });
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -303,45 +303,94 @@ Deno.test({
 });
 
 Deno.test({
-  name: "train --seeds: a SIGTERM in a seed's last step lets it end and starts no next seed",
+  name:
+    "train: a SIGTERM in a step that ends with an evaluation, Stage 1's save or the run's end " +
+    "checkpoints before it; the resumed run does it first and ends as an uninterrupted one",
+  ...IN_PROCESS_GPU,
   fn: async () => {
-    // It was kept pending through the seed's end: the next seed was prepared and trained a step
-    // before the stop, spending a scheduler's grace period on it.
-    await withTinyRun("ehft-train-sigterm-seeds-", [], async (dir, out) => {
-      const script = `${dir}/main.ts`;
-      const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
-      await Deno.writeTextFile(
-        script,
-        `import { parseTrainArgs } from ${url("../train/config.ts")};
+    // The step's end was done first (the run's last evaluation, and the model's save, too): a
+    // long dev evaluation could outlast a scheduler's grace period, and the SIGKILL lost every
+    // step since the last periodic checkpoint. A --seeds run's next seed is never started.
+    const cases: { name: string; flags: string[]; place: Record<string, unknown> }[] = [
+      {
+        name: "a periodic evaluation",
+        flags: ["--strategy", "ft", "--max-steps", "3", "--eval-every", "1"],
+        place: { stage: 0, stageStep: 1, step: 1 },
+      },
+      {
+        name: "Stage 1's end (its save, no evaluation)",
+        flags: ["--strategy", "ehft", "--max-steps", "10", "--eval-every", "0"],
+        place: { stage: 0, stageStep: 1, step: 1 },
+      },
+      {
+        name: "a seed's last step (the run's end), of two seeds",
+        flags: ["--strategy", "ft", "--max-steps", "1", "--eval-every", "0", "--seeds", "2"],
+        place: { stage: 0, stageStep: 1, step: 1 },
+      },
+    ];
+    for (const c of cases) {
+      await withTinyRun("ehft-train-sigterm-owed-", [], async (dir, out) => {
+        const script = `${dir}/main.ts`;
+        const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+        await Deno.writeTextFile(
+          script,
+          `import { parseTrainArgs } from ${url("../train/config.ts")};
 import { runTraining } from ${url("../train/run.ts")};
-import { interruptedMessage, stopWithWord } from ${url("../train/run_faults.ts")};
+import { interruptedMessage, stopRequested, stopWithWord } from ${url("../train/run_faults.ts")};
 import { rte } from ${url("../tasks/rte.ts")};
 stopWithWord("t", interruptedMessage);
 const { config } = parseTrainArgs(Deno.args);
-let sent = false;
-await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
-  // In seed 42's one step, its last.
-  if (!sent) Deno.kill(Deno.pid, "SIGTERM");
+let sent = config.resume;
+await runTraining(config, { task: rte, quiet: true, onStageStart: async () => {
+  // Before the first stage's first step, and taken (a signal comes a little later).
+  if (!sent) {
+    Deno.kill(Deno.pid, "SIGTERM");
+    while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
+  }
   sent = true;
 } });
 `,
-      );
-      const r = await new Deno.Command(Deno.execPath(), {
-        args: [
-          ...["run", "-A", script, "--task", "rte", "--model", `${dir}/model`],
-          ...["--data", `${dir}/data`, "--strategy", "ft", "--batch-size", "8"],
-          ...["--max-steps", "1", "--eval-every", "0", "--seeds", "2", "--out", out],
-        ],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      const lines = new TextDecoder().decode(r.stderr).trim().split("\n");
-      assertEquals(r.code, 143, lines.join(" | "));
-      assert(lines.at(-1)!.startsWith("t: terminated by SIGTERM; to go on: "), lines.at(-1));
-      assert(await exists(`${out}/seed-42/metrics.json`), "seed 42 ended");
-      assert(!(await exists(`${out}/seed-43/run.json`)), "seed 43 was started");
-    });
+        );
+        const common = [
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+          ...["--batch-size", "8", ...c.flags],
+        ];
+        const script_ = async (...more: string[]) => {
+          const r = await new Deno.Command(Deno.execPath(), {
+            args: ["run", "-A", script, ...common, "--out", out, ...more],
+            env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+            stdout: "null",
+            stderr: "piped",
+          }).output();
+          return { code: r.code, lines: new TextDecoder().decode(r.stderr).trim().split("\n") };
+        };
+        const stopped = await script_();
+        assertEquals(stopped.code, 143, `${c.name}: ${stopped.lines.join(" | ")}`);
+        assert(
+          stopped.lines.at(-1)!.startsWith("t: terminated by SIGTERM; "),
+          stopped.lines.at(-1),
+        );
+        const seeds = c.flags.includes("--seeds");
+        const first = seeds ? `${out}/seed-42` : out;
+        const { version: _, adamStep: _a, adamApplied: _b, logLines, ...state } =
+          await trainingState(first) as Record<string, unknown>;
+        assertEquals(state, { ...c.place, best: {}, last: null, owed: true }, c.name);
+        // The step's line is in the log, what it ends with is not.
+        const log = (await Deno.readTextFile(`${first}/log.jsonl`)).trim().split("\n");
+        assertEquals(log.length, logLines, c.name);
+        assert(log.every((l) => !l.includes('"metrics"')), `${c.name}: ${log.join(" | ")}`);
+        assert(!(await exists(`${first}/stage1`)), `${c.name}: Stage 1's model was saved`);
+        assert(!(await exists(`${first}/metrics.json`)), `${c.name}: the run ended`);
+        if (seeds) assert(!(await exists(`${out}/seed-43`)), "seed 43 was started");
+
+        const resumed = await script_("--resume");
+        assertEquals(resumed.code, 0, `${c.name}: ${resumed.lines.join(" | ")}`);
+        const whole = `${dir}/whole`;
+        const { config } = parseTrainArgs([...common, "--out", whole]);
+        await runTraining(config, { task: rte, quiet: true });
+        assertSameFiles(await readTree(out), await readTree(whole), `${c.name}, resumed`);
+      });
+    }
   },
 });
 

@@ -43,6 +43,9 @@ Deno.test("training checkpoint: its state is read back as written", async () => 
     // The updates of an f16 stage with a skipped step; absent before they were recorded.
     await writeState(path, JSON.stringify({ version: 1, ...STATE, adamApplied: 2 }));
     assertEquals((await readTrainingCheckpoint(path))!.state, { ...STATE, adamApplied: 2 });
+    // Stopped by a SIGTERM before its step's evaluation.
+    await writeState(path, JSON.stringify({ version: 1, ...STATE, owed: true }));
+    assertEquals((await readTrainingCheckpoint(path))!.state, { ...STATE, owed: true });
     assertEquals(await readTrainingCheckpoint(`${dir}/none.safetensors`), null);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -85,6 +88,8 @@ Deno.test("training checkpoint: a damaged state is one line naming the file", as
       [state({ best: [] }), "training state best is not an object of metrics"],
       [state({ best: null }), "training state best is not an object of metrics"],
       [state({ last: { accuracy: "high" } }), "training state last is not an object of metrics"],
+      [state({ owed: "yes" }), 'training state owed is "yes", not true or false'],
+      [state({ owed: 1 }), "training state owed is 1, not true or false"],
     ];
     for (const [text, problem] of cases) {
       await writeState(path, text);
@@ -146,12 +151,14 @@ Deno.test("training checkpoint: its place must be one in the run's stages", () =
   checkTrainingPlace("c", STATE, [4, 6]);
   checkTrainingPlace("c", { ...STATE, stage: 0, stageStep: 2, step: 2 }, stages);
   checkTrainingPlace("c", { ...STATE, stage: 1, stageStep: 5, step: 7 }, stages);
+  // The run's end, by a SIGTERM's stop that owes it (its evaluation, the model's save).
+  checkTrainingPlace("c", { ...STATE, stage: 1, stageStep: 6, step: 8, owed: true }, stages);
   for (
     const place of [
       { stage: 2, stageStep: 0, step: 8 },
       { stage: 0, stageStep: 3, step: 3 },
       { stage: 1, stageStep: 3, step: 3 },
-      // Before a stage's first step, and at the run's end: never written.
+      // Before a stage's first step, and at the run's end: never written (but owing the end).
       { stage: 1, stageStep: 0, step: 2 },
       { stage: 1, stageStep: 6, step: 8 },
     ]

@@ -780,7 +780,8 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
           `${(100 * lastEval.accuracy).toFixed(2)}% (${lastEval.tokens} masked tokens)`,
       );
     };
-    const saveCheckpoint = async (step: number) => {
+    // `owed`: a SIGTERM's stop before the step's held-out evaluation, which the resumed run does.
+    const saveCheckpoint = async (step: number, owed = false) => {
       const pending = await trainer.peekStats();
       // A diverged step waiting for its log line: keep the last checkpoint, which did not.
       if (pending.some((s) => !Number.isFinite(s.loss))) throw notFinite(step);
@@ -801,6 +802,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
           masked: pendingMasked,
         },
         held_out: lastEval,
+        ...(owed ? { owed } : {}),
       };
       await writeTrainingCheckpoint(checkpointPath, state, {
         params,
@@ -808,6 +810,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       });
     };
     if (start === 0) await evaluate(0);
+    else if (checkpoint?.state.owed) await evaluate(start);
     setStepLoop(true);
     try {
       for (let step = start; step < o.steps; step++) {
@@ -825,8 +828,16 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         const done = step + 1;
         progress.step("pretrain", done, null);
         if (done % o.logEvery === 0 || done === o.steps) await logStats(done);
-        if (done % o.evalEvery === 0 || done === o.steps) await evaluate(done);
-        // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none.
+        const evaluates = evalBatches.length > 0 && (done % o.evalEvery === 0 || done === o.steps);
+        // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none. The
+        // step's evaluation is left to the resumed run (it could outlast a scheduler's grace
+        // period before its SIGKILL).
+        const early = stopRequested();
+        if (early && evaluates) {
+          await saveCheckpoint(done, true);
+          await early();
+        }
+        if (evaluates) await evaluate(done);
         const stop = done < o.steps ? stopRequested() : null;
         if (done % o.checkpointEvery === 0 || done === o.steps || stop) await saveCheckpoint(done);
         if (stop) await stop();

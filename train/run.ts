@@ -940,6 +940,63 @@ async function trainStages(
       }
     };
 
+    // What step j of the stage ends with: an evaluation (periodic, a stage's end, the run's end)
+    // and Stage 1's save.
+    const ends = (j: number) => {
+      const stageEnd = j + 1 === stage.steps;
+      const evaluates = (p.evalEvery > 0 && (stageStart + j + 1) % p.evalEvery === 0) ||
+        (stageEnd && (s === lastStage || p.evalEvery > 0));
+      return { evaluates, savesStage1: stageEnd && s === 0 && stages.length > 1 };
+    };
+    const endStep = async (j: number) => {
+      const done = stageStart + j + 1;
+      const { evaluates, savesStage1 } = ends(j);
+      if (evaluates) {
+        await flush();
+        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics).catch((e) => {
+          if (!(e instanceof NonFiniteOutputsError)) throw e;
+          const where = `step ${done} (${stage.name})`;
+          const f16 = config.precision === "f16";
+          throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
+        });
+        last = metrics;
+        // Only the final stage's evaluations count for the best score (the model it reports).
+        if (s === lastStage) best = updateBest(best, metrics);
+        await l.log.write([{ stage: stage.name, step: done, split: task.devSplit, metrics }]);
+        l.progress.line(
+          `${stage.name} step ${done}: ${
+            Object.entries(metrics).map(([k, v]) => `${k} ${v === null ? "nan" : v.toFixed(4)}`)
+              .join(", ")
+          }`,
+        );
+      }
+      if (savesStage1) await saveStage1(l);
+    };
+    // The checkpoint after step j; `owed`: before what the step ends with (endStep).
+    const keepCheckpoint = async (j: number, owed: boolean) => {
+      await flush();
+      const state: TrainingState = {
+        stage: s,
+        stageStep: j + 1,
+        step: stageStart + j + 1,
+        adamStep: trainer.optimizer!.step,
+        adamApplied: await trainer.optimizer!.appliedSteps(),
+        best,
+        last,
+        logLines: l.log.lines,
+        ...(owed ? { owed } : {}),
+      };
+      await l.log.sync();
+      await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {
+        params: checkpointParameters(l, s),
+        moments: trainer.optimizer!.moments(),
+        lossScale: trainer.lossScaleState,
+      });
+      l.place.checkpoint = { path: `${l.dir}/${CHECKPOINT_FILE}`, step: state.step };
+    };
+
+    // A run a SIGTERM stopped before its step's end does that end first.
+    if (resumed && checkpoint.state.owed) await endStep(first - 1);
     const micro = microBatchSize(config);
     for (let j = first; j < stage.steps; j++) {
       const step = stageStart + j;
@@ -960,52 +1017,21 @@ async function trainStages(
       if (pending.length >= LOG_BLOCK) await flush();
       l.progress.step(stage.name, done, lastLoss);
 
-      const stageEnd = j + 1 === stage.steps;
-      const runEnd = stageEnd && s === lastStage;
-      const periodic = p.evalEvery > 0 && done % p.evalEvery === 0;
-      if (periodic || runEnd || (stageEnd && p.evalEvery > 0)) {
-        await flush();
-        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics).catch((e) => {
-          if (!(e instanceof NonFiniteOutputsError)) throw e;
-          const where = `step ${done} (${stage.name})`;
-          const f16 = config.precision === "f16";
-          throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
-        });
-        last = metrics;
-        // Only the final stage's evaluations count for the best score (the model it reports).
-        if (s === lastStage) best = updateBest(best, metrics);
-        await l.log.write([{ stage: stage.name, step: done, split: task.devSplit, metrics }]);
-        l.progress.line(
-          `${stage.name} step ${done}: ${
-            Object.entries(metrics).map(([k, v]) => `${k} ${v === null ? "nan" : v.toFixed(4)}`)
-              .join(", ")
-          }`,
-        );
+      // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none. What
+      // the step ends with is left to the resumed run: a long dev evaluation could outlast the
+      // grace period a scheduler gives before its SIGKILL.
+      const early = stopRequested();
+      const { evaluates, savesStage1 } = ends(j);
+      if (early && (evaluates || savesStage1)) {
+        await keepCheckpoint(j, true);
+        await early();
       }
-      if (stageEnd && s === 0 && stages.length > 1) {
-        await saveStage1(l);
-      }
-      // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none.
+      await endStep(j);
+      // One that came during the run's last evaluation lets the run end, results written.
+      const runEnd = j + 1 === stage.steps && s === lastStage;
       const stop = runEnd ? null : stopRequested();
       if (stop || (!runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0)) {
-        await flush();
-        const state: TrainingState = {
-          stage: s,
-          stageStep: j + 1,
-          step: done,
-          adamStep: trainer.optimizer!.step,
-          adamApplied: await trainer.optimizer!.appliedSteps(),
-          best,
-          last,
-          logLines: l.log.lines,
-        };
-        await l.log.sync();
-        await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {
-          params: checkpointParameters(l, s),
-          moments: trainer.optimizer!.moments(),
-          lossScale: trainer.lossScaleState,
-        });
-        l.place.checkpoint = { path: `${l.dir}/${CHECKPOINT_FILE}`, step: done };
+        await keepCheckpoint(j, false);
       }
       if (stop) await stop();
     }

@@ -41,6 +41,12 @@ export interface TrainingState {
   last: Record<string, number | null> | null;
   /** Lines of log.jsonl covered by this checkpoint (later lines are dropped on resume). */
   logLines: number;
+  /**
+   * True when a SIGTERM stopped the run right after step `step`, before what that step ends
+   * with: its evaluation, Stage 1's save, the run's end. The resumed run does them first. Absent:
+   * false (a periodic checkpoint, written after them).
+   */
+  owed?: boolean;
 }
 
 export interface CheckpointTensors {
@@ -147,7 +153,8 @@ export interface LoadedCheckpoint {
 /**
  * Throws, naming the checkpoint, unless its state is a place where a run of stages of
  * `stageSteps` steps writes one: after a step (at least one of its stage done), before the run's
- * last (none is written at the end; an earlier stage's last step has one), the run's step the sum.
+ * last (none is written at the end, but for a SIGTERM's stop that owes the run's end; an
+ * earlier stage's last step has one), the run's step the sum.
  */
 export function checkTrainingPlace(
   path: string,
@@ -158,7 +165,7 @@ export function checkTrainingPlace(
   const last = state.stage === stageSteps.length - 1;
   if (
     state.stage >= stageSteps.length || state.stageStep < 1 ||
-    state.stageStep > stageSteps[state.stage] - (last ? 1 : 0) ||
+    state.stageStep > stageSteps[state.stage] - (last && !state.owed ? 1 : 0) ||
     state.step !== before + state.stageStep
   ) {
     throw new Error(
@@ -213,6 +220,12 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
       throw new Error(
         `${path}: training state adamApplied is ${JSON.stringify(applied)?.slice(0, 40)}, not a ` +
           `count of at most adamStep (${parsed.adamStep})`,
+      );
+    }
+    if (parsed.owed !== undefined && typeof parsed.owed !== "boolean") {
+      throw new Error(
+        `${path}: training state owed is ${JSON.stringify(parsed.owed)?.slice(0, 40)}, not true ` +
+          "or false",
       );
     }
     for (const key of ["best", "last"] as const) {
