@@ -36,7 +36,11 @@ export const cola: Task = {
       }));
     }
     return table.rows.map(({ line, fields }, i) => {
-      if (fields[3] === "") throw new DataError(file, line, "the sentence (4th field) is empty");
+      // A labeled row's sentence is CoLA's whole input: none (or only spaces) is a broken row.
+      if (fields[3].trim() === "") {
+        const what = fields[3] === "" ? "empty" : "blank (only spaces)";
+        throw new DataError(file, line, `the sentence (4th field) is ${what}`);
+      }
       return {
         source: `${file}:${line}`,
         idx: i,

@@ -679,6 +679,18 @@ Deno.test("data errors: empty texts are kept and noted in one line naming the fi
   });
 });
 
+Deno.test("data errors: a CoLA row whose sentence is empty or blank is refused, naming its line", async () => {
+  // A whitespace-only sentence was kept (read as empty) where an empty one was refused.
+  await withDir(async (dir) => {
+    const r = READERS.cola;
+    for (const [sentence, what] of [["", "empty"], [" \u00a0 ", "blank (only spaces)"]]) {
+      await Deno.writeTextFile(`${dir}/train.tsv`, fileText(r, [r.line(), r.line(sentence)]));
+      const e = await rejected(r, dir);
+      expectMessage(e, `${dir}/train.tsv`, 2, `the sentence (4th field) is ${what}`);
+    }
+  });
+});
+
 Deno.test("data errors: an STS-B dev split of one example is refused before training, noted by --dry-run", async () => {
   await withDir(async (dir) => {
     const r = READERS.stsb;
