@@ -44,6 +44,7 @@ import {
 } from "./train/batches.ts";
 import { modelTuneShapes } from "./train/tune_shapes.ts";
 import { headFeatures, type Task, type TaskExample } from "./train/task.ts";
+import { readUtf8File } from "./model/utf8.ts";
 
 export const FLAGS = {
   model: { type: "string" },
@@ -299,7 +300,7 @@ async function trainedMaxLength(model: OpenedModel): Promise<number | null> {
   // run's run.json is not that run's.
   if (meta.strategy === undefined || meta.stage === undefined) return null;
   try {
-    const run = JSON.parse(await Deno.readTextFile(`${model.dir}/../run.json`));
+    const run = JSON.parse(await readUtf8File(`${model.dir}/../run.json`));
     const length = run?.resolved?.max_length;
     return valid(length) ? length : null;
   } catch {

@@ -48,6 +48,7 @@ import {
   trimSlash,
   userCacheBase,
 } from "./env.ts";
+import { readUtf8File, Utf8Error } from "./utf8.ts";
 
 /** Environment variables as a plain record; `undefined` and `""` both mean unset. */
 export type HubEnv = Record<string, string | undefined>;
@@ -512,7 +513,13 @@ async function readIndex(ctx: Context, path: string): Promise<string[]> {
   if (size !== undefined && size > MAX_INDEX_BYTES) {
     throw new HubError(`${ctx.id}: model.safetensors.index.json is implausibly large`);
   }
-  return parseIndex(ctx, await Deno.readTextFile(path));
+  const text = await readUtf8File(path).catch((e) => {
+    if (e instanceof Utf8Error) {
+      throw new HubError(`${ctx.id}: model.safetensors.index.json: ${e.message}`);
+    }
+    throw e;
+  });
+  return parseIndex(ctx, text);
 }
 
 /** Whether findCached finds a complete snapshot (a cache it cannot vouch for counts as none). */

@@ -69,9 +69,11 @@ export function utf8Problem(bytes: Uint8Array): { line: number; problem: string 
   };
 }
 
-const STRICT = new TextDecoder("utf-8", { fatal: true });
+// A leading byte-order mark is kept, as Deno.readTextFile keeps it: the readers refuse it, naming
+// it (transformers would read vocab.txt's first token as "\ufeff[PAD]").
+const STRICT = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-/** `bytes` as text (a leading UTF-8 byte-order mark dropped), or a Utf8Error naming the line. */
+/** `bytes` as text (a leading byte-order mark kept), or a Utf8Error naming the line. */
 export function decodeUtf8(bytes: Uint8Array): string {
   try {
     return STRICT.decode(bytes);

@@ -606,6 +606,13 @@ Deno.test("model files that are not UTF-8 are refused, naming the file and the l
       TokenizerConvertError,
       said(`${dir}/bert/vocab.txt`, hello),
     );
+    // A byte-order mark is UTF-8, and still refused by name (the strict decoder kept it).
+    await Deno.writeTextFile(`${dir}/bert/vocab.txt`, "\ufeff" + BERT_VOCAB);
+    await assertRejects(
+      () => loadTokenizer(`${dir}/bert`, BERT_MODEL),
+      TokenizerConvertError,
+      `${dir}/bert/vocab.txt: begins with a byte-order mark (BOM)`,
+    );
     const json = JSON.stringify(bertJsonLoaded(), null, 1);
     await Deno.writeFile(`${dir}/bert/tokenizer.json`, bad(json, 3));
     await assertRejects(
