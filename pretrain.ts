@@ -72,6 +72,7 @@ import {
   resumeCommand,
   stopWithWord,
 } from "./train/run_faults.ts";
+import { readUtf8File, Utf8Error } from "./model/utf8.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -506,10 +507,10 @@ interface StartingModel {
  */
 async function continuedModel(opened: OpenedModel, seed: number): Promise<StartingModel> {
   const config = opened.config;
-  const tokenizerConfig = await Deno.readTextFile(`${opened.dir}/tokenizer_config.json`).catch(
+  const tokenizerConfig = await readUtf8File(`${opened.dir}/tokenizer_config.json`).catch(
     () => null,
   );
-  const tokenizerJson = await Deno.readTextFile(`${opened.dir}/tokenizer.json`).catch(async () =>
+  const tokenizerJson = await readUtf8File(`${opened.dir}/tokenizer.json`).catch(async () =>
     JSON.stringify(await convertTokenizerDir(opened.dir))
   );
   const encoder = new Map<string, Float32Array>();
@@ -570,8 +571,10 @@ async function newModel(
   seed: number,
   say: (line: string) => void,
 ): Promise<StartingModel> {
-  const fullVocab = await Deno.readTextFile(vocabFile).catch((e) => {
-    throw new FlagError(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
+  // A file that is missing or not UTF-8: not the command's (exit status 1), as for --corpus.
+  const fullVocab = await readUtf8File(vocabFile).catch((e) => {
+    if (e instanceof Utf8Error) throw new Error(`--vocab ${vocabFile}: ${e.message}`);
+    throw new Error(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
   });
   // Its errors name the file as given (not the generic "vocab.txt").
   const pruned = pruneVocabulary(fullVocab, text, {
@@ -641,7 +644,13 @@ async function undoFreshStart(out: string, made: boolean): Promise<void> {
  * that flag.
  */
 export async function main(args: string[]): Promise<void> {
-  const from: RecordedFlags = { path: "", flags: {}, out: null, resumable: false };
+  const from: RecordedFlags = {
+    path: "",
+    flags: {},
+    typed: () => false,
+    out: null,
+    resumable: false,
+  };
   // Ctrl-C: stopped where it is, as a kill would (writes are atomic); SIGTERM during training:
   // at the end of its step, with a checkpoint (stopWithWord). Either says what was kept.
   stopWithWord(
@@ -664,8 +673,10 @@ export async function main(args: string[]): Promise<void> {
     if (!(e instanceof FlagError)) throw e;
     const named = [...e.message.matchAll(/--([a-z-]+)/g)].map((m) => m[1]);
     if (!named.some((flag) => flag in from.flags)) throw e;
-    // The file's, not the command's: status 1, as for any other damaged file.
-    throw new Error(`${from.path}: ${e.message}`);
+    // A typed flag against a recorded one is the command's (exit status 2); recorded ones alone
+    // are the file's, as any other damaged file (1).
+    const typed = named.some((flag) => from.typed(flag));
+    throw new (typed ? FlagError : Error)(`${from.path}: ${e.message}`);
   }
 }
 
@@ -689,12 +700,15 @@ function resumeOf(out: string): string {
 interface RecordedFlags {
   path: string;
   flags: Partial<Record<keyof typeof FLAGS, string>>;
+  /** Whether the command line gave the flag `name` (without its dashes). */
+  typed: (name: string) => boolean;
   out: string | null;
   resumable: boolean;
 }
 
 async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> {
   const typed = (name: string) => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  from.typed = typed;
   const f = parseFlags(FLAGS, args);
   if (!f.out) throw new FlagError(`--out is required (${USAGE})`);
   const out = f.out;

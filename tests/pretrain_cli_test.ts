@@ -953,6 +953,27 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
   }
 });
 
+test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorded ones alone 1", async () => {
+  // Both were exit status 1 (named as pretrain.json's), though the first is the command's.
+  const dir = await Deno.makeTempDir();
+  try {
+    const out = `${dir}/run`;
+    await Deno.mkdir(out);
+    const record = (settings: Record<string, unknown>) =>
+      Deno.writeTextFile(`${out}/pretrain.json`, JSON.stringify({ settings, corpus: {} }));
+    const problem = `pretrain: ${out}/pretrain.json: --grad-accum 5 is more than --batch-size 4: ` +
+      "a part holds at least one sequence";
+    await record({ batch_size: 4 });
+    const typed = await pretrain(["--out", out, "--resume", "--grad-accum", "5"]);
+    assertEquals([typed.code, typed.stderr.trim().split("\n").at(-1)], [2, problem]);
+    await record({ batch_size: 4, grad_accum: 5 });
+    const edited = await pretrain(["--out", out, "--resume"]);
+    assertEquals([edited.code, edited.stderr.trim().split("\n").at(-1)], [1, problem]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("pretrain.ts: a SIGTERM in a step that ends with an evaluation checkpoints before it; resumed, it is done first", async () => {
   // The evaluation was done first: a long one could outlast a scheduler's grace period.
   const dir = await Deno.makeTempDir();

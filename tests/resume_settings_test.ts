@@ -5,6 +5,8 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { parseTrainArgs, type Recipe, runSettings } from "../train/config.ts";
 import { parseOverRecorded, recordedSettings } from "../train/resume_settings.ts";
+import { checkSameSettings } from "../train/run_folder.ts";
+import { FlagError } from "../train/flags.ts";
 
 /** A run folder in a new temporary folder whose run.json records the run of `args`. */
 async function recordedRun(args: string[]): Promise<{ dir: string; out: string }> {
@@ -201,9 +203,25 @@ Deno.test("resume settings: a run.json whose settings are not a run's is named",
       const e = await assertRejects(() => recordedSettings(["--out", out, "--resume"]), Error);
       assertEquals(e.message, message);
     }
-    // A setting this version has no flag for is left to checkSameSettings, which names it.
+    // A setting this version has no flag for is left to checkSameSettings, which names it as
+    // the file's (exit status 1); a typed flag against a recorded one is the command's (2).
     await Deno.writeTextFile(path, JSON.stringify({ settings: { ...run.settings, newer: 1 } }));
-    assertEquals((await resumed(["--out", out, "--resume"])).seed, 7);
+    const config = await resumed(["--out", out, "--resume"]);
+    assertEquals(config.seed, 7);
+    const settings = runSettings(config) as unknown as Record<string, unknown>;
+    const newer = await assertRejects(() => checkSameSettings(out, settings), Error);
+    assert(!(newer instanceof FlagError), newer.message);
+    assertEquals(
+      newer.message,
+      `--resume: ${out} was started with other settings (--newer 1 in run.json, not given now): ` +
+        "run.json has a setting this ehft does not know",
+    );
+    await Deno.writeTextFile(path, JSON.stringify({ settings: run.settings }));
+    await assertRejects(
+      () => checkSameSettings(out, { ...settings, seed: 8 }),
+      FlagError,
+      `--resume: ${out} was started with other settings (--seed 7 in run.json, 8 now)`,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

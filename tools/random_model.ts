@@ -24,6 +24,7 @@ import { convertWordPiece, parseVocabTxt, vocabLines } from "../model/tokenizer_
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { runTool } from "./cli.ts";
 import { FlagError, parseFlags } from "../train/flags.ts";
+import { readUtf8File, Utf8Error } from "../model/utf8.ts";
 
 const FLAGS = {
   out: { type: "string" },
@@ -74,9 +75,11 @@ async function main(args: string[]): Promise<void> {
   await checkOutFolder(f.out, f.overwrite ?? false, FILES);
   let text: string;
   try {
-    text = await Deno.readTextFile(f.vocab);
+    text = await readUtf8File(f.vocab);
   } catch (e) {
-    throw new FlagError(`--vocab ${f.vocab}: cannot read (${(e as Error).message})`);
+    // The file's problem, not the command's (exit status 1).
+    if (e instanceof Utf8Error) throw new Error(`--vocab ${f.vocab}: ${e.message}`);
+    throw new Error(`--vocab ${f.vocab}: cannot read (${(e as Error).message})`);
   }
   // The tokenizer this folder will load with (its special tokens are there), and the ids.
   convertWordPiece(text, { source: f.vocab });

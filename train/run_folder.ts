@@ -135,19 +135,20 @@ function settingText(key: string, value: unknown): string {
   return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
 }
 
-/** The first setting whose value differs, for an error message ("" when none does). */
+/** The first setting whose value differs (its key, and as an error message says it), or null. */
 async function firstDifference(
   a: Record<string, unknown>,
   b: Record<string, unknown>,
   recorded: Record<string, unknown> = {},
-): Promise<string> {
+): Promise<{ key: string; text: string } | null> {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
     if (sameJson(a[k], b[k])) continue;
     if (MOVABLE_SETTINGS.has(k)) continue;
     if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
-    return `${settingText(k, a[k])} in run.json, ${settingText(k, b[k]).replace(/^\S+ /, "")} now`;
+    const now = settingText(k, b[k]).replace(/^\S+ /, "");
+    return { key: k, text: `${settingText(k, a[k])} in run.json, ${now} now` };
   }
-  return "";
+  return null;
 }
 
 /**
@@ -166,9 +167,12 @@ export async function checkSameSettings(
   const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
   const now = { ...UNRECORDED_SETTINGS, ...settings };
   const diff = await firstDifference(previous, now, { model: model?.real_dir });
-  if (diff) {
-    throw new FlagError(`--resume: ${dir} was started with other settings (${diff})`);
-  }
+  if (!diff) return;
+  const message = `--resume: ${dir} was started with other settings (${diff.text})`;
+  // A typed flag against the recorded one: the command's (exit status 2). A setting this ehft
+  // does not know (run.json from another version, or edited) is the file's (1).
+  if (Object.hasOwn(now, diff.key)) throw new FlagError(message);
+  throw new Error(`${message}: run.json has a setting this ehft does not know`);
 }
 
 /**
