@@ -19,6 +19,8 @@ import { runTraining } from "../train/run.ts";
 import { dryRun } from "../train/dry_run.ts";
 import { predict } from "../predict.ts";
 import { rte } from "../tasks/rte.ts";
+import { lengthProblem } from "../train/batches.ts";
+import { openModel } from "../model/load.ts";
 
 async function withTiny(fn: (dir: string, common: string[]) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "ehft-max-length-" });
@@ -91,23 +93,34 @@ Deno.test({
         );
         assertEquals(e.message, message, args.join(" "));
       };
-      // 3 and 4 kept no word of a pair (2 is the tokenizer's own refusal: no room for its 3).
-      for (const n of [3, 4]) {
+      // 2 and 3 kept no word of a pair ([CLS] [SEP] [SEP]), 4 one text of it.
+      for (
+        const [n, left] of [[2, "no token of text"], [3, "no token of text"], [
+          4,
+          "one text of each pair no token",
+        ]]
+      ) {
         await refused(
           ["--strategy", "ft", "--max-length", String(n)],
-          `--max-length ${n} leaves no token of text: rte's pairs take 3 special tokens, so at ` +
-            "least 5",
+          `--max-length ${n} leaves ${left}: rte's pairs take 3 special tokens, so at least 5`,
         );
       }
+      // The largest prefix said is one that trains (it said 31, and 31 was refused as 28).
       await refused(
         ["--strategy", "peft", "--peft", "prefix", "--prefix-length", "32"],
-        "--prefix-length 32: at most 31 with this model's 33 positions",
+        "--prefix-length 32 leaves 1 of this model's 33 positions, and rte's inputs need 5: at " +
+          "most 28",
       );
       await refused(
         ["--strategy", "peft", "--peft", "prefix", "--prefix-length", "30"],
         "--prefix-length 30 leaves 3 of this model's 33 positions, and rte's inputs need 5: at " +
           "most 28",
       );
+      await train([
+        ...common,
+        ...["--strategy", "peft", "--peft", "prefix", "--prefix-length", "28", "--max-steps", "1"],
+        ...["--out", `${dir}/prefix28`],
+      ]);
       // At 5, one token of each text: it trains.
       await train([
         ...common,
@@ -138,18 +151,33 @@ Deno.test({
         e.message,
         "--max-length 3 leaves no token of text: rte's pairs take 3 special tokens, so at least 5",
       );
-      const report = await dryRun(rte, {
-        model: `${dir}/model`,
-        data: `${dir}/data`,
-        maxLength: 4,
+      // --dry-run says what training refuses (it said ready: true to a prefix with no room).
+      for (
+        const [options, said] of [
+          [{ maxLength: 4 }, "--max-length 4 leaves one text of each pair no token: rte's pairs"],
+          [{ prefixRows: 30 }, "--prefix-length 30 leaves 3 of this model's 33 positions"],
+        ] as const
+      ) {
+        const report = await dryRun(rte, {
+          model: `${dir}/model`,
+          data: `${dir}/data`,
+          ...options,
+        });
+        assertEquals(report.ready, false, said);
+        assert(report.notes?.some((n) => n.startsWith(said)), JSON.stringify(report.notes));
+      }
+      // A model too short for any input: the model's problem, not a flag's (it blamed a
+      // --prefix-length of 0).
+      const opened = await openModel(`${dir}/model`);
+      opened.weights.close();
+      const tokenizer = opened.tokenizer;
+      const examples = await rte.readExamples(`${dir}/data`, "train");
+      const short = { maxLength: null, positions: 4, prefixRows: 0, task: "rte", model: "m" };
+      assertEquals(lengthProblem(tokenizer, examples, short), {
+        message: "m: its 4 positions are fewer than the 5 tokens rte's shortest inputs take",
+        command: false,
       });
-      assertEquals(report.ready, false);
-      assert(
-        report.notes?.some((n) =>
-          n.includes("--max-length 4 leaves no token of text: rte's pairs take 3")
-        ),
-        JSON.stringify(report.notes),
-      );
+      assertEquals(lengthProblem(tokenizer, examples, { ...short, positions: 5 }), null);
     }),
 });
 

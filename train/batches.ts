@@ -141,8 +141,9 @@ export function checkLeadingToken(tokenizer: TextTokenizer, source: string): voi
 /**
  * The least max length that leaves each text of `examples`' inputs a token beside the special
  * tokens the tokenizer adds (BERT's pair: [CLS] a [SEP] b [SEP], 3, so 5; RoBERTa's pair takes
- * 4), and how many those are. Below it every example is cut to its special tokens alone: one
- * input for all, which trains and scores nothing.
+ * 4), and how many those are. Below it a pair keeps one text at most ([CLS] a [SEP] [SEP] at 4),
+ * and at the special tokens' count no text at all: every example one input, which trains and
+ * scores nothing.
  */
 export function leastMaxLength(
   tokenizer: TextTokenizer,
@@ -153,7 +154,7 @@ export function leastMaxLength(
   return { least: special + (pairs ? 2 : 1), special, pairs };
 }
 
-/** The refusal of a `--max-length` that leaves `examples` of `task` no token of text, or null. */
+/** The refusal of a `--max-length` too short for `examples` of `task` (leastMaxLength), or null. */
 export function maxLengthProblem(
   tokenizer: TextTokenizer,
   examples: readonly TaskExample[],
@@ -162,8 +163,50 @@ export function maxLengthProblem(
 ): string | null {
   const { least, special, pairs } = leastMaxLength(tokenizer, examples);
   if (maxLength >= least) return null;
-  return `--max-length ${maxLength} leaves no token of text: ${task}'s ` +
-    `${pairs ? "pairs" : "texts"} take ${special} special tokens, so at least ${least}`;
+  const left = maxLength <= special ? "no token of text" : "one text of each pair no token";
+  return `--max-length ${maxLength} leaves ${left}: ${task}'s ${pairs ? "pairs" : "texts"} ` +
+    `take ${special} special tokens, so at least ${least}`;
+}
+
+/**
+ * Why `examples` of `task` cannot be cut to fit a model of `positions` positions (less
+ * `prefixRows` of prefix-tuning's), or null: a `maxLength` (typed, or a recipe's; null: none) too
+ * short (maxLengthProblem), a --prefix-length that leaves too few, or a model too short for any
+ * input. `command`: whether the command is what to change (a FlagError, exit status 2).
+ */
+export function lengthProblem(
+  tokenizer: TextTokenizer,
+  examples: readonly TaskExample[],
+  o: {
+    maxLength: number | null;
+    positions: number;
+    prefixRows: number;
+    task: string;
+    model: string;
+  },
+): { message: string; command: boolean } | null {
+  if (o.maxLength !== null) {
+    const problem = maxLengthProblem(tokenizer, examples, o.maxLength, o.task);
+    if (problem !== null) return { message: problem, command: true };
+  }
+  const { least } = leastMaxLength(tokenizer, examples);
+  if (o.positions < least) {
+    return {
+      message: `${o.model}: its ${o.positions} positions are fewer than the ${least} tokens ` +
+        `${o.task}'s shortest inputs take`,
+      command: false,
+    };
+  }
+  const limit = o.positions - o.prefixRows;
+  if (limit < least) {
+    return {
+      message: `--prefix-length ${o.prefixRows} leaves ${Math.max(0, limit)} of this model's ` +
+        `${o.positions} positions, and ${o.task}'s inputs need ${least}: at most ` +
+        `${o.positions - least}`,
+      command: true,
+    };
+  }
+  return null;
 }
 
 /**

@@ -43,7 +43,7 @@ import { hubOffline, isHubId, resolveModel } from "../model/hub.ts";
 import { envReader } from "../model/env.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
-import { emptyTextNote, maxLengthProblem } from "./batches.ts";
+import { emptyTextNote, lengthProblem } from "./batches.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
 import { MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
@@ -256,10 +256,16 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       summary.labels = counts;
       if (labeled.length < examples.length) summary.unlabeled = examples.length - labeled.length;
     }
-    // Training refuses it (train/prepare.ts), on the training split's examples.
-    if (model && options.maxLength != null && r.name === (task.trainSplit ?? "train")) {
-      const problem = maxLengthProblem(model.tokenizer, examples, options.maxLength, task.name);
-      if (problem !== null) refuse(problem);
+    // Training refuses them (train/prepare.ts), on the training split's examples.
+    if (model && r.name === (task.trainSplit ?? "train")) {
+      const problem = lengthProblem(model.tokenizer, examples, {
+        maxLength: options.maxLength ?? null,
+        positions: model.limit,
+        prefixRows: options.prefixRows ?? 0,
+        task: task.name,
+        model: options.model!,
+      });
+      if (problem !== null) refuse(problem.message);
     }
     if (model) {
       let longest = 0;

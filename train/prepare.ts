@@ -12,9 +12,8 @@ import {
   checkLeadingToken,
   emptyTextNote,
   expectSpans,
-  leastMaxLength,
+  lengthProblem,
   longestRow,
-  maxLengthProblem,
   type TokenizedSplit,
   tokenizeExamples,
   type TrainBatch,
@@ -62,29 +61,20 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
     const prefixRows = config.peft === "prefix" ? config.prefixLength : 0;
     const positions = maxSequenceLength(model.config);
     const limit = positions - prefixRows;
-    if (limit < 2) {
-      throw new FlagError(
-        `--prefix-length ${prefixRows}: at most ${positions - 2} with this model's ${positions} ` +
-          "positions",
-      );
-    }
-    const maxLength = Math.min(config.maxLength ?? limit, limit);
     const trainSplit = task.trainSplit ?? "train";
     checkLeadingToken(model.tokenizer, model.tokenizer.source);
     // Both splits read and checked before either is tokenized (tens of seconds on QNLI).
     const trainExamples = await task.readExamples(config.data, trainSplit);
     const devExamples = await task.readExamples(config.data, task.devSplit);
-    if (config.maxLength !== null) {
-      const problem = maxLengthProblem(model.tokenizer, trainExamples, config.maxLength, task.name);
-      if (problem !== null) throw new FlagError(problem);
-    }
-    const { least } = leastMaxLength(model.tokenizer, trainExamples);
-    if (maxLength < least) {
-      throw new FlagError(
-        `--prefix-length ${prefixRows} leaves ${maxLength} of this model's ${positions} ` +
-          `positions, and ${task.name}'s inputs need ${least}: at most ${positions - least}`,
-      );
-    }
+    const problem = lengthProblem(model.tokenizer, trainExamples, {
+      maxLength: config.maxLength,
+      positions,
+      prefixRows,
+      task: task.name,
+      model: model.dir,
+    });
+    if (problem) throw new (problem.command ? FlagError : Error)(problem.message);
+    const maxLength = Math.min(config.maxLength ?? limit, limit);
     // The recipe's or the flag's: said, since what the run reads and saves is shorter.
     if (config.maxLength !== null && config.maxLength > limit) {
       console.error(
