@@ -1051,6 +1051,14 @@ await runMain("pretrain", main, HELP, { flagsOnly: true });
         ),
         `${flags.join(" ")}: the model differs`,
       );
+      // The checkpoint a finished run keeps too (one that still owed the evaluation was kept).
+      assert(
+        sameBytes(
+          await Deno.readFile(`${out}/checkpoint.safetensors`),
+          await Deno.readFile(`${dir}/whole/checkpoint.safetensors`),
+        ),
+        `${flags.join(" ")}: the checkpoint differs`,
+      );
       await Deno.remove(`${dir}/whole`, { recursive: true });
     }
   } finally {

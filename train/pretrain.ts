@@ -810,7 +810,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       });
     };
     if (start === 0) await evaluate(0);
-    else if (checkpoint?.state.owed) await evaluate(start);
+    else if (checkpoint?.state.owed) {
+      await evaluate(start);
+      // The run's last step: its checkpoint as the run would have left it, the evaluation in.
+      if (start === o.steps) await saveCheckpoint(start);
+    }
     setStepLoop(true);
     try {
       for (let step = start; step < o.steps; step++) {

@@ -663,8 +663,9 @@ async function trainSeed(
         gradSteps: Math.min(20, p.stages[p.stages.length - 1].steps),
       });
     }
-    // Until its results are written: a SIGTERM in the last step or the final save lets the run
-    // end (it has nothing more to lose), one before it stops at a step's end with a checkpoint.
+    // Until its results are written: a SIGTERM stops the run at a step's end with a checkpoint
+    // (before what the step ends with: its evaluation, Stage 1's save, the run's end); one that
+    // comes during the run's last evaluation or the final save lets the run end.
     setStepLoop(true);
     const result = await trainStages(
       { config, task, dir, p, trainer, log, progress, options, seed, analysis, place },
