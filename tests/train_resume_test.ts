@@ -323,6 +323,19 @@ Deno.test({
         place: { stage: 0, stageStep: 1, step: 1 },
       },
       {
+        name: "Stage 1's end with its evaluation",
+        flags: ["--strategy", "ehft", "--max-steps", "10", "--eval-every", "1"],
+        place: { stage: 0, stageStep: 1, step: 1 },
+      },
+      {
+        name: "an f16 evaluation of a step in parts (--grad-accum)",
+        flags: [
+          ...["--strategy", "ft", "--max-steps", "2", "--eval-every", "1"],
+          ...["--precision", "f16", "--grad-accum", "2"],
+        ],
+        place: { stage: 0, stageStep: 1, step: 1 },
+      },
+      {
         name: "a seed's last step (the run's end), of two seeds",
         flags: ["--strategy", "ft", "--max-steps", "1", "--eval-every", "0", "--seeds", "2"],
         place: { stage: 0, stageStep: 1, step: 1 },
