@@ -37,3 +37,22 @@ Deno.test("progress: the bar is cut to the terminal's width, the plain lines are
   assert(above.startsWith("\r\x1b[Kseed 42 stage2 step 12345/100000 loss 0.6931 "), above);
   assert(above.endsWith(" left)\n"), above);
 });
+
+Deno.test("progress: the first step draws the bar, however soon after the process started", async () => {
+  // The bar waited 100 ms from performance.now()'s origin: a step in a process's first 100 ms
+  // drew nothing (and this file's test above failed when it ran that soon).
+  const url = JSON.stringify(new URL("../train/progress.ts", import.meta.url).href);
+  const code = `import { Progress } from ${url};
+const chunks = [];
+Deno.stderr.writeSync = (d) => { chunks.push(new TextDecoder().decode(d)); return d.length; };
+new Progress({ total: 100, terminal: true, columns: 80 }).step("main", 1, 0.5);
+console.log(JSON.stringify({ at: performance.now(), drawn: chunks.join("") }));`;
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const { at, drawn } = JSON.parse(new TextDecoder().decode(r.stdout));
+  assert(drawn.startsWith("\r\x1b[Kmain "), `${JSON.stringify(drawn)} at ${at} ms`);
+});

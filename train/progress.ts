@@ -46,7 +46,8 @@ export class Progress {
   private readonly label: string;
   private readonly startDone: number;
   private readonly started = performance.now();
-  private lastDraw = 0;
+  // The first step draws, however soon after the process started (performance.now()'s origin).
+  private lastDraw = -Infinity;
   private barShown = false;
   private readonly columns: number | undefined;
 
