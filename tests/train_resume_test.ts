@@ -408,6 +408,48 @@ await runTraining(config, { task: rte, quiet: true, onStageStart: async () => {
 });
 
 Deno.test({
+  name: "train: a SIGTERM is taken at the end of the step it came in, not at a log block's",
+  fn: async () => {
+    // Its listener ran only at the loop's next real wait (a log block's read every 32 steps, an
+    // evaluation): a 30-step run without evaluations ran to its end and exited 0.
+    await withTinyRun("ehft-train-sigterm-soon-", [], async (dir, out) => {
+      const script = `${dir}/main.ts`;
+      const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+      await Deno.writeTextFile(
+        script,
+        `import { parseTrainArgs } from ${url("../train/config.ts")};
+import { runTraining } from ${url("../train/run.ts")};
+import { interruptedMessage, stopWithWord } from ${url("../train/run_faults.ts")};
+import { rte } from ${url("../tasks/rte.ts")};
+stopWithWord("t", interruptedMessage);
+const { config } = parseTrainArgs(Deno.args);
+// Sent as the first step starts; not waited for.
+await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
+  Deno.kill(Deno.pid, "SIGTERM");
+} });
+`,
+      );
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", script, "--task", "rte", "--model", `${dir}/model`],
+          ...["--data", `${dir}/data`, "--head", `${dir}/head.safetensors`, "--strategy", "ft"],
+          ...["--batch-size", "8", "--max-steps", "30", "--eval-every", "0"],
+          ...["--checkpoint-every", "0", "--out", out],
+        ],
+        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const lines = new TextDecoder().decode(r.stderr).trim().split("\n");
+      assertEquals(r.code, 143, lines.join(" | "));
+      const { step } = await trainingState(out);
+      // The first step's end; a second's at most, should the signal come late.
+      assert(step <= 2, `checkpoint at step ${step}`);
+    });
+  },
+});
+
+Deno.test({
   name: "train --resume: a checkpoint missing a tensor the run trains is refused, naming it",
   ...IN_PROCESS_GPU,
   fn: async () => {

@@ -43,7 +43,7 @@ import {
 } from "./mlm_data.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
-import { setStepLoop, stopRequested } from "./run_faults.ts";
+import { setStepLoop, stopRequested, takeSignals } from "./run_faults.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import {
   CHECKPOINT_FILE,
@@ -820,6 +820,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       for (let step = start; step < o.steps; step++) {
         const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
         await trainer.step(b, learningRate(o.schedule, step), step);
+        await takeSignals();
         if (step === start && o.onTrainingStart) {
           // A read waits for the GPU to finish the step (a submit only hands it over).
           await trainer.peekStats();

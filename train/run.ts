@@ -59,6 +59,7 @@ import {
   setStepLoop,
   setTrainingPlace,
   stopRequested,
+  takeSignals,
 } from "./run_faults.ts";
 import {
   checkConfigChoices,
@@ -1012,6 +1013,7 @@ async function trainStages(
       const lr = learningRate(schedule, j);
       await l.analysis?.beforeStep();
       await trainer.step(parts, lr, step);
+      await takeSignals();
       const done = step + 1;
       await l.analysis?.afterStep(done, batch);
       pending.push({ stage: stage.name, step: done, lr });
