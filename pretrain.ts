@@ -142,7 +142,8 @@ Masked-language-model pretraining, from scratch or continuing a checkpoint (--mo
                           pretrain.json gives every flag not typed)
   --quiet                 no progress output
   --no-autotune, --retune, --tune-cache FILE
-                          matmul autotuning, as in train.ts`;
+                          matmul autotuning, as in train.ts
+  --debug                 a failure's stack after its one-line message`;
 
 /** Flags that only shape a new model: a checkpoint brings its own. */
 const SHAPE_FLAGS = [

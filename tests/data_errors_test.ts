@@ -933,6 +933,15 @@ Deno.test("data errors: --dry-run with a model not at hand: ready unless the tra
   };
   // A hub id not in the cache: the training downloads it, unless told to stay offline.
   assertEquals(await ready("someone/some-model", {}), true);
+  // Said without the hub's "HF_HUB_OFFLINE is set", which the dry run set, not the user.
+  const report = await dryRun(task, { data, model: "someone/some-model", env: { HF_HOME: "/x" } });
+  assert(
+    report.notes?.includes(
+      "--model someone/some-model: not in the Hugging Face cache yet, so no token lengths (a " +
+        "dry run downloads nothing; the training downloads it)",
+    ),
+    `${report.notes}`,
+  );
   assertEquals(await ready("someone/some-model", { HF_HUB_OFFLINE: "1" }), false);
   // Read as the hub reads them: an empty variable is unset, so the other one decides.
   const emptyFirst = { HF_HUB_OFFLINE: "", TRANSFORMERS_OFFLINE: "1" };

@@ -176,7 +176,14 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
       const m = options.model;
       if (here) refuse(`--model ${m}: ${found}`);
       else if (!isHubId(m) || offline) refuse(`--model ${m}: not at hand (${found})`);
-      else notes.push(`--model ${m}: not at hand, so no token lengths (${found})`);
+      // The hub was asked offline (a dry run downloads nothing): its message says an offline
+      // variable is set, which the user did not set.
+      else {
+        notes.push(
+          `--model ${m}: not in the Hugging Face cache yet, so no token lengths (a dry run ` +
+            "downloads nothing; the training downloads it)",
+        );
+      }
     }
   }
   const maxLength = model
