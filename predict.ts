@@ -176,7 +176,19 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
       const problem = maxLengthProblem(tokenizer, examples, options.maxLength, task.name);
       if (problem !== null) throw new FlagError(problem);
     }
-    const trained = options.maxLength === undefined ? await trainedMaxLength(model) : null;
+    const kept = options.maxLength === undefined ? await trainedMaxLength(model) : null;
+    if (kept !== null) {
+      // Checked as a typed one is: a length of 3 (an edited file) predicted one input for all.
+      const problem = maxLengthProblem(tokenizer, examples, kept.length, task.name);
+      if (problem !== null) {
+        throw new Error(
+          `${kept.source}: the max_length ${kept.length} it gives ${
+            problem.replace(/^--max-length \d+ /, "")
+          } (or give --max-length)`,
+        );
+      }
+    }
+    const trained = kept?.length ?? null;
     const limit = Math.min(options.maxLength ?? trained ?? Infinity, maxSequenceLength(config));
 
     // Every input is tokenized first (cheap), so the GPU arena fits the longest batch exactly.
@@ -291,18 +303,22 @@ export function repeatedIdxNote(examples: readonly TaskExample[], what: string):
  * max_length), or for a model train.ts saved before the metadata kept it, the resolved max_length
  * of the run.json beside it; null when neither says.
  */
-async function trainedMaxLength(model: OpenedModel): Promise<number | null> {
+async function trainedMaxLength(
+  model: OpenedModel,
+): Promise<{ length: number; source: string } | null> {
   const valid = (n: unknown) => typeof n === "number" && Number.isSafeInteger(n) && n >= 2;
   const meta = model.weights.metadata;
-  const kept = Number(meta.max_length);
-  if (valid(kept)) return kept;
+  // Digits only, as train.ts writes it (Number() read "0x10" and " 16 " as 16).
+  const kept = /^[0-9]{1,9}$/.test(meta.max_length ?? "") ? Number(meta.max_length) : NaN;
+  if (valid(kept)) return { length: kept, source: model.weights.path };
   // Only a model train.ts saved (its strategy and stage): another model copied beside some
   // run's run.json is not that run's.
   if (meta.strategy === undefined || meta.stage === undefined) return null;
   try {
-    const run = JSON.parse(await readUtf8File(`${model.dir}/../run.json`));
+    const path = `${model.dir}/../run.json`;
+    const run = JSON.parse(await readUtf8File(path));
     const length = run?.resolved?.max_length;
-    return valid(length) ? length : null;
+    return valid(length) ? { length, source: path } : null;
   } catch {
     // A hub model, or a folder that is not a run's model/.
     return null;

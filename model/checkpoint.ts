@@ -233,8 +233,8 @@ export async function loadBackbone(
 export interface TensorShapes {
   /** The file an error names. */
   path: string;
-  /** Each tensor's shape by name. */
-  tensors: ReadonlyMap<string, { readonly shape: readonly number[] }>;
+  /** Each tensor's shape by name (and its safetensors dtype, where the file says one). */
+  tensors: ReadonlyMap<string, { readonly shape: readonly number[]; readonly dtype?: string }>;
 }
 
 /** The EH-FT head's shape as stored: F inputs, `hidden` units (2048), C outputs. */
@@ -264,6 +264,16 @@ export function readHeadShape(reader: TensorShapes): HeadShape | null {
   if (present.length < HEAD_NAMES.length) {
     const missing = HEAD_NAMES.filter((n) => !reader.tensors.has(n));
     throw new CheckpointError(reader.path, `incomplete head: missing "${missing.join('", "')}"`);
+  }
+  for (const n of HEAD_NAMES) {
+    // An I32 bias was read as floats' bits: every logit -1149452800, exit status 0.
+    const dtype = reader.tensors.get(n)!.dtype;
+    if (dtype !== undefined && !FLOAT_DTYPES.has(dtype)) {
+      throw new CheckpointError(
+        reader.path,
+        `tensor "${n}" is ${dtype}; weights must be F32, F16, BF16 or F64`,
+      );
+    }
   }
   const shape = (n: string) => reader.tensors.get(n)!.shape;
   const dense = shape("head.dense.weight");

@@ -285,6 +285,18 @@ Deno.test("checkpoint: the head is inferred from its tensors' shapes", async () 
     const badReader = await openSafetensors(`${dir}/bad.safetensors`);
     assertThrows(() => readHeadShape(badReader), CheckpointError, "out_proj takes 7 inputs");
     badReader.close();
+    // Integers are no weights (an I32 bias read as floats' bits gave every logit -1149452800).
+    const ints = await fixtureTensors((n) => n);
+    ints["head.out_proj.bias"] = { dtype: "I32", shape: [1], data: new Int32Array([3]) };
+    await writeSafetensors(`${dir}/ints.safetensors`, ints);
+    const intsReader = await openSafetensors(`${dir}/ints.safetensors`);
+    assertThrows(
+      () => readHeadShape(intsReader),
+      CheckpointError,
+      `${dir}/ints.safetensors: tensor "head.out_proj.bias" is I32; weights must be F32, F16, ` +
+        "BF16 or F64",
+    );
+    intsReader.close();
     // A head of no units (or no inputs, or no classes) is no head: refused with its shapes.
     for (const [hidden, features, classes] of [[0, 24, 1], [2048, 0, 1], [2048, 24, 0]]) {
       const empty = await fixtureTensors((n) => n);

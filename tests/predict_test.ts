@@ -488,6 +488,20 @@ Deno.test({
       await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: "12" }));
       assertEquals(logits(await run()), logits(await run({ maxLength: 12 })));
       assertEquals(logits(await run({ maxLength: 9 })), short, "a typed length wins");
+      // Read as train.ts writes it, digits alone ("0x10" read as 16 before): else run.json's.
+      for (const odd of ["0x10", " 12 ", "12.0", "1e1"]) {
+        await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: odd }));
+        assertEquals(logits(await run()), short, JSON.stringify(odd));
+      }
+      // Checked as a typed one is: 3 left every pair its special tokens alone, one input for all.
+      await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: "3" }));
+      await assertRejects(
+        () => run(),
+        Error,
+        `${weights}: the max_length 3 it gives leaves no token of text: rte's pairs take 3 ` +
+          "special tokens, so at least 5 (or give --max-length)",
+      );
+      await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: "12" }));
       // Fine-tuned on another task (a head of the same shape): refused unless asked for.
       await rewriteSafetensors(weights, (meta) => Object.assign(meta, { task: "cola" }));
       await assertRejects(
