@@ -434,8 +434,16 @@ function message(e: unknown): string {
   return ((e as Error)?.message ?? String(e)).replace(/\s*\n\s*/g, " ");
 }
 
-/** The cache file's entries; a missing file is empty, an unreadable or corrupt one warns. */
-function readCache(file: string, warn: (line: string) => void): CacheEntries {
+/**
+ * The cache file's entries; a missing file is empty, an unreadable or corrupt one warns. With
+ * `notCache`, whether the file there is something else (not JSON, or JSON of another shape).
+ */
+function readCache(
+  file: string,
+  warn: (line: string) => void,
+  notCache?: (yes: boolean) => void,
+): CacheEntries {
+  notCache?.(false);
   let text: string;
   try {
     text = Deno.readTextFileSync(file);
@@ -450,15 +458,37 @@ function readCache(file: string, warn: (line: string) => void): CacheEntries {
     parsed = JSON.parse(text);
   } catch (e) {
     warn(`matmul autotune: ${file} is corrupt (${message(e)}); tuning again`);
+    notCache?.(true);
     return {};
   }
   const isObject = (x: unknown): x is Record<string, unknown> =>
     !!x && typeof x === "object" && !Array.isArray(x);
   if (!isObject(parsed) || !Object.values(parsed).every(isObject)) {
     warn(`matmul autotune: ${file} is not a tune cache (expected {adapter: {...}}); tuning again`);
+    notCache?.(true);
     return {};
   }
   return parsed as CacheEntries;
+}
+
+/**
+ * Moves the file at `file`, which is no tune cache, aside to the first free `<file>.not-a-cache`
+ * (then `-2`, `-3`, ...) and says where: a --tune-cache naming one's notes (or a cache damaged by
+ * hand) was replaced by the tune, and what it held was lost.
+ */
+async function moveAside(file: string, warn: (line: string) => void): Promise<void> {
+  for (let n = 1;; n++) {
+    const aside = `${file}.not-a-cache${n === 1 ? "" : `-${n}`}`;
+    try {
+      await Deno.lstat(aside);
+      continue;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    await Deno.rename(file, aside);
+    warn(`matmul autotune: ${file} moved to ${aside} (kept, not overwritten)`);
+    return;
+  }
 }
 
 /** The choices of a cache entry when it is valid for this kernel set, else undefined. */
@@ -624,7 +654,10 @@ async function tuneWithLockHeld(
   let saved = false;
   if (file && tuned.length > 0) {
     try {
-      const all = readCache(file, () => {}); // a corrupt file was reported above; replace it
+      // A corrupt file was reported above; it is kept beside the new one.
+      let bad = false;
+      const all = readCache(file, () => {}, (yes) => bad = yes);
+      if (bad) await moveAside(file, warn);
       const old = entryTable(all[adapter], file, adapter, () => {}) ?? {};
       all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
       const dir = file.replace(/[\\/][^\\/]*$/, "");

@@ -186,7 +186,7 @@ gpuTest(
 );
 
 gpuTest(
-  "autotune: a corrupt cache file warns in one line naming it, and is replaced",
+  "autotune: a corrupt cache file warns in one line naming it, and is moved aside, not overwritten",
   async (gpu) => {
     await withTempDir(async (dir) => {
       const file = `${dir}/tune.json`;
@@ -210,8 +210,15 @@ gpuTest(
         });
         // The last file is valid JSON whose entry belongs to another adapter name: no warning.
         if (i < 3) {
-          assertEquals(warnings.length, 1, text);
+          assertEquals(warnings.length, 2, text);
           assert(warnings[0].includes(file) && !warnings[0].includes("\n"), warnings[0]);
+          // What it held is kept (a --tune-cache naming one's notes overwrote them).
+          const aside = `${file}.not-a-cache${i === 0 ? "" : `-${i + 1}`}`;
+          assertEquals(
+            warnings[1],
+            `matmul autotune: ${file} moved to ${aside} (kept, not overwritten)`,
+          );
+          assertEquals(await Deno.readTextFile(aside), text);
         }
         assertEquals(r.tuned.length, 1, text);
         const saved = JSON.parse(await Deno.readTextFile(file)); // valid again
