@@ -953,6 +953,88 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
   }
 });
 
+test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming it, nothing written", async () => {
+  // Each was resumed as it said, exit 0: a step past the end saved an untrained model as
+  // finished, a step behind its stage's trained steps again, tokens "12" were added as text, a
+  // missing log began again mid-run.
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const out = `${dir}/run`;
+    const ran = await pretrain([
+      ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+      ...["--max-length", "16", "--batch-size", "4", "--steps", "4", "--log-every", "3"],
+      ...["--eval-every", "1000", "--held-out", "0.1", "--eval-sequences", "4"],
+    ]);
+    assertEquals(ran.code, 0, ran.stderr);
+    // Its last checkpoint, as a run killed before it wrote its results would have left it.
+    await Deno.remove(`${out}/result.json`);
+    const checkpoint = `${out}/checkpoint.safetensors`;
+    const log = `${out}/log.jsonl`;
+    const whole = await Deno.readFile(checkpoint);
+    const logText = await Deno.readTextFile(log);
+    const reader = await openSafetensors(checkpoint);
+    reader.close();
+    const state = JSON.parse(reader.metadata.ehft_training_state);
+    assertEquals([state.step, state.pending.steps], [4, []]);
+    const damaged = `(the checkpoint is damaged: --overwrite starts the run again)`;
+    const cases: [Record<string, unknown>, string][] = [
+      [{ step: 100, stageStep: 100, adamStep: 100 }, `step is 100, not a step of the run's 1-4`],
+      [{ step: 2 }, "stageStep is 4, not its step (2)"],
+      [{ adamStep: 100000 }, "adamStep is 100000, not its step (4)"],
+      [{ pending: { ...state.pending, tokens: "12" } }, "pending is"],
+      [{ pending: { ...state.pending, loss: [7] } }, "pending is"],
+      [{ pending: "x" }, 'pending is "x", not the steps'],
+      [{ held_out: "x" }, 'held_out is "x", not null or a held-out evaluation'],
+    ];
+    for (const [edit, problem] of cases) {
+      await Deno.writeFile(checkpoint, whole);
+      await rewriteSafetensors(checkpoint, (meta) => {
+        meta.ehft_training_state = JSON.stringify({ ...state, ...edit });
+      });
+      const r = await pretrain(["--out", out, "--resume"]);
+      const last = r.stderr.trim().split("\n").at(-1)!;
+      assertEquals(r.code, 1, r.stderr);
+      assert(
+        last.startsWith(`pretrain: ${checkpoint}: training state ${problem}`) &&
+          last.endsWith(damaged),
+        last,
+      );
+      assertEquals(await Deno.readTextFile(log), logText, "the log was rewritten");
+      assert(!(await exists(`${out}/result.json`)), "the run ended");
+    }
+    await Deno.writeFile(checkpoint, whole);
+    // The log: missing, cut short, or a line damaged.
+    const logCases: [string | null, string][] = [
+      [null, `${log}: missing, and the checkpoint keeps its first ${state.logLines} lines`],
+      [
+        logText.split("\n").slice(0, 1).join("\n") + "\n",
+        `${log}: fewer lines than the checkpoint's`,
+      ],
+      [
+        '{"step":0,\n' + logText.split("\n").slice(1).join("\n"),
+        `${log}: line 1 is not a JSON object`,
+      ],
+    ];
+    for (const [text, problem] of logCases) {
+      if (text === null) await Deno.remove(log);
+      else await Deno.writeTextFile(log, text);
+      const r = await pretrain(["--out", out, "--resume"]);
+      const last = r.stderr.trim().split("\n").at(-1)!;
+      assertEquals(r.code, 1, r.stderr);
+      assert(last.startsWith(`pretrain: ${problem}`), last);
+      assertEquals(await Deno.readTextFile(log).catch(() => null), text, "the log was changed");
+    }
+    // As it was, the run ends.
+    await Deno.writeTextFile(log, logText);
+    const resumed = await pretrain(["--out", out, "--resume"]);
+    assertEquals(resumed.code, 0, resumed.stderr);
+    assert(await exists(`${out}/result.json`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorded ones alone 1", async () => {
   // Both were exit status 1 (named as pretrain.json's), though the first is the command's.
   const dir = await Deno.makeTempDir();

@@ -27,7 +27,8 @@ import {
   type VocabCrossEntropyState,
 } from "../kernels/vocab_cross_entropy.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
-import { removeStaleTemporaries, writeFileAtomic } from "../model/atomic_write.ts";
+import { isJsonObject, removeStaleTemporaries, writeFileAtomic } from "../model/atomic_write.ts";
+import { readUtf8File } from "../model/utf8.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { createEncoder, type Encoder, encoderParameters } from "../model/encoder.ts";
 import { MlmHead, type MlmHeadParams } from "../model/mlm_head.ts";
@@ -195,6 +196,90 @@ interface PretrainState extends TrainingState {
   };
   /** The last held-out evaluation, or null. */
   held_out?: { loss: number; accuracy: number; tokens: number } | null;
+}
+
+/**
+ * Throws, naming the checkpoint and the key, unless its training state is one a pretraining run
+ * of `steps` steps writes: after a step of its one stage (AdamW's count the same), the pending
+ * log block's steps and stats of that shape, the held-out evaluation a result. A damaged one
+ * resumed as it said: a step past the end saved an untrained model as finished, an earlier one
+ * trained steps again over later weights, a string of tokens was added as text.
+ */
+function checkPretrainState(path: string, state: PretrainState, steps: number): void {
+  const fail = (key: string, what: string) => {
+    const shown = JSON.stringify((state as unknown as Record<string, unknown>)[key]) ?? "missing";
+    throw new Error(
+      `${path}: training state ${key} is ${shown.slice(0, 40)}, not ${what} (the checkpoint ` +
+        "is damaged: --overwrite starts the run again)",
+    );
+  };
+  const count = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
+  if (state.stage !== 0) fail("stage", "0 (pretraining has one stage)");
+  if (!(state.step >= 1 && state.step <= steps)) fail("step", `a step of the run's 1-${steps}`);
+  if (state.stageStep !== state.step) fail("stageStep", `its step (${state.step})`);
+  if (state.adamStep !== state.step) fail("adamStep", `its step (${state.step})`);
+  const p = state.pending as unknown;
+  if (p !== undefined) {
+    const ok = isJsonObject(p) && Array.isArray(p.steps) && Array.isArray(p.loss) &&
+      Array.isArray(p.grad_norm) && p.loss.length === p.steps.length &&
+      p.grad_norm.length === p.steps.length && count(p.tokens) && count(p.masked) &&
+      p.steps.every((s, i) =>
+        Number.isSafeInteger(s) && s >= 1 && s <= state.step &&
+        (i === 0 || s > (p.steps as number[])[i - 1])
+      ) &&
+      [...p.loss, ...p.grad_norm].every((x) => x === null || typeof x === "number");
+    if (!ok) {
+      fail("pending", "the steps since the last log line, their loss and grad_norm, and counts");
+    }
+  }
+  const h = state.held_out as unknown;
+  if (
+    h !== undefined && h !== null &&
+    !(isJsonObject(h) && Number.isFinite(h.loss) && typeof h.accuracy === "number" &&
+      h.accuracy >= 0 && h.accuracy <= 1 && count(h.tokens))
+  ) {
+    fail("held_out", "null or a held-out evaluation's loss, accuracy and tokens");
+  }
+}
+
+/**
+ * The first `keep` lines of the log at `path`, each a JSON object, as --resume continues them:
+ * a log missing or shorter than its checkpoint says, or a damaged line, is refused (they were
+ * taken as they were: a new log began mid-run, and ship_model's card counted its tokens).
+ */
+async function keptLogLines(path: string, keep: number): Promise<string[]> {
+  if (keep === 0) return [];
+  let text: string;
+  try {
+    text = await readUtf8File(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? `missing, and the checkpoint keeps its first ${keep} lines`
+      : (e as Error).message;
+    throw new Error(`${path}: ${why} (--overwrite starts the run again)`);
+  }
+  const lines = text.split("\n").filter((l) => l.length > 0).slice(0, keep);
+  if (lines.length < keep) {
+    throw new Error(
+      `${path}: fewer lines than the checkpoint's ${keep} (the log was cut short or edited): ` +
+        "--overwrite starts the run again",
+    );
+  }
+  lines.forEach((line, i) => {
+    let record: unknown;
+    try {
+      record = JSON.parse(line);
+    } catch {
+      record = null;
+    }
+    if (!isJsonObject(record)) {
+      throw new Error(
+        `${path}: line ${i + 1} is not a JSON object (the log is damaged: --overwrite starts ` +
+          "the run again)",
+      );
+    }
+  });
+  return lines;
 }
 
 /** Steps whose stats wait on the GPU before a download. */
@@ -694,15 +779,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         target.m.upload(m);
         target.v.upload(v);
       }
-      trainer.optimizer.resumeAt(checkpoint.state.adamStep);
-      start = checkpoint.state.step;
-      try {
-        logLines = (await Deno.readTextFile(logPath)).split("\n").filter((l) => l.length > 0);
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      }
-      logLines = logLines.slice(0, checkpoint.state.logLines);
       const state = checkpoint.state as PretrainState;
+      checkPretrainState(checkpointPath, state, o.steps);
+      trainer.optimizer.resumeAt(state.adamStep);
+      start = state.step;
+      logLines = await keptLogLines(logPath, state.logLines);
       if (state.pending) {
         const p = state.pending;
         const value = (x: number | null) => x ?? NaN;
