@@ -312,11 +312,41 @@ interface SavedSettings {
 }
 
 /** A run's pretrain.json, or a one-line error naming it when it is not one. */
+/**
+ * The settings every pretrain.json has held since the first (later ones, such as grad_accum or
+ * the fingerprints, are absent from older runs, which resume as they did): one missing is a
+ * damaged file, not a default (a renamed batch_size resumed at 32).
+ */
+const FIRST_SETTINGS = [
+  "model",
+  "corpus",
+  "task_text",
+  "min_count",
+  "shape",
+  "steps",
+  "batch_size",
+  "max_length",
+  "lr",
+  "warmup_ratio",
+  "weight_decay",
+  "seed",
+  "held_out",
+  "eval_sequences",
+  "masking",
+] as const;
+
 async function readSavedSettings(path: string): Promise<SavedSettings> {
   const json = await readJsonFile(path) as Partial<Record<keyof SavedSettings, unknown>> | null;
   if (!isJsonObject(json) || !isJsonObject(json!.settings) || !isJsonObject(json!.corpus)) {
     throw new Error(
       `${path}: not a pretraining run's settings (an object of "settings", "corpus")`,
+    );
+  }
+  const missing = FIRST_SETTINGS.filter((k) => !Object.hasOwn(json.settings as object, k));
+  if (missing.length > 0) {
+    throw new Error(
+      `${path}: settings.${missing[0]} is missing (the file is damaged: every pretraining run ` +
+        "records it)",
     );
   }
   return json as SavedSettings;
@@ -376,6 +406,7 @@ function checkResumeFlags(
   out: string,
   before: SavedSettings,
   settings: Record<string, unknown>,
+  typed: (flag: string) => boolean,
 ): void {
   const flags = (
     {
@@ -392,7 +423,12 @@ function checkResumeFlags(
   ) => ({ grad_accum: 1, ...rest, shape: withoutVocab(shape) }); // recorded only above 1
   const diffs = differences(flags(before.settings), flags(settings));
   if (diffs.length > 0) {
-    throw new FlagError(`--resume: ${out} was started with other settings (${diffs.join("; ")})`);
+    const message = `--resume: ${out} was started with other settings (${diffs.join("; ")})`;
+    // A typed flag against the recorded one: the command's (exit status 2). Otherwise the file
+    // records what no flag gave now (a value edited to null, a key of no flag): the file's (1).
+    const flag = (diff: string) => diff.slice(0, diff.indexOf(":")).split(".").at(-1)!;
+    if (diffs.some((d) => typed(flag(d).replaceAll("_", "-")))) throw new FlagError(message);
+    throw new Error(`${message}: pretrain.json has a value no flag gave (a damaged file?)`);
   }
   // Started when the warmup was the float64 product's floor (0.29 · 100 = 28.999999999999996):
   // where that gave a step fewer, the resumed run's rates would be neither run's.
@@ -846,7 +882,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     // Runs from before special tokens were kept out of the masks drew other masks: not resumable.
     masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
   };
-  if (f.resume) checkResumeFlags(out, saved!, flagSettings);
+  if (f.resume) checkResumeFlags(out, saved!, flagSettings, typed);
   // After the resume's check: a typed --max-positions or --model against pretrain.json's
   // --max-length is refused there as another shape or model, not as the --max-length not typed.
   if (maxLength < 8) {

@@ -91,6 +91,31 @@ function tinyFromScratch(dir: string): string[] {
 
 const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
+/**
+ * A pretrain.json's settings holding every key a run records (one missing is a damaged file),
+ * with `edit` over them: batch 4, a 1-layer model of hidden 128, `dir`/corpus.txt.
+ */
+function recordedSettings(dir: string, edit: Record<string, unknown> = {}) {
+  return {
+    model: null,
+    corpus: `${dir}/corpus.txt`,
+    task_text: "none",
+    min_count: 1,
+    shape: { layers: 1, hidden: 128, heads: 2, intermediate: 512, max_positions: 128 },
+    steps: 10,
+    batch_size: 4,
+    max_length: 16,
+    lr: 1e-4,
+    warmup_ratio: 0.1,
+    weight_decay: 0.01,
+    seed: 0,
+    held_out: 0.1,
+    eval_sequences: 0,
+    masking: "15% of the non-special tokens; 80% [MASK], 10% random, 10% kept",
+    ...edit,
+  };
+}
+
 /** A corpus of short documents in the tiny vocabulary's words, blank lines between documents. */
 async function writeCorpus(path: string): Promise<void> {
   const words = VOCAB.slice(5);
@@ -483,12 +508,12 @@ test("pretrain.ts checks every flag, --out and --resume before reading or writin
         ["edited", { weight_decay: 20 }],
         ["edited-lr", { lr: true }],
         ["edited-heads", { heads: 3 }],
-      ]
+      ] as const
     ) {
       await Deno.mkdir(`${dir}/${name}`);
       await Deno.writeTextFile(
         `${dir}/${name}/pretrain.json`,
-        JSON.stringify({ settings, corpus: {} }),
+        JSON.stringify({ settings: recordedSettings(dir, settings), corpus: {} }),
       );
     }
     const cases: [string[], string][] = [
@@ -1035,14 +1060,17 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
   }
 });
 
-test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorded ones alone 1", async () => {
+test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorded ones alone 1, a missing one is refused", async () => {
   // Both were exit status 1 (named as pretrain.json's), though the first is the command's.
   const dir = await Deno.makeTempDir();
   try {
     const out = `${dir}/run`;
     await Deno.mkdir(out);
     const record = (settings: Record<string, unknown>) =>
-      Deno.writeTextFile(`${out}/pretrain.json`, JSON.stringify({ settings, corpus: {} }));
+      Deno.writeTextFile(
+        `${out}/pretrain.json`,
+        JSON.stringify({ settings: recordedSettings(dir, settings), corpus: {} }),
+      );
     const problem = `pretrain: ${out}/pretrain.json: --grad-accum 5 is more than --batch-size 4: ` +
       "a part holds at least one sequence";
     await record({ batch_size: 4 });
@@ -1051,6 +1079,29 @@ test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorde
     await record({ batch_size: 4, grad_accum: 5 });
     const edited = await pretrain(["--out", out, "--resume"]);
     assertEquals([edited.code, edited.stderr.trim().split("\n").at(-1)], [1, problem]);
+    // A value edited to null: no flag gave it, so the file's (it was 2, blaming a default).
+    await record({ steps: null });
+    const nulled = await pretrain(["--out", out, "--resume"]);
+    assertEquals(nulled.code, 1, nulled.stderr);
+    assert(
+      nulled.stderr.includes(
+        "(steps: null in pretrain.json, 2000 now): pretrain.json has a value",
+      ) &&
+        nulled.stderr.trim().endsWith("no flag gave (a damaged file?)"),
+      nulled.stderr,
+    );
+    // A setting every run records, missing (renamed): the file's, not the default's (batch 32).
+    const { batch_size: _, ...renamed } = recordedSettings(dir, { batchsize: 4 });
+    await Deno.writeTextFile(
+      `${out}/pretrain.json`,
+      JSON.stringify({ settings: renamed, corpus: {} }),
+    );
+    const missing = await pretrain(["--out", out, "--resume"]);
+    assertEquals([missing.code, missing.stderr.trim().split("\n").at(-1)], [
+      1,
+      `pretrain: ${out}/pretrain.json: settings.batch_size is missing (the file is damaged: ` +
+      "every pretraining run records it)",
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
