@@ -368,6 +368,69 @@ test("ship_model: a finished run with no held-out set ships; an unfinished one s
   }
 });
 
+test("ship_model: a run record of the wrong types is refused naming the file and the key", async () => {
+  // They went into the card and its command as they were ("--batch-size [object Object]",
+  // "WebGPU adapter: undefined"), or failed on JavaScript's words naming no file.
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeRun(`${dir}/run`);
+    const pre = JSON.parse(await Deno.readTextFile(`${dir}/run/pretrain.json`));
+    const log = await Deno.readTextFile(`${dir}/run/log.jsonl`);
+    const result = await Deno.readTextFile(`${dir}/run/result.json`);
+    const cases: [string, string, string][] = [
+      [
+        "pretrain.json",
+        JSON.stringify({ ...pre, settings: { ...pre.settings, batch_size: {} } }),
+        "pretrain.json: settings.batch_size is {}, not a whole number ≥ 0",
+      ],
+      [
+        "pretrain.json",
+        JSON.stringify({ ...pre, settings: { ...pre.settings, lr: "abc" } }),
+        'pretrain.json: settings.lr is "abc", not a finite number',
+      ],
+      [
+        "pretrain.json",
+        JSON.stringify({ ...pre, settings: null }),
+        "pretrain.json: settings is not an object",
+      ],
+      [
+        "pretrain.json",
+        JSON.stringify({ ...pre, settings: { ...pre.settings, vocab: 5 } }),
+        "pretrain.json: settings.vocab is 5, not text or null",
+      ],
+      [
+        "pretrain.json",
+        JSON.stringify({ ...pre, corpus: { ...pre.corpus, sources: "a" } }),
+        'pretrain.json: corpus.sources is "a", not a list of texts',
+      ],
+      [
+        "log.jsonl",
+        log.replace('"tokens":60', '"tokens":"60"'),
+        'log.jsonl line 2: tokens is "60", not a whole number ≥ 0',
+      ],
+      ["result.json", "5", "result.json: not a JSON object"],
+      [
+        "result.json",
+        JSON.stringify({ steps: 4 }),
+        "result.json: device is missing, not text",
+      ],
+    ];
+    for (const [file, text, problem] of cases) {
+      await Deno.writeTextFile(`${dir}/run/${file}`, text);
+      const r = await ship(["--run", `${dir}/run`, "--out", `${dir}/out`]);
+      assertEquals([r.code, r.stderr.trim()], [1, `ship_model: ${dir}/run/${problem}`], problem);
+      assert(!(await exists(`${dir}/out`)), "something was written");
+      await Deno.writeTextFile(`${dir}/run/pretrain.json`, JSON.stringify(pre));
+      await Deno.writeTextFile(`${dir}/run/log.jsonl`, log);
+      await Deno.writeTextFile(`${dir}/run/result.json`, result);
+    }
+    const r = await ship(["--run", `${dir}/run`, "--out", `${dir}/out`]);
+    assertEquals(r.code, 0, r.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("ship_model: a from-scratch run's vocabulary must come from --vocab (default bert-base-uncased's)", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -30,7 +30,8 @@
 // tokens, in the file's order); --vocab gives it where it is now, or for an older run.
 
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
-import { exists } from "../model/atomic_write.ts";
+import { exists, isJsonObject } from "../model/atomic_write.ts";
+import { readUtf8File, Utf8Error } from "../model/utf8.ts";
 import { jsonErrorText } from "../model/error_text.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { openModel } from "../model/load.ts";
@@ -123,19 +124,88 @@ async function cpuName(): Promise<string> {
 
 async function readText(path: string, what = ""): Promise<string> {
   try {
-    return await Deno.readTextFile(path);
+    return await readUtf8File(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist${what}`);
+    if (e instanceof Utf8Error) throw new Error(`${path}: ${e.message}`);
     throw new Error(`${path}: cannot read (${(e as Error).message})`);
   }
 }
 
 async function readJson(path: string, what = ""): Promise<Record<string, unknown>> {
   const text = await readText(path, what);
+  let json: unknown;
   try {
-    return JSON.parse(text);
+    json = JSON.parse(text);
   } catch (e) {
     throw new Error(`${path}: not valid JSON (${jsonErrorText(e, text)})`);
+  }
+  if (!isJsonObject(json)) throw new Error(`${path}: not a JSON object`);
+  return json;
+}
+
+/** What a field of a run's record must be, for the card and the command it writes. */
+type Kind = "count" | "number" | "text" | "text?" | "texts";
+
+const KIND_WORDS: Record<Kind, string> = {
+  count: "a whole number ≥ 0",
+  number: "a finite number",
+  text: "text",
+  "text?": "text or null",
+  texts: "a list of texts",
+};
+
+function isKind(v: unknown, kind: Kind): boolean {
+  switch (kind) {
+    case "count":
+      return Number.isSafeInteger(v) && (v as number) >= 0;
+    case "number":
+      return Number.isFinite(v);
+    case "text":
+      return typeof v === "string";
+    case "text?":
+      return v === null || typeof v === "string";
+    case "texts":
+      return Array.isArray(v) && v.every((x) => typeof x === "string");
+  }
+}
+
+/** A log.jsonl line's fields the card reads: each line has a step, and some of the rest. */
+const LOG_FIELDS: Record<string, Kind> = {
+  step: "count",
+  loss: "number",
+  tokens: "count",
+  masked: "count",
+  seconds: "number",
+  held_out_loss: "number",
+  held_out_accuracy: "number",
+  held_out_tokens: "count",
+};
+const LOG_OPTIONAL = Object.keys(LOG_FIELDS).filter((k) => k !== "step");
+
+/**
+ * Throws, naming `path` and the key, unless each of `fields` in `record` is of its kind (absent
+ * ones too, unless `optional` names them). Its values go into the card and its command as they
+ * are: a batch of {} printed "[object Object]", a null settings failed on "reading 'steps'".
+ */
+function checkFields(
+  path: string,
+  where: string,
+  record: unknown,
+  fields: Record<string, Kind>,
+  optional: readonly string[] = [],
+): void {
+  if (!isJsonObject(record)) {
+    throw new Error(`${path}: ${where || "the record"} is not an object`);
+  }
+  for (const [key, kind] of Object.entries(fields)) {
+    const v = record[key];
+    if (v === undefined && optional.includes(key)) continue;
+    if (!isKind(v, kind)) {
+      const shown = (JSON.stringify(v) ?? "missing").slice(0, 40);
+      const field = where ? `${where}.${key}` : key;
+      throw new Error(`${path}: ${field} is ${shown}, not ${KIND_WORDS[kind]}`);
+    }
   }
 }
 
@@ -326,16 +396,67 @@ export async function shipModel(args: string[]): Promise<void> {
   if (typeof pre.settings !== "object" || typeof pre.corpus !== "object") {
     throw new Error(`${run}/pretrain.json has no settings or corpus: not a pretrain.ts record`);
   }
+  const preFile = `${run}/pretrain.json`;
+  checkFields(preFile, "settings", pre.settings, {
+    model: "text?",
+    corpus: "text",
+    steps: "count",
+    batch_size: "count",
+    grad_accum: "count",
+    max_length: "count",
+    lr: "number",
+    warmup_ratio: "number",
+    weight_decay: "number",
+    seed: "count",
+    held_out: "number",
+    eval_sequences: "count",
+    vocab: "text?",
+    model_dtype: "text",
+    eval_every: "count",
+    log_every: "count",
+    checkpoint_every: "count",
+  }, [
+    "model",
+    "grad_accum",
+    "vocab",
+    "model_dtype",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+  ]);
   const s = pre.settings as RunSettings;
+  if (s.min_count !== undefined && s.min_count !== null) {
+    checkFields(preFile, "settings", s, { min_count: "count" });
+  }
+  checkFields(preFile, "settings.shape", s.shape, {
+    layers: "count",
+    hidden: "count",
+    heads: "count",
+    intermediate: "count",
+    vocab: "count",
+    max_positions: "count",
+  });
+  checkFields(preFile, "corpus", pre.corpus, {
+    sources: "texts",
+    documents: "count",
+    sentences: "count",
+    words: "count",
+    tokens: "count",
+    heldOutDocuments: "count",
+    heldOutSequences: "count",
+  }, ["documents", "sentences", "words", "tokens", "heldOutDocuments", "heldOutSequences"]);
   const c = pre.corpus as Record<string, number> & { sources: string[] };
   const log: LogRecord[] = (await readText(`${run}/log.jsonl`, runFolder)).split("\n")
     .map((line, i) => {
       if (line.trim().length === 0) return null;
+      let record: unknown;
       try {
-        return JSON.parse(line);
+        record = JSON.parse(line);
       } catch (e) {
         throw new Error(`${run}/log.jsonl line ${i + 1}: not JSON (${(e as Error).message})`);
       }
+      checkFields(`${run}/log.jsonl line ${i + 1}`, "", record, LOG_FIELDS, LOG_OPTIONAL);
+      return record as LogRecord;
     }).filter((r) => r !== null);
   const train = log.filter((r) => r.loss !== undefined);
   const evals = log.filter((r) => r.held_out_loss !== undefined);
@@ -352,6 +473,7 @@ export async function shipModel(args: string[]): Promise<void> {
     }
     throw e;
   }
+  checkFields(`${run}/result.json`, "", result, { device: "text" });
   // A run with no held-out set (--held-out 0, or a corpus too small to hold any document out)
   // logs no held-out evaluation: its card has no held-out numbers.
   const final = evals[evals.length - 1];
