@@ -522,7 +522,21 @@ async function resumeIsFinished(
   if (textDiff) throw otherText(textDiff);
   const done = ["result.json", "model/config.json", "model/model.safetensors"];
   // result.json is written last: with it everything is there, and nothing is rewritten.
-  return (await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean);
+  if (!(await Promise.all(done.map((f) => exists(`${out}/${f}`)))).every(Boolean)) return false;
+  // ...unless it is damaged (it was taken as a finished run's, whatever it held).
+  const path = `${out}/result.json`;
+  const result = await readJsonFile(path).catch((e) => e as Error);
+  const why = result instanceof Error
+    ? result.message.replace(`${path}: `, "")
+    : !isJsonObject(result) || result.steps !== settings.steps
+    ? `its steps are not the run's ${settings.steps}`
+    : null;
+  if (why !== null) {
+    throw new Error(
+      `${path}: ${why}; remove it, and --resume writes it again from the last checkpoint`,
+    );
+  }
+  return true;
 }
 
 /** The model a run starts from, with the tokenizer files its output folder gets. */

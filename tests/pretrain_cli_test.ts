@@ -1055,6 +1055,23 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
     const resumed = await pretrain(["--out", out, "--resume"]);
     assertEquals(resumed.code, 0, resumed.stderr);
     assert(await exists(`${out}/result.json`));
+    // A finished run's result.json damaged: said (it was taken as finished, whatever it held),
+    // and written again once removed.
+    for (const [text, why] of [["5", "its steps are not the run's 4"], ["{", "not valid JSON"]]) {
+      await Deno.writeTextFile(`${out}/result.json`, text);
+      const r = await pretrain(["--out", out, "--resume"]);
+      assertEquals(r.code, 1, r.stderr);
+      const last = r.stderr.trim().split("\n").at(-1)!;
+      assert(
+        last.startsWith(`pretrain: ${out}/result.json: ${why}`) &&
+          last.endsWith("; remove it, and --resume writes it again from the last checkpoint"),
+        last,
+      );
+    }
+    await Deno.remove(`${out}/result.json`);
+    const again = await pretrain(["--out", out, "--resume"]);
+    assertEquals(again.code, 0, again.stderr);
+    assertEquals(JSON.parse(await Deno.readTextFile(`${out}/result.json`)).steps, 4);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
