@@ -154,7 +154,8 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const meta = model.weights.metadata;
     if (meta.peft_state === "separate") {
       throw new Error(
-        `${model.dir} carries the tensors of the still active PEFT method "${meta.peft}"; ` +
+        `${model.dir} carries the tensors of the still active PEFT method ` +
+          `${meta.peft ? `"${meta.peft}"` : "(its metadata names none)"}; ` +
           `predict.ts runs models without one (train with ehft, or another strategy that drops it)`,
       );
     }
@@ -162,7 +163,8 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const ours = meta.strategy !== undefined && meta.stage !== undefined;
     if (ours && meta.task !== undefined && meta.task !== task.name && !options.otherTask) {
       throw new Error(
-        `${model.dir} was fine-tuned on ${meta.task} (its weights' metadata), not ${task.name}: ` +
+        `${model.dir} was fine-tuned on ${JSON.stringify(meta.task)} (its weights' metadata), ` +
+          `not ${task.name}: ` +
           `pass --other-task (otherTask: true) to predict ${task.name} with it anyway`,
       );
     }

@@ -507,10 +507,23 @@ Deno.test({
       await assertRejects(
         () => run(),
         Error,
-        `${model} was fine-tuned on cola (its weights' metadata), not rte: pass --other-task ` +
+        `${model} was fine-tuned on "cola" (its weights' metadata), not rte: pass --other-task ` +
           "(otherTask: true) to predict rte with it anyway",
       );
       assertEquals((await run({ otherTask: true })).length, EXAMPLES.length);
+      // Shown as what it is (an empty name read "fine-tuned on  (its weights' metadata)").
+      await rewriteSafetensors(weights, (meta) => Object.assign(meta, { task: "" }));
+      await assertRejects(() => run(), Error, `${model} was fine-tuned on "" (its weights'`);
+      // A PEFT method left active whose name the metadata lacks (it read "undefined").
+      await rewriteSafetensors(weights, (meta) => {
+        Object.assign(meta, { task: "rte", peft_state: "separate" });
+        delete meta.peft;
+      });
+      await assertRejects(
+        () => run(),
+        Error,
+        `${model} carries the tensors of the still active PEFT method (its metadata names none)`,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
