@@ -389,16 +389,24 @@ async function readIfExists(path: string): Promise<string | null> {
   }
 }
 
-/** A special token's text from tokenizer_config.json (a string or an AddedToken object). */
-function configToken(config: Record<string, unknown>, key: string): string | undefined {
+/**
+ * A special token's text from tokenizer_config.json (a string or an AddedToken object; absent or
+ * null: the default); another value is refused naming the key (it was ignored, where transformers
+ * reads what it says).
+ */
+function configToken(
+  config: Record<string, unknown>,
+  key: string,
+  path: string,
+): string | undefined {
   const v = config[key];
+  if (v === undefined || v === null) return undefined;
   if (typeof v === "string") return v;
-  if (
-    typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string"
-  ) {
-    return (v as { content: string }).content;
-  }
-  return undefined;
+  if (isJsonObject(v) && typeof v.content === "string") return v.content;
+  throw new TokenizerConvertError(
+    path,
+    `${key} is ${JSON.stringify(v).slice(0, 40)}, not a token (text, or {"content": text})`,
+  );
 }
 
 /** Reads `dir/tokenizer_config.json` as an object, or {} when there is none. */
@@ -428,24 +436,33 @@ export async function convertTokenizerDir(
   options: WordPieceOptions & ByteLevelBpeOptions = {},
 ): Promise<TokenizerJson> {
   const config = await readTokenizerConfig(dir);
-  const bool = (key: string): boolean | undefined =>
-    typeof config[key] === "boolean" ? config[key] as boolean : undefined;
+  const configPath = `${dir}/tokenizer_config.json`;
+  // A switch of another type was ignored (transformers reads "true" as true, 0 as false): refused.
+  const bool = (key: string): boolean | undefined => {
+    const v = config[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v === "boolean") return v;
+    throw new TokenizerConvertError(
+      configPath,
+      `${key} is ${JSON.stringify(v).slice(0, 40)}, not true or false`,
+    );
+  };
+  const token = (key: string) => configToken(config, key, configPath);
   const tokens = {
-    unkToken: options.unkToken ?? configToken(config, "unk_token"),
-    clsToken: options.clsToken ?? configToken(config, "cls_token"),
-    sepToken: options.sepToken ?? configToken(config, "sep_token"),
-    padToken: options.padToken ?? configToken(config, "pad_token"),
-    maskToken: options.maskToken ?? configToken(config, "mask_token"),
+    unkToken: options.unkToken ?? token("unk_token"),
+    clsToken: options.clsToken ?? token("cls_token"),
+    sepToken: options.sepToken ?? token("sep_token"),
+    padToken: options.padToken ?? token("pad_token"),
+    maskToken: options.maskToken ?? token("mask_token"),
   };
   const vocabTxtPath = `${dir}/vocab.txt`;
   const vocabTxt = await readIfExists(vocabTxtPath);
   if (vocabTxt !== null) {
-    const strip = config.strip_accents;
     return convertWordPiece(vocabTxt, {
       ...tokens,
       source: options.source ?? vocabTxtPath,
       doLowerCase: options.doLowerCase ?? bool("do_lower_case"),
-      stripAccents: options.stripAccents ?? (typeof strip === "boolean" ? strip : null),
+      stripAccents: options.stripAccents ?? bool("strip_accents") ?? null,
       tokenizeChineseChars: options.tokenizeChineseChars ?? bool("tokenize_chinese_chars"),
     });
   }

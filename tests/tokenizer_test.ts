@@ -556,6 +556,25 @@ Deno.test("loadTokenizer: tokenizer.json, else vocab.txt, else vocab.json + merg
     await Deno.writeTextFile(`${dir}/bert/tokenizer_config.json`, '{"do_lower_case": false}');
     const cased = await loadTokenizer(`${dir}/bert`, BERT_MODEL);
     assertEquals(cased.encodeText("Hello"), [100]); // "H" is not in the uncased vocabulary
+    // A setting of another type was ignored (transformers reads "false" as true): refused.
+    for (
+      const [config, problem] of [
+        ['{"do_lower_case": "false"}', 'do_lower_case is "false", not true or false'],
+        ['{"strip_accents": 0}', "strip_accents is 0, not true or false"],
+        ['{"mask_token": 5}', 'mask_token is 5, not a token (text, or {"content": text})'],
+        ['{"unk_token": {"content": 5}}', 'unk_token is {"content":5}, not a token'],
+      ]
+    ) {
+      await Deno.writeTextFile(`${dir}/bert/tokenizer_config.json`, config);
+      await assertRejects(
+        () => loadTokenizer(`${dir}/bert`, BERT_MODEL),
+        TokenizerConvertError,
+        `${dir}/bert/tokenizer_config.json: ${problem}`,
+      );
+    }
+    const special = '{"strip_accents": null, "mask_token": {"content": "[MASK]", "lstrip": true}}';
+    await Deno.writeTextFile(`${dir}/bert/tokenizer_config.json`, special);
+    assertEquals((await loadTokenizer(`${dir}/bert`, BERT_MODEL)).encodeText("Hello"), [7592]);
     // tokenizer.json wins over vocab.txt.
     await Deno.writeTextFile(`${dir}/bert/tokenizer.json`, JSON.stringify(bertJsonLoaded()));
     const fromJson = await loadTokenizer(`${dir}/bert`, BERT_MODEL);
