@@ -1217,43 +1217,64 @@ await runMain("pretrain", main, HELP, { flagsOnly: true });
 });
 
 test("pretrain.ts: SIGTERM mid-run checkpoints that step; resumed, the run ends as an uninterrupted one", async () => {
-  // It stopped at once, losing every step since the last periodic checkpoint.
+  // It stopped at once, losing every step since the last periodic checkpoint. Stopped inside its
+  // first log block (a checkpoint whose pending steps hold step 0), the resume was refused as a
+  // damaged checkpoint for a while (a review found it).
   const dir = await Deno.makeTempDir();
   try {
     await writeCorpus(`${dir}/corpus.txt`);
-    const args = (out: string) => [
-      ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
-      ...["--max-length", "16", "--batch-size", "4"],
-      ...["--steps", "300", "--checkpoint-every", "1000", "--eval-every", "1000"],
-      ...["--log-every", "1", "--held-out", "0.1", "--eval-sequences", "4"],
-    ];
     const out = `${dir}/run`;
-    const { child, stderr } = spawnPretrain(args(out));
-    const logged = async () =>
-      (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"');
-    while (!(await logged())) await new Promise((r) => setTimeout(r, 10));
-    child.kill("SIGTERM");
-    assertEquals((await child.status).code, 143);
-    const last = (await stderr).trim().split("\n").at(-1)!;
-    const step = Number(/the last checkpoint \(step (\d+)\)/.exec(last)?.[1]);
-    assert(step > 0 && step < 300, last);
-    const resumed = await pretrain(["--out", out, "--resume"]);
-    assertEquals(resumed.code, 0, resumed.stderr);
-    const whole = await pretrain(args(`${dir}/whole`));
-    assertEquals(whole.code, 0, whole.stderr);
-    const untimed = async (path: string) =>
-      (await Deno.readTextFile(path)).trim().split("\n").map((l) => {
-        const { seconds: _s, ...rest } = JSON.parse(l);
-        return rest;
-      });
-    assertEquals(await untimed(`${out}/log.jsonl`), await untimed(`${dir}/whole/log.jsonl`));
-    assert(
-      sameBytes(
-        await Deno.readFile(`${out}/model/model.safetensors`),
-        await Deno.readFile(`${dir}/whole/model/model.safetensors`),
-      ),
-      "the model differs",
-    );
+    const cases: [string, string[], () => Promise<boolean>][] = [
+      [
+        "after its first log line",
+        ["--log-every", "1", "--checkpoint-every", "1000"],
+        async () =>
+          (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"'),
+      ],
+      [
+        "inside its first log block",
+        ["--log-every", "1000", "--checkpoint-every", "2"],
+        () => exists(`${out}/checkpoint.safetensors`),
+      ],
+    ];
+    for (const [name, flags, started] of cases) {
+      const args = (out: string) => [
+        ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+        ...["--max-length", "16", "--batch-size", "4"],
+        ...["--steps", "300", "--eval-every", "1000", ...flags],
+        ...["--held-out", "0.1", "--eval-sequences", "4"],
+      ];
+      const { child, stderr } = spawnPretrain(args(out));
+      while (!(await started())) await new Promise((r) => setTimeout(r, 10));
+      child.kill("SIGTERM");
+      assertEquals((await child.status).code, 143, name);
+      const last = (await stderr).trim().split("\n").at(-1)!;
+      const step = Number(/the last checkpoint \(step (\d+)\)/.exec(last)?.[1]);
+      assert(step > 0 && step < 300, `${name}: ${last}`);
+      const resumed = await pretrain(["--out", out, "--resume"]);
+      assertEquals(resumed.code, 0, `${name}: ${resumed.stderr}`);
+      const whole = await pretrain(args(`${dir}/whole`));
+      assertEquals(whole.code, 0, whole.stderr);
+      const untimed = async (path: string) =>
+        (await Deno.readTextFile(path)).trim().split("\n").map((l) => {
+          const { seconds: _s, ...rest } = JSON.parse(l);
+          return rest;
+        });
+      assertEquals(
+        await untimed(`${out}/log.jsonl`),
+        await untimed(`${dir}/whole/log.jsonl`),
+        name,
+      );
+      assert(
+        sameBytes(
+          await Deno.readFile(`${out}/model/model.safetensors`),
+          await Deno.readFile(`${dir}/whole/model/model.safetensors`),
+        ),
+        `${name}: the model differs`,
+      );
+      await Deno.remove(out, { recursive: true });
+      await Deno.remove(`${dir}/whole`, { recursive: true });
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

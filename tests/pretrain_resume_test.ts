@@ -7,12 +7,13 @@
 // - at --batch-size 1 --max-length 8 a batch with more masked tokens than a quarter of the batch
 //   plus one (the old bound, 3) trains instead of stopping the run.
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { readConfig } from "../model/config.ts";
 import { openSafetensors, type TensorInput, writeSafetensors } from "../model/safetensors.ts";
 import { MLM_IDS, mlmInitialValues, TINY_BERT_MLM } from "./train_fixture.ts";
 import {
+  checkPretrainState,
   pretrain,
   PRETRAIN_ADAMW,
   type PretrainOptions,
@@ -173,5 +174,28 @@ gpuTest("pretrain: a batch of 1 × 8 with 4 masked tokens trains", async (gpu) =
     assert(result.heldOut !== null && Number.isFinite(result.heldOut.loss));
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("pretrain resume: the checkpoint state's pending steps are 0-based step indices", () => {
+  // A checkpoint in the first log block holds step 0: refused as damaged when the check read
+  // them 1-based, which stopped every run killed before its first log line from resuming.
+  const state = {
+    stage: 0,
+    stageStep: 5,
+    step: 5,
+    adamStep: 5,
+    best: {},
+    last: null,
+    logLines: 1,
+    pending: { steps: [0, 1, 2, 3, 4], loss: [7, 7, 7, 7, 7], grad_norm: [1, 1, 1, 1, null] },
+  };
+  const counts = { tokens: 60, masked: 9 };
+  checkPretrainState("c", { ...state, pending: { ...state.pending, ...counts } }, 10);
+  for (const steps of [[1, 2, 3, 4, 5], [0, 1, 2, 2, 4], [-1, 1, 2, 3, 4]]) {
+    const e = assertThrows(() =>
+      checkPretrainState("c", { ...state, pending: { ...state.pending, ...counts, steps } }, 10)
+    );
+    assert(e.message.startsWith("c: training state pending is "), e.message);
   }
 });

@@ -184,7 +184,7 @@ export interface StepStats {
  * A pretraining checkpoint's state: the common one plus what the log and the result need. Both
  * additions are optional: checkpoints written before them resume as they did.
  */
-interface PretrainState extends TrainingState {
+export interface PretrainState extends TrainingState {
   /** The steps since the last log line: their stats (in step order) and token counts. */
   pending?: {
     steps: number[];
@@ -205,7 +205,7 @@ interface PretrainState extends TrainingState {
  * resumed as it said: a step past the end saved an untrained model as finished, an earlier one
  * trained steps again over later weights, a string of tokens was added as text.
  */
-function checkPretrainState(path: string, state: PretrainState, steps: number): void {
+export function checkPretrainState(path: string, state: PretrainState, steps: number): void {
   const fail = (key: string, what: string) => {
     const shown = JSON.stringify((state as unknown as Record<string, unknown>)[key]) ?? "missing";
     throw new Error(
@@ -223,8 +223,9 @@ function checkPretrainState(path: string, state: PretrainState, steps: number): 
     const ok = isJsonObject(p) && Array.isArray(p.steps) && Array.isArray(p.loss) &&
       Array.isArray(p.grad_norm) && p.loss.length === p.steps.length &&
       p.grad_norm.length === p.steps.length && count(p.tokens) && count(p.masked) &&
+      // The steps' 0-based indices (a checkpoint in the first log block holds step 0).
       p.steps.every((s, i) =>
-        Number.isSafeInteger(s) && s >= 1 && s <= state.step &&
+        Number.isSafeInteger(s) && s >= 0 && s < state.step &&
         (i === 0 || s > (p.steps as number[])[i - 1])
       ) &&
       [...p.loss, ...p.grad_norm].every((x) => x === null || typeof x === "number");
