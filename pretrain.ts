@@ -73,6 +73,7 @@ import {
   stopWithWord,
 } from "./train/run_faults.ts";
 import { readUtf8File, Utf8Error } from "./model/utf8.ts";
+import { CHECKPOINT_FILE } from "./train/training_checkpoint.ts";
 
 export const FLAGS = {
   out: { type: "string" },
@@ -428,6 +429,11 @@ function checkResumeFlags(
     // records what no flag gave now (a value edited to null, a key of no flag): the file's (1).
     const flag = (diff: string) => diff.slice(0, diff.indexOf(":")).split(".").at(-1)!;
     if (diffs.some((d) => typed(flag(d).replaceAll("_", "-")))) throw new FlagError(message);
+    // A continued checkpoint's shape is its own: another there now is the folder's change.
+    const model = before.settings.model;
+    if (typeof model === "string" && diffs.every((d) => d.startsWith("shape."))) {
+      throw new Error(`${message}: --model ${model} is not the model the run started from`);
+    }
     throw new Error(`${message}: pretrain.json has a value no flag gave (a damaged file?)`);
   }
   // Started when the warmup was the float64 product's floor (0.29 · 100 = 28.999999999999996):
@@ -532,9 +538,11 @@ async function resumeIsFinished(
     ? `its steps are not the run's ${settings.steps}`
     : null;
   if (why !== null) {
-    throw new Error(
-      `${path}: ${why}; remove it, and --resume writes it again from the last checkpoint`,
-    );
+    // Without the checkpoint the run's last step kept, a --resume would train it all again.
+    const fix = await exists(`${out}/${CHECKPOINT_FILE}`)
+      ? "remove it, and --resume writes it again from the last checkpoint"
+      : `its ${CHECKPOINT_FILE} is gone too, so the model in ${out}/model is all there is`;
+    throw new Error(`${path}: ${why}; ${fix}`);
   }
   return true;
 }

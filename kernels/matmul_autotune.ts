@@ -436,7 +436,8 @@ function message(e: unknown): string {
 
 /**
  * The cache file's entries; a missing file is empty, an unreadable or corrupt one warns. With
- * `notCache`, whether the file there is something else (not JSON, or JSON of another shape).
+ * `notCache`, whether the file there is something else (not JSON, JSON of another shape, or
+ * unreadable).
  */
 function readCache(
   file: string,
@@ -450,6 +451,7 @@ function readCache(
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
       warn(`matmul autotune: cannot read ${file} (${message(e)}); tuning again`);
+      notCache?.(true); // kept too: what it holds cannot be told
     }
     return {};
   }

@@ -224,6 +224,27 @@ gpuTest(
         const saved = JSON.parse(await Deno.readTextFile(file)); // valid again
         assertEquals(saved[`${desc} ${i}`][SMALL_CLASS], r.table[SMALL_CLASS]);
       }
+      // One that cannot be read (here a folder; a file without read permission alike): kept.
+      await Deno.remove(file);
+      for (const f of await Array.fromAsync(Deno.readDir(dir))) {
+        if (f.name.includes(".not-a-cache")) await Deno.remove(`${dir}/${f.name}`);
+      }
+      await Deno.mkdir(file);
+      await Deno.writeTextFile(`${file}/mine.txt`, "mine");
+      const unreadable: string[] = [];
+      await tuneMatmul(adapterNamed(gpu, `${desc} unreadable`), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn: (l) => unreadable.push(l),
+        ...QUICK,
+      });
+      assert(unreadable[0].startsWith(`matmul autotune: cannot read ${file} (`), unreadable[0]);
+      assertEquals(
+        unreadable[1],
+        `matmul autotune: ${file} moved to ${file}.not-a-cache (kept, not overwritten)`,
+      );
+      assertEquals(await Deno.readTextFile(`${file}.not-a-cache/mine.txt`), "mine");
+      assert(JSON.parse(await Deno.readTextFile(file))[`${desc} unreadable`], "the tune is cached");
       // The unknown variant under this adapter's own name: warned about, tuned again.
       await Deno.writeTextFile(file, bad[3]);
       const warnings: string[] = [];

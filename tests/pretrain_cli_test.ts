@@ -682,6 +682,28 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
       ),
       refused.stderr,
     );
+    // The --model folder replaced by a model of another shape: the folder's change, named so (it
+    // read "pretrain.json has a value no flag gave (a damaged file?)").
+    await Deno.remove(`${dir}/base`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/tiny-vocab.txt`, VOCAB.join("\n") + "\n");
+    const made = await new Deno.Command(Deno.execPath(), {
+      args: [
+        ...["run", "-A", `${ROOT}tools/random_model.ts`, "--out", `${dir}/base`],
+        ...["--vocab", `${dir}/tiny-vocab.txt`, "--layers", "1", "--hidden", "24", "--heads", "3"],
+        ...["--intermediate", "37", "--max-positions", "33"],
+      ],
+      env: { NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(made.code, 0, new TextDecoder().decode(made.stderr));
+    const moved = await pretrain(["--out", out, "--resume"]);
+    assertEquals(moved.code, 1, moved.stderr);
+    assert(
+      moved.stderr.includes("(shape.layers: 2 in pretrain.json, 1 now)") &&
+        moved.stderr.trim().endsWith(`: --model ${dir}/base is not the model the run started from`),
+      moved.stderr,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -1068,6 +1090,17 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
         last,
       );
     }
+    // Without the checkpoint too, that advice would train the whole run again: not given.
+    await Deno.rename(checkpoint, `${dir}/aside.safetensors`);
+    const gone = await pretrain(["--out", out, "--resume"]);
+    assertEquals(gone.code, 1, gone.stderr);
+    assert(
+      gone.stderr.trim().endsWith(
+        `; its checkpoint.safetensors is gone too, so the model in ${out}/model is all there is`,
+      ),
+      gone.stderr,
+    );
+    await Deno.rename(`${dir}/aside.safetensors`, checkpoint);
     await Deno.remove(`${out}/result.json`);
     const again = await pretrain(["--out", out, "--resume"]);
     assertEquals(again.code, 0, again.stderr);
