@@ -429,9 +429,16 @@ function checkResumeFlags(
     // records what no flag gave now (a value edited to null, a key of no flag): the file's (1).
     const flag = (diff: string) => diff.slice(0, diff.indexOf(":")).split(".").at(-1)!;
     if (diffs.some((d) => typed(flag(d).replaceAll("_", "-")))) throw new FlagError(message);
-    // A continued checkpoint's shape is its own: another there now is the folder's change.
+    // A continued checkpoint's shape is its own: another typed is the command's; another in the
+    // same folder now is the folder's change.
     const model = before.settings.model;
     if (typeof model === "string" && diffs.every((d) => d.startsWith("shape."))) {
+      if (typed("model") && settings.model !== model) {
+        throw new FlagError(
+          `--resume: ${out} was started with other settings (model: ${JSON.stringify(model)} ` +
+            `in pretrain.json, ${JSON.stringify(settings.model)} now)`,
+        );
+      }
       throw new Error(`${message}: --model ${model} is not the model the run started from`);
     }
     throw new Error(`${message}: pretrain.json has a value no flag gave (a damaged file?)`);

@@ -434,24 +434,29 @@ function message(e: unknown): string {
   return ((e as Error)?.message ?? String(e)).replace(/\s*\n\s*/g, " ");
 }
 
+/** What readCache found at the cache's path, besides its entries. */
+type CacheState = "cache" | "none" | "not a cache" | "unreadable";
+
 /**
  * The cache file's entries; a missing file is empty, an unreadable or corrupt one warns. With
- * `notCache`, whether the file there is something else (not JSON, JSON of another shape, or
- * unreadable).
+ * `state`, what is there: a cache (or nothing), a file that is something else (not JSON, or JSON
+ * of another shape), or something that cannot be read (a folder, a file without permission, a
+ * failing disk).
  */
 function readCache(
   file: string,
   warn: (line: string) => void,
-  notCache?: (yes: boolean) => void,
+  state?: (found: CacheState) => void,
 ): CacheEntries {
-  notCache?.(false);
+  state?.("cache");
   let text: string;
   try {
     text = Deno.readTextFileSync(file);
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
+    if (e instanceof Deno.errors.NotFound) state?.("none");
+    else {
       warn(`matmul autotune: cannot read ${file} (${message(e)}); tuning again`);
-      notCache?.(true); // kept too: what it holds cannot be told
+      state?.("unreadable");
     }
     return {};
   }
@@ -460,14 +465,14 @@ function readCache(
     parsed = JSON.parse(text);
   } catch (e) {
     warn(`matmul autotune: ${file} is corrupt (${message(e)}); tuning again`);
-    notCache?.(true);
+    state?.("not a cache");
     return {};
   }
   const isObject = (x: unknown): x is Record<string, unknown> =>
     !!x && typeof x === "object" && !Array.isArray(x);
   if (!isObject(parsed) || !Object.values(parsed).every(isObject)) {
     warn(`matmul autotune: ${file} is not a tune cache (expected {adapter: {...}}); tuning again`);
-    notCache?.(true);
+    state?.("not a cache");
     return {};
   }
   return parsed as CacheEntries;
@@ -656,10 +661,13 @@ async function tuneWithLockHeld(
   let saved = false;
   if (file && tuned.length > 0) {
     try {
-      // A corrupt file was reported above; it is kept beside the new one.
-      let bad = false;
-      const all = readCache(file, () => {}, (yes) => bad = yes);
-      if (bad) await moveAside(file, warn);
+      // A corrupt file was reported above; it is kept beside the new one. What cannot be read
+      // is left as it is (a --tune-cache naming a folder, say ~/.cache/ehft, would have moved
+      // the whole folder; a read that failed once, a valid cache), and the tune is not cached.
+      let found = "cache" as CacheState;
+      const all = readCache(file, () => {}, (state) => found = state);
+      if (found === "unreadable") throw new Error("it cannot be read; left as it is");
+      if (found === "not a cache") await moveAside(file, warn);
       const old = entryTable(all[adapter], file, adapter, () => {}) ?? {};
       all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
       const dir = file.replace(/[\\/][^\\/]*$/, "");

@@ -704,6 +704,14 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
         moved.stderr.trim().endsWith(`: --model ${dir}/base is not the model the run started from`),
       moved.stderr,
     );
+    // Another --model typed (of another shape): the command's, named as typed (it blamed base).
+    await copyTree(`${dir}/base`, `${dir}/one`);
+    const typed = await pretrain(["--out", out, "--resume", "--model", `${dir}/one`]);
+    assertEquals([typed.code, typed.stderr.trim().split("\n").at(-1)], [
+      2,
+      `pretrain: --resume: ${out} was started with other settings (model: "${dir}/base" in ` +
+      `pretrain.json, "${dir}/one" now)`,
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -372,6 +372,17 @@ Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer 
         "removed or moved): --overwrite starts the run again",
     );
     assert(!(await exists(`${dir}/gone.jsonl`)), "a log was made");
+    // A byte that is not UTF-8: refused, the log as it was (a lossy read kept it as U+FFFD).
+    const bytes = new TextEncoder().encode(text);
+    bytes[3] = 0xff;
+    await Deno.writeFile(path, bytes);
+    await assertRejects(
+      () => RunLog.open(path, 2),
+      Error,
+      `${path}: line 1: not valid UTF-8: byte 0xFF at byte 4 of the line (save the file as ` +
+        "UTF-8) (the log is damaged: --overwrite starts the run again)",
+    );
+    assertEquals(await Deno.readFile(path), bytes);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

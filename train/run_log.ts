@@ -3,6 +3,7 @@
 
 import { isJsonObject, writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import { resumeCommand } from "./run_faults.ts";
+import { readUtf8File, Utf8Error } from "../model/utf8.ts";
 
 /**
  * The f16 steps skipped in a row (`"skipped": true`) at the end of log.jsonl's `lines`, the
@@ -46,7 +47,13 @@ export class RunLog {
       );
     }
     if (keep > 0) {
-      const text = await Deno.readTextFile(path).catch((e) => {
+      // Strictly: a lossy read would rewrite a damaged byte as U+FFFD into the kept lines.
+      const text = await readUtf8File(path).catch((e) => {
+        if (e instanceof Utf8Error) {
+          throw new Error(
+            `${path}: ${e.message} (the log is damaged: --overwrite starts the run again)`,
+          );
+        }
         if (!(e instanceof Deno.errors.NotFound)) throw e;
         throw new Error(
           `${path}: missing, and the checkpoint keeps its first ${keep} lines (the log was ` +
