@@ -469,6 +469,10 @@ async function cachedCommit(ctx: Context): Promise<string | undefined> {
   const ref = `${ctx.repoDir}/refs/${ctx.refSegments.join("/")}`;
   await assertInCache(ctx, ref, `ref ${ctx.revision}`);
   try {
+    // A commit hash and a line break: anything else (a FIFO hung the read, a file of gigabytes
+    // filled the memory) is no ref.
+    const info = await Deno.stat(ref);
+    if (!info.isFile || info.size > 4096) return undefined;
     const commit = (await Deno.readTextFile(ref)).trim();
     return SAFE_NAME.test(commit) && !commit.includes("..") ? commit : undefined;
   } catch {

@@ -248,16 +248,25 @@ Deno.test("data: a damaged extraction or a changed spec is downloaded again", as
     await Deno.writeTextFile(`${dir}/.ehft-dataset.json`, "{not json");
     await ensureDataset(spec(url), opts);
     assertEquals(server.log.length, 4);
+    // A marker whose files are null ("Cannot read properties of null"), or a FIFO (the read hung):
+    // no marker, downloaded again.
+    await Deno.writeTextFile(`${dir}/.ehft-dataset.json`, '{"files": null}');
+    await ensureDataset(spec(url), opts);
+    await Deno.remove(`${dir}/.ehft-dataset.json`);
+    await new Deno.Command("mkfifo", { args: [`${dir}/.ehft-dataset.json`] }).output();
+    await ensureDataset(spec(url), opts);
+    assertEquals(server.log.length, 6);
+    assert((await Deno.lstat(`${dir}/.ehft-dataset.json`)).isFile, "the marker is a file again");
     // A spec asking for another count is not satisfied by the old marker (and then fails).
     const other = spec(url);
     other.files[0] = { path: "Toy/train.jsonl", rows: 8 };
     await assertRejects(() => ensureDataset(other, opts), DatasetError, "has 7 rows, expected 8");
-    assertEquals(server.log.length, 5);
+    assertEquals(server.log.length, 7);
     // The earlier, verified extraction stays as it was; nothing claims 8 rows.
     const marker = JSON.parse(await Deno.readTextFile(`${cache}/Toy/.ehft-dataset.json`));
     assertEquals(marker.files["train.jsonl"].rows, 7);
     await assertRejects(() => ensureDataset(other, opts), DatasetError, "expected 8");
-    assertEquals(server.log.length, 6);
+    assertEquals(server.log.length, 8);
     assert(!(await exists(`${cache}/Toy.zip`)));
   });
 });
@@ -509,6 +518,38 @@ Deno.test("data: a complete zip left by an interrupted run is extracted offline"
     assertEquals(await Deno.readTextFile(`${dir}/train.jsonl`), TRAIN);
     assertEquals(server.log.length, 0);
     assert(!(await exists(`${cache}/Toy.zip`)));
+  });
+});
+
+Deno.test("data: a zip saved by hand that is not the data is kept and said; a lock that is no file too", async () => {
+  // It was removed without a word (the offline message had said to save it there), and a FIFO
+  // in the lock's place hung the open.
+  await withSetup(async ({ server, cache, opts }) => {
+    await Deno.mkdir(cache, { recursive: true });
+    const zip = `${cache}/Toy.zip`;
+    await Deno.writeFile(zip, ZIP);
+    const other = spec(server.url("/Toy.zip"));
+    other.files[0] = { path: "Toy/train.jsonl", rows: 8 };
+    const e = await assertRejects(
+      () => ensureDataset(other, { ...opts, offline: true }),
+      DatasetError,
+    );
+    assert(
+      e.message.includes("has 7 rows, expected 8") &&
+        e.message.endsWith(`; ${zip} is left as it is: replace it with ${server.url("/Toy.zip")}`),
+      e.message,
+    );
+    assertEquals(await Deno.readFile(zip), ZIP);
+    assertEquals(server.log.length, 0);
+    await Deno.remove(zip);
+    await Deno.remove(`${cache}/Toy.lock`);
+    const fifo = await new Deno.Command("mkfifo", { args: [`${cache}/Toy.lock`] }).output();
+    assert(fifo.success, "mkfifo");
+    await assertRejects(
+      () => ensureDataset(spec(server.url("/Toy.zip")), opts),
+      DatasetError,
+      `${cache}/Toy.lock is not a regular file: remove it, and run again`,
+    );
   });
 });
 

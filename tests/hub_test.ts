@@ -609,8 +609,8 @@ Deno.test("hub: revisions: branches with '/', commit hashes, refs/ subfolders", 
   });
 });
 
-Deno.test("hub: HF_HUB_OFFLINE uses the cache with zero requests", async () => {
-  await withHub(async ({ hub, opts }) => {
+Deno.test("hub: HF_HUB_OFFLINE uses the cache with zero requests; a ref that is no small file is none", async () => {
+  await withHub(async ({ hub, cache, opts }) => {
     hub.addRepo(ID, standardRepo());
     const dir = await resolveModel(ID, opts);
     const before = hub.log.length;
@@ -626,6 +626,23 @@ Deno.test("hub: HF_HUB_OFFLINE uses the cache with zero requests", async () => {
       );
     }
     assertEquals(hub.log.length, before);
+    // A ref that is no small file (a FIFO hung the read; gigabytes filled the memory) is none.
+    const ref = `${cache}/${FOLDER}/refs/main`;
+    await Deno.remove(ref);
+    assert((await new Deno.Command("mkfifo", { args: [ref] }).output()).success, "mkfifo");
+    const env = { ...opts.env, HF_HUB_OFFLINE: "1" };
+    await assertRejects(
+      () => resolveModel(ID, { ...opts, env, fetch: noFetch }),
+      HubError,
+      "is not in the Hugging Face cache",
+    );
+    await Deno.remove(ref);
+    await Deno.writeTextFile(ref, COMMIT + " ".repeat(5000));
+    await assertRejects(
+      () => resolveModel(ID, { ...opts, env, fetch: noFetch }),
+      HubError,
+      "is not in the Hugging Face cache",
+    );
   });
 });
 

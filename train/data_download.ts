@@ -21,7 +21,7 @@
  */
 
 import { unzipSync } from "npm:fflate@0.8.3";
-import { writeAll, writeFileAtomic } from "../model/atomic_write.ts";
+import { isJsonObject, writeAll, writeFileAtomic } from "../model/atomic_write.ts";
 import {
   cacheWrite,
   delay,
@@ -343,13 +343,16 @@ interface Marker {
 async function isComplete(dir: string, files: ReturnType<typeof checkSpec>): Promise<boolean> {
   let marker: Marker;
   try {
+    // A few hundred bytes as written: anything else (a FIFO hung the read, a file of gigabytes
+    // filled the memory) is no marker.
+    const info = await Deno.stat(`${dir}/${MARKER}`);
+    if (!info.isFile || info.size > 1 << 20) return false;
     marker = JSON.parse(await Deno.readTextFile(`${dir}/${MARKER}`));
   } catch {
     return false;
   }
-  if (typeof marker !== "object" || marker === null || typeof marker.files !== "object") {
-    return false;
-  }
+  // (`files` null got past typeof and failed on "Cannot read properties of null".)
+  if (!isJsonObject(marker) || !isJsonObject(marker.files)) return false;
   for (const f of files) {
     const m = marker.files[f.as];
     if (!m || m.path !== f.path || m.rows !== f.rows || (m.header ?? false) !== f.header) {
@@ -418,7 +421,13 @@ export async function ensureDataset(
     throw new DatasetError(`cannot create the data cache ${cache}: ${errorText(e)}`);
   }
   // Another process may be downloading the same data set: wait for it, then look again.
-  const lock = await Deno.open(`${cache}/${spec.name}.lock`, { create: true, write: true });
+  const lockPath = `${cache}/${spec.name}.lock`;
+  const there = await Deno.lstat(lockPath).catch(() => null);
+  if (there !== null && !there.isFile) {
+    // A FIFO there hung the open.
+    throw new DatasetError(`${lockPath} is not a regular file: remove it, and run again`);
+  }
+  const lock = await Deno.open(lockPath, { create: true, write: true });
   try {
     await lock.lock(true);
     if (await isComplete(dir, files)) return dir;
@@ -438,9 +447,15 @@ export async function ensureDataset(
     try {
       contents = unpack(spec, files, zip);
     } catch (e) {
-      // A zip that is not what the spec describes is never used again.
-      await Deno.remove(zipPath).catch(() => {});
-      throw e;
+      // A zip this run downloaded that is not what the spec describes is never used again; one
+      // found here (saved by hand, as the offline message advises) is the user's: kept, said.
+      if (downloaded !== undefined) {
+        await Deno.remove(zipPath).catch(() => {});
+        throw e;
+      }
+      throw new DatasetError(
+        `${errorText(e)}; ${zipPath} is left as it is: replace it with ${spec.url}`,
+      );
     }
     // The old marker goes first, so a half-rewritten folder never looks complete.
     await Deno.remove(`${dir}/${MARKER}`).catch(() => {});
