@@ -447,9 +447,11 @@ export async function ensureDataset(
     try {
       contents = unpack(spec, files, zip);
     } catch (e) {
-      // A zip this run downloaded that is not what the spec describes is never used again; one
-      // found here (saved by hand, as the offline message advises) is the user's: kept, said.
-      if (downloaded !== undefined) {
+      // A zip that is not what the spec describes is never used again: online, the next run
+      // downloads it anew. Offline (a dry run, pretraining's task text, the offline variables)
+      // nothing replaces it: one found here, saved by hand as the offline message advises, is
+      // kept and said.
+      if (!offline) {
         await Deno.remove(zipPath).catch(() => {});
         throw e;
       }
