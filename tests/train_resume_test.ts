@@ -64,6 +64,44 @@ function spawnTrain(
   return { child, stderr: new Response(child.stderr).text() };
 }
 
+/**
+ * Writes `dir`/main.ts: a training of its flags (task RTE) that handles signals as train.ts does
+ * (stopWithWord, saying "t: ..."), with `onStageStart` the body of the stage-start hook (it has
+ * `config`, the hook's `index` and `stopRequested` in scope). Returns its path.
+ */
+async function writeSignalScript(dir: string, onStageStart: string): Promise<string> {
+  const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+  const script = `${dir}/main.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { parseTrainArgs } from ${url("../train/config.ts")};
+import { runTraining } from ${url("../train/run.ts")};
+import { interruptedMessage, stopRequested, stopWithWord } from ${url("../train/run_faults.ts")};
+import { rte } from ${url("../tasks/rte.ts")};
+stopWithWord("t", interruptedMessage);
+const { config } = parseTrainArgs(Deno.args);
+await runTraining(config, { task: rte, quiet: true, onStageStart: async ({ index }) => {
+  ${onStageStart}
+} });
+`,
+  );
+  return script;
+}
+
+/** Runs a script of writeSignalScript's with `args`: its exit code and stderr lines. */
+async function runSignalScript(
+  script: string,
+  args: string[],
+): Promise<{ code: number; lines: string[] }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code: r.code, lines: new TextDecoder().decode(r.stderr).trim().split("\n") };
+}
+
 /** Starts train.ts (or `script`) and SIGKILLs it once `ready` holds; returns whether it was. */
 async function runAndKill(
   args: string[],
@@ -343,40 +381,20 @@ Deno.test({
     ];
     for (const c of cases) {
       await withTinyRun("ehft-train-sigterm-owed-", [], async (dir, out) => {
-        const script = `${dir}/main.ts`;
-        const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
-        await Deno.writeTextFile(
-          script,
-          `import { parseTrainArgs } from ${url("../train/config.ts")};
-import { runTraining } from ${url("../train/run.ts")};
-import { interruptedMessage, stopRequested, stopWithWord } from ${url("../train/run_faults.ts")};
-import { rte } from ${url("../tasks/rte.ts")};
-stopWithWord("t", interruptedMessage);
-const { config } = parseTrainArgs(Deno.args);
-let sent = config.resume;
-await runTraining(config, { task: rte, quiet: true, onStageStart: async () => {
-  // Before the first stage's first step, and taken (a signal comes a little later).
-  if (!sent) {
+        // Before the first stage's first step, and taken (a signal comes a little later).
+        const script = await writeSignalScript(
+          dir,
+          `if (!config.resume && index === 0) {
     Deno.kill(Deno.pid, "SIGTERM");
     while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
-  }
-  sent = true;
-} });
-`,
+  }`,
         );
         const common = [
           ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
           ...["--batch-size", "8", ...c.flags],
         ];
-        const script_ = async (...more: string[]) => {
-          const r = await new Deno.Command(Deno.execPath(), {
-            args: ["run", "-A", script, ...common, "--out", out, ...more],
-            env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-            stdout: "null",
-            stderr: "piped",
-          }).output();
-          return { code: r.code, lines: new TextDecoder().decode(r.stderr).trim().split("\n") };
-        };
+        const script_ = (...more: string[]) =>
+          runSignalScript(script, [...common, "--out", out, ...more]);
         const stopped = await script_();
         assertEquals(stopped.code, 143, `${c.name}: ${stopped.lines.join(" | ")}`);
         assert(
@@ -413,35 +431,14 @@ Deno.test({
     // Its listener ran only at the loop's next real wait (a log block's read every 32 steps, an
     // evaluation): a 30-step run without evaluations ran to its end and exited 0.
     await withTinyRun("ehft-train-sigterm-soon-", [], async (dir, out) => {
-      const script = `${dir}/main.ts`;
-      const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
-      await Deno.writeTextFile(
-        script,
-        `import { parseTrainArgs } from ${url("../train/config.ts")};
-import { runTraining } from ${url("../train/run.ts")};
-import { interruptedMessage, stopWithWord } from ${url("../train/run_faults.ts")};
-import { rte } from ${url("../tasks/rte.ts")};
-stopWithWord("t", interruptedMessage);
-const { config } = parseTrainArgs(Deno.args);
-// Sent as the first step starts; not waited for.
-await runTraining(config, { task: rte, quiet: true, onStageStart: () => {
-  Deno.kill(Deno.pid, "SIGTERM");
-} });
-`,
-      );
-      const r = await new Deno.Command(Deno.execPath(), {
-        args: [
-          ...["run", "-A", script, "--task", "rte", "--model", `${dir}/model`],
-          ...["--data", `${dir}/data`, "--head", `${dir}/head.safetensors`, "--strategy", "ft"],
-          ...["--batch-size", "8", "--max-steps", "30", "--eval-every", "0"],
-          ...["--checkpoint-every", "0", "--out", out],
-        ],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      const lines = new TextDecoder().decode(r.stderr).trim().split("\n");
-      assertEquals(r.code, 143, lines.join(" | "));
+      // Sent as the first step starts; not waited for.
+      const script = await writeSignalScript(dir, `Deno.kill(Deno.pid, "SIGTERM");`);
+      const { code, lines } = await runSignalScript(script, [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--max-steps", "30", "--eval-every", "0", "--checkpoint-every", "0", "--out", out],
+      ]);
+      assertEquals(code, 143, lines.join(" | "));
       const { step } = await trainingState(out);
       // The first step's end; a second's at most, should the signal come late.
       assert(step <= 2, `checkpoint at step ${step}`);
