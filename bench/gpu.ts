@@ -27,7 +27,7 @@
 //
 // Flags: --out DIR (default $OUT, else runs/gpu-bench), --small, --budget S (default 420: the
 // phases' limits are shares of it, each at least 20 s, the f32 tests' 120 s, the f16 tests' 40 s,
-// the variants' 45 s), --python CMD (default: python3, python or /usr/bin/python3, the
+// the variants' 60 s), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
 // what bench/gpu_prepare.sh caches for the offline machine); --help / -h prints HELP and exits 0,
 // an unknown flag is one line with USAGE, exit 1.
@@ -113,7 +113,7 @@ bench/gpu.ts).
   --small                 a rehearsal on any adapter: tiny shapes
   --budget S              whole seconds for the run (default 420): the phases' limits are shares
                           of it, each at least 20 s (the f32 tests 120 s, the f16 tests 40 s, the
-                          GEMM variants 45 s)
+                          GEMM variants 60 s)
   --python CMD            the Python with torch (default the first of python3, python and
                           /usr/bin/python3 that imports torch)
   --no-tests              skip the kernel and model tests (phase 2)
@@ -538,7 +538,7 @@ async function main(): Promise<void> {
       "--reps",
       "5",
       "--json",
-    ], limit(SHARE.variants, 45)); // 69 timings and their compiles (39 took 10-18 s on an H100)
+    ], limit(SHARE.variants, 60)); // every variant's timings and compiles (39 took 10-18 s on an H100)
     report.notes.push(...variantNotes(jsonRows(r.stdout), shape));
     if (r.code !== 0) {
       report.notes.push(

@@ -177,6 +177,11 @@ function dtypesSuffix(t: Dtypes): string {
  *   (NVIDIA's warp) placed 8 × 4 over the block instead of 16 × 2, so that a warp's reads of
  *   workgroup memory touch 8 column and 4 row vec4s a step (128 + 64 bytes) instead of 16 and 2
  *   (256 + 32): fewer shared-memory wavefronts for the same multiply-adds. Same sums, same bits.
+ *   `tiled_4x4d` / `tiled_8x8d` / `tiled_4x4wd` / `tiled_8x8wd`: those kernels with two
+ *   workgroup arrays per operand that slices alternate between (one barrier a slice, not two),
+ *   each an array of k rows, so that a read's index into it is the invocation's place alone:
+ *   wgpu clamps every workgroup-array index it cannot prove in range, and a clamp of place + k
+ *   is one more integer instruction per read that the old form cannot hoist out of the loop.
  * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
  *   uncoalesced: a transposed operand is first copied untransposed into a workspace
  *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
@@ -191,7 +196,14 @@ type VariantSpec =
   | { kind: "vec4"; rm: number; rn: number; ku: number; wx: number; wy: number }
   | TiledSpec;
 
-type TiledSpec = { kind: "tiled"; rm: number; rn: number; bk: number; warp?: boolean };
+type TiledSpec = {
+  kind: "tiled";
+  rm: number;
+  rn: number;
+  bk: number;
+  warp?: boolean;
+  double?: boolean;
+};
 
 /** A variant with a kernel of its own (`MatmulVariant` less the `nn_` ones). */
 export type KernelVariant =
@@ -212,7 +224,11 @@ export type KernelVariant =
   | "tiled_4x4w"
   | "tiled_8x4w"
   | "tiled_4x8w"
-  | "tiled_8x8w";
+  | "tiled_8x8w"
+  | "tiled_4x4d"
+  | "tiled_8x8d"
+  | "tiled_4x4wd"
+  | "tiled_8x8wd";
 
 /** The variants with a kernel of their own, in the order benches and tests list them. */
 const SPECS = {
@@ -234,6 +250,10 @@ const SPECS = {
   tiled_8x4w: { kind: "tiled", rm: 8, rn: 4, bk: 16, warp: true },
   tiled_4x8w: { kind: "tiled", rm: 4, rn: 8, bk: 16, warp: true },
   tiled_8x8w: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true },
+  tiled_4x4d: { kind: "tiled", rm: 4, rn: 4, bk: 16, double: true },
+  tiled_8x8d: { kind: "tiled", rm: 8, rn: 8, bk: 8, double: true },
+  tiled_4x4wd: { kind: "tiled", rm: 4, rn: 4, bk: 16, warp: true, double: true },
+  tiled_8x8wd: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true, double: true },
 } satisfies Record<KernelVariant, VariantSpec>;
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
@@ -254,6 +274,10 @@ export const NN_KERNELS = [
   "tiled_8x4w",
   "tiled_4x8w",
   "tiled_8x8w",
+  "tiled_4x4d",
+  "tiled_8x8d",
+  "tiled_4x4wd",
+  "tiled_8x8wd",
 ] as const satisfies readonly KernelVariant[];
 
 /** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
@@ -717,7 +741,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
  * columns past the edge are loaded clamped and never stored, k past the end is zero.
  */
 function tiledWgsl(
-  { rm, rn, bk, warp = false }: TiledSpec,
+  { rm, rn, bk, warp = false, double = false }: TiledSpec,
   transA: boolean,
   transB: boolean,
   epilogue: EpilogueKind,
@@ -772,22 +796,33 @@ function tiledWgsl(
         const start = `min(${origin} + (${e} % ${size / 4}u) * 4u, ${limit} - 4u)`;
         return [fetch(s, 0, gk, `base${x} + (${gk}) * ${kStride} + ${start}`)];
       }).join("\n    ");
-    const store = range(slots).flatMap((s) => {
-      const e = slot(s);
-      if (!alongK) {
-        const at = `(${e} / ${size / 4}u) * ${pitch}u + ${e} % ${size / 4}u`;
-        return [`if (${guard(s)}) { ${x}s[${at}] = ${reg(s, 0)}; }`];
-      }
-      return range(4).map((q) => {
-        const at = `((${e} % ${bk / 4}u) * 4u + ${q}u) * ${pitch}u + ${e} / ${bk / 4}u`;
-        const v = `vec4<f32>(${range(4).map((r) => `${reg(s, r)}[${q}]`).join(", ")})`;
-        return `if (${guard(s)}) { ${x}s[${at}] = ${v}; }`;
-      });
-    }).join("\n    ");
+    // Workgroup memory `buf` at k row `kr`, place `at`: one array, or (double) one of two
+    // arrays of k rows, so that a read's k, known when the kernel is compiled, is no part of
+    // the index that wgpu clamps against the array's length.
+    const cell = (buf: string, kr: string, at: string) =>
+      double ? `${x}s${buf}[${kr}][${at}]` : `${x}s[(${kr}) * ${pitch}u + ${at}]`;
+    const store = (buf = "") =>
+      range(slots).flatMap((s) => {
+        const e = slot(s);
+        if (!alongK) {
+          const at = cell(buf, `${e} / ${size / 4}u`, `${e} % ${size / 4}u`);
+          return [`if (${guard(s)}) { ${at} = ${reg(s, 0)}; }`];
+        }
+        return range(4).map((q) => {
+          const at = cell(buf, `(${e} % ${bk / 4}u) * 4u + ${q}u`, `${e} / ${bk / 4}u`);
+          const v = `vec4<f32>(${range(4).map((r) => `${reg(s, r)}[${q}]`).join(", ")})`;
+          return `if (${guard(s)}) { ${at} = ${v}; }`;
+        });
+      }).join("\n    ");
     const decl = range(slots).flatMap((s) =>
       range(regs).map((r) => `var ${reg(s, r)}: vec4<f32>;`)
     );
-    return { pitch, decl: decl.join("\n  "), load, store };
+    const arrays = (double ? ["0", "1"] : [""]).map((buf) =>
+      `var<workgroup> ${x}s${buf}: ${
+        double ? `array<array<vec4<f32>, ${pitch}>, ${bk}>` : `array<vec4<f32>, ${bk * pitch}>`
+      };`
+    ).join("\n");
+    return { pitch, decl: decl.join("\n  "), load, store, arrays };
   };
   const opA = operand("A", bm, !transA);
   const opB = operand("B", bn, transB);
@@ -796,19 +831,49 @@ function tiledWgsl(
   const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + ${tx} * 4u + ${j}u`;
   // The bk steps of a slice unrolled (wgpu gives every WGSL loop a counter of its own, which can
   // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
-  const compute = range(bk).map((kk) => {
-    const lines: string[] = [];
-    for (const g of groups) {
-      lines.push(`let av${g} = As[${kk * opA.pitch}u + ${ty} + ${W * g}u];`);
-    }
-    for (const h of cgs) lines.push(`let bv${h} = Bs[${kk * opB.pitch}u + ${tx} + ${W * h}u];`);
-    for (const g of groups) {
-      for (const i of range(4)) {
-        for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
+  const compute = (buf = "") =>
+    range(bk).map((kk) => {
+      const lines: string[] = [];
+      const at = (x: "A" | "B", pitch: number, i: string) =>
+        double ? `${x}s${buf}[${kk}][${i}]` : `${x}s[${kk * pitch}u + ${i}]`;
+      for (const g of groups) {
+        lines.push(`let av${g} = ${at("A", opA.pitch, `${ty} + ${W * g}u`)};`);
       }
+      for (const h of cgs) lines.push(`let bv${h} = ${at("B", opB.pitch, `${tx} + ${W * h}u`)};`);
+      for (const g of groups) {
+        for (const i of range(4)) {
+          for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
+        }
+      }
+      return `{\n      ${lines.join("\n      ")}\n    }`;
+    }).join("\n    ");
+  // One slice: staged from the registers, the next one's loads issued, then multiplied.
+  const step = (buf = "") =>
+    `${opA.store(buf)}
+    ${opB.store(buf)}
+    workgroupBarrier();
+    {
+      let kn = k0 + ${bk}u;
+      ${opA.load("kn")}
+      ${opB.load("kn")}
     }
-    return `{\n      ${lines.join("\n      ")}\n    }`;
-  });
+    ${compute(buf)}`;
+  // Single: a barrier before staging, so that no invocation overwrites what another still reads.
+  const singleLoop = `for (; k0 < p.k; k0 += ${bk}u) {
+    workgroupBarrier();
+    ${step()}
+  }`;
+  // Double: slices alternate between two arrays, so one barrier a slice suffices: an invocation
+  // staging slice t + 2 has passed slice t + 1's barrier, which every invocation reaches only
+  // after it has multiplied slice t.
+  const doubleLoop = `loop {
+    if (k0 >= p.k) { break; }
+    ${step("0")}
+    k0 += ${bk}u;
+    if (k0 >= p.k) { break; }
+    ${step("1")}
+    k0 += ${bk}u;
+  }`;
   const accs: string[] = [];
   for (const g of groups) {
     for (const i of range(4)) {
@@ -835,8 +900,8 @@ ${bindingsWgsl(t, true, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
 ${sc.wgsl}
 
-var<workgroup> As: array<vec4<f32>, ${bk * opA.pitch}>;
-var<workgroup> Bs: array<vec4<f32>, ${bk * opB.pitch}>;
+${opA.arrays}
+${opB.arrays}
 
 @compute @workgroup_size(${W}, ${W})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
@@ -858,18 +923,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     ${opA.load("k0")}
     ${opB.load("k0")}
   }
-  for (; k0 < p.k; k0 += ${bk}u) {
-    workgroupBarrier();
-    ${opA.store}
-    ${opB.store}
-    workgroupBarrier();
-    {
-      let kn = k0 + ${bk}u;
-      ${opA.load("kn")}
-      ${opB.load("kn")}
-    }
-    ${compute.join("\n    ")}
-  }
+  ${double ? doubleLoop : singleLoop}
   ${stores.join("\n  ")}
 }
 `;
