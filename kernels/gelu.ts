@@ -28,7 +28,7 @@ import type { Recorder } from "./recorder.ts";
 import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
 
 /**
- * WGSL defining `gelu(x)` and `gelu_grad(x)` (= gelu'(x)), through Φ(x) and φ(x). The elementwise
+ * WGSL defining `gelu(x)` and `gelu_grad(x)` (= gelu'(x)). The elementwise
  * kernels below and the GEMM epilogues of kernels/matmul.ts paste this one text, so a fused GELU
  * computes exactly what the standalone one does.
  */
@@ -59,23 +59,23 @@ fn erfcx(z: f32) -> f32 {
 const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
 const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
 
-struct Normal { cdf: f32, pdf: f32 }
-
-// Phi(x) and phi(x). For x < 0, Phi = e^(-x^2/2) * erfcx(|x|/sqrt 2) / 2 keeps its relative
-// accuracy however small it is; for x >= 0, Phi = 1 - that.
-fn normal(x: f32) -> Normal {
-  let e = exp_neg_half_sq(x);
-  let tail = 0.5 * e * erfcx(abs(x) * FRAC_1_SQRT_2);
-  return Normal(select(1.0 - tail, tail, x < 0.0), e * FRAC_1_SQRT_2PI);
-}
-
+// With e = e^(-x^2/2) and h = erfcx(|x|/sqrt 2) / 2, Phi(x) = h * e for x < 0, which keeps its
+// relative accuracy however small it is, and 1 - h * e for x >= 0; phi(x) = e / sqrt(2 pi).
+// For x < 0 neither function forms Phi itself: below x = -13.0 it is subnormal while gelu and
+// gelu' are not, and GPUs that flush subnormals to zero (NVIDIA's Vulkan driver) would return 0
+// (measured on an H200, 2026-11-28). The factor e comes last instead, multiplying normal values.
 fn gelu(x: f32) -> f32 {
-  return x * normal(x).cdf;
+  let e = exp_neg_half_sq(x);
+  let h = 0.5 * erfcx(abs(x) * FRAC_1_SQRT_2);
+  if (x < 0.0) { return (x * h) * e; }
+  return x * (1.0 - h * e);
 }
 
 fn gelu_grad(x: f32) -> f32 {
-  let n = normal(x);
-  return n.cdf + x * n.pdf;
+  let e = exp_neg_half_sq(x);
+  let h = 0.5 * erfcx(abs(x) * FRAC_1_SQRT_2);
+  if (x < 0.0) { return (h + x * FRAC_1_SQRT_2PI) * e; }
+  return (1.0 - h * e) + x * (e * FRAC_1_SQRT_2PI);
 }
 `;
 
