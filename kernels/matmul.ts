@@ -182,6 +182,10 @@ function dtypesSuffix(t: Dtypes): string {
  *   each an array of k rows, so that a read's index into it is the invocation's place alone:
  *   wgpu clamps every workgroup-array index it cannot prove in range, and a clamp of place + k
  *   is one more integer instruction per read that the old form cannot hoist out of the loop.
+ *   `tiled_8x8dk` / `tiled_8x4dk` / `tiled_4x8dk`: the double-buffered kernels with A, when not
+ *   transposed, staged as it is stored (rows of k, one vec4 load and store per unit, where the
+ *   others load a 4 × 4 block per invocation and turn it round in registers), read four k at a
+ *   time per row. Same sums, same bits.
  * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
  *   uncoalesced: a transposed operand is first copied untransposed into a workspace
  *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
@@ -203,6 +207,8 @@ type TiledSpec = {
   bk: number;
   warp?: boolean;
   double?: boolean;
+  /** (double only) A, when not transposed, kept in workgroup memory as it is stored: rows of k. */
+  kmajor?: boolean;
 };
 
 /** A variant with a kernel of its own (`MatmulVariant` less the `nn_` ones). */
@@ -228,7 +234,10 @@ export type KernelVariant =
   | "tiled_4x4d"
   | "tiled_8x8d"
   | "tiled_4x4wd"
-  | "tiled_8x8wd";
+  | "tiled_8x8wd"
+  | "tiled_8x8dk"
+  | "tiled_8x4dk"
+  | "tiled_4x8dk";
 
 /** The variants with a kernel of their own, in the order benches and tests list them. */
 const SPECS = {
@@ -254,6 +263,9 @@ const SPECS = {
   tiled_8x8d: { kind: "tiled", rm: 8, rn: 8, bk: 8, double: true },
   tiled_4x4wd: { kind: "tiled", rm: 4, rn: 4, bk: 16, warp: true, double: true },
   tiled_8x8wd: { kind: "tiled", rm: 8, rn: 8, bk: 8, warp: true, double: true },
+  tiled_8x8dk: { kind: "tiled", rm: 8, rn: 8, bk: 8, double: true, kmajor: true },
+  tiled_8x4dk: { kind: "tiled", rm: 8, rn: 4, bk: 16, double: true, kmajor: true },
+  tiled_4x8dk: { kind: "tiled", rm: 4, rn: 8, bk: 16, double: true, kmajor: true },
 } satisfies Record<KernelVariant, VariantSpec>;
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
@@ -278,6 +290,9 @@ export const NN_KERNELS = [
   "tiled_8x8d",
   "tiled_4x4wd",
   "tiled_8x8wd",
+  "tiled_8x8dk",
+  "tiled_8x4dk",
+  "tiled_4x8dk",
 ] as const satisfies readonly KernelVariant[];
 
 /** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
@@ -741,7 +756,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
  * columns past the edge are loaded clamped and never stored, k past the end is zero.
  */
 function tiledWgsl(
-  { rm, rn, bk, warp = false, double = false }: TiledSpec,
+  { rm, rn, bk, warp = false, double = false, kmajor = false }: TiledSpec,
   transA: boolean,
   transB: boolean,
   epilogue: EpilogueKind,
@@ -761,10 +776,12 @@ function tiledWgsl(
   // component of a vec4 may, by WGSL's rules, touch the others: four invocations writing the
   // four components would race). Otherwise a vec4 holds four consecutive block rows/columns at
   // one k and is stored as it is. Unit u of invocation li's slot s is number li + s·threads.
-  const operand = (x: "A" | "B", size: number, alongK: boolean) => {
+  // `rows`: the operand runs along k and is staged as it is stored, a row of bk/4 vec4s per block
+  // row (neighbouring invocations load and store neighbouring vec4s; no turning round).
+  const operand = (x: "A" | "B", size: number, alongK: boolean, rows = false) => {
     const pitch = size / 4 + 1;
-    const count = alongK ? (size / 4) * (bk / 4) : (size * bk) / 4;
-    const regs = alongK ? 4 : 1;
+    const count = rows ? size * (bk / 4) : alongK ? (size / 4) * (bk / 4) : (size * bk) / 4;
+    const regs = alongK && !rows ? 4 : 1;
     const slots = Math.ceil(count / threads);
     const [origin, limit, index, kStride] = x === "A"
       ? ["row0", "p.m", alongK ? "p.rsA" : "", alongK ? "" : "p.csA"]
@@ -782,6 +799,12 @@ function tiledWgsl(
     const load = (k0: string) =>
       range(slots).flatMap((s) => {
         const e = slot(s);
+        if (rows) {
+          // Block row e / (bk/4), k quad e % (bk/4).
+          const gk = `${k0} + (${e} % ${bk / 4}u) * 4u`;
+          const row = `min(${origin} + ${e} / ${bk / 4}u, ${limit} - 1u)`;
+          return [fetch(s, 0, gk, `base${x} + ${row} * ${index} + ${gk}`)];
+        }
         if (alongK) {
           // Block quad e / (bk/4), k quad e % (bk/4): neighbouring invocations read the
           // neighbouring k quads of the same rows.
@@ -804,6 +827,10 @@ function tiledWgsl(
     const store = (buf = "") =>
       range(slots).flatMap((s) => {
         const e = slot(s);
+        if (rows) {
+          const at = `${x}s${buf}[${e} / ${bk / 4}u][${e} % ${bk / 4}u]`;
+          return [`if (${guard(s)}) { ${at} = ${reg(s, 0)}; }`];
+        }
         if (!alongK) {
           const at = cell(buf, `${e} / ${size / 4}u`, `${e} % ${size / 4}u`);
           return [`if (${guard(s)}) { ${at} = ${reg(s, 0)}; }`];
@@ -819,20 +846,49 @@ function tiledWgsl(
     );
     const arrays = (double ? ["0", "1"] : [""]).map((buf) =>
       `var<workgroup> ${x}s${buf}: ${
-        double ? `array<array<vec4<f32>, ${pitch}>, ${bk}>` : `array<vec4<f32>, ${bk * pitch}>`
+        rows
+          ? `array<array<vec4<f32>, ${bk / 4}>, ${size}>`
+          : double
+          ? `array<array<vec4<f32>, ${pitch}>, ${bk}>`
+          : `array<vec4<f32>, ${bk * pitch}>`
       };`
     ).join("\n");
     return { pitch, decl: decl.join("\n  "), load, store, arrays };
   };
-  const opA = operand("A", bm, !transA);
+  const aRows = kmajor && double && !transA;
+  const opA = operand("A", bm, !transA, aRows);
   const opB = operand("B", bn, transB);
   const groups = range(rm / 4), cgs = range(rn / 4);
   const rowOf = (g: number, i: number) => `row0 + ${4 * g}u * ${W}u + ${ty} * 4u + ${i}u`;
   const colOf = (h: number, j: number) => `col0 + ${4 * h}u * ${W}u + ${tx} * 4u + ${j}u`;
   // The bk steps of a slice unrolled (wgpu gives every WGSL loop a counter of its own, which can
   // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
+  // A staged as rows of k: each k quad reads the invocation's rm rows once, four k at a time, and
+  // multiplies them k by k (each output still adds its products in increasing k, one at a time).
+  const computeRows = (buf: string) =>
+    range(bk / 4).map((kq) => {
+      const lines: string[] = [];
+      for (const g of groups) {
+        for (const i of range(4)) {
+          lines.push(`let ar${g}_${i} = As${buf}[${ty} * 4u + ${4 * W * g + i}u][${kq}];`);
+        }
+      }
+      for (const q of range(4)) {
+        for (const h of cgs) {
+          lines.push(`let bv${q}_${h} = Bs${buf}[${4 * kq + q}][${tx} + ${W * h}u];`);
+        }
+        for (const g of groups) {
+          for (const i of range(4)) {
+            for (const h of cgs) {
+              lines.push(`acc${4 * g + i}_${h} += ar${g}_${i}[${q}] * bv${q}_${h};`);
+            }
+          }
+        }
+      }
+      return `{\n      ${lines.join("\n      ")}\n    }`;
+    }).join("\n    ");
   const compute = (buf = "") =>
-    range(bk).map((kk) => {
+    aRows ? computeRows(buf) : range(bk).map((kk) => {
       const lines: string[] = [];
       const at = (x: "A" | "B", pitch: number, i: string) =>
         double ? `${x}s${buf}[${kk}][${i}]` : `${x}s[${kk * pitch}u + ${i}]`;
@@ -902,7 +958,10 @@ ${sc.wgsl}
 
 ${opA.arrays}
 ${opB.arrays}
-
+${
+    // Named, so that a `dk` kernel with A transposed (staged as by its `d` kernel) is a pipeline
+    // of its own, under its own name, in profiles and matmulVariantsUsed.
+    kmajor ? "// A not transposed is staged as rows of k\n" : ""}
 @compute @workgroup_size(${W}, ${W})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
         @builtin(local_invocation_index) li: u32) {

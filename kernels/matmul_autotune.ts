@@ -196,7 +196,7 @@ const DEFAULT_SHAPES: TuneShape[] = [
 /**
  * The variants timed besides the heuristic's. The shared-memory ones (tile16, tile64) are 4-20×
  * slower on lavapipe and would cost seconds to time there, and the heuristic never picks them;
- * the block-tiled ones (tiled_4x4 … tiled_8x8wd) are timed on GPUs only, where coalesced loads
+ * the block-tiled ones (tiled_4x4 … tiled_4x8dk) are timed on GPUs only, where coalesced loads
  * matter (on lavapipe they run at 0.5-0.8× the vec4 kernels: bench notes in BENCHMARKS.md), and
  * so are the `nn_` ones (a transposed operand copied untransposed first; on lavapipe the
  * transposed products are not the slow ones). A product without transposes times no `nn_`
@@ -206,7 +206,15 @@ export function defaultCandidates(onCpu: boolean): MatmulVariant[] {
   const vec4: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
   if (onCpu) return vec4;
   const tiled = ["tiled_4x4", "tiled_8x4", "tiled_4x8", "tiled_8x8"] as const;
-  const double = ["tiled_4x4d", "tiled_8x8d", "tiled_4x4wd", "tiled_8x8wd"] as const;
+  const double = [
+    "tiled_4x4d",
+    "tiled_8x8d",
+    "tiled_4x4wd",
+    "tiled_8x8wd",
+    "tiled_8x8dk",
+    "tiled_8x4dk",
+    "tiled_4x8dk",
+  ] as const;
   const kernels: MatmulVariant[] = [
     ...vec4,
     ...tiled,
