@@ -55,6 +55,9 @@ export interface TimingOptions {
   minTimedS?: number;
   /** Upper bound on R. Default 256. */
   maxPerSubmit?: number;
+  /** Warm-up submits go on until they have taken this long (seconds of the host's clock, R
+   * chosen). Default 0. */
+  warmupS?: number;
   /**
    * timeOp only: time the GPU's own span of each submit with timestamp queries. By default where
    * the adapter has them and is not a CPU one; `true`: wherever it has them; `false`: never.
@@ -84,6 +87,7 @@ export async function measure(
   const minTimedS = options.minTimedS ?? 3;
   const maxR = options.maxPerSubmit ?? 256;
 
+  const started = performance.now();
   let r = 1;
   let t = await batch(r);
   let warmups = 1;
@@ -100,10 +104,16 @@ export async function measure(
   }
   const least = Math.min(3, Math.max(1, Math.floor(minTimedS / t)));
   const timed = Math.max(1, Math.min(reps, Math.max(least, Math.floor(budget / t))));
+  for (const end = started + (options.warmupS ?? 0) * 1000; performance.now() < end; warmups++) {
+    await batch(r);
+  }
   const times: number[] = [];
   for (let i = 0; i < timed; i++) times.push(await batch(r));
   return { ms: (median(times) * 1000) / r, clock: "wall", perSubmit: r, timed, warmups };
 }
+
+/** The devices whose GPU clock a first op has warmed up (see timeOp). */
+const warmedUp = new WeakSet<Gpu>();
 
 /**
  * Times the op that `record` records: each batch records it r times into one Recorder and
@@ -145,6 +155,12 @@ export async function timeOp(
   record(probe);
   const maxR = Math.floor(TIMED_DISPATCHES / Math.max(1, probe.length));
   if (maxR < 1) return timeOp(gpu, record, reps, { ...options, gpuClock: false });
+  // A GPU idle for a while (compiling, tuning) runs its first second or so slowly: on the H200
+  // (2026-11-28) the first five GEMM rows after the autotune's 25 s gave 11.7-24.0 TFLOP/s, the
+  // same products 29-33 TFLOP/s in f16 right after and in the variants' process. The first op a
+  // process times on the GPU's clock is warmed up for a second first.
+  const warmupS = options.warmupS ?? (warmedUp.has(gpu) ? 0 : 1);
+  warmedUp.add(gpu);
   const timing = await measure(
     async (r) => {
       for (let i = 0; i < r; i++) record(rec);
@@ -156,6 +172,7 @@ export async function timeOp(
       ...options,
       submitTargetS: options.submitTargetS ?? 0.02,
       maxPerSubmit: Math.min(options.maxPerSubmit ?? 256, maxR),
+      warmupS,
     },
   );
   return { ...timing, clock: "gpu" };
