@@ -2,7 +2,7 @@ import { assert, assertClose, assertEquals, AssertionError, assertThrows } from 
 import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
-import { attentionBackward, attentionForward } from "../kernels/attention.ts";
+import { attentionBackward, attentionForward, setAttentionRowLanes } from "../kernels/attention.ts";
 import type { DropoutConfig } from "../kernels/dropout.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -154,44 +154,59 @@ const CASES: { dims: Dims; drop: DropoutConfig; seed: number }[] = [
 // terms (measured worst 6.4e-7 on lavapipe, gradients included).
 const TOL = 1e-5;
 
-for (const { dims, drop, seed } of CASES) {
+/** Runs `body` with attention's row kernels in the given form (kernels/attention.ts). */
+async function withRowLanes<T>(gpu: Gpu, lanes: boolean, body: () => Promise<T>): Promise<T> {
+  setAttentionRowLanes(gpu, lanes);
+  try {
+    return await body();
+  } finally {
+    setAttentionRowLanes(gpu, undefined);
+  }
+}
+
+// Each case with the row kernels (mask, softmax, dropout) in both forms: one invocation per row
+// (a CPU adapter's default) and 32 per row (a GPU's).
+for (
+  const [{ dims, drop, seed }, lanes] of CASES.flatMap((c) => [[c, false], [c, true]] as const)
+) {
   const { B, S, H, D, P } = dims;
   gpuTest(
     `attention: forward and backward match float64 HF semantics at B=${B} S=${S} H=${H} D=${D} ` +
-      `P=${P} dropout=${drop.p}`,
-    async (gpu) => {
-      const x = makeInputs(dims, seed * 10);
-      const dC = Float64Array.from(
-        Float32Array.from(randomValues(B * S * H * D, seed * 10 + 7)),
-      );
-      const ref = referenceForward(x, dims, drop);
-      const grads = referenceBackward(x, ref.probs, dC, dims, drop);
-      const run = await runGpu(gpu, x, dC, dims, drop);
-      assertClose("probs", run.probs, ref.probs, TOL);
-      assertClose("context", run.context, ref.context, TOL);
-      assertClose("dQ", run.dQ, grads.dQ, TOL);
-      assertClose("dK", run.dK, grads.dK, TOL);
-      assertClose("dV", run.dV, grads.dV, TOL);
-      if (P > 0) {
-        assertClose("dPrefixKey", run.dPK!, grads.dPK, TOL);
-        assertClose("dPrefixValue", run.dPV!, grads.dPV, TOL);
-      }
-      // A fully padded sequence without prefix rows attends uniformly over its padding.
-      if (P === 0 && B >= 3) {
-        const T = S;
-        for (let r = 2 * H * S; r < 3 * H * S; r++) {
-          for (let j = 0; j < T; j++) {
-            assert(Math.abs(run.probs[r * T + j] - 1 / T) <= 1e-6, `uniform row ${r}`);
+      `P=${P} dropout=${drop.p}${lanes ? ", 32 lanes a row" : ""}`,
+    (gpu) =>
+      withRowLanes(gpu, lanes, async () => {
+        const x = makeInputs(dims, seed * 10);
+        const dC = Float64Array.from(
+          Float32Array.from(randomValues(B * S * H * D, seed * 10 + 7)),
+        );
+        const ref = referenceForward(x, dims, drop);
+        const grads = referenceBackward(x, ref.probs, dC, dims, drop);
+        const run = await runGpu(gpu, x, dC, dims, drop);
+        assertClose("probs", run.probs, ref.probs, TOL);
+        assertClose("context", run.context, ref.context, TOL);
+        assertClose("dQ", run.dQ, grads.dQ, TOL);
+        assertClose("dK", run.dK, grads.dK, TOL);
+        assertClose("dV", run.dV, grads.dV, TOL);
+        if (P > 0) {
+          assertClose("dPrefixKey", run.dPK!, grads.dPK, TOL);
+          assertClose("dPrefixValue", run.dPV!, grads.dPV, TOL);
+        }
+        // A fully padded sequence without prefix rows attends uniformly over its padding.
+        if (P === 0 && B >= 3) {
+          const T = S;
+          for (let r = 2 * H * S; r < 3 * H * S; r++) {
+            for (let j = 0; j < T; j++) {
+              assert(Math.abs(run.probs[r * T + j] - 1 / T) <= 1e-6, `uniform row ${r}`);
+            }
           }
         }
-      }
-      if (drop.p > 0 && ref.probs.length >= 16) {
-        // The case exercises dropout: the TS twin's mask drops some weights and keeps others.
-        let dropped = 0;
-        for (let i = 0; i < ref.probs.length; i++) if (dropFactor(drop, i) === 0) dropped++;
-        assert(dropped > 0 && dropped < ref.probs.length, `dropped ${dropped}`);
-      }
-    },
+        if (drop.p > 0 && ref.probs.length >= 16) {
+          // The case exercises dropout: the TS twin's mask drops some weights and keeps others.
+          let dropped = 0;
+          for (let i = 0; i < ref.probs.length; i++) if (dropFactor(drop, i) === 0) dropped++;
+          assert(dropped > 0 && dropped < ref.probs.length, `dropped ${dropped}`);
+        }
+      }),
   );
 }
 
@@ -300,14 +315,17 @@ gpuTest(
     const ref = referenceForward(x, dims, drop);
     const grads = referenceBackward(x, ref.probs, dC, dims, drop);
     const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 5 });
-    const run = await runGpu(small, x, dC, dims, drop);
-    assertClose("probs", run.probs, ref.probs, TOL);
-    assertClose("context", run.context, ref.context, TOL);
-    assertClose("dQ", run.dQ, grads.dQ, TOL);
-    assertClose("dK", run.dK, grads.dK, TOL);
-    assertClose("dV", run.dV, grads.dV, TOL);
-    assertClose("dPrefixKey", run.dPK!, grads.dPK, TOL);
-    assertClose("dPrefixValue", run.dPV!, grads.dPV, TOL);
+    // And with 32 lanes a row: 42 rows in 6 workgroups of 8, a 5 × 2 grid with 4 spare.
+    for (const lanes of [false, true]) {
+      const run = await withRowLanes(small, lanes, () => runGpu(small, x, dC, dims, drop));
+      assertClose("probs", run.probs, ref.probs, TOL);
+      assertClose("context", run.context, ref.context, TOL);
+      assertClose("dQ", run.dQ, grads.dQ, TOL);
+      assertClose("dK", run.dK, grads.dK, TOL);
+      assertClose("dV", run.dV, grads.dV, TOL);
+      assertClose("dPrefixKey", run.dPK!, grads.dPK, TOL);
+      assertClose("dPrefixValue", run.dPV!, grads.dPV, TOL);
+    }
   },
 );
 
@@ -350,9 +368,11 @@ gpuTest("attention: two runs are bitwise identical", async (gpu) => {
   const drop = { p: 0.1, seed: 42, stream: 5 };
   const x = makeInputs(dims, 80);
   const dC = Float64Array.from(Float32Array.from(randomValues(3 * 13 * 24, 81)));
-  const a = await runGpu(gpu, x, dC, dims, drop);
-  const b = await runGpu(gpu, x, dC, dims, drop);
-  assertEquals(b, a);
+  for (const lanes of [false, true]) {
+    const a = await withRowLanes(gpu, lanes, () => runGpu(gpu, x, dC, dims, drop));
+    const b = await withRowLanes(gpu, lanes, () => runGpu(gpu, x, dC, dims, drop));
+    assertEquals(b, a);
+  }
 });
 
 gpuTest("attention: without the gradient tensors the prefix is treated as frozen", async (gpu) => {
