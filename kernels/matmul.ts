@@ -171,12 +171,12 @@ function dtypesSuffix(t: Dtypes): string {
  *   a 64×64 / 128×128 block of op(A) and op(B) in workgroup memory with vec4 loads along each
  *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers. Same
  *   alignment needs as the vec4 kernels (otherwise `direct4x4`). `tiled_8x4` / `tiled_4x8`:
- *   128×64 / 64×128 blocks, between the two: on the H200 (2026-11-27) the 4×4 tile beat the 8×8,
- *   which does twice the multiply-adds per value it reads from workgroup memory on a quarter as
- *   many blocks. `tiled_<rm>x<rn>w`: the same kernels with the invocations of a 32-wide subgroup
- *   (NVIDIA's warp) placed 8 × 4 over the block instead of 16 × 2, so that a warp's reads of
- *   workgroup memory touch 8 column and 4 row vec4s a step (128 + 64 bytes) instead of 16 and 2
- *   (256 + 32): fewer shared-memory wavefronts for the same multiply-adds. Same sums, same bits.
+ *   128×64 / 64×128 blocks, between the two (on the H200, timed on its clock, 2026-11-28, the
+ *   8×8 family won every form: BENCHMARKS.md). `tiled_<rm>x<rn>w`: the same kernels with the
+ *   invocations of a 32-wide subgroup (NVIDIA's warp) placed 8 × 4 over the block instead of
+ *   16 × 2, so that a warp's reads of workgroup memory touch 8 column and 4 row vec4s a step
+ *   (128 + 64 bytes) instead of 16 and 2 (256 + 32): fewer shared-memory wavefronts for the same
+ *   multiply-adds (within 1-3% of the 16 × 2 forms on the H200). Same sums, same bits.
  *   `tiled_4x4d` / `tiled_8x8d` / `tiled_4x4wd` / `tiled_8x8wd`: those kernels with two
  *   workgroup arrays per operand that slices alternate between (one barrier a slice, not two),
  *   each an array of k rows, so that a read's index into it is the invocation's place alone:
