@@ -225,12 +225,16 @@ ${
   let neg_max = bitcast<f32>(0xff7fffffu);
   var m = neg_max;
   if (live) {
-    for (var j = P + lane; j < T; j += ${LANES}u) {
-      let z = probs[base + j] + (1.0 - mask[mask_base + j - P]) * neg_max;
-      probs[base + j] = z;
+    // Each lane keeps the same elements in every pass (the prefix columns unmasked): what one
+    // lane wrote, no other lane reads, and a barrier need order no storage.
+    for (var j = lane; j < T; j += ${LANES}u) {
+      var z = probs[base + j];
+      if (j >= P) {
+        z += (1.0 - mask[mask_base + j - P]) * neg_max;
+        probs[base + j] = z;
+      }
       m = max(m, z);
     }
-    for (var j = lane; j < P; j += ${LANES}u) { m = max(m, probs[base + j]); }
   }
   let top = row_max(li, lane, m);
   var total = 0.0;
