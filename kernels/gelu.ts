@@ -12,8 +12,10 @@
 //   argument, where the exp builtin is accurate. A single exp(−x²/2) would have an error of
 //   |x²/2| ulps (WGSL's exp allows 3 + 2|arg| ulps, and most GPUs multiply by log2 e first).
 // Measured against a float64 reference the result is within a few 1e-7 relative over [−10, 10]
-// (tests/gelu_test.ts checks 1e-5). Beyond |x| ≈ 13.2, e^(−x²/2) is below float32's normal range
-// and becomes 0: gelu(x) is then x for x > 0 and 0 for x < 0, as in float32 torch.
+// (tests/gelu_test.ts checks 1e-5), and so are gelu and gelu' down to where they leave float32's
+// normal range (x ≈ −13.18 and −13.345; e^(−x²/2) itself leaves it at −13.216, so the factor
+// 2^(−n) is applied last). Beyond |x| = 13.5, e^(−x²/2) is taken as 0: gelu(x) is then x for x > 0
+// and 0 for x < 0, as in float32 torch.
 //
 // f16 storage: any operand may be f16 (the encoder's FFN keeps its GELU input and output in f16
 // under `--precision f16`). The arithmetic is the same f32 code: an f16 operand is widened
@@ -33,10 +35,16 @@ import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } fr
  * computes exactly what the standalone one does.
  */
 export const GELU_WGSL = /* wgsl */ `
-// e^(-x^2/2), relative error a few ulps wherever the result is a normal float32.
-fn exp_neg_half_sq(x: f32) -> f32 {
+// e^(-x^2/2) as m * 2^(-n), m within [0.7, 1.5] and a few ulps of relative error, where |x| <
+// 13.5 (beyond, m = 0: gelu and gelu' are below float32's normals there). Products of m with other
+// factors stay normal until the 2^(-n) applied last: e itself is subnormal past |x| = 13.216,
+// gelu' only past 13.345, and GPUs that flush subnormals to zero (NVIDIA's Vulkan driver) would
+// otherwise return 0 between the two.
+struct HalfSq { m: f32, n: i32 }
+
+fn exp_neg_half_sq_parts(x: f32) -> HalfSq {
   let a = abs(x);
-  if (!(a < 13.25)) { return 0.0; }
+  if (!(a < 13.5)) { return HalfSq(0.0, 0); }
   let ah = floor(a * 64.0) / 64.0;
   let al = a - ah;
   let big = 0.5 * (ah * ah);          // exact: ah has at most 10 significant bits
@@ -44,7 +52,7 @@ fn exp_neg_half_sq(x: f32) -> f32 {
   // Cody-Waite: n * 0.693359375 is exact and so is big minus it.
   let r = (big - n * 0.693359375) - n * -2.12194440e-4;
   let small = 0.5 * al * (a + ah);
-  return ldexp(exp(-(r + small)), -i32(n));
+  return HalfSq(exp(-(r + small)), i32(n));
 }
 
 // erfc(z) * e^(z^2) for z >= 0 (Numerical Recipes' erfcc without its e^(-z^2)).
@@ -61,20 +69,21 @@ const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
 
 // With e = e^(-x^2/2) and h = erfcx(|x|/sqrt 2) / 2, Phi(x) = h * e for x < 0, which keeps its
 // relative accuracy however small it is, and 1 - h * e for x >= 0; phi(x) = e / sqrt(2 pi).
-// For x < 0 neither function forms Phi itself: below x = -13.0 it is subnormal while gelu and
-// gelu' are not, and GPUs that flush subnormals to zero (NVIDIA's Vulkan driver) would return 0
-// (measured on an H200, 2026-11-28). The factor e comes last instead, multiplying normal values.
+// For x < 0 neither function forms Phi (subnormal below x = -13.0 while gelu and gelu' are not:
+// gelu(-13) came out 0 on an H200, 2026-11-28) nor e: the factors multiply m, then 2^(-n) scales
+// the result (exact, and the same bits as a product with e wherever the result is normal).
 fn gelu(x: f32) -> f32 {
-  let e = exp_neg_half_sq(x);
+  let p = exp_neg_half_sq_parts(x);
   let h = 0.5 * erfcx(abs(x) * FRAC_1_SQRT_2);
-  if (x < 0.0) { return (x * h) * e; }
-  return x * (1.0 - h * e);
+  if (x < 0.0) { return ldexp((x * h) * p.m, -p.n); }
+  return x * (1.0 - h * ldexp(p.m, -p.n));
 }
 
 fn gelu_grad(x: f32) -> f32 {
-  let e = exp_neg_half_sq(x);
+  let p = exp_neg_half_sq_parts(x);
   let h = 0.5 * erfcx(abs(x) * FRAC_1_SQRT_2);
-  if (x < 0.0) { return (h + x * FRAC_1_SQRT_2PI) * e; }
+  if (x < 0.0) { return ldexp((h + x * FRAC_1_SQRT_2PI) * p.m, -p.n); }
+  let e = ldexp(p.m, -p.n);
   return (1.0 - h * e) + x * (e * FRAC_1_SQRT_2PI);
 }
 `;
