@@ -743,6 +743,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 }
 
+/** Bytes of workgroup memory a tiled kernel declares (the arrays of `tiledWgsl`). */
+function tiledWorkgroupBytes(
+  { rm, rn, bk, double = false, kmajor = false }: TiledSpec,
+  transA: boolean,
+): number {
+  const vec4s = (size: number, rows: boolean) => rows ? size * (bk / 4) : (size / 4 + 1) * bk;
+  const perBuffer = vec4s(16 * rm, kmajor && double && !transA) + vec4s(16 * rn, false);
+  return 16 * perBuffer * (double ? 2 : 1);
+}
+
+/**
+ * The variants a device can run whatever the transposes: those whose workgroup memory fits its
+ * limit (the autotune's candidates are filtered by it).
+ */
+export function variantFits(gpu: Gpu, v: MatmulVariant): boolean {
+  const spec = VARIANTS[untransposedKernel(v) ?? (v as KernelVariant)];
+  if (spec.kind !== "tiled") return true;
+  const most = Math.max(tiledWorkgroupBytes(spec, false), tiledWorkgroupBytes(spec, true));
+  return most <= gpu.limits.maxComputeWorkgroupStorageSize;
+}
+
 /**
  * Block-tiled kernel for GPUs: a 16×16 workgroup computes a (16·rm)×(16·rn) block of C. Each
  * step stages a bk-deep slice of op(A)'s rows and op(B)'s columns of the block in workgroup
@@ -1319,6 +1340,16 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   } else if (spec.kind === "tiled") {
     gx = Math.ceil(n / (16 * spec.rn));
     gy = Math.ceil(m / (16 * spec.rm));
+    // Some variants need more than WebGPU's guaranteed 16 KiB (the device asks for the adapter's
+    // most), and wgpu passes an oversized kernel to the driver unchecked.
+    const bytes = tiledWorkgroupBytes(spec, transA);
+    if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+      fail(
+        op,
+        `variant ${variant} needs ${bytes} bytes of workgroup memory, more than this device's ` +
+          `${gpu.limits.maxComputeWorkgroupStorageSize}`,
+      );
+    }
     const code = tiledSource(spec, transA, transB, epilogue, dtypes, sliced);
     pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
   } else {

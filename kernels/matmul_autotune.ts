@@ -35,6 +35,7 @@ import {
   NN_COPY,
   setMatmulTuner,
   untransposedKernel,
+  variantFits,
 } from "./matmul.ts";
 import { gpuClockByDefault, Recorder } from "./recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "./tensor.ts";
@@ -658,7 +659,7 @@ async function tuneWithLockHeld(
         gpu,
         cls,
         shape,
-        options.candidates ?? defaultCandidates(onCpu),
+        options.candidates ?? defaultCandidates(onCpu).filter((v) => variantFits(gpu, v)),
         options.budgetMs ?? 100,
         options.rounds ?? 2,
         options.margin ?? 0.05,

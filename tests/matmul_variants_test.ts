@@ -6,13 +6,19 @@
 // multiply-add where the others round twice, another summation order, another epilogue) fails
 // here. The tune also refuses such a variant at run time, on any adapter.
 
-import { assert, assertEquals } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
-import type { Gpu } from "../kernels/device.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { matmul, MATMUL_VARIANTS, type MatmulArgs, untransposedKernel } from "../kernels/matmul.ts";
-import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
+import {
+  matmul,
+  MATMUL_VARIANTS,
+  type MatmulArgs,
+  untransposedKernel,
+  variantFits,
+} from "../kernels/matmul.ts";
+import { defaultCandidates, matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
@@ -205,3 +211,38 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
     for (const x of [a, b, c]) x.destroy();
   }
 });
+
+gpuTest(
+  "matmul variants: one needing more workgroup memory than the device has is refused by name, " +
+    "and the autotune does not time it",
+  (gpu) => {
+    // WebGPU guarantees 16 KiB; the two-buffer tiled kernels need 16.5-25 KiB.
+    const small = withLimits(gpu, { maxComputeWorkgroupStorageSize: 16384 });
+    for (const v of ["tiled_8x4dk", "tiled_4x4d", "nn_tiled_8x8dk", "tiled_8x8wd"] as const) {
+      assert(!variantFits(small, v), v);
+      assert(
+        variantFits(gpu, v),
+        `${v} fits this adapter's ${gpu.limits.maxComputeWorkgroupStorageSize}`,
+      );
+    }
+    for (const v of ["tiled_8x8", "nn_tiled_4x4w", "vec4_8x8", "tile64"] as const) {
+      assert(variantFits(small, v), v);
+    }
+    const kept = defaultCandidates(false).filter((v) => variantFits(small, v));
+    assert(kept.includes("tiled_8x8") && !kept.some((v) => /^(nn_)?tiled_[0-9x]+w?dk?$/.test(v)));
+    const [m, n, k] = [132, 100, 260];
+    const t = (count: number, label: string) => createTensor(gpu, [count], "f32", label);
+    const a = t(m * k, "A"), b = t(k * n, "B"), c = t(m * n, "C");
+    try {
+      const rec = new Recorder(small);
+      assertThrows(
+        () => matmul(rec, { a, b, c, m, n, k, variant: "tiled_8x4dk" }),
+        GpuError,
+        "variant tiled_8x4dk needs 25088 bytes of workgroup memory, more than this device's 16384",
+      );
+      assertEquals(rec.length, 0);
+    } finally {
+      for (const x of [a, b, c]) x.destroy();
+    }
+  },
+);
