@@ -55,8 +55,8 @@ export interface TimingOptions {
   minTimedS?: number;
   /** Upper bound on R. Default 256. */
   maxPerSubmit?: number;
-  /** Warm-up submits go on until they have taken this long (seconds of the host's clock, R
-   * chosen). Default 0. */
+  /** After the warm-up submits that choose R, more go on for this long (seconds of the host's
+   * clock). Default 0. */
   warmupS?: number;
   /**
    * timeOp only: time the GPU's own span of each submit with timestamp queries. By default where
@@ -87,7 +87,6 @@ export async function measure(
   const minTimedS = options.minTimedS ?? 3;
   const maxR = options.maxPerSubmit ?? 256;
 
-  const started = performance.now();
   let r = 1;
   let t = await batch(r);
   let warmups = 1;
@@ -104,7 +103,8 @@ export async function measure(
   }
   const least = Math.min(3, Math.max(1, Math.floor(minTimedS / t)));
   const timed = Math.max(1, Math.min(reps, Math.max(least, Math.floor(budget / t))));
-  for (const end = started + (options.warmupS ?? 0) * 1000; performance.now() < end; warmups++) {
+  const warmEnd = performance.now() + (options.warmupS ?? 0) * 1000;
+  for (; performance.now() < warmEnd; warmups++) {
     await batch(r);
   }
   const times: number[] = [];
@@ -155,11 +155,12 @@ export async function timeOp(
   record(probe);
   const maxR = Math.floor(TIMED_DISPATCHES / Math.max(1, probe.length));
   if (maxR < 1) return timeOp(gpu, record, reps, { ...options, gpuClock: false });
-  // A GPU idle for a while (compiling, tuning) runs its first second or so slowly: on the H200
+  // A GPU idle for a while (compiling, tuning) runs its first seconds slowly: on the H200
   // (2026-11-28) the first five GEMM rows after the autotune's 25 s gave 11.7-24.0 TFLOP/s, the
-  // same products 29-33 TFLOP/s in f16 right after and in the variants' process. The first op a
-  // process times on the GPU's clock is warmed up for a second first.
-  const warmupS = options.warmupS ?? (warmedUp.has(gpu) ? 0 : 1);
+  // same products 29-33 TFLOP/s in f16 right after and in the variants' process; with a second of
+  // warm-up the first three still gave 22.5-29.7 against 33.0-35.0 in f16 later in the same
+  // process. The first op a process times on the GPU's clock is warmed up for 3 s first.
+  const warmupS = options.warmupS ?? (warmedUp.has(gpu) ? 0 : 3);
   warmedUp.add(gpu);
   const timing = await measure(
     async (r) => {

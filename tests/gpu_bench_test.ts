@@ -22,7 +22,7 @@ import {
   type Row,
   stepTable,
 } from "../bench/gpu_table.ts";
-import { timeOp } from "../bench/timing.ts";
+import { measure, timeOp } from "../bench/timing.ts";
 import { fill } from "../kernels/fill.ts";
 import { profileDispatches, Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
@@ -229,6 +229,7 @@ gpuTest("bench timing: timeOp on the GPU's clock times the submits' GPU spans", 
   try {
     const timing = await timeOp(gpu, (rec) => fill(rec, t, 1.5), 3, {
       gpuClock: true,
+      warmupS: 0, // not the first op's 3 s (the test below)
       submitTargetS: 0.005,
       budgetS: 0.05,
       minTimedS: 0.05,
@@ -248,6 +249,29 @@ gpuTest("bench timing: timeOp on the GPU's clock times the submits' GPU spans", 
     profileDispatches(gpu, false);
     t.destroy();
   }
+});
+
+Deno.test("bench timing: warmupS keeps warming up, after R is chosen, for that long", async () => {
+  let calls = 0;
+  // Each submit "takes" 10 ms of host time and reports 1 ms per op.
+  const batch = async (r: number) => {
+    calls++;
+    await new Promise((done) => setTimeout(done, 10));
+    return 0.001 * r;
+  };
+  const plain = await measure(batch, 1, { submitTargetS: 0.001, budgetS: 0.001, minTimedS: 0 });
+  const plainCalls = calls;
+  calls = 0;
+  const started = performance.now();
+  const warm = await measure(batch, 1, {
+    submitTargetS: 0.001,
+    budgetS: 0.001,
+    minTimedS: 0,
+    warmupS: 0.2,
+  });
+  assert(performance.now() - started >= 200, "the warm-up lasted its 0.2 s");
+  assert(warm.warmups >= plain.warmups + 5, `warm-ups ${warm.warmups} against ${plain.warmups}`);
+  assertEquals(calls - warm.warmups, plainCalls - plain.warmups); // the same timed submits
 });
 
 Deno.test("gpu bench: a step's host share and its back-to-back time as a note", () => {
@@ -277,6 +301,7 @@ gpuTest("bench timing: no submit times more dispatches than a query set holds", 
     };
     const timing = await timeOp(gpu, many, 2, {
       gpuClock: true,
+      warmupS: 0,
       submitTargetS: 10,
       budgetS: 0.05,
       minTimedS: 0.05,
