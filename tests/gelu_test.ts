@@ -160,6 +160,14 @@ gpuTest(
   },
 );
 
+gpuTest("gelu: tiny and moderate negative inputs keep 1e-5 relative accuracy", async (gpu) => {
+  // The far tail scales by 2^(−n) in two steps; small |x| (n = 0) must not go through them.
+  const xs = Float32Array.from([-1e-30, -3e-20, -1e-7, -0.01, -0.5, -1, -3, -7, -9.4, -9.6]);
+  const { out, dX } = await runUnary(gpu, GELU, xs, new Float32Array(xs.length).fill(1));
+  assertRelative("gelu", xs, out, Array.from(xs, refGelu), 1e-5, () => false);
+  assertRelative("gelu'", xs, dX, Array.from(xs, refGeluGrad), 1e-5, () => false);
+});
+
 gpuTest("gelu: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
   // 1037 elements are 5 workgroups of 256: a 3 x 2 grid, one workgroup past the end.
   const n = 1037;
