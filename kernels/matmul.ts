@@ -758,10 +758,14 @@ function tiledWorkgroupBytes(
  * limit (the autotune's candidates are filtered by it).
  */
 export function variantFits(gpu: Gpu, v: MatmulVariant): boolean {
+  return workgroupBytes(v) <= gpu.limits.maxComputeWorkgroupStorageSize;
+}
+
+/** The most workgroup memory a tiled variant's kernel declares, either transpose (else 0). */
+function workgroupBytes(v: MatmulVariant): number {
   const spec = VARIANTS[untransposedKernel(v) ?? (v as KernelVariant)];
-  if (spec.kind !== "tiled") return true;
-  const most = Math.max(tiledWorkgroupBytes(spec, false), tiledWorkgroupBytes(spec, true));
-  return most <= gpu.limits.maxComputeWorkgroupStorageSize;
+  if (spec.kind !== "tiled") return 0;
+  return Math.max(tiledWorkgroupBytes(spec, false), tiledWorkgroupBytes(spec, true));
 }
 
 /**
@@ -1238,6 +1242,15 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
 
   const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
     chooseVariant(m, n, transA);
+  // An nn_ variant's kernel is checked before its copies are recorded (the kernel's own check
+  // below comes after them), so that a refusal leaves the Recorder as it was.
+  if (untransposedKernel(asked) && !variantFits(rec.gpu, asked)) {
+    fail(
+      op,
+      `variant ${asked} needs up to ${workgroupBytes(asked)} bytes of workgroup memory, more ` +
+        `than this device's ${rec.gpu.limits.maxComputeWorkgroupStorageSize}`,
+    );
+  }
   // A weight gradient over many tokens: its k-slices in one batched launch, then their sum in
   // order (kernels/matmul_split.ts).
   const split = args.epilogue || c.dtype !== "f32"

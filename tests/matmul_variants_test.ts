@@ -240,6 +240,12 @@ gpuTest(
         GpuError,
         "variant tiled_8x4dk needs 25088 bytes of workgroup memory, more than this device's 16384",
       );
+      // An nn_ variant is refused before its copies are recorded.
+      assertThrows(
+        () => matmul(rec, { a, b, c, m, n, k, transB: true, variant: "nn_tiled_8x8dk" }),
+        GpuError,
+        "variant nn_tiled_8x8dk needs up to 16896 bytes of workgroup memory",
+      );
       assertEquals(rec.length, 0);
     } finally {
       for (const x of [a, b, c]) x.destroy();
