@@ -67,20 +67,20 @@ fn erfcx(z: f32) -> f32 {
 const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
 const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
 
-// With e = e^(-x^2/2) and h = erfcx(|x|/sqrt 2) / 2, Phi(x) = h * e for x < 0, which keeps its
-// relative accuracy however small it is, and 1 - h * e for x >= 0; phi(x) = e / sqrt(2 pi).
-// For x < 0 neither function forms Phi (subnormal below x = -13.0 while gelu and gelu' are not:
-// gelu(-13) came out 0 on an H200, 2026-11-28) nor e: the factors multiply m, then 2^(-n) scales
-// the result (exact, and the same bits as a product with e wherever the result is normal).
 // v * 2^(-n), exact wherever the result is normal: WGSL allows ldexp to return 0 once its
 // exponent is below -126, even for a normal result (n is 127-128 for x in [-13.36, -13.25]), so a
-// large n goes in two steps (v is then about 0.3-6: v * 2^-64 is normal). A small n goes in one,
+// large n goes in two steps (v is then about 0.2-9: v * 2^-64 is normal). A small n goes in one,
 // which keeps tiny v (gelu(-1e-30)) from underflowing in a first step.
 fn scale_down(v: f32, n: i32) -> f32 {
   if (n > 64) { return ldexp(ldexp(v, -64), 64 - n); }
   return ldexp(v, -n);
 }
 
+// With e = e^(-x^2/2) and h = erfcx(|x|/sqrt 2) / 2, Phi(x) = h * e for x < 0, which keeps its
+// relative accuracy however small it is, and 1 - h * e for x >= 0; phi(x) = e / sqrt(2 pi).
+// For x < 0 neither function forms Phi (subnormal below x = -13.0 while gelu and gelu' are not:
+// gelu(-13) came out 0 on an H200, 2026-11-28) nor e: the factors multiply m, then 2^(-n) scales
+// the result (exact, and the same bits as a product with e wherever the result is normal).
 fn gelu(x: f32) -> f32 {
   let p = exp_neg_half_sq_parts(x);
   let h = 0.5 * erfcx(abs(x) * FRAC_1_SQRT_2);
