@@ -14,10 +14,11 @@
 // The products go through the register-tiled GEMM (kernels/matmul.ts), one batched launch per
 // product over (batch, head) with the strides of the [B, S, H·D] layout, and the row-wise steps
 // (mask, softmax, dropout; the softmax backward) are one light kernel each, one invocation per
-// score row. On a CPU adapter this is several times faster than the earlier one-kernel form
-// (each workgroup one block of query rows, a workgroup reduction per row), which left the
-// arithmetic of the products to scalar loops. The price is one [B, H, S, T] workspace besides
-// `probs` (the dropped probabilities in the forward; P̃, then dP, then dS in the backward).
+// score row on a CPU adapter, 32 on a GPU (below). On a CPU adapter this is several times faster
+// than the earlier one-kernel form (each workgroup one block of query rows, a workgroup reduction
+// per row), which left the arithmetic of the products to scalar loops. The price is one
+// [B, H, S, T] workspace besides `probs` (the dropped probabilities in the forward; P̃, then dP,
+// then dS in the backward).
 //
 // Forward: scores = scale·q·kᵀ into `probs` (prefix columns first), softmax in place (saved
 // pre-dropout for the backward) with P̃ = P ⊙ dropout into the workspace, context = P̃·v.
