@@ -743,13 +743,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 `;
 }
 
+/** Whether a tiled kernel stages A as it is stored, rows of k (`kmajor`, A not transposed). */
+function stagesRowsOfA(spec: TiledSpec, transA: boolean): boolean {
+  return (spec.kmajor ?? false) && (spec.double ?? false) && !transA;
+}
+
 /** Bytes of workgroup memory a tiled kernel declares (the arrays of `tiledWgsl`). */
-function tiledWorkgroupBytes(
-  { rm, rn, bk, double = false, kmajor = false }: TiledSpec,
-  transA: boolean,
-): number {
+function tiledWorkgroupBytes(spec: TiledSpec, transA: boolean): number {
+  const { rm, rn, bk, double = false } = spec;
   const vec4s = (size: number, rows: boolean) => rows ? size * (bk / 4) : (size / 4 + 1) * bk;
-  const perBuffer = vec4s(16 * rm, kmajor && double && !transA) + vec4s(16 * rn, false);
+  const perBuffer = vec4s(16 * rm, stagesRowsOfA(spec, transA)) + vec4s(16 * rn, false);
   return 16 * perBuffer * (double ? 2 : 1);
 }
 
@@ -781,13 +784,14 @@ function workgroupBytes(v: MatmulVariant): number {
  * columns past the edge are loaded clamped and never stored, k past the end is zero.
  */
 function tiledWgsl(
-  { rm, rn, bk, warp = false, double = false, kmajor = false }: TiledSpec,
+  spec: TiledSpec,
   transA: boolean,
   transB: boolean,
   epilogue: EpilogueKind,
   t = ALL_F32,
   sliced = false,
 ): string {
+  const { rm, rn, bk, warp = false, double = false, kmajor = false } = spec;
   const W = 16;
   const threads = W * W;
   // The invocation's place in the block: its local id, or (warp) 8 × 4 per 32 invocations.
@@ -880,7 +884,7 @@ function tiledWgsl(
     ).join("\n");
     return { pitch, decl: decl.join("\n  "), load, store, arrays };
   };
-  const aRows = kmajor && double && !transA;
+  const aRows = stagesRowsOfA(spec, transA);
   const opA = operand("A", bm, !transA, aRows);
   const opB = operand("B", bn, transB);
   const groups = range(rm / 4), cgs = range(rn / 4);

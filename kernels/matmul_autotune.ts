@@ -33,6 +33,7 @@ import {
   matmulLauncherSources,
   type MatmulVariant,
   NN_COPY,
+  NN_KERNELS,
   setMatmulTuner,
   untransposedKernel,
   variantFits,
@@ -204,24 +205,9 @@ const DEFAULT_SHAPES: TuneShape[] = [
  * variant: it would run its kernel as is.
  */
 export function defaultCandidates(onCpu: boolean): MatmulVariant[] {
-  const vec4: MatmulVariant[] = ["vec4_4x4", "vec4_8x8", "vec4_8x16", "vec4_16x8"];
-  if (onCpu) return vec4;
-  const tiled = ["tiled_4x4", "tiled_8x4", "tiled_4x8", "tiled_8x8"] as const;
-  const double = [
-    "tiled_4x4d",
-    "tiled_8x8d",
-    "tiled_4x4wd",
-    "tiled_8x8wd",
-    "tiled_8x8dk",
-    "tiled_8x4dk",
-    "tiled_4x8dk",
-  ] as const;
-  const kernels: MatmulVariant[] = [
-    ...vec4,
-    ...tiled,
-    ...tiled.map((v) => `${v}w` as const),
-    ...double,
-  ];
+  // The kernels an nn_ variant may run: the four vec4 ones and every tiled one.
+  const kernels: MatmulVariant[] = [...NN_KERNELS];
+  if (onCpu) return kernels.filter((v) => v.startsWith("vec4"));
   return [...kernels, ...kernels.map((v) => `nn_${v}` as MatmulVariant)];
 }
 
