@@ -88,8 +88,9 @@ await runTraining(config, { task: rte, quiet: true, onStageStart: async ({ index
   return script;
 }
 
-/** Runs a script of writeSignalScript's with `args`: its exit code and stderr lines. */
-async function runSignalScript(
+/** Runs a Deno script (train.ts, or one of writeSignalScript's) with `args`: its exit code and
+ * stderr lines. */
+async function runScript(
   script: string,
   args: string[],
 ): Promise<{ code: number; lines: string[] }> {
@@ -212,13 +213,8 @@ Deno.test({
 
       // A folder holding a run is refused without --resume or --overwrite.
       await assertRejects(() => run(killed), Error, "already holds a run");
-      const refused = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", TRAIN_TS, ...args],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      const stderr = new TextDecoder().decode(refused.stderr).trim();
+      const refused = await runScript(TRAIN_TS, args);
+      const stderr = refused.lines.join("\n");
       assertEquals(refused.code, 2);
       assert(stderr.startsWith(`train: ${killed} already holds a run`), stderr);
       assert(!stderr.includes("\n"), stderr);
@@ -394,7 +390,7 @@ Deno.test({
           ...["--batch-size", "8", ...c.flags],
         ];
         const script_ = (...more: string[]) =>
-          runSignalScript(script, [...common, "--out", out, ...more]);
+          runScript(script, [...common, "--out", out, ...more]);
         const stopped = await script_();
         assertEquals(stopped.code, 143, `${c.name}: ${stopped.lines.join(" | ")}`);
         assert(
@@ -433,7 +429,7 @@ Deno.test({
     await withTinyRun("ehft-train-sigterm-soon-", [], async (dir, out) => {
       // Sent as the first step starts; not waited for.
       const script = await writeSignalScript(dir, `Deno.kill(Deno.pid, "SIGTERM");`);
-      const { code, lines } = await runSignalScript(script, [
+      const { code, lines } = await runScript(script, [
         ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
         ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
         ...["--max-steps", "30", "--eval-every", "0", "--checkpoint-every", "0", "--out", out],
