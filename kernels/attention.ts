@@ -166,34 +166,29 @@ const LANES = 32;
 const LANE_ROWS = 8; // rows per workgroup: 256 invocations
 
 function laneMain(body: string): string {
-  // The tree: after the step of width w, lane l < w holds the reduction of lanes l, l + w, ….
-  const tree = (op: (a: string, b: string) => string) =>
+  // One reduction over a row's lanes, in a tree: after the step of width w, lane l < w holds the
+  // reduction of lanes l, l + w, ….
+  const reduction = (name: string, op: (a: string, b: string) => string) => /* wgsl */ `
+fn ${name}(li: u32, lane: u32, v: f32) -> f32 {
+  red[li] = v;
+  workgroupBarrier();
+  ${
     [16, 8, 4, 2, 1].map((w) =>
       `if (lane < ${w}u) { red[li] = ${op("red[li]", `red[li + ${w}u]`)}; }\n  workgroupBarrier();`
-    ).join("\n  ");
+    ).join("\n  ")
+  }
+  let out = red[li - lane];
+  workgroupBarrier();
+  return out;
+}
+`;
   return /* wgsl */ `
 var<workgroup> red: array<f32, ${LANES * LANE_ROWS}>;
 
 // Each lane's value reduced over its row's lanes; every lane of the row gets the result. Called
-// by every invocation (the barriers), live row or not.
-fn row_max(li: u32, lane: u32, v: f32) -> f32 {
-  red[li] = v;
-  workgroupBarrier();
-  ${tree((a, b) => `max(${a}, ${b})`)}
-  let out = red[li - lane];
-  workgroupBarrier();
-  return out;
-}
-
-fn row_sum(li: u32, lane: u32, v: f32) -> f32 {
-  red[li] = v;
-  workgroupBarrier();
-  ${tree((a, b) => `${a} + ${b}`)}
-  let out = red[li - lane];
-  workgroupBarrier();
-  return out;
-}
-
+// by every invocation (the barriers), live row or not.${
+    reduction("row_max", (a, b) => `max(${a}, ${b})`)
+  }${reduction("row_sum", (a, b) => `${a} + ${b}`)}
 fn drop_at(index: u32) -> f32 {
   var state = new_drop_state();
   return drop_factor(&state, index);
