@@ -16,8 +16,9 @@
 // The forward saves x̂ = (x − mean)·rstd and rstd rather than x and the mean: the backward needs
 // nothing else (dX = rstd·(g − mean(g) − x̂·mean(g·x̂)), g = dOut·gamma; dGamma = Σ dOut·x̂), x̂
 // is exactly the value the forward normalised with, and x itself never has to be stored. The
-// forward keeps the row's sum in `out` between its passes (each invocation reads back only the
-// elements it wrote), so it needs no scratch of its own.
+// forward keeps the row's sum in `out` between its passes (without dropout each invocation reads
+// back only the elements it wrote; with it, the sum is written in quads, see elementPass, and read
+// back after a storage barrier), so it needs no scratch of its own.
 
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
@@ -26,11 +27,39 @@ import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
-/** WGSL giving `d`, element i of dropout(`value`) (or `value` itself without dropout). */
+/** WGSL giving element i of dropout(`value`) (or `value` itself without dropout). */
 function dropped(dropout: boolean, value: string): string {
   return dropout
-    ? `select(0.0, ${value} * params.scale, dropout_keep(params.seed, params.stream, i, params.p))`
+    ? `select(0.0, ${value} * params.scale, ` +
+      `dropout_keep_cached(&state, params.seed, params.stream, i, params.p))`
     : value;
+}
+
+/**
+ * A pass over the row's elements j, i = base + j, in which `body` may draw the dropout mask
+ * (`dropped`): with dropout, lane l takes the quads 4l … 4l + 3, 4(l + t) …, so that it computes
+ * one Philox block (kernels/dropout.ts) per four elements instead of one per element (Philox's
+ * 32-bit multiplies, split into 16-bit halves, made the mask most of these kernels' time on the
+ * H200, 2026-11-28); without, the strided order of the row sums. Only for passes whose elements
+ * are computed each on its own: the row sums keep the strided order, so results are bitwise those
+ * of one order throughout.
+ */
+function elementPass(t: number, dropout: boolean, body: string): string {
+  if (!dropout) {
+    return `for (var j = lane; j < n; j += ${t}u) {
+    let i = base + j;
+    ${body}
+  }`;
+  }
+  return `{
+    var state = dropout_block_none();
+    for (var q = lane * 4u; q < n; q += ${4 * t}u) {
+      for (var j = q; j < min(q + 4u, n); j++) {
+        let i = base + j;
+        ${body}
+      }
+    }
+  }`;
 }
 
 const forwardWgsl = (t: number, dropout: boolean, save: boolean) =>
@@ -55,12 +84,19 @@ ${rowSumWgsl("f32", t, 0)}
 ${rowSumWgsl("vec2f", t, 1)}`,
     /* wgsl */ `
   var s = 0.0;
-  for (var j = lane; j < n; j += ${t}u) {
+  ${
+      dropout
+        ? `// The sum in quads (elementPass), then its row sums in the strided order: other lanes'.
+  ${elementPass(t, true, `out[i] = ${dropped(true, "dense[i]")} + residual[i];`)}
+  storageBarrier();
+  for (var j = lane; j < n; j += ${t}u) { s += out[base + j]; }`
+        : `for (var j = lane; j < n; j += ${t}u) {
     let i = base + j;
-    let x = ${dropped(dropout, "dense[i]")} + residual[i];
+    let x = dense[i] + residual[i];
     out[i] = x;
     s += x;
-  }
+  }`
+    }
   let m1 = row_sum_0(lid, s) * inv_h;
   var q = vec2f(0.0);
   for (var j = lane; j < n; j += ${t}u) {
@@ -112,19 +148,22 @@ ${rowSumWgsl("vec2f", t, 0)}`,
     s += vec2f(g, g * xhat[base + j]);
   }
   let sums = row_sum_0(lid, s) * inv_h;
-  for (var j = lane; j < n; j += ${t}u) {
-    let i = base + j;
-    // One feature: exactly 0 (see layernorm.ts), not FMA contraction's rounding error × rstd.
+  ${
+      elementPass(
+        t,
+        dropout && withDense,
+        `// One feature: exactly 0 (see layernorm.ts), not FMA contraction's rounding error × rstd.
     let dx = select(rs * (dOut[i] * gamma[j] - sums.x - xhat[i] * sums.y), 0.0, params.h == 1u);
     ${
-      withResidual
-        ? `var r = dx;
+          withResidual
+            ? `var r = dx;
     if (params.accumulate != 0u) { r += dResidual[i]; }
     dResidual[i] = r;`
-        : ""
-    }
-    ${withDense ? `dDense[i] = ${dropped(dropout, "dx")};` : ""}
-  }`,
+            : ""
+        }
+    ${withDense ? `dDense[i] = ${dropped(dropout, "dx")};` : ""}`,
+      )
+    }`,
   );
 };
 

@@ -165,6 +165,20 @@ ${
 const LANES = 32;
 const LANE_ROWS = 8; // rows per workgroup: 256 invocations
 
+// The passes that draw the dropout mask walk the row in quads instead: lane l takes elements
+// 4l … 4l + 3, then 4l + 128 …, so that a lane's four neighbours share one Philox block
+// (kernels/dropout.ts) and it computes one block per four elements, not one per element. Philox
+// is 10 rounds of 32-bit multiplies split into 16-bit halves: per element it cost about 0.15 ms
+// of each of the three 0.15-0.18 ms row kernels a layer on the H200 (2026-11-28). The quad
+// passes compute each element on its own (no sum runs across them), so the results are bitwise
+// those of the strided passes; a pass that reads what a quad pass wrote, or the reverse, waits
+// for it at a storage barrier.
+function quads(body: string): string {
+  return /* wgsl */ `for (var q = lane * 4u; q < T; q += ${4 * LANES}u) {
+      for (var j = q; j < min(q + 4u, T); j++) { ${body} }
+    }`;
+}
+
 function laneMain(body: string): string {
   // One reduction over a row's lanes, in a tree: after the step of width w, lane l < w holds the
   // reduction of lanes l, l + w, ….
@@ -189,10 +203,6 @@ var<workgroup> red: array<f32, ${LANES * LANE_ROWS}>;
 // by every invocation (the barriers), live row or not.${
     reduction("row_max", (a, b) => `max(${a}, ${b})`)
   }${reduction("row_sum", (a, b) => `${a} + ${b}`)}
-fn drop_at(index: u32) -> f32 {
-  var state = new_drop_state();
-  return drop_factor(&state, index);
-}
 
 @compute @workgroup_size(${LANES * LANE_ROWS})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -221,8 +231,8 @@ ${
   let neg_max = bitcast<f32>(0xff7fffffu);
   var m = neg_max;
   if (live) {
-    // Each lane keeps the same elements in every pass (the prefix columns unmasked): what one
-    // lane wrote, no other lane reads, and a barrier need order no storage.
+    // Each lane keeps the same elements in every strided pass (the prefix columns unmasked):
+    // what one lane wrote, no other lane reads, and a barrier need order no storage.
     for (var j = lane; j < T; j += ${LANES}u) {
       var z = probs[base + j];
       if (j >= P) {
@@ -243,11 +253,20 @@ ${
     }
   }
   let sum = row_sum(li, lane, total);
-  if (live) {
+  if (params.dropout != 0u) {
+    // With dropout, the last pass walks quads (see quads()), reading what other lanes wrote.
+    storageBarrier();
+    if (live) {
+      var state = new_drop_state();
+      ${
+    quads(`let p = probs[base + j] / sum;
+        probs[base + j] = p;
+        dropped[base + j] = p * drop_factor(&state, base + j);`)
+  }
+    }
+  } else if (live) {
     for (var j = lane; j < T; j += ${LANES}u) {
-      let p = probs[base + j] / sum;
-      probs[base + j] = p;
-      if (params.dropout != 0u) { dropped[base + j] = p * drop_at(base + j); }
+      probs[base + j] = probs[base + j] / sum;
     }
   }`)
 }`;
@@ -260,7 +279,8 @@ ${ROW_COMMON_WGSL}
 ${
   laneMain(/* wgsl */ `
   if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) { work[base + j] = probs[base + j] * drop_at(base + j); }
+    var state = new_drop_state();
+    ${quads("work[base + j] = probs[base + j] * drop_factor(&state, base + j);")}
   }`)
 }`;
 
@@ -271,13 +291,17 @@ const SOFTMAX_BACKWARD_LANES_WGSL = /* wgsl */ `
 ${ROW_COMMON_WGSL}
 ${
   laneMain(/* wgsl */ `
+  if (params.dropout != 0u) {
+    // dP = dP̃ ⊙ dropout in the quad order (see quads()), then read back by other lanes.
+    if (live) {
+      var state = new_drop_state();
+      ${quads("work[base + j] = work[base + j] * drop_factor(&state, base + j);")}
+    }
+    storageBarrier();
+  }
   var dot = 0.0;
   if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) {
-      let dp = work[base + j] * drop_at(base + j);
-      work[base + j] = dp;
-      dot += probs[base + j] * dp;
-    }
+    for (var j = lane; j < T; j += ${LANES}u) { dot += probs[base + j] * work[base + j]; }
   }
   let total = row_sum(li, lane, dot);
   if (live) {

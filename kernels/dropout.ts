@@ -20,7 +20,8 @@ import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
  * WGSL defining `philox4x32_10(ctr: vec4u, key: vec2u) -> vec4u`,
  * `dropout_bits(seed, stream, index) -> u32`, `dropout_uniform(seed, stream, index) -> f32`
  * (a multiple of 2^-24 in [0, 1)) and `dropout_keep(seed, stream, index, p) -> bool`
- * (`dropout_uniform(...) >= p`). Paste it into any kernel that drops elements.
+ * (`dropout_uniform(...) >= p`), and `dropout_keep_cached(state, seed, stream, index, p)` for
+ * consecutive indices (one Philox block per four). Paste it into any kernel that drops elements.
  */
 export const DROPOUT_WGSL = /* wgsl */ `
 fn philox_mulhilo(a: u32, b: u32) -> vec2u {
@@ -60,6 +61,26 @@ fn dropout_uniform(seed: u32, stream: u32, index: u32) -> f32 {
 
 fn dropout_keep(seed: u32, stream: u32, index: u32, p: f32) -> bool {
   return dropout_uniform(seed, stream, index) >= p;
+}
+
+// dropout_keep for an invocation that walks consecutive indices: the Philox block of the last
+// index is kept in \`state\` (start from dropout_block_none()), so that the four indices of a
+// block cost one block, not four. The same masks as dropout_keep.
+struct DropoutBlock { block: u32, bits: vec4u }
+
+fn dropout_block_none() -> DropoutBlock {
+  return DropoutBlock(0xffffffffu, vec4u(0u));
+}
+
+fn dropout_keep_cached(
+  state: ptr<function, DropoutBlock>, seed: u32, stream: u32, index: u32, p: f32,
+) -> bool {
+  let block = index >> 2u;
+  if (block != (*state).block) {
+    (*state).block = block;
+    (*state).bits = philox4x32_10(vec4u(block, 0u, 0u, 0u), vec2u(seed, stream));
+  }
+  return f32((*state).bits[index & 3u] >> 8u) * (1.0 / 16777216.0) >= p;
 }
 `;
 
