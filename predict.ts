@@ -228,6 +228,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
         headWidth: headShape.hidden,
         headClasses: headShape.classes,
         backward: false,
+        attention: { sequences: maxBatch, seq: maxSeq },
       });
       await autotuneForProgram(gpu, options.autotune, shapes);
     }

@@ -1065,6 +1065,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
       headWidth: config.hiddenSize,
       headClasses: config.vocabSize,
       backward: true,
+      attention: { sequences: Math.ceil(batchSize / gradAccum), seq: maxLength },
     }),
     { info: f.quiet ? () => {} : undefined },
   ).catch(undoing);

@@ -287,6 +287,7 @@ function tuneShapes(options: Options): TuneShape[] {
       headWidth: HEAD_WIDTH,
       headClasses: 1,
       backward: true,
+      attention: { sequences: s.batch, seq: s.seq },
     }));
   }
   return shapes;

@@ -1092,6 +1092,8 @@ export type MatmulTuner = (
   k: number,
   transA: boolean,
   transB: boolean,
+  /** Products in the call (both batch levels together). */
+  count: number,
 ) => MatmulVariant | undefined;
 const tuners = new WeakMap<Gpu, MatmulTuner>();
 
@@ -1108,8 +1110,9 @@ function tunedVariant(
   k: number,
   transA: boolean,
   transB: boolean,
+  count: number,
 ): MatmulVariant | undefined {
-  return tuners.get(gpu)?.(m, n, k, transA, transB);
+  return tuners.get(gpu)?.(m, n, k, transA, transB, count);
 }
 
 function fail(op: string, message: string): never {
@@ -1244,7 +1247,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
 
-  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB) ??
+  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB, count) ??
     chooseVariant(m, n, transA);
   // An nn_ variant's kernel is checked before its copies are recorded (the kernel's own check
   // below comes after them), so that a refusal leaves the Recorder as it was.

@@ -49,6 +49,11 @@ export interface TuneShape {
   k: number;
   transA?: boolean;
   transB?: boolean;
+  /**
+   * Products of this shape in one batched call (attention's per-head products); default 1. A
+   * batched call is a class of its own (see `matmulShapeClass`).
+   */
+  count?: number;
 }
 
 export interface AutotuneOptions {
@@ -68,6 +73,8 @@ export interface AutotuneOptions {
   margin?: number;
   /** JSON cache file (keyed by adapter description); default: none (memory only). */
   cacheFile?: string;
+  /** Tune the classes of batched products too (`count` > 1); default: on GPUs, not CPUs. */
+  batched?: boolean;
   /** Time the classes again even when memory or the cache file knows them. */
   retune?: boolean;
   /** One-line warnings (a corrupt or unwritable cache file); default: console.error. */
@@ -120,17 +127,29 @@ const TUNE_SIZES = {
 } as const;
 
 /**
+ * The same for a batched class (tuned on GPUs only unless asked, see `tuneClasses`): attention's
+ * per-head products, RoBERTa-large's at 32 × 128 tokens being 512 products of 128 × 128 (or × 64)
+ * over k = 64 or 128, timed on a GPU as 256 products over k = 64; on a CPU adapter (tests) small.
+ */
+const BATCHED_TUNE_SIZES = {
+  cpu: { class: { t: 8, s: 32, m: 64, l: 512 }, k: 16, count: 4 },
+  gpu: { class: { t: 8, s: 32, m: 128, l: 512 }, k: 64, count: 256 },
+} as const;
+
+/**
  * Version of the kernel set the choices were made for: a cache entry of another version is stale
  * and tuned again. It covers the variant list (a new variant invalidates old entries), the
  * launcher's source, every variant's WGSL, the timed sizes and this module's class scheme
  * (TUNE_FORMAT: bump it when the classes change).
  */
 // 3: products timed on the GPU's clock where there is one (runProduct).
-const TUNE_FORMAT = "3";
+// 4: batched products are classes of their own ("b" before the transposes).
+const TUNE_FORMAT = "4";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
   [
     TUNE_FORMAT,
     JSON.stringify(TUNE_SIZES),
+    JSON.stringify(BATCHED_TUNE_SIZES),
     MATMUL_VARIANTS.join(","),
     matmulLauncherSources(),
     matmulKernelSources(),
@@ -160,8 +179,10 @@ function sizeClass(x: number): "t" | "s" | "m" | "l" {
 
 /**
  * The shape class of a product: its transposes and the size classes of its output's rows and
- * columns (k does not enter: the tiles differ in how they cover the output). The signature keeps
- * `k` so that it matches `MatmulTuner`.
+ * columns (k does not enter: the tiles differ in how they cover the output), with a "b" in front
+ * for a batched call of several products (`count` > 1): many small products fill a GPU as one
+ * large one does not, so they may want other tiles. The signature keeps `k` so that it matches
+ * `MatmulTuner`.
  */
 export function matmulShapeClass(
   m: number,
@@ -169,8 +190,10 @@ export function matmulShapeClass(
   _k: number,
   transA: boolean,
   transB: boolean,
+  count = 1,
 ): string {
-  return `${transA ? "T" : "N"}${transB ? "T" : "N"}:${sizeClass(m)}${sizeClass(n)}`;
+  return `${count > 1 ? "b" : ""}${transA ? "T" : "N"}${transB ? "T" : "N"}:` +
+    `${sizeClass(m)}${sizeClass(n)}`;
 }
 
 /**
@@ -180,14 +203,38 @@ export function matmulShapeClass(
  * really run (a misaligned product runs `direct4x4` whatever the choice).
  */
 export function representativeShape(s: TuneShape, onCpu = true): Required<TuneShape> {
-  const sizes = TUNE_SIZES[onCpu ? "cpu" : "gpu"];
+  const kind = onCpu ? "cpu" : "gpu";
+  const batched = (s.count ?? 1) > 1;
+  const sizes = batched ? BATCHED_TUNE_SIZES[kind] : TUNE_SIZES[kind];
   return {
     m: sizes.class[sizeClass(s.m)],
     n: sizes.class[sizeClass(s.n)],
     k: sizes.k,
     transA: s.transA ?? false,
     transB: s.transB ?? false,
+    count: batched ? BATCHED_TUNE_SIZES[kind].count : 1,
   };
+}
+
+/**
+ * The classes of `shapes` to tune on this kind of adapter, each with the product it is timed on;
+ * batched classes only with `batched`. By default a CPU adapter tunes none: its candidates are
+ * the four vec4 kernels, which the heuristic already chooses between by shape, and what tuning
+ * batched products is for is the tiled kernels (GPU-only candidates) on attention's many small
+ * products, which the heuristic's barrier-free kernels read uncoalesced on a GPU.
+ */
+function tuneClasses(
+  shapes: readonly TuneShape[],
+  onCpu: boolean,
+  batched = !onCpu,
+): Map<string, Required<TuneShape>> {
+  const wanted = new Map<string, Required<TuneShape>>();
+  for (const s of shapes) {
+    if (s.m <= 0 || s.n <= 0 || (!batched && (s.count ?? 1) > 1)) continue;
+    const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false, s.count);
+    if (!wanted.has(cls)) wanted.set(cls, representativeShape(s, onCpu));
+  }
+  return wanted;
 }
 
 const DEFAULT_SHAPES: TuneShape[] = [
@@ -227,6 +274,33 @@ export function linearTuneShapes(
       out.push({ m: rows, n: inF, k: outF });
       out.push({ m: outF, n: inF, k: rows, transA: true });
     }
+  }
+  return out;
+}
+
+/**
+ * Attention's per-head products (kernels/attention.ts, not flash attention) over `sequences`
+ * sequences of `seq` tokens with `heads` heads of `headDim`: scores q·kᵀ and context P·v, and
+ * with `backward` dV = Pᵀ·dC, dP = dC·vᵀ, dQ = dS·k, dK = dSᵀ·q; one product per sequence and
+ * head, in one batched call each.
+ */
+export function attentionTuneShapes(
+  sequences: number,
+  seq: number,
+  heads: number,
+  headDim: number,
+  backward: boolean,
+): TuneShape[] {
+  const count = sequences * heads;
+  const out: TuneShape[] = [
+    { m: seq, n: seq, k: headDim, transB: true, count },
+    { m: seq, n: headDim, k: seq, count },
+  ];
+  if (backward) {
+    out.push({ m: seq, n: headDim, k: seq, transA: true, count });
+    out.push({ m: seq, n: seq, k: headDim, transB: true, count });
+    out.push({ m: seq, n: headDim, k: seq, count });
+    out.push({ m: seq, n: headDim, k: seq, transA: true, count });
   }
   return out;
 }
@@ -363,24 +437,39 @@ async function tuneClass(
   rounds: number,
   margin: number,
 ): Promise<ClassTune> {
-  const { m, n, k, transA, transB } = shape;
+  const { m, n, k, transA, transB, count } = shape;
   const tensors: Tensor[] = [];
   const keep = <T extends Tensor>(t: T) => (tensors.push(t), t);
   try {
-    const a = keep(tensorFromArray(gpu, pseudoRandom(m * k, 1), transA ? [k, m] : [m, k], "tuneA"));
-    const b = keep(tensorFromArray(gpu, pseudoRandom(k * n, 2), transB ? [n, k] : [k, n], "tuneB"));
+    const stored = (rows: number, cols: number, trans: boolean) =>
+      count > 1
+        ? (trans ? [count, cols, rows] : [count, rows, cols])
+        : trans
+        ? [cols, rows]
+        : [rows, cols];
+    const a = keep(
+      tensorFromArray(gpu, pseudoRandom(count * m * k, 1), stored(m, k, transA), "tuneA"),
+    );
+    const b = keep(
+      tensorFromArray(gpu, pseudoRandom(count * k * n, 2), stored(k, n, transB), "tuneB"),
+    );
     const bias = keep(tensorFromArray(gpu, pseudoRandom(n, 3), [n], "tuneBias"));
-    const c = keep(createTensor(gpu, [m, n], "f32", "tuneC"));
+    const c = keep(createTensor(gpu, stored(m, n, false), "f32", "tuneC"));
     // Alpha and bias make the epilogue part of the comparison.
     const args: MatmulArgs = { op: "matmul autotune", a, b, c, bias, m, n, k, transA, transB };
     args.alpha = 0.75;
+    if (count > 1) {
+      args.batch0 = { count, strideA: m * k, strideB: k * n, strideC: m * n };
+    }
     const [heuristic] = matmulVariantsUsed(gpu, (rec) => matmul(rec, args));
     if (!heuristic) throw new Error(`cannot tell which variant matmul runs for ${cls}`);
     const reference = (await resultBits(gpu, args)).slice();
     const contenders = [
       heuristic,
+      // An nn_ variant runs its kernel as it is without a transposed operand, and in a batch.
       ...candidates.filter((v) =>
-        v !== heuristic && (transA || transB || untransposedKernel(v) === undefined)
+        v !== heuristic &&
+        ((transA || transB) && count === 1 || untransposedKernel(v) === undefined)
       ),
     ];
     // The first run of each also compiles its pipeline and checks its bits.
@@ -529,7 +618,7 @@ function install(gpu: Gpu, table: TuneTable): void {
   }
   setMatmulTuner(
     gpu,
-    (m, n, k, transA, transB) => table[matmulShapeClass(m, n, k, transA, transB)],
+    (m, n, k, transA, transB, count) => table[matmulShapeClass(m, n, k, transA, transB, count)],
   );
 }
 
@@ -567,9 +656,8 @@ export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promi
 function hasClassesToTune(gpu: Gpu, options: AutotuneOptions, file: string): boolean {
   if (options.retune) return true;
   const known = memory.get(gpu) ?? {};
-  const unknown = (options.shapes ?? DEFAULT_SHAPES)
-    .filter((s) => s.m > 0 && s.n > 0)
-    .map((s) => matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false))
+  const onCpu = gpu.adapter.info.isFallbackAdapter;
+  const unknown = [...tuneClasses(options.shapes ?? DEFAULT_SHAPES, onCpu, options.batched).keys()]
     .filter((cls) => !known[cls]);
   if (unknown.length === 0) return false;
   // Quietly: a damaged file is reported once, by the tune that reads it again under the lock.
@@ -613,12 +701,7 @@ async function tuneWithLockHeld(
   const file = options.cacheFile;
   const shapes = options.shapes ?? DEFAULT_SHAPES;
   const onCpu = gpu.adapter.info.isFallbackAdapter;
-  const wanted = new Map<string, Required<TuneShape>>();
-  for (const s of shapes) {
-    if (s.m <= 0 || s.n <= 0) continue;
-    const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false);
-    if (!wanted.has(cls)) wanted.set(cls, representativeShape(s, onCpu));
-  }
+  const wanted = tuneClasses(shapes, onCpu, options.batched);
 
   // The installed table: what this process knows, then the file's entry for the classes missing.
   const previous = memory.get(gpu) ?? {};

@@ -7,6 +7,7 @@ import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { matmul, type MatmulVariant, setMatmulTuner } from "../kernels/matmul.ts";
 import {
+  attentionTuneShapes,
   autotuneForProgram,
   defaultCandidates,
   defaultMatmulCacheFile,
@@ -402,6 +403,7 @@ Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled
     k: 256,
     transA: false,
     transB: true,
+    count: 1,
   });
   assertEquals(representativeShape(forward, false), {
     m: 2048,
@@ -409,6 +411,7 @@ Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled
     k: 1024,
     transA: false,
     transB: true,
+    count: 1,
   });
   // Small classes are timed alike on both (their products are over before a submit's cost is).
   assertEquals(representativeShape({ m: 4096, n: 8, k: 1024 }, false).n, 8);
@@ -597,3 +600,108 @@ Deno.test("autotune: the summary line lists this run's classes, and counts the o
       "NN:mm=vec4_16x8 (and 2 for other shapes)",
   );
 });
+
+Deno.test("autotune: batched products (attention's per-head ones) are classes of their own", () => {
+  assertEquals(matmulShapeClass(128, 128, 64, false, true), "NT:mm");
+  assertEquals(matmulShapeClass(128, 128, 64, false, true, 1), "NT:mm");
+  assertEquals(matmulShapeClass(128, 128, 64, false, true, 512), "bNT:mm");
+  // RoBERTa-large at 32 × 128 tokens: 512 products per call, three classes in all.
+  const shapes = attentionTuneShapes(32, 128, 16, 64, true);
+  assertEquals(shapes.length, 6);
+  assert(shapes.every((s) => s.count === 512 && worthTuning(s)));
+  const classes = new Set(
+    shapes.map((s) => matmulShapeClass(s.m, s.n, s.k, !!s.transA, !!s.transB, s.count)),
+  );
+  assertEquals([...classes].sort(), ["bNN:mm", "bNT:mm", "bTN:mm"]);
+  assertEquals(attentionTuneShapes(32, 128, 16, 64, false).length, 2);
+  // Timed as a batch of their own sizes, whatever the caller's batch.
+  assertEquals(representativeShape(shapes[0], false), {
+    m: 128,
+    n: 128,
+    k: 64,
+    transA: false,
+    transB: true,
+    count: 256,
+  });
+  assertEquals(representativeShape(shapes[0]).count, 4);
+  // modelTuneShapes adds them only when told the sequences.
+  const large = {
+    hiddenSize: 1024,
+    intermediateSize: 4096,
+    embeddingSize: 1024,
+    numHeads: 16,
+    headDim: 64,
+  };
+  const o = {
+    rows: 4096,
+    headRows: 32,
+    headFeatures: 1024,
+    headWidth: 2048,
+    headClasses: 1,
+    backward: true,
+  };
+  const config = large as Parameters<typeof modelTuneShapes>[0];
+  assert(!modelTuneShapes(config, o).some((s) => (s.count ?? 1) > 1));
+  const withAttention = modelTuneShapes(config, { ...o, attention: { sequences: 32, seq: 128 } });
+  assertEquals(withAttention.filter((s) => (s.count ?? 1) > 1), shapes);
+});
+
+gpuTest(
+  "autotune: batched classes are tuned on a CPU adapter only when asked, and keep the bits",
+  async (gpu) => {
+    const dev = adapterNamed(gpu, "test adapter batched");
+    const shape = { m: 80, n: 72, k: 12, transB: true, count: 3 };
+    const quiet = {
+      budgetMs: 1,
+      rounds: 1,
+      candidates: ["vec4_4x4", "nn_vec4_4x4"] as MatmulVariant[],
+    };
+    const none = await tuneMatmul(dev, { shapes: [shape], ...quiet });
+    assertEquals(none.tuned, [], "not by default on a CPU adapter");
+    const r = await tuneMatmul(dev, { shapes: [shape], ...quiet, batched: true, margin: -10 });
+    assertEquals(r.tuned.map((t) => t.class), ["bNT:mm"]);
+    const t = r.tuned[0];
+    assertEquals(t.shape.count, 4);
+    // No nn_ variant for a batch (it would run its kernel as it is); the candidate's bits agree.
+    assertEquals(Object.keys(t.ms).sort(), [...new Set([t.heuristic, "vec4_4x4"])].sort());
+    assertEquals(t.differs, []);
+    // Any margin below −1 makes the challenger win: the batched call now runs it, the same call
+    // unbatched does not, and both compute what the untuned device does.
+    assertEquals(t.chosen, "vec4_4x4");
+    const { m, n, k, count } = shape;
+    const a = tensorFromArray(dev, Float32Array.from(randomValues(count * m * k, 7)), [
+      count * m * k,
+    ], "A");
+    const b = tensorFromArray(dev, Float32Array.from(randomValues(count * n * k, 8)), [
+      count * n * k,
+    ], "B");
+    const args = (c: ReturnType<typeof createTensor>, products: number) => ({
+      a,
+      b,
+      c,
+      m,
+      n,
+      k,
+      transB: true,
+      batch0: { count: products, strideA: m * k, strideB: n * k, strideC: m * n },
+    });
+    const run = async (products: number) => {
+      const c = createTensor(dev, [count * m * n], "f32", "C");
+      const rec = new Recorder(dev);
+      matmul(rec, args(c, products));
+      await rec.submit();
+      const out = await c.download();
+      c.destroy();
+      return out;
+    };
+    const probe = createTensor(dev, [count * m * n], "f32", "C");
+    assertEquals(matmulVariantsUsed(dev, (rec) => matmul(rec, args(probe, count))), ["vec4_4x4"]);
+    assertEquals(matmulVariantsUsed(dev, (rec) => matmul(rec, args(probe, 1))), [t.heuristic]);
+    probe.destroy();
+    const tuned = await run(count);
+    setMatmulTuner(dev, undefined);
+    assertEquals(tuned, await run(count));
+    a.destroy();
+    b.destroy();
+  },
+);

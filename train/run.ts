@@ -524,13 +524,15 @@ async function trainSeed(
   );
   if (options.autotune) {
     const rows = maxExamples * p.train.inputsPerExample;
+    const seq = longestRow(p.train, p.dev);
     const shapes = modelTuneShapes(model.config, {
-      rows: rows * longestRow(p.train, p.dev),
+      rows: rows * seq,
       headRows: rows,
       headFeatures: headFeatures(task, model.config.hiddenSize),
       headWidth: p.headWidth,
       headClasses: task.headClasses,
       backward: true,
+      attention: { sequences: rows, seq },
     });
     await autotuneForProgram(gpu, options.autotune, shapes, {
       info: options.quiet ? () => {} : undefined,

@@ -1,13 +1,18 @@
 // The GEMM products a model runs, for the matmul autotune (kernels/matmul_autotune.ts). Its own
 // file so that the benches can ask for them without loading the training loop's dependencies.
 
-import { linearTuneShapes, type TuneShape } from "../kernels/matmul_autotune.ts";
+import {
+  attentionTuneShapes,
+  linearTuneShapes,
+  type TuneShape,
+} from "../kernels/matmul_autotune.ts";
 import type { ModelConfig } from "../model/config.ts";
 
 /**
  * The GEMM products a model runs (what the autotune should time): its encoder's linear layers
  * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
- * gradient products.
+ * gradient products; with `attention`, the per-head attention products over that many sequences
+ * of that many tokens (the longest, the one that decides the classes; prefix rows aside).
  */
 export function modelTuneShapes(
   config: ModelConfig,
@@ -18,6 +23,7 @@ export function modelTuneShapes(
     headWidth: number;
     headClasses: number;
     backward: boolean;
+    attention?: { sequences: number; seq: number };
   },
 ): TuneShape[] {
   const h = config.hiddenSize, inter = config.intermediateSize, e = config.embeddingSize;
@@ -27,5 +33,14 @@ export function modelTuneShapes(
   return [
     ...linearTuneShapes(o.rows, encoder, o.backward),
     ...linearTuneShapes(o.headRows, head, o.backward),
+    ...(o.attention
+      ? attentionTuneShapes(
+        o.attention.sequences,
+        o.attention.seq,
+        config.numHeads,
+        config.headDim,
+        o.backward,
+      )
+      : []),
   ];
 }
