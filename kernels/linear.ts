@@ -6,6 +6,7 @@
 
 import { GpuError } from "./device.ts";
 import { enableF16, loadAs } from "./f16.ts";
+import { range } from "./grid.ts";
 import { matmul } from "./matmul.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
@@ -167,12 +168,25 @@ const SUM_SLICES = 4; // rows are split into this many interleaved slices, summe
 export const SUM_BLOCK_ROWS = 256;
 
 /**
+ * Rows each invocation loads before adding any of them. The sum is latency-bound, not
+ * bandwidth-bound: a loop of one load and one add per row kept one load in flight per
+ * invocation, and a [4096, 1024] blocks pass took 0.036 ms on an H200, where reading 16 MB takes a
+ * few µs. With SUM_UNROLL independent loads in flight the adds still go in increasing row order,
+ * so the sums are bitwise those of the one-at-a-time loop.
+ */
+const SUM_UNROLL = 8;
+
+/**
  * The column-sum kernel reading `src` of `dtype` (a gradient may be f16), summing in f32: the
  * workgroup at (x, y) sums rows [y·blockRows, min(rows, (y+1)·blockRows)) of its 64 columns into
- * row y of dst.
+ * row y of dst. Slice lid.y adds rows first + lid.y, + 4, ... in order (SUM_UNROLL loads at a
+ * time, then the rest one by one), and the 4 slices are added in order.
  */
-const columnSumWgsl = (dtype: DType) =>
-  /* wgsl */ `${enableF16([dtype])}
+const columnSumWgsl = (dtype: DType) => {
+  const load = (row: string) => loadAs(dtype, `src[(${row}) * p.cols + col]`);
+  const loads = range(SUM_UNROLL).map((k) => `let v${k} = ${load(`r + ${k * SUM_SLICES}u`)};`);
+  const adds = range(SUM_UNROLL).map((k) => `s += v${k};`);
+  return /* wgsl */ `${enableF16([dtype])}
 @group(0) @binding(0) var<storage, read> src: array<${dtype}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 struct Params { rows: u32, cols: u32, accumulate: u32, blockRows: u32 }
@@ -187,9 +201,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let end = min(p.rows, first + p.blockRows);
   var s = 0.0;
   if (col < p.cols) {
-    for (var r = first + lid.y; r < end; r += ${SUM_SLICES}u) { s += ${
-    loadAs(dtype, "src[r * p.cols + col]")
-  }; }
+    var r = first + lid.y;
+    while (r + ${(SUM_UNROLL - 1) * SUM_SLICES}u < end) {
+      ${loads.join("\n      ")}
+      ${adds.join("\n      ")}
+      r += ${SUM_UNROLL * SUM_SLICES}u;
+    }
+    for (; r < end; r += ${SUM_SLICES}u) { s += ${load("r")}; }
   }
   partial[lid.y * ${SUM_COLS}u + lid.x] = s;
   workgroupBarrier();
@@ -202,6 +220,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   }
 }
 `;
+};
 
 /** columnSum's per-block sums, [blocks, cols]. */
 const blockSums = new Workspace("column-sum blocks", 1, true);

@@ -273,6 +273,60 @@ gpuTest("linear: accumulating two-pass bias gradients twice in a row", async (gp
 });
 
 gpuTest(
+  "linear: the bias gradient is the documented fixed-order float32 sum, bitwise",
+  async (gpu) => {
+    // kernels/linear.ts's column sum: 4 interleaved slices of each block of rows (all rows below
+    // 2·SUM_BLOCK_ROWS), each added in increasing row order in float32, then the slices in order;
+    // from 2·SUM_BLOCK_ROWS rows on the same again over the blocks' sums. Loading several rows
+    // before adding them must not change that order: db is compared bit for bit with it, at sizes
+    // whose slices end inside an unrolled batch. Magnitudes spread over e^±3 so that another order
+    // would round differently.
+    const SLICES = 4;
+    const f32Sum = (v: ArrayLike<number>, rows: number, cols: number, blockRows: number) => {
+      const blocks = Math.ceil(rows / blockRows);
+      const out = new Float32Array(blocks * cols);
+      for (let b = 0; b < blocks; b++) {
+        const end = Math.min(rows, (b + 1) * blockRows);
+        for (let c = 0; c < cols; c++) {
+          let t = 0;
+          for (let q = 0; q < SLICES; q++) {
+            let s = 0;
+            for (let r = b * blockRows + q; r < end; r += SLICES) {
+              s = Math.fround(
+                s + v[r * cols + c],
+              );
+            }
+            t = Math.fround(t + s);
+          }
+          out[b * cols + c] = t;
+        }
+      }
+      return out;
+    };
+    const inF = 3, outF = 70;
+    for (const [s, rows] of [61, 2 * SUM_BLOCK_ROWS - 1, 2 * SUM_BLOCK_ROWS + 45, 1037].entries()) {
+      const g = Float32Array.from(
+        randomValues(rows * outF, 900 + s),
+        (v, i) => v * Math.exp(3 * Math.sin(i)),
+      );
+      const blocks = Math.ceil(rows / SUM_BLOCK_ROWS);
+      const want = rows < 2 * SUM_BLOCK_ROWS
+        ? f32Sum(g, rows, outF, rows)
+        : f32Sum(f32Sum(g, rows, outF, SUM_BLOCK_ROWS), blocks, outF, blocks);
+      const x = tensorFromArray(gpu, f32(rows * inF, 910 + s), [rows, inF], "x");
+      const w = tensorFromArray(gpu, f32(outF * inF, 920 + s), [outF, inF], "w");
+      const dY = tensorFromArray(gpu, g, [rows, outF], "dY");
+      const rec = new Recorder(gpu);
+      const dB = outputTensor(rec, [outF], "dB");
+      linearBackward(rec, { x, weight: w, dOut: dY, dBias: dB });
+      await rec.submit();
+      assertEquals(await dB.download(), want, `db (${rows} rows)`);
+      for (const t of [x, w, dY, dB]) t.destroy();
+    }
+  },
+);
+
+gpuTest(
   "linear: f16 dY's bias gradient (linear_column_sum_f16), one pass and two, against float64",
   async (gpu) => {
     assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
