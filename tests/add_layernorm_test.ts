@@ -16,8 +16,8 @@ import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Error bound: 1e-5 (assertClose) everywhere, as for kernels/layernorm.ts, whose reductions the
-// fused kernels share: row statistics a few ulps, dGamma/dBeta column sums of rows/16 terms
-// per lane. The dropout scale is 1/(1 − p) in float64 here and its float32 rounding on the GPU
+// fused kernels share: row statistics a few ulps, dGamma/dBeta column sums of at most 32 terms
+// per invocation, then of the slices and row blocks. The dropout scale is 1/(1 − p) in float64 here and its float32 rounding on the GPU
 // (6e-8 relative).
 
 // ---- float64 reference -------------------------------------------------------------------
@@ -431,7 +431,7 @@ gpuTest(
 gpuTest("add_layernorm: a grid past the per-dimension limit spreads over x and y", async (gpu) => {
   const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 7 });
   // [100, 130]: 8 rows per workgroup, 13 workgroups on 7 x 2; [301, 33]: 32 rows per
-  // workgroup, 10 workgroups on 5 x 2; [3, 1200]: 75 groups of 16 dGamma/dBeta columns.
+  // workgroup, 10 workgroups on 5 x 2; [3, 1200]: 19 groups of 64 dGamma/dBeta columns.
   const dropout = { p: 0.25, seed: 3, stream: 4 };
   for (const shape of [[100, 130], [301, 33], [3, 1200]]) {
     const c = makeCase(shape, shape[0]);
@@ -453,12 +453,11 @@ gpuTest("add_layernorm: a grid past the per-dimension limit spreads over x and y
 });
 
 gpuTest(
-  "add_layernorm: dGamma and dBeta sum 1537 rows (two blocks of the column loop)",
+  "add_layernorm: dGamma and dBeta sum 1537 rows (13 row blocks, the last of one row)",
   async (gpu) => {
-    // kernels/layernorm.ts's column sums (from the saved x̂ here): each of a column's 16 lanes
-    // takes every 16th row in blocks of 64 of its rows, 1024 rows of the matrix per block, so 1537
-    // rows take the block loop twice, the second time over 513 rows (lane 0 has 33 of them, the
-    // others 32). Hidden size 7 (8 invocations per row, 32 rows per row-kernel workgroup: 1537 is
+    // kernels/layernorm.ts's column sums (from the saved x̂ here): a first launch sums blocks of
+    // PARAM_BLOCK_ROWS (128) rows, 4 interleaved slices each, so 1537 rows make 13 blocks, the
+    // last of one row; a second adds the blocks. Hidden size 7 (8 invocations per row, 32 rows per row-kernel workgroup: 1537 is
     // not a multiple of it); dropout on, so that dDense has zeros where the mask drops.
     const c = makeCase([1537, 7], 21);
     const eps = 1e-5;

@@ -4,13 +4,19 @@ import { finiteDifferences, randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
-import { layerNormBackward, layerNormForward } from "../kernels/layernorm.ts";
+import {
+  layerNormBackward,
+  layerNormForward,
+  layerNormParamGrads,
+  PARAM_BLOCK_ROWS,
+} from "../kernels/layernorm.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Error bound: 1e-5 (assertClose) everywhere. The row statistics are two-pass sums of at most
 // h/256 terms per invocation plus an 8-level tree, so their float32 error is a few ulps; the
-// column sums of dGamma/dBeta add rows/16 terms per lane in order, a few hundred at most here.
+// column sums of dGamma/dBeta add at most 64 terms per slice in order, then 4 slices, and from
+// 2·PARAM_BLOCK_ROWS rows on the blocks' sums, a quarter of them per slice, likewise.
 
 // ---- float64 reference -------------------------------------------------------------------
 
@@ -298,8 +304,8 @@ gpuTest("layernorm: a grid past the per-dimension limit spreads over x and y", a
   const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 7 });
   assertEquals(small.limits.maxComputeWorkgroupsPerDimension, 7);
   // [100, 130]: 8 rows per workgroup, 13 workgroups on a 7 x 2 grid (one past the end);
-  // [301, 33]: 32 rows per workgroup, 10 workgroups on 5 x 2; [3, 1200]: 75 groups of 16
-  // dGamma/dBeta columns on 7 x 11.
+  // [301, 33]: 32 rows per workgroup, 10 workgroups on 5 x 2, and dGamma/dBeta in two launches
+  // (3 blocks of rows); [3, 1200]: 19 groups of 64 dGamma/dBeta columns on 7 x 3.
   for (const shape of [[100, 130], [301, 33], [3, 1200]]) {
     const c = makeCase(shape, shape[0]);
     const eps = 1e-5;
@@ -332,10 +338,159 @@ gpuTest("layernorm: dGamma and dBeta sum 20001 rows", async (gpu) => {
   await rec.submit();
   const b = refBackward(c.x, c.gamma, c.dOut, c.rows, c.h, eps);
   assertClose("dX", await t.dX.download(), b.dX, 1e-5);
-  // 1250 float32 terms per lane, in blocks of 64, then a 16-lane tree.
+  // Two launches: 157 blocks of 128 rows (32 terms per slice), then 39 or 40 blocks per slice.
   assertClose("dGamma", await t.dGamma.download(), b.dGamma, 1e-5);
   assertClose("dBeta", await t.dBeta.download(), b.dBeta, 1e-5);
   destroyAll(t);
+});
+
+// ---- layerNormParamGrads: one launch and two --------------------------------------------
+
+/** Inputs of layerNormParamGrads: dOut, x with a mean and rstd per row, and a saved x̂. */
+function paramCase(rows: number, h: number, seed: number) {
+  const x = Float32Array.from(randomValues(rows * h, seed), (v, i) => 2 * v + Math.sin(i));
+  const mean = Float32Array.from(randomValues(rows, seed + 1), (v) => 0.5 * v);
+  const rstd = Float32Array.from(randomValues(rows, seed + 2), (v) => 1.5 + v);
+  const xhat = Float32Array.from(randomValues(rows * h, seed + 3), (v) => 2 * v);
+  const dOut = Float32Array.from(randomValues(rows * h, seed + 4));
+  return { x, mean, rstd, xhat, dOut };
+}
+
+/** Σ_rows dOut · x̂ and Σ_rows dOut in float64, x̂ = (x − mean) · rstd or the given one. */
+function refParamGrads(
+  c: ReturnType<typeof paramCase>,
+  rows: number,
+  h: number,
+  savedXhat: boolean,
+): { dGamma: Float64Array; dBeta: Float64Array } {
+  const dGamma = new Float64Array(h);
+  const dBeta = new Float64Array(h);
+  for (let r = 0; r < rows; r++) {
+    for (let j = 0; j < h; j++) {
+      const i = r * h + j;
+      const xhat = savedXhat ? c.xhat[i] : (c.x[i] - c.mean[r]) * c.rstd[r];
+      dGamma[j] += c.dOut[i] * xhat;
+      dBeta[j] += c.dOut[i];
+    }
+  }
+  return { dGamma, dBeta };
+}
+
+gpuTest("layerNormParamGrads: one launch and two, at sizes off the tiles", async (gpu) => {
+  // Below 2·PARAM_BLOCK_ROWS rows one launch; from there on a launch per block of rows into a
+  // workspace, then one over the blocks. 2·B + 29 rows: 3 blocks, the last of 29 rows (not a
+  // multiple of the 4 slices or of the 8-row unrolled batches); 2·B: exactly 2 blocks. 70 and
+  // 1030 columns: the last group of 64 columns partial. Both sources (x with mean and rstd, or a
+  // saved x̂), both outputs, accumulated onto priors, dGamma alone and dBeta alone.
+  const B = PARAM_BLOCK_ROWS;
+  const cases = [[2 * B + 29, 70], [2 * B + 29, 1030], [2 * B, 70], [2 * B - 1, 70], [37, 1030]];
+  for (const [s, [rows, h]] of cases.entries()) {
+    const c = paramCase(rows, h, 500 + 10 * s);
+    const ts = {
+      x: tensorFromArray(gpu, c.x, [rows, h], "x"),
+      mean: tensorFromArray(gpu, c.mean, [rows], "mean"),
+      rstd: tensorFromArray(gpu, c.rstd, [rows], "rstd"),
+      xhat: tensorFromArray(gpu, c.xhat, [rows, h], "xhat"),
+      dOut: tensorFromArray(gpu, c.dOut, [rows, h], "dOut"),
+      dGamma: createTensor(gpu, [h], "f32", "dGamma"),
+      dBeta: createTensor(gpu, [h], "f32", "dBeta"),
+    };
+    const launches = rows < 2 * B
+      ? ["T dGamma/dBeta"]
+      : ["T dGamma/dBeta blocks", "T dGamma/dBeta"];
+    const dGamma0 = Float32Array.from(randomValues(h, 600 + s));
+    const dBeta0 = Float32Array.from(randomValues(h, 700 + s));
+    const plus = (a: Float64Array, b: Float32Array) => a.map((v, i) => v + b[i]);
+    for (const savedXhat of [false, true]) {
+      const name = `[${rows}, ${h}]${savedXhat ? " from x̂" : ""}`;
+      const source = savedXhat ? { xhat: ts.xhat } : { x: ts.x, mean: ts.mean, rstd: ts.rstd };
+      const want = refParamGrads(c, rows, h, savedXhat);
+      const common = { source, dOut: ts.dOut, rows, h };
+      const rec = new Recorder(gpu);
+      const run = async (args: { dGamma?: Tensor; dBeta?: Tensor; accumulate: boolean }) => {
+        const before = rec.length;
+        layerNormParamGrads(rec, "T", { ...common, ...args });
+        assertEquals(rec.labels.slice(before), launches);
+        await rec.submit();
+      };
+
+      // Both, accumulated onto what was there.
+      ts.dGamma.upload(dGamma0);
+      ts.dBeta.upload(dBeta0);
+      await run({ dGamma: ts.dGamma, dBeta: ts.dBeta, accumulate: true });
+      assertClose(
+        `dGamma ${name} accumulated`,
+        await ts.dGamma.download(),
+        plus(want.dGamma, dGamma0),
+      );
+      assertClose(`dBeta ${name} accumulated`, await ts.dBeta.download(), plus(want.dBeta, dBeta0));
+
+      // dGamma alone, overwriting; dBeta left alone.
+      fill(rec, ts.dGamma, NaN);
+      fill(rec, ts.dBeta, 7);
+      await run({ dGamma: ts.dGamma, accumulate: false });
+      assertClose(`dGamma ${name} alone`, await ts.dGamma.download(), want.dGamma);
+      assert((await ts.dBeta.download()).every((v) => v === 7), `dBeta ${name} untouched`);
+
+      // dBeta alone, accumulated; dGamma left alone.
+      fill(rec, ts.dGamma, 7);
+      ts.dBeta.upload(dBeta0);
+      await run({ dBeta: ts.dBeta, accumulate: true });
+      assertClose(`dBeta ${name} alone`, await ts.dBeta.download(), plus(want.dBeta, dBeta0));
+      assert((await ts.dGamma.download()).every((v) => v === 7), `dGamma ${name} untouched`);
+
+      // Both, overwriting, twice: the second call's blocks do not add onto the first's (the
+      // workspace is overwritten), and the sums are bitwise the same.
+      const got: Float32Array[] = [];
+      for (let again = 0; again < 2; again++) {
+        fill(rec, ts.dGamma, NaN);
+        fill(rec, ts.dBeta, NaN);
+        await run({ dGamma: ts.dGamma, dBeta: ts.dBeta, accumulate: false });
+        got.push(
+          await ts.dGamma.download() as Float32Array,
+          await ts.dBeta.download() as Float32Array,
+        );
+      }
+      assertClose(`dGamma ${name}`, got[0], want.dGamma);
+      assertClose(`dBeta ${name}`, got[1], want.dBeta);
+      assertEquals(got.slice(2), got.slice(0, 2), `${name}: a second run is bitwise the first`);
+    }
+    destroyAll(ts);
+  }
+});
+
+gpuTest("layerNormParamGrads: two launches on a grid past the per-dimension limit", async (gpu) => {
+  // 2·B + 29 rows of 1030: 17 column groups × 3 blocks = 51 workgroups on 7 x 8 (five past the
+  // end) for the blocks, then 17 on 6 x 3 over them.
+  const small = withLimits(gpu, { maxComputeWorkgroupsPerDimension: 7 });
+  const rows = 2 * PARAM_BLOCK_ROWS + 29, h = 1030;
+  const c = paramCase(rows, h, 800);
+  const want = refParamGrads(c, rows, h, false);
+  const ts = {
+    x: tensorFromArray(gpu, c.x, [rows, h], "x"),
+    mean: tensorFromArray(gpu, c.mean, [rows], "mean"),
+    rstd: tensorFromArray(gpu, c.rstd, [rows], "rstd"),
+    dOut: tensorFromArray(gpu, c.dOut, [rows, h], "dOut"),
+    dGamma: createTensor(gpu, [h], "f32", "dGamma"),
+    dBeta: createTensor(gpu, [h], "f32", "dBeta"),
+  };
+  const rec = new Recorder(small);
+  fill(rec, ts.dGamma, NaN);
+  fill(rec, ts.dBeta, NaN);
+  const { x, mean, rstd, dOut, dGamma, dBeta } = ts;
+  layerNormParamGrads(rec, "T", {
+    source: { x, mean, rstd },
+    dOut,
+    dGamma,
+    dBeta,
+    rows,
+    h,
+    accumulate: false,
+  });
+  await rec.submit();
+  assertClose("dGamma", await dGamma.download(), want.dGamma);
+  assertClose("dBeta", await dBeta.download(), want.dBeta);
+  destroyAll(ts);
 });
 
 gpuTest("layernorm: two runs give bitwise-identical outputs", async (gpu) => {
