@@ -185,7 +185,8 @@ function dtypesSuffix(t: Dtypes): string {
  *   `tiled_8x8dk` / `tiled_8x4dk` / `tiled_4x8dk`: the double-buffered kernels with A, when not
  *   transposed, staged as it is stored (rows of k, one vec4 load and store per unit, where the
  *   others load a 4 × 4 block per invocation and turn it round in registers), read four k at a
- *   time per row. Same sums, same bits.
+ *   time per row. Same sums, same bits. `tiled_8x8dk16`: `tiled_8x8dk` staging 16 k a slice (half
+ *   the barriers and loop steps per multiply-add), its workgroup rows unpadded to fit 32 KiB.
  * - `nn_<kernel>`: for GPUs, where every barrier-free kernel reads a transposed operand
  *   uncoalesced: a transposed operand is first copied untransposed into a workspace
  *   (kernels/transpose.ts, exact), then `<kernel>` multiplies without transposes. Only for an
@@ -209,6 +210,12 @@ type TiledSpec = {
   double?: boolean;
   /** (double only) A, when not transposed, kept in workgroup memory as it is stored: rows of k. */
   kmajor?: boolean;
+  /**
+   * No padding vec4 at the end of each k row in workgroup memory. The padding keeps the turned
+   * round stores of a transposed B (and of a not-transposed A, unless `kmajor`) off each other's
+   * banks; without it a 16-deep slice of the 8 × 8 kernel fits 32 KiB (lavapipe's limit).
+   */
+  tight?: boolean;
 };
 
 /** A variant with a kernel of its own (`MatmulVariant` less the `nn_` ones). */
@@ -237,7 +244,8 @@ export type KernelVariant =
   | "tiled_8x8wd"
   | "tiled_8x8dk"
   | "tiled_8x4dk"
-  | "tiled_4x8dk";
+  | "tiled_4x8dk"
+  | "tiled_8x8dk16";
 
 /** The variants with a kernel of their own, in the order benches and tests list them. */
 const SPECS = {
@@ -266,6 +274,7 @@ const SPECS = {
   tiled_8x8dk: { kind: "tiled", rm: 8, rn: 8, bk: 8, double: true, kmajor: true },
   tiled_8x4dk: { kind: "tiled", rm: 8, rn: 4, bk: 16, double: true, kmajor: true },
   tiled_4x8dk: { kind: "tiled", rm: 4, rn: 8, bk: 16, double: true, kmajor: true },
+  tiled_8x8dk16: { kind: "tiled", rm: 8, rn: 8, bk: 16, double: true, kmajor: true, tight: true },
 } satisfies Record<KernelVariant, VariantSpec>;
 
 const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
@@ -293,6 +302,7 @@ export const NN_KERNELS = [
   "tiled_8x8dk",
   "tiled_8x4dk",
   "tiled_4x8dk",
+  "tiled_8x8dk16",
 ] as const satisfies readonly KernelVariant[];
 
 /** The kernel an `nn_` variant runs after its copies, or undefined for a kernel variant. */
@@ -750,8 +760,9 @@ function stagesRowsOfA(spec: TiledSpec, transA: boolean): boolean {
 
 /** Bytes of workgroup memory a tiled kernel declares (the arrays of `tiledWgsl`). */
 function tiledWorkgroupBytes(spec: TiledSpec, transA: boolean): number {
-  const { rm, rn, bk, double = false } = spec;
-  const vec4s = (size: number, rows: boolean) => rows ? size * (bk / 4) : (size / 4 + 1) * bk;
+  const { rm, rn, bk, double = false, tight = false } = spec;
+  const vec4s = (size: number, rows: boolean) =>
+    rows ? size * (bk / 4) : (size / 4 + (tight ? 0 : 1)) * bk;
   const perBuffer = vec4s(16 * rm, stagesRowsOfA(spec, transA)) + vec4s(16 * rn, false);
   return 16 * perBuffer * (double ? 2 : 1);
 }
@@ -791,7 +802,7 @@ function tiledWgsl(
   t = ALL_F32,
   sliced = false,
 ): string {
-  const { rm, rn, bk, warp = false, double = false, kmajor = false } = spec;
+  const { rm, rn, bk, warp = false, double = false, kmajor = false, tight = false } = spec;
   const W = 16;
   const threads = W * W;
   // The invocation's place in the block: its local id, or (warp) 8 × 4 per 32 invocations.
@@ -808,7 +819,7 @@ function tiledWgsl(
   // `rows`: the operand runs along k and is staged as it is stored, a row of bk/4 vec4s per block
   // row (neighbouring invocations load and store neighbouring vec4s; no turning round).
   const operand = (x: "A" | "B", size: number, alongK: boolean, rows = false) => {
-    const pitch = size / 4 + 1;
+    const pitch = size / 4 + (tight ? 0 : 1);
     const count = rows ? size * (bk / 4) : alongK ? (size / 4) * (bk / 4) : (size * bk) / 4;
     const regs = alongK && !rows ? 4 : 1;
     const slots = Math.ceil(count / threads);
