@@ -27,6 +27,8 @@ export interface LinearForwardArgs {
   activation?: "gelu";
   /** With an activation: receives x·weightᵀ + b, [..., out] (GELU's backward needs it). */
   preActivation?: Tensor;
+  /** Where the layer is (e.g. "query"), added to the product's label for profiles. */
+  site?: string;
 }
 
 /**
@@ -55,6 +57,8 @@ export interface LinearBackwardArgs {
   geluInput?: Tensor;
   /** Add dW and db into the existing gradients instead of overwriting them. */
   accumulate?: boolean;
+  /** Where the layer is (e.g. "query"), added to the products' labels for profiles. */
+  site?: string;
 }
 
 /** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
@@ -94,7 +98,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
   ]] as const;
   for (const [name, t] of bound) if (t) expectBindable(op, name, t);
   matmul(rec, {
-    op,
+    op: args.site ? `${op} ${args.site}` : op,
     a: x,
     b: weight,
     c: out,
@@ -127,10 +131,11 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
     dBias,
   ], ["geluInput", geluInput]] as const;
   for (const [name, t] of bound) if (t) expectBindable(op, name, t);
+  const at = args.site ? ` ${args.site}` : "";
 
   if (dX) {
     matmul(rec, {
-      op: `${op} (dX)`,
+      op: `${op} (dX)${at}`,
       a: dOut,
       b: weight,
       c: dX,
@@ -143,7 +148,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
   }
   if (dWeight) {
     matmul(rec, {
-      op: `${op} (dWeight)`,
+      op: `${op} (dWeight)${at}`,
       a: dOut,
       b: x,
       c: dWeight,

@@ -1161,7 +1161,7 @@ export class Encoder {
     const hooks = st.linearHooks[l];
     const v = (t: Tensor, width = H) => at(t, [B, S, width]);
     const linear = (module: LinearModule, w: WeightBias, input: Tensor, out: Tensor) => {
-      linearForward(rec, { x: input, weight: w.weight, bias: w.bias, out });
+      linearForward(rec, { x: input, weight: w.weight, bias: w.bias, out, site: module });
       const ctx = this.hookContext(l, module, st, false, w.weight);
       hooks.get(module)?.forward(rec, input, out, ctx);
     };
@@ -1218,6 +1218,7 @@ export class Encoder {
         out: gelu,
         activation: "gelu",
         preActivation: this.inference ? undefined : inter,
+        site: "intermediate.dense",
       });
     }
     const ffnOut = v(this.linOut);
@@ -1283,6 +1284,7 @@ export class Encoder {
         accumulate,
         accumulateDX,
         geluInput,
+        site: module,
       });
       const ctx = this.hookContext(l, module, st, accumulate, weights.weight);
       hooks.get(module)?.backward(rec, x, dY, dX, ctx);
