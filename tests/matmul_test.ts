@@ -431,48 +431,51 @@ gpuTest("matmul: vec4 fast path (edge tiles, aligned strides) and its fallbacks"
   await runCases(gpu, cases, 6000, 1e-5, VARIANTS.filter((v) => v.startsWith("vec4")));
 });
 
-gpuTest("matmul: GELU epilogues in every variant, at odd and vec4-aligned shapes", async (gpu) => {
-  // (On a CPU adapter the tiled variants by representatives: tests/matmul_subset.ts.)
-  const epilogues = ["gelu", "geluSave", "geluGrad"] as const;
-  const cases: Case[] = [];
-  const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [36, 68, 20], [65, 70, 47]];
-  for (const [s, [m, n, k]] of shapes.entries()) {
-    for (const transA of [false, true]) {
-      for (const transB of [false, true]) {
-        const spec = { m, n, k, transA, transB };
-        const epilogue = epilogues[(s + 2 * +transA + +transB) % 3];
-        cases.push({ spec, sizes: packedSizes(spec), bias: transB, epilogue });
+gpuTest(
+  "matmul: GELU epilogues in every kind of variant, at odd and vec4-aligned shapes",
+  async (gpu) => {
+    // (On a CPU adapter the tiled variants by representatives: tests/matmul_subset.ts.)
+    const epilogues = ["gelu", "geluSave", "geluGrad"] as const;
+    const cases: Case[] = [];
+    const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [36, 68, 20], [65, 70, 47]];
+    for (const [s, [m, n, k]] of shapes.entries()) {
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          const spec = { m, n, k, transA, transB };
+          const epilogue = epilogues[(s + 2 * +transA + +transB) % 3];
+          cases.push({ spec, sizes: packedSizes(spec), bias: transB, epilogue });
+        }
       }
     }
-  }
-  // Strides, offsets, alpha, accumulate (the epilogue sees the sum) and both batch levels: C and
-  // the pre-activation share one layout, gaps between products untouched.
-  for (const epilogue of epilogues) {
-    const m = 20, n = 12, k = 8, ldc = n + 3, cMat = ldc * m;
-    const spec: Spec = {
-      m,
-      n,
-      k,
-      transB: true,
-      ldc,
-      offsetC: 5,
-      alpha: 0.75,
-      accumulate: epilogue !== "gelu",
-      batch0: { count: 2, strideA: m * k, strideB: 0, strideC: 2 * cMat + 2 },
-      batch1: { count: 2, strideA: 0, strideB: n * k, strideC: cMat + 1 },
-    };
-    cases.push({
-      spec,
-      sizes: { a: 2 * m * k, b: 2 * n * k, c: 5 + 2 * (2 * cMat + 2) },
-      bias: true,
-      epilogue,
-    });
-  }
-  await runCases(gpu, cases, 8000, 1e-5, epilogueVariants(gpu));
-});
+    // Strides, offsets, alpha, accumulate (the epilogue sees the sum) and both batch levels: C and
+    // the pre-activation share one layout, gaps between products untouched.
+    for (const epilogue of epilogues) {
+      const m = 20, n = 12, k = 8, ldc = n + 3, cMat = ldc * m;
+      const spec: Spec = {
+        m,
+        n,
+        k,
+        transB: true,
+        ldc,
+        offsetC: 5,
+        alpha: 0.75,
+        accumulate: epilogue !== "gelu",
+        batch0: { count: 2, strideA: m * k, strideB: 0, strideC: 2 * cMat + 2 },
+        batch1: { count: 2, strideA: 0, strideB: n * k, strideC: cMat + 1 },
+      };
+      cases.push({
+        spec,
+        sizes: { a: 2 * m * k, b: 2 * n * k, c: 5 + 2 * (2 * cMat + 2) },
+        bias: true,
+        epilogue,
+      });
+    }
+    await runCases(gpu, cases, 8000, 1e-5, epilogueVariants());
+  },
+);
 
 gpuTest(
-  "matmul: GELU epilogues are bitwise reproducible, and alike in every variant",
+  "matmul: GELU epilogues are bitwise reproducible, and alike in every kind of variant",
   async (gpu) => {
     // Every variant sums in the same order and stores through one WGSL function, so as the plain
     // product (tests/matmul_variants_test.ts) the epilogues agree bitwise across variants: the
@@ -481,7 +484,7 @@ gpuTest(
     const a = tensorFromArray(gpu, Float32Array.from(randomValues(m * k, 81)), [m, k], "A");
     const b = tensorFromArray(gpu, Float32Array.from(randomValues(n * k, 82)), [n, k], "B");
     let first: Float32Array[] | undefined;
-    const variants = epilogueVariants(gpu); // tests/matmul_subset.ts
+    const variants = epilogueVariants(); // tests/matmul_subset.ts
     for (const variant of variants) {
       const results: Float32Array[][] = [];
       for (let run = 0; run < 2; run++) {
