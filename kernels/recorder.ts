@@ -115,6 +115,27 @@ const uniformBuffers = new WeakMap<Gpu, GPUBuffer>();
 /** Per device, the submit in progress (settled either way): the next one waits for it. */
 const submitting = new WeakMap<Gpu, Promise<void>>();
 
+/**
+ * Per device, submits asked for whose commands have not reached the queue yet: while there is
+ * one, a `flush` would put its commands on the queue before that submit's (and write the shared
+ * uniform buffer between its write and its queue.submit), so it flushes nothing.
+ */
+const toQueue = new WeakMap<Gpu, number>();
+
+function queuedChange(gpu: Gpu, by: number): void {
+  toQueue.set(gpu, (toQueue.get(gpu) ?? 0) + by);
+}
+
+/** Adds a queued command buffer of `commands` to the device's `submittedCounts`. */
+function count(gpu: Gpu, commands: Command[]): void {
+  const counts = submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 };
+  const copies = commands.filter((c) => c.kind === "copy").length;
+  counts.submits++;
+  counts.copies += copies;
+  counts.dispatches += commands.length - copies;
+  submitted.set(gpu, counts);
+}
+
 /** The device's shared uniform buffer, at least `bytes` long (counted in Gpu.liveBytes). */
 function uniformBuffer(gpu: Gpu, bytes: number): GPUBuffer {
   const old = uniformBuffers.get(gpu);
@@ -309,9 +330,21 @@ export class BindGroupCache {
   }
 }
 
+/** Commands `flush` handed to the queue, with what the next submit checks of them. */
+interface Flushed {
+  commands: Command[];
+  groups: (GPUBindGroup | null)[];
+  /** Bind groups made for them, cached once the checks pass. */
+  created: Map<string, GPUBindGroup>;
+  invalid: Promise<GPUError | null>;
+  memory: Promise<GPUError | null>;
+}
+
 /**
  * Records kernel launches and buffer copies, then encodes and submits them as one command buffer
  * (`submit`); a failing launch is named in the GpuError. Recording starts afresh after a submit.
+ * With `flushEvery`, the commands go to the queue in parts as they are recorded (`flush`), so
+ * that the GPU starts on them while the host records the rest.
  */
 export class Recorder {
   /** The device it records for. */
@@ -320,11 +353,19 @@ export class Recorder {
   /** `commands` in the device's unsubmitted lists, once it holds one (see `retireBuffer`). */
   private listed: WeakRef<Command[]> | null = null;
   private readonly bindGroups: BindGroupCache | null;
+  private readonly flushEvery: number;
+  /** Parts flushed since the last submit, whose errors it reports. */
+  private flushed: Flushed[] = [];
 
-  /** `bindGroups`: where to find and keep the bind groups of repeated submits (see the class). */
-  constructor(gpu: Gpu, bindGroups?: BindGroupCache) {
+  /**
+   * `bindGroups`: where to find and keep the bind groups of repeated submits (see the class).
+   * `flushEvery`: hand the commands to the queue each time this many are recorded (`flush`);
+   * default never (all at the submit).
+   */
+  constructor(gpu: Gpu, bindGroups?: BindGroupCache, flushEvery = Infinity) {
     this.gpu = gpu;
     this.bindGroups = bindGroups ?? null;
+    this.flushEvery = flushEvery;
   }
 
   /** Number of commands recorded since the last submit. */
@@ -362,6 +403,37 @@ export class Recorder {
       uniforms,
       workgroups: [x, y, z],
     });
+    if (this.commands.length >= this.flushEvery) this.flush();
+  }
+
+  /**
+   * Hands the commands recorded so far to the queue now, synchronously, so that the GPU can start
+   * on them while the host records more; returns whether it did. It does nothing while another
+   * submit on the device has not reached the queue (the work would run out of order) or while a
+   * dispatch profile is attached (`profileDispatches` times whole submits). What went wrong in a
+   * flushed part is reported, naming the launch, by the next `submit`, which must follow.
+   */
+  flush(): boolean {
+    const gpu = this.gpu;
+    if (this.commands.length === 0 || (toQueue.get(gpu) ?? 0) > 0 || profiles.get(gpu)) {
+      return false;
+    }
+    gpu.assertAlive();
+    const { commands, listed } = this.take();
+    try {
+      const { groups, created } = this.prepare(commands);
+      const device = gpu.device;
+      device.pushErrorScope("out-of-memory");
+      device.pushErrorScope("validation");
+      device.queue.submit([this.encode(commands, groups)]);
+      const invalid = device.popErrorScope();
+      const memory = device.popErrorScope();
+      this.flushed.push({ commands, groups, created, invalid, memory });
+      count(gpu, commands);
+    } finally {
+      if (listed) listSubmitted(gpu, listed);
+    }
+    return true;
   }
 
   /** Records a copy of `src` into `dst` (same byte length). */
@@ -414,6 +486,9 @@ export class Recorder {
    */
   async submitTimed(): Promise<number> {
     expectTimestamps(this.gpu, "timing");
+    if (this.flushed.length > 0) {
+      throw new GpuError("submitTimed: part of the work was flushed already; it cannot be timed");
+    }
     const dispatches = this.commands.filter((c) => c.kind === "dispatch").length;
     if (dispatches > TIMED_DISPATCHES) {
       const { listed } = this.take();
@@ -438,10 +513,13 @@ export class Recorder {
   private submitProfiled(profile: DispatchProfile | undefined): Promise<void> {
     const gpu = this.gpu;
     const { commands, listed } = this.take();
+    const flushed = this.flushed;
+    this.flushed = [];
     const previous = submitting.get(gpu);
+    queuedChange(gpu, 1);
     const run = previous
-      ? previous.then(() => this.submitNow(commands, profile))
-      : this.submitNow(commands, profile);
+      ? previous.then(() => this.submitNow(commands, profile, flushed))
+      : this.submitNow(commands, profile, flushed);
     const mine = run.finally(() => {
       if (listed) listSubmitted(gpu, listed);
     });
@@ -453,15 +531,58 @@ export class Recorder {
     return mine;
   }
 
-  /** Submits `commands` (with GPU timestamps when `profile` asks). */
+  /**
+   * Submits `commands` (with GPU timestamps when `profile` asks) after checking the parts
+   * `flush` queued before them.
+   */
   private async submitNow(
     commands: Command[],
     profile: DispatchProfile | undefined,
+    flushed: Flushed[],
   ): Promise<void> {
     const gpu = this.gpu;
-    gpu.assertAlive();
-    if (commands.length === 0) return gpu.flushErrors();
+    let queued = false;
+    const reachedQueue = () => {
+      if (!queued) queuedChange(gpu, -1);
+      queued = true;
+    };
+    try {
+      gpu.assertAlive();
+      for (const part of flushed) await this.check(part);
+      if (commands.length === 0) {
+        reachedQueue();
+        return await gpu.flushErrors();
+      }
 
+      const { groups, created } = this.prepare(commands);
+      // Kernel compile errors, allocations and bindings are named by their own scopes.
+      await gpu.flushErrors();
+      // Only bind groups that proved valid are kept.
+      for (const [key, group] of created) this.bindGroups!.set(key, group);
+
+      const device = gpu.device;
+      device.pushErrorScope("out-of-memory");
+      device.pushErrorScope("validation");
+      const timing = profile ? this.timestamps(commands) : null;
+      device.queue.submit([this.encode(commands, groups, timing)]);
+      reachedQueue();
+      const invalid = device.popErrorScope();
+      const memory = device.popErrorScope();
+      await this.check({ commands, groups, created: new Map(), invalid, memory });
+      count(gpu, commands);
+      if (profile && timing) await this.readTimestamps(commands, timing, profile);
+    } finally {
+      reachedQueue();
+    }
+  }
+
+  /** Packs the uniforms of `commands` and finds or makes their bind groups (not yet cached). */
+  private prepare(commands: Command[]): {
+    uniforms: { buffer: GPUBuffer; offsets: number[] } | null;
+    groups: (GPUBindGroup | null)[];
+    created: Map<string, GPUBindGroup>;
+  } {
+    const gpu = this.gpu;
     const uniforms = this.packUniforms(commands);
     const cache = this.bindGroups;
     const created = new Map<string, GPUBindGroup>();
@@ -474,19 +595,20 @@ export class Recorder {
       if (cache) created.set(key, group);
       return group;
     });
-    // Kernel compile errors, allocations and bindings are named by their own scopes.
-    await gpu.flushErrors();
-    // Only bind groups that proved valid are kept.
-    for (const [key, group] of created) cache!.set(key, group);
+    return { uniforms, groups, created };
+  }
 
-    const device = gpu.device;
-    device.pushErrorScope("out-of-memory");
-    device.pushErrorScope("validation");
-    const timing = profile ? this.timestamps(commands) : null;
-    device.queue.submit([this.encode(commands, groups, timing)]);
-    const invalid = await device.popErrorScope();
-    const memory = await device.popErrorScope();
-    gpu.assertAlive();
+  /**
+   * Throws what went wrong in queued commands (their submit's error scopes, then the scoped
+   * checks of their bind groups), naming the launch; else caches their new bind groups.
+   */
+  private async check(part: Flushed): Promise<void> {
+    const gpu = this.gpu;
+    const invalid = await part.invalid;
+    const memory = await part.memory;
+    // A flushed part's compile and binding errors are named by their own scopes.
+    await gpu.flushErrors();
+    const { commands, groups } = part;
     if (invalid) throw await this.blame(commands, groups, invalid.message);
     if (memory) {
       throw new GpuError(
@@ -494,13 +616,7 @@ export class Recorder {
           `(${[...new Set(commands.map((c) => c.label))].join(", ")}): ${oneLine(memory.message)}`,
       );
     }
-    const counts = submitted.get(gpu) ?? { submits: 0, dispatches: 0, copies: 0 };
-    const copies = commands.filter((c) => c.kind === "copy").length;
-    counts.submits++;
-    counts.copies += copies;
-    counts.dispatches += commands.length - copies;
-    submitted.set(gpu, counts);
-    if (profile && timing) await this.readTimestamps(commands, timing, profile);
+    for (const [key, group] of part.created) this.bindGroups!.set(key, group);
   }
 
   /**

@@ -1,7 +1,6 @@
 // One model being trained: the encoder, the EH-FT head, an optional PEFT method, the loss and
-// the optimizer of the current stage. A training step is recorded into one recorder and submitted
-// in two parts, the second recorded while the GPU runs the first (the part before the encoder's
-// backward, then the rest; one part when the encoder does not train):
+// the optimizer of the current stage. A training step is recorded into one recorder, which hands
+// it to the GPU in parts as it goes (STEP_FLUSH_EVERY), and submitted at the end:
 //
 //   setBatch → encoder forward (dropout seeded by the run and the step) → head forward → loss
 //   forward and backward → head backward → encoder backward (only what trains) → global-norm clip
@@ -64,6 +63,15 @@ import type { TrainBatch } from "./batches.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
 import type { StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
+
+/**
+ * A step's commands go to the GPU in parts of this many as they are recorded (Recorder's
+ * `flushEvery`), so that the GPU runs the first layers while the host records the rest: with
+ * one submit per step, the GPU sat idle through all 23-32 ms of a RoBERTa-large step's recording
+ * (H200, 2026-11-28); with two (the forward, then the backward), through the forward's. Same
+ * commands, same order, same results.
+ */
+export const STEP_FLUSH_EVERY = 128;
 
 /** A Trainer's model, loss and head, capacity, seeds, PEFT method, AdamW settings and precision. */
 export interface TrainerOptions {
@@ -417,7 +425,7 @@ export class Trainer {
       this.encoder.setBatch(part.encoder);
       this.setSpans(part);
       const targets = this.uploadTargets(part);
-      const rec = new Recorder(this.gpu, this.bindGroups);
+      const rec = new Recorder(this.gpu, this.bindGroups, STEP_FLUSH_EVERY);
       const hidden = this.encoder.forward(rec, {
         training: true,
         seed: this.dropoutSeed,
@@ -455,10 +463,8 @@ export class Trainer {
       const accumulate = i > 0;
       const dHidden = this.head.backward(rec, dOut.view(0, [...rowLogits.shape]), { accumulate });
       if (this.encoderTrains()) {
-        // The forward goes to the GPU before the encoder's backward is recorded, so that the
-        // host records the larger part of the step (the backward, the optimizer) while the GPU
-        // runs the forward: one submit per step left the GPU idle for all 23-32 ms of a
-        // RoBERTa-large step's recording (H200, 2026-11-28). Same commands, same order.
+        // The forward's last part and the checks of its parts (STEP_FLUSH_EVERY) before the
+        // backward is recorded.
         await rec.submit();
         this.encoder.backward(rec, dHidden, { accumulate });
       }
