@@ -17,7 +17,6 @@
 // the kernel that ran, read off the pipeline `matmul` records (kernels/matmul_autotune.ts).
 
 import type { Gpu } from "../kernels/device.ts";
-import { fill } from "../kernels/fill.ts";
 import { linearBackward, linearForward } from "../kernels/linear.ts";
 import {
   linearTuneShapes,
@@ -25,7 +24,7 @@ import {
   type TuneShape,
 } from "../kernels/matmul_autotune.ts";
 import { splitKCount } from "../kernels/matmul_split.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type DType } from "../kernels/tensor.ts";
 import type { Precision } from "../model/encoder.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
@@ -62,6 +61,17 @@ export function gemmTuneShapes(
   return shapes.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
 }
 
+/** `n` values uniform in [-1, 1) from a fixed linear congruential sequence. */
+function uniformValues(n: number, seed: number): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+    out[i] = a / 2 ** 31 - 1;
+  }
+  return out;
+}
+
 export async function benchMatmul(
   gpu: Gpu,
   reps: number,
@@ -92,13 +102,12 @@ async function benchShape(
     const y = t([tokens, outF], "y");
     const dX = t([tokens, inF], "dX");
     const dW = t([outF, inF], "dW", "f32");
-    const init = new Recorder(gpu);
-    // fill writes f32 words, so the f16 operands are uploaded instead.
+    // Random operands, as bench/torch_step.py's (torch.randn): the rows before 2026-11-28 (run C
+    // included) multiplied constants, which a GPU may run at a different clock than varied data.
     for (const [i, tensor] of [x, w, bias, y].entries()) {
-      if (tensor.dtype === "f32") fill(init, tensor, 0.01 * (i + 1));
-      else tensor.upload(new Float16Array(tensor.numel).fill(0.01 * (i + 1)));
+      const values = uniformValues(tensor.numel, 11 + i);
+      tensor.upload(tensor.dtype === "f32" ? values : new Float16Array(values));
     }
-    await init.submit();
 
     const ops: [
       "forward" | "dX" | "dW",
