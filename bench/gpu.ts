@@ -614,8 +614,8 @@ export function stepTimeNote(row: Row, mode: string, precision: string): string 
       `(${(Number(row.batch) / (piped / 1000)).toFixed(1)} samples/s)`
     : "";
   return `train_step ${mode} ${precision}: the host records, encodes and submits a step in ` +
-    `${host.toFixed(1)} ms of its ${ms.toFixed(1)} ms (the GPU starts on its forward once that ` +
-    `is submitted, while the host records the backward)${back}`;
+    `${host.toFixed(1)} ms of its ${ms.toFixed(1)} ms (the GPU starts on its first layers once ` +
+    `they are recorded, while the host records the rest)${back}`;
 }
 
 if (import.meta.main) {

@@ -1,5 +1,5 @@
 // Whole training steps through the real engine (train/trainer.ts's Trainer.step: one Recorder,
-// two submits), on a random-weight encoder of a configurable shape with the EH-FT head (width
+// handed to the GPU in parts as it is recorded), on a random-weight encoder of a configurable shape with the EH-FT head (width
 // 2048, one output, BCE), random token ids, dropout on (the config's 0.1).
 //
 // Modes: `ft` trains everything (full fine-tuning, and Stage 2 of EH-FT); `bitfit`, `lora` and
@@ -207,9 +207,9 @@ async function benchMode(
   try {
     const batches = [0, 1].map((i) => randomBatch(shape.batch, seq, shape.vocab, 10 + i));
     let step = 0;
-    // Host time: recording, encoding and submitting a step (two submits where the encoder
-    // trains: the GPU starts on the forward while the host records the backward); the rest of a
-    // step's time is the GPU's.
+    // Host time: recording, encoding and submitting a step (in parts, at layer boundaries: the GPU
+    // starts on the first layers while the host records the rest); the rest of a step's time is
+    // the GPU's.
     const hostTimes: number[] = [];
     const oneStep = async () => {
       const start = performance.now();

@@ -343,8 +343,8 @@ interface Flushed {
 /**
  * Records kernel launches and buffer copies, then encodes and submits them as one command buffer
  * (`submit`); a failing launch is named in the GpuError. Recording starts afresh after a submit.
- * With `flushEvery`, the commands go to the queue in parts as they are recorded (`flush`), so
- * that the GPU starts on them while the host records the rest.
+ * With `flushEvery`, the commands go to the queue in parts as they are recorded (`boundary`,
+ * `flush`), so that the GPU starts on them while the host records the rest.
  */
 export class Recorder {
   /** The device it records for. */
@@ -359,8 +359,8 @@ export class Recorder {
 
   /**
    * `bindGroups`: where to find and keep the bind groups of repeated submits (see the class).
-   * `flushEvery`: hand the commands to the queue each time this many are recorded (`flush`);
-   * default never (all at the submit).
+   * `flushEvery`: at a `boundary`, hand the commands to the queue once this many are pending
+   * (`flush`); default never (all at the submit).
    */
   constructor(gpu: Gpu, bindGroups?: BindGroupCache, flushEvery = Infinity) {
     this.gpu = gpu;
@@ -403,15 +403,25 @@ export class Recorder {
       uniforms,
       workgroups: [x, y, z],
     });
-    if (this.commands.length >= this.flushEvery) this.flush();
+  }
+
+  /**
+   * Marks a point between launchers (the encoder calls it between layers): `flush`es when
+   * `flushEvery` commands are pending. Returns whether it did.
+   */
+  boundary(): boolean {
+    return this.commands.length >= this.flushEvery && this.flush();
   }
 
   /**
    * Hands the commands recorded so far to the queue now, synchronously, so that the GPU can start
    * on them while the host records more; returns whether it did. It does nothing while another
    * submit on the device has not reached the queue (the work would run out of order) or while a
-   * dispatch profile is attached (`profileDispatches` times whole submits). What went wrong in a
-   * flushed part is reported, naming the launch, by the next `submit`, which must follow.
+   * dispatch profile is attached (`profileDispatches` times whole submits). Call it only between
+   * launchers: another Recorder's submit may reach the queue between two parts, and a launcher's
+   * dispatches that share a Workspace must not be parted (kernels/workspace.ts). What went wrong
+   * in a flushed part is reported, naming the launch and the part, by this Recorder's next
+   * `submit`, which must follow (a Recorder dropped after a flush loses its parts' errors).
    */
   flush(): boolean {
     const gpu = this.gpu;
@@ -429,7 +439,6 @@ export class Recorder {
       const invalid = device.popErrorScope();
       const memory = device.popErrorScope();
       this.flushed.push({ commands, groups, created, invalid, memory });
-      count(gpu, commands);
     } finally {
       if (listed) listSubmitted(gpu, listed);
     }
@@ -548,7 +557,10 @@ export class Recorder {
     };
     try {
       gpu.assertAlive();
-      for (const part of flushed) await this.check(part);
+      const parts = flushed.length + (commands.length > 0 ? 1 : 0);
+      for (const [i, part] of flushed.entries()) {
+        await this.check(part, `part ${i + 1} of ${parts}`);
+      }
       if (commands.length === 0) {
         reachedQueue();
         return await gpu.flushErrors();
@@ -568,8 +580,8 @@ export class Recorder {
       reachedQueue();
       const invalid = device.popErrorScope();
       const memory = device.popErrorScope();
-      await this.check({ commands, groups, created: new Map(), invalid, memory });
-      count(gpu, commands);
+      const last = { commands, groups, created: new Map(), invalid, memory };
+      await this.check(last, parts > 1 ? `part ${parts} of ${parts}` : "");
       if (profile && timing) await this.readTimestamps(commands, timing, profile);
     } finally {
       reachedQueue();
@@ -599,23 +611,25 @@ export class Recorder {
   }
 
   /**
-   * Throws what went wrong in queued commands (their submit's error scopes, then the scoped
-   * checks of their bind groups), naming the launch; else caches their new bind groups.
+   * Throws what went wrong in queued commands (the scoped checks of their bind groups, then their
+   * submit's error scopes), naming the launch (and `where`: which part of the submit); else
+   * counts them as submitted and caches their new bind groups.
    */
-  private async check(part: Flushed): Promise<void> {
+  private async check(part: Flushed, where: string): Promise<void> {
     const gpu = this.gpu;
     const invalid = await part.invalid;
     const memory = await part.memory;
     // A flushed part's compile and binding errors are named by their own scopes.
     await gpu.flushErrors();
     const { commands, groups } = part;
-    if (invalid) throw await this.blame(commands, groups, invalid.message);
+    if (invalid) throw await this.blame(commands, groups, invalid.message, where);
     if (memory) {
       throw new GpuError(
-        `out of GPU memory running ${commands.length} commands ` +
+        `out of GPU memory running ${commands.length} commands${where ? ` (${where})` : ""} ` +
           `(${[...new Set(commands.map((c) => c.label))].join(", ")}): ${oneLine(memory.message)}`,
       );
     }
+    count(this.gpu, commands);
     for (const [key, group] of part.created) this.bindGroups!.set(key, group);
   }
 
@@ -783,21 +797,23 @@ export class Recorder {
     commands: Command[],
     groups: (GPUBindGroup | null)[],
     message: string,
+    where = "",
   ): Promise<GpuError> {
     const device = this.gpu.device;
+    const part = where ? `, ${where}` : "";
     for (let i = 0; i < commands.length; i++) {
       device.pushErrorScope("validation");
       this.encode([commands[i]], [groups[i]]);
       const error = await device.popErrorScope();
       if (error) {
         return new GpuError(
-          `op "${commands[i].label}" (command ${i + 1} of ${commands.length}): ` +
+          `op "${commands[i].label}" (command ${i + 1} of ${commands.length}${part}): ` +
             oneLine(error.message),
         );
       }
     }
     return new GpuError(
-      `GPU validation error in a submit of ${commands.length} commands: ${oneLine(message)}`,
+      `GPU validation error in a submit of ${commands.length} commands${part}: ${oneLine(message)}`,
     );
   }
 }

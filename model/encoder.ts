@@ -951,7 +951,10 @@ export class Encoder {
       linearHooks,
     };
     let x = input0;
-    for (let l = 0; l < c.numLayers; l++) x = this.layerForward(rec, l, x, state);
+    for (let l = 0; l < c.numLayers; l++) {
+      x = this.layerForward(rec, l, x, state);
+      rec.boundary(); // the layer so far may go to the GPU (Recorder's flushEvery)
+    }
     this.state = state;
     return x;
   }
@@ -984,6 +987,7 @@ export class Encoder {
       if (!needInput && !layerNeeds[l]) break;
       const dIn = needInput ? at(scratch.stream[l % 2], [B, S, c.hiddenSize]) : undefined;
       this.layerBackward(rec, l, dOut, dIn, grads.layers[l], state, accumulate);
+      rec.boundary();
       if (!dIn) return;
       dOut = dIn;
     }

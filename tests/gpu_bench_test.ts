@@ -285,8 +285,8 @@ Deno.test("gpu bench: a step's host share and its back-to-back time as a note", 
   assertEquals(
     stepTimeNote(row, "ft", "f32"),
     "train_step ft f32: the host records, encodes and submits a step in 150.0 ms of its " +
-      "600.0 ms (the GPU starts on its forward once that is submitted, while the host records " +
-      "the backward); " +
+      "600.0 ms (the GPU starts on its first layers once they are recorded, while the host " +
+      "records the rest); " +
       "back to back, as the training loop runs them, 457.1 ms a step (70.0 samples/s)",
   );
   const { pipelined_ms: _, ...older } = row;

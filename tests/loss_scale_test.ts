@@ -24,7 +24,7 @@ import {
   type LossScaling,
   scaleByLossScale,
 } from "../kernels/loss_scale.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import { Recorder, submittedCounts } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { AdamW, ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { type StepStats, Trainer, type TrainerOptions } from "../train/trainer.ts";
@@ -491,6 +491,37 @@ gpuTest("Trainer loss scaling in f32: the same parameters as without, bit for bi
     f.close();
   }
 });
+
+gpuTest(
+  "Trainer: steps handed to the GPU a layer at a time are bit for bit the same",
+  async (gpu) => {
+    const f = await fixture();
+    try {
+      const counted = async (flushEvery: number) => {
+        const before = submittedCounts(gpu).submits;
+        const r = await train(gpu, f, { flushEvery });
+        return { ...r, submits: submittedCounts(gpu).submits - before };
+      };
+      const whole = await counted(Infinity);
+      const parted = await counted(1); // a part after every layer, forward and backward
+      const extra = f.batches.length * 2 * (f.options.config.numLayers - 1);
+      assert(parted.submits >= whole.submits + extra, `${parted.submits} vs ${whole.submits}`);
+      for (const key of ["loss", "gradNorm"] as const) {
+        assertEquals(
+          bits(parted.stats.map((s) => s[key])),
+          bits(whole.stats.map((s) => s[key])),
+          key,
+        );
+      }
+      assertSameBits(parted.after, whole.after, "parameters and moments");
+      const halfWhole = await train(gpu, f, { precision: "f16", flushEvery: Infinity });
+      const halfParted = await train(gpu, f, { precision: "f16", flushEvery: 1 });
+      assertSameBits(halfParted.after, halfWhole.after, "f16: parameters and moments");
+    } finally {
+      f.close();
+    }
+  },
+);
 
 gpuTest("Trainer precision f16: three steps close to f32, none skipped", async (gpu) => {
   const f = await fixture();

@@ -1,12 +1,14 @@
-// Recorder.flush and flushEvery: commands handed to the queue in parts as they are recorded run in
-// order with their own uniforms, a flush waits for nothing and reorders nothing, and what went
-// wrong in a flushed part is named by the submit that follows.
+// Recorder.flush, boundary and flushEvery: commands handed to the queue in parts as they are
+// recorded run in order with their own uniforms, a flush waits for nothing and reorders nothing,
+// parts fall only between launchers, and what went wrong in a flushed part is named by the submit
+// that follows.
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { addInPlace, scale } from "../kernels/add.ts";
 import { GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
+import { columnSum, SUM_BLOCK_ROWS } from "../kernels/linear.ts";
 import { getPipeline } from "../kernels/pipeline.ts";
 import { Recorder, submittedCounts } from "../kernels/recorder.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
@@ -19,12 +21,22 @@ gpuTest("recorder flush: parts run in order, each launch with its own uniforms",
   const before = submittedCounts(gpu);
   // Two commands a part: every fill's value (a uniform) must survive the next part's packing.
   const rec = new Recorder(gpu, undefined, 2);
-  for (const [i, v] of views.entries()) fill(rec, v, i + 0.5);
-  fill(rec, t, 3);
-  scale(rec, { x: t, out: u, alpha: 2 }); // reads what an earlier part wrote
-  addInPlace(rec, { x: u, into: t });
-  scale(rec, { x: t, out: u, alpha: -1 });
-  assert(rec.length < 2, `flushed as recorded (${rec.length} left)`);
+  const ops = [
+    ...views.map((v, i) => () => fill(rec, v, i + 0.5)),
+    () => fill(rec, t, 3),
+    () => scale(rec, { x: t, out: u, alpha: 2 }), // reads what an earlier part wrote
+    () => addInPlace(rec, { x: u, into: t }),
+    () => scale(rec, { x: t, out: u, alpha: -1 }),
+  ];
+  let flushes = 0;
+  for (const op of ops) {
+    op();
+    if (rec.boundary()) flushes++;
+    assert(rec.length < 2, `flushed at the boundary (${rec.length} left)`);
+  }
+  assertEquals(flushes, 4);
+  assertEquals(new Recorder(gpu).boundary(), false);
+  assertEquals(new Recorder(gpu, undefined, Infinity).boundary(), false);
   await rec.submit();
   const after = submittedCounts(gpu);
   assertEquals(after.dispatches - before.dispatches, 9);
@@ -69,7 +81,10 @@ gpuTest("recorder flush: a bad launch in a flushed part is named by the submit",
   assert(rec.flush());
   fill(rec, t, 2);
   const err = await assertRejects(() => rec.submit(), GpuError);
-  assert(/op "too-wide-in-a-flushed-part" \(command 2 of 2\)/.test(err.message), err.message);
+  assert(
+    /op "too-wide-in-a-flushed-part" \(command 2 of 2, part 1 of 2\)/.test(err.message),
+    err.message,
+  );
   assert(!err.message.includes("\n"));
   // The device stays usable, and the recorder too.
   fill(rec, t, 3);
@@ -78,6 +93,30 @@ gpuTest("recorder flush: a bad launch in a flushed part is named by the submit",
   assertEquals(await t.download(), new Float32Array(5).fill(3));
   t.destroy();
 });
+
+gpuTest(
+  "recorder flush: another recorder's submit between two parts leaves a launcher's workspace alone",
+  async (gpu) => {
+    // columnSum over this many rows is two launches sharing a workspace (blocks, then their sum):
+    // a part boundary falls before or after both, never between them.
+    const rows = 2 * SUM_BLOCK_ROWS, cols = 8;
+    const srcA = tensorFromArray(gpu, new Float32Array(rows * cols).fill(1), [rows, cols], "A");
+    const srcB = tensorFromArray(gpu, new Float32Array(rows * cols).fill(2), [rows, cols], "B");
+    const outA = createTensor(gpu, [cols], "f32", "outA");
+    const outB = createTensor(gpu, [cols], "f32", "outB");
+    const a = new Recorder(gpu, undefined, 1);
+    fill(a, outA, 0);
+    assert(a.boundary());
+    columnSum(a, "A", srcA, outA, rows, cols, false);
+    const b = new Recorder(gpu);
+    columnSum(b, "B", srcB, outB, rows, cols, false);
+    await b.submit(); // lands between a's parts
+    await a.submit();
+    assertEquals(await outA.download(), new Float32Array(cols).fill(rows));
+    assertEquals(await outB.download(), new Float32Array(cols).fill(2 * rows));
+    for (const x of [srcA, srcB, outA, outB]) x.destroy();
+  },
+);
 
 const FLUSH_PROBE = /* wgsl */ `
 @group(0) @binding(0) var<storage, read_write> t: array<f32>;

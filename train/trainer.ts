@@ -65,11 +65,13 @@ import type { StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
 
 /**
- * A step's commands go to the GPU in parts of this many as they are recorded (Recorder's
- * `flushEvery`), so that the GPU runs the first layers while the host records the rest: with
- * one submit per step, the GPU sat idle through all 23-32 ms of a RoBERTa-large step's recording
- * (H200, 2026-11-28); with two (the forward, then the backward), through the forward's. Same
- * commands, same order, same results.
+ * A step's commands go to the GPU in parts of at least this many, at the encoder's layer
+ * boundaries, as they are recorded (Recorder's `flushEvery`, `boundary`), so that the GPU runs
+ * the first layers while the host records the rest: with one submit per step, the GPU sat idle
+ * through all 23-32 ms of a RoBERTa-large step's recording (H200, 2026-11-28); with two (the
+ * forward, then the backward), through the forward's. Same commands, same order, same results
+ * (tests/loss_scale_test.ts). The head, the loss and the optimizer stay in the step's last part:
+ * a step whose recording fails may have run some of its layers, never part of its update.
  */
 export const STEP_FLUSH_EVERY = 128;
 
@@ -133,6 +135,12 @@ export interface TrainerOptions {
    * or a PEFT method is refused.
    */
   frozenBackbone?: boolean;
+  /**
+   * A step's commands go to the GPU in parts of at least this many, at layer boundaries
+   * (Recorder's `flushEvery`); default STEP_FLUSH_EVERY. Changes when the GPU starts, never what
+   * it computes.
+   */
+  flushEvery?: number;
 }
 
 /** One step's logged values. */
@@ -201,6 +209,7 @@ export class Trainer {
   private statsOnGpu = 0;
   /** The bind groups of the steps and evaluations, which bind the same buffers every time. */
   private readonly bindGroups = new BindGroupCache();
+  private readonly flushEvery: number;
   private statsOnHost: StepStats[] = [];
 
   /** Allocates encoder, head and loss buffers; throws when loss, head and inputs do not fit. */
@@ -237,6 +246,8 @@ export class Trainer {
       throw new Error(`Trainer: gradAccum ${gradAccum} is not a positive integer`);
     }
     this.gradAccum = gradAccum;
+    this.flushEvery = opts.flushEvery ?? STEP_FLUSH_EVERY;
+    if (!(this.flushEvery >= 1)) throw new Error(`Trainer: flushEvery ${this.flushEvery} < 1`);
     this.peft = opts.peft ?? null;
     const maxRows = opts.maxExamples * k;
     this.encoder = createEncoder(gpu, opts.config, {
@@ -425,7 +436,7 @@ export class Trainer {
       this.encoder.setBatch(part.encoder);
       this.setSpans(part);
       const targets = this.uploadTargets(part);
-      const rec = new Recorder(this.gpu, this.bindGroups, STEP_FLUSH_EVERY);
+      const rec = new Recorder(this.gpu, this.bindGroups, this.flushEvery);
       const hidden = this.encoder.forward(rec, {
         training: true,
         seed: this.dropoutSeed,
