@@ -167,7 +167,8 @@ const LANE_ROWS = 8; // rows per workgroup: 256 invocations
 
 // The passes that draw the dropout mask walk the row in quads instead: lane l takes elements
 // 4l … 4l + 3, then 4l + 128 …, so that a lane's four neighbours share one Philox block
-// (kernels/dropout.ts) and it computes one block per four elements, not one per element. Philox
+// (kernels/dropout.ts) and it computes one block per four elements, not one per element (two
+// where a quad straddles blocks: rows of a length not a multiple of 4). Philox
 // is 10 rounds of 32-bit multiplies split into 16-bit halves: per element it cost about 0.15 ms
 // of each of the three 0.15-0.18 ms row kernels a layer on the H200 (2026-11-28). The quad
 // passes compute each element on its own (no sum runs across them), so the results are bitwise

@@ -10,7 +10,8 @@
 // PARAM_UNROLL of them before adding any (the sum is latency-bound: one load in flight per
 // invocation left an H200 idling), and the slices are added in order. From 2·PARAM_BLOCK_ROWS
 // rows on, a first launch writes each block's sums to a workspace (columns × blocks workgroups,
-// enough to fill the GPU) and a second adds the blocks in order; below that, one launch sums all
+// enough to fill the GPU) and a second adds the blocks the same way (4 interleaved slices of
+// blocks, each in order, then the slices in order); below that, one launch sums all
 // rows as one block. The order is fixed by the shapes alone: results are bitwise reproducible.
 // (It was one launch of ceil(h/16) workgroups, each lane looping over rows/16 rows: 64
 // workgroups and 0.133 ms on an H200 for 4096 × 1024.)

@@ -16,7 +16,7 @@ import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Error bound: 1e-5 (assertClose) everywhere, as for kernels/layernorm.ts, whose reductions the
-// fused kernels share: row statistics a few ulps, dGamma/dBeta column sums of at most 32 terms
+// fused kernels share: row statistics a few ulps, dGamma/dBeta column sums of at most 64 terms
 // per invocation, then of the slices and row blocks. The dropout scale is 1/(1 − p) in float64 here and its float32 rounding on the GPU
 // (6e-8 relative).
 

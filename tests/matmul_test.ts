@@ -434,7 +434,7 @@ gpuTest("matmul: vec4 fast path (edge tiles, aligned strides) and its fallbacks"
 gpuTest(
   "matmul: GELU epilogues in every kind of variant, at odd and vec4-aligned shapes",
   async (gpu) => {
-    // (On a CPU adapter the tiled variants by representatives: tests/matmul_subset.ts.)
+    // (The tiled variants by representatives: tests/matmul_subset.ts.)
     const epilogues = ["gelu", "geluSave", "geluGrad"] as const;
     const cases: Case[] = [];
     const shapes = [[1, 1, 1], [7, 33, 5], [33, 7, 130], [36, 68, 20], [65, 70, 47]];
