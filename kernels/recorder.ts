@@ -330,6 +330,18 @@ export class BindGroupCache {
   }
 }
 
+/**
+ * A step's commands go to the GPU in parts of at least this many, at the encoder's layer
+ * boundaries, as they are recorded (Recorder's `flushEvery`, `boundary`), so that the GPU runs
+ * the first layers while the host records the rest: with one submit per step, the GPU sat idle
+ * through all 23-32 ms of a RoBERTa-large step's recording (H200, 2026-11-28); with two (the
+ * forward, then the backward), through the forward's. Same commands, same order, same results
+ * (tests/loss_scale_test.ts). The head, the loss and the optimizer stay in the step's last part:
+ * a step whose recording fails may have run some of its layers, never part of its update. For
+ * train/trainer.ts's and train/pretrain.ts's steps.
+ */
+export const STEP_FLUSH_EVERY = 128;
+
 /** Commands `flush` handed to the queue, with what the next submit checks of them. */
 interface Flushed {
   commands: Command[];

@@ -22,7 +22,7 @@ import {
   NOT_SELECTED,
   selectionSlots,
 } from "../kernels/gather_rows.ts";
-import { Recorder } from "../kernels/recorder.ts";
+import { Recorder, submittedCounts } from "../kernels/recorder.ts";
 import { type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type ModelConfig, readConfig } from "../model/config.ts";
 import { openSafetensors, type SafetensorsReader } from "../model/safetensors.ts";
@@ -242,6 +242,50 @@ gpuTest(
         trainer.destroy();
       }
     }
+  },
+);
+
+gpuTest(
+  "Pretrainer: steps handed to the GPU a layer at a time are bit for bit the same",
+  async (gpu) => {
+    const f = await fixture();
+    const { B, S } = f;
+    const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
+    const batch: MlmBatch = {
+      batch: B,
+      seqLen: S,
+      inputIds: u32("input_ids"),
+      attentionMask: u32("attention_mask"),
+      positions: u32("positions"),
+      targets: u32("targets"),
+    };
+    const run = async (flushEvery: number) => {
+      const trainer = new Pretrainer(gpu, f.config, {
+        maxBatch: B,
+        maxSeq: S,
+        adamw: PRETRAIN_ADAMW,
+        dropout: 0.1,
+        dropoutSeed: 5,
+        flushEvery,
+      });
+      try {
+        for (const [n, t] of trainer.parameters()) t.upload(await f.model.readF32(n));
+        const before = submittedCounts(gpu).submits;
+        for (let step = 0; step < 2; step++) await trainer.step(batch, 1e-3, step);
+        const submits = submittedCounts(gpu).submits - before;
+        const out = new Map<string, Uint32Array>();
+        for (const [n, t] of trainer.parameters()) {
+          out.set(n, new Uint32Array((await t.download() as Float32Array).buffer));
+        }
+        return { out, submits };
+      } finally {
+        trainer.destroy();
+      }
+    };
+    const whole = await run(Infinity);
+    const parted = await run(1); // a part after every layer, forward and backward
+    assert(parted.submits > whole.submits, `${parted.submits} vs ${whole.submits} submits`);
+    for (const [n, bits] of whole.out) assertEquals(parted.out.get(n), bits, n);
   },
 );
 

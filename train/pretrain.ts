@@ -20,7 +20,7 @@
 import { addInPlace, scale } from "../kernels/add.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { gatherRowsBackward, gatherRowsForward, selectionSlots } from "../kernels/gather_rows.ts";
-import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
+import { BindGroupCache, Recorder, STEP_FLUSH_EVERY } from "../kernels/recorder.ts";
 import {
   vocabCrossEntropyBackward,
   vocabCrossEntropyForward,
@@ -335,6 +335,7 @@ export class Pretrainer {
   private statsOnGpu = 0;
   /** The bind groups of the steps, which bind the same buffers every time. */
   private readonly bindGroups = new BindGroupCache();
+  private readonly flushEvery: number;
   private statsSteps: number[] = [];
 
   /**
@@ -356,10 +357,14 @@ export class Pretrainer {
       maxRows?: number;
       /** Parts each step's batch runs in, their gradients summed (default 1: the whole batch). */
       gradAccum?: number;
+      /** A step's commands go to the GPU in parts of at least this many, at layer boundaries
+       * (Recorder's `flushEvery`); default STEP_FLUSH_EVERY. Never changes what is computed. */
+      flushEvery?: number;
     },
   ) {
     this.gpu = gpu;
     this.config = config;
+    this.flushEvery = opts.flushEvery ?? STEP_FLUSH_EVERY;
     this.gradAccum = opts.gradAccum ?? 1;
     if (!Number.isSafeInteger(this.gradAccum) || this.gradAccum < 1) {
       throw new Error(`Pretrainer: gradAccum ${this.gradAccum} is not an integer ≥ 1`);
@@ -555,7 +560,8 @@ export class Pretrainer {
       const m = this.setBatch(part);
       const n = part.batch * part.seqLen;
       this.slots.view(0, [n]).upload(selectionSlots(part.positions, n));
-      const rec = new Recorder(this.gpu, this.bindGroups);
+      // Handed to the GPU in parts at layer boundaries, as the Trainer's steps.
+      const rec = new Recorder(this.gpu, this.bindGroups, this.flushEvery);
       this.record(rec, part, m, {
         lr,
         step: step * this.gradAccum + i,

@@ -42,7 +42,7 @@ import {
 } from "../kernels/loss_scale.ts";
 import { mseBackward, mseForward } from "../kernels/mse.ts";
 import { addInPlace, scale } from "../kernels/add.ts";
-import { BindGroupCache, Recorder } from "../kernels/recorder.ts";
+import { BindGroupCache, Recorder, STEP_FLUSH_EVERY } from "../kernels/recorder.ts";
 import {
   softmaxCrossEntropyBackward,
   softmaxCrossEntropyForward,
@@ -63,17 +63,6 @@ import type { TrainBatch } from "./batches.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
 import type { StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
-
-/**
- * A step's commands go to the GPU in parts of at least this many, at the encoder's layer
- * boundaries, as they are recorded (Recorder's `flushEvery`, `boundary`), so that the GPU runs
- * the first layers while the host records the rest: with one submit per step, the GPU sat idle
- * through all 23-32 ms of a RoBERTa-large step's recording (H200, 2026-11-28); with two (the
- * forward, then the backward), through the forward's. Same commands, same order, same results
- * (tests/loss_scale_test.ts). The head, the loss and the optimizer stay in the step's last part:
- * a step whose recording fails may have run some of its layers, never part of its update.
- */
-export const STEP_FLUSH_EVERY = 128;
 
 /** A Trainer's model, loss and head, capacity, seeds, PEFT method, AdamW settings and precision. */
 export interface TrainerOptions {
