@@ -30,9 +30,10 @@
 // the variants' 60 s), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
 // what bench/gpu_prepare.sh caches for the offline machine); --help / -h prints HELP and exits 0,
-// an unknown flag is one line with USAGE, exit 1.
+// an unknown flag or a bad value is one line with USAGE, exit 2 (as train.ts; 1 for a run that fails).
 
 import { parseArgs } from "node:util";
+import { FlagError } from "../train/flags.ts";
 import { join } from "node:path";
 import { MATMUL_VARIANTS } from "../kernels/matmul.ts";
 import { writeFileAtomic } from "../model/atomic_write.ts";
@@ -150,7 +151,7 @@ function parseOptions(args: string[]): Options {
       },
     }));
   } catch (e) {
-    throw new Error(`${(e as Error).message} (${USAGE})`);
+    throw new FlagError(`${(e as Error).message} (${USAGE})`);
   }
   if (values["print-files"]) {
     // What the run loads besides this file, for bench/gpu_prepare.sh to cache.
@@ -164,7 +165,7 @@ function parseOptions(args: string[]): Options {
   }
   const budget = values.budget as string;
   if (!/^[1-9][0-9]*$/.test(budget)) {
-    throw new Error(`--budget: expected whole seconds, got "${budget}"`);
+    throw new FlagError(`--budget: expected whole seconds, got "${budget}"`);
   }
   return {
     out: (values.out as string | undefined) ?? Deno.env.get("OUT") ?? "runs/gpu-bench",
@@ -623,6 +624,6 @@ if (import.meta.main) {
     await main();
   } catch (e) {
     console.error(`bench:gpu: ${(e as Error).message}`);
-    Deno.exit(1);
+    Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }

@@ -16,7 +16,7 @@
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
 //                                  with timestamp queries: GPU time by op label, on stderr)
 //                   [--no-autotune | --retune] [--tune-cache FILE]
-//   deno task bench --help   (or -h: HELP, exit 0; an unknown flag is one line with USAGE, exit 1)
+//   deno task bench --help   (or -h: HELP, exit 0; an unknown flag is one line with USAGE, exit 2)
 //
 // Before timing, the GEMM variants are tuned for this adapter at the shape classes the selected
 // modules run (matmul, train_step), or the cached choice is reused (kernels/matmul_autotune.ts;
@@ -29,6 +29,7 @@
 // for the CPU; rows then carry `reference_gflops` / `reference_samples_per_s` and `ratio`.
 
 import { parseArgs } from "node:util";
+import { FlagError } from "../train/flags.ts";
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { autotuneForProgram, tuneRequest, type TuneShape } from "../kernels/matmul_autotune.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
@@ -176,7 +177,7 @@ interface Options {
 
 function positiveInt(flag: string, value: string): number {
   if (!/^[1-9][0-9]*$/.test(value)) {
-    throw new Error(`--${flag}: expected a positive integer, got "${value}"`);
+    throw new FlagError(`--${flag}: expected a positive integer, got "${value}"`);
   }
   return Number(value);
 }
@@ -204,7 +205,7 @@ function parseOptions(args: string[]): Options {
       },
     }));
   } catch (e) {
-    throw new Error(`${(e as Error).message} (${USAGE})`);
+    throw new FlagError(`${(e as Error).message} (${USAGE})`);
   }
   const reps = positiveInt("reps", values.reps as string);
   const shape = { ...BENCH_DEFAULT_STEP };
@@ -213,17 +214,17 @@ function parseOptions(args: string[]): Options {
     if (typeof v === "string") shape[key] = positiveInt(flag, v);
   }
   if (shape.hidden % shape.heads !== 0) {
-    throw new Error(`--hidden ${shape.hidden} is not a multiple of --heads ${shape.heads}`);
+    throw new FlagError(`--hidden ${shape.hidden} is not a multiple of --heads ${shape.heads}`);
   }
   if (shape.seq > shape.maxPositions) {
-    throw new Error(`--seq ${shape.seq} exceeds the ${shape.maxPositions} positions`);
+    throw new FlagError(`--seq ${shape.seq} exceeds the ${shape.maxPositions} positions`);
   }
   const modes = values.modes === undefined
     ? [...TRAIN_STEP_MODES]
     : (values.modes as string).split(",").map((s) => s.trim());
   for (const m of modes) {
     if (!(TRAIN_STEP_MODES as readonly string[]).includes(m)) {
-      throw new Error(`--modes: unknown mode "${m}" (expected some of ${TRAIN_STEP_MODES})`);
+      throw new FlagError(`--modes: unknown mode "${m}" (expected some of ${TRAIN_STEP_MODES})`);
     }
   }
   const only = values.only === undefined
@@ -231,7 +232,7 @@ function parseOptions(args: string[]): Options {
     : (values.only as string).split(",").map((s) => s.trim());
   for (const name of only) {
     if (!Object.hasOwn(MODULES, name)) {
-      throw new Error(
+      throw new FlagError(
         `--only: unknown module "${name}" (expected some of ${Object.keys(MODULES).join(",")})`,
       );
     }
@@ -241,7 +242,7 @@ function parseOptions(args: string[]): Options {
     : [...new Set((values.precision as string).split(",").map((s) => s.trim()))];
   for (const p of precisions ?? []) {
     if (p !== "f32" && p !== "f16") {
-      throw new Error(`--precision: unknown precision "${p}" (expected f32, f16 or f32,f16)`);
+      throw new FlagError(`--precision: unknown precision "${p}" (expected f32, f16 or f32,f16)`);
     }
   }
   const gemmShapes = values["gemm-shapes"] === undefined
@@ -249,12 +250,12 @@ function parseOptions(args: string[]): Options {
     : (values["gemm-shapes"] as string).split(",").map((spec) => {
       const dims = spec.trim().toLowerCase().split("x");
       if (dims.length !== 3 || !dims.every((d) => /^[1-9][0-9]*$/.test(d))) {
-        throw new Error(`--gemm-shapes: "${spec}" is not ROWSxINxOUT (e.g. 4096x1024x4096)`);
+        throw new FlagError(`--gemm-shapes: "${spec}" is not ROWSxINxOUT (e.g. 4096x1024x4096)`);
       }
       return dims.map(Number) as [number, number, number];
     });
   if (values["no-autotune"] && values.retune) {
-    throw new Error("--retune and --no-autotune: choose one");
+    throw new FlagError("--retune and --no-autotune: choose one");
   }
   return {
     json: values.json as boolean,
@@ -429,6 +430,6 @@ if (import.meta.main) {
   } catch (e) {
     const message = oneLine((e as Error)?.message ?? String(e));
     console.error(`bench: ${message}`);
-    Deno.exit(1);
+    Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }

@@ -350,7 +350,7 @@ Deno.test("bench CLIs: --help and -h print the usage and exit 0; a bad flag is o
     const bad = await benchCli("gpu.ts", ["--small", "--bogus"]);
     assertEquals(
       [bad.code, bad.stdout, bad.stderr],
-      [1, "", `bench:gpu: Unknown option '--bogus' (${GPU_USAGE})\n`],
+      [2, "", `bench:gpu: Unknown option '--bogus' (${GPU_USAGE})\n`],
     );
     // bench: the usage and every flag (its module is not imported here: it would run).
     for (const args of [["--help"], ["-h"], ["--reps", "1", "--only", "fill", "--help"]]) {
@@ -377,8 +377,14 @@ Deno.test("bench CLIs: --help and -h print the usage and exit 0; a bad flag is o
         assert(new RegExp(`\\n  (-h, )?--${flag} `).test(r.stdout), `bench --help: --${flag}`);
       }
     }
+    // A bad value too, as train.ts's: exit 2, before anything runs.
+    const value = await benchCli("gpu.ts", ["--budget", "soon"]);
+    assertEquals([value.code, value.stdout], [2, ""]);
+    assert(value.stderr.startsWith('bench:gpu: --budget: expected whole seconds, got "soon"'));
+    const reps = await benchCli("kernels.ts", ["--reps", "0"]);
+    assertEquals([reps.code, reps.stdout], [2, ""]);
     const wrong = await benchCli("kernels.ts", ["--bogus"]);
-    assertEquals([wrong.code, wrong.stdout], [1, ""]);
+    assertEquals([wrong.code, wrong.stdout], [2, ""]);
     const lines = wrong.stderr.trimEnd().split("\n");
     assertEquals(lines.length, 1, wrong.stderr);
     assert(
