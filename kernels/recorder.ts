@@ -336,8 +336,8 @@ export class BindGroupCache {
  * the first layers while the host records the rest: with one submit per step, the GPU sat idle
  * through all 23-32 ms of a RoBERTa-large step's recording (H200, 2026-11-28); with two (the
  * forward, then the backward), through the forward's. Same commands, same order, same results
- * (tests/loss_scale_test.ts). The head, the loss and the optimizer stay in the step's last part:
- * a step whose recording fails may have run some of its layers, never part of its update. For
+ * (tests/loss_scale_test.ts). The optimizer and the step's statistics stay in its last part: a
+ * step whose recording fails may have run some of its layers, never part of its update. For
  * train/trainer.ts's and train/pretrain.ts's steps.
  */
 export const STEP_FLUSH_EVERY = 128;
@@ -348,6 +348,8 @@ interface Flushed {
   groups: (GPUBindGroup | null)[];
   /** Bind groups made for them, cached once the checks pass. */
   created: Map<string, GPUBindGroup>;
+  /** `outgrown` when they were made: a buffer retired since may be bound by them. */
+  outgrown: number;
   invalid: Promise<GPUError | null>;
   memory: Promise<GPUError | null>;
 }
@@ -450,7 +452,7 @@ export class Recorder {
       device.queue.submit([this.encode(commands, groups)]);
       const invalid = device.popErrorScope();
       const memory = device.popErrorScope();
-      this.flushed.push({ commands, groups, created, invalid, memory });
+      this.flushed.push({ commands, groups, created, invalid, memory, outgrown });
     } finally {
       if (listed) listSubmitted(gpu, listed);
     }
@@ -592,7 +594,7 @@ export class Recorder {
       reachedQueue();
       const invalid = device.popErrorScope();
       const memory = device.popErrorScope();
-      const last = { commands, groups, created: new Map(), invalid, memory };
+      const last = { commands, groups, created: new Map(), invalid, memory, outgrown };
       await this.check(last, parts > 1 ? `part ${parts} of ${parts}` : "");
       if (profile && timing) await this.readTimestamps(commands, timing, profile);
     } finally {
@@ -642,6 +644,8 @@ export class Recorder {
       );
     }
     count(this.gpu, commands);
+    // Not past a retired buffer: the caches have started over without the groups binding it.
+    if (part.outgrown !== outgrown) return;
     for (const [key, group] of part.created) this.bindGroups!.set(key, group);
   }
 

@@ -98,19 +98,24 @@ gpuTest(
   "recorder flush: another recorder's submit between two parts leaves a launcher's workspace alone",
   async (gpu) => {
     // columnSum over this many rows is two launches sharing a workspace (blocks, then their sum):
-    // a part boundary falls before or after both, never between them.
+    // parts end at boundaries between launchers, never between those two, however many commands
+    // are pending (a flush counted inside dispatch parted them after the blocks, and b's submit
+    // then overwrote the workspace before a's sum read it).
     const rows = 2 * SUM_BLOCK_ROWS, cols = 8;
     const srcA = tensorFromArray(gpu, new Float32Array(rows * cols).fill(1), [rows, cols], "A");
     const srcB = tensorFromArray(gpu, new Float32Array(rows * cols).fill(2), [rows, cols], "B");
     const outA = createTensor(gpu, [cols], "f32", "outA");
     const outB = createTensor(gpu, [cols], "f32", "outB");
-    const a = new Recorder(gpu, undefined, 1);
+    const a = new Recorder(gpu, undefined, 2);
     fill(a, outA, 0);
-    assert(a.boundary());
     columnSum(a, "A", srcA, outA, rows, cols, false);
+    assertEquals(a.length, 3, "nothing flushed inside the launchers");
     const b = new Recorder(gpu);
     columnSum(b, "B", srcB, outB, rows, cols, false);
-    await b.submit(); // lands between a's parts
+    await b.submit();
+    assert(a.boundary());
+    fill(a, srcB, 5); // a second part of a, after b's work
+    assert(!a.boundary(), "one command pending: under flushEvery");
     await a.submit();
     assertEquals(await outA.download(), new Float32Array(cols).fill(rows));
     assertEquals(await outB.download(), new Float32Array(cols).fill(2 * rows));

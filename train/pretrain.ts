@@ -365,6 +365,7 @@ export class Pretrainer {
     this.gpu = gpu;
     this.config = config;
     this.flushEvery = opts.flushEvery ?? STEP_FLUSH_EVERY;
+    if (!(this.flushEvery >= 1)) throw new Error(`Pretrainer: flushEvery ${this.flushEvery} < 1`);
     this.gradAccum = opts.gradAccum ?? 1;
     if (!Number.isSafeInteger(this.gradAccum) || this.gradAccum < 1) {
       throw new Error(`Pretrainer: gradAccum ${this.gradAccum} is not an integer ≥ 1`);
