@@ -67,6 +67,19 @@ function fixture(): Promise<Fixture> {
   return loaded;
 }
 
+/** The fixture's batch (its input ids already masked) as a Pretrainer takes it. */
+function referenceBatch(f: Fixture): MlmBatch {
+  const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
+  return {
+    batch: f.B,
+    seqLen: f.S,
+    inputIds: u32("input_ids"),
+    attentionMask: u32("attention_mask"),
+    positions: u32("positions"),
+    targets: u32("targets"),
+  };
+}
+
 /** The fixture's starting values in pretrain()'s form. */
 function initialValues(f: Fixture): Promise<PretrainOptions["initial"]> {
   return mlmInitialValues(f.config, f.model);
@@ -117,15 +130,7 @@ gpuTest("tiny-bert-mlm: MLM loss, logits and every gradient match PyTorch", asyn
     const params = trainer.parameters();
     assertEquals(new Set(params.keys()), new Set(f.model.tensors.keys()), "parameter names");
     for (const [n, t] of params) t.upload(await f.model.readF32(n));
-    const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
-    const batch: MlmBatch = {
-      batch: B,
-      seqLen: S,
-      inputIds: u32("input_ids"), // already masked
-      attentionMask: u32("attention_mask"),
-      positions: u32("positions"),
-      targets: u32("targets"),
-    };
+    const batch = referenceBatch(f);
     const m = batch.positions.length;
 
     const grads = async () => {
@@ -197,15 +202,7 @@ gpuTest(
     // masked tokens, summed; the decoder's share of the word table added once, at the end.
     const f = await fixture();
     const { B, S } = f;
-    const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
-    const batch: MlmBatch = {
-      batch: B,
-      seqLen: S,
-      inputIds: u32("input_ids"),
-      attentionMask: u32("attention_mask"),
-      positions: u32("positions"),
-      targets: u32("targets"),
-    };
+    const batch = referenceBatch(f);
     for (const gradAccum of [2, B]) {
       const trainer = new Pretrainer(gpu, f.config, {
         maxBatch: B,
@@ -250,15 +247,7 @@ gpuTest(
   async (gpu) => {
     const f = await fixture();
     const { B, S } = f;
-    const u32 = (n: string) => Uint32Array.from(f.ref.get(n)!);
-    const batch: MlmBatch = {
-      batch: B,
-      seqLen: S,
-      inputIds: u32("input_ids"),
-      attentionMask: u32("attention_mask"),
-      positions: u32("positions"),
-      targets: u32("targets"),
-    };
+    const batch = referenceBatch(f);
     const run = async (flushEvery: number) => {
       const trainer = new Pretrainer(gpu, f.config, {
         maxBatch: B,
