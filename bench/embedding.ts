@@ -20,16 +20,7 @@ import {
 } from "../kernels/softmax_cross_entropy.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type BenchRow, benchRow, measure, timeOp } from "./timing.ts";
-
-function random(n: number, seed: number): Float32Array {
-  let a = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
-    out[i] = a / 2 ** 31 - 1;
-  }
-  return out;
-}
+import { uniformValues } from "./values.ts";
 
 export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
@@ -42,16 +33,18 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
   const v = 30522;
   const positions = 512;
   const seq = 128;
-  const ids = Uint32Array.from(random(n, 1), (x) => Math.floor(((x + 1) / 2) * v) % v);
+  const ids = Uint32Array.from(uniformValues(n, 1), (x) => Math.floor(((x + 1) / 2) * v) % v);
   const pids = Uint32Array.from({ length: n }, (_, t) => t % seq);
   const tids = Uint32Array.from({ length: n }, (_, t) => (t % seq < seq / 2 ? 0 : 1));
   const args = {
     ids: keep(tensorFromArray(gpu, ids, [n], "ids")),
     positionIds: keep(tensorFromArray(gpu, pids, [n], "positionIds")),
     typeIds: keep(tensorFromArray(gpu, tids, [n], "typeIds")),
-    word: keep(tensorFromArray(gpu, random(v * h, 2), [v, h], "word")),
-    position: keep(tensorFromArray(gpu, random(positions * h, 3), [positions, h], "position")),
-    tokenType: keep(tensorFromArray(gpu, random(2 * h, 4), [2, h], "tokenType")),
+    word: keep(tensorFromArray(gpu, uniformValues(v * h, 2), [v, h], "word")),
+    position: keep(
+      tensorFromArray(gpu, uniformValues(positions * h, 3), [positions, h], "position"),
+    ),
+    tokenType: keep(tensorFromArray(gpu, uniformValues(2 * h, 4), [2, h], "tokenType")),
     out: keep(createTensor(gpu, [n, h], "f32", "out")),
   };
   const fields = { tokens: n, hidden: h, vocab: v };
@@ -86,7 +79,7 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
     p.update(x);
     return p;
   });
-  const dOut = keep(tensorFromArray(gpu, random(n * h, 5), [n, h], "dOut"));
+  const dOut = keep(tensorFromArray(gpu, uniformValues(n * h, 5), [n, h], "dOut"));
   const dWord = keep(createTensor(gpu, [v, h], "f32", "dWord"));
   const dPosition = keep(createTensor(gpu, [positions, h], "f32", "dPosition"));
   const dTokenType = keep(createTensor(gpu, [2, h], "f32", "dTokenType"));
@@ -124,12 +117,14 @@ export async function benchEmbedding(gpu: Gpu, reps: number): Promise<BenchRow[]
   // ---- losses ----
   const classes = 3;
   for (const b of [32, 4096]) {
-    const logits = keep(tensorFromArray(gpu, random(b * classes, 6), [b, classes], "logits"));
+    const logits = keep(
+      tensorFromArray(gpu, uniformValues(b * classes, 6), [b, classes], "logits"),
+    );
     const targets = keep(
       tensorFromArray(gpu, Uint32Array.from({ length: b }, (_, i) => i % classes), [b], "t"),
     );
-    const single = keep(tensorFromArray(gpu, random(b, 7), [b, 1], "single"));
-    const y = keep(tensorFromArray(gpu, random(b, 8).map((x) => (x + 1) / 2), [b], "y"));
+    const single = keep(tensorFromArray(gpu, uniformValues(b, 7), [b, 1], "single"));
+    const y = keep(tensorFromArray(gpu, uniformValues(b, 8).map((x) => (x + 1) / 2), [b], "y"));
     const loss = keep(createTensor(gpu, [1], "f32", "loss"));
     const dLogits = keep(createTensor(gpu, [b, classes], "f32", "dLogits"));
     const dSingle = keep(createTensor(gpu, [b, 1], "f32", "dSingle"));

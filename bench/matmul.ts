@@ -28,6 +28,7 @@ import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type DType } from "../kernels/tensor.ts";
 import type { Precision } from "../model/encoder.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
+import { uniformValues } from "./values.ts";
 
 /** [rows, in, out] of each linear layer measured (bench/openblas_gemm.py gets the same list). */
 export const GEMM_SHAPES: [number, number, number][] = [
@@ -59,17 +60,6 @@ export function gemmTuneShapes(
   shapes: readonly [number, number, number][] = GEMM_SHAPES,
 ): TuneShape[] {
   return shapes.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
-}
-
-/** `n` values uniform in [-1, 1) from a fixed linear congruential sequence. */
-function uniformValues(n: number, seed: number): Float32Array {
-  let a = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
-    out[i] = a / 2 ** 31 - 1;
-  }
-  return out;
 }
 
 export async function benchMatmul(
