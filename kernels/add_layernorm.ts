@@ -39,9 +39,9 @@ function dropped(dropout: boolean, value: string): string {
  * A pass over the row's elements j, i = base + j, in which `body` may draw the dropout mask
  * (`dropped`): with dropout, lane l takes the quads 4l … 4l + 3, 4(l + t) …, so that it computes
  * one Philox block (kernels/dropout.ts) per four elements (two where h is not a multiple of 4)
- * instead of one per element (Philox's
- * 32-bit multiplies, split into 16-bit halves, made the mask most of these kernels' time on the
- * H200, 2026-11-28); without, the strided order of the row sums. Only for passes whose elements
+ * instead of one per element (Philox's 32-bit multiplies, split into 16-bit halves, made the mask
+ * most of these kernels' time on the H200, 2026-11-28); without, the strided order of the row
+ * sums. Only for passes whose elements
  * are computed each on its own: the row sums keep the strided order, so results are bitwise those
  * of one order throughout.
  */

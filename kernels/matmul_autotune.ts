@@ -441,12 +441,11 @@ async function tuneClass(
   const tensors: Tensor[] = [];
   const keep = <T extends Tensor>(t: T) => (tensors.push(t), t);
   try {
-    const stored = (rows: number, cols: number, trans: boolean) =>
-      count > 1
-        ? (trans ? [count, cols, rows] : [count, rows, cols])
-        : trans
-        ? [cols, rows]
-        : [rows, cols];
+    // [rows, cols] as stored (turned round when transposed), behind the batch's count if any.
+    const stored = (rows: number, cols: number, trans: boolean) => {
+      const matrix = trans ? [cols, rows] : [rows, cols];
+      return count > 1 ? [count, ...matrix] : matrix;
+    };
     const a = keep(
       tensorFromArray(gpu, pseudoRandom(count * m * k, 1), stored(m, k, transA), "tuneA"),
     );
