@@ -462,12 +462,7 @@ export class Trainer {
       if (this.lossScaling) scaleByLossScale(rec, { x: dOut, state: this.lossScaling.state });
       const accumulate = i > 0;
       const dHidden = this.head.backward(rec, dOut.view(0, [...rowLogits.shape]), { accumulate });
-      if (this.encoderTrains()) {
-        // The forward's last part and the checks of its parts (STEP_FLUSH_EVERY) before the
-        // backward is recorded.
-        await rec.submit();
-        this.encoder.backward(rec, dHidden, { accumulate });
-      }
+      if (this.encoderTrains()) this.encoder.backward(rec, dHidden, { accumulate });
       if (i === parts.length - 1) {
         optimizer.record(rec, lr);
         this.recordStats(rec, whole ? loss : this.lossSum, optimizer);
