@@ -1,10 +1,11 @@
 // Half precision in kernels: what every kernel that reads or writes f16 storage shares.
 //
-// Storage may be f16; arithmetic never is: a kernel loads f16 into f32 (exact), computes and
-// accumulates in f32, and rounds once when it stores (round to nearest even). WGSL leaves the
-// conversion of an f32 beyond f16's range indeterminate, so `to_f16` makes it ±∞ as IEEE does
-// (lavapipe already does; a driver need not): an overflow must stay visible, for the loss scaler
-// to see it, instead of turning into some finite number.
+// Storage may be f16; arithmetic is f32 (but in matmul's f16-arithmetic kernels, `f16Math`): a
+// kernel loads f16 into f32 (exact), computes and accumulates in f32, and rounds once when it
+// stores (round to nearest even). WGSL leaves the conversion of an f32 beyond f16's range
+// indeterminate, so `to_f16` makes it ±∞ as IEEE does (lavapipe already does; a driver need not):
+// an overflow must stay visible, for the loss scaler to see it, instead of turning into some
+// finite number.
 
 import { GpuError } from "./device.ts";
 import type { Gpu } from "./device.ts";
@@ -24,6 +25,12 @@ fn to_f16(v: f32) -> f16 {
     return f16(sign(v) * 65504.0) * f16(2.0);
   }
   return f16(v);
+}`;
+
+/** WGSL: `to_f16x4(v: vec4<f32>) -> vec4<f16>`, `to_f16` of each component (needs TO_F16_WGSL). */
+export const TO_F16X4_WGSL = /* wgsl */ `
+fn to_f16x4(v: vec4<f32>) -> vec4<f16> {
+  return vec4<f16>(to_f16(v.x), to_f16(v.y), to_f16(v.z), to_f16(v.w));
 }`;
 
 /** The WGSL directive a kernel needs when any of `dtypes` is f16 ("" otherwise). */

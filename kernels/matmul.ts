@@ -21,7 +21,7 @@
 // on adding in increasing k, so a sliced product is bitwise the same as one unsliced sum.
 
 import { type Gpu, GpuError } from "./device.ts";
-import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL } from "./f16.ts";
+import { enableF16, expectF16, loadAs, storeAs, TO_F16_WGSL, TO_F16X4_WGSL } from "./f16.ts";
 import { GELU_WGSL } from "./gelu.ts";
 import { range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
@@ -99,6 +99,15 @@ export interface MatmulArgs {
   epilogue?: MatmulEpilogue;
   /** Forces a kernel variant (tests cover each); default: chosen from the shape. */
   variant?: MatmulVariant;
+  /**
+   * Multiply and sum in f16 (needs shader-f16): f32 operands are rounded to f16 as they are read
+   * (beyond f16's range to ±∞), each output's products summed in f16 in runs of 16 consecutive k,
+   * the runs' totals added in f32 in increasing k (`F16_MATH_VARIANTS`; a forced `variant` must
+   * be one of them). Some 2^-9 relative error where f32 sums give 2^-20; for GPUs whose f16
+   * arithmetic is twice as fast as their f32. A product whose operands cannot be read as vec4s
+   * (see the tiled variants) sums in f32 as without it. Default false.
+   */
+  f16Math?: boolean;
 }
 
 /**
@@ -216,6 +225,11 @@ type TiledSpec = {
    * banks; without it a 16-deep slice of the 8 × 8 kernel fits 32 KiB (lavapipe's limit).
    */
   tight?: boolean;
+  /**
+   * f16 arithmetic (`F16_MATH_VARIANTS`): operands staged and multiplied in f16, each run of 16
+   * products summed in f16, the runs' totals added in f32. Needs f16 A and B, bk 16, double.
+   */
+  half?: boolean;
 };
 
 /** A variant with a kernel of its own (`MatmulVariant` less the `nn_` ones). */
@@ -245,7 +259,43 @@ export type KernelVariant =
   | "tiled_8x8dk"
   | "tiled_8x4dk"
   | "tiled_4x8dk"
-  | "tiled_8x8dk16";
+  | "tiled_8x8dk16"
+  | F16MathVariant;
+
+/**
+ * The f16-arithmetic variants (`MatmulArgs.f16Math`), apart from the others: they sum otherwise
+ * (products and runs of 16 sums in f16, the runs' totals in f32), so their bits are their own.
+ * Each is the `dk` kernel of its tile with f16 workgroup memory and registers: `tiled_8x8dk16h`
+ * (128 × 128 blocks), `tiled_4x4dk16h` (64 × 64, for smaller outputs).
+ */
+export const F16_MATH_VARIANTS = ["tiled_8x8dk16h", "tiled_4x4dk16h"] as const;
+export type F16MathVariant = typeof F16_MATH_VARIANTS[number];
+
+/** Whether a variant multiplies in f16 (one of `F16_MATH_VARIANTS`). */
+export function isF16MathVariant(v: MatmulVariant): v is F16MathVariant {
+  return (F16_MATH_VARIANTS as readonly string[]).includes(v);
+}
+
+const HALF_SPECS: Record<F16MathVariant, TiledSpec> = {
+  tiled_8x8dk16h: {
+    kind: "tiled",
+    rm: 8,
+    rn: 8,
+    bk: 16,
+    double: true,
+    kmajor: true,
+    half: true,
+  },
+  tiled_4x4dk16h: {
+    kind: "tiled",
+    rm: 4,
+    rn: 4,
+    bk: 16,
+    double: true,
+    kmajor: true,
+    half: true,
+  },
+};
 
 /** The variants with a kernel of their own, in the order benches and tests list them. */
 const SPECS = {
@@ -275,10 +325,11 @@ const SPECS = {
   tiled_8x4dk: { kind: "tiled", rm: 8, rn: 4, bk: 16, double: true, kmajor: true },
   tiled_4x8dk: { kind: "tiled", rm: 4, rn: 8, bk: 16, double: true, kmajor: true },
   tiled_8x8dk16: { kind: "tiled", rm: 8, rn: 8, bk: 16, double: true, kmajor: true, tight: true },
-} satisfies Record<KernelVariant, VariantSpec>;
+} satisfies Record<Exclude<KernelVariant, F16MathVariant>, VariantSpec>;
 
-const VARIANTS: Record<KernelVariant, VariantSpec> = SPECS;
+const VARIANTS: Record<KernelVariant, VariantSpec> = { ...SPECS, ...HALF_SPECS };
 
+/** The variants that sum in f32 (all but `F16_MATH_VARIANTS`): bitwise the same results. */
 const KERNEL_VARIANTS = Object.keys(SPECS) as KernelVariant[];
 
 /** The kernels an `nn_` variant may run after untransposing (the vec4-reading ones). */
@@ -324,6 +375,14 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
 function chooseVariant(m: number, n: number, transA: boolean): KernelVariant {
   if (m >= 64 && n >= 64) return transA ? "vec4_16x8" : "vec4_8x16";
   return m >= 16 && n >= 16 ? "vec4_4x4" : "direct4x4";
+}
+
+/**
+ * The f16-arithmetic variant when neither the caller nor the autotune chose: 128 × 128 blocks for
+ * outputs large enough to fill a GPU with them, else 64 × 64.
+ */
+function chooseF16MathVariant(m: number, n: number): F16MathVariant {
+  return m >= 512 && n >= 512 ? "tiled_8x8dk16h" : "tiled_4x4dk16h";
 }
 
 const PARAMS_WGSL = /* wgsl */ `
@@ -760,11 +819,11 @@ function stagesRowsOfA(spec: TiledSpec, transA: boolean): boolean {
 
 /** Bytes of workgroup memory a tiled kernel declares (the arrays of `tiledWgsl`). */
 function tiledWorkgroupBytes(spec: TiledSpec, transA: boolean): number {
-  const { rm, rn, bk, double = false, tight = false } = spec;
+  const { rm, rn, bk, double = false, tight = false, half = false } = spec;
   const vec4s = (size: number, rows: boolean) =>
     rows ? size * (bk / 4) : (size / 4 + (tight ? 0 : 1)) * bk;
   const perBuffer = vec4s(16 * rm, stagesRowsOfA(spec, transA)) + vec4s(16 * rn, false);
-  return 16 * perBuffer * (double ? 2 : 1);
+  return (half ? 8 : 16) * perBuffer * (double ? 2 : 1);
 }
 
 /**
@@ -803,13 +862,21 @@ function tiledWgsl(
   sliced = false,
 ): string {
   const { rm, rn, bk, warp = false, double = false, kmajor = false, tight = false } = spec;
+  const half = spec.half ?? false;
+  if (half && (bk !== 16 || !double)) {
+    throw new Error(`tiledWgsl: f16 arithmetic needs bk 16 and double buffers`);
+  }
+  // Element type of the staged slices and their registers: f16 in the f16-arithmetic kernels.
+  const ve = half ? "f16" : "f32";
   const W = 16;
   const threads = W * W;
   // The invocation's place in the block: its local id, or (warp) 8 × 4 per 32 invocations.
   const [tx, ty] = warp ? ["tx", "ty"] : ["lid.x", "lid.y"];
   const bm = W * rm, bn = W * rn;
   const sc = sliceCode(sliced, partialBinding(epilogue));
-  const wide = (d: DType, e: string) => (d === "f16" ? `vec4<f32>(${e})` : e);
+  // A loaded vec4 as staged: widened to f32, or (half) an f32 one rounded to f16.
+  const wide = (d: DType, e: string) =>
+    half ? (d === "f16" ? e : `to_f16x4(${e})`) : d === "f16" ? `vec4<f32>(${e})` : e;
   // One operand's slice. `alongK`: its stored rows run along k (A not transposed, B transposed):
   // an invocation loads a 4×4 block (four block rows, one k quad: four vec4s) and turns it round
   // in registers, so that workgroup memory is only ever written whole vec4s (a write to one
@@ -831,7 +898,7 @@ function tiledWgsl(
     const guard = (s: number) => (count % threads === 0 ? "true" : `${slot(s)} < ${count}u`);
     const reg = (s: number, r: number) => `r${x}${s}_${r}`;
     const fetch = (s: number, r: number, gk: string, addr: string) =>
-      `${reg(s, r)} = vec4<f32>(0.0);\n    ` +
+      `${reg(s, r)} = vec4<${ve}>(0.0);\n    ` +
       `if (${guard(s)} && ${gk} < p.k) { ${reg(s, r)} = ${
         wide(dtype, `${x}4[(${addr}) >> 2u]`)
       }; }`;
@@ -877,20 +944,20 @@ function tiledWgsl(
         }
         return range(4).map((q) => {
           const at = cell(buf, `(${e} % ${bk / 4}u) * 4u + ${q}u`, `${e} / ${bk / 4}u`);
-          const v = `vec4<f32>(${range(4).map((r) => `${reg(s, r)}[${q}]`).join(", ")})`;
+          const v = `vec4<${ve}>(${range(4).map((r) => `${reg(s, r)}[${q}]`).join(", ")})`;
           return `if (${guard(s)}) { ${at} = ${v}; }`;
         });
       }).join("\n    ");
     const decl = range(slots).flatMap((s) =>
-      range(regs).map((r) => `var ${reg(s, r)}: vec4<f32>;`)
+      range(regs).map((r) => `var ${reg(s, r)}: vec4<${ve}>;`)
     );
     const arrays = (double ? ["0", "1"] : [""]).map((buf) =>
       `var<workgroup> ${x}s${buf}: ${
         rows
-          ? `array<array<vec4<f32>, ${bk / 4}>, ${size}>`
+          ? `array<array<vec4<${ve}>, ${bk / 4}>, ${size}>`
           : double
-          ? `array<array<vec4<f32>, ${pitch}>, ${bk}>`
-          : `array<vec4<f32>, ${bk * pitch}>`
+          ? `array<array<vec4<${ve}>, ${pitch}>, ${bk}>`
+          : `array<vec4<${ve}>, ${bk * pitch}>`
       };`
     ).join("\n");
     return { pitch, decl: decl.join("\n  "), load, store, arrays };
@@ -905,6 +972,9 @@ function tiledWgsl(
   // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
   // A staged as rows of k: each k quad reads the invocation's rm rows once, four k at a time, and
   // multiplies them k by k (each output still adds its products in increasing k, one at a time).
+  // The f16-arithmetic kernels add a slice's 16 products into f16 accumulators `hacc`, whose
+  // totals go into the f32 ones after the slice (`halfRun`).
+  const acc = half ? "hacc" : "acc";
   const computeRows = (buf: string) =>
     range(bk / 4).map((kq) => {
       const lines: string[] = [];
@@ -920,7 +990,7 @@ function tiledWgsl(
         for (const g of groups) {
           for (const i of range(4)) {
             for (const h of cgs) {
-              lines.push(`acc${4 * g + i}_${h} += ar${g}_${i}[${q}] * bv${q}_${h};`);
+              lines.push(`${acc}${4 * g + i}_${h} += ar${g}_${i}[${q}] * bv${q}_${h};`);
             }
           }
         }
@@ -938,11 +1008,21 @@ function tiledWgsl(
       for (const h of cgs) lines.push(`let bv${h} = ${at("B", opB.pitch, `${tx} + ${W * h}u`)};`);
       for (const g of groups) {
         for (const i of range(4)) {
-          for (const h of cgs) lines.push(`acc${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
+          for (const h of cgs) lines.push(`${acc}${4 * g + i}_${h} += av${g}[${i}] * bv${h};`);
         }
       }
       return `{\n      ${lines.join("\n      ")}\n    }`;
     }).join("\n    ");
+  const outputs: string[] = [];
+  for (const g of groups) {
+    for (const i of range(4)) for (const h of cgs) outputs.push(`${4 * g + i}_${h}`);
+  }
+  const halfRun = (code: string) =>
+    `{
+    ${outputs.map((o) => `var hacc${o} = vec4<f16>(0.0);`).join("\n    ")}
+    ${code}
+    ${outputs.map((o) => `acc${o} += vec4<f32>(hacc${o});`).join("\n    ")}
+    }`;
   // One slice: staged from the registers, the next one's loads issued, then multiplied.
   const step = (buf = "") =>
     `${opA.store(buf)}
@@ -953,7 +1033,7 @@ function tiledWgsl(
       ${opA.load("kn")}
       ${opB.load("kn")}
     }
-    ${compute(buf)}`;
+    ${half ? halfRun(compute(buf)) : compute(buf)}`;
   // Single: a barrier before staging, so that no invocation overwrites what another still reads.
   const singleLoop = `for (; k0 < p.k; k0 += ${bk}u) {
     workgroupBarrier();
@@ -991,7 +1071,8 @@ function tiledWgsl(
       }
     }
   }
-  return /* wgsl */ `${headerWgsl(t)}${PARAMS_WGSL}
+  const header = half ? `enable f16;\n${TO_F16_WGSL}\n${TO_F16X4_WGSL}\n` : headerWgsl(t);
+  return /* wgsl */ `${header}${PARAMS_WGSL}
 ${bindingsWgsl(t, true, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
 ${sc.wgsl}
@@ -1092,6 +1173,19 @@ export function matmulKernelSources(): string {
       }
     }
   }
+  const halves: Dtypes[] = [
+    { a: "f16", b: "f16", c: "f32", pre: "f32" },
+    { a: "f16", b: "f16", c: "f16", pre: "f16" },
+  ];
+  for (const variant of F16_MATH_VARIANTS) {
+    for (const t of halves) {
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          parts.push(tiledWgsl(HALF_SPECS[variant], transA, transB, "none", t));
+        }
+      }
+    }
+  }
   parts.push(SPLIT_K_SUM_WGSL);
   return parts.join("\n");
 }
@@ -1105,6 +1199,8 @@ export type MatmulTuner = (
   transB: boolean,
   /** Products in the call (both batch levels together). */
   count: number,
+  /** The product multiplies in f16 (`MatmulArgs.f16Math`): the choice must be such a variant. */
+  f16Math: boolean,
 ) => MatmulVariant | undefined;
 const tuners = new WeakMap<Gpu, MatmulTuner>();
 
@@ -1122,8 +1218,9 @@ function tunedVariant(
   transA: boolean,
   transB: boolean,
   count: number,
+  f16Math: boolean,
 ): MatmulVariant | undefined {
-  return tuners.get(gpu)?.(m, n, k, transA, transB, count);
+  return tuners.get(gpu)?.(m, n, k, transA, transB, count, f16Math);
 }
 
 function fail(op: string, message: string): never {
@@ -1258,8 +1355,21 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
   const count = batch0.count * batch1.count;
   if (m === 0 || n === 0 || count === 0) return;
 
-  const asked = args.variant ?? tunedVariant(rec.gpu, m, n, k, transA, transB, count) ??
-    chooseVariant(m, n, transA);
+  const f16Math = args.f16Math ?? false;
+  if (f16Math) expectF16(rec.gpu, `${op} (f16Math)`);
+  if (args.variant && isF16MathVariant(args.variant) !== f16Math) {
+    fail(
+      op,
+      f16Math
+        ? `variant ${args.variant} sums in f32; with f16Math use one of ${
+          F16_MATH_VARIANTS.join(", ")
+        }`
+        : `variant ${args.variant} multiplies in f16: it needs f16Math`,
+    );
+  }
+  const asked = args.variant ??
+    tunedVariant(rec.gpu, m, n, k, transA, transB, count, f16Math) ??
+    (f16Math ? chooseF16MathVariant(m, n) : chooseVariant(m, n, transA));
   // An nn_ variant's kernel is checked before its copies are recorded (the kernel's own check
   // below comes after them), so that a refusal leaves the Recorder as it was.
   if (untransposedKernel(asked) && !variantFits(rec.gpu, asked)) {
@@ -1316,6 +1426,7 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
         strideC: m * n,
       },
       variant: kernel ?? asked,
+      f16Math,
     });
     splitKSum(rec, op, {
       partial,

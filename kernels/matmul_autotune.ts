@@ -26,6 +26,7 @@ import { writeJsonAtomic } from "../model/atomic_write.ts";
 import { isTrue, userCacheBase } from "../model/env.ts";
 import type { Gpu } from "./device.ts";
 import {
+  F16_MATH_VARIANTS,
   matmul,
   MATMUL_VARIANTS,
   type MatmulArgs,
@@ -369,7 +370,7 @@ export function matmulVariantsUsed(gpu: Gpu, record: (rec: Recorder) => void): M
     if (op !== copiedFor) copiedFor = undefined;
     // The longest variant name the label starts with, followed by its end or "_".
     let best: MatmulVariant | undefined;
-    for (const v of MATMUL_VARIANTS) {
+    for (const v of [...MATMUL_VARIANTS, ...F16_MATH_VARIANTS]) {
       const head = `matmul_${v}`;
       const rest = label.slice(head.length);
       if (label.startsWith(head) && (rest === "" || rest.startsWith("_"))) {
@@ -617,7 +618,9 @@ function install(gpu: Gpu, table: TuneTable): void {
   }
   setMatmulTuner(
     gpu,
-    (m, n, k, transA, transB, count) => table[matmulShapeClass(m, n, k, transA, transB, count)],
+    // The f16-arithmetic products are not tuned: matmul picks between its two such kernels.
+    (m, n, k, transA, transB, count, f16Math) =>
+      f16Math ? undefined : table[matmulShapeClass(m, n, k, transA, transB, count)],
   );
 }
 
