@@ -29,6 +29,11 @@ export interface LinearForwardArgs {
   preActivation?: Tensor;
   /** Where the layer is (e.g. "query"), added to the product's label for profiles. */
   site?: string;
+  /**
+   * Multiply in f16 (matmul's `f16Math`) when x and weight are both f16; otherwise, and by
+   * default, the product sums in f32.
+   */
+  f16Math?: boolean;
 }
 
 /**
@@ -59,6 +64,16 @@ export interface LinearBackwardArgs {
   accumulate?: boolean;
   /** Where the layer is (e.g. "query"), added to the products' labels for profiles. */
   site?: string;
+  /**
+   * Multiply in f16 (matmul's `f16Math`) each product whose two operands are f16 (dX: dOut and
+   * weight; dW: dOut and x); the others, and all by default, sum in f32.
+   */
+  f16Math?: boolean;
+}
+
+/** Whether a product of `a` and `b` multiplies in f16: asked for, and both f16. */
+function halfProduct(asked: boolean | undefined, a: Tensor, b: Tensor): boolean {
+  return (asked ?? false) && a.dtype === "f16" && b.dtype === "f16";
 }
 
 /** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
@@ -108,6 +123,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
     k: inF,
     transB: true,
     epilogue: activation ? { kind: "gelu", preActivation } : undefined,
+    f16Math: halfProduct(args.f16Math, x, weight),
   });
 }
 
@@ -144,6 +160,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
       k: outF,
       accumulate: args.accumulateDX ?? false,
       epilogue: geluInput ? { kind: "geluGrad", preActivation: geluInput } : undefined,
+      f16Math: halfProduct(args.f16Math, dOut, weight),
     });
   }
   if (dWeight) {
@@ -157,6 +174,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
       k: rows,
       transA: true,
       accumulate: args.accumulate ?? false,
+      f16Math: halfProduct(args.f16Math, dOut, x),
     });
   }
   if (dBias) columnSum(rec, `${op} (dBias)`, dOut, dBias, rows, outF, args.accumulate ?? false);

@@ -459,6 +459,13 @@ export interface EncoderOptions {
    * of f16 activations are f16: train with a loss scale (the Trainer's precision "f16").
    */
   precision?: Precision;
+  /**
+   * With precision "f16" only: the layers' linear products multiply and sum in f16 (matmul's
+   * `f16Math`: f32 inputs rounded to f16 as they are read, runs of 16 products summed in f16, the
+   * runs' totals in f32). Some 2^-9 relative error per product where f32 sums give 2^-20; for GPUs
+   * whose f16 arithmetic is twice their f32 rate. Default false.
+   */
+  f16Math?: boolean;
 }
 
 /** Which attention kernels an encoder asks for (EncoderOptions.attention, `chooseAttention`). */
@@ -599,6 +606,8 @@ export class Encoder {
   readonly attention: "flash" | "materialized";
   /** EncoderOptions.precision. */
   readonly precision: Precision;
+  /** EncoderOptions.f16Math. */
+  readonly f16Math: boolean;
   /** The parameters (f32), views of one arena owned by the encoder; upload into them to load. */
   readonly params: EncoderParams;
   /** Gradients of the trainable parameters (see `setTrainable`). */
@@ -706,6 +715,12 @@ export class Encoder {
       throw new Error(
         `Encoder: precision "f16" needs the WebGPU feature "shader-f16", which this adapter ` +
           `(${gpu.description}) does not offer; use precision "f32"`,
+      );
+    }
+    this.f16Math = opts.f16Math ?? false;
+    if (this.f16Math && this.precision !== "f16") {
+      throw new Error(
+        `Encoder: f16Math needs precision "f16" (its loss scaling), got "${this.precision}"`,
       );
     }
     this.productParams = this.params;
@@ -1165,7 +1180,14 @@ export class Encoder {
     const hooks = st.linearHooks[l];
     const v = (t: Tensor, width = H) => at(t, [B, S, width]);
     const linear = (module: LinearModule, w: WeightBias, input: Tensor, out: Tensor) => {
-      linearForward(rec, { x: input, weight: w.weight, bias: w.bias, out, site: module });
+      linearForward(rec, {
+        x: input,
+        weight: w.weight,
+        bias: w.bias,
+        out,
+        site: module,
+        f16Math: this.f16Math,
+      });
       const ctx = this.hookContext(l, module, st, false, w.weight);
       hooks.get(module)?.forward(rec, input, out, ctx);
     };
@@ -1223,6 +1245,7 @@ export class Encoder {
         activation: "gelu",
         preActivation: this.inference ? undefined : inter,
         site: "intermediate.dense",
+        f16Math: this.f16Math,
       });
     }
     const ffnOut = v(this.linOut);
@@ -1289,6 +1312,7 @@ export class Encoder {
         accumulateDX,
         geluInput,
         site: module,
+        f16Math: this.f16Math,
       });
       const ctx = this.hookContext(l, module, st, accumulate, weights.weight);
       hooks.get(module)?.backward(rec, x, dY, dX, ctx);

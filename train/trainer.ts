@@ -111,6 +111,11 @@ export interface TrainerOptions {
    */
   precision?: Precision;
   /**
+   * With precision "f16": the encoder's linear products multiply and sum in f16
+   * (EncoderOptions.f16Math); default false.
+   */
+  f16Math?: boolean;
+  /**
    * Dynamic loss scaling; default: on with precision "f16" only. (On in f32, it must change
    * nothing: a power-of-two scale and its inverse are exact. tests/loss_scale_test.ts checks it.)
    */
@@ -246,6 +251,7 @@ export class Trainer {
       dropout: opts.dropout,
       trainable: () => false,
       precision,
+      f16Math: opts.f16Math,
       inference: opts.frozenBackbone ?? false,
     });
     this.head = createHead(gpu, {
