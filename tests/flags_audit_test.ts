@@ -157,6 +157,14 @@ const TRAIN_ROWS: Record<keyof typeof TRAIN_FLAGS, Row[]> = {
     [["--precision", "f16"], { precision: "f16" }],
     [["--precision", "bf16"], '--precision: "bf16" is not one of f32, f16'],
   ],
+  "f16-math": [
+    [["--precision", "f16", "--f16-math"], { precision: "f16", f16Math: true }],
+    [
+      ["--f16-math"],
+      "--f16-math needs --precision f16 (its f16 storage and loss scaling); got --precision f32",
+    ],
+    [["--f16-math=1"], '--f16-math takes no value (got "1"): give it alone'],
+  ],
   "no-shuffle": [
     [["--no-shuffle"], { shuffle: false }],
     [["--no-shuffle=1"], '--no-shuffle takes no value (got "1"): give it alone'],

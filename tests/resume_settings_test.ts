@@ -32,7 +32,7 @@ const STARTED = [
   ...["--grad-accum", "3", "--max-length", "96", "--dropout", "0.05", "--no-shuffle"],
   ...["--schedule", "constant", "--warmup-ratio", "0.29", "--weight-decay", "0.01"],
   ...["--max-grad-norm", "0", "--seed", "7", "--seeds", "3", "--eval-every", "25"],
-  ...["--checkpoint-every", "0", "--precision", "f16", "--revision", "main"],
+  ...["--checkpoint-every", "0", "--precision", "f16", "--f16-math", "--revision", "main"],
 ];
 
 Deno.test("resume settings: --out and --resume alone give every recorded setting", async () => {

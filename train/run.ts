@@ -570,6 +570,7 @@ async function trainSeed(
     peft: withPeft,
     adamw: adamwSettings(config),
     precision: config.precision,
+    f16Math: config.f16Math ?? false,
     frozenBackbone: p.stages.every((st) => st.trains.backbone === "none" && !st.trains.peft),
   });
   // The largest batch below `from` whose buffers this adapter allocates (a Trainer built with

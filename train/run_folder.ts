@@ -131,6 +131,7 @@ async function samePlace(a: unknown, b: unknown, recorded?: unknown): Promise<bo
 /** A setting as its flag reads (`maxSteps` → `--max-steps`; `shuffle` is `--no-shuffle`'s). */
 function settingText(key: string, value: unknown): string {
   if (key === "shuffle") return `--no-shuffle ${value === false ? "given" : "not given"}`;
+  if (key === "f16Math") return `--f16-math ${value === true ? "given" : "not given"}`;
   const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
 }
