@@ -26,7 +26,7 @@
 //    the phases' logs ($OUT/logs.tgz), and the report again as the last lines of stdout.
 //
 // Flags: --out DIR (default $OUT, else runs/gpu-bench), --small, --budget S (default 420: the
-// phases' limits are shares of it, each at least 20 s, the f32 tests' 180 s, the f16 tests' 40 s,
+// phases' limits are shares of it, each at least 20 s, the f32 tests' 180 s, the f16 tests' 60 s,
 // the variants' 60 s), --python CMD (default: python3, python or /usr/bin/python3, the
 // first that imports torch), --no-tests, --print-files (the modules the run loads, one per line:
 // what bench/gpu_prepare.sh caches for the offline machine); --help / -h prints HELP and exits 0,
@@ -92,10 +92,16 @@ const F32_TESTS = [
   "encoder_flash_test",
   "encoder_fusion_test",
 ];
-const F16_TESTS = ["cast_test", "matmul_f16_test", "loss_scale_test", "encoder_f16_test"];
+const F16_TESTS = [
+  "matmul_f16_math_test",
+  "cast_test",
+  "matmul_f16_test",
+  "loss_scale_test",
+  "encoder_f16_test",
+];
 
 /** Shares of --budget per phase (they sum to under 1; the rest is start-up and the report). */
-const SHARE = { tests: 0.2, f16Tests: 0.08, torch: 0.2, gemm: 0.12, variants: 0.02, steps: 0.34 };
+const SHARE = { tests: 0.2, f16Tests: 0.08, torch: 0.2, gemm: 0.13, variants: 0.02, steps: 0.35 };
 
 /** The flags, for the usage line of a bad one. */
 export const USAGE = "usage: deno task bench:gpu [--out DIR] [--small] [--budget S] " +
@@ -113,7 +119,7 @@ bench/gpu.ts).
   --out DIR               the report's folder (default $OUT, else runs/gpu-bench)
   --small                 a rehearsal on any adapter: tiny shapes
   --budget S              whole seconds for the run (default 420): the phases' limits are shares
-                          of it, each at least 20 s (the f32 tests 180 s, the f16 tests 40 s, the
+                          of it, each at least 20 s (the f32 tests 180 s, the f16 tests 60 s, the
                           GEMM variants 60 s)
   --python CMD            the Python with torch (default the first of python3, python and
                           /usr/bin/python3 that imports torch)
@@ -444,8 +450,9 @@ async function main(): Promise<void> {
     report.tests.push(await testRun("tests-f32", F32_TESTS, limit(SHARE.tests, 180)));
     await write();
     if (report.f16.on) {
-      // At least 40 s: 23 s ended them after 19 passed on the H200.
-      const f16 = await testRun("tests-f16", F16_TESTS, limit(SHARE.f16Tests, 40));
+      // At least 60 s: 23 s ended them after 19 passed on the H200, 40 s after 23 (their
+      // every-variant test unfinished), before the f16-arithmetic kernels joined them.
+      const f16 = await testRun("tests-f16", F16_TESTS, limit(SHARE.f16Tests, 60));
       report.tests.push(f16);
       // A failure is evidence against f16 here; a timeout is none either way, and the f16
       // rows' first-step check against f32 (in the report) still says whether it computes right.
@@ -492,7 +499,8 @@ async function main(): Promise<void> {
   await write();
 
   // 4. Ours.
-  const precisions = report.f16.on ? ["f32", "f16"] : ["f32"];
+  // "f16math": f16 storage with the linear products multiplied and summed in f16 (bench/precision.ts).
+  const precisions = report.f16.on ? ["f32", "f16", "f16math"] : ["f32"];
   const bench = (log: string, args: string[], limitS: number) =>
     phase(o.out, log, Deno.execPath(), [
       "run",
@@ -554,10 +562,17 @@ async function main(): Promise<void> {
   }
   // The most telling rows first: each (mode, precision) is its own process, so that a slow one
   // costs only itself; they share what is left of the steps' share.
-  const runs = [["ft", "f32"], ["ft", "f16"], ["bitfit", "f32"], ["lora", "f32"], [
-    "bitfit",
-    "f16",
-  ], ["lora", "f16"]].filter(([, p]) => precisions.includes(p));
+  const runs = [
+    ["ft", "f32"],
+    ["ft", "f16"],
+    ["ft", "f16math"],
+    ["bitfit", "f32"],
+    ["lora", "f32"],
+    ["bitfit", "f16"],
+    ["lora", "f16"],
+    ["bitfit", "f16math"],
+    ["lora", "f16math"],
+  ].filter(([, p]) => precisions.includes(p));
   const stepsEnd = performance.now() + limit(SHARE.steps) * 1000;
   for (const [i, [mode, precision]] of runs.entries()) {
     const left = (stepsEnd - performance.now()) / 1000;
@@ -577,8 +592,10 @@ async function main(): Promise<void> {
       precision,
       "--reps",
       "5",
-      // One more step timed per kernel (timestamp queries): where the f32 time goes.
-      ...(precision === "f32" && mode !== "bitfit" ? ["--profile"] : []),
+      // One more step timed per kernel (timestamp queries): where the time goes.
+      ...((precision === "f32" && mode !== "bitfit") || (precision === "f16math" && mode === "ft")
+        ? ["--profile"]
+        : []),
     ], share);
     const rows = jsonRows(r.stdout);
     report.ours.push(...rows);

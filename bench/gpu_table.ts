@@ -1,7 +1,8 @@
 // The report of bench/gpu.ts: our rows (bench/kernels.ts --json) against PyTorch's on the same
 // GPU (bench/torch_step.py), as ratios ours / PyTorch, with the goals of the GPU comparison:
 // f32 GEMM ≥ 0.6 × cuBLAS fp32 (TF32 off); f32 training step ≥ 0.7 × PyTorch fp32; f16 training
-// step ≥ 1.0 × PyTorch fp32; and, reported without a goal, f16 against bf16 autocast.
+// step ≥ 1.0 × PyTorch fp32; and, reported without a goal, f16 against bf16 autocast. "f16 math"
+// rows (bench/precision.ts: f16 storage, products multiplied and summed in f16) beside the f16 ones.
 // Pure functions of the rows, so that tests can check them without a GPU.
 
 /** One JSON row of either side. */
@@ -61,9 +62,11 @@ function sameGemm(a: Row, b: Row): boolean {
 function gemmPairs(ours: Row[], torch: Row[]) {
   const shapes = ours.filter((r) => r.kernel === "gemm" && r.precision === "f32");
   const extra = ours.filter((r) =>
-    r.kernel === "gemm" && r.precision === "f16" && !shapes.some((s) => sameGemm(s, r))
+    r.kernel === "gemm" && r.precision !== "f32" && !shapes.some((s) => sameGemm(s, r))
   );
-  return [...shapes, ...extra].map((row) => {
+  const rows = [...shapes];
+  for (const r of extra) if (!rows.some((s) => sameGemm(s, r))) rows.push(r);
+  return rows.map((row) => {
     const ourRate = (precision: string) =>
       num(
         ours.find((r) => r.kernel === "gemm" && r.precision === precision && sameGemm(r, row))
@@ -78,6 +81,7 @@ function gemmPairs(ours: Row[], torch: Row[]) {
       row,
       f32: ourRate("f32"),
       f16: ourRate("f16"),
+      f16math: ourRate("f16math"),
       fp32: ref("fp32"),
       fp16: ref("fp16"),
       bf16: ref("bf16"),
@@ -89,8 +93,8 @@ export function gemmTable(ours: Row[], torch: Row[]): string[] {
   const pairs = gemmPairs(ours, torch);
   if (pairs.length === 0) return ["No GEMM rows were measured."];
   const lines = [
-    "| model | product | m × n × k | ours f32 | torch fp32 | f32 ratio (goal ≥ 0.6) | ours f16 | torch fp16 | f16 / fp16 | torch bf16 |",
-    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| model | product | m × n × k | ours f32 | torch fp32 | f32 ratio (goal ≥ 0.6) | ours f16 | torch fp16 | f16 / fp16 | ours f16 math | f16 math / fp32 | torch bf16 |",
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const p of pairs) {
     const r = p.row;
@@ -99,7 +103,7 @@ export function gemmTable(ours: Row[], torch: Row[]): string[] {
         fmt(p.fp32)
       } | ${fmtRatio(ratio(p.f32, p.fp32), GOALS.gemmF32)} | ${fmt(p.f16)} | ${fmt(p.fp16)} | ${
         fmtRatio(ratio(p.f16, p.fp16))
-      } | ${fmt(p.bf16)} |`,
+      } | ${fmt(p.f16math)} | ${fmtRatio(ratio(p.f16math, p.fp32))} | ${fmt(p.bf16)} |`,
     );
   }
   return lines;
@@ -113,22 +117,25 @@ function stepOf(rows: Row[], kernel: string, mode: string, key: string, value: s
 
 export function stepTable(ours: Row[], torch: Row[]): string[] {
   const lines = [
-    "| mode | ours f32 | ours f16 | torch fp32 | torch bf16 autocast | f32 / fp32 (goal ≥ 0.7) | f16 / fp32 (goal ≥ 1.0) | f16 / bf16 |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| mode | ours f32 | ours f16 | ours f16 math | torch fp32 | torch bf16 autocast | f32 / fp32 (goal ≥ 0.7) | f16 / fp32 (goal ≥ 1.0) | f16 math / fp32 (goal ≥ 1.0) | f16 / bf16 | f16 math / bf16 |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const mode of STEP_MODES) {
     const o32 = stepOf(ours, "train_step", mode, "precision", "f32");
     const o16 = stepOf(ours, "train_step", mode, "precision", "f16");
+    const oh = stepOf(ours, "train_step", mode, "precision", "f16math");
     const t32 = stepOf(torch, "train_step_reference", mode, "amp", "fp32");
     const tbf = stepOf(torch, "train_step_reference", mode, "amp", "bf16");
-    if (!o32 && !o16 && !t32 && !tbf) continue;
+    if (!o32 && !o16 && !oh && !t32 && !tbf) continue;
     const rate = (r: Row | undefined) => num(r?.samples_per_s);
     lines.push(
-      `| ${mode} | ${fmt(rate(o32))} | ${fmt(rate(o16))} | ${fmt(rate(t32))} | ${
+      `| ${mode} | ${fmt(rate(o32))} | ${fmt(rate(o16))} | ${fmt(rate(oh))} | ${fmt(rate(t32))} | ${
         fmt(rate(tbf))
       } | ${fmtRatio(ratio(rate(o32), rate(t32)), GOALS.stepF32)} | ${
         fmtRatio(ratio(rate(o16), rate(t32)), GOALS.stepF16)
-      } | ${fmtRatio(ratio(rate(o16), rate(tbf)))} |`,
+      } | ${fmtRatio(ratio(rate(oh), rate(t32)), GOALS.stepF16)} | ${
+        fmtRatio(ratio(rate(o16), rate(tbf)))
+      } | ${fmtRatio(ratio(rate(oh), rate(tbf)))} |`,
     );
   }
   return lines.length > 2 ? lines : ["No training-step rows were measured."];
@@ -142,23 +149,28 @@ export function stepTable(ours: Row[], torch: Row[]): string[] {
  */
 export function f16Check(ours: Row[], tolerance = 0.01): string[] {
   const out: string[] = [];
-  for (const mode of STEP_MODES) {
+  for (
+    const [precision, mode] of ["f16", "f16math"].flatMap((p) => STEP_MODES.map((m) => [p, m]))
+  ) {
     const a = stepOf(ours, "train_step", mode, "precision", "f32");
-    const b = stepOf(ours, "train_step", mode, "precision", "f16");
+    const b = stepOf(ours, "train_step", mode, "precision", precision);
     if (!a || !b) continue;
+    const f16 = precision === "f16" ? "f16" : "f16 math";
     const [la, lb] = [num(a.first_loss), num(b.first_loss)];
     const [ga, gb] = [num(a.first_grad_norm), num(b.first_grad_norm)];
     if (la === undefined || lb === undefined) continue;
     const loss = `loss ${lb.toFixed(5)} vs ${la.toFixed(5)}`;
     if (ga === undefined || gb === undefined) {
-      out.push(`${mode}: f16 ${loss}; gradient norm not finite in f16 (the step was skipped)`);
+      out.push(
+        `${mode}: ${f16} ${loss}; gradient norm not finite in ${f16} (the step was skipped)`,
+      );
       continue;
     }
     const gap = Math.abs(gb - ga) / Math.max(Math.abs(ga), 1e-30);
     out.push(
-      `${mode}: f16 against f32 at the first step: ${loss}, gradient norm ${gb.toPrecision(5)} vs ${
-        ga.toPrecision(5)
-      } (relative gap ${gap.toPrecision(2)}: ${
+      `${mode}: ${f16} against f32 at the first step: ${loss}, gradient norm ${
+        gb.toPrecision(5)
+      } vs ${ga.toPrecision(5)} (relative gap ${gap.toPrecision(2)}: ${
         gap <= tolerance ? "agrees" : `DIFFERS by more than ${tolerance}`
       })`,
     );
@@ -186,18 +198,28 @@ export function goalLines(ours: Row[], torch: Row[]): string[] {
     const t = num(stepOf(torch, "train_step_reference", "ft", "amp", amp)?.samples_per_s);
     return ratio(o, t);
   };
-  for (const [precision, goal] of [["f32", GOALS.stepF32], ["f16", GOALS.stepF16]] as const) {
+  const steps = [["f32", GOALS.stepF32], ["f16", GOALS.stepF16], [
+    "f16math",
+    GOALS.stepF16,
+  ]] as const;
+  for (const [precision, goal] of steps) {
     const r = step(precision, "fp32");
     if (r === undefined) continue;
     lines.push(
-      `${precision} training step (ft) ≥ ${goal} × PyTorch fp32: ${
-        r >= goal ? "met" : "NOT met"
-      } (${r.toFixed(2)})`,
+      `${
+        precision === "f16math" ? "f16 math" : precision
+      } training step (ft) ≥ ${goal} × PyTorch fp32: ${r >= goal ? "met" : "NOT met"} (${
+        r.toFixed(2)
+      })`,
     );
   }
-  const rbf = step("f16", "bf16");
-  if (rbf !== undefined) {
-    lines.push(`f16 training step (ft) against PyTorch bf16 autocast: ${rbf.toFixed(2)} (no goal)`);
+  for (const precision of ["f16", "f16math"]) {
+    const rbf = step(precision, "bf16");
+    if (rbf === undefined) continue;
+    lines.push(
+      `${precision === "f16math" ? "f16 math" : precision} training step (ft) against PyTorch ` +
+        `bf16 autocast: ${rbf.toFixed(2)} (no goal)`,
+    );
   }
   return lines;
 }

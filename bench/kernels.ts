@@ -9,8 +9,8 @@
 //                   [--layers 4 --hidden 256 --heads 4 --intermediate 1024 --vocab 30522
 //                    --batch 32 --seq 128 --modes ft,bitfit,lora,prefix]   (train_step's model:
 //                    BERT-mini at the issue's 32 × 128 by default; --batch 8 --seq 32 is quicker)
-//                   [--precision f32,f16]   (GEMM and train_step rows in these precisions;
-//                                  default both where the adapter has shader-f16)
+//                   [--precision f32,f16,f16math]   (GEMM and train_step rows in these
+//                                  precisions; default f32,f16 where the adapter has shader-f16)
 //                   [--gemm-shapes 4096x1024x4096,...]   (the matmul module's linear layers,
 //                                  rows x in x out; default bench/matmul.ts's GEMM_SHAPES)
 //                   [--profile]   (after each train_step mode, one extra step timed per kernel
@@ -48,7 +48,7 @@ import {
   referenceTrainStep,
 } from "./reference.ts";
 import type { BenchRow } from "./timing.ts";
-import type { Precision } from "../model/encoder.ts";
+import { BENCH_PRECISIONS, type BenchPrecision } from "./precision.ts";
 import {
   BENCH_DEFAULT_STEP,
   benchTrainStep,
@@ -91,7 +91,7 @@ const USAGE = `usage: deno task bench [--json] [--reps N] [--no-reference] [--on
   Object.keys(MODULES).join(",")
 }] [--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N] [--modes ${
   TRAIN_STEP_MODES.join(",")
-}] [--precision f32,f16] [--gemm-shapes ROWSxINxOUT,...] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
+}] [--precision f32,f16,f16math] [--gemm-shapes ROWSxINxOUT,...] [--profile] [--no-autotune | --retune] [--tune-cache FILE]`;
 
 /** `items` joined by `sep` in lines of at most `width` characters, later lines indented. */
 function wrapped(items: readonly string[], sep: string, indent: number, width = 99): string {
@@ -119,7 +119,7 @@ export const HELP = `usage: deno task bench ${
       "[--only LIST]",
       "[--layers N --hidden N --heads N --intermediate N --vocab N --batch N --seq N]",
       "[--modes LIST]",
-      "[--precision f32,f16]",
+      "[--precision f32,f16,f16math]",
       "[--gemm-shapes ROWSxINxOUT,...]",
       "[--profile]",
       "[--no-autotune | --retune]",
@@ -143,8 +143,9 @@ or GB/s (what the numbers mean: BENCHMARKS.md). Flags:
                           train_step's model (default
                           ${wrapped(SHAPE_DEFAULTS, " ", 26, 98)})
   --modes LIST            train_step's modes (default ${TRAIN_STEP_MODES.join(",")})
-  --precision LIST        GEMM and train_step rows in f32, f16 or f32,f16 (default both where the
-                          adapter has shader-f16, else f32)
+  --precision LIST        GEMM and train_step rows in some of f32, f16 and f16math (f16 storage,
+                          products multiplied and summed in f16); default f32,f16 where the
+                          adapter has shader-f16, else f32
   --gemm-shapes LIST      the matmul module's linear layers, ROWSxINxOUT,... (default
                           ${wrapped(GEMM_SHAPES.map((d) => d.join("x")), ",", 26, 98)})
   --profile               after each train_step mode, one extra step timed per kernel (stderr)
@@ -168,7 +169,7 @@ interface Options {
   shape: TrainStepShape;
   modes: TrainStepMode[];
   /** GEMM and training-step rows in these precisions (default f32, and f16 where supported). */
-  precisions: Precision[];
+  precisions: BenchPrecision[];
   /** The linear layers [rows, in, out] of the matmul module (default GEMM_SHAPES). */
   gemmShapes: [number, number, number][];
   profile: boolean;
@@ -241,8 +242,10 @@ function parseOptions(args: string[]): Options {
     ? undefined
     : [...new Set((values.precision as string).split(",").map((s) => s.trim()))];
   for (const p of precisions ?? []) {
-    if (p !== "f32" && p !== "f16") {
-      throw new FlagError(`--precision: unknown precision "${p}" (expected f32, f16 or f32,f16)`);
+    if (!(BENCH_PRECISIONS as readonly string[]).includes(p)) {
+      throw new FlagError(
+        `--precision: unknown precision "${p}" (expected some of ${BENCH_PRECISIONS.join(",")})`,
+      );
     }
   }
   const gemmShapes = values["gemm-shapes"] === undefined
@@ -264,7 +267,7 @@ function parseOptions(args: string[]): Options {
     reference: !values["no-reference"],
     shape,
     modes: [...new Set(modes)] as TrainStepMode[],
-    precisions: (precisions ?? []) as Precision[],
+    precisions: (precisions ?? []) as BenchPrecision[],
     gemmShapes,
     profile: values.profile as boolean,
     tune: {
@@ -392,8 +395,11 @@ async function main(): Promise<void> {
   const gpu = await getGpu();
   if (options.precisions.length === 0) {
     options.precisions = gpu.hasF16 ? ["f32", "f16"] : ["f32"];
-  } else if (options.precisions.includes("f16") && !gpu.hasF16) {
-    throw new Error(`--precision f16: this adapter (${gpu.description}) has no shader-f16`);
+  } else if (options.precisions.some((p) => p !== "f32") && !gpu.hasF16) {
+    throw new Error(
+      `--precision ${options.precisions.join(",")}: this adapter (${gpu.description}) has no ` +
+        "shader-f16",
+    );
   }
   try {
     if (!options.json) write(`adapter: ${gpu.description}\n`);

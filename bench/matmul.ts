@@ -26,7 +26,7 @@ import {
 import { splitKCount } from "../kernels/matmul_split.ts";
 import type { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type DType } from "../kernels/tensor.ts";
-import type { Precision } from "../model/encoder.ts";
+import { type BenchPrecision, f16Math, precisionLabel, storagePrecision } from "./precision.ts";
 import { type BenchRow, benchRow, timeOp } from "./timing.ts";
 import { uniformValues } from "./values.ts";
 
@@ -65,7 +65,7 @@ export function gemmTuneShapes(
 export async function benchMatmul(
   gpu: Gpu,
   reps: number,
-  precisions: readonly Precision[] = ["f32"],
+  precisions: readonly BenchPrecision[] = ["f32"],
   shapes: readonly [number, number, number][] = GEMM_SHAPES,
 ): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
@@ -79,12 +79,13 @@ async function benchShape(
   gpu: Gpu,
   reps: number,
   [tokens, inF, outF]: [number, number, number],
-  precision: Precision,
+  precision: BenchPrecision,
 ): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   {
     const model = gemmModel([tokens, inF, outF]);
-    const t = (shape: number[], label: string, dtype: DType = precision) =>
+    const half = f16Math(precision);
+    const t = (shape: number[], label: string, dtype: DType = storagePrecision(precision)) =>
       createTensor(gpu, shape, dtype, label);
     const x = t([tokens, inF], "x");
     const w = t([outF, inF], "w");
@@ -109,19 +110,19 @@ async function benchShape(
         "forward",
         [tokens, outF, inF],
         `X[${tokens},${inF}]·W[${outF},${inF}]ᵀ+b`,
-        (rec) => linearForward(rec, { x, weight: w, bias, out: y }),
+        (rec) => linearForward(rec, { x, weight: w, bias, out: y, f16Math: half }),
       ],
       [
         "dX",
         [tokens, inF, outF],
         `dY[${tokens},${outF}]·W[${outF},${inF}]`,
-        (rec) => linearBackward(rec, { x, weight: w, dOut: y, dX }),
+        (rec) => linearBackward(rec, { x, weight: w, dOut: y, dX, f16Math: half }),
       ],
       [
         "dW",
         [outF, inF, tokens],
         `dY[${tokens},${outF}]ᵀ·X[${tokens},${inF}]`,
-        (rec) => linearBackward(rec, { x, weight: w, dOut: y, dWeight: dW }),
+        (rec) => linearBackward(rec, { x, weight: w, dOut: y, dWeight: dW, f16Math: half }),
       ],
     ];
     for (const [product, [m, n, k], shape, record] of ops) {
@@ -131,7 +132,7 @@ async function benchShape(
       const kSlices = product === "dW" ? splitKCount(m, n, k, true, false, 1) : 1;
       const fields = { m, n, k, product, variant, k_slices: kSlices, model, precision };
       const label = `${product} m=${m} n=${n} k=${k}: ${shape} (${model}${
-        precision === "f16" ? ", f16" : ""
+        precisionLabel(precision)
       })`;
       rows.push(benchRow("gemm", fields, timing, { flops: 2 * m * n * k }, label));
     }

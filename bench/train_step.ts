@@ -20,7 +20,8 @@ import { uniformGenerator as generator } from "../model/init.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { profileDispatches, submittedCounts } from "../kernels/recorder.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
-import { encoderParameters, type Precision } from "../model/encoder.ts";
+import { encoderParameters } from "../model/encoder.ts";
+import { type BenchPrecision, f16Math, precisionLabel, storagePrecision } from "./precision.ts";
 import { createPeft, PEFT_DEFAULTS, type PeftName } from "../peft/method.ts";
 import type { TrainBatch } from "../train/batches.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
@@ -69,7 +70,7 @@ export interface TrainStepOptions {
   /** After the timed steps, one more step with per-dispatch timestamps, printed to stderr. */
   profile?: boolean;
   /** The precisions to time each mode in (default ["f32"]). */
-  precisions?: readonly Precision[];
+  precisions?: readonly BenchPrecision[];
 }
 
 /** The config.json of the shape, through the same parser a downloaded model goes through. */
@@ -161,7 +162,7 @@ export function stepTrainer(
   gpu: Gpu,
   mode: TrainStepMode,
   shape: TrainStepShape,
-  precision: Precision,
+  precision: BenchPrecision,
 ): { trainer: Trainer; seq: number; lr: number } {
   const config = stepConfig(shape);
   const peft = mode === "ft" ? null : createPeft(mode, gpu, config, PEFT_DEFAULTS);
@@ -177,7 +178,8 @@ export function stepTrainer(
     dropoutSeed: 2,
     peft,
     adamw: ADAMW_DEFAULTS,
-    precision,
+    precision: storagePrecision(precision),
+    f16Math: f16Math(precision),
   });
   try {
     randomizeBackbone(trainer, 3);
@@ -199,7 +201,7 @@ async function benchMode(
   reps: number,
   budgetS: number,
   profile: boolean,
-  precision: Precision,
+  precision: BenchPrecision,
 ): Promise<BenchRow> {
   const base = gpu.liveBytes;
   gpu.resetPeak();
@@ -300,7 +302,7 @@ async function benchMode(
       skipped_steps: stats.filter((s) => s.skipped).length,
       shape:
         `${mode}${
-          precision === "f16" ? " f16" : ""
+          precisionLabel(precision).replace(",", "")
         } L${shape.layers} H${shape.hidden} I${shape.intermediate} V${shape.vocab} ` +
         `B${shape.batch}×${seq}: ${(shape.batch / (ms / 1000)).toFixed(2)} samples/s, ` +
         `${dispatches} dispatches (host ${hostMs.toFixed(1)} ms a step), ` +

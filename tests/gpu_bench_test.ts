@@ -66,8 +66,10 @@ const ours = [
   gemm("f32", "forward", 30000),
   gemm("f32", "dW", 20000),
   gemm("f16", "forward", 60000),
+  gemm("f16math", "forward", 50000),
   step("ft", "f32", 40),
   step("ft", "f16", 70),
+  step("ft", "f16math", 80),
   step("bitfit", "f32", 100),
 ];
 const torch = [
@@ -85,6 +87,7 @@ Deno.test("gpu report: GEMM ratios against cuBLAS fp32 with the 0.6 goal", () =>
   const forward = lines.find((l) => l.includes("| forward |"))!;
   assert(forward.includes("| 0.75 ✓ |"), forward); // 30000 / 40000
   assert(forward.includes("| 0.15 |"), forward); // f16 60000 / fp16 400000
+  assert(forward.includes("| 50000 | 1.25 |"), forward); // f16 math 50000 / fp32 40000
   const dW = lines.find((l) => l.includes("| dW |"))!;
   assert(dW.includes("| 0.50 ✗ |"), dW);
   assert(dW.includes("| – |"), "no f16 row: a dash, not a number");
@@ -96,6 +99,8 @@ Deno.test("gpu report: training-step ratios and the goal lines", () => {
   assert(ft.includes("| 0.80 ✓ |"), ft); // 40 / 50
   assert(ft.includes("| 1.40 ✓ |"), ft); // 70 / 50
   assert(ft.includes("| 0.35 |"), ft); // 70 / 200
+  assert(ft.includes("| 1.60 ✓ |"), ft); // f16 math 80 / 50
+  assert(ft.includes("| 0.40 |"), ft); // f16 math 80 / 200
   const bitfit = lines.find((l) => l.startsWith("| bitfit |"))!;
   assert(bitfit.includes("| 0.83 ✓ |"), bitfit);
   assert(!lines.some((l) => l.startsWith("| lora |")), "no lora rows on either side: no line");
@@ -103,7 +108,9 @@ Deno.test("gpu report: training-step ratios and the goal lines", () => {
     "f32 GEMM ≥ 0.6 × cuBLAS fp32: NOT met (1 of 2 products; lowest ratio 0.50)",
     "f32 training step (ft) ≥ 0.7 × PyTorch fp32: met (0.80)",
     "f16 training step (ft) ≥ 1 × PyTorch fp32: met (1.40)",
+    "f16 math training step (ft) ≥ 1 × PyTorch fp32: met (1.60)",
     "f16 training step (ft) against PyTorch bf16 autocast: 0.35 (no goal)",
+    "f16 math training step (ft) against PyTorch bf16 autocast: 0.40 (no goal)",
   ]);
 });
 
@@ -115,6 +122,8 @@ Deno.test("gpu report: f16 against f32 by the first step's gradient norm", () =>
   const skipped = { ...step("ft", "f16", 1), first_grad_norm: null };
   const [note] = f16Check([step("ft", "f32", 1), skipped]);
   assert(note.includes("skipped"), note);
+  const [math] = f16Check([step("ft", "f32", 1, 2.0), step("ft", "f16math", 1, 2.01)]);
+  assert(math.startsWith("ft: f16 math against f32") && math.includes("agrees"), math);
 });
 
 Deno.test("gpu report: nothing measured still gives a readable report", () => {
