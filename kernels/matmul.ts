@@ -266,9 +266,14 @@ export type KernelVariant =
  * The f16-arithmetic variants (`MatmulArgs.f16Math`), apart from the others: they sum otherwise
  * (products and runs of 16 sums in f16, the runs' totals in f32), so their bits are their own.
  * Each is the `dk` kernel of its tile with f16 workgroup memory and registers: `tiled_8x8dk16h`
- * (128 × 128 blocks), `tiled_4x4dk16h` (64 × 64, for smaller outputs).
+ * (128 × 128 blocks, 16 k a slice), `tiled_8x8dk32h` (32 k a slice, two runs: half the barriers
+ * per multiply-add; its rows unpadded to fit 32 KiB), `tiled_4x4dk16h` (64 × 64, for smaller
+ * outputs). Same runs, same sums: the three give bitwise the same results.
  */
-export const F16_MATH_VARIANTS = ["tiled_8x8dk16h", "tiled_4x4dk16h"] as const;
+export const F16_MATH_VARIANTS = ["tiled_8x8dk16h", "tiled_8x8dk32h", "tiled_4x4dk16h"] as const;
+
+/** The f16-arithmetic kernels sum runs of this many consecutive k in f16 (from k = 0). */
+const HALF_RUN = 16;
 export type F16MathVariant = typeof F16_MATH_VARIANTS[number];
 
 /** Whether a variant multiplies in f16 (one of `F16_MATH_VARIANTS`). */
@@ -284,6 +289,16 @@ const HALF_SPECS: Record<F16MathVariant, TiledSpec> = {
     bk: 16,
     double: true,
     kmajor: true,
+    half: true,
+  },
+  tiled_8x8dk32h: {
+    kind: "tiled",
+    rm: 8,
+    rn: 8,
+    bk: 32,
+    double: true,
+    kmajor: true,
+    tight: true,
     half: true,
   },
   tiled_4x4dk16h: {
@@ -863,8 +878,8 @@ function tiledWgsl(
 ): string {
   const { rm, rn, bk, warp = false, double = false, kmajor = false, tight = false } = spec;
   const half = spec.half ?? false;
-  if (half && (bk !== 16 || !double)) {
-    throw new Error(`tiledWgsl: f16 arithmetic needs bk 16 and double buffers`);
+  if (half && (bk % HALF_RUN !== 0 || !double)) {
+    throw new Error(`tiledWgsl: f16 arithmetic needs bk a multiple of ${HALF_RUN}, double buffers`);
   }
   // Element type of the staged slices and their registers: f16 in the f16-arithmetic kernels.
   const ve = half ? "f16" : "f32";
@@ -975,8 +990,9 @@ function tiledWgsl(
   // The f16-arithmetic kernels add a slice's 16 products into f16 accumulators `hacc`, whose
   // totals go into the f32 ones after the slice (`halfRun`).
   const acc = half ? "hacc" : "acc";
-  const computeRows = (buf: string) =>
-    range(bk / 4).map((kq) => {
+  // Steps k0 + from … k0 + to - 1 of a slice (the f16-arithmetic kernels sum each run of 16 apart).
+  const computeRows = (buf: string, from: number, to: number) =>
+    range(to / 4).slice(from / 4).map((kq) => {
       const lines: string[] = [];
       for (const g of groups) {
         for (const i of range(4)) {
@@ -997,8 +1013,8 @@ function tiledWgsl(
       }
       return `{\n      ${lines.join("\n      ")}\n    }`;
     }).join("\n    ");
-  const compute = (buf = "") =>
-    aRows ? computeRows(buf) : range(bk).map((kk) => {
+  const compute = (buf: string, from = 0, to = bk) =>
+    aRows ? computeRows(buf, from, to) : range(to).slice(from).map((kk) => {
       const lines: string[] = [];
       const at = (x: "A" | "B", pitch: number, i: string) =>
         double ? `${x}s${buf}[${kk}][${i}]` : `${x}s[${kk * pitch}u + ${i}]`;
@@ -1023,6 +1039,12 @@ function tiledWgsl(
     ${code}
     ${outputs.map((o) => `acc${o} += vec4<f32>(hacc${o});`).join("\n    ")}
     }`;
+  // A slice's multiply-adds: (half) one run of 16 k after another, each summed in f16 apart.
+  const multiply = (buf: string) =>
+    half
+      ? range(bk / HALF_RUN).map((r) => halfRun(compute(buf, r * HALF_RUN, (r + 1) * HALF_RUN)))
+        .join("\n    ")
+      : compute(buf);
   // One slice: staged from the registers, the next one's loads issued, then multiplied.
   const step = (buf = "") =>
     `${opA.store(buf)}
@@ -1033,7 +1055,7 @@ function tiledWgsl(
       ${opA.load("kn")}
       ${opB.load("kn")}
     }
-    ${half ? halfRun(compute(buf)) : compute(buf)}`;
+    ${multiply(buf)}`;
   // Single: a barrier before staging, so that no invocation overwrites what another still reads.
   const singleLoop = `for (; k0 < p.k; k0 += ${bk}u) {
     workgroupBarrier();

@@ -194,7 +194,10 @@ gpuTest(
 );
 
 gpuTest("matmul f16Math: the f16-arithmetic variants agree bitwise", async (gpu) => {
-  for (const [ci, cs] of CASES.entries()) {
+  // Each transpose pair, an f16 output, the split product and several blocks (the epilogues store
+  // through the code every variant shares; each case compiles a pipeline per variant).
+  for (const ci of [0, 2, 3, 5, 8, 9]) {
+    const cs = CASES[ci];
     const runs = F16_MATH_VARIANTS.map((variant) => ({ variant, f16Math: true }));
     const { results } = await run(gpu, cs, 5000 + ci, runs);
     const bits = (r: { c: HostArray }) => new Uint16Array(r.c.buffer.slice(0));
