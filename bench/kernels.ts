@@ -281,18 +281,25 @@ function parseOptions(args: string[]): Options {
 /** The GEMM products the selected modules run: what the autotune should time. */
 function tuneShapes(options: Options): TuneShape[] {
   const shapes: TuneShape[] = [];
-  if (options.only.includes("matmul")) shapes.push(...gemmTuneShapes(options.gemmShapes));
-  if (options.only.includes("train_step")) {
-    const s = options.shape;
-    shapes.push(...modelTuneShapes(stepConfig(s), {
-      rows: s.batch * s.seq,
-      headRows: s.batch,
-      headFeatures: s.hidden,
-      headWidth: HEAD_WIDTH,
-      headClasses: 1,
-      backward: true,
-      attention: { sequences: s.batch, seq: s.seq },
-    }));
+  // The products in f32 sums, and in f16 arithmetic too when those rows are asked for.
+  const maths = options.precisions.includes("f16math") ? [false, true] : [false];
+  for (const f16Math of maths) {
+    if (options.only.includes("matmul")) {
+      shapes.push(...gemmTuneShapes(options.gemmShapes, f16Math));
+    }
+    if (options.only.includes("train_step")) {
+      const s = options.shape;
+      shapes.push(...modelTuneShapes(stepConfig(s), {
+        rows: s.batch * s.seq,
+        headRows: s.batch,
+        headFeatures: s.hidden,
+        headWidth: HEAD_WIDTH,
+        headClasses: 1,
+        backward: true,
+        attention: { sequences: s.batch, seq: s.seq },
+        f16Math,
+      }));
+    }
   }
   return shapes;
 }

@@ -58,8 +58,11 @@ export function gemmModel([rows, inF, outF]: [number, number, number]): string {
 /** The products the rows time, for the autotune. */
 export function gemmTuneShapes(
   shapes: readonly [number, number, number][] = GEMM_SHAPES,
+  f16Math = false,
 ): TuneShape[] {
-  return shapes.flatMap(([rows, inF, outF]) => linearTuneShapes(rows, [[inF, outF]], true));
+  return shapes.flatMap(([rows, inF, outF]) =>
+    linearTuneShapes(rows, [[inF, outF]], true, f16Math)
+  );
 }
 
 export async function benchMatmul(

@@ -11,7 +11,9 @@
 // results independent of the timing:
 // - Each variant sums every output over k in increasing order with the same epilogue, and on the
 //   adapters we test every variant's output is bitwise identical to every other's
-//   (tests/matmul_variants_test.ts asserts it, so a variant that breaks it fails the suite).
+//   (tests/matmul_variants_test.ts asserts it, so a variant that breaks it fails the suite). The
+//   f16-arithmetic kernels sum otherwise, the same way among themselves
+//   (tests/matmul_f16_math_test.ts): they are candidates only for their own classes ("h").
 // - The tune does not rely on that alone: a candidate whose result on the tuning product is not
 //   bitwise identical to the heuristic's (the variant `matmul` would run untuned) is never chosen
 //   (`pickTunedVariant`). On an adapter whose compiler rounds some variants differently (fused
@@ -27,6 +29,7 @@ import { isTrue, userCacheBase } from "../model/env.ts";
 import type { Gpu } from "./device.ts";
 import {
   F16_MATH_VARIANTS,
+  isF16MathVariant,
   matmul,
   MATMUL_VARIANTS,
   type MatmulArgs,
@@ -55,6 +58,11 @@ export interface TuneShape {
    * batched call is a class of its own (see `matmulShapeClass`).
    */
   count?: number;
+  /**
+   * The product multiplies in f16 (matmul's `f16Math`): a class of its own ("h" in front), timed
+   * with f16 operands among `F16_MATH_VARIANTS`; tuned on GPUs only. Default false.
+   */
+  f16Math?: boolean;
 }
 
 export interface AutotuneOptions {
@@ -76,6 +84,11 @@ export interface AutotuneOptions {
   cacheFile?: string;
   /** Tune the classes of batched products too (`count` > 1); default: on GPUs, not CPUs. */
   batched?: boolean;
+  /**
+   * Tune the classes of f16-arithmetic products too (`TuneShape.f16Math`); default: on GPUs, not
+   * CPUs (which emulate f16 arithmetic).
+   */
+  f16Math?: boolean;
   /** Time the classes again even when memory or the cache file knows them. */
   retune?: boolean;
   /** One-line warnings (a corrupt or unwritable cache file); default: console.error. */
@@ -145,13 +158,14 @@ const BATCHED_TUNE_SIZES = {
  */
 // 3: products timed on the GPU's clock where there is one (runProduct).
 // 4: batched products are classes of their own ("b" before the transposes).
-const TUNE_FORMAT = "4";
+// 5: f16-arithmetic products are classes of their own ("h" in front).
+const TUNE_FORMAT = "5";
 export const MATMUL_KERNELS_VERSION: string = fnv1a(
   [
     TUNE_FORMAT,
     JSON.stringify(TUNE_SIZES),
     JSON.stringify(BATCHED_TUNE_SIZES),
-    MATMUL_VARIANTS.join(","),
+    [...MATMUL_VARIANTS, ...F16_MATH_VARIANTS].join(","),
     matmulLauncherSources(),
     matmulKernelSources(),
     transposeKernelSources(),
@@ -182,7 +196,8 @@ function sizeClass(x: number): "t" | "s" | "m" | "l" {
  * The shape class of a product: its transposes and the size classes of its output's rows and
  * columns (k does not enter: the tiles differ in how they cover the output), with a "b" in front
  * for a batched call of several products (`count` > 1): many small products fill a GPU as one
- * large one does not, so they may want other tiles. The signature keeps `k` so that it matches
+ * large one does not, so they may want other tiles; and an "h" before that for a product in f16
+ * arithmetic (`f16Math`), whose kernels are others. The signature keeps `k` so that it matches
  * `MatmulTuner`.
  */
 export function matmulShapeClass(
@@ -192,8 +207,9 @@ export function matmulShapeClass(
   transA: boolean,
   transB: boolean,
   count = 1,
+  f16Math = false,
 ): string {
-  return `${count > 1 ? "b" : ""}${transA ? "T" : "N"}${transB ? "T" : "N"}:` +
+  return `${f16Math ? "h" : ""}${count > 1 ? "b" : ""}${transA ? "T" : "N"}${transB ? "T" : "N"}:` +
     `${sizeClass(m)}${sizeClass(n)}`;
 }
 
@@ -214,25 +230,37 @@ export function representativeShape(s: TuneShape, onCpu = true): Required<TuneSh
     transA: s.transA ?? false,
     transB: s.transB ?? false,
     count: batched ? BATCHED_TUNE_SIZES[kind].count : 1,
+    f16Math: s.f16Math ?? false,
   };
 }
 
 /**
  * The classes of `shapes` to tune on this kind of adapter, each with the product it is timed on;
- * batched classes only with `batched`. By default a CPU adapter tunes none: its candidates are
- * the four vec4 kernels, which the heuristic already chooses between by shape, and what tuning
- * batched products is for is the tiled kernels (GPU-only candidates) on attention's many small
- * products, which the heuristic's barrier-free kernels read uncoalesced on a GPU.
+ * batched classes only with `batched`, f16-arithmetic ones only with `f16Math`. By default a CPU
+ * adapter tunes neither: its candidates are the four vec4 kernels, which the heuristic already
+ * chooses between by shape, and what tuning batched products is for is the tiled kernels (GPU-only
+ * candidates) on attention's many small products, which the heuristic's barrier-free kernels read
+ * uncoalesced on a GPU; a CPU emulates f16 arithmetic, so its kernels are not worth timing there.
  */
 function tuneClasses(
   shapes: readonly TuneShape[],
   onCpu: boolean,
   batched = !onCpu,
+  f16Math = !onCpu,
 ): Map<string, Required<TuneShape>> {
   const wanted = new Map<string, Required<TuneShape>>();
   for (const s of shapes) {
     if (s.m <= 0 || s.n <= 0 || (!batched && (s.count ?? 1) > 1)) continue;
-    const cls = matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false, s.count);
+    if (s.f16Math && !f16Math) continue;
+    const cls = matmulShapeClass(
+      s.m,
+      s.n,
+      s.k,
+      s.transA ?? false,
+      s.transB ?? false,
+      s.count,
+      s.f16Math,
+    );
     if (!wanted.has(cls)) wanted.set(cls, representativeShape(s, onCpu));
   }
   return wanted;
@@ -250,30 +278,34 @@ const DEFAULT_SHAPES: TuneShape[] = [
  * matter (on lavapipe they run at 0.5-0.8× the vec4 kernels: bench notes in BENCHMARKS.md), and
  * so are the `nn_` ones (a transposed operand copied untransposed first; on lavapipe the
  * transposed products are not the slow ones). A product without transposes times no `nn_`
- * variant: it would run its kernel as is.
+ * variant: it would run its kernel as is. The f16-arithmetic kernels (GPUs only) are timed for
+ * the f16-arithmetic classes alone.
  */
 export function defaultCandidates(onCpu: boolean): MatmulVariant[] {
   // The kernels an nn_ variant may run: the four vec4 ones and every tiled one.
   const kernels: MatmulVariant[] = [...NN_KERNELS];
   if (onCpu) return kernels.filter((v) => v.startsWith("vec4"));
-  return [...kernels, ...kernels.map((v) => `nn_${v}` as MatmulVariant)];
+  return [...kernels, ...kernels.map((v) => `nn_${v}` as MatmulVariant), ...F16_MATH_VARIANTS];
 }
 
 /**
  * The products of linear layers y = x·Wᵀ (+ b) with `rows` rows: the forward X·Wᵀ and, with
- * `backward`, dX = dY·W and dW = dYᵀ·X (in matmul's m, n, k terms).
+ * `backward`, dX = dY·W and dW = dYᵀ·X (in matmul's m, n, k terms); with `f16Math`, as products
+ * in f16 arithmetic.
  */
 export function linearTuneShapes(
   rows: number,
   layers: readonly (readonly [inF: number, outF: number])[],
   backward: boolean,
+  f16Math = false,
 ): TuneShape[] {
   const out: TuneShape[] = [];
+  const half = f16Math ? { f16Math } : {};
   for (const [inF, outF] of layers) {
-    out.push({ m: rows, n: outF, k: inF, transB: true });
+    out.push({ m: rows, n: outF, k: inF, transB: true, ...half });
     if (backward) {
-      out.push({ m: rows, n: inF, k: outF });
-      out.push({ m: outF, n: inF, k: rows, transA: true });
+      out.push({ m: rows, n: inF, k: outF, ...half });
+      out.push({ m: outF, n: inF, k: rows, transA: true, ...half });
     }
   }
   return out;
@@ -438,7 +470,7 @@ async function tuneClass(
   rounds: number,
   margin: number,
 ): Promise<ClassTune> {
-  const { m, n, k, transA, transB, count } = shape;
+  const { m, n, k, transA, transB, count, f16Math } = shape;
   const tensors: Tensor[] = [];
   const keep = <T extends Tensor>(t: T) => (tensors.push(t), t);
   try {
@@ -447,16 +479,27 @@ async function tuneClass(
       const matrix = trans ? [cols, rows] : [rows, cols];
       return count > 1 ? [count, ...matrix] : matrix;
     };
-    const a = keep(
-      tensorFromArray(gpu, pseudoRandom(count * m * k, 1), stored(m, k, transA), "tuneA"),
-    );
-    const b = keep(
-      tensorFromArray(gpu, pseudoRandom(count * k * n, 2), stored(k, n, transB), "tuneB"),
-    );
+    // An f16-arithmetic class is timed on f16 operands (the f16 weight copies and activations).
+    const values = (size: number, seed: number) =>
+      f16Math ? Float16Array.from(pseudoRandom(size, seed)) : pseudoRandom(size, seed);
+    const a = keep(tensorFromArray(gpu, values(count * m * k, 1), stored(m, k, transA), "tuneA"));
+    const b = keep(tensorFromArray(gpu, values(count * k * n, 2), stored(k, n, transB), "tuneB"));
     const bias = keep(tensorFromArray(gpu, pseudoRandom(n, 3), [n], "tuneBias"));
     const c = keep(createTensor(gpu, stored(m, n, false), "f32", "tuneC"));
     // Alpha and bias make the epilogue part of the comparison.
-    const args: MatmulArgs = { op: "matmul autotune", a, b, c, bias, m, n, k, transA, transB };
+    const args: MatmulArgs = {
+      op: "matmul autotune",
+      a,
+      b,
+      c,
+      bias,
+      m,
+      n,
+      k,
+      transA,
+      transB,
+      f16Math,
+    };
     args.alpha = 0.75;
     if (count > 1) {
       args.batch0 = { count, strideA: m * k, strideB: k * n, strideC: m * n };
@@ -467,8 +510,9 @@ async function tuneClass(
     const contenders = [
       heuristic,
       // An nn_ variant runs its kernel as it is without a transposed operand, and in a batch.
+      // An f16-arithmetic class runs only its own kernels, and the others only theirs.
       ...candidates.filter((v) =>
-        v !== heuristic &&
+        v !== heuristic && isF16MathVariant(v) === f16Math &&
         ((transA || transB) && count === 1 || untransposedKernel(v) === undefined)
       ),
     ];
@@ -599,7 +643,7 @@ function entryTable(
   const table: TuneTable = {};
   for (const [cls, v] of Object.entries(entry)) {
     if (cls === VERSION_KEY) continue;
-    if (!MATMUL_VARIANTS.includes(v as MatmulVariant)) {
+    if (!MATMUL_VARIANTS.includes(v as MatmulVariant) && !isF16MathVariant(v as MatmulVariant)) {
       warn(
         `matmul autotune: ${file}: the entry of "${adapter}" names an unknown variant ` +
           `${JSON.stringify(v)} for ${cls}; tuning again`,
@@ -618,9 +662,8 @@ function install(gpu: Gpu, table: TuneTable): void {
   }
   setMatmulTuner(
     gpu,
-    // The f16-arithmetic products are not tuned: matmul picks between its two such kernels.
     (m, n, k, transA, transB, count, f16Math) =>
-      f16Math ? undefined : table[matmulShapeClass(m, n, k, transA, transB, count)],
+      table[matmulShapeClass(m, n, k, transA, transB, count, f16Math)],
   );
 }
 
@@ -659,8 +702,13 @@ function hasClassesToTune(gpu: Gpu, options: AutotuneOptions, file: string): boo
   if (options.retune) return true;
   const known = memory.get(gpu) ?? {};
   const onCpu = gpu.adapter.info.isFallbackAdapter;
-  const unknown = [...tuneClasses(options.shapes ?? DEFAULT_SHAPES, onCpu, options.batched).keys()]
-    .filter((cls) => !known[cls]);
+  const classes = tuneClasses(
+    options.shapes ?? DEFAULT_SHAPES,
+    onCpu,
+    options.batched,
+    options.f16Math,
+  );
+  const unknown = [...classes.keys()].filter((cls) => !known[cls]);
   if (unknown.length === 0) return false;
   // Quietly: a damaged file is reported once, by the tune that reads it again under the lock.
   const adapter = gpu.description;
@@ -703,7 +751,7 @@ async function tuneWithLockHeld(
   const file = options.cacheFile;
   const shapes = options.shapes ?? DEFAULT_SHAPES;
   const onCpu = gpu.adapter.info.isFallbackAdapter;
-  const wanted = tuneClasses(shapes, onCpu, options.batched);
+  const wanted = tuneClasses(shapes, onCpu, options.batched, options.f16Math);
 
   // The installed table: what this process knows, then the file's entry for the classes missing.
   const previous = memory.get(gpu) ?? {};

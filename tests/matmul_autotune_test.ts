@@ -404,6 +404,7 @@ Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled
     transA: false,
     transB: true,
     count: 1,
+    f16Math: false,
   });
   assertEquals(representativeShape(forward, false), {
     m: 2048,
@@ -412,6 +413,7 @@ Deno.test("autotune: a GPU times the large class at a GPU's size, with the tiled
     transA: false,
     transB: true,
     count: 1,
+    f16Math: false,
   });
   // Small classes are timed alike on both (their products are over before a submit's cost is).
   assertEquals(representativeShape({ m: 4096, n: 8, k: 1024 }, false).n, 8);
@@ -622,6 +624,7 @@ Deno.test("autotune: batched products (attention's per-head ones) are classes of
     transA: false,
     transB: true,
     count: 256,
+    f16Math: false,
   });
   assertEquals(representativeShape(shapes[0]).count, 4);
   // modelTuneShapes adds them only when told the sequences.
@@ -703,5 +706,65 @@ gpuTest(
     assertEquals(tuned, await run(count));
     a.destroy();
     b.destroy();
+  },
+);
+
+Deno.test("autotune: f16-arithmetic products are classes of their own", () => {
+  assertEquals(matmulShapeClass(4096, 1024, 1024, false, true, 1, true), "hNT:ll");
+  assertEquals(matmulShapeClass(4096, 1024, 1024, false, true), "NT:ll");
+  const half = linearTuneShapes(4096, [[1024, 4096]], true, true);
+  assertEquals(half.map((s) => s.f16Math), [true, true, true]);
+  assertEquals(representativeShape(half[0], false).f16Math, true);
+  // The model's: the encoder's linear products in f16 arithmetic, the head's not.
+  const config = { hiddenSize: 64, intermediateSize: 128, embeddingSize: 64, numHeads: 2 };
+  const o = { rows: 512, headRows: 4, headFeatures: 64, headWidth: 2048, headClasses: 1 };
+  const shapes = modelTuneShapes(config as Parameters<typeof modelTuneShapes>[0], {
+    ...o,
+    backward: true,
+    f16Math: true,
+  });
+  assertEquals(shapes.map((s) => s.f16Math ?? false), [
+    ...Array(9).fill(true),
+    ...Array(6).fill(false),
+  ]);
+  // Only the f16-arithmetic kernels compete in their classes (and only there).
+  assert(defaultCandidates(false).includes("tiled_8x8dk32h"));
+  assert(!defaultCandidates(true).some((v) => v.endsWith("h")));
+});
+
+gpuTest(
+  "autotune: f16-arithmetic classes are tuned on a CPU adapter only when asked, among their kernels",
+  async (gpu) => {
+    const dev = adapterNamed(gpu, "test adapter f16Math");
+    const shape = { m: 512, n: 1024, k: 256, transB: true, f16Math: true };
+    const quiet = { budgetMs: 1, rounds: 1 };
+    const none = await tuneMatmul(dev, { shapes: [shape], ...quiet });
+    assertEquals(none.tuned, [], "not by default on a CPU adapter");
+    const candidates: MatmulVariant[] = ["vec4_4x4", "tiled_4x4dk16h", "tiled_8x8dk32h"];
+    const r = await tuneMatmul(dev, {
+      shapes: [shape],
+      ...quiet,
+      candidates,
+      f16Math: true,
+      margin: -10,
+    });
+    assertEquals(r.tuned.map((t) => t.class), ["hNT:ll"]);
+    const t = r.tuned[0];
+    // The heuristic's f16 kernel and the f16 candidates, never an f32-sum one; all the same bits.
+    assertEquals(t.heuristic, "tiled_8x8dk16h");
+    assertEquals(Object.keys(t.ms).sort(), ["tiled_4x4dk16h", "tiled_8x8dk16h", "tiled_8x8dk32h"]);
+    assertEquals(t.differs, []);
+    assert(t.chosen !== t.heuristic, "a margin below -1 makes a challenger win");
+    const a = createTensor(dev, [512 * 256], "f16", "A");
+    const b = createTensor(dev, [1024 * 256], "f16", "B");
+    const c = createTensor(dev, [512 * 1024], "f32", "C");
+    const args = { a, b, c, m: 512, n: 1024, k: 256, transB: true };
+    assertEquals(matmulVariantsUsed(dev, (rec) => matmul(rec, { ...args, f16Math: true })), [
+      t.chosen,
+    ]);
+    // The same product in f32 sums keeps its own (untuned) choice.
+    assert(!matmulVariantsUsed(dev, (rec) => matmul(rec, args))[0].endsWith("h"));
+    setMatmulTuner(dev, undefined);
+    for (const x of [a, b, c]) x.destroy();
   },
 );

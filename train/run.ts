@@ -533,6 +533,7 @@ async function trainSeed(
       headClasses: task.headClasses,
       backward: true,
       attention: { sequences: rows, seq },
+      f16Math: config.f16Math ?? false,
     });
     await autotuneForProgram(gpu, options.autotune, shapes, {
       info: options.quiet ? () => {} : undefined,

@@ -12,7 +12,8 @@ import type { ModelConfig } from "../model/config.ts";
  * The GEMM products a model runs (what the autotune should time): its encoder's linear layers
  * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
  * gradient products; with `attention`, the per-head attention products over that many sequences
- * of that many tokens (the longest, the one that decides the classes; prefix rows aside).
+ * of that many tokens (the longest, the one that decides the classes; prefix rows aside); with
+ * `f16Math`, the encoder's linear products in f16 arithmetic instead (EncoderOptions.f16Math).
  */
 export function modelTuneShapes(
   config: ModelConfig,
@@ -24,6 +25,7 @@ export function modelTuneShapes(
     headClasses: number;
     backward: boolean;
     attention?: { sequences: number; seq: number };
+    f16Math?: boolean;
   },
 ): TuneShape[] {
   const h = config.hiddenSize, inter = config.intermediateSize, e = config.embeddingSize;
@@ -31,7 +33,7 @@ export function modelTuneShapes(
   if (e !== h) encoder.push([e, h]); // ELECTRA's embedding projection
   const head: [number, number][] = [[o.headFeatures, o.headWidth], [o.headWidth, o.headClasses]];
   return [
-    ...linearTuneShapes(o.rows, encoder, o.backward),
+    ...linearTuneShapes(o.rows, encoder, o.backward, o.f16Math),
     ...linearTuneShapes(o.headRows, head, o.backward),
     ...(o.attention
       ? attentionTuneShapes(
