@@ -35,7 +35,7 @@
 import { parseArgs } from "node:util";
 import { FlagError } from "../train/flags.ts";
 import { join } from "node:path";
-import { MATMUL_VARIANTS } from "../kernels/matmul.ts";
+import { F16_MATH_VARIANTS, MATMUL_VARIANTS } from "../kernels/matmul.ts";
 import { writeFileAtomic } from "../model/atomic_write.ts";
 import { type GpuReport, reportMarkdown, type Row, type TestRun } from "./gpu_table.ts";
 
@@ -546,8 +546,12 @@ async function main(): Promise<void> {
       "--shape",
       shape,
       "--variants",
-      // Not the shared-memory pair and direct4x4: neither heuristic nor autotune picks them.
-      MATMUL_VARIANTS.filter((v) => !["tile16", "tile64", "direct4x4"].includes(v)).join(","),
+      // Not the shared-memory pair and direct4x4: neither heuristic nor autotune picks them. The
+      // f16-arithmetic ones on f16 operands, where the f16 rows are timed.
+      [
+        ...MATMUL_VARIANTS.filter((v) => !["tile16", "tile64", "direct4x4"].includes(v)),
+        ...(report.f16.on ? F16_MATH_VARIANTS : []),
+      ].join(","),
       "--reps",
       "5",
       "--json",

@@ -10,11 +10,14 @@
 // (bench/timing.ts: several products per submit, so that a submit's fixed cost does not count;
 // the median of up to --reps submits). `--json`: one JSON object per line instead (kernel
 // "matmul_variant", product, variant, ran, m, n, k, ms, gflops, per_submit, ...), what
-// bench/gpu.ts reads.
+// bench/gpu.ts reads. The f16-arithmetic variants (F16_MATH_VARIANTS) multiply f16 copies of the
+// operands with matmul's f16Math, as the encoder's f16 weights and activations with --f16-math.
 
 import { parseArgs } from "node:util";
 import { getGpu } from "../kernels/device.ts";
 import {
+  F16_MATH_VARIANTS,
+  isF16MathVariant,
   matmul,
   MATMUL_VARIANTS,
   type MatmulVariant,
@@ -42,9 +45,10 @@ const [m, n, k] = dims;
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps: "${values.reps}" is not a count`);
 const variants = (values.variants?.split(",") ?? MATMUL_VARIANTS) as MatmulVariant[];
+const known: readonly MatmulVariant[] = [...MATMUL_VARIANTS, ...F16_MATH_VARIANTS];
 for (const v of variants) {
-  if (!MATMUL_VARIANTS.includes(v)) {
-    throw new Error(`--variants: unknown "${v}" (known: ${MATMUL_VARIANTS.join(", ")})`);
+  if (!known.includes(v)) {
+    throw new Error(`--variants: unknown "${v}" (known: ${known.join(", ")})`);
   }
 }
 
@@ -54,6 +58,12 @@ const values01 = (count: number, seed: number) =>
 const a = tensorFromArray(gpu, values01(m * k, 1), [m * k], "A");
 const b = tensorFromArray(gpu, values01(k * n, 2), [k * n], "B");
 const c = createTensor(gpu, [m * n], "f32", "C");
+const half = variants.some(isF16MathVariant)
+  ? [
+    tensorFromArray(gpu, Float16Array.from(values01(m * k, 1)), [m * k], "A f16"),
+    tensorFromArray(gpu, Float16Array.from(values01(k * n, 2)), [k * n], "B f16"),
+  ]
+  : null;
 if (!values.json) console.log(`${gpu.description}: ${m} × ${n} × ${k}, median of up to ${reps}`);
 const onCpu = gpu.adapter.info.isFallbackAdapter;
 const products = [[false, true, "NT"], [false, false, "NN"], [true, false, "TN"]] as const;
@@ -61,7 +71,9 @@ for (const [transA, transB, product] of products) {
   for (const variant of variants) {
     // Without a transposed operand an nn_ variant runs its kernel as is: that kernel's own row.
     if (product === "NN" && untransposedKernel(variant)) continue;
-    const args = { a, b, c, m, n, k, transA, transB, variant };
+    const f16Math = isF16MathVariant(variant);
+    const [x, y] = f16Math ? half! : [a, b];
+    const args = { a: x, b: y, c, m, n, k, transA, transB, variant, f16Math };
     // Short submits on a GPU (timed on its clock: bench/timing.ts), so that the 69 bench/gpu.ts
     // asks for fit its 45 s phase; a CPU adapter's submit costs about 12 ms by itself, timed on
     // the host's clock, so it needs longer ones.
@@ -88,4 +100,4 @@ for (const [transA, transB, product] of products) {
     }
   }
 }
-for (const t of [a, b, c]) t.destroy();
+for (const t of [a, b, c, ...(half ?? [])]) t.destroy();
