@@ -30,8 +30,8 @@ export interface LinearForwardArgs {
   /** Where the layer is (e.g. "query"), added to the product's label for profiles. */
   site?: string;
   /**
-   * Multiply in f16 (matmul's `f16Math`) when x and weight are both f16; otherwise, and by
-   * default, the product sums in f32.
+   * Multiply and sum in f16 (matmul's `f16Math`: f32 operands rounded to f16 as they are read);
+   * default false: f32 sums.
    */
   f16Math?: boolean;
 }
@@ -65,15 +65,10 @@ export interface LinearBackwardArgs {
   /** Where the layer is (e.g. "query"), added to the products' labels for profiles. */
   site?: string;
   /**
-   * Multiply in f16 (matmul's `f16Math`) each product whose two operands are f16 (dX: dOut and
-   * weight; dW: dOut and x); the others, and all by default, sum in f32.
+   * Multiply and sum both products in f16 (matmul's `f16Math`: f32 operands rounded to f16 as
+   * they are read); default false: f32 sums.
    */
   f16Math?: boolean;
-}
-
-/** Whether a product of `a` and `b` multiplies in f16: asked for, and both f16. */
-function halfProduct(asked: boolean | undefined, a: Tensor, b: Tensor): boolean {
-  return (asked ?? false) && a.dtype === "f16" && b.dtype === "f16";
 }
 
 /** Checks x [..., in] and weight [out, in]; returns rows, in, out and x's leading dimensions. */
@@ -123,7 +118,7 @@ export function linearForward(rec: Recorder, args: LinearForwardArgs): void {
     k: inF,
     transB: true,
     epilogue: activation ? { kind: "gelu", preActivation } : undefined,
-    f16Math: halfProduct(args.f16Math, x, weight),
+    f16Math: args.f16Math ?? false,
   });
 }
 
@@ -160,7 +155,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
       k: outF,
       accumulate: args.accumulateDX ?? false,
       epilogue: geluInput ? { kind: "geluGrad", preActivation: geluInput } : undefined,
-      f16Math: halfProduct(args.f16Math, dOut, weight),
+      f16Math: args.f16Math ?? false,
     });
   }
   if (dWeight) {
@@ -174,7 +169,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
       k: rows,
       transA: true,
       accumulate: args.accumulate ?? false,
-      f16Math: halfProduct(args.f16Math, dOut, x),
+      f16Math: args.f16Math ?? false,
     });
   }
   if (dBias) columnSum(rec, `${op} (dBias)`, dOut, dBias, rows, outF, args.accumulate ?? false);

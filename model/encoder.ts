@@ -460,9 +460,9 @@ export interface EncoderOptions {
    */
   precision?: Precision;
   /**
-   * With precision "f16" only: the layers' linear products multiply and sum in f16 (matmul's
-   * `f16Math`: f32 inputs rounded to f16 as they are read, runs of 16 products summed in f16, the
-   * runs' totals in f32). Some 2^-9 relative error per product where f32 sums give 2^-20; for GPUs
+   * With precision "f16" only: the layers' linear products (forward, dX and dW) multiply and sum
+   * in f16 (matmul's `f16Math`: f32 inputs such as LayerNorm outputs and residual gradients rounded
+   * to f16 as they are read, runs of 16 products summed in f16, the runs' totals in f32). Some 2^-9 relative error per product where f32 sums give 2^-20; for GPUs
    * whose f16 arithmetic is twice their f32 rate. Default false.
    */
   f16Math?: boolean;

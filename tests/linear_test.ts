@@ -6,6 +6,8 @@ import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { linearBackward, linearForward, SUM_BLOCK_ROWS } from "../kernels/linear.ts";
 import { Recorder } from "../kernels/recorder.ts";
+import { isF16MathVariant } from "../kernels/matmul.ts";
+import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // Float64 references. x: [rows, in], w: [out, in], b: [out], g = dY: [rows, out].
@@ -501,4 +503,23 @@ gpuTest("linear: mismatched shapes throw a GpuError naming the op and tensor", (
     "linearBackward: geluInput cannot be used with accumulateDX",
   );
   assertEquals(rec.length, 0);
+});
+
+gpuTest("linear f16Math: forward, dX and dW all multiply in f16, f32 operands too", (gpu) => {
+  // A LayerNorm's f32 output times an f16 weight copy, an f32 residual gradient: all three
+  // products take the f16-arithmetic kernels (which round f32 operands as they read them).
+  const x = createTensor(gpu, [64, 32], "f32", "x");
+  const w = createTensor(gpu, [48, 32], "f16", "w");
+  const out = createTensor(gpu, [64, 48], "f32", "out");
+  const dX = createTensor(gpu, [64, 32], "f32", "dX");
+  const dW = createTensor(gpu, [48, 32], "f32", "dW");
+  for (const f16Math of [true, false]) {
+    const used = matmulVariantsUsed(gpu, (rec) => {
+      linearForward(rec, { x, weight: w, out, f16Math });
+      linearBackward(rec, { x, weight: w, dOut: out, dX, dWeight: dW, f16Math });
+    });
+    assertEquals(used.length, 3);
+    assertEquals(used.map((v) => isF16MathVariant(v)), [f16Math, f16Math, f16Math]);
+  }
+  for (const t of [x, w, out, dX, dW]) t.destroy();
 });
