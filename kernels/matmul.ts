@@ -272,7 +272,10 @@ export type KernelVariant =
  */
 export const F16_MATH_VARIANTS = ["tiled_8x8dk16h", "tiled_8x8dk32h", "tiled_4x4dk16h"] as const;
 
-/** The f16-arithmetic kernels sum runs of this many consecutive k in f16 (from k = 0). */
+/**
+ * The f16-arithmetic kernels sum runs of this many consecutive k in f16, from each launch's first
+ * k (a product split along k restarts them at each slice: the split depends on the shape alone).
+ */
 const HALF_RUN = 16;
 export type F16MathVariant = typeof F16_MATH_VARIANTS[number];
 
@@ -396,8 +399,10 @@ function chooseVariant(m: number, n: number, transA: boolean): KernelVariant {
  * The f16-arithmetic variant when neither the caller nor the autotune chose: 128 × 128 blocks for
  * outputs large enough to fill a GPU with them, else 64 × 64.
  */
-function chooseF16MathVariant(m: number, n: number): F16MathVariant {
-  return m >= 512 && n >= 512 ? "tiled_8x8dk16h" : "tiled_4x4dk16h";
+function chooseF16MathVariant(gpu: Gpu, m: number, n: number): F16MathVariant {
+  // The 64 × 64 kernel fits WebGPU's least workgroup memory (16 KiB); the 128 × 128 one does not.
+  const large = m >= 512 && n >= 512 && variantFits(gpu, "tiled_8x8dk16h");
+  return large ? "tiled_8x8dk16h" : "tiled_4x4dk16h";
 }
 
 const PARAMS_WGSL = /* wgsl */ `
@@ -1389,9 +1394,12 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
         : `variant ${args.variant} multiplies in f16: it needs f16Math`,
     );
   }
+  // A tuner's choice of the other kind (f16 arithmetic or not) is not taken: results must not
+  // depend on what a tune chose.
+  const tuned = tunedVariant(rec.gpu, m, n, k, transA, transB, count, f16Math);
   const asked = args.variant ??
-    tunedVariant(rec.gpu, m, n, k, transA, transB, count, f16Math) ??
-    (f16Math ? chooseF16MathVariant(m, n) : chooseVariant(m, n, transA));
+    (tuned && isF16MathVariant(tuned) === f16Math ? tuned : undefined) ??
+    (f16Math ? chooseF16MathVariant(rec.gpu, m, n) : chooseVariant(m, n, transA));
   // An nn_ variant's kernel is checked before its copies are recorded (the kernel's own check
   // below comes after them), so that a refusal leaves the Recorder as it was.
   if (untransposedKernel(asked) && !variantFits(rec.gpu, asked)) {

@@ -643,10 +643,18 @@ function entryTable(
   const table: TuneTable = {};
   for (const [cls, v] of Object.entries(entry)) {
     if (cls === VERSION_KEY) continue;
-    if (!MATMUL_VARIANTS.includes(v as MatmulVariant) && !isF16MathVariant(v as MatmulVariant)) {
+    const half = isF16MathVariant(v as MatmulVariant);
+    if (!MATMUL_VARIANTS.includes(v as MatmulVariant) && !half) {
       warn(
         `matmul autotune: ${file}: the entry of "${adapter}" names an unknown variant ` +
           `${JSON.stringify(v)} for ${cls}; tuning again`,
+      );
+      return undefined;
+    }
+    if (half !== cls.startsWith("h")) {
+      warn(
+        `matmul autotune: ${file}: the entry of "${adapter}" names ${v} for ${cls}, a class ` +
+          `of the other arithmetic; tuning again`,
       );
       return undefined;
     }

@@ -768,3 +768,53 @@ gpuTest(
     for (const x of [a, b, c]) x.destroy();
   },
 );
+
+gpuTest(
+  "autotune: a choice of the other arithmetic is never run, from a tuner or a cache file",
+  async (gpu) => {
+    const dev = adapterNamed(gpu, "test adapter arithmetic");
+    const a = createTensor(dev, [512 * 256], "f16", "A");
+    const b = createTensor(dev, [1024 * 256], "f16", "B");
+    const c = createTensor(dev, [512 * 1024], "f32", "C");
+    const args = { a, b, c, m: 512, n: 1024, k: 256, transB: true };
+    const ran = (f16Math: boolean) =>
+      matmulVariantsUsed(dev, (rec) => matmul(rec, { ...args, f16Math }))[0];
+    const untuned = [ran(false), ran(true)];
+    // Tuners that ignore the product's kind (as some tests install): the other kind is passed by.
+    for (const v of ["vec4_4x4", "tiled_4x4dk16h"] as MatmulVariant[]) {
+      setMatmulTuner(dev, () => v);
+      const half = v.endsWith("h");
+      assertEquals([ran(false), ran(true)], half ? [untuned[0], v] : [v, untuned[1]]);
+    }
+    setMatmulTuner(dev, undefined);
+    for (const x of [a, b, c]) x.destroy();
+    // A cache entry naming an f32-sum kernel for an "h" class: warned about, tuned again.
+    await withTempDir(async (dir) => {
+      const file = `${dir}/tune.json`;
+      const shape = { m: 512, n: 1024, k: 256, transB: true, f16Math: true };
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify({
+          [dev.description]: { kernels: MATMUL_KERNELS_VERSION, "hNT:ll": "vec4_4x4" },
+        }),
+      );
+      const warnings: string[] = [];
+      const r = await tuneMatmul(dev, {
+        shapes: [shape],
+        cacheFile: file,
+        f16Math: true,
+        candidates: ["tiled_4x4dk16h"],
+        budgetMs: 1,
+        rounds: 1,
+        warn: (l) => warnings.push(l),
+      });
+      assertEquals(warnings, [
+        `matmul autotune: ${file}: the entry of "${dev.description}" names vec4_4x4 for ` +
+        "hNT:ll, a class of the other arithmetic; tuning again",
+      ]);
+      assertEquals(r.tuned.map((t) => t.class), ["hNT:ll"]);
+      assert(r.table["hNT:ll"].endsWith("h"), r.table["hNT:ll"]);
+      setMatmulTuner(dev, undefined);
+    });
+  },
+);

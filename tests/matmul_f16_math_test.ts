@@ -10,7 +10,8 @@
 // epilogue and an f16 output's rounding as in tests/matmul_f16_test.ts.
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
+import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { randomValues } from "./random.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -271,5 +272,54 @@ gpuTest(
     assertEquals(got.slice(8, 12), [1600, 3200, Infinity, -Infinity]);
     assertEquals(got.slice(12), [8, 16, 400, -400]);
     for (const t of [A, B, C]) t.destroy();
+  },
+);
+
+gpuTest(
+  "matmul f16Math: runs of exactly 16 in f16, their totals in f32, every run counted, each kernel",
+  async (gpu) => {
+    // 4096 products of 1·1: each run's partial sums stay ≤ 16 (exact in f16 under any rounding),
+    // the totals 4096 exactly; one f16 sum of all of them would stop at 2048, a dropped run
+    // would give 4080. 32 products of 129·1: runs of 16 are exact (1935 and 2064 are f16
+    // values), a run of 32 is not (2193 is not); 4128 exactly.
+    const m = 4, n = 4;
+    for (const [k, value, want] of [[4096, 1, 4096], [32, 129, 4128], [48, 129, 6192]]) {
+      const A = tensorFromArray(gpu, new Float16Array(m * k).fill(value), [m * k], "A");
+      const B = tensorFromArray(gpu, new Float16Array(k * n).fill(1), [k * n], "B");
+      const outs = F16_MATH_VARIANTS.map((variant) => {
+        const c = createTensor(gpu, [m * n], "f32", `C ${variant}`);
+        return { variant, c };
+      });
+      const rec = new Recorder(gpu);
+      for (const { variant, c } of outs) {
+        matmul(rec, { a: A, b: B, c, m, n, k, f16Math: true, variant });
+      }
+      await rec.submit();
+      for (const { variant, c } of outs) {
+        assertEquals(
+          Array.from(await c.download()),
+          new Array(m * n).fill(want),
+          `${variant}, k ${k}`,
+        );
+        c.destroy();
+      }
+      A.destroy();
+      B.destroy();
+    }
+  },
+);
+
+gpuTest(
+  "matmul f16Math: on a device with 16 KiB of workgroup memory a large product takes the 64 × 64 kernel",
+  (gpu) => {
+    const small = withLimits(gpu, { maxComputeWorkgroupStorageSize: 16384 });
+    const a = createTensor(small, [512 * 512], "f16", "A");
+    const c = createTensor(small, [512 * 512], "f32", "C");
+    const record = (rec: Recorder) =>
+      matmul(rec, { a, b: a, c, m: 512, n: 512, k: 512, transB: true, f16Math: true });
+    assertEquals(matmulVariantsUsed(small, record), ["tiled_4x4dk16h"]);
+    assertEquals(matmulVariantsUsed(gpu, record), ["tiled_8x8dk16h"]);
+    a.destroy();
+    c.destroy();
   },
 );
