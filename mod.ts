@@ -50,6 +50,9 @@ export { fill } from "./kernels/fill.ts";
 
 // The kernel core: one file per operation, forward and backward side by side.
 export {
+  F16_MATH_VARIANTS,
+  type F16MathVariant,
+  isF16MathVariant,
   type KernelVariant,
   matmul,
   type MatmulArgs,

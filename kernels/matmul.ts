@@ -277,6 +277,7 @@ export const F16_MATH_VARIANTS = ["tiled_8x8dk16h", "tiled_8x8dk32h", "tiled_4x4
  * k (a product split along k restarts them at each slice: the split depends on the shape alone).
  */
 const HALF_RUN = 16;
+/** One of the f16-arithmetic variants (`F16_MATH_VARIANTS`). */
 export type F16MathVariant = typeof F16_MATH_VARIANTS[number];
 
 /** Whether a variant multiplies in f16 (one of `F16_MATH_VARIANTS`). */
