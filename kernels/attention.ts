@@ -481,12 +481,14 @@ function prefixGradient(
   out: Tensor,
   alpha: number,
   accumulate: boolean,
+  f16Math: boolean,
 ): void {
   const { B, S, H, D, P } = dims;
   const T = P + S;
   const partials = prefixWorkspace.view(rec.gpu, [B, H, P, D]);
   matmul(rec, {
     op: label,
+    f16Math,
     a: scores,
     b: x,
     c: partials,
@@ -537,10 +539,13 @@ export function attentionForward(
     probs: Tensor;
     context: Tensor;
     heads: number;
+    /** Multiply and sum in f16 (matmul's `f16Math`); default false. */
+    f16Math?: boolean;
     dropout: DropoutConfig;
   },
 ): void {
   const op = "attentionForward";
+  const f16Math = args.f16Math ?? false;
   const { q, k, v, mask, prefixKey, prefixValue, probs, context, heads, dropout } = args;
   const dims = checkAttentionArgs(
     op,
@@ -563,6 +568,7 @@ export function attentionForward(
   const scale = 1 / Math.sqrt(D);
   if (P > 0) {
     matmul(rec, {
+      f16Math,
       op: `${op} (prefix scores)`,
       a: q,
       b: prefixKey!,
@@ -579,6 +585,7 @@ export function attentionForward(
     });
   }
   matmul(rec, {
+    f16Math,
     op: `${op} (scores)`,
     a: q,
     b: k,
@@ -607,6 +614,7 @@ export function attentionForward(
   );
   if (P > 0) {
     matmul(rec, {
+      f16Math,
       op: `${op} (prefix context)`,
       a: dropped,
       b: prefixValue!,
@@ -621,6 +629,7 @@ export function attentionForward(
     });
   }
   matmul(rec, {
+    f16Math,
     op: `${op} (context)`,
     a: dropped,
     b: v,
@@ -663,11 +672,14 @@ export function attentionBackward(
     dPrefixValue?: Tensor;
     accumulatePrefix?: boolean;
     heads: number;
+    /** Multiply and sum in f16 (matmul's `f16Math`); default false. */
+    f16Math?: boolean;
     dropout: DropoutConfig;
     dScores?: Tensor;
   },
 ): void {
   const op = "attentionBackward";
+  const f16Math = args.f16Math ?? false;
   const { q, k, v, probs, dContext, dQ, dK, dV, prefixKey, prefixValue, heads, dropout } = args;
   const { dPrefixKey, dPrefixValue } = args;
   const dims = checkAttentionArgs(
@@ -715,6 +727,7 @@ export function attentionBackward(
     );
   }
   matmul(rec, {
+    f16Math,
     op: `${op} (dV)`,
     a: dropped,
     b: dContext,
@@ -739,12 +752,14 @@ export function attentionBackward(
       dPrefixValue,
       1,
       args.accumulatePrefix ?? false,
+      f16Math,
     );
   }
 
   // dP̃ = dC·[prefix v; v]ᵀ, then dS in place.
   if (P > 0) {
     matmul(rec, {
+      f16Math,
       op: `${op} (prefix dProbs)`,
       a: dContext,
       b: prefixValue!,
@@ -760,6 +775,7 @@ export function attentionBackward(
     });
   }
   matmul(rec, {
+    f16Math,
     op: `${op} (dProbs)`,
     a: dContext,
     b: v,
@@ -787,6 +803,7 @@ export function attentionBackward(
   // dQ = scale·dS·[prefix k; k], dK = scale·dSᵀ·q.
   if (P > 0) {
     matmul(rec, {
+      f16Math,
       op: `${op} (prefix dQ)`,
       a: work,
       b: prefixKey!,
@@ -802,6 +819,7 @@ export function attentionBackward(
     });
   }
   matmul(rec, {
+    f16Math,
     op: `${op} (dQ)`,
     a: work,
     b: k,
@@ -818,6 +836,7 @@ export function attentionBackward(
     ...headBatches(dims, "score", "tok", "tok"),
   });
   matmul(rec, {
+    f16Math,
     op: `${op} (dK)`,
     a: work,
     b: q,
@@ -843,6 +862,7 @@ export function attentionBackward(
       dPrefixKey,
       scale,
       args.accumulatePrefix ?? false,
+      f16Math,
     );
   }
 }

@@ -315,7 +315,7 @@ export function linearTuneShapes(
  * Attention's per-head products (kernels/attention.ts, not flash attention) over `sequences`
  * sequences of `seq` tokens with `heads` heads of `headDim`: scores q·kᵀ and context P·v, and
  * with `backward` dV = Pᵀ·dC, dP = dC·vᵀ, dQ = dS·k, dK = dSᵀ·q; one product per sequence and
- * head, in one batched call each.
+ * head, in one batched call each; with `f16Math`, as products in f16 arithmetic.
  */
 export function attentionTuneShapes(
   sequences: number,
@@ -323,6 +323,7 @@ export function attentionTuneShapes(
   heads: number,
   headDim: number,
   backward: boolean,
+  f16Math = false,
 ): TuneShape[] {
   const count = sequences * heads;
   const out: TuneShape[] = [
@@ -335,7 +336,7 @@ export function attentionTuneShapes(
     out.push({ m: seq, n: headDim, k: seq, count });
     out.push({ m: seq, n: headDim, k: seq, transA: true, count });
   }
-  return out;
+  return f16Math ? out.map((s) => ({ ...s, f16Math })) : out;
 }
 
 /**

@@ -460,8 +460,8 @@ export interface EncoderOptions {
    */
   precision?: Precision;
   /**
-   * With precision "f16" only: the layers' linear products (forward, dX and dW) multiply and sum
-   * in f16 (matmul's `f16Math`: f32 inputs such as LayerNorm outputs and residual gradients rounded
+   * With precision "f16" only: the layers' linear products (forward, dX and dW) and attention's
+   * per-head products multiply and sum in f16 (matmul's `f16Math`: f32 inputs such as LayerNorm outputs and residual gradients rounded
    * to f16 as they are read, runs of 16 products summed in f16, the runs' totals in f32). Some 2^-9 relative error per product where f32 sums give 2^-20; for GPUs
    * whose f16 arithmetic is twice their f32 rate. Default false.
    */
@@ -1214,7 +1214,11 @@ export class Encoder {
         stats: at(a.probs, flashAttentionStatsShape(B, c.numHeads, S)),
       });
     } else {
-      attentionForward(rec, { ...attention, probs: at(a.probs, [B, c.numHeads, S, P + S]) });
+      attentionForward(rec, {
+        ...attention,
+        probs: at(a.probs, [B, c.numHeads, S, P + S]),
+        f16Math: this.f16Math,
+      });
     }
     const attnOut = v(this.linOut);
     linear("attention.output.dense", p.attnOut, context, attnOut);
@@ -1421,6 +1425,7 @@ export class Encoder {
         ...attention,
         probs: at(a.probs, scores),
         dScores: at(s.dScores, scores),
+        f16Math: this.f16Math,
       });
     }
     const x = l === 0 ? st.input0 : v(this.acts[l - 1].out);

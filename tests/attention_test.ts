@@ -55,6 +55,7 @@ async function runGpu(
   drop: DropoutConfig,
   prefixInit?: { dPK: Float64Array; dPV: Float64Array },
   storage: Storage = ALL_F32,
+  f16Math = false,
 ): Promise<GpuRun> {
   const { B, S, H, D, P } = dims;
   const up = (a: Float64Array, shape: number[], label: string, dtype: DType = "f32") =>
@@ -96,7 +97,18 @@ async function runGpu(
       dPrefixValue: outputTensor(rec, [H, P, D], "dPrefixValue", init(prefixInit?.dPV)),
     };
   }
-  attentionForward(rec, { q, k, v, mask, ...prefix, probs, context, heads: H, dropout: drop });
+  attentionForward(rec, {
+    q,
+    k,
+    v,
+    mask,
+    ...prefix,
+    probs,
+    context,
+    heads: H,
+    dropout: drop,
+    f16Math,
+  });
   attentionBackward(rec, {
     q,
     k,
@@ -111,6 +123,7 @@ async function runGpu(
     accumulatePrefix: prefixInit !== undefined,
     heads: H,
     dropout: drop,
+    f16Math,
   });
   await rec.submit();
   const get = (t: Tensor) => t.download();
@@ -544,3 +557,44 @@ gpuTest("attention: wrong shapes, heads and settings are refused naming op and t
   );
   assertEquals(rec.length, 5 + 7 + 2 * 2); // the refused calls recorded nothing
 });
+
+gpuTest(
+  "attention f16Math: the per-head products in f16 arithmetic, close to float64, with a prefix",
+  async (gpu) => {
+    // Aligned (the f16 kernels run; misaligned products would sum in f32), prefix rows and
+    // dropout, f16 storage as the encoder's precision "f16" keeps it. Error as the norm of the
+    // difference over the reference's norm, per output. Measured on lavapipe: probabilities 4.3e-4,
+    // context 6.6e-4, dQ 1.0e-3, dK 1.1e-3, dV 8.9e-4, the prefix gradients 1.1e-3 and 7.0e-4 (f32
+    // sums: 1.3e-7 to 2.1e-4, the f16 outputs' rounding); asserted within 5e-3.
+    const dims = { B: 3, S: 68, H: 2, D: 64, P: 4 };
+    const drop = { p: 0.1, seed: 5, stream: 2 };
+    const storage = F16_STORAGES[1][1];
+    const f16 = (a: Float64Array) => Float64Array.from(Float16Array.from(a));
+    const x32 = makeInputs(dims, 130);
+    const x: Inputs = { ...x32, q: f16(x32.q), k: f16(x32.k), v: f16(x32.v) };
+    const dC = f16(Float64Array.from(randomValues(3 * 68 * 128, 137)));
+    const ref = referenceForward(x, dims, drop);
+    const grads = referenceBackward(x, ref.probs, dC, dims, drop);
+    const math = await runGpu(gpu, x, dC, dims, drop, undefined, storage, true);
+    const plain = await runGpu(gpu, x, dC, dims, drop, undefined, storage, false);
+    const rel = (got: ArrayLike<number>, want: Float64Array) => {
+      let d = 0, w = 0;
+      for (let i = 0; i < want.length; i++) (d += (got[i] - want[i]) ** 2, w += want[i] ** 2);
+      return Math.sqrt(d / w);
+    };
+    const pairs: [string, keyof GpuRun, Float64Array][] = [
+      ["probs", "probs", ref.probs],
+      ["context", "context", ref.context],
+      ["dQ", "dQ", grads.dQ],
+      ["dK", "dK", grads.dK],
+      ["dV", "dV", grads.dV],
+      ["dPrefixKey", "dPK", grads.dPK],
+      ["dPrefixValue", "dPV", grads.dPV],
+    ];
+    for (const [name, key, want] of pairs) {
+      const e = rel(math[key]!, want);
+      assert(e <= 5e-3, `${name}: relative error ${e}`);
+      assert(rel(math[key]!, plain[key]! as unknown as Float64Array) > 0, `${name}: as f32 sums`);
+    }
+  },
+);

@@ -13,7 +13,8 @@ import type { ModelConfig } from "../model/config.ts";
  * over `rows` token rows and its head's over `headRows`, forward and, with `backward`, both
  * gradient products; with `attention`, the per-head attention products over that many sequences
  * of that many tokens (the longest, the one that decides the classes; prefix rows aside); with
- * `f16Math`, the encoder's linear products in f16 arithmetic instead (EncoderOptions.f16Math).
+ * `f16Math`, the encoder's linear and attention products in f16 arithmetic instead
+ * (EncoderOptions.f16Math).
  */
 export function modelTuneShapes(
   config: ModelConfig,
@@ -42,6 +43,7 @@ export function modelTuneShapes(
         config.numHeads,
         config.headDim,
         o.backward,
+        o.f16Math,
       )
       : []),
   ];
