@@ -2,7 +2,8 @@
 // GPU (bench/torch_step.py), as ratios ours / PyTorch, with the goals of the GPU comparison:
 // f32 GEMM ≥ 0.6 × cuBLAS fp32 (TF32 off); f32 training step ≥ 0.7 × PyTorch fp32; f16 training
 // step ≥ 1.0 × PyTorch fp32; and, reported without a goal, f16 against bf16 autocast. "f16 math"
-// rows (bench/precision.ts: f16 storage, products multiplied and summed in f16) beside the f16 ones.
+// rows (bench/precision.ts: f16 storage, products multiplied and summed in f16) beside the f16
+// ones.
 // Pure functions of the rows, so that tests can check them without a GPU.
 
 /** One JSON row of either side. */

@@ -1,6 +1,6 @@
 // The precisions the benches time: the encoder's two (model/encoder.ts, Precision), and "f16math",
-// precision "f16" with its linear products multiplied and summed in f16 (EncoderOptions.f16Math,
-// matmul's f16Math).
+// precision "f16" with the encoder's matrix products (linear layers, attention) multiplied and
+// summed in f16 (EncoderOptions.f16Math, matmul's f16Math).
 
 import type { Precision } from "../model/encoder.ts";
 

@@ -507,6 +507,11 @@ async function tuneClass(
     }
     const [heuristic] = matmulVariantsUsed(gpu, (rec) => matmul(rec, args));
     if (!heuristic) throw new Error(`cannot tell which variant matmul runs for ${cls}`);
+    // Representative products are vec4-aligned, so an f16-arithmetic one runs an f16 kernel; were
+    // it not, its choice would be an f32-sum kernel that matmul never takes for such a product.
+    if (f16Math && !isF16MathVariant(heuristic)) {
+      throw new Error(`matmul autotune: ${cls} runs ${heuristic}, not an f16-arithmetic kernel`);
+    }
     const reference = (await resultBits(gpu, args)).slice();
     const contenders = [
       heuristic,

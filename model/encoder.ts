@@ -460,10 +460,12 @@ export interface EncoderOptions {
    */
   precision?: Precision;
   /**
-   * With precision "f16" only: the layers' linear products (forward, dX and dW) and attention's
-   * per-head products multiply and sum in f16 (matmul's `f16Math`: f32 inputs such as LayerNorm outputs and residual gradients rounded
-   * to f16 as they are read, runs of 16 products summed in f16, the runs' totals in f32). Some 2^-9 relative error per product where f32 sums give 2^-20; for GPUs
-   * whose f16 arithmetic is twice their f32 rate. Default false.
+   * With precision "f16" only: the encoder's matrix products (its linear layers' forward, dX and
+   * dW, the embedding projection's, attention's per-head products) multiply and sum in f16
+   * (matmul's `f16Math`: f32 inputs such as LayerNorm outputs and residual gradients rounded to
+   * f16 as they are read, runs of 16 products summed in f16, the runs' totals in f32). Some 2^-9
+   * relative error per product where f32 sums give 2^-20; for GPUs whose f16 arithmetic is twice
+   * their f32 rate. Default false.
    */
   f16Math?: boolean;
 }
@@ -1095,6 +1097,7 @@ export class Encoder {
       weight: this.productParams.embeddings.project!.weight,
       bias: pe.project.bias,
       out: input0,
+      f16Math: this.f16Math,
     });
     return { embOut, input0 };
   }
@@ -1126,6 +1129,7 @@ export class Encoder {
         dWeight: g.project?.weight,
         dBias: g.project?.bias,
         accumulate,
+        f16Math: this.f16Math,
       });
       if (!dX) return;
       dEmbOut = at(dX, [n, E]);

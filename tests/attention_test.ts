@@ -6,6 +6,8 @@ import { attentionBackward, attentionForward, setAttentionRowLanes } from "../ke
 import type { DropoutConfig } from "../kernels/dropout.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
+import { isF16MathVariant } from "../kernels/matmul.ts";
+import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import {
   createTensor,
   type DType,
@@ -598,3 +600,38 @@ gpuTest(
     }
   },
 );
+
+gpuTest("attention f16Math: every per-head product runs an f16-arithmetic kernel", (gpu) => {
+  // Aligned sequence and prefix lengths (a multiple of 4: otherwise the products that read the
+  // probabilities at an offset of P or with a row of P + S keys sum in f32, as documented).
+  const [B, S, H, D, P] = [2, 68, 2, 64, 4];
+  const seq = (label: string) => createTensor(gpu, [B, S, H * D], "f16", label);
+  const t = {
+    q: seq("q"),
+    k: seq("k"),
+    v: seq("v"),
+    context: seq("context"),
+    dContext: seq("dContext"),
+    dQ: seq("dQ"),
+    dK: seq("dK"),
+    dV: seq("dV"),
+    mask: createTensor(gpu, [B, S], "f32", "mask"),
+    probs: createTensor(gpu, [B, H, S, P + S], "f32", "probs"),
+    prefixKey: createTensor(gpu, [H, P, D], "f32", "prefixKey"),
+    prefixValue: createTensor(gpu, [H, P, D], "f32", "prefixValue"),
+    dPrefixKey: createTensor(gpu, [H, P, D], "f32", "dPrefixKey"),
+    dPrefixValue: createTensor(gpu, [H, P, D], "f32", "dPrefixValue"),
+  };
+  for (const f16Math of [true, false]) {
+    const used = matmulVariantsUsed(gpu, (rec) => {
+      const common = { heads: H, dropout: NO_DROPOUT, f16Math };
+      attentionForward(rec, { ...t, ...common });
+      attentionBackward(rec, { ...t, ...common });
+    });
+    // Forward: prefix scores, scores, prefix context, context; backward: dV, dPrefixValue, prefix
+    // dP, dP, dQ from the prefix and the sequence, dK, dPrefixKey.
+    assertEquals(used.length, 12);
+    assertEquals(used.filter((v) => isF16MathVariant(v)).length, f16Math ? 12 : 0);
+  }
+  for (const x of Object.values(t)) x.destroy();
+});

@@ -168,8 +168,8 @@ for (
 // f16Math: the linear products (forward, dX, dW) and attention's per-head ones multiply and sum in
 // f16 (runs of 16 products), their f32 operands rounded to f16. Measured on lavapipe against f32:
 // hidden 3.1e-3 / gradients 3.1e-3 (aligned + prefix; f16 storage alone 8.3e-4 / 5.5e-4), 2.4e-3 /
-// 4.8e-3 (aligned + LoRA; f16 alone 1.8e-3 / 3.3e-3); asserted within the f16 tests' 1%. The odd shapes' products cannot
-// be read as vec4s: they sum in f32, bitwise as without f16Math.
+// 4.8e-3 (aligned + LoRA; f16 alone 1.8e-3 / 3.3e-3); asserted within the f16 tests' 1%. The odd
+// shapes' products cannot be read as vec4s: they sum in f32, bitwise as without f16Math.
 for (const adapter of ["prefix", "lora"] as const) {
   gpuTest(
     `encoder f16Math (aligned shapes, ${adapter}): a training step close to f32`,

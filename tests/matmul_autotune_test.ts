@@ -818,3 +818,28 @@ gpuTest(
     });
   },
 );
+
+Deno.test('autotune: attention\'s products in f16 arithmetic are batched f16 classes ("hb")', () => {
+  const half = attentionTuneShapes(32, 128, 16, 64, true, true);
+  const classes = half.map((s) =>
+    matmulShapeClass(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false, s.count, s.f16Math)
+  );
+  assertEquals([...new Set(classes)].sort(), ["hbNN:mm", "hbNT:mm", "hbTN:mm"]);
+  const config = {
+    hiddenSize: 64,
+    intermediateSize: 128,
+    embeddingSize: 64,
+    numHeads: 2,
+    headDim: 32,
+  };
+  const o = { rows: 512, headRows: 4, headFeatures: 64, headWidth: 2048, headClasses: 1 };
+  const shapes = modelTuneShapes(config as Parameters<typeof modelTuneShapes>[0], {
+    ...o,
+    backward: true,
+    attention: { sequences: 4, seq: 128 },
+    f16Math: true,
+  });
+  // The encoder's linear and attention products in f16 arithmetic, the head's not.
+  assertEquals(shapes.filter((s) => !s.f16Math).length, 6);
+  assertEquals(shapes.filter((s) => s.f16Math && (s.count ?? 1) > 1).length, 6);
+});

@@ -84,9 +84,9 @@ export interface TrainConfig {
    */
   precision: Precision;
   /**
-   * With precision "f16": the encoder's linear products multiply and sum in f16 (runs of 16
-   * products in f16, their totals in f32: model/encoder.ts EncoderOptions.f16Math), for GPUs
-   * whose f16 arithmetic is twice their f32 rate. Changes the results a little (some 2^-9
+   * With precision "f16": the encoder's matrix products (linear layers, attention) multiply and
+   * sum in f16 (runs of 16 in f16, their totals in f32: model/encoder.ts EncoderOptions.f16Math),
+   * for GPUs whose f16 arithmetic is twice their f32 rate. Changes the results a little (some 2^-9
    * relative per product). Optional for a library caller's config: default false.
    */
   f16Math?: boolean;

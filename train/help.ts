@@ -35,9 +35,9 @@ const RUN_FLAGS =
   --dropout X             instead of the model config's dropout
   --precision f32|f16     f16: f16 activations and weight copies, f32 master weights
                           (default f32; needs shader-f16)
-  --f16-math              with --precision f16: the linear layers' products multiply and sum
-                          in f16 (runs of 16 in f16, their totals in f32); faster where f16
-                          arithmetic is twice f32's, a little less exact
+  --f16-math              with --precision f16: the encoder's matrix products multiply and
+                          sum in f16 (runs of 16 in f16, their totals in f32); faster where
+                          f16 arithmetic is twice f32's, a little less exact
   --no-shuffle            train in the data's order
   --schedule NAME         ${SCHEDULE_NAMES.join(" or ")}, after the warmup (default linear)
   --warmup-ratio X        linear warmup, share of each stage (default 0.1)

@@ -111,8 +111,8 @@ export interface TrainerOptions {
    */
   precision?: Precision;
   /**
-   * With precision "f16": the encoder's linear products multiply and sum in f16
-   * (EncoderOptions.f16Math); default false.
+   * With precision "f16": the encoder's matrix products (linear layers, attention) multiply and
+   * sum in f16 (EncoderOptions.f16Math); default false.
    */
   f16Math?: boolean;
   /**
