@@ -226,8 +226,9 @@ type TiledSpec = {
    */
   tight?: boolean;
   /**
-   * f16 arithmetic (`F16_MATH_VARIANTS`): operands staged and multiplied in f16, each run of 16
-   * products summed in f16, the runs' totals added in f32. Needs f16 A and B, bk 16, double.
+   * f16 arithmetic (`F16_MATH_VARIANTS`): operands staged (f32 ones rounded) and multiplied in
+   * f16, each run of 16 products summed in f16, the runs' totals added in f32. Needs bk a multiple
+   * of 16 and `double`.
    */
   half?: boolean;
 };
@@ -993,8 +994,8 @@ function tiledWgsl(
   // keep a GPU compiler from unrolling it; lavapipe compiles this about 20% slower).
   // A staged as rows of k: each k quad reads the invocation's rm rows once, four k at a time, and
   // multiplies them k by k (each output still adds its products in increasing k, one at a time).
-  // The f16-arithmetic kernels add a slice's 16 products into f16 accumulators `hacc`, whose
-  // totals go into the f32 ones after the slice (`halfRun`).
+  // The f16-arithmetic kernels add each run of 16 products into f16 accumulators `hacc`, whose
+  // totals go into the f32 ones after the run (`halfRun`).
   const acc = half ? "hacc" : "acc";
   // Steps k0 + from … k0 + to - 1 of a slice (the f16-arithmetic kernels sum each run of 16 apart).
   const computeRows = (buf: string, from: number, to: number) =>
