@@ -104,8 +104,8 @@ export interface MatmulArgs {
    * (beyond f16's range to ±∞), each output's products summed in f16 in runs of 16 consecutive k,
    * the runs' totals added in f32 in increasing k (`F16_MATH_VARIANTS`; a forced `variant` must
    * be one of them). Some 2^-9 relative error where f32 sums give 2^-20; for GPUs whose f16
-   * arithmetic is twice as fast as their f32. A product whose operands cannot be read as vec4s
-   * (see the tiled variants) sums in f32 as without it. Default false.
+   * arithmetic is twice as fast as their f32. Operands that vec4 loads cannot read are staged
+   * with scalar loads (any shape). Default false.
    */
   f16Math?: boolean;
 }
@@ -178,8 +178,10 @@ function dtypesSuffix(t: Dtypes): string {
  * - `tiled_4x4` / `tiled_8x8`: for GPUs, where the barrier-free kernels' loads are not coalesced
  *   (neighbouring invocations read different rows): a 16×16 workgroup stages a bk-deep slice of
  *   a 64×64 / 128×128 block of op(A) and op(B) in workgroup memory with vec4 loads along each
- *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers. Same
- *   alignment needs as the vec4 kernels (otherwise `direct4x4`). `tiled_8x4` / `tiled_4x8`:
+ *   operand's contiguous axis, and each invocation keeps a 4×4 / 8×8 tile in registers.
+ *   Operands the vec4 loads cannot read (see the vec4 kernels) are staged with four scalar loads
+ *   instead (a pipeline of its own, "_u"): the same values staged, the same sums, bitwise the
+ *   same results. `tiled_8x4` / `tiled_4x8`:
  *   128×64 / 64×128 blocks, between the two (on the H200, timed on its clock, 2026-11-28, the
  *   8×8 family won every form: BENCHMARKS.md). `tiled_<rm>x<rn>w`: the same kernels with the
  *   invocations of a 32-wide subgroup (NVIDIA's warp) placed 8 × 4 over the block instead of
@@ -882,6 +884,7 @@ function tiledWgsl(
   epilogue: EpilogueKind,
   t = ALL_F32,
   sliced = false,
+  aligned = true,
 ): string {
   const { rm, rn, bk, warp = false, double = false, kmajor = false, tight = false } = spec;
   const half = spec.half ?? false;
@@ -919,10 +922,27 @@ function tiledWgsl(
     const slot = (s: number) => `(li + ${s * threads}u)`;
     const guard = (s: number) => (count % threads === 0 ? "true" : `${slot(s)} < ${count}u`);
     const reg = (s: number, r: number) => `r${x}${s}_${r}`;
+    // Unaligned: four scalar loads (each k past the end zero, or each row / column clamped inside
+    // the matrix), where the aligned kernel loads one vec4; the same values staged either way.
+    const scalar = (e: string) => {
+      const one = `${x}[${e}]`;
+      return half ? (dtype === "f16" ? one : `to_f16(${one})`) : loadAs(dtype, one);
+    };
+    const quad = (parts: string[]) => `vec4<${ve}>(${parts.join(", ")})`;
     const fetch = (s: number, r: number, gk: string, addr: string) =>
       `${reg(s, r)} = vec4<${ve}>(0.0);\n    ` +
       `if (${guard(s)} && ${gk} < p.k) { ${reg(s, r)} = ${
-        wide(dtype, `${x}4[(${addr}) >> 2u]`)
+        aligned ? wide(dtype, `${x}4[(${addr}) >> 2u]`) : quad(
+          range(4).map((j) =>
+            `select(${ve}(0.0), ${scalar(`${addr} + ${j}u`)}, ${gk} + ${j}u < p.k)`
+          ),
+        )
+      }; }`;
+    // Four consecutive rows / columns at one k, each clamped inside the matrix (unaligned).
+    const fetchAcross = (s: number, gk: string, at: (j: number) => string) =>
+      `${reg(s, 0)} = vec4<${ve}>(0.0);\n    ` +
+      `if (${guard(s)} && ${gk} < p.k) { ${reg(s, 0)} = ${
+        quad(range(4).map((j) => scalar(at(j))))
       }; }`;
     // The slice's first k is named by the caller: this slice's or the next one's.
     const load = (k0: string) =>
@@ -945,6 +965,12 @@ function tiledWgsl(
         }
         // k row e / (size/4), block quad e % (size/4), its start clamped inside the matrix.
         const gk = `${k0} + ${e} / ${size / 4}u`;
+        if (!aligned) {
+          const at = (j: number) =>
+            `base${x} + (${gk}) * ${kStride} + ` +
+            `min(${origin} + (${e} % ${size / 4}u) * 4u + ${j}u, ${limit} - 1u)`;
+          return [fetchAcross(s, gk, at)];
+        }
         const start = `min(${origin} + (${e} % ${size / 4}u) * 4u, ${limit} - 4u)`;
         return [fetch(s, 0, gk, `base${x} + (${gk}) * ${kStride} + ${start}`)];
       }).join("\n    ");
@@ -1102,7 +1128,7 @@ function tiledWgsl(
   }
   const header = half ? `enable f16;\n${TO_F16_WGSL}\n${TO_F16X4_WGSL}\n` : headerWgsl(t);
   return /* wgsl */ `${header}${PARAMS_WGSL}
-${bindingsWgsl(t, true, epilogue, sliced)}
+${bindingsWgsl(t, aligned, epilogue, sliced)}
 ${storeWgsl(epilogue, t)}
 ${sc.wgsl}
 
@@ -1488,10 +1514,13 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
       variant = chooseVariant(m, n, transA);
     }
   }
+  // Operands the vec4 loads cannot read: the vec4 kernels give way to direct4x4; the tiled ones
+  // stage them with scalar loads instead (the same values staged, the same sums).
+  let aligned = true;
   if (VARIANTS[variant].kind === "vec4" || VARIANTS[variant].kind === "tiled") {
-    const aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
+    aligned = vec4Aligned(a, offA, lda, strides("strideA"), transA ? m : k) &&
       vec4Aligned(b, offB, ldb, strides("strideB"), transB ? k : n) && k % 4 === 0;
-    if (!aligned) variant = "direct4x4";
+    if (!aligned && VARIANTS[variant].kind === "vec4") variant = "direct4x4";
   }
   const spec = VARIANTS[variant];
   const gpu = rec.gpu;
@@ -1524,8 +1553,8 @@ export function matmul(rec: Recorder, args: MatmulArgs): void {
           `${gpu.limits.maxComputeWorkgroupStorageSize}`,
       );
     }
-    const code = tiledSource(spec, transA, transB, epilogue, dtypes, sliced);
-    pipeline = getPipeline(gpu, `${name}_${+transA}${+transB}`, code);
+    const code = tiledSource(spec, transA, transB, epilogue, dtypes, sliced, aligned);
+    pipeline = getPipeline(gpu, `${name}${aligned ? "" : "_u"}_${+transA}${+transB}`, code);
   } else {
     gx = Math.ceil(n / (spec.wx * spec.rn));
     gy = Math.ceil(m / (spec.wy * spec.rm));

@@ -217,7 +217,8 @@ export function matmulShapeClass(
  * The product a class is timed on: fixed per class and kind of adapter (CPU or GPU, see
  * TUNE_SIZES; not taken from the program that asked), so that a cached choice does not depend on
  * which program tuned first; all dimensions multiples of 4, so that the vec4 and tiled variants
- * really run (a misaligned product runs `direct4x4` whatever the choice).
+ * really run (a misaligned product runs `direct4x4` for a vec4 choice, scalar staging for a tiled
+ * one).
  */
 export function representativeShape(s: TuneShape, onCpu = true): Required<TuneShape> {
   const kind = onCpu ? "cpu" : "gpu";
@@ -342,14 +343,16 @@ export function attentionTuneShapes(
 /**
  * Whether a program's product is worth tuning: an output of at least 64×64 (smaller ones are over
  * before a submit's fixed cost is, so their timing could not tell the variants apart) whose
- * operands the vec4 variants can read (k and the stored rows multiples of 4; otherwise every
- * choice runs `direct4x4`).
+ * operands the vec4 variants can read (k and the stored rows multiples of 4; otherwise a vec4
+ * choice runs `direct4x4`). A batched product (attention's, over a batch's longest row, which
+ * need not be a multiple of 4) is worth it either way: its class is timed on an aligned product,
+ * and a tiled choice stages misaligned operands with scalar loads.
  */
 export function worthTuning(s: TuneShape): boolean {
   const rowA = s.transA ? s.m : s.k;
   const rowB = s.transB ? s.k : s.n;
-  return s.m >= 64 && s.n >= 64 && s.k >= 4 && s.k % 4 === 0 && rowA % 4 === 0 &&
-    rowB % 4 === 0;
+  if (s.m < 64 || s.n < 64 || s.k < 4) return false;
+  return (s.count ?? 1) > 1 || (s.k % 4 === 0 && rowA % 4 === 0 && rowB % 4 === 0);
 }
 
 /**

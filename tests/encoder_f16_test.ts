@@ -166,15 +166,17 @@ for (
 }
 
 // f16Math: the linear products (forward, dX, dW) and attention's per-head ones multiply and sum in
-// f16 (runs of 16 products), their f32 operands rounded to f16. Measured on lavapipe against f32:
-// hidden 3.1e-3 / gradients 3.1e-3 (aligned + prefix; f16 storage alone 8.3e-4 / 5.5e-4), 2.4e-3 /
-// 4.8e-3 (aligned + LoRA; f16 alone 1.8e-3 / 3.3e-3); asserted within the f16 tests' 1%. The odd
-// shapes' products cannot be read as vec4s: they sum in f32, bitwise as without f16Math.
-for (const adapter of ["prefix", "lora"] as const) {
+// f16 (runs of 16 products), their f32 operands rounded to f16, odd shapes staged with scalar
+// loads. Measured on lavapipe against f32: hidden 2.1e-3 / gradients 3.4e-3 (aligned + prefix;
+// f16 storage alone 8.3e-4 / 5.5e-4), 2.4e-3 / 5.2e-3 (aligned + LoRA; f16 alone 1.8e-3 / 3.3e-3),
+// 2.6e-3 / 2.1e-3 (odd + prefix); asserted within the f16 tests' 1%.
+for (
+  const [shape, adapter] of [["aligned", "prefix"], ["aligned", "lora"], ["odd", "prefix"]] as const
+) {
   gpuTest(
-    `encoder f16Math (aligned shapes, ${adapter}): a training step close to f32`,
+    `encoder f16Math (${shape} shapes, ${adapter}): a training step close to f32`,
     async (gpu) => {
-      const c = config("aligned");
+      const c = config(shape);
       const f32 = await step(gpu, c, "f32", adapter);
       const f16 = await step(gpu, c, "f16", adapter);
       const math = await step(gpu, c, "f16", adapter, true);
@@ -192,16 +194,6 @@ for (const adapter of ["prefix", "lora"] as const) {
     },
   );
 }
-
-gpuTest(
-  "encoder f16Math (odd shapes): products that cannot be read as vec4s sum in f32",
-  async (gpu) => {
-    const c = config("odd");
-    const f16 = await step(gpu, c, "f16", "prefix");
-    const math = await step(gpu, c, "f16", "prefix", true);
-    assertEquals(Array.from(math.hidden), Array.from(f16.hidden));
-  },
-);
 
 gpuTest('encoder f16: flash attention is refused, "auto" takes the materialized kernels', (gpu) => {
   const c = config("aligned");

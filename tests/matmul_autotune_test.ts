@@ -843,3 +843,13 @@ Deno.test('autotune: attention\'s products in f16 arithmetic are batched f16 cla
   assertEquals(shapes.filter((s) => !s.f16Math).length, 6);
   assertEquals(shapes.filter((s) => s.f16Math && (s.count ?? 1) > 1).length, 6);
 });
+
+Deno.test("autotune: attention's batched products are worth tuning whatever their length", () => {
+  // A batch's longest row of 127 tokens: the vec4 kernels cannot read its products, a tiled
+  // choice stages them with scalar loads, so their classes are tuned (on aligned products).
+  const shapes = attentionTuneShapes(32, 127, 16, 64, true);
+  assert(shapes.every(worthTuning), JSON.stringify(shapes.filter((s) => !worthTuning(s))));
+  // An unbatched misaligned product is not: its class's aligned members decide.
+  assert(!worthTuning({ m: 1024, n: 1024, k: 4063, transA: true }));
+  assert(worthTuning({ m: 1024, n: 1024, k: 4064, transA: true }));
+});

@@ -189,6 +189,14 @@ gpuTest("matmul variants: the aligned cases above really run each variant", (gpu
       (rec) => matmul(rec, { a, b, c, m, n, k: k - 1, variant: "vec4_8x16" }),
     );
     assert(odd[0] === "direct4x4", `k = ${k - 1} falls back to direct4x4, got ${odd}`);
+    // A tiled kernel stages what vec4 loads cannot read with scalar loads: it runs itself.
+    for (const variant of ["tiled_8x8dk16", "tiled_4x4d", "nn_tiled_8x8"] as const) {
+      const tiled = matmulVariantsUsed(
+        gpu,
+        (rec) => matmul(rec, { a, b, c, m, n, k: k - 1, variant }),
+      );
+      assertEquals(tiled, [untransposedKernel(variant) ?? variant]);
+    }
     // An nn_ variant copies nothing where its kernel could not read the copy as vec4s.
     const oddNn = matmulVariantsUsed(
       gpu,
