@@ -6,7 +6,9 @@
 // shared text (`storeWgsl`, the loads' `wide`), and what differs between them (tile shape, warp
 // layout, one or two buffers, A turned round or staged as rows of k, 8 or 16 k a slice, padded
 // rows or not) is in the loop, which tests/matmul_variants_test.ts checks bitwise for every
-// variant on every adapter. The representatives take each of those forms at least once.
+// variant on every adapter (on aligned operands; on operands vec4 loads cannot read, whose scalar
+// staging is one more pipeline per kernel, by these representatives). The representatives take
+// each of those forms at least once.
 
 import { MATMUL_VARIANTS, type MatmulVariant } from "../kernels/matmul.ts";
 
