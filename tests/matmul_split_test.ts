@@ -5,6 +5,7 @@ import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
+import { epilogueVariants } from "./matmul_subset.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { SPLIT_K_MAX_OUTPUTS, splitKCount } from "../kernels/matmul_split.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -119,7 +120,10 @@ gpuTest(
         const b = keep(upload(u.b, "x", dtype));
         const bias = keep(upload(u.bias, "bias"));
         const outs: Float32Array[] = [];
-        for (const variant of [undefined, ...MATMUL_VARIANTS]) {
+        // Misaligned operands take the tiled kernels' scalar staging, a pipeline each: those by
+        // representatives (tests/matmul_subset.ts).
+        const variants = s.aligned ? MATMUL_VARIANTS : epilogueVariants();
+        for (const variant of [undefined, ...variants]) {
           const c = keep(upload(u.c, "dWeight"));
           const args: MatmulArgs = {
             a,
