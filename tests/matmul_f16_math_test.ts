@@ -200,10 +200,10 @@ gpuTest(
 );
 
 gpuTest("matmul f16Math: the f16-arithmetic variants agree bitwise", async (gpu) => {
-  // NT, NN, TN and TT (some odd: the scalar staging), the split product, several blocks (the f16
+  // NT, NN and TN (one odd: the scalar staging) and the split product (the epilogues and f16
   // outputs store through the code every variant shares; each case compiles a pipeline per
   // variant, seconds each on a cold lavapipe cache).
-  for (const ci of [0, 2, 3, 8, 9, 10, 12]) {
+  for (const ci of [0, 2, 3, 8, 10]) {
     const cs = CASES[ci];
     const runs = F16_MATH_VARIANTS.map((variant) => ({ variant, f16Math: true }));
     const { results } = await run(gpu, cs, 5000 + ci, runs);

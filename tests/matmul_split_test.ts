@@ -5,7 +5,7 @@ import { assert, assertClose, assertEquals } from "./assert.ts";
 import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import { matmul, MATMUL_VARIANTS, type MatmulArgs } from "../kernels/matmul.ts";
-import { epilogueVariants } from "./matmul_subset.ts";
+import { misalignedVariants } from "./matmul_subset.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { SPLIT_K_MAX_OUTPUTS, splitKCount } from "../kernels/matmul_split.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -122,7 +122,7 @@ gpuTest(
         const outs: Float32Array[] = [];
         // Misaligned operands take the tiled kernels' scalar staging, a pipeline each: those by
         // representatives (tests/matmul_subset.ts).
-        const variants = s.aligned ? MATMUL_VARIANTS : epilogueVariants();
+        const variants = s.aligned ? MATMUL_VARIANTS : misalignedVariants();
         for (const variant of [undefined, ...variants]) {
           const c = keep(upload(u.c, "dWeight"));
           const args: MatmulArgs = {

@@ -22,6 +22,18 @@ const TILED_REPRESENTATIVES: readonly MatmulVariant[] = [
   "nn_tiled_8x8dk",
 ];
 
+/**
+ * For operands vec4 loads cannot read: the non-tiled variants and two tiled kernels whose scalar
+ * staging takes both forms (rows of k turned round in registers: `tiled_4x4`; A staged as rows of
+ * k, double-buffered, 16 k a slice: `tiled_8x8dk16`); every staging form is in
+ * TILED_REPRESENTATIVES, which tests/matmul_variants_test.ts compares on misaligned batches.
+ */
+export function misalignedVariants(): MatmulVariant[] {
+  return MATMUL_VARIANTS.filter((v) =>
+    !/^(nn_)?tiled_/.test(v) || v === "tiled_4x4" || v === "tiled_8x8dk16"
+  );
+}
+
 /** The non-tiled variants and TILED_REPRESENTATIVES. */
 export function epilogueVariants(): MatmulVariant[] {
   return MATMUL_VARIANTS.filter((v) =>

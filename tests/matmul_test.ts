@@ -3,7 +3,7 @@ import { assertClose } from "./assert.ts";
 import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { refGelu, refGeluGrad } from "./gelu_reference.ts";
 import { randomValues } from "./random.ts";
-import { epilogueVariants } from "./matmul_subset.ts";
+import { epilogueVariants, misalignedVariants } from "./matmul_subset.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import {
@@ -22,6 +22,8 @@ import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts
 // about one on NVIDIA's driver); tests/matmul_variants_test.ts checks every variant bitwise
 // against these on aligned operands.
 const VARIANTS = epilogueVariants();
+/** The odd-shape tests' (tests/matmul_subset.ts). */
+const ODD_VARIANTS = misalignedVariants();
 /** The non-tiled variants and one tiled kernel: the epilogues' odd shapes (the store is shared). */
 const ODD_EPILOGUE_VARIANTS = [
   ...MATMUL_VARIANTS.filter((v) => !/^(nn_)?tiled_/.test(v)),
@@ -182,7 +184,7 @@ gpuTest("matmul: odd shapes, every transpose combination, every kind of variant"
       }
     }
   }
-  await runCases(gpu, cases, 1000);
+  await runCases(gpu, cases, 1000, 1e-5, ODD_VARIANTS);
 });
 
 gpuTest("matmul: leading dimensions, offsets, alpha, bias and accumulate", async (gpu) => {
@@ -219,7 +221,7 @@ gpuTest("matmul: leading dimensions, offsets, alpha, bias and accumulate", async
       }
     }
   }
-  await runCases(gpu, cases, 2000);
+  await runCases(gpu, cases, 2000, 1e-5, ODD_VARIANTS);
 });
 
 gpuTest("matmul: both batch levels with their own strides, and broadcast operands", async (gpu) => {
@@ -246,7 +248,7 @@ gpuTest("matmul: both batch levels with their own strides, and broadcast operand
     const sizes = { a: 5 + 3 * (2 * aMat + 7), b: 2 + 3 * (bMat + 3), c: 1 + 3 * (2 * cMat + 4) };
     cases.push({ spec, sizes });
   }
-  await runCases(gpu, cases, 3000);
+  await runCases(gpu, cases, 3000, 1e-5, ODD_VARIANTS);
 });
 
 gpuTest(
