@@ -32,6 +32,23 @@ const P = 3, PREFIX_LAYER = 1;
 const HIDDEN_BOUND = 1e-2, GRAD_BOUND = 1e-2;
 
 /**
+ * Asserts a step's hidden states within HIDDEN_BOUND of f32's (relative) and each gradient within
+ * GRAD_BOUND of the step's largest f32 gradient, the same gradients present; returns the hidden
+ * states' error.
+ */
+function assertCloseToF32(got: StepResult, f32: StepResult): number {
+  const e = relError(got.hidden, f32.hidden);
+  assert(e <= HIDDEN_BOUND, `hidden states: relative error ${e}`);
+  assertEquals([...got.grads.keys()].sort(), [...f32.grads.keys()].sort());
+  const scale = largestGradient(f32.grads);
+  for (const [name, g] of f32.grads) {
+    const err = relError(got.grads.get(name)!, g, scale);
+    assert(err <= GRAD_BOUND, `gradient of ${name}: error ${err} of the largest gradient`);
+  }
+  return e;
+}
+
+/**
  * "aligned": every weight matrix a multiple of 128 elements and head dimension 8, so the f16
  * copies refresh in one launch and the products take the vec4 kernels; "odd": neither.
  */
@@ -144,15 +161,8 @@ for (
       else assert(casts > 1, `${casts} cast launches`);
       assert(!f32.labels.some((l) => l.startsWith("castF32ToF16")), "f32 casts nothing");
 
-      const e = relError(f16.hidden, f32.hidden);
-      assert(e <= HIDDEN_BOUND, `hidden states: relative error ${e}`);
+      const e = assertCloseToF32(f16, f32);
       assert(e > 0, "f16 gave bitwise the f32 hidden states: the f16 path did not run");
-      assertEquals([...f16.grads.keys()].sort(), [...f32.grads.keys()].sort());
-      const scale = largestGradient(f32.grads);
-      for (const [name, g] of f32.grads) {
-        const err = relError(f16.grads.get(name)!, g, scale);
-        assert(err <= GRAD_BOUND, `gradient of ${name}: error ${err} of the largest gradient`);
-      }
       if (adapter === "ffn-hooks") {
         assert(f16.labels.includes("geluBackward"), "GELU's backward ran as its own kernel");
       } else {
@@ -180,17 +190,11 @@ for (
       const f32 = await step(gpu, c, "f32", adapter);
       const f16 = await step(gpu, c, "f16", adapter);
       const math = await step(gpu, c, "f16", adapter, true);
-      const e = relError(math.hidden, f32.hidden);
-      assert(e <= HIDDEN_BOUND, `hidden states: relative error ${e}`);
+      assertCloseToF32(math, f32);
       assert(
         relError(math.hidden, f16.hidden) > 0,
         "f16Math gave f16's hidden states: it did not run",
       );
-      const scale = largestGradient(f32.grads);
-      for (const [name, g] of f32.grads) {
-        const err = relError(math.grads.get(name)!, g, scale);
-        assert(err <= GRAD_BOUND, `gradient of ${name}: error ${err} of the largest gradient`);
-      }
     },
   );
 }
