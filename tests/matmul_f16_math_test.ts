@@ -13,109 +13,13 @@ import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { matmulVariantsUsed } from "../kernels/matmul_autotune.ts";
 import { refGelu, refGeluGrad } from "./gelu_reference.ts";
-import { randomValues } from "./random.ts";
-import type { Gpu } from "../kernels/device.ts";
-import { fill } from "../kernels/fill.ts";
-import {
-  F16_MATH_VARIANTS,
-  matmul,
-  type MatmulArgs,
-  type MatmulVariant,
-} from "../kernels/matmul.ts";
+import { type F16Case, runF16Products } from "./matmul_f16_run.ts";
+import { F16_MATH_VARIANTS, matmul } from "../kernels/matmul.ts";
 import { splitKCount } from "../kernels/matmul_split.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import {
-  createTensor,
-  type DType,
-  type HostArray,
-  type Tensor,
-  tensorFromArray,
-} from "../kernels/tensor.ts";
+import { createTensor, type HostArray, tensorFromArray } from "../kernels/tensor.ts";
 
-interface Case {
-  m: number;
-  n: number;
-  k: number;
-  transA?: boolean;
-  transB?: boolean;
-  /** Operand dtypes (default f16): an f32 operand is rounded to f16 as it is read. */
-  a?: DType;
-  b?: DType;
-  c: DType;
-  bias?: boolean;
-  accumulate?: boolean;
-  alpha?: number;
-  epilogue?: "geluSave" | "geluGrad";
-}
-
-/** One submit running `cs` once per entry of `runs`; the outputs and the (f16) inputs. */
-async function run(
-  gpu: Gpu,
-  cs: Case,
-  seed: number,
-  runs: { variant?: MatmulVariant; f16Math: boolean }[],
-) {
-  const { m, n, k } = cs;
-  const tensors: Tensor[] = [];
-  const keep = (t: Tensor) => (tensors.push(t), t);
-  const values = (dtype: DType | undefined, size: number, s: number) =>
-    dtype === "f32"
-      ? Float32Array.from(randomValues(size, s))
-      : Float16Array.from(randomValues(size, s));
-  const a = values(cs.a, m * k, seed);
-  const b = values(cs.b, k * n, seed + 1);
-  const A = keep(tensorFromArray(gpu, a, [m * k], "A"));
-  const B = keep(tensorFromArray(gpu, b, [k * n], "B"));
-  const bias = cs.bias ? Float32Array.from(randomValues(n, seed + 2)) : undefined;
-  const biasT = bias ? keep(tensorFromArray(gpu, bias, [n], "bias")) : undefined;
-  const oldC = cs.c === "f16"
-    ? Float16Array.from(randomValues(m * n, seed + 3))
-    : Float32Array.from(randomValues(m * n, seed + 3));
-  const preIn = Float16Array.from(randomValues(m * n, seed + 4).map((v) => 3 * v));
-  const rec = new Recorder(gpu);
-  const outs = runs.map(({ variant, f16Math }, ri) => {
-    const c = keep(createTensor(gpu, [m * n], cs.c, `C ${ri}`));
-    if (cs.accumulate) c.upload(oldC);
-    else fill(rec, c, NaN);
-    let pre: Tensor | undefined;
-    if (cs.epilogue) {
-      pre = keep(createTensor(gpu, [m * n], "f16", `pre ${ri}`));
-      if (cs.epilogue === "geluGrad") pre.upload(preIn);
-      else fill(rec, pre, NaN);
-    }
-    const args: MatmulArgs = {
-      a: A,
-      b: B,
-      c,
-      m,
-      n,
-      k,
-      transA: cs.transA,
-      transB: cs.transB,
-      bias: biasT,
-      accumulate: cs.accumulate,
-      alpha: cs.alpha,
-      variant,
-      f16Math,
-      epilogue: cs.epilogue === "geluSave"
-        ? { kind: "gelu", preActivation: pre }
-        : cs.epilogue === "geluGrad"
-        ? { kind: "geluGrad", preActivation: pre! }
-        : undefined,
-    };
-    matmul(rec, args);
-    return { c, pre };
-  });
-  await rec.submit();
-  const results: { c: HostArray; pre?: HostArray }[] = [];
-  for (const o of outs) {
-    results.push({ c: await o.c.download(), pre: o.pre ? await o.pre.download() : undefined });
-  }
-  for (const t of tensors) t.destroy();
-  return { a, b, bias, oldC, preIn, results };
-}
-
-const CASES: Case[] = [
+const CASES: F16Case[] = [
   // The forward form X·Wᵀ (+ bias), an f32 output; X f32 (a LayerNorm's output).
   { m: 68, n: 72, k: 44, transB: true, bias: true, c: "f32" },
   { m: 68, n: 72, k: 44, transB: true, bias: true, a: "f32", c: "f16" },
@@ -126,8 +30,8 @@ const CASES: Case[] = [
   { m: 68, n: 76, k: 36, transA: true, a: "f32", b: "f32", c: "f32" },
   { m: 36, n: 44, k: 52, transA: true, transB: true, alpha: 0.7, c: "f16" },
   // The FFN's forward (GELU, its input saved) and its backward through GELU'.
-  { m: 68, n: 76, k: 44, transB: true, bias: true, c: "f16", epilogue: "geluSave" },
-  { m: 76, n: 68, k: 60, c: "f16", epilogue: "geluGrad" },
+  { m: 68, n: 76, k: 44, transB: true, bias: true, c: "f16", epilogue: "geluSave", pre: "f16" },
+  { m: 76, n: 68, k: 60, c: "f16", epilogue: "geluGrad", pre: "f16" },
   // A weight gradient over many rows: cut into k-slices summed afterwards (matmul_split.ts).
   { m: 12, n: 20, k: 2048, transA: true, c: "f32" },
   // Larger than one 128 × 128 block, k past several runs.
@@ -146,7 +50,9 @@ gpuTest(
     assertEquals(splitKCount(12, 20, 2048, true, false, 1) > 1, true, "the split case splits");
     for (const [ci, cs] of CASES.entries()) {
       const { m, n, k } = cs;
-      const out = await run(gpu, cs, 300 * ci + 11, [{ f16Math: true }, { f16Math: false }]);
+      const out = await runF16Products(gpu, cs, 300 * ci + 11, [{ f16Math: true }, {
+        f16Math: false,
+      }]);
       const { bias, oldC, preIn } = out;
       // What the kernel multiplies: the operands rounded to f16.
       const a = Float16Array.from(out.a), b = Float16Array.from(out.b);
@@ -206,7 +112,7 @@ gpuTest("matmul f16Math: the f16-arithmetic variants agree bitwise", async (gpu)
   for (const ci of [0, 2, 3, 8, 10]) {
     const cs = CASES[ci];
     const runs = F16_MATH_VARIANTS.map((variant) => ({ variant, f16Math: true }));
-    const { results } = await run(gpu, cs, 5000 + ci, runs);
+    const { results } = await runF16Products(gpu, cs, 5000 + ci, runs);
     const bits = (r: { c: HostArray }) => new Uint16Array(r.c.buffer.slice(0));
     const first = bits(results[0]);
     for (const [ri, r] of results.entries()) {

@@ -9,109 +9,21 @@
 import { assert, assertEquals } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { erfc, refGelu, refGeluGrad } from "./gelu_reference.ts";
-import { randomValues } from "./random.ts";
 import { epilogueVariants } from "./matmul_subset.ts";
-import type { Gpu } from "../kernels/device.ts";
-import { fill } from "../kernels/fill.ts";
-import { matmul, type MatmulArgs, type MatmulVariant } from "../kernels/matmul.ts";
+import { type F16Case, runF16Products } from "./matmul_f16_run.ts";
+import { matmul } from "../kernels/matmul.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import {
-  createTensor,
-  type DType,
-  type HostArray,
-  type Tensor,
-  tensorFromArray,
-} from "../kernels/tensor.ts";
+import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
 
-interface Case {
-  m: number;
-  n: number;
-  k: number;
-  transA?: boolean;
-  transB?: boolean;
-  a: DType;
-  b: DType;
-  c: DType;
-  bias?: boolean;
-  accumulate?: boolean;
-  alpha?: number;
-  epilogue?: "gelu" | "geluSave" | "geluGrad";
-  pre?: DType;
-}
-
-function host(dtype: DType, values: Float64Array): Float32Array | Float16Array {
-  return dtype === "f16" ? Float16Array.from(values) : Float32Array.from(values);
-}
-
-function label(cs: Case): string {
+function label(cs: F16Case): string {
   return JSON.stringify(cs);
-}
-
-/** Runs `cs` with each of `variants` (one submit); returns the outputs and the float64 inputs. */
-async function run(gpu: Gpu, cs: Case, seed: number, variants: (MatmulVariant | undefined)[]) {
-  const { m, n, k } = cs;
-  const tensors: Tensor[] = [];
-  const keep = (t: Tensor) => (tensors.push(t), t);
-  const upload = (dtype: DType, size: number, s: number, name: string) => {
-    const data = host(dtype, randomValues(size, s));
-    return { data, t: keep(tensorFromArray(gpu, data, [size], name)) };
-  };
-  const A = upload(cs.a, m * k, seed, "A");
-  const B = upload(cs.b, k * n, seed + 1, "B");
-  const bias = cs.bias ? upload("f32", n, seed + 2, "bias") : undefined;
-  const oldC = host(cs.c, randomValues(m * n, seed + 3));
-  const preIn = host(cs.pre ?? "f32", randomValues(m * n, seed + 4).map((v) => 3 * v));
-  const rec = new Recorder(gpu);
-  const outs = variants.map((variant) => {
-    const c = keep(createTensor(gpu, [m * n], cs.c, `C ${variant}`));
-    // Outputs are poisoned with NaN (in f16 the bits 0x7e00, which `fill` writes), so that an
-    // element the kernel leaves unwritten fails the bound instead of reading as 0.
-    if (cs.accumulate) c.upload(oldC);
-    else fill(rec, c, NaN);
-    let pre: Tensor | undefined;
-    if (cs.epilogue === "geluSave" || cs.epilogue === "geluGrad") {
-      pre = keep(createTensor(gpu, [m * n], cs.pre ?? "f32", `pre ${variant}`));
-      if (cs.epilogue === "geluGrad") pre.upload(preIn);
-      else fill(rec, pre, NaN);
-    }
-    const args: MatmulArgs = {
-      a: A.t,
-      b: B.t,
-      c,
-      m,
-      n,
-      k,
-      transA: cs.transA,
-      transB: cs.transB,
-      bias: bias?.t,
-      accumulate: cs.accumulate,
-      alpha: cs.alpha,
-      variant,
-      epilogue: cs.epilogue === "gelu"
-        ? { kind: "gelu" }
-        : cs.epilogue === "geluSave"
-        ? { kind: "gelu", preActivation: pre }
-        : cs.epilogue === "geluGrad"
-        ? { kind: "geluGrad", preActivation: pre! }
-        : undefined,
-    };
-    matmul(rec, args);
-    return { c, pre };
-  });
-  await rec.submit();
-  const results: { c: HostArray; pre?: HostArray }[] = [];
-  for (const o of outs) {
-    results.push({ c: await o.c.download(), pre: o.pre ? await o.pre.download() : undefined });
-  }
-  for (const t of tensors) t.destroy();
-  return { a: A.data, b: B.data, bias: bias?.data, oldC, preIn, results };
 }
 
 gpuTest(
   "matmul f16: operands and outputs in f16 against float64, within the stated bound",
   async (gpu) => {
     assert(gpu.hasF16, "this adapter has no shader-f16: the f16 tests cannot run");
-    const cases: Case[] = [
+    const cases: F16Case[] = [
       // Odd shapes: the vec4 variants fall back to direct4x4.
       { m: 37, n: 29, k: 41, a: "f16", b: "f16", c: "f32" },
       { m: 37, n: 29, k: 41, a: "f32", b: "f16", c: "f16", transB: true, bias: true },
@@ -141,7 +53,7 @@ gpuTest(
     ];
     for (const [ci, cs] of cases.entries()) {
       const { m, n, k } = cs;
-      const out = await run(gpu, cs, 100 * ci + 1, [undefined]);
+      const out = await runF16Products(gpu, cs, 100 * ci + 1, [{}]);
       const { a, b, bias, oldC, preIn } = out;
       const { c, pre } = out.results[0];
       const alpha = cs.alpha ?? 1;
@@ -200,7 +112,7 @@ gpuTest(
 gpuTest(
   "matmul f16: every kind of variant bitwise equal on f16 operands, outputs and epilogues",
   async (gpu) => {
-    const cases: Case[] = [
+    const cases: F16Case[] = [
       { m: 68, n: 72, k: 44, a: "f16", b: "f16", c: "f16", transB: true, bias: true, alpha: 0.3 },
       { m: 72, n: 68, k: 40, a: "f16", b: "f32", c: "f16", epilogue: "geluSave", pre: "f16" },
       {
@@ -220,7 +132,12 @@ gpuTest(
     // The tiled variants by representatives (tests/matmul_subset.ts).
     const variants = epilogueVariants();
     for (const [ci, cs] of cases.entries()) {
-      const { results } = await run(gpu, cs, 7000 + ci, variants);
+      const { results } = await runF16Products(
+        gpu,
+        cs,
+        7000 + ci,
+        variants.map((variant) => ({ variant })),
+      );
       const bits = results.map((r) => new Uint16Array(r.c.buffer.slice(0)));
       const preBits = results.map((r) => (r.pre ? new Uint16Array(r.pre.buffer.slice(0)) : null));
       for (const [vi, variant] of variants.entries()) {
@@ -258,9 +175,9 @@ gpuTest(
 gpuTest("matmul f16: a weight-gradient-form product into f16 is not split along k", async (gpu) => {
   // An f32 C of this shape would be cut into 4 k-slices, whose sum kernel writes f32 only: an f16
   // C must take the unsplit product.
-  const cs: Case = { m: 8, n: 8, k: 2048, a: "f16", b: "f16", c: "f16", transA: true };
+  const cs: F16Case = { m: 8, n: 8, k: 2048, a: "f16", b: "f16", c: "f16", transA: true };
   const { m, n, k } = cs;
-  const { a, b, results } = await run(gpu, cs, 9000, [undefined]);
+  const { a, b, results } = await runF16Products(gpu, cs, 9000, [{}]);
   const c = results[0].c;
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
