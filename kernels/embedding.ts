@@ -14,13 +14,15 @@
 // tokens' dOut values in that fixed order and writes the gradient element: the same inputs give
 // bitwise the same gradients, and no two invocations write the same element.
 //
-// An id can occur more often in a batch than an invocation can loop: lavapipe stops an
-// invocation after 65,535 loop iterations and silently keeps its partial sum (token type 0 of a
-// 128 × 512 single-segment batch occurs 65,536 times). A run longer than RUN_CHUNK tokens is
-// therefore summed over several launches ("passes"), each adding the next RUN_CHUNK tokens to
-// the sum the previous pass left in a workspace: the same additions in the same order, so the
-// gradient is bitwise the one an unlimited loop would give. Runs of at most RUN_CHUNK tokens (all
-// of them in most batches) are summed in the first pass, exactly as before.
+// That is one invocation's loop per (id, column), as long as the id's run of tokens: an id that
+// fills most of the batch (RoBERTa's one token type: every token of the batch) kept a thousand
+// invocations walking 4096 tokens each, 1 ms of an H200 training step (2026-11-28), and lavapipe
+// stops an invocation after 65,535 loop iterations, silently keeping its partial sum (token type 0
+// of a 128 × 512 single-segment batch occurs 65,536 times). A run longer than RUN_BLOCK tokens is
+// therefore cut into blocks of RUN_BLOCK: a second launch sums each (block, column) into a
+// workspace, a third adds each run's blocks in order into its gradient row. The order is fixed by
+// the plan alone, so the gradients stay bitwise reproducible; runs of at most RUN_BLOCK tokens
+// are summed by the first launch, as before.
 
 import { type Gpu, GpuError } from "./device.ts";
 import { type RowSlice, rowSlices } from "./binding_slices.ts";
@@ -77,10 +79,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 `;
 
 /**
- * Most tokens one invocation of the backward sums per launch: half of lavapipe's budget of
- * 65,535 loop iterations per invocation.
+ * Runs of more tokens than this are summed in blocks of this many, in parallel (see the top): a
+ * run of 64 tokens is 64 loads in one invocation's loop, against a launch and a workspace pass.
  */
-const RUN_CHUNK = 32768;
+export const RUN_BLOCK = 64;
 
 const BACKWARD_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> uniqueIds: array<u32>;
@@ -88,19 +90,14 @@ const BACKWARD_WGSL = /* wgsl */ `
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> dOut: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
-// The sums of runs longer than one chunk between passes, [unique id - uLong, column].
-@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 struct Params {
   n: u32, h: u32,
   // The unique ids [uStart, uStart + uCount) of the plan fall in this dispatch's table slice.
   uStart: u32, uCount: u32,
   rowStart: u32, rows: u32, base: u32,
   accumulate: u32,
-  // This launch (pass number chunkIndex) adds tokens [chunkIndex · chunk, (chunkIndex + 1) ·
-  // chunk) of each run; the runs longer than a chunk belong to unique ids >= uLong.
-  chunkIndex: u32, chunk: u32, uLong: u32, pad: u32,
 }
-@group(0) @binding(6) var<uniform> params: Params;
+@group(0) @binding(5) var<uniform> params: Params;
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -114,20 +111,81 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   // Clamped so that a stale or corrupt plan can never read outside dOut.
   let kEnd = min(offsets[u + 1u], params.n);
   let kStart = min(offsets[u], kEnd);
-  let passes = max(1u, (kEnd - kStart + params.chunk - 1u) / params.chunk);
-  if (params.chunkIndex >= passes) { return; }
-  let k0 = kStart + params.chunkIndex * params.chunk;
-  let p = (u - params.uLong) * params.h + c;
+  // A longer run is summed in blocks (BLOCKS_WGSL, FINISH_WGSL).
+  if (kEnd - kStart > ${RUN_BLOCK}u) { return; }
   var s = 0.0;
-  if (params.chunkIndex > 0u) { s = partial[p]; }
-  for (var k = k0; k < min(kEnd, k0 + params.chunk); k++) {
+  for (var k = kStart; k < kEnd; k++) {
     let t = tokens[k];
     if (t < params.n) { s += dOut[t * params.h + c]; }
   }
-  if (params.chunkIndex + 1u < passes) {
-    partial[p] = s;
-    return;
+  let o = params.base + (id - params.rowStart) * params.h + c;
+  if (params.accumulate == 1u) {
+    grad[o] = grad[o] + s;
+  } else {
+    grad[o] = s;
   }
+}
+`;
+
+// The long runs' table (EmbeddingPlanTensors.runs): four words a run, [unique id index, first
+// token, end token, first block], then the blocks' run indices (EmbeddingPlanTensors.blocks).
+
+/** Each (block, column) of the long runs: its RUN_BLOCK tokens' sum, in order. */
+const BLOCKS_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> runs: array<vec4u>;
+@group(0) @binding(1) var<storage, read> blocks: array<u32>;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read> dOut: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+struct Params { n: u32, h: u32, blocks: u32, pad: u32 }
+@group(0) @binding(5) var<uniform> params: Params;
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.blocks * params.h) { return; }
+  let b = i / params.h;
+  let c = i - b * params.h;
+  let run = runs[blocks[b]];
+  let kEnd = min(run.z, params.n);
+  let k0 = min(run.y + (b - run.w) * ${RUN_BLOCK}u, kEnd);
+  var s = 0.0;
+  for (var k = k0; k < min(kEnd, k0 + ${RUN_BLOCK}u); k++) {
+    let t = tokens[k];
+    if (t < params.n) { s += dOut[t * params.h + c]; }
+  }
+  partial[i] = s;
+}
+`;
+
+/** Each (long run, column) of a table slice: its blocks' sums added in order into the gradient. */
+const FINISH_WGSL = /* wgsl */ `
+@group(0) @binding(0) var<storage, read> runs: array<vec4u>;
+@group(0) @binding(1) var<storage, read> uniqueIds: array<u32>;
+@group(0) @binding(2) var<storage, read> partial: array<f32>;
+@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+struct Params {
+  h: u32,
+  // The long runs [runStart, runStart + runCount) are of ids in this dispatch's table slice.
+  runStart: u32, runCount: u32,
+  rowStart: u32, rows: u32, base: u32,
+  accumulate: u32, blocks: u32,
+}
+@group(0) @binding(4) var<uniform> params: Params;
+
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.runCount * params.h) { return; }
+  let j = i / params.h;
+  let c = i - j * params.h;
+  let run = runs[params.runStart + j];
+  let id = uniqueIds[run.x];
+  if (id < params.rowStart || id - params.rowStart >= params.rows) { return; }
+  let count = (max(run.z, run.y) - run.y + ${RUN_BLOCK - 1}u) / ${RUN_BLOCK}u;
+  let end = min(run.w + count, params.blocks);
+  var s = 0.0;
+  for (var b = run.w; b < end; b++) { s += partial[b * params.h + c]; }
   let o = params.base + (id - params.rowStart) * params.h + c;
   if (params.accumulate == 1u) {
     grad[o] = grad[o] + s;
@@ -277,12 +335,23 @@ export class EmbeddingPlanTensors {
   readonly offsets: Tensor;
   /** [maxTokens] u32. */
   readonly tokens: Tensor;
+  /**
+   * The runs longer than RUN_BLOCK tokens, four u32 each: [unique id index, first token, end
+   * token, first block]; as many as maxTokens allows. The first `longRuns.length / 4` are valid.
+   */
+  readonly runs: Tensor;
+  /** Each block of the long runs: its run's index in `runs`; the first `blockCount` valid. */
+  readonly blocks: Tensor;
   /** The host copy of the plan last uploaded (the launcher reads its sizes and ids). */
   plan: EmbeddingPlan = {
     uniqueIds: new Uint32Array(0),
     offsets: new Uint32Array([0]),
     tokens: new Uint32Array(0),
   };
+  /** The host copy of `runs` for the plan last uploaded. */
+  longRuns: Uint32Array = new Uint32Array(0);
+  /** How many blocks the long runs of the plan last uploaded have. */
+  blockCount = 0;
 
   /** Allocates the three u32 tensors; throws a GpuError unless maxTokens is at least 1. */
   constructor(gpu: Gpu, maxTokens: number, label: string) {
@@ -294,6 +363,12 @@ export class EmbeddingPlanTensors {
     this.uniqueIds = createTensor(gpu, [maxTokens], "u32", `${label}.uniqueIds`);
     this.offsets = createTensor(gpu, [maxTokens + 1], "u32", `${label}.offsets`);
     this.tokens = createTensor(gpu, [maxTokens], "u32", `${label}.tokens`);
+    // A long run has at least RUN_BLOCK + 1 tokens and at most twice its tokens / RUN_BLOCK
+    // blocks.
+    const maxRuns = Math.max(1, Math.floor(maxTokens / (RUN_BLOCK + 1)));
+    const maxBlocks = Math.max(1, Math.floor((2 * maxTokens) / RUN_BLOCK));
+    this.runs = createTensor(gpu, [4 * maxRuns], "u32", `${label}.runs`);
+    this.blocks = createTensor(gpu, [maxBlocks], "u32", `${label}.blocks`);
   }
 
   /** Number of tokens of the current plan (the N of the dOut it applies to). */
@@ -318,16 +393,40 @@ export class EmbeddingPlanTensors {
     this.uniqueIds.view(0, [u]).upload(plan.uniqueIds);
     this.offsets.view(0, [u + 1]).upload(plan.offsets);
     this.tokens.view(0, [n]).upload(plan.tokens);
+    const { runs, blocks } = blockPlan(plan.offsets);
+    if (runs.length > 0) {
+      this.runs.view(0, [runs.length]).upload(runs);
+      this.blocks.view(0, [blocks.length]).upload(blocks);
+    }
     this.plan = plan;
+    this.longRuns = runs;
+    this.blockCount = blocks.length;
     return plan;
   }
 
-  /** Frees the three GPU buffers. */
+  /** Frees the GPU buffers. */
   destroy(): void {
-    this.uniqueIds.destroy();
-    this.offsets.destroy();
-    this.tokens.destroy();
+    for (const t of [this.uniqueIds, this.offsets, this.tokens, this.runs, this.blocks]) {
+      t.destroy();
+    }
   }
+}
+
+/**
+ * The runs of a plan longer than RUN_BLOCK tokens, four u32 each (unique id index, first token,
+ * end token, first block), and each of their blocks' run index, in order of the unique ids.
+ */
+export function blockPlan(offsets: Uint32Array): { runs: Uint32Array; blocks: Uint32Array } {
+  const runs: number[] = [];
+  const blocks: number[] = [];
+  for (let u = 0; u + 1 < offsets.length; u++) {
+    const length = offsets[u + 1] - offsets[u];
+    if (length <= RUN_BLOCK) continue;
+    const run = runs.length / 4;
+    runs.push(u, offsets[u], offsets[u + 1], blocks.length);
+    for (let b = 0; b < Math.ceil(length / RUN_BLOCK); b++) blocks.push(run);
+  }
+  return { runs: Uint32Array.from(runs), blocks: Uint32Array.from(blocks) };
 }
 
 /** Allocates plan tensors for batches of up to `maxTokens` tokens. */
@@ -422,70 +521,57 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
     jobs.push({ grad, name, planTensors, slices: rowSlices(op, [[name, grad]], limit) });
   }
   const pipeline = getPipeline(gpu, op, BACKWARD_WGSL);
+  const maxGroups = gpu.limits.maxComputeWorkgroupsPerDimension;
   for (const { grad, name, planTensors, slices } of jobs) {
     if (!accumulate) fill(rec, grad, 0);
-    const { uniqueIds: ids, offsets } = planTensors.plan;
-    let u = 0;
+    if (h === 0) continue;
+    const ids = planTensors.plan.uniqueIds;
+    const runs = planTensors.longRuns;
+    const blocks = planTensors.blockCount;
+    // The long runs' blocks, summed once for every slice (kernels/workspace.ts: why sharing the
+    // workspace is safe).
+    const partial = blocks > 0 ? partialWorkspace.view(gpu, [blocks * h]) : undefined;
+    if (partial) {
+      rec.dispatch(
+        `${op} ${name} (blocks of long runs)`,
+        getPipeline(gpu, `${op} blocks`, BLOCKS_WGSL),
+        [planTensors.runs, planTensors.blocks, planTensors.tokens, dOut, partial],
+        grid1d(blocks * h, WORKGROUP, maxGroups),
+        new Uint32Array([n, h, blocks, 0]),
+      );
+    }
+    let u = 0, r = 0;
     for (const s of slices) {
-      // Unique ids are ascending: those in this slice are a contiguous run.
+      // Unique ids are ascending: those in this slice are a contiguous run of them, and so are
+      // the long runs of those ids.
       const uStart = u;
       while (u < ids.length && ids[u] < s.rowStart + s.rows) u++;
-      const uCount = u - uStart;
-      if (uCount === 0 || h === 0) continue;
+      const rStart = r;
+      while (4 * r < runs.length && runs[4 * r] < u) r++;
       const [table] = s.bound;
-      const long = longRuns(offsets, uStart, u);
-      const partial = partialWorkspace.view(gpu, [Math.max(1, long.uCount * h)]);
-      const label = slices.length === 1
-        ? `${op} ${name}`
-        : `${op} ${name} (rows ${s.rowStart}..${s.rowStart + s.rows - 1})`;
-      // Pass 0 sums every run (whole, unless longer than a chunk); later passes go on with the
-      // long runs only, over the unique ids from the first to the last long one.
-      for (let pass = 0; pass < long.passes; pass++) {
-        const [u0, count] = pass === 0 ? [uStart, uCount] : [long.uStart, long.uCount];
+      const rows = slices.length === 1 ? "" : ` (rows ${s.rowStart}..${s.rowStart + s.rows - 1})`;
+      const tail = new Uint32Array([s.rowStart, s.rows, table.base, accumulate ? 1 : 0]);
+      if (u > uStart) {
         rec.dispatch(
-          label,
+          `${op} ${name}${rows}`,
           pipeline,
-          [
-            planTensors.uniqueIds,
-            planTensors.offsets,
-            planTensors.tokens,
-            dOut,
-            table.binding,
-            partial,
-          ],
-          grid1d(count * h, WORKGROUP, gpu.limits.maxComputeWorkgroupsPerDimension),
-          // deno-fmt-ignore
-          new Uint32Array([
-            n, h, u0, count, s.rowStart, s.rows, table.base, accumulate ? 1 : 0,
-            pass, RUN_CHUNK, long.uStart, 0,
-          ]),
+          [planTensors.uniqueIds, planTensors.offsets, planTensors.tokens, dOut, table.binding],
+          grid1d((u - uStart) * h, WORKGROUP, maxGroups),
+          new Uint32Array([n, h, uStart, u - uStart, ...tail]),
+        );
+      }
+      if (r > rStart) {
+        rec.dispatch(
+          `${op} ${name} (long runs)${rows}`,
+          getPipeline(gpu, `${op} long runs`, FINISH_WGSL),
+          [planTensors.runs, planTensors.uniqueIds, partial!, table.binding],
+          grid1d((r - rStart) * h, WORKGROUP, maxGroups),
+          new Uint32Array([h, rStart, r - rStart, ...tail, blocks]),
         );
       }
     }
   }
 }
 
-/** Sums of long runs between the passes of one call (kernels/workspace.ts: why sharing is safe). */
-const partialWorkspace = new Workspace("embedding backward long-run sums");
-
-/**
- * The runs among unique ids [uStart, uEnd) of a plan longer than RUN_CHUNK tokens: the range of
- * unique ids from the first to the last of them, and the passes the longest needs (1 if none).
- */
-function longRuns(
-  offsets: Uint32Array,
-  uStart: number,
-  uEnd: number,
-): { uStart: number; uCount: number; passes: number } {
-  let first = -1, last = -1, longest = 0;
-  for (let u = uStart; u < uEnd; u++) {
-    const length = offsets[u + 1] - offsets[u];
-    if (length > RUN_CHUNK) {
-      if (first < 0) first = u;
-      last = u;
-    }
-    longest = Math.max(longest, length);
-  }
-  if (first < 0) return { uStart: 0, uCount: 0, passes: 1 };
-  return { uStart: first, uCount: last - first + 1, passes: Math.ceil(longest / RUN_CHUNK) };
-}
+/** The long runs' block sums (kernels/workspace.ts: why sharing it is safe). */
+const partialWorkspace = new Workspace("embedding backward block sums");

@@ -3,11 +3,13 @@ import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import { finiteDifferences, randomValues, rng } from "./random.ts";
 import { type Gpu, GpuError } from "../kernels/device.ts";
 import {
+  blockPlan,
   buildEmbeddingPlan,
   createEmbeddingPlanTensors,
   embeddingBackward,
   embeddingForward,
   type EmbeddingPlanTensors,
+  RUN_BLOCK,
 } from "../kernels/embedding.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
@@ -359,8 +361,8 @@ gpuTest(
   async (gpu) => {
     // Token type 0 of a 128 × 512 single-segment batch occurs 65,536 times; lavapipe stops an
     // invocation after 65,535 loop iterations and kept the partial sum. Here type 0 occurs 66,000
-    // times (three passes of the long-run path), type 2 about 34,000 (two), type 1 100 times
-    // between them (one pass, inside the long ids' range), type 3 never.
+    // times (1,032 blocks of the long-run path), type 2 about 34,000, type 1 100 times (long
+    // too: two blocks), type 3 never.
     const n = 100_000, h = 3, types = 4;
     const next = rng(77);
     const tids = new Uint32Array(n).fill(2);
@@ -396,10 +398,10 @@ gpuTest(
   },
 );
 
-gpuTest("embedding: an id occurring exactly twice the run chunk (65,536 times)", async (gpu) => {
-  // Token type 0 of a 128 × 512 single-segment batch: a run of exactly two chunks of 32,768.
-  // The kernel must count the two passes the host launches; counting three (an off-by-one at a
-  // multiple of the chunk), it leaves the sum in the partials and never writes the row.
+gpuTest("embedding: an id occurring 65,536 times (a whole number of blocks)", async (gpu) => {
+  // Token type 0 of a 128 × 512 single-segment batch: a run of exactly 1,024 blocks. An
+  // off-by-one at a multiple of the block (one block too many or too few) loses or double-counts
+  // a block's sum.
   const n = 65_536, h = 1;
   const tids = new Uint32Array(n);
   // Multiples of 1/64: the float32 sum is exact.
@@ -413,6 +415,74 @@ gpuTest("embedding: an id occurring exactly twice the run chunk (65,536 times)",
   await rec.submit();
   assertEquals(await dTokenType.download(), Float32Array.from(refBackward(tids, dOutHost, 2, h)));
   for (const t of [dOut, dTokenType, typePlan]) t.destroy();
+});
+
+gpuTest(
+  "embedding: long runs (blocks) in a sliced word table, overwritten and accumulated",
+  async (gpu) => {
+    // Runs of 64 tokens (RUN_BLOCK: summed whole by one invocation), 65 (two blocks), 150 and
+    // 300, in slices of 28 rows (h = 5, 700 bytes), among short runs; padding-like tokens parked
+    // before the first group.
+    assertEquals(RUN_BLOCK, 64);
+    const v = 1000, h = 5, bindingLimit = 700;
+    const counts: [number, number][] = [[3, 300], [27, 1], [500, 150], [998, 64], [999, 65]];
+    const ids: number[] = [];
+    for (const [id, count] of counts) for (let k = 0; k < count; k++) ids.push(id);
+    for (let k = 0; k < 40; k++) ids.push(100 + 7 * k);
+    const next = rng(91);
+    for (let i = ids.length - 1; i > 0; i--) {
+      const j = Math.floor(next() * (i + 1));
+      [ids[i], ids[j]] = [ids[j], ids[i]];
+    }
+    // Five tokens of id 1 first, parked as the encoder parks padding tokens.
+    const idArray = Uint32Array.from([1, 1, 1, 1, 1, ...ids]);
+    const n = idArray.length;
+    // Multiples of 1/64 below 1: every partial sum is exact in float32, so each gradient must be
+    // the float64 sum exactly, and each accumulated one that sum added to the old value once.
+    const dOutHost = Float32Array.from(randomValues(n * h, 92), (x) => Math.trunc(x * 64) / 64);
+    const dOut = tensorFromArray(gpu, dOutHost, [n, h], "dOut");
+    const dWord = createTensor(gpu, [v, h], "f32", "dWord");
+    // Tokens 0 … 4 are in no group: they give no gradient.
+    const parked = 5;
+    const byId = new Map<number, number[]>();
+    for (let t = parked; t < n; t++) byId.set(idArray[t], [...(byId.get(idArray[t]) ?? []), t]);
+    const uniqueIds = [...byId.keys()].sort((a, b) => a - b);
+    const offsets = [parked];
+    const tokens = Array.from({ length: parked }, (_, t) => t);
+    for (const id of uniqueIds) (tokens.push(...byId.get(id)!), offsets.push(tokens.length));
+    const planTensors = createEmbeddingPlanTensors(gpu, n, "long plan");
+    planTensors.update({
+      uniqueIds: Uint32Array.from(uniqueIds),
+      offsets: Uint32Array.from(offsets),
+      tokens: Uint32Array.from(tokens),
+    });
+    assertEquals(planTensors.longRuns.length / 4, 3, "three long runs");
+    const want = refBackward(idArray.subarray(parked), dOutHost.subarray(parked * h), v, h);
+    const rec = new Recorder(gpu);
+    fill(rec, dWord, NaN);
+    embeddingBackward(rec, { dOut, wordPlan: planTensors, dWord, bindingLimit });
+    await rec.submit();
+    assertEquals(await dWord.download(), Float32Array.from(want), "overwritten");
+    const init = f32(v * h, 93);
+    dWord.upload(init);
+    embeddingBackward(rec, { dOut, wordPlan: planTensors, dWord, bindingLimit, accumulate: true });
+    await rec.submit();
+    const again = await dWord.download();
+    assertEquals(again, Float32Array.from(want, (x, i) => x + init[i]), "accumulated");
+    for (const r of absentRows(Uint32Array.from(uniqueIds), v)) {
+      assertEquals(again.slice(r * h, r * h + h), init.slice(r * h, r * h + h), `row ${r}`);
+    }
+    for (const t of [dOut, dWord, planTensors]) t.destroy();
+  },
+);
+
+gpuTest("embedding: blockPlan cuts the runs longer than RUN_BLOCK tokens into blocks", () => {
+  // Runs of 3, 65, 64 and 129 tokens after 2 parked ones.
+  const offsets = Uint32Array.from([2, 5, 70, 134, 263]);
+  const { runs, blocks } = blockPlan(offsets);
+  assertEquals(Array.from(runs), [1, 5, 70, 0, 3, 134, 263, 2]);
+  assertEquals(Array.from(blocks), [0, 0, 1, 1, 1]);
+  assertEquals(blockPlan(Uint32Array.from([0, 64])).runs.length, 0);
 });
 
 gpuTest("embedding: forward on a 2-D grid (past maxComputeWorkgroupsPerDimension)", async (gpu) => {
