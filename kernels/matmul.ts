@@ -637,6 +637,21 @@ function storeWgsl(epilogue: EpilogueKind, t: Dtypes): string {
     gelu_save: `pre[idx] = ${storeAs(t.pre, "o")};\n  ${c("gelu(o)")}`,
     gelu_grad: c(`o * gelu_grad(${loadAs(t.pre, "pre[idx]")})`),
   }[epilogue];
+  // store4: the old C values (accumulate) and the pre-activations (GELU') of the four are all
+  // loaded before any of them is stored. Loads of C cannot move past a store into C, so one
+  // store() after another waits a memory round trip per element (64 in a row for an 8 × 8
+  // tile); four at a time wait one per four. The same arithmetic in the same order as store().
+  const four = [0, 1, 2, 3];
+  const write4 = {
+    none: (j: number) => c4(j, `o${j}`),
+    gelu: (j: number) => c4(j, `gelu(o${j})`),
+    gelu_save: (j: number) =>
+      `pre[idx + ${j}u] = ${storeAs(t.pre, `o${j}`)}; ${c4(j, `gelu(o${j})`)}`,
+    gelu_grad: (j: number) => c4(j, `o${j} * gelu_grad(g${j})`),
+  }[epilogue];
+  function c4(j: number, v: string): string {
+    return `C[idx + ${j}u] = ${storeAs(t.c, v)};`;
+  }
   return /* wgsl */ `${epilogue === "none" ? "" : GELU_WGSL}
 fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
   if (gi >= p.m || gj >= p.n) { return; }
@@ -645,6 +660,39 @@ fn store(baseC: u32, gi: u32, gj: u32, v: f32) {
   if ((p.flags & 2u) != 0u) { o += bias[gj]; }
   if ((p.flags & 1u) != 0u) { o += ${loadAs(t.c, "C[idx]")}; }
   ${write}
+}
+
+fn store4(baseC: u32, gi: u32, gj: u32, v: vec4<f32>) {
+  if (gi >= p.m || gj >= p.n) { return; }
+  let idx = baseC + gi * p.ldc + gj;
+  let live = vec4<bool>(true, gj + 1u < p.n, gj + 2u < p.n, gj + 3u < p.n);
+  var old = vec4<f32>(0.0);
+  if ((p.flags & 1u) != 0u) {
+    ${
+    four.map((j) => `if (live[${j}]) { old[${j}] = ${loadAs(t.c, `C[idx + ${j}u]`)}; }`).join(
+      "\n    ",
+    )
+  }
+  }${
+    epilogue === "gelu_grad"
+      ? `
+  var g = vec4<f32>(0.0);
+  ${
+        four.map((j) => `if (live[${j}]) { g[${j}] = ${loadAs(t.pre, `pre[idx + ${j}u]`)}; }`).join(
+          "\n  ",
+        )
+      }
+  ${four.map((j) => `let g${j} = g[${j}];`).join(" ")}`
+      : ""
+  }
+  ${
+    four.map((j) =>
+      `var o${j} = p.alpha * v[${j}];
+  if ((p.flags & 2u) != 0u && live[${j}]) { o${j} += bias[gj + ${j}u]; }
+  if ((p.flags & 1u) != 0u) { o${j} += old[${j}]; }`
+    ).join("\n  ")
+  }
+  ${four.map((j) => `if (live[${j}]) { ${write4(j)} }`).join("\n  ")}
 }`;
 }
 
@@ -1120,6 +1168,11 @@ function tiledWgsl(
   for (const g of groups) {
     for (const i of range(4)) {
       for (const h of cgs) {
+        if (!sliced) {
+          // Four neighbouring columns a call (storeWgsl: their loads wait together).
+          stores.push(`store4(baseC, ${rowOf(g, i)}, ${colOf(h, 0)}, acc${4 * g + i}_${h});`);
+          continue;
+        }
         for (const j of range(4)) {
           stores.push(sc.put(rowOf(g, i), colOf(h, j), `acc${4 * g + i}_${h}[${j}]`));
         }
