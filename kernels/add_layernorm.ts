@@ -22,42 +22,51 @@
 
 import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
-import { layerNormParamGrads, rowGrid, rowKernel, rowSumWgsl, rowThreads } from "./layernorm.ts";
+import {
+  layerNormParamGrads,
+  rowGrid,
+  rowKernel,
+  rowSumWgsl,
+  rowThreads,
+  stridedPass,
+} from "./layernorm.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
-/** WGSL giving element i of dropout(`value`) (or `value` itself without dropout). */
-function dropped(dropout: boolean, value: string): string {
+/** WGSL giving element `i` of dropout(`value`) (or `value` itself without dropout). */
+function dropped(dropout: boolean, value: string, i: string): string {
   return dropout
     ? `select(0.0, ${value} * params.scale, ` +
-      `dropout_keep_cached(&state, params.seed, params.stream, i, params.p))`
+      `dropout_keep_cached(&state, params.seed, params.stream, ${i}, params.p))`
     : value;
 }
 
 /**
- * A pass over the row's elements j, i = base + j, in which `body` may draw the dropout mask
- * (`dropped`): with dropout, lane l takes the quads 4l … 4l + 3, 4(l + t) …, so that it computes
- * one Philox block (kernels/dropout.ts) per four elements (two where h is not a multiple of 4)
- * instead of one per element (Philox's 32-bit multiplies, split into 16-bit halves, made the mask
- * most of these kernels' time on the H200, 2026-11-28); without, the strided order of the row
- * sums. Only for passes whose elements
+ * A pass over the row's elements j, i = base + j (named j_0, i_0, … as in stridedPass, whose
+ * `loads` come first), in which `body` may draw the dropout mask (`dropped`): with dropout, lane
+ * l takes the quads 4l … 4l + 3, 4(l + t) …, so that it computes one Philox block
+ * (kernels/dropout.ts) per four elements (two where h is not a multiple of 4) instead of one per
+ * element (Philox's 32-bit multiplies, split into 16-bit halves, made the mask most of these
+ * kernels' time on the H200, 2026-11-28); without, stridedPass. Only for passes whose elements
  * are computed each on its own: the row sums keep the strided order, so results are bitwise those
  * of one order throughout.
  */
-function elementPass(t: number, dropout: boolean, body: string): string {
-  if (!dropout) {
-    return `for (var j = lane; j < n; j += ${t}u) {
-    let i = base + j;
-    ${body}
-  }`;
-  }
+function elementPass(
+  t: number,
+  dropout: boolean,
+  loads: (k: number) => string,
+  body: (k: number) => string,
+): string {
+  if (!dropout) return stridedPass(t, loads, body);
   return `{
     var state = dropout_block_none();
     for (var q = lane * 4u; q < n; q += ${4 * t}u) {
       for (var j = q; j < min(q + 4u, n); j++) {
-        let i = base + j;
-        ${body}
+        let j_0 = j;
+        let i_0 = base + j;
+        ${loads(0)}
+        ${body(0)}
       }
     }
   }`;
@@ -88,31 +97,45 @@ ${rowSumWgsl("vec2f", t, 1)}`,
   ${
       dropout
         ? `// The sum in quads (elementPass), then its row sums in the strided order: other lanes'.
-  ${elementPass(t, true, `out[i] = ${dropped(true, "dense[i]")} + residual[i];`)}
+  ${
+          elementPass(
+            t,
+            true,
+            (k) => `let d_${k} = dense[i_${k}]; let r_${k} = residual[i_${k}];`,
+            (k) => `out[i_${k}] = ${dropped(true, `d_${k}`, `i_${k}`)} + r_${k};`,
+          )
+        }
   storageBarrier();
-  for (var j = lane; j < n; j += ${t}u) { s += out[base + j]; }`
-        : `for (var j = lane; j < n; j += ${t}u) {
-    let i = base + j;
-    let x = dense[i] + residual[i];
-    out[i] = x;
-    s += x;
-  }`
+  ${stridedPass(t, (k) => `let o_${k} = out[i_${k}];`, (k) => `s += o_${k};`)}`
+        : stridedPass(
+          t,
+          (k) => `let d_${k} = dense[i_${k}]; let r_${k} = residual[i_${k}];`,
+          (k) =>
+            `let x_${k} = d_${k} + r_${k};
+      out[i_${k}] = x_${k};
+      s += x_${k};`,
+        )
     }
   let m1 = row_sum_0(lid, s) * inv_h;
   var q = vec2f(0.0);
-  for (var j = lane; j < n; j += ${t}u) {
-    let d = out[base + j] - m1;
-    q += vec2f(d, d * d);
-  }
+  ${
+      stridedPass(t, (k) => `let o_${k} = out[i_${k}];`, (k) =>
+        `let d_${k} = o_${k} - m1;
+      q += vec2f(d_${k}, d_${k} * d_${k});`)
+    }
   let sums = row_sum_1(lid, q) * inv_h;
   let c = sums.x;
   let rstd = inverseSqrt(max(sums.y - c * c, 0.0) + params.eps);
-  for (var j = lane; j < n; j += ${t}u) {
-    let i = base + j;
-    let xh = ((out[i] - m1) - c) * rstd;
-    ${save ? "xhat[i] = xh;" : ""}
-    out[i] = xh * gamma[j] + beta[j];
-  }
+  ${
+      stridedPass(
+        t,
+        (k) => `let o_${k} = out[i_${k}]; let g_${k} = gamma[j_${k}]; let b_${k} = beta[j_${k}];`,
+        (k) =>
+          `let xh_${k} = ((o_${k} - m1) - c) * rstd;
+      ${save ? `xhat[i_${k}] = xh_${k};` : ""}
+      out[i_${k}] = xh_${k} * g_${k} + b_${k};`,
+      )
+    }
   ${save ? "if (valid && lane == 0u) { rstd_out[row] = rstd; }" : ""}`,
   );
 
@@ -144,25 +167,39 @@ ${rowSumWgsl("vec2f", t, 0)}`,
   var rs = 0.0;
   if (valid) { rs = rstd[row]; }
   var s = vec2f(0.0);
-  for (var j = lane; j < n; j += ${t}u) {
-    let g = dOut[base + j] * gamma[j];
-    s += vec2f(g, g * xhat[base + j]);
-  }
+  ${
+      stridedPass(
+        t,
+        (k) =>
+          `let do_${k} = dOut[i_${k}]; let ga_${k} = gamma[j_${k}]; let xh_${k} = xhat[i_${k}];`,
+        (k) => `let g_${k} = do_${k} * ga_${k};
+      s += vec2f(g_${k}, g_${k} * xh_${k});`,
+      )
+    }
   let sums = row_sum_0(lid, s) * inv_h;
+  // One feature: dx exactly 0 (see layernorm.ts), not FMA contraction's rounding error × rstd.
   ${
       elementPass(
         t,
         dropout && withDense,
-        `// One feature: exactly 0 (see layernorm.ts), not FMA contraction's rounding error × rstd.
-    let dx = select(rs * (dOut[i] * gamma[j] - sums.x - xhat[i] * sums.y), 0.0, params.h == 1u);
-    ${
-          withResidual
-            ? `var r = dx;
-    if (params.accumulate != 0u) { r += dResidual[i]; }
-    dResidual[i] = r;`
-            : ""
-        }
-    ${withDense ? `dDense[i] = ${dropped(dropout, "dx")};` : ""}`,
+        (k) =>
+          `let do_${k} = dOut[i_${k}]; let ga_${k} = gamma[j_${k}]; let xh_${k} = xhat[i_${k}];${
+            withResidual
+              ? `
+      var old_${k} = 0.0;
+      if (params.accumulate != 0u) { old_${k} = dResidual[i_${k}]; }`
+              : ""
+          }`,
+        (k) =>
+          `let dx_${k} = select(rs * (do_${k} * ga_${k} - sums.x - xh_${k} * sums.y), 0.0, params.h == 1u);
+      ${
+            withResidual
+              ? `var r_${k} = dx_${k};
+      if (params.accumulate != 0u) { r_${k} += old_${k}; }
+      dResidual[i_${k}] = r_${k};`
+              : ""
+          }
+      ${withDense ? `dDense[i_${k}] = ${dropped(dropout, `dx_${k}`, `i_${k}`)};` : ""}`,
       )
     }`,
   );

@@ -31,6 +31,7 @@ import { type Gpu, GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { matmul, type MatmulBatch } from "./matmul.ts";
+import { stridedPass } from "./layernorm.ts";
 import { getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
@@ -180,6 +181,14 @@ function quads(body: string): string {
     }`;
 }
 
+/**
+ * A strided pass over a score row's elements, lane l taking l, l + 32, …, each batch of ROW_UNROLL
+ * loaded before any is used (kernels/layernorm.ts, stridedPass: bitwise the plain loop).
+ */
+function lanePass(loads: (k: number) => string, body: (k: number) => string): string {
+  return stridedPass(LANES, loads, body, "T");
+}
+
 function laneMain(body: string): string {
   // One reduction over a row's lanes, in a tree: after the step of width w, lane l < w holds the
   // reduction of lanes l, l + w, ….
@@ -234,24 +243,31 @@ ${
   if (live) {
     // Each lane keeps the same elements in every strided pass (the prefix columns unmasked):
     // what one lane wrote, no other lane reads, and a barrier need order no storage.
-    for (var j = lane; j < T; j += ${LANES}u) {
-      var z = probs[base + j];
-      if (j >= P) {
-        z += (1.0 - mask[mask_base + j - P]) * neg_max;
-        probs[base + j] = z;
+    ${
+    lanePass(
+      (k) =>
+        `var z_${k} = probs[i_${k}];
+      var keep_${k} = 1.0;
+      if (j_${k} >= P) { keep_${k} = mask[mask_base + j_${k} - P]; }`,
+      (k) =>
+        `if (j_${k} >= P) {
+        z_${k} += (1.0 - keep_${k}) * neg_max;
+        probs[i_${k}] = z_${k};
       }
-      m = max(m, z);
-    }
+      m = max(m, z_${k});`,
+    )
+  }
   }
   let top = row_max(li, lane, m);
   var total = 0.0;
   if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) {
-      let z = probs[base + j] - top;
-      let e = select(exp(z), 0.0, z < -88.0);
-      probs[base + j] = e;
-      total += e;
-    }
+    ${
+    lanePass((k) => `let p_${k} = probs[i_${k}];`, (k) =>
+      `let z_${k} = p_${k} - top;
+      let e_${k} = select(exp(z_${k}), 0.0, z_${k} < -88.0);
+      probs[i_${k}] = e_${k};
+      total += e_${k};`)
+  }
   }
   let sum = row_sum(li, lane, total);
   if (params.dropout != 0u) {
@@ -266,9 +282,7 @@ ${
   }
     }
   } else if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) {
-      probs[base + j] = probs[base + j] / sum;
-    }
+    ${lanePass((k) => `let p_${k} = probs[i_${k}];`, (k) => `probs[i_${k}] = p_${k} / sum;`)}
   }`)
 }`;
 
@@ -302,13 +316,21 @@ ${
   }
   var dot = 0.0;
   if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) { dot += probs[base + j] * work[base + j]; }
+    ${
+    lanePass(
+      (k) => `let p_${k} = probs[i_${k}]; let w_${k} = work[i_${k}];`,
+      (k) => `dot += p_${k} * w_${k};`,
+    )
+  }
   }
   let total = row_sum(li, lane, dot);
   if (live) {
-    for (var j = lane; j < T; j += ${LANES}u) {
-      work[base + j] = probs[base + j] * (work[base + j] - total);
-    }
+    ${
+    lanePass(
+      (k) => `let p_${k} = probs[i_${k}]; let w_${k} = work[i_${k}];`,
+      (k) => `work[i_${k}] = p_${k} * (w_${k} - total);`,
+    )
+  }
   }`)
 }`;
 

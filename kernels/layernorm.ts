@@ -111,6 +111,42 @@ fn row_sum_${k}(lid: u32, v: ${type}) -> ${type} {
 `;
 }
 
+/** Elements a lane loads before it uses any of them in `stridedPass`. */
+export const ROW_UNROLL = 4;
+
+/**
+ * WGSL for a pass over a row's elements j = lane, lane + t, … below n (i = base + j), ROW_UNROLL
+ * of them at a time: the `loads` of all of them first, then the `body` of each, in order. WGSL
+ * gives every loop a counter, which keeps a GPU compiler from unrolling it, and a load inside the
+ * loop then waits a memory round trip per element, one load in flight per invocation (the column
+ * sums' lesson, linear.ts SUM_UNROLL). The body runs in the order of the plain loop, so a sum
+ * adds the same terms in the same order: bitwise the same results. `loads(k)` and `body(k)` name
+ * element k's index `j_k`, its place `i_k` and their own values with the suffix `_k`.
+ */
+export function stridedPass(
+  t: number,
+  loads: (k: number) => string,
+  body: (k: number) => string,
+  n = "n",
+  base = "base",
+): string {
+  const ks = range(ROW_UNROLL);
+  const place = (k: number, j: string) => `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
+  return `{
+    var j = lane;
+    for (; j + ${(ROW_UNROLL - 1) * t}u < ${n}; j += ${ROW_UNROLL * t}u) {
+      ${ks.map((k) => place(k, k === 0 ? "j" : `j + ${k * t}u`)).join("\n      ")}
+      ${ks.map(loads).join("\n      ")}
+      ${ks.map(body).join("\n      ")}
+    }
+    for (; j < ${n}; j += ${t}u) {
+      ${place(0, "j")}
+      ${loads(0)}
+      ${body(0)}
+    }
+  }`;
+}
+
 /**
  * A row kernel (forward, dX): `declarations`, then an entry point that finds its invocation's
  * row and lane and runs `body`. Rows past the end (in the last workgroup) still take part in the
@@ -154,19 +190,24 @@ ${rowSumWgsl("f32", t, 0)}
 ${rowSumWgsl("vec2f", t, 1)}`,
     /* wgsl */ `
   var s = 0.0;
-  for (var j = lane; j < n; j += ${t}u) { s += x[base + j]; }
+  ${stridedPass(t, (k) => `let x_${k} = x[i_${k}];`, (k) => `s += x_${k};`)}
   let m1 = row_sum_0(lid, s) * inv_h;
   var q = vec2f(0.0);
-  for (var j = lane; j < n; j += ${t}u) {
-    let d = x[base + j] - m1;
-    q += vec2f(d, d * d);
-  }
+  ${
+      stridedPass(t, (k) => `let x_${k} = x[i_${k}];`, (k) =>
+        `let d_${k} = x_${k} - m1;
+      q += vec2f(d_${k}, d_${k} * d_${k});`)
+    }
   let sums = row_sum_1(lid, q) * inv_h;
   let c = sums.x;
   let rstd = inverseSqrt(max(sums.y - c * c, 0.0) + params.eps);
-  for (var j = lane; j < n; j += ${t}u) {
-    out[base + j] = ((x[base + j] - m1) - c) * rstd * gamma[j] + beta[j];
-  }
+  ${
+      stridedPass(
+        t,
+        (k) => `let x_${k} = x[i_${k}]; let g_${k} = gamma[j_${k}]; let b_${k} = beta[j_${k}];`,
+        (k) => `out[i_${k}] = ((x_${k} - m1) - c) * rstd * g_${k} + b_${k};`,
+      )
+    }
   if (valid && lane == 0u) {
     mean_out[row] = m1 + c;
     rstd_out[row] = rstd;
@@ -196,25 +237,38 @@ ${rowSumWgsl("vec3f", t, 0)}`,
     rs = rstd[row];
   }
   var s = vec3f(0.0);
-  for (var j = lane; j < n; j += ${t}u) {
-    let g = dOut[base + j] * gamma[j];
-    let d = x[base + j] - m;
-    s += vec3f(g, g * d, d);
-  }
+  ${
+      stridedPass(
+        t,
+        (k) => `let do_${k} = dOut[i_${k}]; let ga_${k} = gamma[j_${k}]; let x_${k} = x[i_${k}];`,
+        (k) =>
+          `let g_${k} = do_${k} * ga_${k};
+      let d_${k} = x_${k} - m;
+      s += vec3f(g_${k}, g_${k} * d_${k}, d_${k});`,
+      )
+    }
   let sums = row_sum_0(lid, s) * inv_h;
   let mean_g = sums.x;
   let c = sums.z;
   let mean_gx = rs * (sums.y - c * mean_g);
-  for (var j = lane; j < n; j += ${t}u) {
-    let g = dOut[base + j] * gamma[j];
-    let xhat = ((x[base + j] - m) - c) * rs;
-    // With one feature the output is beta whatever x, so dX is exactly 0; computed, FMA
-    // contraction (NVIDIA) leaves g − mean_g at a product's rounding error, times rstd (1e6 at
-    // eps 1e-12).
-    var v = select(rs * (g - mean_g - xhat * mean_gx), 0.0, params.h == 1u);
-    if (params.accumulate != 0u) { v += dX[base + j]; }
-    dX[base + j] = v;
-  }`,
+  // With one feature the output is beta whatever x, so dX is exactly 0; computed, FMA
+  // contraction (NVIDIA) leaves g − mean_g at a product's rounding error, times rstd (1e6 at
+  // eps 1e-12).
+  ${
+      stridedPass(
+        t,
+        (k) =>
+          `let do_${k} = dOut[i_${k}]; let ga_${k} = gamma[j_${k}]; let x_${k} = x[i_${k}];
+      var old_${k} = 0.0;
+      if (params.accumulate != 0u) { old_${k} = dX[i_${k}]; }`,
+        (k) =>
+          `let g_${k} = do_${k} * ga_${k};
+      let xhat_${k} = ((x_${k} - m) - c) * rs;
+      var v_${k} = select(rs * (g_${k} - mean_g - xhat_${k} * mean_gx), 0.0, params.h == 1u);
+      if (params.accumulate != 0u) { v_${k} += old_${k}; }
+      dX[i_${k}] = v_${k};`,
+      )
+    }`,
   );
 
 /**
