@@ -24,6 +24,7 @@ import { GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import {
   layerNormParamGrads,
+  quadPass,
   rowGrid,
   rowKernel,
   rowSumWgsl,
@@ -61,14 +62,7 @@ function elementPass(
   if (!dropout) return stridedPass(t, loads, body);
   return `{
     var state = dropout_block_none();
-    for (var q = lane * 4u; q < n; q += ${4 * t}u) {
-      for (var j = q; j < min(q + 4u, n); j++) {
-        let j_0 = j;
-        let i_0 = base + j;
-        ${loads(0)}
-        ${body(0)}
-      }
-    }
+    ${quadPass(t, loads, body)}
   }`;
 }
 

@@ -31,7 +31,7 @@ import { type Gpu, GpuError } from "./device.ts";
 import { checkDropout, DROPOUT_WGSL, type DropoutConfig, dropoutScale } from "./dropout.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { matmul, type MatmulBatch } from "./matmul.ts";
-import { stridedPass } from "./layernorm.ts";
+import { quadPass, stridedPass } from "./layernorm.ts";
 import { getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
@@ -175,10 +175,8 @@ const LANE_ROWS = 8; // rows per workgroup: 256 invocations
 // passes compute each element on its own (no sum runs across them), so the results are bitwise
 // those of the strided passes; a pass that reads what a quad pass wrote, or the reverse, waits
 // for it at a storage barrier.
-function quads(body: string): string {
-  return /* wgsl */ `for (var q = lane * 4u; q < T; q += ${4 * LANES}u) {
-      for (var j = q; j < min(q + 4u, T); j++) { ${body} }
-    }`;
+function quads(loads: (k: number) => string, body: (k: number) => string): string {
+  return quadPass(LANES, loads, body, "T");
 }
 
 /**
@@ -276,9 +274,10 @@ ${
     if (live) {
       var state = new_drop_state();
       ${
-    quads(`let p = probs[base + j] / sum;
-        probs[base + j] = p;
-        dropped[base + j] = p * drop_factor(&state, base + j);`)
+    quads((k) => `let p_${k} = probs[i_${k}];`, (k) =>
+      `let d_${k} = p_${k} / sum;
+        probs[i_${k}] = d_${k};
+        dropped[i_${k}] = d_${k} * drop_factor(&state, i_${k});`)
   }
     }
   } else if (live) {
@@ -295,7 +294,12 @@ ${
   laneMain(/* wgsl */ `
   if (live) {
     var state = new_drop_state();
-    ${quads("work[base + j] = probs[base + j] * drop_factor(&state, base + j);")}
+    ${
+    quads(
+      (k) => `let p_${k} = probs[i_${k}];`,
+      (k) => `work[i_${k}] = p_${k} * drop_factor(&state, i_${k});`,
+    )
+  }
   }`)
 }`;
 
@@ -310,7 +314,12 @@ ${
     // dP = dP̃ ⊙ dropout in the quad order (see quads()), then read back by other lanes.
     if (live) {
       var state = new_drop_state();
-      ${quads("work[base + j] = work[base + j] * drop_factor(&state, base + j);")}
+      ${
+    quads(
+      (k) => `let w_${k} = work[i_${k}];`,
+      (k) => `work[i_${k}] = w_${k} * drop_factor(&state, i_${k});`,
+    )
+  }
     }
     storageBarrier();
   }

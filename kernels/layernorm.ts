@@ -148,6 +148,36 @@ export function stridedPass(
 }
 
 /**
+ * WGSL for a pass over a row's elements in quads (the passes that draw a dropout mask, four
+ * neighbours to one Philox block): lane l takes elements 4l … 4l + 3, then 4(l + t) …, a whole
+ * quad's `loads` before its `body`s, in order (a quad cut by the row's end one element at a
+ * time). Names as in stridedPass.
+ */
+export function quadPass(
+  t: number,
+  loads: (k: number) => string,
+  body: (k: number) => string,
+  n = "n",
+  base = "base",
+): string {
+  const ks = range(4);
+  const place = (k: number, j: string) => `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
+  return `for (var q = lane * 4u; q < ${n}; q += ${4 * t}u) {
+      if (q + 4u <= ${n}) {
+        ${ks.map((k) => place(k, k === 0 ? "q" : `q + ${k}u`)).join("\n        ")}
+        ${ks.map(loads).join("\n        ")}
+        ${ks.map(body).join("\n        ")}
+      } else {
+        for (var j = q; j < ${n}; j++) {
+          ${place(0, "j")}
+          ${loads(0)}
+          ${body(0)}
+        }
+      }
+    }`;
+}
+
+/**
  * A row kernel (forward, dX): `declarations`, then an entry point that finds its invocation's
  * row and lane and runs `body`. Rows past the end (in the last workgroup) still take part in the
  * barriers, with no elements (n = 0).
