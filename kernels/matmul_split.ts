@@ -13,6 +13,7 @@
 // split (A transposed, B not): a forward or dX product never depends on how many rows its batch
 // has, nor on anything but its own row.
 
+import { GpuError } from "./device.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
@@ -60,14 +61,27 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let i = ${flatIndex(WORKGROUP)};
   let mn = p.m * p.n;
   if (i >= mn) { return; }
-  var v = partial[i];
-  for (var s = 1u; s < p.slices; s++) { v += partial[s * mn + i]; }
   let gi = i / p.n;
   let idx = p.offC + gi * p.ldc + (i - gi * p.n);
+  // Every slice's value (and the old C) is loaded before any is added: a loop of one load and one
+  // add kept one load in flight per invocation (WGSL's loop counters keep GPU compilers from
+  // unrolling). The slices are added in order, as the loop did.
+  ${
+  Array.from({ length: SPLIT_K_MAX }, (_, s) =>
+    s === 0 ? "let x0 = partial[i];" : `var x${s} = 0.0;
+  if (${s}u < p.slices) { x${s} = partial[${s}u * mn + i]; }`).join("\n  ")
+}
+  var old = 0.0;
+  if ((p.flags & 1u) != 0u) { old = C[idx]; }
+  var v = x0;
+  ${
+  Array.from({ length: SPLIT_K_MAX - 1 }, (_, s) => `if (${s + 1}u < p.slices) { v += x${s + 1}; }`)
+    .join("\n  ")
+}
   // As matmul's store: alpha times the product, then the bias, then the old C.
   var o = p.alpha * v;
   if ((p.flags & 2u) != 0u) { o += bias[i - gi * p.n]; }
-  if ((p.flags & 1u) != 0u) { o += C[idx]; }
+  if ((p.flags & 1u) != 0u) { o += old; }
   C[idx] = o;
 }
 `;
@@ -93,6 +107,10 @@ export function splitKSum(
   },
 ): void {
   const { partial, c, m, n } = args;
+  if (!(Number.isInteger(args.slices) && args.slices >= 1 && args.slices <= SPLIT_K_MAX)) {
+    // The kernel adds at most SPLIT_K_MAX slices (it loads them all before adding any).
+    throw new GpuError(`${op}: ${args.slices} k-slices; the split-k sum adds 1 to ${SPLIT_K_MAX}`);
+  }
   const words = new Uint32Array([
     m,
     n,

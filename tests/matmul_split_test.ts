@@ -57,6 +57,8 @@ interface SplitCase {
 const CASES: SplitCase[] = [
   { m: 37, n: 45, k: 1536 },
   { m: 37, n: 45, k: 4100, alpha: 0.75, bias: true, accumulate: true },
+  // The most slices (SPLIT_K_MAX = 8), each added to what the ones before summed.
+  { m: 12, n: 20, k: 4096, alpha: 0.5, bias: true, accumulate: true },
   {
     m: 64,
     n: 52,
