@@ -56,7 +56,8 @@ const TAKE_SQRT = 2; // write √(sum) (the last slice of a reduction without pa
 
 function sumSquaresWgsl(diff: boolean): string {
   const bBinding = diff ? `@group(0) @binding(1) var<storage, read> b: array<f32>;` : "";
-  const value = diff ? `a[params.aBase + i] - b[params.bBase + i]` : `a[params.aBase + i]`;
+  const value = (i: string) =>
+    diff ? `a[params.aBase + ${i}] - b[params.bBase + ${i}]` : `a[params.aBase + ${i}]`;
   const slotBinding = diff ? 2 : 1;
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -81,14 +82,19 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
     let start = (first + c) * ${CHUNK}u;
     // Each chunk is summed alone before joining the running total, so that the sequential
     // error grows with the number of chunks, not of elements.
+    // All of a thread's ITEMS values are loaded before any is added (a loop of one load and
+    // one add kept one load in flight per invocation), then added in the loop's order.
     var s = 0.0;
-    for (var k = 0u; k < ${ITEMS}u; k++) {
-      let i = start + k * ${WORKGROUP}u + lid.x;
-      if (i < params.count) {
-        let d = ${value};
-        s += d * d;
-      }
-    }
+    ${
+    Array.from({ length: ITEMS }, (_, k) =>
+      `let i${k} = start + ${k * WORKGROUP}u + lid.x;
+    var d${k} = 0.0;
+    if (i${k} < params.count) { d${k} = ${value(`i${k}`)}; }`).join("\n    ")
+  }
+    ${
+    Array.from({ length: ITEMS }, (_, k) => `if (i${k} < params.count) { s += d${k} * d${k}; }`)
+      .join("\n    ")
+  }
     total += s;
   }
   sums[lid.x] = total;
