@@ -84,6 +84,32 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  */
 export const RUN_BLOCK = 64;
 
+/**
+ * WGSL adding dOut[t, c] into `s` for the tokens t = tokens[k], k from `from` below `to`, in
+ * order, four at a time: four token ids loaded, then their four values, then the four adds (a
+ * loop of one token at a time waited two memory round trips a token: WGSL's loop counters keep GPU
+ * compilers from unrolling). Tokens past n (a stale plan) add nothing.
+ */
+function tokenSum(from: string, to: string): string {
+  const four = [0, 1, 2, 3];
+  return `var k = ${from};
+  let kTo = ${to};
+  for (; k + 3u < kTo; k += 4u) {
+    ${four.map((j) => `let t${j} = tokens[k + ${j}u];`).join(" ")}
+    ${
+    four.map((j) =>
+      `var v${j} = 0.0;
+    if (t${j} < params.n) { v${j} = dOut[t${j} * params.h + c]; }`
+    ).join("\n    ")
+  }
+    ${four.map((j) => `if (t${j} < params.n) { s += v${j}; }`).join("\n    ")}
+  }
+  for (; k < kTo; k++) {
+    let t = tokens[k];
+    if (t < params.n) { s += dOut[t * params.h + c]; }
+  }`;
+}
+
 const BACKWARD_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> uniqueIds: array<u32>;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;
@@ -114,10 +140,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   // A longer run is summed in blocks (BLOCKS_WGSL, FINISH_WGSL).
   if (kEnd - kStart > ${RUN_BLOCK}u) { return; }
   var s = 0.0;
-  for (var k = kStart; k < kEnd; k++) {
-    let t = tokens[k];
-    if (t < params.n) { s += dOut[t * params.h + c]; }
-  }
+  ${tokenSum("kStart", "kEnd")}
   let o = params.base + (id - params.rowStart) * params.h + c;
   if (params.accumulate == 1u) {
     grad[o] = grad[o] + s;
@@ -150,10 +173,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let kEnd = min(run.z, params.n);
   let k0 = min(run.y + (b - run.w) * ${RUN_BLOCK}u, kEnd);
   var s = 0.0;
-  for (var k = k0; k < min(kEnd, k0 + ${RUN_BLOCK}u); k++) {
-    let t = tokens[k];
-    if (t < params.n) { s += dOut[t * params.h + c]; }
-  }
+  ${tokenSum("k0", `min(kEnd, k0 + ${RUN_BLOCK}u)`)}
   partial[i] = s;
 }
 `;
@@ -185,7 +205,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let count = (max(run.z, run.y) - run.y + ${RUN_BLOCK - 1}u) / ${RUN_BLOCK}u;
   let end = min(run.w + count, params.blocks);
   var s = 0.0;
-  for (var b = run.w; b < end; b++) { s += partial[b * params.h + c]; }
+  var b = run.w;
+  for (; b + 3u < end; b += 4u) {
+    ${[0, 1, 2, 3].map((j) => `let p${j} = partial[(b + ${j}u) * params.h + c];`).join(" ")}
+    s += p0; s += p1; s += p2; s += p3;
+  }
+  for (; b < end; b++) { s += partial[b * params.h + c]; }
   let o = params.base + (id - params.rowStart) * params.h + c;
   if (params.accumulate == 1u) {
     grad[o] = grad[o] + s;
