@@ -367,7 +367,10 @@ export class EmbeddingPlanTensors {
   readonly runs: Tensor;
   /** Each block of the long runs: its run's index in `runs`; the first `blockCount` valid. */
   readonly blocks: Tensor;
-  /** The host copy of the plan last uploaded (the launcher reads its sizes and ids). */
+  /**
+   * The host copy of the plan last uploaded (the launcher reads its sizes and ids); set it with
+   * `update`, which also makes `longRuns` and `blockCount` from it.
+   */
   plan: EmbeddingPlan = {
     uniqueIds: new Uint32Array(0),
     offsets: new Uint32Array([0]),
@@ -533,9 +536,8 @@ export function embeddingBackward(rec: Recorder, args: EmbeddingBackwardArgs): v
           `has ${grad.shape[0]} rows`,
       );
     }
-    for (const t of [planTensors.uniqueIds, planTensors.offsets, planTensors.tokens]) {
-      expectBindable(op, planName, t);
-    }
+    const { uniqueIds, offsets, tokens, runs, blocks } = planTensors;
+    for (const t of [uniqueIds, offsets, tokens, runs, blocks]) expectBindable(op, planName, t);
     if (!accumulate && grad.offset % align !== 0) {
       // fill, which zeroes the gradient in overwrite mode, binds whole aligned slices.
       throw new GpuError(
