@@ -120,8 +120,10 @@ export const ROW_UNROLL = 4;
  * gives every loop a counter, which keeps a GPU compiler from unrolling it, and a load inside the
  * loop then waits a memory round trip per element, one load in flight per invocation (the column
  * sums' lesson, linear.ts SUM_UNROLL). The body runs in the order of the plain loop, so a sum
- * adds the same terms in the same order: bitwise the same results. `loads(k)` and `body(k)` name
- * element k's index `j_k`, its place `i_k` and their own values with the suffix `_k`.
+ * adds the same terms in the same order: bitwise the same results, as long as no body writes
+ * what a later element's loads read (each element's own place only, as here). `loads(k)` and
+ * `body(k)` name element k's index `j_k`, its place `i_k` and their own values with the suffix
+ * `_k`.
  */
 export function stridedPass(
   t: number,
