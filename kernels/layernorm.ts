@@ -133,7 +133,7 @@ export function stridedPass(
   base = "base",
 ): string {
   const ks = range(ROW_UNROLL);
-  const place = (k: number, j: string) => `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
+  const place = (k: number, j: string) => placeWgsl(k, j, base);
   return `{
     var j = lane;
     for (; j + ${(ROW_UNROLL - 1) * t}u < ${n}; j += ${ROW_UNROLL * t}u) {
@@ -147,6 +147,11 @@ export function stridedPass(
       ${body(0)}
     }
   }`;
+}
+
+/** WGSL naming element k of a pass: its index `j_k` in the row and its place `i_k`. */
+function placeWgsl(k: number, j: string, base: string): string {
+  return `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
 }
 
 /**
@@ -163,7 +168,7 @@ export function quadPass(
   base = "base",
 ): string {
   const ks = range(4);
-  const place = (k: number, j: string) => `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
+  const place = (k: number, j: string) => placeWgsl(k, j, base);
   return `for (var q = lane * 4u; q < ${n}; q += ${4 * t}u) {
       if (q + 4u <= ${n}) {
         ${ks.map((k) => place(k, k === 0 ? "q" : `q + ${k}u`)).join("\n        ")}
