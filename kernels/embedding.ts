@@ -110,6 +110,14 @@ function tokenSum(from: string, to: string): string {
   }`;
 }
 
+/** WGSL writing (or adding, with accumulate) column c of id's row of the gradient slice: s. */
+const STORE_GRAD_WGSL = /* wgsl */ `let o = params.base + (id - params.rowStart) * params.h + c;
+  if (params.accumulate == 1u) {
+    grad[o] = grad[o] + s;
+  } else {
+    grad[o] = s;
+  }`;
+
 const BACKWARD_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> uniqueIds: array<u32>;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;
@@ -141,12 +149,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   if (kEnd - kStart > ${RUN_BLOCK}u) { return; }
   var s = 0.0;
   ${tokenSum("kStart", "kEnd")}
-  let o = params.base + (id - params.rowStart) * params.h + c;
-  if (params.accumulate == 1u) {
-    grad[o] = grad[o] + s;
-  } else {
-    grad[o] = s;
-  }
+  ${STORE_GRAD_WGSL}
 }
 `;
 
@@ -211,12 +214,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
     s += p0; s += p1; s += p2; s += p3;
   }
   for (; b < end; b++) { s += partial[b * params.h + c]; }
-  let o = params.base + (id - params.rowStart) * params.h + c;
-  if (params.accumulate == 1u) {
-    grad[o] = grad[o] + s;
-  } else {
-    grad[o] = s;
-  }
+  ${STORE_GRAD_WGSL}
 }
 `;
 

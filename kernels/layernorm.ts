@@ -132,26 +132,35 @@ export function stridedPass(
   n = "n",
   base = "base",
 ): string {
-  const ks = range(ROW_UNROLL);
-  const place = (k: number, j: string) => placeWgsl(k, j, base);
+  const starts = range(ROW_UNROLL).map((k) => (k === 0 ? "j" : `j + ${k * t}u`));
   return `{
     var j = lane;
     for (; j + ${(ROW_UNROLL - 1) * t}u < ${n}; j += ${ROW_UNROLL * t}u) {
-      ${ks.map((k) => place(k, k === 0 ? "j" : `j + ${k * t}u`)).join("\n      ")}
-      ${ks.map(loads).join("\n      ")}
-      ${ks.map(body).join("\n      ")}
+      ${loadsThenBodies(starts, loads, body, base, "\n      ")}
     }
     for (; j < ${n}; j += ${t}u) {
-      ${place(0, "j")}
-      ${loads(0)}
-      ${body(0)}
+      ${loadsThenBodies(["j"], loads, body, base, "\n      ")}
     }
   }`;
 }
 
-/** WGSL naming element k of a pass: its index `j_k` in the row and its place `i_k`. */
-function placeWgsl(k: number, j: string, base: string): string {
-  return `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`;
+/**
+ * WGSL for the elements at row indices `starts` (element k named `j_k`, its place `i_k`): every
+ * element's loads, then every element's body, in order; lines joined by `sep`.
+ */
+function loadsThenBodies(
+  starts: string[],
+  loads: (k: number) => string,
+  body: (k: number) => string,
+  base: string,
+  sep: string,
+): string {
+  const ks = starts.map((_, k) => k);
+  return [
+    ...starts.map((j, k) => `let j_${k} = ${j}; let i_${k} = ${base} + j_${k};`),
+    ...ks.map(loads),
+    ...ks.map(body),
+  ].join(sep);
 }
 
 /**
@@ -167,18 +176,13 @@ export function quadPass(
   n = "n",
   base = "base",
 ): string {
-  const ks = range(4);
-  const place = (k: number, j: string) => placeWgsl(k, j, base);
+  const starts = range(4).map((k) => (k === 0 ? "q" : `q + ${k}u`));
   return `for (var q = lane * 4u; q < ${n}; q += ${4 * t}u) {
       if (q + 4u <= ${n}) {
-        ${ks.map((k) => place(k, k === 0 ? "q" : `q + ${k}u`)).join("\n        ")}
-        ${ks.map(loads).join("\n        ")}
-        ${ks.map(body).join("\n        ")}
+        ${loadsThenBodies(starts, loads, body, base, "\n        ")}
       } else {
         for (var j = q; j < ${n}; j++) {
-          ${place(0, "j")}
-          ${loads(0)}
-          ${body(0)}
+          ${loadsThenBodies(["j"], loads, body, base, "\n          ")}
         }
       }
     }`;
