@@ -400,6 +400,16 @@ Deno.test("taskTrainDocuments: a download not in the cache says how to add it, n
     const found = await taskTrainDocuments([toy()], ROOT);
     assertEquals(found.skipped, []);
     assertEquals(found.documents.map((d) => d.sentences), [["Cats purr.", "do cats purr"]]);
+    // A damaged extraction there is named as such.
+    await Deno.writeTextFile(`${cache}/Toy/train.jsonl`, "");
+    const damaged = await taskTrainDocuments([toy()], ROOT);
+    assert(
+      damaged.skipReasons.toy.startsWith(
+        `Toy in the data cache ${cache} is incomplete (${cache}/Toy/train.jsonl has 0 bytes, ` +
+          "its marker records ",
+      ),
+      damaged.skipReasons.toy,
+    );
   });
 });
 

@@ -7,6 +7,7 @@ import {
   countRows,
   dataCacheDir,
   DatasetError,
+  DatasetNotCachedError,
   type DatasetProgress,
   type DatasetSpec,
   ensureDataset,
@@ -577,6 +578,47 @@ Deno.test("data: offline with nothing cached is one clear error naming --data", 
     );
     assert(e2.message.includes("--data <the Toy folder in it>"));
     assertEquals(server.log.length, 0);
+  });
+});
+
+Deno.test("data: offline, a damaged extraction in the cache is named, not called absent", async () => {
+  await withSetup(async ({ server, cache, opts }) => {
+    const url = server.url("/Toy.zip");
+    const dir = await ensureDataset(spec(url), opts);
+    const marker = `${dir}/.ehft-dataset.json`;
+    const markerText = await Deno.readTextFile(marker);
+    const offline = { ...opts, env: { ...opts.env, EHFT_OFFLINE: "1" } };
+    const damaged = async (damage: string) => {
+      const e = await assertRejects(() => ensureDataset(spec(url), offline), DatasetNotCachedError);
+      assertEquals(
+        e.message,
+        `Toy in ${cache} is incomplete (${damage}) and cannot be downloaded (EHFT_OFFLINE is ` +
+          `set); download Toy.zip from ${url} yourself, unzip it, and pass --data <the Toy ` +
+          `folder in it>`,
+      );
+      assertEquals(e.damage, damage);
+    };
+    const size = encoder.encode(VAL).length;
+    await Deno.writeTextFile(`${dir}/val.jsonl`, "truncated");
+    await damaged(`${dir}/val.jsonl has 9 bytes, its marker records ${size}`);
+    await Deno.remove(`${dir}/val.jsonl`);
+    await damaged(`${dir}/val.jsonl is missing`);
+    await Deno.writeTextFile(marker, "");
+    await damaged(`${marker} is damaged (Unexpected end of JSON input)`);
+    await Deno.writeTextFile(marker, '{"files": null}');
+    await damaged(`${marker} is not a marker this toolkit wrote`);
+    await Deno.writeTextFile(marker, markerText.replace('"rows": 7', '"rows": 6'));
+    await damaged(`${marker} records other files than this version of ehft reads`);
+    await Deno.remove(marker);
+    await damaged(`${dir} has no marker .ehft-dataset.json (an unpacking that did not finish)`);
+    // An empty folder is no damage: nothing is there.
+    await Deno.remove(dir, { recursive: true });
+    await Deno.mkdir(dir);
+    const e = await assertRejects(() => ensureDataset(spec(url), offline), DatasetNotCachedError);
+    assert(e.message.startsWith(`Toy is not in ${cache} and cannot be downloaded`), e.message);
+    assertEquals(e.damage, undefined);
+    // Online, each of them is downloaded again (the test above).
+    assertEquals(server.log.length, 1);
   });
 });
 

@@ -443,7 +443,10 @@ function notCachedReason(task: Task, e: DatasetNotCachedError, read: string[]): 
   const unset = e.offlineVariables.length > 0
     ? ` with ${e.offlineVariables.join(" and ")} unset`
     : "";
-  return `${e.dataset} is not in the data cache ${e.cache}, and pretraining only reads task data ` +
+  const where = e.damage === undefined
+    ? `${e.dataset} is not in the data cache ${e.cache}`
+    : `${e.dataset} in the data cache ${e.cache} is incomplete (${e.damage})`;
+  return `${where}, and pretraining only reads task data ` +
     `from there, never downloading it: to include it, run \`deno task ${task.name}\` once${unset}, ` +
     `which downloads it there before training, or save ${e.url} as ${e.zip}; ` +
     `--task-text ${read.length > 0 ? [...new Set(read)].join(",") : "none"} leaves it out ` +

@@ -35,7 +35,7 @@ import {
   USER_AGENT,
 } from "../model/download_common.ts";
 import { envReader, expandUser, trimSlash, userCacheBase } from "../model/env.ts";
-import { errorText } from "../model/error_text.ts";
+import { errorText, jsonErrorText } from "../model/error_text.ts";
 import { formatBytes, progressAmount, writeStderr } from "../model/progress_text.ts";
 
 /** What to download and what it must contain. */
@@ -111,9 +111,21 @@ export class DatasetNotCachedError extends DatasetError {
   readonly zip: string;
   /** The offline variables that are set (EHFT_OFFLINE, HF_HUB_OFFLINE), in that order. */
   readonly offlineVariables: string[];
+  /**
+   * What is wrong with the data set's folder in the cache, when there is one but it is not a
+   * complete extraction: `<cache>/BoolQ/train.jsonl has 1000 bytes, its marker records 6000`.
+   */
+  readonly damage?: string;
   constructor(
     message: string,
-    facts: { dataset: string; cache: string; url: string; zip: string; offlineVariables: string[] },
+    facts: {
+      dataset: string;
+      cache: string;
+      url: string;
+      zip: string;
+      offlineVariables: string[];
+      damage?: string;
+    },
   ) {
     super(message);
     this.dataset = facts.dataset;
@@ -121,6 +133,7 @@ export class DatasetNotCachedError extends DatasetError {
     this.url = facts.url;
     this.zip = facts.zip;
     this.offlineVariables = facts.offlineVariables;
+    if (facts.damage !== undefined) this.damage = facts.damage;
   }
 }
 
@@ -339,33 +352,68 @@ interface Marker {
   files: Record<string, { path: string; rows: number; header: boolean; bytes: number }>;
 }
 
-/** Whether `dir` holds a complete extraction of the spec's files with the spec's row counts. */
-async function isComplete(dir: string, files: ReturnType<typeof checkSpec>): Promise<boolean> {
+/**
+ * Whether `dir` holds a complete extraction of the spec's files with the spec's row counts:
+ * "complete", "absent" (no folder, or an empty one), or what is wrong with the folder there.
+ */
+async function extractionState(
+  dir: string,
+  files: ReturnType<typeof checkSpec>,
+): Promise<"complete" | "absent" | { damage: string }> {
+  const markerPath = `${dir}/${MARKER}`;
+  const info = await Deno.stat(markerPath).catch(() => null);
+  if (info === null) {
+    const entries = [];
+    try {
+      for await (const entry of Deno.readDir(dir)) entries.push(entry.name);
+    } catch {
+      return "absent";
+    }
+    if (entries.length === 0) return "absent";
+    return { damage: `${dir} has no marker ${MARKER} (an unpacking that did not finish)` };
+  }
+  // A few hundred bytes as written: anything else (a FIFO hung the read, a file of gigabytes
+  // filled the memory) is no marker.
+  if (!info.isFile || info.size > 1 << 20) {
+    return { damage: `${markerPath} is not a marker this toolkit wrote` };
+  }
   let marker: Marker;
+  let text: string | undefined;
   try {
-    // A few hundred bytes as written: anything else (a FIFO hung the read, a file of gigabytes
-    // filled the memory) is no marker.
-    const info = await Deno.stat(`${dir}/${MARKER}`);
-    if (!info.isFile || info.size > 1 << 20) return false;
-    marker = JSON.parse(await Deno.readTextFile(`${dir}/${MARKER}`));
-  } catch {
-    return false;
+    text = await Deno.readTextFile(markerPath);
+    marker = JSON.parse(text);
+  } catch (e) {
+    return { damage: `${markerPath} is damaged (${jsonErrorText(e, text)})` };
   }
   // (`files` null got past typeof and failed on "Cannot read properties of null".)
-  if (!isJsonObject(marker) || !isJsonObject(marker.files)) return false;
+  if (!isJsonObject(marker) || !isJsonObject(marker.files)) {
+    return { damage: `${markerPath} is not a marker this toolkit wrote` };
+  }
   for (const f of files) {
     const m = marker.files[f.as];
     if (!m || m.path !== f.path || m.rows !== f.rows || (m.header ?? false) !== f.header) {
-      return false;
+      return { damage: `${markerPath} records other files than this version of ehft reads` };
     }
-    if ((await fileSize(`${dir}/${f.as}`)) !== m.bytes) return false;
+    const size = await fileSize(`${dir}/${f.as}`);
+    if (size === undefined) return { damage: `${dir}/${f.as} is missing` };
+    if (size !== m.bytes) {
+      return { damage: `${dir}/${f.as} has ${size} bytes, its marker records ${m.bytes}` };
+    }
   }
-  return true;
+  return "complete";
 }
 
-function missingMessage(spec: DatasetSpec, cache: string, reason: string): string {
+function missingMessage(
+  spec: DatasetSpec,
+  cache: string,
+  reason: string,
+  damage: string | undefined,
+): string {
   const zipName = baseName(new URL(spec.url).pathname) || `${spec.name}.zip`;
-  return `${spec.name} is not in ${cache} and cannot be downloaded (${reason}); download ` +
+  const where = damage === undefined
+    ? `${spec.name} is not in ${cache}`
+    : `${spec.name} in ${cache} is incomplete (${damage})`;
+  return `${where} and cannot be downloaded (${reason}); download ` +
     `${zipName} from ${spec.url} yourself, unzip it, and pass --data <the ${spec.name} folder ` +
     `in it>`;
 }
@@ -389,7 +437,9 @@ export async function ensureDataset(
   const get = envReader(opts.env);
   const cache = dataCacheDir(opts.env);
   const dir = `${cache}/${spec.name}`;
-  if (await isComplete(dir, files)) return dir;
+  const state = await extractionState(dir, files);
+  if (state === "complete") return dir;
+  const damage = typeof state === "object" ? state.damage : undefined;
 
   const quiet = opts.quiet ?? false;
   const offline = opts.offline ?? offlineByEnv(get);
@@ -406,12 +456,13 @@ export async function ensureDataset(
     ? "offline mode"
     : `${offlineVariablesSet(get)[0] ?? OFFLINE_VARIABLES.at(-1)} is set`;
   const notCached = () =>
-    new DatasetNotCachedError(missingMessage(spec, cache, offlineReason), {
+    new DatasetNotCachedError(missingMessage(spec, cache, offlineReason, damage), {
       dataset: spec.name,
       cache,
       url: spec.url,
       zip: zipPath,
       offlineVariables: offlineVariablesSet(get),
+      ...(damage === undefined ? {} : { damage }),
     });
   if (offline && !(await zipReady())) throw notCached();
 
@@ -430,7 +481,7 @@ export async function ensureDataset(
   const lock = await Deno.open(lockPath, { create: true, write: true });
   try {
     await lock.lock(true);
-    if (await isComplete(dir, files)) return dir;
+    if ((await extractionState(dir, files)) === "complete") return dir;
     let downloaded: number | undefined;
     if (!(await zipReady())) {
       if (offline) throw notCached();
@@ -440,6 +491,7 @@ export async function ensureDataset(
         retries: Math.max(0, opts.retries ?? 3),
         retryDelayMs: Math.max(0, opts.retryDelayMs ?? 1000),
         timeoutMs: Math.max(1, opts.timeoutMs ?? 30_000),
+        damage,
       });
     }
     const zip = await Deno.readFile(zipPath);
@@ -488,6 +540,8 @@ interface Transfer {
   retries: number;
   retryDelayMs: number;
   timeoutMs: number;
+  /** What is wrong with the data set's folder in the cache, for the messages (extractionState). */
+  damage?: string;
 }
 
 /**
@@ -510,13 +564,18 @@ async function download(
         return bytes;
       } catch (e) {
         if (e instanceof Unreachable) {
-          throw new DatasetError(missingMessage(spec, cache, e.message));
+          throw new DatasetError(missingMessage(spec, cache, e.message, t.damage));
         }
         if (!(e instanceof Retryable)) throw e;
         failures++;
         if (failures > t.retries) {
           throw new DatasetError(
-            missingMessage(spec, cache, `the download failed ${failures} times: ${e.message}`),
+            missingMessage(
+              spec,
+              cache,
+              `the download failed ${failures} times: ${e.message}`,
+              t.damage,
+            ),
           );
         }
         await delay(t.retryDelayMs * failures);

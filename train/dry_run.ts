@@ -338,8 +338,12 @@ export async function dryRunFromArgs(
         const fetchable = e instanceof DatasetNotCachedError && e.offlineVariables.length === 0;
         notes.push(
           fetchable
-            ? `a dry run downloads nothing: ${e.dataset} is not in the data cache ${e.cache} ` +
-              `yet; the training downloads it (${e.url}), or pass --data <its folder>`
+            ? `a dry run downloads nothing: ` +
+              (e.damage === undefined
+                ? `${e.dataset} is not in the data cache ${e.cache} yet; the training downloads ` +
+                  `it (${e.url}), or pass --data <its folder>`
+                : `${e.dataset} in the data cache ${e.cache} is incomplete (${e.damage}); the ` +
+                  `training downloads it again (${e.url}), or pass --data <its folder>`)
             : `a dry run downloads nothing: ${errorText(e)}`,
         );
         // Offline (an offline variable set), the training could not download it either.
