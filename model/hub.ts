@@ -251,7 +251,7 @@ export async function resolveModel(
   if (ctx.offline) {
     const cached = await findCached(ctx);
     if (cached.dir) return cached.dir;
-    throw new HubError(offlineMessage(ctx, cached.missing, "HF_HUB_OFFLINE is set"));
+    throw new HubError(offlineMessage(ctx, cached, "HF_HUB_OFFLINE is set"));
   }
   // A commit is immutable: a complete snapshot of it needs no requests (as in huggingface_hub).
   if (COMMIT_HASH.test(ctx.revision)) {
@@ -276,7 +276,7 @@ export async function resolveModel(
     }
     if (e instanceof HubAnswered) throw e;
     throw new HubError(
-      offlineMessage(ctx, cached.missing, `${ctx.endpoint} cannot be reached (${e.message})`),
+      offlineMessage(ctx, cached, `${ctx.endpoint} cannot be reached (${e.message})`),
     );
   }
 }
@@ -358,11 +358,16 @@ function note(ctx: Context, message: string): void {
   if (!ctx.quiet) writeStderr(`ehft: ${message}\n`);
 }
 
-function offlineMessage(ctx: Context, missing: string | undefined, why: string): string {
+function offlineMessage(
+  ctx: Context,
+  cached: { missing?: string; damage?: string },
+  why: string,
+): string {
   const where = `the Hugging Face cache (${ctx.cacheDisplay})`;
-  const what = missing === undefined
+  const lack = cached.damage ?? (cached.missing === undefined ? undefined : `no ${cached.missing}`);
+  const what = lack === undefined
     ? `${ctx.id} is not in ${where}`
-    : `${ctx.id} is only partly in ${where} (no ${missing})`;
+    : `${ctx.id} is only partly in ${where} (${lack})`;
   return `${what} and ${why}; run once with network access, or pass --model a local directory`;
 }
 
@@ -463,20 +468,29 @@ async function checkSnapshot(ctx: Context, dir: string): Promise<void> {
   }
 }
 
-/** The commit a revision points to in the cache, if known. */
-async function cachedCommit(ctx: Context): Promise<string | undefined> {
+/**
+ * The commit a revision points to in the cache: undefined when the cache has no ref of it, a
+ * `damage` (for the offline message) when the ref there holds no commit.
+ */
+async function cachedCommit(ctx: Context): Promise<string | undefined | { damage: string }> {
   if (COMMIT_HASH.test(ctx.revision)) return ctx.revision;
   const ref = `${ctx.repoDir}/refs/${ctx.refSegments.join("/")}`;
   await assertInCache(ctx, ref, `ref ${ctx.revision}`);
+  let info;
   try {
-    // A commit hash and a line break: anything else (a FIFO hung the read, a file of gigabytes
-    // filled the memory) is no ref.
-    const info = await Deno.stat(ref);
-    if (!info.isFile || info.size > 4096) return undefined;
-    const commit = (await Deno.readTextFile(ref)).trim();
-    return SAFE_NAME.test(commit) && !commit.includes("..") ? commit : undefined;
+    info = await Deno.stat(ref);
   } catch {
     return undefined;
+  }
+  const damaged = { damage: `its ref ${ref} holds no commit hash` };
+  // A commit hash and a line break: anything else (a FIFO hung the read, a file of gigabytes
+  // filled the memory) is no ref.
+  if (!info.isFile || info.size > 4096) return damaged;
+  try {
+    const commit = (await Deno.readTextFile(ref)).trim();
+    return SAFE_NAME.test(commit) && !commit.includes("..") ? commit : damaged;
+  } catch {
+    return damaged;
   }
 }
 
@@ -537,16 +551,23 @@ async function hasCompleteSnapshot(ctx: Context): Promise<boolean> {
 
 /**
  * The cached snapshot of the revision, if it holds everything resolveModel would download;
- * otherwise the first file it lacks (undefined when there is no snapshot at all).
+ * otherwise the first file it lacks, or (`damage`) a ref that names no snapshot there; neither
+ * when the cache has nothing of the revision.
  */
-async function findCached(ctx: Context): Promise<{ dir?: string; missing?: string }> {
+async function findCached(
+  ctx: Context,
+): Promise<{ dir?: string; missing?: string; damage?: string }> {
   const commit = await cachedCommit(ctx);
   if (commit === undefined) return {};
+  if (typeof commit === "object") return commit;
   const dir = `${ctx.repoDir}/snapshots/${commit}`;
+  const named = COMMIT_HASH.test(ctx.revision)
+    ? {}
+    : { damage: `its ref ${ctx.revision} names commit ${commit}, which has no snapshot there` };
   try {
-    if (!(await Deno.stat(dir)).isDirectory) return {};
+    if (!(await Deno.stat(dir)).isDirectory) return named;
   } catch {
-    return {};
+    return named;
   }
   // Before any file of it is read (the index): every entry must stay inside the cache.
   await checkSnapshot(ctx, dir);

@@ -626,22 +626,36 @@ Deno.test("hub: HF_HUB_OFFLINE uses the cache with zero requests; a ref that is 
       );
     }
     assertEquals(hub.log.length, before);
-    // A ref that is no small file (a FIFO hung the read; gigabytes filled the memory) is none.
+    // A ref that is no small file (a FIFO hung the read; gigabytes filled the memory) is no
+    // commit: said so, not taken for an absent model.
     const ref = `${cache}/${FOLDER}/refs/main`;
     await Deno.remove(ref);
     assert((await new Deno.Command("mkfifo", { args: [ref] }).output()).success, "mkfifo");
     const env = { ...opts.env, HF_HUB_OFFLINE: "1" };
-    await assertRejects(
+    const noCommit = `${ID} is only partly in the Hugging Face cache (${cache}) (its ref ${ref} ` +
+      `holds no commit hash) and HF_HUB_OFFLINE is set; run once with network access, or pass ` +
+      `--model a local directory`;
+    for (const text of [undefined, COMMIT + " ".repeat(5000), "not a/../commit"]) {
+      if (text !== undefined) {
+        await Deno.remove(ref);
+        await Deno.writeTextFile(ref, text);
+      }
+      const e = await assertRejects(
+        () => resolveModel(ID, { ...opts, env, fetch: noFetch }),
+        HubError,
+      );
+      assertEquals(e.message, noCommit);
+    }
+    // A ref naming a commit whose snapshot is not there.
+    const other = "f".repeat(40);
+    await Deno.writeTextFile(ref, other);
+    const e = await assertRejects(
       () => resolveModel(ID, { ...opts, env, fetch: noFetch }),
       HubError,
-      "is not in the Hugging Face cache",
     );
-    await Deno.remove(ref);
-    await Deno.writeTextFile(ref, COMMIT + " ".repeat(5000));
-    await assertRejects(
-      () => resolveModel(ID, { ...opts, env, fetch: noFetch }),
-      HubError,
-      "is not in the Hugging Face cache",
+    assert(
+      e.message.includes(`(its ref main names commit ${other}, which has no snapshot there)`),
+      e.message,
     );
   });
 });
