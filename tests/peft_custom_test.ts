@@ -19,6 +19,17 @@ import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
+async function exists(path: string): Promise<boolean> {
+  return await Deno.lstat(path).then(() => true, () => false);
+}
+
+/** The names in a folder, sorted. */
+async function entries(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) names.push(e.name);
+  return names.sort();
+}
+
 /** LoRA under another name: a method the toolkit does not know by name. */
 const MINE: RunOptions["peft"] = {
   name: "my-lora",
@@ -111,6 +122,16 @@ Deno.test({
         Error,
         `RunOptions.peft: create() made a method named "my-lora", not "ours"`,
       );
+      // Refused before anything is written: no folder left for a new run, and with --overwrite
+      // the old run is still there, whole.
+      assert(!(await exists(`${dir}/renamed`)), "a refused run left its folder");
+      const before = await entries(`${dir}/ehft`);
+      await assertRejects(
+        () => run(`${dir}/ehft`, "ehft", { ...MINE!, name: "ours" }, "--overwrite"),
+        Error,
+        `RunOptions.peft: create() made a method named "my-lora", not "ours"`,
+      );
+      assertEquals(await entries(`${dir}/ehft`), before);
       // A strategy without a PEFT stage has nowhere to put it.
       await assertRejects(
         () => run(`${dir}/ft`, "ft"),

@@ -135,9 +135,11 @@ export interface RunOptions {
   /**
    * A parameter-efficient method of one's own, in place of config.peft's (which still chooses
    * the learning-rate defaults and must be given: the strategy needs a PEFT stage). `create` is
-   * called once per seed with the settings config.peft's method would get; the method plugs into
-   * the encoder through its hooks (model/encoder.ts `EncoderHooks`; a `LinearHook`'s context
-   * carries the frozen weight). run.json records `name` as resolved.peft_method.
+   * called once per seed with the settings config.peft's method would get (and once before the
+   * run writes or removes anything, as a check), and must return a method whose `name` is this
+   * `name`; the method plugs into the encoder through its hooks (model/encoder.ts
+   * `EncoderHooks`; a `LinearHook`'s context carries the frozen weight). run.json records `name`
+   * as resolved.peft_method.
    */
   peft?: {
     name: string;
@@ -304,12 +306,27 @@ async function trainPrepared(
   }
   // Before the model and data are read (train.ts probed already; a library caller has not).
   if (writesIntoFolder(config, entries)) await probeRunFolder(out);
+  // A PEFT method of one's own is made once before anything is written or removed: a create()
+  // that throws, or makes a method of another name, is refused with the old run still there.
+  const tryOwnPeft = async () => {
+    if (!options.peft || !config.peft) return;
+    const { model } = await prepareOnce();
+    const gpu = options.gpu ?? await getGpu();
+    createOwnPeft(options.peft, gpu, model.config, {
+      loraR: config.loraR,
+      loraAlpha: config.loraAlpha,
+      prefixLength: config.prefixLength,
+      seed: 0,
+    }).destroy();
+  };
   if (entries.length > 0) {
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);
-      // The old run goes only once the new one can start: model, data, head and GPU checked.
+      // The old run goes only once the new one can start: model, data, head, GPU and a PEFT
+      // method of one's own checked.
       await prepareOnce();
       if (!options.gpu) await getGpu();
+      await tryOwnPeft();
       // All or nothing (a removal cut short by a folder it may not change would leave neither
       // run): with the old run's entries go the temporaries its killed writes left (not another
       // program's write in progress: predict.ts --out into the folder), and what an earlier
@@ -336,6 +353,7 @@ async function trainPrepared(
   if (config.resume && entries.length === 0 && !options.quiet) {
     console.error(`--resume: ${out} holds no run yet: starting one`);
   }
+  if (entries.length === 0) await tryOwnPeft();
   await Deno.mkdir(out, { recursive: true });
   held.lock ??= await lockOutFolder(out, "train.ts");
   // A run found here is one --resume goes on with, from the start.
