@@ -62,7 +62,12 @@ export const FLAGS = {
 
 /** What `predict` runs: a fine-tuned model over one split of a task's data. */
 export interface PredictOptions {
-  /** A fine-tuned model: a run's model/ folder, or a hub id. */
+  /**
+   * A fine-tuned model: a run's model/ folder, or a hub id. Refused: a model that carries an
+   * active PEFT method's tensors (prefix-tuning rows: the `--strategy peft --peft prefix` and
+   * `ehft-reserve --peft prefix` models; unmerged LoRA factors: a Stage-1 snapshot; a method of
+   * one's own), which this runner does not apply.
+   */
   model: string;
   /** The task the model was fine-tuned on (its head must fit it). */
   task: Task;
@@ -141,13 +146,23 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           (wic ? " (WiC: 5 × hidden)" : ""),
       );
     }
-    // Prefix-tuning rows live beside the backbone only while the method is active; this runner
-    // does not apply them, so it refuses rather than predict with part of the model.
-    const prefixRows = [...model.weights.tensors.keys()].find((n) => n.startsWith("prefix."));
+    // Prefix-tuning rows and unmerged LoRA factors live beside the backbone only while the
+    // method is active (a Stage-1 snapshot; the prefix-tuning baseline's model); this runner
+    // applies neither, so it refuses rather than predict with part of the model.
+    const names = [...model.weights.tensors.keys()];
+    const prefixRows = names.find((n) => n.startsWith("prefix."));
     if (prefixRows) {
       throw new Error(
         `${model.dir} carries prefix-tuning rows ("${prefixRows}"); predict.ts runs models ` +
           `without an active prefix (train with ehft, or another strategy that drops it)`,
+      );
+    }
+    const loraFactors = names.find((n) => n.startsWith("lora."));
+    if (loraFactors) {
+      throw new Error(
+        `${model.dir} carries LoRA factors not merged into its weights ("${loraFactors}"); ` +
+          `predict.ts runs models whose LoRA is merged (a run's model/ folder is; with the ` +
+          `library, mergeLora merges them)`,
       );
     }
     // A method of one's own left active: its tensors are kept beside the backbone, unapplied here.

@@ -103,6 +103,21 @@ Deno.test({
         Error,
         "has no EH-FT head",
       );
+      // A model that carries unmerged LoRA factors (a Stage-1 snapshot of LoRA): refused, not
+      // run without them.
+      await Deno.mkdir(`${dir}/stage1`);
+      await writeTinyBert(`${dir}/stage1`);
+      await rewriteSafetensors(`${dir}/stage1/model.safetensors`, (_, tensors) => {
+        const factor = { dtype: "F32" as const, shape: [2, 4], data: new Float32Array(8) };
+        tensors.set("lora.encoder.layer.0.attention.self.query.lora_A.weight", factor);
+      });
+      await assertRejects(
+        () => predict({ model: `${dir}/stage1`, task: rte, data, split: "val", batchSize: 4 }),
+        Error,
+        `${dir}/stage1 carries LoRA factors not merged into its weights ` +
+          `("lora.encoder.layer.0.attention.self.query.lora_A.weight"); predict.ts runs models ` +
+          `whose LoRA is merged`,
+      );
       // A train.ts run folder given for its model: the error names the model inside.
       const runDir = `${dir}/run`;
       for (const sub of ["model", "seeds/seed-2/model", "seeds/seed-10/model"]) {
