@@ -289,10 +289,13 @@ export {
   type RunSettings,
   type TrainConfig,
 } from "./train/config.ts";
-export type { TuneFlags } from "./train/flags.ts";
+export { FlagError, type TuneFlags } from "./train/flags.ts";
 export { learningRate, type Schedule, type ScheduleName, warmupSteps } from "./train/schedule.ts";
 export { type RunMetrics, type RunOptions, runTraining, type SeedsMetrics } from "./train/run.ts";
-export type { MetricValues } from "./train/evaluate.ts";
+// What runTraining throws when a run stops on a fault (a non-finite loss, a lost device, a write
+// that failed): the run is kept, and its message says how to resume it.
+export { RunFaultError } from "./train/run_faults.ts";
+export { type MetricValues, NonFiniteOutputsError } from "./train/evaluate.ts";
 export { type StepStats, Trainer, type TrainerOptions } from "./train/trainer.ts";
 export {
   assembleBatch,
@@ -326,6 +329,7 @@ export {
 // Masked-language-model pretraining: corpus, vocabulary, masking, the loop.
 export {
   type CorpusDocument,
+  CorpusError,
   fetchBrownCorpus,
   type FetchBrownOptions,
   readTextCorpus,
@@ -338,6 +342,7 @@ export {
   type PrunedVocabulary,
   type PruneOptions,
   pruneVocabulary,
+  VocabPruneError,
   vocabTxt,
 } from "./train/vocab_prune.ts";
 export {
@@ -387,7 +392,12 @@ export {
 // A task script of one's own, as tasks/*.ts are: the flags of train.ts over a recipe.
 export { runTaskScript, trainFromArgs } from "./train.ts";
 export type { DryRunReport, DryRunSplit } from "./train/dry_run.ts";
-export type { DatasetProgress, EnsureDatasetOptions } from "./train/data_download.ts";
+export {
+  DatasetError,
+  DatasetNotCachedError,
+  type DatasetProgress,
+  type EnsureDatasetOptions,
+} from "./train/data_download.ts";
 export {
   accuracy,
   computeMetrics,

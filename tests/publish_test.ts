@@ -36,3 +36,23 @@ Deno.test("the user agent's version is deno.json's", async () => {
   assert(EHFT_VERSION === version, `EHFT_VERSION ${EHFT_VERSION}, deno.json ${version}`);
   assert(USER_AGENT.startsWith(`ehft/${version}; `), USER_AGENT);
 });
+
+Deno.test("every error class the library's modules export is exported by mod.ts", async () => {
+  // A caller tells a refused setting (FlagError) from a kept run (RunFaultError) by instanceof.
+  const mod = await import("../mod.ts") as Record<string, unknown>;
+  const root = new URL("../", import.meta.url).pathname;
+  // Caught inside the library and rethrown as the reader's own error naming the file.
+  const internal = ["Utf8Error"];
+  const missing: string[] = [];
+  for (const dir of ["kernels", "model", "peft", "train"]) {
+    for await (const entry of Deno.readDir(`${root}${dir}`)) {
+      if (!entry.name.endsWith(".ts")) continue;
+      const text = await Deno.readTextFile(`${root}${dir}/${entry.name}`);
+      for (const [, name] of text.matchAll(/^export class (\w+Error)\b/gm)) {
+        if (internal.includes(name)) continue;
+        if (typeof mod[name] !== "function") missing.push(`${dir}/${entry.name}: ${name}`);
+      }
+    }
+  }
+  assert(missing.length === 0, `not exported by mod.ts: ${missing.sort().join(", ")}`);
+});

@@ -28,6 +28,7 @@ export interface CorpusDocument {
 
 /** A corpus that cannot be had or read, in one line meant for the user. */
 export class CorpusError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "CorpusError";

@@ -88,6 +88,7 @@ export interface EnsureDatasetOptions {
 
 /** A data set that cannot be had, in one line meant for the user. */
 export class DatasetError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "DatasetError";
@@ -116,6 +117,7 @@ export class DatasetNotCachedError extends DatasetError {
    * complete extraction: `<cache>/BoolQ/train.jsonl has 1000 bytes, its marker records 6000`.
    */
   readonly damage?: string;
+  /** Takes the message as it is, and the facts it is made from. */
   constructor(
     message: string,
     facts: {

@@ -27,6 +27,7 @@ export function predictionOf(loss: LossKind, outputs: ArrayLike<number>): number
  * Pearson's r refuses it), so the evaluation says so instead of scoring.
  */
 export class NonFiniteOutputsError extends Error {
+  /** The message is made from the counts and the first example. */
   constructor(
     /** Examples with a non-finite output. */
     readonly count: number,

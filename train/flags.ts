@@ -19,7 +19,13 @@
 
 import { isDirectory, lockFolder, parentOf, writtenPath } from "../model/atomic_write.ts";
 
+/**
+ * A command refused as typed: a flag (or the library option behind it) that is unknown,
+ * malformed, out of range or contradicts another; the programs exit 2 for it. Fix the command:
+ * retrying it will not help.
+ */
 export class FlagError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "FlagError";

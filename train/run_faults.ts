@@ -13,6 +13,7 @@ import { openSafetensors } from "../model/safetensors.ts";
 export class RunFaultError extends Error {
   /** The index, in the stats checked (checkStepStats), of the step that stopped the run. */
   readonly at?: number;
+  /** Takes the message as it is; `at` as above. */
   constructor(message: string, at?: number) {
     super(message);
     this.name = "RunFaultError";

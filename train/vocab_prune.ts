@@ -59,6 +59,7 @@ export interface PrunedVocabulary {
 
 /** Bad pruning options, in one line. */
 export class VocabPruneError extends Error {
+  /** Takes the message as it is. */
   constructor(message: string) {
     super(message);
     this.name = "VocabPruneError";
