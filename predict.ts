@@ -22,11 +22,13 @@ import { createHead, headParameters } from "./model/head.ts";
 import { noteUnusedOnce, type OpenedModel, openModel } from "./model/load.ts";
 import { parentOf, writeFileAtomic } from "./model/atomic_write.ts";
 import { PREDICT_HELP } from "./train/help.ts";
-import { plural } from "./model/progress_text.ts";
+import { stopWithWord } from "./train/run_faults.ts";
+import { plural, writeStdout } from "./model/progress_text.ts";
 import { shippedDataDir } from "./train/default_model.ts";
 import type { TextInput } from "./model/tokenizer.ts";
 import {
   checkFoldersCanBeMade,
+  checkRevisionTarget,
   choiceFlag,
   FlagError,
   intFlag,
@@ -394,6 +396,7 @@ export async function parsePredictArgs(args: string[]): Promise<PredictArgs> {
     } catch (e) {
       throw new FlagError(`--revision: ${(e as Error).message}`);
     }
+    checkRevisionTarget(model, flags.revision);
   }
   const autotune = tuneRequest(tuneFlags(flags));
   return {
@@ -454,6 +457,8 @@ export async function checkOutPath(out: string, overwrite: boolean): Promise<voi
 const STDOUT = "-";
 
 async function main(args: string[]) {
+  // The predictions are written once, whole: an interrupted write leaves --out as it was.
+  stopWithWord("predict", (how) => Promise.resolve(`${how}; no file was left half-written`));
   const { out, overwrite, data: typedData, splitTyped, options } = await parsePredictArgs(args);
   const { task } = options;
   if (out !== STDOUT) await checkOutPath(out, overwrite);
@@ -484,16 +489,6 @@ async function main(args: string[]) {
   await Deno.mkdir(parentOf(out), { recursive: true });
   await writeFileAtomic(out, text);
   console.error(`predict: ${plural(predictions.length, "prediction")} written to ${out}`);
-}
-
-/** All of `text` to stdout; a reader that stopped early (`| head`) wanted no more. */
-async function writeStdout(text: string): Promise<void> {
-  const data = new TextEncoder().encode(text);
-  try {
-    for (let at = 0; at < data.length;) at += await Deno.stdout.write(data.subarray(at));
-  } catch (e) {
-    if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
-  }
 }
 
 if (import.meta.main) await runMain("predict", main, PREDICT_HELP);

@@ -15,9 +15,11 @@
 // replace the earlier ones in one pass, figures, results.*, and report.md last; only then are the
 // earlier report's figures that this one does not draw removed.
 
-import { lockFolder, writeFilesAtomic } from "./model/atomic_write.ts";
+import { lockFolder, writeFilesAtomic, writtenPath } from "./model/atomic_write.ts";
 import { seedFolderNames } from "./model/load.ts";
 import { REPORT_HELP } from "./train/help.ts";
+import { writeStdout } from "./model/progress_text.ts";
+import { stopWithWord } from "./train/run_faults.ts";
 import {
   comparisonFigures,
   readRunAnalysis,
@@ -25,6 +27,7 @@ import {
 } from "./train/analysis_figures.ts";
 import {
   checkFoldersCanBeMade,
+  checkWritable,
   FlagError,
   parseFlagsAndPositionals,
   runMain,
@@ -108,7 +111,17 @@ export async function checkOutDir(out: string, overwrite: boolean): Promise<stri
       `--out ${out} is a file, not a folder: give a folder for the report (or another path)`,
     );
   }
-  await checkFoldersCanBeMade(`${out}/${OUTPUT_FILES[0]}`, "--out", true);
+  // results.md a link: written through, into its target's folder.
+  const first = `${out}/${OUTPUT_FILES[0]}`;
+  if ((await writtenPath(first)) === first) await checkWritable(out, `--out ${out}`);
+  else await checkFoldersCanBeMade(first, "--out", true);
+  const figuresDir = await statOrNull(`${out}/${FIGURES_DIR}`, "--out");
+  if (figuresDir !== null && !figuresDir.isDirectory) {
+    throw new FlagError(
+      `--out ${out}: ${out}/${FIGURES_DIR} is not a folder (report.ts draws its figures in ` +
+        `one there): choose another folder`,
+    );
+  }
   const held: string[] = [];
   const names = [
     ...OUTPUT_FILES,
@@ -220,6 +233,7 @@ export async function report(
     const made = figures.length ? `${out}/${FIGURES_DIR}` : out;
     const existed = await Deno.stat(made).then(() => true, () => false);
     const outExisted = await Deno.stat(out).then(() => true, () => false);
+    madeFolders = [...(existed ? [] : [made]), ...(outExisted || made === out ? [] : [out])];
     await Deno.mkdir(made, { recursive: true });
     // Locked while it writes: two reports into one --out both passed its check above, and the
     // later replaced the earlier without --overwrite.
@@ -244,6 +258,8 @@ export async function report(
         lock?.close();
       }
       throw e;
+    } finally {
+      madeFolders = [];
     }
     // The new report is written: an old figure that cannot be removed is a note, not a failure.
     const removed: string[] = [];
@@ -357,10 +373,24 @@ function reportMarkdown(
   return lines.join("\n").trimEnd() + "\n";
 }
 
+/**
+ * The folders report() made for its files while it writes them: a Ctrl-C then removes them if
+ * still empty (stopWithWord has removed the temporaries in them), as a failed write does.
+ */
+let madeFolders: string[] = [];
+
 if (import.meta.main) {
+  stopWithWord("report", (how) => {
+    for (const dir of madeFolders) {
+      try {
+        Deno.removeSync(dir);
+      } catch { /* not empty: another program's files, or the report's own */ }
+    }
+    return Promise.resolve(`${how}; no file was left half-written`);
+  });
   await runMain("report", async (args) => {
     const parsed = parseReportArgs(args);
     const table = await report(parsed);
-    console.log(renderMarkdown(table).trimEnd());
+    await writeStdout(renderMarkdown(table).trimEnd() + "\n");
   }, REPORT_HELP);
 }

@@ -6,9 +6,39 @@
 import { jsonErrorText } from "./error_text.ts";
 import { readUtf8File, Utf8Error } from "./utf8.ts";
 
-/** The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`). */
+/** Temporary files of atomic writes under way (temporaryName until doneWithTemporary). */
+const pending = new Set<string>();
+
+/**
+ * The temporary file an atomic write of `path` goes through (`<path>.tmp-<8 hex digits>`), noted
+ * as pending until `doneWithTemporary`: a Ctrl-C meanwhile removes it (removePendingTemporaries).
+ */
 export function temporaryName(path: string): string {
-  return `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  pending.add(tmp);
+  return tmp;
+}
+
+/** The write through `tmp` is over: renamed into place, or removed. */
+export function doneWithTemporary(tmp: string): void {
+  pending.delete(tmp);
+}
+
+/**
+ * Removes the temporary files of the atomic writes under way; returns how many there were. What
+ * a program stopped by a signal does last (train/run_faults.ts stopWithWord): synchronous, as
+ * Deno.exit follows, and the targets stay whole (each write's rename has not happened, or its
+ * temporary is gone already).
+ */
+export function removePendingTemporaries(): number {
+  const count = pending.size;
+  for (const tmp of pending) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* renamed or removed meanwhile, or never made */ }
+  }
+  pending.clear();
+  return count;
 }
 
 const TEMPORARY = /\.tmp-[0-9a-f]{8}$/;
@@ -115,6 +145,8 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw new Error(`${path}: write failed: ${(e as Error).message}`);
+  } finally {
+    doneWithTemporary(tmp);
   }
   await syncFolderOf(target);
 }
@@ -128,15 +160,28 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
 export async function writeFilesAtomic(
   files: readonly (readonly [string, Uint8Array | string])[],
 ): Promise<void> {
-  const temporaries: string[] = [];
-  const clean = () => Promise.all(temporaries.map((t) => Deno.remove(t).catch(() => {})));
   const targets: string[] = [];
   for (const [path] of files) targets.push(await writtenPath(path));
+  const temporaries: string[] = [];
+  try {
+    await writeAndRename(files, targets, temporaries);
+  } finally {
+    for (const tmp of temporaries) doneWithTemporary(tmp);
+  }
+  for (const folder of new Set(targets.map(parentOf))) await syncFolder(folder);
+}
+
+/** writeFilesAtomic's writes and renames; `temporaries` gets each temporary name as it is made. */
+async function writeAndRename(
+  files: readonly (readonly [string, Uint8Array | string])[],
+  targets: string[],
+  temporaries: string[],
+): Promise<void> {
+  const clean = () => Promise.all(temporaries.map((t) => Deno.remove(t).catch(() => {})));
   for (const [i, [path, data]] of files.entries()) {
-    const tmp = temporaryName(targets[i]);
+    temporaries.push(temporaryName(targets[i]));
     try {
-      await writeSynced(tmp, data);
-      temporaries.push(tmp);
+      await writeSynced(temporaries[i], data);
     } catch (e) {
       await clean();
       throw new Error(`${path}: write failed: ${(e as Error).message}; no file was replaced`);
@@ -156,7 +201,6 @@ export async function writeFilesAtomic(
       );
     }
   }
-  for (const folder of new Set(targets.map(parentOf))) await syncFolder(folder);
 }
 
 /** The folder part of `path` ("." for a bare name, "/" at the root). */

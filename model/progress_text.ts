@@ -19,6 +19,20 @@ export function writeStderr(text: string): void {
   }
 }
 
+/**
+ * Writes all of `text` to stdout (the results meant for a script): a reader that stopped early
+ * (`| head`) wanted no more; any other failure (a full disk) is an error that names stdout.
+ */
+export async function writeStdout(text: string): Promise<void> {
+  const data = new TextEncoder().encode(text);
+  try {
+    for (let at = 0; at < data.length;) at += await Deno.stdout.write(data.subarray(at));
+  } catch (e) {
+    if (e instanceof Deno.errors.BrokenPipe) return;
+    throw new Error(`stdout: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 /** Bytes as MB (or GB above 1e9). */
 export function formatBytes(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;

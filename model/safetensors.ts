@@ -11,7 +11,13 @@
  * @module
  */
 
-import { isJsonObject, syncFolderOf, temporaryName, writeAll } from "./atomic_write.ts";
+import {
+  doneWithTemporary,
+  isJsonObject,
+  syncFolderOf,
+  temporaryName,
+  writeAll,
+} from "./atomic_write.ts";
 import { errorText, jsonErrorText } from "./error_text.ts";
 import { readUtf8File } from "./utf8.ts";
 
@@ -866,6 +872,8 @@ export async function writeSafetensors(
     file?.close();
     await Deno.remove(tmp).catch(() => {});
     throw new SafetensorsError(path, `write failed: ${errorText(e)}`);
+  } finally {
+    doneWithTemporary(tmp);
   }
   await syncFolderOf(path);
 }

@@ -7,6 +7,7 @@ import { capturingErrors } from "./train_fixture.ts";
 import {
   parentOf,
   removeEntries,
+  removePendingTemporaries,
   syncFolder,
   writeFileAtomic,
   writeFilesAtomic,
@@ -197,5 +198,58 @@ Deno.test("lockOutFolder: a folder the file system cannot lock is said in one li
     assertEquals(lines, []);
   } finally {
     await Deno.remove(lockable);
+  }
+});
+
+Deno.test("a write under way is pending until it ends; a Ctrl-C or SIGTERM then removes its temporary", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Finished writes, and failed ones, leave nothing pending (nothing for a signal to remove).
+    await writeFileAtomic(`${dir}/a.txt`, "a\n");
+    await writeFilesAtomic([[`${dir}/b.txt`, "b\n"], [`${dir}/c.txt`, "c\n"]]);
+    await assertRejects(() => writeFilesAtomic([[`${dir}/d.txt`, "d"], [`${dir}/no/e.txt`, "e"]]));
+    assertEquals(removePendingTemporaries(), 0);
+    // A program stopped by a signal mid-write: its temporary goes, the target stays as it was.
+    const script = `${dir}/stop.ts`;
+    const at = (path: string) => new URL(path, import.meta.url).href;
+    await Deno.writeTextFile(
+      script,
+      `import { stopWithWord } from "${at("../train/run_faults.ts")}";
+import { temporaryName, writeFileAtomic } from "${at("../model/atomic_write.ts")}";
+const [dir, signal] = Deno.args;
+stopWithWord("probe", (how) => Promise.resolve(how + "; said"));
+await writeFileAtomic(dir + "/done.txt", "whole\\n");
+const tmp = temporaryName(dir + "/kept.txt");
+await Deno.writeTextFile(tmp, "half");
+Deno.kill(Deno.pid, signal as Deno.Signal);
+await new Promise((r) => setTimeout(r, 20_000));
+`,
+    );
+    for (
+      const [signal, code, how] of [["SIGINT", 130, "interrupted"], [
+        "SIGTERM",
+        143,
+        "terminated by SIGTERM",
+      ]] as const
+    ) {
+      const folder = `${dir}/${signal}`;
+      await Deno.mkdir(folder);
+      await Deno.writeTextFile(`${folder}/kept.txt`, "old\n");
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, folder, signal],
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(r.stderr);
+      assertEquals(r.code, code, stderr);
+      assert(stderr.endsWith(`probe: ${how}; said\n`), stderr);
+      const names = [];
+      for await (const e of Deno.readDir(folder)) names.push(e.name);
+      assertEquals(names.sort(), ["done.txt", "kept.txt"]);
+      assertEquals(await Deno.readTextFile(`${folder}/kept.txt`), "old\n");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -81,6 +81,10 @@ const TRAIN_ROWS: Record<keyof typeof TRAIN_FLAGS, Row[]> = {
       'letters, digits, ".", "_", "-" and "/" (no "..", no leading "/" or ".")',
     ],
     [["--revision=/abs"], '--revision: invalid revision "/abs": …'],
+    [
+      ["--model", "tests", "--revision", "main"],
+      "--revision main: --model tests is a local folder; a revision applies only to hub ids",
+    ],
   ],
   data: [
     [["--data", "elsewhere"], { data: "elsewhere" }],
@@ -410,6 +414,10 @@ Deno.test("flags audit: predict.ts's flags", async () => {
       p.options.maxLength,
     ], [4, 64]],
     [["--revision", "v1.0"], (p) => [p.options.revision], ["v1.0"]],
+    [
+      ["--model", "tests", "--revision", "v1.0"],
+      "--revision v1.0: --model tests is a local folder; a revision applies only to hub ids",
+    ],
     [["--no-autotune"], (p) => [p.options.autotune?.enabled], [false]],
     [["--split", "val2"], '--split: "val2" is not one of train, val, test'],
     [["--split", "../../etc/passwd"], '--split: "../../etc/passwd" is not one of train, val, test'],

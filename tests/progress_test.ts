@@ -56,3 +56,24 @@ console.log(JSON.stringify({ at: performance.now(), drawn: chunks.join("") }));`
   const { at, drawn } = JSON.parse(new TextDecoder().decode(r.stdout));
   assert(drawn.startsWith("\r\x1b[Kmain "), `${JSON.stringify(drawn)} at ${at} ms`);
 });
+
+Deno.test("writeStdout: a full disk is an error naming stdout; a reader that stopped is not", async () => {
+  const url = new URL("../model/progress_text.ts", import.meta.url).href;
+  const script = `import { writeStdout } from "${url}";
+try {
+  await writeStdout("x".repeat(1 << 20));
+  console.error("written");
+} catch (e) {
+  console.error((e as Error).message);
+}`;
+  const run = async (redirect: string) => {
+    const r = await new Deno.Command("bash", {
+      args: ["-c", `"${Deno.execPath()}" eval --ext=ts "$SCRIPT" ${redirect}`],
+      env: { SCRIPT: script, NO_COLOR: "1" },
+      stderr: "piped",
+    }).output();
+    return new TextDecoder().decode(r.stderr).trim();
+  };
+  assertEquals(await run("> /dev/full"), "stdout: No space left on device (os error 28)");
+  assertEquals(await run("| head -c 10 > /dev/null"), "written");
+});

@@ -660,6 +660,8 @@ Deno.test("report: --out refuses a file, and a folder holding report.ts's output
     ],
     // A folder that takes no file, found before the work (it was found only at the write).
     ["/proc/ehft-report", "--out /proc/ehft-report: cannot write in /proc: "],
+    // An existing one: named as typed (not as the results.md in it).
+    ["/proc", "--out /proc: cannot write in /proc: "],
   ];
   for (const [out, message] of cases) {
     const lines: string[] = [];
@@ -685,6 +687,15 @@ Deno.test("report: --out refuses a file, and a folder holding report.ts's output
     () => checkOutDir(`${dir}/odd`, true),
     FlagError,
     `--out ${dir}/odd: ${dir}/odd/results.csv is not a file: choose another folder`,
+  );
+  // A file where the figures go: refused before the work (it was found at the write, exit 1).
+  await Deno.mkdir(`${dir}/fig-file`);
+  await Deno.writeTextFile(`${dir}/fig-file/figures`, "my notes\n");
+  await assertRejects(
+    () => checkOutDir(`${dir}/fig-file`, true),
+    FlagError,
+    `--out ${dir}/fig-file: ${dir}/fig-file/figures is not a folder (report.ts draws its ` +
+      "figures in one there): choose another folder",
   );
   // --overwrite without --out.
   assertThrows(
@@ -1241,6 +1252,7 @@ Deno.test("report: a run.json's seeds or a metric out of range is left out, name
       JSON.stringify({ settings, seed_folders: ["seed-1", "../../elsewhere"] }),
     );
     await single(`${dir}/over`, "rte", "ft", null, 2, { accuracy: 1.5 });
+    await single(`${dir}/nothing`, "rte", "ft", null, 4, { accuracy: null });
     await single(`${dir}/r`, "stsb", "ft", null, 3, { pearson: -0.25, spearman: 1 + 1e-15 });
     const found = await findRuns([dir]);
     assertEquals(found.runs.map((r) => r.path).sort(), [`${dir}/good`, `${dir}/r`]);
@@ -1261,6 +1273,12 @@ Deno.test("report: a run.json's seeds or a metric out of range is left out, name
     assertEquals(
       reasons.over,
       `unreadable: ${dir}/over/metrics.json: best.accuracy 1.5 is outside [0, 1]`,
+    );
+    // Undefined only where a metric can be (a correlation of constant predictions).
+    assertEquals(
+      reasons.nothing,
+      `unreadable: ${dir}/nothing/metrics.json: best.accuracy is null (only pearson and ` +
+        "spearman can be undefined)",
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

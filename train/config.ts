@@ -16,6 +16,7 @@ import type { Precision } from "../model/encoder.ts";
 import type { PeftName } from "../peft/method.ts";
 import { PEFT_DEFAULTS, PEFT_NAMES } from "../peft/method.ts";
 import {
+  checkRevisionTarget,
   choiceFlag,
   closestFlag,
   FlagError,
@@ -489,6 +490,7 @@ export function parseTrainArgs(
     } catch (e) {
       throw new FlagError(`--revision: ${(e as Error).message}`);
     }
+    checkRevisionTarget(config.model, config.revision);
   }
   // A method's settings typed for a run that does not use the method (a recipe's never conflict).
   const methodFlags = [["lora-r", "lora"], ["lora-alpha", "lora"], ["prefix-length", "prefix"]];

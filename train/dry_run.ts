@@ -39,6 +39,7 @@
 
 import { maxSequenceLength, readConfig } from "../model/config.ts";
 import { errorText } from "../model/error_text.ts";
+import { writeStdout } from "../model/progress_text.ts";
 import { hubOffline, isHubId, resolveModel } from "../model/hub.ts";
 import { envReader } from "../model/env.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
@@ -383,6 +384,6 @@ export async function dryRunFromArgs(
   }
   if (refused) report.ready = false;
   for (const note of report.notes ?? []) console.error(`dry run: ${note}`);
-  console.log(JSON.stringify(report));
+  await writeStdout(JSON.stringify(report) + "\n");
   return report;
 }

@@ -33,6 +33,24 @@ export class FlagError extends Error {
 }
 
 /**
+ * --revision with a --model that is a local folder: refused as typed (a revision means nothing
+ * there), before any work.
+ */
+export function checkRevisionTarget(model: string, revision: string | null | undefined): void {
+  if (revision === null || revision === undefined) return;
+  let folder = false;
+  try {
+    folder = Deno.statSync(model).isDirectory;
+  } catch { /* not a path here: a hub id */ }
+  if (folder) {
+    throw new FlagError(
+      `--revision ${revision}: --model ${model} is a local folder; a revision applies only to ` +
+        `hub ids`,
+    );
+  }
+}
+
+/**
  * The folder `dir` takes a file: one is made there and removed at once (a read-only mount, a
  * folder without write permission), else a FlagError starting with `what`.
  */

@@ -137,6 +137,10 @@ function bestOf(path: string, metrics: unknown): Record<string, number | null> {
   const out: Record<string, number | null> = {};
   for (const [k, v] of Object.entries(metrics.best)) {
     if (v !== null && typeof v !== "number") throw new Error(`${path}: best.${k} is not a number`);
+    // Undefined (NaN, written as null) only where a metric can be: r of constant predictions.
+    if (v === null && !UNDEFINED_WHEN_CONSTANT.has(k)) {
+      throw new Error(`${path}: best.${k} is null (only pearson and spearman can be undefined)`);
+    }
     // Fractions, and correlations in [-1, 1] (a float64 r can pass 1 by an ulp): anything else
     // is no score train.ts wrote (the table would show 150.0).
     const [low, high] = CORRELATIONS.has(k) ? [-1, 1] : [0, 1];
@@ -150,6 +154,8 @@ function bestOf(path: string, metrics: unknown): Record<string, number | null> {
 
 /** The metrics that are correlations (the others are fractions). */
 const CORRELATIONS = new Set(["mcc", "pearson", "spearman"]);
+// computeMetrics' NaN (constant predictions or labels; MCC is 0 there, as scikit-learn's).
+const UNDEFINED_WHEN_CONSTANT = new Set(["pearson", "spearman"]);
 
 /** `path` without `./` segments and repeated or trailing slashes: `./a//b/` reads `a/b`. */
 export function tidyPath(path: string): string {

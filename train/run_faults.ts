@@ -8,6 +8,7 @@ import type { StepStats } from "./trainer.ts";
 import { microBatchSize } from "./config.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
 import { openSafetensors } from "../model/safetensors.ts";
+import { removePendingTemporaries } from "../model/atomic_write.ts";
 
 /** A run stopped by a fault; its message is the whole story, on one line. */
 export class RunFaultError extends Error {
@@ -158,17 +159,19 @@ export function takeSignals(): Promise<void> {
 }
 
 /**
- * On Ctrl-C (SIGINT) or SIGTERM, says `name: <message(how)>` on stderr and exits with the shell's
- * status for the signal (130, 143): `how` is "interrupted" or "terminated by SIGTERM". A SIGTERM
- * (a scheduler's time limit, with a grace period before its SIGKILL) during a training loop is
- * kept for the loop's step end instead: it writes a checkpoint there, so the resumed run loses
- * no step; a second one stops at once. SIGHUP keeps its default (a handler would undo nohup);
- * Windows has SIGINT alone.
+ * On Ctrl-C (SIGINT) or SIGTERM, removes the temporary files of the atomic writes under way
+ * (their targets stay as they were), says `name: <message(how)>` on stderr and exits with the
+ * shell's status for the signal (130, 143): `how` is "interrupted" or "terminated by SIGTERM".
+ * A SIGTERM (a scheduler's time limit, with a grace period before its SIGKILL) during a training
+ * loop is kept for the loop's step end instead: it writes a checkpoint there, so the resumed run
+ * loses no step; a second one stops at once. SIGHUP keeps its default (a handler would undo
+ * nohup); Windows has SIGINT alone.
  */
 export function stopWithWord(name: string, message: (how: string) => Promise<string>): void {
   for (const [signal, how, status] of STOP_SIGNALS) {
     if (Deno.build.os === "windows" && signal !== "SIGINT") continue;
     const stop = async () => {
+      removePendingTemporaries();
       console.error(`\n${name}: ${await message(how)}`);
       Deno.exit(status);
     };
