@@ -9,7 +9,7 @@
 // WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
 // computes from the examples' character spans (train/batches.ts exampleTokenSpans).
 
-import { getGpu } from "./kernels/device.ts";
+import { getGpu, type Gpu } from "./kernels/device.ts";
 import { checkRevision } from "./model/hub.ts";
 import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { BindGroupCache, Recorder } from "./kernels/recorder.ts";
@@ -97,6 +97,8 @@ export interface PredictOptions {
    * built-in choice). The predictions are bitwise the same either way.
    */
   autotune?: TuneRequest;
+  /** The GPU to run on; default the process-wide one (`getGpu`). */
+  gpu?: Gpu;
 }
 
 /** One example's prediction. */
@@ -236,7 +238,7 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const maxSeq = Math.max(1, ...batches.map((b) => b.seqLen));
     const maxBatch = Math.max(1, ...batches.map((b) => b.batch));
 
-    const gpu = await getGpu();
+    const gpu = options.gpu ?? await getGpu();
     if (options.autotune) {
       const shapes = modelTuneShapes(config, {
         rows: maxBatch * maxSeq,

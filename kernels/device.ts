@@ -104,6 +104,8 @@ export class Gpu {
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestampQuery = device.features.has("timestamp-query");
     device.lost.then((info) => {
+      // destroy() said so already.
+      if (this.lost) return;
       this.lost = new DeviceLostError(info.reason ?? "unknown", info.message);
       // A loss we did not cause must be seen even if no further GPU call is made.
       if (!this.destroyed) console.error(this.lost.message);
@@ -197,6 +199,9 @@ export class Gpu {
   /** Releases the device. Later calls throw DeviceLostError("destroyed"). */
   destroy(): void {
     this.destroyed = true;
+    // At once: the device's own loss report comes a moment later, and an allocation meanwhile
+    // would be made on a destroyed device.
+    this.lost ??= new DeviceLostError("destroyed", "Gpu.destroy() was called");
     this.device.destroy();
   }
 }
@@ -252,23 +257,31 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
 let shared: Promise<Gpu> | null = null;
 
 /**
- * The process-wide GPU, acquired on first use and destroyed when the program (or, under
+ * The process-wide GPU, acquired on first use (and again after it was lost or destroyed: a
+ * long-lived program goes on with a new device) and destroyed when the program (or, under
  * `deno test`, each test module's isolate) unloads. A rare abort after all tests passed (glibc
  * "corrupted size vs. prev_size", "malloc_consolidate()") is `deno test`'s own: its main thread
  * calls exit() while the last module's worker thread is still tearing down that module's WebGPU
  * and lavapipe state. `deno run` (train.ts, predict.ts, pretrain.ts, tasks/) tears down on the
  * main thread before exiting: 0 aborts in 510 runs.
  */
-export function getGpu(): Promise<Gpu> {
+export async function getGpu(): Promise<Gpu> {
+  const current = shared;
+  if (current) {
+    const gpu = await current.catch(() => null);
+    // Another caller may have replaced it meanwhile: that one is kept.
+    if (gpu?.lost && shared === current) shared = null;
+  }
   if (!shared) {
-    shared = requestGpu();
-    shared.then((gpu) => {
+    const acquired = requestGpu();
+    shared = acquired;
+    acquired.then((gpu) => {
       globalThis.addEventListener("unload", () => {
         if (!gpu.lost) gpu.destroy();
       });
     }, () => {
       // A failed acquisition must not be cached: the next caller gets a fresh try and error.
-      shared = null;
+      if (shared === acquired) shared = null;
     });
   }
   return shared;

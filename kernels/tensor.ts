@@ -60,6 +60,9 @@ export function tensorUsage(): number {
   return GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 }
 
+/** Buffers whose tensor (or a view of it) was destroyed: a later upload or download says so. */
+const destroyedBuffers = new WeakSet<GPUBuffer>();
+
 /**
  * A GPU buffer (or a slice of one), a shape and a dtype, elements dense and row-major.
  * Make one with createTensor or tensorFromArray; destroy() frees the buffer.
@@ -126,6 +129,7 @@ export class Tensor {
    * commands read, or they may read the new data.
    */
   upload(data: HostArray): void {
+    this.assertNotDestroyed("upload to");
     if (data.length !== this.numel || dtypeOf(data) !== this.dtype) {
       throw new GpuError(
         `tensor "${this.label}": cannot upload ${data.length} ${dtypeOf(data)} values into ` +
@@ -154,6 +158,7 @@ export class Tensor {
     if (chunkBytes <= 0 || chunkBytes % 4 !== 0) {
       throw new Error(`download: chunkBytes ${chunkBytes} is not a positive multiple of 4`);
     }
+    this.assertNotDestroyed("download of");
     const gpu = this.gpu;
     await gpu.flushErrors();
     const size = this.bindingSize;
@@ -207,8 +212,16 @@ export class Tensor {
 
   /** Frees the whole buffer (also when called on a view) and stops counting it in liveBytes. */
   destroy(): void {
+    destroyedBuffers.add(this.buffer);
     this.gpu.untrackBuffer(this.buffer);
     this.buffer.destroy();
+  }
+
+  /** Throws a GpuError naming the tensor if its buffer was destroyed (WebGPU would say so late). */
+  private assertNotDestroyed(what: string): void {
+    if (destroyedBuffers.has(this.buffer)) {
+      throw new GpuError(`${what} tensor "${this.label}": the tensor was destroyed`);
+    }
   }
 }
 
@@ -220,6 +233,13 @@ export function createTensor(
   label: string,
 ): Tensor {
   checkShape(label, shape);
+  // A JavaScript caller's dtype is not type-checked (a NaN-sized buffer otherwise).
+  if (!Object.hasOwn(DTYPE_BYTES, dtype)) {
+    throw new GpuError(
+      `tensor "${label}": dtype ${JSON.stringify(dtype)} is not one of ` +
+        Object.keys(DTYPE_BYTES).join(", "),
+    );
+  }
   const bytes = roundUp4(numelOf(shape) * DTYPE_BYTES[dtype]);
   const max = gpu.limits.maxBufferSize;
   if (bytes > max) {

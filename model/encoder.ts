@@ -604,6 +604,8 @@ export class Encoder {
   readonly maxPrefix: number;
   /** Forward only: no gradients, and `backward` throws. */
   readonly inference: boolean;
+  /** Set by destroy(): every later use is refused, naming the call. */
+  private destroyed = false;
   /** The attention kernels this encoder runs (EncoderOptions.attention). */
   readonly attention: "flash" | "materialized";
   /** EncoderOptions.precision. */
@@ -882,6 +884,7 @@ export class Encoder {
    * batch's work was submitted (the uploads are queued before the next submit).
    */
   setBatch(b: EncoderBatch): void {
+    this.assertNotDestroyed("setBatch");
     const { batch: B, seqLen: S } = b;
     const c = this.config;
     if (!Number.isSafeInteger(B) || B < 1 || B > this.maxBatch) {
@@ -933,6 +936,7 @@ export class Encoder {
 
   /** Records the forward pass of the current batch; returns the final hidden state [B, S, H]. */
   forward(rec: Recorder, opts: ForwardOptions = {}): Tensor {
+    this.assertNotDestroyed("forward");
     const B = this.batch, S = this.seq;
     if (B === 0) throw new Error("Encoder.forward: no batch (call setBatch first)");
     const c = this.config;
@@ -982,6 +986,7 @@ export class Encoder {
    * parameters and calls the hooks' backward; stops below the lowest layer that needs anything.
    */
   backward(rec: Recorder, dHidden: Tensor, opts: BackwardOptions = {}): void {
+    this.assertNotDestroyed("backward");
     if (this.inference) throw new Error("Encoder.backward: this encoder is inference-only");
     const state = this.state;
     if (!state || state.batch !== this.batch || state.seq !== this.seq) {
@@ -1016,8 +1021,14 @@ export class Encoder {
     return encoderGradients(this.grads);
   }
 
+  /** Throws naming `call` once destroy() was called. */
+  private assertNotDestroyed(call: string): void {
+    if (this.destroyed) throw new Error(`Encoder.${call}: the encoder was destroyed`);
+  }
+
   /** Frees every GPU buffer of the encoder (parameters, gradients, arena). */
   destroy(): void {
+    this.destroyed = true;
     const seen = new Set<GPUBuffer>();
     const free = (t: Tensor | null | undefined) => {
       if (t && !seen.has(t.buffer)) {

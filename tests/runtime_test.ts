@@ -1,7 +1,13 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
-import { DeviceLostError, GpuError, NoAdapterError, requestGpu } from "../kernels/device.ts";
+import {
+  DeviceLostError,
+  getGpu,
+  GpuError,
+  NoAdapterError,
+  requestGpu,
+} from "../kernels/device.ts";
 import { fill } from "../kernels/fill.ts";
 import { grid1d } from "../kernels/grid.ts";
 import { getPipeline } from "../kernels/pipeline.ts";
@@ -67,6 +73,21 @@ gpuTest("runtime: uploading the wrong length or dtype is refused", (gpu) => {
   assertThrows(() => t.upload(new Int32Array(15)), GpuError, "i32");
   t.destroy();
 });
+
+gpuTest(
+  "runtime: a destroyed tensor (or a view of its buffer) is refused at the call",
+  async (gpu) => {
+    const t = createTensor(gpu, [512], "f32", "gone");
+    const view = t.view(256, [4], "gone[view]");
+    t.destroy();
+    const said = (what: string, label: string) =>
+      `${what} tensor "${label}": the tensor was destroyed`;
+    assertThrows(() => t.upload(new Float32Array(512)), GpuError, said("upload to", "gone"));
+    assertThrows(() => view.upload(new Float32Array(4)), GpuError, said("upload to", "gone[view]"));
+    await assertRejects(() => t.download(), GpuError, said("download of", "gone"));
+    await gpu.flushErrors();
+  },
+);
 
 gpuTest("runtime: fill overwrites every element of poisoned tensors", async (gpu) => {
   const rec = new Recorder(gpu);
@@ -194,6 +215,8 @@ Deno.test({
     const rec = new Recorder(gpu);
     fill(rec, t, 1); // recorded before the loss, submitted after it
     gpu.destroy();
+    // At once, not only once the device's loss report has come.
+    assertThrows(() => createTensor(gpu, [3], "f32", "at once"), DeviceLostError, "destroyed");
     await gpu.device.lost;
     await new Promise((r) => setTimeout(r, 0));
     const err = await assertRejects(() => rec.submit(), DeviceLostError);
@@ -201,5 +224,30 @@ Deno.test({
     assertThrows(() => fill(rec, t, 2), DeviceLostError);
     assertThrows(() => createTensor(gpu, [3], "f32", "after"), DeviceLostError);
     await assertRejects(() => t.download(), DeviceLostError);
+    // A dtype no type checker saw (a JavaScript caller).
+    assertThrows(
+      () => createTensor(gpu, [3], "f64" as never, "x"),
+      GpuError,
+      'tensor "x": dtype "f64" is not one of f32, f16, i32, u32',
+    );
+  },
+});
+
+Deno.test({
+  name: "runtime: getGpu gives a new device once the process-wide one is lost",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const first = await getGpu();
+    assert((await getGpu()) === first, "the same device while it lives");
+    first.destroy();
+    const second = await getGpu();
+    assert(second !== first && second.lost === null, "a new device after the loss");
+    // Usable: a tensor filled and read back.
+    const t = createTensor(second, [2], "f32", "t");
+    const rec = new Recorder(second);
+    fill(rec, t, 3);
+    await rec.submit();
+    assertEquals([...(await t.download())], [3, 3]);
+    t.destroy();
   },
 });

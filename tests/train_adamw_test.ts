@@ -9,7 +9,7 @@
 // within 1e-2 · lr · steps of the reference's change (Adam moves each element by up to ~lr per
 // step whatever its gradient's size, so the changes, not relative gradients, are compared).
 
-import { assert, assertClose, assertEquals } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest } from "./gpu_fixture.ts";
 import { referenceBatches } from "./train_fixture.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -130,5 +130,99 @@ gpuTest(
       Recorder.prototype.dispatch = dispatch;
       setMatmulTuner(gpu, undefined);
     }
+  },
+);
+
+gpuTest(
+  "train: settings the Trainer cannot train with are refused, naming the setting",
+  async (gpu) => {
+    const config = await readConfig(`${DIR}/config.json`);
+    const base = {
+      config,
+      loss: "bce" as const,
+      headClasses: 1,
+      maxExamples: 2,
+      maxSeq: 8,
+      dropout: 0,
+      headSeed: 0,
+      dropoutSeed: 0,
+    };
+    const refused = (opts: Record<string, unknown>, message: string) => {
+      let error: Error | null = null;
+      try {
+        new Trainer(gpu, { ...base, ...opts } as typeof base).destroy();
+      } catch (e) {
+        error = e as Error;
+      }
+      assert(error?.message === message, `${JSON.stringify(opts)}: ${error?.message}`);
+    };
+    refused({ loss: "hinge" }, 'Trainer: loss "hinge" is not one of bce, ce, mse');
+    refused({ headClasses: 0 }, "Trainer: headClasses 0 is not a positive integer");
+    // Softmax over one output: a loss and gradient of 0 whatever the head says.
+    refused(
+      { loss: "ce" },
+      "Trainer: cross-entropy over a 1-output head needs inputsPerExample > 1 (the choices of a " +
+        "multiple-choice task); with one input, give headClasses ≥ 2, or loss bce",
+    );
+    const trainer = new Trainer(gpu, base);
+    try {
+      const head = { head: true, backbone: "all", peft: false } as const;
+      const stage = (
+        trains: Record<string, unknown>,
+        adamw: Record<string, unknown>,
+        message: string,
+      ) => {
+        let error: Error | null = null;
+        try {
+          trainer.beginStage({ ...head, ...trains } as typeof head, {
+            ...ADAMW_DEFAULTS,
+            ...adamw,
+          });
+        } catch (e) {
+          error = e as Error;
+        }
+        assert(error?.message === message, `${JSON.stringify(adamw)}: ${error?.message}`);
+      };
+      stage({}, { beta1: 2 }, "Trainer.beginStage: AdamW's beta1 is 2, expected a value in [0, 1)");
+      stage(
+        {},
+        { eps: -1 },
+        "Trainer.beginStage: AdamW's eps is -1, expected a value finite and ≥ 0",
+      );
+      stage(
+        {},
+        { beta2: NaN },
+        "Trainer.beginStage: AdamW's beta2 is NaN, expected a value in [0, 1)",
+      );
+      stage(
+        {},
+        { maxGradNorm: Infinity },
+        "Trainer.beginStage: AdamW's maxGradNorm is Infinity, expected a value finite and ≥ 0 " +
+          "(0: no clipping)",
+      );
+      stage(
+        { backbone: "some" },
+        {},
+        'Trainer.beginStage: backbone "some" is not one of all, none, peft',
+      );
+      // Refused before anything changed: no stage begun.
+      assert(trainer.trainableParameters().size === 0, "a refused stage began");
+      trainer.beginStage(head, ADAMW_DEFAULTS);
+    } finally {
+      trainer.destroy();
+    }
+    // Used after destroy(): said at the call, not as an internal buffer's error at the next
+    // submit (nor as "no stage begun").
+    const batch = { batch: 1, seqLen: 2, ids: new Int32Array(2), mask: new Int32Array([1, 1]) };
+    await assertRejects(
+      () => trainer.step({ encoder: batch, targets: new Float32Array(1) } as never, 1e-3, 0),
+      Error,
+      "Trainer.step: the trainer was destroyed",
+    );
+    assertThrows(
+      () => trainer.encoder.setBatch(batch as never),
+      Error,
+      "Encoder.setBatch: the encoder was destroyed",
+    );
   },
 );

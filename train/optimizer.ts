@@ -52,6 +52,26 @@ export interface AdamwSettings {
   maxGradNorm: number;
 }
 
+/**
+ * Throws an Error starting with `who` that names the first setting out of its range: beta1 and
+ * beta2 in [0, 1), eps, weightDecay and maxGradNorm finite and ≥ 0 (a NaN is out of every range).
+ */
+export function checkAdamwSettings(who: string, s: AdamwSettings): void {
+  const ranges: [keyof AdamwSettings, string, (v: number) => boolean][] = [
+    ["beta1", "in [0, 1)", (v) => v >= 0 && v < 1],
+    ["beta2", "in [0, 1)", (v) => v >= 0 && v < 1],
+    ["eps", "finite and ≥ 0", (v) => v >= 0 && v < Infinity],
+    ["weightDecay", "finite and ≥ 0", (v) => v >= 0 && v < Infinity],
+    ["maxGradNorm", "finite and ≥ 0 (0: no clipping)", (v) => v >= 0 && v < Infinity],
+  ];
+  for (const [name, range, ok] of ranges) {
+    const v = s[name];
+    if (typeof v !== "number" || !ok(v)) {
+      throw new Error(`${who}: AdamW's ${name} is ${v}, expected a value ${range}`);
+    }
+  }
+}
+
 /** The paper's AdamW: β (0.9, 0.98), ε 1e-6, weight decay 0.1; the official code's clip 0.1. */
 export const ADAMW_DEFAULTS: AdamwSettings = {
   beta1: 0.9,
@@ -146,10 +166,7 @@ export class AdamW {
         );
       }
     }
-    const s = settings;
-    if (!(s.weightDecay >= 0) || !(s.maxGradNorm >= 0) || !(s.eps >= 0)) {
-      throw new Error(`AdamW: bad settings ${JSON.stringify(s)}`);
-    }
+    checkAdamwSettings("AdamW", settings);
     this.gpu = gpu;
     this.settings = { ...settings };
     this.tensors = [...tensors];

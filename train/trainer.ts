@@ -60,7 +60,13 @@ import { createHead, type Head, HEAD_WIDTH, headGradients, headParameters } from
 import type { SafetensorsReader } from "../model/safetensors.ts";
 import type { PeftMethod } from "../peft/method.ts";
 import type { TrainBatch } from "./batches.ts";
-import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
+import {
+  AdamW,
+  type AdamwSettings,
+  checkAdamwSettings,
+  isNoDecayName,
+  type TrainableTensor,
+} from "./optimizer.ts";
 import type { StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
 
@@ -152,6 +158,9 @@ export interface StepStats {
 /** Steps whose stats wait on the GPU before a download. */
 const STATS_CAPACITY = 64;
 
+const LOSS_KINDS: readonly LossKind[] = ["bce", "ce", "mse"];
+const BACKBONE_TRAINS: readonly StageTrains["backbone"][] = ["all", "none", "peft"];
+
 /**
  * One model being trained: encoder, EH-FT head, optional PEFT method, loss and the current
  * stage's optimizer. The encoder starts zeroed (load it, e.g. with loadBackbone); `beginStage`
@@ -205,6 +214,8 @@ export class Trainer {
   private readonly bindGroups = new BindGroupCache();
   private readonly flushEvery: number;
   private statsOnHost: StepStats[] = [];
+  /** Set by destroy(): every later use is refused, naming the call. */
+  private destroyed = false;
 
   /** Allocates encoder, head and loss buffers; throws when loss, head and inputs do not fit. */
   constructor(gpu: Gpu, opts: TrainerOptions) {
@@ -216,6 +227,19 @@ export class Trainer {
     }
     const policy = { ...LOSS_SCALE_DEFAULTS, ...opts.lossScale };
     checkLossScaleSettings("Trainer", policy);
+    if (!LOSS_KINDS.includes(opts.loss)) {
+      throw new Error(`Trainer: loss "${opts.loss}" is not one of ${LOSS_KINDS.join(", ")}`);
+    }
+    if (!Number.isSafeInteger(opts.headClasses) || opts.headClasses < 1) {
+      throw new Error(`Trainer: headClasses ${opts.headClasses} is not a positive integer`);
+    }
+    // Softmax over one output is 1 whatever it is: a loss and gradient of 0, nothing trains.
+    if (opts.loss === "ce" && opts.headClasses === 1 && k === 1) {
+      throw new Error(
+        "Trainer: cross-entropy over a 1-output head needs inputsPerExample > 1 (the choices " +
+          "of a multiple-choice task); with one input, give headClasses ≥ 2, or loss bce",
+      );
+    }
     if (k > 1 && (opts.headClasses !== 1 || opts.loss !== "ce")) {
       throw new Error(
         `Trainer: ${k} inputs per example need a 1-output head and cross-entropy over the ` +
@@ -315,6 +339,15 @@ export class Trainer {
    * fresh optimizer (zero moments, step 0).
    */
   beginStage(trains: StageTrains, adamw: AdamwSettings): void {
+    this.assertNotDestroyed("beginStage");
+    // Checked before anything changes: a refused stage leaves the trainer as it was.
+    checkAdamwSettings("Trainer.beginStage", adamw);
+    if (!BACKBONE_TRAINS.includes(trains.backbone)) {
+      throw new Error(
+        `Trainer.beginStage: backbone "${trains.backbone}" is not one of ` +
+          BACKBONE_TRAINS.join(", "),
+      );
+    }
     // The last stage's bind groups name its optimizer's buffers, destroyed below.
     this.bindGroups.clear();
     if (trains.peft && !this.peft) throw new Error("Trainer: the stage trains a PEFT method");
@@ -410,6 +443,7 @@ export class Trainer {
    * gradAccum is 1 (or dropout is off: with gradAccum K it draws the masks of step · K).
    */
   async step(batch: TrainBatch | readonly TrainBatch[], lr: number, step: number): Promise<void> {
+    this.assertNotDestroyed("step");
     const optimizer = this.optimizer;
     if (!optimizer) throw new Error("Trainer.step: no stage begun");
     const parts: readonly TrainBatch[] = Array.isArray(batch) ? batch : [batch as TrainBatch];
@@ -611,6 +645,7 @@ export class Trainer {
    * logits, or k choice logits per example.
    */
   async predict(batches: readonly TrainBatch[]): Promise<Float32Array[]> {
+    this.assertNotDestroyed("predict");
     if (batches.length === 0) return [];
     const C = this.outputs;
     // The head's logits are [rows, classes]; `outputs` values per example either way.
@@ -694,8 +729,14 @@ export class Trainer {
     }
   }
 
+  /** Throws naming `call` once destroy() was called. */
+  private assertNotDestroyed(call: string): void {
+    if (this.destroyed) throw new Error(`Trainer.${call}: the trainer was destroyed`);
+  }
+
   /** Frees every GPU buffer: optimizer, PEFT method, encoder, head and loss buffers. */
   destroy(): void {
+    this.destroyed = true;
     this.bindGroups.clear();
     this.optimizer?.destroy();
     this.optimizer = null;
