@@ -118,11 +118,11 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
   const { batchSize, maxLength } = options;
   if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE) {
     throw new FlagError(
-      `--batch-size: expected an integer in [1, ${MAX_BATCH_SIZE}], got ${batchSize}`,
+      `--batch-size (batchSize): expected an integer in [1, ${MAX_BATCH_SIZE}], got ${batchSize}`,
     );
   }
   if (maxLength !== undefined && (!Number.isSafeInteger(maxLength) || maxLength < 2)) {
-    throw new FlagError(`--max-length: expected an integer ≥ 2, got ${maxLength}`);
+    throw new FlagError(`--max-length (maxLength): expected an integer ≥ 2, got ${maxLength}`);
   }
   // The unused tensors are named below, once the model is known to be one predict.ts can run.
   const model = await openModel(options.model, { revision: options.revision, noteUnused: false });

@@ -458,10 +458,10 @@ Deno.test("predict(): a library caller's batch size or max length is checked bef
   const base = { model: "/nonexistent/model", task: rte, data: "/nonexistent", split: "val" };
   for (
     const [edit, message] of [
-      [{ batchSize: 0 }, "--batch-size: expected an integer in [1, 65536], got 0"],
-      [{ batchSize: 2.5 }, "--batch-size: expected an integer in [1, 65536], got 2.5"],
-      [{ batchSize: NaN }, "--batch-size: expected an integer in [1, 65536], got NaN"],
-      [{ batchSize: 8, maxLength: 1 }, "--max-length: expected an integer ≥ 2, got 1"],
+      [{ batchSize: 0 }, "--batch-size (batchSize): expected an integer in [1, 65536], got 0"],
+      [{ batchSize: 2.5 }, "--batch-size (batchSize): expected an integer in [1, 65536], got 2.5"],
+      [{ batchSize: NaN }, "--batch-size (batchSize): expected an integer in [1, 65536], got NaN"],
+      [{ batchSize: 8, maxLength: 1 }, "--max-length (maxLength): expected an integer ≥ 2, got 1"],
     ] as const
   ) {
     const e = await assertRejects(() => predict({ ...base, ...edit }), FlagError);

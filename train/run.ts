@@ -344,8 +344,8 @@ async function trainPrepared(
       if (kept !== null) console.error(`--overwrite: ${kept}`);
     } else if (!config.resume) {
       throw new FlagError(
-        `${out} already holds a run (${entries.join(", ")}): pass --resume to ` +
-          `continue it or --overwrite to replace it`,
+        `${out} already holds a run (${entries.join(", ")}): pass --resume (resume: true) ` +
+          `to continue it or --overwrite (overwrite: true) to replace it`,
       );
     }
   }
