@@ -33,7 +33,7 @@ import {
 } from "./layernorm.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { expectBindings, expectShape, type Tensor } from "./tensor.ts";
 
 /** WGSL giving element `i` of dropout(`value`) (or `value` itself without dropout). */
 function dropped(dropout: boolean, value: string, i: string): string {
@@ -216,34 +216,6 @@ function expectRowStat(op: string, name: string, t: Tensor, lead: number[], rows
   expectShape(op, name, t, isLead ? lead : [rows], "f32");
 }
 
-/** Throws unless every tensor fits one binding and no written tensor shares a read one's buffer. */
-function checkBindings(
-  op: string,
-  read: Record<string, Tensor | undefined>,
-  written: Record<string, Tensor | undefined>,
-): void {
-  const all = { ...read, ...written };
-  for (const [name, t] of Object.entries(all)) if (t) expectBindable(op, name, t);
-  // WebGPU refuses one buffer bound both read-only and read_write in a dispatch; two written
-  // tensors in one buffer would race unless their ranges are disjoint (e.g. dGamma and dBeta in
-  // a gradient arena, kernels/arena.ts).
-  const w = Object.entries(written).filter((e): e is [string, Tensor] => e[1] !== undefined);
-  const overlap = (a: Tensor, b: Tensor) =>
-    a.offset < b.offset + b.bindingSize && b.offset < a.offset + a.bindingSize;
-  for (const [wName, wt] of w) {
-    for (const [name, t] of Object.entries(all)) {
-      const bothWritten = name in written;
-      if (
-        t && name !== wName && t.buffer === wt.buffer && (!bothWritten || overlap(t, wt))
-      ) {
-        throw new GpuError(
-          `${op}: ${wName} ("${wt.label}") shares a GPU buffer with ${name} ("${t.label}")`,
-        );
-      }
-    }
-  }
-}
-
 /** Dropout settings for the kernels' uniform; p = 0 (or none) runs the mask-free pipeline. */
 function dropoutParams(op: string, d: DropoutConfig | undefined) {
   if (d) checkDropout(op, d);
@@ -294,7 +266,7 @@ export function addLayerNormForward(
   if (rstd) expectRowStat(op, "rstd", rstd, lead, rows);
   if (!(eps >= 0)) throw new GpuError(`${op}: eps ${eps} is not a non-negative number`);
   const d = dropoutParams(op, args.dropout);
-  checkBindings(op, { dense, residual, gamma, beta }, { out, xhat, rstd });
+  expectBindings(op, { dense, residual, gamma, beta }, { out, xhat, rstd });
 
   const save = xhat !== undefined;
   const params = new Uint32Array([rows, h, 0, d.seed, d.stream, 0, 0, 0]);
@@ -349,7 +321,7 @@ export function addLayerNormBackward(
   if (dGamma) expectShape(op, "dGamma", dGamma, [h], "f32");
   if (dBeta) expectShape(op, "dBeta", dBeta, [h], "f32");
   const d = dropoutParams(op, args.dropout);
-  checkBindings(op, { xhat, rstd, gamma, dOut }, { dDense, dResidual, dGamma, dBeta });
+  expectBindings(op, { xhat, rstd, gamma, dOut }, { dDense, dResidual, dGamma, dBeta });
 
   if (dDense || dResidual) {
     const accumulate = args.accumulateResidual ? 1 : 0;

@@ -29,7 +29,7 @@ import { GpuError } from "./device.ts";
 import { grid1d, range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { expectBindings, expectShape, type Tensor } from "./tensor.ts";
 import { Workspace } from "./workspace.ts";
 
 const WORKGROUP = 256;
@@ -532,9 +532,7 @@ export function layerNormForward(
   expectShape(op, "beta", beta, [h], "f32");
   expectShape(op, "out", out, x.shape, "f32");
   if (!(eps >= 0)) throw new GpuError(`${op}: eps ${eps} is not a non-negative number`);
-  for (const [name, t] of Object.entries({ x, gamma, beta, out, mean, rstd })) {
-    expectBindable(op, name, t);
-  }
+  expectBindings(op, { x, gamma, beta }, { out, mean, rstd });
   const params = new Uint32Array([rows, h, 0]);
   new Float32Array(params.buffer)[2] = eps;
   rec.dispatch(
@@ -574,17 +572,7 @@ export function layerNormBackward(
   expectShape(op, "dX", dX, x.shape, "f32");
   if (dGamma) expectShape(op, "dGamma", dGamma, [h], "f32");
   if (dBeta) expectShape(op, "dBeta", dBeta, [h], "f32");
-  const bound: Record<string, Tensor | undefined> = {
-    x,
-    gamma,
-    mean,
-    rstd,
-    dOut,
-    dX,
-    dGamma,
-    dBeta,
-  };
-  for (const [name, t] of Object.entries(bound)) if (t) expectBindable(op, name, t);
+  expectBindings(op, { x, gamma, mean, rstd, dOut }, { dX, dGamma, dBeta });
 
   const gpu = rec.gpu;
   rec.dispatch(

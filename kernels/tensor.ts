@@ -340,3 +340,31 @@ export function expectBindable(op: string, name: string, t: Tensor): void {
     );
   }
 }
+
+/** Throws unless every tensor fits one binding and no written tensor shares a read one's buffer. */
+export function expectBindings(
+  op: string,
+  read: Record<string, Tensor | undefined>,
+  written: Record<string, Tensor | undefined>,
+): void {
+  const all = { ...read, ...written };
+  for (const [name, t] of Object.entries(all)) if (t) expectBindable(op, name, t);
+  // WebGPU refuses one buffer bound both read-only and read_write in a dispatch; two written
+  // tensors in one buffer would race unless their ranges are disjoint (e.g. dGamma and dBeta in
+  // a gradient arena, kernels/arena.ts).
+  const w = Object.entries(written).filter((e): e is [string, Tensor] => e[1] !== undefined);
+  const overlap = (a: Tensor, b: Tensor) =>
+    a.offset < b.offset + b.bindingSize && b.offset < a.offset + a.bindingSize;
+  for (const [wName, wt] of w) {
+    for (const [name, t] of Object.entries(all)) {
+      const bothWritten = name in written;
+      if (
+        t && name !== wName && t.buffer === wt.buffer && (!bothWritten || overlap(t, wt))
+      ) {
+        throw new GpuError(
+          `${op}: ${wName} ("${wt.label}") shares a GPU buffer with ${name} ("${t.label}")`,
+        );
+      }
+    }
+  }
+}

@@ -6,6 +6,7 @@
 // Every name and shape is checked before a single byte goes to the GPU, so a wrong checkpoint
 // fails fast with the tensor named.
 
+import { errorText } from "./error_text.ts";
 import type { ModelConfig } from "./config.ts";
 import { encoderParameterShapes } from "./encoder.ts";
 import { openSafetensors, type SafetensorsReader, writeSafetensors } from "./safetensors.ts";
@@ -464,7 +465,12 @@ async function checkSaved(dir: string, options: SaveModelOptions): Promise<void>
 export async function saveModel(dir: string, options: SaveModelOptions): Promise<void> {
   const { config } = options;
   await checkSaved(dir, options);
-  await Deno.mkdir(dir, { recursive: true });
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    // An existing file at dir, or on the way to it.
+    throw new CheckpointError(dir, `cannot make the model's folder: ${errorText(e)}`);
+  }
   const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
   const add = async (name: string, t: Tensor) => {
     if (tensors[name]) throw new CheckpointError(dir, `tensor "${name}" given twice`);

@@ -288,7 +288,17 @@ export function mergeLora(
   // Check every weight before recording anything.
   const weights = lora.sites.map((s) => {
     const w = params.get(`${s.path}.weight`);
-    if (!w) throw new Error(`${op}: no tensor "${s.path}.weight" among the encoder's parameters`);
+    if (!w) {
+      // Trainer.backboneParameters() names them with the model's prefix ("bert.encoder...").
+      const prefixed = [...params.keys()].find((n) => n.endsWith(`.${s.path}.weight`));
+      throw new Error(
+        `${op}: no tensor "${s.path}.weight" among the encoder's parameters` +
+          (prefixed
+            ? ` (they are named "${prefixed}": give the names encoderParameters gives, ` +
+              `relative to the model's prefix)`
+            : ""),
+      );
+    }
     expectShape(op, `${s.path}.weight`, w, [s.outFeatures, s.inFeatures], "f32");
     return w;
   });

@@ -390,6 +390,14 @@ gpuTest(
         `backbone tensor "bert.${[...backbone.keys()][0]}" is not one of a bert encoder's (its ` +
           `names are relative to "bert.", as encoderParameters gives them: drop the "bert.")`,
       );
+      // A file where the folder goes: one CheckpointError naming it, the file kept.
+      await Deno.writeTextFile(`${dir}/a-file`, "mine\n");
+      await assertRejects(
+        () => saveModel(`${dir}/a-file`, { config, backbone, head }),
+        CheckpointError,
+        `${dir}/a-file: cannot make the model's folder: `,
+      );
+      assertEquals(await Deno.readTextFile(`${dir}/a-file`), "mine\n");
       const dense = backbone.get("embeddings.LayerNorm.weight")!;
       const wrong = createTensor(gpu, [dense.shape[0] + 1], "f32", "wrong");
       await refused(

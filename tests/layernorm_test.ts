@@ -552,6 +552,17 @@ gpuTest("layernorm: wrong shapes are refused naming the op and the tensor", (gpu
     `${fwd}: x`,
   );
   assertThrows(() => layerNormForward(rec, { ...t, eps: NaN }), GpuError, `${fwd}: eps`);
+  // In place: refused at the launch, not as WebGPU's usage conflict at the submit.
+  assertThrows(
+    () => layerNormForward(rec, { ...t, out: t.x, eps }),
+    GpuError,
+    `${fwd}: out ("${t.x.label}") shares a GPU buffer with x ("${t.x.label}")`,
+  );
+  assertThrows(
+    () => layerNormBackward(rec, { ...t, dX: t.dOut }),
+    GpuError,
+    `${bwd}: dX ("${t.dOut.label}") shares a GPU buffer with dOut ("${t.dOut.label}")`,
+  );
   assertThrows(
     () => layerNormBackward(rec, { ...t, dOut: wrong([4, 5]) }),
     GpuError,

@@ -426,6 +426,15 @@ gpuTest(
       assert(eB <= 1e-5, `${s.path} dB off by ${eB.toExponential(2)} of its max`);
     }
     assertThrows(() => mergeLora(new Recorder(gpu), new BitFit(), enc.params), Error, "LoRA");
+    // The Trainer's names (with the model's prefix): the fix is said.
+    const prefixed = new Map([...encoderParameters(enc.params)].map(([n, t]) => [`x.${n}`, t]));
+    const path = lora.sites[0].path;
+    assertThrows(
+      () => mergeLora(new Recorder(gpu), lora, prefixed),
+      Error,
+      `mergeLora: no tensor "${path}.weight" among the encoder's parameters (they are named ` +
+        `"x.${path}.weight": give the names encoderParameters gives`,
+    );
     dHidden.t.destroy();
     lora.destroy();
     enc.destroy();
