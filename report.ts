@@ -15,10 +15,15 @@
 // replace the earlier ones in one pass, figures, results.*, and report.md last; only then are the
 // earlier report's figures that this one does not draw removed.
 
-import { lockFolder, writeFilesAtomic, writtenPath } from "./model/atomic_write.ts";
+import {
+  lockFolder,
+  removeStaleTemporaries,
+  writeFilesAtomic,
+  writtenPath,
+} from "./model/atomic_write.ts";
 import { seedFolderNames } from "./model/load.ts";
 import { REPORT_HELP } from "./train/help.ts";
-import { writeStdout } from "./model/progress_text.ts";
+import { plural, writeStdout } from "./model/progress_text.ts";
 import { stopWithWord } from "./train/run_faults.ts";
 import {
   comparisonFigures,
@@ -270,6 +275,14 @@ export async function report(
         if (e instanceof Deno.errors.NotFound) removed.push(name);
         else kept.push(`${name} (${(e as Error).message})`);
       });
+    }
+    // The temporaries a killed report.ts left (SIGKILL, a power cut): of report.ts's own files
+    // only, while the folder is locked (no other report writes them now).
+    const figureFiles = FIGURE_NAMES.flatMap((n) => [`${n}.svg`, `${n}.png`]);
+    const leftovers = await removeStaleTemporaries(out, OUTPUT_FILES).catch(() => 0) +
+      await removeStaleTemporaries(`${out}/${FIGURES_DIR}`, figureFiles).catch(() => 0);
+    if (leftovers > 0) {
+      log(`report: ${out}: removed ${plural(leftovers, "temporary file")} a killed report left`);
     }
     if (stale.some((n) => n.startsWith(`${FIGURES_DIR}/`))) {
       // Left empty, it was the earlier report's alone (a non-empty folder is not removed).

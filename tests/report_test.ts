@@ -747,6 +747,19 @@ Deno.test("report: --overwrite replaces report.ts's outputs only, and removes it
   // Again, the folder holding only report.ts's outputs: all replaced, nothing else appears.
   await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), () => {});
   assertEquals(await tree(out), after);
+  // The temporaries a killed report left go with the next report into the folder; a file of the
+  // user's named like one stays.
+  await Deno.writeTextFile(`${out}/results.md.tmp-0123abcd`, "half");
+  await Deno.writeTextFile(`${out}/figures/training_loss.png.tmp-89abcdef`, "half");
+  await Deno.writeTextFile(`${out}/notes.txt.tmp-01234567`, "the user's");
+  const cleaned: string[] = [];
+  await report(parseReportArgs([...paths, "--out", out, "--overwrite"]), (l) => cleaned.push(l));
+  assert(
+    cleaned.includes(`report: ${out}: removed 2 temporary files a killed report left`),
+    `${cleaned}`,
+  );
+  assertEquals(await tree(out), { ...after, "notes.txt.tmp-01234567": "the user's" });
+  await Deno.remove(`${out}/notes.txt.tmp-01234567`);
   // An earlier report's figures/ with nothing of the user's goes with its figures.
   await Deno.remove(`${out}/figures/mine.svg`);
   await Deno.writeTextFile(`${out}/figures/weight_distance.svg`, "old svg");
