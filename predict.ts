@@ -161,14 +161,6 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
           `without an active prefix (train with ehft, or another strategy that drops it)`,
       );
     }
-    const loraFactors = names.find((n) => n.startsWith("lora."));
-    if (loraFactors) {
-      throw new Error(
-        `${model.dir} carries LoRA factors not merged into its weights ("${loraFactors}"); ` +
-          `predict.ts runs models whose LoRA is merged (a run's model/ folder is; with the ` +
-          `library, mergeLora merges them)`,
-      );
-    }
     // A method of one's own left active: its tensors are kept beside the backbone, unapplied here.
     const meta = model.weights.metadata;
     if (meta.peft_state === "separate") {
@@ -176,6 +168,14 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
         `${model.dir} carries the tensors of the still active PEFT method ` +
           `${meta.peft ? `"${meta.peft}"` : "(its metadata names none)"}; ` +
           `predict.ts runs models without one (train with ehft, or another strategy that drops it)`,
+      );
+    }
+    const loraFactors = names.find((n) => n.startsWith("lora."));
+    if (loraFactors) {
+      throw new Error(
+        `${model.dir} carries LoRA factors not merged into its weights ("${loraFactors}"); ` +
+          `predict.ts runs models whose LoRA is merged (a run's model/ folder is; with the ` +
+          `library, mergeLora merges them)`,
       );
     }
     // train.ts's metadata (with its strategy and stage): other tools' "task" may be any word.
