@@ -29,7 +29,7 @@ import { loadBackbone, readFinite } from "./model/checkpoint.ts";
 import { type OpenedModel, openModel } from "./model/load.ts";
 import { initialMlmHeadValues, mlmHeadNames, type MlmHeadParams } from "./model/mlm_head.ts";
 import { TextTokenizer } from "./model/tokenizer.ts";
-import { convertTokenizerDir } from "./model/tokenizer_convert.ts";
+import { convertTokenizerDir, parseVocabTxt } from "./model/tokenizer_convert.ts";
 import { createTensor } from "./kernels/tensor.ts";
 import { encoderParameterShapes } from "./model/encoder.ts";
 import { TASKS } from "./tasks/all.ts";
@@ -422,6 +422,13 @@ function checkResumeFlags(
       ...rest
     }: Record<string, unknown>,
   ) => ({ grad_accum: 1, ...rest, shape: withoutVocab(shape) }); // recorded only above 1
+  // A --model typed for a run started from scratch: the command's, whatever else it changes.
+  if ((before.settings.model ?? null) === null && typed("model")) {
+    throw new FlagError(
+      `--resume: ${out} was started from scratch (model: null in pretrain.json), not from ` +
+        `--model ${settings.model}`,
+    );
+  }
   const diffs = differences(flags(before.settings), flags(settings));
   if (diffs.length > 0) {
     const message = `--resume: ${out} was started with other settings (${diffs.join("; ")})`;
@@ -620,8 +627,28 @@ async function continuedModel(opened: OpenedModel, seed: number): Promise<Starti
 }
 
 /**
- * A new BERT of the flags' shape on `vocabFile` pruned to the tokens `text` uses at least
- * `minCount` times, initialised from `seed`.
+ * The text of the vocabulary file a new model prunes, read before the corpus: a file that is
+ * missing or not UTF-8 is not the command's (exit status 1), as for --corpus; one without BERT's
+ * special tokens (the masking, the padding and config.json's pad_token_id need them) is refused
+ * naming the token.
+ */
+async function readVocabFile(vocabFile: string): Promise<string> {
+  const text = await readUtf8File(vocabFile).catch((e) => {
+    if (e instanceof Utf8Error) throw new Error(`--vocab ${vocabFile}: ${e.message}`);
+    throw new Error(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
+  });
+  const listed = parseVocabTxt(text, `--vocab ${vocabFile}`);
+  for (const token of ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]) {
+    if (!listed.has(token)) {
+      throw new Error(`--vocab ${vocabFile}: has no ${token} token (pretraining needs it)`);
+    }
+  }
+  return text;
+}
+
+/**
+ * A new BERT of the flags' shape on `vocab` (its file and text: readVocabFile) pruned to the
+ * tokens `text` uses at least `minCount` times, initialised from `seed`.
  */
 async function newModel(
   shape: {
@@ -631,21 +658,16 @@ async function newModel(
     intermediate: number;
     maxPositions: number;
   },
-  vocabFile: string,
+  vocab: { file: string; text: string },
   text: Iterable<string>,
   minCount: number,
   seed: number,
   say: (line: string) => void,
 ): Promise<StartingModel> {
-  // A file that is missing or not UTF-8: not the command's (exit status 1), as for --corpus.
-  const fullVocab = await readUtf8File(vocabFile).catch((e) => {
-    if (e instanceof Utf8Error) throw new Error(`--vocab ${vocabFile}: ${e.message}`);
-    throw new Error(`--vocab ${vocabFile}: cannot read (${(e as Error).message})`);
-  });
   // Its errors name the file as given (not the generic "vocab.txt").
-  const pruned = pruneVocabulary(fullVocab, text, {
+  const pruned = pruneVocabulary(vocab.text, text, {
     minCount,
-    wordPiece: { source: `--vocab ${vocabFile}` },
+    wordPiece: { source: `--vocab ${vocab.file}` },
   });
   const tokenizerJson = JSON.stringify(prunedTokenizerJson(pruned));
   const tokenizerConfig = JSON.stringify(
@@ -927,6 +949,9 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     );
   }
 
+  // The vocabulary a new model prunes, checked before the corpus is read.
+  const vocabFile = f.vocab ?? SHIPPED_VOCAB.pathname;
+  const vocab = opened ? null : { file: vocabFile, text: await readVocabFile(vocabFile) };
   const { docs, taskDocs, sources } = await readCorpus(f.corpus!, tasks, root, say);
   const { train: brownTrain, heldOut } = splitHeldOut(docs, heldOutShare, seed);
   // Task text only ever trains: the held-out slice measures language modelling on the corpus.
@@ -938,7 +963,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   // The model: a checkpoint to continue from, or a new one of the flags' shape.
   const start = opened ? await continuedModel(opened, seed) : await newModel(
     { hidden, layers, heads, intermediate, maxPositions },
-    f.vocab ?? SHIPPED_VOCAB.pathname,
+    vocab!,
     allText(),
     minCount,
     seed,
@@ -952,7 +977,8 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
       const v = tokenizer.tokenToId(token);
       if (v !== undefined) return v;
     }
-    throw new Error(`the vocabulary has no ${tokens.join(" or ")}`);
+    const from = opened ? `--model ${f.model}` : `--vocab ${vocabFile}`;
+    throw new Error(`${from}: the vocabulary has no ${tokens.join(" or ")} (pretraining needs it)`);
   };
   const ids: MaskingIds = {
     cls: id("[CLS]", "<s>"),

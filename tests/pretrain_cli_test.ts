@@ -730,6 +730,23 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(task.code, 2);
     assert(task.stderr.includes('--task-text: unknown task "rtee"'), task.stderr);
     await writeCorpus(`${dir}/corpus.txt`);
+    // A --vocab without one of BERT's special tokens: named, with the file, before the corpus
+    // is read (it was "pad_token_id must be an integer ≥ 0, got -1").
+    for (const token of ["[PAD]", "[MASK]"]) {
+      await Deno.writeTextFile(
+        `${dir}/no-token.txt`,
+        VOCAB.filter((t) => t !== token).join("\n") + "\n",
+      );
+      const lacking = await pretrain([
+        ...["--out", `${dir}/v`, "--corpus", `${dir}/corpus.txt`, "--task-text", "none"],
+        ...["--vocab", `${dir}/no-token.txt`, "--layers", "1", "--hidden", "16", "--heads", "2"],
+        ...["--intermediate", "32", "--max-positions", "16"],
+      ]);
+      assertEquals([lacking.code, lacking.stderr.trim()], [
+        1,
+        `pretrain: --vocab ${dir}/no-token.txt: has no ${token} token (pretraining needs it)`,
+      ]);
+    }
     const small = await pretrain([
       ...["--out", `${dir}/c`, "--corpus", `${dir}/corpus.txt`, ...SMALL],
       ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
@@ -792,7 +809,7 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     ]);
     assertEquals([vocab.code, vocab.stderr.trim()], [
       1,
-      `pretrain: --vocab ${dir}/words.txt: has no unknown token "[UNK]"`,
+      `pretrain: --vocab ${dir}/words.txt: has no [UNK] token (pretraining needs it)`,
     ]);
     // A shape the adapter cannot hold fails when the GPU tensors are made, after pretrain.json:
     // what the run wrote goes, so that the corrected command finds no folder in its way. The
@@ -1032,7 +1049,7 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
     reader.close();
     const state = JSON.parse(reader.metadata.ehft_training_state);
     assertEquals([state.step, state.pending.steps], [4, []]);
-    const damaged = `(the checkpoint is damaged: --overwrite starts the run again)`;
+    const damaged = `(the checkpoint is damaged: start the run again in a new --out)`;
     const cases: [Record<string, unknown>, string][] = [
       [{ step: 100, stageStep: 100, adamStep: 100 }, `step is 100, not a step of the run's 1-4`],
       [{ step: 2 }, "stageStep is 4, not its step (2)"],
@@ -1058,6 +1075,20 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
       assertEquals(await Deno.readTextFile(log), logText, "the log was rewritten");
       assert(!(await exists(`${out}/result.json`)), "the run ended");
     }
+    // Another run's checkpoint (of the same shape) copied in: its step is before the log lines
+    // it would keep (it went on, splicing two histories into the log).
+    await Deno.writeFile(checkpoint, whole);
+    await rewriteSafetensors(checkpoint, (meta) => {
+      meta.ehft_training_state = JSON.stringify({ ...state, step: 2, stageStep: 2, adamStep: 2 });
+    });
+    const foreign = await pretrain(["--out", out, "--resume"]);
+    assertEquals(foreign.code, 1, foreign.stderr);
+    assert(
+      /: its step 2 is before the step of the log's line \d+ \(3\), which it keeps: it is not this run's checkpoint/
+        .test(foreign.stderr),
+      foreign.stderr,
+    );
+    assertEquals(await Deno.readTextFile(log), logText, "the log was rewritten");
     await Deno.writeFile(checkpoint, whole);
     // The log: missing, cut short, or a line damaged.
     const logCases: [string | null, string][] = [
@@ -1137,6 +1168,15 @@ test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorde
     await record({ batch_size: 4, grad_accum: 5 });
     const edited = await pretrain(["--out", out, "--resume"]);
     assertEquals([edited.code, edited.stderr.trim().split("\n").at(-1)], [1, problem]);
+    // A --model typed for a run started from scratch: the command's, named (it blamed the file).
+    await record({});
+    const model = `${ROOT}models/ehft-mini-en`;
+    const started = await pretrain(["--out", out, "--resume", "--model", model]);
+    assertEquals([started.code, started.stderr.trim().split("\n").at(-1)], [
+      2,
+      `pretrain: --resume: ${out} was started from scratch (model: null in pretrain.json), not ` +
+      `from --model ${model}`,
+    ]);
     // A value edited to null: no flag gave it, so the file's (it was 2, blaming a default).
     await record({ steps: null });
     const nulled = await pretrain(["--out", out, "--resume"]);

@@ -198,6 +198,9 @@ export interface PretrainState extends TrainingState {
   held_out?: { loss: number; accuracy: number; tokens: number } | null;
 }
 
+/** How a pretraining run whose files cannot be resumed starts again (it has no --overwrite). */
+const START_AGAIN = "start the run again in a new --out";
+
 /**
  * Throws, naming the checkpoint and the key, unless its training state is one a pretraining run
  * of `steps` steps writes: after a step of its one stage (AdamW's count the same), the pending
@@ -210,7 +213,7 @@ export function checkPretrainState(path: string, state: PretrainState, steps: nu
     const shown = JSON.stringify((state as unknown as Record<string, unknown>)[key]) ?? "missing";
     throw new Error(
       `${path}: training state ${key} is ${shown.slice(0, 40)}, not ${what} (the checkpoint ` +
-        "is damaged: --overwrite starts the run again)",
+        `is damaged: ${START_AGAIN})`,
     );
   };
   const count = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
@@ -246,9 +249,16 @@ export function checkPretrainState(path: string, state: PretrainState, steps: nu
 /**
  * The first `keep` lines of the log at `path`, each a JSON object, as --resume continues them:
  * a log missing or shorter than its checkpoint says, or a damaged line, is refused (they were
- * taken as they were: a new log began mid-run, and ship_model's card counted its tokens).
+ * taken as they were: a new log began mid-run, and ship_model's card counted its tokens); so is
+ * a kept line past the checkpoint's `step`, which says the checkpoint (at `checkpoint`) is not
+ * this run's (one copied from another run went on, splicing two histories into the log).
  */
-async function keptLogLines(path: string, keep: number): Promise<string[]> {
+async function keptLogLines(
+  path: string,
+  keep: number,
+  step: number,
+  checkpoint: string,
+): Promise<string[]> {
   if (keep === 0) return [];
   let text: string;
   try {
@@ -257,13 +267,13 @@ async function keptLogLines(path: string, keep: number): Promise<string[]> {
     const why = e instanceof Deno.errors.NotFound
       ? `missing, and the checkpoint keeps its first ${keep} lines`
       : (e as Error).message;
-    throw new Error(`${path}: ${why} (--overwrite starts the run again)`);
+    throw new Error(`${path}: ${why} (${START_AGAIN})`);
   }
   const lines = text.split("\n").filter((l) => l.length > 0).slice(0, keep);
   if (lines.length < keep) {
     throw new Error(
       `${path}: fewer lines than the checkpoint's ${keep} (the log was cut short or edited): ` +
-        "--overwrite starts the run again",
+        START_AGAIN,
     );
   }
   lines.forEach((line, i) => {
@@ -275,8 +285,14 @@ async function keptLogLines(path: string, keep: number): Promise<string[]> {
     }
     if (!isJsonObject(record)) {
       throw new Error(
-        `${path}: line ${i + 1} is not a JSON object (the log is damaged: --overwrite starts ` +
-          "the run again)",
+        `${path}: line ${i + 1} is not a JSON object (the log is damaged: ${START_AGAIN})`,
+      );
+    }
+    if (typeof record.step === "number" && record.step > step) {
+      throw new Error(
+        `${checkpoint}: its step ${step} is before the step of the log's line ${i + 1} ` +
+          `(${record.step}), which it keeps: it is not this run's checkpoint (put the run's ` +
+          `own back, or ${START_AGAIN})`,
       );
     }
   });
@@ -778,7 +794,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     if (o.resume) await removeStaleTemporaries(o.out, PRETRAIN_FILES, ["model"]);
     if (checkpoint) {
       const names = trainer.optimizer.moments().keys();
-      checkWholeCheckpoint(checkpointPath, checkpoint, params.keys(), names);
+      checkWholeCheckpoint(checkpointPath, checkpoint, params.keys(), names, START_AGAIN);
       uploadByName("resume", checkpoint.params, params);
       const moments = trainer.optimizer.moments();
       for (const [name, { m, v }] of checkpoint.moments) {
@@ -791,7 +807,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       checkPretrainState(checkpointPath, state, o.steps);
       trainer.optimizer.resumeAt(state.adamStep);
       start = state.step;
-      logLines = await keptLogLines(logPath, state.logLines);
+      logLines = await keptLogLines(logPath, state.logLines, state.step, checkpointPath);
       if (state.pending) {
         const p = state.pending;
         const value = (x: number | null) => x ?? NaN;
@@ -833,8 +849,9 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     let tokens = 0;
     const notFinite = (step: number) =>
       new Error(
-        `the loss is not finite at step ${step}; the last checkpoint is ` +
-          `${checkpointPath} (resume with --resume, perhaps at a lower --lr)`,
+        `the loss is not finite at step ${step}; the last checkpoint is ${checkpointPath} ` +
+          `(--resume goes on from it with the same settings; --lr is one of them: a lower one ` +
+          `is a new run, in another --out)`,
       );
     const logStats = async (step: number) => {
       const stats = await trainer.takeStats();

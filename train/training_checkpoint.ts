@@ -265,18 +265,19 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
 
 /**
  * Throws, naming the checkpoint at `path` and the first tensor missing, unless it holds every
- * parameter in `params` and the AdamW moments (m and v) of every name in `moments`.
+ * parameter in `params` and the AdamW moments (m and v) of every name in `moments`. `startAgain`
+ * is the program's way to start the run again (train.ts's --overwrite).
  */
 export function checkWholeCheckpoint(
   path: string,
   checkpoint: Pick<LoadedCheckpoint, "params" | "moments">,
   params: Iterable<string>,
   moments: Iterable<string>,
+  startAgain = "--overwrite starts the run again",
 ): void {
   const missing = (name: string) => {
     throw new Error(
-      `${path}: no "${name}", which the run trains (the checkpoint is not whole: --overwrite ` +
-        "starts the run again)",
+      `${path}: no "${name}", which the run trains (the checkpoint is not whole: ${startAgain})`,
     );
   };
   for (const name of params) if (!checkpoint.params.has(name)) missing(PARAM + name);
