@@ -368,6 +368,28 @@ export async function readFinite(reader: SafetensorsReader, name: string): Promi
   return data;
 }
 
+/**
+ * Checks, without a GPU, that every backbone tensor loadBackbone would load from `reader` is
+ * finite (readFinite's error otherwise): what train.ts --overwrite checks before it removes the
+ * old run, which the upload's own check would find only after.
+ */
+export async function checkBackboneFinite(
+  reader: SafetensorsReader,
+  config: ModelConfig,
+): Promise<void> {
+  for (const [relative] of encoderParameterShapes(config)) {
+    const found = storedName(reader, config, relative);
+    if (found) await readFinite(reader, found);
+  }
+}
+
+/** Checks that every head tensor (head.*) in `reader` is finite (readFinite's error otherwise). */
+export async function checkHeadFinite(reader: SafetensorsReader): Promise<void> {
+  for (const name of reader.tensors.keys()) {
+    if (name.startsWith("head.")) await readFinite(reader, name);
+  }
+}
+
 /** Opens a model directory's weights (model.safetensors or its shards). */
 export async function openWeights(dir: string): Promise<SafetensorsReader> {
   return openSafetensors(await findWeightsFile(dir));

@@ -906,15 +906,34 @@ Deno.test({
       await Deno.writeTextFile(`${out}/notes.txt`, "mine\n");
       const before = await readTree(out);
 
-      // A bad model, data folder or head: refused, and the old run is all there.
-      const bad = [
-        ["--model", `${dir}/nowhere`],
-        ["--model", `${dir}/model`, "--data", `${dir}/empty`],
-        ["--model", `${dir}/model`, "--head", `${dir}/model/config.json`],
+      // A bad model, data folder or head: refused, and the old run is all there. Weights or a
+      // head that hold a NaN too (found at the upload, after the old run had gone), and a head
+      // given as a folder (it was "Is a directory").
+      await copyTree(`${dir}/model`, `${dir}/nan-model`);
+      const poisoned = (path: string, name: (n: string) => boolean) =>
+        rewriteSafetensors(path, (_, tensors) => {
+          const [key, t] = [...tensors].find(([n]) => name(n))!;
+          const data = Float32Array.from(t.data as Float32Array);
+          data[1] = NaN;
+          tensors.set(key, { ...t, dtype: "F32", data });
+        });
+      await poisoned(
+        `${dir}/nan-model/model.safetensors`,
+        (n) => n.endsWith("output.dense.weight"),
+      );
+      await Deno.copyFile(`${dir}/head.safetensors`, `${dir}/nan-head.safetensors`);
+      await poisoned(`${dir}/nan-head.safetensors`, (n) => n === "head.dense.weight");
+      const bad: [string[], string][] = [
+        [["--model", `${dir}/nowhere`], "nowhere"],
+        [["--model", `${dir}/model`, "--data", `${dir}/empty`], "empty"],
+        [["--model", `${dir}/model`, "--head", `${dir}/model/config.json`], "config.json"],
+        [["--model", `${dir}/nan-model`], "holds NaN (element 1 of"],
+        [["--model", `${dir}/model`, "--head", `${dir}/nan-head.safetensors`], "holds NaN"],
+        [["--model", `${dir}/model`, "--head", `${dir}/model`], `--head ${dir}/model is a folder`],
       ];
       await Deno.mkdir(`${dir}/empty`);
-      for (const more of bad) {
-        await assertRejects(() => run(out, ...more, "--overwrite"));
+      for (const [more, said] of bad) {
+        await assertRejects(() => run(out, ...more, "--overwrite"), Error, said);
         assertSameFiles(await readTree(out), before, `after --overwrite ${more.join(" ")}`);
       }
 

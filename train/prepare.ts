@@ -1,7 +1,8 @@
 // What a run needs before its first step, read once for every seed: the model opened and
 // fingerprinted, both splits read, checked and tokenized, the budget and the stages resolved.
 
-import { readHeadShape } from "../model/checkpoint.ts";
+import { checkHeadFinite, readHeadShape } from "../model/checkpoint.ts";
+import { isDirectory } from "../model/atomic_write.ts";
 import { maxSequenceLength } from "../model/config.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
 import { filesSha256, modelSha256, type OpenedModel, openModel } from "../model/load.ts";
@@ -166,10 +167,18 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
     const checkpointEvery = config.checkpointEvery ?? (evalEvery > 0 ? evalEvery : perEpoch);
     let headWidth = HEAD_WIDTH;
     if (config.head) {
+      if ((await isDirectory(config.head)) === true) {
+        throw new Error(
+          `--head ${config.head} is a folder: give the .safetensors file that holds the head.* ` +
+            `tensors (a run's model/model.safetensors, say)`,
+        );
+      }
       const reader = await openSafetensors(config.head);
       try {
         const shape = readHeadShape(reader);
         if (!shape) throw new Error(`--head ${config.head}: no head.* tensors`);
+        // Read now, not only at the upload: --overwrite removes the old run in between.
+        await checkHeadFinite(reader);
         const features = headFeatures(task, model.config.hiddenSize);
         if (shape.features !== features || shape.classes !== task.headClasses) {
           throw new Error(

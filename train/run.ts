@@ -36,7 +36,7 @@ import {
   writeFileAtomic,
   writeJsonAtomic,
 } from "../model/atomic_write.ts";
-import { loadBackbone, loadHead, saveModel } from "../model/checkpoint.ts";
+import { checkBackboneFinite, loadBackbone, loadHead, saveModel } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import type { OpenedModel } from "../model/load.ts";
@@ -322,9 +322,10 @@ async function trainPrepared(
   if (entries.length > 0) {
     if (config.overwrite) {
       await checkInputsOutside(config, out, entries);
-      // The old run goes only once the new one can start: model, data, head, GPU and a PEFT
-      // method of one's own checked.
-      await prepareOnce();
+      // The old run goes only once the new one can start: model (its weights finite too, which
+      // the upload would find only after), data, head, GPU and a PEFT method of one's own.
+      const { model } = await prepareOnce();
+      await checkBackboneFinite(model.weights, model.config);
       if (!options.gpu) await getGpu();
       await tryOwnPeft();
       // All or nothing (a removal cut short by a folder it may not change would leave neither
