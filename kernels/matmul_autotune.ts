@@ -613,8 +613,15 @@ function readCache(
   }
   const isObject = (x: unknown): x is Record<string, unknown> =>
     !!x && typeof x === "object" && !Array.isArray(x);
-  if (!isObject(parsed) || !Object.values(parsed).every(isObject)) {
-    warn(`matmul autotune: ${file} is not a tune cache (expected {adapter: {...}}); tuning again`);
+  // {adapter: {class: variant}}, every leaf a string: a run's run.json or metrics.json (JSON
+  // objects of objects too) is not merged into, but moved aside.
+  const isEntry = (x: unknown) =>
+    isObject(x) && Object.values(x).every((v) => typeof v === "string");
+  if (!isObject(parsed) || !Object.values(parsed).every(isEntry)) {
+    warn(
+      `matmul autotune: ${file} is not a tune cache (expected {adapter: {class: variant}}); ` +
+        "tuning again",
+    );
     state?.("not a cache");
     return {};
   }

@@ -196,6 +196,8 @@ gpuTest(
         "{ not json",
         "[1, 2, 3]",
         '{"x": 3}',
+        // A run's run.json (objects of objects, as a cache is): it was merged into.
+        '{"settings": {"lr": 0.001, "seed": 42}, "resolved": {"task": {"name": "rte"}}}',
         JSON.stringify({
           [desc]: { kernels: MATMUL_KERNELS_VERSION, [SMALL_CLASS]: "vec4_99x99" },
         }),
@@ -210,7 +212,7 @@ gpuTest(
           ...QUICK,
         });
         // The last file is valid JSON whose entry belongs to another adapter name: no warning.
-        if (i < 3) {
+        if (i < 4) {
           assertEquals(warnings.length, 2, text);
           assert(warnings[0].includes(file) && !warnings[0].includes("\n"), warnings[0]);
           // What it held is kept (a --tune-cache naming one's notes overwrote them).
@@ -250,7 +252,7 @@ gpuTest(
       assertEquals(await Deno.readTextFile(`${file}/mine.txt`), "mine");
       await Deno.remove(file, { recursive: true });
       // The unknown variant under this adapter's own name: warned about, tuned again.
-      await Deno.writeTextFile(file, bad[3]);
+      await Deno.writeTextFile(file, bad[4]);
       const warnings: string[] = [];
       const r = await tuneMatmul(adapterNamed(gpu, desc), {
         shapes: [SMALL],
