@@ -295,6 +295,20 @@ Deno.test({
       const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
       assertEquals((await child.status).code, 0, await stderr);
       assert(await exists(`${out}/metrics.json`));
+      // A write that fails inside a seed's training (its model): what was kept and the command,
+      // said once (runTraining's own wrapping said the command a second time).
+      const one = `${dir}/one-seed`;
+      const model = spawnTrain(
+        [
+          ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", one],
+          ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--no-autotune"],
+        ],
+        TRAIN_TS,
+        [`--deny-write=${one}/model`],
+      );
+      const said = (await model.stderr).trim().split("\n").at(-1)!;
+      assertEquals((await model.child.status).code, 1, said);
+      assertEquals(said.split("continue with").length, 2, said);
     }),
 });
 

@@ -241,8 +241,11 @@ export async function runTraining(
     return metrics;
   } catch (e) {
     // A write that failed outside a seed's training (a --seeds run's summary, a submission
-    // file): the run is kept, and --resume writes what is missing.
-    if (isWriteFailure(e) && await exists(`${config.out}/run.json`)) {
+    // file): the run is kept, and --resume writes what is missing. (One inside it is a
+    // RunFaultError that says so already.)
+    if (
+      !(e instanceof RunFaultError) && isWriteFailure(e) && await exists(`${config.out}/run.json`)
+    ) {
       throw new RunFaultError(
         `${e.message}; the run in ${config.out} is kept; once it can be written, continue ` +
           `with: ${resumeCommand()}`,
