@@ -23,6 +23,7 @@ import {
 import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
+import { FlagError } from "../train/flags.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
@@ -1006,11 +1007,19 @@ Deno.test({
       for (const flag of ["--overwrite", "--resume"]) {
         await assertRejects(
           () => run(foreign, "--model", `${dir}/model`, flag),
-          Error,
+          FlagError,
           `${foreign} holds model but no run.json, so it is not a run of train.ts`,
         );
         assertEquals(await Deno.readTextFile(`${foreign}/model/weights.bin`), "mine");
       }
+      // --resume with --out alone: said so (it was "--task is required"), exit 2.
+      const alone = spawnTrain(["--out", foreign, "--resume"]);
+      const aloneSaid = (await alone.stderr).trim();
+      assertEquals([(await alone.child.status).code, aloneSaid], [
+        2,
+        `train: --resume: ${foreign} holds model but no run.json, so there are no recorded ` +
+        "settings to go on with (a run's run.json is written first): choose another --out",
+      ]);
 
       // --resume on other data (a killed run here: a finished one is done) is refused; the
       // fingerprints of both splits are in run.json.

@@ -48,7 +48,22 @@ export async function recordedSettings(
   if (out === null) return null;
   const path = `${out}/run.json`;
   // Not a folder (a file at --out): checkRunFolder says so, in the words of --out.
-  if (!(await exists(path).catch(() => false))) return null;
+  if (!(await exists(path).catch(() => false))) {
+    // A folder of other things (a run whose run.json went): said now, not as a flag the
+    // recorded settings would have given ("--task is required").
+    const held: string[] = [];
+    try {
+      for await (const e of Deno.readDir(out)) held.push(e.name);
+    } catch { /* no folder: a new run */ }
+    if (held.length > 0 && f.task === undefined && recipe.task === undefined) {
+      throw new FlagError(
+        `--resume: ${out} holds ${held.sort().join(", ")} but no run.json, so there are no ` +
+          `recorded settings to go on with (a run's run.json is written first): choose another ` +
+          `--out`,
+      );
+    }
+    return null;
+  }
   const run = await readRunJson(path);
   const settings = run.settings;
   if (settings === null || typeof settings !== "object" || Array.isArray(settings)) {

@@ -301,8 +301,8 @@ async function trainPrepared(
   const out = config.out;
   if (entries.length > 0 && !entries.includes("run.json")) {
     // Not written by train.ts (its runs write run.json first): neither ours to replace nor to
-    // continue.
-    throw new Error(
+    // continue. The command's to change (exit status 2), as an --out that is a file.
+    throw new FlagError(
       `${out} holds ${entries.join(", ")} but no run.json, so it is not a run of train.ts: ` +
         `choose another --out`,
     );
