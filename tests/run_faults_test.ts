@@ -383,6 +383,15 @@ Deno.test("run log: --resume keeps the checkpoint's lines, and a log with fewer 
         "UTF-8) (the log is damaged: --overwrite starts the run again)",
     );
     assertEquals(await Deno.readFile(path), bytes);
+    // A kept line cut short or edited (it was kept, and the finished log was no JSONL).
+    const torn = '{"step":1}\n{"step":2,"lo\n{"step":3}\n';
+    await Deno.writeTextFile(path, torn);
+    await assertRejects(
+      () => RunLog.open(path, 3),
+      Error,
+      `${path}: line 2 is not a JSON object (the log is damaged: --overwrite starts the run again)`,
+    );
+    assertEquals(await Deno.readTextFile(path), torn);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -69,6 +69,19 @@ export class RunLog {
             `edited): --overwrite starts the run again`,
         );
       }
+      // Each kept line whole: a damaged one would end in the finished run's log as it is.
+      lines.forEach((line, i) => {
+        let record: unknown = null;
+        try {
+          record = JSON.parse(line);
+        } catch { /* said below */ }
+        if (!isJsonObject(record)) {
+          throw new Error(
+            `${path}: line ${i + 1} is not a JSON object (the log is damaged: --overwrite ` +
+              "starts the run again)",
+          );
+        }
+      });
       kept = lines.join("\n") + "\n";
       skips = trailingSkips(lines);
     }
