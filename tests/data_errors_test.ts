@@ -648,10 +648,26 @@ Deno.test("data errors: a missing split names the file, the split and the folder
         `holds train.${r.ext})${hint}; training needs it`,
       ]);
       assertEquals(noDev.ready, false);
-      // A malformed split fails the dry run with the reader's one-line error.
+      // A malformed split: the reader's one-line error in a note, the summary still made (it
+      // failed the dry run with no summary); the test split's only --predict-test reads.
       await Deno.writeTextFile(`${folder}/test.${r.ext}`, "");
-      const d = await assertRejects(() => dryRun(r.task, { data: folder }), DataError);
-      expectMessage(d, `${folder}/test.${r.ext}`, null, "has no examples (the file is empty)");
+      const d = await dryRun(r.task, { data: folder });
+      assertEquals(d.splits.test, null);
+      const testNote = d.notes!.find((n) => n.startsWith(`${folder}/test.${r.ext}`))!;
+      assert(
+        testNote.includes("has no examples (the file is empty)") &&
+          testNote.endsWith("(only --predict-test reads it)"),
+        testNote,
+      );
+      await Deno.writeTextFile(`${folder}/train.${r.ext}`, "");
+      const t = await dryRun(r.task, { data: folder });
+      assertEquals([t.ready, t.splits.train], [false, null]);
+      assert(
+        t.notes!.some((n) =>
+          n.startsWith(`${folder}/train.${r.ext}`) && n.includes("has no examples")
+        ),
+        JSON.stringify(t.notes),
+      );
     }
   });
 });

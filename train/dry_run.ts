@@ -46,7 +46,7 @@ import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/toke
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { emptyTextNote, lengthProblem } from "./batches.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
-import { MissingDataError } from "./data_files.ts";
+import { DataError, MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
 import { shippedDataDir } from "./default_model.ts";
 import { checkTestSplit, predictTestRefusal } from "./submission.ts";
@@ -219,7 +219,15 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
     try {
       examples = await task.readExamples(r.path, r.split);
     } catch (e) {
-      // A split missing from the folder is reported; any other problem with the data is an error.
+      // A split missing from the folder is reported, and so is a file the task's reader refuses
+      // (a label it cannot take, a line that is no example: its file and line named), with the
+      // summary still printed; any other problem is an error.
+      if (e instanceof DataError && !(e instanceof MissingDataError)) {
+        report.splits[r.name] = null;
+        if (needed.has(r.name) || options.predictTest) refuse(e.message);
+        else notes.push(`${e.message} (only --predict-test reads it)`);
+        continue;
+      }
       if (!(e instanceof MissingDataError)) throw e;
       report.splits[r.name] = null;
       if (needed.has(r.name)) refuse(`${e.message}; training needs it`);
