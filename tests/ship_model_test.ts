@@ -11,7 +11,13 @@ import { convertWordPiece } from "../model/tokenizer_convert.ts";
 import { openModel } from "../model/load.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { FLAGS as PRETRAIN_FLAGS } from "../pretrain.ts";
-import { cardUse, modelPlace, shipModel, vocabTxtFromTokenizerJson } from "../tools/ship_model.ts";
+import {
+  cardUse,
+  modelPlace,
+  onDevice,
+  shipModel,
+  vocabTxtFromTokenizerJson,
+} from "../tools/ship_model.ts";
 import { assertToolHelp, runTool } from "./tool_cli.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -293,6 +299,28 @@ test("ship_model: a run that fails a check leaves --out as it was (too big, not 
     assert(bpe.stderr.includes("a BPE tokenizer, not WordPiece"), bpe.stderr);
     assertEquals(bpe.stderr.trim().split("\n").length, 1, bpe.stderr);
     await unchanged("not WordPiece");
+
+    // Weights that hold a NaN (the loaders refuse them): refused, naming the tensor.
+    await writeRun(`${dir}/nan`);
+    const weights = `${dir}/nan/model/model.safetensors`;
+    const reader = await openSafetensors(weights);
+    const tensors: Parameters<typeof writeSafetensors>[1] = {};
+    let poisoned = "";
+    for (const [name, info] of reader.tensors) {
+      const data = await reader.readF32(name);
+      if (!poisoned && data.length > 3) {
+        data[3] = NaN;
+        poisoned = name;
+      }
+      tensors[name] = { dtype: "F32", shape: info.shape, data };
+    }
+    const metadata = reader.metadata;
+    reader.close();
+    await writeSafetensors(weights, tensors, metadata);
+    const nan = await ship(["--run", `${dir}/nan`, "--out", `${dir}/out`, "--overwrite"]);
+    assertEquals(nan.code, 1, nan.stderr);
+    assert(nan.stderr.includes(`tensor "${poisoned}" holds NaN (element 3 of`), nan.stderr);
+    await unchanged("NaN weights");
 
     // A copy that fails on the way (a full disk): said with --out, which is as it was.
     const copyFile = Deno.copyFile;
@@ -606,4 +634,11 @@ test("ship_model: only the default folder's card says the task scripts train it 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("ship_model: the card says where the run trained (a CPU for a software adapter)", () => {
+  // It said "on a CPU" whatever result.json's device was.
+  assertEquals(onDevice("llvmpipe (LLVM 15.0.6, 256 bits)"), "a CPU");
+  assertEquals(onDevice("SwiftShader Device (Subzero)"), "a CPU");
+  assertEquals(onDevice("NVIDIA H200"), "NVIDIA H200");
 });

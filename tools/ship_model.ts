@@ -35,6 +35,7 @@ import { readUtf8File, Utf8Error } from "../model/utf8.ts";
 import { jsonErrorText } from "../model/error_text.ts";
 import { checkOutFolder, writeFolder } from "./folder_write.ts";
 import { openModel } from "../model/load.ts";
+import { readFinite } from "../model/checkpoint.ts";
 import {
   parseVocabTxt,
   vocabLooksCased,
@@ -109,6 +110,15 @@ export function modelPlace(out: string): { isDefault: boolean; path: string; fol
 /** `v` as one shell word (quoted when it holds anything but plain path characters). */
 function shellWord(v: string): string {
   return /^[\w@%+=:,./-]+$/.test(v) ? v : `'${v.replaceAll("'", "'\\''")}'`;
+}
+
+/**
+ * Where the run trained, for the card's first lines: "a CPU" for a software adapter (Mesa's
+ * llvmpipe/lavapipe, SwiftShader, WARP), else the adapter result.json names ("NVIDIA H200").
+ */
+export function onDevice(adapter: string): string {
+  if (/llvmpipe|lavapipe|swiftshader|warp|\bcpu\b/i.test(adapter)) return "a CPU";
+  return adapter;
 }
 
 async function cpuName(): Promise<string> {
@@ -553,6 +563,14 @@ export async function shipModel(args: string[]): Promise<void> {
 
   // The run's model loads (config, tensors and tokenizer agree), and what its weights are.
   const opened = await openModel(model);
+  // Every weight finite (a model of a few MB: read whole): the loaders refuse a NaN, so a card
+  // must not ship one.
+  try {
+    for (const name of opened.weights.tensors.keys()) await readFinite(opened.weights, name);
+  } catch (e) {
+    opened.weights.close();
+    throw e;
+  }
   const dtypes = new Set([...opened.weights.tensors.values()].map((t) => t.dtype));
   let params = 0;
   for (const t of opened.weights.tensors.values()) params += t.shape.reduce((a, b) => a * b, 1);
@@ -716,7 +734,9 @@ ${curve.join("\n")}`
   const card = `# ${name}
 
 ${intro}${use}It is **not** a substitute for a real pretrained model: it was pretrained
-for ${(wall / 60).toFixed(0)} minutes on a CPU, on about ${(c.tokens / 1e6).toFixed(1)} M tokens of
+for ${(wall / 60).toFixed(0)} minutes on ${onDevice(String(result.device))}, on about ${
+    (c.tokens / 1e6).toFixed(1)
+  } M tokens of
 text; use it to try the toolkit, and \`--model FacebookAI/roberta-large\` (on a GPU) for the paper's
 setting.
 
