@@ -422,6 +422,15 @@ function checkResumeFlags(
       ...rest
     }: Record<string, unknown>,
   ) => ({ grad_accum: 1, ...rest, shape: withoutVocab(shape) }); // recorded only above 1
+  // Another --task-text typed: the command's, said before the corpus is read (it was found by
+  // the text's fingerprint, exit status 1, after reading it all).
+  if (typed("task-text") && before.settings.task_text !== settings.task_text) {
+    throw new FlagError(
+      `--resume: ${out} was started with other settings (task_text: ` +
+        `${JSON.stringify(before.settings.task_text)} in pretrain.json, ` +
+        `${JSON.stringify(settings.task_text)} now)`,
+    );
+  }
   // A --model typed for a run started from scratch: the command's, whatever else it changes.
   if ((before.settings.model ?? null) === null && typed("model")) {
     throw new FlagError(
@@ -479,6 +488,7 @@ async function resumeIsFinished(
   before: SavedSettings,
   settings: Record<string, unknown>,
   stats: CorpusStats,
+  typed: (flag: string) => boolean,
 ): Promise<boolean> {
   const where = (m: unknown) =>
     typeof m === "string" ? Deno.realPath(m).catch(() => m) : Promise.resolve(m);
@@ -496,12 +506,19 @@ async function resumeIsFinished(
   // run from before it: what no vocabulary changes); then the vocabulary the text and --vocab
   // (or --model's files) make; then the token fingerprints, which both change. So each
   // difference is named by its first cause.
-  // Not FlagErrors (exit status 2): the command is the run's; its files changed.
-  const otherText = (diff: string) =>
-    new Error(
-      `--resume: ${out} was started on other text: the corpus and task text read now differ ` +
-        `(${diff})`,
-    );
+  // Not FlagErrors (exit status 2): the command is the run's; its files changed. Unless a
+  // --corpus was typed (the same text elsewhere is the run's own): then the command's.
+  const otherText = (diff: string) => {
+    const message = `--resume: ${out} was started on other text: the corpus and task text ` +
+      `read now differ (${diff})`;
+    if (typed("corpus") && before.settings.corpus !== settings.corpus) {
+      return new FlagError(
+        `${message}; --corpus ${settings.corpus} is not the corpus it started on ` +
+          `(${before.settings.corpus})`,
+      );
+    }
+    return new Error(message);
+  };
   const now = stats as unknown as Record<string, unknown>;
   const textKnown = "text_sha256" in before.settings;
   const wordsOf = (c: Record<string, unknown>) => ({
@@ -1043,7 +1060,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
   };
   if (f.resume) {
-    if (await resumeIsFinished(out, saved!, settings, stats)) {
+    if (await resumeIsFinished(out, saved!, settings, stats, typed)) {
       say(`${out}: the run is finished; nothing to do`);
       return;
     }

@@ -342,6 +342,9 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
         null,
         `${flagged}seed: 0 in pretrain.json, 1 now; log_every: 2 in pretrain.json, 1 now)`,
       ],
+      // Other task text typed: named as the flag, before any text is read (it was exit status
+      // 1, naming text_sha256).
+      [["--task-text", "cb"], null, `${flagged}task_text: "none" in pretrain.json, "cb" now)`],
       [[], [...docs].reverse().join("\n\n") + "\n", `${texted}text_sha256: `],
       // The first document left out.
       [[], docs.slice(1).join("\n\n") + "\n", `${texted}text_sha256: `],
@@ -359,6 +362,17 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
       assert(refused.stderr.startsWith(line), `${refused.stderr}\nexpected: ${line}`);
       assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
     }
+    // Another --corpus typed, of other text: the command's, naming --corpus.
+    await Deno.writeTextFile(`${dir}/other.txt`, docs.slice(1).join("\n\n") + "\n");
+    const corpusTyped = await pretrain([...args, "--corpus", `${dir}/other.txt`, "--resume"]);
+    assertEquals(corpusTyped.code, 2, corpusTyped.stderr);
+    assert(
+      corpusTyped.stderr.startsWith(texted) &&
+        corpusTyped.stderr.trim().endsWith(
+          `; --corpus ${dir}/other.txt is not the corpus it started on (${corpus})`,
+        ),
+      corpusTyped.stderr,
+    );
     await assertUnchanged(out, done, "a refused --resume");
     // A damaged pretrain.json (in a copy of the run): one line naming it, nothing else written.
     const damaged = `${dir}/damaged`;
