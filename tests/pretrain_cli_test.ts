@@ -1158,6 +1158,16 @@ test("pretrain.ts --resume: a damaged checkpoint state or log is refused, naming
     const again = await pretrain(["--out", out, "--resume"]);
     assertEquals(again.code, 0, again.stderr);
     assertEquals(JSON.parse(await Deno.readTextFile(`${out}/result.json`)).steps, 4);
+    // A run killed before its first checkpoint: its resume says it starts at step 0 (it began
+    // again with no word, its log rewritten).
+    await Deno.remove(checkpoint);
+    await Deno.remove(`${out}/result.json`);
+    const fresh = await pretrain(["--out", out, "--resume"], false);
+    assertEquals(fresh.code, 0, fresh.stderr);
+    assert(
+      fresh.stderr.includes(`pretrain: --resume: no checkpoint in ${out} yet: starting at step 0`),
+      fresh.stderr,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

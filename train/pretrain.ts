@@ -846,6 +846,10 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     };
     const progress = new Progress({ total: o.steps, done: start, quiet: o.quiet });
     if (checkpoint) progress.line(`pretrain: resumed at step ${start} of ${o.steps}`);
+    // Killed before its first checkpoint: said, as its log begins again.
+    else if (o.resume) {
+      progress.line(`pretrain: --resume: no checkpoint in ${o.out} yet: starting at step 0`);
+    }
     let tokens = 0;
     const notFinite = (step: number) =>
       new Error(
