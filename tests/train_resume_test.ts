@@ -414,9 +414,10 @@ Deno.test({
         );
         const seeds = c.flags.includes("--seeds");
         const first = seeds ? `${out}/seed-42` : out;
-        const { version: _, adamStep: _a, adamApplied: _b, logLines, ...state } =
+        const { version: _, adamStep: _a, adamApplied: _b, logLines, settingsSha256, ...state } =
           await trainingState(first) as Record<string, unknown>;
         assertEquals(state, { ...c.place, best: {}, last: null, owed: true }, c.name);
+        assert(/^[0-9a-f]{64}$/.test(String(settingsSha256)), `${settingsSha256}`);
         // The step's line is in the log, what it ends with is not.
         const log = (await Deno.readTextFile(`${first}/log.jsonl`)).trim().split("\n");
         assertEquals(log.length, logLines, c.name);
@@ -502,6 +503,20 @@ Deno.test({
             "--overwrite starts the run again)",
         );
       }
+      // run.json's settings edited since the checkpoint (here its lr, typed to match): refused
+      // (it resumed under the edited lr, a run of neither).
+      await Deno.writeFile(path, whole);
+      const runJson = await Deno.readTextFile(`${out}/run.json`);
+      const record = JSON.parse(runJson);
+      const lr = record.settings.lr * 2;
+      record.settings.lr = lr;
+      await Deno.writeTextFile(`${out}/run.json`, JSON.stringify(record));
+      await assertRejects(
+        () => run(...flags, "--lr", String(lr), "--resume"),
+        Error,
+        `${path}: written under other settings than ${out}/run.json records now`,
+      );
+      await Deno.writeTextFile(`${out}/run.json`, runJson);
       // As it was written, it resumes.
       await Deno.writeFile(path, whole);
       await run(...flags, "--resume");

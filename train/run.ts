@@ -99,6 +99,7 @@ import {
   RUN_FILES,
   RUN_FOLDERS,
   runEntries,
+  settingsFingerprint,
   writesIntoFolder,
 } from "./run_folder.ts";
 import { RunLog } from "./run_log.ts";
@@ -519,6 +520,14 @@ async function trainSeed(
   const checkpoint = config.resume ? await readTrainingCheckpoint(checkpointPath) : null;
   if (checkpoint) {
     checkTrainingPlace(checkpointPath, checkpoint.state, p.stages.map((s) => s.steps));
+    const recorded = checkpoint.state.settingsSha256;
+    if (recorded !== undefined && recorded !== settingsFingerprint(settings)) {
+      throw new Error(
+        `${checkpointPath}: written under other settings than ${dir}/run.json records now ` +
+          `(edited since? a changed lr or step count would make the resumed run neither run): ` +
+          `put run.json's settings back, or --overwrite starts the run again`,
+      );
+    }
   }
   const gpu = options.gpu ?? await getGpu();
   const environment = runEnvironment(gpu);
@@ -695,7 +704,20 @@ async function trainSeed(
     // comes during the run's last evaluation or the final save lets the run end.
     setStepLoop(true);
     const result = await trainStages(
-      { config, task, dir, p, trainer, log, progress, options, seed, analysis, place },
+      {
+        config,
+        task,
+        dir,
+        p,
+        trainer,
+        log,
+        progress,
+        options,
+        seed,
+        analysis,
+        place,
+        settingsSha256: settingsFingerprint(settings),
+      },
       checkpoint,
     );
     if (analysis) {
@@ -801,6 +823,8 @@ interface Loop {
   analysis: RunAnalysis | null;
   /** Where the run stands for fault messages: its folder and last checkpoint. */
   place: RunPlace;
+  /** The fingerprint of the run's settings its checkpoints record (settingsFingerprint). */
+  settingsSha256: string;
 }
 
 /** Whether a stage's backbone tensor `name` (relative) was trained since the last restore. */
@@ -1013,6 +1037,7 @@ async function trainStages(
         last,
         logLines: l.log.lines,
         ...(owed ? { owed } : {}),
+        settingsSha256: l.settingsSha256,
       };
       await l.log.sync();
       await writeTrainingCheckpoint(`${l.dir}/${CHECKPOINT_FILE}`, state, {

@@ -9,6 +9,7 @@ import {
   readJsonFile,
   removeStaleTemporaries,
 } from "../model/atomic_write.ts";
+import { createHash } from "node:crypto";
 import { type TrainConfig, UNRECORDED_SETTINGS } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
@@ -150,6 +151,33 @@ async function firstDifference(
     return { key: k, text: `${settingText(k, a[k])} in run.json, ${now} now` };
   }
   return null;
+}
+
+/** JSON with every object's keys sorted, so that a fingerprint does not depend on their order. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const entries = Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * A fingerprint of a run's settings as a checkpoint records it (TrainingState.settingsSha256):
+ * all but the paths, which may be spelled otherwise or moved (their contents have fingerprints of
+ * their own in run.json), so that a resume from it under run.json's settings edited since (a
+ * changed lr or step count would make the resumed run neither) is found.
+ */
+export function settingsFingerprint(settings: Record<string, unknown>): string {
+  const kept = Object.fromEntries(
+    Object.entries({ ...UNRECORDED_SETTINGS, ...settings }).filter(([k]) =>
+      !PATH_SETTINGS.has(k) && !MOVABLE_SETTINGS.has(k)
+    ),
+  );
+  return createHash("sha256").update(canonicalJson(kept)).digest("hex");
 }
 
 /**

@@ -47,6 +47,12 @@ export interface TrainingState {
    * false (a periodic checkpoint, written after them).
    */
   owed?: boolean;
+  /**
+   * train.ts: the fingerprint of the run's settings (train/run_folder.ts settingsFingerprint), so
+   * that a resume under run.json's settings edited since is refused; absent in pretraining's
+   * checkpoints and in those from before it was recorded.
+   */
+  settingsSha256?: string;
 }
 
 export interface CheckpointTensors {
