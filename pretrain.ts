@@ -26,7 +26,7 @@ import {
 import { maxSequenceLength, type ModelConfig, parseConfig } from "./model/config.ts";
 import { initialEncoderValues, normalGenerator } from "./model/init.ts";
 import { loadBackbone, readFinite } from "./model/checkpoint.ts";
-import { type OpenedModel, openModel } from "./model/load.ts";
+import { modelSha256, type OpenedModel, openModel } from "./model/load.ts";
 import { initialMlmHeadValues, mlmHeadNames, type MlmHeadParams } from "./model/mlm_head.ts";
 import { TextTokenizer } from "./model/tokenizer.ts";
 import { convertTokenizerDir, parseVocabTxt } from "./model/tokenizer_convert.ts";
@@ -415,6 +415,7 @@ function checkResumeFlags(
       task_text: _t,
       vocab: _v,
       model: _m,
+      model_sha256: _ms,
       train_sha256: _s,
       held_out_sha256: _h,
       tokenizer_sha256: _k,
@@ -501,6 +502,16 @@ async function resumeIsFinished(
           `${JSON.stringify(settings.model)} now)`,
       );
     }
+  }
+  // The starting model's files, changed in place since (a run killed before its first
+  // checkpoint starts again from them): a run of neither.
+  const modelWas = before.settings.model_sha256;
+  if (typeof modelWas === "string" && modelWas !== settings.model_sha256) {
+    throw new Error(
+      `--resume: ${out} was started from --model ${before.settings.model}, whose files changed ` +
+        `since (model_sha256 in pretrain.json): put them back, or start the run again in a new ` +
+        `--out`,
+    );
   }
   // The text as read first (its fingerprint; the counts of documents, sentences and words for a
   // run from before it: what no vocabulary changes); then the vocabulary the text and --vocab
@@ -1058,6 +1069,8 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
     train_sha256: await sequencesSha256(train),
     held_out_sha256: await sequencesSha256(held),
     tokenizer_sha256: await textsSha256([tokenizerJson, tokenizerConfig, vocabText]),
+    // The starting checkpoint's files: one changed in place is refused on --resume.
+    ...(opened ? { model_sha256: await modelSha256(opened) } : {}),
   };
   if (f.resume) {
     if (await resumeIsFinished(out, saved!, settings, stats, typed)) {

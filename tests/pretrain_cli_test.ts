@@ -677,6 +677,23 @@ test("pretrain.ts --model continues a checkpoint on its own vocabulary", async (
     const alone = await pretrain(["--out", out, "--resume"], false);
     assertEquals(alone.code, 0, alone.stderr);
     assert(alone.stderr.includes("the run is finished; nothing to do"), alone.stderr);
+    // The --model folder's weights changed in place (same shape): refused, naming it (it went on
+    // from the new weights, a run of neither).
+    const baseWeights = await Deno.readFile(`${dir}/base/model.safetensors`);
+    await Deno.copyFile(`${dir}/other/model.safetensors`, `${dir}/base/model.safetensors`);
+    await rewriteSafetensors(`${dir}/base/model.safetensors`, (_, tensors) => {
+      const [name, t] = [...tensors].find(([n]) => n.endsWith("LayerNorm.bias"))!;
+      const data = Float32Array.from(t.data as Float32Array);
+      data[0] += 0.5;
+      tensors.set(name, { ...t, data });
+    });
+    const changed = await pretrain(["--out", out, "--resume"]);
+    assertEquals([changed.code, changed.stderr.trim().split("\n").at(-1)], [
+      1,
+      `pretrain: --resume: ${out} was started from --model ${dir}/base, whose files changed ` +
+      "since (model_sha256 in pretrain.json): put them back, or start the run again in a new --out",
+    ]);
+    await Deno.writeFile(`${dir}/base/model.safetensors`, baseWeights);
     // A NaN in the checkpoint's MLM head (read apart from the encoder): refused, naming it.
     const damaged = `${dir}/damaged`;
     await copyTree(`${out}/model`, damaged);
