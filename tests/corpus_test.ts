@@ -286,9 +286,9 @@ Deno.test("readTextCorpus: one-line errors naming the path", async () => {
     await Deno.writeTextFile(`${dir}/blank.txt`, "\n  \n\t\n");
     await check(`${dir}/blank.txt`, "is empty");
     await Deno.writeFile(`${dir}/latin1.txt`, new Uint8Array([0x61, 0x62, 0x0a, 0x63, 0xe9, 0x0a]));
-    await check(`${dir}/latin1.txt`, "is not UTF-8 text (bad byte at offset 4)");
+    await check(`${dir}/latin1.txt`, "line 2: not valid UTF-8: byte 0xE9 at byte 2 of the line");
     await Deno.writeFile(`${dir}/fffd.txt`, new Uint8Array([0xef, 0xbf, 0xbd, 0x61, 0xff]));
-    await check(`${dir}/fffd.txt`, "bad byte at offset 4");
+    await check(`${dir}/fffd.txt`, "line 1: not valid UTF-8: byte 0xFF at byte 5 of the line");
     await Deno.mkdir(`${dir}/none`);
     await Deno.writeTextFile(`${dir}/none/x.md`, "x\n");
     await check(`${dir}/none`, "no .txt files");

@@ -9,6 +9,7 @@ import { DatasetNotCachedError } from "./data_download.ts";
 import { offlineByEnv, USER_AGENT } from "../model/download_common.ts";
 import { envReader, trimSlash, userCacheBase } from "../model/env.ts";
 import { errorFirstLine } from "../model/error_text.ts";
+import { utf8Problem } from "../model/utf8.ts";
 import { MissingDataError } from "./data_files.ts";
 import type { Task } from "./task.ts";
 
@@ -303,15 +304,9 @@ async function readUtf8(path: string): Promise<string> {
   try {
     return UTF8.decode(bytes);
   } catch {
-    // Name the first bad byte: everything the lenient decoder read before its first U+FFFD is
-    // valid, so re-encoding that prefix gives the offset, unless the file holds a real U+FFFD.
-    const lenient = new TextDecoder().decode(bytes);
-    let good = 0;
-    for (let at = lenient.indexOf("\uFFFD"); at >= 0; at = lenient.indexOf("\uFFFD", at + 1)) {
-      good = new TextEncoder().encode(lenient.slice(0, at)).length;
-      if (!(bytes[good] === 0xef && bytes[good + 1] === 0xbf && bytes[good + 2] === 0xbd)) break;
-    }
-    throw new CorpusError(`${path}: is not UTF-8 text (bad byte at offset ${good})`);
+    // The line and the first bad byte in it, as the other readers name them.
+    const where = utf8Problem(bytes) ?? { line: 1, problem: "not valid UTF-8" };
+    throw new CorpusError(`${path}: line ${where.line}: ${where.problem}`);
   }
 }
 
