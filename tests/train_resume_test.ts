@@ -1116,3 +1116,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "train --resume: past Stage 1 with its stage1/ removed, says it cannot be made again",
+  fn: async () => {
+    // It finished without stage1/, saying nothing.
+    await withTinyRun("ehft-train-stage1-gone-", [], async (dir, out) => {
+      const script = await writeSignalScript(
+        dir,
+        `if (index === 1) Deno.kill(Deno.pid, "SIGTERM");`,
+      );
+      const { code, lines } = await runScript(script, [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--strategy", "ehft", "--peft", "bitfit", "--batch-size", "8", "--max-steps", "10"],
+        ...["--eval-every", "0", "--checkpoint-every", "0", "--no-autotune", "--out", out],
+      ]);
+      assertEquals(code, 143, lines.join(" | "));
+      assertEquals((await trainingState(out)).stage, 1);
+      await Deno.remove(`${out}/stage1`, { recursive: true });
+      const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
+      const said = await stderr;
+      assertEquals((await child.status).code, 0, said);
+      assert(
+        said.includes(
+          `--resume: ${out}/stage1 is missing (removed since?): Stage 1's snapshot cannot be made ` +
+            "again",
+        ),
+        said,
+      );
+    });
+  },
+});

@@ -936,6 +936,16 @@ async function trainStages(
       trainer.restoreLossScale(checkpoint.lossScale);
       first = checkpoint.state.stageStep;
       l.progress.line(`resumed at step ${checkpoint.state.step} (${stage.name})`);
+      // Past Stage 1, whose snapshot is gone (removed by hand): said, as it cannot be made again.
+      const stage1 = `${l.dir}/stage1`;
+      if (
+        checkpoint.state.stage > 0 && l.p.stages[0].name === "stage1" && !(await exists(stage1))
+      ) {
+        l.progress.line(
+          `--resume: ${stage1} is missing (removed since?): Stage 1's snapshot cannot be made ` +
+            `again (its weights are gone from this run); the run goes on without it`,
+        );
+      }
     } else {
       l.progress.line(
         `${stage.name}: ${plural(stage.steps, "step")} at lr ${stage.lr} (${
