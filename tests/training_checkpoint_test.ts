@@ -3,12 +3,15 @@
 // bad line count would cut log.jsonl), and a place outside the run's stages too.
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { gpuTest } from "./gpu_fixture.ts";
+import { tensorFromArray } from "../kernels/tensor.ts";
 import { writeSafetensors } from "../model/safetensors.ts";
 import {
   checkTrainingPlace,
   checkWholeCheckpoint,
   readTrainingCheckpoint,
   type TrainingState,
+  writeTrainingCheckpoint,
 } from "../train/training_checkpoint.ts";
 
 const STATE: TrainingState = {
@@ -168,3 +171,38 @@ Deno.test("training checkpoint: its place must be one in the run's stages", () =
     assert(e.message.endsWith("is not a place in this run (stages of 2, 6 steps)"), e.message);
   }
 });
+
+gpuTest(
+  "training checkpoint: a bit flipped in a tensor's bytes is refused, naming the tensor",
+  async (gpu) => {
+    // Finite values pass readFinite: it resumed into another result, saying nothing.
+    const dir = await Deno.makeTempDir();
+    const w = tensorFromArray(gpu, new Float32Array([1, -2, 3]), [3], "w");
+    const m = tensorFromArray(gpu, new Float32Array([0.5, 0.25, 0.125]), [3], "m");
+    const v = tensorFromArray(gpu, new Float32Array([4, 5, 6]), [3], "v");
+    try {
+      const path = `${dir}/checkpoint.safetensors`;
+      const tensors = {
+        params: new Map([["head.w", w]]),
+        moments: new Map([["head.w", { m, v }]]),
+      };
+      await writeTrainingCheckpoint(path, STATE, tensors);
+      const loaded = (await readTrainingCheckpoint(path))!;
+      assertEquals([...loaded.params.get("head.w")!], [1, -2, 3]);
+      const whole = await Deno.readFile(path);
+      // The last tensor's last byte: its low mantissa bits (6 becomes 6 + 2^-21).
+      const flipped = whole.slice();
+      flipped[flipped.length - 4] ^= 1;
+      await Deno.writeFile(path, flipped);
+      const e = await assertRejects(() => readTrainingCheckpoint(path), Error);
+      assert(
+        /^.*checkpoint\.safetensors: tensor "[^"]+" is not what it was written as \(its SHA-256 differs from the one the checkpoint records\): the file is damaged$/
+          .test(e.message),
+        e.message,
+      );
+    } finally {
+      for (const t of [w, m, v]) t.destroy();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -8,8 +8,11 @@
 // best metrics so far and how many lines log.jsonl had. Data order and dropout masks are
 // functions of (seed, step), so they need no state. An f16 run adds its loss-scale state
 // (kernels/loss_scale.ts: scale, good steps, skips), so that the scale evolves after a resume
-// exactly as it would have without the kill.
+// exactly as it would have without the kill. Each tensor's SHA-256 is in the metadata too: a bit
+// flipped on the disk that leaves the values finite is found on resume, naming the tensor, not
+// trained on.
 
+import { createHash } from "node:crypto";
 import { isJsonObject } from "../model/atomic_write.ts";
 import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
@@ -19,6 +22,13 @@ import { openSafetensors, type TensorInput, writeSafetensors } from "../model/sa
 
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
 const STATE_KEY = "ehft_training_state";
+const TENSORS_SHA256_KEY = "ehft_tensors_sha256";
+
+/** SHA-256 (hex) of a tensor's f32 bytes. */
+function tensorSha256(data: Float32Array): string {
+  return createHash("sha256").update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+    .digest("hex");
+}
 const FORMAT_VERSION = 1;
 
 export interface TrainingState {
@@ -145,6 +155,9 @@ export async function writeTrainingCheckpoint(
   await writeSafetensors(path, out, {
     format: "ehft-training-checkpoint",
     [STATE_KEY]: JSON.stringify({ version: FORMAT_VERSION, ...state }),
+    [TENSORS_SHA256_KEY]: JSON.stringify(
+      Object.fromEntries(names.map((name, k) => [name, tensorSha256(data[k])])),
+    ),
   });
 }
 
@@ -180,6 +193,21 @@ export function checkTrainingPlace(
         `${stageSteps.join(", ")} steps)`,
     );
   }
+}
+
+/** The per-tensor SHA-256s a checkpoint's metadata records, or null (none recorded). */
+function checkpointSums(path: string, raw: string | undefined): Record<string, string> | null {
+  if (raw === undefined) return null;
+  let sums: unknown;
+  try {
+    sums = JSON.parse(raw);
+  } catch {
+    sums = null;
+  }
+  if (!isJsonObject(sums) || !Object.values(sums).every((v) => typeof v === "string")) {
+    throw new Error(`${path}: its ${TENSORS_SHA256_KEY} is not a JSON object of hashes (damaged)`);
+  }
+  return sums as Record<string, string>;
 }
 
 /** Reads a checkpoint, or null when there is none at `path`. */
@@ -246,8 +274,16 @@ export async function readTrainingCheckpoint(path: string): Promise<LoadedCheckp
     const ms = new Map<string, Float32Array>();
     const vs = new Map<string, Float32Array>();
     let lossScale: Float32Array | null = null;
+    // Absent in checkpoints from before they were written.
+    const sums = checkpointSums(path, reader.metadata[TENSORS_SHA256_KEY]);
     for (const name of reader.tensors.keys()) {
       const data = await readFinite(reader, name);
+      if (sums && sums[name] !== tensorSha256(data)) {
+        throw new Error(
+          `${path}: tensor "${name}" is not what it was written as (its SHA-256 differs from the ` +
+            `one the checkpoint records): the file is damaged`,
+        );
+      }
       if (name === LOSS_SCALE) lossScale = data;
       else if (name.startsWith(PARAM)) params.set(name.slice(PARAM.length), data);
       else if (name.startsWith(M)) ms.set(name.slice(M.length), data);
