@@ -1034,6 +1034,13 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
         `left out, as they have nothing to mask`,
     );
   }
+  if (train.length === 0) {
+    // No batch size helps: the text itself has nothing to mask (a file of NUL bytes, say).
+    throw new Error(
+      `the corpus and task text (${sources.join("; ")}) pack into no ` +
+        `training sequence: their tokens are all special or unknown ones (nothing to mask)`,
+    );
+  }
   if (train.length < batchSize) {
     throw new FlagError(
       `the corpus packs into ${train.length} training sequences of up to ${maxLength} tokens, ` +

@@ -761,6 +761,19 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
     assertEquals(task.code, 2);
     assert(task.stderr.includes('--task-text: unknown task "rtee"'), task.stderr);
     await writeCorpus(`${dir}/corpus.txt`);
+    // Text with nothing to mask (NUL bytes: unknown tokens alone): said so, not blamed on
+    // --batch-size (exit status 2).
+    await Deno.writeTextFile(`${dir}/nul.txt`, "\0\0\0 \0\0\n\n".repeat(200));
+    const nul = await pretrain([
+      ...["--out", `${dir}/n`, "--corpus", `${dir}/nul.txt`, "--task-text", "none"],
+      ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
+      ...["--max-positions", "16", "--batch-size", "2"],
+    ]);
+    assertEquals([nul.code, nul.stderr.trim()], [
+      1,
+      `pretrain: the corpus and task text (${dir}/nul.txt) pack into no training sequence: ` +
+      "their tokens are all special or unknown ones (nothing to mask)",
+    ]);
     // A --vocab without one of BERT's special tokens: named, with the file, before the corpus
     // is read (it was "pad_token_id must be an integer ≥ 0, got -1").
     for (const token of ["[PAD]", "[MASK]"]) {
