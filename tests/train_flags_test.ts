@@ -12,6 +12,7 @@ import {
   type TrainConfig,
 } from "../train/config.ts";
 import { checkRunFolder, FlagError } from "../train/flags.ts";
+import { defaultMainLr, defaultStage1Lr } from "../train/strategy.ts";
 
 const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
 
@@ -84,9 +85,19 @@ Deno.test("train flags: a recipe's defaults yield to what the user typed", () =>
     2e-5,
     3,
   ]);
-  // An explicit --strategy ft drops the recipe's PEFT method and its learning rates.
+  // An explicit --strategy ft drops the recipe's PEFT method and Stage-1 lr, and keeps its lr,
+  // the full fine-tuning's (a baseline beside the recipe's run trained at ft's default instead).
   const ft = parse(["--strategy", "ft"], recipe);
-  assertEquals([ft.strategy, ft.peft, ft.lr, ft.stage1Lr, ft.epochs], ["ft", null, 1e-5, null, 3]);
+  assertEquals([ft.strategy, ft.peft, ft.lr, ft.stage1Lr, ft.epochs], ["ft", null, 2e-5, null, 3]);
+  // lp and peft train the head or the method last: their own lr; ehft-reserve keeps all.
+  const lp = parse(["--strategy", "lp"], recipe);
+  assertEquals([lp.peft, lp.lr, lp.stage1Lr], [null, defaultMainLr("lp", null), null]);
+  const peft = parse(["--strategy", "peft"], recipe);
+  assertEquals([peft.peft, peft.lr, peft.stage1Lr], ["lora", defaultMainLr("peft", "lora"), null]);
+  const reserve = parse(["--strategy", "ehft-reserve"], recipe);
+  assertEquals([reserve.peft, reserve.lr, reserve.stage1Lr], ["lora", 2e-5, 1e-3]);
+  const lpft = parse(["--strategy", "lpft"], recipe);
+  assertEquals([lpft.peft, lpft.lr, lpft.stage1Lr], [null, 2e-5, defaultStage1Lr("lpft", null)]);
   // Another PEFT method drops the recipe's stage-1 lr (it was the recipe method's).
   const prefix = parse(["--peft", "prefix"], recipe);
   assertEquals([prefix.peft, prefix.stage1Lr, prefix.lr], ["prefix", 5e-3, 2e-5]);

@@ -322,15 +322,21 @@ export function parseTrainArgs(
   const model = f.model ?? r.model;
   if (!model) throw new FlagError(`--model is required: ${MODEL_CHOICES}`);
 
-  // The strategy first: the recipe's strategy-specific settings yield to another typed one.
+  // The strategy first: the recipe's strategy-specific settings yield to another typed one. Its
+  // lr is the full fine-tuning's (ft's, and a two-stage strategy's last stage): kept for another
+  // strategy that fine-tunes the whole model last (a baseline beside the recipe's run trains at
+  // its lr), not for lp or peft, whose lr is the head's or the method's. Its PEFT method stays
+  // for a strategy that uses one; its Stage-1 split and lr where they mean the same.
   const strategy = f.strategy !== undefined
     ? choiceFlag("strategy", f.strategy, STRATEGY_NAMES)
     : r.strategy ?? TRAIN_DEFAULTS.strategy;
   if (f.strategy !== undefined && r.strategy !== undefined && r.strategy !== strategy) {
-    delete r.peft;
-    delete r.lr;
-    delete r.stage1Lr;
-    delete r.stage1Ratio;
+    const fullLast = (s: StrategyName) => s === "ft" || isTwoStage(s);
+    const peftFirst = (s: StrategyName) => s === "ehft" || s === "ehft-reserve";
+    if (!(fullLast(r.strategy) && fullLast(strategy))) delete r.lr;
+    if (!usesPeft(strategy)) delete r.peft;
+    if (!(peftFirst(r.strategy) && peftFirst(strategy))) delete r.stage1Lr;
+    if (!(isTwoStage(r.strategy) && isTwoStage(strategy))) delete r.stage1Ratio;
   }
   let peft: PeftName | null = null;
   if (f.peft !== undefined) {
