@@ -15,6 +15,7 @@ import {
 import { tuneRequest } from "./kernels/matmul_autotune.ts";
 import { maxSequenceLength, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
+import { loadTokenizer } from "./model/tokenizer.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
 import { checkRunFolder, FlagError, probeRunFolder, runMain } from "./train/flags.ts";
 import {
@@ -103,8 +104,23 @@ export async function trainFromArgs(
       }
     }
   }
-  // A fault in the test split is found before the training, not after it.
-  if (typed.has("predict-test")) await checkTestSplit(config, byName(config.task));
+  // A fault in the test split is found before the training, not after it: for WiC also a target
+  // word that truncation cuts, with the model's tokenizer at the run's length.
+  if (typed.has("predict-test")) {
+    const tested = byName(config.task);
+    let spans;
+    if (tested.head === "wic") {
+      const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
+      const model = await readConfig(`${dir}/config.json`);
+      const limit = maxSequenceLength(model) -
+        (config.peft === "prefix" ? config.prefixLength : 0);
+      spans = {
+        tokenizer: await loadTokenizer(dir, model),
+        maxLength: Math.min(config.maxLength ?? limit, limit),
+      };
+    }
+    await checkTestSplit(config, tested, undefined, spans);
+  }
   return await runTraining(config, {
     task: byName(config.task),
     autotune: tuneRequest(tune),

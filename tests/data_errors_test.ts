@@ -14,9 +14,13 @@ import { parseTrainArgs } from "../train/config.ts";
 import { runTraining } from "../train/run.ts";
 import { tokenizeExamples } from "../train/batches.ts";
 import type { Task, TaskExample } from "../train/task.ts";
-import { TextTokenizer } from "../model/tokenizer.ts";
+import { loadTokenizer, TextTokenizer } from "../model/tokenizer.ts";
+import { readConfig } from "../model/config.ts";
+import { checkTestSplit } from "../train/submission.ts";
 import { convertTokenizerDir, convertWordPiece } from "../model/tokenizer_convert.ts";
 import { exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
 
 const TRAIN_TS = new URL("../train.ts", import.meta.url).pathname;
 
@@ -968,4 +972,52 @@ Deno.test("data errors: --dry-run with a model not at hand: ready unless the tra
   // repository root, where the tests run): a file, and a folder given a --revision.
   assertEquals(await ready("data/README.md", {}), false);
   assertEquals(await ready("models/ehft-mini-en", {}, "main"), false);
+});
+
+Deno.test("data errors: a WiC target word that truncation cuts: --dry-run not ready, --predict-test refused before the training", async () => {
+  // The dry run said ready (exit 0) where training refused it; --predict-test found it in the
+  // test split only after the training.
+  await withDir(async (dir) => {
+    const folder = `${dir}/wic`;
+    await Deno.mkdir(folder);
+    const source = (await Deno.readTextFile(`${ROOT}data/superglue/WiC/train.jsonl`)).split("\n");
+    // Examples whose first target word is the 8th word or later: cut at 12 tokens.
+    const late = source.filter(Boolean).map((l) => JSON.parse(l)).filter((e) =>
+      e.sentence1.slice(0, e.start1).split(" ").length > 8
+    ).slice(0, 6);
+    assert(late.length === 6, "the shipped WiC data has such examples");
+    const lines = (rows: Record<string, unknown>[]) =>
+      rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
+    const early = source.slice(0, 6).map((l) => JSON.parse(l));
+    await Deno.writeTextFile(`${folder}/train.jsonl`, lines(late));
+    await Deno.writeTextFile(`${folder}/val.jsonl`, lines(early));
+    const unlabeled = late.map(({ label: _, ...rest }) => rest);
+    await Deno.writeTextFile(`${folder}/test.jsonl`, lines(unlabeled));
+    const model = `${ROOT}models/ehft-mini-en`;
+    const report = await dryRun(TASKS.wic, { data: folder, model, maxLength: 12 });
+    assertEquals(report.ready, false);
+    assert(
+      report.notes!.some((n) =>
+        n.includes(`${folder}/train.jsonl:1: wic train: example 0`) &&
+        n.includes("kept only its first")
+      ),
+      JSON.stringify(report.notes),
+    );
+    // At a length that keeps the words: ready.
+    const long = await dryRun(TASKS.wic, { data: folder, model, maxLength: 128 });
+    assertEquals(long.ready, true, JSON.stringify(long.notes));
+    // --predict-test's check before the training, with the model's tokenizer at the run's length.
+    await Deno.writeTextFile(`${folder}/train.jsonl`, lines(early));
+    const { config } = parseTrainArgs([
+      ...["--task", "wic", "--model", model, "--data", folder, "--max-length", "12"],
+      ...["--out", `${dir}/run`, "--predict-test"],
+    ]);
+    const tokenizer = await loadTokenizer(model, await readConfig(`${model}/config.json`));
+    await assertRejects(
+      () => checkTestSplit(config, TASKS.wic, () => {}, { tokenizer, maxLength: 12 }),
+      Error,
+      `--predict-test: ${folder}/test.jsonl:1: wic test: example 0`,
+    );
+    await checkTestSplit(config, TASKS.wic, () => {}, { tokenizer, maxLength: 128 });
+  });
 });

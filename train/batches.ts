@@ -105,6 +105,42 @@ export function exampleTokenSpans(
   return out as unknown as TokenSpans;
 }
 
+/**
+ * The first example of `examples` whose target word (WiC's spans) truncation to `maxLength`
+ * would cut, as exampleTokenSpans' one-line error; null when none would (or they carry no
+ * spans). What a dry run and --predict-test check before the training, which would refuse them
+ * (or, for the test split, fail after it).
+ */
+export function targetSpanProblem(
+  tokenizer: TextTokenizer,
+  examples: readonly TaskExample[],
+  maxLength: number,
+  what: string,
+  truncation: Truncation = "longest_first",
+): string | null {
+  const BLOCK = 64;
+  // Examples with spans and one pair (others are named by training's own checks).
+  const withSpans = examples.flatMap((e, i) =>
+    e.spans && e.inputs.length === 1 && typeof e.inputs[0] !== "string" ? [{ e, i }] : []
+  );
+  for (let start = 0; start < withSpans.length; start += BLOCK) {
+    const chunk = withSpans.slice(start, start + BLOCK);
+    const enc = tokenizer.encodeBatch(chunk.map(({ e }) => e.inputs[0]), {
+      maxLength,
+      truncation,
+      fallback: "longest_first",
+    });
+    for (const [b, { e, i }] of chunk.entries()) {
+      try {
+        exampleTokenSpans(tokenizer, e, enc, b, what, i);
+      } catch (err) {
+        return (err as Error).message;
+      }
+    }
+  }
+  return null;
+}
+
 /** "<file>:<line>: " for an example that says where it comes from, else "". */
 function sourcePrefix(example: TaskExample): string {
   return example.source ? `${example.source}: ` : "";

@@ -44,7 +44,7 @@ import { hubOffline, isHubId, resolveModel } from "../model/hub.ts";
 import { envReader } from "../model/env.ts";
 import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
-import { emptyTextNote, lengthProblem } from "./batches.ts";
+import { emptyTextNote, lengthProblem, targetSpanProblem } from "./batches.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
 import { DataError, MissingDataError } from "./data_files.ts";
 import { DatasetNotCachedError } from "./data_download.ts";
@@ -282,6 +282,18 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
         model: options.model!,
       });
       if (problem !== null) refuse(problem.message);
+    }
+    // A target word that truncation cuts (WiC): training refuses it, --predict-test fails on it.
+    if (model) {
+      const cut = targetSpanProblem(
+        model.tokenizer,
+        examples,
+        maxLength,
+        `${task.name} ${r.name}`,
+        task.truncation,
+      );
+      if (cut !== null && (needed.has(r.name) || options.predictTest)) refuse(cut);
+      else if (cut !== null) notes.push(`${cut} (only --predict-test reads it)`);
     }
     if (model) {
       let longest = 0;

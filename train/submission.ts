@@ -28,7 +28,8 @@
 import { isDirectory, writeFileAtomic } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { microBatchSize, runFolders, type TrainConfig } from "./config.ts";
-import { emptyTextNote } from "./batches.ts";
+import { emptyTextNote, targetSpanProblem } from "./batches.ts";
+import type { TextTokenizer } from "../model/tokenizer.ts";
 import { FlagError } from "./flags.ts";
 import type { Task } from "./task.ts";
 import { plural } from "../model/progress_text.ts";
@@ -370,6 +371,7 @@ export async function checkTestSplit(
   config: TrainConfig,
   task: Task,
   log: (line: string) => void = (line) => console.error(line),
+  spans?: { tokenizer: TextTokenizer; maxLength: number },
 ): Promise<string | null> {
   const refusal = predictTestRefusal(config, task);
   if (refusal) throw new FlagError(refusal);
@@ -394,6 +396,17 @@ export async function checkTestSplit(
       );
     }
     first.set(e.idx, where);
+  }
+  // A target word (WiC) that truncation cuts: the predictions would fail after the training.
+  if (spans) {
+    const cut = targetSpanProblem(
+      spans.tokenizer,
+      examples,
+      spans.maxLength,
+      `${task.name} test`,
+      task.truncation,
+    );
+    if (cut !== null) throw new Error(`--predict-test: ${cut}`);
   }
   const empty = emptyTextNote(examples, `${task.name} test`);
   if (empty !== null) log(`predict-test: ${empty}`);
