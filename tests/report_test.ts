@@ -390,8 +390,8 @@ Deno.test("report: a seed whose metric is undefined is left out of the mean, and
     assert(/\| LoRA +\| +70\.0 \|.* n\/a \| 70\.0 \(1\/9\) \|/.test(markdown), markdown);
     assert(
       markdown.includes(
-        "n/a: the metric is undefined (a correlation of constant predictions); (k n/a): k seeds " +
-          "so, left out of the mean. Seeds per cell: 1 to 2",
+        "n/a: the metric is undefined (a correlation where the predictions or the gold scores " +
+          "are constant); (k n/a): k seeds so, left out of the mean. Seeds per cell: 1 to 2",
       ),
       markdown,
     );

@@ -228,7 +228,9 @@ export async function runFigures(r: RunAnalysisFiles): Promise<Figure[]> {
       }),
       caption: `The backbone's gradient norm averages ${
         fmt(mean(grads.map((c) => c.backboneGradNorm!)))
-      } over the first ${grads.length} steps of ${grads[0].stage}.`,
+      } over the first ${grads.length === 1 ? "step" : `${grads.length} steps`} of ${
+        grads[0].stage
+      }.`,
     });
   }
   if (d.featureChange) {

@@ -747,7 +747,7 @@ export function renderMarkdown(table: ResultsTable): string {
     `not a task of the paper's table (its metric: ${extras.map((c) => c.metric).join(", ")}), ` +
     `not in Avg.`;
   const undefinedNote = cells.some((c) => c.undefinedSeeds > 0)
-    ? " n/a: the metric is undefined (a correlation of constant predictions); (k n/a): k seeds " +
+    ? " n/a: the metric is undefined (a correlation where the predictions or the gold scores are constant); (k n/a): k seeds " +
       "so, left out of the mean."
     : "";
   const lo = Math.min(...counts), hi = Math.max(...counts);
