@@ -18,7 +18,7 @@ import { loadTokenizer, TextTokenizer } from "../model/tokenizer.ts";
 import { readConfig } from "../model/config.ts";
 import { checkTestSplit } from "../train/submission.ts";
 import { convertTokenizerDir, convertWordPiece } from "../model/tokenizer_convert.ts";
-import { exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
+import { copyTree, exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -972,6 +972,16 @@ Deno.test("data errors: --dry-run with a model not at hand: ready unless the tra
   // repository root, where the tests run): a file, and a folder given a --revision.
   assertEquals(await ready("data/README.md", {}), false);
   assertEquals(await ready("models/ehft-mini-en", {}, "main"), false);
+  // A model folder whose files the training refuses (no weights; a config that contradicts
+  // them): not ready, named (it read only config.json and the tokenizer, and said ready).
+  await withDir(async (dir) => {
+    await copyTree(`${ROOT}models/ehft-mini-en`, `${dir}/m`);
+    assertEquals((await dryRun(task, { data, model: `${dir}/m` })).ready, true);
+    await Deno.remove(`${dir}/m/model.safetensors`);
+    const gone = await dryRun(task, { data, model: `${dir}/m` });
+    assertEquals(gone.ready, false);
+    assert(gone.notes!.some((n) => n.startsWith(`--model ${dir}/m: `)), `${gone.notes}`);
+  });
 });
 
 Deno.test("data errors: a WiC target word that truncation cuts: --dry-run not ready, --predict-test refused before the training", async () => {

@@ -37,12 +37,13 @@
 // malformed flag too (exit 2, naming the flag);
 // missing data, a missing split or a missing model is not (the report says it, and `ready`).
 
-import { maxSequenceLength, readConfig } from "../model/config.ts";
+import { maxSequenceLength } from "../model/config.ts";
+import { openModel } from "../model/load.ts";
 import { errorText } from "../model/error_text.ts";
 import { writeStdout } from "../model/progress_text.ts";
 import { hubOffline, isHubId, resolveModel } from "../model/hub.ts";
 import { envReader } from "../model/env.ts";
-import { loadTokenizer, type TextInput, type TextTokenizer } from "../model/tokenizer.ts";
+import type { TextInput, TextTokenizer } from "../model/tokenizer.ts";
 import { parseTrainArgs, type Recipe } from "./config.ts";
 import { emptyTextNote, lengthProblem, targetSpanProblem } from "./batches.ts";
 import { unscorableDevSplit } from "./evaluate.ts";
@@ -114,7 +115,9 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
 /**
  * The model's tokenizer and its sequence limit, from local files only; why not (one line) when the
  * model is not at hand (not a folder, not in the hub cache) or its path holds no model folder; an
- * error when its files are there but wrong.
+ * error when its files are there but wrong, found as the training's openModel finds them (the
+ * weights' headers against the config, the tokenizer against the embedding table): a dry run
+ * said ready for a folder without weights.
  */
 async function localTokenizer(
   model: string,
@@ -131,8 +134,9 @@ async function localTokenizer(
   } catch (e) {
     return errorText(e).split("\n")[0];
   }
-  const config = await readConfig(`${dir}/config.json`);
-  return { tokenizer: await loadTokenizer(dir, config), limit: maxSequenceLength(config) };
+  const opened = await openModel(dir, { quiet: true, noteUnused: false });
+  opened.weights.close();
+  return { tokenizer: opened.tokenizer, limit: maxSequenceLength(opened.config) };
 }
 
 function tokens(tokenizer: TextTokenizer, input: TextInput): number {
@@ -162,13 +166,19 @@ export async function dryRun(task: Task, options: DryRunOptions): Promise<DryRun
 
   let model: { tokenizer: TextTokenizer; limit: number } | null = null;
   if (options.model) {
-    const found = await localTokenizer(
-      options.model,
-      options.revision,
-      options.env ?? Deno.env.toObject(),
-    );
-    if (typeof found !== "string") model = found;
-    else {
+    let found: Awaited<ReturnType<typeof localTokenizer>> | null = null;
+    try {
+      found = await localTokenizer(
+        options.model,
+        options.revision,
+        options.env ?? Deno.env.toObject(),
+      );
+    } catch (e) {
+      // Its files are there but the training could not use them: named, the summary printed.
+      refuse(`--model ${options.model}: ${errorText(e).split("\n")[0]}`);
+    }
+    if (typeof found === "object" && found !== null) model = found;
+    else if (typeof found === "string") {
       // Not at hand: a hub id the training downloads, unless the hub's offline variables forbid
       // it. Something at that path that is no model folder (a file; a folder given a
       // --revision), or a path that is no hub id either, the training cannot use at all.
