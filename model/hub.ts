@@ -558,7 +558,17 @@ async function findCached(
   ctx: Context,
 ): Promise<{ dir?: string; missing?: string; damage?: string }> {
   const commit = await cachedCommit(ctx);
-  if (commit === undefined) return {};
+  if (commit === undefined) {
+    // Other revisions of the model cached, not this one: said so, not "not in the cache".
+    let others = false;
+    try {
+      for await (const _ of Deno.readDir(`${ctx.repoDir}/snapshots`)) {
+        others = true;
+        break;
+      }
+    } catch { /* none */ }
+    return others ? { missing: `revision ${ctx.revision}` } : {};
+  }
   if (typeof commit === "object") return commit;
   const dir = `${ctx.repoDir}/snapshots/${commit}`;
   const named = COMMIT_HASH.test(ctx.revision)

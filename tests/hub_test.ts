@@ -678,6 +678,13 @@ Deno.test("hub: HF_HUB_OFFLINE with nothing cached is one clear error", async ()
     const p = await assertRejects(() => resolveModel(ID, { ...opts, env: offline }), HubError);
     assert(p.message.includes("only partly") && p.message.includes("model.safetensors"));
     assertEquals(hub.log.filter((r) => r.method === "GET" && r.server === "hub").length, 2);
+    // Another revision than the cached one: named (it said the model was not in the cache).
+    const v2 = await assertRejects(
+      () => resolveModel(ID, { ...opts, env: offline, revision: "v2" }),
+      HubError,
+    );
+    assert(v2.message.startsWith(`${ID} is only partly in the Hugging Face cache (`), v2.message);
+    assert(v2.message.includes("(no revision v2) and HF_HUB_OFFLINE is set"), v2.message);
   });
 });
 
