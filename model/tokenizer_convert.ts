@@ -409,6 +409,103 @@ function configToken(
   );
 }
 
+/** The JSON object in the file at `path`, or {} when there is none; a one-line error otherwise. */
+async function readJsonObjectIfExists(path: string): Promise<Record<string, unknown>> {
+  const text = await readIfExists(path);
+  if (text === null) return {};
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerConvertError(path, `is not valid JSON (${jsonErrorText(e, text)})`);
+  }
+  if (!isJsonObject(json)) throw new TokenizerConvertError(path, "is not a JSON object");
+  return json;
+}
+
+/**
+ * `json` with the added tokens a slow tokenizer's folder declares: `added_tokens.json` ({text:
+ * id}, as transformers' slow tokenizers save them) and tokenizer_config.json's
+ * `added_tokens_decoder` ({id: {content, lstrip, rstrip, single_word, normalized, special}},
+ * transformers ≥ 4.34, whose flags win). transformers keeps each as one token; without them
+ * `<e1>` was split into `<`, `e`, `##1`, `>`. An id the vocabulary gives another token is refused.
+ */
+async function withAddedTokens(
+  json: TokenizerJson,
+  dir: string,
+  config: Record<string, unknown>,
+  source: string,
+): Promise<TokenizerJson> {
+  const extra = new Map<number, AddedTokenJson>();
+  const plain = (id: number, content: string): AddedTokenJson => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: true,
+    special: false,
+  });
+  const addedPath = `${dir}/added_tokens.json`;
+  for (const [content, id] of Object.entries(await readJsonObjectIfExists(addedPath))) {
+    if (!Number.isSafeInteger(id) || (id as number) < 0) {
+      throw new TokenizerConvertError(
+        addedPath,
+        `"${content}" has id ${JSON.stringify(id)?.slice(0, 40)}, not a token id`,
+      );
+    }
+    extra.set(id as number, plain(id as number, content));
+  }
+  const decoder = config.added_tokens_decoder;
+  const configPath = `${dir}/tokenizer_config.json`;
+  if (decoder !== undefined && decoder !== null) {
+    if (!isJsonObject(decoder)) {
+      throw new TokenizerConvertError(configPath, "added_tokens_decoder is not a JSON object");
+    }
+    for (const [key, v] of Object.entries(decoder)) {
+      const id = Number(key);
+      if (
+        !Number.isSafeInteger(id) || id < 0 || !isJsonObject(v) || typeof v.content !== "string"
+      ) {
+        throw new TokenizerConvertError(
+          configPath,
+          `added_tokens_decoder's entry ${JSON.stringify(key)} is not {"content": text, ...} ` +
+            "under a token id",
+        );
+      }
+      const flag = (k: string, fallback: boolean) =>
+        typeof v[k] === "boolean" ? v[k] as boolean : fallback;
+      const special = flag("special", false);
+      extra.set(id, {
+        id,
+        content: v.content,
+        single_word: flag("single_word", false),
+        lstrip: flag("lstrip", false),
+        rstrip: flag("rstrip", false),
+        normalized: flag("normalized", !special),
+        special,
+      });
+    }
+  }
+  if (extra.size === 0) return json;
+  const vocab = json.model.vocab as Record<string, number>;
+  const byId = new Map<number, string>();
+  for (const [token, id] of Object.entries(vocab)) byId.set(id, token);
+  const merged = new Map(json.added_tokens.map((t) => [t.id, t]));
+  for (const [id, t] of extra) {
+    const held = byId.get(id);
+    if (held !== undefined && held !== t.content) {
+      throw new TokenizerConvertError(
+        source,
+        `added token ${JSON.stringify(t.content)} has id ${id}, which the vocabulary gives ` +
+          JSON.stringify(held),
+      );
+    }
+    merged.set(id, t);
+  }
+  return { ...json, added_tokens: [...merged.values()].sort((a, b) => a.id - b.id) };
+}
+
 /** Reads `dir/tokenizer_config.json` as an object, or {} when there is none. */
 export async function readTokenizerConfig(dir: string): Promise<Record<string, unknown>> {
   const path = `${dir}/tokenizer_config.json`;
@@ -447,7 +544,12 @@ export async function convertTokenizerDir(
       `${key} is ${JSON.stringify(v).slice(0, 40)}, not true or false`,
     );
   };
-  const token = (key: string) => configToken(config, key, configPath);
+  // special_tokens_map.json (what transformers' save_pretrained also writes) names them where
+  // tokenizer_config.json does not.
+  const mapPath = `${dir}/special_tokens_map.json`;
+  const specialMap = await readJsonObjectIfExists(mapPath);
+  const token = (key: string) =>
+    configToken(config, key, configPath) ?? configToken(specialMap, key, mapPath);
   const tokens = {
     unkToken: options.unkToken ?? token("unk_token"),
     clsToken: options.clsToken ?? token("cls_token"),
@@ -458,24 +560,26 @@ export async function convertTokenizerDir(
   const vocabTxtPath = `${dir}/vocab.txt`;
   const vocabTxt = await readIfExists(vocabTxtPath);
   if (vocabTxt !== null) {
-    return convertWordPiece(vocabTxt, {
+    const json = convertWordPiece(vocabTxt, {
       ...tokens,
       source: options.source ?? vocabTxtPath,
       doLowerCase: options.doLowerCase ?? bool("do_lower_case"),
       stripAccents: options.stripAccents ?? bool("strip_accents") ?? null,
       tokenizeChineseChars: options.tokenizeChineseChars ?? bool("tokenize_chinese_chars"),
     });
+    return await withAddedTokens(json, dir, config, options.source ?? vocabTxtPath);
   }
   const vocabJsonPath = `${dir}/vocab.json`;
   const vocabJson = await readIfExists(vocabJsonPath);
   const mergesPath = `${dir}/merges.txt`;
   const merges = await readIfExists(mergesPath);
   if (vocabJson !== null && merges !== null) {
-    return convertByteLevelBpe(vocabJson, merges, {
+    const json = convertByteLevelBpe(vocabJson, merges, {
       ...tokens,
       source: options.source ?? vocabJsonPath,
       addPrefixSpace: options.addPrefixSpace ?? bool("add_prefix_space"),
     });
+    return await withAddedTokens(json, dir, config, options.source ?? vocabJsonPath);
   }
   throw new TokenizerConvertError(
     dir,

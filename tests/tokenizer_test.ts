@@ -590,6 +590,47 @@ Deno.test("loadTokenizer: tokenizer.json, else vocab.txt, else vocab.json + merg
     assertEquals(converted.pre_tokenizer, robertaJsonLoaded().pre_tokenizer);
     const rob = await loadTokenizer(`${dir}/roberta`, ROBERTA_MODEL);
     assertEquals(rob.encodeText("Hello world"), [15496 + SHIFT, 995 + SHIFT]);
+    // Added tokens of a slow tokenizer's folder (added_tokens.json; tokenizer_config.json's
+    // added_tokens_decoder, whose flags win): one token each, as transformers keeps them (they
+    // were split, "<e1>" as "<", "e", "##1", ">"); special_tokens_map.json names special tokens.
+    await Deno.mkdir(`${dir}/added`);
+    await Deno.writeTextFile(`${dir}/added/vocab.txt`, BERT_VOCAB);
+    await Deno.writeTextFile(`${dir}/added/added_tokens.json`, '{"<e1>": 30522, "<e2>": 30523}');
+    const grown = { ...BERT_MODEL, vocabSize: 30524 };
+    const added = await loadTokenizer(`${dir}/added`, grown);
+    const ids = added.encodeText("hello <e1> world <e2>");
+    assertEquals(ids, [7592, 30522, 2088, 30523]);
+    await Deno.writeTextFile(
+      `${dir}/added/tokenizer_config.json`,
+      JSON.stringify({
+        added_tokens_decoder: { "30522": { content: "<e1>", special: true, normalized: false } },
+      }),
+    );
+    assertEquals((await loadTokenizer(`${dir}/added`, grown)).encodeText("<e1>"), [30522]);
+    // An id the vocabulary gives another token: refused, naming both.
+    await Deno.writeTextFile(`${dir}/added/added_tokens.json`, '{"<e1>": 7592}');
+    await Deno.remove(`${dir}/added/tokenizer_config.json`);
+    await assertRejects(
+      () => loadTokenizer(`${dir}/added`, grown),
+      TokenizerConvertError,
+      `added token "<e1>" has id 7592, which the vocabulary gives "hello"`,
+    );
+    // An unknown token named only in special_tokens_map.json.
+    await Deno.remove(`${dir}/added/added_tokens.json`);
+    await Deno.writeTextFile(
+      `${dir}/added/vocab.txt`,
+      BERT_VOCAB.replace("[UNK]\n", "<unk>\n"),
+    );
+    await assertRejects(
+      () => loadTokenizer(`${dir}/added`, grown),
+      TokenizerConvertError,
+      'has no unknown token "[UNK]"',
+    );
+    await Deno.writeTextFile(`${dir}/added/special_tokens_map.json`, '{"unk_token": "<unk>"}');
+    assertEquals(
+      (await loadTokenizer(`${dir}/added`, grown)).encodeText("hello"),
+      [7592],
+    );
     // Nothing to load.
     await Deno.mkdir(`${dir}/empty`);
     await assertRejects(
