@@ -507,20 +507,8 @@ async function withAddedTokens(
 }
 
 /** Reads `dir/tokenizer_config.json` as an object, or {} when there is none. */
-export async function readTokenizerConfig(dir: string): Promise<Record<string, unknown>> {
-  const path = `${dir}/tokenizer_config.json`;
-  const text = await readIfExists(path);
-  if (text === null) return {};
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new TokenizerConvertError(path, `is not valid JSON (${jsonErrorText(e, text)})`);
-  }
-  if (!isJsonObject(json)) {
-    throw new TokenizerConvertError(path, "is not a JSON object");
-  }
-  return json as Record<string, unknown>;
+export function readTokenizerConfig(dir: string): Promise<Record<string, unknown>> {
+  return readJsonObjectIfExists(`${dir}/tokenizer_config.json`);
 }
 
 /**
