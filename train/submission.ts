@@ -362,8 +362,9 @@ export function predictTestRefusal(
  * --predict-test, before the training: refuses what predictTestSet would only skip after it (a
  * task without a leaderboard format, no test file in --data, a final model that keeps its
  * prefix rows), then reads the test split (each line checked as training checks its splits) and
- * requires one example per idx, so that a fault ends the command before the training, not
- * after. A --data that is not a folder is left to the training's own check. A test split that
+ * requires one example per idx (with `spans`, the model's tokenizer and the run's length, also
+ * that no target word of a WiC-style task is cut by truncation), so that a fault ends the
+ * command before the training, not after. A --data that is not a folder is left to the training's own check. A test split that
  * is not the leaderboard's (testSplitWarning) is logged, and returned, but not refused: the
  * warning comes before hours of training too (and in a dry run, which calls this).
  */
