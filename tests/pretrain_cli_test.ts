@@ -399,7 +399,8 @@ test("pretrain.ts --resume: finished runs are kept, other flags or text refused"
     // model/ lost after result.json was written: not finished, and written again.
     const kept = await readTree(`${out}/model`);
     await Deno.remove(`${out}/model`, { recursive: true });
-    assertEquals((await pretrain([...args, "--resume"])).code, 0);
+    const rebuilt = await pretrain([...args, "--resume"]);
+    assertEquals(rebuilt.code, 0, rebuilt.stderr);
     for (const [name, bytes] of kept) {
       assert(sameBytes((await readTree(`${out}/model`)).get(name)!, bytes), `model/${name}`);
     }
@@ -834,7 +835,8 @@ test("pretrain.ts: one-line errors for no corpus, an unknown task, a corpus unde
       ...["--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32"],
       ...["--max-positions", "16"],
     ];
-    assertEquals((await pretrain(vocabRun)).code, 0);
+    const vocabRan = await pretrain(vocabRun);
+    assertEquals(vocabRan.code, 0, vocabRan.stderr);
     await Deno.remove(`${dir}/vr/result.json`);
     const vocabLines = (await Deno.readTextFile(vocabCopy)).split("\n");
     await Deno.writeTextFile(vocabCopy, vocabLines.filter((l) => l !== "was").join("\n"));
@@ -1057,7 +1059,8 @@ test("pretrain.ts --grad-accum: recorded, resumed with, and not changed on --res
     assertEquals(resumed.code, 0, resumed.stderr);
     // Without it, nothing is recorded (runs from before it resume as they were).
     const plain = `${dir}/plain`;
-    assertEquals((await pretrain(["--out", plain, ...base])).code, 0);
+    const plainRan = await pretrain(["--out", plain, ...base]);
+    assertEquals(plainRan.code, 0, plainRan.stderr);
     const none = JSON.parse(await Deno.readTextFile(`${plain}/pretrain.json`)).settings;
     assertEquals("grad_accum" in none, false);
     // ...and resumed in parts it is refused: its steps ran whole.
