@@ -678,7 +678,7 @@ async function readVocabFile(vocabFile: string): Promise<string> {
  * A new BERT of the flags' shape on `vocab` (its file and text: readVocabFile) pruned to the
  * tokens `text` uses at least `minCount` times, initialised from `seed`.
  */
-async function newModel(
+function newModel(
   shape: {
     hidden: number;
     layers: number;
@@ -691,7 +691,7 @@ async function newModel(
   minCount: number,
   seed: number,
   say: (line: string) => void,
-): Promise<StartingModel> {
+): StartingModel {
   // Its errors name the file as given (not the generic "vocab.txt").
   const pruned = pruneVocabulary(vocab.text, text, {
     minCount,
@@ -989,7 +989,7 @@ async function pretrainMain(args: string[], from: RecordedFlags): Promise<void> 
   };
 
   // The model: a checkpoint to continue from, or a new one of the flags' shape.
-  const start = opened ? await continuedModel(opened, seed) : await newModel(
+  const start = opened ? await continuedModel(opened, seed) : newModel(
     { hidden, layers, heads, intermediate, maxPositions },
     vocab!,
     allText(),
