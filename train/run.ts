@@ -504,6 +504,8 @@ async function trainSeed(
   await Deno.mkdir(dir, { recursive: true });
   const task = options.task;
   const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
+  // What its checkpoints record, and a resumed one's is compared with.
+  const settingsSha256 = settingsFingerprint(settings);
   if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
 
   // Borrowed from trainInFolder, which closes the model's weights.
@@ -521,7 +523,7 @@ async function trainSeed(
   if (checkpoint) {
     checkTrainingPlace(checkpointPath, checkpoint.state, p.stages.map((s) => s.steps));
     const recorded = checkpoint.state.settingsSha256;
-    if (recorded !== undefined && recorded !== settingsFingerprint(settings)) {
+    if (recorded !== undefined && recorded !== settingsSha256) {
       throw new Error(
         `${checkpointPath}: written under other settings than ${dir}/run.json records now ` +
           `(edited since? a changed lr or step count would make the resumed run neither run): ` +
@@ -716,7 +718,7 @@ async function trainSeed(
         seed,
         analysis,
         place,
-        settingsSha256: settingsFingerprint(settings),
+        settingsSha256,
       },
       checkpoint,
     );
