@@ -437,12 +437,9 @@ async function withAddedTokens(
   source: string,
 ): Promise<TokenizerJson> {
   const extra = new Map<number, AddedTokenJson>();
+  // Not special: matched on the normalized text, as transformers adds them.
   const plain = (id: number, content: string): AddedTokenJson => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
+    ...addedToken(id, content),
     normalized: true,
     special: false,
   });
