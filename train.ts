@@ -13,7 +13,7 @@ import {
   type TrainConfig,
 } from "./train/config.ts";
 import { tuneRequest } from "./kernels/matmul_autotune.ts";
-import { maxSequenceLength, readConfig } from "./model/config.ts";
+import { maxSequenceLength, type ModelConfig, readConfig } from "./model/config.ts";
 import { resolveModel } from "./model/hub.ts";
 import { loadTokenizer } from "./model/tokenizer.ts";
 import { dryRunFromArgs, type DryRunReport } from "./train/dry_run.ts";
@@ -89,15 +89,23 @@ export async function trainFromArgs(
   if (config.data === DOWNLOAD) config.data = await byName(config.task).resolveData!();
   // A recorded learning rate is the one the run trained with, whatever the model.
   const recipeLr = recipe.lr !== undefined && !typed.has("lr") && !recorded;
+  // The model's folder, its config and the positions a run has (less a prefix), found once for
+  // what needs them below.
+  let found: { dir: string; model: ModelConfig; positions: number } | null = null;
+  const modelFound = async () => {
+    if (found) return found;
+    const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
+    const model = await readConfig(`${dir}/config.json`);
+    const positions = maxSequenceLength(model) -
+      (config.peft === "prefix" ? config.prefixLength : 0);
+    return found = { dir, model, positions };
+  };
   if (recipeLr || (task && start)) {
     // The model decides a recipe's learning rate (BERT's is another) and the longest input: the
     // start lines say what the run will use, so they come after both are known.
-    const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
-    const model = await readConfig(`${dir}/config.json`);
+    const { model, positions } = await modelFound();
     if (recipeLr) config.lr = recipeLearningRate(config, recipe, typed, model.modelType);
     if (task && start) {
-      const positions = maxSequenceLength(model) -
-        (config.peft === "prefix" ? config.prefixLength : 0);
       const usingDefault = recorded ? isShippedModel(config.model) : start.usingDefault;
       for (const line of startLines(task, config, usingDefault, start.paper, positions)) {
         console.error(line);
@@ -110,13 +118,10 @@ export async function trainFromArgs(
     const tested = byName(config.task);
     let spans;
     if (tested.head === "wic") {
-      const dir = await resolveModel(config.model, { revision: config.revision ?? undefined });
-      const model = await readConfig(`${dir}/config.json`);
-      const limit = maxSequenceLength(model) -
-        (config.peft === "prefix" ? config.prefixLength : 0);
+      const { dir, model, positions } = await modelFound();
       spans = {
         tokenizer: await loadTokenizer(dir, model),
-        maxLength: Math.min(config.maxLength ?? limit, limit),
+        maxLength: Math.min(config.maxLength ?? positions, positions),
       };
     }
     await checkTestSplit(config, tested, undefined, spans);
