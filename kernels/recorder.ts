@@ -6,7 +6,7 @@
 // culprit. The happy path pays nothing for this.
 
 import { type Gpu, GpuError, oneLine } from "./device.ts";
-import type { Tensor } from "./tensor.ts";
+import { type Tensor, wasDestroyed } from "./tensor.ts";
 
 /** What a kernel binds at `@group(0) @binding(i)`, in order. */
 export type Binding = Tensor | { buffer: GPUBuffer; offset?: number; size?: number };
@@ -223,7 +223,15 @@ const retiring = new WeakMap<Gpu, { buffer: GPUBuffer; until: WeakRef<Command[]>
 const retired = new WeakSet<GPUBuffer>();
 
 /** Throws when `buffer` was retired (see `retired`). */
+/** A binding's tensor label; a raw buffer binding's buffer label (the tensor's, when it is one). */
+function bindingLabel(b: Binding): string {
+  return "label" in b ? b.label : b.buffer.label || "a binding";
+}
+
 function expectLive(op: string, buffer: GPUBuffer, label: string): void {
+  if (wasDestroyed(buffer)) {
+    throw new GpuError(`${op}: tensor "${label}" was destroyed before this launch`);
+  }
   if (retired.has(buffer)) {
     throw new GpuError(
       `${op}: "${label}" is a view of a workspace that has grown since it was taken: take the ` +
@@ -407,7 +415,7 @@ export class Recorder {
     this.gpu.assertAlive();
     const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
     if (x === 0 || y === 0 || z === 0) return;
-    for (const b of bindings) expectLive(label, b.buffer, "label" in b ? b.label : "a binding");
+    for (const b of bindings) expectLive(label, b.buffer, bindingLabel(b));
     this.list();
     this.commands.push({
       kind: "dispatch",
@@ -443,6 +451,7 @@ export class Recorder {
       return false;
     }
     gpu.assertAlive();
+    this.expectNoneDestroyed(this.commands, "before a flush");
     const { commands, listed } = this.take();
     try {
       const { groups, created } = this.prepare(commands);
@@ -580,6 +589,7 @@ export class Recorder {
         return await gpu.flushErrors();
       }
 
+      this.expectNoneDestroyed(commands, parts > 1 ? `part ${parts} of ${parts}` : "");
       const { groups, created } = this.prepare(commands);
       // Kernel compile errors, allocations and bindings are named by their own scopes.
       await gpu.flushErrors();
@@ -599,6 +609,25 @@ export class Recorder {
       if (profile && timing) await this.readTimestamps(commands, timing, profile);
     } finally {
       reachedQueue();
+    }
+  }
+
+  /**
+   * Throws a GpuError naming the launch and the tensor when one of `commands` binds a tensor
+   * destroyed after the launch was recorded (WebGPU would name only its buffer, or nothing).
+   */
+  private expectNoneDestroyed(commands: Command[], where: string): void {
+    const part = where ? `, ${where}` : "";
+    for (const [i, c] of commands.entries()) {
+      const bound: Binding[] = c.kind === "copy" ? [c.src, c.dst] : c.bindings;
+      // Every binding of every submit passes here: a plain loop, no new objects per dispatch.
+      for (const b of bound) {
+        if (!wasDestroyed(b.buffer)) continue;
+        throw new GpuError(
+          `op "${c.label}" (command ${i + 1} of ${commands.length}${part}): tensor ` +
+            `"${bindingLabel(b)}" was destroyed after the launch was recorded, before its submit`,
+        );
+      }
     }
   }
 

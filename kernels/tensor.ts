@@ -64,6 +64,14 @@ export function tensorUsage(): number {
 const destroyedBuffers = new WeakSet<GPUBuffer>();
 
 /**
+ * Whether `buffer` belongs to a tensor that was destroyed: a Recorder refuses to bind it, since
+ * WebGPU would say so only at the submit, without naming the tensor.
+ */
+export function wasDestroyed(buffer: GPUBuffer): boolean {
+  return destroyedBuffers.has(buffer);
+}
+
+/**
  * A GPU buffer (or a slice of one), a shape and a dtype, elements dense and row-major.
  * Make one with createTensor or tensorFromArray; destroy() frees the buffer.
  */

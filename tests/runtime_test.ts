@@ -89,6 +89,43 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "runtime: a destroyed tensor bound in a launch or a copy is named at the call or the submit",
+  async (gpu) => {
+    const rec = new Recorder(gpu);
+    const gone = createTensor(gpu, [7], "f32", "gone");
+    const kept = createTensor(gpu, [7], "f32", "kept");
+    gone.destroy();
+    assertThrows(() => fill(rec, gone, 1), GpuError, 'tensor "gone" was destroyed before this');
+    assertThrows(() => rec.copy("copy", gone, kept), GpuError, 'copy: tensor "gone" was destroyed');
+    assertThrows(() => rec.copy("copy", kept, gone), GpuError, 'copy: tensor "gone" was destroyed');
+    assertEquals(rec.length, 0);
+    // Destroyed after the launch was recorded: WebGPU refuses the submit, which names both.
+    const late = createTensor(gpu, [9], "f32", "late");
+    fill(rec, kept, 2);
+    fill(rec, late, 3);
+    late.destroy();
+    const message = (await assertRejects(() => rec.submit(), GpuError)).message;
+    assert(message.includes('(command 2 of 2): tensor "late" was destroyed after'), message);
+    assert(!message.includes("\n"), message);
+    // The Recorder and the device go on.
+    fill(rec, kept, 4);
+    await rec.submit();
+    assert((await kept.download()).every((v) => v === 4));
+    // A Recorder that hands its commands to the queue in parts says so at the part.
+    const parted = new Recorder(gpu, undefined, 1);
+    const later = createTensor(gpu, [5], "f32", "later");
+    fill(parted, later, 5);
+    later.destroy();
+    assertThrows(
+      () => parted.boundary(),
+      GpuError,
+      'op "fill" (command 1 of 1, before a flush): tensor "later" was destroyed after',
+    );
+    kept.destroy();
+  },
+);
+
 gpuTest("runtime: fill overwrites every element of poisoned tensors", async (gpu) => {
   const rec = new Recorder(gpu);
   const a = tensorFromArray(gpu, Float32Array.from(randomValues(1037, 1)), [1037], "a");
