@@ -33,7 +33,7 @@ import {
 import { flatIndex, grid1d } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { expectBindable, expectDisjoint, expectShape, type Tensor } from "./tensor.ts";
 
 const WORKGROUP = 256;
 
@@ -324,6 +324,7 @@ export function adamwStep(
   expectShape(op, "m", m, param.shape, "f32");
   expectShape(op, "v", v, param.shape, "f32");
   checkHyper(op, args, [args.weightDecay]);
+  expectDisjoint(op, { param, m, v });
   if (param.numel === 0) return;
   recordRanges(rec, op, [
     { param, grad, m, v, count: param.numel, weightDecay: args.weightDecay },
@@ -369,6 +370,7 @@ export function adamwStepGroup(
     expectShape(op, `grads[${i}]`, grads[i], shape, "f32");
     expectShape(op, `ms[${i}]`, ms[i], shape, "f32");
     expectShape(op, `vs[${i}]`, vs[i], shape, "f32");
+    expectDisjoint(op, { [`params[${i}]`]: params[i], [`ms[${i}]`]: ms[i], [`vs[${i}]`]: vs[i] });
   }
   checkHyper(op, args, wds);
   const live = [...params.keys()].filter((i) => params[i].numel > 0);

@@ -35,7 +35,13 @@ import { quadPass, stridedPass } from "./layernorm.ts";
 import { getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import {
+  expectBindable,
+  expectDisjoint,
+  expectShape,
+  FLOAT_DTYPES,
+  type Tensor,
+} from "./tensor.ts";
 
 /**
  * The largest head dimension accepted. The GEMM path has no limit of its own; this is the
@@ -737,6 +743,15 @@ export function attentionBackward(
     expectShape(op, "dPrefixValue", dPrefixValue, [H, P, D], "f32");
   }
   if (args.dScores) expectShape(op, "dScores", args.dScores, scoresShape, "f32");
+  expectDisjoint(op, { dQ, dK, dV, dPrefixKey, dPrefixValue, dScores: args.dScores }, {
+    q,
+    k,
+    v,
+    probs,
+    dContext,
+    prefixKey,
+    prefixValue,
+  });
   checkDropout(op, dropout);
   const work = args.dScores ?? workspace.view(rec.gpu, scoresShape);
   for (const [name, t] of [["probs", probs], ["dScores", work]] as const) {

@@ -102,6 +102,13 @@ export function recordBatchMean(
   );
 }
 
+/** Throws unless a loss gradient's `gradScale` (a loss-scaling factor) is a finite number. */
+export function expectGradScale(op: string, gradScale: number | undefined): void {
+  if (gradScale !== undefined && !Number.isFinite(gradScale)) {
+    throw new GpuError(`${op}: gradScale must be a finite number, got ${gradScale}`);
+  }
+}
+
 /**
  * Records the gradient kernel `code` into `dLogits` (shaped like logits), logits and targets
  * already checked. `params` are its u32 uniforms after b; `scale` its last, f32, uniform.

@@ -11,6 +11,7 @@ import {
   batchGradientWgsl,
   batchMeanWgsl,
   checkOneOutputPerExample,
+  expectGradScale,
   recordBatchGradient,
   recordBatchMean,
 } from "./batch_mean.ts";
@@ -60,5 +61,6 @@ export function bceWithLogitsBackward(
 ): void {
   const op = "bceWithLogitsBackward";
   const b = checkOneOutputPerExample(op, args.logits, args.targets);
+  expectGradScale(op, args.gradScale);
   recordBatchGradient(rec, op, BACKWARD_WGSL, args, b, [], (args.gradScale ?? 1) / b);
 }

@@ -39,6 +39,12 @@ export function oneLine(message: string): string {
   return message.replace(/\s*\n\s*/g, " ").trim();
 }
 
+/**
+ * Per device, the Recorder submit in progress (settled either way): the next submit waits for it,
+ * and so does a download, since a submit reaches the queue only after its error checks.
+ */
+export const submitting: WeakMap<Gpu, Promise<void>> = new WeakMap();
+
 /** Optional WebGPU features we use when the adapter offers them. */
 export const OPTIONAL_FEATURES = ["shader-f16", "timestamp-query"] as const;
 

@@ -6,6 +6,7 @@
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
+import { GpuError } from "./device.ts";
 import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
 
 const WORKGROUP = 256;
@@ -16,6 +17,8 @@ export interface ElementwiseKernel {
   readonly bindings: readonly string[];
   /** The kernel's WGSL source (bindings, the uniform struct, the entry point `main`). */
   readonly code: string;
+  /** Names of its f32 uniforms after the count, in order (`recordElementwise`'s `params`). */
+  readonly params?: readonly string[];
 }
 
 /**
@@ -49,13 +52,17 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   }
 }
 `;
-  return { bindings, code };
+  const params = spec.params
+    ? spec.params.split(",").map((p) => p.split(":")[0].trim()).filter((p) => p !== "")
+    : [];
+  return { bindings, code, params };
 }
 
 /**
- * Records `kernel` over every element. `tensors` names each binding of the kernel; they are
- * checked in the order given, every one float32 and shaped like the first, so that a wrong
- * argument names the op and the tensor. `params` are the kernel's f32 uniforms after the count.
+ * Records `kernel` over every element. `tensors` names each binding of the kernel, no more and
+ * no fewer; they are checked in the order given, every one float32 and shaped like the first, so
+ * that a wrong argument names the op and the tensor. `params` are the kernel's f32 uniforms after
+ * the count, one finite number for each it declares.
  */
 export function recordElementwise(
   rec: Recorder,
@@ -64,6 +71,27 @@ export function recordElementwise(
   tensors: Record<string, Tensor>,
   params: readonly number[] = [],
 ): void {
+  for (const name of kernel.bindings) {
+    if (!tensors[name]) throw new GpuError(`${op}: tensor ${name} not given`);
+  }
+  for (const name of Object.keys(tensors)) {
+    if (!kernel.bindings.includes(name)) {
+      throw new GpuError(
+        `${op}: the kernel has no tensor ${name} (it takes ${kernel.bindings.join(", ")})`,
+      );
+    }
+  }
+  // A kernel made before `params` was kept (an object of one's own) is taken at its word.
+  const names = kernel.params ?? params.map((_, i) => `params[${i}]`);
+  if (params.length !== names.length) {
+    const wanted = names.length === 0 ? "none" : names.join(", ");
+    throw new GpuError(`${op}: ${params.length} parameters given, the kernel takes ${wanted}`);
+  }
+  for (const [i, value] of params.entries()) {
+    if (!Number.isFinite(value)) {
+      throw new GpuError(`${op}: ${names[i]} must be a finite number, got ${value}`);
+    }
+  }
   const checked = Object.entries(tensors);
   const shape = checked[0][1].shape;
   for (const [name, t] of checked) expectShape(op, name, t, shape, "f32");

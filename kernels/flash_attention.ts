@@ -55,7 +55,7 @@ import { grid1d, range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, type Tensor } from "./tensor.ts";
+import { expectBindable, expectDisjoint, expectShape, type Tensor } from "./tensor.ts";
 
 /**
  * The largest head dimension accepted. Each kernel keeps the head vectors of its row (or of
@@ -912,6 +912,17 @@ export function flashAttentionBackward(
     expectShape(op, "dPrefixKey", dPrefixKey, [H, P, D], "f32");
     expectShape(op, "dPrefixValue", dPrefixValue, [H, P, D], "f32");
   }
+  expectDisjoint(op, { dQ, dK, dV, dPrefixKey, dPrefixValue }, {
+    q,
+    k,
+    v,
+    mask,
+    context,
+    stats,
+    dContext,
+    prefixKey,
+    prefixValue,
+  });
   const rowsShape = [B, H, S, 4];
   if (args.rowWorkspace) expectShape(op, "rowWorkspace", args.rowWorkspace, rowsShape, "f32");
   checkDropout(op, dropout);

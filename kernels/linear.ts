@@ -11,7 +11,14 @@ import { matmul } from "./matmul.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import { Workspace } from "./workspace.ts";
-import { type DType, expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import {
+  type DType,
+  expectBindable,
+  expectDisjoint,
+  expectShape,
+  FLOAT_DTYPES,
+  type Tensor,
+} from "./tensor.ts";
 
 /** Arguments of `linearForward`: x, weight and out are f32 or f16; the bias is f32. */
 export interface LinearForwardArgs {
@@ -142,6 +149,7 @@ export function linearBackward(rec: Recorder, args: LinearBackwardArgs): void {
     dBias,
   ], ["geluInput", geluInput]] as const;
   for (const [name, t] of bound) if (t) expectBindable(op, name, t);
+  expectDisjoint(op, { dX, dWeight, dBias }, { x, weight, dOut });
   const at = args.site ? ` ${args.site}` : "";
 
   if (dX) {

@@ -12,7 +12,13 @@ import { THIN_MAX_N, thinMatmul, type ThinMatmulArgs } from "./thin_matmul.ts";
 import { THIN_TN_MAX, thinTnBlocks } from "./thin_tn.ts";
 import { Workspace } from "./workspace.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectShape, FLOAT_DTYPES, type Tensor } from "./tensor.ts";
+import {
+  expectBindable,
+  expectDisjoint,
+  expectShape,
+  FLOAT_DTYPES,
+  type Tensor,
+} from "./tensor.ts";
 
 /** Arguments of `loraForward`: A, B and `hidden` are f32; x and out f32 or f16. */
 export interface LoraForwardArgs {
@@ -231,6 +237,8 @@ export function loraBackward(rec: Recorder, args: LoraBackwardArgs): void {
   if (dB) expectShape(op, "dB", dB, [outF, r], "f32");
   if (args.dHidden) expectRowsByR(op, "dHidden", args.dHidden, lead, rows, r);
   bindable(op, { x, a, b, hidden, dOut, dX, dA, dB, dHidden: args.dHidden });
+  // dHidden may be hidden itself (read first, then overwritten: see below).
+  expectDisjoint(op, { dX, dA, dB, dHidden: args.dHidden }, { x, a, b, dOut });
   const accumulate = args.accumulate ?? false;
 
   // dB first: it is hidden's last reader, so dHidden may overwrite hidden afterwards.

@@ -6,6 +6,7 @@ import {
   batchGradientWgsl,
   batchMeanWgsl,
   checkOneOutputPerExample,
+  expectGradScale,
   recordBatchGradient,
   recordBatchMean,
 } from "./batch_mean.ts";
@@ -46,5 +47,6 @@ export function mseBackward(
 ): void {
   const op = "mseBackward";
   const b = checkOneOutputPerExample(op, args.logits, args.targets);
+  expectGradScale(op, args.gradScale);
   recordBatchGradient(rec, op, BACKWARD_WGSL, args, b, [], (2 * (args.gradScale ?? 1)) / b);
 }

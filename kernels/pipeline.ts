@@ -9,6 +9,38 @@ import type { Gpu } from "./device.ts";
  */
 const caches = new WeakMap<GPUDevice, Map<string, Map<string, GPUComputePipeline>>>();
 
+/** How a kernel declares a binding of group 0: read-only storage, read_write storage, uniform. */
+export type BindingAccess = "read" | "read_write" | "uniform";
+
+/** Per pipeline made by `getPipeline`, its group-0 bindings' access, by binding index. */
+const accesses = new WeakMap<GPUComputePipeline, ReadonlyMap<number, BindingAccess>>();
+
+const BINDING_DECLARATION =
+  /@group\(\s*0\s*\)\s*@binding\(\s*(\d+)\s*\)\s*var\s*<\s*(storage|uniform)\s*(?:,\s*(read_write|read)\s*)?>/g;
+
+/** The group-0 bindings a WGSL source declares, by index (storage without an access mode reads). */
+export function declaredBindings(code: string): Map<number, BindingAccess> {
+  const found = new Map<number, BindingAccess>();
+  for (const [, index, space, access] of code.matchAll(BINDING_DECLARATION)) {
+    found.set(
+      Number(index),
+      space === "uniform" ? "uniform" : access === "read_write" ? "read_write" : "read",
+    );
+  }
+  return found;
+}
+
+/**
+ * The access of each group-0 binding of a pipeline made by `getPipeline` (undefined for a
+ * pipeline made otherwise), so that a Recorder can refuse a launch that binds one tensor both
+ * written and read, or written twice, before WebGPU does late or not at all.
+ */
+export function bindingAccess(
+  pipeline: GPUComputePipeline,
+): ReadonlyMap<number, BindingAccess> | undefined {
+  return accesses.get(pipeline);
+}
+
 /**
  * The pipeline for a WGSL kernel, compiled on first use. A compile error surfaces at the next
  * submit (or `gpu.flushErrors()`), naming the kernel, so launchers stay synchronous.
@@ -37,6 +69,7 @@ export function getPipeline(
       });
     });
     cache.set(code, pipeline);
+    accesses.set(pipeline, declaredBindings(code));
   }
   return pipeline;
 }

@@ -5,7 +5,8 @@
 // when the encoder fails, each launch is encoded again on its own, unsubmitted, to name the
 // culprit. The happy path pays nothing for this.
 
-import { type Gpu, GpuError, oneLine } from "./device.ts";
+import { type Gpu, GpuError, oneLine, submitting } from "./device.ts";
+import { bindingAccess } from "./pipeline.ts";
 import { type Tensor, wasDestroyed } from "./tensor.ts";
 
 /** What a kernel binds at `@group(0) @binding(i)`, in order. */
@@ -111,9 +112,6 @@ export function submittedCounts(gpu: Gpu): SubmittedCounts {
 }
 
 const uniformBuffers = new WeakMap<Gpu, GPUBuffer>();
-
-/** Per device, the submit in progress (settled either way): the next one waits for it. */
-const submitting = new WeakMap<Gpu, Promise<void>>();
 
 /**
  * Per device, submits asked for whose commands have not reached the queue yet: while there is
@@ -222,12 +220,65 @@ const retiring = new WeakMap<Gpu, { buffer: GPUBuffer; until: WeakRef<Command[]>
  */
 const retired = new WeakSet<GPUBuffer>();
 
-/** Throws when `buffer` was retired (see `retired`). */
 /** A binding's tensor label; a raw buffer binding's buffer label (the tensor's, when it is one). */
 function bindingLabel(b: Binding): string {
   return "label" in b ? b.label : b.buffer.label || "a binding";
 }
 
+/**
+ * Refuses, naming the tensors, a launch WebGPU would refuse only at the submit (a tensor of another
+ * device, a view bound at a byte the adapter cannot bind at, one buffer bound both written and
+ * read, which WebGPU's usage rules refuse without naming either tensor).
+ */
+function checkBindings(
+  op: string,
+  gpu: Gpu,
+  pipeline: GPUComputePipeline,
+  bindings: Binding[],
+): void {
+  const access = bindingAccess(pipeline);
+  for (let i = 0; i < bindings.length; i++) {
+    const b = bindings[i];
+    expectLive(op, b.buffer, bindingLabel(b));
+    if ("gpu" in b && b.gpu.device !== gpu.device) {
+      throw new GpuError(
+        `${op}: tensor "${b.label}" was made on another GPU device than the one launching it`,
+      );
+    }
+    const mode = access?.get(i);
+    const offset = b.offset ?? 0;
+    const align = mode === "uniform"
+      ? gpu.limits.minUniformBufferOffsetAlignment
+      : gpu.limits.minStorageBufferOffsetAlignment;
+    if (offset % align !== 0) {
+      throw new GpuError(
+        `${op}: tensor "${bindingLabel(b)}" starts at byte ${offset} of its buffer, which this ` +
+          `adapter cannot bind at (a multiple of ${align}): take the view at such a byte`,
+      );
+    }
+    // A binding the kernel does not declare is WebGPU's to refuse (at the submit, naming the op).
+    if (!access || mode === undefined) continue;
+    for (let j = 0; j < i; j++) {
+      const other = bindings[j];
+      if (other.buffer !== b.buffer || !access.has(j)) continue;
+      const writes = mode === "read_write", otherWrites = access.get(j) === "read_write";
+      // Two written bindings of one tensor are legal, and some kernels write in place that way
+      // (attention's softmax into probabilities that are also the dropped ones): launchers
+      // compare the outputs their callers give (expectBindings).
+      if (writes === otherWrites) continue;
+      const [written, read] = writes ? [b, other] : [other, b];
+      const [w, r] = [bindingLabel(written), bindingLabel(read)];
+      throw new GpuError(
+        w === r
+          ? `${op}: tensor "${w}" is given twice, and the kernel writes it: pass distinct tensors`
+          : `${op}: tensor "${w}", which the kernel writes, shares its GPU buffer with "${r}": ` +
+            "pass tensors in distinct buffers",
+      );
+    }
+  }
+}
+
+/** Throws when `buffer` was retired (see `retired`) or its tensor destroyed. */
 function expectLive(op: string, buffer: GPUBuffer, label: string): void {
   if (wasDestroyed(buffer)) {
     throw new GpuError(`${op}: tensor "${label}" was destroyed before this launch`);
@@ -415,7 +466,7 @@ export class Recorder {
     this.gpu.assertAlive();
     const [x, y = 1, z = 1] = typeof workgroups === "number" ? [workgroups] : workgroups;
     if (x === 0 || y === 0 || z === 0) return;
-    for (const b of bindings) expectLive(label, b.buffer, bindingLabel(b));
+    checkBindings(label, this.gpu, pipeline, bindings);
     this.list();
     this.commands.push({
       kind: "dispatch",
@@ -478,6 +529,17 @@ export class Recorder {
     }
     expectLive(label, src.buffer, src.label);
     expectLive(label, dst.buffer, dst.label);
+    for (const t of [src, dst]) {
+      if (t.gpu.device !== this.gpu.device) {
+        throw new GpuError(`${label}: tensor "${t.label}" was made on another GPU device`);
+      }
+    }
+    if (src.buffer === dst.buffer) {
+      // WebGPU refuses a copy within one buffer, even between disjoint ranges.
+      throw new GpuError(
+        `${label}: cannot copy tensor "${src.label}" into "${dst.label}": they share a GPU buffer`,
+      );
+    }
     this.list();
     this.commands.push({ kind: "copy", label, src, dst });
   }

@@ -19,6 +19,7 @@
 import {
   batchGradientWgsl,
   batchMeanWgsl,
+  expectGradScale,
   recordBatchGradient,
   recordBatchMean,
 } from "./batch_mean.ts";
@@ -128,6 +129,7 @@ export function softmaxCrossEntropyBackward(
 ): void {
   const op = "softmaxCrossEntropyBackward";
   const [b, c] = checkArgs(op, args.logits, args.targets);
+  expectGradScale(op, args.gradScale);
   const scale = (args.gradScale ?? 1) / b;
   recordBatchGradient(rec, op, BACKWARD_WGSL, args, b, [c, NAN_BITS], scale);
 }

@@ -1,7 +1,7 @@
 // A tensor is a GPU buffer (or a slice of one), a shape and a dtype. Nothing more: views,
 // strides and broadcasting belong to the kernels that need them.
 
-import { type Gpu, GpuError } from "./device.ts";
+import { type Gpu, GpuError, submitting } from "./device.ts";
 
 /** Element types: 32-bit float, 16-bit float (needs shader-f16), signed and unsigned 32-bit int. */
 export type DType = "f32" | "f16" | "i32" | "u32";
@@ -157,7 +157,8 @@ export class Tensor {
   }
 
   /**
-   * Copies the tensor back to the host, waiting for all work submitted before. Through a staging
+   * Copies the tensor back to the host, waiting for all work submitted before (a Recorder's
+   * `submit` not yet awaited included). Through a staging
    * buffer of at most DOWNLOAD_CHUNK bytes, so that saving a large tensor (RoBERTa-large's word
    * embeddings: 196 MiB) needs little GPU memory beside the training state. `chunkBytes` (a
    * multiple of 4) is for tests.
@@ -168,6 +169,8 @@ export class Tensor {
     }
     this.assertNotDestroyed("download of");
     const gpu = this.gpu;
+    // A submit not yet awaited may not have reached the queue: the copy below must follow it.
+    await submitting.get(gpu);
     await gpu.flushErrors();
     const size = this.bindingSize;
     const chunk = Math.min(size, chunkBytes);
@@ -346,6 +349,34 @@ export function expectBindable(op: string, name: string, t: Tensor): void {
       `${op}: ${name} ("${t.label}", ${t.bindingSize} bytes) exceeds this adapter's storage ` +
         `binding limit of ${max} bytes`,
     );
+  }
+}
+
+/**
+ * Throws when a tensor a launcher writes shares bytes with another it writes or reads, for the
+ * launchers of several dispatches: within one dispatch a Recorder refuses a tensor bound both
+ * written and read, but two writes into one tensor are legal there and race, and one dispatch's
+ * output may be a later one's input, read after it was overwritten.
+ */
+export function expectDisjoint(
+  op: string,
+  written: Record<string, Tensor | undefined>,
+  read: Record<string, Tensor | undefined> = {},
+): void {
+  const w = Object.entries(written).filter((e): e is [string, Tensor] => e[1] !== undefined);
+  const r = Object.entries(read).filter((e): e is [string, Tensor] => e[1] !== undefined);
+  for (const [i, [name, t]] of w.entries()) {
+    for (const [otherName, other] of [...w.slice(i + 1), ...r]) {
+      if (
+        t.buffer === other.buffer && t.offset < other.offset + other.byteLength &&
+        other.offset < t.offset + t.byteLength
+      ) {
+        throw new GpuError(
+          `${op}: ${name} ("${t.label}") shares GPU memory with ${otherName} ("${other.label}"): ` +
+            "each output needs memory of its own",
+        );
+      }
+    }
   }
 }
 

@@ -18,6 +18,7 @@
 // A confidently right row's tiny loss is a difference of two numbers near lse: its absolute error
 // is a few ulps of lse (≈ 1e-6 at lse ≈ 10), which an MLM's mean loss does not notice.
 
+import { expectGradScale } from "./batch_mean.ts";
 import { GpuError } from "./device.ts";
 import { flatIndex, grid1d } from "./grid.ts";
 import { getPipeline } from "./pipeline.ts";
@@ -202,6 +203,7 @@ export function vocabCrossEntropyBackward(
   const [rows, cols] = checkLogits(op, logits, targets);
   expectShape(op, "lse", lse, [rows], "f32");
   expectShape(op, "dLogits", dLogits, [rows, cols], "f32");
+  expectGradScale(op, args.gradScale);
   expectBindable(op, "dLogits", dLogits);
   const params = new Uint32Array([rows, cols, NAN_BITS, 0]);
   new Float32Array(params.buffer)[3] = (args.gradScale ?? 1) / rows;

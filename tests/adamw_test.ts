@@ -338,9 +338,10 @@ gpuTest("adamw: wrong shapes and hyper-parameters name the op and the tensor", (
   const g = createTensor(gpu, [21], "f32", "weight.grad");
   const ok = createTensor(gpu, [7, 3], "f32", "state");
   const i32 = createTensor(gpu, [7, 3], "i32", "ints");
+  const [m, v, m2, v2] = ["m", "v", "m2", "v2"].map((l) => createTensor(gpu, [7, 3], "f32", l));
   const h = { ...BASE, weightDecay: 0.1, step: 1 };
   assertThrows(
-    () => adamwStep(rec, { param: p, grad: g, m: ok, v: ok, ...h }),
+    () => adamwStep(rec, { param: p, grad: g, m, v, ...h }),
     GpuError,
     'adamwStep: grad ("weight.grad") has shape [21], expected [7, 3]',
   );
@@ -350,35 +351,33 @@ gpuTest("adamw: wrong shapes and hyper-parameters name the op and the tensor", (
     'adamwStep: m ("ints") is i32',
   );
   assertThrows(
-    () => adamwStep(rec, { param: p, grad: ok, m: ok, v: ok, ...h, beta2: 1 }),
+    () => adamwStep(rec, { param: p, grad: ok, m, v, ...h, beta2: 1 }),
     GpuError,
     "adamwStep: beta2",
   );
   assertThrows(
-    () => adamwStep(rec, { param: p, grad: ok, m: ok, v: ok, ...h, step: 0 }),
+    () => adamwStep(rec, { param: p, grad: ok, m, v, ...h, step: 0 }),
     GpuError,
     "adamwStep: step",
   );
   assertThrows(
-    () => adamwStep(rec, { param: p, grad: ok, m: ok, v: ok, ...h, gradScale: ok }),
+    () => adamwStep(rec, { param: p, grad: ok, m, v, ...h, gradScale: ok }),
     GpuError,
     'adamwStep: gradScale ("state")',
   );
   const one = createTensor(gpu, [1], "f32", "scale");
   assertThrows(
-    () =>
-      adamwStep(rec, { param: p, grad: ok, m: ok, v: ok, ...h, gradScale: one, gradScaleIndex: 1 }),
+    () => adamwStep(rec, { param: p, grad: ok, m, v, ...h, gradScale: one, gradScaleIndex: 1 }),
     GpuError,
     "gradScaleIndex",
   );
   assertThrows(
-    () =>
-      adamwStepGroup(rec, { params: [p, ok], grads: [ok, g], ms: [ok, ok], vs: [ok, ok], ...h }),
+    () => adamwStepGroup(rec, { params: [p, ok], grads: [ok, g], ms: [m, m2], vs: [v, v2], ...h }),
     GpuError,
     'adamwStepGroup: grads[1] ("weight.grad")',
   );
   assertThrows(
-    () => adamwStepGroup(rec, { params: [p], grads: [ok], ms: [ok], vs: [], ...h }),
+    () => adamwStepGroup(rec, { params: [p], grads: [ok], ms: [m], vs: [], ...h }),
     GpuError,
     "adamwStepGroup: vs has 0 entries",
   );
@@ -387,16 +386,38 @@ gpuTest("adamw: wrong shapes and hyper-parameters name the op and the tensor", (
       adamwStepGroup(rec, {
         params: [p],
         grads: [ok],
-        ms: [ok],
-        vs: [ok],
+        ms: [m],
+        vs: [v],
         ...h,
         weightDecay: [1, 2],
       }),
     GpuError,
     "adamwStepGroup: weightDecay has 2 entries",
   );
+  // One tensor for two of the state the step writes: accepted by WebGPU, and wrong.
+  assertThrows(
+    () => adamwStep(rec, { param: p, grad: ok, m, v: m, ...h }),
+    GpuError,
+    'adamwStep: m ("m") shares GPU memory with v ("m"): each output needs memory of its own',
+  );
+  assertThrows(
+    () => adamwStep(rec, { param: p, grad: ok, m: p, v, ...h }),
+    GpuError,
+    'adamwStep: param ("weight") shares GPU memory with m ("weight")',
+  );
+  assertThrows(
+    () => adamwStepGroup(rec, { params: [p], grads: [ok], ms: [v2], vs: [v2], ...h }),
+    GpuError,
+    'adamwStepGroup: ms[0] ("v2") shares GPU memory with vs[0] ("v2")',
+  );
+  // The gradient read where the parameter is written: refused by the launch, not the submit.
+  assertThrows(
+    () => adamwStep(rec, { param: p, grad: p, m, v, ...h }),
+    GpuError,
+    'tensor "weight" is given twice, and the kernel writes it',
+  );
   assertEquals(rec.length, 0);
-  for (const t of [p, g, ok, i32, one]) t.destroy();
+  for (const t of [p, g, ok, i32, one, m, v, m2, v2]) t.destroy();
 });
 
 gpuTest("adamw: a tensor larger than one storage binding is updated in slices", async (gpu) => {

@@ -5,7 +5,8 @@ import { GpuError } from "../kernels/device.ts";
 import { add, addInPlace, scale } from "../kernels/add.ts";
 import { fill } from "../kernels/fill.ts";
 import { Recorder } from "../kernels/recorder.ts";
-import { createTensor, tensorFromArray } from "../kernels/tensor.ts";
+import { elementwiseKernel, recordElementwise } from "../kernels/elementwise.ts";
+import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 
 // One float32 rounding per element: against the float64 reference the relative error is at most
 // 2^-24 ≈ 6e-8 of the result (assertClose's tol 1e-5 also covers sums that cancel to near 0,
@@ -130,5 +131,47 @@ gpuTest("add: wrong shapes are refused naming the op and the tensor", (gpu) => {
     GpuError,
     "add: b",
   );
+  assertThrows(
+    () => scale(rec, { x, out: createTensor(gpu, [4, 5], "f32", "y"), alpha: NaN }),
+    GpuError,
+    "scale: alpha must be a finite number, got NaN",
+  );
   assertEquals(rec.length, 0);
 });
+
+gpuTest(
+  "elementwise: a kernel of one's own takes exactly its tensors and parameters",
+  async (gpu) => {
+    const axpby = elementwiseKernel({
+      inputs: ["x", "y"],
+      output: "out",
+      params: "alpha: f32, beta: f32",
+      body: "out[i] = params.alpha * x[i] + params.beta * y[i];",
+    });
+    const rec = new Recorder(gpu);
+    const x = tensorFromArray(gpu, new Float32Array([1, 2, 3]), [3], "x");
+    const y = tensorFromArray(gpu, new Float32Array([10, 20, 30]), [3], "y");
+    const out = createTensor(gpu, [3], "f32", "out");
+    const cases: [Record<string, Tensor>, number[], string][] = [
+      [{ x, y, out }, [2], "axpby: 1 parameters given, the kernel takes alpha, beta"],
+      [{ x, y, out }, [], "axpby: 0 parameters given, the kernel takes alpha, beta"],
+      [{ x, y, out }, [2, 0.5, 7], "axpby: 3 parameters given"],
+      [{ x, y, out }, [2, NaN], "axpby: beta must be a finite number, got NaN"],
+      [{ x, out }, [2, 0.5], "axpby: tensor y not given"],
+      [{}, [2, 0.5], "axpby: tensor x not given"],
+      [{ x, y, out, z: x }, [2, 0.5], "axpby: the kernel has no tensor z (it takes x, y, out)"],
+    ];
+    for (const [tensors, params, message] of cases) {
+      assertThrows(
+        () => recordElementwise(rec, "axpby", axpby, tensors, params),
+        GpuError,
+        message,
+      );
+    }
+    assertEquals(rec.length, 0);
+    recordElementwise(rec, "axpby", axpby, { x, y, out }, [2, 0.5]);
+    await rec.submit();
+    assertEquals([...await out.download()], [7, 14, 21]);
+    for (const t of [x, y, out]) t.destroy();
+  },
+);

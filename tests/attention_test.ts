@@ -531,6 +531,9 @@ gpuTest("attention: wrong shapes, heads and settings are refused naming op and t
     ],
     [{ heads: 20 }, "attentionBackward: heads 20"],
     [{ dScores: t([3, 2, 7, 7], "ds") }, 'attentionBackward: dScores ("ds")'],
+    // Outputs of different launches meeting, which WebGPU cannot see.
+    [{ dK: dQ }, 'attentionBackward: dQ ("dQ") shares GPU memory with dK ("dQ")'],
+    [{ dQ: q }, 'attentionBackward: dQ ("q") shares GPU memory with q ("q")'],
   ];
   for (const [change, message] of bwdCases) {
     assertThrows(

@@ -398,6 +398,8 @@ gpuTest(
       [{ heads: 20 }, `${bop}: heads 20`],
       [{ rowWorkspace: t([3, 2, 7, 2], "ws") }, `${bop}: rowWorkspace ("ws")`],
       [{ dropout: { p: 0.1, seed: 0, stream: 2 ** 32 } }, `${bop}: dropout stream`],
+      [{ dK: dQ }, `${bop}: dQ ("dQ") shares GPU memory with dK ("dQ")`],
+      [{ dV: fwd.v }, `${bop}: dV ("v") shares GPU memory with v ("v")`],
     ];
     for (const [change, message] of bwdCases) {
       assertThrows(

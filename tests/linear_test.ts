@@ -502,6 +502,18 @@ gpuTest("linear: mismatched shapes throw a GpuError naming the op and tensor", (
     GpuError,
     "linearBackward: geluInput cannot be used with accumulateDX",
   );
+  // Outputs written by different products of one call: WebGPU cannot see them meet.
+  const square = t([5, 5], "square"), xs = t([5, 5], "xs"), ds = t([5, 5], "ds");
+  assertThrows(
+    () => linearBackward(rec, { x: xs, weight: square, dOut: ds, dX: ds, dWeight: ds }),
+    GpuError,
+    'linearBackward: dX ("ds") shares GPU memory with dWeight ("ds")',
+  );
+  assertThrows(
+    () => linearBackward(rec, { x: xs, weight: square, dOut: ds, dX: xs }),
+    GpuError,
+    'linearBackward: dX ("xs") shares GPU memory with x ("xs")',
+  );
   assertEquals(rec.length, 0);
 });
 

@@ -487,5 +487,11 @@ gpuTest("lora: mismatched shapes throw a GpuError naming the op and tensor", (gp
     GpuError,
     'loraBackward: dHidden ("dH")',
   );
+  const dA = t([3, 5], "dA");
+  assertThrows(
+    () => loraBackward(rec, { ...back, dA, dB: dA.view(0, [4, 3], "dB in dA") }),
+    GpuError,
+    'loraBackward: dA ("dA") shares GPU memory with dB ("dB in dA")',
+  );
   assertEquals(rec.length, 2);
 });

@@ -404,6 +404,16 @@ gpuTest("loss shape errors name the op and the tensor", (gpu) => {
       GpuError,
       "empty batch",
     );
+    assertThrows(
+      () => backward(rec, { logits: single, targets: y, dLogits: t([7, 1]), gradScale: NaN }),
+      GpuError,
+      `${name}Backward: gradScale must be a finite number, got NaN`,
+    );
   }
+  assertThrows(
+    () => softmaxCrossEntropyBackward(rec, { logits, targets, dLogits, gradScale: Infinity }),
+    GpuError,
+    "softmaxCrossEntropyBackward: gradScale must be a finite number, got Infinity",
+  );
   assertEquals(rec.length, 0);
 });

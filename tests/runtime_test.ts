@@ -8,6 +8,7 @@ import {
   NoAdapterError,
   requestGpu,
 } from "../kernels/device.ts";
+import { add } from "../kernels/add.ts";
 import { fill } from "../kernels/fill.ts";
 import { grid1d } from "../kernels/grid.ts";
 import { getPipeline } from "../kernels/pipeline.ts";
@@ -125,6 +126,76 @@ gpuTest(
     kept.destroy();
   },
 );
+
+gpuTest(
+  "runtime: a launch binding a tensor of another device, an unbindable view or one tensor " +
+    "written and read is refused at the call, naming the tensor",
+  async (gpu) => {
+    const rec = new Recorder(gpu);
+    const a = tensorFromArray(gpu, Float32Array.from(randomValues(7, 3)), [7], "a");
+    const b = tensorFromArray(gpu, Float32Array.from(randomValues(7, 4)), [7], "b");
+    const other = await requestGpu();
+    const foreign = createTensor(other, [7], "f32", "foreign");
+    assertThrows(
+      () => add(rec, { a, b: foreign, out: b }),
+      GpuError,
+      'add: tensor "foreign" was made on another GPU device',
+    );
+    assertThrows(() => rec.copy("copy", foreign, a), GpuError, 'copy: tensor "foreign" was made');
+    foreign.destroy();
+    other.destroy();
+    const align = gpu.limits.minStorageBufferOffsetAlignment;
+    const big = createTensor(gpu, [align / 4 + 16], "f32", "big");
+    const unaligned = big.view(4, [7], "v4");
+    assertThrows(
+      () => add(rec, { a, b, out: unaligned }),
+      GpuError,
+      `add: tensor "v4" starts at byte 4 of its buffer, which this adapter cannot bind at ` +
+        `(a multiple of ${align})`,
+    );
+    // Read and written in one launch: WebGPU refuses it only at the submit, naming neither.
+    assertThrows(
+      () => add(rec, { a, b: a, out: a }),
+      GpuError,
+      'add: tensor "a" is given twice, and the kernel writes it',
+    );
+    const aligned = big.view(align, [7], "aligned");
+    const head = big.view(0, [7], "head");
+    assertThrows(
+      () => add(rec, { a: head, b, out: aligned }),
+      GpuError,
+      'add: tensor "aligned", which the kernel writes, shares its GPU buffer with "head"',
+    );
+    assertThrows(
+      () => rec.copy("copy", head, aligned),
+      GpuError,
+      'copy: cannot copy tensor "head" into "aligned": they share a GPU buffer',
+    );
+    assertEquals(rec.length, 0);
+    // Two read bindings of one tensor are fine (a · a).
+    add(rec, { a, b: a, out: b });
+    await rec.submit();
+    const twice = [...await a.download()].map((v) => 2 * v);
+    assertEquals([...await b.download()], twice);
+    for (const t of [a, b, big]) t.destroy();
+  },
+);
+
+gpuTest("runtime: a download follows a submit that was not awaited", async (gpu) => {
+  const t = createTensor(gpu, [4], "f32", "t");
+  const rec = new Recorder(gpu);
+  fill(rec, t, 1);
+  const first = rec.submit();
+  assertEquals([...await t.download()], [1, 1, 1, 1]);
+  await first;
+  const [r2, r3] = [new Recorder(gpu), new Recorder(gpu)];
+  fill(r2, t, 2);
+  fill(r3, t, 3);
+  const both = Promise.all([r2.submit(), r3.submit()]);
+  assertEquals([...await t.download()], [3, 3, 3, 3]);
+  await both;
+  t.destroy();
+});
 
 gpuTest("runtime: fill overwrites every element of poisoned tensors", async (gpu) => {
   const rec = new Recorder(gpu);
