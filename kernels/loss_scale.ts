@@ -74,11 +74,21 @@ export interface LossScaleValues {
 
 /** Throws unless the settings can drive a scaler (one line naming `op` and the bad field). */
 export function checkLossScaleSettings(op: string, s: Partial<LossScaleSettings>): void {
-  const bad = (what: string, value: number) => {
-    throw new GpuError(`${op}: loss-scale ${what} is out of range (${value})`);
+  const bad = (what: string, value: unknown) => {
+    throw new GpuError(`${op}: loss-scale ${what} is out of range (${JSON.stringify(value)})`);
   };
-  if (s.initScale !== undefined && !(s.initScale > 0 && Number.isFinite(s.initScale))) {
-    bad("initScale (finite, > 0)", s.initScale);
+  for (const key of ["initScale", "growthFactor", "backoffFactor", "growthInterval"] as const) {
+    // "2" would compare as a number here and be refused or taken by accident.
+    const value: unknown = s[key];
+    if (value !== undefined && typeof value !== "number") {
+      throw new GpuError(`${op}: loss-scale ${key} is ${JSON.stringify(value)}, not a number`);
+    }
+  }
+  // The scale is an f32 on the GPU: beyond its largest finite value it is ∞, and every step
+  // would be skipped.
+  const f32Max = 3.4028234663852886e38;
+  if (s.initScale !== undefined && !(s.initScale > 0 && s.initScale <= f32Max)) {
+    bad("initScale (> 0, at most f32's largest, 3.4e38)", s.initScale);
   }
   if (s.growthFactor !== undefined && !(s.growthFactor > 1 && Number.isFinite(s.growthFactor))) {
     bad("growthFactor (finite, > 1)", s.growthFactor);

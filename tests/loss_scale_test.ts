@@ -679,11 +679,22 @@ Deno.test("loss-scale settings: out of range is refused, an interval past f32's 
       [{ growthInterval: 2 ** 24 + 1 }, "growthInterval (an integer in [1, 2^24])"],
       [{ growthInterval: 0 }, "growthInterval"],
       [{ initScale: Infinity }, "initScale"],
+      // Finite in float64, ∞ as the GPU's f32: every step would be skipped.
+      [
+        { initScale: 1e39 },
+        "initScale (> 0, at most f32's largest, 3.4e38) is out of range (1e+39)",
+      ],
       [{ growthFactor: 1 }, "growthFactor"],
       [{ backoffFactor: 1 }, "backoffFactor"],
+      [{ backoffFactor: "0.5" }, 'loss-scale backoffFactor is "0.5", not a number'],
+      [{ growthFactor: "2" }, 'loss-scale growthFactor is "2", not a number'],
     ] as const
   ) {
-    assertThrows(() => checkLossScaleSettings("t", bad), GpuError, what);
+    assertThrows(
+      () => checkLossScaleSettings("t", bad as Record<string, unknown>),
+      GpuError,
+      what,
+    );
   }
 });
 

@@ -158,6 +158,12 @@ gpuTest(
     };
     refused({ loss: "hinge" }, 'Trainer: loss "hinge" is not one of bce, ce, mse');
     refused({ headClasses: 0 }, "Trainer: headClasses 0 is not a positive integer");
+    // "false" would have switched f16 arithmetic on.
+    refused(
+      { precision: "f16", f16Math: "false" },
+      'Trainer: f16Math is "false", not true or false',
+    );
+    refused({ lossScaling: 1 }, "Trainer: lossScaling is 1, not true or false");
     // Softmax over one output: a loss and gradient of 0 whatever the head says.
     refused(
       { loss: "ce" },

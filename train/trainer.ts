@@ -227,6 +227,12 @@ export class Trainer {
     }
     const policy = { ...LOSS_SCALE_DEFAULTS, ...opts.lossScale };
     checkLossScaleSettings("Trainer", policy);
+    // "false" would read as true.
+    for (const key of ["f16Math", "lossScaling"] as const) {
+      if (opts[key] !== undefined && typeof opts[key] !== "boolean") {
+        throw new Error(`Trainer: ${key} is ${JSON.stringify(opts[key])}, not true or false`);
+      }
+    }
     if (!LOSS_KINDS.includes(opts.loss)) {
       throw new Error(`Trainer: loss "${opts.loss}" is not one of ${LOSS_KINDS.join(", ")}`);
     }
