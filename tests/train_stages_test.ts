@@ -147,6 +147,19 @@ Deno.test("batches are padded to their longest row, with each model's positions"
   };
   const m = assembleBatch(bert, "ce", [two]);
   assertEquals([m.examples, m.encoder.batch, m.encoder.seqLen, [...m.targets]], [1, 2, 3, [1]]);
+  // Labels a typed array would change without a word (1.5 to class 1, -1 to 4294967295).
+  for (const label of [1.5, -1, NaN]) {
+    assertThrows(
+      () => assembleBatch(bert, "ce", [ex([2, 3], 0), ex([2, 3], label)]),
+      Error,
+      `assembleBatch: example 1's label ${label} is not a class id (an integer ≥ 0) for loss ce`,
+    );
+  }
+  assertThrows(
+    () => assembleBatch(bert, "mse", [ex([2, 3], Infinity)]),
+    Error,
+    "assembleBatch: example 0's label Infinity is not a finite number (loss mse)",
+  );
 });
 
 Deno.test("predictions, best scores, the no-decay rule and seed summaries", () => {

@@ -401,6 +401,17 @@ export function assembleBatch(
   // As the tokenizer numbers them (predict.ts's batches).
   const positionIds = modelPositionIds(inputIds, B, S, config);
   const labels = examples.map((e) => e.label);
+  // A typed array would take 1.5 as class 1 and -1 as class 4294967295 without a word.
+  for (const [i, label] of labels.entries()) {
+    if (loss === "ce" ? !(Number.isInteger(label) && label >= 0) : !Number.isFinite(label)) {
+      throw new Error(
+        `assembleBatch: example ${i}'s label ${label} is not ` +
+          (loss === "ce"
+            ? "a class id (an integer ≥ 0) for loss ce"
+            : `a finite number (loss ${loss})`),
+      );
+    }
+  }
   const targets = loss === "ce" ? Uint32Array.from(labels) : Float32Array.from(labels);
   const batch: TrainBatch = {
     examples: examples.length,
