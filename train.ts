@@ -10,6 +10,7 @@ import {
   parseTrainArgs,
   type Recipe,
   recipeLearningRate,
+  runSettings,
   type TrainConfig,
 } from "./train/config.ts";
 import { tuneRequest } from "./kernels/matmul_autotune.ts";
@@ -29,7 +30,7 @@ import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
 import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
 import { interruptedMessage, readsTrainFlags, stopWithWord } from "./train/run_faults.ts";
-import { runEntries, writesIntoFolder } from "./train/run_folder.ts";
+import { checkSameSettings, runEntries, writesIntoFolder } from "./train/run_folder.ts";
 import { parseOverRecorded, recordedSettings } from "./train/resume_settings.ts";
 import type { Task } from "./train/task.ts";
 
@@ -77,7 +78,14 @@ export async function trainFromArgs(
     );
   }
   if (args.includes("--dry-run")) {
-    if (recorded) parseOverRecorded(args, recipe, recorded, taskData); // its refusals first
+    if (recorded) {
+      // Its refusals first, and the resumed run's: a typed setting that is not the run's.
+      const { config } = parseOverRecorded(args, recipe, recorded, taskData);
+      await checkSameSettings(
+        config.out,
+        runSettings(config) as unknown as Record<string, unknown>,
+      );
+    }
     return await dryRunFromArgs(args, { ...recipe, ...recorded?.recipe }, byName);
   }
   const { config, typed, tune } = recorded

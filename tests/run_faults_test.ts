@@ -8,6 +8,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
+import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
@@ -95,11 +96,20 @@ Deno.test({
         ...["--strategy", "ft", "--max-steps", String(steps), "--precision", "f16"],
         ...["--out", out],
       ];
-      await assertRejects(
+      const e = await assertRejects(
         () => train(args, { onStageStart: poisonAtStage(0) }),
         Error,
         `step ${MAX_CONSECUTIVE_SKIPS} (main): ${MAX_CONSECUTIVE_SKIPS} steps in a row had ` +
           "non-finite gradients",
+      );
+      // Resuming as it was would stop again, and --resume refuses another --lr or precision.
+      assert(!e.message.includes("--resume") && !e.message.includes("last good"), e.message);
+      assert(
+        e.message.endsWith(
+          "Start again with a lower --lr or --precision f32 (settings of the run: --overwrite " +
+            "restarts it, or use another --out)",
+        ),
+        e.message,
       );
       const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
         .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
@@ -110,6 +120,46 @@ Deno.test({
       // The scale halves at each skip.
       assertEquals(log[0].loss_scale, 2 ** 16);
       assertEquals(log[3].loss_scale, 2 ** 13);
+    }),
+});
+
+Deno.test({
+  name: "run faults: f16 steps skipped at a stage's end are said, all of them too",
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      // A head whose outputs are large but finite: every step's f16 gradients overflow (the
+      // scale would have to halve ten times), so no step changes the weights, and the run had
+      // ended with exit status 0 and not a word about it.
+      const v = initialHeadValues(24, 64, 1, 7);
+      await writeSafetensors(`${dir}/loud.safetensors`, {
+        "head.dense.weight": { dtype: "F32", shape: [64, 24], data: v.dense.weight },
+        "head.dense.bias": { dtype: "F32", shape: [64], data: v.dense.bias },
+        "head.out_proj.weight": {
+          dtype: "F32",
+          shape: [1, 64],
+          data: v.outProj.weight.map((x) => x * 1e8),
+        },
+        "head.out_proj.bias": { dtype: "F32", shape: [1], data: v.outProj.bias },
+      });
+      const args = [
+        ...common,
+        ...["--head", `${dir}/loud.safetensors`, "--strategy", "ft", "--max-steps", "4"],
+        ...["--precision", "f16", "--out", `${dir}/run`, "--no-autotune"],
+      ];
+      const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../train.ts", import.meta.url).pathname, ...args],
+        env: { NO_COLOR: "1" },
+        stdout: "null",
+      }).output();
+      const said = new TextDecoder().decode(stderr);
+      assertEquals(code, 0, said);
+      assert(
+        said.includes(
+          "main: 4 of its 4 steps skipped (non-finite gradients; loss scale at the last step 8192): " +
+            "none of them changed the weights",
+        ),
+        said,
+      );
     }),
 });
 

@@ -287,6 +287,22 @@ Deno.test("train config: runTraining's config is checked as its flags would be",
   refused({ seeds: 0 }, 'runTraining: config.seeds: expected an integer in [1, 1000], got "0"');
   refused({ lr: -1 }, 'runTraining: config.lr: expected a number > 0, got "-1"');
   refused({ lr: NaN }, "runTraining: config.lr is NaN, not a value of --lr");
+  // The named choices, in a config's words too.
+  const choice = (changed: Partial<TrainConfig>, message: string) => {
+    const e = assertThrows(
+      () => checkConfigChoices({ ...config, ...changed }, "runTraining"),
+      FlagError,
+    );
+    assertEquals(e.message, message);
+  };
+  choice(
+    { precision: "F16" as TrainConfig["precision"] },
+    'runTraining: config.precision is "F16", not one of f32, f16',
+  );
+  choice(
+    { peft: null },
+    "runTraining: config.peft: strategy ehft needs a PEFT method (bitfit, lora, prefix)",
+  );
   refused(
     { epochs: 3 },
     "runTraining: config.epochs and config.maxSteps: give one budget, not both",

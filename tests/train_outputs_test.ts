@@ -358,19 +358,35 @@ test("runTraining refuses resume with overwrite from a library caller's config, 
 
 test("runTraining refuses a library caller's unknown strategy, method, schedule or precision first", async () => {
   // An unknown strategy ran as a two-stage PEFT one and failed only after the model was loaded.
+  // Named as a config's keys (the caller gave no flags).
   const { dir, args } = await prepare();
   const out = `${dir}/choices`;
   const { config } = parseTrainArgs([...["--task", "rte", ...args, "--out", out]]);
   const cases: [Partial<TrainConfig>, string][] = [
     [
       { strategy: "ehft-bitfit" as TrainConfig["strategy"] },
-      '--strategy: "ehft-bitfit" is not one',
+      'runTraining: config.strategy is "ehft-bitfit", not one',
     ],
-    [{ peft: "adapter" as TrainConfig["peft"] }, '--peft: "adapter" is not one of bitfit, lora'],
-    [{ strategy: "ft" }, "--peft bitfit: strategy ft uses no PEFT method"],
-    [{ peft: null }, "--peft: strategy ehft needs a PEFT method (bitfit, lora, prefix)"],
-    [{ schedule: "cosine" as TrainConfig["schedule"] }, '--schedule: "cosine" is not one of'],
-    [{ precision: "bf16" as TrainConfig["precision"] }, '--precision: "bf16" is not one of'],
+    [
+      { peft: "adapter" as TrainConfig["peft"] },
+      'runTraining: config.peft is "adapter", not one of bitfit, lora',
+    ],
+    [
+      { strategy: "ft" },
+      "runTraining: config.peft bitfit: strategy ft uses no PEFT method (use config.strategy peft",
+    ],
+    [
+      { peft: null },
+      "runTraining: config.peft: strategy ehft needs a PEFT method (bitfit, lora, prefix)",
+    ],
+    [
+      { schedule: "cosine" as TrainConfig["schedule"] },
+      'runTraining: config.schedule is "cosine", not one of',
+    ],
+    [
+      { precision: "bf16" as TrainConfig["precision"] },
+      'runTraining: config.precision is "bf16", not one of',
+    ],
   ];
   for (const [edit, expected] of cases) {
     const e = await assertRejects(() => runTraining({ ...config, ...edit }, { task: rte }));

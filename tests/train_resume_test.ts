@@ -22,7 +22,7 @@ import {
 } from "./train_fixture.ts";
 import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import { parseTrainArgs } from "../train/config.ts";
+import { parseTrainArgs, type TrainConfig } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
@@ -331,12 +331,14 @@ Deno.test({
       const logged = async () =>
         (await Deno.readTextFile(`${out}/log.jsonl`).catch(() => "")).includes('"loss"');
       while (!(await logged())) await new Promise((r) => setTimeout(r, 10));
+      const logged32 = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").length;
       child.kill("SIGTERM");
       assertEquals((await child.status).code, 143);
       const lines = (await stderr).trim().split("\n");
       assert(lines.some((l) => l.startsWith("train: SIGTERM: stopping once this step is done")));
       const { step } = await trainingState(out);
-      assert(step > 0 && step < 400, `checkpoint at step ${step}`);
+      // Taken at the end of the step it came in (it waited for the next block of 32 log lines).
+      assert(step > 0 && step < logged32 + 32, `checkpoint at step ${step}, ${logged32} logged`);
       assert(
         lines.at(-1)!.includes(`the last good checkpoint (step ${step}) is kept`),
         lines.at(-1),
@@ -1146,4 +1148,75 @@ Deno.test({
       );
     });
   },
+});
+
+Deno.test({
+  name:
+    "train: --resume, and its --dry-run, from another working folder find a relative --model, " +
+    "--data and --head; the dry run refuses what the resume would",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ehft-train-cwd-" });
+    try {
+      await writeTinyBert(`${dir}/model`, false);
+      await writeMarkerData(`${dir}/data`);
+      await writeNarrowHead(`${dir}/head.safetensors`);
+      await Deno.mkdir(`${dir}/elsewhere`);
+      const spawn = (cwd: string, args: string[], denoFlags: string[] = []) =>
+        new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", ...denoFlags, TRAIN_TS, ...args],
+          cwd,
+          env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+        }).output();
+      // Trained, then stopped by its model's write: its checkpoint is the run's last step.
+      const started = await spawn(dir, [
+        ...["--task", "rte", "--model", "model", "--data", "data", "--head", "head.safetensors"],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--eval-every", "0"],
+        ...["--checkpoint-every", "1", "--out", "run", "--no-autotune"],
+      ], [`--deny-write=${dir}/run/model`]);
+      assertEquals(started.code, 1, new TextDecoder().decode(started.stderr));
+      // A dry run of the resume says what the resume would: ready, or refused as typed.
+      const elsewhere = `${dir}/elsewhere`;
+      const dry = await spawn(elsewhere, ["--out", `${dir}/run`, "--resume", "--dry-run"]);
+      assertEquals(dry.code, 0, new TextDecoder().decode(dry.stderr));
+      const said = new TextDecoder().decode(dry.stdout);
+      assert(said.includes('"ready":true') && !said.includes("not in the Hugging Face"), said);
+      const other = await spawn(elsewhere, [
+        ...["--out", `${dir}/run`, "--resume", "--dry-run", "--seed", "7"],
+      ]);
+      assertEquals(other.code, 2);
+      assert(
+        new TextDecoder().decode(other.stderr).includes(
+          `train: --resume: ${dir}/run was started with other settings (--seed 42 in run.json, ` +
+            "7 now)",
+        ),
+      );
+      const resumed = await spawn(elsewhere, ["--out", `${dir}/run`, "--resume"]);
+      assertEquals(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
+      assert(await exists(`${dir}/run/model/model.safetensors`));
+      assertEquals(JSON.parse(await Deno.readTextFile(`${dir}/run/run.json`)).resolved.cwd, dir);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "runTraining: a setting left null (precision, f16Math) is recorded as its default, " +
+    "which train.ts --resume reads back",
+  ...IN_PROCESS_GPU,
+  fn: () =>
+    withTinyRun("ehft-train-null-", [], async (dir, out) => {
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--strategy", "ft", "--batch-size", "8", "--max-steps", "2", "--eval-every", "0"],
+        ...["--out", out],
+      ]);
+      const loose = { ...config, precision: null, f16Math: null } as unknown as TrainConfig;
+      await runTraining(loose, { task: rte, quiet: true });
+      const { settings } = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+      assertEquals([settings.precision, settings.f16Math], ["f32", false]);
+      const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
+      assertEquals((await child.status).code, 0, await stderr);
+    }),
 });

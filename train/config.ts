@@ -554,11 +554,17 @@ export function defaultOut(task: string, strategy: StrategyName, peft: PeftName 
  */
 export function checkConfigChoices(
   c: Pick<TrainConfig, "strategy" | "peft" | "schedule" | "precision">,
+  caller: "flags" | "runTraining" = "flags",
 ): void {
   const known = (name: string, value: unknown, allowed: readonly string[]) => {
     if (!allowed.includes(value as string)) {
+      // A library caller's config is named by its keys, not the flags that give them.
+      const key = name.replace(/-(\w)/g, (_, ch: string) => ch.toUpperCase());
       throw new FlagError(
-        `--${name}: ${JSON.stringify(value)} is not one of ${allowed.join(", ")}`,
+        caller === "flags"
+          ? `--${name}: ${JSON.stringify(value)} is not one of ${allowed.join(", ")}`
+          : `runTraining: config.${key} is ${JSON.stringify(value)}, not one of ` +
+            allowed.join(", "),
       );
     }
   };
@@ -569,10 +575,13 @@ export function checkConfigChoices(
   known("schedule", c.schedule, SCHEDULE_NAMES);
   known("precision", c.precision ?? "f32", PRECISIONS);
   if (usesPeft(c.strategy) !== (peft !== null)) {
+    const [flag, strategy] = caller === "flags"
+      ? ["--peft", "--strategy"]
+      : ["runTraining: config.peft", "config.strategy"];
     throw new FlagError(
       peft === null
-        ? `--peft: strategy ${c.strategy} needs a PEFT method (${PEFT_NAMES.join(", ")})`
-        : `--peft ${c.peft}: strategy ${c.strategy} uses no PEFT method (use --strategy peft, ` +
+        ? `${flag}: strategy ${c.strategy} needs a PEFT method (${PEFT_NAMES.join(", ")})`
+        : `${flag} ${c.peft}: strategy ${c.strategy} uses no PEFT method (use ${strategy} peft, ` +
           `ehft or ehft-reserve)`,
     );
   }

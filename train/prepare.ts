@@ -195,6 +195,9 @@ export async function prepare(config: TrainConfig, task: Task, quiet = false): P
     }
     const adamw = adamwSettings(config);
     const resolved = {
+      // What relative --model, --data and --head paths are relative to: --resume finds them from
+      // another working folder too.
+      cwd: Deno.cwd(),
       task: {
         name: task.name,
         loss: task.loss,

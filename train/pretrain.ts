@@ -44,7 +44,7 @@ import {
 } from "./mlm_data.ts";
 import { AdamW, type AdamwSettings, isNoDecayName, type TrainableTensor } from "./optimizer.ts";
 import { Progress } from "./progress.ts";
-import { setStepLoop, stopRequested, takeSignals } from "./run_faults.ts";
+import { setStepLoop, signalTurn, stopRequested } from "./run_faults.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
 import {
   CHECKPOINT_FILE,
@@ -929,8 +929,9 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     try {
       for (let step = start; step < o.steps; step++) {
         const b = trainingBatch(o.train, o.ids, o.batchSize, o.seed, step);
+        const signals = signalTurn();
         await trainer.step(b, learningRate(o.schedule, step), step);
-        await takeSignals();
+        await signals();
         if (step === start && o.onTrainingStart) {
           // A read waits for the GPU to finish the step (a submit only hands it over).
           await trainer.peekStats();
@@ -953,8 +954,11 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
           await early();
         }
         if (evaluates) await evaluate(done);
+        const periodic = done % o.checkpointEvery === 0 || done === o.steps;
+        if (periodic) await saveCheckpoint(done);
+        // Asked for before or during that write: the checkpoint kept is this step's.
         const stop = done < o.steps ? stopRequested() : null;
-        if (done % o.checkpointEvery === 0 || done === o.steps || stop) await saveCheckpoint(done);
+        if (stop && !periodic) await saveCheckpoint(done);
         if (stop) await stop();
       }
     } finally {

@@ -4,6 +4,7 @@
 // started. Flags typed with --resume still win over run.json's, and the run then refuses those
 // that differ from it, naming the first (run_folder.ts checkSameSettings), as it always has.
 
+import { isAbsolute, join } from "node:path";
 import { exists } from "../model/atomic_write.ts";
 import {
   type ParsedTrainArgs,
@@ -70,6 +71,7 @@ export async function recordedSettings(
     throw new Error(`${path}: no "settings" object (not a run.json written by train.ts)`);
   }
   const recorded = asRecipe(path, settings as Record<string, unknown>);
+  await fromRecordedCwd(recorded, run.resolved);
   const task = f.task ?? recipe.task;
   if (task !== undefined && task !== recorded.task) {
     throw new FlagError(
@@ -101,6 +103,26 @@ export function parseOverRecorded(
     );
   }
 }
+
+/**
+ * A relative --model, --data or --head that run.json's settings keep is relative to the working
+ * folder the run started in (`resolved.cwd`): taken from there, so that `--resume` works from any
+ * folder (from another, the model's path was read as a hub id, and the data's as missing).
+ */
+async function fromRecordedCwd(recipe: Recipe, resolved: unknown): Promise<void> {
+  const cwd = (resolved as { cwd?: unknown } | undefined)?.cwd;
+  if (typeof cwd !== "string" || cwd === Deno.cwd()) return;
+  const paths = recipe as Record<string, unknown>;
+  for (const key of RELATIVE_TO_CWD) {
+    const path = paths[key];
+    if (typeof path !== "string" || isAbsolute(path)) continue;
+    // A hub id is not a folder there; a path the run's folder no longer has stays as it was.
+    if (await exists(join(cwd, path)).catch(() => false)) paths[key] = join(cwd, path);
+  }
+}
+
+/** The settings naming files or folders, which a run may give relative to its working folder. */
+const RELATIVE_TO_CWD = ["model", "data", "head"] as const;
 
 /** The --out the flags and recipe give when none is typed, or null when they give none yet. */
 function defaultOut(args: readonly string[], recipe: Recipe): string | null {

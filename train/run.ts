@@ -58,8 +58,8 @@ import {
   setRunResumable,
   setStepLoop,
   setTrainingPlace,
+  signalTurn,
   stopRequested,
-  takeSignals,
 } from "./run_faults.ts";
 import {
   checkConfigChoices,
@@ -71,6 +71,7 @@ import {
   seedFolder,
   seedList,
   type TrainConfig,
+  UNRECORDED_SETTINGS,
 } from "./config.ts";
 import { evaluate, type MetricValues, NonFiniteOutputsError, updateBest } from "./evaluate.ts";
 import { Progress } from "./progress.ts";
@@ -193,8 +194,14 @@ export async function runTraining(
   options: RunOptions,
 ): Promise<RunMetrics | SeedsMetrics> {
   checkRunModes(config);
-  checkConfigChoices(config);
+  checkConfigChoices(config, "runTraining");
   checkConfigValues(config);
+  // A library caller's config may leave out (or null) a setting ehft added later: recorded as
+  // its default, which is what it means, so that train.ts --resume reads it back as one.
+  const defaults = Object.entries(UNRECORDED_SETTINGS).filter(([k]) =>
+    (config as unknown as Record<string, unknown>)[k] == null
+  );
+  if (defaults.length > 0) config = { ...config, ...Object.fromEntries(defaults) };
   const definition = taskDefinitionProblem(options.task);
   if (definition !== null) throw new Error(definition);
   if (options.peft && !config.peft) {
@@ -969,6 +976,7 @@ async function trainStages(
     };
     let pending: { stage: string; step: number; lr: number }[] = [];
     let lastLoss: number | null = null;
+    let lossScale: number | undefined;
     const flush = async () => {
       const stats = await trainer.takeStats();
       if (stats.length !== pending.length) throw new Error("training log out of step");
@@ -1000,6 +1008,7 @@ async function trainStages(
       if (fault) throw fault;
       if (stats.length > 0) {
         lastLoss = stats[stats.length - 1].loss;
+        lossScale = stats[stats.length - 1].lossScale ?? lossScale;
         l.progress.logged(stage.name, logged[logged.length - 1].step, lastLoss);
       }
     };
@@ -1075,8 +1084,9 @@ async function trainStages(
       const batch = parts[0];
       const lr = learningRate(schedule, j);
       await l.analysis?.beforeStep();
+      const signals = signalTurn();
       await trainer.step(parts, lr, step);
-      await takeSignals();
+      await signals();
       const done = step + 1;
       await l.analysis?.afterStep(done, batch);
       pending.push({ stage: stage.name, step: done, lr });
@@ -1095,13 +1105,24 @@ async function trainStages(
       await endStep(j);
       // One that came during the run's last evaluation lets the run end, results written.
       const runEnd = j + 1 === stage.steps && s === lastStage;
+      const periodic = !runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0;
+      if (periodic) await keepCheckpoint(j, false);
+      // Asked for before or during that write: the checkpoint kept is this step's.
       const stop = runEnd ? null : stopRequested();
-      if (stop || (!runEnd && p.checkpointEvery > 0 && done % p.checkpointEvery === 0)) {
-        await keepCheckpoint(j, false);
-      }
+      if (stop && !periodic) await keepCheckpoint(j, false);
       if (stop) await stop();
     }
     await flush();
+    // f16: the steps the loss scaler skipped are in log.jsonl; a stage that lost some (or all:
+    // it trained nothing, and would end without a word) says so.
+    const skipped = l.log.skippedIn(stage.name);
+    if (skipped > 0) {
+      l.progress.line(
+        `${stage.name}: ${skipped} of its ${stage.steps} steps skipped (non-finite gradients${
+          lossScale === undefined ? "" : `; loss scale at the last step ${lossScale}`
+        })${skipped >= stage.steps ? ": none of them changed the weights" : ""}`,
+      );
+    }
     stageStart += stage.steps;
     await l.analysis?.stageEnd(s, stageStart);
   }

@@ -139,14 +139,26 @@ export function stopRequested(): (() => Promise<void>) | null {
 }
 
 /**
- * Lets a signal that came during a step reach its listener, after each step. A step's awaits
- * resolve without a turn of the event loop, which runs the listeners: a SIGTERM waited for the
- * next log block's read (up to 32 steps) or the next evaluation, a short run's to its end (exit
- * 0 for a SIGTERM), and a Ctrl-C seconds. The turn is a message through a channel of its own,
- * about 0.05 ms here (a setTimeout(0) in a loop costs 2-4 ms: browsers' and Deno's clamp on
- * nested timers); both ports are closed, so nothing keeps the process open.
+ * Lets a signal that came during a step reach its listener by the step's end: call it as the
+ * step starts, and await what it returns once the step is done. A step's awaits resolve without
+ * the event loop waiting for anything, and only a wait polls the signals: a SIGTERM waited for
+ * the next log block's read (up to 32 steps) or the next evaluation, a short run's to its end
+ * (exit 0 for a SIGTERM), and a Ctrl-C seconds. A message through a channel of its own (a turn of
+ * the loop, 0.05 ms) was not enough: the signal's listener ran at the next wait all the same. A
+ * timer is a wait: `setTimeout(0)` costs about 3 ms here, so it is set as the step starts and is
+ * due long before a GPU step ends, then a message turn lets a listener that the timer's wait
+ * woke run before the loop looks at `stopRequested`.
  */
-export function takeSignals(): Promise<void> {
+export function signalTurn(): () => Promise<void> {
+  const timer = new Promise<void>((resolve) => setTimeout(resolve, 0));
+  return async () => {
+    await timer;
+    await messageTurn();
+  };
+}
+
+/** One turn of the event loop: a message through a channel whose ports are then closed. */
+function messageTurn(): Promise<void> {
   return new Promise((resolve) => {
     const { port1, port2 } = new MessageChannel();
     port1.onmessage = () => {
@@ -255,12 +267,14 @@ export function checkStepStats(
     if (s.skipped !== undefined) {
       run = s.skipped ? run + 1 : 0;
       if (run >= MAX_CONSECUTIVE_SKIPS) {
+        // Not "good": the weights gave non-finite gradients at every scale since the last
+        // applied step, and resuming as it was runs into the same wall.
         throw new RunFaultError(
           `${where}: ${run} steps in a row had non-finite gradients (loss ${s.loss}, loss scale ` +
             `now ${s.lossScale}): the model diverged, training stopped; ${
-              keptCheckpoint(place)
-            }. ` +
-            `Continue with a lower --lr or --precision f32: ${resumeCommand()}`,
+              keptCheckpoint(place, false)
+            }. Start again with a lower --lr or --precision f32 (settings of the run: ` +
+            "--overwrite restarts it, or use another --out)",
           i,
         );
       }

@@ -10,6 +10,7 @@ import {
   removeStaleTemporaries,
 } from "../model/atomic_write.ts";
 import { createHash } from "node:crypto";
+import { isAbsolute, join } from "node:path";
 import { type TrainConfig, UNRECORDED_SETTINGS } from "./config.ts";
 import { SUBMISSION_FORMATS } from "./submission.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
@@ -118,10 +119,17 @@ const MOVABLE_SETTINGS = new Set(["out"]);
  * path is `recorded` when run.json kept what it was at the start (the model's real_dir): the
  * working folder or a link may have changed since, and `a` would now name another place.
  */
-async function samePlace(a: unknown, b: unknown, recorded?: unknown): Promise<boolean> {
+async function samePlace(
+  a: unknown,
+  b: unknown,
+  recorded?: unknown,
+  cwd?: unknown,
+): Promise<boolean> {
   if (typeof a !== "string" || typeof b !== "string") return false;
   try {
-    const was = typeof recorded === "string" ? recorded : await Deno.realPath(a);
+    // A relative path in run.json is relative to the working folder the run started in.
+    const at = typeof cwd === "string" && !isAbsolute(a) ? join(cwd, a) : a;
+    const was = typeof recorded === "string" ? recorded : await Deno.realPath(at);
     return was === await Deno.realPath(b);
   } catch {
     // Not both here (a hub id, a folder since removed): only the same spelling is the same.
@@ -142,11 +150,12 @@ async function firstDifference(
   a: Record<string, unknown>,
   b: Record<string, unknown>,
   recorded: Record<string, unknown> = {},
+  cwd?: unknown,
 ): Promise<{ key: string; text: string } | null> {
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
     if (sameJson(a[k], b[k])) continue;
     if (MOVABLE_SETTINGS.has(k)) continue;
-    if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k])) continue;
+    if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k], cwd)) continue;
     const now = settingText(k, b[k]).replace(/^\S+ /, "");
     return { key: k, text: `${settingText(k, a[k])} in run.json, ${now} now` };
   }
@@ -193,9 +202,14 @@ export async function checkSameSettings(
   if (!(await exists(path))) return;
   const run = await readRunJson(path);
   const previous = { ...UNRECORDED_SETTINGS, ...run.settings as Record<string, unknown> };
-  const model = (run.resolved as { model?: { real_dir?: unknown } } | undefined)?.model;
+  const resolved = run.resolved as { model?: { real_dir?: unknown }; cwd?: unknown } | undefined;
   const now = { ...UNRECORDED_SETTINGS, ...settings };
-  const diff = await firstDifference(previous, now, { model: model?.real_dir });
+  const diff = await firstDifference(
+    previous,
+    now,
+    { model: resolved?.model?.real_dir },
+    resolved?.cwd,
+  );
   if (!diff) return;
   const message = `--resume: ${dir} was started with other settings (${diff.text})`;
   // A typed flag against the recorded one: the command's (exit status 2). A setting this ehft

@@ -27,8 +27,19 @@ export function trailingSkips(lines: readonly string[]): number {
   return count;
 }
 
+/** f16: the skipped steps (`"skipped": true`) of each stage among log.jsonl's records. */
+function countSkips(records: readonly unknown[], into: Map<string, number>): void {
+  for (const r of records) {
+    if (!isJsonObject(r) || r.skipped !== true || typeof r.stage !== "string") continue;
+    into.set(r.stage, (into.get(r.stage) ?? 0) + 1);
+  }
+}
+
 /** log.jsonl: appended line by line; `lines` counts what the file holds. */
 export class RunLog {
+  /** f16: the skipped steps of each stage the file holds (`skippedIn`). */
+  private skips = new Map<string, number>();
+
   private constructor(
     private path: string,
     private file: Deno.FsFile,
@@ -36,6 +47,11 @@ export class RunLog {
     /** f16: the steps skipped in a row at the end of the kept lines (checkStepStats' count). */
     public trailingSkips = 0,
   ) {}
+
+  /** f16: how many of a stage's logged steps were skipped (non-finite gradients). */
+  skippedIn(stage: string): number {
+    return this.skips.get(stage) ?? 0;
+  }
 
   /** Opens the log keeping its first `keep` lines (a resumed run drops what came after). */
   static async open(path: string, keep: number): Promise<RunLog> {
@@ -87,7 +103,9 @@ export class RunLog {
     }
     await writeFileAtomic(path, kept);
     const file = await Deno.open(path, { append: true });
-    return new RunLog(path, file, keep, skips);
+    const log = new RunLog(path, file, keep, skips);
+    countSkips(kept === "" ? [] : kept.trimEnd().split("\n").map((l) => JSON.parse(l)), log.skips);
+    return log;
   }
 
   async write(records: unknown[]): Promise<void> {
@@ -105,6 +123,7 @@ export class RunLog {
       );
     }
     this.lines += records.length;
+    countSkips(records, this.skips);
   }
 
   /**
