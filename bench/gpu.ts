@@ -17,11 +17,11 @@
 //    TF32 off, fp16, bf16) and the training step of the same model shape (RobertaForSequence-
 //    Classification with the EH-FT head; ft, BitFit, LoRA; fp32 and bf16 autocast).
 // 4. ours (bench/kernels.ts --json): the GEMMs at RoBERTa-large's linear layers (32 × 128 tokens)
-//    in f32 and f16; every GEMM variant at the first of them (bench/matmul_variants.ts: what the
-//    autotune chose among, in the report's notes); then the training step of RoBERTa-large's shape
-//    (24 layers, hidden 1024, random weights, batch 32 × 128) for ft and Stage 1 with BitFit and
-//    LoRA, f32 and f16 (ft and LoRA in f32 with one more step profiled per kernel: the largest ops
-//    and the autotune's choices in the notes).
+//    in f32 and f16; every GEMM variant at the first layer's products (bench/matmul_variants.ts
+//    --linear: what the autotune chose among, in the report's notes); then the training step of
+//    RoBERTa-large's shape (24 layers, hidden 1024, random weights, batch 32 × 128) for ft and
+//    Stage 1 with BitFit and LoRA, f32 and f16 (ft and LoRA in f32 with one more step profiled per
+//    kernel: the largest ops and the autotune's choices in the notes).
 // 5. the report: $OUT/gpu-bench.md (ratios ours / PyTorch against the goals), $OUT/rows.jsonl,
 //    the phases' logs ($OUT/logs.tgz), and the report again as the last lines of stdout.
 //
@@ -116,7 +116,7 @@ limit; the report (gpu-bench.md, rows.jsonl, logs.tgz) is rewritten in --out aft
 On the lent GPU machine run it through bench/gpu_prepare.sh's .gpu/on-device.sh (see the top of
 bench/gpu.ts).
 
-  --out DIR               the report's folder (default $OUT, else runs/gpu-bench)
+  --out DIR               the report's folder, new or empty (default $OUT, else runs/gpu-bench)
   --small                 a rehearsal on any adapter: tiny shapes
   --budget S              whole seconds for the run (default 420): the phases' limits are shares
                           of it, each at least 20 s (the f32 tests 150 s, the f16 tests 90 s, the
@@ -174,7 +174,7 @@ function parseOptions(args: string[]): Options {
     throw new FlagError(`--budget: expected whole seconds, got "${budget}"`);
   }
   return {
-    out: (values.out as string | undefined) ?? Deno.env.get("OUT") ?? "runs/gpu-bench",
+    out: (values.out as string | undefined) || Deno.env.get("OUT") || "runs/gpu-bench",
     small: values.small as boolean,
     budgetS: Number(budget),
     python: values.python as string | undefined,
@@ -267,16 +267,17 @@ function jsonRows(text: string): Row[] {
 }
 
 /** One report note per product from bench/matmul_variants.ts's JSON rows: each variant's GFLOP/s. */
-export function variantNotes(rows: Row[], shape: string): string[] {
+export function variantNotes(rows: Row[]): string[] {
   const rates = new Map<string, string[]>();
-  for (const { product, variant, ran, gflops } of rows) {
+  for (const { product, variant, ran, gflops, m, n, k } of rows) {
     if (typeof product !== "string" || typeof gflops !== "number") continue;
     const note = ran === undefined || ran === variant ? "" : ` (ran ${ran})`;
     const rate = `${variant} ${gflops.toPrecision(3)}${note}`;
-    rates.set(product, [...(rates.get(product) ?? []), rate]);
+    const key = `${product} ${m} × ${n} × ${k}`;
+    rates.set(key, [...(rates.get(key) ?? []), rate]);
   }
   return [...rates].map(([product, list]) =>
-    `every GEMM variant, ${product} ${shape}, GFLOP/s: ${list.join(", ")}`
+    `every GEMM variant, ${product}, GFLOP/s: ${list.join(", ")}`
   );
 }
 
@@ -378,6 +379,7 @@ async function main(): Promise<void> {
   const o = parseOptions(Deno.args);
   const started = performance.now();
   const shapes = o.small ? SMALL : FULL;
+  await expectEmptyOut(o.out);
   await Deno.mkdir(join(o.out, "logs"), { recursive: true });
   const limit = (share: number, floor = 20) => Math.max(floor, share * o.budgetS);
 
@@ -541,13 +543,14 @@ async function main(): Promise<void> {
     await write();
   }
   {
-    // Every variant at the first GEMM shape, whatever the autotune chose, one line per product.
+    // Every variant at the first linear layer's products (the GEMM rows' first three), whatever
+    // the autotune chose, one line per product.
     const shape = shapes.gemms.split(",")[0];
     const r = await phase(o.out, "ours-variants", Deno.execPath(), [
       "run",
       "--allow-all",
       "bench/matmul_variants.ts",
-      "--shape",
+      "--linear",
       shape,
       "--variants",
       // Not the shared-memory pair and direct4x4: neither heuristic nor autotune picks them. The
@@ -560,7 +563,7 @@ async function main(): Promise<void> {
       "5",
       "--json",
     ], limit(SHARE.variants, 60)); // every variant's timings and compiles (39 took 10-18 s on an H100)
-    report.notes.push(...variantNotes(jsonRows(r.stdout), shape));
+    report.notes.push(...variantNotes(jsonRows(r.stdout)));
     if (r.code !== 0) {
       report.notes.push(
         `GEMM variants phase ${r.timedOut ? "timed out" : "failed"}: see ours-variants.log`,
@@ -628,6 +631,27 @@ async function main(): Promise<void> {
     await Deno.remove(join(o.out, "logs"), { recursive: true });
   }
   console.log("\n" + reportMarkdown(report));
+}
+
+/**
+ * Refuses an --out that holds anything: a report there would be rewritten, and the logs/ folder
+ * it packs into logs.tgz, then removes, would take files that are not this run's.
+ */
+async function expectEmptyOut(out: string): Promise<void> {
+  try {
+    for await (const entry of Deno.readDir(out)) {
+      throw new FlagError(
+        `--out ${out} holds ${entry.name} already (an earlier report?): name an empty or new ` +
+          "folder, or move that one away",
+      );
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new FlagError(`--out ${out} is a file, not a folder`);
+    }
+    throw e;
+  }
 }
 
 /** How a training-step row's time divides (bench/train_step.ts's host_ms and pipelined_ms). */

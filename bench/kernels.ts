@@ -31,8 +31,14 @@
 import { parseArgs } from "node:util";
 import { FlagError } from "../train/flags.ts";
 import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
-import { autotuneForProgram, tuneRequest, type TuneShape } from "../kernels/matmul_autotune.ts";
+import {
+  autotuneForProgram,
+  autotuneOffInEnv,
+  tuneRequest,
+  type TuneShape,
+} from "../kernels/matmul_autotune.ts";
 import { HEAD_WIDTH } from "../model/head.ts";
+import { PEFT_DEFAULTS } from "../peft/method.ts";
 import { modelTuneShapes } from "../train/tune_shapes.ts";
 import { benchAdamw } from "./adamw.ts";
 import { benchAttention } from "./attention.ts";
@@ -228,6 +234,13 @@ function parseOptions(args: string[]): Options {
       throw new FlagError(`--modes: unknown mode "${m}" (expected some of ${TRAIN_STEP_MODES})`);
     }
   }
+  // Found before the minutes of the modes ahead of it, not when prefix's turn comes.
+  if (modes.includes("prefix") && shape.seq <= PEFT_DEFAULTS.prefixLength) {
+    throw new FlagError(
+      `--seq ${shape.seq}: mode prefix takes ${PEFT_DEFAULTS.prefixLength} of the positions, ` +
+        "which leaves no tokens (a longer --seq, or --modes without prefix)",
+    );
+  }
   const only = values.only === undefined
     ? Object.keys(MODULES)
     : (values.only as string).split(",").map((s) => s.trim());
@@ -259,6 +272,9 @@ function parseOptions(args: string[]): Options {
     });
   if (values["no-autotune"] && values.retune) {
     throw new FlagError("--retune and --no-autotune: choose one");
+  }
+  if (values.retune && autotuneOffInEnv()) {
+    throw new FlagError("--retune with EHFT_NO_AUTOTUNE set, which turns the tune off: choose one");
   }
   return {
     json: values.json as boolean,
@@ -414,15 +430,31 @@ async function main(): Promise<void> {
     const start = performance.now();
     const wants = (m: string) => options.reference && options.only.includes(m);
     const gemmRefs = wants("matmul") ? await referenceGemm(options.gemmShapes, 5) : null;
-    const stepRefs = wants("train_step")
+    // PyTorch's step is full fine-tuning's, the ft row's ratio alone.
+    const stepRefs = wants("train_step") && options.modes.includes("ft")
       ? await referenceTrainStep(options.shape, Math.min(options.reps, 3))
       : null;
     // After the references (nothing else competes for the CPU then), before any timing.
     await autotuneForProgram(gpu, tuneRequest(options.tune), tuneShapes(options));
+    // The rows measured so far are printed when a module fails or Ctrl-C stops the bench (the
+    // table came only at the end: minutes of rows were lost with it).
+    const soFar = (why: string) => {
+      if (options.json || rows.length === 0) return;
+      write(table(rows));
+      console.error(`bench: ${why}; the ${rows.length} rows measured before it are above`);
+    };
+    const interrupted = () => {
+      soFar("interrupted");
+      Deno.exit(130);
+    };
+    Deno.addSignalListener("SIGINT", interrupted);
     for (const name of options.only) {
       const moduleStart = performance.now();
       console.error(`bench: ${name}...`);
-      const moduleRows = await MODULES[name](gpu, options.reps, options);
+      const moduleRows = await MODULES[name](gpu, options.reps, options).catch((e) => {
+        soFar(`${name} failed`);
+        throw e;
+      });
       addGemmRatios(moduleRows, gemmRefs);
       addTrainStepRatios(moduleRows, stepRefs);
       const seconds = (performance.now() - moduleStart) / 1000;
@@ -430,6 +462,7 @@ async function main(): Promise<void> {
       if (options.json) { for (const row of moduleRows) write(jsonLine(row, gpu.description)); }
       rows.push(...moduleRows);
     }
+    Deno.removeSignalListener("SIGINT", interrupted);
     if (!options.json) write(table(rows));
     console.error(`bench: done in ${((performance.now() - start) / 1000).toFixed(1)} s`);
   } finally {

@@ -48,7 +48,8 @@ export interface TimingOptions {
   /** Timed submits stop after about this much time (seconds). Default 0.6. */
   budgetS?: number;
   /** An op whose first submit takes longer than this (seconds) gets no second warm-up submit
-   * (R stays 1). Default 0.5. */
+   * (R stays 1), but one whose second submit, made when the first took less than ten times
+   * this, is shorter (the first compiled its pipeline). Default 0.5. */
   heavyS?: number;
   /** Every op gets 3 timed submits unless 3 would take longer than this (seconds); then as
    * many as fit, at least 1. Default 3. */
@@ -90,6 +91,13 @@ export async function measure(
   let r = 1;
   let t = await batch(r);
   let warmups = 1;
+  // lavapipe compiles a kernel's pipeline inside its first submit (a second or more for a large
+  // GEMM), which made a light op look heavy: R stayed 1 and the row timed one submit's fixed
+  // cost. A first submit that heavy is run once more, unless it is heavy past doubt.
+  if (t >= heavy && t < 10 * heavy) {
+    t = await batch(r);
+    warmups++;
+  }
   // The first submit of an op pays for first touches of its buffers; a heavy op needs no second
   // warm-up, the others get one more and, while a submit is far below the target, a larger R.
   // t includes the fixed submit cost, so R grows in steps until a submit really is long enough.

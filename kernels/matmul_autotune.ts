@@ -889,6 +889,11 @@ function envFlag(name: string): boolean {
   return isTrue(env(name));
 }
 
+/** Whether EHFT_NO_AUTOTUNE=1 (or true, yes) turns the tune off, as `--no-autotune` does. */
+export function autotuneOffInEnv(): boolean {
+  return envFlag("EHFT_NO_AUTOTUNE");
+}
+
 /**
  * A program's tune settings: `--no-autotune` or EHFT_NO_AUTOTUNE=1 disable the tune (the built-in
  * heuristic runs); `--retune` times again what the cache knows; `--tune-cache FILE`, else

@@ -7,10 +7,10 @@
 // exit code 1 (2 for a FlagError: the command refused as typed), the stack only with --debug,
 // whatever was thrown and wherever.
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { numberFlag, type Recipe, TRAIN_FLAGS, type TrainConfig } from "../train/config.ts";
 import { parseTrainArgs } from "../train/config.ts";
-import { errorLine, FlagError } from "../train/flags.ts";
+import { errorLine, FlagError, tuneFlags } from "../train/flags.ts";
 import { parsePredictArgs, type PredictArgs } from "../predict.ts";
 import { parseReportArgs } from "../report.ts";
 import { TASKS } from "../tasks/all.ts";
@@ -720,4 +720,22 @@ Deno.test("flags audit: number flags take plain decimal numbers only, as the dat
       `--epochs: expected an integer ≥ 1, got "${v}"`,
     ]),
   );
+});
+
+Deno.test("flags: --retune with EHFT_NO_AUTOTUNE set is refused, as with --no-autotune", () => {
+  const before = Deno.env.get("EHFT_NO_AUTOTUNE");
+  try {
+    Deno.env.set("EHFT_NO_AUTOTUNE", "1");
+    assertThrows(
+      () => tuneFlags({ retune: true }),
+      FlagError,
+      "--retune with EHFT_NO_AUTOTUNE set, which turns the tune off: choose one",
+    );
+    assertEquals(tuneFlags({}).retune, false);
+    Deno.env.set("EHFT_NO_AUTOTUNE", "0");
+    assertEquals(tuneFlags({ retune: true }).retune, true);
+  } finally {
+    if (before === undefined) Deno.env.delete("EHFT_NO_AUTOTUNE");
+    else Deno.env.set("EHFT_NO_AUTOTUNE", before);
+  }
 });

@@ -176,7 +176,7 @@ Deno.test("gpu bench: GEMM-variant notes, one per product, from bench/matmul_var
       "run",
       "-A",
       new URL("../bench/matmul_variants.ts", import.meta.url).pathname,
-      "--shape",
+      "--linear",
       "36x20x12",
       "--variants",
       "vec4_4x4,tiled_4x4",
@@ -199,18 +199,21 @@ Deno.test("gpu bench: GEMM-variant notes, one per product, from bench/matmul_var
     "TN vec4_4x4",
     "TN tiled_4x4",
   ]);
+  // A linear layer of 36 rows, 20 inputs and 12 outputs: each product the GEMM rows time for it.
+  const sizes = { NT: [36, 12, 20], NN: [36, 20, 12], TN: [12, 20, 36] };
   for (const r of rows) {
-    assertEquals([r.m, r.n, r.k, r.kernel], [36, 20, 12, "matmul_variant"]);
+    assertEquals([r.m, r.n, r.k, r.kernel], [...sizes[r.product as "NT"], "matmul_variant"]);
     assert(typeof r.gflops === "number" && r.gflops > 0 && typeof r.ms === "number");
   }
-  const notes = variantNotes(rows, "36x20x12");
+  const notes = variantNotes(rows);
   assertEquals(notes.length, 3);
-  assert(notes[0].startsWith("every GEMM variant, NT 36x20x12, GFLOP/s: vec4_4x4 "), notes[0]);
+  assert(notes[0].startsWith("every GEMM variant, NT 36 × 12 × 20, GFLOP/s: vec4_4x4 "), notes[0]);
+  assert(notes[2].startsWith("every GEMM variant, TN 12 × 20 × 36, GFLOP/s: "), notes[2]);
   assert(notes.every((n) => !n.includes("(ran")), notes.join("\n"));
   // A misaligned product runs direct4x4 whatever was asked: the note says so.
-  const misaligned = { ...rows[1], ran: "direct4x4", gflops: 0.01234 };
-  assertEquals(variantNotes([misaligned], "36x22x12"), [
-    "every GEMM variant, NT 36x22x12, GFLOP/s: tiled_4x4 0.0123 (ran direct4x4)",
+  const misaligned = { ...rows[1], n: 22, ran: "direct4x4", gflops: 0.01234 };
+  assertEquals(variantNotes([misaligned]), [
+    "every GEMM variant, NT 36 × 22 × 20, GFLOP/s: tiled_4x4 0.0123 (ran direct4x4)",
   ]);
 });
 
@@ -281,6 +284,24 @@ Deno.test("bench timing: warmupS keeps warming up, after R is chosen, for that l
   assert(performance.now() - started >= 200, "the warm-up lasted its 0.2 s");
   assert(warm.warmups >= plain.warmups + 5, `warm-ups ${warm.warmups} against ${plain.warmups}`);
   assertEquals(calls - warm.warmups, plainCalls - plain.warmups); // the same timed submits
+});
+
+Deno.test("bench timing: a first submit slowed by a pipeline's compile is not taken as heavy", async () => {
+  // The first submit "compiles" for 0.2 s (heavy past heavyS 0.1); then 1 ms a submit + 1 ms an op.
+  const calls: number[] = [];
+  const batch = (r: number) => {
+    calls.push(r);
+    return (calls.length === 1 ? 0.2 : 0.001) + 0.001 * r;
+  };
+  const light = await measure(batch, 5, { heavyS: 0.1, submitTargetS: 0.05, budgetS: 0.5 });
+  assert(light.perSubmit > 10, `R ${light.perSubmit}`);
+  assert(Math.abs(light.ms - 1) < 0.1, `${light.ms} ms an op`);
+  // An op heavy at its second submit too stays at R 1, and one heavy past doubt (ten times
+  // heavyS) gets no second warm-up.
+  const heavy = await measure(() => 0.3, 5, { heavyS: 0.1, minTimedS: 0.5, budgetS: 0.5 });
+  assertEquals([heavy.perSubmit, heavy.warmups], [1, 2]);
+  const huge = await measure(() => 2, 5, { heavyS: 0.1, minTimedS: 0.5, budgetS: 0.5 });
+  assertEquals([huge.perSubmit, huge.warmups], [1, 1]);
 });
 
 Deno.test("gpu bench: a step's host share and its back-to-back time as a note", () => {
@@ -361,6 +382,21 @@ Deno.test("bench CLIs: --help and -h print the usage and exit 0; a bad flag is o
       [bad.code, bad.stdout, bad.stderr],
       [2, "", `bench:gpu: Unknown option '--bogus' (${GPU_USAGE})\n`],
     );
+    // An --out holding anything (an earlier report, one's own logs/) is left as it was: the run
+    // would rewrite the report, and pack and remove a logs/ folder that is not its own.
+    await Deno.mkdir(`${out}/logs`, { recursive: true });
+    await Deno.writeTextFile(`${out}/logs/mine.txt`, "mine");
+    const taken = await benchCli("gpu.ts", ["--small", "--no-tests", "--out", out]);
+    assertEquals(
+      [taken.code, taken.stderr],
+      [
+        2,
+        `bench:gpu: --out ${out} holds logs already (an earlier report?): name an empty or ` +
+        "new folder, or move that one away\n",
+      ],
+    );
+    assertEquals(await Deno.readTextFile(`${out}/logs/mine.txt`), "mine");
+    assertEquals([...Deno.readDirSync(out)].map((e) => e.name), ["logs"]);
     // bench: the usage and every flag (its module is not imported here: it would run).
     for (const args of [["--help"], ["-h"], ["--reps", "1", "--only", "fill", "--help"]]) {
       const r = await benchCli("kernels.ts", args);
@@ -403,4 +439,27 @@ Deno.test("bench CLIs: --help and -h print the usage and exit 0; a bad flag is o
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("bench: a module that fails prints the rows measured before it; prefix's --seq is checked first", async () => {
+  const failed = await benchCli("kernels.ts", [
+    ...["--only", "fill,matmul", "--gemm-shapes", "8x8x8,40000x1024x8"],
+    ...["--precision", "f32", "--no-reference", "--reps", "1", "--no-autotune"],
+  ]);
+  assertEquals(failed.code, 1, failed.stderr);
+  assert(/\nfill +elements=/.test(failed.stdout), failed.stdout);
+  const lines = failed.stderr.trim().split("\n");
+  assert(/^bench: matmul failed; the \d+ rows measured before it are above$/.test(lines.at(-2)!));
+  assert(lines.at(-1)!.includes("exceeds this adapter's storage binding limit"), lines.at(-1));
+  // Refused as typed, before the minutes of the modes ahead of prefix.
+  const short = await benchCli("kernels.ts", ["--only", "train_step", "--seq", "16"]);
+  assertEquals(
+    [short.code, short.stdout, short.stderr],
+    [
+      2,
+      "",
+      "bench: --seq 16: mode prefix takes 16 of the positions, which leaves no tokens " +
+      "(a longer --seq, or --modes without prefix)\n",
+    ],
+  );
 });

@@ -18,6 +18,7 @@
 // - `--debug` (anywhere before a `--`) is runMain's: the stack follows the one-line error.
 
 import { isDirectory, lockFolder, parentOf, writtenPath } from "../model/atomic_write.ts";
+import { autotuneOffInEnv } from "../kernels/matmul_autotune.ts";
 
 /**
  * A command refused as typed: a flag (or the library option behind it) that is unknown,
@@ -316,6 +317,9 @@ export function tuneFlags(
   const noAutotune = f["no-autotune"] ?? false;
   const retune = f.retune ?? false;
   if (noAutotune && retune) throw new FlagError("--retune and --no-autotune: choose one");
+  if (retune && autotuneOffInEnv()) {
+    throw new FlagError("--retune with EHFT_NO_AUTOTUNE set, which turns the tune off: choose one");
+  }
   if (f["tune-cache"] !== undefined && f["tune-cache"].trim() === "") {
     throw new FlagError("--tune-cache: expected a file name");
   }
