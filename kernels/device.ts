@@ -41,9 +41,10 @@ export function oneLine(message: string): string {
 
 /**
  * Per device, the Recorder submit in progress (settled either way): the next submit waits for it,
- * and so does a download, since a submit reaches the queue only after its error checks.
+ * and so does a download, since a submit reaches the queue only after its error checks. Keyed by
+ * the GPUDevice: views of one Gpu (Object.create, other limits) share its queue.
  */
-export const submitting: WeakMap<Gpu, Promise<void>> = new WeakMap();
+export const submitting: WeakMap<GPUDevice, Promise<void>> = new WeakMap();
 
 /** Optional WebGPU features we use when the adapter offers them. */
 export const OPTIONAL_FEATURES = ["shader-f16", "timestamp-query"] as const;

@@ -74,8 +74,9 @@ export interface LossScaleValues {
 
 /** Throws unless the settings can drive a scaler (one line naming `op` and the bad field). */
 export function checkLossScaleSettings(op: string, s: Partial<LossScaleSettings>): void {
-  const bad = (what: string, value: unknown) => {
-    throw new GpuError(`${op}: loss-scale ${what} is out of range (${JSON.stringify(value)})`);
+  // Numbers by then (checked below, before any range): NaN and ∞ as themselves.
+  const bad = (what: string, value: number) => {
+    throw new GpuError(`${op}: loss-scale ${what} is out of range (${value})`);
   };
   for (const key of ["initScale", "growthFactor", "backoffFactor", "growthInterval"] as const) {
     // "2" would compare as a number here and be refused or taken by accident.

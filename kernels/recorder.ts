@@ -118,10 +118,10 @@ const uniformBuffers = new WeakMap<Gpu, GPUBuffer>();
  * one, a `flush` would put its commands on the queue before that submit's (and write the shared
  * uniform buffer between its write and its queue.submit), so it flushes nothing.
  */
-const toQueue = new WeakMap<Gpu, number>();
+const toQueue = new WeakMap<GPUDevice, number>();
 
 function queuedChange(gpu: Gpu, by: number): void {
-  toQueue.set(gpu, (toQueue.get(gpu) ?? 0) + by);
+  toQueue.set(gpu.device, (toQueue.get(gpu.device) ?? 0) + by);
 }
 
 /** Adds a queued command buffer of `commands` to the device's `submittedCounts`. */
@@ -268,9 +268,13 @@ function checkBindings(
       if (writes === otherWrites) continue;
       const [written, read] = writes ? [b, other] : [other, b];
       const [w, r] = [bindingLabel(written), bindingLabel(read)];
+      const [wAt, rAt] = [written.offset ?? 0, read.offset ?? 0];
       throw new GpuError(
-        w === r
+        w === r && wAt === rAt
           ? `${op}: tensor "${w}" is given twice, and the kernel writes it: pass distinct tensors`
+          : w === r
+          ? `${op}: two parts of tensor "${w}" (bytes ${wAt} and ${rAt} on), one written and one ` +
+            "read in one launch, which WebGPU refuses: pass tensors in distinct buffers"
           : `${op}: tensor "${w}", which the kernel writes, shares its GPU buffer with "${r}": ` +
             "pass tensors in distinct buffers",
       );
@@ -498,7 +502,7 @@ export class Recorder {
    */
   flush(): boolean {
     const gpu = this.gpu;
-    if (this.commands.length === 0 || (toQueue.get(gpu) ?? 0) > 0 || profiles.get(gpu)) {
+    if (this.commands.length === 0 || (toQueue.get(gpu.device) ?? 0) > 0 || profiles.get(gpu)) {
       return false;
     }
     gpu.assertAlive();
@@ -609,7 +613,7 @@ export class Recorder {
     const { commands, listed } = this.take();
     const flushed = this.flushed;
     this.flushed = [];
-    const previous = submitting.get(gpu);
+    const previous = submitting.get(gpu.device);
     queuedChange(gpu, 1);
     const run = previous
       ? previous.then(() => this.submitNow(commands, profile, flushed))
@@ -618,9 +622,9 @@ export class Recorder {
       if (listed) listSubmitted(gpu, listed);
     });
     const settled = mine.then(() => {}, () => {});
-    submitting.set(gpu, settled);
+    submitting.set(gpu.device, settled);
     settled.then(() => {
-      if (submitting.get(gpu) === settled) submitting.delete(gpu);
+      if (submitting.get(gpu.device) === settled) submitting.delete(gpu.device);
     });
     return mine;
   }
@@ -682,7 +686,7 @@ export class Recorder {
     const part = where ? `, ${where}` : "";
     for (const [i, c] of commands.entries()) {
       const bound: Binding[] = c.kind === "copy" ? [c.src, c.dst] : c.bindings;
-      // Every binding of every submit passes here: a plain loop, no new objects per dispatch.
+      // Every binding of every submit passes here: plain loops over what is recorded.
       for (const b of bound) {
         if (!wasDestroyed(b.buffer)) continue;
         throw new GpuError(

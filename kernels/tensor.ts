@@ -170,7 +170,7 @@ export class Tensor {
     this.assertNotDestroyed("download of");
     const gpu = this.gpu;
     // A submit not yet awaited may not have reached the queue: the copy below must follow it.
-    await submitting.get(gpu);
+    await submitting.get(gpu.device);
     await gpu.flushErrors();
     const size = this.bindingSize;
     const chunk = Math.min(size, chunkBytes);
@@ -213,7 +213,12 @@ export class Tensor {
    */
   view(byteOffset: number, shape: readonly number[], label = `${this.label}[view]`): Tensor {
     const bytes = numelOf(shape) * DTYPE_BYTES[this.dtype];
-    if (byteOffset < 0 || byteOffset % 4 !== 0 || byteOffset + bytes > this.bindingSize) {
+    if (!Number.isSafeInteger(byteOffset) || byteOffset % 4 !== 0) {
+      throw new GpuError(
+        `tensor "${this.label}": a view's byte offset ${byteOffset} is not a multiple of 4`,
+      );
+    }
+    if (byteOffset < 0 || byteOffset + bytes > this.bindingSize) {
       throw new GpuError(
         `tensor "${this.label}": view of ${bytes} bytes at ${byteOffset} is out of range`,
       );
@@ -352,6 +357,12 @@ export function expectBindable(op: string, name: string, t: Tensor): void {
   }
 }
 
+/** Whether two tensors share a byte of one GPU buffer (an empty one shares none). */
+export function sharesBytes(a: Tensor, b: Tensor): boolean {
+  return a.buffer === b.buffer && a.byteLength > 0 && b.byteLength > 0 &&
+    a.offset < b.offset + b.byteLength && b.offset < a.offset + a.byteLength;
+}
+
 /**
  * Throws when a tensor a launcher writes shares bytes with another it writes or reads, for the
  * launchers of several dispatches: within one dispatch a Recorder refuses a tensor bound both
@@ -363,14 +374,14 @@ export function expectDisjoint(
   written: Record<string, Tensor | undefined>,
   read: Record<string, Tensor | undefined> = {},
 ): void {
-  const w = Object.entries(written).filter((e): e is [string, Tensor] => e[1] !== undefined);
-  const r = Object.entries(read).filter((e): e is [string, Tensor] => e[1] !== undefined);
+  // An empty tensor shares no byte, wherever its view starts.
+  const given = (e: [string, Tensor | undefined]): e is [string, Tensor] =>
+    e[1] !== undefined && e[1].byteLength > 0;
+  const w = Object.entries(written).filter(given);
+  const r = Object.entries(read).filter(given);
   for (const [i, [name, t]] of w.entries()) {
     for (const [otherName, other] of [...w.slice(i + 1), ...r]) {
-      if (
-        t.buffer === other.buffer && t.offset < other.offset + other.byteLength &&
-        other.offset < t.offset + t.byteLength
-      ) {
+      if (sharesBytes(t, other)) {
         throw new GpuError(
           `${op}: ${name} ("${t.label}") shares GPU memory with ${otherName} ("${other.label}"): ` +
             "each output needs memory of its own",

@@ -678,7 +678,11 @@ Deno.test("loss-scale settings: out of range is refused, an interval past f32's 
     const [bad, what] of [
       [{ growthInterval: 2 ** 24 + 1 }, "growthInterval (an integer in [1, 2^24])"],
       [{ growthInterval: 0 }, "growthInterval"],
-      [{ initScale: Infinity }, "initScale"],
+      [
+        { initScale: Infinity },
+        "initScale (> 0, at most f32's largest, 3.4e38) is out of range (Infinity)",
+      ],
+      [{ growthFactor: NaN }, "growthFactor (finite, > 1) is out of range (NaN)"],
       // Finite in float64, ∞ as the GPU's f32: every step would be skipped.
       [
         { initScale: 1e39 },

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
+import { gpuTest, IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { randomValues } from "./random.ts";
 import {
   DeviceLostError,
@@ -148,6 +148,11 @@ gpuTest(
     const big = createTensor(gpu, [align / 4 + 16], "f32", "big");
     const unaligned = big.view(4, [7], "v4");
     assertThrows(
+      () => big.view(2, [1], "v2"),
+      GpuError,
+      `tensor "big": a view's byte offset 2 is not a multiple of 4`,
+    );
+    assertThrows(
       () => add(rec, { a, b, out: unaligned }),
       GpuError,
       `add: tensor "v4" starts at byte 4 of its buffer, which this adapter cannot bind at ` +
@@ -172,7 +177,7 @@ gpuTest(
       'copy: cannot copy tensor "head" into "aligned": they share a GPU buffer',
     );
     assertEquals(rec.length, 0);
-    // Two read bindings of one tensor are fine (a · a).
+    // Two read bindings of one tensor are fine (a + a).
     add(rec, { a, b: a, out: b });
     await rec.submit();
     const twice = [...await a.download()].map((v) => 2 * v);
@@ -194,6 +199,12 @@ gpuTest("runtime: a download follows a submit that was not awaited", async (gpu)
   const both = Promise.all([r2.submit(), r3.submit()]);
   assertEquals([...await t.download()], [3, 3, 3, 3]);
   await both;
+  // A submit through another view of the device (other limits): the same queue.
+  const view = new Recorder(withLimits(gpu, { maxComputeWorkgroupsPerDimension: 7 }));
+  fill(view, t, 4);
+  const viewed = view.submit();
+  assertEquals([...await t.download()], [4, 4, 4, 4]);
+  await viewed;
   t.destroy();
 });
 
