@@ -26,15 +26,21 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 const INT_RANGE = { i32: [-(2 ** 31), 2 ** 31 - 1], u32: [0, 2 ** 32 - 1] } as const;
 
 /**
- * The 32-bit word that holds `value` in the tensor's dtype (two copies for f16); null when an
- * integer dtype cannot hold it.
+ * The 32-bit word that holds `value` in the tensor's dtype (two copies for f16); null when the
+ * dtype cannot hold it (an integer out of an integer dtype's range, or a finite number its float
+ * dtype would round to ±∞: ∞ and NaN themselves are held as they are).
  */
 function fillWord(value: number, dtype: Tensor["dtype"]): number | null {
   switch (dtype) {
-    case "f32":
-      return new Uint32Array(new Float32Array([value]).buffer)[0];
+    case "f32": {
+      const f = new Float32Array([value]);
+      if (Number.isFinite(value) && !Number.isFinite(f[0])) return null;
+      return new Uint32Array(f.buffer)[0];
+    }
     case "f16": {
-      const half = new Uint16Array(new Float16Array([value]).buffer)[0];
+      const h = new Float16Array([value]);
+      if (Number.isFinite(value) && !Number.isFinite(h[0])) return null;
+      const half = new Uint16Array(h.buffer)[0];
       return (half | (half << 16)) >>> 0;
     }
     case "i32":
@@ -49,7 +55,8 @@ function fillWord(value: number, dtype: Tensor["dtype"]): number | null {
 
 /**
  * Records `t[:] = value`. Tensors larger than one storage binding are filled in slices. An i32 or
- * u32 tensor takes only an integer in its range (a GpuError otherwise, not a wrapped value).
+ * u32 tensor takes only an integer in its range, an f32 or f16 one no finite value beyond its
+ * largest (a GpuError otherwise, not a wrapped value or an ∞).
  */
 export function fill(rec: Recorder, t: Tensor, value: number): void {
   const gpu = rec.gpu;

@@ -575,6 +575,19 @@ function stream(layer: number, site: number): number {
   return (layer + 1) * 16 + site;
 }
 
+/**
+ * Throws unless `seed` is a 32-bit unsigned integer and `step` an integer ≥ 0: mixSeed would take
+ * 1.5 as 1, -1 as 4294967295 and NaN as 0 (the masks of another step, without a word).
+ */
+export function checkDropoutCounter(op: string, seed: number, step: number): void {
+  if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) {
+    throw new Error(`${op}: dropout seed ${seed} is not an integer in [0, 2^32)`);
+  }
+  if (!(Number.isSafeInteger(step) && step >= 0)) {
+    throw new Error(`${op}: step ${step} is not an integer ≥ 0`);
+  }
+}
+
 /** A 32-bit seed for (seed, step): different steps give unrelated masks. */
 export function mixSeed(seed: number, step: number): number {
   const counter = [step >>> 0, Math.floor(step / 2 ** 32) >>> 0, 0, 0] as const;
@@ -941,6 +954,7 @@ export class Encoder {
     if (B === 0) throw new Error("Encoder.forward: no batch (call setBatch first)");
     const c = this.config;
     const training = opts.training ?? false;
+    checkDropoutCounter("Encoder.forward", opts.seed ?? 0, opts.step ?? 0);
     const seed = mixSeed(opts.seed ?? 0, opts.step ?? 0);
     const hiddenP = training ? this.hiddenDropout : 0;
     const attentionP = training ? this.attentionDropout : 0;

@@ -97,19 +97,22 @@ export interface PeftMethod {
 /** Throws unless the options the method `name` uses are valid. */
 export function checkPeftOptions(name: PeftName, o: PeftOptions): void {
   const fail = (what: string, v: unknown) => {
-    throw new Error(`${name}: ${what}, got ${JSON.stringify(v)}`);
+    // NaN and ±Infinity as themselves (JSON writes them null).
+    const shown = typeof v === "number" && !Number.isFinite(v) ? String(v) : JSON.stringify(v);
+    throw new Error(`${name}: ${what}, got ${shown}`);
   };
   if (!Number.isSafeInteger(o.seed)) fail("seed must be an integer", o.seed);
+  // The flag for the command line, the option for the library (PeftOptions).
   if (name === "lora") {
     if (!Number.isSafeInteger(o.loraR) || o.loraR < 1) {
-      fail("--lora-r must be an integer ≥ 1", o.loraR);
+      fail("--lora-r (loraR) must be an integer ≥ 1", o.loraR);
     }
     if (!Number.isFinite(o.loraAlpha) || o.loraAlpha <= 0) {
-      fail("--lora-alpha must be a positive number", o.loraAlpha);
+      fail("--lora-alpha (loraAlpha) must be a positive number", o.loraAlpha);
     }
   }
   if (name === "prefix" && (!Number.isSafeInteger(o.prefixLength) || o.prefixLength < 1)) {
-    fail("--prefix-length must be an integer ≥ 1", o.prefixLength);
+    fail("--prefix-length (prefixLength) must be an integer ≥ 1", o.prefixLength);
   }
 }
 

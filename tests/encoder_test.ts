@@ -596,6 +596,17 @@ gpuTest("hooks: an attention prefix on one layer, forward and its gradient", asy
   const R = randomValues(f.B * f.S * c.hiddenSize, 9);
   const dHidden = tensorFromArray(gpu, Float32Array.from(R), [f.B, f.S, c.hiddenSize], "dHidden");
   const rec = new Recorder(gpu);
+  // The dropout counter: 1.5 drew step 1's masks, -1 step 2^32 − 1's, without a word.
+  for (
+    const [opts, message] of [
+      [{ seed: 1.5 }, "Encoder.forward: dropout seed 1.5 is not an integer in [0, 2^32)"],
+      [{ seed: -1 }, "Encoder.forward: dropout seed -1 is not an integer in [0, 2^32)"],
+      [{ step: NaN }, "Encoder.forward: step NaN is not an integer ≥ 0"],
+    ] as const
+  ) {
+    assertThrows(() => enc.forward(rec, { training: true, ...opts }), Error, message);
+  }
+  assertEquals(rec.length, 0);
   const out = enc.forward(rec);
   const forwardCommands = rec.length;
   enc.backward(rec, dHidden);

@@ -25,18 +25,39 @@ gpuTest("fill writes the value into every element, each dtype, odd sizes", async
   }
 });
 
-gpuTest("fill refuses a value an integer tensor cannot hold", (gpu) => {
-  const cases: [DType, number][] = [["i32", 0.5], ["i32", 2 ** 31], ["u32", -1], ["u32", NaN]];
-  for (const [dtype, value] of cases) {
-    const t = createTensor(gpu, [3], dtype, "counts");
-    assertThrows(
-      () => fill(new Recorder(gpu), t, value),
-      GpuError,
-      `fill: tensor "counts" is ${dtype}, which cannot hold ${value}`,
-    );
-    t.destroy();
-  }
-});
+gpuTest(
+  "fill refuses a value an integer tensor cannot hold, or a float one rounds to ∞",
+  async (gpu) => {
+    const cases: [DType, number][] = [
+      ["i32", 0.5],
+      ["i32", 2 ** 31],
+      ["u32", -1],
+      ["u32", NaN],
+      ["f32", 1e40],
+      ["f32", -1e39],
+      ["f16", 70000],
+    ];
+    for (const [dtype, value] of cases) {
+      const t = createTensor(gpu, [3], dtype, "counts");
+      assertThrows(
+        () => fill(new Recorder(gpu), t, value),
+        GpuError,
+        `fill: tensor "counts" is ${dtype}, which cannot hold ${value}`,
+      );
+      t.destroy();
+    }
+    // ∞ itself (a mask's -∞, say) and f16's largest are held as they are.
+    const h = createTensor(gpu, [3], "f16", "h");
+    const rec = new Recorder(gpu);
+    fill(rec, h, 65504);
+    await rec.submit();
+    assertEquals([...await h.download()], [65504, 65504, 65504]);
+    fill(rec, h, -Infinity);
+    await rec.submit();
+    assertEquals([...await h.download()], [-Infinity, -Infinity, -Infinity]);
+    h.destroy();
+  },
+);
 
 gpuTest("upload names host data of another kind (a Float64Array), not as u32", (gpu) => {
   const t = createTensor(gpu, [4], "f32", "x");

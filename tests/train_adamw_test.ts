@@ -158,6 +158,7 @@ gpuTest(
     };
     refused({ loss: "hinge" }, 'Trainer: loss "hinge" is not one of bce, ce, mse');
     refused({ headClasses: 0 }, "Trainer: headClasses 0 is not a positive integer");
+    refused({ dropoutSeed: -1 }, "Trainer: dropout seed -1 is not an integer in [0, 2^32)");
     // "false" would have switched f16 arithmetic on.
     refused(
       { precision: "f16", f16Math: "false" },
@@ -214,6 +215,17 @@ gpuTest(
       // Refused before anything changed: no stage begun.
       assert(trainer.trainableParameters().size === 0, "a refused stage began");
       trainer.beginStage(head, ADAMW_DEFAULTS);
+      // A step number seeds dropout: 1.5 would draw step 1's masks, -1 step 2^32 − 1's.
+      const one = { encoder: {}, targets: new Float32Array(1) } as never;
+      for (
+        const [step, lr, message] of [
+          [1.5, 1e-3, "Trainer.step: step 1.5 is not an integer ≥ 0"],
+          [-1, 1e-3, "Trainer.step: step -1 is not an integer ≥ 0"],
+          [2, NaN, "Trainer.step: lr NaN is not a finite number ≥ 0"],
+        ] as const
+      ) {
+        await assertRejects(() => trainer.step(one, lr, step), Error, message);
+      }
     } finally {
       trainer.destroy();
     }

@@ -51,6 +51,7 @@ import { createTensor, type Tensor } from "../kernels/tensor.ts";
 import { loadBackbone } from "../model/checkpoint.ts";
 import type { ModelConfig } from "../model/config.ts";
 import {
+  checkDropoutCounter,
   createEncoder,
   type Encoder,
   encoderParameters,
@@ -264,6 +265,7 @@ export class Trainer {
     this.inputsPerExample = k;
     this.maxExamples = opts.maxExamples;
     this.outputs = k > 1 ? k : opts.headClasses;
+    checkDropoutCounter("Trainer", opts.dropoutSeed, 0);
     this.dropoutSeed = opts.dropoutSeed;
     const gradAccum = opts.gradAccum ?? 1;
     if (!Number.isSafeInteger(gradAccum) || gradAccum < 1) {
@@ -452,6 +454,11 @@ export class Trainer {
     this.assertNotDestroyed("step");
     const optimizer = this.optimizer;
     if (!optimizer) throw new Error("Trainer.step: no stage begun");
+    // Before anything is recorded: the step seeds dropout, and lr reaches AdamW last.
+    checkDropoutCounter("Trainer.step", this.dropoutSeed, step);
+    if (!(lr >= 0 && Number.isFinite(lr))) {
+      throw new Error(`Trainer.step: lr ${lr} is not a finite number ≥ 0`);
+    }
     const parts: readonly TrainBatch[] = Array.isArray(batch) ? batch : [batch as TrainBatch];
     if (parts.length < 1 || parts.length > this.gradAccum) {
       throw new Error(
