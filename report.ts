@@ -333,7 +333,7 @@ async function analysedRuns(
 }
 
 /** A run's settings as the flags that give them (run.json's "settings"). */
-function settingsLine(s: Record<string, unknown>): string {
+export function settingsLine(s: Record<string, unknown>): string {
   const keys = [
     ["model", "model"],
     ["strategy", "strategy"],
@@ -350,10 +350,12 @@ function settingsLine(s: Record<string, unknown>): string {
     ["precision", "precision"],
   ];
   // --grad-accum 1 is the batch at once, as runs from before it: not worth a flag.
-  return keys.filter(([k]) =>
+  const line = keys.filter(([k]) =>
     s[k] !== null && s[k] !== undefined && !(k === "gradAccum" && s[k] === 1)
   )
     .map(([k, flag]) => `--${flag} ${s[k]}`).join(" ");
+  // A flag without a value: an f16 run and an f16-math one read alike without it.
+  return s.f16Math === true ? `${line} --f16-math` : line;
 }
 
 function reportMarkdown(

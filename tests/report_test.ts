@@ -7,7 +7,7 @@
 
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
-import { checkOutDir, FIGURE_NAMES, parseReportArgs, report } from "../report.ts";
+import { checkOutDir, FIGURE_NAMES, parseReportArgs, report, settingsLine } from "../report.ts";
 import { lockFolder } from "../model/atomic_write.ts";
 import { distanceStats } from "../train/analysis.ts";
 import { FlagError } from "../train/flags.ts";
@@ -1316,4 +1316,14 @@ Deno.test("report: a --seeds run with a damaged file is counted whole or not at 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("report: a run's settings line says --f16-math (an f16 run and an f16-math one differ)", () => {
+  const settings = { strategy: "ft", peft: null, seed: 1, gradAccum: 1, precision: "f16" };
+  assertEquals(settingsLine(settings), "--strategy ft --seed 1 --precision f16");
+  assertEquals(
+    settingsLine({ ...settings, f16Math: true }),
+    "--strategy ft --seed 1 --precision f16 --f16-math",
+  );
+  assertEquals(settingsLine({ ...settings, f16Math: false }), settingsLine(settings));
 });

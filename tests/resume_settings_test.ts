@@ -76,15 +76,22 @@ Deno.test("resume settings: a typed flag wins over run.json (the run then refuse
   try {
     const config = await resumed(["--out", out, "--resume", "--seed", "8", "--peft", "bitfit"]);
     assertEquals([config.seed, config.peft, config.maxSteps], [8, "bitfit", 300]);
-    // A typed flag that cannot go with the recorded ones says where they came from.
-    const recorded = await recordedSettings(["--out", out, "--resume", "--grad-accum", "13"]);
-    const accum = assertThrows(() =>
-      parseOverRecorded(["--out", out, "--resume", "--grad-accum", "13"], {}, recorded!, () => "d")
-    );
+    // A typed flag that cannot go with the recorded ones: the resume would refuse it as not the
+    // run's, and says so (not as --grad-accum being more than a --batch-size not typed).
+    const accum = ["--out", out, "--resume", "--grad-accum", "13"];
+    const recorded = await recordedSettings(accum);
+    const e = assertThrows(() => parseOverRecorded(accum, {}, recorded!, () => "d"));
     assertEquals(
-      accum.message,
-      "--resume: --grad-accum 13 is more than --batch-size 12: a micro-batch holds at least one " +
-        `example (the settings not typed are those in ${out}/run.json)`,
+      e.message,
+      `--resume: ${out} was started with other settings (--grad-accum 3 in run.json, 13 now)`,
+    );
+    // A value its flag does not take is the flag's error, saying where the others came from.
+    const bad = ["--out", out, "--resume", "--lr", "abc"];
+    const lr = assertThrows(() => parseOverRecorded(bad, {}, recorded!, () => "d"));
+    assert(lr.message.startsWith("--resume: --lr: "), lr.message);
+    assert(
+      lr.message.endsWith(`(the settings not typed are those in ${out}/run.json)`),
+      lr.message,
     );
     // A typed --task that is not the run's is refused here, worded as the other settings are.
     const task = await assertRejects(

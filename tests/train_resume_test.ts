@@ -22,8 +22,9 @@ import {
 } from "./train_fixture.ts";
 import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
-import { parseTrainArgs, type TrainConfig } from "../train/config.ts";
+import { parseTrainArgs, runSettings, type TrainConfig } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
+import { parseOverRecorded, recordedSettings } from "../train/resume_settings.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
 
@@ -1219,4 +1220,34 @@ Deno.test({
       const { child, stderr } = spawnTrain(["--out", out, "--resume"]);
       assertEquals((await child.status).code, 0, await stderr);
     }),
+});
+
+Deno.test("train: --resume with a typed setting not the run's names it, not a flag it implies", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-train-typed-" });
+  try {
+    // An f16 --f16-math run resumed with --precision f32 was refused as "--f16-math needs
+    // --precision f16", a flag the user had not typed.
+    const { config } = parseTrainArgs([
+      ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`, "--out", dir],
+      ...["--precision", "f16", "--f16-math", "--max-steps", "4"],
+    ]);
+    await Deno.writeTextFile(`${dir}/run.json`, JSON.stringify({ settings: runSettings(config) }));
+    const args = ["--out", dir, "--resume", "--precision", "f32"];
+    const recorded = (await recordedSettings(args))!;
+    const e = (() => {
+      try {
+        parseOverRecorded(args, {}, recorded, () => undefined);
+      } catch (e) {
+        return e as Error;
+      }
+      return null;
+    })();
+    assert(e instanceof FlagError, String(e));
+    assertEquals(
+      e.message,
+      `--resume: ${dir} was started with other settings (--precision "f16" in run.json, "f32" now)`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

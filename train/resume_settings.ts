@@ -15,7 +15,7 @@ import {
   TRAIN_FLAGS,
 } from "./config.ts";
 import { FlagError, parseFlags } from "./flags.ts";
-import { readRunJson } from "./run_folder.ts";
+import { differenceText, readRunJson } from "./run_folder.ts";
 
 /** A run's recorded settings as a recipe, and the run.json they came from. */
 export interface RecordedSettings {
@@ -98,10 +98,42 @@ export function parseOverRecorded(
     return parseTrainArgs(args, { ...recipe, ...recorded.recipe }, taskData);
   } catch (e) {
     if (!(e instanceof FlagError)) throw e;
+    // A typed setting that is not the run's is the refusal to name (`--precision f32` on an f16
+    // --f16-math run was said as --f16-math needing f16, a flag not typed).
+    const typed = typedDifference(args, recorded.recipe);
+    if (typed) {
+      const dir = recorded.path.replace(/\/run\.json$/, "");
+      throw new FlagError(`--resume: ${dir} was started with other settings (${typed})`);
+    }
     throw new FlagError(
       `--resume: ${e.message} (the settings not typed are those in ${recorded.path})`,
     );
   }
+}
+
+/**
+ * The first typed flag whose value is not the recorded one, as checkSameSettings says it; a typed
+ * value its flag would not take (`--lr abc`) is left to the flag's own error.
+ */
+function typedDifference(args: readonly string[], recorded: Recipe): string | null {
+  let typed: Record<string, unknown>;
+  try {
+    typed = parseFlags(TRAIN_FLAGS, args) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+  const was = recorded as Record<string, unknown>;
+  for (const [flag, value] of Object.entries(typed)) {
+    const key = flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
+    // Paths may be spelled otherwise (the run compares where they lead); out is where it is.
+    if (!(key in was) || ["model", "data", "head", "out"].includes(key)) continue;
+    const before = was[key];
+    const now = typeof before === "number" && typeof value === "string" ? Number(value) : value;
+    if (typeof before !== typeof now || before === now) continue;
+    if (typeof now === "number" && !Number.isFinite(now)) continue;
+    return differenceText(key, before, now);
+  }
+  return null;
 }
 
 /**

@@ -145,6 +145,13 @@ function settingText(key: string, value: unknown): string {
   return `${flag} ${value === null || value === undefined ? "not given" : JSON.stringify(value)}`;
 }
 
+/** How a refused resume says a setting that differs: `--lr 0.00001 in run.json, 0.00002 now`. */
+export function differenceText(key: string, before: unknown, now: unknown): string {
+  return `${settingText(key, before)} in run.json, ${
+    settingText(key, now).replace(/^\S+ /, "")
+  } now`;
+}
+
 /** The first setting whose value differs (its key, and as an error message says it), or null. */
 async function firstDifference(
   a: Record<string, unknown>,
@@ -156,8 +163,7 @@ async function firstDifference(
     if (sameJson(a[k], b[k])) continue;
     if (MOVABLE_SETTINGS.has(k)) continue;
     if (PATH_SETTINGS.has(k) && await samePlace(a[k], b[k], recorded[k], cwd)) continue;
-    const now = settingText(k, b[k]).replace(/^\S+ /, "");
-    return { key: k, text: `${settingText(k, a[k])} in run.json, ${now} now` };
+    return { key: k, text: differenceText(k, a[k], b[k]) };
   }
   return null;
 }

@@ -57,6 +57,7 @@ export class RunLog {
   static async open(path: string, keep: number): Promise<RunLog> {
     let kept = "";
     let skips = 0;
+    const records: unknown[] = [];
     if (!Number.isSafeInteger(keep) || keep < 0) {
       throw new Error(
         `${path}: the checkpoint's line count ${JSON.stringify(keep)} is not a count`,
@@ -97,6 +98,7 @@ export class RunLog {
               "starts the run again)",
           );
         }
+        records.push(record);
       });
       kept = lines.join("\n") + "\n";
       skips = trailingSkips(lines);
@@ -104,7 +106,7 @@ export class RunLog {
     await writeFileAtomic(path, kept);
     const file = await Deno.open(path, { append: true });
     const log = new RunLog(path, file, keep, skips);
-    countSkips(kept === "" ? [] : kept.trimEnd().split("\n").map((l) => JSON.parse(l)), log.skips);
+    countSkips(records, log.skips);
     return log;
   }
 
