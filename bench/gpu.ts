@@ -36,7 +36,7 @@ import { parseArgs } from "node:util";
 import { FlagError } from "../train/flags.ts";
 import { join } from "node:path";
 import { F16_MATH_VARIANTS, MATMUL_VARIANTS } from "../kernels/matmul.ts";
-import { writeFileAtomic } from "../model/atomic_write.ts";
+import { removePendingTemporaries, writeFileAtomic } from "../model/atomic_write.ts";
 import { type GpuReport, reportMarkdown, type Row, type TestRun } from "./gpu_table.ts";
 
 const ROOT = join(import.meta.dirname!, "..");
@@ -190,6 +190,9 @@ interface PhaseResult {
   seconds: number;
 }
 
+/** The phase's process running now, and the phase's name: a SIGTERM or Ctrl-C ends it too. */
+let running: { child: Deno.ChildProcess; log: string } | null = null;
+
 /**
  * Runs one phase with a time limit, its stderr shown live and both streams kept in
  * `$OUT/<log>.log`. A process still running at the limit is killed (code null, timedOut).
@@ -230,6 +233,7 @@ async function phase(
       Deno.stderr.writeSync(chunk);
     }
   })();
+  running = { child, log };
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -238,6 +242,7 @@ async function phase(
     } catch { /* it exited meanwhile */ }
   }, limitS * 1000);
   const status = await child.status;
+  running = null;
   clearTimeout(timer);
   await Promise.all([readOut, readErr]);
   const seconds = (performance.now() - start) / 1000;
@@ -416,6 +421,26 @@ async function main(): Promise<void> {
     );
   };
   await write();
+  // A scheduler's SIGTERM or a Ctrl-C: the running phase's process ended too (it ran on,
+  // orphaned, until its own limit), and the report says it is partial, whose phases after it did
+  // not run.
+  for (const [signal, status] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    Deno.addSignalListener(signal, async () => {
+      const during = running?.log;
+      try {
+        running?.child.kill("SIGKILL");
+      } catch { /* it exited meanwhile */ }
+      removePendingTemporaries();
+      report.notes.push(
+        `stopped by ${signal}${during ? ` during the ${during} phase` : ""}: this report is ` +
+          "partial (the phases after it did not run)",
+      );
+      await write().catch(() => {});
+      await packLogs(o.out);
+      console.error(`bench:gpu: stopped by ${signal}; the partial report is in ${o.out}`);
+      Deno.exit(status);
+    });
+  }
 
   // 2. Correctness on this adapter.
   const testRun = async (name: string, files: string[], limitS: number): Promise<TestRun> => {
@@ -497,7 +522,9 @@ async function main(): Promise<void> {
       : "no rows";
     if (r.code !== 0) {
       report.notes.push(
-        `PyTorch phase ${r.timedOut ? "timed out" : `failed (exit ${r.code})`}: see torch.log`,
+        `PyTorch phase ${r.timedOut ? "timed out" : `failed (exit ${r.code})`}: see ${
+          logIn("torch")
+        }`,
       );
     }
   }
@@ -566,7 +593,7 @@ async function main(): Promise<void> {
     report.notes.push(...variantNotes(jsonRows(r.stdout)));
     if (r.code !== 0) {
       report.notes.push(
-        `GEMM variants phase ${r.timedOut ? "timed out" : "failed"}: see ours-variants.log`,
+        `GEMM variants phase ${r.timedOut ? "timed out" : "failed"}: see ${logIn("ours-variants")}`,
       );
     }
     await write();
@@ -618,7 +645,7 @@ async function main(): Promise<void> {
       report.notes.push(
         `train_step ${mode} ${precision} ${
           r.timedOut ? `timed out after ${Math.round(share)} s` : `failed (exit ${r.code})`
-        }: see ours-step-${mode}-${precision}.log`,
+        }: see ${logIn(`ours-step-${mode}-${precision}`)}`,
       );
     }
     await write();
@@ -627,9 +654,7 @@ async function main(): Promise<void> {
   // 5. The report. The device tool brings back only a few files: the logs travel as one archive.
   report.notes.push(`whole run: ${((performance.now() - started) / 1000).toFixed(0)} s`);
   await write();
-  if (await commandText("tar", ["-czf", join(o.out, "logs.tgz"), "-C", o.out, "logs"]) !== null) {
-    await Deno.remove(join(o.out, "logs"), { recursive: true });
-  }
+  await packLogs(o.out);
   console.log("\n" + reportMarkdown(report));
 }
 
@@ -652,6 +677,18 @@ async function expectEmptyOut(out: string): Promise<void> {
     }
     throw e;
   }
+}
+
+/** The phases' logs into `out`/logs.tgz, the folder removed once packed. */
+async function packLogs(out: string): Promise<void> {
+  if (await commandText("tar", ["-czf", join(out, "logs.tgz"), "-C", out, "logs"]) !== null) {
+    await Deno.remove(join(out, "logs"), { recursive: true });
+  }
+}
+
+/** Where a phase's log is once the run ends: in logs.tgz (the device tool brings back a few files). */
+function logIn(name: string): string {
+  return `logs/${name}.log in logs.tgz`;
 }
 
 /** How a training-step row's time divides (bench/train_step.ts's host_ms and pipelined_ms). */

@@ -79,7 +79,11 @@ export function referenceTrainStep(
   return runScript("bench/torch_cpu_step.py", args);
 }
 
-/** Adds `reference_gflops` and `ratio` to GEMM rows, matched on m, n, k and product. */
+/**
+ * Adds `reference_gflops`, `ratio` and `reference_blas` (the library numpy loaded: OpenBLAS, or the
+ * reference BLAS, about 12× slower, where OpenBLAS is not installed) to GEMM rows, matched on m,
+ * n, k and product.
+ */
 export function addGemmRatios(rows: BenchRow[], refs: ReferenceRow[] | null): void {
   if (!refs) return;
   for (const row of rows) {
@@ -90,6 +94,7 @@ export function addGemmRatios(rows: BenchRow[], refs: ReferenceRow[] | null): vo
     if (!ref || typeof ref.gflops !== "number") continue;
     row.reference_gflops = ref.gflops;
     row.ratio = row.gflops / ref.gflops;
+    if (typeof ref.blas === "string") row.reference_blas = ref.blas;
   }
 }
 

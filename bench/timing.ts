@@ -47,9 +47,9 @@ export interface TimingOptions {
   submitTargetS?: number;
   /** Timed submits stop after about this much time (seconds). Default 0.6. */
   budgetS?: number;
-  /** An op whose first submit takes longer than this (seconds) gets no second warm-up submit
-   * (R stays 1), but one whose second submit, made when the first took less than ten times
-   * this, is shorter (the first compiled its pipeline). Default 0.5. */
+  /** An op heavier than this (seconds) a submit gets no more warm-up submits and R stays 1. A
+   * first submit above it but below ten times it is run once more, and the second decides (the
+   * first may have compiled the op's pipeline). Default 0.5. */
   heavyS?: number;
   /** Every op gets 3 timed submits unless 3 would take longer than this (seconds); then as
    * many as fit, at least 1. Default 3. */
@@ -131,8 +131,8 @@ const warmedUp = new WeakSet<Gpu>();
  * PyTorch's. Otherwise (a CPU adapter, no timestamps, `gpuClock: false`), the host's clock from
  * the submit until the GPU has finished: bind groups, encoding and the submit's fixed cost
  * included (about 12 ms a submit on lavapipe, 11 on the H200, 2026-11-27), which R
- * ops per submit spread thin. The launcher calls, and the pipelines they compile on first use,
- * are never timed.
+ * ops per submit spread thin. The launcher calls are never timed; a pipeline compiled inside
+ * the first submit (lavapipe) falls in a warm-up submit (see `measure`).
  */
 export async function timeOp(
   gpu: Gpu,

@@ -22,7 +22,8 @@ import {
   type Row,
   stepTable,
 } from "../bench/gpu_table.ts";
-import { measure, timeOp } from "../bench/timing.ts";
+import { addGemmRatios } from "../bench/reference.ts";
+import { type BenchRow, measure, timeOp } from "../bench/timing.ts";
 import { fill } from "../kernels/fill.ts";
 import { profileDispatches, Recorder, TIMED_DISPATCHES } from "../kernels/recorder.ts";
 import { createTensor } from "../kernels/tensor.ts";
@@ -451,6 +452,11 @@ Deno.test("bench: a module that fails prints the rows measured before it; prefix
   const lines = failed.stderr.trim().split("\n");
   assert(/^bench: matmul failed; the \d+ rows measured before it are above$/.test(lines.at(-2)!));
   assert(lines.at(-1)!.includes("exceeds this adapter's storage binding limit"), lines.at(-1));
+  // Only where the steps are timed: a --seq for other modules is theirs.
+  const other = await benchCli("kernels.ts", [
+    ...["--only", "fill", "--seq", "16", "--reps", "1", "--no-reference", "--json"],
+  ]);
+  assertEquals(other.code, 0, other.stderr);
   // Refused as typed, before the minutes of the modes ahead of prefix.
   const short = await benchCli("kernels.ts", ["--only", "train_step", "--seq", "16"]);
   assertEquals(
@@ -462,4 +468,73 @@ Deno.test("bench: a module that fails prints the rows measured before it; prefix
       "(a longer --seq, or --modes without prefix)\n",
     ],
   );
+});
+
+Deno.test("bench:gpu: SIGTERM ends the running phase's process too, and the report says it is partial", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ehft-bench-term-" });
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        ...["run", "-A", new URL("../bench/gpu.ts", import.meta.url).pathname, "--small"],
+        ...["--no-tests", "--python", `${dir}/no-python`, "--out", `${dir}/out`],
+      ],
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let said = "";
+    const decoder = new TextDecoder();
+    const reader = child.stderr.getReader();
+    while (!said.includes("bench:gpu: ours-gemm: ")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      said += decoder.decode(value, { stream: true });
+    }
+    child.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      said += decoder.decode(value, { stream: true });
+    }
+    assertEquals((await child.status).code, 143, said);
+    assert(said.includes(`bench:gpu: stopped by SIGTERM; the partial report is in ${dir}/out`));
+    const report = await Deno.readTextFile(`${dir}/out/gpu-bench.md`);
+    assert(
+      report.includes(
+        "stopped by SIGTERM during the ours-gemm phase: this report is partial (the phases " +
+          "after it did not run)",
+      ),
+      report,
+    );
+    // Its logs packed, as a finished run's are (the notes point into logs.tgz).
+    assertEquals(
+      [...Deno.readDirSync(`${dir}/out`)].map((e) => e.name).sort(),
+      ["gpu-bench.md", "logs.tgz", "rows.jsonl"],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bench: a GEMM row's ratio names the BLAS it was measured against", () => {
+  const row: BenchRow = {
+    kernel: "gemm",
+    shape: "",
+    product: "forward",
+    m: 8,
+    n: 4,
+    k: 2,
+    ms: 1,
+    gflops: 2,
+    per_submit: 1,
+    timed_submits: 1,
+    warmup_submits: 1,
+  };
+  const refs = [{ kernel: "gemm_reference", product: "forward", m: 8, n: 4, k: 2, gflops: 8 }];
+  const plain = { ...row };
+  addGemmRatios([plain], refs);
+  assertEquals([plain.reference_gflops, plain.ratio, plain.reference_blas], [8, 0.25, undefined]);
+  const named = { ...row };
+  addGemmRatios([named], [{ ...refs[0], blas: "/usr/lib/x86_64-linux-gnu/blas/libblas.so.3" }]);
+  assertEquals(named.reference_blas, "/usr/lib/x86_64-linux-gnu/blas/libblas.so.3");
 });
