@@ -130,9 +130,14 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     const { config, tokenizer, head: headShape } = model;
     checkLeadingToken(tokenizer, tokenizer.source);
     if (!headShape) {
+      // A transformers fine-tuned classifier is fine-tuned, but not with the EH-FT head.
+      const classifier = model.unused.some((n) => n.startsWith("classifier."));
       throw new Error(
-        `${model.dir} has no EH-FT head (head.* tensors): it is a pretrained backbone, not a ` +
-          `fine-tuned model`,
+        `${model.dir} has no EH-FT head (head.* tensors): ` +
+          (classifier
+            ? "its classifier.* tensors are a transformers classification head, which " +
+              "predict.ts does not run (it runs models ehft trained)"
+            : "it is a pretrained backbone, not a fine-tuned model"),
       );
     }
     if (headShape.classes !== task.headClasses) {

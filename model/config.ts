@@ -106,6 +106,17 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
   if (act !== "gelu") {
     throw new ConfigError(file, `hidden_act ${JSON.stringify(act)} is not supported (only "gelu")`);
   }
+  // transformers masks attention causally for these: the encoder here attends both ways, so the
+  // model would be another one, and its saved config would say it was a decoder.
+  for (const key of ["is_decoder", "add_cross_attention"]) {
+    if (raw[key] !== undefined && raw[key] !== false) {
+      throw new ConfigError(
+        file,
+        `${key} ${JSON.stringify(raw[key])} is not supported: ehft trains encoders, whose ` +
+          "attention sees both ways (set it false for an encoder)",
+      );
+    }
+  }
   const positionType = raw.position_embedding_type ?? "absolute";
   if (positionType !== "absolute") {
     throw new ConfigError(
@@ -131,9 +142,8 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
     ...known,
     vocabSize: int("vocab_size", 1),
     hiddenSize,
-    embeddingSize: known.modelType === "electra"
-      ? int("embedding_size", 1, hiddenSize)
-      : hiddenSize,
+    // transformers' ElectraConfig defaults embedding_size to 128, whatever the hidden size.
+    embeddingSize: known.modelType === "electra" ? int("embedding_size", 1, 128) : hiddenSize,
     numLayers: int("num_hidden_layers", 1),
     numHeads,
     headDim: hiddenSize / numHeads,

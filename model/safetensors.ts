@@ -475,6 +475,15 @@ async function openFile(path: string): Promise<FileReader> {
     const lengthBytes = new Uint8Array(8);
     await readFully(file, lengthBytes, path, "the header length");
     const declared = new DataView(lengthBytes.buffer).getBigUint64(0, true);
+    // A repository cloned without git-lfs holds a small text file in each weights file's place
+    // ("version https://git-lfs.github.com/spec/v1", its oid and size): its first bytes would
+    // be read as a header length of 2.3e18.
+    if (new TextDecoder().decode(lengthBytes) === "version ") {
+      throw fail(
+        "is a Git LFS pointer, not the weights (the repository was cloned without git-lfs): " +
+          "run `git lfs pull` in its folder",
+      );
+    }
     if (declared > BigInt(MAX_HEADER_BYTES)) {
       throw fail(`header length ${declared} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
     }
@@ -522,6 +531,10 @@ function dirname(path: string): string {
   const i = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
   if (i < 0) return ".";
   return i === 0 ? path.slice(0, 1) : path.slice(0, i);
+}
+
+function basename(path: string): string {
+  return path.slice(Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\")) + 1);
 }
 
 function joinPath(dir: string, name: string): string {
@@ -641,6 +654,20 @@ async function openIndex(path: string): Promise<ShardedReader> {
           throw fail(`tensor ${q(name)} not found in shard ${q(shard)}`);
         }
         shardOf.set(name, reader);
+      }
+    }
+    // A tensor stored in two shards: the index names one copy, but a loader that reads every
+    // shard whole (transformers does) takes the last it reads: one folder, two models.
+    for (const reader of opened) {
+      for (const name of reader.tensors.keys()) {
+        const named = shardOf.get(name);
+        if (named && named !== reader) {
+          throw fail(
+            `tensor ${q(name)} is in shard ${q(basename(reader.path))} and in ` +
+              `${q(basename(named.path))}, which the index names: which copy is the model's is ` +
+              "ambiguous (keep it in one shard)",
+          );
+        }
       }
     }
     return new ShardedReader(path, metadata, shardOf);

@@ -47,7 +47,8 @@ Deno.test("config: xlm-roberta is RoBERTa's architecture; electra may have narro
   assertEquals([xlmr.modelType, xlmr.prefix], ["xlm-roberta", "roberta"]);
   const electra = parseConfig({ ...BERT, model_type: "electra", embedding_size: 128 }, "e.json");
   assertEquals([electra.prefix, electra.embeddingSize, electra.hiddenSize], ["electra", 128, 768]);
-  assertEquals(parseConfig({ ...BERT, model_type: "electra" }, "e.json").embeddingSize, 768);
+  // Without embedding_size, transformers' default (128), not the hidden size.
+  assertEquals(parseConfig({ ...BERT, model_type: "electra" }, "e.json").embeddingSize, 128);
 });
 
 Deno.test("config: unknown types and missing or bad fields name the file and field", () => {
@@ -60,6 +61,9 @@ Deno.test("config: unknown types and missing or bad fields name the file and fie
     [{ ...BERT, hidden_act: "relu" }, 'hidden_act "relu" is not supported'],
     [{ ...BERT, hidden_dropout_prob: 1.5 }, '"hidden_dropout_prob" must be a probability'],
     [{ ...BERT, position_embedding_type: "relative_key" }, "position_embedding_type"],
+    // A causal mask in transformers, none here: another model, said.
+    [{ ...BERT, is_decoder: true }, "is_decoder true is not supported"],
+    [{ ...BERT, add_cross_attention: true }, "add_cross_attention true is not supported"],
     [{ ...BERT, pad_token_id: 40000 }, "pad_token_id 40000"],
     // Names of every object's own properties are not model types; a type is quoted on one line.
     [{ ...BERT, model_type: "toString" }, 'model_type "toString" is not supported'],

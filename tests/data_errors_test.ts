@@ -18,7 +18,14 @@ import { loadTokenizer, TextTokenizer } from "../model/tokenizer.ts";
 import { readConfig } from "../model/config.ts";
 import { checkTestSplit } from "../train/submission.ts";
 import { convertTokenizerDir, convertWordPiece } from "../model/tokenizer_convert.ts";
-import { copyTree, exists, VOCAB, writeMarkerData, writeTinyBert } from "./train_fixture.ts";
+import {
+  copyTree,
+  exists,
+  rewriteSafetensors,
+  VOCAB,
+  writeMarkerData,
+  writeTinyBert,
+} from "./train_fixture.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -977,6 +984,21 @@ Deno.test("data errors: --dry-run with a model not at hand: ready unless the tra
   await withDir(async (dir) => {
     await copyTree(`${ROOT}models/ehft-mini-en`, `${dir}/m`);
     assertEquals((await dryRun(task, { data, model: `${dir}/m` })).ready, true);
+    // A weight that is not finite, which the training refuses as it reads it.
+    await copyTree(`${ROOT}models/ehft-mini-en`, `${dir}/nan`);
+    const poisoned = "bert.encoder.layer.1.output.dense.weight";
+    await rewriteSafetensors(`${dir}/nan/model.safetensors`, (_, tensors) => {
+      const t = tensors.get(poisoned)!;
+      // NaN in the stored dtype: f16 0x7e00, f32 0x7fc00000.
+      if (t.dtype === "F16") (t.data as Uint16Array)[0] = 0x7e00;
+      else (t.data as Float32Array)[0] = NaN;
+    });
+    const nan = await dryRun(task, { data, model: `${dir}/nan` });
+    assertEquals(nan.ready, false);
+    assert(
+      nan.notes!.some((n) => n.startsWith(`--model ${dir}/nan: `) && n.includes("holds NaN")),
+      `${nan.notes}`,
+    );
     await Deno.remove(`${dir}/m/model.safetensors`);
     const gone = await dryRun(task, { data, model: `${dir}/m` });
     assertEquals(gone.ready, false);

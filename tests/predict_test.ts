@@ -101,7 +101,20 @@ Deno.test({
       await assertRejects(
         () => predict({ model: `${dir}/model`, task: rte, data, split: "val", batchSize: 4 }),
         Error,
-        "has no EH-FT head",
+        "has no EH-FT head (head.* tensors): it is a pretrained backbone, not a fine-tuned model",
+      );
+      // A transformers fine-tuned classifier is no backbone: said as what it is.
+      await Deno.mkdir(`${dir}/classifier`);
+      await writeTinyBert(`${dir}/classifier`, false);
+      await rewriteSafetensors(`${dir}/classifier/model.safetensors`, (_, tensors) => {
+        const weight = { dtype: "F32" as const, shape: [2, 24], data: new Float32Array(48) };
+        tensors.set("classifier.weight", weight);
+      });
+      await assertRejects(
+        () => predict({ model: `${dir}/classifier`, task: rte, data, split: "val", batchSize: 4 }),
+        Error,
+        "its classifier.* tensors are a transformers classification head, which predict.ts " +
+          "does not run (it runs models ehft trained)",
       );
       // A model that carries unmerged LoRA factors (a Stage-1 snapshot of LoRA): refused, not
       // run without them.

@@ -357,6 +357,14 @@ const MALFORMED: [string, Uint8Array, RegExp][] = [
     /header length 18446744073709551615 exceeds the 100000000-byte limit/,
   ],
   [
+    "a Git LFS pointer (a clone without git-lfs)",
+    new TextEncoder().encode(
+      "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0".repeat(64) +
+        "\nsize 498818054\n",
+    ),
+    /is a Git LFS pointer, not the weights \(the repository was cloned without git-lfs\): run `git lfs pull` in its folder/,
+  ],
+  [
     "offsets out of range",
     rawFile(
       '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},' +
@@ -750,6 +758,21 @@ Deno.test("sharded index naming a missing tensor or missing shard file is reject
       openSafetensors(index),
       index,
       /shard "model-00009-of-00009\.safetensors": .*cannot open/,
+    );
+    // A tensor in two shards: which copy a loader takes depends on how it reads them.
+    await writeSafetensors(`${dir}/model-00002-of-00002.safetensors`, {
+      "classifier.bias": { dtype: "F32", shape: [1], data: new Float32Array([9]) },
+      "layer.0.weight": { dtype: "F32", shape: [2], data: new Float32Array([70, 80]) },
+    });
+    index = await writeIndex(dir, {
+      "embeddings.weight": "model-00001-of-00002.safetensors",
+      "layer.0.weight": "model-00001-of-00002.safetensors",
+      "classifier.bias": "model-00002-of-00002.safetensors",
+    });
+    await assertRejectsFile(
+      openSafetensors(index),
+      index,
+      /tensor "layer\.0\.weight" is in shard "model-00002-of-00002\.safetensors" and in "model-00001-of-00002\.safetensors", which the index names: which copy is the model's is ambiguous/,
     );
     await Deno.writeTextFile(index, '{"metadata": {}}');
     await assertRejectsFile(openSafetensors(index), index, /index has no weight_map object/);

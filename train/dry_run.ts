@@ -38,6 +38,7 @@
 // missing data, a missing split or a missing model is not (the report says it, and `ready`).
 
 import { maxSequenceLength } from "../model/config.ts";
+import { checkBackboneFinite } from "../model/checkpoint.ts";
 import { openModel } from "../model/load.ts";
 import { errorText } from "../model/error_text.ts";
 import { writeStdout } from "../model/progress_text.ts";
@@ -135,7 +136,13 @@ async function localTokenizer(
     return errorText(e).split("\n")[0];
   }
   const opened = await openModel(dir, { quiet: true, noteUnused: false });
-  opened.weights.close();
+  try {
+    // As the training reads them: a weight that is not finite refuses it (the whole backbone is
+    // read, as --overwrite reads it before it removes anything).
+    await checkBackboneFinite(opened.weights, opened.config);
+  } finally {
+    opened.weights.close();
+  }
   return { tokenizer: opened.tokenizer, limit: maxSequenceLength(opened.config) };
 }
 
