@@ -151,6 +151,16 @@ export function checkBackbone(
   configFile = "config.json",
 ): void {
   const fail = (problem: string) => new CheckpointError(reader.path, problem);
+  // transformers writes TensorFlow's and Flax's weights under their own names and layouts (a
+  // kernel is the transposed weight): each would be read as missing or misshapen tensors.
+  const format = reader.metadata.format;
+  if (format === "flax" || format === "tf") {
+    throw fail(
+      `its metadata says format "${format}": ${format === "tf" ? "TensorFlow" : "Flax"}'s ` +
+        "names and layouts, not PyTorch's; convert it (transformers: from_pretrained with " +
+        `from_${format}=True, then save_pretrained)`,
+    );
+  }
   const names = [...reader.tensors.keys()];
   const own = (n: string) =>
     n.startsWith(`${config.prefix}.`) || n.startsWith("embeddings.") || n.startsWith("encoder.");

@@ -117,6 +117,16 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
       );
     }
   }
+  // Heads pruned away leave narrower attention weights than the config's sizes say.
+  const pruned = raw.pruned_heads;
+  if (isJsonObject(pruned) && Object.keys(pruned).length > 0) {
+    throw new ConfigError(
+      file,
+      `pruned_heads ${
+        JSON.stringify(pruned)
+      }: a model with pruned attention heads is not supported`,
+    );
+  }
   const positionType = raw.position_embedding_type ?? "absolute";
   if (positionType !== "absolute") {
     throw new ConfigError(

@@ -40,6 +40,8 @@ Deno.test("config: bert-base and roberta-large parse to the encoder's shape", ()
   assertEquals(roberta.positionsFromPadding, true);
   assertEquals(maxSequenceLength(roberta), 512);
   assertEquals(roberta.raw, ROBERTA_LARGE);
+  // What transformers writes for a model with nothing pruned, and an encoder said to be one.
+  parseConfig({ ...BERT, pruned_heads: {}, is_decoder: false }, "bert/config.json");
 });
 
 Deno.test("config: xlm-roberta is RoBERTa's architecture; electra may have narrow embeddings", () => {
@@ -64,6 +66,8 @@ Deno.test("config: unknown types and missing or bad fields name the file and fie
     // A causal mask in transformers, none here: another model, said.
     [{ ...BERT, is_decoder: true }, "is_decoder true is not supported"],
     [{ ...BERT, add_cross_attention: true }, "add_cross_attention true is not supported"],
+    // Narrower attention weights than the sizes say: named, not as a shape mismatch.
+    [{ ...BERT, pruned_heads: { "0": [1] } }, 'pruned_heads {"0":[1]}: a model with pruned'],
     [{ ...BERT, pad_token_id: 40000 }, "pad_token_id 40000"],
     // Names of every object's own properties are not model types; a type is quoted on one line.
     [{ ...BERT, model_type: "toString" }, 'model_type "toString" is not supported'],

@@ -132,6 +132,25 @@ Deno.test("model inputs: a config that contradicts the tensors names both files"
   }
 });
 
+Deno.test("model inputs: TensorFlow's and Flax's layouts are said as such, not as missing tensors", async () => {
+  await withModel(async (dir) => {
+    const path = `${dir}/model.safetensors`;
+    const tensors = await readTensors(path);
+    for (const format of ["flax", "tf"]) {
+      await writeSafetensors(path, tensors, { format });
+      await expectRefused(
+        dir,
+        CheckpointError,
+        path,
+        new RegExp(
+          `its metadata says format "${format}": .* not PyTorch's; convert it \\(transformers: ` +
+            `from_pretrained with from_${format}=True, then save_pretrained\\)$`,
+        ),
+      );
+    }
+  });
+});
+
 Deno.test("model inputs: a missing or integer backbone tensor is refused at open", async () => {
   await withModel(async (dir) => {
     const path = `${dir}/model.safetensors`;
