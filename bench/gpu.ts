@@ -190,8 +190,15 @@ interface PhaseResult {
   seconds: number;
 }
 
-/** The phase's process running now, and the phase's name: a SIGTERM or Ctrl-C ends it too. */
-let running: { child: Deno.ChildProcess; log: string } | null = null;
+/**
+ * The phase running now: its process, which a SIGTERM or Ctrl-C ends too, its name, and when its
+ * log is written (what the stop waits for before it packs the logs: tar fails on a file written
+ * while it reads, and then left logs/ unpacked).
+ */
+let running: { child: Deno.ChildProcess; log: string; logged: Promise<void> } | null = null;
+
+/** Set by a SIGTERM or Ctrl-C: no phase starts, and only the stop writes the report. */
+let stopping = false;
 
 /**
  * Runs one phase with a time limit, its stderr shown live and both streams kept in
@@ -204,6 +211,8 @@ async function phase(
   args: string[],
   limitS: number,
 ): Promise<PhaseResult> {
+  // The stop exits once it has written the report: a phase started now would be left running.
+  if (stopping) return await new Promise<never>(() => {});
   const start = performance.now();
   console.error(`bench:gpu: ${log}: ${cmd} ${args.join(" ")} (limit ${Math.round(limitS)} s)`);
   let child: Deno.ChildProcess;
@@ -233,7 +242,8 @@ async function phase(
       Deno.stderr.writeSync(chunk);
     }
   })();
-  running = { child, log };
+  let logged = () => {};
+  running = { child, log, logged: new Promise<void>((resolve) => logged = resolve) };
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -242,16 +252,20 @@ async function phase(
     } catch { /* it exited meanwhile */ }
   }, limitS * 1000);
   const status = await child.status;
-  running = null;
   clearTimeout(timer);
   await Promise.all([readOut, readErr]);
   const seconds = (performance.now() - start) / 1000;
-  await Deno.writeTextFile(
-    join(out, "logs", `${log}.log`),
-    `$ ${cmd} ${args.join(" ")}\n# exit ${status.code}${
-      timedOut ? ` (killed at the ${Math.round(limitS)} s limit)` : ""
-    }, ${seconds.toFixed(1)} s\n# stdout\n${stdout}\n# stderr\n${stderr}`,
-  );
+  try {
+    await Deno.writeTextFile(
+      join(out, "logs", `${log}.log`),
+      `$ ${cmd} ${args.join(" ")}\n# exit ${status.code}${
+        timedOut ? ` (killed at the ${Math.round(limitS)} s limit)` : ""
+      }, ${seconds.toFixed(1)} s\n# stdout\n${stdout}\n# stderr\n${stderr}`,
+    );
+  } finally {
+    running = null;
+    logged();
+  }
   console.error(
     `bench:gpu: ${log}: ${timedOut ? "TIMED OUT" : `exit ${status.code}`} in ${
       seconds.toFixed(1)
@@ -413,7 +427,10 @@ async function main(): Promise<void> {
     notes: [],
   };
   if (!report.f16.on) report.f16.why = "the adapter has no shader-f16";
-  const write = async () => {
+  // The stop's own write is the last: the run's, racing it, would put back a report without the
+  // stop's note.
+  const write = async (stop = false) => {
+    if (stopping && !stop) return;
     await writeFileAtomic(join(o.out, "gpu-bench.md"), reportMarkdown(report));
     await writeFileAtomic(
       join(o.out, "rows.jsonl"),
@@ -426,16 +443,22 @@ async function main(): Promise<void> {
   // not run.
   for (const [signal, status] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
-      const during = running?.log;
+      stopping = true;
+      const phaseNow = running;
+      const during = phaseNow?.log;
       try {
-        running?.child.kill("SIGKILL");
+        phaseNow?.child.kill("SIGKILL");
       } catch { /* it exited meanwhile */ }
+      // Its log written (a few seconds at most), so that the logs are packed whole.
+      if (phaseNow) {
+        await Promise.race([phaseNow.logged, new Promise((r) => setTimeout(r, 5000))]);
+      }
       removePendingTemporaries();
       report.notes.push(
         `stopped by ${signal}${during ? ` during the ${during} phase` : ""}: this report is ` +
           "partial (the phases after it did not run)",
       );
-      await write().catch(() => {});
+      await write(true).catch(() => {});
       await packLogs(o.out);
       console.error(`bench:gpu: stopped by ${signal}; the partial report is in ${o.out}`);
       Deno.exit(status);
