@@ -657,19 +657,25 @@ async function openIndex(path: string): Promise<ShardedReader> {
       }
     }
     // A tensor stored in two shards: the index names one copy, but a loader that reads every
-    // shard whole (transformers does) takes the last it reads: one folder, two models.
+    // shard whole (transformers does) takes the last it reads: one folder, two models. One the
+    // index leaves out is read from its shard, as such a loader reads it (it was "missing").
+    const unlisted = new Map<string, FileReader>();
     for (const reader of opened) {
       for (const name of reader.tensors.keys()) {
-        const named = shardOf.get(name);
-        if (named && named !== reader) {
+        const listed = shardOf.get(name);
+        const named = listed ?? unlisted.get(name);
+        if (!named) unlisted.set(name, reader);
+        else if (named !== reader) {
           throw fail(
             `tensor ${q(name)} is in shard ${q(basename(reader.path))} and in ` +
-              `${q(basename(named.path))}, which the index names: which copy is the model's is ` +
-              "ambiguous (keep it in one shard)",
+              `${q(basename(named.path))}, ${
+                listed ? "which the index names" : "neither named by the index"
+              }: which copy is the model's is ambiguous (keep it in one shard)`,
           );
         }
       }
     }
+    for (const [name, reader] of unlisted) shardOf.set(name, reader);
     return new ShardedReader(path, metadata, shardOf);
   } catch (e) {
     for (const reader of opened) reader.close();

@@ -774,6 +774,25 @@ Deno.test("sharded index naming a missing tensor or missing shard file is reject
       index,
       /tensor "layer\.0\.weight" is in shard "model-00002-of-00002\.safetensors" and in "model-00001-of-00002\.safetensors", which the index names: which copy is the model's is ambiguous/,
     );
+    // One the index leaves out is read from its shard, as transformers (which reads every shard
+    // whole) reads it; it was refused as missing.
+    await writeShards(dir);
+    index = await writeIndex(dir, {
+      "embeddings.weight": "model-00001-of-00002.safetensors",
+      "classifier.bias": "model-00002-of-00002.safetensors",
+    });
+    const partial = await openSafetensors(index);
+    try {
+      assertEquals([...partial.tensors.keys()].sort(), [
+        "classifier.bias",
+        "embeddings.weight",
+        "layer.0.weight",
+      ]);
+      assertEquals([...(await partial.read("layer.0.weight")).data as Float32Array], [7, 8]);
+      assertEquals(partial.fileOf("layer.0.weight"), `${dir}/model-00001-of-00002.safetensors`);
+    } finally {
+      partial.close();
+    }
     await Deno.writeTextFile(index, '{"metadata": {}}');
     await assertRejectsFile(openSafetensors(index), index, /index has no weight_map object/);
     // A config.json given by mistake: what to give instead.
