@@ -546,6 +546,11 @@ export function defaultOut(task: string, strategy: StrategyName, peft: PeftName 
   return `runs/${task}/${strategy}${peft ? `-${peft}` : ""}`;
 }
 
+/** The config key a flag gives (`max-steps` → `maxSteps`): its name without the dashes. */
+export function settingKey(flag: string): string {
+  return flag.replace(/-(\w)/g, (_, ch: string) => ch.toUpperCase());
+}
+
 /**
  * The named choices of a config (strategy, PEFT method, schedule, precision), checked once more
  * where they came past the type checker as data: a task script's recipe, or a library caller's
@@ -559,7 +564,7 @@ export function checkConfigChoices(
   const known = (name: string, value: unknown, allowed: readonly string[]) => {
     if (!allowed.includes(value as string)) {
       // A library caller's config is named by its keys, not the flags that give them.
-      const key = name.replace(/-(\w)/g, (_, ch: string) => ch.toUpperCase());
+      const key = settingKey(name);
       throw new FlagError(
         caller === "flags"
           ? `--${name}: ${JSON.stringify(value)} is not one of ${allowed.join(", ")}`
@@ -733,9 +738,7 @@ export function checkConfigValues(config: TrainConfig): void {
     // Worded for a config: its keys, not the flags that give them.
     const keyed = e.message.replace(/--([a-z0-9-]+)/g, (flag, name: string) => {
       if (!(name in TRAIN_FLAGS)) return flag;
-      const key = name === "no-shuffle"
-        ? "shuffle"
-        : name.replace(/-(\w)/g, (_, c) => c.toUpperCase());
+      const key = name === "no-shuffle" ? "shuffle" : settingKey(name);
       return `config.${key}`;
     });
     throw new FlagError(`runTraining: ${keyed}`);

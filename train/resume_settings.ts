@@ -11,6 +11,7 @@ import {
   parseTrainArgs,
   type Recipe,
   runSettings,
+  settingKey,
   settingsFlags,
   TRAIN_FLAGS,
 } from "./config.ts";
@@ -124,7 +125,7 @@ function typedDifference(args: readonly string[], recorded: Recipe): string | nu
   }
   const was = recorded as Record<string, unknown>;
   for (const [flag, value] of Object.entries(typed)) {
-    const key = flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
+    const key = settingKey(flag);
     // Paths may be spelled otherwise (the run compares where they lead); out is where it is.
     if (!(key in was) || ["model", "data", "head", "out"].includes(key)) continue;
     const before = was[key];
