@@ -240,11 +240,7 @@ function checkBindings(
   for (let i = 0; i < bindings.length; i++) {
     const b = bindings[i];
     expectLive(op, b.buffer, bindingLabel(b));
-    if ("gpu" in b && b.gpu.device !== gpu.device) {
-      throw new GpuError(
-        `${op}: tensor "${b.label}" was made on another GPU device than the one launching it`,
-      );
-    }
+    if ("gpu" in b) expectOnDevice(op, gpu, b);
     const mode = access?.get(i);
     const offset = b.offset ?? 0;
     const align = mode === "uniform"
@@ -279,6 +275,15 @@ function checkBindings(
             "pass tensors in distinct buffers",
       );
     }
+  }
+}
+
+/** Throws unless tensor `t` was made on `gpu`'s device (WebGPU says so only at the submit). */
+function expectOnDevice(op: string, gpu: Gpu, t: Tensor): void {
+  if (t.gpu.device !== gpu.device) {
+    throw new GpuError(
+      `${op}: tensor "${t.label}" was made on another GPU device than the Recorder's`,
+    );
   }
 }
 
@@ -533,11 +538,8 @@ export class Recorder {
     }
     expectLive(label, src.buffer, src.label);
     expectLive(label, dst.buffer, dst.label);
-    for (const t of [src, dst]) {
-      if (t.gpu.device !== this.gpu.device) {
-        throw new GpuError(`${label}: tensor "${t.label}" was made on another GPU device`);
-      }
-    }
+    expectOnDevice(label, this.gpu, src);
+    expectOnDevice(label, this.gpu, dst);
     if (src.buffer === dst.buffer) {
       // WebGPU refuses a copy within one buffer, even between disjoint ranges.
       throw new GpuError(
