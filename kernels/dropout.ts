@@ -142,10 +142,15 @@ export function checkDropout(op: string, d: DropoutConfig): void {
     throw new GpuError(`${op}: dropout probability ${d.p} is not in [0, 1)`);
   }
   for (const [name, v] of [["seed", d.seed], ["stream", d.stream]] as const) {
-    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
+    if (!isU32(v)) {
       throw new GpuError(`${op}: dropout ${name} ${v} is not a 32-bit unsigned integer`);
     }
   }
+}
+
+/** Whether `v` is a 32-bit unsigned integer, as a dropout seed or stream must be. */
+export function isU32(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
 
 /** The inverted-dropout scale 1/(1−p), as the float32 the kernels multiply by. */

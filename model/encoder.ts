@@ -44,6 +44,7 @@ import {
   dropoutBackward,
   type DropoutConfig,
   dropoutForward,
+  isU32,
   philox4x32_10,
 } from "../kernels/dropout.ts";
 import {
@@ -580,7 +581,7 @@ function stream(layer: number, site: number): number {
  * 1.5 as 1, -1 as 4294967295 and NaN as 0 (the masks of another step, without a word).
  */
 export function checkDropoutCounter(op: string, seed: number, step: number): void {
-  if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) {
+  if (!isU32(seed)) {
     throw new Error(`${op}: dropout seed ${seed} is not an integer in [0, 2^32)`);
   }
   if (!(Number.isSafeInteger(step) && step >= 0)) {
