@@ -33,7 +33,7 @@ import {
 import { flatIndex, grid1d } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { expectBindable, expectDisjoint, expectShape, sharesBytes, type Tensor } from "./tensor.ts";
+import { expectBindable, expectDisjoint, expectShape, type Tensor } from "./tensor.ts";
 
 const WORKGROUP = 256;
 
@@ -332,6 +332,53 @@ export function adamwStep(
 }
 
 /**
+ * Throws when a tensor of the group that is written (a parameter, m or v) shares bytes with any
+ * other of the group, of its own index or another's (a tied weight given twice would be updated
+ * twice; a gradient in a parameter's bytes read after a launch wrote them), naming both. The
+ * tensors of each buffer are sorted by offset and swept once: every step checks hundreds.
+ */
+function expectGroupDisjoint(
+  op: string,
+  written: Record<string, readonly Tensor[]>,
+  read: Record<string, readonly Tensor[]>,
+): void {
+  type Entry = { list: string; i: number; t: Tensor; writes: boolean };
+  const byBuffer = new Map<GPUBuffer, Entry[]>();
+  const add = (lists: Record<string, readonly Tensor[]>, writes: boolean) => {
+    for (const [list, ts] of Object.entries(lists)) {
+      ts.forEach((t, i) => {
+        if (t.byteLength === 0) return;
+        const entries = byBuffer.get(t.buffer);
+        if (entries) entries.push({ list, i, t, writes });
+        else byBuffer.set(t.buffer, [{ list, i, t, writes }]);
+      });
+    }
+  };
+  add(written, true);
+  add(read, false);
+  const end = (e: Entry) => e.t.offset + e.t.byteLength;
+  for (const entries of byBuffer.values()) {
+    if (entries.length < 2) continue;
+    entries.sort((a, b) => a.t.offset - b.t.offset);
+    // The entry reaching furthest so far, of the written ones and of all.
+    let farWritten: Entry | undefined, far: Entry | undefined;
+    for (const e of entries) {
+      const other = farWritten && e.t.offset < end(farWritten)
+        ? farWritten
+        : e.writes && far && e.t.offset < end(far)
+        ? far
+        : undefined;
+      if (other) {
+        const [a, b] = other.writes ? [other, e] : [e, other];
+        expectDisjoint(op, { [`${a.list}[${a.i}]`]: a.t }, { [`${b.list}[${b.i}]`]: b.t });
+      }
+      if (e.writes && (!farWritten || end(e) > end(farWritten))) farWritten = e;
+      if (!far || end(e) > end(far)) far = e;
+    }
+  }
+}
+
+/**
  * Records one AdamW step of a parameter group sharing hyper-parameters; `weightDecay` is one
  * number or one per tensor (0 for the no-decay ones).
  *
@@ -370,12 +417,8 @@ export function adamwStepGroup(
     expectShape(op, `grads[${i}]`, grads[i], shape, "f32");
     expectShape(op, `ms[${i}]`, ms[i], shape, "f32");
     expectShape(op, `vs[${i}]`, vs[i], shape, "f32");
-    // Every step, every parameter: the objects of the message only when it is said.
-    const p = params[i], m = ms[i], v = vs[i];
-    if (sharesBytes(p, m) || sharesBytes(p, v) || sharesBytes(m, v)) {
-      expectDisjoint(op, { [`params[${i}]`]: p, [`ms[${i}]`]: m, [`vs[${i}]`]: v });
-    }
   }
+  expectGroupDisjoint(op, { params, ms, vs }, { grads });
   checkHyper(op, args, wds);
   const live = [...params.keys()].filter((i) => params[i].numel > 0);
   const pick = (ts: readonly Tensor[]) => live.map((i) => ts[i]);

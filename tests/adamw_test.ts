@@ -410,6 +410,31 @@ gpuTest("adamw: wrong shapes and hyper-parameters name the op and the tensor", (
     GpuError,
     'adamwStepGroup: ms[0] ("v2") shares GPU memory with vs[0] ("v2")',
   );
+  // Across the group's entries: a tied weight given twice (updated twice), views of one arena
+  // that overlap, a gradient in another parameter's bytes (read after a launch wrote them).
+  const [g1, g2] = ["g1", "g2"].map((l) => createTensor(gpu, [7, 3], "f32", l));
+  const two = { grads: [g1, g2], ms: [m, m2], vs: [v, v2], ...h };
+  assertThrows(
+    () => adamwStepGroup(rec, { params: [p, p], ...two }),
+    GpuError,
+    'adamwStepGroup: params[0] ("weight") shares GPU memory with params[1] ("weight")',
+  );
+  const arena = createTensor(gpu, [42], "f32", "arena");
+  const a0 = arena.view(0, [7, 3], "a0"), a1 = arena.view(16 * 4, [7, 3], "a1");
+  assertThrows(
+    () => adamwStepGroup(rec, { ...two, params: [p, ok], ms: [a0, a1] }),
+    GpuError,
+    'adamwStepGroup: ms[0] ("a0") shares GPU memory with ms[1] ("a1")',
+  );
+  assertThrows(
+    () => adamwStepGroup(rec, { ...two, params: [a1, p], grads: [g1, a0] }),
+    GpuError,
+    'adamwStepGroup: params[0] ("a1") shares GPU memory with grads[1] ("a0")',
+  );
+  // Back-to-back views of one arena (the trainer's layout) share nothing.
+  const accepted = new Recorder(gpu);
+  adamwStepGroup(accepted, { ...two, params: [a0, arena.view(21 * 4, [7, 3], "b1")] });
+  assert(accepted.length > 0);
   // The gradient read where the parameter is written: refused by the launch, not the submit.
   assertThrows(
     () => adamwStep(rec, { param: p, grad: p, m, v, ...h }),
@@ -417,7 +442,7 @@ gpuTest("adamw: wrong shapes and hyper-parameters name the op and the tensor", (
     'tensor "weight" is given twice, and the kernel writes it',
   );
   assertEquals(rec.length, 0);
-  for (const t of [p, g, ok, i32, one, m, v, m2, v2]) t.destroy();
+  for (const t of [p, g, ok, i32, one, m, v, m2, v2, g1, g2, arena]) t.destroy();
 });
 
 gpuTest("adamw: a tensor larger than one storage binding is updated in slices", async (gpu) => {
