@@ -19,6 +19,8 @@ import {
   resumeCommand,
   setRunResumable,
   setTrainingPlace,
+  SIGNAL_TURN_MS,
+  signalTurn,
 } from "../train/run_faults.ts";
 import { RunLog, trailingSkips } from "../train/run.ts";
 import { rte } from "../tasks/rte.ts";
@@ -509,4 +511,23 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
     setTrainingPlace(null);
     setRunResumable(false);
   }
+});
+
+Deno.test("run faults: a step's signal turn waits for a timer at most every SIGNAL_TURN_MS", async () => {
+  // Which settles first: a 0 ms timer set just before the turn is taken, or the turn. A turn that
+  // waits for a timer of its own settles after that one (timers of one delay fire in order), a
+  // skipped turn at once: an order of events, not a duration.
+  const first = async (at: number): Promise<string> => {
+    const timer = new Promise<string>((resolve) => setTimeout(() => resolve("timer"), 0));
+    const turn = signalTurn(at)().then(() => "turn");
+    const winner = await Promise.race([turn, timer]);
+    await Promise.all([turn, timer]);
+    return winner;
+  };
+  const t0 = 1e9; // later than any turn a test before this one took
+  assertEquals(await first(t0), "timer");
+  assertEquals(await first(t0 + SIGNAL_TURN_MS / 2), "turn");
+  assertEquals(await first(t0 + SIGNAL_TURN_MS - 1), "turn");
+  assertEquals(await first(t0 + SIGNAL_TURN_MS), "timer");
+  assertEquals(await first(t0 + SIGNAL_TURN_MS + 1), "turn");
 });
