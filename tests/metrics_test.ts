@@ -125,6 +125,19 @@ Deno.test("metrics: macro F1 with sklearn's labels= argument", () => {
   near("absent2 default", macro_f1([0, 1, 0, 0], [0, 1, 1, 0]), (0.8 + 2 / 3) / 2);
   // sklearn, "labels01_extra3": class 3 is not listed, but its examples still miss 0 and 1.
   near("labels01_extra3", macro_f1([0, 1, 1, 3, 0], [0, 3, 1, 0, 1], [0, 1]), 0.5);
+  // computeMetrics with the task's label count: a class absent from the dev set scores 0 (a CB
+  // dev set without "neutral": SuperGLUE's F1 is still the mean over the three classes).
+  near(
+    "classes 3",
+    computeMetrics(["macro_f1"], [0, 1, 0, 0], [0, 1, 1, 0], 3).macro_f1,
+    0.48888888888888893,
+  );
+  near(
+    "classes omitted",
+    computeMetrics(["macro_f1"], [0, 1, 0, 0], [0, 1, 1, 0]).macro_f1,
+    (0.8 + 2 / 3) / 2,
+  );
+  assertThrows(() => computeMetrics(["macro_f1"], [0], [0], 0), Error, "classes is 0");
   assertThrows(() => macro_f1([0], [0], []), Error, "labels is empty");
   assertThrows(() => macro_f1([0], [0], [0.5]), Error, "labels[0] is 0.5");
 });

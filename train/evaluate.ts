@@ -45,14 +45,16 @@ export class NonFiniteOutputsError extends Error {
 }
 
 /**
- * Runs the model over `batches` and scores its predictions against `gold` with `metrics`;
- * throws NonFiniteOutputsError if any output is NaN or infinite.
+ * Runs the model over `batches` and scores its predictions against `gold` with `metrics`
+ * (`classes`: the task's label count, see computeMetrics); throws NonFiniteOutputsError if any
+ * output is NaN or infinite.
  */
 export async function evaluate(
   trainer: Trainer,
   batches: readonly TrainBatch[],
   gold: readonly number[],
   metrics: readonly MetricName[],
+  classes?: number,
 ): Promise<MetricValues> {
   const outputs = await trainer.predict(batches);
   const C = trainer.outputs;
@@ -71,7 +73,7 @@ export async function evaluate(
     }
   });
   if (first) throw new NonFiniteOutputsError(bad, pred.length, first);
-  const scores = computeMetrics(metrics, pred, gold);
+  const scores = computeMetrics(metrics, pred, gold, classes);
   const out: MetricValues = {};
   for (const name of metrics) out[name] = Number.isNaN(scores[name]) ? null : scores[name];
   return out;

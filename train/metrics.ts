@@ -271,10 +271,14 @@ export function spearman(pred: ArrayLike<number>, gold: ArrayLike<number>): numb
   return correlation(averageRanks(pred), averageRanks(gold));
 }
 
-const METRICS: Record<MetricName, (pred: ArrayLike<number>, gold: ArrayLike<number>) => number> = {
+// `labels` (the task's class ids) is macro-F1's; the others take two arguments.
+const METRICS: Record<
+  MetricName,
+  (pred: ArrayLike<number>, gold: ArrayLike<number>, labels?: ArrayLike<number>) => number
+> = {
   accuracy,
   f1,
-  macro_f1: (pred, gold) => macro_f1(pred, gold),
+  macro_f1,
   mcc,
   pearson,
   spearman,
@@ -282,20 +286,27 @@ const METRICS: Record<MetricName, (pred: ArrayLike<number>, gold: ArrayLike<numb
 
 /**
  * The named metrics (and only those) of one evaluation. Class-id metrics take predicted and gold
- * ids, correlations take predicted and gold scores.
+ * ids, correlations take predicted and gold scores. `classes`, the task's number of labels, makes
+ * macro-F1 the mean over ids 0 … classes − 1 (a class absent from a dev set scores 0, as in
+ * SuperGLUE's CB F1 over its three), not over the ids that occur.
  */
 export function computeMetrics<N extends MetricName>(
   names: readonly N[],
   pred: ArrayLike<number>,
   gold: ArrayLike<number>,
+  classes?: number,
 ): Record<N, number> {
+  if (classes !== undefined && !(Number.isInteger(classes) && classes > 0)) {
+    throw new Error(`computeMetrics: classes is ${classes}, not a positive integer`);
+  }
+  const labels = classes === undefined ? undefined : Array.from({ length: classes }, (_, c) => c);
   const out = {} as Record<N, number>;
   for (const name of names) {
     // Names often come from flags or config files, past the type checker.
     if (!isMetricName(name)) {
       throw new Error(`unknown metric "${name}" (known: ${METRIC_NAMES.join(", ")})`);
     }
-    out[name] = METRICS[name](pred, gold);
+    out[name] = METRICS[name](pred, gold, labels);
   }
   return out;
 }

@@ -1026,12 +1026,15 @@ async function trainStages(
       const { evaluates, savesStage1 } = ends(j);
       if (evaluates) {
         await flush();
-        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics).catch((e) => {
-          if (!(e instanceof NonFiniteOutputsError)) throw e;
-          const where = `step ${done} (${stage.name})`;
-          const f16 = config.precision === "f16";
-          throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
-        });
+        const classes = task.labels.length > 0 ? task.labels.length : undefined;
+        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics, classes).catch(
+          (e) => {
+            if (!(e instanceof NonFiniteOutputsError)) throw e;
+            const where = `step ${done} (${stage.name})`;
+            const f16 = config.precision === "f16";
+            throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
+          },
+        );
         last = metrics;
         // Only the final stage's evaluations count for the best score (the model it reports).
         if (s === lastStage) best = updateBest(best, metrics);
