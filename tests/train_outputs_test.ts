@@ -442,3 +442,35 @@ test("train: two runs started at once on a new --out: one is refused, the other 
   assertEquals(await runs[1 - first], null, "the other run failed");
   assert(await exists(`${out}/metrics.json`), "the other run did not end");
 });
+
+test("train: each progress line shows its block's mean loss (the steps since the line before)", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/progress`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--lr", "1e-3"],
+    ...["--max-steps", "8", "--eval-every", "3"],
+  ]);
+  const original = Deno.stderr.writeSync;
+  const decoder = new TextDecoder();
+  let text = "";
+  Deno.stderr.writeSync = (p: Uint8Array) => {
+    text += decoder.decode(p);
+    return p.length;
+  };
+  try {
+    await runTraining(config, { task: rte });
+  } finally {
+    Deno.stderr.writeSync = original;
+  }
+  const lines = [...text.matchAll(/main step (\d+)\/8 loss ([0-9.]+) /g)];
+  const losses = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l)).filter((l) => "loss" in l).map((l) => l.loss as number);
+  // Blocks end at the evaluations (steps 3 and 6) and the run's end.
+  assertEquals(lines.map((m) => Number(m[1])), [3, 6, 8]);
+  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+  assertEquals(
+    lines.map((m) => m[2]),
+    [losses.slice(0, 3), losses.slice(3, 6), losses.slice(6)].map((b) => mean(b).toFixed(4)),
+  );
+  assert(new Set(losses.map((l) => l.toFixed(4))).size > 1, "the steps' losses differ");
+});

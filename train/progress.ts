@@ -94,8 +94,8 @@ export class Progress {
   }
 
   /**
-   * A block of steps was logged: one line, on a terminal above the bar (its scrollback keeps the
-   * loss's history, which the bar alone, redrawn in place, did not).
+   * A block of steps was logged: one line with its mean loss, on a terminal above the bar (its
+   * scrollback keeps the loss's history, which the bar alone, redrawn in place, did not).
    */
   logged(stage: string, done: number, loss: number): void {
     if (this.quiet) return;

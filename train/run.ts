@@ -1007,7 +1007,13 @@ async function trainStages(
       );
       if (fault) throw fault;
       if (stats.length > 0) {
-        lastLoss = stats[stats.length - 1].loss;
+        // The block's mean loss, as pretrain.ts shows it: one step's loss swings with its batch
+        // (a line showed 2.53 where its 32 steps' mean was 10.85). f16's skipped steps (a
+        // non-finite loss) are left out; a block skipped whole shows its last loss.
+        const counted = stats.filter((x) => !x.skipped && Number.isFinite(x.loss));
+        lastLoss = counted.length === 0
+          ? stats[stats.length - 1].loss
+          : counted.reduce((a, x) => a + x.loss, 0) / counted.length;
         lossScale = stats[stats.length - 1].lossScale ?? lossScale;
         l.progress.logged(stage.name, logged[logged.length - 1].step, lastLoss);
       }
