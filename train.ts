@@ -139,7 +139,12 @@ export async function trainFromArgs(
     autotune: tuneRequest(tune),
     // Inside the run folder's lock: the submission reads model/ and writes beside it.
     afterRun: async (metrics) => {
-      console.error(`train: ${config.out}/metrics.json: ${JSON.stringify(metrics.final)}`);
+      // Which numbers these are: report.ts's table shows `best`, and a --seeds run's are means.
+      const seeds = "seeds" in metrics ? Object.keys(metrics.seeds).length : 1;
+      console.error(
+        `train: ${config.out}/metrics.json: ${seeds > 1 ? `mean over ${seeds} seeds: ` : ""}` +
+          `final ${JSON.stringify(metrics.final)}, best ${JSON.stringify(metrics.best)}`,
+      );
       if (typed.has("predict-test")) await writeTestSubmissions(config, byName(config.task));
     },
   });
