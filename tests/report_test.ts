@@ -168,7 +168,10 @@ function prepare(): Promise<Fixture> {
     // Two single runs of one cell: pooled as its seeds (their learning rates differ: a note).
     const more = `${dir}/more`;
     await single(`${more}/lora-1`, "rte", "peft", "lora", 1, { accuracy: 0.7 });
-    await single(`${more}/lora-2`, "rte", "peft", "lora", 2, { accuracy: 0.75 }, { lr: 2e-5 });
+    await single(`${more}/lora-2`, "rte", "peft", "lora", 2, { accuracy: 0.75 }, {
+      lr: 2e-5,
+      maxLength: 256,
+    });
     // The multi-seed run's seed-1 named directly, and runs/ twice: each still counted once.
     return { dir, paths: [runs, `${runs}/ehft-bitfit/rte/seed-1`, more, `${runs}/`] };
   })();
@@ -280,7 +283,7 @@ function expectedJson(dir: string): unknown {
       { path: `${runs}/ft/boolq-retry`, reason: "unfinished (no metrics.json)" },
     ],
     notes: [
-      `LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
+      `LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002, maxLength unrecorded vs 256): ` +
       `${dir}/more/lora-1, ${dir}/more/lora-2`,
     ],
     environments: [
@@ -457,7 +460,7 @@ Deno.test("report: method titles, percentages", () => {
 /** results.md of the runs `prepare` writes in `dir`: the table, then the notes on it. */
 function withNotes(dir: string): string {
   return EXPECTED_MARKDOWN + "\nNotes:\n\n" +
-    `- LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ${dir}/more/lora-1, ` +
+    `- LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002, maxLength unrecorded vs 256): ${dir}/more/lora-1, ` +
     `${dir}/more/lora-2\n` +
     `- not in the table: \`${dir}/runs/ehft-bitfit/wic\`: unfinished (no metrics.json; 1 of 2 ` +
     "seeds finished)\n" +
@@ -477,7 +480,7 @@ Deno.test("report: --out writes results.md, results.csv and results.json", async
     `report: skipped ${dir}/runs/ehft-bitfit/wic: unfinished (no metrics.json; 1 of 2 seeds ` +
     `finished)`,
     `report: skipped ${dir}/runs/ft/boolq-retry: unfinished (no metrics.json)`,
-    `report: note: LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002): ` +
+    `report: note: LoRA RTE: pools runs with different settings (lr 0.00001 vs 0.00002, maxLength unrecorded vs 256): ` +
     `${dir}/more/lora-1, ${dir}/more/lora-2`,
     `report: ${out}/results.md, results.csv and results.json written`,
     `report: ${out}/report.md written (no figures)`,

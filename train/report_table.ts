@@ -496,8 +496,9 @@ export interface Cell {
   /** The seeds in the mean. */
   n: number;
   /**
-   * Finished seeds whose metric is undefined (null in metrics.json: a Pearson r or an MCC of
-   * constant predictions), left out of the mean and std.
+   * Finished seeds whose metric is undefined (null in metrics.json: a Pearson or Spearman
+   * correlation with constant predictions or gold), left out of the mean and std. An MCC of
+   * constant predictions is 0, as sklearn has it, and counts.
    */
   undefinedSeeds: number;
   seeds: CellSeed[];
@@ -555,16 +556,19 @@ function settingsDifference(a: FoundRun, b: FoundRun): string {
     }
     ignored.add("data");
   }
-  // A run from before a setting was recorded ran with its value of then.
+  // A run from before a setting was recorded ran with its value of then. Every setting that
+  // differs is named: the first alone hid the others (lr named, max_length not).
   const [sa, sb] = [a, b].map((r) => ({ ...UNRECORDED_SETTINGS, ...r.settings }));
+  const differences: string[] = [];
   for (const k of new Set([...Object.keys(sa), ...Object.keys(sb)])) {
     if (ignored.has(k)) continue;
     const [x, y] = [sa[k], sb[k]];
     if (JSON.stringify(x) !== JSON.stringify(y)) {
-      return `${k} ${JSON.stringify(x)} vs ${JSON.stringify(y)}`;
+      const shown = (v: unknown) => v === undefined ? "unrecorded" : JSON.stringify(v);
+      differences.push(`${k} ${shown(x)} vs ${shown(y)}`);
     }
   }
-  return "";
+  return differences.join(", ");
 }
 
 /** Builds the table from finished runs (`skipped` is carried through for the outputs). */
