@@ -188,7 +188,8 @@ const EXPECTED_MARKDOWN = [
   "Best dev score of each run × 100, mean ± standard deviation over seeds (population; none for " +
   "one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; STS-B Pearson. Avg: mean " +
   "over the tasks present, (k/9) when fewer; –: no finished run. Seeds per cell: 1 to 2 " +
-  "(results.json lists them). Ran on: NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0 (11 runs); " +
+  "(results.json lists them). Other metrics (CB macro-F1, MRPC accuracy, STS-B Spearman): " +
+  "results.csv, results.json. Ran on: NVIDIA H100 80GB HBM3, Deno 2.9.6, ehft 0.1.0 (11 runs); " +
   "not recorded (2 runs); NVIDIA H200, Deno 2.9.6, ehft 0.1.0 → NVIDIA H100 80GB HBM3, Deno " +
   "2.9.6, ehft 0.1.0 (1 run).",
   "",
@@ -198,12 +199,13 @@ const EXPECTED_CSV = [
   "method,strategy,peft,model,rte_mean,rte_std,rte_n,boolq_mean,boolq_std,boolq_n,copa_mean," +
   "copa_std,copa_n,cb_mean,cb_std,cb_n,wic_mean,wic_std,wic_n,mrpc_mean,mrpc_std,mrpc_n," +
   "qnli_mean,qnli_std,qnli_n,cola_mean,cola_std,cola_n,stsb_mean,stsb_std,stsb_n,average," +
-  "average_tasks",
+  "average_tasks,cb_macro_f1_mean,cb_macro_f1_std,cb_macro_f1_n,mrpc_accuracy_mean," +
+  "mrpc_accuracy_std,mrpc_accuracy_n,stsb_spearman_mean,stsb_spearman_std,stsb_spearman_n",
   "FT,ft,,roberta-large,70.00,,1,75.00,,1,60.00,,1,80.00,,1,65.00,,1,85.00,,1,90.00,,1," +
-  "50.00,,1,88.00,,1,73.67,9",
-  "LoRA,peft,lora,roberta-large,72.50,2.50,2" + ",,,".repeat(8) + ",72.50,1",
+  "50.00,,1,88.00,,1,73.67,9,50.00,,1,80.00,,1,87.00,,1",
+  "LoRA,peft,lora,roberta-large,72.50,2.50,2" + ",,,".repeat(8) + ",72.50,1" + ",,,".repeat(3),
   "EH-FT (BitFit),ehft,bitfit,roberta-large,85.00,5.00,2" + ",,,".repeat(6) + ",60.00,,1" +
-  ",,," + ",72.50,2",
+  ",,," + ",72.50,2" + ",,,".repeat(3),
   "",
 ].join("\n");
 
@@ -229,7 +231,12 @@ function expectedJson(dir: string): unknown {
   const ftCells = Object.fromEntries(
     Object.entries(FT).map(([task, best]) => {
       const metric = metricOf[task] ?? "accuracy";
-      return [task, cell(metric, [{ seed: 42, value: best[metric]!, run: `${runs}/ft/${task}` }])];
+      const c = cell(metric, [{ seed: 42, value: best[metric]!, run: `${runs}/ft/${task}` }]);
+      // The run's other metrics, each over its one seed.
+      const others = Object.entries(best).filter(([m]) => m !== metric);
+      if (others.length === 0) return [task, c];
+      const also = Object.fromEntries(others.map(([m, v]) => [m, { mean: v, std: null, n: 1 }]));
+      return [task, { ...c, also }];
     }),
   );
   const lora = cell("accuracy", [
@@ -400,7 +407,9 @@ Deno.test("report: a seed whose metric is undefined is left out of the mean, and
     );
     const csv = renderCsv(table).split("\n");
     assert(csv[2].startsWith("LoRA,peft,lora,roberta-large,70.00,,1,"), csv[2]);
-    assert(csv[2].endsWith(",,,0,70.00,1"), csv[2]);
+    assert(csv[2].endsWith(",,,0,70.00,1,,,"), csv[2]);
+    // The other metric: over the seeds that define it.
+    assertEquals(ft.cells.stsb.also, { spearman: { mean: 0.9, std: null, n: 1 } });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -426,7 +435,7 @@ Deno.test("report: a task of one's own is a column after the paper's nine, not i
     );
     assert(
       renderCsv(table).split("\n")[0].endsWith(
-        ",stsb_n,sst2_mean,sst2_std,sst2_n,average,average_tasks",
+        ",stsb_n,sst2_mean,sst2_std,sst2_n,average,average_tasks,sst2_f1_mean,sst2_f1_std,sst2_f1_n",
       ),
     );
   } finally {

@@ -4,7 +4,9 @@
 // - Score: the BEST dev score of each run (metrics.json's "best"), as the paper reports it.
 // - Main metric per task: accuracy for RTE, BoolQ, COPA, CB, WiC and QNLI; F1 for MRPC;
 //   Matthews correlation for CoLA; Pearson for STS-B. One number per cell, so that the average
-//   is a plain mean (results.json keeps every seed's value of that metric).
+//   is a plain mean (results.json keeps every seed's value of that metric). The runs' other
+//   metrics (CB's macro-F1, MRPC's accuracy, STS-B's Spearman: SuperGLUE's and GLUE's second
+//   numbers) are summarized alike in results.json and results.csv (`Cell.also`), not the table.
 // - A cell: mean ± standard deviation over seeds, × 100, one decimal. The standard deviation is
 //   the population one (as train/run.ts's summarizeSeeds writes it); a cell of one seed has none.
 //   Seeds come from a multi-seed run's metrics.json ("seeds") or from single runs, pooled: runs
@@ -502,6 +504,30 @@ export interface Cell {
    */
   undefinedSeeds: number;
   seeds: CellSeed[];
+  /**
+   * The seeds' other metrics (their best, as the cell's), each summarized as the cell is: CB's
+   * macro-F1, MRPC's accuracy, STS-B's Spearman; absent when the runs have none.
+   */
+  also?: Record<string, MetricSummary>;
+}
+
+/** Mean and population standard deviation of one metric over the seeds that define it. */
+export interface MetricSummary {
+  /** Fractions; null when no seed defines the metric. */
+  mean: number | null;
+  /** Null for fewer than two seeds. */
+  std: number | null;
+  /** The seeds in the mean. */
+  n: number;
+}
+
+function summarize(values: readonly number[]): MetricSummary {
+  const n = values.length;
+  const mean = n > 0 ? values.reduce((a, v) => a + v, 0) / n : null;
+  const std = mean !== null && n > 1
+    ? Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / n)
+    : null;
+  return { mean, std, n };
 }
 
 export interface Row {
@@ -651,12 +677,23 @@ export function buildTable(found: FoundRuns): ResultsTable {
         if (count > 1) notes.push(`${where}: seed ${seed} appears ${count} times`);
       }
       if (seeds.length === 0 && undefinedSeeds === 0) continue;
-      const n = seeds.length;
-      const mean = n > 0 ? seeds.reduce((a, s) => a + s.value, 0) / n : null;
-      const std = mean !== null && n > 1
-        ? Math.sqrt(seeds.reduce((a, s) => a + (s.value - mean) ** 2, 0) / n)
-        : null;
-      row.cells[column.name] = { metric: column.metric, mean, std, n, undefinedSeeds, seeds };
+      const { mean, std, n } = summarize(seeds.map((s) => s.value));
+      const cell: Cell = { metric: column.metric, mean, std, n, undefinedSeeds, seeds };
+      const others = new Map<string, number[]>();
+      for (const run of list) {
+        for (const s of run.seeds) {
+          for (const [metric, v] of Object.entries(s.best)) {
+            if (metric === column.metric) continue;
+            const values = others.get(metric) ?? [];
+            if (typeof v === "number") values.push(v);
+            others.set(metric, values);
+          }
+        }
+      }
+      if (others.size > 0) {
+        cell.also = Object.fromEntries([...others].map(([m, vs]) => [m, summarize(vs)]));
+      }
+      row.cells[column.name] = cell;
     }
     const means = TABLE_TASKS.map((t) => row.cells[t.name]?.mean)
       .filter((m): m is number => typeof m === "number");
@@ -754,6 +791,17 @@ export function renderMarkdown(table: ResultsTable): string {
     ? " n/a: the metric is undefined (a correlation where the predictions or the gold scores are constant); (k n/a): k seeds " +
       "so, left out of the mean."
     : "";
+  const others = otherMetrics(table);
+  const othersNote = others.length === 0
+    ? ""
+    : ` Other metrics (${
+      others.map((o) =>
+        `${table.columns.find((c) => c.name === o.task)!.title} ${
+          METRIC_TITLES[o.metric] ?? o.metric
+        }`
+      )
+        .join(", ")
+    }): results.csv, results.json.`;
   const lo = Math.min(...counts), hi = Math.max(...counts);
   const seeds = counts.length === 0
     ? ""
@@ -763,7 +811,7 @@ export function renderMarkdown(table: ResultsTable): string {
   const legend = "Best dev score of each run × 100, mean ± standard deviation over seeds " +
     "(population; none for one seed). Metrics: accuracy; MRPC F1; CoLA Matthews correlation; " +
     `STS-B Pearson. Avg: mean over the tasks present, (k/9) when fewer; –: no finished run.` +
-    `${undefinedNote}${extraNote}${seeds}`;
+    `${undefinedNote}${extraNote}${seeds}${othersNote}`;
   return [line(header), rule, ...body.map(line), "", legend + ranOn(table), ""].join("\n");
 }
 
@@ -784,8 +832,40 @@ function csvField(x: string): string {
   return /[",\n\r]/.test(x) ? `"${x.replace(/"/g, '""')}"` : x;
 }
 
-/** The table as CSV: scores × 100 with two decimals, empty where a cell is missing. */
+/** Metric names as the legend writes them. */
+const METRIC_TITLES: Record<string, string> = {
+  accuracy: "accuracy",
+  f1: "F1",
+  macro_f1: "macro-F1",
+  mcc: "MCC",
+  pearson: "Pearson",
+  spearman: "Spearman",
+};
+
+/**
+ * Each column's other metrics that some cell holds (Cell.also), in the columns' order and the
+ * metrics' order of first appearance.
+ */
+function otherMetrics(table: ResultsTable): { task: string; metric: string }[] {
+  const out: { task: string; metric: string }[] = [];
+  for (const t of table.columns) {
+    const seen = new Set<string>();
+    for (const row of table.rows) {
+      for (const metric of Object.keys(row.cells[t.name]?.also ?? {})) {
+        if (!seen.has(metric)) out.push({ task: t.name, metric });
+        seen.add(metric);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The table as CSV: scores × 100 with two decimals, empty where a cell is missing; after the
+ * average, the cells' other metrics (`cb_macro_f1_mean`, …), the same way.
+ */
 export function renderCsv(table: ResultsTable): string {
+  const others = otherMetrics(table);
   const header = [
     "method",
     "strategy",
@@ -794,6 +874,7 @@ export function renderCsv(table: ResultsTable): string {
     ...table.columns.flatMap((t) => [`${t.name}_mean`, `${t.name}_std`, `${t.name}_n`]),
     "average",
     "average_tasks",
+    ...others.flatMap((o) => ["mean", "std", "n"].map((x) => `${o.task}_${o.metric}_${x}`)),
   ];
   const lines = [header.join(",")];
   for (const row of table.rows) {
@@ -810,6 +891,14 @@ export function renderCsv(table: ResultsTable): string {
       row.average ? percent(row.average.mean, 2) : "",
       row.average ? String(row.average.tasks) : "",
     );
+    for (const o of others) {
+      const m = row.cells[o.task]?.also?.[o.metric];
+      fields.push(
+        m && m.mean !== null ? percent(m.mean, 2) : "",
+        m && m.std !== null ? percent(m.std, 2) : "",
+        m ? String(m.n) : "",
+      );
+    }
     lines.push(fields.map(csvField).join(","));
   }
   return lines.join("\n") + "\n";
