@@ -28,7 +28,7 @@ import {
 } from "./train/default_model.ts";
 import { taskHelp, TRAIN_HELP } from "./train/help.ts";
 import { type RunMetrics, runTraining, type SeedsMetrics } from "./train/run.ts";
-import { checkTestSplit, writeTestSubmissions } from "./train/submission.ts";
+import { checkTestSplit, missingSubmission, writeTestSubmissions } from "./train/submission.ts";
 import { interruptedMessage, readsTrainFlags, stopWithWord } from "./train/run_faults.ts";
 import { checkSameSettings, runEntries, writesIntoFolder } from "./train/run_folder.ts";
 import { parseOverRecorded, recordedSettings } from "./train/resume_settings.ts";
@@ -120,9 +120,15 @@ export async function trainFromArgs(
       }
     }
   }
+  // --predict-test, typed or recorded by the run being resumed (a plain --resume, a scheduler's
+  // requeue, does what the run was started to do). Recorded alone, a submission already written
+  // is not written again.
+  const predictTest = typed.has("predict-test") ||
+    (recorded?.requests.predict_test === true &&
+      await missingSubmission(config, byName(config.task)));
   // A fault in the test split is found before the training, not after it: for WiC also a target
   // word that truncation cuts, with the model's tokenizer at the run's length.
-  if (typed.has("predict-test")) {
+  if (predictTest) {
     const tested = byName(config.task);
     let spans;
     if (tested.head === "wic") {
@@ -137,6 +143,7 @@ export async function trainFromArgs(
   return await runTraining(config, {
     task: byName(config.task),
     autotune: tuneRequest(tune),
+    requests: predictTest ? { predict_test: true } : undefined,
     // Inside the run folder's lock: the submission reads model/ and writes beside it.
     afterRun: async (metrics) => {
       // Which numbers these are: report.ts's table shows `best`, and a --seeds run's are means.
@@ -145,7 +152,7 @@ export async function trainFromArgs(
         `train: ${config.out}/metrics.json: ${seeds > 1 ? `mean over ${seeds} seeds: ` : ""}` +
           `final ${JSON.stringify(metrics.final)}, best ${JSON.stringify(metrics.best)}`,
       );
-      if (typed.has("predict-test")) await writeTestSubmissions(config, byName(config.task));
+      if (predictTest) await writeTestSubmissions(config, byName(config.task));
     },
   });
 }

@@ -17,6 +17,7 @@ import {
   interruptedMessage,
   MAX_CONSECUTIVE_SKIPS,
   resumeCommand,
+  setRunFinished,
   setRunResumable,
   setTrainingPlace,
   SIGNAL_TURN_MS,
@@ -507,9 +508,19 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
     setTrainingPlace(null);
     setRunResumable(true);
     assertEquals(await interruptedMessage(), `interrupted; to go on: ${resumeCommand()}`);
+    // After the training (the test predictions): it is done and kept, whatever came before. It
+    // said "before the training started" once the folder's state was let go.
+    setRunResumable(false);
+    setRunFinished("runs/x");
+    assertEquals(
+      await interruptedMessage("terminated by SIGTERM"),
+      "terminated by SIGTERM after the training, which is done and kept in runs/x; to finish " +
+        `the rest (the test predictions): ${resumeCommand()}`,
+    );
   } finally {
     setTrainingPlace(null);
     setRunResumable(false);
+    setRunFinished(null);
   }
 });
 

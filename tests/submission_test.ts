@@ -235,6 +235,24 @@ async function finishedRun() {
   return { dir, out, config: parseTrainArgs([...args, "--out", out]).config };
 }
 
+test("train --predict-test is kept in run.json: a plain --resume writes a missing submission", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/requested`;
+  await trainFromArgs([...args, "--out", out, "--predict-test"], {}, rte);
+  const run = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+  assertEquals(run.requests, { predict_test: true });
+  // Killed before the submission was written (a scheduler's time limit), requeued with the run
+  // folder alone: it was finished without the file, in silence.
+  const written = await Deno.readTextFile(`${out}/RTE.jsonl`);
+  await Deno.remove(`${out}/RTE.jsonl`);
+  await trainFromArgs(["--out", out, "--resume"], {}, rte);
+  assertEquals(await Deno.readTextFile(`${out}/RTE.jsonl`), written);
+  // Once written, a plain --resume leaves it as it is (no second pass over the test split).
+  const before = await Deno.stat(`${out}/RTE.jsonl`);
+  await trainFromArgs(["--out", out, "--resume"], {}, rte);
+  assertEquals((await Deno.stat(`${out}/RTE.jsonl`)).ino, before.ino);
+});
+
 test("predict-test: a missing test split or a prefix model is reported, not an error", async () => {
   const { dir, out, config } = await finishedRun();
   await Deno.mkdir(`${dir}/no-test`, { recursive: true });
@@ -308,6 +326,15 @@ test("train --predict-test: no test split or a prefix-keeping model is refused b
     "--predict-test: --strategy peft --peft prefix keeps the prefix-tuning rows",
   );
   assert(!(await exists(out)), "the run started");
+  // A finished run's --resume reads its own data folder (another --data is refused): the advice
+  // is to put the test split there.
+  await trainFromArgs([...args, "--data", data, "--out", out], {}, rte);
+  await assertRejects(
+    () => trainFromArgs(["--out", out, "--resume", "--predict-test"], {}, rte),
+    FlagError,
+    `--predict-test: no test split: ${data}/test.jsonl does not exist (put the test split ` +
+      `there: --resume reads the run's own data folder)`,
+  );
 });
 
 test("train --dry-run --predict-test notes what training would refuse before it starts", async () => {

@@ -5,7 +5,7 @@
 // that differ from it, naming the first (run_folder.ts checkSameSettings), as it always has.
 
 import { isAbsolute, join } from "node:path";
-import { exists } from "../model/atomic_write.ts";
+import { exists, isJsonObject } from "../model/atomic_write.ts";
 import {
   type ParsedTrainArgs,
   parseTrainArgs,
@@ -27,6 +27,8 @@ export interface RecordedSettings {
    * and one found as a default --out goes on there, whatever its settings' default would be).
    */
   recipe: Recipe;
+  /** run.json's `requests` (RunOptions.requests: what the run's command does after it). */
+  requests: Record<string, unknown>;
 }
 
 // Stands in for a model and data that only run.json names, to find the default --out.
@@ -82,7 +84,8 @@ export async function recordedSettings(
         : `--resume: ${out} is a run of ${recorded.task}; this script trains ${recipe.task}`,
     );
   }
-  return { path, recipe: { ...recorded, out } };
+  const requests = isJsonObject(run.requests) ? run.requests : {};
+  return { path, recipe: { ...recorded, out }, requests };
 }
 
 /**

@@ -55,6 +55,7 @@ import {
   resumeCommand,
   RunFaultError,
   type RunPlace,
+  setRunFinished,
   setRunResumable,
   setStepLoop,
   setTrainingPlace,
@@ -135,6 +136,12 @@ export interface RunOptions {
    */
   afterRun?: (metrics: RunMetrics | SeedsMetrics) => Promise<void> | void;
   /**
+   * What the caller will do after the run, kept in run.json as `requests` (not a setting: no
+   * part of the settings' fingerprint), so that a plain --resume does it too: train.ts's
+   * `{ predict_test: true }`.
+   */
+  requests?: Readonly<Record<string, unknown>>;
+  /**
    * A parameter-efficient method of one's own, in place of config.peft's (which still chooses
    * the learning-rate defaults and must be given: the strategy needs a PEFT stage). `create` is
    * called once per seed with the settings config.peft's method would get (and once before the
@@ -147,6 +154,13 @@ export interface RunOptions {
     name: string;
     create: (gpu: Gpu, config: ModelConfig, options: PeftOptions) => PeftMethod;
   };
+}
+
+/** run.json's `requests` field, when the options have any. */
+function requestsOf(options: RunOptions): { requests?: Readonly<Record<string, unknown>> } {
+  return options.requests && Object.keys(options.requests).length > 0
+    ? { requests: options.requests }
+    : {};
 }
 
 /** RunOptions.peft's method, which must carry the name the run records for it. */
@@ -245,6 +259,8 @@ export async function runTraining(
   const held: { lock: Deno.FsFile | null } = { lock: null };
   try {
     const metrics = await trainInFolder(config, options, held);
+    // A stop during what comes after (the test predictions) says the training is kept.
+    setRunFinished(config.out);
     await options.afterRun?.(metrics);
     return metrics;
   } catch (e) {
@@ -261,6 +277,7 @@ export async function runTraining(
     }
     throw e;
   } finally {
+    setRunFinished(null);
     held.lock?.close();
   }
 }
@@ -381,7 +398,8 @@ async function trainPrepared(
       let drawn = 0;
       for (const d of dirs) if (await drawMissingFigures(d, options.quiet ?? false)) drawn++;
       const metrics = await readRunJson(`${out}/metrics.json`);
-      if (!options.quiet && !drawn) console.error(`${out}: the run is finished; nothing to do`);
+      // Said as "nothing to train": the caller's afterRun (a --predict-test) may still write.
+      if (!options.quiet && !drawn) console.error(`${out}: the run is finished; nothing to train`);
       return metrics as unknown as RunMetrics | SeedsMetrics;
     }
   }
@@ -399,6 +417,7 @@ async function trainPrepared(
     await writeJsonAtomic(`${out}/run.json`, {
       settings,
       seed_folders: seedList(config).map(seedFolder),
+      ...requestsOf(options),
     });
   }
   setRunResumable(true);
@@ -541,7 +560,12 @@ async function trainSeed(
   const gpu = options.gpu ?? await getGpu();
   const environment = runEnvironment(gpu);
   if (!checkpoint) {
-    await writeJsonAtomic(`${dir}/run.json`, { settings, resolved, environment });
+    await writeJsonAtomic(`${dir}/run.json`, {
+      settings,
+      resolved,
+      environment,
+      ...requestsOf(options),
+    });
     setRunResumable(true);
   } else if (await exists(`${dir}/run.json`)) {
     const record = await readRunJson(`${dir}/run.json`);

@@ -112,6 +112,17 @@ export function setRunResumable(on: boolean): void {
   resumable = on;
 }
 
+/** The run folder whose training has ended while what follows it runs (the test predictions). */
+let finished: string | null = null;
+
+/**
+ * Marks the training of the run in `out` as done, while the work after it runs (RunOptions'
+ * afterRun: train.ts's --predict-test); null once that is over.
+ */
+export function setRunFinished(out: string | null): void {
+  finished = out;
+}
+
 /** The signals stopWithWord handles: how each is said, and the shell's exit status for it. */
 const STOP_SIGNALS = [
   ["SIGINT", "interrupted", 130],
@@ -217,6 +228,10 @@ export function stopWithWord(name: string, message: (how: string) => Promise<str
  * is, and the command that goes on.
  */
 export async function interruptedMessage(how = "interrupted"): Promise<string> {
+  if (finished !== null) {
+    return `${how} after the training, which is done and kept in ${finished}; to finish the ` +
+      `rest (the test predictions): ${resumeCommand()}`;
+  }
   if (!resumable && !training) return `${how} before the training started`;
   // The file itself: Ctrl-C may come between a checkpoint's rename and its being noted here.
   const kept = training

@@ -380,10 +380,11 @@ export async function checkTestSplit(
   if ((await isDirectory(config.data)) !== true) return null;
   const testPath = `${config.data}/${format.testFile}`;
   if ((await isDirectory(testPath)) === null) {
-    throw new FlagError(
-      `--predict-test: no test split: ${testPath} does not exist (pass --data with a folder ` +
-        `that has it)`,
-    );
+    // A resumed run reads the folder it was started with: another --data is refused.
+    const advice = config.resume
+      ? `put the test split there: --resume reads the run's own data folder`
+      : `pass --data with a folder that has it`;
+    throw new FlagError(`--predict-test: no test split: ${testPath} does not exist (${advice})`);
   }
   const first = new Map<number, string>();
   const examples = await task.readExamples(config.data, "test");
@@ -418,6 +419,19 @@ export async function checkTestSplit(
 
 // train/config.ts's, kept importable from here.
 export { runFolders };
+
+/**
+ * Whether a run folder of `config` lacks its submission file (a --resume of a run started with
+ * --predict-test writes them then); false for a task without a leaderboard format.
+ */
+export async function missingSubmission(config: TrainConfig, task: Task): Promise<boolean> {
+  const format = SUBMISSION_FORMATS[task.name];
+  if (!format) return false;
+  for (const dir of runFolders(config)) {
+    if ((await isDirectory(`${dir}/${format.file}`)) === null) return true;
+  }
+  return false;
+}
 
 /**
  * --predict-test: the submission file of every run folder of `config`, reported on stderr, with
