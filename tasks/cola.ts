@@ -24,7 +24,10 @@ export const cola: Task = {
   async readExamples(path: string, split: string): Promise<TaskExample[]> {
     const file = await splitFile(path, split, "tsv");
     const table = await readTsv(file, {
-      header: (fields) => fields.length === 2 && fields[0] === "index" && fields[1] === "sentence",
+      // GLUE's test header is "index\tsentence"; exports name the first column id or idx too.
+      header: (fields) =>
+        fields.length === 2 && ["index", "idx", "id"].includes(fields[0].trim()) &&
+        fields[1].trim() === "sentence",
       columns: 4,
     });
     if (table.header) {

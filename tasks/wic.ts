@@ -14,7 +14,7 @@ import {
   DataError,
   indexField,
   integerField,
-  quote,
+  labelId,
   readJsonl,
   splitFile,
   stringField,
@@ -25,23 +25,12 @@ import { miniRecipe } from "../train/default_model.ts";
 
 const LABELS = ["false", "true"] as const;
 
-/** A label as the files write it: a JSON boolean, "true"/"false", or 0/1; null when absent. */
-function labelOf(file: string, line: number, value: unknown): number | null {
-  if (value === undefined || value === null) return null;
-  if (typeof value === "boolean") return value ? 1 : 0;
-  if (typeof value === "string") {
-    const id = LABELS.indexOf(value.trim().toLowerCase() as typeof LABELS[number]);
-    if (id >= 0) return id;
-  }
-  if (value === 0 || value === 1) return value;
-  throw new DataError(
-    file,
-    line,
-    `label ${quote(value)} is not a boolean, "true"/"false" or 0/1`,
-  );
-}
-
-/** The character range [start, end) of the fields `start`/`end` inside `text`. */
+/**
+ * The range [start, end) of the fields `start`/`end` inside `text`, in JavaScript's string
+ * indices. The files count characters (code points, as Python does, which writes them): past a
+ * character outside the BMP (an emoji) a JavaScript index is one more, so such offsets are
+ * converted, or they select the wrong text ("l cla" for "class").
+ */
 function charSpan(
   file: string,
   line: number,
@@ -52,15 +41,18 @@ function charSpan(
 ): [number, number] {
   const a = integerField(file, line, row, start);
   const b = integerField(file, line, row, end);
-  if (a >= b || b > text.length) {
+  const characters = [...text];
+  if (a >= b || b > characters.length) {
     throw new DataError(
       file,
       line,
       `${start}/${end} [${a}, ${b}) is not a non-empty range inside its sentence of ` +
-        `${text.length} characters`,
+        `${characters.length} characters`,
     );
   }
-  return [a, b];
+  if (characters.length === text.length) return [a, b];
+  const index = (n: number) => characters.slice(0, n).join("").length;
+  return [index(a), index(b)];
 }
 
 export const wic: Task = {
@@ -81,7 +73,7 @@ export const wic: Task = {
         source: `${file}:${line}`,
         idx: indexField(file, line, value, i),
         inputs: [[sentence1, sentence2]],
-        label: labelOf(file, line, value.label),
+        label: labelId(file, line, value.label, LABELS),
         spans: [
           charSpan(file, line, value, sentence1, "start1", "end1"),
           charSpan(file, line, value, sentence2, "start2", "end2"),

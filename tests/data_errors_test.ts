@@ -166,7 +166,7 @@ const READERS: Record<string, Reader> = {
     "sentence2",
     "start1",
     "maybe",
-    'is not a boolean, "true"/"false" or 0/1',
+    "is not one of false, true (or an id 0-1)",
     (e) => (e.inputs[0] as [string, string])[1],
   ),
   mrpc: {

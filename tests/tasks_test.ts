@@ -14,7 +14,8 @@ import { qnli, QNLI_RECIPE } from "../tasks/qnli.ts";
 import { stsb, STSB_RECIPE } from "../tasks/stsb.ts";
 import { BOOLQ_RECIPE } from "../tasks/boolq.ts";
 import { TASKS } from "../tasks/all.ts";
-import { DataError, labelId, readJsonl, readTsv } from "../train/data_files.ts";
+import { wic } from "../tasks/wic.ts";
+import { DataError, labelId, readJsonl, readTsv, tsvColumn } from "../train/data_files.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 
 const DATA = new URL("../data/", import.meta.url).pathname;
@@ -457,8 +458,94 @@ Deno.test("data files: readTsv, labelId and a byte-order mark in JSONL", async (
     ),
     [1, 0, 1, 0, 1, 1, 0, null, null],
   );
+  // -1: Hugging Face datasets' "no label", in their test splits' exports.
+  assertEquals([-1, "-1"].map((v) => labelId("f", 1, v, L)), [null, null]);
   assertEquals(labelId("f", 1, "neutral", ["entailment", "contradiction", "neutral"]), 2);
-  for (const bad of [2, -1, 0.5, "2", "yes", {}, [0]]) {
+  for (const bad of [2, -2, 0.5, "2", "yes", {}, [0]]) {
     assertThrows(() => labelId("f.jsonl", 9, bad, L), DataError, "f.jsonl:9: label");
   }
+});
+
+Deno.test("data files as they are saved elsewhere: CR line ends, BOMs inside, archives, arrays", async () => {
+  await tempDir(async (dir) => {
+    const rte = (i: number) =>
+      JSON.stringify({ premise: `p${i}`, hypothesis: `h${i}`, label: "entailment", idx: i });
+    const jsonl = `${dir}/train.jsonl`;
+    // A classic Mac's CR alone: two examples, not one line of both.
+    await Deno.writeTextFile(jsonl, `${rte(0)}\r${rte(1)}\r`);
+    assertEquals((await readJsonl(jsonl)).map((r) => r.line), [1, 2]);
+    const tsv = `${dir}/t.tsv`;
+    await Deno.writeTextFile(tsv, "a\tb\r1\t2\r3\t4");
+    assertEquals((await readTsv(tsv, { header: true })).rows.length, 2);
+    // Two files joined with cat, the second with its own byte-order mark; a header saved with
+    // two; a header cell with a stray space after its name.
+    await Deno.writeTextFile(jsonl, `\uFEFF${rte(0)}\n\uFEFF${rte(1)}\n`);
+    assertEquals((await readJsonl(jsonl)).length, 2);
+    await Deno.writeTextFile(tsv, "\uFEFF\uFEFFa\tscore \n1\t2\n");
+    assertEquals((await readTsv(tsv, { header: true })).header, ["a", "score"]);
+    // An archive given for a data file.
+    await Deno.writeFile(jsonl, new Uint8Array([0x50, 0x4b, 0x03, 0x04, 0x14, 0, 0, 0]));
+    await assertRejects(
+      () => readJsonl(jsonl),
+      DataError,
+      `${jsonl}: is a zip archive, not a text file: unpack it and pass its folder`,
+    );
+    // V8's own "(line 1 column 27)" contradicted the file's line; an array is not JSON Lines.
+    await Deno.writeTextFile(jsonl, `${rte(0)}\n${rte(1)} ${rte(2)}\n`);
+    const after = await assertRejects(() => readJsonl(jsonl), DataError);
+    assert(after.message.startsWith(`${jsonl}:2: not valid JSON (`), after.message);
+    assert(!after.message.includes("(line"), after.message);
+    assert(
+      after.message.endsWith("more after the line's first value: JSONL holds one object a line)"),
+    );
+    await Deno.writeTextFile(jsonl, `[\n ${rte(0)}\n]\n`);
+    await assertRejects(
+      () => readJsonl(jsonl),
+      DataError,
+      "a JSON array: JSONL holds one object a line, not an array of them",
+    );
+    // An invisible character in a message is shown: the header seemed to hold "Quality".
+    await Deno.writeTextFile(tsv, "Quality\u200b\tb\n1\t2\n");
+    const quality = await readTsv(tsv, { header: true });
+    assertThrows(
+      () => tsvColumn(quality, "Quality"),
+      DataError,
+      'no column "Quality" (its header has Quality\\u200b, b)',
+    );
+  });
+});
+
+Deno.test("WiC: offsets count characters (Python's), labels as the other tasks take them", async () => {
+  await tempDir(async (dir) => {
+    const row = (label: unknown) => ({
+      word: "class",
+      sentence1: "😀🎉 the class met.",
+      sentence2: "a class",
+      start1: 7,
+      end1: 12,
+      start2: 2,
+      end2: 7,
+      idx: 0,
+      label,
+    });
+    await Deno.writeTextFile(
+      `${dir}/val.jsonl`,
+      [row("0"), row("1"), row(-1)].map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+    const examples = await wic.readExamples(dir, "val");
+    const [s1] = examples[0].inputs[0] as [string, string];
+    assertEquals(s1.slice(...examples[0].spans![0]), "class");
+    assertEquals(examples.map((e) => e.label), [0, 1, null]);
+  });
+});
+
+Deno.test("CoLA: a test file's header may name its first column id or idx", async () => {
+  await tempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/test.tsv`, "id\tsentence\n0\tA sentence.\n1\tAnother.\n");
+    const examples = await cola.readExamples(dir, "test");
+    assertEquals(examples.map((e) => [e.idx, e.inputs[0], e.label]), [
+      [0, "A sentence.", null],
+      [1, "Another.", null],
+    ]);
+  });
 });

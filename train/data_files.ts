@@ -54,15 +54,22 @@ export class MissingDataError extends DataError {
   }
 }
 
-/** `text` on one line: line breaks and other control characters escaped. */
+/**
+ * `text` on one line: line breaks and other control characters escaped, and the invisible format
+ * characters too (a byte-order mark inside a file, zero-width spaces), which a message would
+ * show as nothing: `no column "Quality" (its header has Quality, …)`.
+ */
 function oneLine(text: string): string {
   // deno-lint-ignore no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => {
-    if (c === "\n") return "\\n";
-    if (c === "\r") return "\\r";
-    if (c === "\t") return "\\t";
-    return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
-  });
+  return text.replace(
+    /[\u0000-\u001f\u007f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]/g,
+    (c) => {
+      if (c === "\n") return "\\n";
+      if (c === "\r") return "\\r";
+      if (c === "\t") return "\\t";
+      return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+    },
+  );
 }
 
 /** A value as an error message quotes it: JSON, cut to `max` characters. */
@@ -97,12 +104,36 @@ async function readText(path: string): Promise<string> {
     throw new DataError(path, null, `cannot read: ${errorText(e)}`);
   }
   if (bytes.length === 0) throw new DataError(path, null, "has no examples (the file is empty)");
+  const archive = archiveKind(bytes);
+  if (archive !== null) {
+    throw new DataError(
+      path,
+      null,
+      `is ${archive}, not a text file: unpack it and pass its folder`,
+    );
+  }
+  let text: string;
   try {
     // ignoreBOM false (the default): a UTF-8 byte-order mark is dropped, not part of line 1.
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
     throw utf8Error(path, bytes);
   }
+  // Line ends of a classic Mac (Excel for Mac's CSV/TSV export): CR alone. Read as lines, not as
+  // one line of every example.
+  if (!text.includes("\n") && text.includes("\r")) text = text.replaceAll("\r", "\n");
+  // A byte-order mark at a line's start (files joined with cat, a file saved twice with one) is
+  // no part of its text.
+  return text.replace(/(^|\n)\ufeff+/g, "$1");
+}
+
+/** "a zip archive" and the like, for a file whose first bytes say it is one; null otherwise. */
+function archiveKind(bytes: Uint8Array): string | null {
+  const starts = (...magic: number[]) => magic.every((b, i) => bytes[i] === b);
+  if (starts(0x50, 0x4b, 0x03, 0x04) || starts(0x50, 0x4b, 0x05, 0x06)) return "a zip archive";
+  if (starts(0x1f, 0x8b)) return "gzip-compressed";
+  if (starts(0x50, 0x41, 0x52, 0x31)) return "a Parquet file";
+  return null;
 }
 
 /**
@@ -111,8 +142,10 @@ async function readText(path: string): Promise<string> {
  */
 function jsonProblem(e: unknown, raw: string): string {
   let column: number | null = null;
+  // V8 adds "(line L column C)" of its own, which would contradict the file's line number.
+  const after = /after JSON at position/.test(errorText(e));
   let message = errorText(e).replace(
-    / in JSON at position (\d+)(?: \(line \d+ column \d+\))?/,
+    / (?:in|after) JSON at position (\d+)(?: \(line \d+ column \d+\))?/,
     (_, p) => {
       column = Number(p) + 1;
       return ` at column ${column}`;
@@ -121,7 +154,11 @@ function jsonProblem(e: unknown, raw: string): string {
   if (message.length > 160) message = `${message.slice(0, 160)}…`;
   const atEnd = /end of JSON input/.test(message) ||
     (column !== null && column > raw.trimEnd().length);
-  if (atEnd && raw.trimStart().startsWith("{")) {
+  if (raw.trimStart().startsWith("[")) {
+    message += "; a JSON array: JSONL holds one object a line, not an array of them";
+  } else if (after) {
+    message += "; more after the line's first value: JSONL holds one object a line";
+  } else if (atEnd && raw.trimStart().startsWith("{")) {
     message += "; JSONL needs each object on one line";
   }
   return `not valid JSON (${message})`;
@@ -306,7 +343,8 @@ export async function readTsv(
         ? options.header(fields)
         : options.header;
       if (isHeader) {
-        header = fields;
+        // A stray space after a column's name ("score ") made its column absent.
+        header = fields.map((f) => f.trim());
         headerLine = line;
         columns = fields.length;
         return;
@@ -348,7 +386,7 @@ export function tsvColumn(table: TsvTable, name: string): number {
 /**
  * A label id from a data file's label value, tolerant of how copies write it: a label name
  * ("entailment"), a JSON boolean or "true"/"false"/"True"/"False" string for tasks whose names
- * are "false" and "true", or an integer id (3 or "3") within `labels`. null and undefined (test
+ * are "false" and "true", or an integer id (3 or "3") within `labels`. null, undefined and -1 (test
  * splits) give null; anything else is an error naming the file and line.
  */
 export function labelId(
@@ -357,7 +395,8 @@ export function labelId(
   value: unknown,
   labels: readonly string[],
 ): number | null {
-  if (value === undefined || value === null) return null;
+  // -1 is Hugging Face datasets' "no label" (their test splits' exports).
+  if (value === undefined || value === null || value === -1 || value === "-1") return null;
   let id = -1;
   if (typeof value === "string") {
     id = labels.indexOf(value);
