@@ -60,8 +60,8 @@ export class MissingDataError extends DataError {
  * show as nothing: `no column "Quality" (its header has Quality, …)`.
  */
 function oneLine(text: string): string {
-  // deno-lint-ignore no-control-regex
   return text.replace(
+    // deno-lint-ignore no-control-regex
     /[\u0000-\u001f\u007f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]/g,
     (c) => {
       if (c === "\n") return "\\n";
