@@ -24,8 +24,18 @@ export interface BoundElements {
  */
 export function maxSliceElements(gpu: Gpu, granule = 1): number {
   const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const elements = Math.floor((gpu.limits.maxStorageBufferBindingSize - align) / ELEMENT_BYTES);
-  return Math.floor(elements / granule) * granule;
+  const limit = gpu.limits.maxStorageBufferBindingSize;
+  const elements = Math.floor((limit - align) / ELEMENT_BYTES);
+  const slice = Math.floor(elements / granule) * granule;
+  // No slice at all would cut a range into empty slices forever (a limit lowered below any
+  // adapter's: WebGPU guarantees 128 MiB).
+  if (slice < 1) {
+    throw new GpuError(
+      `a storage binding of ${limit} bytes holds no slice of ${granule} elements (${align}-byte ` +
+        `alignment)`,
+    );
+  }
+  return slice;
 }
 
 /**
@@ -48,6 +58,7 @@ export function bindElements(
 
 /** Element ranges [start, start + count) of at most `maxCount` elements covering `n`. */
 export function sliceRanges(n: number, maxCount: number): { start: number; count: number }[] {
+  if (!(maxCount >= 1)) throw new GpuError(`sliceRanges: slices of ${maxCount} elements`);
   const out: { start: number; count: number }[] = [];
   for (let start = 0; start < n; start += maxCount) {
     out.push({ start, count: Math.min(maxCount, n - start) });

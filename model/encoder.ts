@@ -26,7 +26,7 @@
 // names selects what gets gradients (BitFit is just "names ending in .bias").
 
 import { maxSequenceLength, type ModelConfig, positionIds } from "./config.ts";
-import type { Gpu } from "../kernels/device.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
 import { addLayerNormBackward, addLayerNormForward } from "../kernels/add_layernorm.ts";
 import {
   ATTENTION_MAX_HEAD_DIM,
@@ -601,6 +601,35 @@ function at(t: Tensor, shape: number[]): Tensor {
 }
 
 /**
+ * Throws, before anything is allocated, when the largest activation a kernel binds whole (the
+ * FFN's [N, I], else [N, H] or the embeddings' [N, E]) exceeds one storage binding, in the words
+ * of a launch's own check (expectBindable), so that a run's advice reads the batch that fits from
+ * the ratio. Buffers that large allocate: without this the first launch refused it, and a run
+ * whose long rows came late failed hours in, after its checkpoints.
+ */
+function expectActivationsBindable(
+  gpu: Gpu,
+  config: ModelConfig,
+  rows: number,
+  f16: boolean,
+): void {
+  const max = gpu.limits.maxStorageBufferBindingSize;
+  // q, k, v, the context and the FFN's activations are f16 in f16; the rest stays f32.
+  const act = f16 ? 2 : 4;
+  const widest = [
+    { label: "layer 0 intermediate", bytes: rows * config.intermediateSize * act },
+    { label: "linear out", bytes: rows * config.hiddenSize * 4 },
+    { label: "embeddings sum", bytes: rows * config.embeddingSize * 4 },
+  ].reduce((a, b) => (b.bytes > a.bytes ? b : a));
+  if (widest.bytes > max) {
+    throw new GpuError(
+      `Encoder: activation ("${widest.label}", ${widest.bytes} bytes) exceeds this adapter's ` +
+        `storage binding limit of ${max} bytes`,
+    );
+  }
+}
+
+/**
  * A BERT / RoBERTa / ELECTRA encoder on the GPU: parameters, gradients and every activation,
  * allocated once for maxBatch × maxSeq tokens. setBatch, then forward (and backward) record
  * into a Recorder. destroy() frees all its GPU buffers.
@@ -716,6 +745,7 @@ export class Encoder {
     this.attentionDropout = p ?? config.attentionDropout;
     this.hooks = opts.hooks ?? {};
 
+    expectActivationsBindable(gpu, config, maxBatch * maxSeq, opts.precision === "f16");
     this.names = buildEncoderStruct(config, (name) => name);
     this.shapes = encoderParameterShapes(config);
     this.layout = encoderArenaOrder([...this.shapes.keys()]);

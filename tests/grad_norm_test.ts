@@ -253,3 +253,17 @@ gpuTest(
     g.destroy();
   },
 );
+
+gpuTest(
+  "gradNormClip: a binding too small for one slice is an error, not an endless loop",
+  (gpu) => {
+    // A limit below any adapter's (WebGPU guarantees 128 MiB), as a test may set: slices of 0
+    // elements cut a range forever, until the heap ran out.
+    const small = withLimits(gpu, { maxStorageBufferBindingSize: 40000 });
+    assertThrows(
+      () => gradNormPartialsLength(small, [createTensor(gpu, [100], "f32", "g")]),
+      GpuError,
+      "a storage binding of 40000 bytes holds no slice of 16384 elements",
+    );
+  },
+);

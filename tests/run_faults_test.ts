@@ -4,19 +4,22 @@
 // an allocation beyond the adapter's limits names a batch size that fits; a lost device says how
 // to resume.
 
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
 import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
+import { expectBindable, type Tensor } from "../kernels/tensor.ts";
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import {
+  allocation,
   explainRunError,
   interruptedMessage,
   MAX_CONSECUTIVE_SKIPS,
   resumeCommand,
+  RunFaultError,
   setRunFinished,
   setRunResumable,
   setTrainingPlace,
@@ -227,6 +230,36 @@ Deno.test({
 });
 
 Deno.test({
+  name: "run faults: beyond the adapter's storage binding limit, the batch that fits by the ratio",
+  ...IN_PROCESS_GPU,
+  fn: () =>
+    withRunFolder(async (dir, common) => {
+      const gpu = await getGpu();
+      // Buffers of any size allocate; a binding is checked when a kernel is launched, so a probe
+      // of allocations found "a batch of 255 fits" (and then 254 …) instead of the ratio's. (The
+      // gradient norm's slices need 64 KiB bindings: the limit cannot go lower.)
+      const small = withLimits(gpu, { maxStorageBufferBindingSize: 65800 });
+      await writeMarkerData(`${dir}/many`, 256, 16);
+      const args = [...common, "--data", `${dir}/many`, "--strategy", "ft", "--max-steps", "1"];
+      const e = await assertRejects(
+        () => train([...args, "--batch-size", "256", "--out", `${dir}/wide`], { gpu: small }),
+        Error,
+        "exceeds this adapter's storage binding limit of 65800 bytes: the batch of 256 does not fit",
+      );
+      // Said as the trainer is built, for the widest activation (the FFN's), not at a launch.
+      assert(e.message.startsWith('Encoder: activation ("layer 0 intermediate", '), e.message);
+      const m = /, (\d+) bytes\) exceeds .*try --batch-size (\d+)/.exec(e.message);
+      assert(m, e.message);
+      const fits = Number(m[2]);
+      assertEquals(fits, Math.floor((256 * 65800) / Number(m[1])), e.message);
+      const metrics = await train([...args, "--batch-size", String(fits), "--out", `${dir}/fit`], {
+        gpu: small,
+      });
+      assert("final" in metrics, "the suggested batch trained");
+    }),
+});
+
+Deno.test({
   name: "run faults: a lost device says so, with the command that resumes the run",
   ...IN_PROCESS_GPU,
   fn: () =>
@@ -375,6 +408,28 @@ Deno.test("run faults: out of GPU memory names the allocation, its bytes and a b
   assert(saving.message.includes("no GPU memory was left to read a tensor back"), saving.message);
   assert(saving.message.includes("the last good checkpoint (step 40) is kept"), saving.message);
   assert(saving.message.includes("--resume"), saving.message);
+});
+
+Deno.test("run faults: a tensor beyond one storage binding gets the batch that fits, from the ratio", () => {
+  // The launchers' own message (expectBindable), the tensor named before its bytes: it was
+  // passed on raw, without advice or a resume line.
+  const fake = {
+    gpu: { limits: { maxStorageBufferBindingSize: 134217728 } },
+    bindingSize: 268435456,
+    label: "layer 0 gelu",
+  } as unknown as Tensor;
+  const e = assertThrows(() => expectBindable("linearForward", "out", fake), GpuError);
+  assertEquals(allocation(e.message), { bytes: 268435456, limit: 134217728, binding: true });
+  const place = { dir: "runs/x", checkpoint: null };
+  const advice = explainRunError(e, { batchSize: 32, maxLength: 512, place }) as Error;
+  assert(advice instanceof RunFaultError);
+  assertEquals(
+    advice.message,
+    'linearForward: out ("layer 0 gelu", 268435456 bytes) exceeds this adapter\'s storage ' +
+      "binding limit of 134217728 bytes: the batch of 32 does not fit this adapter; try " +
+      "--batch-size 16, --grad-accum 2 (the batch of 32 in parts of ≤ 16), or --max-length 256 " +
+      "(--overwrite to restart with it)",
+  );
 });
 
 Deno.test("run faults: a resumed f16 run goes on counting the skips in a row its log ended with", () => {

@@ -47,6 +47,7 @@ import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../pe
 import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import {
+  allocation,
   checkStepStats,
   drawFiguresCommand,
   explainRunError,
@@ -676,8 +677,12 @@ async function trainSeed(
     };
     const first = explainRunError(lost ?? e, run);
     // Whichever allocation failed first (optimizer state comes after the activations), the probe
-    // tells whether a smaller batch fits, or none does.
-    if (!(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter")) {
+    // tells whether a smaller batch fits, or none does. Not a binding's limit: buffers beyond it
+    // allocate, and the probe would say a batch of one less fits.
+    if (
+      !(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter") ||
+      (e instanceof Error && allocation(e.message)?.binding)
+    ) {
       return first;
     }
     // A batch of 1 has nothing smaller to probe: the advice is then the shorter --max-length.
