@@ -216,6 +216,13 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     }
     const trained = kept?.length ?? null;
     const limit = Math.min(options.maxLength ?? trained ?? Infinity, maxSequenceLength(config));
+    // As train.ts says it: a typed length beyond the model's positions is cut to them.
+    if (options.maxLength !== undefined && options.maxLength > maxSequenceLength(config)) {
+      console.error(
+        `predict: note: --max-length ${options.maxLength} is more than the ` +
+          `${maxSequenceLength(config)} positions this model has: the predictions take ${limit}`,
+      );
+    }
 
     // Every input is tokenized first (cheap), so the GPU arena fits the longest batch exactly.
     const inputs: { example: number; input: TextInput }[] = [];

@@ -516,6 +516,21 @@ Deno.test({
       await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: "12" }));
       assertEquals(logits(await run()), logits(await run({ maxLength: 12 })));
       assertEquals(logits(await run({ maxLength: 9 })), short, "a typed length wins");
+      // Beyond the model's positions: cut to them, and said, as train.ts says it.
+      const said: string[] = [];
+      const error = console.error;
+      console.error = (...parts: unknown[]) => said.push(parts.join(" "));
+      let beyond: number[];
+      try {
+        beyond = logits(await run({ maxLength: 1000 }));
+      } finally {
+        console.error = error;
+      }
+      assertEquals(beyond, full);
+      assert(
+        said.some((l) => /--max-length 1000 is more than the \d+ positions this model has/.test(l)),
+        said.join("\n"),
+      );
       // Read as train.ts writes it, digits alone ("0x10" read as 16 before): else run.json's.
       for (const odd of ["0x10", " 12 ", "12.0", "1e1"]) {
         await rewriteSafetensors(weights, (meta) => Object.assign(meta, { max_length: odd }));
