@@ -441,6 +441,57 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "train: a SIGTERM taken while the last step's GPU work is awaited checkpoints before its evaluation",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // The loop checks for a stop right after it hands a step to the GPU; a signal during the
+    // step's GPU work reached its listener in the evaluation's wait for the step's results, and
+    // the run's last step went on to its evaluation and saves, exit 0. Sent here from that wait.
+    await withTinyRun("ehft-train-sigterm-in-gpu-", [], async (dir, out) => {
+      const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+      const script = `${dir}/in_gpu.ts`;
+      await Deno.writeTextFile(
+        script,
+        `import { parseTrainArgs } from ${url("../train/config.ts")};
+import { runTraining } from ${url("../train/run.ts")};
+import { Trainer } from ${url("../train/trainer.ts")};
+import { interruptedMessage, stopRequested, stopWithWord } from ${url("../train/run_faults.ts")};
+import { rte } from ${url("../tasks/rte.ts")};
+stopWithWord("t", interruptedMessage);
+const take = Trainer.prototype.takeStats;
+let sent = false;
+Trainer.prototype.takeStats = async function () {
+  const stats = await take.call(this);
+  if (!sent && !parseTrainArgs(Deno.args).config.resume) {
+    sent = true;
+    Deno.kill(Deno.pid, "SIGTERM");
+    while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
+  }
+  return stats;
+};
+const { config } = parseTrainArgs(Deno.args);
+await runTraining(config, { task: rte, quiet: true });
+`,
+      );
+      const common = [
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
+        ...["--max-steps", "1", "--eval-every", "0"],
+      ];
+      const stopped = await runScript(script, [...common, "--out", out]);
+      assertEquals(stopped.code, 143, stopped.lines.join(" | "));
+      const state = await trainingState(out) as Record<string, unknown>;
+      assertEquals([state.step, state.owed], [1, true]);
+      assert(!(await exists(`${out}/metrics.json`)), "the run ended");
+      const resumed = await runScript(script, [...common, "--out", out, "--resume"]);
+      assertEquals(resumed.code, 0, resumed.lines.join(" | "));
+      assert(await exists(`${out}/metrics.json`), "the resumed run did not end");
+    });
+  },
+});
+
+Deno.test({
   name: "train: a SIGTERM is taken at the end of the step it came in, not at a log block's",
   fn: async () => {
     // Its listener ran only at the loop's next real wait (a log block's read every 32 steps, an

@@ -1061,6 +1061,15 @@ async function trainStages(
       const { evaluates, savesStage1 } = ends(j);
       if (evaluates) {
         await flush();
+        // A SIGTERM taken while the flush waited for the GPU: the loop checks right after it
+        // hands a step over, before the GPU has run it, so one that came during the step's
+        // GPU work reached its listener only here, and the run's last step went on to its
+        // evaluation and saves (exit 0, after the grace period a scheduler allowed).
+        const asked = stopRequested();
+        if (asked) {
+          await keepCheckpoint(j, true);
+          await asked();
+        }
         const classes = task.labels.length > 0 ? task.labels.length : undefined;
         const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics, classes).catch(
           (e) => {
