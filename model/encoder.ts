@@ -507,10 +507,11 @@ export function chooseAttention(
     const bytes = 4 * shape.batch * shape.heads * shape.seq * (shape.prefix + shape.seq);
     const limit = gpu.limits.maxStorageBufferBindingSize;
     if (bytes > limit) {
-      throw new Error(
-        `Encoder: with precision "f16" the attention probabilities of one layer take ${bytes} ` +
-          `bytes, more than one storage binding (${limit}); use precision "f32" (flash ` +
-          `attention) or a smaller batch or sequence length`,
+      // Worded as a launch's binding check, so that a run's advice adds the batch that fits.
+      throw new GpuError(
+        `Encoder: attention probabilities ("layer probs", ${bytes} bytes) exceeds this ` +
+          `adapter's storage binding limit of ${limit} bytes (precision "f16" keeps them whole; ` +
+          `"f32" runs flash attention, which does not)`,
       );
     }
     return "materialized";

@@ -10,7 +10,7 @@
 // asserts f16 is not bitwise f32 (the f16 path really ran).
 
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest } from "./gpu_fixture.ts";
+import { gpuTest, withLimits } from "./gpu_fixture.ts";
 import {
   encoderStep,
   largestGradient,
@@ -22,7 +22,7 @@ import {
   type StepResult,
 } from "./encoder_step.ts";
 import { randomValues } from "./random.ts";
-import type { Gpu } from "../kernels/device.ts";
+import { type Gpu, GpuError } from "../kernels/device.ts";
 import { createTensor, type Tensor, tensorFromArray } from "../kernels/tensor.ts";
 import { type ModelConfig, parseConfig } from "../model/config.ts";
 import { createEncoder, type Precision } from "../model/encoder.ts";
@@ -209,6 +209,25 @@ gpuTest('encoder f16: flash attention is refused, "auto" takes the materialized 
   const enc = createEncoder(gpu, c, { maxBatch: 1, maxSeq: 4, precision: "f16" });
   assertEquals(enc.attention, "materialized");
   enc.destroy();
+  // Probabilities beyond one binding: said as a launch's binding check, which a run's advice
+  // reads (the batch that fits), with the way out that f32 gives.
+  const [B, S] = [64, 12];
+  const probs = 4 * B * c.numHeads * S * S;
+  const widest = B * S * Math.max(2 * c.intermediateSize, 4 * c.hiddenSize, 4 * c.embeddingSize);
+  assert(probs > widest, `${probs} ≤ ${widest}`);
+  const limit = Math.floor((probs + widest) / 2);
+  assertThrows(
+    () =>
+      createEncoder(withLimits(gpu, { maxStorageBufferBindingSize: limit }), c, {
+        maxBatch: B,
+        maxSeq: S,
+        precision: "f16",
+      }),
+    GpuError,
+    `Encoder: attention probabilities ("layer probs", ${probs} bytes) exceeds this adapter's ` +
+      `storage binding limit of ${limit} bytes (precision "f16" keeps them whole; "f32" runs ` +
+      "flash attention, which does not)",
+  );
   assertThrows(
     () => createEncoder(gpu, c, { maxBatch: 1, maxSeq: 4, precision: "f64" as Precision }),
     Error,

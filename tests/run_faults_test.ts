@@ -420,6 +420,15 @@ Deno.test("run faults: a tensor beyond one storage binding gets the batch that f
   } as unknown as Tensor;
   const e = assertThrows(() => expectBindable("linearForward", "out", fake), GpuError);
   assertEquals(allocation(e.message), { bytes: 268435456, limit: 134217728, binding: true });
+  // The encoder's own for f16's whole attention probabilities reads the same way.
+  assertEquals(
+    allocation(
+      'Encoder: attention probabilities ("layer probs", 167772160 bytes) exceeds this ' +
+        'adapter\'s storage binding limit of 134217728 bytes (precision "f16" keeps them whole; ' +
+        '"f32" runs flash attention, which does not)',
+    ),
+    { bytes: 167772160, limit: 134217728, binding: true },
+  );
   const place = { dir: "runs/x", checkpoint: null };
   const advice = explainRunError(e, { batchSize: 32, maxLength: 512, place }) as Error;
   assert(advice instanceof RunFaultError);
