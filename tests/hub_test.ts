@@ -14,6 +14,7 @@ import {
   type ResolveModelOptions,
 } from "../model/hub.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { captureStderr } from "./stderr.ts";
 
 const encoder = new TextEncoder();
 
@@ -704,23 +705,6 @@ Deno.test("hub: an unreachable hub falls back to the cache", async () => {
     );
   });
 });
-
-/** What `fn` writes to stderr (through Deno.stderr.writeSync), instead of writing it. */
-async function captureStderr(fn: () => Promise<void>): Promise<string> {
-  const original = Deno.stderr.writeSync;
-  const decoder = new TextDecoder();
-  let text = "";
-  Deno.stderr.writeSync = (p: Uint8Array) => {
-    text += decoder.decode(p);
-    return p.length;
-  };
-  try {
-    await fn();
-  } finally {
-    Deno.stderr.writeSync = original;
-  }
-  return text;
-}
 
 /** A fetch that answers every request with `status` (no status text) and counts them. */
 function failingFetch(status: number, headers: Record<string, string> = {}) {

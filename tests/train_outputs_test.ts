@@ -4,6 +4,7 @@
 // logits) and regression (MSE, correlation metrics).
 
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
+import { captureStderr } from "./stderr.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   markerExamples,
@@ -450,18 +451,7 @@ test("train: each progress line shows its block's mean loss (the steps since the
     ...["--task", "rte", ...args, "--out", out, "--strategy", "ft", "--lr", "1e-3"],
     ...["--max-steps", "8", "--eval-every", "3"],
   ]);
-  const original = Deno.stderr.writeSync;
-  const decoder = new TextDecoder();
-  let text = "";
-  Deno.stderr.writeSync = (p: Uint8Array) => {
-    text += decoder.decode(p);
-    return p.length;
-  };
-  try {
-    await runTraining(config, { task: rte });
-  } finally {
-    Deno.stderr.writeSync = original;
-  }
+  const text = await captureStderr(() => runTraining(config, { task: rte }));
   const lines = [...text.matchAll(/main step (\d+)\/8 loss ([0-9.]+) /g)];
   const losses = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
     .map((l) => JSON.parse(l)).filter((l) => "loss" in l).map((l) => l.loss as number);
