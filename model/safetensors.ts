@@ -788,6 +788,8 @@ function validateInput(
   path: string,
   tensors: Record<string, TensorInput>,
   metadata: Record<string, string> | undefined,
+  // False: names, dtypes and shapes only (writeSafetensorsStreamed's, before the data comes).
+  checkData = true,
 ): void {
   const fail = (problem: string) => new SafetensorsError(path, problem);
   if (metadata !== undefined) {
@@ -809,6 +811,7 @@ function validateInput(
         `${where}: shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`,
       );
     }
+    if (!checkData) continue;
     if (!ArrayBuffer.isView(t.data) || !acceptsData(t.dtype, t.data)) {
       const got = ArrayBuffer.isView(t.data) ? t.data.constructor.name : typeof t.data;
       throw fail(`${where}: ${got} is not valid data for dtype ${t.dtype}`);
@@ -863,12 +866,73 @@ export async function writeSafetensors(
 ): Promise<void> {
   assertLittleEndian();
   validateInput(path, tensors, metadata);
+  const names = fileOrder(tensors);
+  const head = headerBytes(tensors, names, metadata);
+  await writeFileAtomically(path, async (file) => {
+    await writeAll(file, head);
+    // One tensor at a time: only a single converted F16/BF16 copy is ever alive.
+    for (const name of names) await writeAll(file, tensorBytes(tensors[name]));
+  });
+}
 
-  // The JSON is assembled by hand: a JS object would move integer-like keys such as "0" first.
-  const names = Object.keys(tensors).sort((a, b) =>
+/**
+ * writeSafetensors for data that comes one tensor at a time (a GPU download each), so that only
+ * one tensor's data is held at once: `specs` gives each tensor's dtype and shape, `data(name)` is
+ * called once per tensor, in the file's order, and `metadata()` after the last (it may depend on
+ * the data: their hashes). The header is laid out first with `reserve`, the metadata's stand-in
+ * (the same keys, values of the same lengths), and written again at the end; a final metadata
+ * whose header would be longer is an error. With a final header as long as the stand-in's, the
+ * file is byte for byte writeSafetensors' of the same tensors and metadata.
+ */
+export async function writeSafetensorsStreamed(
+  path: string,
+  specs: Record<string, { dtype: Dtype; shape: number[] }>,
+  data: (name: string) => Promise<TensorData>,
+  reserve: Record<string, string>,
+  metadata: () => Record<string, string>,
+): Promise<void> {
+  assertLittleEndian();
+  // Checked as writeSafetensors checks them, with stand-in data of the right kind and length.
+  const standIn = Object.fromEntries(
+    Object.entries(specs).map(([name, t]) => [name, { ...t, data: new Uint8Array(0) }]),
+  );
+  validateInput(path, standIn, reserve, false);
+  const names = fileOrder(standIn);
+  const reserved = headerBytes(standIn, names, reserve);
+  await writeFileAtomically(path, async (file) => {
+    await writeAll(file, reserved);
+    for (const name of names) {
+      const t = { ...specs[name], data: await data(name) };
+      validateInput(path, { [name]: t }, undefined);
+      await writeAll(file, tensorBytes(t));
+    }
+    const final = metadata();
+    validateInput(path, {}, final);
+    const head = headerBytes(standIn, names, final, reserved.length - 8);
+    await file.seek(0, Deno.SeekMode.Start);
+    await writeAll(file, head);
+  });
+}
+
+/** The tensors' order in a file: Hugging Face's (largest dtype alignment first, then by name). */
+export function fileOrder(tensors: Record<string, { dtype: Dtype }>): string[] {
+  return Object.keys(tensors).sort((a, b) =>
     HF_DTYPE_RANK[tensors[b].dtype] - HF_DTYPE_RANK[tensors[a].dtype] ||
     (a < b ? -1 : a > b ? 1 : 0)
   );
+}
+
+/**
+ * The 8-byte length and the JSON header, padded with spaces to a multiple of 8 bytes, or to
+ * `length` (a header written in a stand-in's place; an error when it does not fit).
+ */
+function headerBytes(
+  tensors: Record<string, { dtype: Dtype; shape: number[] }>,
+  names: readonly string[],
+  metadata: Record<string, string> | undefined,
+  length?: number,
+): Uint8Array {
+  // The JSON is assembled by hand: a JS object would move integer-like keys such as "0" first.
   const parts: string[] = [];
   if (metadata !== undefined) {
     const fields = Object.keys(metadata).sort().map((k) =>
@@ -885,18 +949,32 @@ export async function writeSafetensors(
     offset += size;
   }
   const json = new TextEncoder().encode(`{${parts.join(",")}}`);
-  const headerLength = Math.ceil(json.length / 8) * 8;
+  const headerLength = length ?? Math.ceil(json.length / 8) * 8;
+  if (json.length > headerLength) {
+    throw new Error(
+      `the header (${json.length} bytes) is longer than the ${headerLength} laid out for it`,
+    );
+  }
   const head = new Uint8Array(8 + headerLength).fill(0x20);
   new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
   head.set(json, 8);
+  return head;
+}
 
+/**
+ * Writes `path` through `write` into a temporary file in the same folder, synced, then renamed
+ * over `path`, so that readers never see a partial file and a failed write leaves any existing
+ * file untouched.
+ */
+async function writeFileAtomically(
+  path: string,
+  write: (file: Deno.FsFile) => Promise<void>,
+): Promise<void> {
   const tmp = temporaryName(path);
   let file: Deno.FsFile | null = null;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
-    await writeAll(file, head);
-    // One tensor at a time: only a single converted F16/BF16 copy is ever alive.
-    for (const name of names) await writeAll(file, tensorBytes(tensors[name]));
+    await write(file);
     await file.sync();
     file.close();
     file = null;
@@ -904,6 +982,7 @@ export async function writeSafetensors(
   } catch (e) {
     file?.close();
     await Deno.remove(tmp).catch(() => {});
+    if (e instanceof SafetensorsError) throw e;
     throw new SafetensorsError(path, `write failed: ${errorText(e)}`);
   } finally {
     doneWithTemporary(tmp);

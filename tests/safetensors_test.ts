@@ -4,6 +4,7 @@ import {
   SafetensorsError,
   type TensorData,
   writeSafetensors,
+  writeSafetensorsStreamed,
 } from "../model/safetensors.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { removeStaleTemporaries } from "../model/atomic_write.ts";
@@ -284,6 +285,80 @@ Deno.test("writer output matches a file built byte by byte from the format spec"
       9, // "9"
     ]);
     assertBytes(await Deno.readFile(path), expected, "writer output");
+  });
+});
+
+Deno.test("the streamed writer: one tensor's data at a time, in the file's order, the same bytes", async () => {
+  await withTempDir(async (dir) => {
+    const tensors = {
+      "b": { dtype: "F32" as const, shape: [2], data: new Float32Array([1.5, -2]) },
+      "a": { dtype: "I16" as const, shape: [3], data: new Int16Array([1, -1, 256]) },
+      "10": { dtype: "U8" as const, shape: [1], data: new Uint8Array([10]) },
+      "9": { dtype: "F16" as const, shape: [2], data: new Float32Array([0.5, 3]) },
+    };
+    const sum = (t: { data: TensorData }) => String(Array.from(t.data as Float32Array).join("+"));
+    const meta = (hash: (name: string) => string) => ({
+      format: "pt",
+      sums: JSON.stringify(Object.fromEntries(Object.keys(tensors).map((n) => [n, hash(n)]))),
+    });
+    const whole = `${dir}/whole.safetensors`;
+    const entries = Object.entries(tensors) as [string, (typeof tensors)[keyof typeof tensors]][];
+    await writeSafetensors(whole, tensors, meta((n) => sum(entries.find(([k]) => k === n)![1])));
+    // Metadata known only once the data has come: laid out with a stand-in of its length.
+    const streamed = `${dir}/streamed.safetensors`;
+    const asked: string[] = [];
+    const seen = new Map<string, string>();
+    const specs = Object.fromEntries(
+      entries.map(([n, t]) => [n, { dtype: t.dtype, shape: t.shape }]),
+    );
+    await writeSafetensorsStreamed(
+      streamed,
+      specs,
+      (name) => {
+        asked.push(name);
+        const t = entries.find(([k]) => k === name)![1];
+        seen.set(name, sum(t));
+        return Promise.resolve(t.data);
+      },
+      meta((n) => "?".repeat(sum(entries.find(([k]) => k === n)![1]).length)),
+      () => meta((n) => seen.get(n)!),
+    );
+    assertEquals(asked, ["b", "9", "a", "10"]);
+    assertBytes(await Deno.readFile(streamed), await Deno.readFile(whole), "streamed file");
+    // Data of another length than its shape, or a final header beyond the stand-in's: refused,
+    // the file not written.
+    const wrong = `${dir}/wrong.safetensors`;
+    await assertRejects(
+      () =>
+        writeSafetensorsStreamed(
+          wrong,
+          specs,
+          (name) =>
+            Promise.resolve(
+              name === "a" ? new Int16Array(2) : entries.find(([k]) => k === name)![1].data,
+            ),
+          { format: "pt" },
+          () => ({ format: "pt" }),
+        ),
+      SafetensorsError,
+      'tensor "a": data has 2 elements but shape [3] needs 3',
+    );
+    await assertRejects(
+      () =>
+        writeSafetensorsStreamed(
+          wrong,
+          specs,
+          (name) => Promise.resolve(entries.find(([k]) => k === name)![1].data),
+          { format: "pt" },
+          () => ({ format: "a much longer format name than the stand-in's" }),
+        ),
+      SafetensorsError,
+      "longer than the",
+    );
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "streamed.safetensors",
+      "whole.safetensors",
+    ]);
   });
 });
 

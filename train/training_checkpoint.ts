@@ -18,7 +18,7 @@ import { Recorder } from "../kernels/recorder.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 import { readFinite } from "../model/checkpoint.ts";
 import { jsonErrorText } from "../model/error_text.ts";
-import { openSafetensors, type TensorInput, writeSafetensors } from "../model/safetensors.ts";
+import { fileOrder, openSafetensors, writeSafetensorsStreamed } from "../model/safetensors.ts";
 
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
 const STATE_KEY = "ehft_training_state";
@@ -147,18 +147,49 @@ export async function writeTrainingCheckpoint(
     names.push(LOSS_SCALE);
     list.push(tensors.lossScale);
   }
-  const data = await downloadTensors(list);
-  const out: Record<string, TensorInput> = {};
-  names.forEach((name, k) => {
-    out[name] = { dtype: "F32", shape: [...list[k].shape], data: data[k] };
-  });
-  await writeSafetensors(path, out, {
+  const byName = new Map(names.map((name, k) => [name, list[k]]));
+  const specs = Object.fromEntries(
+    names.map((name, k) => [name, { dtype: "F32" as const, shape: [...list[k].shape] }]),
+  );
+  // Downloaded a gather's worth at a time in the file's order, each hashed as it is written:
+  // the whole state at once was a host copy of parameters and moments (4.3 GB for
+  // RoBERTa-large) beside what the run holds.
+  const order = fileOrder(specs);
+  const hashes = new Map<string, string>();
+  let ready = new Map<string, Float32Array>();
+  let next = 0;
+  const data = async (name: string): Promise<Float32Array> => {
+    if (!ready.has(name)) {
+      let end = next, bytes = 0;
+      while (
+        end < order.length &&
+        (end === next || bytes + byName.get(order[end])!.byteLength <= GATHER_BYTES)
+      ) {
+        bytes += byName.get(order[end])!.byteLength;
+        end++;
+      }
+      const group = order.slice(next, end);
+      const got = await downloadTensors(group.map((n) => byName.get(n)!));
+      ready = new Map(group.map((n, k) => [n, got[k]]));
+      next = end;
+    }
+    const values = ready.get(name)!;
+    ready.delete(name);
+    hashes.set(name, tensorSha256(values));
+    return values;
+  };
+  const metadata = (sha256: (name: string) => string) => ({
     format: "ehft-training-checkpoint",
     [STATE_KEY]: JSON.stringify({ version: FORMAT_VERSION, ...state }),
-    [TENSORS_SHA256_KEY]: JSON.stringify(
-      Object.fromEntries(names.map((name, k) => [name, tensorSha256(data[k])])),
-    ),
+    [TENSORS_SHA256_KEY]: JSON.stringify(Object.fromEntries(names.map((n) => [n, sha256(n)]))),
   });
+  await writeSafetensorsStreamed(
+    path,
+    specs,
+    data,
+    metadata(() => "0".repeat(64)),
+    () => metadata((n) => hashes.get(n)!),
+  );
 }
 
 export interface LoadedCheckpoint {
