@@ -166,6 +166,65 @@ test("train: --seeds 2 runs into seed-<n>/ and averages the metrics", async () =
   assert((await firstLoss(runs[0])) !== (await firstLoss(runs[1])));
 });
 
+test("train --seeds: a finished seed folder that is not this run's seed is refused, not averaged", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/seeds-foreign`;
+  const flags = [
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "lp", "--seed", "5"],
+    ...["--seeds", "2", "--max-steps", "2", "--lr", "1e-2"],
+  ];
+  await runTraining(parseTrainArgs(flags).config, { task: rte, quiet: true });
+  // Killed before its summary, while another train.ts wrote a run of its own into seed-6 (an
+  // lr of its own): the resumed summary took it as seed 6, without a word.
+  await Deno.remove(`${out}/metrics.json`);
+  const runJson = `${out}/seed-6/run.json`;
+  const run = JSON.parse(await Deno.readTextFile(runJson));
+  await Deno.writeTextFile(
+    runJson,
+    JSON.stringify({ ...run, settings: { ...run.settings, lr: 0.5 } }),
+  );
+  const resume = parseTrainArgs([...flags, "--resume"]).config;
+  await assertRejects(
+    () => runTraining(resume, { task: rte, quiet: true }),
+    Error,
+    `${out}/seed-6 holds a finished run that is not this run's seed 6 (--lr 0.5 in run.json, ` +
+      "0.01 now): move it away, or --overwrite the run",
+  );
+  await Deno.remove(runJson);
+  await assertRejects(
+    () => runTraining(resume, { task: rte, quiet: true }),
+    Error,
+    `${out}/seed-6 holds a metrics.json but no run.json: not a seed of this run`,
+  );
+  assert(!(await exists(`${out}/metrics.json`)), "a summary was written");
+  // --overwrite refuses while another process trains in a seed folder (`--out <out>/seed-5
+  // --resume`): it took the folder from under it, and that run wrote into the new one.
+  const holder = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const f = await Deno.open(${JSON.stringify(`${out}/seed-5`)}, { read: true });` +
+      `console.log(await f.tryLock(true)); await Deno.stdin.readable.getReader().read();`,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const lines = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await lines.read()).value?.trim(), "true");
+  try {
+    await assertRejects(
+      () =>
+        runTraining(parseTrainArgs([...flags, "--overwrite"]).config, { task: rte, quiet: true }),
+      Error,
+      `--overwrite: ${out}/seed-5 is in use: another train.ts is running in it`,
+    );
+    assert(await exists(`${out}/seed-5/metrics.json`), "the seed folder in use was removed");
+  } finally {
+    await holder.stdin.close();
+    await holder.status;
+    lines.releaseLock();
+  }
+});
+
 /** A task made in memory from the marker examples (the path is ignored). */
 function memoryTask(
   name: string,

@@ -368,9 +368,17 @@ async function trainPrepared(
           leftovers.push(e.name);
         }
       }
-      const kept = await removeEntries(out, [...entries, ...leftovers]).catch((e) => {
-        throw new Error(`--overwrite: ${(e as Error).message}`);
-      });
+      // A seed folder another train.ts trains in (`--out <out>/seed-43 --resume`) is not taken
+      // from under it: held locked until it is gone, as --out is.
+      const seedLocks = await lockSeedFolders(out, entries);
+      let kept: string | null;
+      try {
+        kept = await removeEntries(out, [...entries, ...leftovers]).catch((e) => {
+          throw new Error(`--overwrite: ${(e as Error).message}`);
+        });
+      } finally {
+        for (const lock of seedLocks) lock.close();
+      }
       if (kept !== null) console.error(`--overwrite: ${kept}`);
     } else if (!config.resume) {
       throw new FlagError(
@@ -488,6 +496,27 @@ async function writeTokenizer(model: OpenedModel, dir: string): Promise<void> {
   }
 }
 
+/**
+ * Locks the seed folders (`seed-<n>/`) among a run folder's `entries`, or throws naming the first
+ * that another process holds (closing those it took).
+ */
+async function lockSeedFolders(out: string, entries: readonly string[]): Promise<Deno.FsFile[]> {
+  const locks: Deno.FsFile[] = [];
+  for (const name of entries) {
+    if (!/^seed-\d+$/.test(name) || (await isDirectory(`${out}/${name}`)) !== true) continue;
+    const lock = await lockFolder(`${out}/${name}`);
+    if (lock === "held") {
+      for (const l of locks) l.close();
+      throw new Error(
+        `--overwrite: ${out}/${name} is in use: another train.ts is running in it (wait for it ` +
+          `to end, or stop it, then --overwrite)`,
+      );
+    }
+    if (lock) locks.push(lock);
+  }
+  return locks;
+}
+
 /** Log lines between flushes (the step stats wait on the GPU until then). */
 const LOG_BLOCK = 32;
 
@@ -513,6 +542,30 @@ async function runSeed(...args: Parameters<typeof trainSeed>): Promise<RunMetric
   }
 }
 
+/** Throws unless the finished run in the seed folder `dir` was trained with `settings`. */
+async function checkFinishedSeed(dir: string, settings: Record<string, unknown>): Promise<void> {
+  if (!(await exists(`${dir}/run.json`))) {
+    throw new Error(
+      `${dir} holds a metrics.json but no run.json: not a seed of this run (move it away, or ` +
+        `--overwrite the run)`,
+    );
+  }
+  try {
+    await checkSameSettings(dir, settings);
+  } catch (e) {
+    throw new Error(
+      `${dir} holds a finished run that is not this run's seed ${settings.seed} ` +
+        `(${
+          (e as Error).message.replace(
+            /^--resume: \S+ was started with other settings \((.*)\)$/,
+            "$1",
+          )
+        }): ` +
+        `move it away, or --overwrite the run`,
+    );
+  }
+}
+
 async function trainSeed(
   dir: string,
   config: TrainConfig,
@@ -522,7 +575,11 @@ async function trainSeed(
   prepareOnce: () => Promise<Prepared>,
 ): Promise<RunMetrics> {
   const metricsPath = `${dir}/metrics.json`;
+  const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
   if (await exists(metricsPath)) {
+    // A finished seed folder counts as this seed only if it is this run's: another train.ts may
+    // have written its own run there (`--out <out>/seed-43`), which the mean took as seed 43.
+    if (dir !== config.out) await checkFinishedSeed(dir, settings as Record<string, unknown>);
     const metrics = await readRunJson(metricsPath) as unknown as RunMetrics;
     if (config.resume) await clearFinishedLeftovers(dir);
     await drawMissingFigures(dir, options.quiet ?? false);
@@ -530,7 +587,6 @@ async function trainSeed(
   }
   await Deno.mkdir(dir, { recursive: true });
   const task = options.task;
-  const settings = { ...runSettings(config), seed, seeds: 1, out: dir };
   // What its checkpoints record, and a resumed one's is compared with.
   const settingsSha256 = settingsFingerprint(settings);
   if (config.resume) await checkSameSettings(dir, settings as Record<string, unknown>);
