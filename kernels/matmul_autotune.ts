@@ -24,7 +24,7 @@
 //   change of the kernel set (`MATMUL_KERNELS_VERSION`) invalidates it. A challenger must also
 //   beat the heuristic's variant by `margin` (5%), so a near-tie keeps the built-in choice.
 
-import { writeJsonAtomic } from "../model/atomic_write.ts";
+import { removeStaleTemporaries, writeJsonAtomic } from "../model/atomic_write.ts";
 import { isTrue, userCacheBase } from "../model/env.ts";
 import type { Gpu } from "./device.ts";
 import {
@@ -830,6 +830,11 @@ async function tuneWithLockHeld(
       all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
       const dir = file.replace(/[\\/][^\\/]*$/, "");
       if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });
+      // What a write killed mid-way (kill -9) left beside the file: never needed, and no other
+      // write of it is under way (the lock). Only this file's, in a folder others share.
+      await removeStaleTemporaries(dir && dir !== file ? dir : ".", [
+        file.slice(file.lastIndexOf("/") + 1),
+      ]).catch(() => 0);
       await writeJsonAtomic(file, all);
       saved = true;
     } catch (e) {

@@ -947,7 +947,12 @@ async function fetchFile(ctx: Context, meta: FileMeta, snapshot: string): Promis
       write: true,
     });
     try {
-      await lock.lock(true);
+      // Another process downloading the same file: said, or the wait is silent for as long as
+      // its download takes.
+      if (!(await lock.tryLock(true))) {
+        note(ctx, `waiting for another process's download of ${meta.file} to end`);
+        await lock.lock(true);
+      }
       if (!(await present())) await downloadBlob(ctx, meta, blob);
     } finally {
       lock.close();

@@ -15,6 +15,7 @@ import {
   isSafeEntryName,
 } from "../train/data_download.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { captureStderr } from "./stderr.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -275,9 +276,16 @@ Deno.test("data: a damaged extraction or a changed spec is downloaded again", as
 Deno.test("data: concurrent calls download once", async () => {
   await withSetup(async ({ server, opts }) => {
     const url = server.url("/Toy.zip");
-    const dirs = await Promise.all([1, 2, 3].map(() => ensureDataset(spec(url), opts)));
+    let dirs: string[] = [];
+    const said = await captureStderr(async () => {
+      dirs = await Promise.all(
+        [1, 2, 3].map(() => ensureDataset(spec(url), { ...opts, quiet: false })),
+      );
+    });
     assertEquals(new Set(dirs).size, 1);
     assertEquals(server.log.length, 1);
+    // The others' wait is said: it lasts as long as the download (and its retries).
+    assert(said.includes("waiting for another process's download of Toy to end"), said);
   });
 });
 

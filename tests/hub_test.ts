@@ -403,10 +403,17 @@ Deno.test("hub: a second resolve downloads nothing", async () => {
 Deno.test("hub: concurrent resolves download each file once", async () => {
   await withHub(async ({ hub, opts }) => {
     hub.addRepo(ID, standardRepo());
-    const [a, b] = await Promise.all([resolveModel(ID, opts), resolveModel(ID, opts)]);
+    let both: string[] = [];
+    const said = await captureStderr(async () => {
+      const loud = { ...opts, quiet: false, onProgress: () => {} };
+      both = await Promise.all([resolveModel(ID, loud), resolveModel(ID, loud)]);
+    });
+    const [a, b] = both;
     assertEquals(a, b);
     assertEquals(hub.requests("cdn", "GET").length, 1);
     await assertSnapshotFile(a, "model.safetensors", WEIGHTS);
+    // The other's wait for the file is said.
+    assert(said.includes("waiting for another process's download of model.safetensors"), said);
   });
 });
 

@@ -98,9 +98,19 @@ gpuTest(
       const warnings: string[] = [];
       const warn = (line: string) => warnings.push(line);
       const a1 = adapterNamed(gpu, "test adapter A");
+      // A write of the file killed mid-way (kill -9) left its temporary: gone with the next
+      // write; another file's beside it stays.
+      await Deno.mkdir(`${dir}/sub`);
+      await Deno.writeTextFile(`${file}.tmp-0123abcd`, "{");
+      await Deno.writeTextFile(`${dir}/sub/other.json.tmp-0123abcd`, "{");
       const miss = await tuneMatmul(a1, { shapes: [SMALL], cacheFile: file, warn, ...QUICK });
       assertEquals(miss.tuned.map((t) => t.class), [SMALL_CLASS]);
       assert(miss.saved, "saved");
+      assertEquals([...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name).sort(), [
+        "other.json.tmp-0123abcd",
+        "tune.json",
+        "tune.json.lock",
+      ]);
       assertEquals(miss.tuned[0].differs, [], "every candidate bitwise equal on this adapter");
       const chosen = miss.table[SMALL_CLASS];
       const saved = JSON.parse(await Deno.readTextFile(file));
@@ -155,7 +165,7 @@ gpuTest(
       const leftovers = [...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name);
       assertEquals(
         leftovers.sort(),
-        ["tune.json", "tune.json.lock"],
+        ["other.json.tmp-0123abcd", "tune.json", "tune.json.lock"],
         "atomic writes leave no temporary files",
       );
     });

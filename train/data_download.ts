@@ -482,7 +482,12 @@ export async function ensureDataset(
   }
   const lock = await Deno.open(lockPath, { create: true, write: true });
   try {
-    await lock.lock(true);
+    // Another process downloading the same data set: said, or the wait is silent for as long as
+    // its download (and retries) takes.
+    if (!(await lock.tryLock(true))) {
+      note(`waiting for another process's download of ${spec.name} to end`);
+      await lock.lock(true);
+    }
     if ((await extractionState(dir, files)) === "complete") return dir;
     let downloaded: number | undefined;
     if (!(await zipReady())) {
