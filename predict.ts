@@ -9,7 +9,7 @@
 // WiC-style tasks (`head: "wic"`): the head pools the target words, whose token ranges each batch
 // computes from the examples' character spans (train/batches.ts exampleTokenSpans).
 
-import { getGpu, type Gpu } from "./kernels/device.ts";
+import { allocation, getGpu, type Gpu, GpuError } from "./kernels/device.ts";
 import { checkRevision } from "./model/hub.ts";
 import { autotuneForProgram, type TuneRequest, tuneRequest } from "./kernels/matmul_autotune.ts";
 import { BindGroupCache, Recorder } from "./kernels/recorder.ts";
@@ -263,7 +263,9 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
       });
       await autotuneForProgram(gpu, options.autotune, shapes);
     }
-    const encoder = createEncoder(gpu, config, { maxBatch, maxSeq, inference: true });
+    // The largest batch's rows × tokens: one beyond a storage binding is said before any runs.
+    const maxRows = Math.max(1, ...batches.map((b) => b.batch * b.seqLen));
+    const encoder = createEncoder(gpu, config, { maxBatch, maxSeq, maxRows, inference: true });
     const head = createHead(gpu, {
       hiddenSize: config.hiddenSize,
       numClasses: headShape.classes,
@@ -373,6 +375,20 @@ function collect(
     logits: perExample[i],
     prediction: task.prediction(perExample[i]),
   }));
+}
+
+/**
+ * A batch beyond one storage binding (the encoder's check, or a launch's) with the --batch-size
+ * that fits: activations grow with the batch, so the ratio says it. Other errors as they are.
+ */
+export function withBatchAdvice(e: unknown, batchSize: number): unknown {
+  const a = e instanceof GpuError ? allocation(e.message) : null;
+  if (!a?.binding || a.limit === null || a.bytes === 0) return e;
+  const fits = Math.max(1, Math.floor((batchSize * a.limit) / a.bytes));
+  return new GpuError(
+    `${(e as Error).message}: the batch of ${batchSize} does not fit this adapter; try ` +
+      (fits < batchSize ? `--batch-size ${fits}` : "a smaller --max-length"),
+  );
 }
 
 /** predict.ts's command line, checked: every flag before anything is read or downloaded. */
@@ -492,7 +508,9 @@ async function main(args: string[]) {
   const shipped = task.dataDir === undefined ? undefined : shippedDataDir(task.dataDir);
   const data = typedData ?? shipped ?? await task.resolveData?.();
   if (!data) throw new FlagError(`--data is required (task ${task.name} has no default data)`);
-  const predictions = await predict({ ...options, data });
+  const predictions = await predict({ ...options, data }).catch((e) => {
+    throw withBatchAdvice(e, options.batchSize);
+  });
   if (predictions.length === 0) throw new FlagError(`--data: no examples`);
   const text = predictions.map((p) => JSON.stringify(p)).join("\n") + "\n";
   if (out === STDOUT) {

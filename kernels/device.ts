@@ -293,3 +293,25 @@ export async function getGpu(): Promise<Gpu> {
   }
   return shared;
 }
+
+/**
+ * Bytes and limit out of a GPU allocation error, if it says them; `binding` for a tensor beyond
+ * one storage binding (its bytes grow with the batch: the ratio says what fits, which a probe of
+ * allocations cannot, as the binding is checked at a launch).
+ */
+export function allocation(
+  message: string,
+): { bytes: number; limit: number | null; binding?: boolean } | null {
+  let m = /needs (\d+) bytes, more than this adapter's largest buffer \((\d+) bytes\)/.exec(
+    message,
+  );
+  if (m) return { bytes: Number(m[1]), limit: Number(m[2]) };
+  // Launchers name the tensor first: `out ("layer 0 gelu", 268435456 bytes) exceeds …`.
+  m = /\((?:".*?", )?(\d+) bytes\)[^;]*exceeds this adapter's storage binding limit of (\d+) bytes/
+    .exec(message);
+  if (m) return { bytes: Number(m[1]), limit: Number(m[2]), binding: true };
+  m = /\((\d+) bytes\): out of GPU memory/.exec(message);
+  if (m) return { bytes: Number(m[1]), limit: null };
+  if (message.includes("out of GPU memory")) return { bytes: 0, limit: null };
+  return null;
+}

@@ -431,6 +431,13 @@ export interface EncoderOptions {
   maxSeq: number;
   /** Largest prefix-tuning length (attention probabilities are sized for maxPrefix + maxSeq keys). */
   maxPrefix?: number;
+  /**
+   * The most rows × tokens one forward will take, when the caller knows it (a run's batches are
+   * known before it starts): a batch whose activations would exceed one storage binding is then
+   * refused here, before anything runs, not at the launch that meets it. Without it (or for a
+   * batch past it) each launch checks its own bindings. At most maxBatch · maxSeq.
+   */
+  maxRows?: number;
   /** Overrides both dropout probabilities of the config (0 turns dropout off). */
   dropout?: number;
   /**
@@ -603,10 +610,10 @@ function at(t: Tensor, shape: number[]): Tensor {
 
 /**
  * Throws, before anything is allocated, when the largest activation a kernel binds whole (the
- * FFN's [N, I], else [N, H] or the embeddings' [N, E]) exceeds one storage binding, in the words
- * of a launch's own check (expectBindable), so that a run's advice reads the batch that fits from
- * the ratio. Buffers that large allocate: without this the first launch refused it, and a run
- * whose long rows came late failed hours in, after its checkpoints.
+ * FFN's [N, I], else [N, H] or the embeddings' [N, E]) of a forward of `rows` rows × tokens
+ * exceeds one storage binding, in the words of a launch's own check (expectBindable), so that a
+ * run's advice reads the batch that fits from the ratio. Buffers that large allocate: without this
+ * the first launch refused it, and a run whose long rows came late failed hours in.
  */
 function expectActivationsBindable(
   gpu: Gpu,
@@ -746,7 +753,9 @@ export class Encoder {
     this.attentionDropout = p ?? config.attentionDropout;
     this.hooks = opts.hooks ?? {};
 
-    expectActivationsBindable(gpu, config, maxBatch * maxSeq, opts.precision === "f16");
+    if (opts.maxRows !== undefined) {
+      expectActivationsBindable(gpu, config, opts.maxRows, opts.precision === "f16");
+    }
     this.names = buildEncoderStruct(config, (name) => name);
     this.shapes = encoderParameterShapes(config);
     this.layout = encoderArenaOrder([...this.shapes.keys()]);

@@ -1,6 +1,7 @@
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
-import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
-import { checkOutPath, predict, repeatedIdxNote } from "../predict.ts";
+import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
+import { checkOutPath, predict, repeatedIdxNote, withBatchAdvice } from "../predict.ts";
+import { getGpu, GpuError } from "../kernels/device.ts";
 import { FlagError } from "../train/flags.ts";
 import { rte } from "../tasks/rte.ts";
 import { rewriteSafetensors, writeTinyBert } from "./train_fixture.ts";
@@ -591,4 +592,34 @@ Deno.test("predict: examples that share an idx are noted, with where the first p
     "rte val: 2 idx values repeat (idx 1 at d/val.jsonl:2 and d/val.jsonl:3): their " +
       "predictions share it",
   );
+});
+
+Deno.test({
+  name:
+    "predict: a batch beyond one storage binding is said before any runs, with a batch that fits",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await writeTinyBert(`${dir}/model`);
+      const data = await writeData(dir);
+      const gpu = withLimits(await getGpu(), { maxStorageBufferBindingSize: 2048 });
+      const e = await assertRejects(
+        () => predict({ model: `${dir}/model`, task: rte, data, split: "val", batchSize: 5, gpu }),
+        GpuError,
+        'Encoder: activation ("layer 0 intermediate", ',
+      );
+      const advice = withBatchAdvice(e, 5) as Error;
+      const m =
+        /, (\d+) bytes\) exceeds .* limit of 2048 bytes: the batch of 5 does not fit this adapter; try --batch-size (\d+)$/
+          .exec(advice.message);
+      assert(m, advice.message);
+      assertEquals(Number(m[2]), Math.max(1, Math.floor((5 * 2048) / Number(m[1]))));
+      // Other errors pass as they are.
+      const other = new Error("x");
+      assert(withBatchAdvice(other, 5) === other);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

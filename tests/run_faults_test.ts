@@ -7,14 +7,13 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { IN_PROCESS_GPU, withLimits } from "./gpu_fixture.ts";
 import { exists, writeMarkerData, writeNarrowHead, writeTinyBert } from "./train_fixture.ts";
-import { getGpu, GpuError, requestGpu } from "../kernels/device.ts";
+import { allocation, getGpu, GpuError, requestGpu } from "../kernels/device.ts";
 import { expectBindable, type Tensor } from "../kernels/tensor.ts";
 import { initialHeadValues } from "../model/head.ts";
 import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs } from "../train/config.ts";
 import { type RunOptions, runTraining } from "../train/run.ts";
 import {
-  allocation,
   explainRunError,
   interruptedMessage,
   MAX_CONSECUTIVE_SKIPS,

@@ -19,7 +19,7 @@
 // Beside it: run_folder.ts (what in a folder is a run's, and what --resume checks), prepare.ts
 // (the model and data read once before the first step), run_log.ts (log.jsonl).
 
-import { getGpu, type Gpu, oneLine } from "../kernels/device.ts";
+import { allocation, getGpu, type Gpu, oneLine } from "../kernels/device.ts";
 import { checkRunFolder, FlagError, lockOutFolder, probeRunFolder } from "./flags.ts";
 import { autotuneForProgram, type TuneRequest } from "../kernels/matmul_autotune.ts";
 import { modelTuneShapes } from "./tune_shapes.ts";
@@ -47,7 +47,6 @@ import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../pe
 import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import {
-  allocation,
   checkStepStats,
   drawFiguresCommand,
   explainRunError,
@@ -517,6 +516,31 @@ async function lockSeedFolders(out: string, entries: readonly string[]): Promise
   return locks;
 }
 
+/**
+ * The most encoder rows × tokens one forward of a seed's run takes: each micro-batch of every
+ * step (the data stream is the seed's, padded to its longest row) and every dev batch.
+ */
+function largestForwardRows(config: TrainConfig, p: Prepared, seed: number): number {
+  const micro = microBatchSize(config);
+  const stream = new DataStream(p.train.examples.length, config.batchSize, seed, config.shuffle);
+  let most = 0;
+  for (let step = 0; step < p.totalSteps; step++) {
+    const examples = stream.examples(step);
+    for (let i = 0; i < examples.length; i += micro) {
+      let rows = 0, longest = 0;
+      for (const e of examples.slice(i, i + micro)) {
+        for (const input of p.train.examples[e].inputs) {
+          rows++;
+          longest = Math.max(longest, input.ids.length);
+        }
+      }
+      most = Math.max(most, rows * longest);
+    }
+  }
+  for (const b of p.devBatches) most = Math.max(most, b.encoder.batch * b.encoder.seqLen);
+  return most;
+}
+
 /** Log lines between flushes (the step stats wait on the GPU until then). */
 const LOG_BLOCK = 32;
 
@@ -675,6 +699,9 @@ async function trainSeed(
     dir,
     checkpoint: checkpoint ? { path: checkpointPath, step: checkpoint.state.step } : null,
   };
+  // The most rows × tokens of one forward in this run: a batch beyond one storage binding is
+  // said before the first step, not at the step that meets it.
+  const largestForward = largestForwardRows(config, p, seed);
   const trainerOptions = (examples: number, withPeft: PeftMethod | null): TrainerOptions => ({
     config: model.config,
     loss: task.loss,
@@ -683,6 +710,10 @@ async function trainSeed(
     inputsPerExample: p.train.inputsPerExample,
     maxExamples: examples,
     maxSeq: longestRow(p.train, p.dev),
+    maxRows: Math.min(
+      largestForward,
+      examples * p.train.inputsPerExample * longestRow(p.train, p.dev),
+    ),
     maxPrefix: peft?.prefixLength,
     dropout: config.dropout ?? undefined,
     headWidth: p.headWidth,

@@ -3,7 +3,7 @@
 // what was kept (the last checkpoint is never overwritten by a bad step: checkpoints are written
 // after the step statistics are checked), and says how to go on.
 
-import { DeviceLostError, GpuError } from "../kernels/device.ts";
+import { allocation, DeviceLostError, GpuError } from "../kernels/device.ts";
 import type { StepStats } from "./trainer.ts";
 import { microBatchSize } from "./config.ts";
 import { CHECKPOINT_FILE } from "./training_checkpoint.ts";
@@ -334,28 +334,6 @@ export function nonFiniteOutputsFault(
       `Train again with a lower --lr${f16 ? " or --precision f32" : ""} (settings of the run: ` +
       `--overwrite restarts it, or use another --out)`,
   );
-}
-
-/**
- * Bytes and limit out of a GPU allocation error, if it says them; `binding` for a tensor beyond
- * one storage binding (its bytes grow with the batch: the ratio says what fits, which a probe of
- * allocations cannot, as the binding is checked at a launch).
- */
-export function allocation(
-  message: string,
-): { bytes: number; limit: number | null; binding?: boolean } | null {
-  let m = /needs (\d+) bytes, more than this adapter's largest buffer \((\d+) bytes\)/.exec(
-    message,
-  );
-  if (m) return { bytes: Number(m[1]), limit: Number(m[2]) };
-  // Launchers name the tensor first: `out ("layer 0 gelu", 268435456 bytes) exceeds …`.
-  m = /\((?:".*?", )?(\d+) bytes\)[^;]*exceeds this adapter's storage binding limit of (\d+) bytes/
-    .exec(message);
-  if (m) return { bytes: Number(m[1]), limit: Number(m[2]), binding: true };
-  m = /\((\d+) bytes\): out of GPU memory/.exec(message);
-  if (m) return { bytes: Number(m[1]), limit: null };
-  if (message.includes("out of GPU memory")) return { bytes: 0, limit: null };
-  return null;
 }
 
 /** The messages of a write that failed (atomic writes say "write failed"; mkdir, the system's). */

@@ -90,6 +90,8 @@ export interface TrainerOptions {
   maxExamples: number;
   /** Longest row (tokens) of any batch. */
   maxSeq: number;
+  /** The most rows × tokens of one forward, when known (EncoderOptions.maxRows). */
+  maxRows?: number;
   /** Prefix rows the encoder must make room for (the PEFT method's prefixLength). */
   maxPrefix?: number;
   /** Dropout of both kinds; default the model config's (0 turns it off). */
@@ -279,6 +281,7 @@ export class Trainer {
     this.encoder = createEncoder(gpu, opts.config, {
       maxBatch: maxRows,
       maxSeq: opts.maxSeq,
+      maxRows: opts.maxRows,
       maxPrefix: Math.max(opts.maxPrefix ?? 0, this.peft?.prefixLength ?? 0),
       dropout: opts.dropout,
       trainable: () => false,
