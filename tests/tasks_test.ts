@@ -460,6 +460,8 @@ Deno.test("data files: readTsv, labelId and a byte-order mark in JSONL", async (
   );
   // -1: Hugging Face datasets' "no label", in their test splits' exports.
   assertEquals([-1, "-1"].map((v) => labelId("f", 1, v, L)), [null, null]);
+  // …unless the task names a label so.
+  assertEquals(["-1", "0", "1"].map((v) => labelId("f", 1, v, ["-1", "0", "1"])), [0, 1, 2]);
   assertEquals(labelId("f", 1, "neutral", ["entailment", "contradiction", "neutral"]), 2);
   for (const bad of [2, -2, 0.5, "2", "yes", {}, [0]]) {
     assertThrows(() => labelId("f.jsonl", 9, bad, L), DataError, "f.jsonl:9: label");
@@ -490,6 +492,9 @@ Deno.test("data files as they are saved elsewhere: CR line ends, BOMs inside, ar
       DataError,
       `${jsonl}: is a zip archive, not a text file: unpack it and pass its folder`,
     );
+    // A text file may begin with "PAR1"; a Parquet file ends with it too.
+    await Deno.writeTextFile(`${dir}/t2.tsv`, "PAR1\tb\n1\t2\n");
+    assertEquals((await readTsv(`${dir}/t2.tsv`, { header: true })).header, ["PAR1", "b"]);
     // V8's own "(line 1 column 27)" contradicted the file's line; an array is not JSON Lines.
     await Deno.writeTextFile(jsonl, `${rte(0)}\n${rte(1)} ${rte(2)}\n`);
     const after = await assertRejects(() => readJsonl(jsonl), DataError);

@@ -105,13 +105,7 @@ async function readText(path: string): Promise<string> {
   }
   if (bytes.length === 0) throw new DataError(path, null, "has no examples (the file is empty)");
   const archive = archiveKind(bytes);
-  if (archive !== null) {
-    throw new DataError(
-      path,
-      null,
-      `is ${archive}, not a text file: unpack it and pass its folder`,
-    );
-  }
+  if (archive !== null) throw new DataError(path, null, `is ${archive}`);
   let text: string;
   try {
     // ignoreBOM false (the default): a UTF-8 byte-order mark is dropped, not part of line 1.
@@ -127,12 +121,22 @@ async function readText(path: string): Promise<string> {
   return text.replace(/(^|\n)\ufeff+/g, "$1");
 }
 
-/** "a zip archive" and the like, for a file whose first bytes say it is one; null otherwise. */
+/**
+ * What a data file given in the task's text format is instead, by its first (and for Parquet its
+ * last) bytes, and what to do: null for anything else.
+ */
 function archiveKind(bytes: Uint8Array): string | null {
-  const starts = (...magic: number[]) => magic.every((b, i) => bytes[i] === b);
-  if (starts(0x50, 0x4b, 0x03, 0x04) || starts(0x50, 0x4b, 0x05, 0x06)) return "a zip archive";
-  if (starts(0x1f, 0x8b)) return "gzip-compressed";
-  if (starts(0x50, 0x41, 0x52, 0x31)) return "a Parquet file";
+  const at = (offset: number, ...magic: number[]) =>
+    offset >= 0 && magic.every((b, i) => bytes[offset + i] === b);
+  if (at(0, 0x50, 0x4b, 0x03, 0x04) || at(0, 0x50, 0x4b, 0x05, 0x06)) {
+    return "a zip archive, not a text file: unpack it and pass its folder";
+  }
+  if (at(0, 0x1f, 0x8b)) return "gzip-compressed, not a text file: gunzip it";
+  // "PAR1" at both ends: a text file may begin with those four letters.
+  const par1 = [0x50, 0x41, 0x52, 0x31];
+  if (bytes.length >= 12 && at(0, ...par1) && at(bytes.length - 4, ...par1)) {
+    return "a Parquet file, not a text file: write it out as the task's JSON Lines or TSV";
+  }
   return null;
 }
 
@@ -395,8 +399,7 @@ export function labelId(
   value: unknown,
   labels: readonly string[],
 ): number | null {
-  // -1 is Hugging Face datasets' "no label" (their test splits' exports).
-  if (value === undefined || value === null || value === -1 || value === "-1") return null;
+  if (value === undefined || value === null) return null;
   let id = -1;
   if (typeof value === "string") {
     id = labels.indexOf(value);
@@ -413,6 +416,9 @@ export function labelId(
   } else if (typeof value === "number" && Number.isInteger(value) && value >= 0) {
     if (value < labels.length) id = value;
   }
+  // -1 is Hugging Face datasets' "no label" (their test splits' exports), unless a label is
+  // named so (a sentiment task's "-1").
+  if (id < 0 && (value === -1 || value === "-1")) return null;
   if (id < 0) {
     throw new DataError(
       file,
