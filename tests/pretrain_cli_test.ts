@@ -1262,6 +1262,58 @@ test("pretrain.ts --resume: a typed flag against a recorded one exits 2, recorde
   }
 });
 
+test("pretrain.ts: a SIGTERM during an evaluating step's GPU work, not a log step, checkpoints before the evaluation", async () => {
+  // The stop was checked right after the step was handed to the GPU; a signal during its GPU
+  // work reached its listener only inside the evaluation, which ran first. Sent here from the
+  // wait for that work.
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCorpus(`${dir}/corpus.txt`);
+    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+    const script = `${dir}/main.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { HELP, main } from ${url("../pretrain.ts")};
+import { runMain } from ${url("../train/flags.ts")};
+import { Pretrainer } from ${url("../train/pretrain.ts")};
+import { stopRequested } from ${url("../train/run_faults.ts")};
+const peek = Pretrainer.prototype.peekStats;
+let calls = 0;
+Pretrainer.prototype.peekStats = async function () {
+  const stats = await peek.call(this);
+  // The first is the training's start line's (after step 1); the second, step 2's wait.
+  if (++calls === 2) {
+    Deno.kill(Deno.pid, "SIGTERM");
+    while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
+  }
+  return stats;
+};
+await runMain("pretrain", main, HELP, { flagsOnly: true });
+`,
+    );
+    const out = `${dir}/run`;
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        ...["run", "-A", script, "--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+        ...["--max-length", "16", "--batch-size", "4", "--steps", "3"],
+        ...["--checkpoint-every", "1000", "--eval-every", "2", "--log-every", "3"],
+        ...["--held-out", "0.1", "--eval-sequences", "4"],
+      ],
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(r.stderr).trim();
+    assertEquals(r.code, 143, stderr);
+    const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
+    reader.close();
+    const state = JSON.parse(reader.metadata.ehft_training_state);
+    assertEquals([state.step, state.owed ?? false], [2, true]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 test("pretrain.ts: a SIGTERM in a step that ends with an evaluation checkpoints before it; resumed, it is done first", async () => {
   // The evaluation was done first: a long one could outlast a scheduler's grace period.
   const dir = await Deno.makeTempDir();

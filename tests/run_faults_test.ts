@@ -578,7 +578,7 @@ Deno.test("run faults: what Ctrl-C says, before the training and during it", asy
     assertEquals(
       await interruptedMessage("terminated by SIGTERM"),
       "terminated by SIGTERM after the training, which is done and kept in runs/x; to finish " +
-        `the rest (the test predictions): ${resumeCommand()}`,
+        `what follows it (a --predict-test file): ${resumeCommand()}`,
     );
   } finally {
     setTrainingPlace(null);

@@ -803,6 +803,9 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         target.m.upload(m);
         target.v.upload(v);
       }
+      // Uploaded: the host copies go (held for the whole run, they were weights and moments).
+      checkpoint.params.clear();
+      checkpoint.moments.clear();
       const state = checkpoint.state as PretrainState;
       checkPretrainState(checkpointPath, state, o.steps);
       trainer.optimizer.resumeAt(state.adamStep);
@@ -947,7 +950,9 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         const evaluates = evalBatches.length > 0 && (done % o.evalEvery === 0 || done === o.steps);
         // A SIGTERM's stop: a checkpoint at this step first, so the resumed run loses none. The
         // step's evaluation is left to the resumed run (it could outlast a scheduler's grace
-        // period before its SIGKILL).
+        // period before its SIGKILL). The step's GPU work is waited for first, as the evaluation
+        // would: a signal during it reached its listener only inside the evaluation.
+        if (evaluates) await trainer.peekStats();
         const early = stopRequested();
         if (early && evaluates) {
           await saveCheckpoint(done, true);

@@ -164,7 +164,10 @@ export function stopRequested(): (() => Promise<void>) | null {
  * clock (performance.now()), a parameter for the tests.
  */
 export function signalTurn(now: number = performance.now()): () => Promise<void> {
-  if (now - lastSignalTurn < SIGNAL_TURN_MS) return () => Promise.resolve();
+  // A clock behind the last turn (a test's) takes a turn, not none from then on.
+  if (now >= lastSignalTurn && now - lastSignalTurn < SIGNAL_TURN_MS) {
+    return () => Promise.resolve();
+  }
   lastSignalTurn = now;
   const timer = new Promise<void>((resolve) => setTimeout(resolve, 0));
   return async () => {
@@ -229,8 +232,8 @@ export function stopWithWord(name: string, message: (how: string) => Promise<str
  */
 export async function interruptedMessage(how = "interrupted"): Promise<string> {
   if (finished !== null) {
-    return `${how} after the training, which is done and kept in ${finished}; to finish the ` +
-      `rest (the test predictions): ${resumeCommand()}`;
+    return `${how} after the training, which is done and kept in ${finished}; to finish what ` +
+      `follows it (a --predict-test file): ${resumeCommand()}`;
   }
   if (!resumable && !training) return `${how} before the training started`;
   // The file itself: Ctrl-C may come between a checkpoint's rename and its being noted here.
