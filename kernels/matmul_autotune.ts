@@ -24,6 +24,7 @@
 //   change of the kernel set (`MATMUL_KERNELS_VERSION`) invalidates it. A challenger must also
 //   beat the heuristic's variant by `margin` (5%), so a near-tie keeps the built-in choice.
 
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { removeStaleTemporaries, writeJsonAtomic } from "../model/atomic_write.ts";
 import { isTrue, userCacheBase } from "../model/env.ts";
 import type { Gpu } from "./device.ts";
@@ -707,14 +708,36 @@ const memory = new WeakMap<Gpu, TuneTable>();
 export async function tuneMatmul(gpu: Gpu, options: AutotuneOptions = {}): Promise<TuneResult> {
   const start = performance.now();
   const warn = options.warn ?? ((line: string) => console.error(line));
-  const file = options.cacheFile;
+  // Where the file really is: two runs naming it by a symlink and by its target took two locks
+  // (a lock file beside each name) and tuned at once, and a write through a link to a file not
+  // made yet replaced the link.
+  const file = options.cacheFile === undefined ? undefined : await realFile(options.cacheFile);
   const lock = file && hasClassesToTune(gpu, options, file)
     ? await lockTuneCache(file, warn)
     : null;
   try {
-    return await tuneWithLockHeld(gpu, options, start);
+    return await tuneWithLockHeld(gpu, { ...options, cacheFile: file }, start);
   } finally {
     lock?.close();
+  }
+}
+
+/** `path` with its symlinks (of the file, or of its folders) followed, whether it exists or not. */
+async function realFile(path: string, links = 0): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch { /* not there (yet) */ }
+  try {
+    // A loop of links (40, as Linux's own limit) is left as named: its open fails and says so.
+    if (links < 40 && (await Deno.lstat(path)).isSymlink) {
+      const target = await Deno.readLink(path);
+      return realFile(isAbsolute(target) ? target : join(dirname(path), target), links + 1);
+    }
+  } catch { /* no such entry */ }
+  try {
+    return join(await Deno.realPath(dirname(path)), basename(path));
+  } catch {
+    return path;
   }
 }
 

@@ -91,6 +91,33 @@ Deno.test("autotune: a candidate that differs bitwise is never chosen; near-ties
 });
 
 gpuTest(
+  "autotune: a cache named by a symlink is its target's: one lock, the link kept",
+  async (gpu) => {
+    await withTempDir(async (dir) => {
+      // The link's target is not there yet: the write made it, not a file in the link's place.
+      await Deno.symlink(`${dir}/real.json`, `${dir}/link.json`);
+      const warnings: string[] = [];
+      const r = await tuneMatmul(adapterNamed(gpu, "test adapter L"), {
+        shapes: [SMALL],
+        cacheFile: `${dir}/link.json`,
+        warn: (line) => warnings.push(line),
+        ...QUICK,
+      });
+      assert(r.saved, warnings.join("\n"));
+      assertEquals(r.cacheFile, `${await Deno.realPath(dir)}/real.json`);
+      assert((await Deno.lstat(`${dir}/link.json`)).isSymlink, "the link was replaced");
+      assert("test adapter L" in JSON.parse(await Deno.readTextFile(`${dir}/real.json`)));
+      // One lock for both names.
+      assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+        "link.json",
+        "real.json",
+        "real.json.lock",
+      ]);
+    });
+  },
+);
+
+gpuTest(
   "autotune: a miss tunes and writes the file, a hit reads it, keyed by adapter",
   async (gpu) => {
     await withTempDir(async (dir) => {
