@@ -649,6 +649,18 @@ async function moveAside(file: string, warn: (line: string) => void): Promise<vo
   }
 }
 
+/** The key of an adapter's entry for another kernel set than the latest written. */
+function versionedKey(adapter: string, version: unknown): string {
+  return `${adapter} [kernels ${JSON.stringify(version)}]`;
+}
+
+/** An adapter's entry for this kernel set: under its name, or under its version's key. */
+function entryOf(all: CacheEntries, adapter: string): Record<string, string> | undefined {
+  const entry = all[adapter] as Record<string, string> | undefined;
+  if (entry?.[VERSION_KEY] === MATMUL_KERNELS_VERSION) return entry;
+  return all[versionedKey(adapter, MATMUL_KERNELS_VERSION)] ?? entry;
+}
+
 /** The choices of a cache entry when it is valid for this kernel set, else undefined. */
 function entryTable(
   entry: Record<string, unknown> | undefined,
@@ -759,7 +771,8 @@ function hasClassesToTune(gpu: Gpu, options: AutotuneOptions, file: string): boo
   if (unknown.length === 0) return false;
   // Quietly: a damaged file is reported once, by the tune that reads it again under the lock.
   const adapter = gpu.description;
-  const saved = entryTable(readCache(file, () => {})[adapter], file, adapter, () => {}) ?? {};
+  const saved = entryTable(entryOf(readCache(file, () => {}), adapter), file, adapter, () => {}) ??
+    {};
   return unknown.some((cls) => !saved[cls]);
 }
 
@@ -806,7 +819,7 @@ async function tuneWithLockHeld(
   const fromMemory = options.retune ? [] : [...wanted.keys()].filter((c) => table[c]);
   const fromFile: string[] = [];
   if (file && !options.retune && [...wanted.keys()].some((c) => !table[c])) {
-    const known = entryTable(readCache(file, warn)[adapter], file, adapter, warn) ?? {};
+    const known = entryTable(entryOf(readCache(file, warn), adapter), file, adapter, warn) ?? {};
     for (const [cls, v] of Object.entries(known)) {
       if (table[cls]) continue;
       table[cls] = v;
@@ -849,7 +862,14 @@ async function tuneWithLockHeld(
       const all = readCache(file, () => {}, (state) => found = state);
       if (found === "unreadable") throw new Error("it cannot be read; left as it is");
       if (found === "not a cache") await moveAside(file, warn);
-      const old = entryTable(all[adapter], file, adapter, () => {}) ?? {};
+      const old = entryTable(entryOf(all, adapter), file, adapter, () => {}) ?? {};
+      // Another kernel set's entry (another ehft beside this one, sharing the file) is kept
+      // under its version's key: replacing it made each version tune again at every run.
+      const other = all[adapter];
+      if (other && other[VERSION_KEY] !== MATMUL_KERNELS_VERSION) {
+        all[versionedKey(adapter, other[VERSION_KEY])] = other;
+      }
+      delete all[versionedKey(adapter, MATMUL_KERNELS_VERSION)];
       all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
       const dir = file.replace(/[\\/][^\\/]*$/, "");
       if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });

@@ -200,7 +200,7 @@ gpuTest(
 );
 
 gpuTest(
-  "autotune: an entry of another kernel set is stale and tuned again, silently",
+  "autotune: an entry of another kernel set is tuned again, silently, and kept for its version",
   async (gpu) => {
     await withTempDir(async (dir) => {
       const file = `${dir}/tune.json`;
@@ -219,6 +219,29 @@ gpuTest(
       assertEquals([r.tuned.length, r.fromFile, warnings], [1, [], []]);
       const saved = JSON.parse(await Deno.readTextFile(file));
       assertEquals(saved[desc].kernels, MATMUL_KERNELS_VERSION);
+      // The other kernel set's entry is kept beside it (another ehft sharing the file tuned
+      // again at every run, each replacing the other's), and read by its own version.
+      assertEquals(saved[`${desc} [kernels "00000000"]`], {
+        kernels: "00000000",
+        [SMALL_CLASS]: "tile16",
+      });
+      // The other version writes its entry under the name again, this one's moves aside, and is
+      // still found there without a tune.
+      const mine = saved[desc];
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify({
+          [desc]: { kernels: "00000000", [SMALL_CLASS]: "tile16" },
+          [`${desc} [kernels ${JSON.stringify(MATMUL_KERNELS_VERSION)}]`]: mine,
+        }),
+      );
+      const again = await tuneMatmul(adapterNamed(gpu, desc), {
+        shapes: [SMALL],
+        cacheFile: file,
+        warn: (l) => warnings.push(l),
+        ...QUICK,
+      });
+      assertEquals([again.tuned.length, again.fromFile, warnings], [0, [SMALL_CLASS], []]);
     });
   },
 );
