@@ -902,7 +902,15 @@ export async function writeSafetensorsStreamed(
   await writeFileAtomically(path, async (file) => {
     await writeAll(file, reserved);
     for (const name of names) {
-      const t = { ...specs[name], data: await data(name) };
+      let values: TensorData;
+      try {
+        values = await data(name);
+      } catch (e) {
+        // The data's own failure (a GPU lost or out of memory mid-download), not the file's:
+        // passed on as it is, not as a failed write.
+        throw new NotTheWrite(e);
+      }
+      const t = { ...specs[name], data: values };
       validateInput(path, { [name]: t }, undefined);
       await writeAll(file, tensorBytes(t));
     }
@@ -961,6 +969,13 @@ function headerBytes(
   return head;
 }
 
+/** An error of what feeds a write, carried through writeFileAtomically unchanged. */
+class NotTheWrite extends Error {
+  constructor(override readonly cause: unknown) {
+    super("not the write's");
+  }
+}
+
 /**
  * Writes `path` through `write` into a temporary file in the same folder, synced, then renamed
  * over `path`, so that readers never see a partial file and a failed write leaves any existing
@@ -983,6 +998,7 @@ async function writeFileAtomically(
     file?.close();
     await Deno.remove(tmp).catch(() => {});
     if (e instanceof SafetensorsError) throw e;
+    if (e instanceof NotTheWrite) throw e.cause;
     throw new SafetensorsError(path, `write failed: ${errorText(e)}`);
   } finally {
     doneWithTemporary(tmp);

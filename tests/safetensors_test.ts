@@ -355,6 +355,19 @@ Deno.test("the streamed writer: one tensor's data at a time, in the file's order
       SafetensorsError,
       "longer than the",
     );
+    // The data's own failure (a GPU lost mid-download) is passed on as it is, not as a failed
+    // write (which a run's advice takes for a full disk).
+    const lost = new Error("device lost");
+    const thrown = await assertRejects(() =>
+      writeSafetensorsStreamed(
+        wrong,
+        specs,
+        () => Promise.reject(lost),
+        { format: "pt" },
+        () => ({ format: "pt" }),
+      )
+    );
+    assert(thrown === lost, String(thrown));
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
       "streamed.safetensors",
       "whole.safetensors",
