@@ -743,7 +743,9 @@ async function realFile(path: string, links = 0): Promise<string> {
     // A loop of links (40, as Linux's own limit) is left as named: its open fails and says so.
     if (links < 40 && (await Deno.lstat(path)).isSymlink) {
       const target = await Deno.readLink(path);
-      return realFile(isAbsolute(target) ? target : join(dirname(path), target), links + 1);
+      // Relative to the link's folder as it really is (`..` out of a symlinked folder).
+      const base = await Deno.realPath(dirname(path)).catch(() => dirname(path));
+      return realFile(isAbsolute(target) ? target : join(base, target), links + 1);
     }
   } catch { /* no such entry */ }
   try {
@@ -869,8 +871,16 @@ async function tuneWithLockHeld(
       if (other && other[VERSION_KEY] !== MATMUL_KERNELS_VERSION) {
         all[versionedKey(adapter, other[VERSION_KEY])] = other;
       }
-      delete all[versionedKey(adapter, MATMUL_KERNELS_VERSION)];
-      all[adapter] = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
+      const entry = { [VERSION_KEY]: MATMUL_KERNELS_VERSION, ...old, ...table };
+      all[adapter] = entry;
+      // Shared so, ours goes under its version's key too: an ehft from before these keys writes
+      // its entry under the name alone, replacing ours there.
+      const mine = versionedKey(adapter, MATMUL_KERNELS_VERSION);
+      const shared = Object.keys(all).some((k) =>
+        k !== mine && k.startsWith(`${adapter} [kernels `)
+      );
+      if (shared) all[mine] = entry;
+      else delete all[mine];
       const dir = file.replace(/[\\/][^\\/]*$/, "");
       if (dir && dir !== file) await Deno.mkdir(dir, { recursive: true });
       // What a write killed mid-way (kill -9) left beside the file: never needed, and no other

@@ -113,6 +113,20 @@ gpuTest(
         "real.json",
         "real.json.lock",
       ]);
+      // A relative link in a folder reached through a symlink: `..` from where the folder
+      // really is (it was taken from the name as written: another folder, made for it).
+      await Deno.mkdir(`${dir}/x/y`, { recursive: true });
+      await Deno.mkdir(`${dir}/x/z`);
+      await Deno.symlink(`${dir}/x/y`, `${dir}/a`);
+      await Deno.symlink("../z/cache.json", `${dir}/x/y/cache.json`);
+      const via = await tuneMatmul(adapterNamed(gpu, "test adapter L2"), {
+        shapes: [SMALL],
+        cacheFile: `${dir}/a/cache.json`,
+        warn: (line) => warnings.push(line),
+        ...QUICK,
+      });
+      assertEquals(via.cacheFile, `${await Deno.realPath(dir)}/x/z/cache.json`);
+      assert((await Deno.stat(`${dir}/x/z/cache.json`)).isFile, "not where the link points");
     });
   },
 );
@@ -225,6 +239,11 @@ gpuTest(
         kernels: "00000000",
         [SMALL_CLASS]: "tile16",
       });
+      // Ours twice: an ehft from before these keys replaces the one under the name alone.
+      assertEquals(
+        saved[`${desc} [kernels ${JSON.stringify(MATMUL_KERNELS_VERSION)}]`],
+        saved[desc],
+      );
       // The other version writes its entry under the name again, this one's moves aside, and is
       // still found there without a tune.
       const mine = saved[desc];
