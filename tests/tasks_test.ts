@@ -461,7 +461,7 @@ Deno.test("data files: readTsv, labelId and a byte-order mark in JSONL", async (
   // -1: Hugging Face datasets' "no label", in their test splits' exports.
   assertEquals([-1, "-1"].map((v) => labelId("f", 1, v, L)), [null, null]);
   // …unless the task names a label so.
-  assertEquals(["-1", "0", "1"].map((v) => labelId("f", 1, v, ["-1", "0", "1"])), [0, 1, 2]);
+  assertEquals(["-1", "0", "1", -1].map((v) => labelId("f", 1, v, ["-1", "0", "1"])), [0, 1, 2, 0]);
   assertEquals(labelId("f", 1, "neutral", ["entailment", "contradiction", "neutral"]), 2);
   for (const bad of [2, -2, 0.5, "2", "yes", {}, [0]]) {
     assertThrows(() => labelId("f.jsonl", 9, bad, L), DataError, "f.jsonl:9: label");

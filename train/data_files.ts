@@ -415,6 +415,9 @@ export function labelId(
     id = labels.indexOf(String(value));
   } else if (typeof value === "number" && Number.isInteger(value) && value >= 0) {
     if (value < labels.length) id = value;
+  } else if (typeof value === "number") {
+    // A negative number is no id; a label may be named so (a sentiment task's -1).
+    id = labels.indexOf(String(value));
   }
   // -1 is Hugging Face datasets' "no label" (their test splits' exports), unless a label is
   // named so (a sentiment task's "-1").

@@ -518,24 +518,31 @@ async function lockSeedFolders(out: string, entries: readonly string[]): Promise
 
 /**
  * The most encoder rows × tokens one forward of a seed's run takes: each micro-batch of every
- * step (the data stream is the seed's, padded to its longest row) and every dev batch.
+ * step (the data stream is the seed's, padded to its longest row), --analysis's passes over the
+ * training examples, and every dev batch.
  */
 function largestForwardRows(config: TrainConfig, p: Prepared, seed: number): number {
   const micro = microBatchSize(config);
   const stream = new DataStream(p.train.examples.length, config.batchSize, seed, config.shuffle);
   let most = 0;
+  const take = (examples: readonly number[]) => {
+    let rows = 0, longest = 0;
+    for (const e of examples) {
+      for (const input of p.train.examples[e].inputs) {
+        rows++;
+        longest = Math.max(longest, input.ids.length);
+      }
+    }
+    most = Math.max(most, rows * longest);
+  };
   for (let step = 0; step < p.totalSteps; step++) {
     const examples = stream.examples(step);
-    for (let i = 0; i < examples.length; i += micro) {
-      let rows = 0, longest = 0;
-      for (const e of examples.slice(i, i + micro)) {
-        for (const input of p.train.examples[e].inputs) {
-          rows++;
-          longest = Math.max(longest, input.ids.length);
-        }
-      }
-      most = Math.max(most, rows * longest);
-    }
+    for (let i = 0; i < examples.length; i += micro) take(examples.slice(i, i + micro));
+  }
+  // --analysis's feature passes: every training example in file order, a batch at a time.
+  if (config.analysis) {
+    const all = [...p.train.examples.keys()];
+    for (let i = 0; i < all.length; i += config.batchSize) take(all.slice(i, i + config.batchSize));
   }
   for (const b of p.devBatches) most = Math.max(most, b.encoder.batch * b.encoder.seqLen);
   return most;
