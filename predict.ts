@@ -265,7 +265,12 @@ export async function predict(options: PredictOptions): Promise<Prediction[]> {
     }
     // The largest batch's rows × tokens: one beyond a storage binding is said before any runs.
     const maxRows = Math.max(1, ...batches.map((b) => b.batch * b.seqLen));
-    const encoder = createEncoder(gpu, config, { maxBatch, maxSeq, maxRows, inference: true });
+    let encoder;
+    try {
+      encoder = createEncoder(gpu, config, { maxBatch, maxSeq, maxRows, inference: true });
+    } catch (e) {
+      throw withBatchThatFits(e, options.batchSize, batches.flatMap(rowLengths), maxRows);
+    }
     const head = createHead(gpu, {
       hiddenSize: config.hiddenSize,
       numClasses: headShape.classes,
@@ -377,13 +382,54 @@ function collect(
   }));
 }
 
+/** The tokens of each row of an encoded batch (its attention mask's ones). */
+function rowLengths(b: { batch: number; seqLen: number; attentionMask: ArrayLike<number> }) {
+  return Array.from({ length: b.batch }, (_, r) => {
+    let n = 0;
+    for (let t = 0; t < b.seqLen; t++) n += b.attentionMask[r * b.seqLen + t];
+    return n;
+  });
+}
+
 /**
- * A batch beyond one storage binding (the encoder's check, or a launch's) with the --batch-size
- * that fits: activations grow with the batch, so the ratio says it. Other errors as they are.
+ * The encoder's refusal of a batch beyond one storage binding, with the largest --batch-size
+ * whose batches (of these rows, `lengths` tokens each, in order) all fit: the bytes it named are
+ * for `maxRows` rows × tokens. Other errors as they are.
+ */
+function withBatchThatFits(
+  e: unknown,
+  batchSize: number,
+  lengths: readonly number[],
+  maxRows: number,
+): unknown {
+  const a = e instanceof GpuError ? allocation(e.message) : null;
+  if (!a?.binding || a.limit === null || a.bytes === 0) return e;
+  const perRow = a.bytes / maxRows;
+  const largest = (b: number) => {
+    let most = 0;
+    for (let i = 0; i < lengths.length; i += b) {
+      const chunk = lengths.slice(i, i + b);
+      most = Math.max(most, chunk.length * Math.max(...chunk));
+    }
+    return most;
+  };
+  let fits = batchSize - 1;
+  while (fits >= 1 && largest(fits) * perRow > a.limit) fits--;
+  return new GpuError(
+    `${(e as Error).message}: the batch of ${batchSize} does not fit this adapter; try ` +
+      (fits >= 1 ? `--batch-size ${fits}` : "a smaller --max-length"),
+  );
+}
+
+/**
+ * A batch beyond one storage binding (a launch's check) with the --batch-size that fits:
+ * activations grow with the batch, so the ratio says it. Other errors, and one that says what
+ * fits already, as they are.
  */
 export function withBatchAdvice(e: unknown, batchSize: number): unknown {
   const a = e instanceof GpuError ? allocation(e.message) : null;
   if (!a?.binding || a.limit === null || a.bytes === 0) return e;
+  if ((e as Error).message.includes("does not fit this adapter")) return e;
   const fits = Math.max(1, Math.floor((batchSize * a.limit) / a.bytes));
   return new GpuError(
     `${(e as Error).message}: the batch of ${batchSize} does not fit this adapter; try ` +

@@ -44,7 +44,15 @@ import { openSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import { convertTokenizerDir } from "../model/tokenizer_convert.ts";
 import { mergeLora, saveLoraAdapter } from "../peft/lora.ts";
 import { createPeft, PEFT_NAMES, type PeftMethod, type PeftOptions } from "../peft/method.ts";
-import { assembleBatch, DataStream, deriveSeed, longestRow, SEED_PURPOSE } from "./batches.ts";
+import {
+  assembleBatch,
+  batchesPerEpoch,
+  DataStream,
+  deriveSeed,
+  longestRow,
+  SEED_PURPOSE,
+  type TokenizedExample,
+} from "./batches.ts";
 import { batchesOf, RunAnalysis, writeAnalysis } from "./analysis.ts";
 import {
   checkStepStats,
@@ -517,34 +525,36 @@ async function lockSeedFolders(out: string, entries: readonly string[]): Promise
 }
 
 /**
- * The most encoder rows × tokens one forward of a seed's run takes: each micro-batch of every
- * step (the data stream is the seed's, padded to its longest row), --analysis's passes over the
- * training examples, and every dev batch.
+ * The most encoder rows × tokens one forward of a seed's run takes under `config`: each
+ * micro-batch of every step (the data stream is the seed's, each padded to its longest row),
+ * --analysis's passes over the training examples, and the dev split's micro-batches. Computed
+ * from the settings, not from `p`'s batches, so that other batch sizes and parts can be asked.
  */
 function largestForwardRows(config: TrainConfig, p: Prepared, seed: number): number {
   const micro = microBatchSize(config);
-  const stream = new DataStream(p.train.examples.length, config.batchSize, seed, config.shuffle);
+  const n = p.train.examples.length;
+  const steps = config.maxSteps ?? config.epochs! * batchesPerEpoch(n, config.batchSize);
+  const stream = new DataStream(n, config.batchSize, seed, config.shuffle);
   let most = 0;
-  const take = (examples: readonly number[]) => {
+  const take = (examples: readonly TokenizedExample[]) => {
     let rows = 0, longest = 0;
     for (const e of examples) {
-      for (const input of p.train.examples[e].inputs) {
+      for (const input of e.inputs) {
         rows++;
         longest = Math.max(longest, input.ids.length);
       }
     }
     most = Math.max(most, rows * longest);
   };
-  for (let step = 0; step < p.totalSteps; step++) {
-    const examples = stream.examples(step);
-    for (let i = 0; i < examples.length; i += micro) take(examples.slice(i, i + micro));
+  const chunks = (examples: readonly TokenizedExample[], size: number) => {
+    for (let i = 0; i < examples.length; i += size) take(examples.slice(i, i + size));
+  };
+  for (let step = 0; step < steps; step++) {
+    chunks(stream.examples(step).map((i) => p.train.examples[i]), micro);
   }
   // --analysis's feature passes: every training example in file order, a batch at a time.
-  if (config.analysis) {
-    const all = [...p.train.examples.keys()];
-    for (let i = 0; i < all.length; i += config.batchSize) take(all.slice(i, i + config.batchSize));
-  }
-  for (const b of p.devBatches) most = Math.max(most, b.encoder.batch * b.encoder.seqLen);
+  if (config.analysis) chunks(p.train.examples, config.batchSize);
+  chunks(p.dev.examples, micro);
   return most;
 }
 
@@ -770,15 +780,32 @@ async function trainSeed(
       place,
     };
     const first = explainRunError(lost ?? e, run);
-    // Whichever allocation failed first (optimizer state comes after the activations), the probe
-    // tells whether a smaller batch fits, or none does. Not a binding's limit: buffers beyond it
-    // allocate, and the probe would say a batch of one less fits.
-    if (
-      !(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter") ||
-      (e instanceof Error && allocation(e.message)?.binding)
-    ) {
+    if (!(first instanceof RunFaultError) || !first.message.includes("does not fit this adapter")) {
       return first;
     }
+    // Not a binding's limit: buffers beyond it allocate, and the probe below would say a batch
+    // of one less fits. The encoder's check named the bytes of the run's largest forward: the
+    // parts (--grad-accum) whose largest forward fits are found over the same batches, as the
+    // ratio to the largest batch was too large when that batch was a short one with long rows.
+    const binding = e instanceof Error ? allocation(e.message) : null;
+    if (binding?.binding) {
+      const used = trainerOptions(maxExamples, null).maxRows;
+      if (!(e as Error).message.startsWith("Encoder: activation (") || !used) return first;
+      const perRow = binding.bytes / used;
+      const fit = (c: TrainConfig) => largestForwardRows(c, p, seed) * perRow <= binding.limit!;
+      // A smaller batch (other batches: the stream is drawn again), or the batch in more parts.
+      let b = config.batchSize - 1;
+      while (b >= 1 && !fit({ ...config, batchSize: b, gradAccum: 1 })) b--;
+      let k = (config.gradAccum ?? 1) + 1;
+      while (k <= config.batchSize && !fit({ ...config, gradAccum: k })) k++;
+      return explainRunError(e, {
+        ...run,
+        fitsBatch: b >= 1 ? b : null,
+        fitsParts: k <= config.batchSize ? k : undefined,
+      });
+    }
+    // Whichever allocation failed first (optimizer state comes after the activations), the probe
+    // tells whether a smaller batch fits, or none does.
     // A batch of 1 has nothing smaller to probe: the advice is then the shorter --max-length.
     const from = maxExamples - 1;
     const fits = from >= 1 ? await largestFitting(from) : undefined;

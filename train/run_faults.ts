@@ -367,6 +367,8 @@ export function explainRunError(
      * not even a batch of 1 does; absent when not probed.
      */
     fitsBatch?: number | null;
+    /** The fewest --grad-accum parts found to fit (train/run.ts); absent: from fitsBatch. */
+    fitsParts?: number;
   },
 ): unknown {
   if (e instanceof RunFaultError) return e;
@@ -427,7 +429,7 @@ export function explainRunError(
     ? `--max-length ${Math.floor(run.maxLength / 2)}`
     : null;
   // --grad-accum keeps the batch (and so the run's recipe) in parts that fit.
-  const parts = Math.ceil(run.batchSize / fits);
+  const parts = run.fitsParts ?? Math.ceil(run.batchSize / fits);
   const keep = `--grad-accum ${parts} (the batch of ${run.batchSize} in parts of ≤ ` +
     `${Math.ceil(run.batchSize / parts)})`;
   const advice = fits >= B
