@@ -390,8 +390,9 @@ export function tsvColumn(table: TsvTable, name: string): number {
 /**
  * A label id from a data file's label value, tolerant of how copies write it: a label name
  * ("entailment"), a JSON boolean or "true"/"false"/"True"/"False" string for tasks whose names
- * are "false" and "true", or an integer id (3 or "3") within `labels`. null, undefined and -1 (test
- * splits) give null; anything else is an error naming the file and line.
+ * are "false" and "true", or an integer id (3 or "3") within `labels`. null, undefined and -1
+ * (test splits; Hugging Face's "no label", unless a label is named "-1") give null; anything else
+ * is an error naming the file and line.
  */
 export function labelId(
   file: string,
