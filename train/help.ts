@@ -43,7 +43,8 @@ const RUN_FLAGS =
   --warmup-ratio X        linear warmup, share of each stage (default 0.1)
   --weight-decay X        AdamW's, not on biases and LayerNorm weights (default ${ADAMW_DEFAULTS.weightDecay})
   --max-grad-norm X       global gradient-norm clip, 0 for none (default ${ADAMW_DEFAULTS.maxGradNorm})
-  --lora-r N              LoRA's rank (default ${PEFT_DEFAULTS.loraR})
+  --lora-r N              LoRA's rank (default ${PEFT_DEFAULTS.loraR}); on query, key, value and
+                          attention output dense, as the official EH-FT code
   --lora-alpha X          LoRA's alpha (default ${PEFT_DEFAULTS.loraAlpha})
   --prefix-length N       prefix-tuning's rows (default ${PEFT_DEFAULTS.prefixLength})
   --head FILE             a safetensors file whose head.* tensors start the head (default: a
