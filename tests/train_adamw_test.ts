@@ -1,4 +1,5 @@
-// Three training steps of full fine-tuning against PyTorch (tests/fixtures/tiny-bert/
+// Three training steps of full fine-tuning, and EH-FT (BitFit)'s two stages with their hand-off
+// (ehft_reference.safetensors), against PyTorch (tests/fixtures/tiny-bert/
 // adamw_reference.safetensors, made by tools/make_fixtures.py): torch.optim.AdamW in float64
 // with lr 1e-3 constant, β (0.9, 0.98), ε 1e-6, weight decay 0.1 except biases and LayerNorm
 // weights, BCE mean over batches of 3 in file order, dropout 0, no clipping. The engine's own
@@ -21,6 +22,7 @@ import { encoderParameters } from "../model/encoder.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { Trainer } from "../train/trainer.ts";
+import { createPeft } from "../peft/method.ts";
 
 const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 
@@ -106,6 +108,84 @@ gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) =>
   }
   assert(worst < bound, `worst change error ${worst}`);
 });
+
+gpuTest(
+  "train: EH-FT (BitFit)'s two stages and hand-off match torch (ehft_reference)",
+  async (gpu) => {
+    // tools/make_fixtures.py: Stage 1 trains BitFit's biases and the head for one step; the
+    // backbone is then restored to model.safetensors, the head kept, and a fresh AdamW trains
+    // every tensor for the next two (the adamw reference's batches, constant lr, no clipping).
+    const ref = await openSafetensors(`${DIR}/ehft_reference.safetensors`);
+    const meta = ref.metadata;
+    const lr = Number(meta.lr);
+    const stage1 = Number(meta.stage1_steps);
+    assertEquals([meta.strategy, meta.peft, stage1, meta.clipping], ["ehft", "bitfit", 1, "none"]);
+    const batches = await referenceBatches(3);
+    const losses = (await ref.read("losses")).data as Float64Array;
+    const config = await readConfig(`${DIR}/config.json`);
+    const model = await openSafetensors(`${DIR}/model.safetensors`);
+    const adamw = {
+      ...ADAMW_DEFAULTS,
+      beta1: JSON.parse(meta.betas)[0],
+      beta2: JSON.parse(meta.betas)[1],
+      eps: Number(meta.eps),
+      weightDecay: Number(meta.weight_decay),
+      maxGradNorm: 0,
+    };
+    const peft = createPeft("bitfit", gpu, config, {
+      loraR: 8,
+      loraAlpha: 16,
+      prefixLength: 16,
+      seed: 0,
+    });
+    const trainer = new Trainer(gpu, {
+      config,
+      loss: "bce",
+      headClasses: 1,
+      maxExamples: 3,
+      maxSeq: batches[0].encoder.seqLen,
+      dropout: 0,
+      headSeed: 0,
+      dropoutSeed: 0,
+      adamw,
+      peft,
+    });
+    try {
+      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+      await loadHead(model, trainer.headParameters());
+      const initial = new Map<string, Float32Array>();
+      for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
+      trainer.beginStage({ head: true, backbone: "peft", peft: true }, adamw);
+      for (let k = 0; k < stage1; k++) await trainer.step(batches[k], lr, k);
+      // The hand-off as train/run.ts makes it for ehft: the backbone re-read, BitFit dropped.
+      await trainer.restoreBackbone(model, () => false);
+      trainer.dropPeft();
+      trainer.beginStage({ head: true, backbone: "all", peft: false }, adamw);
+      for (let k = stage1; k < batches.length; k++) await trainer.step(batches[k], lr, k);
+      const stats = await trainer.takeStats();
+      assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
+      const bound = 1e-2 * lr * batches.length;
+      let worst = 0;
+      for (const [name, t] of trainer.trainableParameters()) {
+        const now = (await t.download()) as Float32Array;
+        const before = initial.get(name)!;
+        const delta = (await ref.read(`delta.${name}`)).data as Float64Array;
+        for (let i = 0; i < now.length; i++) {
+          const err = Math.abs(now[i] - before[i] - delta[i]);
+          worst = Math.max(worst, err);
+          if (!(err <= bound)) {
+            throw new Error(`${name}[${i}]: change ${now[i] - before[i]}, torch ${delta[i]}`);
+          }
+        }
+      }
+      assert(worst < bound, `worst change error ${worst}`);
+    } finally {
+      trainer.destroy();
+      model.close();
+      ref.close();
+    }
+  },
+);
 
 gpuTest(
   "train: the same steps with every transposed product copied first (nn_): same bits",

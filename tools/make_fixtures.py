@@ -17,6 +17,9 @@ betas (0.9, 0.98), eps 1e-6, weight decay 0.1 except on biases and LayerNorm wei
 model.safetensors over 9 examples in batches of 3 (the first is reference.safetensors' batch): the
 inputs, labels, each step's loss before its update and delta.<name> = final − initial per tensor.
 It is checked against AdamW's formula by hand and against a float32 torch run of the same steps.
+tiny-bert also gets ehft_reference.safetensors: EH-FT with BitFit over the same batches (Stage 1,
+one step, on BitFit's biases and the head; the backbone restored, the head kept; Stage 2, two steps,
+on everything with a fresh AdamW): each step's loss and delta.<name>.
 
 transformers and safetensors are not installable here, so the modeling code below reproduces
 Hugging Face's BertModel / RobertaModel (eager attention, absolute positions, no pooler) in plain
@@ -33,6 +36,7 @@ Run with Debian's torch:  /usr/bin/python3 tools/make_fixtures.py [output_root]
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -711,6 +715,7 @@ def make_fixture(fx, root):
         print(f"   {fname}: {os.path.getsize(os.path.join(out, fname))} bytes")
     if "adamw" in fx:
         make_adamw_reference(fx, weights32, inputs, labels, loss.item(), grads, out)
+        make_ehft_reference(fx, weights32, inputs, labels, out)
     return checks
 
 
@@ -971,6 +976,131 @@ def pin_reference_blas():
     return loaded, reference
 
 
+# EH-FT reference: the two stages of EH-FT with BitFit (tiny-bert only), on the AdamW reference's
+# batches: Stage 1 trains BitFit's biases and the head for EHFT_STAGE1_STEPS steps; then the
+# backbone is restored to its pretrained values, the head kept, and a fresh AdamW trains
+# everything for the remaining steps.
+
+EHFT_STAGE1_STEPS = 1
+# The biases BitFit trains (peft/bitfit.ts): every layer's linear layers and LayerNorms, and the
+# embedding LayerNorm's; not LayerNorm gains, not the tables.
+BITFIT_LAYER_MODULES = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
+
+
+def is_bitfit(name, prefix):
+    if name == f"{prefix}.embeddings.LayerNorm.bias":
+        return True
+    m = re.fullmatch(re.escape(prefix) + r"\.encoder\.layer\.(0|[1-9][0-9]*)\.(.+)\.bias", name)
+    return m is not None and m.group(2) in BITFIT_LAYER_MODULES
+
+
+def adamw_over(P, names):
+    decay = [P[n] for n in names if not adamw_no_decay(n)]
+    no_decay = [P[n] for n in names if adamw_no_decay(n)]
+    return torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=ADAMW_LR,
+        betas=ADAMW_BETAS,
+        eps=ADAMW_EPS,
+        weight_decay=ADAMW_WEIGHT_DECAY,
+    )
+
+
+def ehft_run(weights, batches, cfg, prefix, fx, dtype):
+    """EH-FT (BitFit): Stage 1 on BitFit's biases and the head, the hand-off, Stage 2 on all.
+    Frozen tensors do not require gradients (they would gather them across the stages)."""
+    P = {n: w.to(dtype).clone() for n, w in weights.items()}
+    stage1 = [n for n in P if n.startswith("head.") or is_bitfit(n, prefix)]
+    for n, w in P.items():
+        w.requires_grad_(n in stage1)
+    losses = []
+
+    def steps(opt, part):
+        for inputs, labels in part:
+            opt.zero_grad(set_to_none=True)
+            loss = full_forward(P, cfg, prefix, inputs, fx, labels.to(dtype))[3]
+            loss.backward()
+            losses.append(loss.item())
+            opt.step()
+
+    steps(adamw_over(P, stage1), batches[:EHFT_STAGE1_STEPS])
+    for n in P:
+        if not n.startswith("head."):
+            P[n] = weights[n].to(dtype).clone()
+    for w in P.values():
+        w.requires_grad_(True)
+        w.grad = None
+    steps(adamw_over(P, list(P)), batches[EHFT_STAGE1_STEPS:])
+    return {n: w.detach() for n, w in P.items()}, losses, stage1
+
+
+def make_ehft_reference(fx, weights32, inputs1, labels1, out):
+    spec = fx["adamw"]
+    cfg = fx["config"]
+    prefix = cfg["model_type"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+    more = build_inputs(cfg, spec["segments"], gen)
+    inputs = tuple(torch.cat([a, b]) for a, b in zip(inputs1, more))
+    labels = torch.cat([labels1, torch.tensor(spec["labels"], dtype=torch.float64)])
+    n = ADAMW_STEPS * ADAMW_BATCH
+    batches = [
+        (tuple(t[k : k + ADAMW_BATCH] for t in inputs), labels[k : k + ADAMW_BATCH])
+        for k in range(0, n, ADAMW_BATCH)
+    ]
+    final, losses, stage1 = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64)
+    delta = {name: final[name] - weights32[name].double() for name in weights32}
+    trained = [n for n in stage1 if not n.startswith("head.")]
+    assert len(trained) == 1 + len(BITFIT_LAYER_MODULES) * cfg["num_hidden_layers"], trained
+    # The same run in float32 reaches the test's tolerances.
+    final32, losses32, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float32)
+    tol = ADAMW_LR * ADAMW_STEPS
+    worst32 = max(
+        (final32[k].double() - weights32[k].double() - delta[k]).abs().max().item() / tol
+        for k in delta
+    )
+    loss32 = max(abs(a - b) / abs(b) for a, b in zip(losses32, losses))
+    assert worst32 < 1e-2 and loss32 < 1e-4, (worst32, loss32)
+    reference = {"losses": torch.tensor(losses, dtype=torch.float64)}
+    for name in weights32:
+        reference[f"delta.{name}"] = delta[name]
+    meta = {
+        "format": "pt",
+        "fixture": fx["name"],
+        "strategy": "ehft",
+        "peft": "bitfit",
+        "batches": "adamw_reference.safetensors' three, in order",
+        "stage1_steps": str(EHFT_STAGE1_STEPS),
+        "stage1": "BitFit's biases and the head (" + str(len(stage1)) + " tensors)",
+        "handoff": "every backbone tensor restored to model.safetensors; the head kept",
+        "stage2": "every tensor, a fresh torch.optim.AdamW",
+        "lr": "0.001",
+        "betas": "[0.9, 0.98]",
+        "eps": "1e-6",
+        "weight_decay": "0.1",
+        "decay_rule": ADAMW_DECAY_RULE,
+        "schedule": "constant",
+        "clipping": "none",
+        "dropout": "0",
+        "delta": "delta.<name> = parameter after the last step - initial parameter",
+        "precision": "float64 parameters, gradients and AdamW state",
+        "torch_version": torch.__version__,
+    }
+    path = os.path.join(out, "ehft_reference.safetensors")
+    write_safetensors(path, reference, meta)
+    print(f"== {fx['name']}: EH-FT (BitFit) reference, Stage 1 {EHFT_STAGE1_STEPS} step(s)")
+    print(f"   losses {[f'{v:.17g}' for v in losses]}")
+    print(f"   torch float32 run vs this reference: worst |Δ32 − Δ| / (lr·steps) {worst32:.3g}, losses relative {loss32:.3g}")
+
+
 def main():
     loaded, reference = pin_reference_blas()
     print("BLAS: " + (", ".join(sorted(loaded)) or "unknown"))
@@ -992,3 +1122,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
