@@ -109,19 +109,21 @@ gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) =>
   assert(worst < bound, `worst change error ${worst}`);
 });
 
-gpuTest(
-  "train: EH-FT (BitFit)'s two stages and hand-off match torch (ehft_reference)",
-  async (gpu) => {
+for (const reserve of [false, true]) {
+  const what = reserve ? "EH-FT-reserve (BitFit)" : "EH-FT (BitFit)";
+  gpuTest(`train: ${what}'s two stages and hand-off match torch (ehft_reference)`, async (gpu) => {
     // tools/make_fixtures.py: Stage 1 trains BitFit's biases and the head for one step; the
-    // backbone is then restored to model.safetensors, the head kept, and a fresh AdamW trains
-    // every tensor for the next two (the adamw reference's batches, constant lr, no clipping).
+    // backbone is then restored to model.safetensors (BitFit's biases kept, for ehft-reserve),
+    // the head kept, and a fresh AdamW trains every tensor for the next two (the adamw
+    // reference's batches, constant lr, no clipping).
+    const key = (k: string) => reserve ? `reserve.${k}` : k;
     const ref = await openSafetensors(`${DIR}/ehft_reference.safetensors`);
     const meta = ref.metadata;
     const lr = Number(meta.lr);
     const stage1 = Number(meta.stage1_steps);
     assertEquals([meta.strategy, meta.peft, stage1, meta.clipping], ["ehft", "bitfit", 1, "none"]);
     const batches = await referenceBatches(3);
-    const losses = (await ref.read("losses")).data as Float64Array;
+    const losses = (await ref.read(key("losses"))).data as Float64Array;
     const config = await readConfig(`${DIR}/config.json`);
     const model = await openSafetensors(`${DIR}/model.safetensors`);
     const adamw = {
@@ -157,10 +159,11 @@ gpuTest(
       for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
       trainer.beginStage({ head: true, backbone: "peft", peft: true }, adamw);
       for (let k = 0; k < stage1; k++) await trainer.step(batches[k], lr, k);
-      // The hand-off as train/run.ts makes it for ehft: the backbone re-read, BitFit dropped.
-      await trainer.restoreBackbone(model, () => false);
-      trainer.dropPeft();
-      trainer.beginStage({ head: true, backbone: "all", peft: false }, adamw);
+      // The hand-off as train/run.ts makes it (handOff): the backbone re-read, BitFit's
+      // biases kept for ehft-reserve, BitFit dropped for ehft.
+      await trainer.restoreBackbone(model, reserve ? peft.trainsBackbone : () => false);
+      if (!reserve) trainer.dropPeft();
+      trainer.beginStage({ head: true, backbone: "all", peft: reserve }, adamw);
       for (let k = stage1; k < batches.length; k++) await trainer.step(batches[k], lr, k);
       const stats = await trainer.takeStats();
       assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
@@ -169,7 +172,7 @@ gpuTest(
       for (const [name, t] of trainer.trainableParameters()) {
         const now = (await t.download()) as Float32Array;
         const before = initial.get(name)!;
-        const delta = (await ref.read(`delta.${name}`)).data as Float64Array;
+        const delta = (await ref.read(key(`delta.${name}`))).data as Float64Array;
         for (let i = 0; i < now.length; i++) {
           const err = Math.abs(now[i] - before[i] - delta[i]);
           worst = Math.max(worst, err);
@@ -184,8 +187,8 @@ gpuTest(
       model.close();
       ref.close();
     }
-  },
-);
+  });
+}
 
 gpuTest(
   "train: the same steps with every transposed product copied first (nn_): same bits",

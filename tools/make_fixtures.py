@@ -19,7 +19,8 @@ inputs, labels, each step's loss before its update and delta.<name> = final − 
 It is checked against AdamW's formula by hand and against a float32 torch run of the same steps.
 tiny-bert also gets ehft_reference.safetensors: EH-FT with BitFit over the same batches (Stage 1,
 one step, on BitFit's biases and the head; the backbone restored, the head kept; Stage 2, two steps,
-on everything with a fresh AdamW): each step's loss and delta.<name>.
+on everything with a fresh AdamW): each step's loss and delta.<name>; and EH-FT-reserve's
+(BitFit's biases kept through the hand-off) as reserve.losses and reserve.delta.<name>.
 
 transformers and safetensors are not installable here, so the modeling code below reproduces
 Hugging Face's BertModel / RobertaModel (eager attention, absolute positions, no pooler) in plain
@@ -1015,9 +1016,10 @@ def adamw_over(P, names):
     )
 
 
-def ehft_run(weights, batches, cfg, prefix, fx, dtype):
+def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False):
     """EH-FT (BitFit): Stage 1 on BitFit's biases and the head, the hand-off, Stage 2 on all.
-    Frozen tensors do not require gradients (they would gather them across the stages)."""
+    With `reserve` (EH-FT-reserve) the hand-off keeps BitFit's trained biases. Frozen tensors do
+    not require gradients (they would gather them across the stages)."""
     P = {n: w.to(dtype).clone() for n, w in weights.items()}
     stage1 = [n for n in P if n.startswith("head.") or is_bitfit(n, prefix)]
     for n, w in P.items():
@@ -1034,7 +1036,7 @@ def ehft_run(weights, batches, cfg, prefix, fx, dtype):
 
     steps(adamw_over(P, stage1), batches[:EHFT_STAGE1_STEPS])
     for n in P:
-        if not n.startswith("head."):
+        if not (n.startswith("head.") or (reserve and n in stage1)):
             P[n] = weights[n].to(dtype).clone()
     for w in P.values():
         w.requires_grad_(True)
@@ -1072,6 +1074,12 @@ def make_ehft_reference(fx, weights32, inputs1, labels1, out):
     reference = {"losses": torch.tensor(losses, dtype=torch.float64)}
     for name in weights32:
         reference[f"delta.{name}"] = delta[name]
+    # EH-FT-reserve: the same, BitFit's biases kept through the hand-off.
+    kept, kept_losses, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64, True)
+    assert kept_losses[0] == losses[0] and kept_losses[1] != losses[1]
+    reference["reserve.losses"] = torch.tensor(kept_losses, dtype=torch.float64)
+    for name in weights32:
+        reference[f"reserve.delta.{name}"] = kept[name] - weights32[name].double()
     meta = {
         "format": "pt",
         "fixture": fx["name"],
@@ -1081,6 +1089,7 @@ def make_ehft_reference(fx, weights32, inputs1, labels1, out):
         "stage1_steps": str(EHFT_STAGE1_STEPS),
         "stage1": "BitFit's biases and the head (" + str(len(stage1)) + " tensors)",
         "handoff": "every backbone tensor restored to model.safetensors; the head kept",
+        "reserve": "reserve.losses and reserve.delta.<name>: EH-FT-reserve, BitFit's biases kept too",
         "stage2": "every tensor, a fresh torch.optim.AdamW",
         "lr": "0.001",
         "betas": "[0.9, 0.98]",
