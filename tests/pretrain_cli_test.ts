@@ -79,6 +79,49 @@ function spawnPretrain(args: string[]): { child: Deno.ChildProcess; stderr: Prom
   return { child, stderr: new Response(child.stderr).text() };
 }
 
+/**
+ * Writes `dir`/main.ts, pretrain.ts's main after `patch` (the test's hook, with `Pretrainer` and
+ * `sigterm()` in scope: a SIGTERM sent, and waited for until the run has taken it), and returns
+ * what runs it with some arguments: its exit code and stderr.
+ */
+async function sigtermScript(
+  dir: string,
+  patch: string,
+): Promise<(...args: string[]) => Promise<{ code: number; stderr: string }>> {
+  const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+  const script = `${dir}/main.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { HELP, main } from ${url("../pretrain.ts")};
+import { runMain } from ${url("../train/flags.ts")};
+import { Pretrainer } from ${url("../train/pretrain.ts")};
+import { stopRequested } from ${url("../train/run_faults.ts")};
+async function sigterm() {
+  Deno.kill(Deno.pid, "SIGTERM");
+  while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
+}
+${patch}
+await runMain("pretrain", main, HELP, { flagsOnly: true });
+`,
+  );
+  return async (...args: string[]) => {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, ...args],
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
+  };
+}
+
+/** The training state of `out`/checkpoint.safetensors (its metadata alone). */
+async function checkpointState(out: string): Promise<Record<string, number | boolean>> {
+  const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
+  reader.close();
+  return JSON.parse(reader.metadata.ehft_training_state);
+}
+
 /** A new 1-layer model of `dir`/corpus.txt's text, on the bert-base-uncased vocabulary pruned. */
 function tinyFromScratch(dir: string): string[] {
   return [
@@ -1269,45 +1312,26 @@ test("pretrain.ts: a SIGTERM during an evaluating step's GPU work, not a log ste
   const dir = await Deno.makeTempDir();
   try {
     await writeCorpus(`${dir}/corpus.txt`);
-    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
-    const script = `${dir}/main.ts`;
-    await Deno.writeTextFile(
-      script,
-      `import { HELP, main } from ${url("../pretrain.ts")};
-import { runMain } from ${url("../train/flags.ts")};
-import { Pretrainer } from ${url("../train/pretrain.ts")};
-import { stopRequested } from ${url("../train/run_faults.ts")};
-const peek = Pretrainer.prototype.peekStats;
+    const run = await sigtermScript(
+      dir,
+      `const peek = Pretrainer.prototype.peekStats;
 let calls = 0;
 Pretrainer.prototype.peekStats = async function () {
   const stats = await peek.call(this);
   // The first is the training's start line's (after step 1); the second, step 2's wait.
-  if (++calls === 2) {
-    Deno.kill(Deno.pid, "SIGTERM");
-    while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
-  }
+  if (++calls === 2) await sigterm();
   return stats;
-};
-await runMain("pretrain", main, HELP, { flagsOnly: true });
-`,
+};`,
     );
     const out = `${dir}/run`;
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: [
-        ...["run", "-A", script, "--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
-        ...["--max-length", "16", "--batch-size", "4", "--steps", "3"],
-        ...["--checkpoint-every", "1000", "--eval-every", "2", "--log-every", "3"],
-        ...["--held-out", "0.1", "--eval-sequences", "4"],
-      ],
-      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(r.stderr).trim();
-    assertEquals(r.code, 143, stderr);
-    const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
-    reader.close();
-    const state = JSON.parse(reader.metadata.ehft_training_state);
+    const stopped = await run(
+      ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
+      ...["--max-length", "16", "--batch-size", "4", "--steps", "3"],
+      ...["--checkpoint-every", "1000", "--eval-every", "2", "--log-every", "3"],
+      ...["--held-out", "0.1", "--eval-sequences", "4"],
+    );
+    assertEquals(stopped.code, 143, stopped.stderr);
+    const state = await checkpointState(out);
     assertEquals([state.step, state.owed ?? false], [2, true]);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -1319,27 +1343,19 @@ test("pretrain.ts: a SIGTERM in a step that ends with an evaluation checkpoints 
   const dir = await Deno.makeTempDir();
   try {
     await writeCorpus(`${dir}/corpus.txt`);
-    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
     // pretrain.ts, with the SIGTERM sent (and taken) once the first step's loss is logged: after
     // that step, before its evaluation.
-    const script = `${dir}/main.ts`;
-    await Deno.writeTextFile(
-      script,
-      `import { HELP, main } from ${url("../pretrain.ts")};
-import { runMain } from ${url("../train/flags.ts")};
-import { stopRequested } from ${url("../train/run_faults.ts")};
-const rename = Deno.rename;
+    const run = await sigtermScript(
+      dir,
+      `const rename = Deno.rename;
 let sent = Deno.args.includes("--resume");
 Deno.rename = async (from: string | URL, to: string | URL) => {
   await rename(from, to);
   if (sent || !String(to).endsWith("/log.jsonl")) return;
   if (!(await Deno.readTextFile(to)).includes('"loss"')) return;
   sent = true;
-  Deno.kill(Deno.pid, "SIGTERM");
-  while (!stopRequested()) await new Promise((r) => setTimeout(r, 1));
-};
-await runMain("pretrain", main, HELP, { flagsOnly: true });
-`,
+  await sigterm();
+};`,
     );
     const args = (out: string) => [
       ...["--out", out, ...tinyFromScratch(dir), "--task-text", "none"],
@@ -1348,15 +1364,6 @@ await runMain("pretrain", main, HELP, { flagsOnly: true });
       ...["--log-every", "1", "--held-out", "0.1", "--eval-sequences", "4"],
     ];
     const out = `${dir}/run`;
-    const run = async (...args: string[]) => {
-      const r = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", script, ...args],
-        env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      return { code: r.code, stderr: new TextDecoder().decode(r.stderr).trim() };
-    };
     // Step 1 evaluates nothing: its stop is the plain one; step 2's evaluation is owed.
     const stops: [string[], number, boolean][] = [
       [["--eval-every", "2"], 1, false],
@@ -1367,9 +1374,7 @@ await runMain("pretrain", main, HELP, { flagsOnly: true });
       await Deno.remove(out, { recursive: true }).catch(() => {});
       const stopped = await run(...args(out), ...flags);
       assertEquals(stopped.code, 143, stopped.stderr);
-      const reader = await openSafetensors(`${out}/checkpoint.safetensors`);
-      reader.close();
-      const state = JSON.parse(reader.metadata.ehft_training_state);
+      const state = await checkpointState(out);
       assertEquals([state.step, state.owed ?? false], [step, owed], flags.join(" "));
       const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
       // Step 0's evaluation, step 1's loss; the owed evaluation is not there yet.
