@@ -199,17 +199,7 @@ test("train --seeds: a finished seed folder that is not this run's seed is refus
   assert(!(await exists(`${out}/metrics.json`)), "a summary was written");
   // --overwrite refuses while another process trains in a seed folder (`--out <out>/seed-5
   // --resume`): it took the folder from under it, and that run wrote into the new one.
-  const holder = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const f = await Deno.open(${JSON.stringify(`${out}/seed-5`)}, { read: true });` +
-      `console.log(await f.tryLock(true)); await Deno.stdin.readable.getReader().read();`,
-    ],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const lines = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  assertEquals((await lines.read()).value?.trim(), "true");
+  const release = await lockedByAnother(`${out}/seed-5`);
   try {
     await assertRejects(
       () =>
@@ -219,11 +209,31 @@ test("train --seeds: a finished seed folder that is not this run's seed is refus
     );
     assert(await exists(`${out}/seed-5/metrics.json`), "the seed folder in use was removed");
   } finally {
+    await release();
+  }
+});
+
+/**
+ * Locks `dir` in another process, as a running train.ts holds its folder; returns what lets it go.
+ */
+async function lockedByAnother(dir: string): Promise<() => Promise<void>> {
+  const holder = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const f = await Deno.open(${JSON.stringify(dir)}, { read: true });` +
+      `console.log(await f.tryLock(true)); await Deno.stdin.readable.getReader().read();`,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const lines = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await lines.read()).value?.trim(), "true");
+  return async () => {
     await holder.stdin.close();
     await holder.status;
     lines.releaseLock();
-  }
-});
+  };
+}
 
 /** A task made in memory from the marker examples (the path is ignored). */
 function memoryTask(
@@ -335,23 +345,11 @@ test("train: a run folder another process holds is refused, and left as it was",
     other.close();
   }
   // Another process holding it (as a running train.ts does): refused the same way.
-  const holder = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const f = await Deno.open(${JSON.stringify(out)}, { read: true });` +
-      `console.log(await f.tryLock(true)); await Deno.stdin.readable.getReader().read();`,
-    ],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const lines = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  assertEquals((await lines.read()).value?.trim(), "true");
+  const release = await lockedByAnother(out);
   let refused = "";
   await run("--resume").catch((e) => refused = e.message);
   assert(refused.startsWith(`--out ${out} is in use`), refused);
-  await holder.stdin.close();
-  await holder.status;
-  lines.releaseLock();
+  await release();
   // Released: the run is the same as ever. afterRun (train.ts's --predict-test) runs while the
   // folder is still locked; it is free once runTraining has returned.
   const { config } = parseTrainArgs([
