@@ -26,6 +26,43 @@ import { createPeft } from "../peft/method.ts";
 
 const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 
+/** A reference's AdamW settings, from its metadata (no clipping). */
+function referenceAdamw(meta: Record<string, string>) {
+  return {
+    ...ADAMW_DEFAULTS,
+    beta1: JSON.parse(meta.betas)[0],
+    beta2: JSON.parse(meta.betas)[1],
+    eps: Number(meta.eps),
+    weightDecay: Number(meta.weight_decay),
+    maxGradNorm: 0,
+  };
+}
+
+/** Throws unless every tensor's change (`after` − `initial`) is within `bound` of torch's. */
+function assertChanges(
+  after: ReadonlyMap<string, Float32Array>,
+  initial: ReadonlyMap<string, Float32Array>,
+  deltas: ReadonlyMap<string, Float64Array>,
+  bound: number,
+): void {
+  let worst = 0;
+  for (const [name, now] of after) {
+    const before = initial.get(name)!;
+    const delta = deltas.get(name)!;
+    assertEquals(delta.length, now.length, name);
+    for (let i = 0; i < now.length; i++) {
+      const err = Math.abs(now[i] - before[i] - delta[i]);
+      worst = Math.max(worst, err);
+      if (!(err <= bound)) {
+        throw new Error(
+          `${name}[${i}]: change ${now[i] - before[i]}, torch ${delta[i]} (bound ${bound})`,
+        );
+      }
+    }
+  }
+  assert(worst < bound, `worst change error ${worst}`);
+}
+
 /** The fixture's steps through the engine; the reference, losses, and each trained tensor's change. */
 async function fixtureSteps(gpu: Gpu) {
   const ref = await openSafetensors(`${DIR}/adamw_reference.safetensors`);
@@ -41,14 +78,7 @@ async function fixtureSteps(gpu: Gpu) {
 
   const config = await readConfig(`${DIR}/config.json`);
   const model = await openSafetensors(`${DIR}/model.safetensors`);
-  const adamw = {
-    ...ADAMW_DEFAULTS,
-    beta1: JSON.parse(meta.betas)[0],
-    beta2: JSON.parse(meta.betas)[1],
-    eps: Number(meta.eps),
-    weightDecay: Number(meta.weight_decay),
-    maxGradNorm: 0,
-  };
+  const adamw = referenceAdamw(meta);
   const trainer = new Trainer(gpu, {
     config,
     loss: "bce",
@@ -90,23 +120,7 @@ async function fixtureSteps(gpu: Gpu) {
 gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) => {
   const { lr, steps, losses, stats, initial, after, deltas } = await fixtureSteps(gpu);
   assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
-  const bound = 1e-2 * lr * steps;
-  let worst = 0;
-  for (const [name, now] of after) {
-    const before = initial.get(name)!;
-    const delta = deltas.get(name)!;
-    assertEquals(delta.length, now.length, name);
-    for (let i = 0; i < now.length; i++) {
-      const err = Math.abs(now[i] - before[i] - delta[i]);
-      worst = Math.max(worst, err);
-      if (!(err <= bound)) {
-        throw new Error(
-          `${name}[${i}]: change ${now[i] - before[i]}, torch ${delta[i]} (bound ${bound})`,
-        );
-      }
-    }
-  }
-  assert(worst < bound, `worst change error ${worst}`);
+  assertChanges(after, initial, deltas, 1e-2 * lr * steps);
 });
 
 for (const reserve of [false, true]) {
@@ -126,14 +140,7 @@ for (const reserve of [false, true]) {
     const losses = (await ref.read(key("losses"))).data as Float64Array;
     const config = await readConfig(`${DIR}/config.json`);
     const model = await openSafetensors(`${DIR}/model.safetensors`);
-    const adamw = {
-      ...ADAMW_DEFAULTS,
-      beta1: JSON.parse(meta.betas)[0],
-      beta2: JSON.parse(meta.betas)[1],
-      eps: Number(meta.eps),
-      weightDecay: Number(meta.weight_decay),
-      maxGradNorm: 0,
-    };
+    const adamw = referenceAdamw(meta);
     const peft = createPeft("bitfit", gpu, config, {
       loraR: 8,
       loraAlpha: 16,
@@ -167,21 +174,13 @@ for (const reserve of [false, true]) {
       for (let k = stage1; k < batches.length; k++) await trainer.step(batches[k], lr, k);
       const stats = await trainer.takeStats();
       assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
-      const bound = 1e-2 * lr * batches.length;
-      let worst = 0;
+      const after = new Map<string, Float32Array>();
+      const deltas = new Map<string, Float64Array>();
       for (const [name, t] of trainer.trainableParameters()) {
-        const now = (await t.download()) as Float32Array;
-        const before = initial.get(name)!;
-        const delta = (await ref.read(key(`delta.${name}`))).data as Float64Array;
-        for (let i = 0; i < now.length; i++) {
-          const err = Math.abs(now[i] - before[i] - delta[i]);
-          worst = Math.max(worst, err);
-          if (!(err <= bound)) {
-            throw new Error(`${name}[${i}]: change ${now[i] - before[i]}, torch ${delta[i]}`);
-          }
-        }
+        after.set(name, (await t.download()) as Float32Array);
+        deltas.set(name, (await ref.read(key(`delta.${name}`))).data as Float64Array);
       }
-      assert(worst < bound, `worst change error ${worst}`);
+      assertChanges(after, initial, deltas, 1e-2 * lr * batches.length);
     } finally {
       trainer.destroy();
       model.close();
