@@ -740,19 +740,23 @@ def adamw_no_decay(name):
     return name.endswith(".bias") or "LayerNorm." in name
 
 
-def adamw_run(weights, batches, cfg, prefix, fx, dtype):
-    """ADAMW_STEPS steps of torch.optim.AdamW with two groups (decay / no decay), dropout 0,
-    constant lr, no clipping. Returns (final parameters, losses before each step, step-1 grads)."""
-    P = {n: w.to(dtype).clone().requires_grad_(True) for n, w in weights.items()}
-    decay = [P[n] for n in P if not adamw_no_decay(n)]
-    no_decay = [P[n] for n in P if adamw_no_decay(n)]
-    opt = torch.optim.AdamW(
+def adamw_over(P, names):
+    decay = [P[n] for n in names if not adamw_no_decay(n)]
+    no_decay = [P[n] for n in names if adamw_no_decay(n)]
+    return torch.optim.AdamW(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=ADAMW_LR,
         betas=ADAMW_BETAS,
         eps=ADAMW_EPS,
         weight_decay=ADAMW_WEIGHT_DECAY,
     )
+
+
+def adamw_run(weights, batches, cfg, prefix, fx, dtype):
+    """ADAMW_STEPS steps of torch.optim.AdamW with two groups (decay / no decay), dropout 0,
+    constant lr, no clipping. Returns (final parameters, losses before each step, step-1 grads)."""
+    P = {n: w.to(dtype).clone().requires_grad_(True) for n, w in weights.items()}
+    opt = adamw_over(P, list(P))
     assert [g["weight_decay"] for g in opt.param_groups] == [ADAMW_WEIGHT_DECAY, 0.0]
     losses, grads = [], []
     for inputs, labels in batches:
@@ -786,23 +790,31 @@ def adamw_by_hand(weights, grads):
     return out
 
 
+def reference_batches(fx, inputs1, labels1):
+    """The training references' examples: reference.safetensors' batch, then the spec's seeded
+    ones; returns (inputs, labels, [(inputs, labels)] in batches of ADAMW_BATCH)."""
+    spec = fx["adamw"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+    more = build_inputs(fx["config"], spec["segments"], gen)
+    inputs = tuple(torch.cat([a, b]) for a, b in zip(inputs1, more))
+    labels = torch.cat([labels1, torch.tensor(spec["labels"], dtype=torch.float64)])
+    batches = [
+        (tuple(t[k : k + ADAMW_BATCH] for t in inputs), labels[k : k + ADAMW_BATCH])
+        for k in range(0, ADAMW_STEPS * ADAMW_BATCH, ADAMW_BATCH)
+    ]
+    return inputs, labels, batches
+
+
 def make_adamw_reference(fx, weights32, inputs1, labels1, loss1, grads1, out):
     spec = fx["adamw"]
     cfg = fx["config"]
     prefix = cfg["model_type"]
-    gen = torch.Generator().manual_seed(spec["seed"])
-    more = build_inputs(cfg, spec["segments"], gen)
-    inputs = tuple(torch.cat([a, b]) for a, b in zip(inputs1, more))
-    labels = torch.cat([labels1, torch.tensor(spec["labels"], dtype=torch.float64)])
+    inputs, labels, batches = reference_batches(fx, inputs1, labels1)
     n = ADAMW_STEPS * ADAMW_BATCH
     assert inputs[0].shape == (n, SEQ_LEN) and labels.shape == (n,)
     assert set(labels.tolist()) == {0.0, 1.0}
     assert int(inputs[0].max()) < cfg["vocab_size"]
     assert int(inputs[2].max()) < cfg["type_vocab_size"]
-    batches = [
-        (tuple(t[k : k + ADAMW_BATCH] for t in inputs), labels[k : k + ADAMW_BATCH])
-        for k in range(0, n, ADAMW_BATCH)
-    ]
     for _, lab in batches:
         assert lab.min() == 0 and lab.max() == 1, "both classes in every batch"
 
@@ -1004,18 +1016,6 @@ def is_bitfit(name, prefix):
     return m is not None and m.group(2) in BITFIT_LAYER_MODULES
 
 
-def adamw_over(P, names):
-    decay = [P[n] for n in names if not adamw_no_decay(n)]
-    no_decay = [P[n] for n in names if adamw_no_decay(n)]
-    return torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=ADAMW_LR,
-        betas=ADAMW_BETAS,
-        eps=ADAMW_EPS,
-        weight_decay=ADAMW_WEIGHT_DECAY,
-    )
-
-
 def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False):
     """EH-FT (BitFit): Stage 1 on BitFit's biases and the head, the hand-off, Stage 2 on all.
     With `reserve` (EH-FT-reserve) the hand-off keeps BitFit's trained biases. Frozen tensors do
@@ -1046,18 +1046,9 @@ def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False):
 
 
 def make_ehft_reference(fx, weights32, inputs1, labels1, out):
-    spec = fx["adamw"]
     cfg = fx["config"]
     prefix = cfg["model_type"]
-    gen = torch.Generator().manual_seed(spec["seed"])
-    more = build_inputs(cfg, spec["segments"], gen)
-    inputs = tuple(torch.cat([a, b]) for a, b in zip(inputs1, more))
-    labels = torch.cat([labels1, torch.tensor(spec["labels"], dtype=torch.float64)])
-    n = ADAMW_STEPS * ADAMW_BATCH
-    batches = [
-        (tuple(t[k : k + ADAMW_BATCH] for t in inputs), labels[k : k + ADAMW_BATCH])
-        for k in range(0, n, ADAMW_BATCH)
-    ]
+    _, _, batches = reference_batches(fx, inputs1, labels1)
     final, losses, stage1 = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64)
     delta = {name: final[name] - weights32[name].double() for name in weights32}
     trained = [n for n in stage1 if not n.startswith("head.")]
