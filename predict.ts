@@ -402,38 +402,40 @@ function withBatchThatFits(
   lengths: readonly number[],
   maxRows: number,
 ): unknown {
-  const a = e instanceof GpuError ? allocation(e.message) : null;
-  if (!a?.binding || a.limit === null || a.bytes === 0) return e;
-  const perRow = a.bytes / maxRows;
-  const largest = (b: number) => {
-    let most = 0;
-    for (let i = 0; i < lengths.length; i += b) {
-      const chunk = lengths.slice(i, i + b);
-      most = Math.max(most, chunk.length * Math.max(...chunk));
-    }
-    return most;
-  };
-  let fits = batchSize - 1;
-  while (fits >= 1 && largest(fits) * perRow > a.limit) fits--;
-  return new GpuError(
-    `${(e as Error).message}: the batch of ${batchSize} does not fit this adapter; try ` +
-      (fits >= 1 ? `--batch-size ${fits}` : "a smaller --max-length"),
-  );
+  return withBatchAdvice(e, batchSize, (bytes, limit) => {
+    const perRow = bytes / maxRows;
+    const largest = (b: number) => {
+      let most = 0;
+      for (let i = 0; i < lengths.length; i += b) {
+        const chunk = lengths.slice(i, i + b);
+        most = Math.max(most, chunk.length * Math.max(...chunk));
+      }
+      return most;
+    };
+    let fits = batchSize - 1;
+    while (fits >= 1 && largest(fits) * perRow > limit) fits--;
+    return fits;
+  });
 }
 
 /**
- * A batch beyond one storage binding (a launch's check) with the --batch-size that fits:
- * activations grow with the batch, so the ratio says it. Other errors, and one that says what
- * fits already, as they are.
+ * A batch beyond one storage binding (the encoder's check, or a launch's) with the --batch-size
+ * that fits: `fitting` finds it from the bytes and the limit, by default from their ratio
+ * (activations grow with the batch). Other errors, and one that says what fits already, as they
+ * are; a smaller --max-length when no smaller batch fits.
  */
-export function withBatchAdvice(e: unknown, batchSize: number): unknown {
+export function withBatchAdvice(
+  e: unknown,
+  batchSize: number,
+  fitting = (bytes: number, limit: number) => Math.max(1, Math.floor((batchSize * limit) / bytes)),
+): unknown {
   const a = e instanceof GpuError ? allocation(e.message) : null;
   if (!a?.binding || a.limit === null || a.bytes === 0) return e;
   if ((e as Error).message.includes("does not fit this adapter")) return e;
-  const fits = Math.max(1, Math.floor((batchSize * a.limit) / a.bytes));
+  const fits = fitting(a.bytes, a.limit);
   return new GpuError(
     `${(e as Error).message}: the batch of ${batchSize} does not fit this adapter; try ` +
-      (fits < batchSize ? `--batch-size ${fits}` : "a smaller --max-length"),
+      (fits >= 1 && fits < batchSize ? `--batch-size ${fits}` : "a smaller --max-length"),
   );
 }
 
