@@ -88,20 +88,13 @@ const GATHER_BYTES = 64 << 20;
  */
 export async function downloadTensors(tensors: readonly Tensor[]): Promise<Float32Array[]> {
   const out: Float32Array[] = new Array(tensors.length);
-  let i = 0;
-  while (i < tensors.length) {
-    let j = i, bytes = 0;
-    while (j < tensors.length && (j === i || bytes + tensors[j].byteLength <= GATHER_BYTES)) {
-      bytes += tensors[j].byteLength;
-      j++;
-    }
+  for (const [i, j] of gatherGroups(tensors)) {
     const group = tensors.slice(i, j);
     if (group.some((t) => t.dtype !== "f32")) throw new Error("downloadTensors: f32 tensors only");
     const gpu = group[0].gpu;
-    const numel = bytes / 4;
+    const numel = group.reduce((a, t) => a + t.numel, 0);
     if (group.length === 1 || numel === 0) {
-      out[i] = (await group[0].download()) as Float32Array;
-      i++;
+      for (const [k, t] of group.entries()) out[i + k] = (await t.download()) as Float32Array;
       continue;
     }
     const gather = createTensor(gpu, [numel], "f32", "checkpoint gather");
@@ -122,9 +115,26 @@ export async function downloadTensors(tensors: readonly Tensor[]): Promise<Float
     } finally {
       gather.destroy();
     }
-    i = j;
   }
   return out;
+}
+
+/**
+ * Consecutive ranges [i, j) of `tensors` whose bytes add up to at most GATHER_BYTES (a tensor
+ * larger than that alone): what downloadTensors reads back in one round trip each.
+ */
+function gatherGroups(tensors: readonly Tensor[]): [number, number][] {
+  const groups: [number, number][] = [];
+  for (let i = 0; i < tensors.length;) {
+    let j = i, bytes = 0;
+    while (j < tensors.length && (j === i || bytes + tensors[j].byteLength <= GATHER_BYTES)) {
+      bytes += tensors[j].byteLength;
+      j++;
+    }
+    groups.push([i, j]);
+    i = j;
+  }
+  return groups;
 }
 
 /** Writes the checkpoint atomically. */
@@ -155,23 +165,16 @@ export async function writeTrainingCheckpoint(
   // the whole state at once was a host copy of parameters and moments (4.3 GB for
   // RoBERTa-large) beside what the run holds.
   const order = fileOrder(specs);
+  const ordered = order.map((name) => byName.get(name)!);
+  const groups = gatherGroups(ordered);
   const hashes = new Map<string, string>();
   let ready = new Map<string, Float32Array>();
   let next = 0;
   const data = async (name: string): Promise<Float32Array> => {
     if (!ready.has(name)) {
-      let end = next, bytes = 0;
-      while (
-        end < order.length &&
-        (end === next || bytes + byName.get(order[end])!.byteLength <= GATHER_BYTES)
-      ) {
-        bytes += byName.get(order[end])!.byteLength;
-        end++;
-      }
-      const group = order.slice(next, end);
-      const got = await downloadTensors(group.map((n) => byName.get(n)!));
-      ready = new Map(group.map((n, k) => [n, got[k]]));
-      next = end;
+      const [i, j] = groups[next++];
+      const got = await downloadTensors(ordered.slice(i, j));
+      ready = new Map(order.slice(i, j).map((n, k) => [n, got[k]]));
     }
     const values = ready.get(name)!;
     ready.delete(name);
