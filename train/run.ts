@@ -106,6 +106,7 @@ import {
   checkSameSettings,
   clearFinishedLeftovers,
   readRunJson,
+  recordedDifference,
   RUN_FILES,
   RUN_FOLDERS,
   runEntries,
@@ -591,17 +592,10 @@ async function checkFinishedSeed(dir: string, settings: Record<string, unknown>)
         `--overwrite the run)`,
     );
   }
-  try {
-    await checkSameSettings(dir, settings);
-  } catch (e) {
+  const diff = await recordedDifference(dir, settings);
+  if (diff) {
     throw new Error(
-      `${dir} holds a finished run that is not this run's seed ${settings.seed} ` +
-        `(${
-          (e as Error).message.replace(
-            /^--resume: \S+ was started with other settings \((.*)\)$/,
-            "$1",
-          )
-        }): ` +
+      `${dir} holds a finished run that is not this run's seed ${settings.seed} (${diff.text}): ` +
         `move it away, or --overwrite the run`,
     );
   }

@@ -196,6 +196,23 @@ export function settingsFingerprint(settings: Record<string, unknown>): string {
 }
 
 /**
+ * The first setting in which `dir`'s run.json differs from `settings` (paths compared by where
+ * they lead), as checkSameSettings says it; null when they agree or there is no run.json.
+ */
+export async function recordedDifference(
+  dir: string,
+  settings: Record<string, unknown>,
+): Promise<{ key: string; text: string } | null> {
+  const path = `${dir}/run.json`;
+  if (!(await exists(path))) return null;
+  const run = await readRunJson(path);
+  const previous = { ...UNRECORDED_SETTINGS, ...run.settings as Record<string, unknown> };
+  const resolved = run.resolved as { model?: { real_dir?: unknown }; cwd?: unknown } | undefined;
+  const now = { ...UNRECORDED_SETTINGS, ...settings };
+  return await firstDifference(previous, now, { model: resolved?.model?.real_dir }, resolved?.cwd);
+}
+
+/**
  * Checks that a folder's run.json was written with the same settings; a path given under another
  * spelling of the same place (the shipped model by the path a task script fills in, or as typed)
  * is the same setting.
@@ -204,19 +221,9 @@ export async function checkSameSettings(
   dir: string,
   settings: Record<string, unknown>,
 ): Promise<void> {
-  const path = `${dir}/run.json`;
-  if (!(await exists(path))) return;
-  const run = await readRunJson(path);
-  const previous = { ...UNRECORDED_SETTINGS, ...run.settings as Record<string, unknown> };
-  const resolved = run.resolved as { model?: { real_dir?: unknown }; cwd?: unknown } | undefined;
-  const now = { ...UNRECORDED_SETTINGS, ...settings };
-  const diff = await firstDifference(
-    previous,
-    now,
-    { model: resolved?.model?.real_dir },
-    resolved?.cwd,
-  );
+  const diff = await recordedDifference(dir, settings);
   if (!diff) return;
+  const now = { ...UNRECORDED_SETTINGS, ...settings };
   const message = `--resume: ${dir} was started with other settings (${diff.text})`;
   // A typed flag against the recorded one: the command's (exit status 2). A setting this ehft
   // does not know (run.json from another version, or edited) is the file's (1).
