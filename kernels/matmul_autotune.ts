@@ -886,7 +886,7 @@ async function tuneWithLockHeld(
       // What a write killed mid-way (kill -9) left beside the file: never needed, and no other
       // write of it is under way (the lock). Only this file's, in a folder others share.
       await removeStaleTemporaries(dir && dir !== file ? dir : ".", [
-        file.slice(file.lastIndexOf("/") + 1),
+        basename(file),
       ]).catch(() => 0);
       await writeJsonAtomic(file, all);
       saved = true;
