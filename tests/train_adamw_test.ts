@@ -1,5 +1,6 @@
-// Three training steps of full fine-tuning, and EH-FT (BitFit)'s two stages with their hand-off
-// (ehft_reference.safetensors), against PyTorch (tests/fixtures/tiny-bert/
+// Three training steps of full fine-tuning, and EH-FT's and EH-FT-reserve's two stages with
+// their hand-off for BitFit (ehft_reference.safetensors), LoRA and prefix-tuning
+// (ehft_peft_reference.safetensors), against PyTorch (tests/fixtures/tiny-bert/
 // adamw_reference.safetensors, made by tools/make_fixtures.py): torch.optim.AdamW in float64
 // with lr 1e-3 constant, β (0.9, 0.98), ε 1e-6, weight decay 0.1 except biases and LayerNorm
 // weights, BCE mean over batches of 3 in file order, dropout 0, no clipping. The engine's own
@@ -23,6 +24,7 @@ import { openSafetensors } from "../model/safetensors.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
 import { Trainer } from "../train/trainer.ts";
 import { createPeft } from "../peft/method.ts";
+import { resolveStages } from "../train/strategy.ts";
 
 const DIR = new URL("./fixtures/tiny-bert/", import.meta.url).pathname;
 
@@ -123,70 +125,123 @@ gpuTest("train: three AdamW steps of ft match torch.optim.AdamW", async (gpu) =>
   assertChanges(after, initial, deltas, 1e-2 * lr * steps);
 });
 
-for (const reserve of [false, true]) {
-  const what = reserve ? "EH-FT-reserve (BitFit)" : "EH-FT (BitFit)";
-  gpuTest(`train: ${what}'s two stages and hand-off match torch (ehft_reference)`, async (gpu) => {
-    // tools/make_fixtures.py: Stage 1 trains BitFit's biases and the head for one step; the
-    // backbone is then restored to model.safetensors (BitFit's biases kept, for ehft-reserve),
-    // the head kept, and a fresh AdamW trains every tensor for the next two (the adamw
-    // reference's batches, constant lr, no clipping).
-    const key = (k: string) => reserve ? `reserve.${k}` : k;
-    const ref = await openSafetensors(`${DIR}/ehft_reference.safetensors`);
-    const meta = ref.metadata;
-    const lr = Number(meta.lr);
-    const stage1 = Number(meta.stage1_steps);
-    assertEquals([meta.strategy, meta.peft, stage1, meta.clipping], ["ehft", "bitfit", 1, "none"]);
-    const batches = await referenceBatches(3);
-    const losses = (await ref.read(key("losses"))).data as Float64Array;
-    const config = await readConfig(`${DIR}/config.json`);
-    const model = await openSafetensors(`${DIR}/model.safetensors`);
-    const adamw = referenceAdamw(meta);
-    const peft = createPeft("bitfit", gpu, config, {
-      loraR: 8,
-      loraAlpha: 16,
-      prefixLength: 16,
-      seed: 0,
-    });
-    const trainer = new Trainer(gpu, {
-      config,
-      loss: "bce",
-      headClasses: 1,
-      maxExamples: 3,
-      maxSeq: batches[0].encoder.seqLen,
-      dropout: 0,
-      headSeed: 0,
-      dropoutSeed: 0,
-      adamw,
-      peft,
-    });
-    try {
-      await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
-      await loadHead(model, trainer.headParameters());
-      const initial = new Map<string, Float32Array>();
-      for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
-      trainer.beginStage({ head: true, backbone: "peft", peft: true }, adamw);
-      for (let k = 0; k < stage1; k++) await trainer.step(batches[k], lr, k);
-      // The hand-off as train/run.ts makes it (handOff): the backbone re-read, BitFit's
-      // biases kept for ehft-reserve, BitFit dropped for ehft.
-      await trainer.restoreBackbone(model, reserve ? peft.trainsBackbone : () => false);
-      if (!reserve) trainer.dropPeft();
-      trainer.beginStage({ head: true, backbone: "all", peft: reserve }, adamw);
-      for (let k = stage1; k < batches.length; k++) await trainer.step(batches[k], lr, k);
-      const stats = await trainer.takeStats();
-      assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
-      const after = new Map<string, Float32Array>();
-      const deltas = new Map<string, Float64Array>();
-      for (const [name, t] of trainer.trainableParameters()) {
-        after.set(name, (await t.download()) as Float32Array);
-        deltas.set(name, (await ref.read(key(`delta.${name}`))).data as Float64Array);
-      }
-      assertChanges(after, initial, deltas, 1e-2 * lr * batches.length);
-    } finally {
-      trainer.destroy();
-      model.close();
-      ref.close();
-    }
-  });
+/**
+ * EH-FT's references (tools/make_fixtures.py): BitFit's in ehft_reference.safetensors, LoRA's
+ * and prefix-tuning's in ehft_peft_reference.safetensors under "<peft>.", which also holds the
+ * adapters' initial values ("<peft>.init.<name>"; LoRA's B not zero, so that the low-rank term
+ * enters the first forward) and their change over Stage 1 ("<peft>.stage1.delta.<name>").
+ */
+const EHFT_REFERENCES = [
+  { method: "bitfit", file: "ehft_reference.safetensors", base: "" },
+  { method: "lora", file: "ehft_peft_reference.safetensors", base: "lora." },
+  { method: "prefix", file: "ehft_peft_reference.safetensors", base: "prefix." },
+] as const;
+
+for (const { method, file, base } of EHFT_REFERENCES) {
+  for (const strategy of ["ehft", "ehft-reserve"] as const) {
+    gpuTest(
+      `train: ${strategy} (${method})'s stages and hand-off match torch (${file})`,
+      async (gpu) => {
+        // Stage 1 trains the method's tensors and the head; the hand-off (Trainer.handOff, as
+        // train/run.ts makes it) restores the backbone to model.safetensors (BitFit's biases kept
+        // for ehft-reserve), keeps the head, and drops the method for ehft; a fresh AdamW trains
+        // every tensor for the rest (the adamw reference's batches, constant lr, no clipping).
+        const reserve = strategy === "ehft-reserve";
+        const key = (k: string) => `${base}${reserve ? "reserve." : ""}${k}`;
+        const ref = await openSafetensors(`${DIR}/${file}`);
+        const meta = ref.metadata;
+        const lr = Number(meta.lr);
+        const stage1 = Number(meta.stage1_steps);
+        assertEquals([meta.schedule, meta.clipping, meta.dropout], ["constant", "none", "0"]);
+        const batches = await referenceBatches(3);
+        const stages = resolveStages({
+          strategy,
+          peft: method,
+          totalSteps: batches.length,
+          stage1Ratio: stage1 / batches.length,
+          lr,
+          stage1Lr: lr,
+        });
+        assertEquals(stages.map((s) => s.steps), [stage1, batches.length - stage1]);
+        const losses = (await ref.read(key("losses"))).data as Float64Array;
+        const config = await readConfig(`${DIR}/config.json`);
+        const model = await openSafetensors(`${DIR}/model.safetensors`);
+        const adamw = referenceAdamw(meta);
+        const peft = createPeft(method, gpu, config, {
+          loraR: Number(meta.lora_r ?? 8),
+          loraAlpha: Number(meta.lora_alpha ?? 16),
+          prefixLength: Number(meta.prefix_length ?? 16),
+          seed: 0,
+        });
+        const trainer = new Trainer(gpu, {
+          config,
+          loss: "bce",
+          headClasses: 1,
+          maxExamples: 3,
+          maxSeq: batches[0].encoder.seqLen,
+          dropout: 0,
+          headSeed: 0,
+          dropoutSeed: 0,
+          adamw,
+          peft,
+        });
+        try {
+          await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+          await loadHead(model, trainer.headParameters());
+          const initial = new Map<string, Float32Array>();
+          for (const name of model.tensors.keys()) initial.set(name, await model.readF32(name));
+          const adapters = trainer.peftParameters();
+          const fixtureAdapters = [...ref.tensors.keys()].filter((n) =>
+            n.startsWith(`${base}init.`)
+          );
+          assertEquals(
+            [...adapters.keys()].sort(),
+            fixtureAdapters.map((n) => n.slice(`${base}init.`.length)).sort(),
+            "the adapters' names",
+          );
+          for (const [name, t] of adapters) {
+            const values = await ref.readF32(`${base}init.${name}`);
+            t.upload(values);
+            initial.set(name, values);
+          }
+
+          trainer.beginStage(stages[0].trains, adamw);
+          for (let k = 0; k < stage1; k++) await trainer.step(batches[k], lr, k);
+          if (adapters.size > 0) {
+            const after = new Map<string, Float32Array>();
+            const deltas = new Map<string, Float64Array>();
+            for (const [name, t] of adapters) {
+              after.set(name, (await t.download()) as Float32Array);
+              deltas.set(
+                name,
+                (await ref.read(`${base}stage1.delta.${name}`)).data as Float64Array,
+              );
+            }
+            assertChanges(after, initial, deltas, 1e-2 * lr * stage1);
+          }
+
+          await trainer.handOff(stages[1], model);
+          trainer.beginStage(stages[1].trains, adamw);
+          for (let k = stage1; k < batches.length; k++) await trainer.step(batches[k], lr, k);
+          const stats = await trainer.takeStats();
+          assertClose("losses", stats.map((s) => s.loss), Array.from(losses), 1e-4);
+          const after = new Map<string, Float32Array>();
+          const deltas = new Map<string, Float64Array>();
+          for (const [name, t] of trainer.trainableParameters()) {
+            after.set(name, (await t.download()) as Float32Array);
+            deltas.set(name, (await ref.read(key(`delta.${name}`))).data as Float64Array);
+          }
+          const referenced = [...ref.tensors.keys()].filter((n) => n.startsWith(key("delta.")));
+          assertEquals(after.size, referenced.length, "every tensor the reference trains trains");
+          assertChanges(after, initial, deltas, 1e-2 * lr * batches.length);
+        } finally {
+          trainer.destroy();
+          model.close();
+          ref.close();
+        }
+      },
+    );
+  }
 }
 
 gpuTest(

@@ -20,7 +20,9 @@ It is checked against AdamW's formula by hand and against a float32 torch run of
 tiny-bert also gets ehft_reference.safetensors: EH-FT with BitFit over the same batches (Stage 1,
 one step, on BitFit's biases and the head; the backbone restored, the head kept; Stage 2, two steps,
 on everything with a fresh AdamW): each step's loss and delta.<name>; and EH-FT-reserve's
-(BitFit's biases kept through the hand-off) as reserve.losses and reserve.delta.<name>.
+(BitFit's biases kept through the hand-off) as reserve.losses and reserve.delta.<name>;
+and ehft_peft_reference.safetensors, the same two runs with LoRA and with prefix-tuning (Stage 1 two
+steps, from the adapters' initial values that the file holds), under "lora." and "prefix.".
 
 transformers and safetensors are not installable here, so the modeling code below reproduces
 Hugging Face's BertModel / RobertaModel (eager attention, absolute positions, no pooler) in plain
@@ -260,14 +262,21 @@ def extended_mask(attention_mask, dtype):
     return (1.0 - m) * torch.finfo(dtype).min
 
 
-def encoder_layer(P, cfg, p, h, ext_mask):
+def encoder_layer(P, cfg, p, h, ext_mask, layer=None, lora_scale=None):
+    """One post-LN block. Layer `layer`'s LoRA factors (lora_name) and prefix rows (prefix_name),
+    when P holds them, enter as Hugging Face PEFT's do: y = x·Wᵀ + b + lora_scale·(x·Aᵀ)·Bᵀ, and
+    P key / value rows per head in front of the sequence's, attended to by every query."""
     B, S, H = h.shape
     nh = cfg["num_attention_heads"]
     hd = H // nh
     eps = cfg["layer_norm_eps"]
 
     def lin(name, x):
-        return F.linear(x, P[f"{p}.{name}.weight"], P[f"{p}.{name}.bias"])
+        y = F.linear(x, P[f"{p}.{name}.weight"], P[f"{p}.{name}.bias"])
+        a = P.get(lora_name(layer, name, "A"))
+        if a is not None:
+            y = y + lora_scale * F.linear(F.linear(x, a), P[lora_name(layer, name, "B")])
+        return y
 
     def heads(x):
         return x.view(B, S, nh, hd).permute(0, 2, 1, 3)
@@ -275,6 +284,13 @@ def encoder_layer(P, cfg, p, h, ext_mask):
     q = heads(lin("attention.self.query", h))
     k = heads(lin("attention.self.key", h))
     v = heads(lin("attention.self.value", h))
+    rows_k = P.get(prefix_name(layer, "key"))
+    if rows_k is not None:
+        rows_v = P[prefix_name(layer, "value")]
+        k = torch.cat([rows_k.expand(B, -1, -1, -1), k], dim=2)
+        v = torch.cat([rows_v.expand(B, -1, -1, -1), v], dim=2)
+        rows_mask = torch.zeros(B, 1, 1, rows_k.shape[1], dtype=ext_mask.dtype)
+        ext_mask = torch.cat([rows_mask, ext_mask.expand(B, 1, 1, S)], dim=-1)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)
     scores = scores + ext_mask
     probs = torch.softmax(scores, dim=-1)
@@ -288,12 +304,12 @@ def encoder_layer(P, cfg, p, h, ext_mask):
     return F.layer_norm(o + h, (H,), P[f"{ln}.weight"], P[f"{ln}.bias"], eps)
 
 
-def encoder(P, cfg, prefix, inputs):
+def encoder(P, cfg, prefix, inputs, lora_scale=None):
     input_ids, attention_mask, token_type_ids, position_ids = inputs
     h = embeddings(P, cfg, prefix, input_ids, token_type_ids, position_ids)
     ext = extended_mask(attention_mask, h.dtype)
     for i in range(cfg["num_hidden_layers"]):
-        h = encoder_layer(P, cfg, f"{prefix}.encoder.layer.{i}", h, ext)
+        h = encoder_layer(P, cfg, f"{prefix}.encoder.layer.{i}", h, ext, i, lora_scale)
     return h
 
 
@@ -322,8 +338,8 @@ def loss_of(logits, labels, classes):
     return F.cross_entropy(logits, labels, reduction="mean")
 
 
-def full_forward(P, cfg, prefix, inputs, fx, labels):
-    h = encoder(P, cfg, prefix, inputs)
+def full_forward(P, cfg, prefix, inputs, fx, labels, lora_scale=None):
+    h = encoder(P, cfg, prefix, inputs, lora_scale)
     x = head_input_of(h, fx)
     logits, pre = head(P, x)
     return h, x, logits, loss_of(logits, labels, fx["classes"]), pre
@@ -717,6 +733,7 @@ def make_fixture(fx, root):
     if "adamw" in fx:
         make_adamw_reference(fx, weights32, inputs, labels, loss.item(), grads, out)
         make_ehft_reference(fx, weights32, inputs, labels, out)
+        make_ehft_peft_reference(fx, weights32, inputs, labels, out)
     return checks
 
 
@@ -1016,12 +1033,22 @@ def is_bitfit(name, prefix):
     return m is not None and m.group(2) in BITFIT_LAYER_MODULES
 
 
-def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False):
-    """EH-FT (BitFit): Stage 1 on BitFit's biases and the head, the hand-off, Stage 2 on all.
-    With `reserve` (EH-FT-reserve) the hand-off keeps BitFit's trained biases. Frozen tensors do
-    not require gradients (they would gather them across the stages)."""
-    P = {n: w.to(dtype).clone() for n, w in weights.items()}
-    stage1 = [n for n in P if n.startswith("head.") or is_bitfit(n, prefix)]
+def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False, adapters=None):
+    """EH-FT: Stage 1 on the PEFT method's tensors and the head, the hand-off, Stage 2 on all.
+    The method is BitFit without `adapters`; with them (LoRA's factors or prefix rows, by name),
+    that method, for PEFT_STAGE1_STEPS. The hand-off restores every backbone tensor but BitFit's
+    biases with `reserve` (EH-FT-reserve), and drops the adapters without it. Frozen tensors do
+    not require gradients (they would gather them across the stages). Returns (final tensors,
+    losses, Stage 1's tensor names, the adapters after Stage 1)."""
+    adapters = adapters or {}
+    lora_scale = PEFT_LORA_ALPHA / PEFT_LORA_R
+    P = {n: w.to(dtype).clone() for n, w in {**weights, **adapters}.items()}
+    if adapters:
+        stage1 = [n for n in P if n.startswith("head.") or n in adapters]
+        stage1_steps = PEFT_STAGE1_STEPS
+    else:
+        stage1 = [n for n in P if n.startswith("head.") or is_bitfit(n, prefix)]
+        stage1_steps = EHFT_STAGE1_STEPS
     for n, w in P.items():
         w.requires_grad_(n in stage1)
     losses = []
@@ -1029,32 +1056,36 @@ def ehft_run(weights, batches, cfg, prefix, fx, dtype, reserve=False):
     def steps(opt, part):
         for inputs, labels in part:
             opt.zero_grad(set_to_none=True)
-            loss = full_forward(P, cfg, prefix, inputs, fx, labels.to(dtype))[3]
+            loss = full_forward(P, cfg, prefix, inputs, fx, labels.to(dtype), lora_scale)[3]
             loss.backward()
             losses.append(loss.item())
             opt.step()
 
-    steps(adamw_over(P, stage1), batches[:EHFT_STAGE1_STEPS])
-    for n in P:
+    steps(adamw_over(P, stage1), batches[:stage1_steps])
+    after1 = {n: P[n].detach().clone() for n in adapters}
+    for n in weights:
         if not (n.startswith("head.") or (reserve and n in stage1)):
             P[n] = weights[n].to(dtype).clone()
+    if not reserve:
+        for n in adapters:
+            del P[n]
     for w in P.values():
         w.requires_grad_(True)
         w.grad = None
-    steps(adamw_over(P, list(P)), batches[EHFT_STAGE1_STEPS:])
-    return {n: w.detach() for n, w in P.items()}, losses, stage1
+    steps(adamw_over(P, list(P)), batches[stage1_steps:])
+    return {n: w.detach() for n, w in P.items()}, losses, stage1, after1
 
 
 def make_ehft_reference(fx, weights32, inputs1, labels1, out):
     cfg = fx["config"]
     prefix = cfg["model_type"]
     _, _, batches = reference_batches(fx, inputs1, labels1)
-    final, losses, stage1 = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64)
+    final, losses, stage1, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64)
     delta = {name: final[name] - weights32[name].double() for name in weights32}
     trained = [n for n in stage1 if not n.startswith("head.")]
     assert len(trained) == 1 + len(BITFIT_LAYER_MODULES) * cfg["num_hidden_layers"], trained
     # The same run in float32 reaches the test's tolerances.
-    final32, losses32, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float32)
+    final32, losses32, _, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float32)
     tol = ADAMW_LR * ADAMW_STEPS
     worst32 = max(
         (final32[k].double() - weights32[k].double() - delta[k]).abs().max().item() / tol
@@ -1066,7 +1097,7 @@ def make_ehft_reference(fx, weights32, inputs1, labels1, out):
     for name in weights32:
         reference[f"delta.{name}"] = delta[name]
     # EH-FT-reserve: the same, BitFit's biases kept through the hand-off.
-    kept, kept_losses, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64, True)
+    kept, kept_losses, _, _ = ehft_run(weights32, batches, cfg, prefix, fx, torch.float64, True)
     assert kept_losses[0] == losses[0] and kept_losses[1] != losses[1]
     reference["reserve.losses"] = torch.tensor(kept_losses, dtype=torch.float64)
     for name in weights32:
@@ -1099,6 +1130,164 @@ def make_ehft_reference(fx, weights32, inputs1, labels1, out):
     print(f"== {fx['name']}: EH-FT (BitFit) reference, Stage 1 {EHFT_STAGE1_STEPS} step(s)")
     print(f"   losses {[f'{v:.17g}' for v in losses]}")
     print(f"   torch float32 run vs this reference: worst |Δ32 − Δ| / (lr·steps) {worst32:.3g}, losses relative {loss32:.3g}")
+
+
+# EH-FT with LoRA and with prefix-tuning (tiny-bert only), on the same batches: Stage 1 trains the
+# adapters and the head for PEFT_STAGE1_STEPS steps (two, so that Adam's second step, with its
+# moments, reaches the adapters too), the hand-off restores the backbone and keeps the head, and
+# Stage 2 trains everything (the adapters too for EH-FT-reserve) for the remaining step. The
+# adapters' initial values are the fixture's own, written beside the results for the test to load:
+# LoRA's A as peft/lora.ts draws it, uniform in ±1/√in, but B not zero, so that the low-rank term
+# enters the first forward; prefix rows N(0, 0.5²), large enough to change the attention visibly.
+
+PEFT_STAGE1_STEPS = 2
+PEFT_SEED = 1005
+PEFT_LORA_R = 4
+PEFT_LORA_ALPHA = 8  # the low-rank term's factor α/r = 2
+PEFT_PREFIX_LENGTH = 3
+LORA_TARGET_PATHS = (  # peft/lora.ts's LORA_MODULE_PATHS
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+)
+
+
+def lora_name(layer, path, which):
+    """peft/lora.ts's loraParameterName: the name of a site's A [r, in] or B [out, r]."""
+    return f"lora.encoder.layer.{layer}.{path}.lora_{which}.weight"
+
+
+def prefix_name(layer, which):
+    """peft/prefix.ts's prefixParameterName: layer's key or value rows [heads, P, head_dim]."""
+    return f"prefix.encoder.layer.{layer}.{which}"
+
+
+def initial_adapters(cfg, method):
+    """The adapters' float32 starting values, from their own seeded generator."""
+    gen = torch.Generator().manual_seed(PEFT_SEED)
+    H = cfg["hidden_size"]
+    nh = cfg["num_attention_heads"]
+    out = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        if method == "lora":
+            for path in LORA_TARGET_PATHS:
+                a = (torch.rand(PEFT_LORA_R, H, generator=gen, dtype=torch.float64) * 2 - 1)
+                out[lora_name(layer, path, "A")] = (a / math.sqrt(H)).float()
+                b = torch.randn(H, PEFT_LORA_R, generator=gen, dtype=torch.float64) * 0.2
+                out[lora_name(layer, path, "B")] = b.float()
+        else:
+            for which in ("key", "value"):
+                shape = (nh, PEFT_PREFIX_LENGTH, H // nh)
+                rows = torch.randn(*shape, generator=gen, dtype=torch.float64)
+                out[prefix_name(layer, which)] = (rows * 0.5).float()
+    return out
+
+
+def check_lora_merge(weights32, adapters, cfg, prefix, fx, inputs, labels):
+    """LoRA's forward equals the plain forward with each target's weight merged, W + (α/r)·B·A
+    (what PEFT's merge_and_unload writes)."""
+    plain = {n: w.double() for n, w in weights32.items()}
+    P = {**plain, **{n: w.double() for n, w in adapters.items()}}
+    scale = PEFT_LORA_ALPHA / PEFT_LORA_R
+    merged = {n: w.clone() for n, w in plain.items()}
+    for layer in range(cfg["num_hidden_layers"]):
+        for path in LORA_TARGET_PATHS:
+            a = adapters[lora_name(layer, path, "A")].double()
+            b = adapters[lora_name(layer, path, "B")].double()
+            merged[f"{prefix}.encoder.layer.{layer}.{path}.weight"] += scale * (b @ a)
+    with torch.no_grad():
+        got = full_forward(P, cfg, prefix, inputs, fx, labels, scale)[2]
+        want = full_forward(merged, cfg, prefix, inputs, fx, labels)[2]
+        unadapted = full_forward(plain, cfg, prefix, inputs, fx, labels)[2]
+    err = (got - want).abs().max().item()
+    assert err < 1e-12 and (got - unadapted).abs().max().item() > 1e-3, err
+    return err
+
+
+def make_ehft_peft_reference(fx, weights32, inputs1, labels1, out):
+    cfg = fx["config"]
+    prefix = cfg["model_type"]
+    _, _, batches = reference_batches(fx, inputs1, labels1)
+    reference = {}
+    report = []
+    for method in ("lora", "prefix"):
+        adapters = initial_adapters(cfg, method)
+        if method == "lora":
+            merge_err = check_lora_merge(weights32, adapters, cfg, prefix, fx, inputs1, labels1)
+            report.append(f"LoRA merged-weight forward vs adapter forward {merge_err:.3g}")
+        for name, value in adapters.items():
+            reference[f"{method}.init.{name}"] = value
+        for reserve in (False, True):
+            def run(dtype):
+                return ehft_run(weights32, batches, cfg, prefix, fx, dtype, reserve, adapters)
+
+            final, losses, stage1, after1 = run(torch.float64)
+            heads = [n for n in weights32 if n.startswith("head.")]
+            assert sorted(stage1) == sorted(heads + list(adapters))
+            assert (set(final) == set(weights32) | set(adapters)) == reserve
+            final32, losses32, _, _ = run(torch.float32)
+            tol = ADAMW_LR * ADAMW_STEPS
+            start = {n: w.double() for n, w in {**weights32, **adapters}.items()}
+            worst32 = max(
+                (final32[k].double() - final[k]).abs().max().item() / tol for k in final
+            )
+            loss32 = max(abs(a - b) / abs(b) for a, b in zip(losses32, losses))
+            assert worst32 < 1e-2 and loss32 < 1e-4, (method, reserve, worst32, loss32)
+            key = f"{method}.reserve" if reserve else method
+            reference[f"{key}.losses"] = torch.tensor(losses, dtype=torch.float64)
+            for name in final:
+                reference[f"{key}.delta.{name}"] = final[name] - start[name]
+            if not reserve:
+                for name in adapters:
+                    reference[f"{method}.stage1.delta.{name}"] = after1[name] - start[name]
+                plain_losses = losses
+            else:
+                assert losses[:PEFT_STAGE1_STEPS] == plain_losses[:PEFT_STAGE1_STEPS]
+                assert losses[-1] != plain_losses[-1]
+            report.append(
+                f"{key}: losses {[f'{v:.17g}' for v in losses]}; torch float32 run vs this "
+                f"reference: worst |Δ32 − Δ| / (lr·steps) {worst32:.3g}, "
+                f"losses relative {loss32:.3g}"
+            )
+    meta = {
+        "format": "pt",
+        "fixture": fx["name"],
+        "strategy": "ehft and ehft-reserve",
+        "peft": "lora and prefix: keys <peft>.*",
+        "batches": "adamw_reference.safetensors' three, in order",
+        "stage1_steps": str(PEFT_STAGE1_STEPS),
+        "stage1": "the adapters and the head",
+        "handoff": "every backbone tensor restored to model.safetensors; the head kept; the "
+        "adapters dropped (<peft>.*) or kept and trained on (<peft>.reserve.*)",
+        "stage2": "every tensor, a fresh torch.optim.AdamW",
+        "init": "<peft>.init.<name>: the adapters' initial float32 values (LoRA B not zero)",
+        "stage1_delta": "<peft>.stage1.delta.<name>: an adapter after Stage 1 - its initial value",
+        "delta": "<peft>[.reserve].delta.<name> = a tensor after the last step - its initial value",
+        "lora_r": str(PEFT_LORA_R),
+        "lora_alpha": str(PEFT_LORA_ALPHA),
+        "lora_targets": ",".join(LORA_TARGET_PATHS),
+        "prefix_length": str(PEFT_PREFIX_LENGTH),
+        "lr": "0.001",
+        "betas": "[0.9, 0.98]",
+        "eps": "1e-6",
+        "weight_decay": "0.1",
+        "decay_rule": ADAMW_DECAY_RULE + "; the adapters' tensors decay",
+        "schedule": "constant",
+        "clipping": "none",
+        "dropout": "0",
+        "precision": "float64 parameters, gradients and AdamW state",
+        "torch_version": torch.__version__,
+    }
+    path = os.path.join(out, "ehft_peft_reference.safetensors")
+    write_safetensors(path, reference, meta)
+    back, back_meta = read_safetensors(path)
+    assert back_meta == meta and set(back) == set(reference)
+    for name, value in reference.items():
+        assert back[name].dtype == value.dtype and torch.equal(back[name], value), name
+    print(f"== {fx['name']}: EH-FT (LoRA, prefix) reference, Stage 1 {PEFT_STAGE1_STEPS} step(s)")
+    for line in report:
+        print(f"   {line}")
 
 
 def main():

@@ -1020,17 +1020,6 @@ function checkpointParameters(l: Loop, s: number): Map<string, Tensor> {
   ]);
 }
 
-/** The hand-off into stage `index`: restore the backbone, drop the PEFT method. */
-async function handOff(l: Loop, index: number): Promise<void> {
-  const stage = l.p.stages[index];
-  const trainer = l.trainer;
-  if (stage.restoreBackbone) {
-    const keep = !stage.dropPeft && trainer.peft ? trainer.peft.trainsBackbone : () => false;
-    await trainer.restoreBackbone(l.p.model.weights, keep);
-  }
-  if (stage.dropPeft) trainer.dropPeft();
-}
-
 async function trainStages(
   l: Loop,
   checkpoint: LoadedCheckpoint | null,
@@ -1047,7 +1036,7 @@ async function trainStages(
   // A resumed run goes on counting the skips in a row its log ended with, as the run would have.
   let consecutiveSkips = l.log.trailingSkips;
   // A resumed run replays the hand-offs of the stages it already passed.
-  for (let s = 1; s < startStage; s++) await handOff(l, s);
+  for (let s = 1; s < startStage; s++) await trainer.handOff(stages[s], p.model.weights);
 
   let stageStart = 0;
   for (let s = 0; s < startStage; s++) stageStart += stages[s].steps;
@@ -1055,7 +1044,7 @@ async function trainStages(
   for (let s = startStage; s < stages.length; s++) {
     const stage = stages[s];
     const resumed = checkpoint !== null && s === startStage;
-    if (s > 0) await handOff(l, s);
+    if (s > 0) await trainer.handOff(stage, p.model.weights);
     trainer.beginStage(stage.trains, adamw);
     let first = 0;
     if (resumed) {

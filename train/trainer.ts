@@ -68,7 +68,7 @@ import {
   isNoDecayName,
   type TrainableTensor,
 } from "./optimizer.ts";
-import type { StageTrains } from "./strategy.ts";
+import type { Stage, StageTrains } from "./strategy.ts";
 import type { LossKind } from "./task.ts";
 
 /** A Trainer's model, loss and head, capacity, seeds, PEFT method, AdamW settings and precision. */
@@ -431,6 +431,22 @@ export class Trainer {
       this.config,
       new Map([...params].filter(([name]) => !keep(name))),
     );
+  }
+
+  /**
+   * The hand-off before `stage` (train/strategy.ts): with `restoreBackbone`, the backbone
+   * re-read from `pretrained` (the tensors the PEFT method trains kept, unless it is dropped);
+   * with `dropPeft`, the PEFT method removed.
+   */
+  async handOff(
+    stage: Pick<Stage, "restoreBackbone" | "dropPeft">,
+    pretrained: SafetensorsReader,
+  ): Promise<void> {
+    if (stage.restoreBackbone) {
+      const keep = !stage.dropPeft && this.peft ? this.peft.trainsBackbone : () => false;
+      await this.restoreBackbone(pretrained, keep);
+    }
+    if (stage.dropPeft) this.dropPeft();
   }
 
   /** Whether anything below the head needs the encoder's backward this stage. */
