@@ -230,10 +230,20 @@ export async function writeMarkerData(dir: string, train = 64, dev = 32): Promis
 
 /**
  * Writes a fresh EH-FT head for the tiny models (hidden 24, one output) `width` units wide:
- * `--head` with it trains a narrow head, much faster on lavapipe than the 2048 default.
+ * `--head` with it trains a narrow head, much faster on lavapipe than the 2048 default. With
+ * `logit`, the output layer's weights are 0 and its bias `logit`: every input gets that logit.
  */
-export async function writeNarrowHead(path: string, width = 64, seed = 7): Promise<void> {
+export async function writeNarrowHead(
+  path: string,
+  width = 64,
+  seed = 7,
+  logit?: number,
+): Promise<void> {
   const v = initialHeadValues(24, width, 1, seed);
+  if (logit !== undefined) {
+    v.outProj.weight.fill(0);
+    v.outProj.bias.fill(logit);
+  }
   await writeSafetensors(path, {
     "head.dense.weight": { dtype: "F32", shape: [width, 24], data: v.dense.weight },
     "head.dense.bias": { dtype: "F32", shape: [width], data: v.dense.bias },

@@ -501,6 +501,41 @@ test("train: two runs started at once on a new --out: one is refused, the other 
   assert(await exists(`${out}/metrics.json`), "the other run did not end");
 });
 
+test("train: an evaluation whose predictions are all one class says so, in the log and the line", async () => {
+  const { dir, args } = await prepare();
+  // A head whose logit is 3 for every input (every prediction class 1, lr 1e-30) and a linear
+  // probe that learns the marker in 4 steps at lr 0.1 (both classes predicted), each checked
+  // against predict.ts on the same model.
+  await writeNarrowHead(`${dir}/constant-head.safetensors`, 64, 7, 3);
+  const noted: boolean[] = [];
+  const runs = [["one-class", "constant-head", "ft", "1e-30"], ["mixed", "head", "lp", "1e-1"]];
+  for (const [name, head, strategy, lr] of runs) {
+    const out = `${dir}/${name}`;
+    const { config } = parseTrainArgs([
+      ...["--task", "rte", ...args, "--out", out, "--strategy", strategy, "--lr", lr],
+      ...["--head", `${dir}/${head}.safetensors`, "--max-steps", "4"],
+    ]);
+    const text = await captureStderr(() => runTraining(config, { task: rte }));
+    const evaluations = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+    const last = evaluations[evaluations.length - 1];
+    const predictions = await predict({
+      model: `${out}/model`,
+      task: rte,
+      data: `${dir}/data`,
+      split: "val",
+      batchSize: 16,
+    });
+    const classes = new Set(predictions.map((p) => p.prediction));
+    const only = classes.size === 1 ? [...classes][0] : undefined;
+    assertEquals(last.one_class, only, `${name}: log.jsonl's last evaluation`);
+    const line = text.split("\n").find((l) => l.startsWith("main step 4:"));
+    assertEquals(line?.endsWith(` (every prediction "${only}")`), only !== undefined, line);
+    noted.push(only !== undefined);
+  }
+  assertEquals(noted, [true, false], "one run with one class, one with both");
+});
+
 test("train: each progress line shows its block's mean loss (the steps since the line before)", async () => {
   const { dir, args } = await prepare();
   const out = `${dir}/progress`;

@@ -44,6 +44,18 @@ export class NonFiniteOutputsError extends Error {
   }
 }
 
+/** One evaluation's scores, and whether its predictions were all one class. */
+export interface Evaluation {
+  /** The scores by metric name. */
+  metrics: MetricValues;
+  /**
+   * The class every example was predicted as, when they all were (a classification task, two
+   * examples or more); else null. A collapsed model's MCC is 0 and its accuracy the class's
+   * share, numbers that look like a model's.
+   */
+  oneClass: number | null;
+}
+
 /**
  * Runs the model over `batches` and scores its predictions against `gold` with `metrics`
  * (`classes`: the task's label count, see computeMetrics); throws NonFiniteOutputsError if any
@@ -55,7 +67,7 @@ export async function evaluate(
   gold: readonly number[],
   metrics: readonly MetricName[],
   classes?: number,
-): Promise<MetricValues> {
+): Promise<Evaluation> {
   const outputs = await trainer.predict(batches);
   const C = trainer.outputs;
   const pred: number[] = [];
@@ -76,7 +88,10 @@ export async function evaluate(
   const scores = computeMetrics(metrics, pred, gold, classes);
   const out: MetricValues = {};
   for (const name of metrics) out[name] = Number.isNaN(scores[name]) ? null : scores[name];
-  return out;
+  const oneClass = trainer.loss !== "mse" && pred.length > 1 && pred.every((p) => p === pred[0])
+    ? pred[0]
+    : null;
+  return { metrics: out, oneClass };
 }
 
 /**

@@ -1179,7 +1179,7 @@ async function trainStages(
           await asked();
         }
         const classes = task.labels.length > 0 ? task.labels.length : undefined;
-        const metrics = await evaluate(trainer, p.devBatches, p.gold, task.metrics, classes).catch(
+        const scored = await evaluate(trainer, p.devBatches, p.gold, task.metrics, classes).catch(
           (e) => {
             if (!(e instanceof NonFiniteOutputsError)) throw e;
             const where = `step ${done} (${stage.name})`;
@@ -1187,15 +1187,25 @@ async function trainStages(
             throw nonFiniteOutputsFault(where, task.devSplit, e.message, l.place, f16);
           },
         );
+        const metrics = scored.metrics;
         last = metrics;
         // Only the final stage's evaluations count for the best score (the model it reports).
         if (s === lastStage) best = updateBest(best, metrics);
-        await l.log.write([{ stage: stage.name, step: done, split: task.devSplit, metrics }]);
+        const oneClass = scored.oneClass === null
+          ? null
+          : task.labels[scored.oneClass] ?? String(scored.oneClass);
+        await l.log.write([{
+          stage: stage.name,
+          step: done,
+          split: task.devSplit,
+          metrics,
+          ...(oneClass === null ? {} : { one_class: oneClass }),
+        }]);
         l.progress.line(
           `${stage.name} step ${done}: ${
             Object.entries(metrics).map(([k, v]) => `${k} ${v === null ? "nan" : v.toFixed(4)}`)
               .join(", ")
-          }`,
+          }${oneClass === null ? "" : ` (every prediction "${oneClass}")`}`,
         );
       }
       if (savesStage1) await saveStage1(l);
