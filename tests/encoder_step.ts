@@ -49,17 +49,15 @@ export interface StepResult {
   labels: string[];
 }
 
-/**
- * Uploads `weights`, sets the batch (token types too when `typeIds`), records forward (dropout
- * on, seed 2024, step 5) and backward from a seeded dHidden in one submit, and downloads the
- * hidden states and every encoder gradient.
- */
-export async function encoderStep(
-  gpu: Gpu,
+/** The forward's dropout settings in `encoderStep`: on, seed 2024, step 5. */
+export const STEP_FORWARD = { training: true, seed: 2024, step: 5 } as const;
+
+/** Uploads `weights` and sets `encoderStep`'s batch (token types too when `typeIds`). */
+export function setStepBatch(
   enc: Encoder,
   weights: Map<string, Float32Array>,
   opts: { typeIds?: boolean } = {},
-): Promise<StepResult> {
+): void {
   const c = enc.config;
   for (const [n, t] of encoderParameters(enc.params)) t.upload(weights.get(n)!);
   enc.setBatch({
@@ -69,12 +67,31 @@ export async function encoderStep(
     batch: STEP_BATCH,
     seqLen: STEP_SEQ,
   });
+}
+
+/** `encoderStep`'s seeded dHidden [STEP_BATCH, STEP_SEQ, hidden]. */
+export function stepDHidden(c: ModelConfig): Float32Array {
+  return Float32Array.from(randomValues(STEP_BATCH * STEP_SEQ * c.hiddenSize, 77));
+}
+
+/**
+ * Uploads `weights`, sets the batch (`setStepBatch`), records forward (STEP_FORWARD: dropout on)
+ * and backward from `stepDHidden` in one submit, and downloads the hidden states and every
+ * encoder gradient.
+ */
+export async function encoderStep(
+  gpu: Gpu,
+  enc: Encoder,
+  weights: Map<string, Float32Array>,
+  opts: { typeIds?: boolean } = {},
+): Promise<StepResult> {
+  const c = enc.config;
+  setStepBatch(enc, weights, opts);
   const H = c.hiddenSize;
-  const dH = Float32Array.from(randomValues(STEP_BATCH * STEP_SEQ * H, 77));
-  const dHidden = tensorFromArray(gpu, dH, [STEP_BATCH, STEP_SEQ, H], "dHidden");
+  const dHidden = tensorFromArray(gpu, stepDHidden(c), [STEP_BATCH, STEP_SEQ, H], "dHidden");
   try {
     const rec = new Recorder(gpu);
-    const hidden = enc.forward(rec, { training: true, seed: 2024, step: 5 });
+    const hidden = enc.forward(rec, STEP_FORWARD);
     enc.backward(rec, dHidden);
     const labels = rec.labels;
     await rec.submit();
