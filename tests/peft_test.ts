@@ -545,6 +545,8 @@ gpuTest("Prefix: names, shapes, initialisation N(0, 0.01²) (seeded)", async (gp
   assert([...encoderParameterShapes(c).keys()].every((n) => !prefix.trainsBackbone(n)));
   assertEquals(prefix.hooks().linear, undefined);
   assertEquals(values, initialPrefixValues(c, 16, 0));
+  // The documented initialisation (README, peft/README.md): N(0, 0.01²).
+  assertEquals(PREFIX_INIT_STD, 0.01);
   const s = stats(values);
   assertEquals(s.n, 2 * 2 * c.numHeads * 16 * c.headDim);
   assert(Math.abs(s.mean) < 4 * PREFIX_INIT_STD / Math.sqrt(s.n), `mean ${s.mean}`);

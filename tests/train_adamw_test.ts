@@ -245,6 +245,56 @@ for (const { method, file, base } of EHFT_REFERENCES) {
 }
 
 gpuTest(
+  "train: evaluation runs without dropout: dropout 0.1 predicts torch's dropout-free logits",
+  async (gpu) => {
+    // Trainer.predict and headFeatures (evaluation, predict.ts, --predict-test, analysis) run the
+    // encoder without dropout whatever the Trainer's; a step runs it with dropout.
+    const [batch] = await referenceBatches(3);
+    const config = await readConfig(`${DIR}/config.json`);
+    const model = await openSafetensors(`${DIR}/model.safetensors`);
+    const ref = await openSafetensors(`${DIR}/reference.safetensors`);
+    const trainers = [0.1, 0].map((dropout) =>
+      new Trainer(gpu, {
+        config,
+        loss: "bce",
+        headClasses: 1,
+        maxExamples: 3,
+        maxSeq: batch.encoder.seqLen,
+        dropout,
+        headSeed: 0,
+        dropoutSeed: 0,
+        adamw: ADAMW_DEFAULTS,
+      })
+    );
+    try {
+      const outputs: Float32Array[] = [];
+      const features: Float32Array[] = [];
+      for (const trainer of trainers) {
+        await loadBackbone(model, config, encoderParameters(trainer.encoder.params));
+        await loadHead(model, trainer.headParameters());
+        outputs.push((await trainer.predict([batch]))[0]);
+        features.push((await trainer.headFeatures([batch], "hidden")).values);
+      }
+      const logits = (await ref.read("logits")).data as Float64Array;
+      assertClose("logits with dropout 0.1", outputs[0], Array.from(logits), 1e-4);
+      assertEquals(outputs[0], outputs[1], "the same logits with dropout 0.1 and 0");
+      assertEquals(features[0], features[1], "the same head features with dropout 0.1 and 0");
+      // A step's forward does drop units: its logits are not the dropout-free ones.
+      const [dropped] = trainers;
+      dropped.beginStage({ head: true, backbone: "all", peft: false }, ADAMW_DEFAULTS);
+      await dropped.step(batch, 1e-30, 0);
+      const stepLogits = (await dropped.stepOutputs().download()) as Float32Array;
+      const moved = stepLogits.some((x, i) => Math.abs(x - outputs[1][i]) > 1e-3);
+      assert(moved, `a step's logits ${stepLogits} equal the dropout-free ${outputs[1]}`);
+    } finally {
+      for (const t of trainers) t.destroy();
+      model.close();
+      ref.close();
+    }
+  },
+);
+
+gpuTest(
   "train: the same steps with every transposed product copied first (nn_): same bits",
   async (gpu) => {
     // What an autotune on a GPU may choose (kernels/matmul.ts's nn_ variants): every product of
