@@ -27,6 +27,8 @@ import { loadBackbone } from "../model/checkpoint.ts";
 import { encoderParameters } from "../model/encoder.ts";
 import { headParameters } from "../model/head.ts";
 import { ADAMW_DEFAULTS } from "../train/optimizer.ts";
+import type { TrainBatch } from "../train/batches.ts";
+import { learningRate } from "../train/schedule.ts";
 import type { Stage } from "../train/strategy.ts";
 import { rte } from "../tasks/rte.ts";
 
@@ -221,6 +223,52 @@ Deno.test({
         }
       }
     }
+  },
+});
+
+Deno.test({
+  name: "train: each stage has its own schedule; a step takes its global step's batch and dropout",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // ehft over 10 steps (Stage 1: 4, Stage 2: 6) against ft over the same 10. The batches come
+    // from the run's data stream, not a stage's: the same ones in the same order (Stage 2 does
+    // not start the epochs over); Trainer.step is told the global step (its dropout masks'
+    // counter: Stage 2's masks are not Stage 1's again); each stage's learning rate warms up and
+    // decays over the stage's own steps (Stage 2 starts at 0, not at its global step's rate).
+    type Call = { ids: number[][]; lr: number; step: number };
+    const spy = (calls: Call[]) => ({ index, trainer }: { index: number; trainer: Trainer }) => {
+      if (index > 0) return Promise.resolve();
+      const step = trainer.step.bind(trainer);
+      trainer.step = (batch, lr, at) => {
+        const parts = Array.isArray(batch) ? batch : [batch] as TrainBatch[];
+        calls.push({ ids: parts.map((b) => Array.from(b.encoder.inputIds)), lr, step: at });
+        return step(batch, lr, at);
+      };
+      return Promise.resolve();
+    };
+    const common = ["--max-steps", "10", "--eval-every", "0", "--schedule", "linear"];
+    const ehft: Call[] = [], ft: Call[] = [];
+    const { config } = await train("stages-ehft", [
+      ...["--strategy", "ehft", "--peft", "bitfit", "--stage1-ratio", "0.4"],
+      ...["--stage1-lr", "1e-2", "--lr", "3e-3", "--warmup-ratio", "0.25", ...common],
+    ], spy(ehft));
+    await train("stages-ft", ["--strategy", "ft", "--lr", "3e-3", ...common], spy(ft));
+    assertEquals(ehft.map((c) => c.step), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "the steps");
+    assertEquals(ehft.map((c) => c.ids), ft.map((c) => c.ids), "the batches");
+    assert(
+      JSON.stringify(ehft[4].ids) !== JSON.stringify(ehft[0].ids),
+      "the second epoch's first batch is another",
+    );
+    const lrs = (lr: number, total: number) =>
+      Array.from(
+        { length: total },
+        (_, j) => learningRate({ name: "linear", lr, total, warmupRatio: config.warmupRatio }, j),
+      );
+    assertEquals(ehft.map((c) => c.lr), [...lrs(1e-2, 4), ...lrs(3e-3, 6)], "the learning rates");
+    assertEquals([ehft[0].lr, ehft[4].lr], [0, 0], "each stage starts its warmup at 0");
+    const logged = (await Deno.readTextFile(`${config.out}/log.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((l) => "lr" in l);
+    assertEquals(logged.map((l) => l.lr), ehft.map((c) => c.lr), "log.jsonl's learning rates");
   },
 });
 
