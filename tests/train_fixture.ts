@@ -231,24 +231,26 @@ export async function writeMarkerData(dir: string, train = 64, dev = 32): Promis
 /**
  * Writes a fresh EH-FT head for the tiny models (hidden 24, one output) `width` units wide:
  * `--head` with it trains a narrow head, much faster on lavapipe than the 2048 default. With
- * `logit`, the output layer's weights are 0 and its bias `logit`: every input gets that logit.
+ * `logits`, one output per value, the output layer's weights 0 and its biases `logits`: every
+ * input gets those logits.
  */
 export async function writeNarrowHead(
   path: string,
   width = 64,
   seed = 7,
-  logit?: number,
+  logits?: number[],
 ): Promise<void> {
-  const v = initialHeadValues(24, width, 1, seed);
-  if (logit !== undefined) {
+  const C = logits?.length ?? 1;
+  const v = initialHeadValues(24, width, C, seed);
+  if (logits) {
     v.outProj.weight.fill(0);
-    v.outProj.bias.fill(logit);
+    v.outProj.bias.set(logits);
   }
   await writeSafetensors(path, {
     "head.dense.weight": { dtype: "F32", shape: [width, 24], data: v.dense.weight },
     "head.dense.bias": { dtype: "F32", shape: [width], data: v.dense.bias },
-    "head.out_proj.weight": { dtype: "F32", shape: [1, width], data: v.outProj.weight },
-    "head.out_proj.bias": { dtype: "F32", shape: [1], data: v.outProj.bias },
+    "head.out_proj.weight": { dtype: "F32", shape: [C, width], data: v.outProj.weight },
+    "head.out_proj.bias": { dtype: "F32", shape: [C], data: v.outProj.bias },
   });
 }
 

@@ -20,6 +20,7 @@ import { FlagError } from "../train/flags.ts";
 import { runTraining, type SeedsMetrics } from "../train/run.ts";
 import type { Task, TaskExample } from "../train/task.ts";
 import { rte } from "../tasks/rte.ts";
+import { cb as cbTask } from "../tasks/cb.ts";
 
 interface Setup {
   dir: string;
@@ -506,7 +507,7 @@ test("train: an evaluation whose predictions are all one class says so, in the l
   // A head whose logit is 3 for every input (every prediction class 1, lr 1e-30) and a linear
   // probe that learns the marker in 4 steps at lr 0.1 (both classes predicted), each checked
   // against predict.ts on the same model.
-  await writeNarrowHead(`${dir}/constant-head.safetensors`, 64, 7, 3);
+  await writeNarrowHead(`${dir}/constant-head.safetensors`, 64, 7, [3]);
   const noted: boolean[] = [];
   const runs = [["one-class", "constant-head", "ft", "1e-30"], ["mixed", "head", "lp", "1e-1"]];
   for (const [name, head, strategy, lr] of runs) {
@@ -534,6 +535,36 @@ test("train: an evaluation whose predictions are all one class says so, in the l
     noted.push(only !== undefined);
   }
   assertEquals(noted, [true, false], "one run with one class, one with both");
+});
+
+test("train: CB's macro-F1 averages its three classes on a dev set that lacks one", async () => {
+  const { dir, args } = await prepare();
+  // SuperGLUE's F1 for CB: a class the dev set lacks and the model never predicts scores 0 and
+  // counts (macro_f1 over the task's labels, not over those that occur). Every prediction is
+  // "entailment" (a head whose logits are 3, 0, 0); the dev set holds entailment and
+  // contradiction only.
+  const data = `${dir}/cb-data`;
+  await Deno.mkdir(data, { recursive: true });
+  const cb = (n: number, seed: number, labels: string[]) =>
+    markerExamples(n, seed).map((e, i) =>
+      JSON.stringify({ ...e, label: labels[i % labels.length] })
+    )
+      .join("\n") + "\n";
+  await Deno.writeTextFile(
+    `${data}/train.jsonl`,
+    cb(8, 1, ["entailment", "contradiction", "neutral"]),
+  );
+  await Deno.writeTextFile(`${data}/val.jsonl`, cb(6, 2, ["entailment", "contradiction"]));
+  await writeNarrowHead(`${dir}/cb-head.safetensors`, 64, 7, [3, 0, 0]);
+  const out = `${dir}/cb`;
+  const { config } = parseTrainArgs([
+    ...["--task", "cb", ...args, "--data", data, "--head", `${dir}/cb-head.safetensors`],
+    ...["--out", out, "--strategy", "ft", "--lr", "1e-30", "--max-steps", "1"],
+  ]);
+  const metrics = await runTraining(config, { task: cbTask, quiet: true });
+  // Entailment: precision 3/6, recall 1, F1 2/3; contradiction and neutral 0.
+  assertClose("accuracy", [metrics.final.accuracy!], [0.5], 1e-12);
+  assertClose("macro_f1 over 3 classes", [metrics.final.macro_f1!], [2 / 9], 1e-12);
 });
 
 test("train: each progress line shows its block's mean loss (the steps since the line before)", async () => {
