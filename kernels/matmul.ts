@@ -26,7 +26,7 @@ import { GELU_WGSL } from "./gelu.ts";
 import { range } from "./grid.ts";
 import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
-import { SPLIT_K_SUM_WGSL, splitKCount, splitKSum } from "./matmul_split.ts";
+import { SPLIT_K_MAX, splitKCount, splitKSum, splitKSumWgsl } from "./matmul_split.ts";
 import { transpose, TRANSPOSE_TILE } from "./transpose.ts";
 import { Workspace } from "./workspace.ts";
 import {
@@ -1294,7 +1294,9 @@ export function matmulKernelSources(): string {
       }
     }
   }
-  parts.push(SPLIT_K_SUM_WGSL);
+  for (let s = 1; s <= SPLIT_K_MAX; s++) {
+    for (const flags of [0, 1, 2, 3]) parts.push(splitKSumWgsl(s, (flags & 1) !== 0, flags > 1));
+  }
   return parts.join("\n");
 }
 

@@ -15,7 +15,7 @@
 
 import { GpuError } from "./device.ts";
 import { flatIndex, grid1d } from "./grid.ts";
-import { getPipeline } from "./pipeline.ts";
+import { cachedSource, getPipeline } from "./pipeline.ts";
 import type { Recorder } from "./recorder.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -49,12 +49,25 @@ export function splitKCount(
 
 const WORKGROUP = 256;
 
-export const SPLIT_K_SUM_WGSL = /* wgsl */ `
+/**
+ * The sum of `slices` slices, with the old C added (`accumulate`) and a bias (`bias`): a kernel
+ * of its own for each, with no branch on them. One kernel that branched on a uniform's slice
+ * count and flags leaked about 140 KB of host memory a launch on lavapipe (Mesa 22.3), without
+ * end: 1.4 MB a training step of a 2-layer model (/work/notes/probe_t.md); its sums were these.
+ * Bindings: partial, then bias (when `bias`), then C, then the parameters.
+ */
+export function splitKSumWgsl(slices: number, accumulate: boolean, bias: boolean): string {
+  const C = bias ? 2 : 1;
+  const loads = Array.from(
+    { length: slices },
+    (_, s) => s === 0 ? "let x0 = partial[i];" : `let x${s} = partial[${s}u * mn + i];`,
+  );
+  return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> partial: array<f32>;
-@group(0) @binding(1) var<storage, read> bias: array<f32>;
-@group(0) @binding(2) var<storage, read_write> C: array<f32>;
-struct Params { m: u32, n: u32, slices: u32, ldc: u32, offC: u32, flags: u32, alpha: f32, _pad: u32 }
-@group(0) @binding(3) var<uniform> p: Params;
+${bias ? "@group(0) @binding(1) var<storage, read> bias: array<f32>;" : ""}
+@group(0) @binding(${C}) var<storage, read_write> C: array<f32>;
+struct Params { m: u32, n: u32, ldc: u32, offC: u32, alpha: f32, _p0: u32, _p1: u32, _p2: u32 }
+@group(0) @binding(${C + 1}) var<uniform> p: Params;
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -65,26 +78,21 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let idx = p.offC + gi * p.ldc + (i - gi * p.n);
   // Every slice's value (and the old C) is loaded before any is added: a loop of one load and one
   // add kept one load in flight per invocation (WGSL's loop counters keep GPU compilers from
-  // unrolling). The slices are added in order, as the loop did.
-  ${
-  Array.from({ length: SPLIT_K_MAX }, (_, s) =>
-    s === 0 ? "let x0 = partial[i];" : `var x${s} = 0.0;
-  if (${s}u < p.slices) { x${s} = partial[${s}u * mn + i]; }`).join("\n  ")
-}
-  var old = 0.0;
-  if ((p.flags & 1u) != 0u) { old = C[idx]; }
+  // unrolling). The slices are added in order.
+  ${loads.join("\n  ")}
+  ${accumulate ? "let old = C[idx];" : ""}
   var v = x0;
-  ${
-  Array.from({ length: SPLIT_K_MAX - 1 }, (_, s) => `if (${s + 1}u < p.slices) { v += x${s + 1}; }`)
-    .join("\n  ")
-}
+  ${Array.from({ length: slices - 1 }, (_, s) => `v += x${s + 1};`).join("\n  ")}
   // As matmul's store: alpha times the product, then the bias, then the old C.
   var o = p.alpha * v;
-  if ((p.flags & 2u) != 0u) { o += bias[i - gi * p.n]; }
-  if ((p.flags & 1u) != 0u) { o += old; }
+  ${bias ? "o += bias[i - gi * p.n];" : ""}
+  ${accumulate ? "o += old;" : ""}
   C[idx] = o;
 }
 `;
+}
+
+const sumSource = cachedSource(splitKSumWgsl);
 
 /**
  * Records C[offC + i·ldc + j] = alpha · Σ_s partial[s][i][j] (+ bias[j]) (+ C[...]), the slices
@@ -111,21 +119,13 @@ export function splitKSum(
     // The kernel adds at most SPLIT_K_MAX slices (it loads them all before adding any).
     throw new GpuError(`${op}: ${args.slices} k-slices; the split-k sum adds 1 to ${SPLIT_K_MAX}`);
   }
-  const words = new Uint32Array([
-    m,
-    n,
-    args.slices,
-    args.ldc,
-    args.offC,
-    (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0),
-    0,
-    0,
-  ]);
-  new Float32Array(words.buffer)[6] = args.alpha;
+  const words = new Uint32Array([m, n, args.ldc, args.offC, 0, 0, 0, 0]);
+  new Float32Array(words.buffer)[4] = args.alpha;
+  const code = sumSource(args.slices, args.accumulate, args.bias !== undefined);
   rec.dispatch(
     `${op} (split-k sum)`,
-    getPipeline(rec.gpu, "matmul split-k sum", SPLIT_K_SUM_WGSL),
-    [partial, args.bias ?? partial, c],
+    getPipeline(rec.gpu, "matmul split-k sum", code),
+    args.bias ? [partial, args.bias, c] : [partial, c],
     grid1d(m * n, WORKGROUP, rec.gpu.limits.maxComputeWorkgroupsPerDimension),
     words,
   );

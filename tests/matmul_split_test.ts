@@ -72,6 +72,10 @@ const CASES: SplitCase[] = [
     aligned: true,
   },
   { m: 20, n: 33, k: 2976, bias: true, f16: true },
+  // Each combination of the old C and a bias is a kernel of its own (kernels/matmul_split.ts):
+  // 5 slices added to the old C, 7 with a bias.
+  { m: 29, n: 17, k: 2560, accumulate: true },
+  { m: 23, n: 31, k: 3584, alpha: 1.5, bias: true },
 ];
 
 /** The case's operands (A stored [k, m], B [k, n]) and its float64 result (all of C). */
