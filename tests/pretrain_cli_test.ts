@@ -1347,14 +1347,16 @@ test("pretrain.ts: a SIGTERM in a step that ends with an evaluation checkpoints 
     // that step, before its evaluation.
     const run = await sigtermScript(
       dir,
-      `const rename = Deno.rename;
+      `const write = Deno.FsFile.prototype.write;
 let sent = Deno.args.includes("--resume");
-Deno.rename = async (from: string | URL, to: string | URL) => {
-  await rename(from, to);
-  if (sent || !String(to).endsWith("/log.jsonl")) return;
-  if (!(await Deno.readTextFile(to)).includes('"loss"')) return;
-  sent = true;
-  await sigterm();
+Deno.FsFile.prototype.write = async function (p: Uint8Array) {
+  const n = await write.call(this, p);
+  // The log's first training-loss line (appended; the checkpoint is written at the stop).
+  if (!sent && new TextDecoder().decode(p).startsWith('{"step":1,"loss"')) {
+    sent = true;
+    await sigterm();
+  }
+  return n;
 };`,
     );
     const args = (out: string) => [

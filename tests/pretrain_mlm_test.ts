@@ -700,8 +700,14 @@ gpuTest(
       // A: straight through.
       const a = `${root}/a`;
       let t0 = performance.now();
-      const resultA = await pretrain(gpu, options(a));
+      // The log is appended to, one file throughout (it was rewritten whole at every line).
+      const logFiles = new Set<number | null>();
+      const resultA = await pretrain(gpu, {
+        ...options(a),
+        onLog: () => void logFiles.add(Deno.statSync(`${a}/log.jsonl`).ino),
+      });
       const secondsA = (performance.now() - t0) / 1000;
+      assertEquals(logFiles.size, 1, "log.jsonl replaced while the run wrote it");
       const logA = await readLog(a);
       const evals = logA.filter((r) => "held_out_loss" in r);
       assertEquals(evals.map((r) => r.step), [0, 10, 20, N]);

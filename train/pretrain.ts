@@ -28,6 +28,7 @@ import {
 } from "../kernels/vocab_cross_entropy.ts";
 import { createTensor, type Tensor } from "../kernels/tensor.ts";
 import { isJsonObject, removeStaleTemporaries, writeFileAtomic } from "../model/atomic_write.ts";
+import { RunLog } from "./run_log.ts";
 import { readUtf8File } from "../model/utf8.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { createEncoder, type Encoder, encoderParameters } from "../model/encoder.ts";
@@ -781,11 +782,14 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
     maxRows: plan.maxRows,
     gradAccum: o.gradAccum,
   });
+  let log: RunLog | null = null;
   try {
     await Deno.mkdir(o.out, { recursive: true });
     const checkpointPath = `${o.out}/${CHECKPOINT_FILE}`;
     const logPath = `${o.out}/${PRETRAIN_LOG}`;
-    let logLines: string[] = [];
+    // Kept by the checkpoint's line count on --resume, then appended to (it was rewritten whole,
+    // and synced, at every line: quadratic in the run's length).
+    let keptLines: string[] = [];
     let start = 0;
     let lastEval: PretrainResult["heldOut"] = null;
     let pendingTokens = 0, pendingMasked = 0;
@@ -810,7 +814,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       checkPretrainState(checkpointPath, state, o.steps);
       trainer.optimizer.resumeAt(state.adamStep);
       start = state.step;
-      logLines = await keptLogLines(logPath, state.logLines, state.step, checkpointPath);
+      keptLines = await keptLogLines(logPath, state.logLines, state.step, checkpointPath);
       if (state.pending) {
         const p = state.pending;
         const value = (x: number | null) => x ?? NaN;
@@ -842,9 +846,10 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       }
       trainer.head.upload(o.initial.head);
     }
+    log = await RunLog.open(logPath, keptLines.length);
+    const runLog = log;
     const writeLog = async (record: Record<string, unknown>) => {
-      logLines.push(JSON.stringify(record));
-      await writeFileAtomic(logPath, logLines.join("\n") + "\n");
+      await runLog.write([record]);
       o.onLog?.(record);
     };
     const progress = new Progress({ total: o.steps, done: start, quiet: o.quiet });
@@ -906,7 +911,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         adamStep: trainer.optimizer.step,
         best: {},
         last: lastEval ? { loss: lastEval.loss, accuracy: lastEval.accuracy } : null,
-        logLines: logLines.length,
+        logLines: runLog.lines,
         pending: {
           steps: pending.map((s) => s.step),
           loss: pending.map((s) => finite(s.loss)),
@@ -917,6 +922,8 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
         held_out: lastEval,
         ...(owed ? { owed } : {}),
       };
+      // The log's lines on disk before the checkpoint that counts them.
+      await runLog.sync();
       await writeTrainingCheckpoint(checkpointPath, state, {
         params,
         moments: trainer.optimizer.moments(),
@@ -981,6 +988,7 @@ export async function pretrain(gpu: Gpu, o: PretrainOptions): Promise<PretrainRe
       heldOut: lastEval,
     };
   } finally {
+    log?.close();
     trainer.destroy();
   }
 }
