@@ -12,6 +12,7 @@ import {
   type TrainConfig,
 } from "../train/config.ts";
 import { checkRunFolder, FlagError } from "../train/flags.ts";
+import { DEFAULT_CHECKPOINTS, defaultCheckpointEvery } from "../train/prepare.ts";
 import { defaultMainLr, defaultStage1Lr } from "../train/strategy.ts";
 
 const BASE = ["--task", "rte", "--model", "m", "--data", "d"];
@@ -66,6 +67,17 @@ Deno.test("train flags: defaults by strategy and PEFT method", () => {
     (t) => t === "rte" ? "data/superglue/RTE" : undefined,
   );
   assertEquals(config.data, "data/superglue/RTE");
+});
+
+Deno.test("train flags: a checkpoint at evaluations by default, about 20 a run at most", () => {
+  // Every evaluation's step, or every k-th: CB's recipe (400 epochs of 8 steps) writes 20, not 400.
+  assertEquals(DEFAULT_CHECKPOINTS, 20);
+  assertEquals(defaultCheckpointEvery(8, 3200), 160);
+  assertEquals(defaultCheckpointEvery(78, 780), 78);
+  assertEquals(defaultCheckpointEvery(8, 160), 8);
+  assertEquals(defaultCheckpointEvery(8, 161), 16);
+  assertEquals(defaultCheckpointEvery(1, 10_000), 500);
+  assertEquals(defaultCheckpointEvery(1, 21), 2);
 });
 
 Deno.test("train flags: a recipe's defaults yield to what the user typed", () => {

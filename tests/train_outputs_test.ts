@@ -567,6 +567,33 @@ test("train: CB's macro-F1 averages its three classes on a dev set that lacks on
   assertClose("macro_f1 over 3 classes", [metrics.final.macro_f1!], [2 / 9], 1e-12);
 });
 
+test("train: without --checkpoint-every, a checkpoint every second evaluation over 21 of them", async () => {
+  const { dir, args } = await prepare();
+  const out = `${dir}/cadence`;
+  const { config } = parseTrainArgs([
+    ...["--task", "rte", ...args, "--out", out, "--strategy", "lp", "--lr", "1e-2"],
+    ...["--max-steps", "21", "--eval-every", "1"],
+  ]);
+  const written: number[] = [];
+  const rename = Deno.rename;
+  Deno.rename = async (from: string | URL, to: string | URL) => {
+    await rename(from, to);
+    if (String(to).endsWith("/checkpoint.safetensors")) {
+      const evaluations = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .filter((l) => l.includes('"metrics"'));
+      written.push(evaluations.length);
+    }
+  };
+  try {
+    await runTraining(config, { task: rte, quiet: true });
+  } finally {
+    Deno.rename = rename;
+  }
+  const run = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+  assertEquals([run.resolved.eval_every, run.resolved.checkpoint_every], [1, 2]);
+  assertEquals(written, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20], "the evaluations before each");
+});
+
 test("train: each progress line shows its block's mean loss (the steps since the line before)", async () => {
   const { dir, args } = await prepare();
   const out = `${dir}/progress`;
