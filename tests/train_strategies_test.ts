@@ -273,6 +273,30 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train: --weight-decay, --max-grad-norm and --f16-math reach the optimizer and encoder",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // Recorded in run.json, they must also be what the Trainer trains with (each was parsed and
+    // recorded, and would have trained at its default, had the hand-over dropped it).
+    const seen: { weightDecay: number; maxGradNorm: number; f16Math: boolean }[] = [];
+    const { out } = await train("typed-settings", [
+      ...["--strategy", "ehft", "--peft", "lora", "--stage1-lr", "1e-2", "--lr", "3e-3"],
+      ...["--max-steps", "2", "--weight-decay", "0.37", "--max-grad-norm", "0.25"],
+      ...["--precision", "f16", "--f16-math", "--eval-every", "0"],
+    ], ({ trainer }) => {
+      const { weightDecay, maxGradNorm } = trainer.optimizer!.settings;
+      seen.push({ weightDecay, maxGradNorm, f16Math: trainer.encoder.f16Math });
+      return Promise.resolve();
+    });
+    const typed = { weightDecay: 0.37, maxGradNorm: 0.25, f16Math: true };
+    assertEquals(seen, [typed, typed], "each stage's optimizer and the encoder");
+    const run = JSON.parse(await Deno.readTextFile(`${out}/run.json`));
+    const { weightDecay, maxGradNorm } = run.resolved.adamw;
+    assertEquals([weightDecay, maxGradNorm], [0.37, 0.25], "run.json's resolved.adamw");
+  },
+});
+
+Deno.test({
   name: "lp: the frozen backbone keeps one set of activations, and trains bit for bit the same",
   ...IN_PROCESS_GPU,
   fn: async () => {
