@@ -468,8 +468,18 @@ gpuTest("saveLoraAdapter writes a Hugging Face PEFT adapter that reads back", as
       fan_in_fan_out: false,
       inference_mode: true,
       modules_to_save: null,
+      // What PEFT reads to build the adapter: rsLoRA would scale by α/√r, DoRA add magnitudes,
+      // patterns give modules their own r and α, layers_to_transform skip layers.
+      revision: null,
+      init_lora_weights: true,
+      layers_to_transform: null,
+      layers_pattern: null,
+      rank_pattern: {},
+      alpha_pattern: {},
+      use_rslora: false,
+      use_dora: false,
     };
-    for (const [k, v] of Object.entries(expected)) assertEquals(json[k], v, k);
+    assertEquals(json, expected, "adapter_config.json");
 
     const reader = await openSafetensors(`${dir}/adapter_model.safetensors`);
     assertEquals(reader.metadata, { format: "pt" });
