@@ -8,8 +8,9 @@
 // Each group of tensors (the embeddings; each layer's attention; each layer's feed-forward part)
 // is moved along its own gradient, v = g / max|g|, so that a wrong gradient g' is measured where
 // it points: the slope of L along g' differs from |g'|² / max|g'| unless g' is g. Bound: within
-// 2e-3 of the slope, at ε = 1e-3 (measured on lavapipe: at most 2.4e-4; a backward given the
-// embeddings', a feed-forward output's or the probabilities' mask of another site: 0.07-0.2).
+// 2e-3 of the slope, at ε = 1e-3 (measured on lavapipe: at most 2.4e-4; a backward given
+// another site's mask at the embeddings, a feed-forward output or the probabilities: 0.07-0.2,
+// at an attention output: 0.004-0.01).
 
 import { assert, assertEquals } from "./assert.ts";
 import {

@@ -50,7 +50,7 @@ const RUN_FLAGS =
   --head FILE             a safetensors file whose head.* tensors start the head (default: a
                           fresh head)
   --eval-every N          steps between dev evaluations, 0 for the end only (default: each epoch)
-  --checkpoint-every N    steps between checkpoints, 0: none (default: evaluations, ≤ ~20 a run)
+  --checkpoint-every N    steps between checkpoints, 0: none (default: evaluations or epochs, ≤ ~20)
   --seed N                the first seed, 0 to 2^32 − 1 with the others (default 42)
   --seeds K               K runs, seeds N, N + 1, ..., and their mean and std (default 1)
   --out DIR               the run folder (default runs/<task>/<strategy>[-<peft>])

@@ -55,20 +55,21 @@ async function examplesSha256(examples: readonly TaskExample[]): Promise<string>
   );
 }
 
-/** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
 /** About the most checkpoints a run writes without `--checkpoint-every`. */
 export const DEFAULT_CHECKPOINTS = 20;
 
 /**
- * The default checkpoint interval: every `every` steps (each evaluation's), or every k-th such
- * step when that would make more than about DEFAULT_CHECKPOINTS. A checkpoint holds the weights
- * and both AdamW moments: at each of CB's 400 evaluations with RoBERTa-large (4.3 GB each),
- * 1.7 TB a run. A kill loses at most about a twentieth of the run.
+ * The default checkpoint interval: every `every` steps (each evaluation's, or each epoch's
+ * without evaluations), or every k-th such step when that would make more than about
+ * DEFAULT_CHECKPOINTS. A checkpoint holds the weights and both AdamW moments: at each of CB's
+ * 400 evaluations with RoBERTa-large (4.3 GB each), 1.7 TB a run. A kill loses the steps since
+ * the last one: at most `every` steps, or about a twentieth of a longer run.
  */
 export function defaultCheckpointEvery(every: number, totalSteps: number): number {
   return every * Math.max(1, Math.ceil(totalSteps / (DEFAULT_CHECKPOINTS * every)));
 }
 
+/** Opens the model, reads and tokenizes the data, resolves the budget and the stages. */
 export async function prepare(config: TrainConfig, task: Task, quiet = false): Promise<Prepared> {
   const model = await openModel(config.model, { revision: config.revision ?? undefined, quiet });
   try {
