@@ -42,6 +42,14 @@ Deno.test("config: bert-base and roberta-large parse to the encoder's shape", ()
   assertEquals(roberta.raw, ROBERTA_LARGE);
   // What transformers writes for a model with nothing pruned, and an encoder said to be one.
   parseConfig({ ...BERT, pruned_heads: {}, is_decoder: false }, "bert/config.json");
+  // transformers' defaults where a config leaves them out (Google's converted BERT configs
+  // have no layer_norm_eps): ε 1e-12, and RoBERTa's padding id 1, from which its positions count.
+  const { layer_norm_eps: _, pad_token_id: __, ...bare } = ROBERTA_LARGE as Record<string, unknown>;
+  const defaults = parseConfig(bare, "roberta/config.json");
+  assertEquals([defaults.layerNormEps, defaults.padTokenId], [1e-12, 1]);
+  const { layer_norm_eps: ___, pad_token_id: ____, ...bareBert } = BERT as Record<string, unknown>;
+  const bertDefaults = parseConfig(bareBert, "bert/config.json");
+  assertEquals([bertDefaults.layerNormEps, bertDefaults.padTokenId], [1e-12, 0]);
 });
 
 Deno.test("config: xlm-roberta is RoBERTa's architecture; electra may have narrow embeddings", () => {

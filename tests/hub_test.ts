@@ -1007,6 +1007,12 @@ Deno.test("hub: hubCacheDir follows Hugging Face's precedence", () => {
     "/c",
   );
   assertEquals(hubCacheDir({ HOME: home, HF_HUB_CACHE: "" }), "/home/u/.cache/huggingface/hub");
+  // The older name, still read by huggingface_hub; HF_HUB_CACHE first.
+  assertEquals(hubCacheDir({ HOME: home, HF_HOME: "/hf", HUGGINGFACE_HUB_CACHE: "/old" }), "/old");
+  assertEquals(
+    hubCacheDir({ HOME: home, HUGGINGFACE_HUB_CACHE: "/old", HF_HUB_CACHE: "/new" }),
+    "/new",
+  );
   assertEquals(hubCacheDir({ USERPROFILE: "C:/Users/u" }), "C:/Users/u/.cache/huggingface/hub");
 });
 

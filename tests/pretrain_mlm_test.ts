@@ -383,6 +383,16 @@ gpuTest("gatherRows: repeated rows gather; a row out of range gives NaN", async 
   for (const t of [x, rows, out]) t.destroy();
 });
 
+Deno.test("pretrain: AdamW as BERT's pretraining (β 0.9 / 0.999, ε 1e-6, decay 0.01, clip 1)", () => {
+  assertEquals(PRETRAIN_ADAMW, {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-6,
+    weightDecay: 0.01,
+    maxGradNorm: 1,
+  });
+});
+
 Deno.test("selectionSlots: inverts the rows; refuses duplicates and rows out of range", () => {
   const slots = selectionSlots([3, 0, 5], 7);
   assertEquals(

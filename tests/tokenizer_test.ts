@@ -165,6 +165,10 @@ Deno.test("convertWordPiece writes what transformers' BertConverter writes", () 
   const cased = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the"];
   for (let i = 0; i < 10; i++) cased.push(`Word${i}`);
   assert(vocabLooksCased(cased), "a vocabulary of capitalised words looks uncased");
+  // Without do_lower_case, the vocabulary decides: a cased one is not lowercased.
+  const lowercase = (vocab: string) =>
+    (convertWordPiece(vocab).normalizer as { lowercase: boolean }).lowercase;
+  assertEquals([lowercase(cased.join("\n") + "\n"), lowercase(BERT_VOCAB)], [false, true]);
 });
 
 Deno.test("parseVocabTxt: line numbers are ids, any line break, no empty last token", () => {

@@ -176,6 +176,8 @@ Deno.test("predictions, best scores, the no-decay rule and seed summaries", () =
     f1: 0.4,
   });
   assertEquals(updateBest({ pearson: 0.3 }, { pearson: null }), { pearson: 0.3 });
+  // An undefined r (constant predictions) is no best: any later value replaces it.
+  assertEquals(updateBest({ pearson: null }, { pearson: -0.2 }), { pearson: -0.2 });
   for (const n of ["bert.encoder.layer.0.output.dense.bias", "head.out_proj.bias"]) {
     assert(isNoDecayName(n), n);
   }
