@@ -180,6 +180,7 @@ gpuTest(
     const w = tensorFromArray(gpu, new Float32Array([1, -2, 3]), [3], "w");
     const m = tensorFromArray(gpu, new Float32Array([0.5, 0.25, 0.125]), [3], "m");
     const v = tensorFromArray(gpu, new Float32Array([4, 5, 6]), [3], "v");
+    const scale = tensorFromArray(gpu, new Float32Array([1024, 7, 2, 0]), [4], "loss scale");
     try {
       const path = `${dir}/checkpoint.safetensors`;
       const tensors = {
@@ -200,8 +201,22 @@ gpuTest(
           .test(e.message),
         e.message,
       );
+      // Every kind of tensor is checked: a weight, each moment, the loss-scale state.
+      await writeTrainingCheckpoint(path, STATE, { ...tensors, lossScale: scale });
+      const written = await Deno.readFile(path);
+      const headerLength = Number(new DataView(written.buffer).getBigUint64(0, true));
+      const header = JSON.parse(new TextDecoder().decode(written.subarray(8, 8 + headerLength)));
+      const names = Object.keys(header).filter((n) => n !== "__metadata__");
+      assertEquals(names.length, 4, names.join(", "));
+      for (const name of names) {
+        const bad = written.slice();
+        bad[8 + headerLength + header[name].data_offsets[0]] ^= 1;
+        await Deno.writeFile(path, bad);
+        const e = await assertRejects(() => readTrainingCheckpoint(path), Error);
+        assert(e.message.includes(`tensor "${name}" is not what it was written as`), e.message);
+      }
     } finally {
-      for (const t of [w, m, v]) t.destroy();
+      for (const t of [w, m, v, scale]) t.destroy();
       await Deno.remove(dir, { recursive: true });
     }
   },
