@@ -983,9 +983,11 @@ Deno.test({
       };
       const out = `${dir}/run`;
       await run(out, "--model", `${dir}/model`);
-      // What an --analysis or --predict-test run adds, and a file of the user's.
+      // What an --analysis, --predict-test or LoRA (adapter/) run adds, and a file of the user's.
       await Deno.mkdir(`${out}/analysis`);
       await Deno.writeTextFile(`${out}/analysis/analysis.json`, "{}");
+      await Deno.mkdir(`${out}/adapter`);
+      await Deno.writeTextFile(`${out}/adapter/adapter_config.json`, "{}");
       await Deno.writeTextFile(`${out}/RTE.jsonl`, "{}\n");
       await Deno.writeTextFile(`${out}/notes.txt`, "mine\n");
       const before = await readTree(out);
@@ -1053,6 +1055,7 @@ Deno.test({
       await Deno.writeTextFile(`${out}/inner/checkpoint.safetensors.tmp-89abcdef`, "in progress");
       await run(out, "--model", `${dir}/model`, "--overwrite", "--seed", "7");
       assert(!(await exists(`${out}/analysis`)), "the old analysis/ is left");
+      assert(!(await exists(`${out}/adapter`)), "the old adapter/ is left");
       assert(!(await exists(`${out}/RTE.jsonl`)), "the old submission file is left");
       assertEquals(await Deno.readTextFile(`${out}/notes.txt`), "mine\n");
       const entries: string[] = [];
