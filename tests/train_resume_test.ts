@@ -20,6 +20,7 @@ import {
   writeNarrowHead,
   writeTinyBert,
 } from "./train_fixture.ts";
+import { createHash } from "node:crypto";
 import { lockFolder } from "../model/atomic_write.ts";
 import { openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs, runSettings, type TrainConfig } from "../train/config.ts";
@@ -847,6 +848,65 @@ async function withTinyRun(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test({
+  name: "train --resume: the checkpoint's best scores and f16 loss scale come back with it",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // A resumed run that had already met its best dev score, and whose loss scale had backed
+    // off, goes on from both: the uninterrupted tests never see them differ from a fresh start
+    // (the marker task meets its best again; the scale stays at 2^16 without a skip).
+    const flags = [
+      ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "4", "--stage1-ratio", "0.5"],
+      ...["--stage1-lr", "1e-30", "--lr", "1e-30", "--checkpoint-every", "1", "--eval-every", "1"],
+      ...["--precision", "f16"],
+    ];
+    await withTinyRun("ehft-train-resume-state-", flags, async (dir, out, run) => {
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", ...flags, "--out", out],
+      ]);
+      await assertRejects(
+        () =>
+          runTraining(config, {
+            task: rte,
+            quiet: true,
+            onStageStart: ({ index }) => {
+              if (index === 1) throw new Error("stopped for the test");
+            },
+          }),
+        Error,
+        "stopped for the test",
+      );
+      // Stage 1's checkpoint, as if its run had scored 0.99 and backed its scale off to 1024.
+      await rewriteSafetensors(`${out}/checkpoint.safetensors`, (metadata, tensors) => {
+        const state = JSON.parse(metadata.ehft_training_state);
+        assertEquals(state.step, 2);
+        metadata.ehft_training_state = JSON.stringify({ ...state, best: { accuracy: 0.99 } });
+        const scale = Float32Array.from(tensors.get("loss_scale")!.data as Float32Array);
+        assertEquals(scale[0], 2 ** 16);
+        scale[0] = 1024;
+        tensors.set("loss_scale", { dtype: "F32", shape: [scale.length], data: scale });
+        const sums = JSON.parse(metadata.ehft_tensors_sha256);
+        sums.loss_scale = createHash("sha256").update(new Uint8Array(scale.buffer)).digest("hex");
+        metadata.ehft_tensors_sha256 = JSON.stringify(sums);
+      });
+      const metrics = await run("--resume") as { best: { accuracy: number } };
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l));
+      const steps = log.filter((l) => "loss" in l);
+      assertEquals(steps.map((l) => [l.step, l.loss_scale]), [
+        [1, 2 ** 16],
+        [2, 2 ** 16],
+        [3, 1024],
+        [4, 1024],
+      ]);
+      const scores = log.filter((l) => l.stage === "stage2" && "metrics" in l);
+      assert(scores.every((l) => l.metrics.accuracy < 0.99), JSON.stringify(scores));
+      assertEquals(metrics.best.accuracy, 0.99, "metrics.json's best");
+    });
+  },
+});
 
 Deno.test({
   name: "train --seeds: a seed folder another train.ts is running in is refused",
