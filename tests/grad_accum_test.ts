@@ -146,6 +146,40 @@ gpuTest(
   },
 );
 
+gpuTest("grad accumulation: each micro-batch draws dropout masks of its own", async (gpu) => {
+  // Step t's part i is the encoder's dropout step t·K + i (K = gradAccum): no two parts of any
+  // two steps share masks, and with K = 1 it is the step itself.
+  const f = await fixture();
+  try {
+    for (const K of [1, 2]) {
+      const trainer = new Trainer(gpu, {
+        ...f.options,
+        dropout: 0.1,
+        maxExamples: K === 1 ? 3 : 2,
+        gradAccum: K,
+      });
+      const steps: (number | undefined)[] = [];
+      const forward = trainer.encoder.forward.bind(trainer.encoder);
+      trainer.encoder.forward = (rec, opts) => {
+        if (opts?.training) steps.push(opts.step);
+        return forward(rec, opts);
+      };
+      try {
+        await f.load(trainer);
+        trainer.beginStage(ALL, ADAMW_DEFAULTS);
+        for (const [k, batch] of f.batches.entries()) {
+          await trainer.step(K === 1 ? batch : [part(batch, 0, 2), part(batch, 2, 3)], 1e-3, k);
+        }
+        assertEquals(steps, Array.from({ length: K * f.batches.length }, (_, i) => i), `K ${K}`);
+      } finally {
+        trainer.destroy();
+      }
+    }
+  } finally {
+    f.close();
+  }
+});
+
 gpuTest(
   "grad accumulation: one part is its batch's step bit for bit; more than gradAccum is refused",
   async (gpu) => {

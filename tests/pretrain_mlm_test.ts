@@ -242,6 +242,36 @@ gpuTest(
   },
 );
 
+gpuTest("Pretrainer: each part of a step draws dropout masks of its own", async (gpu) => {
+  // Step t's part i is the encoder's dropout step t·K + i (K = gradAccum).
+  const f = await fixture();
+  const { B, S } = f;
+  const batch = referenceBatch(f);
+  for (const gradAccum of [1, 2]) {
+    const trainer = new Pretrainer(gpu, f.config, {
+      maxBatch: B,
+      maxSeq: S,
+      adamw: PRETRAIN_ADAMW,
+      dropout: 0.1,
+      gradAccum,
+    });
+    const steps: (number | undefined)[] = [];
+    const forward = trainer.encoder.forward.bind(trainer.encoder);
+    trainer.encoder.forward = (rec, opts) => {
+      if (opts?.training) steps.push(opts.step);
+      return forward(rec, opts);
+    };
+    try {
+      for (const [n, t] of trainer.parameters()) t.upload(await f.model.readF32(n));
+      for (let step = 0; step < 3; step++) await trainer.step(batch, 1e-4, step);
+      const want = Array.from({ length: 3 * gradAccum }, (_, i) => i);
+      assertEquals(steps, want, `K=${gradAccum}`);
+    } finally {
+      trainer.destroy();
+    }
+  }
+});
+
 gpuTest(
   "Pretrainer: steps handed to the GPU a layer at a time are bit for bit the same",
   async (gpu) => {
