@@ -8,6 +8,7 @@ import { captureStderr } from "./stderr.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   markerExamples,
+  writeJson,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
@@ -34,6 +35,9 @@ function prepare(): Promise<Setup> {
     // Removed when the module unloads, whichever tests a filter picked.
     globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
     await writeTinyBert(`${dir}/model`, false);
+    // As bert-base-uncased's config says (the saved model's must not: it has no MLM head).
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/model/config.json`));
+    await writeJson(`${dir}/model/config.json`, { ...config, architectures: ["BertForMaskedLM"] });
     await writeMarkerData(`${dir}/data`);
     await writeNarrowHead(`${dir}/head.safetensors`);
     const args = [
