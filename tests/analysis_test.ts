@@ -110,6 +110,26 @@ Deno.test({
       const norms = data.convergence.filter((c) => c.backboneGradNorm !== undefined);
       assertEquals(norms.map((c) => c.step), [4, 5, 6, 7, 8, 9, 10, 11, 12]);
       assert(norms.every((c) => c.backboneGradNorm! > 0), "gradient norms");
+      // The backbone's share of the step's gradient norm (the log's is over every tensor), in
+      // f16 too, whose gradients are scaled by the loss scale until the norm divides it out.
+      for (const [folder, f16] of [[out, false], [`${dir}/analysed-f16`, true]] as const) {
+        if (f16) await run(folder, "--analysis", "--precision", "f16");
+        const logged = new Map(
+          (await Deno.readTextFile(`${folder}/log.jsonl`)).trim().split("\n").map((l) =>
+            JSON.parse(l)
+          ).filter((l) => "grad_norm" in l).map((l) => [l.step, l.grad_norm as number]),
+        );
+        const analysis: AnalysisData = JSON.parse(
+          await Deno.readTextFile(`${folder}/analysis/analysis.json`),
+        );
+        const points = analysis.convergence.filter((c) => c.backboneGradNorm !== undefined);
+        assertEquals(points.length, 9, folder);
+        for (const c of points) {
+          const total = logged.get(c.step)!;
+          assert(c.backboneGradNorm! <= total * (1 + 1e-5), `${folder} step ${c.step}: ${total}`);
+          assert(c.backboneGradNorm! > 1e-3 * total, `${folder} step ${c.step}: ${total}`);
+        }
+      }
 
       // Head features of the final stage's start: every training and dev row, labelled.
       const head: HeadFeatures = JSON.parse(
