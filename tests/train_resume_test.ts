@@ -909,6 +909,69 @@ Deno.test({
 });
 
 Deno.test({
+  name: "train --resume: f16 skips in a row go on counting from the log's last ones",
+  ...IN_PROCESS_GPU,
+  fn: async () => {
+    // A run stopped after 49 skipped steps in a row stops at its next skip once resumed, as it
+    // would have: counting from 0 again, a diverged run trained 50 more steps of nothing.
+    const flags = [
+      ...[
+        "--strategy",
+        "ehft",
+        "--peft",
+        "bitfit",
+        "--max-steps",
+        "52",
+        "--stage1-ratio",
+        "0.9423",
+      ],
+      ...["--checkpoint-every", "49", "--precision", "f16", "--eval-every", "0"],
+    ];
+    await withTinyRun("ehft-train-resume-skips-", flags, async (dir, out, run) => {
+      const { config } = parseTrainArgs([
+        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
+        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", ...flags, "--out", out],
+      ]);
+      await assertRejects(
+        () =>
+          runTraining(config, {
+            task: rte,
+            quiet: true,
+            onStageStart: ({ index }) => {
+              if (index === 1) throw new Error("stopped for the test");
+            },
+          }),
+        Error,
+        "stopped for the test",
+      );
+      // Stage 1's 49 steps as if each had been skipped, and a loss scale at which the next
+      // step's gradients overflow f16.
+      const lines = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l));
+      assertEquals(lines.filter((l) => "loss" in l).length, 49);
+      const skipped = lines.map((l) => "loss" in l ? { ...l, skipped: true } : l);
+      await Deno.writeTextFile(
+        `${out}/log.jsonl`,
+        skipped.map((l) => JSON.stringify(l)).join("\n") + "\n",
+      );
+      await rewriteSafetensors(`${out}/checkpoint.safetensors`, (metadata, tensors) => {
+        const scale = Float32Array.from(tensors.get("loss_scale")!.data as Float32Array);
+        scale[0] = 2 ** 30;
+        tensors.set("loss_scale", { dtype: "F32", shape: [scale.length], data: scale });
+        const sums = JSON.parse(metadata.ehft_tensors_sha256);
+        sums.loss_scale = createHash("sha256").update(new Uint8Array(scale.buffer)).digest("hex");
+        metadata.ehft_tensors_sha256 = JSON.stringify(sums);
+      });
+      await assertRejects(
+        () => run("--resume"),
+        Error,
+        "step 50 (stage2): 50 steps in a row had non-finite gradients",
+      );
+    });
+  },
+});
+
+Deno.test({
   name: "train --seeds: a seed folder another train.ts is running in is refused",
   ...IN_PROCESS_GPU,
   fn: async () => {
