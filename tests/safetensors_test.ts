@@ -288,6 +288,26 @@ Deno.test("writer output matches a file built byte by byte from the format spec"
   });
 });
 
+Deno.test("writer: half-precision tensors in Hugging Face's order, BF16 before F16", async () => {
+  // Its Dtype enum ranks BF16 above F16 (F16 7, BF16 8): a file holding both, as a mixed f16
+  // model does, lays out the BF16 tensor first, whatever the names.
+  await withTempDir(async (dir) => {
+    const path = `${dir}/halves.safetensors`;
+    await writeSafetensors(path, {
+      "a": { dtype: "F16", shape: [1], data: new Uint16Array([0x3c00]) },
+      "b": { dtype: "BF16", shape: [1], data: new Uint16Array([0x3f80]) },
+    });
+    const bytes = await Deno.readFile(path);
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    const header = new TextDecoder().decode(bytes.subarray(8, 8 + n)).trimEnd();
+    assertEquals(
+      header,
+      '{"b":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},' +
+        '"a":{"dtype":"F16","shape":[1],"data_offsets":[2,4]}}',
+    );
+  });
+});
+
 Deno.test("the streamed writer: one tensor's data at a time, in the file's order, the same bytes", async () => {
   await withTempDir(async (dir) => {
     const tensors = {
