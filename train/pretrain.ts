@@ -270,7 +270,10 @@ async function keptLogLines(
       : (e as Error).message;
     throw new Error(`${path}: ${why} (${START_AGAIN})`);
   }
-  const lines = text.split("\n").filter((l) => l.length > 0).slice(0, keep);
+  // Line by line as RunLog.open keeps them (a blank line is a damaged one, not skipped).
+  const all = text.split("\n");
+  if (all[all.length - 1] === "") all.pop();
+  const lines = all.slice(0, keep);
   if (lines.length < keep) {
     throw new Error(
       `${path}: fewer lines than the checkpoint's ${keep} (the log was cut short or edited): ` +
