@@ -76,6 +76,9 @@ const CASES: SplitCase[] = [
   // 5 slices added to the old C, 7 with a bias.
   { m: 29, n: 17, k: 2560, accumulate: true },
   { m: 23, n: 31, k: 3584, alpha: 1.5, bias: true },
+  // And the slice counts no case above has: 2 and 6.
+  { m: 19, n: 27, k: 1024 },
+  { m: 21, n: 13, k: 3072, accumulate: true },
 ];
 
 /** The case's operands (A stored [k, m], B [k, n]) and its float64 result (all of C). */
