@@ -146,6 +146,8 @@ for (const { method, file, base } of EHFT_REFERENCES) {
         // train/run.ts makes it) restores the backbone to model.safetensors (BitFit's biases kept
         // for ehft-reserve), keeps the head, and drops the method for ehft; a fresh AdamW trains
         // every tensor for the rest (the adamw reference's batches, constant lr, no clipping).
+        // LoRA and prefix-tuning leave the backbone as it was in Stage 1, so only BitFit's
+        // cases see the restore; theirs see the adapters dropped or kept.
         const reserve = strategy === "ehft-reserve";
         const key = (k: string) => `${base}${reserve ? "reserve." : ""}${k}`;
         const ref = await openSafetensors(`${DIR}/${file}`);
