@@ -22,7 +22,7 @@ import {
 } from "./train_fixture.ts";
 import { createHash } from "node:crypto";
 import { lockFolder } from "../model/atomic_write.ts";
-import { openSafetensors } from "../model/safetensors.ts";
+import { type LoadedTensor, openSafetensors } from "../model/safetensors.ts";
 import { parseTrainArgs, runSettings, type TrainConfig } from "../train/config.ts";
 import { FlagError } from "../train/flags.ts";
 import { parseOverRecorded, recordedSettings } from "../train/resume_settings.ts";
@@ -519,30 +519,13 @@ Deno.test({
   fn: async () => {
     // One without the head, or AdamW's moments, resumed from the pretrained weights and zero
     // moments, and finished with exit status 0.
-    await withTinyRun("ehft-train-cut-checkpoint-", [], async (dir, out, run) => {
-      // Stage 1 (one step of EH-FT/BitFit) checkpointed, then a failure as Stage 2 starts.
-      const flags = [
-        ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "10"],
-        ...["--checkpoint-every", "1"],
-      ];
-      const { config } = parseTrainArgs([
-        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
-        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", "--eval-every", "0"],
-        ...flags,
-        ...["--out", out],
-      ]);
-      await assertRejects(
-        () =>
-          runTraining(config, {
-            task: rte,
-            quiet: true,
-            onStageStart: ({ index }) => {
-              if (index === 1) throw new Error("stopped for the test");
-            },
-          }),
-        Error,
-        "stopped for the test",
-      );
+    // Stage 1 (one step of EH-FT/BitFit) checkpointed, then a failure as Stage 2 starts.
+    const flags = [
+      ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "10"],
+      ...["--checkpoint-every", "1"],
+    ];
+    await withTinyRun("ehft-train-cut-checkpoint-", flags, async (_dir, out, run, stopAtStage2) => {
+      await stopAtStage2();
       const path = `${out}/checkpoint.safetensors`;
       const whole = await Deno.readFile(path);
       for (const name of ["param/head.dense.bias", "adam_m/head.dense.bias"]) {
@@ -552,7 +535,7 @@ Deno.test({
           tensors.delete(name.replace("adam_m/", "adam_v/"));
         });
         await assertRejects(
-          () => run(...flags, "--resume"),
+          () => run("--resume"),
           Error,
           `${path}: no "${name}", which the run trains (the checkpoint is not whole: ` +
             "--overwrite starts the run again)",
@@ -567,14 +550,14 @@ Deno.test({
       record.settings.lr = lr;
       await Deno.writeTextFile(`${out}/run.json`, JSON.stringify(record));
       await assertRejects(
-        () => run(...flags, "--lr", String(lr), "--resume"),
+        () => run("--lr", String(lr), "--resume"),
         Error,
         `${path}: written under other settings than ${out}/run.json records now`,
       );
       await Deno.writeTextFile(`${out}/run.json`, runJson);
       // As it was written, it resumes.
       await Deno.writeFile(path, whole);
-      await run(...flags, "--resume");
+      await run("--resume");
       assert(await exists(`${out}/metrics.json`));
     });
   },
@@ -821,13 +804,37 @@ Deno.test({
 });
 
 /**
+ * Sets a checkpoint's f16 loss scale (as rewriteSafetensors hands over its metadata and tensors),
+ * its SHA-256 too; returns the scale it replaced.
+ */
+function setLossScale(
+  metadata: Record<string, string>,
+  tensors: Map<string, LoadedTensor>,
+  value: number,
+): number {
+  const scale = Float32Array.from(tensors.get("loss_scale")!.data as Float32Array);
+  const was = scale[0];
+  scale[0] = value;
+  tensors.set("loss_scale", { dtype: "F32", shape: [scale.length], data: scale });
+  const sums = JSON.parse(metadata.ehft_tensors_sha256);
+  sums.loss_scale = createHash("sha256").update(new Uint8Array(scale.buffer)).digest("hex");
+  metadata.ehft_tensors_sha256 = JSON.stringify(sums);
+  return was;
+}
+
+/**
  * A fresh folder with the tiny model, the marker data and a narrow head; `run(...more)` trains ft
  * for 2 steps (with `flags`) into `out`, or resumes it with "--resume". Removed afterwards.
  */
 async function withTinyRun(
   prefix: string,
   flags: string[],
-  fn: (dir: string, out: string, run: (...more: string[]) => Promise<unknown>) => Promise<void>,
+  fn: (
+    dir: string,
+    out: string,
+    run: (...more: string[]) => Promise<unknown>,
+    stopAtStage2: () => Promise<void>,
+  ) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix });
   try {
@@ -835,15 +842,29 @@ async function withTinyRun(
     await writeMarkerData(`${dir}/data`);
     await writeNarrowHead(`${dir}/head.safetensors`);
     const out = `${dir}/run`;
-    const run = async (...more: string[]) => {
+    const start = (more: string[], options: Partial<RunOptions> = {}) => {
       const { config } = parseTrainArgs([
         ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
         ...["--head", `${dir}/head.safetensors`, "--strategy", "ft", "--batch-size", "8"],
         ...["--max-steps", "2", "--eval-every", "0", "--out", out, ...flags, ...more],
       ]);
-      return await runTraining(config, { task: rte, quiet: true });
+      return runTraining(config, { task: rte, quiet: true, ...options });
     };
-    await fn(dir, out, run);
+    const run = (...more: string[]) => start(more);
+    // A two-stage run of `flags` stopped as its Stage 2 starts (Stage 1's checkpoint written).
+    const stopAtStage2 = async () => {
+      await assertRejects(
+        () =>
+          start([], {
+            onStageStart: ({ index }) => {
+              if (index === 1) throw new Error("stopped for the test");
+            },
+          }),
+        Error,
+        "stopped for the test",
+      );
+    };
+    await fn(dir, out, run, stopAtStage2);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -861,35 +882,14 @@ Deno.test({
       ...["--stage1-lr", "1e-30", "--lr", "1e-30", "--checkpoint-every", "1", "--eval-every", "1"],
       ...["--precision", "f16"],
     ];
-    await withTinyRun("ehft-train-resume-state-", flags, async (dir, out, run) => {
-      const { config } = parseTrainArgs([
-        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
-        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", ...flags, "--out", out],
-      ]);
-      await assertRejects(
-        () =>
-          runTraining(config, {
-            task: rte,
-            quiet: true,
-            onStageStart: ({ index }) => {
-              if (index === 1) throw new Error("stopped for the test");
-            },
-          }),
-        Error,
-        "stopped for the test",
-      );
+    await withTinyRun("ehft-train-resume-state-", flags, async (_dir, out, run, stopAtStage2) => {
+      await stopAtStage2();
       // Stage 1's checkpoint, as if its run had scored 0.99 and backed its scale off to 1024.
       await rewriteSafetensors(`${out}/checkpoint.safetensors`, (metadata, tensors) => {
         const state = JSON.parse(metadata.ehft_training_state);
         assertEquals(state.step, 2);
         metadata.ehft_training_state = JSON.stringify({ ...state, best: { accuracy: 0.99 } });
-        const scale = Float32Array.from(tensors.get("loss_scale")!.data as Float32Array);
-        assertEquals(scale[0], 2 ** 16);
-        scale[0] = 1024;
-        tensors.set("loss_scale", { dtype: "F32", shape: [scale.length], data: scale });
-        const sums = JSON.parse(metadata.ehft_tensors_sha256);
-        sums.loss_scale = createHash("sha256").update(new Uint8Array(scale.buffer)).digest("hex");
-        metadata.ehft_tensors_sha256 = JSON.stringify(sums);
+        assertEquals(setLossScale(metadata, tensors, 1024), 2 ** 16);
       });
       const metrics = await run("--resume") as { best: { accuracy: number } };
       const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
@@ -915,35 +915,11 @@ Deno.test({
     // A run stopped after 49 skipped steps in a row stops at its next skip once resumed, as it
     // would have: counting from 0 again, a diverged run trained 50 more steps of nothing.
     const flags = [
-      ...[
-        "--strategy",
-        "ehft",
-        "--peft",
-        "bitfit",
-        "--max-steps",
-        "52",
-        "--stage1-ratio",
-        "0.9423",
-      ],
-      ...["--checkpoint-every", "49", "--precision", "f16", "--eval-every", "0"],
+      ...["--strategy", "ehft", "--peft", "bitfit", "--max-steps", "52"],
+      ...["--stage1-ratio", "0.9423", "--checkpoint-every", "49", "--precision", "f16"],
     ];
-    await withTinyRun("ehft-train-resume-skips-", flags, async (dir, out, run) => {
-      const { config } = parseTrainArgs([
-        ...["--task", "rte", "--model", `${dir}/model`, "--data", `${dir}/data`],
-        ...["--head", `${dir}/head.safetensors`, "--batch-size", "8", ...flags, "--out", out],
-      ]);
-      await assertRejects(
-        () =>
-          runTraining(config, {
-            task: rte,
-            quiet: true,
-            onStageStart: ({ index }) => {
-              if (index === 1) throw new Error("stopped for the test");
-            },
-          }),
-        Error,
-        "stopped for the test",
-      );
+    await withTinyRun("ehft-train-resume-skips-", flags, async (_dir, out, run, stopAtStage2) => {
+      await stopAtStage2();
       // Stage 1's 49 steps as if each had been skipped, and a loss scale at which the next
       // step's gradients overflow f16.
       const lines = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
@@ -954,14 +930,10 @@ Deno.test({
         `${out}/log.jsonl`,
         skipped.map((l) => JSON.stringify(l)).join("\n") + "\n",
       );
-      await rewriteSafetensors(`${out}/checkpoint.safetensors`, (metadata, tensors) => {
-        const scale = Float32Array.from(tensors.get("loss_scale")!.data as Float32Array);
-        scale[0] = 2 ** 30;
-        tensors.set("loss_scale", { dtype: "F32", shape: [scale.length], data: scale });
-        const sums = JSON.parse(metadata.ehft_tensors_sha256);
-        sums.loss_scale = createHash("sha256").update(new Uint8Array(scale.buffer)).digest("hex");
-        metadata.ehft_tensors_sha256 = JSON.stringify(sums);
-      });
+      await rewriteSafetensors(
+        `${out}/checkpoint.safetensors`,
+        (metadata, tensors) => void setLossScale(metadata, tensors, 2 ** 30),
+      );
       await assertRejects(
         () => run("--resume"),
         Error,
