@@ -8,6 +8,7 @@ import {
   assertSameFiles,
   capturingErrors,
   markerTrainBatches,
+  readLogRecords,
   readTree,
   writeMarkerData,
   writeNarrowHead,
@@ -115,9 +116,10 @@ Deno.test({
       for (const [folder, f16] of [[out, false], [`${dir}/analysed-f16`, true]] as const) {
         if (f16) await run(folder, "--analysis", "--precision", "f16");
         const logged = new Map(
-          (await Deno.readTextFile(`${folder}/log.jsonl`)).trim().split("\n").map((l) =>
-            JSON.parse(l)
-          ).filter((l) => "grad_norm" in l).map((l) => [l.step, l.grad_norm as number]),
+          (await readLogRecords(folder)).filter((l) => "grad_norm" in l).map((l) => [
+            l.step,
+            l.grad_norm as number,
+          ]),
         );
         const analysis: AnalysisData = JSON.parse(
           await Deno.readTextFile(`${folder}/analysis/analysis.json`),

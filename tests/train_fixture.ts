@@ -254,6 +254,12 @@ export async function writeNarrowHead(
   });
 }
 
+/** A run's log.jsonl, one parsed record a line (steps' and evaluations' alike, as JSON.parse gives). */
+// deno-lint-ignore no-explicit-any
+export async function readLogRecords(dir: string): Promise<any[]> {
+  return (await Deno.readTextFile(`${dir}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+}
+
 /** Writes `value` as JSON at `path`, making its folder first (run folders written by hand). */
 export async function writeJson(path: string, value: unknown): Promise<void> {
   await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });

@@ -8,6 +8,7 @@ import { captureStderr } from "./stderr.ts";
 import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   markerExamples,
+  readLogRecords,
   writeJson,
   writeMarkerData,
   writeNarrowHead,
@@ -79,9 +80,7 @@ test("train: run.json, log.jsonl, metrics.json and model/ as predict.ts reads it
   const saved = JSON.parse(await Deno.readTextFile(`${out}/model/config.json`));
   assertEquals(saved.architectures, ["BertModel"]);
 
-  const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) =>
-    JSON.parse(l)
-  );
+  const log = await readLogRecords(out);
   const steps = log.filter((l) => "loss" in l);
   assertEquals(steps.map((l) => l.step), [1, 2, 3, 4, 5, 6, 7, 8]);
   for (const l of steps) {
@@ -521,8 +520,7 @@ test("train: an evaluation whose predictions are all one class says so, in the l
       ...["--head", `${dir}/${head}.safetensors`, "--max-steps", "4"],
     ]);
     const text = await captureStderr(() => runTraining(config, { task: rte }));
-    const evaluations = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
-      .map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+    const evaluations = (await readLogRecords(out)).filter((l) => "metrics" in l);
     const last = evaluations[evaluations.length - 1];
     const predictions = await predict({
       model: `${out}/model`,
@@ -607,8 +605,9 @@ test("train: each progress line shows its block's mean loss (the steps since the
   ]);
   const text = await captureStderr(() => runTraining(config, { task: rte }));
   const lines = [...text.matchAll(/main step (\d+)\/8 loss ([0-9.]+) /g)];
-  const losses = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
-    .map((l) => JSON.parse(l)).filter((l) => "loss" in l).map((l) => l.loss as number);
+  const losses = (await readLogRecords(out)).filter((l) => "loss" in l).map((l) =>
+    l.loss as number
+  );
   // Blocks end at the evaluations (steps 3 and 6) and the run's end.
   assertEquals(lines.map((m) => Number(m[1])), [3, 6, 8]);
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;

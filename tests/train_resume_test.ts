@@ -12,6 +12,7 @@ import {
   capturingErrors,
   copyTree,
   exists,
+  readLogRecords,
   readTree,
   rewriteSafetensors,
   sameBytes,
@@ -650,8 +651,7 @@ Deno.test({
       };
       const whole = `${dir}/whole`;
       const expected = await run(whole);
-      const log = (await Deno.readTextFile(`${whole}/log.jsonl`)).trim().split("\n")
-        .map((l) => JSON.parse(l)).filter((l) => "loss" in l);
+      const log = (await readLogRecords(whole)).filter((l) => "loss" in l);
       assertEquals(log.length, 12);
       assert(log.every((l) => l.loss_scale === 2 ** 16 && l.skipped === false), "loss scale");
 
@@ -892,8 +892,7 @@ Deno.test({
         assertEquals(setLossScale(metadata, tensors, 1024), 2 ** 16);
       });
       const metrics = await run("--resume") as { best: { accuracy: number } };
-      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
-        .map((l) => JSON.parse(l));
+      const log = await readLogRecords(out);
       const steps = log.filter((l) => "loss" in l);
       assertEquals(steps.map((l) => [l.step, l.loss_scale]), [
         [1, 2 ** 16],
@@ -922,8 +921,7 @@ Deno.test({
       await stopAtStage2();
       // Stage 1's 49 steps as if each had been skipped, and a loss scale at which the next
       // step's gradients overflow f16.
-      const lines = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n")
-        .map((l) => JSON.parse(l));
+      const lines = await readLogRecords(out);
       assertEquals(lines.filter((l) => "loss" in l).length, 49);
       const skipped = lines.map((l) => "loss" in l ? { ...l, skipped: true } : l);
       await Deno.writeTextFile(

@@ -13,6 +13,7 @@ import { IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
   exists,
   markerTrainBatches,
+  readLogRecords,
   writeMarkerData,
   writeNarrowHead,
   writeTinyBert,
@@ -147,8 +148,7 @@ for (const [name, args] of CASES) {
       assertEquals(await exists(`${out}/stage1/model.safetensors`), twoStage);
       // Guards a per-stage --eval-every count: evaluations fall on global steps (8, 16, …), plus
       // Stage 1's end (step 3 of 32).
-      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
-      const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+      const evals = (await readLogRecords(out)).filter((l) => "metrics" in l);
       const total = Number(args[args.indexOf("--max-steps") + 1]);
       const every = Array.from({ length: total / 8 }, (_, i) => 8 * (i + 1));
       assertEquals(evals.map((l) => l.step), twoStage ? [3, ...every] : every, name);
@@ -188,8 +188,7 @@ Deno.test({
         assertEquals(final.metadata.peft_state, state, what);
         final.close();
         // Guards an evaluation at Stage 1's end under --eval-every 0: only the run's end is scored.
-        const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
-        const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+        const evals = (await readLogRecords(out)).filter((l) => "metrics" in l);
         assertEquals(evals.map((l) => [l.stage, l.step]), [["stage2", 10]], what);
         // The Stage-1 snapshot: BitFit's trained biases in place, everything else pretrained.
         let moved = 0;
@@ -266,8 +265,7 @@ Deno.test({
       );
     assertEquals(ehft.map((c) => c.lr), [...lrs(1e-2, 4), ...lrs(3e-3, 6)], "the learning rates");
     assertEquals([ehft[0].lr, ehft[4].lr], [0, 0], "each stage starts its warmup at 0");
-    const logged = (await Deno.readTextFile(`${config.out}/log.jsonl`)).trim().split("\n")
-      .map((l) => JSON.parse(l)).filter((l) => "lr" in l);
+    const logged = (await readLogRecords(config.out)).filter((l) => "lr" in l);
     assertEquals(logged.map((l) => l.lr), ehft.map((c) => c.lr), "log.jsonl's learning rates");
   },
 });
@@ -368,8 +366,7 @@ Deno.test({
         await trainer.gpu.flushErrors();
       },
     );
-    const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
-    const evals = log.map((l) => JSON.parse(l)).filter((l) => "metrics" in l);
+    const evals = (await readLogRecords(out)).filter((l) => "metrics" in l);
     const best = (stage: string) =>
       Math.max(...evals.filter((l) => l.stage === stage).map((l) => l.metrics.accuracy));
     assert(best("stage1") > best("stage2"), `stage1 ${best("stage1")}, stage2 ${best("stage2")}`);
