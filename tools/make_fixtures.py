@@ -546,6 +546,15 @@ def read_safetensors(path):
 # -------------------------------------------------------------------------------------------------
 
 
+def write_checked(path, tensors, metadata):
+    """write_safetensors, then the file read back: the same metadata and every tensor bit for bit."""
+    write_safetensors(path, tensors, metadata)
+    back, back_meta = read_safetensors(path)
+    assert back_meta == metadata and set(back) == set(tensors)
+    for name, value in tensors.items():
+        assert back[name].dtype == value.dtype and torch.equal(back[name], value), name
+
+
 def make_fixture(fx, root):
     cfg = fx["config"]
     prefix = cfg["model_type"]
@@ -745,6 +754,18 @@ ADAMW_BETAS = (0.9, 0.98)
 ADAMW_EPS = 1e-6
 ADAMW_WEIGHT_DECAY = 0.1
 ADAMW_STEPS = 3
+# The training references' settings as their metadata records them (the AdamW reference asserts
+# them against the constants above).
+TRAINING_META = {
+    "lr": "0.001",
+    "betas": "[0.9, 0.98]",
+    "eps": "1e-6",
+    "weight_decay": "0.1",
+    "schedule": "constant",
+    "clipping": "none",
+    "dropout": "0",
+    "precision": "float64 parameters, gradients and AdamW state",
+}
 ADAMW_BATCH = 3
 ADAMW_DECAY_RULE = (
     'weight_decay 0 for names ending in ".bias" or containing "LayerNorm."; '
@@ -917,21 +938,14 @@ def make_adamw_reference(fx, weights32, inputs1, labels1, loss1, grads1, out):
         "head_classes": str(fx["classes"]),
         "initial_weights": "model.safetensors (float32, cast to float64)",
         "optimizer": "torch.optim.AdamW, two parameter groups (decay, no decay), amsgrad off",
-        "lr": "0.001",
-        "betas": "[0.9, 0.98]",
-        "eps": "1e-6",
-        "weight_decay": "0.1",
+        **TRAINING_META,
         "decay_rule": ADAMW_DECAY_RULE,
         "steps": str(ADAMW_STEPS),
         "batch_size": str(ADAMW_BATCH),
         "batches": "file order: step k (1-based) uses examples 3(k-1) .. 3k-1; no shuffling",
-        "dropout": "0",
-        "schedule": "constant",
-        "clipping": "none",
         "loss": "BCE-with-logits mean over the batch, float labels",
         "losses": "loss of step k's batch before step k's update",
         "delta": "delta.<name> = parameter after the last step - initial parameter",
-        "precision": "float64 parameters, gradients and AdamW state",
         "torch_version": torch.__version__,
         "seed": str(spec["seed"]),
     }
@@ -939,11 +953,7 @@ def make_adamw_reference(fx, weights32, inputs1, labels1, loss1, grads1, out):
     assert json.loads(meta["betas"]) == list(ADAMW_BETAS)
     assert float(meta["weight_decay"]) == ADAMW_WEIGHT_DECAY
     path = os.path.join(out, "adamw_reference.safetensors")
-    write_safetensors(path, reference, meta)
-    back, back_meta = read_safetensors(path)
-    assert back_meta == meta and set(back) == set(reference)
-    for k, t in reference.items():
-        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+    write_checked(path, reference, meta)
 
     print(f"== {fx['name']}: AdamW reference ({ADAMW_STEPS} steps of {ADAMW_BATCH}, lr {ADAMW_LR})")
     print(f"   input_ids      {inputs[0].tolist()}")
@@ -1113,20 +1123,12 @@ def make_ehft_reference(fx, weights32, inputs1, labels1, out):
         "handoff": "every backbone tensor restored to model.safetensors; the head kept",
         "reserve": "reserve.losses and reserve.delta.<name>: EH-FT-reserve, BitFit's biases kept too",
         "stage2": "every tensor, a fresh torch.optim.AdamW",
-        "lr": "0.001",
-        "betas": "[0.9, 0.98]",
-        "eps": "1e-6",
-        "weight_decay": "0.1",
+        **TRAINING_META,
         "decay_rule": ADAMW_DECAY_RULE,
-        "schedule": "constant",
-        "clipping": "none",
-        "dropout": "0",
         "delta": "delta.<name> = parameter after the last step - initial parameter",
-        "precision": "float64 parameters, gradients and AdamW state",
         "torch_version": torch.__version__,
     }
-    path = os.path.join(out, "ehft_reference.safetensors")
-    write_safetensors(path, reference, meta)
+    write_checked(os.path.join(out, "ehft_reference.safetensors"), reference, meta)
     print(f"== {fx['name']}: EH-FT (BitFit) reference, Stage 1 {EHFT_STAGE1_STEPS} step(s)")
     print(f"   losses {[f'{v:.17g}' for v in losses]}")
     print(f"   torch float32 run vs this reference: worst |Δ32 − Δ| / (lr·steps) {worst32:.3g}, losses relative {loss32:.3g}")
@@ -1268,23 +1270,11 @@ def make_ehft_peft_reference(fx, weights32, inputs1, labels1, out):
         "lora_alpha": str(PEFT_LORA_ALPHA),
         "lora_targets": ",".join(LORA_TARGET_PATHS),
         "prefix_length": str(PEFT_PREFIX_LENGTH),
-        "lr": "0.001",
-        "betas": "[0.9, 0.98]",
-        "eps": "1e-6",
-        "weight_decay": "0.1",
+        **TRAINING_META,
         "decay_rule": ADAMW_DECAY_RULE + "; the adapters' tensors decay",
-        "schedule": "constant",
-        "clipping": "none",
-        "dropout": "0",
-        "precision": "float64 parameters, gradients and AdamW state",
         "torch_version": torch.__version__,
     }
-    path = os.path.join(out, "ehft_peft_reference.safetensors")
-    write_safetensors(path, reference, meta)
-    back, back_meta = read_safetensors(path)
-    assert back_meta == meta and set(back) == set(reference)
-    for name, value in reference.items():
-        assert back[name].dtype == value.dtype and torch.equal(back[name], value), name
+    write_checked(os.path.join(out, "ehft_peft_reference.safetensors"), reference, meta)
     print(f"== {fx['name']}: EH-FT (LoRA, prefix) reference, Stage 1 {PEFT_STAGE1_STEPS} step(s)")
     for line in report:
         print(f"   {line}")
