@@ -124,3 +124,17 @@ export function largestGradient(grads: Map<string, Float32Array>): number {
   for (const g of grads.values()) for (const x of g) scale = Math.max(scale, Math.abs(x));
   return scale;
 }
+
+/**
+ * Records the dropout step of each training forward `enc` runs from now on (the masks' counter),
+ * in order: what a caller asks the encoder for, seen from inside.
+ */
+export function dropoutSteps(enc: Encoder): (number | undefined)[] {
+  const steps: (number | undefined)[] = [];
+  const forward = enc.forward.bind(enc);
+  enc.forward = (rec, opts) => {
+    if (opts?.training) steps.push(opts.step);
+    return forward(rec, opts);
+  };
+  return steps;
+}

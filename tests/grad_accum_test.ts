@@ -5,6 +5,7 @@
 // train.ts's runs, in parts and not. Trainer.step's refusals (too many parts, a part too large, a
 // target its loss cannot take) are checked here too.
 
+import { dropoutSteps } from "./encoder_step.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, IN_PROCESS_GPU } from "./gpu_fixture.ts";
 import {
@@ -158,12 +159,7 @@ gpuTest("grad accumulation: each micro-batch draws dropout masks of its own", as
         maxExamples: K === 1 ? 3 : 2,
         gradAccum: K,
       });
-      const steps: (number | undefined)[] = [];
-      const forward = trainer.encoder.forward.bind(trainer.encoder);
-      trainer.encoder.forward = (rec, opts) => {
-        if (opts?.training) steps.push(opts.step);
-        return forward(rec, opts);
-      };
+      const steps = dropoutSteps(trainer.encoder);
       try {
         await f.load(trainer);
         trainer.beginStage(ALL, ADAMW_DEFAULTS);

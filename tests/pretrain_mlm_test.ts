@@ -12,6 +12,7 @@
 // - a short end-to-end pretrain() on the fixture model: the held-out loss falls, the outputs
 //   exist, and a run stopped after a checkpoint resumes to the same bytes as one that was not.
 
+import { dropoutSteps } from "./encoder_step.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, outputTensor, withLimits } from "./gpu_fixture.ts";
 import { randomValues, rng } from "./random.ts";
@@ -255,12 +256,7 @@ gpuTest("Pretrainer: each part of a step draws dropout masks of its own", async 
       dropout: 0.1,
       gradAccum,
     });
-    const steps: (number | undefined)[] = [];
-    const forward = trainer.encoder.forward.bind(trainer.encoder);
-    trainer.encoder.forward = (rec, opts) => {
-      if (opts?.training) steps.push(opts.step);
-      return forward(rec, opts);
-    };
+    const steps = dropoutSteps(trainer.encoder);
     try {
       for (const [n, t] of trainer.parameters()) t.upload(await f.model.readF32(n));
       for (let step = 0; step < 3; step++) await trainer.step(batch, 1e-4, step);
